@@ -1,0 +1,3 @@
+//! wa-onboard: one gRPC API for onboarding businesses onto WhatsApp through several BSPs.
+
+pub mod sim;

@@ -1,0 +1,4 @@
+//! Provider simulators: faithful HTTP fakes of each BSP partner API, built in so the whole
+//! flow runs offline and every test talks real HTTP.
+
+pub mod common;
