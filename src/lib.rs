@@ -1,3 +1,4 @@
 //! wa-onboard: one gRPC API for onboarding businesses onto WhatsApp through several BSPs.
 
+pub mod domain;
 pub mod sim;

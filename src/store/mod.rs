@@ -1,0 +1,268 @@
+//! Persistence port: one [`Store`] trait, two sqlx backends (SQLite, the embedded default, and
+//! PostgreSQL for more than one replica), chosen by the URL scheme.
+//!
+//! Contract every backend keeps (checked by the shared conformance suite):
+//! - Every write that changes an onboarding appends its event with the next per-onboarding
+//!   `sequence` in the same transaction ([`Store::apply_change`]); a stale `expect_sequence`
+//!   changes nothing and returns [`StoreError::Conflict`].
+//! - Tenant-scoped reads never return another tenant's rows (they return `None`).
+//! - Unique keys (idempotency key, webhook dedupe key, account id) are enforced by the
+//!   database, so they hold across replicas.
+
+pub mod records;
+
+#[cfg(test)]
+pub mod conformance;
+pub mod postgres;
+pub mod sqlite;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+
+use crate::domain::{AccountId, ApiKeyId, OnboardingId, OnboardingState, ProviderKind, TenantId, UnixMs};
+pub use records::*;
+
+/// What can go wrong in the store, in terms the core can act on.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// The row does not exist (or belongs to another tenant).
+    #[error("not found: {0}")]
+    NotFound(String),
+    /// A unique key already holds a row.
+    #[error("already exists: {0}")]
+    AlreadyExists(String),
+    /// Optimistic concurrency check failed; re-read and retry.
+    #[error("conflict: {0}")]
+    Conflict(String),
+    /// The database cannot be reached.
+    #[error("store unavailable: {0}")]
+    Unavailable(String),
+    /// Stored data that does not parse (a bug or a manual edit).
+    #[error("corrupt row: {0}")]
+    Corrupt(String),
+    /// Anything else from the driver.
+    #[error("store error: {0}")]
+    Other(String),
+}
+
+impl From<sqlx::Error> for StoreError {
+    fn from(e: sqlx::Error) -> Self {
+        match &e {
+            sqlx::Error::RowNotFound => StoreError::NotFound("row".into()),
+            sqlx::Error::Database(db) if db.is_unique_violation() => StoreError::AlreadyExists(db.message().to_string()),
+            sqlx::Error::Io(_)
+            | sqlx::Error::PoolTimedOut
+            | sqlx::Error::PoolClosed
+            | sqlx::Error::Tls(_)
+            | sqlx::Error::Protocol(_)
+            | sqlx::Error::WorkerCrashed => StoreError::Unavailable(e.to_string()),
+            _ => StoreError::Other(e.to_string()),
+        }
+    }
+}
+
+/// Result alias.
+pub type StoreResult<T> = Result<T, StoreError>;
+
+/// Which backend a store runs on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Backend {
+    /// SQLite (WAL): one process.
+    Sqlite,
+    /// PostgreSQL: many replicas.
+    Postgres,
+}
+
+/// A page of results and the opaque token for the next one (empty when done).
+#[derive(Debug, Clone)]
+pub struct Page<T> {
+    /// The items.
+    pub items: Vec<T>,
+    /// Pass back to get the next page; `None` at the end.
+    pub next_page_token: Option<String>,
+}
+
+/// Paging request. `after` is the last id of the previous page (keyset pagination: stable
+/// under concurrent inserts).
+#[derive(Debug, Clone, Default)]
+pub struct PageRequest {
+    /// Max items, already clamped by the caller.
+    pub limit: u32,
+    /// Return ids strictly greater than this.
+    pub after: Option<String>,
+}
+
+/// A wake-up sent when an onboarding's event log grows. Subscribers re-read the log from
+/// the store, so a missed notification costs latency, never data.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ChangeNotice {
+    /// Which onboarding.
+    pub onboarding_id: OnboardingId,
+    /// Its latest sequence.
+    pub sequence: i64,
+}
+
+/// The persistence port.
+#[async_trait]
+pub trait Store: Send + Sync + 'static {
+    /// Which backend this is.
+    fn backend(&self) -> Backend;
+
+    /// Cheap round trip, for health.
+    async fn ping(&self) -> StoreResult<()>;
+
+    // ----- tenants and API keys -----
+
+    /// Creates a tenant; `AlreadyExists` if the name is taken.
+    async fn create_tenant(&self, tenant: &TenantRecord) -> StoreResult<()>;
+    /// A tenant by its unique name.
+    async fn tenant_by_name(&self, name: &str) -> StoreResult<Option<TenantRecord>>;
+    /// A tenant by id.
+    async fn tenant(&self, id: &TenantId) -> StoreResult<Option<TenantRecord>>;
+    /// All tenants, by name.
+    async fn list_tenants(&self) -> StoreResult<Vec<TenantRecord>>;
+    /// Stores an API key (hash only).
+    async fn add_api_key(&self, key: &ApiKeyRecord) -> StoreResult<()>;
+    /// The active (not revoked) key with this hash.
+    async fn api_key_by_hash(&self, hash: &[u8]) -> StoreResult<Option<ApiKeyRecord>>;
+    /// A tenant's keys, revoked ones included.
+    async fn list_api_keys(&self, tenant: &TenantId) -> StoreResult<Vec<ApiKeyRecord>>;
+    /// Marks a key revoked; false if there is no such active key.
+    async fn revoke_api_key(&self, id: &ApiKeyId, at: UnixMs) -> StoreResult<bool>;
+
+    // ----- provider accounts -----
+
+    /// Inserts an account; `AlreadyExists` if the tenant already has this id.
+    async fn insert_account(&self, account: &AccountRecord) -> StoreResult<()>;
+    /// One of the tenant's accounts.
+    async fn account(&self, tenant: &TenantId, id: &AccountId) -> StoreResult<Option<AccountRecord>>;
+    /// An account by id regardless of tenant: only for the webhook ingress, which then
+    /// authenticates the call with the account's webhook secret.
+    async fn account_unscoped(&self, id: &AccountId) -> StoreResult<Option<AccountRecord>>;
+    /// The tenant's accounts, by id, optionally for one provider.
+    async fn list_accounts(
+        &self,
+        tenant: &TenantId,
+        provider: Option<ProviderKind>,
+        page: &PageRequest,
+    ) -> StoreResult<Page<AccountRecord>>;
+    /// Updates mutable account fields (display name, options, sealed credentials, check
+    /// results, token status).
+    async fn update_account(&self, account: &AccountRecord) -> StoreResult<()>;
+    /// Deletes an account; false if none.
+    async fn delete_account(&self, tenant: &TenantId, id: &AccountId) -> StoreResult<bool>;
+
+    // ----- idempotency -----
+
+    /// The stored outcome of an earlier request with this key, if any.
+    async fn idempotency(&self, tenant: &TenantId, key: &str) -> StoreResult<Option<IdempotencyRecord>>;
+
+    // ----- onboardings, steps, events -----
+
+    /// Creates an onboarding with its steps and its first event (sequence 1), and the
+    /// idempotency record when given, all in one transaction. If the idempotency key is
+    /// already taken, nothing is written and `AlreadyExists` is returned (the caller reads
+    /// the winner's record).
+    async fn create_onboarding(&self, new: &NewOnboarding) -> StoreResult<EventRecord>;
+    /// One of the tenant's onboardings.
+    async fn onboarding(&self, tenant: &TenantId, id: &OnboardingId) -> StoreResult<Option<OnboardingRecord>>;
+    /// An onboarding regardless of tenant: for the engine and the ingress only.
+    async fn onboarding_unscoped(&self, id: &OnboardingId) -> StoreResult<Option<OnboardingRecord>>;
+    /// Finds the onboarding of `account` whose provider-side key (app id, channel id, link
+    /// token, phone) is `external_key`.
+    async fn onboarding_by_external_key(
+        &self,
+        account: &AccountId,
+        external_key: &str,
+    ) -> StoreResult<Option<OnboardingRecord>>;
+    /// The tenant's onboardings, newest id last (ids are time-ordered), filtered.
+    async fn list_onboardings(
+        &self,
+        tenant: &TenantId,
+        filter: &OnboardingFilter,
+        page: &PageRequest,
+    ) -> StoreResult<Page<OnboardingRecord>>;
+    /// Counts onboardings per (provider, state), for metrics.
+    async fn count_onboardings(&self) -> StoreResult<Vec<(ProviderKind, OnboardingState, i64)>>;
+    /// Applies one change in one transaction: onboarding fields, step upserts, the event
+    /// (with the next sequence), and marks a webhook event processed when given. Returns the
+    /// event written. `Conflict` when `expect_sequence` is stale; `NotFound` when the
+    /// onboarding does not exist.
+    async fn apply_change(&self, change: &OnboardingChange) -> StoreResult<EventRecord>;
+    /// Events with `sequence > after`, ascending, at most `limit`.
+    async fn events(&self, id: &OnboardingId, after: i64, limit: u32) -> StoreResult<Vec<EventRecord>>;
+    /// The onboarding's steps in pipeline order.
+    async fn steps(&self, id: &OnboardingId) -> StoreResult<Vec<StepRecord>>;
+
+    // ----- durable work -----
+
+    /// Claims up to `limit` steps that are `READY` or `WAITING` with `next_run_ms <= now`, or
+    /// `RUNNING` with an expired lease, setting `RUNNING`, `lease_owner = worker`,
+    /// `lease_until_ms = now + lease`, and `attempts + 1` for non-waiting ones. On PostgreSQL
+    /// this uses `FOR UPDATE SKIP LOCKED` so replicas never claim the same step.
+    async fn claim_steps(&self, worker: &str, now: UnixMs, lease: Duration, limit: u32) -> StoreResult<Vec<StepRecord>>;
+    /// Extends a lease the worker still holds; false if it was lost.
+    async fn renew_lease(&self, id: &OnboardingId, step: &str, worker: &str, until: UnixMs) -> StoreResult<bool>;
+    /// Onboardings not in a terminal state whose `state_deadline_ms` is before `now`.
+    async fn overdue_onboardings(&self, now: UnixMs, limit: u32) -> StoreResult<Vec<OnboardingRecord>>;
+
+    // ----- webhooks -----
+
+    /// Stores an inbound webhook event. Returns false (and stores nothing) when an event
+    /// with the same `(provider, account_id, dedupe_key)` exists.
+    async fn insert_webhook_event(&self, event: &WebhookEventRecord) -> StoreResult<bool>;
+    /// Webhook events not yet processed, oldest first, claimed under a lease.
+    async fn claim_webhook_events(
+        &self,
+        worker: &str,
+        now: UnixMs,
+        lease: Duration,
+        limit: u32,
+    ) -> StoreResult<Vec<WebhookEventRecord>>;
+    /// Marks a webhook event done (processed, ignored or rejected) with a note.
+    async fn finish_webhook_event(&self, id: &str, status: WebhookStatus, note: Option<&str>) -> StoreResult<()>;
+    /// A webhook event by id (for inspection and tests).
+    async fn webhook_event(&self, id: &str) -> StoreResult<Option<WebhookEventRecord>>;
+
+    // ----- shared rate limiting -----
+
+    /// Takes one slot of `limit` per `window` for `key` at `now` (sliding log shared by every
+    /// replica). Returns `None` when taken, or the time to wait before a slot frees.
+    async fn rate_acquire(&self, key: &str, limit: u32, window: Duration, now: UnixMs) -> StoreResult<Option<Duration>>;
+
+    // ----- change notification -----
+
+    /// Publishes that an onboarding's log grew (to this process and, on PostgreSQL, to every
+    /// replica through `NOTIFY`).
+    async fn notify(&self, notice: &ChangeNotice) -> StoreResult<()>;
+    /// Subscribes to notices from every replica. The receiver lags rather than blocks.
+    fn subscribe(&self) -> tokio::sync::broadcast::Receiver<ChangeNotice>;
+}
+
+/// Opens the store named by `url` (`sqlite:...` or `postgres://...`) and runs migrations.
+pub async fn open(url: &str) -> StoreResult<Arc<dyn Store>> {
+    if url.starts_with("sqlite:") {
+        Ok(Arc::new(sqlite::SqliteStore::connect(url).await?))
+    } else if url.starts_with("postgres://") || url.starts_with("postgresql://") {
+        Ok(Arc::new(postgres::PgStore::connect(url).await?))
+    } else {
+        Err(StoreError::Other(format!(
+            "unsupported database URL scheme in '{}': use sqlite:PATH or postgres://...",
+            redact_url(url)
+        )))
+    }
+}
+
+/// The URL with any password replaced, for logs and errors.
+pub fn redact_url(url: &str) -> String {
+    match url::Url::parse(url) {
+        Ok(mut u) if u.password().is_some() => {
+            let _ = u.set_password(Some("REDACTED"));
+            u.to_string()
+        }
+        Ok(u) => u.to_string(),
+        Err(_) => "<unparseable url>".into(),
+    }
+}

@@ -1,0 +1,329 @@
+//! Row types exchanged with the store. Secrets are stored only as [`Sealed`] ciphertext or
+//! as hashes; nothing here holds a plaintext credential.
+
+use crate::domain::{
+    AccountId, ApiKeyId, OnboardingId, OnboardingState, ProviderKind, StepState, TenantId, UnixMs,
+};
+
+/// Ciphertext of a secret with the id of the key that sealed it (for rotation).
+#[derive(Clone, PartialEq, Eq)]
+pub struct Sealed {
+    /// Which encryption key.
+    pub key_id: String,
+    /// nonce || ciphertext || tag.
+    pub blob: Vec<u8>,
+}
+
+impl std::fmt::Debug for Sealed {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Sealed(key_id={}, {} bytes)", self.key_id, self.blob.len())
+    }
+}
+
+/// A tenant: one calling service.
+#[derive(Debug, Clone, PartialEq)]
+pub struct TenantRecord {
+    /// Id.
+    pub id: TenantId,
+    /// Unique human name.
+    pub name: String,
+    /// Created at.
+    pub created_ms: UnixMs,
+}
+
+/// An API key: only its SHA-256 hash is stored.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ApiKeyRecord {
+    /// Public id.
+    pub id: ApiKeyId,
+    /// Owner.
+    pub tenant_id: TenantId,
+    /// SHA-256 of the full key.
+    pub hash: Vec<u8>,
+    /// The first characters of the key, to recognise it in listings.
+    pub prefix: String,
+    /// Created at.
+    pub created_ms: UnixMs,
+    /// Revoked at, if revoked.
+    pub revoked_ms: Option<UnixMs>,
+}
+
+/// A tenant's provider account.
+#[derive(Debug, Clone, PartialEq)]
+pub struct AccountRecord {
+    /// Id, unique per tenant... and globally (webhook URLs name it).
+    pub id: AccountId,
+    /// Owner.
+    pub tenant_id: TenantId,
+    /// Which provider.
+    pub provider: ProviderKind,
+    /// Human name.
+    pub display_name: String,
+    /// Provider options (region, project, endpoint override), JSON.
+    pub options_json: String,
+    /// Sealed credentials JSON.
+    pub credentials: Sealed,
+    /// Sealed per-account webhook path secret.
+    pub webhook_secret: Sealed,
+    /// Whether it targets the built-in simulator.
+    pub sandbox: bool,
+    /// Last `CheckAccount` / token status and similar provider-side facts, JSON.
+    pub status_json: String,
+    /// Created at.
+    pub created_ms: UnixMs,
+    /// Updated at.
+    pub updated_ms: UnixMs,
+}
+
+/// The remembered outcome of a create with a `request_id`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct IdempotencyRecord {
+    /// Owner.
+    pub tenant_id: TenantId,
+    /// The caller's `request_id`.
+    pub key: String,
+    /// Which RPC (a key reused for another RPC is refused).
+    pub operation: String,
+    /// SHA-256 of the canonical request, to detect a different request under the same key.
+    pub request_hash: Vec<u8>,
+    /// The resource name(s) created, comma-separated.
+    pub resource: String,
+    /// Created at.
+    pub created_ms: UnixMs,
+}
+
+/// One onboarding row.
+#[derive(Debug, Clone, PartialEq)]
+pub struct OnboardingRecord {
+    /// Id.
+    pub id: OnboardingId,
+    /// Owner.
+    pub tenant_id: TenantId,
+    /// Account used.
+    pub account_id: AccountId,
+    /// Provider.
+    pub provider: ProviderKind,
+    /// Observed canonical state.
+    pub state: OnboardingState,
+    /// Desired state when it differs from the observed one (e.g. `CANCELLED` requested).
+    pub desired_state: Option<OnboardingState>,
+    /// Why it is in this state.
+    pub state_reason: String,
+    /// The provider's raw status (stage, token status...), as the provider spells it.
+    pub provider_status: String,
+    /// Caller's reference, carried end to end.
+    pub reference: String,
+    /// Provider-specific request and progress, JSON.
+    pub details_json: String,
+    /// Provider-side lookup key (app id, channel id, link token, phone) once known.
+    pub external_key: Option<String>,
+    /// Sealed provider secret for this onboarding (app token, channel token), once known.
+    pub secret: Option<Sealed>,
+    /// The latest event sequence.
+    pub sequence: i64,
+    /// When the current state must have moved on (watchdog).
+    pub state_deadline_ms: Option<UnixMs>,
+    /// When the link / channel / trial expires, where the provider has one.
+    pub expire_ms: Option<UnixMs>,
+    /// Created at.
+    pub created_ms: UnixMs,
+    /// Updated at.
+    pub updated_ms: UnixMs,
+}
+
+/// Filters for listing onboardings.
+#[derive(Debug, Clone, Default)]
+pub struct OnboardingFilter {
+    /// Only this provider.
+    pub provider: Option<ProviderKind>,
+    /// Only this state.
+    pub state: Option<OnboardingState>,
+    /// Only this caller reference.
+    pub reference: Option<String>,
+    /// Only this account.
+    pub account_id: Option<AccountId>,
+}
+
+/// One entry of an onboarding's append-only event log.
+#[derive(Debug, Clone, PartialEq)]
+pub struct EventRecord {
+    /// Which onboarding.
+    pub onboarding_id: OnboardingId,
+    /// Monotonic per onboarding, from 1, gap-free.
+    pub sequence: i64,
+    /// What happened (`created`, `state_changed`, `step_succeeded`, `token_read`...).
+    pub kind: String,
+    /// State after the event.
+    pub state: OnboardingState,
+    /// State before the event.
+    pub previous_state: OnboardingState,
+    /// Why.
+    pub reason: String,
+    /// Raw provider status at the time.
+    pub provider_status: String,
+    /// The step concerned, if any.
+    pub step: Option<String>,
+    /// Extra attributes (never secrets), JSON object.
+    pub data_json: String,
+    /// When.
+    pub created_ms: UnixMs,
+}
+
+/// The event part of a change; the store assigns the sequence and the states.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct NewEvent {
+    /// What happened.
+    pub kind: String,
+    /// Why.
+    pub reason: String,
+    /// The step concerned, if any.
+    pub step: Option<String>,
+    /// Extra attributes (never secrets), JSON object; `{}` when empty.
+    pub data_json: String,
+}
+
+/// One pipeline step row; also the durable job.
+#[derive(Debug, Clone, PartialEq)]
+pub struct StepRecord {
+    /// Which onboarding.
+    pub onboarding_id: OnboardingId,
+    /// Step key (`link_app`...).
+    pub name: String,
+    /// Order within the pipeline, from 0.
+    pub position: i32,
+    /// State.
+    pub state: StepState,
+    /// Attempts made.
+    pub attempts: i32,
+    /// Bound on attempts before `FAILED`.
+    pub max_attempts: i32,
+    /// When it should run next (due when `<= now`).
+    pub next_run_ms: Option<UnixMs>,
+    /// Worker holding the lease.
+    pub lease_owner: Option<String>,
+    /// Lease expiry.
+    pub lease_until_ms: Option<UnixMs>,
+    /// Last error message (no secrets).
+    pub last_error: Option<String>,
+    /// Last error's raw provider code.
+    pub last_error_code: Option<String>,
+    /// Raw provider stage values, JSON object.
+    pub provider_stage_json: String,
+    /// Step-specific durable data (e.g. "create sent at", for reconciliation), JSON.
+    pub data_json: String,
+    /// When it must have finished (watchdog), if bounded.
+    pub deadline_ms: Option<UnixMs>,
+    /// First started.
+    pub started_ms: Option<UnixMs>,
+    /// Finished.
+    pub finished_ms: Option<UnixMs>,
+    /// Created.
+    pub created_ms: UnixMs,
+    /// Updated.
+    pub updated_ms: UnixMs,
+}
+
+/// A new onboarding with everything written alongside it.
+#[derive(Debug, Clone)]
+pub struct NewOnboarding {
+    /// The row (sequence is set to 1 by the store).
+    pub onboarding: OnboardingRecord,
+    /// Its steps.
+    pub steps: Vec<StepRecord>,
+    /// The first event (`created`).
+    pub event: NewEvent,
+    /// The idempotency record, when the caller sent a `request_id`.
+    pub idempotency: Option<IdempotencyRecord>,
+}
+
+/// One atomic change to an onboarding.
+#[derive(Debug, Clone, Default)]
+pub struct OnboardingChange {
+    /// Which onboarding.
+    pub onboarding_id: Option<OnboardingId>,
+    /// If set, the change applies only if the stored sequence still equals this.
+    pub expect_sequence: Option<i64>,
+    /// New state (None = unchanged). The store does not judge transitions; core does.
+    pub state: Option<OnboardingState>,
+    /// New desired state: `Some(None)` clears it.
+    pub desired_state: Option<Option<OnboardingState>>,
+    /// New reason.
+    pub state_reason: Option<String>,
+    /// New raw provider status.
+    pub provider_status: Option<String>,
+    /// New details JSON.
+    pub details_json: Option<String>,
+    /// New external key.
+    pub external_key: Option<String>,
+    /// New sealed secret.
+    pub secret: Option<Sealed>,
+    /// New deadline: `Some(None)` clears it.
+    pub state_deadline_ms: Option<Option<UnixMs>>,
+    /// New expiry: `Some(None)` clears it.
+    pub expire_ms: Option<Option<UnixMs>>,
+    /// Steps to insert or replace (matched by name).
+    pub steps: Vec<StepRecord>,
+    /// The event to append.
+    pub event: NewEvent,
+    /// A webhook event this change consumes; marked `PROCESSED` in the same transaction.
+    pub webhook_event_id: Option<String>,
+    /// When the change happens.
+    pub at_ms: UnixMs,
+}
+
+/// Processing state of an inbound webhook event.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum WebhookStatus {
+    /// Stored, not yet processed.
+    Pending,
+    /// Applied to its onboarding.
+    Processed,
+    /// Understood but nothing to do (unknown app, stale event).
+    Ignored,
+    /// Could not be parsed; kept for inspection.
+    Malformed,
+}
+
+impl WebhookStatus {
+    /// Stored name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Pending => "PENDING",
+            Self::Processed => "PROCESSED",
+            Self::Ignored => "IGNORED",
+            Self::Malformed => "MALFORMED",
+        }
+    }
+
+    /// Parses a stored name.
+    pub fn parse(s: &str) -> Option<Self> {
+        [Self::Pending, Self::Processed, Self::Ignored, Self::Malformed]
+            .into_iter()
+            .find(|w| w.as_str() == s)
+    }
+}
+
+/// An inbound provider callback as received.
+#[derive(Debug, Clone, PartialEq)]
+pub struct WebhookEventRecord {
+    /// Id.
+    pub id: String,
+    /// Provider.
+    pub provider: ProviderKind,
+    /// Account whose URL it came to.
+    pub account_id: AccountId,
+    /// Dedupe key (provider event id, or a hash of the body).
+    pub dedupe_key: String,
+    /// Raw body.
+    pub body: Vec<u8>,
+    /// Processing state.
+    pub status: WebhookStatus,
+    /// Why it was ignored / malformed.
+    pub note: Option<String>,
+    /// Lease holder while processing.
+    pub lease_owner: Option<String>,
+    /// Lease expiry.
+    pub lease_until_ms: Option<UnixMs>,
+    /// Received at.
+    pub received_ms: UnixMs,
+}
