@@ -390,10 +390,10 @@ pub async fn fault_middleware(State(st): State<FaultLayerState>, req: Request<Bo
         }
         Fault::TooManyRequests { retry_after_secs } => {
             let mut r = raw_response(StatusCode::TOO_MANY_REQUESTS, st.bodies.rate_limited_body());
-            if let Some(s) = retry_after_secs {
-                if let Ok(v) = HeaderValue::from_str(&s.to_string()) {
-                    r.headers_mut().insert(http::header::RETRY_AFTER, v);
-                }
+            if let Some(s) = retry_after_secs
+                && let Ok(v) = HeaderValue::from_str(&s.to_string())
+            {
+                r.headers_mut().insert(http::header::RETRY_AFTER, v);
             }
             r
         }

@@ -12,9 +12,12 @@
 pub mod records;
 
 #[cfg(test)]
-pub mod conformance;
+mod conformance;
 pub mod postgres;
+mod sql;
 pub mod sqlite;
+#[cfg(test)]
+pub mod testing;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -51,7 +54,15 @@ impl From<sqlx::Error> for StoreError {
     fn from(e: sqlx::Error) -> Self {
         match &e {
             sqlx::Error::RowNotFound => StoreError::NotFound("row".into()),
-            sqlx::Error::Database(db) if db.is_unique_violation() => StoreError::AlreadyExists(db.message().to_string()),
+            sqlx::Error::Database(db) if db.is_unique_violation() => {
+                StoreError::AlreadyExists(db.message().to_string())
+            }
+            // PostgreSQL class 08 (connection exception) and 57P (operator intervention:
+            // shutdown, crash recovery): the server is going away, not the query at fault.
+            sqlx::Error::Database(db) if db.code().is_some_and(|c| c.starts_with("08") || c.starts_with("57P")) => {
+                StoreError::Unavailable(e.to_string())
+            }
+            sqlx::Error::ColumnDecode { .. } | sqlx::Error::Decode(_) => StoreError::Corrupt(e.to_string()),
             sqlx::Error::Io(_)
             | sqlx::Error::PoolTimedOut
             | sqlx::Error::PoolClosed
@@ -202,7 +213,8 @@ pub trait Store: Send + Sync + 'static {
     /// `RUNNING` with an expired lease, setting `RUNNING`, `lease_owner = worker`,
     /// `lease_until_ms = now + lease`, and `attempts + 1` for non-waiting ones. On PostgreSQL
     /// this uses `FOR UPDATE SKIP LOCKED` so replicas never claim the same step.
-    async fn claim_steps(&self, worker: &str, now: UnixMs, lease: Duration, limit: u32) -> StoreResult<Vec<StepRecord>>;
+    async fn claim_steps(&self, worker: &str, now: UnixMs, lease: Duration, limit: u32)
+    -> StoreResult<Vec<StepRecord>>;
     /// Extends a lease the worker still holds; false if it was lost.
     async fn renew_lease(&self, id: &OnboardingId, step: &str, worker: &str, until: UnixMs) -> StoreResult<bool>;
     /// Onboardings not in a terminal state whose `state_deadline_ms` is before `now`.
@@ -230,7 +242,8 @@ pub trait Store: Send + Sync + 'static {
 
     /// Takes one slot of `limit` per `window` for `key` at `now` (sliding log shared by every
     /// replica). Returns `None` when taken, or the time to wait before a slot frees.
-    async fn rate_acquire(&self, key: &str, limit: u32, window: Duration, now: UnixMs) -> StoreResult<Option<Duration>>;
+    async fn rate_acquire(&self, key: &str, limit: u32, window: Duration, now: UnixMs)
+    -> StoreResult<Option<Duration>>;
 
     // ----- change notification -----
 
@@ -253,6 +266,12 @@ pub async fn open(url: &str) -> StoreResult<Arc<dyn Store>> {
             redact_url(url)
         )))
     }
+}
+
+/// Runs the migrations of the database named by `url` (what `open` also does at start), for
+/// the `migrate` subcommand.
+pub async fn migrate(url: &str) -> StoreResult<()> {
+    open(url).await.map(drop)
 }
 
 /// The URL with any password replaced, for logs and errors.

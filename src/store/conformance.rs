@@ -1,0 +1,1071 @@
+//! The conformance suite: every check runs against both backends (`sqlite_suite` on a
+//! temporary file, `postgres_suite` in a fresh schema), so the two cannot drift apart.
+
+use std::collections::HashSet;
+use std::sync::Arc;
+use std::time::Duration;
+
+use super::*;
+use crate::domain::{StepState, new_id, now_ms};
+
+// ----- fixtures -----
+
+async fn tenant(store: &Arc<dyn Store>) -> TenantId {
+    let id: TenantId = new_id();
+    let rec = TenantRecord { id: id.clone(), name: format!("tenant-{id}"), created_ms: now_ms() };
+    store.create_tenant(&rec).await.unwrap();
+    id
+}
+
+fn sealed(tag: &str) -> Sealed {
+    // Every byte value, so an encoding that mangles binary data shows.
+    let mut blob: Vec<u8> = (0..=255u8).collect();
+    blob.extend_from_slice(tag.as_bytes());
+    Sealed { key_id: format!("k-{tag}"), blob }
+}
+
+fn account_rec(tenant: &TenantId, provider: ProviderKind) -> AccountRecord {
+    let id: AccountId = new_id();
+    AccountRecord {
+        id: id.clone(),
+        tenant_id: tenant.clone(),
+        provider,
+        display_name: format!("acct {id}"),
+        options_json: r#"{"region":"in"}"#.into(),
+        credentials: sealed("cred"),
+        webhook_secret: sealed("hook"),
+        sandbox: true,
+        status_json: "{}".into(),
+        created_ms: 1_000,
+        updated_ms: 1_000,
+    }
+}
+
+async fn account(store: &Arc<dyn Store>, tenant: &TenantId, provider: ProviderKind) -> AccountRecord {
+    let rec = account_rec(tenant, provider);
+    store.insert_account(&rec).await.unwrap();
+    rec
+}
+
+fn step(id: &OnboardingId, name: &str, position: i32, state: StepState, next_run_ms: Option<UnixMs>) -> StepRecord {
+    StepRecord {
+        onboarding_id: id.clone(),
+        name: name.into(),
+        position,
+        state,
+        attempts: 0,
+        max_attempts: 5,
+        next_run_ms,
+        lease_owner: None,
+        lease_until_ms: None,
+        last_error: None,
+        last_error_code: None,
+        provider_stage_json: "{}".into(),
+        data_json: "{}".into(),
+        deadline_ms: None,
+        started_ms: None,
+        finished_ms: None,
+        created_ms: 1_000,
+        updated_ms: 1_000,
+    }
+}
+
+fn new_onboarding(
+    account: &AccountRecord,
+    reference: &str,
+    steps: &[(&str, StepState, Option<UnixMs>)],
+) -> NewOnboarding {
+    let id: OnboardingId = new_id();
+    let steps =
+        steps.iter().enumerate().map(|(i, (name, state, next))| step(&id, name, i as i32, *state, *next)).collect();
+    NewOnboarding {
+        onboarding: OnboardingRecord {
+            id,
+            tenant_id: account.tenant_id.clone(),
+            account_id: account.id.clone(),
+            provider: account.provider,
+            state: OnboardingState::Pending,
+            desired_state: None,
+            state_reason: "accepted".into(),
+            provider_status: "".into(),
+            reference: reference.into(),
+            details_json: r#"{"k":1}"#.into(),
+            external_key: None,
+            secret: None,
+            sequence: 1,
+            state_deadline_ms: None,
+            expire_ms: None,
+            created_ms: 1_000,
+            updated_ms: 1_000,
+        },
+        steps,
+        event: NewEvent { kind: "created".into(), reason: "accepted".into(), step: None, data_json: "{}".into() },
+        idempotency: None,
+    }
+}
+
+async fn onboarding(store: &Arc<dyn Store>, account: &AccountRecord, reference: &str) -> OnboardingRecord {
+    let new = new_onboarding(account, reference, &[("first", StepState::Pending, None)]);
+    store.create_onboarding(&new).await.unwrap();
+    new.onboarding
+}
+
+fn change(id: &OnboardingId, kind: &str) -> OnboardingChange {
+    OnboardingChange {
+        onboarding_id: Some(id.clone()),
+        event: NewEvent { kind: kind.into(), reason: format!("reason {kind}"), step: None, data_json: "{}".into() },
+        at_ms: 2_000,
+        ..Default::default()
+    }
+}
+
+fn webhook(account: &AccountRecord, dedupe: &str, received_ms: UnixMs) -> WebhookEventRecord {
+    WebhookEventRecord {
+        id: new_id::<OnboardingId>().to_string(),
+        provider: account.provider,
+        account_id: account.id.clone(),
+        dedupe_key: dedupe.into(),
+        body: b"{\"event\":1}\x00\xff".to_vec(),
+        status: WebhookStatus::Pending,
+        note: None,
+        lease_owner: None,
+        lease_until_ms: None,
+        received_ms,
+    }
+}
+
+fn page(limit: u32, after: Option<String>) -> PageRequest {
+    PageRequest { limit, after }
+}
+
+// ----- checks -----
+
+async fn check_ping_and_backend(store: Arc<dyn Store>) {
+    store.ping().await.unwrap();
+    let _ = store.backend();
+}
+
+async fn check_tenants(store: Arc<dyn Store>) {
+    let a = TenantRecord { id: new_id(), name: "zeta".into(), created_ms: 5 };
+    let b = TenantRecord { id: new_id(), name: "alpha".into(), created_ms: 6 };
+    store.create_tenant(&a).await.unwrap();
+    store.create_tenant(&b).await.unwrap();
+    let dup = TenantRecord { id: new_id(), name: "zeta".into(), created_ms: 7 };
+    assert!(matches!(store.create_tenant(&dup).await, Err(StoreError::AlreadyExists(_))));
+    assert_eq!(store.tenant_by_name("zeta").await.unwrap(), Some(a.clone()));
+    assert_eq!(store.tenant(&b.id).await.unwrap(), Some(b.clone()));
+    assert_eq!(store.tenant(&new_id()).await.unwrap(), None);
+    assert_eq!(store.tenant_by_name("nobody").await.unwrap(), None);
+    assert_eq!(store.list_tenants().await.unwrap(), vec![b, a]);
+}
+
+async fn check_api_keys(store: Arc<dyn Store>) {
+    let t = tenant(&store).await;
+    let key = ApiKeyRecord {
+        id: new_id(),
+        tenant_id: t.clone(),
+        hash: vec![0, 1, 2, 255, 254],
+        prefix: "wak_ab".into(),
+        created_ms: 10,
+        revoked_ms: None,
+    };
+    let other = ApiKeyRecord { id: new_id(), hash: vec![9; 32], created_ms: 11, ..key.clone() };
+    store.add_api_key(&key).await.unwrap();
+    store.add_api_key(&other).await.unwrap();
+    let same_hash = ApiKeyRecord { id: new_id(), ..key.clone() };
+    assert!(matches!(store.add_api_key(&same_hash).await, Err(StoreError::AlreadyExists(_))));
+    assert_eq!(store.api_key_by_hash(&key.hash).await.unwrap(), Some(key.clone()));
+    assert_eq!(store.api_key_by_hash(&[7, 7]).await.unwrap(), None);
+    assert!(store.revoke_api_key(&key.id, 99).await.unwrap());
+    assert!(!store.revoke_api_key(&key.id, 100).await.unwrap(), "revoking twice");
+    assert!(!store.revoke_api_key(&new_id(), 100).await.unwrap());
+    assert_eq!(store.api_key_by_hash(&key.hash).await.unwrap(), None, "revoked keys do not authenticate");
+    let listed = store.list_api_keys(&t).await.unwrap();
+    assert_eq!(listed, vec![ApiKeyRecord { revoked_ms: Some(99), ..key }, other]);
+    assert!(store.list_api_keys(&tenant(&store).await).await.unwrap().is_empty());
+}
+
+async fn check_accounts(store: Arc<dyn Store>) {
+    let t = tenant(&store).await;
+    let stranger = tenant(&store).await;
+    let a = account(&store, &t, ProviderKind::Gupshup).await;
+    let got = store.account(&t, &a.id).await.unwrap().unwrap();
+    assert_eq!(got, a);
+    assert_eq!(got.credentials.blob, sealed("cred").blob, "stored bytes are exactly the sealed blob");
+    assert_eq!(store.account(&stranger, &a.id).await.unwrap(), None, "tenant isolation");
+    assert_eq!(store.account_unscoped(&a.id).await.unwrap(), Some(a.clone()));
+    // Ids are global: another tenant cannot take one.
+    let clash = AccountRecord { tenant_id: stranger.clone(), ..a.clone() };
+    assert!(matches!(store.insert_account(&clash).await, Err(StoreError::AlreadyExists(_))));
+
+    let updated = AccountRecord {
+        display_name: "renamed".into(),
+        credentials: sealed("rotated"),
+        status_json: r#"{"ok":true}"#.into(),
+        sandbox: false,
+        updated_ms: 2_000,
+        ..a.clone()
+    };
+    store.update_account(&updated).await.unwrap();
+    assert_eq!(store.account(&t, &a.id).await.unwrap(), Some(updated.clone()));
+    let foreign = AccountRecord { tenant_id: stranger.clone(), ..updated.clone() };
+    assert!(matches!(store.update_account(&foreign).await, Err(StoreError::NotFound(_))));
+
+    assert!(!store.delete_account(&stranger, &a.id).await.unwrap(), "other tenant cannot delete");
+    assert!(store.delete_account(&t, &a.id).await.unwrap());
+    assert!(!store.delete_account(&t, &a.id).await.unwrap());
+    assert_eq!(store.account(&t, &a.id).await.unwrap(), None);
+}
+
+async fn check_account_listing(store: Arc<dyn Store>) {
+    let t = tenant(&store).await;
+    let mut gupshup = Vec::new();
+    for i in 0..5 {
+        let provider = if i % 2 == 0 { ProviderKind::Gupshup } else { ProviderKind::Whapi };
+        let a = account(&store, &t, provider).await;
+        if provider == ProviderKind::Gupshup {
+            gupshup.push(a.id.clone());
+        }
+    }
+    account(&store, &tenant(&store).await, ProviderKind::Gupshup).await;
+
+    let mut seen = Vec::new();
+    let mut after = None;
+    let mut pages = 0;
+    loop {
+        let p = store.list_accounts(&t, None, &page(2, after.clone())).await.unwrap();
+        assert!(p.items.len() <= 2);
+        seen.extend(p.items.iter().map(|a| a.id.clone()));
+        pages += 1;
+        match p.next_page_token {
+            Some(token) => after = Some(token),
+            None => break,
+        }
+    }
+    assert_eq!(pages, 3);
+    let mut sorted = seen.clone();
+    sorted.sort();
+    sorted.dedup();
+    assert_eq!(seen, sorted, "ascending ids, no repeats");
+    assert_eq!(seen.len(), 5, "only the tenant's accounts");
+
+    gupshup.sort();
+    let p = store.list_accounts(&t, Some(ProviderKind::Gupshup), &page(10, None)).await.unwrap();
+    assert_eq!(p.items.iter().map(|a| a.id.clone()).collect::<Vec<_>>(), gupshup);
+    assert_eq!(p.next_page_token, None);
+    let p = store.list_accounts(&t, Some(ProviderKind::Exotel), &page(10, None)).await.unwrap();
+    assert!(p.items.is_empty());
+}
+
+async fn check_idempotency(store: Arc<dyn Store>) {
+    let t = tenant(&store).await;
+    let a = account(&store, &t, ProviderKind::Exotel).await;
+    let idem = IdempotencyRecord {
+        tenant_id: t.clone(),
+        key: "req-1".into(),
+        operation: "CreateOnboarding".into(),
+        request_hash: vec![1, 2, 3],
+        resource: "onboardings/x".into(),
+        created_ms: 5,
+    };
+    let mut first = new_onboarding(&a, "ref", &[("s", StepState::Ready, None)]);
+    first.idempotency = Some(idem.clone());
+    store.create_onboarding(&first).await.unwrap();
+    assert_eq!(store.idempotency(&t, "req-1").await.unwrap(), Some(idem.clone()));
+    assert_eq!(store.idempotency(&t, "req-2").await.unwrap(), None);
+
+    let mut second = new_onboarding(&a, "ref", &[("s", StepState::Ready, None)]);
+    second.idempotency = Some(IdempotencyRecord { request_hash: vec![9], ..idem.clone() });
+    assert!(matches!(store.create_onboarding(&second).await, Err(StoreError::AlreadyExists(_))));
+    let sid = &second.onboarding.id;
+    assert_eq!(store.onboarding_unscoped(sid).await.unwrap(), None, "nothing written");
+    assert!(store.steps(sid).await.unwrap().is_empty());
+    assert!(store.events(sid, 0, 10).await.unwrap().is_empty());
+    assert_eq!(store.idempotency(&t, "req-1").await.unwrap(), Some(idem.clone()), "winner kept");
+
+    // Keys are per tenant.
+    let t2 = tenant(&store).await;
+    let a2 = account(&store, &t2, ProviderKind::Exotel).await;
+    let mut third = new_onboarding(&a2, "ref", &[]);
+    third.idempotency = Some(IdempotencyRecord { tenant_id: t2.clone(), ..idem });
+    store.create_onboarding(&third).await.unwrap();
+}
+
+async fn check_create_onboarding(store: Arc<dyn Store>) {
+    let t = tenant(&store).await;
+    let a = account(&store, &t, ProviderKind::Whapi).await;
+    let mut new = new_onboarding(
+        &a,
+        "ref-1",
+        &[("create_channel", StepState::Ready, None), ("wait_scan", StepState::Pending, None)],
+    );
+    new.onboarding.external_key = Some("CHAN-1".into());
+    new.onboarding.secret = Some(sealed("token"));
+    new.onboarding.desired_state = Some(OnboardingState::Live);
+    new.onboarding.state_deadline_ms = Some(50_000);
+    new.onboarding.expire_ms = Some(60_000);
+    let mut rx = store.subscribe();
+    let event = store.create_onboarding(&new).await.unwrap();
+    let id = &new.onboarding.id;
+    assert_eq!(event.sequence, 1);
+    assert_eq!(event.kind, "created");
+    assert_eq!(event.state, OnboardingState::Pending);
+    assert_eq!(event.previous_state, OnboardingState::Pending);
+    assert_eq!(store.events(id, 0, 10).await.unwrap(), vec![event]);
+    assert_eq!(store.onboarding(&t, id).await.unwrap(), Some(new.onboarding.clone()));
+    let steps = store.steps(id).await.unwrap();
+    assert_eq!(steps, new.steps);
+    let notice = tokio::time::timeout(Duration::from_secs(5), rx.recv()).await.unwrap().unwrap();
+    assert_eq!(notice, ChangeNotice { onboarding_id: id.clone(), sequence: 1 });
+    // Same id twice.
+    let again = NewOnboarding { idempotency: None, ..new.clone() };
+    assert!(matches!(store.create_onboarding(&again).await, Err(StoreError::AlreadyExists(_))));
+}
+
+async fn check_onboarding_reads(store: Arc<dyn Store>) {
+    let t = tenant(&store).await;
+    let stranger = tenant(&store).await;
+    let a = account(&store, &t, ProviderKind::Gupshup).await;
+    let mut new = new_onboarding(&a, "r", &[]);
+    new.onboarding.external_key = Some("app-1".into());
+    store.create_onboarding(&new).await.unwrap();
+    let id = &new.onboarding.id;
+    assert_eq!(store.onboarding(&stranger, id).await.unwrap(), None, "tenant isolation");
+    assert_eq!(store.onboarding_unscoped(id).await.unwrap().map(|o| o.tenant_id), Some(t.clone()));
+    assert_eq!(store.onboarding_by_external_key(&a.id, "app-1").await.unwrap().map(|o| o.id), Some(id.clone()));
+    assert_eq!(store.onboarding_by_external_key(&a.id, "app-2").await.unwrap(), None);
+    let other_account = account(&store, &t, ProviderKind::Gupshup).await;
+    assert_eq!(store.onboarding_by_external_key(&other_account.id, "app-1").await.unwrap(), None);
+    // A key set later by a change is found too.
+    let o2 = onboarding(&store, &a, "r").await;
+    store
+        .apply_change(&OnboardingChange { external_key: Some("app-2".into()), ..change(&o2.id, "linked") })
+        .await
+        .unwrap();
+    assert_eq!(store.onboarding_by_external_key(&a.id, "app-2").await.unwrap().map(|o| o.id), Some(o2.id));
+    assert!(
+        store
+            .list_onboardings(&stranger, &OnboardingFilter::default(), &page(10, None))
+            .await
+            .unwrap()
+            .items
+            .is_empty()
+    );
+}
+
+async fn check_list_onboardings(store: Arc<dyn Store>) {
+    let t = tenant(&store).await;
+    let g = account(&store, &t, ProviderKind::Gupshup).await;
+    let w = account(&store, &t, ProviderKind::Whapi).await;
+    let mut ids = Vec::new();
+    let (mut whapi, mut on_g, mut batch_a) = (Vec::new(), Vec::new(), Vec::new());
+    for i in 0..7 {
+        let acct = if i % 2 == 0 { &g } else { &w };
+        let o = onboarding(&store, acct, if i < 3 { "batch-a" } else { "batch-b" }).await;
+        if i % 2 == 1 {
+            whapi.push(o.id.clone());
+        } else {
+            on_g.push(o.id.clone());
+        }
+        if i < 3 {
+            batch_a.push(o.id.clone());
+        }
+        ids.push(o.id);
+    }
+    let (live, last_g) = (ids[4].clone(), ids[6].clone());
+    for v in [&mut whapi, &mut on_g, &mut batch_a] {
+        v.sort();
+    }
+    store
+        .apply_change(&OnboardingChange { state: Some(OnboardingState::Live), ..change(&live, "live") })
+        .await
+        .unwrap();
+    onboarding(&store, &account(&store, &tenant(&store).await, ProviderKind::Gupshup).await, "batch-a").await;
+
+    let list = |filter: OnboardingFilter| {
+        let store = store.clone();
+        let t = t.clone();
+        async move {
+            let mut all = Vec::new();
+            let mut after = None;
+            loop {
+                let p = store.list_onboardings(&t, &filter, &page(3, after)).await.unwrap();
+                all.extend(p.items.into_iter().map(|o| o.id));
+                match p.next_page_token {
+                    Some(token) => after = Some(token),
+                    None => return all,
+                }
+            }
+        }
+    };
+    // Ids are time-ordered only to the millisecond: compare with the id order.
+    ids.sort();
+    assert_eq!(list(OnboardingFilter::default()).await, ids);
+    let by_provider = list(OnboardingFilter { provider: Some(ProviderKind::Whapi), ..Default::default() }).await;
+    assert_eq!(by_provider, whapi);
+    let by_account = list(OnboardingFilter { account_id: Some(g.id.clone()), ..Default::default() }).await;
+    assert_eq!(by_account, on_g);
+    let by_ref = list(OnboardingFilter { reference: Some("batch-a".into()), ..Default::default() }).await;
+    assert_eq!(by_ref, batch_a);
+    let by_state = list(OnboardingFilter { state: Some(OnboardingState::Live), ..Default::default() }).await;
+    assert_eq!(by_state, vec![live]);
+    let combined = list(OnboardingFilter {
+        provider: Some(ProviderKind::Gupshup),
+        state: Some(OnboardingState::Pending),
+        reference: Some("batch-b".into()),
+        ..Default::default()
+    })
+    .await;
+    assert_eq!(combined, vec![last_g]);
+
+    // Stable paging: rows inserted while paging appear once, at the end, and nothing repeats.
+    let first = store.list_onboardings(&t, &OnboardingFilter::default(), &page(3, None)).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(3)).await; // a later millisecond: a larger id
+    let late = onboarding(&store, &g, "late").await;
+    let mut rest = list_after(&store, &t, first.next_page_token.clone()).await;
+    let mut all: Vec<_> = first.items.into_iter().map(|o| o.id).collect();
+    all.append(&mut rest);
+    let mut expected = ids.clone();
+    expected.push(late.id);
+    assert_eq!(all, expected);
+}
+
+async fn list_after(store: &Arc<dyn Store>, t: &TenantId, mut after: Option<String>) -> Vec<OnboardingId> {
+    let mut all = Vec::new();
+    while let Some(token) = after {
+        let p = store.list_onboardings(t, &OnboardingFilter::default(), &page(3, Some(token))).await.unwrap();
+        all.extend(p.items.into_iter().map(|o| o.id));
+        after = p.next_page_token;
+    }
+    all
+}
+
+async fn check_count_onboardings(store: Arc<dyn Store>) {
+    let t = tenant(&store).await;
+    let g = account(&store, &t, ProviderKind::Gupshup).await;
+    let d = account(&store, &t, ProviderKind::Digital99).await;
+    onboarding(&store, &g, "r").await;
+    onboarding(&store, &g, "r").await;
+    let o = onboarding(&store, &d, "r").await;
+    store
+        .apply_change(&OnboardingChange { state: Some(OnboardingState::Failed), ..change(&o.id, "failed") })
+        .await
+        .unwrap();
+    let mut counts = store.count_onboardings().await.unwrap();
+    counts.sort_by_key(|(p, s, _)| (p.as_str(), s.as_str()));
+    assert_eq!(
+        counts,
+        vec![
+            (ProviderKind::Digital99, OnboardingState::Failed, 1),
+            (ProviderKind::Gupshup, OnboardingState::Pending, 2)
+        ]
+    );
+}
+
+async fn check_apply_change(store: Arc<dyn Store>) {
+    let t = tenant(&store).await;
+    let a = account(&store, &t, ProviderKind::Gupshup).await;
+    let mut new = new_onboarding(&a, "r", &[("link_app", StepState::Ready, None), ("poll", StepState::Pending, None)]);
+    new.onboarding.desired_state = Some(OnboardingState::Cancelled);
+    new.onboarding.state_deadline_ms = Some(9_000);
+    store.create_onboarding(&new).await.unwrap();
+    let id = new.onboarding.id.clone();
+    let mut rx = store.subscribe();
+
+    let mut done = step(&id, "link_app", 0, StepState::Succeeded, None);
+    done.attempts = 1;
+    done.finished_ms = Some(2_000);
+    let added = step(&id, "subscribe", 2, StepState::Pending, None);
+    let ev = store
+        .apply_change(&OnboardingChange {
+            expect_sequence: Some(1),
+            state: Some(OnboardingState::AwaitingCustomer),
+            desired_state: Some(None),
+            state_reason: Some("link out".into()),
+            provider_status: Some("STAGE_1".into()),
+            details_json: Some(r#"{"k":2}"#.into()),
+            external_key: Some("app-9".into()),
+            secret: Some(sealed("app-token")),
+            state_deadline_ms: Some(None),
+            expire_ms: Some(Some(77)),
+            steps: vec![done.clone(), added.clone()],
+            event: NewEvent {
+                kind: "state_changed".into(),
+                reason: "link out".into(),
+                step: Some("link_app".into()),
+                data_json: r#"{"x":1}"#.into(),
+            },
+            ..change(&id, "ignored")
+        })
+        .await
+        .unwrap();
+    assert_eq!(
+        ev,
+        EventRecord {
+            onboarding_id: id.clone(),
+            sequence: 2,
+            kind: "state_changed".into(),
+            state: OnboardingState::AwaitingCustomer,
+            previous_state: OnboardingState::Pending,
+            reason: "link out".into(),
+            provider_status: "STAGE_1".into(),
+            step: Some("link_app".into()),
+            data_json: r#"{"x":1}"#.into(),
+            created_ms: 2_000,
+        }
+    );
+    let o = store.onboarding(&t, &id).await.unwrap().unwrap();
+    let expected = OnboardingRecord {
+        state: OnboardingState::AwaitingCustomer,
+        desired_state: None,
+        state_reason: "link out".into(),
+        provider_status: "STAGE_1".into(),
+        details_json: r#"{"k":2}"#.into(),
+        external_key: Some("app-9".into()),
+        secret: Some(sealed("app-token")),
+        sequence: 2,
+        state_deadline_ms: None,
+        expire_ms: Some(77),
+        updated_ms: 2_000,
+        ..new.onboarding.clone()
+    };
+    assert_eq!(o, expected);
+    let steps = store.steps(&id).await.unwrap();
+    assert_eq!(steps, vec![done, new.steps[1].clone(), added], "upserted by name, in position order");
+    assert_eq!(tokio::time::timeout(Duration::from_secs(5), rx.recv()).await.unwrap().unwrap().sequence, 2);
+
+    // An empty change keeps every field and still appends an event.
+    let ev3 = store.apply_change(&change(&id, "token_read")).await.unwrap();
+    assert_eq!(
+        (ev3.sequence, ev3.state, ev3.previous_state),
+        (3, OnboardingState::AwaitingCustomer, OnboardingState::AwaitingCustomer)
+    );
+    assert_eq!(store.onboarding(&t, &id).await.unwrap().unwrap(), OnboardingRecord { sequence: 3, ..expected });
+
+    let tail = store.events(&id, 1, 10).await.unwrap();
+    assert_eq!(tail.iter().map(|e| e.sequence).collect::<Vec<_>>(), vec![2, 3]);
+    assert_eq!(store.events(&id, 0, 2).await.unwrap().iter().map(|e| e.sequence).collect::<Vec<_>>(), vec![1, 2]);
+    assert!(store.events(&id, 3, 10).await.unwrap().is_empty());
+
+    let missing = change(&new_id(), "x");
+    assert!(matches!(store.apply_change(&missing).await, Err(StoreError::NotFound(_))));
+}
+
+async fn check_apply_change_stale(store: Arc<dyn Store>) {
+    let t = tenant(&store).await;
+    let a = account(&store, &t, ProviderKind::Gupshup).await;
+    let o = onboarding(&store, &a, "r").await;
+    let hook = webhook(&a, "d1", 1);
+    assert!(store.insert_webhook_event(&hook).await.unwrap());
+    store.apply_change(&change(&o.id, "one")).await.unwrap();
+    let before = store.onboarding(&t, &o.id).await.unwrap();
+    let stale = OnboardingChange {
+        expect_sequence: Some(1),
+        state: Some(OnboardingState::Live),
+        steps: vec![step(&o.id, "first", 0, StepState::Succeeded, None), step(&o.id, "new", 1, StepState::Ready, None)],
+        webhook_event_id: Some(hook.id.clone()),
+        ..change(&o.id, "stale")
+    };
+    assert!(matches!(store.apply_change(&stale).await, Err(StoreError::Conflict(_))));
+    assert_eq!(store.onboarding(&t, &o.id).await.unwrap(), before, "nothing written");
+    assert_eq!(store.events(&o.id, 0, 10).await.unwrap().len(), 2);
+    let steps = store.steps(&o.id).await.unwrap();
+    assert_eq!((steps.len(), steps[0].state), (1, StepState::Pending));
+    assert_eq!(store.webhook_event(&hook.id).await.unwrap().unwrap().status, WebhookStatus::Pending);
+    // A change naming a missing webhook event is refused whole.
+    let bad = OnboardingChange { webhook_event_id: Some("nope".into()), ..change(&o.id, "bad") };
+    assert!(matches!(store.apply_change(&bad).await, Err(StoreError::NotFound(_))));
+    assert_eq!(store.onboarding(&t, &o.id).await.unwrap(), before);
+    // With the right sequence it applies.
+    let ok = OnboardingChange { expect_sequence: Some(2), ..stale };
+    assert_eq!(store.apply_change(&ok).await.unwrap().sequence, 3);
+}
+
+async fn check_apply_change_concurrent(store: Arc<dyn Store>) {
+    let t = tenant(&store).await;
+    let a = account(&store, &t, ProviderKind::Gupshup).await;
+    let o = onboarding(&store, &a, "r").await;
+    let mut tasks = Vec::new();
+    for i in 0..20 {
+        let store = store.clone();
+        let id = o.id.clone();
+        tasks.push(tokio::spawn(async move {
+            let mut conflicts = 0;
+            loop {
+                let mut c = change(&id, &format!("w{i}"));
+                if i % 2 == 0 {
+                    c.expect_sequence = Some(store.onboarding_unscoped(&id).await.unwrap().unwrap().sequence);
+                }
+                match store.apply_change(&c).await {
+                    Ok(ev) => return (ev.sequence, conflicts),
+                    // Only a stale `expect_sequence` may conflict; plain changes serialise.
+                    Err(StoreError::Conflict(_)) if i % 2 == 0 => conflicts += 1,
+                    Err(e) => panic!("applier {i}: {e}"),
+                }
+                assert!(conflicts < 1_000, "applier {i} starved");
+            }
+        }));
+    }
+    let mut sequences = Vec::new();
+    for task in tasks {
+        sequences.push(task.await.unwrap().0);
+    }
+    sequences.sort();
+    assert_eq!(sequences, (2..=21).collect::<Vec<i64>>(), "each applier got its own sequence");
+    let events = store.events(&o.id, 0, 100).await.unwrap();
+    assert_eq!(events.iter().map(|e| e.sequence).collect::<Vec<_>>(), (1..=21).collect::<Vec<i64>>(), "gap-free");
+    let kinds: HashSet<_> = events.iter().map(|e| e.kind.clone()).collect();
+    assert_eq!(kinds.len(), 21);
+    assert_eq!(store.onboarding_unscoped(&o.id).await.unwrap().unwrap().sequence, 21);
+}
+
+async fn check_apply_change_marks_webhook(store: Arc<dyn Store>) {
+    let t = tenant(&store).await;
+    let a = account(&store, &t, ProviderKind::Whapi).await;
+    let o = onboarding(&store, &a, "r").await;
+    let hook = webhook(&a, "evt-1", 10);
+    assert!(store.insert_webhook_event(&hook).await.unwrap());
+    let claimed = store.claim_webhook_events("w", 100, Duration::from_secs(30), 10).await.unwrap();
+    assert_eq!(claimed.len(), 1);
+    let c = OnboardingChange { webhook_event_id: Some(hook.id.clone()), ..change(&o.id, "callback") };
+    store.apply_change(&c).await.unwrap();
+    let stored = store.webhook_event(&hook.id).await.unwrap().unwrap();
+    assert_eq!((stored.status, stored.lease_owner), (WebhookStatus::Processed, None));
+    assert!(store.claim_webhook_events("w", 1_000_000, Duration::from_secs(30), 10).await.unwrap().is_empty());
+}
+
+async fn check_claim_steps(store: Arc<dyn Store>) {
+    let t = tenant(&store).await;
+    let a = account(&store, &t, ProviderKind::Gupshup).await;
+    let now = 100_000;
+    let new = new_onboarding(
+        &a,
+        "r",
+        &[
+            ("ready_now", StepState::Ready, None),
+            ("ready_due", StepState::Ready, Some(now)),
+            ("ready_later", StepState::Ready, Some(now + 1)),
+            ("waiting_due", StepState::Waiting, Some(now - 5)),
+            ("waiting_callback", StepState::Waiting, None),
+            ("pending", StepState::Pending, Some(0)),
+            ("done", StepState::Succeeded, Some(0)),
+            ("running_lost", StepState::Running, None),
+            ("running_held", StepState::Running, None),
+        ],
+    );
+    let mut new = new;
+    let id = new.onboarding.id.clone();
+    for s in &mut new.steps {
+        s.attempts = 2;
+        if s.name == "running_lost" {
+            (s.lease_owner, s.lease_until_ms) = (Some("dead".into()), Some(now - 1));
+        }
+        if s.name == "running_held" {
+            (s.lease_owner, s.lease_until_ms) = (Some("alive".into()), Some(now + 10_000));
+        }
+    }
+    store.create_onboarding(&new).await.unwrap();
+
+    let claimed = store.claim_steps("w1", now, Duration::from_secs(30), 100).await.unwrap();
+    let names: Vec<&str> = claimed.iter().map(|s| s.name.as_str()).collect();
+    assert_eq!(names, vec!["ready_now", "ready_due", "waiting_due", "running_lost"]);
+    for s in &claimed {
+        assert_eq!(s.state, StepState::Running);
+        assert_eq!(s.lease_owner.as_deref(), Some("w1"));
+        assert_eq!(s.lease_until_ms, Some(now + 30_000));
+        assert_eq!(s.started_ms, Some(now));
+        let expected_attempts = if s.name == "waiting_due" { 2 } else { 3 };
+        assert_eq!(s.attempts, expected_attempts, "{}", s.name);
+    }
+    assert_eq!(store.steps(&id).await.unwrap().iter().filter(|s| s.lease_owner.as_deref() == Some("w1")).count(), 4);
+    assert!(store.claim_steps("w2", now, Duration::from_secs(30), 100).await.unwrap().is_empty(), "leases hold");
+
+    // Leases: the holder renews; after expiry another worker takes it and the first loses it.
+    assert!(store.renew_lease(&id, "ready_now", "w1", now + 40_000).await.unwrap());
+    assert!(!store.renew_lease(&id, "ready_now", "w2", now + 40_000).await.unwrap());
+    let later = now + 40_000;
+    let stolen = store.claim_steps("w2", later, Duration::from_secs(30), 100).await.unwrap();
+    let stolen_names: HashSet<&str> = stolen.iter().map(|s| s.name.as_str()).collect();
+    assert!(
+        stolen_names.contains("ready_now")
+            && stolen_names.contains("ready_later")
+            && stolen_names.contains("running_held")
+    );
+    assert!(!store.renew_lease(&id, "ready_now", "w1", later + 1).await.unwrap(), "stolen lease");
+    assert!(store.renew_lease(&id, "ready_now", "w2", later + 1).await.unwrap());
+    assert!(!store.renew_lease(&id, "done", "w2", later + 1).await.unwrap());
+
+    // The limit is honoured.
+    let o2 = new_onboarding(
+        &a,
+        "r",
+        &[("a", StepState::Ready, None), ("b", StepState::Ready, None), ("c", StepState::Ready, None)],
+    );
+    store.create_onboarding(&o2).await.unwrap();
+    assert_eq!(store.claim_steps("w3", later, Duration::from_secs(30), 2).await.unwrap().len(), 2);
+}
+
+async fn check_claim_steps_disjoint(store: Arc<dyn Store>) {
+    let t = tenant(&store).await;
+    let a = account(&store, &t, ProviderKind::Gupshup).await;
+    for _ in 0..10 {
+        let names: Vec<(String, StepState, Option<UnixMs>)> =
+            (0..5).map(|i| (format!("s{i}"), StepState::Ready, Some(10))).collect();
+        let steps: Vec<(&str, StepState, Option<UnixMs>)> =
+            names.iter().map(|(n, s, r)| (n.as_str(), *s, *r)).collect();
+        store.create_onboarding(&new_onboarding(&a, "r", &steps)).await.unwrap();
+    }
+    let claimer = |worker: &'static str| {
+        let store = store.clone();
+        tokio::spawn(async move {
+            let mut got = Vec::new();
+            loop {
+                let batch = store.claim_steps(worker, 1_000, Duration::from_secs(60), 3).await.unwrap();
+                if batch.is_empty() {
+                    return got;
+                }
+                for s in batch {
+                    assert_eq!(s.lease_owner.as_deref(), Some(worker));
+                    got.push((s.onboarding_id, s.name));
+                }
+                tokio::task::yield_now().await;
+            }
+        })
+    };
+    let (one, two) = (claimer("w1"), claimer("w2"));
+    let (one, two) = (one.await.unwrap(), two.await.unwrap());
+    let mut all: Vec<_> = one.iter().chain(two.iter()).cloned().collect();
+    let total = all.len();
+    all.sort();
+    all.dedup();
+    assert_eq!(total, 50, "every step claimed exactly once (w1 {}, w2 {})", one.len(), two.len());
+    assert_eq!(all.len(), 50, "no step claimed twice");
+}
+
+async fn check_overdue(store: Arc<dyn Store>) {
+    let t = tenant(&store).await;
+    let a = account(&store, &t, ProviderKind::Exotel).await;
+    let mk = |deadline: Option<UnixMs>, state: OnboardingState| {
+        let mut n = new_onboarding(&a, "r", &[]);
+        n.onboarding.state_deadline_ms = deadline;
+        n.onboarding.state = state;
+        n
+    };
+    let late2 = mk(Some(50), OnboardingState::AwaitingCustomer);
+    let late1 = mk(Some(10), OnboardingState::Pending);
+    let cases = [
+        late2.clone(),
+        late1.clone(),
+        mk(Some(100), OnboardingState::Pending),
+        mk(Some(200), OnboardingState::Pending),
+        mk(None, OnboardingState::Pending),
+        mk(Some(5), OnboardingState::Failed),
+        mk(Some(5), OnboardingState::Cancelled),
+        mk(Some(5), OnboardingState::Expired),
+    ];
+    for c in &cases {
+        store.create_onboarding(c).await.unwrap();
+    }
+    let overdue = store.overdue_onboardings(100, 10).await.unwrap();
+    assert_eq!(
+        overdue.iter().map(|o| o.id.clone()).collect::<Vec<_>>(),
+        vec![late1.onboarding.id.clone(), late2.onboarding.id]
+    );
+    assert_eq!(store.overdue_onboardings(100, 1).await.unwrap().len(), 1);
+    // Clearing the deadline takes it off the list.
+    let c = OnboardingChange { state_deadline_ms: Some(None), ..change(&late1.onboarding.id, "moved") };
+    store.apply_change(&c).await.unwrap();
+    assert_eq!(store.overdue_onboardings(100, 10).await.unwrap().len(), 1);
+}
+
+async fn check_webhook_events(store: Arc<dyn Store>) {
+    let t = tenant(&store).await;
+    let a = account(&store, &t, ProviderKind::Gupshup).await;
+    let b = account(&store, &t, ProviderKind::Gupshup).await;
+    let e1 = webhook(&a, "k1", 20);
+    let e2 = webhook(&a, "k2", 10);
+    assert!(store.insert_webhook_event(&e1).await.unwrap());
+    assert!(store.insert_webhook_event(&e2).await.unwrap());
+    assert!(!store.insert_webhook_event(&webhook(&a, "k1", 30)).await.unwrap(), "duplicate");
+    assert!(store.insert_webhook_event(&webhook(&b, "k1", 30)).await.unwrap(), "dedupe is per account");
+    assert_eq!(store.webhook_event(&e1.id).await.unwrap(), Some(e1.clone()));
+    assert_eq!(store.webhook_event("missing").await.unwrap(), None);
+
+    let lease = Duration::from_secs(10);
+    let claimed = store.claim_webhook_events("w1", 1_000, lease, 2).await.unwrap();
+    assert_eq!(
+        claimed.iter().map(|e| e.id.clone()).collect::<Vec<_>>(),
+        vec![e2.id.clone(), e1.id.clone()],
+        "oldest first"
+    );
+    assert!(claimed.iter().all(|e| e.lease_owner.as_deref() == Some("w1") && e.lease_until_ms == Some(11_000)));
+    assert_eq!(claimed[0].body, e2.body);
+    assert_eq!(store.claim_webhook_events("w2", 1_000, lease, 10).await.unwrap().len(), 1, "only the unleased one");
+
+    store.finish_webhook_event(&e1.id, WebhookStatus::Ignored, Some("unknown app")).await.unwrap();
+    let done = store.webhook_event(&e1.id).await.unwrap().unwrap();
+    assert_eq!(
+        (done.status, done.note.as_deref(), done.lease_owner),
+        (WebhookStatus::Ignored, Some("unknown app"), None)
+    );
+    assert!(matches!(
+        store.finish_webhook_event("missing", WebhookStatus::Processed, None).await,
+        Err(StoreError::NotFound(_))
+    ));
+    // After the lease lapses the unfinished one comes back; the finished one never does.
+    let again = store.claim_webhook_events("w3", 20_000, lease, 10).await.unwrap();
+    assert_eq!(again.len(), 2);
+    assert!(again.iter().all(|e| e.id != e1.id));
+}
+
+async fn check_rate_acquire(store: Arc<dyn Store>) {
+    let window = Duration::from_secs(60);
+    let now = 1_000_000;
+    let mut tasks = Vec::new();
+    for i in 0..50 {
+        let store = store.clone();
+        tasks.push(tokio::spawn(async move { store.rate_acquire("gupshup:login", 5, window, now + i).await.unwrap() }));
+    }
+    let mut granted = 0;
+    for task in tasks {
+        match task.await.unwrap() {
+            None => granted += 1,
+            Some(wait) => assert!(wait > Duration::ZERO && wait <= window, "{wait:?}"),
+        }
+    }
+    assert_eq!(granted, 5, "exactly the limit is granted");
+    // The wait is until the oldest slot leaves the window.
+    let wait = store.rate_acquire("gupshup:login", 5, window, now + 100).await.unwrap().unwrap();
+    assert!(
+        wait <= Duration::from_millis(60_000 - 100) && wait >= Duration::from_millis(60_000 - 100 - 50),
+        "{wait:?}"
+    );
+    // Other keys are independent; after the window slots free up.
+    assert_eq!(store.rate_acquire("other", 1, window, now).await.unwrap(), None);
+    assert!(store.rate_acquire("other", 1, window, now + 1).await.unwrap().is_some());
+    assert_eq!(store.rate_acquire("other", 1, window, now + 60_000).await.unwrap(), None);
+    assert_eq!(store.rate_acquire("gupshup:login", 5, window, now + 200_000).await.unwrap(), None);
+    assert_eq!(store.rate_acquire("none", 0, window, now).await.unwrap(), Some(window));
+}
+
+async fn check_notify_subscribe(store: Arc<dyn Store>) {
+    let mut rx1 = store.subscribe();
+    let mut rx2 = store.subscribe();
+    let notice = ChangeNotice { onboarding_id: new_id(), sequence: 7 };
+    store.notify(&notice).await.unwrap();
+    for rx in [&mut rx1, &mut rx2] {
+        assert_eq!(tokio::time::timeout(Duration::from_secs(5), rx.recv()).await.unwrap().unwrap(), notice);
+    }
+    // Delivered once: no echo comes back (on PostgreSQL, through LISTEN).
+    let second = ChangeNotice { onboarding_id: new_id(), sequence: 1 };
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    store.notify(&second).await.unwrap();
+    assert_eq!(tokio::time::timeout(Duration::from_secs(5), rx1.recv()).await.unwrap().unwrap(), second);
+}
+
+macro_rules! conformance_suite {
+    ($($check:ident),* $(,)?) => {
+        mod sqlite_suite {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $check() {
+                    let (store, _dir) = crate::store::testing::sqlite_store().await;
+                    super::$check(store).await;
+                }
+            )*
+        }
+
+        mod postgres_suite {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $check() {
+                    let Some((store, url)) = crate::store::testing::pg_store().await else { return };
+                    super::$check(store).await;
+                    crate::store::testing::drop_pg(&url).await;
+                }
+            )*
+        }
+    };
+}
+
+conformance_suite!(
+    check_ping_and_backend,
+    check_tenants,
+    check_api_keys,
+    check_accounts,
+    check_account_listing,
+    check_idempotency,
+    check_create_onboarding,
+    check_onboarding_reads,
+    check_list_onboardings,
+    check_count_onboardings,
+    check_apply_change,
+    check_apply_change_stale,
+    check_apply_change_concurrent,
+    check_apply_change_marks_webhook,
+    check_claim_steps,
+    check_claim_steps_disjoint,
+    check_overdue,
+    check_webhook_events,
+    check_rate_acquire,
+    check_notify_subscribe,
+);
+
+// ----- backend-specific -----
+
+mod sqlite_only {
+    use super::*;
+
+    #[tokio::test]
+    async fn backend_is_sqlite() {
+        let (store, _dir) = crate::store::testing::sqlite_store().await;
+        assert_eq!(store.backend(), Backend::Sqlite);
+    }
+
+    #[tokio::test]
+    async fn in_memory_url_works() {
+        let store = open("sqlite::memory:").await.unwrap();
+        let t = tenant(&store).await;
+        let a = account(&store, &t, ProviderKind::Whapi).await;
+        let o = onboarding(&store, &a, "r").await;
+        store.apply_change(&change(&o.id, "x")).await.unwrap();
+        assert_eq!(store.onboarding(&t, &o.id).await.unwrap().unwrap().sequence, 2);
+    }
+
+    #[tokio::test]
+    async fn reopen_keeps_data_and_migrations_are_idempotent() {
+        let dir = tempfile::tempdir().unwrap();
+        let url = format!("sqlite://{}", dir.path().join("db.sqlite").display());
+        let t = {
+            let store = open(&url).await.unwrap();
+            tenant(&store).await
+        };
+        migrate(&url).await.unwrap();
+        let store = open(&url).await.unwrap();
+        assert!(store.tenant(&t).await.unwrap().is_some());
+    }
+
+    #[tokio::test]
+    async fn unparsable_stored_enum_is_corrupt() {
+        let dir = tempfile::tempdir().unwrap();
+        let url = format!("sqlite://{}", dir.path().join("db.sqlite").display());
+        let store = open(&url).await.unwrap();
+        let t = tenant(&store).await;
+        let a = account(&store, &t, ProviderKind::Whapi).await;
+        let o = onboarding(&store, &a, "r").await;
+        let raw = sqlx::SqlitePool::connect(&url).await.unwrap();
+        sqlx::query("UPDATE onboardings SET state = 'BOGUS'").execute(&raw).await.unwrap();
+        assert!(matches!(store.onboarding(&t, &o.id).await, Err(StoreError::Corrupt(_))));
+    }
+
+    #[tokio::test]
+    async fn unknown_scheme_is_refused() {
+        assert!(matches!(open("mysql://x").await, Err(StoreError::Other(_))));
+    }
+}
+
+mod postgres_only {
+    use super::*;
+    use crate::store::postgres::PgStore;
+    use crate::store::testing;
+
+    /// Part of the suite so that `cargo test` fails loudly without a database.
+    #[tokio::test]
+    async fn server_is_reachable() {
+        let Some(base) = testing::pg_base_url() else {
+            return;
+        };
+        let store = PgStore::connect(&base).await.unwrap_or_else(|e| {
+            panic!(
+                "PostgreSQL test server {} unreachable: {e}. Set {}=skip to opt out.",
+                redact_url(&base),
+                testing::PG_URL_ENV
+            )
+        });
+        store.ping().await.unwrap();
+        assert_eq!(store.backend(), Backend::Postgres);
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn notices_cross_replicas() {
+        let Some((first, url)) = testing::pg_store().await else {
+            return;
+        };
+        let second = PgStore::connect(&url).await.unwrap();
+        let mut rx = first.subscribe();
+        let notice = ChangeNotice { onboarding_id: new_id(), sequence: 3 };
+        second.notify(&notice).await.unwrap();
+        assert_eq!(tokio::time::timeout(Duration::from_secs(5), rx.recv()).await.unwrap().unwrap(), notice);
+
+        // A change written through one replica wakes the other.
+        let t = tenant(&first).await;
+        let a = account(&first, &t, ProviderKind::Gupshup).await;
+        let o = onboarding(&first, &a, "r").await;
+        let mut rx2 = second.subscribe();
+        first.apply_change(&change(&o.id, "x")).await.unwrap();
+        let wanted = ChangeNotice { onboarding_id: o.id.clone(), sequence: 2 };
+        let got = tokio::time::timeout(Duration::from_secs(5), async {
+            // The creation notice (sequence 1) may still be on its way.
+            loop {
+                let n = rx2.recv().await.unwrap();
+                if n.sequence != 1 {
+                    return n;
+                }
+            }
+        })
+        .await
+        .unwrap();
+        assert_eq!(got, wanted);
+
+        // Another schema on the same server hears nothing.
+        let Some((other, other_url)) = testing::pg_store().await else {
+            return;
+        };
+        let mut rx3 = other.subscribe();
+        first.notify(&notice).await.unwrap();
+        assert!(tokio::time::timeout(Duration::from_millis(300), rx3.recv()).await.is_err(), "schemas are isolated");
+        drop(second);
+        testing::drop_pg(&url).await;
+        testing::drop_pg(&other_url).await;
+    }
+
+    #[tokio::test]
+    async fn unparsable_stored_enum_is_corrupt() {
+        let Some((store, url)) = testing::pg_store().await else {
+            return;
+        };
+        let t = tenant(&store).await;
+        let a = account(&store, &t, ProviderKind::Whapi).await;
+        let raw = sqlx::PgPool::connect(&url).await.unwrap();
+        sqlx::query("UPDATE accounts SET provider = 'twilio'").execute(&raw).await.unwrap();
+        assert!(matches!(store.account(&t, &a.id).await, Err(StoreError::Corrupt(_))));
+        raw.close().await;
+        testing::drop_pg(&url).await;
+    }
+
+    #[tokio::test]
+    async fn outage_is_unavailable_quickly() {
+        let started = std::time::Instant::now();
+        // Port 1 on loopback: nothing listens.
+        match PgStore::connect("postgres://postgres@127.0.0.1:1/test").await {
+            Err(StoreError::Unavailable(_)) => {}
+            Err(e) => panic!("expected Unavailable, got {e}"),
+            Ok(_) => panic!("connected to nothing"),
+        }
+        assert!(started.elapsed() < Duration::from_secs(10), "{:?}", started.elapsed());
+    }
+
+    #[tokio::test]
+    async fn test_schemas_are_created_and_dropped() {
+        let Some(base) = testing::pg_base_url() else {
+            return;
+        };
+        let url = crate::store::postgres::create_test_schema(&base).await.unwrap();
+        assert!(url.contains("search_path"));
+        let store = PgStore::connect(&url).await.unwrap();
+        tenant(&(Arc::new(store) as Arc<dyn Store>)).await;
+        crate::store::postgres::drop_schema(&url).await.unwrap();
+        // Refuses anything that is not a test schema.
+        assert!(crate::store::postgres::drop_schema(&base).await.is_err());
+    }
+}

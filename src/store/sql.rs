@@ -1,0 +1,1004 @@
+//! The SQL both backends share. sqlx-sqlite accepts PostgreSQL's numbered `$N` placeholders,
+//! so one SQL text serves both databases; [`impl_sql_store!`] expands the one [`Store`]
+//! implementation for each pool type, with the few dialect differences passed in (row locks
+//! exist only on PostgreSQL) or supplied by the backend as inherent methods:
+//!
+//! - `fn reader(&self) -> &Pool<DB>` and `fn writer(&self) -> &Pool<DB>` (SQLite keeps one
+//!   writer connection so write transactions never race for the lock);
+//! - `async fn lock_rate_key(conn, key)`: serialises one rate-limit key inside a transaction;
+//! - `async fn publish(&self, notice)` and `fn bus(&self)`: change notification.
+//!
+//! [`Store`]: super::Store
+
+use std::time::Duration;
+
+use super::{ChangeNotice, Page, StoreError, StoreResult};
+use crate::domain::{IdError, OnboardingId, OnboardingState, ProviderKind, StepState};
+
+/// The terminal states, bound into `overdue_onboardings` (a test keeps this in step with
+/// [`OnboardingState::is_terminal`]).
+pub(crate) const TERMINAL_STATES: [OnboardingState; 3] =
+    [OnboardingState::Failed, OnboardingState::Expired, OnboardingState::Cancelled];
+
+/// Parses a stored id.
+pub(crate) fn id<T: TryFrom<String, Error = IdError>>(s: String) -> StoreResult<T> {
+    T::try_from(s).map_err(|e| StoreError::Corrupt(format!("stored id: {e}")))
+}
+
+/// Parses a stored provider name.
+pub(crate) fn provider(s: String) -> StoreResult<ProviderKind> {
+    s.parse().map_err(|e| StoreError::Corrupt(format!("stored provider: {e:?}")))
+}
+
+/// Parses a stored onboarding state.
+pub(crate) fn state(s: String) -> StoreResult<OnboardingState> {
+    s.parse().map_err(StoreError::Corrupt)
+}
+
+/// Parses an optional stored onboarding state.
+pub(crate) fn opt_state(s: Option<String>) -> StoreResult<Option<OnboardingState>> {
+    s.map(state).transpose()
+}
+
+/// Parses a stored step state.
+pub(crate) fn step_state(s: String) -> StoreResult<StepState> {
+    s.parse().map_err(StoreError::Corrupt)
+}
+
+/// Parses a stored webhook status.
+pub(crate) fn webhook_status(s: String) -> StoreResult<super::WebhookStatus> {
+    super::WebhookStatus::parse(&s).ok_or_else(|| StoreError::Corrupt(format!("unknown webhook status '{s}'")))
+}
+
+/// A sealed value stored as two nullable columns: both or neither.
+pub(crate) fn opt_sealed(key_id: Option<String>, blob: Option<Vec<u8>>) -> StoreResult<Option<super::Sealed>> {
+    match (key_id, blob) {
+        (Some(key_id), Some(blob)) => Ok(Some(super::Sealed { key_id, blob })),
+        (None, None) => Ok(None),
+        _ => Err(StoreError::Corrupt("sealed value with only one of key id and blob".into())),
+    }
+}
+
+/// Milliseconds of a duration, saturating.
+pub(crate) fn ms(d: Duration) -> i64 {
+    i64::try_from(d.as_millis()).unwrap_or(i64::MAX)
+}
+
+/// The SQL `LIMIT` for a keyset page: one more row than asked, to know whether more follow.
+pub(crate) fn page_limit(limit: u32) -> i64 {
+    i64::from(limit.max(1)) + 1
+}
+
+/// Cuts the extra row fetched by [`page_limit`] and derives the next page token (the last id).
+pub(crate) fn page<T>(mut items: Vec<T>, limit: u32, id_of: impl Fn(&T) -> String) -> Page<T> {
+    let limit = limit.max(1) as usize;
+    let next_page_token = if items.len() > limit {
+        items.truncate(limit);
+        items.last().map(id_of)
+    } else {
+        None
+    };
+    Page { items, next_page_token }
+}
+
+/// Maps a migration failure.
+pub(crate) fn migrate_err(e: sqlx::migrate::MigrateError) -> StoreError {
+    match e {
+        sqlx::migrate::MigrateError::Execute(e) => e.into(),
+        other => StoreError::Other(format!("migration failed: {other}")),
+    }
+}
+
+/// Cross-replica notification payload: `onboarding_id:sequence:origin`. The origin (the
+/// sending store instance) lets a replica skip its own notices, which it already delivered
+/// locally.
+pub(crate) fn notice_payload(notice: &ChangeNotice, origin: &str) -> String {
+    format!("{}:{}:{}", notice.onboarding_id, notice.sequence, origin)
+}
+
+/// Parses [`notice_payload`]; the origin is optional (`onboarding_id:sequence` also parses).
+pub(crate) fn parse_notice_payload(payload: &str) -> Option<(ChangeNotice, Option<&str>)> {
+    let mut parts = payload.splitn(3, ':');
+    let onboarding_id = OnboardingId::parse(parts.next()?).ok()?;
+    let sequence = parts.next()?.parse().ok()?;
+    Some((ChangeNotice { onboarding_id, sequence }, parts.next()))
+}
+
+/// Expands the shared `impl Store` for one backend. Arguments: the store type, its sqlx
+/// database, row and connection types, the [`Backend`](super::Backend) value, and the two
+/// lock clauses (`" FOR UPDATE"` and `" FOR UPDATE SKIP LOCKED"` on PostgreSQL, `""` on
+/// SQLite, where the single writer connection already serialises writers).
+macro_rules! impl_sql_store {
+    (
+        store: $store:ty,
+        db: $db:ty,
+        row: $row:ty,
+        conn: $conn:ty,
+        backend: $backend:expr,
+        for_update: $for_update:literal,
+        skip_locked: $skip_locked:literal $(,)?
+    ) => {
+        impl $store {
+            fn tenant_from(r: &$row) -> $crate::store::StoreResult<$crate::store::TenantRecord> {
+                Ok($crate::store::TenantRecord {
+                    id: sql::id(r.try_get("id")?)?,
+                    name: r.try_get("name")?,
+                    created_ms: r.try_get("created_ms")?,
+                })
+            }
+
+            fn api_key_from(r: &$row) -> $crate::store::StoreResult<$crate::store::ApiKeyRecord> {
+                Ok($crate::store::ApiKeyRecord {
+                    id: sql::id(r.try_get("id")?)?,
+                    tenant_id: sql::id(r.try_get("tenant_id")?)?,
+                    hash: r.try_get("hash")?,
+                    prefix: r.try_get("prefix")?,
+                    created_ms: r.try_get("created_ms")?,
+                    revoked_ms: r.try_get("revoked_ms")?,
+                })
+            }
+
+            fn account_from(r: &$row) -> $crate::store::StoreResult<$crate::store::AccountRecord> {
+                Ok($crate::store::AccountRecord {
+                    id: sql::id(r.try_get("id")?)?,
+                    tenant_id: sql::id(r.try_get("tenant_id")?)?,
+                    provider: sql::provider(r.try_get("provider")?)?,
+                    display_name: r.try_get("display_name")?,
+                    options_json: r.try_get("options_json")?,
+                    credentials: $crate::store::Sealed {
+                        key_id: r.try_get("credentials_key_id")?,
+                        blob: r.try_get("credentials")?,
+                    },
+                    webhook_secret: $crate::store::Sealed {
+                        key_id: r.try_get("webhook_key_id")?,
+                        blob: r.try_get("webhook_secret")?,
+                    },
+                    sandbox: r.try_get("sandbox")?,
+                    status_json: r.try_get("status_json")?,
+                    created_ms: r.try_get("created_ms")?,
+                    updated_ms: r.try_get("updated_ms")?,
+                })
+            }
+
+            fn idempotency_from(r: &$row) -> $crate::store::StoreResult<$crate::store::IdempotencyRecord> {
+                Ok($crate::store::IdempotencyRecord {
+                    tenant_id: sql::id(r.try_get("tenant_id")?)?,
+                    key: r.try_get("key")?,
+                    operation: r.try_get("operation")?,
+                    request_hash: r.try_get("request_hash")?,
+                    resource: r.try_get("resource")?,
+                    created_ms: r.try_get("created_ms")?,
+                })
+            }
+
+            fn onboarding_from(r: &$row) -> $crate::store::StoreResult<$crate::store::OnboardingRecord> {
+                Ok($crate::store::OnboardingRecord {
+                    id: sql::id(r.try_get("id")?)?,
+                    tenant_id: sql::id(r.try_get("tenant_id")?)?,
+                    account_id: sql::id(r.try_get("account_id")?)?,
+                    provider: sql::provider(r.try_get("provider")?)?,
+                    state: sql::state(r.try_get("state")?)?,
+                    desired_state: sql::opt_state(r.try_get("desired_state")?)?,
+                    state_reason: r.try_get("state_reason")?,
+                    provider_status: r.try_get("provider_status")?,
+                    reference: r.try_get("reference")?,
+                    details_json: r.try_get("details_json")?,
+                    external_key: r.try_get("external_key")?,
+                    secret: sql::opt_sealed(r.try_get("secret_key_id")?, r.try_get("secret")?)?,
+                    sequence: r.try_get("sequence")?,
+                    state_deadline_ms: r.try_get("state_deadline_ms")?,
+                    expire_ms: r.try_get("expire_ms")?,
+                    created_ms: r.try_get("created_ms")?,
+                    updated_ms: r.try_get("updated_ms")?,
+                })
+            }
+
+            fn event_from(r: &$row) -> $crate::store::StoreResult<$crate::store::EventRecord> {
+                Ok($crate::store::EventRecord {
+                    onboarding_id: sql::id(r.try_get("onboarding_id")?)?,
+                    sequence: r.try_get("sequence")?,
+                    kind: r.try_get("kind")?,
+                    state: sql::state(r.try_get("state")?)?,
+                    previous_state: sql::state(r.try_get("previous_state")?)?,
+                    reason: r.try_get("reason")?,
+                    provider_status: r.try_get("provider_status")?,
+                    step: r.try_get("step")?,
+                    data_json: r.try_get("data_json")?,
+                    created_ms: r.try_get("created_ms")?,
+                })
+            }
+
+            fn step_from(r: &$row) -> $crate::store::StoreResult<$crate::store::StepRecord> {
+                Ok($crate::store::StepRecord {
+                    onboarding_id: sql::id(r.try_get("onboarding_id")?)?,
+                    name: r.try_get("name")?,
+                    position: r.try_get("position")?,
+                    state: sql::step_state(r.try_get("state")?)?,
+                    attempts: r.try_get("attempts")?,
+                    max_attempts: r.try_get("max_attempts")?,
+                    next_run_ms: r.try_get("next_run_ms")?,
+                    lease_owner: r.try_get("lease_owner")?,
+                    lease_until_ms: r.try_get("lease_until_ms")?,
+                    last_error: r.try_get("last_error")?,
+                    last_error_code: r.try_get("last_error_code")?,
+                    provider_stage_json: r.try_get("provider_stage_json")?,
+                    data_json: r.try_get("data_json")?,
+                    deadline_ms: r.try_get("deadline_ms")?,
+                    started_ms: r.try_get("started_ms")?,
+                    finished_ms: r.try_get("finished_ms")?,
+                    created_ms: r.try_get("created_ms")?,
+                    updated_ms: r.try_get("updated_ms")?,
+                })
+            }
+
+            fn webhook_from(r: &$row) -> $crate::store::StoreResult<$crate::store::WebhookEventRecord> {
+                Ok($crate::store::WebhookEventRecord {
+                    id: r.try_get("id")?,
+                    provider: sql::provider(r.try_get("provider")?)?,
+                    account_id: sql::id(r.try_get("account_id")?)?,
+                    dedupe_key: r.try_get("dedupe_key")?,
+                    body: r.try_get("body")?,
+                    status: sql::webhook_status(r.try_get("status")?)?,
+                    note: r.try_get("note")?,
+                    lease_owner: r.try_get("lease_owner")?,
+                    lease_until_ms: r.try_get("lease_until_ms")?,
+                    received_ms: r.try_get("received_ms")?,
+                })
+            }
+
+            fn all<T>(
+                rows: Vec<$row>,
+                from: fn(&$row) -> $crate::store::StoreResult<T>,
+            ) -> $crate::store::StoreResult<Vec<T>> {
+                rows.iter().map(from).collect()
+            }
+
+            async fn insert_event(
+                conn: &mut $conn,
+                e: &$crate::store::EventRecord,
+            ) -> $crate::store::StoreResult<()> {
+                sqlx::query(
+                    "INSERT INTO onboarding_events (onboarding_id, sequence, kind, state, previous_state, \
+                     reason, provider_status, step, data_json, created_ms) \
+                     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)",
+                )
+                .bind(e.onboarding_id.as_str())
+                .bind(e.sequence)
+                .bind(e.kind.as_str())
+                .bind(e.state.as_str())
+                .bind(e.previous_state.as_str())
+                .bind(e.reason.as_str())
+                .bind(e.provider_status.as_str())
+                .bind(e.step.as_deref())
+                .bind(e.data_json.as_str())
+                .bind(e.created_ms)
+                .execute(&mut *conn)
+                .await?;
+                Ok(())
+            }
+
+            /// Inserts or replaces a step (matched by onboarding and name; `created_ms` kept).
+            async fn upsert_step(
+                conn: &mut $conn,
+                onboarding: &$crate::domain::OnboardingId,
+                s: &$crate::store::StepRecord,
+            ) -> $crate::store::StoreResult<()> {
+                sqlx::query(
+                    "INSERT INTO pipeline_steps (onboarding_id, name, position, state, attempts, max_attempts, \
+                     next_run_ms, lease_owner, lease_until_ms, last_error, last_error_code, \
+                     provider_stage_json, data_json, deadline_ms, started_ms, finished_ms, created_ms, updated_ms) \
+                     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18) \
+                     ON CONFLICT (onboarding_id, name) DO UPDATE SET position = excluded.position, \
+                     state = excluded.state, attempts = excluded.attempts, max_attempts = excluded.max_attempts, \
+                     next_run_ms = excluded.next_run_ms, lease_owner = excluded.lease_owner, \
+                     lease_until_ms = excluded.lease_until_ms, last_error = excluded.last_error, \
+                     last_error_code = excluded.last_error_code, provider_stage_json = excluded.provider_stage_json, \
+                     data_json = excluded.data_json, deadline_ms = excluded.deadline_ms, \
+                     started_ms = excluded.started_ms, finished_ms = excluded.finished_ms, \
+                     updated_ms = excluded.updated_ms",
+                )
+                .bind(onboarding.as_str())
+                .bind(s.name.as_str())
+                .bind(s.position)
+                .bind(s.state.as_str())
+                .bind(s.attempts)
+                .bind(s.max_attempts)
+                .bind(s.next_run_ms)
+                .bind(s.lease_owner.as_deref())
+                .bind(s.lease_until_ms)
+                .bind(s.last_error.as_deref())
+                .bind(s.last_error_code.as_deref())
+                .bind(s.provider_stage_json.as_str())
+                .bind(s.data_json.as_str())
+                .bind(s.deadline_ms)
+                .bind(s.started_ms)
+                .bind(s.finished_ms)
+                .bind(s.created_ms)
+                .bind(s.updated_ms)
+                .execute(&mut *conn)
+                .await?;
+                Ok(())
+            }
+
+            /// Publishes after a commit. The write already happened, so a failed notification
+            /// is only logged: subscribers re-read the log and catch up on the next notice.
+            async fn publish_after_commit(&self, onboarding_id: &$crate::domain::OnboardingId, sequence: i64) {
+                let notice = $crate::store::ChangeNotice { onboarding_id: onboarding_id.clone(), sequence };
+                if let Err(error) = self.publish(&notice).await {
+                    tracing::warn!(%error, onboarding_id = %onboarding_id, "change notification failed");
+                }
+            }
+        }
+
+        #[async_trait::async_trait]
+        impl $crate::store::Store for $store {
+            fn backend(&self) -> $crate::store::Backend {
+                $backend
+            }
+
+            async fn ping(&self) -> $crate::store::StoreResult<()> {
+                sqlx::query("SELECT 1").execute(self.reader()).await?;
+                Ok(())
+            }
+
+            async fn create_tenant(&self, t: &$crate::store::TenantRecord) -> $crate::store::StoreResult<()> {
+                sqlx::query("INSERT INTO tenants (id, name, created_ms) VALUES ($1, $2, $3)")
+                    .bind(t.id.as_str())
+                    .bind(t.name.as_str())
+                    .bind(t.created_ms)
+                    .execute(self.writer())
+                    .await?;
+                Ok(())
+            }
+
+            async fn tenant_by_name(&self, name: &str) -> $crate::store::StoreResult<Option<$crate::store::TenantRecord>> {
+                let row = sqlx::query("SELECT * FROM tenants WHERE name = $1")
+                    .bind(name)
+                    .fetch_optional(self.reader())
+                    .await?;
+                row.as_ref().map(Self::tenant_from).transpose()
+            }
+
+            async fn tenant(&self, id: &$crate::domain::TenantId) -> $crate::store::StoreResult<Option<$crate::store::TenantRecord>> {
+                let row = sqlx::query("SELECT * FROM tenants WHERE id = $1")
+                    .bind(id.as_str())
+                    .fetch_optional(self.reader())
+                    .await?;
+                row.as_ref().map(Self::tenant_from).transpose()
+            }
+
+            async fn list_tenants(&self) -> $crate::store::StoreResult<Vec<$crate::store::TenantRecord>> {
+                let rows = sqlx::query("SELECT * FROM tenants ORDER BY name").fetch_all(self.reader()).await?;
+                Self::all(rows, Self::tenant_from)
+            }
+
+            async fn add_api_key(&self, k: &$crate::store::ApiKeyRecord) -> $crate::store::StoreResult<()> {
+                sqlx::query(
+                    "INSERT INTO api_keys (id, tenant_id, hash, prefix, created_ms, revoked_ms) \
+                     VALUES ($1, $2, $3, $4, $5, $6)",
+                )
+                .bind(k.id.as_str())
+                .bind(k.tenant_id.as_str())
+                .bind(k.hash.as_slice())
+                .bind(k.prefix.as_str())
+                .bind(k.created_ms)
+                .bind(k.revoked_ms)
+                .execute(self.writer())
+                .await?;
+                Ok(())
+            }
+
+            async fn api_key_by_hash(&self, hash: &[u8]) -> $crate::store::StoreResult<Option<$crate::store::ApiKeyRecord>> {
+                let row = sqlx::query("SELECT * FROM api_keys WHERE hash = $1 AND revoked_ms IS NULL")
+                    .bind(hash)
+                    .fetch_optional(self.reader())
+                    .await?;
+                row.as_ref().map(Self::api_key_from).transpose()
+            }
+
+            async fn list_api_keys(&self, tenant: &$crate::domain::TenantId) -> $crate::store::StoreResult<Vec<$crate::store::ApiKeyRecord>> {
+                let rows = sqlx::query("SELECT * FROM api_keys WHERE tenant_id = $1 ORDER BY created_ms, id")
+                    .bind(tenant.as_str())
+                    .fetch_all(self.reader())
+                    .await?;
+                Self::all(rows, Self::api_key_from)
+            }
+
+            async fn revoke_api_key(&self, id: &$crate::domain::ApiKeyId, at: $crate::domain::UnixMs) -> $crate::store::StoreResult<bool> {
+                let done = sqlx::query("UPDATE api_keys SET revoked_ms = $2 WHERE id = $1 AND revoked_ms IS NULL")
+                    .bind(id.as_str())
+                    .bind(at)
+                    .execute(self.writer())
+                    .await?;
+                Ok(done.rows_affected() > 0)
+            }
+
+            async fn insert_account(&self, a: &$crate::store::AccountRecord) -> $crate::store::StoreResult<()> {
+                sqlx::query(
+                    "INSERT INTO accounts (id, tenant_id, provider, display_name, options_json, \
+                     credentials_key_id, credentials, webhook_key_id, webhook_secret, sandbox, status_json, \
+                     created_ms, updated_ms) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13)",
+                )
+                .bind(a.id.as_str())
+                .bind(a.tenant_id.as_str())
+                .bind(a.provider.as_str())
+                .bind(a.display_name.as_str())
+                .bind(a.options_json.as_str())
+                .bind(a.credentials.key_id.as_str())
+                .bind(a.credentials.blob.as_slice())
+                .bind(a.webhook_secret.key_id.as_str())
+                .bind(a.webhook_secret.blob.as_slice())
+                .bind(a.sandbox)
+                .bind(a.status_json.as_str())
+                .bind(a.created_ms)
+                .bind(a.updated_ms)
+                .execute(self.writer())
+                .await?;
+                Ok(())
+            }
+
+            async fn account(
+                &self,
+                tenant: &$crate::domain::TenantId,
+                id: &$crate::domain::AccountId,
+            ) -> $crate::store::StoreResult<Option<$crate::store::AccountRecord>> {
+                let row = sqlx::query("SELECT * FROM accounts WHERE tenant_id = $1 AND id = $2")
+                    .bind(tenant.as_str())
+                    .bind(id.as_str())
+                    .fetch_optional(self.reader())
+                    .await?;
+                row.as_ref().map(Self::account_from).transpose()
+            }
+
+            async fn account_unscoped(&self, id: &$crate::domain::AccountId) -> $crate::store::StoreResult<Option<$crate::store::AccountRecord>> {
+                let row = sqlx::query("SELECT * FROM accounts WHERE id = $1")
+                    .bind(id.as_str())
+                    .fetch_optional(self.reader())
+                    .await?;
+                row.as_ref().map(Self::account_from).transpose()
+            }
+
+            async fn list_accounts(
+                &self,
+                tenant: &$crate::domain::TenantId,
+                provider: Option<$crate::domain::ProviderKind>,
+                page: &$crate::store::PageRequest,
+            ) -> $crate::store::StoreResult<$crate::store::Page<$crate::store::AccountRecord>> {
+                let rows = sqlx::query(
+                    "SELECT * FROM accounts WHERE tenant_id = $1 AND ($2 IS NULL OR provider = $2) \
+                     AND ($3 IS NULL OR id > $3) ORDER BY id LIMIT $4",
+                )
+                .bind(tenant.as_str())
+                .bind(provider.map(|p| p.as_str()))
+                .bind(page.after.as_deref())
+                .bind(sql::page_limit(page.limit))
+                .fetch_all(self.reader())
+                .await?;
+                Ok(sql::page(Self::all(rows, Self::account_from)?, page.limit, |a| a.id.to_string()))
+            }
+
+            async fn update_account(&self, a: &$crate::store::AccountRecord) -> $crate::store::StoreResult<()> {
+                let done = sqlx::query(
+                    "UPDATE accounts SET display_name = $3, options_json = $4, credentials_key_id = $5, \
+                     credentials = $6, webhook_key_id = $7, webhook_secret = $8, sandbox = $9, \
+                     status_json = $10, updated_ms = $11 WHERE tenant_id = $1 AND id = $2",
+                )
+                .bind(a.tenant_id.as_str())
+                .bind(a.id.as_str())
+                .bind(a.display_name.as_str())
+                .bind(a.options_json.as_str())
+                .bind(a.credentials.key_id.as_str())
+                .bind(a.credentials.blob.as_slice())
+                .bind(a.webhook_secret.key_id.as_str())
+                .bind(a.webhook_secret.blob.as_slice())
+                .bind(a.sandbox)
+                .bind(a.status_json.as_str())
+                .bind(a.updated_ms)
+                .execute(self.writer())
+                .await?;
+                if done.rows_affected() == 0 {
+                    return Err($crate::store::StoreError::NotFound(format!("account {}", a.id)));
+                }
+                Ok(())
+            }
+
+            async fn delete_account(
+                &self,
+                tenant: &$crate::domain::TenantId,
+                id: &$crate::domain::AccountId,
+            ) -> $crate::store::StoreResult<bool> {
+                let done = sqlx::query("DELETE FROM accounts WHERE tenant_id = $1 AND id = $2")
+                    .bind(tenant.as_str())
+                    .bind(id.as_str())
+                    .execute(self.writer())
+                    .await?;
+                Ok(done.rows_affected() > 0)
+            }
+
+            async fn idempotency(
+                &self,
+                tenant: &$crate::domain::TenantId,
+                key: &str,
+            ) -> $crate::store::StoreResult<Option<$crate::store::IdempotencyRecord>> {
+                let row = sqlx::query("SELECT * FROM idempotency_keys WHERE tenant_id = $1 AND key = $2")
+                    .bind(tenant.as_str())
+                    .bind(key)
+                    .fetch_optional(self.reader())
+                    .await?;
+                row.as_ref().map(Self::idempotency_from).transpose()
+            }
+
+            async fn create_onboarding(&self, new: &$crate::store::NewOnboarding) -> $crate::store::StoreResult<$crate::store::EventRecord> {
+                let o = &new.onboarding;
+                let mut tx = self.writer().begin().await?;
+                if let Some(k) = &new.idempotency {
+                    // First, so a duplicate key fails before anything else is written (the
+                    // transaction is rolled back when `tx` drops).
+                    sqlx::query(
+                        "INSERT INTO idempotency_keys (tenant_id, key, operation, request_hash, resource, created_ms) \
+                         VALUES ($1, $2, $3, $4, $5, $6)",
+                    )
+                    .bind(k.tenant_id.as_str())
+                    .bind(k.key.as_str())
+                    .bind(k.operation.as_str())
+                    .bind(k.request_hash.as_slice())
+                    .bind(k.resource.as_str())
+                    .bind(k.created_ms)
+                    .execute(&mut *tx)
+                    .await?;
+                }
+                sqlx::query(
+                    "INSERT INTO onboardings (id, tenant_id, account_id, provider, state, desired_state, \
+                     state_reason, provider_status, reference, details_json, external_key, secret_key_id, secret, \
+                     sequence, state_deadline_ms, expire_ms, created_ms, updated_ms) \
+                     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, 1, $14, $15, $16, $17)",
+                )
+                .bind(o.id.as_str())
+                .bind(o.tenant_id.as_str())
+                .bind(o.account_id.as_str())
+                .bind(o.provider.as_str())
+                .bind(o.state.as_str())
+                .bind(o.desired_state.map(|s| s.as_str()))
+                .bind(o.state_reason.as_str())
+                .bind(o.provider_status.as_str())
+                .bind(o.reference.as_str())
+                .bind(o.details_json.as_str())
+                .bind(o.external_key.as_deref())
+                .bind(o.secret.as_ref().map(|s| s.key_id.as_str()))
+                .bind(o.secret.as_ref().map(|s| s.blob.as_slice()))
+                .bind(o.state_deadline_ms)
+                .bind(o.expire_ms)
+                .bind(o.created_ms)
+                .bind(o.updated_ms)
+                .execute(&mut *tx)
+                .await?;
+                for step in &new.steps {
+                    Self::upsert_step(&mut tx, &o.id, step).await?;
+                }
+                let event = $crate::store::EventRecord {
+                    onboarding_id: o.id.clone(),
+                    sequence: 1,
+                    kind: new.event.kind.clone(),
+                    state: o.state,
+                    previous_state: o.state,
+                    reason: new.event.reason.clone(),
+                    provider_status: o.provider_status.clone(),
+                    step: new.event.step.clone(),
+                    data_json: new.event.data_json.clone(),
+                    created_ms: o.created_ms,
+                };
+                Self::insert_event(&mut tx, &event).await?;
+                tx.commit().await?;
+                self.publish_after_commit(&o.id, 1).await;
+                Ok(event)
+            }
+
+            async fn onboarding(
+                &self,
+                tenant: &$crate::domain::TenantId,
+                id: &$crate::domain::OnboardingId,
+            ) -> $crate::store::StoreResult<Option<$crate::store::OnboardingRecord>> {
+                let row = sqlx::query("SELECT * FROM onboardings WHERE tenant_id = $1 AND id = $2")
+                    .bind(tenant.as_str())
+                    .bind(id.as_str())
+                    .fetch_optional(self.reader())
+                    .await?;
+                row.as_ref().map(Self::onboarding_from).transpose()
+            }
+
+            async fn onboarding_unscoped(&self, id: &$crate::domain::OnboardingId) -> $crate::store::StoreResult<Option<$crate::store::OnboardingRecord>> {
+                let row = sqlx::query("SELECT * FROM onboardings WHERE id = $1")
+                    .bind(id.as_str())
+                    .fetch_optional(self.reader())
+                    .await?;
+                row.as_ref().map(Self::onboarding_from).transpose()
+            }
+
+            async fn onboarding_by_external_key(
+                &self,
+                account: &$crate::domain::AccountId,
+                external_key: &str,
+            ) -> $crate::store::StoreResult<Option<$crate::store::OnboardingRecord>> {
+                // Newest first: a key reused after a cancelled attempt names the latest one.
+                let row = sqlx::query(
+                    "SELECT * FROM onboardings WHERE account_id = $1 AND external_key = $2 ORDER BY id DESC LIMIT 1",
+                )
+                .bind(account.as_str())
+                .bind(external_key)
+                .fetch_optional(self.reader())
+                .await?;
+                row.as_ref().map(Self::onboarding_from).transpose()
+            }
+
+            async fn list_onboardings(
+                &self,
+                tenant: &$crate::domain::TenantId,
+                filter: &$crate::store::OnboardingFilter,
+                page: &$crate::store::PageRequest,
+            ) -> $crate::store::StoreResult<$crate::store::Page<$crate::store::OnboardingRecord>> {
+                let rows = sqlx::query(
+                    "SELECT * FROM onboardings WHERE tenant_id = $1 AND ($2 IS NULL OR provider = $2) \
+                     AND ($3 IS NULL OR state = $3) AND ($4 IS NULL OR reference = $4) \
+                     AND ($5 IS NULL OR account_id = $5) AND ($6 IS NULL OR id > $6) ORDER BY id LIMIT $7",
+                )
+                .bind(tenant.as_str())
+                .bind(filter.provider.map(|p| p.as_str()))
+                .bind(filter.state.map(|s| s.as_str()))
+                .bind(filter.reference.as_deref())
+                .bind(filter.account_id.as_ref().map(|a| a.as_str()))
+                .bind(page.after.as_deref())
+                .bind(sql::page_limit(page.limit))
+                .fetch_all(self.reader())
+                .await?;
+                Ok(sql::page(Self::all(rows, Self::onboarding_from)?, page.limit, |o| o.id.to_string()))
+            }
+
+            async fn count_onboardings(
+                &self,
+            ) -> $crate::store::StoreResult<Vec<($crate::domain::ProviderKind, $crate::domain::OnboardingState, i64)>> {
+                let rows = sqlx::query(
+                    "SELECT provider, state, COUNT(*) AS n FROM onboardings GROUP BY provider, state ORDER BY provider, state",
+                )
+                .fetch_all(self.reader())
+                .await?;
+                rows.iter()
+                    .map(|r| Ok((sql::provider(r.try_get("provider")?)?, sql::state(r.try_get("state")?)?, r.try_get("n")?)))
+                    .collect()
+            }
+
+            async fn apply_change(&self, change: &$crate::store::OnboardingChange) -> $crate::store::StoreResult<$crate::store::EventRecord> {
+                let id = change
+                    .onboarding_id
+                    .as_ref()
+                    .ok_or_else(|| $crate::store::StoreError::Other("apply_change without an onboarding id".into()))?;
+                let mut tx = self.writer().begin().await?;
+                let row = sqlx::query(concat!("SELECT * FROM onboardings WHERE id = $1", $for_update))
+                    .bind(id.as_str())
+                    .fetch_optional(&mut *tx)
+                    .await?
+                    .ok_or_else(|| $crate::store::StoreError::NotFound(format!("onboarding {id}")))?;
+                let old = Self::onboarding_from(&row)?;
+                if let Some(expected) = change.expect_sequence
+                    && expected != old.sequence
+                {
+                    return Err($crate::store::StoreError::Conflict(format!(
+                        "onboarding {id} is at sequence {}, not {expected}",
+                        old.sequence
+                    )));
+                }
+                let state = change.state.unwrap_or(old.state);
+                let provider_status = change.provider_status.clone().unwrap_or(old.provider_status);
+                let secret = change.secret.clone().or(old.secret);
+                let sequence = old.sequence + 1;
+                let done = sqlx::query(
+                    "UPDATE onboardings SET state = $2, desired_state = $3, state_reason = $4, provider_status = $5, \
+                     details_json = $6, external_key = $7, secret_key_id = $8, secret = $9, state_deadline_ms = $10, \
+                     expire_ms = $11, sequence = $12, updated_ms = $13 WHERE id = $1 AND sequence = $14",
+                )
+                .bind(id.as_str())
+                .bind(state.as_str())
+                .bind(change.desired_state.unwrap_or(old.desired_state).map(|s| s.as_str()))
+                .bind(change.state_reason.as_ref().unwrap_or(&old.state_reason).as_str())
+                .bind(provider_status.as_str())
+                .bind(change.details_json.as_ref().unwrap_or(&old.details_json).as_str())
+                .bind(change.external_key.as_ref().or(old.external_key.as_ref()).map(|k| k.as_str()))
+                .bind(secret.as_ref().map(|s| s.key_id.as_str()))
+                .bind(secret.as_ref().map(|s| s.blob.as_slice()))
+                .bind(change.state_deadline_ms.unwrap_or(old.state_deadline_ms))
+                .bind(change.expire_ms.unwrap_or(old.expire_ms))
+                .bind(sequence)
+                .bind(change.at_ms)
+                .bind(old.sequence)
+                .execute(&mut *tx)
+                .await?;
+                if done.rows_affected() != 1 {
+                    return Err($crate::store::StoreError::Conflict(format!("onboarding {id} changed concurrently")));
+                }
+                for step in &change.steps {
+                    Self::upsert_step(&mut tx, id, step).await?;
+                }
+                let event = $crate::store::EventRecord {
+                    onboarding_id: id.clone(),
+                    sequence,
+                    kind: change.event.kind.clone(),
+                    state,
+                    previous_state: old.state,
+                    reason: change.event.reason.clone(),
+                    provider_status,
+                    step: change.event.step.clone(),
+                    data_json: change.event.data_json.clone(),
+                    created_ms: change.at_ms,
+                };
+                Self::insert_event(&mut tx, &event).await?;
+                if let Some(webhook) = &change.webhook_event_id {
+                    let done = sqlx::query(
+                        "UPDATE webhook_events SET status = 'PROCESSED', lease_owner = NULL, lease_until_ms = NULL WHERE id = $1",
+                    )
+                    .bind(webhook.as_str())
+                    .execute(&mut *tx)
+                    .await?;
+                    if done.rows_affected() == 0 {
+                        return Err($crate::store::StoreError::NotFound(format!("webhook event {webhook}")));
+                    }
+                }
+                tx.commit().await?;
+                self.publish_after_commit(id, sequence).await;
+                Ok(event)
+            }
+
+            async fn events(
+                &self,
+                id: &$crate::domain::OnboardingId,
+                after: i64,
+                limit: u32,
+            ) -> $crate::store::StoreResult<Vec<$crate::store::EventRecord>> {
+                let rows = sqlx::query(
+                    "SELECT * FROM onboarding_events WHERE onboarding_id = $1 AND sequence > $2 ORDER BY sequence LIMIT $3",
+                )
+                .bind(id.as_str())
+                .bind(after)
+                .bind(i64::from(limit))
+                .fetch_all(self.reader())
+                .await?;
+                Self::all(rows, Self::event_from)
+            }
+
+            async fn steps(&self, id: &$crate::domain::OnboardingId) -> $crate::store::StoreResult<Vec<$crate::store::StepRecord>> {
+                let rows = sqlx::query("SELECT * FROM pipeline_steps WHERE onboarding_id = $1 ORDER BY position, name")
+                    .bind(id.as_str())
+                    .fetch_all(self.reader())
+                    .await?;
+                Self::all(rows, Self::step_from)
+            }
+
+            async fn claim_steps(
+                &self,
+                worker: &str,
+                now: $crate::domain::UnixMs,
+                lease: std::time::Duration,
+                limit: u32,
+            ) -> $crate::store::StoreResult<Vec<$crate::store::StepRecord>> {
+                // READY with no next-run time is due now; WAITING with none waits for a callback.
+                // A RUNNING step whose lease lapsed was abandoned by a crashed worker.
+                let rows = sqlx::query(concat!(
+                    "UPDATE pipeline_steps SET state = 'RUNNING', lease_owner = $1, lease_until_ms = $2, \
+                     attempts = CASE WHEN state = 'WAITING' THEN attempts ELSE attempts + 1 END, \
+                     started_ms = COALESCE(started_ms, $3), updated_ms = $3 \
+                     WHERE (onboarding_id, name) IN (SELECT onboarding_id, name FROM pipeline_steps \
+                     WHERE (state = 'READY' AND (next_run_ms IS NULL OR next_run_ms <= $3)) \
+                     OR (state = 'WAITING' AND next_run_ms <= $3) \
+                     OR (state = 'RUNNING' AND (lease_until_ms IS NULL OR lease_until_ms <= $3)) \
+                     ORDER BY COALESCE(next_run_ms, 0), onboarding_id, position LIMIT $4",
+                    $skip_locked,
+                    ") RETURNING *"
+                ))
+                .bind(worker)
+                .bind(now.saturating_add(sql::ms(lease)))
+                .bind(now)
+                .bind(i64::from(limit))
+                .fetch_all(self.writer())
+                .await?;
+                let mut steps = Self::all(rows, Self::step_from)?;
+                steps.sort_by(|a, b| (&a.onboarding_id, a.position).cmp(&(&b.onboarding_id, b.position)));
+                Ok(steps)
+            }
+
+            async fn renew_lease(
+                &self,
+                id: &$crate::domain::OnboardingId,
+                step: &str,
+                worker: &str,
+                until: $crate::domain::UnixMs,
+            ) -> $crate::store::StoreResult<bool> {
+                let done = sqlx::query(
+                    "UPDATE pipeline_steps SET lease_until_ms = $4 \
+                     WHERE onboarding_id = $1 AND name = $2 AND lease_owner = $3 AND state = 'RUNNING'",
+                )
+                .bind(id.as_str())
+                .bind(step)
+                .bind(worker)
+                .bind(until)
+                .execute(self.writer())
+                .await?;
+                Ok(done.rows_affected() > 0)
+            }
+
+            async fn overdue_onboardings(
+                &self,
+                now: $crate::domain::UnixMs,
+                limit: u32,
+            ) -> $crate::store::StoreResult<Vec<$crate::store::OnboardingRecord>> {
+                let [t1, t2, t3] = sql::TERMINAL_STATES;
+                let rows = sqlx::query(
+                    "SELECT * FROM onboardings WHERE state_deadline_ms IS NOT NULL AND state_deadline_ms < $1 \
+                     AND state NOT IN ($3, $4, $5) ORDER BY state_deadline_ms, id LIMIT $2",
+                )
+                .bind(now)
+                .bind(i64::from(limit))
+                .bind(t1.as_str())
+                .bind(t2.as_str())
+                .bind(t3.as_str())
+                .fetch_all(self.reader())
+                .await?;
+                Self::all(rows, Self::onboarding_from)
+            }
+
+            async fn insert_webhook_event(&self, e: &$crate::store::WebhookEventRecord) -> $crate::store::StoreResult<bool> {
+                let done = sqlx::query(
+                    "INSERT INTO webhook_events (id, provider, account_id, dedupe_key, body, status, note, \
+                     lease_owner, lease_until_ms, received_ms) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10) \
+                     ON CONFLICT (provider, account_id, dedupe_key) DO NOTHING",
+                )
+                .bind(e.id.as_str())
+                .bind(e.provider.as_str())
+                .bind(e.account_id.as_str())
+                .bind(e.dedupe_key.as_str())
+                .bind(e.body.as_slice())
+                .bind(e.status.as_str())
+                .bind(e.note.as_deref())
+                .bind(e.lease_owner.as_deref())
+                .bind(e.lease_until_ms)
+                .bind(e.received_ms)
+                .execute(self.writer())
+                .await?;
+                Ok(done.rows_affected() > 0)
+            }
+
+            async fn claim_webhook_events(
+                &self,
+                worker: &str,
+                now: $crate::domain::UnixMs,
+                lease: std::time::Duration,
+                limit: u32,
+            ) -> $crate::store::StoreResult<Vec<$crate::store::WebhookEventRecord>> {
+                let rows = sqlx::query(concat!(
+                    "UPDATE webhook_events SET lease_owner = $1, lease_until_ms = $2 \
+                     WHERE id IN (SELECT id FROM webhook_events WHERE status = 'PENDING' \
+                     AND (lease_until_ms IS NULL OR lease_until_ms <= $3) ORDER BY received_ms, id LIMIT $4",
+                    $skip_locked,
+                    ") RETURNING *"
+                ))
+                .bind(worker)
+                .bind(now.saturating_add(sql::ms(lease)))
+                .bind(now)
+                .bind(i64::from(limit))
+                .fetch_all(self.writer())
+                .await?;
+                let mut events = Self::all(rows, Self::webhook_from)?;
+                events.sort_by(|a, b| (a.received_ms, &a.id).cmp(&(b.received_ms, &b.id)));
+                Ok(events)
+            }
+
+            async fn finish_webhook_event(
+                &self,
+                id: &str,
+                status: $crate::store::WebhookStatus,
+                note: Option<&str>,
+            ) -> $crate::store::StoreResult<()> {
+                let done = sqlx::query(
+                    "UPDATE webhook_events SET status = $2, note = $3, lease_owner = NULL, lease_until_ms = NULL WHERE id = $1",
+                )
+                .bind(id)
+                .bind(status.as_str())
+                .bind(note)
+                .execute(self.writer())
+                .await?;
+                if done.rows_affected() == 0 {
+                    return Err($crate::store::StoreError::NotFound(format!("webhook event {id}")));
+                }
+                Ok(())
+            }
+
+            async fn webhook_event(&self, id: &str) -> $crate::store::StoreResult<Option<$crate::store::WebhookEventRecord>> {
+                let row = sqlx::query("SELECT * FROM webhook_events WHERE id = $1")
+                    .bind(id)
+                    .fetch_optional(self.reader())
+                    .await?;
+                row.as_ref().map(Self::webhook_from).transpose()
+            }
+
+            async fn rate_acquire(
+                &self,
+                key: &str,
+                limit: u32,
+                window: std::time::Duration,
+                now: $crate::domain::UnixMs,
+            ) -> $crate::store::StoreResult<Option<std::time::Duration>> {
+                if limit == 0 {
+                    return Ok(Some(window));
+                }
+                let window_ms = sql::ms(window);
+                let mut tx = self.writer().begin().await?;
+                Self::lock_rate_key(&mut tx, key).await?;
+                sqlx::query("DELETE FROM rate_slots WHERE key = $1 AND at_ms <= $2")
+                    .bind(key)
+                    .bind(now.saturating_sub(window_ms))
+                    .execute(&mut *tx)
+                    .await?;
+                let row = sqlx::query("SELECT COUNT(*) AS n, MIN(at_ms) AS oldest FROM rate_slots WHERE key = $1")
+                    .bind(key)
+                    .fetch_one(&mut *tx)
+                    .await?;
+                let taken: i64 = row.try_get("n")?;
+                let oldest: Option<i64> = row.try_get("oldest")?;
+                let wait = if taken < i64::from(limit) {
+                    sqlx::query("INSERT INTO rate_slots (key, at_ms) VALUES ($1, $2)")
+                        .bind(key)
+                        .bind(now)
+                        .execute(&mut *tx)
+                        .await?;
+                    None
+                } else {
+                    let free_at = oldest.unwrap_or(now).saturating_add(window_ms);
+                    let wait_ms = u64::try_from(free_at.saturating_sub(now)).unwrap_or(0).max(1);
+                    Some(std::time::Duration::from_millis(wait_ms))
+                };
+                tx.commit().await?;
+                Ok(wait)
+            }
+
+            async fn notify(&self, notice: &$crate::store::ChangeNotice) -> $crate::store::StoreResult<()> {
+                self.publish(notice).await
+            }
+
+            fn subscribe(&self) -> tokio::sync::broadcast::Receiver<$crate::store::ChangeNotice> {
+                self.bus().subscribe()
+            }
+        }
+    };
+}
+
+pub(crate) use impl_sql_store;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn terminal_states_match_the_domain() {
+        let terminal: Vec<OnboardingState> = OnboardingState::ALL.into_iter().filter(|s| s.is_terminal()).collect();
+        assert_eq!(terminal, TERMINAL_STATES);
+    }
+
+    #[test]
+    fn notice_payload_round_trips() {
+        let notice = ChangeNotice { onboarding_id: OnboardingId::parse("abc-1").unwrap(), sequence: 42 };
+        let payload = notice_payload(&notice, "origin1");
+        assert_eq!(payload, "abc-1:42:origin1");
+        assert_eq!(parse_notice_payload(&payload), Some((notice.clone(), Some("origin1"))));
+        assert_eq!(parse_notice_payload("abc-1:42"), Some((notice, None)));
+        assert_eq!(parse_notice_payload("abc-1"), None);
+        assert_eq!(parse_notice_payload("Bad Id:1"), None);
+        assert_eq!(parse_notice_payload("abc-1:x"), None);
+    }
+
+    #[test]
+    fn paging_cuts_the_extra_row() {
+        let p = page(vec![1, 2, 3], 2, |i| i.to_string());
+        assert_eq!(p.items, vec![1, 2]);
+        assert_eq!(p.next_page_token.as_deref(), Some("2"));
+        let p = page(vec![1, 2], 2, |i| i.to_string());
+        assert_eq!(p.next_page_token, None);
+        assert_eq!(page_limit(2), 3);
+    }
+}

@@ -1,0 +1,102 @@
+//! SQLite backend: the embedded default for one process. WAL lets readers run beside the
+//! writer; every write goes through a pool of exactly one connection, so write transactions
+//! queue in the process instead of failing with `SQLITE_BUSY` when a read lock is upgraded.
+
+use std::str::FromStr;
+use std::time::Duration;
+
+use sqlx::Row;
+use sqlx::sqlite::{
+    SqliteConnectOptions, SqliteConnection, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteRow,
+    SqliteSynchronous,
+};
+use tokio::sync::broadcast;
+
+use super::sql;
+use super::{Backend, ChangeNotice, StoreError, StoreResult};
+
+static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/sqlite");
+
+/// How long a write may queue for the single writer connection.
+const WRITE_ACQUIRE_TIMEOUT: Duration = Duration::from_secs(15);
+/// How long a read may wait for a reader connection.
+const READ_ACQUIRE_TIMEOUT: Duration = Duration::from_secs(5);
+/// Reader connections (WAL readers do not block the writer or each other).
+const READERS: u32 = 4;
+
+/// The SQLite store.
+pub struct SqliteStore {
+    writer: SqlitePool,
+    reader: SqlitePool,
+    bus: broadcast::Sender<ChangeNotice>,
+}
+
+impl SqliteStore {
+    /// Opens (creating if missing) the database at `url` (`sqlite:PATH`, `sqlite://PATH` or
+    /// `sqlite::memory:`) and runs the migrations.
+    pub async fn connect(url: &str) -> StoreResult<Self> {
+        let options = SqliteConnectOptions::from_str(url)
+            .map_err(|e| StoreError::Other(format!("bad SQLite URL '{}': {e}", super::redact_url(url))))?
+            .create_if_missing(true)
+            .journal_mode(SqliteJournalMode::Wal)
+            .foreign_keys(true)
+            .busy_timeout(Duration::from_secs(5))
+            .synchronous(SqliteSynchronous::Normal);
+        // An in-memory database lives as long as its connections: keep exactly one, forever,
+        // and read through it too.
+        let in_memory = url.contains(":memory:") || url.contains("mode=memory");
+        let writer = SqlitePoolOptions::new()
+            .max_connections(1)
+            .min_connections(u32::from(in_memory))
+            .acquire_timeout(WRITE_ACQUIRE_TIMEOUT)
+            .idle_timeout(None)
+            .max_lifetime(None)
+            .connect_with(options.clone())
+            .await?;
+        MIGRATOR.run(&writer).await.map_err(sql::migrate_err)?;
+        let reader = if in_memory {
+            writer.clone()
+        } else {
+            SqlitePoolOptions::new()
+                .max_connections(READERS)
+                .acquire_timeout(READ_ACQUIRE_TIMEOUT)
+                .connect_lazy_with(options)
+        };
+        let (bus, _) = broadcast::channel(1024);
+        Ok(Self { writer, reader, bus })
+    }
+
+    fn reader(&self) -> &SqlitePool {
+        &self.reader
+    }
+
+    fn writer(&self) -> &SqlitePool {
+        &self.writer
+    }
+
+    fn bus(&self) -> &broadcast::Sender<ChangeNotice> {
+        &self.bus
+    }
+
+    /// Nothing to do: the single writer connection already serialises rate-limit updates.
+    async fn lock_rate_key(_conn: &mut SqliteConnection, _key: &str) -> StoreResult<()> {
+        Ok(())
+    }
+
+    /// One process: the local bus is every subscriber.
+    async fn publish(&self, notice: &ChangeNotice) -> StoreResult<()> {
+        // No receiver is not an error: nobody is watching right now.
+        let _ = self.bus.send(notice.clone());
+        Ok(())
+    }
+}
+
+sql::impl_sql_store! {
+    store: SqliteStore,
+    db: sqlx::Sqlite,
+    row: SqliteRow,
+    conn: SqliteConnection,
+    backend: Backend::Sqlite,
+    for_update: "",
+    skip_locked: "",
+}
