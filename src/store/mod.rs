@@ -12,9 +12,12 @@
 pub mod records;
 
 #[cfg(test)]
-pub mod conformance;
+mod conformance;
 pub mod postgres;
+mod sql;
 pub mod sqlite;
+#[cfg(test)]
+pub mod testing;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -51,7 +54,9 @@ impl From<sqlx::Error> for StoreError {
     fn from(e: sqlx::Error) -> Self {
         match &e {
             sqlx::Error::RowNotFound => StoreError::NotFound("row".into()),
-            sqlx::Error::Database(db) if db.is_unique_violation() => StoreError::AlreadyExists(db.message().to_string()),
+            sqlx::Error::Database(db) if db.is_unique_violation() => {
+                StoreError::AlreadyExists(db.message().to_string())
+            }
             sqlx::Error::Io(_)
             | sqlx::Error::PoolTimedOut
             | sqlx::Error::PoolClosed
@@ -134,8 +139,10 @@ pub trait Store: Send + Sync + 'static {
 
     // ----- provider accounts -----
 
-    /// Inserts an account; `AlreadyExists` if the tenant already has this id.
-    async fn insert_account(&self, account: &AccountRecord) -> StoreResult<()>;
+    /// Inserts an account and, when given, its idempotency record, in one transaction;
+    /// `AlreadyExists` (nothing written) if the id or the idempotency key is taken.
+    async fn insert_account(&self, account: &AccountRecord, idempotency: Option<&IdempotencyRecord>)
+    -> StoreResult<()>;
     /// One of the tenant's accounts.
     async fn account(&self, tenant: &TenantId, id: &AccountId) -> StoreResult<Option<AccountRecord>>;
     /// An account by id regardless of tenant: only for the webhook ingress, which then
@@ -202,7 +209,8 @@ pub trait Store: Send + Sync + 'static {
     /// `RUNNING` with an expired lease, setting `RUNNING`, `lease_owner = worker`,
     /// `lease_until_ms = now + lease`, and `attempts + 1` for non-waiting ones. On PostgreSQL
     /// this uses `FOR UPDATE SKIP LOCKED` so replicas never claim the same step.
-    async fn claim_steps(&self, worker: &str, now: UnixMs, lease: Duration, limit: u32) -> StoreResult<Vec<StepRecord>>;
+    async fn claim_steps(&self, worker: &str, now: UnixMs, lease: Duration, limit: u32)
+    -> StoreResult<Vec<StepRecord>>;
     /// Extends a lease the worker still holds; false if it was lost.
     async fn renew_lease(&self, id: &OnboardingId, step: &str, worker: &str, until: UnixMs) -> StoreResult<bool>;
     /// Onboardings not in a terminal state whose `state_deadline_ms` is before `now`.
@@ -230,7 +238,8 @@ pub trait Store: Send + Sync + 'static {
 
     /// Takes one slot of `limit` per `window` for `key` at `now` (sliding log shared by every
     /// replica). Returns `None` when taken, or the time to wait before a slot frees.
-    async fn rate_acquire(&self, key: &str, limit: u32, window: Duration, now: UnixMs) -> StoreResult<Option<Duration>>;
+    async fn rate_acquire(&self, key: &str, limit: u32, window: Duration, now: UnixMs)
+    -> StoreResult<Option<Duration>>;
 
     // ----- change notification -----
 
