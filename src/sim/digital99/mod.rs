@@ -1,0 +1,1 @@
+//! 99digital simulator (placeholder).
