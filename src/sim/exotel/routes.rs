@@ -118,19 +118,22 @@ fn basic_credentials(headers: &HeaderMap) -> Option<(String, String)> {
     Some((k.to_string(), t.to_string()))
 }
 
-/// Auth and account checks shared by both calls; `Err` is the response to send.
-fn authorize(ctx: &Ctx, method: &str, sid: &str, headers: &HeaderMap) -> Result<(), Response> {
+/// Auth and account checks shared by both calls; `Err` is the error envelope to send.
+fn authorize(ctx: &Ctx, method: &str, sid: &str, headers: &HeaderMap) -> Result<(), Box<Response>> {
+    authorize_inner(ctx, sid, headers).map_err(|(code, msg)| Box::new(fail(method, code, &msg)))
+}
+
+fn authorize_inner(ctx: &Ctx, sid: &str, headers: &HeaderMap) -> Result<(), (u16, String)> {
     let cfg = ctx.sim.config();
     let Some((key, token)) = basic_credentials(headers) else {
-        return Err(fail(
-            method,
+        return Err((
             401,
-            "Authentication credentials are missing or malformed",
+            "Authentication credentials are missing or malformed".to_string(),
         ));
     };
     let creds_ok = |a: &super::ExotelAccount| a.api_key == key && a.api_token == token;
     if !cfg.accounts.iter().any(creds_ok) {
-        return Err(fail(method, 401, "Invalid API key or token"));
+        return Err((401, "Invalid API key or token".to_string()));
     }
     // [I] An account exists only in its own region: elsewhere it is 404.
     let Some(account) = cfg
@@ -138,14 +141,13 @@ fn authorize(ctx: &Ctx, method: &str, sid: &str, headers: &HeaderMap) -> Result<
         .iter()
         .find(|a| a.sid == sid && a.region == ctx.region)
     else {
-        return Err(fail(method, 404, &format!("Account {sid} not found")));
+        return Err((404, format!("Account {sid} not found")));
     };
     // [I] Valid credentials of another account: 403 (documented "valid but no access").
     if !creds_ok(account) {
-        return Err(fail(
-            method,
+        return Err((
             403,
-            "Credentials do not grant access to this account",
+            "Credentials do not grant access to this account".to_string(),
         ));
     }
     if lock(&ctx.sim.inner.knobs)
@@ -153,7 +155,7 @@ fn authorize(ctx: &Ctx, method: &str, sid: &str, headers: &HeaderMap) -> Result<
         .iter()
         .any(|s| s == sid)
     {
-        return Err(fail(method, 403, "Access to this resource is forbidden"));
+        return Err((403, "Access to this resource is forbidden".to_string()));
     }
     Ok(())
 }
@@ -167,7 +169,7 @@ async fn mint(
     headers: HeaderMap,
 ) -> Response {
     if let Err(r) = authorize(&ctx, "POST", &sid, &headers) {
-        return r;
+        return *r;
     }
     if lock(&ctx.sim.inner.knobs).payment_required {
         return fail("POST", 402, "The action is not available on your plan");
@@ -219,7 +221,7 @@ async fn validate(
     headers: HeaderMap,
 ) -> Response {
     if let Err(r) = authorize(&ctx, "GET", &sid, &headers) {
-        return r;
+        return *r;
     }
     let Some(token) = q
         .get("access_token")
