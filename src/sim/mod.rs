@@ -2,3 +2,4 @@
 //! flow runs offline and every test talks real HTTP.
 
 pub mod common;
+pub mod whapi;
