@@ -1,5 +1,17 @@
-//! wa-onboard: one gRPC API for onboarding businesses onto WhatsApp through several BSPs.
+//! wa-onboard: one gRPC API for onboarding businesses onto WhatsApp through several BSP
+//! partner APIs (Gupshup, Exotel, Whapi.Cloud, 99digital).
+//!
+//! Layout: `domain` (pure types and the state machine), `core` (use cases over the `Store`
+//! and `Provider` ports), `store` (SQLite and PostgreSQL), `grpc` (thin handlers),
+//! `sim` (provider simulators), `app` (wiring).
 
+pub mod app;
+pub mod config;
+pub mod core;
+pub mod crypto;
 pub mod domain;
+pub mod error;
+pub mod grpc;
 pub mod sim;
 pub mod store;
+pub mod telemetry;

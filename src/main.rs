@@ -1,1 +1,196 @@
-fn main() {}
+//! `wa-onboard`: serve, migrate, manage tenants, run the simulators, print the version.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+use wa_onboard::config::{Overrides, Settings};
+use wa_onboard::domain::Secret;
+
+#[derive(Parser)]
+#[command(
+    name = "wa-onboard",
+    version,
+    about = "One gRPC API for onboarding businesses onto WhatsApp through several BSPs"
+)]
+struct Cli {
+    /// TOML config file (optional; embedded defaults otherwise).
+    #[arg(long, global = true, env = "WA_ONBOARD_CONFIG")]
+    config: Option<PathBuf>,
+    /// Log format: text or json.
+    #[arg(long, global = true, env = "WA_ONBOARD_LOG_FORMAT")]
+    log_format: Option<String>,
+    /// Data directory (SQLite file, development secrets).
+    #[arg(long, global = true, env = "WA_ONBOARD_DATA_DIR")]
+    data_dir: Option<PathBuf>,
+    /// Database URL (sqlite:PATH or postgres://...).
+    #[arg(long, global = true, env = "WA_ONBOARD_DATABASE_URL", hide_env_values = true)]
+    database_url: Option<String>,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Runs the service.
+    Serve {
+        /// gRPC listen address.
+        #[arg(long, env = "WA_ONBOARD_GRPC_ADDR")]
+        grpc_addr: Option<String>,
+        /// Webhook ingress listen address.
+        #[arg(long, env = "WA_ONBOARD_WEBHOOK_ADDR")]
+        webhook_addr: Option<String>,
+        /// Metrics listen address.
+        #[arg(long, env = "WA_ONBOARD_METRICS_ADDR")]
+        metrics_addr: Option<String>,
+    },
+    /// Runs database migrations and exits.
+    Migrate,
+    /// Manages tenants and their API keys, directly on the configured store.
+    Tenant {
+        #[command(subcommand)]
+        command: TenantCommand,
+    },
+    /// Prints the version.
+    Version,
+}
+
+#[derive(Subcommand)]
+enum TenantCommand {
+    /// Creates a tenant and prints its first API key (shown once).
+    Create {
+        /// Tenant name: lowercase letters, digits, '-'.
+        name: String,
+    },
+    /// Lists tenants and their keys (ids and prefixes only).
+    List,
+    /// Adds an API key to a tenant and prints it (shown once).
+    AddKey {
+        /// Tenant name.
+        name: String,
+    },
+    /// Revokes an API key by id.
+    RevokeKey {
+        /// Key id (from `tenant list`).
+        key_id: String,
+    },
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("error: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(run(cli)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(message) => {
+            eprintln!("error: {message}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run(cli: Cli) -> Result<(), String> {
+    let mut overrides = Overrides {
+        data_dir: cli.data_dir,
+        database_url: cli.database_url,
+        log_format: cli.log_format,
+        ..Default::default()
+    };
+    if let Command::Serve { grpc_addr, webhook_addr, metrics_addr } = &cli.command {
+        overrides.grpc_addr = grpc_addr.clone();
+        overrides.webhook_addr = webhook_addr.clone();
+        overrides.metrics_addr = metrics_addr.clone();
+    }
+    let settings = Settings::load(cli.config.as_deref(), &overrides).map_err(|e| e.to_string())?;
+    wa_onboard::telemetry::init(&settings.server.log_format);
+    match cli.command {
+        Command::Version => {
+            println!("wa-onboard {}", env!("CARGO_PKG_VERSION"));
+            Ok(())
+        }
+        Command::Serve { .. } => serve(settings).await,
+        Command::Migrate => {
+            let url = settings.database_url();
+            ensure_data_dir(&settings)?;
+            wa_onboard::store::open(&url).await.map_err(|e| e.to_string())?;
+            println!("Migrations applied to {}.", wa_onboard::store::redact_url(&url));
+            Ok(())
+        }
+        Command::Tenant { command } => tenant(settings, command).await,
+    }
+}
+
+fn ensure_data_dir(settings: &Settings) -> Result<(), String> {
+    if settings.database.url.is_empty() {
+        std::fs::create_dir_all(&settings.server.data_dir).map_err(|e| format!("server.data_dir: {e}"))?;
+    }
+    Ok(())
+}
+
+async fn serve(settings: Settings) -> Result<(), String> {
+    let dev_key = std::env::var("WA_ONBOARD_DEV_API_KEY").ok().filter(|k| !k.is_empty()).map(Secret::new);
+    if let Some(k) = &dev_key {
+        if !k.expose().starts_with(wa_onboard::core::tenants::KEY_PREFIX) {
+            return Err(format!("WA_ONBOARD_DEV_API_KEY must start with '{}'", wa_onboard::core::tenants::KEY_PREFIX));
+        }
+    }
+    let tenant = settings.dev.tenant.clone();
+    let running = wa_onboard::app::start(settings, dev_key).await.map_err(|e| e.to_string())?;
+    println!(
+        "wa-onboard listening: gRPC {}  webhooks {}  metrics {}",
+        running.grpc_addr, running.webhook_addr, running.metrics_addr
+    );
+    if let Some(key) = &running.dev_api_key {
+        // Printed on purpose: the development tenant's key, so a new user can call the API.
+        println!("Development tenant '{tenant}' API key: {}", key.expose());
+        println!(
+            "Try: grpcurl -plaintext -H 'authorization: Bearer {}' {} wa.onboard.v1.ProviderService/ListProviders",
+            key.expose(),
+            running.grpc_addr
+        );
+    }
+    running.run_until_signal().await;
+    Ok(())
+}
+
+async fn tenant(settings: Settings, command: TenantCommand) -> Result<(), String> {
+    use wa_onboard::core::tenants;
+    ensure_data_dir(&settings)?;
+    let store = wa_onboard::store::open(&settings.database_url()).await.map_err(|e| e.to_string())?;
+    let store = store.as_ref();
+    match command {
+        TenantCommand::Create { name } => {
+            let (t, key) = tenants::create_tenant(store, &name).await.map_err(|e| e.message)?;
+            println!("Created tenant '{}' (id {}).", t.name, t.id);
+            println!("API key {} (shown once): {}", key.id, key.key.expose());
+        }
+        TenantCommand::List => {
+            for t in store.list_tenants().await.map_err(|e| e.to_string())? {
+                println!("{}\t{}", t.name, t.id);
+                for k in store.list_api_keys(&t.id).await.map_err(|e| e.to_string())? {
+                    let state = if k.revoked_ms.is_some() { "revoked" } else { "active" };
+                    println!("  key {}\t{}...\t{state}", k.id, k.prefix);
+                }
+            }
+        }
+        TenantCommand::AddKey { name } => {
+            let t = tenants::tenant_by_name(store, &name).await.map_err(|e| e.message)?;
+            let key = tenants::add_key(store, &t.id, None).await.map_err(|e| e.message)?;
+            println!("API key {} for '{}' (shown once): {}", key.id, t.name, key.key.expose());
+        }
+        TenantCommand::RevokeKey { key_id } => {
+            let id = wa_onboard::domain::ApiKeyId::parse(key_id).map_err(|e| format!("key id: {e}"))?;
+            if store.revoke_api_key(&id, wa_onboard::domain::now_ms()).await.map_err(|e| e.to_string())? {
+                println!("Revoked key {id}.");
+            } else {
+                return Err(format!("no active key with id {id}"));
+            }
+        }
+    }
+    Ok(())
+}

@@ -1,6 +1,7 @@
 //! Pure domain types: typed ids, providers and capabilities, the canonical onboarding state
 //! machine, pipeline steps, secrets. Imports nothing else of ours.
 
+pub mod account;
 pub mod ids;
 pub mod pipeline;
 pub mod provider;
@@ -18,8 +19,5 @@ pub type UnixMs = i64;
 
 /// Current wall-clock time in [`UnixMs`].
 pub fn now_ms() -> UnixMs {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_millis() as i64)
-        .unwrap_or(0)
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_millis() as i64).unwrap_or(0)
 }

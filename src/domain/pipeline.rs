@@ -84,9 +84,6 @@ impl fmt::Display for StepState {
 impl FromStr for StepState {
     type Err = String;
     fn from_str(s: &str) -> Result<Self, String> {
-        Self::ALL
-            .into_iter()
-            .find(|st| st.as_str() == s)
-            .ok_or_else(|| format!("unknown step state '{s}'"))
+        Self::ALL.into_iter().find(|st| st.as_str() == s).ok_or_else(|| format!("unknown step state '{s}'"))
     }
 }

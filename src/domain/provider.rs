@@ -46,15 +46,9 @@ impl ProviderKind {
     pub fn capabilities(self) -> &'static [Capability] {
         use Capability::*;
         match self {
-            Self::Gupshup => &[
-                CheckCredentials,
-                PartnerToken,
-                LinkApp,
-                AppToken,
-                PipelineStatus,
-                LiveEvent,
-                Subscriptions,
-            ],
+            Self::Gupshup => {
+                &[CheckCredentials, PartnerToken, LinkApp, AppToken, PipelineStatus, LiveEvent, Subscriptions]
+            }
             Self::Exotel => &[CheckCredentials, HostedLink, BatchLinks, TokenValidation],
             Self::Whapi => &[
                 CheckCredentials,

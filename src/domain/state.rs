@@ -106,10 +106,7 @@ impl fmt::Display for OnboardingState {
 impl FromStr for OnboardingState {
     type Err = String;
     fn from_str(s: &str) -> Result<Self, String> {
-        Self::ALL
-            .into_iter()
-            .find(|st| st.as_str() == s)
-            .ok_or_else(|| format!("unknown onboarding state '{s}'"))
+        Self::ALL.into_iter().find(|st| st.as_str() == s).ok_or_else(|| format!("unknown onboarding state '{s}'"))
     }
 }
 

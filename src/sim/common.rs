@@ -51,8 +51,7 @@ impl SimClock {
 
     /// Moves simulated time forward.
     pub fn advance(&self, by: Duration) {
-        self.offset_ms
-            .fetch_add(by.as_millis() as i64, Ordering::Relaxed);
+        self.offset_ms.fetch_add(by.as_millis() as i64, Ordering::Relaxed);
     }
 }
 
@@ -190,10 +189,7 @@ impl SimCore {
     /// A fresh core with no faults.
     pub fn new() -> Self {
         Self {
-            http: reqwest::Client::builder()
-                .timeout(Duration::from_secs(10))
-                .build()
-                .unwrap_or_default(),
+            http: reqwest::Client::builder().timeout(Duration::from_secs(10)).build().unwrap_or_default(),
             ..Default::default()
         }
     }
@@ -325,14 +321,7 @@ impl SimCore {
     }
 
     async fn deliver(&self, cb: &PendingCallback) {
-        let ok = self
-            .http
-            .post(&cb.url)
-            .json(&cb.body)
-            .send()
-            .await
-            .map(|r| r.status().is_success())
-            .unwrap_or(false);
+        let ok = self.http.post(&cb.url).json(&cb.body).send().await.map(|r| r.status().is_success()).unwrap_or(false);
         let mut c = lock(&self.counters);
         c.callbacks_sent += 1;
         if !ok {
@@ -372,7 +361,10 @@ pub async fn fault_middleware(State(st): State<FaultLayerState>, req: Request<Bo
     let endpoint = format!(
         "{} {}",
         req.method(),
-        req.extensions().get::<MatchedPath>().map(|p| p.as_str().to_string()).unwrap_or_else(|| req.uri().path().to_string())
+        req.extensions()
+            .get::<MatchedPath>()
+            .map(|p| p.as_str().to_string())
+            .unwrap_or_else(|| req.uri().path().to_string())
     );
     *lock(&st.core.counters).calls.entry(endpoint.clone()).or_default() += 1;
     let (fault, latency) = st.core.take_fault(&endpoint);

@@ -2,3 +2,7 @@
 //! flow runs offline and every test talks real HTTP.
 
 pub mod common;
+pub mod digital99;
+pub mod exotel;
+pub mod gupshup;
+pub mod whapi;

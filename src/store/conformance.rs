@@ -43,7 +43,7 @@ fn account_rec(tenant: &TenantId, provider: ProviderKind) -> AccountRecord {
 
 async fn account(store: &Arc<dyn Store>, tenant: &TenantId, provider: ProviderKind) -> AccountRecord {
     let rec = account_rec(tenant, provider);
-    store.insert_account(&rec).await.unwrap();
+    store.insert_account(&rec, None).await.unwrap();
     rec
 }
 
@@ -196,7 +196,7 @@ async fn check_accounts(store: Arc<dyn Store>) {
     assert_eq!(store.account_unscoped(&a.id).await.unwrap(), Some(a.clone()));
     // Ids are global: another tenant cannot take one.
     let clash = AccountRecord { tenant_id: stranger.clone(), ..a.clone() };
-    assert!(matches!(store.insert_account(&clash).await, Err(StoreError::AlreadyExists(_))));
+    assert!(matches!(store.insert_account(&clash, None).await, Err(StoreError::AlreadyExists(_))));
 
     let updated = AccountRecord {
         display_name: "renamed".into(),
@@ -282,6 +282,18 @@ async fn check_idempotency(store: Arc<dyn Store>) {
     assert!(store.steps(sid).await.unwrap().is_empty());
     assert!(store.events(sid, 0, 10).await.unwrap().is_empty());
     assert_eq!(store.idempotency(&t, "req-1").await.unwrap(), Some(idem.clone()), "winner kept");
+
+    // Accounts take idempotency keys in the same transaction.
+    let acct_key = IdempotencyRecord { key: "req-acct".into(), operation: "CreateAccount".into(), ..idem.clone() };
+    let acct = account_rec(&t, ProviderKind::Gupshup);
+    store.insert_account(&acct, Some(&acct_key)).await.unwrap();
+    assert_eq!(store.idempotency(&t, "req-acct").await.unwrap(), Some(acct_key.clone()));
+    let loser = account_rec(&t, ProviderKind::Gupshup);
+    assert!(matches!(store.insert_account(&loser, Some(&acct_key)).await, Err(StoreError::AlreadyExists(_))));
+    assert_eq!(store.account(&t, &loser.id).await.unwrap(), None, "key taken: account not written");
+    let fresh_key = IdempotencyRecord { key: "req-acct-2".into(), ..acct_key };
+    assert!(matches!(store.insert_account(&acct, Some(&fresh_key)).await, Err(StoreError::AlreadyExists(_))));
+    assert_eq!(store.idempotency(&t, "req-acct-2").await.unwrap(), None, "id taken: key not written");
 
     // Keys are per tenant.
     let t2 = tenant(&store).await;

@@ -145,8 +145,10 @@ pub trait Store: Send + Sync + 'static {
 
     // ----- provider accounts -----
 
-    /// Inserts an account; `AlreadyExists` if the tenant already has this id.
-    async fn insert_account(&self, account: &AccountRecord) -> StoreResult<()>;
+    /// Inserts an account and, when given, its idempotency record, in one transaction;
+    /// `AlreadyExists` (nothing written) if the id or the idempotency key is taken.
+    async fn insert_account(&self, account: &AccountRecord, idempotency: Option<&IdempotencyRecord>)
+    -> StoreResult<()>;
     /// One of the tenant's accounts.
     async fn account(&self, tenant: &TenantId, id: &AccountId) -> StoreResult<Option<AccountRecord>>;
     /// An account by id regardless of tenant: only for the webhook ingress, which then

@@ -1,9 +1,7 @@
 //! Row types exchanged with the store. Secrets are stored only as [`Sealed`] ciphertext or
 //! as hashes; nothing here holds a plaintext credential.
 
-use crate::domain::{
-    AccountId, ApiKeyId, OnboardingId, OnboardingState, ProviderKind, StepState, TenantId, UnixMs,
-};
+use crate::domain::{AccountId, ApiKeyId, OnboardingId, OnboardingState, ProviderKind, StepState, TenantId, UnixMs};
 
 /// Ciphertext of a secret with the id of the key that sealed it (for rotation).
 #[derive(Clone, PartialEq, Eq)]
@@ -297,9 +295,7 @@ impl WebhookStatus {
 
     /// Parses a stored name.
     pub fn parse(s: &str) -> Option<Self> {
-        [Self::Pending, Self::Processed, Self::Ignored, Self::Malformed]
-            .into_iter()
-            .find(|w| w.as_str() == s)
+        [Self::Pending, Self::Processed, Self::Ignored, Self::Malformed].into_iter().find(|w| w.as_str() == s)
     }
 }
 

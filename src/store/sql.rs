@@ -253,6 +253,25 @@ macro_rules! impl_sql_store {
                 rows.iter().map(from).collect()
             }
 
+            async fn insert_idempotency(
+                conn: &mut $conn,
+                k: &$crate::store::IdempotencyRecord,
+            ) -> $crate::store::StoreResult<()> {
+                sqlx::query(
+                    "INSERT INTO idempotency_keys (tenant_id, key, operation, request_hash, resource, created_ms) \
+                     VALUES ($1, $2, $3, $4, $5, $6)",
+                )
+                .bind(k.tenant_id.as_str())
+                .bind(k.key.as_str())
+                .bind(k.operation.as_str())
+                .bind(k.request_hash.as_slice())
+                .bind(k.resource.as_str())
+                .bind(k.created_ms)
+                .execute(&mut *conn)
+                .await?;
+                Ok(())
+            }
+
             async fn insert_event(
                 conn: &mut $conn,
                 e: &$crate::store::EventRecord,
@@ -413,7 +432,15 @@ macro_rules! impl_sql_store {
                 Ok(done.rows_affected() > 0)
             }
 
-            async fn insert_account(&self, a: &$crate::store::AccountRecord) -> $crate::store::StoreResult<()> {
+            async fn insert_account(
+                &self,
+                a: &$crate::store::AccountRecord,
+                idempotency: Option<&$crate::store::IdempotencyRecord>,
+            ) -> $crate::store::StoreResult<()> {
+                let mut tx = self.writer().begin().await?;
+                if let Some(k) = idempotency {
+                    Self::insert_idempotency(&mut tx, k).await?;
+                }
                 sqlx::query(
                     "INSERT INTO accounts (id, tenant_id, provider, display_name, options_json, \
                      credentials_key_id, credentials, webhook_key_id, webhook_secret, sandbox, status_json, \
@@ -432,8 +459,9 @@ macro_rules! impl_sql_store {
                 .bind(a.status_json.as_str())
                 .bind(a.created_ms)
                 .bind(a.updated_ms)
-                .execute(self.writer())
+                .execute(&mut *tx)
                 .await?;
+                tx.commit().await?;
                 Ok(())
             }
 
@@ -534,18 +562,7 @@ macro_rules! impl_sql_store {
                 if let Some(k) = &new.idempotency {
                     // First, so a duplicate key fails before anything else is written (the
                     // transaction is rolled back when `tx` drops).
-                    sqlx::query(
-                        "INSERT INTO idempotency_keys (tenant_id, key, operation, request_hash, resource, created_ms) \
-                         VALUES ($1, $2, $3, $4, $5, $6)",
-                    )
-                    .bind(k.tenant_id.as_str())
-                    .bind(k.key.as_str())
-                    .bind(k.operation.as_str())
-                    .bind(k.request_hash.as_slice())
-                    .bind(k.resource.as_str())
-                    .bind(k.created_ms)
-                    .execute(&mut *tx)
-                    .await?;
+                    Self::insert_idempotency(&mut tx, k).await?;
                 }
                 sqlx::query(
                     "INSERT INTO onboardings (id, tenant_id, account_id, provider, state, desired_state, \

@@ -1,0 +1,255 @@
+//! The running service: binds listeners (port 0 works, for tests), opens the store, starts
+//! gRPC, the webhook ingress, the metrics endpoint, the simulators in sandbox mode and the
+//! background tasks, and shuts everything down gracefully.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+
+use crate::config::Settings;
+use crate::core::Core;
+use crate::crypto::Cipher;
+use crate::domain::Secret;
+use crate::store::{self, Store};
+
+/// Why the service could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    /// Bad configuration.
+    #[error(transparent)]
+    Config(#[from] crate::config::ConfigError),
+    /// A listener could not bind.
+    #[error("cannot listen on {addr} ({key}): {source}")]
+    Bind {
+        /// Setting name.
+        key: &'static str,
+        /// Address.
+        addr: String,
+        /// Cause.
+        source: std::io::Error,
+    },
+    /// The store could not be opened.
+    #[error("cannot open the database {url}: {source}")]
+    Store {
+        /// Redacted URL.
+        url: String,
+        /// Cause.
+        source: store::StoreError,
+    },
+    /// Anything else at start.
+    #[error("{0}")]
+    Other(String),
+}
+
+/// A started service.
+pub struct Running {
+    /// gRPC address.
+    pub grpc_addr: SocketAddr,
+    /// Webhook ingress address.
+    pub webhook_addr: SocketAddr,
+    /// Metrics address.
+    pub metrics_addr: SocketAddr,
+    /// The development tenant's API key, when the dev tenant is enabled.
+    pub dev_api_key: Option<Secret>,
+    /// The store (tests inspect it).
+    pub store: Arc<dyn Store>,
+    /// The core (tests drive it).
+    pub core: Core,
+    shutdown_tx: watch::Sender<bool>,
+    tasks: Vec<JoinHandle<()>>,
+    grpc: JoinHandle<Result<(), tonic::transport::Error>>,
+    grace: Duration,
+}
+
+impl std::fmt::Debug for Running {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Running").field("grpc_addr", &self.grpc_addr).finish_non_exhaustive()
+    }
+}
+
+async fn bind(key: &'static str, addr: &str) -> Result<TcpListener, StartError> {
+    TcpListener::bind(addr).await.map_err(|source| StartError::Bind { key, addr: addr.to_string(), source })
+}
+
+/// Starts everything described by `settings`. `dev_api_key` fixes the development key.
+pub async fn start(settings: Settings, dev_api_key: Option<Secret>) -> Result<Running, StartError> {
+    let settings = Arc::new(settings);
+    let grpc_listener = bind("server.grpc_addr", &settings.server.grpc_addr).await?;
+    let webhook_listener = bind("server.webhook_addr", &settings.server.webhook_addr).await?;
+    let metrics_listener = bind("server.metrics_addr", &settings.server.metrics_addr).await?;
+    let grpc_addr = local(&grpc_listener)?;
+    let webhook_addr = local(&webhook_listener)?;
+    let metrics_addr = local(&metrics_listener)?;
+
+    std::fs::create_dir_all(&settings.server.data_dir)
+        .map_err(|e| StartError::Other(format!("server.data_dir '{}': {e}", settings.server.data_dir.display())))?;
+    let url = settings.database_url();
+    let store = store::open(&url).await.map_err(|source| StartError::Store { url: store::redact_url(&url), source })?;
+    let keys = settings.encryption_keys()?;
+    let cipher = Cipher::new(&settings.security.encryption_key_id, &keys)
+        .map_err(|e| StartError::Other(format!("security: {e}")))?;
+
+    let bus = crate::core::bus::Bus::new();
+    let core = Core {
+        store: store.clone(),
+        cipher: Arc::new(cipher),
+        settings: settings.clone(),
+        webhook_base: settings.public_webhook_url(webhook_addr),
+        bus: bus.clone(),
+        sandbox_running: false,
+    };
+
+    let dev_api_key = if settings.dev.enabled {
+        let key_file = settings.server.data_dir.join("dev-api-key");
+        let key = crate::core::tenants::ensure_dev_tenant(store.as_ref(), &settings.dev.tenant, dev_api_key, &key_file)
+            .await
+            .map_err(|e| StartError::Other(format!("development tenant: {}", e.message)))?;
+        Some(key)
+    } else {
+        None
+    };
+
+    let (shutdown_tx, shutdown_rx) = watch::channel(false);
+    let mut tasks = Vec::new();
+    tasks.push(tokio::spawn(bus.run(store.subscribe())));
+
+    let (router, reporter) = crate::grpc::router(core.clone(), shutdown_rx.clone())
+        .map_err(|e| StartError::Other(format!("reflection: {e}")))?;
+    // Health: overall and per service, NOT_SERVING while the store does not answer.
+    tasks.push(tokio::spawn(health_loop(
+        store.clone(),
+        reporter,
+        Duration::from_secs(settings.server.health_probe_secs.max(1)),
+        shutdown_rx.clone(),
+    )));
+
+    tasks.push(tokio::spawn(serve_plain_http(webhook_listener, "webhook", shutdown_rx.clone())));
+    tasks.push(tokio::spawn(serve_plain_http(metrics_listener, "metrics", shutdown_rx.clone())));
+
+    let incoming = tokio_stream::wrappers::TcpListenerStream::new(grpc_listener);
+    let mut grpc_shutdown = shutdown_rx.clone();
+    let grpc = tokio::spawn(async move {
+        router
+            .serve_with_incoming_shutdown(incoming, async move {
+                let _ = grpc_shutdown.wait_for(|s| *s).await;
+            })
+            .await
+    });
+
+    tracing::info!(%grpc_addr, %webhook_addr, %metrics_addr, backend = ?store.backend(), "wa-onboard started.");
+    Ok(Running {
+        grpc_addr,
+        webhook_addr,
+        metrics_addr,
+        dev_api_key,
+        store,
+        core,
+        shutdown_tx,
+        tasks,
+        grpc,
+        grace: Duration::from_secs(settings.server.shutdown_grace_secs),
+    })
+}
+
+fn local(l: &TcpListener) -> Result<SocketAddr, StartError> {
+    l.local_addr().map_err(|e| StartError::Other(format!("local address: {e}")))
+}
+
+/// Probes the store and flips health for the whole server and every service.
+async fn health_loop(
+    store: Arc<dyn Store>,
+    reporter: tonic_health::server::HealthReporter,
+    every: Duration,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    use tonic_health::ServingStatus;
+    let mut last: Option<bool> = None;
+    loop {
+        let ok = tokio::time::timeout(every.max(Duration::from_secs(1)), store.ping()).await.is_ok_and(|r| r.is_ok());
+        if last != Some(ok) {
+            let status = if ok { ServingStatus::Serving } else { ServingStatus::NotServing };
+            reporter.set_service_status("", status).await;
+            for name in crate::grpc::SERVICE_NAMES {
+                reporter.set_service_status(name, status).await;
+            }
+            if ok {
+                tracing::info!("Store reachable: serving.");
+            } else {
+                tracing::warn!("Store unreachable: NOT_SERVING.");
+            }
+            last = Some(ok);
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(every) => {}
+            _ = shutdown.changed() => {
+                reporter.set_service_status("", ServingStatus::NotServing).await;
+                return;
+            }
+        }
+    }
+}
+
+/// A minimal HTTP listener (replaced by the webhook ingress and metrics endpoint): answers
+/// `/healthz` so the ports are live and probes work.
+async fn serve_plain_http(listener: TcpListener, what: &'static str, mut shutdown: watch::Receiver<bool>) {
+    let app = axum::Router::new().route("/healthz", axum::routing::get(|| async { "ok" }));
+    let r = axum::serve(listener, app)
+        .with_graceful_shutdown(async move {
+            let _ = shutdown.wait_for(|s| *s).await;
+        })
+        .await;
+    if let Err(error) = r {
+        tracing::error!(%error, listener = what, "HTTP listener stopped.");
+    }
+}
+
+impl Running {
+    /// Stops accepting calls, ends streams cleanly, waits up to the grace period for
+    /// in-flight calls, then stops background tasks.
+    pub async fn shutdown(self) {
+        tracing::info!("Shutting down: draining in-flight calls.");
+        let _ = self.shutdown_tx.send(true);
+        match tokio::time::timeout(self.grace, self.grpc).await {
+            Ok(Ok(Ok(()))) => {}
+            Ok(Ok(Err(error))) => tracing::error!(%error, "gRPC server error during shutdown."),
+            Ok(Err(error)) => tracing::error!(%error, "gRPC task failed."),
+            Err(_) => tracing::warn!(grace_secs = self.grace.as_secs(), "Grace period over; closing remaining calls."),
+        }
+        for t in self.tasks {
+            t.abort();
+        }
+        tracing::info!("Stopped.");
+    }
+
+    /// Waits for SIGINT or SIGTERM, then shuts down.
+    pub async fn run_until_signal(self) {
+        wait_for_signal().await;
+        self.shutdown().await;
+    }
+}
+
+async fn wait_for_signal() {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{SignalKind, signal};
+        match (signal(SignalKind::terminate()), signal(SignalKind::interrupt())) {
+            (Ok(mut term), Ok(mut int)) => {
+                tokio::select! {
+                    _ = term.recv() => {}
+                    _ = int.recv() => {}
+                }
+            }
+            _ => {
+                let _ = tokio::signal::ctrl_c().await;
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = tokio::signal::ctrl_c().await;
+    }
+}

@@ -1,0 +1,412 @@
+//! Settings: embedded defaults, then an optional TOML file, then `WA_ONBOARD__SECTION__KEY`
+//! environment variables, then command-line flags. `serve` with nothing at all works.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use figment::Figment;
+use figment::providers::{Env, Format, Serialized, Toml};
+use serde::{Deserialize, Serialize};
+
+use crate::domain::Secret;
+
+/// Everything configurable.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Settings {
+    /// Listeners, data dir, logging.
+    pub server: ServerSettings,
+    /// Database.
+    pub database: DatabaseSettings,
+    /// Encryption keys.
+    pub security: SecuritySettings,
+    /// The development tenant created at start.
+    pub dev: DevSettings,
+    /// Built-in provider simulators.
+    pub sandbox: SandboxSettings,
+    /// Provider endpoints and policy.
+    pub providers: ProviderSettings,
+    /// Streams.
+    pub streams: StreamSettings,
+}
+
+impl Default for Settings {
+    fn default() -> Self {
+        Self {
+            server: ServerSettings::default(),
+            database: DatabaseSettings::default(),
+            security: SecuritySettings::default(),
+            dev: DevSettings::default(),
+            sandbox: SandboxSettings::default(),
+            providers: ProviderSettings::default(),
+            streams: StreamSettings::default(),
+        }
+    }
+}
+
+/// Listeners and process settings.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ServerSettings {
+    /// gRPC listener.
+    pub grpc_addr: String,
+    /// Webhook ingress listener.
+    pub webhook_addr: String,
+    /// Prometheus metrics listener.
+    pub metrics_addr: String,
+    /// Base URL providers use to reach the webhook ingress; empty: `http://{webhook_addr}`.
+    pub public_webhook_url: String,
+    /// Where the SQLite file and generated development secrets live.
+    pub data_dir: PathBuf,
+    /// `text` or `json`.
+    pub log_format: String,
+    /// Seconds in-flight calls get to finish on SIGTERM before the process exits.
+    pub shutdown_grace_secs: u64,
+    /// Seconds between store health probes.
+    pub health_probe_secs: u64,
+}
+
+impl Default for ServerSettings {
+    fn default() -> Self {
+        Self {
+            grpc_addr: "127.0.0.1:50051".into(),
+            webhook_addr: "127.0.0.1:8080".into(),
+            metrics_addr: "127.0.0.1:9090".into(),
+            public_webhook_url: String::new(),
+            data_dir: PathBuf::from("data"),
+            log_format: "text".into(),
+            shutdown_grace_secs: 10,
+            health_probe_secs: 2,
+        }
+    }
+}
+
+/// Database.
+#[derive(Clone, Serialize, Deserialize, Default)]
+#[serde(default, deny_unknown_fields)]
+pub struct DatabaseSettings {
+    /// `sqlite:PATH` or `postgres://...`; empty: `sqlite:{data_dir}/wa-onboard.db`.
+    pub url: String,
+}
+
+impl std::fmt::Debug for DatabaseSettings {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("DatabaseSettings").field("url", &crate::store::redact_url(&self.url)).finish()
+    }
+}
+
+/// Encryption at rest.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct SecuritySettings {
+    /// Primary key (32 bytes, base64). Empty: a key generated once under `data_dir`
+    /// (development only; production sets it from a Kubernetes Secret).
+    #[serde(serialize_with = "ser_redacted")]
+    pub encryption_key: String,
+    /// Id stored with every ciphertext sealed by the primary key.
+    pub encryption_key_id: String,
+    /// Older keys still needed to read existing data, by id (rotation).
+    #[serde(serialize_with = "ser_redacted_map")]
+    pub previous_keys: BTreeMap<String, String>,
+}
+
+impl Default for SecuritySettings {
+    fn default() -> Self {
+        Self { encryption_key: String::new(), encryption_key_id: "k1".into(), previous_keys: BTreeMap::new() }
+    }
+}
+
+fn ser_redacted<S: serde::Serializer>(v: &str, s: S) -> Result<S::Ok, S::Error> {
+    s.serialize_str(if v.is_empty() { "" } else { "[REDACTED]" })
+}
+
+fn ser_redacted_map<S: serde::Serializer>(v: &BTreeMap<String, String>, s: S) -> Result<S::Ok, S::Error> {
+    use serde::ser::SerializeMap;
+    let mut m = s.serialize_map(Some(v.len()))?;
+    for k in v.keys() {
+        m.serialize_entry(k, "[REDACTED]")?;
+    }
+    m.end()
+}
+
+/// The development tenant.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct DevSettings {
+    /// Create it at start.
+    pub enabled: bool,
+    /// Its name.
+    pub tenant: String,
+}
+
+impl Default for DevSettings {
+    fn default() -> Self {
+        Self { enabled: true, tenant: "dev".into() }
+    }
+}
+
+/// Built-in simulators.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct SandboxSettings {
+    /// Run the simulators in-process and give the development tenant sandbox accounts.
+    pub enabled: bool,
+}
+
+impl Default for SandboxSettings {
+    fn default() -> Self {
+        Self { enabled: true }
+    }
+}
+
+/// Provider endpoints and policy.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ProviderSettings {
+    /// Allow `AccountOptions.endpoint` overrides (staging, tests). Off in production: a
+    /// tenant could otherwise point the service at internal hosts.
+    pub allow_custom_endpoints: bool,
+    /// Per-call HTTP timeout, seconds.
+    pub http_timeout_secs: u64,
+}
+
+impl Default for ProviderSettings {
+    fn default() -> Self {
+        Self { allow_custom_endpoints: false, http_timeout_secs: 15 }
+    }
+}
+
+/// Server streams.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct StreamSettings {
+    /// Seconds between heartbeats on an idle stream (at most 15).
+    pub heartbeat_secs: u64,
+    /// Messages buffered per stream before a slow consumer is resynchronised from the store.
+    pub buffer: usize,
+}
+
+impl Default for StreamSettings {
+    fn default() -> Self {
+        Self { heartbeat_secs: 10, buffer: 64 }
+    }
+}
+
+/// Command-line overrides, applied last.
+#[derive(Debug, Clone, Default)]
+pub struct Overrides {
+    /// `--grpc-addr`.
+    pub grpc_addr: Option<String>,
+    /// `--webhook-addr`.
+    pub webhook_addr: Option<String>,
+    /// `--metrics-addr`.
+    pub metrics_addr: Option<String>,
+    /// `--data-dir`.
+    pub data_dir: Option<PathBuf>,
+    /// `--database-url`.
+    pub database_url: Option<String>,
+    /// `--log-format`.
+    pub log_format: Option<String>,
+}
+
+/// A configuration problem, naming the key.
+#[derive(Debug, thiserror::Error)]
+#[error("invalid configuration: {0}")]
+pub struct ConfigError(pub String);
+
+impl Settings {
+    /// Loads defaults, then `file` (if any), then the environment, then `overrides`, and
+    /// validates.
+    pub fn load(file: Option<&Path>, overrides: &Overrides) -> Result<Self, ConfigError> {
+        let mut fig = Figment::from(Serialized::defaults(Settings::default()));
+        if let Some(f) = file {
+            if !f.exists() {
+                return Err(ConfigError(format!("config file {} does not exist", f.display())));
+            }
+            fig = fig.merge(Toml::file(f));
+        }
+        fig = fig.merge(Env::prefixed("WA_ONBOARD__").split("__").lowercase(true));
+        let mut s: Settings = fig.extract().map_err(|e| ConfigError(figment_message(&e)))?;
+        if let Some(v) = &overrides.grpc_addr {
+            s.server.grpc_addr = v.clone();
+        }
+        if let Some(v) = &overrides.webhook_addr {
+            s.server.webhook_addr = v.clone();
+        }
+        if let Some(v) = &overrides.metrics_addr {
+            s.server.metrics_addr = v.clone();
+        }
+        if let Some(v) = &overrides.data_dir {
+            s.server.data_dir = v.clone();
+        }
+        if let Some(v) = &overrides.database_url {
+            s.database.url = v.clone();
+        }
+        if let Some(v) = &overrides.log_format {
+            s.server.log_format = v.clone();
+        }
+        s.validate()?;
+        Ok(s)
+    }
+
+    /// Checks values that parse but make no sense.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        for (key, v) in [
+            ("server.grpc_addr", &self.server.grpc_addr),
+            ("server.webhook_addr", &self.server.webhook_addr),
+            ("server.metrics_addr", &self.server.metrics_addr),
+        ] {
+            v.parse::<SocketAddr>().map_err(|e| {
+                ConfigError(format!("{key} = '{v}' is not a socket address (e.g. 127.0.0.1:50051): {e}"))
+            })?;
+        }
+        if !matches!(self.server.log_format.as_str(), "text" | "json") {
+            return Err(ConfigError(format!(
+                "server.log_format = '{}' must be 'text' or 'json'",
+                self.server.log_format
+            )));
+        }
+        let url = &self.database.url;
+        if !url.is_empty()
+            && !(url.starts_with("sqlite:") || url.starts_with("postgres://") || url.starts_with("postgresql://"))
+        {
+            return Err(ConfigError(format!(
+                "database.url = '{}' must start with sqlite: or postgres://",
+                crate::store::redact_url(url)
+            )));
+        }
+        if !self.server.public_webhook_url.is_empty() && url::Url::parse(&self.server.public_webhook_url).is_err() {
+            return Err(ConfigError(format!(
+                "server.public_webhook_url = '{}' is not a URL",
+                self.server.public_webhook_url
+            )));
+        }
+        if self.streams.heartbeat_secs == 0 || self.streams.heartbeat_secs > 15 {
+            return Err(ConfigError("streams.heartbeat_secs must be between 1 and 15".into()));
+        }
+        if self.streams.buffer == 0 {
+            return Err(ConfigError("streams.buffer must be at least 1".into()));
+        }
+        if self.security.encryption_key_id.is_empty() {
+            return Err(ConfigError("security.encryption_key_id must not be empty".into()));
+        }
+        Ok(())
+    }
+
+    /// The database URL, defaulting to the SQLite file under the data dir.
+    pub fn database_url(&self) -> String {
+        if self.database.url.is_empty() {
+            format!("sqlite:{}", self.server.data_dir.join("wa-onboard.db").display())
+        } else {
+            self.database.url.clone()
+        }
+    }
+
+    /// Base URL of the webhook ingress as providers see it.
+    pub fn public_webhook_url(&self, bound: SocketAddr) -> String {
+        if self.server.public_webhook_url.is_empty() {
+            format!("http://{bound}")
+        } else {
+            self.server.public_webhook_url.trim_end_matches('/').to_string()
+        }
+    }
+
+    /// The encryption keys as `(id, key)` pairs, primary first. An empty primary key means
+    /// the development key under the data dir, created on first use.
+    pub fn encryption_keys(&self) -> Result<Vec<(String, Secret)>, ConfigError> {
+        let primary = if self.security.encryption_key.is_empty() {
+            dev_key(&self.server.data_dir)?
+        } else {
+            Secret::new(self.security.encryption_key.clone())
+        };
+        let mut keys = vec![(self.security.encryption_key_id.clone(), primary)];
+        for (id, k) in &self.security.previous_keys {
+            keys.push((id.clone(), Secret::new(k.clone())));
+        }
+        Ok(keys)
+    }
+}
+
+/// Reads or creates (mode 0600) the development encryption key.
+fn dev_key(data_dir: &Path) -> Result<Secret, ConfigError> {
+    let path = data_dir.join("dev-encryption.key");
+    if let Ok(s) = std::fs::read_to_string(&path) {
+        return Ok(Secret::new(s.trim().to_string()));
+    }
+    std::fs::create_dir_all(data_dir)
+        .map_err(|e| ConfigError(format!("server.data_dir = '{}' cannot be created: {e}", data_dir.display())))?;
+    let key = crate::crypto::Cipher::generate_key();
+    write_private(&path, key.expose()).map_err(|e| ConfigError(format!("cannot write {}: {e}", path.display())))?;
+    Ok(key)
+}
+
+/// Writes a file readable by the owner only.
+pub fn write_private(path: &Path, contents: &str) -> std::io::Result<()> {
+    use std::io::Write;
+    #[cfg(unix)]
+    use std::os::unix::fs::OpenOptionsExt;
+    let mut opts = std::fs::OpenOptions::new();
+    opts.write(true).create_new(true);
+    #[cfg(unix)]
+    opts.mode(0o600);
+    let mut f = opts.open(path)?;
+    f.write_all(contents.as_bytes())
+}
+
+fn figment_message(e: &figment::Error) -> String {
+    e.clone()
+        .into_iter()
+        .map(|e| {
+            let key = e.path.join(".");
+            if key.is_empty() { e.to_string() } else { format!("{key}: {}", e.kind) }
+        })
+        .collect::<Vec<_>>()
+        .join("; ")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_are_valid() {
+        let s = Settings::default();
+        s.validate().unwrap();
+        assert_eq!(s.server.grpc_addr, "127.0.0.1:50051");
+        assert!(s.database_url().starts_with("sqlite:"));
+    }
+
+    #[test]
+    fn bad_values_name_the_key() {
+        let dir = tempfile::tempdir().unwrap();
+        let f = dir.path().join("c.toml");
+        std::fs::write(&f, "[server]\ngrpc_addr = \"nope\"\n").unwrap();
+        let e = Settings::load(Some(&f), &Overrides::default()).unwrap_err();
+        assert!(e.to_string().contains("server.grpc_addr"), "{e}");
+        std::fs::write(&f, "[server]\ngrpc_adr = \"127.0.0.1:1\"\n").unwrap();
+        let e = Settings::load(Some(&f), &Overrides::default()).unwrap_err();
+        assert!(e.to_string().contains("grpc_adr"), "{e}");
+        std::fs::write(&f, "[streams]\nheartbeat_secs = \"x\"\n").unwrap();
+        let e = Settings::load(Some(&f), &Overrides::default()).unwrap_err();
+        assert!(e.to_string().contains("streams.heartbeat_secs"), "{e}");
+    }
+
+    #[test]
+    fn overrides_win() {
+        let o = Overrides { grpc_addr: Some("127.0.0.1:1".into()), ..Default::default() };
+        assert_eq!(Settings::load(None, &o).unwrap().server.grpc_addr, "127.0.0.1:1");
+    }
+
+    #[test]
+    fn secrets_not_serialized() {
+        let mut s = Settings::default();
+        s.security.encryption_key = "c2VjcmV0".into();
+        let out = toml_like(&s);
+        assert!(!out.contains("c2VjcmV0"));
+    }
+
+    fn toml_like(s: &Settings) -> String {
+        serde_json::to_string(s).unwrap()
+    }
+}

@@ -1,0 +1,308 @@
+//! Provider accounts: credentials encrypted at rest and never returned; each account gets an
+//! unguessable webhook secret for its ingress URL.
+
+use base64::Engine;
+use rand::RngCore;
+
+use super::{Caller, Core};
+use crate::domain::account::{AccountOptions, Credentials};
+use crate::domain::{AccountId, OnboardingState, ProviderKind, Secret, new_id, now_ms};
+use crate::error::{AppError, ErrorCode, Violations};
+use crate::store::{AccountRecord, NewEvent, OnboardingChange, OnboardingFilter, Page, PageRequest, StoreError};
+
+/// What a caller asks to create.
+#[derive(Debug, Clone)]
+pub struct NewAccount {
+    /// Requested id, or generated.
+    pub id: Option<AccountId>,
+    /// Provider.
+    pub provider: ProviderKind,
+    /// Human name.
+    pub display_name: String,
+    /// Credentials (must match the provider).
+    pub credentials: Credentials,
+    /// Options.
+    pub options: AccountOptions,
+    /// Target the built-in simulator.
+    pub sandbox: bool,
+}
+
+/// An account as returned to its tenant: never the credentials.
+#[derive(Debug, Clone)]
+pub struct AccountView {
+    /// The row.
+    pub record: AccountRecord,
+    /// Options parsed.
+    pub options: AccountOptions,
+    /// The ingress URL (only in the create response).
+    pub webhook_url: Option<String>,
+}
+
+/// Result of the last credentials check, kept in the account's status JSON.
+#[derive(Debug, Clone, Default, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct CheckResult {
+    /// Accepted.
+    pub ok: bool,
+    /// Message.
+    pub message: String,
+    /// Provider's raw code.
+    pub provider_code: String,
+    /// When.
+    pub at_ms: i64,
+}
+
+/// Non-secret account status, stored as JSON.
+#[derive(Debug, Clone, Default, serde::Serialize, serde::Deserialize)]
+#[serde(default)]
+pub struct AccountStatus {
+    /// Last credentials check.
+    pub last_check: Option<CheckResult>,
+}
+
+const OP_CREATE: &str = "CreateAccount";
+
+fn aad_credentials(id: &AccountId) -> String {
+    format!("account/{id}/credentials")
+}
+
+fn aad_webhook(id: &AccountId) -> String {
+    format!("account/{id}/webhook")
+}
+
+impl Core {
+    /// Creates an account (idempotent with `request_id`).
+    pub async fn create_account(
+        &self,
+        caller: &Caller,
+        new: NewAccount,
+        request_id: Option<&str>,
+    ) -> Result<AccountView, AppError> {
+        self.validate_new_account(&new)?;
+        let canonical = serde_json::json!({
+            "id": new.id.as_ref().map(AccountId::as_str),
+            "provider": new.provider.as_str(),
+            "display_name": new.display_name,
+            "options": new.options,
+            "sandbox": new.sandbox,
+        })
+        .to_string();
+        let creds = new.credentials.to_sealable_json();
+        let hash = self.fingerprint(&[canonical.as_bytes(), creds.expose().as_bytes()]);
+        if let Some(resource) = self.replay(&caller.tenant, request_id, OP_CREATE, &hash).await? {
+            return self.account_replayed(caller, &resource).await;
+        }
+        let id = new.id.clone().unwrap_or_else(new_id);
+        let webhook_secret = {
+            let mut b = [0u8; 32];
+            rand::rng().fill_bytes(&mut b);
+            Secret::new(base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(b))
+        };
+        let seal_err = |e: crate::crypto::CryptoError| AppError::internal(format!("cannot encrypt credentials: {e}"));
+        let now = now_ms();
+        let record = AccountRecord {
+            id: id.clone(),
+            tenant_id: caller.tenant.clone(),
+            provider: new.provider,
+            display_name: new.display_name,
+            options_json: serde_json::to_string(&new.options).map_err(|e| AppError::internal(e.to_string()))?,
+            credentials: self.cipher.seal_secret(&creds, &aad_credentials(&id)).map_err(seal_err)?,
+            webhook_secret: self.cipher.seal_secret(&webhook_secret, &aad_webhook(&id)).map_err(seal_err)?,
+            sandbox: new.sandbox,
+            status_json: "{}".into(),
+            created_ms: now,
+            updated_ms: now,
+        };
+        let idem = self.idempotency_record(&caller.tenant, request_id, OP_CREATE, hash, format!("accounts/{id}"));
+        match self.store.insert_account(&record, idem.as_ref()).await {
+            Ok(()) => {}
+            Err(StoreError::AlreadyExists(_)) => {
+                // Either the id is taken or a concurrent retry with the same request_id won.
+                if let Some(resource) = self.replay(&caller.tenant, request_id, OP_CREATE, &idem_hash(&idem)).await? {
+                    return self.account_replayed(caller, &resource).await;
+                }
+                return Err(AppError::new(ErrorCode::AlreadyExists, format!("account 'accounts/{id}' already exists"))
+                    .with_violation("account_id", "already in use"));
+            }
+            Err(e) => return Err(e.into()),
+        }
+        tracing::info!(account = %id, provider = %record.provider, "Account created.");
+        let options = new.options;
+        Ok(AccountView { webhook_url: Some(self.webhook_url(&record)?), record, options })
+    }
+
+    async fn account_replayed(&self, caller: &Caller, resource: &str) -> Result<AccountView, AppError> {
+        let id = resource.strip_prefix("accounts/").unwrap_or(resource);
+        let id = AccountId::parse(id).map_err(|e| AppError::internal(format!("stored idempotency resource: {e}")))?;
+        let record = self.account_record(caller, &id).await?;
+        let mut view = self.view(record)?;
+        view.webhook_url = Some(self.webhook_url(&view.record)?);
+        Ok(view)
+    }
+
+    fn validate_new_account(&self, new: &NewAccount) -> Result<(), AppError> {
+        let mut v = Violations::new();
+        if new.credentials.provider() != new.provider {
+            v.add(
+                "account.credentials",
+                format!("credentials are for {}, the account is for {}", new.credentials.provider(), new.provider),
+            );
+        }
+        let empty = |s: &str| s.trim().is_empty();
+        match &new.credentials {
+            Credentials::Gupshup { email, secret } => {
+                if !email.contains('@') || email.len() > 320 {
+                    v.add("account.credentials.gupshup.email", "must be an email address");
+                }
+                if secret.is_empty() {
+                    v.add("account.credentials.gupshup.secret", "is required");
+                }
+            }
+            Credentials::Exotel { account_sid, api_key, api_token } => {
+                if empty(account_sid) {
+                    v.add("account.credentials.exotel.account_sid", "is required");
+                }
+                if empty(api_key) {
+                    v.add("account.credentials.exotel.api_key", "is required");
+                }
+                if api_token.is_empty() {
+                    v.add("account.credentials.exotel.api_token", "is required");
+                }
+            }
+            Credentials::Whapi { partner_token } => {
+                if partner_token.is_empty() {
+                    v.add("account.credentials.whapi.partner_token", "is required");
+                }
+            }
+            Credentials::Digital99 { client_id, client_secret } => {
+                if empty(client_id) {
+                    v.add("account.credentials.digital99.client_id", "is required");
+                }
+                if client_secret.is_empty() {
+                    v.add("account.credentials.digital99.client_secret", "is required");
+                }
+            }
+        }
+        if new.display_name.chars().count() > 200 {
+            v.add("account.display_name", "must be at most 200 characters");
+        }
+        if let Some(ep) = &new.options.endpoint {
+            if !self.settings.providers.allow_custom_endpoints {
+                v.add(
+                    "account.options.endpoint",
+                    "custom endpoints are disabled in this deployment (providers.allow_custom_endpoints)",
+                );
+            } else if !url::Url::parse(ep).is_ok_and(|u| matches!(u.scheme(), "http" | "https")) {
+                v.add("account.options.endpoint", "must be an http(s) URL");
+            }
+        }
+        v.finish()?;
+        if new.sandbox && !self.sandbox_running {
+            return Err(AppError::precondition("this deployment runs no sandbox (sandbox.enabled = false)"));
+        }
+        Ok(())
+    }
+
+    async fn account_record(&self, caller: &Caller, id: &AccountId) -> Result<AccountRecord, AppError> {
+        self.store.account(&caller.tenant, id).await?.ok_or_else(|| AppError::not_found(format!("accounts/{id}")))
+    }
+
+    fn view(&self, record: AccountRecord) -> Result<AccountView, AppError> {
+        let options = serde_json::from_str(&record.options_json)
+            .map_err(|e| AppError::internal(format!("stored options of accounts/{} do not parse: {e}", record.id)))?;
+        Ok(AccountView { record, options, webhook_url: None })
+    }
+
+    /// Gets one of the caller's accounts.
+    pub async fn get_account(&self, caller: &Caller, id: &AccountId) -> Result<AccountView, AppError> {
+        let record = self.account_record(caller, id).await?;
+        self.view(record)
+    }
+
+    /// Lists the caller's accounts.
+    pub async fn list_accounts(
+        &self,
+        caller: &Caller,
+        provider: Option<ProviderKind>,
+        page: &PageRequest,
+    ) -> Result<Page<AccountView>, AppError> {
+        let p = self.store.list_accounts(&caller.tenant, provider, page).await?;
+        let items = p.items.into_iter().map(|r| self.view(r)).collect::<Result<_, _>>()?;
+        Ok(Page { items, next_page_token: p.next_page_token })
+    }
+
+    /// Deletes an account; with open onboardings only when `force` (they become `FAILED`).
+    pub async fn delete_account(&self, caller: &Caller, id: &AccountId, force: bool) -> Result<(), AppError> {
+        self.account_record(caller, id).await?;
+        let filter = OnboardingFilter { account_id: Some(id.clone()), ..Default::default() };
+        let mut open = Vec::new();
+        let mut page = PageRequest { limit: 500, after: None };
+        loop {
+            let p = self.store.list_onboardings(&caller.tenant, &filter, &page).await?;
+            open.extend(p.items.into_iter().filter(|o| !o.state.is_finished()));
+            match p.next_page_token {
+                Some(t) => page.after = Some(t),
+                None => break,
+            }
+        }
+        if !open.is_empty() && !force {
+            return Err(AppError::precondition(format!(
+                "accounts/{id} has {} onboarding(s) that are not finished (e.g. onboardings/{}); finish or cancel them, or delete with force",
+                open.len(),
+                open[0].id
+            )));
+        }
+        for o in open {
+            let change = OnboardingChange {
+                onboarding_id: Some(o.id.clone()),
+                state: Some(OnboardingState::Failed),
+                state_reason: Some(format!("account accounts/{id} was deleted")),
+                state_deadline_ms: Some(None),
+                event: NewEvent {
+                    kind: "state_changed".into(),
+                    reason: "account deleted".into(),
+                    step: None,
+                    data_json: "{}".into(),
+                },
+                at_ms: now_ms(),
+                ..Default::default()
+            };
+            self.store.apply_change(&change).await?;
+        }
+        if !self.store.delete_account(&caller.tenant, id).await? {
+            return Err(AppError::not_found(format!("accounts/{id}")));
+        }
+        tracing::info!(account = %id, "Account deleted.");
+        Ok(())
+    }
+
+    /// The decrypted credentials of an account (for adapters only).
+    pub fn account_credentials(&self, record: &AccountRecord) -> Result<Credentials, AppError> {
+        let plain = self
+            .cipher
+            .open_secret(&record.credentials, &aad_credentials(&record.id))
+            .map_err(|e| AppError::internal(format!("credentials of accounts/{}: {e}", record.id)))?;
+        Credentials::from_sealed_json(&plain).map_err(AppError::internal)
+    }
+
+    /// The account's webhook secret.
+    pub fn webhook_secret(&self, record: &AccountRecord) -> Result<Secret, AppError> {
+        self.cipher
+            .open_secret(&record.webhook_secret, &aad_webhook(&record.id))
+            .map_err(|e| AppError::internal(format!("webhook secret of accounts/{}: {e}", record.id)))
+    }
+
+    /// The ingress URL providers call for this account. Contains the secret: never log it.
+    pub fn webhook_url(&self, record: &AccountRecord) -> Result<String, AppError> {
+        let secret = self.webhook_secret(record)?;
+        Ok(format!("{}/webhooks/{}/{}/{}", self.webhook_base, record.provider, record.id, secret.expose()))
+    }
+
+    /// Parsed non-secret status.
+    pub fn account_status(record: &AccountRecord) -> AccountStatus {
+        serde_json::from_str(&record.status_json).unwrap_or_default()
+    }
+}
+
+fn idem_hash(idem: &Option<crate::store::IdempotencyRecord>) -> Vec<u8> {
+    idem.as_ref().map(|r| r.request_hash.clone()).unwrap_or_default()
+}

@@ -1,0 +1,105 @@
+//! Use cases. Depends on the domain and the two ports (store, providers), never on gRPC or
+//! HTTP types.
+
+pub mod accounts;
+pub mod bus;
+pub mod onboardings;
+pub mod tenants;
+
+use std::sync::Arc;
+
+use sha2::{Digest, Sha256};
+
+use crate::config::Settings;
+use crate::crypto::Cipher;
+use crate::domain::TenantId;
+use crate::error::{AppError, ErrorCode};
+use crate::store::{IdempotencyRecord, Store};
+
+/// Shared state of the use cases.
+#[derive(Clone)]
+pub struct Core {
+    /// Persistence.
+    pub store: Arc<dyn Store>,
+    /// Encryption at rest.
+    pub cipher: Arc<Cipher>,
+    /// Settings.
+    pub settings: Arc<Settings>,
+    /// Base URL providers use to reach our webhook ingress.
+    pub webhook_base: String,
+    /// Onboarding change fan-out for streams.
+    pub bus: bus::Bus,
+    /// Whether the built-in simulators run in this process.
+    pub sandbox_running: bool,
+}
+
+impl std::fmt::Debug for Core {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Core").field("webhook_base", &self.webhook_base).finish_non_exhaustive()
+    }
+}
+
+/// The caller, as established by the auth layer.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Caller {
+    /// The tenant.
+    pub tenant: TenantId,
+}
+
+impl Core {
+    /// A keyed fingerprint of a request, for idempotency: keyed so that the stored hash of
+    /// a request carrying credentials cannot be brute-forced offline.
+    pub fn fingerprint(&self, parts: &[&[u8]]) -> Vec<u8> {
+        let mut h = Sha256::new();
+        h.update(self.cipher.fingerprint_key());
+        for p in parts {
+            h.update((p.len() as u64).to_be_bytes());
+            h.update(p);
+        }
+        h.finalize().to_vec()
+    }
+
+    /// Checks a stored idempotency record against this request: `Ok(Some(resource))` when it
+    /// is the same request again, `Ok(None)` when the key is unused, and `ALREADY_EXISTS`
+    /// when the key was used for a different request.
+    pub async fn replay(
+        &self,
+        tenant: &TenantId,
+        key: Option<&str>,
+        operation: &str,
+        hash: &[u8],
+    ) -> Result<Option<String>, AppError> {
+        let Some(key) = key else { return Ok(None) };
+        match self.store.idempotency(tenant, key).await? {
+            None => Ok(None),
+            Some(r) if r.operation == operation && r.request_hash == hash => Ok(Some(r.resource)),
+            Some(r) => Err(AppError::new(
+                ErrorCode::AlreadyExists,
+                format!(
+                    "request_id '{key}' was already used for a different {} request; use a new request_id",
+                    r.operation
+                ),
+            )
+            .with_violation("request_id", "already used for a different request")),
+        }
+    }
+
+    /// A new idempotency record for `key`, if the caller sent one.
+    pub fn idempotency_record(
+        &self,
+        tenant: &TenantId,
+        key: Option<&str>,
+        operation: &str,
+        hash: Vec<u8>,
+        resource: String,
+    ) -> Option<IdempotencyRecord> {
+        key.map(|k| IdempotencyRecord {
+            tenant_id: tenant.clone(),
+            key: k.to_string(),
+            operation: operation.to_string(),
+            request_hash: hash,
+            resource,
+            created_ms: crate::domain::now_ms(),
+        })
+    }
+}

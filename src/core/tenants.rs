@@ -1,0 +1,199 @@
+//! Tenants and their API keys. Keys are random, shown once, stored as SHA-256 hashes, and
+//! looked up through a short-lived cache so revocation takes effect within seconds.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use rand::Rng;
+use sha2::{Digest, Sha256};
+
+use crate::domain::{ApiKeyId, Secret, TenantId, new_id, now_ms};
+use crate::error::{AppError, ErrorCode};
+use crate::store::{ApiKeyRecord, Store, StoreError, TenantRecord};
+
+/// Prefix of every API key, so leaked keys are recognisable by secret scanners.
+pub const KEY_PREFIX: &str = "wao_";
+
+/// How long a key lookup is cached; also the worst-case delay for a revocation.
+const CACHE_TTL: Duration = Duration::from_secs(5);
+
+/// A new API key: the plaintext is returned once and never stored.
+#[derive(Debug)]
+pub struct IssuedKey {
+    /// Key id (for revocation).
+    pub id: ApiKeyId,
+    /// The key itself.
+    pub key: Secret,
+}
+
+/// Hash of an API key as stored.
+pub fn hash_key(key: &str) -> Vec<u8> {
+    Sha256::digest(key.as_bytes()).to_vec()
+}
+
+/// A fresh random key: `wao_` and 40 base62 characters (~238 bits).
+pub fn generate_key() -> Secret {
+    const ALPHABET: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789";
+    let mut rng = rand::rng();
+    let body: String = (0..40).map(|_| ALPHABET[rng.random_range(0..ALPHABET.len())] as char).collect();
+    Secret::new(format!("{KEY_PREFIX}{body}"))
+}
+
+/// Validates a tenant name: what `tenant create NAME` accepts.
+pub fn validate_name(name: &str) -> Result<(), AppError> {
+    if name.is_empty()
+        || name.len() > 63
+        || !name.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+    {
+        return Err(AppError::invalid("name", "tenant names are 1 to 63 lowercase letters, digits or '-'"));
+    }
+    Ok(())
+}
+
+/// Creates a tenant and its first key.
+pub async fn create_tenant(store: &dyn Store, name: &str) -> Result<(TenantRecord, IssuedKey), AppError> {
+    validate_name(name)?;
+    let tenant = TenantRecord { id: new_id(), name: name.to_string(), created_ms: now_ms() };
+    store.create_tenant(&tenant).await.map_err(|e| match e {
+        StoreError::AlreadyExists(_) => {
+            AppError::new(ErrorCode::AlreadyExists, format!("tenant '{name}' already exists"))
+        }
+        other => other.into(),
+    })?;
+    let key = add_key(store, &tenant.id, None).await?;
+    Ok((tenant, key))
+}
+
+/// Adds a key to a tenant; `fixed` stores that key instead of generating one.
+pub async fn add_key(store: &dyn Store, tenant: &TenantId, fixed: Option<Secret>) -> Result<IssuedKey, AppError> {
+    let key = fixed.unwrap_or_else(generate_key);
+    let record = ApiKeyRecord {
+        id: new_id(),
+        tenant_id: tenant.clone(),
+        hash: hash_key(key.expose()),
+        prefix: key.expose().chars().take(KEY_PREFIX.len() + 4).collect(),
+        created_ms: now_ms(),
+        revoked_ms: None,
+    };
+    store.add_api_key(&record).await?;
+    Ok(IssuedKey { id: record.id, key })
+}
+
+/// Looks a tenant up by name.
+pub async fn tenant_by_name(store: &dyn Store, name: &str) -> Result<TenantRecord, AppError> {
+    store.tenant_by_name(name).await?.ok_or_else(|| AppError::not_found(format!("tenant '{name}'")))
+}
+
+/// Ensures the development tenant exists and has a usable key. With `fixed`, that key is
+/// registered (if not already); otherwise a key is generated once and kept in
+/// `key_file` (0600) so the same key is printed at every start.
+pub async fn ensure_dev_tenant(
+    store: &dyn Store,
+    name: &str,
+    fixed: Option<Secret>,
+    key_file: &std::path::Path,
+) -> Result<Secret, AppError> {
+    let tenant = match store.tenant_by_name(name).await? {
+        Some(t) => t,
+        None => {
+            validate_name(name)?;
+            let t = TenantRecord { id: new_id(), name: name.to_string(), created_ms: now_ms() };
+            match store.create_tenant(&t).await {
+                Ok(()) => t,
+                // Another replica created it first.
+                Err(StoreError::AlreadyExists(_)) => tenant_by_name(store, name).await?,
+                Err(e) => return Err(e.into()),
+            }
+        }
+    };
+    let key = match fixed {
+        Some(k) => k,
+        None => match std::fs::read_to_string(key_file) {
+            Ok(s) if !s.trim().is_empty() => Secret::new(s.trim().to_string()),
+            _ => {
+                let k = generate_key();
+                if let Some(dir) = key_file.parent() {
+                    std::fs::create_dir_all(dir)
+                        .map_err(|e| AppError::internal(format!("cannot create {}: {e}", dir.display())))?;
+                }
+                crate::config::write_private(key_file, k.expose())
+                    .map_err(|e| AppError::internal(format!("cannot write {}: {e}", key_file.display())))?;
+                k
+            }
+        },
+    };
+    if store.api_key_by_hash(&hash_key(key.expose())).await?.is_none() {
+        add_key(store, &tenant.id, Some(key.clone())).await?;
+    }
+    Ok(key)
+}
+
+/// Resolves API keys to tenants, with a short positive and negative cache.
+#[derive(Clone)]
+pub struct Authenticator {
+    store: Arc<dyn Store>,
+    cache: Arc<Mutex<HashMap<Vec<u8>, (Option<TenantId>, Instant)>>>,
+}
+
+impl std::fmt::Debug for Authenticator {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Authenticator")
+    }
+}
+
+impl Authenticator {
+    /// A new authenticator over the store.
+    pub fn new(store: Arc<dyn Store>) -> Self {
+        Self { store, cache: Arc::default() }
+    }
+
+    /// The tenant owning `key`, or `UNAUTHENTICATED`.
+    pub async fn authenticate(&self, key: &str) -> Result<TenantId, AppError> {
+        let unauth = || AppError::new(ErrorCode::Unauthenticated, "invalid or revoked API key");
+        if !key.starts_with(KEY_PREFIX) || key.len() > 200 {
+            return Err(unauth());
+        }
+        let hash = hash_key(key);
+        let cached = {
+            let cache = self.cache.lock().unwrap_or_else(|e| e.into_inner());
+            cache.get(&hash).filter(|(_, at)| at.elapsed() < CACHE_TTL).map(|(t, _)| t.clone())
+        };
+        let tenant = match cached {
+            Some(t) => t,
+            None => {
+                let t = self.store.api_key_by_hash(&hash).await?.map(|k| k.tenant_id);
+                let mut cache = self.cache.lock().unwrap_or_else(|e| e.into_inner());
+                if cache.len() > 10_000 {
+                    // Bounded: a flood of random keys cannot grow memory.
+                    cache.clear();
+                }
+                cache.insert(hash, (t.clone(), Instant::now()));
+                t
+            }
+        };
+        tenant.ok_or_else(unauth)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn keys_are_random_and_prefixed() {
+        let a = generate_key();
+        let b = generate_key();
+        assert!(a.expose().starts_with(KEY_PREFIX));
+        assert_eq!(a.expose().len(), 44);
+        assert_ne!(a, b);
+        assert_eq!(hash_key(a.expose()).len(), 32);
+    }
+
+    #[test]
+    fn names() {
+        assert!(validate_name("billing-svc").is_ok());
+        assert!(validate_name("Billing").is_err());
+        assert!(validate_name("").is_err());
+    }
+}

@@ -1,0 +1,465 @@
+//! Conversions between protobuf messages and domain / store types, and request parsing into
+//! typed values with field violations.
+
+use std::collections::HashMap;
+
+use base64::Engine;
+use prost_types::Timestamp;
+
+use super::pb;
+use crate::core::accounts::AccountView;
+use crate::domain::account::{AccountOptions, Credentials, ExotelRegion};
+use crate::domain::{OnboardingState, ProviderKind, Secret, StepState, UnixMs};
+use crate::error::{AppError, Violations};
+use crate::store::{EventRecord, OnboardingRecord, PageRequest, StepRecord};
+
+/// Default and maximum page sizes (AIP-158).
+pub const DEFAULT_PAGE: i32 = 50;
+/// Upper bound for `page_size`.
+pub const MAX_PAGE: i32 = 1000;
+
+/// A protobuf timestamp from milliseconds.
+pub fn ts(ms: UnixMs) -> Timestamp {
+    Timestamp { seconds: ms.div_euclid(1000), nanos: (ms.rem_euclid(1000) * 1_000_000) as i32 }
+}
+
+/// An optional timestamp.
+pub fn ts_opt(ms: Option<UnixMs>) -> Option<Timestamp> {
+    ms.map(ts)
+}
+
+/// Parses `{collection}/{id}` into the id, as a field violation on failure.
+pub fn parse_name<T>(
+    field: &str,
+    name: &str,
+    collection: &str,
+    parse: impl Fn(&str) -> Result<T, crate::domain::IdError>,
+) -> Result<T, AppError> {
+    let prefix = format!("{collection}/");
+    let Some(id) = name.strip_prefix(&prefix) else {
+        return Err(AppError::invalid(
+            field,
+            format!("must look like '{collection}/{{id}}', got '{}'", truncate(name)),
+        ));
+    };
+    parse(id).map_err(|e| AppError::invalid(field, format!("bad id in '{}': {e}", truncate(name))))
+}
+
+fn truncate(s: &str) -> String {
+    if s.chars().count() > 80 { format!("{}...", s.chars().take(80).collect::<String>()) } else { s.to_string() }
+}
+
+/// Page size and token into a store page request. Tokens are opaque and bound to their
+/// list (`kind`), so a token from one list is refused by another.
+pub fn page_request(v: &mut Violations, kind: &str, page_size: i32, page_token: &str, default: i32) -> PageRequest {
+    let limit = match page_size {
+        0 => default,
+        n if (1..=MAX_PAGE).contains(&n) => n,
+        _ => {
+            v.add("page_size", format!("must be between 0 and {MAX_PAGE}"));
+            default
+        }
+    };
+    let after = if page_token.is_empty() {
+        None
+    } else {
+        let decoded = base64::engine::general_purpose::URL_SAFE_NO_PAD
+            .decode(page_token)
+            .ok()
+            .and_then(|b| String::from_utf8(b).ok())
+            .and_then(|s| s.strip_prefix(&format!("{kind}:")).map(str::to_string));
+        if decoded.is_none() {
+            v.add("page_token", "is not a token returned by this list");
+        }
+        decoded
+    };
+    PageRequest { limit: limit as u32, after }
+}
+
+/// The opaque token for the next page.
+pub fn page_token(kind: &str, after: Option<String>) -> String {
+    after.map(|a| base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(format!("{kind}:{a}"))).unwrap_or_default()
+}
+
+/// Provider enum to domain.
+pub fn provider_from_pb(p: i32) -> Option<ProviderKind> {
+    match pb::Provider::try_from(p).ok()? {
+        pb::Provider::Unspecified => None,
+        pb::Provider::Gupshup => Some(ProviderKind::Gupshup),
+        pb::Provider::Exotel => Some(ProviderKind::Exotel),
+        pb::Provider::Whapi => Some(ProviderKind::Whapi),
+        pb::Provider::Digital99 => Some(ProviderKind::Digital99),
+    }
+}
+
+/// Provider to protobuf.
+pub fn provider_to_pb(p: ProviderKind) -> pb::Provider {
+    match p {
+        ProviderKind::Gupshup => pb::Provider::Gupshup,
+        ProviderKind::Exotel => pb::Provider::Exotel,
+        ProviderKind::Whapi => pb::Provider::Whapi,
+        ProviderKind::Digital99 => pb::Provider::Digital99,
+    }
+}
+
+/// A provider filter: unspecified means none; unknown values are violations.
+pub fn provider_filter(v: &mut Violations, field: &str, p: i32) -> Option<ProviderKind> {
+    if p != 0 && provider_from_pb(p).is_none() {
+        v.add(field, format!("unknown provider value {p}"));
+    }
+    provider_from_pb(p)
+}
+
+/// State to protobuf.
+pub fn state_to_pb(s: OnboardingState) -> pb::OnboardingState {
+    use OnboardingState as S;
+    match s {
+        S::Pending => pb::OnboardingState::Pending,
+        S::AwaitingCustomer => pb::OnboardingState::AwaitingCustomer,
+        S::Provisioning => pb::OnboardingState::Provisioning,
+        S::Live => pb::OnboardingState::Live,
+        S::PendingReview => pb::OnboardingState::PendingReview,
+        S::Stalled => pb::OnboardingState::Stalled,
+        S::ReauthRequired => pb::OnboardingState::ReauthRequired,
+        S::Failed => pb::OnboardingState::Failed,
+        S::Expired => pb::OnboardingState::Expired,
+        S::Cancelled => pb::OnboardingState::Cancelled,
+    }
+}
+
+/// A state filter: unspecified means none.
+pub fn state_filter(v: &mut Violations, field: &str, s: i32) -> Option<OnboardingState> {
+    let parsed = pb::OnboardingState::try_from(s).ok();
+    match parsed {
+        Some(pb::OnboardingState::Unspecified) => None,
+        Some(p) => OnboardingState::ALL.into_iter().find(|d| state_to_pb(*d) == p),
+        None => {
+            v.add(field, format!("unknown state value {s}"));
+            None
+        }
+    }
+}
+
+fn step_state_to_pb(s: StepState) -> pb::StepState {
+    match s {
+        StepState::Pending => pb::StepState::Pending,
+        StepState::Ready => pb::StepState::Ready,
+        StepState::Running => pb::StepState::Running,
+        StepState::Waiting => pb::StepState::Waiting,
+        StepState::Succeeded => pb::StepState::Succeeded,
+        StepState::Failed => pb::StepState::Failed,
+        StepState::Skipped => pb::StepState::Skipped,
+        StepState::Stalled => pb::StepState::Stalled,
+    }
+}
+
+/// Account request parts to domain credentials.
+pub fn credentials_from_pb(v: &mut Violations, c: Option<pb::AccountCredentials>) -> Option<Credentials> {
+    use pb::account_credentials::Credentials as C;
+    match c.and_then(|c| c.credentials) {
+        None => {
+            v.add("account.credentials", "is required");
+            None
+        }
+        Some(C::Gupshup(g)) => Some(Credentials::Gupshup { email: g.email, secret: Secret::new(g.secret) }),
+        Some(C::Exotel(e)) => Some(Credentials::Exotel {
+            account_sid: e.account_sid,
+            api_key: e.api_key,
+            api_token: Secret::new(e.api_token),
+        }),
+        Some(C::Whapi(w)) => Some(Credentials::Whapi { partner_token: Secret::new(w.partner_token) }),
+        Some(C::Digital99(d)) => {
+            Some(Credentials::Digital99 { client_id: d.client_id, client_secret: Secret::new(d.client_secret) })
+        }
+    }
+}
+
+/// Account options to domain; options for another provider are a violation.
+pub fn options_from_pb(
+    v: &mut Violations,
+    provider: Option<ProviderKind>,
+    o: Option<pb::AccountOptions>,
+) -> AccountOptions {
+    use pb::account_options::Options as O;
+    let Some(o) = o else { return AccountOptions::default() };
+    let mut out = AccountOptions { endpoint: (!o.endpoint.is_empty()).then_some(o.endpoint), ..Default::default() };
+    let for_provider = match &o.options {
+        None => None,
+        Some(O::Gupshup(_)) => Some(ProviderKind::Gupshup),
+        Some(O::Exotel(_)) => Some(ProviderKind::Exotel),
+        Some(O::Whapi(_)) => Some(ProviderKind::Whapi),
+        Some(O::Digital99(_)) => Some(ProviderKind::Digital99),
+    };
+    if let (Some(p), Some(f)) = (provider, for_provider) {
+        if p != f {
+            v.add("account.options", format!("options are for {f}, the account is for {p}"));
+        }
+    }
+    match o.options {
+        Some(O::Gupshup(g)) => {
+            out.storage_region = (!g.storage_region.is_empty()).then_some(g.storage_region);
+        }
+        Some(O::Exotel(e)) => {
+            out.exotel_region = match pb::ExotelRegion::try_from(e.region) {
+                Ok(pb::ExotelRegion::Unspecified | pb::ExotelRegion::Singapore) => Some(ExotelRegion::Singapore),
+                Ok(pb::ExotelRegion::Mumbai) => Some(ExotelRegion::Mumbai),
+                Err(_) => {
+                    v.add("account.options.exotel.region", "unknown region");
+                    None
+                }
+            };
+        }
+        Some(O::Whapi(w)) => {
+            out.project_id = (!w.project_id.is_empty()).then_some(w.project_id);
+            out.partner_name = (!w.partner_name.is_empty()).then_some(w.partner_name);
+        }
+        Some(O::Digital99(_)) | None => {}
+    }
+    out
+}
+
+/// An account as returned: never credentials.
+pub fn account_to_pb(a: &AccountView) -> pb::Account {
+    use pb::account_options::Options as O;
+    let r = &a.record;
+    let o = &a.options;
+    let options = match r.provider {
+        ProviderKind::Gupshup => {
+            O::Gupshup(pb::GupshupOptions { storage_region: o.storage_region.clone().unwrap_or_default() })
+        }
+        ProviderKind::Exotel => O::Exotel(pb::ExotelOptions {
+            region: match o.exotel_region.unwrap_or_default() {
+                ExotelRegion::Singapore => pb::ExotelRegion::Singapore,
+                ExotelRegion::Mumbai => pb::ExotelRegion::Mumbai,
+            } as i32,
+        }),
+        ProviderKind::Whapi => O::Whapi(pb::WhapiOptions {
+            project_id: o.project_id.clone().unwrap_or_default(),
+            partner_name: o.partner_name.clone().unwrap_or_default(),
+        }),
+        ProviderKind::Digital99 => O::Digital99(pb::Digital99Options {}),
+    };
+    let status = crate::core::Core::account_status(r);
+    pb::Account {
+        name: format!("accounts/{}", r.id),
+        provider: provider_to_pb(r.provider) as i32,
+        display_name: r.display_name.clone(),
+        credentials: None,
+        options: Some(pb::AccountOptions { options: Some(options), endpoint: o.endpoint.clone().unwrap_or_default() }),
+        sandbox: r.sandbox,
+        credentials_set: !r.credentials.blob.is_empty(),
+        webhook_url: a.webhook_url.clone().unwrap_or_default(),
+        last_check: status.last_check.map(|c| pb::CheckAccountResponse {
+            ok: c.ok,
+            message: c.message,
+            provider_code: c.provider_code,
+            check_time: Some(ts(c.at_ms)),
+        }),
+        create_time: Some(ts(r.created_ms)),
+        update_time: Some(ts(r.updated_ms)),
+    }
+}
+
+/// Raw provider status text (`code` plus optional JSON fields) to protobuf.
+pub fn provider_status(raw: &str, fields_json: Option<&str>, at: UnixMs) -> pb::ProviderStatus {
+    let fields: HashMap<String, String> = fields_json
+        .and_then(|j| serde_json::from_str::<serde_json::Map<String, serde_json::Value>>(j).ok())
+        .map(|m| m.into_iter().map(|(k, v)| (k, json_text(&v))).collect())
+        .unwrap_or_default();
+    pb::ProviderStatus { code: raw.to_string(), fields, observe_time: Some(ts(at)) }
+}
+
+fn json_text(v: &serde_json::Value) -> String {
+    match v {
+        serde_json::Value::String(s) => s.clone(),
+        other => other.to_string(),
+    }
+}
+
+/// An onboarding to protobuf. Provider-specific details come from `details_json`.
+pub fn onboarding_to_pb(o: &OnboardingRecord) -> pb::Onboarding {
+    let details: serde_json::Value = serde_json::from_str(&o.details_json).unwrap_or_default();
+    pb::Onboarding {
+        name: format!("onboardings/{}", o.id),
+        account: format!("accounts/{}", o.account_id),
+        provider: provider_to_pb(o.provider) as i32,
+        state: state_to_pb(o.state) as i32,
+        state_reason: o.state_reason.clone(),
+        provider_status: Some(provider_status(
+            &o.provider_status,
+            details.get("provider_fields").map(|v| v.to_string()).as_deref(),
+            o.updated_ms,
+        )),
+        desired_state: o.desired_state.map(|s| state_to_pb(s) as i32).unwrap_or(0),
+        reference: o.reference.clone(),
+        sequence: o.sequence,
+        state_deadline: ts_opt(o.state_deadline_ms),
+        expire_time: ts_opt(o.expire_ms),
+        create_time: Some(ts(o.created_ms)),
+        update_time: Some(ts(o.updated_ms)),
+        details: details_to_pb(o.provider, &details),
+    }
+}
+
+/// Provider-specific details: the store keeps them as JSON whose fields are named like the
+/// proto fields, so one serde pass per provider suffices.
+fn details_to_pb(p: ProviderKind, d: &serde_json::Value) -> Option<pb::onboarding::Details> {
+    use pb::onboarding::Details as D;
+    let s = |k: &str| d.get(k).and_then(|v| v.as_str()).unwrap_or_default().to_string();
+    let b = |k: &str| d.get(k).and_then(|v| v.as_bool()).unwrap_or(false);
+    let i = |k: &str| d.get(k).and_then(|v| v.as_i64()).unwrap_or(0) as i32;
+    let t = |k: &str| d.get(k).and_then(|v| v.as_i64()).map(ts);
+    Some(match p {
+        ProviderKind::Gupshup => D::Gupshup(pb::GupshupOnboarding {
+            app_name: s("app_name"),
+            waba_id: s("waba_id"),
+            phone: s("phone"),
+            app_id: s("app_id"),
+            storage_region: s("storage_region"),
+            subscribe_on_live: b("subscribe_on_live"),
+            subscription: None,
+            created_subscription: s("created_subscription"),
+            app_token_ready: b("app_token_ready"),
+        }),
+        ProviderKind::Exotel => D::Exotel(pb::ExotelOnboarding {
+            onboarding_url: s("onboarding_url"),
+            token: s("token"),
+            token_status: s("token_status"),
+            customers_remaining: i("customers_remaining"),
+            link_expire_time: t("link_expire_ms"),
+            batch_id: s("batch_id"),
+        }),
+        ProviderKind::Whapi => D::Whapi(pb::WhapiOnboarding {
+            channel_id: s("channel_id"),
+            channel: if s("channel_id").is_empty() { String::new() } else { format!("channels/{}", s("channel_id")) },
+            mode: match s("mode").as_str() {
+                "trial" => pb::ChannelMode::Trial,
+                "sandbox" => pb::ChannelMode::Sandbox,
+                "live" => pb::ChannelMode::Live,
+                _ => pb::ChannelMode::Unspecified,
+            } as i32,
+            go_live: b("go_live"),
+            extend_days: i("extend_days"),
+            phone: s("phone"),
+            active_till: t("active_till_ms"),
+            connect_codes_issued: i("connect_codes_issued"),
+        }),
+        ProviderKind::Digital99 => D::Digital99(pb::Digital99Onboarding {
+            phone: s("phone"),
+            temporary_phone: s("temporary_phone"),
+            onboarding_link: s("onboarding_link"),
+            landing_page: s("landing_page"),
+            coexistence: b("coexistence"),
+            business_name: s("business_name"),
+            display_name: s("display_name"),
+            number_verified: b("number_verified"),
+        }),
+    })
+}
+
+/// An event to protobuf.
+pub fn event_to_pb(e: &EventRecord) -> pb::OnboardingEvent {
+    let attributes: HashMap<String, String> =
+        serde_json::from_str::<serde_json::Map<String, serde_json::Value>>(&e.data_json)
+            .map(|m| m.into_iter().map(|(k, v)| (k, json_text(&v))).collect())
+            .unwrap_or_default();
+    pb::OnboardingEvent {
+        onboarding: format!("onboardings/{}", e.onboarding_id),
+        sequence: e.sequence,
+        r#type: e.kind.clone(),
+        state: state_to_pb(e.state) as i32,
+        previous_state: state_to_pb(e.previous_state) as i32,
+        reason: e.reason.clone(),
+        provider_status: Some(provider_status(&e.provider_status, None, e.created_ms)),
+        step: e.step.clone().unwrap_or_default(),
+        attributes,
+        time: Some(ts(e.created_ms)),
+    }
+}
+
+/// A step to protobuf.
+pub fn step_to_pb(s: &StepRecord) -> pb::PipelineStep {
+    let provider_stage: HashMap<String, String> =
+        serde_json::from_str::<serde_json::Map<String, serde_json::Value>>(&s.provider_stage_json)
+            .map(|m| m.into_iter().map(|(k, v)| (k, json_text(&v))).collect())
+            .unwrap_or_default();
+    pb::PipelineStep {
+        name: s.name.clone(),
+        display_name: step_display_name(&s.name),
+        position: s.position,
+        state: step_state_to_pb(s.state) as i32,
+        attempts: s.attempts,
+        max_attempts: s.max_attempts,
+        last_error: s.last_error.clone().unwrap_or_default(),
+        last_error_code: s.last_error_code.clone().unwrap_or_default(),
+        provider_stage,
+        next_attempt_time: ts_opt(s.next_run_ms),
+        deadline: ts_opt(s.deadline_ms),
+        start_time: ts_opt(s.started_ms),
+        end_time: ts_opt(s.finished_ms),
+    }
+}
+
+/// Human description of a step key.
+pub fn step_display_name(name: &str) -> String {
+    let known = match name {
+        "link_app" => "Link the WABA and phone to a new Gupshup app",
+        "fetch_app_token" => "Fetch the Gupshup app token",
+        "provisioning" => "Wait for Gupshup provisioning to finish",
+        "subscribe" => "Create the subscription requested for live",
+        "mint_link" => "Mint the onboarding link",
+        "await_customer" => "Wait for the business to finish the hosted signup",
+        "create_channel" => "Create the Whapi channel",
+        "configure_webhooks" => "Point the channel's webhooks at wa-onboard",
+        "await_connection" => "Wait for the phone to connect",
+        "go_live" => "Switch the channel to live and add days",
+        "register_number" => "Register the number and send a verification code",
+        "verify_number" => "Verify the number with the code",
+        "create_account" => "Create the onboarding account and link",
+        _ => "",
+    };
+    if known.is_empty() { name.replace('_', " ") } else { known.to_string() }
+}
+
+/// The pipeline of an onboarding.
+pub fn pipeline_to_pb(o: &OnboardingRecord, steps: &[StepRecord]) -> pb::Pipeline {
+    pb::Pipeline {
+        name: format!("onboardings/{}/pipeline", o.id),
+        onboarding: format!("onboardings/{}", o.id),
+        steps: steps.iter().map(step_to_pb).collect(),
+        sequence: o.sequence,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn timestamps() {
+        let t = ts(1_700_000_000_123);
+        assert_eq!((t.seconds, t.nanos), (1_700_000_000, 123_000_000));
+        let n = ts(-1);
+        assert_eq!((n.seconds, n.nanos), (-1, 999_000_000));
+    }
+
+    #[test]
+    fn page_tokens_are_bound_to_their_list() {
+        let tok = page_token("accounts", Some("abc".into()));
+        let mut v = Violations::new();
+        assert_eq!(page_request(&mut v, "accounts", 0, &tok, 50).after.as_deref(), Some("abc"));
+        assert!(v.finish().is_ok());
+        let mut v = Violations::new();
+        page_request(&mut v, "onboardings", 2000, &tok, 50);
+        let e = v.finish().unwrap_err();
+        assert_eq!(e.violations.len(), 2);
+    }
+
+    #[test]
+    fn names() {
+        let id = parse_name("name", "accounts/acme", "accounts", |s| crate::domain::AccountId::parse(s)).unwrap();
+        assert_eq!(id.as_str(), "acme");
+        assert!(parse_name("name", "onboardings/acme", "accounts", |s| crate::domain::AccountId::parse(s)).is_err());
+        assert!(parse_name("name", "accounts/ACME", "accounts", |s| crate::domain::AccountId::parse(s)).is_err());
+    }
+}

@@ -1,0 +1,69 @@
+//! The gRPC surface: thin handlers that parse requests into domain types, call `core`, and
+//! convert back. Health and reflection are open; everything else needs an API key.
+
+pub mod auth;
+pub mod convert;
+pub mod pb;
+mod services;
+
+use std::sync::Arc;
+
+use tonic::transport::server::Router;
+use tower::layer::util::{Identity, Stack};
+
+use crate::core::Core;
+use crate::core::tenants::Authenticator;
+
+pub use services::Services;
+
+/// Every `wa.onboard.v1` service name, for health reporting.
+pub const SERVICE_NAMES: [&str; 7] = [
+    "wa.onboard.v1.AccountService",
+    "wa.onboard.v1.OnboardingService",
+    "wa.onboard.v1.TokenService",
+    "wa.onboard.v1.PipelineService",
+    "wa.onboard.v1.SubscriptionService",
+    "wa.onboard.v1.ChannelService",
+    "wa.onboard.v1.ProviderService",
+];
+
+/// Builds the router with every service, health, reflection v1 and v1alpha, and the auth
+/// and request-id layer.
+/// Returns the router and the health reporter that flips serving status.
+pub fn router(
+    core: Core,
+    shutdown: tokio::sync::watch::Receiver<bool>,
+) -> Result<
+    (Router<Stack<auth::AuthLayer, Identity>>, tonic_health::server::HealthReporter),
+    tonic_reflection::server::Error,
+> {
+    let (reporter, health) = tonic_health::server::health_reporter();
+    let reflection = || {
+        tonic_reflection::server::Builder::configure()
+            .register_encoded_file_descriptor_set(pb::FILE_DESCRIPTOR_SET)
+            .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+            .register_encoded_file_descriptor_set(tonic_types::pb::FILE_DESCRIPTOR_SET)
+    };
+    let reflection_v1 = reflection().build_v1()?;
+    let reflection_v1alpha = reflection().build_v1alpha()?;
+    let auth = auth::AuthLayer::new(Authenticator::new(core.store.clone()));
+    let s = Services::new(core, shutdown);
+    let router = tonic::transport::Server::builder()
+        .http2_keepalive_interval(Some(std::time::Duration::from_secs(20)))
+        .http2_keepalive_timeout(Some(std::time::Duration::from_secs(10)))
+        .layer(auth)
+        .add_service(health)
+        .add_service(reflection_v1)
+        .add_service(reflection_v1alpha)
+        .add_service(pb::account_service_server::AccountServiceServer::new(s.clone()))
+        .add_service(pb::onboarding_service_server::OnboardingServiceServer::new(s.clone()))
+        .add_service(pb::token_service_server::TokenServiceServer::new(s.clone()))
+        .add_service(pb::pipeline_service_server::PipelineServiceServer::new(s.clone()))
+        .add_service(pb::subscription_service_server::SubscriptionServiceServer::new(s.clone()))
+        .add_service(pb::channel_service_server::ChannelServiceServer::new(s.clone()))
+        .add_service(pb::provider_service_server::ProviderServiceServer::new(s));
+    Ok((router, reporter))
+}
+
+/// Shared-ownership alias used by the service struct.
+pub(crate) type SharedCore = Arc<Core>;
