@@ -246,6 +246,21 @@ macro_rules! impl_sql_store {
                 })
             }
 
+            /// At most one row by text keys (bound in order), from the reader pool.
+            async fn find<T>(
+                &self,
+                sql: &'static str,
+                keys: &[&str],
+                from: fn(&$row) -> $crate::store::StoreResult<T>,
+            ) -> $crate::store::StoreResult<Option<T>> {
+                let mut query = sqlx::query(sql);
+                for key in keys {
+                    query = query.bind(*key);
+                }
+                let row = query.fetch_optional(self.reader()).await?;
+                row.as_ref().map(from).transpose()
+            }
+
             fn all<T>(
                 rows: Vec<$row>,
                 from: fn(&$row) -> $crate::store::StoreResult<T>,
@@ -370,20 +385,18 @@ macro_rules! impl_sql_store {
                 Ok(())
             }
 
-            async fn tenant_by_name(&self, name: &str) -> $crate::store::StoreResult<Option<$crate::store::TenantRecord>> {
-                let row = sqlx::query("SELECT * FROM tenants WHERE name = $1")
-                    .bind(name)
-                    .fetch_optional(self.reader())
-                    .await?;
-                row.as_ref().map(Self::tenant_from).transpose()
+            async fn tenant_by_name(
+                &self,
+                name: &str,
+            ) -> $crate::store::StoreResult<Option<$crate::store::TenantRecord>> {
+                self.find("SELECT * FROM tenants WHERE name = $1", &[name], Self::tenant_from).await
             }
 
-            async fn tenant(&self, id: &$crate::domain::TenantId) -> $crate::store::StoreResult<Option<$crate::store::TenantRecord>> {
-                let row = sqlx::query("SELECT * FROM tenants WHERE id = $1")
-                    .bind(id.as_str())
-                    .fetch_optional(self.reader())
-                    .await?;
-                row.as_ref().map(Self::tenant_from).transpose()
+            async fn tenant(
+                &self,
+                id: &$crate::domain::TenantId,
+            ) -> $crate::store::StoreResult<Option<$crate::store::TenantRecord>> {
+                self.find("SELECT * FROM tenants WHERE id = $1", &[id.as_str()], Self::tenant_from).await
             }
 
             async fn list_tenants(&self) -> $crate::store::StoreResult<Vec<$crate::store::TenantRecord>> {
@@ -407,7 +420,10 @@ macro_rules! impl_sql_store {
                 Ok(())
             }
 
-            async fn api_key_by_hash(&self, hash: &[u8]) -> $crate::store::StoreResult<Option<$crate::store::ApiKeyRecord>> {
+            async fn api_key_by_hash(
+                &self,
+                hash: &[u8],
+            ) -> $crate::store::StoreResult<Option<$crate::store::ApiKeyRecord>> {
                 let row = sqlx::query("SELECT * FROM api_keys WHERE hash = $1 AND revoked_ms IS NULL")
                     .bind(hash)
                     .fetch_optional(self.reader())
@@ -415,7 +431,10 @@ macro_rules! impl_sql_store {
                 row.as_ref().map(Self::api_key_from).transpose()
             }
 
-            async fn list_api_keys(&self, tenant: &$crate::domain::TenantId) -> $crate::store::StoreResult<Vec<$crate::store::ApiKeyRecord>> {
+            async fn list_api_keys(
+                &self,
+                tenant: &$crate::domain::TenantId,
+            ) -> $crate::store::StoreResult<Vec<$crate::store::ApiKeyRecord>> {
                 let rows = sqlx::query("SELECT * FROM api_keys WHERE tenant_id = $1 ORDER BY created_ms, id")
                     .bind(tenant.as_str())
                     .fetch_all(self.reader())
@@ -423,7 +442,11 @@ macro_rules! impl_sql_store {
                 Self::all(rows, Self::api_key_from)
             }
 
-            async fn revoke_api_key(&self, id: &$crate::domain::ApiKeyId, at: $crate::domain::UnixMs) -> $crate::store::StoreResult<bool> {
+            async fn revoke_api_key(
+                &self,
+                id: &$crate::domain::ApiKeyId,
+                at: $crate::domain::UnixMs,
+            ) -> $crate::store::StoreResult<bool> {
                 let done = sqlx::query("UPDATE api_keys SET revoked_ms = $2 WHERE id = $1 AND revoked_ms IS NULL")
                     .bind(id.as_str())
                     .bind(at)
@@ -470,20 +493,19 @@ macro_rules! impl_sql_store {
                 tenant: &$crate::domain::TenantId,
                 id: &$crate::domain::AccountId,
             ) -> $crate::store::StoreResult<Option<$crate::store::AccountRecord>> {
-                let row = sqlx::query("SELECT * FROM accounts WHERE tenant_id = $1 AND id = $2")
-                    .bind(tenant.as_str())
-                    .bind(id.as_str())
-                    .fetch_optional(self.reader())
-                    .await?;
-                row.as_ref().map(Self::account_from).transpose()
+                self.find(
+                    "SELECT * FROM accounts WHERE tenant_id = $1 AND id = $2",
+                    &[tenant.as_str(), id.as_str()],
+                    Self::account_from,
+                )
+                .await
             }
 
-            async fn account_unscoped(&self, id: &$crate::domain::AccountId) -> $crate::store::StoreResult<Option<$crate::store::AccountRecord>> {
-                let row = sqlx::query("SELECT * FROM accounts WHERE id = $1")
-                    .bind(id.as_str())
-                    .fetch_optional(self.reader())
-                    .await?;
-                row.as_ref().map(Self::account_from).transpose()
+            async fn account_unscoped(
+                &self,
+                id: &$crate::domain::AccountId,
+            ) -> $crate::store::StoreResult<Option<$crate::store::AccountRecord>> {
+                self.find("SELECT * FROM accounts WHERE id = $1", &[id.as_str()], Self::account_from).await
             }
 
             async fn list_accounts(
@@ -548,15 +570,18 @@ macro_rules! impl_sql_store {
                 tenant: &$crate::domain::TenantId,
                 key: &str,
             ) -> $crate::store::StoreResult<Option<$crate::store::IdempotencyRecord>> {
-                let row = sqlx::query("SELECT * FROM idempotency_keys WHERE tenant_id = $1 AND key = $2")
-                    .bind(tenant.as_str())
-                    .bind(key)
-                    .fetch_optional(self.reader())
-                    .await?;
-                row.as_ref().map(Self::idempotency_from).transpose()
+                self.find(
+                    "SELECT * FROM idempotency_keys WHERE tenant_id = $1 AND key = $2",
+                    &[tenant.as_str(), key],
+                    Self::idempotency_from,
+                )
+                .await
             }
 
-            async fn create_onboarding(&self, new: &$crate::store::NewOnboarding) -> $crate::store::StoreResult<$crate::store::EventRecord> {
+            async fn create_onboarding(
+                &self,
+                new: &$crate::store::NewOnboarding,
+            ) -> $crate::store::StoreResult<$crate::store::EventRecord> {
                 let o = &new.onboarding;
                 let mut tx = self.writer().begin().await?;
                 if let Some(k) = &new.idempotency {
@@ -615,20 +640,19 @@ macro_rules! impl_sql_store {
                 tenant: &$crate::domain::TenantId,
                 id: &$crate::domain::OnboardingId,
             ) -> $crate::store::StoreResult<Option<$crate::store::OnboardingRecord>> {
-                let row = sqlx::query("SELECT * FROM onboardings WHERE tenant_id = $1 AND id = $2")
-                    .bind(tenant.as_str())
-                    .bind(id.as_str())
-                    .fetch_optional(self.reader())
-                    .await?;
-                row.as_ref().map(Self::onboarding_from).transpose()
+                self.find(
+                    "SELECT * FROM onboardings WHERE tenant_id = $1 AND id = $2",
+                    &[tenant.as_str(), id.as_str()],
+                    Self::onboarding_from,
+                )
+                .await
             }
 
-            async fn onboarding_unscoped(&self, id: &$crate::domain::OnboardingId) -> $crate::store::StoreResult<Option<$crate::store::OnboardingRecord>> {
-                let row = sqlx::query("SELECT * FROM onboardings WHERE id = $1")
-                    .bind(id.as_str())
-                    .fetch_optional(self.reader())
-                    .await?;
-                row.as_ref().map(Self::onboarding_from).transpose()
+            async fn onboarding_unscoped(
+                &self,
+                id: &$crate::domain::OnboardingId,
+            ) -> $crate::store::StoreResult<Option<$crate::store::OnboardingRecord>> {
+                self.find("SELECT * FROM onboardings WHERE id = $1", &[id.as_str()], Self::onboarding_from).await
             }
 
             async fn onboarding_by_external_key(
@@ -637,14 +661,12 @@ macro_rules! impl_sql_store {
                 external_key: &str,
             ) -> $crate::store::StoreResult<Option<$crate::store::OnboardingRecord>> {
                 // Newest first: a key reused after a cancelled attempt names the latest one.
-                let row = sqlx::query(
+                self.find(
                     "SELECT * FROM onboardings WHERE account_id = $1 AND external_key = $2 ORDER BY id DESC LIMIT 1",
+                    &[account.as_str(), external_key],
+                    Self::onboarding_from,
                 )
-                .bind(account.as_str())
-                .bind(external_key)
-                .fetch_optional(self.reader())
-                .await?;
-                row.as_ref().map(Self::onboarding_from).transpose()
+                .await
             }
 
             async fn list_onboardings(
@@ -683,7 +705,10 @@ macro_rules! impl_sql_store {
                     .collect()
             }
 
-            async fn apply_change(&self, change: &$crate::store::OnboardingChange) -> $crate::store::StoreResult<$crate::store::EventRecord> {
+            async fn apply_change(
+                &self,
+                change: &$crate::store::OnboardingChange,
+            ) -> $crate::store::StoreResult<$crate::store::EventRecord> {
                 let id = change
                     .onboarding_id
                     .as_ref()
@@ -780,7 +805,10 @@ macro_rules! impl_sql_store {
                 Self::all(rows, Self::event_from)
             }
 
-            async fn steps(&self, id: &$crate::domain::OnboardingId) -> $crate::store::StoreResult<Vec<$crate::store::StepRecord>> {
+            async fn steps(
+                &self,
+                id: &$crate::domain::OnboardingId,
+            ) -> $crate::store::StoreResult<Vec<$crate::store::StepRecord>> {
                 let rows = sqlx::query("SELECT * FROM pipeline_steps WHERE onboarding_id = $1 ORDER BY position, name")
                     .bind(id.as_str())
                     .fetch_all(self.reader())
@@ -860,7 +888,10 @@ macro_rules! impl_sql_store {
                 Self::all(rows, Self::onboarding_from)
             }
 
-            async fn insert_webhook_event(&self, e: &$crate::store::WebhookEventRecord) -> $crate::store::StoreResult<bool> {
+            async fn insert_webhook_event(
+                &self,
+                e: &$crate::store::WebhookEventRecord,
+            ) -> $crate::store::StoreResult<bool> {
                 let done = sqlx::query(
                     "INSERT INTO webhook_events (id, provider, account_id, dedupe_key, body, status, note, \
                      lease_owner, lease_until_ms, received_ms) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10) \
@@ -926,12 +957,11 @@ macro_rules! impl_sql_store {
                 Ok(())
             }
 
-            async fn webhook_event(&self, id: &str) -> $crate::store::StoreResult<Option<$crate::store::WebhookEventRecord>> {
-                let row = sqlx::query("SELECT * FROM webhook_events WHERE id = $1")
-                    .bind(id)
-                    .fetch_optional(self.reader())
-                    .await?;
-                row.as_ref().map(Self::webhook_from).transpose()
+            async fn webhook_event(
+                &self,
+                id: &str,
+            ) -> $crate::store::StoreResult<Option<$crate::store::WebhookEventRecord>> {
+                self.find("SELECT * FROM webhook_events WHERE id = $1", &[id], Self::webhook_from).await
             }
 
             async fn rate_acquire(
