@@ -12,7 +12,7 @@ use serde::{Deserialize, Serialize};
 use crate::domain::Secret;
 
 /// Everything configurable.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct Settings {
     /// Listeners, data dir, logging.
@@ -29,20 +29,6 @@ pub struct Settings {
     pub providers: ProviderSettings,
     /// Streams.
     pub streams: StreamSettings,
-}
-
-impl Default for Settings {
-    fn default() -> Self {
-        Self {
-            server: ServerSettings::default(),
-            database: DatabaseSettings::default(),
-            security: SecuritySettings::default(),
-            dev: DevSettings::default(),
-            sandbox: SandboxSettings::default(),
-            providers: ProviderSettings::default(),
-            streams: StreamSettings::default(),
-        }
-    }
 }
 
 /// Listeners and process settings.
@@ -268,8 +254,10 @@ impl Settings {
             )));
         }
         let url = &self.database.url;
-        if !url.is_empty()
-            && !(url.starts_with("sqlite:") || url.starts_with("postgres://") || url.starts_with("postgresql://"))
+        if !(url.is_empty()
+            || url.starts_with("sqlite:")
+            || url.starts_with("postgres://")
+            || url.starts_with("postgresql://"))
         {
             return Err(ConfigError(format!(
                 "database.url = '{}' must start with sqlite: or postgres://",

@@ -134,10 +134,10 @@ fn ensure_data_dir(settings: &Settings) -> Result<(), String> {
 
 async fn serve(settings: Settings) -> Result<(), String> {
     let dev_key = std::env::var("WA_ONBOARD_DEV_API_KEY").ok().filter(|k| !k.is_empty()).map(Secret::new);
-    if let Some(k) = &dev_key {
-        if !k.expose().starts_with(wa_onboard::core::tenants::KEY_PREFIX) {
-            return Err(format!("WA_ONBOARD_DEV_API_KEY must start with '{}'", wa_onboard::core::tenants::KEY_PREFIX));
-        }
+    if let Some(k) = &dev_key
+        && !k.expose().starts_with(wa_onboard::core::tenants::KEY_PREFIX)
+    {
+        return Err(format!("WA_ONBOARD_DEV_API_KEY must start with '{}'", wa_onboard::core::tenants::KEY_PREFIX));
     }
     let tenant = settings.dev.tenant.clone();
     let running = wa_onboard::app::start(settings, dev_key).await.map_err(|e| e.to_string())?;

@@ -16,7 +16,7 @@ pub enum StreamItem {
     /// The current onboarding and its steps; always first.
     Snapshot(Box<OnboardingRecord>, Vec<StepRecord>),
     /// One event, with the steps as they are after it when the event concerns a step.
-    Event(Box<EventRecord>, Option<StepRecord>),
+    Event(Box<EventRecord>, Option<Box<StepRecord>>),
     /// Nothing happened.
     Heartbeat {
         /// Server time.
@@ -139,7 +139,8 @@ impl Core {
                 };
                 for e in events {
                     *cursor = e.sequence;
-                    let step = e.step.as_ref().and_then(|s| steps.iter().find(|st| &st.name == s).cloned());
+                    let step =
+                        e.step.as_ref().and_then(|s| steps.iter().find(|st| &st.name == s).cloned()).map(Box::new);
                     if tx.send(Ok(StreamItem::Event(Box::new(e), step))).await.is_err() {
                         return;
                     }

@@ -129,11 +129,14 @@ pub async fn ensure_dev_tenant(
     Ok(key)
 }
 
+/// Key hash to (tenant or none, when looked up).
+type KeyCache = HashMap<Vec<u8>, (Option<TenantId>, Instant)>;
+
 /// Resolves API keys to tenants, with a short positive and negative cache.
 #[derive(Clone)]
 pub struct Authenticator {
     store: Arc<dyn Store>,
-    cache: Arc<Mutex<HashMap<Vec<u8>, (Option<TenantId>, Instant)>>>,
+    cache: Arc<Mutex<KeyCache>>,
 }
 
 impl std::fmt::Debug for Authenticator {

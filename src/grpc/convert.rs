@@ -190,10 +190,10 @@ pub fn options_from_pb(
         Some(O::Whapi(_)) => Some(ProviderKind::Whapi),
         Some(O::Digital99(_)) => Some(ProviderKind::Digital99),
     };
-    if let (Some(p), Some(f)) = (provider, for_provider) {
-        if p != f {
-            v.add("account.options", format!("options are for {f}, the account is for {p}"));
-        }
+    if let (Some(p), Some(f)) = (provider, for_provider)
+        && p != f
+    {
+        v.add("account.options", format!("options are for {f}, the account is for {p}"));
     }
     match o.options {
         Some(O::Gupshup(g)) => {

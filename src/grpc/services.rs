@@ -71,8 +71,7 @@ impl pb::account_service_server::AccountService for Services {
         let r = req.into_inner();
         let mut v = Violations::new();
         let Some(account) = r.account else {
-            v.add("account", "is required");
-            return Err(AppError::from(v.finish().err().unwrap_or_else(|| AppError::internal("unreachable"))).into());
+            return Err(AppError::invalid("account", "is required").into());
         };
         let provider = provider_from_pb(account.provider);
         if provider.is_none() {

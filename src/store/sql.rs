@@ -997,7 +997,9 @@ macro_rules! impl_sql_store {
                     None
                 } else {
                     let free_at = oldest.unwrap_or(now).saturating_add(window_ms);
-                    let wait_ms = u64::try_from(free_at.saturating_sub(now)).unwrap_or(0).max(1);
+                    // Clamped to the window: callers' clocks are not perfectly monotonic
+                    // across replicas, and no slot can be held longer than one window.
+                    let wait_ms = u64::try_from(free_at.saturating_sub(now).min(window_ms)).unwrap_or(0).max(1);
                     Some(std::time::Duration::from_millis(wait_ms))
                 };
                 tx.commit().await?;

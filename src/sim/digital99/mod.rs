@@ -94,9 +94,7 @@ pub struct Digital99Sim {
 
 impl std::fmt::Debug for Digital99Sim {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Digital99Sim")
-            .field("config", &self.inner.config)
-            .finish_non_exhaustive()
+        f.debug_struct("Digital99Sim").field("config", &self.inner.config).finish_non_exhaustive()
     }
 }
 
@@ -131,10 +129,7 @@ impl Digital99Sim {
     }
 
     /// Serves the app on `addr` (port 0 picks a free port).
-    pub async fn spawn(
-        config: Digital99SimConfig,
-        addr: SocketAddr,
-    ) -> std::io::Result<(Self, Running)> {
+    pub async fn spawn(config: Digital99SimConfig, addr: SocketAddr) -> std::io::Result<(Self, Running)> {
         let sim = Self::new(config);
         let running = common::serve(sim.router(), addr).await?;
         Ok((sim, running))
@@ -143,9 +138,7 @@ impl Digital99Sim {
     /// The code last "sent" to `whatsapp` (any partner).
     pub fn code(&self, whatsapp: &str) -> Option<String> {
         self.settle();
-        lock(&self.inner.state)
-            .code(whatsapp)
-            .map(|n| n.code.clone())
+        lock(&self.inner.state).code(whatsapp).map(|n| n.code.clone())
     }
 
     /// Every onboarding account of every partner, as the sim sees it now.
@@ -183,10 +176,7 @@ impl Digital99Sim {
             return;
         }
         if tokio::runtime::Handle::try_current().is_err() {
-            tracing::warn!(
-                count = due.len(),
-                "99digital sim: no runtime, webhooks dropped"
-            );
+            tracing::warn!(count = due.len(), "99digital sim: no runtime, webhooks dropped");
             return;
         }
         for (url, body) in due {
@@ -195,9 +185,7 @@ impl Digital99Sim {
     }
 
     fn start_ticker(&self) {
-        if tokio::runtime::Handle::try_current().is_err()
-            || self.inner.ticker_started.swap(true, Ordering::SeqCst)
-        {
+        if tokio::runtime::Handle::try_current().is_err() || self.inner.ticker_started.swap(true, Ordering::SeqCst) {
             return;
         }
         let weak: Weak<Inner> = Arc::downgrade(&self.inner);
@@ -219,25 +207,16 @@ impl common::FaultBody for Digital99Faults {
     fn error_body(&self, status: u16) -> (String, &'static str) {
         // [I] 5xx carries reason 500; other injected statuses carry their own code.
         let reason = if status >= 500 { 500 } else { status };
-        (
-            serde_json::json!({ "status": "FAIL", "reason": reason }).to_string(),
-            "application/json",
-        )
+        (serde_json::json!({ "status": "FAIL", "reason": reason }).to_string(), "application/json")
     }
 
     fn rate_limited_body(&self) -> (String, &'static str) {
         // [I] no documented rate-limit reason.
-        (
-            r#"{"status":"FAIL","reason":429}"#.to_string(),
-            "application/json",
-        )
+        (r#"{"status":"FAIL","reason":429}"#.to_string(), "application/json")
     }
 
     fn ok_error_body(&self) -> (String, &'static str) {
         // HTTP 200 FAIL is the provider's normal error style; reason 3 = token expired.
-        (
-            r#"{"status":"FAIL","reason":3}"#.to_string(),
-            "application/json",
-        )
+        (r#"{"status":"FAIL","reason":3}"#.to_string(), "application/json")
     }
 }

@@ -17,10 +17,7 @@ use crate::sim::common::{self, FaultLayerState, lock};
 
 pub(super) fn router(sim: Digital99Sim) -> axum::Router {
     let core = sim.core().clone();
-    let fault_state = FaultLayerState {
-        core: core.clone(),
-        bodies: Arc::new(Digital99Faults),
-    };
+    let fault_state = FaultLayerState { core: core.clone(), bodies: Arc::new(Digital99Faults) };
     let api = axum::Router::new()
         .route("/api/settings/accessToken", any(access_token))
         .route("/api/settings/setWebhook", any(set_webhook))
@@ -28,27 +25,16 @@ pub(super) fn router(sim: Digital99Sim) -> axum::Router {
         .route("/api/settings/setBusiness", any(set_business))
         .route("/api/whatsapp/registerNumber", any(register_number))
         .route("/api/whatsapp/verifyNumber", any(verify_number))
-        .route(
-            "/api/whatsapp/getRegisteredNumbers",
-            any(get_registered_numbers),
-        )
+        .route("/api/whatsapp/getRegisteredNumbers", any(get_registered_numbers))
         .route("/api/whatsapp/createAccount", any(create_account))
         .route("/api/whatsapp/getAccounts", any(get_accounts))
         .route("/api/whatsapp/deleteAccount", any(delete_account))
-        .layer(axum::middleware::from_fn_with_state(
-            fault_state,
-            common::fault_middleware,
-        ));
+        .layer(axum::middleware::from_fn_with_state(fault_state, common::fault_middleware));
     let control = axum::Router::new()
         .route("/_sim/digital99/codes/{whatsapp}", get(control_code))
         .route("/_sim/digital99/accounts", get(control_accounts))
-        .route(
-            "/_sim/digital99/accounts/{whatsapp}/finish",
-            post(control_finish),
-        );
-    api.merge(control)
-        .with_state(sim)
-        .merge(common::control_router(core))
+        .route("/_sim/digital99/accounts/{whatsapp}/finish", post(control_finish));
+    api.merge(control).with_state(sim).merge(common::control_router(core))
 }
 
 fn fail(reason: u32) -> Json<Value> {
@@ -65,18 +51,9 @@ fn ok(extra: Value) -> Json<Value> {
 
 /// Verb check, settle, Bearer auth. `Ok(client_id)` or the FAIL body to send.
 /// [I] The verb is checked before the token.
-fn guard(
-    sim: &Digital99Sim,
-    method: &Method,
-    expected: Method,
-    headers: &HeaderMap,
-) -> Result<String, Json<Value>> {
+fn guard(sim: &Digital99Sim, method: &Method, expected: Method, headers: &HeaderMap) -> Result<String, Json<Value>> {
     if *method != expected {
-        let r = if expected == Method::PATCH {
-            reason::USE_PATCH
-        } else {
-            reason::WRONG_VERB
-        };
+        let r = if expected == Method::PATCH { reason::USE_PATCH } else { reason::WRONG_VERB };
         return Err(fail(r));
     }
     sim.settle();
@@ -88,9 +65,7 @@ fn guard(
         .map(|(_, t)| t.trim().to_string())
         .ok_or_else(|| fail(reason::TOKEN))?;
     let now = sim.core().clock.now_ms();
-    lock(&sim.inner.state)
-        .client_for(&token, now)
-        .ok_or_else(|| fail(reason::TOKEN))
+    lock(&sim.inner.state).client_for(&token, now).ok_or_else(|| fail(reason::TOKEN))
 }
 
 fn json_object(body: &Bytes) -> Option<Map<String, Value>> {
@@ -125,9 +100,7 @@ async fn access_token(State(sim): State<Digital99Sim>, method: Method, body: Byt
     let Some(obj) = json_object(&body) else {
         return fail(reason::WRONG_CREDENTIALS);
     };
-    let (Ok(Some(id)), Ok(Some(secret))) =
-        (opt_str(&obj, "client_id"), opt_str(&obj, "client_secret"))
-    else {
+    let (Ok(Some(id)), Ok(Some(secret))) = (opt_str(&obj, "client_id"), opt_str(&obj, "client_secret")) else {
         return fail(reason::WRONG_CREDENTIALS);
     };
     let now = sim.core().clock.now_ms();
@@ -143,12 +116,7 @@ async fn access_token(State(sim): State<Digital99Sim>, method: Method, body: Byt
 }
 
 /// `POST /api/settings/setWebhook` `{"url"}`: http(s), at most 512 chars, else reason 13.
-async fn set_webhook(
-    State(sim): State<Digital99Sim>,
-    method: Method,
-    headers: HeaderMap,
-    body: Bytes,
-) -> Json<Value> {
+async fn set_webhook(State(sim): State<Digital99Sim>, method: Method, headers: HeaderMap, body: Bytes) -> Json<Value> {
     let client = match guard(&sim, &method, Method::POST, &headers) {
         Ok(c) => c,
         Err(r) => return r,
@@ -156,8 +124,7 @@ async fn set_webhook(
     let url = json_object(&body).and_then(|o| opt_str(&o, "url").ok().flatten());
     let valid = url.as_deref().filter(|u| {
         u.chars().count() <= 512
-            && url::Url::parse(u)
-                .is_ok_and(|p| matches!(p.scheme(), "http" | "https") && p.host().is_some())
+            && url::Url::parse(u).is_ok_and(|p| matches!(p.scheme(), "http" | "https") && p.host().is_some())
     });
     let Some(url) = valid else {
         return fail(reason::BAD_URL);
@@ -167,29 +134,18 @@ async fn set_webhook(
 }
 
 /// `GET /api/settings/getWebhook`. [I] `url` is `""` when none is set.
-async fn get_webhook(
-    State(sim): State<Digital99Sim>,
-    method: Method,
-    headers: HeaderMap,
-) -> Json<Value> {
+async fn get_webhook(State(sim): State<Digital99Sim>, method: Method, headers: HeaderMap) -> Json<Value> {
     let client = match guard(&sim, &method, Method::GET, &headers) {
         Ok(c) => c,
         Err(r) => return r,
     };
-    let url = lock(&sim.inner.state)
-        .webhook_url(&client)
-        .unwrap_or_default();
+    let url = lock(&sim.inner.state).webhook_url(&client).unwrap_or_default();
     ok(json!({ "url": url }))
 }
 
 /// `PATCH /api/settings/setBusiness`: any of the documented page fields, echoed back.
 /// [I] Unknown fields are ignored; a non-string value fails like an invalid one.
-async fn set_business(
-    State(sim): State<Digital99Sim>,
-    method: Method,
-    headers: HeaderMap,
-    body: Bytes,
-) -> Json<Value> {
+async fn set_business(State(sim): State<Digital99Sim>, method: Method, headers: HeaderMap, body: Bytes) -> Json<Value> {
     let client = match guard(&sim, &method, Method::PATCH, &headers) {
         Ok(c) => c,
         Err(r) => return r,
@@ -213,8 +169,7 @@ async fn set_business(
         };
         let too_long = value.chars().count() > max;
         // Logo must be an https URL (image size is not checked).
-        let bad_logo = name == "onboarding_logo"
-            && !url::Url::parse(&value).is_ok_and(|u| u.scheme() == "https");
+        let bad_logo = name == "onboarding_logo" && !url::Url::parse(&value).is_ok_and(|u| u.scheme() == "https");
         if too_long || bad_logo {
             return fail(r);
         }
@@ -289,11 +244,7 @@ async fn verify_number(
 }
 
 /// `GET /api/whatsapp/getRegisteredNumbers`.
-async fn get_registered_numbers(
-    State(sim): State<Digital99Sim>,
-    method: Method,
-    headers: HeaderMap,
-) -> Json<Value> {
+async fn get_registered_numbers(State(sim): State<Digital99Sim>, method: Method, headers: HeaderMap) -> Json<Value> {
     let client = match guard(&sim, &method, Method::GET, &headers) {
         Ok(c) => c,
         Err(r) => return r,
@@ -323,10 +274,7 @@ async fn create_account(
     let fields = (|| -> Result<NewAccount, ()> {
         let coexistence = match obj.get("coexistence") {
             None | Some(Value::Null) => 0,
-            Some(v) => match v
-                .as_u64()
-                .or_else(|| v.as_str().and_then(|s| s.parse().ok()))
-            {
+            Some(v) => match v.as_u64().or_else(|| v.as_str().and_then(|s| s.parse().ok())) {
                 Some(c @ (0 | 1)) => c as u8,
                 _ => return Err(()),
             },
@@ -368,11 +316,7 @@ async fn create_account(
 }
 
 /// `GET /api/whatsapp/getAccounts` (seed 003).
-async fn get_accounts(
-    State(sim): State<Digital99Sim>,
-    method: Method,
-    headers: HeaderMap,
-) -> Json<Value> {
+async fn get_accounts(State(sim): State<Digital99Sim>, method: Method, headers: HeaderMap) -> Json<Value> {
     let client = match guard(&sim, &method, Method::GET, &headers) {
         Ok(c) => c,
         Err(r) => return r,
@@ -409,11 +353,7 @@ async fn control_code(State(sim): State<Digital99Sim>, Path(whatsapp): Path<Stri
     sim.settle();
     match lock(&sim.inner.state).code_view(&whatsapp) {
         Some(v) => Json(v).into_response(),
-        None => (
-            StatusCode::NOT_FOUND,
-            Json(json!({ "error": "number not registered" })),
-        )
-            .into_response(),
+        None => (StatusCode::NOT_FOUND, Json(json!({ "error": "number not registered" }))).into_response(),
     }
 }
 
@@ -427,15 +367,9 @@ async fn control_accounts(State(sim): State<Digital99Sim>) -> Json<Value> {
 async fn control_finish(State(sim): State<Digital99Sim>, Path(whatsapp): Path<String>) -> Response {
     match sim.finish(&whatsapp) {
         Ok(v) => Json(v).into_response(),
-        Err(e @ FinishError::NotFound) => (
-            StatusCode::NOT_FOUND,
-            Json(json!({ "error": e.to_string() })),
-        )
-            .into_response(),
-        Err(e) => (
-            StatusCode::CONFLICT,
-            Json(json!({ "error": e.to_string() })),
-        )
-            .into_response(),
+        Err(e @ FinishError::NotFound) => {
+            (StatusCode::NOT_FOUND, Json(json!({ "error": e.to_string() }))).into_response()
+        }
+        Err(e) => (StatusCode::CONFLICT, Json(json!({ "error": e.to_string() }))).into_response(),
     }
 }

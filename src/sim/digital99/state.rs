@@ -185,9 +185,7 @@ pub(super) struct State {
 
 fn random_digits(n: usize) -> String {
     let mut rng = rand::rng();
-    (0..n)
-        .map(|_| char::from(b'0' + rng.random_range(0..10u8)))
-        .collect()
+    (0..n).map(|_| char::from(b'0' + rng.random_range(0..10u8))).collect()
 }
 
 impl State {
@@ -208,11 +206,7 @@ impl State {
             Some(_) => *guard = LoginGuard::default(),
             None => {}
         }
-        if !cfg
-            .clients
-            .iter()
-            .any(|c| c.client_id == id && c.client_secret == secret)
-        {
+        if !cfg.clients.iter().any(|c| c.client_id == id && c.client_secret == secret) {
             guard.consecutive_failures += 1;
             if guard.consecutive_failures >= cfg.max_failed_logins {
                 guard.blocked_until_ms = Some(now + cfg.block_secs as i64 * 1000);
@@ -222,22 +216,13 @@ impl State {
         *guard = LoginGuard::default();
         let token = uuid::Uuid::new_v4().simple().to_string();
         let expires_ms = now + cfg.token_ttl_secs as i64 * 1000;
-        self.tokens.insert(
-            token.clone(),
-            AccessToken {
-                client_id: id.to_string(),
-                expires_ms,
-            },
-        );
+        self.tokens.insert(token.clone(), AccessToken { client_id: id.to_string(), expires_ms });
         Ok((token, expires_ms / 1000))
     }
 
     /// The partner behind a Bearer token, if it is known and not expired.
     pub(super) fn client_for(&self, token: &str, now: i64) -> Option<String> {
-        self.tokens
-            .get(token)
-            .filter(|t| now < t.expires_ms)
-            .map(|t| t.client_id.clone())
+        self.tokens.get(token).filter(|t| now < t.expires_ms).map(|t| t.client_id.clone())
     }
 
     fn partner(&mut self, client: &str) -> &mut Partner {
@@ -249,15 +234,8 @@ impl State {
         let mut due = Vec::new();
         let ttl = cfg.number_ttl_days as i64 * DAY_MS;
         for p in self.partners.values_mut() {
-            let Partner {
-                numbers,
-                accounts,
-                webhook_url,
-                ..
-            } = p;
-            numbers.retain(|n, num| {
-                now < num.registered_ms + ttl || accounts.iter().any(|a| a.matches(n))
-            });
+            let Partner { numbers, accounts, webhook_url, .. } = p;
+            numbers.retain(|n, num| now < num.registered_ms + ttl || accounts.iter().any(|a| a.matches(n)));
             for a in accounts.iter_mut() {
                 if a.finished_ms.is_none() && cfg.sandbox {
                     let at = a.create_ms + cfg.finish_delay_ms as i64;
@@ -293,11 +271,7 @@ impl State {
         whatsapp: &str,
         now: i64,
     ) -> Result<String, u32> {
-        let code = if cfg.sandbox {
-            cfg.sandbox_code.clone()
-        } else {
-            random_digits(6)
-        };
+        let code = if cfg.sandbox { cfg.sandbox_code.clone() } else { random_digits(6) };
         let p = self.partner(client);
         if let Some(n) = p.numbers.get_mut(whatsapp) {
             // [I] The 3-request cap lasts as long as the registration (no hourly reset).
@@ -309,33 +283,20 @@ impl State {
             return Ok(code);
         }
         // [I] The 500 cap counts numbers still waiting (no onboarding account yet).
-        let waiting = p
-            .numbers
-            .keys()
-            .filter(|n| p.account_for(n).is_none())
-            .count();
+        let waiting = p.numbers.keys().filter(|n| p.account_for(n).is_none()).count();
         if waiting >= cfg.max_registered_numbers {
             return Err(reason::TOO_MANY_NUMBERS);
         }
         p.numbers.insert(
             whatsapp.to_string(),
-            Number {
-                code: code.clone(),
-                code_requests: 1,
-                registered_ms: now,
-                verified: false,
-            },
+            Number { code: code.clone(), code_requests: 1, registered_ms: now, verified: false },
         );
         Ok(code)
     }
 
     /// `verifyNumber`.
     pub(super) fn verify(&mut self, client: &str, whatsapp: &str, code: &str) -> Result<(), u32> {
-        let n = self
-            .partner(client)
-            .numbers
-            .get_mut(whatsapp)
-            .ok_or(reason::NOT_VERIFIED)?;
+        let n = self.partner(client).numbers.get_mut(whatsapp).ok_or(reason::NOT_VERIFIED)?;
         if n.code != code {
             return Err(reason::WRONG_CODE);
         }
@@ -344,11 +305,7 @@ impl State {
     }
 
     /// `getRegisteredNumbers` list items.
-    pub(super) fn registered_numbers(
-        &mut self,
-        cfg: &Digital99SimConfig,
-        client: &str,
-    ) -> Vec<Value> {
+    pub(super) fn registered_numbers(&mut self, cfg: &Digital99SimConfig, client: &str) -> Vec<Value> {
         let ttl_s = cfg.number_ttl_days as i64 * 86_400;
         let p = self.partner(client);
         let mut items: Vec<(i64, Value)> = p
@@ -376,12 +333,7 @@ impl State {
     }
 
     /// `createAccount`: returns the new account's `(onboarding_link, landing_page)`.
-    pub(super) fn create_account(
-        &mut self,
-        client: &str,
-        new: NewAccount,
-        now: i64,
-    ) -> Result<(String, String), u32> {
+    pub(super) fn create_account(&mut self, client: &str, new: NewAccount, now: i64) -> Result<(String, String), u32> {
         let p = self.partner(client);
         if !p.numbers.get(&new.whatsapp).is_some_and(|n| n.verified) {
             return Err(reason::NOT_VERIFIED);
@@ -435,11 +387,7 @@ impl State {
     /// link can be created for it.
     pub(super) fn delete_account(&mut self, client: &str, whatsapp: &str) -> Result<(), u32> {
         let p = self.partner(client);
-        let idx = p
-            .accounts
-            .iter()
-            .position(|a| a.matches(whatsapp))
-            .ok_or(reason::NOT_FOUND)?;
+        let idx = p.accounts.iter().position(|a| a.matches(whatsapp)).ok_or(reason::NOT_FOUND)?;
         if p.accounts[idx].finished_ms.is_some() {
             return Err(reason::FINISHED);
         }
@@ -452,9 +400,7 @@ impl State {
     }
 
     pub(super) fn webhook_url(&self, client: &str) -> Option<String> {
-        self.partners
-            .get(client)
-            .and_then(|p| p.webhook_url.clone())
+        self.partners.get(client).and_then(|p| p.webhook_url.clone())
     }
 
     pub(super) fn set_business(&mut self, client: &str, fields: &Map<String, Value>) {
@@ -477,16 +423,9 @@ impl State {
     }
 
     pub(super) fn account_views(&self) -> Vec<AccountView> {
-        let mut out: Vec<AccountView> = self
-            .partners
-            .iter()
-            .flat_map(|(c, p)| p.accounts.iter().map(move |a| a.view(c)))
-            .collect();
-        out.sort_by(|a, b| {
-            a.create_time
-                .cmp(&b.create_time)
-                .then_with(|| a.whatsapp.cmp(&b.whatsapp))
-        });
+        let mut out: Vec<AccountView> =
+            self.partners.iter().flat_map(|(c, p)| p.accounts.iter().map(move |a| a.view(c))).collect();
+        out.sort_by(|a, b| a.create_time.cmp(&b.create_time).then_with(|| a.whatsapp.cmp(&b.whatsapp)));
         out
     }
 

@@ -75,10 +75,7 @@ impl Default for ExotelSimConfig {
             region,
         };
         Self {
-            accounts: vec![
-                account("sandbox-sg", ExotelRegion::Singapore),
-                account("sandbox-in", ExotelRegion::Mumbai),
-            ],
+            accounts: vec![account("sandbox-sg", ExotelRegion::Singapore), account("sandbox-in", ExotelRegion::Mumbai)],
             sandbox: true,
             token_ttl_secs: 86_400,
             customers_per_token: 5,
@@ -115,9 +112,7 @@ pub struct ExotelSim {
 
 impl std::fmt::Debug for ExotelSim {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("ExotelSim")
-            .field("config", &self.inner.config)
-            .finish_non_exhaustive()
+        f.debug_struct("ExotelSim").field("config", &self.inner.config).finish_non_exhaustive()
     }
 }
 
@@ -143,10 +138,8 @@ impl ExotelSimServers {
 impl ExotelSim {
     /// A simulator with `config` and a fresh core.
     pub fn new(config: ExotelSimConfig) -> Self {
-        let knobs = ExotelKnobs {
-            payment_required: config.payment_required,
-            forbidden_sids: config.forbidden_sids.clone(),
-        };
+        let knobs =
+            ExotelKnobs { payment_required: config.payment_required, forbidden_sids: config.forbidden_sids.clone() };
         Self {
             inner: Arc::new(Inner {
                 core: SimCore::new(),
@@ -186,13 +179,7 @@ impl ExotelSim {
         let sim = Self::new(config);
         let sg = common::serve(sim.region_router(ExotelRegion::Singapore), singapore).await?;
         let mb = common::serve(sim.region_router(ExotelRegion::Mumbai), mumbai).await?;
-        Ok((
-            sim,
-            ExotelSimServers {
-                singapore: sg,
-                mumbai: mb,
-            },
-        ))
+        Ok((sim, ExotelSimServers { singapore: sg, mumbai: mb }))
     }
 
     /// Current knobs.

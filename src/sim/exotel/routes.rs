@@ -23,31 +23,16 @@ struct Ctx {
 
 pub(super) fn router(sim: ExotelSim, region: ExotelRegion) -> axum::Router {
     let core = sim.core().clone();
-    let fault_state = FaultLayerState {
-        core: core.clone(),
-        bodies: Arc::new(ExotelFaults),
-    };
+    let fault_state = FaultLayerState { core: core.clone(), bodies: Arc::new(ExotelFaults) };
     let provider = axum::Router::new()
         .route("/v2/accounts/{sid}/isv", post(mint).get(validate))
-        .layer(axum::middleware::from_fn_with_state(
-            fault_state,
-            common::fault_middleware,
-        ))
-        .with_state(Ctx {
-            sim: sim.clone(),
-            region,
-        });
+        .layer(axum::middleware::from_fn_with_state(fault_state, common::fault_middleware))
+        .with_state(Ctx { sim: sim.clone(), region });
     let control = axum::Router::new()
         .route("/_sim/exotel/tokens", get(control_tokens))
         .route("/_sim/exotel/tokens/{token}", get(control_token))
-        .route(
-            "/_sim/exotel/tokens/{token}/complete",
-            post(control_complete),
-        )
-        .route(
-            "/_sim/exotel/knobs",
-            get(control_knobs_get).put(control_knobs_put),
-        )
+        .route("/_sim/exotel/tokens/{token}/complete", post(control_complete))
+        .route("/_sim/exotel/knobs", get(control_knobs_get).put(control_knobs_put))
         .with_state(sim);
     provider.merge(control).merge(common::control_router(core))
 }
@@ -110,9 +95,7 @@ fn basic_credentials(headers: &HeaderMap) -> Option<(String, String)> {
     if !scheme.eq_ignore_ascii_case("basic") {
         return None;
     }
-    let bytes = base64::engine::general_purpose::STANDARD
-        .decode(b64.trim())
-        .ok()?;
+    let bytes = base64::engine::general_purpose::STANDARD.decode(b64.trim()).ok()?;
     let s = String::from_utf8(bytes).ok()?;
     let (k, t) = s.split_once(':')?;
     Some((k.to_string(), t.to_string()))
@@ -126,35 +109,21 @@ fn authorize(ctx: &Ctx, method: &str, sid: &str, headers: &HeaderMap) -> Result<
 fn authorize_inner(ctx: &Ctx, sid: &str, headers: &HeaderMap) -> Result<(), (u16, String)> {
     let cfg = ctx.sim.config();
     let Some((key, token)) = basic_credentials(headers) else {
-        return Err((
-            401,
-            "Authentication credentials are missing or malformed".to_string(),
-        ));
+        return Err((401, "Authentication credentials are missing or malformed".to_string()));
     };
     let creds_ok = |a: &super::ExotelAccount| a.api_key == key && a.api_token == token;
     if !cfg.accounts.iter().any(creds_ok) {
         return Err((401, "Invalid API key or token".to_string()));
     }
     // [I] An account exists only in its own region: elsewhere it is 404.
-    let Some(account) = cfg
-        .accounts
-        .iter()
-        .find(|a| a.sid == sid && a.region == ctx.region)
-    else {
+    let Some(account) = cfg.accounts.iter().find(|a| a.sid == sid && a.region == ctx.region) else {
         return Err((404, format!("Account {sid} not found")));
     };
     // [I] Valid credentials of another account: 403 (documented "valid but no access").
     if !creds_ok(account) {
-        return Err((
-            403,
-            "Credentials do not grant access to this account".to_string(),
-        ));
+        return Err((403, "Credentials do not grant access to this account".to_string()));
     }
-    if lock(&ctx.sim.inner.knobs)
-        .forbidden_sids
-        .iter()
-        .any(|s| s == sid)
-    {
+    if lock(&ctx.sim.inner.knobs).forbidden_sids.iter().any(|s| s == sid) {
         return Err((403, "Access to this resource is forbidden".to_string()));
     }
     Ok(())
@@ -181,9 +150,7 @@ async fn mint(
         Some(raw) => match raw.trim().parse::<usize>() {
             Ok(n) if (1..=max).contains(&n) => Some(n),
             _ => {
-                let msg = format!(
-                    "count must be between 1 and {max}; up to {max} URLs can be fetched at a time"
-                );
+                let msg = format!("count must be between 1 and {max}; up to {max} URLs can be fetched at a time");
                 return fail("POST", 400, &msg);
             }
         },
@@ -192,13 +159,7 @@ async fn mint(
     let urls: Vec<String> = {
         let mut st = lock(&ctx.sim.inner.state);
         (0..count.unwrap_or(1))
-            .map(|_| {
-                format!(
-                    "{}{}",
-                    super::state::ONBOARDING_URL_BASE,
-                    st.mint(&sid, ctx.region, now)
-                )
-            })
+            .map(|_| format!("{}{}", super::state::ONBOARDING_URL_BASE, st.mint(&sid, ctx.region, now)))
             .collect()
     };
     for _ in &urls {
@@ -223,22 +184,13 @@ async fn validate(
     if let Err(r) = authorize(&ctx, "GET", &sid, &headers) {
         return *r;
     }
-    let Some(token) = q
-        .get("access_token")
-        .map(|t| t.trim())
-        .filter(|t| !t.is_empty())
-    else {
+    let Some(token) = q.get("access_token").map(|t| t.trim()).filter(|t| !t.is_empty()) else {
         return fail("GET", 400, "access_token is required");
     };
     let now = ctx.sim.core().clock.now_ms();
-    let status =
-        lock(&ctx.sim.inner.state).validate(ctx.sim.config(), &sid, ctx.region, token, now);
+    let status = lock(&ctx.sim.inner.state).validate(ctx.sim.config(), &sid, ctx.region, token, now);
     match status {
-        Some(s) => Json(success_envelope(
-            "GET",
-            json!({ "onboarding_token_status": s.as_str() }),
-        ))
-        .into_response(),
+        Some(s) => Json(success_envelope("GET", json!({ "onboarding_token_status": s.as_str() }))).into_response(),
         // [I] Unknown token (or another account's) is 404.
         None => fail("GET", 404, "Token not found"),
     }
@@ -253,11 +205,7 @@ async fn control_tokens(State(sim): State<ExotelSim>) -> Json<Value> {
 async fn control_token(State(sim): State<ExotelSim>, Path(token): Path<String>) -> Response {
     match sim.token(&token) {
         Some(v) => Json(v).into_response(),
-        None => (
-            StatusCode::NOT_FOUND,
-            Json(json!({ "error": "unknown token" })),
-        )
-            .into_response(),
+        None => (StatusCode::NOT_FOUND, Json(json!({ "error": "unknown token" }))).into_response(),
     }
 }
 
@@ -266,16 +214,10 @@ async fn control_token(State(sim): State<ExotelSim>, Path(token): Path<String>) 
 async fn control_complete(State(sim): State<ExotelSim>, Path(token): Path<String>) -> Response {
     match sim.complete_customer(&token) {
         Ok(v) => Json(v).into_response(),
-        Err(e @ CompleteError::NotFound) => (
-            StatusCode::NOT_FOUND,
-            Json(json!({ "error": e.to_string() })),
-        )
-            .into_response(),
-        Err(e) => (
-            StatusCode::CONFLICT,
-            Json(json!({ "error": e.to_string() })),
-        )
-            .into_response(),
+        Err(e @ CompleteError::NotFound) => {
+            (StatusCode::NOT_FOUND, Json(json!({ "error": e.to_string() }))).into_response()
+        }
+        Err(e) => (StatusCode::CONFLICT, Json(json!({ "error": e.to_string() }))).into_response(),
     }
 }
 

@@ -117,11 +117,7 @@ fn settle(cfg: &ExotelSimConfig, t: &mut Token, now: i64) {
     t.sandbox_done = true;
     if at < expires_ms(cfg, t) && t.customers.len() < cfg.customers_per_token {
         let n = t.customers.len() + 1;
-        t.customers.push(CustomerView {
-            customer_id: format!("customer-{n}"),
-            completed_ms: at,
-            by_sandbox: true,
-        });
+        t.customers.push(CustomerView { customer_id: format!("customer-{n}"), completed_ms: at, by_sandbox: true });
     }
 }
 
@@ -177,10 +173,7 @@ impl State {
         token: &str,
         now: i64,
     ) -> Option<TokenStatus> {
-        let t = self
-            .tokens
-            .get_mut(token)
-            .filter(|t| t.sid == sid && t.region == region)?;
+        let t = self.tokens.get_mut(token).filter(|t| t.sid == sid && t.region == region)?;
         settle(cfg, t, now);
         if t.first_validated_ms.is_none() {
             t.first_validated_ms = Some(now);
@@ -188,12 +181,7 @@ impl State {
         Some(status(cfg, t, now))
     }
 
-    pub(super) fn view(
-        &mut self,
-        cfg: &ExotelSimConfig,
-        token: &str,
-        now: i64,
-    ) -> Option<TokenView> {
+    pub(super) fn view(&mut self, cfg: &ExotelSimConfig, token: &str, now: i64) -> Option<TokenView> {
         let t = self.tokens.get_mut(token)?;
         settle(cfg, t, now);
         Some(view(cfg, token, t, now))
@@ -208,11 +196,7 @@ impl State {
                 view(cfg, k, t, now)
             })
             .collect();
-        out.sort_by(|a, b| {
-            a.created_ms
-                .cmp(&b.created_ms)
-                .then_with(|| a.token.cmp(&b.token))
-        });
+        out.sort_by(|a, b| a.created_ms.cmp(&b.created_ms).then_with(|| a.token.cmp(&b.token)));
         out
     }
 
@@ -231,11 +215,7 @@ impl State {
             return Err(CompleteError::Full);
         }
         let n = t.customers.len() + 1;
-        t.customers.push(CustomerView {
-            customer_id: format!("customer-{n}"),
-            completed_ms: now,
-            by_sandbox: false,
-        });
+        t.customers.push(CustomerView { customer_id: format!("customer-{n}"), completed_ms: now, by_sandbox: false });
         Ok(view(cfg, token, t, now))
     }
 }

@@ -10,9 +10,7 @@ fn any_addr() -> SocketAddr {
 }
 
 async fn start(config: ExotelSimConfig) -> (ExotelSim, ExotelSimServers) {
-    ExotelSim::spawn(config, any_addr(), any_addr())
-        .await
-        .unwrap()
+    ExotelSim::spawn(config, any_addr(), any_addr()).await.unwrap()
 }
 
 fn isv(base: &Running, sid: &str) -> String {
@@ -41,18 +39,12 @@ async fn validate(c: &reqwest::Client, base: &Running, sid: &str, token: &str) -
 }
 
 fn token_of(body: &Value) -> String {
-    let url = body["response"]["whatsapp"]["isv"]["data"]["onboarding_url"]
-        .as_str()
-        .unwrap();
-    url.strip_prefix("https://messaging.exotel.com/ua-links/isv-onboard/")
-        .unwrap()
-        .to_string()
+    let url = body["response"]["whatsapp"]["isv"]["data"]["onboarding_url"].as_str().unwrap();
+    url.strip_prefix("https://messaging.exotel.com/ua-links/isv-onboard/").unwrap().to_string()
 }
 
 fn status_of(body: &Value) -> &str {
-    body["response"]["whatsapp"]["isv"]["data"]["onboarding_token_status"]
-        .as_str()
-        .unwrap()
+    body["response"]["whatsapp"]["isv"]["data"]["onboarding_token_status"].as_str().unwrap()
 }
 
 fn assert_error(body: &Value, method: &str, code: u16) {
@@ -69,10 +61,7 @@ fn assert_error(body: &Value, method: &str, code: u16) {
 }
 
 fn no_sandbox() -> ExotelSimConfig {
-    ExotelSimConfig {
-        sandbox: false,
-        ..Default::default()
-    }
+    ExotelSimConfig { sandbox: false, ..Default::default() }
 }
 
 #[tokio::test]
@@ -100,16 +89,8 @@ async fn mint_returns_documented_envelope_and_counts_link() {
 #[tokio::test]
 async fn credentials_in_url_userinfo_are_accepted() {
     let (_sim, srv) = start(no_sandbox()).await;
-    let url = format!(
-        "http://sandbox-key:sandbox-token@{}/v2/accounts/sandbox-sg/isv",
-        srv.singapore.addr
-    );
-    let r = reqwest::Client::new()
-        .post(url)
-        .header("Content-Type", "text/plain")
-        .send()
-        .await
-        .unwrap();
+    let url = format!("http://sandbox-key:sandbox-token@{}/v2/accounts/sandbox-sg/isv", srv.singapore.addr);
+    let r = reqwest::Client::new().post(url).header("Content-Type", "text/plain").send().await.unwrap();
     assert_eq!(r.status(), 200);
 }
 
@@ -117,26 +98,14 @@ async fn credentials_in_url_userinfo_are_accepted() {
 async fn auth_failures_are_401_envelopes() {
     let (_sim, srv) = start(no_sandbox()).await;
     let c = reqwest::Client::new();
-    let r = c
-        .post(isv(&srv.singapore, "sandbox-sg"))
-        .send()
-        .await
-        .unwrap();
+    let r = c.post(isv(&srv.singapore, "sandbox-sg")).send().await.unwrap();
+    assert_eq!(r.status(), 401);
+    assert_error(&r.json().await.unwrap(), "POST", 401);
+    let r = c.post(isv(&srv.singapore, "sandbox-sg")).basic_auth("sandbox-key", Some("wrong")).send().await.unwrap();
     assert_eq!(r.status(), 401);
     assert_error(&r.json().await.unwrap(), "POST", 401);
     let r = c
-        .post(isv(&srv.singapore, "sandbox-sg"))
-        .basic_auth("sandbox-key", Some("wrong"))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), 401);
-    assert_error(&r.json().await.unwrap(), "POST", 401);
-    let r = c
-        .get(format!(
-            "{}?access_token=x",
-            isv(&srv.singapore, "sandbox-sg")
-        ))
+        .get(format!("{}?access_token=x", isv(&srv.singapore, "sandbox-sg")))
         .header("Authorization", "Bearer sandbox-token")
         .send()
         .await
@@ -179,9 +148,7 @@ async fn batch_of_50_ok_and_51_or_0_refused() {
         let (code, body) = mint(&c, &srv.singapore, "sandbox-sg", q).await;
         assert_eq!(code, 400, "{q}");
         assert_error(&body, "POST", 400);
-        let msg = body["response"]["whatsapp"]["isv"]["error_data"]["message"]
-            .as_str()
-            .unwrap();
+        let msg = body["response"]["whatsapp"]["isv"]["error_data"]["message"].as_str().unwrap();
         assert!(msg.contains("up to 50 URLs"), "{msg}");
     }
     assert_eq!(sim.tokens().len(), 50);
@@ -202,26 +169,15 @@ async fn validate_valid_then_used_after_customer_and_errors() {
             "response": { "whatsapp": { "isv": { "code": 200, "error_data": null, "status": "success",
                 "data": { "onboarding_token_status": "VALID" } } } } })
     );
-    let r = c
-        .post(format!(
-            "{}/_sim/exotel/tokens/{token}/complete",
-            srv.mumbai.base_url()
-        ))
-        .send()
-        .await
-        .unwrap();
+    let r = c.post(format!("{}/_sim/exotel/tokens/{token}/complete", srv.mumbai.base_url())).send().await.unwrap();
     assert_eq!(r.status(), 200);
     let (_, body) = validate(&c, &srv.mumbai, "sandbox-in", &token).await;
     assert_eq!(status_of(&body), "USED");
     let (code, body) = validate(&c, &srv.mumbai, "sandbox-in", "no-such-token").await;
     assert_eq!(code, 404);
     assert_error(&body, "GET", 404);
-    let r = c
-        .get(isv(&srv.mumbai, "sandbox-in"))
-        .basic_auth("sandbox-key", Some("sandbox-token"))
-        .send()
-        .await
-        .unwrap();
+    let r =
+        c.get(isv(&srv.mumbai, "sandbox-in")).basic_auth("sandbox-key", Some("sandbox-token")).send().await.unwrap();
     assert_eq!(r.status(), 400);
     assert_error(&r.json().await.unwrap(), "GET", 400);
 }
@@ -233,23 +189,10 @@ async fn token_expires_after_24h_on_the_sim_clock() {
     let (_, body) = mint(&c, &srv.singapore, "sandbox-sg", "").await;
     let token = token_of(&body);
     sim.core().clock.advance(Duration::from_secs(86_399));
-    assert_eq!(
-        status_of(&validate(&c, &srv.singapore, "sandbox-sg", &token).await.1),
-        "VALID"
-    );
+    assert_eq!(status_of(&validate(&c, &srv.singapore, "sandbox-sg", &token).await.1), "VALID");
     sim.core().clock.advance(Duration::from_secs(1));
-    assert_eq!(
-        status_of(&validate(&c, &srv.singapore, "sandbox-sg", &token).await.1),
-        "EXPIRED"
-    );
-    let r = c
-        .post(format!(
-            "{}/_sim/exotel/tokens/{token}/complete",
-            srv.singapore.base_url()
-        ))
-        .send()
-        .await
-        .unwrap();
+    assert_eq!(status_of(&validate(&c, &srv.singapore, "sandbox-sg", &token).await.1), "EXPIRED");
+    let r = c.post(format!("{}/_sim/exotel/tokens/{token}/complete", srv.singapore.base_url())).send().await.unwrap();
     assert_eq!(r.status(), 409);
 }
 
@@ -259,19 +202,13 @@ async fn token_onboards_at_most_five_customers() {
     let c = reqwest::Client::new();
     let (_, body) = mint(&c, &srv.singapore, "sandbox-sg", "").await;
     let token = token_of(&body);
-    let url = format!(
-        "{}/_sim/exotel/tokens/{token}/complete",
-        srv.singapore.base_url()
-    );
+    let url = format!("{}/_sim/exotel/tokens/{token}/complete", srv.singapore.base_url());
     for _ in 0..5 {
         assert_eq!(c.post(&url).send().await.unwrap().status(), 200);
     }
     assert_eq!(c.post(&url).send().await.unwrap().status(), 409);
     let v: Value = c
-        .get(format!(
-            "{}/_sim/exotel/tokens/{token}",
-            srv.singapore.base_url()
-        ))
+        .get(format!("{}/_sim/exotel/tokens/{token}", srv.singapore.base_url()))
         .send()
         .await
         .unwrap()
@@ -286,25 +223,16 @@ async fn token_onboards_at_most_five_customers() {
 
 #[tokio::test]
 async fn sandbox_customer_arrives_after_first_validation() {
-    let cfg = ExotelSimConfig {
-        customer_delay_ms: 150,
-        ..Default::default()
-    };
+    let cfg = ExotelSimConfig { customer_delay_ms: 150, ..Default::default() };
     let (sim, srv) = start(cfg).await;
     let c = reqwest::Client::new();
     let (_, body) = mint(&c, &srv.singapore, "sandbox-sg", "").await;
     let token = token_of(&body);
     tokio::time::sleep(Duration::from_millis(250)).await;
     // Nobody opened the link yet: the delay starts at the first validation.
-    assert_eq!(
-        status_of(&validate(&c, &srv.singapore, "sandbox-sg", &token).await.1),
-        "VALID"
-    );
+    assert_eq!(status_of(&validate(&c, &srv.singapore, "sandbox-sg", &token).await.1), "VALID");
     tokio::time::sleep(Duration::from_millis(250)).await;
-    assert_eq!(
-        status_of(&validate(&c, &srv.singapore, "sandbox-sg", &token).await.1),
-        "USED"
-    );
+    assert_eq!(status_of(&validate(&c, &srv.singapore, "sandbox-sg", &token).await.1), "USED");
     let v = sim.token(&token).unwrap();
     assert_eq!(v.customers.len(), 1);
     assert!(v.customers[0].by_sandbox);
@@ -312,15 +240,9 @@ async fn sandbox_customer_arrives_after_first_validation() {
     // Also driven by the sim clock alone.
     let (_, body) = mint(&c, &srv.singapore, "sandbox-sg", "").await;
     let token = token_of(&body);
-    assert_eq!(
-        status_of(&validate(&c, &srv.singapore, "sandbox-sg", &token).await.1),
-        "VALID"
-    );
+    assert_eq!(status_of(&validate(&c, &srv.singapore, "sandbox-sg", &token).await.1), "VALID");
     sim.core().clock.advance(Duration::from_secs(1));
-    assert_eq!(
-        status_of(&validate(&c, &srv.singapore, "sandbox-sg", &token).await.1),
-        "USED"
-    );
+    assert_eq!(status_of(&validate(&c, &srv.singapore, "sandbox-sg", &token).await.1), "USED");
 }
 
 #[tokio::test]
@@ -370,18 +292,9 @@ async fn payment_required_and_forbidden_envelopes() {
     let (code, body) = mint(&c, &srv.mumbai, "sandbox-in", "").await;
     assert_eq!(code, 402);
     assert_error(&body, "POST", 402);
-    let knobs: Value = c
-        .get(format!("{}/_sim/exotel/knobs", srv.mumbai.base_url()))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    assert_eq!(
-        knobs,
-        json!({ "payment_required": true, "forbidden_sids": [] })
-    );
+    let knobs: Value =
+        c.get(format!("{}/_sim/exotel/knobs", srv.mumbai.base_url())).send().await.unwrap().json().await.unwrap();
+    assert_eq!(knobs, json!({ "payment_required": true, "forbidden_sids": [] }));
 }
 
 #[tokio::test]
@@ -390,25 +303,15 @@ async fn fault_middleware_renders_exotel_envelopes() {
     let c = reqwest::Client::new();
     let ep = Some("POST /v2/accounts/{sid}/isv");
     sim.core().fail_next(ep, 1, Fault::Status { status: 503 });
-    sim.core().fail_next(
-        ep,
-        1,
-        Fault::TooManyRequests {
-            retry_after_secs: Some(2),
-        },
-    );
+    sim.core().fail_next(ep, 1, Fault::TooManyRequests { retry_after_secs: Some(2) });
     sim.core().fail_next(ep, 1, Fault::OkWithErrorBody);
 
     let (code, body) = mint(&c, &srv.singapore, "sandbox-sg", "").await;
     assert_eq!(code, 503);
     assert_error(&body, "POST", 503);
 
-    let r = c
-        .post(isv(&srv.mumbai, "sandbox-in"))
-        .basic_auth("sandbox-key", Some("sandbox-token"))
-        .send()
-        .await
-        .unwrap();
+    let r =
+        c.post(isv(&srv.mumbai, "sandbox-in")).basic_auth("sandbox-key", Some("sandbox-token")).send().await.unwrap();
     assert_eq!(r.status(), 429);
     assert_eq!(r.headers()["retry-after"], "2");
     assert_error(&r.json().await.unwrap(), "POST", 429);

@@ -81,22 +81,10 @@ pub struct GupshupLimits {
 impl Default for GupshupLimits {
     fn default() -> Self {
         Self {
-            login: LimitSpec {
-                max: 10,
-                window_ms: 60_000,
-            },
-            link: LimitSpec {
-                max: 10,
-                window_ms: 60_000,
-            },
-            pipeline: LimitSpec {
-                max: 10,
-                window_ms: 1_000,
-            },
-            delete_all_subscriptions: LimitSpec {
-                max: 5,
-                window_ms: 60_000,
-            },
+            login: LimitSpec { max: 10, window_ms: 60_000 },
+            link: LimitSpec { max: 10, window_ms: 60_000 },
+            pipeline: LimitSpec { max: 10, window_ms: 1_000 },
+            delete_all_subscriptions: LimitSpec { max: 5, window_ms: 60_000 },
         }
     }
 }
@@ -199,9 +187,7 @@ pub struct GupshupSim {
 
 impl std::fmt::Debug for GupshupSim {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("GupshupSim")
-            .field("config", &self.inner.config)
-            .finish_non_exhaustive()
+        f.debug_struct("GupshupSim").field("config", &self.inner.config).finish_non_exhaustive()
     }
 }
 
@@ -250,10 +236,7 @@ impl GupshupSim {
     }
 
     /// Binds `addr` (port 0 picks one) and serves [`Self::router`].
-    pub async fn spawn(
-        config: GupshupSimConfig,
-        addr: SocketAddr,
-    ) -> std::io::Result<(Self, Running)> {
+    pub async fn spawn(config: GupshupSimConfig, addr: SocketAddr) -> std::io::Result<(Self, Running)> {
         let sim = Self::new(config);
         let running = common::serve(sim.router(), addr).await?;
         Ok((sim, running))
@@ -313,11 +296,7 @@ impl GupshupSim {
     pub fn apps(&self) -> Vec<AppSnapshot> {
         let now = self.core().clock.now_ms();
         let st = self.state();
-        let mut v: Vec<AppSnapshot> = st
-            .apps
-            .values()
-            .map(|a| self.snapshot(&st, a, now))
-            .collect();
+        let mut v: Vec<AppSnapshot> = st.apps.values().map(|a| self.snapshot(&st, a, now)).collect();
         v.sort_by_key(|a| a.created_on);
         v
     }
@@ -347,11 +326,7 @@ impl GupshupSim {
             failed: v.failed,
             live_notified: a.live_notified,
             has_token: a.token.is_some(),
-            subscriptions: st
-                .subscriptions
-                .values()
-                .filter(|s| s.app_id == a.id)
-                .count(),
+            subscriptions: st.subscriptions.values().filter(|s| s.app_id == a.id).count(),
         }
     }
 
@@ -405,17 +380,9 @@ impl GupshupSim {
 
 /// Callback URL plus URLs of active subscriptions with ACCOUNT or ALL.
 fn account_targets(st: &State, app_id: &str) -> Vec<String> {
-    let mut urls: Vec<String> = st
-        .apps
-        .get(app_id)
-        .and_then(|a| a.callback_url.clone())
-        .into_iter()
-        .collect();
+    let mut urls: Vec<String> = st.apps.get(app_id).and_then(|a| a.callback_url.clone()).into_iter().collect();
     urls.extend(
-        st.subscriptions
-            .values()
-            .filter(|s| s.app_id == app_id && s.wants_account_events())
-            .map(|s| s.url.clone()),
+        st.subscriptions.values().filter(|s| s.app_id == app_id && s.wants_account_events()).map(|s| s.url.clone()),
     );
     urls
 }

@@ -19,24 +19,22 @@ use serde_json::{Value, json};
 
 use super::GupshupSim;
 use super::state::{
-    App, AppToken, PartnerSession, STORAGE_REGIONS, State as SimState, Subscription, parse_modes,
-    pipeline_at, pipeline_json, valid_url,
+    App, AppToken, PartnerSession, STORAGE_REGIONS, State as SimState, Subscription, parse_modes, pipeline_at,
+    pipeline_json, valid_url,
 };
 use crate::sim::common::{self, FaultBody, FaultLayerState};
 
 const AUTH_FAILED: &str = "Authentication Failed";
 const TOO_MANY: &str = "Too Many Requests";
 const REVIEW: &str = "Please review the request parameters and retry";
-const INTERNAL: &str = "Internal server error. Please try again later. If the issue persists, contact Gupshup Dev Support.";
+const INTERNAL: &str =
+    "Internal server error. Please try again later. If the issue persists, contact Gupshup Dev Support.";
 
 /// Renders injected faults as Gupshup error bodies.
 struct GupshupFaultBody;
 
 fn body_of(message: &str) -> (String, &'static str) {
-    (
-        json!({"status": "error", "message": message}).to_string(),
-        "application/json",
-    )
+    (json!({"status": "error", "message": message}).to_string(), "application/json")
 }
 
 impl FaultBody for GupshupFaultBody {
@@ -59,10 +57,7 @@ impl FaultBody for GupshupFaultBody {
 
 /// Builds the full router (provider routes behind the fault middleware, plus control).
 pub(super) fn router(sim: GupshupSim) -> Router {
-    let faults = FaultLayerState {
-        core: sim.core().clone(),
-        bodies: Arc::new(GupshupFaultBody),
-    };
+    let faults = FaultLayerState { core: sim.core().clone(), bodies: Arc::new(GupshupFaultBody) };
     let api = Router::new()
         .route("/partner/account/login", post(login))
         .route("/partner/tpp/app", post(link_app))
@@ -72,28 +67,19 @@ pub(super) fn router(sim: GupshupSim) -> Router {
         .route("/partner/app/{app_id}/callbackUrl", put(set_callback_url))
         .route(
             "/partner/app/{app_id}/subscription",
-            post(create_subscription)
-                .get(list_subscriptions)
-                .delete(delete_all_subscriptions),
+            post(create_subscription).get(list_subscriptions).delete(delete_all_subscriptions),
         )
         .route(
             "/partner/app/{app_id}/subscription/{subscription_id}",
-            get(get_subscription)
-                .put(update_subscription)
-                .delete(delete_subscription),
+            get(get_subscription).put(update_subscription).delete(delete_subscription),
         )
         .route_layer(from_fn_with_state(faults, common::fault_middleware));
     let control = Router::new()
         .route("/_sim/gupshup/apps", get(control_apps))
         .route("/_sim/gupshup/apps/{app_id}/events", post(control_event))
         .route("/_sim/gupshup/apps/{app_id}/start", post(control_start))
-        .route(
-            "/_sim/gupshup/knobs",
-            get(control_get_knobs).put(control_put_knobs),
-        );
-    api.merge(control)
-        .with_state(sim.clone())
-        .merge(common::control_router(sim.core().clone()))
+        .route("/_sim/gupshup/knobs", get(control_get_knobs).put(control_put_knobs));
+    api.merge(control).with_state(sim.clone()).merge(common::control_router(sim.core().clone()))
 }
 
 // ---------- helpers ----------
@@ -108,9 +94,7 @@ fn success(v: Value) -> Response {
 
 /// Parses a form body; unparsable bodies (e.g. JSON) read as empty.
 fn form(body: &Bytes) -> HashMap<String, String> {
-    serde_urlencoded::from_bytes::<Vec<(String, String)>>(body)
-        .map(|v| v.into_iter().collect())
-        .unwrap_or_default()
+    serde_urlencoded::from_bytes::<Vec<(String, String)>>(body).map(|v| v.into_iter().collect()).unwrap_or_default()
 }
 
 /// A non-empty trimmed form field.
@@ -153,13 +137,7 @@ enum Denied {
 }
 
 /// Checks that the caller may act on `app_id` (partner owning it, or its own app token).
-fn authorize_app(
-    st: &SimState,
-    headers: &HeaderMap,
-    app_id: &str,
-    now: i64,
-    app_token_ok: bool,
-) -> Result<(), Denied> {
+fn authorize_app(st: &SimState, headers: &HeaderMap, app_id: &str, now: i64, app_token_ok: bool) -> Result<(), Denied> {
     let app = st.apps.get(app_id);
     match caller(st, headers, now) {
         None => Err(Denied::Unauthenticated),
@@ -219,22 +197,12 @@ fn random_jwt(email: &str, partner_id: u64, now_ms: i64, exp_ms: i64) -> String 
 async fn login(State(sim): State<GupshupSim>, body: Bytes) -> Response {
     let f = form(&body);
     let email = field(&f, "email").unwrap_or_default().to_string();
-    let secret = field(&f, "secret")
-        .or_else(|| field(&f, "password"))
-        .unwrap_or_default();
+    let secret = field(&f, "secret").or_else(|| field(&f, "password")).unwrap_or_default();
     let lim = sim.config().limits.login;
-    if sim
-        .core()
-        .check_limit("login", &email, lim.max, lim.window())
-        .is_err()
-    {
+    if sim.core().check_limit("login", &email, lim.max, lim.window()).is_err() {
         return too_many();
     }
-    let Some(p) = sim
-        .config()
-        .partners
-        .iter()
-        .find(|p| p.email == email && p.secret == secret && !email.is_empty())
+    let Some(p) = sim.config().partners.iter().find(|p| p.email == email && p.secret == secret && !email.is_empty())
     else {
         // [I] undocumented login error body.
         return error(StatusCode::UNAUTHORIZED, AUTH_FAILED);
@@ -245,13 +213,7 @@ async fn login(State(sim): State<GupshupSim>, body: Bytes) -> Response {
     {
         let mut st = sim.state();
         st.sessions.retain(|_, s| s.exp_ms > now);
-        st.sessions.insert(
-            token.clone(),
-            PartnerSession {
-                partner_id: p.partner_id,
-                exp_ms,
-            },
-        );
+        st.sessions.insert(token.clone(), PartnerSession { partner_id: p.partner_id, exp_ms });
     }
     sim.core().count_created("partner_tokens");
     success(json!({
@@ -274,27 +236,17 @@ async fn link_app(State(sim): State<GupshupSim>, headers: HeaderMap, body: Bytes
         return error(StatusCode::UNAUTHORIZED, AUTH_FAILED);
     };
     let lim = sim.config().limits.link;
-    if sim
-        .core()
-        .check_limit("link_app", &pid.to_string(), lim.max, lim.window())
-        .is_err()
-    {
+    if sim.core().check_limit("link_app", &pid.to_string(), lim.max, lim.window()).is_err() {
         return too_many();
     }
     let name = f.get("name").map(String::as_str).unwrap_or_default();
     let len = name.chars().count();
     if !(6..=150).contains(&len) {
-        return error(
-            StatusCode::BAD_REQUEST,
-            "App name should be between 6 to 150 characters in length",
-        );
+        return error(StatusCode::BAD_REQUEST, "App name should be between 6 to 150 characters in length");
     }
     // [I] "no special characters": ASCII letters, digits and spaces only.
     if !name.chars().all(|c| c.is_ascii_alphanumeric() || c == ' ') {
-        return error(
-            StatusCode::BAD_REQUEST,
-            "Invalid characters used in app name",
-        );
+        return error(StatusCode::BAD_REQUEST, "Invalid characters used in app name");
     }
     let (Some(waba_id), Some(phone)) = (field(&f, "wabaId"), field(&f, "phone")) else {
         // [I] generic message for missing wabaId / phone.
@@ -336,11 +288,7 @@ async fn link_app(State(sim): State<GupshupSim>, headers: HeaderMap, body: Bytes
         }
         Some(_) => false,
     };
-    let mut fails = sim
-        .config()
-        .fail_phone_prefixes
-        .iter()
-        .any(|p| !p.is_empty() && phone.starts_with(p.as_str()));
+    let mut fails = sim.config().fail_phone_prefixes.iter().any(|p| !p.is_empty() && phone.starts_with(p.as_str()));
     if !fails && st.knobs.fail_next_pipelines > 0 {
         st.knobs.fail_next_pipelines -= 1;
         fails = true;
@@ -354,11 +302,7 @@ async fn link_app(State(sim): State<GupshupSim>, headers: HeaderMap, body: Bytes
             waba_id: waba_id.to_string(),
             phone: phone.to_string(),
             partner_id: pid,
-            callback_url: if callback_failed {
-                None
-            } else {
-                cb.map(str::to_string)
-            },
+            callback_url: if callback_failed { None } else { cb.map(str::to_string) },
             storage_region: region.map(str::to_string),
             created_ms: now,
             started_ms: sim.config().sandbox.then_some(now),
@@ -380,11 +324,7 @@ async fn link_app(State(sim): State<GupshupSim>, headers: HeaderMap, body: Bytes
 }
 
 /// `GET /partner/app/{appId}/token` (1.3.3): get-or-create the non-expiring app token.
-async fn app_token(
-    State(sim): State<GupshupSim>,
-    Path(app_id): Path<String>,
-    headers: HeaderMap,
-) -> Response {
+async fn app_token(State(sim): State<GupshupSim>, Path(app_id): Path<String>, headers: HeaderMap) -> Response {
     let now = sim.core().clock.now_ms();
     let mut st = sim.state();
     let Some(Caller::Partner(pid)) = caller(&st, &headers, now) else {
@@ -419,13 +359,8 @@ async fn app_token(
         sim.core().count_created("app_tokens");
     }
     if as_string {
-        let name = sim
-            .config()
-            .partners
-            .iter()
-            .find(|p| p.partner_id == pid)
-            .map(|p| p.name.clone())
-            .unwrap_or_default();
+        let name =
+            sim.config().partners.iter().find(|p| p.partner_id == pid).map(|p| p.name.clone()).unwrap_or_default();
         return success(json!({"name": name, "terms_read": true, "token": tok.token}));
     }
     success(json!({
@@ -438,11 +373,7 @@ async fn app_token(
 }
 
 /// `GET /partner/app/{appId}/pipeline` (1.3.4), computed lazily from the sim clock.
-async fn pipeline(
-    State(sim): State<GupshupSim>,
-    Path(app_id): Path<String>,
-    headers: HeaderMap,
-) -> Response {
+async fn pipeline(State(sim): State<GupshupSim>, Path(app_id): Path<String>, headers: HeaderMap) -> Response {
     let now = sim.core().clock.now_ms();
     let (whatsapp, live_pending) = {
         let st = sim.state();
@@ -453,11 +384,7 @@ async fn pipeline(
             Err(_) => return error(StatusCode::BAD_REQUEST, REVIEW),
         }
         let lim = sim.config().limits.pipeline;
-        if sim
-            .core()
-            .check_limit("pipeline", &app_id, lim.max, lim.window())
-            .is_err()
-        {
+        if sim.core().check_limit("pipeline", &app_id, lim.max, lim.window()).is_err() {
             return too_many();
         }
         let Some(app) = st.apps.get(&app_id) else {
@@ -551,10 +478,7 @@ fn sub_input(f: &HashMap<String, String>, base: Option<&Subscription>) -> Result
     }
     let meta = field(f, "meta").map(str::to_string);
     // [I] meta must be a JSON object when given.
-    if meta
-        .as_deref()
-        .is_some_and(|m| !serde_json::from_str::<Value>(m).is_ok_and(|v| v.is_object()))
-    {
+    if meta.as_deref().is_some_and(|m| !serde_json::from_str::<Value>(m).is_ok_and(|v| v.is_object())) {
         return Err((StatusCode::BAD_REQUEST, REVIEW));
     }
     // [I] doCheck is accepted; the simulator never probes the URL.
@@ -570,9 +494,7 @@ fn sub_input(f: &HashMap<String, String>, base: Option<&Subscription>) -> Result
 }
 
 fn duplicate_tag(st: &SimState, app_id: &str, tag: &str, except: Option<u64>) -> bool {
-    st.subscriptions
-        .values()
-        .any(|s| s.app_id == app_id && s.tag == tag && Some(s.id) != except)
+    st.subscriptions.values().any(|s| s.app_id == app_id && s.tag == tag && Some(s.id) != except)
 }
 
 /// `POST /partner/app/{appId}/subscription` (1.3.5).
@@ -619,32 +541,21 @@ async fn create_subscription(
 }
 
 /// `GET /partner/app/{appId}/subscription` (1.3.5).
-async fn list_subscriptions(
-    State(sim): State<GupshupSim>,
-    Path(app_id): Path<String>,
-    headers: HeaderMap,
-) -> Response {
+async fn list_subscriptions(State(sim): State<GupshupSim>, Path(app_id): Path<String>, headers: HeaderMap) -> Response {
     let now = sim.core().clock.now_ms();
     let st = sim.state();
     if let Err(d) = authorize_app(&st, &headers, &app_id, now, true) {
         return app_denied(d);
     }
-    let subs: Vec<Value> = st
-        .subscriptions
-        .values()
-        .filter(|s| s.app_id == app_id)
-        .map(Subscription::full_json)
-        .collect();
+    let subs: Vec<Value> =
+        st.subscriptions.values().filter(|s| s.app_id == app_id).map(Subscription::full_json).collect();
     // [I] 200 (RAKH says 204 with a body, which cannot be).
     success(json!({"status": "success", "subscriptions": subs}))
 }
 
 /// Looks up a subscription by path id, checking ownership.
 fn owned_subscription(st: &SimState, app_id: &str, raw_id: &str) -> Result<u64, Reject> {
-    let sub = raw_id
-        .parse::<u64>()
-        .ok()
-        .and_then(|id| st.subscriptions.get(&id));
+    let sub = raw_id.parse::<u64>().ok().and_then(|id| st.subscriptions.get(&id));
     match sub {
         None => Err((StatusCode::BAD_REQUEST, "Subscription Does Not Exist")),
         Some(s) if s.app_id != app_id => Err((StatusCode::FORBIDDEN, "Not Subscription Owner")),
@@ -665,11 +576,7 @@ async fn get_subscription(
     }
     match owned_subscription(&st, &app_id, &sub_id) {
         Ok(id) => {
-            let v = st
-                .subscriptions
-                .get(&id)
-                .map(Subscription::full_json)
-                .unwrap_or_default();
+            let v = st.subscriptions.get(&id).map(Subscription::full_json).unwrap_or_default();
             success(json!({"status": "success", "subscription": v}))
         }
         Err(r) => reject(r),
@@ -697,11 +604,7 @@ async fn update_subscription(
         Ok(i) => i,
         Err(r) => return reject(r),
     };
-    if input
-        .tag
-        .as_deref()
-        .is_some_and(|t| duplicate_tag(&st, &app_id, t, Some(id)))
-    {
+    if input.tag.as_deref().is_some_and(|t| duplicate_tag(&st, &app_id, t, Some(id))) {
         return error(StatusCode::BAD_REQUEST, "Duplicate tag");
     }
     let Some(s) = st.subscriptions.get_mut(&id) else {
@@ -765,11 +668,7 @@ async fn delete_all_subscriptions(
         return app_denied(d);
     }
     let lim = sim.config().limits.delete_all_subscriptions;
-    if sim
-        .core()
-        .check_limit("delete_all_subscriptions", &app_id, lim.max, lim.window())
-        .is_err()
-    {
+    if sim.core().check_limit("delete_all_subscriptions", &app_id, lim.max, lim.window()).is_err() {
         return too_many();
     }
     st.subscriptions.retain(|_, s| s.app_id != app_id);
@@ -787,17 +686,9 @@ async fn control_apps(State(sim): State<GupshupSim>) -> Response {
 /// `{"type":"account-event","payload":{"type":"tier-event","payload":{…}}}`) or any full body,
 /// with the v2 envelope fields filled in, to the app's callback URL and ACCOUNT/ALL
 /// subscriptions. Answers `{"delivered":N,"event":{…}}`.
-async fn control_event(
-    State(sim): State<GupshupSim>,
-    Path(app_id): Path<String>,
-    Json(body): Json<Value>,
-) -> Response {
+async fn control_event(State(sim): State<GupshupSim>, Path(app_id): Path<String>, Json(body): Json<Value>) -> Response {
     if !body.is_object() {
-        return (
-            StatusCode::BAD_REQUEST,
-            Json(json!({"error": "body must be a JSON object"})),
-        )
-            .into_response();
+        return (StatusCode::BAD_REQUEST, Json(json!({"error": "body must be a JSON object"}))).into_response();
     }
     match sim.send_event(&app_id, body) {
         Some((event, n)) => Json(json!({"delivered": n, "event": event})).into_response(),
@@ -821,9 +712,6 @@ async fn control_get_knobs(State(sim): State<GupshupSim>) -> Response {
 
 /// `PUT /_sim/gupshup/knobs`: partial update of `fail_callback_next`, `fail_next_pipelines`,
 /// `token_as_string`; answers the resulting knobs.
-async fn control_put_knobs(
-    State(sim): State<GupshupSim>,
-    Json(p): Json<super::KnobsPatch>,
-) -> Response {
+async fn control_put_knobs(State(sim): State<GupshupSim>, Json(p): Json<super::KnobsPatch>) -> Response {
     Json(sim.update_knobs(p)).into_response()
 }

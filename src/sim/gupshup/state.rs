@@ -7,9 +7,8 @@ use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 
 /// The 15 `storageRegion` codes of providers.md 1.1.
-pub const STORAGE_REGIONS: [&str; 15] = [
-    "BR", "DE", "CH", "GB", "BH", "ZA", "AE", "US", "CA", "AU", "ID", "IN", "JP", "SG", "KR",
-];
+pub const STORAGE_REGIONS: [&str; 15] =
+    ["BR", "DE", "CH", "GB", "BH", "ZA", "AE", "US", "CA", "AU", "ID", "IN", "JP", "SG", "KR"];
 
 /// Subscription modes in bitmask order (bit = 1 << index). [I] derived table of 1.3.5.
 pub const MODE_BITS: [&str; 14] = [
@@ -212,10 +211,7 @@ pub struct State {
 
 /// `mode` bitmask of a list of modes (`NONE` = 0).
 pub fn mode_mask(modes: &[&str]) -> u64 {
-    modes
-        .iter()
-        .filter_map(|m| MODE_BITS.iter().position(|b| b == m))
-        .fold(0, |acc, i| acc | (1u64 << i))
+    modes.iter().filter_map(|m| MODE_BITS.iter().position(|b| b == m)).fold(0, |acc, i| acc | (1u64 << i))
 }
 
 /// Parses the `modes` CSV: trims items, rejects unknown modes and v3-only modes for
@@ -227,11 +223,7 @@ pub fn parse_modes(csv: &str, version: u8) -> Option<Vec<&'static str>> {
         if item.is_empty() {
             continue;
         }
-        let known = if item == "NONE" {
-            "NONE"
-        } else {
-            *MODE_BITS.iter().find(|m| **m == item)?
-        };
+        let known = if item == "NONE" { "NONE" } else { *MODE_BITS.iter().find(|m| **m == item)? };
         if version < 3 && V3_ONLY_MODES.contains(&known) {
             return None;
         }
@@ -242,11 +234,7 @@ pub fn parse_modes(csv: &str, version: u8) -> Option<Vec<&'static str>> {
     if seen.is_empty() {
         return None;
     }
-    let mut ordered: Vec<&'static str> = MODE_BITS
-        .iter()
-        .copied()
-        .filter(|m| seen.contains(m))
-        .collect();
+    let mut ordered: Vec<&'static str> = MODE_BITS.iter().copied().filter(|m| seen.contains(m)).collect();
     if ordered.is_empty() {
         ordered.push("NONE");
     }
@@ -257,9 +245,9 @@ pub fn parse_modes(csv: &str, version: u8) -> Option<Vec<&'static str>> {
 /// [I] a small prefix table: 1-digit codes 1 and 7, the common 2-digit codes, else 3 digits.
 pub fn split_phone(phone: &str) -> (String, String) {
     const TWO: [&str; 44] = [
-        "20", "27", "30", "31", "32", "33", "34", "36", "39", "40", "41", "43", "44", "45", "46",
-        "47", "48", "49", "51", "52", "53", "54", "55", "56", "57", "58", "60", "61", "62", "63",
-        "64", "65", "66", "81", "82", "84", "86", "90", "91", "92", "93", "94", "95", "98",
+        "20", "27", "30", "31", "32", "33", "34", "36", "39", "40", "41", "43", "44", "45", "46", "47", "48", "49",
+        "51", "52", "53", "54", "55", "56", "57", "58", "60", "61", "62", "63", "64", "65", "66", "81", "82", "84",
+        "86", "90", "91", "92", "93", "94", "95", "98",
     ];
     let n = if phone.starts_with('1') || phone.starts_with('7') {
         1
@@ -298,34 +286,10 @@ pub struct PipelineView {
 /// Steps of the happy path; each lasts `stage_ms`, the last one is live and stays.
 /// (creationStage, pipeLineStage, whatsappVerificationStatus, embedStage, uiFormStage)
 const HAPPY: [(&str, &str, &str, &str, &str); 4] = [
-    (
-        "INITIAL",
-        "CREATE_DOCKER",
-        "PN_DN_APPROVED",
-        "EMBED_PENDING",
-        "GET_WHATSAPP_APPROVAL",
-    ),
-    (
-        "DOCKER_PROVISIONING",
-        "CREATE_DOCKER",
-        "WABA_APPROVED",
-        "EMBED_STARTED",
-        "GET_WHATSAPP_APPROVAL",
-    ),
-    (
-        "DOCKER_PROVISIONING",
-        "GET_CERTIFICATE",
-        "WABA_APPROVED",
-        "EMBED_STARTED",
-        "GET_WHATSAPP_APPROVAL",
-    ),
-    (
-        "WHATSAPP_PROVISIONING_DONE",
-        "FINALIZE",
-        "WHATSAPP_VERIFICATION_DONE",
-        "EMBED_STARTED",
-        "COMPLETE_VERIFICATION",
-    ),
+    ("INITIAL", "CREATE_DOCKER", "PN_DN_APPROVED", "EMBED_PENDING", "GET_WHATSAPP_APPROVAL"),
+    ("DOCKER_PROVISIONING", "CREATE_DOCKER", "WABA_APPROVED", "EMBED_STARTED", "GET_WHATSAPP_APPROVAL"),
+    ("DOCKER_PROVISIONING", "GET_CERTIFICATE", "WABA_APPROVED", "EMBED_STARTED", "GET_WHATSAPP_APPROVAL"),
+    ("WHATSAPP_PROVISIONING_DONE", "FINALIZE", "WHATSAPP_VERIFICATION_DONE", "EMBED_STARTED", "COMPLETE_VERIFICATION"),
 ];
 
 /// Retries before a failing stage gives up (documented: "retries three times").
@@ -342,11 +306,7 @@ pub fn pipeline_at(app: &App, now_ms: i64, stage_ms: u64) -> PipelineView {
         Some(s) if now_ms > s => ((now_ms - s) / stage_ms) as u64,
         _ => 0,
     };
-    let at = |k: u64| {
-        app.started_ms
-            .map_or(app.created_ms, |s| s + k as i64 * stage_ms)
-            .max(app.created_ms)
-    };
+    let at = |k: u64| app.started_ms.map_or(app.created_ms, |s| s + k as i64 * stage_ms).max(app.created_ms);
     if app.fails {
         let retries = step.min(u64::from(MAX_RETRIES)) as u32;
         let failed = step > u64::from(MAX_RETRIES);
@@ -439,9 +399,8 @@ pub fn live_event(app: &App, now_ms: i64) -> Value {
 
 /// Whether a string is an absolute http(s) URL with a host.
 pub fn valid_url(s: &str) -> bool {
-    url::Url::parse(s).is_ok_and(|u| {
-        matches!(u.scheme(), "http" | "https") && u.host_str().is_some_and(|h| !h.is_empty())
-    })
+    url::Url::parse(s)
+        .is_ok_and(|u| matches!(u.scheme(), "http" | "https") && u.host_str().is_some_and(|h| !h.is_empty()))
 }
 
 #[cfg(test)]
@@ -457,8 +416,7 @@ mod unit {
 
     #[test]
     fn modes_parse_trim_and_version() {
-        let m = parse_modes("SENT,ENQUEUED,DELIVERED,READ,DELETED,MESSAGE, OTHERS", 3)
-            .unwrap_or_default();
+        let m = parse_modes("SENT,ENQUEUED,DELIVERED,READ,DELETED,MESSAGE, OTHERS", 3).unwrap_or_default();
         assert_eq!(mode_mask(&m), 1119);
         assert!(parse_modes("SENT, OTHERS", 2).is_none());
         assert!(parse_modes("SENT,COPY", 2).is_none());
@@ -468,17 +426,8 @@ mod unit {
 
     #[test]
     fn phone_split() {
-        assert_eq!(
-            split_phone("919087875656"),
-            ("91".into(), "9087875656".into())
-        );
-        assert_eq!(
-            split_phone("15551112222"),
-            ("1".into(), "5551112222".into())
-        );
-        assert_eq!(
-            split_phone("972501234567"),
-            ("972".into(), "501234567".into())
-        );
+        assert_eq!(split_phone("919087875656"), ("91".into(), "9087875656".into()));
+        assert_eq!(split_phone("15551112222"), ("1".into(), "5551112222".into()));
+        assert_eq!(split_phone("972501234567"), ("972".into(), "501234567".into()));
     }
 }

@@ -22,17 +22,11 @@ const SECRET: &str = "sandbox-secret";
 const STAGE: u64 = 10_000;
 
 fn cfg() -> GupshupSimConfig {
-    GupshupSimConfig {
-        stage_ms: STAGE,
-        ticker_ms: 20,
-        ..GupshupSimConfig::default()
-    }
+    GupshupSimConfig { stage_ms: STAGE, ticker_ms: 20, ..GupshupSimConfig::default() }
 }
 
 async fn start(config: GupshupSimConfig) -> (GupshupSim, Running, String, Client) {
-    let (sim, running) = GupshupSim::spawn(config, "127.0.0.1:0".parse().unwrap())
-        .await
-        .unwrap();
+    let (sim, running) = GupshupSim::spawn(config, "127.0.0.1:0".parse().unwrap()).await.unwrap();
     let base = running.base_url();
     (sim, running, base, Client::new())
 }
@@ -40,14 +34,7 @@ async fn start(config: GupshupSimConfig) -> (GupshupSim, Running, String, Client
 async fn json_of(r: reqwest::Response) -> (u16, Value) {
     let s = r.status().as_u16();
     let text = r.text().await.unwrap();
-    (
-        s,
-        if text.is_empty() {
-            Value::Null
-        } else {
-            serde_json::from_str(&text).unwrap()
-        },
-    )
+    (s, if text.is_empty() { Value::Null } else { serde_json::from_str(&text).unwrap() })
 }
 
 fn err(msg: &str) -> Value {
@@ -67,30 +54,12 @@ async fn login(c: &Client, base: &str) -> String {
 }
 
 async fn link(c: &Client, base: &str, token: &str, form: &[(&str, &str)]) -> (u16, Value) {
-    json_of(
-        c.post(format!("{base}/partner/tpp/app"))
-            .header("Authorization", token)
-            .form(form)
-            .send()
-            .await
-            .unwrap(),
-    )
-    .await
+    json_of(c.post(format!("{base}/partner/tpp/app")).header("Authorization", token).form(form).send().await.unwrap())
+        .await
 }
 
-async fn link_ok(
-    c: &Client,
-    base: &str,
-    token: &str,
-    name: &str,
-    phone: &str,
-    cb: Option<&str>,
-) -> String {
-    let mut form = vec![
-        ("name", name),
-        ("wabaId", "104996545612345"),
-        ("phone", phone),
-    ];
+async fn link_ok(c: &Client, base: &str, token: &str, name: &str, phone: &str, cb: Option<&str>) -> String {
+    let mut form = vec![("name", name), ("wabaId", "104996545612345"), ("phone", phone)];
     if let Some(u) = cb {
         form.push(("callbackUrl", u));
     }
@@ -102,11 +71,7 @@ async fn link_ok(
 
 async fn app_token(c: &Client, base: &str, partner: &str, app: &str) -> String {
     let (s, v) = json_of(
-        c.get(format!("{base}/partner/app/{app}/token"))
-            .header("Authorization", partner)
-            .send()
-            .await
-            .unwrap(),
+        c.get(format!("{base}/partner/app/{app}/token")).header("Authorization", partner).send().await.unwrap(),
     )
     .await;
     assert_eq!(s, 200, "{v}");
@@ -114,14 +79,8 @@ async fn app_token(c: &Client, base: &str, partner: &str, app: &str) -> String {
 }
 
 async fn pipeline(c: &Client, base: &str, token: &str, app: &str) -> (u16, Value) {
-    json_of(
-        c.get(format!("{base}/partner/app/{app}/pipeline"))
-            .header("Authorization", token)
-            .send()
-            .await
-            .unwrap(),
-    )
-    .await
+    json_of(c.get(format!("{base}/partner/app/{app}/pipeline")).header("Authorization", token).send().await.unwrap())
+        .await
 }
 
 /// A callback sink: every POST body, with its path, goes into the channel.
@@ -134,26 +93,16 @@ async fn receiver() -> (String, mpsc::UnboundedReceiver<(String, Value)>, Runnin
             StatusCode::OK
         }
     });
-    let running = common::serve(app, "127.0.0.1:0".parse().unwrap())
-        .await
-        .unwrap();
+    let running = common::serve(app, "127.0.0.1:0".parse().unwrap()).await.unwrap();
     (running.base_url(), rx, running)
 }
 
 async fn recv(rx: &mut mpsc::UnboundedReceiver<(String, Value)>) -> (String, Value) {
-    tokio::time::timeout(Duration::from_secs(3), rx.recv())
-        .await
-        .expect("callback expected")
-        .unwrap()
+    tokio::time::timeout(Duration::from_secs(3), rx.recv()).await.expect("callback expected").unwrap()
 }
 
 async fn nothing(rx: &mut mpsc::UnboundedReceiver<(String, Value)>) {
-    assert!(
-        tokio::time::timeout(Duration::from_millis(300), rx.recv())
-            .await
-            .is_err(),
-        "no callback expected"
-    );
+    assert!(tokio::time::timeout(Duration::from_millis(300), rx.recv()).await.is_err(), "no callback expected");
 }
 
 #[tokio::test]
@@ -176,102 +125,42 @@ async fn login_form_limit_and_expiry() {
     let token = v["token"].as_str().unwrap().to_string();
     let parts: Vec<&str> = token.split('.').collect();
     assert_eq!(parts.len(), 3);
-    let payload: Value =
-        serde_json::from_slice(&URL_SAFE_NO_PAD.decode(parts[1]).unwrap()).unwrap();
+    let payload: Value = serde_json::from_slice(&URL_SAFE_NO_PAD.decode(parts[1]).unwrap()).unwrap();
     let exp = payload["exp"].as_i64().unwrap();
-    assert!(
-        (exp - sim.core().clock.now_secs() - 86_400).abs() <= 2,
-        "{payload}"
-    );
+    assert!((exp - sim.core().clock.now_secs() - 86_400).abs() <= 2, "{payload}");
 
     // Older `password` spelling.
-    let (s, v) = json_of(
-        c.post(&url)
-            .form(&[("email", EMAIL), ("password", SECRET)])
-            .send()
-            .await
-            .unwrap(),
-    )
-    .await;
+    let (s, v) = json_of(c.post(&url).form(&[("email", EMAIL), ("password", SECRET)]).send().await.unwrap()).await;
     assert_eq!(s, 200, "{v}");
     // Wrong secret.
-    let (s, v) = json_of(
-        c.post(&url)
-            .form(&[("email", EMAIL), ("secret", "nope")])
-            .send()
-            .await
-            .unwrap(),
-    )
-    .await;
+    let (s, v) = json_of(c.post(&url).form(&[("email", EMAIL), ("secret", "nope")]).send().await.unwrap()).await;
     assert_eq!((s, v), (401, err("Authentication Failed")));
 
     // Token works raw in Authorization and in `token`; `Bearer` is not Gupshup's scheme.
-    let form = [
-        ("name", "Acme Shop One"),
-        ("wabaId", "1"),
-        ("phone", "919000000001"),
-    ];
-    let r = c
-        .post(format!("{base}/partner/tpp/app"))
-        .header("token", &token)
-        .form(&form)
-        .send()
-        .await
-        .unwrap();
+    let form = [("name", "Acme Shop One"), ("wabaId", "1"), ("phone", "919000000001")];
+    let r = c.post(format!("{base}/partner/tpp/app")).header("token", &token).form(&form).send().await.unwrap();
     assert_eq!(r.status(), 200);
-    let (s, v) = link(
-        &c,
-        &base,
-        &format!("Bearer {token}"),
-        &[("name", "Acme Shop Two")],
-    )
-    .await;
+    let (s, v) = link(&c, &base, &format!("Bearer {token}"), &[("name", "Acme Shop Two")]).await;
     assert_eq!((s, v), (401, err("Authentication Failed")));
 
     // 10 / 60 s per email: 3 used, 7 more pass, the 11th is a violation.
     for _ in 0..7 {
-        let r = c
-            .post(&url)
-            .form(&[("email", EMAIL), ("secret", SECRET)])
-            .send()
-            .await
-            .unwrap();
+        let r = c.post(&url).form(&[("email", EMAIL), ("secret", SECRET)]).send().await.unwrap();
         assert_eq!(r.status(), 200);
     }
-    let (s, v) = json_of(
-        c.post(&url)
-            .form(&[("email", EMAIL), ("secret", SECRET)])
-            .send()
-            .await
-            .unwrap(),
-    )
-    .await;
+    let (s, v) = json_of(c.post(&url).form(&[("email", EMAIL), ("secret", SECRET)]).send().await.unwrap()).await;
     assert_eq!((s, v), (429, err("Too Many Requests")));
     let counters = sim.core().counters();
     assert_eq!(counters.rate_limit_violations, 1);
     assert_eq!(counters.violations_by_limit["login"], 1);
     // Another email has its own window.
-    let r = c
-        .post(&url)
-        .form(&[("email", "other@x.y"), ("secret", "x")])
-        .send()
-        .await
-        .unwrap();
+    let r = c.post(&url).form(&[("email", "other@x.y"), ("secret", "x")]).send().await.unwrap();
     assert_eq!(r.status(), 401);
 
     // Expiry after 24 h on the sim clock.
     sim.core().clock.advance(Duration::from_secs(86_401));
-    let (s, v) = link(
-        &c,
-        &base,
-        &token,
-        &[
-            ("name", "Acme Shop Three"),
-            ("wabaId", "1"),
-            ("phone", "919000000003"),
-        ],
-    )
-    .await;
+    let (s, v) =
+        link(&c, &base, &token, &[("name", "Acme Shop Three"), ("wabaId", "1"), ("phone", "919000000003")]).await;
     assert_eq!((s, v), (401, err("Authentication Failed")));
     // The window has passed too: login works again.
     assert!(!login(&c, &base).await.is_empty());
@@ -288,64 +177,19 @@ async fn link_app_validation_and_conflicts() {
     let review = err("Please review the request parameters and retry");
     let long = "a".repeat(151);
     let cases: Vec<(Form, u16, Value)> = vec![
+        (vec![("wabaId", "1"), ("phone", "919000000001")], 400, len_msg.clone()),
+        (vec![("name", "Abcde"), ("wabaId", "1"), ("phone", "919000000001")], 400, len_msg.clone()),
+        (vec![("name", long.as_str()), ("wabaId", "1"), ("phone", "919000000001")], 400, len_msg),
         (
-            vec![("wabaId", "1"), ("phone", "919000000001")],
-            400,
-            len_msg.clone(),
-        ),
-        (
-            vec![
-                ("name", "Abcde"),
-                ("wabaId", "1"),
-                ("phone", "919000000001"),
-            ],
-            400,
-            len_msg.clone(),
-        ),
-        (
-            vec![
-                ("name", long.as_str()),
-                ("wabaId", "1"),
-                ("phone", "919000000001"),
-            ],
-            400,
-            len_msg,
-        ),
-        (
-            vec![
-                ("name", "acme_shop!"),
-                ("wabaId", "1"),
-                ("phone", "919000000001"),
-            ],
+            vec![("name", "acme_shop!"), ("wabaId", "1"), ("phone", "919000000001")],
             400,
             err("Invalid characters used in app name"),
         ),
+        (vec![("name", "Acme Shop"), ("phone", "919000000001")], 400, review.clone()),
+        (vec![("name", "Acme Shop"), ("wabaId", "1")], 400, review.clone()),
+        (vec![("name", "Acme Shop"), ("wabaId", "1"), ("phone", "+91 900000")], 400, review),
         (
-            vec![("name", "Acme Shop"), ("phone", "919000000001")],
-            400,
-            review.clone(),
-        ),
-        (
-            vec![("name", "Acme Shop"), ("wabaId", "1")],
-            400,
-            review.clone(),
-        ),
-        (
-            vec![
-                ("name", "Acme Shop"),
-                ("wabaId", "1"),
-                ("phone", "+91 900000"),
-            ],
-            400,
-            review,
-        ),
-        (
-            vec![
-                ("name", "Acme Shop"),
-                ("wabaId", "1"),
-                ("phone", "919000000001"),
-                ("storageRegion", "XX"),
-            ],
+            vec![("name", "Acme Shop"), ("wabaId", "1"), ("phone", "919000000001"), ("storageRegion", "XX")],
             400,
             err("Invalid Region Passed"),
         ),
@@ -354,24 +198,14 @@ async fn link_app_validation_and_conflicts() {
         assert_eq!(link(&c, &base, &t, &form).await, (status, body), "{form:?}");
     }
     // Without a token.
-    let r = c
-        .post(format!("{base}/partner/tpp/app"))
-        .form(&[("name", "Acme Shop")])
-        .send()
-        .await
-        .unwrap();
+    let r = c.post(format!("{base}/partner/tpp/app")).form(&[("name", "Acme Shop")]).send().await.unwrap();
     assert_eq!(json_of(r).await, (401, err("Authentication Failed")));
 
     let (s, v) = link(
         &c,
         &base,
         &t,
-        &[
-            ("name", "Acme Shop 150"),
-            ("wabaId", "1"),
-            ("phone", "919000000001"),
-            ("storageRegion", "IN"),
-        ],
+        &[("name", "Acme Shop 150"), ("wabaId", "1"), ("phone", "919000000001"), ("storageRegion", "IN")],
     )
     .await;
     assert_eq!(s, 200);
@@ -380,30 +214,10 @@ async fn link_app_validation_and_conflicts() {
     assert!(uuid::Uuid::parse_str(&app_id).is_ok());
 
     // Same name, other phone.
-    let (s, v) = link(
-        &c,
-        &base,
-        &t,
-        &[
-            ("name", "ACME SHOP 150"),
-            ("wabaId", "2"),
-            ("phone", "919000000002"),
-        ],
-    )
-    .await;
+    let (s, v) = link(&c, &base, &t, &[("name", "ACME SHOP 150"), ("wabaId", "2"), ("phone", "919000000002")]).await;
     assert_eq!((s, v), (409, err("Bot Already Exists")));
     // Retry of the same link: phone conflict carries the appId.
-    let (s, v) = link(
-        &c,
-        &base,
-        &t,
-        &[
-            ("name", "Acme Shop 150"),
-            ("wabaId", "1"),
-            ("phone", "919000000001"),
-        ],
-    )
-    .await;
+    let (s, v) = link(&c, &base, &t, &[("name", "Acme Shop 150"), ("wabaId", "1"), ("phone", "919000000001")]).await;
     assert_eq!(s, 409);
     assert_eq!(
         v,
@@ -412,43 +226,19 @@ async fn link_app_validation_and_conflicts() {
     let counters = sim.core().counters();
     assert_eq!(counters.created["apps"], 1);
     assert_eq!(counters.duplicate_creates, 1);
-    assert_eq!(
-        sim.app(&app_id).unwrap().storage_region.as_deref(),
-        Some("IN")
-    );
+    assert_eq!(sim.app(&app_id).unwrap().storage_region.as_deref(), Some("IN"));
 }
 
 #[tokio::test]
 async fn link_app_limit_per_partner() {
     let mut config = cfg();
-    config.limits.link = LimitSpec {
-        max: 3,
-        window_ms: 60_000,
-    };
+    config.limits.link = LimitSpec { max: 3, window_ms: 60_000 };
     let (sim, _r, base, c) = start(config).await;
     let t = login(&c, &base).await;
     for i in 0..3 {
-        link_ok(
-            &c,
-            &base,
-            &t,
-            &format!("Limit App {i}"),
-            &format!("91900000010{i}"),
-            None,
-        )
-        .await;
+        link_ok(&c, &base, &t, &format!("Limit App {i}"), &format!("91900000010{i}"), None).await;
     }
-    let (s, v) = link(
-        &c,
-        &base,
-        &t,
-        &[
-            ("name", "Limit App 9"),
-            ("wabaId", "1"),
-            ("phone", "919000000109"),
-        ],
-    )
-    .await;
+    let (s, v) = link(&c, &base, &t, &[("name", "Limit App 9"), ("wabaId", "1"), ("phone", "919000000109")]).await;
     assert_eq!((s, v), (429, err("Too Many Requests")));
     assert_eq!(sim.core().counters().violations_by_limit["link_app"], 1);
     sim.core().clock.advance(Duration::from_secs(61));
@@ -460,12 +250,7 @@ async fn callback_failure_partial_success_and_repair() {
     let (sim, _r, base, c) = start(cfg()).await;
     let (sink, mut rx, _sink) = receiver().await;
     let t = login(&c, &base).await;
-    let r = c
-        .put(format!("{base}/_sim/gupshup/knobs"))
-        .json(&json!({"fail_callback_next": 1}))
-        .send()
-        .await
-        .unwrap();
+    let r = c.put(format!("{base}/_sim/gupshup/knobs")).json(&json!({"fail_callback_next": 1})).send().await.unwrap();
     assert_eq!(json_of(r).await.1["fail_callback_next"], 1);
 
     let cb = format!("{sink}/cb");
@@ -473,12 +258,7 @@ async fn callback_failure_partial_success_and_repair() {
         &c,
         &base,
         &t,
-        &[
-            ("name", "Partial App"),
-            ("wabaId", "1"),
-            ("phone", "919000000201"),
-            ("callbackUrl", &cb),
-        ],
+        &[("name", "Partial App"), ("wabaId", "1"), ("phone", "919000000201"), ("callbackUrl", &cb)],
     )
     .await;
     assert_eq!(s, 400);
@@ -488,14 +268,7 @@ async fn callback_failure_partial_success_and_repair() {
         json!({"status": "error", "appId": app_id, "message": "App created, but failed to set callback on the application"})
     );
     assert_eq!(sim.knobs().fail_callback_next, 0);
-    let apps: Value = c
-        .get(format!("{base}/_sim/gupshup/apps"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let apps: Value = c.get(format!("{base}/_sim/gupshup/apps")).send().await.unwrap().json().await.unwrap();
     assert_eq!(apps[0]["appId"], app_id.as_str());
     assert_eq!(apps[0]["callbackUrl"], Value::Null);
     assert_eq!(sim.core().counters().created["apps"], 1);
@@ -505,19 +278,11 @@ async fn callback_failure_partial_success_and_repair() {
         &c,
         &base,
         &t,
-        &[
-            ("name", "Partial App 2"),
-            ("wabaId", "1"),
-            ("phone", "919000000202"),
-            ("callbackUrl", "not a url"),
-        ],
+        &[("name", "Partial App 2"), ("wabaId", "1"), ("phone", "919000000202"), ("callbackUrl", "not a url")],
     )
     .await;
     assert_eq!(s, 400);
-    assert_eq!(
-        v["message"],
-        "App created, but failed to set callback on the application"
-    );
+    assert_eq!(v["message"], "App created, but failed to set callback on the application");
 
     // Repair with the app token.
     let at = app_token(&c, &base, &t, &app_id).await;
@@ -527,22 +292,10 @@ async fn callback_failure_partial_success_and_repair() {
             .form(&[("callbackUrl", url)])
             .send()
     };
-    assert_eq!(
-        json_of(put(at.clone(), "ftp//x".into()).await.unwrap()).await,
-        (400, err("Invalid URL Passed"))
-    );
-    assert_eq!(
-        json_of(put("bogus".into(), cb.clone()).await.unwrap()).await,
-        (401, err("Authentication Failed"))
-    );
-    assert_eq!(
-        json_of(put(at, cb.clone()).await.unwrap()).await,
-        (200, json!({"status": "success"}))
-    );
-    assert_eq!(
-        sim.app(&app_id).unwrap().callback_url.as_deref(),
-        Some(cb.as_str())
-    );
+    assert_eq!(json_of(put(at.clone(), "ftp//x".into()).await.unwrap()).await, (400, err("Invalid URL Passed")));
+    assert_eq!(json_of(put("bogus".into(), cb.clone()).await.unwrap()).await, (401, err("Authentication Failed")));
+    assert_eq!(json_of(put(at, cb.clone()).await.unwrap()).await, (200, json!({"status": "success"})));
+    assert_eq!(sim.app(&app_id).unwrap().callback_url.as_deref(), Some(cb.as_str()));
 
     // The live event now reaches the repaired URL.
     sim.core().clock.advance(Duration::from_millis(3 * STAGE));
@@ -566,66 +319,25 @@ async fn app_token_shapes_and_access() {
     let app_id = link_ok(&c, &base, &t, "Token App", "919000000301", None).await;
     let url = format!("{base}/partner/app/{app_id}/token");
 
-    let (s, v) = json_of(
-        c.get(&url)
-            .header("Authorization", &t)
-            .send()
-            .await
-            .unwrap(),
-    )
-    .await;
+    let (s, v) = json_of(c.get(&url).header("Authorization", &t).send().await.unwrap()).await;
     assert_eq!(s, 200);
     assert_eq!(v["status"], "success");
     let tok = &v["token"];
     let keys: Vec<&String> = tok.as_object().unwrap().keys().collect();
-    assert_eq!(
-        keys,
-        [
-            "active",
-            "authoriserId",
-            "createdOn",
-            "expiresOn",
-            "modifiedOn",
-            "requestorId",
-            "token"
-        ]
-    );
+    assert_eq!(keys, ["active", "authoriserId", "createdOn", "expiresOn", "modifiedOn", "requestorId", "token"]);
     assert_eq!(tok["expiresOn"], 0);
     assert_eq!(tok["active"], true);
     assert_eq!(tok["requestorId"], "1001");
     let secret = tok["token"].as_str().unwrap().to_string();
     assert!(secret.starts_with("sk_"));
     // Same token again, also with the trailing slash and the `token` header.
-    let (_, v2) = json_of(
-        c.get(format!("{url}/"))
-            .header("token", &t)
-            .send()
-            .await
-            .unwrap(),
-    )
-    .await;
+    let (_, v2) = json_of(c.get(format!("{url}/")).header("token", &t).send().await.unwrap()).await;
     assert_eq!(v2, v);
 
     // String shape.
-    sim.set_knobs(GupshupKnobs {
-        token_as_string: true,
-        ..GupshupKnobs::default()
-    });
-    let (s, v) = json_of(
-        c.get(&url)
-            .header("Authorization", &t)
-            .send()
-            .await
-            .unwrap(),
-    )
-    .await;
-    assert_eq!(
-        (s, v),
-        (
-            200,
-            json!({"name": "wa-onboard sandbox", "terms_read": true, "token": secret})
-        )
-    );
+    sim.set_knobs(GupshupKnobs { token_as_string: true, ..GupshupKnobs::default() });
+    let (s, v) = json_of(c.get(&url).header("Authorization", &t).send().await.unwrap()).await;
+    assert_eq!((s, v), (200, json!({"name": "wa-onboard sandbox", "terms_read": true, "token": secret})));
 
     // Another partner's app, unknown app, app token instead of partner token.
     let r = c
@@ -636,37 +348,16 @@ async fn app_token_shapes_and_access() {
         .unwrap();
     let other = json_of(r).await.1["token"].as_str().unwrap().to_string();
     assert_eq!(
-        json_of(
-            c.get(&url)
-                .header("Authorization", &other)
-                .send()
-                .await
-                .unwrap()
-        )
-        .await,
+        json_of(c.get(&url).header("Authorization", &other).send().await.unwrap()).await,
         (403, err("Invalid Access Token"))
     );
     let unknown = format!("{base}/partner/app/{}/token", uuid::Uuid::new_v4());
     assert_eq!(
-        json_of(
-            c.get(&unknown)
-                .header("Authorization", &t)
-                .send()
-                .await
-                .unwrap()
-        )
-        .await,
+        json_of(c.get(&unknown).header("Authorization", &t).send().await.unwrap()).await,
         (400, err("Invalid app id provided"))
     );
     assert_eq!(
-        json_of(
-            c.get(&url)
-                .header("Authorization", &secret)
-                .send()
-                .await
-                .unwrap()
-        )
-        .await,
+        json_of(c.get(&url).header("Authorization", &secret).send().await.unwrap()).await,
         (401, err("Authentication Failed"))
     );
     assert_eq!(sim.core().counters().created["app_tokens"], 1);
@@ -677,27 +368,14 @@ async fn pipeline_progresses_to_live_and_fires_callbacks() {
     let (sim, _r, base, c) = start(cfg()).await;
     let (sink, mut rx, _sink) = receiver().await;
     let t = login(&c, &base).await;
-    let app_id = link_ok(
-        &c,
-        &base,
-        &t,
-        "Live App",
-        "919087875656",
-        Some(&format!("{sink}/cb")),
-    )
-    .await;
+    let app_id = link_ok(&c, &base, &t, "Live App", "919087875656", Some(&format!("{sink}/cb"))).await;
     let at = app_token(&c, &base, &t, &app_id).await;
     // ACCOUNT subscription (v2) and a MESSAGE-only one, created before live.
     for (tag, modes, path) in [("acc", "ACCOUNT", "/sub"), ("msg", "MESSAGE", "/msg")] {
         let r = c
             .post(format!("{base}/partner/app/{app_id}/subscription"))
             .header("Authorization", &at)
-            .form(&[
-                ("modes", modes),
-                ("tag", tag),
-                ("url", &format!("{sink}{path}")),
-                ("version", "2"),
-            ])
+            .form(&[("modes", modes), ("tag", tag), ("url", &format!("{sink}{path}")), ("version", "2")])
             .send()
             .await
             .unwrap();
@@ -720,11 +398,7 @@ async fn pipeline_progresses_to_live_and_fires_callbacks() {
     let expect = [
         ("DOCKER_PROVISIONING", "CREATE_DOCKER", "WABA_APPROVED"),
         ("DOCKER_PROVISIONING", "GET_CERTIFICATE", "WABA_APPROVED"),
-        (
-            "WHATSAPP_PROVISIONING_DONE",
-            "FINALIZE",
-            "WHATSAPP_VERIFICATION_DONE",
-        ),
+        ("WHATSAPP_PROVISIONING_DONE", "FINALIZE", "WHATSAPP_VERIFICATION_DONE"),
     ];
     for (i, (cs, ps, vs)) in expect.iter().enumerate() {
         assert!(rx.try_recv().is_err(), "no callback before live");
@@ -732,15 +406,9 @@ async fn pipeline_progresses_to_live_and_fires_callbacks() {
         // Partner token is accepted as well.
         let (_, v) = pipeline(&c, &base, if i % 2 == 0 { &at } else { &t }, &app_id).await;
         let w = &v["whatsapp"];
-        assert_eq!(
-            (w["creationStage"].as_str(), w["pipeLineStage"].as_str()),
-            (Some(*cs), Some(*ps))
-        );
+        assert_eq!((w["creationStage"].as_str(), w["pipeLineStage"].as_str()), (Some(*cs), Some(*ps)));
         assert_eq!(w["whatsappVerificationStatus"], *vs);
-        assert_eq!(
-            w["modifiedOn"].as_i64(),
-            Some(created + (i as i64 + 1) * STAGE as i64)
-        );
+        assert_eq!(w["modifiedOn"].as_i64(), Some(created + (i as i64 + 1) * STAGE as i64));
     }
     let (_, v) = pipeline(&c, &base, &at, &app_id).await;
     assert_eq!(v["whatsapp"]["uiFormStage"], "COMPLETE_VERIFICATION");
@@ -765,14 +433,8 @@ async fn pipeline_progresses_to_live_and_fires_callbacks() {
 
     // Other app's token or unknown app: documented 400; no token: 401.
     let other = link_ok(&c, &base, &t, "Other Live App", "919000000402", None).await;
-    assert_eq!(
-        pipeline(&c, &base, &at, &other).await,
-        (400, err("Please review the request parameters and retry"))
-    );
-    assert_eq!(
-        pipeline(&c, &base, "nope", &app_id).await,
-        (401, err("Authentication Failed"))
-    );
+    assert_eq!(pipeline(&c, &base, &at, &other).await, (400, err("Please review the request parameters and retry")));
+    assert_eq!(pipeline(&c, &base, "nope", &app_id).await, (401, err("Authentication Failed")));
 }
 
 #[tokio::test]
@@ -781,15 +443,7 @@ async fn live_callback_duplicated_by_knob() {
     let (sink, mut rx, _sink) = receiver().await;
     sim.core().with_knobs(|k| k.callbacks.duplicate_next = 1);
     let t = login(&c, &base).await;
-    link_ok(
-        &c,
-        &base,
-        &t,
-        "Dup Live App",
-        "919000000501",
-        Some(&format!("{sink}/cb")),
-    )
-    .await;
+    link_ok(&c, &base, &t, "Dup Live App", "919000000501", Some(&format!("{sink}/cb"))).await;
     sim.core().clock.advance(Duration::from_millis(5 * STAGE));
     let (_, a) = recv(&mut rx).await;
     let (_, b) = recv(&mut rx).await;
@@ -804,24 +458,13 @@ async fn pipeline_error_path_and_limit() {
     let (sim, _r, base, c) = start(cfg()).await;
     let (sink, mut rx, _sink) = receiver().await;
     let t = login(&c, &base).await;
-    let app_id = link_ok(
-        &c,
-        &base,
-        &t,
-        "Failing App",
-        "15550001234",
-        Some(&format!("{sink}/cb")),
-    )
-    .await;
+    let app_id = link_ok(&c, &base, &t, "Failing App", "15550001234", Some(&format!("{sink}/cb"))).await;
     for retries in 0..=3 {
         let (_, v) = pipeline(&c, &base, &t, &app_id).await;
         let w = &v["whatsapp"];
         assert_eq!(w["stageRetries"], retries);
         assert_ne!(w["creationStage"], "ERROR");
-        assert_eq!(
-            (w["countryCode"].as_str(), w["dialCode"].as_str()),
-            (Some("1"), Some("5550001234"))
-        );
+        assert_eq!((w["countryCode"].as_str(), w["dialCode"].as_str()), (Some("1"), Some("5550001234")));
         sim.core().clock.advance(Duration::from_millis(STAGE));
     }
     for _ in 0..2 {
@@ -841,55 +484,30 @@ async fn pipeline_error_path_and_limit() {
     assert!(sim.app(&app_id).unwrap().failed);
 
     // Knob: the next pipeline fails whatever the phone.
-    let r = c
-        .put(format!("{base}/_sim/gupshup/knobs"))
-        .json(&json!({"fail_next_pipelines": 1}))
-        .send()
-        .await
-        .unwrap();
+    let r = c.put(format!("{base}/_sim/gupshup/knobs")).json(&json!({"fail_next_pipelines": 1})).send().await.unwrap();
     assert_eq!(r.status(), 200);
     let a2 = link_ok(&c, &base, &t, "Knob Failing App", "919000000602", None).await;
     let a3 = link_ok(&c, &base, &t, "Knob Fine App", "919000000603", None).await;
     sim.core().clock.advance(Duration::from_millis(5 * STAGE));
-    assert_eq!(
-        pipeline(&c, &base, &t, &a2).await.1["whatsapp"]["creationStage"],
-        "ERROR"
-    );
-    assert_eq!(
-        pipeline(&c, &base, &t, &a3).await.1["whatsapp"]["creationStage"],
-        "WHATSAPP_PROVISIONING_DONE"
-    );
+    assert_eq!(pipeline(&c, &base, &t, &a2).await.1["whatsapp"]["creationStage"], "ERROR");
+    assert_eq!(pipeline(&c, &base, &t, &a3).await.1["whatsapp"]["creationStage"], "WHATSAPP_PROVISIONING_DONE");
 
     // 10 / s per app.
     for _ in 0..9 {
         assert_eq!(pipeline(&c, &base, &t, &a3).await.0, 200);
     }
-    assert_eq!(
-        pipeline(&c, &base, &t, &a3).await,
-        (429, err("Too Many Requests"))
-    );
+    assert_eq!(pipeline(&c, &base, &t, &a3).await, (429, err("Too Many Requests")));
     assert_eq!(sim.core().counters().violations_by_limit["pipeline"], 1);
 }
 
 #[tokio::test]
 async fn non_sandbox_waits_for_start() {
-    let (sim, _r, base, c) = start(GupshupSimConfig {
-        sandbox: false,
-        ..cfg()
-    })
-    .await;
+    let (sim, _r, base, c) = start(GupshupSimConfig { sandbox: false, ..cfg() }).await;
     let t = login(&c, &base).await;
     let app_id = link_ok(&c, &base, &t, "Manual App", "919000000701", None).await;
     sim.core().clock.advance(Duration::from_millis(10 * STAGE));
-    assert_eq!(
-        pipeline(&c, &base, &t, &app_id).await.1["whatsapp"]["creationStage"],
-        "INITIAL"
-    );
-    let r = c
-        .post(format!("{base}/_sim/gupshup/apps/{app_id}/start"))
-        .send()
-        .await
-        .unwrap();
+    assert_eq!(pipeline(&c, &base, &t, &app_id).await.1["whatsapp"]["creationStage"], "INITIAL");
+    let r = c.post(format!("{base}/_sim/gupshup/apps/{app_id}/start")).send().await.unwrap();
     assert_eq!(r.status(), 204);
     sim.core().clock.advance(Duration::from_millis(3 * STAGE));
     assert!(sim.app(&app_id).unwrap().live);
@@ -905,10 +523,7 @@ async fn subscriptions_crud_validation_and_bitmask() {
     let other_at = app_token(&c, &base, &t, &other_app).await;
     let coll = format!("{base}/partner/app/{app_id}/subscription");
     let create = |token: &str, form: Vec<(&'static str, String)>| {
-        c.post(&coll)
-            .header("Authorization", token.to_string())
-            .form(&form)
-            .send()
+        c.post(&coll).header("Authorization", token.to_string()).form(&form).send()
     };
     let f = |modes: &str, tag: &str, url: &str, version: &str| {
         vec![
@@ -950,57 +565,25 @@ async fn subscriptions_crud_validation_and_bitmask() {
 
     // Validations.
     let bad: Vec<(Vec<(&'static str, String)>, Value)> = vec![
-        (
-            f("SENT,BOGUS", "t1", "https://x.io/h", "2"),
-            err("Invalid modes passed"),
-        ),
-        (
-            f("SENT,COPY", "t1", "https://x.io/h", "2"),
-            err("Invalid modes passed"),
-        ),
-        (
-            f("SENT,OTHERS", "t1", "https://x.io/h", "2"),
-            err("Invalid modes passed"),
-        ),
-        (
-            f("SENT,FLOWS_MESSAGE", "t1", "https://x.io/h", "1"),
-            err("Invalid modes passed"),
-        ),
-        (
-            f("SENT", "t1", "https://x.io/h", "4"),
-            err("Invalid Version Passed"),
-        ),
+        (f("SENT,BOGUS", "t1", "https://x.io/h", "2"), err("Invalid modes passed")),
+        (f("SENT,COPY", "t1", "https://x.io/h", "2"), err("Invalid modes passed")),
+        (f("SENT,OTHERS", "t1", "https://x.io/h", "2"), err("Invalid modes passed")),
+        (f("SENT,FLOWS_MESSAGE", "t1", "https://x.io/h", "1"), err("Invalid modes passed")),
+        (f("SENT", "t1", "https://x.io/h", "4"), err("Invalid Version Passed")),
         (f("SENT", "t1", "not-a-url", "2"), err("Invalid URL Passed")),
-        (
-            f("SENT", "V3 Subscription", "https://x.io/h", "2"),
-            err("Duplicate tag"),
-        ),
+        (f("SENT", "V3 Subscription", "https://x.io/h", "2"), err("Duplicate tag")),
     ];
     for (form, body) in bad {
-        assert_eq!(
-            json_of(create(&at, form.clone()).await.unwrap()).await,
-            (400, body),
-            "{form:?}"
-        );
+        assert_eq!(json_of(create(&at, form.clone()).await.unwrap()).await, (400, body), "{form:?}");
     }
     // Partner token accepted; SENT,ENQUEUED = 1025; the same tag on another app is fine.
-    let (s, v) = json_of(
-        create(&t, f("SENT,ENQUEUED", "two", "http://x.io/h", "2"))
-            .await
-            .unwrap(),
-    )
-    .await;
+    let (s, v) = json_of(create(&t, f("SENT,ENQUEUED", "two", "http://x.io/h", "2")).await.unwrap()).await;
     assert_eq!((s, v["subscription"]["mode"].as_u64()), (200, Some(1025)));
     let id2 = v["subscription"]["id"].as_str().unwrap().to_string();
     let r = c
         .post(format!("{base}/partner/app/{other_app}/subscription"))
         .header("Authorization", &other_at)
-        .form(&[
-            ("modes", "ALL"),
-            ("tag", "two"),
-            ("url", "https://x.io"),
-            ("version", "3"),
-        ])
+        .form(&[("modes", "ALL"), ("tag", "two"), ("url", "https://x.io"), ("version", "3")])
         .send()
         .await
         .unwrap();
@@ -1009,58 +592,23 @@ async fn subscriptions_crud_validation_and_bitmask() {
     let foreign_id = v["subscription"]["id"].as_str().unwrap().to_string();
     // Auth errors.
     assert_eq!(
-        json_of(
-            create(&other_at, f("SENT", "x", "https://x.io", "2"))
-                .await
-                .unwrap()
-        )
-        .await,
+        json_of(create(&other_at, f("SENT", "x", "https://x.io", "2")).await.unwrap()).await,
         (403, err("Unauthorized Access"))
     );
     assert_eq!(
-        json_of(
-            create("nope", f("SENT", "x", "https://x.io", "2"))
-                .await
-                .unwrap()
-        )
-        .await,
+        json_of(create("nope", f("SENT", "x", "https://x.io", "2")).await.unwrap()).await,
         (401, err("Authentication Failed"))
     );
 
     // List and get carry modes and latencyBucket.
-    let (s, v) = json_of(
-        c.get(&coll)
-            .header("Authorization", &at)
-            .send()
-            .await
-            .unwrap(),
-    )
-    .await;
+    let (s, v) = json_of(c.get(&coll).header("Authorization", &at).send().await.unwrap()).await;
     assert_eq!(s, 200);
     let list = v["subscriptions"].as_array().unwrap();
     assert_eq!(list.len(), 2);
-    assert_eq!(
-        list[0]["modes"],
-        json!([
-            "SENT",
-            "DELIVERED",
-            "READ",
-            "DELETED",
-            "OTHERS",
-            "MESSAGE",
-            "ENQUEUED"
-        ])
-    );
+    assert_eq!(list[0]["modes"], json!(["SENT", "DELIVERED", "READ", "DELETED", "OTHERS", "MESSAGE", "ENQUEUED"]));
     assert_eq!(list[0]["latencyBucket"], "lt_1_s");
     let one = format!("{coll}/{id2}");
-    let (s, v) = json_of(
-        c.get(&one)
-            .header("Authorization", &at)
-            .send()
-            .await
-            .unwrap(),
-    )
-    .await;
+    let (s, v) = json_of(c.get(&one).header("Authorization", &at).send().await.unwrap()).await;
     assert_eq!(s, 200);
     assert_eq!(v["subscription"]["modes"], json!(["SENT", "ENQUEUED"]));
     assert_eq!(v["subscription"]["mode"], 1025);
@@ -1069,11 +617,7 @@ async fn subscriptions_crud_validation_and_bitmask() {
     let (s, v) = json_of(
         c.put(&one)
             .header("Authorization", &at)
-            .form(&[
-                ("modes", "ACCOUNT,READ"),
-                ("active", "false"),
-                ("meta", r#"{"headers":{"X":"1"}}"#),
-            ])
+            .form(&[("modes", "ACCOUNT,READ"), ("active", "false"), ("meta", r#"{"headers":{"X":"1"}}"#)])
             .send()
             .await
             .unwrap(),
@@ -1083,83 +627,28 @@ async fn subscriptions_crud_validation_and_bitmask() {
     assert_eq!(v["subscription"]["mode"], 260);
     assert_eq!(v["subscription"]["active"], false);
     assert_eq!(v["subscription"]["meta"], r#"{"headers":{"X":"1"}}"#);
-    let r = c
-        .put(&one)
-        .header("Authorization", &at)
-        .form(&[("tag", "V3 Subscription")])
-        .send()
-        .await
-        .unwrap();
+    let r = c.put(&one).header("Authorization", &at).form(&[("tag", "V3 Subscription")]).send().await.unwrap();
     assert_eq!(json_of(r).await, (400, err("Duplicate tag")));
-    let r = c
-        .put(&one)
-        .header("Authorization", &at)
-        .form(&[("modes", "ALL")])
-        .send()
-        .await
-        .unwrap();
+    let r = c.put(&one).header("Authorization", &at).form(&[("modes", "ALL")]).send().await.unwrap();
     assert_eq!(json_of(r).await, (400, err("Invalid modes passed")));
 
     // Unknown / foreign subscription.
-    let r = c
-        .get(format!("{coll}/999999"))
-        .header("Authorization", &at)
-        .send()
-        .await
-        .unwrap();
+    let r = c.get(format!("{coll}/999999")).header("Authorization", &at).send().await.unwrap();
     assert_eq!(json_of(r).await, (400, err("Subscription Does Not Exist")));
-    let r = c
-        .delete(format!("{coll}/{foreign_id}"))
-        .header("Authorization", &at)
-        .send()
-        .await
-        .unwrap();
+    let r = c.delete(format!("{coll}/{foreign_id}")).header("Authorization", &at).send().await.unwrap();
     assert_eq!(json_of(r).await, (403, err("Not Subscription Owner")));
 
     // Delete one, then all (5 / min).
-    let r = c
-        .delete(&one)
-        .header("Authorization", &at)
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(
-        (r.status().as_u16(), r.text().await.unwrap()),
-        (204, String::new())
-    );
-    let r = c
-        .get(&one)
-        .header("Authorization", &at)
-        .send()
-        .await
-        .unwrap();
+    let r = c.delete(&one).header("Authorization", &at).send().await.unwrap();
+    assert_eq!((r.status().as_u16(), r.text().await.unwrap()), (204, String::new()));
+    let r = c.get(&one).header("Authorization", &at).send().await.unwrap();
     assert_eq!(json_of(r).await, (400, err("Subscription Does Not Exist")));
     for _ in 0..5 {
-        assert_eq!(
-            c.delete(&coll)
-                .header("Authorization", &at)
-                .send()
-                .await
-                .unwrap()
-                .status(),
-            204
-        );
+        assert_eq!(c.delete(&coll).header("Authorization", &at).send().await.unwrap().status(), 204);
     }
-    let r = c
-        .delete(&coll)
-        .header("Authorization", &at)
-        .send()
-        .await
-        .unwrap();
+    let r = c.delete(&coll).header("Authorization", &at).send().await.unwrap();
     assert_eq!(json_of(r).await, (429, err("Too Many Requests")));
-    let (_, v) = json_of(
-        c.get(&coll)
-            .header("Authorization", &at)
-            .send()
-            .await
-            .unwrap(),
-    )
-    .await;
+    let (_, v) = json_of(c.get(&coll).header("Authorization", &at).send().await.unwrap()).await;
     assert_eq!(v["subscriptions"], json!([]));
     assert_eq!(sim.app(&other_app).unwrap().subscriptions, 1);
     let counters = sim.core().counters();
@@ -1173,65 +662,28 @@ async fn faults_through_middleware_and_counters() {
     let t = login(&c, &base).await;
     let app_id = link_ok(&c, &base, &t, "Fault App", "919000000901", None).await;
 
-    sim.core().fail_next(
-        Some("POST /partner/tpp/app"),
-        1,
-        Fault::Status { status: 500 },
-    );
-    let (s, v) = link(
-        &c,
-        &base,
-        &t,
-        &[
-            ("name", "Fault App 2"),
-            ("wabaId", "1"),
-            ("phone", "919000000902"),
-        ],
-    )
-    .await;
+    sim.core().fail_next(Some("POST /partner/tpp/app"), 1, Fault::Status { status: 500 });
+    let (s, v) = link(&c, &base, &t, &[("name", "Fault App 2"), ("wabaId", "1"), ("phone", "919000000902")]).await;
     assert_eq!(
         (s, v),
         (
             500,
-            err(
-                "Internal server error. Please try again later. If the issue persists, contact Gupshup Dev Support."
-            )
+            err("Internal server error. Please try again later. If the issue persists, contact Gupshup Dev Support.")
         )
     );
     link_ok(&c, &base, &t, "Fault App 2", "919000000902", None).await;
 
     let ep = "GET /partner/app/{app_id}/pipeline";
-    sim.core().fail_next(
-        Some(ep),
-        1,
-        Fault::TooManyRequests {
-            retry_after_secs: Some(2),
-        },
-    );
-    let r = c
-        .get(format!("{base}/partner/app/{app_id}/pipeline"))
-        .header("Authorization", &t)
-        .send()
-        .await
-        .unwrap();
+    sim.core().fail_next(Some(ep), 1, Fault::TooManyRequests { retry_after_secs: Some(2) });
+    let r = c.get(format!("{base}/partner/app/{app_id}/pipeline")).header("Authorization", &t).send().await.unwrap();
     assert_eq!(r.headers()["retry-after"], "2");
     assert_eq!(json_of(r).await, (429, err("Too Many Requests")));
     sim.core().fail_next(Some(ep), 1, Fault::OkWithErrorBody);
-    assert_eq!(
-        pipeline(&c, &base, &t, &app_id).await,
-        (200, err("Please review the request parameters and retry"))
-    );
+    assert_eq!(pipeline(&c, &base, &t, &app_id).await, (200, err("Please review the request parameters and retry")));
     assert_eq!(pipeline(&c, &base, &t, &app_id).await.0, 200);
 
     // Shared control API is mounted too.
-    let counters: Value = c
-        .get(format!("{base}/_sim/counters"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let counters: Value = c.get(format!("{base}/_sim/counters")).send().await.unwrap().json().await.unwrap();
     assert_eq!(counters["calls"][ep], 3);
     assert_eq!(counters["calls"]["POST /partner/tpp/app"], 3);
     assert_eq!(counters["faults_injected"], 3);
@@ -1246,22 +698,9 @@ async fn control_account_event_delivery() {
     let (sim, _r, base, c) = start(cfg()).await;
     let (sink, mut rx, _sink) = receiver().await;
     let t = login(&c, &base).await;
-    let app_id = link_ok(
-        &c,
-        &base,
-        &t,
-        "Event App",
-        "919000001001",
-        Some(&format!("{sink}/cb")),
-    )
-    .await;
+    let app_id = link_ok(&c, &base, &t, "Event App", "919000001001", Some(&format!("{sink}/cb"))).await;
     let body = json!({"type": "account-event", "payload": {"type": "tier-event", "payload": {"event": "UPGRADE", "oldLimit": "TIER_1K", "currentLimit": "TIER_10K"}}});
-    let r = c
-        .post(format!("{base}/_sim/gupshup/apps/{app_id}/events"))
-        .json(&body)
-        .send()
-        .await
-        .unwrap();
+    let r = c.post(format!("{base}/_sim/gupshup/apps/{app_id}/events")).json(&body).send().await.unwrap();
     let (s, v) = json_of(r).await;
     assert_eq!((s, v["delivered"].as_u64()), (200, Some(1)));
     let (path, ev) = recv(&mut rx).await;
@@ -1273,11 +712,6 @@ async fn control_account_event_delivery() {
         json!({"app": "Event App", "appId": app_id, "phone": "919000001001", "timestamp": ts, "version": 2,
                "type": "account-event", "payload": body["payload"]})
     );
-    let r = c
-        .post(format!("{base}/_sim/gupshup/apps/nope/events"))
-        .json(&body)
-        .send()
-        .await
-        .unwrap();
+    let r = c.post(format!("{base}/_sim/gupshup/apps/nope/events")).json(&body).send().await.unwrap();
     assert_eq!(r.status(), 404);
 }

@@ -24,12 +24,7 @@ pub(crate) fn routes() -> axum::Router<WhapiSim> {
         .route("/users/login/rowdata", get(login_rowdata))
         .route("/users/login/{phone}", get(login_code))
         .route("/users/logout", post(logout))
-        .route(
-            "/settings",
-            get(get_settings)
-                .patch(patch_settings)
-                .delete(reset_settings),
-        )
+        .route("/settings", get(get_settings).patch(patch_settings).delete(reset_settings))
         .route("/limits", get(limits))
 }
 
@@ -49,29 +44,17 @@ fn with_channel<R>(
         let c = st.by_token(&token).ok_or_else(unauthorized)?;
         c.api_requests += 1;
         if c.stopped {
-            return Err(err(
-                StatusCode::PAYMENT_REQUIRED,
-                "Payment Required",
-                "channel stopped: active period ended",
-            ));
+            return Err(err(StatusCode::PAYMENT_REQUIRED, "Payment Required", "channel stopped: active period ended"));
         }
         if !during_restart && c.restart_until.is_some_and(|r| now < r) {
-            return Err(err(
-                StatusCode::SERVICE_UNAVAILABLE,
-                "Service Unavailable",
-                "channel is restarting",
-            ));
+            return Err(err(StatusCode::SERVICE_UNAVAILABLE, "Service Unavailable", "channel is restarting"));
         }
         Ok(f(c, now, &cfg, out))
     })
 }
 
 fn unauthorized() -> Response {
-    err(
-        StatusCode::UNAUTHORIZED,
-        "Unauthorized",
-        "invalid or missing channel token",
-    )
+    err(StatusCode::UNAUTHORIZED, "Unauthorized", "invalid or missing channel token")
 }
 
 /// `wakeup` query flag, default true.
@@ -79,11 +62,7 @@ fn wakeup(q: &HashMap<String, String>) -> Result<bool, Response> {
     match q.get("wakeup").map(String::as_str) {
         None | Some("true") | Some("1") => Ok(true),
         Some("false") | Some("0") => Ok(false),
-        Some(_) => Err(err(
-            StatusCode::BAD_REQUEST,
-            "Bad Request",
-            "wakeup must be true or false",
-        )),
+        Some(_) => Err(err(StatusCode::BAD_REQUEST, "Bad Request", "wakeup must be true or false")),
     }
 }
 
@@ -115,11 +94,7 @@ enum Login {
 }
 
 /// Wakes the channel and returns its QR; in sandbox, a first fetch schedules the scan.
-fn fetch_qr(
-    sim: &WhapiSim,
-    headers: &HeaderMap,
-    q: &HashMap<String, String>,
-) -> Result<Login, Response> {
+fn fetch_qr(sim: &WhapiSim, headers: &HeaderMap, q: &HashMap<String, String>) -> Result<Login, Response> {
     let wakeup = wakeup(q)?;
     with_channel(sim, headers, false, |c, now, cfg, _| {
         wake(c, now, wakeup);
@@ -128,9 +103,7 @@ fn fetch_qr(
             ERROR => Login::Failed,
             QR => {
                 c.schedule_link(now, &cfg.sandbox_phone, false, cfg);
-                c.current_qr(now, cfg)
-                    .map(|(r, e)| Login::Qr(r, e))
-                    .unwrap_or(Login::Waiting)
+                c.current_qr(now, cfg).map(|(r, e)| Login::Qr(r, e)).unwrap_or(Login::Waiting)
             }
             _ => Login::Waiting,
         }
@@ -140,17 +113,9 @@ fn fetch_qr(
 fn not_qr(l: Login) -> Response {
     match l {
         // [C2] 409 when already authenticated.
-        Login::Authed => err(
-            StatusCode::CONFLICT,
-            "Conflict",
-            "channel already authenticated",
-        ),
+        Login::Authed => err(StatusCode::CONFLICT, "Conflict", "channel already authenticated"),
         // [I] ERROR state: 503 until the channel restarts (mode change) or logs out.
-        Login::Failed => err(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "Service Unavailable",
-            "channel is in ERROR state",
-        ),
+        Login::Failed => err(StatusCode::SERVICE_UNAVAILABLE, "Service Unavailable", "channel is in ERROR state"),
         // [C2] `{"status":"WAITING"}` while the channel launches; retry shortly.
         _ => Json(json!({"status": "WAITING"})).into_response(),
     }
@@ -170,11 +135,7 @@ async fn login_json(State(sim): State<WhapiSim>, headers: HeaderMap, Query(q): Q
                 }))
                 .into_response()
             }
-            Err(e) => err(
-                StatusCode::INTERNAL_SERVER_ERROR,
-                "Internal Server Error",
-                &e,
-            ),
+            Err(e) => err(StatusCode::INTERNAL_SERVER_ERROR, "Internal Server Error", &e),
         },
         Ok(other) => not_qr(other),
         Err(r) => r,
@@ -185,11 +146,7 @@ async fn login_image(State(sim): State<WhapiSim>, headers: HeaderMap, Query(q): 
     match fetch_qr(&sim, &headers, &q) {
         Ok(Login::Qr(rowdata, _)) => match qr::png(&rowdata) {
             Ok(png) => ([(header::CONTENT_TYPE, "image/png")], png).into_response(),
-            Err(e) => err(
-                StatusCode::INTERNAL_SERVER_ERROR,
-                "Internal Server Error",
-                &e,
-            ),
+            Err(e) => err(StatusCode::INTERNAL_SERVER_ERROR, "Internal Server Error", &e),
         },
         Ok(other) => not_qr(other),
         Err(r) => r,
@@ -215,11 +172,7 @@ async fn login_code(
 ) -> Response {
     // [C] digits only, no `+` or spaces; [I] 7..=15 digits (E.164 length).
     if !(7..=15).contains(&phone.len()) || !phone.bytes().all(|b| b.is_ascii_digit()) {
-        return err(
-            StatusCode::BAD_REQUEST,
-            "Bad Request",
-            "PhoneNumber must be 7-15 digits, no + or spaces",
-        );
+        return err(StatusCode::BAD_REQUEST, "Bad Request", "PhoneNumber must be 7-15 digits, no + or spaces");
     }
     let wakeup = match wakeup(&q) {
         Ok(w) => w,
@@ -241,8 +194,7 @@ async fn login_code(
         Ok(Login::Qr(_, ttl)) => {
             let raw = random_string(8, b"ABCDEFGHJKLMNPQRSTVWXYZ0123456789");
             // [I] `{"code":"ABCD-EFGH","expires_in":60}`.
-            Json(json!({"code": format!("{}-{}", &raw[..4], &raw[4..]), "expires_in": ttl}))
-                .into_response()
+            Json(json!({"code": format!("{}-{}", &raw[..4], &raw[4..]), "expires_in": ttl})).into_response()
         }
         Ok(other) => not_qr(other),
         Err(r) => r,
@@ -254,11 +206,7 @@ async fn logout(State(sim): State<WhapiSim>, headers: HeaderMap) -> Response {
         // [I] `{"success":true}`.
         Ok(true) => Json(json!({"success": true})).into_response(),
         // [I] logging out an unlinked channel is a 409.
-        Ok(false) => err(
-            StatusCode::CONFLICT,
-            "Conflict",
-            "channel is not authenticated",
-        ),
+        Ok(false) => err(StatusCode::CONFLICT, "Conflict", "channel is not authenticated"),
         Err(r) => r,
     }
 }

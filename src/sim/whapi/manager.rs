@@ -26,20 +26,13 @@ pub(crate) fn routes() -> axum::Router<WhapiSim> {
         .route("/channels/{id}/mode", patch(change_mode))
         .route("/channels/{id}/extend", post(extend))
         .route("/partners", get(partner_info))
-        .route(
-            "/partners/{name}/settings",
-            get(get_partner_settings).patch(patch_partner_settings),
-        )
+        .route("/partners/{name}/settings", get(get_partner_settings).patch(patch_partner_settings))
 }
 
 fn auth(sim: &WhapiSim, headers: &HeaderMap) -> Result<(), Response> {
     match bearer(headers) {
         Some(t) if t == sim.config().partner_token => Ok(()),
-        _ => Err(err(
-            StatusCode::UNAUTHORIZED,
-            "Unauthorized",
-            "invalid or missing partner token",
-        )),
+        _ => Err(err(StatusCode::UNAUTHORIZED, "Unauthorized", "invalid or missing partner token")),
     }
 }
 
@@ -68,11 +61,7 @@ async fn create_channel(State(sim): State<WhapiSim>, headers: HeaderMap, body: B
         Err(r) => return r,
     };
     let cfg = sim.config().clone();
-    let Some(name) = body
-        .get("name")
-        .and_then(Value::as_str)
-        .filter(|n| !n.trim().is_empty())
-    else {
+    let Some(name) = body.get("name").and_then(Value::as_str).filter(|n| !n.trim().is_empty()) else {
         return bad("name is required");
     };
     let Some(project) = body.get("projectId").and_then(Value::as_str) else {
@@ -86,12 +75,7 @@ async fn create_channel(State(sim): State<WhapiSim>, headers: HeaderMap, body: B
     }
     // [C] more than 20 creations within 30 minutes -> 429 until the window resets.
     let window = Duration::from_secs(cfg.create_window_secs);
-    if let Err(wait) = sim.core().check_limit(
-        "channel_create",
-        &cfg.partner_name,
-        cfg.create_limit,
-        window,
-    ) {
+    if let Err(wait) = sim.core().check_limit("channel_create", &cfg.partner_name, cfg.create_limit, window) {
         let details = format!(
             "more than {} channels created within {} s; retry in {} s",
             cfg.create_limit,
@@ -152,11 +136,7 @@ async fn list_project_channels(
     list(&sim, Some(&project))
 }
 
-async fn get_channel(
-    State(sim): State<WhapiSim>,
-    headers: HeaderMap,
-    Path(id): Path<String>,
-) -> Response {
+async fn get_channel(State(sim): State<WhapiSim>, headers: HeaderMap, Path(id): Path<String>) -> Response {
     if let Err(r) = auth(&sim, &headers) {
         return r;
     }
@@ -167,12 +147,7 @@ async fn get_channel(
     }
 }
 
-async fn change_mode(
-    State(sim): State<WhapiSim>,
-    headers: HeaderMap,
-    Path(id): Path<String>,
-    body: Bytes,
-) -> Response {
+async fn change_mode(State(sim): State<WhapiSim>, headers: HeaderMap, Path(id): Path<String>, body: Bytes) -> Response {
     if let Err(r) = auth(&sim, &headers) {
         return r;
     }
@@ -180,10 +155,7 @@ async fn change_mode(
         Ok(b) => b,
         Err(r) => return r,
     };
-    let Some(mode) = body
-        .get("mode")
-        .and_then(Value::as_str)
-        .filter(|m| ["live", "trial", "sandbox"].contains(m))
+    let Some(mode) = body.get("mode").and_then(Value::as_str).filter(|m| ["live", "trial", "sandbox"].contains(m))
     else {
         return bad("mode must be one of live, trial, sandbox");
     };
@@ -203,12 +175,7 @@ async fn change_mode(
     }
 }
 
-async fn extend(
-    State(sim): State<WhapiSim>,
-    headers: HeaderMap,
-    Path(id): Path<String>,
-    body: Bytes,
-) -> Response {
+async fn extend(State(sim): State<WhapiSim>, headers: HeaderMap, Path(id): Path<String>, body: Bytes) -> Response {
     if let Err(r) = auth(&sim, &headers) {
         return r;
     }
@@ -219,11 +186,7 @@ async fn extend(
     let Some(days) = body.get("days").and_then(Value::as_i64).filter(|d| *d >= 1) else {
         return bad("days must be an integer >= 1");
     };
-    let Some(comment) = body
-        .get("comment")
-        .and_then(Value::as_str)
-        .filter(|c| !c.trim().is_empty())
-    else {
+    let Some(comment) = body.get("comment").and_then(Value::as_str).filter(|c| !c.trim().is_empty()) else {
         return bad("comment is required");
     };
     let api_url = sim.api_url();
@@ -262,11 +225,7 @@ async fn extend(
     }
 }
 
-async fn delete_channel(
-    State(sim): State<WhapiSim>,
-    headers: HeaderMap,
-    Path(id): Path<String>,
-) -> Response {
+async fn delete_channel(State(sim): State<WhapiSim>, headers: HeaderMap, Path(id): Path<String>) -> Response {
     if let Err(r) = auth(&sim, &headers) {
         return r;
     }
@@ -305,16 +264,11 @@ fn partner_check(sim: &WhapiSim, headers: &HeaderMap, name: &str) -> Result<(), 
     Ok(())
 }
 
-async fn get_partner_settings(
-    State(sim): State<WhapiSim>,
-    headers: HeaderMap,
-    Path(name): Path<String>,
-) -> Response {
+async fn get_partner_settings(State(sim): State<WhapiSim>, headers: HeaderMap, Path(name): Path<String>) -> Response {
     if let Err(r) = partner_check(&sim, &headers, &name) {
         return r;
     }
-    let v =
-        sim.tx(|st, _, _| json!({"webhooks": st.partner_webhooks, "days_limit": st.days_limit}));
+    let v = sim.tx(|st, _, _| json!({"webhooks": st.partner_webhooks, "days_limit": st.days_limit}));
     Json(v).into_response()
 }
 

@@ -90,10 +90,7 @@ impl Default for WhapiSimConfig {
         Self {
             partner_token: "sandbox-partner-token".into(),
             partner_name: "sandbox".into(),
-            projects: vec![WhapiProject {
-                id: "sandbox-project".into(),
-                name: "Sandbox".into(),
-            }],
+            projects: vec![WhapiProject { id: "sandbox-project".into(), name: "Sandbox".into() }],
             api_url: String::new(),
             sandbox: true,
             trial_days: 5,
@@ -167,29 +164,17 @@ struct WhapiFaults;
 
 impl FaultBody for WhapiFaults {
     fn error_body(&self, status: u16) -> (String, &'static str) {
-        let msg = StatusCode::from_u16(status)
-            .ok()
-            .and_then(|s| s.canonical_reason())
-            .unwrap_or("Error");
-        (
-            error_json(status, msg, "injected fault").to_string(),
-            "application/json",
-        )
+        let msg = StatusCode::from_u16(status).ok().and_then(|s| s.canonical_reason()).unwrap_or("Error");
+        (error_json(status, msg, "injected fault").to_string(), "application/json")
     }
 
     fn rate_limited_body(&self) -> (String, &'static str) {
-        (
-            error_json(429, "Too Many Requests", "rate limit exceeded").to_string(),
-            "application/json",
-        )
+        (error_json(429, "Too Many Requests", "rate limit exceeded").to_string(), "application/json")
     }
 
     fn ok_error_body(&self) -> (String, &'static str) {
         // [I] HTTP 200 carrying an error object.
-        (
-            json!({"error": {"code": 500, "message": "internal"}}).to_string(),
-            "application/json",
-        )
+        (json!({"error": {"code": 500, "message": "internal"}}).to_string(), "application/json")
     }
 }
 
@@ -210,28 +195,15 @@ pub(crate) fn parse_body(body: &[u8]) -> Result<Value, Response> {
     }
     match serde_json::from_slice::<Value>(body) {
         Ok(v) if v.is_object() => Ok(v),
-        Ok(_) => Err(err(
-            StatusCode::BAD_REQUEST,
-            "Bad Request",
-            "body must be a JSON object",
-        )),
-        Err(e) => Err(err(
-            StatusCode::BAD_REQUEST,
-            "Bad Request",
-            &format!("invalid JSON: {e}"),
-        )),
+        Ok(_) => Err(err(StatusCode::BAD_REQUEST, "Bad Request", "body must be a JSON object")),
+        Err(e) => Err(err(StatusCode::BAD_REQUEST, "Bad Request", &format!("invalid JSON: {e}"))),
     }
 }
 
 /// The `Bearer` token of a request, if any.
 pub(crate) fn bearer(headers: &axum::http::HeaderMap) -> Option<String> {
-    let v = headers
-        .get(axum::http::header::AUTHORIZATION)?
-        .to_str()
-        .ok()?;
-    let t = v
-        .strip_prefix("Bearer ")
-        .or_else(|| v.strip_prefix("bearer "))?;
+    let v = headers.get(axum::http::header::AUTHORIZATION)?.to_str().ok()?;
+    let t = v.strip_prefix("Bearer ").or_else(|| v.strip_prefix("bearer "))?;
     Some(t.trim().to_string())
 }
 
@@ -246,10 +218,7 @@ impl WhapiSim {
                 state: Mutex::new(state),
                 config,
                 ticker_started: AtomicBool::new(false),
-                http: reqwest::Client::builder()
-                    .timeout(Duration::from_secs(10))
-                    .build()
-                    .unwrap_or_default(),
+                http: reqwest::Client::builder().timeout(Duration::from_secs(10)).build().unwrap_or_default(),
             }),
         }
     }
@@ -286,30 +255,20 @@ impl WhapiSim {
     /// The partner ("manager") API with control endpoints.
     pub fn manager_router(&self) -> axum::Router {
         self.ensure_ticker();
-        self.with_faults(manager::routes())
-            .merge(self.control())
-            .merge(common::control_router(self.inner.core.clone()))
+        self.with_faults(manager::routes()).merge(self.control()).merge(common::control_router(self.inner.core.clone()))
     }
 
     /// The per-channel ("gate") API with control endpoints.
     pub fn gate_router(&self) -> axum::Router {
         self.ensure_ticker();
-        self.with_faults(gate::routes())
-            .merge(self.control())
-            .merge(common::control_router(self.inner.core.clone()))
+        self.with_faults(gate::routes()).merge(self.control()).merge(common::control_router(self.inner.core.clone()))
     }
 
     fn with_faults(&self, routes: axum::Router<WhapiSim>) -> axum::Router {
-        let fs = FaultLayerState {
-            core: self.inner.core.clone(),
-            bodies: Arc::new(WhapiFaults),
-        };
+        let fs = FaultLayerState { core: self.inner.core.clone(), bodies: Arc::new(WhapiFaults) };
         routes
             .fallback(|| async { err(StatusCode::NOT_FOUND, "Not Found", "unknown path") })
-            .layer(axum::middleware::from_fn_with_state(
-                fs,
-                common::fault_middleware,
-            ))
+            .layer(axum::middleware::from_fn_with_state(fs, common::fault_middleware))
             .with_state(self.clone())
     }
 
@@ -331,9 +290,7 @@ impl WhapiSim {
 
     /// Starts (once) the task that fires transition webhooks; it ends when the sim is dropped.
     fn ensure_ticker(&self) {
-        if tokio::runtime::Handle::try_current().is_err()
-            || self.inner.ticker_started.swap(true, Ordering::SeqCst)
-        {
+        if tokio::runtime::Handle::try_current().is_err() || self.inner.ticker_started.swap(true, Ordering::SeqCst) {
             return;
         }
         let weak: Weak<Inner> = Arc::downgrade(&self.inner);
@@ -395,13 +352,7 @@ impl WhapiSim {
         let cfg = self.inner.config.clone();
         self.tx(|st, now, out| {
             let c = st.channels.get_mut(id).ok_or("unknown channel")?;
-            c.link_now(
-                now,
-                phone.unwrap_or(&cfg.sandbox_phone),
-                &cfg.sandbox_user_name,
-                &cfg,
-                out,
-            )
+            c.link_now(now, phone.unwrap_or(&cfg.sandbox_phone), &cfg.sandbox_user_name, &cfg, out)
         })
         .map_err(str::to_string)
     }
@@ -425,10 +376,7 @@ impl WhapiSim {
 /// - `POST /_sim/whapi/channels/{id}/error`: health ERROR (+ `channel` webhook).
 fn control_routes() -> axum::Router<WhapiSim> {
     axum::Router::new()
-        .route(
-            "/_sim/whapi/channels",
-            get(|State(s): State<WhapiSim>| async move { Json(s.channels()) }),
-        )
+        .route("/_sim/whapi/channels", get(|State(s): State<WhapiSim>| async move { Json(s.channels()) }))
         .route(
             "/_sim/whapi/balance",
             get(|State(s): State<WhapiSim>| async move {
@@ -438,66 +386,43 @@ fn control_routes() -> axum::Router<WhapiSim> {
         )
         .route(
             "/_sim/whapi/channels/{id}/billing",
-            get(
-                |State(s): State<WhapiSim>, Path(id): Path<String>| async move {
-                    match s.billing(&id) {
-                        Some(b) => Json(b).into_response(),
-                        None => err(StatusCode::NOT_FOUND, "Not Found", "unknown channel"),
-                    }
-                },
-            ),
+            get(|State(s): State<WhapiSim>, Path(id): Path<String>| async move {
+                match s.billing(&id) {
+                    Some(b) => Json(b).into_response(),
+                    None => err(StatusCode::NOT_FOUND, "Not Found", "unknown channel"),
+                }
+            }),
         )
         .route("/_sim/whapi/channels/{id}/scan", post(control_scan))
         .route(
             "/_sim/whapi/channels/{id}/error",
-            post(
-                |State(s): State<WhapiSim>, Path(id): Path<String>| async move {
-                    if s.set_error(&id) {
-                        StatusCode::NO_CONTENT.into_response()
-                    } else {
-                        err(StatusCode::NOT_FOUND, "Not Found", "unknown channel")
-                    }
-                },
-            ),
+            post(|State(s): State<WhapiSim>, Path(id): Path<String>| async move {
+                if s.set_error(&id) {
+                    StatusCode::NO_CONTENT.into_response()
+                } else {
+                    err(StatusCode::NOT_FOUND, "Not Found", "unknown channel")
+                }
+            }),
         )
 }
 
-async fn control_scan(
-    State(s): State<WhapiSim>,
-    Path(id): Path<String>,
-    body: axum::body::Bytes,
-) -> Response {
+async fn control_scan(State(s): State<WhapiSim>, Path(id): Path<String>, body: axum::body::Bytes) -> Response {
     let body = match parse_body(&body) {
         Ok(b) => b,
         Err(r) => return r,
     };
     let cfg = s.inner.config.clone();
-    let phone = body
-        .get("phone")
-        .and_then(Value::as_str)
-        .unwrap_or(&cfg.sandbox_phone)
-        .to_string();
-    let name = body
-        .get("name")
-        .and_then(Value::as_str)
-        .unwrap_or(&cfg.sandbox_user_name)
-        .to_string();
-    let rowdata = body
-        .get("rowdata")
-        .and_then(Value::as_str)
-        .map(str::to_string);
+    let phone = body.get("phone").and_then(Value::as_str).unwrap_or(&cfg.sandbox_phone).to_string();
+    let name = body.get("name").and_then(Value::as_str).unwrap_or(&cfg.sandbox_user_name).to_string();
+    let rowdata = body.get("rowdata").and_then(Value::as_str).map(str::to_string);
     let res: Result<(), (StatusCode, String)> = s.tx(|st, now, out| {
-        let c = st
-            .channels
-            .get_mut(&id)
-            .ok_or((StatusCode::NOT_FOUND, "unknown channel".to_string()))?;
+        let c = st.channels.get_mut(&id).ok_or((StatusCode::NOT_FOUND, "unknown channel".to_string()))?;
         if let Some(r) = rowdata
             && c.current_qr(now, &cfg).map(|(q, _)| q) != Some(r)
         {
             return Err((StatusCode::GONE, "QR code expired".to_string()));
         }
-        c.link_now(now, &phone, &name, &cfg, out)
-            .map_err(|e| (StatusCode::CONFLICT, e.to_string()))
+        c.link_now(now, &phone, &name, &cfg, out).map_err(|e| (StatusCode::CONFLICT, e.to_string()))
     });
     match res {
         Ok(()) => StatusCode::NO_CONTENT.into_response(),

@@ -143,8 +143,7 @@ impl Channel {
     /// When the current QR series started.
     fn qr_base(&self, cfg: &WhapiSimConfig) -> i64 {
         let woke = self.woken_at.map(|w| w + cfg.launch_ms as i64).unwrap_or(0);
-        woke.max(self.logged_out_at.unwrap_or(0))
-            .max(self.restart_until.unwrap_or(0))
+        woke.max(self.logged_out_at.unwrap_or(0)).max(self.restart_until.unwrap_or(0))
     }
 
     fn qr_index(&self, now: i64, cfg: &WhapiSimConfig) -> i64 {
@@ -161,21 +160,14 @@ impl Channel {
         let idx = self.qr_index(now, cfg);
         let ends = self.qr_base(cfg) + (idx + 1) * ttl;
         let expires_in = (ends - now + 999) / 1000;
-        Some((
-            qr::rowdata(&self.id, &self.token, self.qr_base(cfg), idx),
-            expires_in,
-        ))
+        Some((qr::rowdata(&self.id, &self.token, self.qr_base(cfg), idx), expires_in))
     }
 
     /// `/health` body (also the `health` of `channel` webhooks).
     pub fn health_json(&self, now: i64, cfg: &WhapiSimConfig) -> Value {
         let code = self.code(now, cfg);
         let start = self.woken_at.unwrap_or(self.creation_ts);
-        let uptime = if self.woken_at.is_some() {
-            (now - start).max(0) / 1000
-        } else {
-            0
-        };
+        let uptime = if self.woken_at.is_some() { (now - start).max(0) / 1000 } else { 0 };
         json!({
             "status": {"code": code, "text": health_text(code)},
             "channel_id": self.id,
@@ -233,12 +225,7 @@ impl Channel {
             o.insert("event".into(), json!({"type": kind, "event": event}));
             o.insert("channel_id".into(), json!(self.id));
         }
-        out.extend(webhooks::deliveries(
-            &self.settings["webhooks"],
-            kind,
-            event,
-            &body,
-        ));
+        out.extend(webhooks::deliveries(&self.settings["webhooks"], kind, event, &body));
     }
 
     /// Links the phone now and fires `users`/`post`. Only from the QR state.
@@ -260,10 +247,7 @@ impl Channel {
             return Err("channel is not waiting for a QR scan");
         }
         self.pending = None;
-        self.user = Some(LinkedUser {
-            phone: phone.to_string(),
-            name: name.to_string(),
-        });
+        self.user = Some(LinkedUser { phone: phone.to_string(), name: name.to_string() });
         let body = json!({"user": {"id": phone, "name": name}});
         self.emit("users", "post", body, out);
         Ok(())
@@ -277,12 +261,7 @@ impl Channel {
         };
         self.pending = None;
         self.logged_out_at = Some(now);
-        self.emit(
-            "users",
-            "delete",
-            json!({"user": {"id": u.phone, "name": u.name}}),
-            out,
-        );
+        self.emit("users", "delete", json!({"user": {"id": u.phone, "name": u.name}}), out);
         true
     }
 
@@ -291,10 +270,7 @@ impl Channel {
         if !cfg.sandbox || (self.pending.is_some() && !replace) {
             return;
         }
-        self.pending = Some(PendingLink {
-            due: now + cfg.scan_delay_ms as i64,
-            phone: phone.to_string(),
-        });
+        self.pending = Some(PendingLink { due: now + cfg.scan_delay_ms as i64, phone: phone.to_string() });
     }
 
     /// Applies transitions due at `now` and queues their webhooks.
@@ -317,12 +293,7 @@ impl Channel {
         if code != self.reported_code {
             self.reported_code = code;
             self.reported_qr = self.qr_index(now, cfg);
-            self.emit(
-                "channel",
-                "post",
-                json!({"health": self.health_json(now, cfg)}),
-                out,
-            );
+            self.emit("channel", "post", json!({"health": self.health_json(now, cfg)}), out);
         } else if code == QR {
             let idx = self.qr_index(now, cfg);
             if idx != self.reported_qr {
@@ -377,9 +348,7 @@ impl SimState {
 
     /// A fresh unique `WORD-XXXXX` id [C] pattern.
     pub fn new_channel_id(&self) -> String {
-        const WORDS: &[&str] = &[
-            "SHAZAM", "MANTIS", "FALCON", "PANTHER", "COBRA", "RAVEN", "TIGER", "LYNX",
-        ];
+        const WORDS: &[&str] = &["SHAZAM", "MANTIS", "FALCON", "PANTHER", "COBRA", "RAVEN", "TIGER", "LYNX"];
         loop {
             let w = WORDS[rand::rng().random_range(0..WORDS.len())];
             let id = format!("{w}-{}", random_string(5, UPPER_ALNUM));
@@ -406,7 +375,5 @@ pub(crate) const UPPER_ALNUM: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789";
 /// `n` random characters from `set`.
 pub(crate) fn random_string(n: usize, set: &[u8]) -> String {
     let mut rng = rand::rng();
-    (0..n)
-        .map(|_| set[rng.random_range(0..set.len())] as char)
-        .collect()
+    (0..n).map(|_| set[rng.random_range(0..set.len())] as char).collect()
 }

@@ -21,13 +21,7 @@ struct Env {
 }
 
 fn cfg() -> WhapiSimConfig {
-    WhapiSimConfig {
-        launch_ms: 50,
-        scan_delay_ms: 300,
-        restart_ms: 400,
-        tick_ms: 50,
-        ..Default::default()
-    }
+    WhapiSimConfig { launch_ms: 50, scan_delay_ms: 300, restart_ms: 400, tick_ms: 50, ..Default::default() }
 }
 
 async fn env(cfg: WhapiSimConfig) -> Env {
@@ -49,54 +43,32 @@ impl Env {
             .request(method.parse().unwrap(), format!("{}{path}", self.m))
             .header("Authorization", format!("Bearer {PT}"));
         if let Some(b) = body {
-            r = r
-                .header("Content-Type", "application/json")
-                .body(b.to_string());
+            r = r.header("Content-Type", "application/json").body(b.to_string());
         }
         let resp = r.send().await.unwrap();
         let s = resp.status();
         (s, resp.json().await.unwrap_or(Value::Null))
     }
 
-    async fn gate(
-        &self,
-        token: &str,
-        method: &str,
-        path: &str,
-        body: Option<Value>,
-    ) -> (StatusCode, Value) {
+    async fn gate(&self, token: &str, method: &str, path: &str, body: Option<Value>) -> (StatusCode, Value) {
         let resp = self.gate_raw(token, method, path, body).await;
         let s = resp.status();
         (s, resp.json().await.unwrap_or(Value::Null))
     }
 
-    async fn gate_raw(
-        &self,
-        token: &str,
-        method: &str,
-        path: &str,
-        body: Option<Value>,
-    ) -> reqwest::Response {
+    async fn gate_raw(&self, token: &str, method: &str, path: &str, body: Option<Value>) -> reqwest::Response {
         let mut r = self
             .http
             .request(method.parse().unwrap(), format!("{}{path}", self.g))
             .header("Authorization", format!("Bearer {token}"));
         if let Some(b) = body {
-            r = r
-                .header("Content-Type", "application/json")
-                .body(b.to_string());
+            r = r.header("Content-Type", "application/json").body(b.to_string());
         }
         r.send().await.unwrap()
     }
 
     async fn create(&self) -> Value {
-        let (s, v) = self
-            .mgr(
-                "PUT",
-                "/channels",
-                Some(json!({"name": "Bot", "projectId": "sandbox-project"})),
-            )
-            .await;
+        let (s, v) = self.mgr("PUT", "/channels", Some(json!({"name": "Bot", "projectId": "sandbox-project"}))).await;
         assert_eq!(s, StatusCode::OK, "{v}");
         v
     }
@@ -114,10 +86,7 @@ impl Env {
     }
 
     async fn hooks(&self, token: &str, url: &str, mode: &str, types: &[&str]) {
-        let events: Vec<Value> = types
-            .iter()
-            .map(|t| json!({"type": t, "method": "post"}))
-            .collect();
+        let events: Vec<Value> = types.iter().map(|t| json!({"type": t, "method": "post"})).collect();
         let body = json!({"webhooks": [{"url": url, "mode": mode, "events": events}]});
         let (s, v) = self.gate(token, "PATCH", "/settings", Some(body)).await;
         assert_eq!(s, StatusCode::OK, "{v}");
@@ -127,41 +96,26 @@ impl Env {
 type Hit = (String, String, Value);
 
 /// A webhook receiver collecting (method, path, JSON body).
-async fn hook_server() -> (
-    String,
-    mpsc::UnboundedReceiver<Hit>,
-    crate::sim::common::Running,
-) {
+async fn hook_server() -> (String, mpsc::UnboundedReceiver<Hit>, crate::sim::common::Running) {
     let (tx, rx) = mpsc::unbounded_channel::<Hit>();
     let app = axum::Router::new().fallback(move |req: Request| {
         let tx = tx.clone();
         async move {
             let method = req.method().to_string();
             let path = req.uri().path().to_string();
-            let bytes = axum::body::to_bytes(req.into_body(), 1 << 20)
-                .await
-                .unwrap_or_default();
-            let _ = tx.send((
-                method,
-                path,
-                serde_json::from_slice(&bytes).unwrap_or(Value::Null),
-            ));
+            let bytes = axum::body::to_bytes(req.into_body(), 1 << 20).await.unwrap_or_default();
+            let _ = tx.send((method, path, serde_json::from_slice(&bytes).unwrap_or(Value::Null)));
             "ok"
         }
     });
-    let running = crate::sim::common::serve(app, "127.0.0.1:0".parse().unwrap())
-        .await
-        .unwrap();
+    let running = crate::sim::common::serve(app, "127.0.0.1:0".parse().unwrap()).await.unwrap();
     (format!("{}/hook", running.base_url()), rx, running)
 }
 
 async fn wait_hit(rx: &mut mpsc::UnboundedReceiver<Hit>, pred: impl Fn(&Hit) -> bool) -> Hit {
     let deadline = tokio::time::Instant::now() + Duration::from_secs(3);
     loop {
-        let hit = tokio::time::timeout_at(deadline, rx.recv())
-            .await
-            .expect("webhook not received")
-            .unwrap();
+        let hit = tokio::time::timeout_at(deadline, rx.recv()).await.expect("webhook not received").unwrap();
         if pred(&hit) {
             return hit;
         }
@@ -176,9 +130,7 @@ fn is_error_body(v: &Value, code: u16) {
 
 fn decode_png(bytes: &[u8]) -> (u32, u32) {
     assert_eq!(&bytes[..8], b"\x89PNG\r\n\x1a\n");
-    let mut reader = png::Decoder::new(std::io::Cursor::new(bytes))
-        .read_info()
-        .unwrap();
+    let mut reader = png::Decoder::new(std::io::Cursor::new(bytes)).read_info().unwrap();
     let mut buf = vec![0; reader.output_buffer_size().unwrap()];
     let info = reader.next_frame(&mut buf).unwrap();
     assert!(buf.contains(&0) && buf.contains(&255));
@@ -214,12 +166,7 @@ async fn create_channel_shape_auth_and_reads() {
     let id = c["id"].as_str().unwrap();
     let (word, suffix) = id.split_once('-').unwrap();
     assert!(!word.is_empty() && word.bytes().all(|b| b.is_ascii_uppercase()));
-    assert!(
-        suffix.len() == 5
-            && suffix
-                .bytes()
-                .all(|b| b.is_ascii_uppercase() || b.is_ascii_digit())
-    );
+    assert!(suffix.len() == 5 && suffix.bytes().all(|b| b.is_ascii_uppercase() || b.is_ascii_digit()));
     let token = c["token"].as_str().unwrap();
     assert!(token.len() == 32 && token.bytes().all(|b| b.is_ascii_alphanumeric()));
     let created = c["creationTS"].as_i64().unwrap();
@@ -232,52 +179,27 @@ async fn create_channel_shape_auth_and_reads() {
         (c["stopped"].clone(), c["status"].clone(), c["mode"].clone()),
         (json!(false), json!("active"), json!("trial"))
     );
-    assert_eq!(
-        (c["name"].clone(), c["projectId"].clone()),
-        (json!("Bot"), json!("sandbox-project"))
-    );
+    assert_eq!((c["name"].clone(), c["projectId"].clone()), (json!("Bot"), json!("sandbox-project")));
 
     // Auth and validation.
-    let r = e
-        .http
-        .get(format!("{}/projects", e.m))
-        .header("Authorization", "Bearer nope")
-        .send()
-        .await
-        .unwrap();
+    let r = e.http.get(format!("{}/projects", e.m)).header("Authorization", "Bearer nope").send().await.unwrap();
     assert_eq!(r.status(), StatusCode::UNAUTHORIZED);
     is_error_body(&r.json().await.unwrap(), 401);
-    for body in [
-        json!({"name": "x"}),
-        json!({"name": "x", "projectId": "nope"}),
-        json!({"projectId": "sandbox-project"}),
-    ] {
+    for body in
+        [json!({"name": "x"}), json!({"name": "x", "projectId": "nope"}), json!({"projectId": "sandbox-project"})]
+    {
         let (s, v) = e.mgr("PUT", "/channels", Some(body)).await;
         assert_eq!(s, StatusCode::BAD_REQUEST);
         is_error_body(&v, 400);
     }
 
     let (s, v) = e.mgr("GET", "/projects", None).await;
-    assert_eq!(
-        (s, v),
-        (
-            StatusCode::OK,
-            json!({"projects": [{"id": "sandbox-project", "name": "Sandbox"}]})
-        )
-    );
+    assert_eq!((s, v), (StatusCode::OK, json!({"projects": [{"id": "sandbox-project", "name": "Sandbox"}]})));
     let (s, v) = e.mgr("GET", &format!("/channels/{id}"), None).await;
     assert_eq!((s, &v), (StatusCode::OK, &c));
-    for path in [
-        "/channels/list",
-        "/channels/list/sandbox-project",
-        "/channels",
-    ] {
+    for path in ["/channels/list", "/channels/list/sandbox-project", "/channels"] {
         let (s, v) = e.mgr("GET", path, None).await;
-        assert_eq!(
-            (s, v),
-            (StatusCode::OK, json!({"channels": [c.clone()]})),
-            "{path}"
-        );
+        assert_eq!((s, v), (StatusCode::OK, json!({"channels": [c.clone()]})), "{path}");
     }
     let (s, v) = e.mgr("GET", "/no/such/path", None).await;
     assert_eq!(s, StatusCode::NOT_FOUND);
@@ -297,13 +219,7 @@ async fn creation_limit_is_20_per_30_minutes() {
     for _ in 0..20 {
         e.create().await;
     }
-    let (s, v) = e
-        .mgr(
-            "PUT",
-            "/channels",
-            Some(json!({"name": "x", "projectId": "sandbox-project"})),
-        )
-        .await;
+    let (s, v) = e.mgr("PUT", "/channels", Some(json!({"name": "x", "projectId": "sandbox-project"}))).await;
     assert_eq!(s, StatusCode::TOO_MANY_REQUESTS);
     is_error_body(&v, 429);
     let c = e.sim.core().counters();
@@ -317,11 +233,7 @@ async fn creation_limit_is_20_per_30_minutes() {
 
 #[tokio::test]
 async fn qr_json_png_rotation_and_expiry() {
-    let e = env(WhapiSimConfig {
-        sandbox: false,
-        ..cfg()
-    })
-    .await;
+    let e = env(WhapiSimConfig { sandbox: false, ..cfg() }).await;
     let (url, mut rx, _hs) = hook_server().await;
     let c = e.create().await;
     let (t, id) = (c["token"].as_str().unwrap(), c["id"].as_str().unwrap());
@@ -340,14 +252,8 @@ async fn qr_json_png_rotation_and_expiry() {
     assert_eq!(v["status"], "OK");
     let exp = v["expires_in"].as_i64().unwrap();
     assert!((1..=20).contains(&exp));
-    let b64 = v["base64"]
-        .as_str()
-        .unwrap()
-        .strip_prefix("data:image/png;base64,")
-        .unwrap();
-    let png = base64::engine::general_purpose::STANDARD
-        .decode(b64)
-        .unwrap();
+    let b64 = v["base64"].as_str().unwrap().strip_prefix("data:image/png;base64,").unwrap();
+    let png = base64::engine::general_purpose::STANDARD.decode(b64).unwrap();
     let (w, h) = decode_png(&png);
     assert!(w == h && w > 100);
     let qr1 = v["rowdata"].as_str().unwrap().to_string();
@@ -370,20 +276,14 @@ async fn qr_json_png_rotation_and_expiry() {
     assert_eq!(b["event"], json!({"type": "channel", "event": "patch"}));
     assert_eq!(b["qr"]["rowdata"], qr2.as_str());
     let scan = |rowdata: &str| {
-        e.http
-            .post(format!("{}/_sim/whapi/channels/{id}/scan", e.g))
-            .json(&json!({"rowdata": rowdata}))
-            .send()
+        e.http.post(format!("{}/_sim/whapi/channels/{id}/scan", e.g)).json(&json!({"rowdata": rowdata})).send()
     };
     assert_eq!(scan(&qr1).await.unwrap().status(), StatusCode::GONE);
     assert_eq!(scan(&qr2).await.unwrap().status(), StatusCode::NO_CONTENT);
     let (s, v) = e.gate(t, "GET", "/users/login", None).await;
     assert_eq!(s, StatusCode::CONFLICT);
     is_error_body(&v, 409);
-    assert_eq!(
-        e.sim.channel(id).unwrap().phone.as_deref(),
-        Some("15550001234")
-    );
+    assert_eq!(e.sim.channel(id).unwrap().phone.as_deref(), Some("15550001234"));
 }
 
 #[tokio::test]
@@ -399,11 +299,7 @@ async fn sandbox_scan_links_and_fires_webhooks() {
     assert_eq!(b["channel_id"], id);
     let (m, p, b) = wait_hit(&mut rx, |h| h.2["health"]["status"]["code"] == 3).await;
     assert_eq!((m.as_str(), p.as_str()), ("POST", "/hook"));
-    assert!(
-        b["health"]["start_at"].is_i64()
-            && b["health"]["uptime"].is_i64()
-            && b["health"]["version"].is_string()
-    );
+    assert!(b["health"]["start_at"].is_i64() && b["health"]["uptime"].is_i64() && b["health"]["version"].is_string());
 
     let r = e.gate_raw(t, "GET", "/users/login/image", None).await;
     assert_eq!(r.status(), StatusCode::OK);
@@ -419,17 +315,9 @@ async fn sandbox_scan_links_and_fires_webhooks() {
     assert_eq!(v["phone"], "15550001234");
 
     // Control: ERROR fires the channel webhook.
-    let r = e
-        .http
-        .post(format!("{}/_sim/whapi/channels/{id}/error", e.m))
-        .send()
-        .await
-        .unwrap();
+    let r = e.http.post(format!("{}/_sim/whapi/channels/{id}/error", e.m)).send().await.unwrap();
     assert_eq!(r.status(), StatusCode::NO_CONTENT);
-    wait_hit(&mut rx, |h| {
-        h.2["health"]["status"] == json!({"code": 5, "text": "ERROR"})
-    })
-    .await;
+    wait_hit(&mut rx, |h| h.2["health"]["status"] == json!({"code": 5, "text": "ERROR"})).await;
 }
 
 #[tokio::test]
@@ -440,11 +328,7 @@ async fn pairing_code_links_given_phone_path_mode() {
     let t = c["token"].as_str().unwrap();
     e.hooks(t, &url, "path", &["users"]).await;
     e.until_qr(t).await;
-    for bad in [
-        "/users/login/12ab5678",
-        "/users/login/+447700900123",
-        "/users/login/123",
-    ] {
+    for bad in ["/users/login/12ab5678", "/users/login/+447700900123", "/users/login/123"] {
         let (s, v) = e.gate(t, "GET", bad, None).await;
         assert_eq!(s, StatusCode::BAD_REQUEST, "{bad}");
         is_error_body(&v, 400);
@@ -461,11 +345,7 @@ async fn pairing_code_links_given_phone_path_mode() {
 
 #[tokio::test]
 async fn logout_fires_users_delete_and_back_to_qr() {
-    let e = env(WhapiSimConfig {
-        sandbox: false,
-        ..cfg()
-    })
-    .await;
+    let e = env(WhapiSimConfig { sandbox: false, ..cfg() }).await;
     let (url, mut rx, _hs) = hook_server().await;
     let c = e.create().await;
     let (t, id) = (c["token"].as_str().unwrap(), c["id"].as_str().unwrap());
@@ -474,17 +354,11 @@ async fn logout_fires_users_delete_and_back_to_qr() {
     assert_eq!(s, StatusCode::CONFLICT);
     is_error_body(&v, 409);
     e.until_qr(t).await;
-    let r = e
-        .http
-        .post(format!("{}/_sim/whapi/channels/{id}/scan", e.g))
-        .json(&json!({"phone": "4915112345678"}))
-        .send();
+    let r =
+        e.http.post(format!("{}/_sim/whapi/channels/{id}/scan", e.g)).json(&json!({"phone": "4915112345678"})).send();
     assert_eq!(r.await.unwrap().status(), StatusCode::NO_CONTENT);
     let (m, _, b) = wait_hit(&mut rx, |h| h.2["event"]["event"] == "post").await;
-    assert_eq!(
-        (m.as_str(), &b["user"]["id"]),
-        ("POST", &json!("4915112345678"))
-    );
+    assert_eq!((m.as_str(), &b["user"]["id"]), ("POST", &json!("4915112345678")));
 
     let (s, v) = e.gate(t, "POST", "/users/logout", None).await;
     assert_eq!((s, v), (StatusCode::OK, json!({"success": true})));
@@ -513,35 +387,17 @@ async fn mode_change_restarts_channel() {
     assert_eq!(v["api_requests_month"]["limit"], 1000);
     assert!(v["api_requests_month"]["used"].as_u64().unwrap() >= 1);
 
-    let (s, v) = e
-        .mgr(
-            "PATCH",
-            &format!("/channels/{id}/mode"),
-            Some(json!({"mode": "gold"})),
-        )
-        .await;
+    let (s, v) = e.mgr("PATCH", &format!("/channels/{id}/mode"), Some(json!({"mode": "gold"}))).await;
     assert_eq!(s, StatusCode::BAD_REQUEST);
     is_error_body(&v, 400);
-    let (s, v) = e
-        .mgr(
-            "PATCH",
-            &format!("/channels/{id}/mode"),
-            Some(json!({"mode": "live"})),
-        )
-        .await;
+    let (s, v) = e.mgr("PATCH", &format!("/channels/{id}/mode"), Some(json!({"mode": "live"}))).await;
     assert_eq!(s, StatusCode::OK);
-    assert_eq!(
-        (v["mode"].as_str(), v["id"].as_str()),
-        (Some("live"), Some(id))
-    );
+    assert_eq!((v["mode"].as_str(), v["id"].as_str()), (Some("live"), Some(id)));
     let (s, v) = e.gate(t, "GET", "/users/login", None).await;
     assert_eq!(s, StatusCode::SERVICE_UNAVAILABLE);
     is_error_body(&v, 503);
     let (s, h) = e.gate(t, "GET", "/health", None).await;
-    assert_eq!(
-        (s, &h["status"]),
-        (StatusCode::OK, &json!({"code": 2, "text": "LAUNCH"}))
-    );
+    assert_eq!((s, &h["status"]), (StatusCode::OK, &json!({"code": 2, "text": "LAUNCH"})));
     e.sim.core().clock.advance(Duration::from_millis(500));
     let (_, h) = e.gate(t, "GET", "/health", None).await;
     assert_eq!(h["status"]["text"], "QR");
@@ -559,77 +415,39 @@ async fn extend_moves_days_and_alerts_on_low_balance() {
     let id = c["id"].as_str().unwrap();
     let till = c["activeTill"].as_i64().unwrap();
     let path = format!("/channels/{id}/extend");
-    for bad in [
-        json!({"days": 3}),
-        json!({"days": 3, "comment": ""}),
-        json!({"days": 0, "comment": "x"}),
-    ] {
+    for bad in [json!({"days": 3}), json!({"days": 3, "comment": ""}), json!({"days": 0, "comment": "x"})] {
         let (s, v) = e.mgr("POST", &path, Some(bad)).await;
         assert_eq!(s, StatusCode::BAD_REQUEST);
         is_error_body(&v, 400);
     }
-    let (s, v) = e
-        .mgr(
-            "POST",
-            &path,
-            Some(json!({"days": 10, "comment": "order 1"})),
-        )
-        .await;
+    let (s, v) = e.mgr("POST", &path, Some(json!({"days": 10, "comment": "order 1"}))).await;
     assert_eq!(s, StatusCode::OK);
     assert_eq!(v["activeTill"].as_i64().unwrap(), till + 10 * DAY);
     assert_eq!(v["id"], id);
     let (_, p) = e.mgr("GET", "/partners", None).await;
-    assert_eq!(
-        p,
-        json!({"name": "sandbox", "balance": 90, "liveDays": 10, "trialDays": 5})
-    );
+    assert_eq!(p, json!({"name": "sandbox", "balance": 90, "liveDays": 10, "trialDays": 5}));
 
-    let (s, v) = e
-        .mgr(
-            "POST",
-            &path,
-            Some(json!({"days": 1000, "comment": "too much"})),
-        )
-        .await;
+    let (s, v) = e.mgr("POST", &path, Some(json!({"days": 1000, "comment": "too much"}))).await;
     assert_eq!(s, StatusCode::PAYMENT_REQUIRED);
     is_error_body(&v, 402);
 
     let settings = json!({"webhooks": [{"url": url, "events": [{"type": "days", "method": "post"}], "mode": "body"}], "days_limit": 85});
-    let (s, v) = e
-        .mgr("PATCH", "/partners/sandbox/settings", Some(settings))
-        .await;
+    let (s, v) = e.mgr("PATCH", "/partners/sandbox/settings", Some(settings)).await;
     assert_eq!(s, StatusCode::OK, "{v}");
     assert_eq!(v["days_limit"], 85);
     let (s, _) = e.mgr("GET", "/partners/other/settings", None).await;
     assert_eq!(s, StatusCode::NOT_FOUND);
     let (_, g) = e.mgr("GET", "/partners/sandbox/settings", None).await;
     assert_eq!(g, v);
-    let (s, _) = e
-        .mgr(
-            "POST",
-            &path,
-            Some(json!({"days": 6, "comment": "order 2"})),
-        )
-        .await;
+    let (s, _) = e.mgr("POST", &path, Some(json!({"days": 6, "comment": "order 2"}))).await;
     assert_eq!(s, StatusCode::OK);
     let (_, _, b) = wait_hit(&mut rx, |_| true).await;
-    assert_eq!(
-        b,
-        json!({"event": {"type": "days", "event": "post"}, "balance": 84, "partner": "sandbox"})
-    );
+    assert_eq!(b, json!({"event": {"type": "days", "event": "post"}, "balance": 84, "partner": "sandbox"}));
 
-    let r = e
-        .http
-        .get(format!("{}/_sim/whapi/channels/{id}/billing", e.m))
-        .send()
-        .await
-        .unwrap();
+    let r = e.http.get(format!("{}/_sim/whapi/channels/{id}/billing", e.m)).send().await.unwrap();
     let hist: Value = r.json().await.unwrap();
     assert_eq!(hist.as_array().unwrap().len(), 2);
-    assert_eq!(
-        (hist[0]["days"].clone(), hist[0]["comment"].clone()),
-        (json!(10), json!("order 1"))
-    );
+    assert_eq!((hist[0]["days"].clone(), hist[0]["comment"].clone()), (json!(10), json!("order 1")));
     assert!(hist[1]["at"].is_i64());
     assert_eq!(e.sim.billing(id).unwrap().len(), 2);
 }
@@ -640,64 +458,29 @@ async fn delete_refunds_unused_extended_days() {
     let a = e.create().await;
     let b = e.create().await;
     let (ia, ib) = (a["id"].as_str().unwrap(), b["id"].as_str().unwrap());
-    e.mgr(
-        "POST",
-        &format!("/channels/{ia}/extend"),
-        Some(json!({"days": 10, "comment": "a"})),
-    )
-    .await;
-    e.mgr(
-        "POST",
-        &format!("/channels/{ib}/extend"),
-        Some(json!({"days": 10, "comment": "b"})),
-    )
-    .await;
+    e.mgr("POST", &format!("/channels/{ia}/extend"), Some(json!({"days": 10, "comment": "a"}))).await;
+    e.mgr("POST", &format!("/channels/{ib}/extend"), Some(json!({"days": 10, "comment": "b"}))).await;
     assert_eq!(e.sim.balance(), 80);
     // a: 15 days total; after 2.5 days 12.5 remain -> 12 whole, capped at the 10 extended.
-    e.sim
-        .core()
-        .clock
-        .advance(Duration::from_secs(60 * 60 * 60));
+    e.sim.core().clock.advance(Duration::from_secs(60 * 60 * 60));
     let (s, v) = e.mgr("DELETE", &format!("/channels/{ia}"), None).await;
-    assert_eq!(
-        (s, v),
-        (
-            StatusCode::OK,
-            json!({"deleted": true, "refunded_days": 10})
-        )
-    );
+    assert_eq!((s, v), (StatusCode::OK, json!({"deleted": true, "refunded_days": 10})));
     // b: after 7.5 days in all, 7.5 remain -> 7.
     e.sim.core().clock.advance(Duration::from_secs(5 * 86_400));
     let (s, v) = e.mgr("DELETE", &format!("/channels/{ib}"), None).await;
-    assert_eq!(
-        (s, v),
-        (StatusCode::OK, json!({"deleted": true, "refunded_days": 7}))
-    );
+    assert_eq!((s, v), (StatusCode::OK, json!({"deleted": true, "refunded_days": 7})));
     let (_, p) = e.mgr("GET", "/partners", None).await;
     assert_eq!(p["balance"], 97);
-    let r = e
-        .http
-        .get(format!("{}/_sim/whapi/balance", e.g))
-        .send()
-        .await
-        .unwrap();
+    let r = e.http.get(format!("{}/_sim/whapi/balance", e.g)).send().await.unwrap();
     assert_eq!(r.json::<Value>().await.unwrap()["balance"], 97);
     // A trial-only channel refunds nothing; a deleted one is gone.
     let c = e.create().await;
-    let (_, v) = e
-        .mgr(
-            "DELETE",
-            &format!("/channels/{}", c["id"].as_str().unwrap()),
-            None,
-        )
-        .await;
+    let (_, v) = e.mgr("DELETE", &format!("/channels/{}", c["id"].as_str().unwrap()), None).await;
     assert_eq!(v["refunded_days"], 0);
     let (s, v) = e.mgr("DELETE", &format!("/channels/{ia}"), None).await;
     assert_eq!(s, StatusCode::NOT_FOUND);
     is_error_body(&v, 404);
-    let (s, _) = e
-        .gate(a["token"].as_str().unwrap(), "GET", "/health", None)
-        .await;
+    let (s, _) = e.gate(a["token"].as_str().unwrap(), "GET", "/health", None).await;
     assert_eq!(s, StatusCode::UNAUTHORIZED);
 }
 
@@ -709,8 +492,7 @@ async fn settings_validation_partial_update_and_reset() {
     let (s, defaults) = e.gate(t, "GET", "/settings", None).await;
     assert_eq!(s, StatusCode::OK);
     assert_eq!(defaults["webhooks"], json!([]));
-    let headers: serde_json::Map<String, Value> =
-        (0..6).map(|i| (format!("X-H{i}"), json!("v"))).collect();
+    let headers: serde_json::Map<String, Value> = (0..6).map(|i| (format!("X-H{i}"), json!("v"))).collect();
     let bad = [
         json!({"webhooks": [{"url": "http://x.test/h", "headers": headers}]}),
         json!({"webhooks": [{"url": "http://x.test/h", "events": [{"type": "bogus", "method": "post"}]}]}),
@@ -726,8 +508,7 @@ async fn settings_validation_partial_update_and_reset() {
         assert_eq!(s, StatusCode::BAD_REQUEST, "{b}");
         is_error_body(&v, 400);
     }
-    let five: serde_json::Map<String, Value> =
-        (0..5).map(|i| (format!("X-H{i}"), json!("v"))).collect();
+    let five: serde_json::Map<String, Value> = (0..5).map(|i| (format!("X-H{i}"), json!("v"))).collect();
     let ok = json!({"webhooks": [{"url": "http://x.test/h", "headers": five, "events": [{"type": "users", "method": "post"}], "mode": "method"}],
                     "callback_backoff_delay_ms": 5000});
     let (s, v) = e.gate(t, "PATCH", "/settings", Some(ok)).await;
@@ -736,16 +517,8 @@ async fn settings_validation_partial_update_and_reset() {
     assert_eq!(v["webhooks"][0]["mode"], "method");
     assert_eq!(v["pdo_sync"], defaults["pdo_sync"]);
     // Partial: other fields stay.
-    let (_, v) = e
-        .gate(t, "PATCH", "/settings", Some(json!({"offline_mode": true})))
-        .await;
-    assert_eq!(
-        (
-            v["offline_mode"].clone(),
-            v["callback_backoff_delay_ms"].clone()
-        ),
-        (json!(true), json!(5000))
-    );
+    let (_, v) = e.gate(t, "PATCH", "/settings", Some(json!({"offline_mode": true}))).await;
+    assert_eq!((v["offline_mode"].clone(), v["callback_backoff_delay_ms"].clone()), (json!(true), json!(5000)));
     assert_eq!(v["webhooks"].as_array().unwrap().len(), 1);
     let (s, v) = e.gate(t, "DELETE", "/settings", None).await;
     assert_eq!((s, &v), (StatusCode::OK, &defaults));
@@ -758,30 +531,15 @@ async fn expiry_stops_channel_until_extended() {
     let e = env(cfg()).await;
     let c = e.create().await;
     let (t, id) = (c["token"].as_str().unwrap(), c["id"].as_str().unwrap());
-    e.sim
-        .core()
-        .clock
-        .advance(Duration::from_secs(5 * 86_400 + 1));
+    e.sim.core().clock.advance(Duration::from_secs(5 * 86_400 + 1));
     let (_, v) = e.mgr("GET", &format!("/channels/{id}"), None).await;
-    assert_eq!(
-        (v["stopped"].clone(), v["status"].clone()),
-        (json!(true), json!("stopped"))
-    );
+    assert_eq!((v["stopped"].clone(), v["status"].clone()), (json!(true), json!("stopped")));
     let (s, v) = e.gate(t, "GET", "/health", None).await;
     assert_eq!(s, StatusCode::PAYMENT_REQUIRED);
     is_error_body(&v, 402);
-    let (s, v) = e
-        .mgr(
-            "POST",
-            &format!("/channels/{id}/extend"),
-            Some(json!({"days": 1, "comment": "revive"})),
-        )
-        .await;
+    let (s, v) = e.mgr("POST", &format!("/channels/{id}/extend"), Some(json!({"days": 1, "comment": "revive"}))).await;
     assert_eq!(s, StatusCode::OK);
-    assert_eq!(
-        (v["stopped"].clone(), v["status"].clone()),
-        (json!(false), json!("active"))
-    );
+    assert_eq!((v["stopped"].clone(), v["status"].clone()), (json!(false), json!("active")));
     assert!(v["activeTill"].as_i64().unwrap() > e.sim.core().clock.now_ms());
     let (s, _) = e.gate(t, "GET", "/health", None).await;
     assert_eq!(s, StatusCode::OK);
@@ -792,38 +550,18 @@ async fn fault_middleware_renders_whapi_errors() {
     let e = env(cfg()).await;
     let core = e.sim.core();
     core.fail_next(Some("PUT /channels"), 1, Fault::Status { status: 503 });
-    let (s, v) = e
-        .mgr(
-            "PUT",
-            "/channels",
-            Some(json!({"name": "x", "projectId": "sandbox-project"})),
-        )
-        .await;
+    let (s, v) = e.mgr("PUT", "/channels", Some(json!({"name": "x", "projectId": "sandbox-project"}))).await;
     assert_eq!(s, StatusCode::SERVICE_UNAVAILABLE);
     is_error_body(&v, 503);
-    core.fail_next(
-        Some("GET /health"),
-        1,
-        Fault::TooManyRequests {
-            retry_after_secs: Some(2),
-        },
-    );
+    core.fail_next(Some("GET /health"), 1, Fault::TooManyRequests { retry_after_secs: Some(2) });
     let c = e.create().await;
-    let r = e
-        .gate_raw(c["token"].as_str().unwrap(), "GET", "/health", None)
-        .await;
+    let r = e.gate_raw(c["token"].as_str().unwrap(), "GET", "/health", None).await;
     assert_eq!(r.status(), StatusCode::TOO_MANY_REQUESTS);
     assert_eq!(r.headers()["retry-after"], "2");
     is_error_body(&r.json().await.unwrap(), 429);
     core.fail_next(None, 1, Fault::OkWithErrorBody);
     let (s, v) = e.mgr("GET", "/projects", None).await;
-    assert_eq!(
-        (s, v),
-        (
-            StatusCode::OK,
-            json!({"error": {"code": 500, "message": "internal"}})
-        )
-    );
+    assert_eq!((s, v), (StatusCode::OK, json!({"error": {"code": 500, "message": "internal"}})));
     let counters = core.counters();
     assert_eq!(counters.faults_injected, 3);
     assert_eq!(counters.created["channels"], 1);

@@ -67,11 +67,7 @@ fn int_in(v: &Value, field: &str, lo: i64, hi: i64) -> Result<(), String> {
 }
 
 fn boolean(v: &Value, field: &str) -> Result<(), String> {
-    if v.is_boolean() {
-        Ok(())
-    } else {
-        Err(format!("{field} must be a boolean"))
-    }
+    if v.is_boolean() { Ok(()) } else { Err(format!("{field} must be a boolean")) }
 }
 
 /// Validates a `webhooks` array; returns it normalised (defaults filled in).
@@ -80,27 +76,15 @@ pub(crate) fn validate_webhooks(v: &Value, types: &[&str]) -> Result<Value, Stri
     let arr = v.as_array().ok_or("webhooks must be an array")?;
     let mut out = Vec::new();
     for (i, w) in arr.iter().enumerate() {
-        let o = w
-            .as_object()
-            .ok_or(format!("webhooks[{i}] must be an object"))?;
+        let o = w.as_object().ok_or(format!("webhooks[{i}] must be an object"))?;
         for k in o.keys() {
-            if ![
-                "url",
-                "mode",
-                "headers",
-                "events",
-                "send_undecrypted_ad",
-                "webhook_max_age_seconds",
-            ]
-            .contains(&k.as_str())
+            if !["url", "mode", "headers", "events", "send_undecrypted_ad", "webhook_max_age_seconds"]
+                .contains(&k.as_str())
             {
                 return Err(format!("webhooks[{i}].{k} is not allowed"));
             }
         }
-        let url = o
-            .get("url")
-            .and_then(Value::as_str)
-            .ok_or(format!("webhooks[{i}].url is required"))?;
+        let url = o.get("url").and_then(Value::as_str).ok_or(format!("webhooks[{i}].url is required"))?;
         match url::Url::parse(url) {
             Ok(u) if u.scheme() == "http" || u.scheme() == "https" => {}
             _ => return Err(format!("webhooks[{i}].url must be an http(s) URL")),
@@ -132,19 +116,14 @@ pub(crate) fn validate_webhooks(v: &Value, types: &[&str]) -> Result<Value, Stri
             Some(Value::Array(evs)) => {
                 let mut norm = Vec::new();
                 for (j, e) in evs.iter().enumerate() {
-                    let t = e
-                        .get("type")
-                        .and_then(Value::as_str)
-                        .filter(|t| types.contains(t));
-                    let t = t.ok_or(format!(
-                        "webhooks[{i}].events[{j}].type must be one of {}",
-                        types.join(", ")
-                    ))?;
+                    let t = e.get("type").and_then(Value::as_str).filter(|t| types.contains(t));
+                    let t = t.ok_or(format!("webhooks[{i}].events[{j}].type must be one of {}", types.join(", ")))?;
                     let m = match e.get("method") {
                         None => "post",
-                        Some(m) => m.as_str().filter(|m| METHODS.contains(m)).ok_or(format!(
-                            "webhooks[{i}].events[{j}].method must be post|put|delete|patch"
-                        ))?,
+                        Some(m) => m
+                            .as_str()
+                            .filter(|m| METHODS.contains(m))
+                            .ok_or(format!("webhooks[{i}].events[{j}].method must be post|put|delete|patch"))?,
                     };
                     norm.push(json!({"type": t, "method": m}));
                 }
@@ -206,15 +185,11 @@ pub(crate) fn patch_settings(current: &Value, patch: &Value) -> Result<Value, St
                 for (mk, mv) in m {
                     match mk.as_str() {
                         "auto_download" => {
-                            let ok = mv.as_array().is_some_and(|a| {
-                                a.iter()
-                                    .all(|x| x.as_str().is_some_and(|s| MEDIA.contains(&s)))
-                            });
+                            let ok = mv
+                                .as_array()
+                                .is_some_and(|a| a.iter().all(|x| x.as_str().is_some_and(|s| MEDIA.contains(&s))));
                             if !ok {
-                                return Err(format!(
-                                    "media.auto_download items must be one of {}",
-                                    MEDIA.join(", ")
-                                ));
+                                return Err(format!("media.auto_download items must be one of {}", MEDIA.join(", ")));
                             }
                         }
                         "init_avatars" => boolean(mv, "media.init_avatars")?,
@@ -237,39 +212,18 @@ pub(crate) fn patch_settings(current: &Value, patch: &Value) -> Result<Value, St
 pub(crate) fn deliveries(hooks: &Value, kind: &str, event: &str, body: &Value) -> Vec<Delivery> {
     let mut out = Vec::new();
     for w in hooks.as_array().into_iter().flatten() {
-        let subscribed = w["events"]
-            .as_array()
-            .into_iter()
-            .flatten()
-            .any(|e| e["type"] == kind);
+        let subscribed = w["events"].as_array().into_iter().flatten().any(|e| e["type"] == kind);
         let Some(url) = w["url"].as_str().filter(|_| subscribed) else {
             continue;
         };
         let mode = w["mode"].as_str().unwrap_or("body");
-        let url = if mode == "path" {
-            append_path(url, &[kind, event])
-        } else {
-            url.to_string()
-        };
-        let method = if mode == "method" {
-            event.to_string()
-        } else {
-            "post".to_string()
-        };
+        let url = if mode == "path" { append_path(url, &[kind, event]) } else { url.to_string() };
+        let method = if mode == "method" { event.to_string() } else { "post".to_string() };
         let headers = w["headers"]
             .as_object()
-            .map(|h| {
-                h.iter()
-                    .filter_map(|(k, v)| Some((k.clone(), v.as_str()?.to_string())))
-                    .collect()
-            })
+            .map(|h| h.iter().filter_map(|(k, v)| Some((k.clone(), v.as_str()?.to_string()))).collect())
             .unwrap_or_default();
-        out.push(Delivery {
-            url,
-            method,
-            headers,
-            body: body.clone(),
-        });
+        out.push(Delivery { url, method, headers, body: body.clone() });
     }
     out
 }
@@ -300,10 +254,7 @@ pub(crate) fn deliver(core: &SimCore, http: &reqwest::Client, d: Delivery) {
     let Ok(method) = reqwest::Method::from_bytes(d.method.to_uppercase().as_bytes()) else {
         return;
     };
-    let mut req = http
-        .request(method, &d.url)
-        .json(&d.body)
-        .timeout(Duration::from_secs(10));
+    let mut req = http.request(method, &d.url).json(&d.body).timeout(Duration::from_secs(10));
     for (k, v) in &d.headers {
         req = req.header(k, v);
     }

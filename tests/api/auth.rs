@@ -1,0 +1,66 @@
+use crate::helpers::*;
+use wa_onboard::grpc::pb;
+
+#[tokio::test]
+async fn calls_without_a_key_are_unauthenticated() {
+    let app = spawn_app().await;
+    let err = app.providers().list_providers(pb::ListProvidersRequest {}).await.unwrap_err();
+    assert_eq!(err.code(), tonic::Code::Unauthenticated);
+    assert!(err.message().contains("authorization"), "{}", err.message());
+}
+
+#[tokio::test]
+async fn calls_with_a_bad_or_revoked_key_are_unauthenticated() {
+    let app = spawn_app().await;
+    for key in ["wao_notakey", "garbage", ""] {
+        let err = app.providers().list_providers(with_key(pb::ListProvidersRequest {}, key)).await.unwrap_err();
+        assert_eq!(err.code(), tonic::Code::Unauthenticated, "key {key:?}");
+    }
+    // A revoked key stops working (after the short auth cache).
+    let store = &app.running().store;
+    let tenant = store.tenant_by_name("dev").await.unwrap().unwrap();
+    let extra = wa_onboard::core::tenants::add_key(store.as_ref(), &tenant.id, None).await.unwrap();
+    app.providers().list_providers(with_key(pb::ListProvidersRequest {}, extra.key.expose())).await.unwrap();
+    assert!(store.revoke_api_key(&extra.id, wa_onboard::domain::now_ms()).await.unwrap());
+    tokio::time::sleep(std::time::Duration::from_millis(5200)).await;
+    let err =
+        app.providers().list_providers(with_key(pb::ListProvidersRequest {}, extra.key.expose())).await.unwrap_err();
+    assert_eq!(err.code(), tonic::Code::Unauthenticated);
+}
+
+#[tokio::test]
+async fn good_key_works_and_health_and_reflection_stay_open() {
+    let app = spawn_app().await;
+    let providers = app.providers().list_providers(app.req(pb::ListProvidersRequest {})).await.unwrap().into_inner();
+    assert_eq!(providers.providers.len(), 4);
+    let gupshup = &providers.providers[0];
+    assert_eq!(gupshup.provider, pb::Provider::Gupshup as i32);
+    assert!(gupshup.capabilities.contains(&(pb::Capability::LinkApp as i32)));
+    // No adapter yet: the service says so instead of pretending.
+    assert!(!gupshup.implemented);
+
+    let mut health = tonic_health::pb::health_client::HealthClient::new(app.channel.clone());
+    let r = health.check(tonic_health::pb::HealthCheckRequest { service: String::new() }).await.unwrap().into_inner();
+    assert_eq!(r.status, tonic_health::pb::health_check_response::ServingStatus::Serving as i32);
+}
+
+#[tokio::test]
+async fn provider_specific_rpcs_say_unimplemented_not_fake_success() {
+    let app = spawn_app().await;
+    app.accounts().create_account(app.req(gupshup_account("acme", "s1"))).await.unwrap();
+    let err = app
+        .onboardings()
+        .create_onboarding(
+            app.req(pb::CreateOnboardingRequest { account: "accounts/acme".into(), ..Default::default() }),
+        )
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), tonic::Code::Unimplemented);
+    assert!(err.message().contains("gupshup"), "{}", err.message());
+    let err = app
+        .accounts()
+        .check_account(app.req(pb::CheckAccountRequest { name: "accounts/acme".into() }))
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), tonic::Code::Unimplemented);
+}

@@ -1,0 +1,202 @@
+//! `spawn_app()`: a fresh server with its own data dir and ports, plus typed clients.
+
+use std::sync::Once;
+
+use tonic::metadata::MetadataValue;
+use tonic::transport::Channel;
+use wa_onboard::app::{self, Running};
+use wa_onboard::config::Settings;
+use wa_onboard::domain::{AccountId, OnboardingId, OnboardingState, ProviderKind, Secret, new_id, now_ms};
+use wa_onboard::grpc::pb;
+use wa_onboard::store::{NewEvent, NewOnboarding, OnboardingChange, OnboardingRecord, Sealed};
+
+pub struct TestApp {
+    pub running: Option<Running>,
+    pub key: Secret,
+    pub channel: Channel,
+    pub _dir: tempfile::TempDir,
+}
+
+static TRACING: Once = Once::new();
+
+/// Quiet unless TEST_LOG is set.
+fn init_tracing() {
+    TRACING.call_once(|| {
+        if std::env::var("TEST_LOG").is_ok() {
+            wa_onboard::telemetry::init("text");
+        }
+    });
+}
+
+pub fn test_settings(dir: &std::path::Path) -> Settings {
+    let mut s = Settings::default();
+    s.server.grpc_addr = "127.0.0.1:0".into();
+    s.server.webhook_addr = "127.0.0.1:0".into();
+    s.server.metrics_addr = "127.0.0.1:0".into();
+    s.server.data_dir = dir.to_path_buf();
+    s.server.health_probe_secs = 1;
+    s.server.shutdown_grace_secs = 5;
+    s.streams.heartbeat_secs = 1;
+    s
+}
+
+pub async fn spawn_app() -> TestApp {
+    spawn_with(|_| {}).await
+}
+
+pub async fn spawn_with(tweak: impl FnOnce(&mut Settings)) -> TestApp {
+    init_tracing();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut settings = test_settings(dir.path());
+    tweak(&mut settings);
+    let running = app::start(settings, None).await.expect("server starts");
+    let key = running.dev_api_key.clone().expect("dev key");
+    let channel =
+        Channel::from_shared(format!("http://{}", running.grpc_addr)).expect("uri").connect().await.expect("connect");
+    TestApp { running: Some(running), key, channel, _dir: dir }
+}
+
+impl TestApp {
+    pub fn running(&self) -> &Running {
+        self.running.as_ref().expect("running")
+    }
+
+    /// A request carrying the dev tenant's key.
+    pub fn req<T>(&self, msg: T) -> tonic::Request<T> {
+        with_key(msg, self.key.expose())
+    }
+
+    pub fn accounts(&self) -> pb::account_service_client::AccountServiceClient<Channel> {
+        pb::account_service_client::AccountServiceClient::new(self.channel.clone())
+    }
+
+    pub fn onboardings(&self) -> pb::onboarding_service_client::OnboardingServiceClient<Channel> {
+        pb::onboarding_service_client::OnboardingServiceClient::new(self.channel.clone())
+    }
+
+    pub fn pipelines(&self) -> pb::pipeline_service_client::PipelineServiceClient<Channel> {
+        pb::pipeline_service_client::PipelineServiceClient::new(self.channel.clone())
+    }
+
+    pub fn providers(&self) -> pb::provider_service_client::ProviderServiceClient<Channel> {
+        pb::provider_service_client::ProviderServiceClient::new(self.channel.clone())
+    }
+
+    /// A second tenant and its key.
+    pub async fn other_tenant(&self, name: &str) -> Secret {
+        let (_, key) =
+            wa_onboard::core::tenants::create_tenant(self.running().store.as_ref(), name).await.expect("tenant");
+        key.key
+    }
+
+    /// Inserts an onboarding straight into the store (provider adapters come later) for the
+    /// dev tenant, on `account`.
+    pub async fn insert_onboarding(&self, account: &str, reference: &str) -> OnboardingId {
+        let store = &self.running().store;
+        let tenant = store.tenant_by_name("dev").await.unwrap().unwrap();
+        let id: OnboardingId = new_id();
+        let now = now_ms();
+        let o = OnboardingRecord {
+            id: id.clone(),
+            tenant_id: tenant.id,
+            account_id: AccountId::parse(account).unwrap(),
+            provider: ProviderKind::Gupshup,
+            state: OnboardingState::Pending,
+            desired_state: None,
+            state_reason: "accepted".into(),
+            provider_status: String::new(),
+            reference: reference.into(),
+            details_json: r#"{"app_name":"Acme Shop","waba_id":"123","phone":"+15551112222"}"#.into(),
+            external_key: None,
+            secret: None::<Sealed>,
+            sequence: 0,
+            state_deadline_ms: None,
+            expire_ms: None,
+            created_ms: now,
+            updated_ms: now,
+        };
+        store
+            .create_onboarding(&NewOnboarding {
+                onboarding: o,
+                steps: vec![],
+                event: NewEvent {
+                    kind: "created".into(),
+                    reason: "accepted".into(),
+                    step: None,
+                    data_json: "{}".into(),
+                },
+                idempotency: None,
+            })
+            .await
+            .unwrap();
+        id
+    }
+
+    /// Appends a state change event.
+    pub async fn change_state(&self, id: &OnboardingId, state: OnboardingState, status: &str) -> i64 {
+        let e = self
+            .running()
+            .store
+            .apply_change(&OnboardingChange {
+                onboarding_id: Some(id.clone()),
+                state: Some(state),
+                provider_status: Some(status.into()),
+                event: NewEvent {
+                    kind: "state_changed".into(),
+                    reason: format!("now {state}"),
+                    step: None,
+                    data_json: "{}".into(),
+                },
+                at_ms: now_ms(),
+                ..Default::default()
+            })
+            .await
+            .unwrap();
+        self.running()
+            .store
+            .notify(&wa_onboard::store::ChangeNotice { onboarding_id: id.clone(), sequence: e.sequence })
+            .await
+            .unwrap();
+        e.sequence
+    }
+
+    pub async fn shutdown(&mut self) {
+        if let Some(r) = self.running.take() {
+            r.shutdown().await;
+        }
+    }
+}
+
+pub fn with_key<T>(msg: T, key: &str) -> tonic::Request<T> {
+    let mut r = tonic::Request::new(msg);
+    let v: MetadataValue<_> = format!("Bearer {key}").parse().expect("metadata");
+    r.metadata_mut().insert("authorization", v);
+    r
+}
+
+pub fn gupshup_account(id: &str, secret: &str) -> pb::CreateAccountRequest {
+    pb::CreateAccountRequest {
+        account: Some(pb::Account {
+            provider: pb::Provider::Gupshup as i32,
+            display_name: "Acme".into(),
+            credentials: Some(pb::AccountCredentials {
+                credentials: Some(pb::account_credentials::Credentials::Gupshup(pb::GupshupCredentials {
+                    email: "ops@acme.test".into(),
+                    secret: secret.into(),
+                })),
+            }),
+            ..Default::default()
+        }),
+        account_id: id.into(),
+        request_id: String::new(),
+    }
+}
+
+/// Field paths of a status's BadRequest violations.
+pub fn violations(status: &tonic::Status) -> Vec<String> {
+    use tonic_types::StatusExt;
+    status
+        .get_details_bad_request()
+        .map(|b| b.field_violations.into_iter().map(|v| v.field).collect())
+        .unwrap_or_default()
+}

@@ -1,0 +1,9 @@
+//! Black-box tests: the real server on port 0, real gRPC over TCP, real SQLite (and
+//! PostgreSQL where it matters). One binary (faster to link), one module per area.
+
+mod helpers;
+
+mod accounts;
+mod auth;
+mod health_shutdown;
+mod watch;
