@@ -59,6 +59,8 @@ pub struct Running {
     pub store: Arc<dyn Store>,
     /// The core (tests drive it).
     pub core: Core,
+    /// The in-process simulators, in sandbox mode.
+    pub sandbox: Option<crate::sim::sandbox::Sandbox>,
     shutdown_tx: watch::Sender<bool>,
     tasks: Vec<JoinHandle<()>>,
     grpc: JoinHandle<Result<(), tonic::transport::Error>>,
@@ -93,6 +95,19 @@ pub async fn start(settings: Settings, dev_api_key: Option<Secret>) -> Result<Ru
     let cipher = Cipher::new(&settings.security.encryption_key_id, &keys)
         .map_err(|e| StartError::Other(format!("security: {e}")))?;
 
+    let sandbox = if settings.sandbox.enabled {
+        let s = crate::sim::sandbox::Sandbox::start(
+            &settings.sandbox.sims,
+            &settings.sandbox.host,
+            settings.sandbox.base_port,
+        )
+        .await
+        .map_err(|e| StartError::Other(format!("sandbox simulators (sandbox.host / sandbox.base_port): {e}")))?;
+        tracing::info!(endpoints = ?s.endpoints(), "Sandbox simulators running.");
+        Some(s)
+    } else {
+        None
+    };
     let bus = crate::core::bus::Bus::new();
     let core = Core {
         store: store.clone(),
@@ -100,7 +115,8 @@ pub async fn start(settings: Settings, dev_api_key: Option<Secret>) -> Result<Ru
         settings: settings.clone(),
         webhook_base: settings.public_webhook_url(webhook_addr),
         bus: bus.clone(),
-        sandbox_running: false,
+        sandbox_running: sandbox.is_some(),
+        sandbox: sandbox.as_ref().map(|s| Arc::new(s.endpoints())),
     };
 
     let dev_api_key = if settings.dev.enabled {
@@ -108,6 +124,11 @@ pub async fn start(settings: Settings, dev_api_key: Option<Secret>) -> Result<Ru
         let key = crate::core::tenants::ensure_dev_tenant(store.as_ref(), &settings.dev.tenant, dev_api_key, &key_file)
             .await
             .map_err(|e| StartError::Other(format!("development tenant: {}", e.message)))?;
+        if settings.sandbox.enabled {
+            ensure_sandbox_accounts(&core, &settings)
+                .await
+                .map_err(|e| StartError::Other(format!("sandbox accounts: {}", e.message)))?;
+        }
         Some(key)
     } else {
         None
@@ -148,11 +169,86 @@ pub async fn start(settings: Settings, dev_api_key: Option<Secret>) -> Result<Ru
         dev_api_key,
         store,
         core,
+        sandbox,
         shutdown_tx,
         tasks,
         grpc,
         grace: Duration::from_secs(settings.server.shutdown_grace_secs),
     })
+}
+
+/// Gives the development tenant one sandbox account per provider (`sandbox-gupshup`...),
+/// with the simulators' default credentials, so the whole flow works with grpcurl alone.
+async fn ensure_sandbox_accounts(core: &Core, settings: &Settings) -> Result<(), crate::error::AppError> {
+    use crate::core::accounts::NewAccount;
+    use crate::domain::account::{AccountOptions, Credentials, ExotelRegion};
+    use crate::domain::{AccountId, ProviderKind};
+    let Some(tenant) = core.store.tenant_by_name(&settings.dev.tenant).await? else { return Ok(()) };
+    let caller = crate::core::Caller { tenant: tenant.id };
+    let sims = &settings.sandbox.sims;
+    let mut wanted = Vec::new();
+    if let Some(p) = sims.gupshup.partners.first() {
+        wanted.push((
+            ProviderKind::Gupshup,
+            Credentials::Gupshup { email: p.email.clone(), secret: Secret::new(p.secret.clone()) },
+            AccountOptions::default(),
+        ));
+    }
+    if let Some(a) = sims.exotel.accounts.first() {
+        let region = match a.region {
+            crate::sim::exotel::ExotelRegion::Singapore => ExotelRegion::Singapore,
+            crate::sim::exotel::ExotelRegion::Mumbai => ExotelRegion::Mumbai,
+        };
+        wanted.push((
+            ProviderKind::Exotel,
+            Credentials::Exotel {
+                account_sid: a.sid.clone(),
+                api_key: a.api_key.clone(),
+                api_token: Secret::new(a.api_token.clone()),
+            },
+            AccountOptions { exotel_region: Some(region), ..Default::default() },
+        ));
+    }
+    wanted.push((
+        ProviderKind::Whapi,
+        Credentials::Whapi { partner_token: Secret::new(sims.whapi.partner_token.clone()) },
+        AccountOptions {
+            project_id: sims.whapi.projects.first().map(|p| p.id.clone()),
+            partner_name: Some(sims.whapi.partner_name.clone()),
+            ..Default::default()
+        },
+    ));
+    if let Some(c) = sims.digital99.clients.first() {
+        wanted.push((
+            ProviderKind::Digital99,
+            Credentials::Digital99 {
+                client_id: c.client_id.clone(),
+                client_secret: Secret::new(c.client_secret.clone()),
+            },
+            AccountOptions::default(),
+        ));
+    }
+    for (provider, credentials, options) in wanted {
+        let id = AccountId::parse(format!("sandbox-{provider}")).map_err(|e| crate::error::AppError::internal(e.0))?;
+        if core.store.account(&caller.tenant, &id).await?.is_some() {
+            continue;
+        }
+        let new = NewAccount {
+            id: Some(id),
+            provider,
+            display_name: format!("Sandbox {}", provider.display_name()),
+            credentials,
+            options,
+            sandbox: true,
+        };
+        match core.create_account(&caller, new, None).await {
+            Ok(_) => {}
+            // Another replica made it first.
+            Err(e) if e.code == crate::error::ErrorCode::AlreadyExists => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(())
 }
 
 fn local(l: &TcpListener) -> Result<SocketAddr, StartError> {

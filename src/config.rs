@@ -138,11 +138,18 @@ impl Default for DevSettings {
 pub struct SandboxSettings {
     /// Run the simulators in-process and give the development tenant sandbox accounts.
     pub enabled: bool,
+    /// Interface the simulators listen on.
+    pub host: String,
+    /// First port (the six listeners take consecutive ports); 0: free ports.
+    pub base_port: u16,
+    /// Per-simulator settings (`[sandbox.sims.gupshup]`...: credentials accepted, delays,
+    /// limits).
+    pub sims: crate::sim::sandbox::SimSettings,
 }
 
 impl Default for SandboxSettings {
     fn default() -> Self {
-        Self { enabled: true }
+        Self { enabled: true, host: "127.0.0.1".into(), base_port: 0, sims: Default::default() }
     }
 }
 

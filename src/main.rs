@@ -46,6 +46,16 @@ enum Command {
     },
     /// Runs database migrations and exits.
     Migrate,
+    /// Runs the four provider simulators standalone (for other teams' tests).
+    Sim {
+        /// Interface to listen on.
+        #[arg(long, default_value = "127.0.0.1")]
+        host: String,
+        /// First port; the six listeners take consecutive ports (Gupshup, Exotel Singapore,
+        /// Exotel Mumbai, Whapi manager, Whapi gate, 99digital).
+        #[arg(long, default_value_t = 18080)]
+        base_port: u16,
+    },
     /// Manages tenants and their API keys, directly on the configured store.
     Tenant {
         #[command(subcommand)]
@@ -122,6 +132,21 @@ async fn run(cli: Cli) -> Result<(), String> {
             Ok(())
         }
         Command::Tenant { command } => tenant(settings, command).await,
+        Command::Sim { host, base_port } => {
+            let sandbox = wa_onboard::sim::sandbox::Sandbox::start(&settings.sandbox.sims, &host, base_port)
+                .await
+                .map_err(|e| format!("cannot start the simulators on {host}:{base_port}: {e}"))?;
+            let ep = sandbox.endpoints();
+            println!("Simulators running (control API under /_sim on each):");
+            println!("  gupshup           {}", ep.gupshup);
+            println!("  exotel singapore  {}", ep.exotel_singapore);
+            println!("  exotel mumbai     {}", ep.exotel_mumbai);
+            println!("  whapi manager     {}", ep.whapi_manager);
+            println!("  whapi gate        {}", ep.whapi_gate);
+            println!("  99digital         {}", ep.digital99);
+            wait_for_signal().await;
+            Ok(())
+        }
     }
 }
 
@@ -156,6 +181,21 @@ async fn serve(settings: Settings) -> Result<(), String> {
     }
     running.run_until_signal().await;
     Ok(())
+}
+
+async fn wait_for_signal() {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{SignalKind, signal};
+        if let Ok(mut term) = signal(SignalKind::terminate()) {
+            tokio::select! {
+                _ = term.recv() => {}
+                _ = tokio::signal::ctrl_c() => {}
+            }
+            return;
+        }
+    }
+    let _ = tokio::signal::ctrl_c().await;
 }
 
 async fn tenant(settings: Settings, command: TenantCommand) -> Result<(), String> {

@@ -31,6 +31,8 @@ pub struct Core {
     pub bus: bus::Bus,
     /// Whether the built-in simulators run in this process.
     pub sandbox_running: bool,
+    /// Where the built-in simulators listen, when they run.
+    pub sandbox: Option<Arc<crate::sim::sandbox::SandboxEndpoints>>,
 }
 
 impl std::fmt::Debug for Core {

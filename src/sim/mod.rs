@@ -5,4 +5,5 @@ pub mod common;
 pub mod digital99;
 pub mod exotel;
 pub mod gupshup;
+pub mod sandbox;
 pub mod whapi;

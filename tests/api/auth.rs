@@ -64,3 +64,22 @@ async fn provider_specific_rpcs_say_unimplemented_not_fake_success() {
         .unwrap_err();
     assert_eq!(err.code(), tonic::Code::Unimplemented);
 }
+
+#[tokio::test]
+async fn sandbox_mode_runs_simulators_and_gives_the_dev_tenant_accounts() {
+    let app = spawn_with(|s| s.sandbox.enabled = true).await;
+    let providers = app.providers().list_providers(app.req(pb::ListProvidersRequest {})).await.unwrap().into_inner();
+    assert!(providers.providers.iter().all(|p| p.sandbox_available && p.account_count == 1));
+    let accounts =
+        app.accounts().list_accounts(app.req(pb::ListAccountsRequest::default())).await.unwrap().into_inner();
+    let names: Vec<_> = accounts.accounts.iter().map(|a| a.name.as_str()).collect();
+    assert_eq!(
+        names,
+        ["accounts/sandbox-digital99", "accounts/sandbox-exotel", "accounts/sandbox-gupshup", "accounts/sandbox-whapi"]
+    );
+    assert!(accounts.accounts.iter().all(|a| a.sandbox && a.credentials.is_none()));
+    // The simulators answer on the endpoints the core knows.
+    let ep = app.running().core.sandbox.clone().expect("endpoints");
+    let r = reqwest::get(format!("{}/_sim/counters", ep.whapi_manager)).await.unwrap();
+    assert!(r.status().is_success());
+}

@@ -37,6 +37,8 @@ pub fn test_settings(dir: &std::path::Path) -> Settings {
     s.server.health_probe_secs = 1;
     s.server.shutdown_grace_secs = 5;
     s.streams.heartbeat_secs = 1;
+    // Tests that need the simulators turn them on.
+    s.sandbox.enabled = false;
     s
 }
 
