@@ -2,7 +2,8 @@
 //! partner APIs (Gupshup, Exotel, Whapi.Cloud, 99digital).
 //!
 //! Layout: `domain` (pure types and the state machine), `core` (use cases over the `Store`
-//! and `Provider` ports), `store` (SQLite and PostgreSQL), `grpc` (thin handlers),
+//! and `Provider` ports), `providers` (the `Provider` port, registry, in-memory fake,
+//! conformance suite), `store` (SQLite and PostgreSQL), `grpc` (thin handlers),
 //! `sim` (provider simulators), `app` (wiring).
 
 pub mod app;
@@ -12,6 +13,7 @@ pub mod crypto;
 pub mod domain;
 pub mod error;
 pub mod grpc;
+pub mod providers;
 pub mod sim;
 pub mod store;
 pub mod telemetry;

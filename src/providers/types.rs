@@ -1,0 +1,174 @@
+//! Domain types in and out of [`super::Provider`]. No wire types: each adapter keeps its own
+//! private model and converts at its boundary.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+
+use crate::domain::account::{AccountOptions, Credentials};
+use crate::domain::{AccountId, E164, OnboardingId, OnboardingState, ProviderKind, Secret, WabaId};
+
+/// Everything an adapter needs to act for one account, built by the engine per call.
+///
+/// `Debug` is safe: credentials and the webhook URL are redacted.
+#[derive(Debug, Clone)]
+pub struct CallContext {
+    /// The account acted for.
+    pub account_id: AccountId,
+    /// Decrypted credentials; must match the adapter's kind.
+    pub credentials: Credentials,
+    /// Non-secret account options.
+    pub options: AccountOptions,
+    /// The account's ingress URL (`/webhooks/{provider}/{account}/{secret}`). A [`Secret`]
+    /// because the path embeds the webhook secret: expose only when registering it.
+    pub webhook_url: Secret,
+    /// Provider API base URL, resolved from options, config or the in-process simulator.
+    pub base_url: String,
+}
+
+/// What to create at the provider.
+#[derive(Debug, Clone, PartialEq)]
+pub struct StartRequest {
+    /// Our onboarding.
+    pub onboarding_id: OnboardingId,
+    /// Stable across retries of this onboarding's start. Adapters embed or index it so a
+    /// repeated start finds the resource made by an earlier attempt instead of making another.
+    pub idempotency_key: String,
+    /// Caller's reference, passed where the provider has a field for it.
+    pub reference: String,
+    /// Provider-specific input; its kind must match the adapter's.
+    pub payload: StartPayload,
+}
+
+/// Provider-specific start input.
+#[derive(Debug, Clone, PartialEq)]
+pub enum StartPayload {
+    /// Link a WABA and phone to a new Gupshup app.
+    Gupshup(GupshupStart),
+    /// Mint one Exotel hosted link (Exotel takes no input).
+    Exotel,
+    /// Create a Whapi channel for the customer to connect.
+    Whapi(WhapiStart),
+    /// Create a 99digital onboarding link for a number.
+    Digital99(Digital99Start),
+}
+
+impl StartPayload {
+    /// The provider this payload is for.
+    pub fn kind(&self) -> ProviderKind {
+        match self {
+            Self::Gupshup(_) => ProviderKind::Gupshup,
+            Self::Exotel => ProviderKind::Exotel,
+            Self::Whapi(_) => ProviderKind::Whapi,
+            Self::Digital99(_) => ProviderKind::Digital99,
+        }
+    }
+}
+
+/// Gupshup app linking input.
+#[derive(Debug, Clone, PartialEq)]
+pub struct GupshupStart {
+    /// App name, unique across Gupshup.
+    pub app_name: String,
+    /// WABA id from Embedded Signup.
+    pub waba_id: WabaId,
+    /// Phone to link.
+    pub phone: E164,
+    /// `storageRegion`; `None`: the account default.
+    pub storage_region: Option<String>,
+}
+
+/// Whapi channel input. Going live and extending days are later pipeline steps.
+#[derive(Debug, Clone, PartialEq)]
+pub struct WhapiStart {
+    /// Channel name shown in the Whapi panel.
+    pub channel_name: String,
+    /// Project; `None`: the account's `project_id`.
+    pub project_id: Option<String>,
+}
+
+/// 99digital link input. Number registration, when needed, is an earlier pipeline step.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Digital99Start {
+    /// Business number.
+    pub phone: E164,
+    /// Business name.
+    pub business_name: String,
+    /// WhatsApp display name.
+    pub display_name: String,
+    /// Business email.
+    pub business_email: Option<String>,
+    /// Company registration id.
+    pub business_id: Option<String>,
+    /// Business address.
+    pub business_address: Option<String>,
+    /// Coexistence with the WhatsApp Business app.
+    pub coexistence: bool,
+}
+
+/// How to find the provider-side resource again; the engine stores it verbatim.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ProviderHandle {
+    /// The key callbacks carry (app id, channel id, link token, phone digits); indexed by the
+    /// store to route callbacks to the onboarding.
+    pub external_key: String,
+    /// Adapter-private extra data (e.g. a link URL, the app name). Opaque to the engine.
+    pub data: serde_json::Value,
+}
+
+/// One reading of provider status.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct Observation {
+    /// The provider's own status, recorded on every transition.
+    pub raw_status: String,
+    /// Raw fields worth keeping (URLs, expiry, counters), provider naming.
+    pub fields: BTreeMap<String, String>,
+    /// Canonical state the raw status maps to; `None` when it says nothing new.
+    pub state: Option<OnboardingState>,
+    /// Human reason for the state, no secrets.
+    pub reason: String,
+}
+
+/// What [`super::Provider::start_onboarding`] made (or found).
+#[derive(Debug, Clone, PartialEq)]
+pub struct StartOutcome {
+    /// How to find it again.
+    pub handle: ProviderHandle,
+    /// Its status right after the call.
+    pub observation: Observation,
+    /// True when an earlier attempt had already created it and this call only found it.
+    pub reconciled: bool,
+}
+
+/// One event decoded from a callback body.
+#[derive(Debug, Clone, PartialEq)]
+pub struct CallbackEvent {
+    /// Unique per provider event and stable across redeliveries: the store dedupes on it.
+    pub dedupe_key: String,
+    /// Matches [`ProviderHandle::external_key`] of the onboarding it concerns.
+    pub external_key: String,
+    /// The provider's status or event type.
+    pub raw_status: String,
+    /// Canonical state hint; `None` for events that carry no state.
+    pub state: Option<OnboardingState>,
+    /// Raw fields worth keeping.
+    pub fields: BTreeMap<String, String>,
+}
+
+/// The result of a cancel.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct CancelOutcome {
+    /// Provider status after cancelling.
+    pub raw_status: String,
+    /// Days returned to the partner balance (Whapi), else 0.
+    pub refunded_days: u32,
+}
+
+/// The result of a credentials check that passed (rejection is an error).
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct CredentialsCheck {
+    /// One line for humans, e.g. the partner name.
+    pub summary: String,
+    /// Non-secret facts learnt (partner id, balance).
+    pub fields: BTreeMap<String, String>,
+}
