@@ -12,6 +12,7 @@ pub mod crypto;
 pub mod domain;
 pub mod error;
 pub mod grpc;
+pub mod providers;
 pub mod sim;
 pub mod store;
 pub mod telemetry;
