@@ -13,6 +13,7 @@ use crate::domain::{Capability, ProviderKind};
 #[cfg(any(test, feature = "conformance"))]
 pub mod conformance;
 pub mod error;
+pub mod http;
 pub mod memory;
 pub mod registry;
 pub mod types;

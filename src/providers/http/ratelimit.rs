@@ -1,0 +1,219 @@
+//! Client-side rate limiting per provider endpoint class and credential. [`RateLimiter::acquire`]
+//! queues until a slot is free (it never fails for being over the limit). Two backends: an
+//! in-memory sliding log (one replica) and the [`Store`]'s shared sliding log (PostgreSQL
+//! replicas). Every slot is held for the window plus a small slack, so network jitter between
+//! our clock and the provider's cannot squeeze one call too many into a provider window.
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use rand::Rng;
+use sha2::{Digest, Sha256};
+use tokio::time::Instant;
+
+use crate::error::AppError;
+use crate::store::Store;
+
+/// A non-secret fingerprint of a credential id (first 12 hex digits of a SHA-256).
+pub fn credential_fingerprint(credential_id: &str) -> String {
+    let digest = Sha256::digest(format!("wa-onboard/rate-key/{credential_id}").as_bytes());
+    hex::encode(&digest[..6])
+}
+
+/// The limiter key `{provider}:{class}:{credential_fingerprint}`.
+pub fn rate_key(provider: &str, class: &str, credential_id: &str) -> String {
+    format!("{provider}:{class}:{}", credential_fingerprint(credential_id))
+}
+
+/// Where the sliding logs live.
+#[async_trait]
+pub trait RateBackend: Send + Sync {
+    /// Takes a slot now, or says how long to wait before one frees.
+    async fn try_acquire(&self, key: &str, limit: u32, window: Duration) -> Result<Option<Duration>, AppError>;
+}
+
+/// In-process sliding log (single replica, SQLite deployments).
+#[derive(Debug, Default)]
+pub struct MemoryBackend {
+    logs: Mutex<HashMap<String, VecDeque<Instant>>>,
+}
+
+#[async_trait]
+impl RateBackend for MemoryBackend {
+    async fn try_acquire(&self, key: &str, limit: u32, window: Duration) -> Result<Option<Duration>, AppError> {
+        if limit == 0 {
+            return Ok(Some(window));
+        }
+        let now = Instant::now();
+        let mut logs = self.logs.lock().map_err(|_| AppError::internal("rate limiter lock poisoned"))?;
+        let log = logs.entry(key.to_string()).or_default();
+        while log.front().is_some_and(|t| now.duration_since(*t) >= window) {
+            log.pop_front();
+        }
+        if log.len() < limit as usize {
+            log.push_back(now);
+            return Ok(None);
+        }
+        let oldest = log.front().copied().unwrap_or(now);
+        Ok(Some((oldest + window).saturating_duration_since(now).max(Duration::from_millis(1))))
+    }
+}
+
+/// The store's sliding log, shared by every replica.
+pub struct StoreBackend {
+    store: Arc<dyn Store>,
+}
+
+#[async_trait]
+impl RateBackend for StoreBackend {
+    async fn try_acquire(&self, key: &str, limit: u32, window: Duration) -> Result<Option<Duration>, AppError> {
+        Ok(self.store.rate_acquire(key, limit, window, crate::domain::now_ms()).await?)
+    }
+}
+
+/// Queues callers until the limit allows them through.
+#[derive(Clone)]
+pub struct RateLimiter {
+    backend: Arc<dyn RateBackend>,
+    slack: Duration,
+}
+
+impl std::fmt::Debug for RateLimiter {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RateLimiter").field("slack", &self.slack).finish_non_exhaustive()
+    }
+}
+
+impl RateLimiter {
+    /// Default slack added to every window.
+    pub const DEFAULT_SLACK: Duration = Duration::from_millis(100);
+
+    /// In-memory backend.
+    pub fn in_memory() -> Self {
+        Self::with_backend(Arc::new(MemoryBackend::default()))
+    }
+
+    /// Store-backed (shared across replicas).
+    pub fn store_backed(store: Arc<dyn Store>) -> Self {
+        Self::with_backend(Arc::new(StoreBackend { store }))
+    }
+
+    /// Any backend.
+    pub fn with_backend(backend: Arc<dyn RateBackend>) -> Self {
+        Self { backend, slack: Self::DEFAULT_SLACK }
+    }
+
+    /// Changes the slack added to every window.
+    pub fn with_slack(mut self, slack: Duration) -> Self {
+        self.slack = slack;
+        self
+    }
+
+    /// Waits until one of `limit` slots per `window` for `key` is free, and takes it. Fails
+    /// only when the backend does (store down) or `limit` is 0.
+    pub async fn acquire(&self, key: &str, limit: u32, window: Duration) -> Result<(), AppError> {
+        if limit == 0 {
+            return Err(AppError::internal(format!("rate limit for {key} is 0")));
+        }
+        let window = window.saturating_add(self.slack);
+        let started = Instant::now();
+        loop {
+            match self.backend.try_acquire(key, limit, window).await? {
+                None => {
+                    let waited_ms = started.elapsed().as_millis() as u64;
+                    if waited_ms > 0 {
+                        tracing::debug!(key, waited_ms, "Rate limit slot acquired after waiting.");
+                    }
+                    return Ok(());
+                }
+                Some(wait) => {
+                    // Jitter spreads the waiters that wake for the same freed slot.
+                    let jitter_cap = (wait.as_millis() as u64 / 10).clamp(1, 50);
+                    let jitter = Duration::from_millis(rand::rng().random_range(0..=jitter_cap));
+                    tokio::time::sleep(wait + jitter).await;
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::testserver::TestServer;
+    use super::super::{HttpClient, HttpTimeouts, NoErrorBody};
+    use super::*;
+
+    fn max_in_window(arrivals: &[std::time::Instant], limit: usize, window: Duration) -> bool {
+        arrivals.windows(limit + 1).all(|w| w[limit].duration_since(w[0]) >= window)
+    }
+
+    #[test]
+    fn fingerprint_hides_the_id() {
+        let k = rate_key("gupshup", "link_app", "partner-secret-id-123");
+        assert!(k.starts_with("gupshup:link_app:"));
+        assert!(!k.contains("partner-secret-id-123"));
+        assert_eq!(k, rate_key("gupshup", "link_app", "partner-secret-id-123"));
+        assert_ne!(k, rate_key("gupshup", "link_app", "other"));
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+    async fn fifty_callers_queue_under_five_per_second() {
+        let server = TestServer::start(Vec::new()).await;
+        let client = HttpClient::new(HttpTimeouts::default()).unwrap();
+        let limiter = RateLimiter::in_memory();
+        let key = rate_key("test", "burst", "cred-1");
+        let mut tasks = Vec::new();
+        for _ in 0..50 {
+            let (client, limiter, key, url) = (client.clone(), limiter.clone(), key.clone(), server.url.clone());
+            tasks.push(tokio::spawn(async move {
+                limiter.acquire(&key, 5, Duration::from_secs(1)).await?;
+                client
+                    .send("test.burst", client.request(reqwest::Method::GET, url), true, &NoErrorBody)
+                    .await
+                    .map_err(AppError::from)
+            }));
+        }
+        for t in tasks {
+            t.await.unwrap().unwrap();
+        }
+        let arrivals = server.arrivals();
+        assert_eq!(arrivals.len(), 50);
+        assert!(max_in_window(&arrivals, 5, Duration::from_secs(1)), "more than 5 requests in a 1 s window");
+    }
+
+    #[tokio::test]
+    async fn other_keys_do_not_wait() {
+        let limiter = RateLimiter::in_memory();
+        let t0 = Instant::now();
+        for i in 0..10 {
+            limiter.acquire(&format!("k{i}"), 1, Duration::from_secs(10)).await.unwrap();
+        }
+        assert!(t0.elapsed() < Duration::from_secs(1));
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+    async fn store_backed_limiter_queues() {
+        let (store, _dir) = crate::store::testing::sqlite_store().await;
+        let limiter = RateLimiter::store_backed(store);
+        let times = Arc::new(Mutex::new(Vec::new()));
+        let mut tasks = Vec::new();
+        for _ in 0..9 {
+            let (limiter, times) = (limiter.clone(), times.clone());
+            tasks.push(tokio::spawn(async move {
+                limiter.acquire("test:store:x", 3, Duration::from_millis(500)).await?;
+                times.lock().unwrap().push(std::time::Instant::now());
+                Ok::<_, AppError>(())
+            }));
+        }
+        for t in tasks {
+            t.await.unwrap().unwrap();
+        }
+        let mut times = times.lock().unwrap().clone();
+        times.sort();
+        assert_eq!(times.len(), 9);
+        // Small tolerance: the store clock is milliseconds, the test clock nanoseconds.
+        assert!(max_in_window(&times, 3, Duration::from_millis(490)));
+    }
+}
