@@ -99,12 +99,7 @@ async fn graceful_shutdown_ends_streams_cleanly() {
     let mut app = spawn_app().await;
     app.accounts().create_account(app.req(gupshup_account("acme", "s"))).await.unwrap();
     let id = app.insert_onboarding("acme", "r").await;
-    let mut s = app
-        .onboardings()
-        .watch_onboarding(app.req(pb::WatchOnboardingRequest { name: format!("onboardings/{id}"), after_sequence: 1 }))
-        .await
-        .unwrap()
-        .into_inner();
+    let mut s = app.watch(&id, 1).await;
     assert!(s.next().await.unwrap().is_ok());
     let addr = app.running().grpc_addr;
     let started = std::time::Instant::now();

@@ -84,6 +84,17 @@ impl TestApp {
         pb::provider_service_client::ProviderServiceClient::new(self.channel.clone())
     }
 
+    /// Opens `WatchOnboarding` on `id` after `after_sequence`, as the dev tenant.
+    pub async fn watch(&self, id: &OnboardingId, after_sequence: i64) -> tonic::Streaming<pb::WatchOnboardingResponse> {
+        self.onboardings()
+            .watch_onboarding(
+                self.req(pb::WatchOnboardingRequest { name: format!("onboardings/{id}"), after_sequence }),
+            )
+            .await
+            .expect("watch opens")
+            .into_inner()
+    }
+
     /// A second tenant and its key.
     pub async fn other_tenant(&self, name: &str) -> Secret {
         let (_, key) =

@@ -33,12 +33,7 @@ async fn snapshot_then_changes_then_resume_without_gaps() {
     app.accounts().create_account(app.req(gupshup_account("acme", "s"))).await.unwrap();
     let id = app.insert_onboarding("acme", "r").await;
     let name = format!("onboardings/{id}");
-    let mut s = app
-        .onboardings()
-        .watch_onboarding(app.req(pb::WatchOnboardingRequest { name: name.clone(), after_sequence: 0 }))
-        .await
-        .unwrap()
-        .into_inner();
+    let mut s = app.watch(&id, 0).await;
     let Message::Snapshot(snap) = next(&mut s).await else { panic!("snapshot first") };
     assert_eq!(snap.name, name);
     assert_eq!(snap.sequence, 1);
@@ -58,12 +53,7 @@ async fn snapshot_then_changes_then_resume_without_gaps() {
     for _ in 0..5 {
         app.change_state(&id, OnboardingState::Live, "still live").await;
     }
-    let mut s = app
-        .onboardings()
-        .watch_onboarding(app.req(pb::WatchOnboardingRequest { name: name.clone(), after_sequence: 3 }))
-        .await
-        .unwrap()
-        .into_inner();
+    let mut s = app.watch(&id, 3).await;
     let Message::Snapshot(snap) = next(&mut s).await else { panic!("snapshot first") };
     assert_eq!(snap.sequence, 8);
     let seqs: Vec<i64> = {
@@ -81,12 +71,7 @@ async fn idle_streams_get_heartbeats() {
     let app = spawn_app().await;
     app.accounts().create_account(app.req(gupshup_account("acme", "s"))).await.unwrap();
     let id = app.insert_onboarding("acme", "r").await;
-    let mut s = app
-        .onboardings()
-        .watch_onboarding(app.req(pb::WatchOnboardingRequest { name: format!("onboardings/{id}"), after_sequence: 1 }))
-        .await
-        .unwrap()
-        .into_inner();
+    let mut s = app.watch(&id, 1).await;
     assert!(matches!(next(&mut s).await, Message::Snapshot(_)));
     // heartbeat_secs = 1 in tests.
     let started = std::time::Instant::now();
@@ -101,19 +86,9 @@ async fn a_slow_consumer_does_not_stall_others() {
     let app = spawn_app().await;
     app.accounts().create_account(app.req(gupshup_account("acme", "s"))).await.unwrap();
     let id = app.insert_onboarding("acme", "r").await;
-    let name = format!("onboardings/{id}");
     // The slow one opens a stream and never reads.
-    let _slow = app
-        .onboardings()
-        .watch_onboarding(app.req(pb::WatchOnboardingRequest { name: name.clone(), after_sequence: 0 }))
-        .await
-        .unwrap();
-    let mut fast = app
-        .onboardings()
-        .watch_onboarding(app.req(pb::WatchOnboardingRequest { name: name.clone(), after_sequence: 0 }))
-        .await
-        .unwrap()
-        .into_inner();
+    let mut slow = app.watch(&id, 0).await;
+    let mut fast = app.watch(&id, 0).await;
     assert!(matches!(next(&mut fast).await, Message::Snapshot(_)));
     assert_eq!(next_event(&mut fast).await.sequence, 1);
     // Far more events than the per-stream buffer (64).
@@ -124,7 +99,6 @@ async fn a_slow_consumer_does_not_stall_others() {
         assert_eq!(next_event(&mut fast).await.sequence, expected);
     }
     // And the slow one, once it reads, still gets everything in order from the store.
-    let mut slow = _slow.into_inner();
     assert!(matches!(next(&mut slow).await, Message::Snapshot(_)));
     for expected in 1..=301 {
         assert_eq!(next_event(&mut slow).await.sequence, expected);
