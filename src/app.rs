@@ -79,6 +79,15 @@ async fn bind(key: &'static str, addr: &str) -> Result<TcpListener, StartError> 
 
 /// Starts everything described by `settings`. `dev_api_key` fixes the development key.
 pub async fn start(settings: Settings, dev_api_key: Option<Secret>) -> Result<Running, StartError> {
+    start_with(settings, dev_api_key, None).await
+}
+
+/// [`start`] with the provider adapters given (tests inject fakes); `None`: the built-in ones.
+pub async fn start_with(
+    settings: Settings,
+    dev_api_key: Option<Secret>,
+    providers: Option<crate::providers::ProviderRegistry>,
+) -> Result<Running, StartError> {
     let settings = Arc::new(settings);
     let grpc_listener = bind("server.grpc_addr", &settings.server.grpc_addr).await?;
     let webhook_listener = bind("server.webhook_addr", &settings.server.webhook_addr).await?;
@@ -109,6 +118,24 @@ pub async fn start(settings: Settings, dev_api_key: Option<Secret>) -> Result<Ru
         None
     };
     let bus = crate::core::bus::Bus::new();
+    let providers = match providers {
+        Some(r) => r,
+        None => {
+            let http = crate::providers::http::HttpClient::new(crate::providers::http::HttpTimeouts {
+                connect: Duration::from_secs(settings.providers.http_timeout_secs.clamp(1, 10)),
+                total: Duration::from_secs(settings.providers.http_timeout_secs.max(1)),
+            })
+            .map_err(|e| StartError::Other(e.message))?;
+            let deps = crate::providers::builtin::AdapterDeps {
+                http,
+                // Store-backed: on PostgreSQL every replica shares the provider limits.
+                limiter: crate::providers::http::RateLimiter::store_backed(store.clone()),
+                retry: crate::providers::http::RetryPolicy::default(),
+                poll_interval: Duration::from_millis(settings.engine.poll_interval_ms),
+            };
+            crate::providers::builtin::registry(&deps)
+        }
+    };
     let core = Core {
         store: store.clone(),
         cipher: Arc::new(cipher),
@@ -117,6 +144,9 @@ pub async fn start(settings: Settings, dev_api_key: Option<Secret>) -> Result<Ru
         bus: bus.clone(),
         sandbox_running: sandbox.is_some(),
         sandbox: sandbox.as_ref().map(|s| Arc::new(s.endpoints())),
+        providers: Arc::new(providers),
+        engine_wake: Arc::new(tokio::sync::Notify::new()),
+        worker_id: format!("{}-{}", std::process::id(), crate::domain::new_id::<String>()),
     };
 
     let dev_api_key = if settings.dev.enabled {
@@ -148,7 +178,15 @@ pub async fn start(settings: Settings, dev_api_key: Option<Secret>) -> Result<Ru
         shutdown_rx.clone(),
     )));
 
-    tasks.push(tokio::spawn(serve_plain_http(webhook_listener, "webhook", shutdown_rx.clone())));
+    tasks.push(tokio::spawn(serve_router(
+        webhook_listener,
+        crate::webhooks::router(core.clone()),
+        "webhook",
+        shutdown_rx.clone(),
+    )));
+    if settings.engine.enabled {
+        tasks.push(tokio::spawn(core.clone().run_engine(shutdown_rx.clone())));
+    }
     tasks.push(tokio::spawn(serve_plain_http(metrics_listener, "metrics", shutdown_rx.clone())));
 
     let incoming = tokio_stream::wrappers::TcpListenerStream::new(grpc_listener);
@@ -289,10 +327,20 @@ async fn health_loop(
     }
 }
 
-/// A minimal HTTP listener (replaced by the webhook ingress and metrics endpoint): answers
-/// `/healthz` so the ports are live and probes work.
-async fn serve_plain_http(listener: TcpListener, what: &'static str, mut shutdown: watch::Receiver<bool>) {
+/// A minimal HTTP listener (to be replaced by the metrics endpoint): answers `/healthz` so
+/// the port is live and probes work.
+async fn serve_plain_http(listener: TcpListener, what: &'static str, shutdown: watch::Receiver<bool>) {
     let app = axum::Router::new().route("/healthz", axum::routing::get(|| async { "ok" }));
+    serve_router(listener, app, what, shutdown).await
+}
+
+/// Serves an axum router until shutdown.
+async fn serve_router(
+    listener: TcpListener,
+    app: axum::Router,
+    what: &'static str,
+    mut shutdown: watch::Receiver<bool>,
+) {
     let r = axum::serve(listener, app)
         .with_graceful_shutdown(async move {
             let _ = shutdown.wait_for(|s| *s).await;

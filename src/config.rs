@@ -29,6 +29,8 @@ pub struct Settings {
     pub providers: ProviderSettings,
     /// Streams.
     pub streams: StreamSettings,
+    /// Pipeline engine.
+    pub engine: EngineSettings,
 }
 
 /// Listeners and process settings.
@@ -186,6 +188,41 @@ impl Default for StreamSettings {
     }
 }
 
+/// Pipeline engine: leases, retries, polling.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct EngineSettings {
+    /// Run the engine in this process. Off: an API-only replica (others do the work).
+    pub enabled: bool,
+    /// How long a claimed step stays ours without renewal; a crashed replica's work is
+    /// picked up this long after it died.
+    pub lease_secs: u64,
+    /// Steps run concurrently per replica.
+    pub concurrency: usize,
+    /// Idle time between claims when nothing woke the engine, milliseconds.
+    pub tick_ms: u64,
+    /// First retry delay of a failed step, milliseconds (doubles per attempt, jittered).
+    pub retry_base_ms: u64,
+    /// Largest retry delay, milliseconds.
+    pub retry_max_ms: u64,
+    /// Default provider polling interval, milliseconds (adapters may ask for longer).
+    pub poll_interval_ms: u64,
+}
+
+impl Default for EngineSettings {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            lease_secs: 30,
+            concurrency: 32,
+            tick_ms: 500,
+            retry_base_ms: 1000,
+            retry_max_ms: 60_000,
+            poll_interval_ms: 3000,
+        }
+    }
+}
+
 /// Command-line overrides, applied last.
 #[derive(Debug, Clone, Default)]
 pub struct Overrides {
@@ -282,6 +319,16 @@ impl Settings {
         }
         if self.streams.buffer == 0 {
             return Err(ConfigError("streams.buffer must be at least 1".into()));
+        }
+        let e = &self.engine;
+        if e.lease_secs == 0 || e.concurrency == 0 || e.tick_ms == 0 || e.poll_interval_ms == 0 {
+            return Err(ConfigError(
+                "engine.lease_secs, engine.concurrency, engine.tick_ms and engine.poll_interval_ms must be at least 1"
+                    .into(),
+            ));
+        }
+        if e.retry_base_ms == 0 || e.retry_max_ms < e.retry_base_ms {
+            return Err(ConfigError("engine.retry_base_ms must be at least 1 and at most engine.retry_max_ms".into()));
         }
         if self.security.encryption_key_id.is_empty() {
             return Err(ConfigError("security.encryption_key_id must not be empty".into()));

@@ -132,6 +132,11 @@ impl AppError {
         Self::new(ErrorCode::Internal, message)
     }
 
+    /// `UNAVAILABLE`: a dependency is down or busy; retry.
+    pub fn unavailable(message: impl Into<String>) -> Self {
+        Self::new(ErrorCode::Unavailable, message)
+    }
+
     /// `UNIMPLEMENTED` naming what is missing and where it will come from.
     pub fn unimplemented(message: impl Into<String>) -> Self {
         Self::new(ErrorCode::Unimplemented, message)

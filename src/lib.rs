@@ -4,7 +4,7 @@
 //! Layout: `domain` (pure types and the state machine), `core` (use cases over the `Store`
 //! and `Provider` ports), `providers` (the `Provider` port, registry, in-memory fake,
 //! conformance suite), `store` (SQLite and PostgreSQL), `grpc` (thin handlers),
-//! `sim` (provider simulators), `app` (wiring).
+//! `webhooks` (HTTP ingress), `sim` (provider simulators), `app` (wiring).
 
 pub mod app;
 pub mod config;
@@ -17,3 +17,4 @@ pub mod providers;
 pub mod sim;
 pub mod store;
 pub mod telemetry;
+pub mod webhooks;

@@ -3,8 +3,13 @@
 
 pub mod accounts;
 pub mod bus;
+pub mod capabilities;
+pub mod context;
+pub mod engine;
+pub mod lifecycle;
 pub mod onboardings;
 pub mod tenants;
+pub mod webhooks;
 
 use std::sync::Arc;
 
@@ -33,6 +38,12 @@ pub struct Core {
     pub sandbox_running: bool,
     /// Where the built-in simulators listen, when they run.
     pub sandbox: Option<Arc<crate::sim::sandbox::SandboxEndpoints>>,
+    /// Provider adapters by kind, one instance per account.
+    pub providers: Arc<crate::providers::ProviderRegistry>,
+    /// Wakes this replica's engine when new work is written.
+    pub engine_wake: Arc<tokio::sync::Notify>,
+    /// This replica's lease-holder name.
+    pub worker_id: String,
 }
 
 impl std::fmt::Debug for Core {

@@ -53,6 +53,26 @@ impl<'de> serde::Deserialize<'de> for Secret {
     }
 }
 
+/// Serde for a map of secrets in plaintext, for values that are only ever serialized to be
+/// sealed at once (`#[serde(with = "crate::domain::secret::exposed_map")]`).
+pub mod exposed_map {
+    use std::collections::BTreeMap;
+
+    use serde::{Deserialize, Deserializer, Serialize, Serializer};
+
+    use super::Secret;
+
+    /// Writes the plaintext values.
+    pub fn serialize<S: Serializer>(m: &BTreeMap<String, Secret>, s: S) -> Result<S::Ok, S::Error> {
+        m.iter().map(|(k, v)| (k.as_str(), v.expose())).collect::<BTreeMap<_, _>>().serialize(s)
+    }
+
+    /// Reads them back.
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<BTreeMap<String, Secret>, D::Error> {
+        BTreeMap::<String, Secret>::deserialize(d)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

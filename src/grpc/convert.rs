@@ -9,8 +9,9 @@ use prost_types::Timestamp;
 use super::pb;
 use crate::core::accounts::AccountView;
 use crate::domain::account::{AccountOptions, Credentials, ExotelRegion};
-use crate::domain::{OnboardingState, ProviderKind, Secret, StepState, UnixMs};
+use crate::domain::{E164, OnboardingState, ProviderKind, Secret, StepState, UnixMs, WabaId};
 use crate::error::{AppError, Violations};
+use crate::providers::{Digital99Start, GupshupStart, StartPayload, VerifyMethod, WhapiStart};
 use crate::store::{EventRecord, OnboardingRecord, PageRequest, StepRecord};
 
 /// Default and maximum page sizes (AIP-158).
@@ -428,6 +429,91 @@ pub fn pipeline_to_pb(o: &OnboardingRecord, steps: &[StepRecord]) -> pb::Pipelin
         onboarding: format!("onboardings/{}", o.id),
         steps: steps.iter().map(step_to_pb).collect(),
         sequence: o.sequence,
+    }
+}
+
+/// The provider-specific part of `CreateOnboarding`, checked field by field.
+pub fn start_payload_from_pb(
+    v: &mut Violations,
+    r: Option<&pb::create_onboarding_request::Request>,
+) -> Option<StartPayload> {
+    use pb::create_onboarding_request::Request as R;
+    let Some(r) = r else {
+        v.add("request", "one of gupshup, exotel, whapi or digital99 is required");
+        return None;
+    };
+    let opt = |s: &str| (!s.trim().is_empty()).then(|| s.trim().to_string());
+    match r {
+        R::Gupshup(g) => {
+            if g.app_name.trim().is_empty() {
+                v.add("gupshup.app_name", "is required");
+            }
+            let waba = v.check("gupshup.waba_id", WabaId::parse(g.waba_id.trim()).map_err(|e| e.0));
+            let phone = v.check("gupshup.phone", E164::parse(g.phone.trim()).map_err(|e| e.0));
+            // The same checks as CreateSubscription: this spec becomes one once the app is live.
+            let subscription = g
+                .subscribe_on_live
+                .then(|| super::convert_ext::spec_from_pb(v, "gupshup.subscription", g.subscription.clone(), None));
+            Some(StartPayload::Gupshup(GupshupStart {
+                app_name: g.app_name.trim().to_string(),
+                waba_id: waba?,
+                phone: phone?,
+                storage_region: opt(&g.storage_region),
+                subscribe_on_live: subscription,
+            }))
+        }
+        R::Exotel(_) => Some(StartPayload::Exotel),
+        R::Whapi(w) => {
+            if w.channel_name.trim().is_empty() {
+                v.add("whapi.channel_name", "is required");
+            } else if w.channel_name.chars().count() > 100 {
+                v.add("whapi.channel_name", "must be at most 100 characters");
+            }
+            if !(0..=365).contains(&w.extend_days) {
+                v.add("whapi.extend_days", "must be between 0 and 365");
+            } else if w.extend_days > 0 && !w.go_live {
+                v.add("whapi.extend_days", "days can only be added to a live channel: set go_live");
+            }
+            Some(StartPayload::Whapi(WhapiStart {
+                channel_name: w.channel_name.trim().to_string(),
+                project_id: opt(&w.project_id),
+                go_live: w.go_live,
+                extend_days: w.extend_days.max(0) as u32,
+            }))
+        }
+        R::Digital99(d) => {
+            let phone = v.check("digital99.phone", E164::parse(d.phone.trim()).map_err(|e| e.0));
+            if d.business_name.trim().is_empty() {
+                v.add("digital99.business_name", "is required");
+            }
+            if d.display_name.trim().is_empty() {
+                v.add("digital99.display_name", "is required");
+            }
+            if !d.business_email.is_empty() && !d.business_email.contains('@') {
+                v.add("digital99.business_email", "must be an email address");
+            }
+            let register = match (d.register_number, pb::VerificationMethod::try_from(d.verification_method)) {
+                (false, _) => None,
+                (true, Ok(pb::VerificationMethod::Voice)) => Some(VerifyMethod::Voice),
+                (true, Ok(pb::VerificationMethod::Sms | pb::VerificationMethod::Unspecified)) => {
+                    Some(VerifyMethod::Sms)
+                }
+                (true, Err(_)) => {
+                    v.add("digital99.verification_method", "unknown method");
+                    None
+                }
+            };
+            Some(StartPayload::Digital99(Digital99Start {
+                phone: phone?,
+                business_name: d.business_name.trim().to_string(),
+                display_name: d.display_name.trim().to_string(),
+                business_email: opt(&d.business_email),
+                business_id: opt(&d.business_id),
+                business_address: opt(&d.business_address),
+                coexistence: d.coexistence,
+                register_number: register,
+            }))
+        }
     }
 }
 

@@ -3,6 +3,7 @@
 
 pub mod auth;
 pub mod convert;
+pub mod convert_ext;
 pub mod pb;
 mod services;
 

@@ -213,14 +213,18 @@ mod tests {
 
         fn valid_start(&self, key: &str) -> StartRequest {
             let payload = match self.p.kind() {
-                ProviderKind::Whapi => {
-                    StartPayload::Whapi(WhapiStart { channel_name: "Acme".into(), project_id: None })
-                }
+                ProviderKind::Whapi => StartPayload::Whapi(WhapiStart {
+                    channel_name: "Acme".into(),
+                    project_id: None,
+                    go_live: false,
+                    extend_days: 0,
+                }),
                 _ => StartPayload::Gupshup(GupshupStart {
                     app_name: "Acme Support".into(),
                     waba_id: WabaId::parse("123456789").unwrap(),
                     phone: E164::parse("+15551112222").unwrap(),
                     storage_region: None,
+                    subscribe_on_live: None,
                 }),
             };
             StartRequest {

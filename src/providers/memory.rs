@@ -24,6 +24,7 @@ pub struct InMemoryProvider {
     kind: ProviderKind,
     capabilities: Vec<Capability>,
     statuses: Vec<String>,
+    poll_interval: std::time::Duration,
     inner: Mutex<Inner>,
 }
 
@@ -55,6 +56,8 @@ struct WireEvent {
     id: String,
     key: String,
     status: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    at: Option<i64>,
 }
 
 impl InMemoryProvider {
@@ -64,6 +67,7 @@ impl InMemoryProvider {
             kind,
             capabilities: kind.capabilities().to_vec(),
             statuses: DEFAULT_STATUSES.iter().map(|s| s.to_string()).collect(),
+            poll_interval: std::time::Duration::from_millis(50),
             inner: Mutex::new(Inner::default()),
         }
     }
@@ -71,6 +75,12 @@ impl InMemoryProvider {
     /// Advertises exactly these capabilities.
     pub fn with_capabilities(mut self, capabilities: impl Into<Vec<Capability>>) -> Self {
         self.capabilities = capabilities.into();
+        self
+    }
+
+    /// How often the engine polls a waiting onboarding of this fake.
+    pub fn with_poll_interval(mut self, d: std::time::Duration) -> Self {
+        self.poll_interval = d;
         self
     }
 
@@ -121,7 +131,26 @@ impl InMemoryProvider {
     /// A callback body [`Provider::parse_callback`] understands: one event.
     pub fn render_callback(&self, event_id: &str, external_key: &str, raw_status: &str) -> Vec<u8> {
         let body = WireBody {
-            events: vec![WireEvent { id: event_id.into(), key: external_key.into(), status: raw_status.into() }],
+            events: vec![WireEvent {
+                id: event_id.into(),
+                key: external_key.into(),
+                status: raw_status.into(),
+                at: None,
+            }],
+        };
+        serde_json::to_vec(&body).unwrap_or_default()
+    }
+
+    /// Like [`InMemoryProvider::render_callback`], with the time the provider says the event
+    /// happened (to test out-of-order delivery).
+    pub fn render_callback_at(&self, event_id: &str, external_key: &str, raw_status: &str, at_ms: i64) -> Vec<u8> {
+        let body = WireBody {
+            events: vec![WireEvent {
+                id: event_id.into(),
+                key: external_key.into(),
+                status: raw_status.into(),
+                at: Some(at_ms),
+            }],
         };
         serde_json::to_vec(&body).unwrap_or_default()
     }
@@ -202,6 +231,10 @@ impl Provider for InMemoryProvider {
         self.kind
     }
 
+    fn poll_interval(&self) -> std::time::Duration {
+        self.poll_interval
+    }
+
     fn capabilities(&self) -> &[Capability] {
         &self.capabilities
     }
@@ -275,6 +308,7 @@ impl Provider for InMemoryProvider {
                     state: Self::map_status(&e.status),
                     raw_status: e.status,
                     fields: BTreeMap::new(),
+                    occurred_ms: e.at,
                 })
             })
             .collect()

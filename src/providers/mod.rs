@@ -10,17 +10,26 @@ use async_trait::async_trait;
 
 use crate::domain::{Capability, ProviderKind};
 
+pub mod builtin;
 #[cfg(any(test, feature = "conformance"))]
 pub mod conformance;
+pub mod digital99;
 pub mod error;
+pub mod exotel;
+pub mod ext;
+pub mod gupshup;
 pub mod http;
 pub mod memory;
 pub mod registry;
+pub mod steps;
 pub mod types;
+pub mod whapi;
 
 pub use error::ProviderError;
+pub use ext::*;
 pub use memory::InMemoryProvider;
 pub use registry::{ProviderFactory, ProviderRegistry};
+pub use steps::*;
 pub use types::*;
 
 /// One provider adapter, bound to one account (see [`ProviderRegistry`]).
@@ -70,4 +79,93 @@ pub trait Provider: Send + Sync + Debug {
     /// [`ProviderError::NotSupported`] without [`Capability::Cancel`];
     /// [`ProviderError::Precondition`] once the onboarding is finished (live or terminal).
     async fn cancel(&self, ctx: &CallContext, handle: &ProviderHandle) -> Result<CancelOutcome, ProviderError>;
+
+    /// Checks a start request before anything is stored or sent, so bad input is refused
+    /// synchronously (`INVALID_ARGUMENT` with the field path) with no provider call. The
+    /// default accepts everything; adapters check what the provider would refuse.
+    fn validate_start(&self, ctx: &CallContext, req: &StartRequest) -> Result<(), ProviderError> {
+        let _ = (ctx, req);
+        Ok(())
+    }
+
+    /// The ordered steps for an onboarding with this request. The default is
+    /// [`default_pipeline`]: `start` (via [`Provider::start_onboarding`]) then `await_live`
+    /// (via [`Provider::poll`]). Adapters with more steps override this and
+    /// [`Provider::run_step`] together.
+    fn pipeline(&self, req: &StartRequest) -> Vec<StepSpec> {
+        let _ = req;
+        default_pipeline()
+    }
+
+    /// Runs one step of [`Provider::pipeline`]. MUST be safe to repeat (see [`steps`]).
+    /// Errors are classified by the engine: retryable ones back off and retry (bounded),
+    /// `Unauthenticated` moves the onboarding to `REAUTH_REQUIRED`, others fail it.
+    async fn run_step(&self, ctx: &CallContext, run: &StepRun) -> Result<StepOutcome, ProviderError> {
+        default_run_step(self, ctx, run).await
+    }
+
+    /// How often a waiting onboarding is polled by default (adapters tune per step through
+    /// [`Progress::Wait`]).
+    fn poll_interval(&self) -> std::time::Duration {
+        std::time::Duration::from_secs(5)
+    }
+
+    /// Webhook subscriptions on onboarded resources, when the provider has them.
+    fn subscriptions(&self) -> Option<&dyn SubscriptionOps> {
+        None
+    }
+
+    /// The account-level partner token, when the provider has one.
+    fn partner_token(&self) -> Option<&dyn PartnerTokenOps> {
+        None
+    }
+
+    /// Batch hosted links, when the provider has them.
+    fn hosted_links(&self) -> Option<&dyn HostedLinkOps> {
+        None
+    }
+
+    /// Channel management, when the provider has it.
+    fn channels(&self) -> Option<&dyn ChannelOps> {
+        None
+    }
+
+    /// Number verification, when the provider has it.
+    fn verification(&self) -> Option<&dyn VerificationOps> {
+        None
+    }
+}
+
+/// [`Provider::run_step`] for [`default_pipeline`]: `start` creates (reconciling), `await_live`
+/// polls until `LIVE` or a terminal state.
+pub async fn default_run_step<P: Provider + ?Sized>(
+    p: &P,
+    ctx: &CallContext,
+    run: &StepRun,
+) -> Result<StepOutcome, ProviderError> {
+    match run.name.as_str() {
+        STEP_START => {
+            let out = p.start_onboarding(ctx, &run.request).await?;
+            let mut step = StepOutcome::done(out.observation).handle(out.handle);
+            if out.reconciled {
+                step = step.attribute("reconciled", "true");
+            }
+            Ok(step)
+        }
+        STEP_AWAIT_LIVE => {
+            let handle = run.handle.as_ref().ok_or_else(|| ProviderError::Precondition {
+                raw: String::new(),
+                message: "await_live ran before start recorded a handle".into(),
+            })?;
+            let obs = p.poll(ctx, handle).await?;
+            Ok(match obs.state {
+                Some(s) if s == crate::domain::OnboardingState::Live || s.is_terminal() => StepOutcome::done(obs),
+                _ => StepOutcome::wait(p.poll_interval(), obs),
+            })
+        }
+        other => Err(ProviderError::Precondition {
+            raw: String::new(),
+            message: format!("unknown step '{other}' for {}", p.kind()),
+        }),
+    }
 }

@@ -5,6 +5,7 @@ use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
+use super::ext::SubscriptionSpec;
 use crate::domain::account::{AccountOptions, Credentials};
 use crate::domain::{AccountId, E164, OnboardingId, OnboardingState, ProviderKind, Secret, WabaId};
 
@@ -26,8 +27,9 @@ pub struct CallContext {
     pub base_url: String,
 }
 
-/// What to create at the provider.
-#[derive(Debug, Clone, PartialEq)]
+/// What to create at the provider. The engine keeps it sealed (it can hold subscription
+/// header secrets) and hands it to every step.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct StartRequest {
     /// Our onboarding.
     pub onboarding_id: OnboardingId,
@@ -41,7 +43,8 @@ pub struct StartRequest {
 }
 
 /// Provider-specific start input.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "provider", rename_all = "lowercase")]
 pub enum StartPayload {
     /// Link a WABA and phone to a new Gupshup app.
     Gupshup(GupshupStart),
@@ -66,7 +69,7 @@ impl StartPayload {
 }
 
 /// Gupshup app linking input.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct GupshupStart {
     /// App name, unique across Gupshup.
     pub app_name: String,
@@ -76,19 +79,38 @@ pub struct GupshupStart {
     pub phone: E164,
     /// `storageRegion`; `None`: the account default.
     pub storage_region: Option<String>,
+    /// Subscription to create once the app is live (`subscribe_on_live`); `None`: none.
+    #[serde(default)]
+    pub subscribe_on_live: Option<SubscriptionSpec>,
 }
 
 /// Whapi channel input. Going live and extending days are later pipeline steps.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct WhapiStart {
     /// Channel name shown in the Whapi panel.
     pub channel_name: String,
     /// Project; `None`: the account's `project_id`.
     pub project_id: Option<String>,
+    /// Switch the channel from trial to live once connected.
+    #[serde(default)]
+    pub go_live: bool,
+    /// Days to add after going live (0: none).
+    #[serde(default)]
+    pub extend_days: u32,
+}
+
+/// How a verification code reaches the business.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum VerifyMethod {
+    /// Text message.
+    Sms,
+    /// Voice call.
+    Voice,
 }
 
 /// 99digital link input. Number registration, when needed, is an earlier pipeline step.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Digital99Start {
     /// Business number.
     pub phone: E164,
@@ -104,6 +126,10 @@ pub struct Digital99Start {
     pub business_address: Option<String>,
     /// Coexistence with the WhatsApp Business app.
     pub coexistence: bool,
+    /// Register and verify the number first, sending the code this way; `None`: the number
+    /// is already registered.
+    #[serde(default)]
+    pub register_number: Option<VerifyMethod>,
 }
 
 /// How to find the provider-side resource again; the engine stores it verbatim.
@@ -153,6 +179,9 @@ pub struct CallbackEvent {
     pub state: Option<OnboardingState>,
     /// Raw fields worth keeping.
     pub fields: BTreeMap<String, String>,
+    /// When the provider says it happened; used to drop a stale event that arrives after a
+    /// newer one (out-of-order delivery). `None` when the provider sends no time.
+    pub occurred_ms: Option<crate::domain::UnixMs>,
 }
 
 /// The result of a cancel.

@@ -190,6 +190,14 @@ pub trait Store: Send + Sync + 'static {
         account: &AccountId,
         external_key: &str,
     ) -> StoreResult<Option<OnboardingRecord>>;
+    /// The tenant's onboarding of `provider` whose provider-side key is `external_key` (e.g.
+    /// a Whapi channel id), for RPCs that name provider resources.
+    async fn onboarding_by_resource(
+        &self,
+        tenant: &TenantId,
+        provider: ProviderKind,
+        external_key: &str,
+    ) -> StoreResult<Option<OnboardingRecord>>;
     /// The tenant's onboardings, newest id last (ids are time-ordered), filtered.
     async fn list_onboardings(
         &self,
@@ -219,6 +227,9 @@ pub trait Store: Send + Sync + 'static {
     -> StoreResult<Vec<StepRecord>>;
     /// Extends a lease the worker still holds; false if it was lost.
     async fn renew_lease(&self, id: &OnboardingId, step: &str, worker: &str, until: UnixMs) -> StoreResult<bool>;
+    /// Writes a step the worker still leases, without an event (a poll that observed nothing
+    /// new), releasing the lease; false (nothing written) if the lease was lost.
+    async fn release_step(&self, step: &StepRecord, worker: &str) -> StoreResult<bool>;
     /// Onboardings not in a terminal state whose `state_deadline_ms` is before `now`.
     async fn overdue_onboardings(&self, now: UnixMs, limit: u32) -> StoreResult<Vec<OnboardingRecord>>;
 

@@ -655,6 +655,21 @@ macro_rules! impl_sql_store {
                 self.find("SELECT * FROM onboardings WHERE id = $1", &[id.as_str()], Self::onboarding_from).await
             }
 
+            async fn onboarding_by_resource(
+                &self,
+                tenant: &$crate::domain::TenantId,
+                provider: $crate::domain::ProviderKind,
+                external_key: &str,
+            ) -> $crate::store::StoreResult<Option<$crate::store::OnboardingRecord>> {
+                self.find(
+                    "SELECT * FROM onboardings WHERE tenant_id = $1 AND provider = $2 AND external_key = $3 \
+                     ORDER BY id DESC LIMIT 1",
+                    &[tenant.as_str(), provider.as_str(), external_key],
+                    Self::onboarding_from,
+                )
+                .await
+            }
+
             async fn onboarding_by_external_key(
                 &self,
                 account: &$crate::domain::AccountId,
@@ -863,6 +878,33 @@ macro_rules! impl_sql_store {
                 .bind(step)
                 .bind(worker)
                 .bind(until)
+                .execute(self.writer())
+                .await?;
+                Ok(done.rows_affected() > 0)
+            }
+
+            async fn release_step(
+                &self,
+                step: &$crate::store::StepRecord,
+                worker: &str,
+            ) -> $crate::store::StoreResult<bool> {
+                let done = sqlx::query(
+                    "UPDATE pipeline_steps SET state = $4, attempts = $5, next_run_ms = $6, lease_owner = NULL, \
+                     lease_until_ms = NULL, last_error = $7, last_error_code = $8, provider_stage_json = $9, \
+                     data_json = $10, updated_ms = $11 \
+                     WHERE onboarding_id = $1 AND name = $2 AND lease_owner = $3 AND state = 'RUNNING'",
+                )
+                .bind(step.onboarding_id.as_str())
+                .bind(step.name.as_str())
+                .bind(worker)
+                .bind(step.state.as_str())
+                .bind(step.attempts)
+                .bind(step.next_run_ms)
+                .bind(step.last_error.as_deref())
+                .bind(step.last_error_code.as_deref())
+                .bind(step.provider_stage_json.as_str())
+                .bind(step.data_json.as_str())
+                .bind(step.updated_ms)
                 .execute(self.writer())
                 .await?;
                 Ok(done.rows_affected() > 0)

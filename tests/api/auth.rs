@@ -37,7 +37,7 @@ async fn good_key_works_and_health_and_reflection_stay_open() {
     assert_eq!(gupshup.provider, pb::Provider::Gupshup as i32);
     assert!(gupshup.capabilities.contains(&(pb::Capability::LinkApp as i32)));
     // No adapter yet: the service says so instead of pretending.
-    assert!(!gupshup.implemented);
+    assert!(providers.providers.iter().all(|p| p.implemented), "every adapter is built in");
 
     let mut health = tonic_health::pb::health_client::HealthClient::new(app.channel.clone());
     let r = health.check(tonic_health::pb::HealthCheckRequest { service: String::new() }).await.unwrap().into_inner();
@@ -45,18 +45,23 @@ async fn good_key_works_and_health_and_reflection_stay_open() {
 }
 
 #[tokio::test]
-async fn provider_specific_rpcs_say_unimplemented_not_fake_success() {
-    let app = spawn_app().await;
+async fn a_provider_without_an_adapter_says_unimplemented_not_fake_success() {
+    // A build with no adapters registered.
+    let app = spawn_with_providers(|_| {}, Some(wa_onboard::providers::ProviderRegistry::new())).await;
     app.accounts().create_account(app.req(gupshup_account("acme", "s1"))).await.unwrap();
-    let err = app
-        .onboardings()
-        .create_onboarding(
-            app.req(pb::CreateOnboardingRequest { account: "accounts/acme".into(), ..Default::default() }),
-        )
-        .await
-        .unwrap_err();
+    let mut req = pb::CreateOnboardingRequest { account: "accounts/acme".into(), ..Default::default() };
+    let err = app.onboardings().create_onboarding(app.req(req.clone())).await.unwrap_err();
+    assert_eq!(err.code(), tonic::Code::InvalidArgument, "no request kind: {err:?}");
+    assert_eq!(violations(&err), vec!["request".to_string()]);
+    req.request = Some(pb::create_onboarding_request::Request::Gupshup(pb::GupshupLinkAppRequest {
+        app_name: "Acme Support".into(),
+        waba_id: "123456789".into(),
+        phone: "+15551112222".into(),
+        ..Default::default()
+    }));
+    let err = app.onboardings().create_onboarding(app.req(req)).await.unwrap_err();
     assert_eq!(err.code(), tonic::Code::Unimplemented);
-    assert!(err.message().contains("gupshup"), "{}", err.message());
+    assert!(err.message().to_lowercase().contains("gupshup"), "{}", err.message());
     let err = app
         .accounts()
         .check_account(app.req(pb::CheckAccountRequest { name: "accounts/acme".into() }))

@@ -47,11 +47,19 @@ pub async fn spawn_app() -> TestApp {
 }
 
 pub async fn spawn_with(tweak: impl FnOnce(&mut Settings)) -> TestApp {
+    spawn_with_providers(tweak, None).await
+}
+
+/// A server whose adapters are the given registry (fakes), or the built-in ones.
+pub async fn spawn_with_providers(
+    tweak: impl FnOnce(&mut Settings),
+    providers: Option<wa_onboard::providers::ProviderRegistry>,
+) -> TestApp {
     init_tracing();
     let dir = tempfile::tempdir().expect("tempdir");
     let mut settings = test_settings(dir.path());
     tweak(&mut settings);
-    let running = app::start(settings, None).await.expect("server starts");
+    let running = app::start_with(settings, None, providers).await.expect("server starts");
     let key = running.dev_api_key.clone().expect("dev key");
     let channel =
         Channel::from_shared(format!("http://{}", running.grpc_addr)).expect("uri").connect().await.expect("connect");
@@ -212,4 +220,25 @@ pub fn violations(status: &tonic::Status) -> Vec<String> {
         .get_details_bad_request()
         .map(|b| b.field_violations.into_iter().map(|v| v.field).collect())
         .unwrap_or_default()
+}
+
+/// A fresh PostgreSQL schema for one test (`None` when the suite runs with
+/// `WA_ONBOARD_TEST_DATABASE_URL=skip`); unreachable PostgreSQL fails the test.
+pub async fn pg_schema() -> Option<String> {
+    let base = std::env::var("WA_ONBOARD_TEST_DATABASE_URL")
+        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".into());
+    if base == "skip" {
+        eprintln!("SKIPPING PostgreSQL test (WA_ONBOARD_TEST_DATABASE_URL=skip)");
+        return None;
+    }
+    Some(
+        wa_onboard::store::postgres::create_test_schema(&base)
+            .await
+            .expect("PostgreSQL must be reachable for the test suite"),
+    )
+}
+
+/// Drops a schema made by [`pg_schema`].
+pub async fn drop_pg(url: &str) {
+    wa_onboard::store::postgres::drop_schema(url).await.ok();
 }

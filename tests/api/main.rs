@@ -5,5 +5,8 @@ mod helpers;
 
 mod accounts;
 mod auth;
+mod capabilities;
+mod engine;
+mod gupshup;
 mod health_shutdown;
 mod watch;

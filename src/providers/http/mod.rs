@@ -1,5 +1,5 @@
 //! Shared HTTP plumbing for provider adapters: one `reqwest::Client` with timeouts, one
-//! response classification ([`classify`]), URL redaction, and the status-to-[`AppError`]
+//! response classification ([`classify`]), URL redaction, and the status-to-[`ProviderError`]
 //! mapping. Retry, rate limiting and token caching live in the submodules.
 
 pub mod ratelimit;
@@ -11,7 +11,8 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use bytes::Bytes;
 use http::{HeaderMap, StatusCode};
 
-use crate::error::{AppError, ErrorCode};
+use super::ProviderError;
+use crate::error::AppError;
 
 pub use ratelimit::{RateLimiter, credential_fingerprint, rate_key};
 pub use retry::{RetryPolicy, retry};
@@ -246,36 +247,35 @@ impl HttpFailure {
             Self::UnknownOutcome { .. } => None,
         }
     }
-
-    fn class(&self) -> &str {
-        match self {
-            Self::Retryable { class, .. } | Self::Fatal { class, .. } | Self::UnknownOutcome { class, .. } => class,
-        }
-    }
 }
 
-/// Status-to-error mapping, written once. The provider's raw code goes into the details.
-impl From<HttpFailure> for AppError {
+/// Status-to-error mapping, written once: every adapter's HTTP failure becomes a semantic
+/// [`ProviderError`] here, and `ProviderError` alone maps to the gRPC-facing `AppError`
+/// (`providers::error`). Adapters refine first where the provider's body says more (a
+/// Gupshup 409 "already exists" that names the app, a 99digital reason code).
+impl From<HttpFailure> for ProviderError {
     fn from(f: HttpFailure) -> Self {
-        let provider = f.class().split('.').next().unwrap_or("provider").to_string();
         let raw = f.status().map_or_else(|| "transport".to_string(), |s| s.to_string());
-        let code = match &f {
-            HttpFailure::UnknownOutcome { .. } => ErrorCode::Unavailable,
-            HttpFailure::Retryable { status: Some(429), .. } => ErrorCode::ResourceExhausted,
-            HttpFailure::Retryable { reason, .. } if reason.starts_with("timeout") => ErrorCode::DeadlineExceeded,
-            HttpFailure::Retryable { .. } => ErrorCode::Unavailable,
-            HttpFailure::Fatal { status: Some(400 | 422), .. } => ErrorCode::InvalidArgument,
-            HttpFailure::Fatal { status: Some(401 | 403), .. } => ErrorCode::FailedPrecondition,
-            HttpFailure::Fatal { status: Some(404), .. } => ErrorCode::NotFound,
-            HttpFailure::Fatal { status: Some(409), .. } => ErrorCode::AlreadyExists,
-            HttpFailure::Fatal { .. } => ErrorCode::Internal,
-        };
-        let after = f.retry_after();
-        let mut e = AppError::new(code, f.to_string()).with_provider(provider, raw);
-        if let Some(d) = after {
-            e = e.with_retry_after(d);
+        match f {
+            HttpFailure::UnknownOutcome { .. } => ProviderError::UnknownOutcome { raw },
+            HttpFailure::Retryable { status: Some(429), after, .. } => {
+                ProviderError::RateLimited { retry_after: after, raw }
+            }
+            HttpFailure::Retryable { class, reason, .. } => {
+                ProviderError::Retryable { raw, message: format!("{class}: {reason}") }
+            }
+            HttpFailure::Fatal { status: Some(401 | 403), .. } => ProviderError::Unauthenticated { raw },
+            HttpFailure::Fatal { status: Some(404), .. } => ProviderError::NotFound { raw },
+            HttpFailure::Fatal { status: Some(409), class, reason, .. } => {
+                ProviderError::Conflict { raw, message: format!("{class}: {reason}") }
+            }
+            HttpFailure::Fatal { status: Some(400 | 422) | None, class, reason, .. } => {
+                ProviderError::Invalid { field: None, message: format!("{class}: {reason}"), raw }
+            }
+            HttpFailure::Fatal { class, reason, .. } => {
+                ProviderError::Precondition { raw, message: format!("{class}: {reason}") }
+            }
         }
-        e
     }
 }
 
@@ -414,7 +414,13 @@ mod tests {
     }
 
     #[test]
-    fn app_error_mapping() {
+    fn provider_error_mapping() {
+        let fatal = |status: Option<u16>| HttpFailure::Fatal {
+            class: "gupshup.link_app".into(),
+            url: "u".into(),
+            status,
+            reason: "r".into(),
+        };
         let f = HttpFailure::Retryable {
             class: "gupshup.link_app".into(),
             url: "u".into(),
@@ -422,9 +428,26 @@ mod tests {
             after: Some(Duration::from_secs(2)),
             reason: "HTTP 429".into(),
         };
-        let e: AppError = f.into();
-        assert_eq!(e.code, ErrorCode::ResourceExhausted);
-        assert_eq!(e.retry_after, Some(Duration::from_secs(2)));
-        assert_eq!(e.provider.unwrap().provider, "gupshup");
+        assert_eq!(
+            ProviderError::from(f),
+            ProviderError::RateLimited { retry_after: Some(Duration::from_secs(2)), raw: "429".into() }
+        );
+        assert!(matches!(ProviderError::from(fatal(Some(401))), ProviderError::Unauthenticated { .. }));
+        assert!(matches!(ProviderError::from(fatal(Some(403))), ProviderError::Unauthenticated { .. }));
+        assert!(matches!(ProviderError::from(fatal(Some(404))), ProviderError::NotFound { .. }));
+        assert!(matches!(ProviderError::from(fatal(Some(409))), ProviderError::Conflict { .. }));
+        assert!(matches!(ProviderError::from(fatal(Some(400))), ProviderError::Invalid { .. }));
+        assert!(matches!(ProviderError::from(fatal(None)), ProviderError::Invalid { .. }));
+        assert!(matches!(ProviderError::from(fatal(Some(402))), ProviderError::Precondition { .. }));
+        let u = HttpFailure::UnknownOutcome { class: "c".into(), url: "u".into(), reason: "timeout".into() };
+        assert_eq!(ProviderError::from(u), ProviderError::UnknownOutcome { raw: "transport".into() });
+        let r = HttpFailure::Retryable {
+            class: "c".into(),
+            url: "u".into(),
+            status: Some(502),
+            after: None,
+            reason: "x".into(),
+        };
+        assert!(ProviderError::from(r).is_retryable());
     }
 }

@@ -14,6 +14,7 @@ use sha2::{Digest, Sha256};
 use tokio::time::Instant;
 
 use crate::error::AppError;
+use crate::providers::ProviderError;
 use crate::store::Store;
 
 /// A non-secret fingerprint of a credential id (first 12 hex digits of a SHA-256).
@@ -112,15 +113,22 @@ impl RateLimiter {
     }
 
     /// Waits until one of `limit` slots per `window` for `key` is free, and takes it. Fails
-    /// only when the backend does (store down) or `limit` is 0.
-    pub async fn acquire(&self, key: &str, limit: u32, window: Duration) -> Result<(), AppError> {
+    /// only when the backend does (store down: retryable, nothing was sent) or `limit` is 0.
+    pub async fn acquire(&self, key: &str, limit: u32, window: Duration) -> Result<(), ProviderError> {
         if limit == 0 {
-            return Err(AppError::internal(format!("rate limit for {key} is 0")));
+            return Err(ProviderError::Precondition {
+                raw: "rate_limit".into(),
+                message: format!("rate limit for {key} is 0"),
+            });
         }
         let window = window.saturating_add(self.slack);
         let started = Instant::now();
         loop {
-            match self.backend.try_acquire(key, limit, window).await? {
+            let slot = self.backend.try_acquire(key, limit, window).await.map_err(|e| ProviderError::Retryable {
+                raw: "rate_limiter".into(),
+                message: format!("rate limiter unavailable: {}", e.message),
+            })?;
+            match slot {
                 None => {
                     let waited_ms = started.elapsed().as_millis() as u64;
                     if waited_ms > 0 {
@@ -172,7 +180,7 @@ mod tests {
                 client
                     .send("test.burst", client.request(reqwest::Method::GET, url), true, &NoErrorBody)
                     .await
-                    .map_err(AppError::from)
+                    .map_err(ProviderError::from)
             }));
         }
         for t in tasks {
@@ -204,7 +212,7 @@ mod tests {
             tasks.push(tokio::spawn(async move {
                 limiter.acquire("test:store:x", 3, Duration::from_millis(500)).await?;
                 times.lock().unwrap().push(std::time::Instant::now());
-                Ok::<_, AppError>(())
+                Ok::<_, ProviderError>(())
             }));
         }
         for t in tasks {

@@ -193,8 +193,8 @@ mod tests {
         assert!(matches!(r, Err(HttpFailure::UnknownOutcome { .. })), "{r:?}");
         tokio::time::sleep(Duration::from_millis(200)).await;
         assert_eq!(s.count(), 1);
-        let e: crate::error::AppError = r.unwrap_err().into();
-        assert!(e.message.contains("reconcile"), "{}", e.message);
+        let e: crate::providers::ProviderError = r.unwrap_err().into();
+        assert!(matches!(e, crate::providers::ProviderError::UnknownOutcome { .. }), "{e:?}");
     }
 
     #[tokio::test]

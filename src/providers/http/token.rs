@@ -11,7 +11,7 @@ use tokio::time::Instant;
 
 use super::HttpFailure;
 use crate::domain::{UnixMs, now_ms};
-use crate::error::{AppError, ErrorCode};
+use crate::providers::ProviderError;
 
 /// A freshly fetched token and how long it lives (`None`: until a 401).
 #[derive(Debug, Clone)]
@@ -49,9 +49,9 @@ impl AuthFailure for HttpFailure {
     }
 }
 
-impl AuthFailure for AppError {
+impl AuthFailure for ProviderError {
     fn is_unauthenticated(&self) -> bool {
-        self.code == ErrorCode::Unauthenticated || self.provider.as_ref().is_some_and(|p| p.raw_code == "401")
+        matches!(self, ProviderError::Unauthenticated { .. })
     }
 }
 

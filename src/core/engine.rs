@@ -1,0 +1,951 @@
+//! The pipeline engine (design §4, §5): runs each onboarding's steps as durable jobs.
+//!
+//! - A step is claimed under a lease (`FOR UPDATE SKIP LOCKED` on PostgreSQL), renewed while
+//!   the adapter works; a crashed replica's lease lapses and any replica takes the step over.
+//!   Adapters make every step safe to repeat (creates reconcile first), so a takeover never
+//!   creates twice.
+//! - Every state change is one `apply_change` transaction with its event (sequence, raw
+//!   provider status); a poll that observed nothing new only reschedules its step.
+//! - Retryable errors back off (exponential, jittered, honouring `Retry-After`) up to the
+//!   step's attempt bound, then the onboarding is `STALLED`; rejected credentials give
+//!   `REAUTH_REQUIRED`; other errors `FAILED`, each with the provider's raw code.
+//! - A watchdog moves onboardings past their state deadline to `STALLED` and writes trial /
+//!   link expiry warnings; `RetryPipeline` restarts a stalled pipeline.
+//! - Webhook events stored by the ingress are applied here, each in the same transaction
+//!   that marks it processed; stale (out-of-order) events are recorded but move nothing.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use rand::Rng;
+use tokio::sync::Semaphore;
+use tracing::Instrument;
+
+use super::Core;
+use super::context::{ENGINE_KEY, stored_handle};
+use crate::domain::{OnboardingId, OnboardingState, StepState, UnixMs, now_ms};
+use crate::error::AppError;
+use crate::providers::{
+    CallbackEvent, Progress, Provider, ProviderError, ProviderHandle, StartRequest, StepOutcome, StepRun, StepSpec,
+};
+use crate::store::{
+    NewEvent, OnboardingChange, OnboardingRecord, StepRecord, StoreError, WebhookEventRecord, WebhookStatus,
+};
+
+/// How many times a change is re-read and re-applied when a concurrent writer (a callback,
+/// an RPC) moved the onboarding's sequence first.
+const CONFLICT_RETRIES: usize = 8;
+
+/// Progress order of the main path; side states rank by where they usually occur.
+fn rank(s: OnboardingState) -> u8 {
+    match s {
+        OnboardingState::Pending => 0,
+        OnboardingState::AwaitingCustomer => 1,
+        OnboardingState::Provisioning | OnboardingState::PendingReview => 2,
+        OnboardingState::Live => 3,
+        _ => 0,
+    }
+}
+
+/// Serialises a JSON value to text (never fails for `Value`).
+fn json(v: &serde_json::Value) -> String {
+    v.to_string()
+}
+
+fn details_map(o: &OnboardingRecord) -> serde_json::Map<String, serde_json::Value> {
+    match serde_json::from_str::<serde_json::Value>(&o.details_json) {
+        Ok(serde_json::Value::Object(m)) => m,
+        _ => serde_json::Map::new(),
+    }
+}
+
+fn engine_field(details: &serde_json::Map<String, serde_json::Value>, key: &str) -> serde_json::Value {
+    details.get(ENGINE_KEY).and_then(|e| e.get(key)).cloned().unwrap_or(serde_json::Value::Null)
+}
+
+fn set_engine_field(details: &mut serde_json::Map<String, serde_json::Value>, key: &str, v: serde_json::Value) {
+    let e = details.entry(ENGINE_KEY).or_insert_with(|| serde_json::json!({}));
+    if !e.is_object() {
+        *e = serde_json::json!({});
+    }
+    if let Some(m) = e.as_object_mut() {
+        m.insert(key.to_string(), v);
+    }
+}
+
+/// The step records for a new onboarding: the first enabled step not in `done` is `READY`
+/// now; disabled ones are `SKIPPED`; steps in `done` (e.g. a batch-minted link) start
+/// `SUCCEEDED`.
+pub fn initial_steps(id: &OnboardingId, specs: &[StepSpec], done: &[&str], now: UnixMs) -> Vec<StepRecord> {
+    let mut first = true;
+    specs
+        .iter()
+        .enumerate()
+        .map(|(i, spec)| {
+            let mut r = blank_step(id, spec, i, now);
+            if !spec.enabled {
+                r.state = StepState::Skipped;
+            } else if done.contains(&spec.name) {
+                r.state = StepState::Succeeded;
+                r.started_ms = Some(now);
+                r.finished_ms = Some(now);
+            } else if first {
+                first = false;
+                r.state = StepState::Ready;
+                r.next_run_ms = Some(now);
+                r.deadline_ms = Some(now.saturating_add(spec.deadline.as_millis() as i64));
+            }
+            r
+        })
+        .collect()
+}
+
+fn blank_step(id: &OnboardingId, spec: &StepSpec, position: usize, now: UnixMs) -> StepRecord {
+    StepRecord {
+        onboarding_id: id.clone(),
+        name: spec.name.to_string(),
+        position: position as i32,
+        state: StepState::Pending,
+        attempts: 0,
+        max_attempts: spec.max_attempts as i32,
+        next_run_ms: None,
+        lease_owner: None,
+        lease_until_ms: None,
+        last_error: None,
+        last_error_code: None,
+        provider_stage_json: "{}".into(),
+        data_json: "{}".into(),
+        deadline_ms: None,
+        started_ms: None,
+        finished_ms: None,
+        created_ms: now,
+        updated_ms: now,
+    }
+}
+
+/// The first deadline of a new onboarding: its first runnable step's.
+pub fn first_deadline(steps: &[StepRecord]) -> Option<UnixMs> {
+    steps.iter().find(|s| s.state == StepState::Ready).and_then(|s| s.deadline_ms)
+}
+
+/// What to do with a finished step run, decided before touching the store.
+enum RunResult {
+    Outcome(StepOutcome),
+    Error(ProviderError),
+}
+
+impl Core {
+    fn lease(&self) -> Duration {
+        Duration::from_secs(self.settings.engine.lease_secs)
+    }
+
+    /// Wakes this replica's engine (new work was just written).
+    pub fn wake_engine(&self) {
+        self.engine_wake.notify_one();
+    }
+
+    /// Runs the engine until `shutdown` flips: step worker, webhook worker and watchdog.
+    pub async fn run_engine(self, mut shutdown: tokio::sync::watch::Receiver<bool>) {
+        let tick = Duration::from_millis(self.settings.engine.tick_ms);
+        let permits = Arc::new(Semaphore::new(self.settings.engine.concurrency));
+        let mut last_watchdog = tokio::time::Instant::now();
+        let mut store_down_logged = false;
+        tracing::info!(worker = %self.worker_id, "Pipeline engine started.");
+        loop {
+            if *shutdown.borrow() {
+                break;
+            }
+            let mut busy = false;
+            match self.claim_and_spawn(&permits).await {
+                Ok(n) => {
+                    busy |= n > 0;
+                    store_down_logged = false;
+                }
+                Err(e) => {
+                    if !store_down_logged {
+                        tracing::warn!(error = %e.message, "Engine cannot claim steps; retrying.");
+                        store_down_logged = true;
+                    }
+                }
+            }
+            match self.webhook_tick().await {
+                Ok(n) => busy |= n > 0,
+                Err(e) => tracing::debug!(error = %e.message, "Engine cannot claim webhook events."),
+            }
+            if last_watchdog.elapsed() >= tick * 2 {
+                last_watchdog = tokio::time::Instant::now();
+                if let Err(e) = self.watchdog_tick(now_ms()).await {
+                    tracing::debug!(error = %e.message, "Watchdog pass failed.");
+                }
+            }
+            if busy {
+                tokio::task::yield_now().await;
+                continue;
+            }
+            tokio::select! {
+                _ = self.engine_wake.notified() => {}
+                _ = tokio::time::sleep(tick) => {}
+                _ = shutdown.changed() => {}
+            }
+        }
+        // Let running steps finish (bounded by their own HTTP timeouts) so leases are released.
+        let _ = tokio::time::timeout(
+            Duration::from_secs(self.settings.server.shutdown_grace_secs),
+            permits.acquire_many(self.settings.engine.concurrency as u32),
+        )
+        .await;
+        tracing::info!("Pipeline engine stopped.");
+    }
+
+    /// Claims what this replica has room for and runs each step on its own task.
+    async fn claim_and_spawn(&self, permits: &Arc<Semaphore>) -> Result<usize, AppError> {
+        let room = permits.available_permits();
+        if room == 0 {
+            return Ok(0);
+        }
+        let steps = self.store.claim_steps(&self.worker_id, now_ms(), self.lease(), room as u32).await?;
+        let n = steps.len();
+        for step in steps {
+            let Ok(permit) = Arc::clone(permits).acquire_owned().await else { break };
+            let core = self.clone();
+            tokio::spawn(async move {
+                let (id, name) = (step.onboarding_id.clone(), step.name.clone());
+                let span = tracing::info_span!("step", onboarding = %id, step = %name);
+                if let Err(e) = core.process_step(step).instrument(span).await {
+                    tracing::warn!(onboarding = %id, step = %name, error = %e.message, "Step processing failed; its lease will lapse and it will be retried.");
+                }
+                drop(permit);
+            });
+        }
+        Ok(n)
+    }
+
+    /// Runs one claimed step and records what happened.
+    pub(crate) async fn process_step(&self, step: StepRecord) -> Result<(), AppError> {
+        let Some(o) = self.store.onboarding_unscoped(&step.onboarding_id).await? else {
+            return Ok(());
+        };
+        if o.state.is_terminal() {
+            return self.finish_orphan_step(step, StepState::Skipped, "the onboarding is already finished").await;
+        }
+        let Some(account) = self.store.account_unscoped(&o.account_id).await? else {
+            return self
+                .fail_onboarding(&o, Some(&step.name), OnboardingState::Failed, "its account was deleted", "", None)
+                .await;
+        };
+        // A replica that cannot decrypt (wrong key) or lacks the adapter must not fail the
+        // onboarding for everyone: the error leaves the lease to lapse, so a healthy replica
+        // (or this one, fixed) takes the step; the watchdog bounds how long that can last.
+        let (provider, ctx) = self.provider_for(&account)?;
+        let request = self.open_request(&o)?;
+        if o.desired_state == Some(OnboardingState::Cancelled) {
+            return self.cancel_now(&o, &*provider, &ctx).await.map(|_| ());
+        }
+        let specs = provider.pipeline(&request);
+        let Some(spec) = specs.iter().find(|s| s.name == step.name).cloned() else {
+            let reason = format!("{} has no step '{}' any more", provider.kind(), step.name);
+            return self.fail_onboarding(&o, Some(&step.name), OnboardingState::Failed, &reason, "", None).await;
+        };
+        let details = details_map(&o);
+        let handle = stored_handle(&o);
+        let run = StepRun {
+            name: step.name.clone(),
+            onboarding_id: o.id.clone(),
+            request: request.clone(),
+            handle,
+            secret: self.onboarding_secret(&o)?,
+            data: serde_json::from_str(&step.data_json).unwrap_or_else(|_| serde_json::json!({})),
+            attempt: step.attempts.max(1) as u32,
+            state: o.state,
+            details: details.clone(),
+        };
+        let result = self.run_with_lease(&*provider, &ctx, &run).await;
+        // Someone else took the step over (our lease lapsed): their result wins.
+        let until = now_ms().saturating_add(self.lease().as_millis() as i64);
+        if !self.store.renew_lease(&o.id, &step.name, &self.worker_id, until).await? {
+            tracing::warn!(onboarding = %o.id, step = %step.name, "Lease lost while the step ran; dropping its result.");
+            return Ok(());
+        }
+        for _ in 0..CONFLICT_RETRIES {
+            let Some(fresh) = self.store.onboarding_unscoped(&o.id).await? else { return Ok(()) };
+            let steps = self.store.steps(&o.id).await?;
+            let Some(current) = steps.iter().find(|s| s.name == step.name).cloned() else { return Ok(()) };
+            let applied = match &result {
+                RunResult::Outcome(out) => {
+                    self.apply_outcome(&fresh, &current, &steps, &specs, &*provider, out.clone()).await
+                }
+                RunResult::Error(e) => self.apply_error(&fresh, &current, &spec, provider.kind(), e).await,
+            };
+            match applied {
+                Err(AppError { code: crate::error::ErrorCode::Aborted, .. }) => continue,
+                other => return other,
+            }
+        }
+        Err(AppError::unavailable(format!("onboardings/{}: too many concurrent changes", o.id)))
+    }
+
+    /// Calls the adapter while a background task keeps the lease alive.
+    async fn run_with_lease(
+        &self,
+        provider: &dyn Provider,
+        ctx: &crate::providers::CallContext,
+        run: &StepRun,
+    ) -> RunResult {
+        let lease = self.lease();
+        let (store, id, name, worker) =
+            (self.store.clone(), run.onboarding_id.clone(), run.name.clone(), self.worker_id.clone());
+        let renewer = tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(lease / 3).await;
+                let until = now_ms().saturating_add(lease.as_millis() as i64);
+                match store.renew_lease(&id, &name, &worker, until).await {
+                    Ok(true) => {}
+                    Ok(false) => break,
+                    Err(e) => tracing::debug!(error = %e, "Lease renewal failed; retrying."),
+                }
+            }
+        });
+        let r = provider.run_step(ctx, run).await;
+        renewer.abort();
+        match r {
+            Ok(o) => RunResult::Outcome(o),
+            Err(e) => RunResult::Error(e),
+        }
+    }
+
+    /// Records a step's successful run. Returns `Aborted` on a sequence conflict (re-read
+    /// and retry).
+    #[allow(clippy::too_many_arguments)]
+    async fn apply_outcome(
+        &self,
+        o: &OnboardingRecord,
+        current: &StepRecord,
+        steps: &[StepRecord],
+        specs: &[StepSpec],
+        provider: &dyn Provider,
+        out: StepOutcome,
+    ) -> Result<(), AppError> {
+        let now = now_ms();
+        let obs = &out.observation;
+        let mut details = details_map(o);
+        let old_details = details.clone();
+        for (k, v) in &out.details {
+            if !k.starts_with('_') {
+                details.insert(k.clone(), v.clone());
+            }
+        }
+        if !obs.fields.is_empty() {
+            details.insert("provider_fields".into(), serde_json::to_value(&obs.fields).unwrap_or_default());
+        }
+        let mut change = OnboardingChange {
+            onboarding_id: Some(o.id.clone()),
+            expect_sequence: Some(o.sequence),
+            at_ms: now,
+            ..Default::default()
+        };
+        if let Some(h) = &out.handle {
+            set_engine_field(&mut details, "handle", serde_json::to_value(h).unwrap_or_default());
+            change.external_key = Some(h.external_key.clone());
+        }
+        if let Some(s) = &out.secret {
+            change.secret = Some(self.seal_onboarding_secret(&o.id, s)?);
+        }
+        if let Some(e) = out.expire_ms {
+            change.expire_ms = Some(Some(e));
+        }
+        let mut state = o.state;
+        let mut reason = o.state_reason.clone();
+        if let Some(s) = obs.state
+            && s != o.state
+            && o.state.can_transition(s)
+        {
+            state = s;
+            reason = if obs.reason.is_empty() {
+                format!("{} reported {}", provider.kind(), obs.raw_status)
+            } else {
+                obs.reason.clone()
+            };
+        }
+        let mut step = current.clone();
+        step.lease_owner = None;
+        step.lease_until_ms = None;
+        step.updated_ms = now;
+        step.last_error = None;
+        step.last_error_code = None;
+        if !obs.fields.is_empty() {
+            step.provider_stage_json = serde_json::to_string(&obs.fields).unwrap_or_else(|_| "{}".into());
+        }
+        if let Some(d) = &out.data {
+            step.data_json = json(d);
+        }
+        let mut changed_steps = Vec::new();
+        let kind;
+        match out.progress {
+            Progress::Wait(after) if !state.is_terminal() => {
+                step.state = StepState::Waiting;
+                step.attempts = 0;
+                step.next_run_ms = Some(now.saturating_add(after.as_millis() as i64));
+                let quiet = state == o.state
+                    && obs.raw_status == o.provider_status
+                    && details == old_details
+                    && out.handle.is_none()
+                    && out.secret.is_none()
+                    && out.expire_ms.is_none_or(|e| Some(e) == o.expire_ms)
+                    && step.provider_stage_json == current.provider_stage_json;
+                if quiet {
+                    // Nothing observable changed: reschedule without an event.
+                    self.store.release_step(&step, &self.worker_id).await?;
+                    return Ok(());
+                }
+                kind = if state != o.state { "state_changed" } else { "provider_status" };
+                changed_steps.push(step);
+            }
+            _ => {
+                step.state = if state == OnboardingState::Failed { StepState::Failed } else { StepState::Succeeded };
+                step.next_run_ms = None;
+                step.finished_ms = Some(now);
+                changed_steps.push(step);
+                if state.is_terminal() {
+                    changed_steps.extend(skip_rest(steps, &current.name, now));
+                    change.state_deadline_ms = Some(None);
+                    kind = "state_changed";
+                } else if let Some(next) = next_step(steps, specs, &current.name) {
+                    let mut n = steps.iter().find(|s| s.name == next.name).cloned().unwrap_or_else(|| {
+                        blank_step(&o.id, next, specs.iter().position(|s| s.name == next.name).unwrap_or(0), now)
+                    });
+                    n.state = StepState::Ready;
+                    n.attempts = 0;
+                    n.next_run_ms = Some(now);
+                    let deadline = now.saturating_add(next.deadline.as_millis() as i64);
+                    n.deadline_ms = Some(deadline);
+                    n.updated_ms = now;
+                    changed_steps.push(n);
+                    if let Some(enter) = next.enter_state
+                        && enter != state
+                        && rank(enter) >= rank(state)
+                        && state != OnboardingState::Live
+                        && state.can_transition(enter)
+                    {
+                        state = enter;
+                        reason = format!("step {} started", next.name);
+                    }
+                    change.state_deadline_ms = Some(if state == OnboardingState::Live { None } else { Some(deadline) });
+                    kind = if state != o.state { "state_changed" } else { "step_succeeded" };
+                } else {
+                    // Pipeline complete.
+                    change.state_deadline_ms = Some(None);
+                    kind = if state != o.state { "state_changed" } else { "pipeline_completed" };
+                }
+            }
+        }
+        let mut attrs: BTreeMap<String, String> = out.attributes.clone();
+        attrs.insert("step_state".into(), changed_steps[0].state.as_str().into());
+        if state != o.state {
+            change.state = Some(state);
+            change.state_reason = Some(reason.clone());
+        }
+        if !obs.raw_status.is_empty() {
+            change.provider_status = Some(obs.raw_status.clone());
+        }
+        change.details_json = Some(serde_json::Value::Object(details).to_string());
+        change.steps = changed_steps;
+        change.event = NewEvent {
+            kind: kind.into(),
+            reason: if state != o.state { reason } else { obs.reason.clone() },
+            step: Some(current.name.clone()),
+            data_json: serde_json::to_string(&attrs).unwrap_or_else(|_| "{}".into()),
+        };
+        self.apply(change).await
+    }
+
+    /// Records a failed step run: retry later, or end in the state the error calls for.
+    async fn apply_error(
+        &self,
+        o: &OnboardingRecord,
+        current: &StepRecord,
+        spec: &StepSpec,
+        kind: crate::domain::ProviderKind,
+        e: &ProviderError,
+    ) -> Result<(), AppError> {
+        let now = now_ms();
+        let raw = e.raw().to_string();
+        let message = e.to_string();
+        let mut step = current.clone();
+        step.lease_owner = None;
+        step.lease_until_ms = None;
+        step.updated_ms = now;
+        step.last_error = Some(message.clone());
+        step.last_error_code = Some(raw.clone());
+        let attempts = current.attempts.max(1) as u32;
+        let mut change = OnboardingChange {
+            onboarding_id: Some(o.id.clone()),
+            expect_sequence: Some(o.sequence),
+            at_ms: now,
+            ..Default::default()
+        };
+        let mut attrs =
+            BTreeMap::from([("error_code".to_string(), raw.clone()), ("attempt".to_string(), attempts.to_string())]);
+        if e.is_retryable() && attempts < spec.max_attempts {
+            let delay = match e {
+                ProviderError::RateLimited { retry_after: Some(d), .. } => *d,
+                _ => self.backoff(attempts),
+            };
+            step.state = StepState::Ready;
+            step.next_run_ms = Some(now.saturating_add(delay.as_millis() as i64));
+            attrs.insert("retry_in_ms".into(), delay.as_millis().to_string());
+            change.steps = vec![step];
+            change.event = NewEvent {
+                kind: "step_retry".into(),
+                reason: format!("{message}; retrying"),
+                step: Some(current.name.clone()),
+                data_json: serde_json::to_string(&attrs).unwrap_or_else(|_| "{}".into()),
+            };
+            return self.apply(change).await;
+        }
+        let (state, step_state, why) = match e {
+            ProviderError::Unauthenticated { .. } => (
+                OnboardingState::ReauthRequired,
+                StepState::Stalled,
+                format!("{kind} rejected the account's credentials; update the account, then RetryPipeline"),
+            ),
+            _ if e.is_retryable() => (
+                OnboardingState::Stalled,
+                StepState::Stalled,
+                format!("step {} gave up after {attempts} attempts: {message}", current.name),
+            ),
+            _ => (OnboardingState::Failed, StepState::Failed, format!("step {} failed: {message}", current.name)),
+        };
+        step.state = step_state;
+        step.next_run_ms = None;
+        step.finished_ms = Some(now);
+        self.end_in(o, change, vec![step], state, &why, &raw, Some(&current.name), attrs).await
+    }
+
+    /// Moves an onboarding to a stopping state (`FAILED`, `STALLED`, `REAUTH_REQUIRED`...)
+    /// with the given step rows; later steps of a terminal state are skipped.
+    #[allow(clippy::too_many_arguments)]
+    async fn end_in(
+        &self,
+        o: &OnboardingRecord,
+        mut change: OnboardingChange,
+        mut steps: Vec<StepRecord>,
+        state: OnboardingState,
+        why: &str,
+        raw: &str,
+        step: Option<&str>,
+        attrs: BTreeMap<String, String>,
+    ) -> Result<(), AppError> {
+        if !o.state.can_transition(state) {
+            return Ok(());
+        }
+        if state.is_terminal()
+            && let Some(name) = step
+        {
+            let all = self.store.steps(&o.id).await?;
+            steps.extend(skip_rest(&all, name, change.at_ms));
+        }
+        if matches!(state, OnboardingState::Stalled | OnboardingState::ReauthRequired) {
+            let mut details = details_map(o);
+            set_engine_field(&mut details, "stalled_from", serde_json::json!(o.state.as_str()));
+            change.details_json = Some(serde_json::Value::Object(details).to_string());
+        }
+        change.state = Some(state);
+        change.state_reason = Some(why.to_string());
+        change.state_deadline_ms = Some(None);
+        change.steps = steps;
+        if !raw.is_empty() {
+            change.provider_status = Some(raw.to_string());
+        }
+        change.event = NewEvent {
+            kind: "state_changed".into(),
+            reason: why.to_string(),
+            step: step.map(str::to_string),
+            data_json: serde_json::to_string(&attrs).unwrap_or_else(|_| "{}".into()),
+        };
+        self.apply(change).await
+    }
+
+    async fn fail_onboarding(
+        &self,
+        o: &OnboardingRecord,
+        step: Option<&str>,
+        state: OnboardingState,
+        why: &str,
+        raw: &str,
+        webhook: Option<&str>,
+    ) -> Result<(), AppError> {
+        let now = now_ms();
+        let mut rows = Vec::new();
+        if let Some(name) = step
+            && let Some(mut s) = self.store.steps(&o.id).await?.into_iter().find(|s| s.name == name)
+        {
+            s.state = StepState::Failed;
+            s.lease_owner = None;
+            s.lease_until_ms = None;
+            s.finished_ms = Some(now);
+            s.last_error = Some(why.to_string());
+            s.updated_ms = now;
+            rows.push(s);
+        }
+        let change = OnboardingChange {
+            onboarding_id: Some(o.id.clone()),
+            webhook_event_id: webhook.map(str::to_string),
+            at_ms: now,
+            ..Default::default()
+        };
+        self.end_in(o, change, rows, state, why, raw, step, BTreeMap::new()).await
+    }
+
+    async fn finish_orphan_step(&self, mut step: StepRecord, state: StepState, why: &str) -> Result<(), AppError> {
+        let now = now_ms();
+        step.state = state;
+        step.lease_owner = None;
+        step.lease_until_ms = None;
+        step.finished_ms = Some(now);
+        step.last_error = Some(why.to_string());
+        step.updated_ms = now;
+        self.store.release_step(&step, &self.worker_id).await?;
+        Ok(())
+    }
+
+    /// Exponential backoff with full jitter, capped.
+    fn backoff(&self, attempt: u32) -> Duration {
+        let base = self.settings.engine.retry_base_ms;
+        let cap = base.saturating_mul(1u64 << attempt.saturating_sub(1).min(20)).min(self.settings.engine.retry_max_ms);
+        Duration::from_millis(rand::rng().random_range(cap / 2..=cap.max(1)))
+    }
+
+    /// Applies a change; a stale sequence becomes `Aborted` so callers re-read and retry.
+    pub(crate) async fn apply(&self, change: OnboardingChange) -> Result<(), AppError> {
+        match self.store.apply_change(&change).await {
+            Ok(ev) => {
+                tracing::info!(
+                    onboarding = %ev.onboarding_id,
+                    sequence = ev.sequence,
+                    kind = %ev.kind,
+                    state = %ev.state,
+                    previous = %ev.previous_state,
+                    step = ev.step.as_deref().unwrap_or(""),
+                    "Onboarding changed."
+                );
+                if ev.kind != "provider_status" {
+                    self.wake_engine();
+                }
+                Ok(())
+            }
+            Err(StoreError::Conflict(m)) => Err(AppError::new(crate::error::ErrorCode::Aborted, m)),
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    // ----- cancel and retry -----
+
+    /// Cancels at the provider (when there is something to cancel) and records `CANCELLED`.
+    /// Returns the refunded days.
+    pub(crate) async fn cancel_now(
+        &self,
+        o: &OnboardingRecord,
+        provider: &dyn Provider,
+        ctx: &crate::providers::CallContext,
+    ) -> Result<u32, AppError> {
+        let handle = stored_handle(o);
+        let mut refunded = 0;
+        let mut raw = String::new();
+        if let Some(h) = &handle
+            && provider.capabilities().contains(&crate::domain::Capability::Cancel)
+        {
+            match provider.cancel(ctx, h).await {
+                Ok(c) => {
+                    refunded = c.refunded_days;
+                    raw = c.raw_status;
+                }
+                Err(ProviderError::NotFound { .. }) => raw = "NOT_FOUND".into(),
+                Err(e) => return Err((provider.kind(), e).into()),
+            }
+        }
+        let now = now_ms();
+        let rows = skip_unfinished(self.store.steps(&o.id).await?, now);
+        let attrs = BTreeMap::from([("refunded_days".to_string(), refunded.to_string())]);
+        let change = OnboardingChange {
+            onboarding_id: Some(o.id.clone()),
+            state: Some(OnboardingState::Cancelled),
+            desired_state: Some(None),
+            state_reason: Some("cancelled by the caller".into()),
+            provider_status: (!raw.is_empty()).then_some(raw),
+            state_deadline_ms: Some(None),
+            steps: rows,
+            event: NewEvent {
+                kind: "state_changed".into(),
+                reason: "cancelled by the caller".into(),
+                step: None,
+                data_json: serde_json::to_string(&attrs).unwrap_or_else(|_| "{}".into()),
+            },
+            at_ms: now,
+            ..Default::default()
+        };
+        self.store.apply_change(&change).await?;
+        Ok(refunded)
+    }
+
+    /// Restarts a stalled (or re-auth) pipeline at its first unfinished step.
+    pub(crate) async fn restart_pipeline(&self, o: &OnboardingRecord) -> Result<(), AppError> {
+        let account = self
+            .store
+            .account_unscoped(&o.account_id)
+            .await?
+            .ok_or_else(|| AppError::precondition(format!("the account of onboardings/{} was deleted", o.id)))?;
+        let (provider, _) = self.provider_for(&account)?;
+        let request = self.open_request(o)?;
+        let specs = provider.pipeline(&request);
+        let steps = self.store.steps(&o.id).await?;
+        let now = now_ms();
+        let Some(first) = steps.iter().find(|s| !s.state.is_done()).cloned() else {
+            return Err(AppError::precondition(format!("onboardings/{} has no unfinished step to retry", o.id)));
+        };
+        let spec = specs.iter().find(|s| s.name == first.name);
+        let deadline = now.saturating_add(spec.map_or(600_000, |s| s.deadline.as_millis() as i64));
+        let mut s = first.clone();
+        s.state = StepState::Ready;
+        s.attempts = 0;
+        s.next_run_ms = Some(now);
+        s.lease_owner = None;
+        s.lease_until_ms = None;
+        s.finished_ms = None;
+        s.deadline_ms = Some(deadline);
+        s.updated_ms = now;
+        let details = details_map(o);
+        let back_to = engine_field(&details, "stalled_from")
+            .as_str()
+            .and_then(|v| v.parse::<OnboardingState>().ok())
+            .filter(|st| !st.is_terminal() && *st != OnboardingState::Stalled && *st != OnboardingState::ReauthRequired)
+            .or(spec.and_then(|s| s.enter_state))
+            .unwrap_or(OnboardingState::Pending);
+        let change = OnboardingChange {
+            onboarding_id: Some(o.id.clone()),
+            expect_sequence: Some(o.sequence),
+            state: Some(back_to),
+            state_reason: Some(format!("pipeline restarted at step {}", first.name)),
+            state_deadline_ms: Some(Some(deadline)),
+            steps: vec![s],
+            event: NewEvent {
+                kind: "pipeline_restarted".into(),
+                reason: format!("RetryPipeline restarted step {}", first.name),
+                step: Some(first.name.clone()),
+                data_json: "{}".into(),
+            },
+            at_ms: now,
+            ..Default::default()
+        };
+        self.apply(change).await.map_err(|e| {
+            if e.code == crate::error::ErrorCode::Aborted {
+                AppError::new(crate::error::ErrorCode::Aborted, "the onboarding changed meanwhile; retry")
+            } else {
+                e
+            }
+        })
+    }
+
+    // ----- watchdog -----
+
+    /// Stalls onboardings past their state deadline (one watchdog pass at `now`).
+    pub async fn watchdog_tick(&self, now: UnixMs) -> Result<usize, AppError> {
+        let overdue = self.store.overdue_onboardings(now, 100).await?;
+        let mut n = 0;
+        for o in overdue {
+            if o.state.is_terminal() || matches!(o.state, OnboardingState::Stalled | OnboardingState::ReauthRequired) {
+                continue;
+            }
+            let steps = self.store.steps(&o.id).await?;
+            let stuck = steps.iter().find(|s| !s.state.is_done()).cloned();
+            let rows: Vec<StepRecord> = stuck.iter().map(|s| parked(s.clone(), StepState::Stalled, now)).collect();
+            let step = stuck.as_ref().map(|s| s.name.clone());
+            let why = format!(
+                "no progress in state {} before its deadline{}; RetryPipeline restarts it",
+                o.state,
+                step.as_deref().map(|s| format!(" (step {s})")).unwrap_or_default()
+            );
+            let change = OnboardingChange {
+                onboarding_id: Some(o.id.clone()),
+                expect_sequence: Some(o.sequence),
+                at_ms: now,
+                ..Default::default()
+            };
+            match self
+                .end_in(&o, change, rows, OnboardingState::Stalled, &why, "", step.as_deref(), BTreeMap::new())
+                .await
+            {
+                Ok(()) => n += 1,
+                Err(e) if e.code == crate::error::ErrorCode::Aborted => {}
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(n)
+    }
+
+    // ----- webhooks -----
+
+    /// Applies stored webhook events.
+    pub(crate) async fn webhook_tick(&self) -> Result<usize, AppError> {
+        let events = self.store.claim_webhook_events(&self.worker_id, now_ms(), self.lease(), 50).await?;
+        let n = events.len();
+        for ev in events {
+            let id = ev.id.clone();
+            if let Err(e) = self.process_webhook(ev).await {
+                tracing::warn!(webhook_event = %id, error = %e.message, "Webhook event not applied; it will be retried.");
+            }
+        }
+        Ok(n)
+    }
+
+    /// Applies one stored webhook event (one provider event of a delivered body).
+    async fn process_webhook(&self, ev: WebhookEventRecord) -> Result<(), AppError> {
+        let Some(account) = self.store.account_unscoped(&ev.account_id).await? else {
+            self.store.finish_webhook_event(&ev.id, WebhookStatus::Ignored, Some("account deleted")).await?;
+            return Ok(());
+        };
+        let (provider, _) = self.provider_for(&account)?;
+        let parsed = match provider.parse_callback(&ev.body) {
+            Ok(p) => p,
+            Err(e) => {
+                self.store.finish_webhook_event(&ev.id, WebhookStatus::Malformed, Some(&e.to_string())).await?;
+                return Ok(());
+            }
+        };
+        let Some(cb) = parsed.into_iter().find(|c| c.dedupe_key == ev.dedupe_key) else {
+            self.store.finish_webhook_event(&ev.id, WebhookStatus::Ignored, Some("event not in body")).await?;
+            return Ok(());
+        };
+        for _ in 0..CONFLICT_RETRIES {
+            let Some(o) = self.store.onboarding_by_external_key(&account.id, &cb.external_key).await? else {
+                self.store
+                    .finish_webhook_event(&ev.id, WebhookStatus::Ignored, Some("no onboarding for this resource"))
+                    .await?;
+                return Ok(());
+            };
+            match self.apply_callback(&o, &cb, &ev.id).await {
+                Err(AppError { code: crate::error::ErrorCode::Aborted, .. }) => continue,
+                other => return other,
+            }
+        }
+        Err(AppError::unavailable("too many concurrent changes"))
+    }
+
+    /// Records a callback on its onboarding in one transaction with marking it processed:
+    /// a state hint moves the onboarding when allowed and not stale; the waiting step is
+    /// woken to confirm with the provider.
+    async fn apply_callback(&self, o: &OnboardingRecord, cb: &CallbackEvent, webhook_id: &str) -> Result<(), AppError> {
+        let now = now_ms();
+        let mut details = details_map(o);
+        let last = engine_field(&details, "last_callback_ms").as_i64();
+        let stale = matches!((cb.occurred_ms, last), (Some(at), Some(last)) if at < last);
+        let mut attrs: BTreeMap<String, String> = cb.fields.clone();
+        attrs.insert("event".into(), cb.raw_status.clone());
+        let mut change = OnboardingChange {
+            onboarding_id: Some(o.id.clone()),
+            expect_sequence: Some(o.sequence),
+            webhook_event_id: Some(webhook_id.to_string()),
+            at_ms: now,
+            ..Default::default()
+        };
+        let mut kind = "callback";
+        let mut reason = format!("{} callback {}", o.provider, cb.raw_status);
+        if stale {
+            attrs.insert("stale".into(), "true".into());
+            reason = format!("{reason} (older than an event already applied; state unchanged)");
+        } else {
+            if let Some(at) = cb.occurred_ms {
+                set_engine_field(&mut details, "last_callback_ms", serde_json::json!(at));
+            }
+            change.provider_status = Some(cb.raw_status.clone());
+            if let Some(s) = cb.state
+                && s != o.state
+                && o.state.can_transition(s)
+                && !matches!(o.state, OnboardingState::Stalled | OnboardingState::ReauthRequired)
+            {
+                change.state = Some(s);
+                change.state_reason = Some(reason.clone());
+                kind = "state_changed";
+                if s.is_terminal() {
+                    change.steps = skip_unfinished(self.store.steps(&o.id).await?, now);
+                    change.state_deadline_ms = Some(None);
+                }
+            }
+            if !o.state.is_terminal() && change.steps.is_empty() {
+                // Wake the waiting step so the adapter confirms and moves on at once.
+                if let Some(mut w) = self.store.steps(&o.id).await?.into_iter().find(|s| s.state == StepState::Waiting)
+                {
+                    w.next_run_ms = Some(now);
+                    w.updated_ms = now;
+                    change.steps.push(w);
+                }
+            }
+        }
+        change.details_json = Some(serde_json::Value::Object(details).to_string());
+        change.event = NewEvent {
+            kind: kind.into(),
+            reason,
+            step: None,
+            data_json: serde_json::to_string(&attrs).unwrap_or_else(|_| "{}".into()),
+        };
+        self.apply(change).await
+    }
+
+    /// Creates the onboarding rows for a start request: steps from the adapter's pipeline,
+    /// the sealed request, and the first event; the engine is woken to run the first step.
+    pub(crate) fn new_onboarding_rows(
+        &self,
+        o: &mut OnboardingRecord,
+        provider: &dyn Provider,
+        request: &StartRequest,
+        preset: Option<(&ProviderHandle, &[&str])>,
+    ) -> Result<Vec<StepRecord>, AppError> {
+        let specs = provider.pipeline(request);
+        let done: &[&str] = preset.map(|(_, d)| d).unwrap_or(&[]);
+        let steps = initial_steps(&o.id, &specs, done, o.created_ms);
+        let mut details = details_map(o);
+        set_engine_field(&mut details, "request", self.seal_request(&o.id, request)?);
+        if let Some((h, _)) = preset {
+            set_engine_field(&mut details, "handle", serde_json::to_value(h).unwrap_or_default());
+            o.external_key = Some(h.external_key.clone());
+        }
+        o.details_json = serde_json::Value::Object(details).to_string();
+        o.state_deadline_ms = first_deadline(&steps);
+        if let Some(first) = steps.iter().find(|s| s.state == StepState::Ready)
+            && let Some(spec) = specs.iter().find(|s| s.name == first.name)
+            && let Some(enter) = spec.enter_state
+        {
+            o.state = enter;
+        }
+        Ok(steps)
+    }
+}
+
+/// The next enabled step after `name` that is not done.
+fn next_step<'a>(steps: &[StepRecord], specs: &'a [StepSpec], name: &str) -> Option<&'a StepSpec> {
+    let pos = specs.iter().position(|s| s.name == name)?;
+    specs[pos + 1..]
+        .iter()
+        .find(|spec| spec.enabled && steps.iter().find(|s| s.name == spec.name).is_none_or(|s| !s.state.is_done()))
+}
+
+/// `s` stopped in `state` at `now`: no longer due, no longer leased.
+pub(crate) fn parked(mut s: StepRecord, state: StepState, now: UnixMs) -> StepRecord {
+    s.state = state;
+    s.next_run_ms = None;
+    s.lease_owner = None;
+    s.lease_until_ms = None;
+    s.updated_ms = now;
+    s
+}
+
+/// Every step not done yet, marked skipped (the onboarding ended).
+pub(crate) fn skip_unfinished(steps: Vec<StepRecord>, now: UnixMs) -> Vec<StepRecord> {
+    steps.into_iter().filter(|s| !s.state.is_done()).map(|s| parked(s, StepState::Skipped, now)).collect()
+}
+
+/// Every step after `name` that is not done, marked skipped.
+fn skip_rest(steps: &[StepRecord], name: &str, now: UnixMs) -> Vec<StepRecord> {
+    let pos = steps.iter().find(|s| s.name == name).map_or(-1, |s| s.position);
+    skip_unfinished(steps.iter().filter(|s| s.position > pos).cloned().collect(), now)
+}

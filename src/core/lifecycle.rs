@@ -1,0 +1,452 @@
+//! Onboarding lifecycle use cases: create (one, or a batch of hosted links), cancel, retry,
+//! submit a verification code. The engine does the provider work; these write the intent
+//! durably and wake it.
+
+use std::collections::BTreeMap;
+
+use super::{Caller, Core};
+use crate::domain::{AccountId, OnboardingId, OnboardingState, ProviderKind, StepState, new_id, now_ms};
+use crate::error::{AppError, ErrorCode};
+use crate::providers::{ProviderHandle, StartPayload, StartRequest};
+use crate::store::{NewEvent, NewOnboarding, OnboardingChange, OnboardingRecord, StepRecord, StoreError};
+
+const OP_CREATE: &str = "CreateOnboarding";
+const OP_LINKS: &str = "CreateOnboardingLinks";
+
+/// Step of hosted-link pipelines that a batch mint has already done.
+const STEP_MINT_LINK: &str = "mint_link";
+/// Step of 99digital pipelines that waits for the caller's verification code.
+const STEP_VERIFY_NUMBER: &str = "verify_number";
+
+/// A caller's request to start one onboarding.
+#[derive(Debug, Clone)]
+pub struct NewOnboardingRequest {
+    /// Account to act for.
+    pub account: AccountId,
+    /// Caller-chosen id, if any.
+    pub onboarding_id: Option<OnboardingId>,
+    /// Caller's reference, carried end to end.
+    pub reference: String,
+    /// Idempotency key.
+    pub request_id: Option<String>,
+    /// Provider-specific input.
+    pub payload: StartPayload,
+}
+
+/// Public details of a new onboarding from its request (proto field names).
+fn initial_details(payload: &StartPayload) -> serde_json::Map<String, serde_json::Value> {
+    let v = match payload {
+        StartPayload::Gupshup(g) => serde_json::json!({
+            "app_name": g.app_name,
+            "waba_id": g.waba_id.as_str(),
+            "phone": g.phone.as_str(),
+            "storage_region": g.storage_region.clone().unwrap_or_default(),
+            "subscribe_on_live": g.subscribe_on_live.is_some(),
+        }),
+        StartPayload::Exotel => serde_json::json!({}),
+        StartPayload::Whapi(w) => serde_json::json!({
+            "go_live": w.go_live,
+            "extend_days": w.extend_days,
+        }),
+        StartPayload::Digital99(d) => serde_json::json!({
+            "phone": d.phone.as_str(),
+            "business_name": d.business_name,
+            "display_name": d.display_name,
+            "coexistence": d.coexistence,
+        }),
+    };
+    match v {
+        serde_json::Value::Object(m) => m,
+        _ => serde_json::Map::new(),
+    }
+}
+
+impl Core {
+    /// Creates an onboarding and queues its pipeline. Idempotent with `request_id`; input the
+    /// adapter would refuse is `INVALID_ARGUMENT` before anything is stored or sent.
+    pub async fn create_onboarding(
+        &self,
+        caller: &Caller,
+        req: NewOnboardingRequest,
+    ) -> Result<OnboardingRecord, AppError> {
+        let account = self
+            .store
+            .account(&caller.tenant, &req.account)
+            .await?
+            .ok_or_else(|| AppError::not_found(format!("accounts/{}", req.account)))?;
+        if req.payload.kind() != account.provider {
+            return Err(AppError::invalid(
+                "request",
+                format!(
+                    "is a {} request but accounts/{} is a {} account",
+                    req.payload.kind(),
+                    account.id,
+                    account.provider
+                ),
+            ));
+        }
+        if req.payload.kind() == ProviderKind::Exotel && !self.providers.implemented(ProviderKind::Exotel) {
+            return Err(AppError::unimplemented("the exotel adapter is not in this build"));
+        }
+        let (provider, ctx) = self.provider_for(&account)?;
+        let id = req.onboarding_id.clone().unwrap_or_else(new_id);
+        let request = StartRequest {
+            onboarding_id: id.clone(),
+            idempotency_key: id.to_string(),
+            reference: req.reference.clone(),
+            payload: req.payload.clone(),
+        };
+        provider.validate_start(&ctx, &request).map_err(|e| AppError::from((account.provider, e)))?;
+        // Keyed fingerprint: the payload may hold subscription header secrets.
+        let canonical = serde_json::json!({
+            "account": account.id.as_str(),
+            "id": req.onboarding_id.as_ref().map(OnboardingId::as_str),
+            "reference": req.reference,
+            "payload": serde_json::to_value(&req.payload).unwrap_or_default(),
+        })
+        .to_string();
+        let hash = self.fingerprint(&[canonical.as_bytes()]);
+        let key = req.request_id.as_deref();
+        if let Some(resource) = self.replay(&caller.tenant, key, OP_CREATE, &hash).await? {
+            return self.onboarding_by_name(caller, &resource).await;
+        }
+        let now = now_ms();
+        let mut o = OnboardingRecord {
+            id: id.clone(),
+            tenant_id: caller.tenant.clone(),
+            account_id: account.id.clone(),
+            provider: account.provider,
+            state: OnboardingState::Pending,
+            desired_state: None,
+            state_reason: "accepted".into(),
+            provider_status: String::new(),
+            reference: req.reference.clone(),
+            details_json: serde_json::Value::Object(initial_details(&req.payload)).to_string(),
+            external_key: None,
+            secret: None,
+            sequence: 1,
+            state_deadline_ms: None,
+            expire_ms: None,
+            created_ms: now,
+            updated_ms: now,
+        };
+        let steps = self.new_onboarding_rows(&mut o, &*provider, &request, None)?;
+        let idem = self.idempotency_record(&caller.tenant, key, OP_CREATE, hash.clone(), format!("onboardings/{id}"));
+        self.insert_onboarding(caller, o, steps, idem, key, OP_CREATE, &hash).await
+    }
+
+    /// Inserts a new onboarding; on a unique-key race, returns the winner of the same
+    /// `request_id` or `ALREADY_EXISTS` for a taken id.
+    #[allow(clippy::too_many_arguments)]
+    async fn insert_onboarding(
+        &self,
+        caller: &Caller,
+        o: OnboardingRecord,
+        steps: Vec<StepRecord>,
+        idem: Option<crate::store::IdempotencyRecord>,
+        key: Option<&str>,
+        op: &str,
+        hash: &[u8],
+    ) -> Result<OnboardingRecord, AppError> {
+        let new = NewOnboarding {
+            onboarding: o.clone(),
+            steps,
+            event: NewEvent {
+                kind: "created".into(),
+                reason: "onboarding accepted".into(),
+                step: None,
+                data_json: serde_json::json!({"reference": o.reference}).to_string(),
+            },
+            idempotency: idem,
+        };
+        match self.store.create_onboarding(&new).await {
+            Ok(_) => {
+                tracing::info!(onboarding = %o.id, provider = %o.provider, account = %o.account_id, "Onboarding created.");
+                self.wake_engine();
+                self.get_onboarding(caller, &o.id).await
+            }
+            Err(StoreError::AlreadyExists(_)) => {
+                if let Some(resource) = self.replay(&caller.tenant, key, op, hash).await? {
+                    return self.onboarding_by_name(caller, resource.split(',').next().unwrap_or_default()).await;
+                }
+                Err(AppError::new(ErrorCode::AlreadyExists, format!("onboardings/{} already exists", o.id))
+                    .with_violation("onboarding_id", "already taken"))
+            }
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    async fn onboarding_by_name(&self, caller: &Caller, name: &str) -> Result<OnboardingRecord, AppError> {
+        let id = name
+            .strip_prefix("onboardings/")
+            .and_then(|s| OnboardingId::parse(s).ok())
+            .ok_or_else(|| AppError::internal(format!("stored resource name '{name}' does not parse")))?;
+        self.get_onboarding(caller, &id).await
+    }
+
+    /// Mints `count` hosted links in one provider call and creates one onboarding per link,
+    /// each already `AWAITING_CUSTOMER`. Idempotent with `request_id` (the record is written
+    /// with the last onboarding, so a replay only answers once the whole batch is stored).
+    pub async fn create_links(
+        &self,
+        caller: &Caller,
+        account_id: &AccountId,
+        count: u32,
+        reference: &str,
+        request_id: Option<&str>,
+    ) -> Result<(Vec<OnboardingRecord>, String), AppError> {
+        let account = self
+            .store
+            .account(&caller.tenant, account_id)
+            .await?
+            .ok_or_else(|| AppError::not_found(format!("accounts/{account_id}")))?;
+        let (provider, ctx) = self.provider_for(&account)?;
+        let links = provider.hosted_links().ok_or_else(|| {
+            AppError::precondition(format!(
+                "CreateOnboardingLinks needs a provider with batch hosted links; accounts/{account_id} is {}",
+                account.provider
+            ))
+        })?;
+        let canonical = serde_json::json!({"account": account_id.as_str(), "count": count, "reference": reference});
+        let hash = self.fingerprint(&[canonical.to_string().as_bytes()]);
+        if let Some(resource) = self.replay(&caller.tenant, request_id, OP_LINKS, &hash).await? {
+            let mut names = resource.split(',');
+            let batch = names.next().unwrap_or_default().trim_start_matches("batches/").to_string();
+            let mut out = Vec::new();
+            for n in names {
+                out.push(self.onboarding_by_name(caller, n).await?);
+            }
+            return Ok((out, batch));
+        }
+        let minted = links.mint_links(&ctx, count).await.map_err(|e| AppError::from((account.provider, e)))?;
+        let batch: String = new_id();
+        let now = now_ms();
+        let mut prepared = Vec::new();
+        for link in &minted {
+            let id: OnboardingId = new_id();
+            let request = StartRequest {
+                onboarding_id: id.clone(),
+                idempotency_key: id.to_string(),
+                reference: reference.to_string(),
+                payload: StartPayload::Exotel,
+            };
+            let handle = ProviderHandle {
+                external_key: link.token.clone(),
+                data: serde_json::json!({"onboarding_url": link.url, "batch_id": batch}),
+            };
+            let mut details = serde_json::Map::new();
+            details.insert("onboarding_url".into(), link.url.clone().into());
+            details.insert("token".into(), link.token.clone().into());
+            details.insert("token_status".into(), "VALID".into());
+            details.insert("batch_id".into(), batch.clone().into());
+            if let Some(e) = link.expire_ms {
+                details.insert("link_expire_ms".into(), e.into());
+            }
+            for (k, v) in &link.fields {
+                if k == "customers_remaining" {
+                    details.insert(k.clone(), v.parse::<i64>().map(Into::into).unwrap_or_else(|_| v.clone().into()));
+                }
+            }
+            let mut o = OnboardingRecord {
+                id: id.clone(),
+                tenant_id: caller.tenant.clone(),
+                account_id: account.id.clone(),
+                provider: account.provider,
+                state: OnboardingState::AwaitingCustomer,
+                desired_state: None,
+                state_reason: "link minted; waiting for the business to sign up".into(),
+                provider_status: "VALID".into(),
+                reference: reference.to_string(),
+                details_json: serde_json::Value::Object(details).to_string(),
+                external_key: None,
+                secret: None,
+                sequence: 1,
+                state_deadline_ms: None,
+                expire_ms: link.expire_ms,
+                created_ms: now,
+                updated_ms: now,
+            };
+            let steps = self.new_onboarding_rows(&mut o, &*provider, &request, Some((&handle, &[STEP_MINT_LINK])))?;
+            o.state = OnboardingState::AwaitingCustomer;
+            prepared.push((o, steps));
+        }
+        let names: Vec<String> = std::iter::once(format!("batches/{batch}"))
+            .chain(prepared.iter().map(|(o, _)| format!("onboardings/{}", o.id)))
+            .collect();
+        let last = prepared.len().saturating_sub(1);
+        let mut out = Vec::new();
+        for (i, (o, steps)) in prepared.into_iter().enumerate() {
+            let idem = if i == last {
+                self.idempotency_record(&caller.tenant, request_id, OP_LINKS, hash.clone(), names.join(","))
+            } else {
+                None
+            };
+            let new = NewOnboarding {
+                onboarding: o.clone(),
+                steps,
+                event: NewEvent {
+                    kind: "created".into(),
+                    reason: "hosted link minted".into(),
+                    step: None,
+                    data_json: serde_json::json!({"batch_id": batch, "reference": reference}).to_string(),
+                },
+                idempotency: idem,
+            };
+            self.store.create_onboarding(&new).await?;
+            out.push(self.get_onboarding(caller, &o.id).await?);
+        }
+        self.wake_engine();
+        tracing::info!(account = %account_id, count = out.len(), batch = %batch, "Hosted links minted.");
+        Ok((out, batch))
+    }
+
+    /// Cancels an onboarding: records the intent, cancels at the provider, records
+    /// `CANCELLED`. If the provider is unreachable the intent stays and the engine finishes
+    /// the cancel later (`UNAVAILABLE` to the caller, who may retry). Returns the record and
+    /// the refunded days.
+    pub async fn cancel_onboarding(
+        &self,
+        caller: &Caller,
+        id: &OnboardingId,
+    ) -> Result<(OnboardingRecord, u32), AppError> {
+        let o = self.get_onboarding(caller, id).await?;
+        if o.state == OnboardingState::Cancelled {
+            return Ok((o, 0));
+        }
+        if o.state.is_finished() {
+            return Err(AppError::precondition(format!("onboardings/{id} is already finished ({})", o.state)));
+        }
+        let account = self
+            .store
+            .account_unscoped(&o.account_id)
+            .await?
+            .ok_or_else(|| AppError::precondition(format!("the account of onboardings/{id} was deleted")))?;
+        let (provider, ctx) = self.provider_for(&account)?;
+        if o.desired_state != Some(OnboardingState::Cancelled) {
+            // Durable intent first, so a crash or provider outage cannot lose the cancel; the
+            // waiting step is woken so the engine acts on it soon.
+            let now = now_ms();
+            let steps: Vec<StepRecord> = self
+                .store
+                .steps(id)
+                .await?
+                .into_iter()
+                .filter(|s| s.state == StepState::Waiting)
+                .map(|mut s| {
+                    s.next_run_ms = Some(now);
+                    s
+                })
+                .collect();
+            let change = OnboardingChange {
+                onboarding_id: Some(id.clone()),
+                desired_state: Some(Some(OnboardingState::Cancelled)),
+                steps,
+                event: NewEvent {
+                    kind: "cancel_requested".into(),
+                    reason: "cancel requested by the caller".into(),
+                    step: None,
+                    data_json: "{}".into(),
+                },
+                at_ms: now,
+                ..Default::default()
+            };
+            self.store.apply_change(&change).await?;
+        }
+        let fresh = self.get_onboarding(caller, id).await?;
+        match self.cancel_now(&fresh, &*provider, &ctx).await {
+            Ok(days) => Ok((self.get_onboarding(caller, id).await?, days)),
+            Err(e) if e.code == ErrorCode::FailedPrecondition || e.code == ErrorCode::InvalidArgument => {
+                // The provider refuses (finished): drop the intent so the engine does not retry.
+                let change = OnboardingChange {
+                    onboarding_id: Some(id.clone()),
+                    desired_state: Some(None),
+                    event: NewEvent {
+                        kind: "cancel_refused".into(),
+                        reason: e.message.clone(),
+                        step: None,
+                        data_json: "{}".into(),
+                    },
+                    at_ms: now_ms(),
+                    ..Default::default()
+                };
+                self.store.apply_change(&change).await?;
+                Err(e)
+            }
+            Err(e) => {
+                self.wake_engine();
+                Err(e)
+            }
+        }
+    }
+
+    /// Restarts a `STALLED` or `REAUTH_REQUIRED` onboarding at its first unfinished step.
+    pub async fn retry_pipeline(&self, caller: &Caller, id: &OnboardingId) -> Result<OnboardingRecord, AppError> {
+        let o = self.get_onboarding(caller, id).await?;
+        if !matches!(o.state, OnboardingState::Stalled | OnboardingState::ReauthRequired) {
+            return Err(AppError::precondition(format!(
+                "onboardings/{id} is {}; only STALLED or REAUTH_REQUIRED pipelines can be retried",
+                o.state
+            )));
+        }
+        self.restart_pipeline(&o).await?;
+        self.wake_engine();
+        self.get_onboarding(caller, id).await
+    }
+
+    /// Hands a verification code to the waiting `verify_number` step and wakes it. The code
+    /// is kept only in that step's private data, never in events.
+    pub async fn submit_verification_code(
+        &self,
+        caller: &Caller,
+        id: &OnboardingId,
+        code: &str,
+    ) -> Result<OnboardingRecord, AppError> {
+        let o = self.get_onboarding(caller, id).await?;
+        let account = self
+            .store
+            .account_unscoped(&o.account_id)
+            .await?
+            .ok_or_else(|| AppError::precondition(format!("the account of onboardings/{id} was deleted")))?;
+        let (provider, _) = self.provider_for(&account)?;
+        let verification = provider
+            .verification()
+            .ok_or_else(|| AppError::precondition(format!("{} onboardings take no verification code", o.provider)))?;
+        verification.validate_code(code).map_err(|e| AppError::from((o.provider, e)))?;
+        let Some(mut step) = self
+            .store
+            .steps(id)
+            .await?
+            .into_iter()
+            .find(|s| s.name == STEP_VERIFY_NUMBER && matches!(s.state, StepState::Waiting | StepState::Ready))
+        else {
+            return Err(AppError::precondition(format!("onboardings/{id} is not waiting for a verification code")));
+        };
+        let now = now_ms();
+        let mut data: serde_json::Map<String, serde_json::Value> =
+            serde_json::from_str(&step.data_json).unwrap_or_default();
+        data.insert("code".into(), code.into());
+        step.data_json = serde_json::Value::Object(data).to_string();
+        step.next_run_ms = Some(now);
+        step.updated_ms = now;
+        let attrs = BTreeMap::from([("code_length".to_string(), code.len().to_string())]);
+        let change = OnboardingChange {
+            onboarding_id: Some(id.clone()),
+            expect_sequence: Some(o.sequence),
+            steps: vec![step],
+            event: NewEvent {
+                kind: "verification_code_submitted".into(),
+                reason: "verification code submitted".into(),
+                step: Some(STEP_VERIFY_NUMBER.into()),
+                data_json: serde_json::to_string(&attrs).unwrap_or_else(|_| "{}".into()),
+            },
+            at_ms: now,
+            ..Default::default()
+        };
+        self.store.apply_change(&change).await.map_err(|e| match e {
+            StoreError::Conflict(_) => AppError::new(ErrorCode::Aborted, "the onboarding changed meanwhile; retry"),
+            other => other.into(),
+        })?;
+        self.wake_engine();
+        self.get_onboarding(caller, id).await
+    }
+}

@@ -1,0 +1,98 @@
+//! Handlers for every `wa.onboard.v1` service: parse, call core, convert. A provider without
+//! the capability an RPC needs answers `UNIMPLEMENTED` naming it; nothing fakes success.
+
+use std::pin::Pin;
+
+use futures::Stream;
+use tokio_stream::StreamExt;
+use tonic::{Request, Response, Status};
+
+use super::SharedCore;
+use super::auth::caller;
+use super::convert::*;
+use super::pb;
+use crate::core::Core;
+use crate::core::accounts::NewAccount;
+use crate::core::onboardings::StreamItem;
+use crate::domain::{AccountId, OnboardingId, ProviderKind};
+use crate::error::{AppError, Violations};
+use crate::store::OnboardingFilter;
+
+/// The one struct implementing every service.
+#[derive(Clone)]
+pub struct Services {
+    core: SharedCore,
+    shutdown: tokio::sync::watch::Receiver<bool>,
+}
+
+impl Services {
+    /// New handlers over the core.
+    pub fn new(core: Core, shutdown: tokio::sync::watch::Receiver<bool>) -> Self {
+        Self { core: std::sync::Arc::new(core), shutdown }
+    }
+}
+
+type Res<T> = Result<Response<T>, Status>;
+type BoxStream<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send + 'static>>;
+
+fn ok<T>(r: Result<T, AppError>) -> Res<T> {
+    r.map(Response::new).map_err(Status::from)
+}
+
+fn account_name(field: &str, name: &str) -> Result<AccountId, AppError> {
+    parse_name(field, name, "accounts", |s| AccountId::parse(s))
+}
+
+fn onboarding_name(field: &str, name: &str) -> Result<OnboardingId, AppError> {
+    let name = name.strip_suffix("/pipeline").unwrap_or(name);
+    parse_name(field, name, "onboardings", |s| OnboardingId::parse(s))
+}
+
+fn request_id(v: &mut Violations, id: &str) -> Option<String> {
+    if id.is_empty() {
+        return None;
+    }
+    v.check("request_id", crate::domain::RequestId::parse(id)).map(String::from)
+}
+
+pub(super) fn capability_to_pb(c: crate::domain::Capability) -> pb::Capability {
+    use crate::domain::Capability as C;
+    match c {
+        C::CheckCredentials => pb::Capability::CheckCredentials,
+        C::PartnerToken => pb::Capability::PartnerToken,
+        C::LinkApp => pb::Capability::LinkApp,
+        C::AppToken => pb::Capability::AppToken,
+        C::PipelineStatus => pb::Capability::PipelineStatus,
+        C::LiveEvent => pb::Capability::LiveEvent,
+        C::Subscriptions => pb::Capability::Subscriptions,
+        C::HostedLink => pb::Capability::HostedLink,
+        C::BatchLinks => pb::Capability::BatchLinks,
+        C::TokenValidation => pb::Capability::TokenValidation,
+        C::ChannelLifecycle => pb::Capability::ChannelLifecycle,
+        C::ConnectCode => pb::Capability::ConnectCode,
+        C::ChannelMode => pb::Capability::ChannelMode,
+        C::ExtendDays => pb::Capability::ExtendDays,
+        C::DeleteRefund => pb::Capability::DeleteRefund,
+        C::PartnerBalance => pb::Capability::PartnerBalance,
+        C::NumberRegistration => pb::Capability::NumberRegistration,
+        C::AccountStatusPolling => pb::Capability::AccountStatusPolling,
+        C::PartnerWebhook => pb::Capability::PartnerWebhook,
+        C::Cancel => pb::Capability::Cancel,
+    }
+}
+
+/// Maps a core stream to a gRPC stream of `T`.
+pub(super) fn stream<T: Send + 'static>(
+    rx: tokio::sync::mpsc::Receiver<Result<StreamItem, AppError>>,
+    map: impl Fn(StreamItem) -> T + Send + 'static,
+) -> BoxStream<T> {
+    Box::pin(tokio_stream::wrappers::ReceiverStream::new(rx).map(move |item| item.map(&map).map_err(Status::from)))
+}
+
+mod account;
+mod channel;
+mod onboarding;
+mod pipeline;
+mod provider;
+mod subscription;
+mod token;

@@ -1,0 +1,190 @@
+//! Raw Exotel ISV calls through the shared HTTP plumbing: Basic auth in the `Authorization`
+//! header (never in the URL), the `isv` envelope checked for failures inside HTTP 2xx, and
+//! Exotel's documented HTTP codes mapped to clear errors.
+
+use http::StatusCode;
+use reqwest::Method;
+use url::Url;
+
+use super::model::{Envelope, MintData, ValidateData};
+use crate::domain::Secret;
+use crate::domain::account::Credentials;
+use crate::providers::http::{BodyError, ErrorBody, HttpClient, HttpFailure, RetryPolicy, retry};
+use crate::providers::{CallContext, ProviderError};
+
+/// One account's coordinates, borrowed from the call context.
+pub(super) struct Account<'a> {
+    sid: &'a str,
+    api_key: &'a str,
+    api_token: &'a Secret,
+    /// The account's cluster (`api.exotel.com` / `api.in.exotel.com`), resolved by the engine
+    /// from `options.exotel_region`: the adapter trusts it and adds nothing region-specific.
+    base_url: &'a str,
+}
+
+impl<'a> Account<'a> {
+    /// The Exotel credentials of `ctx`.
+    pub(super) fn of(ctx: &'a CallContext) -> Result<Self, ProviderError> {
+        match &ctx.credentials {
+            Credentials::Exotel { account_sid, api_key, api_token } => {
+                Ok(Self { sid: account_sid, api_key, api_token, base_url: &ctx.base_url })
+            }
+            other => Err(ProviderError::Precondition {
+                raw: String::new(),
+                message: format!("the account holds {} credentials, not Exotel ones", other.provider()),
+            }),
+        }
+    }
+
+    /// `{base}/v2/accounts/{sid}/isv`, the SID escaped as one path segment.
+    fn isv_url(&self) -> Result<Url, ProviderError> {
+        let bad = |what: &str| ProviderError::Precondition { raw: String::new(), message: what.to_string() };
+        let mut url = Url::parse(self.base_url).map_err(|_| bad("the Exotel base URL is not a valid URL"))?;
+        {
+            let mut segs = url.path_segments_mut().map_err(|_| bad("the Exotel base URL cannot take a path"))?;
+            segs.pop_if_empty().extend(["v2", "accounts", self.sid, "isv"]);
+        }
+        Ok(url)
+    }
+
+    fn request(&self, http: &HttpClient, method: Method, url: Url) -> reqwest::RequestBuilder {
+        // Basic auth in the header: the documented `key:token@host` form would put the token
+        // in a URL, which must never happen (it could be logged).
+        http.request(method, url).basic_auth(self.api_key, Some(self.api_token.expose()))
+    }
+}
+
+/// The hook that finds a failure inside an HTTP 2xx: `isv.status` other than `success`, or
+/// an `isv.code` of 300 or more. The reason starts with `isv code N` so [`to_error`] can read
+/// the code back.
+struct IsvBody;
+
+/// Prefix of a [`BodyError`] reason written by [`IsvBody`].
+const ISV_CODE: &str = "isv code ";
+
+impl ErrorBody for IsvBody {
+    fn check(&self, _status: StatusCode, body: &[u8]) -> Option<BodyError> {
+        // An unparseable 2xx is not an error *status*; the caller reports it as Malformed.
+        let isv = serde_json::from_slice::<Envelope<serde_json::Value>>(body).ok()?.isv()?;
+        let status_failed = isv.status.as_deref().is_some_and(|s| !s.eq_ignore_ascii_case("success"));
+        let code = isv.code.unwrap_or(0);
+        if !status_failed && code < 300 {
+            return None;
+        }
+        let message = isv.error_data.and_then(|e| e.message.or(e.description)).unwrap_or_default();
+        Some(BodyError { retryable: code >= 500 || code == 429, reason: format!("{ISV_CODE}{code}: {message}") })
+    }
+}
+
+/// Exotel's HTTP codes (providers.md §2.4) as semantic errors; a failure inside a 2xx is
+/// mapped by its `isv.code`. Retry classes (429, 5xx, transport, unknown outcome) keep the
+/// shared mapping.
+fn to_error(f: HttpFailure) -> ProviderError {
+    let body_code = match &f {
+        HttpFailure::Retryable { status: Some(s), reason, .. } | HttpFailure::Fatal { status: Some(s), reason, .. }
+            if (200..300).contains(s) =>
+        {
+            reason.strip_prefix(ISV_CODE).and_then(|r| r.split(':').next()).and_then(|c| c.parse::<u16>().ok())
+        }
+        _ => None,
+    };
+    let code = body_code.or(f.status());
+    let raw = code.map(|c| c.to_string()).unwrap_or_default();
+    match code {
+        Some(401 | 403) => ProviderError::Unauthenticated { raw },
+        Some(402) => ProviderError::Precondition {
+            raw,
+            message: "payment required: the action is not on the Exotel plan or its usage limits are exceeded".into(),
+        },
+        Some(404) => ProviderError::NotFound { raw },
+        Some(400) => ProviderError::Invalid { field: None, message: f.to_string(), raw },
+        Some(429) if body_code.is_some() => ProviderError::RateLimited { retry_after: None, raw },
+        Some(c) if body_code.is_some() && c >= 500 => ProviderError::Retryable { raw, message: f.to_string() },
+        _ => f.into(),
+    }
+}
+
+fn malformed(what: &str, e: impl std::fmt::Display) -> ProviderError {
+    ProviderError::Malformed { message: format!("exotel {what}: {e}") }
+}
+
+/// The ISV endpoints.
+#[derive(Debug, Clone)]
+pub(super) struct Client {
+    http: HttpClient,
+    retry: RetryPolicy,
+}
+
+impl Client {
+    pub(super) fn new(http: HttpClient, retry: RetryPolicy) -> Self {
+        Self { http, retry }
+    }
+
+    /// `POST /v2/accounts/{sid}/isv`: mints one link, or `count` links in one call
+    /// (`?count=N`, [I] the batch parameter; the docs only say "up to 50 URLs at a time").
+    /// One attempt: the call is not idempotent and Exotel has no lookup to reconcile with.
+    pub(super) async fn mint(&self, acct: &Account<'_>, count: Option<u32>) -> Result<Vec<String>, ProviderError> {
+        let mut url = acct.isv_url()?;
+        if let Some(n) = count {
+            url.query_pairs_mut().append_pair("count", &n.to_string());
+        }
+        // Vendor curl: `Content-Type: text/plain` and no body [C].
+        let req = acct.request(&self.http, Method::POST, url).header(http::header::CONTENT_TYPE, "text/plain");
+        let resp = self.http.send("exotel.mint", req, false, &IsvBody).await.map_err(to_error)?;
+        let env: Envelope<MintData> = serde_json::from_slice(&resp.body).map_err(|e| malformed("mint answer", e))?;
+        let request_id = env.request_id.clone().unwrap_or_default();
+        let data = env.isv().and_then(|i| i.data).unwrap_or_default();
+        let urls = match (data.onboarding_urls, data.onboarding_url) {
+            (Some(urls), _) if !urls.is_empty() => urls,
+            (_, Some(url)) => vec![url],
+            _ => return Err(malformed("mint answer", "no onboarding_url")),
+        };
+        tracing::debug!(request_id, links = urls.len(), "Exotel minted onboarding links.");
+        Ok(urls)
+    }
+
+    /// `GET /v2/accounts/{sid}/isv?access_token=…`: the raw token status. Idempotent, so
+    /// retried in-call. The link token is not a credential (it is in the URL the business
+    /// gets), and the shared client drops query strings from logs anyway.
+    pub(super) async fn validate(&self, acct: &Account<'_>, token: &str) -> Result<String, ProviderError> {
+        let mut url = acct.isv_url()?;
+        url.query_pairs_mut().append_pair("access_token", token);
+        let resp = retry(&self.retry, || {
+            let req = acct.request(&self.http, Method::GET, url.clone());
+            self.http.send("exotel.validate", req, true, &IsvBody)
+        })
+        .await
+        .map_err(to_error)?;
+        let env: Envelope<ValidateData> =
+            serde_json::from_slice(&resp.body).map_err(|e| malformed("validate answer", e))?;
+        env.isv()
+            .and_then(|i| i.data)
+            .map(|d| d.onboarding_token_status)
+            .ok_or_else(|| malformed("validate answer", "no onboarding_token_status"))
+    }
+
+    /// [I] A cheap authenticated call that creates nothing: the validate endpoint without a
+    /// token. Exotel checks the credentials and the account first, so 401/403 mean rejected
+    /// credentials, 404 an SID unknown on this cluster, and 400 ("access_token is required")
+    /// or 200 that both are fine. Minting would spend a link (and possibly plan quota).
+    pub(super) async fn check(&self, acct: &Account<'_>) -> Result<(), ProviderError> {
+        let url = acct.isv_url()?;
+        let res = retry(&self.retry, || {
+            let req = acct.request(&self.http, Method::GET, url.clone());
+            self.http.send("exotel.check", req, true, &IsvBody)
+        })
+        .await;
+        match res {
+            Ok(_) => Ok(()),
+            Err(f) if f.status() == Some(400) => Ok(()),
+            Err(f) => match to_error(f) {
+                ProviderError::NotFound { raw } => Err(ProviderError::Precondition {
+                    raw,
+                    message: "account SID not found on this Exotel cluster (check the account SID and exotel_region)"
+                        .into(),
+                }),
+                e => Err(e),
+            },
+        }
+    }
+}

@@ -1,0 +1,402 @@
+//! The Exotel adapter against the Exotel simulator (both clusters).
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use async_trait::async_trait;
+
+use super::*;
+use crate::domain::account::{AccountOptions, Credentials, ExotelRegion};
+use crate::domain::{AccountId, E164, OnboardingId, Secret, WabaId};
+use crate::providers::conformance::{self, ConformanceHarness, Fault};
+use crate::providers::http::{HttpClient, HttpTimeouts, RateLimiter, RetryPolicy};
+use crate::providers::{GupshupStart, StepRun};
+use crate::sim::common::Fault as SimFault;
+use crate::sim::exotel::{ExotelKnobs, ExotelSim, ExotelSimConfig, ExotelSimServers, TokenStatus};
+
+const MINT: &str = "POST /v2/accounts/{sid}/isv";
+const VALIDATE: &str = "GET /v2/accounts/{sid}/isv";
+
+fn deps() -> AdapterDeps {
+    AdapterDeps {
+        // Short total timeout so a held response becomes an unknown outcome quickly.
+        http: HttpClient::new(HttpTimeouts { connect: Duration::from_secs(2), total: Duration::from_millis(800) })
+            .unwrap(),
+        limiter: RateLimiter::in_memory(),
+        retry: RetryPolicy {
+            max_attempts: 2,
+            base: Duration::from_millis(5),
+            max_backoff: Duration::from_millis(20),
+            total_budget: Duration::from_secs(5),
+        },
+        poll_interval: Duration::from_secs(7),
+    }
+}
+
+struct Env {
+    sim: ExotelSim,
+    srv: ExotelSimServers,
+    p: ExotelProvider,
+}
+
+async fn env() -> Env {
+    let any = SocketAddr::from(([127, 0, 0, 1], 0));
+    let cfg = ExotelSimConfig { sandbox: false, ..Default::default() };
+    let (sim, srv) = ExotelSim::spawn(cfg, any, any).await.unwrap();
+    sim.core().with_knobs(|k| k.timeout_hold_ms = 1_500);
+    Env { sim, srv, p: ExotelProvider::new(&deps()) }
+}
+
+fn ctx_for(base: String, sid: &str, key: &str, token: &str) -> CallContext {
+    CallContext {
+        account_id: AccountId::parse("acct-exotel").unwrap(),
+        credentials: Credentials::Exotel {
+            account_sid: sid.into(),
+            api_key: key.into(),
+            api_token: Secret::new(token),
+        },
+        options: AccountOptions::default(),
+        webhook_url: Secret::new("http://127.0.0.1:1/webhooks/exotel/acct-exotel/s3cret"),
+        base_url: base,
+    }
+}
+
+impl Env {
+    fn sg(&self) -> CallContext {
+        ctx_for(self.srv.singapore.base_url(), "sandbox-sg", "sandbox-key", "sandbox-token")
+    }
+
+    fn mumbai(&self) -> CallContext {
+        ctx_for(self.srv.mumbai.base_url(), "sandbox-in", "sandbox-key", "sandbox-token")
+    }
+
+    fn calls(&self, endpoint: &str) -> u64 {
+        self.sim.core().counters().calls.get(endpoint).copied().unwrap_or(0)
+    }
+
+    fn links(&self) -> u64 {
+        self.sim.core().counters().created.get("links").copied().unwrap_or(0)
+    }
+}
+
+fn request(key: &str, payload: StartPayload) -> StartRequest {
+    StartRequest {
+        onboarding_id: OnboardingId::parse("onb-exotel").unwrap(),
+        idempotency_key: key.into(),
+        reference: "ref-1".into(),
+        payload,
+    }
+}
+
+fn step(name: &str, handle: Option<ProviderHandle>) -> StepRun {
+    StepRun {
+        name: name.into(),
+        onboarding_id: OnboardingId::parse("onb-exotel").unwrap(),
+        request: request("onb-exotel", StartPayload::Exotel),
+        handle,
+        secret: None,
+        data: json!({}),
+        attempt: 1,
+        state: OnboardingState::Pending,
+        details: serde_json::Map::new(),
+    }
+}
+
+#[async_trait]
+impl ConformanceHarness for Env {
+    fn ctx(&self) -> CallContext {
+        self.sg()
+    }
+
+    fn valid_start(&self, key: &str) -> StartRequest {
+        request(key, StartPayload::Exotel)
+    }
+
+    fn invalid_start(&self, key: &str) -> StartRequest {
+        request(
+            key,
+            StartPayload::Gupshup(GupshupStart {
+                app_name: "Acme Support".into(),
+                waba_id: WabaId::parse("123456789").unwrap(),
+                phone: E164::parse("+15551112222").unwrap(),
+                storage_region: None,
+                subscribe_on_live: None,
+            }),
+        )
+    }
+
+    async fn finish_customer(&self, handle: &ProviderHandle) {
+        self.sim.complete_customer(&handle.external_key).unwrap();
+    }
+
+    async fn inject_next_create(&self, fault: Fault) {
+        let f = match fault {
+            Fault::ServerError => SimFault::Status { status: 503 },
+            Fault::RateLimited => SimFault::TooManyRequests { retry_after_secs: None },
+            Fault::UnknownOutcome => SimFault::Timeout { after_effect: true },
+        };
+        self.sim.core().fail_next(Some(MINT), 1, f);
+    }
+
+    async fn resources_created(&self) -> u64 {
+        self.links()
+    }
+
+    fn valid_callback(&self, handle: &ProviderHandle) -> Vec<u8> {
+        // Exotel documents no callback; this is what one would look like if it existed.
+        serde_json::to_vec(&json!({ "token": handle.external_key, "status": "USED" })).unwrap()
+    }
+}
+
+/// The shared suite, minus the two checks Exotel cannot meet by its API's nature (see the
+/// two tests below, which pin the documented behaviour instead).
+#[tokio::test]
+async fn conformance() {
+    let e = env().await;
+    conformance::check_capabilities(&e.p, &e).await;
+    conformance::check_start_then_poll(&e.p, &e).await;
+    conformance::check_error_classification(&e.p, &e).await;
+    conformance::check_cancel(&e.p, &e).await;
+}
+
+/// Exotel has no lookup: after an unknown outcome a repeat mints a new link (never claims
+/// `reconciled`); the lost one lapses unused.
+#[tokio::test]
+async fn unknown_outcome_then_repeat_mints_a_fresh_link() {
+    let e = env().await;
+    e.inject_next_create(Fault::UnknownOutcome).await;
+    let req = e.valid_start("k");
+    match e.p.start_onboarding(&e.sg(), &req).await {
+        Err(ProviderError::UnknownOutcome { .. }) => {}
+        other => panic!("expected UnknownOutcome, got {other:?}"),
+    }
+    assert_eq!(e.links(), 1, "the held call did mint");
+    let again = e.p.start_onboarding(&e.sg(), &req).await.unwrap();
+    assert!(!again.reconciled);
+    assert_eq!(e.links(), 2);
+    assert_eq!(e.sim.token(&again.handle.external_key).unwrap().status, TokenStatus::Valid);
+}
+
+#[tokio::test]
+async fn callbacks_are_refused_as_malformed() {
+    let e = env().await;
+    let h = ProviderHandle { external_key: "t".into(), data: json!({}) };
+    for body in [e.valid_callback(&h), Vec::new(), b"not json".to_vec()] {
+        assert!(matches!(e.p.parse_callback(&body), Err(ProviderError::Malformed { .. })));
+    }
+}
+
+#[tokio::test]
+async fn batch_of_50_is_one_call_and_51_or_0_are_refused_before_any_call() {
+    let e = env().await;
+    let ops = e.p.hosted_links().unwrap();
+    for bad in [0, 51] {
+        match ops.mint_links(&e.sg(), bad).await {
+            Err(ProviderError::Invalid { field: Some(f), .. }) => assert_eq!(f, "count"),
+            other => panic!("count {bad}: expected Invalid count, got {other:?}"),
+        }
+    }
+    assert_eq!(e.calls(MINT), 0, "refused counts must not reach Exotel");
+
+    let links = ops.mint_links(&e.sg(), 50).await.unwrap();
+    assert_eq!(links.len(), 50);
+    assert_eq!(e.calls(MINT), 1, "50 links in one call");
+    assert_eq!(e.links(), 50);
+    let mut tokens: Vec<_> = links.iter().map(|l| l.token.clone()).collect();
+    tokens.sort();
+    tokens.dedup();
+    assert_eq!(tokens.len(), 50);
+    for l in &links {
+        let v = e.sim.token(&l.token).expect("token known to the sim");
+        assert_eq!(v.onboarding_url, l.url);
+        assert!(l.expire_ms.unwrap() > now_ms() + LINK_TTL.as_millis() as i64 - 60_000);
+    }
+    // One link: the plain documented call, no count.
+    let one = ops.mint_links(&e.sg(), 1).await.unwrap();
+    assert_eq!((one.len(), e.calls(MINT)), (1, 2));
+}
+
+#[tokio::test]
+async fn pipeline_mints_then_reaches_used_as_live() {
+    let e = env().await;
+    let specs = e.p.pipeline(&e.valid_start("k"));
+    let names: Vec<_> = specs.iter().map(|s| s.name).collect();
+    assert_eq!(names, [STEP_MINT_LINK, STEP_AWAIT_CUSTOMER]);
+    assert!(specs[1].deadline >= Duration::from_secs(25 * 3600));
+
+    let out = e.p.run_step(&e.sg(), &step(STEP_MINT_LINK, None)).await.unwrap();
+    assert_eq!(out.progress, super::super::Progress::Done);
+    assert_eq!(out.observation.state, Some(OnboardingState::AwaitingCustomer));
+    let handle = out.handle.clone().unwrap();
+    let token = handle.external_key.clone();
+    let view = e.sim.token(&token).expect("external key is the sim's token");
+    assert_eq!(out.details["onboarding_url"], json!(view.onboarding_url));
+    assert_eq!(out.details["token"], json!(token));
+    assert_eq!(out.details["token_status"], json!("VALID"));
+    assert_eq!(out.details["customers_remaining"], json!(5));
+    let exp = out.details["link_expire_ms"].as_i64().unwrap();
+    assert_eq!(out.expire_ms, Some(exp));
+    assert!((exp - now_ms() - LINK_TTL.as_millis() as i64).abs() < 60_000);
+
+    // A repeat with the handle recorded mints nothing more.
+    let again = e.p.run_step(&e.sg(), &step(STEP_MINT_LINK, Some(handle.clone()))).await.unwrap();
+    assert_eq!(again.attributes.get("reconciled").map(String::as_str), Some("true"));
+    assert_eq!(e.links(), 1);
+
+    let wait = e.p.run_step(&e.sg(), &step(STEP_AWAIT_CUSTOMER, Some(handle.clone()))).await.unwrap();
+    assert_eq!(wait.progress, super::super::Progress::Wait(Duration::from_secs(7)));
+    assert_eq!(wait.observation.raw_status, "VALID");
+
+    e.sim.complete_customer(&token).unwrap();
+    let live = e.p.run_step(&e.sg(), &step(STEP_AWAIT_CUSTOMER, Some(handle))).await.unwrap();
+    assert_eq!(live.progress, super::super::Progress::Done);
+    assert_eq!(live.observation.state, Some(OnboardingState::Live));
+    assert_eq!(live.observation.raw_status, "USED");
+    assert_eq!(live.observation.fields["onboarding_token_status"], "USED");
+    assert_eq!(live.details["token_status"], json!("USED"));
+    assert_eq!(live.details["customers_remaining"], json!(4));
+}
+
+/// Batch links: each onboarding starts at `await_customer` with only the handle.
+#[tokio::test]
+async fn batch_link_awaits_with_preset_handle_and_expires_after_24h() {
+    let e = env().await;
+    let links = e.p.hosted_links().unwrap().mint_links(&e.mumbai(), 3).await.unwrap();
+    let details = link_details(&links[1]);
+    assert_eq!(details["token"], json!(links[1].token));
+    assert_eq!(details["customers_remaining"], json!(5));
+    assert_eq!(details["link_expire_ms"], json!(links[1].expire_ms.unwrap()));
+    let mut run = step(STEP_AWAIT_CUSTOMER, Some(link_handle(&links[1])));
+    run.details = details.into_iter().collect();
+    let wait = e.p.run_step(&e.mumbai(), &run).await.unwrap();
+    assert_eq!(wait.observation.state, Some(OnboardingState::AwaitingCustomer));
+
+    e.sim.core().clock.advance(LINK_TTL);
+    let out = e.p.run_step(&e.mumbai(), &run).await.unwrap();
+    assert_eq!(out.progress, super::super::Progress::Done);
+    assert_eq!(out.observation.state, Some(OnboardingState::Expired));
+    assert_eq!(out.observation.raw_status, "EXPIRED");
+    assert_eq!(out.details["customers_remaining"], json!(0));
+    let st = e.p.hosted_links().unwrap().validate_token(&e.mumbai(), &links[1].token).await.unwrap();
+    assert_eq!(st, LinkTokenStatus { state: LinkTokenState::Expired, raw: "EXPIRED".into() });
+}
+
+#[tokio::test]
+async fn validate_token_reports_live_status_and_checks_shape() {
+    let e = env().await;
+    let ops = e.p.hosted_links().unwrap();
+    let link = ops.mint_links(&e.sg(), 1).await.unwrap().remove(0);
+    assert_eq!(ops.validate_token(&e.sg(), &link.token).await.unwrap().state, LinkTokenState::Valid);
+    e.sim.complete_customer(&link.token).unwrap();
+    assert_eq!(ops.validate_token(&e.sg(), &link.token).await.unwrap().state, LinkTokenState::Used);
+    let before = e.calls(VALIDATE);
+    for bad in ["", "a/b", "x?y=1"] {
+        match ops.validate_token(&e.sg(), bad).await {
+            Err(ProviderError::Invalid { field: Some(f), .. }) => assert_eq!(f, "token"),
+            other => panic!("{bad:?}: expected Invalid token, got {other:?}"),
+        }
+    }
+    assert_eq!(e.calls(VALIDATE), before);
+    assert!(matches!(
+        ops.validate_token(&e.sg(), "00000000-0000-0000-0000-000000000000").await,
+        Err(ProviderError::NotFound { .. })
+    ));
+}
+
+#[tokio::test]
+async fn each_region_gets_only_its_own_calls() {
+    let e = env().await;
+    let sg = e.p.hosted_links().unwrap().mint_links(&e.sg(), 2).await.unwrap();
+    let mb = e.p.hosted_links().unwrap().mint_links(&e.mumbai(), 1).await.unwrap();
+    use crate::sim::exotel::ExotelRegion as SimRegion;
+    for l in &sg {
+        let v = e.sim.token(&l.token).unwrap();
+        assert_eq!((v.region, v.sid.as_str()), (SimRegion::Singapore, "sandbox-sg"));
+    }
+    let v = e.sim.token(&mb[0].token).unwrap();
+    assert_eq!((v.region, v.sid.as_str()), (SimRegion::Mumbai, "sandbox-in"));
+    // The Singapore account does not exist on the Mumbai cluster.
+    let wrong = ctx_for(e.srv.mumbai.base_url(), "sandbox-sg", "sandbox-key", "sandbox-token");
+    match e.p.check_credentials(&wrong).await {
+        Err(ProviderError::Precondition { raw, message }) => {
+            assert_eq!(raw, "404");
+            assert!(message.contains("exotel_region"), "{message}");
+        }
+        other => panic!("expected Precondition, got {other:?}"),
+    }
+    assert!(e.p.check_credentials(&e.sg()).await.is_ok());
+    assert!(e.p.check_credentials(&e.mumbai()).await.is_ok());
+}
+
+#[tokio::test]
+async fn bad_credentials_payment_and_forbidden_map_to_clear_errors() {
+    let e = env().await;
+    let bad = ctx_for(e.srv.singapore.base_url(), "sandbox-sg", "sandbox-key", "wrong-token");
+    match e.p.check_credentials(&bad).await {
+        Err(err @ ProviderError::Unauthenticated { .. }) => {
+            assert!(!format!("{err:?} {err}").contains("wrong-token"), "secret leaked");
+        }
+        other => panic!("expected Unauthenticated, got {other:?}"),
+    }
+    assert!(matches!(
+        e.p.start_onboarding(&bad, &e.valid_start("k")).await,
+        Err(ProviderError::Unauthenticated { .. })
+    ));
+    assert_eq!(e.links(), 0);
+
+    e.sim.set_knobs(ExotelKnobs { payment_required: true, forbidden_sids: vec![] });
+    match e.p.hosted_links().unwrap().mint_links(&e.sg(), 2).await {
+        Err(ProviderError::Precondition { raw, message }) => {
+            assert_eq!(raw, "402");
+            assert!(message.contains("payment required"));
+        }
+        other => panic!("expected Precondition 402, got {other:?}"),
+    }
+    e.sim.set_knobs(ExotelKnobs { payment_required: false, forbidden_sids: vec!["sandbox-sg".into()] });
+    assert!(matches!(
+        e.p.start_onboarding(&e.sg(), &e.valid_start("k")).await,
+        Err(ProviderError::Unauthenticated { raw }) if raw == "403"
+    ));
+}
+
+#[tokio::test]
+async fn failure_inside_http_200_is_read_from_the_isv_block() {
+    let e = env().await;
+    e.sim.core().fail_next(Some(MINT), 1, SimFault::OkWithErrorBody);
+    match e.p.start_onboarding(&e.sg(), &e.valid_start("k")).await {
+        Err(err @ ProviderError::Retryable { .. }) => {
+            assert!(matches!(&err, ProviderError::Retryable { raw, .. } if raw == "500"), "{err:?}");
+        }
+        other => panic!("expected Retryable, got {other:?}"),
+    }
+    // Validation is idempotent: a 5xx is retried in-call.
+    let link = e.p.hosted_links().unwrap().mint_links(&e.sg(), 1).await.unwrap().remove(0);
+    e.sim.core().fail_next(Some(VALIDATE), 1, SimFault::Status { status: 502 });
+    let obs = e.p.poll(&e.sg(), &ProviderHandle { external_key: link.token, data: json!({}) }).await.unwrap();
+    assert_eq!(obs.raw_status, "VALID");
+}
+
+#[test]
+fn token_is_the_last_path_segment() {
+    assert_eq!(
+        token_of("https://messaging.exotel.com/ua-links/isv-onboard/41eabcd-abcdabcd").unwrap(),
+        "41eabcd-abcdabcd"
+    );
+    assert_eq!(token_of("https://messaging.exotel.com/ua-links/isv-onboard/abc/").unwrap(), "abc");
+    assert!(token_of("not a url").is_err());
+}
+
+#[test]
+fn factory_refuses_other_credentials() {
+    let f = factory(deps());
+    let mut ctx = ctx_for("http://127.0.0.1:1".into(), "sid", "k", "t");
+    assert!(f(&ctx).is_ok());
+    ctx.credentials = Credentials::Whapi { partner_token: Secret::new("x") };
+    assert!(f(&ctx).is_err());
+}
+
+#[test]
+fn region_base_urls() {
+    assert_eq!(region_base_url(ExotelRegion::Singapore), "https://api.exotel.com");
+    assert_eq!(region_base_url(ExotelRegion::Mumbai), "https://api.in.exotel.com");
+}

@@ -1,0 +1,775 @@
+//! The Gupshup Tech-Provider adapter (providers.md §1): partner login with a cached 24 h
+//! token, app linking (`POST /partner/tpp/app`) with 409 recovery and callback repair, the
+//! app token, the provisioning pipeline poll, the go-live and account callbacks, and
+//! per-app webhook subscriptions.
+//!
+//! Pipeline: `link_app` → `fetch_app_token` → `provisioning` → `subscribe` (only with
+//! `subscribe_on_live`, and only once live).
+
+mod client;
+mod model;
+#[cfg(test)]
+mod tests;
+mod webhook;
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use serde_json::{Value, json};
+
+use client::{Client, LinkForm, Linked};
+pub use client::{GupshupLimits, Limit};
+use model::{
+    CREATION_DONE, CREATION_ERROR, MODE_BITS, PIPELINE_FINALIZE, PipelineResponse, STORAGE_REGIONS, V3_ONLY_MODES,
+    WireSubscription, modes_of_mask, scalar_text,
+};
+
+use super::builtin::AdapterDeps;
+use super::http::TokenStatus;
+use super::{
+    CallContext, CallbackEvent, CancelOutcome, CredentialsCheck, GupshupStart, Observation, PartnerTokenOps, Provider,
+    ProviderError, ProviderFactory, ProviderHandle, ProviderSubscription, ResourceRef, StartOutcome, StartPayload,
+    StartRequest, StepOutcome, StepRun, StepSpec, SubscriptionOps, SubscriptionSpec, WebhookMode,
+};
+use crate::domain::{Capability, OnboardingState, ProviderKind, Secret};
+use crate::error::AppError;
+
+/// Step: link the WABA and phone to a new Gupshup app.
+pub const STEP_LINK_APP: &str = "link_app";
+/// Step: fetch the app token (stored as the onboarding secret).
+pub const STEP_FETCH_APP_TOKEN: &str = "fetch_app_token";
+/// Step: poll the provisioning pipeline until live or failed.
+pub const STEP_PROVISIONING: &str = "provisioning";
+/// Step: create the `subscribe_on_live` subscription, once live.
+pub const STEP_SUBSCRIBE: &str = "subscribe";
+
+/// How long provisioning may take before the watchdog stalls the onboarding [I].
+const PROVISIONING_DEADLINE: Duration = Duration::from_secs(3600);
+
+/// What this adapter offers: all of Gupshup's API capabilities (no cancel: providers.md has
+/// no way to delete a linked app).
+const CAPABILITIES: [Capability; 7] = [
+    Capability::CheckCredentials,
+    Capability::PartnerToken,
+    Capability::LinkApp,
+    Capability::AppToken,
+    Capability::PipelineStatus,
+    Capability::LiveEvent,
+    Capability::Subscriptions,
+];
+
+/// The factory registered in [`super::builtin::registry`]: one adapter (and partner-token
+/// cache) per Gupshup account.
+pub fn factory(deps: AdapterDeps) -> ProviderFactory {
+    Arc::new(move |ctx: &CallContext| -> Result<Arc<dyn Provider>, AppError> {
+        if ctx.credentials.provider() != ProviderKind::Gupshup {
+            return Err(AppError::internal(format!(
+                "the Gupshup adapter was asked to serve a {} account",
+                ctx.credentials.provider()
+            )));
+        }
+        Ok(Arc::new(GupshupProvider::new(deps.clone())))
+    })
+}
+
+/// The Gupshup adapter for one account.
+#[derive(Debug)]
+pub struct GupshupProvider {
+    client: Client,
+    poll_interval: Duration,
+}
+
+impl GupshupProvider {
+    /// An adapter with the documented rate limits.
+    pub fn new(deps: AdapterDeps) -> Self {
+        Self::with_limits(deps, GupshupLimits::default())
+    }
+
+    /// An adapter with other limits (tests shorten the windows).
+    pub fn with_limits(deps: AdapterDeps, limits: GupshupLimits) -> Self {
+        Self { client: Client::new(deps.http, deps.limiter, deps.retry, limits), poll_interval: deps.poll_interval }
+    }
+
+    /// Links the app (start_onboarding semantics): validates before any call, recovers the
+    /// app of an earlier attempt from the 409, repairs a callback that failed to set.
+    async fn link(&self, ctx: &CallContext, req: &StartRequest) -> Result<LinkOutcome, ProviderError> {
+        let (start, form) = validate_start(ctx, req)?;
+        let linked = self.client.link_app(ctx, &form, &ctx.webhook_url).await.map_err(|e| {
+            let lc = e.message_lc();
+            let raw = e.status().map(|s| s.to_string()).unwrap_or_default();
+            let message = e.message.clone().unwrap_or_default();
+            match e.status() {
+                Some(400) if lc.contains("app name") => {
+                    ProviderError::Invalid { field: Some("gupshup.app_name".into()), message, raw }
+                }
+                Some(400) if lc.contains("region") => {
+                    ProviderError::Invalid { field: Some("gupshup.storage_region".into()), message, raw }
+                }
+                // [I] "Bot Already Exists": the name is taken by another app (a retry of ours
+                // gets the phone 409 instead, which names our app).
+                Some(409) => {
+                    ProviderError::Conflict { raw, message: format!("app name is taken at Gupshup: {message}") }
+                }
+                _ => e.into(),
+            }
+        })?;
+        let (app_id, reconciled, repaired) = match linked {
+            Linked::Created(id) => (id, false, false),
+            Linked::Exists(id) => {
+                // An earlier attempt (or a crash before we saw its answer) linked this phone.
+                // Its callback may never have been set (a partial success we did not get to
+                // repair), so set it again: setting our own URL twice is harmless.
+                self.ensure_callback(ctx, &id).await?;
+                (id, true, false)
+            }
+            Linked::CallbackFailed(id) => {
+                self.ensure_callback(ctx, &id).await?;
+                (id, false, true)
+            }
+        };
+        Ok(LinkOutcome { start: start.clone(), form, app_id, reconciled, repaired })
+    }
+
+    /// Sets the app's callback URL to our ingress.
+    async fn ensure_callback(&self, ctx: &CallContext, app_id: &str) -> Result<(), ProviderError> {
+        match self.client.set_callback(ctx, app_id, None, &ctx.webhook_url).await {
+            Ok(_) => Ok(()),
+            // The phone's app is not ours to act on (another partner's, [I]).
+            Err(ProviderError::Unauthenticated { raw } | ProviderError::NotFound { raw }) => {
+                Err(ProviderError::Conflict {
+                    raw,
+                    message: format!("the phone is already linked to app {app_id}, which this account cannot access"),
+                })
+            }
+            Err(e) => Err(e),
+        }
+    }
+
+    async fn run_link(&self, ctx: &CallContext, run: &StepRun) -> Result<StepOutcome, ProviderError> {
+        let out = self.link(ctx, &run.request).await?;
+        let handle = out.handle();
+        let mut step = StepOutcome::done(out.observation())
+            .handle(handle)
+            .data(json!({"app_id": out.app_id, "reconciled": out.reconciled, "callback_repaired": out.repaired}))
+            .detail("app_id", out.app_id.clone())
+            .detail("app_name", out.form.name.clone())
+            .detail("waba_id", out.form.waba_id.clone())
+            .detail("phone", out.start.phone.as_str())
+            .detail("storage_region", out.form.storage_region.clone().unwrap_or_default())
+            .detail("subscribe_on_live", out.start.subscribe_on_live.is_some());
+        if out.reconciled {
+            step = step.attribute("reconciled", "true");
+        }
+        if out.repaired {
+            step = step.attribute("callback_repaired", "true");
+        }
+        Ok(step)
+    }
+
+    async fn run_fetch_token(&self, ctx: &CallContext, run: &StepRun) -> Result<StepOutcome, ProviderError> {
+        let app_id = app_of(run)?;
+        // Get-or-create at Gupshup: safe to repeat [C].
+        let token = self.client.app_token(ctx, app_id, false).await?;
+        let obs = Observation {
+            raw_status: "APP_TOKEN_ISSUED".into(),
+            fields: BTreeMap::from([("appId".to_string(), app_id.to_string())]),
+            state: None,
+            reason: String::new(),
+        };
+        Ok(StepOutcome::done(obs).secret(token).detail("app_token_ready", true))
+    }
+
+    async fn run_provisioning(&self, ctx: &CallContext, run: &StepRun) -> Result<StepOutcome, ProviderError> {
+        let app_id = app_of(run)?;
+        let (resp, token) = self.client.pipeline(ctx, app_id, run.secret.as_ref()).await?;
+        let obs = observe(&resp);
+        let mut step = match obs.state {
+            Some(OnboardingState::Live | OnboardingState::Failed) => StepOutcome::done(obs),
+            _ => StepOutcome::wait(self.poll_interval, obs),
+        };
+        // The stored app token was rejected and fetched again: store the new one.
+        if run.secret.as_ref() != Some(&token) {
+            step = step.secret(token).detail("app_token_ready", true);
+        }
+        Ok(step)
+    }
+
+    async fn run_subscribe(&self, ctx: &CallContext, run: &StepRun) -> Result<StepOutcome, ProviderError> {
+        let app_id = app_of(run)?;
+        let spec = match &run.request.payload {
+            StartPayload::Gupshup(GupshupStart { subscribe_on_live: Some(spec), .. }) => spec,
+            _ => {
+                let obs = Observation { raw_status: "NO_SUBSCRIPTION_REQUESTED".into(), ..Observation::default() };
+                return Ok(StepOutcome::done(obs));
+            }
+        };
+        if run.state != OnboardingState::Live {
+            // Gupshup: subscribe only after the live event [C]. The engine runs this step
+            // after provisioning reached LIVE; should it run earlier, wait rather than fail.
+            let obs = Observation {
+                raw_status: "WAITING_FOR_LIVE".into(),
+                reason: "subscriptions are created once the app is live".into(),
+                ..Observation::default()
+            };
+            return Ok(StepOutcome::wait(self.poll_interval, obs));
+        }
+        let (sub, reconciled) = self.subscribe_reconciling(ctx, app_id, run.secret.as_ref(), spec).await?;
+        let obs = Observation {
+            raw_status: if sub.spec.active { "SUBSCRIPTION_ACTIVE".into() } else { "SUBSCRIPTION_INACTIVE".into() },
+            fields: BTreeMap::from([
+                ("subscriptionId".to_string(), sub.id.clone()),
+                ("tag".to_string(), sub.spec.tag.clone()),
+                ("mode".to_string(), sub.provider_mode.to_string()),
+            ]),
+            state: None,
+            reason: String::new(),
+        };
+        let mut step = StepOutcome::done(obs).detail("created_subscription", sub.id);
+        if reconciled {
+            step = step.attribute("reconciled", "true");
+        }
+        Ok(step)
+    }
+
+    /// Creates the subscription unless one with its tag exists (tags are unique per app, so
+    /// the tag is the natural key an earlier attempt is found by).
+    async fn subscribe_reconciling(
+        &self,
+        ctx: &CallContext,
+        app_id: &str,
+        token: Option<&Secret>,
+        spec: &SubscriptionSpec,
+    ) -> Result<(ProviderSubscription, bool), ProviderError> {
+        validate_spec(spec, "gupshup.subscription.")?;
+        let (existing, token) = self.client.list_subscriptions(ctx, app_id, token).await?;
+        if let Some(w) = existing.into_iter().find(|s| s.tag == spec.tag) {
+            return Ok((to_domain(w), true));
+        }
+        let created = self.client.create_subscription(ctx, app_id, Some(&token), &create_form(spec)).await?;
+        Ok((to_domain(created), false))
+    }
+}
+
+/// What a link produced.
+struct LinkOutcome {
+    start: GupshupStart,
+    form: LinkForm,
+    app_id: String,
+    reconciled: bool,
+    repaired: bool,
+}
+
+impl LinkOutcome {
+    fn handle(&self) -> ProviderHandle {
+        ProviderHandle {
+            external_key: self.app_id.clone(),
+            data: json!({
+                "app_name": self.form.name,
+                "waba_id": self.form.waba_id,
+                "phone": self.form.phone,
+                "storage_region": self.form.storage_region,
+            }),
+        }
+    }
+
+    fn observation(&self) -> Observation {
+        let mut fields = BTreeMap::from([("appId".to_string(), self.app_id.clone())]);
+        if self.repaired {
+            fields.insert("callbackRepaired".into(), "true".into());
+        }
+        Observation {
+            // [I] Gupshup answers only `status: success` here; the stages come from the poll.
+            raw_status: "APP_LINKED".into(),
+            fields,
+            state: None,
+            reason: String::new(),
+        }
+    }
+}
+
+/// The app id of the onboarding (set by `link_app`).
+fn app_of(run: &StepRun) -> Result<&str, ProviderError> {
+    run.handle.as_ref().map(|h| h.external_key.as_str()).filter(|k| !k.is_empty()).ok_or_else(|| {
+        ProviderError::Precondition {
+            raw: String::new(),
+            message: format!("{} ran before link_app recorded the app", run.name),
+        }
+    })
+}
+
+/// Pipeline stages → canonical state (1.3.4, [C2] as public clients do): `ERROR` failed,
+/// `WHATSAPP_PROVISIONING_DONE` + `FINALIZE` live, anything else still provisioning.
+fn observe(p: &PipelineResponse) -> Observation {
+    let creation = p.creation_stage();
+    let stage = p.pipeline_stage();
+    let fields: BTreeMap<String, String> =
+        p.whatsapp.iter().filter_map(|(k, v)| scalar_text(v).map(|t| (k.clone(), t))).collect();
+    let (state, reason) = if creation == CREATION_ERROR {
+        let retries = p.text("stageRetries").unwrap_or_else(|| "?".into());
+        (OnboardingState::Failed, format!("Gupshup provisioning failed at {stage} after {retries} stage retries"))
+    } else if creation == CREATION_DONE && stage == PIPELINE_FINALIZE {
+        (OnboardingState::Live, "provisioned".to_string())
+    } else {
+        (OnboardingState::Provisioning, String::new())
+    };
+    Observation { raw_status: format!("{creation}/{stage}"), fields, state: Some(state), reason }
+}
+
+fn invalid(field: &str, message: impl Into<String>) -> ProviderError {
+    ProviderError::Invalid { field: Some(field.to_string()), message: message.into(), raw: String::new() }
+}
+
+/// Checks a start request before any call and builds the link form.
+fn validate_start<'a>(ctx: &CallContext, req: &'a StartRequest) -> Result<(&'a GupshupStart, LinkForm), ProviderError> {
+    let StartPayload::Gupshup(start) = &req.payload else {
+        return Err(ProviderError::Invalid {
+            field: None,
+            message: format!("a {} request cannot start a Gupshup onboarding", req.payload.kind()),
+            raw: String::new(),
+        });
+    };
+    validate_app_name(&start.app_name)?;
+    let (region, field) = match &start.storage_region {
+        Some(r) if !r.is_empty() => (Some(r.clone()), "gupshup.storage_region"),
+        _ => (ctx.options.storage_region.clone().filter(|r| !r.is_empty()), "account.options.gupshup.storage_region"),
+    };
+    if let Some(r) = &region
+        && !STORAGE_REGIONS.contains(&r.as_str())
+    {
+        return Err(invalid(field, format!("unknown storage region '{r}' (one of {})", STORAGE_REGIONS.join(", "))));
+    }
+    if let Some(spec) = &start.subscribe_on_live {
+        validate_spec(spec, "gupshup.subscription.")?;
+    }
+    let form = LinkForm {
+        name: start.app_name.clone(),
+        waba_id: start.waba_id.as_str().to_string(),
+        // E.164 digits without '+' [C].
+        phone: start.phone.digits().to_string(),
+        storage_region: region,
+    };
+    Ok((start, form))
+}
+
+/// 6–150 characters, no special characters [C]; [I] "special" = anything but ASCII letters,
+/// digits and spaces (the proto documents the same rule), with at least one letter or digit.
+fn validate_app_name(name: &str) -> Result<(), ProviderError> {
+    const FIELD: &str = "gupshup.app_name";
+    let len = name.chars().count();
+    if !(6..=150).contains(&len) {
+        return Err(invalid(FIELD, format!("must be 6 to 150 characters, got {len}")));
+    }
+    if let Some(c) = name.chars().find(|c| !(c.is_ascii_alphanumeric() || *c == ' ')) {
+        return Err(invalid(FIELD, format!("only letters, digits and spaces are allowed, found {c:?}")));
+    }
+    if !name.chars().any(|c| c.is_ascii_alphanumeric()) {
+        return Err(invalid(FIELD, "must contain a letter or digit"));
+    }
+    Ok(())
+}
+
+/// Whether `s` is an absolute http(s) URL with a host (Gupshup: "Invalid URL Passed").
+fn valid_url(s: &str) -> bool {
+    url::Url::parse(s)
+        .is_ok_and(|u| matches!(u.scheme(), "http" | "https") && u.host_str().is_some_and(|h| !h.is_empty()))
+}
+
+/// The spec's checks that need no call (1.3.5): URL, modes, version, tag, no Whapi mode.
+/// `prefix` is the field path of the spec (`spec.` for the subscription RPCs).
+fn validate_spec(spec: &SubscriptionSpec, prefix: &str) -> Result<(), ProviderError> {
+    check_url(spec, prefix)?;
+    check_version(spec, prefix)?;
+    check_events(spec, prefix)?;
+    check_tag(spec, prefix)?;
+    check_mode(spec, prefix)?;
+    check_headers(spec, prefix)
+}
+
+fn check_url(spec: &SubscriptionSpec, prefix: &str) -> Result<(), ProviderError> {
+    if valid_url(&spec.url) { Ok(()) } else { Err(invalid(&format!("{prefix}url"), "must be an absolute http(s) URL")) }
+}
+
+fn check_version(spec: &SubscriptionSpec, prefix: &str) -> Result<(), ProviderError> {
+    if (0..=3).contains(&spec.version) {
+        Ok(())
+    } else {
+        Err(invalid(&format!("{prefix}version"), format!("must be 0, 1, 2 or 3, got {}", spec.version)))
+    }
+}
+
+/// Modes [C2]: the 14 named modes or `NONE`; `FLOWS_MESSAGE`, `PAYMENTS`, `ALL`, `OTHERS`
+/// need version 3. [I] TEMPLATE/ACCOUNT are accepted with v3 (the docs conflict), `COPY`
+/// is refused (unsupported in v3 and unknown elsewhere).
+fn check_events(spec: &SubscriptionSpec, prefix: &str) -> Result<(), ProviderError> {
+    let field = format!("{prefix}events");
+    if spec.events.is_empty() {
+        return Err(invalid(&field, "at least one mode is required"));
+    }
+    for e in &spec.events {
+        let m = e.trim();
+        if m != "NONE" && !MODE_BITS.contains(&m) {
+            return Err(invalid(&field, format!("unknown mode '{m}' (one of NONE, {})", MODE_BITS.join(", "))));
+        }
+        if spec.version < 3 && V3_ONLY_MODES.contains(&m) {
+            return Err(invalid(&field, format!("mode '{m}' needs version 3")));
+        }
+    }
+    Ok(())
+}
+
+fn check_tag(spec: &SubscriptionSpec, prefix: &str) -> Result<(), ProviderError> {
+    let field = format!("{prefix}tag");
+    if spec.tag.trim().is_empty() {
+        return Err(invalid(&field, "a tag is required (unique per app)"));
+    }
+    if spec.tag.chars().any(char::is_control) {
+        return Err(invalid(&field, "must not contain control characters"));
+    }
+    Ok(())
+}
+
+fn check_mode(spec: &SubscriptionSpec, prefix: &str) -> Result<(), ProviderError> {
+    if spec.mode == WebhookMode::Unspecified {
+        Ok(())
+    } else {
+        Err(invalid(&format!("{prefix}mode"), "Gupshup has no delivery mode; leave it unspecified"))
+    }
+}
+
+fn check_headers(spec: &SubscriptionSpec, prefix: &str) -> Result<(), ProviderError> {
+    match spec.headers.keys().find(|k| http::HeaderName::from_bytes(k.as_bytes()).is_err()) {
+        Some(k) => Err(invalid(&format!("{prefix}headers"), format!("'{k}' is not a valid header name"))),
+        None => Ok(()),
+    }
+}
+
+/// `meta` = `{"headers":{…}}` [C2]; header values are secrets and go in the body only.
+fn meta_of(spec: &SubscriptionSpec) -> String {
+    let headers: serde_json::Map<String, Value> =
+        spec.headers.iter().map(|(k, v)| (k.clone(), Value::String(v.expose().to_string()))).collect();
+    json!({ "headers": headers }).to_string()
+}
+
+fn modes_csv(spec: &SubscriptionSpec) -> String {
+    spec.events.iter().map(|e| e.trim()).collect::<Vec<_>>().join(",")
+}
+
+/// Create form (1.3.5). `active` is not a documented create field: Gupshup creates active
+/// subscriptions (the proto's "defaults to true on create").
+fn create_form(spec: &SubscriptionSpec) -> Vec<(&'static str, String)> {
+    let mut f = vec![
+        ("modes", modes_csv(spec)),
+        ("tag", spec.tag.clone()),
+        ("url", spec.url.clone()),
+        ("version", spec.version.to_string()),
+    ];
+    if !spec.headers.is_empty() {
+        f.push(("meta", meta_of(spec)));
+    }
+    f
+}
+
+/// Fields an update may name (proto field names of `SubscriptionSpec`).
+const UPDATABLE: [&str; 7] = ["url", "events", "tag", "version", "headers", "mode", "active"];
+
+/// The domain view of a wire subscription. Header values are never read back: names only,
+/// with redacted placeholder values.
+fn to_domain(w: WireSubscription) -> ProviderSubscription {
+    let events = match w.modes {
+        Some(m) => m,
+        None => modes_of_mask(w.mode.unwrap_or(0)),
+    };
+    let version = w
+        .version
+        .as_ref()
+        .and_then(|v| v.as_i64().or_else(|| v.as_str().and_then(|s| s.trim().parse().ok())))
+        .and_then(|v| i32::try_from(v).ok())
+        .unwrap_or(0);
+    let meta: Option<Value> = match w.meta {
+        Some(Value::String(s)) => serde_json::from_str(&s).ok(),
+        other => other,
+    };
+    let headers = meta
+        .as_ref()
+        .and_then(|m| m.get("headers"))
+        .and_then(Value::as_object)
+        .map(|h| h.keys().map(|k| (k.clone(), Secret::new("[REDACTED]"))).collect())
+        .unwrap_or_default();
+    let provider_mode = w.mode.unwrap_or_else(|| {
+        events.iter().filter_map(|e| MODE_BITS.iter().position(|b| b == e)).fold(0i64, |acc, i| acc | (1 << i))
+    });
+    ProviderSubscription {
+        id: scalar_text(&w.id).unwrap_or_default(),
+        spec: SubscriptionSpec {
+            url: w.url,
+            events,
+            tag: w.tag,
+            version,
+            headers,
+            mode: WebhookMode::Unspecified,
+            active: w.active.unwrap_or(true),
+        },
+        provider_mode,
+        created_ms: w.created_on,
+        updated_ms: w.modified_on,
+    }
+}
+
+/// The app a subscription RPC acts on.
+fn app_of_target(target: &ResourceRef) -> Result<&str, ProviderError> {
+    let key = target.handle.external_key.as_str();
+    if key.is_empty() {
+        return Err(ProviderError::Precondition {
+            raw: String::new(),
+            message: "the onboarding has no Gupshup app yet".into(),
+        });
+    }
+    Ok(key)
+}
+
+/// The subscription id as a path segment: Gupshup ids are numeric strings [C].
+fn check_subscription_id(id: &str) -> Result<(), ProviderError> {
+    if !id.is_empty() && id.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_') {
+        Ok(())
+    } else {
+        Err(invalid("subscription_id", "not a Gupshup subscription id"))
+    }
+}
+
+#[async_trait]
+impl Provider for GupshupProvider {
+    fn kind(&self) -> ProviderKind {
+        ProviderKind::Gupshup
+    }
+
+    fn capabilities(&self) -> &[Capability] {
+        &CAPABILITIES
+    }
+
+    /// A partner login (forced, so it really tests the credentials now).
+    async fn check_credentials(&self, ctx: &CallContext) -> Result<CredentialsCheck, ProviderError> {
+        self.client.refresh_partner(ctx).await?;
+        let info = self.client.partner_info();
+        let mut fields = BTreeMap::new();
+        if let Some(id) = &info.partner_id {
+            fields.insert("partner_id".to_string(), id.clone());
+        }
+        if let Some(t) = info.is_tpp {
+            fields.insert("is_tpp".to_string(), t.to_string());
+        }
+        let summary = match &info.name {
+            Some(n) => format!("Gupshup partner '{n}'"),
+            None => "Gupshup partner login succeeded".to_string(),
+        };
+        Ok(CredentialsCheck { summary, fields })
+    }
+
+    async fn start_onboarding(&self, ctx: &CallContext, req: &StartRequest) -> Result<StartOutcome, ProviderError> {
+        let out = self.link(ctx, req).await?;
+        Ok(StartOutcome { handle: out.handle(), observation: out.observation(), reconciled: out.reconciled })
+    }
+
+    async fn poll(&self, ctx: &CallContext, handle: &ProviderHandle) -> Result<Observation, ProviderError> {
+        let (resp, _) = self.client.pipeline(ctx, &handle.external_key, None).await?;
+        Ok(observe(&resp))
+    }
+
+    fn parse_callback(&self, body: &[u8]) -> Result<Vec<CallbackEvent>, ProviderError> {
+        webhook::parse(body)
+    }
+
+    async fn cancel(&self, _ctx: &CallContext, _handle: &ProviderHandle) -> Result<CancelOutcome, ProviderError> {
+        Err(ProviderError::NotSupported { capability: Capability::Cancel })
+    }
+
+    fn validate_start(&self, ctx: &CallContext, req: &StartRequest) -> Result<(), ProviderError> {
+        validate_start(ctx, req).map(drop)
+    }
+
+    fn pipeline(&self, req: &StartRequest) -> Vec<StepSpec> {
+        let subscribe = matches!(&req.payload, StartPayload::Gupshup(g) if g.subscribe_on_live.is_some());
+        vec![
+            StepSpec::new(STEP_LINK_APP).entering(OnboardingState::Pending),
+            StepSpec::new(STEP_FETCH_APP_TOKEN),
+            StepSpec::new(STEP_PROVISIONING).entering(OnboardingState::Provisioning).deadline(PROVISIONING_DEADLINE),
+            StepSpec::new(STEP_SUBSCRIBE).enabled(subscribe),
+        ]
+    }
+
+    async fn run_step(&self, ctx: &CallContext, run: &StepRun) -> Result<StepOutcome, ProviderError> {
+        match run.name.as_str() {
+            STEP_LINK_APP => self.run_link(ctx, run).await,
+            STEP_FETCH_APP_TOKEN => self.run_fetch_token(ctx, run).await,
+            STEP_PROVISIONING => self.run_provisioning(ctx, run).await,
+            STEP_SUBSCRIBE => self.run_subscribe(ctx, run).await,
+            other => Err(ProviderError::Precondition {
+                raw: String::new(),
+                message: format!("unknown step '{other}' for gupshup"),
+            }),
+        }
+    }
+
+    fn poll_interval(&self) -> Duration {
+        self.poll_interval
+    }
+
+    fn subscriptions(&self) -> Option<&dyn SubscriptionOps> {
+        Some(self)
+    }
+
+    fn partner_token(&self) -> Option<&dyn PartnerTokenOps> {
+        Some(self)
+    }
+}
+
+#[async_trait]
+impl PartnerTokenOps for GupshupProvider {
+    async fn refresh_partner_token(&self, ctx: &CallContext) -> Result<TokenStatus, ProviderError> {
+        self.client.refresh_partner(ctx).await
+    }
+
+    fn partner_token_status(&self) -> TokenStatus {
+        self.client.partner_status()
+    }
+}
+
+#[async_trait]
+impl SubscriptionOps for GupshupProvider {
+    async fn create_subscription(
+        &self,
+        ctx: &CallContext,
+        target: &ResourceRef,
+        spec: &SubscriptionSpec,
+    ) -> Result<ProviderSubscription, ProviderError> {
+        validate_spec(spec, "spec.")?;
+        let app_id = app_of_target(target)?;
+        let (existing, token) = self.client.list_subscriptions(ctx, app_id, target.secret.as_ref()).await?;
+        if let Some(s) = existing.iter().find(|s| s.tag == spec.tag) {
+            return Err(ProviderError::Conflict {
+                raw: String::new(),
+                message: format!(
+                    "tag '{}' is already used by subscription {}",
+                    spec.tag,
+                    scalar_text(&s.id).unwrap_or_default()
+                ),
+            });
+        }
+        let created = self.client.create_subscription(ctx, app_id, Some(&token), &create_form(spec)).await?;
+        Ok(to_domain(created))
+    }
+
+    async fn list_subscriptions(
+        &self,
+        ctx: &CallContext,
+        target: &ResourceRef,
+    ) -> Result<Vec<ProviderSubscription>, ProviderError> {
+        let app_id = app_of_target(target)?;
+        let (list, _) = self.client.list_subscriptions(ctx, app_id, target.secret.as_ref()).await?;
+        Ok(list.into_iter().map(to_domain).collect())
+    }
+
+    async fn get_subscription(
+        &self,
+        ctx: &CallContext,
+        target: &ResourceRef,
+        id: &str,
+    ) -> Result<ProviderSubscription, ProviderError> {
+        check_subscription_id(id)?;
+        let app_id = app_of_target(target)?;
+        Ok(to_domain(self.client.get_subscription(ctx, app_id, target.secret.as_ref(), id).await?))
+    }
+
+    async fn update_subscription(
+        &self,
+        ctx: &CallContext,
+        target: &ResourceRef,
+        id: &str,
+        spec: &SubscriptionSpec,
+        fields: &[String],
+    ) -> Result<ProviderSubscription, ProviderError> {
+        check_subscription_id(id)?;
+        let app_id = app_of_target(target)?;
+        let mut named: Vec<&str> = Vec::new();
+        for f in fields {
+            let name = f.strip_prefix("spec.").or_else(|| f.strip_prefix("subscription.")).unwrap_or(f);
+            if !UPDATABLE.contains(&name) {
+                return Err(invalid(
+                    "update_mask",
+                    format!("'{f}' cannot be updated (one of {})", UPDATABLE.join(", ")),
+                ));
+            }
+            named.push(name);
+        }
+        let all = named.is_empty();
+        let has = |n: &str| all || named.contains(&n);
+        // Checks that need no call first.
+        if has("url") {
+            check_url(spec, "spec.")?;
+        }
+        if has("version") {
+            check_version(spec, "spec.")?;
+        }
+        if has("tag") {
+            check_tag(spec, "spec.")?;
+        }
+        if has("mode") {
+            check_mode(spec, "spec.")?;
+        }
+        if has("headers") {
+            check_headers(spec, "spec.")?;
+        }
+        // Modes depend on the version, which may be the current one: merge, then check.
+        let current = to_domain(self.client.get_subscription(ctx, app_id, target.secret.as_ref(), id).await?);
+        let mut effective = current.spec.clone();
+        if has("version") {
+            effective.version = spec.version;
+        }
+        if has("events") {
+            effective.events = spec.events.clone();
+        }
+        check_events(&effective, "spec.")?;
+        if has("tag") && spec.tag != current.spec.tag {
+            let (list, _) = self.client.list_subscriptions(ctx, app_id, target.secret.as_ref()).await?;
+            if list.iter().any(|s| s.tag == spec.tag && scalar_text(&s.id).as_deref() != Some(id)) {
+                return Err(ProviderError::Conflict {
+                    raw: String::new(),
+                    message: format!("tag '{}' is already used by another subscription of this app", spec.tag),
+                });
+            }
+        }
+        let mut form: Vec<(&str, String)> = Vec::new();
+        if has("url") {
+            form.push(("url", spec.url.clone()));
+        }
+        if has("events") || has("version") {
+            form.push(("modes", modes_csv(&effective)));
+        }
+        if has("tag") {
+            form.push(("tag", spec.tag.clone()));
+        }
+        if has("version") {
+            form.push(("version", spec.version.to_string()));
+        }
+        if has("headers") {
+            form.push(("meta", meta_of(spec)));
+        }
+        if has("active") {
+            form.push(("active", spec.active.to_string()));
+        }
+        let updated = self.client.update_subscription(ctx, app_id, target.secret.as_ref(), id, &form).await?;
+        Ok(to_domain(updated))
+    }
+
+    async fn delete_subscription(
+        &self,
+        ctx: &CallContext,
+        target: &ResourceRef,
+        id: &str,
+    ) -> Result<(), ProviderError> {
+        check_subscription_id(id)?;
+        let app_id = app_of_target(target)?;
+        self.client.delete_subscription(ctx, app_id, target.secret.as_ref(), id).await
+    }
+}

@@ -1,0 +1,212 @@
+//! The pipeline contract between the engine and an adapter: the adapter declares its ordered
+//! steps ([`StepSpec`]) and runs one at a time ([`super::Provider::run_step`]); the engine owns
+//! everything durable (leases, attempts, backoff, deadlines, events, persistence).
+//!
+//! A step is re-run after any failure or crash, possibly on another replica, so every
+//! `run_step` arm must be safe to repeat: creates reconcile first (look the resource up by
+//! the onboarding's idempotency key), reads are plain reads.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use crate::domain::{OnboardingId, OnboardingState, Secret, UnixMs};
+
+use super::{Observation, ProviderHandle, StartRequest};
+
+/// Name of the default create step (see [`default_pipeline`]).
+pub const STEP_START: &str = "start";
+/// Name of the default wait step (see [`default_pipeline`]).
+pub const STEP_AWAIT_LIVE: &str = "await_live";
+
+/// One step of a provider's pipeline, as declared by the adapter.
+#[derive(Debug, Clone, PartialEq)]
+pub struct StepSpec {
+    /// Stable key (`link_app`, `provisioning`...): stored, shown in `GetPipeline`, and passed
+    /// back in [`StepRun::name`].
+    pub name: &'static str,
+    /// Canonical state the onboarding enters when this step starts, if it is further along
+    /// than the current one (e.g. `PROVISIONING` for a provisioning poll). `None`: unchanged.
+    pub enter_state: Option<OnboardingState>,
+    /// Attempts before the step (and the onboarding) fails. Waiting polls do not count.
+    pub max_attempts: u32,
+    /// How long the step may stay unfinished before the watchdog stalls the onboarding.
+    pub deadline: Duration,
+    /// False when this request does not need the step (e.g. no subscription asked for): it is
+    /// stored as `SKIPPED`.
+    pub enabled: bool,
+    /// When false (a wait on the customer, e.g. a code to be submitted), the step is not
+    /// polled: it runs when something wakes it (a callback, an RPC) or at its deadline.
+    pub polled: bool,
+}
+
+impl StepSpec {
+    /// A step with defaults: 8 attempts, a 10-minute deadline, enabled, polled.
+    pub fn new(name: &'static str) -> Self {
+        Self {
+            name,
+            enter_state: None,
+            max_attempts: 8,
+            deadline: Duration::from_secs(600),
+            enabled: true,
+            polled: true,
+        }
+    }
+
+    /// Sets the state entered when the step starts.
+    pub fn entering(mut self, state: OnboardingState) -> Self {
+        self.enter_state = Some(state);
+        self
+    }
+
+    /// Sets the attempt bound.
+    pub fn attempts(mut self, n: u32) -> Self {
+        self.max_attempts = n.max(1);
+        self
+    }
+
+    /// Sets the deadline.
+    pub fn deadline(mut self, d: Duration) -> Self {
+        self.deadline = d;
+        self
+    }
+
+    /// Enables or disables (skips) the step.
+    pub fn enabled(mut self, on: bool) -> Self {
+        self.enabled = on;
+        self
+    }
+
+    /// Marks the step as woken only by events, never polled.
+    pub fn not_polled(mut self) -> Self {
+        self.polled = false;
+        self
+    }
+}
+
+/// The default two-step pipeline built from `start_onboarding` and `poll`, for adapters (and
+/// the in-memory fake) whose flow is "create, then wait for live".
+pub fn default_pipeline() -> Vec<StepSpec> {
+    vec![
+        StepSpec::new(STEP_START).entering(OnboardingState::Pending),
+        StepSpec::new(STEP_AWAIT_LIVE).deadline(Duration::from_secs(24 * 3600)),
+    ]
+}
+
+/// Everything the adapter gets to run one step.
+#[derive(Debug, Clone)]
+pub struct StepRun {
+    /// Which step ([`StepSpec::name`]).
+    pub name: String,
+    /// The onboarding.
+    pub onboarding_id: OnboardingId,
+    /// The request the onboarding was created with (stable across retries; its
+    /// `idempotency_key` is what creates reconcile on).
+    pub request: StartRequest,
+    /// The provider-side resource, once an earlier step made it.
+    pub handle: Option<ProviderHandle>,
+    /// The onboarding's provider secret (app token, channel token), once known.
+    pub secret: Option<Secret>,
+    /// This step's durable data from earlier attempts (`{}` at first); e.g. a verification
+    /// code submitted through the API, or "create sent at" for reconciliation.
+    pub data: serde_json::Value,
+    /// 1 on the first attempt.
+    pub attempt: u32,
+    /// The onboarding's current canonical state.
+    pub state: OnboardingState,
+    /// The onboarding's public details so far (proto-named keys).
+    pub details: serde_json::Map<String, serde_json::Value>,
+}
+
+/// What to do after the step ran.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Progress {
+    /// The step is done; the next one runs.
+    Done,
+    /// Not yet: run this step again after the delay (a poll), without counting an attempt.
+    Wait(Duration),
+}
+
+/// The result of one [`super::Provider::run_step`] call. The engine persists all of it in one
+/// transaction with the event it writes.
+#[derive(Debug, Clone)]
+pub struct StepOutcome {
+    /// Done or wait.
+    pub progress: Progress,
+    /// The provider's status now (recorded as the raw status; its `state`, when set, moves
+    /// the onboarding if the state machine allows; terminal states end the pipeline).
+    pub observation: Observation,
+    /// Set or replace the provider handle (after a create).
+    pub handle: Option<ProviderHandle>,
+    /// Set the onboarding's provider secret (sealed by the engine before it is stored).
+    pub secret: Option<Secret>,
+    /// Replace this step's durable data.
+    pub data: Option<serde_json::Value>,
+    /// Public detail fields to merge into the onboarding (proto field names, e.g. `app_id`,
+    /// `onboarding_url`, `mode`). Never secrets.
+    pub details: BTreeMap<String, serde_json::Value>,
+    /// The resource's expiry (link, trial), when the provider has one.
+    pub expire_ms: Option<UnixMs>,
+    /// Also recorded in the event's attributes (e.g. `reconciled=true`). Never secrets.
+    pub attributes: BTreeMap<String, String>,
+}
+
+impl StepOutcome {
+    /// The step is done with this observation.
+    pub fn done(observation: Observation) -> Self {
+        Self::with(Progress::Done, observation)
+    }
+
+    /// Poll again after `after`.
+    pub fn wait(after: Duration, observation: Observation) -> Self {
+        Self::with(Progress::Wait(after), observation)
+    }
+
+    fn with(progress: Progress, observation: Observation) -> Self {
+        Self {
+            progress,
+            observation,
+            handle: None,
+            secret: None,
+            data: None,
+            details: BTreeMap::new(),
+            expire_ms: None,
+            attributes: BTreeMap::new(),
+        }
+    }
+
+    /// Sets the handle.
+    pub fn handle(mut self, h: ProviderHandle) -> Self {
+        self.handle = Some(h);
+        self
+    }
+
+    /// Sets the provider secret.
+    pub fn secret(mut self, s: Secret) -> Self {
+        self.secret = Some(s);
+        self
+    }
+
+    /// Adds a public detail field.
+    pub fn detail(mut self, k: &str, v: impl Into<serde_json::Value>) -> Self {
+        self.details.insert(k.to_string(), v.into());
+        self
+    }
+
+    /// Adds an event attribute.
+    pub fn attribute(mut self, k: &str, v: impl Into<String>) -> Self {
+        self.attributes.insert(k.to_string(), v.into());
+        self
+    }
+
+    /// Sets the expiry.
+    pub fn expires(mut self, at: UnixMs) -> Self {
+        self.expire_ms = Some(at);
+        self
+    }
+
+    /// Replaces the step's durable data.
+    pub fn data(mut self, d: serde_json::Value) -> Self {
+        self.data = Some(d);
+        self
+    }
+}

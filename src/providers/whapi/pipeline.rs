@@ -1,0 +1,271 @@
+//! The Whapi onboarding pipeline. Every step is safe to repeat after a crash at any point:
+//! the create reconciles by channel name, the webhook setup reads before it writes, the
+//! connection wait is a read, and `go_live` writes a marker into its step data before it
+//! extends and checks `activeTill` before extending again.
+
+use std::time::Duration;
+
+use serde_json::{Map, Value, json};
+
+use super::model::{WebhookJson, events_of, webhooks_of};
+use super::{
+    DAY_MS, EXTEND_TOLERANCE_MS, WhapiProvider, channel_name_for, e164, gate_of, handle_for, health_observation,
+    is_stopped_error, now_ms, stopped_observation, whapi_start,
+};
+use crate::domain::OnboardingState;
+use crate::providers::{
+    CallContext, Observation, ProviderError, ProviderHandle, StartRequest, StepOutcome, StepRun, StepSpec,
+};
+
+/// Creates the channel (reconciling by name first).
+pub const STEP_CREATE_CHANNEL: &str = "create_channel";
+/// Points the channel's `channel` and `users` webhooks at our ingress.
+pub const STEP_CONFIGURE_WEBHOOKS: &str = "configure_webhooks";
+/// Waits for the customer to link the phone (health `AUTH`).
+pub const STEP_AWAIT_CONNECTION: &str = "await_connection";
+/// Switches the channel to live and adds the requested days.
+pub const STEP_GO_LIVE: &str = "go_live";
+
+/// [I] The webhook events our ingress needs: health changes (`channel`/`post`), login
+/// (`users`/`post`) and logout (`users`/`delete`).
+const INGRESS_EVENTS: &[(&str, &str)] = &[("channel", "post"), ("users", "post"), ("users", "delete")];
+
+/// The longest pause between two health reads while waiting for the phone.
+const MAX_CONNECTION_POLL: Duration = Duration::from_secs(300);
+
+/// The pause before health read number `polls + 1` while waiting for the phone: the base
+/// interval, doubling every 6 reads, capped at 5 minutes. [C] A trial channel has 1,000 API
+/// requests a month and every gate call counts [I], so a day-long wait must not poll every
+/// few seconds; the `users` login webhook wakes the step at once anyway.
+pub(super) fn connection_poll_delay(base: Duration, polls: u64) -> Duration {
+    let factor = 1u32 << (polls / 6).min(16);
+    base.saturating_mul(factor).min(MAX_CONNECTION_POLL.max(base))
+}
+
+/// The steps for a request (`go_live` is skipped unless asked for).
+pub(super) fn specs(req: &StartRequest) -> Vec<StepSpec> {
+    let go_live = matches!(&req.payload, crate::providers::StartPayload::Whapi(w) if w.go_live);
+    vec![
+        StepSpec::new(STEP_CREATE_CHANNEL).entering(OnboardingState::Pending),
+        StepSpec::new(STEP_CONFIGURE_WEBHOOKS),
+        StepSpec::new(STEP_AWAIT_CONNECTION)
+            .entering(OnboardingState::AwaitingCustomer)
+            .deadline(Duration::from_secs(24 * 3600)),
+        StepSpec::new(STEP_GO_LIVE).enabled(go_live).deadline(Duration::from_secs(30 * 60)),
+    ]
+}
+
+fn need_handle(run: &StepRun) -> Result<&ProviderHandle, ProviderError> {
+    run.handle.as_ref().ok_or_else(|| ProviderError::Precondition {
+        raw: String::new(),
+        message: format!("{} ran before create_channel recorded a channel", run.name),
+    })
+}
+
+fn note(raw: &str, state: Option<OnboardingState>, reason: &str) -> Observation {
+    Observation { raw_status: raw.into(), fields: Default::default(), state, reason: reason.into() }
+}
+
+/// Our ingress entry with every needed event, the others untouched. Returns the new list and
+/// whether it differs from `hooks`.
+pub(super) fn with_ingress(mut hooks: Vec<WebhookJson>, ingress: &str) -> (Vec<WebhookJson>, bool) {
+    let pos = hooks.iter().position(|w| w.get("url").and_then(Value::as_str) == Some(ingress));
+    let entry = match pos {
+        Some(i) => &mut hooks[i],
+        None => {
+            let mut w = Map::new();
+            w.insert("url".into(), json!(ingress));
+            w.insert("events".into(), json!([]));
+            hooks.push(w);
+            let last = hooks.len() - 1;
+            &mut hooks[last]
+        }
+    };
+    let mut changed = pos.is_none();
+    // We parse bodies: deliveries must carry the event in the body.
+    if entry.get("mode").and_then(Value::as_str).is_some_and(|m| m != "body") || !entry.contains_key("mode") {
+        entry.insert("mode".into(), json!("body"));
+        changed = true;
+    }
+    let have = events_of(entry);
+    let mut events: Vec<Value> = entry.get("events").and_then(Value::as_array).cloned().unwrap_or_default();
+    for (t, m) in INGRESS_EVENTS {
+        if !have.iter().any(|(ht, hm)| ht == t && hm == m) {
+            events.push(json!({ "type": t, "method": m }));
+            changed = true;
+        }
+    }
+    entry.insert("events".into(), Value::Array(events));
+    (hooks, changed)
+}
+
+impl WhapiProvider {
+    pub(super) async fn run_pipeline_step(
+        &self,
+        ctx: &CallContext,
+        run: &StepRun,
+    ) -> Result<StepOutcome, ProviderError> {
+        match run.name.as_str() {
+            STEP_CREATE_CHANNEL => self.step_create(ctx, run).await,
+            STEP_CONFIGURE_WEBHOOKS => self.step_webhooks(ctx, run).await,
+            STEP_AWAIT_CONNECTION => self.step_await(ctx, run).await,
+            STEP_GO_LIVE => self.step_go_live(ctx, run).await,
+            other => Err(ProviderError::Precondition {
+                raw: String::new(),
+                message: format!("unknown step '{other}' for whapi"),
+            }),
+        }
+    }
+
+    async fn step_create(&self, ctx: &CallContext, run: &StepRun) -> Result<StepOutcome, ProviderError> {
+        let w = whapi_start(&run.request)?;
+        let (ch, reconciled) = self.create_or_find(ctx, &run.request).await?;
+        let mut obs = note(
+            if ch.status.is_empty() { "created" } else { &ch.status },
+            None,
+            if reconciled { "found the channel an earlier attempt created" } else { "channel created" },
+        );
+        super::channel_fields(&ch, &mut obs.fields);
+        let mut out = StepOutcome::done(obs)
+            .handle(handle_for(&ch, w.go_live))
+            .secret(crate::domain::Secret::new(ch.token.clone()))
+            .detail("channel_id", ch.id.clone())
+            .detail("mode", if ch.mode.is_empty() { "trial".to_string() } else { ch.mode.clone() })
+            .detail("go_live", w.go_live)
+            .detail("extend_days", w.extend_days)
+            .attribute("reconciled", reconciled.to_string())
+            .attribute("channel_name", channel_name_for(w, &run.request.idempotency_key));
+        if let Some(t) = ch.active_till {
+            out = out.detail("active_till_ms", t).expires(t);
+        }
+        Ok(out)
+    }
+
+    async fn step_webhooks(&self, ctx: &CallContext, run: &StepRun) -> Result<StepOutcome, ProviderError> {
+        let handle = need_handle(run)?;
+        let gate = self.gate_for(ctx, handle, run.secret.as_ref()).await?.0;
+        let settings = self.client.get_settings(&gate).await?;
+        let (hooks, changed) = with_ingress(webhooks_of(&settings), ctx.webhook_url.expose());
+        if changed {
+            let hooks: Vec<Value> = hooks.into_iter().map(Value::Object).collect();
+            self.client.patch_settings(&gate, &json!({ "webhooks": hooks })).await?;
+        }
+        let reason = if changed { "webhooks now point at wa-onboard" } else { "webhooks already point at wa-onboard" };
+        Ok(StepOutcome::done(note("WEBHOOKS_CONFIGURED", None, reason))
+            .attribute("webhooks_changed", changed.to_string()))
+    }
+
+    async fn step_await(&self, ctx: &CallContext, run: &StepRun) -> Result<StepOutcome, ProviderError> {
+        let go_live = whapi_start(&run.request)?.go_live;
+        let handle = need_handle(run)?;
+        let (gate, fetched) = self.gate_for(ctx, handle, run.secret.as_ref()).await?;
+        let health = match self.client.health(&gate, true).await {
+            Ok(h) => h,
+            Err(e) if is_stopped_error(&e) => {
+                let ch = match fetched {
+                    Some(ch) => ch,
+                    None => self.client.get_channel(ctx, &handle.external_key).await?,
+                };
+                if ch.is_stopped() {
+                    return Ok(StepOutcome::done(stopped_observation(&ch)));
+                }
+                return Err(e);
+            }
+            Err(e) => return Err(e),
+        };
+        if health.text() != "AUTH" {
+            let polls = run.data.get("polls").and_then(Value::as_u64).unwrap_or(0);
+            let obs = health_observation(&health, None, go_live);
+            return Ok(StepOutcome::wait(connection_poll_delay(self.poll_interval, polls), obs)
+                .data(json!({ "polls": polls + 1 })));
+        }
+        // Connected: the channel object has the phone [C2] and the current activeTill.
+        let ch = self.client.get_channel(ctx, &handle.external_key).await?;
+        let phone = health.user.as_ref().map(|u| u.id.clone()).filter(|p| !p.is_empty()).or(ch.phone.clone());
+        let obs = health_observation(&health, Some(&ch), go_live);
+        let mut out = StepOutcome::done(obs);
+        if let Some(p) = phone.as_deref().and_then(e164) {
+            out = out.detail("phone", p.as_str());
+        }
+        if let Some(t) = ch.active_till {
+            out = out.detail("active_till_ms", t).expires(t);
+        }
+        Ok(out)
+    }
+
+    /// Mode live, wait out the restart, then extend once. Step data:
+    /// `mode_set_at` (ms of our mode change), `extend` (`{before, days}`: `activeTill` before
+    /// the extension, written before the call), `extended` (true once applied).
+    async fn step_go_live(&self, ctx: &CallContext, run: &StepRun) -> Result<StepOutcome, ProviderError> {
+        let w = whapi_start(&run.request)?;
+        let handle = need_handle(run)?;
+        let id = handle.external_key.as_str();
+        let mut data = run.data.as_object().cloned().unwrap_or_default();
+        let ch = self.client.get_channel(ctx, id).await?;
+        let waiting = |reason: &str, data: &Map<String, Value>, after: Duration| {
+            StepOutcome::wait(after, note("RESTARTING", Some(OnboardingState::Provisioning), reason))
+                .data(Value::Object(data.clone()))
+        };
+        if ch.mode != "live" {
+            self.client.set_mode(ctx, id, "live").await?;
+            data.insert("mode_set_at".into(), json!(now_ms()));
+            return Ok(waiting("switched to live; the channel restarts", &data, self.poll_interval));
+        }
+        // [C] The channel restarts after a mode change: no further calls for a while, then
+        // only once health answers again.
+        if let Some(at) = data.get("mode_set_at").and_then(Value::as_i64) {
+            let grace = i64::try_from(self.config.restart_grace.as_millis()).unwrap_or(i64::MAX);
+            if now_ms().saturating_sub(at) < grace {
+                return Ok(waiting("the channel is restarting after the mode change", &data, self.poll_interval));
+            }
+        }
+        let gate = gate_of(&ch, run.secret.as_ref())?;
+        match self.client.health(&gate, true).await {
+            Ok(h) if matches!(h.text().as_str(), "LAUNCH" | "INIT") => {
+                return Ok(waiting("the channel is restarting after the mode change", &data, self.poll_interval));
+            }
+            Ok(_) => {}
+            Err(e) if e.is_retryable() => {
+                return Ok(waiting("the channel is restarting after the mode change", &data, self.poll_interval));
+            }
+            Err(e) => return Err(e),
+        }
+        let mut active_till = ch.active_till;
+        let mut already_applied = false;
+        let done = data.get("extended").and_then(Value::as_bool).unwrap_or(false);
+        if w.extend_days > 0 && !done {
+            let Some(marker) = data.get("extend").cloned() else {
+                // Remember activeTill BEFORE extending, durably (the engine stores the data
+                // when this returns), so a retry after a lost answer can tell.
+                let before = ch.active_till.ok_or_else(|| ProviderError::Malformed {
+                    message: "whapi.get_channel: channel without activeTill".into(),
+                })?;
+                data.insert("extend".into(), json!({ "before": before, "days": w.extend_days }));
+                let obs = note("EXTENDING", Some(OnboardingState::Provisioning), "adding days to the channel");
+                return Ok(StepOutcome::wait(Duration::from_millis(1), obs).data(Value::Object(data)));
+            };
+            let before = marker.get("before").and_then(Value::as_i64).ok_or_else(|| ProviderError::Malformed {
+                message: "go_live step data: extension marker without activeTill".into(),
+            })?;
+            let target = before + i64::from(w.extend_days) * DAY_MS;
+            if ch.active_till.is_some_and(|t| t + EXTEND_TOLERANCE_MS >= target) {
+                already_applied = true;
+            } else {
+                let comment = format!("wa-onboard onboarding {} go_live", run.onboarding_id);
+                active_till = self.extend_once(ctx, id, w.extend_days, &comment, before).await?.active_till;
+            }
+            data.insert("extended".into(), json!(true));
+        }
+        let mut obs = note("live", Some(OnboardingState::Live), "the channel is live");
+        obs.fields.insert("mode".into(), "live".into());
+        let mut out = StepOutcome::done(obs)
+            .detail("mode", "live")
+            .attribute("already_applied", already_applied.to_string())
+            .data(Value::Object(data));
+        if let Some(t) = active_till {
+            out.observation.fields.insert("activeTill".into(), t.to_string());
+            out = out.detail("active_till_ms", t).expires(t);
+        }
+        Ok(out)
+    }
+}

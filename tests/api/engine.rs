@@ -1,0 +1,369 @@
+//! The pipeline engine end to end over real gRPC and the real webhook ingress, with the
+//! in-memory provider fake standing in for a BSP (each real adapter has its own tests against
+//! its simulator).
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use wa_onboard::domain::{OnboardingId, ProviderKind, StepState, now_ms};
+use wa_onboard::grpc::pb;
+use wa_onboard::providers::{InMemoryProvider, Provider, ProviderError, ProviderRegistry};
+
+use crate::helpers::*;
+
+fn registry(kind: ProviderKind, fake: &Arc<InMemoryProvider>) -> ProviderRegistry {
+    let mut r = ProviderRegistry::new();
+    let f = Arc::clone(fake);
+    r.register(kind, Arc::new(move |_ctx| Ok(Arc::clone(&f) as Arc<dyn Provider>)));
+    r
+}
+
+fn fast(s: &mut wa_onboard::config::Settings) {
+    s.engine.tick_ms = 20;
+    s.engine.retry_base_ms = 10;
+    s.engine.retry_max_ms = 40;
+    s.engine.lease_secs = 2;
+}
+
+async fn app_with(kind: ProviderKind, fake: &Arc<InMemoryProvider>) -> TestApp {
+    spawn_with_providers(fast, Some(registry(kind, fake))).await
+}
+
+/// Creates the account and returns its webhook URL (shown only in the create response).
+async fn account(app: &TestApp, id: &str) -> String {
+    let a = app.accounts().create_account(app.req(gupshup_account(id, "partner-secret"))).await.unwrap().into_inner();
+    a.webhook_url
+}
+
+fn gupshup_request(account: &str, request_id: &str) -> pb::CreateOnboardingRequest {
+    pb::CreateOnboardingRequest {
+        account: format!("accounts/{account}"),
+        reference: "crm-42".into(),
+        request_id: request_id.into(),
+        onboarding_id: String::new(),
+        request: Some(pb::create_onboarding_request::Request::Gupshup(pb::GupshupLinkAppRequest {
+            app_name: "Acme Support".into(),
+            waba_id: "123456789".into(),
+            phone: "+15551112222".into(),
+            ..Default::default()
+        })),
+    }
+}
+
+async fn create(app: &TestApp, account: &str, request_id: &str) -> OnboardingId {
+    let o =
+        app.onboardings().create_onboarding(app.req(gupshup_request(account, request_id))).await.unwrap().into_inner();
+    OnboardingId::parse(o.name.trim_start_matches("onboardings/")).unwrap()
+}
+
+async fn get(app: &TestApp, id: &OnboardingId) -> pb::Onboarding {
+    app.onboardings()
+        .get_onboarding(app.req(pb::GetOnboardingRequest { name: format!("onboardings/{id}") }))
+        .await
+        .unwrap()
+        .into_inner()
+}
+
+/// Waits until the onboarding reaches `state` (or fails the test after 15 s).
+async fn wait_state(app: &TestApp, id: &OnboardingId, state: pb::OnboardingState) -> pb::Onboarding {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(15);
+    loop {
+        let o = get(app, id).await;
+        if o.state == state as i32 {
+            return o;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "never reached {state:?}; last: {o:?}");
+        tokio::time::sleep(Duration::from_millis(30)).await;
+    }
+}
+
+async fn events(app: &TestApp, id: &OnboardingId) -> Vec<pb::OnboardingEvent> {
+    app.onboardings()
+        .list_onboarding_events(app.req(pb::ListOnboardingEventsRequest {
+            name: format!("onboardings/{id}"),
+            page_size: 1000,
+            page_token: String::new(),
+        }))
+        .await
+        .unwrap()
+        .into_inner()
+        .events
+}
+
+#[tokio::test]
+async fn happy_path_reaches_live_with_every_transition_recorded() {
+    let fake = Arc::new(InMemoryProvider::new(ProviderKind::Gupshup));
+    let app = app_with(ProviderKind::Gupshup, &fake).await;
+    account(&app, "acme").await;
+    let id = create(&app, "acme", "").await;
+    let o = wait_state(&app, &id, pb::OnboardingState::Live).await;
+    assert_eq!(o.reference, "crm-42");
+    assert_eq!(o.provider_status.unwrap().code, "LIVE");
+    let evs = events(&app, &id).await;
+    let seqs: Vec<i64> = evs.iter().map(|e| e.sequence).collect();
+    assert_eq!(seqs, (1..=seqs.len() as i64).collect::<Vec<_>>(), "gap-free sequence");
+    let states: Vec<i32> = evs.iter().map(|e| e.state).collect();
+    for s in [pb::OnboardingState::AwaitingCustomer, pb::OnboardingState::Provisioning, pb::OnboardingState::Live] {
+        assert!(states.contains(&(s as i32)), "{s:?} missing from {states:?}");
+    }
+    assert_eq!(fake.creates(), 1);
+    let p = app
+        .pipelines()
+        .get_pipeline(app.req(pb::GetPipelineRequest { name: format!("onboardings/{id}/pipeline") }))
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(p.steps.iter().all(|s| s.state == pb::StepState::Succeeded as i32), "{:?}", p.steps);
+    // The stored request is sealed: nothing of it is readable in the details.
+    let rec = app.running().store.onboarding_unscoped(&id).await.unwrap().unwrap();
+    assert!(!rec.details_json.contains("Acme Support\",\"waba"), "request stored in clear: {}", rec.details_json);
+}
+
+#[tokio::test]
+async fn request_id_replays_one_onboarding_and_one_create() {
+    let fake = Arc::new(InMemoryProvider::new(ProviderKind::Gupshup));
+    let app = app_with(ProviderKind::Gupshup, &fake).await;
+    account(&app, "acme").await;
+    let a = create(&app, "acme", "req-1").await;
+    let b = create(&app, "acme", "req-1").await;
+    assert_eq!(a, b);
+    wait_state(&app, &a, pb::OnboardingState::Live).await;
+    assert_eq!(fake.creates(), 1);
+    // The same key for a different request is refused.
+    let mut other = gupshup_request("acme", "req-1");
+    other.reference = "other".into();
+    let err = app.onboardings().create_onboarding(app.req(other)).await.unwrap_err();
+    assert_eq!(err.code(), tonic::Code::AlreadyExists);
+}
+
+#[tokio::test]
+async fn transient_errors_and_unknown_outcomes_retry_without_duplicates() {
+    let fake = Arc::new(InMemoryProvider::new(ProviderKind::Gupshup));
+    fake.fail_next(2, ProviderError::Retryable { raw: "503".into(), message: "down".into() });
+    fake.unknown_outcome_next_creates(1);
+    let app = app_with(ProviderKind::Gupshup, &fake).await;
+    account(&app, "acme").await;
+    let id = create(&app, "acme", "").await;
+    wait_state(&app, &id, pb::OnboardingState::Live).await;
+    assert_eq!(fake.creates(), 1, "a create with an unknown outcome was repeated blindly");
+    let evs = events(&app, &id).await;
+    let retries = evs.iter().filter(|e| e.r#type == "step_retry").count();
+    assert!(retries >= 3, "expected the 2 failures and the unknown outcome retried: {retries}");
+    assert!(evs.iter().any(|e| e.attributes.get("reconciled").is_some_and(|v| v == "true")));
+    assert!(evs.iter().any(|e| e.attributes.get("error_code").is_some_and(|v| v == "503")));
+}
+
+#[tokio::test]
+async fn exhausted_retries_stall_and_retry_pipeline_resumes() {
+    let fake = Arc::new(InMemoryProvider::new(ProviderKind::Gupshup));
+    // The start step allows 8 attempts: 8 failures exhaust it.
+    fake.fail_next(8, ProviderError::Retryable { raw: "502".into(), message: "bad gateway".into() });
+    let app = app_with(ProviderKind::Gupshup, &fake).await;
+    account(&app, "acme").await;
+    let id = create(&app, "acme", "").await;
+    let o = wait_state(&app, &id, pb::OnboardingState::Stalled).await;
+    assert!(o.state_reason.contains("8 attempts"), "{}", o.state_reason);
+    let p = app
+        .pipelines()
+        .retry_pipeline(
+            app.req(pb::RetryPipelineRequest { name: format!("onboardings/{id}/pipeline"), request_id: String::new() }),
+        )
+        .await
+        .unwrap()
+        .into_inner();
+    // Restarted: ready again (or already picked up by the engine).
+    assert_ne!(p.steps[0].state, pb::StepState::Stalled as i32, "{:?}", p.steps[0]);
+    wait_state(&app, &id, pb::OnboardingState::Live).await;
+    // Retrying a live onboarding is refused.
+    let err = app
+        .pipelines()
+        .retry_pipeline(
+            app.req(pb::RetryPipelineRequest { name: format!("onboardings/{id}/pipeline"), request_id: String::new() }),
+        )
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), tonic::Code::FailedPrecondition);
+}
+
+#[tokio::test]
+async fn rejected_credentials_need_reauth_and_refusals_fail_with_the_raw_code() {
+    let fake = Arc::new(InMemoryProvider::new(ProviderKind::Gupshup));
+    fake.fail_next(1, ProviderError::Unauthenticated { raw: "401".into() });
+    let app = app_with(ProviderKind::Gupshup, &fake).await;
+    account(&app, "acme").await;
+    let id = create(&app, "acme", "").await;
+    let o = wait_state(&app, &id, pb::OnboardingState::ReauthRequired).await;
+    assert!(o.state_reason.contains("credentials"), "{}", o.state_reason);
+
+    fake.fail_next(
+        1,
+        ProviderError::Invalid { field: None, message: "phone already onboarded".into(), raw: "E-1009".into() },
+    );
+    let id2 = create(&app, "acme", "").await;
+    let o = wait_state(&app, &id2, pb::OnboardingState::Failed).await;
+    assert_eq!(o.provider_status.unwrap().code, "E-1009");
+    let p = app.running().store.steps(&id2).await.unwrap();
+    assert_eq!(p[0].state, StepState::Failed);
+    assert_eq!(p[1].state, StepState::Skipped);
+}
+
+#[tokio::test]
+async fn watchdog_stalls_an_onboarding_past_its_deadline() {
+    // Never reaches LIVE on its own.
+    let fake = Arc::new(InMemoryProvider::new(ProviderKind::Gupshup).with_statuses(["INITIAL"]));
+    let app = app_with(ProviderKind::Gupshup, &fake).await;
+    account(&app, "acme").await;
+    let id = create(&app, "acme", "").await;
+    let o = wait_state(&app, &id, pb::OnboardingState::AwaitingCustomer).await;
+    let deadline = o.state_deadline.expect("a waiting onboarding has a deadline");
+    let past = deadline.seconds * 1000 + 1000;
+    let n = app.running().core.watchdog_tick(past).await.unwrap();
+    assert_eq!(n, 1);
+    let o = get(&app, &id).await;
+    assert_eq!(o.state, pb::OnboardingState::Stalled as i32);
+    assert!(o.state_reason.contains("deadline"), "{}", o.state_reason);
+    assert!(o.state_deadline.is_none());
+}
+
+async fn post(url: &str, body: Vec<u8>) -> (u16, serde_json::Value) {
+    let r = reqwest::Client::new().post(url).body(body).send().await.unwrap();
+    let status = r.status().as_u16();
+    (status, r.json().await.unwrap_or_default())
+}
+
+#[tokio::test]
+async fn callbacks_dedupe_and_stale_ones_change_nothing() {
+    // The customer finishes only when the test says so; polls are rare, so the callback is
+    // what moves the onboarding.
+    let fake = Arc::new(
+        InMemoryProvider::new(ProviderKind::Gupshup)
+            .with_statuses(["INITIAL", "INITIAL", "LIVE"])
+            .with_poll_interval(Duration::from_secs(3600)),
+    );
+    let app = app_with(ProviderKind::Gupshup, &fake).await;
+    let url = account(&app, "acme").await;
+    let id = create(&app, "acme", "").await;
+    wait_state(&app, &id, pb::OnboardingState::AwaitingCustomer).await;
+    let key = app.running().store.onboarding_unscoped(&id).await.unwrap().unwrap().external_key.unwrap();
+
+    assert!(fake.finish_customer(&key));
+    // The newer event (LIVE at t=2000) arrives first, then a duplicate, then an older one.
+    let live = fake.render_callback_at("ev-2", &key, "LIVE", 2000);
+    let (s, body) = post(&url, live.clone()).await;
+    assert_eq!((s, body["accepted"].as_u64()), (200, Some(1)));
+    let (s, body) = post(&url, live).await;
+    assert_eq!((s, body["duplicates"].as_u64()), (200, Some(1)));
+    let (s, _) = post(&url, fake.render_callback_at("ev-1", &key, "PROVISIONING", 1000)).await;
+    assert_eq!(s, 200);
+    wait_state(&app, &id, pb::OnboardingState::Live).await;
+    // Let the stale one be processed, then check it moved nothing.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let o = get(&app, &id).await;
+    assert_eq!(o.state, pb::OnboardingState::Live as i32);
+    let evs = events(&app, &id).await;
+    let callbacks: Vec<_> = evs.iter().filter(|e| e.attributes.contains_key("event")).collect();
+    assert_eq!(callbacks.len(), 2, "one per distinct event: {callbacks:?}");
+    assert!(callbacks.iter().any(|e| e.attributes.get("stale").is_some_and(|v| v == "true")));
+}
+
+#[tokio::test]
+async fn ingress_refuses_bad_calls_and_keeps_malformed_bodies() {
+    let fake = Arc::new(InMemoryProvider::new(ProviderKind::Gupshup));
+    let app = app_with(ProviderKind::Gupshup, &fake).await;
+    let url = account(&app, "acme").await;
+    let base = url.rsplit_once('/').unwrap().0.to_string();
+    // Wrong secret and unknown account: the same 404, nothing stored.
+    assert_eq!(post(&format!("{base}/wrong-secret"), b"{}".to_vec()).await.0, 404);
+    let unknown = url.replace("/acme/", "/nobody/");
+    assert_eq!(post(&unknown, b"{}".to_vec()).await.0, 404);
+    assert_eq!(post(&url.replace("/gupshup/", "/exotel/"), b"{}".to_vec()).await.0, 404);
+    // Oversized: 413 before the handler runs.
+    assert_eq!(post(&url, vec![b'x'; 300 * 1024]).await.0, 413);
+    // Malformed: 400, kept for inspection.
+    let (s, body) = post(&url, b"not json".to_vec()).await;
+    assert_eq!(s, 400, "{body}");
+    let store = &app.running().store;
+    let kept = store.claim_webhook_events("inspector", now_ms(), Duration::from_secs(1), 10).await.unwrap();
+    assert!(kept.is_empty(), "malformed bodies are never processed");
+    // The malformed row exists under its content hash: a redelivery is a duplicate.
+    let (s, _) = post(&url, b"not json".to_vec()).await;
+    assert_eq!(s, 400);
+}
+
+#[tokio::test]
+async fn cancel_records_intent_then_cancels_at_the_provider() {
+    let fake = Arc::new(InMemoryProvider::new(ProviderKind::Gupshup).with_statuses(["INITIAL"]));
+    let app = app_with(ProviderKind::Gupshup, &fake).await;
+    account(&app, "acme").await;
+    let id = create(&app, "acme", "").await;
+    wait_state(&app, &id, pb::OnboardingState::AwaitingCustomer).await;
+    let r = app
+        .onboardings()
+        .cancel_onboarding(
+            app.req(pb::CancelOnboardingRequest { name: format!("onboardings/{id}"), request_id: String::new() }),
+        )
+        .await
+        .unwrap()
+        .into_inner();
+    let o = r.onboarding.unwrap();
+    assert_eq!(o.state, pb::OnboardingState::Cancelled as i32);
+    let evs = events(&app, &id).await;
+    assert!(evs.iter().any(|e| e.r#type == "cancel_requested"));
+    // Cancelling again is a no-op; the steps are all done.
+    app.onboardings()
+        .cancel_onboarding(
+            app.req(pb::CancelOnboardingRequest { name: format!("onboardings/{id}"), request_id: String::new() }),
+        )
+        .await
+        .unwrap();
+    let steps = app.running().store.steps(&id).await.unwrap();
+    assert!(steps.iter().all(|s| s.state.is_done()), "{steps:?}");
+}
+
+#[tokio::test]
+async fn a_dead_workers_lease_lapses_and_another_replica_finishes_without_a_duplicate() {
+    let fake = Arc::new(InMemoryProvider::new(ProviderKind::Gupshup));
+    // Replica A accepts requests but runs no engine; replica B (same database) does the work.
+    let Some(url) = pg_schema().await else { return };
+    // Replicas share the encryption key, as they would share a Kubernetes Secret.
+    let key = wa_onboard::crypto::Cipher::generate_key().expose().to_string();
+    let a = spawn_with_providers(
+        |s| {
+            fast(s);
+            s.database.url = url.clone();
+            s.security.encryption_key = key.clone();
+            s.engine.enabled = false;
+        },
+        Some(registry(ProviderKind::Gupshup, &fake)),
+    )
+    .await;
+    account(&a, "acme").await;
+    let id = create(&a, "acme", "").await;
+    // A worker claims the start step, performs the create, and dies before recording it.
+    let claimed = a.running().store.claim_steps("dead-worker", now_ms(), Duration::from_secs(1), 10).await.unwrap();
+    assert_eq!(claimed.len(), 1);
+    let core = &a.running().core;
+    let rec = a.running().store.onboarding_unscoped(&id).await.unwrap().unwrap();
+    let account = a.running().store.account_unscoped(&rec.account_id).await.unwrap().unwrap();
+    let ctx = core.call_context(&account).unwrap();
+    let req = core.open_request(&rec).unwrap();
+    fake.start_onboarding(&ctx, &req).await.unwrap();
+    assert_eq!(fake.creates(), 1);
+
+    let b = spawn_with_providers(
+        |s| {
+            fast(s);
+            s.database.url = url.clone();
+            s.security.encryption_key = key.clone();
+        },
+        Some(registry(ProviderKind::Gupshup, &fake)),
+    )
+    .await;
+    wait_state(&b, &id, pb::OnboardingState::Live).await;
+    assert_eq!(fake.creates(), 1, "the takeover created a second resource");
+    let evs = events(&b, &id).await;
+    assert!(evs.iter().any(|e| e.attributes.get("reconciled").is_some_and(|v| v == "true")));
+    drop(a);
+    drop(b);
+    drop_pg(&url).await;
+}
