@@ -207,6 +207,9 @@ pub struct EngineSettings {
     pub retry_max_ms: u64,
     /// Default provider polling interval, milliseconds (adapters may ask for longer).
     pub poll_interval_ms: u64,
+    /// How long before an onboarding's `expire_time` (a link, a trial) an `expiry_warning`
+    /// event is sent, in seconds; one event per threshold. Empty: no warnings.
+    pub expiry_warnings_secs: Vec<u64>,
 }
 
 impl Default for EngineSettings {
@@ -219,6 +222,7 @@ impl Default for EngineSettings {
             retry_base_ms: 1000,
             retry_max_ms: 60_000,
             poll_interval_ms: 3000,
+            expiry_warnings_secs: vec![86_400, 3_600],
         }
     }
 }
@@ -330,6 +334,11 @@ impl Settings {
         if e.retry_base_ms == 0 || e.retry_max_ms < e.retry_base_ms {
             return Err(ConfigError("engine.retry_base_ms must be at least 1 and at most engine.retry_max_ms".into()));
         }
+        if e.expiry_warnings_secs.iter().any(|&t| !(60..=31_536_000).contains(&t)) {
+            return Err(ConfigError(
+                "engine.expiry_warnings_secs: each threshold must be between 60 and 31536000 seconds".into(),
+            ));
+        }
         if self.security.encryption_key_id.is_empty() {
             return Err(ConfigError("security.encryption_key_id must not be empty".into()));
         }
@@ -432,6 +441,11 @@ mod tests {
         std::fs::write(&f, "[streams]\nheartbeat_secs = \"x\"\n").unwrap();
         let e = Settings::load(Some(&f), &Overrides::default()).unwrap_err();
         assert!(e.to_string().contains("streams.heartbeat_secs"), "{e}");
+        std::fs::write(&f, "[engine]\nexpiry_warnings_secs = [3600, 5]\n").unwrap();
+        let e = Settings::load(Some(&f), &Overrides::default()).unwrap_err();
+        assert!(e.to_string().contains("engine.expiry_warnings_secs"), "{e}");
+        std::fs::write(&f, "[engine]\nexpiry_warnings_secs = []\n").unwrap();
+        assert!(Settings::load(Some(&f), &Overrides::default()).unwrap().engine.expiry_warnings_secs.is_empty());
     }
 
     #[test]

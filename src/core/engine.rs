@@ -37,6 +37,25 @@ use crate::store::{
 /// an RPC) moved the onboarding's sequence first.
 const CONFLICT_RETRIES: usize = 8;
 
+/// Event kind of an expiry announced ahead of time (attributes: `expire_time`,
+/// `remaining_secs`, `threshold_secs`).
+pub const EXPIRY_WARNING: &str = "expiry_warning";
+
+/// `2026-11-21T10:00:00Z`.
+fn rfc3339(ms: UnixMs) -> String {
+    prost_types::Timestamp { seconds: ms.div_euclid(1000), nanos: 0 }.to_string()
+}
+
+/// A remaining time as people say it: minutes under two hours, hours under two days.
+fn humanize(d: Duration) -> String {
+    let mins = d.as_secs() / 60;
+    match mins {
+        0..120 => format!("{mins} min"),
+        120..2880 => format!("{} h", mins / 60),
+        _ => format!("{} days", mins / 1440),
+    }
+}
+
 /// Progress order of the main path; side states rank by where they usually occur.
 fn rank(s: OnboardingState) -> u8 {
     match s {
@@ -177,6 +196,9 @@ impl Core {
                 last_watchdog = tokio::time::Instant::now();
                 if let Err(e) = self.watchdog_tick(now_ms()).await {
                     tracing::debug!(error = %e.message, "Watchdog pass failed.");
+                }
+                if let Err(e) = self.expiry_tick(now_ms()).await {
+                    tracing::debug!(error = %e.message, "Expiry warning pass failed.");
                 }
             }
             if busy {
@@ -778,6 +800,52 @@ impl Core {
                 Ok(()) => n += 1,
                 Err(e) if e.code == crate::error::ErrorCode::Aborted => {}
                 Err(e) => return Err(e),
+            }
+        }
+        Ok(n)
+    }
+
+    /// Announces expiries before they happen: an `expiry_warning` event (state unchanged, so
+    /// every stream shows it) when an onboarding's `expire_time` comes within one of the
+    /// configured `engine.expiry_warnings_secs`. Once per threshold and expiry: a new expiry
+    /// (a channel extended) re-arms them. Thresholds at least as long as the whole lifetime
+    /// are skipped (a 24 h link gets no "24 h left" warning at birth), and when several are
+    /// crossed at once only the smallest is announced.
+    pub async fn expiry_tick(&self, now: UnixMs) -> Result<usize, AppError> {
+        let mut thresholds = self.settings.engine.expiry_warnings_secs.clone();
+        thresholds.sort_unstable();
+        thresholds.dedup();
+        let mut n = 0;
+        for threshold in thresholds {
+            let threshold = i64::try_from(threshold).unwrap_or(i64::MAX);
+            for o in self.store.expiring_onboardings(now, threshold, 100).await? {
+                let Some(expire) = o.expire_ms else { continue };
+                let left = Duration::from_millis(u64::try_from(expire - now).unwrap_or(0));
+                let at = rfc3339(expire);
+                let data = serde_json::json!({
+                    "expire_time": at,
+                    "remaining_secs": left.as_secs().to_string(),
+                    "threshold_secs": threshold.to_string(),
+                });
+                let change = OnboardingChange {
+                    onboarding_id: Some(o.id.clone()),
+                    expect_sequence: Some(o.sequence),
+                    expiry_warned_secs: Some(threshold),
+                    event: NewEvent {
+                        kind: EXPIRY_WARNING.into(),
+                        reason: format!("expires in {} (at {at})", humanize(left)),
+                        step: None,
+                        data_json: data.to_string(),
+                    },
+                    at_ms: now,
+                    ..Default::default()
+                };
+                match self.apply(change).await {
+                    Ok(()) => n += 1,
+                    // Changed meanwhile: the next pass sees it again if it is still due.
+                    Err(e) if e.code == crate::error::ErrorCode::Aborted => {}
+                    Err(e) => return Err(e),
+                }
             }
         }
         Ok(n)

@@ -790,6 +790,55 @@ async fn check_overdue(store: Arc<dyn Store>) {
     assert_eq!(store.overdue_onboardings(100, 10).await.unwrap().len(), 1);
 }
 
+async fn check_expiring(store: Arc<dyn Store>) {
+    let t = tenant(&store).await;
+    let a = account(&store, &t, ProviderKind::Whapi).await;
+    let now: UnixMs = 100_000_000;
+    let hour = 3_600;
+    let mk = |created: UnixMs, expire: Option<UnixMs>, state: OnboardingState| {
+        let mut n = new_onboarding(&a, "r", &[]);
+        n.onboarding.created_ms = created;
+        n.onboarding.expire_ms = expire;
+        n.onboarding.state = state;
+        n
+    };
+    let soon = mk(1_000, Some(now + 1_000_000), OnboardingState::Live);
+    let sooner = mk(1_000, Some(now + 500_000), OnboardingState::AwaitingCustomer);
+    let cases = [
+        soon.clone(),
+        sooner.clone(),
+        mk(1_000, Some(now + 5_000_000), OnboardingState::Live), // outside the hour
+        mk(now - 100_000, Some(now + 1_000_000), OnboardingState::Live), // lived less than the hour
+        mk(1_000, Some(now - 1), OnboardingState::Live),         // already past
+        mk(1_000, None, OnboardingState::Live),                  // no expiry
+        mk(1_000, Some(now + 1_000), OnboardingState::Failed),   // terminal
+        mk(1_000, Some(now + 1_000), OnboardingState::Expired),  // terminal
+    ];
+    for c in &cases {
+        store.create_onboarding(c).await.unwrap();
+    }
+    let ids = |v: Vec<OnboardingRecord>| v.into_iter().map(|o| o.id).collect::<Vec<_>>();
+    assert_eq!(
+        ids(store.expiring_onboardings(now, hour, 10).await.unwrap()),
+        vec![sooner.onboarding.id.clone(), soon.onboarding.id.clone()],
+        "soonest first"
+    );
+    assert_eq!(store.expiring_onboardings(now, hour, 1).await.unwrap().len(), 1);
+    // Warned at the hour: off the hour's list and the day's; still due for a smaller threshold.
+    let warned = OnboardingChange { expiry_warned_secs: Some(hour), ..change(&soon.onboarding.id, "expiry_warning") };
+    store.apply_change(&warned).await.unwrap();
+    assert_eq!(ids(store.expiring_onboardings(now, hour, 10).await.unwrap()), vec![sooner.onboarding.id.clone()]);
+    assert!(!ids(store.expiring_onboardings(now, 24 * hour, 10).await.unwrap()).contains(&soon.onboarding.id));
+    assert!(ids(store.expiring_onboardings(now, 1_200, 10).await.unwrap()).contains(&soon.onboarding.id));
+    // The same expiry written again keeps the warning; a new expiry forgets it.
+    let same = OnboardingChange { expire_ms: Some(Some(now + 1_000_000)), ..change(&soon.onboarding.id, "polled") };
+    store.apply_change(&same).await.unwrap();
+    assert!(!ids(store.expiring_onboardings(now, hour, 10).await.unwrap()).contains(&soon.onboarding.id));
+    let moved = OnboardingChange { expire_ms: Some(Some(now + 2_000_000)), ..change(&soon.onboarding.id, "extended") };
+    store.apply_change(&moved).await.unwrap();
+    assert!(ids(store.expiring_onboardings(now, hour, 10).await.unwrap()).contains(&soon.onboarding.id));
+}
+
 async fn check_webhook_events(store: Arc<dyn Store>) {
     let t = tenant(&store).await;
     let a = account(&store, &t, ProviderKind::Gupshup).await;
@@ -916,6 +965,7 @@ conformance_suite!(
     check_claim_steps,
     check_claim_steps_disjoint,
     check_overdue,
+    check_expiring,
     check_webhook_events,
     check_rate_acquire,
     check_notify_subscribe,

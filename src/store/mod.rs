@@ -232,6 +232,15 @@ pub trait Store: Send + Sync + 'static {
     async fn release_step(&self, step: &StepRecord, worker: &str) -> StoreResult<bool>;
     /// Onboardings not in a terminal state whose `state_deadline_ms` is before `now`.
     async fn overdue_onboardings(&self, now: UnixMs, limit: u32) -> StoreResult<Vec<OnboardingRecord>>;
+    /// Onboardings not in a terminal state that expire within `threshold_secs` of `now` (and
+    /// not before `now`), whose expiry was set more than `threshold_secs` ahead of their
+    /// creation, and that have not been warned at this threshold or a smaller one.
+    async fn expiring_onboardings(
+        &self,
+        now: UnixMs,
+        threshold_secs: i64,
+        limit: u32,
+    ) -> StoreResult<Vec<OnboardingRecord>>;
 
     // ----- webhooks -----
 

@@ -257,8 +257,11 @@ pub struct OnboardingChange {
     pub secret: Option<Sealed>,
     /// New deadline: `Some(None)` clears it.
     pub state_deadline_ms: Option<Option<UnixMs>>,
-    /// New expiry: `Some(None)` clears it.
+    /// New expiry: `Some(None)` clears it. A different expiry forgets the warnings already
+    /// sent for the old one (unless `expiry_warned_secs` is set too).
     pub expire_ms: Option<Option<UnixMs>>,
+    /// Records that the expiry warning for this threshold (seconds) was sent.
+    pub expiry_warned_secs: Option<i64>,
     /// Steps to insert or replace (matched by name).
     pub steps: Vec<StepRecord>,
     /// The event to append.

@@ -750,7 +750,9 @@ macro_rules! impl_sql_store {
                 let done = sqlx::query(
                     "UPDATE onboardings SET state = $2, desired_state = $3, state_reason = $4, provider_status = $5, \
                      details_json = $6, external_key = $7, secret_key_id = $8, secret = $9, state_deadline_ms = $10, \
-                     expire_ms = $11, sequence = $12, updated_ms = $13 WHERE id = $1 AND sequence = $14",
+                     expire_ms = $11, sequence = $12, updated_ms = $13, \
+                     expiry_warned_secs = CASE WHEN $15 IS NOT NULL THEN $15 WHEN $16 THEN NULL \
+                     ELSE expiry_warned_secs END WHERE id = $1 AND sequence = $14",
                 )
                 .bind(id.as_str())
                 .bind(state.as_str())
@@ -766,6 +768,8 @@ macro_rules! impl_sql_store {
                 .bind(sequence)
                 .bind(change.at_ms)
                 .bind(old.sequence)
+                .bind(change.expiry_warned_secs)
+                .bind(change.expire_ms.is_some_and(|e| e != old.expire_ms))
                 .execute(&mut *tx)
                 .await?;
                 if done.rows_affected() != 1 {
@@ -921,6 +925,32 @@ macro_rules! impl_sql_store {
                      AND state NOT IN ($3, $4, $5) ORDER BY state_deadline_ms, id LIMIT $2",
                 )
                 .bind(now)
+                .bind(i64::from(limit))
+                .bind(t1.as_str())
+                .bind(t2.as_str())
+                .bind(t3.as_str())
+                .fetch_all(self.reader())
+                .await?;
+                Self::all(rows, Self::onboarding_from)
+            }
+
+            async fn expiring_onboardings(
+                &self,
+                now: $crate::domain::UnixMs,
+                threshold_secs: i64,
+                limit: u32,
+            ) -> $crate::store::StoreResult<Vec<$crate::store::OnboardingRecord>> {
+                let [t1, t2, t3] = sql::TERMINAL_STATES;
+                let window = threshold_secs.saturating_mul(1000);
+                let rows = sqlx::query(
+                    "SELECT * FROM onboardings WHERE expire_ms IS NOT NULL AND expire_ms > $1 \
+                     AND expire_ms <= $1 + $2 AND expire_ms - created_ms > $2 \
+                     AND (expiry_warned_secs IS NULL OR expiry_warned_secs > $3) \
+                     AND state NOT IN ($5, $6, $7) ORDER BY expire_ms, id LIMIT $4",
+                )
+                .bind(now)
+                .bind(window)
+                .bind(threshold_secs)
                 .bind(i64::from(limit))
                 .bind(t1.as_str())
                 .bind(t2.as_str())

@@ -367,3 +367,59 @@ async fn a_dead_workers_lease_lapses_and_another_replica_finishes_without_a_dupl
     drop(b);
     drop_pg(&url).await;
 }
+
+async fn warnings(app: &TestApp, id: &OnboardingId) -> Vec<pb::OnboardingEvent> {
+    events(app, id).await.into_iter().filter(|e| e.r#type == "expiry_warning").collect()
+}
+
+#[tokio::test]
+async fn expiry_warnings_come_once_per_threshold_and_re_arm_when_the_expiry_moves() {
+    let app = spawn_app().await;
+    let id = app.insert_onboarding("acme", "trial").await;
+    let store = &app.running().store;
+    let core = &app.running().core;
+    let hour: i64 = 3_600_000;
+    let set_expiry = |expire: i64| wa_onboard::store::OnboardingChange {
+        onboarding_id: Some(id.clone()),
+        expire_ms: Some(Some(expire)),
+        event: wa_onboard::store::NewEvent {
+            kind: "provider_status".into(),
+            reason: "trial days".into(),
+            step: None,
+            data_json: "{}".into(),
+        },
+        at_ms: now_ms(),
+        ..Default::default()
+    };
+    let expire = now_ms() + 72 * hour;
+    store.apply_change(&set_expiry(expire)).await.unwrap();
+    assert_eq!(core.expiry_tick(expire - 48 * hour).await.unwrap(), 0, "two days out: nothing yet");
+    assert_eq!(core.expiry_tick(expire - 23 * hour).await.unwrap(), 1, "inside the day");
+    assert_eq!(core.expiry_tick(expire - 22 * hour).await.unwrap(), 0, "once per threshold");
+    let w = warnings(&app, &id).await;
+    assert_eq!(w.len(), 1);
+    assert_eq!(w[0].attributes["threshold_secs"], "86400");
+    assert!(w[0].reason.contains("expires in 23 h"), "{}", w[0].reason);
+    assert_eq!(w[0].state, pb::OnboardingState::Pending as i32, "a warning changes no state");
+    assert_eq!(core.expiry_tick(expire - hour / 2).await.unwrap(), 1, "inside the hour");
+    assert_eq!(warnings(&app, &id).await[1].attributes["threshold_secs"], "3600");
+    assert_eq!(core.expiry_tick(expire - hour / 4).await.unwrap(), 0);
+
+    // Extended by two days: the warnings re-arm for the new expiry.
+    let extended = expire + 48 * hour;
+    store.apply_change(&set_expiry(extended)).await.unwrap();
+    assert_eq!(core.expiry_tick(extended - 10 * hour).await.unwrap(), 1);
+    // Both thresholds crossed at once (the first pass comes late): one warning, the smaller.
+    let id2 = app.insert_onboarding("acme", "late").await;
+    let mut late = set_expiry(now_ms() + 72 * hour);
+    late.onboarding_id = Some(id2.clone());
+    store.apply_change(&late).await.unwrap();
+    let expire2 = late.expire_ms.flatten().unwrap();
+    assert_eq!(core.expiry_tick(expire2 - hour / 2).await.unwrap(), 1);
+    assert_eq!(core.expiry_tick(expire2 - hour / 3).await.unwrap(), 0);
+    let w2 = warnings(&app, &id2).await;
+    assert_eq!(w2.len(), 1);
+    assert_eq!(w2[0].attributes["threshold_secs"], "3600");
+    // Past the expiry: no warnings (terminal states are covered by the store suite).
+    assert_eq!(core.expiry_tick(extended + hour).await.unwrap(), 0);
+}
