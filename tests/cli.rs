@@ -113,3 +113,147 @@ fn serve_prints_the_dev_key_and_stops_on_sigterm() {
         std::thread::sleep(Duration::from_millis(100));
     }
 }
+
+/// Collects everything a child writes to one pipe, on a thread.
+fn drain(mut pipe: impl std::io::Read + Send + 'static) -> std::thread::JoinHandle<String> {
+    std::thread::spawn(move || {
+        let mut buf = Vec::new();
+        let _ = pipe.read_to_end(&mut buf);
+        String::from_utf8_lossy(&buf).into_owned()
+    })
+}
+
+/// The real binary in sandbox mode with debug logs: a Gupshup onboarding driven to LIVE over
+/// gRPC (with a subscription on live), its app token read, the partner token refreshed and
+/// the account checked. Neither the partner secret, nor a partner token, nor the app token
+/// may appear anywhere in what the process printed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn secrets_never_reach_the_logs_even_at_debug_level() {
+    use wa_onboard::grpc::pb;
+    const KEY: &str = "wao_logtestkey000000000000000000000000000";
+    let dir = tempfile::tempdir().unwrap();
+    let secret = format!("gs-partner-secret-{}", uuid::Uuid::new_v4().simple());
+    let cfg = dir.path().join("c.toml");
+    std::fs::write(
+        &cfg,
+        format!(
+            "[engine]\ntick_ms = 50\npoll_interval_ms = 200\n\n[sandbox.sims.gupshup]\nstage_ms = 300\n\n\
+             [[sandbox.sims.gupshup.partners]]\nemail = \"logs@wa-onboard.test\"\nsecret = \"{secret}\"\n\
+             partner_id = 4242\nname = \"Log Test Partner\"\n"
+        ),
+    )
+    .unwrap();
+    let mut child = bin()
+        .env("RUST_LOG", "debug")
+        .env("WA_ONBOARD_DEV_API_KEY", KEY)
+        .arg("--config")
+        .arg(&cfg)
+        .arg("--data-dir")
+        .arg(dir.path())
+        .args(["serve", "--grpc-addr", "127.0.0.1:0", "--webhook-addr", "127.0.0.1:0", "--metrics-addr", "127.0.0.1:0"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let stderr = drain(child.stderr.take().unwrap());
+    // The listening line gives the gRPC port; the rest of stdout is collected too.
+    let stdout = child.stdout.take().unwrap();
+    let (addr_tx, addr_rx) = std::sync::mpsc::channel::<String>();
+    let stdout = std::thread::spawn(move || {
+        use std::io::BufRead;
+        let mut all = String::new();
+        for line in std::io::BufReader::new(stdout).lines().map_while(Result::ok) {
+            if let Some(rest) = line.strip_prefix("wa-onboard listening: gRPC ") {
+                let _ = addr_tx.send(rest.split_whitespace().next().unwrap_or_default().to_string());
+            }
+            all.push_str(&line);
+            all.push('\n');
+        }
+        all
+    });
+    let addr = addr_rx.recv_timeout(Duration::from_secs(60)).expect("the server prints where it listens");
+    let channel = tonic::transport::Channel::from_shared(format!("http://{addr}")).unwrap().connect().await.unwrap();
+    fn req<T>(m: T) -> tonic::Request<T> {
+        let mut r = tonic::Request::new(m);
+        r.metadata_mut().insert("authorization", format!("Bearer {KEY}").parse().unwrap());
+        r
+    }
+    let mut onboardings = pb::onboarding_service_client::OnboardingServiceClient::new(channel.clone());
+    let created = onboardings
+        .create_onboarding(req(pb::CreateOnboardingRequest {
+            account: "accounts/sandbox-gupshup".into(),
+            reference: "log-check".into(),
+            request_id: "log-check-1".into(),
+            onboarding_id: String::new(),
+            request: Some(pb::create_onboarding_request::Request::Gupshup(pb::GupshupLinkAppRequest {
+                app_name: "Acme Log Check".into(),
+                waba_id: "104996122399160".into(),
+                phone: "+919812345678".into(),
+                subscribe_on_live: true,
+                subscription: Some(pb::SubscriptionSpec {
+                    url: "https://crm.acme.test/wa".into(),
+                    events: vec!["SENT".into(), "DELIVERED".into()],
+                    tag: "crm".into(),
+                    version: 2,
+                    ..Default::default()
+                }),
+                ..Default::default()
+            })),
+        }))
+        .await
+        .unwrap()
+        .into_inner();
+    let name = created.name;
+    let deadline = Instant::now() + Duration::from_secs(90);
+    let mut pipelines = pb::pipeline_service_client::PipelineServiceClient::new(channel.clone());
+    loop {
+        let o = onboardings.get_onboarding(req(pb::GetOnboardingRequest { name: name.clone() })).await.unwrap();
+        let p = pipelines.get_pipeline(req(pb::GetPipelineRequest { name: name.clone() })).await.unwrap();
+        let done = p.get_ref().steps.iter().all(|s| s.state == pb::StepState::Succeeded as i32);
+        if o.get_ref().state == pb::OnboardingState::Live as i32 && done {
+            break;
+        }
+        assert!(Instant::now() < deadline, "never LIVE with every step done: {o:?} {p:?}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let mut tokens = pb::token_service_client::TokenServiceClient::new(channel.clone());
+    let token = tokens.get_app_token(req(pb::GetAppTokenRequest { name: name.clone() })).await.unwrap().into_inner();
+    assert!(token.token.len() > 8, "{}", token.token.len());
+    tokens
+        .refresh_provider_token(req(pb::RefreshProviderTokenRequest { account: "accounts/sandbox-gupshup".into() }))
+        .await
+        .unwrap();
+    let check = pb::account_service_client::AccountServiceClient::new(channel.clone())
+        .check_account(req(pb::CheckAccountRequest { name: "accounts/sandbox-gupshup".into() }))
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(check.ok, "the configured partner secret is the one in use: {check:?}");
+    pb::subscription_service_client::SubscriptionServiceClient::new(channel)
+        .list_subscriptions(req(pb::ListSubscriptionsRequest { parent: name.clone(), ..Default::default() }))
+        .await
+        .unwrap();
+
+    let pid = child.id().to_string();
+    assert!(Command::new("kill").args(["-TERM", &pid]).status().unwrap().success());
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while child.try_wait().unwrap().is_none() {
+        assert!(Instant::now() < deadline, "did not stop on SIGTERM");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let logs = format!("{}\n{}", stdout.join().unwrap(), stderr.join().unwrap());
+    // Debug logging really was on, and the flow really was logged.
+    assert!(logs.contains("DEBUG"), "no debug lines:\n{logs}");
+    let app_id = token.resource_id.clone();
+    assert!(!app_id.is_empty() && logs.contains(&app_id), "the onboarding's app does not show in the logs");
+    // The simulator's partner tokens are JWTs with this fixed header (`{"alg":"HS256","typ":"JWT"}`).
+    let partner_token_header = "eyJhbGciOiJIUzI1NiIsInR5cCI6IkpXVCJ9";
+    for (what, needle) in [
+        ("partner secret", secret.as_str()),
+        ("app token", token.token.as_str()),
+        ("partner token", partner_token_header),
+    ] {
+        let hits: Vec<&str> = logs.lines().filter(|l| l.contains(needle)).collect();
+        assert!(hits.is_empty(), "the {what} appears in the logs {} time(s):\n{}", hits.len(), hits.join("\n"));
+    }
+}

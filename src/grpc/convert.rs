@@ -298,19 +298,20 @@ pub fn onboarding_to_pb(o: &OnboardingRecord) -> pb::Onboarding {
         expire_time: ts_opt(o.expire_ms),
         create_time: Some(ts(o.created_ms)),
         update_time: Some(ts(o.updated_ms)),
-        details: details_to_pb(o.provider, &details),
+        details: details_to_pb(o, &details),
     }
 }
 
 /// Provider-specific details: the store keeps them as JSON whose fields are named like the
-/// proto fields, so one serde pass per provider suffices.
-fn details_to_pb(p: ProviderKind, d: &serde_json::Value) -> Option<pb::onboarding::Details> {
+/// proto fields, so one serde pass per provider suffices. Ids the store keeps bare become the
+/// resource names the proto documents (`created_subscription`).
+fn details_to_pb(o: &OnboardingRecord, d: &serde_json::Value) -> Option<pb::onboarding::Details> {
     use pb::onboarding::Details as D;
     let s = |k: &str| d.get(k).and_then(|v| v.as_str()).unwrap_or_default().to_string();
     let b = |k: &str| d.get(k).and_then(|v| v.as_bool()).unwrap_or(false);
     let i = |k: &str| d.get(k).and_then(|v| v.as_i64()).unwrap_or(0) as i32;
     let t = |k: &str| d.get(k).and_then(|v| v.as_i64()).map(ts);
-    Some(match p {
+    Some(match o.provider {
         ProviderKind::Gupshup => D::Gupshup(pb::GupshupOnboarding {
             app_name: s("app_name"),
             waba_id: s("waba_id"),
@@ -319,7 +320,10 @@ fn details_to_pb(p: ProviderKind, d: &serde_json::Value) -> Option<pb::onboardin
             storage_region: s("storage_region"),
             subscribe_on_live: b("subscribe_on_live"),
             subscription: None,
-            created_subscription: s("created_subscription"),
+            created_subscription: match s("created_subscription") {
+                sub if sub.is_empty() => sub,
+                sub => format!("onboardings/{}/subscriptions/{sub}", o.id),
+            },
             app_token_ready: b("app_token_ready"),
         }),
         ProviderKind::Exotel => D::Exotel(pb::ExotelOnboarding {

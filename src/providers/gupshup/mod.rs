@@ -184,9 +184,18 @@ impl GupshupProvider {
     async fn run_provisioning(&self, ctx: &CallContext, run: &StepRun) -> Result<StepOutcome, ProviderError> {
         let app_id = app_of(run)?;
         let (resp, token) = self.client.pipeline(ctx, app_id, run.secret.as_ref()).await?;
-        let obs = observe(&resp);
+        let mut obs = observe(&resp);
+        // The live event arrived (the onboarding is LIVE) while the pipeline still shows an
+        // earlier stage: the event is Gupshup's go-live signal [C], the pipeline view lags.
+        // Never demote a LIVE onboarding for that; the step is done (subscriptions may follow).
+        let live_by_event = run.state == OnboardingState::Live && obs.state == Some(OnboardingState::Provisioning);
+        if live_by_event {
+            obs.state = None;
+            obs.reason = format!("live event received; the pipeline still reports {}", obs.raw_status);
+        }
         let mut step = match obs.state {
             Some(OnboardingState::Live | OnboardingState::Failed) => StepOutcome::done(obs),
+            None if live_by_event => StepOutcome::done(obs),
             _ => StepOutcome::wait(self.poll_interval, obs),
         };
         // The stored app token was rejected and fetched again: store the new one.

@@ -347,6 +347,27 @@ async fn pipeline_error_is_a_failed_observation_with_the_raw_stage() {
 }
 
 #[tokio::test]
+async fn a_live_onboarding_is_not_demoted_by_a_lagging_pipeline() {
+    let env = Env::new().await;
+    let ctx = env.context();
+    let req = start_req("live-before-pipeline", None);
+    let h = env.p.start_onboarding(&ctx, &req).await.unwrap().handle;
+    let mut run = step_run(STEP_PROVISIONING, &req);
+    run.handle = Some(h);
+    // The live event made the onboarding LIVE; Gupshup's pipeline still says INITIAL.
+    run.state = OnboardingState::Live;
+    let out = env.p.run_step(&ctx, &run).await.unwrap();
+    assert_eq!(out.progress, Progress::Done, "the live event ends provisioning");
+    assert_eq!(out.observation.state, None, "no state change (never back to PROVISIONING)");
+    assert_eq!(out.observation.raw_status, "INITIAL/CREATE_DOCKER", "the raw stage is still reported");
+    // Still provisioning by our own account: keep waiting.
+    run.state = OnboardingState::Provisioning;
+    let out = env.p.run_step(&ctx, &run).await.unwrap();
+    assert!(matches!(out.progress, Progress::Wait(_)));
+    assert_eq!(out.observation.state, Some(OnboardingState::Provisioning));
+}
+
+#[tokio::test]
 async fn whole_pipeline_to_live_then_subscribe_once() {
     let env = Env::new().await;
     let ctx = env.context();
