@@ -19,7 +19,9 @@ use crate::providers::{
     LinkTokenStatus, PartnerTokenOps, Provider, ProviderError, ProviderSubscription, ResourceRef, SubscriptionOps,
     SubscriptionSpec,
 };
-use crate::store::{AccountRecord, NewEvent, OnboardingChange, OnboardingFilter, OnboardingRecord, Page, PageRequest};
+use crate::store::{
+    AccountRecord, NewEvent, OnboardingChange, OnboardingFilter, OnboardingRecord, Page, PageRequest, StoreError,
+};
 
 /// Event kinds written by this module (all without secrets).
 pub mod events {
@@ -29,8 +31,13 @@ pub mod events {
     pub const SUBSCRIPTION_CREATED: &str = "subscription_created";
     /// A subscription was deleted at the provider.
     pub const SUBSCRIPTION_DELETED: &str = "subscription_deleted";
-    /// Days were added to a channel.
+    /// Days were added to a channel (attributes: `request_id`, `days`, `active_till_ms`).
     pub const CHANNEL_EXTENDED: &str = "channel_extended";
+    /// `ExtendChannel` is about to add days (written before the provider call: `request_id`,
+    /// `days`, `active_till_ms` before), so a retry anywhere can tell whether it happened.
+    pub const CHANNEL_EXTEND_REQUESTED: &str = "channel_extend_requested";
+    /// A QR or pairing code was handed out (attributes: `method`; never the code).
+    pub const CONNECT_CODE_ISSUED: &str = "connect_code_issued";
     /// A channel's mode was switched.
     pub const CHANNEL_MODE_SET: &str = "channel_mode_set";
     /// A channel was deleted (the onboarding is recorded `CANCELLED`).
@@ -39,6 +46,25 @@ pub mod events {
 
 /// Most days one `ExtendChannel` may add.
 pub const MAX_EXTEND_DAYS: u32 = 365;
+
+/// One day in ms (channel days).
+const DAY_MS: i64 = 86_400_000;
+
+/// How far `activeTill` may fall short of "before + days" and still count as extended (the
+/// provider computes it from its own clock).
+const EXTEND_TOLERANCE_MS: i64 = 60_000;
+
+/// Refuses a `request_id` reused with another number of days.
+fn same_extension(prior: &serde_json::Value, days: u32, request_id: &str) -> Result<(), AppError> {
+    match prior["days"].as_u64() {
+        Some(d) if d != u64::from(days) => Err(AppError::new(
+            ErrorCode::AlreadyExists,
+            format!("request_id '{request_id}' was already used for a different ExtendChannel request ({d} days)"),
+        )
+        .with_violation("request_id", "already used for a different request")),
+        _ => Ok(()),
+    }
+}
 
 /// An onboarding's messaging token. Treat as a secret.
 #[derive(Debug, Clone)]
@@ -182,30 +208,81 @@ impl Core {
         Ok(Target { onboarding: o, provider, ctx, resource })
     }
 
-    /// The first event of `kind`s whose attributes carry this `request_id`, if any.
+    /// The first event of `kind` whose attributes carry this `request_id`, if any.
     async fn event_with_request_id(
         &self,
         id: &OnboardingId,
         kind: &str,
         request_id: &str,
     ) -> Result<Option<serde_json::Value>, AppError> {
+        Ok(self.events_with_request_id(id, &[kind], request_id).await?.into_iter().next().map(|(_, d)| d))
+    }
+
+    /// Every event of one of `kinds` whose attributes carry this `request_id`, in log order,
+    /// with its kind (one pass over the log).
+    async fn events_with_request_id(
+        &self,
+        id: &OnboardingId,
+        kinds: &[&str],
+        request_id: &str,
+    ) -> Result<Vec<(String, serde_json::Value)>, AppError> {
         const PAGE: u32 = 500;
         let mut after = 0;
+        let mut found = Vec::new();
         loop {
             let evs = self.store.events(id, after, PAGE).await?;
             for e in &evs {
                 after = e.sequence;
-                if e.kind == kind {
+                if kinds.contains(&e.kind.as_str()) {
                     let d: serde_json::Value = serde_json::from_str(&e.data_json).unwrap_or_default();
                     if d["request_id"].as_str() == Some(request_id) {
-                        return Ok(Some(d));
+                        found.push((e.kind.clone(), d));
                     }
                 }
             }
             if evs.len() < PAGE as usize {
-                return Ok(None);
+                return Ok(found);
             }
         }
+    }
+
+    /// Appends an event that also edits the onboarding's details (and optionally its
+    /// expiry), re-reading and retrying on a concurrent change so no other write is lost.
+    async fn record_with_details(
+        &self,
+        id: &OnboardingId,
+        event: NewEvent,
+        expire_ms: Option<UnixMs>,
+        edit: impl Fn(&mut serde_json::Map<String, serde_json::Value>),
+    ) -> Result<(), AppError> {
+        const ATTEMPTS: usize = 8;
+        for _ in 0..ATTEMPTS {
+            let o = self
+                .store
+                .onboarding_unscoped(id)
+                .await?
+                .ok_or_else(|| AppError::not_found(format!("onboardings/{id}")))?;
+            let mut d = match details(&o) {
+                serde_json::Value::Object(m) => m,
+                _ => serde_json::Map::new(),
+            };
+            edit(&mut d);
+            let change = OnboardingChange {
+                onboarding_id: Some(id.clone()),
+                expect_sequence: Some(o.sequence),
+                details_json: Some(serde_json::Value::Object(d).to_string()),
+                expire_ms: expire_ms.map(Some),
+                event: event.clone(),
+                at_ms: now_ms(),
+                ..Default::default()
+            };
+            match self.store.apply_change(&change).await {
+                Ok(_) => return Ok(()),
+                Err(StoreError::Conflict(_)) => continue,
+                Err(e) => return Err(e.into()),
+            }
+        }
+        Err(AppError::new(ErrorCode::Aborted, format!("onboardings/{id}: too many concurrent changes; retry")))
     }
 
     /// Appends an audit event (no state change).
@@ -525,7 +602,25 @@ impl Core {
     ) -> Result<IssuedConnectCode, AppError> {
         let t = self.channel_target(caller, channel, None).await?;
         let ops = channels_of(t.provider.as_ref())?;
-        ops.connect_code(&t.ctx, &t.resource, method).await.map_err(provider_err(t.provider.kind()))
+        let code = ops.connect_code(&t.ctx, &t.resource, method).await.map_err(provider_err(t.provider.kind()))?;
+        // Counted per onboarding (`connect_codes_issued` in its details); the code itself
+        // never goes into the log.
+        let m = match method {
+            ConnectMethod::Qr { .. } => "qr",
+            ConnectMethod::PairingCode { .. } => "pairing_code",
+        };
+        let event = NewEvent {
+            kind: events::CONNECT_CODE_ISSUED.into(),
+            reason: "a connect code was issued".into(),
+            step: None,
+            data_json: attrs(&[("method", m.into())]),
+        };
+        self.record_with_details(&t.onboarding.id, event, None, |d| {
+            let n = d.get("connect_codes_issued").and_then(serde_json::Value::as_i64).unwrap_or(0);
+            d.insert("connect_codes_issued".into(), n.saturating_add(1).into());
+        })
+        .await?;
+        Ok(code)
     }
 
     /// Switches the channel's mode.
@@ -543,12 +638,30 @@ impl Core {
             ChannelMode::Sandbox => "sandbox",
             ChannelMode::Live => "live",
         };
-        self.audit(&t.onboarding.id, events::CHANNEL_MODE_SET, "channel mode switched", attrs(&[("mode", m.into())]))
-            .await?;
+        let event = NewEvent {
+            kind: events::CHANNEL_MODE_SET.into(),
+            reason: "channel mode switched".into(),
+            step: None,
+            data_json: attrs(&[("mode", m.into())]),
+        };
+        // The stored details follow, so GetOnboarding and ListChannels show the new mode.
+        self.record_with_details(&t.onboarding.id, event, None, |d| {
+            d.insert("mode".into(), m.into());
+        })
+        .await?;
         Ok(Self::channel_view(&t, info))
     }
 
-    /// Adds days; idempotent on `request_id` (the adapter recognises an applied key).
+    /// Adds days; idempotent on `request_id`, durably (across restarts and replicas), with
+    /// the mechanism `DeleteChannel` and `CreateSubscription` use: the key lives in the
+    /// onboarding's event log.
+    ///
+    /// Before calling the provider an intent event (`channel_extend_requested`: key, days,
+    /// `activeTill` before) is appended, conditional on the sequence read before the log was
+    /// searched, so two concurrent first attempts cannot both pass; after the call the
+    /// outcome (`channel_extended`) is appended and the stored `activeTill` / expiry move.
+    /// A retry finds the outcome (already applied), or only the intent (the earlier answer
+    /// was lost): then `activeTill` having moved by the days means it was applied.
     pub async fn extend_channel(
         &self,
         caller: &Caller,
@@ -563,23 +676,106 @@ impl Core {
         if request_id.is_empty() {
             return Err(AppError::invalid("request_id", "is required: a retry with the same key never extends twice"));
         }
-        let t = self.channel_target(caller, channel, Some(request_id)).await?;
+        const ATTEMPTS: usize = 8;
+        let mut attempt = 0;
+        let (t, before, recovering) = loop {
+            let t = self.channel_target(caller, channel, Some(request_id)).await?;
+            let ops = channels_of(t.provider.as_ref())?;
+            let kind = t.provider.kind();
+            let id = t.onboarding.id.clone();
+            let prior = self
+                .events_with_request_id(&id, &[events::CHANNEL_EXTEND_REQUESTED, events::CHANNEL_EXTENDED], request_id)
+                .await?;
+            for (_, d) in &prior {
+                same_extension(d, days, request_id)?;
+            }
+            if prior.iter().any(|(k, _)| k == events::CHANNEL_EXTENDED) {
+                let info = ops.get_channel(&t.ctx, &t.resource).await.map_err(provider_err(kind))?;
+                return Ok(ExtendView { channel: Self::channel_view(&t, info), days_added: 0, already_applied: true });
+            }
+            if let Some((_, intent)) = prior.first() {
+                let before = intent["active_till_ms"].as_i64();
+                break (t, before, true);
+            }
+            let info = ops.get_channel(&t.ctx, &t.resource).await.map_err(provider_err(kind))?;
+            let before = info.active_till_ms;
+            let mut data = vec![("request_id", request_id.into()), ("days", days.into())];
+            if let Some(b) = before {
+                data.push(("active_till_ms", b.into()));
+            }
+            let intent = OnboardingChange {
+                onboarding_id: Some(id.clone()),
+                // The log was searched after this sequence was read: nothing else was
+                // appended in between (or the write fails and we look again).
+                expect_sequence: Some(t.onboarding.sequence),
+                event: NewEvent {
+                    kind: events::CHANNEL_EXTEND_REQUESTED.into(),
+                    reason: "adding days to the channel".into(),
+                    step: None,
+                    data_json: attrs(&data),
+                },
+                at_ms: now_ms(),
+                ..Default::default()
+            };
+            match self.store.apply_change(&intent).await {
+                Ok(_) => break (t, before, false),
+                Err(StoreError::Conflict(_)) if attempt + 1 < ATTEMPTS => attempt += 1,
+                Err(StoreError::Conflict(m)) => return Err(AppError::new(ErrorCode::Aborted, m)),
+                Err(e) => return Err(e.into()),
+            }
+        };
         let ops = channels_of(t.provider.as_ref())?;
-        let out = ops.extend(&t.ctx, &t.resource, days, comment).await.map_err(provider_err(t.provider.kind()))?;
-        if !out.already_applied {
-            self.audit(
-                &t.onboarding.id,
-                events::CHANNEL_EXTENDED,
-                "days added to the channel",
-                attrs(&[("days_added", out.days_added.into()), ("request_id", request_id.into())]),
-            )
-            .await?;
+        let kind = t.provider.kind();
+        let id = t.onboarding.id.clone();
+        if recovering {
+            // An earlier attempt with this key may have extended without us learning it.
+            let info = ops.get_channel(&t.ctx, &t.resource).await.map_err(provider_err(kind))?;
+            let target = before.map(|b| b.saturating_add(i64::from(days) * DAY_MS));
+            if let (Some(target), Some(now_till)) = (target, info.active_till_ms)
+                && now_till.saturating_add(EXTEND_TOLERANCE_MS) >= target
+            {
+                self.record_extended(&id, request_id, days, info.active_till_ms, true).await?;
+                return Ok(ExtendView { channel: Self::channel_view(&t, info), days_added: 0, already_applied: true });
+            }
         }
+        let out = ops.extend(&t.ctx, &t.resource, days, comment).await.map_err(provider_err(kind))?;
+        self.record_extended(&id, request_id, days, out.channel.active_till_ms, out.already_applied).await?;
         Ok(ExtendView {
             channel: Self::channel_view(&t, out.channel),
             days_added: out.days_added,
             already_applied: out.already_applied,
         })
+    }
+
+    /// The outcome of an extension: the event, and the channel's new `activeTill` as the
+    /// onboarding's details and expiry.
+    async fn record_extended(
+        &self,
+        id: &OnboardingId,
+        request_id: &str,
+        days: u32,
+        active_till_ms: Option<UnixMs>,
+        found_applied: bool,
+    ) -> Result<(), AppError> {
+        let mut data = vec![("days_added", days.into()), ("days", days.into()), ("request_id", request_id.into())];
+        if found_applied {
+            data.push(("found_applied", true.into()));
+        }
+        if let Some(t) = active_till_ms {
+            data.push(("active_till_ms", t.into()));
+        }
+        let event = NewEvent {
+            kind: events::CHANNEL_EXTENDED.into(),
+            reason: "days added to the channel".into(),
+            step: None,
+            data_json: attrs(&data),
+        };
+        self.record_with_details(id, event, active_till_ms, |d| {
+            if let Some(t) = active_till_ms {
+                d.insert("active_till_ms".into(), t.into());
+            }
+        })
+        .await
     }
 
     /// Deletes the channel and records its onboarding `CANCELLED` (the channel is gone).

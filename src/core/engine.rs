@@ -917,7 +917,11 @@ impl Core {
             ..Default::default()
         };
         let mut kind = "callback";
-        let mut reason = format!("{} callback {}", o.provider, cb.raw_status);
+        // The adapter's own explanation (e.g. Whapi "the phone was logged out") when it has one.
+        let mut reason = match cb.fields.get("reason").filter(|r| !r.is_empty()) {
+            Some(why) => format!("{why} ({} callback {})", o.provider, cb.raw_status),
+            None => format!("{} callback {}", o.provider, cb.raw_status),
+        };
         if stale {
             attrs.insert("stale".into(), "true".into());
             reason = format!("{reason} (older than an event already applied; state unchanged)");

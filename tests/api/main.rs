@@ -10,3 +10,4 @@ mod engine;
 mod gupshup;
 mod health_shutdown;
 mod watch;
+mod whapi;

@@ -280,8 +280,9 @@ impl ChannelOps for WhapiProvider {
     /// readable billing history [I], so the adapter keeps a ledger: `activeTill` before the
     /// call is noted BEFORE extending; a retry whose channel already moved by `days` is
     /// `already_applied` and extends nothing. The ledger lives in this adapter instance (one
-    /// per account, per process); durable idempotency across replicas is the RPC layer's
-    /// `request_id` store.
+    /// per account, per process) and only serialises retries within it; durable idempotency
+    /// across restarts and replicas is `Core::extend_channel`'s (intent and outcome events in
+    /// the onboarding's log).
     async fn extend(
         &self,
         ctx: &CallContext,
