@@ -1,6 +1,6 @@
 """Shared by scripts/deploy-check and scripts/polyglot-check: a Python virtualenv under
-.ci/.tools/venv with the pinned tools of .ci/requirements.txt (and any extra requirement
-files), created on first use and refreshed when a requirement file changes. Nothing is
+.ci/.tools/venv with the pinned tools of .ci/requirements.txt and the Python example's
+requirements, created on first use and refreshed when a requirement file changes. Nothing is
 installed globally."""
 
 import hashlib
@@ -17,10 +17,14 @@ VENV_BIN = VENV / "bin"
 VENV_PYTHON = VENV_BIN / "python"
 
 
-def ensure_venv(*requirement_files: Path) -> None:
+# One venv for every script: the CI tools and the Python example's own requirements.
+REQUIREMENTS = [ROOT / ".ci" / "requirements.txt", ROOT / "examples" / "python" / "requirements.txt"]
+
+
+def ensure_venv() -> None:
     """Re-executes the calling script under the venv's Python, creating or updating the venv
     first. Returns only when already running inside it."""
-    files = [ROOT / ".ci" / "requirements.txt", *requirement_files]
+    files = REQUIREMENTS
     digest = hashlib.sha256(b"".join(f.read_bytes() for f in files)).hexdigest()
     stamp = VENV / ".requirements.sha256"
     inside = Path(sys.prefix).resolve() == VENV.resolve()
