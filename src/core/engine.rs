@@ -378,9 +378,14 @@ impl Core {
         }
         let mut state = o.state;
         let mut reason = o.state_reason.clone();
+        // A poll that lags behind a live event must not undo it: a step's observation never
+        // moves LIVE back to an earlier waiting state (callbacks, which are ordered by the
+        // provider's own timestamps, still can: a logout does).
+        let lagging = o.state == OnboardingState::Live && obs.state.is_some_and(|s| !s.is_terminal() && rank(s) < 3);
         if let Some(s) = obs.state
             && s != o.state
             && o.state.can_transition(s)
+            && !lagging
         {
             state = s;
             reason = if obs.reason.is_empty() {

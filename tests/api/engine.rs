@@ -423,3 +423,39 @@ async fn expiry_warnings_come_once_per_threshold_and_re_arm_when_the_expiry_move
     // Past the expiry: no warnings (terminal states are covered by the store suite).
     assert_eq!(core.expiry_tick(extended + hour).await.unwrap(), 0);
 }
+
+#[tokio::test]
+async fn a_poll_lagging_behind_the_live_callback_does_not_demote_it() {
+    // The provider's status view never catches up on its own: only the callback says LIVE.
+    let fake = Arc::new(
+        InMemoryProvider::new(ProviderKind::Gupshup)
+            .with_statuses(["PROVISIONING"])
+            .with_poll_interval(Duration::from_millis(100)),
+    );
+    let app = app_with(ProviderKind::Gupshup, &fake).await;
+    let url = account(&app, "acme").await;
+    let id = create(&app, "acme", "").await;
+    wait_state(&app, &id, pb::OnboardingState::Provisioning).await;
+    let key = app.running().store.onboarding_unscoped(&id).await.unwrap().unwrap().external_key.unwrap();
+    let (s, _) = post(&url, fake.render_callback_at("ev-live", &key, "LIVE", now_ms())).await;
+    assert_eq!(s, 200);
+    wait_state(&app, &id, pb::OnboardingState::Live).await;
+    // The next poll still reads PROVISIONING: the step finishes, the state stays LIVE, and
+    // polling stops.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(15);
+    loop {
+        let steps = app.running().store.steps(&id).await.unwrap();
+        if steps.iter().all(|s| s.state.is_done()) {
+            break;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "await_live never finished: {steps:?}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let polls = fake.polls();
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(fake.polls(), polls, "no polling once the pipeline is done");
+    assert_eq!(get(&app, &id).await.state, pb::OnboardingState::Live as i32);
+    let states: Vec<i32> = events(&app, &id).await.iter().map(|e| e.state).collect();
+    let first_live = states.iter().position(|s| *s == pb::OnboardingState::Live as i32).unwrap();
+    assert!(states[first_live..].iter().all(|s| *s == pb::OnboardingState::Live as i32), "{states:?}");
+}
