@@ -355,9 +355,7 @@ async fn health_loop(
 }
 
 /// The gRPC TLS configuration from `server.tls`, if enabled.
-fn tls_config(
-    tls: &crate::config::TlsSettings,
-) -> Result<Option<tonic::transport::ServerTlsConfig>, StartError> {
+fn tls_config(tls: &crate::config::TlsSettings) -> Result<Option<tonic::transport::ServerTlsConfig>, StartError> {
     use tonic::transport::{Certificate, Identity, ServerTlsConfig};
     if !tls.enabled() {
         return Ok(None);
@@ -460,7 +458,9 @@ async fn reload_keys_loop(
                         tracing::info!(keys = s.auth.keys.len(), "Configured API keys reloaded.");
                         last = Some(fingerprint);
                     }
-                    Err(e) => tracing::warn!(error = %e.message, "Configured API keys not reloaded; keeping the current ones."),
+                    Err(e) => {
+                        tracing::warn!(error = %e.message, "Configured API keys not reloaded; keeping the current ones.")
+                    }
                 }
             }
             Err(e) => tracing::warn!(error = %e, "Config file not reloaded; keeping the current API keys."),

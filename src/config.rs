@@ -167,15 +167,13 @@ impl ConfigKey {
             ))),
             (true, false) => match hex::decode(self.key_sha256.trim()) {
                 Ok(h) if h.len() == 32 => Ok(h),
-                _ => Err(ConfigError(format!(
-                    "auth.keys (tenant '{}'): key_sha256 must be 64 hex digits",
-                    self.tenant
-                ))),
+                _ => {
+                    Err(ConfigError(format!("auth.keys (tenant '{}'): key_sha256 must be 64 hex digits", self.tenant)))
+                }
             },
-            _ => Err(ConfigError(format!(
-                "auth.keys (tenant '{}'): set exactly one of key_sha256 and key",
-                self.tenant
-            ))),
+            _ => {
+                Err(ConfigError(format!("auth.keys (tenant '{}'): set exactly one of key_sha256 and key", self.tenant)))
+            }
         }
     }
 }

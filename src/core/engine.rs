@@ -211,7 +211,8 @@ impl Core {
             let core = self.clone();
             tokio::spawn(async move {
                 let (id, name) = (step.onboarding_id.clone(), step.name.clone());
-                let span = tracing::info_span!("step", onboarding = %id, step = %name, provider = tracing::field::Empty);
+                let span =
+                    tracing::info_span!("step", onboarding = %id, step = %name, provider = tracing::field::Empty);
                 if let Err(e) = core.process_step(step).instrument(span).await {
                     tracing::warn!(onboarding = %id, step = %name, error = %e.message, "Step processing failed; its lease will lapse and it will be retried.");
                 }

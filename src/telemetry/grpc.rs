@@ -138,7 +138,8 @@ struct CallGuard {
 impl CallGuard {
     fn new(service: String, method: String, streaming: bool) -> Self {
         if streaming {
-            ::metrics::gauge!(GRPC_STREAMS_OPEN, "service" => service.clone(), "method" => method.clone()).increment(1.0);
+            ::metrics::gauge!(GRPC_STREAMS_OPEN, "service" => service.clone(), "method" => method.clone())
+                .increment(1.0);
         }
         Self { service, method, streaming, started: Instant::now(), code: None }
     }
@@ -220,7 +221,8 @@ mod tests {
 
     #[test]
     fn paths_from_descriptors() {
-        let layer = GrpcMetricsLayer::new(&[crate::grpc::pb::FILE_DESCRIPTOR_SET, tonic_health::pb::FILE_DESCRIPTOR_SET]);
+        let layer =
+            GrpcMetricsLayer::new(&[crate::grpc::pb::FILE_DESCRIPTOR_SET, tonic_health::pb::FILE_DESCRIPTOR_SET]);
         assert!(layer.known.contains("/wa.onboard.v1.OnboardingService/CreateOnboarding"));
         assert!(layer.known.contains("/grpc.health.v1.Health/Check"));
         assert!(!layer.known.contains("/wa.onboard.v1.OnboardingService/Nope"));

@@ -69,9 +69,8 @@ static HANDLE: OnceLock<Option<PrometheusHandle>> = OnceLock::new();
 pub fn install() -> Option<&'static PrometheusHandle> {
     HANDLE
         .get_or_init(|| {
-            let builder = PrometheusBuilder::new()
-                .set_buckets_for_metric(Matcher::Suffix("_seconds".into()), &BUCKETS)
-                .ok()?;
+            let builder =
+                PrometheusBuilder::new().set_buckets_for_metric(Matcher::Suffix("_seconds".into()), &BUCKETS).ok()?;
             let recorder = builder.build_recorder();
             let handle = recorder.handle();
             ::metrics::set_global_recorder(recorder).ok()?;

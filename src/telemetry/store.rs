@@ -69,7 +69,11 @@ impl Store for MeteredStore {
         timed("revoke_api_key", self.inner.revoke_api_key(id, at)).await
     }
 
-    async fn insert_account(&self, account: &AccountRecord, idempotency: Option<&IdempotencyRecord>) -> StoreResult<()> {
+    async fn insert_account(
+        &self,
+        account: &AccountRecord,
+        idempotency: Option<&IdempotencyRecord>,
+    ) -> StoreResult<()> {
         timed("insert_account", self.inner.insert_account(account, idempotency)).await
     }
 
@@ -81,7 +85,12 @@ impl Store for MeteredStore {
         timed("account_unscoped", self.inner.account_unscoped(id)).await
     }
 
-    async fn list_accounts(&self, tenant: &TenantId, provider: Option<ProviderKind>, page: &PageRequest,) -> StoreResult<Page<AccountRecord>> {
+    async fn list_accounts(
+        &self,
+        tenant: &TenantId,
+        provider: Option<ProviderKind>,
+        page: &PageRequest,
+    ) -> StoreResult<Page<AccountRecord>> {
         timed("list_accounts", self.inner.list_accounts(tenant, provider, page)).await
     }
 
@@ -109,15 +118,29 @@ impl Store for MeteredStore {
         timed("onboarding_unscoped", self.inner.onboarding_unscoped(id)).await
     }
 
-    async fn onboarding_by_external_key(&self, account: &AccountId, external_key: &str,) -> StoreResult<Option<OnboardingRecord>> {
+    async fn onboarding_by_external_key(
+        &self,
+        account: &AccountId,
+        external_key: &str,
+    ) -> StoreResult<Option<OnboardingRecord>> {
         timed("onboarding_by_external_key", self.inner.onboarding_by_external_key(account, external_key)).await
     }
 
-    async fn onboarding_by_resource(&self, tenant: &TenantId, provider: ProviderKind, external_key: &str,) -> StoreResult<Option<OnboardingRecord>> {
+    async fn onboarding_by_resource(
+        &self,
+        tenant: &TenantId,
+        provider: ProviderKind,
+        external_key: &str,
+    ) -> StoreResult<Option<OnboardingRecord>> {
         timed("onboarding_by_resource", self.inner.onboarding_by_resource(tenant, provider, external_key)).await
     }
 
-    async fn list_onboardings(&self, tenant: &TenantId, filter: &OnboardingFilter, page: &PageRequest,) -> StoreResult<Page<OnboardingRecord>> {
+    async fn list_onboardings(
+        &self,
+        tenant: &TenantId,
+        filter: &OnboardingFilter,
+        page: &PageRequest,
+    ) -> StoreResult<Page<OnboardingRecord>> {
         timed("list_onboardings", self.inner.list_onboardings(tenant, filter, page)).await
     }
 
@@ -137,7 +160,13 @@ impl Store for MeteredStore {
         timed("steps", self.inner.steps(id)).await
     }
 
-    async fn claim_steps(&self, worker: &str, now: UnixMs, lease: Duration, limit: u32) -> StoreResult<Vec<StepRecord>> {
+    async fn claim_steps(
+        &self,
+        worker: &str,
+        now: UnixMs,
+        lease: Duration,
+        limit: u32,
+    ) -> StoreResult<Vec<StepRecord>> {
         timed("claim_steps", self.inner.claim_steps(worker, now, lease, limit)).await
     }
 
@@ -157,7 +186,13 @@ impl Store for MeteredStore {
         timed("insert_webhook_event", self.inner.insert_webhook_event(event)).await
     }
 
-    async fn claim_webhook_events(&self, worker: &str, now: UnixMs, lease: Duration, limit: u32,) -> StoreResult<Vec<WebhookEventRecord>> {
+    async fn claim_webhook_events(
+        &self,
+        worker: &str,
+        now: UnixMs,
+        lease: Duration,
+        limit: u32,
+    ) -> StoreResult<Vec<WebhookEventRecord>> {
         timed("claim_webhook_events", self.inner.claim_webhook_events(worker, now, lease, limit)).await
     }
 
@@ -169,7 +204,13 @@ impl Store for MeteredStore {
         timed("webhook_event", self.inner.webhook_event(id)).await
     }
 
-    async fn rate_acquire(&self, key: &str, limit: u32, window: Duration, now: UnixMs) -> StoreResult<Option<Duration>> {
+    async fn rate_acquire(
+        &self,
+        key: &str,
+        limit: u32,
+        window: Duration,
+        now: UnixMs,
+    ) -> StoreResult<Option<Duration>> {
         timed("rate_acquire", self.inner.rate_acquire(key, limit, window, now)).await
     }
 

@@ -9,4 +9,6 @@ mod capabilities;
 mod engine;
 mod gupshup;
 mod health_shutdown;
+mod observe;
+mod tls;
 mod watch;
