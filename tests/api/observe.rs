@@ -533,6 +533,11 @@ finish_delay_ms = 300
         assert!(t.token.len() >= 8, "{provider}: token too short to grep: {}", t.token.len());
         issued.push(t.token);
     }
+    // The binary's metrics port shows every provider's calls (what `curl :9090/metrics` shows).
+    let text = reqwest::get(format!("http://{}/metrics", server.metrics)).await.unwrap().text().await.unwrap();
+    for provider in ["gupshup", "exotel", "whapi", "digital99"] {
+        assert!(!samples(&text, m::PROVIDER_REQUESTS, &[("provider", provider)]).is_empty(), "{provider}");
+    }
     drop(channel);
     let logs = server.stop();
     // The logs are the real thing: debug lines of provider calls on every provider.
@@ -544,5 +549,195 @@ finish_delay_ms = 300
     secrets.extend(issued.iter().map(String::as_str));
     for s in secrets {
         assert!(!logs.contains(s), "a secret ({}...) is in the logs", &s[..4]);
+    }
+}
+
+// ----- traces -----
+
+mod collector {
+    use std::sync::{Arc, Mutex};
+
+    use opentelemetry_proto::tonic::collector::trace::v1::trace_service_server::{TraceService, TraceServiceServer};
+    use opentelemetry_proto::tonic::collector::trace::v1::{ExportTraceServiceRequest, ExportTraceServiceResponse};
+    use opentelemetry_proto::tonic::trace::v1::Span;
+
+    /// An in-process OTLP/gRPC collector that keeps every span it receives.
+    #[derive(Clone, Default)]
+    pub struct Collector {
+        pub spans: Arc<Mutex<Vec<Span>>>,
+    }
+
+    #[tonic::async_trait]
+    impl TraceService for Collector {
+        async fn export(
+            &self,
+            req: tonic::Request<ExportTraceServiceRequest>,
+        ) -> Result<tonic::Response<ExportTraceServiceResponse>, tonic::Status> {
+            let mut spans = self.spans.lock().unwrap();
+            for rs in req.into_inner().resource_spans {
+                for ss in rs.scope_spans {
+                    spans.extend(ss.spans);
+                }
+            }
+            Ok(tonic::Response::new(ExportTraceServiceResponse { partial_success: None }))
+        }
+    }
+
+    /// Starts it on a free port; returns its address.
+    pub async fn start(c: Collector) -> std::net::SocketAddr {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        tokio::spawn(
+            tonic::transport::Server::builder()
+                .add_service(TraceServiceServer::new(c))
+                .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(listener)),
+        );
+        addr
+    }
+}
+
+fn attr(span: &opentelemetry_proto::tonic::trace::v1::Span, key: &str) -> Option<String> {
+    use opentelemetry_proto::tonic::common::v1::any_value::Value;
+    span.attributes.iter().find(|a| a.key == key).and_then(|a| match a.value.as_ref()?.value.as_ref()? {
+        Value::StringValue(s) => Some(s.clone()),
+        other => Some(format!("{other:?}")),
+    })
+}
+
+#[tokio::test]
+async fn otlp_export_continues_the_callers_trace_and_step_spans_carry_onboarding_and_provider() {
+    let c = collector::Collector::default();
+    let addr = collector::start(c.clone()).await;
+    let config = format!("{FAST_ENGINE}[sandbox]\nenabled = true\n[telemetry]\notlp_endpoint = \"http://{addr}\"\n");
+    let server = Server::start(&config, &[("OTEL_BSP_SCHEDULE_DELAY", "200")]);
+    let channel = server.channel().await;
+    let trace_id = "4bf92f3577b34da6a3ce929d0e0e4736";
+    let parent_id = "00f067aa0ba902b7";
+    let mut req = with_key(gupshup_link("sandbox-gupshup", "Traced Shop"), &server.key);
+    req.metadata_mut().insert("traceparent", format!("00-{trace_id}-{parent_id}-01").parse().unwrap());
+    let o = pb::onboarding_service_client::OnboardingServiceClient::new(channel.clone())
+        .create_onboarding(req)
+        .await
+        .expect("create")
+        .into_inner();
+    let id = o.name.trim_start_matches("onboardings/").to_string();
+    wait_state(&channel, &server.key, &o.name, pb::OnboardingState::Live).await;
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let (call, step) = loop {
+        {
+            let spans = c.spans.lock().unwrap();
+            let call = spans
+                .iter()
+                .find(|s| hex::encode(&s.trace_id) == trace_id && s.name == "grpc")
+                .map(|s| (hex::encode(&s.parent_span_id), attr(s, "method")));
+            let step = spans
+                .iter()
+                .find(|s| s.name == "step" && attr(s, "onboarding").as_deref() == Some(id.as_str()))
+                .map(|s| attr(s, "provider"));
+            if let (Some(call), Some(step)) = (call.clone(), step.clone()) {
+                break (call, step);
+            }
+            assert!(
+                Instant::now() < deadline,
+                "spans not exported within 60 s (call: {call:?}, step: {step:?}, {} spans)",
+                spans.len()
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    assert_eq!(call.0, parent_id, "the call's span is a child of the caller's span");
+    assert_eq!(call.1.as_deref(), Some("/wa.onboard.v1.OnboardingService/CreateOnboarding"));
+    assert_eq!(step.as_deref(), Some("gupshup"));
+    server.stop();
+}
+
+#[tokio::test]
+async fn an_unreachable_otlp_endpoint_does_not_stop_the_server_and_a_malformed_one_is_a_config_error() {
+    // Nothing listens on port 9 (discard) here: exports fail, the service works.
+    let config = format!("{FAST_ENGINE}[telemetry]\notlp_endpoint = \"http://127.0.0.1:9\"\n");
+    let server = Server::start(&config, &[]);
+    let channel = server.channel().await;
+    let mut providers = pb::provider_service_client::ProviderServiceClient::new(channel);
+    providers.list_providers(with_key(pb::ListProvidersRequest {}, &server.key)).await.expect("serves");
+    let logs = server.stop();
+    assert!(logs.contains("Exporting traces over OTLP"), "export was not enabled:\n{logs}");
+
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = dir.path().join("c.toml");
+    std::fs::write(&cfg, "[telemetry]\notlp_endpoint = \"collector:4317\"\n").unwrap();
+    let out = bin().arg("--config").arg(&cfg).arg("--data-dir").arg(dir.path()).arg("serve").output().unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("telemetry.otlp_endpoint"));
+}
+
+// ----- API keys without a restart -----
+
+#[tokio::test]
+async fn keys_from_the_config_file_and_the_cli_work_and_are_revoked_while_the_server_runs() {
+    let gen_key = || {
+        let out = bin().args(["tenant", "gen-key"]).output().expect("gen-key");
+        assert!(out.status.success());
+        let text = String::from_utf8_lossy(&out.stdout).to_string();
+        let field = |name: &str| {
+            text.lines().find_map(|l| l.strip_prefix(name)).map(|v| v.trim().to_string()).expect("gen-key output")
+        };
+        (field("key "), field("key_sha256 "))
+    };
+    let (key_a, hash_a) = gen_key();
+    let (key_b, _) = gen_key();
+    assert!(key_a.starts_with("wao_") && hash_a.len() == 64);
+    let keys_config = |entries: &str| format!("{FAST_ENGINE}[auth]\nreload_secs = 1\nkeys = [{entries}]\n");
+    let server = Server::start(&keys_config(&format!("{{ tenant = \"billing\", key_sha256 = \"{hash_a}\" }}")), &[]);
+    let channel = server.channel().await;
+    let list = |key: String| {
+        let channel = channel.clone();
+        async move {
+            pb::account_service_client::AccountServiceClient::new(channel)
+                .list_accounts(with_key(pb::ListAccountsRequest::default(), &key))
+                .await
+                .map(|_| ())
+                .map_err(|e| e.code())
+        }
+    };
+    let until = |want: Result<(), tonic::Code>, key: String, what: &'static str| {
+        let list = list.clone();
+        async move {
+            let deadline = Instant::now() + Duration::from_secs(60);
+            loop {
+                let got = list(key.clone()).await;
+                if got == want {
+                    return;
+                }
+                assert!(Instant::now() < deadline, "{what}: still {got:?} after 60 s");
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+        }
+    };
+    assert_eq!(list(key_a.clone()).await, Ok(()), "a configured key works from the start");
+    assert_eq!(list(key_b.clone()).await, Err(tonic::Code::Unauthenticated));
+    // Edit the file: B (plain, e.g. from a Secret) added, A removed.
+    let cfg = server.dir.path().join("wa-onboard.toml");
+    std::fs::write(&cfg, keys_config(&format!("{{ tenant = \"billing\", key = \"{key_b}\" }}"))).unwrap();
+    until(Ok(()), key_b.clone(), "added key").await;
+    until(Err(tonic::Code::Unauthenticated), key_a.clone(), "removed key").await;
+    // A broken edit keeps the current keys.
+    std::fs::write(&cfg, "[auth]\nkeys = \"not a list\"\n").unwrap();
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert_eq!(list(key_b.clone()).await, Ok(()), "a broken config file dropped the keys");
+
+    // The CLI on the same store: a new tenant's key works at once, revoked within seconds.
+    let data = server.dir.path().to_path_buf();
+    let out = bin().arg("--data-dir").arg(&data).args(["tenant", "create", "crm"]).output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let text = String::from_utf8_lossy(&out.stdout).to_string();
+    let cli_key = text.split_whitespace().find(|w| w.starts_with("wao_")).expect("key printed").to_string();
+    let key_id = text.lines().find(|l| l.starts_with("API key")).and_then(|l| l.split_whitespace().nth(2)).unwrap();
+    until(Ok(()), cli_key.clone(), "CLI key").await;
+    let out = bin().arg("--data-dir").arg(&data).args(["tenant", "revoke-key", key_id]).output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    until(Err(tonic::Code::Unauthenticated), cli_key, "revoked CLI key").await;
+    let logs = server.stop();
+    for k in [&key_a, &key_b] {
+        assert!(!logs.contains(k.as_str()), "an API key is in the logs");
     }
 }
