@@ -459,7 +459,7 @@ impl Settings {
             return Err(ConfigError("security.encryption_key_id must not be empty".into()));
         }
         let tls = &self.server.tls;
-        if tls.enabled() != !tls.key_file.as_os_str().is_empty() {
+        if tls.enabled() == tls.key_file.as_os_str().is_empty() {
             return Err(ConfigError("server.tls.cert_file and server.tls.key_file must be set together".into()));
         }
         if !tls.enabled() && !tls.client_ca_file.as_os_str().is_empty() {

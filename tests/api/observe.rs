@@ -699,18 +699,15 @@ async fn keys_from_the_config_file_and_the_cli_work_and_are_revoked_while_the_se
                 .map_err(|e| e.code())
         }
     };
-    let until = |want: Result<(), tonic::Code>, key: String, what: &'static str| {
-        let list = list.clone();
-        async move {
-            let deadline = Instant::now() + Duration::from_secs(60);
-            loop {
-                let got = list(key.clone()).await;
-                if got == want {
-                    return;
-                }
-                assert!(Instant::now() < deadline, "{what}: still {got:?} after 60 s");
-                tokio::time::sleep(Duration::from_millis(200)).await;
+    let until = |want: Result<(), tonic::Code>, key: String, what: &'static str| async move {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            let got = list(key.clone()).await;
+            if got == want {
+                return;
             }
+            assert!(Instant::now() < deadline, "{what}: still {got:?} after 60 s");
+            tokio::time::sleep(Duration::from_millis(200)).await;
         }
     };
     assert_eq!(list(key_a.clone()).await, Ok(()), "a configured key works from the start");
