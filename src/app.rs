@@ -89,6 +89,8 @@ pub async fn start_with(
     providers: Option<crate::providers::ProviderRegistry>,
 ) -> Result<Running, StartError> {
     let settings = Arc::new(settings);
+    crate::telemetry::metrics::install();
+    let tls = tls_config(&settings.server.tls)?;
     let grpc_listener = bind("server.grpc_addr", &settings.server.grpc_addr).await?;
     let webhook_listener = bind("server.webhook_addr", &settings.server.webhook_addr).await?;
     let metrics_listener = bind("server.metrics_addr", &settings.server.metrics_addr).await?;
@@ -100,6 +102,7 @@ pub async fn start_with(
         .map_err(|e| StartError::Other(format!("server.data_dir '{}': {e}", settings.server.data_dir.display())))?;
     let url = settings.database_url();
     let store = store::open(&url).await.map_err(|source| StartError::Store { url: store::redact_url(&url), source })?;
+    let store = crate::telemetry::store::MeteredStore::wrap(store);
     let keys = settings.encryption_keys()?;
     let cipher = Cipher::new(&settings.security.encryption_key_id, &keys)
         .map_err(|e| StartError::Other(format!("security: {e}")))?;
@@ -168,8 +171,22 @@ pub async fn start_with(
     let mut tasks = Vec::new();
     tasks.push(tokio::spawn(bus.run(store.subscribe())));
 
-    let (router, reporter) = crate::grpc::router(core.clone(), shutdown_rx.clone())
-        .map_err(|e| StartError::Other(format!("reflection: {e}")))?;
+    let config_keys = crate::core::tenants::ConfigKeys::default();
+    load_config_keys(store.as_ref(), &settings.auth.keys, &config_keys)
+        .await
+        .map_err(|e| StartError::Other(format!("auth.keys: {}", e.message)))?;
+    if let Some(file) = settings.source.clone() {
+        tasks.push(tokio::spawn(reload_keys_loop(
+            store.clone(),
+            file,
+            config_keys.clone(),
+            Duration::from_secs(settings.auth.reload_secs.max(1)),
+            shutdown_rx.clone(),
+        )));
+    }
+    let authenticator = crate::core::tenants::Authenticator::with_config_keys(store.clone(), config_keys);
+    let (router, reporter) = crate::grpc::router(core.clone(), shutdown_rx.clone(), authenticator, tls)
+        .map_err(|e| StartError::Other(e.to_string()))?;
     // Health: overall and per service, NOT_SERVING while the store does not answer.
     tasks.push(tokio::spawn(health_loop(
         store.clone(),
@@ -187,7 +204,17 @@ pub async fn start_with(
     if settings.engine.enabled {
         tasks.push(tokio::spawn(core.clone().run_engine(shutdown_rx.clone())));
     }
-    tasks.push(tokio::spawn(serve_plain_http(metrics_listener, "metrics", shutdown_rx.clone())));
+    tasks.push(tokio::spawn(serve_router(
+        metrics_listener,
+        crate::telemetry::metrics::router(),
+        "metrics",
+        shutdown_rx.clone(),
+    )));
+    tasks.push(tokio::spawn(crate::telemetry::metrics::gauge_loop(
+        store.clone(),
+        Duration::from_secs(settings.telemetry.gauge_refresh_secs.max(1)),
+        shutdown_rx.clone(),
+    )));
 
     let incoming = tokio_stream::wrappers::TcpListenerStream::new(grpc_listener);
     let mut grpc_shutdown = shutdown_rx.clone();
@@ -327,11 +354,118 @@ async fn health_loop(
     }
 }
 
-/// A minimal HTTP listener (to be replaced by the metrics endpoint): answers `/healthz` so
-/// the port is live and probes work.
-async fn serve_plain_http(listener: TcpListener, what: &'static str, shutdown: watch::Receiver<bool>) {
-    let app = axum::Router::new().route("/healthz", axum::routing::get(|| async { "ok" }));
-    serve_router(listener, app, what, shutdown).await
+/// The gRPC TLS configuration from `server.tls`, if enabled.
+fn tls_config(tls: &crate::config::TlsSettings) -> Result<Option<tonic::transport::ServerTlsConfig>, StartError> {
+    use tonic::transport::{Certificate, Identity, ServerTlsConfig};
+    if !tls.enabled() {
+        return Ok(None);
+    }
+    let read = |key: &str, path: &std::path::Path| {
+        std::fs::read(path).map_err(|e| StartError::Other(format!("{key} = '{}': {e}", path.display())))
+    };
+    let cert = read("server.tls.cert_file", &tls.cert_file)?;
+    let key = read("server.tls.key_file", &tls.key_file)?;
+    let mut config = ServerTlsConfig::new().identity(Identity::from_pem(cert, key));
+    if !tls.client_ca_file.as_os_str().is_empty() {
+        let ca = read("server.tls.client_ca_file", &tls.client_ca_file)?;
+        config = config.client_ca_root(Certificate::from_pem(ca)).client_auth_optional(false);
+    }
+    Ok(Some(config))
+}
+
+/// Resolves the config-file keys to tenants (creating missing tenants) and replaces the
+/// live set in `into`.
+async fn load_config_keys(
+    store: &dyn Store,
+    keys: &[crate::config::ConfigKey],
+    into: &crate::core::tenants::ConfigKeys,
+) -> Result<(), crate::error::AppError> {
+    use crate::core::tenants;
+    use crate::store::{StoreError, TenantRecord};
+    let mut map = std::collections::HashMap::new();
+    for k in keys {
+        let hash = k.hash().map_err(|e| crate::error::AppError::invalid("auth.keys", e.0))?;
+        let tenant = match store.tenant_by_name(&k.tenant).await? {
+            Some(t) => t,
+            None => {
+                tenants::validate_name(&k.tenant)?;
+                let t = TenantRecord {
+                    id: crate::domain::new_id(),
+                    name: k.tenant.clone(),
+                    created_ms: crate::domain::now_ms(),
+                };
+                match store.create_tenant(&t).await {
+                    Ok(()) => {
+                        tracing::info!(tenant = %t.name, "Tenant created for a configured API key.");
+                        t
+                    }
+                    Err(StoreError::AlreadyExists(_)) => tenants::tenant_by_name(store, &k.tenant).await?,
+                    Err(e) => return Err(e.into()),
+                }
+            }
+        };
+        map.insert(hash, tenant.id);
+    }
+    let n = map.len();
+    *into.write().unwrap_or_else(|e| e.into_inner()) = map;
+    tracing::debug!(keys = n, "Configured API keys loaded.");
+    Ok(())
+}
+
+/// Re-reads `auth.keys` from the config file every `every` and on SIGHUP. A file that no
+/// longer parses keeps the current keys (and says why).
+async fn reload_keys_loop(
+    store: Arc<dyn Store>,
+    file: std::path::PathBuf,
+    keys: crate::core::tenants::ConfigKeys,
+    every: Duration,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    #[cfg(unix)]
+    let mut hup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()).ok();
+    let mut last: Option<Vec<(String, String, bool)>> = None;
+    loop {
+        #[cfg(unix)]
+        let hangup = async {
+            match hup.as_mut() {
+                Some(s) => {
+                    s.recv().await;
+                }
+                None => std::future::pending().await,
+            }
+        };
+        #[cfg(not(unix))]
+        let hangup = std::future::pending::<()>();
+        tokio::select! {
+            _ = tokio::time::sleep(every) => {}
+            _ = hangup => {}
+            _ = shutdown.changed() => return,
+        }
+        match Settings::load(Some(&file), &crate::config::Overrides::default()) {
+            Ok(s) => {
+                // Only a change is worth a store round trip per key.
+                let fingerprint: Vec<(String, String, bool)> = s
+                    .auth
+                    .keys
+                    .iter()
+                    .map(|k| (k.tenant.clone(), hex::encode(k.hash().unwrap_or_default()), k.key.is_empty()))
+                    .collect();
+                if last.as_ref() == Some(&fingerprint) {
+                    continue;
+                }
+                match load_config_keys(store.as_ref(), &s.auth.keys, &keys).await {
+                    Ok(()) => {
+                        tracing::info!(keys = s.auth.keys.len(), "Configured API keys reloaded.");
+                        last = Some(fingerprint);
+                    }
+                    Err(e) => {
+                        tracing::warn!(error = %e.message, "Configured API keys not reloaded; keeping the current ones.")
+                    }
+                }
+            }
+            Err(e) => tracing::warn!(error = %e, "Config file not reloaded; keeping the current API keys."),
+        }
+    }
 }
 
 /// Serves an axum router until shutdown.

@@ -31,6 +31,13 @@ pub struct Settings {
     pub streams: StreamSettings,
     /// Pipeline engine.
     pub engine: EngineSettings,
+    /// Metrics and trace export.
+    pub telemetry: TelemetrySettings,
+    /// API keys declared in the config file (re-read while the server runs).
+    pub auth: AuthSettings,
+    /// The config file these settings were read from, if any (re-read for `auth.keys`).
+    #[serde(skip)]
+    pub source: Option<PathBuf>,
 }
 
 /// Listeners and process settings.
@@ -53,6 +60,122 @@ pub struct ServerSettings {
     pub shutdown_grace_secs: u64,
     /// Seconds between store health probes.
     pub health_probe_secs: u64,
+    /// TLS (and mutual TLS) for the gRPC port.
+    pub tls: TlsSettings,
+}
+
+/// TLS for the gRPC listener. Plaintext when `cert_file` is empty.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct TlsSettings {
+    /// Server certificate chain, PEM. Set with `key_file` to serve gRPC over TLS only.
+    pub cert_file: PathBuf,
+    /// The certificate's private key, PEM.
+    pub key_file: PathBuf,
+    /// CA certificates (PEM) that sign client certificates. Set: mutual TLS, every client
+    /// must present a certificate from this CA (API keys are still required).
+    pub client_ca_file: PathBuf,
+}
+
+impl TlsSettings {
+    /// True when the gRPC port serves TLS.
+    pub fn enabled(&self) -> bool {
+        !self.cert_file.as_os_str().is_empty()
+    }
+}
+
+/// Metrics and OpenTelemetry trace export.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct TelemetrySettings {
+    /// OTLP/gRPC collector endpoint (e.g. `http://otel-collector:4317`); empty: no export.
+    pub otlp_endpoint: String,
+    /// `service.name` of exported spans.
+    pub service_name: String,
+    /// Share of new traces sampled (0.0 to 1.0); a sampled incoming `traceparent` is
+    /// always followed.
+    pub sample_ratio: f64,
+    /// Seconds between refreshes of the onboardings-by-state gauge from the store.
+    pub gauge_refresh_secs: u64,
+}
+
+impl Default for TelemetrySettings {
+    fn default() -> Self {
+        Self {
+            otlp_endpoint: String::new(),
+            service_name: "wa-onboard".into(),
+            sample_ratio: 1.0,
+            gauge_refresh_secs: 15,
+        }
+    }
+}
+
+/// API keys from the config file, beside the ones in the store (`wa-onboard tenant ...`).
+/// The file is re-read every `reload_secs` (and on SIGHUP): a key added there works, and a
+/// key removed from it is refused, without a restart.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct AuthSettings {
+    /// The keys.
+    pub keys: Vec<ConfigKey>,
+    /// Seconds between re-reads of the config file.
+    pub reload_secs: u64,
+}
+
+impl Default for AuthSettings {
+    fn default() -> Self {
+        Self { keys: Vec::new(), reload_secs: 5 }
+    }
+}
+
+/// One API key declared in the config: its tenant (created if missing) and either the
+/// SHA-256 of the key (hex, what `wa-onboard tenant hash-key` prints) or the key itself
+/// (from an environment variable or a mounted Secret).
+#[derive(Clone, Default, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ConfigKey {
+    /// Tenant name.
+    pub tenant: String,
+    /// Hex SHA-256 of the key.
+    pub key_sha256: String,
+    /// The key itself (`wao_...`).
+    #[serde(serialize_with = "ser_redacted")]
+    pub key: String,
+}
+
+impl std::fmt::Debug for ConfigKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ConfigKey")
+            .field("tenant", &self.tenant)
+            .field("key_sha256", &self.key_sha256)
+            .field("key", &if self.key.is_empty() { "" } else { "[REDACTED]" })
+            .finish()
+    }
+}
+
+impl ConfigKey {
+    /// The key's SHA-256, as stored and looked up.
+    pub fn hash(&self) -> Result<Vec<u8>, ConfigError> {
+        match (self.key.is_empty(), self.key_sha256.is_empty()) {
+            (false, true) if self.key.starts_with(crate::core::tenants::KEY_PREFIX) => {
+                Ok(crate::core::tenants::hash_key(&self.key))
+            }
+            (false, true) => Err(ConfigError(format!(
+                "auth.keys (tenant '{}'): key must start with '{}'",
+                self.tenant,
+                crate::core::tenants::KEY_PREFIX
+            ))),
+            (true, false) => match hex::decode(self.key_sha256.trim()) {
+                Ok(h) if h.len() == 32 => Ok(h),
+                _ => {
+                    Err(ConfigError(format!("auth.keys (tenant '{}'): key_sha256 must be 64 hex digits", self.tenant)))
+                }
+            },
+            _ => {
+                Err(ConfigError(format!("auth.keys (tenant '{}'): set exactly one of key_sha256 and key", self.tenant)))
+            }
+        }
+    }
 }
 
 impl Default for ServerSettings {
@@ -66,6 +189,7 @@ impl Default for ServerSettings {
             log_format: "text".into(),
             shutdown_grace_secs: 10,
             health_probe_secs: 2,
+            tls: TlsSettings::default(),
         }
     }
 }
@@ -280,6 +404,7 @@ impl Settings {
         if let Some(v) = &overrides.log_format {
             s.server.log_format = v.clone();
         }
+        s.source = file.map(Path::to_path_buf);
         s.validate()?;
         Ok(s)
     }
@@ -341,6 +466,36 @@ impl Settings {
         }
         if self.security.encryption_key_id.is_empty() {
             return Err(ConfigError("security.encryption_key_id must not be empty".into()));
+        }
+        let tls = &self.server.tls;
+        if tls.enabled() == tls.key_file.as_os_str().is_empty() {
+            return Err(ConfigError("server.tls.cert_file and server.tls.key_file must be set together".into()));
+        }
+        if !tls.enabled() && !tls.client_ca_file.as_os_str().is_empty() {
+            return Err(ConfigError("server.tls.client_ca_file needs server.tls.cert_file and key_file".into()));
+        }
+        let t = &self.telemetry;
+        if !t.otlp_endpoint.is_empty() {
+            match url::Url::parse(&t.otlp_endpoint) {
+                Ok(u) if matches!(u.scheme(), "http" | "https") && u.host().is_some() => {}
+                _ => {
+                    return Err(ConfigError(format!(
+                        "telemetry.otlp_endpoint = '{}' must be an http:// or https:// URL",
+                        t.otlp_endpoint
+                    )));
+                }
+            }
+        }
+        if !(0.0..=1.0).contains(&t.sample_ratio) {
+            return Err(ConfigError("telemetry.sample_ratio must be between 0.0 and 1.0".into()));
+        }
+        if t.gauge_refresh_secs == 0 || self.auth.reload_secs == 0 {
+            return Err(ConfigError("telemetry.gauge_refresh_secs and auth.reload_secs must be at least 1".into()));
+        }
+        for k in &self.auth.keys {
+            crate::core::tenants::validate_name(&k.tenant)
+                .map_err(|e| ConfigError(format!("auth.keys: tenant '{}': {}", k.tenant, e.message)))?;
+            k.hash()?;
         }
         Ok(())
     }

@@ -84,6 +84,9 @@ enum TenantCommand {
         /// Key id (from `tenant list`).
         key_id: String,
     },
+    /// Prints a new random API key and its SHA-256, for `auth.keys` in the config file
+    /// (`key_sha256`); nothing is stored.
+    GenKey,
 }
 
 fn main() -> ExitCode {
@@ -117,13 +120,21 @@ async fn run(cli: Cli) -> Result<(), String> {
         overrides.metrics_addr = metrics_addr.clone();
     }
     let settings = Settings::load(cli.config.as_deref(), &overrides).map_err(|e| e.to_string())?;
-    wa_onboard::telemetry::init(&settings.server.log_format);
+    if !matches!(cli.command, Command::Serve { .. }) {
+        wa_onboard::telemetry::init(&settings.server.log_format);
+    }
     match cli.command {
         Command::Version => {
             println!("wa-onboard {}", env!("CARGO_PKG_VERSION"));
             Ok(())
         }
-        Command::Serve { .. } => serve(settings).await,
+        Command::Serve { .. } => {
+            let telemetry = wa_onboard::telemetry::init_with(&settings.server.log_format, &settings.telemetry);
+            let r = serve(settings).await;
+            // Flushing the span exporter blocks: off the async workers.
+            let _ = tokio::task::spawn_blocking(move || drop(telemetry)).await;
+            r
+        }
         Command::Migrate => {
             let url = settings.database_url();
             ensure_data_dir(&settings)?;
@@ -200,6 +211,14 @@ async fn wait_for_signal() {
 
 async fn tenant(settings: Settings, command: TenantCommand) -> Result<(), String> {
     use wa_onboard::core::tenants;
+    if let TenantCommand::GenKey = command {
+        let key = tenants::generate_key();
+        // Printed on purpose: the operator hands the key to the client and puts the hash in
+        // the config file.
+        println!("key         {}", key.expose());
+        println!("key_sha256  {}", hex::encode(tenants::hash_key(key.expose())));
+        return Ok(());
+    }
     ensure_data_dir(&settings)?;
     let store = wa_onboard::store::open(&settings.database_url()).await.map_err(|e| e.to_string())?;
     let store = store.as_ref();
@@ -231,6 +250,7 @@ async fn tenant(settings: Settings, command: TenantCommand) -> Result<(), String
                 return Err(format!("no active key with id {id}"));
             }
         }
+        TenantCommand::GenKey => {}
     }
     Ok(())
 }

@@ -233,7 +233,8 @@ impl Core {
             let core = self.clone();
             tokio::spawn(async move {
                 let (id, name) = (step.onboarding_id.clone(), step.name.clone());
-                let span = tracing::info_span!("step", onboarding = %id, step = %name);
+                let span =
+                    tracing::info_span!("step", onboarding = %id, step = %name, provider = tracing::field::Empty);
                 if let Err(e) = core.process_step(step).instrument(span).await {
                     tracing::warn!(onboarding = %id, step = %name, error = %e.message, "Step processing failed; its lease will lapse and it will be retried.");
                 }
@@ -248,6 +249,7 @@ impl Core {
         let Some(o) = self.store.onboarding_unscoped(&step.onboarding_id).await? else {
             return Ok(());
         };
+        tracing::Span::current().record("provider", tracing::field::display(o.provider));
         if o.state.is_terminal() {
             return self.finish_orphan_step(step, StepState::Skipped, "the onboarding is already finished").await;
         }
@@ -328,7 +330,9 @@ impl Core {
                 }
             }
         });
+        let started = std::time::Instant::now();
         let r = provider.run_step(ctx, run).await;
+        crate::telemetry::metrics::step_run(provider.kind(), &run.name, r.is_ok(), started.elapsed());
         renewer.abort();
         match r {
             Ok(o) => RunResult::Outcome(o),

@@ -132,11 +132,16 @@ pub async fn ensure_dev_tenant(
 /// Key hash to (tenant or none, when looked up).
 type KeyCache = HashMap<Vec<u8>, (Option<TenantId>, Instant)>;
 
+/// API keys declared in the config file: key hash to tenant. Replaced as a whole when the
+/// file is re-read; checked before the store, without caching.
+pub type ConfigKeys = Arc<std::sync::RwLock<HashMap<Vec<u8>, TenantId>>>;
+
 /// Resolves API keys to tenants, with a short positive and negative cache.
 #[derive(Clone)]
 pub struct Authenticator {
     store: Arc<dyn Store>,
     cache: Arc<Mutex<KeyCache>>,
+    config_keys: ConfigKeys,
 }
 
 impl std::fmt::Debug for Authenticator {
@@ -148,7 +153,12 @@ impl std::fmt::Debug for Authenticator {
 impl Authenticator {
     /// A new authenticator over the store.
     pub fn new(store: Arc<dyn Store>) -> Self {
-        Self { store, cache: Arc::default() }
+        Self::with_config_keys(store, ConfigKeys::default())
+    }
+
+    /// A new authenticator that also accepts the (live-updated) config-file keys.
+    pub fn with_config_keys(store: Arc<dyn Store>, config_keys: ConfigKeys) -> Self {
+        Self { store, cache: Arc::default(), config_keys }
     }
 
     /// The tenant owning `key`, or `UNAUTHENTICATED`.
@@ -158,6 +168,10 @@ impl Authenticator {
             return Err(unauth());
         }
         let hash = hash_key(key);
+        let declared = self.config_keys.read().unwrap_or_else(|e| e.into_inner()).get(&hash).cloned();
+        if let Some(tenant) = declared {
+            return Ok(tenant);
+        }
         let cached = {
             let cache = self.cache.lock().unwrap_or_else(|e| e.into_inner());
             cache.get(&hash).filter(|(_, at)| at.elapsed() < CACHE_TTL).map(|(t, _)| t.clone())

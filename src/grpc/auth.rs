@@ -92,6 +92,7 @@ where
         let path = req.uri().path().to_string();
         let span =
             tracing::info_span!("grpc", method = %path, request_id = %request_id, tenant = tracing::field::Empty);
+        crate::telemetry::set_remote_parent(&span, req.headers());
         Box::pin(
             async move {
                 let started = Instant::now();

@@ -28,16 +28,30 @@ pub const SERVICE_NAMES: [&str; 7] = [
     "wa.onboard.v1.ProviderService",
 ];
 
-/// Builds the router with every service, health, reflection v1 and v1alpha, and the auth
-/// and request-id layer.
+/// The layers in front of every route: metrics (outermost, so refused calls count), then
+/// auth and request ids.
+pub type Layers = Stack<auth::AuthLayer, Stack<crate::telemetry::grpc::GrpcMetricsLayer, Identity>>;
+
+/// Why the gRPC router could not be built.
+#[derive(Debug, thiserror::Error)]
+pub enum RouterError {
+    /// Reflection descriptors.
+    #[error("reflection: {0}")]
+    Reflection(#[from] tonic_reflection::server::Error),
+    /// TLS certificates or keys.
+    #[error("server.tls: {0}")]
+    Tls(#[from] tonic::transport::Error),
+}
+
+/// Builds the router with every service, health, reflection v1 and v1alpha, the metrics
+/// layer and the auth and request-id layer, over TLS when `tls` is given.
 /// Returns the router and the health reporter that flips serving status.
 pub fn router(
     core: Core,
     shutdown: tokio::sync::watch::Receiver<bool>,
-) -> Result<
-    (Router<Stack<auth::AuthLayer, Identity>>, tonic_health::server::HealthReporter),
-    tonic_reflection::server::Error,
-> {
+    authenticator: Authenticator,
+    tls: Option<tonic::transport::ServerTlsConfig>,
+) -> Result<(Router<Layers>, tonic_health::server::HealthReporter), RouterError> {
     let (reporter, health) = tonic_health::server::health_reporter();
     let reflection = || {
         tonic_reflection::server::Builder::configure()
@@ -47,11 +61,22 @@ pub fn router(
     };
     let reflection_v1 = reflection().build_v1()?;
     let reflection_v1alpha = reflection().build_v1alpha()?;
-    let auth = auth::AuthLayer::new(Authenticator::new(core.store.clone()));
+    let auth = auth::AuthLayer::new(authenticator);
+    let metrics = crate::telemetry::grpc::GrpcMetricsLayer::new(&[
+        pb::FILE_DESCRIPTOR_SET,
+        tonic_health::pb::FILE_DESCRIPTOR_SET,
+        tonic_reflection::pb::v1::FILE_DESCRIPTOR_SET,
+        tonic_reflection::pb::v1alpha::FILE_DESCRIPTOR_SET,
+    ]);
     let s = Services::new(core, shutdown);
-    let router = tonic::transport::Server::builder()
+    let mut server = tonic::transport::Server::builder();
+    if let Some(tls) = tls {
+        server = server.tls_config(tls)?;
+    }
+    let router = server
         .http2_keepalive_interval(Some(std::time::Duration::from_secs(20)))
         .http2_keepalive_timeout(Some(std::time::Duration::from_secs(10)))
+        .layer(metrics)
         .layer(auth)
         .add_service(health)
         .add_service(reflection_v1)

@@ -31,7 +31,15 @@ async fn receive(
     Path((provider, account, secret)): Path<(String, String, String)>,
     body: Bytes,
 ) -> Response {
-    match core.ingest_webhook(&provider, &account, &secret, &body).await {
+    let result = core.ingest_webhook(&provider, &account, &secret, &body).await;
+    match &result {
+        Ok(intake) => {
+            crate::telemetry::metrics::webhook_events(&provider, "received", intake.accepted);
+            crate::telemetry::metrics::webhook_events(&provider, "duplicate", intake.duplicates);
+        }
+        Err(_) => crate::telemetry::metrics::webhook_events(&provider, "rejected", 1),
+    }
+    match result {
         Ok(intake) => (
             StatusCode::OK,
             axum::Json(serde_json::json!({"accepted": intake.accepted, "duplicates": intake.duplicates})),

@@ -9,5 +9,7 @@ mod capabilities;
 mod engine;
 mod gupshup;
 mod health_shutdown;
+mod observe;
+mod tls;
 mod watch;
 mod whapi;

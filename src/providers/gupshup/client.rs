@@ -341,6 +341,7 @@ impl Client {
             Err(e) => {
                 let outcome = classify_transport(&e, idempotent);
                 tracing::debug!(class, %method, url, elapsed_ms, outcome = ?outcome, "Provider call.");
+                crate::telemetry::metrics::provider_call(&class, &outcome, started.elapsed());
                 return Err(match outcome {
                     Outcome::Retry { after, reason } => {
                         HttpFailure::Retryable { class, url, status: None, after, reason }
@@ -357,6 +358,7 @@ impl Client {
         let outcome = classify(raw.status, &raw.headers, &raw.body, idempotent, &GupshupErrors);
         let status = Some(raw.status.as_u16());
         tracing::debug!(class, %method, url, status, elapsed_ms, outcome = ?outcome, "Provider call.");
+        crate::telemetry::metrics::provider_call(&class, &outcome, started.elapsed());
         match outcome {
             Outcome::Success => Ok(Reply::Ok(raw)),
             Outcome::Retry { after, reason } => Err(HttpFailure::Retryable { class, url, status, after, reason }),

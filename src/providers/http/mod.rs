@@ -349,6 +349,7 @@ impl HttpClient {
             Err(e) => (classify_transport(e, idempotent), None),
         };
         tracing::debug!(class, %method, url, status, elapsed_ms, outcome = ?outcome, "Provider call.");
+        crate::telemetry::metrics::provider_call(class, &outcome, started.elapsed());
         let class = class.to_string();
         match (outcome, result) {
             (Outcome::Success, Ok(r)) => Ok(r),

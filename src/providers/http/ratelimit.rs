@@ -130,6 +130,7 @@ impl RateLimiter {
             })?;
             match slot {
                 None => {
+                    crate::telemetry::metrics::rate_limit_wait(key, started.elapsed());
                     let waited_ms = started.elapsed().as_millis() as u64;
                     if waited_ms > 0 {
                         tracing::debug!(key, waited_ms, "Rate limit slot acquired after waiting.");

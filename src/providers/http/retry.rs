@@ -66,6 +66,7 @@ where
             return Err(failure);
         }
         tracing::debug!(attempt, sleep_ms = sleep.as_millis() as u64, error = %failure, "Retrying provider call.");
+        crate::telemetry::metrics::provider_retry(&failure);
         tokio::time::sleep(sleep).await;
         attempt += 1;
     }
