@@ -9,5 +9,6 @@ mod capabilities;
 mod engine;
 mod gupshup;
 mod health_shutdown;
+mod hosted;
 mod watch;
 mod whapi;
