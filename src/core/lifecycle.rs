@@ -234,19 +234,11 @@ impl Core {
                 external_key: link.token.clone(),
                 data: serde_json::json!({"onboarding_url": link.url, "batch_id": batch}),
             };
-            let mut details = serde_json::Map::new();
-            details.insert("onboarding_url".into(), link.url.clone().into());
-            details.insert("token".into(), link.token.clone().into());
-            details.insert("token_status".into(), "VALID".into());
+            // The adapter's details of a freshly minted link (the same ones its single-link
+            // step reports), plus the batch, which only we know.
+            let mut details: serde_json::Map<String, serde_json::Value> =
+                link.details.iter().map(|(k, v)| (k.clone(), v.clone())).collect();
             details.insert("batch_id".into(), batch.clone().into());
-            if let Some(e) = link.expire_ms {
-                details.insert("link_expire_ms".into(), e.into());
-            }
-            for (k, v) in &link.fields {
-                if k == "customers_remaining" {
-                    details.insert(k.clone(), v.parse::<i64>().map(Into::into).unwrap_or_else(|_| v.clone().into()));
-                }
-            }
             let mut o = OnboardingRecord {
                 id: id.clone(),
                 tenant_id: caller.tenant.clone(),

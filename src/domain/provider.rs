@@ -47,7 +47,7 @@ impl ProviderKind {
         use Capability::*;
         match self {
             Self::Gupshup => {
-                &[CheckCredentials, PartnerToken, LinkApp, AppToken, PipelineStatus, LiveEvent, Subscriptions]
+                &[CheckCredentials, PartnerToken, LinkApp, AppToken, PipelineStatus, LiveEvent, Subscriptions, Lookup]
             }
             Self::Exotel => &[CheckCredentials, HostedLink, BatchLinks, TokenValidation],
             Self::Whapi => &[
@@ -61,6 +61,7 @@ impl ProviderKind {
                 AppToken,
                 Subscriptions,
                 Cancel,
+                Lookup,
             ],
             Self::Digital99 => &[
                 CheckCredentials,
@@ -70,6 +71,7 @@ impl ProviderKind {
                 AccountStatusPolling,
                 PartnerWebhook,
                 Cancel,
+                Lookup,
             ],
         }
     }
@@ -137,6 +139,9 @@ pub enum Capability {
     PartnerWebhook,
     /// An onboarding can be cancelled at the provider.
     Cancel,
+    /// A create with an unknown outcome is looked up and reconciled, never repeated blindly
+    /// (see [`crate::providers::Provider::start_onboarding`]).
+    Lookup,
 }
 
 #[cfg(test)]

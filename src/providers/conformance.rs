@@ -2,6 +2,12 @@
 //! `object_store::integration`). Each adapter's tests call [`run_all`] (or single checks)
 //! with a [`ConformanceHarness`] backed by its simulator. Checks panic with a message on
 //! failure, like assertions.
+//!
+//! Which checks apply follows from the adapter's declared [`Provider::capabilities`], never
+//! from the test picking checks by hand: a check whose capability is not declared reports
+//! [`Verdict::Skipped`] with the reason (e.g. "skipped: no lookup capability"), and a
+//! declared capability must pass its check. [`run_all`] returns a [`Report`] so a test can
+//! pin exactly what was skipped.
 
 use async_trait::async_trait;
 
@@ -19,6 +25,49 @@ pub enum Fault {
     UnknownOutcome,
 }
 
+/// What one check concluded (a failure panics instead).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Verdict {
+    /// The check ran and held.
+    Passed,
+    /// The check does not apply to this adapter; the reason names the missing capability.
+    Skipped(String),
+}
+
+impl Verdict {
+    fn skipped(what: &str) -> Self {
+        Self::Skipped(format!("no {what} capability"))
+    }
+}
+
+impl std::fmt::Display for Verdict {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Passed => f.write_str("passed"),
+            Self::Skipped(why) => write!(f, "skipped: {why}"),
+        }
+    }
+}
+
+/// The verdict of every check of a [`run_all`], in order.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Report {
+    /// `(check name, verdict)`.
+    pub checks: Vec<(&'static str, Verdict)>,
+}
+
+impl Report {
+    /// Names of the checks that ran and held.
+    pub fn passed(&self) -> Vec<&'static str> {
+        self.checks.iter().filter(|(_, v)| *v == Verdict::Passed).map(|(n, _)| *n).collect()
+    }
+
+    /// `(check name, "skipped: reason")` of the checks that did not apply.
+    pub fn skipped(&self) -> Vec<(&'static str, String)> {
+        self.checks.iter().filter(|(_, v)| *v != Verdict::Passed).map(|(n, v)| (*n, v.to_string())).collect()
+    }
+}
+
 /// What an adapter's simulator supplies so the shared checks can drive it.
 #[async_trait]
 pub trait ConformanceHarness: Send + Sync {
@@ -34,12 +83,18 @@ pub trait ConformanceHarness: Send + Sync {
     async fn inject_next_create(&self, fault: Fault);
     /// How many resources the provider has created so far.
     async fn resources_created(&self) -> u64;
-    /// A valid callback body about this resource.
+    /// A valid callback body about this resource (only asked of adapters that declare a
+    /// callback capability; see [`check_callbacks`]).
     fn valid_callback(&self, handle: &ProviderHandle) -> Vec<u8>;
 }
 
 /// Polls allowed to reach `LIVE` after the customer finished.
 const MAX_POLLS: usize = 10;
+
+/// Capabilities through which a provider calls us back: any one makes
+/// [`check_callbacks`] apply.
+pub const CALLBACK_CAPABILITIES: [Capability; 3] =
+    [Capability::LiveEvent, Capability::PartnerWebhook, Capability::Subscriptions];
 
 fn must<T>(r: Result<T, ProviderError>, what: &str) -> T {
     match r {
@@ -48,22 +103,28 @@ fn must<T>(r: Result<T, ProviderError>, what: &str) -> T {
     }
 }
 
+fn has(p: &dyn Provider, c: Capability) -> bool {
+    p.capabilities().contains(&c)
+}
+
 async fn start(p: &dyn Provider, h: &dyn ConformanceHarness, key: &str) -> StartOutcome {
     must(p.start_onboarding(&h.ctx(), &h.valid_start(key)).await, "start_onboarding")
 }
 
 /// Advertised capabilities are a duplicate-free subset of what the provider's API offers.
-pub async fn check_capabilities(p: &dyn Provider, _h: &dyn ConformanceHarness) {
+pub async fn check_capabilities(p: &dyn Provider, _h: &dyn ConformanceHarness) -> Verdict {
     let api = p.kind().capabilities();
     let caps = p.capabilities();
     for (i, c) in caps.iter().enumerate() {
         assert!(api.contains(c), "{:?} advertised but {} offers no such capability", c, p.kind());
         assert!(!caps[..i].contains(c), "{c:?} advertised twice");
     }
+    Verdict::Passed
 }
 
 /// Start yields an open state; after the customer finishes, polling reaches `LIVE`.
-pub async fn check_start_then_poll(p: &dyn Provider, h: &dyn ConformanceHarness) {
+/// Applies to every provider.
+pub async fn check_start_then_poll(p: &dyn Provider, h: &dyn ConformanceHarness) -> Verdict {
     let out = start(p, h, "conf-start-poll").await;
     assert!(!out.handle.external_key.is_empty(), "empty external key");
     assert!(!out.reconciled, "a fresh key must create, not reconcile");
@@ -74,14 +135,18 @@ pub async fn check_start_then_poll(p: &dyn Provider, h: &dyn ConformanceHarness)
         let obs = must(p.poll(&h.ctx(), &out.handle).await, "poll");
         assert!(!obs.raw_status.is_empty(), "observation without raw status");
         if obs.state == Some(OnboardingState::Live) {
-            return;
+            return Verdict::Passed;
         }
     }
     panic!("not LIVE after the customer finished and {MAX_POLLS} polls");
 }
 
-/// After an unknown outcome, starting again with the same key returns the one resource made.
-pub async fn check_idempotent_start_after_unknown_outcome(p: &dyn Provider, h: &dyn ConformanceHarness) {
+/// With [`Capability::Lookup`]: after an unknown outcome, starting again with the same key
+/// returns the one resource made. Skipped without it.
+pub async fn check_idempotent_start_after_unknown_outcome(p: &dyn Provider, h: &dyn ConformanceHarness) -> Verdict {
+    if !has(p, Capability::Lookup) {
+        return Verdict::skipped("lookup");
+    }
     let key = "conf-unknown-outcome";
     let before = h.resources_created().await;
     h.inject_next_create(Fault::UnknownOutcome).await;
@@ -91,14 +156,16 @@ pub async fn check_idempotent_start_after_unknown_outcome(p: &dyn Provider, h: &
     }
     assert_eq!(h.resources_created().await, before + 1, "the create should have happened");
     let again = start(p, h, key).await;
-    assert!(again.reconciled, "the retry must reconcile");
+    assert!(again.reconciled, "the retry must reconcile (the provider declares Lookup)");
     let third = start(p, h, key).await;
     assert_eq!(again.handle.external_key, third.handle.external_key, "same key, different resource");
     assert_eq!(h.resources_created().await, before + 1, "a retry created a second resource");
+    Verdict::Passed
 }
 
-/// 5xx and 429 are retryable; invalid input is `Invalid` and not retryable.
-pub async fn check_error_classification(p: &dyn Provider, h: &dyn ConformanceHarness) {
+/// 5xx and 429 are retryable; invalid input is `Invalid` and not retryable. Applies to
+/// every provider.
+pub async fn check_error_classification(p: &dyn Provider, h: &dyn ConformanceHarness) -> Verdict {
     h.inject_next_create(Fault::ServerError).await;
     match p.start_onboarding(&h.ctx(), &h.valid_start("conf-5xx")).await {
         Err(e @ ProviderError::Retryable { .. }) => assert!(e.is_retryable()),
@@ -115,10 +182,15 @@ pub async fn check_error_classification(p: &dyn Provider, h: &dyn ConformanceHar
     }
     // The faults did not poison the key: a retry succeeds.
     start(p, h, "conf-5xx").await;
+    Verdict::Passed
 }
 
-/// Garbage callbacks are `Malformed` (never a panic); valid ones yield stable dedupe keys.
-pub async fn check_callbacks(p: &dyn Provider, h: &dyn ConformanceHarness) {
+/// With a callback capability ([`CALLBACK_CAPABILITIES`]): garbage callbacks are
+/// `Malformed` (never a panic); valid ones yield stable dedupe keys. Skipped without one.
+pub async fn check_callbacks(p: &dyn Provider, h: &dyn ConformanceHarness) -> Verdict {
+    if !CALLBACK_CAPABILITIES.iter().any(|c| has(p, *c)) {
+        return Verdict::skipped("callback");
+    }
     let out = start(p, h, "conf-callback").await;
     let body = h.valid_callback(&out.handle);
     let truncated = &body[..body.len() / 2];
@@ -139,17 +211,19 @@ pub async fn check_callbacks(p: &dyn Provider, h: &dyn ConformanceHarness) {
     let again = must(p.parse_callback(&body), "parse_callback");
     let keys = |es: &[super::CallbackEvent]| es.iter().map(|e| e.dedupe_key.clone()).collect::<Vec<_>>();
     assert_eq!(keys(&events), keys(&again), "a redelivered body must dedupe");
+    Verdict::Passed
 }
 
-/// Cancel: `NotSupported` without the capability; otherwise it cancels an open onboarding
-/// and refuses a finished one with `Precondition`.
-pub async fn check_cancel(p: &dyn Provider, h: &dyn ConformanceHarness) {
+/// With [`Capability::Cancel`]: cancels an open onboarding and refuses a finished one with
+/// `Precondition`. Without it the check is skipped, after confirming that `cancel` answers
+/// `NotSupported` as the trait contract requires.
+pub async fn check_cancel(p: &dyn Provider, h: &dyn ConformanceHarness) -> Verdict {
     let open = start(p, h, "conf-cancel-open").await;
-    if !p.capabilities().contains(&Capability::Cancel) {
-        match p.cancel(&h.ctx(), &open.handle).await {
-            Err(ProviderError::NotSupported { capability: Capability::Cancel }) => return,
+    if !has(p, Capability::Cancel) {
+        return match p.cancel(&h.ctx(), &open.handle).await {
+            Err(ProviderError::NotSupported { capability: Capability::Cancel }) => Verdict::skipped("cancel"),
             other => panic!("cancel without the capability: expected NotSupported, got {other:?}"),
-        }
+        };
     }
     must(p.cancel(&h.ctx(), &open.handle).await, "cancel open onboarding");
     let done = start(p, h, "conf-cancel-live").await;
@@ -166,17 +240,26 @@ pub async fn check_cancel(p: &dyn Provider, h: &dyn ConformanceHarness) {
         Err(ProviderError::Precondition { .. }) => {}
         other => panic!("cancel once live: expected Precondition, got {other:?}"),
     }
+    Verdict::Passed
 }
 
-/// Every check, in order. Each uses its own idempotency keys, so one provider instance can
-/// run them all.
-pub async fn run_all(p: &dyn Provider, h: &dyn ConformanceHarness) {
-    check_capabilities(p, h).await;
-    check_start_then_poll(p, h).await;
-    check_idempotent_start_after_unknown_outcome(p, h).await;
-    check_error_classification(p, h).await;
-    check_callbacks(p, h).await;
-    check_cancel(p, h).await;
+/// Every check, in order; which apply follows from `p.capabilities()`. Each uses its own
+/// idempotency keys, so one provider instance can run them all. Prints one line per check
+/// (visible with `--nocapture`) and returns the [`Report`].
+pub async fn run_all(p: &dyn Provider, h: &dyn ConformanceHarness) -> Report {
+    let mut report = Report::default();
+    report.checks.push(("capabilities", check_capabilities(p, h).await));
+    report.checks.push(("start_then_poll", check_start_then_poll(p, h).await));
+    report
+        .checks
+        .push(("idempotent_start_after_unknown_outcome", check_idempotent_start_after_unknown_outcome(p, h).await));
+    report.checks.push(("error_classification", check_error_classification(p, h).await));
+    report.checks.push(("callbacks", check_callbacks(p, h).await));
+    report.checks.push(("cancel", check_cancel(p, h).await));
+    for (name, verdict) in &report.checks {
+        eprintln!("conformance {}: {name}: {verdict}", p.kind());
+    }
+    report
 }
 
 #[cfg(test)]
@@ -269,21 +352,113 @@ mod tests {
         MemoryHarness { p: Arc::new(p), events: AtomicU64::new(0) }
     }
 
-    #[tokio::test]
-    async fn memory_provider_with_cancel_passes() {
-        let h = harness(InMemoryProvider::new(ProviderKind::Whapi));
-        run_all(h.p.as_ref(), &h).await;
-        assert!(h.p.polls() > 0);
+    /// An [`InMemoryProvider`] that cannot look anything up: every start creates anew (its
+    /// idempotency key is made unique), as Exotel's mint does. Declares what it is told.
+    #[derive(Debug)]
+    struct NoLookup {
+        inner: Arc<InMemoryProvider>,
+        caps: Vec<Capability>,
+        starts: AtomicU64,
+    }
+
+    #[async_trait]
+    impl Provider for NoLookup {
+        fn kind(&self) -> ProviderKind {
+            self.inner.kind()
+        }
+        fn capabilities(&self) -> &[Capability] {
+            &self.caps
+        }
+        async fn check_credentials(
+            &self,
+            ctx: &CallContext,
+        ) -> Result<crate::providers::CredentialsCheck, ProviderError> {
+            self.inner.check_credentials(ctx).await
+        }
+        async fn start_onboarding(&self, ctx: &CallContext, req: &StartRequest) -> Result<StartOutcome, ProviderError> {
+            let n = self.starts.fetch_add(1, Ordering::Relaxed);
+            let fresh = StartRequest { idempotency_key: format!("{}-{n}", req.idempotency_key), ..req.clone() };
+            self.inner.start_onboarding(ctx, &fresh).await
+        }
+        async fn poll(
+            &self,
+            ctx: &CallContext,
+            handle: &ProviderHandle,
+        ) -> Result<crate::providers::Observation, ProviderError> {
+            self.inner.poll(ctx, handle).await
+        }
+        fn parse_callback(&self, body: &[u8]) -> Result<Vec<crate::providers::CallbackEvent>, ProviderError> {
+            self.inner.parse_callback(body)
+        }
+        async fn cancel(
+            &self,
+            ctx: &CallContext,
+            handle: &ProviderHandle,
+        ) -> Result<crate::providers::CancelOutcome, ProviderError> {
+            self.inner.cancel(ctx, handle).await
+        }
+    }
+
+    fn no_lookup(caps: &[Capability]) -> (MemoryHarness, NoLookup) {
+        let h = harness(InMemoryProvider::new(ProviderKind::Whapi).with_capabilities(caps.to_vec()));
+        let p = NoLookup { inner: h.p.clone(), caps: caps.to_vec(), starts: AtomicU64::new(0) };
+        (h, p)
     }
 
     #[tokio::test]
-    async fn memory_provider_without_cancel_passes() {
+    async fn memory_provider_with_cancel_passes() {
+        let h = harness(InMemoryProvider::new(ProviderKind::Whapi));
+        let report = run_all(h.p.as_ref(), &h).await;
+        assert!(h.p.polls() > 0);
+        assert_eq!(report.skipped(), Vec::<(&str, String)>::new(), "every Whapi capability is declared");
+        assert_eq!(report.passed().len(), 6);
+    }
+
+    #[tokio::test]
+    async fn memory_provider_without_cancel_or_lookup_skips_exactly_those() {
         let h = harness(
             InMemoryProvider::new(ProviderKind::Gupshup)
                 .with_capabilities([Capability::CheckCredentials, Capability::PipelineStatus, Capability::LiveEvent])
                 .with_statuses(["INITIAL", "REVIEW", "PROVISIONING", "LIVE"]),
         );
-        run_all(h.p.as_ref(), &h).await;
+        let report = run_all(h.p.as_ref(), &h).await;
+        assert_eq!(
+            report.skipped(),
+            vec![
+                ("idempotent_start_after_unknown_outcome", "skipped: no lookup capability".to_string()),
+                ("cancel", "skipped: no cancel capability".to_string()),
+            ]
+        );
+        assert_eq!(report.passed(), ["capabilities", "start_then_poll", "error_classification", "callbacks"]);
+    }
+
+    #[tokio::test]
+    async fn a_provider_without_lookup_that_does_not_claim_it_passes() {
+        let (h, p) = no_lookup(&[Capability::CheckCredentials, Capability::ChannelLifecycle, Capability::Cancel]);
+        let report = run_all(&p, &h).await;
+        assert_eq!(
+            report.skipped(),
+            vec![
+                ("idempotent_start_after_unknown_outcome", "skipped: no lookup capability".to_string()),
+                ("callbacks", "skipped: no callback capability".to_string()),
+            ]
+        );
+    }
+
+    #[tokio::test]
+    #[should_panic(expected = "the retry must reconcile")]
+    async fn a_provider_that_claims_lookup_must_reconcile() {
+        let (h, p) = no_lookup(&[Capability::CheckCredentials, Capability::Lookup]);
+        check_idempotent_start_after_unknown_outcome(&p, &h).await;
+    }
+
+    #[tokio::test]
+    #[should_panic(expected = "expected NotSupported")]
+    async fn a_provider_that_cancels_without_claiming_it_fails() {
+        // The fake cancels whenever its own capability list has Cancel; the wrapper hides it.
+        let h = harness(InMemoryProvider::new(ProviderKind::Whapi));
+        let p = NoLookup { inner: h.p.clone(), caps: vec![Capability::CheckCredentials], starts: AtomicU64::new(0) };
+        check_cancel(&p, &h).await;
     }
 
     #[tokio::test]

@@ -132,6 +132,11 @@ pub struct MintedLink {
     pub expire_ms: Option<UnixMs>,
     /// Raw fields worth keeping.
     pub fields: BTreeMap<String, String>,
+    /// The public details of the onboarding that follows this link (proto detail field
+    /// names, e.g. `customers_remaining`), exactly as the adapter reports them for a link
+    /// it mints for a single onboarding: the one source of truth for both paths. The core
+    /// adds only what it owns (`batch_id`).
+    pub details: BTreeMap<String, serde_json::Value>,
 }
 
 /// Live status of a hosted-link token.

@@ -60,9 +60,11 @@ pub trait Provider: Send + Sync + Debug {
     /// Creates the provider-side resource (app link, hosted link, channel, 99digital link).
     ///
     /// MUST be safe to call again with the same `req.idempotency_key` after any error,
-    /// including [`ProviderError::UnknownOutcome`]: it first looks the resource up and, when
-    /// an earlier attempt made it, returns that same resource with `reconciled = true`
-    /// instead of creating a second one.
+    /// including [`ProviderError::UnknownOutcome`]: with [`Capability::Lookup`] it first
+    /// looks the resource up and, when an earlier attempt made it, returns that same
+    /// resource with `reconciled = true` instead of creating a second one. A provider
+    /// without a lookup (Exotel) does not claim the capability and never claims
+    /// `reconciled`; what a lost create made must then be harmless (an unused link lapses).
     async fn start_onboarding(&self, ctx: &CallContext, req: &StartRequest) -> Result<StartOutcome, ProviderError>;
 
     /// Reads the resource's current status. Read-only and safe to repeat.

@@ -9,6 +9,7 @@ mod capabilities;
 mod engine;
 mod gupshup;
 mod health_shutdown;
+mod hosted;
 mod observe;
 mod tls;
 mod watch;

@@ -78,6 +78,7 @@ pub(super) fn capability_to_pb(c: crate::domain::Capability) -> pb::Capability {
         C::AccountStatusPolling => pb::Capability::AccountStatusPolling,
         C::PartnerWebhook => pb::Capability::PartnerWebhook,
         C::Cancel => pb::Capability::Cancel,
+        C::Lookup => pb::Capability::Lookup,
     }
 }
 

@@ -75,7 +75,7 @@ pub const WRONG_CREDENTIALS_COOLDOWN: Duration = Duration::from_secs(60);
 /// How long `verify_number` waits for a code before looking again (it is woken by the code).
 const CODE_WAIT: Duration = Duration::from_secs(3600);
 
-const CAPABILITIES: [Capability; 7] = [
+const CAPABILITIES: [Capability; 8] = [
     Capability::CheckCredentials,
     Capability::PartnerToken,
     Capability::NumberRegistration,
@@ -83,6 +83,7 @@ const CAPABILITIES: [Capability; 7] = [
     Capability::AccountStatusPolling,
     Capability::PartnerWebhook,
     Capability::Cancel,
+    Capability::Lookup,
 ];
 
 /// Builds one [`Digital99Provider`] per 99digital account (it holds the account's access

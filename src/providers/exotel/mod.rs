@@ -151,13 +151,18 @@ fn token_of(onboarding_url: &str) -> Result<String, ProviderError> {
         .ok_or_else(|| ProviderError::Malformed { message: "exotel onboarding_url has no token segment".into() })
 }
 
+/// A freshly minted link, with the public details of the onboarding that follows it
+/// ([`link_details`]): the single-onboarding path (`mint_link`) and the batch path
+/// (`CreateOnboardingLinks`) both take them from here.
 fn minted(url: String, minted_ms: UnixMs) -> Result<MintedLink, ProviderError> {
     let token = token_of(&url)?;
     let mut fields = BTreeMap::new();
     fields.insert("onboarding_url".to_string(), url.clone());
     // The mint answer carries no expiry [C: none documented]: 24 h from minting.
     let expire_ms = minted_ms.saturating_add(LINK_TTL.as_millis() as i64);
-    Ok(MintedLink { url, token, expire_ms: Some(expire_ms), fields })
+    let mut link = MintedLink { url, token, expire_ms: Some(expire_ms), fields, details: BTreeMap::new() };
+    link.details = link_details(&link);
+    Ok(link)
 }
 
 /// The handle of an onboarding that follows `link`: what `CreateOnboardingLinks` presets
@@ -233,7 +238,7 @@ impl ExotelProvider {
         obs.fields.insert("onboarding_url".into(), link.url.clone());
         obs.reason = "link minted; waiting for the business".into();
         let mut out = StepOutcome::done(obs).handle(link_handle(&link));
-        out.details = link_details(&link);
+        out.details = link.details.clone();
         out.expire_ms = link.expire_ms;
         Ok((link, out))
     }

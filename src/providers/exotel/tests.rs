@@ -148,15 +148,22 @@ impl ConformanceHarness for Env {
     }
 }
 
-/// The shared suite, minus the two checks Exotel cannot meet by its API's nature (see the
-/// two tests below, which pin the documented behaviour instead).
+/// The whole shared suite. Exotel declares no lookup, no callback and no cancel capability,
+/// so exactly those checks are skipped (the tests below pin what Exotel does instead); every
+/// capability it declares is checked.
 #[tokio::test]
 async fn conformance() {
     let e = env().await;
-    conformance::check_capabilities(&e.p, &e).await;
-    conformance::check_start_then_poll(&e.p, &e).await;
-    conformance::check_error_classification(&e.p, &e).await;
-    conformance::check_cancel(&e.p, &e).await;
+    let report = conformance::run_all(&e.p, &e).await;
+    assert_eq!(
+        report.skipped(),
+        vec![
+            ("idempotent_start_after_unknown_outcome", "skipped: no lookup capability".to_string()),
+            ("callbacks", "skipped: no callback capability".to_string()),
+            ("cancel", "skipped: no cancel capability".to_string()),
+        ]
+    );
+    assert_eq!(report.passed(), ["capabilities", "start_then_poll", "error_classification"]);
 }
 
 /// Exotel has no lookup: after an unknown outcome a repeat mints a new link (never claims
@@ -262,7 +269,7 @@ async fn pipeline_mints_then_reaches_used_as_live() {
 async fn batch_link_awaits_with_preset_handle_and_expires_after_24h() {
     let e = env().await;
     let links = e.p.hosted_links().unwrap().mint_links(&e.mumbai(), 3).await.unwrap();
-    let details = link_details(&links[1]);
+    let details = links[1].details.clone();
     assert_eq!(details["token"], json!(links[1].token));
     assert_eq!(details["customers_remaining"], json!(5));
     assert_eq!(details["link_expire_ms"], json!(links[1].expire_ms.unwrap()));
@@ -279,6 +286,26 @@ async fn batch_link_awaits_with_preset_handle_and_expires_after_24h() {
     assert_eq!(out.details["customers_remaining"], json!(0));
     let st = e.p.hosted_links().unwrap().validate_token(&e.mumbai(), &links[1].token).await.unwrap();
     assert_eq!(st, LinkTokenStatus { state: LinkTokenState::Expired, raw: "EXPIRED".into() });
+}
+
+/// One source of truth: a batch link carries the same public details (same keys, same
+/// status and customer count) as the link the single-onboarding step mints.
+#[tokio::test]
+async fn batch_links_carry_the_same_details_as_the_single_link_step() {
+    let e = env().await;
+    let single = e.p.run_step(&e.sg(), &step(STEP_MINT_LINK, None)).await.unwrap();
+    let links = e.p.hosted_links().unwrap().mint_links(&e.sg(), 2).await.unwrap();
+    for l in &links {
+        let keys = |d: &BTreeMap<String, serde_json::Value>| d.keys().cloned().collect::<Vec<_>>();
+        assert_eq!(keys(&l.details), keys(&single.details));
+        for k in ["token_status", "customers_remaining"] {
+            assert_eq!(l.details[k], single.details[k], "{k}");
+        }
+        assert_eq!(l.details["customers_remaining"], json!(CUSTOMERS_PER_TOKEN));
+        assert_eq!(l.details["token"], json!(l.token));
+        assert_eq!(l.details["onboarding_url"], json!(l.url));
+        assert_eq!(l.details["link_expire_ms"], json!(l.expire_ms.unwrap()));
+    }
 }
 
 #[tokio::test]

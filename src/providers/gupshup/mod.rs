@@ -50,7 +50,7 @@ const PROVISIONING_DEADLINE: Duration = Duration::from_secs(3600);
 
 /// What this adapter offers: all of Gupshup's API capabilities (no cancel: providers.md has
 /// no way to delete a linked app).
-const CAPABILITIES: [Capability; 7] = [
+const CAPABILITIES: [Capability; 8] = [
     Capability::CheckCredentials,
     Capability::PartnerToken,
     Capability::LinkApp,
@@ -58,6 +58,7 @@ const CAPABILITIES: [Capability; 7] = [
     Capability::PipelineStatus,
     Capability::LiveEvent,
     Capability::Subscriptions,
+    Capability::Lookup,
 ];
 
 /// The factory registered in [`super::builtin::registry`]: one adapter (and partner-token

@@ -132,6 +132,7 @@ const CAPABILITIES: &[Capability] = &[
     Capability::AppToken,
     Capability::Subscriptions,
     Capability::Cancel,
+    Capability::Lookup,
 ];
 
 fn invalid(field: &str, message: impl Into<String>) -> ProviderError {

@@ -38,8 +38,9 @@ pub struct Digital99Client {
 pub struct Digital99SimConfig {
     /// Accepted clients (default: `sandbox-client` / `sandbox-secret`).
     pub clients: Vec<Digital99Client>,
-    /// Play the business owner: accounts finish `finish_delay_ms` after creation, and the
-    /// verification code is always `sandbox_code` (default true).
+    /// Play the business owner: accounts finish `finish_delay_ms` after creation, the
+    /// verification code is always `sandbox_code`, and a number never registered through the
+    /// API counts as registered and verified in the dashboard (default true).
     pub sandbox: bool,
     /// Access-token lifetime (default 3600 s, documented 1 h).
     pub token_ttl_secs: u64,

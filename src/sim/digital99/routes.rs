@@ -299,7 +299,7 @@ async fn create_account(
         return fail(reason::BAD_INPUT);
     };
     let now = sim.core().clock.now_ms();
-    let res = lock(&sim.inner.state).create_account(&client, fields, now);
+    let res = lock(&sim.inner.state).create_account(sim.config(), &client, fields, now);
     match res {
         Ok((link, landing)) => {
             sim.core().count_created("accounts");

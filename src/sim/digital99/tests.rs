@@ -422,3 +422,24 @@ async fn fault_middleware_renders_99digital_bodies() {
     assert_eq!(c.faults_injected, 3);
     assert_eq!(c.calls.get("GET /api/whatsapp/getAccounts"), Some(&4));
 }
+
+#[tokio::test]
+async fn sandbox_counts_unregistered_numbers_as_verified_but_not_pending_registrations() {
+    let (sim, srv) = start(Digital99SimConfig { finish_delay_ms: 600_000, ..Default::default() }).await;
+    let api = Api::new(&srv);
+    let t = api.login().await;
+    // Never registered through the API: pre-registered by the sandbox owner.
+    assert_eq!(api.create(&t, NUM, 0).await["status"], "OK");
+    assert_eq!(sim.accounts().len(), 1);
+    // Registered through the API and not verified yet: the code is still required.
+    let other = "972509999999";
+    let v =
+        api.send("POST", "/whatsapp/registerNumber", Some(&t), format!(r#"{{"whatsapp":"{other}","method":1}}"#)).await;
+    assert_eq!(v["status"], "OK");
+    assert_eq!(api.create(&t, other, 0).await, fail(23));
+    // Outside sandbox mode nothing is pre-registered.
+    let (_, manual_srv) = start(manual()).await;
+    let manual_api = Api::new(&manual_srv);
+    let t = manual_api.login().await;
+    assert_eq!(manual_api.create(&t, NUM, 0).await, fail(23));
+}
