@@ -179,11 +179,18 @@ pub struct Watcher {
 
 impl Watcher {
     pub fn start(api: &Api, name: &str) -> Watcher {
+        Self::start_on(std::slice::from_ref(api), name)
+    }
+
+    /// Watches through the first of `apis`, moving to the next one each time the stream
+    /// breaks (a replica died: resume on another).
+    pub fn start_on(apis: &[Api], name: &str) -> Watcher {
         let seen: Arc<Mutex<Vec<Ev>>> = Arc::default();
         let resumes: Arc<Mutex<u32>> = Arc::default();
-        let (api, n, s, r) = (api.clone(), name.to_string(), seen.clone(), resumes.clone());
+        let (apis, n, s, r) = (apis.to_vec(), name.to_string(), seen.clone(), resumes.clone());
         let task = tokio::spawn(async move {
-            loop {
+            for turn in 0.. {
+                let api = &apis[turn % apis.len()];
                 let after = s.lock().expect("lock").last().map_or(0, |e| e.0);
                 let mut req = tonic::Request::new(pb::WatchOnboardingRequest { name: n.clone(), after_sequence: after });
                 req.metadata_mut().insert("authorization", format!("Bearer {}", api.key).parse().expect("header"));
