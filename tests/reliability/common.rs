@@ -67,8 +67,11 @@ impl Api {
         let mut page_token = String::new();
         loop {
             let mut client = self.onboardings();
-            let call = client
-                .list_onboardings(self.req(pb::ListOnboardingsRequest { page_size: 1000, page_token, ..Default::default() }));
+            let call = client.list_onboardings(self.req(pb::ListOnboardingsRequest {
+                page_size: 1000,
+                page_token,
+                ..Default::default()
+            }));
             let page = bounded(call).await?.into_inner();
             out.extend(page.onboardings);
             if page.next_page_token.is_empty() {
@@ -145,17 +148,14 @@ impl Api {
     /// Restarts a stalled pipeline.
     pub async fn retry_pipeline(&self, name: &str, request_id: &str) -> Result<(), tonic::Status> {
         let mut client = self.pipelines();
-        let call = client.retry_pipeline(
-            self.req(pb::RetryPipelineRequest { name: name.into(), request_id: request_id.into() }),
-        );
+        let call = client
+            .retry_pipeline(self.req(pb::RetryPipelineRequest { name: name.into(), request_id: request_id.into() }));
         bounded(call).await.map(|_| ())
     }
 }
 
 /// Runs an RPC future under [`RPC_TIMEOUT`] (plus slack): a hang becomes `DEADLINE_EXCEEDED`.
-pub async fn bounded<T>(
-    f: impl std::future::Future<Output = Result<T, tonic::Status>>,
-) -> Result<T, tonic::Status> {
+pub async fn bounded<T>(f: impl std::future::Future<Output = Result<T, tonic::Status>>) -> Result<T, tonic::Status> {
     match tokio::time::timeout(RPC_TIMEOUT + Duration::from_secs(5), f).await {
         Ok(r) => r,
         Err(_) => Err(tonic::Status::deadline_exceeded("the test's RPC bound expired")),
@@ -192,7 +192,8 @@ impl Watcher {
             for turn in 0.. {
                 let api = &apis[turn % apis.len()];
                 let after = s.lock().expect("lock").last().map_or(0, |e| e.0);
-                let mut req = tonic::Request::new(pb::WatchOnboardingRequest { name: n.clone(), after_sequence: after });
+                let mut req =
+                    tonic::Request::new(pb::WatchOnboardingRequest { name: n.clone(), after_sequence: after });
                 req.metadata_mut().insert("authorization", format!("Bearer {}", api.key).parse().expect("header"));
                 if let Ok(resp) = api.onboardings().watch_onboarding(req).await {
                     let mut stream = resp.into_inner();
@@ -242,10 +243,6 @@ pub fn assert_gap_free(log: &[Ev], what: &str) {
 
 pub fn evs(log: &[pb::OnboardingEvent]) -> Vec<Ev> {
     log.iter().map(|e| (e.sequence, e.r#type.clone(), e.state)).collect()
-}
-
-pub fn state_name(s: i32) -> String {
-    pb::OnboardingState::try_from(s).map(|s| s.as_str_name().to_string()).unwrap_or_else(|_| s.to_string())
 }
 
 /// Polls `f` until it yields a value, for at most `patience`.
@@ -431,13 +428,12 @@ pub fn pg_base() -> Option<String> {
 /// Writes `target/reliability/{file}`: one section of `RELIABILITY.md`, with the figures
 /// this run measured. `scripts/reliability-report` assembles the fragments.
 pub fn write_fragment(file: &str, markdown: &str) {
-    let dir = Path::new(env!("CARGO_TARGET_TMPDIR")).parent().map_or_else(|| PathBuf::from("target"), Path::to_path_buf);
+    let dir =
+        Path::new(env!("CARGO_TARGET_TMPDIR")).parent().map_or_else(|| PathBuf::from("target"), Path::to_path_buf);
     let dir = dir.join("reliability");
     std::fs::create_dir_all(&dir).expect("report dir");
-    let stamp = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_secs() as i64)
-        .unwrap_or(0);
+    let stamp =
+        std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs() as i64).unwrap_or(0);
     let when = prost_types::Timestamp { seconds: stamp, nanos: 0 }.to_string();
     let body = format!("{markdown}\n_Measured {when} by `cargo test --test reliability`._\n");
     std::fs::write(dir.join(file), body).expect("write fragment");

@@ -75,12 +75,14 @@ fn registry() -> ProviderRegistry {
         poll_interval: Duration::from_millis(300),
     };
     let mut r = registry(&deps);
-    let limits = GupshupLimits { link: Limit { max: 10, window: Duration::from_millis(1500) }, ..GupshupLimits::default() };
+    let limits =
+        GupshupLimits { link: Limit { max: 10, window: Duration::from_millis(1500) }, ..GupshupLimits::default() };
     let gdeps = deps.clone();
     r.register(
         ProviderKind::Gupshup,
         Arc::new(move |_ctx| {
-            Ok(Arc::new(GupshupProvider::with_limits(gdeps.clone(), limits)) as Arc<dyn wa_onboard::providers::Provider>)
+            Ok(Arc::new(GupshupProvider::with_limits(gdeps.clone(), limits))
+                as Arc<dyn wa_onboard::providers::Provider>)
         }),
     );
     let config = WhapiConfig {
@@ -136,16 +138,16 @@ async fn create(api: &Api, i: usize, sc: Scenario) -> (Vec<(String, Scenario)>, 
     let mut retries = 0;
     loop {
         let r = match sc {
-            Scenario::Exotel => bounded(api.onboardings().create_onboarding_links(api.req(
-                pb::CreateOnboardingLinksRequest {
+            Scenario::Exotel => {
+                bounded(api.onboardings().create_onboarding_links(api.req(pb::CreateOnboardingLinksRequest {
                     account: "accounts/sandbox-exotel".into(),
                     count: EXOTEL_BATCH as i32,
                     reference: format!("exotel-batch-{i}"),
                     request_id: format!("exotel-batch-{i}"),
-                },
-            )))
-            .await
-            .map(|r| r.into_inner().onboardings.into_iter().map(|o| (o.name, sc)).collect()),
+                })))
+                .await
+                .map(|r| r.into_inner().onboardings.into_iter().map(|o| (o.name, sc)).collect())
+            }
             _ => {
                 let req = start_request(i, sc);
                 bounded(api.onboardings().create_onboarding(api.req(req)))
@@ -326,7 +328,8 @@ async fn two_hundred_onboardings_under_provider_and_callback_faults_end_as_their
                     if Api::needs_customer(o)
                         && code_asked.get(&o.name).is_none_or(|t| t.elapsed() > Duration::from_secs(3)) =>
                 {
-                    if api.play_customer(o).await.is_ok() {
+                    let acted = api.play_customer(o).await.is_ok();
+                    if acted {
                         connect_codes += 1;
                         code_asked.insert(o.name.clone(), Instant::now());
                     }
@@ -392,7 +395,8 @@ async fn two_hundred_onboardings_under_provider_and_callback_faults_end_as_their
     let apps = g.apps();
     assert_eq!(gc.created.get("apps").copied(), Some(gupshup.len() as u64), "{gc:?}");
     assert_eq!(apps.iter().map(|a| a.phone.clone()).collect::<BTreeSet<_>>().len(), gupshup.len());
-    let subscribed = gupshup.iter().filter(|o| matches!(expected[&o.name], Scenario::GupshupLive { subscribe: true })).count();
+    let subscribed =
+        gupshup.iter().filter(|o| matches!(expected[&o.name], Scenario::GupshupLive { subscribe: true })).count();
     assert_eq!(apps.iter().map(|a| a.subscriptions).sum::<usize>(), subscribed, "one subscription per subscriber");
     assert_eq!(apps.iter().filter(|a| a.failed).count(), GUPSHUP_FAILING);
     // Whapi: one channel per onboarding; the go-live day added once.
@@ -456,16 +460,25 @@ async fn two_hundred_onboardings_under_provider_and_callback_faults_end_as_their
             HTTP_TIMEOUT.as_millis(),
             table(&[
                 ("onboardings", last.len().to_string()),
-                ("ended LIVE / FAILED (as scripted)", format!("{} / {}", by_state(pb::OnboardingState::Live), by_state(pb::OnboardingState::Failed))),
+                (
+                    "ended LIVE / FAILED (as scripted)",
+                    format!("{} / {}", by_state(pb::OnboardingState::Live), by_state(pb::OnboardingState::Failed))
+                ),
                 ("time to settle all", secs(settled_after)),
                 ("whole test", secs(elapsed)),
                 ("create RPCs refused and retried by the caller", create_retries.to_string()),
                 ("step retries (engine, `step_retry` events)", step_retries.to_string()),
-                ("onboardings STALLED after max attempts, restarted with RetryPipeline", format!("{} ({} restarts)", retried.len(), retried.values().sum::<u32>())),
+                (
+                    "onboardings STALLED after max attempts, restarted with RetryPipeline",
+                    format!("{} ({} restarts)", retried.len(), retried.values().sum::<u32>())
+                ),
                 ("Whapi connect codes fetched and 99digital codes submitted by the test", connect_codes.to_string()),
                 ("stale (out-of-order) callbacks recorded without a state change", stale_callbacks.to_string()),
                 ("events streamed and matched against the log", events_total.to_string()),
-                ("Exotel links minted but never handed out (lost answers; Exotel has no lookup)", orphans.len().to_string()),
+                (
+                    "Exotel links minted but never handed out (lost answers; Exotel has no lookup)",
+                    orphans.len().to_string()
+                ),
             ])
         ),
     );
