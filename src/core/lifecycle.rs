@@ -266,15 +266,17 @@ impl Core {
             .chain(prepared.iter().map(|(o, _)| format!("onboardings/{}", o.id)))
             .collect();
         let last = prepared.len().saturating_sub(1);
-        let mut out = Vec::new();
+        let mut batch_rows = Vec::with_capacity(prepared.len());
+        let mut ids = Vec::with_capacity(prepared.len());
         for (i, (o, steps)) in prepared.into_iter().enumerate() {
             let idem = if i == last {
                 self.idempotency_record(&caller.tenant, request_id, OP_LINKS, hash.clone(), names.join(","))
             } else {
                 None
             };
-            let new = NewOnboarding {
-                onboarding: o.clone(),
+            ids.push(o.id.clone());
+            batch_rows.push(NewOnboarding {
+                onboarding: o,
                 steps,
                 event: NewEvent {
                     kind: "created".into(),
@@ -283,9 +285,26 @@ impl Core {
                     data_json: serde_json::json!({"batch_id": batch, "reference": reference}).to_string(),
                 },
                 idempotency: idem,
-            };
-            self.store.create_onboarding(&new).await?;
-            out.push(self.get_onboarding(caller, &o.id).await?);
+            });
+        }
+        // One transaction: a crash (or a lost race on the request id) never leaves part of a
+        // batch behind for a replay to duplicate.
+        if let Err(e) = self.store.create_onboardings(&batch_rows).await {
+            if matches!(e, crate::store::StoreError::AlreadyExists(_))
+                && let Some(resource) = self.replay(&caller.tenant, request_id, OP_LINKS, &hash).await?
+            {
+                let mut out = Vec::new();
+                for n in resource.split(',').skip(1) {
+                    out.push(self.onboarding_by_name(caller, n).await?);
+                }
+                let batch = resource.split(',').next().unwrap_or_default().trim_start_matches("batches/").to_string();
+                return Ok((out, batch));
+            }
+            return Err(e.into());
+        }
+        let mut out = Vec::new();
+        for id in &ids {
+            out.push(self.get_onboarding(caller, id).await?);
         }
         self.wake_engine();
         tracing::info!(account = %account_id, count = out.len(), batch = %batch, "Hosted links minted.");

@@ -334,6 +334,40 @@ async fn check_create_onboarding(store: Arc<dyn Store>) {
     assert!(matches!(store.create_onboarding(&again).await, Err(StoreError::AlreadyExists(_))));
 }
 
+/// A batch (one `CreateOnboardingLinks`) is all or nothing: when one row cannot be written,
+/// none of the batch is, so a replay of the request never finds half a batch behind.
+async fn check_create_onboardings_is_atomic(store: Arc<dyn Store>) {
+    let t = tenant(&store).await;
+    let a = account(&store, &t, ProviderKind::Exotel).await;
+    let taken = onboarding(&store, &a, "taken").await;
+    let first = new_onboarding(&a, "batch", &[("await_customer", StepState::Ready, Some(1_000))]);
+    let mut clash = new_onboarding(&a, "batch", &[]);
+    clash.onboarding.id = taken.id.clone();
+    let mut last = new_onboarding(&a, "batch", &[]);
+    last.idempotency = Some(IdempotencyRecord {
+        tenant_id: t.clone(),
+        key: "links-1".into(),
+        operation: "links".into(),
+        request_hash: vec![1],
+        resource: "batches/b".into(),
+        created_ms: 1_000,
+    });
+    let err = store.create_onboardings(&[first.clone(), clash, last.clone()]).await.unwrap_err();
+    assert!(matches!(err, StoreError::AlreadyExists(_)), "{err}");
+    for id in [&first.onboarding.id, &last.onboarding.id] {
+        assert_eq!(store.onboarding(&t, id).await.unwrap(), None, "nothing of the failed batch is stored");
+        assert!(store.events(id, 0, 10).await.unwrap().is_empty());
+        assert!(store.steps(id).await.unwrap().is_empty());
+    }
+    assert_eq!(store.idempotency(&t, "links-1").await.unwrap(), None);
+    // The same batch without the clash goes in whole, with its idempotency record.
+    let events = store.create_onboardings(&[first.clone(), last.clone()]).await.unwrap();
+    assert_eq!(events.iter().map(|e| e.sequence).collect::<Vec<_>>(), vec![1, 1]);
+    assert_eq!(store.onboarding(&t, &first.onboarding.id).await.unwrap(), Some(first.onboarding.clone()));
+    assert_eq!(store.steps(&first.onboarding.id).await.unwrap(), first.steps);
+    assert!(store.idempotency(&t, "links-1").await.unwrap().is_some());
+}
+
 async fn check_onboarding_reads(store: Arc<dyn Store>) {
     let t = tenant(&store).await;
     let stranger = tenant(&store).await;
@@ -955,6 +989,7 @@ conformance_suite!(
     check_account_listing,
     check_idempotency,
     check_create_onboarding,
+    check_create_onboardings_is_atomic,
     check_onboarding_reads,
     check_list_onboardings,
     check_count_onboardings,

@@ -179,6 +179,9 @@ pub trait Store: Send + Sync + 'static {
     /// already taken, nothing is written and `AlreadyExists` is returned (the caller reads
     /// the winner's record).
     async fn create_onboarding(&self, new: &NewOnboarding) -> StoreResult<EventRecord>;
+    /// Creates several onboardings (e.g. one batch of hosted links) as [`Store::create_onboarding`]
+    /// does, all in ONE transaction: a crash or an error leaves none of them.
+    async fn create_onboardings(&self, batch: &[NewOnboarding]) -> StoreResult<Vec<EventRecord>>;
     /// One of the tenant's onboardings.
     async fn onboarding(&self, tenant: &TenantId, id: &OnboardingId) -> StoreResult<Option<OnboardingRecord>>;
     /// An onboarding regardless of tenant: for the engine and the ingress only.

@@ -356,6 +356,62 @@ macro_rules! impl_sql_store {
 
             /// Publishes after a commit. The write already happened, so a failed notification
             /// is only logged: subscribers re-read the log and catch up on the next notice.
+            /// Writes one new onboarding (idempotency record first, then the row, its steps and
+            /// its first event) inside `tx`.
+            async fn insert_new_onboarding(
+                tx: &mut $conn,
+                new: &$crate::store::NewOnboarding,
+            ) -> $crate::store::StoreResult<$crate::store::EventRecord> {
+                let o = &new.onboarding;
+                if let Some(k) = &new.idempotency {
+                    // First, so a duplicate key fails before anything else is written (the
+                    // transaction is rolled back when `tx` drops).
+                    Self::insert_idempotency(tx, k).await?;
+                }
+                sqlx::query(
+                    "INSERT INTO onboardings (id, tenant_id, account_id, provider, state, desired_state, \
+                     state_reason, provider_status, reference, details_json, external_key, secret_key_id, secret, \
+                     sequence, state_deadline_ms, expire_ms, created_ms, updated_ms) \
+                     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, 1, $14, $15, $16, $17)",
+                )
+                .bind(o.id.as_str())
+                .bind(o.tenant_id.as_str())
+                .bind(o.account_id.as_str())
+                .bind(o.provider.as_str())
+                .bind(o.state.as_str())
+                .bind(o.desired_state.map(|s| s.as_str()))
+                .bind(o.state_reason.as_str())
+                .bind(o.provider_status.as_str())
+                .bind(o.reference.as_str())
+                .bind(o.details_json.as_str())
+                .bind(o.external_key.as_deref())
+                .bind(o.secret.as_ref().map(|s| s.key_id.as_str()))
+                .bind(o.secret.as_ref().map(|s| s.blob.as_slice()))
+                .bind(o.state_deadline_ms)
+                .bind(o.expire_ms)
+                .bind(o.created_ms)
+                .bind(o.updated_ms)
+                .execute(&mut *tx)
+                .await?;
+                for step in &new.steps {
+                    Self::upsert_step(tx, &o.id, step).await?;
+                }
+                let event = $crate::store::EventRecord {
+                    onboarding_id: o.id.clone(),
+                    sequence: 1,
+                    kind: new.event.kind.clone(),
+                    state: o.state,
+                    previous_state: o.state,
+                    reason: new.event.reason.clone(),
+                    provider_status: o.provider_status.clone(),
+                    step: new.event.step.clone(),
+                    data_json: new.event.data_json.clone(),
+                    created_ms: o.created_ms,
+                };
+                Self::insert_event(tx, &event).await?;
+                Ok(event)
+            }
+
             async fn publish_after_commit(&self, onboarding_id: &$crate::domain::OnboardingId, sequence: i64) {
                 let notice = $crate::store::ChangeNotice { onboarding_id: onboarding_id.clone(), sequence };
                 if let Err(error) = self.publish(&notice).await {
@@ -582,57 +638,24 @@ macro_rules! impl_sql_store {
                 &self,
                 new: &$crate::store::NewOnboarding,
             ) -> $crate::store::StoreResult<$crate::store::EventRecord> {
-                let o = &new.onboarding;
+                let mut created = self.create_onboardings(std::slice::from_ref(new)).await?;
+                created.pop().ok_or_else(|| $crate::store::StoreError::Other("nothing created".into()))
+            }
+
+            async fn create_onboardings(
+                &self,
+                batch: &[$crate::store::NewOnboarding],
+            ) -> $crate::store::StoreResult<Vec<$crate::store::EventRecord>> {
                 let mut tx = self.writer().begin().await?;
-                if let Some(k) = &new.idempotency {
-                    // First, so a duplicate key fails before anything else is written (the
-                    // transaction is rolled back when `tx` drops).
-                    Self::insert_idempotency(&mut tx, k).await?;
+                let mut events = Vec::with_capacity(batch.len());
+                for new in batch {
+                    events.push(Self::insert_new_onboarding(&mut tx, new).await?);
                 }
-                sqlx::query(
-                    "INSERT INTO onboardings (id, tenant_id, account_id, provider, state, desired_state, \
-                     state_reason, provider_status, reference, details_json, external_key, secret_key_id, secret, \
-                     sequence, state_deadline_ms, expire_ms, created_ms, updated_ms) \
-                     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, 1, $14, $15, $16, $17)",
-                )
-                .bind(o.id.as_str())
-                .bind(o.tenant_id.as_str())
-                .bind(o.account_id.as_str())
-                .bind(o.provider.as_str())
-                .bind(o.state.as_str())
-                .bind(o.desired_state.map(|s| s.as_str()))
-                .bind(o.state_reason.as_str())
-                .bind(o.provider_status.as_str())
-                .bind(o.reference.as_str())
-                .bind(o.details_json.as_str())
-                .bind(o.external_key.as_deref())
-                .bind(o.secret.as_ref().map(|s| s.key_id.as_str()))
-                .bind(o.secret.as_ref().map(|s| s.blob.as_slice()))
-                .bind(o.state_deadline_ms)
-                .bind(o.expire_ms)
-                .bind(o.created_ms)
-                .bind(o.updated_ms)
-                .execute(&mut *tx)
-                .await?;
-                for step in &new.steps {
-                    Self::upsert_step(&mut tx, &o.id, step).await?;
-                }
-                let event = $crate::store::EventRecord {
-                    onboarding_id: o.id.clone(),
-                    sequence: 1,
-                    kind: new.event.kind.clone(),
-                    state: o.state,
-                    previous_state: o.state,
-                    reason: new.event.reason.clone(),
-                    provider_status: o.provider_status.clone(),
-                    step: new.event.step.clone(),
-                    data_json: new.event.data_json.clone(),
-                    created_ms: o.created_ms,
-                };
-                Self::insert_event(&mut tx, &event).await?;
                 tx.commit().await?;
-                self.publish_after_commit(&o.id, 1).await;
-                Ok(event)
+                for e in &events {
+                    self.publish_after_commit(&e.onboarding_id, 1).await;
+                }
+                Ok(events)
             }
 
             async fn onboarding(

@@ -1,0 +1,16 @@
+//! Reliability suite (issue 9, items 1 to 3): fault injection against all four simulators,
+//! crash recovery with SIGKILL on SQLite and on two PostgreSQL replicas, and a PostgreSQL
+//! outage under load. Each test writes its measured figures as a Markdown fragment under
+//! `target/reliability/`; `scripts/reliability-report` assembles them into `RELIABILITY.md`.
+//!
+//! One binary (faster to link), one module per area; shared plumbing in `common`.
+
+#[allow(dead_code)]
+#[path = "../api/helpers.rs"]
+mod helpers;
+
+mod common;
+
+mod crash;
+mod faults;
+mod outage;
