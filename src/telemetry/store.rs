@@ -110,6 +110,10 @@ impl Store for MeteredStore {
         timed("create_onboarding", self.inner.create_onboarding(new)).await
     }
 
+    async fn create_onboardings(&self, batch: &[NewOnboarding]) -> StoreResult<Vec<EventRecord>> {
+        timed("create_onboardings", self.inner.create_onboardings(batch)).await
+    }
+
     async fn onboarding(&self, tenant: &TenantId, id: &OnboardingId) -> StoreResult<Option<OnboardingRecord>> {
         timed("onboarding", self.inner.onboarding(tenant, id)).await
     }
