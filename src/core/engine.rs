@@ -900,7 +900,7 @@ impl Core {
                     .await?;
                 return Ok(());
             };
-            match self.apply_callback(&o, &cb, &ev.id).await {
+            match self.apply_callback(&o, provider.as_ref(), &cb, &ev.id).await {
                 Err(AppError { code: crate::error::ErrorCode::Aborted, .. }) => continue,
                 other => return other,
             }
@@ -911,7 +911,13 @@ impl Core {
     /// Records a callback on its onboarding in one transaction with marking it processed:
     /// a state hint moves the onboarding when allowed and not stale; the waiting step is
     /// woken to confirm with the provider.
-    async fn apply_callback(&self, o: &OnboardingRecord, cb: &CallbackEvent, webhook_id: &str) -> Result<(), AppError> {
+    async fn apply_callback(
+        &self,
+        o: &OnboardingRecord,
+        provider: &dyn Provider,
+        cb: &CallbackEvent,
+        webhook_id: &str,
+    ) -> Result<(), AppError> {
         let now = now_ms();
         let mut details = details_map(o);
         let last = engine_field(&details, "last_callback_ms").as_i64();
@@ -950,6 +956,13 @@ impl Core {
                 if s.is_terminal() {
                     change.steps = skip_unfinished(self.store.steps(&o.id).await?, now);
                     change.state_deadline_ms = Some(None);
+                } else if rank(s) < rank(o.state) {
+                    // Moved back (a Whapi phone logged out of a live channel): reopen the step
+                    // that waits in that state, so the next login is noticed and confirmed.
+                    if let Some(step) = self.reopen_for(o, provider, s, now).await? {
+                        change.state_deadline_ms = Some(step.deadline_ms);
+                        change.steps.push(step);
+                    }
                 }
             }
             if !o.state.is_terminal() && change.steps.is_empty() {
@@ -970,6 +983,39 @@ impl Core {
             data_json: serde_json::to_string(&attrs).unwrap_or_else(|_| "{}".into()),
         };
         self.apply(change).await
+    }
+
+    /// The finished polled step of `o`'s pipeline that waits in `state`, made due again with a
+    /// fresh attempt budget and deadline; None when the pipeline has no such step.
+    async fn reopen_for(
+        &self,
+        o: &OnboardingRecord,
+        provider: &dyn Provider,
+        state: OnboardingState,
+        now: UnixMs,
+    ) -> Result<Option<StepRecord>, AppError> {
+        let request = self.open_request(o)?;
+        let Some(spec) =
+            provider.pipeline(&request).into_iter().find(|s| s.enabled && s.polled && s.enter_state == Some(state))
+        else {
+            return Ok(None);
+        };
+        let Some(mut step) = self.store.steps(&o.id).await?.into_iter().find(|s| s.name == spec.name) else {
+            return Ok(None);
+        };
+        if !step.state.is_done() {
+            return Ok(None);
+        }
+        step.state = StepState::Waiting;
+        step.attempts = 0;
+        step.next_run_ms = Some(now);
+        step.deadline_ms = Some(now.saturating_add(spec.deadline.as_millis() as i64));
+        step.finished_ms = None;
+        step.lease_owner = None;
+        step.lease_until_ms = None;
+        step.data_json = "{}".into();
+        step.updated_ms = now;
+        Ok(Some(step))
     }
 
     /// Creates the onboarding rows for a start request: steps from the adapter's pipeline,

@@ -271,6 +271,31 @@ async fn sandbox_channel_waits_for_a_code_then_pairs_by_code_and_a_logout_webhoo
     let o = wait_state(&app, &name, pb::OnboardingState::AwaitingCustomer, Duration::from_secs(60)).await;
     // The reason is the webhook's (a later `channel` QR event may already be the status).
     assert!(o.state_reason.contains("logged out") && o.state_reason.contains("LOGOUT"), "reason: {}", o.state_reason);
+    let steps = pipelines(&app, &name).await;
+    assert!(steps.iter().any(|s| s.0 == "await_connection" && s.1 == pb::StepState::Waiting as i32), "{steps:?}");
+
+    // The customer links the phone again: the reopened step notices, and it is LIVE again.
+    channels(&app)
+        .get_connect_code(app.req(pb::GetConnectCodeRequest {
+            name: format!("channels/{id}"),
+            method: Some(pb::get_connect_code_request::Method::Qr(pb::QrCodeRequest { size: 0 })),
+        }))
+        .await
+        .expect("a new QR");
+    let o = wait_state(&app, &name, pb::OnboardingState::Live, Duration::from_secs(60)).await;
+    assert_eq!(whapi_details(&o).connect_codes_issued, 2);
+}
+
+async fn pipelines(app: &TestApp, name: &str) -> Vec<(String, i32)> {
+    pb::pipeline_service_client::PipelineServiceClient::new(app.channel.clone())
+        .get_pipeline(app.req(pb::GetPipelineRequest { name: name.into() }))
+        .await
+        .expect("pipeline")
+        .into_inner()
+        .steps
+        .into_iter()
+        .map(|s| (s.name, s.state))
+        .collect()
 }
 
 #[tokio::test]
