@@ -25,8 +25,8 @@ use super::model::{
 use crate::domain::account::Credentials;
 use crate::domain::{Secret, now_ms};
 use crate::providers::http::{
-    AuthFailure, BodyError, ErrorBody, HttpClient, HttpFailure, Outcome, RateLimiter, RawResponse, RetryPolicy,
-    TemporaryToken, TokenCache, TokenStatus, classify, classify_transport, rate_key, redact_url, retry, with_token,
+    AuthFailure, BodyError, ErrorBody, HttpClient, HttpFailure, RateLimiter, RawResponse, RetryPolicy, TemporaryToken,
+    TokenCache, TokenStatus, rate_key, retry, with_token,
 };
 use crate::providers::{CallContext, ProviderError};
 
@@ -314,64 +314,17 @@ impl Client {
         }
     }
 
-    /// One attempt on the shared pool.
+    /// One attempt on the shared pool, classified by the shared rules; a refusal keeps
+    /// Gupshup's error envelope (message, the existing appId of a 409).
     async fn attempt(&self, class: &str, idempotent: bool, rb: RequestBuilder) -> Result<Reply, HttpFailure> {
-        let (client, req) = rb.build_split();
-        let req = req.map_err(|e| HttpFailure::Fatal {
-            class: class.to_string(),
-            url: "?".into(),
-            status: None,
-            reason: format!("cannot build request: {}", e.without_url()),
-        })?;
-        let url = redact_url(req.url());
-        let method = req.method().clone();
-        let started = tokio::time::Instant::now();
-        let result = async {
-            let resp = client.execute(req).await?;
-            let status = resp.status();
-            let headers = resp.headers().clone();
-            let body = resp.bytes().await?;
-            Ok::<_, reqwest::Error>(RawResponse { status, headers, body })
-        }
-        .await;
-        let elapsed_ms = started.elapsed().as_millis() as u64;
-        let class = class.to_string();
-        let raw = match result {
-            Ok(raw) => raw,
-            Err(e) => {
-                let outcome = classify_transport(&e, idempotent);
-                tracing::debug!(class, %method, url, elapsed_ms, outcome = ?outcome, "Provider call.");
-                crate::telemetry::metrics::provider_call(&class, &outcome, started.elapsed());
-                return Err(match outcome {
-                    Outcome::Retry { after, reason } => {
-                        HttpFailure::Retryable { class, url, status: None, after, reason }
-                    }
-                    Outcome::UnknownOutcome { reason } => HttpFailure::UnknownOutcome { class, url, reason },
-                    Outcome::Fail { reason } => HttpFailure::Fatal { class, url, status: None, reason },
-                    // A transport error is never a success; kept total without a panic.
-                    Outcome::Success => {
-                        HttpFailure::Fatal { class, url, status: None, reason: "transport error".into() }
-                    }
-                });
+        let c = self.http.send_keeping_body(class, rb, idempotent, &GupshupErrors).await?;
+        match c.failure {
+            None => Ok(Reply::Ok(c.response)),
+            Some(failure @ HttpFailure::Fatal { .. }) => {
+                let env = ErrorEnvelope::parse(&c.response.body);
+                Ok(Reply::Failed(CallError { failure, message: env.message, app_id: env.app_id, local: None }))
             }
-        };
-        let outcome = classify(raw.status, &raw.headers, &raw.body, idempotent, &GupshupErrors);
-        let status = Some(raw.status.as_u16());
-        tracing::debug!(class, %method, url, status, elapsed_ms, outcome = ?outcome, "Provider call.");
-        crate::telemetry::metrics::provider_call(&class, &outcome, started.elapsed());
-        match outcome {
-            Outcome::Success => Ok(Reply::Ok(raw)),
-            Outcome::Retry { after, reason } => Err(HttpFailure::Retryable { class, url, status, after, reason }),
-            Outcome::UnknownOutcome { reason } => Err(HttpFailure::UnknownOutcome { class, url, reason }),
-            Outcome::Fail { reason } => {
-                let env = ErrorEnvelope::parse(&raw.body);
-                Ok(Reply::Failed(CallError {
-                    failure: HttpFailure::Fatal { class, url, status, reason },
-                    message: env.message,
-                    app_id: env.app_id,
-                    local: None,
-                }))
-            }
+            Some(other) => Err(other),
         }
     }
 

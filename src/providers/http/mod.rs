@@ -326,6 +326,23 @@ impl HttpClient {
         idempotent: bool,
         hook: &dyn ErrorBody,
     ) -> Result<RawResponse, HttpFailure> {
+        let c = self.send_keeping_body(class, req, idempotent, hook).await?;
+        match c.failure {
+            None => Ok(c.response),
+            Some(f) => Err(f),
+        }
+    }
+
+    /// [`HttpClient::send`], but a failure classified from a response comes with that
+    /// response: some providers' error bodies say what to do next (Gupshup's 409 names the
+    /// app that already exists). Transport failures have no response and are `Err`.
+    pub async fn send_keeping_body(
+        &self,
+        class: &str,
+        req: reqwest::RequestBuilder,
+        idempotent: bool,
+        hook: &dyn ErrorBody,
+    ) -> Result<Classified, HttpFailure> {
         let req = req.build().map_err(|e| HttpFailure::Fatal {
             class: class.to_string(),
             url: "?".to_string(),
@@ -350,15 +367,32 @@ impl HttpClient {
         };
         tracing::debug!(class, %method, url, status, elapsed_ms, outcome = ?outcome, "Provider call.");
         crate::telemetry::metrics::provider_call(class, &outcome, started.elapsed());
-        let class = class.to_string();
-        match (outcome, result) {
-            (Outcome::Success, Ok(r)) => Ok(r),
-            (Outcome::Retry { after, reason }, _) => Err(HttpFailure::Retryable { class, url, status, after, reason }),
-            (Outcome::Fail { reason }, _) => Err(HttpFailure::Fatal { class, url, status, reason }),
-            (Outcome::UnknownOutcome { reason }, _) => Err(HttpFailure::UnknownOutcome { class, url, reason }),
-            (Outcome::Success, Err(_)) => Err(HttpFailure::Fatal { class, url, status, reason: "unreachable".into() }),
+        let name = class.to_string();
+        let class = name.clone();
+        let failure = match outcome {
+            Outcome::Success => None,
+            Outcome::Retry { after, reason } => Some(HttpFailure::Retryable { class, url, status, after, reason }),
+            Outcome::Fail { reason } => Some(HttpFailure::Fatal { class, url, status, reason }),
+            Outcome::UnknownOutcome { reason } => Some(HttpFailure::UnknownOutcome { class, url, reason }),
+        };
+        match (result, failure) {
+            (Ok(response), failure) => Ok(Classified { response, failure }),
+            (Err(_), Some(f)) => Err(f),
+            // A transport error is never classified a success; kept total without a panic.
+            (Err(_), None) => {
+                Err(HttpFailure::Fatal { class: name, url: "-".into(), status: None, reason: "transport error".into() })
+            }
         }
     }
+}
+
+/// A provider's answer and, when the shared rules call it a failure, that failure.
+#[derive(Debug)]
+pub struct Classified {
+    /// What the provider answered.
+    pub response: RawResponse,
+    /// Why it is not a success, if it is not.
+    pub failure: Option<HttpFailure>,
 }
 
 #[cfg(test)]
