@@ -42,6 +42,17 @@ fn initial_details(payload: &StartPayload) -> serde_json::Map<String, serde_json
             "phone": g.phone.as_str(),
             "storage_region": g.storage_region.clone().unwrap_or_default(),
             "subscribe_on_live": g.subscribe_on_live.is_some(),
+            // The requested subscription as callers may read it back: header names only,
+            // their values are secrets kept in the sealed request.
+            "subscription": g.subscribe_on_live.as_ref().map(|spec| serde_json::json!({
+                "url": spec.url,
+                "events": spec.events,
+                "tag": spec.tag,
+                "version": spec.version,
+                "mode": spec.mode,
+                "active": spec.active,
+                "header_names": spec.headers.keys().collect::<Vec<_>>(),
+            })),
         }),
         StartPayload::Exotel => serde_json::json!({}),
         StartPayload::Whapi(w) => serde_json::json!({

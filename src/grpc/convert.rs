@@ -302,6 +302,24 @@ pub fn onboarding_to_pb(o: &OnboardingRecord) -> pb::Onboarding {
     }
 }
 
+/// The subscription a Gupshup onboarding asked for, from its public details (no header values:
+/// they are write-only).
+fn requested_subscription(v: &serde_json::Value) -> pb::SubscriptionSpec {
+    let mode = serde_json::from_value::<crate::providers::WebhookMode>(v["mode"].clone()).unwrap_or_default();
+    pb::SubscriptionSpec {
+        url: v["url"].as_str().unwrap_or_default().to_string(),
+        events: v["events"]
+            .as_array()
+            .map(|a| a.iter().filter_map(|e| e.as_str().map(str::to_string)).collect())
+            .unwrap_or_default(),
+        tag: v["tag"].as_str().unwrap_or_default().to_string(),
+        version: v["version"].as_i64().unwrap_or(0) as i32,
+        headers: Default::default(),
+        mode: super::convert_ext::webhook_mode_to_pb(mode) as i32,
+        active: v["active"].as_bool().unwrap_or(false),
+    }
+}
+
 /// Provider-specific details: the store keeps them as JSON whose fields are named like the
 /// proto fields, so one serde pass per provider suffices. Ids the store keeps bare become the
 /// resource names the proto documents (`created_subscription`).
@@ -319,7 +337,7 @@ fn details_to_pb(o: &OnboardingRecord, d: &serde_json::Value) -> Option<pb::onbo
             app_id: s("app_id"),
             storage_region: s("storage_region"),
             subscribe_on_live: b("subscribe_on_live"),
-            subscription: None,
+            subscription: d.get("subscription").filter(|v| v.is_object()).map(requested_subscription),
             created_subscription: match s("created_subscription") {
                 sub if sub.is_empty() => sub,
                 sub => format!("onboardings/{}/subscriptions/{sub}", o.id),

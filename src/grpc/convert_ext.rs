@@ -61,7 +61,7 @@ fn webhook_mode_from_pb(v: &mut Violations, field: &str, m: i32) -> WebhookMode 
     }
 }
 
-fn webhook_mode_to_pb(m: WebhookMode) -> pb::WebhookMode {
+pub(super) fn webhook_mode_to_pb(m: WebhookMode) -> pb::WebhookMode {
     match m {
         WebhookMode::Unspecified => pb::WebhookMode::Unspecified,
         WebhookMode::Body => pb::WebhookMode::Body,

@@ -215,6 +215,7 @@ async fn subscribe_on_live_creates_the_subscription_only_once_live_under_its_res
             events: vec!["SENT".into(), "DELIVERED".into(), "READ".into(), "ACCOUNT".into()],
             tag: "crm-events".into(),
             version: 2,
+            headers: [("X-Auth".to_string(), "hdr-secret-value".to_string())].into(),
             ..Default::default()
         });
     }
@@ -223,6 +224,15 @@ async fn subscribe_on_live_creates_the_subscription_only_once_live_under_its_res
     assert_eq!(step(&p, "subscribe").state, pb::StepState::Succeeded as i32, "{p:?}");
     let g = gupshup_details(&o);
     assert!(g.subscribe_on_live);
+    // The requested subscription reads back, without its header values (write-only).
+    let asked = g.subscription.clone().expect("the requested subscription");
+    assert_eq!(
+        (asked.url.as_str(), asked.tag.as_str(), asked.version),
+        ("https://crm.acme.test/wa/events", "crm-events", 2)
+    );
+    assert_eq!(asked.events.len(), 4);
+    assert!(asked.headers.is_empty());
+    assert!(!format!("{o:?}").contains("hdr-secret-value"));
 
     // The simulator holds exactly one subscription for the app, made by one create call.
     let sim = sim(&app);
