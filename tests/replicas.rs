@@ -401,6 +401,13 @@ async fn three_replicas_agree_and_a_killed_lease_holder_loses_nothing() {
         (!statuses.is_empty() && statuses.iter().all(|s| s == "PROCESSED" || s == "IGNORED")).then_some(())
     })
     .await;
+    // The log is complete once every step is done (LIVE comes before the step's own record).
+    let one_id = OnboardingId::parse(one.name.trim_start_matches("onboardings/")).expect("onboarding id");
+    eventually("the first pipeline done", || async {
+        let steps = stored.steps(&one_id).await.ok()?;
+        steps.iter().all(|s| s.state.is_done()).then_some(())
+    })
+    .await;
     let logs = {
         let mut logs = Vec::new();
         for r in &replicas {
@@ -457,6 +464,11 @@ async fn three_replicas_agree_and_a_killed_lease_holder_loses_nothing() {
     sim.start_pipeline(&app_two).await;
     let seen = survivor.watch_until(&two.name, 0, pb::OnboardingState::Live).await;
     assert_gap_free(&seen, 0, "the survivor's stream");
+    eventually("the second pipeline done", || async {
+        let steps = stored.steps(&two_id).await.ok()?;
+        steps.iter().all(|s| s.state.is_done()).then_some(())
+    })
+    .await;
     for r in &replicas {
         assert_eq!(r.get(&two.name).await.state, pb::OnboardingState::Live as i32, "{} sees LIVE", r.proc.name);
     }
