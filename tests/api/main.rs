@@ -9,5 +9,6 @@ mod capabilities;
 mod engine;
 mod gupshup;
 mod health_shutdown;
+mod security;
 mod watch;
 mod whapi;
