@@ -279,10 +279,7 @@ async fn run(
         }
         8 => {
             let m: pb::SetChannelModeRequest = decode(b);
-            unary!(Ch::set_channel_mode(
-                s,
-                rq(caller, pb::SetChannelModeRequest { name: n(m.name.clone()), mode: c.size % 5, ..m })
-            ))
+            unary!(Ch::set_channel_mode(s, rq(caller, pb::SetChannelModeRequest { name: n(m.name), mode: c.size % 5 })))
         }
         9 => {
             let m: pb::ExtendChannelRequest = decode(b);

@@ -779,12 +779,11 @@ async fn every_named_resource_is_not_found_for_another_tenant() {
     }
     let mut missing = Vec::new();
     for (rpc, read_only, call) in table(app.key.expose().to_string()) {
-        if read_only {
-            if let Err(s) = call.await
-                && s.code() == Code::NotFound
-            {
-                missing.push(format!("{rpc}: {s:?}"));
-            }
+        if read_only
+            && let Err(s) = call.await
+            && s.code() == Code::NotFound
+        {
+            missing.push(format!("{rpc}: {s:?}"));
         }
     }
     // List filters naming another tenant's account answer exactly as for an account that does
