@@ -12,6 +12,8 @@ pub mod core;
 pub mod crypto;
 pub mod domain;
 pub mod error;
+#[cfg(test)]
+mod fuzzing;
 pub mod grpc;
 pub mod providers;
 pub mod sim;

@@ -170,6 +170,7 @@ fn ensure_data_dir(settings: &Settings) -> Result<(), String> {
 
 async fn serve(settings: Settings) -> Result<(), String> {
     let dev_key = std::env::var("WA_ONBOARD_DEV_API_KEY").ok().filter(|k| !k.is_empty()).map(Secret::new);
+    let key_supplied = dev_key.is_some();
     if let Some(k) = &dev_key
         && !k.expose().starts_with(wa_onboard::core::tenants::KEY_PREFIX)
     {
@@ -181,8 +182,12 @@ async fn serve(settings: Settings) -> Result<(), String> {
         "wa-onboard listening: gRPC {}  webhooks {}  metrics {}",
         running.grpc_addr, running.webhook_addr, running.metrics_addr
     );
-    if let Some(key) = &running.dev_api_key {
-        // Printed on purpose: the development tenant's key, so a new user can call the API.
+    if key_supplied {
+        // The operator chose it: echoing it would only put a secret into collected logs.
+        println!("Development tenant '{tenant}' API key: the one in WA_ONBOARD_DEV_API_KEY");
+    } else if let Some(key) = &running.dev_api_key {
+        // Printed on purpose: the development tenant's generated key, so a new user can call
+        // the API (it is also in `dev-api-key` under the data dir).
         println!("Development tenant '{tenant}' API key: {}", key.expose());
         println!(
             "Try: grpcurl -plaintext -H 'authorization: Bearer {}' {} wa.onboard.v1.ProviderService/ListProviders",

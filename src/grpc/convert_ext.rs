@@ -242,8 +242,8 @@ pub fn channel_health(raw: &str) -> pb::ChannelHealth {
     }
 }
 
-fn days_remaining(till: Option<UnixMs>, now: UnixMs) -> i32 {
-    till.map(|t| i32::try_from((t - now).max(0) / DAY_MS).unwrap_or(i32::MAX)).unwrap_or(0)
+pub(super) fn days_remaining(till: Option<UnixMs>, now: UnixMs) -> i32 {
+    till.map(|t| i32::try_from(t.saturating_sub(now).max(0) / DAY_MS).unwrap_or(i32::MAX)).unwrap_or(0)
 }
 
 /// A channel.

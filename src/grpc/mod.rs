@@ -4,6 +4,8 @@
 pub mod auth;
 pub mod convert;
 pub mod convert_ext;
+#[cfg(test)]
+mod fuzz;
 pub mod pb;
 mod services;
 

@@ -268,12 +268,23 @@ async fn callbacks_dedupe_and_stale_ones_change_nothing() {
 
 #[tokio::test]
 async fn ingress_refuses_bad_calls_and_keeps_malformed_bodies() {
-    let fake = Arc::new(InMemoryProvider::new(ProviderKind::Gupshup));
+    let fake = Arc::new(
+        InMemoryProvider::new(ProviderKind::Gupshup)
+            .with_statuses(["INITIAL"])
+            .with_poll_interval(Duration::from_secs(3600)),
+    );
     let app = app_with(ProviderKind::Gupshup, &fake).await;
     let url = account(&app, "acme").await;
     let base = url.rsplit_once('/').unwrap().0.to_string();
-    // Wrong secret and unknown account: the same 404, nothing stored.
-    assert_eq!(post(&format!("{base}/wrong-secret"), b"{}".to_vec()).await.0, 404);
+    // An onboarding whose callback is valid, to show the refused calls change nothing.
+    let id = create(&app, "acme", "").await;
+    wait_state(&app, &id, pb::OnboardingState::AwaitingCustomer).await;
+    let key = app.running().store.onboarding_unscoped(&id).await.unwrap().unwrap().external_key.unwrap();
+    let before = events(&app, &id).await;
+    let valid = fake.render_callback_at("ev-x", &key, "LIVE", 5000);
+    // Wrong secret and unknown account: the same 404, nothing stored, even with a valid body.
+    assert_eq!(post(&format!("{base}/wrong-secret"), valid.clone()).await.0, 404);
+    assert_eq!(post(&url.replace("/acme/", "/nobody/"), valid.clone()).await.0, 404);
     let unknown = url.replace("/acme/", "/nobody/");
     assert_eq!(post(&unknown, b"{}".to_vec()).await.0, 404);
     assert_eq!(post(&url.replace("/gupshup/", "/exotel/"), b"{}".to_vec()).await.0, 404);
@@ -288,6 +299,11 @@ async fn ingress_refuses_bad_calls_and_keeps_malformed_bodies() {
     // The malformed row exists under its content hash: a redelivery is a duplicate.
     let (s, _) = post(&url, b"not json".to_vec()).await;
     assert_eq!(s, 400);
+    // Nothing the refused calls carried reached the onboarding: no event, no state change.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let after = events(&app, &id).await;
+    assert_eq!(after.len(), before.len(), "no event from a refused call: {after:?}");
+    assert_eq!(get(&app, &id).await.state, pb::OnboardingState::AwaitingCustomer as i32);
 }
 
 #[tokio::test]

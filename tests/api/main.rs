@@ -11,6 +11,7 @@ mod gupshup;
 mod health_shutdown;
 mod hosted;
 mod observe;
+mod security;
 mod tls;
 mod watch;
 mod whapi;

@@ -87,7 +87,7 @@ pub(super) fn login_error(n: i64) -> ProviderError {
 /// Finds `FAIL` inside HTTP 2xx. The reason string is `reason N` so [`failure_reason`] can
 /// read `N` back. No FAIL reason is worth an in-call retry (an expired token is handled by
 /// the token cache).
-struct FailBody;
+pub(super) struct FailBody;
 
 const REASON: &str = "reason ";
 
@@ -101,7 +101,7 @@ impl ErrorBody for FailBody {
 }
 
 /// The FAIL reason carried by a failure found by [`FailBody`].
-fn failure_reason(f: &HttpFailure) -> Option<i64> {
+pub(super) fn failure_reason(f: &HttpFailure) -> Option<i64> {
     match f {
         HttpFailure::Fatal { status: Some(s), reason, .. } if (200..300).contains(s) => {
             reason.strip_prefix(REASON).and_then(|n| n.parse().ok())

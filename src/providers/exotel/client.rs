@@ -57,7 +57,7 @@ impl<'a> Account<'a> {
 /// The hook that finds a failure inside an HTTP 2xx: `isv.status` other than `success`, or
 /// an `isv.code` of 300 or more. The reason starts with `isv code N` so [`to_error`] can read
 /// the code back.
-struct IsvBody;
+pub(super) struct IsvBody;
 
 /// Prefix of a [`BodyError`] reason written by [`IsvBody`].
 const ISV_CODE: &str = "isv code ";
@@ -79,7 +79,7 @@ impl ErrorBody for IsvBody {
 /// Exotel's HTTP codes (providers.md §2.4) as semantic errors; a failure inside a 2xx is
 /// mapped by its `isv.code`. Retry classes (429, 5xx, transport, unknown outcome) keep the
 /// shared mapping.
-fn to_error(f: HttpFailure) -> ProviderError {
+pub(super) fn to_error(f: HttpFailure) -> ProviderError {
     let body_code = match &f {
         HttpFailure::Retryable { status: Some(s), reason, .. } | HttpFailure::Fatal { status: Some(s), reason, .. }
             if (200..300).contains(s) =>

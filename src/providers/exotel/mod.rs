@@ -12,6 +12,8 @@ mod model;
 mod webhook;
 
 #[cfg(test)]
+mod fuzz;
+#[cfg(test)]
 mod tests;
 
 use std::collections::BTreeMap;

@@ -135,7 +135,7 @@ impl From<CallError> for ProviderError {
 
 /// Gupshup answers some errors with HTTP 200 and `{"status":"error"}`. A pipeline `ERROR`
 /// stage comes with `"status":"success"` and is not an error body (1.3.4).
-struct GupshupErrors;
+pub(super) struct GupshupErrors;
 
 impl ErrorBody for GupshupErrors {
     fn check(&self, _status: StatusCode, body: &[u8]) -> Option<BodyError> {
@@ -252,7 +252,7 @@ fn credentials(ctx: &CallContext) -> Result<(&str, &Secret), ProviderError> {
 }
 
 /// The JWT's remaining lifetime from its `exp` claim [C2]; `None` when unreadable.
-fn jwt_ttl(token: &str) -> Option<Duration> {
+pub(super) fn jwt_ttl(token: &str) -> Option<Duration> {
     let payload = token.split('.').nth(1)?;
     let bytes = URL_SAFE_NO_PAD.decode(payload.trim_end_matches('=')).ok()?;
     let claims: serde_json::Value = serde_json::from_slice(&bytes).ok()?;
@@ -740,7 +740,7 @@ fn subscription_error(e: &CallError) -> Option<ProviderError> {
 }
 
 /// `App <uuid> already exists with phone …` → the uuid [C2].
-fn app_id_in_message(m: Option<&str>) -> Option<String> {
+pub(super) fn app_id_in_message(m: Option<&str>) -> Option<String> {
     let rest = m?.split_once("App ")?.1;
     let id = rest.split_whitespace().next()?;
     (id.len() == 36 && id.chars().all(|c| c.is_ascii_hexdigit() || c == '-')).then(|| id.to_string())

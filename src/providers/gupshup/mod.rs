@@ -7,6 +7,8 @@
 //! `subscribe_on_live`, and only once live).
 
 mod client;
+#[cfg(test)]
+mod fuzz;
 mod model;
 #[cfg(test)]
 mod tests;

@@ -140,14 +140,20 @@ fn e_reason(e: &reqwest::Error) -> String {
     msg
 }
 
-/// Parses `Retry-After` as delta-seconds or an IMF-fixdate HTTP-date.
+/// The longest `Retry-After` believed. A larger value (a broken or hostile provider) would
+/// park a step for years, and its milliseconds no longer fit the `i64` schedule; it is
+/// capped here, once, for every adapter.
+pub const MAX_RETRY_AFTER: Duration = Duration::from_secs(24 * 3600);
+
+/// Parses `Retry-After` as delta-seconds or an IMF-fixdate HTTP-date, capped at
+/// [`MAX_RETRY_AFTER`].
 pub fn retry_after(headers: &HeaderMap, now: SystemTime) -> Option<Duration> {
     let v = headers.get(http::header::RETRY_AFTER)?.to_str().ok()?.trim();
     if let Ok(secs) = v.parse::<u64>() {
-        return Some(Duration::from_secs(secs));
+        return Some(Duration::from_secs(secs).min(MAX_RETRY_AFTER));
     }
     let at = parse_http_date(v)?;
-    Some(at.duration_since(now).unwrap_or(Duration::ZERO))
+    Some(at.duration_since(now).unwrap_or(Duration::ZERO).min(MAX_RETRY_AFTER))
 }
 
 /// Parses an IMF-fixdate (`Sun, 06 Nov 1994 08:49:37 GMT`).
@@ -160,7 +166,14 @@ fn parse_http_date(s: &str) -> Option<SystemTime> {
     let month = MONTHS.iter().position(|m| m == mon)? as i64 + 1;
     let mut t = hms.split(':').map(|p| p.parse::<i64>().ok());
     let (h, m, sec) = (t.next()??, t.next()??, t.next()??);
-    if !(1..=31).contains(&day) || h > 23 || m > 59 || sec > 60 {
+    // Bounded fields keep the arithmetic below far from overflow (a year like
+    // 99999999999999999 used to overflow it).
+    if !(1..=31).contains(&day)
+        || !(1..=9999).contains(&year)
+        || !(0..=23).contains(&h)
+        || !(0..=59).contains(&m)
+        || !(0..=60).contains(&sec)
+    {
         return None;
     }
     // Days from civil (Howard Hinnant's algorithm).
@@ -173,6 +186,33 @@ fn parse_http_date(s: &str) -> Option<SystemTime> {
     let days = era * 146_097 + doe - 719_468;
     let secs = u64::try_from(days * 86_400 + h * 3600 + m * 60 + sec).ok()?;
     Some(UNIX_EPOCH + Duration::from_secs(secs))
+}
+
+/// The largest provider answer read. Real answers are a few KiB (a QR PNG a few dozen); a
+/// provider streaming more is broken or hostile, and reading it whole would be an unbounded
+/// allocation.
+pub const MAX_RESPONSE_BYTES: usize = 4 * 1024 * 1024;
+
+/// Reads the body up to `max` bytes; `None` when it is larger (the rest is not read).
+async fn read_capped(mut resp: reqwest::Response, max: usize) -> Result<Option<Bytes>, reqwest::Error> {
+    if resp.content_length().is_some_and(|n| n > max as u64) {
+        return Ok(None);
+    }
+    let mut buf = bytes::BytesMut::new();
+    while let Some(chunk) = resp.chunk().await? {
+        if buf.len() + chunk.len() > max {
+            return Ok(None);
+        }
+        buf.extend_from_slice(&chunk);
+    }
+    Ok(Some(buf.freeze()))
+}
+
+/// The outcome of an answer over [`MAX_RESPONSE_BYTES`]: it cannot be parsed, so it fails;
+/// a non-idempotent call the provider accepted (2xx) may have acted: reconcile.
+pub fn oversized(status: StatusCode, is_idempotent: bool) -> Outcome {
+    let reason = format!("HTTP {}: answer larger than {MAX_RESPONSE_BYTES} bytes", status.as_u16());
+    if status.is_success() && !is_idempotent { Outcome::UnknownOutcome { reason } } else { Outcome::Fail { reason } }
 }
 
 /// A URL fit for logs and errors: no userinfo, query or fragment.
@@ -356,15 +396,18 @@ impl HttpClient {
             let resp = self.inner.execute(req).await?;
             let status = resp.status();
             let headers = resp.headers().clone();
-            let body = resp.bytes().await?;
-            Ok::<_, reqwest::Error>(RawResponse { status, headers, body })
+            let body = read_capped(resp, MAX_RESPONSE_BYTES).await?;
+            let oversized = body.is_none();
+            Ok::<_, reqwest::Error>((RawResponse { status, headers, body: body.unwrap_or_default() }, oversized))
         }
         .await;
         let elapsed_ms = started.elapsed().as_millis() as u64;
         let (outcome, status) = match &result {
-            Ok(r) => (classify(r.status, &r.headers, &r.body, idempotent, hook), Some(r.status.as_u16())),
+            Ok((r, true)) => (oversized(r.status, idempotent), Some(r.status.as_u16())),
+            Ok((r, false)) => (classify(r.status, &r.headers, &r.body, idempotent, hook), Some(r.status.as_u16())),
             Err(e) => (classify_transport(e, idempotent), None),
         };
+        let result = result.map(|(r, _)| r);
         tracing::debug!(class, %method, url, status, elapsed_ms, outcome = ?outcome, "Provider call.");
         crate::telemetry::metrics::provider_call(class, &outcome, started.elapsed());
         let name = class.to_string();
@@ -395,6 +438,8 @@ pub struct Classified {
     pub failure: Option<HttpFailure>,
 }
 
+#[cfg(test)]
+mod fuzz;
 #[cfg(test)]
 pub(crate) mod testserver;
 

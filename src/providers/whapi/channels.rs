@@ -38,7 +38,7 @@ fn mode_str(m: ChannelMode) -> &'static str {
 }
 
 /// The domain view of a channel object plus a health text.
-fn info(ch: &Channel, health: String) -> ChannelInfo {
+pub(super) fn info(ch: &Channel, health: String) -> ChannelInfo {
     ChannelInfo {
         id: ch.id.clone(),
         display_name: ch.name.clone(),
@@ -63,7 +63,7 @@ fn already_connected(e: ProviderError) -> ProviderError {
 }
 
 /// Decodes a base64 PNG, with or without a `data:image/png;base64,` prefix [C2].
-fn decode_png(b64: &str) -> Result<Vec<u8>, ProviderError> {
+pub(super) fn decode_png(b64: &str) -> Result<Vec<u8>, ProviderError> {
     let data = b64.split_once("base64,").map_or(b64, |(_, d)| d).trim();
     let png = base64::engine::general_purpose::STANDARD
         .decode(data)
@@ -74,8 +74,9 @@ fn decode_png(b64: &str) -> Result<Vec<u8>, ProviderError> {
     Ok(png)
 }
 
-fn expiry(expires_in: Option<i64>) -> Option<i64> {
-    expires_in.filter(|s| *s > 0).map(|s| now_ms() + s * 1000)
+/// When a code with `expires_in` seconds left lapses (saturating: the value is the provider's).
+pub(super) fn expiry(expires_in: Option<i64>) -> Option<i64> {
+    expires_in.filter(|s| *s > 0).map(|s| now_ms().saturating_add(s.saturating_mul(1000)))
 }
 
 fn still_starting() -> ProviderError {
@@ -166,8 +167,8 @@ impl WhapiProvider {
     ) -> Result<Channel, ProviderError> {
         let after = self.client.extend(ctx, id, days, comment).await?;
         let after = if after.active_till.is_some() { after } else { self.client.get_channel(ctx, id).await? };
-        let target = before + i64::from(days) * DAY_MS;
-        if after.active_till.is_none_or(|t| t + EXTEND_TOLERANCE_MS < target) {
+        let target = before.saturating_add(i64::from(days) * DAY_MS);
+        if after.active_till.is_none_or(|t| t.saturating_add(EXTEND_TOLERANCE_MS) < target) {
             return Err(ProviderError::Precondition {
                 raw: "extend_not_reflected".into(),
                 message: "the extension was accepted but activeTill did not move".into(),
@@ -332,8 +333,8 @@ impl ChannelOps for WhapiProvider {
                 e
             }
         };
-        let target_till = entry.before + i64::from(days) * DAY_MS;
-        let moved = ch.active_till.is_some_and(|t| t + EXTEND_TOLERANCE_MS >= target_till);
+        let target_till = entry.before.saturating_add(i64::from(days) * DAY_MS);
+        let moved = ch.active_till.is_some_and(|t| t.saturating_add(EXTEND_TOLERANCE_MS) >= target_till);
         if entry.applied || moved {
             if let Some(e) = ledger.get_mut(&key) {
                 e.applied = true;

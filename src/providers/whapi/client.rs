@@ -17,7 +17,7 @@ use crate::providers::http::{BodyError, ErrorBody, HttpClient, RawResponse, Retr
 use crate::providers::{CallContext, ProviderError};
 
 /// [I] Whapi answers some errors with HTTP 200 and `{"error":{…}}`.
-struct WhapiErrorBody;
+pub(super) struct WhapiErrorBody;
 
 impl ErrorBody for WhapiErrorBody {
     fn check(&self, _status: StatusCode, body: &[u8]) -> Option<BodyError> {

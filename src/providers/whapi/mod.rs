@@ -19,6 +19,8 @@ mod subscriptions;
 mod webhook;
 
 #[cfg(test)]
+mod fuzz;
+#[cfg(test)]
 mod tests;
 
 use std::collections::{BTreeMap, HashMap};

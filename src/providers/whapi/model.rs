@@ -139,9 +139,10 @@ impl Health {
         .to_string()
     }
 
-    /// When this reading was taken, in epoch ms: `start_at + uptime` (both seconds) [C].
+    /// When this reading was taken, in epoch ms: `start_at + uptime` (both seconds) [C];
+    /// `None` when the sum does not fit (the values are the provider's, not trusted).
     pub fn at_ms(&self) -> Option<i64> {
-        Some((self.start_at? + self.uptime.unwrap_or(0)) * 1000)
+        self.start_at?.checked_add(self.uptime.unwrap_or(0))?.checked_mul(1000)
     }
 }
 

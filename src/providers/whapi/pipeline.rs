@@ -247,8 +247,8 @@ impl WhapiProvider {
             let before = marker.get("before").and_then(Value::as_i64).ok_or_else(|| ProviderError::Malformed {
                 message: "go_live step data: extension marker without activeTill".into(),
             })?;
-            let target = before + i64::from(w.extend_days) * DAY_MS;
-            if ch.active_till.is_some_and(|t| t + EXTEND_TOLERANCE_MS >= target) {
+            let target = before.saturating_add(i64::from(w.extend_days) * DAY_MS);
+            if ch.active_till.is_some_and(|t| t.saturating_add(EXTEND_TOLERANCE_MS) >= target) {
                 already_applied = true;
             } else {
                 let comment = format!("wa-onboard onboarding {} go_live", run.onboarding_id);

@@ -143,7 +143,7 @@ fn apply(
     Ok(())
 }
 
-fn to_subscription(w: &WebhookJson) -> ProviderSubscription {
+pub(super) fn to_subscription(w: &WebhookJson) -> ProviderSubscription {
     let url = url_of(w).to_string();
     let events = events_of(w).into_iter().map(|(t, m)| if m == "post" { t } else { format!("{t}:{m}") }).collect();
     let headers: BTreeMap<String, Secret> = w
