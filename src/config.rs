@@ -164,11 +164,62 @@ pub struct ProviderSettings {
     pub allow_custom_endpoints: bool,
     /// Per-call HTTP timeout, seconds.
     pub http_timeout_secs: u64,
+    /// Client-side rate limits of the Gupshup adapter, per credential: the documented ones
+    /// by default. Benchmarks scale them down together with the simulator's
+    /// (`sandbox.sims.gupshup.limits`); above the provider's real limits they only earn 429s.
+    pub gupshup_limits: GupshupLimitSettings,
 }
 
 impl Default for ProviderSettings {
     fn default() -> Self {
-        Self { allow_custom_endpoints: false, http_timeout_secs: 15 }
+        Self { allow_custom_endpoints: false, http_timeout_secs: 15, gupshup_limits: Default::default() }
+    }
+}
+
+/// At most `max` calls per `window_ms` milliseconds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RateLimitSetting {
+    /// Calls per window.
+    pub max: u32,
+    /// Window length, milliseconds.
+    pub window_ms: u64,
+}
+
+impl From<crate::providers::gupshup::Limit> for RateLimitSetting {
+    fn from(l: crate::providers::gupshup::Limit) -> Self {
+        Self { max: l.max, window_ms: u64::try_from(l.window.as_millis()).unwrap_or(u64::MAX) }
+    }
+}
+
+impl From<RateLimitSetting> for crate::providers::gupshup::Limit {
+    fn from(l: RateLimitSetting) -> Self {
+        Self { max: l.max, window: std::time::Duration::from_millis(l.window_ms) }
+    }
+}
+
+/// The Gupshup adapter's limits (`providers.gupshup_limits.{login,link,pipeline}`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct GupshupLimitSettings {
+    /// Partner login.
+    pub login: RateLimitSetting,
+    /// Link app.
+    pub link: RateLimitSetting,
+    /// Pipeline poll.
+    pub pipeline: RateLimitSetting,
+}
+
+impl Default for GupshupLimitSettings {
+    fn default() -> Self {
+        let d = crate::providers::gupshup::GupshupLimits::default();
+        Self { login: d.login.into(), link: d.link.into(), pipeline: d.pipeline.into() }
+    }
+}
+
+impl From<GupshupLimitSettings> for crate::providers::gupshup::GupshupLimits {
+    fn from(s: GupshupLimitSettings) -> Self {
+        Self { login: s.login.into(), link: s.link.into(), pipeline: s.pipeline.into() }
     }
 }
 
@@ -337,6 +388,12 @@ impl Settings {
         if e.expiry_warnings_secs.iter().any(|&t| !(60..=31_536_000).contains(&t)) {
             return Err(ConfigError(
                 "engine.expiry_warnings_secs: each threshold must be between 60 and 31536000 seconds".into(),
+            ));
+        }
+        let g = &self.providers.gupshup_limits;
+        if [g.login, g.link, g.pipeline].iter().any(|l| l.max == 0 || l.window_ms == 0) {
+            return Err(ConfigError(
+                "providers.gupshup_limits: every limit needs max and window_ms of at least 1".into(),
             ));
         }
         if self.security.encryption_key_id.is_empty() {
