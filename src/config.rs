@@ -486,6 +486,23 @@ mod tests {
     }
 
     #[test]
+    fn gupshup_limits_default_to_the_documented_ones_and_can_be_scaled() {
+        let d = Settings::default();
+        let documented = crate::providers::gupshup::GupshupLimits::default();
+        assert_eq!(crate::providers::gupshup::GupshupLimits::from(d.providers.gupshup_limits), documented);
+        let dir = tempfile::tempdir().unwrap();
+        let f = dir.path().join("c.toml");
+        std::fs::write(&f, "[providers.gupshup_limits.link]\nmax = 10\nwindow_ms = 1000\n").unwrap();
+        let s = Settings::load(Some(&f), &Overrides::default()).unwrap();
+        let l = crate::providers::gupshup::GupshupLimits::from(s.providers.gupshup_limits);
+        assert_eq!(l.link.window, std::time::Duration::from_secs(1));
+        assert_eq!(l.login, documented.login, "unset limits keep their documented value");
+        std::fs::write(&f, "[providers.gupshup_limits.link]\nmax = 0\nwindow_ms = 1000\n").unwrap();
+        let e = Settings::load(Some(&f), &Overrides::default()).unwrap_err();
+        assert!(e.to_string().contains("providers.gupshup_limits"), "{e}");
+    }
+
+    #[test]
     fn bad_values_name_the_key() {
         let dir = tempfile::tempdir().unwrap();
         let f = dir.path().join("c.toml");
