@@ -496,7 +496,7 @@ pub async fn streams(opts: &Opts, rep: &mut Report, dir: &Path, seeded: &[Seeded
              {} s (open loop, 64 HTTP/1.1 connections), each for one onboarding in turn. Latency = \
              from the webhook's HTTP 2xx reaching the poster to the event arriving on its stream \
              (same process, one clock). {} run(s).\n\n\
-             | p50 | p99 | max | events sent | lost | non-2xx | achieved rate | worst send lag |\n\
+             | p50 | p99 | max | events sent | not arrived 20 s after the last post | non-2xx | achieved rate | worst send lag |\n\
              |---|---|---|---|---|---|---|---|\n",
             seeded.len().min(n),
             opts.fanout_rate,
@@ -517,8 +517,8 @@ pub async fn streams(opts: &Opts, rep: &mut Report, dir: &Path, seeded: &[Seeded
         rep.section(t);
         rep.target(Target {
             name: format!("fan-out p99 at {} events/s over {n} streams (SQLite)", opts.fanout_rate),
-            goal: "≤ 50 ms, none lost".into(),
-            measured: format!("{p99:.1} ms, {lost} lost"),
+            goal: "≤ 50 ms, every event delivered".into(),
+            measured: format!("{p99:.1} ms, {lost} not arrived within 20 s"),
             met: p99 <= 50.0 && lost == 0 && errors == 0,
             why: "the 2xx only means the event is stored; the engine then claims it (one write), \
                   applies it (a second write transaction on SQLite's single writer, shared with \
