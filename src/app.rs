@@ -136,7 +136,7 @@ pub async fn start_with(
                 retry: crate::providers::http::RetryPolicy::default(),
                 poll_interval: Duration::from_millis(settings.engine.poll_interval_ms),
             };
-            crate::providers::builtin::registry(&deps)
+            crate::providers::builtin::registry_with_limits(&deps, settings.providers.gupshup_limits.into())
         }
     };
     let core = Core {
@@ -216,7 +216,9 @@ pub async fn start_with(
         shutdown_rx.clone(),
     )));
 
-    let incoming = tokio_stream::wrappers::TcpListenerStream::new(grpc_listener);
+    // TCP_NODELAY: a unary answer is written as headers, data and trailers; with Nagle's
+    // algorithm on, the last write waits for the client's delayed ACK (~40 ms per call).
+    let incoming = tonic::transport::server::TcpIncoming::from(grpc_listener).with_nodelay(Some(true));
     let mut grpc_shutdown = shutdown_rx.clone();
     let grpc = tokio::spawn(async move {
         router

@@ -288,11 +288,62 @@ pub struct ProviderSettings {
     pub allow_custom_endpoints: bool,
     /// Per-call HTTP timeout, seconds.
     pub http_timeout_secs: u64,
+    /// Client-side rate limits of the Gupshup adapter, per credential: the documented ones
+    /// by default. Benchmarks scale them down together with the simulator's
+    /// (`sandbox.sims.gupshup.limits`); above the provider's real limits they only earn 429s.
+    pub gupshup_limits: GupshupLimitSettings,
 }
 
 impl Default for ProviderSettings {
     fn default() -> Self {
-        Self { allow_custom_endpoints: false, http_timeout_secs: 15 }
+        Self { allow_custom_endpoints: false, http_timeout_secs: 15, gupshup_limits: Default::default() }
+    }
+}
+
+/// At most `max` calls per `window_ms` milliseconds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RateLimitSetting {
+    /// Calls per window.
+    pub max: u32,
+    /// Window length, milliseconds.
+    pub window_ms: u64,
+}
+
+impl From<crate::providers::gupshup::Limit> for RateLimitSetting {
+    fn from(l: crate::providers::gupshup::Limit) -> Self {
+        Self { max: l.max, window_ms: u64::try_from(l.window.as_millis()).unwrap_or(u64::MAX) }
+    }
+}
+
+impl From<RateLimitSetting> for crate::providers::gupshup::Limit {
+    fn from(l: RateLimitSetting) -> Self {
+        Self { max: l.max, window: std::time::Duration::from_millis(l.window_ms) }
+    }
+}
+
+/// The Gupshup adapter's limits (`providers.gupshup_limits.{login,link,pipeline}`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct GupshupLimitSettings {
+    /// Partner login.
+    pub login: RateLimitSetting,
+    /// Link app.
+    pub link: RateLimitSetting,
+    /// Pipeline poll.
+    pub pipeline: RateLimitSetting,
+}
+
+impl Default for GupshupLimitSettings {
+    fn default() -> Self {
+        let d = crate::providers::gupshup::GupshupLimits::default();
+        Self { login: d.login.into(), link: d.link.into(), pipeline: d.pipeline.into() }
+    }
+}
+
+impl From<GupshupLimitSettings> for crate::providers::gupshup::GupshupLimits {
+    fn from(s: GupshupLimitSettings) -> Self {
+        Self { login: s.login.into(), link: s.link.into(), pipeline: s.pipeline.into() }
     }
 }
 
@@ -464,6 +515,12 @@ impl Settings {
                 "engine.expiry_warnings_secs: each threshold must be between 60 and 31536000 seconds".into(),
             ));
         }
+        let g = &self.providers.gupshup_limits;
+        if [g.login, g.link, g.pipeline].iter().any(|l| l.max == 0 || l.window_ms == 0) {
+            return Err(ConfigError(
+                "providers.gupshup_limits: every limit needs max and window_ms of at least 1".into(),
+            ));
+        }
         if self.security.encryption_key_id.is_empty() {
             return Err(ConfigError("security.encryption_key_id must not be empty".into()));
         }
@@ -581,6 +638,23 @@ mod tests {
         s.validate().unwrap();
         assert_eq!(s.server.grpc_addr, "127.0.0.1:50051");
         assert!(s.database_url().starts_with("sqlite:"));
+    }
+
+    #[test]
+    fn gupshup_limits_default_to_the_documented_ones_and_can_be_scaled() {
+        let d = Settings::default();
+        let documented = crate::providers::gupshup::GupshupLimits::default();
+        assert_eq!(crate::providers::gupshup::GupshupLimits::from(d.providers.gupshup_limits), documented);
+        let dir = tempfile::tempdir().unwrap();
+        let f = dir.path().join("c.toml");
+        std::fs::write(&f, "[providers.gupshup_limits.link]\nmax = 10\nwindow_ms = 1000\n").unwrap();
+        let s = Settings::load(Some(&f), &Overrides::default()).unwrap();
+        let l = crate::providers::gupshup::GupshupLimits::from(s.providers.gupshup_limits);
+        assert_eq!(l.link.window, std::time::Duration::from_secs(1));
+        assert_eq!(l.login, documented.login, "unset limits keep their documented value");
+        std::fs::write(&f, "[providers.gupshup_limits.link]\nmax = 0\nwindow_ms = 1000\n").unwrap();
+        let e = Settings::load(Some(&f), &Overrides::default()).unwrap_err();
+        assert!(e.to_string().contains("providers.gupshup_limits"), "{e}");
     }
 
     #[test]

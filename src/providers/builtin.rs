@@ -20,10 +20,15 @@ pub struct AdapterDeps {
     pub poll_interval: Duration,
 }
 
-/// A registry with every built-in adapter.
+/// A registry with every built-in adapter, at the documented rate limits.
 pub fn registry(deps: &AdapterDeps) -> ProviderRegistry {
+    registry_with_limits(deps, super::gupshup::GupshupLimits::default())
+}
+
+/// [`registry`] with the Gupshup adapter's limits given (`providers.gupshup_limits`).
+pub fn registry_with_limits(deps: &AdapterDeps, gupshup: super::gupshup::GupshupLimits) -> ProviderRegistry {
     let mut r = ProviderRegistry::new();
-    r.register(ProviderKind::Gupshup, super::gupshup::factory(deps.clone()));
+    r.register(ProviderKind::Gupshup, super::gupshup::factory_with_limits(deps.clone(), gupshup));
     r.register(ProviderKind::Exotel, super::exotel::factory(deps.clone()));
     r.register(ProviderKind::Digital99, super::digital99::factory(deps.clone()));
     r.register(ProviderKind::Whapi, super::whapi::factory(deps.clone()));

@@ -66,6 +66,11 @@ const CAPABILITIES: [Capability; 8] = [
 /// The factory registered in [`super::builtin::registry`]: one adapter (and partner-token
 /// cache) per Gupshup account.
 pub fn factory(deps: AdapterDeps) -> ProviderFactory {
+    factory_with_limits(deps, GupshupLimits::default())
+}
+
+/// [`factory`] with other client-side limits (configured; benchmarks scale them down).
+pub fn factory_with_limits(deps: AdapterDeps, limits: GupshupLimits) -> ProviderFactory {
     Arc::new(move |ctx: &CallContext| -> Result<Arc<dyn Provider>, AppError> {
         if ctx.credentials.provider() != ProviderKind::Gupshup {
             return Err(AppError::internal(format!(
@@ -73,7 +78,7 @@ pub fn factory(deps: AdapterDeps) -> ProviderFactory {
                 ctx.credentials.provider()
             )));
         }
-        Ok(Arc::new(GupshupProvider::new(deps.clone())))
+        Ok(Arc::new(GupshupProvider::with_limits(deps.clone(), limits)))
     })
 }
 

@@ -1,0 +1,83 @@
+//! Seeding: many live Gupshup onboardings written straight into the server's store (same
+//! database, same schema, through the library's `Store`), each with its own app id so a
+//! Gupshup callback routes to it.
+
+use anyhow::{Context, Result, anyhow};
+use futures::StreamExt;
+use wa_onboard::domain::{AccountId, OnboardingId, OnboardingState, ProviderKind, new_id, now_ms};
+use wa_onboard::store::{NewEvent, NewOnboarding, OnboardingRecord, Sealed};
+
+/// The bench's Gupshup account (made by `suites::webhook_url`).
+pub const ACCOUNT: &str = "bench-gupshup";
+
+/// One seeded onboarding.
+#[derive(Debug, Clone)]
+pub struct Seeded {
+    /// Its id.
+    pub id: OnboardingId,
+    /// Its Gupshup app id (the callback routing key).
+    pub app_id: String,
+}
+
+/// Inserts `n` live onboardings for the `dev` tenant on [`ACCOUNT`].
+pub async fn seed(url: &str, n: usize) -> Result<Vec<Seeded>> {
+    let store = wa_onboard::store::open(url).await.context("open the store to seed")?;
+    let tenant = store.tenant_by_name("dev").await?.ok_or_else(|| anyhow!("no dev tenant (start the server first)"))?;
+    let account = AccountId::parse(ACCOUNT).map_err(|e| anyhow!("{}", e.0))?;
+    let rows: Vec<Seeded> = (0..n).map(|_| Seeded { id: new_id(), app_id: uuid::Uuid::new_v4().to_string() }).collect();
+    let results: Vec<Result<()>> = futures::stream::iter(rows.iter().enumerate())
+        .map(|(i, s)| {
+            let store = store.clone();
+            let tenant = tenant.id.clone();
+            let account = account.clone();
+            async move {
+                let now = now_ms();
+                let details = serde_json::json!({
+                    "app_name": format!("Bench App {i}"),
+                    "waba_id": format!("1049961223{i:05}"),
+                    "phone": format!("+9198{i:08}"),
+                    "app_id": s.app_id,
+                    "storage_region": "IN",
+                });
+                let o = OnboardingRecord {
+                    id: s.id.clone(),
+                    tenant_id: tenant,
+                    account_id: account,
+                    provider: ProviderKind::Gupshup,
+                    state: OnboardingState::Live,
+                    desired_state: None,
+                    state_reason: "live (seeded by wa-bench)".into(),
+                    provider_status: "docker-status-event:live".into(),
+                    reference: format!("bench-{i}"),
+                    details_json: details.to_string(),
+                    external_key: Some(s.app_id.clone()),
+                    secret: None::<Sealed>,
+                    sequence: 0,
+                    state_deadline_ms: None,
+                    expire_ms: None,
+                    created_ms: now,
+                    updated_ms: now,
+                };
+                store
+                    .create_onboarding(&NewOnboarding {
+                        onboarding: o,
+                        steps: vec![],
+                        event: NewEvent {
+                            kind: "created".into(),
+                            reason: "seeded by wa-bench".into(),
+                            step: None,
+                            data_json: "{}".into(),
+                        },
+                        idempotency: None,
+                    })
+                    .await
+                    .map(drop)
+                    .map_err(|e| anyhow!("seed onboarding {i}: {e}"))
+            }
+        })
+        .buffer_unordered(16)
+        .collect()
+        .await;
+    results.into_iter().collect::<Result<Vec<()>>>()?;
+    Ok(rows)
+}
