@@ -1,37 +1,11 @@
-use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use crate::helpers::*;
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::TcpStream;
 use tokio_stream::StreamExt;
 use tonic_health::pb::health_check_response::ServingStatus;
 use wa_onboard::grpc::pb;
-
-/// A TCP proxy to PostgreSQL that the test can cut, to make the store unreachable.
-async fn cuttable_proxy(target: String) -> (String, Arc<AtomicBool>) {
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap().to_string();
-    let cut = Arc::new(AtomicBool::new(false));
-    let flag = cut.clone();
-    tokio::spawn(async move {
-        loop {
-            let Ok((mut inbound, _)) = listener.accept().await else { return };
-            if flag.load(Ordering::SeqCst) {
-                continue;
-            }
-            let Ok(mut outbound) = TcpStream::connect(&target).await else { continue };
-            let flag = flag.clone();
-            tokio::spawn(async move {
-                tokio::select! {
-                    _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound) => {}
-                    _ = async { while !flag.load(Ordering::SeqCst) { tokio::time::sleep(Duration::from_millis(50)).await } } => {}
-                }
-            });
-        }
-    });
-    (addr, cut)
-}
 
 fn pg_base_url() -> String {
     std::env::var("WA_ONBOARD_TEST_DATABASE_URL").unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".into())

@@ -242,3 +242,29 @@ pub async fn pg_schema() -> Option<String> {
 pub async fn drop_pg(url: &str) {
     wa_onboard::store::postgres::drop_schema(url).await.ok();
 }
+
+/// A TCP proxy to `target` the test can cut: while cut, it refuses new connections and drops
+/// the open ones, as a network partition between the service and PostgreSQL would.
+pub async fn cuttable_proxy(target: String) -> (String, std::sync::Arc<std::sync::atomic::AtomicBool>) {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let addr = listener.local_addr().expect("addr").to_string();
+    let cut = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let flag = cut.clone();
+    tokio::spawn(async move {
+        loop {
+            let Ok((mut inbound, _)) = listener.accept().await else { return };
+            if flag.load(std::sync::atomic::Ordering::SeqCst) {
+                continue;
+            }
+            let Ok(mut outbound) = tokio::net::TcpStream::connect(&target).await else { continue };
+            let flag = flag.clone();
+            tokio::spawn(async move {
+                tokio::select! {
+                    _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound) => {}
+                    _ = async { while !flag.load(std::sync::atomic::Ordering::SeqCst) { tokio::time::sleep(std::time::Duration::from_millis(50)).await } } => {}
+                }
+            });
+        }
+    });
+    (addr, cut)
+}

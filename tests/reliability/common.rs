@@ -7,11 +7,9 @@ use std::fs::File;
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, mpsc};
 use std::time::Duration;
 
-use tokio::net::{TcpListener, TcpStream};
 use tonic::transport::Channel;
 use wa_onboard::grpc::pb;
 
@@ -382,34 +380,6 @@ impl SimProc {
     pub async fn counters(&self, which: &str) -> serde_json::Value {
         self.get(which, "/_sim/counters").await
     }
-}
-
-// ----- a PostgreSQL connection that can be cut -----
-
-/// A TCP proxy to `target` the test can cut: while cut, it refuses new connections and drops
-/// the open ones, as a network partition between the service and PostgreSQL would.
-pub async fn cuttable_proxy(target: String) -> (String, Arc<AtomicBool>) {
-    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
-    let addr = listener.local_addr().expect("addr").to_string();
-    let cut = Arc::new(AtomicBool::new(false));
-    let flag = cut.clone();
-    tokio::spawn(async move {
-        loop {
-            let Ok((mut inbound, _)) = listener.accept().await else { return };
-            if flag.load(Ordering::SeqCst) {
-                continue;
-            }
-            let Ok(mut outbound) = TcpStream::connect(&target).await else { continue };
-            let flag = flag.clone();
-            tokio::spawn(async move {
-                tokio::select! {
-                    _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound) => {}
-                    _ = async { while !flag.load(Ordering::SeqCst) { tokio::time::sleep(Duration::from_millis(50)).await } } => {}
-                }
-            });
-        }
-    });
-    (addr, cut)
 }
 
 /// The PostgreSQL base URL of the suite, `None` when it runs with `skip`.
