@@ -7,6 +7,7 @@
 //! mapping (`From<(ProviderKind, ProviderError)> for AppError`), which keeps the raw code.
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use super::accounts::CheckResult;
 use super::context::ENGINE_KEY;
@@ -15,9 +16,9 @@ use crate::domain::{AccountId, ChannelId, E164, OnboardingId, OnboardingState, P
 use crate::error::{AppError, ErrorCode};
 use crate::providers::http::TokenStatus;
 use crate::providers::{
-    Balance, CallContext, ChannelInfo, ChannelMode, ChannelOps, ConnectMethod, HostedLinkOps, IssuedConnectCode,
-    LinkTokenStatus, PartnerTokenOps, Provider, ProviderError, ProviderSubscription, ResourceRef, SubscriptionOps,
-    SubscriptionSpec,
+    Balance, CallContext, ChannelInfo, ChannelMode, ChannelOps, ConnectMethod, ExtendOutcome, HostedLinkOps,
+    IssuedConnectCode, LinkTokenStatus, PartnerTokenOps, Provider, ProviderError, ProviderSubscription, ResourceRef,
+    SubscriptionOps, SubscriptionSpec,
 };
 use crate::store::{
     AccountRecord, NewEvent, OnboardingChange, OnboardingFilter, OnboardingRecord, Page, PageRequest, StoreError,
@@ -36,6 +37,9 @@ pub mod events {
     /// `ExtendChannel` is about to add days (written before the provider call: `request_id`,
     /// `days`, `active_till_ms` before), so a retry anywhere can tell whether it happened.
     pub const CHANNEL_EXTEND_REQUESTED: &str = "channel_extend_requested";
+    /// That attempt failed (attributes: `request_id`, `error`, the provider's raw code): a
+    /// retry checks whether the days landed before extending again.
+    pub const CHANNEL_EXTEND_FAILED: &str = "channel_extend_failed";
     /// A QR or pairing code was handed out (attributes: `method`; never the code).
     pub const CONNECT_CODE_ISSUED: &str = "connect_code_issued";
     /// A channel's mode was switched.
@@ -678,35 +682,67 @@ impl Core {
         }
         const ATTEMPTS: usize = 8;
         let mut attempt = 0;
-        let (t, before, recovering) = loop {
+        // The longest the provider calls may take: read, extend and re-read, each bounded by the
+        // HTTP timeout, plus room for the rate limiter. The intent carries the window's end, so
+        // a retry anywhere can tell an attempt still in flight from one that died with its
+        // replica.
+        let window_ms = i64::try_from(self.settings.providers.http_timeout_secs.max(1))
+            .unwrap_or(i64::MAX / 4_000)
+            .saturating_mul(3_000)
+            .saturating_add(5_000);
+        let (t, before, recovering, until_ms) = loop {
             let t = self.channel_target(caller, channel, Some(request_id)).await?;
             let ops = channels_of(t.provider.as_ref())?;
             let kind = t.provider.kind();
             let id = t.onboarding.id.clone();
             let prior = self
-                .events_with_request_id(&id, &[events::CHANNEL_EXTEND_REQUESTED, events::CHANNEL_EXTENDED], request_id)
+                .events_with_request_id(
+                    &id,
+                    &[events::CHANNEL_EXTEND_REQUESTED, events::CHANNEL_EXTENDED, events::CHANNEL_EXTEND_FAILED],
+                    request_id,
+                )
                 .await?;
-            for (_, d) in &prior {
-                same_extension(d, days, request_id)?;
+            for (k, d) in &prior {
+                if k != events::CHANNEL_EXTEND_FAILED {
+                    same_extension(d, days, request_id)?;
+                }
             }
             if prior.iter().any(|(k, _)| k == events::CHANNEL_EXTENDED) {
                 let info = ops.get_channel(&t.ctx, &t.resource).await.map_err(provider_err(kind))?;
                 return Ok(ExtendView { channel: Self::channel_view(&t, info), days_added: 0, already_applied: true });
             }
-            if let Some((_, intent)) = prior.first() {
-                let before = intent["active_till_ms"].as_i64();
-                break (t, before, true);
+            let now = now_ms();
+            let latest = prior.iter().rposition(|(k, _)| k == events::CHANNEL_EXTEND_REQUESTED);
+            if let Some(i) = latest
+                && !prior[i + 1..].iter().any(|(k, _)| k == events::CHANNEL_EXTEND_FAILED)
+                && let Some(until) = prior[i].1["in_flight_until_ms"].as_i64().filter(|u| *u > now)
+            {
+                // Another call with this key (here or on another replica) may be adding the
+                // days right now and activeTill has not moved yet: extending too would add
+                // them twice.
+                let wait = Duration::from_millis(u64::try_from(until - now).unwrap_or(0));
+                return Err(AppError::unavailable(format!(
+                    "an ExtendChannel with this request_id is in progress (for up to {} s more); retry with the same request_id",
+                    wait.as_secs().max(1)
+                ))
+                .with_retry_after(wait.clamp(Duration::from_secs(1), Duration::from_secs(5))));
             }
-            let info = ops.get_channel(&t.ctx, &t.resource).await.map_err(provider_err(kind))?;
-            let before = info.active_till_ms;
+            // A retry after an attempt that failed or died compares with the first reading.
+            let before = match prior.iter().find(|(k, _)| k == events::CHANNEL_EXTEND_REQUESTED) {
+                Some((_, first)) => first["active_till_ms"].as_i64(),
+                None => ops.get_channel(&t.ctx, &t.resource).await.map_err(provider_err(kind))?.active_till_ms,
+            };
+            let until_ms = now.saturating_add(window_ms);
             let mut data = vec![("request_id", request_id.into()), ("days", days.into())];
             if let Some(b) = before {
                 data.push(("active_till_ms", b.into()));
             }
+            data.push(("in_flight_until_ms", until_ms.into()));
             let intent = OnboardingChange {
                 onboarding_id: Some(id.clone()),
                 // The log was searched after this sequence was read: nothing else was
-                // appended in between (or the write fails and we look again).
+                // appended in between (or the write fails and we look again), so of two
+                // retries racing here only one goes on.
                 expect_sequence: Some(t.onboarding.sequence),
                 event: NewEvent {
                     kind: events::CHANNEL_EXTEND_REQUESTED.into(),
@@ -714,11 +750,11 @@ impl Core {
                     step: None,
                     data_json: attrs(&data),
                 },
-                at_ms: now_ms(),
+                at_ms: now,
                 ..Default::default()
             };
             match self.store.apply_change(&intent).await {
-                Ok(_) => break (t, before, false),
+                Ok(_) => break (t, before, latest.is_some(), until_ms),
                 Err(StoreError::Conflict(_)) if attempt + 1 < ATTEMPTS => attempt += 1,
                 Err(StoreError::Conflict(m)) => return Err(AppError::new(ErrorCode::Aborted, m)),
                 Err(e) => return Err(e.into()),
@@ -727,18 +763,42 @@ impl Core {
         let ops = channels_of(t.provider.as_ref())?;
         let kind = t.provider.kind();
         let id = t.onboarding.id.clone();
-        if recovering {
-            // An earlier attempt with this key may have extended without us learning it.
-            let info = ops.get_channel(&t.ctx, &t.resource).await.map_err(provider_err(kind))?;
-            let target = before.map(|b| b.saturating_add(i64::from(days) * DAY_MS));
-            if let (Some(target), Some(now_till)) = (target, info.active_till_ms)
-                && now_till.saturating_add(EXTEND_TOLERANCE_MS) >= target
-            {
-                self.record_extended(&id, request_id, days, info.active_till_ms, true).await?;
-                return Ok(ExtendView { channel: Self::channel_view(&t, info), days_added: 0, already_applied: true });
+        let run = async {
+            if recovering {
+                // An earlier attempt with this key may have extended without us learning it.
+                let info = ops.get_channel(&t.ctx, &t.resource).await.map_err(provider_err(kind))?;
+                let target = before.map(|b| b.saturating_add(i64::from(days) * DAY_MS));
+                if let (Some(target), Some(now_till)) = (target, info.active_till_ms)
+                    && now_till.saturating_add(EXTEND_TOLERANCE_MS) >= target
+                {
+                    return Ok(ExtendOutcome { channel: info, days_added: 0, already_applied: true });
+                }
             }
-        }
-        let out = ops.extend(&t.ctx, &t.resource, days, comment).await.map_err(provider_err(kind))?;
+            ops.extend(&t.ctx, &t.resource, days, comment).await.map_err(provider_err(kind))
+        };
+        // Never outlive the intent's window: past it, a retry may take over.
+        let left = Duration::from_millis(u64::try_from(until_ms.saturating_sub(now_ms())).unwrap_or(0));
+        let outcome = match tokio::time::timeout(left, run).await {
+            Ok(r) => r,
+            Err(_) => Err(AppError::unavailable(
+                "the provider did not finish the extension in time; retry with the same request_id",
+            )),
+        };
+        let out = match outcome {
+            Ok(out) => out,
+            Err(e) => {
+                // Tells retries this attempt is over: they check whether the days landed before
+                // extending again. If this write fails too, the window's end says the same.
+                let raw = e.provider.as_ref().map(|p| p.raw_code.clone()).unwrap_or_else(|| e.code.as_str().into());
+                let data = attrs(&[("request_id", request_id.into()), ("error", raw.into())]);
+                if let Err(w) =
+                    self.audit(&id, events::CHANNEL_EXTEND_FAILED, "adding days to the channel failed", data).await
+                {
+                    tracing::warn!(onboarding = %id, error = %w.message, "Could not record the failed extension.");
+                }
+                return Err(e);
+            }
+        };
         self.record_extended(&id, request_id, days, out.channel.active_till_ms, out.already_applied).await?;
         Ok(ExtendView {
             channel: Self::channel_view(&t, out.channel),

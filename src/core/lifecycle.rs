@@ -258,7 +258,7 @@ impl Core {
                 state: OnboardingState::AwaitingCustomer,
                 desired_state: None,
                 state_reason: "link minted; waiting for the business to sign up".into(),
-                provider_status: "VALID".into(),
+                provider_status: link.provider_status.clone(),
                 reference: reference.to_string(),
                 details_json: serde_json::Value::Object(details).to_string(),
                 external_key: None,

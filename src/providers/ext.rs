@@ -130,6 +130,9 @@ pub struct MintedLink {
     pub token: String,
     /// When it lapses.
     pub expire_ms: Option<UnixMs>,
+    /// The provider's own status word for the fresh link (Exotel: `VALID`), recorded as the
+    /// onboarding's `provider_status`.
+    pub provider_status: String,
     /// Raw fields worth keeping.
     pub fields: BTreeMap<String, String>,
     /// The public details of the onboarding that follows this link (proto detail field

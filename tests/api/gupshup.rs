@@ -114,28 +114,6 @@ async fn wait_state(app: &TestApp, name: &str, state: pb::OnboardingState) -> pb
     }
 }
 
-async fn events(app: &TestApp, name: &str) -> Vec<pb::OnboardingEvent> {
-    let mut all = Vec::new();
-    let mut page_token = String::new();
-    loop {
-        let page = app
-            .onboardings()
-            .list_onboarding_events(app.req(pb::ListOnboardingEventsRequest {
-                name: name.into(),
-                page_size: 1000,
-                page_token: page_token.clone(),
-            }))
-            .await
-            .expect("ListOnboardingEvents")
-            .into_inner();
-        all.extend(page.events);
-        if page.next_page_token.is_empty() {
-            return all;
-        }
-        page_token = page.next_page_token;
-    }
-}
-
 fn calls(sim: &GupshupSim, endpoint: &str) -> u64 {
     sim.core().counters().calls.get(endpoint).copied().unwrap_or(0)
 }
@@ -272,7 +250,7 @@ async fn subscribe_on_live_creates_the_subscription_only_once_live_under_its_res
         "subscription created at {created_ms:?}, before the app was live at {live_at_sim}"
     );
     // Ordering, in the event log: the onboarding was LIVE before the subscribe step ran.
-    let evs = events(&app, &name).await;
+    let evs = all_events(&app, &name).await;
     let live_seq =
         evs.iter().find(|e| e.state == pb::OnboardingState::Live as i32).map(|e| e.sequence).expect("a LIVE event");
     let subscribe_seqs: Vec<i64> = evs.iter().filter(|e| e.step == "subscribe").map(|e| e.sequence).collect();
@@ -398,7 +376,7 @@ async fn a_pipeline_error_stage_fails_the_onboarding_with_the_raw_stage() {
     assert_eq!(prov.provider_stage.get("stageRetries").map(String::as_str), Some("3"));
     assert_eq!(step(&p, "subscribe").state, pb::StepState::Skipped as i32, "no subscription for a failed app");
     assert_eq!(calls(sim(&app), SUBSCRIBE), 0);
-    let failed = events(&app, &name).await.into_iter().filter(|e| e.state == pb::OnboardingState::Failed as i32);
+    let failed = all_events(&app, &name).await.into_iter().filter(|e| e.state == pb::OnboardingState::Failed as i32);
     assert_eq!(failed.count(), 1);
 }
 
@@ -457,7 +435,7 @@ async fn a_duplicated_live_event_is_acknowledged_and_changes_nothing() {
     assert_eq!(post_json(&callback, &tier).await, json!({"accepted": 1, "duplicates": 0}));
     let deadline = tokio::time::Instant::now() + PATIENCE;
     let evs = loop {
-        let evs = events(&app, &name).await;
+        let evs = all_events(&app, &name).await;
         if evs.iter().any(|e| e.attributes.get("event").is_some_and(|v| v.starts_with("tier-event"))) {
             break evs;
         }
@@ -526,7 +504,7 @@ async fn the_app_token_goes_to_its_owner_only_and_each_read_is_audited_without_i
         .expect_err("another tenant cannot read it");
     assert_eq!(err.code(), tonic::Code::NotFound, "{err:?}");
 
-    let evs = events(&app, &name).await;
+    let evs = all_events(&app, &name).await;
     let reads: Vec<_> = evs.iter().filter(|e| e.r#type == "token_read").collect();
     assert_eq!(reads.len(), 1, "one audited read (the refused one is not a read): {evs:?}");
     let dev = app.running().store.tenant_by_name("dev").await.unwrap().expect("dev tenant").id;

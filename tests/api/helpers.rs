@@ -268,3 +268,26 @@ pub async fn cuttable_proxy(target: String) -> (String, std::sync::Arc<std::sync
     });
     (addr, cut)
 }
+
+/// The whole event log of `name` (`onboardings/{id}`), every page.
+pub async fn all_events(app: &TestApp, name: &str) -> Vec<pb::OnboardingEvent> {
+    let mut all = Vec::new();
+    let mut page_token = String::new();
+    loop {
+        let page = app
+            .onboardings()
+            .list_onboarding_events(app.req(pb::ListOnboardingEventsRequest {
+                name: name.into(),
+                page_size: 1000,
+                page_token: page_token.clone(),
+            }))
+            .await
+            .expect("ListOnboardingEvents")
+            .into_inner();
+        all.extend(page.events);
+        if page.next_page_token.is_empty() {
+            return all;
+        }
+        page_token = page.next_page_token;
+    }
+}

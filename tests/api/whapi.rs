@@ -513,6 +513,80 @@ async fn extend_retried_on_another_replica_after_a_lost_answer_extends_once() {
 }
 
 #[tokio::test]
+async fn extend_retried_on_another_replica_while_the_first_call_is_in_flight_is_refused() {
+    use tonic_types::StatusExt;
+    let Some(url) = pg_schema().await else { return };
+    let (sim, servers) = standalone_sim().await;
+    let key = wa_onboard::crypto::Cipher::generate_key().expose().to_string();
+    // Long enough an HTTP timeout that the held answer below arrives (late) instead of failing.
+    let settings = |s: &mut wa_onboard::config::Settings| {
+        custom_endpoint_settings(s);
+        s.providers.http_timeout_secs = 20;
+        s.database.url = url.clone();
+        s.security.encryption_key = key.clone();
+    };
+    let a = spawn_with(settings).await;
+    whapi_account(&a, &sim, &servers).await;
+    let name = create(&a, channel_request("accounts/whapi", "In flight", false, 0, "w-pg-2")).await;
+    let o = wait_state(&a, &name, pb::OnboardingState::AwaitingCustomer, Duration::from_secs(60)).await;
+    let id = channel_id(&o);
+    let till = sim.channel(&id).expect("channel").active_till;
+    let b = spawn_with(settings).await;
+    let b_key = a.key.clone();
+
+    // A's extension lands at the simulator, whose answer is then held for 8 s.
+    sim.core().with_knobs(|k| k.timeout_hold_ms = 8_000);
+    sim.core().fail_next(Some("POST /channels/{id}/extend"), 1, Fault::Timeout { after_effect: true });
+    let first = tokio::spawn({
+        let (mut client, req) = (channels(&a), a.req(extend_req(&id, 2, "f-1")));
+        async move { client.extend_channel(req).await }
+    });
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    while sim.billing(&id).map_or(0, |b| b.len()) == 0 {
+        assert!(tokio::time::Instant::now() < deadline, "the extension never reached the simulator");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    // activeTill has moved at the provider but A has not recorded it: B must not extend again.
+    let err = channels(&b)
+        .extend_channel(with_key(extend_req(&id, 2, "f-1"), b_key.expose()))
+        .await
+        .expect_err("a retry while the first call is in flight");
+    assert_eq!(err.code(), Code::Unavailable, "{err:?}");
+    assert!(err.message().contains("in progress"), "{err:?}");
+    assert!(err.get_details_retry_info().and_then(|r| r.retry_delay).is_some(), "retry delay: {err:?}");
+    let first = first.await.expect("task").expect("the first call succeeds once its answer arrives").into_inner();
+    assert_eq!((first.days_added, first.already_applied), (2, false));
+    let retry = channels(&b)
+        .extend_channel(with_key(extend_req(&id, 2, "f-1"), b_key.expose()))
+        .await
+        .expect("retry on B after the first finished")
+        .into_inner();
+    assert_eq!((retry.days_added, retry.already_applied), (0, true));
+    assert_eq!(sim.billing(&id).expect("billing").len(), 1, "extended exactly once");
+    assert_eq!(sim.channel(&id).expect("channel").active_till, till + 2 * DAY_MS);
+
+    // A failed attempt releases the key at once: the retry checks and extends (no waiting out
+    // the in-flight window).
+    sim.core().fail_next(Some("POST /channels/{id}/extend"), 1, Fault::Status { status: 500 });
+    let err = channels(&a).extend_channel(a.req(extend_req(&id, 1, "f-2"))).await.expect_err("a 500");
+    assert_ne!(err.code(), Code::Ok);
+    let retry = channels(&b)
+        .extend_channel(with_key(extend_req(&id, 1, "f-2"), b_key.expose()))
+        .await
+        .expect("retry after a failure")
+        .into_inner();
+    assert_eq!((retry.days_added, retry.already_applied), (1, false));
+    assert_eq!(sim.channel(&id).expect("channel").active_till, till + 3 * DAY_MS);
+    let kinds: Vec<String> = all_events(&a, &name).await.into_iter().map(|e| e.r#type).collect();
+    assert!(kinds.iter().any(|k| k == "channel_extend_failed"), "{kinds:?}");
+
+    let (mut a, mut b) = (a, b);
+    b.shutdown().await;
+    a.shutdown().await;
+    drop_pg(&url).await;
+}
+
+#[tokio::test]
 async fn extend_retried_after_a_restart_on_the_same_sqlite_file_extends_once() {
     let (sim, servers) = standalone_sim().await;
     let mut a = spawn_with(custom_endpoint_settings).await;

@@ -80,6 +80,9 @@ pub struct ExotelProvider {
     poll_interval: Duration,
 }
 
+/// The status Exotel gives a token nobody has used yet [C].
+const FRESH_TOKEN_STATUS: &str = "VALID";
+
 /// A link token's status as this adapter reads it.
 struct TokenReading {
     raw: String,
@@ -162,7 +165,14 @@ fn minted(url: String, minted_ms: UnixMs) -> Result<MintedLink, ProviderError> {
     fields.insert("onboarding_url".to_string(), url.clone());
     // The mint answer carries no expiry [C: none documented]: 24 h from minting.
     let expire_ms = minted_ms.saturating_add(LINK_TTL.as_millis() as i64);
-    let mut link = MintedLink { url, token, expire_ms: Some(expire_ms), fields, details: BTreeMap::new() };
+    let mut link = MintedLink {
+        url,
+        token,
+        expire_ms: Some(expire_ms),
+        provider_status: FRESH_TOKEN_STATUS.into(),
+        fields,
+        details: BTreeMap::new(),
+    };
     link.details = link_details(&link);
     Ok(link)
 }
@@ -180,7 +190,7 @@ pub fn link_details(link: &MintedLink) -> BTreeMap<String, serde_json::Value> {
     let mut d = BTreeMap::new();
     d.insert("onboarding_url".to_string(), json!(link.url));
     d.insert("token".to_string(), json!(link.token));
-    d.insert("token_status".to_string(), json!("VALID"));
+    d.insert("token_status".to_string(), json!(link.provider_status));
     d.insert("customers_remaining".to_string(), json!(CUSTOMERS_PER_TOKEN));
     if let Some(at) = link.expire_ms {
         d.insert("link_expire_ms".to_string(), json!(at));
@@ -236,7 +246,7 @@ impl ExotelProvider {
             .next()
             .ok_or_else(|| ProviderError::Malformed { message: "exotel mint answer without a link".into() })?;
         let link = minted(url, now)?;
-        let mut obs = TokenReading::new("VALID".into()).observation();
+        let mut obs = TokenReading::new(link.provider_status.clone()).observation();
         obs.fields.insert("onboarding_url".into(), link.url.clone());
         obs.reason = "link minted; waiting for the business".into();
         let mut out = StepOutcome::done(obs).handle(link_handle(&link));
