@@ -149,6 +149,7 @@ pub async fn start_with(
         sandbox: sandbox.as_ref().map(|s| Arc::new(s.endpoints())),
         providers: Arc::new(providers),
         engine_wake: Arc::new(tokio::sync::Notify::new()),
+        webhook_handoff: Arc::new(crate::core::callbacks::Handoff::default()),
         worker_id: format!("{}-{}", std::process::id(), crate::domain::new_id::<String>()),
     };
 

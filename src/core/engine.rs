@@ -11,8 +11,9 @@
 //!   `REAUTH_REQUIRED`; other errors `FAILED`, each with the provider's raw code.
 //! - A watchdog moves onboardings past their state deadline to `STALLED` and writes trial /
 //!   link expiry warnings; `RetryPipeline` restarts a stalled pipeline.
-//! - Webhook events stored by the ingress are applied here, each in the same transaction
-//!   that marks it processed; stale (out-of-order) events are recorded but move nothing.
+//! - Webhook events stored by the ingress are applied by a worker of their own
+//!   ([`super::callbacks`]), in batches, each event in the transaction that marks it
+//!   processed; stale (out-of-order) events are recorded but move nothing.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -27,15 +28,13 @@ use super::context::{ENGINE_KEY, stored_handle};
 use crate::domain::{OnboardingId, OnboardingState, StepState, UnixMs, now_ms};
 use crate::error::AppError;
 use crate::providers::{
-    CallbackEvent, Progress, Provider, ProviderError, ProviderHandle, StartRequest, StepOutcome, StepRun, StepSpec,
+    Progress, Provider, ProviderError, ProviderHandle, StartRequest, StepOutcome, StepRun, StepSpec,
 };
-use crate::store::{
-    NewEvent, OnboardingChange, OnboardingRecord, StepRecord, StoreError, WebhookEventRecord, WebhookStatus,
-};
+use crate::store::{EventRecord, NewEvent, OnboardingChange, OnboardingRecord, StepRecord, StoreError};
 
 /// How many times a change is re-read and re-applied when a concurrent writer (a callback,
 /// an RPC) moved the onboarding's sequence first.
-const CONFLICT_RETRIES: usize = 8;
+pub(super) const CONFLICT_RETRIES: usize = 8;
 
 /// Event kind of an expiry announced ahead of time (attributes: `expire_time`,
 /// `remaining_secs`, `threshold_secs`).
@@ -57,7 +56,7 @@ fn humanize(d: Duration) -> String {
 }
 
 /// Progress order of the main path; side states rank by where they usually occur.
-fn rank(s: OnboardingState) -> u8 {
+pub(super) fn rank(s: OnboardingState) -> u8 {
     match s {
         OnboardingState::Pending => 0,
         OnboardingState::AwaitingCustomer => 1,
@@ -72,18 +71,22 @@ fn json(v: &serde_json::Value) -> String {
     v.to_string()
 }
 
-fn details_map(o: &OnboardingRecord) -> serde_json::Map<String, serde_json::Value> {
+pub(super) fn details_map(o: &OnboardingRecord) -> serde_json::Map<String, serde_json::Value> {
     match serde_json::from_str::<serde_json::Value>(&o.details_json) {
         Ok(serde_json::Value::Object(m)) => m,
         _ => serde_json::Map::new(),
     }
 }
 
-fn engine_field(details: &serde_json::Map<String, serde_json::Value>, key: &str) -> serde_json::Value {
+pub(super) fn engine_field(details: &serde_json::Map<String, serde_json::Value>, key: &str) -> serde_json::Value {
     details.get(ENGINE_KEY).and_then(|e| e.get(key)).cloned().unwrap_or(serde_json::Value::Null)
 }
 
-fn set_engine_field(details: &mut serde_json::Map<String, serde_json::Value>, key: &str, v: serde_json::Value) {
+pub(super) fn set_engine_field(
+    details: &mut serde_json::Map<String, serde_json::Value>,
+    key: &str,
+    v: serde_json::Value,
+) {
     let e = details.entry(ENGINE_KEY).or_insert_with(|| serde_json::json!({}));
     if !e.is_object() {
         *e = serde_json::json!({});
@@ -148,6 +151,19 @@ pub fn first_deadline(steps: &[StepRecord]) -> Option<UnixMs> {
     steps.iter().find(|s| s.state == StepState::Ready).and_then(|s| s.deadline_ms)
 }
 
+/// Logs a change the engine wrote.
+pub(super) fn log_change(ev: &EventRecord) {
+    tracing::info!(
+        onboarding = %ev.onboarding_id,
+        sequence = ev.sequence,
+        kind = %ev.kind,
+        state = %ev.state,
+        previous = %ev.previous_state,
+        step = ev.step.as_deref().unwrap_or(""),
+        "Onboarding changed."
+    );
+}
+
 /// What to do with a finished step run, decided before touching the store.
 enum RunResult {
     Outcome(StepOutcome),
@@ -155,7 +171,7 @@ enum RunResult {
 }
 
 impl Core {
-    fn lease(&self) -> Duration {
+    pub(super) fn lease(&self) -> Duration {
         Duration::from_secs(self.settings.engine.lease_secs)
     }
 
@@ -166,6 +182,8 @@ impl Core {
 
     /// Runs the engine until `shutdown` flips: step worker, webhook worker and watchdog.
     pub async fn run_engine(self, mut shutdown: tokio::sync::watch::Receiver<bool>) {
+        // Its own task: step claims, the watchdog and expiry passes never delay a callback.
+        let webhooks = tokio::spawn(self.clone().run_webhook_worker(shutdown.clone()));
         let tick = Duration::from_millis(self.settings.engine.tick_ms);
         let permits = Arc::new(Semaphore::new(self.settings.engine.concurrency));
         let mut last_watchdog = tokio::time::Instant::now();
@@ -187,10 +205,6 @@ impl Core {
                         store_down_logged = true;
                     }
                 }
-            }
-            match self.webhook_tick().await {
-                Ok(n) => busy |= n > 0,
-                Err(e) => tracing::debug!(error = %e.message, "Engine cannot claim webhook events."),
             }
             if last_watchdog.elapsed() >= tick * 2 {
                 last_watchdog = tokio::time::Instant::now();
@@ -217,6 +231,7 @@ impl Core {
             permits.acquire_many(self.settings.engine.concurrency as u32),
         )
         .await;
+        let _ = webhooks.await;
         tracing::info!("Pipeline engine stopped.");
     }
 
@@ -651,15 +666,7 @@ impl Core {
     pub(crate) async fn apply(&self, change: OnboardingChange) -> Result<(), AppError> {
         match self.store.apply_change(&change).await {
             Ok(ev) => {
-                tracing::info!(
-                    onboarding = %ev.onboarding_id,
-                    sequence = ev.sequence,
-                    kind = %ev.kind,
-                    state = %ev.state,
-                    previous = %ev.previous_state,
-                    step = ev.step.as_deref().unwrap_or(""),
-                    "Onboarding changed."
-                );
+                log_change(&ev);
                 if ev.kind != "provider_status" {
                     self.wake_engine();
                 }
@@ -858,164 +865,6 @@ impl Core {
             }
         }
         Ok(n)
-    }
-
-    // ----- webhooks -----
-
-    /// Applies stored webhook events.
-    pub(crate) async fn webhook_tick(&self) -> Result<usize, AppError> {
-        let events = self.store.claim_webhook_events(&self.worker_id, now_ms(), self.lease(), 50).await?;
-        let n = events.len();
-        for ev in events {
-            let id = ev.id.clone();
-            if let Err(e) = self.process_webhook(ev).await {
-                tracing::warn!(webhook_event = %id, error = %e.message, "Webhook event not applied; it will be retried.");
-            }
-        }
-        Ok(n)
-    }
-
-    /// Applies one stored webhook event (one provider event of a delivered body).
-    async fn process_webhook(&self, ev: WebhookEventRecord) -> Result<(), AppError> {
-        let Some(account) = self.store.account_unscoped(&ev.account_id).await? else {
-            self.store.finish_webhook_event(&ev.id, WebhookStatus::Ignored, Some("account deleted")).await?;
-            return Ok(());
-        };
-        let (provider, _) = self.provider_for(&account)?;
-        let parsed = match provider.parse_callback(&ev.body) {
-            Ok(p) => p,
-            Err(e) => {
-                self.store.finish_webhook_event(&ev.id, WebhookStatus::Malformed, Some(&e.to_string())).await?;
-                return Ok(());
-            }
-        };
-        let Some(cb) = parsed.into_iter().find(|c| c.dedupe_key == ev.dedupe_key) else {
-            self.store.finish_webhook_event(&ev.id, WebhookStatus::Ignored, Some("event not in body")).await?;
-            return Ok(());
-        };
-        for _ in 0..CONFLICT_RETRIES {
-            let Some(o) = self.store.onboarding_by_external_key(&account.id, &cb.external_key).await? else {
-                self.store
-                    .finish_webhook_event(&ev.id, WebhookStatus::Ignored, Some("no onboarding for this resource"))
-                    .await?;
-                return Ok(());
-            };
-            match self.apply_callback(&o, provider.as_ref(), &cb, &ev.id).await {
-                Err(AppError { code: crate::error::ErrorCode::Aborted, .. }) => continue,
-                other => return other,
-            }
-        }
-        Err(AppError::unavailable("too many concurrent changes"))
-    }
-
-    /// Records a callback on its onboarding in one transaction with marking it processed:
-    /// a state hint moves the onboarding when allowed and not stale; the waiting step is
-    /// woken to confirm with the provider.
-    async fn apply_callback(
-        &self,
-        o: &OnboardingRecord,
-        provider: &dyn Provider,
-        cb: &CallbackEvent,
-        webhook_id: &str,
-    ) -> Result<(), AppError> {
-        let now = now_ms();
-        let mut details = details_map(o);
-        let last = engine_field(&details, "last_callback_ms").as_i64();
-        let stale = matches!((cb.occurred_ms, last), (Some(at), Some(last)) if at < last);
-        let mut attrs: BTreeMap<String, String> = cb.fields.clone();
-        attrs.insert("event".into(), cb.raw_status.clone());
-        let mut change = OnboardingChange {
-            onboarding_id: Some(o.id.clone()),
-            expect_sequence: Some(o.sequence),
-            webhook_event_id: Some(webhook_id.to_string()),
-            at_ms: now,
-            ..Default::default()
-        };
-        let mut kind = "callback";
-        // The adapter's own explanation (e.g. Whapi "the phone was logged out") when it has one.
-        let mut reason = match cb.fields.get("reason").filter(|r| !r.is_empty()) {
-            Some(why) => format!("{why} ({} callback {})", o.provider, cb.raw_status),
-            None => format!("{} callback {}", o.provider, cb.raw_status),
-        };
-        if stale {
-            attrs.insert("stale".into(), "true".into());
-            reason = format!("{reason} (older than an event already applied; state unchanged)");
-        } else {
-            if let Some(at) = cb.occurred_ms {
-                set_engine_field(&mut details, "last_callback_ms", serde_json::json!(at));
-            }
-            change.provider_status = Some(cb.raw_status.clone());
-            if let Some(s) = cb.state
-                && s != o.state
-                && o.state.can_transition(s)
-                && !matches!(o.state, OnboardingState::Stalled | OnboardingState::ReauthRequired)
-            {
-                change.state = Some(s);
-                change.state_reason = Some(reason.clone());
-                kind = "state_changed";
-                if s.is_terminal() {
-                    change.steps = skip_unfinished(self.store.steps(&o.id).await?, now);
-                    change.state_deadline_ms = Some(None);
-                } else if rank(s) < rank(o.state) {
-                    // Moved back (a Whapi phone logged out of a live channel): reopen the step
-                    // that waits in that state, so the next login is noticed and confirmed.
-                    if let Some(step) = self.reopen_for(o, provider, s, now).await? {
-                        change.state_deadline_ms = Some(step.deadline_ms);
-                        change.steps.push(step);
-                    }
-                }
-            }
-            if !o.state.is_terminal() && change.steps.is_empty() {
-                // Wake the waiting step so the adapter confirms and moves on at once.
-                if let Some(mut w) = self.store.steps(&o.id).await?.into_iter().find(|s| s.state == StepState::Waiting)
-                {
-                    w.next_run_ms = Some(now);
-                    w.updated_ms = now;
-                    change.steps.push(w);
-                }
-            }
-        }
-        change.details_json = Some(serde_json::Value::Object(details).to_string());
-        change.event = NewEvent {
-            kind: kind.into(),
-            reason,
-            step: None,
-            data_json: serde_json::to_string(&attrs).unwrap_or_else(|_| "{}".into()),
-        };
-        self.apply(change).await
-    }
-
-    /// The finished polled step of `o`'s pipeline that waits in `state`, made due again with a
-    /// fresh attempt budget and deadline; None when the pipeline has no such step.
-    async fn reopen_for(
-        &self,
-        o: &OnboardingRecord,
-        provider: &dyn Provider,
-        state: OnboardingState,
-        now: UnixMs,
-    ) -> Result<Option<StepRecord>, AppError> {
-        let request = self.open_request(o)?;
-        let Some(spec) =
-            provider.pipeline(&request).into_iter().find(|s| s.enabled && s.polled && s.enter_state == Some(state))
-        else {
-            return Ok(None);
-        };
-        let Some(mut step) = self.store.steps(&o.id).await?.into_iter().find(|s| s.name == spec.name) else {
-            return Ok(None);
-        };
-        if !step.state.is_done() {
-            return Ok(None);
-        }
-        step.state = StepState::Waiting;
-        step.attempts = 0;
-        step.next_run_ms = Some(now);
-        step.deadline_ms = Some(now.saturating_add(spec.deadline.as_millis() as i64));
-        step.finished_ms = None;
-        step.lease_owner = None;
-        step.lease_until_ms = None;
-        step.data_json = "{}".into();
-        step.updated_ms = now;
-        Ok(Some(step))
     }
 
     /// Creates the onboarding rows for a start request: steps from the adapter's pipeline,

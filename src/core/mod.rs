@@ -3,6 +3,7 @@
 
 pub mod accounts;
 pub mod bus;
+pub mod callbacks;
 pub mod capabilities;
 pub mod context;
 pub mod engine;
@@ -42,6 +43,8 @@ pub struct Core {
     pub providers: Arc<crate::providers::ProviderRegistry>,
     /// Wakes this replica's engine when new work is written.
     pub engine_wake: Arc<tokio::sync::Notify>,
+    /// Webhook events the ingress stored for this replica's engine to apply at once.
+    pub webhook_handoff: Arc<callbacks::Handoff>,
     /// This replica's lease-holder name.
     pub worker_id: String,
 }

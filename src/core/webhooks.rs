@@ -1,10 +1,12 @@
 //! Webhook intake (the use case behind the HTTP ingress): authenticate by the per-account
 //! path secret, parse with the account's adapter, store each provider event under its
-//! dedupe key, and hand processing to the engine. Replies fast: nothing here calls a provider.
+//! dedupe key, and hand processing to the engine (directly, to this replica's, when it runs
+//! one). Replies fast: nothing here calls a provider.
 
 use sha2::{Digest, Sha256};
 
 use super::Core;
+use super::callbacks::Handed;
 use crate::domain::{AccountId, ProviderKind, Secret, new_id, now_ms};
 use crate::error::AppError;
 use crate::store::{WebhookEventRecord, WebhookStatus};
@@ -67,7 +69,17 @@ impl Core {
                 ));
             }
         };
+        // Hot path: stored already leased to this replica and handed to its engine, which
+        // applies them without a claim. Unleased (for the claim path of any replica) when no
+        // engine runs here or its queue is full.
+        let handoff = self.settings.engine.enabled && self.webhook_handoff.has_room();
+        let (lease_owner, lease_until_ms) = if handoff {
+            (Some(self.worker_id.clone()), Some(now.saturating_add(self.lease().as_millis() as i64)))
+        } else {
+            (None, None)
+        };
         let mut intake = Intake::default();
+        let mut handed = Vec::new();
         for ev in events {
             let record = WebhookEventRecord {
                 id: new_id::<String>(),
@@ -77,19 +89,22 @@ impl Core {
                 body: body.to_vec(),
                 status: WebhookStatus::Pending,
                 note: None,
-                lease_owner: None,
-                lease_until_ms: None,
+                lease_owner: lease_owner.clone(),
+                lease_until_ms,
                 received_ms: now,
             };
             if self.store.insert_webhook_event(&record).await? {
                 intake.accepted += 1;
+                if handoff {
+                    handed.push(Handed { record, callback: Some(ev) });
+                }
             } else {
                 intake.duplicates += 1;
             }
         }
         tracing::info!(account = %account_id, provider = %kind, accepted = intake.accepted, duplicates = intake.duplicates, "Webhook received.");
-        if intake.accepted > 0 {
-            self.wake_engine();
+        if !handed.is_empty() {
+            self.webhook_handoff.push(handed);
         }
         Ok(intake)
     }

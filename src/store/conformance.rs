@@ -680,6 +680,110 @@ async fn check_apply_change_marks_webhook(store: Arc<dyn Store>) {
     assert!(store.claim_webhook_events("w", 1_000_000, Duration::from_secs(30), 10).await.unwrap().is_empty());
 }
 
+async fn check_apply_change_refuses_a_processed_webhook(store: Arc<dyn Store>) {
+    let t = tenant(&store).await;
+    let a = account(&store, &t, ProviderKind::Gupshup).await;
+    let o = onboarding(&store, &a, "r").await;
+    let hook = webhook(&a, "evt-1", 10);
+    assert!(store.insert_webhook_event(&hook).await.unwrap());
+    let c = OnboardingChange { webhook_event_id: Some(hook.id.clone()), ..change(&o.id, "callback") };
+    assert_eq!(store.apply_change(&c).await.unwrap().sequence, 2);
+    // The same event again (a worker whose lease lapsed meanwhile): refused, nothing written.
+    assert!(matches!(store.apply_change(&c).await, Err(StoreError::Conflict(_))));
+    assert_eq!(store.events(&o.id, 0, 10).await.unwrap().len(), 2);
+}
+
+async fn check_apply_changes_batch(store: Arc<dyn Store>) {
+    let t = tenant(&store).await;
+    let a = account(&store, &t, ProviderKind::Gupshup).await;
+    let (o1, o2, o3) =
+        (onboarding(&store, &a, "r").await, onboarding(&store, &a, "r").await, onboarding(&store, &a, "r").await);
+    let hooks: Vec<WebhookEventRecord> = (0..4).map(|i| webhook(&a, &format!("b{i}"), i)).collect();
+    for h in &hooks {
+        assert!(store.insert_webhook_event(h).await.unwrap());
+    }
+    store.finish_webhook_event(&hooks[3].id, WebhookStatus::Processed, None).await.unwrap();
+    let mut rx = store.subscribe();
+    let hooked = |id: &OnboardingId, kind: &str, seq: i64, hook: &WebhookEventRecord| OnboardingChange {
+        expect_sequence: Some(seq),
+        webhook_event_id: Some(hook.id.clone()),
+        ..change(id, kind)
+    };
+    let batch = vec![
+        // Two chained changes of o1: the second expects the sequence the first makes, and
+        // rewrites the step the first added.
+        OnboardingChange {
+            state: Some(OnboardingState::AwaitingCustomer),
+            steps: vec![step(&o1.id, "first", 0, StepState::Waiting, None)],
+            ..hooked(&o1.id, "one", 1, &hooks[0])
+        },
+        OnboardingChange {
+            provider_status: Some("two".into()),
+            steps: vec![step(&o1.id, "first", 0, StepState::Waiting, Some(7))],
+            ..hooked(&o1.id, "two", 2, &hooks[1])
+        },
+        // A stale change of o2, then one whose expected sequence happens to be right: computed
+        // on top of the stale one, it must not apply either.
+        OnboardingChange { expect_sequence: Some(5), ..change(&o2.id, "stale") },
+        OnboardingChange { expect_sequence: Some(1), ..change(&o2.id, "after-stale") },
+        // o3's webhook event was already processed elsewhere.
+        hooked(&o3.id, "again", 1, &hooks[3]),
+        change(&new_id(), "nobody"),
+        // o2's pending event, in an unrelated change of o1 that is fine.
+        OnboardingChange { webhook_event_id: Some(hooks[2].id.clone()), ..change(&o1.id, "three") },
+    ];
+    let outcomes = store.apply_changes(&batch).await.unwrap();
+    assert_eq!(outcomes.len(), batch.len());
+    let applied: Vec<(String, i64, OnboardingState, OnboardingState)> = outcomes
+        .iter()
+        .filter_map(|o| match o {
+            ChangeOutcome::Applied(e) => Some((e.kind.clone(), e.sequence, e.previous_state, e.state)),
+            _ => None,
+        })
+        .collect();
+    let (pending, awaiting) = (OnboardingState::Pending, OnboardingState::AwaitingCustomer);
+    assert_eq!(
+        applied,
+        vec![
+            ("one".into(), 2, pending, awaiting),
+            ("two".into(), 3, awaiting, awaiting),
+            ("three".into(), 4, awaiting, awaiting)
+        ]
+    );
+    assert!(matches!(outcomes[2], ChangeOutcome::Conflict(_)), "{:?}", outcomes[2]);
+    assert!(matches!(outcomes[3], ChangeOutcome::Conflict(_)), "{:?}", outcomes[3]);
+    assert!(matches!(outcomes[4], ChangeOutcome::AlreadyProcessed(_)), "{:?}", outcomes[4]);
+    assert!(matches!(outcomes[5], ChangeOutcome::NotFound(_)), "{:?}", outcomes[5]);
+    let now1 = store.onboarding_unscoped(&o1.id).await.unwrap().unwrap();
+    assert_eq!((now1.sequence, now1.state, now1.provider_status.as_str()), (4, awaiting, "two"));
+    let steps = store.steps(&o1.id).await.unwrap();
+    assert_eq!((steps.len(), steps[0].state, steps[0].next_run_ms), (1, StepState::Waiting, Some(7)));
+    for (o, seq) in [(&o2, 1), (&o3, 1)] {
+        assert_eq!(store.onboarding_unscoped(&o.id).await.unwrap().unwrap().sequence, seq, "untouched");
+        assert_eq!(store.events(&o.id, 0, 10).await.unwrap().len(), 1);
+    }
+    for h in &hooks {
+        assert_eq!(store.webhook_event(&h.id).await.unwrap().unwrap().status, WebhookStatus::Processed);
+    }
+    // One notice per applied change, after the commit.
+    let mut notices = Vec::new();
+    while notices.len() < 3 {
+        let n = tokio::time::timeout(Duration::from_secs(5), rx.recv()).await.unwrap().unwrap();
+        if n.onboarding_id == o1.id {
+            notices.push(n.sequence);
+        }
+    }
+    assert_eq!(notices, vec![2, 3, 4]);
+
+    // An error rolls the whole batch back, changes already made in it included.
+    let before = store.onboarding_unscoped(&o1.id).await.unwrap().unwrap();
+    let broken = vec![change(&o1.id, "kept?"), OnboardingChange { onboarding_id: None, ..change(&o1.id, "broken") }];
+    assert!(store.apply_changes(&broken).await.is_err());
+    assert_eq!(store.onboarding_unscoped(&o1.id).await.unwrap().unwrap(), before);
+    assert_eq!(store.events(&o1.id, 0, 10).await.unwrap().len(), 4);
+    assert!(store.apply_changes(&[]).await.unwrap().is_empty());
+}
+
 async fn check_claim_steps(store: Arc<dyn Store>) {
     let t = tenant(&store).await;
     let a = account(&store, &t, ProviderKind::Gupshup).await;
@@ -997,6 +1101,8 @@ conformance_suite!(
     check_apply_change_stale,
     check_apply_change_concurrent,
     check_apply_change_marks_webhook,
+    check_apply_change_refuses_a_processed_webhook,
+    check_apply_changes_batch,
     check_claim_steps,
     check_claim_steps_disjoint,
     check_overdue,

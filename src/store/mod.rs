@@ -212,9 +212,16 @@ pub trait Store: Send + Sync + 'static {
     async fn count_onboardings(&self) -> StoreResult<Vec<(ProviderKind, OnboardingState, i64)>>;
     /// Applies one change in one transaction: onboarding fields, step upserts, the event
     /// (with the next sequence), and marks a webhook event processed when given. Returns the
-    /// event written. `Conflict` when `expect_sequence` is stale; `NotFound` when the
-    /// onboarding does not exist.
+    /// event written. `Conflict` when `expect_sequence` is stale or the webhook event was
+    /// already processed; `NotFound` when the onboarding or the webhook event does not exist.
     async fn apply_change(&self, change: &OnboardingChange) -> StoreResult<EventRecord>;
+    /// Applies several changes in ONE transaction, in order, each as [`Store::apply_change`]
+    /// would, and publishes their notices after the commit; one outcome per change. A change
+    /// that cannot apply (stale `expect_sequence`, missing onboarding, or a webhook event no
+    /// longer pending) writes nothing, and every later change of the same onboarding in the
+    /// batch is then not applied either ([`ChangeOutcome::Conflict`]): it was computed on top of
+    /// the one that failed. Any other error rolls the whole batch back.
+    async fn apply_changes(&self, changes: &[OnboardingChange]) -> StoreResult<Vec<ChangeOutcome>>;
     /// Events with `sequence > after`, ascending, at most `limit`.
     async fn events(&self, id: &OnboardingId, after: i64, limit: u32) -> StoreResult<Vec<EventRecord>>;
     /// The onboarding's steps in pipeline order.

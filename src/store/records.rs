@@ -272,6 +272,42 @@ pub struct OnboardingChange {
     pub at_ms: UnixMs,
 }
 
+impl OnboardingChange {
+    /// The row `old` becomes when this change applies (the next sequence, `updated_ms` at the
+    /// change): what the store writes, and what the engine chains the next change of a batch on.
+    pub fn applied_to(&self, old: &OnboardingRecord) -> OnboardingRecord {
+        OnboardingRecord {
+            state: self.state.unwrap_or(old.state),
+            desired_state: self.desired_state.unwrap_or(old.desired_state),
+            state_reason: self.state_reason.clone().unwrap_or_else(|| old.state_reason.clone()),
+            provider_status: self.provider_status.clone().unwrap_or_else(|| old.provider_status.clone()),
+            details_json: self.details_json.clone().unwrap_or_else(|| old.details_json.clone()),
+            external_key: self.external_key.clone().or_else(|| old.external_key.clone()),
+            secret: self.secret.clone().or_else(|| old.secret.clone()),
+            sequence: old.sequence + 1,
+            state_deadline_ms: self.state_deadline_ms.unwrap_or(old.state_deadline_ms),
+            expire_ms: self.expire_ms.unwrap_or(old.expire_ms),
+            updated_ms: self.at_ms,
+            ..old.clone()
+        }
+    }
+}
+
+/// What became of one change of [`Store::apply_changes`](super::Store::apply_changes).
+#[derive(Debug, Clone, PartialEq)]
+pub enum ChangeOutcome {
+    /// Written; the event appended.
+    Applied(EventRecord),
+    /// Not written: `expect_sequence` is stale, or an earlier change of the same onboarding in
+    /// the batch was not written. Re-read and recompute.
+    Conflict(String),
+    /// Not written: the onboarding does not exist.
+    NotFound(String),
+    /// Not written: its webhook event is no longer pending (another worker already processed
+    /// it after this one's lease lapsed), so applying it again would apply it twice.
+    AlreadyProcessed(String),
+}
+
 /// Processing state of an inbound webhook event.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum WebhookStatus {

@@ -412,6 +412,104 @@ macro_rules! impl_sql_store {
                 Ok(event)
             }
 
+            /// Applies one change inside `tx` (see `Store::apply_changes`). Every check comes
+            /// before the first write, so a change reported not applied wrote nothing.
+            async fn apply_in(
+                tx: &mut $conn,
+                change: &$crate::store::OnboardingChange,
+            ) -> $crate::store::StoreResult<$crate::store::ChangeOutcome> {
+                use $crate::store::ChangeOutcome;
+                let id = change
+                    .onboarding_id
+                    .as_ref()
+                    .ok_or_else(|| $crate::store::StoreError::Other("a change without an onboarding id".into()))?;
+                let row = sqlx::query(concat!("SELECT * FROM onboardings WHERE id = $1", $for_update))
+                    .bind(id.as_str())
+                    .fetch_optional(&mut *tx)
+                    .await?;
+                let Some(row) = row else {
+                    return Ok(ChangeOutcome::NotFound(format!("onboarding {id}")));
+                };
+                let old = Self::onboarding_from(&row)?;
+                if let Some(expected) = change.expect_sequence
+                    && expected != old.sequence
+                {
+                    return Ok(ChangeOutcome::Conflict(format!(
+                        "onboarding {id} is at sequence {}, not {expected}",
+                        old.sequence
+                    )));
+                }
+                if let Some(webhook) = &change.webhook_event_id {
+                    // Only a pending event: one already processed (its lease lapsed and another
+                    // worker applied it) must not be applied twice.
+                    let done = sqlx::query(
+                        "UPDATE webhook_events SET status = 'PROCESSED', lease_owner = NULL, lease_until_ms = NULL \
+                         WHERE id = $1 AND status = 'PENDING'",
+                    )
+                    .bind(webhook.as_str())
+                    .execute(&mut *tx)
+                    .await?;
+                    if done.rows_affected() == 0 {
+                        let exists = sqlx::query("SELECT id FROM webhook_events WHERE id = $1")
+                            .bind(webhook.as_str())
+                            .fetch_optional(&mut *tx)
+                            .await?;
+                        return Ok(match exists {
+                            Some(_) => ChangeOutcome::AlreadyProcessed(format!("webhook event {webhook} already processed")),
+                            None => ChangeOutcome::NotFound(format!("webhook event {webhook}")),
+                        });
+                    }
+                }
+                let new = change.applied_to(&old);
+                let done = sqlx::query(
+                    "UPDATE onboardings SET state = $2, desired_state = $3, state_reason = $4, provider_status = $5, \
+                     details_json = $6, external_key = $7, secret_key_id = $8, secret = $9, state_deadline_ms = $10, \
+                     expire_ms = $11, sequence = $12, updated_ms = $13, \
+                     expiry_warned_secs = CASE WHEN $15 IS NOT NULL THEN $15 WHEN $16 THEN NULL \
+                     ELSE expiry_warned_secs END WHERE id = $1 AND sequence = $14",
+                )
+                .bind(id.as_str())
+                .bind(new.state.as_str())
+                .bind(new.desired_state.map(|s| s.as_str()))
+                .bind(new.state_reason.as_str())
+                .bind(new.provider_status.as_str())
+                .bind(new.details_json.as_str())
+                .bind(new.external_key.as_deref())
+                .bind(new.secret.as_ref().map(|s| s.key_id.as_str()))
+                .bind(new.secret.as_ref().map(|s| s.blob.as_slice()))
+                .bind(new.state_deadline_ms)
+                .bind(new.expire_ms)
+                .bind(new.sequence)
+                .bind(new.updated_ms)
+                .bind(old.sequence)
+                .bind(change.expiry_warned_secs)
+                .bind(new.expire_ms != old.expire_ms)
+                .execute(&mut *tx)
+                .await?;
+                if done.rows_affected() != 1 {
+                    // The row is locked (or the writer single): cannot happen short of a bug.
+                    // An error, not an outcome: the webhook mark above must roll back too.
+                    return Err($crate::store::StoreError::Conflict(format!("onboarding {id} changed concurrently")));
+                }
+                for step in &change.steps {
+                    Self::upsert_step(tx, id, step).await?;
+                }
+                let event = $crate::store::EventRecord {
+                    onboarding_id: id.clone(),
+                    sequence: new.sequence,
+                    kind: change.event.kind.clone(),
+                    state: new.state,
+                    previous_state: old.state,
+                    reason: change.event.reason.clone(),
+                    provider_status: new.provider_status,
+                    step: change.event.step.clone(),
+                    data_json: change.event.data_json.clone(),
+                    created_ms: change.at_ms,
+                };
+                Self::insert_event(tx, &event).await?;
+                Ok(ChangeOutcome::Applied(event))
+            }
+
             async fn publish_after_commit(&self, onboarding_id: &$crate::domain::OnboardingId, sequence: i64) {
                 let notice = $crate::store::ChangeNotice { onboarding_id: onboarding_id.clone(), sequence };
                 if let Err(error) = self.publish(&notice).await {
@@ -747,87 +845,57 @@ macro_rules! impl_sql_store {
                 &self,
                 change: &$crate::store::OnboardingChange,
             ) -> $crate::store::StoreResult<$crate::store::EventRecord> {
-                let id = change
-                    .onboarding_id
-                    .as_ref()
-                    .ok_or_else(|| $crate::store::StoreError::Other("apply_change without an onboarding id".into()))?;
                 let mut tx = self.writer().begin().await?;
-                let row = sqlx::query(concat!("SELECT * FROM onboardings WHERE id = $1", $for_update))
-                    .bind(id.as_str())
-                    .fetch_optional(&mut *tx)
-                    .await?
-                    .ok_or_else(|| $crate::store::StoreError::NotFound(format!("onboarding {id}")))?;
-                let old = Self::onboarding_from(&row)?;
-                if let Some(expected) = change.expect_sequence
-                    && expected != old.sequence
-                {
-                    return Err($crate::store::StoreError::Conflict(format!(
-                        "onboarding {id} is at sequence {}, not {expected}",
-                        old.sequence
-                    )));
-                }
-                let state = change.state.unwrap_or(old.state);
-                let provider_status = change.provider_status.clone().unwrap_or(old.provider_status);
-                let secret = change.secret.clone().or(old.secret);
-                let sequence = old.sequence + 1;
-                let done = sqlx::query(
-                    "UPDATE onboardings SET state = $2, desired_state = $3, state_reason = $4, provider_status = $5, \
-                     details_json = $6, external_key = $7, secret_key_id = $8, secret = $9, state_deadline_ms = $10, \
-                     expire_ms = $11, sequence = $12, updated_ms = $13, \
-                     expiry_warned_secs = CASE WHEN $15 IS NOT NULL THEN $15 WHEN $16 THEN NULL \
-                     ELSE expiry_warned_secs END WHERE id = $1 AND sequence = $14",
-                )
-                .bind(id.as_str())
-                .bind(state.as_str())
-                .bind(change.desired_state.unwrap_or(old.desired_state).map(|s| s.as_str()))
-                .bind(change.state_reason.as_ref().unwrap_or(&old.state_reason).as_str())
-                .bind(provider_status.as_str())
-                .bind(change.details_json.as_ref().unwrap_or(&old.details_json).as_str())
-                .bind(change.external_key.as_ref().or(old.external_key.as_ref()).map(|k| k.as_str()))
-                .bind(secret.as_ref().map(|s| s.key_id.as_str()))
-                .bind(secret.as_ref().map(|s| s.blob.as_slice()))
-                .bind(change.state_deadline_ms.unwrap_or(old.state_deadline_ms))
-                .bind(change.expire_ms.unwrap_or(old.expire_ms))
-                .bind(sequence)
-                .bind(change.at_ms)
-                .bind(old.sequence)
-                .bind(change.expiry_warned_secs)
-                .bind(change.expire_ms.is_some_and(|e| e != old.expire_ms))
-                .execute(&mut *tx)
-                .await?;
-                if done.rows_affected() != 1 {
-                    return Err($crate::store::StoreError::Conflict(format!("onboarding {id} changed concurrently")));
-                }
-                for step in &change.steps {
-                    Self::upsert_step(&mut tx, id, step).await?;
-                }
-                let event = $crate::store::EventRecord {
-                    onboarding_id: id.clone(),
-                    sequence,
-                    kind: change.event.kind.clone(),
-                    state,
-                    previous_state: old.state,
-                    reason: change.event.reason.clone(),
-                    provider_status,
-                    step: change.event.step.clone(),
-                    data_json: change.event.data_json.clone(),
-                    created_ms: change.at_ms,
-                };
-                Self::insert_event(&mut tx, &event).await?;
-                if let Some(webhook) = &change.webhook_event_id {
-                    let done = sqlx::query(
-                        "UPDATE webhook_events SET status = 'PROCESSED', lease_owner = NULL, lease_until_ms = NULL WHERE id = $1",
-                    )
-                    .bind(webhook.as_str())
-                    .execute(&mut *tx)
-                    .await?;
-                    if done.rows_affected() == 0 {
-                        return Err($crate::store::StoreError::NotFound(format!("webhook event {webhook}")));
+                // Not applied: `tx` drops uncommitted, rolling back (nothing was written anyway).
+                match Self::apply_in(&mut tx, change).await? {
+                    $crate::store::ChangeOutcome::Applied(event) => {
+                        tx.commit().await?;
+                        self.publish_after_commit(&event.onboarding_id, event.sequence).await;
+                        Ok(event)
                     }
+                    $crate::store::ChangeOutcome::Conflict(m) | $crate::store::ChangeOutcome::AlreadyProcessed(m) => {
+                        Err($crate::store::StoreError::Conflict(m))
+                    }
+                    $crate::store::ChangeOutcome::NotFound(m) => Err($crate::store::StoreError::NotFound(m)),
+                }
+            }
+
+            async fn apply_changes(
+                &self,
+                changes: &[$crate::store::OnboardingChange],
+            ) -> $crate::store::StoreResult<Vec<$crate::store::ChangeOutcome>> {
+                if changes.is_empty() {
+                    return Ok(Vec::new());
+                }
+                let mut tx = self.writer().begin().await?;
+                let mut outcomes = Vec::with_capacity(changes.len());
+                // Onboardings with a change not applied: their later changes were computed on
+                // top of it, so they are not applied either.
+                let mut blocked = std::collections::HashSet::new();
+                for change in changes {
+                    if let Some(id) = &change.onboarding_id
+                        && blocked.contains(id)
+                    {
+                        outcomes.push($crate::store::ChangeOutcome::Conflict(format!(
+                            "an earlier change of onboarding {id} in this batch was not applied"
+                        )));
+                        continue;
+                    }
+                    let outcome = Self::apply_in(&mut tx, change).await?;
+                    if !matches!(outcome, $crate::store::ChangeOutcome::Applied(_))
+                        && let Some(id) = &change.onboarding_id
+                    {
+                        blocked.insert(id);
+                    }
+                    outcomes.push(outcome);
                 }
                 tx.commit().await?;
-                self.publish_after_commit(id, sequence).await;
-                Ok(event)
+                for outcome in &outcomes {
+                    if let $crate::store::ChangeOutcome::Applied(e) = outcome {
+                        self.publish_after_commit(&e.onboarding_id, e.sequence).await;
+                    }
+                }
+                Ok(outcomes)
             }
 
             async fn events(

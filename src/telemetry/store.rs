@@ -156,6 +156,10 @@ impl Store for MeteredStore {
         timed("apply_change", self.inner.apply_change(change)).await
     }
 
+    async fn apply_changes(&self, changes: &[OnboardingChange]) -> StoreResult<Vec<ChangeOutcome>> {
+        timed("apply_changes", self.inner.apply_changes(changes)).await
+    }
+
     async fn events(&self, id: &OnboardingId, after: i64, limit: u32) -> StoreResult<Vec<EventRecord>> {
         timed("events", self.inner.events(id, after, limit)).await
     }

@@ -5,6 +5,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use wa_onboard::core::callbacks::{Handed, Handoff};
 use wa_onboard::domain::{OnboardingId, ProviderKind, StepState, now_ms};
 use wa_onboard::grpc::pb;
 use wa_onboard::providers::{InMemoryProvider, Provider, ProviderError, ProviderRegistry};
@@ -474,4 +475,182 @@ async fn a_poll_lagging_behind_the_live_callback_does_not_demote_it() {
     let states: Vec<i32> = events(&app, &id).await.iter().map(|e| e.state).collect();
     let first_live = states.iter().position(|s| *s == pb::OnboardingState::Live as i32).unwrap();
     assert!(states[first_live..].iter().all(|s| *s == pb::OnboardingState::Live as i32), "{states:?}");
+}
+
+// ----- webhook batches -----
+
+/// An app whose engine does not run: webhook events stay pending (unleased) until the test
+/// applies them as one batch.
+async fn batch_app(fake: &Arc<InMemoryProvider>) -> TestApp {
+    spawn_with_providers(
+        |s| {
+            fast(s);
+            s.engine.enabled = false;
+        },
+        Some(registry(ProviderKind::Gupshup, fake)),
+    )
+    .await
+}
+
+/// An onboarding awaiting the customer, whose callbacks carry `key`.
+async fn keyed(app: &TestApp, account: &str, key: &str) -> OnboardingId {
+    let id = app.insert_onboarding(account, "batch").await;
+    app.running()
+        .store
+        .apply_change(&wa_onboard::store::OnboardingChange {
+            onboarding_id: Some(id.clone()),
+            state: Some(wa_onboard::domain::OnboardingState::AwaitingCustomer),
+            external_key: Some(key.into()),
+            event: wa_onboard::store::NewEvent {
+                kind: "state_changed".into(),
+                reason: "linked".into(),
+                step: None,
+                data_json: "{}".into(),
+            },
+            at_ms: now_ms(),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    id
+}
+
+/// Every pending webhook event, claimed for the test's own worker.
+async fn claim_all(app: &TestApp) -> Vec<Handed> {
+    let store = &app.running().store;
+    store
+        .claim_webhook_events("test-worker", now_ms(), Duration::from_secs(60), 100)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(Handed::claimed)
+        .collect()
+}
+
+/// (kind, state, stale?) of the events after the first two (created, linked).
+async fn callback_events(app: &TestApp, id: &OnboardingId) -> Vec<(String, i32, bool)> {
+    events(app, id)
+        .await
+        .into_iter()
+        .skip(2)
+        .map(|e| (e.r#type.clone(), e.state, e.attributes.get("stale").is_some_and(|v| v == "true")))
+        .collect()
+}
+
+#[tokio::test]
+async fn one_batch_chains_callbacks_of_an_onboarding_and_never_applies_one_twice() {
+    let fake = Arc::new(InMemoryProvider::new(ProviderKind::Gupshup));
+    let app = batch_app(&fake).await;
+    let url = account(&app, "acme").await;
+    let (a, b) = (keyed(&app, "acme", "key-a").await, keyed(&app, "acme", "key-b").await);
+    // For a: a newer event, a duplicate delivery, then one older than the newest (stale).
+    for (ev, key, status, at) in [
+        ("a-1", "key-a", "PROVISIONING", 1000),
+        ("a-2", "key-a", "LIVE", 3000),
+        ("a-2", "key-a", "LIVE", 3000),
+        ("b-1", "key-b", "LIVE", 1000),
+        ("a-3", "key-a", "REVIEW", 2000),
+        ("x-1", "key-nobody", "LIVE", 1000),
+    ] {
+        assert_eq!(post(&url, fake.render_callback_at(ev, key, status, at)).await.0, 200);
+        // Claims order by arrival time, then id: a distinct millisecond keeps the posting order.
+        tokio::time::sleep(Duration::from_millis(3)).await;
+    }
+    let mut batch = claim_all(&app).await;
+    assert_eq!(batch.len(), 5, "the duplicate delivery was not stored");
+    // The same row twice in a batch (handed over, then claimed after its lease lapsed).
+    batch.push(batch[0].clone());
+    let report = app.running().core.apply_webhooks(batch.clone()).await;
+    assert_eq!((report.applied, report.finished, report.conflicts, report.deferred), (4, 1, 0, 0), "{report:?}");
+    let (live, prov) = (pb::OnboardingState::Live as i32, pb::OnboardingState::Provisioning as i32);
+    assert_eq!(
+        callback_events(&app, &a).await,
+        vec![
+            ("state_changed".into(), prov, false),
+            ("state_changed".into(), live, false),
+            ("callback".into(), live, true)
+        ]
+    );
+    assert_eq!(callback_events(&app, &b).await, vec![("state_changed".into(), live, false)]);
+    let store = &app.running().store;
+    for ev in &batch {
+        let status = store.webhook_event(&ev.record.id).await.unwrap().unwrap().status;
+        assert_ne!(status, wa_onboard::store::WebhookStatus::Pending);
+    }
+
+    // Redelivered to a worker whose lease lapsed meanwhile: nothing is applied again.
+    let again = app.running().core.apply_webhooks(batch).await;
+    assert_eq!((again.applied, again.already_processed, again.deferred), (0, 4, 0), "{again:?}");
+    assert_eq!(callback_events(&app, &a).await.len(), 3);
+    assert_eq!(callback_events(&app, &b).await.len(), 1);
+}
+
+#[tokio::test]
+async fn a_conflict_inside_a_batch_is_planned_again_on_the_fresh_row_in_order() {
+    let fake = Arc::new(InMemoryProvider::new(ProviderKind::Gupshup));
+    let app = batch_app(&fake).await;
+    let url = account(&app, "acme").await;
+    let (a, b) = (keyed(&app, "acme", "key-a").await, keyed(&app, "acme", "key-b").await);
+    for (ev, key, status, at) in
+        [("a-1", "key-a", "PROVISIONING", 1000), ("b-1", "key-b", "LIVE", 1000), ("a-2", "key-a", "LIVE", 2000)]
+    {
+        assert_eq!(post(&url, fake.render_callback_at(ev, key, status, at)).await.0, 200);
+        // Claims order by arrival time, then id: a distinct millisecond keeps the posting order.
+        tokio::time::sleep(Duration::from_millis(3)).await;
+    }
+    let core = &app.running().core;
+    let plan = core.plan_webhooks(claim_all(&app).await).await;
+    assert_eq!(plan.changes(), 3);
+    // Another writer (an RPC, a step) moves a between planning and writing.
+    app.change_state(&a, wa_onboard::domain::OnboardingState::Provisioning, "moved-elsewhere").await;
+    let (report, retry) = core.commit_webhooks(plan).await;
+    assert_eq!((report.applied, report.conflicts), (1, 2), "{report:?}");
+    let keys: Vec<&str> = retry.iter().map(|h| h.record.dedupe_key.as_str()).collect();
+    assert!(keys[0].contains("a-1") && keys[1].contains("a-2"), "in their order: {keys:?}");
+    let report = core.apply_webhooks(retry).await;
+    assert_eq!((report.applied, report.conflicts), (2, 0), "{report:?}");
+    // Planned on the moved row: the first callback finds PROVISIONING already there.
+    let (live, prov) = (pb::OnboardingState::Live as i32, pb::OnboardingState::Provisioning as i32);
+    assert_eq!(
+        callback_events(&app, &a).await,
+        vec![
+            ("state_changed".into(), prov, false),
+            ("callback".into(), prov, false),
+            ("state_changed".into(), live, false)
+        ]
+    );
+    assert_eq!(callback_events(&app, &b).await, vec![("state_changed".into(), live, false)]);
+}
+
+#[tokio::test]
+async fn events_handed_to_an_engine_that_died_are_claimed_once_their_lease_lapses() {
+    let fake = Arc::new(InMemoryProvider::new(ProviderKind::Gupshup));
+    let app = batch_app(&fake).await;
+    let url = account(&app, "acme").await;
+    let a = keyed(&app, "acme", "key-a").await;
+    // A replica with an engine takes the webhook: stored leased to it, queued in its memory.
+    let mut dead = app.running().core.clone();
+    let mut settings = (*dead.settings).clone();
+    settings.engine.enabled = true;
+    settings.engine.lease_secs = 1;
+    dead.settings = Arc::new(settings);
+    dead.worker_id = "replica-that-dies".into();
+    dead.webhook_handoff = Arc::new(Handoff::default());
+    let secret = url.rsplit('/').next().unwrap();
+    let body = fake.render_callback_at("a-1", "key-a", "LIVE", 1000);
+    let intake = dead.ingest_webhook("gupshup", "acme", secret, &body).await.unwrap();
+    assert_eq!(intake.accepted, 1);
+    assert_eq!(dead.webhook_handoff.len(), 1);
+    // It dies before applying: the queue is gone, the row is pending under its lease.
+    drop(dead);
+    let live = &app.running().core;
+    assert_eq!(live.webhook_tick().await.unwrap(), 0, "still leased to the dead replica");
+    assert!(callback_events(&app, &a).await.is_empty());
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    assert_eq!(live.webhook_tick().await.unwrap(), 1, "claimed once the lease lapsed");
+    assert_eq!(
+        callback_events(&app, &a).await,
+        vec![("state_changed".into(), pb::OnboardingState::Live as i32, false)]
+    );
+    assert_eq!(live.webhook_tick().await.unwrap(), 0, "applied once");
 }
