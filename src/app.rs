@@ -120,7 +120,7 @@ pub async fn start_with(
     } else {
         None
     };
-    let bus = crate::core::bus::Bus::new();
+    let bus = crate::core::bus::Bus::new(Arc::new(store.clone()), settings.streams.buffer);
     let providers = match providers {
         Some(r) => r,
         None => {
@@ -170,7 +170,7 @@ pub async fn start_with(
 
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
     let mut tasks = Vec::new();
-    tasks.push(tokio::spawn(bus.run(store.subscribe())));
+    tasks.push(tokio::spawn(bus.run(store.subscribe(), Duration::from_secs(settings.streams.heartbeat_secs))));
 
     let config_keys = crate::core::tenants::ConfigKeys::default();
     load_config_keys(store.as_ref(), &settings.auth.keys, &config_keys)

@@ -353,7 +353,8 @@ impl From<GupshupLimitSettings> for crate::providers::gupshup::GupshupLimits {
 pub struct StreamSettings {
     /// Seconds between heartbeats on an idle stream (at most 15).
     pub heartbeat_secs: u64,
-    /// Messages buffered per stream before a slow consumer is resynchronised from the store.
+    /// Recent events kept in memory per watched onboarding, shared by its streams; a stream
+    /// further behind reads the store on its own.
     pub buffer: usize,
 }
 

@@ -1,34 +1,175 @@
 //! Fan-out of onboarding changes to streams. One task reads the store's change notices (from
-//! this replica and, on PostgreSQL, from every replica) and wakes only the streams watching
-//! that onboarding, through a `watch` channel holding its latest sequence. Streams then read
-//! the events from the store, so a missed wake-up costs latency, never data.
+//! this replica and, on PostgreSQL, from every replica) and moves the latest known sequence of
+//! the watched onboarding (a `watch` channel per onboarding, so only its streams wake). The
+//! same task drives one shared heartbeat tick for every stream, and every few ticks (or at
+//! once after a lagged notice stream) reconciles all watched onboardings against the store in
+//! one bulk read, so a missed notice costs latency, never data.
+//!
+//! The events themselves come from the store, the single source of truth, through a shared
+//! per-onboarding cache of recent events ([`Window`]): when a notice moves an onboarding's
+//! sequence, the first stream that needs the new events reads them (with the steps they
+//! concern) once, every other stream of that onboarding awaits the same read and shares its
+//! `Arc`s. A stream whose cursor lies before the cached range reads the store on its own.
 
 use std::collections::HashMap;
-use std::sync::{Arc, Mutex, Weak};
+use std::sync::{Arc, Mutex, MutexGuard, Weak};
+use std::time::Duration;
 
-use tokio::sync::{broadcast, watch};
+use async_trait::async_trait;
+use futures::FutureExt;
+use futures::future::{BoxFuture, Shared};
+use tokio::sync::{Notify, broadcast, watch};
 
 use crate::domain::OnboardingId;
-use crate::store::ChangeNotice;
+use crate::error::AppError;
+use crate::store::{ChangeNotice, EventRecord, StepRecord, Store, StoreResult};
 
-type Registry = HashMap<OnboardingId, Weak<watch::Sender<i64>>>;
+/// How many events one store read returns.
+const PAGE: u32 = 200;
+/// Ticks between two bulk reconciliations with the store.
+const RECONCILE_EVERY: u64 = 3;
+/// How many times a stream joins a shared read that does not cover its cursor before it
+/// reads on its own (several streams at different cursors may take turns filling).
+const FILL_ROUNDS: usize = 3;
+
+/// What the bus reads: the store, or a test double that counts the reads.
+#[async_trait]
+pub trait EventLog: Send + Sync + 'static {
+    /// Events with `sequence > after`, ascending, at most `limit`.
+    async fn events(&self, id: &OnboardingId, after: i64, limit: u32) -> StoreResult<Vec<EventRecord>>;
+    /// The onboarding's steps.
+    async fn steps(&self, id: &OnboardingId) -> StoreResult<Vec<StepRecord>>;
+    /// The current sequences of the given onboardings (unknown ones left out).
+    async fn latest_sequences(&self, ids: &[OnboardingId]) -> StoreResult<Vec<(OnboardingId, i64)>>;
+}
+
+#[async_trait]
+impl EventLog for Arc<dyn Store> {
+    async fn events(&self, id: &OnboardingId, after: i64, limit: u32) -> StoreResult<Vec<EventRecord>> {
+        self.as_ref().events(id, after, limit).await
+    }
+
+    async fn steps(&self, id: &OnboardingId) -> StoreResult<Vec<StepRecord>> {
+        self.as_ref().steps(id).await
+    }
+
+    async fn latest_sequences(&self, ids: &[OnboardingId]) -> StoreResult<Vec<(OnboardingId, i64)>> {
+        self.as_ref().latest_sequences(ids).await
+    }
+}
+
+/// One event as streams send it, with the step it concerns (as read with the event).
+pub type Delivered = (Arc<EventRecord>, Option<Arc<StepRecord>>);
+
+/// Consecutive events of one onboarding: every event with `lo < sequence <= hi()` is in
+/// `events`, in order. Immutable once built; shared between the streams that read it.
+#[derive(Debug, Default)]
+pub struct Window {
+    lo: i64,
+    events: Vec<Delivered>,
+    /// The read that built it reached the end of the log (fewer than a page came back).
+    reached_end: bool,
+    /// The topic's latest known sequence when that read started.
+    known_at_start: i64,
+}
+
+impl Window {
+    fn hi(&self) -> i64 {
+        self.events.last().map_or(self.lo, |(e, _)| e.sequence)
+    }
+
+    fn is_empty(&self) -> bool {
+        self.events.is_empty()
+    }
+}
+
+/// A stream's position in a window: the events after its cursor, yielded one at a time.
+#[derive(Debug)]
+pub struct Batch {
+    window: Arc<Window>,
+    next: usize,
+}
+
+impl Batch {
+    /// The events of `window` after `cursor`, when the window holds every one of them up to
+    /// its end.
+    fn after(window: &Arc<Window>, cursor: i64) -> Option<Self> {
+        if cursor < window.lo || cursor >= window.hi() {
+            return None;
+        }
+        let next = window.events.partition_point(|(e, _)| e.sequence <= cursor);
+        Some(Self { window: window.clone(), next })
+    }
+
+    /// The next event, if any is left.
+    pub fn pop(&mut self) -> Option<Delivered> {
+        let d = self.window.events.get(self.next).cloned();
+        self.next += 1;
+        d
+    }
+}
+
+type Fill = Shared<BoxFuture<'static, Result<Arc<Window>, AppError>>>;
+
+#[derive(Default)]
+struct Cache {
+    window: Arc<Window>,
+    /// The read in flight, which every stream needing the same events awaits.
+    fill: Option<Fill>,
+}
+
+/// One watched onboarding; lives while any of its streams does.
+struct Topic {
+    id: OnboardingId,
+    latest: watch::Sender<i64>,
+    cache: Mutex<Cache>,
+}
+
+impl Topic {
+    fn cache(&self) -> MutexGuard<'_, Cache> {
+        self.cache.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Moves the latest known sequence forward (never back); wakes the topic's streams.
+    fn advance(&self, sequence: i64) {
+        self.latest.send_if_modified(|cur| {
+            if sequence > *cur {
+                *cur = sequence;
+                true
+            } else {
+                false
+            }
+        });
+    }
+}
+
+type Registry = HashMap<OnboardingId, Weak<Topic>>;
+
+struct Inner {
+    log: Arc<dyn EventLog>,
+    registry: Mutex<Registry>,
+    /// Events kept per watched onboarding beyond what the latest read returned.
+    keep: usize,
+    /// The shared heartbeat tick.
+    beat: watch::Sender<u64>,
+    reconcile: Notify,
+}
 
 /// The fan-out hub.
-#[derive(Clone, Default)]
+#[derive(Clone)]
 pub struct Bus {
-    inner: Arc<Mutex<Registry>>,
-    /// Wakes every watcher at once (after a lagged notice stream, where we cannot know
-    /// which onboardings changed).
-    all: Arc<watch::Sender<u64>>,
+    inner: Arc<Inner>,
 }
 
 /// A stream's registration: dropped with the stream.
 pub struct Watcher {
+    topic: Arc<Topic>,
+    log: Arc<dyn EventLog>,
+    keep: usize,
     /// Latest known sequence of the onboarding (may run ahead of what was read).
-    pub seq: watch::Receiver<i64>,
-    /// Bumped when every watcher must re-read.
-    pub all: watch::Receiver<u64>,
-    _keep: Arc<watch::Sender<i64>>,
+    pub latest: watch::Receiver<i64>,
+    /// Ticks once per heartbeat period.
+    pub beat: watch::Receiver<u64>,
 }
 
 impl std::fmt::Debug for Bus {
@@ -38,58 +179,68 @@ impl std::fmt::Debug for Bus {
 }
 
 impl Bus {
-    /// A new hub.
-    pub fn new() -> Self {
-        Self::default()
+    /// A hub reading `log`, keeping at least `keep` recent events per watched onboarding.
+    pub fn new(log: Arc<dyn EventLog>, keep: usize) -> Self {
+        Self {
+            inner: Arc::new(Inner {
+                log,
+                registry: Mutex::default(),
+                keep: keep.max(1),
+                beat: watch::channel(0).0,
+                reconcile: Notify::new(),
+            }),
+        }
     }
 
-    fn registry(&self) -> std::sync::MutexGuard<'_, Registry> {
-        self.inner.lock().unwrap_or_else(|e| e.into_inner())
+    fn registry(&self) -> MutexGuard<'_, Registry> {
+        self.inner.registry.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     /// Registers interest in one onboarding.
     pub fn watch(&self, id: &OnboardingId) -> Watcher {
-        let mut reg = self.registry();
-        let sender = match reg.get(id).and_then(Weak::upgrade) {
-            Some(s) => s,
-            None => {
-                let (tx, _) = watch::channel(0i64);
-                let tx = Arc::new(tx);
-                reg.insert(id.clone(), Arc::downgrade(&tx));
-                tx
+        let topic = {
+            let mut reg = self.registry();
+            match reg.get(id).and_then(Weak::upgrade) {
+                Some(t) => t,
+                None => {
+                    let t = Arc::new(Topic { id: id.clone(), latest: watch::channel(0).0, cache: Mutex::default() });
+                    reg.insert(id.clone(), Arc::downgrade(&t));
+                    t
+                }
             }
         };
-        Watcher { seq: sender.subscribe(), all: self.all.subscribe(), _keep: sender }
+        Watcher {
+            latest: topic.latest.subscribe(),
+            beat: self.inner.beat.subscribe(),
+            log: self.inner.log.clone(),
+            keep: self.inner.keep,
+            topic,
+        }
+    }
+
+    fn topic(&self, id: &OnboardingId) -> Option<Arc<Topic>> {
+        let mut reg = self.registry();
+        match reg.get(id).map(Weak::upgrade) {
+            Some(Some(t)) => Some(t),
+            Some(None) => {
+                reg.remove(id);
+                None
+            }
+            None => None,
+        }
     }
 
     /// Delivers one notice.
     pub fn publish(&self, notice: &ChangeNotice) {
-        let sender = {
-            let mut reg = self.registry();
-            match reg.get(&notice.onboarding_id).map(Weak::upgrade) {
-                Some(Some(s)) => Some(s),
-                Some(None) => {
-                    reg.remove(&notice.onboarding_id);
-                    None
-                }
-                None => None,
-            }
-        };
-        if let Some(s) = sender {
-            s.send_if_modified(|cur| {
-                if notice.sequence > *cur {
-                    *cur = notice.sequence;
-                    true
-                } else {
-                    false
-                }
-            });
+        if let Some(t) = self.topic(&notice.onboarding_id) {
+            t.advance(notice.sequence);
         }
     }
 
-    /// Wakes every watcher.
+    /// Asks for a reconciliation of every watched onboarding with the store now (after a
+    /// lagged notice stream, where we cannot know which onboardings changed).
     pub fn wake_all(&self) {
-        self.all.send_modify(|n| *n = n.wrapping_add(1));
+        self.inner.reconcile.notify_one();
     }
 
     /// Number of onboardings watched (for metrics and tests).
@@ -97,38 +248,413 @@ impl Bus {
         self.registry().values().filter(|w| w.strong_count() > 0).count()
     }
 
-    /// Forwards the store's notices until the store's channel closes.
-    pub async fn run(self, mut rx: broadcast::Receiver<ChangeNotice>) {
-        loop {
-            match rx.recv().await {
-                Ok(n) => self.publish(&n),
-                Err(broadcast::error::RecvError::Lagged(_)) => self.wake_all(),
-                Err(broadcast::error::RecvError::Closed) => return,
+    /// Reads the sequences of every watched onboarding in bulk and moves those that changed
+    /// without a notice (another replica's lost notice, a lagged receiver).
+    pub async fn reconcile(&self) -> Result<(), AppError> {
+        let topics: Vec<Arc<Topic>> = {
+            let mut reg = self.registry();
+            reg.retain(|_, w| w.strong_count() > 0);
+            reg.values().filter_map(Weak::upgrade).collect()
+        };
+        if topics.is_empty() {
+            return Ok(());
+        }
+        let ids: Vec<OnboardingId> = topics.iter().map(|t| t.id.clone()).collect();
+        let by_id: HashMap<&OnboardingId, &Arc<Topic>> = topics.iter().map(|t| (&t.id, t)).collect();
+        for (id, sequence) in self.inner.log.latest_sequences(&ids).await? {
+            if let Some(t) = by_id.get(&id) {
+                t.advance(sequence);
             }
+        }
+        Ok(())
+    }
+
+    /// Forwards the store's notices until the store's channel closes, ticks the heartbeat
+    /// every `heartbeat`, and reconciles every few ticks.
+    pub async fn run(self, mut rx: broadcast::Receiver<ChangeNotice>, heartbeat: Duration) {
+        let notices = async {
+            loop {
+                match rx.recv().await {
+                    Ok(n) => self.publish(&n),
+                    Err(broadcast::error::RecvError::Lagged(_)) => self.wake_all(),
+                    Err(broadcast::error::RecvError::Closed) => return,
+                }
+            }
+        };
+        let ticks = async {
+            let mut ticker = tokio::time::interval_at(tokio::time::Instant::now() + heartbeat, heartbeat);
+            ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            let mut n: u64 = 0;
+            loop {
+                let due = tokio::select! {
+                    _ = ticker.tick() => {
+                        n = n.wrapping_add(1);
+                        self.inner.beat.send_modify(|b| *b = b.wrapping_add(1));
+                        n.is_multiple_of(RECONCILE_EVERY)
+                    }
+                    _ = self.inner.reconcile.notified() => true,
+                };
+                if due && let Err(error) = self.reconcile().await {
+                    tracing::warn!(error = %error.message, "stream reconciliation with the store failed");
+                }
+            }
+        };
+        tokio::select! {
+            _ = notices => {}
+            _ = ticks => {}
         }
     }
 }
 
+impl Watcher {
+    /// Records a sequence known to exist (the snapshot's), so shared reads account for it.
+    pub fn observe(&self, sequence: i64) {
+        self.topic.advance(sequence);
+    }
+
+    /// The events after `cursor`, where `known > cursor` is a sequence known to exist: from
+    /// the shared window when it covers the cursor, else from one shared read, else (cursor
+    /// before the cached range) from a read of this stream's own. `None` when the store has
+    /// nothing after `cursor` yet.
+    pub async fn events_after(&self, cursor: i64, known: i64) -> Result<Option<Batch>, AppError> {
+        for _ in 0..FILL_ROUNDS {
+            let fill = {
+                let mut cache = self.topic.cache();
+                if let Some(b) = Batch::after(&cache.window, cursor) {
+                    return Ok(Some(b));
+                }
+                if !cache.window.is_empty() && cursor < cache.window.lo {
+                    break;
+                }
+                match &cache.fill {
+                    Some(f) => f.clone(),
+                    None => {
+                        let f = self.start_fill(&cache.window, cursor);
+                        cache.fill = Some(f.clone());
+                        f
+                    }
+                }
+            };
+            let window = fill.await?;
+            if let Some(b) = Batch::after(&window, cursor) {
+                return Ok(Some(b));
+            }
+            if cursor >= window.hi() && window.reached_end && window.known_at_start >= known {
+                return Ok(None);
+            }
+        }
+        let own = read_window(self.log.as_ref(), &self.topic.id, cursor, None, usize::MAX, known).await?;
+        Ok(Batch::after(&Arc::new(own), cursor))
+    }
+
+    /// A shared read of the events after `cursor`: appended to `current` when the cursor is
+    /// at its end, else replacing it. Installs its window when done; holds the topic weakly
+    /// so an abandoned read never keeps it alive.
+    fn start_fill(&self, current: &Arc<Window>, cursor: i64) -> Fill {
+        let base = (!current.is_empty() && cursor == current.hi()).then(|| current.clone());
+        let topic = Arc::downgrade(&self.topic);
+        let log = self.log.clone();
+        let id = self.topic.id.clone();
+        let keep = self.keep;
+        let known = *self.topic.latest.borrow();
+        async move {
+            let r = read_window(log.as_ref(), &id, cursor, base.as_deref(), keep, known).await.map(Arc::new);
+            if let Some(t) = topic.upgrade() {
+                let mut cache = t.cache();
+                cache.fill = None;
+                if let Ok(w) = &r {
+                    cache.window = w.clone();
+                }
+            }
+            r
+        }
+        .boxed()
+        .shared()
+    }
+}
+
+/// Reads one page of events after `from` (and, when any concerns a step, the steps once),
+/// appended to `base` if given, keeping at least `keep` events and everything just read.
+async fn read_window(
+    log: &dyn EventLog,
+    id: &OnboardingId,
+    from: i64,
+    base: Option<&Window>,
+    keep: usize,
+    known_at_start: i64,
+) -> Result<Window, AppError> {
+    let events = log.events(id, from, PAGE).await?;
+    let reached_end = events.len() < PAGE as usize;
+    let steps: Vec<Arc<StepRecord>> = if events.iter().any(|e| e.step.is_some()) {
+        log.steps(id).await?.into_iter().map(Arc::new).collect()
+    } else {
+        Vec::new()
+    };
+    let fresh = events.into_iter().map(|e| {
+        let step = e.step.as_ref().and_then(|s| steps.iter().find(|st| &st.name == s).cloned());
+        (Arc::new(e), step)
+    });
+    let (mut lo, mut all) = match base {
+        Some(b) => (b.lo, b.events.clone()),
+        None => (from, Vec::new()),
+    };
+    let before = all.len();
+    all.extend(fresh);
+    let keep = keep.max(all.len() - before);
+    if all.len() > keep {
+        let cut = all.len() - keep;
+        lo = all[cut - 1].0.sequence;
+        all.drain(..cut);
+    }
+    Ok(Window { lo, events: all, reached_end, known_at_start })
+}
+
 #[cfg(test)]
 mod tests {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
     use super::*;
+    use crate::domain::OnboardingState;
+
+    /// An in-memory event log that counts reads and can hold them until released.
+    #[derive(Default)]
+    struct Log {
+        events: Mutex<Vec<EventRecord>>,
+        steps: Mutex<Vec<StepRecord>>,
+        event_reads: AtomicUsize,
+        step_reads: AtomicUsize,
+        gate: tokio::sync::RwLock<()>,
+    }
+
+    impl Log {
+        fn push(&self, step: Option<&str>) -> i64 {
+            let mut events = self.events.lock().unwrap();
+            let sequence = events.len() as i64 + 1;
+            events.push(EventRecord {
+                onboarding_id: id(),
+                sequence,
+                kind: "k".into(),
+                state: OnboardingState::Provisioning,
+                previous_state: OnboardingState::Provisioning,
+                reason: String::new(),
+                provider_status: String::new(),
+                step: step.map(String::from),
+                data_json: "{}".into(),
+                created_ms: sequence,
+            });
+            sequence
+        }
+
+        fn reads(&self) -> usize {
+            self.event_reads.load(Ordering::SeqCst)
+        }
+    }
+
+    #[async_trait]
+    impl EventLog for Log {
+        async fn events(&self, _: &OnboardingId, after: i64, limit: u32) -> StoreResult<Vec<EventRecord>> {
+            let _open = self.gate.read().await;
+            self.event_reads.fetch_add(1, Ordering::SeqCst);
+            let events = self.events.lock().unwrap();
+            Ok(events.iter().filter(|e| e.sequence > after).take(limit as usize).cloned().collect())
+        }
+
+        async fn steps(&self, _: &OnboardingId) -> StoreResult<Vec<StepRecord>> {
+            self.step_reads.fetch_add(1, Ordering::SeqCst);
+            Ok(self.steps.lock().unwrap().clone())
+        }
+
+        async fn latest_sequences(&self, ids: &[OnboardingId]) -> StoreResult<Vec<(OnboardingId, i64)>> {
+            let last = self.events.lock().unwrap().len() as i64;
+            Ok(ids.iter().filter(|i| **i == id()).map(|i| (i.clone(), last)).collect())
+        }
+    }
+
+    fn id() -> OnboardingId {
+        OnboardingId::parse("a").unwrap()
+    }
+
+    fn bus(log: &Arc<Log>, keep: usize) -> Bus {
+        Bus::new(log.clone(), keep)
+    }
+
+    /// Every event after `cursor` up to `known`, as a stream would collect them.
+    async fn drain(w: &Watcher, mut cursor: i64, known: i64) -> Vec<i64> {
+        let mut seen = Vec::new();
+        while cursor < known {
+            let Some(mut b) = w.events_after(cursor, known).await.unwrap() else { break };
+            while let Some((e, _)) = b.pop() {
+                assert_eq!(e.sequence, cursor + 1, "gap-free");
+                cursor = e.sequence;
+                seen.push(cursor);
+            }
+        }
+        seen
+    }
 
     #[tokio::test]
     async fn wakes_only_the_watched_onboarding() {
-        let bus = Bus::new();
-        let a = OnboardingId::parse("a").unwrap();
+        let log = Arc::new(Log::default());
+        let bus = bus(&log, 8);
+        let a = id();
         let b = OnboardingId::parse("b").unwrap();
         let mut wa = bus.watch(&a);
         let wb = bus.watch(&b);
         bus.publish(&ChangeNotice { onboarding_id: a.clone(), sequence: 3 });
-        wa.seq.changed().await.unwrap();
-        assert_eq!(*wa.seq.borrow(), 3);
-        assert!(!wb.seq.has_changed().unwrap());
+        wa.latest.changed().await.unwrap();
+        assert_eq!(*wa.latest.borrow(), 3);
+        assert!(!wb.latest.has_changed().unwrap());
         // Older notices never move the cursor back.
         bus.publish(&ChangeNotice { onboarding_id: a.clone(), sequence: 2 });
-        assert!(!wa.seq.has_changed().unwrap());
+        assert!(!wa.latest.has_changed().unwrap());
         drop(wa);
         drop(wb);
         assert_eq!(bus.watched(), 0);
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn concurrent_streams_share_one_read() {
+        let log = Arc::new(Log::default());
+        log.push(None);
+        log.push(Some("link"));
+        log.steps.lock().unwrap().push(StepRecord {
+            onboarding_id: id(),
+            name: "link".into(),
+            position: 0,
+            state: crate::domain::StepState::Running,
+            attempts: 1,
+            max_attempts: 3,
+            next_run_ms: None,
+            lease_owner: None,
+            lease_until_ms: None,
+            last_error: None,
+            last_error_code: None,
+            provider_stage_json: "{}".into(),
+            data_json: "{}".into(),
+            deadline_ms: None,
+            started_ms: None,
+            finished_ms: None,
+            created_ms: 0,
+            updated_ms: 0,
+        });
+        let bus = bus(&log, 8);
+        let watchers: Vec<Arc<Watcher>> = (0..50).map(|_| Arc::new(bus.watch(&id()))).collect();
+        bus.publish(&ChangeNotice { onboarding_id: id(), sequence: 2 });
+        // Hold the store read until every stream waits, so they all overlap it.
+        let hold = log.gate.write().await;
+        let tasks: Vec<_> = watchers
+            .iter()
+            .map(|w| {
+                let w = w.clone();
+                tokio::spawn(async move { w.events_after(0, 2).await.unwrap().expect("events") })
+            })
+            .collect();
+        // Every stream awaits the one read in flight (50 clones plus the cache's own).
+        let topic = watchers[0].topic.clone();
+        while topic.cache().fill.as_ref().and_then(Shared::strong_count) != Some(51) {
+            tokio::task::yield_now().await;
+        }
+        drop(hold);
+        let mut batches = Vec::new();
+        for t in tasks {
+            batches.push(t.await.unwrap());
+        }
+        assert_eq!(log.reads(), 1, "one store read for 50 streams");
+        assert_eq!(log.step_reads.load(Ordering::SeqCst), 1);
+        let (e1, s1) = batches[0].pop().unwrap();
+        let (e2, s2) = batches[0].pop().unwrap();
+        assert_eq!((e1.sequence, e2.sequence), (1, 2));
+        assert!(s1.is_none());
+        assert_eq!(s2.as_ref().map(|s| s.name.as_str()), Some("link"));
+        // Shared, not copied.
+        let (other, other_step) = batches[49].nth_for_test(1);
+        assert!(Arc::ptr_eq(&e2, &other));
+        assert!(Arc::ptr_eq(s2.as_ref().unwrap(), other_step.as_ref().unwrap()));
+        // The next event: one more read, appended to the window.
+        log.push(None);
+        for w in &watchers {
+            assert_eq!(drain(w, 2, 3).await, vec![3]);
+        }
+        assert_eq!(log.reads(), 2);
+    }
+
+    impl Batch {
+        fn nth_for_test(&self, n: usize) -> Delivered {
+            self.window.events[self.next + n].clone()
+        }
+    }
+
+    #[tokio::test]
+    async fn streams_before_the_window_read_on_their_own_without_gaps() {
+        let log = Arc::new(Log::default());
+        let bus = bus(&log, 4);
+        let w = bus.watch(&id());
+        for _ in 0..10 {
+            log.push(None);
+        }
+        // An up-to-date stream fills the window from 8; it keeps at least 4 events.
+        assert_eq!(drain(&w, 8, 10).await, vec![9, 10]);
+        for _ in 0..6 {
+            log.push(None);
+        }
+        assert_eq!(drain(&w, 10, 16).await, (11..=16).collect::<Vec<_>>());
+        assert_eq!(log.reads(), 2);
+        let reads = log.reads();
+        // A stream from the start lies before the window (10, 16]: own reads, then the window.
+        assert_eq!(drain(&w, 0, 16).await, (1..=16).collect::<Vec<_>>());
+        assert_eq!(log.reads(), reads + 1, "one own read reaches the end");
+        // Within the window: no read at all.
+        assert_eq!(drain(&w, 13, 16).await, vec![14, 15, 16]);
+        assert_eq!(log.reads(), reads + 1);
+        // Nothing after the end: None, not an endless retry.
+        assert!(w.events_after(16, 16).await.unwrap().is_none());
+    }
+
+    #[tokio::test]
+    async fn long_catch_up_pages_and_window_is_bounded() {
+        let log = Arc::new(Log::default());
+        let bus = bus(&log, 4);
+        let w = bus.watch(&id());
+        for _ in 0..450 {
+            log.push(None);
+        }
+        assert_eq!(drain(&w, 0, 450).await, (1..=450).collect::<Vec<_>>());
+        // Three pages: 200 + 200 + 50, each kept whole while it is the newest read.
+        assert_eq!(log.reads(), 3);
+        let window = w.topic.cache().window.clone();
+        assert_eq!((window.lo, window.hi(), window.events.len()), (400, 450, 50));
+        log.push(None);
+        drain(&w, 450, 451).await;
+        let window = w.topic.cache().window.clone();
+        assert_eq!((window.lo, window.hi()), (447, 451), "evicted down to `keep`");
+    }
+
+    #[tokio::test]
+    async fn a_topic_dies_with_its_last_stream() {
+        let log = Arc::new(Log::default());
+        log.push(None);
+        let bus = bus(&log, 4);
+        let w = bus.watch(&id());
+        drain(&w, 0, 1).await;
+        let weak = Arc::downgrade(&w.topic);
+        drop(w);
+        assert!(weak.upgrade().is_none(), "window freed with the topic");
+        assert_eq!(bus.watched(), 0);
+        // A new watcher starts with an empty window.
+        let w = bus.watch(&id());
+        assert!(w.topic.cache().window.is_empty());
+    }
+
+    #[tokio::test]
+    async fn reconcile_catches_a_missed_notice() {
+        let log = Arc::new(Log::default());
+        let bus = bus(&log, 4);
+        let mut w = bus.watch(&id());
+        log.push(None);
+        log.push(None);
+        assert!(!w.latest.has_changed().unwrap());
+        bus.reconcile().await.unwrap();
+        w.latest.changed().await.unwrap();
+        assert_eq!(*w.latest.borrow(), 2);
     }
 }

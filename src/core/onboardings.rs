@@ -1,10 +1,12 @@
 //! Reading onboardings, their event logs and pipelines, and streaming them: snapshot first,
-//! then every event from the store in sequence order, woken by the bus, with heartbeats.
+//! then every event from the store in sequence order, read through the bus's shared cache, with
+//! heartbeats.
 
-use std::time::Duration;
+use std::sync::Arc;
 
-use tokio::sync::mpsc;
+use futures::Stream;
 
+use super::bus::{Batch, Watcher};
 use super::{Caller, Core};
 use crate::domain::{OnboardingId, UnixMs, now_ms};
 use crate::error::AppError;
@@ -15,8 +17,9 @@ use crate::store::{EventRecord, OnboardingFilter, OnboardingRecord, Page, PageRe
 pub enum StreamItem {
     /// The current onboarding and its steps; always first.
     Snapshot(Box<OnboardingRecord>, Vec<StepRecord>),
-    /// One event, with the steps as they are after it when the event concerns a step.
-    Event(Box<EventRecord>, Option<Box<StepRecord>>),
+    /// One event, with the step it concerns as read with it; shared by every stream of the
+    /// onboarding.
+    Event(Arc<EventRecord>, Option<Arc<StepRecord>>),
     /// Nothing happened.
     Heartbeat {
         /// Server time.
@@ -25,9 +28,6 @@ pub enum StreamItem {
         last_sequence: i64,
     },
 }
-
-/// How many events one store read returns while catching up.
-const PAGE: u32 = 200;
 
 impl Core {
     /// One of the caller's onboardings.
@@ -75,103 +75,94 @@ impl Core {
         Ok((o, steps))
     }
 
-    /// Streams an onboarding. The receiver yields the snapshot, then events with
-    /// `sequence > after`, gap-free, then heartbeats when idle. The stream ends when the
-    /// receiver is dropped or the server shuts down.
+    /// Streams an onboarding: the snapshot, then events with `sequence > after`, gap-free,
+    /// then heartbeats when idle. A state machine polled by the transport (no task, no
+    /// channel), so a slow consumer is back-pressured by HTTP/2 flow control and nothing is
+    /// buffered beyond the shared window of the bus. Ends when dropped or at shutdown.
     pub async fn watch_onboarding(
         &self,
         caller: &Caller,
         id: &OnboardingId,
         after: i64,
         shutdown: tokio::sync::watch::Receiver<bool>,
-    ) -> Result<mpsc::Receiver<Result<StreamItem, AppError>>, AppError> {
+    ) -> Result<impl Stream<Item = Result<StreamItem, AppError>> + Send + 'static, AppError> {
         if after < 0 {
             return Err(AppError::invalid("after_sequence", "must not be negative"));
         }
         // Register before reading the snapshot, so a change between the two is not missed.
         let watcher = self.bus.watch(id);
         let (onboarding, steps) = self.get_pipeline(caller, id).await?;
-        let (tx, rx) = mpsc::channel(self.settings.streams.buffer);
-        let core = self.clone();
-        let id = id.clone();
-        let heartbeat = Duration::from_secs(self.settings.streams.heartbeat_secs);
-        tokio::spawn(async move {
-            let mut cursor = after;
-            let snapshot_seq = onboarding.sequence;
-            if tx.send(Ok(StreamItem::Snapshot(Box::new(onboarding), steps))).await.is_err() {
-                return;
-            }
-            core.stream_loop(&id, &mut cursor, snapshot_seq, watcher, heartbeat, shutdown, &tx).await;
-        });
-        Ok(rx)
+        watcher.observe(onboarding.sequence);
+        let state = WatchState {
+            known: onboarding.sequence,
+            snapshot: Some(StreamItem::Snapshot(Box::new(onboarding), steps)),
+            cursor: after,
+            batch: None,
+            watcher,
+            shutdown,
+            ended: false,
+        };
+        Ok(futures::stream::unfold(state, |mut st| async move { st.next().await.map(|item| (item, st)) }))
     }
+}
 
-    #[allow(clippy::too_many_arguments)]
-    async fn stream_loop(
-        &self,
-        id: &OnboardingId,
-        cursor: &mut i64,
-        mut known: i64,
-        mut watcher: super::bus::Watcher,
-        heartbeat: Duration,
-        mut shutdown: tokio::sync::watch::Receiver<bool>,
-        tx: &mpsc::Sender<Result<StreamItem, AppError>>,
-    ) {
-        let mut ticker = tokio::time::interval_at(tokio::time::Instant::now() + heartbeat, heartbeat);
+/// One stream's state between two items.
+struct WatchState {
+    /// Sent first, then dropped.
+    snapshot: Option<StreamItem>,
+    /// Latest sequence sent (or the resume point).
+    cursor: i64,
+    /// Latest sequence known to exist.
+    known: i64,
+    /// Events read and not yet sent.
+    batch: Option<Batch>,
+    watcher: Watcher,
+    shutdown: tokio::sync::watch::Receiver<bool>,
+    ended: bool,
+}
+
+impl WatchState {
+    async fn next(&mut self) -> Option<Result<StreamItem, AppError>> {
+        if let Some(s) = self.snapshot.take() {
+            return Some(Ok(s));
+        }
+        if self.ended {
+            return None;
+        }
         loop {
-            // Catch up from the store: the single source of truth. The bounded channel makes a
-            // slow consumer wait here without buffering more than `streams.buffer` messages.
-            while *cursor < known {
-                let events = match self.store.events(id, *cursor, PAGE).await {
-                    Ok(e) => e,
+            if let Some((event, step)) = self.batch.as_mut().and_then(Batch::pop) {
+                self.cursor = event.sequence;
+                return Some(Ok(StreamItem::Event(event, step)));
+            }
+            self.batch = None;
+            if self.cursor < self.known {
+                match self.watcher.events_after(self.cursor, self.known).await {
+                    Ok(Some(b)) => {
+                        self.batch = Some(b);
+                        continue;
+                    }
+                    // Not readable yet: retried at the next change or tick.
+                    Ok(None) => self.known = self.cursor,
                     Err(e) => {
-                        let _ = tx.send(Err(e.into())).await;
-                        return;
-                    }
-                };
-                if events.is_empty() {
-                    break;
-                }
-                let steps = if events.iter().any(|e| e.step.is_some()) {
-                    self.store.steps(id).await.unwrap_or_default()
-                } else {
-                    Vec::new()
-                };
-                for e in events {
-                    *cursor = e.sequence;
-                    let step =
-                        e.step.as_ref().and_then(|s| steps.iter().find(|st| &st.name == s).cloned()).map(Box::new);
-                    if tx.send(Ok(StreamItem::Event(Box::new(e), step))).await.is_err() {
-                        return;
+                        self.ended = true;
+                        return Some(Err(e));
                     }
                 }
-                ticker.reset();
             }
             tokio::select! {
-                r = watcher.seq.changed() => {
-                    if r.is_err() { return; }
-                    known = known.max(*watcher.seq.borrow_and_update());
+                r = self.watcher.latest.changed() => {
+                    r.ok()?;
+                    self.known = self.known.max(*self.watcher.latest.borrow_and_update());
                 }
-                r = watcher.all.changed() => {
-                    if r.is_err() { return; }
-                    known = self.latest_sequence(id).await.unwrap_or(known);
-                }
-                _ = ticker.tick() => {
-                    // A missed notice (another replica, a lagged receiver) is caught here.
-                    known = self.latest_sequence(id).await.unwrap_or(known);
-                    if *cursor >= known
-                        && tx.send(Ok(StreamItem::Heartbeat { at_ms: now_ms(), last_sequence: *cursor })).await.is_err()
-                    {
-                        return;
+                r = self.watcher.beat.changed() => {
+                    r.ok()?;
+                    self.known = self.known.max(*self.watcher.latest.borrow());
+                    if self.cursor >= self.known {
+                        return Some(Ok(StreamItem::Heartbeat { at_ms: now_ms(), last_sequence: self.cursor }));
                     }
                 }
-                _ = shutdown.changed() => return,
-                _ = tx.closed() => return,
+                _ = self.shutdown.changed() => return None,
             }
         }
-    }
-
-    async fn latest_sequence(&self, id: &OnboardingId) -> Result<i64, AppError> {
-        Ok(self.store.onboarding_unscoped(id).await?.map(|o| o.sequence).unwrap_or(0))
     }
 }

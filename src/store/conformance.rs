@@ -399,6 +399,26 @@ async fn check_onboarding_reads(store: Arc<dyn Store>) {
     );
 }
 
+async fn check_latest_sequences(store: Arc<dyn Store>) {
+    let t = tenant(&store).await;
+    let a = account(&store, &t, ProviderKind::Gupshup).await;
+    let one = onboarding(&store, &a, "one").await;
+    let two = onboarding(&store, &a, "two").await;
+    for _ in 0..2 {
+        store.apply_change(&change(&two.id, "moved")).await.unwrap();
+    }
+    assert!(store.latest_sequences(&[]).await.unwrap().is_empty());
+    // More ids than one query binds, most of them unknown: those are left out.
+    let mut ids: Vec<OnboardingId> = (0..1200).map(|_| new_id()).collect();
+    ids.insert(3, one.id.clone());
+    ids.push(two.id.clone());
+    let mut got = store.latest_sequences(&ids).await.unwrap();
+    got.sort();
+    let mut want = vec![(one.id.clone(), one.sequence), (two.id.clone(), two.sequence + 2)];
+    want.sort();
+    assert_eq!(got, want);
+}
+
 async fn check_list_onboardings(store: Arc<dyn Store>) {
     let t = tenant(&store).await;
     let g = account(&store, &t, ProviderKind::Gupshup).await;
@@ -1095,6 +1115,7 @@ conformance_suite!(
     check_create_onboarding,
     check_create_onboardings_is_atomic,
     check_onboarding_reads,
+    check_latest_sequences,
     check_list_onboardings,
     check_count_onboardings,
     check_apply_change,

@@ -226,6 +226,9 @@ pub trait Store: Send + Sync + 'static {
     async fn events(&self, id: &OnboardingId, after: i64, limit: u32) -> StoreResult<Vec<EventRecord>>;
     /// The onboarding's steps in pipeline order.
     async fn steps(&self, id: &OnboardingId) -> StoreResult<Vec<StepRecord>>;
+    /// The current sequence of each of `ids` that exists, in no particular order (one query
+    /// per few hundred ids), so stream fan-out can reconcile every watched onboarding at once.
+    async fn latest_sequences(&self, ids: &[OnboardingId]) -> StoreResult<Vec<(OnboardingId, i64)>>;
 
     // ----- durable work -----
 

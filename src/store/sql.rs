@@ -926,6 +926,27 @@ macro_rules! impl_sql_store {
                 Self::all(rows, Self::step_from)
             }
 
+            async fn latest_sequences(
+                &self,
+                ids: &[$crate::domain::OnboardingId],
+            ) -> $crate::store::StoreResult<Vec<($crate::domain::OnboardingId, i64)>> {
+                let mut out = Vec::with_capacity(ids.len());
+                // Well under both backends' bind-parameter limits.
+                for chunk in ids.chunks(500) {
+                    let marks: Vec<String> = (1..=chunk.len()).map(|i| format!("${i}")).collect();
+                    let sql = format!("SELECT id, sequence FROM onboardings WHERE id IN ({})", marks.join(", "));
+                    // Only numbered placeholders are formatted in; the ids are bound.
+                    let mut query = sqlx::query(sqlx::AssertSqlSafe(sql));
+                    for id in chunk {
+                        query = query.bind(id.as_str());
+                    }
+                    for r in query.fetch_all(self.reader()).await? {
+                        out.push((sql::id(r.try_get("id")?)?, r.try_get("sequence")?));
+                    }
+                }
+                Ok(out)
+            }
+
             async fn claim_steps(
                 &self,
                 worker: &str,

@@ -168,6 +168,10 @@ impl Store for MeteredStore {
         timed("steps", self.inner.steps(id)).await
     }
 
+    async fn latest_sequences(&self, ids: &[OnboardingId]) -> StoreResult<Vec<(OnboardingId, i64)>> {
+        timed("latest_sequences", self.inner.latest_sequences(ids)).await
+    }
+
     async fn claim_steps(
         &self,
         worker: &str,

@@ -84,10 +84,10 @@ pub(super) fn capability_to_pb(c: crate::domain::Capability) -> pb::Capability {
 
 /// Maps a core stream to a gRPC stream of `T`.
 pub(super) fn stream<T: Send + 'static>(
-    rx: tokio::sync::mpsc::Receiver<Result<StreamItem, AppError>>,
+    items: impl Stream<Item = Result<StreamItem, AppError>> + Send + 'static,
     map: impl Fn(StreamItem) -> T + Send + 'static,
 ) -> BoxStream<T> {
-    Box::pin(tokio_stream::wrappers::ReceiverStream::new(rx).map(move |item| item.map(&map).map_err(Status::from)))
+    Box::pin(items.map(move |item| item.map(&map).map_err(Status::from)))
 }
 
 mod account;

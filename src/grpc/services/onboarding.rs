@@ -125,8 +125,9 @@ impl pb::onboarding_service_server::OnboardingService for Services {
         use pb::watch_onboarding_response::Message as M;
         let caller = caller(&req)?;
         let id = onboarding_name("name", &req.get_ref().name)?;
-        let rx = self.core.watch_onboarding(&caller, &id, req.get_ref().after_sequence, self.shutdown.clone()).await?;
-        Ok(Response::new(stream(rx, |item| pb::WatchOnboardingResponse {
+        let items =
+            self.core.watch_onboarding(&caller, &id, req.get_ref().after_sequence, self.shutdown.clone()).await?;
+        Ok(Response::new(stream(items, |item| pb::WatchOnboardingResponse {
             message: Some(match item {
                 StreamItem::Snapshot(o, _) => M::Snapshot(onboarding_to_pb(&o)),
                 StreamItem::Event(e, _) => M::Event(event_to_pb(&e)),

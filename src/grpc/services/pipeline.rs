@@ -17,10 +17,11 @@ impl pb::pipeline_service_server::PipelineService for Services {
         use pb::watch_pipeline_response::Message as M;
         let caller = caller(&req)?;
         let id = onboarding_name("name", &req.get_ref().name)?;
-        let rx = self.core.watch_onboarding(&caller, &id, req.get_ref().after_sequence, self.shutdown.clone()).await?;
+        let items =
+            self.core.watch_onboarding(&caller, &id, req.get_ref().after_sequence, self.shutdown.clone()).await?;
         // Events that touch no step still advance the cursor; they are sent as heartbeats
         // carrying their sequence so a resume point is never lost.
-        Ok(Response::new(stream(rx, |item| pb::WatchPipelineResponse {
+        Ok(Response::new(stream(items, |item| pb::WatchPipelineResponse {
             message: Some(match item {
                 StreamItem::Snapshot(o, steps) => M::Snapshot(pipeline_to_pb(&o, &steps)),
                 StreamItem::Event(e, Some(step)) => M::Update(pb::PipelineStepUpdate {
