@@ -419,6 +419,52 @@ async fn check_latest_sequences(store: Arc<dyn Store>) {
     assert_eq!(got, want);
 }
 
+/// Single-onboarding reads (cached on SQLite) see every write that returned before them,
+/// stay tenant-scoped once the row is cached, and never go back to an older sequence while
+/// readers race the writer.
+async fn check_onboarding_reads_follow_writes(store: Arc<dyn Store>) {
+    let t = tenant(&store).await;
+    let stranger = tenant(&store).await;
+    let a = account(&store, &t, ProviderKind::Whapi).await;
+    let o = onboarding(&store, &a, "r").await;
+    assert_eq!(store.onboarding(&t, &o.id).await.unwrap().map(|o| o.sequence), Some(1));
+    assert_eq!(store.onboarding(&stranger, &o.id).await.unwrap(), None, "a cached row stays scoped");
+    let e = store
+        .apply_change(&OnboardingChange { state: Some(OnboardingState::Live), ..change(&o.id, "live") })
+        .await
+        .unwrap();
+    let read = store.onboarding(&t, &o.id).await.unwrap().unwrap();
+    assert_eq!((read.sequence, read.state), (e.sequence, OnboardingState::Live));
+    assert_eq!(store.onboarding_unscoped(&o.id).await.unwrap().map(|o| o.sequence), Some(e.sequence));
+    assert_eq!(store.onboarding(&stranger, &o.id).await.unwrap(), None);
+
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let readers: Vec<_> = (0..4)
+        .map(|_| {
+            let (store, t, id, stop) = (store.clone(), t.clone(), o.id.clone(), stop.clone());
+            tokio::spawn(async move {
+                let mut last = 0;
+                while !stop.load(std::sync::atomic::Ordering::SeqCst) {
+                    let seq = store.onboarding(&t, &id).await.unwrap().unwrap().sequence;
+                    assert!(seq >= last, "read sequence {seq} after {last}");
+                    last = seq;
+                    tokio::task::yield_now().await;
+                }
+            })
+        })
+        .collect();
+    for i in 0..30 {
+        let e = store.apply_change(&change(&o.id, &format!("c{i}"))).await.unwrap();
+        let seen = store.onboarding(&t, &o.id).await.unwrap().unwrap().sequence;
+        assert_eq!(seen, e.sequence, "a read after a returned write sees it");
+        assert_eq!(store.onboarding_unscoped(&o.id).await.unwrap().unwrap().sequence, e.sequence);
+    }
+    stop.store(true, std::sync::atomic::Ordering::SeqCst);
+    for r in readers {
+        r.await.unwrap();
+    }
+}
+
 async fn check_list_onboardings(store: Arc<dyn Store>) {
     let t = tenant(&store).await;
     let g = account(&store, &t, ProviderKind::Gupshup).await;
@@ -1116,6 +1162,7 @@ conformance_suite!(
     check_create_onboardings_is_atomic,
     check_onboarding_reads,
     check_latest_sequences,
+    check_onboarding_reads_follow_writes,
     check_list_onboardings,
     check_count_onboardings,
     check_apply_change,

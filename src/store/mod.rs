@@ -11,6 +11,7 @@
 
 pub mod records;
 
+pub mod cache;
 #[cfg(test)]
 mod conformance;
 pub mod postgres;

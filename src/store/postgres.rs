@@ -91,6 +91,12 @@ impl PgStore {
         Ok(())
     }
 
+    /// No cache: another replica's write reaches this one only through an asynchronous
+    /// `NOTIFY`, so a cached row could be served after that write was acknowledged.
+    fn onboarding_cache(&self) -> Option<&super::cache::OnboardingCache> {
+        None
+    }
+
     /// Delivers locally at once, then tells the other replicas.
     async fn publish(&self, notice: &ChangeNotice) -> StoreResult<()> {
         // No receiver is not an error: nobody is watching right now.

@@ -6,7 +6,11 @@
 //! - `fn reader(&self) -> &Pool<DB>` and `fn writer(&self) -> &Pool<DB>` (SQLite keeps one
 //!   writer connection so write transactions never race for the lock);
 //! - `async fn lock_rate_key(conn, key)`: serialises one rate-limit key inside a transaction;
-//! - `async fn publish(&self, notice)` and `fn bus(&self)`: change notification.
+//! - `async fn publish(&self, notice)` and `fn bus(&self)`: change notification, called after
+//!   the commit of every write that changes an onboarding row (its sequence grows);
+//! - `fn onboarding_cache(&self) -> Option<&OnboardingCache>`: where reads of one onboarding
+//!   go through, when the backend can keep such a cache exactly coherent (its `publish`
+//!   invalidates it; see [`super::cache`]).
 //!
 //! [`Store`]: super::Store
 
@@ -65,6 +69,32 @@ pub(crate) fn ms(d: Duration) -> i64 {
 }
 
 /// The SQL `LIMIT` for a keyset page: one more row than asked, to know whether more follow.
+/// The SQL of `list_onboardings`: `$1` tenant, `$2` the keyset bound (`''` on the first page:
+/// every id is greater), then one placeholder per filter present, then the limit. Absent
+/// filters are left out rather than written `($n IS NULL OR column = $n)`: PostgreSQL's generic
+/// plan for such a catch-all cannot use an index for them (it scanned by primary key and
+/// filtered the whole table for a reference), and an always-present bound lets
+/// `(tenant_id, id)` serve both the bound and the order. At most 16 texts, each prepared once
+/// per connection.
+pub(crate) fn list_onboardings_sql(filter: &super::OnboardingFilter) -> String {
+    use std::fmt::Write as _;
+    let mut sql = String::from("SELECT * FROM onboardings WHERE tenant_id = $1 AND id > $2");
+    let mut n = 2;
+    for (present, column) in [
+        (filter.provider.is_some(), "provider"),
+        (filter.state.is_some(), "state"),
+        (filter.reference.is_some(), "reference"),
+        (filter.account_id.is_some(), "account_id"),
+    ] {
+        if present {
+            n += 1;
+            let _ = write!(sql, " AND {column} = ${n}");
+        }
+    }
+    let _ = write!(sql, " ORDER BY id LIMIT ${}", n + 1);
+    sql
+}
+
 pub(crate) fn page_limit(limit: u32) -> i64 {
     i64::from(limit.max(1)) + 1
 }
@@ -510,6 +540,19 @@ macro_rules! impl_sql_store {
                 Ok(ChangeOutcome::Applied(event))
             }
 
+            /// The onboarding `id` whatever its tenant, through the backend's cache if any.
+            async fn onboarding_row(
+                &self,
+                id: &$crate::domain::OnboardingId,
+            ) -> $crate::store::StoreResult<Option<$crate::store::OnboardingRecord>> {
+                let key = [id.as_str()];
+                let load = self.find("SELECT * FROM onboardings WHERE id = $1", &key, Self::onboarding_from);
+                match self.onboarding_cache() {
+                    Some(cache) => cache.read_through(id, load).await,
+                    None => load.await,
+                }
+            }
+
             async fn publish_after_commit(&self, onboarding_id: &$crate::domain::OnboardingId, sequence: i64) {
                 let notice = $crate::store::ChangeNotice { onboarding_id: onboarding_id.clone(), sequence };
                 if let Err(error) = self.publish(&notice).await {
@@ -761,19 +804,15 @@ macro_rules! impl_sql_store {
                 tenant: &$crate::domain::TenantId,
                 id: &$crate::domain::OnboardingId,
             ) -> $crate::store::StoreResult<Option<$crate::store::OnboardingRecord>> {
-                self.find(
-                    "SELECT * FROM onboardings WHERE tenant_id = $1 AND id = $2",
-                    &[tenant.as_str(), id.as_str()],
-                    Self::onboarding_from,
-                )
-                .await
+                // By primary key, then scoped: another tenant's id reads as absent.
+                Ok(self.onboarding_row(id).await?.filter(|o| o.tenant_id == *tenant))
             }
 
             async fn onboarding_unscoped(
                 &self,
                 id: &$crate::domain::OnboardingId,
             ) -> $crate::store::StoreResult<Option<$crate::store::OnboardingRecord>> {
-                self.find("SELECT * FROM onboardings WHERE id = $1", &[id.as_str()], Self::onboarding_from).await
+                self.onboarding_row(id).await
             }
 
             async fn onboarding_by_resource(
@@ -811,20 +850,22 @@ macro_rules! impl_sql_store {
                 filter: &$crate::store::OnboardingFilter,
                 page: &$crate::store::PageRequest,
             ) -> $crate::store::StoreResult<$crate::store::Page<$crate::store::OnboardingRecord>> {
-                let rows = sqlx::query(
-                    "SELECT * FROM onboardings WHERE tenant_id = $1 AND ($2 IS NULL OR provider = $2) \
-                     AND ($3 IS NULL OR state = $3) AND ($4 IS NULL OR reference = $4) \
-                     AND ($5 IS NULL OR account_id = $5) AND ($6 IS NULL OR id > $6) ORDER BY id LIMIT $7",
-                )
-                .bind(tenant.as_str())
-                .bind(filter.provider.map(|p| p.as_str()))
-                .bind(filter.state.map(|s| s.as_str()))
-                .bind(filter.reference.as_deref())
-                .bind(filter.account_id.as_ref().map(|a| a.as_str()))
-                .bind(page.after.as_deref())
-                .bind(sql::page_limit(page.limit))
-                .fetch_all(self.reader())
-                .await?;
+                // Placeholders in the order `list_onboardings_sql` numbers them.
+                let mut query = sqlx::query(sqlx::AssertSqlSafe(sql::list_onboardings_sql(filter)))
+                    .bind(tenant.as_str())
+                    .bind(page.after.as_deref().unwrap_or(""));
+                for value in [
+                    filter.provider.map(|p| p.as_str()),
+                    filter.state.map(|s| s.as_str()),
+                    filter.reference.as_deref(),
+                    filter.account_id.as_ref().map(|a| a.as_str()),
+                ]
+                .into_iter()
+                .flatten()
+                {
+                    query = query.bind(value);
+                }
+                let rows = query.bind(sql::page_limit(page.limit)).fetch_all(self.reader()).await?;
                 Ok(sql::page(Self::all(rows, Self::onboarding_from)?, page.limit, |o| o.id.to_string()))
             }
 
@@ -1223,6 +1264,32 @@ mod tests {
         assert_eq!(parse_notice_payload("abc-1"), None);
         assert_eq!(parse_notice_payload("Bad Id:1"), None);
         assert_eq!(parse_notice_payload("abc-1:x"), None);
+    }
+
+    #[test]
+    fn list_sql_names_only_the_filters_given() {
+        use crate::store::OnboardingFilter;
+        assert_eq!(
+            list_onboardings_sql(&OnboardingFilter::default()),
+            "SELECT * FROM onboardings WHERE tenant_id = $1 AND id > $2 ORDER BY id LIMIT $3"
+        );
+        let some =
+            OnboardingFilter { state: Some(OnboardingState::Live), reference: Some("r".into()), ..Default::default() };
+        assert_eq!(
+            list_onboardings_sql(&some),
+            "SELECT * FROM onboardings WHERE tenant_id = $1 AND id > $2 AND state = $3 AND reference = $4 ORDER BY id LIMIT $5"
+        );
+        let all = OnboardingFilter {
+            provider: Some(ProviderKind::Whapi),
+            state: Some(OnboardingState::Live),
+            reference: Some("r".into()),
+            account_id: Some(crate::domain::new_id()),
+        };
+        assert!(
+            list_onboardings_sql(&all).ends_with(
+                "AND provider = $3 AND state = $4 AND reference = $5 AND account_id = $6 ORDER BY id LIMIT $7"
+            )
+        );
     }
 
     #[test]

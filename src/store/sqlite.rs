@@ -1,6 +1,8 @@
 //! SQLite backend: the embedded default for one process. WAL lets readers run beside the
 //! writer; every write goes through a pool of exactly one connection, so write transactions
 //! queue in the process instead of failing with `SQLITE_BUSY` when a read lock is upgraded.
+//! Single onboardings are read through an [`OnboardingCache`] that every committed
+//! onboarding write invalidates (one process writes, so it stays exact).
 
 use std::str::FromStr;
 use std::time::Duration;
@@ -12,6 +14,7 @@ use sqlx::sqlite::{
 };
 use tokio::sync::broadcast;
 
+use super::cache::{self, OnboardingCache};
 use super::sql;
 use super::{Backend, ChangeNotice, StoreError, StoreResult};
 
@@ -29,6 +32,7 @@ pub struct SqliteStore {
     writer: SqlitePool,
     reader: SqlitePool,
     bus: broadcast::Sender<ChangeNotice>,
+    onboardings: OnboardingCache,
 }
 
 impl SqliteStore {
@@ -63,7 +67,7 @@ impl SqliteStore {
                 .connect_lazy_with(options)
         };
         let (bus, _) = broadcast::channel(1024);
-        Ok(Self { writer, reader, bus })
+        Ok(Self { writer, reader, bus, onboardings: OnboardingCache::new(cache::DEFAULT_ENTRIES) })
     }
 
     fn reader(&self) -> &SqlitePool {
@@ -83,8 +87,14 @@ impl SqliteStore {
         Ok(())
     }
 
-    /// One process: the local bus is every subscriber.
+    fn onboarding_cache(&self) -> Option<&OnboardingCache> {
+        Some(&self.onboardings)
+    }
+
+    /// One process: the local bus is every subscriber. Runs after every committed onboarding
+    /// write, before the write returns: the cached row goes first.
     async fn publish(&self, notice: &ChangeNotice) -> StoreResult<()> {
+        self.onboardings.invalidate(&notice.onboarding_id);
         // No receiver is not an error: nobody is watching right now.
         let _ = self.bus.send(notice.clone());
         Ok(())

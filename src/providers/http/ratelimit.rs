@@ -1,8 +1,9 @@
 //! Client-side rate limiting per provider endpoint class and credential. [`RateLimiter::acquire`]
 //! queues until a slot is free (it never fails for being over the limit). Two backends: an
 //! in-memory sliding log (one replica) and the [`Store`]'s shared sliding log (PostgreSQL
-//! replicas). Every slot is held for the window plus a small slack, so network jitter between
-//! our clock and the provider's cannot squeeze one call too many into a provider window.
+//! replicas). Every slot is held for the window plus a slack proportional to it (see
+//! [`slack_for`]), so jitter between when we take a slot and when the provider counts the call
+//! cannot squeeze one call too many into a provider window.
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Mutex};
@@ -74,11 +75,35 @@ impl RateBackend for StoreBackend {
     }
 }
 
+/// The slack added to `window`: a twentieth of it, at least [`RateLimiter::MIN_SLACK`] and at
+/// most [`RateLimiter::MAX_SLACK`].
+///
+/// Why proportional: providers count calls by their own arrival clock, so what the slack must
+/// absorb is how much one call's trip to the provider can exceed another's (network and
+/// scheduling jitter, a slower connection set-up) plus any coarseness of the provider's own
+/// window accounting, which grows with the window. A fixed slack is either lost in the noise
+/// of a minute-long window or a tenth of the throughput of a one-second window. The floor
+/// keeps short windows covered against ordinary jitter; the cap keeps half-hour windows from
+/// idling for minutes.
+pub fn slack_for(window: Duration) -> Duration {
+    (window / RateLimiter::SLACK_DIVISOR).clamp(RateLimiter::MIN_SLACK, RateLimiter::MAX_SLACK)
+}
+
+/// How long a waiter sleeps past the instant a slot frees: a little jitter (at most a
+/// fiftieth of the wait, 1 to 10 ms) spreads waiters that wake for the same freed slot over
+/// the backend without costing a noticeable share of the window. Sleeping later than the
+/// slot frees can never cause a violation, only a little idle time.
+fn wake_after(wait: Duration) -> Duration {
+    let jitter_cap = (wait.as_millis() as u64 / 50).clamp(1, 10);
+    wait + Duration::from_millis(rand::rng().random_range(0..=jitter_cap))
+}
+
 /// Queues callers until the limit allows them through.
 #[derive(Clone)]
 pub struct RateLimiter {
     backend: Arc<dyn RateBackend>,
-    slack: Duration,
+    /// A fixed slack instead of [`slack_for`] (tests).
+    slack: Option<Duration>,
 }
 
 impl std::fmt::Debug for RateLimiter {
@@ -88,8 +113,12 @@ impl std::fmt::Debug for RateLimiter {
 }
 
 impl RateLimiter {
-    /// Default slack added to every window.
-    pub const DEFAULT_SLACK: Duration = Duration::from_millis(100);
+    /// The slack is the window divided by this (5 %).
+    pub const SLACK_DIVISOR: u32 = 20;
+    /// Least slack, whatever the window.
+    pub const MIN_SLACK: Duration = Duration::from_millis(20);
+    /// Most slack, whatever the window.
+    pub const MAX_SLACK: Duration = Duration::from_secs(2);
 
     /// In-memory backend.
     pub fn in_memory() -> Self {
@@ -103,12 +132,12 @@ impl RateLimiter {
 
     /// Any backend.
     pub fn with_backend(backend: Arc<dyn RateBackend>) -> Self {
-        Self { backend, slack: Self::DEFAULT_SLACK }
+        Self { backend, slack: None }
     }
 
-    /// Changes the slack added to every window.
+    /// Adds a fixed `slack` to every window instead of [`slack_for`] the window.
     pub fn with_slack(mut self, slack: Duration) -> Self {
-        self.slack = slack;
+        self.slack = Some(slack);
         self
     }
 
@@ -121,7 +150,7 @@ impl RateLimiter {
                 message: format!("rate limit for {key} is 0"),
             });
         }
-        let window = window.saturating_add(self.slack);
+        let window = window.saturating_add(self.slack.unwrap_or_else(|| slack_for(window)));
         let started = Instant::now();
         loop {
             let slot = self.backend.try_acquire(key, limit, window).await.map_err(|e| ProviderError::Retryable {
@@ -137,12 +166,7 @@ impl RateLimiter {
                     }
                     return Ok(());
                 }
-                Some(wait) => {
-                    // Jitter spreads the waiters that wake for the same freed slot.
-                    let jitter_cap = (wait.as_millis() as u64 / 10).clamp(1, 50);
-                    let jitter = Duration::from_millis(rand::rng().random_range(0..=jitter_cap));
-                    tokio::time::sleep(wait + jitter).await;
-                }
+                Some(wait) => tokio::time::sleep(wake_after(wait)).await,
             }
         }
     }
@@ -192,14 +216,49 @@ mod tests {
         assert!(max_in_window(&arrivals, 5, Duration::from_secs(1)), "more than 5 requests in a 1 s window");
     }
 
-    #[tokio::test]
+    #[test]
+    fn slack_is_proportional_within_floor_and_cap() {
+        assert_eq!(slack_for(Duration::from_secs(1)), Duration::from_millis(50));
+        assert_eq!(slack_for(Duration::from_secs(10)), Duration::from_millis(500));
+        assert_eq!(slack_for(Duration::from_millis(100)), RateLimiter::MIN_SLACK);
+        assert_eq!(slack_for(Duration::from_secs(60)), RateLimiter::MAX_SLACK);
+        assert_eq!(slack_for(Duration::from_secs(30 * 60)), RateLimiter::MAX_SLACK);
+        assert_eq!(slack_for(Duration::ZERO), RateLimiter::MIN_SLACK);
+    }
+
+    /// On tokio's paused clock (which the in-memory backend reads): the next slot frees
+    /// exactly one window plus its slack after the oldest, and the waiter takes it within the
+    /// jitter bound, so the limiter neither squeezes calls in nor idles a slot away.
+    #[tokio::test(start_paused = true)]
+    async fn a_slot_frees_after_the_window_and_its_slack() {
+        let limiter = RateLimiter::in_memory();
+        let window = Duration::from_secs(1);
+        let t0 = Instant::now();
+        for _ in 0..3 {
+            limiter.acquire("k", 3, window).await.unwrap();
+        }
+        assert_eq!(t0.elapsed(), Duration::ZERO, "the first window's calls go at once");
+        limiter.acquire("k", 3, window).await.unwrap();
+        let waited = t0.elapsed();
+        let held = window + slack_for(window);
+        assert!(waited >= held, "a slot was reused {waited:?} after it was taken, before {held:?}");
+        assert!(waited <= held + Duration::from_millis(10), "the waiter idled: {waited:?}");
+        let fixed = RateLimiter::in_memory().with_slack(Duration::from_millis(300));
+        let t1 = Instant::now();
+        fixed.acquire("k", 1, window).await.unwrap();
+        fixed.acquire("k", 1, window).await.unwrap();
+        assert!(t1.elapsed() >= window + Duration::from_millis(300));
+    }
+
+    /// Paused clock: any wait would advance it by about ten seconds.
+    #[tokio::test(start_paused = true)]
     async fn other_keys_do_not_wait() {
         let limiter = RateLimiter::in_memory();
         let t0 = Instant::now();
         for i in 0..10 {
             limiter.acquire(&format!("k{i}"), 1, Duration::from_secs(10)).await.unwrap();
         }
-        assert!(t0.elapsed() < Duration::from_secs(1));
+        assert_eq!(t0.elapsed(), Duration::ZERO);
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 4)]

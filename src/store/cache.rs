@@ -1,0 +1,189 @@
+//! A bounded read-through cache of onboarding rows, for the SQLite store only.
+//!
+//! Consistency: exact (a read never returns a row older than the last write that returned
+//! before the read started). It relies on two facts of the SQLite deployment: every write to
+//! `onboardings` goes through this process's store (SQLite is one process; other tools only
+//! insert new rows, which the cache never holds, as it keeps no negative entries), and every
+//! such write bumps the row's sequence and publishes a [`super::ChangeNotice`] after its
+//! commit (the store contract that streams already rely on), which invalidates the entry
+//! before the write returns. A read that raced a write cannot re-insert the row it read
+//! before that write: fills carry the generation seen before the database read and are
+//! dropped when any invalidation happened since.
+//!
+//! PostgreSQL does not use it: another replica's commit reaches this one only through an
+//! asynchronous `NOTIFY`, so a cached row could outlive a write another replica already
+//! acknowledged (a client writing through one replica and reading through another would read
+//! its own write back stale).
+
+use std::future::Future;
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use hashlink::LruCache;
+
+use super::{OnboardingRecord, StoreResult};
+use crate::domain::OnboardingId;
+
+/// Rows kept by default: bounds memory (a row is well under 1 KiB of text) while covering the
+/// onboardings clients poll.
+pub const DEFAULT_ENTRIES: usize = 4096;
+
+struct Inner {
+    rows: LruCache<OnboardingId, Arc<OnboardingRecord>>,
+    /// Bumped by every invalidation.
+    generation: u64,
+}
+
+/// The cache; see the module documentation for its consistency.
+pub struct OnboardingCache {
+    inner: Mutex<Inner>,
+}
+
+impl std::fmt::Debug for OnboardingCache {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("OnboardingCache").field("len", &self.len()).finish()
+    }
+}
+
+impl OnboardingCache {
+    /// A cache of at most `entries` rows (least recently used evicted first).
+    pub fn new(entries: usize) -> Self {
+        Self { inner: Mutex::new(Inner { rows: LruCache::new(entries.max(1)), generation: 0 }) }
+    }
+
+    // A panic while holding the lock cannot leave the map half-updated in a way that matters:
+    // the worst is a missing entry.
+    fn lock(&self) -> MutexGuard<'_, Inner> {
+        self.inner.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Rows held now.
+    pub fn len(&self) -> usize {
+        self.lock().rows.len()
+    }
+
+    /// Whether no row is held.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// The row `id`, from the cache or else from `load` (which reads the database); a found
+    /// row is kept unless a write invalidated anything while `load` ran.
+    pub async fn read_through<F>(&self, id: &OnboardingId, load: F) -> StoreResult<Option<OnboardingRecord>>
+    where
+        F: Future<Output = StoreResult<Option<OnboardingRecord>>>,
+    {
+        let seen = {
+            let mut inner = self.lock();
+            if let Some(row) = inner.rows.get(id) {
+                let row = row.clone();
+                drop(inner);
+                return Ok(Some(OnboardingRecord::clone(&row)));
+            }
+            inner.generation
+        };
+        let loaded = load.await?;
+        if let Some(row) = &loaded {
+            let mut inner = self.lock();
+            if inner.generation == seen {
+                inner.rows.insert(id.clone(), Arc::new(row.clone()));
+            }
+        }
+        Ok(loaded)
+    }
+
+    /// Forgets `id`, after a committed write to it and before that write returns.
+    pub fn invalidate(&self, id: &OnboardingId) {
+        let mut inner = self.lock();
+        inner.generation = inner.generation.wrapping_add(1);
+        inner.rows.remove(id);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::domain::{AccountId, OnboardingState, ProviderKind, TenantId, new_id};
+
+    fn row(id: &OnboardingId, sequence: i64) -> OnboardingRecord {
+        OnboardingRecord {
+            id: id.clone(),
+            tenant_id: new_id::<TenantId>(),
+            account_id: AccountId::parse("acc").unwrap(),
+            provider: ProviderKind::Whapi,
+            state: OnboardingState::Live,
+            desired_state: None,
+            state_reason: String::new(),
+            provider_status: String::new(),
+            reference: String::new(),
+            details_json: "{}".into(),
+            external_key: None,
+            secret: None,
+            sequence,
+            state_deadline_ms: None,
+            expire_ms: None,
+            created_ms: 1,
+            updated_ms: 1,
+        }
+    }
+
+    /// What `read_through` answers (its sequence) when the database holds `db`.
+    async fn read(cache: &OnboardingCache, id: &OnboardingId, db: Option<i64>) -> Option<i64> {
+        let loaded = db.map(|s| row(id, s));
+        cache.read_through(id, async { Ok(loaded) }).await.unwrap().map(|r| r.sequence)
+    }
+
+    #[tokio::test]
+    async fn hits_until_invalidated() {
+        let cache = OnboardingCache::new(8);
+        let id = new_id::<OnboardingId>();
+        assert_eq!(read(&cache, &id, Some(1)).await, Some(1));
+        assert_eq!(read(&cache, &id, Some(99)).await, Some(1), "a hit does not read the database");
+        cache.invalidate(&id);
+        assert_eq!(read(&cache, &id, Some(2)).await, Some(2));
+    }
+
+    #[tokio::test]
+    async fn misses_are_not_kept() {
+        let cache = OnboardingCache::new(8);
+        let id = new_id::<OnboardingId>();
+        assert_eq!(read(&cache, &id, None).await, None);
+        assert!(cache.is_empty());
+        assert_eq!(read(&cache, &id, Some(1)).await, Some(1));
+    }
+
+    /// A read that loaded a row before a write committed must not cache it after the write's
+    /// invalidation.
+    #[tokio::test]
+    async fn a_read_racing_a_write_does_not_cache_the_old_row() {
+        let cache = OnboardingCache::new(8);
+        let id = new_id::<OnboardingId>();
+        let stale = async {
+            // The write commits and invalidates while this read is in the database.
+            cache.invalidate(&id);
+            Ok(Some(row(&id, 1)))
+        };
+        let got = cache.read_through(&id, stale).await.unwrap();
+        assert_eq!(got.map(|r| r.sequence), Some(1), "the racing read itself may return the old row");
+        assert!(cache.is_empty(), "but must not keep it");
+        assert_eq!(read(&cache, &id, Some(2)).await, Some(2));
+    }
+
+    #[tokio::test]
+    async fn size_is_bounded_least_recently_used_first() {
+        let cache = OnboardingCache::new(3);
+        let ids: Vec<OnboardingId> = (0..5).map(|_| new_id()).collect();
+        for (i, id) in ids.iter().take(3).enumerate() {
+            read(&cache, id, Some(i as i64)).await;
+        }
+        // Touch the first so the second is the least recently used.
+        assert_eq!(read(&cache, &ids[0], None).await, Some(0));
+        for id in &ids[3..] {
+            read(&cache, id, Some(7)).await;
+        }
+        assert_eq!(cache.len(), 3);
+        assert_eq!(read(&cache, &ids[0], None).await, Some(0), "recently used row kept");
+        assert_eq!(read(&cache, &ids[1], None).await, None, "least recently used row evicted");
+        assert_eq!(read(&cache, &ids[2], None).await, None, "next least recently used row evicted");
+        assert_eq!(read(&cache, &ids[4], None).await, Some(7));
+    }
+}
