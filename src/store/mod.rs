@@ -12,7 +12,7 @@
 pub mod records;
 
 #[cfg(test)]
-mod conformance;
+pub(crate) mod conformance;
 pub mod postgres;
 mod sql;
 pub mod sqlite;
