@@ -478,6 +478,17 @@ mod tests {
         Bus::new(log.clone(), keep)
     }
 
+    /// A log of `n` events and one watcher over a bus keeping `keep` of them.
+    fn watched_log(n: usize, keep: usize) -> (Arc<Log>, Bus, Watcher) {
+        let log = Arc::new(Log::default());
+        for _ in 0..n {
+            log.push(None);
+        }
+        let bus = bus(&log, keep);
+        let w = bus.watch(&id());
+        (log, bus, w)
+    }
+
     /// Every event after `cursor` up to `known`, as a stream would collect them.
     async fn drain(w: &Watcher, mut cursor: i64, known: i64) -> Vec<i64> {
         let mut seen = Vec::new();
@@ -517,26 +528,8 @@ mod tests {
         let log = Arc::new(Log::default());
         log.push(None);
         log.push(Some("link"));
-        log.steps.lock().unwrap().push(StepRecord {
-            onboarding_id: id(),
-            name: "link".into(),
-            position: 0,
-            state: crate::domain::StepState::Running,
-            attempts: 1,
-            max_attempts: 3,
-            next_run_ms: None,
-            lease_owner: None,
-            lease_until_ms: None,
-            last_error: None,
-            last_error_code: None,
-            provider_stage_json: "{}".into(),
-            data_json: "{}".into(),
-            deadline_ms: None,
-            started_ms: None,
-            finished_ms: None,
-            created_ms: 0,
-            updated_ms: 0,
-        });
+        let step = crate::store::conformance::step(&id(), "link", 0, crate::domain::StepState::Running, None);
+        log.steps.lock().unwrap().push(step);
         let bus = bus(&log, 8);
         let watchers: Vec<Arc<Watcher>> = (0..50).map(|_| Arc::new(bus.watch(&id()))).collect();
         bus.publish(&ChangeNotice { onboarding_id: id(), sequence: 2 });
@@ -586,12 +579,7 @@ mod tests {
 
     #[tokio::test]
     async fn streams_before_the_window_read_on_their_own_without_gaps() {
-        let log = Arc::new(Log::default());
-        let bus = bus(&log, 4);
-        let w = bus.watch(&id());
-        for _ in 0..10 {
-            log.push(None);
-        }
+        let (log, _bus, w) = watched_log(10, 4);
         // An up-to-date stream fills the window from 8; it keeps at least 4 events.
         assert_eq!(drain(&w, 8, 10).await, vec![9, 10]);
         for _ in 0..6 {
@@ -612,12 +600,7 @@ mod tests {
 
     #[tokio::test]
     async fn long_catch_up_pages_and_window_is_bounded() {
-        let log = Arc::new(Log::default());
-        let bus = bus(&log, 4);
-        let w = bus.watch(&id());
-        for _ in 0..450 {
-            log.push(None);
-        }
+        let (log, _bus, w) = watched_log(450, 4);
         assert_eq!(drain(&w, 0, 450).await, (1..=450).collect::<Vec<_>>());
         // Three pages: 200 + 200 + 50, each kept whole while it is the newest read.
         assert_eq!(log.reads(), 3);
@@ -631,10 +614,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_topic_dies_with_its_last_stream() {
-        let log = Arc::new(Log::default());
-        log.push(None);
-        let bus = bus(&log, 4);
-        let w = bus.watch(&id());
+        let (_log, bus, w) = watched_log(1, 4);
         drain(&w, 0, 1).await;
         let weak = Arc::downgrade(&w.topic);
         drop(w);

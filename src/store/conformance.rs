@@ -47,7 +47,14 @@ async fn account(store: &Arc<dyn Store>, tenant: &TenantId, provider: ProviderKi
     rec
 }
 
-fn step(id: &OnboardingId, name: &str, position: i32, state: StepState, next_run_ms: Option<UnixMs>) -> StepRecord {
+/// A step row for tests (also used by the stream cache's tests).
+pub(crate) fn step(
+    id: &OnboardingId,
+    name: &str,
+    position: i32,
+    state: StepState,
+    next_run_ms: Option<UnixMs>,
+) -> StepRecord {
     StepRecord {
         onboarding_id: id.clone(),
         name: name.into(),

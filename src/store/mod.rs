@@ -13,7 +13,7 @@ pub mod records;
 
 pub mod cache;
 #[cfg(test)]
-mod conformance;
+pub(crate) mod conformance;
 pub mod postgres;
 mod sql;
 pub mod sqlite;
