@@ -61,6 +61,9 @@ struct Counters {
     creates_err: AtomicU64,
     stream_msgs: AtomicU64,
     stream_errs: AtomicU64,
+    /// Streams open right now, and the most ever open at once.
+    streams_open: AtomicU64,
+    streams_open_max: AtomicU64,
     hooks_2xx: AtomicU64,
     hooks_4xx: AtomicU64,
     hooks_5xx_or_err: AtomicU64,
@@ -82,6 +85,21 @@ fn proc_sample(pid: u32) -> (u64, usize) {
         .unwrap_or(0);
     let fds = std::fs::read_dir(format!("/proc/{pid}/fd")).map(|d| d.count()).unwrap_or(0);
     (rss, fds)
+}
+
+/// The 1-minute load average of the machine (the soak shares it with whatever else runs).
+fn load_average() -> String {
+    std::fs::read_to_string("/proc/loadavg")
+        .ok()
+        .and_then(|s| s.split_whitespace().next().map(str::to_string))
+        .unwrap_or_else(|| "?".into())
+}
+
+/// Now, as RFC 3339 UTC (seconds).
+fn now_utc() -> String {
+    let secs =
+        std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs() as i64).unwrap_or(0);
+    prost_types::Timestamp { seconds: secs, nanos: 0 }.to_string()
 }
 
 /// Least-squares slope of `ys` over `xs`.
@@ -305,6 +323,8 @@ async fn drive(a: &Args, addr: &str, key: &str, pid: u32) -> Result<(String, boo
                 match cl.watch_onboarding(req(&key, pb::WatchOnboardingRequest { name, after_sequence: 0 })).await {
                     Ok(st) => {
                         let mut st = st.into_inner();
+                        let open = c.streams_open.fetch_add(1, Ordering::Relaxed) + 1;
+                        c.streams_open_max.fetch_max(open, Ordering::Relaxed);
                         loop {
                             if stop.load(Ordering::Relaxed) {
                                 break;
@@ -321,6 +341,7 @@ async fn drive(a: &Args, addr: &str, key: &str, pid: u32) -> Result<(String, boo
                                 Err(_) => {}
                             }
                         }
+                        c.streams_open.fetch_sub(1, Ordering::Relaxed);
                     }
                     Err(_) => {
                         c.stream_errs.fetch_add(1, Ordering::Relaxed);
@@ -397,10 +418,14 @@ async fn drive(a: &Args, addr: &str, key: &str, pid: u32) -> Result<(String, boo
 
     // Sampling.
     let start = Instant::now();
+    let (started_at, load_start) = (now_utc(), load_average());
     let mut samples: Vec<(f64, u64, usize)> = Vec::new();
+    // Streams open at each sample, for the over-time table.
+    let mut open_at: Vec<u64> = Vec::new();
     while start.elapsed() < Duration::from_secs(a.secs) {
         let (rss, fds) = proc_sample(pid);
         samples.push((start.elapsed().as_secs_f64(), rss, fds));
+        open_at.push(c.streams_open.load(Ordering::Relaxed));
         tokio::time::sleep(Duration::from_secs(a.sample_secs.max(1))).await;
     }
     stop.store(true, Ordering::Relaxed);
@@ -409,6 +434,7 @@ async fn drive(a: &Args, addr: &str, key: &str, pid: u32) -> Result<(String, boo
     }
     let (rss_end, fds_end) = proc_sample(pid);
     let load_secs = start.elapsed().as_secs_f64();
+    let load_end = load_average();
 
     // Settle, then check consistency.
     let mut o = pb::onboarding_service_client::OnboardingServiceClient::new(ch.clone());
@@ -419,17 +445,22 @@ async fn drive(a: &Args, addr: &str, key: &str, pid: u32) -> Result<(String, boo
         match s {
             S::Live => true,
             // Hosted links and codes wait on a (simulated) customer who may not be done yet.
+            // PENDING (no step started yet) is allowed while work settles, not after.
             S::AwaitingCustomer | S::Provisioning | S::Pending => true,
             _ => false,
         }
     };
-    let settle_until = Instant::now() + Duration::from_secs(60);
-    let mut states: BTreeMap<String, usize> = BTreeMap::new();
+    let settle_start = Instant::now();
+    let settle_until = settle_start + Duration::from_secs(60);
+    // (provider, state) -> (onboardings, age in s of the oldest one not LIVE).
+    let mut states: BTreeMap<(String, String), (usize, i64)> = BTreeMap::new();
     let mut problems = Vec::new();
+    let mut pending;
     let mut events_total;
     loop {
         states.clear();
         problems.clear();
+        pending = Vec::new();
         events_total = 0usize;
         for name in &all {
             let ob = match o.get_onboarding(req(&key, pb::GetOnboardingRequest { name: name.clone() })).await {
@@ -440,7 +471,17 @@ async fn drive(a: &Args, addr: &str, key: &str, pid: u32) -> Result<(String, boo
                 }
             };
             let st = pb::OnboardingState::try_from(ob.state).map(|s| s.as_str_name().to_string()).unwrap_or_default();
-            *states.entry(st.clone()).or_default() += 1;
+            let provider = pb::Provider::try_from(ob.provider).map(|p| p.as_str_name()).unwrap_or("?");
+            let short = |s: &str, prefix: &str| s.strip_prefix(prefix).unwrap_or(s).to_string();
+            let entry = states.entry((short(provider, "PROVIDER_"), short(&st, "ONBOARDING_STATE_"))).or_insert((0, 0));
+            entry.0 += 1;
+            if ob.state != pb::OnboardingState::Live as i32 {
+                let created_ms = ob.create_time.map_or(0, |t| t.seconds * 1000 + i64::from(t.nanos) / 1_000_000);
+                entry.1 = entry.1.max((wa_onboard::domain::now_ms() - created_ms) / 1000);
+            }
+            if ob.state == pb::OnboardingState::Pending as i32 {
+                pending.push(name.clone());
+            }
             if !expected(ob.state) {
                 problems.push(format!("{name}: unexpected state {st} ({})", ob.state_reason));
             }
@@ -472,7 +513,12 @@ async fn drive(a: &Args, addr: &str, key: &str, pid: u32) -> Result<(String, boo
                 problems.push(format!("{name}: event log not gap-free (n={}, sequence={})", seqs.len(), ob.sequence));
             }
         }
-        if problems.is_empty() || Instant::now() > settle_until {
+        if problems.is_empty() && pending.is_empty() {
+            break;
+        }
+        if Instant::now() > settle_until {
+            // Nothing new arrives any more: an onboarding that still has not started is stuck.
+            problems.extend(pending.iter().map(|n| format!("{n}: still PENDING 60 s after the load stopped")));
             break;
         }
         tokio::time::sleep(Duration::from_secs(5)).await;
@@ -495,10 +541,15 @@ async fn drive(a: &Args, addr: &str, key: &str, pid: u32) -> Result<(String, boo
     let hooks_bad = c.hooks_5xx_or_err.load(Ordering::Relaxed);
     let ok = problems.is_empty() && rss_ok && err_rate < 0.1 && creates_err == 0 && hooks_bad == 0;
 
-    let mut r = String::new();
+    let mut r = String::from("### Last soak run\n\n");
+    r.push_str(&format!("`SOAK_SECS={} SOAK_STREAMS={} scripts/soak`\n\n", a.secs, a.streams));
     r.push_str(&format!(
-        "Soak run: {:.0} s of load ({} streams requested), PostgreSQL, release binary, sandbox simulators.\n\n",
-        load_secs, a.streams
+        "Soak run of {started_at}: {:.0} s of load ({} streams requested), PostgreSQL, release binary, \
+         sandbox simulators; {} cores, load average {load_start} at the start and {load_end} at the end \
+         (the machine is shared).\n\n",
+        load_secs,
+        a.streams,
+        std::thread::available_parallelism().map_or(0, |n| n.get()),
     ));
     r.push_str("| figure | value |\n|---|---|\n");
     r.push_str(&format!(
@@ -511,7 +562,8 @@ async fn drive(a: &Args, addr: &str, key: &str, pid: u32) -> Result<(String, boo
         c.creates_ok.load(Ordering::Relaxed)
     ));
     r.push_str(&format!(
-        "| stream messages received / stream errors | {} / {} |\n",
+        "| streams open at once (max) / stream messages received / stream errors | {} / {} / {} |\n",
+        c.streams_open_max.load(Ordering::Relaxed),
         c.stream_msgs.load(Ordering::Relaxed),
         c.stream_errs.load(Ordering::Relaxed)
     ));
@@ -528,12 +580,42 @@ async fn drive(a: &Args, addr: &str, key: &str, pid: u32) -> Result<(String, boo
     ));
     r.push_str(&format!("| RSS trend (least squares, after warm-up) | {rss_slope:+.1} KiB/min = {growth_pct:+.2} % over the run ({}) |\n", if rss_ok { "no growth trend" } else { "GROWING" }));
     r.push_str(&format!("| open fds after warm-up / max / at end | {fd_first} / {fd_max} / {fds_end} |\n"));
-    r.push_str(&format!("| onboardings by state at the end | {states:?} |\n"));
+    r.push_str(&format!(
+        "| settling after the load (until no onboarding is PENDING, at most 60 s) | {:.0} s |\n",
+        settle_start.elapsed().as_secs_f64()
+    ));
     r.push_str(&format!("| events checked (gap-free logs) | {events_total} over {} onboardings |\n", all.len()));
     r.push_str(&format!("| consistency problems | {} |\n", problems.len()));
     for p in problems.iter().take(20) {
         r.push_str(&format!("\n- {p}"));
     }
-    r.push_str(&format!("\n\nResult: {}\n", if ok { "PASS" } else { "FAIL" }));
+    r.push_str(
+        "\n\nOnboardings at the end, by provider and state (age: since creation, of the oldest one not \
+                LIVE):\n\n| provider | state | onboardings | oldest not LIVE |\n|---|---|---|---|\n",
+    );
+    for ((provider, state), (n, age)) in &states {
+        let age = if state == "LIVE" { "-".to_string() } else { format!("{age} s") };
+        r.push_str(&format!("| {provider} | {state} | {n} | {age} |\n"));
+    }
+    r.push_str(&over_time(&samples, &open_at));
+    r.push_str(&format!("\nResult: {}\n", if ok { "PASS" } else { "FAIL" }));
     Ok((r, ok))
+}
+
+/// RSS, fds and open streams over the run: the first sample of every minute, and the last.
+fn over_time(samples: &[(f64, u64, usize)], open_at: &[u64]) -> String {
+    let mut t = String::from(
+        "\n\nOver time (server process):\n\n| time | RSS (KiB) | open fds | streams open |\n|---|---|---|---|\n",
+    );
+    let mut next_minute = 0.0;
+    for (i, (secs, rss, fds)) in samples.iter().enumerate() {
+        if *secs >= next_minute || i + 1 == samples.len() {
+            let open = open_at.get(i).copied().unwrap_or(0);
+            t.push_str(&format!("| {:.0} s | {rss} | {fds} | {open} |\n", secs));
+            while next_minute <= *secs {
+                next_minute += 60.0;
+            }
+        }
+    }
+    t
 }

@@ -1,18 +1,12 @@
 //! The `wa-onboard` binary as an operator uses it: version, tenants, config errors, serve
 //! with graceful shutdown on SIGTERM.
 
-use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-fn bin() -> Command {
-    let mut c = Command::new(env!("CARGO_BIN_EXE_wa-onboard"));
-    for (k, _) in std::env::vars() {
-        if k.starts_with("WA_ONBOARD") {
-            c.env_remove(k);
-        }
-    }
-    c
-}
+#[allow(dead_code)]
+#[path = "common/child.rs"]
+mod child;
+use child::{Proc, SERVE_ANY_PORT, bin};
 
 fn run(args: &[&str], dir: &std::path::Path) -> (bool, String, String) {
     let out = bin().arg("--data-dir").arg(dir).args(args).output().expect("runs");
@@ -78,52 +72,23 @@ fn invalid_config_fails_fast_naming_the_key() {
 #[test]
 fn serve_prints_the_dev_key_and_stops_on_sigterm() {
     let dir = tempfile::tempdir().unwrap();
-    let mut child = bin()
-        .env("WA_ONBOARD_DEV_API_KEY", "wao_fixedkeyfortests0000000000000000000000")
-        .arg("--data-dir")
-        .arg(dir.path())
-        .args(["serve", "--grpc-addr", "127.0.0.1:0", "--webhook-addr", "127.0.0.1:0", "--metrics-addr", "127.0.0.1:0"])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let mut stdout = child.stdout.take().unwrap();
-    let started = Instant::now();
-    let mut seen = String::new();
-    use std::io::Read;
-    let mut buf = [0u8; 512];
-    while !seen.contains("API key") && started.elapsed() < Duration::from_secs(30) {
-        let n = stdout.read(&mut buf).unwrap();
-        if n == 0 {
-            break;
-        }
-        seen.push_str(&String::from_utf8_lossy(&buf[..n]));
-    }
+    let mut serve = Proc::spawn(
+        "serve",
+        dir.path(),
+        bin()
+            .env("WA_ONBOARD_DEV_API_KEY", "wao_fixedkeyfortests0000000000000000000000")
+            .arg("--data-dir")
+            .arg(dir.path())
+            .args(SERVE_ANY_PORT),
+    );
+    let seen = serve.wait_for("API key").join("\n");
     // A key the operator supplied is not echoed into the (collected) output; the line says
     // where it is. A generated key is printed (development UX).
     assert!(seen.contains("API key: the one in WA_ONBOARD_DEV_API_KEY"), "{seen}");
     assert!(!seen.contains("wao_fixedkeyfortests0000000000000000000000"), "{seen}");
     // SIGTERM: graceful shutdown, exit 0.
-    let pid = child.id().to_string();
-    assert!(Command::new("kill").args(["-TERM", &pid]).status().unwrap().success());
-    let deadline = Instant::now() + Duration::from_secs(15);
-    loop {
-        if let Some(status) = child.try_wait().unwrap() {
-            assert!(status.success(), "{status:?}");
-            break;
-        }
-        assert!(Instant::now() < deadline, "did not stop on SIGTERM");
-        std::thread::sleep(Duration::from_millis(100));
-    }
-}
-
-/// Collects everything a child writes to one pipe, on a thread.
-fn drain(mut pipe: impl std::io::Read + Send + 'static) -> std::thread::JoinHandle<String> {
-    std::thread::spawn(move || {
-        let mut buf = Vec::new();
-        let _ = pipe.read_to_end(&mut buf);
-        String::from_utf8_lossy(&buf).into_owned()
-    })
+    let status = serve.terminate();
+    assert!(status.success(), "{status:?}");
 }
 
 /// The real binary in sandbox mode with debug logs: a Gupshup onboarding driven to LIVE over
@@ -146,35 +111,19 @@ async fn secrets_never_reach_the_logs_even_at_debug_level() {
         ),
     )
     .unwrap();
-    let mut child = bin()
-        .env("RUST_LOG", "debug")
-        .env("WA_ONBOARD_DEV_API_KEY", KEY)
-        .arg("--config")
-        .arg(&cfg)
-        .arg("--data-dir")
-        .arg(dir.path())
-        .args(["serve", "--grpc-addr", "127.0.0.1:0", "--webhook-addr", "127.0.0.1:0", "--metrics-addr", "127.0.0.1:0"])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let stderr = drain(child.stderr.take().unwrap());
-    // The listening line gives the gRPC port; the rest of stdout is collected too.
-    let stdout = child.stdout.take().unwrap();
-    let (addr_tx, addr_rx) = std::sync::mpsc::channel::<String>();
-    let stdout = std::thread::spawn(move || {
-        use std::io::BufRead;
-        let mut all = String::new();
-        for line in std::io::BufReader::new(stdout).lines().map_while(Result::ok) {
-            if let Some(rest) = line.strip_prefix("wa-onboard listening: gRPC ") {
-                let _ = addr_tx.send(rest.split_whitespace().next().unwrap_or_default().to_string());
-            }
-            all.push_str(&line);
-            all.push('\n');
-        }
-        all
-    });
-    let addr = addr_rx.recv_timeout(Duration::from_secs(60)).expect("the server prints where it listens");
+    let mut serve = Proc::spawn(
+        "serve",
+        dir.path(),
+        bin()
+            .env("RUST_LOG", "debug")
+            .env("WA_ONBOARD_DEV_API_KEY", KEY)
+            .arg("--config")
+            .arg(&cfg)
+            .arg("--data-dir")
+            .arg(dir.path())
+            .args(SERVE_ANY_PORT),
+    );
+    let addr = serve.listening().grpc;
     let channel = tonic::transport::Channel::from_shared(format!("http://{addr}")).unwrap().connect().await.unwrap();
     fn req<T>(m: T) -> tonic::Request<T> {
         let mut r = tonic::Request::new(m);
@@ -237,14 +186,9 @@ async fn secrets_never_reach_the_logs_even_at_debug_level() {
         .await
         .unwrap();
 
-    let pid = child.id().to_string();
-    assert!(Command::new("kill").args(["-TERM", &pid]).status().unwrap().success());
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while child.try_wait().unwrap().is_none() {
-        assert!(Instant::now() < deadline, "did not stop on SIGTERM");
-        std::thread::sleep(Duration::from_millis(100));
-    }
-    let logs = format!("{}\n{}", stdout.join().unwrap(), stderr.join().unwrap());
+    let status = serve.terminate();
+    assert!(status.success(), "{status:?}");
+    let logs = format!("{}\n{}", serve.stdout(), serve.logs());
     // Debug logging really was on, and the flow really was logged.
     assert!(logs.contains("DEBUG"), "no debug lines:\n{logs}");
     let app_id = token.resource_id.clone();

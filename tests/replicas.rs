@@ -11,11 +11,8 @@
 //! every other PostgreSQL test.
 
 use std::collections::BTreeMap;
-use std::fs::File;
-use std::io::{BufRead, BufReader};
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-use std::sync::mpsc;
+use std::path::Path;
+use std::process::Command;
 use std::time::Duration;
 
 use serde_json::{Value, json};
@@ -23,66 +20,13 @@ use tonic::transport::Channel;
 use wa_onboard::domain::{OnboardingId, now_ms};
 use wa_onboard::grpc::pb;
 
+#[allow(dead_code)]
+#[path = "common/child.rs"]
+mod child;
+use child::{Proc, SERVE_ANY_PORT, bin, sim_endpoints};
+
 const DEV_KEY: &str = "wao_replicatestkey000000000000000000000000";
 const WAIT: Duration = Duration::from_secs(60);
-
-/// A child process killed (SIGKILL) when dropped, so a failing test leaves nothing behind.
-struct Proc {
-    name: String,
-    child: Child,
-    lines: mpsc::Receiver<String>,
-    log: PathBuf,
-}
-
-impl Proc {
-    fn spawn(name: &str, dir: &Path, cmd: &mut Command) -> Proc {
-        let log = dir.join(format!("{name}.log"));
-        let stderr = File::create(&log).expect("log file");
-        let mut child = cmd.stdout(Stdio::piped()).stderr(stderr).spawn().expect("spawn wa-onboard");
-        let stdout = child.stdout.take().expect("stdout");
-        let (tx, lines) = mpsc::channel();
-        // Drain stdout for the whole life of the child so it never blocks on a full pipe.
-        std::thread::spawn(move || {
-            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-                let _ = tx.send(line);
-            }
-        });
-        Proc { name: name.into(), child, lines, log }
-    }
-
-    /// Stdout lines up to and including the first one that contains `marker`.
-    fn wait_for(&mut self, marker: &str) -> Vec<String> {
-        let mut seen = Vec::new();
-        loop {
-            match self.lines.recv_timeout(WAIT) {
-                Ok(line) => {
-                    let done = line.contains(marker);
-                    seen.push(line);
-                    if done {
-                        return seen;
-                    }
-                }
-                Err(_) => panic!("{}: no '{marker}' on stdout; saw {seen:?}; log: {}", self.name, self.log_tail()),
-            }
-        }
-    }
-
-    fn log_tail(&self) -> String {
-        let text = std::fs::read_to_string(&self.log).unwrap_or_default();
-        text.lines().rev().take(40).collect::<Vec<_>>().into_iter().rev().collect::<Vec<_>>().join("\n")
-    }
-
-    fn kill(&mut self) {
-        let _ = self.child.kill(); // SIGKILL on Unix
-        let _ = self.child.wait();
-    }
-}
-
-impl Drop for Proc {
-    fn drop(&mut self) {
-        self.kill();
-    }
-}
 
 /// One `serve` process and its clients.
 struct Replica {
@@ -90,10 +34,6 @@ struct Replica {
     pid: u32,
     channel: Channel,
     webhook: String,
-}
-
-fn bin() -> Command {
-    Command::new(env!("CARGO_BIN_EXE_wa-onboard"))
 }
 
 /// Settings every replica shares, through the documented environment overrides.
@@ -111,15 +51,7 @@ fn replica_command(dir: &Path, db_url: &str, key: &str, public_webhook: Option<&
         .env("WA_ONBOARD__ENGINE__RETRY_BASE_MS", "100")
         .env("WA_ONBOARD__ENGINE__RETRY_MAX_MS", "1000")
         .env("RUST_LOG", "info")
-        .args([
-            "serve",
-            "--grpc-addr",
-            "127.0.0.1:0",
-            "--webhook-addr",
-            "127.0.0.1:0",
-            "--metrics-addr",
-            "127.0.0.1:0",
-        ]);
+        .args(SERVE_ANY_PORT);
     if let Some(url) = public_webhook {
         cmd.env("WA_ONBOARD__SERVER__PUBLIC_WEBHOOK_URL", url);
     }
@@ -130,18 +62,10 @@ async fn start_replica(name: &str, dir: &Path, db_url: &str, key: &str, public_w
     let data = dir.join(name);
     std::fs::create_dir_all(&data).expect("data dir");
     let mut proc = Proc::spawn(name, dir, &mut replica_command(&data, db_url, key, public_webhook));
-    let lines = proc.wait_for("wa-onboard listening");
-    // "wa-onboard listening: gRPC 127.0.0.1:P  webhooks 127.0.0.1:Q  metrics 127.0.0.1:R"
-    let line = lines.last().expect("listening line").clone();
-    let words: Vec<&str> = line.split_whitespace().collect();
-    let after = |label: &str| {
-        let i = words.iter().position(|w| *w == label).unwrap_or_else(|| panic!("{label} in {line}"));
-        words[i + 1].to_string()
-    };
-    let (grpc, webhook) = (after("gRPC"), after("webhooks"));
-    let channel = Channel::from_shared(format!("http://{grpc}")).expect("uri").connect().await.expect("connect");
+    let at = proc.listening();
+    let channel = Channel::from_shared(format!("http://{}", at.grpc)).expect("uri").connect().await.expect("connect");
     let pid = proc.child.id();
-    Replica { proc, pid, channel, webhook: format!("http://{webhook}") }
+    Replica { proc, pid, channel, webhook: format!("http://{}", at.webhooks) }
 }
 
 fn req<T>(msg: T) -> tonic::Request<T> {
@@ -235,11 +159,7 @@ impl Sim {
             .env("WA_ONBOARD_DATA_DIR", dir)
             .args(["sim", "--base-port", "0"]);
         let mut proc = Proc::spawn("sim", dir, &mut cmd);
-        let lines = proc.wait_for("99digital");
-        let gupshup = lines
-            .iter()
-            .find_map(|l| l.trim().strip_prefix("gupshup").map(|rest| rest.trim().to_string()))
-            .expect("gupshup endpoint line");
+        let gupshup = sim_endpoints(&proc.wait_for("99digital")).remove("gupshup").expect("gupshup endpoint line");
         Sim { _proc: proc, gupshup, http: reqwest::Client::new() }
     }
 

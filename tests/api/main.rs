@@ -3,6 +3,10 @@
 
 mod helpers;
 
+#[allow(dead_code)]
+#[path = "../common/child.rs"]
+mod child;
+
 mod accounts;
 mod auth;
 mod capabilities;

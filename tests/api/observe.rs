@@ -3,14 +3,13 @@
 //! config file and the CLI taking effect on a running server.
 
 use std::collections::HashMap;
-use std::io::{BufRead, BufReader};
-use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use tonic::transport::Channel;
 use wa_onboard::grpc::pb;
 use wa_onboard::telemetry::metrics as m;
 
+use crate::child::{Proc, SERVE_ANY_PORT, bin};
 use crate::helpers::*;
 
 // ----- helpers -----
@@ -215,22 +214,11 @@ async fn metrics_show_grpc_provider_step_webhook_store_and_onboarding_families_a
 
 /// `wa-onboard serve` as a child process, its stderr (logs) in a file.
 struct Server {
-    child: Child,
+    proc: Proc,
     grpc: String,
     metrics: String,
     key: String,
-    logs: std::path::PathBuf,
     dir: tempfile::TempDir,
-}
-
-fn bin() -> Command {
-    let mut c = Command::new(env!("CARGO_BIN_EXE_wa-onboard"));
-    for (k, _) in std::env::vars() {
-        if k.starts_with("WA_ONBOARD") || k == "RUST_LOG" || k.starts_with("OTEL_") {
-            c.env_remove(k);
-        }
-    }
-    c
 }
 
 /// The development tenant's key every server here starts with.
@@ -242,59 +230,18 @@ impl Server {
         let dir = tempfile::tempdir().expect("tempdir");
         let cfg = dir.path().join("wa-onboard.toml");
         std::fs::write(&cfg, config).expect("config");
-        let logs = dir.path().join("stderr.log");
         let mut cmd = bin();
         cmd.env("WA_ONBOARD_DEV_API_KEY", DEV_KEY);
         for (k, v) in env {
             cmd.env(k, v);
         }
-        let mut child = cmd
-            .arg("--config")
-            .arg(&cfg)
-            .arg("--data-dir")
-            .arg(dir.path())
-            .args([
-                "serve",
-                "--grpc-addr",
-                "127.0.0.1:0",
-                "--webhook-addr",
-                "127.0.0.1:0",
-                "--metrics-addr",
-                "127.0.0.1:0",
-            ])
-            .stdout(Stdio::piped())
-            .stderr(Stdio::from(std::fs::File::create(&logs).expect("log file")))
-            .spawn()
-            .expect("spawn wa-onboard");
-        let stdout = child.stdout.take().expect("stdout");
-        let (tx, rx) = std::sync::mpsc::channel();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stdout).lines() {
-                let Ok(line) = line else { break };
-                if tx.send(line).is_err() {
-                    break;
-                }
-            }
-        });
+        cmd.arg("--config").arg(&cfg).arg("--data-dir").arg(dir.path()).args(SERVE_ANY_PORT);
+        let mut proc = Proc::spawn("serve", dir.path(), &mut cmd);
+        let at = proc.listening();
         // The banner ends with the development key line (the key itself is not echoed when the
         // operator supplied it, as here).
-        let (mut grpc, mut metrics, mut banner_done) = (String::new(), String::new(), false);
-        let deadline = Instant::now() + Duration::from_secs(60);
-        while !banner_done {
-            let left = deadline.saturating_duration_since(Instant::now());
-            let Ok(line) = rx.recv_timeout(left) else {
-                let _ = child.kill();
-                panic!("no banner within 60 s; logs:\n{}", std::fs::read_to_string(&logs).unwrap_or_default());
-            };
-            let words: Vec<&str> = line.split_whitespace().collect();
-            if line.starts_with("wa-onboard listening:") {
-                grpc = words[3].to_string();
-                metrics = words[7].to_string();
-            } else if line.contains("API key:") {
-                banner_done = true;
-            }
-        }
-        Self { child, grpc, metrics, key: DEV_KEY.to_string(), logs, dir }
+        proc.wait_for("API key:");
+        Self { proc, grpc: at.grpc, metrics: at.metrics, key: DEV_KEY.to_string(), dir }
     }
 
     async fn channel(&self) -> Channel {
@@ -303,30 +250,9 @@ impl Server {
 
     /// SIGTERM, wait for a clean exit, return the logs.
     fn stop(mut self) -> String {
-        let pid = self.child.id().to_string();
-        assert!(Command::new("kill").args(["-TERM", &pid]).status().expect("kill").success());
-        let deadline = Instant::now() + Duration::from_secs(30);
-        loop {
-            if let Some(status) = self.child.try_wait().expect("wait") {
-                assert!(status.success(), "{status:?}");
-                break;
-            }
-            if Instant::now() > deadline {
-                let _ = self.child.kill();
-                panic!("did not stop on SIGTERM");
-            }
-            std::thread::sleep(Duration::from_millis(100));
-        }
-        std::fs::read_to_string(&self.logs).expect("logs")
-    }
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        if let Ok(None) = self.child.try_wait() {
-            let _ = self.child.kill();
-            let _ = self.child.wait();
-        }
+        let status = self.proc.terminate();
+        assert!(status.success(), "{status:?}");
+        self.proc.logs()
     }
 }
 

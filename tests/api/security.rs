@@ -8,25 +8,17 @@
 //! 2. Cross-tenant attempts on every RPC that takes a resource name: all `NOT_FOUND`, and
 //!    nothing changes.
 
-use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use tonic::Code;
 use tonic::transport::Channel;
 use wa_onboard::grpc::pb;
 
+use crate::child::{Proc, SERVE_ANY_PORT, bin};
 use crate::helpers::*;
 
 fn uniq(prefix: &str) -> String {
     format!("{prefix}{}", uuid::Uuid::new_v4().simple())
-}
-
-fn drain(mut pipe: impl std::io::Read + Send + 'static) -> std::thread::JoinHandle<String> {
-    std::thread::spawn(move || {
-        let mut buf = Vec::new();
-        let _ = pipe.read_to_end(&mut buf);
-        String::from_utf8_lossy(&buf).into_owned()
-    })
 }
 
 /// Where a secret was found, for the failure message.
@@ -116,45 +108,21 @@ async fn secrets_never_leak_into_logs_errors_events_metrics_or_streams() {
         ),
     )
     .unwrap();
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_wa-onboard"));
-    for (k, _) in std::env::vars() {
-        if k.starts_with("WA_ONBOARD") {
-            cmd.env_remove(k);
-        }
-    }
-    let mut child = cmd
-        .env("RUST_LOG", "debug")
-        .env("WA_ONBOARD_DEV_API_KEY", &api_key)
-        .env("WA_ONBOARD__SECURITY__ENCRYPTION_KEY", &enc_key)
-        .arg("--config")
-        .arg(&cfg)
-        .arg("--data-dir")
-        .arg(dir.path())
-        .args(["serve", "--grpc-addr", "127.0.0.1:0", "--webhook-addr", "127.0.0.1:0", "--metrics-addr", "127.0.0.1:0"])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let stderr = drain(child.stderr.take().unwrap());
-    let stdout = child.stdout.take().unwrap();
-    let (addr_tx, addr_rx) = std::sync::mpsc::channel::<(String, String)>();
-    let stdout = std::thread::spawn(move || {
-        use std::io::BufRead;
-        let mut all = String::new();
-        for line in std::io::BufReader::new(stdout).lines().map_while(Result::ok) {
-            if let Some(rest) = line.strip_prefix("wa-onboard listening: gRPC ") {
-                let parts: Vec<&str> = rest.split_whitespace().collect();
-                let grpc = parts.first().copied().unwrap_or_default().to_string();
-                let metrics = parts.iter().skip_while(|p| **p != "metrics").nth(1).copied().unwrap_or_default();
-                let _ = addr_tx.send((grpc, metrics.to_string()));
-            }
-            all.push_str(&line);
-            all.push('\n');
-        }
-        all
-    });
-    let (addr, metrics_addr) =
-        addr_rx.recv_timeout(Duration::from_secs(60)).expect("the server prints where it listens");
+    let mut serve = Proc::spawn(
+        "serve",
+        dir.path(),
+        bin()
+            .env("RUST_LOG", "debug")
+            .env("WA_ONBOARD_DEV_API_KEY", &api_key)
+            .env("WA_ONBOARD__SECURITY__ENCRYPTION_KEY", &enc_key)
+            .arg("--config")
+            .arg(&cfg)
+            .arg("--data-dir")
+            .arg(dir.path())
+            .args(SERVE_ANY_PORT),
+    );
+    let at = serve.listening();
+    let (addr, metrics_addr) = (at.grpc, at.metrics);
     let ch = Channel::from_shared(format!("http://{addr}")).unwrap().connect().await.unwrap();
     let k = api_key.as_str();
     let mut ev = Evidence::default();
@@ -374,14 +342,9 @@ async fn secrets_never_leak_into_logs_errors_events_metrics_or_streams() {
     }
     assert!(ev.items.iter().any(|(s, t)| *s == "stream" && t.contains("Snapshot")), "streams delivered snapshots");
 
-    let pid = child.id().to_string();
-    assert!(Command::new("kill").args(["-TERM", &pid]).status().unwrap().success());
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while child.try_wait().unwrap().is_none() {
-        assert!(Instant::now() < deadline, "did not stop on SIGTERM");
-        std::thread::sleep(Duration::from_millis(100));
-    }
-    let logs = format!("{}\n{}", stdout.join().unwrap(), stderr.join().unwrap());
+    let status = serve.terminate();
+    assert!(status.success(), "{status:?}");
+    let logs = format!("{}\n{}", serve.stdout(), serve.logs());
     assert!(logs.contains("DEBUG"), "debug logging was on");
     assert!(logs.contains("sandbox-whapi") || logs.contains("whapi"), "the run was logged");
     ev.add("logs", logs);

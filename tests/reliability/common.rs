@@ -3,11 +3,8 @@
 //! cut, and the report fragments.
 
 use std::collections::BTreeMap;
-use std::fs::File;
-use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-use std::sync::{Arc, Mutex, mpsc};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use tonic::transport::Channel;
@@ -261,68 +258,7 @@ where
 
 // ----- child processes -----
 
-/// A child process killed (SIGKILL) when dropped, so a failing test leaves nothing behind.
-pub struct Proc {
-    pub name: String,
-    pub child: Child,
-    lines: mpsc::Receiver<String>,
-    log: PathBuf,
-}
-
-impl Proc {
-    pub fn spawn(name: &str, dir: &Path, cmd: &mut Command) -> Proc {
-        let log = dir.join(format!("{name}.log"));
-        let stderr = File::options().create(true).append(true).open(&log).expect("log file");
-        let mut child = cmd.stdout(Stdio::piped()).stderr(stderr).spawn().expect("spawn wa-onboard");
-        let stdout = child.stdout.take().expect("stdout");
-        let (tx, lines) = mpsc::channel();
-        // Drain stdout for the whole life of the child so it never blocks on a full pipe.
-        std::thread::spawn(move || {
-            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-                let _ = tx.send(line);
-            }
-        });
-        Proc { name: name.into(), child, lines, log }
-    }
-
-    /// Stdout lines up to and including the first one that contains `marker`.
-    pub fn wait_for(&mut self, marker: &str) -> Vec<String> {
-        let mut seen = Vec::new();
-        loop {
-            match self.lines.recv_timeout(Duration::from_secs(60)) {
-                Ok(line) => {
-                    let done = line.contains(marker);
-                    seen.push(line);
-                    if done {
-                        return seen;
-                    }
-                }
-                Err(_) => panic!("{}: no '{marker}' on stdout; saw {seen:?}; log:\n{}", self.name, self.log_tail()),
-            }
-        }
-    }
-
-    pub fn log_tail(&self) -> String {
-        let text = std::fs::read_to_string(&self.log).unwrap_or_default();
-        text.lines().rev().take(40).collect::<Vec<_>>().into_iter().rev().collect::<Vec<_>>().join("\n")
-    }
-
-    /// SIGKILL (no shutdown hook runs) and reap.
-    pub fn kill(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-impl Drop for Proc {
-    fn drop(&mut self) {
-        self.kill();
-    }
-}
-
-pub fn bin() -> Command {
-    Command::new(env!("CARGO_BIN_EXE_wa-onboard"))
-}
+pub use crate::child::{Proc, bin};
 
 /// A port free right now (bound, then released), for a server that must come back on the
 /// same address after a restart.
@@ -353,16 +289,9 @@ impl SimProc {
             .env("RUST_LOG", "warn")
             .args(["sim", "--base-port", "0"]);
         let mut proc = Proc::spawn("sim", dir, &mut cmd);
-        let lines = proc.wait_for("99digital");
-        let mut endpoints = BTreeMap::new();
-        for l in &lines {
-            let words: Vec<&str> = l.split_whitespace().collect();
-            if let Some(url) = words.last().filter(|w| w.starts_with("http://")) {
-                endpoints.insert(words[..words.len() - 1].join(" "), url.to_string());
-            }
-        }
+        let endpoints = crate::child::sim_endpoints(&proc.wait_for("99digital"));
         for k in ["gupshup", "exotel singapore", "whapi manager", "99digital"] {
-            assert!(endpoints.contains_key(k), "no {k} endpoint in {lines:?}");
+            assert!(endpoints.contains_key(k), "no {k} endpoint in {endpoints:?}");
         }
         SimProc { _proc: proc, endpoints, http: reqwest::Client::new() }
     }

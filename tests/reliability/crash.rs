@@ -87,7 +87,7 @@ impl Server {
             ]);
         let mut proc = Proc::spawn(name, dir, &mut cmd);
         // A blocking wait on the child's stdout: keep it off the async workers.
-        tokio::task::block_in_place(|| proc.wait_for("wa-onboard listening"));
+        tokio::task::block_in_place(|| proc.listening());
         proc
     }
 

@@ -9,6 +9,10 @@
 #[path = "../api/helpers.rs"]
 mod helpers;
 
+#[allow(dead_code)]
+#[path = "../common/child.rs"]
+mod child;
+
 mod common;
 
 mod crash;
