@@ -480,9 +480,11 @@ pub async fn streams(opts: &Opts, rep: &mut Report, dir: &Path, seeded: &[Seeded
         goal: "≤ 1.5 × Health/Watch".into(),
         measured: format!("{kib_ratio:.2} ×"),
         met: kib_ratio <= 1.5,
-        why: "each WatchOnboarding stream is a spawned task with its own bounded channel, bus \
-              registration (a `watch` receiver plus the wake-all receiver), heartbeat timer and the \
-              snapshot it built, on top of what tonic keeps per stream."
+        why: "a WatchOnboarding stream is a state machine polled by tonic (no task, no channel, the \
+              snapshot dropped once sent) holding its onboarding's `watch` receiver and the shared \
+              heartbeat tick; on top of what Health/Watch keeps, each watched onboarding has a bus \
+              entry with its shared window of recent events, and here every stream watches its own \
+              onboarding, so that per-onboarding state counts once per stream."
             .into(),
     });
 
@@ -572,10 +574,10 @@ pub async fn streams(opts: &Opts, rep: &mut Report, dir: &Path, seeded: &[Seeded
         goal: "≤ 1.5 × health broadcast".into(),
         measured: format!("{ratio:.2} ×"),
         met: ratio <= 1.5 && all,
-        why: "the bus only wakes the streams; each of them then reads the new event from the store \
-              on its own (store reads are the source of truth, so a missed wake-up costs latency, not \
-              data), so one event costs one query per watcher against a handful of SQLite reader \
-              connections, where Health/Watch clones one value from memory."
+        why: "the event is read from the store once, by the first woken stream, and shared (`Arc`) \
+              with the others, which await that read; what remains above Health/Watch is that read \
+              (after the engine's write) plus, per stream, a lock on the shared window and one \
+              message encoded per watcher, where Health/Watch clones one value from memory."
             .into(),
     });
     Ok(())
