@@ -524,6 +524,12 @@ impl Core {
         step.last_error = Some(message.clone());
         step.last_error_code = Some(raw.clone());
         let attempts = current.attempts.max(1) as u32;
+        // Waiting for our own rate-limit slot sent nothing: not an attempt, however long the
+        // queue (Whapi allows 20 channels per 30 min).
+        let queued = matches!(e, ProviderError::RateLimited { raw, .. } if raw == crate::providers::http::QUEUED);
+        if queued {
+            step.attempts = current.attempts.saturating_sub(1);
+        }
         let mut change = OnboardingChange {
             onboarding_id: Some(o.id.clone()),
             expect_sequence: Some(o.sequence),
@@ -532,7 +538,7 @@ impl Core {
         };
         let mut attrs =
             BTreeMap::from([("error_code".to_string(), raw.clone()), ("attempt".to_string(), attempts.to_string())]);
-        if e.is_retryable() && attempts < spec.max_attempts {
+        if e.is_retryable() && (queued || attempts < spec.max_attempts) {
             let delay = match e {
                 ProviderError::RateLimited { retry_after: Some(d), .. } => *d,
                 _ => self.backoff(attempts),

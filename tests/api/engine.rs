@@ -154,6 +154,35 @@ async fn transient_errors_and_unknown_outcomes_retry_without_duplicates() {
     assert!(evs.iter().any(|e| e.attributes.get("error_code").is_some_and(|v| v == "503")));
 }
 
+/// Soak finding: steps queued on a provider's rate limit (Whapi: 20 channels per 30 min) held
+/// every engine slot and stalled all other onboardings. The limiter now answers a long queue
+/// with `QUEUED` and the engine reschedules the step; those answers are not attempts, so more
+/// of them than the step allows attempts (8) neither stall it nor use up its attempts.
+#[tokio::test]
+async fn a_long_rate_limit_queue_reschedules_without_using_up_attempts() {
+    let fake = Arc::new(InMemoryProvider::new(ProviderKind::Gupshup));
+    let queued = ProviderError::RateLimited {
+        retry_after: Some(Duration::from_millis(10)),
+        raw: wa_onboard::providers::http::QUEUED.into(),
+    };
+    fake.fail_next(12, queued);
+    let app = app_with(ProviderKind::Gupshup, &fake).await;
+    account(&app, "acme").await;
+    let id = create(&app, "acme", "").await;
+    wait_state(&app, &id, pb::OnboardingState::Live).await;
+    let evs = events(&app, &id).await;
+    let retries = evs.iter().filter(|e| e.r#type == "step_retry").count();
+    assert!(retries >= 12, "every queued answer is rescheduled: {retries}");
+    let p = app
+        .pipelines()
+        .get_pipeline(app.req(pb::GetPipelineRequest { name: format!("onboardings/{id}/pipeline") }))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(p.steps[0].attempts, 1, "only the run that went through counts: {:?}", p.steps[0]);
+    assert_eq!(fake.creates(), 1);
+}
+
 #[tokio::test]
 async fn exhausted_retries_stall_and_retry_pipeline_resumes() {
     let fake = Arc::new(InMemoryProvider::new(ProviderKind::Gupshup));

@@ -297,13 +297,20 @@ impl Client {
         let policy = if retrying { self.retry } else { RetryPolicy { max_attempts: 1, ..self.retry } };
         let attempt = || async {
             if let Some((key, l)) = limit {
-                self.limiter.acquire(key, l.max, l.window).await.map_err(|e| HttpFailure::Retryable {
-                    class: class.to_string(),
-                    url: "-".into(),
-                    status: None,
-                    after: None,
-                    reason: format!("rate limiter: {e}"),
-                })?;
+                match self.limiter.acquire(key, l.max, l.window).await {
+                    Ok(()) => {}
+                    // The queue is long: the engine reschedules the step (no retry here).
+                    Err(e @ ProviderError::RateLimited { .. }) => return Ok(Reply::Failed(to_call_error(e))),
+                    Err(e) => {
+                        return Err(HttpFailure::Retryable {
+                            class: class.to_string(),
+                            url: "-".into(),
+                            status: None,
+                            after: None,
+                            reason: format!("rate limiter: {e}"),
+                        });
+                    }
+                }
             }
             self.attempt(class, idempotent, build()).await
         };

@@ -14,7 +14,7 @@ use http::{HeaderMap, StatusCode};
 use super::ProviderError;
 use crate::error::AppError;
 
-pub use ratelimit::{RateLimiter, credential_fingerprint, rate_key};
+pub use ratelimit::{QUEUED, RateLimiter, credential_fingerprint, rate_key};
 pub use retry::{RetryPolicy, retry};
 pub use token::{AuthFailure, TemporaryToken, TokenCache, TokenStatus, with_token};
 

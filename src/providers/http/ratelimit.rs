@@ -99,17 +99,26 @@ fn wake_after(wait: Duration) -> Duration {
     wait + Duration::from_millis(rand::rng().random_range(0..=jitter_cap))
 }
 
+/// `raw` of the [`ProviderError::RateLimited`] that [`RateLimiter::acquire`] answers when the
+/// next slot is further away than its `max_wait`: nothing was sent, so the engine reschedules
+/// the step for then without counting an attempt.
+pub const QUEUED: &str = "rate_limit_queue";
+
 /// Queues callers until the limit allows them through.
 #[derive(Clone)]
 pub struct RateLimiter {
     backend: Arc<dyn RateBackend>,
     /// A fixed slack instead of [`slack_for`] (tests).
     slack: Option<Duration>,
+    max_wait: Option<Duration>,
 }
 
 impl std::fmt::Debug for RateLimiter {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("RateLimiter").field("slack", &self.slack).finish_non_exhaustive()
+        f.debug_struct("RateLimiter")
+            .field("slack", &self.slack)
+            .field("max_wait", &self.max_wait)
+            .finish_non_exhaustive()
     }
 }
 
@@ -133,7 +142,16 @@ impl RateLimiter {
 
     /// Any backend.
     pub fn with_backend(backend: Arc<dyn RateBackend>) -> Self {
-        Self { backend, slack: None }
+        Self { backend, slack: None, max_wait: None }
+    }
+
+    /// Waits at most `max_wait` for a slot; a longer wait answers [`QUEUED`] instead. The
+    /// engine's limiter has one: a caller that waits holds one of its concurrency slots, and
+    /// enough callers queued on one limit (Whapi: 20 channels per 30 min) would otherwise
+    /// hold them all and stall every other onboarding.
+    pub fn with_max_wait(mut self, max_wait: Duration) -> Self {
+        self.max_wait = Some(max_wait);
+        self
     }
 
     /// Adds a fixed `slack` to every window instead of [`slack_for`] the window.
@@ -143,7 +161,8 @@ impl RateLimiter {
     }
 
     /// Waits until one of `limit` slots per `window` for `key` is free, and takes it. Fails
-    /// only when the backend does (store down: retryable, nothing was sent) or `limit` is 0.
+    /// only when the backend does (store down: retryable, nothing was sent), `limit` is 0, or
+    /// the slot is further away than `max_wait` ([`QUEUED`], with the wait as `retry_after`).
     pub async fn acquire(&self, key: &str, limit: u32, window: Duration) -> Result<(), ProviderError> {
         if limit == 0 {
             return Err(ProviderError::Precondition {
@@ -166,6 +185,9 @@ impl RateLimiter {
                         tracing::debug!(key, waited_ms, "Rate limit slot acquired after waiting.");
                     }
                     return Ok(());
+                }
+                Some(wait) if self.max_wait.is_some_and(|m| started.elapsed() + wait > m) => {
+                    return Err(ProviderError::RateLimited { retry_after: Some(wait), raw: QUEUED.into() });
                 }
                 Some(wait) => tokio::time::sleep(wake_after(wait)).await,
             }
@@ -250,6 +272,25 @@ mod tests {
         fixed.acquire("k", 1, window).await.unwrap();
         fixed.acquire("k", 1, window).await.unwrap();
         assert!(t1.elapsed() >= window + Duration::from_millis(300));
+    }
+
+    /// Soak finding: steps queued on Whapi's 20 channels per 30 min held every engine slot
+    /// while they waited. With a `max_wait`, a slot further away is answered, not awaited.
+    #[tokio::test]
+    async fn a_slot_beyond_max_wait_is_answered_not_awaited() {
+        let limiter = RateLimiter::in_memory().with_max_wait(Duration::from_secs(5));
+        limiter.acquire("k", 1, Duration::from_secs(60)).await.unwrap();
+        match limiter.acquire("k", 1, Duration::from_secs(60)).await {
+            Err(e @ ProviderError::RateLimited { retry_after: Some(d), .. }) => {
+                assert_eq!(e.raw(), QUEUED);
+                assert!(e.is_retryable());
+                assert!(d > Duration::from_secs(5) && d <= Duration::from_secs(61), "{d:?}");
+            }
+            other => panic!("expected {QUEUED}, got {other:?}"),
+        }
+        // A slot within `max_wait` is still waited for.
+        limiter.acquire("short", 1, Duration::from_millis(100)).await.unwrap();
+        limiter.acquire("short", 1, Duration::from_millis(100)).await.unwrap();
     }
 
     /// Paused clock: any wait would advance it by about ten seconds.
