@@ -153,6 +153,7 @@ pub async fn start_with(
         providers: Arc::new(providers),
         engine_wake: Arc::new(tokio::sync::Notify::new()),
         webhook_handoff: Arc::new(crate::core::callbacks::Handoff::default()),
+        webhook_intake: Arc::default(),
         worker_id: format!("{}-{}", std::process::id(), crate::domain::new_id::<String>()),
     };
 

@@ -1,5 +1,5 @@
 //! Shared by the webhook targets: the built-in adapter for one provider, through the public
-//! registry exactly as the ingress gets it.
+//! registry exactly as the ingress gets it, and [`webhook_target!`], the whole target.
 
 use std::sync::Arc;
 
@@ -35,4 +35,22 @@ pub fn check(p: &dyn Provider, data: &[u8]) {
             b.iter().map(|e| &e.dedupe_key).collect::<Vec<_>>()
         );
     }
+}
+
+/// A webhook parser target: `webhook_target!(credentials expression)` builds the adapter once
+/// (inside a runtime, as the HTTP client needs one) and checks [`check`] on every input.
+macro_rules! webhook_target {
+    ($credentials:expr) => {
+        static ADAPTER: std::sync::OnceLock<std::sync::Arc<dyn wa_onboard::providers::Provider>> =
+            std::sync::OnceLock::new();
+
+        libfuzzer_sys::fuzz_target!(|data: &[u8]| {
+            let p = ADAPTER.get_or_init(|| {
+                let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("rt");
+                let _g = rt.enter();
+                common::adapter($credentials)
+            });
+            common::check(p.as_ref(), data);
+        });
+    };
 }

@@ -45,6 +45,8 @@ pub struct Core {
     pub engine_wake: Arc<tokio::sync::Notify>,
     /// Webhook events the ingress stored for this replica's engine to apply at once.
     pub webhook_handoff: Arc<callbacks::Handoff>,
+    /// The ingress's group commit of webhook events.
+    pub webhook_intake: Arc<webhooks::IntakeWriter>,
     /// This replica's lease-holder name.
     pub worker_id: String,
 }

@@ -1090,13 +1090,48 @@ async fn check_webhook_events(store: Arc<dyn Store>) {
     assert!(again.iter().all(|e| e.id != e1.id));
 }
 
+async fn check_insert_webhook_events(store: Arc<dyn Store>) {
+    let t = tenant(&store).await;
+    let a = account(&store, &t, ProviderKind::Gupshup).await;
+    let b = account(&store, &t, ProviderKind::Gupshup).await;
+    let before = webhook(&a, "old", 1);
+    assert!(store.insert_webhook_event(&before).await.unwrap());
+    assert_eq!(store.insert_webhook_events(&[]).await.unwrap(), Vec::<bool>::new());
+    // More than one statement's worth, with a key stored before, a key twice in the batch
+    // (the first wins) and the same key for another account.
+    let mut batch: Vec<WebhookEventRecord> = (0..300).map(|i| webhook(&a, &format!("k{i}"), 10 + i)).collect();
+    batch.insert(7, webhook(&a, "old", 5));
+    batch.insert(100, webhook(&a, "k3", 6));
+    batch.push(webhook(&b, "k3", 7));
+    let stored = store.insert_webhook_events(&batch).await.unwrap();
+    assert_eq!(stored.len(), batch.len());
+    let refused: Vec<usize> = stored.iter().enumerate().filter(|(_, s)| !**s).map(|(i, _)| i).collect();
+    assert_eq!(refused, vec![7, 100], "the stored key and the second k3 of account a");
+    for (e, s) in batch.iter().zip(&stored) {
+        assert_eq!(store.webhook_event(&e.id).await.unwrap().is_some(), *s, "{}", e.dedupe_key);
+    }
+    assert_eq!(store.webhook_event(&batch[3].id).await.unwrap(), Some(batch[3].clone()), "stored as given");
+
+    // All or nothing: a row that fails (an id already used) leaves none of the batch behind.
+    let mut bad = vec![webhook(&a, "n1", 1), webhook(&b, "n2", 1)];
+    let mut reused = webhook(&b, "n3", 1);
+    reused.id = before.id.clone();
+    bad.push(reused);
+    assert!(store.insert_webhook_events(&bad).await.is_err());
+    assert_eq!(store.webhook_event(&bad[0].id).await.unwrap(), None);
+    assert_eq!(store.webhook_event(&bad[1].id).await.unwrap(), None);
+    assert_eq!(store.webhook_event(&before.id).await.unwrap(), Some(before));
+}
+
 async fn check_rate_acquire(store: Arc<dyn Store>) {
     let window = Duration::from_secs(60);
     let now = 1_000_000;
     let mut tasks = Vec::new();
     for i in 0..50 {
         let store = store.clone();
-        tasks.push(tokio::spawn(async move { store.rate_acquire("gupshup:login", 5, window, now + i).await.unwrap() }));
+        tasks.push(tokio::spawn(async move {
+            store.rate_acquire("gupshup:login", 5, window, Some(now + i)).await.unwrap()
+        }));
     }
     let mut granted = 0;
     for task in tasks {
@@ -1108,14 +1143,29 @@ async fn check_rate_acquire(store: Arc<dyn Store>) {
     assert_eq!(granted, 5, "exactly the limit is granted");
     // The wait is until the oldest slot leaves the window. Which five tasks won the race is up to
     // the scheduler, so the oldest granted slot is somewhere in `now..now + 50`.
-    let wait = store.rate_acquire("gupshup:login", 5, window, now + 100).await.unwrap().unwrap();
+    let wait = store.rate_acquire("gupshup:login", 5, window, Some(now + 100)).await.unwrap().unwrap();
     assert!(wait >= Duration::from_millis(60_000 - 100) && wait < Duration::from_millis(60_000 - 100 + 50), "{wait:?}");
     // Other keys are independent; after the window slots free up.
-    assert_eq!(store.rate_acquire("other", 1, window, now).await.unwrap(), None);
-    assert!(store.rate_acquire("other", 1, window, now + 1).await.unwrap().is_some());
-    assert_eq!(store.rate_acquire("other", 1, window, now + 60_000).await.unwrap(), None);
-    assert_eq!(store.rate_acquire("gupshup:login", 5, window, now + 200_000).await.unwrap(), None);
-    assert_eq!(store.rate_acquire("none", 0, window, now).await.unwrap(), Some(window));
+    assert_eq!(store.rate_acquire("other", 1, window, Some(now)).await.unwrap(), None);
+    assert!(store.rate_acquire("other", 1, window, Some(now + 1)).await.unwrap().is_some());
+    assert_eq!(store.rate_acquire("other", 1, window, Some(now + 60_000)).await.unwrap(), None);
+    assert_eq!(store.rate_acquire("gupshup:login", 5, window, Some(now + 200_000)).await.unwrap(), None);
+    assert_eq!(store.rate_acquire("none", 0, window, Some(now)).await.unwrap(), Some(window));
+}
+
+/// The stamp a `limit` 1 slot got, derived from the wait a second caller is told at `probe`.
+async fn stamp_of(store: &Arc<dyn Store>, key: &str, window: Duration, probe: i64) -> i64 {
+    let wait = store.rate_acquire(key, 1, window, Some(probe)).await.unwrap().expect("the one slot is taken");
+    probe + wait.as_millis() as i64 - window.as_millis() as i64
+}
+
+async fn check_rate_acquire_stamps_with_the_store_clock(store: Arc<dyn Store>) {
+    let window = Duration::from_secs(600);
+    let before = now_ms();
+    assert_eq!(store.rate_acquire("clock", 1, window, None).await.unwrap(), None);
+    let after = now_ms();
+    let stamp = stamp_of(&store, "clock", window, after).await;
+    assert!((before..=after).contains(&stamp), "stamped {stamp}, called within {before}..={after}");
 }
 
 async fn check_notify_subscribe(store: Arc<dyn Store>) {
@@ -1183,7 +1233,9 @@ conformance_suite!(
     check_overdue,
     check_expiring,
     check_webhook_events,
+    check_insert_webhook_events,
     check_rate_acquire,
+    check_rate_acquire_stamps_with_the_store_clock,
     check_notify_subscribe,
 );
 
@@ -1244,6 +1296,7 @@ mod postgres_only {
     use super::*;
     use crate::store::postgres::PgStore;
     use crate::store::testing;
+    use sqlx::Connection;
 
     /// Part of the suite so that `cargo test` fails loudly without a database.
     #[tokio::test]
@@ -1303,6 +1356,32 @@ mod postgres_only {
         drop(second);
         testing::drop_pg(&url).await;
         testing::drop_pg(&other_url).await;
+    }
+
+    /// A caller that queued behind another replica holding the key's lock stamps its slot when
+    /// it gets the lock, not when it asked: the queueing must not shorten the slot's hold.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn rate_slot_is_stamped_after_the_key_lock() {
+        let Some((store, url)) = testing::pg_store().await else {
+            return;
+        };
+        let mut other = sqlx::PgConnection::connect(&url).await.unwrap();
+        sqlx::query("SELECT pg_advisory_lock(hashtext('held'))").execute(&mut other).await.unwrap();
+        let window = Duration::from_secs(600);
+        let asked = now_ms();
+        let waiting = {
+            let store = store.clone();
+            tokio::spawn(async move { store.rate_acquire("held", 1, window, None).await.unwrap() })
+        };
+        tokio::time::sleep(Duration::from_millis(400)).await;
+        assert!(!waiting.is_finished(), "queued behind the lock");
+        let released = now_ms();
+        sqlx::query("SELECT pg_advisory_unlock(hashtext('held'))").execute(&mut other).await.unwrap();
+        assert_eq!(waiting.await.unwrap(), None);
+        let stamp = stamp_of(&store, "held", window, now_ms()).await;
+        assert!(stamp >= released, "stamped {stamp}: asked at {asked}, lock released at {released}");
+        drop(other);
+        testing::drop_pg(&url).await;
     }
 
     #[tokio::test]

@@ -261,6 +261,10 @@ pub trait Store: Send + Sync + 'static {
     /// Stores an inbound webhook event. Returns false (and stores nothing) when an event
     /// with the same `(provider, account_id, dedupe_key)` exists.
     async fn insert_webhook_event(&self, event: &WebhookEventRecord) -> StoreResult<bool>;
+    /// Stores several inbound webhook events in one transaction (the ingress's group commit):
+    /// per event, in order, whether it was stored (false: its dedupe key exists, stored
+    /// before or earlier in `events`). All or nothing: an error stores none of them.
+    async fn insert_webhook_events(&self, events: &[WebhookEventRecord]) -> StoreResult<Vec<bool>>;
     /// Webhook events not yet processed, oldest first, claimed under a lease.
     async fn claim_webhook_events(
         &self,
@@ -276,10 +280,18 @@ pub trait Store: Send + Sync + 'static {
 
     // ----- shared rate limiting -----
 
-    /// Takes one slot of `limit` per `window` for `key` at `now` (sliding log shared by every
-    /// replica). Returns `None` when taken, or the time to wait before a slot frees.
-    async fn rate_acquire(&self, key: &str, limit: u32, window: Duration, now: UnixMs)
-    -> StoreResult<Option<Duration>>;
+    /// Takes one slot of `limit` per `window` for `key` (sliding log shared by every replica).
+    /// Returns `None` when taken, or the time to wait before a slot frees. The slot is stamped
+    /// `now` when given (tests), else with the clock read once the key's lock is held: time
+    /// spent queueing for the writer must not age the slot, or it would leave the window
+    /// before the call it admits reaches the provider.
+    async fn rate_acquire(
+        &self,
+        key: &str,
+        limit: u32,
+        window: Duration,
+        now: Option<UnixMs>,
+    ) -> StoreResult<Option<Duration>>;
 
     // ----- change notification -----
 

@@ -95,6 +95,27 @@ pub(crate) fn list_onboardings_sql(filter: &super::OnboardingFilter) -> String {
     sql
 }
 
+/// Webhook events per insert statement: 10 bound values each, well under both backends'
+/// bind-parameter limits (SQLite 32,766, PostgreSQL 65,535).
+pub(crate) const WEBHOOK_INSERT_CHUNK: usize = 256;
+
+/// The multi-row webhook insert for `rows` events (only numbered placeholders are formatted
+/// in; every value is bound). Returns the ids of the rows stored.
+pub(crate) fn insert_webhooks_sql(rows: usize) -> String {
+    const COLUMNS: usize = 10;
+    let values: Vec<String> = (0..rows)
+        .map(|r| {
+            let marks: Vec<String> = (1..=COLUMNS).map(|c| format!("${}", r * COLUMNS + c)).collect();
+            format!("({})", marks.join(", "))
+        })
+        .collect();
+    format!(
+        "INSERT INTO webhook_events (id, provider, account_id, dedupe_key, body, status, note, lease_owner, \
+         lease_until_ms, received_ms) VALUES {} ON CONFLICT (provider, account_id, dedupe_key) DO NOTHING RETURNING id",
+        values.join(", ")
+    )
+}
+
 pub(crate) fn page_limit(limit: u32) -> i64 {
     i64::from(limit.max(1)) + 1
 }
@@ -1117,24 +1138,44 @@ macro_rules! impl_sql_store {
                 &self,
                 e: &$crate::store::WebhookEventRecord,
             ) -> $crate::store::StoreResult<bool> {
-                let done = sqlx::query(
-                    "INSERT INTO webhook_events (id, provider, account_id, dedupe_key, body, status, note, \
-                     lease_owner, lease_until_ms, received_ms) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10) \
-                     ON CONFLICT (provider, account_id, dedupe_key) DO NOTHING",
-                )
-                .bind(e.id.as_str())
-                .bind(e.provider.as_str())
-                .bind(e.account_id.as_str())
-                .bind(e.dedupe_key.as_str())
-                .bind(e.body.as_slice())
-                .bind(e.status.as_str())
-                .bind(e.note.as_deref())
-                .bind(e.lease_owner.as_deref())
-                .bind(e.lease_until_ms)
-                .bind(e.received_ms)
-                .execute(self.writer())
-                .await?;
-                Ok(done.rows_affected() > 0)
+                let stored = self.insert_webhook_events(std::slice::from_ref(e)).await?;
+                Ok(stored.first().copied().unwrap_or(false))
+            }
+
+            async fn insert_webhook_events(
+                &self,
+                events: &[$crate::store::WebhookEventRecord],
+            ) -> $crate::store::StoreResult<Vec<bool>> {
+                if events.is_empty() {
+                    return Ok(Vec::new());
+                }
+                // One multi-row statement per chunk: on SQLite every statement is a round trip
+                // to the connection's worker thread, so a row each would cost the writer far more
+                // than the rows themselves. Rows that hit an existing dedupe key (or one earlier
+                // in the same statement) are skipped and not returned.
+                let mut stored = std::collections::HashSet::new();
+                let mut tx = self.writer().begin().await?;
+                for chunk in events.chunks(sql::WEBHOOK_INSERT_CHUNK) {
+                    let mut query = sqlx::query(sqlx::AssertSqlSafe(sql::insert_webhooks_sql(chunk.len())));
+                    for e in chunk {
+                        query = query
+                            .bind(e.id.as_str())
+                            .bind(e.provider.as_str())
+                            .bind(e.account_id.as_str())
+                            .bind(e.dedupe_key.as_str())
+                            .bind(e.body.as_slice())
+                            .bind(e.status.as_str())
+                            .bind(e.note.as_deref())
+                            .bind(e.lease_owner.as_deref())
+                            .bind(e.lease_until_ms)
+                            .bind(e.received_ms);
+                    }
+                    for row in query.fetch_all(&mut *tx).await? {
+                        stored.insert(row.try_get::<String, _>("id")?);
+                    }
+                }
+                tx.commit().await?;
+                Ok(events.iter().map(|e| stored.contains(&e.id)).collect())
             }
 
             async fn claim_webhook_events(
@@ -1194,7 +1235,7 @@ macro_rules! impl_sql_store {
                 key: &str,
                 limit: u32,
                 window: std::time::Duration,
-                now: $crate::domain::UnixMs,
+                now: Option<$crate::domain::UnixMs>,
             ) -> $crate::store::StoreResult<Option<std::time::Duration>> {
                 if limit == 0 {
                     return Ok(Some(window));
@@ -1202,6 +1243,8 @@ macro_rules! impl_sql_store {
                 let window_ms = sql::ms(window);
                 let mut tx = self.writer().begin().await?;
                 Self::lock_rate_key(&mut tx, key).await?;
+                // Read after the writer and the key's lock are ours (see the trait).
+                let now = now.unwrap_or_else($crate::domain::now_ms);
                 sqlx::query("DELETE FROM rate_slots WHERE key = $1 AND at_ms <= $2")
                     .bind(key)
                     .bind(now.saturating_sub(window_ms))

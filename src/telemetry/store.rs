@@ -207,6 +207,10 @@ impl Store for MeteredStore {
         timed("insert_webhook_event", self.inner.insert_webhook_event(event)).await
     }
 
+    async fn insert_webhook_events(&self, events: &[WebhookEventRecord]) -> StoreResult<Vec<bool>> {
+        timed("insert_webhook_events", self.inner.insert_webhook_events(events)).await
+    }
+
     async fn claim_webhook_events(
         &self,
         worker: &str,
@@ -230,7 +234,7 @@ impl Store for MeteredStore {
         key: &str,
         limit: u32,
         window: Duration,
-        now: UnixMs,
+        now: Option<UnixMs>,
     ) -> StoreResult<Option<Duration>> {
         timed("rate_acquire", self.inner.rate_acquire(key, limit, window, now)).await
     }

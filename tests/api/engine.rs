@@ -573,18 +573,19 @@ async fn one_batch_chains_callbacks_of_an_onboarding_and_never_applies_one_twice
     let url = account(&app, "acme").await;
     let (a, b) = (keyed(&app, "acme", "key-a").await, keyed(&app, "acme", "key-b").await);
     // For a: a newer event, a duplicate delivery, then one older than the newest (stale).
-    for (ev, key, status, at) in [
-        ("a-1", "key-a", "PROVISIONING", 1000),
-        ("a-2", "key-a", "LIVE", 3000),
-        ("a-2", "key-a", "LIVE", 3000),
-        ("b-1", "key-b", "LIVE", 1000),
-        ("a-3", "key-a", "REVIEW", 2000),
-        ("x-1", "key-nobody", "LIVE", 1000),
-    ] {
-        assert_eq!(post(&url, fake.render_callback_at(ev, key, status, at)).await.0, 200);
-        // Claims order by arrival time, then id: a distinct millisecond keeps the posting order.
-        tokio::time::sleep(Duration::from_millis(3)).await;
-    }
+    post_in_order(
+        &url,
+        &fake,
+        &[
+            ("a-1", "key-a", "PROVISIONING", 1000),
+            ("a-2", "key-a", "LIVE", 3000),
+            ("a-2", "key-a", "LIVE", 3000),
+            ("b-1", "key-b", "LIVE", 1000),
+            ("a-3", "key-a", "REVIEW", 2000),
+            ("x-1", "key-nobody", "LIVE", 1000),
+        ],
+    )
+    .await;
     let mut batch = claim_all(&app).await;
     assert_eq!(batch.len(), 5, "the duplicate delivery was not stored");
     // The same row twice in a batch (handed over, then claimed after its lease lapsed).
@@ -614,19 +615,28 @@ async fn one_batch_chains_callbacks_of_an_onboarding_and_never_applies_one_twice
     assert_eq!(callback_events(&app, &b).await.len(), 1);
 }
 
+/// Posts callbacks `(event id, resource key, status, provider time)` one after another, each
+/// answered 200. Claims order by arrival time, then id: a distinct millisecond between two
+/// posts keeps the posting order.
+async fn post_in_order(url: &str, fake: &InMemoryProvider, callbacks: &[(&str, &str, &str, i64)]) {
+    for &(ev, key, status, at) in callbacks {
+        assert_eq!(post(url, fake.render_callback_at(ev, key, status, at)).await.0, 200);
+        tokio::time::sleep(Duration::from_millis(3)).await;
+    }
+}
+
 #[tokio::test]
 async fn a_conflict_inside_a_batch_is_planned_again_on_the_fresh_row_in_order() {
     let fake = Arc::new(InMemoryProvider::new(ProviderKind::Gupshup));
     let app = batch_app(&fake).await;
     let url = account(&app, "acme").await;
     let (a, b) = (keyed(&app, "acme", "key-a").await, keyed(&app, "acme", "key-b").await);
-    for (ev, key, status, at) in
-        [("a-1", "key-a", "PROVISIONING", 1000), ("b-1", "key-b", "LIVE", 1000), ("a-2", "key-a", "LIVE", 2000)]
-    {
-        assert_eq!(post(&url, fake.render_callback_at(ev, key, status, at)).await.0, 200);
-        // Claims order by arrival time, then id: a distinct millisecond keeps the posting order.
-        tokio::time::sleep(Duration::from_millis(3)).await;
-    }
+    post_in_order(
+        &url,
+        &fake,
+        &[("a-1", "key-a", "PROVISIONING", 1000), ("b-1", "key-b", "LIVE", 1000), ("a-2", "key-a", "LIVE", 2000)],
+    )
+    .await;
     let core = &app.running().core;
     let plan = core.plan_webhooks(claim_all(&app).await).await;
     assert_eq!(plan.changes(), 3);

@@ -71,7 +71,7 @@ pub struct StoreBackend {
 #[async_trait]
 impl RateBackend for StoreBackend {
     async fn try_acquire(&self, key: &str, limit: u32, window: Duration) -> Result<Option<Duration>, AppError> {
-        Ok(self.store.rate_acquire(key, limit, window, crate::domain::now_ms()).await?)
+        Ok(self.store.rate_acquire(key, limit, window, None).await?)
     }
 }
 
