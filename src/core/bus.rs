@@ -1,6 +1,8 @@
 //! Fan-out of onboarding changes to streams. One task reads the store's change notices (from
 //! this replica and, on PostgreSQL, from every replica) and moves the latest known sequence of
-//! the watched onboarding (a `watch` channel per onboarding, so only its streams wake). The
+//! the watched onboarding (an atomic and a `Notify` per onboarding, so only its streams wake:
+//! a `watch` channel costs ten times the memory, and there is one topic per stream when every
+//! stream watches its own onboarding). The
 //! same task drives one shared heartbeat tick for every stream, and every few ticks (or at
 //! once after a lagged notice stream) reconciles all watched onboardings against the store in
 //! one bulk read, so a missed notice costs latency, never data.
@@ -9,9 +11,12 @@
 //! per-onboarding cache of recent events ([`Window`]): when a notice moves an onboarding's
 //! sequence, the first stream that needs the new events reads them (with the steps they
 //! concern) once, every other stream of that onboarding awaits the same read and shares its
-//! `Arc`s. A stream whose cursor lies before the cached range reads the store on its own.
+//! `Arc`s. A stream whose cursor lies before the cached range reads the store on its own. An
+//! onboarding with a single stream keeps no window: there is nobody to share it with, and the
+//! stream holds what it read until sent.
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicI64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, Weak};
 use std::time::Duration;
 
@@ -121,25 +126,39 @@ struct Cache {
 /// One watched onboarding; lives while any of its streams does.
 struct Topic {
     id: OnboardingId,
-    latest: watch::Sender<i64>,
+    /// Latest sequence known to exist; only moves forward.
+    latest: AtomicI64,
+    /// Woken when `latest` moves.
+    moved: Notify,
+    /// Streams registered ([`Watcher`]s alive).
+    watchers: AtomicUsize,
     cache: Mutex<Cache>,
 }
 
 impl Topic {
+    fn new(id: &OnboardingId) -> Self {
+        Self {
+            id: id.clone(),
+            latest: AtomicI64::new(0),
+            moved: Notify::new(),
+            watchers: AtomicUsize::new(0),
+            cache: Mutex::default(),
+        }
+    }
+
     fn cache(&self) -> MutexGuard<'_, Cache> {
         self.cache.lock().unwrap_or_else(|e| e.into_inner())
     }
 
+    fn latest(&self) -> i64 {
+        self.latest.load(Ordering::SeqCst)
+    }
+
     /// Moves the latest known sequence forward (never back); wakes the topic's streams.
     fn advance(&self, sequence: i64) {
-        self.latest.send_if_modified(|cur| {
-            if sequence > *cur {
-                *cur = sequence;
-                true
-            } else {
-                false
-            }
-        });
+        if self.latest.fetch_max(sequence, Ordering::SeqCst) < sequence {
+            self.moved.notify_waiters();
+        }
     }
 }
 
@@ -166,10 +185,12 @@ pub struct Watcher {
     topic: Arc<Topic>,
     log: Arc<dyn EventLog>,
     keep: usize,
-    /// Latest known sequence of the onboarding (may run ahead of what was read).
-    pub latest: watch::Receiver<i64>,
-    /// Ticks once per heartbeat period.
-    pub beat: watch::Receiver<u64>,
+}
+
+impl Drop for Watcher {
+    fn drop(&mut self) {
+        self.topic.watchers.fetch_sub(1, Ordering::SeqCst);
+    }
 }
 
 impl std::fmt::Debug for Bus {
@@ -203,19 +224,19 @@ impl Bus {
             match reg.get(id).and_then(Weak::upgrade) {
                 Some(t) => t,
                 None => {
-                    let t = Arc::new(Topic { id: id.clone(), latest: watch::channel(0).0, cache: Mutex::default() });
+                    let t = Arc::new(Topic::new(id));
                     reg.insert(id.clone(), Arc::downgrade(&t));
                     t
                 }
             }
         };
-        Watcher {
-            latest: topic.latest.subscribe(),
-            beat: self.inner.beat.subscribe(),
-            log: self.inner.log.clone(),
-            keep: self.inner.keep,
-            topic,
-        }
+        topic.watchers.fetch_add(1, Ordering::SeqCst);
+        Watcher { log: self.inner.log.clone(), keep: self.inner.keep, topic }
+    }
+
+    /// The shared heartbeat tick: changes once per heartbeat period.
+    pub fn beat(&self) -> watch::Receiver<u64> {
+        self.inner.beat.subscribe()
     }
 
     fn topic(&self, id: &OnboardingId) -> Option<Arc<Topic>> {
@@ -312,6 +333,26 @@ impl Watcher {
         self.topic.advance(sequence);
     }
 
+    /// The latest sequence known to exist (may run ahead of what was read).
+    pub fn latest(&self) -> i64 {
+        self.topic.latest()
+    }
+
+    /// Waits until the latest known sequence passes `seen`, and returns it.
+    pub async fn moved_past(&self, seen: i64) -> i64 {
+        loop {
+            // Registered before the check, so a move between the two still wakes us.
+            let moved = self.topic.moved.notified();
+            tokio::pin!(moved);
+            moved.as_mut().enable();
+            let latest = self.topic.latest();
+            if latest > seen {
+                return latest;
+            }
+            moved.await;
+        }
+    }
+
     /// The events after `cursor`, where `known > cursor` is a sequence known to exist: from
     /// the shared window when it covers the cursor, else from one shared read, else (cursor
     /// before the cached range) from a read of this stream's own. `None` when the store has
@@ -356,14 +397,19 @@ impl Watcher {
         let log = self.log.clone();
         let id = self.topic.id.clone();
         let keep = self.keep;
-        let known = *self.topic.latest.borrow();
+        let known = self.topic.latest();
         async move {
             let r = read_window(log.as_ref(), &id, cursor, base.as_deref(), keep, known).await.map(Arc::new);
             if let Some(t) = topic.upgrade() {
+                let shared = t.watchers.load(Ordering::SeqCst) > 1;
                 let mut cache = t.cache();
                 cache.fill = None;
-                if let Ok(w) = &r {
-                    cache.window = w.clone();
+                match &r {
+                    // Kept for the other streams of this onboarding.
+                    Ok(w) if shared => cache.window = w.clone(),
+                    // A lone stream: it holds the window until sent; nothing to keep.
+                    Ok(_) => cache.window = Arc::default(),
+                    Err(_) => {}
                 }
             }
             r
@@ -478,15 +524,16 @@ mod tests {
         Bus::new(log.clone(), keep)
     }
 
-    /// A log of `n` events and one watcher over a bus keeping `keep` of them.
-    fn watched_log(n: usize, keep: usize) -> (Arc<Log>, Bus, Watcher) {
+    /// A log of `n` events and two watchers (so the window is shared and kept) over a bus
+    /// keeping `keep` of them.
+    fn watched_log(n: usize, keep: usize) -> (Arc<Log>, Bus, Watcher, Watcher) {
         let log = Arc::new(Log::default());
         for _ in 0..n {
             log.push(None);
         }
         let bus = bus(&log, keep);
-        let w = bus.watch(&id());
-        (log, bus, w)
+        let (w, other) = (bus.watch(&id()), bus.watch(&id()));
+        (log, bus, w, other)
     }
 
     /// Every event after `cursor` up to `known`, as a stream would collect them.
@@ -509,15 +556,15 @@ mod tests {
         let bus = bus(&log, 8);
         let a = id();
         let b = OnboardingId::parse("b").unwrap();
-        let mut wa = bus.watch(&a);
+        let wa = bus.watch(&a);
         let wb = bus.watch(&b);
+        let waiting = wa.moved_past(0);
         bus.publish(&ChangeNotice { onboarding_id: a.clone(), sequence: 3 });
-        wa.latest.changed().await.unwrap();
-        assert_eq!(*wa.latest.borrow(), 3);
-        assert!(!wb.latest.has_changed().unwrap());
+        assert_eq!(waiting.await, 3);
+        assert_eq!(wb.latest(), 0);
         // Older notices never move the cursor back.
         bus.publish(&ChangeNotice { onboarding_id: a.clone(), sequence: 2 });
-        assert!(!wa.latest.has_changed().unwrap());
+        assert_eq!(wa.latest(), 3);
         drop(wa);
         drop(wb);
         assert_eq!(bus.watched(), 0);
@@ -579,7 +626,7 @@ mod tests {
 
     #[tokio::test]
     async fn streams_before_the_window_read_on_their_own_without_gaps() {
-        let (log, _bus, w) = watched_log(10, 4);
+        let (log, _bus, w, _other) = watched_log(10, 4);
         // An up-to-date stream fills the window from 8; it keeps at least 4 events.
         assert_eq!(drain(&w, 8, 10).await, vec![9, 10]);
         for _ in 0..6 {
@@ -600,7 +647,7 @@ mod tests {
 
     #[tokio::test]
     async fn long_catch_up_pages_and_window_is_bounded() {
-        let (log, _bus, w) = watched_log(450, 4);
+        let (log, _bus, w, _other) = watched_log(450, 4);
         assert_eq!(drain(&w, 0, 450).await, (1..=450).collect::<Vec<_>>());
         // Three pages: 200 + 200 + 50, each kept whole while it is the newest read.
         assert_eq!(log.reads(), 3);
@@ -614,10 +661,12 @@ mod tests {
 
     #[tokio::test]
     async fn a_topic_dies_with_its_last_stream() {
-        let (_log, bus, w) = watched_log(1, 4);
+        let (_log, bus, w, other) = watched_log(1, 4);
         drain(&w, 0, 1).await;
         let weak = Arc::downgrade(&w.topic);
         drop(w);
+        assert!(!weak.upgrade().unwrap().cache().window.is_empty(), "kept while a stream is left");
+        drop(other);
         assert!(weak.upgrade().is_none(), "window freed with the topic");
         assert_eq!(bus.watched(), 0);
         // A new watcher starts with an empty window.
@@ -626,15 +675,33 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn a_lone_stream_keeps_no_window() {
+        let log = Arc::new(Log::default());
+        log.push(None);
+        log.push(None);
+        let bus = bus(&log, 4);
+        let w = bus.watch(&id());
+        assert_eq!(drain(&w, 0, 2).await, vec![1, 2]);
+        assert!(w.topic.cache().window.is_empty(), "nothing kept for nobody");
+        // A second stream: from then on the window is kept for both.
+        let other = bus.watch(&id());
+        log.push(None);
+        assert_eq!(drain(&w, 2, 3).await, vec![3]);
+        assert!(!w.topic.cache().window.is_empty());
+        let reads = log.reads();
+        assert_eq!(drain(&other, 2, 3).await, vec![3]);
+        assert_eq!(log.reads(), reads, "the second stream read the kept window");
+    }
+
+    #[tokio::test]
     async fn reconcile_catches_a_missed_notice() {
         let log = Arc::new(Log::default());
         let bus = bus(&log, 4);
-        let mut w = bus.watch(&id());
+        let w = bus.watch(&id());
         log.push(None);
         log.push(None);
-        assert!(!w.latest.has_changed().unwrap());
+        assert_eq!(w.latest(), 0);
         bus.reconcile().await.unwrap();
-        w.latest.changed().await.unwrap();
-        assert_eq!(*w.latest.borrow(), 2);
+        assert_eq!(w.moved_past(0).await, 2);
     }
 }

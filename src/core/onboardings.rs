@@ -95,10 +95,12 @@ impl Core {
         watcher.observe(onboarding.sequence);
         let state = WatchState {
             known: onboarding.sequence,
+            seen: onboarding.sequence,
             snapshot: Some(StreamItem::Snapshot(Box::new(onboarding), steps)),
             cursor: after,
             batch: None,
             watcher,
+            beat: self.bus.beat(),
             shutdown,
             ended: false,
         };
@@ -114,9 +116,15 @@ struct WatchState {
     cursor: i64,
     /// Latest sequence known to exist.
     known: i64,
+    /// Latest sequence the bus told this stream about: it waits for the bus to move past it,
+    /// so an event known but not readable yet is retried at the next move or tick, not in a
+    /// busy loop.
+    seen: i64,
     /// Events read and not yet sent.
     batch: Option<Batch>,
     watcher: Watcher,
+    /// The shared heartbeat tick.
+    beat: tokio::sync::watch::Receiver<u64>,
     shutdown: tokio::sync::watch::Receiver<bool>,
     ended: bool,
 }
@@ -136,7 +144,8 @@ impl WatchState {
             }
             self.batch = None;
             if self.cursor < self.known {
-                match self.watcher.events_after(self.cursor, self.known).await {
+                // Boxed: only while reading, so an idle stream's state stays small.
+                match Box::pin(self.watcher.events_after(self.cursor, self.known)).await {
                     Ok(Some(b)) => {
                         self.batch = Some(b);
                         continue;
@@ -150,13 +159,13 @@ impl WatchState {
                 }
             }
             tokio::select! {
-                r = self.watcher.latest.changed() => {
-                    r.ok()?;
-                    self.known = self.known.max(*self.watcher.latest.borrow_and_update());
+                latest = self.watcher.moved_past(self.seen) => {
+                    self.seen = latest;
+                    self.known = self.known.max(latest);
                 }
-                r = self.watcher.beat.changed() => {
+                r = self.beat.changed() => {
                     r.ok()?;
-                    self.known = self.known.max(*self.watcher.latest.borrow());
+                    self.known = self.known.max(self.watcher.latest());
                     if self.cursor >= self.known {
                         return Some(Ok(StreamItem::Heartbeat { at_ms: now_ms(), last_sequence: self.cursor }));
                     }

@@ -1123,6 +1123,17 @@ async fn check_insert_webhook_events(store: Arc<dyn Store>) {
     assert_eq!(store.webhook_event(&before.id).await.unwrap(), Some(before));
 }
 
+fn taken(grant: RateGrant) -> bool {
+    matches!(grant, RateGrant::Taken(_))
+}
+
+fn wait_of(grant: RateGrant) -> Duration {
+    match grant {
+        RateGrant::Wait(d) => d,
+        RateGrant::Taken(slot) => panic!("expected a wait, got slot {slot}"),
+    }
+}
+
 async fn check_rate_acquire(store: Arc<dyn Store>) {
     let window = Duration::from_secs(60);
     let now = 1_000_000;
@@ -1133,39 +1144,58 @@ async fn check_rate_acquire(store: Arc<dyn Store>) {
             store.rate_acquire("gupshup:login", 5, window, Some(now + i)).await.unwrap()
         }));
     }
-    let mut granted = 0;
+    let mut slots = HashSet::new();
     for task in tasks {
         match task.await.unwrap() {
-            None => granted += 1,
-            Some(wait) => assert!(wait > Duration::ZERO && wait <= window, "{wait:?}"),
+            RateGrant::Taken(slot) => assert!(slots.insert(slot), "slot ids are distinct"),
+            RateGrant::Wait(wait) => assert!(wait > Duration::ZERO && wait <= window, "{wait:?}"),
         }
     }
-    assert_eq!(granted, 5, "exactly the limit is granted");
+    assert_eq!(slots.len(), 5, "exactly the limit is granted");
     // The wait is until the oldest slot leaves the window. Which five tasks won the race is up to
     // the scheduler, so the oldest granted slot is somewhere in `now..now + 50`.
-    let wait = store.rate_acquire("gupshup:login", 5, window, Some(now + 100)).await.unwrap().unwrap();
+    let wait = wait_of(store.rate_acquire("gupshup:login", 5, window, Some(now + 100)).await.unwrap());
     assert!(wait >= Duration::from_millis(60_000 - 100) && wait < Duration::from_millis(60_000 - 100 + 50), "{wait:?}");
     // Other keys are independent; after the window slots free up.
-    assert_eq!(store.rate_acquire("other", 1, window, Some(now)).await.unwrap(), None);
-    assert!(store.rate_acquire("other", 1, window, Some(now + 1)).await.unwrap().is_some());
-    assert_eq!(store.rate_acquire("other", 1, window, Some(now + 60_000)).await.unwrap(), None);
-    assert_eq!(store.rate_acquire("gupshup:login", 5, window, Some(now + 200_000)).await.unwrap(), None);
-    assert_eq!(store.rate_acquire("none", 0, window, Some(now)).await.unwrap(), Some(window));
+    assert!(taken(store.rate_acquire("other", 1, window, Some(now)).await.unwrap()));
+    assert!(!taken(store.rate_acquire("other", 1, window, Some(now + 1)).await.unwrap()));
+    assert!(taken(store.rate_acquire("other", 1, window, Some(now + 60_000)).await.unwrap()));
+    assert!(taken(store.rate_acquire("gupshup:login", 5, window, Some(now + 200_000)).await.unwrap()));
+    assert_eq!(store.rate_acquire("none", 0, window, Some(now)).await.unwrap(), RateGrant::Wait(window));
 }
 
-/// The stamp a `limit` 1 slot got, derived from the wait a second caller is told at `probe`.
+/// The stamp a `limit` 1 slot holds, derived from the wait a second caller is told at `probe`.
 async fn stamp_of(store: &Arc<dyn Store>, key: &str, window: Duration, probe: i64) -> i64 {
-    let wait = store.rate_acquire(key, 1, window, Some(probe)).await.unwrap().expect("the one slot is taken");
+    let wait = wait_of(store.rate_acquire(key, 1, window, Some(probe)).await.unwrap());
     probe + wait.as_millis() as i64 - window.as_millis() as i64
 }
 
 async fn check_rate_acquire_stamps_with_the_store_clock(store: Arc<dyn Store>) {
     let window = Duration::from_secs(600);
     let before = now_ms();
-    assert_eq!(store.rate_acquire("clock", 1, window, None).await.unwrap(), None);
+    assert!(taken(store.rate_acquire("clock", 1, window, None).await.unwrap()));
     let after = now_ms();
     let stamp = stamp_of(&store, "clock", window, after).await;
     assert!((before..=after).contains(&stamp), "stamped {stamp}, called within {before}..={after}");
+}
+
+async fn check_rate_restamp(store: Arc<dyn Store>) {
+    let window = Duration::from_secs(60);
+    let t0 = 5_000_000;
+    let RateGrant::Taken(slot) = store.rate_acquire("restamp", 1, window, Some(t0)).await.unwrap() else {
+        panic!("the first slot is free");
+    };
+    // The call was answered 3 s later: the slot is held a window from then.
+    store.rate_restamp("restamp", slot, Some(t0 + 3_000)).await.unwrap();
+    assert_eq!(stamp_of(&store, "restamp", window, t0 + 10_000).await, t0 + 3_000);
+    // Never moved back; other keys' and unknown slots are left alone.
+    store.rate_restamp("restamp", slot, Some(t0 + 1_000)).await.unwrap();
+    store.rate_restamp("other-key", slot, Some(t0 + 9_000)).await.unwrap();
+    store.rate_restamp("restamp", slot + 1_000, Some(t0 + 9_000)).await.unwrap();
+    assert_eq!(stamp_of(&store, "restamp", window, t0 + 10_000).await, t0 + 3_000);
+    // It frees a window after the new stamp, not the old one.
+    assert!(!taken(store.rate_acquire("restamp", 1, window, Some(t0 + 60_000)).await.unwrap()));
+    assert!(taken(store.rate_acquire("restamp", 1, window, Some(t0 + 63_000)).await.unwrap()));
 }
 
 async fn check_notify_subscribe(store: Arc<dyn Store>) {
@@ -1236,6 +1266,7 @@ conformance_suite!(
     check_insert_webhook_events,
     check_rate_acquire,
     check_rate_acquire_stamps_with_the_store_clock,
+    check_rate_restamp,
     check_notify_subscribe,
 );
 
@@ -1377,7 +1408,7 @@ mod postgres_only {
         assert!(!waiting.is_finished(), "queued behind the lock");
         let released = now_ms();
         sqlx::query("SELECT pg_advisory_unlock(hashtext('held'))").execute(&mut other).await.unwrap();
-        assert_eq!(waiting.await.unwrap(), None);
+        assert!(taken(waiting.await.unwrap()));
         let stamp = stamp_of(&store, "held", window, now_ms()).await;
         assert!(stamp >= released, "stamped {stamp}: asked at {asked}, lock released at {released}");
         drop(other);

@@ -28,6 +28,15 @@ use async_trait::async_trait;
 use crate::domain::{AccountId, ApiKeyId, OnboardingId, OnboardingState, ProviderKind, TenantId, UnixMs};
 pub use records::*;
 
+/// What [`Store::rate_acquire`] answers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RateGrant {
+    /// The slot is taken; its id, for [`Store::rate_restamp`].
+    Taken(i64),
+    /// Every slot is held: the time until the oldest frees.
+    Wait(Duration),
+}
+
 /// What can go wrong in the store, in terms the core can act on.
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -281,17 +290,20 @@ pub trait Store: Send + Sync + 'static {
     // ----- shared rate limiting -----
 
     /// Takes one slot of `limit` per `window` for `key` (sliding log shared by every replica).
-    /// Returns `None` when taken, or the time to wait before a slot frees. The slot is stamped
-    /// `now` when given (tests), else with the clock read once the key's lock is held: time
-    /// spent queueing for the writer must not age the slot, or it would leave the window
-    /// before the call it admits reaches the provider.
+    /// The slot is stamped `now` when given (tests), else with the clock read once the key's
+    /// lock is held: time spent queueing for the writer must not age the slot, or it would
+    /// leave the window before the call it admits reaches the provider.
     async fn rate_acquire(
         &self,
         key: &str,
         limit: u32,
         window: Duration,
         now: Option<UnixMs>,
-    ) -> StoreResult<Option<Duration>>;
+    ) -> StoreResult<RateGrant>;
+    /// Moves a taken slot's stamp forward to `now` (the store's clock when `None`), never
+    /// back: called once the provider answered the call the slot admitted, by when it has
+    /// counted it. An unknown or already expired slot is left alone.
+    async fn rate_restamp(&self, key: &str, slot: i64, now: Option<UnixMs>) -> StoreResult<()>;
 
     // ----- change notification -----
 

@@ -1236,9 +1236,9 @@ macro_rules! impl_sql_store {
                 limit: u32,
                 window: std::time::Duration,
                 now: Option<$crate::domain::UnixMs>,
-            ) -> $crate::store::StoreResult<Option<std::time::Duration>> {
+            ) -> $crate::store::StoreResult<$crate::store::RateGrant> {
                 if limit == 0 {
-                    return Ok(Some(window));
+                    return Ok($crate::store::RateGrant::Wait(window));
                 }
                 let window_ms = sql::ms(window);
                 let mut tx = self.writer().begin().await?;
@@ -1256,22 +1256,38 @@ macro_rules! impl_sql_store {
                     .await?;
                 let taken: i64 = row.try_get("n")?;
                 let oldest: Option<i64> = row.try_get("oldest")?;
-                let wait = if taken < i64::from(limit) {
-                    sqlx::query("INSERT INTO rate_slots (key, at_ms) VALUES ($1, $2)")
+                let grant = if taken < i64::from(limit) {
+                    let row = sqlx::query("INSERT INTO rate_slots (key, at_ms) VALUES ($1, $2) RETURNING seq")
                         .bind(key)
                         .bind(now)
-                        .execute(&mut *tx)
+                        .fetch_one(&mut *tx)
                         .await?;
-                    None
+                    $crate::store::RateGrant::Taken(row.try_get("seq")?)
                 } else {
                     let free_at = oldest.unwrap_or(now).saturating_add(window_ms);
                     // Clamped to the window: callers' clocks are not perfectly monotonic
                     // across replicas, and no slot can be held longer than one window.
                     let wait_ms = u64::try_from(free_at.saturating_sub(now).min(window_ms)).unwrap_or(0).max(1);
-                    Some(std::time::Duration::from_millis(wait_ms))
+                    $crate::store::RateGrant::Wait(std::time::Duration::from_millis(wait_ms))
                 };
                 tx.commit().await?;
-                Ok(wait)
+                Ok(grant)
+            }
+
+            async fn rate_restamp(
+                &self,
+                key: &str,
+                slot: i64,
+                now: Option<$crate::domain::UnixMs>,
+            ) -> $crate::store::StoreResult<()> {
+                let now = now.unwrap_or_else($crate::domain::now_ms);
+                sqlx::query("UPDATE rate_slots SET at_ms = $3 WHERE key = $1 AND seq = $2 AND at_ms < $3")
+                    .bind(key)
+                    .bind(slot)
+                    .bind(now)
+                    .execute(self.writer())
+                    .await?;
+                Ok(())
             }
 
             async fn notify(&self, notice: &$crate::store::ChangeNotice) -> $crate::store::StoreResult<()> {

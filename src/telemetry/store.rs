@@ -235,8 +235,12 @@ impl Store for MeteredStore {
         limit: u32,
         window: Duration,
         now: Option<UnixMs>,
-    ) -> StoreResult<Option<Duration>> {
+    ) -> StoreResult<RateGrant> {
         timed("rate_acquire", self.inner.rate_acquire(key, limit, window, now)).await
+    }
+
+    async fn rate_restamp(&self, key: &str, slot: i64, now: Option<UnixMs>) -> StoreResult<()> {
+        timed("rate_restamp", self.inner.rate_restamp(key, slot, now)).await
     }
 
     async fn notify(&self, notice: &ChangeNotice) -> StoreResult<()> {

@@ -296,9 +296,10 @@ impl Client {
     {
         let policy = if retrying { self.retry } else { RetryPolicy { max_attempts: 1, ..self.retry } };
         let attempt = || async {
-            if let Some((key, l)) = limit {
-                match self.limiter.acquire(key, l.max, l.window).await {
-                    Ok(()) => {}
+            let slot = match limit {
+                None => None,
+                Some((key, l)) => match self.limiter.acquire(key, l.max, l.window).await {
+                    Ok(slot) => Some(slot),
                     // The queue is long: the engine reschedules the step (no retry here).
                     Err(e @ ProviderError::RateLimited { .. }) => return Ok(Reply::Failed(to_call_error(e))),
                     Err(e) => {
@@ -310,9 +311,13 @@ impl Client {
                             reason: format!("rate limiter: {e}"),
                         });
                     }
-                }
+                },
+            };
+            let reply = self.attempt(class, idempotent, build()).await;
+            if let Some(slot) = slot {
+                slot.sent().await;
             }
-            self.attempt(class, idempotent, build()).await
+            reply
         };
         match retry(&policy, attempt).await {
             Ok(Reply::Ok(r)) => Ok(r),

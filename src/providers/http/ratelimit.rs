@@ -1,9 +1,13 @@
 //! Client-side rate limiting per provider endpoint class and credential. [`RateLimiter::acquire`]
 //! queues until a slot is free (it never fails for being over the limit). Two backends: an
 //! in-memory sliding log (one replica) and the [`Store`]'s shared sliding log (PostgreSQL
-//! replicas). Every slot is held for the window plus a slack proportional to it (see
-//! [`slack_for`]), so jitter between when we take a slot and when the provider counts the call
-//! cannot squeeze one call too many into a provider window.
+//! replicas).
+//!
+//! Why no call can be one too many: a slot is taken before the call, then re-stamped when the
+//! provider's answer (or the failure) arrives ([`Slot::sent`]), and held for the window from
+//! then. The provider counted the call somewhere between the two, so however long the call
+//! took to get there, the next call that slot admits arrives more than a window after it. A
+//! small slack (see [`slack_for`]) covers only the provider's own window accounting.
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Mutex};
@@ -16,7 +20,7 @@ use tokio::time::Instant;
 
 use crate::error::AppError;
 use crate::providers::ProviderError;
-use crate::store::Store;
+use crate::store::{RateGrant, Store};
 
 /// A non-secret fingerprint of a credential id (first 12 hex digits of a SHA-256).
 pub fn credential_fingerprint(credential_id: &str) -> String {
@@ -33,33 +37,53 @@ pub fn rate_key(provider: &str, class: &str, credential_id: &str) -> String {
 #[async_trait]
 pub trait RateBackend: Send + Sync {
     /// Takes a slot now, or says how long to wait before one frees.
-    async fn try_acquire(&self, key: &str, limit: u32, window: Duration) -> Result<Option<Duration>, AppError>;
+    async fn try_acquire(&self, key: &str, limit: u32, window: Duration) -> Result<RateGrant, AppError>;
+    /// Re-stamps a taken slot with the current time (see [`Slot::sent`]).
+    async fn restamp(&self, key: &str, slot: i64) -> Result<(), AppError>;
 }
 
-/// In-process sliding log (single replica, SQLite deployments).
+/// Per key, slot ids with their stamps, oldest first.
+type Logs = HashMap<String, VecDeque<(i64, Instant)>>;
+
+/// In-process sliding log (single replica, SQLite deployments), with the last slot id given.
 #[derive(Debug, Default)]
 pub struct MemoryBackend {
-    logs: Mutex<HashMap<String, VecDeque<Instant>>>,
+    logs: Mutex<(i64, Logs)>,
 }
 
 #[async_trait]
 impl RateBackend for MemoryBackend {
-    async fn try_acquire(&self, key: &str, limit: u32, window: Duration) -> Result<Option<Duration>, AppError> {
+    async fn try_acquire(&self, key: &str, limit: u32, window: Duration) -> Result<RateGrant, AppError> {
         if limit == 0 {
-            return Ok(Some(window));
+            return Ok(RateGrant::Wait(window));
         }
         let now = Instant::now();
-        let mut logs = self.logs.lock().map_err(|_| AppError::internal("rate limiter lock poisoned"))?;
+        let mut guard = self.logs.lock().map_err(|_| AppError::internal("rate limiter lock poisoned"))?;
+        let (next_id, logs) = &mut *guard;
         let log = logs.entry(key.to_string()).or_default();
-        while log.front().is_some_and(|t| now.duration_since(*t) >= window) {
+        while log.front().is_some_and(|(_, t)| now.duration_since(*t) >= window) {
             log.pop_front();
         }
         if log.len() < limit as usize {
-            log.push_back(now);
-            return Ok(None);
+            *next_id += 1;
+            log.push_back((*next_id, now));
+            return Ok(RateGrant::Taken(*next_id));
         }
-        let oldest = log.front().copied().unwrap_or(now);
-        Ok(Some((oldest + window).saturating_duration_since(now).max(Duration::from_millis(1))))
+        let oldest = log.front().map_or(now, |(_, t)| *t);
+        Ok(RateGrant::Wait((oldest + window).saturating_duration_since(now).max(Duration::from_millis(1))))
+    }
+
+    async fn restamp(&self, key: &str, slot: i64) -> Result<(), AppError> {
+        let now = Instant::now();
+        let mut guard = self.logs.lock().map_err(|_| AppError::internal("rate limiter lock poisoned"))?;
+        if let Some(log) = guard.1.get_mut(key)
+            && let Some(at) = log.iter().position(|(id, _)| *id == slot)
+        {
+            // `now` is the newest stamp there is: moving the slot to the back keeps the order.
+            log.remove(at);
+            log.push_back((slot, now));
+        }
+        Ok(())
     }
 }
 
@@ -70,22 +94,50 @@ pub struct StoreBackend {
 
 #[async_trait]
 impl RateBackend for StoreBackend {
-    async fn try_acquire(&self, key: &str, limit: u32, window: Duration) -> Result<Option<Duration>, AppError> {
+    async fn try_acquire(&self, key: &str, limit: u32, window: Duration) -> Result<RateGrant, AppError> {
         Ok(self.store.rate_acquire(key, limit, window, None).await?)
+    }
+
+    async fn restamp(&self, key: &str, slot: i64) -> Result<(), AppError> {
+        Ok(self.store.rate_restamp(key, slot, None).await?)
     }
 }
 
-/// The slack added to `window`: a twentieth of it, at least [`RateLimiter::MIN_SLACK`] and at
+/// A slot taken by [`RateLimiter::acquire`]. Call [`Slot::sent`] once the call it admitted is
+/// answered or has failed. Dropped without that, the slot keeps the stamp it got when taken
+/// and only the slack stands between a slow call and the next one.
+#[must_use = "call `sent()` once the provider has answered"]
+pub struct Slot {
+    backend: Arc<dyn RateBackend>,
+    key: String,
+    id: i64,
+}
+
+impl std::fmt::Debug for Slot {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Slot").field("key", &self.key).field("id", &self.id).finish()
+    }
+}
+
+impl Slot {
+    /// The call is over: the provider has counted it by now, so the slot is held a window
+    /// from now. A backend failure is logged, not returned: the call itself is done, and the
+    /// slot keeps its first stamp.
+    pub async fn sent(self) {
+        if let Err(e) = self.backend.restamp(&self.key, self.id).await {
+            tracing::warn!(key = %self.key, error = %e.message, "Rate limit slot not re-stamped; it keeps its first stamp.");
+        }
+    }
+}
+
+/// The slack added to `window`: a hundredth of it, at least [`RateLimiter::MIN_SLACK`] and at
 /// most [`RateLimiter::MAX_SLACK`].
 ///
-/// Why proportional: providers count calls by their own arrival clock, so what the slack must
-/// absorb is how much one call's trip to the provider can exceed another's (network and
-/// scheduling jitter, a slower connection set-up) plus any coarseness of the provider's own
-/// window accounting, which grows with the window: a fixed 100 ms is lost in the noise of a
-/// minute-long window. The floor covers the absolute part, the delay between taking a slot and
-/// the call arriving: on a starved two-core machine 50 ms let an 11th call into a one-second
-/// window (the simulator counted violations), so it stays at 100 ms. The cap keeps half-hour
-/// windows from idling for minutes.
+/// What it covers: since every slot is re-stamped when its call is answered ([`Slot::sent`]),
+/// the trip to the provider no longer needs any; what is left is the provider's own window
+/// accounting (its clock's resolution, a window counted in whole seconds), which grows with
+/// the window. The floor covers a provider counting a one-second window coarsely; the cap
+/// keeps half-hour windows from idling.
 pub fn slack_for(window: Duration) -> Duration {
     (window / RateLimiter::SLACK_DIVISOR).clamp(RateLimiter::MIN_SLACK, RateLimiter::MAX_SLACK)
 }
@@ -123,12 +175,12 @@ impl std::fmt::Debug for RateLimiter {
 }
 
 impl RateLimiter {
-    /// The slack is the window divided by this (5 %).
-    pub const SLACK_DIVISOR: u32 = 20;
+    /// The slack is the window divided by this (1 %).
+    pub const SLACK_DIVISOR: u32 = 100;
     /// Least slack, whatever the window.
-    pub const MIN_SLACK: Duration = Duration::from_millis(100);
+    pub const MIN_SLACK: Duration = Duration::from_millis(20);
     /// Most slack, whatever the window.
-    pub const MAX_SLACK: Duration = Duration::from_secs(2);
+    pub const MAX_SLACK: Duration = Duration::from_secs(1);
 
     /// In-memory backend.
     pub fn in_memory() -> Self {
@@ -160,10 +212,11 @@ impl RateLimiter {
         self
     }
 
-    /// Waits until one of `limit` slots per `window` for `key` is free, and takes it. Fails
-    /// only when the backend does (store down: retryable, nothing was sent), `limit` is 0, or
-    /// the slot is further away than `max_wait` ([`QUEUED`], with the wait as `retry_after`).
-    pub async fn acquire(&self, key: &str, limit: u32, window: Duration) -> Result<(), ProviderError> {
+    /// Waits until one of `limit` slots per `window` for `key` is free, and takes it: make the
+    /// call, then [`Slot::sent`]. Fails only when the backend does (store down: retryable,
+    /// nothing was sent), `limit` is 0, or the slot is further away than `max_wait`
+    /// ([`QUEUED`], with the wait as `retry_after`).
+    pub async fn acquire(&self, key: &str, limit: u32, window: Duration) -> Result<Slot, ProviderError> {
         if limit == 0 {
             return Err(ProviderError::Precondition {
                 raw: "rate_limit".into(),
@@ -178,18 +231,18 @@ impl RateLimiter {
                 message: format!("rate limiter unavailable: {}", e.message),
             })?;
             match slot {
-                None => {
+                RateGrant::Taken(id) => {
                     crate::telemetry::metrics::rate_limit_wait(key, started.elapsed());
                     let waited_ms = started.elapsed().as_millis() as u64;
                     if waited_ms > 0 {
                         tracing::debug!(key, waited_ms, "Rate limit slot acquired after waiting.");
                     }
-                    return Ok(());
+                    return Ok(Slot { backend: self.backend.clone(), key: key.to_string(), id });
                 }
-                Some(wait) if self.max_wait.is_some_and(|m| started.elapsed() + wait > m) => {
+                RateGrant::Wait(wait) if self.max_wait.is_some_and(|m| started.elapsed() + wait > m) => {
                     return Err(ProviderError::RateLimited { retry_after: Some(wait), raw: QUEUED.into() });
                 }
-                Some(wait) => tokio::time::sleep(wake_after(wait)).await,
+                RateGrant::Wait(wait) => tokio::time::sleep(wake_after(wait)).await,
             }
         }
     }
@@ -224,11 +277,13 @@ mod tests {
         for _ in 0..50 {
             let (client, limiter, key, url) = (client.clone(), limiter.clone(), key.clone(), server.url.clone());
             tasks.push(tokio::spawn(async move {
-                limiter.acquire(&key, 5, Duration::from_secs(1)).await?;
-                client
+                let slot = limiter.acquire(&key, 5, Duration::from_secs(1)).await?;
+                let sent = client
                     .send("test.burst", client.request(reqwest::Method::GET, url), true, &NoErrorBody)
                     .await
-                    .map_err(ProviderError::from)
+                    .map_err(ProviderError::from);
+                slot.sent().await;
+                sent
             }));
         }
         for t in tasks {
@@ -241,11 +296,11 @@ mod tests {
 
     #[test]
     fn slack_is_proportional_within_floor_and_cap() {
-        assert_eq!(slack_for(Duration::from_secs(4)), Duration::from_millis(200));
-        assert_eq!(slack_for(Duration::from_secs(10)), Duration::from_millis(500));
+        assert_eq!(slack_for(Duration::from_secs(4)), Duration::from_millis(40));
+        assert_eq!(slack_for(Duration::from_secs(60)), Duration::from_millis(600));
         assert_eq!(slack_for(Duration::from_secs(1)), RateLimiter::MIN_SLACK);
         assert_eq!(slack_for(Duration::from_millis(100)), RateLimiter::MIN_SLACK);
-        assert_eq!(slack_for(Duration::from_secs(60)), RateLimiter::MAX_SLACK);
+        assert_eq!(slack_for(Duration::from_secs(5 * 60)), RateLimiter::MAX_SLACK);
         assert_eq!(slack_for(Duration::from_secs(30 * 60)), RateLimiter::MAX_SLACK);
         assert_eq!(slack_for(Duration::ZERO), RateLimiter::MIN_SLACK);
     }
@@ -259,19 +314,41 @@ mod tests {
         let window = Duration::from_secs(1);
         let t0 = Instant::now();
         for _ in 0..3 {
-            limiter.acquire("k", 3, window).await.unwrap();
+            limiter.acquire("k", 3, window).await.unwrap().sent().await;
         }
         assert_eq!(t0.elapsed(), Duration::ZERO, "the first window's calls go at once");
-        limiter.acquire("k", 3, window).await.unwrap();
+        limiter.acquire("k", 3, window).await.unwrap().sent().await;
         let waited = t0.elapsed();
         let held = window + slack_for(window);
         assert!(waited >= held, "a slot was reused {waited:?} after it was taken, before {held:?}");
         assert!(waited <= held + Duration::from_millis(10), "the waiter idled: {waited:?}");
         let fixed = RateLimiter::in_memory().with_slack(Duration::from_millis(300));
         let t1 = Instant::now();
-        fixed.acquire("k", 1, window).await.unwrap();
-        fixed.acquire("k", 1, window).await.unwrap();
+        fixed.acquire("k", 1, window).await.unwrap().sent().await;
+        fixed.acquire("k", 1, window).await.unwrap().sent().await;
         assert!(t1.elapsed() >= window + Duration::from_millis(300));
+    }
+
+    /// A call that took long to be answered holds its slot a window from the answer, not from
+    /// when it was taken: the provider may have counted it just before answering. Real time:
+    /// the store backend reads the wall clock.
+    #[tokio::test]
+    async fn a_slow_call_holds_its_slot_a_window_from_its_answer() {
+        let (store, _dir) = crate::store::testing::sqlite_store().await;
+        for limiter in [RateLimiter::in_memory(), RateLimiter::store_backed(store)] {
+            let window = Duration::from_millis(300);
+            let slot = limiter.acquire("slow", 1, window).await.unwrap();
+            let taken = std::time::Instant::now();
+            // The call takes 200 ms.
+            tokio::time::sleep(Duration::from_millis(200)).await;
+            let answered = std::time::Instant::now();
+            slot.sent().await;
+            limiter.acquire("slow", 1, window).await.unwrap().sent().await;
+            let next = answered.elapsed();
+            // Milliseconds of tolerance: the store stamps in whole milliseconds.
+            assert!(next >= window - Duration::from_millis(2), "next call {next:?} after the answer");
+            assert!(taken.elapsed() >= window + Duration::from_millis(198));
+        }
     }
 
     /// Soak finding: steps queued on Whapi's 20 channels per 30 min held every engine slot
@@ -279,7 +356,7 @@ mod tests {
     #[tokio::test]
     async fn a_slot_beyond_max_wait_is_answered_not_awaited() {
         let limiter = RateLimiter::in_memory().with_max_wait(Duration::from_secs(5));
-        limiter.acquire("k", 1, Duration::from_secs(60)).await.unwrap();
+        limiter.acquire("k", 1, Duration::from_secs(60)).await.unwrap().sent().await;
         match limiter.acquire("k", 1, Duration::from_secs(60)).await {
             Err(e @ ProviderError::RateLimited { retry_after: Some(d), .. }) => {
                 assert_eq!(e.raw(), QUEUED);
@@ -290,8 +367,8 @@ mod tests {
             other => panic!("expected {QUEUED}, got {other:?}"),
         }
         // A slot within `max_wait` is still waited for.
-        limiter.acquire("short", 1, Duration::from_millis(100)).await.unwrap();
-        limiter.acquire("short", 1, Duration::from_millis(100)).await.unwrap();
+        limiter.acquire("short", 1, Duration::from_millis(100)).await.unwrap().sent().await;
+        limiter.acquire("short", 1, Duration::from_millis(100)).await.unwrap().sent().await;
     }
 
     /// Paused clock: any wait would advance it by about ten seconds.
@@ -300,7 +377,7 @@ mod tests {
         let limiter = RateLimiter::in_memory();
         let t0 = Instant::now();
         for i in 0..10 {
-            limiter.acquire(&format!("k{i}"), 1, Duration::from_secs(10)).await.unwrap();
+            limiter.acquire(&format!("k{i}"), 1, Duration::from_secs(10)).await.unwrap().sent().await;
         }
         assert_eq!(t0.elapsed(), Duration::ZERO);
     }
@@ -314,8 +391,9 @@ mod tests {
         for _ in 0..9 {
             let (limiter, times) = (limiter.clone(), times.clone());
             tasks.push(tokio::spawn(async move {
-                limiter.acquire("test:store:x", 3, Duration::from_millis(500)).await?;
+                let slot = limiter.acquire("test:store:x", 3, Duration::from_millis(500)).await?;
                 times.lock().unwrap().push(std::time::Instant::now());
+                slot.sent().await;
                 Ok::<_, ProviderError>(())
             }));
         }

@@ -320,8 +320,10 @@ impl WhapiProvider {
         let token = client::partner_token(ctx)?;
         // [C] 20 creations per 30 minutes per partner token: queue here instead of a 429.
         let key = rate_key(PROVIDER, "create_channel", token.expose());
-        self.limiter.acquire(&key, self.config.create_limit, self.config.create_window).await?;
-        let ch = self.client.create_channel(ctx, &name, &project).await?;
+        let slot = self.limiter.acquire(&key, self.config.create_limit, self.config.create_window).await?;
+        let created = self.client.create_channel(ctx, &name, &project).await;
+        slot.sent().await;
+        let ch = created?;
         if ch.id.is_empty() || ch.token.is_empty() {
             return Err(ProviderError::Malformed {
                 message: "whapi.create_channel: channel without id or token".into(),
