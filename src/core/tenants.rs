@@ -167,14 +167,15 @@ impl Authenticator {
         if !key.starts_with(KEY_PREFIX) || key.len() > 200 {
             return Err(unauth());
         }
-        let hash = hash_key(key);
-        let declared = self.config_keys.read().unwrap_or_else(|e| e.into_inner()).get(&hash).cloned();
+        // On the stack: the lookups below borrow it; only a cache fill copies it.
+        let hash: [u8; 32] = Sha256::digest(key.as_bytes()).into();
+        let declared = self.config_keys.read().unwrap_or_else(|e| e.into_inner()).get(&hash[..]).cloned();
         if let Some(tenant) = declared {
             return Ok(tenant);
         }
         let cached = {
             let cache = self.cache.lock().unwrap_or_else(|e| e.into_inner());
-            cache.get(&hash).filter(|(_, at)| at.elapsed() < CACHE_TTL).map(|(t, _)| t.clone())
+            cache.get(&hash[..]).filter(|(_, at)| at.elapsed() < CACHE_TTL).map(|(t, _)| t.clone())
         };
         let tenant = match cached {
             Some(t) => t,
@@ -185,7 +186,7 @@ impl Authenticator {
                     // Bounded: a flood of random keys cannot grow memory.
                     cache.clear();
                 }
-                cache.insert(hash, (t.clone(), Instant::now()));
+                cache.insert(hash.to_vec(), (t.clone(), Instant::now()));
                 t
             }
         };

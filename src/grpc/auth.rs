@@ -57,10 +57,10 @@ pub struct AuthService<S> {
 
 type BoxFut<T, E> = Pin<Box<dyn Future<Output = Result<T, E>> + Send>>;
 
-fn bearer(req: &Request<Body>) -> Option<String> {
+fn bearer(req: &Request<Body>) -> Option<&str> {
     let v = req.headers().get(http::header::AUTHORIZATION)?.to_str().ok()?;
     let (scheme, key) = v.split_once(' ')?;
-    scheme.eq_ignore_ascii_case("bearer").then(|| key.trim().to_string())
+    scheme.eq_ignore_ascii_case("bearer").then(|| key.trim())
 }
 
 impl<S> Service<Request<Body>> for AuthService<S>
@@ -103,7 +103,7 @@ where
                             crate::error::ErrorCode::Unauthenticated,
                             "missing API key: send metadata 'authorization: Bearer <key>'",
                         )),
-                        Some(key) => auth.authenticate(&key).await,
+                        Some(key) => auth.authenticate(key).await,
                     };
                     match outcome {
                         Ok(tenant) => {
@@ -136,5 +136,10 @@ where
 
 /// The authenticated caller of a request (set by the layer).
 pub fn caller<T>(req: &tonic::Request<T>) -> Result<Caller, tonic::Status> {
-    req.extensions().get::<Caller>().cloned().ok_or_else(|| tonic::Status::unauthenticated("missing API key"))
+    caller_ref(req).cloned()
+}
+
+/// [`caller`] without the copy, for handlers that only lend it to `core`.
+pub fn caller_ref<T>(req: &tonic::Request<T>) -> Result<&Caller, tonic::Status> {
+    req.extensions().get::<Caller>().ok_or_else(|| tonic::Status::unauthenticated("missing API key"))
 }

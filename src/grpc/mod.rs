@@ -7,6 +7,7 @@ pub mod convert_ext;
 #[cfg(test)]
 mod fuzz;
 pub mod pb;
+pub mod pb_cache;
 mod services;
 
 use std::sync::Arc;

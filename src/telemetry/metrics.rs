@@ -188,6 +188,36 @@ pub fn store_call(operation: &'static str, ok: bool, elapsed: Duration) {
         .record(elapsed.as_secs_f64());
 }
 
+/// One store operation's latency histograms, resolved once: a hot read (`GetOnboarding`)
+/// then records without building a labelled key and looking it up in the registry.
+#[derive(Debug)]
+pub struct StoreOp {
+    name: &'static str,
+    ok: OnceLock<::metrics::Histogram>,
+    error: OnceLock<::metrics::Histogram>,
+}
+
+impl StoreOp {
+    /// The operation `name` (the `operation` label).
+    pub const fn new(name: &'static str) -> Self {
+        Self { name, ok: OnceLock::new(), error: OnceLock::new() }
+    }
+
+    /// Records one call, like [`store_call`].
+    pub fn record(&self, ok: bool, elapsed: Duration) {
+        // Handles are kept only once this module's recorder is the global one: a handle
+        // resolved before that (or under another recorder, in tests) would be a no-op or
+        // belong elsewhere for good. The recorder has no idle timeout, so a kept handle
+        // stays the registered one.
+        if !matches!(HANDLE.get(), Some(Some(_))) {
+            return store_call(self.name, ok, elapsed);
+        }
+        let (cell, outcome) = if ok { (&self.ok, "ok") } else { (&self.error, "error") };
+        cell.get_or_init(|| ::metrics::histogram!(STORE_DURATION, "operation" => self.name, "outcome" => outcome))
+            .record(elapsed.as_secs_f64());
+    }
+}
+
 /// Sets the onboardings gauge from the store's counts; combinations that disappeared go
 /// to zero.
 pub async fn refresh_onboardings(store: &dyn Store, seen: &mut std::collections::BTreeSet<(String, String)>) {

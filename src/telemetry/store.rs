@@ -20,11 +20,22 @@ impl MeteredStore {
     }
 }
 
-async fn timed<T>(operation: &'static str, f: impl std::future::Future<Output = StoreResult<T>>) -> StoreResult<T> {
+async fn timed<T>(
+    operation: &'static super::metrics::StoreOp,
+    f: impl std::future::Future<Output = StoreResult<T>>,
+) -> StoreResult<T> {
     let started = Instant::now();
     let r = f.await;
-    super::metrics::store_call(operation, r.is_ok(), started.elapsed());
+    operation.record(r.is_ok(), started.elapsed());
     r
+}
+
+/// The [`super::metrics::StoreOp`] of an operation name, one static per call site.
+macro_rules! op {
+    ($name:literal) => {{
+        static OP: super::metrics::StoreOp = super::metrics::StoreOp::new($name);
+        &OP
+    }};
 }
 
 #[async_trait]
@@ -34,39 +45,39 @@ impl Store for MeteredStore {
     }
 
     async fn ping(&self) -> StoreResult<()> {
-        timed("ping", self.inner.ping()).await
+        timed(op!("ping"), self.inner.ping()).await
     }
 
     async fn create_tenant(&self, tenant: &TenantRecord) -> StoreResult<()> {
-        timed("create_tenant", self.inner.create_tenant(tenant)).await
+        timed(op!("create_tenant"), self.inner.create_tenant(tenant)).await
     }
 
     async fn tenant_by_name(&self, name: &str) -> StoreResult<Option<TenantRecord>> {
-        timed("tenant_by_name", self.inner.tenant_by_name(name)).await
+        timed(op!("tenant_by_name"), self.inner.tenant_by_name(name)).await
     }
 
     async fn tenant(&self, id: &TenantId) -> StoreResult<Option<TenantRecord>> {
-        timed("tenant", self.inner.tenant(id)).await
+        timed(op!("tenant"), self.inner.tenant(id)).await
     }
 
     async fn list_tenants(&self) -> StoreResult<Vec<TenantRecord>> {
-        timed("list_tenants", self.inner.list_tenants()).await
+        timed(op!("list_tenants"), self.inner.list_tenants()).await
     }
 
     async fn add_api_key(&self, key: &ApiKeyRecord) -> StoreResult<()> {
-        timed("add_api_key", self.inner.add_api_key(key)).await
+        timed(op!("add_api_key"), self.inner.add_api_key(key)).await
     }
 
     async fn api_key_by_hash(&self, hash: &[u8]) -> StoreResult<Option<ApiKeyRecord>> {
-        timed("api_key_by_hash", self.inner.api_key_by_hash(hash)).await
+        timed(op!("api_key_by_hash"), self.inner.api_key_by_hash(hash)).await
     }
 
     async fn list_api_keys(&self, tenant: &TenantId) -> StoreResult<Vec<ApiKeyRecord>> {
-        timed("list_api_keys", self.inner.list_api_keys(tenant)).await
+        timed(op!("list_api_keys"), self.inner.list_api_keys(tenant)).await
     }
 
     async fn revoke_api_key(&self, id: &ApiKeyId, at: UnixMs) -> StoreResult<bool> {
-        timed("revoke_api_key", self.inner.revoke_api_key(id, at)).await
+        timed(op!("revoke_api_key"), self.inner.revoke_api_key(id, at)).await
     }
 
     async fn insert_account(
@@ -74,15 +85,15 @@ impl Store for MeteredStore {
         account: &AccountRecord,
         idempotency: Option<&IdempotencyRecord>,
     ) -> StoreResult<()> {
-        timed("insert_account", self.inner.insert_account(account, idempotency)).await
+        timed(op!("insert_account"), self.inner.insert_account(account, idempotency)).await
     }
 
     async fn account(&self, tenant: &TenantId, id: &AccountId) -> StoreResult<Option<AccountRecord>> {
-        timed("account", self.inner.account(tenant, id)).await
+        timed(op!("account"), self.inner.account(tenant, id)).await
     }
 
     async fn account_unscoped(&self, id: &AccountId) -> StoreResult<Option<AccountRecord>> {
-        timed("account_unscoped", self.inner.account_unscoped(id)).await
+        timed(op!("account_unscoped"), self.inner.account_unscoped(id)).await
     }
 
     async fn list_accounts(
@@ -91,35 +102,35 @@ impl Store for MeteredStore {
         provider: Option<ProviderKind>,
         page: &PageRequest,
     ) -> StoreResult<Page<AccountRecord>> {
-        timed("list_accounts", self.inner.list_accounts(tenant, provider, page)).await
+        timed(op!("list_accounts"), self.inner.list_accounts(tenant, provider, page)).await
     }
 
     async fn update_account(&self, account: &AccountRecord) -> StoreResult<()> {
-        timed("update_account", self.inner.update_account(account)).await
+        timed(op!("update_account"), self.inner.update_account(account)).await
     }
 
     async fn delete_account(&self, tenant: &TenantId, id: &AccountId) -> StoreResult<bool> {
-        timed("delete_account", self.inner.delete_account(tenant, id)).await
+        timed(op!("delete_account"), self.inner.delete_account(tenant, id)).await
     }
 
     async fn idempotency(&self, tenant: &TenantId, key: &str) -> StoreResult<Option<IdempotencyRecord>> {
-        timed("idempotency", self.inner.idempotency(tenant, key)).await
+        timed(op!("idempotency"), self.inner.idempotency(tenant, key)).await
     }
 
     async fn create_onboarding(&self, new: &NewOnboarding) -> StoreResult<EventRecord> {
-        timed("create_onboarding", self.inner.create_onboarding(new)).await
+        timed(op!("create_onboarding"), self.inner.create_onboarding(new)).await
     }
 
     async fn create_onboardings(&self, batch: &[NewOnboarding]) -> StoreResult<Vec<EventRecord>> {
-        timed("create_onboardings", self.inner.create_onboardings(batch)).await
+        timed(op!("create_onboardings"), self.inner.create_onboardings(batch)).await
     }
 
     async fn onboarding(&self, tenant: &TenantId, id: &OnboardingId) -> StoreResult<Option<OnboardingRecord>> {
-        timed("onboarding", self.inner.onboarding(tenant, id)).await
+        timed(op!("onboarding"), self.inner.onboarding(tenant, id)).await
     }
 
     async fn onboarding_unscoped(&self, id: &OnboardingId) -> StoreResult<Option<OnboardingRecord>> {
-        timed("onboarding_unscoped", self.inner.onboarding_unscoped(id)).await
+        timed(op!("onboarding_unscoped"), self.inner.onboarding_unscoped(id)).await
     }
 
     async fn onboarding_by_external_key(
@@ -127,7 +138,7 @@ impl Store for MeteredStore {
         account: &AccountId,
         external_key: &str,
     ) -> StoreResult<Option<OnboardingRecord>> {
-        timed("onboarding_by_external_key", self.inner.onboarding_by_external_key(account, external_key)).await
+        timed(op!("onboarding_by_external_key"), self.inner.onboarding_by_external_key(account, external_key)).await
     }
 
     async fn onboarding_by_resource(
@@ -136,7 +147,7 @@ impl Store for MeteredStore {
         provider: ProviderKind,
         external_key: &str,
     ) -> StoreResult<Option<OnboardingRecord>> {
-        timed("onboarding_by_resource", self.inner.onboarding_by_resource(tenant, provider, external_key)).await
+        timed(op!("onboarding_by_resource"), self.inner.onboarding_by_resource(tenant, provider, external_key)).await
     }
 
     async fn list_onboardings(
@@ -145,31 +156,31 @@ impl Store for MeteredStore {
         filter: &OnboardingFilter,
         page: &PageRequest,
     ) -> StoreResult<Page<OnboardingRecord>> {
-        timed("list_onboardings", self.inner.list_onboardings(tenant, filter, page)).await
+        timed(op!("list_onboardings"), self.inner.list_onboardings(tenant, filter, page)).await
     }
 
     async fn count_onboardings(&self) -> StoreResult<Vec<(ProviderKind, OnboardingState, i64)>> {
-        timed("count_onboardings", self.inner.count_onboardings()).await
+        timed(op!("count_onboardings"), self.inner.count_onboardings()).await
     }
 
     async fn apply_change(&self, change: &OnboardingChange) -> StoreResult<EventRecord> {
-        timed("apply_change", self.inner.apply_change(change)).await
+        timed(op!("apply_change"), self.inner.apply_change(change)).await
     }
 
     async fn apply_changes(&self, changes: &[OnboardingChange]) -> StoreResult<Vec<ChangeOutcome>> {
-        timed("apply_changes", self.inner.apply_changes(changes)).await
+        timed(op!("apply_changes"), self.inner.apply_changes(changes)).await
     }
 
     async fn events(&self, id: &OnboardingId, after: i64, limit: u32) -> StoreResult<Vec<EventRecord>> {
-        timed("events", self.inner.events(id, after, limit)).await
+        timed(op!("events"), self.inner.events(id, after, limit)).await
     }
 
     async fn steps(&self, id: &OnboardingId) -> StoreResult<Vec<StepRecord>> {
-        timed("steps", self.inner.steps(id)).await
+        timed(op!("steps"), self.inner.steps(id)).await
     }
 
     async fn latest_sequences(&self, ids: &[OnboardingId]) -> StoreResult<Vec<(OnboardingId, i64)>> {
-        timed("latest_sequences", self.inner.latest_sequences(ids)).await
+        timed(op!("latest_sequences"), self.inner.latest_sequences(ids)).await
     }
 
     async fn claim_steps(
@@ -179,19 +190,19 @@ impl Store for MeteredStore {
         lease: Duration,
         limit: u32,
     ) -> StoreResult<Vec<StepRecord>> {
-        timed("claim_steps", self.inner.claim_steps(worker, now, lease, limit)).await
+        timed(op!("claim_steps"), self.inner.claim_steps(worker, now, lease, limit)).await
     }
 
     async fn renew_lease(&self, id: &OnboardingId, step: &str, worker: &str, until: UnixMs) -> StoreResult<bool> {
-        timed("renew_lease", self.inner.renew_lease(id, step, worker, until)).await
+        timed(op!("renew_lease"), self.inner.renew_lease(id, step, worker, until)).await
     }
 
     async fn release_step(&self, step: &StepRecord, worker: &str) -> StoreResult<bool> {
-        timed("release_step", self.inner.release_step(step, worker)).await
+        timed(op!("release_step"), self.inner.release_step(step, worker)).await
     }
 
     async fn overdue_onboardings(&self, now: UnixMs, limit: u32) -> StoreResult<Vec<OnboardingRecord>> {
-        timed("overdue_onboardings", self.inner.overdue_onboardings(now, limit)).await
+        timed(op!("overdue_onboardings"), self.inner.overdue_onboardings(now, limit)).await
     }
 
     async fn expiring_onboardings(
@@ -200,15 +211,15 @@ impl Store for MeteredStore {
         threshold_secs: i64,
         limit: u32,
     ) -> StoreResult<Vec<OnboardingRecord>> {
-        timed("expiring_onboardings", self.inner.expiring_onboardings(now, threshold_secs, limit)).await
+        timed(op!("expiring_onboardings"), self.inner.expiring_onboardings(now, threshold_secs, limit)).await
     }
 
     async fn insert_webhook_event(&self, event: &WebhookEventRecord) -> StoreResult<bool> {
-        timed("insert_webhook_event", self.inner.insert_webhook_event(event)).await
+        timed(op!("insert_webhook_event"), self.inner.insert_webhook_event(event)).await
     }
 
     async fn insert_webhook_events(&self, events: &[WebhookEventRecord]) -> StoreResult<Vec<bool>> {
-        timed("insert_webhook_events", self.inner.insert_webhook_events(events)).await
+        timed(op!("insert_webhook_events"), self.inner.insert_webhook_events(events)).await
     }
 
     async fn claim_webhook_events(
@@ -218,15 +229,15 @@ impl Store for MeteredStore {
         lease: Duration,
         limit: u32,
     ) -> StoreResult<Vec<WebhookEventRecord>> {
-        timed("claim_webhook_events", self.inner.claim_webhook_events(worker, now, lease, limit)).await
+        timed(op!("claim_webhook_events"), self.inner.claim_webhook_events(worker, now, lease, limit)).await
     }
 
     async fn finish_webhook_event(&self, id: &str, status: WebhookStatus, note: Option<&str>) -> StoreResult<()> {
-        timed("finish_webhook_event", self.inner.finish_webhook_event(id, status, note)).await
+        timed(op!("finish_webhook_event"), self.inner.finish_webhook_event(id, status, note)).await
     }
 
     async fn webhook_event(&self, id: &str) -> StoreResult<Option<WebhookEventRecord>> {
-        timed("webhook_event", self.inner.webhook_event(id)).await
+        timed(op!("webhook_event"), self.inner.webhook_event(id)).await
     }
 
     async fn rate_acquire(
@@ -236,15 +247,15 @@ impl Store for MeteredStore {
         window: Duration,
         now: Option<UnixMs>,
     ) -> StoreResult<RateGrant> {
-        timed("rate_acquire", self.inner.rate_acquire(key, limit, window, now)).await
+        timed(op!("rate_acquire"), self.inner.rate_acquire(key, limit, window, now)).await
     }
 
     async fn rate_restamp(&self, key: &str, slot: i64, now: Option<UnixMs>) -> StoreResult<()> {
-        timed("rate_restamp", self.inner.rate_restamp(key, slot, now)).await
+        timed(op!("rate_restamp"), self.inner.rate_restamp(key, slot, now)).await
     }
 
     async fn notify(&self, notice: &ChangeNotice) -> StoreResult<()> {
-        timed("notify", self.inner.notify(notice)).await
+        timed(op!("notify"), self.inner.notify(notice)).await
     }
 
     fn subscribe(&self) -> tokio::sync::broadcast::Receiver<ChangeNotice> {

@@ -8,7 +8,7 @@ use tokio_stream::StreamExt;
 use tonic::{Request, Response, Status};
 
 use super::SharedCore;
-use super::auth::caller;
+use super::auth::{caller, caller_ref};
 use super::convert::*;
 use super::pb;
 use crate::core::Core;
@@ -23,12 +23,14 @@ use crate::store::OnboardingFilter;
 pub struct Services {
     core: SharedCore,
     shutdown: tokio::sync::watch::Receiver<bool>,
+    /// Converted `GetOnboarding` answers (see [`super::pb_cache`]).
+    onboardings_pb: std::sync::Arc<super::pb_cache::PbCache>,
 }
 
 impl Services {
     /// New handlers over the core.
     pub fn new(core: Core, shutdown: tokio::sync::watch::Receiver<bool>) -> Self {
-        Self { core: std::sync::Arc::new(core), shutdown }
+        Self { core: std::sync::Arc::new(core), shutdown, onboardings_pb: Default::default() }
     }
 }
 
