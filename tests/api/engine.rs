@@ -108,12 +108,7 @@ async fn happy_path_reaches_live_with_every_transition_recorded() {
         assert!(states.contains(&(s as i32)), "{s:?} missing from {states:?}");
     }
     assert_eq!(fake.creates(), 1);
-    let p = app
-        .pipelines()
-        .get_pipeline(app.req(pb::GetPipelineRequest { name: format!("onboardings/{id}/pipeline") }))
-        .await
-        .unwrap()
-        .into_inner();
+    let p = app.pipeline(&format!("onboardings/{id}/pipeline")).await;
     assert!(p.steps.iter().all(|s| s.state == pb::StepState::Succeeded as i32), "{:?}", p.steps);
     // The stored request is sealed: nothing of it is readable in the details.
     let rec = app.running().store.onboarding_unscoped(&id).await.unwrap().unwrap();
@@ -173,12 +168,7 @@ async fn a_long_rate_limit_queue_reschedules_without_using_up_attempts() {
     let evs = events(&app, &id).await;
     let retries = evs.iter().filter(|e| e.r#type == "step_retry").count();
     assert!(retries >= 12, "every queued answer is rescheduled: {retries}");
-    let p = app
-        .pipelines()
-        .get_pipeline(app.req(pb::GetPipelineRequest { name: format!("onboardings/{id}/pipeline") }))
-        .await
-        .unwrap()
-        .into_inner();
+    let p = app.pipeline(&format!("onboardings/{id}/pipeline")).await;
     assert_eq!(p.steps[0].attempts, 1, "only the run that went through counts: {:?}", p.steps[0]);
     assert_eq!(fake.creates(), 1);
 }

@@ -71,14 +71,6 @@ async fn get(app: &TestApp, name: &str) -> pb::Onboarding {
         .into_inner()
 }
 
-async fn pipeline(app: &TestApp, name: &str) -> pb::Pipeline {
-    app.pipelines()
-        .get_pipeline(app.req(pb::GetPipelineRequest { name: name.into() }))
-        .await
-        .expect("GetPipeline")
-        .into_inner()
-}
-
 fn step<'a>(p: &'a pb::Pipeline, name: &str) -> &'a pb::PipelineStep {
     p.steps.iter().find(|s| s.name == name).unwrap_or_else(|| panic!("no step {name} in {p:?}"))
 }
@@ -91,8 +83,11 @@ fn finished(s: &pb::PipelineStep) -> bool {
 async fn wait_done(app: &TestApp, name: &str, state: pb::OnboardingState) -> (pb::Onboarding, pb::Pipeline) {
     let deadline = tokio::time::Instant::now() + PATIENCE;
     loop {
+        // Pipeline first: a step's outcome and the details it adds are one write, so the
+        // onboarding read after a finished pipeline carries them (read the other way round,
+        // the last step could finish in between and the onboarding would miss its details).
+        let p = app.pipeline(name).await;
         let o = get(app, name).await;
-        let p = pipeline(app, name).await;
         if o.state == state as i32 && p.steps.iter().all(finished) {
             return (o, p);
         }

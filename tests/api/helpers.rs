@@ -88,6 +88,15 @@ impl TestApp {
         pb::pipeline_service_client::PipelineServiceClient::new(self.channel.clone())
     }
 
+    /// `GetPipeline` for `name` (`onboardings/{id}/pipeline`), as the dev tenant.
+    pub async fn pipeline(&self, name: &str) -> pb::Pipeline {
+        self.pipelines()
+            .get_pipeline(self.req(pb::GetPipelineRequest { name: name.into() }))
+            .await
+            .expect("GetPipeline")
+            .into_inner()
+    }
+
     pub fn providers(&self) -> pb::provider_service_client::ProviderServiceClient<Channel> {
         pb::provider_service_client::ProviderServiceClient::new(self.channel.clone())
     }

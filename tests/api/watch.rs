@@ -137,11 +137,6 @@ async fn pipeline_and_events_are_listed() {
         .into_inner();
     assert_eq!(p2.events.iter().map(|e| e.sequence).collect::<Vec<_>>(), vec![4, 5]);
     assert!(p2.next_page_token.is_empty());
-    let pipeline = app
-        .pipelines()
-        .get_pipeline(app.req(pb::GetPipelineRequest { name: format!("{name}/pipeline") }))
-        .await
-        .unwrap()
-        .into_inner();
+    let pipeline = app.pipeline(&format!("{name}/pipeline")).await;
     assert_eq!(pipeline.sequence, 5);
 }

@@ -289,15 +289,7 @@ async fn sandbox_channel_waits_for_a_code_then_pairs_by_code_and_a_logout_webhoo
 }
 
 async fn pipelines(app: &TestApp, name: &str) -> Vec<(String, i32)> {
-    pb::pipeline_service_client::PipelineServiceClient::new(app.channel.clone())
-        .get_pipeline(app.req(pb::GetPipelineRequest { name: name.into() }))
-        .await
-        .expect("pipeline")
-        .into_inner()
-        .steps
-        .into_iter()
-        .map(|s| (s.name, s.state))
-        .collect()
+    app.pipeline(name).await.steps.into_iter().map(|s| (s.name, s.state)).collect()
 }
 
 #[tokio::test]
@@ -386,12 +378,7 @@ async fn the_21st_creation_within_the_window_is_queued_and_still_completes() {
     assert_eq!(sim.channels().len(), 21);
     // Queued, not failed and retried: every create step ran once, without an error.
     for name in &names {
-        let p = app
-            .pipelines()
-            .get_pipeline(app.req(pb::GetPipelineRequest { name: format!("{name}/pipeline") }))
-            .await
-            .expect("pipeline")
-            .into_inner();
+        let p = app.pipeline(&format!("{name}/pipeline")).await;
         let step = p.steps.iter().find(|s| s.name == "create_channel").expect("create_channel step");
         assert!(step.last_error.is_empty(), "{name}: {step:?}");
     }
