@@ -154,6 +154,29 @@ impl Topic {
         self.latest.load(Ordering::SeqCst)
     }
 
+    /// Adds a committed event to the window: appended when it follows the window's last event,
+    /// else (a gap, which an out-of-order notice can leave) a window of its own. Readers whose
+    /// cursor lies before it read the store, as for any event out of the window.
+    fn push(&self, delivered: Delivered, keep: usize) {
+        let sequence = delivered.0.sequence;
+        let mut cache = self.cache();
+        let current = &cache.window;
+        if current.hi() >= sequence && !current.is_empty() {
+            return;
+        }
+        let window = if !current.is_empty() && current.hi() == sequence - 1 {
+            let skip = (current.events.len() + 1).saturating_sub(keep);
+            let lo = if skip == 0 { current.lo } else { current.events[skip - 1].0.sequence };
+            let mut events = Vec::with_capacity(current.events.len() + 1 - skip);
+            events.extend(current.events[skip..].iter().cloned());
+            events.push(delivered);
+            Window { lo, events, reached_end: true, known_at_start: sequence }
+        } else {
+            Window { lo: sequence - 1, events: vec![delivered], reached_end: true, known_at_start: sequence }
+        };
+        cache.window = Arc::new(window);
+    }
+
     /// Moves the latest known sequence forward (never back); wakes the topic's streams.
     fn advance(&self, sequence: i64) {
         if self.latest.fetch_max(sequence, Ordering::SeqCst) < sequence {
@@ -251,9 +274,13 @@ impl Bus {
         }
     }
 
-    /// Delivers one notice.
+    /// Delivers one notice. One that carries its committed event puts the event in the
+    /// topic's window first, so the streams woken take it from there without a store read.
     pub fn publish(&self, notice: &ChangeNotice) {
         if let Some(t) = self.topic(&notice.onboarding_id) {
+            if let Some(c) = &notice.committed {
+                t.push((c.event.clone(), c.step.clone()), self.inner.keep);
+            }
             t.advance(notice.sequence);
         }
     }
@@ -362,6 +389,10 @@ impl Watcher {
             let fill = {
                 let mut cache = self.topic.cache();
                 if let Some(b) = Batch::after(&cache.window, cursor) {
+                    if self.topic.watchers.load(Ordering::SeqCst) <= 1 {
+                        // A lone stream holds what it takes until sent; nothing to keep.
+                        cache.window = Arc::default();
+                    }
                     return Ok(Some(b));
                 }
                 if !cache.window.is_empty() && cursor < cache.window.lo {
@@ -405,11 +436,13 @@ impl Watcher {
                 let mut cache = t.cache();
                 cache.fill = None;
                 match &r {
-                    // Kept for the other streams of this onboarding.
-                    Ok(w) if shared => cache.window = w.clone(),
-                    // A lone stream: it holds the window until sent; nothing to keep.
-                    Ok(_) => cache.window = Arc::default(),
-                    Err(_) => {}
+                    // Kept for the other streams of this onboarding; a lone stream holds the
+                    // window until sent, so there is nothing to keep.
+                    Ok(w) if cache.window.is_empty() || w.hi() >= cache.window.hi() => {
+                        cache.window = if shared { w.clone() } else { Arc::default() };
+                    }
+                    // A committed event pushed meanwhile moved the window past this read.
+                    Ok(_) | Err(_) => {}
                 }
             }
             r
@@ -559,11 +592,11 @@ mod tests {
         let wa = bus.watch(&a);
         let wb = bus.watch(&b);
         let waiting = wa.moved_past(0);
-        bus.publish(&ChangeNotice { onboarding_id: a.clone(), sequence: 3 });
+        bus.publish(&ChangeNotice::moved(a.clone(), 3));
         assert_eq!(waiting.await, 3);
         assert_eq!(wb.latest(), 0);
         // Older notices never move the cursor back.
-        bus.publish(&ChangeNotice { onboarding_id: a.clone(), sequence: 2 });
+        bus.publish(&ChangeNotice::moved(a.clone(), 2));
         assert_eq!(wa.latest(), 3);
         drop(wa);
         drop(wb);
@@ -579,7 +612,7 @@ mod tests {
         log.steps.lock().unwrap().push(step);
         let bus = bus(&log, 8);
         let watchers: Vec<Arc<Watcher>> = (0..50).map(|_| Arc::new(bus.watch(&id()))).collect();
-        bus.publish(&ChangeNotice { onboarding_id: id(), sequence: 2 });
+        bus.publish(&ChangeNotice::moved(id(), 2));
         // Hold the store read until every stream waits, so they all overlap it.
         let hold = log.gate.write().await;
         let tasks: Vec<_> = watchers
@@ -691,6 +724,84 @@ mod tests {
         let reads = log.reads();
         assert_eq!(drain(&other, 2, 3).await, vec![3]);
         assert_eq!(log.reads(), reads, "the second stream read the kept window");
+    }
+
+    /// The notice this replica's store sends for the log's event `sequence`.
+    fn committed(log: &Log, sequence: i64) -> ChangeNotice {
+        let event = log.events.lock().unwrap()[sequence as usize - 1].clone();
+        let steps = log.steps.lock().unwrap().clone();
+        ChangeNotice::committed(&event, &steps)
+    }
+
+    #[tokio::test]
+    async fn committed_events_reach_streams_without_a_read() {
+        let (log, bus, w, other) = watched_log(2, 4);
+        assert_eq!(drain(&w, 0, 2).await, vec![1, 2]);
+        let reads = log.reads();
+        let step = crate::store::conformance::step(&id(), "link", 0, crate::domain::StepState::Running, None);
+        log.steps.lock().unwrap().push(step);
+        let mut cursors = [2, 2];
+        for _ in 0..5 {
+            let sequence = log.push(Some("link"));
+            bus.publish(&committed(&log, sequence));
+            for (stream, cursor) in [&w, &other].into_iter().zip(cursors.iter_mut()) {
+                let mut b = stream.events_after(*cursor, sequence).await.unwrap().expect("from the window");
+                while let Some((e, s)) = b.pop() {
+                    assert_eq!(e.sequence, *cursor + 1, "gap-free");
+                    assert_eq!(s.map(|s| s.name.clone()).as_deref(), Some("link"), "with its step");
+                    *cursor = e.sequence;
+                }
+                assert_eq!(*cursor, sequence);
+            }
+        }
+        assert_eq!(log.reads(), reads, "no store read");
+        assert_eq!(log.step_reads.load(Ordering::SeqCst), 0);
+        let window = w.topic.cache().window.clone();
+        assert_eq!((window.lo, window.hi()), (3, 7), "bounded to `keep`");
+        // A stream behind the window still gets everything, from the store.
+        assert_eq!(drain(&w, 0, 7).await, (1..=7).collect::<Vec<_>>());
+    }
+
+    #[tokio::test]
+    async fn a_committed_event_after_a_gap_starts_a_window_of_its_own() {
+        let (log, bus, w, _other) = watched_log(1, 8);
+        assert_eq!(drain(&w, 0, 1).await, vec![1]);
+        // Event 2's notice is late: 3's arrives first.
+        log.push(None);
+        let third = log.push(None);
+        bus.publish(&committed(&log, third));
+        let window = w.topic.cache().window.clone();
+        assert_eq!((window.lo, window.hi()), (2, 3));
+        let reads = log.reads();
+        assert_eq!(drain(&w, 1, 3).await, vec![2, 3], "the gap read from the store");
+        assert_eq!(log.reads(), reads + 1);
+        // The late notice changes nothing; a stale one never moves the window back.
+        bus.publish(&committed(&log, 2));
+        assert_eq!(w.topic.cache().window.hi(), 3);
+        assert_eq!(w.latest(), 3);
+    }
+
+    #[tokio::test]
+    async fn a_lone_stream_takes_the_committed_event_and_keeps_nothing() {
+        let log = Arc::new(Log::default());
+        let bus = bus(&log, 4);
+        let w = bus.watch(&id());
+        let sequence = log.push(None);
+        bus.publish(&committed(&log, sequence));
+        assert_eq!(drain(&w, 0, 1).await, vec![1]);
+        assert_eq!(log.reads(), 0);
+        assert!(w.topic.cache().window.is_empty(), "nothing kept for nobody");
+    }
+
+    #[tokio::test]
+    async fn a_committed_event_of_an_unwatched_onboarding_is_dropped() {
+        let log = Arc::new(Log::default());
+        let bus = bus(&log, 4);
+        let sequence = log.push(None);
+        bus.publish(&committed(&log, sequence));
+        assert_eq!(bus.watched(), 0);
+        let w = bus.watch(&id());
+        assert!(w.topic.cache().window.is_empty());
     }
 
     #[tokio::test]

@@ -16,8 +16,6 @@
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::{Arc, Mutex, MutexGuard};
 
-use futures::StreamExt;
-
 use super::Core;
 use super::engine::{CONFLICT_RETRIES, details_map, engine_field, log_change, rank, set_engine_field, skip_unfinished};
 use crate::domain::{AccountId, OnboardingId, OnboardingState, StepState, UnixMs, now_ms};
@@ -33,8 +31,6 @@ const BATCH: usize = 256;
 /// Most events waiting in the hand-off queue (their bodies are in memory); past it the
 /// ingress stores events unleased and the claim path takes them.
 const HANDOFF_CAPACITY: usize = 10_000;
-/// Store reads in flight while a batch is planned.
-const READ_CONCURRENCY: usize = 8;
 
 /// One stored webhook event to apply, with its provider event when the ingress already
 /// parsed the body.
@@ -281,47 +277,49 @@ impl Core {
         let mut blocked: HashSet<Resource> = HashSet::new();
         let resources: HashSet<Resource> =
             parsed.iter().map(|(ev, _, cb)| (ev.record.account_id.clone(), cb.external_key.clone())).collect();
+        // One read per account for the onboardings, one for all their steps: a batch costs the
+        // store's readers a few round trips, not two per onboarding.
+        let mut keys_by_account: HashMap<AccountId, Vec<String>> = HashMap::new();
+        for (account, key) in &resources {
+            keys_by_account.entry(account.clone()).or_default().push(key.clone());
+        }
         let mut onboardings: HashMap<Resource, Option<OnboardingRecord>> = HashMap::new();
-        let reads: Vec<(Resource, Result<Option<OnboardingRecord>, StoreError>)> = futures::stream::iter(resources)
-            .map(|r| async move {
-                let found = self.store.onboarding_by_external_key(&r.0, &r.1).await;
-                (r, found)
-            })
-            .buffer_unordered(READ_CONCURRENCY)
-            .collect()
-            .await;
-        for (r, found) in reads {
-            match found {
-                Ok(o) => {
-                    onboardings.insert(r, o);
+        for (account, keys) in keys_by_account {
+            match self.store.onboardings_by_external_keys(&account, &keys).await {
+                Ok(found) => {
+                    let mut found: HashMap<String, OnboardingRecord> = found
+                        .into_iter()
+                        .filter_map(|o| o.external_key.clone().map(|k| (k, o)))
+                        .collect();
+                    for key in keys {
+                        let o = found.remove(&key);
+                        onboardings.insert((account.clone(), key), o);
+                    }
                 }
                 Err(e) => {
-                    tracing::warn!(error = %e, "Cannot read the onboarding of webhook events; they will be retried.");
-                    blocked.insert(r);
+                    tracing::warn!(error = %e, "Cannot read the onboardings of webhook events; they will be retried.");
+                    blocked.extend(keys.into_iter().map(|k| (account.clone(), k)));
                 }
             }
         }
         // The callback rules read the steps of any onboarding not finished yet.
-        let open: HashSet<OnboardingId> =
+        let open: Vec<OnboardingId> =
             onboardings.values().flatten().filter(|o| !o.state.is_terminal()).map(|o| o.id.clone()).collect();
         let mut steps: HashMap<OnboardingId, Vec<StepRecord>> = HashMap::new();
-        let reads: Vec<(OnboardingId, Result<Vec<StepRecord>, StoreError>)> = futures::stream::iter(open)
-            .map(|id| async move {
-                let found = self.store.steps(&id).await;
-                (id, found)
-            })
-            .buffer_unordered(READ_CONCURRENCY)
-            .collect()
-            .await;
         let mut unread: HashSet<OnboardingId> = HashSet::new();
-        for (id, found) in reads {
-            match found {
-                Ok(s) => {
-                    steps.insert(id, s);
+        if !open.is_empty() {
+            match self.store.steps_of(&open).await {
+                Ok(all) => {
+                    for id in &open {
+                        steps.entry(id.clone()).or_default();
+                    }
+                    for s in all {
+                        steps.entry(s.onboarding_id.clone()).or_default().push(s);
+                    }
                 }
                 Err(e) => {
-                    tracing::warn!(onboarding = %id, error = %e, "Cannot read steps for webhook events; they will be retried.");
-                    unread.insert(id);
+                    tracing::warn!(error = %e, "Cannot read steps for webhook events; they will be retried.");
+                    unread.extend(open);
                 }
             }
         }

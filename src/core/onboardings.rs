@@ -35,6 +35,18 @@ impl Core {
         self.store.onboarding(&caller.tenant, id).await?.ok_or_else(|| AppError::not_found(format!("onboardings/{id}")))
     }
 
+    /// [`Core::get_onboarding`], sharing the store's cached row (for answers that only read it).
+    pub async fn get_onboarding_shared(
+        &self,
+        caller: &Caller,
+        id: &OnboardingId,
+    ) -> Result<Arc<OnboardingRecord>, AppError> {
+        self.store
+            .onboarding_shared(&caller.tenant, id)
+            .await?
+            .ok_or_else(|| AppError::not_found(format!("onboardings/{id}")))
+    }
+
     /// The caller's onboardings.
     pub async fn list_onboardings(
         &self,
@@ -64,15 +76,13 @@ impl Core {
         Ok(Page { items, next_page_token: next })
     }
 
-    /// An onboarding and its steps.
+    /// An onboarding and its steps, read in one snapshot.
     pub async fn get_pipeline(
         &self,
         caller: &Caller,
         id: &OnboardingId,
     ) -> Result<(OnboardingRecord, Vec<StepRecord>), AppError> {
-        let o = self.get_onboarding(caller, id).await?;
-        let steps = self.store.steps(id).await?;
-        Ok((o, steps))
+        self.store.pipeline(&caller.tenant, id).await?.ok_or_else(|| AppError::not_found(format!("onboardings/{id}")))
     }
 
     /// Streams an onboarding: the snapshot, then events with `sequence > after`, gap-free,

@@ -22,7 +22,7 @@ pub const DEFAULT_ENTRIES: usize = 1024;
 
 /// A row and the message converted from it.
 struct Entry {
-    row: OnboardingRecord,
+    row: Arc<OnboardingRecord>,
     message: pb::Onboarding,
 }
 
@@ -55,12 +55,13 @@ impl PbCache {
         self.entries.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// `onboarding_to_pb(row)`, reusing the message of an equal row converted before.
-    pub fn onboarding(&self, row: OnboardingRecord) -> pb::Onboarding {
+    /// `onboarding_to_pb(row)`, reusing the message of an equal row converted before (the
+    /// very same row when the store shares its cached one: no comparison then).
+    pub fn onboarding(&self, row: Arc<OnboardingRecord>) -> pb::Onboarding {
         // Cloned out so the comparison and the message clone run outside the lock.
         let cached = self.lock().get(&row.id).cloned();
         if let Some(entry) = cached
-            && entry.row == row
+            && (Arc::ptr_eq(&entry.row, &row) || entry.row == row)
         {
             return entry.message.clone();
         }
@@ -109,8 +110,8 @@ mod tests {
     fn hit_equals_fresh_conversion() {
         let cache = PbCache::new(4);
         let r = row(&new_id(), "one");
-        let first = cache.onboarding(r.clone());
-        let second = cache.onboarding(r.clone());
+        let first = cache.onboarding(Arc::new(r.clone()));
+        let second = cache.onboarding(Arc::new(r.clone()));
         assert_eq!(first, onboarding_to_pb(&r));
         assert_eq!(second, first);
     }
@@ -120,21 +121,31 @@ mod tests {
         let cache = PbCache::new(4);
         let id = new_id();
         let r = row(&id, "one");
-        assert_eq!(app_name(&cache.onboarding(r.clone())), "one");
+        assert_eq!(app_name(&cache.onboarding(Arc::new(r.clone()))), "one");
         // Same sequence, different details: still seen.
         let changed = row(&id, "two");
         assert_eq!(changed.sequence, r.sequence);
-        assert_eq!(app_name(&cache.onboarding(changed.clone())), "two");
+        assert_eq!(app_name(&cache.onboarding(Arc::new(changed.clone()))), "two");
         let mut state = changed.clone();
         state.state = OnboardingState::Cancelled;
-        assert_eq!(cache.onboarding(state.clone()), onboarding_to_pb(&state));
+        assert_eq!(cache.onboarding(Arc::new(state.clone())), onboarding_to_pb(&state));
+    }
+
+    #[test]
+    fn the_same_shared_row_is_a_hit_and_an_equal_copy_too() {
+        let cache = PbCache::new(4);
+        let shared = Arc::new(row(&new_id(), "one"));
+        let first = cache.onboarding(shared.clone());
+        assert_eq!(cache.onboarding(shared.clone()), first);
+        assert_eq!(cache.onboarding(Arc::new(OnboardingRecord::clone(&shared))), first);
+        assert_eq!(cache.lock().len(), 1);
     }
 
     #[test]
     fn bounded() {
         let cache = PbCache::new(2);
         for _ in 0..5 {
-            cache.onboarding(row(&new_id(), "x"));
+            cache.onboarding(Arc::new(row(&new_id(), "x")));
         }
         assert_eq!(cache.lock().len(), 2);
     }

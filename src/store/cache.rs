@@ -1,14 +1,16 @@
-//! A bounded read-through cache of onboarding rows, for the SQLite store only.
+//! Bounded read-through caches of single rows (onboardings, accounts), for the SQLite store
+//! only.
 //!
 //! Consistency: exact (a read never returns a row older than the last write that returned
 //! before the read started). It relies on two facts of the SQLite deployment: every write to
-//! `onboardings` goes through this process's store (SQLite is one process; other tools only
-//! insert new rows, which the cache never holds, as it keeps no negative entries), and every
-//! such write bumps the row's sequence and publishes a [`super::ChangeNotice`] after its
-//! commit (the store contract that streams already rely on), which invalidates the entry
-//! before the write returns. A read that raced a write cannot re-insert the row it read
-//! before that write: fills carry the generation seen before the database read and are
-//! dropped when any invalidation happened since.
+//! `onboardings` and `accounts` goes through this process's store (SQLite is one process;
+//! the CLI only touches tenants and API keys), and every such write invalidates the entry
+//! after its commit and before it returns (an onboarding's through the [`super::ChangeNotice`]
+//! every onboarding write publishes, which streams already rely on; an account's in
+//! `update_account` and `delete_account`). New rows need nothing: no negative entries are
+//! kept. A read that raced a write cannot re-insert the row it read before that write: fills
+//! carry the generation seen before the database read and are dropped when any invalidation
+//! happened since.
 //!
 //! PostgreSQL does not use it: another replica's commit reaches this one only through an
 //! asynchronous `NOTIFY`, so a cached row could outlive a write another replica already
@@ -16,35 +18,58 @@
 //! its own write back stale).
 
 use std::future::Future;
+use std::hash::Hash;
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use hashlink::LruCache;
 
-use super::{OnboardingRecord, StoreResult};
-use crate::domain::OnboardingId;
+use super::{AccountRecord, OnboardingRecord, StoreResult};
+use crate::domain::{AccountId, OnboardingId};
 
-/// Rows kept by default: bounds memory (a row is well under 1 KiB of text) while covering the
-/// onboardings clients poll.
+/// Onboarding rows kept by default: bounds memory (a row is well under 1 KiB of text) while
+/// covering the onboardings clients poll.
 pub const DEFAULT_ENTRIES: usize = 4096;
+/// Account rows kept by default: every webhook delivery reads its account.
+pub const DEFAULT_ACCOUNTS: usize = 1024;
 
-struct Inner {
-    rows: LruCache<OnboardingId, Arc<OnboardingRecord>>,
+/// The onboarding rows by id.
+pub type OnboardingCache = RowCache<OnboardingId, OnboardingRecord>;
+/// The account rows by id (sealed secrets stay sealed here).
+pub type AccountCache = RowCache<AccountId, AccountRecord>;
+
+/// The SQLite store's caches.
+#[derive(Debug)]
+pub struct Caches {
+    /// Onboardings, invalidated by every onboarding write's notice.
+    pub onboardings: OnboardingCache,
+    /// Accounts, invalidated by account updates and deletions.
+    pub accounts: AccountCache,
+}
+
+impl Default for Caches {
+    fn default() -> Self {
+        Self { onboardings: RowCache::new(DEFAULT_ENTRIES), accounts: RowCache::new(DEFAULT_ACCOUNTS) }
+    }
+}
+
+struct Inner<K, V> {
+    rows: LruCache<K, Arc<V>>,
     /// Bumped by every invalidation.
     generation: u64,
 }
 
 /// The cache; see the module documentation for its consistency.
-pub struct OnboardingCache {
-    inner: Mutex<Inner>,
+pub struct RowCache<K, V> {
+    inner: Mutex<Inner<K, V>>,
 }
 
-impl std::fmt::Debug for OnboardingCache {
+impl<K: Hash + Eq + Clone, V: Clone> std::fmt::Debug for RowCache<K, V> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("OnboardingCache").field("len", &self.len()).finish()
+        f.debug_struct("RowCache").field("len", &self.len()).finish()
     }
 }
 
-impl OnboardingCache {
+impl<K: Hash + Eq + Clone, V: Clone> RowCache<K, V> {
     /// A cache of at most `entries` rows (least recently used evicted first).
     pub fn new(entries: usize) -> Self {
         Self { inner: Mutex::new(Inner { rows: LruCache::new(entries.max(1)), generation: 0 }) }
@@ -52,7 +77,7 @@ impl OnboardingCache {
 
     // A panic while holding the lock cannot leave the map half-updated in a way that matters:
     // the worst is a missing entry.
-    fn lock(&self) -> MutexGuard<'_, Inner> {
+    fn lock(&self) -> MutexGuard<'_, Inner<K, V>> {
         self.inner.lock().unwrap_or_else(|e| e.into_inner())
     }
 
@@ -68,31 +93,37 @@ impl OnboardingCache {
 
     /// The row `id`, from the cache or else from `load` (which reads the database); a found
     /// row is kept unless a write invalidated anything while `load` ran.
-    pub async fn read_through<F>(&self, id: &OnboardingId, load: F) -> StoreResult<Option<OnboardingRecord>>
+    pub async fn read_through<F>(&self, id: &K, load: F) -> StoreResult<Option<V>>
     where
-        F: Future<Output = StoreResult<Option<OnboardingRecord>>>,
+        F: Future<Output = StoreResult<Option<V>>>,
+    {
+        Ok(self.read_shared(id, load).await?.map(|row| V::clone(&row)))
+    }
+
+    /// [`Self::read_through`] without a copy of the row: the caller shares the cached one.
+    pub async fn read_shared<F>(&self, id: &K, load: F) -> StoreResult<Option<Arc<V>>>
+    where
+        F: Future<Output = StoreResult<Option<V>>>,
     {
         let seen = {
             let mut inner = self.lock();
             if let Some(row) = inner.rows.get(id) {
-                let row = row.clone();
-                drop(inner);
-                return Ok(Some(OnboardingRecord::clone(&row)));
+                return Ok(Some(row.clone()));
             }
             inner.generation
         };
-        let loaded = load.await?;
-        if let Some(row) = &loaded {
-            let mut inner = self.lock();
-            if inner.generation == seen {
-                inner.rows.insert(id.clone(), Arc::new(row.clone()));
-            }
+        let Some(loaded) = load.await?.map(Arc::new) else {
+            return Ok(None);
+        };
+        let mut inner = self.lock();
+        if inner.generation == seen {
+            inner.rows.insert(id.clone(), loaded.clone());
         }
-        Ok(loaded)
+        Ok(Some(loaded))
     }
 
     /// Forgets `id`, after a committed write to it and before that write returns.
-    pub fn invalidate(&self, id: &OnboardingId) {
+    pub fn invalidate(&self, id: &K) {
         let mut inner = self.lock();
         inner.generation = inner.generation.wrapping_add(1);
         inner.rows.remove(id);

@@ -117,6 +117,13 @@ async fn onboarding(store: &Arc<dyn Store>, account: &AccountRecord, reference: 
     new.onboarding
 }
 
+/// The onboarding of `account` with one provider-side key.
+async fn by_key(store: &Arc<dyn Store>, account: &AccountId, key: &str) -> StoreResult<Option<OnboardingRecord>> {
+    let mut found = store.onboardings_by_external_keys(account, &[key.to_string()]).await?;
+    assert!(found.len() <= 1, "one per key");
+    Ok(found.pop())
+}
+
 fn change(id: &OnboardingId, kind: &str) -> OnboardingChange {
     OnboardingChange {
         onboarding_id: Some(id.clone()),
@@ -214,7 +221,9 @@ async fn check_accounts(store: Arc<dyn Store>) {
         ..a.clone()
     };
     store.update_account(&updated).await.unwrap();
+    // Both reads see the write at once (where a backend caches accounts, too).
     assert_eq!(store.account(&t, &a.id).await.unwrap(), Some(updated.clone()));
+    assert_eq!(store.account_unscoped(&a.id).await.unwrap(), Some(updated.clone()));
     let foreign = AccountRecord { tenant_id: stranger.clone(), ..updated.clone() };
     assert!(matches!(store.update_account(&foreign).await, Err(StoreError::NotFound(_))));
 
@@ -222,6 +231,7 @@ async fn check_accounts(store: Arc<dyn Store>) {
     assert!(store.delete_account(&t, &a.id).await.unwrap());
     assert!(!store.delete_account(&t, &a.id).await.unwrap());
     assert_eq!(store.account(&t, &a.id).await.unwrap(), None);
+    assert_eq!(store.account_unscoped(&a.id).await.unwrap(), None);
 }
 
 async fn check_account_listing(store: Arc<dyn Store>) {
@@ -330,12 +340,16 @@ async fn check_create_onboarding(store: Arc<dyn Store>) {
     assert_eq!(event.kind, "created");
     assert_eq!(event.state, OnboardingState::Pending);
     assert_eq!(event.previous_state, OnboardingState::Pending);
-    assert_eq!(store.events(id, 0, 10).await.unwrap(), vec![event]);
+    assert_eq!(store.events(id, 0, 10).await.unwrap(), vec![event.clone()]);
     assert_eq!(store.onboarding(&t, id).await.unwrap(), Some(new.onboarding.clone()));
     let steps = store.steps(id).await.unwrap();
     assert_eq!(steps, new.steps);
     let notice = tokio::time::timeout(Duration::from_secs(5), rx.recv()).await.unwrap().unwrap();
-    assert_eq!(notice, ChangeNotice { onboarding_id: id.clone(), sequence: 1 });
+    assert_eq!((&notice.onboarding_id, notice.sequence), (id, 1));
+    // This replica's notice carries the committed event, so its streams need not read it back.
+    let committed = notice.committed.expect("a local notice carries its event");
+    assert_eq!(*committed.event, event);
+    assert_eq!(committed.step, None);
     // Same id twice.
     let again = NewOnboarding { idempotency: None, ..new.clone() };
     assert!(matches!(store.create_onboarding(&again).await, Err(StoreError::AlreadyExists(_))));
@@ -385,17 +399,17 @@ async fn check_onboarding_reads(store: Arc<dyn Store>) {
     let id = &new.onboarding.id;
     assert_eq!(store.onboarding(&stranger, id).await.unwrap(), None, "tenant isolation");
     assert_eq!(store.onboarding_unscoped(id).await.unwrap().map(|o| o.tenant_id), Some(t.clone()));
-    assert_eq!(store.onboarding_by_external_key(&a.id, "app-1").await.unwrap().map(|o| o.id), Some(id.clone()));
-    assert_eq!(store.onboarding_by_external_key(&a.id, "app-2").await.unwrap(), None);
+    assert_eq!(by_key(&store, &a.id, "app-1").await.unwrap().map(|o| o.id), Some(id.clone()));
+    assert_eq!(by_key(&store, &a.id, "app-2").await.unwrap(), None);
     let other_account = account(&store, &t, ProviderKind::Gupshup).await;
-    assert_eq!(store.onboarding_by_external_key(&other_account.id, "app-1").await.unwrap(), None);
+    assert_eq!(by_key(&store, &other_account.id, "app-1").await.unwrap(), None);
     // A key set later by a change is found too.
     let o2 = onboarding(&store, &a, "r").await;
     store
         .apply_change(&OnboardingChange { external_key: Some("app-2".into()), ..change(&o2.id, "linked") })
         .await
         .unwrap();
-    assert_eq!(store.onboarding_by_external_key(&a.id, "app-2").await.unwrap().map(|o| o.id), Some(o2.id));
+    assert_eq!(by_key(&store, &a.id, "app-2").await.unwrap().map(|o| o.id), Some(o2.id));
     assert!(
         store
             .list_onboardings(&stranger, &OnboardingFilter::default(), &page(10, None))
@@ -404,6 +418,57 @@ async fn check_onboarding_reads(store: Arc<dyn Store>) {
             .items
             .is_empty()
     );
+}
+
+async fn check_bulk_reads(store: Arc<dyn Store>) {
+    let t = tenant(&store).await;
+    let a = account(&store, &t, ProviderKind::Gupshup).await;
+    let b = account(&store, &t, ProviderKind::Gupshup).await;
+    let keyed = |account: &AccountRecord, key: &str, steps: &[(&str, StepState, Option<UnixMs>)]| {
+        let mut new = new_onboarding(account, key, steps);
+        new.onboarding.external_key = Some(key.into());
+        new
+    };
+    let mut created = Vec::new();
+    for new in [
+        keyed(&a, "k1", &[("first", StepState::Pending, None)]),
+        keyed(&a, "k2", &[("b", StepState::Ready, None), ("a", StepState::Pending, None)]),
+        // The key reused by a later attempt: that one is the answer.
+        keyed(&a, "k1", &[]),
+        keyed(&b, "k2", &[("first", StepState::Pending, None)]),
+    ] {
+        store.create_onboarding(&new).await.unwrap();
+        created.push(new.onboarding);
+    }
+    assert!(store.onboardings_by_external_keys(&a.id, &[]).await.unwrap().is_empty());
+    // More keys than one query binds, most of them unknown.
+    let mut keys: Vec<String> = (0..1200).map(|i| format!("unknown-{i}")).collect();
+    keys.insert(7, "k1".into());
+    keys.push("k2".into());
+    let mut found = store.onboardings_by_external_keys(&a.id, &keys).await.unwrap();
+    found.sort_by(|x, y| x.id.cmp(&y.id));
+    // Ids are time-ordered to the millisecond: two made within one compare by their random part.
+    let newest_k1 = if created[2].id > created[0].id { &created[2] } else { &created[0] };
+    let mut want = vec![created[1].clone(), newest_k1.clone()];
+    want.sort_by(|x, y| x.id.cmp(&y.id));
+    assert_eq!(found, want);
+    for o in &found {
+        let one = by_key(&store, &a.id, o.external_key.as_deref().unwrap()).await.unwrap();
+        assert_eq!(one.as_ref(), Some(o), "the same answer for one key");
+    }
+
+    assert!(store.steps_of(&[]).await.unwrap().is_empty());
+    let mut ids: Vec<OnboardingId> = (0..1200).map(|_| new_id()).collect();
+    ids.insert(3, created[1].id.clone());
+    ids.push(created[0].id.clone());
+    ids.push(created[2].id.clone());
+    let all = store.steps_of(&ids).await.unwrap();
+    assert_eq!(all.len(), 3);
+    for o in &created[..3] {
+        let mine: Vec<StepRecord> = all.iter().filter(|s| s.onboarding_id == o.id).cloned().collect();
+        assert_eq!(mine, store.steps(&o.id).await.unwrap(), "as `steps` orders them");
+    }
+    assert!(all.iter().all(|s| s.onboarding_id != created[3].id));
 }
 
 async fn check_latest_sequences(store: Arc<dyn Store>) {
@@ -444,6 +509,10 @@ async fn check_onboarding_reads_follow_writes(store: Arc<dyn Store>) {
     assert_eq!((read.sequence, read.state), (e.sequence, OnboardingState::Live));
     assert_eq!(store.onboarding_unscoped(&o.id).await.unwrap().map(|o| o.sequence), Some(e.sequence));
     assert_eq!(store.onboarding(&stranger, &o.id).await.unwrap(), None);
+    // The shared read answers the same, scoped the same.
+    assert_eq!(store.onboarding_shared(&t, &o.id).await.unwrap().as_deref(), Some(&read));
+    assert_eq!(store.onboarding_shared(&stranger, &o.id).await.unwrap(), None);
+    assert_eq!(store.onboarding_shared(&t, &new_id()).await.unwrap(), None);
 
     let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
     let readers: Vec<_> = (0..4)
@@ -454,7 +523,9 @@ async fn check_onboarding_reads_follow_writes(store: Arc<dyn Store>) {
                 while !stop.load(std::sync::atomic::Ordering::SeqCst) {
                     let seq = store.onboarding(&t, &id).await.unwrap().unwrap().sequence;
                     assert!(seq >= last, "read sequence {seq} after {last}");
-                    last = seq;
+                    let shared = store.onboarding_shared(&t, &id).await.unwrap().unwrap().sequence;
+                    assert!(shared >= seq, "shared read sequence {shared} after {seq}");
+                    last = shared;
                     tokio::task::yield_now().await;
                 }
             })
@@ -464,7 +535,53 @@ async fn check_onboarding_reads_follow_writes(store: Arc<dyn Store>) {
         let e = store.apply_change(&change(&o.id, &format!("c{i}"))).await.unwrap();
         let seen = store.onboarding(&t, &o.id).await.unwrap().unwrap().sequence;
         assert_eq!(seen, e.sequence, "a read after a returned write sees it");
+        assert_eq!(store.onboarding_shared(&t, &o.id).await.unwrap().unwrap().sequence, e.sequence);
         assert_eq!(store.onboarding_unscoped(&o.id).await.unwrap().unwrap().sequence, e.sequence);
+    }
+    stop.store(true, std::sync::atomic::Ordering::SeqCst);
+    for r in readers {
+        r.await.unwrap();
+    }
+}
+
+async fn check_pipeline(store: Arc<dyn Store>) {
+    let t = tenant(&store).await;
+    let stranger = tenant(&store).await;
+    let a = account(&store, &t, ProviderKind::Gupshup).await;
+    let new = new_onboarding(&a, "r", &[("b", StepState::Ready, None), ("a", StepState::Pending, None)]);
+    store.create_onboarding(&new).await.unwrap();
+    let id = new.onboarding.id.clone();
+    let (o, steps) = store.pipeline(&t, &id).await.unwrap().unwrap();
+    assert_eq!(o, new.onboarding);
+    assert_eq!(steps, store.steps(&id).await.unwrap());
+    assert_eq!(store.pipeline(&stranger, &id).await.unwrap(), None, "tenant isolation");
+    assert_eq!(store.pipeline(&t, &new_id()).await.unwrap(), None);
+
+    // Every change writes the same counter into the onboarding and into a step: a reader must
+    // never see the two apart.
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let readers: Vec<_> = (0..3)
+        .map(|_| {
+            let (store, t, id, stop) = (store.clone(), t.clone(), id.clone(), stop.clone());
+            tokio::spawn(async move {
+                let mut reads = 0;
+                while !stop.load(std::sync::atomic::Ordering::SeqCst) || reads == 0 {
+                    let (o, steps) = store.pipeline(&t, &id).await.unwrap().unwrap();
+                    let step = steps.iter().find(|s| s.name == "b").unwrap();
+                    if o.sequence > 1 {
+                        assert_eq!(o.details_json, step.data_json, "one snapshot at sequence {}", o.sequence);
+                    }
+                    reads += 1;
+                    tokio::task::yield_now().await;
+                }
+            })
+        })
+        .collect();
+    let mut b = new.steps[0].clone();
+    for i in 0..40 {
+        b.data_json = format!(r#"{{"n":{i}}}"#);
+        let c = OnboardingChange { details_json: Some(b.data_json.clone()), steps: vec![b.clone()], ..change(&id, "n") };
+        store.apply_change(&c).await.unwrap();
     }
     stop.store(true, std::sync::atomic::Ordering::SeqCst);
     for r in readers {
@@ -650,8 +767,12 @@ async fn check_apply_change(store: Arc<dyn Store>) {
     };
     assert_eq!(o, expected);
     let steps = store.steps(&id).await.unwrap();
-    assert_eq!(steps, vec![done, new.steps[1].clone(), added], "upserted by name, in position order");
-    assert_eq!(tokio::time::timeout(Duration::from_secs(5), rx.recv()).await.unwrap().unwrap().sequence, 2);
+    assert_eq!(steps, vec![done.clone(), new.steps[1].clone(), added], "upserted by name, in position order");
+    let notice = tokio::time::timeout(Duration::from_secs(5), rx.recv()).await.unwrap().unwrap();
+    assert_eq!(notice.sequence, 2);
+    let committed = notice.committed.expect("a local notice carries its event");
+    assert_eq!(*committed.event, ev);
+    assert_eq!(committed.step.as_deref(), Some(&done), "the step the event names, as written");
 
     // An empty change keeps every field and still appends an event.
     let ev3 = store.apply_change(&change(&id, "token_read")).await.unwrap();
@@ -668,6 +789,25 @@ async fn check_apply_change(store: Arc<dyn Store>) {
 
     let missing = change(&new_id(), "x");
     assert!(matches!(store.apply_change(&missing).await, Err(StoreError::NotFound(_))));
+
+    // The notice's step is the row as stored: an upsert keeps the step's first `created_ms`.
+    while rx.try_recv().is_ok() {}
+    let rewritten = StepRecord { created_ms: 99_999, attempts: 2, ..done.clone() };
+    let named = |step: &str| NewEvent { step: Some(step.into()), ..change(&id, "retried").event };
+    let ev4 = store
+        .apply_change(&OnboardingChange { steps: vec![rewritten.clone()], event: named("link_app"), ..change(&id, "") })
+        .await
+        .unwrap();
+    let notice = tokio::time::timeout(Duration::from_secs(5), rx.recv()).await.unwrap().unwrap();
+    let committed = notice.committed.expect("a local notice carries its event");
+    assert_eq!(*committed.event, ev4);
+    let stored = store.steps(&id).await.unwrap().into_iter().find(|s| s.name == "link_app").unwrap();
+    assert_eq!(stored.created_ms, done.created_ms);
+    assert_eq!(committed.step.as_deref(), Some(&stored));
+    // An event naming a step the change did not write: the notice cannot carry it whole.
+    store.apply_change(&OnboardingChange { event: named("poll"), ..change(&id, "") }).await.unwrap();
+    let notice = tokio::time::timeout(Duration::from_secs(5), rx.recv()).await.unwrap().unwrap();
+    assert_eq!((notice.sequence, notice.committed), (5, None));
 }
 
 async fn check_apply_change_stale(store: Arc<dyn Store>) {
@@ -1201,13 +1341,13 @@ async fn check_rate_restamp(store: Arc<dyn Store>) {
 async fn check_notify_subscribe(store: Arc<dyn Store>) {
     let mut rx1 = store.subscribe();
     let mut rx2 = store.subscribe();
-    let notice = ChangeNotice { onboarding_id: new_id(), sequence: 7 };
+    let notice = ChangeNotice::moved(new_id(), 7);
     store.notify(&notice).await.unwrap();
     for rx in [&mut rx1, &mut rx2] {
         assert_eq!(tokio::time::timeout(Duration::from_secs(5), rx.recv()).await.unwrap().unwrap(), notice);
     }
     // Delivered once: no echo comes back (on PostgreSQL, through LISTEN).
-    let second = ChangeNotice { onboarding_id: new_id(), sequence: 1 };
+    let second = ChangeNotice::moved(new_id(), 1);
     tokio::time::sleep(Duration::from_millis(200)).await;
     store.notify(&second).await.unwrap();
     assert_eq!(tokio::time::timeout(Duration::from_secs(5), rx1.recv()).await.unwrap().unwrap(), second);
@@ -1249,7 +1389,9 @@ conformance_suite!(
     check_create_onboardings_is_atomic,
     check_onboarding_reads,
     check_latest_sequences,
+    check_bulk_reads,
     check_onboarding_reads_follow_writes,
+    check_pipeline,
     check_list_onboardings,
     check_count_onboardings,
     check_apply_change,
@@ -1353,7 +1495,7 @@ mod postgres_only {
         };
         let second = PgStore::connect(&url).await.unwrap();
         let mut rx = first.subscribe();
-        let notice = ChangeNotice { onboarding_id: new_id(), sequence: 3 };
+        let notice = ChangeNotice::moved(new_id(), 3);
         second.notify(&notice).await.unwrap();
         assert_eq!(tokio::time::timeout(Duration::from_secs(5), rx.recv()).await.unwrap().unwrap(), notice);
 
@@ -1363,7 +1505,8 @@ mod postgres_only {
         let o = onboarding(&first, &a, "r").await;
         let mut rx2 = second.subscribe();
         first.apply_change(&change(&o.id, "x")).await.unwrap();
-        let wanted = ChangeNotice { onboarding_id: o.id.clone(), sequence: 2 };
+        // From another replica: a bare notice (its readers read the event).
+        let wanted = ChangeNotice::moved(o.id.clone(), 2);
         let got = tokio::time::timeout(Duration::from_secs(5), async {
             // The creation notice (sequence 1) may still be on its way.
             loop {

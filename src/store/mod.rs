@@ -117,12 +117,47 @@ pub struct PageRequest {
 
 /// A wake-up sent when an onboarding's event log grows. Subscribers re-read the log from
 /// the store, so a missed notification costs latency, never data.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct ChangeNotice {
     /// Which onboarding.
     pub onboarding_id: OnboardingId,
     /// Its latest sequence.
     pub sequence: i64,
+    /// The event just committed at `sequence` (with the step it names, as written by the same
+    /// transaction), when this replica wrote it: local subscribers use it instead of reading
+    /// it back. `None` in notices from other replicas, or when the change did not write the
+    /// step its event names.
+    pub committed: Option<Committed>,
+}
+
+/// An event as committed, with the step it names as that transaction left it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Committed {
+    /// The event.
+    pub event: Arc<EventRecord>,
+    /// The step the event names, if it names one.
+    pub step: Option<Arc<StepRecord>>,
+}
+
+impl ChangeNotice {
+    /// A bare notice: the onboarding moved to `sequence`; readers read the events.
+    pub fn moved(onboarding_id: OnboardingId, sequence: i64) -> Self {
+        Self { onboarding_id, sequence, committed: None }
+    }
+
+    /// The notice for a committed `event`, carrying it when every part of it is at hand:
+    /// `written` are the steps the same transaction wrote.
+    pub fn committed(event: &EventRecord, written: &[StepRecord]) -> Self {
+        let step = match &event.step {
+            None => Some(None),
+            Some(name) => written.iter().find(|s| &s.name == name).map(|s| Some(Arc::new(s.clone()))),
+        };
+        Self {
+            onboarding_id: event.onboarding_id.clone(),
+            sequence: event.sequence,
+            committed: step.map(|step| Committed { event: Arc::new(event.clone()), step }),
+        }
+    }
 }
 
 /// The persistence port.
@@ -194,15 +229,33 @@ pub trait Store: Send + Sync + 'static {
     async fn create_onboardings(&self, batch: &[NewOnboarding]) -> StoreResult<Vec<EventRecord>>;
     /// One of the tenant's onboardings.
     async fn onboarding(&self, tenant: &TenantId, id: &OnboardingId) -> StoreResult<Option<OnboardingRecord>>;
+    /// One of the tenant's onboardings with its steps (as [`Store::steps`] orders them), read
+    /// in one snapshot, so a change's step outcome and onboarding fields are seen together.
+    /// Not through any cache: for snapshots that read the steps anyway (`GetPipeline`, the
+    /// first message of a stream).
+    async fn pipeline(
+        &self,
+        tenant: &TenantId,
+        id: &OnboardingId,
+    ) -> StoreResult<Option<(OnboardingRecord, Vec<StepRecord>)>>;
+    /// [`Store::onboarding`], shared: where the backend caches rows, the cached one itself (no
+    /// copy), so a caller that only reads it (a `GetOnboarding` answer) copies nothing.
+    async fn onboarding_shared(
+        &self,
+        tenant: &TenantId,
+        id: &OnboardingId,
+    ) -> StoreResult<Option<Arc<OnboardingRecord>>>;
     /// An onboarding regardless of tenant: for the engine and the ingress only.
     async fn onboarding_unscoped(&self, id: &OnboardingId) -> StoreResult<Option<OnboardingRecord>>;
-    /// Finds the onboarding of `account` whose provider-side key (app id, channel id, link
-    /// token, phone) is `external_key`.
-    async fn onboarding_by_external_key(
+    /// The onboardings of `account` whose provider-side keys (app id, channel id, link token,
+    /// phone) are among `external_keys`, in one read: at most one per key, the newest (a key
+    /// reused after a cancelled attempt names the latest one), in no particular order. Keys
+    /// without one are left out.
+    async fn onboardings_by_external_keys(
         &self,
         account: &AccountId,
-        external_key: &str,
-    ) -> StoreResult<Option<OnboardingRecord>>;
+        external_keys: &[String],
+    ) -> StoreResult<Vec<OnboardingRecord>>;
     /// The tenant's onboarding of `provider` whose provider-side key is `external_key` (e.g.
     /// a Whapi channel id), for RPCs that name provider resources.
     async fn onboarding_by_resource(
@@ -239,6 +292,9 @@ pub trait Store: Send + Sync + 'static {
     /// The current sequence of each of `ids` that exists, in no particular order (one query
     /// per few hundred ids), so stream fan-out can reconcile every watched onboarding at once.
     async fn latest_sequences(&self, ids: &[OnboardingId]) -> StoreResult<Vec<(OnboardingId, i64)>>;
+    /// The steps of several onboardings in one read, by onboarding, then as [`Store::steps`]
+    /// orders them.
+    async fn steps_of(&self, ids: &[OnboardingId]) -> StoreResult<Vec<StepRecord>>;
 
     // ----- durable work -----
 

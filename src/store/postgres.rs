@@ -93,7 +93,7 @@ impl PgStore {
 
     /// No cache: another replica's write reaches this one only through an asynchronous
     /// `NOTIFY`, so a cached row could be served after that write was acknowledged.
-    fn onboarding_cache(&self) -> Option<&super::cache::OnboardingCache> {
+    fn caches(&self) -> Option<&super::cache::Caches> {
         None
     }
 
@@ -182,6 +182,8 @@ sql::impl_sql_store! {
     backend: Backend::Postgres,
     for_update: " FOR UPDATE",
     skip_locked: " FOR UPDATE SKIP LOCKED",
+    // READ COMMITTED would give each statement its own snapshot.
+    snapshot: "BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY",
 }
 
 // ----- test schemas -----

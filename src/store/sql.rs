@@ -8,9 +8,9 @@
 //! - `async fn lock_rate_key(conn, key)`: serialises one rate-limit key inside a transaction;
 //! - `async fn publish(&self, notice)` and `fn bus(&self)`: change notification, called after
 //!   the commit of every write that changes an onboarding row (its sequence grows);
-//! - `fn onboarding_cache(&self) -> Option<&OnboardingCache>`: where reads of one onboarding
-//!   go through, when the backend can keep such a cache exactly coherent (its `publish`
-//!   invalidates it; see [`super::cache`]).
+//! - `fn caches(&self) -> Option<&Caches>`: where reads of one onboarding or account go
+//!   through, when the backend can keep such caches exactly coherent (its `publish`
+//!   invalidates onboardings, account writes invalidate accounts; see [`super::cache`]).
 //!
 //! [`Store`]: super::Store
 
@@ -140,6 +140,15 @@ pub(crate) fn migrate_err(e: sqlx::migrate::MigrateError) -> StoreError {
     }
 }
 
+/// Ids bound in one `IN (...)` list: well under both backends' bind-parameter limits.
+pub(crate) const IN_CHUNK: usize = 500;
+
+/// `$from, $from+1, ...`: `n` numbered placeholders for an `IN (...)` list.
+pub(crate) fn placeholders(from: usize, n: usize) -> String {
+    let marks: Vec<String> = (from..from + n).map(|i| format!("${i}")).collect();
+    marks.join(", ")
+}
+
 /// Cross-replica notification payload: `onboarding_id:sequence:origin`. The origin (the
 /// sending store instance) lets a replica skip its own notices, which it already delivered
 /// locally.
@@ -152,13 +161,14 @@ pub(crate) fn parse_notice_payload(payload: &str) -> Option<(ChangeNotice, Optio
     let mut parts = payload.splitn(3, ':');
     let onboarding_id = OnboardingId::parse(parts.next()?).ok()?;
     let sequence = parts.next()?.parse().ok()?;
-    Some((ChangeNotice { onboarding_id, sequence }, parts.next()))
+    Some((ChangeNotice::moved(onboarding_id, sequence), parts.next()))
 }
 
 /// Expands the shared `impl Store` for one backend. Arguments: the store type, its sqlx
-/// database, row and connection types, the [`Backend`](super::Backend) value, and the two
+/// database, row and connection types, the [`Backend`](super::Backend) value, the two
 /// lock clauses (`" FOR UPDATE"` and `" FOR UPDATE SKIP LOCKED"` on PostgreSQL, `""` on
-/// SQLite, where the single writer connection already serialises writers).
+/// SQLite, where the single writer connection already serialises writers), and the statement
+/// that begins a transaction whose reads share one snapshot.
 macro_rules! impl_sql_store {
     (
         store: $store:ty,
@@ -167,7 +177,8 @@ macro_rules! impl_sql_store {
         conn: $conn:ty,
         backend: $backend:expr,
         for_update: $for_update:literal,
-        skip_locked: $skip_locked:literal $(,)?
+        skip_locked: $skip_locked:literal,
+        snapshot: $snapshot:literal $(,)?
     ) => {
         impl $store {
             fn tenant_from(r: &$row) -> $crate::store::StoreResult<$crate::store::TenantRecord> {
@@ -362,13 +373,32 @@ macro_rules! impl_sql_store {
                 Ok(())
             }
 
+            /// Writes `steps`, and returns the one named `named` as stored (for the change
+            /// notice), if among them.
+            async fn write_steps(
+                conn: &mut $conn,
+                onboarding: &$crate::domain::OnboardingId,
+                steps: &[$crate::store::StepRecord],
+                named: Option<&str>,
+            ) -> $crate::store::StoreResult<Option<$crate::store::StepRecord>> {
+                let mut found = None;
+                for step in steps {
+                    let created_ms = Self::upsert_step(conn, onboarding, step).await?;
+                    if named == Some(step.name.as_str()) {
+                        found = Some($crate::store::StepRecord { created_ms, ..step.clone() });
+                    }
+                }
+                Ok(found)
+            }
+
             /// Inserts or replaces a step (matched by onboarding and name; `created_ms` kept).
+            /// Returns the stored `created_ms`.
             async fn upsert_step(
                 conn: &mut $conn,
                 onboarding: &$crate::domain::OnboardingId,
                 s: &$crate::store::StepRecord,
-            ) -> $crate::store::StoreResult<()> {
-                sqlx::query(
+            ) -> $crate::store::StoreResult<i64> {
+                let row = sqlx::query(
                     "INSERT INTO pipeline_steps (onboarding_id, name, position, state, attempts, max_attempts, \
                      next_run_ms, lease_owner, lease_until_ms, last_error, last_error_code, \
                      provider_stage_json, data_json, deadline_ms, started_ms, finished_ms, created_ms, updated_ms) \
@@ -380,7 +410,7 @@ macro_rules! impl_sql_store {
                      last_error_code = excluded.last_error_code, provider_stage_json = excluded.provider_stage_json, \
                      data_json = excluded.data_json, deadline_ms = excluded.deadline_ms, \
                      started_ms = excluded.started_ms, finished_ms = excluded.finished_ms, \
-                     updated_ms = excluded.updated_ms",
+                     updated_ms = excluded.updated_ms RETURNING created_ms",
                 )
                 .bind(onboarding.as_str())
                 .bind(s.name.as_str())
@@ -400,9 +430,9 @@ macro_rules! impl_sql_store {
                 .bind(s.finished_ms)
                 .bind(s.created_ms)
                 .bind(s.updated_ms)
-                .execute(&mut *conn)
+                .fetch_one(&mut *conn)
                 .await?;
-                Ok(())
+                Ok(row.try_get("created_ms")?)
             }
 
             /// Publishes after a commit. The write already happened, so a failed notification
@@ -412,7 +442,7 @@ macro_rules! impl_sql_store {
             async fn insert_new_onboarding(
                 tx: &mut $conn,
                 new: &$crate::store::NewOnboarding,
-            ) -> $crate::store::StoreResult<$crate::store::EventRecord> {
+            ) -> $crate::store::StoreResult<($crate::store::EventRecord, $crate::store::ChangeNotice)> {
                 let o = &new.onboarding;
                 if let Some(k) = &new.idempotency {
                     // First, so a duplicate key fails before anything else is written (the
@@ -444,9 +474,7 @@ macro_rules! impl_sql_store {
                 .bind(o.updated_ms)
                 .execute(&mut *tx)
                 .await?;
-                for step in &new.steps {
-                    Self::upsert_step(tx, &o.id, step).await?;
-                }
+                let step = Self::write_steps(tx, &o.id, &new.steps, new.event.step.as_deref()).await?;
                 let event = $crate::store::EventRecord {
                     onboarding_id: o.id.clone(),
                     sequence: 1,
@@ -460,7 +488,8 @@ macro_rules! impl_sql_store {
                     created_ms: o.created_ms,
                 };
                 Self::insert_event(tx, &event).await?;
-                Ok(event)
+                let notice = $crate::store::ChangeNotice::committed(&event, step.as_slice());
+                Ok((event, notice))
             }
 
             /// Applies one change inside `tx` (see `Store::apply_changes`). Every check comes
@@ -468,7 +497,7 @@ macro_rules! impl_sql_store {
             async fn apply_in(
                 tx: &mut $conn,
                 change: &$crate::store::OnboardingChange,
-            ) -> $crate::store::StoreResult<$crate::store::ChangeOutcome> {
+            ) -> $crate::store::StoreResult<($crate::store::ChangeOutcome, Option<$crate::store::ChangeNotice>)> {
                 use $crate::store::ChangeOutcome;
                 let id = change
                     .onboarding_id
@@ -479,16 +508,14 @@ macro_rules! impl_sql_store {
                     .fetch_optional(&mut *tx)
                     .await?;
                 let Some(row) = row else {
-                    return Ok(ChangeOutcome::NotFound(format!("onboarding {id}")));
+                    return Ok((ChangeOutcome::NotFound(format!("onboarding {id}")), None));
                 };
                 let old = Self::onboarding_from(&row)?;
                 if let Some(expected) = change.expect_sequence
                     && expected != old.sequence
                 {
-                    return Ok(ChangeOutcome::Conflict(format!(
-                        "onboarding {id} is at sequence {}, not {expected}",
-                        old.sequence
-                    )));
+                    let m = format!("onboarding {id} is at sequence {}, not {expected}", old.sequence);
+                    return Ok((ChangeOutcome::Conflict(m), None));
                 }
                 if let Some(webhook) = &change.webhook_event_id {
                     // Only a pending event: one already processed (its lease lapsed and another
@@ -505,10 +532,11 @@ macro_rules! impl_sql_store {
                             .bind(webhook.as_str())
                             .fetch_optional(&mut *tx)
                             .await?;
-                        return Ok(match exists {
+                        let outcome = match exists {
                             Some(_) => ChangeOutcome::AlreadyProcessed(format!("webhook event {webhook} already processed")),
                             None => ChangeOutcome::NotFound(format!("webhook event {webhook}")),
-                        });
+                        };
+                        return Ok((outcome, None));
                     }
                 }
                 let new = change.applied_to(&old);
@@ -542,9 +570,7 @@ macro_rules! impl_sql_store {
                     // An error, not an outcome: the webhook mark above must roll back too.
                     return Err($crate::store::StoreError::Conflict(format!("onboarding {id} changed concurrently")));
                 }
-                for step in &change.steps {
-                    Self::upsert_step(tx, id, step).await?;
-                }
+                let step = Self::write_steps(tx, id, &change.steps, change.event.step.as_deref()).await?;
                 let event = $crate::store::EventRecord {
                     onboarding_id: id.clone(),
                     sequence: new.sequence,
@@ -558,7 +584,8 @@ macro_rules! impl_sql_store {
                     created_ms: change.at_ms,
                 };
                 Self::insert_event(tx, &event).await?;
-                Ok(ChangeOutcome::Applied(event))
+                let notice = $crate::store::ChangeNotice::committed(&event, step.as_slice());
+                Ok((ChangeOutcome::Applied(event), Some(notice)))
             }
 
             /// The onboarding `id` whatever its tenant, through the backend's cache if any.
@@ -568,16 +595,35 @@ macro_rules! impl_sql_store {
             ) -> $crate::store::StoreResult<Option<$crate::store::OnboardingRecord>> {
                 let key = [id.as_str()];
                 let load = self.find("SELECT * FROM onboardings WHERE id = $1", &key, Self::onboarding_from);
-                match self.onboarding_cache() {
-                    Some(cache) => cache.read_through(id, load).await,
+                match self.caches() {
+                    Some(c) => c.onboardings.read_through(id, load).await,
                     None => load.await,
                 }
             }
 
-            async fn publish_after_commit(&self, onboarding_id: &$crate::domain::OnboardingId, sequence: i64) {
-                let notice = $crate::store::ChangeNotice { onboarding_id: onboarding_id.clone(), sequence };
-                if let Err(error) = self.publish(&notice).await {
-                    tracing::warn!(%error, onboarding_id = %onboarding_id, "change notification failed");
+            /// The account `id` whatever its tenant, through the backend's cache if any.
+            async fn account_row(
+                &self,
+                id: &$crate::domain::AccountId,
+            ) -> $crate::store::StoreResult<Option<$crate::store::AccountRecord>> {
+                let key = [id.as_str()];
+                let load = self.find("SELECT * FROM accounts WHERE id = $1", &key, Self::account_from);
+                match self.caches() {
+                    Some(c) => c.accounts.read_through(id, load).await,
+                    None => load.await,
+                }
+            }
+
+            /// Forgets a written account, after the write's commit and before it returns.
+            fn account_written(&self, id: &$crate::domain::AccountId) {
+                if let Some(c) = self.caches() {
+                    c.accounts.invalidate(id);
+                }
+            }
+
+            async fn publish_after_commit(&self, notice: &$crate::store::ChangeNotice) {
+                if let Err(error) = self.publish(notice).await {
+                    tracing::warn!(%error, onboarding_id = %notice.onboarding_id, "change notification failed");
                 }
             }
         }
@@ -711,19 +757,15 @@ macro_rules! impl_sql_store {
                 tenant: &$crate::domain::TenantId,
                 id: &$crate::domain::AccountId,
             ) -> $crate::store::StoreResult<Option<$crate::store::AccountRecord>> {
-                self.find(
-                    "SELECT * FROM accounts WHERE tenant_id = $1 AND id = $2",
-                    &[tenant.as_str(), id.as_str()],
-                    Self::account_from,
-                )
-                .await
+                // By primary key, then scoped: another tenant's id reads as absent.
+                Ok(self.account_row(id).await?.filter(|a| a.tenant_id == *tenant))
             }
 
             async fn account_unscoped(
                 &self,
                 id: &$crate::domain::AccountId,
             ) -> $crate::store::StoreResult<Option<$crate::store::AccountRecord>> {
-                self.find("SELECT * FROM accounts WHERE id = $1", &[id.as_str()], Self::account_from).await
+                self.account_row(id).await
             }
 
             async fn list_accounts(
@@ -764,6 +806,7 @@ macro_rules! impl_sql_store {
                 .bind(a.updated_ms)
                 .execute(self.writer())
                 .await?;
+                self.account_written(&a.id);
                 if done.rows_affected() == 0 {
                     return Err($crate::store::StoreError::NotFound(format!("account {}", a.id)));
                 }
@@ -780,6 +823,7 @@ macro_rules! impl_sql_store {
                     .bind(id.as_str())
                     .execute(self.writer())
                     .await?;
+                self.account_written(id);
                 Ok(done.rows_affected() > 0)
             }
 
@@ -810,12 +854,15 @@ macro_rules! impl_sql_store {
             ) -> $crate::store::StoreResult<Vec<$crate::store::EventRecord>> {
                 let mut tx = self.writer().begin().await?;
                 let mut events = Vec::with_capacity(batch.len());
+                let mut notices = Vec::with_capacity(batch.len());
                 for new in batch {
-                    events.push(Self::insert_new_onboarding(&mut tx, new).await?);
+                    let (event, notice) = Self::insert_new_onboarding(&mut tx, new).await?;
+                    events.push(event);
+                    notices.push(notice);
                 }
                 tx.commit().await?;
-                for e in &events {
-                    self.publish_after_commit(&e.onboarding_id, 1).await;
+                for notice in &notices {
+                    self.publish_after_commit(notice).await;
                 }
                 Ok(events)
             }
@@ -827,6 +874,47 @@ macro_rules! impl_sql_store {
             ) -> $crate::store::StoreResult<Option<$crate::store::OnboardingRecord>> {
                 // By primary key, then scoped: another tenant's id reads as absent.
                 Ok(self.onboarding_row(id).await?.filter(|o| o.tenant_id == *tenant))
+            }
+
+            async fn pipeline(
+                &self,
+                tenant: &$crate::domain::TenantId,
+                id: &$crate::domain::OnboardingId,
+            ) -> $crate::store::StoreResult<Option<($crate::store::OnboardingRecord, Vec<$crate::store::StepRecord>)>> {
+                // Both reads in one snapshot: a step's outcome and the onboarding fields the same
+                // change wrote are seen together.
+                let mut tx = self.reader().begin_with($snapshot).await?;
+                let row = sqlx::query("SELECT * FROM onboardings WHERE id = $1")
+                    .bind(id.as_str())
+                    .fetch_optional(&mut *tx)
+                    .await?;
+                let Some(o) = row.map(|r| Self::onboarding_from(&r)).transpose()? else {
+                    return Ok(None);
+                };
+                if o.tenant_id != *tenant {
+                    return Ok(None);
+                }
+                let rows = sqlx::query("SELECT * FROM pipeline_steps WHERE onboarding_id = $1 ORDER BY position, name")
+                    .bind(id.as_str())
+                    .fetch_all(&mut *tx)
+                    .await?;
+                // Read only: ending it either way releases the snapshot.
+                tx.rollback().await?;
+                Ok(Some((o, Self::all(rows, Self::step_from)?)))
+            }
+
+            async fn onboarding_shared(
+                &self,
+                tenant: &$crate::domain::TenantId,
+                id: &$crate::domain::OnboardingId,
+            ) -> $crate::store::StoreResult<Option<std::sync::Arc<$crate::store::OnboardingRecord>>> {
+                let key = [id.as_str()];
+                let load = self.find("SELECT * FROM onboardings WHERE id = $1", &key, Self::onboarding_from);
+                let row = match self.caches() {
+                    Some(c) => c.onboardings.read_shared(id, load).await?,
+                    None => load.await?.map(std::sync::Arc::new),
+                };
+                Ok(row.filter(|o| o.tenant_id == *tenant))
             }
 
             async fn onboarding_unscoped(
@@ -851,18 +939,36 @@ macro_rules! impl_sql_store {
                 .await
             }
 
-            async fn onboarding_by_external_key(
+            async fn onboardings_by_external_keys(
                 &self,
                 account: &$crate::domain::AccountId,
-                external_key: &str,
-            ) -> $crate::store::StoreResult<Option<$crate::store::OnboardingRecord>> {
-                // Newest first: a key reused after a cancelled attempt names the latest one.
-                self.find(
-                    "SELECT * FROM onboardings WHERE account_id = $1 AND external_key = $2 ORDER BY id DESC LIMIT 1",
-                    &[account.as_str(), external_key],
-                    Self::onboarding_from,
-                )
-                .await
+                external_keys: &[String],
+            ) -> $crate::store::StoreResult<Vec<$crate::store::OnboardingRecord>> {
+                // The newest per key: ids are time-ordered.
+                let mut newest: std::collections::HashMap<String, $crate::store::OnboardingRecord> =
+                    std::collections::HashMap::new();
+                for chunk in external_keys.chunks(sql::IN_CHUNK) {
+                    let sql = format!(
+                        "SELECT * FROM onboardings WHERE account_id = $1 AND external_key IN ({})",
+                        sql::placeholders(2, chunk.len())
+                    );
+                    // Only numbered placeholders are formatted in; the keys are bound.
+                    let mut query = sqlx::query(sqlx::AssertSqlSafe(sql)).bind(account.as_str());
+                    for key in chunk {
+                        query = query.bind(key.as_str());
+                    }
+                    for row in query.fetch_all(self.reader()).await? {
+                        let o = Self::onboarding_from(&row)?;
+                        let Some(key) = o.external_key.clone() else { continue };
+                        match newest.get(&key) {
+                            Some(kept) if kept.id.as_str() >= o.id.as_str() => {}
+                            _ => {
+                                newest.insert(key, o);
+                            }
+                        }
+                    }
+                }
+                Ok(newest.into_values().collect())
             }
 
             async fn list_onboardings(
@@ -910,15 +1016,17 @@ macro_rules! impl_sql_store {
                 let mut tx = self.writer().begin().await?;
                 // Not applied: `tx` drops uncommitted, rolling back (nothing was written anyway).
                 match Self::apply_in(&mut tx, change).await? {
-                    $crate::store::ChangeOutcome::Applied(event) => {
+                    ($crate::store::ChangeOutcome::Applied(event), notice) => {
                         tx.commit().await?;
-                        self.publish_after_commit(&event.onboarding_id, event.sequence).await;
+                        if let Some(notice) = &notice {
+                            self.publish_after_commit(notice).await;
+                        }
                         Ok(event)
                     }
-                    $crate::store::ChangeOutcome::Conflict(m) | $crate::store::ChangeOutcome::AlreadyProcessed(m) => {
+                    ($crate::store::ChangeOutcome::Conflict(m) | $crate::store::ChangeOutcome::AlreadyProcessed(m), _) => {
                         Err($crate::store::StoreError::Conflict(m))
                     }
-                    $crate::store::ChangeOutcome::NotFound(m) => Err($crate::store::StoreError::NotFound(m)),
+                    ($crate::store::ChangeOutcome::NotFound(m), _) => Err($crate::store::StoreError::NotFound(m)),
                 }
             }
 
@@ -931,6 +1039,7 @@ macro_rules! impl_sql_store {
                 }
                 let mut tx = self.writer().begin().await?;
                 let mut outcomes = Vec::with_capacity(changes.len());
+                let mut notices = Vec::with_capacity(changes.len());
                 // Onboardings with a change not applied: their later changes were computed on
                 // top of it, so they are not applied either.
                 let mut blocked = std::collections::HashSet::new();
@@ -943,7 +1052,8 @@ macro_rules! impl_sql_store {
                         )));
                         continue;
                     }
-                    let outcome = Self::apply_in(&mut tx, change).await?;
+                    let (outcome, notice) = Self::apply_in(&mut tx, change).await?;
+                    notices.extend(notice);
                     if !matches!(outcome, $crate::store::ChangeOutcome::Applied(_))
                         && let Some(id) = &change.onboarding_id
                     {
@@ -952,10 +1062,8 @@ macro_rules! impl_sql_store {
                     outcomes.push(outcome);
                 }
                 tx.commit().await?;
-                for outcome in &outcomes {
-                    if let $crate::store::ChangeOutcome::Applied(e) = outcome {
-                        self.publish_after_commit(&e.onboarding_id, e.sequence).await;
-                    }
+                for notice in &notices {
+                    self.publish_after_commit(notice).await;
                 }
                 Ok(outcomes)
             }
@@ -988,15 +1096,33 @@ macro_rules! impl_sql_store {
                 Self::all(rows, Self::step_from)
             }
 
+            async fn steps_of(
+                &self,
+                ids: &[$crate::domain::OnboardingId],
+            ) -> $crate::store::StoreResult<Vec<$crate::store::StepRecord>> {
+                let mut out = Vec::new();
+                for chunk in ids.chunks(sql::IN_CHUNK) {
+                    let sql = format!(
+                        "SELECT * FROM pipeline_steps WHERE onboarding_id IN ({}) ORDER BY onboarding_id, position, name",
+                        sql::placeholders(1, chunk.len())
+                    );
+                    // Only numbered placeholders are formatted in; the ids are bound.
+                    let mut query = sqlx::query(sqlx::AssertSqlSafe(sql));
+                    for id in chunk {
+                        query = query.bind(id.as_str());
+                    }
+                    out.extend(Self::all(query.fetch_all(self.reader()).await?, Self::step_from)?);
+                }
+                Ok(out)
+            }
+
             async fn latest_sequences(
                 &self,
                 ids: &[$crate::domain::OnboardingId],
             ) -> $crate::store::StoreResult<Vec<($crate::domain::OnboardingId, i64)>> {
                 let mut out = Vec::with_capacity(ids.len());
-                // Well under both backends' bind-parameter limits.
-                for chunk in ids.chunks(500) {
-                    let marks: Vec<String> = (1..=chunk.len()).map(|i| format!("${i}")).collect();
-                    let sql = format!("SELECT id, sequence FROM onboardings WHERE id IN ({})", marks.join(", "));
+                for chunk in ids.chunks(sql::IN_CHUNK) {
+                    let sql = format!("SELECT id, sequence FROM onboardings WHERE id IN ({})", sql::placeholders(1, chunk.len()));
                     // Only numbered placeholders are formatted in; the ids are bound.
                     let mut query = sqlx::query(sqlx::AssertSqlSafe(sql));
                     for id in chunk {
@@ -1315,7 +1441,7 @@ mod tests {
 
     #[test]
     fn notice_payload_round_trips() {
-        let notice = ChangeNotice { onboarding_id: OnboardingId::parse("abc-1").unwrap(), sequence: 42 };
+        let notice = ChangeNotice::moved(OnboardingId::parse("abc-1").unwrap(), 42);
         let payload = notice_payload(&notice, "origin1");
         assert_eq!(payload, "abc-1:42:origin1");
         assert_eq!(parse_notice_payload(&payload), Some((notice.clone(), Some("origin1"))));

@@ -1,8 +1,8 @@
 //! SQLite backend: the embedded default for one process. WAL lets readers run beside the
 //! writer; every write goes through a pool of exactly one connection, so write transactions
 //! queue in the process instead of failing with `SQLITE_BUSY` when a read lock is upgraded.
-//! Single onboardings are read through an [`OnboardingCache`] that every committed
-//! onboarding write invalidates (one process writes, so it stays exact).
+//! Single onboardings and accounts are read through [`Caches`] that every committed write
+//! of the row invalidates (one process writes, so they stay exact).
 
 use std::str::FromStr;
 use std::time::Duration;
@@ -14,7 +14,7 @@ use sqlx::sqlite::{
 };
 use tokio::sync::broadcast;
 
-use super::cache::{self, OnboardingCache};
+use super::cache::Caches;
 use super::sql;
 use super::{Backend, ChangeNotice, StoreError, StoreResult};
 
@@ -32,7 +32,7 @@ pub struct SqliteStore {
     writer: SqlitePool,
     reader: SqlitePool,
     bus: broadcast::Sender<ChangeNotice>,
-    onboardings: OnboardingCache,
+    caches: Caches,
 }
 
 impl SqliteStore {
@@ -67,7 +67,7 @@ impl SqliteStore {
                 .connect_lazy_with(options)
         };
         let (bus, _) = broadcast::channel(1024);
-        Ok(Self { writer, reader, bus, onboardings: OnboardingCache::new(cache::DEFAULT_ENTRIES) })
+        Ok(Self { writer, reader, bus, caches: Caches::default() })
     }
 
     fn reader(&self) -> &SqlitePool {
@@ -87,14 +87,14 @@ impl SqliteStore {
         Ok(())
     }
 
-    fn onboarding_cache(&self) -> Option<&OnboardingCache> {
-        Some(&self.onboardings)
+    fn caches(&self) -> Option<&Caches> {
+        Some(&self.caches)
     }
 
     /// One process: the local bus is every subscriber. Runs after every committed onboarding
     /// write, before the write returns: the cached row goes first.
     async fn publish(&self, notice: &ChangeNotice) -> StoreResult<()> {
-        self.onboardings.invalidate(&notice.onboarding_id);
+        self.caches.onboardings.invalidate(&notice.onboarding_id);
         // No receiver is not an error: nobody is watching right now.
         let _ = self.bus.send(notice.clone());
         Ok(())
@@ -109,4 +109,6 @@ sql::impl_sql_store! {
     backend: Backend::Sqlite,
     for_update: "",
     skip_locked: "",
+    // A deferred transaction reads one WAL snapshot from its first read on.
+    snapshot: "BEGIN",
 }

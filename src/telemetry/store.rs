@@ -129,16 +129,32 @@ impl Store for MeteredStore {
         timed(op!("onboarding"), self.inner.onboarding(tenant, id)).await
     }
 
+    async fn pipeline(
+        &self,
+        tenant: &TenantId,
+        id: &OnboardingId,
+    ) -> StoreResult<Option<(OnboardingRecord, Vec<StepRecord>)>> {
+        timed(op!("pipeline"), self.inner.pipeline(tenant, id)).await
+    }
+
+    async fn onboarding_shared(
+        &self,
+        tenant: &TenantId,
+        id: &OnboardingId,
+    ) -> StoreResult<Option<Arc<OnboardingRecord>>> {
+        timed(op!("onboarding_shared"), self.inner.onboarding_shared(tenant, id)).await
+    }
+
     async fn onboarding_unscoped(&self, id: &OnboardingId) -> StoreResult<Option<OnboardingRecord>> {
         timed(op!("onboarding_unscoped"), self.inner.onboarding_unscoped(id)).await
     }
 
-    async fn onboarding_by_external_key(
+    async fn onboardings_by_external_keys(
         &self,
         account: &AccountId,
-        external_key: &str,
-    ) -> StoreResult<Option<OnboardingRecord>> {
-        timed(op!("onboarding_by_external_key"), self.inner.onboarding_by_external_key(account, external_key)).await
+        external_keys: &[String],
+    ) -> StoreResult<Vec<OnboardingRecord>> {
+        timed(op!("onboardings_by_external_keys"), self.inner.onboardings_by_external_keys(account, external_keys)).await
     }
 
     async fn onboarding_by_resource(
@@ -181,6 +197,10 @@ impl Store for MeteredStore {
 
     async fn latest_sequences(&self, ids: &[OnboardingId]) -> StoreResult<Vec<(OnboardingId, i64)>> {
         timed(op!("latest_sequences"), self.inner.latest_sequences(ids)).await
+    }
+
+    async fn steps_of(&self, ids: &[OnboardingId]) -> StoreResult<Vec<StepRecord>> {
+        timed(op!("steps_of"), self.inner.steps_of(ids)).await
     }
 
     async fn claim_steps(

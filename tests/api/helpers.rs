@@ -184,7 +184,7 @@ impl TestApp {
             .unwrap();
         self.running()
             .store
-            .notify(&wa_onboard::store::ChangeNotice { onboarding_id: id.clone(), sequence: e.sequence })
+            .notify(&wa_onboard::store::ChangeNotice::moved(id.clone(), e.sequence))
             .await
             .unwrap();
         e.sequence

@@ -67,7 +67,7 @@ impl pb::onboarding_service_server::OnboardingService for Services {
     async fn get_onboarding(&self, req: Request<pb::GetOnboardingRequest>) -> Res<pb::Onboarding> {
         let caller = caller_ref(&req)?;
         let id = onboarding_name("name", &req.get_ref().name)?;
-        ok(self.core.get_onboarding(caller, &id).await.map(|o| self.onboardings_pb.onboarding(o)))
+        ok(self.core.get_onboarding_shared(caller, &id).await.map(|o| self.onboardings_pb.onboarding(o)))
     }
 
     async fn list_onboardings(&self, req: Request<pb::ListOnboardingsRequest>) -> Res<pb::ListOnboardingsResponse> {
