@@ -287,10 +287,8 @@ impl Core {
         for (account, keys) in keys_by_account {
             match self.store.onboardings_by_external_keys(&account, &keys).await {
                 Ok(found) => {
-                    let mut found: HashMap<String, OnboardingRecord> = found
-                        .into_iter()
-                        .filter_map(|o| o.external_key.clone().map(|k| (k, o)))
-                        .collect();
+                    let mut found: HashMap<String, OnboardingRecord> =
+                        found.into_iter().filter_map(|o| o.external_key.clone().map(|k| (k, o))).collect();
                     for key in keys {
                         let o = found.remove(&key);
                         onboardings.insert((account.clone(), key), o);

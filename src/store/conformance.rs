@@ -580,7 +580,8 @@ async fn check_pipeline(store: Arc<dyn Store>) {
     let mut b = new.steps[0].clone();
     for i in 0..40 {
         b.data_json = format!(r#"{{"n":{i}}}"#);
-        let c = OnboardingChange { details_json: Some(b.data_json.clone()), steps: vec![b.clone()], ..change(&id, "n") };
+        let c =
+            OnboardingChange { details_json: Some(b.data_json.clone()), steps: vec![b.clone()], ..change(&id, "n") };
         store.apply_change(&c).await.unwrap();
     }
     stop.store(true, std::sync::atomic::Ordering::SeqCst);

@@ -26,6 +26,10 @@ const WRITE_ACQUIRE_TIMEOUT: Duration = Duration::from_secs(15);
 const READ_ACQUIRE_TIMEOUT: Duration = Duration::from_secs(5);
 /// Reader connections (WAL readers do not block the writer or each other).
 const READERS: u32 = 4;
+/// Page cache of each reader connection (negative: KiB). SQLite's default is 2 MiB per
+/// connection, which the readers would each fill with the same pages (streams opening on
+/// thousands of onboardings touch them all); the OS page cache they share serves a miss.
+const READER_CACHE: &str = "-512";
 
 /// The SQLite store.
 pub struct SqliteStore {
@@ -64,7 +68,7 @@ impl SqliteStore {
             SqlitePoolOptions::new()
                 .max_connections(READERS)
                 .acquire_timeout(READ_ACQUIRE_TIMEOUT)
-                .connect_lazy_with(options)
+                .connect_lazy_with(options.pragma("cache_size", READER_CACHE))
         };
         let (bus, _) = broadcast::channel(1024);
         Ok(Self { writer, reader, bus, caches: Caches::default() })
@@ -111,4 +115,22 @@ sql::impl_sql_store! {
     skip_locked: "",
     // A deferred transaction reads one WAL snapshot from its first read on.
     snapshot: "BEGIN",
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn readers_keep_a_small_page_cache_and_the_writer_the_default() {
+        let dir = tempfile::tempdir().unwrap();
+        let url = format!("sqlite://{}", dir.path().join("db.sqlite").display());
+        let store = SqliteStore::connect(&url).await.unwrap();
+        let size = |pool: &SqlitePool| {
+            let pool = pool.clone();
+            async move { sqlx::query_scalar::<_, i64>("PRAGMA cache_size").fetch_one(&pool).await.unwrap() }
+        };
+        assert_eq!(size(store.reader()).await, READER_CACHE.parse::<i64>().unwrap());
+        assert_eq!(size(store.writer()).await, -2000, "SQLite's default");
+    }
 }

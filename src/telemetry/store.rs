@@ -154,7 +154,8 @@ impl Store for MeteredStore {
         account: &AccountId,
         external_keys: &[String],
     ) -> StoreResult<Vec<OnboardingRecord>> {
-        timed(op!("onboardings_by_external_keys"), self.inner.onboardings_by_external_keys(account, external_keys)).await
+        timed(op!("onboardings_by_external_keys"), self.inner.onboardings_by_external_keys(account, external_keys))
+            .await
     }
 
     async fn onboarding_by_resource(

@@ -182,11 +182,7 @@ impl TestApp {
             })
             .await
             .unwrap();
-        self.running()
-            .store
-            .notify(&wa_onboard::store::ChangeNotice::moved(id.clone(), e.sequence))
-            .await
-            .unwrap();
+        self.running().store.notify(&wa_onboard::store::ChangeNotice::moved(id.clone(), e.sequence)).await.unwrap();
         e.sequence
     }
 
