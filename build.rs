@@ -19,6 +19,8 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let mut cfg = prost_build::Config::new();
     cfg.protoc_executable(protoc_bin_vendored::protoc_bin_path()?);
     tonic_prost_build::configure()
+        // Prost with a smaller encode buffer (see src/grpc/codec.rs).
+        .codec_path("crate::grpc::codec::Codec")
         .file_descriptor_set_path(out.join("wa_onboard_descriptor.bin"))
         .compile_with_config(cfg, &protos, &["proto"])?;
     println!("cargo:rerun-if-changed=proto");

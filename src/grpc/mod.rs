@@ -2,6 +2,7 @@
 //! convert back. Health and reflection are open; everything else needs an API key.
 
 pub mod auth;
+pub mod codec;
 pub mod convert;
 pub mod convert_ext;
 #[cfg(test)]

@@ -1,5 +1,6 @@
 //! The protobuf form of recently read onboardings, so a client polling `GetOnboarding` does
-//! not re-parse the row's details JSON and re-format its names on every call.
+//! not re-parse the row's details JSON and re-format its names on every call; and of recent
+//! stream events, so one event sent to every watcher of an onboarding is converted once.
 //!
 //! Coherence: an entry is reused only when the row just read from the store is equal, field
 //! by field, to the row it was converted from. The conversion is a pure function of the row,
@@ -7,14 +8,14 @@
 //! changed, bumped sequence or not) is converted again and replaces the entry. The cache
 //! never answers without a store read, so it adds no staleness of its own.
 
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex, MutexGuard, Weak};
 
 use hashlink::LruCache;
 
-use super::convert::onboarding_to_pb;
+use super::convert::{event_to_pb, onboarding_to_pb};
 use super::pb;
 use crate::domain::OnboardingId;
-use crate::store::OnboardingRecord;
+use crate::store::{EventRecord, OnboardingRecord};
 
 /// Entries kept by default: a row and its message are each well under 1 KiB, so this bounds
 /// the cache to about 2 MiB while covering the onboardings clients poll.
@@ -68,6 +69,58 @@ impl PbCache {
         let message = onboarding_to_pb(&row);
         let id = row.id.clone();
         self.lock().insert(id, Arc::new(Entry { row, message: message.clone() }));
+        message
+    }
+}
+
+/// Events kept by [`EventPbCache`]: the recent ones streams are sending now.
+pub const EVENT_ENTRIES: usize = 256;
+
+/// An event record (as shared by the streams that send it) and the message converted from it.
+type EventEntry = (Weak<EventRecord>, Arc<pb::OnboardingEvent>);
+
+/// The protobuf form of the event records streams are sending. The bus hands every stream of
+/// an onboarding the same `Arc` of each event, so the record's address names it: an entry
+/// holds a `Weak` to the record, which keeps that address from being reused while the entry
+/// lives, so a key found is always the very same record (whose conversion is a pure function
+/// of it).
+pub struct EventPbCache {
+    entries: Mutex<LruCache<usize, EventEntry>>,
+}
+
+impl std::fmt::Debug for EventPbCache {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("EventPbCache").field("len", &self.lock().len()).finish()
+    }
+}
+
+impl Default for EventPbCache {
+    fn default() -> Self {
+        Self::new(EVENT_ENTRIES)
+    }
+}
+
+impl EventPbCache {
+    /// A cache of at most `entries` messages (least recently used evicted first).
+    pub fn new(entries: usize) -> Self {
+        Self { entries: Mutex::new(LruCache::new(entries.max(1))) }
+    }
+
+    // Entries are replaced whole: a poisoned lock is still usable.
+    fn lock(&self) -> MutexGuard<'_, LruCache<usize, EventEntry>> {
+        self.entries.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// `event_to_pb(event)`, converted once per shared record.
+    pub fn event(&self, event: &Arc<EventRecord>) -> pb::OnboardingEvent {
+        let key = Arc::as_ptr(event) as usize;
+        // The message is cloned outside the lock.
+        let cached = self.lock().get(&key).map(|(_, m)| m.clone());
+        if let Some(m) = cached {
+            return pb::OnboardingEvent::clone(&m);
+        }
+        let message = event_to_pb(event);
+        self.lock().insert(key, (Arc::downgrade(event), Arc::new(message.clone())));
         message
     }
 }
@@ -139,6 +192,46 @@ mod tests {
         assert_eq!(cache.onboarding(shared.clone()), first);
         assert_eq!(cache.onboarding(Arc::new(OnboardingRecord::clone(&shared))), first);
         assert_eq!(cache.lock().len(), 1);
+    }
+
+    fn event(sequence: i64, data_json: &str) -> Arc<EventRecord> {
+        Arc::new(EventRecord {
+            onboarding_id: new_id(),
+            sequence,
+            kind: "state_changed".into(),
+            state: OnboardingState::Live,
+            previous_state: OnboardingState::Provisioning,
+            reason: "live".into(),
+            provider_status: "LIVE".into(),
+            step: None,
+            data_json: data_json.into(),
+            created_ms: 5,
+        })
+    }
+
+    #[test]
+    fn an_event_is_converted_once_per_shared_record() {
+        let cache = EventPbCache::new(4);
+        let e = event(1, r#"{"a":1}"#);
+        assert_eq!(cache.event(&e), event_to_pb(&e));
+        assert_eq!(cache.event(&e.clone()), event_to_pb(&e));
+        assert_eq!(cache.lock().len(), 1, "one entry for every holder of the record");
+        // An equal record elsewhere is another entry, converted the same.
+        let copy = Arc::new(EventRecord::clone(&e));
+        assert_eq!(cache.event(&copy), event_to_pb(&e));
+        assert_eq!(cache.lock().len(), 2);
+    }
+
+    #[test]
+    fn a_new_record_is_never_answered_with_an_old_message() {
+        let cache = EventPbCache::new(4);
+        for i in 0..50 {
+            // Each record dropped right after: its entry's `Weak` keeps the address taken, so
+            // the next record cannot be mistaken for it.
+            let e = event(i, &format!(r#"{{"i":{i}}}"#));
+            assert_eq!(cache.event(&e), event_to_pb(&e));
+        }
+        assert_eq!(cache.lock().len(), 4, "bounded");
     }
 
     #[test]

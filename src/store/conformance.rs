@@ -556,6 +556,9 @@ async fn check_pipeline(store: Arc<dyn Store>) {
     assert_eq!(steps, store.steps(&id).await.unwrap());
     assert_eq!(store.pipeline(&stranger, &id).await.unwrap(), None, "tenant isolation");
     assert_eq!(store.pipeline(&t, &new_id()).await.unwrap(), None);
+    let bare = new_onboarding(&a, "bare", &[]);
+    store.create_onboarding(&bare).await.unwrap();
+    assert_eq!(store.pipeline(&t, &bare.onboarding.id).await.unwrap(), Some((bare.onboarding.clone(), vec![])));
 
     // Every change writes the same counter into the onboarding and into a step: a reader must
     // never see the two apart.

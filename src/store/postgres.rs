@@ -182,8 +182,6 @@ sql::impl_sql_store! {
     backend: Backend::Postgres,
     for_update: " FOR UPDATE",
     skip_locked: " FOR UPDATE SKIP LOCKED",
-    // READ COMMITTED would give each statement its own snapshot.
-    snapshot: "BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY",
 }
 
 // ----- test schemas -----

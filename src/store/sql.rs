@@ -140,6 +140,67 @@ pub(crate) fn migrate_err(e: sqlx::migrate::MigrateError) -> StoreError {
     }
 }
 
+/// The columns of `pipeline_steps`, in the order [`impl_sql_store!`]'s step parser reads them.
+pub(crate) const STEP_COLUMNS: [&str; 18] = [
+    "onboarding_id",
+    "name",
+    "position",
+    "state",
+    "attempts",
+    "max_attempts",
+    "next_run_ms",
+    "lease_owner",
+    "lease_until_ms",
+    "last_error",
+    "last_error_code",
+    "provider_stage_json",
+    "data_json",
+    "deadline_ms",
+    "started_ms",
+    "finished_ms",
+    "created_ms",
+    "updated_ms",
+];
+
+/// The same columns as [`PIPELINE`] names them, beside the onboarding's own.
+pub(crate) const JOINED_STEP_COLUMNS: [&str; 18] = [
+    "s_onboarding_id",
+    "s_name",
+    "s_position",
+    "s_state",
+    "s_attempts",
+    "s_max_attempts",
+    "s_next_run_ms",
+    "s_lease_owner",
+    "s_lease_until_ms",
+    "s_last_error",
+    "s_last_error_code",
+    "s_provider_stage_json",
+    "s_data_json",
+    "s_deadline_ms",
+    "s_started_ms",
+    "s_finished_ms",
+    "s_created_ms",
+    "s_updated_ms",
+];
+
+/// An onboarding and its steps in one statement: one row per step (or one row with NULL step
+/// columns), steps in `Store::steps` order.
+pub(crate) const PIPELINE: &str = concat!(
+    "SELECT o.*, ",
+    "s.onboarding_id AS s_onboarding_id, s.name AS s_name, s.position AS s_position, ",
+    "s.state AS s_state, s.attempts AS s_attempts, s.max_attempts AS s_max_attempts, ",
+    "s.next_run_ms AS s_next_run_ms, s.lease_owner AS s_lease_owner, ",
+    "s.lease_until_ms AS s_lease_until_ms, s.last_error AS s_last_error, ",
+    "s.last_error_code AS s_last_error_code, ",
+    "s.provider_stage_json AS s_provider_stage_json, s.data_json AS s_data_json, ",
+    "s.deadline_ms AS s_deadline_ms, s.started_ms AS s_started_ms, ",
+    "s.finished_ms AS s_finished_ms, s.created_ms AS s_created_ms, ",
+    "s.updated_ms AS s_updated_ms",
+    " FROM onboardings o LEFT JOIN pipeline_steps s ON s.onboarding_id = o.id WHERE o.id = $1 ",
+    "ORDER BY s.position, s.name"
+);
+
 /// Ids bound in one `IN (...)` list: well under both backends' bind-parameter limits.
 pub(crate) const IN_CHUNK: usize = 500;
 
@@ -165,10 +226,9 @@ pub(crate) fn parse_notice_payload(payload: &str) -> Option<(ChangeNotice, Optio
 }
 
 /// Expands the shared `impl Store` for one backend. Arguments: the store type, its sqlx
-/// database, row and connection types, the [`Backend`](super::Backend) value, the two
+/// database, row and connection types, the [`Backend`](super::Backend) value, and the two
 /// lock clauses (`" FOR UPDATE"` and `" FOR UPDATE SKIP LOCKED"` on PostgreSQL, `""` on
-/// SQLite, where the single writer connection already serialises writers), and the statement
-/// that begins a transaction whose reads share one snapshot.
+/// SQLite, where the single writer connection already serialises writers).
 macro_rules! impl_sql_store {
     (
         store: $store:ty,
@@ -177,8 +237,7 @@ macro_rules! impl_sql_store {
         conn: $conn:ty,
         backend: $backend:expr,
         for_update: $for_update:literal,
-        skip_locked: $skip_locked:literal,
-        snapshot: $snapshot:literal $(,)?
+        skip_locked: $skip_locked:literal $(,)?
     ) => {
         impl $store {
             fn tenant_from(r: &$row) -> $crate::store::StoreResult<$crate::store::TenantRecord> {
@@ -271,25 +330,31 @@ macro_rules! impl_sql_store {
             }
 
             fn step_from(r: &$row) -> $crate::store::StoreResult<$crate::store::StepRecord> {
+                Self::step_named(r, &sql::STEP_COLUMNS)
+            }
+
+            /// A step from the columns named `c` (in [`sql::STEP_COLUMNS`] order), so a join
+            /// can read a step under other names.
+            fn step_named(r: &$row, c: &[&str; 18]) -> $crate::store::StoreResult<$crate::store::StepRecord> {
                 Ok($crate::store::StepRecord {
-                    onboarding_id: sql::id(r.try_get("onboarding_id")?)?,
-                    name: r.try_get("name")?,
-                    position: r.try_get("position")?,
-                    state: sql::step_state(r.try_get("state")?)?,
-                    attempts: r.try_get("attempts")?,
-                    max_attempts: r.try_get("max_attempts")?,
-                    next_run_ms: r.try_get("next_run_ms")?,
-                    lease_owner: r.try_get("lease_owner")?,
-                    lease_until_ms: r.try_get("lease_until_ms")?,
-                    last_error: r.try_get("last_error")?,
-                    last_error_code: r.try_get("last_error_code")?,
-                    provider_stage_json: r.try_get("provider_stage_json")?,
-                    data_json: r.try_get("data_json")?,
-                    deadline_ms: r.try_get("deadline_ms")?,
-                    started_ms: r.try_get("started_ms")?,
-                    finished_ms: r.try_get("finished_ms")?,
-                    created_ms: r.try_get("created_ms")?,
-                    updated_ms: r.try_get("updated_ms")?,
+                    onboarding_id: sql::id(r.try_get(c[0])?)?,
+                    name: r.try_get(c[1])?,
+                    position: r.try_get(c[2])?,
+                    state: sql::step_state(r.try_get(c[3])?)?,
+                    attempts: r.try_get(c[4])?,
+                    max_attempts: r.try_get(c[5])?,
+                    next_run_ms: r.try_get(c[6])?,
+                    lease_owner: r.try_get(c[7])?,
+                    lease_until_ms: r.try_get(c[8])?,
+                    last_error: r.try_get(c[9])?,
+                    last_error_code: r.try_get(c[10])?,
+                    provider_stage_json: r.try_get(c[11])?,
+                    data_json: r.try_get(c[12])?,
+                    deadline_ms: r.try_get(c[13])?,
+                    started_ms: r.try_get(c[14])?,
+                    finished_ms: r.try_get(c[15])?,
+                    created_ms: r.try_get(c[16])?,
+                    updated_ms: r.try_get(c[17])?,
                 })
             }
 
@@ -881,26 +946,24 @@ macro_rules! impl_sql_store {
                 tenant: &$crate::domain::TenantId,
                 id: &$crate::domain::OnboardingId,
             ) -> $crate::store::StoreResult<Option<($crate::store::OnboardingRecord, Vec<$crate::store::StepRecord>)>> {
-                // Both reads in one snapshot: a step's outcome and the onboarding fields the same
-                // change wrote are seen together.
-                let mut tx = self.reader().begin_with($snapshot).await?;
-                let row = sqlx::query("SELECT * FROM onboardings WHERE id = $1")
-                    .bind(id.as_str())
-                    .fetch_optional(&mut *tx)
-                    .await?;
-                let Some(o) = row.map(|r| Self::onboarding_from(&r)).transpose()? else {
+                // One statement, so one snapshot on both backends (a step's outcome and the
+                // onboarding fields the same change wrote are seen together) and one round trip.
+                let rows = sqlx::query(sql::PIPELINE).bind(id.as_str()).fetch_all(self.reader()).await?;
+                let Some(first) = rows.first() else {
                     return Ok(None);
                 };
+                let o = Self::onboarding_from(first)?;
                 if o.tenant_id != *tenant {
                     return Ok(None);
                 }
-                let rows = sqlx::query("SELECT * FROM pipeline_steps WHERE onboarding_id = $1 ORDER BY position, name")
-                    .bind(id.as_str())
-                    .fetch_all(&mut *tx)
-                    .await?;
-                // Read only: ending it either way releases the snapshot.
-                tx.rollback().await?;
-                Ok(Some((o, Self::all(rows, Self::step_from)?)))
+                let mut steps = Vec::with_capacity(rows.len());
+                for r in &rows {
+                    // No step: the one row the outer join gives, with NULL step columns.
+                    if r.try_get::<Option<String>, _>("s_name")?.is_some() {
+                        steps.push(Self::step_named(r, &sql::JOINED_STEP_COLUMNS)?);
+                    }
+                }
+                Ok(Some((o, steps)))
             }
 
             async fn onboarding_shared(

@@ -113,8 +113,6 @@ sql::impl_sql_store! {
     backend: Backend::Sqlite,
     for_update: "",
     skip_locked: "",
-    // A deferred transaction reads one WAL snapshot from its first read on.
-    snapshot: "BEGIN",
 }
 
 #[cfg(test)]

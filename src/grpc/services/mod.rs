@@ -25,12 +25,19 @@ pub struct Services {
     shutdown: tokio::sync::watch::Receiver<bool>,
     /// Converted `GetOnboarding` answers (see [`super::pb_cache`]).
     onboardings_pb: std::sync::Arc<super::pb_cache::PbCache>,
+    /// Converted stream events (see [`super::pb_cache`]).
+    events_pb: std::sync::Arc<super::pb_cache::EventPbCache>,
 }
 
 impl Services {
     /// New handlers over the core.
     pub fn new(core: Core, shutdown: tokio::sync::watch::Receiver<bool>) -> Self {
-        Self { core: std::sync::Arc::new(core), shutdown, onboardings_pb: Default::default() }
+        Self {
+            core: std::sync::Arc::new(core),
+            shutdown,
+            onboardings_pb: Default::default(),
+            events_pb: Default::default(),
+        }
     }
 }
 

@@ -127,10 +127,11 @@ impl pb::onboarding_service_server::OnboardingService for Services {
         let id = onboarding_name("name", &req.get_ref().name)?;
         let items =
             self.core.watch_onboarding(&caller, &id, req.get_ref().after_sequence, self.shutdown.clone()).await?;
-        Ok(Response::new(stream(items, |item| pb::WatchOnboardingResponse {
+        let events = self.events_pb.clone();
+        Ok(Response::new(stream(items, move |item| pb::WatchOnboardingResponse {
             message: Some(match item {
                 StreamItem::Snapshot(o, _) => M::Snapshot(onboarding_to_pb(&o)),
-                StreamItem::Event(e, _) => M::Event(event_to_pb(&e)),
+                StreamItem::Event(e, _) => M::Event(events.event(&e)),
                 StreamItem::Heartbeat { at_ms, last_sequence } => {
                     M::Heartbeat(pb::Heartbeat { time: Some(ts(at_ms)), last_sequence })
                 }
