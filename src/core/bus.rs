@@ -3,9 +3,12 @@
 //! the watched onboarding (an atomic and a `Notify` per onboarding, so only its streams wake:
 //! a `watch` channel costs ten times the memory, and there is one topic per stream when every
 //! stream watches its own onboarding). The
-//! same task drives one shared heartbeat tick for every stream, and every few ticks (or at
-//! once after a lagged notice stream) reconciles all watched onboardings against the store in
-//! one bulk read, so a missed notice costs latency, never data.
+//! same task drives the shared heartbeat ticks, and every few periods (or at once after a
+//! lagged notice stream) reconciles all watched onboardings against the store in one bulk
+//! read, so a missed notice costs latency, never data. Streams are spread over
+//! [`BEAT_SLOTS`] ticks a period apart from each other's, so their heartbeats go out in small
+//! steady groups: one tick for 10,000 streams is a burst of 10,000 messages that delays every
+//! event sent behind it.
 //!
 //! The events themselves come from the store, the single source of truth, through a shared
 //! per-onboarding cache of recent events ([`Window`]): when a notice moves an onboarding's
@@ -31,8 +34,10 @@ use crate::store::{ChangeNotice, EventRecord, StepRecord, Store, StoreResult};
 
 /// How many events one store read returns.
 const PAGE: u32 = 200;
-/// Ticks between two bulk reconciliations with the store.
+/// Heartbeat periods between two bulk reconciliations with the store.
 const RECONCILE_EVERY: u64 = 3;
+/// Heartbeat groups: each period has this many ticks, each waking its own group of streams.
+pub const BEAT_SLOTS: usize = 16;
 /// How many times a stream joins a shared read that does not cover its cursor before it
 /// reads on its own (several streams at different cursors may take turns filling).
 const FILL_ROUNDS: usize = 3;
@@ -192,8 +197,10 @@ struct Inner {
     registry: Mutex<Registry>,
     /// Events kept per watched onboarding beyond what the latest read returned.
     keep: usize,
-    /// The shared heartbeat tick.
-    beat: watch::Sender<u64>,
+    /// The heartbeat ticks, one per group of streams.
+    beats: Vec<watch::Sender<u64>>,
+    /// The group the next stream joins (round robin).
+    next_slot: AtomicUsize,
     reconcile: Notify,
 }
 
@@ -230,7 +237,8 @@ impl Bus {
                 log,
                 registry: Mutex::default(),
                 keep: keep.max(1),
-                beat: watch::channel(0).0,
+                beats: (0..BEAT_SLOTS).map(|_| watch::channel(0).0).collect(),
+                next_slot: AtomicUsize::new(0),
                 reconcile: Notify::new(),
             }),
         }
@@ -257,9 +265,11 @@ impl Bus {
         Watcher { log: self.inner.log.clone(), keep: self.inner.keep, topic }
     }
 
-    /// The shared heartbeat tick: changes once per heartbeat period.
+    /// A heartbeat tick shared with a group of streams: changes once per heartbeat period, at
+    /// its group's moment in the period.
     pub fn beat(&self) -> watch::Receiver<u64> {
-        self.inner.beat.subscribe()
+        let slot = self.inner.next_slot.fetch_add(1, Ordering::Relaxed) % self.inner.beats.len();
+        self.inner.beats[slot].subscribe()
     }
 
     fn topic(&self, id: &OnboardingId) -> Option<Arc<Topic>> {
@@ -317,8 +327,8 @@ impl Bus {
         Ok(())
     }
 
-    /// Forwards the store's notices until the store's channel closes, ticks the heartbeat
-    /// every `heartbeat`, and reconciles every few ticks.
+    /// Forwards the store's notices until the store's channel closes, ticks each heartbeat
+    /// group every `heartbeat` (the groups evenly apart), and reconciles every few periods.
     pub async fn run(self, mut rx: broadcast::Receiver<ChangeNotice>, heartbeat: Duration) {
         let notices = async {
             loop {
@@ -330,15 +340,17 @@ impl Bus {
             }
         };
         let ticks = async {
-            let mut ticker = tokio::time::interval_at(tokio::time::Instant::now() + heartbeat, heartbeat);
+            let slots = self.inner.beats.len();
+            let step = (heartbeat / slots as u32).max(Duration::from_millis(1));
+            let mut ticker = tokio::time::interval_at(tokio::time::Instant::now() + step, step);
             ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
             let mut n: u64 = 0;
             loop {
                 let due = tokio::select! {
                     _ = ticker.tick() => {
+                        self.inner.beats[n as usize % slots].send_modify(|b| *b = b.wrapping_add(1));
                         n = n.wrapping_add(1);
-                        self.inner.beat.send_modify(|b| *b = b.wrapping_add(1));
-                        n.is_multiple_of(RECONCILE_EVERY)
+                        n.is_multiple_of(RECONCILE_EVERY * slots as u64)
                     }
                     _ = self.inner.reconcile.notified() => true,
                 };
@@ -802,6 +814,32 @@ mod tests {
         assert_eq!(bus.watched(), 0);
         let w = bus.watch(&id());
         assert!(w.topic.cache().window.is_empty());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn heartbeats_go_out_in_groups_spread_over_the_period() {
+        let log = Arc::new(Log::default());
+        let bus = bus(&log, 4);
+        let (_tx, rx) = broadcast::channel(1);
+        let period = Duration::from_millis(1600);
+        let step = period / BEAT_SLOTS as u32;
+        tokio::spawn(bus.clone().run(rx, period));
+        let mut beats: Vec<watch::Receiver<u64>> = (0..2 * BEAT_SLOTS).map(|_| bus.beat()).collect();
+        let mut count = vec![0; beats.len()];
+        tokio::time::sleep(step / 2).await;
+        for _ in 0..2 * BEAT_SLOTS {
+            tokio::time::sleep(step).await;
+            let mut woken = 0;
+            for (b, c) in beats.iter_mut().zip(&mut count) {
+                if b.has_changed().unwrap() {
+                    b.borrow_and_update();
+                    *c += 1;
+                    woken += 1;
+                }
+            }
+            assert_eq!(woken, 2, "each tick wakes one group");
+        }
+        assert!(count.iter().all(|c| *c == 2), "every stream beats once a period: {count:?}");
     }
 
     #[tokio::test]
