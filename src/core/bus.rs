@@ -36,6 +36,8 @@ use crate::store::{ChangeNotice, EventRecord, StepRecord, Store, StoreResult};
 const PAGE: u32 = 200;
 /// Heartbeat periods between two bulk reconciliations with the store.
 const RECONCILE_EVERY: u64 = 3;
+/// Waiter lists per watched onboarding.
+const MOVED_SHARDS: usize = 8;
 /// Heartbeat groups: each period has this many ticks, each waking its own group of streams.
 pub const BEAT_SLOTS: usize = 16;
 /// How many times a stream joins a shared read that does not cover its cursor before it
@@ -133,8 +135,9 @@ struct Topic {
     id: OnboardingId,
     /// Latest sequence known to exist; only moves forward.
     latest: AtomicI64,
-    /// Woken when `latest` moves.
-    moved: Notify,
+    /// Woken when `latest` moves; a stream waits on one shard (its registration order), so
+    /// thousands of streams of one onboarding do not all queue on one waiter list.
+    moved: [Notify; MOVED_SHARDS],
     /// Streams registered ([`Watcher`]s alive).
     watchers: AtomicUsize,
     cache: Mutex<Cache>,
@@ -145,7 +148,7 @@ impl Topic {
         Self {
             id: id.clone(),
             latest: AtomicI64::new(0),
-            moved: Notify::new(),
+            moved: std::array::from_fn(|_| Notify::new()),
             watchers: AtomicUsize::new(0),
             cache: Mutex::default(),
         }
@@ -185,7 +188,9 @@ impl Topic {
     /// Moves the latest known sequence forward (never back); wakes the topic's streams.
     fn advance(&self, sequence: i64) {
         if self.latest.fetch_max(sequence, Ordering::SeqCst) < sequence {
-            self.moved.notify_waiters();
+            for shard in &self.moved {
+                shard.notify_waiters();
+            }
         }
     }
 }
@@ -215,6 +220,8 @@ pub struct Watcher {
     topic: Arc<Topic>,
     log: Arc<dyn EventLog>,
     keep: usize,
+    /// Which of the topic's waiter lists this stream waits on.
+    shard: usize,
 }
 
 impl Drop for Watcher {
@@ -261,8 +268,8 @@ impl Bus {
                 }
             }
         };
-        topic.watchers.fetch_add(1, Ordering::SeqCst);
-        Watcher { log: self.inner.log.clone(), keep: self.inner.keep, topic }
+        let shard = topic.watchers.fetch_add(1, Ordering::SeqCst) % MOVED_SHARDS;
+        Watcher { log: self.inner.log.clone(), keep: self.inner.keep, topic, shard }
     }
 
     /// A heartbeat tick shared with a group of streams: changes once per heartbeat period, at
@@ -381,7 +388,7 @@ impl Watcher {
     pub async fn moved_past(&self, seen: i64) -> i64 {
         loop {
             // Registered before the check, so a move between the two still wakes us.
-            let moved = self.topic.moved.notified();
+            let moved = self.topic.moved[self.shard].notified();
             tokio::pin!(moved);
             moved.as_mut().enable();
             let latest = self.topic.latest();
