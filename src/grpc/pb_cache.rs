@@ -8,7 +8,8 @@
 //! changed, bumped sequence or not) is converted again and replaces the entry. The cache
 //! never answers without a store read, so it adds no staleness of its own.
 
-use std::sync::{Arc, Mutex, MutexGuard, Weak};
+use std::hash::Hash;
+use std::sync::{Arc, Mutex, Weak};
 
 use hashlink::LruCache;
 
@@ -20,6 +21,41 @@ use crate::store::{EventRecord, OnboardingRecord};
 /// Entries kept by default: a row and its message are each well under 1 KiB, so this bounds
 /// the cache to about 2 MiB while covering the onboardings clients poll.
 pub const DEFAULT_ENTRIES: usize = 1024;
+/// Events kept by [`EventPbCache`]: the recent ones streams are sending now.
+pub const EVENT_ENTRIES: usize = 256;
+
+/// A bounded map, least recently used evicted first, behind a lock. Entries are replaced
+/// whole, so a lock poisoned by a panic is still usable.
+struct Lru<K, V>(Mutex<LruCache<K, V>>);
+
+impl<K: Hash + Eq, V: Clone> Lru<K, V> {
+    fn new(entries: usize) -> Self {
+        Self(Mutex::new(LruCache::new(entries.max(1))))
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, LruCache<K, V>> {
+        self.0.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// A copy of the entry (cheap: `Arc`s), so callers work outside the lock.
+    fn get(&self, key: &K) -> Option<V> {
+        self.lock().get(key).cloned()
+    }
+
+    fn insert(&self, key: K, value: V) {
+        self.lock().insert(key, value);
+    }
+
+    fn len(&self) -> usize {
+        self.lock().len()
+    }
+}
+
+impl<K: Hash + Eq, V: Clone> std::fmt::Debug for Lru<K, V> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Lru").field("len", &self.len()).finish()
+    }
+}
 
 /// A row and the message converted from it.
 struct Entry {
@@ -28,14 +64,9 @@ struct Entry {
 }
 
 /// The cache; see the module documentation for its coherence.
+#[derive(Debug)]
 pub struct PbCache {
-    entries: Mutex<LruCache<OnboardingId, Arc<Entry>>>,
-}
-
-impl std::fmt::Debug for PbCache {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("PbCache").field("len", &self.lock().len()).finish()
-    }
+    entries: Lru<OnboardingId, Arc<Entry>>,
 }
 
 impl Default for PbCache {
@@ -47,34 +78,23 @@ impl Default for PbCache {
 impl PbCache {
     /// A cache of at most `entries` messages (least recently used evicted first).
     pub fn new(entries: usize) -> Self {
-        Self { entries: Mutex::new(LruCache::new(entries.max(1))) }
-    }
-
-    // A panic while holding the lock cannot leave an entry half-written (entries are
-    // replaced whole), so a poisoned lock is still usable.
-    fn lock(&self) -> MutexGuard<'_, LruCache<OnboardingId, Arc<Entry>>> {
-        self.entries.lock().unwrap_or_else(|e| e.into_inner())
+        Self { entries: Lru::new(entries) }
     }
 
     /// `onboarding_to_pb(row)`, reusing the message of an equal row converted before (the
     /// very same row when the store shares its cached one: no comparison then).
     pub fn onboarding(&self, row: Arc<OnboardingRecord>) -> pb::Onboarding {
-        // Cloned out so the comparison and the message clone run outside the lock.
-        let cached = self.lock().get(&row.id).cloned();
-        if let Some(entry) = cached
+        if let Some(entry) = self.entries.get(&row.id)
             && (Arc::ptr_eq(&entry.row, &row) || entry.row == row)
         {
             return entry.message.clone();
         }
         let message = onboarding_to_pb(&row);
         let id = row.id.clone();
-        self.lock().insert(id, Arc::new(Entry { row, message: message.clone() }));
+        self.entries.insert(id, Arc::new(Entry { row, message: message.clone() }));
         message
     }
 }
-
-/// Events kept by [`EventPbCache`]: the recent ones streams are sending now.
-pub const EVENT_ENTRIES: usize = 256;
 
 /// An event record (as shared by the streams that send it) and the message converted from it.
 type EventEntry = (Weak<EventRecord>, Arc<pb::OnboardingEvent>);
@@ -84,14 +104,9 @@ type EventEntry = (Weak<EventRecord>, Arc<pb::OnboardingEvent>);
 /// holds a `Weak` to the record, which keeps that address from being reused while the entry
 /// lives, so a key found is always the very same record (whose conversion is a pure function
 /// of it).
+#[derive(Debug)]
 pub struct EventPbCache {
-    entries: Mutex<LruCache<usize, EventEntry>>,
-}
-
-impl std::fmt::Debug for EventPbCache {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("EventPbCache").field("len", &self.lock().len()).finish()
-    }
+    entries: Lru<usize, EventEntry>,
 }
 
 impl Default for EventPbCache {
@@ -103,24 +118,17 @@ impl Default for EventPbCache {
 impl EventPbCache {
     /// A cache of at most `entries` messages (least recently used evicted first).
     pub fn new(entries: usize) -> Self {
-        Self { entries: Mutex::new(LruCache::new(entries.max(1))) }
-    }
-
-    // Entries are replaced whole: a poisoned lock is still usable.
-    fn lock(&self) -> MutexGuard<'_, LruCache<usize, EventEntry>> {
-        self.entries.lock().unwrap_or_else(|e| e.into_inner())
+        Self { entries: Lru::new(entries) }
     }
 
     /// `event_to_pb(event)`, converted once per shared record.
     pub fn event(&self, event: &Arc<EventRecord>) -> pb::OnboardingEvent {
         let key = Arc::as_ptr(event) as usize;
-        // The message is cloned outside the lock.
-        let cached = self.lock().get(&key).map(|(_, m)| m.clone());
-        if let Some(m) = cached {
-            return pb::OnboardingEvent::clone(&m);
+        if let Some((_, message)) = self.entries.get(&key) {
+            return pb::OnboardingEvent::clone(&message);
         }
         let message = event_to_pb(event);
-        self.lock().insert(key, (Arc::downgrade(event), Arc::new(message.clone())));
+        self.entries.insert(key, (Arc::downgrade(event), Arc::new(message.clone())));
         message
     }
 }
@@ -191,7 +199,7 @@ mod tests {
         let first = cache.onboarding(shared.clone());
         assert_eq!(cache.onboarding(shared.clone()), first);
         assert_eq!(cache.onboarding(Arc::new(OnboardingRecord::clone(&shared))), first);
-        assert_eq!(cache.lock().len(), 1);
+        assert_eq!(cache.entries.len(), 1);
     }
 
     fn event(sequence: i64, data_json: &str) -> Arc<EventRecord> {
@@ -215,11 +223,11 @@ mod tests {
         let e = event(1, r#"{"a":1}"#);
         assert_eq!(cache.event(&e), event_to_pb(&e));
         assert_eq!(cache.event(&e.clone()), event_to_pb(&e));
-        assert_eq!(cache.lock().len(), 1, "one entry for every holder of the record");
+        assert_eq!(cache.entries.len(), 1, "one entry for every holder of the record");
         // An equal record elsewhere is another entry, converted the same.
         let copy = Arc::new(EventRecord::clone(&e));
         assert_eq!(cache.event(&copy), event_to_pb(&e));
-        assert_eq!(cache.lock().len(), 2);
+        assert_eq!(cache.entries.len(), 2);
     }
 
     #[test]
@@ -231,7 +239,7 @@ mod tests {
             let e = event(i, &format!(r#"{{"i":{i}}}"#));
             assert_eq!(cache.event(&e), event_to_pb(&e));
         }
-        assert_eq!(cache.lock().len(), 4, "bounded");
+        assert_eq!(cache.entries.len(), 4, "bounded");
     }
 
     #[test]
@@ -240,6 +248,6 @@ mod tests {
         for _ in 0..5 {
             cache.onboarding(Arc::new(row(&new_id(), "x")));
         }
-        assert_eq!(cache.lock().len(), 2);
+        assert_eq!(cache.entries.len(), 2);
     }
 }

@@ -63,13 +63,13 @@ pub struct RowCache<K, V> {
     inner: Mutex<Inner<K, V>>,
 }
 
-impl<K: Hash + Eq + Clone, V: Clone> std::fmt::Debug for RowCache<K, V> {
+impl<K: Hash + Eq + Clone, V> std::fmt::Debug for RowCache<K, V> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("RowCache").field("len", &self.len()).finish()
     }
 }
 
-impl<K: Hash + Eq + Clone, V: Clone> RowCache<K, V> {
+impl<K: Hash + Eq + Clone, V> RowCache<K, V> {
     /// A cache of at most `entries` rows (least recently used evicted first).
     pub fn new(entries: usize) -> Self {
         Self { inner: Mutex::new(Inner { rows: LruCache::new(entries.max(1)), generation: 0 }) }
@@ -92,16 +92,9 @@ impl<K: Hash + Eq + Clone, V: Clone> RowCache<K, V> {
     }
 
     /// The row `id`, from the cache or else from `load` (which reads the database); a found
-    /// row is kept unless a write invalidated anything while `load` ran.
-    pub async fn read_through<F>(&self, id: &K, load: F) -> StoreResult<Option<V>>
-    where
-        F: Future<Output = StoreResult<Option<V>>>,
-    {
-        Ok(self.read_shared(id, load).await?.map(|row| V::clone(&row)))
-    }
-
-    /// [`Self::read_through`] without a copy of the row: the caller shares the cached one.
-    pub async fn read_shared<F>(&self, id: &K, load: F) -> StoreResult<Option<Arc<V>>>
+    /// row is kept unless a write invalidated anything while `load` ran. Shared: a hit copies
+    /// nothing.
+    pub async fn read_through<F>(&self, id: &K, load: F) -> StoreResult<Option<Arc<V>>>
     where
         F: Future<Output = StoreResult<Option<V>>>,
     {

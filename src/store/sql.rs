@@ -653,17 +653,33 @@ macro_rules! impl_sql_store {
                 Ok((ChangeOutcome::Applied(event), Some(notice)))
             }
 
+            /// One row by its id (`sql` binds it as `$1`), through the backend's cache
+            /// `pick` chooses, if it keeps caches; shared, so a cache hit copies nothing.
+            async fn row_by_id<K, T>(
+                &self,
+                pick: fn(&$crate::store::cache::Caches) -> &$crate::store::cache::RowCache<K, T>,
+                sql: &'static str,
+                id: &K,
+                from: fn(&$row) -> $crate::store::StoreResult<T>,
+            ) -> $crate::store::StoreResult<Option<std::sync::Arc<T>>>
+            where
+                K: AsRef<str> + std::hash::Hash + Eq + Clone,
+            {
+                let key = [id.as_ref()];
+                let load = self.find(sql, &key, from);
+                match self.caches() {
+                    Some(c) => pick(c).read_through(id, load).await,
+                    None => Ok(load.await?.map(std::sync::Arc::new)),
+                }
+            }
+
             /// The onboarding `id` whatever its tenant, through the backend's cache if any.
             async fn onboarding_row(
                 &self,
                 id: &$crate::domain::OnboardingId,
-            ) -> $crate::store::StoreResult<Option<$crate::store::OnboardingRecord>> {
-                let key = [id.as_str()];
-                let load = self.find("SELECT * FROM onboardings WHERE id = $1", &key, Self::onboarding_from);
-                match self.caches() {
-                    Some(c) => c.onboardings.read_through(id, load).await,
-                    None => load.await,
-                }
+            ) -> $crate::store::StoreResult<Option<std::sync::Arc<$crate::store::OnboardingRecord>>> {
+                self.row_by_id(|c| &c.onboardings, "SELECT * FROM onboardings WHERE id = $1", id, Self::onboarding_from)
+                    .await
             }
 
             /// The account `id` whatever its tenant, through the backend's cache if any.
@@ -671,12 +687,8 @@ macro_rules! impl_sql_store {
                 &self,
                 id: &$crate::domain::AccountId,
             ) -> $crate::store::StoreResult<Option<$crate::store::AccountRecord>> {
-                let key = [id.as_str()];
-                let load = self.find("SELECT * FROM accounts WHERE id = $1", &key, Self::account_from);
-                match self.caches() {
-                    Some(c) => c.accounts.read_through(id, load).await,
-                    None => load.await,
-                }
+                let row = self.row_by_id(|c| &c.accounts, "SELECT * FROM accounts WHERE id = $1", id, Self::account_from);
+                Ok(row.await?.map(std::sync::Arc::unwrap_or_clone))
             }
 
             /// Forgets a written account, after the write's commit and before it returns.
@@ -937,8 +949,7 @@ macro_rules! impl_sql_store {
                 tenant: &$crate::domain::TenantId,
                 id: &$crate::domain::OnboardingId,
             ) -> $crate::store::StoreResult<Option<$crate::store::OnboardingRecord>> {
-                // By primary key, then scoped: another tenant's id reads as absent.
-                Ok(self.onboarding_row(id).await?.filter(|o| o.tenant_id == *tenant))
+                Ok(self.onboarding_shared(tenant, id).await?.map(std::sync::Arc::unwrap_or_clone))
             }
 
             async fn pipeline(
@@ -971,20 +982,15 @@ macro_rules! impl_sql_store {
                 tenant: &$crate::domain::TenantId,
                 id: &$crate::domain::OnboardingId,
             ) -> $crate::store::StoreResult<Option<std::sync::Arc<$crate::store::OnboardingRecord>>> {
-                let key = [id.as_str()];
-                let load = self.find("SELECT * FROM onboardings WHERE id = $1", &key, Self::onboarding_from);
-                let row = match self.caches() {
-                    Some(c) => c.onboardings.read_shared(id, load).await?,
-                    None => load.await?.map(std::sync::Arc::new),
-                };
-                Ok(row.filter(|o| o.tenant_id == *tenant))
+                // By primary key, then scoped: another tenant's id reads as absent.
+                Ok(self.onboarding_row(id).await?.filter(|o| o.tenant_id == *tenant))
             }
 
             async fn onboarding_unscoped(
                 &self,
                 id: &$crate::domain::OnboardingId,
             ) -> $crate::store::StoreResult<Option<$crate::store::OnboardingRecord>> {
-                self.onboarding_row(id).await
+                Ok(self.onboarding_row(id).await?.map(std::sync::Arc::unwrap_or_clone))
             }
 
             async fn onboarding_by_resource(

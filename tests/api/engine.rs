@@ -514,24 +514,17 @@ async fn batch_app(fake: &Arc<InMemoryProvider>) -> TestApp {
 /// An onboarding awaiting the customer, whose callbacks carry `key`.
 async fn keyed(app: &TestApp, account: &str, key: &str) -> OnboardingId {
     let id = app.insert_onboarding(account, "batch").await;
-    app.running()
-        .store
-        .apply_change(&wa_onboard::store::OnboardingChange {
-            onboarding_id: Some(id.clone()),
-            state: Some(wa_onboard::domain::OnboardingState::AwaitingCustomer),
-            external_key: Some(key.into()),
-            event: wa_onboard::store::NewEvent {
-                kind: "state_changed".into(),
-                reason: "linked".into(),
-                step: None,
-                data_json: "{}".into(),
-            },
-            at_ms: now_ms(),
-            ..Default::default()
-        })
-        .await
-        .unwrap();
+    app.link(&id, wa_onboard::domain::OnboardingState::AwaitingCustomer, key).await;
     id
+}
+
+/// A batch app, the webhook URL of its account and two onboardings awaiting the customer
+/// (callback keys `key-a` and `key-b`).
+async fn two_keyed(fake: &Arc<InMemoryProvider>) -> (TestApp, String, OnboardingId, OnboardingId) {
+    let app = batch_app(fake).await;
+    let url = account(&app, "acme").await;
+    let (a, b) = (keyed(&app, "acme", "key-a").await, keyed(&app, "acme", "key-b").await);
+    (app, url, a, b)
 }
 
 /// Every pending webhook event, claimed for the test's own worker.
@@ -559,9 +552,7 @@ async fn callback_events(app: &TestApp, id: &OnboardingId) -> Vec<(String, i32, 
 #[tokio::test]
 async fn one_batch_chains_callbacks_of_an_onboarding_and_never_applies_one_twice() {
     let fake = Arc::new(InMemoryProvider::new(ProviderKind::Gupshup));
-    let app = batch_app(&fake).await;
-    let url = account(&app, "acme").await;
-    let (a, b) = (keyed(&app, "acme", "key-a").await, keyed(&app, "acme", "key-b").await);
+    let (app, url, a, b) = two_keyed(&fake).await;
     // For a: a newer event, a duplicate delivery, then one older than the newest (stale).
     post_in_order(
         &url,
@@ -618,9 +609,7 @@ async fn post_in_order(url: &str, fake: &InMemoryProvider, callbacks: &[(&str, &
 #[tokio::test]
 async fn a_conflict_inside_a_batch_is_planned_again_on_the_fresh_row_in_order() {
     let fake = Arc::new(InMemoryProvider::new(ProviderKind::Gupshup));
-    let app = batch_app(&fake).await;
-    let url = account(&app, "acme").await;
-    let (a, b) = (keyed(&app, "acme", "key-a").await, keyed(&app, "acme", "key-b").await);
+    let (app, url, a, b) = two_keyed(&fake).await;
     post_in_order(
         &url,
         &fake,

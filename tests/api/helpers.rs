@@ -164,13 +164,29 @@ impl TestApp {
 
     /// Appends a state change event.
     pub async fn change_state(&self, id: &OnboardingId, state: OnboardingState, status: &str) -> i64 {
+        self.write_state(id, state, Some(status), None).await
+    }
+
+    /// [`Self::change_state`] that also sets the provider-side key its callbacks carry.
+    pub async fn link(&self, id: &OnboardingId, state: OnboardingState, external_key: &str) -> i64 {
+        self.write_state(id, state, None, Some(external_key)).await
+    }
+
+    async fn write_state(
+        &self,
+        id: &OnboardingId,
+        state: OnboardingState,
+        status: Option<&str>,
+        external_key: Option<&str>,
+    ) -> i64 {
         let e = self
             .running()
             .store
             .apply_change(&OnboardingChange {
                 onboarding_id: Some(id.clone()),
                 state: Some(state),
-                provider_status: Some(status.into()),
+                provider_status: status.map(Into::into),
+                external_key: external_key.map(Into::into),
                 event: NewEvent {
                     kind: "state_changed".into(),
                     reason: format!("now {state}"),
