@@ -523,11 +523,10 @@ impl Core {
                 && change.steps.is_empty()
                 && let Some(w) = steps.iter().find(|s| s.state == StepState::Waiting)
             {
-                // Wake the waiting step so the adapter confirms and moves on at once.
-                let mut w = w.clone();
-                w.next_run_ms = Some(now);
-                w.updated_ms = now;
-                change.steps.push(w);
+                // Wake the waiting step so the adapter confirms and moves on at once. By name
+                // only: a copy of the row read for this plan would overwrite data its own run
+                // wrote since (its idempotency markers), which the sequence does not guard.
+                change.wake_steps.push(w.name.clone());
             }
         }
         change.details_json = Some(serde_json::Value::Object(details).to_string());

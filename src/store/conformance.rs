@@ -814,6 +814,36 @@ async fn check_apply_change(store: Arc<dyn Store>) {
     assert_eq!((notice.sequence, notice.committed), (5, None));
 }
 
+async fn check_apply_change_wakes_steps_by_name(store: Arc<dyn Store>) {
+    let t = tenant(&store).await;
+    let a = account(&store, &t, ProviderKind::Whapi).await;
+    let new = new_onboarding(&a, "r", &[("wait", StepState::Waiting, Some(50_000)), ("run", StepState::Running, None)]);
+    store.create_onboarding(&new).await.unwrap();
+    let id = new.onboarding.id.clone();
+    // The steps' own runs write their data after the waker read them.
+    let mut waiting = new.steps[0].clone();
+    waiting.data_json = r#"{"marker":1}"#.into();
+    let mut running = new.steps[1].clone();
+    running.data_json = r#"{"marker":2}"#.into();
+    running.lease_owner = Some("worker-1".into());
+    store
+        .apply_change(&OnboardingChange { steps: vec![waiting.clone(), running.clone()], ..change(&id, "ran") })
+        .await
+        .unwrap();
+
+    let wake = OnboardingChange {
+        wake_steps: vec!["wait".into(), "run".into(), "missing".into()],
+        at_ms: 7_000,
+        ..change(&id, "callback")
+    };
+    store.apply_change(&wake).await.unwrap();
+    let steps = store.steps(&id).await.unwrap();
+    let by = |n: &str| steps.iter().find(|s| s.name == n).unwrap().clone();
+    assert_eq!(by("wait"), StepRecord { next_run_ms: Some(7_000), updated_ms: 7_000, ..waiting }, "due now, data kept");
+    assert_eq!(by("run"), running, "a step that is not waiting is left alone");
+    assert_eq!(steps.len(), 2, "no step made up");
+}
+
 async fn check_apply_change_stale(store: Arc<dyn Store>) {
     let t = tenant(&store).await;
     let a = account(&store, &t, ProviderKind::Gupshup).await;
@@ -1400,6 +1430,7 @@ conformance_suite!(
     check_count_onboardings,
     check_apply_change,
     check_apply_change_stale,
+    check_apply_change_wakes_steps_by_name,
     check_apply_change_concurrent,
     check_apply_change_marks_webhook,
     check_apply_change_refuses_a_processed_webhook,

@@ -264,6 +264,10 @@ pub struct OnboardingChange {
     pub expiry_warned_secs: Option<i64>,
     /// Steps to insert or replace (matched by name).
     pub steps: Vec<StepRecord>,
+    /// Steps to make due now if they are still `WAITING` (matched by name), touching nothing
+    /// else of them: a callback wakes a step without writing back a copy of it, which could
+    /// undo what the step's own run wrote meanwhile (its data is not guarded by the sequence).
+    pub wake_steps: Vec<String>,
     /// The event to append.
     pub event: NewEvent,
     /// A webhook event this change consumes; marked `PROCESSED` in the same transaction.

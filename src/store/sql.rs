@@ -636,6 +636,17 @@ macro_rules! impl_sql_store {
                     return Err($crate::store::StoreError::Conflict(format!("onboarding {id} changed concurrently")));
                 }
                 let step = Self::write_steps(tx, id, &change.steps, change.event.step.as_deref()).await?;
+                for name in &change.wake_steps {
+                    sqlx::query(
+                        "UPDATE pipeline_steps SET next_run_ms = $3, updated_ms = $3 \
+                         WHERE onboarding_id = $1 AND name = $2 AND state = 'WAITING'",
+                    )
+                    .bind(id.as_str())
+                    .bind(name.as_str())
+                    .bind(change.at_ms)
+                    .execute(&mut *tx)
+                    .await?;
+                }
                 let event = $crate::store::EventRecord {
                     onboarding_id: id.clone(),
                     sequence: new.sequence,
