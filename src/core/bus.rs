@@ -1,6 +1,6 @@
 //! Fan-out of onboarding changes to streams. One task reads the store's change notices (from
 //! this replica and, on PostgreSQL, from every replica) and moves the latest known sequence of
-//! the watched onboarding (an atomic and a `Notify` per onboarding, so only its streams wake:
+//! the watched onboarding (an atomic and a few `Notify`s per onboarding, so only its streams wake:
 //! a `watch` channel costs ten times the memory, and there is one topic per stream when every
 //! stream watches its own onboarding). The
 //! same task drives the shared heartbeat ticks, and every few periods (or at once after a
@@ -172,17 +172,12 @@ impl Topic {
         if current.hi() >= sequence && !current.is_empty() {
             return;
         }
-        let window = if !current.is_empty() && current.hi() == sequence - 1 {
-            let skip = (current.events.len() + 1).saturating_sub(keep);
-            let lo = if skip == 0 { current.lo } else { current.events[skip - 1].0.sequence };
-            let mut events = Vec::with_capacity(current.events.len() + 1 - skip);
-            events.extend(current.events[skip..].iter().cloned());
-            events.push(delivered);
-            Window { lo, events, reached_end: true, known_at_start: sequence }
+        let (lo, events) = if !current.is_empty() && current.hi() == sequence - 1 {
+            appended(current.lo, current.events.clone(), [delivered], keep)
         } else {
-            Window { lo: sequence - 1, events: vec![delivered], reached_end: true, known_at_start: sequence }
+            (sequence - 1, vec![delivered])
         };
-        cache.window = Arc::new(window);
+        cache.window = Arc::new(Window { lo, events, reached_end: true, known_at_start: sequence });
     }
 
     /// Moves the latest known sequence forward (never back); wakes the topic's streams.
@@ -492,19 +487,30 @@ async fn read_window(
         let step = e.step.as_ref().and_then(|s| steps.iter().find(|st| &st.name == s).cloned());
         (Arc::new(e), step)
     });
-    let (mut lo, mut all) = match base {
-        Some(b) => (b.lo, b.events.clone()),
-        None => (from, Vec::new()),
+    let (lo, all) = match base {
+        Some(b) => appended(b.lo, b.events.clone(), fresh, keep),
+        None => appended(from, Vec::new(), fresh, keep),
     };
-    let before = all.len();
-    all.extend(fresh);
-    let keep = keep.max(all.len() - before);
-    if all.len() > keep {
-        let cut = all.len() - keep;
-        lo = all[cut - 1].0.sequence;
-        all.drain(..cut);
-    }
     Ok(Window { lo, events: all, reached_end, known_at_start })
+}
+
+/// `events` (all after `lo`) with `fresh` appended, cut from the front to at least `keep`
+/// events and everything fresh; returns the new `lo` with them.
+fn appended(
+    mut lo: i64,
+    mut events: Vec<Delivered>,
+    fresh: impl IntoIterator<Item = Delivered>,
+    keep: usize,
+) -> (i64, Vec<Delivered>) {
+    let before = events.len();
+    events.extend(fresh);
+    let keep = keep.max(events.len() - before);
+    if events.len() > keep {
+        let cut = events.len() - keep;
+        lo = events[cut - 1].0.sequence;
+        events.drain(..cut);
+    }
+    (lo, events)
 }
 
 #[cfg(test)]
