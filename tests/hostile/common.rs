@@ -1,0 +1,28 @@
+//! Report fragments of the hostile-input suite.
+
+use std::path::{Path, PathBuf};
+
+/// Writes `target/reliability/{file}` (name it `4N-hostile-<slug>.md`): one attack of the
+/// "Hostile input" section of `RELIABILITY.md`, starting with a `### ` heading, saying what the
+/// attack sends and the outcome this run measured. `scripts/reliability-report` assembles the
+/// fragments in name order.
+pub fn write_fragment(file: &str, markdown: &str) {
+    let dir =
+        Path::new(env!("CARGO_TARGET_TMPDIR")).parent().map_or_else(|| PathBuf::from("target"), Path::to_path_buf);
+    let dir = dir.join("reliability");
+    std::fs::create_dir_all(&dir).expect("report dir");
+    let stamp =
+        std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs() as i64).unwrap_or(0);
+    let when = prost_types::Timestamp { seconds: stamp, nanos: 0 }.to_string();
+    let body = format!("{markdown}\n_Measured {when} by `cargo test --test hostile`._\n");
+    std::fs::write(dir.join(file), body).expect("write fragment");
+}
+
+/// A two-column Markdown table.
+pub fn table(rows: &[(&str, String)]) -> String {
+    let mut t = String::from("| figure | value |\n|---|---|\n");
+    for (k, v) in rows {
+        t.push_str(&format!("| {k} | {v} |\n"));
+    }
+    t
+}
