@@ -7,6 +7,7 @@ use super::*;
 impl pb::onboarding_service_server::OnboardingService for Services {
     async fn create_onboarding(&self, req: Request<pb::CreateOnboardingRequest>) -> Res<pb::Onboarding> {
         let caller = caller(&req)?;
+        limits::checked(req.get_ref())?;
         let r = req.get_ref();
         let mut v = Violations::new();
         let account = v.check("account", account_name("account", &r.account).map_err(|e| e.message));
@@ -15,9 +16,6 @@ impl pb::onboarding_service_server::OnboardingService for Services {
         } else {
             v.check("onboarding_id", OnboardingId::parse(r.onboarding_id.as_str()).map_err(|e| e.0))
         };
-        if r.reference.chars().count() > 200 {
-            v.add("reference", "must be at most 200 characters");
-        }
         let request_id = request_id(&mut v, &r.request_id);
         let payload = start_payload_from_pb(&mut v, r.request.as_ref());
         v.finish()?;
@@ -39,6 +37,7 @@ impl pb::onboarding_service_server::OnboardingService for Services {
         req: Request<pb::CreateOnboardingLinksRequest>,
     ) -> Res<pb::CreateOnboardingLinksResponse> {
         let caller = caller(&req)?;
+        limits::checked(req.get_ref())?;
         let r = req.get_ref();
         let mut v = Violations::new();
         let id = v.check("account", account_name("account", &r.account).map_err(|e| e.message));
@@ -66,12 +65,14 @@ impl pb::onboarding_service_server::OnboardingService for Services {
 
     async fn get_onboarding(&self, req: Request<pb::GetOnboardingRequest>) -> Res<pb::Onboarding> {
         let caller = caller_ref(&req)?;
+        limits::checked(req.get_ref())?;
         let id = onboarding_name("name", &req.get_ref().name)?;
         ok(self.core.get_onboarding_shared(caller, &id).await.map(|o| self.onboardings_pb.onboarding(o)))
     }
 
     async fn list_onboardings(&self, req: Request<pb::ListOnboardingsRequest>) -> Res<pb::ListOnboardingsResponse> {
         let caller = caller(&req)?;
+        limits::checked(req.get_ref())?;
         let r = req.into_inner();
         let mut v = Violations::new();
         let page = page_request(&mut v, "onboardings", r.page_size, &r.page_token, DEFAULT_PAGE);
@@ -94,6 +95,7 @@ impl pb::onboarding_service_server::OnboardingService for Services {
 
     async fn cancel_onboarding(&self, req: Request<pb::CancelOnboardingRequest>) -> Res<pb::CancelOnboardingResponse> {
         let caller = caller(&req)?;
+        limits::checked(req.get_ref())?;
         let r = req.get_ref();
         let mut v = Violations::new();
         let id = v.check("name", onboarding_name("name", &r.name).map_err(|e| e.message));
@@ -108,6 +110,7 @@ impl pb::onboarding_service_server::OnboardingService for Services {
 
     async fn submit_verification_code(&self, req: Request<pb::SubmitVerificationCodeRequest>) -> Res<pb::Onboarding> {
         let caller = caller(&req)?;
+        limits::checked(req.get_ref())?;
         let r = req.get_ref();
         let mut v = Violations::new();
         let id = v.check("name", onboarding_name("name", &r.name).map_err(|e| e.message));
@@ -124,6 +127,7 @@ impl pb::onboarding_service_server::OnboardingService for Services {
     async fn watch_onboarding(&self, req: Request<pb::WatchOnboardingRequest>) -> Res<Self::WatchOnboardingStream> {
         use pb::watch_onboarding_response::Message as M;
         let caller = caller(&req)?;
+        limits::checked(req.get_ref())?;
         let id = onboarding_name("name", &req.get_ref().name)?;
         let items =
             self.core.watch_onboarding(&caller, &id, req.get_ref().after_sequence, self.shutdown.clone()).await?;
@@ -144,6 +148,7 @@ impl pb::onboarding_service_server::OnboardingService for Services {
         req: Request<pb::ListOnboardingEventsRequest>,
     ) -> Res<pb::ListOnboardingEventsResponse> {
         let caller = caller(&req)?;
+        limits::checked(req.get_ref())?;
         let r = req.into_inner();
         let mut v = Violations::new();
         let id = v.check("name", onboarding_name("name", &r.name).map_err(|e| e.message));

@@ -8,6 +8,7 @@ use crate::grpc::convert_ext::*;
 impl pb::subscription_service_server::SubscriptionService for Services {
     async fn create_subscription(&self, req: Request<pb::CreateSubscriptionRequest>) -> Res<pb::Subscription> {
         let caller = caller(&req)?;
+        limits::checked(req.get_ref())?;
         let r = req.into_inner();
         let mut v = Violations::new();
         let id = v.check("parent", onboarding_name("parent", &r.parent).map_err(|e| e.message));
@@ -22,6 +23,7 @@ impl pb::subscription_service_server::SubscriptionService for Services {
 
     async fn get_subscription(&self, req: Request<pb::GetSubscriptionRequest>) -> Res<pb::Subscription> {
         let caller = caller(&req)?;
+        limits::checked(req.get_ref())?;
         let (id, sub) = subscription_name("name", &req.get_ref().name)?;
         ok(self.core.get_subscription(&caller, &id, &sub).await.map(|s| subscription_to_pb(&s)))
     }
@@ -31,6 +33,7 @@ impl pb::subscription_service_server::SubscriptionService for Services {
         req: Request<pb::ListSubscriptionsRequest>,
     ) -> Res<pb::ListSubscriptionsResponse> {
         let caller = caller(&req)?;
+        limits::checked(req.get_ref())?;
         let r = req.into_inner();
         let mut v = Violations::new();
         let id = v.check("parent", onboarding_name("parent", &r.parent).map_err(|e| e.message));
@@ -47,6 +50,7 @@ impl pb::subscription_service_server::SubscriptionService for Services {
 
     async fn update_subscription(&self, req: Request<pb::UpdateSubscriptionRequest>) -> Res<pb::Subscription> {
         let caller = caller(&req)?;
+        limits::checked(req.get_ref())?;
         let r = req.into_inner();
         let mut v = Violations::new();
         let name = v.check("name", subscription_name("name", &r.name).map_err(|e| e.message));
@@ -59,6 +63,7 @@ impl pb::subscription_service_server::SubscriptionService for Services {
 
     async fn delete_subscription(&self, req: Request<pb::DeleteSubscriptionRequest>) -> Res<()> {
         let caller = caller(&req)?;
+        limits::checked(req.get_ref())?;
         let (id, sub) = subscription_name("name", &req.get_ref().name)?;
         ok(self.core.delete_subscription(&caller, &id, &sub).await)
     }
