@@ -561,6 +561,9 @@ mod tests {
     fn message_body<'a>(protos: &'a str, message: &str) -> Option<&'a str> {
         let start = protos.find(&format!("\nmessage {message} {{"))?;
         let rest = &protos[start + 1..];
+        if rest.lines().next()?.ends_with("{}") {
+            return Some("");
+        }
         let end = rest.find("\n}")?;
         Some(&rest[..end])
     }
