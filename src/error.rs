@@ -251,7 +251,8 @@ impl From<StoreError> for AppError {
             // tables and constraints, none of which is the caller's business.
             StoreError::Unavailable(what) => {
                 tracing::warn!(error = %what, "store unavailable");
-                AppError::new(ErrorCode::Unavailable, "store unavailable, retry").with_retry_after(Duration::from_secs(1))
+                AppError::new(ErrorCode::Unavailable, "store unavailable, retry")
+                    .with_retry_after(Duration::from_secs(1))
             }
             StoreError::Corrupt(what) => {
                 tracing::error!(error = %what, "corrupt stored data");

@@ -460,15 +460,13 @@ impl Limit {
             return Some(format!("must be at most {} characters", self.max));
         }
         match chars {
-            Line | Secret if value.chars().any(char::is_control) => {
-                Some("must not contain control characters".into())
-            }
+            Line | Secret if value.chars().any(char::is_control) => Some("must not contain control characters".into()),
             Text if value.chars().any(|c| c.is_control() && !matches!(c, '\n' | '\r' | '\t')) => {
                 Some("must not contain control characters other than line breaks and tabs".into())
             }
-            Segment if !segment_safe(value) => Some(
-                "may contain only printable ASCII without whitespace, '/', '\\', '?', '#', '%' or '..'".into(),
-            ),
+            Segment if !segment_safe(value) => {
+                Some("may contain only printable ASCII without whitespace, '/', '\\', '?', '#', '%' or '..'".into())
+            }
             _ => None,
         }
     }

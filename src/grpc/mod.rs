@@ -5,9 +5,9 @@ pub mod auth;
 pub mod codec;
 pub mod convert;
 pub mod convert_ext;
-pub mod limits;
 #[cfg(test)]
 mod fuzz;
+pub mod limits;
 pub mod pb;
 pub mod pb_cache;
 mod services;
@@ -90,7 +90,9 @@ pub fn router(
         .add_service(codec::OversizeAsExhausted(pb::onboarding_service_server::OnboardingServiceServer::new(s.clone())))
         .add_service(codec::OversizeAsExhausted(pb::token_service_server::TokenServiceServer::new(s.clone())))
         .add_service(codec::OversizeAsExhausted(pb::pipeline_service_server::PipelineServiceServer::new(s.clone())))
-        .add_service(codec::OversizeAsExhausted(pb::subscription_service_server::SubscriptionServiceServer::new(s.clone())))
+        .add_service(codec::OversizeAsExhausted(pb::subscription_service_server::SubscriptionServiceServer::new(
+            s.clone(),
+        )))
         .add_service(codec::OversizeAsExhausted(pb::channel_service_server::ChannelServiceServer::new(s.clone())))
         .add_service(codec::OversizeAsExhausted(pb::provider_service_server::ProviderServiceServer::new(s)));
     Ok((router, reporter))

@@ -82,7 +82,11 @@ fn links(reference: &str, count: i32) -> pb::CreateOnboardingLinksRequest {
     }
 }
 
-fn onboarding(account: &str, reference: &str, request: pb::create_onboarding_request::Request) -> pb::CreateOnboardingRequest {
+fn onboarding(
+    account: &str,
+    reference: &str,
+    request: pb::create_onboarding_request::Request,
+) -> pb::CreateOnboardingRequest {
     pb::CreateOnboardingRequest {
         account: format!("accounts/{account}"),
         reference: reference.into(),
@@ -104,7 +108,11 @@ fn refused<T: std::fmt::Debug>(what: &str, r: Result<tonic::Response<T>, tonic::
     };
     let shown: String = status.message().chars().take(200).collect();
     assert_eq!(status.code(), Code::InvalidArgument, "{what}: {shown}");
-    assert!(violations(&status).iter().any(|f| f == field), "{what}: no violation on {field}: {:?}", violations(&status));
+    assert!(
+        violations(&status).iter().any(|f| f == field),
+        "{what}: no violation on {field}: {:?}",
+        violations(&status)
+    );
     for db in ["UTF8", "0x00", "invalid byte sequence", "sqlx", "SQLSTATE", "constraint"] {
         assert!(!status.message().contains(db), "{what}: database text in the error: {shown}");
     }
@@ -243,12 +251,10 @@ async fn send(app: &TestApp, attack: Attack) -> Result<(), tonic::Status> {
     match attack {
         Attack::Onboarding(r) => app.onboardings().create_onboarding(app.req(r)).await.map(|_| ()),
         Attack::Account(r) => app.accounts().create_account(app.req(r)).await.map(|_| ()),
-        Attack::Subscription(r) => {
-            pb::subscription_service_client::SubscriptionServiceClient::new(app.channel.clone())
-                .create_subscription(app.req(r))
-                .await
-                .map(|_| ())
-        }
+        Attack::Subscription(r) => pb::subscription_service_client::SubscriptionServiceClient::new(app.channel.clone())
+            .create_subscription(app.req(r))
+            .await
+            .map(|_| ()),
     }
 }
 
@@ -431,12 +437,15 @@ async fn errors_about_oversized_input_quote_only_a_short_prefix() {
     let s = refused("1 MiB storage_region", r, "gupshup.storage_region");
     rows.push(("1 MiB `storage_region`", s));
 
-    let r = subs().create_subscription(app.req(subscription(&parent, spec(url, vec![big.clone()], "t1", HashMap::new())))).await;
+    let r = subs()
+        .create_subscription(app.req(subscription(&parent, spec(url, vec![big.clone()], "t1", HashMap::new()))))
+        .await;
     let s = refused("1 MiB subscription mode", r, "spec.events");
     rows.push(("1 MiB Gupshup mode in `events`", s));
 
     let headers = HashMap::from([(format!("{big} "), "v".to_string())]);
-    let r = subs().create_subscription(app.req(subscription(&parent, spec(url, vec!["SENT".into()], "t1", headers)))).await;
+    let r =
+        subs().create_subscription(app.req(subscription(&parent, spec(url, vec!["SENT".into()], "t1", headers)))).await;
     let s = refused("1 MiB header name", r, "spec.headers");
     rows.push(("1 MiB header name", s));
 
@@ -450,7 +459,8 @@ async fn errors_about_oversized_input_quote_only_a_short_prefix() {
     let s = refused("1 MiB update_mask path", r, "update_mask");
     rows.push(("1 MiB `update_mask` path", s));
 
-    let r = app.onboardings().get_onboarding(app.req(pb::GetOnboardingRequest { name: format!("accounts/{big}") })).await;
+    let r =
+        app.onboardings().get_onboarding(app.req(pb::GetOnboardingRequest { name: format!("accounts/{big}") })).await;
     let s = refused("1 MiB resource name", r, "name");
     rows.push(("1 MiB resource name", s));
 
