@@ -183,9 +183,13 @@ impl Violations {
         Self::default()
     }
 
-    /// Records one.
+    /// Records one. A field keeps its first violation only: the limits table checks every
+    /// field first, and a later check of the same oversized field would only repeat it.
     pub fn add(&mut self, field: impl Into<String>, description: impl Into<String>) {
-        self.0.push((field.into(), description.into()));
+        let field = field.into();
+        if !self.0.iter().any(|(f, _)| *f == field) {
+            self.0.push((field, description.into()));
+        }
     }
 
     /// Records the error of a parse, returning its value if it parsed.

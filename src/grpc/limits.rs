@@ -206,12 +206,20 @@ pub trait Limited {
     fn check_limits(&self, v: &mut Violations);
 }
 
-/// Checks a whole request: `INVALID_ARGUMENT` with every field over its limit, before any
-/// other parsing (so later checks and their messages only ever see bounded input).
+/// Checks a whole request: `INVALID_ARGUMENT` with every field over its limit. For handlers
+/// that parse one field and return at once; the others use [`collect`].
 pub fn checked<R: Limited>(r: &R) -> Result<(), AppError> {
+    collect(r).finish()
+}
+
+/// The violations of a whole request's limits, as the collector the handler goes on filling
+/// with its other checks, so one `INVALID_ARGUMENT` lists them all. Nothing after the
+/// handler's `finish` runs on a field over its limit; the checks before it quote input only
+/// through [`crate::error::quote`].
+pub fn collect<R: Limited>(r: &R) -> Violations {
     let mut v = Violations::new();
     r.check_limits(&mut v);
-    v.finish()
+    v
 }
 
 /// Requests whose string fields are all top-level: `Type { field, ... }`.

@@ -7,9 +7,8 @@ use super::*;
 impl pb::account_service_server::AccountService for Services {
     async fn create_account(&self, req: Request<pb::CreateAccountRequest>) -> Res<pb::Account> {
         let caller = caller(&req)?;
-        limits::checked(req.get_ref())?;
+        let mut v = limits::collect(req.get_ref());
         let r = req.into_inner();
-        let mut v = Violations::new();
         let Some(account) = r.account else {
             return Err(AppError::invalid("account", "is required").into());
         };
@@ -48,9 +47,8 @@ impl pb::account_service_server::AccountService for Services {
 
     async fn list_accounts(&self, req: Request<pb::ListAccountsRequest>) -> Res<pb::ListAccountsResponse> {
         let caller = caller(&req)?;
-        limits::checked(req.get_ref())?;
+        let mut v = limits::collect(req.get_ref());
         let r = req.into_inner();
-        let mut v = Violations::new();
         let page = page_request(&mut v, "accounts", r.page_size, &r.page_token, DEFAULT_PAGE);
         let provider = provider_filter(&mut v, "provider", r.provider);
         v.finish()?;

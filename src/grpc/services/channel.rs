@@ -16,9 +16,8 @@ impl pb::channel_service_server::ChannelService for Services {
 
     async fn list_channels(&self, req: Request<pb::ListChannelsRequest>) -> Res<pb::ListChannelsResponse> {
         let caller = caller(&req)?;
-        limits::checked(req.get_ref())?;
+        let mut v = limits::collect(req.get_ref());
         let r = req.into_inner();
-        let mut v = Violations::new();
         let page = page_request(&mut v, "channels", r.page_size, &r.page_token, DEFAULT_PAGE);
         let account = if r.account.is_empty() {
             None
@@ -34,9 +33,8 @@ impl pb::channel_service_server::ChannelService for Services {
 
     async fn get_connect_code(&self, req: Request<pb::GetConnectCodeRequest>) -> Res<pb::ConnectCode> {
         let caller = caller(&req)?;
-        limits::checked(req.get_ref())?;
+        let mut v = limits::collect(req.get_ref());
         let r = req.into_inner();
-        let mut v = Violations::new();
         let id = v.check("name", channel_name("name", &r.name).map_err(|e| e.message));
         let method = connect_method_from_pb(&mut v, r.method);
         v.finish()?;
@@ -48,9 +46,8 @@ impl pb::channel_service_server::ChannelService for Services {
 
     async fn set_channel_mode(&self, req: Request<pb::SetChannelModeRequest>) -> Res<pb::Channel> {
         let caller = caller(&req)?;
-        limits::checked(req.get_ref())?;
+        let mut v = limits::collect(req.get_ref());
         let r = req.get_ref();
-        let mut v = Violations::new();
         let id = v.check("name", channel_name("name", &r.name).map_err(|e| e.message));
         let mode = channel_mode_from_pb(&mut v, "mode", r.mode);
         v.finish()?;
@@ -62,9 +59,8 @@ impl pb::channel_service_server::ChannelService for Services {
 
     async fn extend_channel(&self, req: Request<pb::ExtendChannelRequest>) -> Res<pb::ExtendChannelResponse> {
         let caller = caller(&req)?;
-        limits::checked(req.get_ref())?;
+        let mut v = limits::collect(req.get_ref());
         let r = req.get_ref();
-        let mut v = Violations::new();
         let id = v.check("name", channel_name("name", &r.name).map_err(|e| e.message));
         let days = match u32::try_from(r.days) {
             Ok(d) if (1..=MAX_EXTEND_DAYS).contains(&d) => d,
@@ -92,9 +88,8 @@ impl pb::channel_service_server::ChannelService for Services {
 
     async fn delete_channel(&self, req: Request<pb::DeleteChannelRequest>) -> Res<pb::DeleteChannelResponse> {
         let caller = caller(&req)?;
-        limits::checked(req.get_ref())?;
+        let mut v = limits::collect(req.get_ref());
         let r = req.get_ref();
-        let mut v = Violations::new();
         let id = v.check("name", channel_name("name", &r.name).map_err(|e| e.message));
         let rid = request_id(&mut v, &r.request_id);
         v.finish()?;

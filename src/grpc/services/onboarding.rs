@@ -7,9 +7,8 @@ use super::*;
 impl pb::onboarding_service_server::OnboardingService for Services {
     async fn create_onboarding(&self, req: Request<pb::CreateOnboardingRequest>) -> Res<pb::Onboarding> {
         let caller = caller(&req)?;
-        limits::checked(req.get_ref())?;
+        let mut v = limits::collect(req.get_ref());
         let r = req.get_ref();
-        let mut v = Violations::new();
         let account = v.check("account", account_name("account", &r.account).map_err(|e| e.message));
         let onboarding_id = if r.onboarding_id.is_empty() {
             None
@@ -37,9 +36,8 @@ impl pb::onboarding_service_server::OnboardingService for Services {
         req: Request<pb::CreateOnboardingLinksRequest>,
     ) -> Res<pb::CreateOnboardingLinksResponse> {
         let caller = caller(&req)?;
-        limits::checked(req.get_ref())?;
+        let mut v = limits::collect(req.get_ref());
         let r = req.get_ref();
-        let mut v = Violations::new();
         let id = v.check("account", account_name("account", &r.account).map_err(|e| e.message));
         if !(1..=50).contains(&r.count) {
             v.add("count", "must be between 1 and 50 (Exotel mints at most 50 links per call)");
@@ -72,9 +70,8 @@ impl pb::onboarding_service_server::OnboardingService for Services {
 
     async fn list_onboardings(&self, req: Request<pb::ListOnboardingsRequest>) -> Res<pb::ListOnboardingsResponse> {
         let caller = caller(&req)?;
-        limits::checked(req.get_ref())?;
+        let mut v = limits::collect(req.get_ref());
         let r = req.into_inner();
-        let mut v = Violations::new();
         let page = page_request(&mut v, "onboardings", r.page_size, &r.page_token, DEFAULT_PAGE);
         let filter = OnboardingFilter {
             provider: provider_filter(&mut v, "provider", r.provider),
@@ -95,9 +92,8 @@ impl pb::onboarding_service_server::OnboardingService for Services {
 
     async fn cancel_onboarding(&self, req: Request<pb::CancelOnboardingRequest>) -> Res<pb::CancelOnboardingResponse> {
         let caller = caller(&req)?;
-        limits::checked(req.get_ref())?;
+        let mut v = limits::collect(req.get_ref());
         let r = req.get_ref();
-        let mut v = Violations::new();
         let id = v.check("name", onboarding_name("name", &r.name).map_err(|e| e.message));
         let _ = request_id(&mut v, &r.request_id);
         v.finish()?;
@@ -110,9 +106,8 @@ impl pb::onboarding_service_server::OnboardingService for Services {
 
     async fn submit_verification_code(&self, req: Request<pb::SubmitVerificationCodeRequest>) -> Res<pb::Onboarding> {
         let caller = caller(&req)?;
-        limits::checked(req.get_ref())?;
+        let mut v = limits::collect(req.get_ref());
         let r = req.get_ref();
-        let mut v = Violations::new();
         let id = v.check("name", onboarding_name("name", &r.name).map_err(|e| e.message));
         if r.code.trim().is_empty() {
             v.add("code", "is required");
@@ -148,9 +143,8 @@ impl pb::onboarding_service_server::OnboardingService for Services {
         req: Request<pb::ListOnboardingEventsRequest>,
     ) -> Res<pb::ListOnboardingEventsResponse> {
         let caller = caller(&req)?;
-        limits::checked(req.get_ref())?;
+        let mut v = limits::collect(req.get_ref());
         let r = req.into_inner();
-        let mut v = Violations::new();
         let id = v.check("name", onboarding_name("name", &r.name).map_err(|e| e.message));
         let page = page_request(&mut v, "events", r.page_size, &r.page_token, 100);
         let after = match page.after.as_deref().map(str::parse::<i64>) {

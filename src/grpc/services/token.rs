@@ -18,9 +18,8 @@ impl pb::token_service_server::TokenService for Services {
         req: Request<pb::ValidateOnboardingTokenRequest>,
     ) -> Res<pb::ValidateOnboardingTokenResponse> {
         let caller = caller(&req)?;
-        limits::checked(req.get_ref())?;
+        let mut v = limits::collect(req.get_ref());
         let r = req.get_ref();
-        let mut v = Violations::new();
         let id = v.check("account", account_name("account", &r.account).map_err(|e| e.message));
         v.check("token", check_provider_key(&r.token));
         v.finish()?;
