@@ -101,13 +101,51 @@ string_id!(
     TenantId, resource_id
 );
 string_id!(
-    /// One of a tenant's provider accounts.
-    AccountId, resource_id
+    /// One of a tenant's provider accounts: the store key, `{tenant}.{name}` (see
+    /// [`scoped_id`]), or a bare name for rows written before ids were per tenant.
+    AccountId, scoped_id
 );
 string_id!(
-    /// One onboarding.
-    OnboardingId, resource_id
+    /// One onboarding: the store key, `{tenant}.{name}` (see [`scoped_id`]), or a bare name
+    /// for rows written before ids were per tenant.
+    OnboardingId, scoped_id
 );
+
+/// Caller-chosen ids (accounts, onboardings) are unique per tenant, so their store key is
+/// `{tenant}.{name}`: globally unique and still a pure function of what a request names, so
+/// every internal reference (events, steps, claims, webhook URLs) stays one column. '.' is in
+/// neither a tenant id nor a name, so the split is unambiguous.
+fn scoped_id(s: &str) -> Result<(), String> {
+    match s.split_once('.') {
+        Some((tenant, name)) => resource_id(tenant).and_then(|()| resource_id(name)),
+        None => resource_id(s),
+    }
+}
+
+macro_rules! scoped_methods {
+    ($name:ident) => {
+        impl $name {
+            /// The key of the tenant's resource called `name` (what a request names), or the
+            /// reason `name` is not a valid id.
+            pub fn scoped(tenant: &TenantId, name: &str) -> Result<Self, IdError> {
+                resource_id(name).map_err(IdError)?;
+                Ok(Self(format!("{tenant}.{name}")))
+            }
+
+            /// A fresh generated id in `tenant` (when the caller does not choose one).
+            pub fn fresh(tenant: &TenantId) -> Self {
+                Self(format!("{tenant}.{}", new_id::<String>()))
+            }
+
+            /// The caller-visible id: the key without its tenant part.
+            pub fn name(&self) -> &str {
+                self.0.split_once('.').map_or(self.0.as_str(), |(_, n)| n)
+            }
+        }
+    };
+}
+scoped_methods!(AccountId);
+scoped_methods!(OnboardingId);
 string_id!(
     /// An API key's public id (the secret part is never an id).
     ApiKeyId, resource_id
@@ -218,6 +256,15 @@ mod tests {
         assert!(AccountId::parse("").is_err());
         assert!(AccountId::parse("-a").is_err());
         assert!(AccountId::parse("a".repeat(64)).is_err());
+        let t = TenantId::parse("t-1").unwrap();
+        let k = AccountId::scoped(&t, "acme").unwrap();
+        assert_eq!((k.as_str(), k.name()), ("t-1.acme", "acme"));
+        assert_eq!(AccountId::parse("t-1.acme").unwrap(), k);
+        assert_eq!(AccountId::parse("acme").unwrap().name(), "acme");
+        for bad in ["a.b.c", ".a", "a.", "T.a", "a.B"] {
+            assert!(AccountId::parse(bad).is_err(), "{bad}");
+        }
+        assert!(OnboardingId::scoped(&t, "a.b").is_err());
         let id: OnboardingId = new_id();
         assert_eq!(id.as_str().len(), 20);
     }

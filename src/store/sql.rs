@@ -856,6 +856,15 @@ macro_rules! impl_sql_store {
                 self.account_row(id).await
             }
 
+            async fn webhook_account(
+                &self,
+                segment: &$crate::domain::AccountId,
+            ) -> $crate::store::StoreResult<Option<$crate::store::AccountRecord>> {
+                // One statement for both forms (keys hold a '.', legacy ids never do).
+                let key = [segment.as_str()];
+                self.find("SELECT * FROM accounts WHERE id = $1 OR legacy_id = $1", &key, Self::account_from).await
+            }
+
             async fn list_accounts(
                 &self,
                 tenant: &$crate::domain::TenantId,
