@@ -306,7 +306,7 @@ impl Core {
     /// The ingress URL providers call for this account. Contains the secret: never log it.
     pub fn webhook_url(&self, record: &AccountRecord) -> Result<String, AppError> {
         let secret = self.webhook_secret(record)?;
-        Ok(format!("{}/webhooks/{}/{}/{}", self.webhook_base, record.provider, record.id, secret.expose()))
+        Ok(format!("{}/webhooks/{}/{}/{}", self.webhook_base, record.provider, record.id.as_str(), secret.expose()))
     }
 
     /// Parsed non-secret status.

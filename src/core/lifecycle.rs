@@ -103,7 +103,7 @@ impl Core {
         let id = req.onboarding_id.clone().unwrap_or_else(|| OnboardingId::fresh(&caller.tenant));
         let request = StartRequest {
             onboarding_id: id.clone(),
-            idempotency_key: id.to_string(),
+            idempotency_key: id.as_str().to_string(),
             reference: req.reference.clone(),
             payload: req.payload.clone(),
         };
@@ -239,7 +239,7 @@ impl Core {
             let id = OnboardingId::fresh(&caller.tenant);
             let request = StartRequest {
                 onboarding_id: id.clone(),
-                idempotency_key: id.to_string(),
+                idempotency_key: id.as_str().to_string(),
                 reference: reference.to_string(),
                 payload: StartPayload::Exotel,
             };

@@ -10,6 +10,9 @@ pub struct IdError(pub String);
 
 macro_rules! string_id {
     ($(#[$m:meta])* $name:ident, $check:expr) => {
+        string_id!($(#[$m])* $name, $check, |s| s);
+    };
+    ($(#[$m:meta])* $name:ident, $check:expr, $display:expr) => {
         $(#[$m])*
         #[derive(Clone, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize, serde::Deserialize)]
         #[serde(try_from = "String", into = "String")]
@@ -28,6 +31,12 @@ macro_rules! string_id {
             pub fn as_str(&self) -> &str {
                 &self.0
             }
+
+            /// What `Display` shows (to callers, in messages and logs).
+            fn display(&self) -> &str {
+                let show: fn(&str) -> &str = $display;
+                show(&self.0)
+            }
         }
 
         impl TryFrom<String> for $name {
@@ -45,7 +54,7 @@ macro_rules! string_id {
 
         impl fmt::Display for $name {
             fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-                f.write_str(&self.0)
+                f.write_str(self.display())
             }
         }
 
@@ -102,14 +111,20 @@ string_id!(
 );
 string_id!(
     /// One of a tenant's provider accounts: the store key, `{tenant}.{name}` (see
-    /// [`scoped_id`]), or a bare name for rows written before ids were per tenant.
-    AccountId, scoped_id
+    /// [`scoped_id`]). `Display` shows the name (what the tenant calls it: messages, resource
+    /// names); wherever the key matters (SQL, URLs, notices, tokens) use `as_str`.
+    AccountId, scoped_id, name_part
 );
 string_id!(
-    /// One onboarding: the store key, `{tenant}.{name}` (see [`scoped_id`]), or a bare name
-    /// for rows written before ids were per tenant.
-    OnboardingId, scoped_id
+    /// One onboarding: the store key, `{tenant}.{name}` (see [`scoped_id`]). `Display` shows
+    /// the name; wherever the key matters use `as_str`.
+    OnboardingId, scoped_id, name_part
 );
+
+/// The name part of a scoped key (the whole of a bare one).
+fn name_part(s: &str) -> &str {
+    s.split_once('.').map_or(s, |(_, n)| n)
+}
 
 /// Caller-chosen ids (accounts, onboardings) are unique per tenant, so their store key is
 /// `{tenant}.{name}`: globally unique and still a pure function of what a request names, so
@@ -139,7 +154,7 @@ macro_rules! scoped_methods {
 
             /// The caller-visible id: the key without its tenant part.
             pub fn name(&self) -> &str {
-                self.0.split_once('.').map_or(self.0.as_str(), |(_, n)| n)
+                name_part(&self.0)
             }
         }
     };
@@ -258,7 +273,8 @@ mod tests {
         assert!(AccountId::parse("a".repeat(64)).is_err());
         let t = TenantId::parse("t-1").unwrap();
         let k = AccountId::scoped(&t, "acme").unwrap();
-        assert_eq!((k.as_str(), k.name()), ("t-1.acme", "acme"));
+        assert_eq!((k.as_str(), k.name(), k.to_string().as_str()), ("t-1.acme", "acme", "acme"));
+        assert_eq!(format!("{k:?}"), "AccountId(t-1.acme)", "Debug shows the key");
         assert_eq!(AccountId::parse("t-1.acme").unwrap(), k);
         assert_eq!(AccountId::parse("acme").unwrap().name(), "acme");
         for bad in ["a.b.c", ".a", "a.", "T.a", "a.B"] {

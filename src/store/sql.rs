@@ -214,7 +214,7 @@ pub(crate) fn placeholders(from: usize, n: usize) -> String {
 /// sending store instance) lets a replica skip its own notices, which it already delivered
 /// locally.
 pub(crate) fn notice_payload(notice: &ChangeNotice, origin: &str) -> String {
-    format!("{}:{}:{}", notice.onboarding_id, notice.sequence, origin)
+    format!("{}:{}:{}", notice.onboarding_id.as_str(), notice.sequence, origin)
 }
 
 /// Parses [`notice_payload`]; the origin is optional (`onboarding_id:sequence` also parses).
@@ -881,7 +881,7 @@ macro_rules! impl_sql_store {
                 .bind(sql::page_limit(page.limit))
                 .fetch_all(self.reader())
                 .await?;
-                Ok(sql::page(Self::all(rows, Self::account_from)?, page.limit, |a| a.id.to_string()))
+                Ok(sql::page(Self::all(rows, Self::account_from)?, page.limit, |a| a.id.as_str().to_string()))
             }
 
             async fn update_account(&self, a: &$crate::store::AccountRecord) -> $crate::store::StoreResult<()> {
@@ -1082,7 +1082,7 @@ macro_rules! impl_sql_store {
                     query = query.bind(value);
                 }
                 let rows = query.bind(sql::page_limit(page.limit)).fetch_all(self.reader()).await?;
-                Ok(sql::page(Self::all(rows, Self::onboarding_from)?, page.limit, |o| o.id.to_string()))
+                Ok(sql::page(Self::all(rows, Self::onboarding_from)?, page.limit, |o| o.id.as_str().to_string()))
             }
 
             async fn count_onboardings(

@@ -72,7 +72,7 @@ async fn credentials_are_encrypted_at_rest() {
     let record = app
         .running()
         .store
-        .account_unscoped(&wa_onboard::domain::AccountId::parse("acme").unwrap())
+        .account_unscoped(&app.account_key("acme").await)
         .await
         .unwrap()
         .unwrap();

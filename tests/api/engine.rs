@@ -54,7 +54,7 @@ fn gupshup_request(account: &str, request_id: &str) -> pb::CreateOnboardingReque
 async fn create(app: &TestApp, account: &str, request_id: &str) -> OnboardingId {
     let o =
         app.onboardings().create_onboarding(app.req(gupshup_request(account, request_id))).await.unwrap().into_inner();
-    OnboardingId::parse(o.name.trim_start_matches("onboardings/")).unwrap()
+    app.onboarding_key(&o.name).await
 }
 
 async fn get(app: &TestApp, id: &OnboardingId) -> pb::Onboarding {
