@@ -3,6 +3,7 @@
 use tonic::Code;
 use wa_onboard::grpc::pb;
 
+use crate::child::{Proc, SERVE_ANY_PORT, bin};
 use crate::common;
 use crate::helpers::*;
 
@@ -129,4 +130,102 @@ async fn another_tenants_ids_are_free_and_invisible() {
         assert!(!s.message().contains(".x") && !s.message().contains(".y"), "the message names the id, not the internal key: {}", s.message());
     }
     assert_ne!(path(&a_url), path(&b_url), "each account has its own webhook URL");
+}
+
+/// Starts `serve` on `dir`, waits for the line about the development key, stops it; returns
+/// everything it printed.
+fn serve_once(name: &str, dir: &std::path::Path) -> String {
+    let mut serve = Proc::spawn(name, dir, bin().arg("--data-dir").arg(dir).args(SERVE_ANY_PORT));
+    serve.listening();
+    serve.wait_for("Development tenant");
+    serve.terminate();
+    serve.stdout()
+}
+
+/// Item 12: the development key was printed at every start (into every collected log), not
+/// only when generated as the README says.
+#[test]
+fn the_dev_key_is_printed_once_then_only_where_it_is_kept() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let first = serve_once("first", dir.path());
+    let key_file = dir.path().join("dev-api-key");
+    let key = std::fs::read_to_string(&key_file).expect("key file").trim().to_string();
+    let second = serve_once("second", dir.path());
+    let said = |out: &str| out.lines().filter(|l| l.contains("Development tenant")).collect::<Vec<_>>().join(" / ");
+    let where_kept = second.contains(&format!("kept in {}", key_file.display()));
+    common::write_fragment(
+        "43-hostile-dev-key.md",
+        &format!(
+            "### The development key in every start's output\n\n`serve` starts twice on one data directory \
+             (the first start generates the key).\n\n{}",
+            common::table(&[
+                ("first start: lines with the key", first.lines().filter(|l| l.contains(&key)).count().to_string()),
+                ("second start: lines with the key", second.lines().filter(|l| l.contains(&key)).count().to_string()),
+                ("second start says", format!("`{}`", said(&second).replace(&key, "<key>"))),
+                ("second start names the key file", where_kept.to_string()),
+            ])
+        ),
+    );
+    assert!(first.contains(&key), "the first start shows the key it generated:\n{first}");
+    assert!(!second.contains(&key), "a later start must not print the key again:\n{second}");
+    assert!(where_kept, "a later start says where the key is kept:\n{second}");
+}
+
+fn mode(path: &std::path::Path) -> Option<u32> {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::metadata(path).ok().map(|m| m.permissions().mode() & 0o777)
+}
+
+/// Item 14: the SQLite database (sealed credentials, every tenant's data) was created 0644
+/// while the key files next to it are 0600.
+#[test]
+fn the_database_files_are_owner_only() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let db = dir.path().join("wa-onboard.db");
+    let files = |db: &std::path::Path| {
+        ["", "-wal", "-shm"].map(|s| {
+            let mut p = db.as_os_str().to_owned();
+            p.push(s);
+            std::path::PathBuf::from(p)
+        })
+    };
+    let show = |m: Option<u32>| m.map_or("absent".to_string(), |m| format!("{m:o}"));
+    let mut serve = Proc::spawn("modes", dir.path(), bin().arg("--data-dir").arg(dir.path()).args(SERVE_ANY_PORT));
+    serve.listening();
+    let created: Vec<Option<u32>> = files(&db).iter().map(|f| mode(f)).collect();
+    let key_mode = mode(&dir.path().join("dev-api-key"));
+    serve.terminate();
+    // An existing database left readable by others is tightened at the next start.
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(&db, std::fs::Permissions::from_mode(0o644)).expect("chmod");
+    let mut again = Proc::spawn("modes-again", dir.path(), bin().arg("--data-dir").arg(dir.path()).args(SERVE_ANY_PORT));
+    again.listening();
+    let tightened = mode(&db);
+    again.terminate();
+    common::write_fragment(
+        "43-hostile-file-modes.md",
+        &format!(
+            "### World-readable database file\n\n`serve` starts on an empty data directory (umask {:04o}), then \
+             again after the database was made 0644.\n\n{}",
+            umask(),
+            common::table(&[
+                ("wa-onboard.db", show(created[0])),
+                ("wa-onboard.db-wal", show(created[1])),
+                ("wa-onboard.db-shm", show(created[2])),
+                ("dev-api-key", show(key_mode)),
+                ("wa-onboard.db after chmod 0644 and a restart", show(tightened)),
+            ])
+        ),
+    );
+    assert_eq!(created[0], Some(0o600), "database file");
+    for (m, f) in created.iter().zip(["db", "-wal", "-shm"]).skip(1) {
+        assert!(m.is_none_or(|m| m == 0o600), "{f} is {}", show(*m));
+    }
+    assert_eq!(tightened, Some(0o600), "an existing looser database is tightened");
+}
+
+/// The umask children start with (a shell's), for the report.
+fn umask() -> u32 {
+    let out = std::process::Command::new("sh").args(["-c", "umask"]).output().expect("umask");
+    u32::from_str_radix(String::from_utf8_lossy(&out.stdout).trim(), 8).unwrap_or(0)
 }
