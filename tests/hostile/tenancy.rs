@@ -229,3 +229,78 @@ fn umask() -> u32 {
     let out = std::process::Command::new("sh").args(["-c", "umask"]).output().expect("umask");
     u32::from_str_radix(String::from_utf8_lossy(&out.stdout).trim(), 8).unwrap_or(0)
 }
+
+/// Median, in microseconds.
+fn median_us(samples: &mut [std::time::Duration]) -> f64 {
+    samples.sort();
+    samples[samples.len() / 2].as_secs_f64() * 1e6
+}
+
+/// Item 13: a webhook URL naming no account was answered measurably slower than one naming an
+/// account with a wrong secret (the tester measured 198 µs against 171 µs), so timing told
+/// which account ids exist. Both must do the same work: the answers are identical, and their
+/// medians (interleaved, thousands each) agree.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn webhook_refusals_take_the_same_time_for_a_missing_account_and_a_wrong_secret() {
+    const ROUNDS: usize = 2_000;
+    let app = spawn_with(|s| s.engine.enabled = false).await;
+    let created = app.accounts().create_account(app.req(gupshup_account("hook", "s3cret"))).await.expect("account");
+    let url = created.into_inner().webhook_url;
+    // `{base}/webhooks/gupshup/{account}/{secret}`
+    let (prefix, secret) = url.rsplit_once('/').expect("secret segment");
+    let (base, account) = prefix.rsplit_once('/').expect("account segment");
+    let unknown_account = account.replace("hook", "hooq");
+    let wrong_secret: String = secret.chars().rev().collect();
+    assert_ne!(wrong_secret, secret);
+    let kinds = [
+        ("no such account", format!("{base}/{unknown_account}/{wrong_secret}")),
+        ("account, wrong secret", format!("{base}/{account}/{wrong_secret}")),
+    ];
+    let http = reqwest::Client::new();
+    let body = br#"{"app":"x","type":"message-event","payload":{}}"#.to_vec();
+    let once = |url: String| {
+        let (http, body) = (http.clone(), body.clone());
+        async move {
+            let t = std::time::Instant::now();
+            let r = http.post(url).body(body).send().await.expect("ingress answers");
+            let status = r.status().as_u16();
+            let text = r.text().await.unwrap_or_default();
+            (t.elapsed(), status, text)
+        }
+    };
+    // Warm both paths (connection, caches), then interleave, alternating which goes first.
+    for _ in 0..200 {
+        for (_, u) in &kinds {
+            once(u.clone()).await;
+        }
+    }
+    let mut samples = [Vec::with_capacity(ROUNDS), Vec::with_capacity(ROUNDS)];
+    let mut answers = [std::collections::BTreeSet::new(), std::collections::BTreeSet::new()];
+    for round in 0..ROUNDS {
+        for i in [round % 2, 1 - round % 2] {
+            let (took, status, text) = once(kinds[i].1.clone()).await;
+            samples[i].push(took);
+            answers[i].insert((status, text));
+        }
+    }
+    let [mut unknown, mut wrong] = samples;
+    let (m_unknown, m_wrong) = (median_us(&mut unknown), median_us(&mut wrong));
+    let gap = (m_unknown - m_wrong).abs() / m_wrong;
+    common::write_fragment(
+        "43-hostile-webhook-timing.md",
+        &format!(
+            "### Webhook timing oracle for account ids\n\n{ROUNDS} deliveries each to a URL naming no account and to \
+             one naming an account with a wrong secret, interleaved over one HTTP connection.\n\n{}",
+            common::table(&[
+                ("answers, no such account", format!("{:?}", answers[0])),
+                ("answers, account with a wrong secret", format!("{:?}", answers[1])),
+                ("median, no such account", format!("{m_unknown:.0} µs")),
+                ("median, account with a wrong secret", format!("{m_wrong:.0} µs")),
+                ("relative gap of the medians", format!("{:.1} %", gap * 100.0)),
+            ])
+        ),
+    );
+    assert_eq!(answers[0], answers[1], "the same answer either way");
+    assert_eq!(answers[0].len(), 1, "one answer: {:?}", answers[0]);
+    assert!(gap < 0.05, "medians differ by {:.1} % ({m_unknown:.0} µs vs {m_wrong:.0} µs)", gap * 100.0);
+}
