@@ -306,7 +306,8 @@ async fn ensure_sandbox_accounts(core: &Core, settings: &Settings) -> Result<(),
         ));
     }
     for (provider, credentials, options) in wanted {
-        let id = AccountId::scoped(&caller.tenant, &format!("sandbox-{provider}")).map_err(|e| crate::error::AppError::internal(e.0))?;
+        let id = AccountId::scoped(&caller.tenant, &format!("sandbox-{provider}"))
+            .map_err(|e| crate::error::AppError::internal(e.0))?;
         if core.store.account(&caller.tenant, &id).await?.is_some() {
             continue;
         }

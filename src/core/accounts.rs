@@ -126,8 +126,11 @@ impl Core {
                 if let Some(resource) = self.replay(&caller.tenant, request_id, OP_CREATE, &idem_hash(&idem)).await? {
                     return self.account_replayed(caller, &resource).await;
                 }
-                return Err(AppError::new(ErrorCode::AlreadyExists, format!("account 'accounts/{}' already exists", id.name()))
-                    .with_violation("account_id", "already in use"));
+                return Err(AppError::new(
+                    ErrorCode::AlreadyExists,
+                    format!("account 'accounts/{}' already exists", id.name()),
+                )
+                .with_violation("account_id", "already in use"));
             }
             Err(e) => return Err(e.into()),
         }
@@ -212,12 +215,16 @@ impl Core {
     }
 
     async fn account_record(&self, caller: &Caller, id: &AccountId) -> Result<AccountRecord, AppError> {
-        self.store.account(&caller.tenant, id).await?.ok_or_else(|| AppError::not_found(format!("accounts/{}", id.name())))
+        self.store
+            .account(&caller.tenant, id)
+            .await?
+            .ok_or_else(|| AppError::not_found(format!("accounts/{}", id.name())))
     }
 
     fn view(&self, record: AccountRecord) -> Result<AccountView, AppError> {
-        let options = serde_json::from_str(&record.options_json)
-            .map_err(|e| AppError::internal(format!("stored options of accounts/{} do not parse: {e}", record.id.name())))?;
+        let options = serde_json::from_str(&record.options_json).map_err(|e| {
+            AppError::internal(format!("stored options of accounts/{} do not parse: {e}", record.id.name()))
+        })?;
         Ok(AccountView { record, options, webhook_url: None })
     }
 

@@ -119,7 +119,9 @@ impl Core {
 
     /// Seals an onboarding's provider secret (app token, channel token).
     pub fn seal_onboarding_secret(&self, id: &OnboardingId, s: &Secret) -> Result<Sealed, AppError> {
-        self.cipher.seal_secret(s, &aad_secret(id.as_str())).map_err(|e| AppError::internal(format!("cannot encrypt: {e}")))
+        self.cipher
+            .seal_secret(s, &aad_secret(id.as_str()))
+            .map_err(|e| AppError::internal(format!("cannot encrypt: {e}")))
     }
 
     /// The onboarding's provider secret, if any.

@@ -323,7 +323,12 @@ mod tests {
 
     #[test]
     fn subscription_names() {
-        let (id, sub) = subscription_name(&crate::domain::TenantId::parse("t").unwrap(), "name", "onboardings/ob-1/subscriptions/Sub_42").unwrap();
+        let (id, sub) = subscription_name(
+            &crate::domain::TenantId::parse("t").unwrap(),
+            "name",
+            "onboardings/ob-1/subscriptions/Sub_42",
+        )
+        .unwrap();
         assert_eq!((id.as_str(), sub.as_str()), ("t.ob-1", "Sub_42"));
         for bad in ["onboardings/ob-1", "onboardings/OB/subscriptions/x", "onboardings/ob-1/subscriptions/", "x/y"] {
             let e = subscription_name(&crate::domain::TenantId::parse("t").unwrap(), "name", bad).unwrap_err();

@@ -1543,7 +1543,10 @@ async fn check_pre_0003_rows(store: &Arc<dyn Store>) {
     let o = store.onboarding(&t1, &y).await.unwrap().expect("onboarding under its per-tenant key");
     assert_eq!((o.account_id.clone(), o.sequence, o.reference.as_str()), (x.clone(), 2, "ref-y"));
     let events = store.events(&y, 0, 10).await.unwrap();
-    assert_eq!(events.iter().map(|e| (e.onboarding_id.clone(), e.sequence)).collect::<Vec<_>>(), vec![(y.clone(), 1), (y.clone(), 2)]);
+    assert_eq!(
+        events.iter().map(|e| (e.onboarding_id.clone(), e.sequence)).collect::<Vec<_>>(),
+        vec![(y.clone(), 1), (y.clone(), 2)]
+    );
     assert_eq!(store.steps(&y).await.unwrap().iter().map(|s| s.name.as_str()).collect::<Vec<_>>(), vec!["first"]);
     assert_eq!(by_key(store, &x, "chan-1").await.unwrap().map(|o| o.id), Some(y.clone()));
     assert_eq!(store.webhook_event("w1").await.unwrap().unwrap().account_id, x);
@@ -1567,7 +1570,8 @@ mod sqlite_only {
         let url = format!("sqlite://{}", dir.path().join("old.db").display());
         {
             use std::str::FromStr;
-            let options = sqlx::sqlite::SqliteConnectOptions::from_str(&url).unwrap().create_if_missing(true).foreign_keys(true);
+            let options =
+                sqlx::sqlite::SqliteConnectOptions::from_str(&url).unwrap().create_if_missing(true).foreign_keys(true);
             let pool = sqlx::sqlite::SqlitePoolOptions::new().max_connections(1).connect_with(options).await.unwrap();
             sqlx::migrate!("./migrations/sqlite").run_to(2, &pool).await.unwrap();
             let rows = pre_0003_rows(|b| format!("X'{}'", hex::encode(b)));

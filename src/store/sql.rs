@@ -281,6 +281,47 @@ macro_rules! impl_sql_store {
                 })
             }
 
+            /// An account row of an outer join: every column is read whether or not the row
+            /// matched, so a miss decodes what a hit decodes ([`Store::webhook_account`]).
+            fn account_joined(r: &$row) -> $crate::store::StoreResult<Option<$crate::store::AccountRecord>> {
+                let id: Option<String> = r.try_get("id")?;
+                let tenant_id: Option<String> = r.try_get("tenant_id")?;
+                let provider: Option<String> = r.try_get("provider")?;
+                let display_name: Option<String> = r.try_get("display_name")?;
+                let options_json: Option<String> = r.try_get("options_json")?;
+                let credentials_key_id: Option<String> = r.try_get("credentials_key_id")?;
+                let credentials: Option<Vec<u8>> = r.try_get("credentials")?;
+                let webhook_key_id: Option<String> = r.try_get("webhook_key_id")?;
+                let webhook_secret: Option<Vec<u8>> = r.try_get("webhook_secret")?;
+                let sandbox: Option<bool> = r.try_get("sandbox")?;
+                let status_json: Option<String> = r.try_get("status_json")?;
+                let created_ms: Option<i64> = r.try_get("created_ms")?;
+                let updated_ms: Option<i64> = r.try_get("updated_ms")?;
+                let (Some(id), Some(tenant_id), Some(provider)) = (id, tenant_id, provider) else {
+                    return Ok(None);
+                };
+                let missing = || $crate::store::StoreError::Corrupt("account row with NULL columns".into());
+                Ok(Some($crate::store::AccountRecord {
+                    id: sql::id(id)?,
+                    tenant_id: sql::id(tenant_id)?,
+                    provider: sql::provider(provider)?,
+                    display_name: display_name.ok_or_else(missing)?,
+                    options_json: options_json.ok_or_else(missing)?,
+                    credentials: $crate::store::Sealed {
+                        key_id: credentials_key_id.ok_or_else(missing)?,
+                        blob: credentials.ok_or_else(missing)?,
+                    },
+                    webhook_secret: $crate::store::Sealed {
+                        key_id: webhook_key_id.ok_or_else(missing)?,
+                        blob: webhook_secret.ok_or_else(missing)?,
+                    },
+                    sandbox: sandbox.ok_or_else(missing)?,
+                    status_json: status_json.ok_or_else(missing)?,
+                    created_ms: created_ms.ok_or_else(missing)?,
+                    updated_ms: updated_ms.ok_or_else(missing)?,
+                }))
+            }
+
             fn idempotency_from(r: &$row) -> $crate::store::StoreResult<$crate::store::IdempotencyRecord> {
                 Ok($crate::store::IdempotencyRecord {
                     tenant_id: sql::id(r.try_get("tenant_id")?)?,
@@ -860,9 +901,12 @@ macro_rules! impl_sql_store {
                 &self,
                 segment: &$crate::domain::AccountId,
             ) -> $crate::store::StoreResult<Option<$crate::store::AccountRecord>> {
-                // One statement for both forms (keys hold a '.', legacy ids never do).
+                // One statement for both forms (keys hold a '.', legacy ids never do). An outer
+                // join, so a miss also returns (and decodes) one row, as a hit does.
                 let key = [segment.as_str()];
-                self.find("SELECT * FROM accounts WHERE id = $1 OR legacy_id = $1", &key, Self::account_from).await
+                let sql = "SELECT a.* FROM (SELECT CAST($1 AS TEXT) AS want) w \
+                           LEFT JOIN accounts a ON a.id = w.want OR a.legacy_id = w.want";
+                Ok(self.find(sql, &key, Self::account_joined).await?.flatten())
             }
 
             async fn list_accounts(

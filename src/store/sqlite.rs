@@ -122,14 +122,21 @@ fn private_files(db: &std::path::Path) -> StoreResult<()> {
     {
         use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
         let fail = |p: &std::path::Path, e: std::io::Error| StoreError::Other(format!("{}: {e}", p.display()));
-        std::fs::OpenOptions::new().write(true).create(true).truncate(false).mode(0o600).open(db).map_err(|e| fail(db, e))?;
+        std::fs::OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .mode(0o600)
+            .open(db)
+            .map_err(|e| fail(db, e))?;
         let mut sidecars = [db.as_os_str().to_owned(), db.as_os_str().to_owned(), db.as_os_str().to_owned()];
         sidecars[1].push("-wal");
         sidecars[2].push("-shm");
         for file in sidecars.iter().map(std::path::Path::new) {
             match std::fs::metadata(file) {
                 Ok(m) if m.permissions().mode() & 0o077 != 0 => {
-                    std::fs::set_permissions(file, std::fs::Permissions::from_mode(0o600)).map_err(|e| fail(file, e))?;
+                    std::fs::set_permissions(file, std::fs::Permissions::from_mode(0o600))
+                        .map_err(|e| fail(file, e))?;
                 }
                 Ok(_) => {}
                 Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}

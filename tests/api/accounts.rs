@@ -72,13 +72,7 @@ async fn credentials_are_encrypted_at_rest() {
         .unwrap();
     assert!(dump.iter().all(|(s,)| !s.contains("plaintext-never-stored")));
     // And the service can still use it.
-    let record = app
-        .running()
-        .store
-        .account_unscoped(&app.account_key("acme").await)
-        .await
-        .unwrap()
-        .unwrap();
+    let record = app.running().store.account_unscoped(&app.account_key("acme").await).await.unwrap().unwrap();
     match app.running().core.account_credentials(&record).unwrap() {
         wa_onboard::domain::account::Credentials::Gupshup { secret, .. } => {
             assert_eq!(secret.expose(), "plaintext-never-stored")

@@ -24,8 +24,9 @@ pub async fn seed(url: &str, n: usize) -> Result<Vec<Seeded>> {
     let store = wa_onboard::store::open(url).await.context("open the store to seed")?;
     let tenant = store.tenant_by_name("dev").await?.ok_or_else(|| anyhow!("no dev tenant (start the server first)"))?;
     let account = AccountId::scoped(&tenant.id, ACCOUNT).map_err(|e| anyhow!("{}", e.0))?;
-    let rows: Vec<Seeded> =
-        (0..n).map(|_| Seeded { id: OnboardingId::fresh(&tenant.id), app_id: uuid::Uuid::new_v4().to_string() }).collect();
+    let rows: Vec<Seeded> = (0..n)
+        .map(|_| Seeded { id: OnboardingId::fresh(&tenant.id), app_id: uuid::Uuid::new_v4().to_string() })
+        .collect();
     let results: Vec<Result<()>> = futures::stream::iter(rows.iter().enumerate())
         .map(|(i, s)| {
             let store = store.clone();

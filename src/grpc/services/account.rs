@@ -19,7 +19,11 @@ impl pb::account_service_server::AccountService for Services {
                 "is required: one of PROVIDER_GUPSHUP, PROVIDER_EXOTEL, PROVIDER_WHAPI, PROVIDER_DIGITAL99",
             );
         }
-        let id = if r.account_id.is_empty() { None } else { v.check("account_id", AccountId::scoped(&caller.tenant, &r.account_id)) };
+        let id = if r.account_id.is_empty() {
+            None
+        } else {
+            v.check("account_id", AccountId::scoped(&caller.tenant, &r.account_id))
+        };
         let credentials = credentials_from_pb(&mut v, account.credentials);
         let options = options_from_pb(&mut v, provider, account.options);
         let rid = request_id(&mut v, &r.request_id);

@@ -52,7 +52,7 @@ impl pb::onboarding_service_server::OnboardingService for Services {
         if account.record.provider != ProviderKind::Exotel {
             return Err(AppError::precondition(format!(
                 "CreateOnboardingLinks needs an Exotel account; accounts/{} is {}",
-                    id.name(),
+                id.name(),
                 account.record.provider
             ))
             .into());
