@@ -87,7 +87,7 @@ async fn another_tenants_ids_are_free_and_invisible() {
 
     let a_url = a_account.into_inner().webhook_url;
     let b_url = b_account.as_ref().map(|r| r.get_ref().webhook_url.clone()).unwrap_or_default();
-    let path = |u: &str| u.rsplitn(2, '/').nth(1).unwrap_or_default().to_string();
+    let path = |u: &str| u.rsplit_once('/').map(|x| x.0).unwrap_or_default().to_string();
     common::write_fragment(
         "43-hostile-tenant-ids.md",
         &format!(
