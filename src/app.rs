@@ -55,6 +55,8 @@ pub struct Running {
     pub metrics_addr: SocketAddr,
     /// The development tenant's API key, when the dev tenant is enabled.
     pub dev_api_key: Option<Secret>,
+    /// Whether this start generated that key (shown once, then only where it is kept).
+    pub dev_api_key_generated: bool,
     /// The store (tests inspect it).
     pub store: Arc<dyn Store>,
     /// The core (tests drive it).
@@ -157,6 +159,7 @@ pub async fn start_with(
         worker_id: format!("{}-{}", std::process::id(), crate::domain::new_id::<String>()),
     };
 
+    let mut dev_api_key_generated = false;
     let dev_api_key = if settings.dev.enabled {
         let key_file = settings.server.data_dir.join("dev-api-key");
         let key = crate::core::tenants::ensure_dev_tenant(store.as_ref(), &settings.dev.tenant, dev_api_key, &key_file)
@@ -167,7 +170,8 @@ pub async fn start_with(
                 .await
                 .map_err(|e| StartError::Other(format!("sandbox accounts: {}", e.message)))?;
         }
-        Some(key)
+        dev_api_key_generated = key.generated;
+        Some(key.key)
     } else {
         None
     };
@@ -239,6 +243,7 @@ pub async fn start_with(
         webhook_addr,
         metrics_addr,
         dev_api_key,
+        dev_api_key_generated,
         store,
         core,
         sandbox,
@@ -301,7 +306,8 @@ async fn ensure_sandbox_accounts(core: &Core, settings: &Settings) -> Result<(),
         ));
     }
     for (provider, credentials, options) in wanted {
-        let id = AccountId::parse(format!("sandbox-{provider}")).map_err(|e| crate::error::AppError::internal(e.0))?;
+        let id = AccountId::scoped(&caller.tenant, &format!("sandbox-{provider}"))
+            .map_err(|e| crate::error::AppError::internal(e.0))?;
         if core.store.account(&caller.tenant, &id).await?.is_some() {
             continue;
         }

@@ -177,6 +177,7 @@ async fn serve(settings: Settings) -> Result<(), String> {
         return Err(format!("WA_ONBOARD_DEV_API_KEY must start with '{}'", wa_onboard::core::tenants::KEY_PREFIX));
     }
     let tenant = settings.dev.tenant.clone();
+    let key_file = settings.server.data_dir.join("dev-api-key");
     let running = wa_onboard::app::start(settings, dev_key).await.map_err(|e| e.to_string())?;
     println!(
         "wa-onboard listening: gRPC {}  webhooks {}  metrics {}",
@@ -185,9 +186,12 @@ async fn serve(settings: Settings) -> Result<(), String> {
     if key_supplied {
         // The operator chose it: echoing it would only put a secret into collected logs.
         println!("Development tenant '{tenant}' API key: the one in WA_ONBOARD_DEV_API_KEY");
+    } else if running.dev_api_key.is_some() && !running.dev_api_key_generated {
+        // Shown once, when generated: every later start would copy it into collected logs.
+        println!("Development tenant '{tenant}' API key: kept in {}", key_file.display());
     } else if let Some(key) = &running.dev_api_key {
-        // Printed on purpose: the development tenant's generated key, so a new user can call
-        // the API (it is also in `dev-api-key` under the data dir).
+        // Printed on purpose, once: the development tenant's key was just generated, so a new
+        // user can call the API (it is also kept in `dev-api-key` under the data dir).
         println!("Development tenant '{tenant}' API key: {}", key.expose());
         println!(
             "Try: grpcurl -plaintext -H 'authorization: Bearer {}' {} wa.onboard.v1.ProviderService/ListProviders",

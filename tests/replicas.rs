@@ -322,7 +322,8 @@ async fn three_replicas_agree_and_a_killed_lease_holder_loses_nothing() {
     })
     .await;
     // The log is complete once every step is done (LIVE comes before the step's own record).
-    let one_id = OnboardingId::parse(one.name.trim_start_matches("onboardings/")).expect("onboarding id");
+    let dev = stored.tenant_by_name("dev").await.expect("store").expect("dev tenant").id;
+    let one_id = OnboardingId::scoped(&dev, one.name.trim_start_matches("onboardings/")).expect("onboarding id");
     eventually("the first pipeline done", || async {
         let steps = stored.steps(&one_id).await.ok()?;
         steps.iter().all(|s| s.state.is_done()).then_some(())
@@ -358,7 +359,7 @@ async fn three_replicas_agree_and_a_killed_lease_holder_loses_nothing() {
         .await
         .expect("create")
         .into_inner();
-    let two_id = OnboardingId::parse(two.name.trim_start_matches("onboardings/")).expect("onboarding id");
+    let two_id = OnboardingId::scoped(&dev, two.name.trim_start_matches("onboardings/")).expect("onboarding id");
     let holder_pid = eventually("a replica mid-way through link_app", || async {
         let steps = stored.steps(&two_id).await.ok()?;
         let link = steps.into_iter().find(|s| s.name == "link_app")?;

@@ -6,7 +6,7 @@ use rand::RngCore;
 
 use super::{Caller, Core};
 use crate::domain::account::{AccountOptions, Credentials};
-use crate::domain::{AccountId, OnboardingState, ProviderKind, Secret, new_id, now_ms};
+use crate::domain::{AccountId, OnboardingState, ProviderKind, Secret, now_ms};
 use crate::error::{AppError, ErrorCode, Violations};
 use crate::store::{AccountRecord, NewEvent, OnboardingChange, OnboardingFilter, Page, PageRequest, StoreError};
 
@@ -61,11 +61,21 @@ pub struct AccountStatus {
 
 const OP_CREATE: &str = "CreateAccount";
 
-fn aad_credentials(id: &AccountId) -> String {
+/// A fresh webhook path secret: 32 random bytes, URL-safe base64.
+pub(crate) fn new_webhook_secret() -> Secret {
+    let mut b = [0u8; 32];
+    rand::rng().fill_bytes(&mut b);
+    Secret::new(base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(b))
+}
+
+// The AAD binds a sealed value to its row's key. Values sealed before ids were per tenant
+// (migration 0003 put the tenant in front of every key) are bound to the bare id, the key's
+// name: openers try the key, then the name.
+fn aad_credentials(id: &str) -> String {
     format!("account/{id}/credentials")
 }
 
-fn aad_webhook(id: &AccountId) -> String {
+fn aad_webhook(id: &str) -> String {
     format!("account/{id}/webhook")
 }
 
@@ -91,12 +101,8 @@ impl Core {
         if let Some(resource) = self.replay(&caller.tenant, request_id, OP_CREATE, &hash).await? {
             return self.account_replayed(caller, &resource).await;
         }
-        let id = new.id.clone().unwrap_or_else(new_id);
-        let webhook_secret = {
-            let mut b = [0u8; 32];
-            rand::rng().fill_bytes(&mut b);
-            Secret::new(base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(b))
-        };
+        let id = new.id.clone().unwrap_or_else(|| AccountId::fresh(&caller.tenant));
+        let webhook_secret = new_webhook_secret();
         let seal_err = |e: crate::crypto::CryptoError| AppError::internal(format!("cannot encrypt credentials: {e}"));
         let now = now_ms();
         let record = AccountRecord {
@@ -105,8 +111,8 @@ impl Core {
             provider: new.provider,
             display_name: new.display_name,
             options_json: serde_json::to_string(&new.options).map_err(|e| AppError::internal(e.to_string()))?,
-            credentials: self.cipher.seal_secret(&creds, &aad_credentials(&id)).map_err(seal_err)?,
-            webhook_secret: self.cipher.seal_secret(&webhook_secret, &aad_webhook(&id)).map_err(seal_err)?,
+            credentials: self.cipher.seal_secret(&creds, &aad_credentials(id.as_str())).map_err(seal_err)?,
+            webhook_secret: self.cipher.seal_secret(&webhook_secret, &aad_webhook(id.as_str())).map_err(seal_err)?,
             sandbox: new.sandbox,
             status_json: "{}".into(),
             created_ms: now,
@@ -120,8 +126,11 @@ impl Core {
                 if let Some(resource) = self.replay(&caller.tenant, request_id, OP_CREATE, &idem_hash(&idem)).await? {
                     return self.account_replayed(caller, &resource).await;
                 }
-                return Err(AppError::new(ErrorCode::AlreadyExists, format!("account 'accounts/{id}' already exists"))
-                    .with_violation("account_id", "already in use"));
+                return Err(AppError::new(
+                    ErrorCode::AlreadyExists,
+                    format!("account 'accounts/{}' already exists", id.name()),
+                )
+                .with_violation("account_id", "already in use"));
             }
             Err(e) => return Err(e.into()),
         }
@@ -132,7 +141,10 @@ impl Core {
 
     async fn account_replayed(&self, caller: &Caller, resource: &str) -> Result<AccountView, AppError> {
         let id = resource.strip_prefix("accounts/").unwrap_or(resource);
-        let id = AccountId::parse(id).map_err(|e| AppError::internal(format!("stored idempotency resource: {e}")))?;
+        // Written as a key (`{tenant}.{id}`), or as a bare id before ids were per tenant.
+        let id = AccountId::parse(id)
+            .and_then(|id| AccountId::scoped(&caller.tenant, id.name()))
+            .map_err(|e| AppError::internal(format!("stored idempotency resource: {e}")))?;
         let record = self.account_record(caller, &id).await?;
         let mut view = self.view(record)?;
         view.webhook_url = Some(self.webhook_url(&view.record)?);
@@ -203,12 +215,16 @@ impl Core {
     }
 
     async fn account_record(&self, caller: &Caller, id: &AccountId) -> Result<AccountRecord, AppError> {
-        self.store.account(&caller.tenant, id).await?.ok_or_else(|| AppError::not_found(format!("accounts/{id}")))
+        self.store
+            .account(&caller.tenant, id)
+            .await?
+            .ok_or_else(|| AppError::not_found(format!("accounts/{}", id.name())))
     }
 
     fn view(&self, record: AccountRecord) -> Result<AccountView, AppError> {
-        let options = serde_json::from_str(&record.options_json)
-            .map_err(|e| AppError::internal(format!("stored options of accounts/{} do not parse: {e}", record.id)))?;
+        let options = serde_json::from_str(&record.options_json).map_err(|e| {
+            AppError::internal(format!("stored options of accounts/{} do not parse: {e}", record.id.name()))
+        })?;
         Ok(AccountView { record, options, webhook_url: None })
     }
 
@@ -246,16 +262,17 @@ impl Core {
         }
         if !open.is_empty() && !force {
             return Err(AppError::precondition(format!(
-                "accounts/{id} has {} onboarding(s) that are not finished (e.g. onboardings/{}); finish or cancel them, or delete with force",
+                "accounts/{} has {} onboarding(s) that are not finished (e.g. onboardings/{}); finish or cancel them, or delete with force",
+                id.name(),
                 open.len(),
-                open[0].id
+                open[0].id.name()
             )));
         }
         for o in open {
             let change = OnboardingChange {
                 onboarding_id: Some(o.id.clone()),
                 state: Some(OnboardingState::Failed),
-                state_reason: Some(format!("account accounts/{id} was deleted")),
+                state_reason: Some(format!("account accounts/{} was deleted", id.name())),
                 state_deadline_ms: Some(None),
                 event: NewEvent {
                     kind: "state_changed".into(),
@@ -269,7 +286,7 @@ impl Core {
             self.store.apply_change(&change).await?;
         }
         if !self.store.delete_account(&caller.tenant, id).await? {
-            return Err(AppError::not_found(format!("accounts/{id}")));
+            return Err(AppError::not_found(format!("accounts/{}", id.name())));
         }
         tracing::info!(account = %id, "Account deleted.");
         Ok(())
@@ -279,7 +296,8 @@ impl Core {
     pub fn account_credentials(&self, record: &AccountRecord) -> Result<Credentials, AppError> {
         let plain = self
             .cipher
-            .open_secret(&record.credentials, &aad_credentials(&record.id))
+            .open_secret(&record.credentials, &aad_credentials(record.id.as_str()))
+            .or_else(|_| self.cipher.open_secret(&record.credentials, &aad_credentials(record.id.name())))
             .map_err(|e| AppError::internal(format!("credentials of accounts/{}: {e}", record.id)))?;
         Credentials::from_sealed_json(&plain).map_err(AppError::internal)
     }
@@ -287,14 +305,15 @@ impl Core {
     /// The account's webhook secret.
     pub fn webhook_secret(&self, record: &AccountRecord) -> Result<Secret, AppError> {
         self.cipher
-            .open_secret(&record.webhook_secret, &aad_webhook(&record.id))
+            .open_secret(&record.webhook_secret, &aad_webhook(record.id.as_str()))
+            .or_else(|_| self.cipher.open_secret(&record.webhook_secret, &aad_webhook(record.id.name())))
             .map_err(|e| AppError::internal(format!("webhook secret of accounts/{}: {e}", record.id)))
     }
 
     /// The ingress URL providers call for this account. Contains the secret: never log it.
     pub fn webhook_url(&self, record: &AccountRecord) -> Result<String, AppError> {
         let secret = self.webhook_secret(record)?;
-        Ok(format!("{}/webhooks/{}/{}/{}", self.webhook_base, record.provider, record.id, secret.expose()))
+        Ok(format!("{}/webhooks/{}/{}/{}", self.webhook_base, record.provider, record.id.as_str(), secret.expose()))
     }
 
     /// Parsed non-secret status.

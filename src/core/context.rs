@@ -22,11 +22,14 @@ pub fn stored_handle(o: &OnboardingRecord) -> Option<ProviderHandle> {
     serde_json::from_value(details.get(ENGINE_KEY)?.get("handle")?.clone()).ok()
 }
 
-fn aad_request(id: &OnboardingId) -> String {
+// The AAD binds a sealed value to its row's key. Values sealed before ids were per tenant
+// (migration 0003 put the tenant in front of every key) are bound to the bare id, the key's
+// name: openers try the key, then the name.
+fn aad_request(id: &str) -> String {
     format!("onboarding/{id}/request")
 }
 
-fn aad_secret(id: &OnboardingId) -> String {
+fn aad_secret(id: &str) -> String {
     format!("onboarding/{id}/secret")
 }
 
@@ -88,7 +91,7 @@ impl Core {
         let plain = serde_json::to_vec(req).map_err(|e| AppError::internal(format!("cannot encode request: {e}")))?;
         let sealed = self
             .cipher
-            .seal(&plain, &aad_request(id))
+            .seal(&plain, &aad_request(id.as_str()))
             .map_err(|e| AppError::internal(format!("cannot encrypt request: {e}")))?;
         Ok(serde_json::json!({
             "k": sealed.key_id,
@@ -105,16 +108,20 @@ impl Core {
         let blob = base64::engine::general_purpose::STANDARD
             .decode(sealed["b"].as_str().unwrap_or_default())
             .map_err(|_| corrupt("is not base64"))?;
+        let sealed = Sealed { key_id: key_id.to_string(), blob };
         let plain = self
             .cipher
-            .open(&Sealed { key_id: key_id.to_string(), blob }, &aad_request(&o.id))
+            .open(&sealed, &aad_request(o.id.as_str()))
+            .or_else(|_| self.cipher.open(&sealed, &aad_request(o.id.name())))
             .map_err(|_| corrupt("does not decrypt"))?;
         serde_json::from_slice(&plain).map_err(|_| corrupt("does not parse"))
     }
 
     /// Seals an onboarding's provider secret (app token, channel token).
     pub fn seal_onboarding_secret(&self, id: &OnboardingId, s: &Secret) -> Result<Sealed, AppError> {
-        self.cipher.seal_secret(s, &aad_secret(id)).map_err(|e| AppError::internal(format!("cannot encrypt: {e}")))
+        self.cipher
+            .seal_secret(s, &aad_secret(id.as_str()))
+            .map_err(|e| AppError::internal(format!("cannot encrypt: {e}")))
     }
 
     /// The onboarding's provider secret, if any.
@@ -123,7 +130,8 @@ impl Core {
             .as_ref()
             .map(|s| {
                 self.cipher
-                    .open_secret(s, &aad_secret(&o.id))
+                    .open_secret(s, &aad_secret(o.id.as_str()))
+                    .or_else(|_| self.cipher.open_secret(s, &aad_secret(o.id.name())))
                     .map_err(|_| AppError::internal(format!("onboardings/{}: stored secret does not decrypt", o.id)))
             })
             .transpose()

@@ -100,10 +100,10 @@ impl Core {
             return Err(AppError::unimplemented("the exotel adapter is not in this build"));
         }
         let (provider, ctx) = self.provider_for(&account)?;
-        let id = req.onboarding_id.clone().unwrap_or_else(new_id);
+        let id = req.onboarding_id.clone().unwrap_or_else(|| OnboardingId::fresh(&caller.tenant));
         let request = StartRequest {
             onboarding_id: id.clone(),
-            idempotency_key: id.to_string(),
+            idempotency_key: id.as_str().to_string(),
             reference: req.reference.clone(),
             payload: req.payload.clone(),
         };
@@ -180,7 +180,7 @@ impl Core {
                 if let Some(resource) = self.replay(&caller.tenant, key, op, hash).await? {
                     return self.onboarding_by_name(caller, resource.split(',').next().unwrap_or_default()).await;
                 }
-                Err(AppError::new(ErrorCode::AlreadyExists, format!("onboardings/{} already exists", o.id))
+                Err(AppError::new(ErrorCode::AlreadyExists, format!("onboardings/{} already exists", o.id.name()))
                     .with_violation("onboarding_id", "already taken"))
             }
             Err(e) => Err(e.into()),
@@ -191,6 +191,8 @@ impl Core {
         let id = name
             .strip_prefix("onboardings/")
             .and_then(|s| OnboardingId::parse(s).ok())
+            // Written as a key (`{tenant}.{id}`), or as a bare id before ids were per tenant.
+            .and_then(|id| OnboardingId::scoped(&caller.tenant, id.name()).ok())
             .ok_or_else(|| AppError::internal(format!("stored resource name '{name}' does not parse")))?;
         self.get_onboarding(caller, &id).await
     }
@@ -234,10 +236,10 @@ impl Core {
         let now = now_ms();
         let mut prepared = Vec::new();
         for link in &minted {
-            let id: OnboardingId = new_id();
+            let id = OnboardingId::fresh(&caller.tenant);
             let request = StartRequest {
                 onboarding_id: id.clone(),
-                idempotency_key: id.to_string(),
+                idempotency_key: id.as_str().to_string(),
                 reference: reference.to_string(),
                 payload: StartPayload::Exotel,
             };

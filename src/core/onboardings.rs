@@ -32,7 +32,10 @@ pub enum StreamItem {
 impl Core {
     /// One of the caller's onboardings.
     pub async fn get_onboarding(&self, caller: &Caller, id: &OnboardingId) -> Result<OnboardingRecord, AppError> {
-        self.store.onboarding(&caller.tenant, id).await?.ok_or_else(|| AppError::not_found(format!("onboardings/{id}")))
+        self.store
+            .onboarding(&caller.tenant, id)
+            .await?
+            .ok_or_else(|| AppError::not_found(format!("onboardings/{}", id.name())))
     }
 
     /// [`Core::get_onboarding`], sharing the store's cached row (for answers that only read it).
@@ -44,7 +47,7 @@ impl Core {
         self.store
             .onboarding_shared(&caller.tenant, id)
             .await?
-            .ok_or_else(|| AppError::not_found(format!("onboardings/{id}")))
+            .ok_or_else(|| AppError::not_found(format!("onboardings/{}", id.name())))
     }
 
     /// The caller's onboardings.
@@ -82,7 +85,10 @@ impl Core {
         caller: &Caller,
         id: &OnboardingId,
     ) -> Result<(OnboardingRecord, Vec<StepRecord>), AppError> {
-        self.store.pipeline(&caller.tenant, id).await?.ok_or_else(|| AppError::not_found(format!("onboardings/{id}")))
+        self.store
+            .pipeline(&caller.tenant, id)
+            .await?
+            .ok_or_else(|| AppError::not_found(format!("onboardings/{}", id.name())))
     }
 
     /// Streams an onboarding: the snapshot, then events with `sequence > after`, gap-free,

@@ -85,15 +85,25 @@ pub async fn tenant_by_name(store: &dyn Store, name: &str) -> Result<TenantRecor
     store.tenant_by_name(name).await?.ok_or_else(|| AppError::not_found(format!("tenant '{name}'")))
 }
 
+/// The development tenant's key, as [`ensure_dev_tenant`] found it.
+#[derive(Debug)]
+pub struct DevKey {
+    /// The key.
+    pub key: Secret,
+    /// Whether this start generated it (and wrote it to the key file): the one time it is
+    /// shown; later starts say where it is kept instead.
+    pub generated: bool,
+}
+
 /// Ensures the development tenant exists and has a usable key. With `fixed`, that key is
 /// registered (if not already); otherwise a key is generated once and kept in
-/// `key_file` (0600) so the same key is printed at every start.
+/// `key_file` (0600), where later starts read it.
 pub async fn ensure_dev_tenant(
     store: &dyn Store,
     name: &str,
     fixed: Option<Secret>,
     key_file: &std::path::Path,
-) -> Result<Secret, AppError> {
+) -> Result<DevKey, AppError> {
     let tenant = match store.tenant_by_name(name).await? {
         Some(t) => t,
         None => {
@@ -107,11 +117,13 @@ pub async fn ensure_dev_tenant(
             }
         }
     };
+    let mut generated = false;
     let key = match fixed {
         Some(k) => k,
         None => match std::fs::read_to_string(key_file) {
             Ok(s) if !s.trim().is_empty() => Secret::new(s.trim().to_string()),
             _ => {
+                generated = true;
                 let k = generate_key();
                 if let Some(dir) = key_file.parent() {
                     std::fs::create_dir_all(dir)
@@ -126,7 +138,7 @@ pub async fn ensure_dev_tenant(
     if store.api_key_by_hash(&hash_key(key.expose())).await?.is_none() {
         add_key(store, &tenant.id, Some(key.clone())).await?;
     }
-    Ok(key)
+    Ok(DevKey { key, generated })
 }
 
 /// Key hash to (tenant or none, when looked up).

@@ -12,7 +12,7 @@ use super::Core;
 use super::callbacks::Handed;
 use crate::domain::{AccountId, ProviderKind, Secret, new_id, now_ms};
 use crate::error::AppError;
-use crate::store::{Store, StoreResult, WebhookEventRecord, WebhookStatus};
+use crate::store::{Sealed, Store, StoreResult, WebhookEventRecord, WebhookStatus};
 
 /// Most events one group commit writes.
 const GROUP_ROWS: usize = 512;
@@ -37,6 +37,9 @@ struct Pending {
 #[derive(Default)]
 pub struct IntakeWriter {
     queue: OnceLock<mpsc::Sender<Pending>>,
+    /// A webhook secret of the real shape, sealed with this core's cipher: a delivery for no
+    /// account opens and compares it, so it costs what a wrong secret costs.
+    decoy: OnceLock<Sealed>,
 }
 
 impl std::fmt::Debug for IntakeWriter {
@@ -116,6 +119,22 @@ async fn write_groups(sink: impl GroupSink, mut rx: mpsc::Receiver<Pending>) {
     }
 }
 
+impl Core {
+    /// The decoy secret ([`IntakeWriter`]), opened as [`Core::webhook_secret`] opens a real one.
+    fn webhook_decoy(&self) -> Result<Secret, AppError> {
+        const AAD: &str = "account/webhook-decoy/webhook";
+        let fail = |e: crate::crypto::CryptoError| AppError::internal(format!("webhook decoy: {e}"));
+        let sealed = match self.webhook_intake.decoy.get() {
+            Some(s) => s,
+            None => {
+                let sealed = self.cipher.seal_secret(&super::accounts::new_webhook_secret(), AAD).map_err(fail)?;
+                self.webhook_intake.decoy.get_or_init(|| sealed)
+            }
+        };
+        self.cipher.open_secret(sealed, AAD).map_err(fail)
+    }
+}
+
 /// What the ingress accepted.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub struct Intake {
@@ -138,16 +157,25 @@ impl Core {
     ) -> Result<Intake, AppError> {
         let not_found = || AppError::not_found("webhook endpoint");
         let kind: ProviderKind = provider.parse().map_err(|_| not_found())?;
-        let account_id = AccountId::parse(account).map_err(|_| not_found())?;
-        let account = self.store.account_unscoped(&account_id).await?.ok_or_else(not_found)?;
-        if account.provider != kind {
-            return Err(not_found());
-        }
-        // Constant-time comparison (Secret's PartialEq).
-        if self.webhook_secret(&account)? != Secret::new(secret) {
-            tracing::warn!(account = %account_id, provider = %kind, "Webhook with a wrong secret refused.");
-            return Err(not_found());
-        }
+        let segment = AccountId::parse(account).map_err(|_| not_found())?;
+        // No account (of this provider) and a wrong secret do the same work, so timing tells
+        // them apart no better than the answer does: one store read, one decryption of a
+        // secret of the same shape, one constant-time comparison (Secret's PartialEq), one log.
+        let found = self.store.webhook_account(&segment).await?.filter(|a| a.provider == kind);
+        let expected = match &found {
+            Some(a) => self.webhook_secret(a)?,
+            None => self.webhook_decoy()?,
+        };
+        let matches = expected == Secret::new(secret);
+        let account = match found {
+            Some(a) if matches => a,
+            _ => {
+                tracing::warn!(account = %segment, provider = %kind, "Webhook for no account or with a wrong secret refused.");
+                return Err(not_found());
+            }
+        };
+        // The row's key: the URL may name a migrated account by its pre-0003 id.
+        let account_id = account.id.clone();
         let (adapter, _) = self.provider_for(&account)?;
         let now = now_ms();
         let events = match adapter.parse_callback(body) {

@@ -10,6 +10,9 @@ pub struct IdError(pub String);
 
 macro_rules! string_id {
     ($(#[$m:meta])* $name:ident, $check:expr) => {
+        string_id!($(#[$m])* $name, $check, |s| s);
+    };
+    ($(#[$m:meta])* $name:ident, $check:expr, $display:expr) => {
         $(#[$m])*
         #[derive(Clone, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize, serde::Deserialize)]
         #[serde(try_from = "String", into = "String")]
@@ -28,6 +31,12 @@ macro_rules! string_id {
             pub fn as_str(&self) -> &str {
                 &self.0
             }
+
+            /// What `Display` shows (to callers, in messages and logs).
+            fn display(&self) -> &str {
+                let show: fn(&str) -> &str = $display;
+                show(&self.0)
+            }
         }
 
         impl TryFrom<String> for $name {
@@ -45,7 +54,7 @@ macro_rules! string_id {
 
         impl fmt::Display for $name {
             fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-                f.write_str(&self.0)
+                f.write_str(self.display())
             }
         }
 
@@ -101,13 +110,57 @@ string_id!(
     TenantId, resource_id
 );
 string_id!(
-    /// One of a tenant's provider accounts.
-    AccountId, resource_id
+    /// One of a tenant's provider accounts: the store key, `{tenant}.{name}` (see
+    /// [`scoped_id`]). `Display` shows the name (what the tenant calls it: messages, resource
+    /// names); wherever the key matters (SQL, URLs, notices, tokens) use `as_str`.
+    AccountId, scoped_id, name_part
 );
 string_id!(
-    /// One onboarding.
-    OnboardingId, resource_id
+    /// One onboarding: the store key, `{tenant}.{name}` (see [`scoped_id`]). `Display` shows
+    /// the name; wherever the key matters use `as_str`.
+    OnboardingId, scoped_id, name_part
 );
+
+/// The name part of a scoped key (the whole of a bare one).
+fn name_part(s: &str) -> &str {
+    s.split_once('.').map_or(s, |(_, n)| n)
+}
+
+/// Caller-chosen ids (accounts, onboardings) are unique per tenant, so their store key is
+/// `{tenant}.{name}`: globally unique and still a pure function of what a request names, so
+/// every internal reference (events, steps, claims, webhook URLs) stays one column. '.' is in
+/// neither a tenant id nor a name, so the split is unambiguous.
+fn scoped_id(s: &str) -> Result<(), String> {
+    match s.split_once('.') {
+        Some((tenant, name)) => resource_id(tenant).and_then(|()| resource_id(name)),
+        None => resource_id(s),
+    }
+}
+
+macro_rules! scoped_methods {
+    ($name:ident) => {
+        impl $name {
+            /// The key of the tenant's resource called `name` (what a request names), or the
+            /// reason `name` is not a valid id.
+            pub fn scoped(tenant: &TenantId, name: &str) -> Result<Self, IdError> {
+                resource_id(name).map_err(IdError)?;
+                Ok(Self(format!("{tenant}.{name}")))
+            }
+
+            /// A fresh generated id in `tenant` (when the caller does not choose one).
+            pub fn fresh(tenant: &TenantId) -> Self {
+                Self(format!("{tenant}.{}", new_id::<String>()))
+            }
+
+            /// The caller-visible id: the key without its tenant part.
+            pub fn name(&self) -> &str {
+                name_part(&self.0)
+            }
+        }
+    };
+}
+scoped_methods!(AccountId);
+scoped_methods!(OnboardingId);
 string_id!(
     /// An API key's public id (the secret part is never an id).
     ApiKeyId, resource_id
@@ -218,6 +271,16 @@ mod tests {
         assert!(AccountId::parse("").is_err());
         assert!(AccountId::parse("-a").is_err());
         assert!(AccountId::parse("a".repeat(64)).is_err());
+        let t = TenantId::parse("t-1").unwrap();
+        let k = AccountId::scoped(&t, "acme").unwrap();
+        assert_eq!((k.as_str(), k.name(), k.to_string().as_str()), ("t-1.acme", "acme", "acme"));
+        assert_eq!(format!("{k:?}"), "AccountId(t-1.acme)", "Debug shows the key");
+        assert_eq!(AccountId::parse("t-1.acme").unwrap(), k);
+        assert_eq!(AccountId::parse("acme").unwrap().name(), "acme");
+        for bad in ["a.b.c", ".a", "a.", "T.a", "a.B"] {
+            assert!(AccountId::parse(bad).is_err(), "{bad}");
+        }
+        assert!(OnboardingId::scoped(&t, "a.b").is_err());
         let id: OnboardingId = new_id();
         assert_eq!(id.as_str().len(), 20);
     }

@@ -235,7 +235,7 @@ pub fn account_to_pb(a: &AccountView) -> pb::Account {
     };
     let status = crate::core::Core::account_status(r);
     pb::Account {
-        name: format!("accounts/{}", r.id),
+        name: format!("accounts/{}", r.id.name()),
         provider: provider_to_pb(r.provider) as i32,
         display_name: r.display_name.clone(),
         credentials: None,
@@ -274,8 +274,8 @@ fn json_text(v: &serde_json::Value) -> String {
 pub fn onboarding_to_pb(o: &OnboardingRecord) -> pb::Onboarding {
     let details: serde_json::Value = serde_json::from_str(&o.details_json).unwrap_or_default();
     pb::Onboarding {
-        name: format!("onboardings/{}", o.id),
-        account: format!("accounts/{}", o.account_id),
+        name: format!("onboardings/{}", o.id.name()),
+        account: format!("accounts/{}", o.account_id.name()),
         provider: provider_to_pb(o.provider) as i32,
         state: state_to_pb(o.state) as i32,
         state_reason: o.state_reason.clone(),
@@ -333,7 +333,7 @@ fn details_to_pb(o: &OnboardingRecord, d: &serde_json::Value) -> Option<pb::onbo
             subscription: d.get("subscription").filter(|v| v.is_object()).map(requested_subscription),
             created_subscription: match s("created_subscription") {
                 sub if sub.is_empty() => sub,
-                sub => format!("onboardings/{}/subscriptions/{sub}", o.id),
+                sub => format!("onboardings/{}/subscriptions/{sub}", o.id.name()),
             },
             app_token_ready: b("app_token_ready"),
         }),
@@ -380,7 +380,7 @@ pub fn event_to_pb(e: &EventRecord) -> pb::OnboardingEvent {
             .map(|m| m.into_iter().map(|(k, v)| (k, json_text(&v))).collect())
             .unwrap_or_default();
     pb::OnboardingEvent {
-        onboarding: format!("onboardings/{}", e.onboarding_id),
+        onboarding: format!("onboardings/{}", e.onboarding_id.name()),
         sequence: e.sequence,
         r#type: e.kind.clone(),
         state: state_to_pb(e.state) as i32,
@@ -440,8 +440,8 @@ pub fn step_display_name(name: &str) -> String {
 /// The pipeline of an onboarding.
 pub fn pipeline_to_pb(o: &OnboardingRecord, steps: &[StepRecord]) -> pb::Pipeline {
     pb::Pipeline {
-        name: format!("onboardings/{}/pipeline", o.id),
-        onboarding: format!("onboardings/{}", o.id),
+        name: format!("onboardings/{}/pipeline", o.id.name()),
+        onboarding: format!("onboardings/{}", o.id.name()),
         steps: steps.iter().map(step_to_pb).collect(),
         sequence: o.sequence,
     }

@@ -38,12 +38,16 @@ pub fn channel_name(field: &str, name: &str) -> Result<ChannelId, AppError> {
 }
 
 /// `onboardings/{onboarding}/subscriptions/{subscription}` into its two ids.
-pub fn subscription_name(field: &str, name: &str) -> Result<(OnboardingId, String), AppError> {
+pub fn subscription_name(
+    tenant: &crate::domain::TenantId,
+    field: &str,
+    name: &str,
+) -> Result<(OnboardingId, String), AppError> {
     let shape = || {
         AppError::invalid(field, "must look like 'onboardings/{onboarding}/subscriptions/{subscription}'".to_string())
     };
     let (parent, sub) = name.split_once("/subscriptions/").ok_or_else(shape)?;
-    let id = parse_name(field, parent, "onboardings", |s| OnboardingId::parse(s))?;
+    let id = parse_name(field, parent, "onboardings", |s| OnboardingId::scoped(tenant, s))?;
     check_provider_key(sub).map_err(|e| AppError::invalid(field, format!("bad subscription id: {e}")))?;
     Ok((id, sub.to_string()))
 }
@@ -135,7 +139,7 @@ pub fn subscription_to_pb(s: &SubscriptionView) -> pb::Subscription {
     let sub = &s.subscription;
     let spec = &sub.spec;
     pb::Subscription {
-        name: format!("onboardings/{}/subscriptions/{}", s.onboarding, sub.id),
+        name: format!("onboardings/{}/subscriptions/{}", s.onboarding.name(), sub.id),
         provider: provider_to_pb(s.provider) as i32,
         spec: Some(pb::SubscriptionSpec {
             url: spec.url.clone(),
@@ -167,7 +171,7 @@ pub fn check_to_pb(c: &CheckResult) -> pb::CheckAccountResponse {
 /// An app token (the one RPC that returns it).
 pub fn app_token_to_pb(t: &AppTokenView) -> pb::AppToken {
     pb::AppToken {
-        onboarding: format!("onboardings/{}", t.onboarding),
+        onboarding: format!("onboardings/{}", t.onboarding.name()),
         provider: provider_to_pb(t.provider) as i32,
         token: t.token.expose().to_string(),
         resource_id: t.resource_id.clone(),
@@ -187,14 +191,14 @@ pub fn link_token_to_pb(t: &LinkTokenView) -> pb::ValidateOnboardingTokenRespons
         raw_status: t.status.raw.clone(),
         expire_time: ts_opt(t.expire_ms),
         customers_remaining: t.customers_remaining,
-        onboarding: t.onboarding.as_ref().map(|o| format!("onboardings/{o}")).unwrap_or_default(),
+        onboarding: t.onboarding.as_ref().map(|o| format!("onboardings/{}", o.name())).unwrap_or_default(),
     }
 }
 
 /// A partner token's status (never the token).
 pub fn token_status_to_pb(account: &AccountId, s: &TokenStatus) -> pb::ProviderTokenStatus {
     pb::ProviderTokenStatus {
-        account: format!("accounts/{account}"),
+        account: format!("accounts/{}", account.name()),
         cached: s.cached,
         expire_time: ts_opt(s.expires_at),
         refresh_time: ts_opt(s.last_refresh),
@@ -252,8 +256,8 @@ pub fn channel_to_pb(c: &ChannelView) -> pb::Channel {
     let health = if i.stopped { pb::ChannelHealth::Stopped } else { channel_health(&i.health) };
     pb::Channel {
         name: format!("channels/{}", i.id),
-        onboarding: format!("onboardings/{}", c.onboarding),
-        account: format!("accounts/{}", c.account),
+        onboarding: format!("onboardings/{}", c.onboarding.name()),
+        account: format!("accounts/{}", c.account.name()),
         display_name: i.display_name.clone(),
         mode: channel_mode_to_pb(i.mode) as i32,
         health: health as i32,
@@ -306,7 +310,7 @@ pub fn connect_code_to_pb(c: &IssuedConnectCode) -> pb::ConnectCode {
 pub fn balance_to_pb(account: &AccountId, b: &Balance, read_ms: UnixMs) -> pb::PartnerBalance {
     let clamp = |d: i64| i32::try_from(d).unwrap_or(if d < 0 { i32::MIN } else { i32::MAX });
     pb::PartnerBalance {
-        account: format!("accounts/{account}"),
+        account: format!("accounts/{}", account.name()),
         days: clamp(b.days),
         trial_days: clamp(b.trial_days),
         read_time: Some(ts(read_ms)),
@@ -319,10 +323,15 @@ mod tests {
 
     #[test]
     fn subscription_names() {
-        let (id, sub) = subscription_name("name", "onboardings/ob-1/subscriptions/Sub_42").unwrap();
-        assert_eq!((id.as_str(), sub.as_str()), ("ob-1", "Sub_42"));
+        let (id, sub) = subscription_name(
+            &crate::domain::TenantId::parse("t").unwrap(),
+            "name",
+            "onboardings/ob-1/subscriptions/Sub_42",
+        )
+        .unwrap();
+        assert_eq!((id.as_str(), sub.as_str()), ("t.ob-1", "Sub_42"));
         for bad in ["onboardings/ob-1", "onboardings/OB/subscriptions/x", "onboardings/ob-1/subscriptions/", "x/y"] {
-            let e = subscription_name("name", bad).unwrap_err();
+            let e = subscription_name(&crate::domain::TenantId::parse("t").unwrap(), "name", bad).unwrap_err();
             assert_eq!(e.violations[0].0, "name", "{bad}");
         }
     }

@@ -68,7 +68,7 @@ proptest! {
     fn names_and_pages_never_panic(name in text(), kind in text(), size in any::<i32>(), token in text()) {
         let _ = parse_name("name", &name, "onboardings", |s| crate::domain::OnboardingId::parse(s));
         let _ = channel_name("name", &name);
-        let _ = subscription_name("name", &name);
+        let _ = subscription_name(&crate::domain::TenantId::parse("t").expect("id"), "name", &name);
         let _ = check_provider_key(&name);
         let mut v = Violations::new();
         let p = page_request(&mut v, &kind, size, &token, DEFAULT_PAGE);

@@ -208,7 +208,7 @@ async fn check_accounts(store: Arc<dyn Store>) {
     assert_eq!(got.credentials.blob, sealed("cred").blob, "stored bytes are exactly the sealed blob");
     assert_eq!(store.account(&stranger, &a.id).await.unwrap(), None, "tenant isolation");
     assert_eq!(store.account_unscoped(&a.id).await.unwrap(), Some(a.clone()));
-    // Ids are global: another tenant cannot take one.
+    // Keys are global (a tenant's ids are per tenant because its keys carry the tenant).
     let clash = AccountRecord { tenant_id: stranger.clone(), ..a.clone() };
     assert!(matches!(store.insert_account(&clash, None).await, Err(StoreError::AlreadyExists(_))));
 
@@ -1387,6 +1387,63 @@ async fn check_notify_subscribe(store: Arc<dyn Store>) {
     assert_eq!(tokio::time::timeout(Duration::from_secs(5), rx1.recv()).await.unwrap().unwrap(), second);
 }
 
+/// Two tenants each own `accounts/x` and `onboardings/y` (their keys are `{tenant}.{id}`):
+/// each reads its own, events and steps do not mix, webhooks route to the right account, and
+/// a duplicate within one tenant is still refused.
+async fn check_ids_per_tenant(store: Arc<dyn Store>) {
+    let (ta, tb) = (tenant(&store).await, tenant(&store).await);
+    let mut accounts = Vec::new();
+    let mut onboardings = Vec::new();
+    for t in [&ta, &tb] {
+        let a = AccountRecord { id: AccountId::scoped(t, "x").unwrap(), ..account_rec(t, ProviderKind::Whapi) };
+        store.insert_account(&a, None).await.unwrap();
+        let mut new = new_onboarding(&a, &format!("ref-{t}"), &[("first", StepState::Pending, None)]);
+        let id = OnboardingId::scoped(t, "y").unwrap();
+        new.onboarding.id = id.clone();
+        for s in &mut new.steps {
+            s.onboarding_id = id.clone();
+        }
+        store.create_onboarding(&new).await.unwrap();
+        accounts.push(a);
+        onboardings.push(new.onboarding);
+    }
+    let (aa, ab) = (&accounts[0], &accounts[1]);
+    let (oa, ob) = (&onboardings[0], &onboardings[1]);
+    assert_eq!((aa.id.name(), ab.id.name(), oa.id.name(), ob.id.name()), ("x", "x", "y", "y"));
+    assert_ne!(aa.id, ab.id);
+    // Each tenant reads its own; the other's key reads as absent.
+    assert_eq!(store.account(&ta, &aa.id).await.unwrap().unwrap().tenant_id, ta);
+    assert_eq!(store.account(&tb, &ab.id).await.unwrap().unwrap().tenant_id, tb);
+    assert_eq!(store.account(&ta, &ab.id).await.unwrap(), None);
+    assert_eq!(store.onboarding(&ta, &oa.id).await.unwrap().unwrap().reference, format!("ref-{ta}"));
+    assert_eq!(store.onboarding(&tb, &ob.id).await.unwrap().unwrap().reference, format!("ref-{tb}"));
+    assert_eq!(store.onboarding(&tb, &oa.id).await.unwrap(), None);
+    let listed = store.list_onboardings(&tb, &OnboardingFilter::default(), &page(10, None)).await.unwrap();
+    assert_eq!(listed.items.iter().map(|o| &o.id).collect::<Vec<_>>(), vec![&ob.id]);
+    let by_account = OnboardingFilter { account_id: Some(aa.id.clone()), ..Default::default() };
+    assert_eq!(store.list_onboardings(&ta, &by_account, &page(10, None)).await.unwrap().items.len(), 1);
+    assert!(store.list_onboardings(&tb, &by_account, &page(10, None)).await.unwrap().items.is_empty());
+    // Events and steps stay with their onboarding.
+    store.apply_change(&change(&oa.id, "only-a")).await.unwrap();
+    let kinds = |evs: Vec<EventRecord>| evs.into_iter().map(|e| e.kind).collect::<Vec<_>>();
+    assert_eq!(kinds(store.events(&oa.id, 0, 10).await.unwrap()), vec!["created", "only-a"]);
+    assert_eq!(kinds(store.events(&ob.id, 0, 10).await.unwrap()), vec!["created"]);
+    assert_eq!(store.steps(&ob.id).await.unwrap().len(), 1);
+    assert!(store.steps(&ob.id).await.unwrap().iter().all(|s| s.onboarding_id == ob.id));
+    // Webhooks: the URL segment is the key; the same dedupe key is one event per account.
+    assert_eq!(store.webhook_account(&aa.id).await.unwrap().unwrap().tenant_id, ta);
+    assert_eq!(store.webhook_account(&ab.id).await.unwrap().unwrap().tenant_id, tb);
+    assert_eq!(store.webhook_account(&AccountId::parse("x").unwrap()).await.unwrap(), None, "no legacy row");
+    assert!(store.insert_webhook_event(&webhook(aa, "same", 1)).await.unwrap());
+    assert!(store.insert_webhook_event(&webhook(ab, "same", 1)).await.unwrap());
+    // Within one tenant, ids are still unique.
+    let again = AccountRecord { id: aa.id.clone(), ..account_rec(&ta, ProviderKind::Whapi) };
+    assert!(matches!(store.insert_account(&again, None).await, Err(StoreError::AlreadyExists(_))));
+    let mut dup = new_onboarding(aa, "dup", &[]);
+    dup.onboarding.id = oa.id.clone();
+    assert!(matches!(store.create_onboarding(&dup).await, Err(StoreError::AlreadyExists(_))));
+}
+
 macro_rules! conformance_suite {
     ($($check:ident),* $(,)?) => {
         mod sqlite_suite {
@@ -1417,6 +1474,7 @@ conformance_suite!(
     check_tenants,
     check_api_keys,
     check_accounts,
+    check_ids_per_tenant,
     check_account_listing,
     check_idempotency,
     check_create_onboarding,
@@ -1449,8 +1507,80 @@ conformance_suite!(
 
 // ----- backend-specific -----
 
+/// Rows as the code before migration 0003 wrote them (ids global, keys bare), for the
+/// migration tests; `blob` spells a byte-string literal in the backend's SQL.
+fn pre_0003_rows(blob: fn(&[u8]) -> String) -> String {
+    let b = blob(&sealed("hook").blob);
+    format!(
+        "INSERT INTO tenants VALUES ('t-one', 'one', 1), ('t-two', 'two', 1);
+         INSERT INTO accounts VALUES ('x', 't-one', 'whapi', 'X', '{{}}', 'k', {b}, 'k', {b}, TRUE, '{{}}', 1, 1),
+                                     ('z', 't-two', 'whapi', 'Z', '{{}}', 'k', {b}, 'k', {b}, TRUE, '{{}}', 1, 1);
+         INSERT INTO onboardings (id, tenant_id, account_id, provider, state, state_reason, provider_status,
+             reference, details_json, external_key, sequence, created_ms, updated_ms)
+             VALUES ('y', 't-one', 'x', 'whapi', 'PENDING', 'r', '', 'ref-y', '{{}}', 'chan-1', 2, 1, 1);
+         INSERT INTO onboarding_events VALUES ('y', 1, 'created', 'PENDING', 'PENDING', 'r', '', NULL, '{{}}', 1),
+                                              ('y', 2, 'moved', 'PENDING', 'PENDING', 'r', '', 'first', '{{}}', 2);
+         INSERT INTO pipeline_steps (onboarding_id, name, position, state, attempts, max_attempts,
+             provider_stage_json, data_json, created_ms, updated_ms)
+             VALUES ('y', 'first', 0, 'READY', 0, 5, '{{}}', '{{}}', 1, 1);
+         INSERT INTO webhook_events VALUES ('w1', 'whapi', 'x', 'd1', {b}, 'PENDING', NULL, NULL, NULL, 1);"
+    )
+}
+
+/// What the store reads back after migration 0003 converted [`pre_0003_rows`].
+async fn check_pre_0003_rows(store: &Arc<dyn Store>) {
+    let t1 = TenantId::parse("t-one").unwrap();
+    let x = AccountId::scoped(&t1, "x").unwrap();
+    let y = OnboardingId::scoped(&t1, "y").unwrap();
+    let a = store.account(&t1, &x).await.unwrap().expect("account under its per-tenant key");
+    assert_eq!((a.id.as_str(), a.display_name.as_str()), ("t-one.x", "X"));
+    assert_eq!(a.webhook_secret.blob, sealed("hook").blob);
+    // The webhook URL providers were told (bare id) and the new form both route to it.
+    assert_eq!(store.webhook_account(&AccountId::parse("x").unwrap()).await.unwrap().map(|a| a.id), Some(x.clone()));
+    assert_eq!(store.webhook_account(&x).await.unwrap().map(|a| a.id), Some(x.clone()));
+    let z = store.webhook_account(&AccountId::parse("z").unwrap()).await.unwrap().unwrap();
+    assert_eq!((z.id.as_str(), z.tenant_id.as_str()), ("t-two.z", "t-two"));
+    let o = store.onboarding(&t1, &y).await.unwrap().expect("onboarding under its per-tenant key");
+    assert_eq!((o.account_id.clone(), o.sequence, o.reference.as_str()), (x.clone(), 2, "ref-y"));
+    let events = store.events(&y, 0, 10).await.unwrap();
+    assert_eq!(
+        events.iter().map(|e| (e.onboarding_id.clone(), e.sequence)).collect::<Vec<_>>(),
+        vec![(y.clone(), 1), (y.clone(), 2)]
+    );
+    assert_eq!(store.steps(&y).await.unwrap().iter().map(|s| s.name.as_str()).collect::<Vec<_>>(), vec!["first"]);
+    assert_eq!(by_key(store, &x, "chan-1").await.unwrap().map(|o| o.id), Some(y.clone()));
+    assert_eq!(store.webhook_event("w1").await.unwrap().unwrap().account_id, x);
+    // The references still hold: the events and steps go with their onboarding, and the
+    // migrated ids stay taken within their tenant only.
+    store.apply_change(&change(&y, "after")).await.unwrap();
+    let again = AccountRecord { id: x.clone(), ..account_rec(&t1, ProviderKind::Whapi) };
+    assert!(matches!(store.insert_account(&again, None).await, Err(StoreError::AlreadyExists(_))));
+    let t2 = TenantId::parse("t-two").unwrap();
+    let theirs = AccountRecord { id: AccountId::scoped(&t2, "x").unwrap(), ..account_rec(&t2, ProviderKind::Whapi) };
+    store.insert_account(&theirs, None).await.unwrap();
+}
+
 mod sqlite_only {
     use super::*;
+
+    /// Migration 0003 converts rows written with global ids (0001-0002 schema).
+    #[tokio::test]
+    async fn migration_0003_scopes_existing_ids() {
+        let dir = tempfile::tempdir().unwrap();
+        let url = format!("sqlite://{}", dir.path().join("old.db").display());
+        {
+            use std::str::FromStr;
+            let options =
+                sqlx::sqlite::SqliteConnectOptions::from_str(&url).unwrap().create_if_missing(true).foreign_keys(true);
+            let pool = sqlx::sqlite::SqlitePoolOptions::new().max_connections(1).connect_with(options).await.unwrap();
+            sqlx::migrate!("./migrations/sqlite").run_to(2, &pool).await.unwrap();
+            let rows = pre_0003_rows(|b| format!("X'{}'", hex::encode(b)));
+            sqlx::raw_sql(sqlx::AssertSqlSafe(rows)).execute(&pool).await.unwrap();
+            pool.close().await;
+        }
+        let store: Arc<dyn Store> = Arc::new(crate::store::sqlite::SqliteStore::connect(&url).await.unwrap());
+        check_pre_0003_rows(&store).await;
+    }
 
     #[tokio::test]
     async fn backend_is_sqlite() {
@@ -1505,6 +1635,25 @@ mod postgres_only {
     use crate::store::postgres::PgStore;
     use crate::store::testing;
     use sqlx::Connection;
+
+    /// Migration 0003 converts rows written with global ids (0001-0002 schema).
+    #[tokio::test]
+    async fn migration_0003_scopes_existing_ids() {
+        let Some(base) = testing::pg_base_url() else {
+            return;
+        };
+        let url = crate::store::postgres::create_test_schema(&base).await.unwrap();
+        {
+            let pool = sqlx::postgres::PgPoolOptions::new().max_connections(1).connect(&url).await.unwrap();
+            sqlx::migrate!("./migrations/postgres").run_to(2, &pool).await.unwrap();
+            let rows = pre_0003_rows(|b| format!("'\\x{}'::bytea", hex::encode(b)));
+            sqlx::raw_sql(sqlx::AssertSqlSafe(rows)).execute(&pool).await.unwrap();
+            pool.close().await;
+        }
+        let store: Arc<dyn Store> = Arc::new(PgStore::connect(&url).await.unwrap());
+        check_pre_0003_rows(&store).await;
+        testing::drop_pg(&url).await;
+    }
 
     /// Part of the suite so that `cargo test` fails loudly without a database.
     #[tokio::test]

@@ -7,7 +7,8 @@
 //!   changes nothing and returns [`StoreError::Conflict`].
 //! - Tenant-scoped reads never return another tenant's rows (they return `None`).
 //! - Unique keys (idempotency key, webhook dedupe key, account id) are enforced by the
-//!   database, so they hold across replicas.
+//!   database, so they hold across replicas. Account and onboarding ids are per tenant: the
+//!   key is `{tenant}.{id}` (see [`crate::domain::AccountId::scoped`]).
 
 pub mod records;
 
@@ -199,6 +200,10 @@ pub trait Store: Send + Sync + 'static {
     /// An account by id regardless of tenant: only for the webhook ingress, which then
     /// authenticates the call with the account's webhook secret.
     async fn account_unscoped(&self, id: &AccountId) -> StoreResult<Option<AccountRecord>>;
+    /// The account a webhook URL names by `segment`: its key, or the id of an account written
+    /// before ids were per tenant (migration 0003 keeps it). Never through a cache: a URL for
+    /// no account must cost the same read as one for an account.
+    async fn webhook_account(&self, segment: &AccountId) -> StoreResult<Option<AccountRecord>>;
     /// The tenant's accounts, by id, optionally for one provider.
     async fn list_accounts(
         &self,

@@ -214,7 +214,7 @@ pub(crate) fn placeholders(from: usize, n: usize) -> String {
 /// sending store instance) lets a replica skip its own notices, which it already delivered
 /// locally.
 pub(crate) fn notice_payload(notice: &ChangeNotice, origin: &str) -> String {
-    format!("{}:{}:{}", notice.onboarding_id, notice.sequence, origin)
+    format!("{}:{}:{}", notice.onboarding_id.as_str(), notice.sequence, origin)
 }
 
 /// Parses [`notice_payload`]; the origin is optional (`onboarding_id:sequence` also parses).
@@ -279,6 +279,47 @@ macro_rules! impl_sql_store {
                     created_ms: r.try_get("created_ms")?,
                     updated_ms: r.try_get("updated_ms")?,
                 })
+            }
+
+            /// An account row of an outer join: every column is read whether or not the row
+            /// matched, so a miss decodes what a hit decodes ([`Store::webhook_account`]).
+            fn account_joined(r: &$row) -> $crate::store::StoreResult<Option<$crate::store::AccountRecord>> {
+                let id: Option<String> = r.try_get("id")?;
+                let tenant_id: Option<String> = r.try_get("tenant_id")?;
+                let provider: Option<String> = r.try_get("provider")?;
+                let display_name: Option<String> = r.try_get("display_name")?;
+                let options_json: Option<String> = r.try_get("options_json")?;
+                let credentials_key_id: Option<String> = r.try_get("credentials_key_id")?;
+                let credentials: Option<Vec<u8>> = r.try_get("credentials")?;
+                let webhook_key_id: Option<String> = r.try_get("webhook_key_id")?;
+                let webhook_secret: Option<Vec<u8>> = r.try_get("webhook_secret")?;
+                let sandbox: Option<bool> = r.try_get("sandbox")?;
+                let status_json: Option<String> = r.try_get("status_json")?;
+                let created_ms: Option<i64> = r.try_get("created_ms")?;
+                let updated_ms: Option<i64> = r.try_get("updated_ms")?;
+                let (Some(id), Some(tenant_id), Some(provider)) = (id, tenant_id, provider) else {
+                    return Ok(None);
+                };
+                let missing = || $crate::store::StoreError::Corrupt("account row with NULL columns".into());
+                Ok(Some($crate::store::AccountRecord {
+                    id: sql::id(id)?,
+                    tenant_id: sql::id(tenant_id)?,
+                    provider: sql::provider(provider)?,
+                    display_name: display_name.ok_or_else(missing)?,
+                    options_json: options_json.ok_or_else(missing)?,
+                    credentials: $crate::store::Sealed {
+                        key_id: credentials_key_id.ok_or_else(missing)?,
+                        blob: credentials.ok_or_else(missing)?,
+                    },
+                    webhook_secret: $crate::store::Sealed {
+                        key_id: webhook_key_id.ok_or_else(missing)?,
+                        blob: webhook_secret.ok_or_else(missing)?,
+                    },
+                    sandbox: sandbox.ok_or_else(missing)?,
+                    status_json: status_json.ok_or_else(missing)?,
+                    created_ms: created_ms.ok_or_else(missing)?,
+                    updated_ms: updated_ms.ok_or_else(missing)?,
+                }))
             }
 
             fn idempotency_from(r: &$row) -> $crate::store::StoreResult<$crate::store::IdempotencyRecord> {
@@ -856,6 +897,18 @@ macro_rules! impl_sql_store {
                 self.account_row(id).await
             }
 
+            async fn webhook_account(
+                &self,
+                segment: &$crate::domain::AccountId,
+            ) -> $crate::store::StoreResult<Option<$crate::store::AccountRecord>> {
+                // One statement for both forms (keys hold a '.', legacy ids never do). An outer
+                // join, so a miss also returns (and decodes) one row, as a hit does.
+                let key = [segment.as_str()];
+                let sql = "SELECT a.* FROM (SELECT CAST($1 AS TEXT) AS want) w \
+                           LEFT JOIN accounts a ON a.id = w.want OR a.legacy_id = w.want";
+                Ok(self.find(sql, &key, Self::account_joined).await?.flatten())
+            }
+
             async fn list_accounts(
                 &self,
                 tenant: &$crate::domain::TenantId,
@@ -872,7 +925,7 @@ macro_rules! impl_sql_store {
                 .bind(sql::page_limit(page.limit))
                 .fetch_all(self.reader())
                 .await?;
-                Ok(sql::page(Self::all(rows, Self::account_from)?, page.limit, |a| a.id.to_string()))
+                Ok(sql::page(Self::all(rows, Self::account_from)?, page.limit, |a| a.id.as_str().to_string()))
             }
 
             async fn update_account(&self, a: &$crate::store::AccountRecord) -> $crate::store::StoreResult<()> {
@@ -1073,7 +1126,7 @@ macro_rules! impl_sql_store {
                     query = query.bind(value);
                 }
                 let rows = query.bind(sql::page_limit(page.limit)).fetch_all(self.reader()).await?;
-                Ok(sql::page(Self::all(rows, Self::onboarding_from)?, page.limit, |o| o.id.to_string()))
+                Ok(sql::page(Self::all(rows, Self::onboarding_from)?, page.limit, |o| o.id.as_str().to_string()))
             }
 
             async fn count_onboardings(

@@ -53,6 +53,9 @@ impl SqliteStore {
         // An in-memory database lives as long as its connections: keep exactly one, forever,
         // and read through it too.
         let in_memory = url.contains(":memory:") || url.contains("mode=memory");
+        if !in_memory {
+            private_files(options.get_filename())?;
+        }
         let writer = SqlitePoolOptions::new()
             .max_connections(1)
             .min_connections(u32::from(in_memory))
@@ -62,6 +65,11 @@ impl SqliteStore {
             .connect_with(options.clone())
             .await?;
         MIGRATOR.run(&writer).await.map_err(sql::migrate_err)?;
+        if !in_memory {
+            // WAL mode made the -wal and -shm files by now (SQLite gives them the database
+            // file's mode; an existing looser one is tightened here).
+            private_files(options.get_filename())?;
+        }
         let reader = if in_memory {
             writer.clone()
         } else {
@@ -103,6 +111,42 @@ impl SqliteStore {
         let _ = self.bus.send(notice.clone());
         Ok(())
     }
+}
+
+/// The database holds sealed credentials and every tenant's data: owner-only (0600), like the
+/// key files. Creates the file with that mode before SQLite opens it (SQLite would create it
+/// with the umask's, typically 0644), and tightens an existing database file and its -wal and
+/// -shm files when looser.
+fn private_files(db: &std::path::Path) -> StoreResult<()> {
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+        let fail = |p: &std::path::Path, e: std::io::Error| StoreError::Other(format!("{}: {e}", p.display()));
+        std::fs::OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .mode(0o600)
+            .open(db)
+            .map_err(|e| fail(db, e))?;
+        let mut sidecars = [db.as_os_str().to_owned(), db.as_os_str().to_owned(), db.as_os_str().to_owned()];
+        sidecars[1].push("-wal");
+        sidecars[2].push("-shm");
+        for file in sidecars.iter().map(std::path::Path::new) {
+            match std::fs::metadata(file) {
+                Ok(m) if m.permissions().mode() & 0o077 != 0 => {
+                    std::fs::set_permissions(file, std::fs::Permissions::from_mode(0o600))
+                        .map_err(|e| fail(file, e))?;
+                }
+                Ok(_) => {}
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(e) => return Err(fail(file, e)),
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = db;
+    Ok(())
 }
 
 sql::impl_sql_store! {

@@ -96,6 +96,10 @@ impl Store for MeteredStore {
         timed(op!("account_unscoped"), self.inner.account_unscoped(id)).await
     }
 
+    async fn webhook_account(&self, segment: &AccountId) -> StoreResult<Option<AccountRecord>> {
+        timed(op!("webhook_account"), self.inner.webhook_account(segment)).await
+    }
+
     async fn list_accounts(
         &self,
         tenant: &TenantId,

@@ -9,7 +9,9 @@ async fn create_get_list_delete_never_returns_credentials() {
     assert_eq!(created.name, "accounts/acme");
     assert!(created.credentials.is_none());
     assert!(created.credentials_set);
-    assert!(created.webhook_url.contains("/webhooks/gupshup/acme/"), "{}", created.webhook_url);
+    // The URL names the account's key (`{tenant}.acme`): unique across tenants.
+    let key = app.account_key("acme").await;
+    assert!(created.webhook_url.contains(&format!("/webhooks/gupshup/{}/", key.as_str())), "{}", created.webhook_url);
 
     let got =
         c.get_account(app.req(pb::GetAccountRequest { name: "accounts/acme".into() })).await.unwrap().into_inner();
@@ -53,7 +55,8 @@ async fn credentials_are_encrypted_at_rest() {
     let url = format!("sqlite:{}", app._dir.path().join("wa-onboard.db").display());
     let pool = sqlx::SqlitePool::connect(&url).await.unwrap();
     let (blob, key_id): (Vec<u8>, String) =
-        sqlx::query_as("SELECT credentials, credentials_key_id FROM accounts WHERE id = 'acme'")
+        sqlx::query_as("SELECT credentials, credentials_key_id FROM accounts WHERE id = $1")
+            .bind(app.account_key("acme").await.as_str())
             .fetch_one(&pool)
             .await
             .unwrap();
@@ -69,13 +72,7 @@ async fn credentials_are_encrypted_at_rest() {
         .unwrap();
     assert!(dump.iter().all(|(s,)| !s.contains("plaintext-never-stored")));
     // And the service can still use it.
-    let record = app
-        .running()
-        .store
-        .account_unscoped(&wa_onboard::domain::AccountId::parse("acme").unwrap())
-        .await
-        .unwrap()
-        .unwrap();
+    let record = app.running().store.account_unscoped(&app.account_key("acme").await).await.unwrap().unwrap();
     match app.running().core.account_credentials(&record).unwrap() {
         wa_onboard::domain::account::Credentials::Gupshup { secret, .. } => {
             assert_eq!(secret.expose(), "plaintext-never-stored")

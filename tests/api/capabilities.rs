@@ -10,7 +10,7 @@ use async_trait::async_trait;
 use tonic::transport::Channel;
 use tonic_types::StatusExt;
 use wa_onboard::app;
-use wa_onboard::domain::{Capability, E164, OnboardingId, OnboardingState, ProviderKind, Secret, new_id, now_ms};
+use wa_onboard::domain::{Capability, E164, OnboardingId, OnboardingState, ProviderKind, Secret, now_ms};
 use wa_onboard::error::AppError;
 use wa_onboard::grpc::pb;
 use wa_onboard::providers::http::TokenStatus;
@@ -417,7 +417,7 @@ impl Env {
     ) -> OnboardingId {
         let running = self.app.running();
         let tenant = running.store.tenant_by_name("dev").await.unwrap().unwrap();
-        let id: OnboardingId = new_id();
+        let id = OnboardingId::fresh(&tenant.id);
         if let Some(k) = external_key {
             let handle = ProviderHandle {
                 external_key: k.into(),
@@ -428,8 +428,8 @@ impl Env {
         let now = now_ms();
         let o = OnboardingRecord {
             id: id.clone(),
+            account_id: wa_onboard::domain::AccountId::scoped(&tenant.id, account).unwrap(),
             tenant_id: tenant.id,
-            account_id: wa_onboard::domain::AccountId::parse(account).unwrap(),
             provider,
             state,
             desired_state: None,

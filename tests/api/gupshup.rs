@@ -403,7 +403,11 @@ async fn a_duplicated_live_event_is_acknowledged_and_changes_nothing() {
     let at_sim = sim(&app).app(&g.app_id).expect("app at the simulator");
     let callback = at_sim.callback_url.clone().expect("the link set our callback URL");
     assert!(
-        callback.starts_with(&format!("http://{}/webhooks/gupshup/sandbox-gupshup/", app.running().webhook_addr)),
+        callback.starts_with(&format!(
+            "http://{}/webhooks/gupshup/{}/",
+            app.running().webhook_addr,
+            app.account_key("sandbox-gupshup").await.as_str()
+        )),
         "{callback}"
     );
     let live = json!({

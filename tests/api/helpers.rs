@@ -6,7 +6,7 @@ use tonic::metadata::MetadataValue;
 use tonic::transport::Channel;
 use wa_onboard::app::{self, Running};
 use wa_onboard::config::Settings;
-use wa_onboard::domain::{AccountId, OnboardingId, OnboardingState, ProviderKind, Secret, new_id, now_ms};
+use wa_onboard::domain::{AccountId, OnboardingId, OnboardingState, ProviderKind, Secret, now_ms};
 use wa_onboard::grpc::pb;
 use wa_onboard::store::{NewEvent, NewOnboarding, OnboardingChange, OnboardingRecord, Sealed};
 
@@ -112,6 +112,19 @@ impl TestApp {
             .into_inner()
     }
 
+    /// The store key of the dev tenant's onboarding `name` (`onboardings/{id}`), for tests
+    /// that read the store directly.
+    pub async fn onboarding_key(&self, name: &str) -> OnboardingId {
+        let tenant = self.running().store.tenant_by_name("dev").await.unwrap().unwrap();
+        OnboardingId::scoped(&tenant.id, name.trim_start_matches("onboardings/")).expect("onboarding id")
+    }
+
+    /// The store key of the dev tenant's account `id`.
+    pub async fn account_key(&self, id: &str) -> AccountId {
+        let tenant = self.running().store.tenant_by_name("dev").await.unwrap().unwrap();
+        AccountId::scoped(&tenant.id, id).expect("account id")
+    }
+
     /// A second tenant and its key.
     pub async fn other_tenant(&self, name: &str) -> Secret {
         let (_, key) =
@@ -124,12 +137,12 @@ impl TestApp {
     pub async fn insert_onboarding(&self, account: &str, reference: &str) -> OnboardingId {
         let store = &self.running().store;
         let tenant = store.tenant_by_name("dev").await.unwrap().unwrap();
-        let id: OnboardingId = new_id();
+        let id = OnboardingId::fresh(&tenant.id);
         let now = now_ms();
         let o = OnboardingRecord {
             id: id.clone(),
+            account_id: AccountId::scoped(&tenant.id, account).unwrap(),
             tenant_id: tenant.id,
-            account_id: AccountId::parse(account).unwrap(),
             provider: ProviderKind::Gupshup,
             state: OnboardingState::Pending,
             desired_state: None,

@@ -120,7 +120,7 @@ async fn metrics_show_grpc_provider_step_webhook_store_and_onboarding_families_a
         .await
         .expect("create")
         .into_inner();
-    let id = wa_onboard::domain::OnboardingId::parse(o.name.trim_start_matches("onboardings/")).unwrap();
+    let id = app.onboarding_key(&o.name).await;
     let mut stream = app.watch(&id, 0).await;
     // A stream is open while we look.
     let during = scrape(app.running().metrics_addr).await;

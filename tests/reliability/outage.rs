@@ -99,9 +99,10 @@ async fn postgres_cut_for_twenty_seconds_under_load_refuses_cleanly_and_resumes(
     // The ingress URL the Gupshup sandbox account hands to the provider (only `CreateAccount`
     // returns it, so read it where the service keeps it).
     let running = app.running();
+    let dev = running.store.tenant_by_name("dev").await.expect("store").expect("dev tenant").id;
     let record = running
         .store
-        .account_unscoped(&wa_onboard::domain::AccountId::parse("sandbox-gupshup").expect("id"))
+        .account_unscoped(&wa_onboard::domain::AccountId::scoped(&dev, "sandbox-gupshup").expect("id"))
         .await
         .expect("store")
         .expect("sandbox account");

@@ -4,7 +4,7 @@
 
 use anyhow::{Context, Result, anyhow};
 use futures::StreamExt;
-use wa_onboard::domain::{AccountId, OnboardingId, OnboardingState, ProviderKind, new_id, now_ms};
+use wa_onboard::domain::{AccountId, OnboardingId, OnboardingState, ProviderKind, now_ms};
 use wa_onboard::store::{NewEvent, NewOnboarding, OnboardingRecord, Sealed};
 
 /// The bench's Gupshup account (made by `suites::webhook_url`).
@@ -23,8 +23,10 @@ pub struct Seeded {
 pub async fn seed(url: &str, n: usize) -> Result<Vec<Seeded>> {
     let store = wa_onboard::store::open(url).await.context("open the store to seed")?;
     let tenant = store.tenant_by_name("dev").await?.ok_or_else(|| anyhow!("no dev tenant (start the server first)"))?;
-    let account = AccountId::parse(ACCOUNT).map_err(|e| anyhow!("{}", e.0))?;
-    let rows: Vec<Seeded> = (0..n).map(|_| Seeded { id: new_id(), app_id: uuid::Uuid::new_v4().to_string() }).collect();
+    let account = AccountId::scoped(&tenant.id, ACCOUNT).map_err(|e| anyhow!("{}", e.0))?;
+    let rows: Vec<Seeded> = (0..n)
+        .map(|_| Seeded { id: OnboardingId::fresh(&tenant.id), app_id: uuid::Uuid::new_v4().to_string() })
+        .collect();
     let results: Vec<Result<()>> = futures::stream::iter(rows.iter().enumerate())
         .map(|(i, s)| {
             let store = store.clone();

@@ -19,7 +19,11 @@ impl pb::account_service_server::AccountService for Services {
                 "is required: one of PROVIDER_GUPSHUP, PROVIDER_EXOTEL, PROVIDER_WHAPI, PROVIDER_DIGITAL99",
             );
         }
-        let id = if r.account_id.is_empty() { None } else { v.check("account_id", AccountId::parse(r.account_id)) };
+        let id = if r.account_id.is_empty() {
+            None
+        } else {
+            v.check("account_id", AccountId::scoped(&caller.tenant, &r.account_id))
+        };
         let credentials = credentials_from_pb(&mut v, account.credentials);
         let options = options_from_pb(&mut v, provider, account.options);
         let rid = request_id(&mut v, &r.request_id);
@@ -41,7 +45,7 @@ impl pb::account_service_server::AccountService for Services {
     async fn get_account(&self, req: Request<pb::GetAccountRequest>) -> Res<pb::Account> {
         let caller = caller(&req)?;
         limits::checked(req.get_ref())?;
-        let id = account_name("name", &req.get_ref().name)?;
+        let id = account_name(&caller.tenant, "name", &req.get_ref().name)?;
         ok(self.core.get_account(&caller, &id).await.map(|a| account_to_pb(&a)))
     }
 
@@ -61,14 +65,14 @@ impl pb::account_service_server::AccountService for Services {
     async fn delete_account(&self, req: Request<pb::DeleteAccountRequest>) -> Res<()> {
         let caller = caller(&req)?;
         limits::checked(req.get_ref())?;
-        let id = account_name("name", &req.get_ref().name)?;
+        let id = account_name(&caller.tenant, "name", &req.get_ref().name)?;
         ok(self.core.delete_account(&caller, &id, req.get_ref().force).await)
     }
 
     async fn check_account(&self, req: Request<pb::CheckAccountRequest>) -> Res<pb::CheckAccountResponse> {
         let caller = caller(&req)?;
         limits::checked(req.get_ref())?;
-        let id = account_name("name", &req.get_ref().name)?;
+        let id = account_name(&caller.tenant, "name", &req.get_ref().name)?;
         ok(self.core.check_account(&caller, &id).await.map(|c| crate::grpc::convert_ext::check_to_pb(&c)))
     }
 }

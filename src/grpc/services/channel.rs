@@ -22,7 +22,7 @@ impl pb::channel_service_server::ChannelService for Services {
         let account = if r.account.is_empty() {
             None
         } else {
-            v.check("account", account_name("account", &r.account).map_err(|e| e.message))
+            v.check("account", account_name(&caller.tenant, "account", &r.account).map_err(|e| e.message))
         };
         v.finish()?;
         ok(self.core.list_channels(&caller, account.as_ref(), &page).await.map(|p| pb::ListChannelsResponse {
@@ -104,7 +104,7 @@ impl pb::channel_service_server::ChannelService for Services {
     async fn get_partner_balance(&self, req: Request<pb::GetPartnerBalanceRequest>) -> Res<pb::PartnerBalance> {
         let caller = caller(&req)?;
         limits::checked(req.get_ref())?;
-        let id = account_name("account", &req.get_ref().account)?;
+        let id = account_name(&caller.tenant, "account", &req.get_ref().account)?;
         ok(self.core.get_partner_balance(&caller, &id).await.map(|b| balance_to_pb(&id, &b, crate::domain::now_ms())))
     }
 }

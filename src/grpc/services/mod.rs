@@ -15,7 +15,7 @@ use super::pb;
 use crate::core::Core;
 use crate::core::accounts::NewAccount;
 use crate::core::onboardings::StreamItem;
-use crate::domain::{AccountId, OnboardingId, ProviderKind};
+use crate::domain::{AccountId, OnboardingId, ProviderKind, TenantId};
 use crate::error::{AppError, Violations};
 use crate::store::OnboardingFilter;
 
@@ -49,13 +49,15 @@ fn ok<T>(r: Result<T, AppError>) -> Res<T> {
     r.map(Response::new).map_err(Status::from)
 }
 
-fn account_name(field: &str, name: &str) -> Result<AccountId, AppError> {
-    parse_name(field, name, "accounts", |s| AccountId::parse(s))
+// Requests name the caller's own resources by id; the key is scoped to the caller's tenant
+// here, once, so every later lookup stays inside it.
+fn account_name(tenant: &TenantId, field: &str, name: &str) -> Result<AccountId, AppError> {
+    parse_name(field, name, "accounts", |s| AccountId::scoped(tenant, s))
 }
 
-fn onboarding_name(field: &str, name: &str) -> Result<OnboardingId, AppError> {
+fn onboarding_name(tenant: &TenantId, field: &str, name: &str) -> Result<OnboardingId, AppError> {
     let name = name.strip_suffix("/pipeline").unwrap_or(name);
-    parse_name(field, name, "onboardings", |s| OnboardingId::parse(s))
+    parse_name(field, name, "onboardings", |s| OnboardingId::scoped(tenant, s))
 }
 
 fn request_id(v: &mut Violations, id: &str) -> Option<String> {

@@ -9,11 +9,11 @@ impl pb::onboarding_service_server::OnboardingService for Services {
         let caller = caller(&req)?;
         let mut v = limits::collect(req.get_ref());
         let r = req.get_ref();
-        let account = v.check("account", account_name("account", &r.account).map_err(|e| e.message));
+        let account = v.check("account", account_name(&caller.tenant, "account", &r.account).map_err(|e| e.message));
         let onboarding_id = if r.onboarding_id.is_empty() {
             None
         } else {
-            v.check("onboarding_id", OnboardingId::parse(r.onboarding_id.as_str()).map_err(|e| e.0))
+            v.check("onboarding_id", OnboardingId::scoped(&caller.tenant, &r.onboarding_id).map_err(|e| e.0))
         };
         let request_id = request_id(&mut v, &r.request_id);
         let payload = start_payload_from_pb(&mut v, r.request.as_ref());
@@ -38,7 +38,7 @@ impl pb::onboarding_service_server::OnboardingService for Services {
         let caller = caller(&req)?;
         let mut v = limits::collect(req.get_ref());
         let r = req.get_ref();
-        let id = v.check("account", account_name("account", &r.account).map_err(|e| e.message));
+        let id = v.check("account", account_name(&caller.tenant, "account", &r.account).map_err(|e| e.message));
         if !(1..=50).contains(&r.count) {
             v.add("count", "must be between 1 and 50 (Exotel mints at most 50 links per call)");
         }
@@ -48,7 +48,8 @@ impl pb::onboarding_service_server::OnboardingService for Services {
         let account = self.core.get_account(&caller, &id).await?;
         if account.record.provider != ProviderKind::Exotel {
             return Err(AppError::precondition(format!(
-                "CreateOnboardingLinks needs an Exotel account; accounts/{id} is {}",
+                "CreateOnboardingLinks needs an Exotel account; accounts/{} is {}",
+                id.name(),
                 account.record.provider
             ))
             .into());
@@ -64,7 +65,7 @@ impl pb::onboarding_service_server::OnboardingService for Services {
     async fn get_onboarding(&self, req: Request<pb::GetOnboardingRequest>) -> Res<pb::Onboarding> {
         let caller = caller_ref(&req)?;
         limits::checked(req.get_ref())?;
-        let id = onboarding_name("name", &req.get_ref().name)?;
+        let id = onboarding_name(&caller.tenant, "name", &req.get_ref().name)?;
         ok(self.core.get_onboarding_shared(caller, &id).await.map(|o| self.onboardings_pb.onboarding(o)))
     }
 
@@ -80,7 +81,7 @@ impl pb::onboarding_service_server::OnboardingService for Services {
             account_id: if r.account.is_empty() {
                 None
             } else {
-                v.check("account", account_name("account", &r.account).map_err(|e| e.message))
+                v.check("account", account_name(&caller.tenant, "account", &r.account).map_err(|e| e.message))
             },
         };
         v.finish()?;
@@ -94,7 +95,7 @@ impl pb::onboarding_service_server::OnboardingService for Services {
         let caller = caller(&req)?;
         let mut v = limits::collect(req.get_ref());
         let r = req.get_ref();
-        let id = v.check("name", onboarding_name("name", &r.name).map_err(|e| e.message));
+        let id = v.check("name", onboarding_name(&caller.tenant, "name", &r.name).map_err(|e| e.message));
         let _ = request_id(&mut v, &r.request_id);
         v.finish()?;
         let Some(id) = id else { return Err(AppError::internal("validated fields missing").into()) };
@@ -108,7 +109,7 @@ impl pb::onboarding_service_server::OnboardingService for Services {
         let caller = caller(&req)?;
         let mut v = limits::collect(req.get_ref());
         let r = req.get_ref();
-        let id = v.check("name", onboarding_name("name", &r.name).map_err(|e| e.message));
+        let id = v.check("name", onboarding_name(&caller.tenant, "name", &r.name).map_err(|e| e.message));
         if r.code.trim().is_empty() {
             v.add("code", "is required");
         }
@@ -123,7 +124,7 @@ impl pb::onboarding_service_server::OnboardingService for Services {
         use pb::watch_onboarding_response::Message as M;
         let caller = caller(&req)?;
         limits::checked(req.get_ref())?;
-        let id = onboarding_name("name", &req.get_ref().name)?;
+        let id = onboarding_name(&caller.tenant, "name", &req.get_ref().name)?;
         let items =
             self.core.watch_onboarding(&caller, &id, req.get_ref().after_sequence, self.shutdown.clone()).await?;
         let events = self.events_pb.clone();
@@ -145,7 +146,7 @@ impl pb::onboarding_service_server::OnboardingService for Services {
         let caller = caller(&req)?;
         let mut v = limits::collect(req.get_ref());
         let r = req.into_inner();
-        let id = v.check("name", onboarding_name("name", &r.name).map_err(|e| e.message));
+        let id = v.check("name", onboarding_name(&caller.tenant, "name", &r.name).map_err(|e| e.message));
         let page = page_request(&mut v, "events", r.page_size, &r.page_token, 100);
         let after = match page.after.as_deref().map(str::parse::<i64>) {
             None => 0,

@@ -8,7 +8,7 @@ impl pb::pipeline_service_server::PipelineService for Services {
     async fn get_pipeline(&self, req: Request<pb::GetPipelineRequest>) -> Res<pb::Pipeline> {
         let caller = caller(&req)?;
         limits::checked(req.get_ref())?;
-        let id = onboarding_name("name", &req.get_ref().name)?;
+        let id = onboarding_name(&caller.tenant, "name", &req.get_ref().name)?;
         ok(self.core.get_pipeline(&caller, &id).await.map(|(o, s)| pipeline_to_pb(&o, &s)))
     }
 
@@ -18,7 +18,7 @@ impl pb::pipeline_service_server::PipelineService for Services {
         use pb::watch_pipeline_response::Message as M;
         let caller = caller(&req)?;
         limits::checked(req.get_ref())?;
-        let id = onboarding_name("name", &req.get_ref().name)?;
+        let id = onboarding_name(&caller.tenant, "name", &req.get_ref().name)?;
         let items =
             self.core.watch_onboarding(&caller, &id, req.get_ref().after_sequence, self.shutdown.clone()).await?;
         // Events that touch no step still advance the cursor; they are sent as heartbeats
@@ -45,7 +45,7 @@ impl pb::pipeline_service_server::PipelineService for Services {
     async fn retry_pipeline(&self, req: Request<pb::RetryPipelineRequest>) -> Res<pb::Pipeline> {
         let caller = caller(&req)?;
         limits::checked(req.get_ref())?;
-        let id = onboarding_name("name", &req.get_ref().name)?;
+        let id = onboarding_name(&caller.tenant, "name", &req.get_ref().name)?;
         self.core.retry_pipeline(&caller, &id).await?;
         ok(self.core.get_pipeline(&caller, &id).await.map(|(o, s)| pipeline_to_pb(&o, &s)))
     }

@@ -10,7 +10,7 @@ impl pb::subscription_service_server::SubscriptionService for Services {
         let caller = caller(&req)?;
         let mut v = limits::collect(req.get_ref());
         let r = req.into_inner();
-        let id = v.check("parent", onboarding_name("parent", &r.parent).map_err(|e| e.message));
+        let id = v.check("parent", onboarding_name(&caller.tenant, "parent", &r.parent).map_err(|e| e.message));
         let mut spec = spec_from_pb(&mut v, "spec", r.spec, None);
         // `active` defaults to true on create (proto3 cannot tell unset from false).
         spec.active = true;
@@ -23,7 +23,7 @@ impl pb::subscription_service_server::SubscriptionService for Services {
     async fn get_subscription(&self, req: Request<pb::GetSubscriptionRequest>) -> Res<pb::Subscription> {
         let caller = caller(&req)?;
         limits::checked(req.get_ref())?;
-        let (id, sub) = subscription_name("name", &req.get_ref().name)?;
+        let (id, sub) = subscription_name(&caller.tenant, "name", &req.get_ref().name)?;
         ok(self.core.get_subscription(&caller, &id, &sub).await.map(|s| subscription_to_pb(&s)))
     }
 
@@ -34,7 +34,7 @@ impl pb::subscription_service_server::SubscriptionService for Services {
         let caller = caller(&req)?;
         let mut v = limits::collect(req.get_ref());
         let r = req.into_inner();
-        let id = v.check("parent", onboarding_name("parent", &r.parent).map_err(|e| e.message));
+        let id = v.check("parent", onboarding_name(&caller.tenant, "parent", &r.parent).map_err(|e| e.message));
         // Tokens are bound to this onboarding's list.
         let kind = format!("subscriptions@{}", r.parent);
         let page = page_request(&mut v, &kind, r.page_size, &r.page_token, DEFAULT_PAGE);
@@ -50,7 +50,7 @@ impl pb::subscription_service_server::SubscriptionService for Services {
         let caller = caller(&req)?;
         let mut v = limits::collect(req.get_ref());
         let r = req.into_inner();
-        let name = v.check("name", subscription_name("name", &r.name).map_err(|e| e.message));
+        let name = v.check("name", subscription_name(&caller.tenant, "name", &r.name).map_err(|e| e.message));
         let fields = update_fields(&mut v, r.update_mask);
         let spec = spec_from_pb(&mut v, "spec", r.spec, Some(&fields));
         v.finish()?;
@@ -61,7 +61,7 @@ impl pb::subscription_service_server::SubscriptionService for Services {
     async fn delete_subscription(&self, req: Request<pb::DeleteSubscriptionRequest>) -> Res<()> {
         let caller = caller(&req)?;
         limits::checked(req.get_ref())?;
-        let (id, sub) = subscription_name("name", &req.get_ref().name)?;
+        let (id, sub) = subscription_name(&caller.tenant, "name", &req.get_ref().name)?;
         ok(self.core.delete_subscription(&caller, &id, &sub).await)
     }
 }
