@@ -295,3 +295,224 @@ async fn concurrent_create_subscription_with_one_request_id_answers_one_subscrip
     assert_eq!(made, 1, "{figures:?}");
     assert_eq!(posts, 1, "{figures:?}");
 }
+
+// ----- item 1: Gupshup app takeover -----
+
+fn tokens(app: &TestApp) -> pb::token_service_client::TokenServiceClient<Channel> {
+    pb::token_service_client::TokenServiceClient::new(app.channel.clone())
+}
+
+fn subscriptions(app: &TestApp) -> pb::subscription_service_client::SubscriptionServiceClient<Channel> {
+    pb::subscription_service_client::SubscriptionServiceClient::new(app.channel.clone())
+}
+
+fn state_name(o: &pb::Onboarding) -> String {
+    pb::OnboardingState::try_from(o.state).map(|s| s.as_str_name().to_string()).unwrap_or_default()
+}
+
+/// Item 1: tenant B, on the same (documented sandbox) Gupshup partner login as tenant A,
+/// onboards A's phone under another app name: Gupshup's 409 names A's app, which B must not
+/// get (no LIVE, no token, no subscriptions, no callback re-pointed).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn another_tenant_on_the_same_partner_login_cannot_adopt_an_app_by_phone() {
+    let mut partner = None;
+    let app = spawn_with(|s| {
+        fast(s);
+        partner = s.sandbox.sims.gupshup.partners.first().cloned();
+    })
+    .await;
+    let partner = partner.expect("the sandbox has a Gupshup partner");
+    let sim = gupshup_sim(&app);
+    let core = sim.core().clone();
+    const PHONE: &str = "+919822200022";
+    let a_key = app.key.expose().to_string();
+
+    // Tenant A: LIVE, with a subscription whose header names are its own business.
+    let a_name = app
+        .onboardings()
+        .create_onboarding(app.req(link_request("sandbox-gupshup", "Tenant A Shop", PHONE)))
+        .await
+        .expect("A's CreateOnboarding")
+        .into_inner()
+        .name;
+    let a = settle(&app, &a_key, &a_name).await;
+    assert_eq!(a.state, pb::OnboardingState::Live as i32, "{a:?}");
+    let a_app = app_id(&a);
+    subscriptions(&app)
+        .create_subscription(app.req(pb::CreateSubscriptionRequest {
+            parent: a_name.clone(),
+            spec: Some(pb::SubscriptionSpec {
+                url: "https://crm.tenant-a.test/wa".into(),
+                events: vec!["SENT".into()],
+                tag: "tenant-a".into(),
+                version: 2,
+                headers: [("X-Tenant-A-Secret".to_string(), "a-secret".to_string())].into(),
+                ..Default::default()
+            }),
+            request_id: String::new(),
+        }))
+        .await
+        .expect("A's subscription");
+    let a_token = tokens(&app)
+        .get_app_token(app.req(pb::GetAppTokenRequest { name: a_name.clone() }))
+        .await
+        .expect("A's token")
+        .into_inner()
+        .token;
+    let callback_before = sim.apps().into_iter().find(|x| x.app_id == a_app).and_then(|x| x.callback_url);
+    let callback_sets_before = calls(&core, GUPSHUP_CALLBACK);
+    let subs_before = created(&core, "subscriptions");
+
+    // Tenant B: its own account on the same partner login, A's phone, any app name.
+    let b_key = app.other_tenant("tenant-b").await.expose().to_string();
+    let mut account = gupshup_account("b-gupshup", &partner.secret);
+    if let Some(acc) = account.account.as_mut() {
+        acc.sandbox = true;
+        if let Some(pb::account_credentials::Credentials::Gupshup(g)) =
+            acc.credentials.as_mut().and_then(|c| c.credentials.as_mut())
+        {
+            g.email = partner.email.clone();
+        }
+    }
+    app.accounts().create_account(with_key(account, &b_key)).await.expect("B's account");
+    let links_before = calls(&core, GUPSHUP_LINK);
+    let b_name = app
+        .onboardings()
+        .create_onboarding(with_key(link_request("b-gupshup", "Tenant B Anything", PHONE), &b_key))
+        .await
+        .expect("B's CreateOnboarding")
+        .into_inner()
+        .name;
+    let b = settle(&app, &b_key, &b_name).await;
+    let b_token = tokens(&app).get_app_token(with_key(pb::GetAppTokenRequest { name: b_name.clone() }, &b_key)).await;
+    let b_subs = subscriptions(&app)
+        .list_subscriptions(with_key(pb::ListSubscriptionsRequest { parent: b_name.clone(), ..Default::default() }, &b_key))
+        .await;
+    let callback_after = sim.apps().into_iter().find(|x| x.app_id == a_app).and_then(|x| x.callback_url);
+    let callback_sets = calls(&core, GUPSHUP_CALLBACK) - callback_sets_before;
+    let a_subs = subscriptions(&app)
+        .list_subscriptions(app.req(pb::ListSubscriptionsRequest { parent: a_name.clone(), ..Default::default() }))
+        .await
+        .expect("A's subscriptions")
+        .into_inner()
+        .subscriptions;
+    let b_got_token = b_token.as_ref().is_ok_and(|t| t.get_ref().token == a_token);
+    let figures = vec![
+        ("B's onboarding state", state_name(&b)),
+        ("B's state reason", b.state_reason.clone()),
+        ("B's app id", if app_id(&b).is_empty() { "none".into() } else { app_id(&b) }),
+        ("B's GetAppToken", match &b_token { Ok(_) => "OK".into(), Err(s) => format!("{:?}", s.code()) }),
+        ("B got A's token", b_got_token.to_string()),
+        ("B's ListSubscriptions", match &b_subs { Ok(r) => format!("OK ({})", r.get_ref().subscriptions.len()), Err(s) => format!("{:?}", s.code()) }),
+        ("link calls B made", (calls(&core, GUPSHUP_LINK) - links_before).to_string()),
+        ("callback URL calls after B", callback_sets.to_string()),
+        ("A's app callback unchanged", (callback_after == callback_before).to_string()),
+        ("A's subscriptions (after)", a_subs.len().to_string()),
+    ];
+    write_fragment(
+        "40-hostile-app-takeover.md",
+        &format!(
+            "### Cross-tenant Gupshup app takeover\n\n\
+             Tenant B, with its own account on the same (documented sandbox) Gupshup partner login as \
+             tenant A, creates an onboarding with A's phone and another app name. Gupshup answers 409 \
+             naming A's app; B's onboarding is refused instead of adopting it.\n\n{}",
+            table(&figures)
+        ),
+    );
+    assert_ne!(b.state, pb::OnboardingState::Live as i32, "{figures:?}");
+    assert_eq!(b.state, pb::OnboardingState::Failed as i32, "{figures:?}");
+    assert!(b.state_reason.contains("belongs to another onboarding"), "{figures:?}");
+    assert!(!b.state_reason.contains("tenant") && !b.state_reason.contains(&a_name), "names no owner: {figures:?}");
+    assert!(app_id(&b).is_empty(), "{figures:?}");
+    assert_eq!(b_token.as_ref().map_err(|s| s.code()).err(), Some(tonic::Code::FailedPrecondition), "{figures:?}");
+    assert!(b_subs.is_err(), "{figures:?}");
+    assert_eq!(callback_after, callback_before, "{figures:?}");
+    assert_eq!(callback_sets, 0, "{figures:?}");
+    assert_eq!(a_subs.len(), 1, "{figures:?}");
+    assert_eq!(created(&core, "subscriptions"), subs_before, "{figures:?}");
+}
+
+/// Item 1, same root cause: five onboardings of one tenant with one phone (five app names);
+/// at most one gets the phone's app.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn five_onboardings_with_one_phone_do_not_share_one_app() {
+    let app = spawn_with(fast).await;
+    let key = app.key.expose().to_string();
+    const PHONE: &str = "+919833300033";
+    let mut names = Vec::new();
+    for i in 0..5 {
+        let req = link_request("sandbox-gupshup", &format!("Five Shop {i}"), PHONE);
+        names.push(app.onboardings().create_onboarding(app.req(req)).await.expect("CreateOnboarding").into_inner().name);
+    }
+    let mut settled = Vec::new();
+    for n in &names {
+        settled.push(settle(&app, &key, n).await);
+    }
+    let live = settled.iter().filter(|o| o.state == pb::OnboardingState::Live as i32).count();
+    let holders = settled.iter().filter(|o| !app_id(o).is_empty()).count();
+    let mut states: BTreeMap<String, usize> = BTreeMap::new();
+    for o in &settled {
+        *states.entry(state_name(o)).or_default() += 1;
+    }
+    let apps = gupshup_sim(&app).apps().iter().filter(|a| a.phone == PHONE.trim_start_matches('+')).count();
+    let figures = vec![
+        ("onboardings created with one phone", names.len().to_string()),
+        ("final states", show(&states)),
+        ("onboardings holding an app", holders.to_string()),
+        ("apps for the phone at Gupshup", apps.to_string()),
+    ];
+    write_fragment(
+        "40-hostile-one-phone-five-onboardings.md",
+        &format!(
+            "### Five onboardings, one phone\n\n\
+             One tenant creates five Gupshup onboardings with the same phone and five app names. \
+             Only the one whose call created the app holds it; the others are refused.\n\n{}",
+            table(&figures)
+        ),
+    );
+    assert_eq!(live, 1, "{figures:?}");
+    assert_eq!(holders, 1, "{figures:?}");
+}
+
+/// Item 1, the genuine case: our own link whose answer was lost (Gupshup created the app, the
+/// response never came) still reconciles into that app through the 409.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn our_own_lost_link_answer_still_reconciles_into_its_app() {
+    let app = spawn_with(|s| {
+        fast(s);
+        s.providers.http_timeout_secs = 1;
+    })
+    .await;
+    let key = app.key.expose().to_string();
+    let sim = gupshup_sim(&app);
+    let core = sim.core().clone();
+    core.fail_next(Some(GUPSHUP_LINK), 1, wa_onboard::sim::common::Fault::Timeout { after_effect: true });
+    let name = app
+        .onboardings()
+        .create_onboarding(app.req(link_request("sandbox-gupshup", "Lost Answer Shop", "+919844400044")))
+        .await
+        .expect("CreateOnboarding")
+        .into_inner()
+        .name;
+    let o = settle(&app, &key, &name).await;
+    let at_sim = sim.apps().into_iter().find(|a| a.app_id == app_id(&o));
+    let figures = vec![
+        ("state", state_name(&o)),
+        ("link calls", calls(&core, GUPSHUP_LINK).to_string()),
+        ("apps created", created(&core, "apps").to_string()),
+        ("callback points at our ingress", at_sim.as_ref().and_then(|a| a.callback_url.as_ref()).is_some_and(|u| u.contains("/webhooks/gupshup/sandbox-gupshup/")).to_string()),
+    ];
+    write_fragment(
+        "40-hostile-lost-link-answer.md",
+        &format!(
+            "### A lost link answer still reconciles\n\n\
+             Gupshup creates the app but the answer is lost (the call times out); the retry's 409 names \
+             the app, which this onboarding's own earlier attempt (on record before the call) made.\n\n{}",
+            table(&figures)
+        ),
+    );
+    assert_eq!(o.state, pb::OnboardingState::Live as i32, "{figures:?}");
+    assert_eq!(created(&core, "apps"), 1, "{figures:?}");
+    assert!(calls(&core, GUPSHUP_LINK) >= 2, "{figures:?}");
+    assert!(at_sim.and_then(|a| a.callback_url).is_some_and(|u| u.contains("/webhooks/gupshup/sandbox-gupshup/")), "{figures:?}");
+}
