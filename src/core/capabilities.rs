@@ -52,6 +52,9 @@ pub mod events {
 /// Operation name of `CreateSubscription` request claims.
 const OP_CREATE_SUBSCRIPTION: &str = "CreateSubscription";
 
+/// Operation name of `DeleteChannel` request claims.
+const OP_DELETE_CHANNEL: &str = "DeleteChannel";
+
 /// Most days one `ExtendChannel` may add.
 pub const MAX_EXTEND_DAYS: u32 = 365;
 
@@ -871,13 +874,32 @@ impl Core {
         request_id: Option<&str>,
     ) -> Result<u32, AppError> {
         let t = self.channel_target(caller, channel, request_id).await?;
+        let Some(rid) = request_id else { return self.delete_channel_now(&t, channel, None).await };
+        // Claimed before the delete: concurrent calls with this key wait for the one delete
+        // (and its refund) instead of racing it at the provider, where all but one would fail.
+        let key = ClaimKey {
+            tenant: &caller.tenant,
+            key: format!("channels/{channel}/delete\n{rid}"),
+            operation: OP_DELETE_CHANNEL,
+            hash: channel.as_str().as_bytes(),
+        };
+        let id = t.onboarding.id.clone();
+        let stored = || async {
+            let prior = self.event_with_request_id(&id, events::CHANNEL_DELETED, rid).await?;
+            Ok(prior.map(|p| p["refunded_days"].as_u64().and_then(|d| u32::try_from(d).ok()).unwrap_or(0)))
+        };
+        self.once_per_key(key, stored, || self.delete_channel_now(&t, channel, Some(rid))).await
+    }
+
+    /// Deletes the channel at the provider and records it (see [`Core::delete_channel`]).
+    async fn delete_channel_now(
+        &self,
+        t: &Target,
+        channel: &ChannelId,
+        request_id: Option<&str>,
+    ) -> Result<u32, AppError> {
         let ops = channels_of(t.provider.as_ref())?;
         let id = t.onboarding.id.clone();
-        if let Some(rid) = request_id
-            && let Some(prior) = self.event_with_request_id(&id, events::CHANNEL_DELETED, rid).await?
-        {
-            return Ok(prior["refunded_days"].as_u64().and_then(|d| u32::try_from(d).ok()).unwrap_or(0));
-        }
         let refunded = ops.delete_channel(&t.ctx, &t.resource).await.map_err(provider_err(t.provider.kind()))?;
         let mut data = vec![("channel", channel.as_str().into()), ("refunded_days", refunded.into())];
         if let Some(rid) = request_id {

@@ -516,3 +516,142 @@ async fn our_own_lost_link_answer_still_reconciles_into_its_app() {
     assert!(calls(&core, GUPSHUP_LINK) >= 2, "{figures:?}");
     assert!(at_sim.and_then(|a| a.callback_url).is_some_and(|u| u.contains("/webhooks/gupshup/sandbox-gupshup/")), "{figures:?}");
 }
+
+/// Item 4, the claim's edges: a failed mint releases the key (a retry with it mints), and a
+/// claim left by an owner that died is taken over once its lease ends (never stuck).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failed_or_abandoned_links_claim_does_not_block_the_request_id() {
+    let app = spawn_with(|s| {
+        fast(s);
+        // The claim lease (the engine's), short so the abandoned claim lapses in seconds.
+        s.engine.lease_secs = 2;
+    })
+    .await;
+    let sim = app.running().sandbox.as_ref().expect("sandbox").exotel.core().clone();
+    let req = |rid: &str, reference: &str| pb::CreateOnboardingLinksRequest {
+        account: "accounts/sandbox-exotel".into(),
+        count: BATCH,
+        reference: reference.into(),
+        request_id: rid.into(),
+    };
+
+    // A mint that fails releases the claim: the retry with the same key mints.
+    sim.fail_next(Some(EXOTEL_MINT), 1, wa_onboard::sim::common::Fault::Status { status: 500 });
+    let failed = app.onboardings().create_onboarding_links(app.req(req("links-fail", "crm-fail"))).await;
+    let retried = app.onboardings().create_onboarding_links(app.req(req("links-fail", "crm-fail"))).await;
+
+    // An owner that claimed the key and died: its claim (the same request) is still on record.
+    let running = app.running();
+    let tenant = running.store.tenant_by_name("dev").await.expect("store").expect("dev tenant");
+    let canonical = serde_json::json!({"account": "sandbox-exotel", "count": BATCH, "reference": "crm-dead"});
+    let lease_until = wa_onboard::domain::now_ms() + 2_000;
+    let planted = wa_onboard::store::RequestClaim {
+        tenant_id: tenant.id.clone(),
+        key: "links-dead".into(),
+        operation: "CreateOnboardingLinks".into(),
+        request_hash: running.core.fingerprint(&[canonical.to_string().as_bytes()]),
+        owner: "crashed-replica/1".into(),
+        lease_until_ms: lease_until,
+    };
+    assert_eq!(running.store.claim_request(&planted, wa_onboard::domain::now_ms()).await.expect("plant"), None);
+    let mints_before = calls(&sim, EXOTEL_MINT);
+    let started = Instant::now();
+    let taken_over = app.onboardings().create_onboarding_links(app.req(req("links-dead", "crm-dead"))).await;
+    let waited = started.elapsed();
+    let answered_at = wa_onboard::domain::now_ms();
+    let mints = calls(&sim, EXOTEL_MINT) - mints_before;
+    let figures = vec![
+        ("first call (mint answered 500)", match &failed { Ok(_) => "OK".into(), Err(s) => format!("{:?}", s.code()) }),
+        ("retry with the same request_id", match &retried { Ok(r) => format!("OK ({} links)", r.get_ref().onboardings.len()), Err(s) => format!("{:?}", s.code()) }),
+        ("call behind an abandoned claim", match &taken_over { Ok(r) => format!("OK ({} links)", r.get_ref().onboardings.len()), Err(s) => format!("{:?}", s.code()) }),
+        ("its wait", format!("{} ms", waited.as_millis())),
+        ("answered after the abandoned lease ended", (answered_at >= lease_until).to_string()),
+        ("mint calls it made", mints.to_string()),
+    ];
+    write_fragment(
+        "40-hostile-links-claim-recovery.md",
+        &format!(
+            "### A failed or abandoned request_id claim\n\n\
+             A `CreateOnboardingLinks` whose Exotel mint fails, retried with its `request_id`; and one \
+             sent while a claim of its key left by a dead owner is still on record.\n\n{}",
+            table(&figures)
+        ),
+    );
+    assert!(failed.is_err(), "{figures:?}");
+    assert_eq!(retried.as_ref().map(|r| r.get_ref().onboardings.len()).ok(), Some(BATCH as usize), "{figures:?}");
+    assert_eq!(taken_over.as_ref().map(|r| r.get_ref().onboardings.len()).ok(), Some(BATCH as usize), "{figures:?}");
+    assert!(answered_at >= lease_until, "waited for the abandoned claim's lease: {figures:?}");
+    assert_eq!(mints, 1, "{figures:?}");
+}
+
+/// The same race on another `request_id` RPC: parallel identical `DeleteChannel` calls (one
+/// `request_id`) delete once and all answer the one refund.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_delete_channel_with_one_request_id_deletes_once() {
+    let app = spawn_with(fast).await;
+    let key = app.key.expose().to_string();
+    let name = app
+        .onboardings()
+        .create_onboarding(app.req(pb::CreateOnboardingRequest {
+            account: "accounts/sandbox-whapi".into(),
+            reference: "crm-del".into(),
+            request_id: String::new(),
+            onboarding_id: String::new(),
+            request: Some(pb::create_onboarding_request::Request::Whapi(pb::WhapiChannelRequest {
+                channel_name: "Race Delete".into(),
+                ..Default::default()
+            })),
+        }))
+        .await
+        .expect("CreateOnboarding")
+        .into_inner()
+        .name;
+    let mut c = app.onboardings();
+    let deadline = Instant::now() + PATIENCE;
+    let channel = loop {
+        let o = get_with(&mut c, &key, &name).await;
+        if let Some(pb::onboarding::Details::Whapi(w)) = &o.details
+            && !w.channel_id.is_empty()
+        {
+            break w.channel.clone();
+        }
+        assert!(Instant::now() < deadline, "no channel: {o:?}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    let sim = app.running().sandbox.as_ref().expect("sandbox").whapi.core().clone();
+    let deletes_before: u64 =
+        sim.counters().calls.iter().filter(|(k, _)| k.starts_with("DELETE")).map(|(_, v)| *v).sum();
+    let mut joins = Vec::new();
+    for _ in 0..PARALLEL {
+        let mut ch = pb::channel_service_client::ChannelServiceClient::new(app.channel.clone());
+        let r = app.req(pb::DeleteChannelRequest { name: channel.clone(), request_id: "del-race-1".into() });
+        joins.push(tokio::spawn(async move { ch.delete_channel(r).await.map(|r| r.into_inner()) }));
+    }
+    let mut results = Vec::new();
+    for j in joins {
+        results.push(tokio::time::timeout(PATIENCE, j).await.expect("answered").expect("task"));
+    }
+    let codes = code_counts(&results);
+    let refunds: BTreeSet<i32> = results.iter().filter_map(|r| r.as_ref().ok()).map(|r| r.refunded_days).collect();
+    let deletes: u64 =
+        sim.counters().calls.iter().filter(|(k, _)| k.starts_with("DELETE")).map(|(_, v)| *v).sum::<u64>()
+            - deletes_before;
+    let figures = vec![
+        ("identical calls sent at once", PARALLEL.to_string()),
+        ("answers", show(&codes)),
+        ("distinct refunds answered", refunds.len().to_string()),
+        ("delete calls at Whapi", deletes.to_string()),
+    ];
+    write_fragment(
+        "40-hostile-concurrent-delete-channel.md",
+        &format!(
+            "### Concurrent DeleteChannel with one request_id\n\n\
+             20 identical `DeleteChannel` calls (one `request_id`) sent at once: the key is claimed \
+             before Whapi is called, so the channel is deleted once and every caller gets its refund.\n\n{}",
+            table(&figures)
+        ),
+    );
+    assert_eq!(codes.get("OK").copied(), Some(PARALLEL), "{figures:?}");
+    assert_eq!(refunds.len(), 1, "{figures:?}");
+    assert_eq!(deletes, 1, "{figures:?}");
+}
