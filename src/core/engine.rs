@@ -389,8 +389,12 @@ impl Core {
             }
         };
         if ours && holder.is_none() {
-            let binding =
-                ResourceBinding { scope: intent.scope.clone(), resource, onboarding_id: id.clone(), created_ms: now_ms() };
+            let binding = ResourceBinding {
+                scope: intent.scope.clone(),
+                resource,
+                onboarding_id: id.clone(),
+                created_ms: now_ms(),
+            };
             ours = self.store.bind_resource(&binding).await? == *id;
         }
         self.store.resolve_create_intent(id, &intent.step).await?;

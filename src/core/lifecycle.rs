@@ -9,7 +9,9 @@ use super::{Caller, Core};
 use crate::domain::{AccountId, OnboardingId, OnboardingState, ProviderKind, StepState, new_id, now_ms};
 use crate::error::{AppError, ErrorCode};
 use crate::providers::{CallContext, HostedLinkOps, Provider, ProviderHandle, StartPayload, StartRequest};
-use crate::store::{AccountRecord, NewEvent, NewOnboarding, OnboardingChange, OnboardingRecord, StepRecord, StoreError};
+use crate::store::{
+    AccountRecord, NewEvent, NewOnboarding, OnboardingChange, OnboardingRecord, StepRecord, StoreError,
+};
 
 const OP_CREATE: &str = "CreateOnboarding";
 const OP_LINKS: &str = "CreateOnboardingLinks";

@@ -179,7 +179,11 @@ fn link_request(account: &str, app_name: &str, phone: &str) -> pb::CreateOnboard
     }
 }
 
-async fn get_with(c: &mut pb::onboarding_service_client::OnboardingServiceClient<Channel>, key: &str, name: &str) -> pb::Onboarding {
+async fn get_with(
+    c: &mut pb::onboarding_service_client::OnboardingServiceClient<Channel>,
+    key: &str,
+    name: &str,
+) -> pb::Onboarding {
     c.get_onboarding(with_key(pb::GetOnboardingRequest { name: name.into() }, key))
         .await
         .expect("GetOnboarding")
@@ -187,9 +191,14 @@ async fn get_with(c: &mut pb::onboarding_service_client::OnboardingServiceClient
 }
 
 fn is_finished(state: i32) -> bool {
-    [pb::OnboardingState::Live, pb::OnboardingState::Failed, pb::OnboardingState::Stalled, pb::OnboardingState::Cancelled]
-        .iter()
-        .any(|s| *s as i32 == state)
+    [
+        pb::OnboardingState::Live,
+        pb::OnboardingState::Failed,
+        pb::OnboardingState::Stalled,
+        pb::OnboardingState::Cancelled,
+    ]
+    .iter()
+    .any(|s| *s as i32 == state)
 }
 
 /// Waits until the onboarding is LIVE (with its pipeline done) or has stopped.
@@ -209,7 +218,9 @@ async fn settle(app: &TestApp, key: &str, name: &str) -> pb::Onboarding {
                 .expect("GetPipeline")
                 .into_inner();
             if p.steps.iter().all(|s| {
-                [pb::StepState::Succeeded, pb::StepState::Skipped, pb::StepState::Failed].iter().any(|x| *x as i32 == s.state)
+                [pb::StepState::Succeeded, pb::StepState::Skipped, pb::StepState::Failed]
+                    .iter()
+                    .any(|x| *x as i32 == s.state)
             }) {
                 return get_with(&mut c, key, name).await;
             }
@@ -386,7 +397,10 @@ async fn another_tenant_on_the_same_partner_login_cannot_adopt_an_app_by_phone()
     let b = settle(&app, &b_key, &b_name).await;
     let b_token = tokens(&app).get_app_token(with_key(pb::GetAppTokenRequest { name: b_name.clone() }, &b_key)).await;
     let b_subs = subscriptions(&app)
-        .list_subscriptions(with_key(pb::ListSubscriptionsRequest { parent: b_name.clone(), ..Default::default() }, &b_key))
+        .list_subscriptions(with_key(
+            pb::ListSubscriptionsRequest { parent: b_name.clone(), ..Default::default() },
+            &b_key,
+        ))
         .await;
     let callback_after = sim.apps().into_iter().find(|x| x.app_id == a_app).and_then(|x| x.callback_url);
     let callback_sets = calls(&core, GUPSHUP_CALLBACK) - callback_sets_before;
@@ -401,9 +415,21 @@ async fn another_tenant_on_the_same_partner_login_cannot_adopt_an_app_by_phone()
         ("B's onboarding state", state_name(&b)),
         ("B's state reason", b.state_reason.clone()),
         ("B's app id", if app_id(&b).is_empty() { "none".into() } else { app_id(&b) }),
-        ("B's GetAppToken", match &b_token { Ok(_) => "OK".into(), Err(s) => format!("{:?}", s.code()) }),
+        (
+            "B's GetAppToken",
+            match &b_token {
+                Ok(_) => "OK".into(),
+                Err(s) => format!("{:?}", s.code()),
+            },
+        ),
         ("B got A's token", b_got_token.to_string()),
-        ("B's ListSubscriptions", match &b_subs { Ok(r) => format!("OK ({})", r.get_ref().subscriptions.len()), Err(s) => format!("{:?}", s.code()) }),
+        (
+            "B's ListSubscriptions",
+            match &b_subs {
+                Ok(r) => format!("OK ({})", r.get_ref().subscriptions.len()),
+                Err(s) => format!("{:?}", s.code()),
+            },
+        ),
         ("link calls B made", (calls(&core, GUPSHUP_LINK) - links_before).to_string()),
         ("callback URL calls after B", callback_sets.to_string()),
         ("A's app callback unchanged", (callback_after == callback_before).to_string()),
@@ -442,7 +468,8 @@ async fn five_onboardings_with_one_phone_do_not_share_one_app() {
     let mut names = Vec::new();
     for i in 0..5 {
         let req = link_request("sandbox-gupshup", &format!("Five Shop {i}"), PHONE);
-        names.push(app.onboardings().create_onboarding(app.req(req)).await.expect("CreateOnboarding").into_inner().name);
+        names
+            .push(app.onboardings().create_onboarding(app.req(req)).await.expect("CreateOnboarding").into_inner().name);
     }
     let mut settled = Vec::new();
     for n in &names {
@@ -500,7 +527,14 @@ async fn our_own_lost_link_answer_still_reconciles_into_its_app() {
         ("state", state_name(&o)),
         ("link calls", calls(&core, GUPSHUP_LINK).to_string()),
         ("apps created", created(&core, "apps").to_string()),
-        ("callback points at our ingress", at_sim.as_ref().and_then(|a| a.callback_url.as_ref()).is_some_and(|u| u.contains("/webhooks/gupshup/sandbox-gupshup/")).to_string()),
+        (
+            "callback points at our ingress",
+            at_sim
+                .as_ref()
+                .and_then(|a| a.callback_url.as_ref())
+                .is_some_and(|u| u.contains("/webhooks/gupshup/sandbox-gupshup/"))
+                .to_string(),
+        ),
     ];
     write_fragment(
         "40-hostile-lost-link-answer.md",
@@ -514,7 +548,10 @@ async fn our_own_lost_link_answer_still_reconciles_into_its_app() {
     assert_eq!(o.state, pb::OnboardingState::Live as i32, "{figures:?}");
     assert_eq!(created(&core, "apps"), 1, "{figures:?}");
     assert!(calls(&core, GUPSHUP_LINK) >= 2, "{figures:?}");
-    assert!(at_sim.and_then(|a| a.callback_url).is_some_and(|u| u.contains("/webhooks/gupshup/sandbox-gupshup/")), "{figures:?}");
+    assert!(
+        at_sim.and_then(|a| a.callback_url).is_some_and(|u| u.contains("/webhooks/gupshup/sandbox-gupshup/")),
+        "{figures:?}"
+    );
 }
 
 /// Item 4, the claim's edges: a failed mint releases the key (a retry with it mints), and a
@@ -561,9 +598,27 @@ async fn a_failed_or_abandoned_links_claim_does_not_block_the_request_id() {
     let answered_at = wa_onboard::domain::now_ms();
     let mints = calls(&sim, EXOTEL_MINT) - mints_before;
     let figures = vec![
-        ("first call (mint answered 500)", match &failed { Ok(_) => "OK".into(), Err(s) => format!("{:?}", s.code()) }),
-        ("retry with the same request_id", match &retried { Ok(r) => format!("OK ({} links)", r.get_ref().onboardings.len()), Err(s) => format!("{:?}", s.code()) }),
-        ("call behind an abandoned claim", match &taken_over { Ok(r) => format!("OK ({} links)", r.get_ref().onboardings.len()), Err(s) => format!("{:?}", s.code()) }),
+        (
+            "first call (mint answered 500)",
+            match &failed {
+                Ok(_) => "OK".into(),
+                Err(s) => format!("{:?}", s.code()),
+            },
+        ),
+        (
+            "retry with the same request_id",
+            match &retried {
+                Ok(r) => format!("OK ({} links)", r.get_ref().onboardings.len()),
+                Err(s) => format!("{:?}", s.code()),
+            },
+        ),
+        (
+            "call behind an abandoned claim",
+            match &taken_over {
+                Ok(r) => format!("OK ({} links)", r.get_ref().onboardings.len()),
+                Err(s) => format!("{:?}", s.code()),
+            },
+        ),
         ("its wait", format!("{} ms", waited.as_millis())),
         ("answered after the abandoned lease ended", (answered_at >= lease_until).to_string()),
         ("mint calls it made", mints.to_string()),

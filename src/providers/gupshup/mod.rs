@@ -31,9 +31,10 @@ use model::{
 use super::builtin::AdapterDeps;
 use super::http::TokenStatus;
 use super::{
-    CallContext, CallbackEvent, CancelOutcome, CreateScope, CredentialsCheck, GupshupStart, Observation, PartnerTokenOps, Provider,
-    ProviderError, ProviderFactory, ProviderHandle, ProviderSubscription, ResourceRef, StartOutcome, StartPayload,
-    StartRequest, StepOutcome, StepRun, StepSpec, SubscriptionOps, SubscriptionSpec, WebhookMode,
+    CallContext, CallbackEvent, CancelOutcome, CreateScope, CredentialsCheck, GupshupStart, Observation,
+    PartnerTokenOps, Provider, ProviderError, ProviderFactory, ProviderHandle, ProviderSubscription, ResourceRef,
+    StartOutcome, StartPayload, StartRequest, StepOutcome, StepRun, StepSpec, SubscriptionOps, SubscriptionSpec,
+    WebhookMode,
 };
 use crate::domain::{Capability, OnboardingState, ProviderKind, Secret};
 use crate::error::AppError;
