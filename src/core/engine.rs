@@ -514,7 +514,11 @@ impl Core {
         match out.progress {
             Progress::Wait(after) if !state.is_terminal() => {
                 step.state = StepState::Waiting;
-                step.attempts = 0;
+                // A found resource just bound continues the same attempt (its second half
+                // finishes the step); a poll that waits starts the count afresh.
+                if !out.found {
+                    step.attempts = 0;
+                }
                 step.next_run_ms = Some(now.saturating_add(after.as_millis() as i64));
                 let quiet = state == o.state
                     && obs.raw_status == o.provider_status
