@@ -371,7 +371,8 @@ pub struct EngineSettings {
     /// Run the engine in this process. Off: an API-only replica (others do the work).
     pub enabled: bool,
     /// How long a claimed step stays ours without renewal; a crashed replica's work is
-    /// picked up this long after it died.
+    /// picked up this long after it died. Also the lease of a `request_id` claimed before its
+    /// provider call (callers with the same key wait at most about this long).
     pub lease_secs: u64,
     /// Steps run concurrently per replica.
     pub concurrency: usize,

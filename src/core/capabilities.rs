@@ -10,6 +10,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use super::accounts::CheckResult;
+use super::claims::ClaimKey;
 use super::context::ENGINE_KEY;
 use super::{Caller, Core};
 use crate::domain::{AccountId, ChannelId, E164, OnboardingId, OnboardingState, ProviderKind, Secret, UnixMs, now_ms};
@@ -47,6 +48,12 @@ pub mod events {
     /// A channel was deleted (the onboarding is recorded `CANCELLED`).
     pub const CHANNEL_DELETED: &str = "channel_deleted";
 }
+
+/// Operation name of `CreateSubscription` request claims.
+const OP_CREATE_SUBSCRIPTION: &str = "CreateSubscription";
+
+/// Operation name of `DeleteChannel` request claims.
+const OP_DELETE_CHANNEL: &str = "DeleteChannel";
 
 /// Most days one `ExtendChannel` may add.
 pub const MAX_EXTEND_DAYS: u32 = 365;
@@ -441,9 +448,25 @@ impl Core {
         }
         let plain = serde_json::to_vec(spec).map_err(|e| AppError::internal(format!("cannot encode spec: {e}")))?;
         let hash = hex::encode(self.fingerprint(&[b"CreateSubscription", &plain]));
-        if let Some(rid) = request_id
-            && let Some(prior) = self.event_with_request_id(id, events::SUBSCRIPTION_CREATED, rid).await?
-        {
+        let Some(rid) = request_id else {
+            let sub = ops.create_subscription(&t.ctx, &t.resource, spec).await.map_err(provider_err(kind))?;
+            let data = attrs(&[("subscription", sub.id.clone().into())]);
+            self.audit(id, events::SUBSCRIPTION_CREATED, "subscription created at the provider", data).await?;
+            return Ok(Self::subscription_view(&t, sub));
+        };
+        // Claimed before the create (the key is per onboarding, as the event log keeps it):
+        // concurrent calls with this key wait for the one subscription instead of each trying
+        // to create it (and all but one failing on the taken tag).
+        let key = ClaimKey {
+            tenant: &caller.tenant,
+            key: format!("onboardings/{id}/subscriptions\n{rid}"),
+            operation: OP_CREATE_SUBSCRIPTION,
+            hash: hash.as_bytes(),
+        };
+        let stored = || async {
+            let Some(prior) = self.event_with_request_id(id, events::SUBSCRIPTION_CREATED, rid).await? else {
+                return Ok(None);
+            };
             if prior["request_hash"].as_str() != Some(hash.as_str()) {
                 return Err(AppError::new(
                     ErrorCode::AlreadyExists,
@@ -453,16 +476,19 @@ impl Core {
             }
             let sub_id = prior["subscription"].as_str().unwrap_or_default();
             let sub = ops.get_subscription(&t.ctx, &t.resource, sub_id).await.map_err(provider_err(kind))?;
-            return Ok(Self::subscription_view(&t, sub));
-        }
-        let sub = ops.create_subscription(&t.ctx, &t.resource, spec).await.map_err(provider_err(kind))?;
-        let mut data = vec![("subscription", sub.id.clone().into())];
-        if let Some(rid) = request_id {
-            data.push(("request_id", rid.into()));
-            data.push(("request_hash", hash.into()));
-        }
-        self.audit(id, events::SUBSCRIPTION_CREATED, "subscription created at the provider", attrs(&data)).await?;
-        Ok(Self::subscription_view(&t, sub))
+            Ok(Some(Self::subscription_view(&t, sub)))
+        };
+        let create = || async {
+            let sub = ops.create_subscription(&t.ctx, &t.resource, spec).await.map_err(provider_err(kind))?;
+            let data = attrs(&[
+                ("subscription", sub.id.clone().into()),
+                ("request_id", rid.into()),
+                ("request_hash", hash.clone().into()),
+            ]);
+            self.audit(id, events::SUBSCRIPTION_CREATED, "subscription created at the provider", data).await?;
+            Ok(Self::subscription_view(&t, sub))
+        };
+        self.once_per_key(key, stored, create).await
     }
 
     /// The onboarding's subscriptions as the provider reports them, paged (`page.after` is
@@ -848,13 +874,32 @@ impl Core {
         request_id: Option<&str>,
     ) -> Result<u32, AppError> {
         let t = self.channel_target(caller, channel, request_id).await?;
+        let Some(rid) = request_id else { return self.delete_channel_now(&t, channel, None).await };
+        // Claimed before the delete: concurrent calls with this key wait for the one delete
+        // (and its refund) instead of racing it at the provider, where all but one would fail.
+        let key = ClaimKey {
+            tenant: &caller.tenant,
+            key: format!("channels/{channel}/delete\n{rid}"),
+            operation: OP_DELETE_CHANNEL,
+            hash: channel.as_str().as_bytes(),
+        };
+        let id = t.onboarding.id.clone();
+        let stored = || async {
+            let prior = self.event_with_request_id(&id, events::CHANNEL_DELETED, rid).await?;
+            Ok(prior.map(|p| p["refunded_days"].as_u64().and_then(|d| u32::try_from(d).ok()).unwrap_or(0)))
+        };
+        self.once_per_key(key, stored, || self.delete_channel_now(&t, channel, Some(rid))).await
+    }
+
+    /// Deletes the channel at the provider and records it (see [`Core::delete_channel`]).
+    async fn delete_channel_now(
+        &self,
+        t: &Target,
+        channel: &ChannelId,
+        request_id: Option<&str>,
+    ) -> Result<u32, AppError> {
         let ops = channels_of(t.provider.as_ref())?;
         let id = t.onboarding.id.clone();
-        if let Some(rid) = request_id
-            && let Some(prior) = self.event_with_request_id(&id, events::CHANNEL_DELETED, rid).await?
-        {
-            return Ok(prior["refunded_days"].as_u64().and_then(|d| u32::try_from(d).ok()).unwrap_or(0));
-        }
         let refunded = ops.delete_channel(&t.ctx, &t.resource).await.map_err(provider_err(t.provider.kind()))?;
         let mut data = vec![("channel", channel.as_str().into()), ("refunded_days", refunded.into())];
         if let Some(rid) = request_id {

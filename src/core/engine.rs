@@ -30,7 +30,9 @@ use crate::error::AppError;
 use crate::providers::{
     Progress, Provider, ProviderError, ProviderHandle, StartRequest, StepOutcome, StepRun, StepSpec,
 };
-use crate::store::{EventRecord, NewEvent, OnboardingChange, OnboardingRecord, StepRecord, StoreError};
+use crate::store::{
+    CreateIntent, EventRecord, NewEvent, OnboardingChange, OnboardingRecord, ResourceBinding, StepRecord, StoreError,
+};
 
 /// How many times a change is re-read and re-applied when a concurrent writer (a callback,
 /// an RPC) moved the onboarding's sequence first.
@@ -299,12 +301,31 @@ impl Core {
             state: o.state,
             details: details.clone(),
         };
-        let result = self.run_with_lease(&*provider, &ctx, &run).await;
+        // A create the provider may later report as existing to anyone: on record before the
+        // call, so a later "already exists" can be told apart as our own lost attempt.
+        let intent = match provider.create_scope(&ctx, &run) {
+            Some(scope) => {
+                let intent = CreateIntent {
+                    onboarding_id: o.id.clone(),
+                    step: step.name.clone(),
+                    scope: hex::encode(self.fingerprint(&[b"create-scope", scope.identity.as_bytes()])),
+                    subject: scope.subject,
+                    at_ms: now_ms(),
+                };
+                let earlier_pending = self.store.begin_create_intent(&intent).await?;
+                Some((intent, earlier_pending))
+            }
+            None => None,
+        };
+        let mut result = self.run_with_lease(&*provider, &ctx, &run).await;
         // Someone else took the step over (our lease lapsed): their result wins.
         let until = now_ms().saturating_add(self.lease().as_millis() as i64);
         if !self.store.renew_lease(&o.id, &step.name, &self.worker_id, until).await? {
             tracing::warn!(onboarding = %o.id, step = %step.name, "Lease lost while the step ran; dropping its result.");
             return Ok(());
+        }
+        if let Some((intent, earlier_pending)) = &intent {
+            result = self.judge_create(intent, *earlier_pending, result).await?;
         }
         for _ in 0..CONFLICT_RETRIES {
             let Some(fresh) = self.store.onboarding_unscoped(&o.id).await? else { return Ok(()) };
@@ -322,6 +343,69 @@ impl Core {
             }
         }
         Err(AppError::unavailable(format!("onboardings/{}: too many concurrent changes", o.id)))
+    }
+
+    /// Decides what a recorded create call produced may be this onboarding's, and binds it.
+    ///
+    /// A resource the call created is bound to this onboarding. One it found (Gupshup's 409
+    /// names the phone's app to anyone who asks) is handed over only when it is provably ours:
+    /// already bound to this onboarding, or bound to none while an earlier call of ours is the
+    /// only pending one for the subject (its answer was lost after it created). Anything else
+    /// (bound to another onboarding of any tenant, created outside the service, or two lost
+    /// attempts that could both have made it) is refused as a conflict, naming no owner, and
+    /// the adapter never gets to touch it. The bind is one unique key, so racing onboardings
+    /// cannot both win.
+    async fn judge_create(
+        &self,
+        intent: &CreateIntent,
+        earlier_pending: bool,
+        result: RunResult,
+    ) -> Result<RunResult, AppError> {
+        let id = &intent.onboarding_id;
+        let out = match result {
+            RunResult::Outcome(out) => out,
+            RunResult::Error(e) => {
+                // Sent and maybe acted on: stays pending. Certainly not created (refused, or
+                // never sent): pending only if an earlier call still is.
+                let maybe_created = matches!(e, ProviderError::UnknownOutcome { .. } | ProviderError::Retryable { .. });
+                if !maybe_created && !earlier_pending {
+                    self.store.resolve_create_intent(id, &intent.step).await?;
+                }
+                return Ok(RunResult::Error(e));
+            }
+        };
+        let Some(handle) = &out.handle else {
+            self.store.resolve_create_intent(id, &intent.step).await?;
+            return Ok(RunResult::Outcome(out));
+        };
+        let resource = handle.external_key.clone();
+        let holder = self.store.resource_binding(&intent.scope, &resource).await?;
+        let mut ours = match &holder {
+            Some(h) => h == id,
+            None if !out.found => true,
+            None => {
+                let others = self.store.pending_create_intents(&intent.scope, &intent.subject).await?;
+                earlier_pending && others.iter().all(|o| o == id)
+            }
+        };
+        if ours && holder.is_none() {
+            let binding = ResourceBinding {
+                scope: intent.scope.clone(),
+                resource,
+                onboarding_id: id.clone(),
+                created_ms: now_ms(),
+            };
+            ours = self.store.bind_resource(&binding).await? == *id;
+        }
+        self.store.resolve_create_intent(id, &intent.step).await?;
+        if ours {
+            return Ok(RunResult::Outcome(out));
+        }
+        tracing::warn!(onboarding = %id, step = %intent.step, "Refused a provider resource that is not this onboarding's.");
+        Ok(RunResult::Error(ProviderError::Conflict {
+            raw: "409".into(),
+            message: "the app for this phone already exists and belongs to another onboarding".into(),
+        }))
     }
 
     /// Calls the adapter while a background task keeps the lease alive.
@@ -430,7 +514,11 @@ impl Core {
         match out.progress {
             Progress::Wait(after) if !state.is_terminal() => {
                 step.state = StepState::Waiting;
-                step.attempts = 0;
+                // A found resource just bound continues the same attempt (its second half
+                // finishes the step); a poll that waits starts the count afresh.
+                if !out.found {
+                    step.attempts = 0;
+                }
                 step.next_run_ms = Some(now.saturating_add(after.as_millis() as i64));
                 let quiet = state == o.state
                     && obs.raw_status == o.provider_status

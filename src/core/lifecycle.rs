@@ -4,11 +4,14 @@
 
 use std::collections::BTreeMap;
 
+use super::claims::ClaimKey;
 use super::{Caller, Core};
 use crate::domain::{AccountId, OnboardingId, OnboardingState, ProviderKind, StepState, new_id, now_ms};
 use crate::error::{AppError, ErrorCode};
-use crate::providers::{ProviderHandle, StartPayload, StartRequest};
-use crate::store::{NewEvent, NewOnboarding, OnboardingChange, OnboardingRecord, StepRecord, StoreError};
+use crate::providers::{CallContext, HostedLinkOps, Provider, ProviderHandle, StartPayload, StartRequest};
+use crate::store::{
+    AccountRecord, NewEvent, NewOnboarding, OnboardingChange, OnboardingRecord, StepRecord, StoreError,
+};
 
 const OP_CREATE: &str = "CreateOnboarding";
 const OP_LINKS: &str = "CreateOnboardingLinks";
@@ -222,16 +225,56 @@ impl Core {
         })?;
         let canonical = serde_json::json!({"account": account_id.as_str(), "count": count, "reference": reference});
         let hash = self.fingerprint(&[canonical.to_string().as_bytes()]);
-        if let Some(resource) = self.replay(&caller.tenant, request_id, OP_LINKS, &hash).await? {
-            let mut names = resource.split(',');
-            let batch = names.next().unwrap_or_default().trim_start_matches("batches/").to_string();
-            let mut out = Vec::new();
-            for n in names {
-                out.push(self.onboarding_by_name(caller, n).await?);
-            }
-            return Ok((out, batch));
+        let Some(rid) = request_id else {
+            return self.mint_batch(caller, &account, &*provider, &ctx, links, count, reference, None, &hash).await;
+        };
+        // Claimed before the mint: concurrent calls with this key wait for one batch instead of
+        // each minting its own (links the provider keeps live for 24 h that nobody tracks).
+        let key = ClaimKey { tenant: &caller.tenant, key: rid.to_string(), operation: OP_LINKS, hash: &hash };
+        self.once_per_key(
+            key,
+            || self.stored_batch(caller, rid, &hash),
+            || self.mint_batch(caller, &account, &*provider, &ctx, links, count, reference, Some(rid), &hash),
+        )
+        .await
+    }
+
+    /// The batch an earlier call with this `request_id` stored, if any.
+    async fn stored_batch(
+        &self,
+        caller: &Caller,
+        request_id: &str,
+        hash: &[u8],
+    ) -> Result<Option<(Vec<OnboardingRecord>, String)>, AppError> {
+        let Some(resource) = self.replay(&caller.tenant, Some(request_id), OP_LINKS, hash).await? else {
+            return Ok(None);
+        };
+        let mut names = resource.split(',');
+        let batch = names.next().unwrap_or_default().trim_start_matches("batches/").to_string();
+        let mut out = Vec::new();
+        for n in names {
+            out.push(self.onboarding_by_name(caller, n).await?);
         }
-        let minted = links.mint_links(&ctx, count).await.map_err(|e| AppError::from((account.provider, e)))?;
+        Ok(Some((out, batch)))
+    }
+
+    /// Mints one batch and stores its onboardings (with the idempotency record, when keyed).
+    #[allow(clippy::too_many_arguments)]
+    async fn mint_batch(
+        &self,
+        caller: &Caller,
+        account: &AccountRecord,
+        provider: &dyn Provider,
+        ctx: &CallContext,
+        links: &dyn HostedLinkOps,
+        count: u32,
+        reference: &str,
+        request_id: Option<&str>,
+        hash: &[u8],
+    ) -> Result<(Vec<OnboardingRecord>, String), AppError> {
+        let account_id = &account.id;
+        let hash = hash.to_vec();
+        let minted = links.mint_links(ctx, count).await.map_err(|e| AppError::from((account.provider, e)))?;
         let batch: String = new_id();
         let now = now_ms();
         let mut prepared = Vec::new();
@@ -271,7 +314,7 @@ impl Core {
                 created_ms: now,
                 updated_ms: now,
             };
-            let steps = self.new_onboarding_rows(&mut o, &*provider, &request, Some((&handle, &[STEP_MINT_LINK])))?;
+            let steps = self.new_onboarding_rows(&mut o, provider, &request, Some((&handle, &[STEP_MINT_LINK])))?;
             o.state = OnboardingState::AwaitingCustomer;
             prepared.push((o, steps));
         }
@@ -304,14 +347,10 @@ impl Core {
         // batch behind for a replay to duplicate.
         if let Err(e) = self.store.create_onboardings(&batch_rows).await {
             if matches!(e, crate::store::StoreError::AlreadyExists(_))
-                && let Some(resource) = self.replay(&caller.tenant, request_id, OP_LINKS, &hash).await?
+                && let Some(rid) = request_id
+                && let Some(stored) = self.stored_batch(caller, rid, &hash).await?
             {
-                let mut out = Vec::new();
-                for n in resource.split(',').skip(1) {
-                    out.push(self.onboarding_by_name(caller, n).await?);
-                }
-                let batch = resource.split(',').next().unwrap_or_default().trim_start_matches("batches/").to_string();
-                return Ok((out, batch));
+                return Ok(stored);
             }
             return Err(e.into());
         }

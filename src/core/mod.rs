@@ -5,6 +5,7 @@ pub mod accounts;
 pub mod bus;
 pub mod callbacks;
 pub mod capabilities;
+mod claims;
 pub mod context;
 pub mod engine;
 pub mod lifecycle;

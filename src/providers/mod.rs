@@ -90,6 +90,15 @@ pub trait Provider: Send + Sync + Debug {
         Ok(())
     }
 
+    /// The create call `run` is about to send, when it creates a resource the provider may
+    /// later report as already existing (Gupshup's link: one app per phone): the engine records
+    /// it before the call and binds what the call returns to this onboarding alone. `None` (the
+    /// default) for steps that create nothing or whose resources cannot be found by others.
+    fn create_scope(&self, ctx: &CallContext, run: &StepRun) -> Option<CreateScope> {
+        let _ = (ctx, run);
+        None
+    }
+
     /// The ordered steps for an onboarding with this request. The default is
     /// [`default_pipeline`]: `start` (via [`Provider::start_onboarding`]) then `await_live`
     /// (via [`Provider::poll`]). Adapters with more steps override this and

@@ -148,6 +148,21 @@ pub struct StepOutcome {
     pub expire_ms: Option<UnixMs>,
     /// Also recorded in the event's attributes (e.g. `reconciled=true`). Never secrets.
     pub attributes: BTreeMap<String, String>,
+    /// The handle names a resource this call found already there (a Gupshup 409), not one it
+    /// created: the engine hands it over only if it is provably this onboarding's.
+    pub found: bool,
+}
+
+/// A create call a step is about to send, declared so the engine records it before the call
+/// ([`super::Provider::create_scope`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CreateScope {
+    /// The provider identity the created resource's id is unique under (partner login and
+    /// API base). May name the account's login: the engine stores only a keyed fingerprint.
+    pub identity: String,
+    /// What the call creates for (a phone number): calls for the same subject under the
+    /// same identity compete for one resource.
+    pub subject: String,
 }
 
 impl StepOutcome {
@@ -171,7 +186,14 @@ impl StepOutcome {
             details: BTreeMap::new(),
             expire_ms: None,
             attributes: BTreeMap::new(),
+            found: false,
         }
+    }
+
+    /// Marks the handle as found, not created (see [`StepOutcome::found`]).
+    pub fn found(mut self) -> Self {
+        self.found = true;
+        self
     }
 
     /// Sets the handle.

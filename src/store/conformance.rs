@@ -1444,6 +1444,105 @@ async fn check_ids_per_tenant(store: Arc<dyn Store>) {
     assert!(matches!(store.create_onboarding(&dup).await, Err(StoreError::AlreadyExists(_))));
 }
 
+fn claim(tenant: &TenantId, key: &str, owner: &str, hash: &[u8], until: UnixMs) -> RequestClaim {
+    RequestClaim {
+        tenant_id: tenant.clone(),
+        key: key.into(),
+        operation: "Op".into(),
+        request_hash: hash.to_vec(),
+        owner: owner.into(),
+        lease_until_ms: until,
+    }
+}
+
+async fn check_request_claims(store: Arc<dyn Store>) {
+    let t = tenant(&store).await;
+    let other = tenant(&store).await;
+    let a = claim(&t, "k", "a", &[1, 2, 0, 255], 10_000);
+    assert_eq!(store.claim_request(&a, 1_000).await.unwrap(), None, "a new key is claimed");
+    // A live claim is held: the holder is returned as stored, binary hash intact.
+    let b = claim(&t, "k", "b", &[9], 20_000);
+    assert_eq!(store.claim_request(&b, 5_000).await.unwrap(), Some(a.clone()));
+    // Another tenant's key of the same name is another claim.
+    assert_eq!(store.claim_request(&claim(&other, "k", "b", &[9], 20_000), 5_000).await.unwrap(), None);
+    // Only the owner releases it.
+    assert!(!store.release_request(&t, "k", "b").await.unwrap());
+    assert!(store.release_request(&t, "k", "a").await.unwrap());
+    assert_eq!(store.claim_request(&b, 5_000).await.unwrap(), None, "released: the next caller claims it");
+    // A lapsed lease is taken over (its owner died); the old owner's release is then a no-op.
+    let c = claim(&t, "k", "c", &[7], 40_000);
+    assert_eq!(store.claim_request(&c, 20_000).await.unwrap(), None, "taken over at the lease's end");
+    assert!(!store.release_request(&t, "k", "b").await.unwrap());
+    assert_eq!(store.claim_request(&b, 30_000).await.unwrap(), Some(c));
+
+    // Racing claimers: exactly one wins.
+    let mut joins = Vec::new();
+    for i in 0..8 {
+        let (store, t) = (store.clone(), t.clone());
+        joins.push(tokio::spawn(async move {
+            store.claim_request(&claim(&t, "race", &format!("w{i}"), &[1], 90_000), 1_000).await.unwrap().is_none()
+        }));
+    }
+    let mut won = 0;
+    for j in joins {
+        won += usize::from(j.await.unwrap());
+    }
+    assert_eq!(won, 1);
+}
+
+async fn check_resource_bindings(store: Arc<dyn Store>) {
+    let (o1, o2): (OnboardingId, OnboardingId) = (new_id(), new_id());
+    let bind = |o: &OnboardingId, scope: &str, r: &str| ResourceBinding {
+        scope: scope.into(),
+        resource: r.into(),
+        onboarding_id: o.clone(),
+        created_ms: 1_000,
+    };
+    assert_eq!(store.resource_binding("s", "app").await.unwrap(), None);
+    assert_eq!(store.bind_resource(&bind(&o1, "s", "app")).await.unwrap(), o1);
+    assert_eq!(store.bind_resource(&bind(&o1, "s", "app")).await.unwrap(), o1, "binding again is a no-op");
+    assert_eq!(store.bind_resource(&bind(&o2, "s", "app")).await.unwrap(), o1, "the first holder keeps it");
+    assert_eq!(store.bind_resource(&bind(&o2, "s2", "app")).await.unwrap(), o2, "another scope is another resource");
+    assert_eq!(store.resource_binding("s", "app").await.unwrap(), Some(o1.clone()));
+
+    // Racing binders of one resource: one holder, whom every binder is told.
+    let mut joins = Vec::new();
+    for _ in 0..8 {
+        let store = store.clone();
+        let o: OnboardingId = new_id();
+        joins.push(tokio::spawn(async move { store.bind_resource(&bind(&o, "s", "raced")).await.unwrap() }));
+    }
+    let mut holders = HashSet::new();
+    for j in joins {
+        holders.insert(j.await.unwrap());
+    }
+    assert_eq!(holders.len(), 1);
+}
+
+async fn check_create_intents(store: Arc<dyn Store>) {
+    let (o1, o2): (OnboardingId, OnboardingId) = (new_id(), new_id());
+    let intent = |o: &OnboardingId| CreateIntent {
+        onboarding_id: o.clone(),
+        step: "link".into(),
+        scope: "s".into(),
+        subject: "919000000001".into(),
+        at_ms: 1_000,
+    };
+    assert!(store.pending_create_intents("s", "919000000001").await.unwrap().is_empty());
+    assert!(!store.begin_create_intent(&intent(&o1)).await.unwrap(), "a first call has nothing pending before it");
+    assert!(store.begin_create_intent(&intent(&o1)).await.unwrap(), "the first call's answer was never recorded");
+    assert!(!store.begin_create_intent(&intent(&o2)).await.unwrap());
+    let mut pending = store.pending_create_intents("s", "919000000001").await.unwrap();
+    pending.sort();
+    let mut both = vec![o1.clone(), o2.clone()];
+    both.sort();
+    assert_eq!(pending, both);
+    store.resolve_create_intent(&o1, "link").await.unwrap();
+    assert_eq!(store.pending_create_intents("s", "919000000001").await.unwrap(), vec![o2.clone()]);
+    assert!(!store.begin_create_intent(&intent(&o1)).await.unwrap(), "the last call's answer was recorded");
+    assert!(store.pending_create_intents("s", "other").await.unwrap().is_empty());
+}
+
 macro_rules! conformance_suite {
     ($($check:ident),* $(,)?) => {
         mod sqlite_suite {
@@ -1503,6 +1602,9 @@ conformance_suite!(
     check_rate_acquire_stamps_with_the_store_clock,
     check_rate_restamp,
     check_notify_subscribe,
+    check_request_claims,
+    check_resource_bindings,
+    check_create_intents,
 );
 
 // ----- backend-specific -----

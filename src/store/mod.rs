@@ -366,6 +366,28 @@ pub trait Store: Send + Sync + 'static {
     /// counted it. An unknown or already expired slot is left alone.
     async fn rate_restamp(&self, key: &str, slot: i64, now: Option<UnixMs>) -> StoreResult<()>;
 
+    // ----- request claims, resource bindings, create intents -----
+
+    /// Claims `claim.key` for its owner unless a live claim holds it: `None` when the claim
+    /// is now `claim`'s (new, or taken over from one whose lease ended before `now`), else the
+    /// live holder (possibly for another operation or request hash).
+    async fn claim_request(&self, claim: &RequestClaim, now: UnixMs) -> StoreResult<Option<RequestClaim>>;
+    /// Drops the claim if `owner` still holds it; false if it did not.
+    async fn release_request(&self, tenant: &TenantId, key: &str, owner: &str) -> StoreResult<bool>;
+    /// Binds a resource to an onboarding unless it is bound already; returns the onboarding
+    /// holding it now (`binding.onboarding_id` when this call bound it or had bound it).
+    async fn bind_resource(&self, binding: &ResourceBinding) -> StoreResult<OnboardingId>;
+    /// The onboarding holding a resource, if any.
+    async fn resource_binding(&self, scope: &str, resource: &str) -> StoreResult<Option<OnboardingId>>;
+    /// Records that the intent's step is about to send its create call (pending until
+    /// [`Store::resolve_create_intent`]). Returns whether an earlier call of the same step was
+    /// still pending: its answer was never learnt, so it may have created.
+    async fn begin_create_intent(&self, intent: &CreateIntent) -> StoreResult<bool>;
+    /// The answer to the step's create call is known (created, found, or refused).
+    async fn resolve_create_intent(&self, onboarding: &OnboardingId, step: &str) -> StoreResult<()>;
+    /// The onboardings whose create call for `subject` under `scope` is pending.
+    async fn pending_create_intents(&self, scope: &str, subject: &str) -> StoreResult<Vec<OnboardingId>>;
+
     // ----- change notification -----
 
     /// Publishes that an onboarding's log grew (to this process and, on PostgreSQL, to every

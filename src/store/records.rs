@@ -366,3 +366,49 @@ pub struct WebhookEventRecord {
     /// Received at.
     pub received_ms: UnixMs,
 }
+
+/// A `request_id` claimed before its provider call: concurrent calls with the same key wait
+/// for the owner's stored outcome instead of calling the provider again.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RequestClaim {
+    /// Owner tenant.
+    pub tenant_id: TenantId,
+    /// The claimed key (the caller's `request_id`, scoped by the use case).
+    pub key: String,
+    /// Which RPC claimed it.
+    pub operation: String,
+    /// Keyed hash of the canonical request (another request under the same key is refused).
+    pub request_hash: Vec<u8>,
+    /// Who holds it (one call in one process).
+    pub owner: String,
+    /// Until when: past it, the owner is presumed dead and another call takes the claim over.
+    pub lease_until_ms: UnixMs,
+}
+
+/// A provider resource bound to the one onboarding that holds it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ResourceBinding {
+    /// The provider identity the resource id is unique under (a keyed fingerprint).
+    pub scope: String,
+    /// The provider's id of the resource (a Gupshup app id).
+    pub resource: String,
+    /// The onboarding holding it.
+    pub onboarding_id: OnboardingId,
+    /// Bound at.
+    pub created_ms: UnixMs,
+}
+
+/// A create call an onboarding's step is about to send, recorded before the call.
+#[derive(Debug, Clone, PartialEq)]
+pub struct CreateIntent {
+    /// The onboarding.
+    pub onboarding_id: OnboardingId,
+    /// Its step.
+    pub step: String,
+    /// The provider identity the call runs under (a keyed fingerprint).
+    pub scope: String,
+    /// What the call creates for (a Gupshup phone number).
+    pub subject: String,
+    /// At.
+    pub at_ms: UnixMs,
+}

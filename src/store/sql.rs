@@ -1549,6 +1549,166 @@ macro_rules! impl_sql_store {
                 Ok(())
             }
 
+            async fn claim_request(
+                &self,
+                claim: &$crate::store::RequestClaim,
+                now: $crate::domain::UnixMs,
+            ) -> $crate::store::StoreResult<Option<$crate::store::RequestClaim>> {
+                // The holder can release between the upsert and the read: then claim again.
+                for _ in 0..3 {
+                    // New, or taken over from a lapsed lease; a live claim is left alone.
+                    let won = sqlx::query(
+                        "INSERT INTO request_claims (tenant_id, key, operation, request_hash, owner, lease_until_ms) \
+                         VALUES ($1, $2, $3, $4, $5, $6) \
+                         ON CONFLICT (tenant_id, key) DO UPDATE SET operation = excluded.operation, \
+                         request_hash = excluded.request_hash, owner = excluded.owner, \
+                         lease_until_ms = excluded.lease_until_ms \
+                         WHERE request_claims.lease_until_ms <= $7",
+                    )
+                    .bind(claim.tenant_id.as_str())
+                    .bind(claim.key.as_str())
+                    .bind(claim.operation.as_str())
+                    .bind(claim.request_hash.as_slice())
+                    .bind(claim.owner.as_str())
+                    .bind(claim.lease_until_ms)
+                    .bind(now)
+                    .execute(self.writer())
+                    .await?;
+                    if won.rows_affected() > 0 {
+                        return Ok(None);
+                    }
+                    let row = sqlx::query("SELECT * FROM request_claims WHERE tenant_id = $1 AND key = $2")
+                        .bind(claim.tenant_id.as_str())
+                        .bind(claim.key.as_str())
+                        .fetch_optional(self.writer())
+                        .await?;
+                    if let Some(r) = row {
+                        return Ok(Some($crate::store::RequestClaim {
+                            tenant_id: sql::id(r.try_get("tenant_id")?)?,
+                            key: r.try_get("key")?,
+                            operation: r.try_get("operation")?,
+                            request_hash: r.try_get("request_hash")?,
+                            owner: r.try_get("owner")?,
+                            lease_until_ms: r.try_get("lease_until_ms")?,
+                        }));
+                    }
+                }
+                Err($crate::store::StoreError::Conflict(format!("request claim '{}' keeps changing hands", claim.key)))
+            }
+
+            async fn release_request(
+                &self,
+                tenant: &$crate::domain::TenantId,
+                key: &str,
+                owner: &str,
+            ) -> $crate::store::StoreResult<bool> {
+                let done = sqlx::query("DELETE FROM request_claims WHERE tenant_id = $1 AND key = $2 AND owner = $3")
+                    .bind(tenant.as_str())
+                    .bind(key)
+                    .bind(owner)
+                    .execute(self.writer())
+                    .await?;
+                Ok(done.rows_affected() > 0)
+            }
+
+            async fn bind_resource(
+                &self,
+                b: &$crate::store::ResourceBinding,
+            ) -> $crate::store::StoreResult<$crate::domain::OnboardingId> {
+                // The primary key decides between racing binders, on every replica.
+                sqlx::query(
+                    "INSERT INTO resource_bindings (scope, resource, onboarding_id, created_ms) \
+                     VALUES ($1, $2, $3, $4) ON CONFLICT (scope, resource) DO NOTHING",
+                )
+                .bind(b.scope.as_str())
+                .bind(b.resource.as_str())
+                .bind(b.onboarding_id.as_str())
+                .bind(b.created_ms)
+                .execute(self.writer())
+                .await?;
+                let holder: String =
+                    sqlx::query("SELECT onboarding_id FROM resource_bindings WHERE scope = $1 AND resource = $2")
+                        .bind(b.scope.as_str())
+                        .bind(b.resource.as_str())
+                        .fetch_one(self.writer())
+                        .await?
+                        .try_get("onboarding_id")?;
+                sql::id(holder)
+            }
+
+            async fn resource_binding(
+                &self,
+                scope: &str,
+                resource: &str,
+            ) -> $crate::store::StoreResult<Option<$crate::domain::OnboardingId>> {
+                let row = sqlx::query("SELECT onboarding_id FROM resource_bindings WHERE scope = $1 AND resource = $2")
+                    .bind(scope)
+                    .bind(resource)
+                    .fetch_optional(self.reader())
+                    .await?;
+                row.map(|r| r.try_get::<String, _>("onboarding_id").map_err(Into::into).and_then(sql::id)).transpose()
+            }
+
+            async fn begin_create_intent(
+                &self,
+                i: &$crate::store::CreateIntent,
+            ) -> $crate::store::StoreResult<bool> {
+                let mut tx = self.writer().begin().await?;
+                let before: Option<i64> =
+                    sqlx::query("SELECT pending FROM create_intents WHERE onboarding_id = $1 AND step = $2")
+                        .bind(i.onboarding_id.as_str())
+                        .bind(i.step.as_str())
+                        .fetch_optional(&mut *tx)
+                        .await?
+                        .map(|r| r.try_get("pending"))
+                        .transpose()?;
+                sqlx::query(
+                    "INSERT INTO create_intents (onboarding_id, step, scope, subject, pending, calls, created_ms, updated_ms) \
+                     VALUES ($1, $2, $3, $4, 1, 1, $5, $5) \
+                     ON CONFLICT (onboarding_id, step) DO UPDATE SET scope = excluded.scope, \
+                     subject = excluded.subject, pending = 1, calls = create_intents.calls + 1, \
+                     updated_ms = excluded.updated_ms",
+                )
+                .bind(i.onboarding_id.as_str())
+                .bind(i.step.as_str())
+                .bind(i.scope.as_str())
+                .bind(i.subject.as_str())
+                .bind(i.at_ms)
+                .execute(&mut *tx)
+                .await?;
+                tx.commit().await?;
+                Ok(before == Some(1))
+            }
+
+            async fn resolve_create_intent(
+                &self,
+                onboarding: &$crate::domain::OnboardingId,
+                step: &str,
+            ) -> $crate::store::StoreResult<()> {
+                sqlx::query("UPDATE create_intents SET pending = 0 WHERE onboarding_id = $1 AND step = $2")
+                    .bind(onboarding.as_str())
+                    .bind(step)
+                    .execute(self.writer())
+                    .await?;
+                Ok(())
+            }
+
+            async fn pending_create_intents(
+                &self,
+                scope: &str,
+                subject: &str,
+            ) -> $crate::store::StoreResult<Vec<$crate::domain::OnboardingId>> {
+                let rows = sqlx::query(
+                    "SELECT DISTINCT onboarding_id FROM create_intents \
+                     WHERE scope = $1 AND subject = $2 AND pending = 1 ORDER BY onboarding_id",
+                )
+                .bind(scope)
+                .bind(subject)
+                .fetch_all(self.writer())
+                .await?;
+                rows.iter().map(|r| sql::id(r.try_get("onboarding_id")?)).collect()
+            }
+
             async fn notify(&self, notice: &$crate::store::ChangeNotice) -> $crate::store::StoreResult<()> {
                 self.publish(notice).await
             }

@@ -279,6 +279,34 @@ impl Store for MeteredStore {
         timed(op!("rate_restamp"), self.inner.rate_restamp(key, slot, now)).await
     }
 
+    async fn claim_request(&self, claim: &RequestClaim, now: UnixMs) -> StoreResult<Option<RequestClaim>> {
+        timed(op!("claim_request"), self.inner.claim_request(claim, now)).await
+    }
+
+    async fn release_request(&self, tenant: &TenantId, key: &str, owner: &str) -> StoreResult<bool> {
+        timed(op!("release_request"), self.inner.release_request(tenant, key, owner)).await
+    }
+
+    async fn bind_resource(&self, binding: &ResourceBinding) -> StoreResult<OnboardingId> {
+        timed(op!("bind_resource"), self.inner.bind_resource(binding)).await
+    }
+
+    async fn resource_binding(&self, scope: &str, resource: &str) -> StoreResult<Option<OnboardingId>> {
+        timed(op!("resource_binding"), self.inner.resource_binding(scope, resource)).await
+    }
+
+    async fn begin_create_intent(&self, intent: &CreateIntent) -> StoreResult<bool> {
+        timed(op!("begin_create_intent"), self.inner.begin_create_intent(intent)).await
+    }
+
+    async fn resolve_create_intent(&self, onboarding: &OnboardingId, step: &str) -> StoreResult<()> {
+        timed(op!("resolve_create_intent"), self.inner.resolve_create_intent(onboarding, step)).await
+    }
+
+    async fn pending_create_intents(&self, scope: &str, subject: &str) -> StoreResult<Vec<OnboardingId>> {
+        timed(op!("pending_create_intents"), self.inner.pending_create_intents(scope, subject)).await
+    }
+
     async fn notify(&self, notice: &ChangeNotice) -> StoreResult<()> {
         timed(op!("notify"), self.inner.notify(notice)).await
     }

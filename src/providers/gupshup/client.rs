@@ -240,7 +240,7 @@ fn endpoint(ctx: &CallContext, segments: &[&str]) -> Result<Url, ProviderError> 
 }
 
 /// The account's Gupshup login.
-fn credentials(ctx: &CallContext) -> Result<(&str, &Secret), ProviderError> {
+pub(super) fn credentials(ctx: &CallContext) -> Result<(&str, &Secret), ProviderError> {
     match &ctx.credentials {
         Credentials::Gupshup { email, secret } => Ok((email.as_str(), secret)),
         other => Err(ProviderError::Invalid {

@@ -31,9 +31,10 @@ use model::{
 use super::builtin::AdapterDeps;
 use super::http::TokenStatus;
 use super::{
-    CallContext, CallbackEvent, CancelOutcome, CredentialsCheck, GupshupStart, Observation, PartnerTokenOps, Provider,
-    ProviderError, ProviderFactory, ProviderHandle, ProviderSubscription, ResourceRef, StartOutcome, StartPayload,
-    StartRequest, StepOutcome, StepRun, StepSpec, SubscriptionOps, SubscriptionSpec, WebhookMode,
+    CallContext, CallbackEvent, CancelOutcome, CreateScope, CredentialsCheck, GupshupStart, Observation,
+    PartnerTokenOps, Provider, ProviderError, ProviderFactory, ProviderHandle, ProviderSubscription, ResourceRef,
+    StartOutcome, StartPayload, StartRequest, StepOutcome, StepRun, StepSpec, SubscriptionOps, SubscriptionSpec,
+    WebhookMode,
 };
 use crate::domain::{Capability, OnboardingState, ProviderKind, Secret};
 use crate::error::AppError;
@@ -101,8 +102,14 @@ impl GupshupProvider {
     }
 
     /// Links the app (start_onboarding semantics): validates before any call, recovers the
-    /// app of an earlier attempt from the 409, repairs a callback that failed to set.
-    async fn link(&self, ctx: &CallContext, req: &StartRequest) -> Result<LinkOutcome, ProviderError> {
+    /// app of an earlier attempt from the 409 (setting its callback only with `repair_found`),
+    /// repairs a callback that failed to set.
+    async fn link(
+        &self,
+        ctx: &CallContext,
+        req: &StartRequest,
+        repair_found: bool,
+    ) -> Result<LinkOutcome, ProviderError> {
         let (start, form) = validate_start(ctx, req)?;
         let linked = self.client.link_app(ctx, &form, &ctx.webhook_url).await.map_err(|e| {
             let lc = e.message_lc();
@@ -126,10 +133,13 @@ impl GupshupProvider {
         let (app_id, reconciled, repaired) = match linked {
             Linked::Created(id) => (id, false, false),
             Linked::Exists(id) => {
-                // An earlier attempt (or a crash before we saw its answer) linked this phone.
-                // Its callback may never have been set (a partial success we did not get to
-                // repair), so set it again: setting our own URL twice is harmless.
-                self.ensure_callback(ctx, &id).await?;
+                // An earlier attempt (or a crash before we saw its answer) linked this phone,
+                // or someone else did. Its callback may never have been set (a partial success
+                // we did not get to repair), so set it again once the app is known to be ours:
+                // setting our own URL twice is harmless, re-pointing another's app is not.
+                if repair_found {
+                    self.ensure_callback(ctx, &id).await?;
+                }
                 (id, true, false)
             }
             Linked::CallbackFailed(id) => {
@@ -156,24 +166,32 @@ impl GupshupProvider {
     }
 
     async fn run_link(&self, ctx: &CallContext, run: &StepRun) -> Result<StepOutcome, ProviderError> {
-        let out = self.link(ctx, &run.request).await?;
-        let handle = out.handle();
-        let mut step = StepOutcome::done(out.observation())
-            .handle(handle)
-            .data(json!({"app_id": out.app_id, "reconciled": out.reconciled, "callback_repaired": out.repaired}))
-            .detail("app_id", out.app_id.clone())
-            .detail("app_name", out.form.name.clone())
-            .detail("waba_id", out.form.waba_id.clone())
-            .detail("phone", out.start.phone.as_str())
-            .detail("storage_region", out.form.storage_region.clone().unwrap_or_default())
-            .detail("subscribe_on_live", out.start.subscribe_on_live.is_some());
+        if run.handle.is_some() && run.data.get(ADOPTING) == Some(&Value::Bool(true)) {
+            // Second half of an adoption: the engine bound the found app to this onboarding
+            // (it was our own earlier attempt), so now it may be touched.
+            let app_id = app_of(run)?.to_string();
+            let (start, form) = validate_start(ctx, &run.request)?;
+            self.ensure_callback(ctx, &app_id).await?;
+            let out = LinkOutcome { start: start.clone(), form, app_id, reconciled: true, repaired: false };
+            return Ok(linked(out));
+        }
+        let out = self.link(ctx, &run.request, false).await?;
         if out.reconciled {
-            step = step.attribute("reconciled", "true");
+            // The 409 named an existing app. Nothing touches it (its callback included) until the
+            // engine has decided it is this onboarding's own and bound it; then this step runs
+            // again and finishes above.
+            let obs = Observation {
+                raw_status: "APP_EXISTS".into(),
+                fields: BTreeMap::from([("appId".to_string(), out.app_id.clone())]),
+                state: None,
+                reason: String::new(),
+            };
+            return Ok(StepOutcome::wait(Duration::ZERO, obs)
+                .handle(out.handle())
+                .found()
+                .data(json!({"app_id": out.app_id, ADOPTING: true})));
         }
-        if out.repaired {
-            step = step.attribute("callback_repaired", "true");
-        }
-        Ok(step)
+        Ok(linked(out))
     }
 
     async fn run_fetch_token(&self, ctx: &CallContext, run: &StepRun) -> Result<StepOutcome, ProviderError> {
@@ -267,6 +285,30 @@ impl GupshupProvider {
         let created = self.client.create_subscription(ctx, app_id, Some(&token), &create_form(spec)).await?;
         Ok((to_domain(created), false))
     }
+}
+
+/// Step data key: the link found an existing app, which the engine must bind first.
+const ADOPTING: &str = "adopting";
+
+/// The finished `link_app` step of a link.
+fn linked(out: LinkOutcome) -> StepOutcome {
+    let handle = out.handle();
+    let mut step = StepOutcome::done(out.observation())
+        .handle(handle)
+        .data(json!({"app_id": out.app_id, "reconciled": out.reconciled, "callback_repaired": out.repaired}))
+        .detail("app_id", out.app_id.clone())
+        .detail("app_name", out.form.name.clone())
+        .detail("waba_id", out.form.waba_id.clone())
+        .detail("phone", out.start.phone.as_str())
+        .detail("storage_region", out.form.storage_region.clone().unwrap_or_default())
+        .detail("subscribe_on_live", out.start.subscribe_on_live.is_some());
+    if out.reconciled {
+        step = step.attribute("reconciled", "true");
+    }
+    if out.repaired {
+        step = step.attribute("callback_repaired", "true");
+    }
+    step
 }
 
 /// What a link produced.
@@ -584,7 +626,7 @@ impl Provider for GupshupProvider {
     }
 
     async fn start_onboarding(&self, ctx: &CallContext, req: &StartRequest) -> Result<StartOutcome, ProviderError> {
-        let out = self.link(ctx, req).await?;
+        let out = self.link(ctx, req, true).await?;
         Ok(StartOutcome { handle: out.handle(), observation: out.observation(), reconciled: out.reconciled })
     }
 
@@ -603,6 +645,17 @@ impl Provider for GupshupProvider {
 
     fn validate_start(&self, ctx: &CallContext, req: &StartRequest) -> Result<(), ProviderError> {
         validate_start(ctx, req).map(drop)
+    }
+
+    /// The link: one app per phone under a partner login, which a 409 names to anyone.
+    fn create_scope(&self, ctx: &CallContext, run: &StepRun) -> Option<CreateScope> {
+        if run.name != STEP_LINK_APP || run.handle.is_some() {
+            return None;
+        }
+        let (_, form) = validate_start(ctx, &run.request).ok()?;
+        let (email, _) = client::credentials(ctx).ok()?;
+        let base = ctx.base_url.trim_end_matches('/');
+        Some(CreateScope { identity: format!("gupshup\n{base}\n{}", email.to_ascii_lowercase()), subject: form.phone })
     }
 
     fn pipeline(&self, req: &StartRequest) -> Vec<StepSpec> {

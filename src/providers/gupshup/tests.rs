@@ -294,13 +294,27 @@ async fn repeated_link_recovers_the_app_from_the_409() {
     let req = start_req("dup-link", None);
     let first = env.p.start_onboarding(&ctx, &req).await.unwrap();
     assert!(!first.reconciled);
-    let again = env.p.run_step(&ctx, &step_run(STEP_LINK_APP, &req)).await.unwrap();
+    // The step finds the app but leaves it alone: only the engine can tell whether it is this
+    // onboarding's (its own lost attempt) or another's.
+    let callbacks = env.calls(CALLBACK);
+    let found = env.p.run_step(&ctx, &step_run(STEP_LINK_APP, &req)).await.unwrap();
+    assert!(found.found);
+    assert_eq!(found.progress, Progress::Wait(Duration::ZERO));
+    assert_eq!(found.handle.as_ref().unwrap().external_key, first.handle.external_key);
+    assert_eq!(env.calls(CALLBACK), callbacks, "a found app is not touched before it is bound");
+    // Bound by the engine: the step runs again with the handle and finishes the adoption.
+    let mut bound = step_run(STEP_LINK_APP, &req);
+    bound.handle = found.handle.clone();
+    bound.data = found.data.clone().unwrap();
+    let again = env.p.run_step(&ctx, &bound).await.unwrap();
+    assert_eq!(again.progress, Progress::Done);
+    assert!(!again.found);
     assert_eq!(again.handle.as_ref().unwrap().external_key, first.handle.external_key);
     assert_eq!(again.attributes.get("reconciled").map(String::as_str), Some("true"));
     assert_eq!(again.details["app_id"], json!(first.handle.external_key));
     assert_eq!(env.created("apps"), 1);
     assert_eq!(env.sim.core().counters().duplicate_creates, 1);
-    assert_eq!(env.calls(LINK), 2);
+    assert_eq!(env.calls(LINK), 2, "the second run makes no link call");
     // The reconciled app's callback is (re)set to our ingress.
     let app = env.sim.app(&first.handle.external_key).unwrap();
     assert_eq!(app.callback_url.as_deref(), Some(env.webhook_url.as_str()));
