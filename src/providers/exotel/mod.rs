@@ -42,6 +42,9 @@ pub const STEP_AWAIT_CUSTOMER: &str = "await_customer";
 pub const MAX_BATCH: u32 = 50;
 /// Customers one token can onboard within its 24 h [C].
 pub const CUSTOMERS_PER_TOKEN: i64 = 5;
+/// [I] Pace of mint calls per account: Exotel publishes no rate limit (providers.md §2.4),
+/// so a batch (N calls, §2.2) goes at most this many calls per window.
+pub const MINT_PACE: (u32, Duration) = (10, Duration::from_secs(1));
 /// Link validity [C].
 pub const LINK_TTL: Duration = Duration::from_secs(24 * 3600);
 
