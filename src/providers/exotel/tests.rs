@@ -473,3 +473,15 @@ fn region_base_urls() {
     assert_eq!(region_base_url(ExotelRegion::Singapore), "https://api.exotel.com");
     assert_eq!(region_base_url(ExotelRegion::Mumbai), "https://api.in.exotel.com");
 }
+
+/// A body kept in an error message loses the account's key and token and secret-named values.
+#[test]
+fn error_bodies_are_kept_redacted() {
+    let body = br#"{"response":{"whatsapp":{"isv":{"data":{"echo":"key-123:tok-456","token":"t0ps3cret"}}}}}"#;
+    let out = client::redacted_excerpt(body, &["key-123", "tok-456"]);
+    assert!(out.contains("echo"), "{out}");
+    for s in ["key-123", "tok-456", "t0ps3cret"] {
+        assert!(!out.contains(s), "{s} leaked: {out}");
+    }
+    assert!(client::redacted_excerpt(&[b'x'; 5000], &[]).len() < 700);
+}
