@@ -44,6 +44,18 @@ pub(super) fn mode_of(s: &str) -> Option<ChannelMode> {
     }
 }
 
+/// The `mode` detail of an onboarding in domain names (`trial` when absent, as a new channel
+/// starts [C]); an unknown wire value is passed through raw.
+pub(super) fn detail_mode(wire: &str) -> String {
+    match mode_of(wire) {
+        Some(ChannelMode::Trial) => "trial".into(),
+        Some(ChannelMode::Sandbox) => "sandbox".into(),
+        Some(ChannelMode::Live) => "live".into(),
+        None if wire.trim().is_empty() => "trial".into(),
+        None => wire.to_string(),
+    }
+}
+
 /// The request value for `m`, refused before any call when none is documented (Sandbox).
 fn mode_str(m: ChannelMode) -> Result<&'static str, ProviderError> {
     match m {

@@ -1061,3 +1061,14 @@ async fn lookup_finds_a_channel_past_the_first_page() {
     assert_eq!(e.sim.core().counters().created.get("channels").copied(), created);
     assert_eq!(e.sim.core().counters().calls.get("GET /channels/list"), Some(&2), "two pages of 100");
 }
+
+/// The public `mode` detail keeps the domain names the core and the API read.
+#[test]
+fn mode_detail_uses_domain_names() {
+    use super::channels::detail_mode;
+    assert_eq!(detail_mode("dev"), "sandbox");
+    assert_eq!(detail_mode("dev_archive"), "sandbox");
+    assert_eq!(detail_mode("live"), "live");
+    assert_eq!(detail_mode(""), "trial");
+    assert_eq!(detail_mode("platinum"), "platinum");
+}
