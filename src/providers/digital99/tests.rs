@@ -86,7 +86,7 @@ fn start(number: &str, coexistence: bool, register: Option<VerifyMethod>) -> Dig
 fn request(key: &str, s: Digital99Start) -> StartRequest {
     StartRequest {
         // One onboarding per key, as in the service (the reference we send is this id).
-        onboarding_id: OnboardingId::parse(&format!("onb-{}", &hex::encode(Sha256::digest(key.as_bytes()))[..12]))
+        onboarding_id: OnboardingId::parse(format!("onb-{}", &hex::encode(Sha256::digest(key.as_bytes()))[..12]))
             .unwrap(),
         idempotency_key: key.into(),
         reference: REFERENCE.into(),
@@ -488,8 +488,9 @@ async fn coexistence_retry_finds_the_account_by_reference() {
     // (providers.md §4.2), so a coexistence account, listed under a temporary 97257… number
     // until the business finishes, is found in getAccounts by our `reference`. The sim
     // serves the fallback create path here, so only reconciliation differs from before.
-    let e = env_with(Digital99SimConfig { sandbox: false, create_path: CreatePath::CreateAccount, ..Default::default() })
-        .await;
+    let e =
+        env_with(Digital99SimConfig { sandbox: false, create_path: CreatePath::CreateAccount, ..Default::default() })
+            .await;
     let ctx = e.ctx();
     let number = "972504445566";
     e.register_verified(number).await;

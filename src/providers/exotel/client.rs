@@ -9,7 +9,9 @@ use url::Url;
 use super::model::{Envelope, ValidateData, create_urls};
 use crate::domain::Secret;
 use crate::domain::account::Credentials;
-use crate::providers::http::{BodyError, ErrorBody, HttpClient, HttpFailure, RateLimiter, RetryPolicy, rate_key, retry};
+use crate::providers::http::{
+    BodyError, ErrorBody, HttpClient, HttpFailure, RateLimiter, RetryPolicy, rate_key, retry,
+};
 use crate::providers::{CallContext, ProviderError};
 
 /// One account's coordinates, borrowed from the call context.
@@ -198,7 +200,8 @@ impl Client {
         // The limiter's own error (store down, queue too long) is kept as is: nothing was sent.
         let limited = std::sync::Mutex::new(None);
         let sent = retry(&policy, || {
-            let req = acct.request(&self.http, Method::POST, url.clone()).header(http::header::CONTENT_TYPE, "text/plain");
+            let req =
+                acct.request(&self.http, Method::POST, url.clone()).header(http::header::CONTENT_TYPE, "text/plain");
             let (key, limited) = (&key, &limited);
             async move {
                 let slot = match self.limiter.acquire(key, limit, window).await {

@@ -4,8 +4,8 @@
 
 use proptest::prelude::*;
 
-use super::client::{IsvBody, to_error};
 use super::client::redacted_excerpt;
+use super::client::{IsvBody, to_error};
 use super::model::{Envelope, ValidateData, create_urls};
 use super::{TokenReading, minted, token_of};
 use crate::fuzzing::{body, config, edge_i64, json_with, text};

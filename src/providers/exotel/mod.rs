@@ -231,7 +231,10 @@ fn check_token(token: &str) -> Result<(), ProviderError> {
 impl ExotelProvider {
     /// An adapter using the shared HTTP client and retry policy.
     pub fn new(deps: &AdapterDeps) -> Self {
-        Self { client: Client::new(deps.http.clone(), deps.limiter.clone(), deps.retry), poll_interval: deps.poll_interval }
+        Self {
+            client: Client::new(deps.http.clone(), deps.limiter.clone(), deps.retry),
+            poll_interval: deps.poll_interval,
+        }
     }
 
     /// Mints one link for one onboarding.

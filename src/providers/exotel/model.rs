@@ -54,14 +54,8 @@ pub(super) struct ErrorData {
 /// key `onboarding_url` (validate page) [C]; the rest are the same names one level up or down.
 /// Each value may be one string or a list of strings. The day Exotel publishes the answer,
 /// this is the one place to change.
-pub(super) const CREATE_URL_PATHS: [&[&str]; 6] = [
-    &["data", "onboarding_url"],
-    &["data", "Url"],
-    &["data", "url"],
-    &["Url"],
-    &["url"],
-    &["onboarding_url"],
-];
+pub(super) const CREATE_URL_PATHS: [&[&str]; 6] =
+    [&["data", "onboarding_url"], &["data", "Url"], &["data", "url"], &["Url"], &["url"], &["onboarding_url"]];
 
 /// [I] Last resort: a link anywhere under `response.whatsapp.isv` is an `https` URL whose
 /// path holds this segment (the documented link shape
@@ -97,8 +91,8 @@ pub(super) fn create_urls(body: &serde_json::Value) -> Option<Vec<String>> {
 fn scan_links(v: &serde_json::Value, out: &mut Vec<String>) {
     match v {
         serde_json::Value::String(s) => {
-            let is_link = url::Url::parse(s.trim())
-                .is_ok_and(|u| u.scheme() == "https" && u.path().contains(LINK_PATH_MARKER));
+            let is_link =
+                url::Url::parse(s.trim()).is_ok_and(|u| u.scheme() == "https" && u.path().contains(LINK_PATH_MARKER));
             if is_link {
                 out.push(s.trim().to_string());
             }

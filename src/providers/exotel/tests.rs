@@ -255,7 +255,8 @@ async fn every_documented_create_answer_shape_yields_the_link() {
         CreateShape::DataUrlList,
     ] {
         e.sim.set_knobs(ExotelKnobs { create_shape: shape, ..Default::default() });
-        let out = e.p.start_onboarding(&e.sg(), &e.valid_start("k")).await.unwrap_or_else(|err| panic!("{shape:?}: {err}"));
+        let out =
+            e.p.start_onboarding(&e.sg(), &e.valid_start("k")).await.unwrap_or_else(|err| panic!("{shape:?}: {err}"));
         assert!(e.sim.token(&out.handle.external_key).is_some(), "{shape:?}");
     }
     e.sim.set_knobs(ExotelKnobs { create_shape: CreateShape::ValidateCopy, ..Default::default() });

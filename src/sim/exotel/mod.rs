@@ -161,8 +161,7 @@ impl ExotelSimServers {
 impl ExotelSim {
     /// A simulator with `config` and a fresh core.
     pub fn new(config: ExotelSimConfig) -> Self {
-        let knobs =
-            ExotelKnobs {
+        let knobs = ExotelKnobs {
             payment_required: config.payment_required,
             forbidden_sids: config.forbidden_sids.clone(),
             create_shape: CreateShape::default(),

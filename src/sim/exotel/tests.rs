@@ -343,10 +343,7 @@ async fn payment_required_and_forbidden_envelopes() {
     assert_error(&body, "POST", 402);
     let knobs: Value =
         c.get(format!("{}/_sim/exotel/knobs", srv.mumbai.base_url())).send().await.unwrap().json().await.unwrap();
-    assert_eq!(
-        knobs,
-        json!({ "payment_required": true, "forbidden_sids": [], "create_shape": "data_onboarding_url" })
-    );
+    assert_eq!(knobs, json!({ "payment_required": true, "forbidden_sids": [], "create_shape": "data_onboarding_url" }));
 }
 
 #[tokio::test]

@@ -144,7 +144,11 @@ fn list(sim: &WhapiSim, project: Option<&str>, q: &HashMap<String, String>) -> R
     Json(json!({"channels": channels})).into_response()
 }
 
-async fn list_channels(State(sim): State<WhapiSim>, headers: HeaderMap, Query(q): Query<HashMap<String, String>>) -> Response {
+async fn list_channels(
+    State(sim): State<WhapiSim>,
+    headers: HeaderMap,
+    Query(q): Query<HashMap<String, String>>,
+) -> Response {
     if let Err(r) = auth(&sim, &headers) {
         return r;
     }

@@ -598,7 +598,9 @@ async fn channel_list_pages_with_count_and_offset() {
         ids.push(e.create().await["id"].as_str().unwrap().to_string());
     }
     ids.sort();
-    let page = |v: &Value| v["channels"].as_array().unwrap().iter().map(|c| c["id"].as_str().unwrap().to_string()).collect::<Vec<_>>();
+    let page = |v: &Value| {
+        v["channels"].as_array().unwrap().iter().map(|c| c["id"].as_str().unwrap().to_string()).collect::<Vec<_>>()
+    };
     let (s, v) = e.mgr("GET", "/channels/list", None).await;
     assert_eq!((s, page(&v).len()), (StatusCode::OK, 100), "default page is 100");
     let (_, v2) = e.mgr("GET", "/channels/list?count=100&offset=100", None).await;
