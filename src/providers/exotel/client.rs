@@ -70,8 +70,10 @@ impl ErrorBody for IsvBody {
         let isv = serde_json::from_slice::<Envelope<serde_json::Value>>(body).ok()?.isv()?;
         let status_failed = isv.status.as_deref().is_some_and(|s| !s.eq_ignore_ascii_case("success"));
         let code = isv.code.unwrap_or(0);
-        // A non-null `error_data` is a failure even with `status: success` (providers.md §2.4).
-        if !status_failed && code < 300 && isv.error_data.is_none() {
+        // An `error_data` that says something is a failure even with `status: success`
+        // (providers.md §2.4); `null` or `{}` is not.
+        let has_error = isv.error_data.as_ref().is_some_and(|e| e.message.is_some() || e.description.is_some());
+        if !status_failed && code < 300 && !has_error {
             return None;
         }
         let message = isv.error_data.and_then(|e| e.message.or(e.description)).unwrap_or_default();

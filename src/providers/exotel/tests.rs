@@ -486,3 +486,20 @@ fn error_bodies_are_kept_redacted() {
     }
     assert!(client::redacted_excerpt(&[b'x'; 5000], &[]).len() < 700);
 }
+
+/// `error_data` with a message is a failure inside HTTP 200 even with `status: success`;
+/// `null` or `{}` is not (providers.md §2.4).
+#[test]
+fn error_data_inside_a_success_is_a_failure() {
+    use crate::providers::http::ErrorBody;
+    let body = |e: &str| {
+        format!(
+            r#"{{"response":{{"whatsapp":{{"isv":{{"code":200,"status":"success","error_data":{e},"data":{{}}}}}}}}}}"#
+        )
+    };
+    let hook = client::IsvBody;
+    assert!(hook.check(http::StatusCode::OK, body("null").as_bytes()).is_none());
+    assert!(hook.check(http::StatusCode::OK, body("{}").as_bytes()).is_none());
+    let found = hook.check(http::StatusCode::OK, body(r#"{"message":"nope"}"#).as_bytes()).expect("a failure");
+    assert!(found.reason.starts_with("isv code 400"), "{}", found.reason);
+}
