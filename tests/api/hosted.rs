@@ -187,7 +187,7 @@ async fn exotel_batch_of_50_links_awaits_customers_for_24h_with_customers_remain
     let after = wa_onboard::domain::now_ms();
     assert_eq!(resp.onboardings.len(), 50);
     assert!(!resp.batch_id.is_empty());
-    assert_eq!(calls(sim.core(), EXOTEL_MINT), 1, "50 links are one Exotel call");
+    assert_eq!(calls(sim.core(), EXOTEL_MINT), 50, "one documented Exotel call per link (providers.md §2.2)");
     assert_eq!(created(sim.core(), "links"), 50);
     let mut seen_tokens = std::collections::HashSet::new();
     for o in &resp.onboardings {
@@ -336,7 +336,7 @@ async fn exotel_account_in_mumbai_is_served_by_the_mumbai_cluster() {
         .await
         .unwrap()
         .into_inner();
-    assert_eq!(calls(sim.core(), EXOTEL_MINT), 2);
+    assert_eq!(calls(sim.core(), EXOTEL_MINT), 5, "one documented call per link");
     let regions = |r: &pb::CreateOnboardingLinksResponse| {
         r.onboardings
             .iter()
@@ -558,10 +558,11 @@ async fn digital99_number_registered_and_verified_then_finished_goes_live_with_r
     assert!(d.number_verified);
     assert!(!d.landing_page.is_empty());
     assert_eq!((d.business_name.as_str(), d.display_name.as_str(), d.phone.as_str()), ("Acme inc", "Acme", NUMBER));
-    // The reference went to 99digital with the account.
+    // 99digital's `reference` is the onboarding id (unique, always set: what reconciliation
+    // matches on, providers.md §4.2 issue 17 #5); the caller's reference stays ours.
     let at_sim = sim.accounts();
     assert_eq!(at_sim.len(), 1);
-    assert_eq!(at_sim[0].reference, "crm-99");
+    assert_eq!(Some(at_sim[0].reference.as_str()), o.name.strip_prefix("onboardings/"));
     assert_eq!(at_sim[0].onboarding_link, d.onboarding_link);
 
     // The business owner finishes on 99digital's page.

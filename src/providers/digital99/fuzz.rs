@@ -5,7 +5,7 @@
 use proptest::prelude::*;
 
 use super::client::{FailBody, failure_reason, login_error, reason_error};
-use super::model::{AccountsAnswer, CreateAccountAnswer, Envelope, LoginAnswer, RegisteredAnswer, WebhookAnswer};
+use super::model::{AccountsAnswer, CreateAccountAnswer, Envelope, LoginAnswer, WebhookAnswer};
 use super::read_account;
 use crate::fuzzing::{body, config, edge_i64, json_with, text};
 use crate::providers::ProviderError;
@@ -111,11 +111,6 @@ proptest! {
             let _ = (l.access_token.map(|t| t.len()), l.expiration_time);
         }
         let _ = serde_json::from_slice::<WebhookAnswer>(&b).map(|w| w.url);
-        if let Ok(r) = serde_json::from_slice::<RegisteredAnswer>(&b) {
-            for n in r.list {
-                let _ = (n.whatsapp, n.onboarding_link);
-            }
-        }
         let _ = serde_json::from_slice::<CreateAccountAnswer>(&b).map(|c| (c.onboarding_link, c.landing_page));
         if let Ok(a) = serde_json::from_slice::<AccountsAnswer>(&b) {
             for acc in &a.list {

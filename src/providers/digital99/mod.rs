@@ -7,8 +7,10 @@
 //! Identity: an onboarding account is keyed by its number (`deleteAccount` takes it, the
 //! webhook carries it, a number has at most one account), so `external_key` is the number's
 //! digits. For an unfinished coexistence link `getAccounts` shows a temporary `97257…`
-//! number instead; such an account is found by its `onboarding_link` (kept in the handle, or
-//! read from `getRegisteredNumbers`).
+//! number instead; such an account is found by its `onboarding_link` (kept in the handle) or
+//! by the `reference` we sent (our onboarding id, echoed by `getAccounts`). Reconciliation
+//! reads `getAccounts` only: a number leaves `getRegisteredNumbers` once an account exists
+//! (providers.md §4.2, "Corrections (issue 17)" #5).
 
 mod client;
 mod model;
@@ -34,7 +36,7 @@ use tokio::time::Instant;
 use self::client::{CallError, Client, NO_BODY, login_error, reason};
 use self::model::{
     AccountItem, AccountsAnswer, CreateAccountAnswer, CreateAccountRequest, DeleteAccountRequest, Envelope,
-    LoginAnswer, LoginRequest, RegisterRequest, RegisteredAnswer, VerifyRequest, WebhookAnswer, WebhookRequest,
+    LoginAnswer, LoginRequest, RegisterRequest, VerifyRequest, WebhookAnswer, WebhookRequest,
 };
 use self::webhook::digits;
 use super::builtin::AdapterDeps;
@@ -47,6 +49,22 @@ use super::{
 use crate::domain::account::Credentials;
 use crate::domain::{Capability, OnboardingState, ProviderKind, Secret, now_ms};
 use crate::error::AppError;
+
+/// Unconfirmed 99digital facts, in one place [I] (providers.md §4.2 and its "Corrections
+/// (issue 17)" #4; research-issue-17 point 4): no public page shows these URLs. Change them
+/// here the day 99digital confirms them (the simulator mirrors them by value in
+/// `src/sim/digital99/routes.rs`).
+pub(super) mod inferred {
+    /// Create the onboarding account (link + landing page): the stronger candidate, since the
+    /// sibling Facebook page with the same title is `facebook/createOnboarding` [C].
+    pub const CREATE_ONBOARDING_PATH: &str = "whatsapp/createOnboarding";
+    /// The older guess for the same call ("Step 2: Create account"), tried only when
+    /// [`CREATE_ONBOARDING_PATH`] answers 404 (nothing was created).
+    pub const CREATE_ONBOARDING_FALLBACK: &str = "whatsapp/createAccount";
+    /// Verify the registered number's 6-digit code, body `{whatsapp, code}` (field names
+    /// inferred too; 99digital's SMS product checks a code on its send URL plus `code`).
+    pub const VERIFY_NUMBER_PATH: &str = "whatsapp/verifyNumber";
+}
 
 /// Step: register the number and send the verification code.
 pub const STEP_REGISTER_NUMBER: &str = "register_number";
@@ -227,8 +245,18 @@ fn outcome(progress_done: bool, wait: Duration, r: Reading) -> StepOutcome {
     out
 }
 
-fn handle_for(number: &str, link: Option<&str>) -> ProviderHandle {
-    ProviderHandle { external_key: number.to_string(), data: json!({ "onboarding_link": link }) }
+fn handle_for(number: &str, link: Option<&str>, reference: &str) -> ProviderHandle {
+    ProviderHandle {
+        external_key: number.to_string(),
+        data: json!({ "onboarding_link": link, "reference": reference }),
+    }
+}
+
+/// The `reference` we send on create and match in `getAccounts` [C: "the reference that was
+/// provided by you"]: our onboarding id, unique per onboarding and always set (the caller's
+/// own reference may be empty or shared).
+fn reference_of(req: &StartRequest) -> &str {
+    req.onboarding_id.as_str()
 }
 
 impl Digital99Provider {
@@ -363,38 +391,55 @@ impl Digital99Provider {
         Ok(ans.list)
     }
 
-    /// The onboarding link 99digital lists for a registered number, once an account exists.
-    async fn registered_link(&self, ctx: &CallContext, number: &str) -> Result<Option<String>, ProviderError> {
-        let ans: RegisteredAnswer = self
-            .api(ctx, "digital99.get_registered_numbers", Method::GET, "whatsapp/getRegisteredNumbers", NO_BODY, true)
-            .await?;
-        Ok(ans
-            .list
-            .into_iter()
-            .find(|r| r.whatsapp.as_deref().map(digits).as_deref() == Some(number))
-            .and_then(|r| r.onboarding_link.filter(|l| !l.is_empty())))
-    }
-
-    /// The account for `number`: by its link when known, else by number, else (coexistence:
-    /// listed under a temporary number) by the link `getRegisteredNumbers` names.
+    /// The account of an onboarding, from `getAccounts` only (providers.md §4.2): by its link
+    /// when known, else by our `reference`, else by number (a coexistence account shows a
+    /// temporary `97257…` number until it finishes, so the number alone cannot find it).
     async fn find_account(
         &self,
         ctx: &CallContext,
         number: &str,
         link: Option<&str>,
+        reference: Option<&str>,
     ) -> Result<Option<AccountItem>, ProviderError> {
         let list = self.accounts(ctx).await?;
-        let by_link = |l: &str| list.iter().find(|a| a.onboarding_link.as_deref() == Some(l)).cloned();
-        if let Some(a) = link.and_then(by_link) {
-            return Ok(Some(a));
-        }
-        if let Some(a) = list.iter().find(|a| a.whatsapp.as_deref().map(digits).as_deref() == Some(number)) {
+        if let Some(a) = link.and_then(|l| list.iter().find(|a| a.onboarding_link.as_deref() == Some(l))) {
             return Ok(Some(a.clone()));
         }
-        if link.is_some() || list.is_empty() {
-            return Ok(None);
+        if let Some(r) = reference.filter(|r| !r.is_empty())
+            && let Some(a) = list.iter().find(|a| a.reference.as_deref() == Some(r))
+        {
+            return Ok(Some(a.clone()));
         }
-        Ok(self.registered_link(ctx, number).await?.and_then(|l| by_link(&l)))
+        Ok(list.into_iter().find(|a| a.whatsapp.as_deref().map(digits).as_deref() == Some(number)))
+    }
+
+    /// `POST` the create body to [`inferred::CREATE_ONBOARDING_PATH`], and to
+    /// [`inferred::CREATE_ONBOARDING_FALLBACK`] only when the first answers 404 (the path
+    /// does not exist, so nothing was created). Never on a FAIL envelope.
+    async fn post_create(
+        &self,
+        ctx: &CallContext,
+        body: &CreateAccountRequest<'_>,
+    ) -> Result<CreateAccountAnswer, ProviderError> {
+        let mut last = None;
+        for path in [inferred::CREATE_ONBOARDING_PATH, inferred::CREATE_ONBOARDING_FALLBACK] {
+            match self.api(ctx, "digital99.create_account", Method::POST, path, Some(body), false).await {
+                Err(ProviderError::NotFound { raw }) => {
+                    tracing::warn!(path, "99digital has no such create path (inferred); trying the next.");
+                    last = Some(raw);
+                }
+                other => return other,
+            }
+        }
+        Err(ProviderError::Precondition {
+            raw: last.unwrap_or_default(),
+            message: format!(
+                "99digital create endpoint unknown: neither {} nor {} exists (constants \
+                 CREATE_ONBOARDING_PATH / CREATE_ONBOARDING_FALLBACK, providers.md §4.2)",
+                inferred::CREATE_ONBOARDING_PATH,
+                inferred::CREATE_ONBOARDING_FALLBACK
+            ),
+        })
     }
 
     /// Creates the onboarding account, or finds the one an earlier attempt made.
@@ -402,7 +447,7 @@ impl Digital99Provider {
         let s = start_of(req)?;
         let number = s.phone.digits().to_string();
         self.ensure_webhook(ctx, false).await?;
-        if let Some(found) = self.find_account(ctx, &number, None).await? {
+        if let Some(found) = self.find_account(ctx, &number, None, Some(reference_of(req))).await? {
             return self.reconciled(found, &number, req);
         }
         let body = CreateAccountRequest {
@@ -412,16 +457,14 @@ impl Digital99Provider {
             business_id: s.business_id.as_deref().unwrap_or_default(),
             business_address: s.business_address.as_deref().unwrap_or_default(),
             display_name: s.display_name.trim(),
-            reference: &req.reference,
+            reference: reference_of(req),
             coexistence: u8::from(s.coexistence),
         };
-        let res: Result<CreateAccountAnswer, _> =
-            self.api(ctx, "digital99.create_account", Method::POST, "whatsapp/createAccount", Some(&body), false).await;
-        let ans = match res {
+        let ans = match self.post_create(ctx, &body).await {
             Ok(a) => a,
             // [I] "account exists" (a create raced ours): find it once more.
             Err(ProviderError::Conflict { raw, message }) => {
-                return match self.find_account(ctx, &number, None).await? {
+                return match self.find_account(ctx, &number, None, Some(reference_of(req))).await? {
                     Some(found) => self.reconciled(found, &number, req),
                     None => Err(ProviderError::Conflict { raw, message }),
                 };
@@ -429,7 +472,7 @@ impl Digital99Provider {
             Err(e) => return Err(e),
         };
         let link = ans.onboarding_link.filter(|l| !l.is_empty()).ok_or_else(|| ProviderError::Malformed {
-            message: "99digital createAccount answer without onboarding_link".into(),
+            message: "99digital create answer without onboarding_link".into(),
         })?;
         let item = AccountItem {
             create_time: None,
@@ -439,17 +482,19 @@ impl Digital99Provider {
             landing_page: ans.landing_page,
             onboarding_link: Some(link.clone()),
             display_name: Some(s.display_name.trim().to_string()),
-            reference: Some(req.reference.clone()),
+            reference: Some(reference_of(req).to_string()),
             status: Some(0),
         };
         let mut r = read_account(&item, &number, None);
         r.obs.reason = "onboarding link created; waiting for the business".into();
-        Ok(outcome(true, self.poll_interval, r).handle(handle_for(&number, Some(&link))))
+        Ok(outcome(true, self.poll_interval, r).handle(handle_for(&number, Some(&link), reference_of(req))))
     }
 
     fn reconciled(&self, found: AccountItem, number: &str, req: &StartRequest) -> Result<StepOutcome, ProviderError> {
-        // One account per number: an account made for another reference is not ours.
-        if found.reference.as_deref().unwrap_or_default() != req.reference {
+        // One account per number: an account made for another reference is not ours (the
+        // caller's reference is accepted too: what this adapter sent before issue 17).
+        let theirs = found.reference.as_deref().unwrap_or_default();
+        if theirs != reference_of(req) && theirs != req.reference {
             return Err(ProviderError::Conflict {
                 raw: reason::ACCOUNT_EXISTS.to_string(),
                 message: "an onboarding account for this number exists with another reference".into(),
@@ -458,20 +503,23 @@ impl Digital99Provider {
         let link = found.onboarding_link.clone();
         let r = read_account(&found, number, None);
         Ok(outcome(true, self.poll_interval, r)
-            .handle(handle_for(number, link.as_deref()))
+            .handle(handle_for(number, link.as_deref(), reference_of(req)))
             .attribute("reconciled", "true"))
     }
 
-    /// The current reading for a handle; `None` when the account is gone.
+    /// The current reading for a handle; `None` when the account is gone. `reference`: the
+    /// one in the handle, else `fallback_reference` (a handle recorded before it was kept).
     async fn observe(
         &self,
         ctx: &CallContext,
         handle: &ProviderHandle,
         known_temp: Option<&str>,
+        fallback_reference: Option<&str>,
     ) -> Result<Option<Reading>, ProviderError> {
         let number = digits(&handle.external_key);
         let link = handle.data.get("onboarding_link").and_then(|v| v.as_str());
-        let found = self.find_account(ctx, &number, link).await?;
+        let reference = handle.data.get("reference").and_then(|v| v.as_str()).or(fallback_reference);
+        let found = self.find_account(ctx, &number, link, reference).await?;
         Ok(found.map(|a| read_account(&a, &number, known_temp)))
     }
 
@@ -491,9 +539,10 @@ impl Digital99Provider {
             let obs = Observation { raw_status: "NOT_REQUESTED".into(), ..Default::default() };
             return Ok(StepOutcome::done(obs));
         };
-        // An account for the number means an earlier run got past verification: send no
-        // new code (each one counts against the documented 3 requests).
-        if self.registered_link(ctx, number).await?.is_some() {
+        // An account for the onboarding means an earlier run got past verification: send no
+        // new code (each one counts against the documented 3 requests). Asked of getAccounts:
+        // the number has left getRegisteredNumbers by then (providers.md §4.2).
+        if self.find_account(ctx, number, None, Some(reference_of(&run.request))).await?.is_some() {
             let obs = Observation { raw_status: "ACCOUNT_EXISTS".into(), ..Default::default() };
             return Ok(StepOutcome::done(obs).attribute("reconciled", "true"));
         }
@@ -540,10 +589,20 @@ impl Digital99Provider {
         } else {
             let body = VerifyRequest { whatsapp: number, code };
             let res: Result<Envelope, _> = self
-                .api(ctx, "digital99.verify_number", Method::POST, "whatsapp/verifyNumber", Some(&body), true)
+                .api(ctx, "digital99.verify_number", Method::POST, inferred::VERIFY_NUMBER_PATH, Some(&body), true)
                 .await;
             match res {
                 Ok(_) => false,
+                Err(ProviderError::NotFound { raw }) => {
+                    return Err(ProviderError::Precondition {
+                        raw,
+                        message: format!(
+                            "99digital verify endpoint unknown: {} does not exist (constant VERIFY_NUMBER_PATH, \
+                             providers.md §4.2)",
+                            inferred::VERIFY_NUMBER_PATH
+                        ),
+                    });
+                }
                 Err(ProviderError::Invalid { field: Some(f), .. }) if f == "code" => true,
                 Err(e) => return Err(e),
             }
@@ -578,7 +637,7 @@ impl Digital99Provider {
             message: "await_customer ran before create_account recorded a handle".into(),
         })?;
         let known_temp = run.details.get("temporary_phone").and_then(|v| v.as_str()).map(digits);
-        Ok(match self.observe(ctx, handle, known_temp.as_deref()).await? {
+        Ok(match self.observe(ctx, handle, known_temp.as_deref(), Some(run.onboarding_id.as_str())).await? {
             None => StepOutcome::done(Self::gone()),
             Some(r) => {
                 let done = r.finished;
@@ -627,7 +686,7 @@ impl Provider for Digital99Provider {
     }
 
     async fn poll(&self, ctx: &CallContext, handle: &ProviderHandle) -> Result<Observation, ProviderError> {
-        Ok(self.observe(ctx, handle, None).await?.map_or_else(Self::gone, |r| r.obs))
+        Ok(self.observe(ctx, handle, None, None).await?.map_or_else(Self::gone, |r| r.obs))
     }
 
     fn parse_callback(&self, body: &[u8]) -> Result<Vec<CallbackEvent>, ProviderError> {

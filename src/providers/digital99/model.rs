@@ -71,33 +71,16 @@ pub(super) struct RegisterRequest<'a> {
     pub method: u8,
 }
 
-/// `POST /api/whatsapp/verifyNumber` body [I]: endpoint name and fields not published
-/// ("likely `verifyNumber` with `whatsapp` + 6-digit `code`").
+/// The verify body [I]: endpoint and field names not published (path in
+/// `inferred::VERIFY_NUMBER_PATH`, providers.md §4.2).
 #[derive(Serialize)]
 pub(super) struct VerifyRequest<'a> {
     pub whatsapp: &'a str,
     pub code: &'a str,
 }
 
-/// `GET /api/whatsapp/getRegisteredNumbers` answer [C].
-#[derive(Deserialize)]
-pub(super) struct RegisteredAnswer {
-    #[serde(default)]
-    pub list: Vec<RegisteredNumber>,
-}
-
-/// One registered number [C]: `{whatsapp, expiration, onboarding_link|null, comment}`.
-#[derive(Deserialize)]
-pub(super) struct RegisteredNumber {
-    #[serde(default, deserialize_with = "lenient_string")]
-    pub whatsapp: Option<String>,
-    /// Set once an onboarding account exists for the number.
-    #[serde(default, deserialize_with = "lenient_string")]
-    pub onboarding_link: Option<String>,
-}
-
-/// `POST /api/whatsapp/createAccount` body [I]: endpoint name inferred; fields are those
-/// `getAccounts` echoes back [C].
+/// The create body: endpoint inferred (`inferred::CREATE_ONBOARDING_PATH`, providers.md
+/// §4.2); fields are those `getAccounts` echoes back [C]. `reference` is our onboarding id.
 #[derive(Serialize)]
 pub(super) struct CreateAccountRequest<'a> {
     pub whatsapp: &'a str,

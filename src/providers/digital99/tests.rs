@@ -16,11 +16,13 @@ use crate::providers::Progress;
 use crate::providers::conformance::{self, ConformanceHarness, Fault};
 use crate::providers::http::{HttpClient, HttpTimeouts, RateLimiter, RetryPolicy};
 use crate::sim::common::{Fault as SimFault, Running};
-use crate::sim::digital99::{Digital99Sim, Digital99SimConfig};
+use crate::sim::digital99::{CreatePath, Digital99Sim, Digital99SimConfig};
 
 const LOGIN: &str = "POST /api/settings/accessToken";
 const SET_WEBHOOK: &str = "POST /api/settings/setWebhook";
-const CREATE: &str = "POST /api/whatsapp/createAccount";
+const CREATE: &str = "POST /api/whatsapp/createOnboarding";
+const CREATE_FALLBACK: &str = "POST /api/whatsapp/createAccount";
+const REGISTERED: &str = "GET /api/whatsapp/getRegisteredNumbers";
 const REFERENCE: &str = "cust-ref-42";
 
 fn deps() -> AdapterDeps {
@@ -83,7 +85,9 @@ fn start(number: &str, coexistence: bool, register: Option<VerifyMethod>) -> Dig
 
 fn request(key: &str, s: Digital99Start) -> StartRequest {
     StartRequest {
-        onboarding_id: OnboardingId::parse("onb-d99").unwrap(),
+        // One onboarding per key, as in the service (the reference we send is this id).
+        onboarding_id: OnboardingId::parse(format!("onb-{}", &hex::encode(Sha256::digest(key.as_bytes()))[..12]))
+            .unwrap(),
         idempotency_key: key.into(),
         reference: REFERENCE.into(),
         payload: StartPayload::Digital99(s),
@@ -273,7 +277,8 @@ async fn registered_pipeline_runs_in_order_to_live_with_reference() {
     let handle = created.handle.clone().unwrap();
     assert_eq!(handle.external_key, number);
     let acc = e.account(number);
-    assert_eq!(acc.reference, REFERENCE);
+    // [C] `reference` is ours, echoed by getAccounts: the onboarding id, unique per onboarding.
+    assert_eq!(acc.reference, req.onboarding_id.as_str());
     assert_eq!(created.details["onboarding_link"], json!(acc.onboarding_link));
     assert_eq!(created.details["landing_page"], json!(acc.landing_page));
     assert_eq!(created.details["phone"], json!(format!("+{number}")));
@@ -286,9 +291,12 @@ async fn registered_pipeline_runs_in_order_to_live_with_reference() {
     let again = e.p.run_step(&ctx, &step(STEP_CREATE_ACCOUNT, &req, None, json!({}))).await.unwrap();
     assert_eq!(again.attributes.get("reconciled").map(String::as_str), Some("true"));
     assert_eq!(again.handle.as_ref().unwrap(), &handle);
-    // So does a repeat of the registration: no new code is sent.
+    // So does a repeat of the registration: no new code is sent. The number has left
+    // getRegisteredNumbers (vendor: once an account exists); getAccounts says it exists.
+    let codes_before = e.calls("POST /api/whatsapp/registerNumber");
     let reg = e.p.run_step(&ctx, &step(STEP_REGISTER_NUMBER, &req, None, json!({}))).await.unwrap();
     assert_eq!(reg.attributes.get("reconciled").map(String::as_str), Some("true"));
+    assert_eq!(e.calls("POST /api/whatsapp/registerNumber"), codes_before, "no new code requested");
     assert_eq!(e.sim.core().counters().duplicate_creates, 0);
 
     let run = step(STEP_AWAIT_CUSTOMER, &req, Some(handle), json!({}));
@@ -475,15 +483,20 @@ fn reason_table_keeps_n() {
 /// Coexistence: the temporary 97257… number until the business finishes, then the real one;
 /// the temporary one is kept. The account is found under either.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn coexistence_number_swap() {
-    let e = env().await;
+async fn coexistence_retry_finds_the_account_by_reference() {
+    // Issue 17 point 5: the number leaves getRegisteredNumbers once an account exists
+    // (providers.md §4.2), so a coexistence account, listed under a temporary 97257… number
+    // until the business finishes, is found in getAccounts by our `reference`. The sim
+    // serves the fallback create path here, so only reconciliation differs from before.
+    let e =
+        env_with(Digital99SimConfig { sandbox: false, create_path: CreatePath::CreateAccount, ..Default::default() })
+            .await;
     let ctx = e.ctx();
     let number = "972504445566";
     e.register_verified(number).await;
     let req = request("onb-co", start(number, true, None));
-    // The create's answer is lost: the retry must find the account listed under its
-    // temporary number (through getRegisteredNumbers), not create a second.
-    e.inject_next_create(Fault::UnknownOutcome).await;
+    // The create's answer is lost: the retry must find the account, not create a second.
+    e.sim.core().fail_next(Some(CREATE_FALLBACK), 1, SimFault::Timeout { after_effect: true });
     assert!(matches!(
         e.p.run_step(&ctx, &step(STEP_CREATE_ACCOUNT, &req, None, json!({}))).await,
         Err(ProviderError::UnknownOutcome { .. })
@@ -491,12 +504,18 @@ async fn coexistence_number_swap() {
     let created = e.p.run_step(&ctx, &step(STEP_CREATE_ACCOUNT, &req, None, json!({}))).await.unwrap();
     assert_eq!(created.attributes.get("reconciled").map(String::as_str), Some("true"));
     assert_eq!(e.sim.accounts().len(), 1);
+    assert_eq!(e.sim.core().counters().duplicate_creates, 0);
+    assert_eq!(e.calls(REGISTERED), 0, "getRegisteredNumbers is no reconciliation source");
     let acc = e.account(number);
     assert!(acc.listed_whatsapp.starts_with("97257"));
     let handle = created.handle.clone().unwrap();
     assert_eq!(handle.external_key, number);
     assert_eq!(created.details["coexistence"], json!(true));
     assert_eq!(created.details["temporary_phone"], json!(format!("+{}", acc.listed_whatsapp)));
+    // A handle without the link (an older record) still finds the account by reference.
+    let bare = ProviderHandle { external_key: number.into(), data: json!({}) };
+    let polled = e.p.run_step(&ctx, &step(STEP_AWAIT_CUSTOMER, &req, Some(bare), json!({}))).await.unwrap();
+    assert_eq!(polled.observation.state, Some(OnboardingState::AwaitingCustomer));
 
     let mut run = step(STEP_AWAIT_CUSTOMER, &req, Some(handle.clone()), json!({}));
     let wait = e.p.run_step(&ctx, &run).await.unwrap();
@@ -535,14 +554,15 @@ async fn partner_webhook_from_the_sim_routes_to_the_onboarding() {
     assert_eq!(e.sim.webhook_url("sandbox-client").as_deref(), Some(e.webhook_url.as_str()));
     let number = "972505556677";
     e.register_verified(number).await;
-    let out = e.p.start_onboarding(&ctx, &request("onb-w", start(number, false, None))).await.unwrap();
+    let req = request("onb-w", start(number, false, None));
+    let out = e.p.start_onboarding(&ctx, &req).await.unwrap();
     e.sim.finish(number).unwrap();
     let body = tokio::time::timeout(Duration::from_secs(5), rx.recv()).await.unwrap().unwrap();
     let events = e.p.parse_callback(&body).unwrap();
     assert_eq!(events.len(), 1);
     assert_eq!(events[0].external_key, out.handle.external_key);
     assert_eq!(events[0].state, Some(OnboardingState::Live));
-    assert_eq!(events[0].fields["reference"], REFERENCE);
+    assert_eq!(events[0].fields["reference"], req.onboarding_id.as_str(), "the reference we sent: the onboarding id");
     assert!(events[0].occurred_ms.is_some());
 }
 
@@ -582,4 +602,36 @@ fn factory_refuses_other_credentials() {
     assert!(f(&ctx).is_ok());
     ctx.credentials = Credentials::Whapi { partner_token: Secret::new("x") };
     assert!(f(&ctx).is_err());
+}
+
+/// Issue 17 point 4: the create path is inferred (`inferred::CREATE_ONBOARDING_PATH`,
+/// providers.md §4.2); the adapter tries it, falls back to `CREATE_ONBOARDING_FALLBACK`
+/// only on a 404 (nothing was created), and names the constant when neither exists.
+#[tokio::test]
+async fn create_tries_create_onboarding_then_the_fallback_only_on_404() {
+    for (path, primary, fallback) in [(CreatePath::CreateOnboarding, 1, 0), (CreatePath::CreateAccount, 1, 1)] {
+        let e = env_with(Digital99SimConfig { sandbox: false, create_path: path, ..Default::default() }).await;
+        let number = "972507778899";
+        e.register_verified(number).await;
+        let req = request("onb-path", start(number, false, None));
+        let out = e.p.run_step(&e.ctx(), &step(STEP_CREATE_ACCOUNT, &req, None, json!({}))).await.unwrap();
+        assert_eq!(out.observation.state, Some(OnboardingState::AwaitingCustomer), "{path:?}");
+        assert_eq!((e.calls(CREATE), e.calls(CREATE_FALLBACK)), (primary, fallback), "{path:?}");
+        assert_eq!(e.sim.accounts().len(), 1);
+    }
+    let e = env_with(Digital99SimConfig { create_path: CreatePath::Unpublished, ..Default::default() }).await;
+    let req = request("onb-none", start("972507778800", false, None));
+    match e.p.run_step(&e.ctx(), &step(STEP_CREATE_ACCOUNT, &req, None, json!({}))).await {
+        Err(ProviderError::Precondition { raw, message }) => {
+            assert_eq!(raw, "404");
+            assert!(message.contains("CREATE_ONBOARDING_PATH"), "{message}");
+        }
+        other => panic!("expected Precondition naming the constant, got {other:?}"),
+    }
+    assert_eq!((e.calls(CREATE), e.calls(CREATE_FALLBACK)), (1, 1), "one fallback, no loop");
+    // A FAIL envelope on the first path is never a reason to try the second.
+    let e = env().await;
+    let req = request("onb-fail", start("972507778811", false, None));
+    assert!(e.p.run_step(&e.ctx(), &step(STEP_CREATE_ACCOUNT, &req, None, json!({}))).await.is_err());
+    assert_eq!((e.calls(CREATE), e.calls(CREATE_FALLBACK)), (1, 0));
 }

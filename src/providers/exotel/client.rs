@@ -6,10 +6,12 @@ use http::StatusCode;
 use reqwest::Method;
 use url::Url;
 
-use super::model::{Envelope, MintData, ValidateData};
+use super::model::{Envelope, ValidateData, create_urls};
 use crate::domain::Secret;
 use crate::domain::account::Credentials;
-use crate::providers::http::{BodyError, ErrorBody, HttpClient, HttpFailure, RetryPolicy, retry};
+use crate::providers::http::{
+    BodyError, ErrorBody, HttpClient, HttpFailure, RateLimiter, RetryPolicy, rate_key, retry,
+};
 use crate::providers::{CallContext, ProviderError};
 
 /// One account's coordinates, borrowed from the call context.
@@ -68,10 +70,15 @@ impl ErrorBody for IsvBody {
         let isv = serde_json::from_slice::<Envelope<serde_json::Value>>(body).ok()?.isv()?;
         let status_failed = isv.status.as_deref().is_some_and(|s| !s.eq_ignore_ascii_case("success"));
         let code = isv.code.unwrap_or(0);
-        if !status_failed && code < 300 {
+        // An `error_data` that says something is a failure even with `status: success`
+        // (providers.md §2.4); `null` or `{}` is not.
+        let has_error = isv.error_data.as_ref().is_some_and(|e| e.message.is_some() || e.description.is_some());
+        if !status_failed && code < 300 && !has_error {
             return None;
         }
         let message = isv.error_data.and_then(|e| e.message.or(e.description)).unwrap_or_default();
+        // `error_data` with a 2xx code: no code to read back, so it reads as a 400.
+        let code = if code < 300 { 400 } else { code };
         Some(BodyError { retryable: code >= 500 || code == 429, reason: format!("{ISV_CODE}{code}: {message}") })
     }
 }
@@ -112,34 +119,126 @@ fn malformed(what: &str, e: impl std::fmt::Display) -> ProviderError {
 #[derive(Debug, Clone)]
 pub(super) struct Client {
     http: HttpClient,
+    limiter: RateLimiter,
     retry: RetryPolicy,
 }
 
+/// Most of an answer body kept in an error message.
+const BODY_EXCERPT: usize = 600;
+
+/// Keys whose values never reach an error message.
+const SECRET_KEYS: [&str; 8] =
+    ["token", "api_token", "api_key", "access_token", "authorization", "secret", "password", "auth"];
+
+/// `body` as a short, secret-free excerpt for an error message: the account's own key and
+/// token replaced wherever they appear, and the values of secret-named keys replaced.
+pub(super) fn redacted_excerpt(body: &[u8], secrets: &[&str]) -> String {
+    let mut text = match serde_json::from_slice::<serde_json::Value>(body) {
+        Ok(mut v) => {
+            redact_keys(&mut v);
+            v.to_string()
+        }
+        Err(_) => String::from_utf8_lossy(body).into_owned(),
+    };
+    for s in secrets.iter().filter(|s| s.len() >= 3) {
+        text = text.replace(s, "[REDACTED]");
+    }
+    if text.len() > BODY_EXCERPT {
+        let mut cut = BODY_EXCERPT;
+        while !text.is_char_boundary(cut) {
+            cut -= 1;
+        }
+        text.truncate(cut);
+        text.push('…');
+    }
+    text
+}
+
+fn redact_keys(v: &mut serde_json::Value) {
+    match v {
+        serde_json::Value::Object(o) => {
+            for (k, x) in o.iter_mut() {
+                if SECRET_KEYS.iter().any(|s| k.eq_ignore_ascii_case(s)) && !x.is_null() {
+                    *x = serde_json::Value::String("[REDACTED]".into());
+                } else {
+                    redact_keys(x);
+                }
+            }
+        }
+        serde_json::Value::Array(a) => a.iter_mut().for_each(redact_keys),
+        _ => {}
+    }
+}
+
+/// How [`Client::mint`] sends its one call.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum MintAttempts {
+    /// One attempt: the single-link step, which the engine retries as a whole.
+    Once,
+    /// Retried in-call through the retry policy where the plumbing calls it safe (5xx, 429,
+    /// connect errors; never an unknown outcome): a link of a batch, so one hiccup does not
+    /// throw the links already minted away. A 5xx that did mint leaves a link nobody gets;
+    /// it lapses after 24 h.
+    Retried,
+}
+
 impl Client {
-    pub(super) fn new(http: HttpClient, retry: RetryPolicy) -> Self {
-        Self { http, retry }
+    pub(super) fn new(http: HttpClient, limiter: RateLimiter, retry: RetryPolicy) -> Self {
+        Self { http, limiter, retry }
     }
 
-    /// `POST /v2/accounts/{sid}/isv`: mints one link, or `count` links in one call
-    /// (`?count=N`, [I] the batch parameter; the docs only say "up to 50 URLs at a time").
-    /// One attempt: the call is not idempotent and Exotel has no lookup to reconcile with.
-    pub(super) async fn mint(&self, acct: &Account<'_>, count: Option<u32>) -> Result<Vec<String>, ProviderError> {
-        let mut url = acct.isv_url()?;
-        if let Some(n) = count {
-            url.query_pairs_mut().append_pair("count", &n.to_string());
-        }
-        // Vendor curl: `Content-Type: text/plain` and no body [C].
-        let req = acct.request(&self.http, Method::POST, url).header(http::header::CONTENT_TYPE, "text/plain");
-        let resp = self.http.send("exotel.mint", req, false, &IsvBody).await.map_err(to_error)?;
-        let env: Envelope<MintData> = serde_json::from_slice(&resp.body).map_err(|e| malformed("mint answer", e))?;
-        let request_id = env.request_id.clone().unwrap_or_default();
-        let data = env.isv().and_then(|i| i.data).unwrap_or_default();
-        let urls = match (data.onboarding_urls, data.onboarding_url) {
-            (Some(urls), _) if !urls.is_empty() => urls,
-            (_, Some(url)) => vec![url],
-            _ => return Err(malformed("mint answer", "no onboarding_url")),
+    /// `POST /v2/accounts/{sid}/isv`: mints one link, exactly as the vendor curl
+    /// (providers.md §2.2 [C]): `Content-Type: text/plain`, no body, no query string (no
+    /// page documents a parameter; there is no `count`). Each attempt waits for a slot of the
+    /// account's mint pace ([`super::MINT_PACE`], [I]: Exotel publishes no limit).
+    pub(super) async fn mint(&self, acct: &Account<'_>, attempts: MintAttempts) -> Result<Vec<String>, ProviderError> {
+        let url = acct.isv_url()?;
+        let key = rate_key("exotel", "mint", &format!("{}:{}", acct.sid, acct.api_key));
+        let (limit, window) = super::MINT_PACE;
+        let policy = match attempts {
+            MintAttempts::Once => RetryPolicy { max_attempts: 1, ..self.retry },
+            MintAttempts::Retried => self.retry,
         };
-        tracing::debug!(request_id, links = urls.len(), "Exotel minted onboarding links.");
+        // The limiter's own error (store down, queue too long) is kept as is: nothing was sent.
+        let limited = std::sync::Mutex::new(None);
+        let sent = retry(&policy, || {
+            let req =
+                acct.request(&self.http, Method::POST, url.clone()).header(http::header::CONTENT_TYPE, "text/plain");
+            let (key, limited) = (&key, &limited);
+            async move {
+                let slot = match self.limiter.acquire(key, limit, window).await {
+                    Ok(s) => s,
+                    Err(e) => {
+                        *limited.lock().unwrap_or_else(std::sync::PoisonError::into_inner) = Some(e);
+                        return Err(HttpFailure::Fatal {
+                            class: "exotel.mint".into(),
+                            url: "-".into(),
+                            status: None,
+                            reason: "rate limiter".into(),
+                        });
+                    }
+                };
+                let res = self.http.send("exotel.mint", req, false, &IsvBody).await;
+                slot.sent().await;
+                res
+            }
+        })
+        .await;
+        if let Some(e) = limited.into_inner().unwrap_or_else(std::sync::PoisonError::into_inner) {
+            return Err(e);
+        }
+        let resp = sent.map_err(to_error)?;
+        let no_url = || ProviderError::Malformed {
+            message: format!(
+                "exotel create answer has no URL (looked at {} under response.whatsapp.isv); body: {}",
+                super::model::CREATE_URL_PATHS.iter().map(|p| p.join(".")).collect::<Vec<_>>().join(", "),
+                redacted_excerpt(&resp.body, &[acct.api_key, acct.api_token.expose()])
+            ),
+        };
+        let body: serde_json::Value = serde_json::from_slice(&resp.body).map_err(|_| no_url())?;
+        let urls = create_urls(&body).ok_or_else(no_url)?;
+        let request_id = body.get("request_id").and_then(|v| v.as_str()).unwrap_or_default();
+        tracing::debug!(request_id, links = urls.len(), "Exotel minted an onboarding link.");
         Ok(urls)
     }
 

@@ -4,8 +4,9 @@
 
 use proptest::prelude::*;
 
+use super::client::redacted_excerpt;
 use super::client::{IsvBody, to_error};
-use super::model::{Envelope, MintData, ValidateData};
+use super::model::{Envelope, ValidateData, create_urls};
 use super::{TokenReading, minted, token_of};
 use crate::fuzzing::{body, config, edge_i64, json_with, text};
 use crate::providers::ProviderError;
@@ -67,15 +68,15 @@ proptest! {
 
     #[test]
     fn answers_never_panic(b in answer(), minted_ms in edge_i64()) {
-        if let Some(isv) = serde_json::from_slice::<Envelope<MintData>>(&b).ok().and_then(Envelope::isv)
-            && let Some(d) = isv.data
-        {
-            for url in d.onboarding_url.into_iter().chain(d.onboarding_urls.unwrap_or_default()) {
+        if let Some(urls) = serde_json::from_slice::<serde_json::Value>(&b).ok().as_ref().and_then(create_urls) {
+            for url in urls {
                 if let Ok(link) = minted(url, minted_ms) {
                     prop_assert!(!link.token.is_empty());
                 }
             }
         }
+        let excerpt = redacted_excerpt(&b, &["sandbox-token"]);
+        prop_assert!(!excerpt.contains("sandbox-token"));
         if let Some(isv) = serde_json::from_slice::<Envelope<ValidateData>>(&b).ok().and_then(Envelope::isv)
             && let Some(d) = isv.data
         {

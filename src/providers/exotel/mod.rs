@@ -1,5 +1,5 @@
 //! The Exotel ISV adapter (providers.md §2): Exotel hosts the signup page; we mint 24 h
-//! onboarding links (up to 50 in one call) and poll each link token's status
+//! onboarding links (one per call, up to 50 per batch) and poll each link token's status
 //! (`VALID` / `USED` / `EXPIRED`) until the business finishes or the link lapses.
 //!
 //! Pipeline: `mint_link` (one link) then `await_customer` (token status poll). Batch links
@@ -23,7 +23,7 @@ use std::time::Duration;
 use async_trait::async_trait;
 use serde_json::json;
 
-use self::client::{Account, Client};
+use self::client::{Account, Client, MintAttempts};
 use super::builtin::AdapterDeps;
 use super::{
     CallContext, CallbackEvent, CancelOutcome, CredentialsCheck, HostedLinkOps, LinkTokenState, LinkTokenStatus,
@@ -38,10 +38,14 @@ use crate::error::AppError;
 pub const STEP_MINT_LINK: &str = "mint_link";
 /// Step that polls the link token until the business finishes or the link lapses.
 pub const STEP_AWAIT_CUSTOMER: &str = "await_customer";
-/// Largest batch of links one call may mint [C].
+/// Largest batch of links ("up to 50 URLs can be fetched at a time", providers.md §2.2 [C]);
+/// a batch is that many single calls.
 pub const MAX_BATCH: u32 = 50;
 /// Customers one token can onboard within its 24 h [C].
 pub const CUSTOMERS_PER_TOKEN: i64 = 5;
+/// [I] Pace of mint calls per account: Exotel publishes no rate limit (providers.md §2.4),
+/// so a batch (N calls, §2.2) goes at most this many calls per window.
+pub const MINT_PACE: (u32, Duration) = (10, Duration::from_secs(1));
 /// Link validity [C].
 pub const LINK_TTL: Duration = Duration::from_secs(24 * 3600);
 
@@ -227,7 +231,10 @@ fn check_token(token: &str) -> Result<(), ProviderError> {
 impl ExotelProvider {
     /// An adapter using the shared HTTP client and retry policy.
     pub fn new(deps: &AdapterDeps) -> Self {
-        Self { client: Client::new(deps.http.clone(), deps.retry), poll_interval: deps.poll_interval }
+        Self {
+            client: Client::new(deps.http.clone(), deps.limiter.clone(), deps.retry),
+            poll_interval: deps.poll_interval,
+        }
     }
 
     /// Mints one link for one onboarding.
@@ -240,7 +247,7 @@ impl ExotelProvider {
         let now = now_ms();
         let url = self
             .client
-            .mint(&acct, None)
+            .mint(&acct, MintAttempts::Once)
             .await?
             .into_iter()
             .next()
@@ -367,11 +374,13 @@ impl HostedLinkOps for ExotelProvider {
         }
         let acct = Account::of(ctx)?;
         let now = now_ms();
-        // One call: plain for one link (as the vendor curl), `?count=N` for a batch.
-        let mut urls = self.client.mint(&acct, (count > 1).then_some(count)).await?;
-        // [I] Should the API ignore `count` and return one link, top up one call at a time.
+        // No batch parameter exists (providers.md §2.2 [C]): one documented call per link,
+        // paced and retried by the shared plumbing. The batch is returned whole or not at all
+        // (the core stores it atomically); links minted before a failure are never handed
+        // out and lapse after 24 h.
+        let mut urls = Vec::with_capacity(count as usize);
         while urls.len() < count as usize {
-            urls.extend(self.client.mint(&acct, None).await?);
+            urls.extend(self.client.mint(&acct, MintAttempts::Retried).await?);
         }
         urls.truncate(count as usize);
         urls.into_iter().map(|u| minted(u, now)).collect()

@@ -8,8 +8,6 @@ use serde::Deserialize;
 /// `{request_id, method, http_code, response: {whatsapp: {isv: {code, error_data, status, data}}}}`.
 #[derive(Debug, Deserialize)]
 pub(super) struct Envelope<D> {
-    /// Exotel's request id (logged to correlate with Exotel support).
-    pub request_id: Option<String>,
     /// The `response` block.
     pub response: Option<ResponseBlock<D>>,
 }
@@ -50,15 +48,59 @@ pub(super) struct ErrorData {
     pub description: Option<String>,
 }
 
-/// `data` of the mint call. [I] The real create response is not published: `onboarding_url`
-/// (name confirmed from the validate page) inside `data`; a batch (`?count=N`) also lists
-/// every URL in `onboarding_urls`.
-#[derive(Debug, Default, Deserialize)]
-pub(super) struct MintData {
-    /// The (first) link.
-    pub onboarding_url: Option<String>,
-    /// All links of a batch.
-    pub onboarding_urls: Option<Vec<String>>,
+/// [I] Where the create answer may hold the link, relative to `response.whatsapp.isv`, tried
+/// in order (providers.md §2.2, "Corrections (issue 17)" #2). The real create answer is not
+/// published: the vendor pages show only the field-table path `whatsapp → isv → Url` and the
+/// key `onboarding_url` (validate page) [C]; the rest are the same names one level up or down.
+/// Each value may be one string or a list of strings. The day Exotel publishes the answer,
+/// this is the one place to change.
+pub(super) const CREATE_URL_PATHS: [&[&str]; 6] =
+    [&["data", "onboarding_url"], &["data", "Url"], &["data", "url"], &["Url"], &["url"], &["onboarding_url"]];
+
+/// [I] Last resort: a link anywhere under `response.whatsapp.isv` is an `https` URL whose
+/// path holds this segment (the documented link shape
+/// `https://messaging.exotel.com/ua-links/isv-onboard/<token>`, providers.md §2.2 [C]).
+pub(super) const LINK_PATH_MARKER: &str = "/isv-onboard/";
+
+/// The links of a create answer (`body` = the whole envelope), by [`CREATE_URL_PATHS`] then
+/// [`LINK_PATH_MARKER`]; `None` when there is none (e.g. the create page's own sample, which
+/// is a validate body).
+pub(super) fn create_urls(body: &serde_json::Value) -> Option<Vec<String>> {
+    let isv = body.pointer("/response/whatsapp/isv")?;
+    let strings = |v: &serde_json::Value| -> Vec<String> {
+        match v {
+            serde_json::Value::String(s) => vec![s.trim().to_string()],
+            serde_json::Value::Array(a) => a.iter().filter_map(|x| x.as_str()).map(|s| s.trim().to_string()).collect(),
+            _ => Vec::new(),
+        }
+        .into_iter()
+        .filter(|s| !s.is_empty())
+        .collect()
+    };
+    for path in CREATE_URL_PATHS {
+        let found = path.iter().try_fold(isv, |v, k| v.get(*k)).map(strings).unwrap_or_default();
+        if !found.is_empty() {
+            return Some(found);
+        }
+    }
+    let mut found = Vec::new();
+    scan_links(isv, &mut found);
+    (!found.is_empty()).then_some(found)
+}
+
+fn scan_links(v: &serde_json::Value, out: &mut Vec<String>) {
+    match v {
+        serde_json::Value::String(s) => {
+            let is_link =
+                url::Url::parse(s.trim()).is_ok_and(|u| u.scheme() == "https" && u.path().contains(LINK_PATH_MARKER));
+            if is_link {
+                out.push(s.trim().to_string());
+            }
+        }
+        serde_json::Value::Array(a) => a.iter().for_each(|x| scan_links(x, out)),
+        serde_json::Value::Object(o) => o.values().for_each(|x| scan_links(x, out)),
+        _ => {}
+    }
 }
 
 /// `data` of the validate call [C].

@@ -193,8 +193,10 @@ async fn callbacks_are_refused_as_malformed() {
     }
 }
 
+/// Issue 17 point 1: no vendor page documents a batch parameter (providers.md §2.2), so a
+/// batch of N is N plain POSTs (the sim answers 400 to `?count`), all returned together.
 #[tokio::test]
-async fn batch_of_50_is_one_call_and_51_or_0_are_refused_before_any_call() {
+async fn batch_of_50_is_50_plain_calls_and_51_or_0_are_refused_before_any_call() {
     let e = env().await;
     let ops = e.p.hosted_links().unwrap();
     for bad in [0, 51] {
@@ -207,7 +209,7 @@ async fn batch_of_50_is_one_call_and_51_or_0_are_refused_before_any_call() {
 
     let links = ops.mint_links(&e.sg(), 50).await.unwrap();
     assert_eq!(links.len(), 50);
-    assert_eq!(e.calls(MINT), 1, "50 links in one call");
+    assert_eq!(e.calls(MINT), 50, "one documented call per link");
     assert_eq!(e.links(), 50);
     let mut tokens: Vec<_> = links.iter().map(|l| l.token.clone()).collect();
     tokens.sort();
@@ -218,9 +220,54 @@ async fn batch_of_50_is_one_call_and_51_or_0_are_refused_before_any_call() {
         assert_eq!(v.onboarding_url, l.url);
         assert!(l.expire_ms.unwrap() > now_ms() + LINK_TTL.as_millis() as i64 - 60_000);
     }
-    // One link: the plain documented call, no count.
     let one = ops.mint_links(&e.sg(), 1).await.unwrap();
-    assert_eq!((one.len(), e.calls(MINT)), (1, 2));
+    assert_eq!((one.len(), e.calls(MINT)), (1, 51));
+}
+
+/// A batch goes through the shared plumbing: a 5xx on one of its calls is retried in-call
+/// (the batch is still whole), and the calls are paced by the rate limiter (`MINT_PACE`).
+#[tokio::test]
+async fn batch_calls_are_retried_and_paced() {
+    let e = env().await;
+    e.sim.core().fail_next(Some(MINT), 1, SimFault::Status { status: 503 });
+    let started = std::time::Instant::now();
+    let n = MINT_PACE.0 + 5;
+    let links = e.p.hosted_links().unwrap().mint_links(&e.sg(), n).await.unwrap();
+    assert_eq!(links.len(), n as usize);
+    assert_eq!(e.links(), u64::from(n));
+    assert_eq!(e.calls(MINT), u64::from(n) + 1, "the 503 was retried once");
+    // More calls than one pace window allows: the batch waited for the window to roll.
+    assert!(started.elapsed() >= MINT_PACE.1 * 9 / 10, "not paced: {:?}", started.elapsed());
+}
+
+/// Issue 17 point 2: every placement of the link a vendor page shows yields the link; the
+/// create page's published sample (the validate body, no link) is a clear Malformed error
+/// that keeps the body.
+#[tokio::test]
+async fn every_documented_create_answer_shape_yields_the_link() {
+    use crate::sim::exotel::CreateShape;
+    let e = env().await;
+    for shape in [
+        CreateShape::DataOnboardingUrl,
+        CreateShape::IsvUrl,
+        CreateShape::DataUrl,
+        CreateShape::BareOverview,
+        CreateShape::DataUrlList,
+    ] {
+        e.sim.set_knobs(ExotelKnobs { create_shape: shape, ..Default::default() });
+        let out =
+            e.p.start_onboarding(&e.sg(), &e.valid_start("k")).await.unwrap_or_else(|err| panic!("{shape:?}: {err}"));
+        assert!(e.sim.token(&out.handle.external_key).is_some(), "{shape:?}");
+    }
+    e.sim.set_knobs(ExotelKnobs { create_shape: CreateShape::ValidateCopy, ..Default::default() });
+    match e.p.start_onboarding(&e.sg(), &e.valid_start("k")).await {
+        Err(ProviderError::Malformed { message }) => {
+            assert!(message.contains("exotel create answer has no URL"), "{message}");
+            assert!(message.contains("onboarding_token_status"), "raw body kept: {message}");
+            assert!(!message.contains("sandbox-token"), "{message}");
+        }
+        other => panic!("expected Malformed, got {other:?}"),
+    }
 }
 
 #[tokio::test]
@@ -371,7 +418,7 @@ async fn bad_credentials_payment_and_forbidden_map_to_clear_errors() {
     ));
     assert_eq!(e.links(), 0);
 
-    e.sim.set_knobs(ExotelKnobs { payment_required: true, forbidden_sids: vec![] });
+    e.sim.set_knobs(ExotelKnobs { payment_required: true, ..Default::default() });
     match e.p.hosted_links().unwrap().mint_links(&e.sg(), 2).await {
         Err(ProviderError::Precondition { raw, message }) => {
             assert_eq!(raw, "402");
@@ -379,7 +426,7 @@ async fn bad_credentials_payment_and_forbidden_map_to_clear_errors() {
         }
         other => panic!("expected Precondition 402, got {other:?}"),
     }
-    e.sim.set_knobs(ExotelKnobs { payment_required: false, forbidden_sids: vec!["sandbox-sg".into()] });
+    e.sim.set_knobs(ExotelKnobs { forbidden_sids: vec!["sandbox-sg".into()], ..Default::default() });
     assert!(matches!(
         e.p.start_onboarding(&e.sg(), &e.valid_start("k")).await,
         Err(ProviderError::Unauthenticated { raw }) if raw == "403"
@@ -426,4 +473,33 @@ fn factory_refuses_other_credentials() {
 fn region_base_urls() {
     assert_eq!(region_base_url(ExotelRegion::Singapore), "https://api.exotel.com");
     assert_eq!(region_base_url(ExotelRegion::Mumbai), "https://api.in.exotel.com");
+}
+
+/// A body kept in an error message loses the account's key and token and secret-named values.
+#[test]
+fn error_bodies_are_kept_redacted() {
+    let body = br#"{"response":{"whatsapp":{"isv":{"data":{"echo":"key-123:tok-456","token":"t0ps3cret"}}}}}"#;
+    let out = client::redacted_excerpt(body, &["key-123", "tok-456"]);
+    assert!(out.contains("echo"), "{out}");
+    for s in ["key-123", "tok-456", "t0ps3cret"] {
+        assert!(!out.contains(s), "{s} leaked: {out}");
+    }
+    assert!(client::redacted_excerpt(&[b'x'; 5000], &[]).len() < 700);
+}
+
+/// `error_data` with a message is a failure inside HTTP 200 even with `status: success`;
+/// `null` or `{}` is not (providers.md §2.4).
+#[test]
+fn error_data_inside_a_success_is_a_failure() {
+    use crate::providers::http::ErrorBody;
+    let body = |e: &str| {
+        format!(
+            r#"{{"response":{{"whatsapp":{{"isv":{{"code":200,"status":"success","error_data":{e},"data":{{}}}}}}}}}}"#
+        )
+    };
+    let hook = client::IsvBody;
+    assert!(hook.check(http::StatusCode::OK, body("null").as_bytes()).is_none());
+    assert!(hook.check(http::StatusCode::OK, body("{}").as_bytes()).is_none());
+    let found = hook.check(http::StatusCode::OK, body(r#"{"message":"nope"}"#).as_bytes()).expect("a failure");
+    assert!(found.reason.starts_with("isv code 400"), "{}", found.reason);
 }

@@ -20,20 +20,68 @@ const MAX_COMMENT: usize = 200;
 /// The PNG signature every image must start with.
 const PNG_SIGNATURE: &[u8] = b"\x89PNG\r\n\x1a\n";
 
-fn mode_of(s: &str) -> Option<ChannelMode> {
-    match s {
-        "trial" => Some(ChannelMode::Trial),
-        "sandbox" => Some(ChannelMode::Sandbox),
-        "live" => Some(ChannelMode::Live),
+/// Channel mode wire values (providers.md §3.3). Read: every one below. Sent: only
+/// [`MODE_LIVE`] [C] and [`MODE_TRIAL`] [C2] (the only request values a source shows).
+pub(super) const MODE_TRIAL: &str = "trial";
+/// [C] `{"mode":"live"}` is the vendor's PATCH example.
+pub(super) const MODE_LIVE: &str = "live";
+/// [C2]/[I] Sandbox reads as `dev` (dashboard label "Sandbox (dev)" [C], a public partner
+/// client's enum [C2]); kept for reading only: no source shows it as a request value.
+pub(super) const SANDBOX_WIRE: &str = "dev";
+/// [C2] An archived sandbox channel (meaning [I]); reads as Sandbox with `archived=true`.
+pub(super) const SANDBOX_ARCHIVED_WIRE: &str = "dev_archive";
+/// [I] Our old misreading, read leniently as Sandbox; used by nobody public.
+const SANDBOX_ALIAS: &str = "sandbox";
+
+/// The domain mode of a raw value; `None` for anything else (the raw value stays in the
+/// observation's `mode` field, never an error).
+pub(super) fn mode_of(s: &str) -> Option<ChannelMode> {
+    match s.trim().to_ascii_lowercase().as_str() {
+        MODE_TRIAL => Some(ChannelMode::Trial),
+        MODE_LIVE => Some(ChannelMode::Live),
+        SANDBOX_WIRE | SANDBOX_ARCHIVED_WIRE | SANDBOX_ALIAS => Some(ChannelMode::Sandbox),
         _ => None,
     }
 }
 
-fn mode_str(m: ChannelMode) -> &'static str {
+/// The `mode` detail of an onboarding in domain names (`trial` when absent, as a new channel
+/// starts [C]); an unknown wire value is passed through raw.
+pub(super) fn detail_mode(wire: &str) -> String {
+    match mode_of(wire) {
+        Some(ChannelMode::Trial) => "trial".into(),
+        Some(ChannelMode::Sandbox) => "sandbox".into(),
+        Some(ChannelMode::Live) => "live".into(),
+        None if wire.trim().is_empty() => "trial".into(),
+        None => wire.to_string(),
+    }
+}
+
+/// The request value for `m`, refused before any call when none is documented (Sandbox).
+fn mode_str(m: ChannelMode) -> Result<&'static str, ProviderError> {
     match m {
-        ChannelMode::Trial => "trial",
-        ChannelMode::Sandbox => "sandbox",
-        ChannelMode::Live => "live",
+        ChannelMode::Trial => Ok(MODE_TRIAL),
+        ChannelMode::Live => Ok(MODE_LIVE),
+        ChannelMode::Sandbox => Err(invalid(
+            "mode",
+            "Whapi documents no request value for Sandbox (providers.md §3.3); set it in the partner dashboard",
+        )),
+    }
+}
+
+/// [I] How long a pairing code is shown as valid: the `AuthCode` object has no lifetime
+/// (providers.md §3.4), so this is for display only.
+pub(super) const PAIRING_CODE_TTL_SECS: i64 = 60;
+
+/// What a QR answer's `status` says to do (providers.md §3.4 [C2]).
+fn qr_status_ok(status: &str) -> Result<bool, ProviderError> {
+    match status {
+        "OK" | "" => Ok(true),
+        "WAITING" | "TIMEOUT" => Ok(false),
+        "ERROR" => Err(ProviderError::Retryable {
+            raw: "ERROR".into(),
+            message: "whapi.login_qr: the channel answered status ERROR for the QR".into(),
+        }),
+        _ => Ok(true),
     }
 }
 
@@ -74,9 +122,9 @@ pub(super) fn decode_png(b64: &str) -> Result<Vec<u8>, ProviderError> {
     Ok(png)
 }
 
-/// When a code with `expires_in` seconds left lapses (saturating: the value is the provider's).
-pub(super) fn expiry(expires_in: Option<i64>) -> Option<i64> {
-    expires_in.filter(|s| *s > 0).map(|s| now_ms().saturating_add(s.saturating_mul(1000)))
+/// When a code with `expire` seconds left lapses (saturating: the value is the provider's).
+pub(super) fn expiry(expire: Option<i64>) -> Option<i64> {
+    expire.filter(|s| *s > 0).map(|s| now_ms().saturating_add(s.saturating_mul(1000)))
 }
 
 fn still_starting() -> ProviderError {
@@ -106,33 +154,40 @@ impl WhapiProvider {
         match method {
             ConnectMethod::Qr { size } => {
                 let qr = self.client.login_qr(gate, *size).await.map_err(already_connected)?;
+                if !qr_status_ok(&qr.status)? {
+                    return Ok(None);
+                }
                 let Some(b64) = qr.base64.as_deref().filter(|b| !b.is_empty()) else {
                     return Ok(None);
                 };
                 let png = decode_png(b64)?;
-                let (raw, expires_in) = match qr.rowdata.filter(|r| !r.is_empty()) {
-                    Some(r) => (r, qr.expires_in),
+                let (raw, expire) = match qr.rowdata.filter(|r| !r.is_empty()) {
+                    Some(r) => (r, qr.expire),
                     None => {
                         // [I] Raw string only from the rowdata endpoint: it may have rotated in
                         // between, so take the image again with it.
                         let rd = self.client.login_rowdata(gate).await.map_err(already_connected)?;
+                        if !qr_status_ok(&rd.status)? {
+                            return Ok(None);
+                        }
                         let Some(r) = rd.rowdata.filter(|r| !r.is_empty()) else { return Ok(None) };
                         let Some(png) = self.client.login_image(gate, *size).await.map_err(already_connected)? else {
                             return Ok(None);
                         };
                         return Ok(Some(IssuedConnectCode {
                             code: ConnectCode::Qr { png, raw: r },
-                            expire_ms: expiry(rd.expires_in),
+                            expire_ms: expiry(rd.expire),
                         }));
                     }
                 };
-                Ok(Some(IssuedConnectCode { code: ConnectCode::Qr { png, raw }, expire_ms: expiry(expires_in) }))
+                Ok(Some(IssuedConnectCode { code: ConnectCode::Qr { png, raw }, expire_ms: expiry(expire) }))
             }
             ConnectMethod::PairingCode { phone } => {
                 let pc = self.client.pairing_code(gate, phone.digits()).await.map_err(already_connected)?;
+                let ttl = pc.expire.unwrap_or(PAIRING_CODE_TTL_SECS);
                 Ok(pc.code.filter(|c| !c.is_empty()).map(|code| IssuedConnectCode {
                     code: ConnectCode::PairingCode { code, phone: phone.clone() },
-                    expire_ms: expiry(pc.expires_in),
+                    expire_ms: expiry(Some(ttl)),
                 }))
             }
         }
@@ -261,7 +316,8 @@ impl ChannelOps for WhapiProvider {
         mode: ChannelMode,
     ) -> Result<ChannelInfo, ProviderError> {
         let id = &target.handle.external_key;
-        let ch = self.client.set_mode(ctx, id, mode_str(mode)).await?;
+        let wire = mode_str(mode)?;
+        let ch = self.client.set_mode(ctx, id, wire).await?;
         if ch.is_stopped() {
             return Ok(info(&ch, "STOPPED".into()));
         }

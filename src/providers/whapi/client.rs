@@ -16,6 +16,26 @@ use crate::domain::account::Credentials;
 use crate::providers::http::{BodyError, ErrorBody, HttpClient, RawResponse, RetryPolicy, retry};
 use crate::providers::{CallContext, ProviderError};
 
+/// [C2] Path of the partner channel list (public partner client, providers.md §3.2; no vendor
+/// page documents listing channels). `GET /channels/list/{projectId}` exists too [C2].
+pub(super) const LIST_CHANNELS_PATH: [&str; 2] = ["channels", "list"];
+/// [C2] The other list path seen in a client's migration note, tried on a 404.
+pub(super) const LIST_CHANNELS_FALLBACK: [&str; 1] = ["channels"];
+/// [C2]/[I] Paging parameters `(count, offset)`: the partner client's, and Whapi's Gate
+/// OpenAPI convention for every list (providers.md §3.2); never `limit`.
+pub(super) const LIST_PAGE_PARAMS: (&str, &str) = ("count", "offset");
+/// [C2] Page size asked for: the documented default (`count` 1..=500, default 100).
+pub(super) const LIST_PAGE_SIZE: usize = 100;
+/// [I] Hard cap on pages read, against a server that never ends the list.
+pub(super) const LIST_MAX_PAGES: usize = 100;
+
+fn incomplete_list(why: &str) -> ProviderError {
+    ProviderError::Precondition {
+        raw: "list_channels".into(),
+        message: format!("cannot read the whole Whapi channel list ({why}); refusing to risk a duplicate channel"),
+    }
+}
+
 /// [I] Whapi answers some errors with HTTP 200 and `{"error":{…}}`.
 pub(super) struct WhapiErrorBody;
 
@@ -166,17 +186,51 @@ impl Client {
         decode("whapi.partner", &r.body)
     }
 
-    /// [C2] `GET /channels/list` (one of three paths seen in public clients).
-    /// Falls back to `GET /channels` when that path is unknown (404), the other variant seen.
+    /// [C2] The partner channel list (no vendor page documents it, providers.md §3.2), paged
+    /// with [`LIST_PAGE_PARAMS`] until a short page, so the lookup that prevents a second
+    /// channel cannot miss one on a large account. Falls back to [`LIST_CHANNELS_FALLBACK`]
+    /// (same paging) when [`LIST_CHANNELS_PATH`] is unknown (404).
     pub async fn list_channels(&self, ctx: &CallContext) -> Result<Vec<Channel>, ProviderError> {
-        let get = reqwest::Method::GET;
-        let r = match self.mgr(ctx, "whapi.list_channels", get.clone(), &["channels", "list"], None, true).await {
-            Err(ProviderError::NotFound { .. }) => {
-                self.mgr(ctx, "whapi.list_channels", get, &["channels"], None, true).await?
+        match self.list_pages(ctx, &LIST_CHANNELS_PATH).await {
+            Err(ProviderError::NotFound { .. }) => self.list_pages(ctx, &LIST_CHANNELS_FALLBACK).await,
+            other => other,
+        }
+    }
+
+    async fn list_pages(&self, ctx: &CallContext, segments: &[&str]) -> Result<Vec<Channel>, ProviderError> {
+        const CLASS: &str = "whapi.list_channels";
+        let token = partner_token(ctx)?;
+        let (count_param, offset_param) = LIST_PAGE_PARAMS;
+        let mut all: Vec<Channel> = Vec::new();
+        let mut seen = std::collections::HashSet::new();
+        let mut previous_first: Option<String> = None;
+        for page in 0..LIST_MAX_PAGES {
+            let mut u = url(&ctx.base_url, segments)?;
+            u.query_pairs_mut()
+                .append_pair(count_param, &LIST_PAGE_SIZE.to_string())
+                .append_pair(offset_param, &(page * LIST_PAGE_SIZE).to_string());
+            let r = self.call(CLASS, reqwest::Method::GET, u, token, None, true).await?;
+            let items = decode::<ChannelList>(CLASS, &r.body)?.into_vec();
+            let n = items.len();
+            let first = items.first().map(|c| c.id.clone());
+            if page > 0 && first.is_some() && first == previous_first {
+                // The server ignores `offset`: the list cannot be proven complete, and a
+                // missed channel would be created twice.
+                return Err(incomplete_list("the channel list ignores `offset`"));
             }
-            other => other?,
-        };
-        Ok(decode::<ChannelList>("whapi.list_channels", &r.body)?.into_vec())
+            previous_first = first;
+            for c in items {
+                if seen.insert(c.id.clone()) {
+                    all.push(c);
+                }
+            }
+            // A short page ends the list; a page longer than asked means `count` is ignored
+            // and the whole list came at once.
+            if n != LIST_PAGE_SIZE {
+                return Ok(all);
+            }
+        }
+        Err(incomplete_list(&format!("more than {} channels", LIST_MAX_PAGES * LIST_PAGE_SIZE)))
     }
 
     /// `GET /channels/{id}`.

@@ -156,13 +156,13 @@ proptest! {
             if let Some(b64) = qr.base64.as_deref() {
                 let _ = decode_png(b64);
             }
-            let _ = expiry(qr.expires_in);
+            let _ = expiry(qr.expire);
         }
         if let Ok(rd) = decode::<LoginRowdata>("fuzz", &b) {
-            let _ = expiry(rd.expires_in);
+            let _ = expiry(rd.expire);
         }
         if let Ok(pc) = decode::<PairingCode>("fuzz", &b) {
-            let _ = expiry(pc.expires_in);
+            let _ = expiry(pc.expire);
         }
     }
 

@@ -189,7 +189,11 @@ fn handle_for(ch: &Channel, go_live: bool) -> ProviderHandle {
 fn channel_fields(ch: &Channel, fields: &mut BTreeMap<String, String>) {
     fields.insert("channel_id".into(), ch.id.clone());
     if !ch.mode.is_empty() {
+        // Raw, whatever the value (providers.md §3.3); an archived sandbox is flagged.
         fields.insert("mode".into(), ch.mode.clone());
+        if ch.mode.trim().eq_ignore_ascii_case(channels::SANDBOX_ARCHIVED_WIRE) {
+            fields.insert("archived".into(), "true".into());
+        }
     }
     if !ch.status.is_empty() {
         fields.insert("status".into(), ch.status.clone());
@@ -223,7 +227,7 @@ fn health_observation(health: &Health, ch: Option<&Channel>, go_live: bool) -> O
     if let Some(ch) = ch {
         channel_fields(ch, &mut fields);
     }
-    let live_mode = ch.is_some_and(|c| c.mode == "live");
+    let live_mode = ch.is_some_and(|c| channels::mode_of(&c.mode) == Some(crate::providers::ChannelMode::Live));
     let (state, reason) = match text.as_str() {
         "AUTH" if !go_live || live_mode => (OnboardingState::Live, "the phone is connected".to_string()),
         "AUTH" => (OnboardingState::Provisioning, "the phone is connected; switching the channel to live".to_string()),

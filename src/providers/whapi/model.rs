@@ -22,7 +22,8 @@ pub(crate) struct Channel {
     /// Epoch ms when the channel stops unless extended.
     #[serde(rename = "activeTill")]
     pub active_till: Option<i64>,
-    /// `trial` | `sandbox` | `live`.
+    /// Raw mode (providers.md §3.3): `trial`, `live`, `dev` (Sandbox), `dev_archive`; read by
+    /// `channels::mode_of`, kept raw when unknown.
     pub mode: String,
     /// `active`, or [I] `stopped` once `activeTill` passed.
     pub status: String,
@@ -146,41 +147,76 @@ impl Health {
     }
 }
 
-/// [C2]/[I] `GET /users/login` (QR as JSON). Field names disagree between clients: `base64`
-/// (maybe a `data:` URL) or `qr`; raw data as `rowdata`; lifetime as `expires_in` or `expire`
-/// (seconds); `status` `WAITING`/`TIMEOUT` while the channel launches.
+/// [C2] The OpenAPI `QR` object (providers.md §3.4), answered by `GET /users/login` and
+/// `GET /users/login/rowdata`: `{status (required: OK | TIMEOUT | WAITING | ERROR), base64?,
+/// rowdata?, expire? (a number, "seconds until the QR code expires")}`. Read from the JSON
+/// value, not by serde field names, so field order, a number typed `19.5`, or an extra field
+/// (a third-party stub's `qr`) never breaks it: the first present name of each list wins.
 #[derive(Debug, Clone, Default, Deserialize)]
-#[serde(default)]
+#[serde(from = "Value")]
 pub(crate) struct LoginQr {
+    /// Upper-cased; empty when absent (read leniently: a code present means OK).
     pub status: String,
-    #[serde(alias = "qr", alias = "image")]
     pub base64: Option<String>,
-    #[serde(alias = "rowData", alias = "raw")]
     pub rowdata: Option<String>,
-    #[serde(alias = "expire", alias = "expiresIn")]
-    pub expires_in: Option<i64>,
+    /// Whole seconds left (`expire` rounded up, clamped to `0..=QR_MAX_EXPIRE_SECS`).
+    pub expire: Option<i64>,
 }
 
-/// [I] `GET /users/login/rowdata`.
-#[derive(Debug, Clone, Default, Deserialize)]
-#[serde(default)]
-pub(crate) struct LoginRowdata {
-    pub status: String,
-    #[serde(alias = "rowData", alias = "raw", alias = "qr")]
-    pub rowdata: Option<String>,
-    #[serde(alias = "expire", alias = "expiresIn")]
-    pub expires_in: Option<i64>,
+/// The image field: `base64` [C2]; `qr` / `image` only as lenient aliases [I] (stub names).
+pub(crate) const QR_IMAGE_FIELDS: [&str; 3] = ["base64", "qr", "image"];
+/// The raw QR string: `rowdata` [C2]; `rowData` / `raw` lenient [I].
+pub(crate) const QR_ROWDATA_FIELDS: [&str; 3] = ["rowdata", "rowData", "raw"];
+/// The lifetime: `expire` [C2]; `expires_in` / `expiresIn` lenient [I] (the old stub name).
+pub(crate) const QR_EXPIRE_FIELDS: [&str; 3] = ["expire", "expires_in", "expiresIn"];
+/// Longest lifetime believed (the value is the provider's) [I].
+pub(crate) const QR_MAX_EXPIRE_SECS: f64 = 3600.0;
+
+/// The first of `names` holding a non-empty string.
+fn first_str(v: &Value, names: &[&str]) -> Option<String> {
+    names.iter().find_map(|n| v.get(*n).and_then(Value::as_str).filter(|s| !s.is_empty()).map(str::to_string))
 }
 
-/// [I] `GET /users/login/{phone}`: the pairing code's field name is not documented.
+/// The first of `names` holding a number (or a numeric string), as whole seconds rounded up.
+pub(crate) fn expire_secs(v: &Value, names: &[&str]) -> Option<i64> {
+    names.iter().find_map(|n| {
+        let x = v.get(*n)?;
+        let f = x.as_f64().or_else(|| x.as_str().and_then(|s| s.trim().parse::<f64>().ok()))?;
+        f.is_finite().then(|| f.clamp(0.0, QR_MAX_EXPIRE_SECS).ceil() as i64)
+    })
+}
+
+impl From<Value> for LoginQr {
+    fn from(v: Value) -> Self {
+        Self {
+            status: v.get("status").and_then(Value::as_str).unwrap_or_default().trim().to_ascii_uppercase(),
+            base64: first_str(&v, &QR_IMAGE_FIELDS),
+            rowdata: first_str(&v, &QR_ROWDATA_FIELDS),
+            expire: expire_secs(&v, &QR_EXPIRE_FIELDS),
+        }
+    }
+}
+
+/// `GET /users/login/rowdata` answers the same `QR` object [C2].
+pub(crate) type LoginRowdata = LoginQr;
+
+/// [C2] `GET /users/login/{phone}`: the OpenAPI `AuthCode` object, `{code}` only (no
+/// lifetime; see `PAIRING_CODE_TTL`). Other names kept as lenient aliases [I].
 #[derive(Debug, Clone, Default, Deserialize)]
-#[serde(default)]
+#[serde(from = "Value")]
 pub(crate) struct PairingCode {
-    pub status: String,
-    #[serde(alias = "pairing_code", alias = "otp", alias = "auth_code")]
     pub code: Option<String>,
-    #[serde(alias = "expire", alias = "expiresIn")]
-    pub expires_in: Option<i64>,
+    /// Only if a gate ever sends one [I].
+    pub expire: Option<i64>,
+}
+
+/// Pairing code field names: `code` [C2]; the rest lenient [I].
+pub(crate) const PAIRING_CODE_FIELDS: [&str; 4] = ["code", "pairing_code", "otp", "auth_code"];
+
+impl From<Value> for PairingCode {
+    fn from(v: Value) -> Self {
+        Self { code: first_str(&v, &PAIRING_CODE_FIELDS), expire: expire_secs(&v, &QR_EXPIRE_FIELDS) }
+    }
 }
 
 /// [I] `DELETE /channels/{id}` response: the refund field is not documented.

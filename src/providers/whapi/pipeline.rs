@@ -130,7 +130,10 @@ impl WhapiProvider {
             .handle(handle_for(&ch, w.go_live))
             .secret(crate::domain::Secret::new(ch.token.clone()))
             .detail("channel_id", ch.id.clone())
-            .detail("mode", if ch.mode.is_empty() { "trial".to_string() } else { ch.mode.clone() })
+            // The public detail uses the domain names the core and the API read (`trial`,
+            // `sandbox`, `live`): a Sandbox channel reads `dev` on the wire (providers.md
+            // §3.3); the raw value stays in the observation's `mode` field.
+            .detail("mode", super::channels::detail_mode(&ch.mode))
             .detail("go_live", w.go_live)
             .detail("extend_days", w.extend_days)
             .attribute("reconciled", reconciled.to_string())

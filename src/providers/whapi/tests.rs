@@ -876,7 +876,7 @@ async fn qr_without_raw_string_in_json_uses_rowdata_and_image() {
             if req.uri().path() == "/users/login" && status.is_success() {
                 let v: Value = serde_json::from_slice(&bytes).unwrap();
                 let b64 = v["base64"].as_str().unwrap_or_default().trim_start_matches("data:image/png;base64,");
-                let body = json!({"status": v["status"], "qr": b64, "expire": v["expires_in"]});
+                let body = json!({"status": v["status"], "qr": b64, "expire": v["expire"]});
                 return axum::response::IntoResponse::into_response(axum::Json(body));
             }
             let mut r = axum::response::IntoResponse::into_response((status, bytes.to_vec()));
@@ -920,4 +920,155 @@ fn connection_wait_backs_off_to_spare_the_trial_quota() {
         n += 1;
     }
     assert!(n < 400, "{n} health reads in 24 h");
+}
+
+/// A gate in front of the sim's that rewrites the `/users/login` JSON answer with `rewrite`.
+async fn login_proxy(e: &Env, rewrite: fn(Value) -> Value) -> Running {
+    let gate = e.servers.gate.base_url();
+    let app = axum::Router::new().fallback(move |req: axum::extract::Request| {
+        let gate = gate.clone();
+        async move {
+            let http = reqwest::Client::new();
+            let path = req.uri().path_and_query().map(|p| p.to_string()).unwrap_or_default();
+            let mut fwd = http.request(req.method().clone(), format!("{gate}{path}"));
+            if let Some(a) = req.headers().get("authorization").cloned() {
+                fwd = fwd.header("authorization", a);
+            }
+            let resp = fwd.send().await.unwrap();
+            let status = resp.status();
+            let ctype = resp.headers().get("content-type").cloned();
+            let bytes = resp.bytes().await.unwrap();
+            if req.uri().path() == "/users/login" && status.is_success() {
+                let v: Value = serde_json::from_slice(&bytes).unwrap();
+                if v["status"] == "OK" {
+                    // Raw text so the field order is the rewrite's, not a map's.
+                    let body = rewrite(v);
+                    return axum::response::IntoResponse::into_response((
+                        [("content-type", "application/json")],
+                        body.as_str().map(str::to_string).unwrap_or_else(|| body.to_string()),
+                    ));
+                }
+            }
+            let mut r = axum::response::IntoResponse::into_response((status, bytes.to_vec()));
+            if let Some(c) = ctype {
+                r.headers_mut().insert("content-type", c);
+            }
+            r
+        }
+    });
+    simc::serve(app, "127.0.0.1:0".parse().unwrap()).await.unwrap()
+}
+
+/// Issue 17 point 8: the QR lifetime is `expire`, a JSON number (providers.md §3.4 [C2]):
+/// a fractional one (the sim's `qr_expire_float`) is read, rounded up to whole seconds.
+#[tokio::test]
+async fn qr_expire_is_a_number_possibly_fractional() {
+    let e = env_with(WhapiSimConfig { qr_expire_float: true, qr_ttl_secs: 20, ..sim_cfg() }, adapter_cfg()).await;
+    let run = e.channel("onb-qr-float", false, 0).await;
+    let code = e.provider.connect_code(&e.ctx(), &run.target(), &ConnectMethod::Qr { size: 0 }).await.unwrap();
+    let ConnectCode::Qr { png, .. } = &code.code else { panic!("{code:?}") };
+    decode_png(png);
+    let left = code.expire_ms.expect("expire read") - crate::domain::now_ms();
+    assert!(left > 0 && left <= 20_000, "{left} ms");
+}
+
+/// Issue 17 point 8: field order and an extra `qr` field (a third-party stub's name) do not
+/// matter: the image comes from `base64`, the lifetime from `expire`.
+#[tokio::test]
+async fn qr_answer_with_other_field_order_and_extra_qr_field_yields_the_base64_image() {
+    let e = env().await;
+    let run = e.channel("onb-qr-order", false, 0).await;
+    let proxy = login_proxy(&e, |v| {
+        Value::String(format!(
+            r#"{{"expire":{},"qr":"not-an-image","rowdata":{},"base64":{},"expires_in":999,"status":"OK"}}"#,
+            v["expire"], v["rowdata"], v["base64"]
+        ))
+    })
+    .await;
+    let mut target = run.target();
+    target.handle.data["apiUrl"] = json!(format!("{}/", proxy.base_url()));
+    let code = e.provider.connect_code(&e.ctx(), &target, &ConnectMethod::Qr { size: 0 }).await.unwrap();
+    let ConnectCode::Qr { png, raw } = &code.code else { panic!("{code:?}") };
+    decode_png(png);
+    assert!(raw.starts_with("2@"), "{raw}");
+    let left = code.expire_ms.unwrap() - crate::domain::now_ms();
+    assert!(left <= 2_000, "`expire` wins over `expires_in`: {left} ms");
+}
+
+/// Issue 17 point 6: every documented mode value reads (providers.md §3.3): `dev` and
+/// `dev_archive` are Sandbox, an unknown value is kept raw; Sandbox is never sent.
+#[tokio::test]
+async fn sandbox_reads_as_dev_and_is_never_sent() {
+    let e = env().await;
+    let ctx = e.ctx();
+    let run = e.channel("onb-modes", false, 0).await;
+    let id = run.channel_id();
+    for (wire, mode) in [
+        ("dev", Some(ChannelMode::Sandbox)),
+        ("dev_archive", Some(ChannelMode::Sandbox)),
+        ("trial", Some(ChannelMode::Trial)),
+        ("platinum", None),
+    ] {
+        assert!(e.sim.set_channel_mode(&id, wire));
+        let info = e.provider.get_channel(&ctx, &run.target()).await.unwrap_or_else(|err| panic!("{wire}: {err}"));
+        assert_eq!(info.mode, mode, "{wire}");
+    }
+    // The raw value stays visible; an archived sandbox is flagged.
+    e.sim.set_channel_mode(&id, "dev_archive");
+    let obs = e.provider.poll(&ctx, run.handle.as_ref().unwrap()).await.unwrap();
+    assert_eq!(obs.fields.get("mode").map(String::as_str), Some("dev_archive"));
+    assert_eq!(obs.fields.get("archived").map(String::as_str), Some("true"));
+
+    let before = e.sim.core().counters().calls.get("PATCH /channels/{id}/mode").copied().unwrap_or(0);
+    match e.provider.set_mode(&ctx, &run.target(), ChannelMode::Sandbox).await {
+        Err(ProviderError::Invalid { field: Some(f), .. }) => assert_eq!(f, "mode"),
+        other => panic!("expected Invalid mode, got {other:?}"),
+    }
+    let after = e.sim.core().counters().calls.get("PATCH /channels/{id}/mode").copied().unwrap_or(0);
+    assert_eq!(after, before, "nothing sent for Sandbox");
+}
+
+/// Issue 17 point 7: the lookup that prevents a second channel pages through the partner
+/// list (`count` + `offset`, providers.md §3.2): a channel past the first page is found.
+#[tokio::test]
+async fn lookup_finds_a_channel_past_the_first_page() {
+    let e = env_with(WhapiSimConfig { create_limit: 1_000, ..sim_cfg() }, adapter_cfg()).await;
+    let ctx = e.ctx();
+    for _ in 0..150 {
+        let r = e
+            .http
+            .put(format!("{}/channels", e.servers.manager.base_url()))
+            .bearer_auth(PT)
+            .json(&json!({"name": "someone else", "projectId": "sandbox-project"}))
+            .send()
+            .await
+            .unwrap();
+        assert!(r.status().is_success());
+    }
+    // The channel an earlier attempt created for this onboarding sits at position 120 of the
+    // (id-ordered) list, past the default page of 100.
+    let req = start_req("onb-page", "Acme Support", false, 0);
+    let StartPayload::Whapi(w) = &req.payload else { unreachable!() };
+    let name = channel_name_for(w, &req.idempotency_key);
+    let mut ids: Vec<String> = e.sim.channels().into_iter().map(|c| c.id).collect();
+    ids.sort();
+    let target = ids[120].clone();
+    e.sim.tx(|st, _, _| st.channels.get_mut(&target).unwrap().name = name.clone());
+    let created = e.sim.core().counters().created.get("channels").copied();
+    let out = e.provider.start_onboarding(&ctx, &req).await.unwrap();
+    assert!(out.reconciled, "found, not created again");
+    assert_eq!(out.handle.external_key, target);
+    assert_eq!(e.sim.core().counters().created.get("channels").copied(), created);
+    assert_eq!(e.sim.core().counters().calls.get("GET /channels/list"), Some(&2), "two pages of 100");
+}
+
+/// The public `mode` detail keeps the domain names the core and the API read.
+#[test]
+fn mode_detail_uses_domain_names() {
+    use super::channels::detail_mode;
+    assert_eq!(detail_mode("dev"), "sandbox");
+    assert_eq!(detail_mode("dev_archive"), "sandbox");
+    assert_eq!(detail_mode("live"), "live");
+    assert_eq!(detail_mode(""), "trial");
+    assert_eq!(detail_mode("platinum"), "platinum");
 }

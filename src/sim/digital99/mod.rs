@@ -58,6 +58,27 @@ pub struct Digital99SimConfig {
     pub number_ttl_days: u64,
     /// Sandbox: delay between account creation and finish (default 4000 ms).
     pub finish_delay_ms: u64,
+    /// Which inferred create path is served (providers.md §4.2: no page shows the URL).
+    pub create_path: CreatePath,
+    /// Keep a number in `getRegisteredNumbers` (with its `onboarding_link`) after an account
+    /// is created for it, as the vendor's sample shows; default false, as the vendor's prose
+    /// says ("once you create an account ... the number will be removed from this list").
+    pub registered_keeps_link: bool,
+}
+
+/// The create-account path the sim serves. Both are inferred [I] (providers.md §4.2,
+/// research-issue-17 point 4); the other path answers 404 with a non-JSON body.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum CreatePath {
+    /// `POST /api/whatsapp/createOnboarding` (default: the sibling `facebook/createOnboarding`
+    /// has the same page title [C]).
+    #[default]
+    CreateOnboarding,
+    /// `POST /api/whatsapp/createAccount` only.
+    CreateAccount,
+    /// Neither, like a server that implements only what the vendor pages show.
+    Unpublished,
 }
 
 impl Default for Digital99SimConfig {
@@ -76,6 +97,8 @@ impl Default for Digital99SimConfig {
             max_registered_numbers: 500,
             number_ttl_days: 90,
             finish_delay_ms: 4_000,
+            create_path: CreatePath::default(),
+            registered_keeps_link: false,
         }
     }
 }

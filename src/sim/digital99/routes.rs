@@ -12,8 +12,18 @@ use axum::routing::{any, get, post};
 use serde_json::{Map, Value, json};
 
 use super::state::{NewAccount, reason};
-use super::{Digital99Faults, Digital99Sim, FinishError};
+use super::{CreatePath, Digital99Faults, Digital99Sim, FinishError};
 use crate::sim::common::{self, FaultLayerState, lock};
+
+// Inferred paths [I] (providers.md §4.2): no vendor page shows these URLs. They mirror the
+// adapter's constants (`providers::digital99::inferred`) by value, not by import, so the
+// two are written from the docs separately; change both the day 99digital confirms them.
+/// [I] Create the onboarding account (stronger candidate: sibling `facebook/createOnboarding`).
+const CREATE_ONBOARDING_PATH: &str = "/api/whatsapp/createOnboarding";
+/// [I] The older guess for the same call.
+const CREATE_ACCOUNT_PATH: &str = "/api/whatsapp/createAccount";
+/// [I] Verify the registered number's code.
+const VERIFY_NUMBER_PATH: &str = "/api/whatsapp/verifyNumber";
 
 pub(super) fn router(sim: Digital99Sim) -> axum::Router {
     let core = sim.core().clone();
@@ -24,9 +34,10 @@ pub(super) fn router(sim: Digital99Sim) -> axum::Router {
         .route("/api/settings/getWebhook", any(get_webhook))
         .route("/api/settings/setBusiness", any(set_business))
         .route("/api/whatsapp/registerNumber", any(register_number))
-        .route("/api/whatsapp/verifyNumber", any(verify_number))
+        .route(VERIFY_NUMBER_PATH, any(verify_number))
         .route("/api/whatsapp/getRegisteredNumbers", any(get_registered_numbers))
-        .route("/api/whatsapp/createAccount", any(create_account))
+        .route(CREATE_ONBOARDING_PATH, any(create_onboarding))
+        .route(CREATE_ACCOUNT_PATH, any(create_account_path))
         .route("/api/whatsapp/getAccounts", any(get_accounts))
         .route("/api/whatsapp/deleteAccount", any(delete_account))
         .layer(axum::middleware::from_fn_with_state(fault_state, common::fault_middleware));
@@ -253,7 +264,38 @@ async fn get_registered_numbers(State(sim): State<Digital99Sim>, method: Method,
     ok(json!({ "list": list }))
 }
 
-/// `POST /api/whatsapp/createAccount` [I endpoint and fields, from the getAccounts schema].
+/// A path this server does not serve: 404 with a non-JSON body.
+fn not_served() -> Response {
+    (StatusCode::NOT_FOUND, "Not Found").into_response()
+}
+
+/// [`CREATE_ONBOARDING_PATH`], when `create_path` serves it.
+async fn create_onboarding(
+    State(sim): State<Digital99Sim>,
+    method: Method,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    if sim.config().create_path != CreatePath::CreateOnboarding {
+        return not_served();
+    }
+    create_account(State(sim), method, headers, body).await.into_response()
+}
+
+/// [`CREATE_ACCOUNT_PATH`], when `create_path` serves it.
+async fn create_account_path(
+    State(sim): State<Digital99Sim>,
+    method: Method,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    if sim.config().create_path != CreatePath::CreateAccount {
+        return not_served();
+    }
+    create_account(State(sim), method, headers, body).await.into_response()
+}
+
+/// Create the onboarding account [I endpoint and fields, from the getAccounts schema].
 async fn create_account(
     State(sim): State<Digital99Sim>,
     method: Method,

@@ -308,9 +308,14 @@ impl State {
     pub(super) fn registered_numbers(&mut self, cfg: &Digital99SimConfig, client: &str) -> Vec<Value> {
         let ttl_s = cfg.number_ttl_days as i64 * 86_400;
         let p = self.partner(client);
+        // [C] "Once you create an account with a WhatsApp number, the number will be removed
+        // from this list" (providers.md §4.2); `registered_keeps_link` keeps it, as the
+        // vendor's sample does.
+        let keep = cfg.registered_keeps_link;
         let mut items: Vec<(i64, Value)> = p
             .numbers
             .iter()
+            .filter(|(w, _)| keep || p.account_for(w).is_none())
             .map(|(w, n)| {
                 let acc = p.account_for(w);
                 // [I] comment wording.

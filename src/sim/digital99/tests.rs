@@ -85,7 +85,7 @@ impl Api {
         let body = format!(
             r#"{{"whatsapp":"{number}","business_name":"Acme inc","business_email":"john@example.com","business_id":"1234567","business_address":"Grove Street, San Andreas","display_name":"Acme","reference":"ref-{number}","coexistence":{coexistence}}}"#
         );
-        self.raw("POST", "/whatsapp/createAccount", Some(t), Some(&body)).await
+        self.raw("POST", "/whatsapp/createOnboarding", Some(t), Some(&body)).await
     }
 }
 
@@ -170,7 +170,7 @@ async fn wrong_verb_reasons() {
     assert_eq!(api.raw("GET", "/settings/accessToken", None, None).await, fail(13));
     assert_eq!(api.raw("POST", "/whatsapp/getAccounts", Some(&t), None).await, fail(13));
     assert_eq!(api.raw("GET", "/whatsapp/deleteAccount", Some(&t), None).await, fail(13));
-    assert_eq!(api.raw("GET", "/whatsapp/createAccount", Some(&t), None).await, fail(13));
+    assert_eq!(api.raw("GET", "/whatsapp/createOnboarding", Some(&t), None).await, fail(13));
     assert_eq!(api.raw("POST", "/settings/setBusiness", Some(&t), Some("{}")).await, fail(27));
     assert_eq!(api.raw("PUT", "/settings/setBusiness", Some(&t), Some("{}")).await, fail(27));
 }
@@ -200,7 +200,7 @@ async fn register_verify_create_and_list() {
     assert_eq!(api.raw("POST", "/whatsapp/verifyNumber", Some(&t), Some(&body)).await["status"], "OK");
 
     let missing = r#"{"whatsapp":"972501234567","business_email":"a@b.c","display_name":"Acme"}"#;
-    assert_eq!(api.raw("POST", "/whatsapp/createAccount", Some(&t), Some(missing)).await, fail(4));
+    assert_eq!(api.raw("POST", "/whatsapp/createOnboarding", Some(&t), Some(missing)).await, fail(4));
     let created = api.create(&t, NUM, 0).await;
     assert_eq!(created["status"], "OK");
     assert_eq!(created["reason"], 1);
@@ -224,13 +224,57 @@ async fn register_verify_create_and_list() {
             "business_address": "Grove Street, San Andreas", "landing_page": landing,
             "onboarding_link": link, "display_name": "Acme", "reference": format!("ref-{NUM}"), "status": 0 }] })
     );
+    // [C] The number left getRegisteredNumbers when its account was created.
+    let v = api.raw("GET", "/whatsapp/getRegisteredNumbers", Some(&t), None).await;
+    assert_eq!(v, json!({ "status": "OK", "reason": 1, "list": [] }));
+}
+
+/// `registered_keeps_link` reproduces the vendor sample (number listed with its link after
+/// the account exists), for leniency tests.
+#[tokio::test]
+async fn registered_keeps_link_reproduces_the_vendor_sample() {
+    let (_sim, srv) = start(Digital99SimConfig { registered_keeps_link: true, ..manual() }).await;
+    let api = Api::new(&srv);
+    let t = api.login().await;
+    api.verified(&t, NUM).await;
+    let link = api.create(&t, NUM, 0).await["onboarding_link"].as_str().unwrap().to_string();
     let v = api.raw("GET", "/whatsapp/getRegisteredNumbers", Some(&t), None).await;
     let item = &v["list"][0];
-    assert_eq!(v["status"], "OK");
     assert_eq!(item["whatsapp"], NUM);
     assert_eq!(item["onboarding_link"], json!(link));
-    assert!(item["expiration"].as_i64().unwrap() >= ct + 90 * 86_400 - 1);
+    assert!(item["expiration"].as_i64().unwrap() > 0);
     assert!(item["comment"].is_string());
+}
+
+/// Only the inferred create path picked by `create_path` is served; the other is a 404 with
+/// a non-JSON body (providers.md §4.2: no page shows the URL).
+#[tokio::test]
+async fn create_path_knob_serves_one_inferred_path() {
+    for (cfg, served) in [
+        (CreatePath::CreateOnboarding, Some("createOnboarding")),
+        (CreatePath::CreateAccount, Some("createAccount")),
+        (CreatePath::Unpublished, None),
+    ] {
+        let (_sim, srv) = start(Digital99SimConfig { create_path: cfg, ..Default::default() }).await;
+        let api = Api::new(&srv);
+        let t = api.login().await;
+        for path in ["createOnboarding", "createAccount"] {
+            let r = api
+                .c
+                .post(format!("{}/whatsapp/{path}", api.base))
+                .bearer_auth(&t)
+                .body(format!(r#"{{"whatsapp":"{NUM}","business_name":"Acme inc","display_name":"Acme"}}"#))
+                .send()
+                .await
+                .unwrap();
+            if served == Some(path) {
+                assert_eq!(r.status(), 200, "{cfg:?} {path}");
+            } else {
+                assert_eq!(r.status(), 404, "{cfg:?} {path}");
+                assert!(serde_json::from_slice::<Value>(&r.bytes().await.unwrap()).is_err());
+            }
+        }
+    }
 }
 
 #[tokio::test]

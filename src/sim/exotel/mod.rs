@@ -56,8 +56,6 @@ pub struct ExotelSimConfig {
     pub token_ttl_secs: u64,
     /// Customers one token can onboard (default 5, documented).
     pub customers_per_token: usize,
-    /// Largest `count` accepted by one mint call (default 50, documented).
-    pub max_batch: usize,
     /// Delay of the sandbox customer after the first validation (default 3000 ms).
     pub customer_delay_ms: u64,
     /// Every mint answers 402 (plan exhausted).
@@ -79,7 +77,6 @@ impl Default for ExotelSimConfig {
             sandbox: true,
             token_ttl_secs: 86_400,
             customers_per_token: 5,
-            max_batch: 50,
             customer_delay_ms: 3_000,
             payment_required: false,
             forbidden_sids: Vec::new(),
@@ -95,6 +92,32 @@ pub struct ExotelKnobs {
     pub payment_required: bool,
     /// SIDs whose calls answer 403.
     pub forbidden_sids: Vec<String>,
+    /// Where the mint answer puts the link (providers.md §2.2; the real create answer is
+    /// not published, so tests cover every shape the vendor pages show).
+    pub create_shape: CreateShape,
+}
+
+/// Placements of the created link in the mint answer, each one a vendor page shows
+/// (providers.md §2.2, research-issue-17 point 2). Never `onboarding_urls`: no page has it.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum CreateShape {
+    /// [I] Default: `response.whatsapp.isv.data.onboarding_url` (key named on the validate
+    /// page [C], its place inside `data` inferred).
+    #[default]
+    DataOnboardingUrl,
+    /// `response.whatsapp.isv.Url`: the create page's field table [C].
+    IsvUrl,
+    /// `response.whatsapp.isv.data.url`.
+    DataUrl,
+    /// The overview's envelope (no `method`, `http_code`, `error_data`) [C], with
+    /// `data.onboarding_url`.
+    BareOverview,
+    /// `response.whatsapp.isv.data.Url` as a one-element list.
+    DataUrlList,
+    /// The create page's sample as published: the validate body, no link at all [C] (a doc
+    /// copy/paste error; an adapter must fail clearly on it).
+    ValidateCopy,
 }
 
 struct Inner {
@@ -138,8 +161,11 @@ impl ExotelSimServers {
 impl ExotelSim {
     /// A simulator with `config` and a fresh core.
     pub fn new(config: ExotelSimConfig) -> Self {
-        let knobs =
-            ExotelKnobs { payment_required: config.payment_required, forbidden_sids: config.forbidden_sids.clone() };
+        let knobs = ExotelKnobs {
+            payment_required: config.payment_required,
+            forbidden_sids: config.forbidden_sids.clone(),
+            create_shape: CreateShape::default(),
+        };
         Self {
             inner: Arc::new(Inner {
                 core: SimCore::new(),

@@ -4,15 +4,16 @@ use std::collections::HashMap;
 use std::sync::Arc;
 
 use axum::Json;
-use axum::extract::{Path, Query, State};
+use axum::extract::{Path, Query, RawQuery, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use base64::Engine;
+use bytes::Bytes;
 use serde_json::{Value, json};
 
 use super::state::CompleteError;
-use super::{ExotelFaults, ExotelKnobs, ExotelRegion, ExotelSim};
+use super::{CreateShape, ExotelFaults, ExotelKnobs, ExotelRegion, ExotelSim};
 use crate::sim::common::{self, FaultLayerState, lock};
 
 #[derive(Clone)]
@@ -129,49 +130,66 @@ fn authorize_inner(ctx: &Ctx, sid: &str, headers: &HeaderMap) -> Result<(), (u16
     Ok(())
 }
 
-/// `POST /v2/accounts/{sid}/isv[?count=N]`: mints onboarding links. The vendor curl sends
-/// `Content-Type: text/plain` and no body; any body is ignored.
+/// `POST /v2/accounts/{sid}/isv`: mints ONE onboarding link (providers.md §2.2). The vendor
+/// curl sends `Content-Type: text/plain`, no body and no query string [C]; public clients send
+/// `application/json` with `{}` [C2]. No page documents a request parameter (no `count`): any
+/// query parameter, or a body other than empty / `{}`, is a 400 in the Exotel envelope.
 async fn mint(
     State(ctx): State<Ctx>,
     Path(sid): Path<String>,
-    Query(q): Query<HashMap<String, String>>,
+    RawQuery(query): RawQuery,
     headers: HeaderMap,
+    body: Bytes,
 ) -> Response {
     if let Err(r) = authorize(&ctx, "POST", &sid, &headers) {
         return *r;
     }
-    if lock(&ctx.sim.inner.knobs).payment_required {
+    if let Some(q) = query.filter(|q| !q.is_empty()) {
+        let names: Vec<&str> = q.split('&').map(|p| p.split('=').next().unwrap_or("")).collect();
+        let msg = format!("unknown request parameter(s): {}; this API takes none", names.join(", "));
+        return fail("POST", 400, &msg);
+    }
+    let trimmed = body.trim_ascii();
+    if !trimmed.is_empty() && trimmed != b"{}" {
+        return fail("POST", 400, "the request body must be empty");
+    }
+    let knobs = lock(&ctx.sim.inner.knobs).clone();
+    if knobs.payment_required {
         return fail("POST", 402, "The action is not available on your plan");
     }
-    let max = ctx.sim.config().max_batch;
-    // [I] Batch minting via `?count=N` (docs: "up to 50 URLs can be fetched at a time").
-    let count = match q.get("count") {
-        None => None,
-        Some(raw) => match raw.trim().parse::<usize>() {
-            Ok(n) if (1..=max).contains(&n) => Some(n),
-            _ => {
-                let msg = format!("count must be between 1 and {max}; up to {max} URLs can be fetched at a time");
-                return fail("POST", 400, &msg);
-            }
-        },
-    };
     let now = ctx.sim.core().clock.now_ms();
-    let urls: Vec<String> = {
+    let url = {
         let mut st = lock(&ctx.sim.inner.state);
-        (0..count.unwrap_or(1))
-            .map(|_| format!("{}{}", super::state::ONBOARDING_URL_BASE, st.mint(&sid, ctx.region, now)))
-            .collect()
+        format!("{}{}", super::state::ONBOARDING_URL_BASE, st.mint(&sid, ctx.region, now))
     };
-    for _ in &urls {
-        ctx.sim.core().count_created("links");
+    ctx.sim.core().count_created("links");
+    Json(mint_answer(knobs.create_shape, &url)).into_response()
+}
+
+/// The mint answer in one of the shapes the vendor pages show (providers.md §2.2).
+fn mint_answer(shape: CreateShape, url: &str) -> Value {
+    let with_isv = |isv: Value| {
+        json!({
+            "request_id": request_id(), "method": "POST", "http_code": 200,
+            "response": { "whatsapp": { "isv": isv } }
+        })
+    };
+    match shape {
+        CreateShape::DataOnboardingUrl => success_envelope("POST", json!({ "onboarding_url": url })),
+        CreateShape::DataUrl => success_envelope("POST", json!({ "url": url })),
+        CreateShape::DataUrlList => success_envelope("POST", json!({ "Url": [url] })),
+        CreateShape::IsvUrl => with_isv(json!({ "code": 200, "error_data": null, "status": "success", "Url": url })),
+        CreateShape::BareOverview => json!({
+            "request_id": request_id(),
+            "response": { "whatsapp": { "isv": { "code": 200, "status": "success",
+                "data": { "onboarding_url": url } } } }
+        }),
+        // The create page's published sample: the validate body (no link).
+        CreateShape::ValidateCopy => with_isv(json!({
+            "code": 200, "error_data": null, "status": "success",
+            "data": { "onboarding_token_status": "VALID" }
+        })),
     }
-    let first = urls.first().cloned().unwrap_or_default();
-    // [I] Placement of `onboarding_url` inside `data`; `onboarding_urls` only for batches.
-    let data = match count {
-        Some(_) => json!({ "onboarding_url": first, "onboarding_urls": urls }),
-        None => json!({ "onboarding_url": first }),
-    };
-    Json(success_envelope("POST", data)).into_response()
 }
 
 /// `GET /v2/accounts/{sid}/isv?access_token=<token>`: token status.
@@ -183,6 +201,12 @@ async fn validate(
 ) -> Response {
     if let Err(r) = authorize(&ctx, "GET", &sid, &headers) {
         return *r;
+    }
+    // `access_token` is the only documented parameter [C] (providers.md §2.3).
+    let mut unknown: Vec<&str> = q.keys().map(String::as_str).filter(|k| *k != "access_token").collect();
+    if !unknown.is_empty() {
+        unknown.sort_unstable();
+        return fail("GET", 400, &format!("unknown request parameter(s): {}", unknown.join(", ")));
     }
     let Some(token) = q.get("access_token").map(|t| t.trim()).filter(|t| !t.is_empty()) else {
         return fail("GET", 400, "access_token is required");
@@ -221,12 +245,12 @@ async fn control_complete(State(sim): State<ExotelSim>, Path(token): Path<String
     }
 }
 
-/// `GET /_sim/exotel/knobs`: `{payment_required, forbidden_sids}`.
+/// `GET /_sim/exotel/knobs`: `{payment_required, forbidden_sids, create_shape}`.
 async fn control_knobs_get(State(sim): State<ExotelSim>) -> Json<ExotelKnobs> {
     Json(sim.knobs())
 }
 
-/// `PUT /_sim/exotel/knobs`: replaces `{payment_required, forbidden_sids}`.
+/// `PUT /_sim/exotel/knobs`: replaces `{payment_required, forbidden_sids, create_shape}`.
 async fn control_knobs_put(State(sim): State<ExotelSim>, Json(k): Json<ExotelKnobs>) -> StatusCode {
     sim.set_knobs(k);
     StatusCode::NO_CONTENT

@@ -133,25 +133,74 @@ async fn account_exists_only_in_its_region() {
     assert_error(&body, "GET", 404);
 }
 
+/// No vendor page documents a request parameter on the create call (providers.md §2.2): one
+/// POST mints one link, and `count` (the old misreading) or anything else is a 400.
 #[tokio::test]
-async fn batch_of_50_ok_and_51_or_0_refused() {
+async fn mint_refuses_undocumented_parameters_and_bodies() {
     let (sim, srv) = start(no_sandbox()).await;
     let c = reqwest::Client::new();
-    let (code, body) = mint(&c, &srv.singapore, "sandbox-sg", "?count=50").await;
-    assert_eq!(code, 200);
-    let data = &body["response"]["whatsapp"]["isv"]["data"];
-    let urls = data["onboarding_urls"].as_array().unwrap();
-    assert_eq!(urls.len(), 50);
-    assert_eq!(urls[0], data["onboarding_url"]);
-    assert_eq!(sim.core().counters().created.get("links"), Some(&50));
-    for q in ["?count=51", "?count=0", "?count=abc"] {
+    for q in ["?count=50", "?count=1", "?foo=bar", "?access_token=x"] {
         let (code, body) = mint(&c, &srv.singapore, "sandbox-sg", q).await;
         assert_eq!(code, 400, "{q}");
         assert_error(&body, "POST", 400);
-        let msg = body["response"]["whatsapp"]["isv"]["error_data"]["message"].as_str().unwrap();
-        assert!(msg.contains("up to 50 URLs"), "{msg}");
     }
-    assert_eq!(sim.tokens().len(), 50);
+    let r = c
+        .post(isv(&srv.singapore, "sandbox-sg"))
+        .basic_auth("sandbox-key", Some("sandbox-token"))
+        .header("Content-Type", "application/json")
+        .body(r#"{"count":5}"#)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 400);
+    assert_eq!(sim.core().counters().created.get("links"), None, "nothing minted");
+    // The clients' form (`application/json`, `{}`) and the vendor curl's both mint one link.
+    let r = c
+        .post(isv(&srv.singapore, "sandbox-sg"))
+        .basic_auth("sandbox-key", Some("sandbox-token"))
+        .json(&json!({}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 200);
+    let (code, body) = mint(&c, &srv.singapore, "sandbox-sg", "").await;
+    assert_eq!(code, 200);
+    assert!(body["response"]["whatsapp"]["isv"]["data"].get("onboarding_urls").is_none());
+    assert_eq!(sim.tokens().len(), 2);
+    // Validate takes `access_token` only.
+    let (code, _) = validate(&c, &srv.singapore, "sandbox-sg", &format!("{}&count=2", token_of(&body))).await;
+    assert_eq!(code, 400);
+}
+
+/// Every create-answer shape the vendor pages show, picked by the `create_shape` knob.
+#[tokio::test]
+async fn mint_answers_in_the_shape_the_knob_picks() {
+    let (sim, srv) = start(no_sandbox()).await;
+    let c = reqwest::Client::new();
+    let cases: [(CreateShape, &[&str]); 5] = [
+        (CreateShape::DataOnboardingUrl, &["data", "onboarding_url"]),
+        (CreateShape::IsvUrl, &["Url"]),
+        (CreateShape::DataUrl, &["data", "url"]),
+        (CreateShape::BareOverview, &["data", "onboarding_url"]),
+        (CreateShape::DataUrlList, &["data", "Url", "0"]),
+    ];
+    for (shape, path) in cases {
+        sim.set_knobs(ExotelKnobs { create_shape: shape, ..Default::default() });
+        let (code, body) = mint(&c, &srv.singapore, "sandbox-sg", "").await;
+        assert_eq!(code, 200, "{shape:?}");
+        let mut v = &body["response"]["whatsapp"]["isv"];
+        for p in path {
+            v = match p.parse::<usize>() {
+                Ok(i) => &v[i],
+                Err(_) => &v[*p],
+            };
+        }
+        assert!(v.as_str().unwrap().starts_with("https://messaging.exotel.com/ua-links/isv-onboard/"), "{shape:?}");
+        assert_eq!(body.get("method").is_none(), shape == CreateShape::BareOverview, "{shape:?}");
+    }
+    sim.set_knobs(ExotelKnobs { create_shape: CreateShape::ValidateCopy, ..Default::default() });
+    let (_, body) = mint(&c, &srv.singapore, "sandbox-sg", "").await;
+    assert_eq!(status_of(&body), "VALID");
 }
 
 #[tokio::test]
@@ -294,7 +343,7 @@ async fn payment_required_and_forbidden_envelopes() {
     assert_error(&body, "POST", 402);
     let knobs: Value =
         c.get(format!("{}/_sim/exotel/knobs", srv.mumbai.base_url())).send().await.unwrap().json().await.unwrap();
-    assert_eq!(knobs, json!({ "payment_required": true, "forbidden_sids": [] }));
+    assert_eq!(knobs, json!({ "payment_required": true, "forbidden_sids": [], "create_shape": "data_onboarding_url" }));
 }
 
 #[tokio::test]

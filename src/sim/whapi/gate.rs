@@ -110,6 +110,11 @@ fn fetch_qr(sim: &WhapiSim, headers: &HeaderMap, q: &HashMap<String, String>) ->
     })
 }
 
+/// The `expire` value: whole seconds, or half a second less with `qr_expire_float`.
+fn expire_of(sim: &WhapiSim, secs: i64) -> Value {
+    if sim.config().qr_expire_float { json!(secs as f64 - 0.5) } else { json!(secs) }
+}
+
 fn not_qr(l: Login) -> Response {
     match l {
         // [C2] 409 when already authenticated.
@@ -126,12 +131,13 @@ async fn login_json(State(sim): State<WhapiSim>, headers: HeaderMap, Query(q): Q
         Ok(Login::Qr(rowdata, expires_in)) => match qr::png(&rowdata) {
             Ok(png) => {
                 let b64 = base64::engine::general_purpose::STANDARD.encode(png);
-                // [I] field names `status`, `base64` (with data URL prefix), `rowdata`, `expires_in`.
+                // [C2] The OpenAPI `QR` object (providers.md §3.4): `status` (required),
+                // `base64` (clients strip a data-URL prefix), `rowdata`, `expire` (a number).
                 Json(json!({
                     "status": "OK",
                     "base64": format!("data:image/png;base64,{b64}"),
                     "rowdata": rowdata,
-                    "expires_in": expires_in,
+                    "expire": expire_of(&sim, expires_in),
                 }))
                 .into_response()
             }
@@ -155,9 +161,9 @@ async fn login_image(State(sim): State<WhapiSim>, headers: HeaderMap, Query(q): 
 
 async fn login_rowdata(State(sim): State<WhapiSim>, headers: HeaderMap, Query(q): Q) -> Response {
     match fetch_qr(&sim, &headers, &q) {
-        // [I] `{"rowdata","expires_in"}`.
+        // [C2] The same `QR` object (providers.md §3.4): `status` required.
         Ok(Login::Qr(rowdata, expires_in)) => {
-            Json(json!({"rowdata": rowdata, "expires_in": expires_in})).into_response()
+            Json(json!({"status": "OK", "rowdata": rowdata, "expire": expire_of(&sim, expires_in)})).into_response()
         }
         Ok(other) => not_qr(other),
         Err(r) => r,
@@ -191,10 +197,11 @@ async fn login_code(
         }
     });
     match res {
-        Ok(Login::Qr(_, ttl)) => {
+        Ok(Login::Qr(_, _ttl)) => {
             let raw = random_string(8, b"ABCDEFGHJKLMNPQRSTVWXYZ0123456789");
-            // [I] `{"code":"ABCD-EFGH","expires_in":60}`.
-            Json(json!({"code": format!("{}-{}", &raw[..4], &raw[4..]), "expires_in": ttl})).into_response()
+            // [C2] The OpenAPI `AuthCode` object is `{code}` only, no lifetime (providers.md §3.4);
+            // the sim still expires it after `pairing_ttl_secs`.
+            Json(json!({"code": format!("{}-{}", &raw[..4], &raw[4..])})).into_response()
         }
         Ok(other) => not_qr(other),
         Err(r) => r,

@@ -1,10 +1,11 @@
 //! Partner ("manager") API routes, providers.md §3.2 / §3.3.
 
+use std::collections::HashMap;
 use std::time::Duration;
 
 use axum::Json;
 use axum::body::Bytes;
-use axum::extract::{Path, State};
+use axum::extract::{Path, Query, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, patch, post, put};
@@ -103,29 +104,62 @@ async fn create_channel(State(sim): State<WhapiSim>, headers: HeaderMap, body: B
     Json(ch).into_response()
 }
 
-fn list(sim: &WhapiSim, project: Option<&str>) -> Response {
+/// [C2] Default and largest page of the channel list: Whapi pages every list with `count`
+/// (1..=500, default 100) and `offset` (>= 0) (providers.md §3.2, WH-OAS).
+pub(crate) const LIST_DEFAULT_COUNT: usize = 100;
+/// Largest `count`.
+pub(crate) const LIST_MAX_COUNT: usize = 500;
+
+/// `count` / `offset` of a list request, or the 400 to answer.
+fn page_of(q: &HashMap<String, String>) -> Result<(usize, usize), Response> {
+    let num = |k: &str| q.get(k).map(|v| v.trim().parse::<usize>());
+    let count = match num("count") {
+        None => LIST_DEFAULT_COUNT,
+        Some(Ok(n)) if (1..=LIST_MAX_COUNT).contains(&n) => n,
+        Some(_) => return Err(bad(&format!("count must be a number from 1 to {LIST_MAX_COUNT}"))),
+    };
+    let offset = match num("offset") {
+        None => 0,
+        Some(Ok(n)) => n,
+        Some(Err(_)) => return Err(bad("offset must be a number >= 0")),
+    };
+    Ok((count, offset))
+}
+
+fn list(sim: &WhapiSim, project: Option<&str>, q: &HashMap<String, String>) -> Response {
+    let (count, offset) = match page_of(q) {
+        Ok(p) => p,
+        Err(r) => return r,
+    };
     let api_url = sim.api_url();
     let channels: Vec<Value> = sim.tx(|st, _, _| {
         st.channels
             .values()
             .filter(|c| project.is_none_or(|p| c.project_id == p))
+            .skip(offset)
+            .take(count)
             .map(|c| c.to_json(&api_url))
             .collect()
     });
     Json(json!({"channels": channels})).into_response()
 }
 
-async fn list_channels(State(sim): State<WhapiSim>, headers: HeaderMap) -> Response {
+async fn list_channels(
+    State(sim): State<WhapiSim>,
+    headers: HeaderMap,
+    Query(q): Query<HashMap<String, String>>,
+) -> Response {
     if let Err(r) = auth(&sim, &headers) {
         return r;
     }
-    list(&sim, None)
+    list(&sim, None, &q)
 }
 
 async fn list_project_channels(
     State(sim): State<WhapiSim>,
     headers: HeaderMap,
     Path(project): Path<String>,
+    Query(q): Query<HashMap<String, String>>,
 ) -> Response {
     if let Err(r) = auth(&sim, &headers) {
         return r;
@@ -133,7 +167,7 @@ async fn list_project_channels(
     if !sim.config().projects.iter().any(|p| p.id == project) {
         return err(StatusCode::NOT_FOUND, "Not Found", "project not found");
     }
-    list(&sim, Some(&project))
+    list(&sim, Some(&project), &q)
 }
 
 async fn get_channel(State(sim): State<WhapiSim>, headers: HeaderMap, Path(id): Path<String>) -> Response {
@@ -155,9 +189,15 @@ async fn change_mode(State(sim): State<WhapiSim>, headers: HeaderMap, Path(id): 
         Ok(b) => b,
         Err(r) => return r,
     };
-    let Some(mode) = body.get("mode").and_then(Value::as_str).filter(|m| ["live", "trial", "sandbox"].contains(m))
+    // Request values the vendor shows: `live` [C], `trial` [C2]; `dev` (Sandbox) only behind
+    // `accept_dev_patch` (providers.md §3.3). `sandbox` is nobody's value.
+    let accept_dev = sim.config().accept_dev_patch;
+    let Some(mode) = body
+        .get("mode")
+        .and_then(Value::as_str)
+        .filter(|m| ["live", "trial"].contains(m) || (accept_dev && *m == "dev"))
     else {
-        return bad("mode must be one of live, trial, sandbox");
+        return bad("mode must be one of live, trial");
     };
     let api_url = sim.api_url();
     let restart = sim.config().restart_ms as i64;

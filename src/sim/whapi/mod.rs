@@ -83,6 +83,12 @@ pub struct WhapiSimConfig {
     pub version: String,
     /// Period of the background task that fires transition webhooks.
     pub tick_ms: u64,
+    /// Accept `PATCH /channels/{id}/mode` `{"mode":"dev"}` (default false: the vendor shows
+    /// only `live` [C] and `trial` [C2] as request values, providers.md §3.3).
+    pub accept_dev_patch: bool,
+    /// Send the QR lifetime `expire` as a fractional number (`19.5`): the vendor's OpenAPI
+    /// types it as a number, not an integer (providers.md §3.4 [C2]).
+    pub qr_expire_float: bool,
 }
 
 impl Default for WhapiSimConfig {
@@ -106,6 +112,8 @@ impl Default for WhapiSimConfig {
             sandbox_user_name: "Sandbox User".into(),
             version: "1.8.3-sim".into(),
             tick_ms: 200,
+            accept_dev_patch: false,
+            qr_expire_float: false,
         }
     }
 }
@@ -126,7 +134,7 @@ pub struct WhapiChannelView {
     pub id: String,
     /// Channel (gate) token.
     pub token: String,
-    /// `trial` | `live` | `sandbox`.
+    /// `trial` | `live` | `dev` (Sandbox) | `dev_archive` (providers.md §3.3).
     pub mode: String,
     /// `active` | `stopped`.
     pub status: String,
@@ -360,6 +368,13 @@ impl WhapiSim {
     /// Puts the channel in health ERROR (fires the `channel` webhook).
     pub fn set_error(&self, id: &str) -> bool {
         self.tx(|st, _, _| st.channels.get_mut(id).map(|c| c.error = true).is_some())
+    }
+
+    /// Sets a channel's mode as the partner dashboard does (e.g. Sandbox, reported as
+    /// `dev`, or an archived sandbox, `dev_archive`, providers.md §3.3): the API documents
+    /// no request value for those. False when the channel is unknown.
+    pub fn set_channel_mode(&self, id: &str, mode: &str) -> bool {
+        self.tx(|st, _, _| st.channels.get_mut(id).map(|c| c.mode = mode.to_string()).is_some())
     }
 
     fn control(&self) -> axum::Router {

@@ -250,7 +250,9 @@ async fn qr_json_png_rotation_and_expiry() {
     let (s, v) = e.gate(t, "GET", "/users/login", None).await;
     assert_eq!(s, StatusCode::OK);
     assert_eq!(v["status"], "OK");
-    let exp = v["expires_in"].as_i64().unwrap();
+    // [C2] The OpenAPI `QR` object: `expire` (a number), never `expires_in`.
+    assert!(v.get("expires_in").is_none());
+    let exp = v["expire"].as_i64().unwrap();
     assert!((1..=20).contains(&exp));
     let b64 = v["base64"].as_str().unwrap().strip_prefix("data:image/png;base64,").unwrap();
     let png = base64::engine::general_purpose::STANDARD.decode(b64).unwrap();
@@ -265,7 +267,8 @@ async fn qr_json_png_rotation_and_expiry() {
     decode_png(&r.bytes().await.unwrap());
     let (_, v) = e.gate(t, "GET", "/users/login/rowdata", None).await;
     assert_eq!(v["rowdata"], qr1.as_str());
-    assert!(v["expires_in"].is_i64());
+    assert_eq!(v["status"], "OK", "status is required on the rowdata answer too");
+    assert!(v["expire"].is_i64() && v.get("expires_in").is_none());
 
     // Rotation: after the TTL a new QR is served and the old one is expired.
     e.sim.core().clock.advance(Duration::from_secs(20));
@@ -337,7 +340,8 @@ async fn pairing_code_links_given_phone_path_mode() {
     assert_eq!(s, StatusCode::OK);
     let code = v["code"].as_str().unwrap();
     assert!(code.len() == 9 && code.as_bytes()[4] == b'-', "{code}");
-    assert_eq!(v["expires_in"], 60);
+    // [C2] `AuthCode` is `{code}` only.
+    assert_eq!(v.as_object().unwrap().len(), 1, "{v}");
     let (m, p, b) = wait_hit(&mut rx, |h| h.2["event"]["type"] == "users").await;
     assert_eq!((m.as_str(), p.as_str()), ("POST", "/hook/users/post"));
     assert_eq!(b["user"]["id"], "447700900123");
@@ -387,9 +391,13 @@ async fn mode_change_restarts_channel() {
     assert_eq!(v["api_requests_month"]["limit"], 1000);
     assert!(v["api_requests_month"]["used"].as_u64().unwrap() >= 1);
 
-    let (s, v) = e.mgr("PATCH", &format!("/channels/{id}/mode"), Some(json!({"mode": "gold"}))).await;
-    assert_eq!(s, StatusCode::BAD_REQUEST);
-    is_error_body(&v, 400);
+    // Only the documented request values (`live` [C], `trial` [C2]); `sandbox` is nobody's
+    // value and `dev` (how Sandbox reads) is not a documented request value.
+    for bad in ["gold", "sandbox", "dev"] {
+        let (s, v) = e.mgr("PATCH", &format!("/channels/{id}/mode"), Some(json!({ "mode": bad }))).await;
+        assert_eq!(s, StatusCode::BAD_REQUEST, "{bad}");
+        is_error_body(&v, 400);
+    }
     let (s, v) = e.mgr("PATCH", &format!("/channels/{id}/mode"), Some(json!({"mode": "live"}))).await;
     assert_eq!(s, StatusCode::OK);
     assert_eq!((v["mode"].as_str(), v["id"].as_str()), (Some("live"), Some(id)));
@@ -566,4 +574,47 @@ async fn fault_middleware_renders_whapi_errors() {
     assert_eq!(counters.faults_injected, 3);
     assert_eq!(counters.created["channels"], 1);
     assert!(counters.calls["GET /health"] >= 1);
+}
+
+/// The QR lifetime is a JSON number: with `qr_expire_float` it is fractional.
+#[tokio::test]
+async fn qr_expire_can_be_fractional() {
+    let e = env(WhapiSimConfig { qr_expire_float: true, ..cfg() }).await;
+    let c = e.create().await;
+    let t = c["token"].as_str().unwrap();
+    e.until_qr(t).await;
+    let (_, v) = e.gate(t, "GET", "/users/login", None).await;
+    let exp = v["expire"].as_f64().unwrap();
+    assert!(exp.fract() != 0.0 && exp > 0.0, "{v}");
+}
+
+/// The channel list pages with `count` (1..=500, default 100) and `offset` (providers.md
+/// §3.2 [C2]); a Sandbox channel reads as `dev`.
+#[tokio::test]
+async fn channel_list_pages_with_count_and_offset() {
+    let e = env(WhapiSimConfig { create_limit: 1_000, ..cfg() }).await;
+    let mut ids = Vec::new();
+    for _ in 0..103 {
+        ids.push(e.create().await["id"].as_str().unwrap().to_string());
+    }
+    ids.sort();
+    let page = |v: &Value| {
+        v["channels"].as_array().unwrap().iter().map(|c| c["id"].as_str().unwrap().to_string()).collect::<Vec<_>>()
+    };
+    let (s, v) = e.mgr("GET", "/channels/list", None).await;
+    assert_eq!((s, page(&v).len()), (StatusCode::OK, 100), "default page is 100");
+    let (_, v2) = e.mgr("GET", "/channels/list?count=100&offset=100", None).await;
+    let mut all = page(&v);
+    all.extend(page(&v2));
+    assert_eq!(all, ids, "two pages hold every channel once, in a stable order");
+    let (_, v) = e.mgr("GET", "/channels/list/sandbox-project?count=2&offset=1", None).await;
+    assert_eq!(page(&v), ids[1..3].to_vec());
+    for bad in ["count=0", "count=501", "count=x", "offset=-1"] {
+        let (s, v) = e.mgr("GET", &format!("/channels/list?{bad}"), None).await;
+        assert_eq!(s, StatusCode::BAD_REQUEST, "{bad}");
+        is_error_body(&v, 400);
+    }
+    assert!(e.sim.set_channel_mode(&ids[0], "dev"));
+    let (_, v) = e.mgr("GET", &format!("/channels/{}", ids[0]), None).await;
+    assert_eq!(v["mode"], "dev");
 }
