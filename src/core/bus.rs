@@ -429,7 +429,8 @@ impl Watcher {
                 return Ok(None);
             }
         }
-        let own = read_window(self.log.as_ref(), &self.topic.id, cursor, None, usize::MAX, known).await?;
+        let (log, id) = (self.log.clone(), self.topic.id.clone());
+        let own = detached(async move { read_window(log.as_ref(), &id, cursor, None, usize::MAX, known).await }).await?;
         Ok(Batch::after(&Arc::new(own), cursor))
     }
 
@@ -443,7 +444,7 @@ impl Watcher {
         let id = self.topic.id.clone();
         let keep = self.keep;
         let known = self.topic.latest();
-        async move {
+        detached(async move {
             let r = read_window(log.as_ref(), &id, cursor, base.as_deref(), keep, known).await.map(Arc::new);
             if let Some(t) = topic.upgrade() {
                 let shared = t.watchers.load(Ordering::SeqCst) > 1;
@@ -460,10 +461,21 @@ impl Watcher {
                 }
             }
             r
-        }
+        })
         .boxed()
         .shared()
     }
+}
+
+/// Runs a store read on a task of its own, so it completes and hands its pooled connection back
+/// even when the stream awaiting it is never polled again: tonic stops polling a stream whose
+/// client does not open its HTTP/2 window, possibly in the middle of a read, and a handful of
+/// such streams would otherwise hold every reader connection of the store for as long as the
+/// client wished. A blocked stream then holds only what was read.
+async fn detached<T: Send + 'static>(
+    read: impl std::future::Future<Output = Result<T, AppError>> + Send + 'static,
+) -> Result<T, AppError> {
+    tokio::spawn(read).await.map_err(|e| AppError::internal(format!("stream read task failed: {e}")))?
 }
 
 /// Reads one page of events after `from` (and, when any concerns a step, the steps once),
