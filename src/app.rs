@@ -189,7 +189,8 @@ pub async fn start_with(
             shutdown_rx.clone(),
         )));
     }
-    let authenticator = crate::core::tenants::Authenticator::with_config_keys(store.clone(), config_keys);
+    let authenticator = crate::core::tenants::Authenticator::with_config_keys(store.clone(), config_keys)
+        .with_revocation_delay(Duration::from_millis(settings.auth.revocation_delay_ms));
     let (router, reporter) = crate::grpc::router(core.clone(), shutdown_rx.clone(), authenticator, tls)
         .map_err(|e| StartError::Other(e.to_string()))?;
     // Health: overall and per service, NOT_SERVING while the store does not answer.
@@ -223,7 +224,11 @@ pub async fn start_with(
 
     // TCP_NODELAY: a unary answer is written as headers, data and trailers; with Nagle's
     // algorithm on, the last write waits for the client's delayed ACK (~40 ms per call).
-    let incoming = tonic::transport::server::TcpIncoming::from(grpc_listener).with_nodelay(Some(true));
+    // TCP keepalive: a peer that vanished without a FIN (no HTTP/2 PING answer either, when
+    // idle) does not keep its descriptor forever.
+    let incoming = tonic::transport::server::TcpIncoming::from(grpc_listener)
+        .with_nodelay(Some(true))
+        .with_keepalive(Some(Duration::from_secs(60)));
     let mut grpc_shutdown = shutdown_rx.clone();
     let grpc = tokio::spawn(async move {
         router

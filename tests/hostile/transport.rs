@@ -169,3 +169,167 @@ async fn streams_that_never_open_their_window_do_not_take_the_service_down() {
     drop(bodies);
     drop(conns);
 }
+
+/// Item 2, the bounds: one tenant opens more watch streams than `streams.max_per_tenant`, and
+/// one raw HTTP/2 connection learns how many streams the server lets it open at once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn watch_streams_are_bounded_per_tenant_and_per_connection() {
+    const PER_TENANT: usize = 5;
+    const PER_CONN: u32 = 8;
+    let app = spawn_with(|s| {
+        s.streams.max_per_tenant = PER_TENANT;
+        s.streams.max_per_connection = PER_CONN;
+    })
+    .await;
+    let id = app.insert_onboarding("acct", "bounded").await;
+    let name = format!("onboardings/{id}");
+    let mut open = Vec::new();
+    let mut refused = None;
+    for _ in 0..PER_TENANT + 3 {
+        match app.onboardings().watch_onboarding(app.req(pb::WatchOnboardingRequest { name: name.clone(), after_sequence: 0 })).await {
+            Ok(s) => open.push(s.into_inner()),
+            Err(status) => {
+                refused.get_or_insert(status);
+            }
+        }
+    }
+    let accepted = open.len();
+    let refused = refused.expect("a watch stream beyond streams.max_per_tenant was accepted");
+    use tonic_types::StatusExt;
+    let retry = refused.get_details_retry_info().and_then(|r| r.retry_delay);
+    // A closed stream frees its place.
+    drop(open.pop());
+    let mut reopened = false;
+    for _ in 0..50 {
+        let r = app.onboardings().watch_onboarding(app.req(pb::WatchOnboardingRequest { name: name.clone(), after_sequence: 0 })).await;
+        if let Ok(s) = r {
+            open.push(s.into_inner());
+            reopened = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+
+    // Per connection: the server's SETTINGS_MAX_CONCURRENT_STREAMS, as a raw client sees it.
+    let addr = app.running().grpc_addr;
+    let mut send = h2_connect(addr).await;
+    let resp = raw_watch(&mut send, addr, app.key.expose(), "onboardings/nope").await.expect("request sent");
+    let _ = tokio::time::timeout(Duration::from_secs(5), resp).await;
+    let advertised = send.current_max_send_streams();
+
+    write_fragment(
+        "42-hostile-stream-bounds.md",
+        &format!(
+            "### Stream bounds per tenant and per connection\n\nOne tenant opens {} `WatchOnboarding` streams with \
+             `streams.max_per_tenant = {PER_TENANT}`; a raw HTTP/2 client reads the server's concurrent-stream \
+             limit with `streams.max_per_connection = {PER_CONN}`.\n\n{}",
+            PER_TENANT + 3,
+            table(&[
+                ("streams accepted", accepted.to_string()),
+                ("over the limit", format!("{:?}: {}", refused.code(), refused.message())),
+                ("retry delay offered", format!("{retry:?}")),
+                ("a closed stream's place reused", reopened.to_string()),
+                ("SETTINGS_MAX_CONCURRENT_STREAMS seen", advertised.to_string()),
+            ])
+        ),
+    );
+    assert_eq!(accepted, PER_TENANT);
+    assert_eq!(refused.code(), tonic::Code::ResourceExhausted, "{refused:?}");
+    assert!(refused.message().contains("streams.max_per_tenant"), "{}", refused.message());
+    assert!(retry.is_some(), "RESOURCE_EXHAUSTED without RetryInfo");
+    assert!(reopened, "a closed stream did not free its place");
+    assert_eq!(advertised, PER_CONN as usize);
+}
+
+/// Item 9: a `WatchOnboarding` opened with a key that is then revoked (what `tenant revoke-key`
+/// writes) must end `UNAUTHENTICATED` within the revocation delay, not keep delivering events.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_revoked_keys_open_stream_ends_unauthenticated() {
+    const DELAY_MS: u64 = 1000;
+    let app = spawn_with(|s| s.auth.revocation_delay_ms = DELAY_MS).await;
+    let store = app.running().store.clone();
+    let tenant = store.tenant_by_name("dev").await.unwrap().unwrap();
+    let issued = wa_onboard::core::tenants::add_key(store.as_ref(), &tenant.id, None).await.expect("key");
+    let id = app.insert_onboarding("acct", "revoked").await;
+    let mut stream = app
+        .onboardings()
+        .watch_onboarding(with_key(
+            pb::WatchOnboardingRequest { name: format!("onboardings/{id}"), after_sequence: 0 },
+            issued.key.expose(),
+        ))
+        .await
+        .expect("watch opens")
+        .into_inner();
+    assert!(stream.message().await.expect("snapshot").is_some());
+
+    assert!(store.revoke_api_key(&issued.id, wa_onboard::domain::now_ms()).await.expect("revoke"));
+    let revoked = Instant::now();
+    let writer = {
+        let app_store = store.clone();
+        let id = id.clone();
+        tokio::spawn(async move {
+            // Events keep coming after the revocation.
+            for i in 0..40 {
+                let change = wa_onboard::store::OnboardingChange {
+                    onboarding_id: Some(id.clone()),
+                    provider_status: Some(format!("status {i}")),
+                    event: wa_onboard::store::NewEvent {
+                        kind: "state_changed".into(),
+                        reason: "still moving".into(),
+                        step: None,
+                        data_json: "{}".into(),
+                    },
+                    at_ms: wa_onboard::domain::now_ms(),
+                    ..Default::default()
+                };
+                if let Ok(e) = app_store.apply_change(&change).await {
+                    let _ = app_store
+                        .notify(&wa_onboard::store::ChangeNotice::moved(id.clone(), e.sequence))
+                        .await;
+                }
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        })
+    };
+    let limit = Duration::from_millis(DELAY_MS * 3);
+    let mut delivered_after = 0;
+    let ended = loop {
+        match tokio::time::timeout_at((revoked + limit).into(), stream.message()).await {
+            Err(_) => break None,
+            Ok(Ok(Some(m))) => {
+                if matches!(m.message, Some(pb::watch_onboarding_response::Message::Event(_))) {
+                    delivered_after += 1;
+                }
+            }
+            Ok(Ok(None)) => break Some((tonic::Code::Ok, revoked.elapsed())),
+            Ok(Err(status)) => break Some((status.code(), revoked.elapsed())),
+        }
+    };
+    writer.abort();
+    let unary = app
+        .onboardings()
+        .get_onboarding(with_key(pb::GetOnboardingRequest { name: format!("onboardings/{id}") }, issued.key.expose()))
+        .await;
+    write_fragment(
+        "42-hostile-revoked-key-stream.md",
+        &format!(
+            "### A revoked key's open stream\n\nA `WatchOnboarding` opened with a key, the key revoked in the store \
+             (`tenant revoke-key`) while events keep coming, with `auth.revocation_delay_ms = {DELAY_MS}`.\n\n{}",
+            table(&[
+                (
+                    "stream ended",
+                    ended.map_or_else(
+                        || format!("no, still open after {} ms", limit.as_millis()),
+                        |(c, d)| format!("{c:?} after {} ms", d.as_millis()),
+                    ),
+                ),
+                ("events delivered after the revocation", delivered_after.to_string()),
+                ("a new call with the key", format!("{:?}", unary.as_ref().err().map(|s| s.code()))),
+            ])
+        ),
+    );
+    let (code, after) = ended.expect("the stream outlived its key's revocation");
+    assert_eq!(code, tonic::Code::Unauthenticated);
+    assert!(after <= Duration::from_millis(DELAY_MS + 500), "ended {after:?} after the revocation");
+    assert_eq!(unary.err().map(|s| s.code()), Some(tonic::Code::Unauthenticated));
+}

@@ -126,7 +126,15 @@ impl pb::onboarding_service_server::OnboardingService for Services {
         let caller = caller(&req)?;
         let id = onboarding_name("name", &req.get_ref().name)?;
         let items =
-            self.core.watch_onboarding(&caller, &id, req.get_ref().after_sequence, self.shutdown.clone()).await?;
+            self.core
+            .watch_onboarding(
+                &caller,
+                &id,
+                req.get_ref().after_sequence,
+                crate::grpc::auth::key_check(&req),
+                self.shutdown.clone(),
+            )
+            .await?;
         let events = self.events_pb.clone();
         Ok(Response::new(stream(items, move |item| pb::WatchOnboardingResponse {
             message: Some(match item {
