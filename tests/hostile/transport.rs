@@ -333,3 +333,128 @@ async fn a_revoked_keys_open_stream_ends_unauthenticated() {
     assert!(after <= Duration::from_millis(DELAY_MS + 500), "ended {after:?} after the revocation");
     assert_eq!(unary.err().map(|s| s.code()), Some(tonic::Code::Unauthenticated));
 }
+
+/// How long until the server closes `tcp` (read returns EOF or an error), up to `limit`.
+async fn closed_after(mut tcp: tokio::net::TcpStream, limit: Duration) -> Option<Duration> {
+    use tokio::io::AsyncReadExt;
+    let t = Instant::now();
+    let mut buf = [0u8; 1024];
+    loop {
+        match tokio::time::timeout_at((t + limit).into(), tcp.read(&mut buf)).await {
+            Err(_) => return None,
+            Ok(Ok(0)) | Ok(Err(_)) => return Some(t.elapsed()),
+            // A 408 or an HTTP/2 GOAWAY before the close.
+            Ok(Ok(_)) => {}
+        }
+    }
+}
+
+/// Item 3: a flood of connections to the webhook port that send nothing, half a request line,
+/// or half an HTTP/2 preface (scaled down: 40 of each and 160 more idle ones, against
+/// `server.max_http_connections = 100` and 2 s timeouts). Before the fix every one was kept
+/// forever, until the process ran out of descriptors.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idle_and_half_sent_connections_to_the_webhook_port_are_closed() {
+    const CAP: usize = 100;
+    const PARTIAL: usize = 40;
+    const IDLE: usize = 160;
+    const TIMEOUT_SECS: u64 = 2;
+    let app = spawn_with(|s| {
+        s.server.max_http_connections = CAP;
+        s.server.idle_timeout_secs = TIMEOUT_SECS;
+        s.server.header_read_timeout_secs = TIMEOUT_SECS;
+    })
+    .await;
+    let webhook = app.running().webhook_addr;
+    let grpc = app.running().grpc_addr;
+    use tokio::io::AsyncWriteExt;
+    let connect = || async move { tokio::net::TcpStream::connect(webhook).await.expect("connect") };
+    let mut lines = Vec::new();
+    let mut prefaces = Vec::new();
+    for _ in 0..PARTIAL {
+        let mut t = connect().await;
+        t.write_all(b"POST /webhooks/gupshup/acct/secret HTTP/1.1\r\nHost: x\r\nContent-Le").await.unwrap();
+        lines.push(t);
+        let mut t = connect().await;
+        t.write_all(b"PRI * HTTP/2.0\r\n").await.unwrap();
+        prefaces.push(t);
+    }
+    let mut idle = Vec::new();
+    for _ in 0..IDLE {
+        idle.push(connect().await);
+    }
+    let limit = Duration::from_secs(TIMEOUT_SECS + 3);
+    let watch = |v: Vec<tokio::net::TcpStream>| {
+        v.into_iter().map(|t| tokio::spawn(closed_after(t, limit))).collect::<Vec<_>>()
+    };
+    let (lines, prefaces, idle) = (watch(lines), watch(prefaces), watch(idle));
+
+    // While the flood holds: gRPC answers.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let channel = Channel::from_shared(format!("http://{grpc}")).unwrap().connect().await.expect("gRPC connects");
+    let grpc_probe = timed(
+        Duration::from_secs(2),
+        pb::onboarding_service_client::OnboardingServiceClient::new(channel)
+            .list_onboardings(app.req(pb::ListOnboardingsRequest::default())),
+    )
+    .await;
+
+    let collect = |handles: Vec<tokio::task::JoinHandle<Option<Duration>>>| async move {
+        let mut out = Vec::new();
+        for h in handles {
+            out.push(h.await.unwrap());
+        }
+        out
+    };
+    let (lines, prefaces, idle) = (collect(lines).await, collect(prefaces).await, collect(idle).await);
+    let summary = |v: &[Option<Duration>]| {
+        let closed: Vec<Duration> = v.iter().flatten().copied().collect();
+        let fast = closed.iter().filter(|d| **d < Duration::from_millis(500)).count();
+        let slowest = closed.iter().max().copied().unwrap_or_default();
+        (closed.len(), fast, slowest)
+    };
+    let (l, p, i) = (summary(&lines), summary(&prefaces), summary(&idle));
+
+    // After the flood: a webhook POST and the metrics port answer.
+    let http = reqwest::Client::new();
+    let post = http
+        .post(format!("http://{webhook}/webhooks/gupshup/nope/nope"))
+        .body("{}")
+        .timeout(Duration::from_secs(2))
+        .send()
+        .await
+        .map(|r| r.status().as_u16());
+    let metrics = http
+        .get(format!("http://{}/metrics", app.running().metrics_addr))
+        .timeout(Duration::from_secs(2))
+        .send()
+        .await
+        .map(|r| r.status().as_u16());
+    let fmt = |(closed, fast, slowest): (usize, usize, Duration), n: usize| {
+        format!("{closed} / {n} closed ({fast} at once, over the cap), last after {}", ms(slowest))
+    };
+    write_fragment(
+        "42-hostile-connection-flood.md",
+        &format!(
+            "### Idle and half-sent connections to the webhook port\n\n{PARTIAL} connections sending half a \
+             request line, {PARTIAL} sending half an HTTP/2 preface and {IDLE} sending nothing, against \
+             `server.max_http_connections = {CAP}` and {TIMEOUT_SECS} s header-read and idle timeouts; a gRPC call \
+             during the flood, a webhook POST and a metrics scrape after.\n\n{}",
+            table(&[
+                ("half request lines", fmt(l, PARTIAL)),
+                ("half HTTP/2 prefaces", fmt(p, PARTIAL)),
+                ("idle connections", fmt(i, IDLE)),
+                ("gRPC call during the flood", grpc_probe.map_or("failed".into(), ms)),
+                ("webhook POST after", format!("{post:?}")),
+                ("metrics scrape after", format!("{metrics:?}")),
+            ])
+        ),
+    );
+    assert!(grpc_probe.is_some(), "gRPC did not answer during the flood");
+    for (what, (closed, _, _), n) in [("partial request line", l, PARTIAL), ("partial preface", p, PARTIAL), ("idle", i, IDLE)] {
+        assert_eq!(closed, n, "{what} connections kept open past the timeout");
+    }
+    assert!(i.1 >= IDLE + 2 * PARTIAL - CAP, "connections over the cap were not closed at once: {}", i.1);
+    assert!(matches!(post, Ok(s) if s < 500), "webhook POST after the flood: {post:?}");
+    assert!(matches!(metrics, Ok(200)), "metrics after the flood: {metrics:?}");
+}
