@@ -232,6 +232,8 @@ pub async fn start_with(
     let incoming = tonic::transport::server::TcpIncoming::from(grpc_listener)
         .with_nodelay(Some(true))
         .with_keepalive(Some(Duration::from_secs(60)));
+    let preface_within = http_limits.header_read;
+    let incoming = futures::StreamExt::map(incoming, move |r| r.map(|io| PrefaceDeadline::new(io, preface_within)));
     let mut grpc_shutdown = shutdown_rx.clone();
     let grpc = tokio::spawn(async move {
         router
@@ -506,6 +508,100 @@ fn raise_fd_limit() -> Option<u64> {
 #[cfg(not(unix))]
 fn raise_fd_limit() -> Option<u64> {
     None
+}
+
+/// Bytes of the HTTP/2 client preface that opens every gRPC connection.
+const PREFACE_LEN: usize = 24;
+
+/// A gRPC connection that must send its first 24 bytes (the HTTP/2 preface, or a TLS
+/// ClientHello) within a deadline: hyper waits for the preface forever, so sockets that send
+/// nothing or half a preface would each keep a descriptor. Once they are in, HTTP/2 keepalive
+/// PINGs watch the connection.
+struct PrefaceDeadline {
+    io: tokio::net::TcpStream,
+    deadline: Option<std::pin::Pin<Box<tokio::time::Sleep>>>,
+    seen: usize,
+}
+
+impl PrefaceDeadline {
+    fn new(io: tokio::net::TcpStream, within: Duration) -> Self {
+        Self { io, deadline: Some(Box::pin(tokio::time::sleep(within))), seen: 0 }
+    }
+}
+
+impl tokio::io::AsyncRead for PrefaceDeadline {
+    fn poll_read(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        use std::future::Future;
+        use std::task::Poll;
+        let this = self.get_mut();
+        let before = buf.filled().len();
+        match std::pin::Pin::new(&mut this.io).poll_read(cx, buf) {
+            Poll::Ready(r) => {
+                if this.deadline.is_some() {
+                    this.seen += buf.filled().len() - before;
+                    if this.seen >= PREFACE_LEN {
+                        this.deadline = None;
+                    }
+                }
+                Poll::Ready(r)
+            }
+            Poll::Pending => {
+                let expired = this.deadline.as_mut().is_some_and(|d| d.as_mut().poll(cx).is_ready());
+                if expired {
+                    return Poll::Ready(Err(std::io::Error::new(
+                        std::io::ErrorKind::TimedOut,
+                        "no HTTP/2 preface within server.header_read_timeout_secs",
+                    )));
+                }
+                Poll::Pending
+            }
+        }
+    }
+}
+
+impl tokio::io::AsyncWrite for PrefaceDeadline {
+    fn poll_write(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &[u8],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        std::pin::Pin::new(&mut self.get_mut().io).poll_write(cx, buf)
+    }
+
+    fn poll_flush(self: std::pin::Pin<&mut Self>, cx: &mut std::task::Context<'_>) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.get_mut().io).poll_flush(cx)
+    }
+
+    fn poll_shutdown(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.get_mut().io).poll_shutdown(cx)
+    }
+
+    fn poll_write_vectored(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        bufs: &[std::io::IoSlice<'_>],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        std::pin::Pin::new(&mut self.get_mut().io).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.io.is_write_vectored()
+    }
+}
+
+impl tonic::transport::server::Connected for PrefaceDeadline {
+    type ConnectInfo = tonic::transport::server::TcpConnectInfo;
+
+    fn connect_info(&self) -> Self::ConnectInfo {
+        self.io.connect_info()
+    }
 }
 
 /// Limits of each plain HTTP listener (webhook ingress, metrics).

@@ -62,7 +62,8 @@ pub struct ServerSettings {
     pub health_probe_secs: u64,
     /// TLS (and mutual TLS) for the gRPC port.
     pub tls: TlsSettings,
-    /// Seconds a client of the webhook and metrics ports has to send a request's headers.
+    /// Seconds a client of the webhook and metrics ports has to send a request's headers, and a
+    /// gRPC client its HTTP/2 preface.
     pub header_read_timeout_secs: u64,
     /// Seconds a webhook or metrics connection may stay without a request in flight (before
     /// its first request too: an idle or half-sent connection is closed after this).

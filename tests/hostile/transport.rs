@@ -458,3 +458,59 @@ async fn idle_and_half_sent_connections_to_the_webhook_port_are_closed() {
     assert!(matches!(post, Ok(s) if s < 500), "webhook POST after the flood: {post:?}");
     assert!(matches!(metrics, Ok(200)), "metrics after the flood: {metrics:?}");
 }
+
+/// Item 3 on the gRPC port: connections that never send the HTTP/2 preface, or only half of
+/// it. hyper waits for a preface forever; they must be closed after
+/// `server.header_read_timeout_secs` while real calls go on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn silent_connections_to_the_grpc_port_are_closed() {
+    const SILENT: usize = 60;
+    const HALF: usize = 20;
+    const TIMEOUT_SECS: u64 = 1;
+    let app = spawn_with(|s| s.server.header_read_timeout_secs = TIMEOUT_SECS).await;
+    let grpc = app.running().grpc_addr;
+    use tokio::io::AsyncWriteExt;
+    let mut handles = Vec::new();
+    let limit = Duration::from_secs(TIMEOUT_SECS + 3);
+    for i in 0..SILENT + HALF {
+        let mut t = tokio::net::TcpStream::connect(grpc).await.expect("connect");
+        if i >= SILENT {
+            t.write_all(b"PRI * HTTP/2.0\r\n").await.unwrap();
+        }
+        handles.push(tokio::spawn(closed_after(t, limit)));
+    }
+    let probe = timed(
+        Duration::from_secs(2),
+        HealthClient::new(app.channel.clone()).check(HealthCheckRequest { service: String::new() }),
+    )
+    .await;
+    let mut closed = Vec::new();
+    for h in handles {
+        closed.push(h.await.unwrap());
+    }
+    let n = closed.iter().flatten().count();
+    let slowest = closed.iter().flatten().max().copied().unwrap_or_default();
+    // An established client is not affected.
+    tokio::time::sleep(Duration::from_secs(TIMEOUT_SECS + 1)).await;
+    let later = timed(
+        Duration::from_secs(2),
+        pb::onboarding_service_client::OnboardingServiceClient::new(app.channel.clone())
+            .list_onboardings(app.req(pb::ListOnboardingsRequest::default())),
+    )
+    .await;
+    write_fragment(
+        "42-hostile-grpc-preface.md",
+        &format!(
+            "### Connections to the gRPC port that never send a preface\n\n{SILENT} connections sending nothing and \
+             {HALF} sending half the HTTP/2 preface, with `server.header_read_timeout_secs = {TIMEOUT_SECS}`.\n\n{}",
+            table(&[
+                ("closed by the server", format!("{n} / {}", SILENT + HALF)),
+                ("last closed after", ms(slowest)),
+                ("Health/Check during", probe.map_or("failed".into(), ms)),
+                ("call on an established connection after the timeout", later.map_or("failed".into(), ms)),
+            ])
+        ),
+    );
+    assert_eq!(n, SILENT + HALF, "connections without a preface kept open");
+    assert!(probe.is_some() && later.is_some(), "gRPC calls failed: {probe:?} {later:?}");
+}
