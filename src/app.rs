@@ -502,6 +502,8 @@ fn raise_fd_limit() -> Option<u64> {
             lim.rlim_cur = lim.rlim_max;
         }
     }
+    // rlim_t is not u64 on every platform.
+    #[allow(clippy::unnecessary_cast)]
     Some(lim.rlim_cur as u64)
 }
 
@@ -572,7 +574,10 @@ impl tokio::io::AsyncWrite for PrefaceDeadline {
         std::pin::Pin::new(&mut self.get_mut().io).poll_write(cx, buf)
     }
 
-    fn poll_flush(self: std::pin::Pin<&mut Self>, cx: &mut std::task::Context<'_>) -> std::task::Poll<std::io::Result<()>> {
+    fn poll_flush(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
         std::pin::Pin::new(&mut self.get_mut().io).poll_flush(cx)
     }
 
@@ -708,7 +713,12 @@ async fn serve_router(
         let Ok(slot) = slots.clone().try_acquire_owned() else {
             refused += 1;
             if refused.is_power_of_two() {
-                tracing::warn!(listener = what, max = limits.max_connections, refused, "connection cap reached; closing new connections (server.max_http_connections)");
+                tracing::warn!(
+                    listener = what,
+                    max = limits.max_connections,
+                    refused,
+                    "connection cap reached; closing new connections (server.max_http_connections)"
+                );
             }
             drop(tcp);
             continue;

@@ -282,9 +282,7 @@ impl Bus {
         if *n >= limit {
             return Err(AppError::new(
                 crate::error::ErrorCode::ResourceExhausted,
-                format!(
-                    "this tenant already has {limit} open streams (streams.max_per_tenant); close one and retry"
-                ),
+                format!("this tenant already has {limit} open streams (streams.max_per_tenant); close one and retry"),
             )
             .with_retry_after(Duration::from_secs(5)));
         }
@@ -477,7 +475,8 @@ impl Watcher {
             }
         }
         let (log, id) = (self.log.clone(), self.topic.id.clone());
-        let own = detached(async move { read_window(log.as_ref(), &id, cursor, None, usize::MAX, known).await }).await?;
+        let own =
+            detached(async move { read_window(log.as_ref(), &id, cursor, None, usize::MAX, known).await }).await?;
         Ok(Batch::after(&Arc::new(own), cursor))
     }
 

@@ -186,7 +186,11 @@ async fn watch_streams_are_bounded_per_tenant_and_per_connection() {
     let mut open = Vec::new();
     let mut refused = None;
     for _ in 0..PER_TENANT + 3 {
-        match app.onboardings().watch_onboarding(app.req(pb::WatchOnboardingRequest { name: name.clone(), after_sequence: 0 })).await {
+        match app
+            .onboardings()
+            .watch_onboarding(app.req(pb::WatchOnboardingRequest { name: name.clone(), after_sequence: 0 }))
+            .await
+        {
             Ok(s) => open.push(s.into_inner()),
             Err(status) => {
                 refused.get_or_insert(status);
@@ -201,7 +205,10 @@ async fn watch_streams_are_bounded_per_tenant_and_per_connection() {
     drop(open.pop());
     let mut reopened = false;
     for _ in 0..50 {
-        let r = app.onboardings().watch_onboarding(app.req(pb::WatchOnboardingRequest { name: name.clone(), after_sequence: 0 })).await;
+        let r = app
+            .onboardings()
+            .watch_onboarding(app.req(pb::WatchOnboardingRequest { name: name.clone(), after_sequence: 0 }))
+            .await;
         if let Ok(s) = r {
             open.push(s.into_inner());
             reopened = true;
@@ -283,9 +290,7 @@ async fn a_revoked_keys_open_stream_ends_unauthenticated() {
                     ..Default::default()
                 };
                 if let Ok(e) = app_store.apply_change(&change).await {
-                    let _ = app_store
-                        .notify(&wa_onboard::store::ChangeNotice::moved(id.clone(), e.sequence))
-                        .await;
+                    let _ = app_store.notify(&wa_onboard::store::ChangeNotice::moved(id.clone(), e.sequence)).await;
                 }
                 tokio::time::sleep(Duration::from_millis(100)).await;
             }
@@ -384,9 +389,8 @@ async fn idle_and_half_sent_connections_to_the_webhook_port_are_closed() {
         idle.push(connect().await);
     }
     let limit = Duration::from_secs(TIMEOUT_SECS + 3);
-    let watch = |v: Vec<tokio::net::TcpStream>| {
-        v.into_iter().map(|t| tokio::spawn(closed_after(t, limit))).collect::<Vec<_>>()
-    };
+    let watch =
+        |v: Vec<tokio::net::TcpStream>| v.into_iter().map(|t| tokio::spawn(closed_after(t, limit))).collect::<Vec<_>>();
     let (lines, prefaces, idle) = (watch(lines), watch(prefaces), watch(idle));
 
     // While the flood holds: gRPC answers.
@@ -451,7 +455,9 @@ async fn idle_and_half_sent_connections_to_the_webhook_port_are_closed() {
         ),
     );
     assert!(grpc_probe.is_some(), "gRPC did not answer during the flood");
-    for (what, (closed, _, _), n) in [("partial request line", l, PARTIAL), ("partial preface", p, PARTIAL), ("idle", i, IDLE)] {
+    for (what, (closed, _, _), n) in
+        [("partial request line", l, PARTIAL), ("partial preface", p, PARTIAL), ("idle", i, IDLE)]
+    {
         assert_eq!(closed, n, "{what} connections kept open past the timeout");
     }
     assert!(i.1 >= IDLE + 2 * PARTIAL - CAP, "connections over the cap were not closed at once: {}", i.1);

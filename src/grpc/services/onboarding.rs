@@ -125,8 +125,8 @@ impl pb::onboarding_service_server::OnboardingService for Services {
         use pb::watch_onboarding_response::Message as M;
         let caller = caller(&req)?;
         let id = onboarding_name("name", &req.get_ref().name)?;
-        let items =
-            self.core
+        let items = self
+            .core
             .watch_onboarding(
                 &caller,
                 &id,

@@ -17,8 +17,8 @@ impl pb::pipeline_service_server::PipelineService for Services {
         use pb::watch_pipeline_response::Message as M;
         let caller = caller(&req)?;
         let id = onboarding_name("name", &req.get_ref().name)?;
-        let items =
-            self.core
+        let items = self
+            .core
             .watch_onboarding(
                 &caller,
                 &id,
