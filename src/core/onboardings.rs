@@ -178,6 +178,15 @@ impl WatchState {
             return None;
         }
         loop {
+            // A stream that always has events to send never waits below: its key check is due
+            // here too.
+            if let Some(r) = self.recheck.as_mut()
+                && r.at.is_elapsed()
+                && let Err(e) = r.due().await
+            {
+                self.ended = true;
+                return Some(Err(e));
+            }
             if let Some((event, step)) = self.batch.as_mut().and_then(Batch::pop) {
                 self.cursor = event.sequence;
                 return Some(Ok(StreamItem::Event(event, step)));
