@@ -183,9 +183,13 @@ impl Violations {
         Self::default()
     }
 
-    /// Records one.
+    /// Records one. A field keeps its first violation only: the limits table checks every
+    /// field first, and a later check of the same oversized field would only repeat it.
     pub fn add(&mut self, field: impl Into<String>, description: impl Into<String>) {
-        self.0.push((field.into(), description.into()));
+        let field = field.into();
+        if !self.0.iter().any(|(f, _)| *f == field) {
+            self.0.push((field, description.into()));
+        }
     }
 
     /// Records the error of a parse, returning its value if it parsed.
@@ -215,22 +219,53 @@ impl Violations {
     }
 }
 
+/// Characters of caller input an error message may quote.
+pub const QUOTE_MAX: usize = 64;
+
+/// Caller input as an error message may show it: in single quotes, at most [`QUOTE_MAX`]
+/// characters then `…`, control characters and quotes escaped. A 1 MiB value must not make a
+/// 2 MiB message (clients then see a metadata-size error instead of ours), and a NUL or a
+/// newline must not reach a log line or a header as is.
+pub fn quote(input: &str) -> String {
+    let mut out = String::with_capacity(QUOTE_MAX + 8);
+    out.push('\'');
+    let mut chars = input.chars();
+    for c in chars.by_ref().take(QUOTE_MAX) {
+        out.extend(c.escape_debug());
+    }
+    if chars.next().is_some() {
+        out.push('…');
+    }
+    out.push('\'');
+    out
+}
+
 impl From<StoreError> for AppError {
     fn from(e: StoreError) -> Self {
         match e {
             StoreError::NotFound(what) => AppError::not_found(what),
             StoreError::AlreadyExists(what) => {
-                AppError::new(ErrorCode::AlreadyExists, format!("already exists: {what}"))
+                tracing::debug!(error = %what, "unique key taken");
+                AppError::new(ErrorCode::AlreadyExists, "already exists")
             }
             StoreError::Conflict(what) => {
                 AppError::new(ErrorCode::Aborted, format!("concurrent change, retry: {what}"))
             }
+            // The database's own text stays in the log: it may quote caller input or name
+            // tables and constraints, none of which is the caller's business.
             StoreError::Unavailable(what) => {
-                AppError::new(ErrorCode::Unavailable, format!("store unavailable: {what}"))
+                tracing::warn!(error = %what, "store unavailable");
+                AppError::new(ErrorCode::Unavailable, "store unavailable, retry")
                     .with_retry_after(Duration::from_secs(1))
             }
-            StoreError::Corrupt(what) => AppError::internal(format!("corrupt stored data: {what}")),
-            StoreError::Other(what) => AppError::internal(format!("store error: {what}")),
+            StoreError::Corrupt(what) => {
+                tracing::error!(error = %what, "corrupt stored data");
+                AppError::internal("corrupt stored data")
+            }
+            StoreError::Other(what) => {
+                tracing::error!(error = %what, "unexpected store error");
+                AppError::internal("internal store error")
+            }
         }
     }
 }
@@ -281,6 +316,22 @@ mod tests {
         let info = status.get_details_error_info().unwrap();
         assert_eq!(info.metadata.get("provider_code").map(String::as_str), Some("429"));
         assert_eq!(status.get_details_retry_info().unwrap().retry_delay, Some(Duration::from_secs(3)));
+    }
+
+    #[test]
+    fn quotes_are_short_and_escaped() {
+        assert_eq!(quote("abc"), "'abc'");
+        assert_eq!(quote("a\0b\n'"), "'a\\0b\\n\\''");
+        let long = quote(&"x".repeat(1 << 20));
+        assert_eq!(long.chars().count(), QUOTE_MAX + 3);
+        assert!(long.ends_with("…'"));
+    }
+
+    #[test]
+    fn database_text_never_reaches_the_caller() {
+        let e = AppError::from(StoreError::Other("invalid byte sequence for encoding \"UTF8\": 0x00".into()));
+        assert_eq!(e.code, ErrorCode::Internal);
+        assert!(!e.message.contains("UTF8"), "{}", e.message);
     }
 
     #[test]

@@ -44,12 +44,63 @@ where
     }
 }
 
+/// A generated service whose oversized requests answer `RESOURCE_EXHAUSTED`, gRPC's code for
+/// a message above the receive limit. tonic's decoder refuses such a message (before our
+/// codec sees a byte of it) with `OUT_OF_RANGE`; our handlers never answer `OUT_OF_RANGE`
+/// (it is not in [`crate::error::ErrorCode`]), so every such answer is the decoder's.
+#[derive(Debug, Clone)]
+pub struct OversizeAsExhausted<S>(pub S);
+
+impl<S: tonic::server::NamedService> tonic::server::NamedService for OversizeAsExhausted<S> {
+    const NAME: &'static str = S::NAME;
+}
+
+impl<S, B, R> tower::Service<http::Request<B>> for OversizeAsExhausted<S>
+where
+    S: tower::Service<http::Request<B>, Response = http::Response<R>>,
+{
+    type Response = S::Response;
+    type Error = S::Error;
+    type Future = futures::future::MapOk<S::Future, fn(http::Response<R>) -> http::Response<R>>;
+
+    fn poll_ready(&mut self, cx: &mut std::task::Context<'_>) -> std::task::Poll<Result<(), Self::Error>> {
+        self.0.poll_ready(cx)
+    }
+
+    fn call(&mut self, req: http::Request<B>) -> Self::Future {
+        use futures::TryFutureExt;
+        self.0.call(req).map_ok(oversize_as_exhausted as fn(_) -> _)
+    }
+}
+
+/// Rewrites a trailers-only `OUT_OF_RANGE` answer (how tonic refuses a request it will not
+/// decode) to `RESOURCE_EXHAUSTED`, keeping its message.
+fn oversize_as_exhausted<R>(mut res: http::Response<R>) -> http::Response<R> {
+    let out_of_range = http::HeaderValue::from_static("11");
+    if res.headers().get("grpc-status") == Some(&out_of_range) {
+        res.headers_mut().insert("grpc-status", http::HeaderValue::from_static("8"));
+    }
+    res
+}
+
 #[cfg(test)]
 mod tests {
     use tonic::codec::{Codec as _, Encoder as _};
 
     use super::*;
     use crate::grpc::pb;
+
+    #[test]
+    fn only_out_of_range_becomes_resource_exhausted() {
+        let with = |code: &'static str| {
+            let mut r = http::Response::new(());
+            r.headers_mut().insert("grpc-status", http::HeaderValue::from_static(code));
+            oversize_as_exhausted(r).headers()["grpc-status"].to_str().unwrap().to_string()
+        };
+        assert_eq!(with("11"), "8");
+        assert_eq!(with("3"), "3");
+        assert_eq!(with("0"), "0");
+    }
 
     #[test]
     fn responses_start_with_the_small_buffer() {

@@ -10,7 +10,7 @@ use super::pb;
 use crate::core::accounts::AccountView;
 use crate::domain::account::{AccountOptions, Credentials, ExotelRegion};
 use crate::domain::{E164, OnboardingState, ProviderKind, Secret, StepState, UnixMs, WabaId};
-use crate::error::{AppError, Violations};
+use crate::error::{AppError, Violations, quote};
 use crate::providers::{Digital99Start, GupshupStart, StartPayload, VerifyMethod, WhapiStart};
 use crate::store::{EventRecord, OnboardingRecord, PageRequest, StepRecord};
 
@@ -38,16 +38,9 @@ pub fn parse_name<T>(
 ) -> Result<T, AppError> {
     let prefix = format!("{collection}/");
     let Some(id) = name.strip_prefix(&prefix) else {
-        return Err(AppError::invalid(
-            field,
-            format!("must look like '{collection}/{{id}}', got '{}'", truncate(name)),
-        ));
+        return Err(AppError::invalid(field, format!("must look like '{collection}/{{id}}', got {}", quote(name))));
     };
-    parse(id).map_err(|e| AppError::invalid(field, format!("bad id in '{}': {e}", truncate(name))))
-}
-
-fn truncate(s: &str) -> String {
-    if s.chars().count() > 80 { format!("{}...", s.chars().take(80).collect::<String>()) } else { s.to_string() }
+    parse(id).map_err(|e| AppError::invalid(field, format!("bad id in {}: {e}", quote(name))))
 }
 
 /// Page size and token into a store page request. Tokens are opaque and bound to their
@@ -488,8 +481,6 @@ pub fn start_payload_from_pb(
         R::Whapi(w) => {
             if w.channel_name.trim().is_empty() {
                 v.add("whapi.channel_name", "is required");
-            } else if w.channel_name.chars().count() > 100 {
-                v.add("whapi.channel_name", "must be at most 100 characters");
             }
             if !(0..=365).contains(&w.extend_days) {
                 v.add("whapi.extend_days", "must be between 0 and 365");

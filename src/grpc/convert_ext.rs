@@ -9,7 +9,7 @@ use super::pb;
 use crate::core::accounts::CheckResult;
 use crate::core::capabilities::{AppTokenView, ChannelView, LinkTokenView, SubscriptionView};
 use crate::domain::{AccountId, ChannelId, E164, OnboardingId, Secret, UnixMs, now_ms};
-use crate::error::{AppError, Violations};
+use crate::error::{AppError, Violations, quote};
 use crate::providers::http::TokenStatus;
 use crate::providers::{
     Balance, ChannelMode, ConnectCode, ConnectMethod, IssuedConnectCode, LinkTokenState, SubscriptionSpec, WebhookMode,
@@ -124,7 +124,7 @@ pub fn update_fields(v: &mut Violations, mask: Option<prost_types::FieldMask>) -
                 out.push(f.to_string());
             }
         } else {
-            v.add("update_mask", format!("unknown field '{p}' (expected {})", SUBSCRIPTION_FIELDS.join(", ")));
+            v.add("update_mask", format!("unknown field {} (expected {})", quote(&p), SUBSCRIPTION_FIELDS.join(", ")));
         }
     }
     out
@@ -336,10 +336,11 @@ mod tests {
         );
         assert_eq!(f, ["url", "active"]);
         assert!(v.finish().is_ok());
-        let mut v = Violations::new();
-        update_fields(&mut v, Some(prost_types::FieldMask { paths: vec!["nope".into()] }));
-        update_fields(&mut v, None);
-        assert_eq!(v.finish().unwrap_err().violations.len(), 2);
+        for mask in [Some(prost_types::FieldMask { paths: vec!["nope".into()] }), None] {
+            let mut v = Violations::new();
+            update_fields(&mut v, mask);
+            assert_eq!(v.finish().unwrap_err().violations.len(), 1);
+        }
     }
 
     #[test]

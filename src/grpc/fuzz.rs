@@ -170,6 +170,62 @@ proptest! {
     }
 }
 
+proptest! {
+    #![proptest_config(config(400))]
+
+    /// Any value against any row: a value the table accepts is within its maximum and holds
+    /// no NUL (nor any control character outside free text); quoting it stays short.
+    #[test]
+    fn limits_accept_only_bounded_clean_values(
+        row in proptest::sample::select(super::limits::LIMITS),
+        value in prop_oneof![
+            text(),
+            (text(), 0..300usize).prop_map(|(s, n)| s.repeat(n)),
+            (text(), any::<char>(), text()).prop_map(|(a, c, b)| format!("{a}{c}{b}")),
+        ],
+    ) {
+        use super::limits::{Chars, Kind};
+        let quoted = crate::error::quote(&value);
+        prop_assert!(quoted.chars().count() <= crate::error::QUOTE_MAX * 10 + 3);
+        prop_assert!(!quoted.chars().any(char::is_control));
+        if let Kind::Str(chars) = row.kind
+            && row.problem(&value).is_none()
+        {
+            prop_assert!(value.chars().count() <= row.max);
+            prop_assert!(!value.contains('\0'));
+            if chars != Chars::Text {
+                prop_assert!(!value.chars().any(char::is_control));
+            }
+            if chars == Chars::Segment {
+                prop_assert!(!value.contains('/') && !value.contains("..") && !value.contains(' '));
+            }
+        }
+    }
+
+    /// Whatever bytes decode into a request, the limits check answers (never panics) and a
+    /// request it accepts has a bounded reference.
+    #[test]
+    fn limits_check_arbitrary_requests(b in proptest::collection::vec(any::<u8>(), 0..512)) {
+        use super::limits::checked;
+        if let Ok(r) = pb::CreateOnboardingRequest::decode(b.as_slice())
+            && checked(&r).is_ok()
+        {
+            prop_assert!(r.reference.chars().count() <= 200 && !r.reference.contains('\0'));
+        }
+        if let Ok(r) = pb::CreateAccountRequest::decode(b.as_slice()) {
+            let _ = checked(&r);
+        }
+        if let Ok(r) = pb::UpdateSubscriptionRequest::decode(b.as_slice()) {
+            let _ = checked(&r);
+        }
+        if let Ok(r) = pb::CreateOnboardingLinksRequest::decode(b.as_slice())
+            && checked(&r).is_ok()
+        {
+            prop_assert!(r.reference.chars().count() <= 200);
+        }
+    }
+}
+
 /// Finding 6 (fuzzing, fixed): a channel whose `activeTill` (the provider's value) was near
 /// `i64::MIN` overflowed `days_remaining`.
 #[test]

@@ -7,6 +7,7 @@ pub mod convert;
 pub mod convert_ext;
 #[cfg(test)]
 mod fuzz;
+pub mod limits;
 pub mod pb;
 pub mod pb_cache;
 mod services;
@@ -98,13 +99,15 @@ pub fn router(
         .add_service(health)
         .add_service(reflection_v1)
         .add_service(reflection_v1alpha)
-        .add_service(pb::account_service_server::AccountServiceServer::new(s.clone()))
-        .add_service(pb::onboarding_service_server::OnboardingServiceServer::new(s.clone()))
-        .add_service(pb::token_service_server::TokenServiceServer::new(s.clone()))
-        .add_service(pb::pipeline_service_server::PipelineServiceServer::new(s.clone()))
-        .add_service(pb::subscription_service_server::SubscriptionServiceServer::new(s.clone()))
-        .add_service(pb::channel_service_server::ChannelServiceServer::new(s.clone()))
-        .add_service(pb::provider_service_server::ProviderServiceServer::new(s));
+        .add_service(codec::OversizeAsExhausted(pb::account_service_server::AccountServiceServer::new(s.clone())))
+        .add_service(codec::OversizeAsExhausted(pb::onboarding_service_server::OnboardingServiceServer::new(s.clone())))
+        .add_service(codec::OversizeAsExhausted(pb::token_service_server::TokenServiceServer::new(s.clone())))
+        .add_service(codec::OversizeAsExhausted(pb::pipeline_service_server::PipelineServiceServer::new(s.clone())))
+        .add_service(codec::OversizeAsExhausted(pb::subscription_service_server::SubscriptionServiceServer::new(
+            s.clone(),
+        )))
+        .add_service(codec::OversizeAsExhausted(pb::channel_service_server::ChannelServiceServer::new(s.clone())))
+        .add_service(codec::OversizeAsExhausted(pb::provider_service_server::ProviderServiceServer::new(s)));
     Ok((router, reporter))
 }
 

@@ -1512,15 +1512,20 @@ mod postgres_only {
         let Some(base) = testing::pg_base_url() else {
             return;
         };
-        let store = PgStore::connect(&base).await.unwrap_or_else(|e| {
+        // A schema of its own: migrating the shared database's public schema would tie it to
+        // whichever branch's migrations ran last.
+        let url = crate::store::postgres::create_test_schema(&base).await.unwrap_or_else(|e| {
             panic!(
                 "PostgreSQL test server {} unreachable: {e}. Set {}=skip to opt out.",
                 redact_url(&base),
                 testing::PG_URL_ENV
             )
         });
+        let store = PgStore::connect(&url).await.unwrap();
         store.ping().await.unwrap();
         assert_eq!(store.backend(), Backend::Postgres);
+        drop(store);
+        testing::drop_pg(&url).await;
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -7,8 +7,8 @@ use super::*;
 impl pb::account_service_server::AccountService for Services {
     async fn create_account(&self, req: Request<pb::CreateAccountRequest>) -> Res<pb::Account> {
         let caller = caller(&req)?;
+        let mut v = limits::collect(req.get_ref());
         let r = req.into_inner();
-        let mut v = Violations::new();
         let Some(account) = r.account else {
             return Err(AppError::invalid("account", "is required").into());
         };
@@ -40,14 +40,15 @@ impl pb::account_service_server::AccountService for Services {
 
     async fn get_account(&self, req: Request<pb::GetAccountRequest>) -> Res<pb::Account> {
         let caller = caller(&req)?;
+        limits::checked(req.get_ref())?;
         let id = account_name("name", &req.get_ref().name)?;
         ok(self.core.get_account(&caller, &id).await.map(|a| account_to_pb(&a)))
     }
 
     async fn list_accounts(&self, req: Request<pb::ListAccountsRequest>) -> Res<pb::ListAccountsResponse> {
         let caller = caller(&req)?;
+        let mut v = limits::collect(req.get_ref());
         let r = req.into_inner();
-        let mut v = Violations::new();
         let page = page_request(&mut v, "accounts", r.page_size, &r.page_token, DEFAULT_PAGE);
         let provider = provider_filter(&mut v, "provider", r.provider);
         v.finish()?;
@@ -59,12 +60,14 @@ impl pb::account_service_server::AccountService for Services {
 
     async fn delete_account(&self, req: Request<pb::DeleteAccountRequest>) -> Res<()> {
         let caller = caller(&req)?;
+        limits::checked(req.get_ref())?;
         let id = account_name("name", &req.get_ref().name)?;
         ok(self.core.delete_account(&caller, &id, req.get_ref().force).await)
     }
 
     async fn check_account(&self, req: Request<pb::CheckAccountRequest>) -> Res<pb::CheckAccountResponse> {
         let caller = caller(&req)?;
+        limits::checked(req.get_ref())?;
         let id = account_name("name", &req.get_ref().name)?;
         ok(self.core.check_account(&caller, &id).await.map(|c| crate::grpc::convert_ext::check_to_pb(&c)))
     }

@@ -9,14 +9,15 @@ use crate::grpc::convert_ext::*;
 impl pb::channel_service_server::ChannelService for Services {
     async fn get_channel(&self, req: Request<pb::GetChannelRequest>) -> Res<pb::Channel> {
         let caller = caller(&req)?;
+        limits::checked(req.get_ref())?;
         let id = channel_name("name", &req.get_ref().name)?;
         ok(self.core.get_channel(&caller, &id).await.map(|c| channel_to_pb(&c)))
     }
 
     async fn list_channels(&self, req: Request<pb::ListChannelsRequest>) -> Res<pb::ListChannelsResponse> {
         let caller = caller(&req)?;
+        let mut v = limits::collect(req.get_ref());
         let r = req.into_inner();
-        let mut v = Violations::new();
         let page = page_request(&mut v, "channels", r.page_size, &r.page_token, DEFAULT_PAGE);
         let account = if r.account.is_empty() {
             None
@@ -32,8 +33,8 @@ impl pb::channel_service_server::ChannelService for Services {
 
     async fn get_connect_code(&self, req: Request<pb::GetConnectCodeRequest>) -> Res<pb::ConnectCode> {
         let caller = caller(&req)?;
+        let mut v = limits::collect(req.get_ref());
         let r = req.into_inner();
-        let mut v = Violations::new();
         let id = v.check("name", channel_name("name", &r.name).map_err(|e| e.message));
         let method = connect_method_from_pb(&mut v, r.method);
         v.finish()?;
@@ -45,8 +46,8 @@ impl pb::channel_service_server::ChannelService for Services {
 
     async fn set_channel_mode(&self, req: Request<pb::SetChannelModeRequest>) -> Res<pb::Channel> {
         let caller = caller(&req)?;
+        let mut v = limits::collect(req.get_ref());
         let r = req.get_ref();
-        let mut v = Violations::new();
         let id = v.check("name", channel_name("name", &r.name).map_err(|e| e.message));
         let mode = channel_mode_from_pb(&mut v, "mode", r.mode);
         v.finish()?;
@@ -58,8 +59,8 @@ impl pb::channel_service_server::ChannelService for Services {
 
     async fn extend_channel(&self, req: Request<pb::ExtendChannelRequest>) -> Res<pb::ExtendChannelResponse> {
         let caller = caller(&req)?;
+        let mut v = limits::collect(req.get_ref());
         let r = req.get_ref();
-        let mut v = Violations::new();
         let id = v.check("name", channel_name("name", &r.name).map_err(|e| e.message));
         let days = match u32::try_from(r.days) {
             Ok(d) if (1..=MAX_EXTEND_DAYS).contains(&d) => d,
@@ -68,9 +69,6 @@ impl pb::channel_service_server::ChannelService for Services {
                 0
             }
         };
-        if r.comment.chars().count() > 200 {
-            v.add("comment", "must be at most 200 characters");
-        }
         let rid = if r.request_id.is_empty() {
             v.add("request_id", "is required: a retry with the same key never extends twice");
             None
@@ -90,8 +88,8 @@ impl pb::channel_service_server::ChannelService for Services {
 
     async fn delete_channel(&self, req: Request<pb::DeleteChannelRequest>) -> Res<pb::DeleteChannelResponse> {
         let caller = caller(&req)?;
+        let mut v = limits::collect(req.get_ref());
         let r = req.get_ref();
-        let mut v = Violations::new();
         let id = v.check("name", channel_name("name", &r.name).map_err(|e| e.message));
         let rid = request_id(&mut v, &r.request_id);
         v.finish()?;
@@ -105,6 +103,7 @@ impl pb::channel_service_server::ChannelService for Services {
 
     async fn get_partner_balance(&self, req: Request<pb::GetPartnerBalanceRequest>) -> Res<pb::PartnerBalance> {
         let caller = caller(&req)?;
+        limits::checked(req.get_ref())?;
         let id = account_name("account", &req.get_ref().account)?;
         ok(self.core.get_partner_balance(&caller, &id).await.map(|b| balance_to_pb(&id, &b, crate::domain::now_ms())))
     }

@@ -10,6 +10,7 @@ use tonic::{Request, Response, Status};
 use super::SharedCore;
 use super::auth::{caller, caller_ref};
 use super::convert::*;
+use super::limits;
 use super::pb;
 use crate::core::Core;
 use crate::core::accounts::NewAccount;

@@ -7,17 +7,14 @@ use super::*;
 impl pb::onboarding_service_server::OnboardingService for Services {
     async fn create_onboarding(&self, req: Request<pb::CreateOnboardingRequest>) -> Res<pb::Onboarding> {
         let caller = caller(&req)?;
+        let mut v = limits::collect(req.get_ref());
         let r = req.get_ref();
-        let mut v = Violations::new();
         let account = v.check("account", account_name("account", &r.account).map_err(|e| e.message));
         let onboarding_id = if r.onboarding_id.is_empty() {
             None
         } else {
             v.check("onboarding_id", OnboardingId::parse(r.onboarding_id.as_str()).map_err(|e| e.0))
         };
-        if r.reference.chars().count() > 200 {
-            v.add("reference", "must be at most 200 characters");
-        }
         let request_id = request_id(&mut v, &r.request_id);
         let payload = start_payload_from_pb(&mut v, r.request.as_ref());
         v.finish()?;
@@ -39,8 +36,8 @@ impl pb::onboarding_service_server::OnboardingService for Services {
         req: Request<pb::CreateOnboardingLinksRequest>,
     ) -> Res<pb::CreateOnboardingLinksResponse> {
         let caller = caller(&req)?;
+        let mut v = limits::collect(req.get_ref());
         let r = req.get_ref();
-        let mut v = Violations::new();
         let id = v.check("account", account_name("account", &r.account).map_err(|e| e.message));
         if !(1..=50).contains(&r.count) {
             v.add("count", "must be between 1 and 50 (Exotel mints at most 50 links per call)");
@@ -66,14 +63,15 @@ impl pb::onboarding_service_server::OnboardingService for Services {
 
     async fn get_onboarding(&self, req: Request<pb::GetOnboardingRequest>) -> Res<pb::Onboarding> {
         let caller = caller_ref(&req)?;
+        limits::checked(req.get_ref())?;
         let id = onboarding_name("name", &req.get_ref().name)?;
         ok(self.core.get_onboarding_shared(caller, &id).await.map(|o| self.onboardings_pb.onboarding(o)))
     }
 
     async fn list_onboardings(&self, req: Request<pb::ListOnboardingsRequest>) -> Res<pb::ListOnboardingsResponse> {
         let caller = caller(&req)?;
+        let mut v = limits::collect(req.get_ref());
         let r = req.into_inner();
-        let mut v = Violations::new();
         let page = page_request(&mut v, "onboardings", r.page_size, &r.page_token, DEFAULT_PAGE);
         let filter = OnboardingFilter {
             provider: provider_filter(&mut v, "provider", r.provider),
@@ -94,8 +92,8 @@ impl pb::onboarding_service_server::OnboardingService for Services {
 
     async fn cancel_onboarding(&self, req: Request<pb::CancelOnboardingRequest>) -> Res<pb::CancelOnboardingResponse> {
         let caller = caller(&req)?;
+        let mut v = limits::collect(req.get_ref());
         let r = req.get_ref();
-        let mut v = Violations::new();
         let id = v.check("name", onboarding_name("name", &r.name).map_err(|e| e.message));
         let _ = request_id(&mut v, &r.request_id);
         v.finish()?;
@@ -108,8 +106,8 @@ impl pb::onboarding_service_server::OnboardingService for Services {
 
     async fn submit_verification_code(&self, req: Request<pb::SubmitVerificationCodeRequest>) -> Res<pb::Onboarding> {
         let caller = caller(&req)?;
+        let mut v = limits::collect(req.get_ref());
         let r = req.get_ref();
-        let mut v = Violations::new();
         let id = v.check("name", onboarding_name("name", &r.name).map_err(|e| e.message));
         if r.code.trim().is_empty() {
             v.add("code", "is required");
@@ -124,6 +122,7 @@ impl pb::onboarding_service_server::OnboardingService for Services {
     async fn watch_onboarding(&self, req: Request<pb::WatchOnboardingRequest>) -> Res<Self::WatchOnboardingStream> {
         use pb::watch_onboarding_response::Message as M;
         let caller = caller(&req)?;
+        limits::checked(req.get_ref())?;
         let id = onboarding_name("name", &req.get_ref().name)?;
         let items = self
             .core
@@ -152,8 +151,8 @@ impl pb::onboarding_service_server::OnboardingService for Services {
         req: Request<pb::ListOnboardingEventsRequest>,
     ) -> Res<pb::ListOnboardingEventsResponse> {
         let caller = caller(&req)?;
+        let mut v = limits::collect(req.get_ref());
         let r = req.into_inner();
-        let mut v = Violations::new();
         let id = v.check("name", onboarding_name("name", &r.name).map_err(|e| e.message));
         let page = page_request(&mut v, "events", r.page_size, &r.page_token, 100);
         let after = match page.after.as_deref().map(str::parse::<i64>) {

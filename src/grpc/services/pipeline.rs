@@ -7,6 +7,7 @@ use super::*;
 impl pb::pipeline_service_server::PipelineService for Services {
     async fn get_pipeline(&self, req: Request<pb::GetPipelineRequest>) -> Res<pb::Pipeline> {
         let caller = caller(&req)?;
+        limits::checked(req.get_ref())?;
         let id = onboarding_name("name", &req.get_ref().name)?;
         ok(self.core.get_pipeline(&caller, &id).await.map(|(o, s)| pipeline_to_pb(&o, &s)))
     }
@@ -16,6 +17,7 @@ impl pb::pipeline_service_server::PipelineService for Services {
     async fn watch_pipeline(&self, req: Request<pb::WatchPipelineRequest>) -> Res<Self::WatchPipelineStream> {
         use pb::watch_pipeline_response::Message as M;
         let caller = caller(&req)?;
+        limits::checked(req.get_ref())?;
         let id = onboarding_name("name", &req.get_ref().name)?;
         let items = self
             .core
@@ -50,6 +52,7 @@ impl pb::pipeline_service_server::PipelineService for Services {
 
     async fn retry_pipeline(&self, req: Request<pb::RetryPipelineRequest>) -> Res<pb::Pipeline> {
         let caller = caller(&req)?;
+        limits::checked(req.get_ref())?;
         let id = onboarding_name("name", &req.get_ref().name)?;
         self.core.retry_pipeline(&caller, &id).await?;
         ok(self.core.get_pipeline(&caller, &id).await.map(|(o, s)| pipeline_to_pb(&o, &s)))

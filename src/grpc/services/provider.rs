@@ -7,6 +7,7 @@ use super::*;
 impl pb::provider_service_server::ProviderService for Services {
     async fn list_providers(&self, req: Request<pb::ListProvidersRequest>) -> Res<pb::ListProvidersResponse> {
         let caller = caller(&req)?;
+        limits::checked(req.get_ref())?;
         let mut counts = std::collections::HashMap::new();
         let mut page = crate::store::PageRequest { limit: 1000, after: None };
         loop {

@@ -8,8 +8,8 @@ use crate::grpc::convert_ext::*;
 impl pb::subscription_service_server::SubscriptionService for Services {
     async fn create_subscription(&self, req: Request<pb::CreateSubscriptionRequest>) -> Res<pb::Subscription> {
         let caller = caller(&req)?;
+        let mut v = limits::collect(req.get_ref());
         let r = req.into_inner();
-        let mut v = Violations::new();
         let id = v.check("parent", onboarding_name("parent", &r.parent).map_err(|e| e.message));
         let mut spec = spec_from_pb(&mut v, "spec", r.spec, None);
         // `active` defaults to true on create (proto3 cannot tell unset from false).
@@ -22,6 +22,7 @@ impl pb::subscription_service_server::SubscriptionService for Services {
 
     async fn get_subscription(&self, req: Request<pb::GetSubscriptionRequest>) -> Res<pb::Subscription> {
         let caller = caller(&req)?;
+        limits::checked(req.get_ref())?;
         let (id, sub) = subscription_name("name", &req.get_ref().name)?;
         ok(self.core.get_subscription(&caller, &id, &sub).await.map(|s| subscription_to_pb(&s)))
     }
@@ -31,8 +32,8 @@ impl pb::subscription_service_server::SubscriptionService for Services {
         req: Request<pb::ListSubscriptionsRequest>,
     ) -> Res<pb::ListSubscriptionsResponse> {
         let caller = caller(&req)?;
+        let mut v = limits::collect(req.get_ref());
         let r = req.into_inner();
-        let mut v = Violations::new();
         let id = v.check("parent", onboarding_name("parent", &r.parent).map_err(|e| e.message));
         // Tokens are bound to this onboarding's list.
         let kind = format!("subscriptions@{}", r.parent);
@@ -47,8 +48,8 @@ impl pb::subscription_service_server::SubscriptionService for Services {
 
     async fn update_subscription(&self, req: Request<pb::UpdateSubscriptionRequest>) -> Res<pb::Subscription> {
         let caller = caller(&req)?;
+        let mut v = limits::collect(req.get_ref());
         let r = req.into_inner();
-        let mut v = Violations::new();
         let name = v.check("name", subscription_name("name", &r.name).map_err(|e| e.message));
         let fields = update_fields(&mut v, r.update_mask);
         let spec = spec_from_pb(&mut v, "spec", r.spec, Some(&fields));
@@ -59,6 +60,7 @@ impl pb::subscription_service_server::SubscriptionService for Services {
 
     async fn delete_subscription(&self, req: Request<pb::DeleteSubscriptionRequest>) -> Res<()> {
         let caller = caller(&req)?;
+        limits::checked(req.get_ref())?;
         let (id, sub) = subscription_name("name", &req.get_ref().name)?;
         ok(self.core.delete_subscription(&caller, &id, &sub).await)
     }

@@ -8,6 +8,7 @@ use crate::grpc::convert_ext::*;
 impl pb::token_service_server::TokenService for Services {
     async fn get_app_token(&self, req: Request<pb::GetAppTokenRequest>) -> Res<pb::AppToken> {
         let caller = caller(&req)?;
+        limits::checked(req.get_ref())?;
         let id = onboarding_name("name", &req.get_ref().name)?;
         ok(self.core.get_app_token(&caller, &id).await.map(|t| app_token_to_pb(&t)))
     }
@@ -17,8 +18,8 @@ impl pb::token_service_server::TokenService for Services {
         req: Request<pb::ValidateOnboardingTokenRequest>,
     ) -> Res<pb::ValidateOnboardingTokenResponse> {
         let caller = caller(&req)?;
+        let mut v = limits::collect(req.get_ref());
         let r = req.get_ref();
-        let mut v = Violations::new();
         let id = v.check("account", account_name("account", &r.account).map_err(|e| e.message));
         v.check("token", check_provider_key(&r.token));
         v.finish()?;
@@ -31,6 +32,7 @@ impl pb::token_service_server::TokenService for Services {
         req: Request<pb::RefreshProviderTokenRequest>,
     ) -> Res<pb::ProviderTokenStatus> {
         let caller = caller(&req)?;
+        limits::checked(req.get_ref())?;
         let id = account_name("account", &req.get_ref().account)?;
         ok(self.core.refresh_provider_token(&caller, &id).await.map(|s| token_status_to_pb(&id, &s)))
     }
@@ -40,6 +42,7 @@ impl pb::token_service_server::TokenService for Services {
         req: Request<pb::GetProviderTokenStatusRequest>,
     ) -> Res<pb::ProviderTokenStatus> {
         let caller = caller(&req)?;
+        limits::checked(req.get_ref())?;
         let id = account_name("account", &req.get_ref().account)?;
         ok(self.core.get_provider_token_status(&caller, &id).await.map(|s| token_status_to_pb(&id, &s)))
     }
