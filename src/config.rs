@@ -372,7 +372,8 @@ pub struct StreamSettings {
     /// further behind reads the store on its own.
     pub buffer: usize,
     /// Concurrent calls (streams included) per gRPC connection: HTTP/2
-    /// `SETTINGS_MAX_CONCURRENT_STREAMS`.
+    /// `SETTINGS_MAX_CONCURRENT_STREAMS`. Generous: one client channel often carries a watch
+    /// stream per onboarding beside its unary calls, and calls over the limit queue in it.
     pub max_per_connection: u32,
     /// Open `WatchOnboarding` and `WatchPipeline` streams per tenant on this replica; more are
     /// refused `RESOURCE_EXHAUSTED`.
@@ -381,7 +382,7 @@ pub struct StreamSettings {
 
 impl Default for StreamSettings {
     fn default() -> Self {
-        Self { heartbeat_secs: 10, buffer: 64, max_per_connection: 200, max_per_tenant: 10_000 }
+        Self { heartbeat_secs: 10, buffer: 64, max_per_connection: 1_000, max_per_tenant: 10_000 }
     }
 }
 
