@@ -62,6 +62,15 @@ pub struct ServerSettings {
     pub health_probe_secs: u64,
     /// TLS (and mutual TLS) for the gRPC port.
     pub tls: TlsSettings,
+    /// Seconds a client of the webhook and metrics ports has to send a request's headers, and a
+    /// gRPC client its HTTP/2 preface.
+    pub header_read_timeout_secs: u64,
+    /// Seconds a webhook or metrics connection may stay without a request in flight (before
+    /// its first request too: an idle or half-sent connection is closed after this).
+    pub idle_timeout_secs: u64,
+    /// Open connections per HTTP port (webhook, metrics); more are accepted and closed at once.
+    /// 0: a quarter of the open-file limit, so a flood leaves descriptors for gRPC and the store.
+    pub max_http_connections: usize,
 }
 
 /// TLS for the gRPC listener. Plaintext when `cert_file` is empty.
@@ -120,11 +129,14 @@ pub struct AuthSettings {
     pub keys: Vec<ConfigKey>,
     /// Seconds between re-reads of the config file.
     pub reload_secs: u64,
+    /// Milliseconds a key lookup is cached: a key revoked in the store is refused, and the
+    /// streams it opened end `UNAUTHENTICATED`, within this delay.
+    pub revocation_delay_ms: u64,
 }
 
 impl Default for AuthSettings {
     fn default() -> Self {
-        Self { keys: Vec::new(), reload_secs: 5 }
+        Self { keys: Vec::new(), reload_secs: 5, revocation_delay_ms: 5_000 }
     }
 }
 
@@ -190,6 +202,9 @@ impl Default for ServerSettings {
             shutdown_grace_secs: 10,
             health_probe_secs: 2,
             tls: TlsSettings::default(),
+            header_read_timeout_secs: 10,
+            idle_timeout_secs: 60,
+            max_http_connections: 0,
         }
     }
 }
@@ -356,11 +371,18 @@ pub struct StreamSettings {
     /// Recent events kept in memory per watched onboarding, shared by its streams; a stream
     /// further behind reads the store on its own.
     pub buffer: usize,
+    /// Concurrent calls (streams included) per gRPC connection: HTTP/2
+    /// `SETTINGS_MAX_CONCURRENT_STREAMS`. Generous: one client channel often carries a watch
+    /// stream per onboarding beside its unary calls, and calls over the limit queue in it.
+    pub max_per_connection: u32,
+    /// Open `WatchOnboarding` and `WatchPipeline` streams per tenant on this replica; more are
+    /// refused `RESOURCE_EXHAUSTED`.
+    pub max_per_tenant: usize,
 }
 
 impl Default for StreamSettings {
     fn default() -> Self {
-        Self { heartbeat_secs: 10, buffer: 64 }
+        Self { heartbeat_secs: 10, buffer: 64, max_per_connection: 1_000, max_per_tenant: 10_000 }
     }
 }
 
@@ -501,6 +523,17 @@ impl Settings {
         }
         if self.streams.buffer == 0 {
             return Err(ConfigError("streams.buffer must be at least 1".into()));
+        }
+        if self.streams.max_per_connection == 0 || self.streams.max_per_tenant == 0 {
+            return Err(ConfigError("streams.max_per_connection and streams.max_per_tenant must be at least 1".into()));
+        }
+        if !(100..=600_000).contains(&self.auth.revocation_delay_ms) {
+            return Err(ConfigError("auth.revocation_delay_ms must be between 100 and 600000".into()));
+        }
+        if self.server.header_read_timeout_secs == 0 || self.server.idle_timeout_secs == 0 {
+            return Err(ConfigError(
+                "server.header_read_timeout_secs and server.idle_timeout_secs must be at least 1".into(),
+            ));
         }
         let e = &self.engine;
         if e.lease_secs == 0 || e.concurrency == 0 || e.tick_ms == 0 || e.poll_interval_ms == 0 {

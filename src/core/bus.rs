@@ -28,7 +28,7 @@ use futures::FutureExt;
 use futures::future::{BoxFuture, Shared};
 use tokio::sync::{Notify, broadcast, watch};
 
-use crate::domain::OnboardingId;
+use crate::domain::{OnboardingId, TenantId};
 use crate::error::AppError;
 use crate::store::{ChangeNotice, EventRecord, StepRecord, Store, StoreResult};
 
@@ -202,6 +202,8 @@ struct Inner {
     /// The group the next stream joins (round robin).
     next_slot: AtomicUsize,
     reconcile: Notify,
+    /// Open streams per tenant (only tenants with one open).
+    open: Mutex<HashMap<TenantId, usize>>,
 }
 
 /// The fan-out hub.
@@ -217,6 +219,26 @@ pub struct Watcher {
     keep: usize,
     /// Which of the topic's waiter lists this stream waits on.
     shard: usize,
+}
+
+/// One open stream counted against its tenant's limit; dropped with the stream.
+pub struct StreamPermit {
+    inner: Weak<Inner>,
+    tenant: TenantId,
+}
+
+impl Drop for StreamPermit {
+    fn drop(&mut self) {
+        if let Some(inner) = self.inner.upgrade() {
+            let mut open = inner.open.lock().unwrap_or_else(|e| e.into_inner());
+            if let Some(n) = open.get_mut(&self.tenant) {
+                *n = n.saturating_sub(1);
+                if *n == 0 {
+                    open.remove(&self.tenant);
+                }
+            }
+        }
+    }
 }
 
 impl Drop for Watcher {
@@ -242,12 +264,35 @@ impl Bus {
                 beats: (0..BEAT_SLOTS).map(|_| watch::channel(0).0).collect(),
                 next_slot: AtomicUsize::new(0),
                 reconcile: Notify::new(),
+                open: Mutex::default(),
             }),
         }
     }
 
     fn registry(&self) -> MutexGuard<'_, Registry> {
         self.inner.registry.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Counts one more open stream of `tenant`, or refuses it `RESOURCE_EXHAUSTED` when the
+    /// tenant already has `limit` open here: every open stream costs memory (and, when its
+    /// client stops reading, the messages queued for it), so one tenant cannot take it all.
+    pub fn open_stream(&self, tenant: &TenantId, limit: usize) -> Result<StreamPermit, AppError> {
+        let mut open = self.inner.open.lock().unwrap_or_else(|e| e.into_inner());
+        let n = open.entry(tenant.clone()).or_default();
+        if *n >= limit {
+            return Err(AppError::new(
+                crate::error::ErrorCode::ResourceExhausted,
+                format!("this tenant already has {limit} open streams (streams.max_per_tenant); close one and retry"),
+            )
+            .with_retry_after(Duration::from_secs(5)));
+        }
+        *n += 1;
+        Ok(StreamPermit { inner: Arc::downgrade(&self.inner), tenant: tenant.clone() })
+    }
+
+    /// Open streams of `tenant` (for tests).
+    pub fn open_streams(&self, tenant: &TenantId) -> usize {
+        self.inner.open.lock().unwrap_or_else(|e| e.into_inner()).get(tenant).copied().unwrap_or(0)
     }
 
     /// Registers interest in one onboarding.
@@ -429,7 +474,9 @@ impl Watcher {
                 return Ok(None);
             }
         }
-        let own = read_window(self.log.as_ref(), &self.topic.id, cursor, None, usize::MAX, known).await?;
+        let (log, id) = (self.log.clone(), self.topic.id.clone());
+        let own =
+            detached(async move { read_window(log.as_ref(), &id, cursor, None, usize::MAX, known).await }).await?;
         Ok(Batch::after(&Arc::new(own), cursor))
     }
 
@@ -443,7 +490,7 @@ impl Watcher {
         let id = self.topic.id.clone();
         let keep = self.keep;
         let known = self.topic.latest();
-        async move {
+        detached(async move {
             let r = read_window(log.as_ref(), &id, cursor, base.as_deref(), keep, known).await.map(Arc::new);
             if let Some(t) = topic.upgrade() {
                 let shared = t.watchers.load(Ordering::SeqCst) > 1;
@@ -460,10 +507,21 @@ impl Watcher {
                 }
             }
             r
-        }
+        })
         .boxed()
         .shared()
     }
+}
+
+/// Runs a store read on a task of its own, so it completes and hands its pooled connection back
+/// even when the stream awaiting it is never polled again: tonic stops polling a stream whose
+/// client does not open its HTTP/2 window, possibly in the middle of a read, and a handful of
+/// such streams would otherwise hold every reader connection of the store for as long as the
+/// client wished. A blocked stream then holds only what was read.
+async fn detached<T: Send + 'static>(
+    read: impl std::future::Future<Output = Result<T, AppError>> + Send + 'static,
+) -> Result<T, AppError> {
+    tokio::spawn(read).await.map_err(|e| AppError::internal(format!("stream read task failed: {e}")))?
 }
 
 /// Reads one page of events after `from` (and, when any concerns a step, the steps once),
@@ -853,6 +911,22 @@ mod tests {
             assert_eq!(woken, 2, "each tick wakes one group");
         }
         assert!(count.iter().all(|c| *c == 2), "every stream beats once a period: {count:?}");
+    }
+
+    #[test]
+    fn open_streams_are_bounded_per_tenant() {
+        let bus = bus(&Arc::new(Log::default()), 4);
+        let (a, b) = (TenantId::parse("a").unwrap(), TenantId::parse("b").unwrap());
+        let first = bus.open_stream(&a, 2).unwrap();
+        let _second = bus.open_stream(&a, 2).unwrap();
+        let refused = bus.open_stream(&a, 2).err().unwrap();
+        assert_eq!(refused.code, crate::error::ErrorCode::ResourceExhausted);
+        assert!(refused.message.contains("streams.max_per_tenant"), "{}", refused.message);
+        assert!(refused.retry_after.is_some());
+        let _other = bus.open_stream(&b, 2).expect("another tenant has its own count");
+        drop(first);
+        assert_eq!(bus.open_streams(&a), 1);
+        let _again = bus.open_stream(&a, 2).expect("a closed stream frees its place");
     }
 
     #[tokio::test]

@@ -6,7 +6,8 @@ use std::sync::Arc;
 
 use futures::Stream;
 
-use super::bus::{Batch, Watcher};
+use super::bus::{Batch, StreamPermit, Watcher};
+use super::tenants::KeyCheck;
 use super::{Caller, Core};
 use crate::domain::{OnboardingId, UnixMs, now_ms};
 use crate::error::AppError;
@@ -94,17 +95,21 @@ impl Core {
     /// Streams an onboarding: the snapshot, then events with `sequence > after`, gap-free,
     /// then heartbeats when idle. A state machine polled by the transport (no task, no
     /// channel), so a slow consumer is back-pressured by HTTP/2 flow control and nothing is
-    /// buffered beyond the shared window of the bus. Ends when dropped or at shutdown.
+    /// buffered beyond the shared window of the bus. Ends when dropped or at shutdown, and
+    /// `UNAUTHENTICATED` when `key` (the API key it was opened with) is revoked. Counts against
+    /// the tenant's `streams.max_per_tenant`.
     pub async fn watch_onboarding(
         &self,
         caller: &Caller,
         id: &OnboardingId,
         after: i64,
+        key: Option<KeyCheck>,
         shutdown: tokio::sync::watch::Receiver<bool>,
     ) -> Result<impl Stream<Item = Result<StreamItem, AppError>> + Send + 'static, AppError> {
         if after < 0 {
             return Err(AppError::invalid("after_sequence", "must not be negative"));
         }
+        let permit = self.bus.open_stream(&caller.tenant, self.settings.streams.max_per_tenant)?;
         // Register before reading the snapshot, so a change between the two is not missed.
         let watcher = self.bus.watch(id);
         let (onboarding, steps) = self.get_pipeline(caller, id).await?;
@@ -119,6 +124,11 @@ impl Core {
             beat: self.bus.beat(),
             shutdown,
             ended: false,
+            recheck: key.map(|k| {
+                let at = Box::pin(tokio::time::sleep(k.every()));
+                Box::new(Recheck { key: k, tenant: caller.tenant.clone(), at })
+            }),
+            _permit: permit,
         };
         Ok(futures::stream::unfold(state, |mut st| async move { st.next().await.map(|item| (item, st)) }))
     }
@@ -143,6 +153,26 @@ struct WatchState {
     beat: tokio::sync::watch::Receiver<u64>,
     shutdown: tokio::sync::watch::Receiver<bool>,
     ended: bool,
+    /// When and how the stream's API key is checked again (boxed: idle streams stay small).
+    recheck: Option<Box<Recheck>>,
+    _permit: StreamPermit,
+}
+
+/// A stream's next check of the key it was opened with.
+struct Recheck {
+    key: KeyCheck,
+    tenant: crate::domain::TenantId,
+    at: std::pin::Pin<Box<tokio::time::Sleep>>,
+}
+
+impl Recheck {
+    /// Waits for the next check and runs it; `UNAUTHENTICATED` ends the stream.
+    async fn due(&mut self) -> Result<(), AppError> {
+        self.at.as_mut().await;
+        let r = self.key.recheck(&self.tenant).await;
+        self.at.as_mut().reset(tokio::time::Instant::now() + self.key.every());
+        r
+    }
 }
 
 impl WatchState {
@@ -154,6 +184,15 @@ impl WatchState {
             return None;
         }
         loop {
+            // A stream that always has events to send never waits below: its key check is due
+            // here too.
+            if let Some(r) = self.recheck.as_mut()
+                && r.at.is_elapsed()
+                && let Err(e) = r.due().await
+            {
+                self.ended = true;
+                return Some(Err(e));
+            }
             if let Some((event, step)) = self.batch.as_mut().and_then(Batch::pop) {
                 self.cursor = event.sequence;
                 return Some(Ok(StreamItem::Event(event, step)));
@@ -187,6 +226,15 @@ impl WatchState {
                     }
                 }
                 _ = self.shutdown.changed() => return None,
+                Err(e) = async {
+                    match self.recheck.as_mut() {
+                        Some(r) => r.due().await,
+                        None => std::future::pending().await,
+                    }
+                } => {
+                    self.ended = true;
+                    return Some(Err(e));
+                }
             }
         }
     }

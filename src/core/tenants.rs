@@ -15,7 +15,8 @@ use crate::store::{ApiKeyRecord, Store, StoreError, TenantRecord};
 /// Prefix of every API key, so leaked keys are recognisable by secret scanners.
 pub const KEY_PREFIX: &str = "wao_";
 
-/// How long a key lookup is cached; also the worst-case delay for a revocation.
+/// How long a key lookup is cached by default; also the worst-case delay for a revocation
+/// (`auth.revocation_delay_ms`).
 const CACHE_TTL: Duration = Duration::from_secs(5);
 
 /// A new API key: the plaintext is returned once and never stored.
@@ -154,6 +155,8 @@ pub struct Authenticator {
     store: Arc<dyn Store>,
     cache: Arc<Mutex<KeyCache>>,
     config_keys: ConfigKeys,
+    /// How long a lookup is cached: the revocation delay.
+    ttl: Duration,
 }
 
 impl std::fmt::Debug for Authenticator {
@@ -170,29 +173,47 @@ impl Authenticator {
 
     /// A new authenticator that also accepts the (live-updated) config-file keys.
     pub fn with_config_keys(store: Arc<dyn Store>, config_keys: ConfigKeys) -> Self {
-        Self { store, cache: Arc::default(), config_keys }
+        Self { store, cache: Arc::default(), config_keys, ttl: CACHE_TTL }
+    }
+
+    /// Caches lookups for `delay` (at least 100 ms): a revoked key is refused, and the streams
+    /// it opened end, within that delay.
+    pub fn with_revocation_delay(mut self, delay: Duration) -> Self {
+        self.ttl = delay.max(Duration::from_millis(100));
+        self
     }
 
     /// The tenant owning `key`, or `UNAUTHENTICATED`.
     pub async fn authenticate(&self, key: &str) -> Result<TenantId, AppError> {
+        self.authenticate_checked(key).await.map(|(tenant, _)| tenant)
+    }
+
+    /// [`Authenticator::authenticate`], with what a stream opened with the key re-checks it by.
+    pub async fn authenticate_checked(&self, key: &str) -> Result<(TenantId, KeyCheck), AppError> {
         let unauth = || AppError::new(ErrorCode::Unauthenticated, "invalid or revoked API key");
         if !key.starts_with(KEY_PREFIX) || key.len() > 200 {
             return Err(unauth());
         }
-        // On the stack: the lookups below borrow it; only a cache fill copies it.
         let hash: [u8; 32] = Sha256::digest(key.as_bytes()).into();
+        let tenant = self.lookup(&hash, self.ttl).await?.ok_or_else(unauth)?;
+        Ok((tenant, KeyCheck { auth: self.clone(), hash }))
+    }
+
+    /// The tenant of a key hash: a config-file key, else the store through a cache entry younger
+    /// than `max_age`.
+    async fn lookup(&self, hash: &[u8; 32], max_age: Duration) -> Result<Option<TenantId>, AppError> {
         let declared = self.config_keys.read().unwrap_or_else(|e| e.into_inner()).get(&hash[..]).cloned();
         if let Some(tenant) = declared {
-            return Ok(tenant);
+            return Ok(Some(tenant));
         }
         let cached = {
             let cache = self.cache.lock().unwrap_or_else(|e| e.into_inner());
-            cache.get(&hash[..]).filter(|(_, at)| at.elapsed() < CACHE_TTL).map(|(t, _)| t.clone())
+            cache.get(&hash[..]).filter(|(_, at)| at.elapsed() < max_age).map(|(t, _)| t.clone())
         };
         let tenant = match cached {
             Some(t) => t,
             None => {
-                let t = self.store.api_key_by_hash(&hash).await?.map(|k| k.tenant_id);
+                let t = self.store.api_key_by_hash(hash).await?.map(|k| k.tenant_id);
                 let mut cache = self.cache.lock().unwrap_or_else(|e| e.into_inner());
                 if cache.len() > 10_000 {
                     // Bounded: a flood of random keys cannot grow memory.
@@ -202,7 +223,50 @@ impl Authenticator {
                 t
             }
         };
-        tenant.ok_or_else(unauth)
+        Ok(tenant)
+    }
+}
+
+/// What a stream opened with an API key re-checks that key with, so a key revoked (or removed
+/// from the config file) while the stream is open ends it within the revocation delay.
+#[derive(Clone)]
+pub struct KeyCheck {
+    auth: Authenticator,
+    hash: [u8; 32],
+}
+
+impl std::fmt::Debug for KeyCheck {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // Not even the hash: it identifies the key.
+        f.write_str("KeyCheck")
+    }
+}
+
+impl KeyCheck {
+    /// How often a stream re-checks: half the revocation delay, through cache entries at most
+    /// that old, so a revocation ends the stream within the delay (one store read per key per
+    /// half delay, however many streams the key holds open).
+    pub fn every(&self) -> Duration {
+        self.auth.ttl / 2
+    }
+
+    /// `UNAUTHENTICATED` once the key no longer maps to `tenant`. A store that does not answer
+    /// is not a revocation: the stream stays, and the next check asks again.
+    pub async fn recheck(&self, tenant: &TenantId) -> Result<(), AppError> {
+        // On a task of its own: a stream that stops being polled mid-read (its client does not
+        // read) must not keep the store connection the read holds.
+        let (auth, hash, max_age) = (self.auth.clone(), self.hash, self.every());
+        let looked_up = tokio::spawn(async move { auth.lookup(&hash, max_age).await })
+            .await
+            .unwrap_or_else(|e| Err(AppError::internal(format!("API key re-check failed: {e}"))));
+        match looked_up {
+            Ok(Some(t)) if &t == tenant => Ok(()),
+            Ok(_) => Err(AppError::new(ErrorCode::Unauthenticated, "API key revoked while the stream was open")),
+            Err(error) => {
+                tracing::warn!(error = %error.message, "API key re-check of an open stream failed; kept open.");
+                Ok(())
+            }
+        }
     }
 }
 

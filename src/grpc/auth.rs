@@ -103,12 +103,14 @@ where
                             crate::error::ErrorCode::Unauthenticated,
                             "missing API key: send metadata 'authorization: Bearer <key>'",
                         )),
-                        Some(key) => auth.authenticate(key).await,
+                        Some(key) => auth.authenticate_checked(key).await,
                     };
                     match outcome {
-                        Ok(tenant) => {
+                        Ok((tenant, check)) => {
                             tracing::Span::current().record("tenant", tracing::field::display(&tenant));
                             req.extensions_mut().insert(Caller { tenant });
+                            // Streams re-check the key with it while they stay open.
+                            req.extensions_mut().insert(check);
                         }
                         Err(e) => {
                             tracing::info!(code = e.code.as_str(), "Call refused.");
@@ -132,6 +134,11 @@ where
             .instrument(span),
         )
     }
+}
+
+/// What a stream opened by this request re-checks its API key with (set by the layer).
+pub fn key_check<T>(req: &tonic::Request<T>) -> Option<crate::core::tenants::KeyCheck> {
+    req.extensions().get::<crate::core::tenants::KeyCheck>().cloned()
 }
 
 /// The authenticated caller of a request (set by the layer).

@@ -33,6 +33,11 @@ pub const SERVICE_NAMES: [&str; 7] = [
     "wa.onboard.v1.ProviderService",
 ];
 
+/// Largest request header block accepted on the gRPC port.
+const MAX_HEADER_LIST_BYTES: u32 = 16 * 1024;
+/// Streams a client may open and reset before the server has accepted them, per connection.
+const MAX_PENDING_RESETS: usize = 50;
+
 /// The layers in front of every route: metrics (outermost, so refused calls count), then
 /// auth and request ids.
 pub type Layers = Stack<auth::AuthLayer, Stack<crate::telemetry::grpc::GrpcMetricsLayer, Identity>>;
@@ -73,6 +78,7 @@ pub fn router(
         tonic_reflection::pb::v1::FILE_DESCRIPTOR_SET,
         tonic_reflection::pb::v1alpha::FILE_DESCRIPTOR_SET,
     ]);
+    let max_streams = core.settings.streams.max_per_connection;
     let s = Services::new(core, shutdown);
     let mut server = tonic::transport::Server::builder();
     if let Some(tls) = tls {
@@ -81,6 +87,13 @@ pub fn router(
     let router = server
         .http2_keepalive_interval(Some(std::time::Duration::from_secs(20)))
         .http2_keepalive_timeout(Some(std::time::Duration::from_secs(10)))
+        // Bounds on what one connection can make the server hold: calls in flight (each open
+        // stream keeps its state and queued messages), header bytes per request (API keys and
+        // request ids are short), and streams a client opens and resets at once (the "rapid
+        // reset" flood) before the connection is closed.
+        .max_concurrent_streams(Some(max_streams))
+        .http2_max_header_list_size(Some(MAX_HEADER_LIST_BYTES))
+        .http2_max_pending_accept_reset_streams(Some(MAX_PENDING_RESETS))
         .layer(metrics)
         .layer(auth)
         .add_service(health)

@@ -125,8 +125,16 @@ impl pb::onboarding_service_server::OnboardingService for Services {
         let caller = caller(&req)?;
         limits::checked(req.get_ref())?;
         let id = onboarding_name(&caller.tenant, "name", &req.get_ref().name)?;
-        let items =
-            self.core.watch_onboarding(&caller, &id, req.get_ref().after_sequence, self.shutdown.clone()).await?;
+        let items = self
+            .core
+            .watch_onboarding(
+                &caller,
+                &id,
+                req.get_ref().after_sequence,
+                crate::grpc::auth::key_check(&req),
+                self.shutdown.clone(),
+            )
+            .await?;
         let events = self.events_pb.clone();
         Ok(Response::new(stream(items, move |item| pb::WatchOnboardingResponse {
             message: Some(match item {
