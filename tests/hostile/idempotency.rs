@@ -550,7 +550,9 @@ async fn our_own_lost_link_answer_still_reconciles_into_its_app() {
     assert_eq!(created(&core, "apps"), 1, "{figures:?}");
     assert!(calls(&core, GUPSHUP_LINK) >= 2, "{figures:?}");
     assert!(
-        at_sim.and_then(|a| a.callback_url).is_some_and(|u| u.contains("/webhooks/gupshup/") && u.contains(".sandbox-gupshup/")),
+        at_sim
+            .and_then(|a| a.callback_url)
+            .is_some_and(|u| u.contains("/webhooks/gupshup/") && u.contains(".sandbox-gupshup/")),
         "{figures:?}"
     );
 }
