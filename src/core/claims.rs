@@ -71,7 +71,13 @@ impl Core {
                 owner: owner.clone(),
                 lease_until_ms: now.saturating_add(lease_ms),
             };
-            match self.store.claim_request(&claim, now).await? {
+            let held = match self.store.claim_request(&claim, now).await {
+                // Waiters taking and releasing the claim in turn made it change hands under
+                // this look several times: wait and look again, as behind a held claim.
+                Err(crate::store::StoreError::Conflict(_)) => Some(claim.clone()),
+                r => r?,
+            };
+            match held {
                 None => {
                     // The last owner may have stored its outcome and released between our look
                     // and our claim.

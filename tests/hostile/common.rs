@@ -1,28 +1,17 @@
-//! Report fragments of the hostile-input suite.
+//! Report fragments of the hostile-input suite: name them `4N-hostile-<slug>.md`, start each
+//! with a `### ` heading, and say what the attack sends and the outcome this run measured.
 
-use std::path::{Path, PathBuf};
+pub use crate::report::{table, write_fragment};
 
-/// Writes `target/reliability/{file}` (name it `4N-hostile-<slug>.md`): one attack of the
-/// "Hostile input" section of `RELIABILITY.md`, starting with a `### ` heading, saying what the
-/// attack sends and the outcome this run measured. `scripts/reliability-report` assembles the
-/// fragments in name order.
-pub fn write_fragment(file: &str, markdown: &str) {
-    let dir =
-        Path::new(env!("CARGO_TARGET_TMPDIR")).parent().map_or_else(|| PathBuf::from("target"), Path::to_path_buf);
-    let dir = dir.join("reliability");
-    std::fs::create_dir_all(&dir).expect("report dir");
-    let stamp =
-        std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs() as i64).unwrap_or(0);
-    let when = prost_types::Timestamp { seconds: stamp, nanos: 0 }.to_string();
-    let body = format!("{markdown}\n_Measured {when} by `cargo test --test hostile`._\n");
-    std::fs::write(dir.join(file), body).expect("write fragment");
-}
-
-/// A two-column Markdown table.
-pub fn table(rows: &[(&str, String)]) -> String {
-    let mut t = String::from("| figure | value |\n|---|---|\n");
-    for (k, v) in rows {
-        t.push_str(&format!("| {k} | {v} |\n"));
-    }
-    t
+/// Resident memory of this test process (the in-process server and its clients, and any
+/// test running alongside), in MiB, for the fragments' "memory bounded" figures.
+pub fn rss_mib() -> f64 {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+    let kib = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.split_whitespace().next())
+        .and_then(|n| n.parse::<f64>().ok())
+        .unwrap_or(0.0);
+    kib / 1024.0
 }

@@ -183,6 +183,7 @@ async fn nul_bytes_are_refused_before_exotel_mints_on_sqlite_and_postgresql() {
 async fn one_mib_reference_in_create_onboarding_links_is_refused_and_nothing_is_stored() {
     let app = spawn_with(sandbox).await;
     let before = provider_calls(&app);
+    let rss_before = crate::common::rss_mib();
     let reference = "r".repeat(MIB);
     let started = Instant::now();
     let r = app.onboardings().create_onboarding_links(app.req(links(&reference, 50))).await;
@@ -190,6 +191,7 @@ async fn one_mib_reference_in_create_onboarding_links_is_refused_and_nothing_is_
     let status = refused("CreateOnboardingLinks 1 MiB reference", r, "reference");
     let after = provider_calls(&app);
     let stored = onboarding_count(&app).await;
+    let rss_growth = crate::common::rss_mib() - rss_before;
     assert_eq!(total(&after), total(&before), "a provider was called: {after:?}");
     assert_eq!(stored, 0, "onboardings stored");
     // The service still answers a normal call at once.
@@ -207,6 +209,7 @@ async fn one_mib_reference_in_create_onboarding_links_is_refused_and_nothing_is_
                 ("onboardings stored", stored.to_string()),
                 ("provider calls made", (total(&after) - total(&before)).to_string()),
                 ("a normal batch of 2 afterwards", "answered".into()),
+                ("RSS growth of the test process (tests run alongside)", format!("{rss_growth:.1} MiB")),
             ])
         ),
     );

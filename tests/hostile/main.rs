@@ -14,6 +14,9 @@ mod helpers;
 #[path = "../common/child.rs"]
 mod child;
 
+#[path = "../common/report.rs"]
+mod report;
+
 #[allow(dead_code)]
 mod common;
 

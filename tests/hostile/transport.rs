@@ -89,6 +89,7 @@ async fn streams_that_never_open_their_window_do_not_take_the_service_down() {
     let other = app.other_tenant("bystander").await;
     let name = format!("onboardings/{id}");
 
+    let rss_before = crate::common::rss_mib();
     // The flood: streams opened, responses awaited (headers), their data never read.
     let (mut conns, mut responses) = (Vec::new(), Vec::new());
     let mut opened = 0;
@@ -112,6 +113,7 @@ async fn streams_that_never_open_their_window_do_not_take_the_service_down() {
     }
     // Let every stream fill its window and block.
     tokio::time::sleep(Duration::from_secs(2)).await;
+    let rss_blocked = crate::common::rss_mib();
 
     // Probes, on a fresh connection, over several seconds (longer than the store's 5 s pool
     // wait would allow a stuck pool to pass).
@@ -160,6 +162,10 @@ async fn streams_that_never_open_their_window_do_not_take_the_service_down() {
                 ("Health SERVING throughout", serving.to_string()),
                 ("probe calls answered within 3 s", format!("{ok} / {total}")),
                 ("slowest probe call", ms(worst)),
+                (
+                    "RSS growth with every stream blocked (test process, tests run alongside)",
+                    format!("{:.1} MiB", rss_blocked - rss_before),
+                ),
             ])
         ),
     );

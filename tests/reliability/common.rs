@@ -3,7 +3,7 @@
 //! cut, and the report fragments.
 
 use std::collections::BTreeMap;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -324,28 +324,7 @@ pub fn pg_base() -> Option<String> {
 
 // ----- report fragments -----
 
-/// Writes `target/reliability/{file}`: one section of `RELIABILITY.md`, with the figures
-/// this run measured. `scripts/reliability-report` assembles the fragments.
-pub fn write_fragment(file: &str, markdown: &str) {
-    let dir =
-        Path::new(env!("CARGO_TARGET_TMPDIR")).parent().map_or_else(|| PathBuf::from("target"), Path::to_path_buf);
-    let dir = dir.join("reliability");
-    std::fs::create_dir_all(&dir).expect("report dir");
-    let stamp =
-        std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs() as i64).unwrap_or(0);
-    let when = prost_types::Timestamp { seconds: stamp, nanos: 0 }.to_string();
-    let body = format!("{markdown}\n_Measured {when} by `cargo test --test reliability`._\n");
-    std::fs::write(dir.join(file), body).expect("write fragment");
-}
-
-/// A two-column Markdown table.
-pub fn table(rows: &[(&str, String)]) -> String {
-    let mut t = String::from("| figure | value |\n|---|---|\n");
-    for (k, v) in rows {
-        t.push_str(&format!("| {k} | {v} |\n"));
-    }
-    t
-}
+pub use crate::report::{table, write_fragment};
 
 pub fn secs(d: Duration) -> String {
     format!("{:.1} s", d.as_secs_f64())

@@ -13,6 +13,9 @@ mod helpers;
 #[path = "../common/child.rs"]
 mod child;
 
+#[path = "../common/report.rs"]
+mod report;
+
 mod common;
 
 mod crash;

@@ -94,6 +94,26 @@ pub(super) fn capability_to_pb(c: crate::domain::Capability) -> pb::Capability {
     }
 }
 
+impl Services {
+    /// The items of a `WatchOnboarding` / `WatchPipeline` stream on `name`: checked, scoped to
+    /// the caller's tenant, and tied to the caller's key so a revoked key ends the stream.
+    async fn watch_items<R: super::limits::Limited>(
+        &self,
+        req: &Request<R>,
+        name: &str,
+        after: i64,
+    ) -> Result<CoreStream, Status> {
+        let caller = caller(req)?;
+        super::limits::checked(req.get_ref())?;
+        let id = onboarding_name(&caller.tenant, "name", name)?;
+        let key = super::auth::key_check(req);
+        Ok(Box::pin(self.core.watch_onboarding(&caller, &id, after, key, self.shutdown.clone()).await?))
+    }
+}
+
+/// A core stream, boxed so it outlives the handler that opened it.
+type CoreStream = Pin<Box<dyn Stream<Item = Result<StreamItem, AppError>> + Send + 'static>>;
+
 /// Maps a core stream to a gRPC stream of `T`.
 pub(super) fn stream<T: Send + 'static>(
     items: impl Stream<Item = Result<StreamItem, AppError>> + Send + 'static,

@@ -122,19 +122,8 @@ impl pb::onboarding_service_server::OnboardingService for Services {
 
     async fn watch_onboarding(&self, req: Request<pb::WatchOnboardingRequest>) -> Res<Self::WatchOnboardingStream> {
         use pb::watch_onboarding_response::Message as M;
-        let caller = caller(&req)?;
-        limits::checked(req.get_ref())?;
-        let id = onboarding_name(&caller.tenant, "name", &req.get_ref().name)?;
-        let items = self
-            .core
-            .watch_onboarding(
-                &caller,
-                &id,
-                req.get_ref().after_sequence,
-                crate::grpc::auth::key_check(&req),
-                self.shutdown.clone(),
-            )
-            .await?;
+        let (name, after) = (&req.get_ref().name, req.get_ref().after_sequence);
+        let items = self.watch_items(&req, name, after).await?;
         let events = self.events_pb.clone();
         Ok(Response::new(stream(items, move |item| pb::WatchOnboardingResponse {
             message: Some(match item {

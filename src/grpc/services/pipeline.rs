@@ -16,19 +16,8 @@ impl pb::pipeline_service_server::PipelineService for Services {
 
     async fn watch_pipeline(&self, req: Request<pb::WatchPipelineRequest>) -> Res<Self::WatchPipelineStream> {
         use pb::watch_pipeline_response::Message as M;
-        let caller = caller(&req)?;
-        limits::checked(req.get_ref())?;
-        let id = onboarding_name(&caller.tenant, "name", &req.get_ref().name)?;
-        let items = self
-            .core
-            .watch_onboarding(
-                &caller,
-                &id,
-                req.get_ref().after_sequence,
-                crate::grpc::auth::key_check(&req),
-                self.shutdown.clone(),
-            )
-            .await?;
+        let (name, after) = (&req.get_ref().name, req.get_ref().after_sequence);
+        let items = self.watch_items(&req, name, after).await?;
         // Events that touch no step still advance the cursor; they are sent as heartbeats
         // carrying their sequence so a resume point is never lost.
         Ok(Response::new(stream(items, |item| pb::WatchPipelineResponse {
