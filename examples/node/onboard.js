@@ -74,7 +74,9 @@ function createOnboarding(client, metadata, account) {
     gupshup: {
       app_name: `Node Example ${suffix}`,
       waba_id: '104996122399160',
-      phone: '+919876543210',
+      // A phone per run: a phone's app belongs to one onboarding, and a second onboarding of
+      // the same phone is refused.
+      phone: `+9198${String(parseInt(suffix, 16) % 1e8).padStart(8, '0')}`,
     },
   };
   return new Promise((resolve, reject) => {

@@ -74,7 +74,9 @@ def main() -> int:
             gupshup=onboarding_pb2.GupshupLinkAppRequest(
                 app_name=f"Python Example {suffix}",
                 waba_id="104996122399160",
-                phone="+919876543210",
+                # A phone per run: a phone's app belongs to one onboarding, and a second
+                # onboarding of the same phone is refused.
+                phone=f"+9198{int(suffix, 16) % 10**8:08d}",
             ),
         )
         try:
