@@ -93,6 +93,9 @@ pub fn spawn(bin: &Path, cfg: &ServerConfig) -> Result<(Child, PathBuf)> {
         .arg(&config)
         .arg("serve")
         .env("WA_ONBOARD_DEV_API_KEY", DEV_KEY)
+        // One tenant opens every measured stream (10,000, reopened between reps, closing
+        // ones still counted): the per-tenant cap bounds a hostile tenant, not what is measured.
+        .env("WA_ONBOARD__STREAMS__MAX_PER_TENANT", "1000000")
         .env_remove("WA_ONBOARD_DATABASE_URL")
         .env_remove("WA_ONBOARD_DATA_DIR")
         .stdin(Stdio::null())
