@@ -28,6 +28,7 @@ use futures::FutureExt;
 use futures::future::{BoxFuture, Shared};
 use tokio::sync::{Notify, broadcast, watch};
 
+use super::detached;
 use crate::domain::{OnboardingId, TenantId};
 use crate::error::AppError;
 use crate::store::{ChangeNotice, EventRecord, StepRecord, Store, StoreResult};
@@ -511,17 +512,6 @@ impl Watcher {
         .boxed()
         .shared()
     }
-}
-
-/// Runs a store read on a task of its own, so it completes and hands its pooled connection back
-/// even when the stream awaiting it is never polled again: tonic stops polling a stream whose
-/// client does not open its HTTP/2 window, possibly in the middle of a read, and a handful of
-/// such streams would otherwise hold every reader connection of the store for as long as the
-/// client wished. A blocked stream then holds only what was read.
-async fn detached<T: Send + 'static>(
-    read: impl std::future::Future<Output = Result<T, AppError>> + Send + 'static,
-) -> Result<T, AppError> {
-    tokio::spawn(read).await.map_err(|e| AppError::internal(format!("stream read task failed: {e}")))?
 }
 
 /// Reads one page of events after `from` (and, when any concerns a step, the steps once),

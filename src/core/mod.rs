@@ -122,3 +122,15 @@ impl Core {
         })
     }
 }
+
+/// Runs a store read on a task of its own, so it completes and hands its pooled connection back
+/// even when the stream awaiting it is never polled again: tonic stops polling a stream whose
+/// client does not open its HTTP/2 window, possibly in the middle of a read, and a handful of
+/// such streams would otherwise hold every reader connection of the store for as long as the
+/// client wished. A blocked stream then holds only what was read. Used by every read a stream
+/// makes: its events ([`bus`]) and its key re-check ([`tenants::KeyCheck`]).
+pub(crate) async fn detached<T: Send + 'static>(
+    read: impl std::future::Future<Output = Result<T, AppError>> + Send + 'static,
+) -> Result<T, AppError> {
+    tokio::spawn(read).await.map_err(|e| AppError::internal(format!("stream read task failed: {e}")))?
+}

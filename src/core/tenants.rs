@@ -253,12 +253,10 @@ impl KeyCheck {
     /// `UNAUTHENTICATED` once the key no longer maps to `tenant`. A store that does not answer
     /// is not a revocation: the stream stays, and the next check asks again.
     pub async fn recheck(&self, tenant: &TenantId) -> Result<(), AppError> {
-        // On a task of its own: a stream that stops being polled mid-read (its client does not
-        // read) must not keep the store connection the read holds.
+        // Detached: a stream that stops being polled mid-read (its client does not read) must
+        // not keep the store connection the read holds.
         let (auth, hash, max_age) = (self.auth.clone(), self.hash, self.every());
-        let looked_up = tokio::spawn(async move { auth.lookup(&hash, max_age).await })
-            .await
-            .unwrap_or_else(|e| Err(AppError::internal(format!("API key re-check failed: {e}"))));
+        let looked_up = super::detached(async move { auth.lookup(&hash, max_age).await }).await;
         match looked_up {
             Ok(Some(t)) if &t == tenant => Ok(()),
             Ok(_) => Err(AppError::new(ErrorCode::Unauthenticated, "API key revoked while the stream was open")),
