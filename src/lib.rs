@@ -4,7 +4,8 @@
 //! Layout: `domain` (pure types and the state machine), `core` (use cases over the `Store`
 //! and `Provider` ports), `providers` (the `Provider` port, registry, in-memory fake,
 //! conformance suite), `store` (SQLite and PostgreSQL), `grpc` (thin handlers),
-//! `webhooks` (HTTP ingress), `sim` (provider simulators), `app` (wiring).
+//! `webhooks` (HTTP ingress), `sim` (provider simulators), `listeners` (flood-hardened HTTP
+//! and gRPC listeners), `app` (wiring).
 
 pub mod app;
 pub mod config;
@@ -15,6 +16,7 @@ pub mod error;
 #[cfg(test)]
 mod fuzzing;
 pub mod grpc;
+mod listeners;
 pub mod providers;
 pub mod sim;
 pub mod store;
