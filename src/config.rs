@@ -141,7 +141,7 @@ impl Default for AuthSettings {
 }
 
 /// One API key declared in the config: its tenant (created if missing) and either the
-/// SHA-256 of the key (hex, what `wa-onboard tenant hash-key` prints) or the key itself
+/// SHA-256 of the key (hex, what `wa-onboard tenant gen-key` prints) or the key itself
 /// (from an environment variable or a mounted Secret).
 #[derive(Clone, Default, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]

@@ -1,5 +1,6 @@
-//! Typed identifiers. A `WabaId` can never be passed where an `AppId` is expected (peers.md
-//! §10: a fork stored the business id where the WABA id belongs).
+//! Typed identifiers. A `WabaId` can never be passed where an `AppId` is expected: mixing up
+//! look-alike provider ids (a business id stored where the WABA id belongs) is a known
+//! failure of WhatsApp onboarding code, and the compiler catches it here.
 
 use std::fmt;
 

@@ -1,4 +1,4 @@
-//! The conformance suite every adapter must pass (style §1: a library of checks, as in
+//! The conformance suite every adapter must pass (one library of checks for all, as in
 //! `object_store::integration`). Each adapter's tests call [`run_all`] (or single checks)
 //! with a [`ConformanceHarness`] backed by its simulator. Checks panic with a message on
 //! failure, like assertions.

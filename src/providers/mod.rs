@@ -1,6 +1,7 @@
 //! The `Provider` port (design §5): one minimal, dyn-compatible trait that every BSP adapter
 //! implements, its domain types and error, the per-account registry, an in-memory fake and
-//! the conformance suite every adapter must pass (style §1, after `object_store`).
+//! the conformance suite every adapter must pass (one shared suite, as `object_store` has, so
+//! no adapter can pass checks of its own choosing).
 //!
 //! Adapters never touch the store: the engine persists what they return.
 

@@ -11,7 +11,7 @@ use super::exotel::{ExotelSim, ExotelSimConfig, ExotelSimServers};
 use super::gupshup::{GupshupSim, GupshupSimConfig};
 use super::whapi::{WhapiSim, WhapiSimConfig, WhapiSimServers};
 
-/// Per-simulator settings (`[sandbox.gupshup]` etc. in the config file).
+/// Per-simulator settings (`[sandbox.sims.gupshup]` etc. in the config file).
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 #[serde(default)]
 pub struct SimSettings {

@@ -1,5 +1,5 @@
 //! Prometheus metrics: one process-wide recorder (the `metrics` facade), rendered at
-//! `GET /metrics` on the metrics port. Every name is listed in [`NAMES`] and the README.
+//! `GET /metrics` on the metrics port. Every name is listed in [`NAMES`] and in docs/operations.md.
 //!
 //! Call sites use the small functions below (one line each), so adapters, the engine and
 //! the ingress stay free of label plumbing. Labels are bounded: provider and endpoint

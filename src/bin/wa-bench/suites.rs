@@ -116,7 +116,7 @@ pub async fn footprint(opts: &Opts, rep: &mut Report) -> Result<()> {
     );
     let _ = writeln!(
         s,
-        "| idle RSS, default config (four simulators in-process) | {:.1} MiB | bare tonic server: ~4 MiB (tooling.md, not this run) |",
+        "| idle RSS, default config (four simulators in-process) | {:.1} MiB | bare tonic server: ~4 MiB (measured once on this kind of machine, not this run) |",
         median(&rss_on)
     );
     let _ = writeln!(s, "| idle RSS, production config (`sandbox.enabled = false`) | {:.1} MiB | |", median(&rss_off));
@@ -211,7 +211,7 @@ pub async fn unary(opts: &Opts, rep: &mut Report, s: &Server, backend: &str, see
     }
     t.push_str(
         "\nFor scale: a bare tonic unary echo measured on this kind of machine reached ~6.4k req/s at \
-         concurrency 1, ~44k at 16, ~64k at 64, ~90k at 256 (tooling.md; not this run).\n",
+         concurrency 1, ~44k at 16, ~64k at 64, ~90k at 256 (not this run).\n",
     );
     rep.section(t);
     if backend == "SQLite" {
@@ -473,7 +473,7 @@ pub async fn streams(opts: &Opts, rep: &mut Report, dir: &Path, seeded: &[Seeded
     let _ = writeln!(
         s,
         "\nHeartbeats received during the idle window: {:.0} (expected about {n}).\n\
-         For scale: a bare tonic server stream costs about 7.3 KiB here (tooling.md).",
+         For scale: a bare tonic server stream costs about 7.3 KiB here (measured once, not this run).",
         med(&|x| x.heartbeats as f64)
     );
     rep.section(s);
@@ -569,7 +569,7 @@ pub async fn streams(opts: &Opts, rep: &mut Report, dir: &Path, seeded: &[Seeded
     let _ = writeln!(
         t,
         "| watchers reached | {:.0} | {:.0} | |\n\nFor scale: one event broadcast to 10,000 bare tonic \
-         streams reaches the last one in ~75 ms here (tooling.md).",
+         streams reaches the last one in ~75 ms here (measured once, not this run).",
         b(&|x| x.health_bcast.got as f64),
         b(&|x| x.one_to_many.got as f64)
     );
