@@ -559,7 +559,7 @@ async fn digital99_number_registered_and_verified_then_finished_goes_live_with_r
     assert!(!d.landing_page.is_empty());
     assert_eq!((d.business_name.as_str(), d.display_name.as_str(), d.phone.as_str()), ("Acme inc", "Acme", NUMBER));
     // 99digital's `reference` is the onboarding id (unique, always set: what reconciliation
-    // matches on, docs/providers.md §4.2 issue 17 #5); the caller's reference stays ours.
+    // matches on, providers.md §4.2 issue 17 #5); the caller's reference stays ours.
     let at_sim = sim.accounts();
     assert_eq!(at_sim.len(), 1);
     // The store key (`{tenant}.{id}`): unique across tenants sharing a partner account.

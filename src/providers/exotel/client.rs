@@ -71,7 +71,7 @@ impl ErrorBody for IsvBody {
         let status_failed = isv.status.as_deref().is_some_and(|s| !s.eq_ignore_ascii_case("success"));
         let code = isv.code.unwrap_or(0);
         // An `error_data` that says something is a failure even with `status: success`
-        // (docs/providers.md §2.4); `null` or `{}` is not.
+        // (providers.md §2.4); `null` or `{}` is not.
         let has_error = isv.error_data.as_ref().is_some_and(|e| e.message.is_some() || e.description.is_some());
         if !status_failed && code < 300 && !has_error {
             return None;
@@ -83,7 +83,7 @@ impl ErrorBody for IsvBody {
     }
 }
 
-/// Exotel's HTTP codes (docs/providers.md §2.4) as semantic errors; a failure inside a 2xx is
+/// Exotel's HTTP codes (providers.md §2.4) as semantic errors; a failure inside a 2xx is
 /// mapped by its `isv.code`. Retry classes (429, 5xx, transport, unknown outcome) keep the
 /// shared mapping.
 pub(super) fn to_error(f: HttpFailure) -> ProviderError {
@@ -188,7 +188,7 @@ impl Client {
     }
 
     /// `POST /v2/accounts/{sid}/isv`: mints one link, exactly as the vendor curl
-    /// (docs/providers.md §2.2 [C]): `Content-Type: text/plain`, no body, no query string (no
+    /// (providers.md §2.2 [C]): `Content-Type: text/plain`, no body, no query string (no
     /// page documents a parameter; there is no `count`). Each attempt waits for a slot of the
     /// account's mint pace ([`super::MINT_PACE`], [I]: Exotel publishes no limit).
     pub(super) async fn mint(&self, acct: &Account<'_>, attempts: MintAttempts) -> Result<Vec<String>, ProviderError> {

@@ -1,4 +1,4 @@
-//! The Exotel ISV adapter (docs/providers.md §2): Exotel hosts the signup page; we mint 24 h
+//! The Exotel ISV adapter (providers.md §2): Exotel hosts the signup page; we mint 24 h
 //! onboarding links (one per call, up to 50 per batch) and poll each link token's status
 //! (`VALID` / `USED` / `EXPIRED`) until the business finishes or the link lapses.
 //!
@@ -38,12 +38,12 @@ use crate::error::AppError;
 pub const STEP_MINT_LINK: &str = "mint_link";
 /// Step that polls the link token until the business finishes or the link lapses.
 pub const STEP_AWAIT_CUSTOMER: &str = "await_customer";
-/// Largest batch of links ("up to 50 URLs can be fetched at a time", docs/providers.md §2.2 [C]);
+/// Largest batch of links ("up to 50 URLs can be fetched at a time", providers.md §2.2 [C]);
 /// a batch is that many single calls.
 pub const MAX_BATCH: u32 = 50;
 /// Customers one token can onboard within its 24 h [C].
 pub const CUSTOMERS_PER_TOKEN: i64 = 5;
-/// [I] Pace of mint calls per account: Exotel publishes no rate limit (docs/providers.md §2.4),
+/// [I] Pace of mint calls per account: Exotel publishes no rate limit (providers.md §2.4),
 /// so a batch (N calls, §2.2) goes at most this many calls per window.
 pub const MINT_PACE: (u32, Duration) = (10, Duration::from_secs(1));
 /// Link validity [C].
@@ -107,7 +107,7 @@ impl TokenReading {
     /// The onboarding state the status implies.
     ///
     /// [I] `USED` is read as "at least one business finished onboarding with this link":
-    /// docs/providers.md leaves open whether it means "≥ 1" or "all 5 used", but either way a
+    /// providers.md leaves open whether it means "≥ 1" or "all 5 used", but either way a
     /// business completed Embedded Signup, and one onboarding is one link, so `USED` is
     /// `LIVE`. `EXPIRED` (24 h after minting) ends the onboarding as `EXPIRED`.
     fn onboarding_state(&self) -> Option<OnboardingState> {
@@ -374,7 +374,7 @@ impl HostedLinkOps for ExotelProvider {
         }
         let acct = Account::of(ctx)?;
         let now = now_ms();
-        // No batch parameter exists (docs/providers.md §2.2 [C]): one documented call per link,
+        // No batch parameter exists (providers.md §2.2 [C]): one documented call per link,
         // paced and retried by the shared plumbing. The batch is returned whole or not at all
         // (the core stores it atomically); links minted before a failure are never handed
         // out and lapse after 24 h.

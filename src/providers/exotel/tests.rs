@@ -193,7 +193,7 @@ async fn callbacks_are_refused_as_malformed() {
     }
 }
 
-/// Issue 17 point 1: no vendor page documents a batch parameter (docs/providers.md §2.2), so a
+/// Issue 17 point 1: no vendor page documents a batch parameter (providers.md §2.2), so a
 /// batch of N is N plain POSTs (the sim answers 400 to `?count`), all returned together.
 #[tokio::test]
 async fn batch_of_50_is_50_plain_calls_and_51_or_0_are_refused_before_any_call() {
@@ -488,7 +488,7 @@ fn error_bodies_are_kept_redacted() {
 }
 
 /// `error_data` with a message is a failure inside HTTP 200 even with `status: success`;
-/// `null` or `{}` is not (docs/providers.md §2.4).
+/// `null` or `{}` is not (providers.md §2.4).
 #[test]
 fn error_data_inside_a_success_is_a_failure() {
     use crate::providers::http::ErrorBody;

@@ -1,4 +1,4 @@
-//! Raw Gupshup Partner API calls (docs/providers.md §1.3) through the shared plumbing: the shared
+//! Raw Gupshup Partner API calls (providers.md §1.3) through the shared plumbing: the shared
 //! connection pool, [`classify`] / [`classify_transport`], [`retry`], the rate limiter and
 //! the partner-token [`TokenCache`].
 //!
@@ -47,7 +47,7 @@ pub struct Limit {
     pub window: Duration,
 }
 
-/// The limits the adapter enforces per credential (docs/providers.md 1.5). Tests shorten the
+/// The limits the adapter enforces per credential (providers.md 1.5). Tests shorten the
 /// windows to run bursts in seconds; production uses [`GupshupLimits::default`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct GupshupLimits {

@@ -1,4 +1,4 @@
-//! The Gupshup Tech-Provider adapter (docs/providers.md §1): partner login with a cached 24 h
+//! The Gupshup Tech-Provider adapter (providers.md §1): partner login with a cached 24 h
 //! token, app linking (`POST /partner/tpp/app`) with 409 recovery and callback repair, the
 //! app token, the provisioning pipeline poll, the go-live and account callbacks, and
 //! per-app webhook subscriptions.
@@ -51,7 +51,7 @@ pub const STEP_SUBSCRIBE: &str = "subscribe";
 /// How long provisioning may take before the watchdog stalls the onboarding [I].
 const PROVISIONING_DEADLINE: Duration = Duration::from_secs(3600);
 
-/// What this adapter offers: all of Gupshup's API capabilities (no cancel: docs/providers.md has
+/// What this adapter offers: all of Gupshup's API capabilities (no cancel: providers.md has
 /// no way to delete a linked app).
 const CAPABILITIES: [Capability; 8] = [
     Capability::CheckCredentials,

@@ -1,4 +1,4 @@
-//! Private wire types of the Gupshup Partner API, written from docs/providers.md §1 (never from
+//! Private wire types of the Gupshup Partner API, written from providers.md §1 (never from
 //! the simulator). Every lenient choice about an undocumented or conflicting shape is here,
 //! named and marked, so it can be corrected in one place.
 

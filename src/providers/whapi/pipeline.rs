@@ -131,7 +131,7 @@ impl WhapiProvider {
             .secret(crate::domain::Secret::new(ch.token.clone()))
             .detail("channel_id", ch.id.clone())
             // The public detail uses the domain names the core and the API read (`trial`,
-            // `sandbox`, `live`): a Sandbox channel reads `dev` on the wire (docs/providers.md
+            // `sandbox`, `live`): a Sandbox channel reads `dev` on the wire (providers.md
             // §3.3); the raw value stays in the observation's `mode` field.
             .detail("mode", super::channels::detail_mode(&ch.mode))
             .detail("go_live", w.go_live)

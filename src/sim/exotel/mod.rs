@@ -1,4 +1,4 @@
-//! Exotel WhatsApp ISV onboarding-link simulator (docs/providers.md §2).
+//! Exotel WhatsApp ISV onboarding-link simulator (providers.md §2).
 //!
 //! Two regional hosts (Singapore `api.exotel.com`, Mumbai `api.in.exotel.com`) served by two
 //! listeners over one shared state. The partner mints 24 h onboarding links and polls their
@@ -92,13 +92,13 @@ pub struct ExotelKnobs {
     pub payment_required: bool,
     /// SIDs whose calls answer 403.
     pub forbidden_sids: Vec<String>,
-    /// Where the mint answer puts the link (docs/providers.md §2.2; the real create answer is
+    /// Where the mint answer puts the link (providers.md §2.2; the real create answer is
     /// not published, so tests cover every shape the vendor pages show).
     pub create_shape: CreateShape,
 }
 
 /// Placements of the created link in the mint answer, each one a vendor page shows
-/// (docs/providers.md §2.2, research-issue-17 point 2). Never `onboarding_urls`: no page has it.
+/// (providers.md §2.2, research-issue-17 point 2). Never `onboarding_urls`: no page has it.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum CreateShape {

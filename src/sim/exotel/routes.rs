@@ -130,7 +130,7 @@ fn authorize_inner(ctx: &Ctx, sid: &str, headers: &HeaderMap) -> Result<(), (u16
     Ok(())
 }
 
-/// `POST /v2/accounts/{sid}/isv`: mints ONE onboarding link (docs/providers.md §2.2). The vendor
+/// `POST /v2/accounts/{sid}/isv`: mints ONE onboarding link (providers.md §2.2). The vendor
 /// curl sends `Content-Type: text/plain`, no body and no query string [C]; public clients send
 /// `application/json` with `{}` [C2]. No page documents a request parameter (no `count`): any
 /// query parameter, or a body other than empty / `{}`, is a 400 in the Exotel envelope.
@@ -166,7 +166,7 @@ async fn mint(
     Json(mint_answer(knobs.create_shape, &url)).into_response()
 }
 
-/// The mint answer in one of the shapes the vendor pages show (docs/providers.md §2.2).
+/// The mint answer in one of the shapes the vendor pages show (providers.md §2.2).
 fn mint_answer(shape: CreateShape, url: &str) -> Value {
     let with_isv = |isv: Value| {
         json!({
@@ -202,7 +202,7 @@ async fn validate(
     if let Err(r) = authorize(&ctx, "GET", &sid, &headers) {
         return *r;
     }
-    // `access_token` is the only documented parameter [C] (docs/providers.md §2.3).
+    // `access_token` is the only documented parameter [C] (providers.md §2.3).
     let mut unknown: Vec<&str> = q.keys().map(String::as_str).filter(|k| *k != "access_token").collect();
     if !unknown.is_empty() {
         unknown.sort_unstable();

@@ -17,7 +17,7 @@ pub enum TokenStatus {
     /// Usable, nobody onboarded yet.
     Valid,
     /// [I] At least one customer completed onboarding with it (still usable up to the cap
-    /// while not expired). docs/providers.md leaves open whether USED means "≥1" or "cap reached".
+    /// while not expired). providers.md leaves open whether USED means "≥1" or "cap reached".
     Used,
     /// 24 h after creation.
     Expired,

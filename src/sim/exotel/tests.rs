@@ -133,7 +133,7 @@ async fn account_exists_only_in_its_region() {
     assert_error(&body, "GET", 404);
 }
 
-/// No vendor page documents a request parameter on the create call (docs/providers.md §2.2): one
+/// No vendor page documents a request parameter on the create call (providers.md §2.2): one
 /// POST mints one link, and `count` (the old misreading) or anything else is a 400.
 #[tokio::test]
 async fn mint_refuses_undocumented_parameters_and_bodies() {

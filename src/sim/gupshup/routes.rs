@@ -1,4 +1,4 @@
-//! HTTP handlers of the Gupshup simulator: wire format of docs/providers.md §1.3 and the
+//! HTTP handlers of the Gupshup simulator: wire format of providers.md §1.3 and the
 //! `/_sim/gupshup/...` control endpoints.
 
 use std::collections::HashMap;

@@ -6,7 +6,7 @@ use std::collections::{BTreeMap, HashMap};
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 
-/// The 15 `storageRegion` codes of docs/providers.md 1.1.
+/// The 15 `storageRegion` codes of providers.md 1.1.
 pub const STORAGE_REGIONS: [&str; 15] =
     ["BR", "DE", "CH", "GB", "BH", "ZA", "AE", "US", "CA", "AU", "ID", "IN", "JP", "SG", "KR"];
 
