@@ -125,7 +125,7 @@ const SUBSCRIBE: &str = "POST /partner/app/{app_id}/subscription";
 async fn sandbox_onboarding_reaches_live_through_provisioning_and_replays_by_request_id() {
     let app = sandbox_app().await;
     let o =
-        app.onboardings().create_onboarding(app.req(link_request("Acme Support", "r-1"))).await.unwrap().into_inner();
+        app.onboardings().create_onboarding(app.req(link_request("AcmeSupport", "r-1"))).await.unwrap().into_inner();
     let name = o.name.clone();
     let mut stream = app
         .onboardings()
@@ -160,7 +160,7 @@ async fn sandbox_onboarding_reaches_live_through_provisioning_and_replays_by_req
     assert!(g.app_token_ready);
     assert_eq!(got.reference, "crm-7");
     // The same request_id again: the same onboarding, no second app.
-    let again = app.onboardings().create_onboarding(app.req(link_request("Acme Support", "r-1"))).await.unwrap();
+    let again = app.onboardings().create_onboarding(app.req(link_request("AcmeSupport", "r-1"))).await.unwrap();
     assert_eq!(again.into_inner().name, name);
     assert_eq!(created(sim(&app), "apps"), 1);
 }
@@ -180,7 +180,7 @@ async fn an_invalid_app_name_is_refused_before_anything_is_stored() {
 #[tokio::test]
 async fn subscribe_on_live_creates_the_subscription_only_once_live_under_its_resource_name() {
     let app = sandbox_app().await;
-    let mut req = link_request("Acme Subscribed", "r-sub");
+    let mut req = link_request("AcmeSubscribed", "r-sub");
     if let Some(pb::create_onboarding_request::Request::Gupshup(g)) = &mut req.request {
         g.subscribe_on_live = true;
         g.subscription = Some(pb::SubscriptionSpec {
@@ -299,7 +299,7 @@ async fn a_burst_of_thirty_onboardings_all_go_live_without_one_rate_limit_violat
     )
     .await;
     let creates = (0..N).map(|i| {
-        let req = link_request_for(&format!("Burst Shop {i:02}"), &format!("+9198765{i:05}"), &format!("burst-{i}"));
+        let req = link_request_for(&format!("BurstShop{i:02}"), &format!("+9198765{i:05}"), &format!("burst-{i}"));
         let mut client = app.onboardings();
         let req = app.req(req);
         async move { client.create_onboarding(req).await.map(|r| r.into_inner().name) }
@@ -328,7 +328,7 @@ async fn server_errors_and_429s_with_retry_after_are_retried_and_one_app_is_crea
     core.fail_next(Some(PIPELINE), 1, Fault::Status { status: 503 });
     core.fail_next(Some(PIPELINE), 2, Fault::TooManyRequests { retry_after_secs: Some(1) });
     core.fail_next(Some(PIPELINE), 1, Fault::Status { status: 500 });
-    let name = create(&app, link_request("Acme Flaky", "r-flaky")).await;
+    let name = create(&app, link_request("AcmeFlaky", "r-flaky")).await;
     let (o, _) = wait_done(&app, &name, pb::OnboardingState::Live).await;
     let counters = core.counters();
     assert_eq!(counters.faults_injected, 7, "every injected fault was met: {counters:?}");
@@ -346,7 +346,7 @@ async fn server_errors_and_429s_with_retry_after_are_retried_and_one_app_is_crea
 async fn a_pipeline_error_stage_fails_the_onboarding_with_the_raw_stage() {
     let app = sandbox_app().await;
     sim(&app).update_knobs(KnobsPatch { fail_next_pipelines: Some(1), ..Default::default() });
-    let mut req = link_request("Acme Doomed", "r-doomed");
+    let mut req = link_request("AcmeDoomed", "r-doomed");
     if let Some(pb::create_onboarding_request::Request::Gupshup(g)) = &mut req.request {
         g.subscribe_on_live = true;
         g.subscription = Some(pb::SubscriptionSpec {
@@ -391,7 +391,7 @@ async fn a_duplicated_live_event_is_acknowledged_and_changes_nothing() {
         s.sandbox.sims.gupshup.sandbox = false;
     })
     .await;
-    let name = create(&app, link_request("Acme Callback", "r-cb")).await;
+    let name = create(&app, link_request("AcmeCallback", "r-cb")).await;
     let o = wait_state(&app, &name, pb::OnboardingState::Provisioning).await;
     let mut g = gupshup_details(&o);
     let deadline = tokio::time::Instant::now() + PATIENCE;
@@ -461,7 +461,7 @@ async fn a_duplicated_live_event_is_acknowledged_and_changes_nothing() {
 #[tokio::test]
 async fn the_app_token_goes_to_its_owner_only_and_each_read_is_audited_without_it() {
     let app = sandbox_app().await;
-    let name = create(&app, link_request("Acme Tokens", "r-tok")).await;
+    let name = create(&app, link_request("AcmeTokens", "r-tok")).await;
     let (o, _) = wait_done(&app, &name, pb::OnboardingState::Live).await;
     let g = gupshup_details(&o);
     let mut tokens = pb::token_service_client::TokenServiceClient::new(app.channel.clone());
