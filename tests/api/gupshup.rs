@@ -511,3 +511,92 @@ async fn the_app_token_goes_to_its_owner_only_and_each_read_is_audited_without_i
     assert_eq!(reads[0].attributes.get("resource_id"), Some(&g.app_id));
     assert!(!format!("{evs:?}").contains(&tok.token), "the token never enters the event log");
 }
+
+// issue 17 points 14-15
+
+fn expiring_account(id: &str, expire_ms: i64) -> pb::CreateAccountRequest {
+    pb::CreateAccountRequest {
+        account: Some(pb::Account {
+            provider: pb::Provider::Gupshup as i32,
+            display_name: "Acme expiring secret".into(),
+            credentials: Some(pb::AccountCredentials {
+                credentials: Some(pb::account_credentials::Credentials::Gupshup(pb::GupshupCredentials {
+                    email: "sandbox@wa-onboard.local".into(),
+                    secret: "sandbox-secret".into(),
+                })),
+            }),
+            options: Some(pb::AccountOptions {
+                options: Some(pb::account_options::Options::Gupshup(pb::GupshupOptions {
+                    client_secret_expire_time: Some(prost_types::Timestamp { seconds: expire_ms / 1000, nanos: 0 }),
+                    ..Default::default()
+                })),
+                endpoint: String::new(),
+            }),
+            sandbox: true,
+            ..Default::default()
+        }),
+        account_id: id.into(),
+        request_id: String::new(),
+    }
+}
+
+/// Point 15: a declared client-secret expiry is warned of ahead (CheckAccount,
+/// GetProviderTokenStatus), and once Gupshup refuses the lapsed secret the account answers
+/// FAILED_PRECONDITION with reason REAUTH_REQUIRED.
+#[tokio::test]
+async fn client_secret_expiry_is_warned_ahead_and_lapsed_secret_needs_reauth() {
+    use tonic_types::StatusExt;
+    let app = sandbox_app().await;
+    let day = 86_400_000;
+    let now = wa_onboard::domain::now_ms();
+    let mut accounts = app.accounts();
+    let created = accounts.create_account(app.req(expiring_account("gs-soon", now + 3 * day))).await.unwrap();
+    let opts = created.into_inner().options.and_then(|o| o.options);
+    assert!(
+        matches!(opts, Some(pb::account_options::Options::Gupshup(ref g)) if g.client_secret_expire_time.is_some()),
+        "{opts:?}"
+    );
+    let check = accounts
+        .check_account(app.req(pb::CheckAccountRequest { name: "accounts/gs-soon".into() }))
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(check.ok, "{check:?}");
+    assert_eq!(check.credential_expire_time.map(|t| t.seconds), Some((now + 3 * day) / 1000));
+    assert!(check.credential_warning.contains("expires at"), "{:?}", check.credential_warning);
+    let mut tokens = pb::token_service_client::TokenServiceClient::new(app.channel.clone());
+    let status = tokens
+        .get_provider_token_status(app.req(pb::GetProviderTokenStatusRequest { account: "accounts/gs-soon".into() }))
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(status.credential_expire_time.is_some() && !status.credential_warning.is_empty(), "{status:?}");
+
+    // The secret lapsed: Gupshup refuses it and the declared date is past.
+    sim(&app).update_knobs(KnobsPatch { secret_expires_at_ms: Some(Some(0)), ..KnobsPatch::default() });
+    accounts.create_account(app.req(expiring_account("gs-lapsed", now - day))).await.unwrap();
+    let check = accounts
+        .check_account(app.req(pb::CheckAccountRequest { name: "accounts/gs-lapsed".into() }))
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(!check.ok);
+    assert!(check.message.starts_with("client secret expired"), "{:?}", check.message);
+    assert!(check.credential_warning.contains("expired at"), "{:?}", check.credential_warning);
+    let err = tokens
+        .refresh_provider_token(app.req(pb::RefreshProviderTokenRequest { account: "accounts/gs-lapsed".into() }))
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), tonic::Code::FailedPrecondition, "{err:?}");
+    assert_eq!(err.get_details_error_info().map(|i| i.reason).as_deref(), Some("REAUTH_REQUIRED"));
+}
+
+/// Point 14: a name with a space is refused at the API before Gupshup is called.
+#[tokio::test]
+async fn app_name_with_a_space_is_invalid_argument() {
+    let app = sandbox_app().await;
+    let err = app.onboardings().create_onboarding(app.req(link_request("Acme Support", "r-space"))).await.unwrap_err();
+    assert_eq!(err.code(), tonic::Code::InvalidArgument);
+    assert_eq!(violations(&err), vec!["gupshup.app_name".to_string()]);
+    assert_eq!(calls(sim(&app), LINK), 0);
+}
