@@ -132,7 +132,7 @@ fn create_request(i: u64) -> pb::CreateOnboardingRequest {
         0 => (
             "sandbox-gupshup",
             R::Gupshup(pb::GupshupLinkAppRequest {
-                app_name: format!("Soak Shop {i}"),
+                app_name: format!("SoakShop{i}"),
                 waba_id: format!("{}", 100_000_000_000_000u64 + i),
                 phone: format!("+9198{:08}", i),
                 ..Default::default()

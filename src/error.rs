@@ -86,6 +86,26 @@ impl ErrorCode {
     }
 }
 
+/// `ErrorInfo.reason` of a `FAILED_PRECONDITION` whose fix is new credentials: the
+/// provider credential expired (e.g. a Gupshup client secret past its expiry date).
+pub const REASON_REAUTH_REQUIRED: &str = "REAUTH_REQUIRED";
+
+/// A finer `ErrorInfo.reason` than the code's name (one byte: `AppError` stays small).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ErrorReason {
+    /// [`REASON_REAUTH_REQUIRED`].
+    ReauthRequired,
+}
+
+impl ErrorReason {
+    /// The `ErrorInfo.reason` string.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::ReauthRequired => REASON_REAUTH_REQUIRED,
+        }
+    }
+}
+
 /// A provider's own error code, kept in the error details (`ErrorInfo.metadata`).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ProviderErrorDetail {
@@ -109,12 +129,14 @@ pub struct AppError {
     pub retry_after: Option<Duration>,
     /// The provider's raw code, when a provider failed.
     pub provider: Option<ProviderErrorDetail>,
+    /// A finer `ErrorInfo.reason` than the code's name (e.g. [`REASON_REAUTH_REQUIRED`]).
+    pub reason: Option<ErrorReason>,
 }
 
 impl AppError {
     /// A new error without details.
     pub fn new(code: ErrorCode, message: impl Into<String>) -> Self {
-        Self { code, message: message.into(), violations: Vec::new(), retry_after: None, provider: None }
+        Self { code, message: message.into(), violations: Vec::new(), retry_after: None, provider: None, reason: None }
     }
 
     /// `NOT_FOUND` for a resource name.
@@ -151,12 +173,19 @@ impl AppError {
             violations: vec![(field, description)],
             retry_after: None,
             provider: None,
+            reason: None,
         }
     }
 
     /// Adds a field violation (kept alongside the code, e.g. for `ALREADY_EXISTS`).
     pub fn with_violation(mut self, field: impl Into<String>, description: impl Into<String>) -> Self {
         self.violations.push((field.into(), description.into()));
+        self
+    }
+
+    /// Sets a finer `ErrorInfo.reason` than the code's name.
+    pub fn with_reason(mut self, reason: ErrorReason) -> Self {
+        self.reason = Some(reason);
         self
     }
 
@@ -215,6 +244,7 @@ impl Violations {
             violations: self.0,
             retry_after: None,
             provider: None,
+            reason: None,
         })
     }
 }
@@ -284,7 +314,7 @@ impl From<AppError> for tonic::Status {
             metadata.insert("provider".to_string(), p.provider.clone());
             metadata.insert("provider_code".to_string(), p.raw_code.clone());
         }
-        details.set_error_info(e.code.as_str(), "wa-onboard", metadata);
+        details.set_error_info(e.reason.map_or(e.code.as_str(), ErrorReason::as_str), "wa-onboard", metadata);
         use tonic_types::StatusExt;
         tonic::Status::with_error_details(e.code.grpc(), e.message, details)
     }

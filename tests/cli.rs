@@ -138,7 +138,7 @@ async fn secrets_never_reach_the_logs_even_at_debug_level() {
             request_id: "log-check-1".into(),
             onboarding_id: String::new(),
             request: Some(pb::create_onboarding_request::Request::Gupshup(pb::GupshupLinkAppRequest {
-                app_name: "Acme Log Check".into(),
+                app_name: "AcmeLogCheck".into(),
                 waba_id: "104996122399160".into(),
                 phone: "+919812345678".into(),
                 subscribe_on_live: true,

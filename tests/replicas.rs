@@ -287,7 +287,7 @@ async fn three_replicas_agree_and_a_killed_lease_holder_loses_nothing() {
     // ---- 1. Created on A, callback to B, watched on C: all agree.
     let one = replicas[0]
         .onboardings()
-        .create_onboarding(req(link_request("Replica One", "+919800000001")))
+        .create_onboarding(req(link_request("ReplicaOne", "+919800000001")))
         .await
         .expect("create on A")
         .into_inner();
@@ -355,7 +355,7 @@ async fn three_replicas_agree_and_a_killed_lease_holder_loses_nothing() {
     .await;
     let two = replicas[0]
         .onboardings()
-        .create_onboarding(req(link_request("Replica Two", "+919800000002")))
+        .create_onboarding(req(link_request("ReplicaTwo", "+919800000002")))
         .await
         .expect("create")
         .into_inner();

@@ -72,7 +72,7 @@ function createOnboarding(client, metadata, account) {
     reference: `node-example-${suffix}`,
     request_id: `node-example-${suffix}`,
     gupshup: {
-      app_name: `Node Example ${suffix}`,
+      app_name: `NodeExample${suffix}`,
       waba_id: '104996122399160',
       // A phone per run: a phone's app belongs to one onboarding, and a second onboarding of
       // the same phone is refused.

@@ -72,7 +72,7 @@ def main() -> int:
             reference=f"python-example-{suffix}",
             request_id=f"python-example-{suffix}",
             gupshup=onboarding_pb2.GupshupLinkAppRequest(
-                app_name=f"Python Example {suffix}",
+                app_name=f"PythonExample{suffix}",
                 waba_id="104996122399160",
                 # A phone per run: a phone's app belongs to one onboarding, and a second
                 # onboarding of the same phone is refused.

@@ -49,6 +49,12 @@ pub struct CheckResult {
     pub provider_code: String,
     /// When.
     pub at_ms: i64,
+    /// When the account's long-lived credential expires, if declared (issue 17 point 15).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub credential_expire_ms: Option<i64>,
+    /// Set while that credential is expiring or expired.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub credential_warning: String,
 }
 
 /// Non-secret account status, stored as JSON.

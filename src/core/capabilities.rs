@@ -17,9 +17,9 @@ use crate::domain::{AccountId, ChannelId, E164, OnboardingId, OnboardingState, P
 use crate::error::{AppError, ErrorCode};
 use crate::providers::http::TokenStatus;
 use crate::providers::{
-    Balance, CallContext, ChannelInfo, ChannelMode, ChannelOps, ConnectMethod, ExtendOutcome, HostedLinkOps,
-    IssuedConnectCode, LinkTokenStatus, PartnerTokenOps, Provider, ProviderError, ProviderSubscription, ResourceRef,
-    SubscriptionOps, SubscriptionSpec,
+    Balance, CallContext, ChannelInfo, ChannelMode, ChannelOps, ConnectMethod, CredentialExpiry, CredentialExpiryState,
+    ExtendOutcome, HostedLinkOps, IssuedConnectCode, LinkTokenStatus, PartnerTokenOps, Provider, ProviderError,
+    ProviderSubscription, ResourceRef, SubscriptionOps, SubscriptionSpec,
 };
 use crate::store::{
     AccountRecord, NewEvent, OnboardingChange, OnboardingFilter, OnboardingRecord, Page, PageRequest, StoreError,
@@ -174,6 +174,25 @@ fn channels_of(p: &dyn Provider) -> Result<&dyn ChannelOps, AppError> {
     p.channels().ok_or_else(|| missing(p.kind(), "channel management (ChannelService)"))
 }
 
+/// The account credential's expiry (issue 17 point 15), counted and logged while it is
+/// expiring or expired so operators hear of it before logins start failing.
+fn credential_expiry(p: &dyn Provider, ctx: &CallContext) -> Option<CredentialExpiry> {
+    let x = p.credential_expiry(ctx)?;
+    if x.state != CredentialExpiryState::Valid {
+        crate::telemetry::metrics::credential_expiry_warning(p.kind(), x.state);
+        tracing::warn!(account = %ctx.account_id, provider = %p.kind(), state = x.state.as_str(), "{}", x.warning);
+    }
+    Some(x)
+}
+
+fn with_credential_expiry(mut status: TokenStatus, x: Option<CredentialExpiry>) -> TokenStatus {
+    if let Some(x) = x {
+        status.credential_expires_at = Some(x.expire_ms);
+        status.credential_warning = x.warning;
+    }
+    status
+}
+
 fn partner_token_of(p: &dyn Provider) -> Result<&dyn PartnerTokenOps, AppError> {
     p.partner_token().ok_or_else(|| missing(p.kind(), "a cached partner token"))
 }
@@ -316,21 +335,32 @@ impl Core {
     pub async fn check_account(&self, caller: &Caller, id: &AccountId) -> Result<CheckResult, AppError> {
         let (_, p, ctx) = self.account_provider(caller, id).await?;
         let kind = p.kind();
-        let result = match p.check_credentials(&ctx).await {
+        let expiry = credential_expiry(p.as_ref(), &ctx);
+        let (credential_expire_ms, credential_warning) =
+            expiry.as_ref().map_or((None, String::new()), |x| (Some(x.expire_ms), x.warning.clone()));
+        let mut result = match p.check_credentials(&ctx).await {
             Ok(c) => CheckResult {
                 ok: true,
                 message: if c.summary.is_empty() { "credentials accepted".into() } else { c.summary },
                 provider_code: String::new(),
                 at_ms: now_ms(),
+                ..CheckResult::default()
             },
             Err(ProviderError::Unauthenticated { raw }) => CheckResult {
                 ok: false,
                 message: format!("{} rejected the credentials", kind.display_name()),
                 provider_code: raw,
                 at_ms: now_ms(),
+                ..CheckResult::default()
             },
+            // The check's own answer: the credential lapsed (the adapter says which, when).
+            Err(ProviderError::CredentialExpired { raw, message }) => {
+                CheckResult { ok: false, message, provider_code: raw, at_ms: now_ms(), ..CheckResult::default() }
+            }
             Err(e) => return Err((kind, e).into()),
         };
+        result.credential_expire_ms = credential_expire_ms;
+        result.credential_warning = credential_warning;
         // Re-read: the provider call may have taken a while.
         let mut record = self.get_account(caller, id).await?.record;
         let mut status = Core::account_status(&record);
@@ -375,13 +405,16 @@ impl Core {
     pub async fn refresh_provider_token(&self, caller: &Caller, id: &AccountId) -> Result<TokenStatus, AppError> {
         let (_, p, ctx) = self.account_provider(caller, id).await?;
         let ops = partner_token_of(p.as_ref())?;
-        ops.refresh_partner_token(&ctx).await.map_err(provider_err(p.kind()))
+        let status = ops.refresh_partner_token(&ctx).await.map_err(provider_err(p.kind()))?;
+        Ok(with_credential_expiry(status, credential_expiry(p.as_ref(), &ctx)))
     }
 
-    /// The account's cached partner / access token status (no provider call, no secret).
+    /// The account's cached partner / access token status (no provider call, no secret),
+    /// with the expiry of the credential it is fetched with.
     pub async fn get_provider_token_status(&self, caller: &Caller, id: &AccountId) -> Result<TokenStatus, AppError> {
-        let (_, p, _) = self.account_provider(caller, id).await?;
-        Ok(partner_token_of(p.as_ref())?.partner_token_status())
+        let (_, p, ctx) = self.account_provider(caller, id).await?;
+        let status = partner_token_of(p.as_ref())?.partner_token_status();
+        Ok(with_credential_expiry(status, credential_expiry(p.as_ref(), &ctx)))
     }
 
     /// A hosted-link token's live status, plus our onboarding for that link, if any.

@@ -649,6 +649,10 @@ impl Core {
                 StepState::Stalled,
                 format!("{kind} rejected the account's credentials; update the account, then RetryPipeline"),
             ),
+            // Issue 17 point 15: the same fix (new credentials), with the adapter's reason.
+            ProviderError::CredentialExpired { message, .. } => {
+                (OnboardingState::ReauthRequired, StepState::Stalled, format!("{kind}: {message}, then RetryPipeline"))
+            }
             _ if e.is_retryable() => (
                 OnboardingState::Stalled,
                 StepState::Stalled,

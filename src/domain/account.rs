@@ -129,6 +129,10 @@ pub struct AccountOptions {
     /// Gupshup default `storageRegion`.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub storage_region: Option<String>,
+    /// When the Gupshup client secret expires (Unix ms), as the partner set it in the
+    /// portal (issue 17 point 15; Gupshup has no API that reports it).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub secret_expire_ms: Option<i64>,
     /// Exotel cluster.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub exotel_region: Option<ExotelRegion>,

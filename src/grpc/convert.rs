@@ -192,6 +192,14 @@ pub fn options_from_pb(
     match o.options {
         Some(O::Gupshup(g)) => {
             out.storage_region = (!g.storage_region.is_empty()).then_some(g.storage_region);
+            out.secret_expire_ms = match g.client_secret_expire_time {
+                Some(t) if t.seconds < 0 || t.nanos < 0 => {
+                    v.add("account.options.gupshup.client_secret_expire_time", "must not be before 1970");
+                    None
+                }
+                Some(t) => Some(t.seconds.saturating_mul(1000).saturating_add(i64::from(t.nanos / 1_000_000))),
+                None => None,
+            };
         }
         Some(O::Exotel(e)) => {
             out.exotel_region = match pb::ExotelRegion::try_from(e.region) {
@@ -218,9 +226,10 @@ pub fn account_to_pb(a: &AccountView) -> pb::Account {
     let r = &a.record;
     let o = &a.options;
     let options = match r.provider {
-        ProviderKind::Gupshup => {
-            O::Gupshup(pb::GupshupOptions { storage_region: o.storage_region.clone().unwrap_or_default() })
-        }
+        ProviderKind::Gupshup => O::Gupshup(pb::GupshupOptions {
+            storage_region: o.storage_region.clone().unwrap_or_default(),
+            client_secret_expire_time: o.secret_expire_ms.map(ts),
+        }),
         ProviderKind::Exotel => O::Exotel(pb::ExotelOptions {
             region: match o.exotel_region.unwrap_or_default() {
                 ExotelRegion::Singapore => pb::ExotelRegion::Singapore,
@@ -248,6 +257,8 @@ pub fn account_to_pb(a: &AccountView) -> pb::Account {
             message: c.message,
             provider_code: c.provider_code,
             check_time: Some(ts(c.at_ms)),
+            credential_expire_time: ts_opt(c.credential_expire_ms),
+            credential_warning: c.credential_warning,
         }),
         create_time: Some(ts(r.created_ms)),
         update_time: Some(ts(r.updated_ms)),
@@ -344,6 +355,10 @@ fn details_to_pb(o: &OnboardingRecord, d: &serde_json::Value) -> Option<pb::onbo
             customers_remaining: i("customers_remaining"),
             link_expire_time: t("link_expire_ms"),
             batch_id: s("batch_id"),
+            max_customers_per_link: i("max_customers_per_link"),
+            customers_remaining_min: i("customers_remaining_min"),
+            live_meaning: s("live_meaning"),
+            used_meaning: s("used_meaning"),
         }),
         ProviderKind::Whapi => D::Whapi(pb::WhapiOnboarding {
             channel_id: s("channel_id"),

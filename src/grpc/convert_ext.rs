@@ -165,6 +165,8 @@ pub fn check_to_pb(c: &CheckResult) -> pb::CheckAccountResponse {
         message: c.message.clone(),
         provider_code: c.provider_code.clone(),
         check_time: Some(ts(c.at_ms)),
+        credential_expire_time: ts_opt(c.credential_expire_ms),
+        credential_warning: c.credential_warning.clone(),
     }
 }
 
@@ -204,6 +206,8 @@ pub fn token_status_to_pb(account: &AccountId, s: &TokenStatus) -> pb::ProviderT
         refresh_time: ts_opt(s.last_refresh),
         refresh_count: i64::try_from(s.refresh_count).unwrap_or(i64::MAX),
         last_error: s.last_error.clone().unwrap_or_default(),
+        credential_expire_time: ts_opt(s.credential_expires_at),
+        credential_warning: s.credential_warning.clone(),
     }
 }
 

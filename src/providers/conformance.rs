@@ -303,7 +303,7 @@ mod tests {
                     extend_days: 0,
                 }),
                 _ => StartPayload::Gupshup(GupshupStart {
-                    app_name: "Acme Support".into(),
+                    app_name: "AcmeSupport".into(),
                     waba_id: WabaId::parse("123456789").unwrap(),
                     phone: E164::parse("+15551112222").unwrap(),
                     storage_region: None,

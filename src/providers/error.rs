@@ -77,6 +77,16 @@ pub enum ProviderError {
         /// What is missing.
         capability: Capability,
     },
+    /// The credential is past its expiry (a Gupshup client secret whose expiry date passed
+    /// and that the provider now refuses): only new credentials help, so callers get
+    /// `FAILED_PRECONDITION` with reason `REAUTH_REQUIRED`.
+    #[error("credential expired: {message} (provider code {raw})")]
+    CredentialExpired {
+        /// Provider code.
+        raw: String,
+        /// What expired, when, and where to get a new one.
+        message: String,
+    },
     /// A response or callback did not parse.
     #[error("malformed provider data: {message}")]
     Malformed {
@@ -102,7 +112,8 @@ impl ProviderError {
             | Self::Invalid { raw, .. }
             | Self::Conflict { raw, .. }
             | Self::NotFound { raw }
-            | Self::Precondition { raw, .. } => raw,
+            | Self::Precondition { raw, .. }
+            | Self::CredentialExpired { raw, .. } => raw,
             Self::NotSupported { .. } | Self::Malformed { .. } => "",
         }
     }
@@ -143,6 +154,8 @@ impl From<(ProviderKind, ProviderError)> for AppError {
             }
             ProviderError::NotFound { .. } => AppError::not_found(format!("{name} resource")),
             ProviderError::Precondition { message, .. } => AppError::precondition(format!("{name}: {message}")),
+            ProviderError::CredentialExpired { message, .. } => AppError::precondition(format!("{name}: {message}"))
+                .with_reason(crate::error::ErrorReason::ReauthRequired),
             ProviderError::NotSupported { capability } => {
                 AppError::unimplemented(format!("{name} does not support {capability:?}"))
             }
@@ -191,6 +204,22 @@ mod tests {
         for (pe, code) in cases {
             assert_eq!(map(pe).code, code);
         }
+    }
+
+    /// Issue 17 point 15: an expired credential is FAILED_PRECONDITION with reason
+    /// REAUTH_REQUIRED (a plain rejection keeps the code's own reason).
+    #[test]
+    fn expired_credential_is_precondition_with_reauth_reason() {
+        use tonic_types::StatusExt;
+        let e = map(ProviderError::CredentialExpired { raw: "401".into(), message: "client secret expired".into() });
+        assert_eq!(e.code, ErrorCode::FailedPrecondition);
+        assert_eq!(e.reason, Some(crate::error::ErrorReason::ReauthRequired));
+        assert!(!ProviderError::CredentialExpired { raw: String::new(), message: String::new() }.is_retryable());
+        let status: tonic::Status = e.into();
+        assert_eq!(status.code(), tonic::Code::FailedPrecondition);
+        assert_eq!(status.get_details_error_info().map(|i| i.reason), Some("REAUTH_REQUIRED".to_string()));
+        let plain: tonic::Status = map(ProviderError::Unauthenticated { raw: "401".into() }).into();
+        assert_eq!(plain.get_details_error_info().map(|i| i.reason), Some("FAILED_PRECONDITION".to_string()));
     }
 
     #[test]

@@ -132,6 +132,12 @@ pub trait Provider: Send + Sync + Debug {
         None
     }
 
+    /// The expiry of the account's long-lived credential, when the provider's credentials
+    /// expire and the account declares when (Gupshup client secret). No provider call.
+    fn credential_expiry(&self, _ctx: &CallContext) -> Option<CredentialExpiry> {
+        None
+    }
+
     /// Batch hosted links, when the provider has them.
     fn hosted_links(&self) -> Option<&dyn HostedLinkOps> {
         None

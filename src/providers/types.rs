@@ -7,7 +7,7 @@ use serde::{Deserialize, Serialize};
 
 use super::ext::SubscriptionSpec;
 use crate::domain::account::{AccountOptions, Credentials};
-use crate::domain::{AccountId, E164, OnboardingId, OnboardingState, ProviderKind, Secret, WabaId};
+use crate::domain::{AccountId, E164, OnboardingId, OnboardingState, ProviderKind, Secret, UnixMs, WabaId};
 
 /// Everything an adapter needs to act for one account, built by the engine per call.
 ///
@@ -191,6 +191,40 @@ pub struct CancelOutcome {
     pub raw_status: String,
     /// Days returned to the partner balance (Whapi), else 0.
     pub refunded_days: u32,
+}
+
+/// How close a credential is to its expiry.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CredentialExpiryState {
+    /// Further away than the adapter's warning lead.
+    Valid,
+    /// Within the warning lead: renew it before it lapses.
+    Expiring,
+    /// Past its expiry: calls that need it will fail until it is replaced.
+    Expired,
+}
+
+impl CredentialExpiryState {
+    /// The metric label (`wa_onboard_credential_expiry_warnings_total{state}`).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Valid => "valid",
+            Self::Expiring => "expiring",
+            Self::Expired => "expired",
+        }
+    }
+}
+
+/// A credential's expiry as the account options declare it (issue 17 point 15: Gupshup
+/// client secrets now expire and no API reports when).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CredentialExpiry {
+    /// When it expires.
+    pub expire_ms: UnixMs,
+    /// Where that puts it now.
+    pub state: CredentialExpiryState,
+    /// For people: empty while `Valid`, else what expires when and how to renew it.
+    pub warning: String,
 }
 
 /// The result of a credentials check that passed (rejection is an error).

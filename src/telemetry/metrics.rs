@@ -40,9 +40,12 @@ pub const WEBHOOK_EVENTS: &str = "wa_onboard_webhook_events_total";
 pub const STORE_DURATION: &str = "wa_onboard_store_operation_duration_seconds";
 /// Always 1, with the `version` label.
 pub const BUILD_INFO: &str = "wa_onboard_build_info";
+/// Credential-expiry warnings issued (by `CheckAccount`, `GetProviderTokenStatus` and
+/// partner logins), by `provider`, `state` (`expiring`, `expired`).
+pub const CREDENTIAL_EXPIRY_WARNINGS: &str = "wa_onboard_credential_expiry_warnings_total";
 
 /// Every metric family this service exports.
-pub const NAMES: [&str; 13] = [
+pub const NAMES: [&str; 14] = [
     GRPC_REQUESTS,
     GRPC_DURATION,
     GRPC_STREAMS_OPEN,
@@ -56,6 +59,7 @@ pub const NAMES: [&str; 13] = [
     WEBHOOK_EVENTS,
     STORE_DURATION,
     BUILD_INFO,
+    CREDENTIAL_EXPIRY_WARNINGS,
 ];
 
 /// Histogram buckets, seconds: 1 ms to 60 s.
@@ -94,6 +98,14 @@ fn describe() {
     describe_gauge!(ONBOARDINGS, "Onboardings in the store by provider and state (all replicas).");
     describe_histogram!(STEP_DURATION, Unit::Seconds, "Pipeline step run time (the provider work of one step).");
     describe_counter!(WEBHOOK_EVENTS, "Webhook events received, duplicated or rejected, by provider.");
+    describe_counter!(
+        CREDENTIAL_EXPIRY_WARNINGS,
+        "Credential-expiry warnings (expiring within the warning lead, or expired), by provider and state."
+    );
+    // Only Gupshup credentials expire today: its two series exist from the start, at 0.
+    for state in ["expiring", "expired"] {
+        ::metrics::counter!(CREDENTIAL_EXPIRY_WARNINGS, "provider" => "gupshup", "state" => state).increment(0);
+    }
     describe_histogram!(STORE_DURATION, Unit::Seconds, "Store call latency by operation.");
     describe_gauge!(BUILD_INFO, "Build information.");
 }
@@ -180,6 +192,15 @@ pub fn webhook_events(provider: &str, result: &'static str, n: usize) {
     }
     let provider = provider.parse::<crate::domain::ProviderKind>().map_or("unknown".to_string(), |p| p.to_string());
     ::metrics::counter!(WEBHOOK_EVENTS, "provider" => provider, "result" => result).increment(n as u64);
+}
+
+/// A credential-expiry warning (issue 17 point 15).
+pub fn credential_expiry_warning(
+    provider: crate::domain::ProviderKind,
+    state: crate::providers::CredentialExpiryState,
+) {
+    ::metrics::counter!(CREDENTIAL_EXPIRY_WARNINGS, "provider" => provider.to_string(), "state" => state.as_str())
+        .increment(1);
 }
 
 /// A store call.

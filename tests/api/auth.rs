@@ -54,7 +54,7 @@ async fn a_provider_without_an_adapter_says_unimplemented_not_fake_success() {
     assert_eq!(err.code(), tonic::Code::InvalidArgument, "no request kind: {err:?}");
     assert_eq!(violations(&err), vec!["request".to_string()]);
     req.request = Some(pb::create_onboarding_request::Request::Gupshup(pb::GupshupLinkAppRequest {
-        app_name: "Acme Support".into(),
+        app_name: "AcmeSupport".into(),
         waba_id: "123456789".into(),
         phone: "+15551112222".into(),
         ..Default::default()

@@ -225,6 +225,7 @@ impl PartnerTokenOps for Fake {
             last_refresh: (n > 0).then(now_ms),
             refresh_count: n,
             last_error: None,
+            ..TokenStatus::default()
         }
     }
 }

@@ -43,7 +43,7 @@ fn gupshup_request(account: &str, request_id: &str) -> pb::CreateOnboardingReque
         request_id: request_id.into(),
         onboarding_id: String::new(),
         request: Some(pb::create_onboarding_request::Request::Gupshup(pb::GupshupLinkAppRequest {
-            app_name: "Acme Support".into(),
+            app_name: "AcmeSupport".into(),
             waba_id: "123456789".into(),
             phone: "+15551112222".into(),
             ..Default::default()
@@ -112,7 +112,7 @@ async fn happy_path_reaches_live_with_every_transition_recorded() {
     assert!(p.steps.iter().all(|s| s.state == pb::StepState::Succeeded as i32), "{:?}", p.steps);
     // The stored request is sealed: nothing of it is readable in the details.
     let rec = app.running().store.onboarding_unscoped(&id).await.unwrap().unwrap();
-    assert!(!rec.details_json.contains("Acme Support\",\"waba"), "request stored in clear: {}", rec.details_json);
+    assert!(!rec.details_json.contains("AcmeSupport\",\"waba"), "request stored in clear: {}", rec.details_json);
 }
 
 #[tokio::test]

@@ -125,7 +125,7 @@ const SUBSCRIBE: &str = "POST /partner/app/{app_id}/subscription";
 async fn sandbox_onboarding_reaches_live_through_provisioning_and_replays_by_request_id() {
     let app = sandbox_app().await;
     let o =
-        app.onboardings().create_onboarding(app.req(link_request("Acme Support", "r-1"))).await.unwrap().into_inner();
+        app.onboardings().create_onboarding(app.req(link_request("AcmeSupport", "r-1"))).await.unwrap().into_inner();
     let name = o.name.clone();
     let mut stream = app
         .onboardings()
@@ -160,7 +160,7 @@ async fn sandbox_onboarding_reaches_live_through_provisioning_and_replays_by_req
     assert!(g.app_token_ready);
     assert_eq!(got.reference, "crm-7");
     // The same request_id again: the same onboarding, no second app.
-    let again = app.onboardings().create_onboarding(app.req(link_request("Acme Support", "r-1"))).await.unwrap();
+    let again = app.onboardings().create_onboarding(app.req(link_request("AcmeSupport", "r-1"))).await.unwrap();
     assert_eq!(again.into_inner().name, name);
     assert_eq!(created(sim(&app), "apps"), 1);
 }
@@ -180,7 +180,7 @@ async fn an_invalid_app_name_is_refused_before_anything_is_stored() {
 #[tokio::test]
 async fn subscribe_on_live_creates_the_subscription_only_once_live_under_its_resource_name() {
     let app = sandbox_app().await;
-    let mut req = link_request("Acme Subscribed", "r-sub");
+    let mut req = link_request("AcmeSubscribed", "r-sub");
     if let Some(pb::create_onboarding_request::Request::Gupshup(g)) = &mut req.request {
         g.subscribe_on_live = true;
         g.subscription = Some(pb::SubscriptionSpec {
@@ -299,7 +299,7 @@ async fn a_burst_of_thirty_onboardings_all_go_live_without_one_rate_limit_violat
     )
     .await;
     let creates = (0..N).map(|i| {
-        let req = link_request_for(&format!("Burst Shop {i:02}"), &format!("+9198765{i:05}"), &format!("burst-{i}"));
+        let req = link_request_for(&format!("BurstShop{i:02}"), &format!("+9198765{i:05}"), &format!("burst-{i}"));
         let mut client = app.onboardings();
         let req = app.req(req);
         async move { client.create_onboarding(req).await.map(|r| r.into_inner().name) }
@@ -328,7 +328,7 @@ async fn server_errors_and_429s_with_retry_after_are_retried_and_one_app_is_crea
     core.fail_next(Some(PIPELINE), 1, Fault::Status { status: 503 });
     core.fail_next(Some(PIPELINE), 2, Fault::TooManyRequests { retry_after_secs: Some(1) });
     core.fail_next(Some(PIPELINE), 1, Fault::Status { status: 500 });
-    let name = create(&app, link_request("Acme Flaky", "r-flaky")).await;
+    let name = create(&app, link_request("AcmeFlaky", "r-flaky")).await;
     let (o, _) = wait_done(&app, &name, pb::OnboardingState::Live).await;
     let counters = core.counters();
     assert_eq!(counters.faults_injected, 7, "every injected fault was met: {counters:?}");
@@ -346,7 +346,7 @@ async fn server_errors_and_429s_with_retry_after_are_retried_and_one_app_is_crea
 async fn a_pipeline_error_stage_fails_the_onboarding_with_the_raw_stage() {
     let app = sandbox_app().await;
     sim(&app).update_knobs(KnobsPatch { fail_next_pipelines: Some(1), ..Default::default() });
-    let mut req = link_request("Acme Doomed", "r-doomed");
+    let mut req = link_request("AcmeDoomed", "r-doomed");
     if let Some(pb::create_onboarding_request::Request::Gupshup(g)) = &mut req.request {
         g.subscribe_on_live = true;
         g.subscription = Some(pb::SubscriptionSpec {
@@ -391,7 +391,7 @@ async fn a_duplicated_live_event_is_acknowledged_and_changes_nothing() {
         s.sandbox.sims.gupshup.sandbox = false;
     })
     .await;
-    let name = create(&app, link_request("Acme Callback", "r-cb")).await;
+    let name = create(&app, link_request("AcmeCallback", "r-cb")).await;
     let o = wait_state(&app, &name, pb::OnboardingState::Provisioning).await;
     let mut g = gupshup_details(&o);
     let deadline = tokio::time::Instant::now() + PATIENCE;
@@ -461,7 +461,7 @@ async fn a_duplicated_live_event_is_acknowledged_and_changes_nothing() {
 #[tokio::test]
 async fn the_app_token_goes_to_its_owner_only_and_each_read_is_audited_without_it() {
     let app = sandbox_app().await;
-    let name = create(&app, link_request("Acme Tokens", "r-tok")).await;
+    let name = create(&app, link_request("AcmeTokens", "r-tok")).await;
     let (o, _) = wait_done(&app, &name, pb::OnboardingState::Live).await;
     let g = gupshup_details(&o);
     let mut tokens = pb::token_service_client::TokenServiceClient::new(app.channel.clone());
@@ -510,4 +510,93 @@ async fn the_app_token_goes_to_its_owner_only_and_each_read_is_audited_without_i
     assert_eq!(reads[0].attributes.get("who").map(String::as_str), Some(dev.as_str()));
     assert_eq!(reads[0].attributes.get("resource_id"), Some(&g.app_id));
     assert!(!format!("{evs:?}").contains(&tok.token), "the token never enters the event log");
+}
+
+// issue 17 points 14-15
+
+fn expiring_account(id: &str, expire_ms: i64) -> pb::CreateAccountRequest {
+    pb::CreateAccountRequest {
+        account: Some(pb::Account {
+            provider: pb::Provider::Gupshup as i32,
+            display_name: "Acme expiring secret".into(),
+            credentials: Some(pb::AccountCredentials {
+                credentials: Some(pb::account_credentials::Credentials::Gupshup(pb::GupshupCredentials {
+                    email: "sandbox@wa-onboard.local".into(),
+                    secret: "sandbox-secret".into(),
+                })),
+            }),
+            options: Some(pb::AccountOptions {
+                options: Some(pb::account_options::Options::Gupshup(pb::GupshupOptions {
+                    client_secret_expire_time: Some(prost_types::Timestamp { seconds: expire_ms / 1000, nanos: 0 }),
+                    ..Default::default()
+                })),
+                endpoint: String::new(),
+            }),
+            sandbox: true,
+            ..Default::default()
+        }),
+        account_id: id.into(),
+        request_id: String::new(),
+    }
+}
+
+/// Point 15: a declared client-secret expiry is warned of ahead (CheckAccount,
+/// GetProviderTokenStatus), and once Gupshup refuses the lapsed secret the account answers
+/// FAILED_PRECONDITION with reason REAUTH_REQUIRED.
+#[tokio::test]
+async fn client_secret_expiry_is_warned_ahead_and_lapsed_secret_needs_reauth() {
+    use tonic_types::StatusExt;
+    let app = sandbox_app().await;
+    let day = 86_400_000;
+    let now = wa_onboard::domain::now_ms();
+    let mut accounts = app.accounts();
+    let created = accounts.create_account(app.req(expiring_account("gs-soon", now + 3 * day))).await.unwrap();
+    let opts = created.into_inner().options.and_then(|o| o.options);
+    assert!(
+        matches!(opts, Some(pb::account_options::Options::Gupshup(ref g)) if g.client_secret_expire_time.is_some()),
+        "{opts:?}"
+    );
+    let check = accounts
+        .check_account(app.req(pb::CheckAccountRequest { name: "accounts/gs-soon".into() }))
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(check.ok, "{check:?}");
+    assert_eq!(check.credential_expire_time.map(|t| t.seconds), Some((now + 3 * day) / 1000));
+    assert!(check.credential_warning.contains("expires at"), "{:?}", check.credential_warning);
+    let mut tokens = pb::token_service_client::TokenServiceClient::new(app.channel.clone());
+    let status = tokens
+        .get_provider_token_status(app.req(pb::GetProviderTokenStatusRequest { account: "accounts/gs-soon".into() }))
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(status.credential_expire_time.is_some() && !status.credential_warning.is_empty(), "{status:?}");
+
+    // The secret lapsed: Gupshup refuses it and the declared date is past.
+    sim(&app).update_knobs(KnobsPatch { secret_expires_at_ms: Some(Some(0)), ..KnobsPatch::default() });
+    accounts.create_account(app.req(expiring_account("gs-lapsed", now - day))).await.unwrap();
+    let check = accounts
+        .check_account(app.req(pb::CheckAccountRequest { name: "accounts/gs-lapsed".into() }))
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(!check.ok);
+    assert!(check.message.starts_with("client secret expired"), "{:?}", check.message);
+    assert!(check.credential_warning.contains("expired at"), "{:?}", check.credential_warning);
+    let err = tokens
+        .refresh_provider_token(app.req(pb::RefreshProviderTokenRequest { account: "accounts/gs-lapsed".into() }))
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), tonic::Code::FailedPrecondition, "{err:?}");
+    assert_eq!(err.get_details_error_info().map(|i| i.reason).as_deref(), Some("REAUTH_REQUIRED"));
+}
+
+/// Point 14: a name with a space is refused at the API before Gupshup is called.
+#[tokio::test]
+async fn app_name_with_a_space_is_invalid_argument() {
+    let app = sandbox_app().await;
+    let err = app.onboardings().create_onboarding(app.req(link_request("Acme Support", "r-space"))).await.unwrap_err();
+    assert_eq!(err.code(), tonic::Code::InvalidArgument);
+    assert_eq!(violations(&err), vec!["gupshup.app_name".to_string()]);
+    assert_eq!(calls(sim(&app), LINK), 0);
 }

@@ -149,7 +149,7 @@ impl TestApp {
             state_reason: "accepted".into(),
             provider_status: String::new(),
             reference: reference.into(),
-            details_json: r#"{"app_name":"Acme Shop","waba_id":"123","phone":"+15551112222"}"#.into(),
+            details_json: r#"{"app_name":"AcmeShop","waba_id":"123","phone":"+15551112222"}"#.into(),
             external_key: None,
             secret: None::<Sealed>,
             sequence: 0,

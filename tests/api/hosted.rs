@@ -272,6 +272,12 @@ async fn exotel_link_used_by_a_customer_goes_live_by_polling_and_validate_report
     assert_eq!(raw_status(&live), "USED");
     assert_eq!(exotel(&live).token_status, "USED");
     assert_eq!(exotel(&live).customers_remaining, 4);
+    // Issue 17 point 3: LIVE is "link used"; the capacity a caller can count on is 0.
+    assert_eq!(exotel(&live).live_meaning, "link_used");
+    assert_eq!(exotel(&live).customers_remaining_min, 0);
+    assert_eq!(exotel(&live).max_customers_per_link, 5);
+    assert!(exotel(&live).used_meaning.starts_with("at_least_one_completion"), "{:?}", exotel(&live).used_meaning);
+    assert!(live.state_reason.contains("does not say which business"), "{:?}", live.state_reason);
     let v = validate(&app, "sandbox-exotel", &token).await;
     assert_eq!(v.status, pb::OnboardingTokenStatus::Used as i32);
     assert_eq!(v.raw_status, "USED");
@@ -298,6 +304,9 @@ async fn exotel_link_expires_when_24_hours_pass_on_the_provider_clock() {
     .await;
     let token = exotel(&waiting).token.clone();
     assert_eq!(exotel(&waiting).customers_remaining, 5);
+    assert_eq!(exotel(&waiting).customers_remaining_min, 5);
+    assert_eq!(exotel(&waiting).max_customers_per_link, 5);
+    assert!(exotel(&waiting).live_meaning.is_empty());
     assert!(waiting.expire_time.is_some());
 
     exotel_sim(&app).core().clock.advance(DAY);

@@ -116,7 +116,7 @@ async fn metrics_show_grpc_provider_step_webhook_store_and_onboarding_families_a
     assert!(r.status().is_success(), "{}", r.status());
     let o = app
         .onboardings()
-        .create_onboarding(app.req(gupshup_link("sandbox-gupshup", "Metrics Shop")))
+        .create_onboarding(app.req(gupshup_link("sandbox-gupshup", "MetricsShop")))
         .await
         .expect("create")
         .into_inner();
@@ -383,7 +383,7 @@ finish_delay_ms = 300
     };
     let mut names = HashMap::new();
     for (provider, req) in [
-        ("gupshup", gupshup_link("acme-gupshup", "Secret Free")),
+        ("gupshup", gupshup_link("acme-gupshup", "SecretFree")),
         ("exotel", create("acme-exotel", R::Exotel(pb::ExotelLinkRequest {}))),
         (
             "whapi",
@@ -544,7 +544,7 @@ async fn otlp_export_continues_the_callers_trace_and_step_spans_carry_onboarding
     let channel = server.channel().await;
     let trace_id = "4bf92f3577b34da6a3ce929d0e0e4736";
     let parent_id = "00f067aa0ba902b7";
-    let mut req = with_key(gupshup_link("sandbox-gupshup", "Traced Shop"), &server.key);
+    let mut req = with_key(gupshup_link("sandbox-gupshup", "TracedShop"), &server.key);
     req.metadata_mut().insert("traceparent", format!("00-{trace_id}-{parent_id}-01").parse().unwrap());
     let o = pb::onboarding_service_client::OnboardingServiceClient::new(channel.clone())
         .create_onboarding(req)

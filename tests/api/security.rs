@@ -135,7 +135,7 @@ async fn secrets_never_leak_into_logs_errors_events_metrics_or_streams() {
     // One onboarding per provider on the sandbox accounts (built from the secrets above).
     use pb::create_onboarding_request::Request as R;
     let gupshup = R::Gupshup(pb::GupshupLinkAppRequest {
-        app_name: "Acme Security".into(),
+        app_name: "AcmeSecurity".into(),
         waba_id: "104996122399161".into(),
         phone: "+919812345679".into(),
         subscribe_on_live: true,
@@ -415,7 +415,7 @@ async fn every_named_resource_is_not_found_for_another_tenant() {
     let gupshup = create(
         "accounts/sandbox-gupshup",
         R::Gupshup(pb::GupshupLinkAppRequest {
-            app_name: "Tenant Check".into(),
+            app_name: "TenantCheck".into(),
             waba_id: "104996122399162".into(),
             phone: "+919812345670".into(),
             subscribe_on_live: true,

@@ -248,7 +248,7 @@ async fn concurrent_create_subscription_with_one_request_id_answers_one_subscrip
     let key = app.key.expose().to_string();
     let name = app
         .onboardings()
-        .create_onboarding(app.req(link_request("sandbox-gupshup", "Acme Race Subs", "+919811100011")))
+        .create_onboarding(app.req(link_request("sandbox-gupshup", "AcmeRaceSubs", "+919811100011")))
         .await
         .expect("CreateOnboarding")
         .into_inner()
@@ -342,7 +342,7 @@ async fn another_tenant_on_the_same_partner_login_cannot_adopt_an_app_by_phone()
     // Tenant A: LIVE, with a subscription whose header names are its own business.
     let a_name = app
         .onboardings()
-        .create_onboarding(app.req(link_request("sandbox-gupshup", "Tenant A Shop", PHONE)))
+        .create_onboarding(app.req(link_request("sandbox-gupshup", "TenantAShop", PHONE)))
         .await
         .expect("A's CreateOnboarding")
         .into_inner()
@@ -390,7 +390,7 @@ async fn another_tenant_on_the_same_partner_login_cannot_adopt_an_app_by_phone()
     let links_before = calls(&core, GUPSHUP_LINK);
     let b_name = app
         .onboardings()
-        .create_onboarding(with_key(link_request("b-gupshup", "Tenant B Anything", PHONE), &b_key))
+        .create_onboarding(with_key(link_request("b-gupshup", "TenantBAnything", PHONE), &b_key))
         .await
         .expect("B's CreateOnboarding")
         .into_inner()
@@ -468,7 +468,7 @@ async fn five_onboardings_with_one_phone_do_not_share_one_app() {
     const PHONE: &str = "+919833300033";
     let mut names = Vec::new();
     for i in 0..5 {
-        let req = link_request("sandbox-gupshup", &format!("Five Shop {i}"), PHONE);
+        let req = link_request("sandbox-gupshup", &format!("FiveShop{i}"), PHONE);
         names
             .push(app.onboardings().create_onboarding(app.req(req)).await.expect("CreateOnboarding").into_inner().name);
     }
@@ -517,7 +517,7 @@ async fn our_own_lost_link_answer_still_reconciles_into_its_app() {
     core.fail_next(Some(GUPSHUP_LINK), 1, wa_onboard::sim::common::Fault::Timeout { after_effect: true });
     let name = app
         .onboardings()
-        .create_onboarding(app.req(link_request("sandbox-gupshup", "Lost Answer Shop", "+919844400044")))
+        .create_onboarding(app.req(link_request("sandbox-gupshup", "LostAnswerShop", "+919844400044")))
         .await
         .expect("CreateOnboarding")
         .into_inner()

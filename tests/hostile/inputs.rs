@@ -330,7 +330,7 @@ async fn item7_fields_are_refused_before_anything_is_stored_or_sent() {
                 "big-region",
                 pb::Provider::Gupshup,
                 C::Gupshup(pb::GupshupCredentials { email: "ops@acme.test".into(), secret: "s".into() }),
-                Some(O::Gupshup(pb::GupshupOptions { storage_region: big.clone() })),
+                Some(O::Gupshup(pb::GupshupOptions { storage_region: big.clone(), ..Default::default() })),
             )),
             "account.options.gupshup.storage_region",
         ),

@@ -21,7 +21,7 @@ fn onboarding_request(account: &str, id: &str, reference: &str) -> pb::CreateOnb
         request_id: String::new(),
         onboarding_id: id.into(),
         request: Some(pb::create_onboarding_request::Request::Gupshup(pb::GupshupLinkAppRequest {
-            app_name: "Acme Support".into(),
+            app_name: "AcmeSupport".into(),
             waba_id: "123456789".into(),
             phone: "+15551112222".into(),
             ..Default::default()

@@ -194,7 +194,7 @@ fn start_request(i: usize, kind: Kind) -> pb::CreateOnboardingRequest {
         Kind::Gupshup => (
             "gupshup",
             Request::Gupshup(pb::GupshupLinkAppRequest {
-                app_name: format!("Crash Shop {i:03}"),
+                app_name: format!("CrashShop{i:03}"),
                 waba_id: "104996122399160".into(),
                 phone: format!("+91970{i:07}"),
                 ..Default::default()

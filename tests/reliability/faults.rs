@@ -173,7 +173,7 @@ fn start_request(i: usize, sc: Scenario) -> pb::CreateOnboardingRequest {
         Scenario::GupshupLive { subscribe } => (
             "sandbox-gupshup",
             Request::Gupshup(pb::GupshupLinkAppRequest {
-                app_name: format!("Fault Shop {i:03}"),
+                app_name: format!("FaultShop{i:03}"),
                 waba_id: "104996122399160".into(),
                 phone: format!("+91980{i:07}"),
                 subscribe_on_live: subscribe,
@@ -190,7 +190,7 @@ fn start_request(i: usize, sc: Scenario) -> pb::CreateOnboardingRequest {
         Scenario::GupshupFailing => (
             "sandbox-gupshup",
             Request::Gupshup(pb::GupshupLinkAppRequest {
-                app_name: format!("Failing Shop {i:03}"),
+                app_name: format!("FailingShop{i:03}"),
                 waba_id: "104996122399160".into(),
                 phone: format!("+1555000{i:04}"),
                 ..Default::default()

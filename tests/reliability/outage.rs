@@ -43,7 +43,7 @@ fn gupshup_request(i: usize) -> pb::CreateOnboardingRequest {
         request_id: format!("before-{i}"),
         onboarding_id: String::new(),
         request: Some(pb::create_onboarding_request::Request::Gupshup(pb::GupshupLinkAppRequest {
-            app_name: format!("Outage Shop {i:02}"),
+            app_name: format!("OutageShop{i:02}"),
             waba_id: "104996122399160".into(),
             phone: format!("+91960{i:07}"),
             ..Default::default()

@@ -35,7 +35,7 @@ pub async fn seed(url: &str, n: usize) -> Result<Vec<Seeded>> {
             async move {
                 let now = now_ms();
                 let details = serde_json::json!({
-                    "app_name": format!("Bench App {i}"),
+                    "app_name": format!("BenchApp{i}"),
                     "waba_id": format!("1049961223{i:05}"),
                     "phone": format!("+9198{i:08}"),
                     "app_id": s.app_id,

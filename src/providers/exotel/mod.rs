@@ -41,8 +41,44 @@ pub const STEP_AWAIT_CUSTOMER: &str = "await_customer";
 /// Largest batch of links ("up to 50 URLs can be fetched at a time", providers.md §2.2 [C]);
 /// a batch is that many single calls.
 pub const MAX_BATCH: u32 = 50;
-/// Customers one token can onboard within its 24 h [C].
-pub const CUSTOMERS_PER_TOKEN: i64 = 5;
+/// Customers one link (token) can onboard within its 24 h: "A single token can successfully
+/// onboard up to five different customers within the 24-hour timeframe" (providers.md §2.2
+/// [C]). For display only: Exotel reports no count, so nothing is enforced with it.
+pub const MAX_CUSTOMERS_PER_LINK: i64 = 5;
+
+/// What a `USED` token status means, among the readings the vendor pages allow.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum UsedMeaning {
+    /// Reading A: at least one customer finished with the link (it may onboard more).
+    AtLeastOneCompletion,
+    /// Reading B: all [`MAX_CUSTOMERS_PER_LINK`] customers finished (the quota is spent).
+    QuotaExhausted,
+}
+
+/// [I] The meaning of `USED` (providers.md §2.5 #3, research-issue-17 point 3). Exotel
+/// returns `VALID`, `EXPIRED` or `USED` and defines none of them [C]. We take reading A
+/// ("at least one completion"): it is the only reading under which a link given to one
+/// customer ever reads `USED` (under reading B it would stay `VALID` and end `EXPIRED`).
+/// Either way `USED` never says *which* business finished, so an Exotel onboarding is a
+/// *link*, and its LIVE means "link used" ([`LIVE_MEANING`]). Change it here if Exotel ever
+/// defines the status.
+pub const USED_MEANS: UsedMeaning = UsedMeaning::AtLeastOneCompletion;
+
+/// The `live_meaning` detail of a LIVE Exotel onboarding: the link was used, by a business
+/// Exotel does not name (see [`USED_MEANS`]).
+pub const LIVE_MEANING: &str = "link_used";
+
+/// The `used_meaning` detail: [`USED_MEANS`] in words, for callers deciding for themselves.
+pub fn used_meaning_text() -> &'static str {
+    match USED_MEANS {
+        UsedMeaning::AtLeastOneCompletion => {
+            "at_least_one_completion: at least one business finished with the link, which may onboard up to 5 in 24 h; Exotel does not say which"
+        }
+        UsedMeaning::QuotaExhausted => {
+            "quota_exhausted: all 5 businesses the link allows finished; Exotel does not say which"
+        }
+    }
+}
 /// [I] Pace of mint calls per account: Exotel publishes no rate limit (providers.md §2.4),
 /// so a batch (N calls, §2.2) goes at most this many calls per window.
 pub const MINT_PACE: (u32, Duration) = (10, Duration::from_secs(1));
@@ -104,12 +140,13 @@ impl TokenReading {
         Self { raw, state }
     }
 
-    /// The onboarding state the status implies.
+    /// The onboarding state the status implies (providers.md §2.5 #3).
     ///
-    /// [I] `USED` is read as "at least one business finished onboarding with this link":
-    /// providers.md leaves open whether it means "≥ 1" or "all 5 used", but either way a
-    /// business completed Embedded Signup, and one onboarding is one link, so `USED` is
-    /// `LIVE`. `EXPIRED` (24 h after minting) ends the onboarding as `EXPIRED`.
+    /// An Exotel onboarding is one *link*, not one business: `USED` ([`USED_MEANS`], [I])
+    /// says someone finished with the link, never who, so LIVE here means "link used"
+    /// ([`LIVE_MEANING`]) and no business identity is ever attached. `EXPIRED` (24 h after
+    /// minting) seen without an earlier `USED` ends the onboarding as `EXPIRED`, not FAILED:
+    /// Exotel does not report whether anyone onboarded with it.
     fn onboarding_state(&self) -> Option<OnboardingState> {
         match self.state? {
             LinkTokenState::Valid => Some(OnboardingState::AwaitingCustomer),
@@ -118,16 +155,26 @@ impl TokenReading {
         }
     }
 
-    /// How many more businesses the token can onboard.
+    /// How many more businesses the token can onboard, at most.
     ///
-    /// [I] Exotel reports no count, only the status: `VALID` means nobody used it (all 5
-    /// left), `EXPIRED` means none (the 24 h are over). For `USED` at least one of the 5 is
-    /// consumed, so 4 is the most that can be left; we report that upper bound.
+    /// [I] Exotel reports no count, only the status (read through [`USED_MEANS`]): `VALID`
+    /// means nobody used it (all 5 left), `EXPIRED` means none (the 24 h are over). For `USED`
+    /// at least one of the 5 is consumed, so 4 is the most that can be left.
     fn customers_remaining(&self) -> Option<i64> {
         match self.state? {
-            LinkTokenState::Valid => Some(CUSTOMERS_PER_TOKEN),
-            LinkTokenState::Used => Some(CUSTOMERS_PER_TOKEN - 1),
+            LinkTokenState::Valid => Some(MAX_CUSTOMERS_PER_LINK),
+            LinkTokenState::Used => Some(MAX_CUSTOMERS_PER_LINK - 1),
             LinkTokenState::Expired => Some(0),
+        }
+    }
+
+    /// How many more businesses the token can onboard, at least (the capacity a caller can
+    /// count on). [I] Under [`USED_MEANS`] `VALID` is untouched (5); a `USED` link may have
+    /// onboarded all 5 already (Exotel does not say), so 0 is all that is certain.
+    fn customers_remaining_min(&self) -> Option<i64> {
+        match self.state? {
+            LinkTokenState::Valid => Some(MAX_CUSTOMERS_PER_LINK),
+            LinkTokenState::Used | LinkTokenState::Expired => Some(0),
         }
     }
 
@@ -136,17 +183,26 @@ impl TokenReading {
         fields.insert("onboarding_token_status".to_string(), self.raw.clone());
         let reason = match self.state {
             Some(LinkTokenState::Valid) => "link not used yet",
-            Some(LinkTokenState::Used) => "a business finished onboarding with the link",
-            Some(LinkTokenState::Expired) => "the link lapsed (24 h after minting)",
+            Some(LinkTokenState::Used) => "exotel link used (Exotel does not say which business)",
+            Some(LinkTokenState::Expired) => "link expired; Exotel does not report whether anyone onboarded with it",
             None => "unknown token status",
         };
         Observation { raw_status: self.raw.clone(), fields, state: self.onboarding_state(), reason: reason.into() }
     }
 
     fn details(&self, mut out: StepOutcome) -> StepOutcome {
-        out = out.detail("token_status", self.raw.clone());
+        out = out
+            .detail("token_status", self.raw.clone())
+            .detail("max_customers_per_link", MAX_CUSTOMERS_PER_LINK)
+            .detail("used_meaning", used_meaning_text());
         if let Some(n) = self.customers_remaining() {
             out = out.detail("customers_remaining", n);
+        }
+        if let Some(n) = self.customers_remaining_min() {
+            out = out.detail("customers_remaining_min", n);
+        }
+        if self.state == Some(LinkTokenState::Used) {
+            out = out.detail("live_meaning", LIVE_MEANING);
         }
         out
     }
@@ -189,13 +245,17 @@ pub fn link_handle(link: &MintedLink) -> ProviderHandle {
 
 /// The public details of a freshly minted link (proto `ExotelOnboarding` names; the caller
 /// adds `batch_id` for a batch): `onboarding_url`, `token`, `token_status` (`VALID`),
-/// `customers_remaining` (5) and `link_expire_ms`.
+/// `customers_remaining` and `customers_remaining_min` (5), `max_customers_per_link`,
+/// `used_meaning` and `link_expire_ms`.
 pub fn link_details(link: &MintedLink) -> BTreeMap<String, serde_json::Value> {
     let mut d = BTreeMap::new();
     d.insert("onboarding_url".to_string(), json!(link.url));
     d.insert("token".to_string(), json!(link.token));
     d.insert("token_status".to_string(), json!(link.provider_status));
-    d.insert("customers_remaining".to_string(), json!(CUSTOMERS_PER_TOKEN));
+    d.insert("customers_remaining".to_string(), json!(MAX_CUSTOMERS_PER_LINK));
+    d.insert("customers_remaining_min".to_string(), json!(MAX_CUSTOMERS_PER_LINK));
+    d.insert("max_customers_per_link".to_string(), json!(MAX_CUSTOMERS_PER_LINK));
+    d.insert("used_meaning".to_string(), json!(used_meaning_text()));
     if let Some(at) = link.expire_ms {
         d.insert("link_expire_ms".to_string(), json!(at));
     }

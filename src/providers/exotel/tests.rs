@@ -116,7 +116,7 @@ impl ConformanceHarness for Env {
         request(
             key,
             StartPayload::Gupshup(GupshupStart {
-                app_name: "Acme Support".into(),
+                app_name: "AcmeSupport".into(),
                 waba_id: WabaId::parse("123456789").unwrap(),
                 phone: E164::parse("+15551112222").unwrap(),
                 storage_region: None,
@@ -348,7 +348,7 @@ async fn batch_links_carry_the_same_details_as_the_single_link_step() {
         for k in ["token_status", "customers_remaining"] {
             assert_eq!(l.details[k], single.details[k], "{k}");
         }
-        assert_eq!(l.details["customers_remaining"], json!(CUSTOMERS_PER_TOKEN));
+        assert_eq!(l.details["customers_remaining"], json!(MAX_CUSTOMERS_PER_LINK));
         assert_eq!(l.details["token"], json!(l.token));
         assert_eq!(l.details["onboarding_url"], json!(l.url));
         assert_eq!(l.details["link_expire_ms"], json!(l.expire_ms.unwrap()));
@@ -502,4 +502,44 @@ fn error_data_inside_a_success_is_a_failure() {
     assert!(hook.check(http::StatusCode::OK, body("{}").as_bytes()).is_none());
     let found = hook.check(http::StatusCode::OK, body(r#"{"message":"nope"}"#).as_bytes()).expect("a failure");
     assert!(found.reason.starts_with("isv code 400"), "{}", found.reason);
+}
+
+/// Issue 17 point 3 (providers.md §2.5 #3): an Exotel onboarding is a link. `USED` is LIVE as
+/// "link used" (never a named business), with the raw status and both capacity bounds;
+/// `EXPIRED` without a `USED` says the outcome is unknown; and when the provider reads `USED`
+/// only after 5 completions (sim knob `used_after`), 1–4 completions keep the link waiting.
+#[tokio::test]
+async fn used_is_live_as_link_used_with_capacity_bounds_and_expired_is_unknown_outcome() {
+    let e = env().await;
+    let out = e.p.run_step(&e.sg(), &step(STEP_MINT_LINK, None)).await.unwrap();
+    assert_eq!(out.details["max_customers_per_link"], json!(MAX_CUSTOMERS_PER_LINK));
+    assert_eq!(out.details["customers_remaining_min"], json!(5));
+    assert_eq!(out.details["used_meaning"], json!(used_meaning_text()));
+    assert!(!out.details.contains_key("live_meaning"));
+    let handle = out.handle.unwrap();
+    e.sim.complete_customer(&handle.external_key).unwrap();
+    let live = e.p.run_step(&e.sg(), &step(STEP_AWAIT_CUSTOMER, Some(handle))).await.unwrap();
+    assert_eq!(live.observation.state, Some(OnboardingState::Live));
+    assert_eq!(live.observation.raw_status, "USED");
+    assert_eq!(live.observation.reason, "exotel link used (Exotel does not say which business)");
+    assert_eq!(live.details["live_meaning"], json!(LIVE_MEANING));
+    assert_eq!(live.details["customers_remaining"], json!(4));
+    assert_eq!(live.details["customers_remaining_min"], json!(0));
+    assert_eq!(live.details["max_customers_per_link"], json!(5));
+    assert!(used_meaning_text().starts_with("at_least_one_completion"), "USED_MEANS is reading A");
+
+    // Reading B on the provider side: four completions leave the token VALID, so we wait.
+    e.sim.set_knobs(ExotelKnobs { used_after: 5, ..Default::default() });
+    let out = e.p.run_step(&e.sg(), &step(STEP_MINT_LINK, None)).await.unwrap();
+    let handle = out.handle.unwrap();
+    e.sim.complete_customers(&handle.external_key, 4).unwrap();
+    let run = step(STEP_AWAIT_CUSTOMER, Some(handle));
+    let wait = e.p.run_step(&e.sg(), &run).await.unwrap();
+    assert_eq!(wait.observation.state, Some(OnboardingState::AwaitingCustomer));
+    assert!(!wait.details.contains_key("live_meaning"));
+    e.sim.core().clock.advance(LINK_TTL);
+    let expired = e.p.run_step(&e.sg(), &run).await.unwrap();
+    assert_eq!(expired.observation.state, Some(OnboardingState::Expired));
+    assert_eq!(expired.observation.reason, "link expired; Exotel does not report whether anyone onboarded with it");
+    assert_eq!(expired.details["customers_remaining_min"], json!(0));
 }

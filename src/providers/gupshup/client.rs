@@ -348,14 +348,29 @@ impl Client {
         let url = endpoint(ctx, &["partner", "account", "login"]).map_err(to_call_error)?;
         let key = rate_key(PROVIDER, "login", email);
         // Repeating a login is harmless (one more token), so it is retried.
-        let resp = self
+        let resp = match self
             .exchange("gupshup.login", true, true, Some((&key, self.limits.login)), || {
                 self.http
                     .request(Method::POST, url.clone())
                     .header(http::header::ACCEPT, "application/json")
                     .form(&[("email", email), ("secret", secret.expose())])
             })
-            .await?;
+            .await
+        {
+            // Issue 17 point 15: refused after the declared secret expiry = the secret lapsed.
+            Err(e) if e.is_unauthenticated() => {
+                let raw = e.status().map(|s| s.to_string()).unwrap_or_default();
+                return Err(super::credentials::expired_login(&ctx.options, now_ms(), &raw).map_or(e, to_call_error));
+            }
+            other => other?,
+        };
+        if let Some(x) = super::credentials::secret_expiry(&ctx.options, now_ms())
+            .filter(|x| x.state != crate::providers::CredentialExpiryState::Valid)
+        {
+            // Each login (about daily) warns while the secret is expiring.
+            crate::telemetry::metrics::credential_expiry_warning(crate::domain::ProviderKind::Gupshup, x.state);
+            tracing::warn!(account = %ctx.account_id, "{}", x.warning);
+        }
         let login: LoginResponse =
             serde_json::from_slice(&resp.body).map_err(|e| to_call_error(malformed("login", &e)))?;
         if login.token.is_empty() {

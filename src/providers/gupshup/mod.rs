@@ -7,6 +7,7 @@
 //! `subscribe_on_live`, and only once live).
 
 mod client;
+mod credentials;
 #[cfg(test)]
 mod fuzz;
 mod model;
@@ -24,8 +25,8 @@ use serde_json::{Value, json};
 use client::{Client, LinkForm, Linked};
 pub use client::{GupshupLimits, Limit};
 use model::{
-    CREATION_DONE, CREATION_ERROR, MODE_BITS, PIPELINE_FINALIZE, PipelineResponse, STORAGE_REGIONS, V3_ONLY_MODES,
-    WireSubscription, modes_of_mask, scalar_text,
+    CREATION_DONE, CREATION_ERROR, MODE_BITS, PIPELINE_FINALIZE, PipelineResponse, STORAGE_REGIONS, WireSubscription,
+    modes_of_mask, scalar_text,
 };
 
 use super::builtin::AdapterDeps;
@@ -403,7 +404,7 @@ fn validate_start<'a>(ctx: &CallContext, req: &'a StartRequest) -> Result<(&'a G
         validate_spec(spec, "gupshup.subscription.")?;
     }
     let form = LinkForm {
-        name: start.app_name.clone(),
+        name: start.app_name.trim().to_string(),
         waba_id: start.waba_id.as_str().to_string(),
         // E.164 digits without '+' [C].
         phone: start.phone.digits().to_string(),
@@ -412,19 +413,28 @@ fn validate_start<'a>(ctx: &CallContext, req: &'a StartRequest) -> Result<(&'a G
     Ok((start, form))
 }
 
-/// 6–150 characters, no special characters [C]; [I] "special" = anything but ASCII letters,
-/// digits and spaces (the proto documents the same rule), with at least one letter or digit.
+/// The app-name rule [I], as a pattern (checked by [`validate_app_name`], no regex engine):
+/// the vendor says "Should be between 6 - 150 characters. Should not conflict with any other
+/// Gupshup App. Special Characters are not allowed." (providers.md §1.3.2 [C]) without saying
+/// whether `_`, `-` or a space is "special"; a public client test expects exactly this
+/// pattern [C2], so only ASCII letters and digits pass (providers.md §1.7 #14).
+pub const APP_NAME_RE: &str = "^[A-Za-z0-9]{6,150}$";
+
+/// Checks the (trimmed) app name against [`APP_NAME_RE`] before any call, with the vendor's
+/// own words (providers.md §1.3.2: 400 `App name should be between 6 to 150 characters in
+/// length`, 400 `Invalid characters used in app name`).
 fn validate_app_name(name: &str) -> Result<(), ProviderError> {
     const FIELD: &str = "gupshup.app_name";
+    let name = name.trim();
     let len = name.chars().count();
     if !(6..=150).contains(&len) {
-        return Err(invalid(FIELD, format!("must be 6 to 150 characters, got {len}")));
+        return Err(invalid(FIELD, format!("should be between 6 - 150 characters, got {len}")));
     }
-    if let Some(c) = name.chars().find(|c| !(c.is_ascii_alphanumeric() || *c == ' ')) {
-        return Err(invalid(FIELD, format!("only letters, digits and spaces are allowed, found {c:?}")));
-    }
-    if !name.chars().any(|c| c.is_ascii_alphanumeric()) {
-        return Err(invalid(FIELD, "must contain a letter or digit"));
+    if let Some(c) = name.chars().find(|c| !c.is_ascii_alphanumeric()) {
+        return Err(invalid(
+            FIELD,
+            format!("special characters are not allowed: only letters A-Z, a-z and digits 0-9, found {c:?}"),
+        ));
     }
     Ok(())
 }
@@ -438,6 +448,8 @@ fn valid_url(s: &str) -> bool {
 /// The spec's checks that need no call (1.3.5): URL, modes, version, tag, no Whapi mode.
 /// `prefix` is the field path of the spec (`spec.` for the subscription RPCs).
 fn validate_spec(spec: &SubscriptionSpec, prefix: &str) -> Result<(), ProviderError> {
+    // The version the call will send: an unset (0) version means the default.
+    let spec = &SubscriptionSpec { version: requested_version(spec.version), ..spec.clone() };
     check_url(spec, prefix)?;
     check_version(spec, prefix)?;
     check_events(spec, prefix)?;
@@ -450,17 +462,64 @@ fn check_url(spec: &SubscriptionSpec, prefix: &str) -> Result<(), ProviderError>
     if valid_url(&spec.url) { Ok(()) } else { Err(invalid(&format!("{prefix}url"), "must be an absolute http(s) URL")) }
 }
 
+// issue 17 point 14: modes per version, default version.
+
+/// Every payload version a vendor page accepts: `0,1,2,3` on the TPP guide and older pages,
+/// `2, 3` on the current `setsubscription-api-v3` page (providers.md §1.3.5 [C]).
+const SUBSCRIPTION_VERSIONS: [i32; 4] = [0, 1, 2, 3];
+
+/// The version sent when the caller leaves it unset (proto `0`): 3, the only version on
+/// every vendor list (providers.md §1.3.5, §1.7 #14 [C]), and the one whose samples send
+/// `OTHERS`, `TEMPLATE` and `ACCOUNT`.
+pub const DEFAULT_SUBSCRIPTION_VERSION: i32 = 3;
+
+/// Versions 0..=3, and version 3 alone.
+const ANY_VERSION: &[i32] = &SUBSCRIPTION_VERSIONS;
+const V3_ONLY: &[i32] = &[3];
+
+/// The one table of subscription modes and the versions each is accepted with
+/// (providers.md §1.3.5, §1.7 #14). The current v3 page lists SENT, DELIVERED, READ, FAILED,
+/// OTHERS, PAYMENTS, MESSAGE, BILLING, FLOWS_MESSAGE, TEMPLATE, ACCOUNT, ENQUEUED and its
+/// `version=3` sample sends TEMPLATE and ACCOUNT [C] (the older "for version 3 TEMPLATE,
+/// ACCOUNT, COPY are not supported" is superseded there); NONE, DELETED and ALL come from the
+/// older lists [C]; OTHERS, ALL, PAYMENTS, FLOWS_MESSAGE are "[Only for v3]" [C2]. COPY is in
+/// no list of valid modes [C]: it is named here (no version) so it is refused as unsupported.
+const SUBSCRIPTION_MODES: [(&str, &[i32]); 16] = [
+    ("NONE", ANY_VERSION),
+    ("SENT", ANY_VERSION),
+    ("DELIVERED", ANY_VERSION),
+    ("READ", ANY_VERSION),
+    ("DELETED", ANY_VERSION),
+    ("FAILED", ANY_VERSION),
+    ("MESSAGE", ANY_VERSION),
+    ("TEMPLATE", ANY_VERSION),
+    ("ACCOUNT", ANY_VERSION),
+    ("BILLING", ANY_VERSION),
+    ("ENQUEUED", ANY_VERSION),
+    ("OTHERS", V3_ONLY),
+    ("FLOWS_MESSAGE", V3_ONLY),
+    ("PAYMENTS", V3_ONLY),
+    ("ALL", V3_ONLY),
+    ("COPY", &[]),
+];
+
+/// The version a request asks for: unset (0) is [`DEFAULT_SUBSCRIPTION_VERSION`].
+fn requested_version(version: i32) -> i32 {
+    if version == 0 { DEFAULT_SUBSCRIPTION_VERSION } else { version }
+}
+
 fn check_version(spec: &SubscriptionSpec, prefix: &str) -> Result<(), ProviderError> {
-    if (0..=3).contains(&spec.version) {
+    if SUBSCRIPTION_VERSIONS.contains(&spec.version) {
         Ok(())
     } else {
-        Err(invalid(&format!("{prefix}version"), format!("must be 0, 1, 2 or 3, got {}", spec.version)))
+        Err(invalid(
+            &format!("{prefix}version"),
+            format!("must be 1, 2 or 3 (unset = {DEFAULT_SUBSCRIPTION_VERSION}), got {}", spec.version),
+        ))
     }
 }
 
-/// Modes [C2]: the 14 named modes or `NONE`; `FLOWS_MESSAGE`, `PAYMENTS`, `ALL`, `OTHERS`
-/// need version 3. [I] TEMPLATE/ACCOUNT are accepted with v3 (the docs conflict), `COPY`
-/// is refused (unsupported in v3 and unknown elsewhere).
+/// Modes against [`SUBSCRIPTION_MODES`] for the spec's version.
 fn check_events(spec: &SubscriptionSpec, prefix: &str) -> Result<(), ProviderError> {
     let field = format!("{prefix}events");
     if spec.events.is_empty() {
@@ -468,11 +527,22 @@ fn check_events(spec: &SubscriptionSpec, prefix: &str) -> Result<(), ProviderErr
     }
     for e in &spec.events {
         let m = e.trim();
-        if m != "NONE" && !MODE_BITS.contains(&m) {
-            return Err(invalid(&field, format!("unknown mode '{m}' (one of NONE, {})", MODE_BITS.join(", "))));
-        }
-        if spec.version < 3 && V3_ONLY_MODES.contains(&m) {
-            return Err(invalid(&field, format!("mode '{m}' needs version 3")));
+        let Some((_, versions)) = SUBSCRIPTION_MODES.iter().find(|(name, _)| *name == m) else {
+            let known: Vec<&str> = SUBSCRIPTION_MODES.iter().filter(|(_, v)| !v.is_empty()).map(|(n, _)| *n).collect();
+            return Err(invalid(&field, format!("unknown mode '{m}' (one of {})", known.join(", "))));
+        };
+        match *versions {
+            [] => return Err(invalid(&field, format!("mode '{m}' is not supported by Gupshup"))),
+            v if !v.contains(&spec.version) => {
+                return Err(invalid(
+                    &field,
+                    format!(
+                        "mode '{m}' needs version {}",
+                        v.iter().map(i32::to_string).collect::<Vec<_>>().join(" or ")
+                    ),
+                ));
+            }
+            _ => {}
         }
     }
     Ok(())
@@ -522,7 +592,7 @@ fn create_form(spec: &SubscriptionSpec) -> Vec<(&'static str, String)> {
         ("modes", modes_csv(spec)),
         ("tag", spec.tag.clone()),
         ("url", spec.url.clone()),
-        ("version", spec.version.to_string()),
+        ("version", requested_version(spec.version).to_string()),
     ];
     if !spec.headers.is_empty() {
         f.push(("meta", meta_of(spec)));
@@ -605,6 +675,11 @@ impl Provider for GupshupProvider {
 
     fn capabilities(&self) -> &[Capability] {
         &CAPABILITIES
+    }
+
+    /// The declared client-secret expiry (issue 17 point 15; `credentials.rs`).
+    fn credential_expiry(&self, ctx: &CallContext) -> Option<super::CredentialExpiry> {
+        credentials::secret_expiry(&ctx.options, crate::domain::now_ms())
     }
 
     /// A partner login (forced, so it really tests the credentials now).
@@ -794,7 +869,7 @@ impl SubscriptionOps for GupshupProvider {
         let current = to_domain(self.client.get_subscription(ctx, app_id, target.secret.as_ref(), id).await?);
         let mut effective = current.spec.clone();
         if has("version") {
-            effective.version = spec.version;
+            effective.version = requested_version(spec.version);
         }
         if has("events") {
             effective.events = spec.events.clone();
@@ -820,7 +895,7 @@ impl SubscriptionOps for GupshupProvider {
             form.push(("tag", spec.tag.clone()));
         }
         if has("version") {
-            form.push(("version", spec.version.to_string()));
+            form.push(("version", requested_version(spec.version).to_string()));
         }
         if has("headers") {
             form.push(("meta", meta_of(spec)));

@@ -174,9 +174,6 @@ pub(super) const MODE_BITS: [&str; 14] = [
     "ALL",
 ];
 
-/// Modes accepted only with `version=3` [C2] (RAKH copy, 1.3.5).
-pub(super) const V3_ONLY_MODES: [&str; 4] = ["FLOWS_MESSAGE", "PAYMENTS", "ALL", "OTHERS"];
-
 /// The 15 `storageRegion` codes (1.1) [C].
 pub(super) const STORAGE_REGIONS: [&str; 15] =
     ["BR", "DE", "CH", "GB", "BH", "ZA", "AE", "US", "CA", "AU", "ID", "IN", "JP", "SG", "KR"];

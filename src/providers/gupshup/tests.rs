@@ -114,13 +114,13 @@ impl Env {
 fn start_req(key: &str, sub: Option<SubscriptionSpec>) -> StartRequest {
     let digest = Sha256::digest(key.as_bytes());
     let n = u64::from_be_bytes(digest[..8].try_into().unwrap()) % 100_000_000;
-    let name_part: String = key.chars().map(|c| if c.is_ascii_alphanumeric() { c } else { ' ' }).collect();
+    let name_part: String = key.chars().filter(char::is_ascii_alphanumeric).collect();
     StartRequest {
         onboarding_id: OnboardingId::parse("onb-gs-1").unwrap(),
         idempotency_key: key.into(),
         reference: "cust-1".into(),
         payload: StartPayload::Gupshup(GupshupStart {
-            app_name: format!("Acme {name_part} {n}"),
+            app_name: format!("Acme{name_part}{n}"),
             waba_id: WabaId::parse("104996545612345").unwrap(),
             phone: E164::parse(&format!("+9199{n:08}")).unwrap(),
             storage_region: None,
@@ -284,7 +284,7 @@ async fn invalid_input_is_refused_before_any_call() {
     assert!(matches!(e, ProviderError::Invalid { field: Some(ref f), .. } if f == "gupshup.subscription.url"), "{e:?}");
     assert_eq!(env.total_calls(), 0, "no call (not even a login) for invalid input");
     // The boundaries are accepted.
-    env.p.start_onboarding(&ctx, &with_name(base.clone(), "Acme 1")).await.unwrap();
+    env.p.start_onboarding(&ctx, &with_name(base.clone(), "Acme01")).await.unwrap();
 }
 
 #[tokio::test]
@@ -752,4 +752,84 @@ async fn subscribe_after_an_unknown_outcome_reconciles_by_tag() {
     assert_eq!(out.attributes.get("reconciled").map(String::as_str), Some("true"));
     assert_eq!(env.sim.app(&h.external_key).unwrap().subscriptions, 1);
     assert_eq!(env.calls(SUB_CREATE), 1);
+}
+
+// issue 17 points 14-15
+
+/// Point 14: the vendor's name rule (6–150, no special characters) read as
+/// `APP_NAME_RE` = letters and digits only: a space is refused before any call (the old
+/// rule allowed it); surrounding whitespace is trimmed and the trimmed name is sent.
+#[tokio::test]
+async fn app_names_with_spaces_are_refused_and_names_are_sent_trimmed() {
+    let env = Env::new().await;
+    let ctx = env.context();
+    for name in ["Acme Support", "Acme-Support1", "AcmeSupport\u{a0}x"] {
+        match env.p.start_onboarding(&ctx, &with_name(start_req("names", None), name)).await {
+            Err(ProviderError::Invalid { field: Some(f), message, .. }) => {
+                assert_eq!(f, "gupshup.app_name", "{name}");
+                assert!(message.contains("special characters are not allowed"), "{name}: {message}");
+            }
+            other => panic!("{name}: expected Invalid, got {other:?}"),
+        }
+    }
+    assert_eq!(env.total_calls(), 0, "names are checked before any call");
+    let out = env.p.start_onboarding(&ctx, &with_name(start_req("names", None), "  AcmeTrimmed1  ")).await.unwrap();
+    let app = env.sim.app(&out.handle.external_key).expect("the app exists at the sim");
+    assert_eq!(app.name, "AcmeTrimmed1");
+}
+
+/// Point 14: an unset version (proto 0) sends `DEFAULT_SUBSCRIPTION_VERSION` (3), so the
+/// v3-only `OTHERS` of the vendor's own sample is accepted; `COPY` is "not supported"; the
+/// simulator's strict profile (current page: versions 2, 3) accepts what we send.
+#[tokio::test]
+async fn unset_subscription_version_sends_3_with_others_and_copy_is_not_supported() {
+    let env = Env::new().await;
+    let ctx = env.context();
+    env.sim.update_knobs(KnobsPatch { versions_current_only: Some(true), ..KnobsPatch::default() });
+    let handle = env.p.start_onboarding(&ctx, &start_req("subs-v3", None)).await.unwrap().handle;
+    let target = ResourceRef { handle, secret: None, request_id: None };
+    let ops = env.p.subscriptions().unwrap();
+    let sample = ["SENT", "ENQUEUED", "DELIVERED", "READ", "DELETED", "MESSAGE", "OTHERS", "TEMPLATE", "ACCOUNT"];
+    let s = SubscriptionSpec { events: sample.iter().map(|m| m.to_string()).collect(), version: 0, ..spec("v3") };
+    let created = ops.create_subscription(&ctx, &target, &s).await.unwrap();
+    assert_eq!(created.spec.version, DEFAULT_SUBSCRIPTION_VERSION);
+    assert!(created.spec.events.iter().any(|e| e == "OTHERS"), "{:?}", created.spec.events);
+    match ops.create_subscription(&ctx, &target, &SubscriptionSpec { events: vec!["COPY".into()], ..spec("c") }).await {
+        Err(ProviderError::Invalid { field: Some(f), message, .. }) => {
+            assert_eq!(f, "spec.events");
+            assert!(message.contains("not supported"), "{message}");
+        }
+        other => panic!("expected Invalid, got {other:?}"),
+    }
+}
+
+/// Point 15: a login refused after the account's declared client-secret expiry is
+/// `CredentialExpired` (FAILED_PRECONDITION / REAUTH_REQUIRED), not a plain rejection; the
+/// expiry is reported as expiring 14 days ahead, and a refused login before it stays
+/// `Unauthenticated`.
+#[tokio::test]
+async fn expired_client_secret_is_credential_expired_and_expiry_is_reported_ahead() {
+    let env = Env::new().await;
+    let now = crate::domain::now_ms();
+    let day = 86_400_000;
+    let mut ctx = env.context();
+    ctx.options.secret_expire_ms = Some(now + 3 * day);
+    let x = env.p.credential_expiry(&ctx).expect("declared expiry");
+    assert_eq!(x.state, crate::providers::CredentialExpiryState::Expiring);
+    assert!(x.warning.contains("Settings > API client details"), "{}", x.warning);
+    env.p.check_credentials(&ctx).await.expect("not expired yet: the login works");
+
+    // The secret lapses at Gupshup (sim knob) and the declared date has passed.
+    env.sim.update_knobs(KnobsPatch { secret_expires_at_ms: Some(Some(0)), ..KnobsPatch::default() });
+    ctx.options.secret_expire_ms = Some(now - day);
+    match env.p.check_credentials(&ctx).await {
+        Err(ProviderError::CredentialExpired { raw, message }) => {
+            assert_eq!(raw, "401");
+            assert!(message.starts_with("client secret expired (expired "), "{message}");
+        }
+        other => panic!("expected CredentialExpired, got {other:?}"),
+    }
+    // Without a declared expiry, the same refusal is a plain rejection.
+    ctx.options.secret_expire_ms = None;
+    assert!(matches!(env.p.check_credentials(&ctx).await, Err(ProviderError::Unauthenticated { .. })));
 }

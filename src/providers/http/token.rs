@@ -35,6 +35,11 @@ pub struct TokenStatus {
     pub refresh_count: u64,
     /// The last fetch error, if the last fetch failed.
     pub last_error: Option<String>,
+    /// When the long-lived credential the token is fetched with expires (Gupshup client
+    /// secret), if declared; filled by the core from `Provider::credential_expiry`.
+    pub credential_expires_at: Option<UnixMs>,
+    /// A warning while that credential is expiring or expired (empty otherwise).
+    pub credential_warning: String,
 }
 
 /// Errors that can say "the provider rejected the credential" (a 401).

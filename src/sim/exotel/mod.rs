@@ -85,7 +85,7 @@ impl Default for ExotelSimConfig {
 }
 
 /// Runtime knobs beyond the common ones (`GET|PUT /_sim/exotel/knobs`).
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default)]
 pub struct ExotelKnobs {
     /// Every mint answers 402.
@@ -95,6 +95,22 @@ pub struct ExotelKnobs {
     /// Where the mint answer puts the link (providers.md §2.2; the real create answer is
     /// not published, so tests cover every shape the vendor pages show).
     pub create_shape: CreateShape,
+    /// How many completions turn a token `USED` (default 1; 0 is read as 1). Exotel does not
+    /// define `USED` (providers.md §2.5 #3): 1 plays "at least one customer finished"
+    /// (reading A), 5 plays "the quota of 5 is spent" (reading B: 1–4 completions leave the
+    /// token `VALID`). Either way the token reads `EXPIRED` after its 24 h.
+    pub used_after: usize,
+}
+
+impl Default for ExotelKnobs {
+    fn default() -> Self {
+        Self {
+            payment_required: false,
+            forbidden_sids: Vec::new(),
+            create_shape: CreateShape::default(),
+            used_after: 1,
+        }
+    }
 }
 
 /// Placements of the created link in the mint answer, each one a vendor page shows
@@ -165,12 +181,13 @@ impl ExotelSim {
             payment_required: config.payment_required,
             forbidden_sids: config.forbidden_sids.clone(),
             create_shape: CreateShape::default(),
+            used_after: 1,
         };
         Self {
             inner: Arc::new(Inner {
                 core: SimCore::new(),
                 config,
-                state: Mutex::new(state::State::default()),
+                state: Mutex::new(state::State::with_used_after(knobs.used_after)),
                 knobs: Mutex::new(knobs),
             }),
         }
@@ -215,6 +232,7 @@ impl ExotelSim {
 
     /// Replaces the knobs.
     pub fn set_knobs(&self, knobs: ExotelKnobs) {
+        lock(&self.inner.state).used_after = knobs.used_after;
         *lock(&self.inner.knobs) = knobs;
     }
 
@@ -232,8 +250,14 @@ impl ExotelSim {
 
     /// Plays one customer completing onboarding with `token`.
     pub fn complete_customer(&self, token: &str) -> Result<TokenView, CompleteError> {
+        self.complete_customers(token, 1)
+    }
+
+    /// Plays `times` customers completing onboarding with `token` (all or none; see
+    /// [`CompleteError`]).
+    pub fn complete_customers(&self, token: &str, times: usize) -> Result<TokenView, CompleteError> {
         let now = self.inner.core.clock.now_ms();
-        lock(&self.inner.state).complete(&self.inner.config, token, now)
+        lock(&self.inner.state).complete(&self.inner.config, token, times, now)
     }
 }
 

@@ -10,6 +10,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use base64::Engine;
 use bytes::Bytes;
+use serde::Deserialize;
 use serde_json::{Value, json};
 
 use super::state::CompleteError;
@@ -233,10 +234,26 @@ async fn control_token(State(sim): State<ExotelSim>, Path(token): Path<String>) 
     }
 }
 
-/// `POST /_sim/exotel/tokens/{token}/complete`: one customer finishes onboarding with the
-/// token. 404 unknown, 409 expired or customer cap reached.
-async fn control_complete(State(sim): State<ExotelSim>, Path(token): Path<String>) -> Response {
-    match sim.complete_customer(&token) {
+/// Query of `POST /_sim/exotel/tokens/{token}/complete`.
+#[derive(Debug, Deserialize)]
+struct CompleteQuery {
+    /// How many customers finish (default 1).
+    times: Option<usize>,
+}
+
+/// `POST /_sim/exotel/tokens/{token}/complete[?times=n]`: `n` customers (default 1) finish
+/// onboarding with the token, all or none. 400 for `times=0`, 404 unknown, 409 expired or
+/// customer cap (5) passed.
+async fn control_complete(
+    State(sim): State<ExotelSim>,
+    Path(token): Path<String>,
+    Query(q): Query<CompleteQuery>,
+) -> Response {
+    let times = q.times.unwrap_or(1);
+    if times == 0 {
+        return (StatusCode::BAD_REQUEST, Json(json!({ "error": "times must be at least 1" }))).into_response();
+    }
+    match sim.complete_customers(&token, times) {
         Ok(v) => Json(v).into_response(),
         Err(e @ CompleteError::NotFound) => {
             (StatusCode::NOT_FOUND, Json(json!({ "error": e.to_string() }))).into_response()
@@ -245,12 +262,13 @@ async fn control_complete(State(sim): State<ExotelSim>, Path(token): Path<String
     }
 }
 
-/// `GET /_sim/exotel/knobs`: `{payment_required, forbidden_sids, create_shape}`.
+/// `GET /_sim/exotel/knobs`: `{payment_required, forbidden_sids, create_shape, used_after}`.
 async fn control_knobs_get(State(sim): State<ExotelSim>) -> Json<ExotelKnobs> {
     Json(sim.knobs())
 }
 
-/// `PUT /_sim/exotel/knobs`: replaces `{payment_required, forbidden_sids, create_shape}`.
+/// `PUT /_sim/exotel/knobs`: replaces `{payment_required, forbidden_sids, create_shape,
+/// used_after}`.
 async fn control_knobs_put(State(sim): State<ExotelSim>, Json(k): Json<ExotelKnobs>) -> StatusCode {
     sim.set_knobs(k);
     StatusCode::NO_CONTENT

@@ -16,8 +16,9 @@ pub(super) const ONBOARDING_URL_BASE: &str = "https://messaging.exotel.com/ua-li
 pub enum TokenStatus {
     /// Usable, nobody onboarded yet.
     Valid,
-    /// [I] At least one customer completed onboarding with it (still usable up to the cap
-    /// while not expired). providers.md leaves open whether USED means "≥1" or "cap reached".
+    /// Exotel defines none of the statuses (providers.md §2.5 #3): by default the sim reads
+    /// USED as "at least one customer completed" (still usable up to the cap while not
+    /// expired); knob `used_after` picks another count (5 = "the quota of 5 is spent").
     Used,
     /// 24 h after creation.
     Expired,
@@ -96,6 +97,8 @@ struct Token {
 #[derive(Debug, Default)]
 pub(super) struct State {
     tokens: HashMap<String, Token>,
+    /// Completions after which a token reads USED (knob `used_after`; 0 is read as 1).
+    pub(super) used_after: usize,
 }
 
 fn expires_ms(cfg: &ExotelSimConfig, t: &Token) -> i64 {
@@ -121,23 +124,23 @@ fn settle(cfg: &ExotelSimConfig, t: &mut Token, now: i64) {
     }
 }
 
-fn status(cfg: &ExotelSimConfig, t: &Token, now: i64) -> TokenStatus {
+fn status(cfg: &ExotelSimConfig, t: &Token, used_after: usize, now: i64) -> TokenStatus {
     if now >= expires_ms(cfg, t) {
         TokenStatus::Expired
-    } else if t.customers.is_empty() {
+    } else if t.customers.len() < used_after.max(1) {
         TokenStatus::Valid
     } else {
         TokenStatus::Used
     }
 }
 
-fn view(cfg: &ExotelSimConfig, token: &str, t: &Token, now: i64) -> TokenView {
+fn view(cfg: &ExotelSimConfig, token: &str, t: &Token, used_after: usize, now: i64) -> TokenView {
     TokenView {
         token: token.to_string(),
         onboarding_url: format!("{ONBOARDING_URL_BASE}{token}"),
         sid: t.sid.clone(),
         region: t.region,
-        status: status(cfg, t, now),
+        status: status(cfg, t, used_after, now),
         created_ms: t.created_ms,
         expires_ms: expires_ms(cfg, t),
         first_validated_ms: t.first_validated_ms,
@@ -146,6 +149,11 @@ fn view(cfg: &ExotelSimConfig, token: &str, t: &Token, now: i64) -> TokenView {
 }
 
 impl State {
+    /// No tokens; `USED` after `used_after` completions.
+    pub(super) fn with_used_after(used_after: usize) -> Self {
+        Self { tokens: HashMap::new(), used_after }
+    }
+
     /// Mints one token for `sid` and returns it.
     pub(super) fn mint(&mut self, sid: &str, region: ExotelRegion, now: i64) -> String {
         let token = uuid::Uuid::new_v4().to_string();
@@ -178,44 +186,57 @@ impl State {
         if t.first_validated_ms.is_none() {
             t.first_validated_ms = Some(now);
         }
-        Some(status(cfg, t, now))
+        Some(status(cfg, t, self.used_after, now))
     }
 
     pub(super) fn view(&mut self, cfg: &ExotelSimConfig, token: &str, now: i64) -> Option<TokenView> {
+        let used_after = self.used_after;
         let t = self.tokens.get_mut(token)?;
         settle(cfg, t, now);
-        Some(view(cfg, token, t, now))
+        Some(view(cfg, token, t, used_after, now))
     }
 
     pub(super) fn views(&mut self, cfg: &ExotelSimConfig, now: i64) -> Vec<TokenView> {
+        let used_after = self.used_after;
         let mut out: Vec<TokenView> = self
             .tokens
             .iter_mut()
             .map(|(k, t)| {
                 settle(cfg, t, now);
-                view(cfg, k, t, now)
+                view(cfg, k, t, used_after, now)
             })
             .collect();
         out.sort_by(|a, b| a.created_ms.cmp(&b.created_ms).then_with(|| a.token.cmp(&b.token)));
         out
     }
 
+    /// `times` customers finish with `token`, all or none: refused whole when the link
+    /// expired or the customers would pass the per-token cap ("up to five different
+    /// customers within the 24-hour timeframe", providers.md §2.2 [C]).
     pub(super) fn complete(
         &mut self,
         cfg: &ExotelSimConfig,
         token: &str,
+        times: usize,
         now: i64,
     ) -> Result<TokenView, CompleteError> {
+        let used_after = self.used_after;
         let t = self.tokens.get_mut(token).ok_or(CompleteError::NotFound)?;
         settle(cfg, t, now);
         if now >= expires_ms(cfg, t) {
             return Err(CompleteError::Expired);
         }
-        if t.customers.len() >= cfg.customers_per_token {
+        if t.customers.len().saturating_add(times) > cfg.customers_per_token {
             return Err(CompleteError::Full);
         }
-        let n = t.customers.len() + 1;
-        t.customers.push(CustomerView { customer_id: format!("customer-{n}"), completed_ms: now, by_sandbox: false });
-        Ok(view(cfg, token, t, now))
+        for _ in 0..times {
+            let n = t.customers.len() + 1;
+            t.customers.push(CustomerView {
+                customer_id: format!("customer-{n}"),
+                completed_ms: now,
+                by_sandbox: false,
+            });
+        }
+        Ok(view(cfg, token, t, used_after, now))
     }
 }

@@ -343,7 +343,10 @@ async fn payment_required_and_forbidden_envelopes() {
     assert_error(&body, "POST", 402);
     let knobs: Value =
         c.get(format!("{}/_sim/exotel/knobs", srv.mumbai.base_url())).send().await.unwrap().json().await.unwrap();
-    assert_eq!(knobs, json!({ "payment_required": true, "forbidden_sids": [], "create_shape": "data_onboarding_url" }));
+    assert_eq!(
+        knobs,
+        json!({ "payment_required": true, "forbidden_sids": [], "create_shape": "data_onboarding_url", "used_after": 1 })
+    );
 }
 
 #[tokio::test]
@@ -378,4 +381,36 @@ async fn fault_middleware_renders_exotel_envelopes() {
     assert_eq!(counters.faults_injected, 3);
     assert_eq!(counters.calls.get("POST /v2/accounts/{sid}/isv"), Some(&4));
     assert_eq!(counters.created.get("links"), Some(&1));
+}
+
+/// Reading B of `USED` (providers.md §2.5 #3): with `used_after = 5`, 1–4 completions leave
+/// the token `VALID`; the fifth makes it `USED`; a sixth within 24 h is refused whole.
+#[tokio::test]
+async fn used_after_knob_and_complete_times_play_both_readings_of_used() {
+    let (sim, srv) = start(no_sandbox()).await;
+    let c = reqwest::Client::new();
+    let base = srv.singapore.base_url();
+    let r = c.put(format!("{base}/_sim/exotel/knobs")).json(&json!({ "used_after": 5 })).send().await.unwrap();
+    assert_eq!(r.status(), 204);
+    let (_, body) = mint(&c, &srv.singapore, "sandbox-sg", "").await;
+    let token = token_of(&body);
+    let url = format!("{base}/_sim/exotel/tokens/{token}/complete");
+    let r = c.post(format!("{url}?times=4")).send().await.unwrap();
+    assert_eq!(r.status(), 200);
+    let v: Value = r.json().await.unwrap();
+    assert_eq!(v["customers"].as_array().unwrap().len(), 4);
+    assert_eq!(status_of(&validate(&c, &srv.singapore, "sandbox-sg", &token).await.1), "VALID");
+    // Two more would pass the cap of 5: refused whole, nothing recorded.
+    assert_eq!(c.post(format!("{url}?times=2")).send().await.unwrap().status(), 409);
+    assert_eq!(sim.token(&token).unwrap().customers.len(), 4);
+    assert_eq!(c.post(format!("{url}?times=0")).send().await.unwrap().status(), 400);
+    assert_eq!(c.post(&url).send().await.unwrap().status(), 200);
+    assert_eq!(status_of(&validate(&c, &srv.singapore, "sandbox-sg", &token).await.1), "USED");
+    assert_eq!(c.post(&url).send().await.unwrap().status(), 409);
+
+    // Reading A (the default): the first completion makes a fresh token USED.
+    sim.set_knobs(ExotelKnobs::default());
+    let (_, body) = mint(&c, &srv.singapore, "sandbox-sg", "").await;
+    let other = token_of(&body);
+    assert_eq!(sim.complete_customers(&other, 1).unwrap().status, TokenStatus::Used);
 }

@@ -199,6 +199,7 @@ impl GupshupSim {
                 fail_callback_next: config.fail_callback_next,
                 fail_next_pipelines: config.fail_next_pipelines,
                 token_as_string: config.token_as_string,
+                ..GupshupKnobs::default()
             },
             next_subscription_id: 8_000,
             ..State::default()

@@ -208,6 +208,10 @@ async fn login(State(sim): State<GupshupSim>, body: Bytes) -> Response {
         return error(StatusCode::UNAUTHORIZED, AUTH_FAILED);
     };
     let now = sim.core().clock.now_ms();
+    // issue 17 point 15: an expired client secret no longer logs in (providers.md §1.2).
+    if sim.state().knobs.secret_expires_at_ms.is_some_and(|at| now >= at) {
+        return error(StatusCode::UNAUTHORIZED, AUTH_FAILED);
+    }
     let exp_ms = now + sim.config().partner_token_ttl_secs as i64 * 1000;
     let token = random_jwt(&p.email, p.partner_id, now, exp_ms);
     {
@@ -244,8 +248,10 @@ async fn link_app(State(sim): State<GupshupSim>, headers: HeaderMap, body: Bytes
     if !(6..=150).contains(&len) {
         return error(StatusCode::BAD_REQUEST, "App name should be between 6 to 150 characters in length");
     }
-    // [I] "no special characters": ASCII letters, digits and spaces only.
-    if !name.chars().all(|c| c.is_ascii_alphanumeric() || c == ' ') {
+    // "Special Characters are not allowed" (providers.md §1.3.2 [C]); [I] special = anything
+    // but ASCII letters and digits (a space too), as a public client test expects
+    // `^[A-Za-z0-9]{6,150}$` [C2] (§1.7 #14).
+    if !name.chars().all(|c| c.is_ascii_alphanumeric()) {
         return error(StatusCode::BAD_REQUEST, "Invalid characters used in app name");
     }
     let (Some(waba_id), Some(phone)) = (field(&f, "wabaId"), field(&f, "phone")) else {
@@ -439,10 +445,17 @@ struct SubInput {
 
 /// Validates subscription form fields against the effective version.
 /// `base` holds the current subscription on update (its version / modes apply when omitted).
-fn sub_input(f: &HashMap<String, String>, base: Option<&Subscription>) -> Result<SubInput, Reject> {
+fn sub_input(
+    f: &HashMap<String, String>,
+    base: Option<&Subscription>,
+    versions_current_only: bool,
+) -> Result<SubInput, Reject> {
+    // Versions `0,1,2,3` (TPP guide, older pages) or, in the strict profile, `2, 3` (current
+    // v3 page), providers.md §1.3.5 [C].
+    let lowest = if versions_current_only { 2 } else { 0 };
     let version = match field(f, "version") {
         Some(v) => match v.parse::<u8>() {
-            Ok(n) if n <= 3 => Some(n),
+            Ok(n) if (lowest..=3).contains(&n) => Some(n),
             // [I] message for a bad version.
             _ => return Err((StatusCode::BAD_REQUEST, "Invalid Version Passed")),
         },
@@ -510,7 +523,7 @@ async fn create_subscription(
     if let Err(d) = authorize_app(&st, &headers, &app_id, now, true) {
         return app_denied(d);
     }
-    let input = match sub_input(&f, None) {
+    let input = match sub_input(&f, None, st.knobs.versions_current_only) {
         Ok(i) => i,
         Err(r) => return reject(r),
     };
@@ -600,7 +613,7 @@ async fn update_subscription(
         Ok(id) => id,
         Err(r) => return reject(r),
     };
-    let input = match sub_input(&f, st.subscriptions.get(&id)) {
+    let input = match sub_input(&f, st.subscriptions.get(&id), st.knobs.versions_current_only) {
         Ok(i) => i,
         Err(r) => return reject(r),
     };

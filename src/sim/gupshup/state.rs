@@ -42,6 +42,15 @@ pub struct GupshupKnobs {
     pub fail_next_pipelines: u32,
     /// `GET …/token` answers the TPP guide's string shape instead of the reference's object.
     pub token_as_string: bool,
+    // issue 17 points 14-15
+    /// Accept only the versions of the **current** `setsubscription-api-v3` page (`2, 3`;
+    /// providers.md §1.3.5 [C]) instead of `0..=3` (TPP guide, older pages): the strict
+    /// profile.
+    pub versions_current_only: bool,
+    /// When the partners' client secret expires (sim ms; `None` = never). Client secrets
+    /// now expire (at most 3 months, providers.md §1.2 [C]); a login at or after this time
+    /// answers 401 `Authentication Failed` ([I] text, `AUTH_FAILED`).
+    pub secret_expires_at_ms: Option<i64>,
 }
 
 /// A partial update of [`GupshupKnobs`] (fields left out keep their value).
@@ -54,6 +63,21 @@ pub struct KnobsPatch {
     pub fail_next_pipelines: Option<u32>,
     /// See [`GupshupKnobs::token_as_string`].
     pub token_as_string: Option<bool>,
+    // issue 17 points 14-15
+    /// See [`GupshupKnobs::versions_current_only`].
+    pub versions_current_only: Option<bool>,
+    /// See [`GupshupKnobs::secret_expires_at_ms`]; `Some(None)` (JSON `null`) clears it.
+    #[serde(default, deserialize_with = "nullable")]
+    pub secret_expires_at_ms: Option<Option<i64>>,
+}
+
+/// A field that may be absent (keep), `null` (clear) or a value (set).
+fn nullable<'de, D, T>(d: D) -> Result<Option<Option<T>>, D::Error>
+where
+    D: serde::Deserializer<'de>,
+    T: Deserialize<'de>,
+{
+    Option::<T>::deserialize(d).map(Some)
 }
 
 impl GupshupKnobs {
@@ -67,6 +91,13 @@ impl GupshupKnobs {
         }
         if let Some(v) = p.token_as_string {
             self.token_as_string = v;
+        }
+        // issue 17 points 14-15
+        if let Some(v) = p.versions_current_only {
+            self.versions_current_only = v;
+        }
+        if let Some(v) = p.secret_expires_at_ms {
+            self.secret_expires_at_ms = v;
         }
     }
 }

@@ -137,10 +137,10 @@ async fn login_form_limit_and_expiry() {
     assert_eq!((s, v), (401, err("Authentication Failed")));
 
     // Token works raw in Authorization and in `token`; `Bearer` is not Gupshup's scheme.
-    let form = [("name", "Acme Shop One"), ("wabaId", "1"), ("phone", "919000000001")];
+    let form = [("name", "AcmeShopOne"), ("wabaId", "1"), ("phone", "919000000001")];
     let r = c.post(format!("{base}/partner/tpp/app")).header("token", &token).form(&form).send().await.unwrap();
     assert_eq!(r.status(), 200);
-    let (s, v) = link(&c, &base, &format!("Bearer {token}"), &[("name", "Acme Shop Two")]).await;
+    let (s, v) = link(&c, &base, &format!("Bearer {token}"), &[("name", "AcmeShopTwo")]).await;
     assert_eq!((s, v), (401, err("Authentication Failed")));
 
     // 10 / 60 s per email: 3 used, 7 more pass, the 11th is a violation.
@@ -160,7 +160,7 @@ async fn login_form_limit_and_expiry() {
     // Expiry after 24 h on the sim clock.
     sim.core().clock.advance(Duration::from_secs(86_401));
     let (s, v) =
-        link(&c, &base, &token, &[("name", "Acme Shop Three"), ("wabaId", "1"), ("phone", "919000000003")]).await;
+        link(&c, &base, &token, &[("name", "AcmeShopThree"), ("wabaId", "1"), ("phone", "919000000003")]).await;
     assert_eq!((s, v), (401, err("Authentication Failed")));
     // The window has passed too: login works again.
     assert!(!login(&c, &base).await.is_empty());
@@ -185,11 +185,11 @@ async fn link_app_validation_and_conflicts() {
             400,
             err("Invalid characters used in app name"),
         ),
-        (vec![("name", "Acme Shop"), ("phone", "919000000001")], 400, review.clone()),
-        (vec![("name", "Acme Shop"), ("wabaId", "1")], 400, review.clone()),
-        (vec![("name", "Acme Shop"), ("wabaId", "1"), ("phone", "+91 900000")], 400, review),
+        (vec![("name", "AcmeShop"), ("phone", "919000000001")], 400, review.clone()),
+        (vec![("name", "AcmeShop"), ("wabaId", "1")], 400, review.clone()),
+        (vec![("name", "AcmeShop"), ("wabaId", "1"), ("phone", "+91 900000")], 400, review),
         (
-            vec![("name", "Acme Shop"), ("wabaId", "1"), ("phone", "919000000001"), ("storageRegion", "XX")],
+            vec![("name", "AcmeShop"), ("wabaId", "1"), ("phone", "919000000001"), ("storageRegion", "XX")],
             400,
             err("Invalid Region Passed"),
         ),
@@ -198,14 +198,14 @@ async fn link_app_validation_and_conflicts() {
         assert_eq!(link(&c, &base, &t, &form).await, (status, body), "{form:?}");
     }
     // Without a token.
-    let r = c.post(format!("{base}/partner/tpp/app")).form(&[("name", "Acme Shop")]).send().await.unwrap();
+    let r = c.post(format!("{base}/partner/tpp/app")).form(&[("name", "AcmeShop")]).send().await.unwrap();
     assert_eq!(json_of(r).await, (401, err("Authentication Failed")));
 
     let (s, v) = link(
         &c,
         &base,
         &t,
-        &[("name", "Acme Shop 150"), ("wabaId", "1"), ("phone", "919000000001"), ("storageRegion", "IN")],
+        &[("name", "AcmeShop150"), ("wabaId", "1"), ("phone", "919000000001"), ("storageRegion", "IN")],
     )
     .await;
     assert_eq!(s, 200);
@@ -214,10 +214,10 @@ async fn link_app_validation_and_conflicts() {
     assert!(uuid::Uuid::parse_str(&app_id).is_ok());
 
     // Same name, other phone.
-    let (s, v) = link(&c, &base, &t, &[("name", "ACME SHOP 150"), ("wabaId", "2"), ("phone", "919000000002")]).await;
+    let (s, v) = link(&c, &base, &t, &[("name", "ACMESHOP150"), ("wabaId", "2"), ("phone", "919000000002")]).await;
     assert_eq!((s, v), (409, err("Bot Already Exists")));
     // Retry of the same link: phone conflict carries the appId.
-    let (s, v) = link(&c, &base, &t, &[("name", "Acme Shop 150"), ("wabaId", "1"), ("phone", "919000000001")]).await;
+    let (s, v) = link(&c, &base, &t, &[("name", "AcmeShop150"), ("wabaId", "1"), ("phone", "919000000001")]).await;
     assert_eq!(s, 409);
     assert_eq!(
         v,
@@ -236,13 +236,13 @@ async fn link_app_limit_per_partner() {
     let (sim, _r, base, c) = start(config).await;
     let t = login(&c, &base).await;
     for i in 0..3 {
-        link_ok(&c, &base, &t, &format!("Limit App {i}"), &format!("91900000010{i}"), None).await;
+        link_ok(&c, &base, &t, &format!("LimitApp{i}"), &format!("91900000010{i}"), None).await;
     }
-    let (s, v) = link(&c, &base, &t, &[("name", "Limit App 9"), ("wabaId", "1"), ("phone", "919000000109")]).await;
+    let (s, v) = link(&c, &base, &t, &[("name", "LimitApp9"), ("wabaId", "1"), ("phone", "919000000109")]).await;
     assert_eq!((s, v), (429, err("Too Many Requests")));
     assert_eq!(sim.core().counters().violations_by_limit["link_app"], 1);
     sim.core().clock.advance(Duration::from_secs(61));
-    link_ok(&c, &base, &t, "Limit App 9", "919000000109", None).await;
+    link_ok(&c, &base, &t, "LimitApp9", "919000000109", None).await;
 }
 
 #[tokio::test]
@@ -258,7 +258,7 @@ async fn callback_failure_partial_success_and_repair() {
         &c,
         &base,
         &t,
-        &[("name", "Partial App"), ("wabaId", "1"), ("phone", "919000000201"), ("callbackUrl", &cb)],
+        &[("name", "PartialApp"), ("wabaId", "1"), ("phone", "919000000201"), ("callbackUrl", &cb)],
     )
     .await;
     assert_eq!(s, 400);
@@ -278,7 +278,7 @@ async fn callback_failure_partial_success_and_repair() {
         &c,
         &base,
         &t,
-        &[("name", "Partial App 2"), ("wabaId", "1"), ("phone", "919000000202"), ("callbackUrl", "not a url")],
+        &[("name", "PartialApp2"), ("wabaId", "1"), ("phone", "919000000202"), ("callbackUrl", "not a url")],
     )
     .await;
     assert_eq!(s, 400);
@@ -316,7 +316,7 @@ async fn app_token_shapes_and_access() {
     });
     let (sim, _r, base, c) = start(config).await;
     let t = login(&c, &base).await;
-    let app_id = link_ok(&c, &base, &t, "Token App", "919000000301", None).await;
+    let app_id = link_ok(&c, &base, &t, "TokenApp", "919000000301", None).await;
     let url = format!("{base}/partner/app/{app_id}/token");
 
     let (s, v) = json_of(c.get(&url).header("Authorization", &t).send().await.unwrap()).await;
@@ -368,7 +368,7 @@ async fn pipeline_progresses_to_live_and_fires_callbacks() {
     let (sim, _r, base, c) = start(cfg()).await;
     let (sink, mut rx, _sink) = receiver().await;
     let t = login(&c, &base).await;
-    let app_id = link_ok(&c, &base, &t, "Live App", "919087875656", Some(&format!("{sink}/cb"))).await;
+    let app_id = link_ok(&c, &base, &t, "LiveApp", "919087875656", Some(&format!("{sink}/cb"))).await;
     let at = app_token(&c, &base, &t, &app_id).await;
     // ACCOUNT subscription (v2) and a MESSAGE-only one, created before live.
     for (tag, modes, path) in [("acc", "ACCOUNT", "/sub"), ("msg", "MESSAGE", "/msg")] {
@@ -423,7 +423,7 @@ async fn pipeline_progresses_to_live_and_fires_callbacks() {
     assert_eq!(
         *ev,
         json!({
-            "app": "Live App", "appId": app_id, "phone": "919087875656", "timestamp": created + 3 * STAGE as i64,
+            "app": "LiveApp", "appId": app_id, "phone": "919087875656", "timestamp": created + 3 * STAGE as i64,
             "version": 2, "type": "onboarding-event",
             "payload": {"type": "docker-status-event", "payload": {"status": "live", "waId": "919087875656", "namespace": ns}}
         })
@@ -432,7 +432,7 @@ async fn pipeline_progresses_to_live_and_fires_callbacks() {
     assert!(sim.app(&app_id).unwrap().live_notified);
 
     // Other app's token or unknown app: documented 400; no token: 401.
-    let other = link_ok(&c, &base, &t, "Other Live App", "919000000402", None).await;
+    let other = link_ok(&c, &base, &t, "OtherLiveApp", "919000000402", None).await;
     assert_eq!(pipeline(&c, &base, &at, &other).await, (400, err("Please review the request parameters and retry")));
     assert_eq!(pipeline(&c, &base, "nope", &app_id).await, (401, err("Authentication Failed")));
 }
@@ -443,7 +443,7 @@ async fn live_callback_duplicated_by_knob() {
     let (sink, mut rx, _sink) = receiver().await;
     sim.core().with_knobs(|k| k.callbacks.duplicate_next = 1);
     let t = login(&c, &base).await;
-    link_ok(&c, &base, &t, "Dup Live App", "919000000501", Some(&format!("{sink}/cb"))).await;
+    link_ok(&c, &base, &t, "DupLiveApp", "919000000501", Some(&format!("{sink}/cb"))).await;
     sim.core().clock.advance(Duration::from_millis(5 * STAGE));
     let (_, a) = recv(&mut rx).await;
     let (_, b) = recv(&mut rx).await;
@@ -458,7 +458,7 @@ async fn pipeline_error_path_and_limit() {
     let (sim, _r, base, c) = start(cfg()).await;
     let (sink, mut rx, _sink) = receiver().await;
     let t = login(&c, &base).await;
-    let app_id = link_ok(&c, &base, &t, "Failing App", "15550001234", Some(&format!("{sink}/cb"))).await;
+    let app_id = link_ok(&c, &base, &t, "FailingApp", "15550001234", Some(&format!("{sink}/cb"))).await;
     for retries in 0..=3 {
         let (_, v) = pipeline(&c, &base, &t, &app_id).await;
         let w = &v["whatsapp"];
@@ -486,8 +486,8 @@ async fn pipeline_error_path_and_limit() {
     // Knob: the next pipeline fails whatever the phone.
     let r = c.put(format!("{base}/_sim/gupshup/knobs")).json(&json!({"fail_next_pipelines": 1})).send().await.unwrap();
     assert_eq!(r.status(), 200);
-    let a2 = link_ok(&c, &base, &t, "Knob Failing App", "919000000602", None).await;
-    let a3 = link_ok(&c, &base, &t, "Knob Fine App", "919000000603", None).await;
+    let a2 = link_ok(&c, &base, &t, "KnobFailingApp", "919000000602", None).await;
+    let a3 = link_ok(&c, &base, &t, "KnobFineApp", "919000000603", None).await;
     sim.core().clock.advance(Duration::from_millis(5 * STAGE));
     assert_eq!(pipeline(&c, &base, &t, &a2).await.1["whatsapp"]["creationStage"], "ERROR");
     assert_eq!(pipeline(&c, &base, &t, &a3).await.1["whatsapp"]["creationStage"], "WHATSAPP_PROVISIONING_DONE");
@@ -504,7 +504,7 @@ async fn pipeline_error_path_and_limit() {
 async fn non_sandbox_waits_for_start() {
     let (sim, _r, base, c) = start(GupshupSimConfig { sandbox: false, ..cfg() }).await;
     let t = login(&c, &base).await;
-    let app_id = link_ok(&c, &base, &t, "Manual App", "919000000701", None).await;
+    let app_id = link_ok(&c, &base, &t, "ManualApp", "919000000701", None).await;
     sim.core().clock.advance(Duration::from_millis(10 * STAGE));
     assert_eq!(pipeline(&c, &base, &t, &app_id).await.1["whatsapp"]["creationStage"], "INITIAL");
     let r = c.post(format!("{base}/_sim/gupshup/apps/{app_id}/start")).send().await.unwrap();
@@ -517,8 +517,8 @@ async fn non_sandbox_waits_for_start() {
 async fn subscriptions_crud_validation_and_bitmask() {
     let (sim, _r, base, c) = start(cfg()).await;
     let t = login(&c, &base).await;
-    let app_id = link_ok(&c, &base, &t, "Subs App", "919000000801", None).await;
-    let other_app = link_ok(&c, &base, &t, "Subs Other App", "919000000802", None).await;
+    let app_id = link_ok(&c, &base, &t, "SubsApp", "919000000801", None).await;
+    let other_app = link_ok(&c, &base, &t, "SubsOtherApp", "919000000802", None).await;
     let at = app_token(&c, &base, &t, &app_id).await;
     let other_at = app_token(&c, &base, &t, &other_app).await;
     let coll = format!("{base}/partner/app/{app_id}/subscription");
@@ -660,10 +660,10 @@ async fn subscriptions_crud_validation_and_bitmask() {
 async fn faults_through_middleware_and_counters() {
     let (sim, _r, base, c) = start(cfg()).await;
     let t = login(&c, &base).await;
-    let app_id = link_ok(&c, &base, &t, "Fault App", "919000000901", None).await;
+    let app_id = link_ok(&c, &base, &t, "FaultApp", "919000000901", None).await;
 
     sim.core().fail_next(Some("POST /partner/tpp/app"), 1, Fault::Status { status: 500 });
-    let (s, v) = link(&c, &base, &t, &[("name", "Fault App 2"), ("wabaId", "1"), ("phone", "919000000902")]).await;
+    let (s, v) = link(&c, &base, &t, &[("name", "FaultApp2"), ("wabaId", "1"), ("phone", "919000000902")]).await;
     assert_eq!(
         (s, v),
         (
@@ -671,7 +671,7 @@ async fn faults_through_middleware_and_counters() {
             err("Internal server error. Please try again later. If the issue persists, contact Gupshup Dev Support.")
         )
     );
-    link_ok(&c, &base, &t, "Fault App 2", "919000000902", None).await;
+    link_ok(&c, &base, &t, "FaultApp2", "919000000902", None).await;
 
     let ep = "GET /partner/app/{app_id}/pipeline";
     sim.core().fail_next(Some(ep), 1, Fault::TooManyRequests { retry_after_secs: Some(2) });
@@ -698,7 +698,7 @@ async fn control_account_event_delivery() {
     let (sim, _r, base, c) = start(cfg()).await;
     let (sink, mut rx, _sink) = receiver().await;
     let t = login(&c, &base).await;
-    let app_id = link_ok(&c, &base, &t, "Event App", "919000001001", Some(&format!("{sink}/cb"))).await;
+    let app_id = link_ok(&c, &base, &t, "EventApp", "919000001001", Some(&format!("{sink}/cb"))).await;
     let body = json!({"type": "account-event", "payload": {"type": "tier-event", "payload": {"event": "UPGRADE", "oldLimit": "TIER_1K", "currentLimit": "TIER_10K"}}});
     let r = c.post(format!("{base}/_sim/gupshup/apps/{app_id}/events")).json(&body).send().await.unwrap();
     let (s, v) = json_of(r).await;
@@ -709,9 +709,69 @@ async fn control_account_event_delivery() {
     assert!((ts - sim.core().clock.now_ms()).abs() < 5_000);
     assert_eq!(
         ev,
-        json!({"app": "Event App", "appId": app_id, "phone": "919000001001", "timestamp": ts, "version": 2,
+        json!({"app": "EventApp", "appId": app_id, "phone": "919000001001", "timestamp": ts, "version": 2,
                "type": "account-event", "payload": body["payload"]})
     );
     let r = c.post(format!("{base}/_sim/gupshup/apps/nope/events")).json(&body).send().await.unwrap();
     assert_eq!(r.status(), 404);
+}
+
+// issue 17 points 14-15
+
+/// Point 14: "Special Characters are not allowed" covers a space (the vendor's 400 text);
+/// the strict profile (`versions_current_only`) takes only the current page's versions 2, 3.
+#[tokio::test]
+async fn names_with_spaces_and_old_versions_in_the_strict_profile_are_refused() {
+    let (sim, _r, base, c) = start(cfg()).await;
+    let t = login(&c, &base).await;
+    let (s, v) = link(&c, &base, &t, &[("name", "Acme Shop"), ("wabaId", "1"), ("phone", "919000000901")]).await;
+    assert_eq!((s, v), (400, err("Invalid characters used in app name")));
+    let app_id = link_ok(&c, &base, &t, "StrictApp1", "919000000902", None).await;
+    let at = app_token(&c, &base, &t, &app_id).await;
+    let create = |version: &'static str, tag: &'static str| {
+        c.post(format!("{base}/partner/app/{app_id}/subscription"))
+            .header("Authorization", at.clone())
+            .form(&[
+                ("modes", "SENT,TEMPLATE,ACCOUNT"),
+                ("tag", tag),
+                ("url", "https://hooks.example.com/x"),
+                ("version", version),
+            ])
+            .send()
+    };
+    assert_eq!(json_of(create("1", "old").await.unwrap()).await.0, 200, "0..=3 by default");
+    sim.update_knobs(KnobsPatch { versions_current_only: Some(true), ..KnobsPatch::default() });
+    assert_eq!(json_of(create("1", "old2").await.unwrap()).await, (400, err("Invalid Version Passed")));
+    assert_eq!(json_of(create("3", "v3").await.unwrap()).await.0, 200, "TEMPLATE, ACCOUNT with v3 (current page)");
+    let copy = c
+        .post(format!("{base}/partner/app/{app_id}/subscription"))
+        .header("Authorization", at.clone())
+        .form(&[("modes", "SENT,COPY"), ("tag", "copy"), ("url", "https://hooks.example.com/x"), ("version", "3")])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(json_of(copy).await.0, 400, "COPY is no mode");
+}
+
+/// Point 15: once the client secret's expiry passes, login answers 401 (knob
+/// `secret_expires_at_ms`); clearing the knob (`null`) lets it log in again.
+#[tokio::test]
+async fn login_with_an_expired_client_secret_is_refused() {
+    let (sim, _r, base, c) = start(cfg()).await;
+    let now = sim.core().clock.now_ms();
+    let r = c
+        .put(format!("{base}/_sim/gupshup/knobs"))
+        .json(&json!({ "secret_expires_at_ms": now + 60_000 }))
+        .send()
+        .await
+        .unwrap();
+    assert!(r.status().is_success(), "{}", r.status());
+    login(&c, &base).await;
+    sim.core().clock.advance(Duration::from_secs(60));
+    let r = c.post(format!("{base}/partner/account/login")).form(&[("email", EMAIL), ("secret", SECRET)]).send();
+    assert_eq!(json_of(r.await.unwrap()).await, (401, err("Authentication Failed")));
+    let r = c.put(format!("{base}/_sim/gupshup/knobs")).json(&json!({ "secret_expires_at_ms": null })).send();
+    assert!(r.await.unwrap().status().is_success());
+    assert_eq!(sim.knobs().secret_expires_at_ms, None);
+    login(&c, &base).await;
 }
