@@ -345,7 +345,12 @@ async fn server_errors_and_429s_with_retry_after_are_retried_and_one_app_is_crea
 #[tokio::test]
 async fn a_pipeline_error_stage_fails_the_onboarding_with_the_raw_stage() {
     let app = sandbox_app().await;
-    sim(&app).update_knobs(KnobsPatch { fail_next_pipelines: Some(1), ..Default::default() });
+    // `stageRetries` in the pipeline body (issue 17 point 10: off by default).
+    sim(&app).update_knobs(KnobsPatch {
+        fail_next_pipelines: Some(1),
+        pipeline_stage_retries: Some(true),
+        ..Default::default()
+    });
     let mut req = link_request("AcmeDoomed", "r-doomed");
     if let Some(pb::create_onboarding_request::Request::Gupshup(g)) = &mut req.request {
         g.subscribe_on_live = true;
@@ -599,4 +604,23 @@ async fn app_name_with_a_space_is_invalid_argument() {
     assert_eq!(err.code(), tonic::Code::InvalidArgument);
     assert_eq!(violations(&err), vec!["gupshup.app_name".to_string()]);
     assert_eq!(calls(sim(&app), LINK), 0);
+}
+
+/// Issue 17 point 9: the link happens but its answer is lost; the engine's retry meets the TPP
+/// page's 409 `Bot Already Exists` (no `appId`). The adapter finds the app by phone in the
+/// app list, the engine adopts it (this onboarding's own lost attempt), and it goes LIVE with
+/// one app.
+#[tokio::test]
+async fn a_lost_link_answer_then_bot_already_exists_still_goes_live() {
+    let app = sandbox_app().await;
+    sim(&app).update_knobs(KnobsPatch { bot_exists_on_relink: Some(true), ..Default::default() });
+    sim(&app).core().fail_next(Some(LINK), 1, Fault::Timeout { after_effect: true });
+    let name = create(&app, link_request_for("Acme Lost Answer", "+919812300017", "r-lost")).await;
+    let (o, p) = wait_done(&app, &name, pb::OnboardingState::Live).await;
+    assert_eq!(created(sim(&app), "apps"), 1);
+    assert_eq!(calls(sim(&app), LINK), 2, "the lost link and the retry that met the 409");
+    assert!(calls(sim(&app), "GET /partner/app/list") >= 1);
+    let g = gupshup_details(&o);
+    assert_eq!(sim(&app).apps()[0].app_id, g.app_id);
+    assert_eq!(step(&p, "link_app").state, pb::StepState::Succeeded as i32, "{p:?}");
 }

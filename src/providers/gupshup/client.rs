@@ -19,8 +19,8 @@ use reqwest::{Method, RequestBuilder};
 use url::Url;
 
 use super::model::{
-    AppTokenResponse, ErrorEnvelope, LinkResponse, LoginResponse, PipelineResponse, SubscriptionList,
-    SubscriptionResponse, WireSubscription,
+    APP_LIST_MAX_PAGES, APP_LIST_PAGE_SIZE, AppTokenResponse, ErrorEnvelope, LinkResponse, ListedApp, LoginResponse,
+    PipelineResponse, SubscriptionList, SubscriptionResponse, WireSubscription, app_list_items,
 };
 use crate::domain::account::Credentials;
 use crate::domain::{Secret, now_ms};
@@ -109,9 +109,40 @@ impl std::fmt::Display for CallError {
     }
 }
 
+/// 403 messages that mean "this token is no longer valid", so one fresh token may cure them
+/// (providers.md 1.3.3, 1.7 point 12): `Invalid Access Token` is reported by a public client
+/// [C2]. Other 403 texts (`Unauthorized Access`: the app is not the partner's [C];
+/// `Forbidden Access` [C]; `Not Subscription Owner`) are refusals no new token changes.
+pub(super) const GUPSHUP_AUTH_RETRY_MESSAGES: [&str; 1] = ["invalid access token"];
+
+/// The pipeline's 400 that also stands for a bad app token: "Please review the request
+/// parameters and retry", commented "Validate request parameters or authorization token"
+/// [C] (providers.md 1.3.4, 1.7 point 12). Matched lowercased, as a prefix of the message.
+pub(super) const PIPELINE_BAD_TOKEN_MSG: &str = "please review the request parameters";
+
+impl CallError {
+    /// Gupshup rejected the token itself: any 401, or a 403 naming an invalid token.
+    fn token_rejected(&self) -> bool {
+        match self.status() {
+            Some(401) => true,
+            Some(403) => {
+                let lc = self.message_lc();
+                GUPSHUP_AUTH_RETRY_MESSAGES.iter().any(|m| lc.contains(m))
+            }
+            _ => false,
+        }
+    }
+
+    /// The pipeline's 400 that may mean a bad app token.
+    fn pipeline_bad_token(&self) -> bool {
+        self.status() == Some(400) && self.message_lc().contains(PIPELINE_BAD_TOKEN_MSG)
+    }
+}
+
+/// A partner token is renewed (one re-login) on what [`CallError::token_rejected`] accepts.
 impl AuthFailure for CallError {
     fn is_unauthenticated(&self) -> bool {
-        self.status() == Some(401)
+        self.token_rejected()
     }
 }
 
@@ -521,13 +552,30 @@ impl Client {
         F: Fn(Secret) -> Fut,
         Fut: Future<Output = Result<R, CallError>>,
     {
+        self.with_app_as(ctx, app_id, known, false, call).await
+    }
+
+    /// [`Self::with_app`]; with `review_is_token` (the pipeline) the 400
+    /// [`PIPELINE_BAD_TOKEN_MSG`] is also read as a rejected token and cured once.
+    async fn with_app_as<R, F, Fut>(
+        &self,
+        ctx: &CallContext,
+        app_id: &str,
+        known: Option<&Secret>,
+        review_is_token: bool,
+        call: F,
+    ) -> Result<(R, Secret), CallErrorOr>
+    where
+        F: Fn(Secret) -> Fut,
+        Fut: Future<Output = Result<R, CallError>>,
+    {
         let token = match known {
             Some(t) => t.clone(),
             None => self.app_token(ctx, app_id, false).await.map_err(CallErrorOr::Provider)?,
         };
         match call(token.clone()).await {
             Ok(r) => Ok((r, token)),
-            Err(e) if matches!(e.status(), Some(401 | 403)) && !e.message_lc().contains("subscription owner") => {
+            Err(e) if e.token_rejected() || (review_is_token && e.pipeline_bad_token()) => {
                 tracing::info!(error = %e, "Gupshup rejected the app token; fetching it again once.");
                 let fresh = self.app_token(ctx, app_id, true).await.map_err(CallErrorOr::Provider)?;
                 call(fresh.clone()).await.map(|r| (r, fresh)).map_err(CallErrorOr::Call)
@@ -548,7 +596,7 @@ impl Client {
         let url = endpoint(ctx, &["partner", "app", app_id, "pipeline"])?;
         let key = rate_key(PROVIDER, "pipeline", email);
         let (resp, token) = self
-            .with_app(ctx, app_id, known, |token| {
+            .with_app_as(ctx, app_id, known, true, |token| {
                 let (url, key) = (url.clone(), key.as_str());
                 async move {
                     self.exchange("gupshup.pipeline", true, true, Some((key, self.limits.pipeline)), || {
@@ -558,36 +606,135 @@ impl Client {
                 }
             })
             .await
-            .map_err(|e| e.into_provider(|_| None))?;
+            .map_err(|e| e.into_provider(pipeline_error))?;
         let parsed: PipelineResponse = serde_json::from_slice(&resp.body).map_err(|e| malformed("pipeline", &e))?;
         Ok((parsed, token))
     }
 
-    /// `PUT /partner/app/{appId}/callbackUrl` (1.3.6, legacy but the documented way to set
-    /// an app's callback) with the app token.
+    /// Sets the app's callback URL (providers.md 1.3.6, 1.7 point 13): the endpoint
+    /// [`CALLBACK_REPAIR`] names first, the other one only when the first answers 404 (it is
+    /// gone: both carry the vendor's "going to be deprecating this API soon" notice).
     pub(super) async fn set_callback(
         &self,
         ctx: &CallContext,
         app_id: &str,
         known: Option<&Secret>,
         callback_url: &Secret,
-    ) -> Result<Secret, ProviderError> {
-        let url = endpoint(ctx, &["partner", "app", app_id, "callbackUrl"])?;
-        let (_, token) = self
-            .with_app(ctx, app_id, known, |token| {
-                let url = url.clone();
-                async move {
-                    // Setting the same URL again is harmless: retried.
-                    self.exchange("gupshup.set_callback", true, true, None, || {
-                        authed(self.http.request(Method::PUT, url.clone()), &token)
-                            .form(&[("callbackUrl", callback_url.expose())])
-                    })
-                    .await
-                }
-            })
-            .await
-            .map_err(|e| e.into_provider(|_| None))?;
-        Ok(token)
+    ) -> Result<(), ProviderError> {
+        let (first, second) = match CALLBACK_REPAIR {
+            CallbackRepair::CallbackUrl => (CallbackRepair::CallbackUrl, CallbackRepair::Callback),
+            CallbackRepair::Callback => (CallbackRepair::Callback, CallbackRepair::CallbackUrl),
+        };
+        match self.put_callback(ctx, app_id, known, callback_url, first).await {
+            Err(CallErrorOr::Call(e)) if e.status() == Some(404) => {
+                tracing::info!(error = %e, endpoint = ?first, "Callback endpoint gone; trying the other one.");
+                self.put_callback(ctx, app_id, known, callback_url, second).await.map_err(|e| match e {
+                    CallErrorOr::Call(e) if e.status() == Some(404) => ProviderError::Precondition {
+                        raw: "404".into(),
+                        message: "Gupshup serves neither PUT …/callbackUrl nor PUT …/callback for this app".into(),
+                    },
+                    e => e.into_provider(|_| None),
+                })
+            }
+            other => other.map_err(|e| e.into_provider(|_| None)),
+        }
+    }
+
+    /// One callback endpoint: `PUT …/callbackUrl` (app token, form `callbackUrl`) or
+    /// `PUT …/callback` (partner token, form `url`).
+    async fn put_callback(
+        &self,
+        ctx: &CallContext,
+        app_id: &str,
+        known: Option<&Secret>,
+        callback_url: &Secret,
+        which: CallbackRepair,
+    ) -> Result<(), CallErrorOr> {
+        match which {
+            CallbackRepair::CallbackUrl => {
+                let url = endpoint(ctx, &["partner", "app", app_id, "callbackUrl"]).map_err(CallErrorOr::Provider)?;
+                self.with_app(ctx, app_id, known, |token| {
+                    let url = url.clone();
+                    async move {
+                        // Setting the same URL again is harmless: retried.
+                        self.exchange("gupshup.set_callback", true, true, None, || {
+                            authed(self.http.request(Method::PUT, url.clone()), &token)
+                                .form(&[("callbackUrl", callback_url.expose())])
+                        })
+                        .await
+                    }
+                })
+                .await
+                .map(drop)
+            }
+            CallbackRepair::Callback => {
+                let url = endpoint(ctx, &["partner", "app", app_id, "callback"]).map_err(CallErrorOr::Provider)?;
+                self.with_partner(ctx, |token| {
+                    let url = url.clone();
+                    async move {
+                        // [I] only `url`: `modes`, `directForwarding`, `notifyWithPhone` are left to
+                        // Gupshup's defaults (their defaults are undocumented; we only repair the URL).
+                        self.exchange("gupshup.set_callback", true, true, None, || {
+                            authed(self.http.request(Method::PUT, url.clone()), &token)
+                                .form(&[("url", callback_url.expose())])
+                        })
+                        .await
+                    }
+                })
+                .await
+                .map(drop)
+                .map_err(CallErrorOr::Call)
+            }
+        }
+    }
+
+    /// The partner's apps whose phone contains `phone` (digits), for the 409 recovery
+    /// (providers.md 1.3.6, 1.7 point 9): `GET /partner/app/list?phone=&pageNo=&pageSize=`
+    /// [C], page by page up to [`APP_LIST_MAX_PAGES`]; when that path answers 404, the older
+    /// `GET /partner/account/api/partnerApps` [C2] (all apps, one call).
+    pub(super) async fn find_apps_by_phone(
+        &self,
+        ctx: &CallContext,
+        phone: &str,
+    ) -> Result<Vec<ListedApp>, ProviderError> {
+        let mut found = Vec::new();
+        for page in 1..=APP_LIST_MAX_PAGES {
+            let mut url = endpoint(ctx, &["partner", "app", "list"])?;
+            url.query_pairs_mut()
+                .append_pair("phone", phone)
+                .append_pair("pageNo", &page.to_string())
+                .append_pair("pageSize", &APP_LIST_PAGE_SIZE.to_string());
+            let resp = self.get_partner(ctx, "gupshup.app_list", &url).await;
+            let resp = match resp {
+                Err(e) if page == 1 && e.status() == Some(404) => return self.partner_apps(ctx).await,
+                other => other.map_err(ProviderError::from)?,
+            };
+            let items = app_list_items(&resp.body).ok_or_else(|| ProviderError::Malformed {
+                message: "app list: no list of apps in the answer".into(),
+            })?;
+            let full = items.len() >= APP_LIST_PAGE_SIZE;
+            found.extend(items);
+            if !full {
+                break;
+            }
+        }
+        Ok(found)
+    }
+
+    /// `GET /partner/account/api/partnerApps` [C2] (providers.md 1.3.6).
+    async fn partner_apps(&self, ctx: &CallContext) -> Result<Vec<ListedApp>, ProviderError> {
+        let url = endpoint(ctx, &["partner", "account", "api", "partnerApps"])?;
+        let resp = self.get_partner(ctx, "gupshup.partner_apps", &url).await?;
+        app_list_items(&resp.body)
+            .ok_or_else(|| ProviderError::Malformed { message: "partnerApps: no list of apps in the answer".into() })
+    }
+
+    /// A retried GET with the partner token (one re-login on a rejected token).
+    async fn get_partner(&self, ctx: &CallContext, class: &'static str, url: &Url) -> Result<RawResponse, CallError> {
+        self.with_partner(ctx, |token| async move {
+            self.exchange(class, true, true, None, || authed(self.http.request(Method::GET, url.clone()), &token)).await
+        })
+        .await
     }
 
     // ---------- subscriptions (1.3.5), app token ----------
@@ -720,6 +867,31 @@ impl Client {
         .map_err(|e| e.into_provider(subscription_error))?;
         Ok(())
     }
+}
+
+/// Which callback endpoint repairs an app's callback first (providers.md 1.3.6, 1.7 point 13).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum CallbackRepair {
+    /// `PUT /partner/app/{appId}/callbackUrl`, app token, form `callbackUrl` [C].
+    CallbackUrl,
+    /// `PUT /partner/app/{appId}/callback`, partner token, form `url` (+ `modes`, …) [C].
+    Callback,
+}
+
+/// The callback endpoint tried first; the other one only when it answers 404. [I] both are
+/// documented with the same deprecation notice; `/callbackUrl` takes exactly what the link
+/// sets (`callbackUrl`, app token) and leaves the app's modes alone, so it stays first
+/// (docs/research-issue-17.md point 13).
+pub(super) const CALLBACK_REPAIR: CallbackRepair = CallbackRepair::CallbackUrl;
+
+/// Pipeline errors that say more than their status: the bad-token 400 that a fresh app token
+/// did not cure (providers.md 1.3.4).
+fn pipeline_error(e: &CallError) -> Option<ProviderError> {
+    e.pipeline_bad_token().then(|| ProviderError::Invalid {
+        field: None,
+        message: format!("Gupshup rejected the pipeline request: {}", e.message.as_deref().unwrap_or_default()),
+        raw: "400".into(),
+    })
 }
 
 /// A failure of [`Client::with_app`]: the call's, or fetching the app token's.

@@ -7,7 +7,7 @@ use proptest::prelude::*;
 use super::client::{GupshupErrors, app_id_in_message, jwt_ttl};
 use super::model::{
     AppTokenResponse, ErrorEnvelope, LinkResponse, LoginResponse, PipelineResponse, SubscriptionList,
-    SubscriptionResponse, modes_of_mask, scalar_text,
+    SubscriptionResponse, app_list_items, modes_of_mask, scalar_text,
 };
 use super::{observe, to_domain};
 use crate::fuzzing::{body, config, edge_i64, json_with, object_with};
@@ -39,6 +39,10 @@ const ANSWER_KEYS: &[&str] = &[
     "headers",
     "createdOn",
     "modifiedOn",
+    "live",
+    "data",
+    "partnerAppsList",
+    "apps",
 ];
 
 /// A v2 callback envelope with fuzzed parts: reaches past the `type`/`payload` checks.
@@ -112,6 +116,10 @@ proptest! {
         if let Ok(p) = serde_json::from_slice::<PipelineResponse>(&b) {
             let obs = observe(&p);
             prop_assert!(obs.state.is_some());
+        }
+        // The 409 recovery's app list (issue 17 point 9): any shape, no panic, digits only.
+        if let Some(apps) = app_list_items(&b) {
+            prop_assert!(apps.iter().all(|a| !a.id.is_empty() && a.phone.chars().all(|c| c.is_ascii_digit())));
         }
         if let Ok(list) = serde_json::from_slice::<SubscriptionList>(&b) {
             for w in list.subscriptions {

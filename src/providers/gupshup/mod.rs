@@ -25,8 +25,8 @@ use serde_json::{Value, json};
 use client::{Client, LinkForm, Linked};
 pub use client::{GupshupLimits, Limit};
 use model::{
-    CREATION_DONE, CREATION_ERROR, MODE_BITS, PIPELINE_FINALIZE, PipelineResponse, STORAGE_REGIONS, WireSubscription,
-    modes_of_mask, scalar_text,
+    CREATION_DONE, CREATION_ERROR, LIVE_NEEDS_FINALIZE, MODE_BITS, PIPELINE_FINALIZE, PIPELINE_RETRIES,
+    PipelineResponse, STORAGE_REGIONS, WireSubscription, error_is_final, modes_of_mask, scalar_text,
 };
 
 use super::builtin::AdapterDeps;
@@ -112,25 +112,26 @@ impl GupshupProvider {
         repair_found: bool,
     ) -> Result<LinkOutcome, ProviderError> {
         let (start, form) = validate_start(ctx, req)?;
-        let linked = self.client.link_app(ctx, &form, &ctx.webhook_url).await.map_err(|e| {
-            let lc = e.message_lc();
-            let raw = e.status().map(|s| s.to_string()).unwrap_or_default();
-            let message = e.message.clone().unwrap_or_default();
-            match e.status() {
-                Some(400) if lc.contains("app name") => {
-                    ProviderError::Invalid { field: Some("gupshup.app_name".into()), message, raw }
-                }
-                Some(400) if lc.contains("region") => {
-                    ProviderError::Invalid { field: Some("gupshup.storage_region".into()), message, raw }
-                }
-                // [I] "Bot Already Exists": the name is taken by another app (a retry of ours
-                // gets the phone 409 instead, which names our app).
-                Some(409) => {
-                    ProviderError::Conflict { raw, message: format!("app name is taken at Gupshup: {message}") }
-                }
-                _ => e.into(),
+        let linked = match self.client.link_app(ctx, &form, &ctx.webhook_url).await {
+            Ok(l) => l,
+            // "Bot Already Exists" [C]: the name is taken, possibly by our own earlier link
+            // whose answer was lost (providers.md 1.7 point 9).
+            Err(e) if e.status() == Some(409) => self.recover_bot_exists(ctx, &form, &e).await?,
+            Err(e) => {
+                let lc = e.message_lc();
+                let raw = e.status().map(|s| s.to_string()).unwrap_or_default();
+                let message = e.message.clone().unwrap_or_default();
+                return Err(match e.status() {
+                    Some(400) if lc.contains("app name") => {
+                        ProviderError::Invalid { field: Some("gupshup.app_name".into()), message, raw }
+                    }
+                    Some(400) if lc.contains("region") => {
+                        ProviderError::Invalid { field: Some("gupshup.storage_region".into()), message, raw }
+                    }
+                    _ => e.into(),
+                });
             }
-        })?;
+        };
         let (app_id, reconciled, repaired) = match linked {
             Linked::Created(id) => (id, false, false),
             Linked::Exists(id) => {
@@ -151,10 +152,47 @@ impl GupshupProvider {
         Ok(LinkOutcome { start: start.clone(), form, app_id, reconciled, repaired })
     }
 
+    /// A 409 without the app's id (`Bot Already Exists`): looks the partner's apps up by
+    /// phone (providers.md 1.3.6, 1.7 point 9). An app with exactly our phone is the one an
+    /// earlier attempt linked → [`Linked::Exists`], and the engine's binding rules decide
+    /// whether this onboarding may adopt it (the same path as the phone-409). Anything else
+    /// leaves the name taken → `Conflict`.
+    async fn recover_bot_exists(
+        &self,
+        ctx: &CallContext,
+        form: &LinkForm,
+        e: &client::CallError,
+    ) -> Result<Linked, ProviderError> {
+        let message = e.message.clone().unwrap_or_default();
+        let conflict = |why: String| ProviderError::Conflict { raw: "409".into(), message: why };
+        let apps = match self.client.find_apps_by_phone(ctx, &form.phone).await {
+            Ok(apps) => apps,
+            // A transient failure: the engine retries the step, which links (409) and looks again.
+            Err(err) if err.is_retryable() => return Err(err),
+            Err(err) => {
+                return Err(conflict(format!(
+                    "app name is taken at Gupshup ({message}), and the app list could not be read: {err}"
+                )));
+            }
+        };
+        if let Some(app) = apps.iter().find(|a| a.phone == form.phone) {
+            tracing::info!(app_id = %app.id, "Gupshup 409 recovered: the phone's app is in the app list.");
+            return Ok(Linked::Exists(app.id.clone()));
+        }
+        let why = match apps.iter().find(|a| a.name.eq_ignore_ascii_case(&form.name)) {
+            Some(other) => format!(
+                "app name '{}' is used by another of this partner's apps ({}, phone {})",
+                form.name, other.id, other.phone
+            ),
+            None => format!("app name is taken at Gupshup: {message}"),
+        };
+        Err(conflict(why))
+    }
+
     /// Sets the app's callback URL to our ingress.
     async fn ensure_callback(&self, ctx: &CallContext, app_id: &str) -> Result<(), ProviderError> {
         match self.client.set_callback(ctx, app_id, None, &ctx.webhook_url).await {
-            Ok(_) => Ok(()),
+            Ok(()) => Ok(()),
             // The phone's app is not ours to act on (another partner's, [I]).
             Err(ProviderError::Unauthenticated { raw } | ProviderError::NotFound { raw }) => {
                 Err(ProviderError::Conflict {
@@ -359,18 +397,30 @@ fn app_of(run: &StepRun) -> Result<&str, ProviderError> {
     })
 }
 
-/// Pipeline stages → canonical state (1.3.4, [C2] as public clients do): `ERROR` failed,
-/// `WHATSAPP_PROVISIONING_DONE` + `FINALIZE` live, anything else still provisioning.
+/// Pipeline stages → canonical state (1.3.4, 1.7 points 10 and 11): a final `ERROR`
+/// ([`error_is_final`]) failed; `WHATSAPP_PROVISIONING_DONE` (with `FINALIZE` only if
+/// [`LIVE_NEEDS_FINALIZE`]) or a `live: true` flag live; anything else still provisioning.
 fn observe(p: &PipelineResponse) -> Observation {
     let creation = p.creation_stage();
     let stage = p.pipeline_stage();
     let fields: BTreeMap<String, String> =
         p.whatsapp.iter().filter_map(|(k, v)| scalar_text(v).map(|t| (k.clone(), t))).collect();
-    let (state, reason) = if creation == CREATION_ERROR {
-        let retries = p.text("stageRetries").unwrap_or_else(|| "?".into());
-        (OnboardingState::Failed, format!("Gupshup provisioning failed at {stage} after {retries} stage retries"))
-    } else if creation == CREATION_DONE && stage == PIPELINE_FINALIZE {
-        (OnboardingState::Live, "provisioned".to_string())
+    let retries = p.stage_retries();
+    let done = creation == CREATION_DONE && (!LIVE_NEEDS_FINALIZE || stage == PIPELINE_FINALIZE);
+    let (state, reason) = if creation == CREATION_ERROR && error_is_final(retries) {
+        let tail = retries.map(|n| format!(" (stageRetries {n})")).unwrap_or_default();
+        (OnboardingState::Failed, format!("Gupshup provisioning failed at {stage}{tail}"))
+    } else if creation == CREATION_ERROR {
+        let n = retries.unwrap_or_default();
+        (OnboardingState::Provisioning, format!("Gupshup is retrying {stage} ({n} of {PIPELINE_RETRIES} retries)"))
+    } else if done || p.live_flag() {
+        let reason = if stage == PIPELINE_FINALIZE {
+            "provisioned".to_string()
+        } else {
+            // Visible, as the pipeline lags the go-live (public clients warn of it).
+            format!("provisioned; the pipeline still reports {stage}")
+        };
+        (OnboardingState::Live, reason)
     } else {
         (OnboardingState::Provisioning, String::new())
     };

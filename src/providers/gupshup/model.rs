@@ -87,6 +87,71 @@ pub(super) const CREATION_ERROR: &str = "ERROR";
 /// `pipeLineStage` of the last stage.
 pub(super) const PIPELINE_FINALIZE: &str = "FINALIZE";
 
+/// Whether LIVE also needs `pipeLineStage: FINALIZE` once `creationStage` is
+/// `WHATSAPP_PROVISIONING_DONE` (providers.md 1.3.4 / 1.7 point 11). [I] `false`: public
+/// clients disagree (some require both, others `creationStage` alone) and the vendor defines
+/// "live" by the live event and the `live` flag, not by the pipeline stage.
+pub(super) const LIVE_NEEDS_FINALIZE: bool = false;
+
+/// Retries the vendor says a failing pipeline makes before failing: "In case of an error,
+/// the pipeline retries three times before failing" [C] (providers.md 1.3.4, 1.7 point 10).
+pub(super) const PIPELINE_RETRIES: u32 = 3;
+
+/// Whether a `creationStage: ERROR` is the final one (providers.md 1.7 point 10). [I] the
+/// vendor never links `stageRetries` to the three retries; public clients fail on the first
+/// ERROR [C2]. So an ERROR is final unless the same answer says, through a `stageRetries`
+/// below [`PIPELINE_RETRIES`], that Gupshup is still retrying (the other reading of the vendor
+/// sentence); a retry count that never ends is caught by the provisioning deadline.
+pub(super) fn error_is_final(stage_retries: Option<u32>) -> bool {
+    stage_retries.is_none_or(|n| n >= PIPELINE_RETRIES)
+}
+
+/// `GET /partner/app/list` page size for the 409 recovery lookup (providers.md 1.3.6, 1.7
+/// point 9). [I] the vendor documents no maximum (default 10); a phone filter matches few apps.
+pub(super) const APP_LIST_PAGE_SIZE: usize = 50;
+/// Pages read before the lookup gives up. [I] a contains-search on the full phone number
+/// matches one app, or a handful; the bound only stops a server that never ends a listing.
+pub(super) const APP_LIST_MAX_PAGES: usize = 5;
+
+/// One app of an app listing: `/partner/app/list` items [C] or `partnerAppsList` items [C2]
+/// (providers.md 1.3.6). Only what the 409 recovery needs.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(super) struct ListedApp {
+    /// `id`.
+    pub id: String,
+    /// `name`.
+    pub name: String,
+    /// `phone`, digits only (empty when absent: `phone?` in the older list).
+    pub phone: String,
+}
+
+/// The items of an app listing (providers.md 1.3.6, 1.7 point 9): a bare array (the vendor
+/// sample), or the array under `data` (RAKH), `partnerAppsList` (older list) or `apps` (a
+/// public client reads all three [C2]). Items without an `id` are skipped; anything else is
+/// `None` (an answer we cannot read).
+pub(super) fn app_list_items(body: &[u8]) -> Option<Vec<ListedApp>> {
+    let v: Value = serde_json::from_slice(body).ok()?;
+    let items = match &v {
+        Value::Array(a) => a,
+        Value::Object(o) => ["data", "partnerAppsList", "apps"].iter().find_map(|k| o.get(*k)?.as_array())?,
+        _ => return None,
+    };
+    Some(
+        items
+            .iter()
+            .filter_map(|i| {
+                let text = |k: &str| i.get(k).and_then(scalar_text).unwrap_or_default();
+                let id = text("id");
+                (!id.is_empty()).then(|| ListedApp {
+                    id,
+                    name: text("name"),
+                    phone: text("phone").chars().filter(char::is_ascii_digit).collect(),
+                })
+            })
+            .collect(),
+    )
+}
+
 impl PipelineResponse {
     /// A field as text (numbers and bools rendered, strings as is).
     pub fn text(&self, key: &str) -> Option<String> {
@@ -96,6 +161,18 @@ impl PipelineResponse {
     /// `creationStage`.
     pub fn creation_stage(&self) -> String {
         self.text("creationStage").unwrap_or_default()
+    }
+
+    /// `stageRetries` when present as a non-negative integer (or numeric string).
+    pub fn stage_retries(&self) -> Option<u32> {
+        self.text("stageRetries")?.trim().parse().ok()
+    }
+
+    /// The `live` flag of app objects (app list [C], `appDetails` [C2]; providers.md 1.3.6),
+    /// should the pipeline answer carry it.
+    pub fn live_flag(&self) -> bool {
+        matches!(self.whatsapp.get("live"), Some(Value::Bool(true)))
+            || self.text("live").is_some_and(|t| t.eq_ignore_ascii_case("true"))
     }
 
     /// `pipeLineStage` (capital L, 1.3.4); app-list responses spell it `pipelineStage`, so
@@ -206,6 +283,38 @@ mod unit {
         assert_eq!(s.token(), Some("sk_2"));
         let bad: AppTokenResponse = serde_json::from_str(r#"{"token":""}"#).unwrap();
         assert_eq!(bad.token(), None);
+    }
+
+    #[test]
+    fn app_list_in_every_shape() {
+        let item = r#"{"id":"a1","name":"Acme One","phone":"919900000001","live":false}"#;
+        let want = vec![ListedApp { id: "a1".into(), name: "Acme One".into(), phone: "919900000001".into() }];
+        for body in [
+            format!("[{item}]"),
+            format!(r#"{{"status":"success","data":[{item}]}}"#),
+            format!(r#"{{"status":"success","partnerAppsList":[{item}]}}"#),
+            format!(r#"{{"apps":[{item}]}}"#),
+        ] {
+            assert_eq!(app_list_items(body.as_bytes()), Some(want.clone()), "{body}");
+        }
+        assert_eq!(app_list_items(b"[]"), Some(vec![]));
+        assert_eq!(app_list_items(br#"{"status":"success"}"#), None);
+        assert_eq!(app_list_items(b"not json"), None);
+        // An item without id is skipped; a numeric id and a formatted phone are read.
+        let odd = br#"[{"name":"x"},{"id":7,"name":"y","phone":"+91 99-1"}]"#;
+        assert_eq!(
+            app_list_items(odd),
+            Some(vec![ListedApp { id: "7".into(), name: "y".into(), phone: "91991".into() }])
+        );
+    }
+
+    #[test]
+    fn only_a_final_error_is_final() {
+        assert!(error_is_final(None));
+        assert!(error_is_final(Some(3)));
+        assert!(error_is_final(Some(4)));
+        assert!(!error_is_final(Some(0)));
+        assert!(!error_is_final(Some(2)));
     }
 
     #[test]

@@ -340,7 +340,12 @@ async fn partial_success_callback_is_repaired() {
 async fn pipeline_error_is_a_failed_observation_with_the_raw_stage() {
     let env = Env::new().await;
     let ctx = env.context();
-    env.sim.update_knobs(KnobsPatch { fail_next_pipelines: Some(1), ..KnobsPatch::default() });
+    // With `stageRetries` in the body (issue 17 point 10: off by default).
+    env.sim.update_knobs(KnobsPatch {
+        fail_next_pipelines: Some(1),
+        pipeline_stage_retries: Some(true),
+        ..KnobsPatch::default()
+    });
     let req = start_req("pipeline-error", None);
     let h = env.p.start_onboarding(&ctx, &req).await.unwrap().handle;
     env.finish(&h.external_key);
@@ -832,4 +837,216 @@ async fn expired_client_secret_is_credential_expired_and_expiry_is_reported_ahea
     // Without a declared expiry, the same refusal is a plain rejection.
     ctx.options.secret_expire_ms = None;
     assert!(matches!(env.p.check_credentials(&ctx).await, Err(ProviderError::Unauthenticated { .. })));
+}
+
+// ---------- issue 17 points 9-13 ----------
+
+const APP_LIST: &str = "GET /partner/app/list";
+const PARTNER_APPS: &str = "GET /partner/account/api/partnerApps";
+const CALLBACK_CURRENT: &str = "PUT /partner/app/{app_id}/callback";
+
+/// Point 9: a retried link (same name and phone) that meets the TPP page's 409 `Bot Already
+/// Exists` finds its app through the app list, in every list shape and through the older
+/// list when the current one is gone.
+#[tokio::test]
+async fn bot_already_exists_on_a_retried_link_is_recovered_from_the_app_list() {
+    use crate::sim::gupshup::AppListShape;
+    let env = Env::new().await;
+    let ctx = env.context();
+    env.sim.update_knobs(KnobsPatch { bot_exists_on_relink: Some(true), ..KnobsPatch::default() });
+    // Another app of the partner, whose phone shares a prefix with ours: never taken for ours.
+    env.p.start_onboarding(&ctx, &start_req("bot-exists-neighbour", None)).await.unwrap();
+    let req = start_req("bot-exists", None);
+    let first = env.p.start_onboarding(&ctx, &req).await.unwrap();
+    let cases = [
+        (AppListShape::Array, false),
+        (AppListShape::Data, false),
+        (AppListShape::PartnerAppsList, false),
+        (AppListShape::Array, true),
+    ];
+    for (shape, gone) in cases {
+        env.sim.update_knobs(KnobsPatch {
+            applist_shape: Some(shape),
+            applist_gone: Some(gone),
+            ..KnobsPatch::default()
+        });
+        let (list, older) = (env.calls(APP_LIST), env.calls(PARTNER_APPS));
+        let found = env.p.run_step(&ctx, &step_run(STEP_LINK_APP, &req)).await.unwrap();
+        assert!(found.found, "{shape:?} gone={gone}");
+        assert_eq!(found.handle.as_ref().unwrap().external_key, first.handle.external_key, "{shape:?} gone={gone}");
+        assert_eq!(env.calls(APP_LIST) - list, 1, "one page is enough");
+        assert_eq!(env.calls(PARTNER_APPS) - older, u64::from(gone), "the older list only after a 404");
+    }
+    // start_onboarding (reconciling) sees the same app.
+    let again = env.p.start_onboarding(&ctx, &req).await.unwrap();
+    assert!(again.reconciled);
+    assert_eq!(again.handle.external_key, first.handle.external_key);
+    assert_eq!(env.created("apps"), 2);
+
+    // The name is ours, the phone someone else's: still a conflict, never this app.
+    let StartPayload::Gupshup(g) = &req.payload else { unreachable!() };
+    let other_phone = with_name(start_req("bot-exists-other", None), &g.app_name);
+    match env.p.start_onboarding(&ctx, &other_phone).await {
+        Err(e @ ProviderError::Conflict { .. }) => assert!(!e.is_retryable()),
+        other => panic!("expected Conflict, got {other:?}"),
+    }
+}
+
+/// Point 9: an app list Gupshup refuses (a strict server without the lookup) ends in a clean
+/// conflict, not a panic or a loop.
+#[tokio::test]
+async fn bot_already_exists_with_an_unreadable_app_list_is_a_conflict() {
+    let env = Env::new().await;
+    let ctx = env.context();
+    env.sim.update_knobs(KnobsPatch { bot_exists_on_relink: Some(true), ..KnobsPatch::default() });
+    let req = start_req("bot-exists-refused", None);
+    env.p.start_onboarding(&ctx, &req).await.unwrap();
+    env.sim.core().fail_next(Some(APP_LIST), 1, Fault::Status { status: 400 });
+    match env.p.start_onboarding(&ctx, &req).await {
+        Err(ProviderError::Conflict { message, .. }) => assert!(message.contains("app list"), "{message}"),
+        other => panic!("expected Conflict, got {other:?}"),
+    }
+    assert_eq!(env.calls(APP_LIST), 1);
+}
+
+/// Point 10: by default the pipeline body has no `stageRetries` (the vendor never shows it
+/// there) and the failure reason does not invent one.
+#[tokio::test]
+async fn a_pipeline_error_without_stage_retries_fails_with_a_plain_reason() {
+    let env = Env::new().await;
+    let ctx = env.context();
+    env.sim.update_knobs(KnobsPatch { fail_next_pipelines: Some(1), ..KnobsPatch::default() });
+    let h = env.p.start_onboarding(&ctx, &start_req("error-plain", None)).await.unwrap().handle;
+    env.finish(&h.external_key);
+    let obs = env.p.poll(&ctx, &h).await.unwrap();
+    assert_eq!(obs.state, Some(OnboardingState::Failed));
+    assert!(!obs.fields.contains_key("stageRetries"));
+    assert_eq!(obs.reason, "Gupshup provisioning failed at CREATE_DOCKER");
+}
+
+/// Point 10: an ERROR shown while Gupshup still retries (`stageRetries` below 3) does not
+/// fail the onboarding; the final one does.
+#[tokio::test]
+async fn an_error_while_gupshup_retries_is_not_final() {
+    let env = Env::new().await;
+    let ctx = env.context();
+    env.sim.update_knobs(KnobsPatch {
+        fail_next_pipelines: Some(1),
+        error_while_retrying: Some(true),
+        ..KnobsPatch::default()
+    });
+    let h = env.p.start_onboarding(&ctx, &start_req("error-retrying", None)).await.unwrap().handle;
+    assert!(env.sim.start_pipeline(&h.external_key));
+    for retries in 1..=2 {
+        env.sim.core().clock.advance(Duration::from_millis(STAGE_MS));
+        let obs = env.p.poll(&ctx, &h).await.unwrap();
+        assert_eq!(obs.fields["creationStage"], "ERROR");
+        assert_eq!(obs.fields["stageRetries"], retries.to_string());
+        assert_eq!(obs.state, Some(OnboardingState::Provisioning), "retry {retries}: {obs:?}");
+    }
+    env.sim.core().clock.advance(Duration::from_millis(2 * STAGE_MS));
+    let obs = env.p.poll(&ctx, &h).await.unwrap();
+    assert_eq!(obs.fields["stageRetries"], "3");
+    assert_eq!(obs.state, Some(OnboardingState::Failed));
+    assert_eq!(obs.reason, "Gupshup provisioning failed at CREATE_DOCKER (stageRetries 3)");
+}
+
+/// Point 11: `WHATSAPP_PROVISIONING_DONE` is live before the pipeline reaches FINALIZE, and
+/// the lagging stage is visible in the reason.
+#[tokio::test]
+async fn provisioning_done_before_finalize_is_live() {
+    let env = Env::new().await;
+    let ctx = env.context();
+    env.sim.update_knobs(KnobsPatch { done_before_finalize: Some(true), ..KnobsPatch::default() });
+    let req = start_req("done-early", None);
+    let h = env.p.start_onboarding(&ctx, &req).await.unwrap().handle;
+    assert!(env.sim.start_pipeline(&h.external_key));
+    env.sim.core().clock.advance(Duration::from_millis(3 * STAGE_MS));
+    let mut run = step_run(STEP_PROVISIONING, &req);
+    run.handle = Some(h);
+    run.state = OnboardingState::Provisioning;
+    let out = env.p.run_step(&ctx, &run).await.unwrap();
+    assert_eq!(out.observation.raw_status, "WHATSAPP_PROVISIONING_DONE/GET_CERTIFICATE");
+    assert_eq!(out.observation.state, Some(OnboardingState::Live));
+    assert_eq!(out.progress, Progress::Done);
+    assert!(out.observation.reason.contains("GET_CERTIFICATE"), "{}", out.observation.reason);
+}
+
+/// Point 12: a stored app token that Gupshup no longer accepts makes the pipeline answer its
+/// 400; the adapter fetches the token once, retries, and stores the new one.
+#[tokio::test]
+async fn a_stale_app_token_on_the_pipeline_is_fetched_again_once() {
+    let env = Env::new().await;
+    let ctx = env.context();
+    let req = start_req("stale-token", None);
+    let mut run = step_run(STEP_FETCH_APP_TOKEN, &req);
+    run.handle = Some(env.p.start_onboarding(&ctx, &req).await.unwrap().handle);
+    let old = env.p.run_step(&ctx, &run).await.unwrap().secret.unwrap();
+    let app_id = run.handle.as_ref().unwrap().external_key.clone();
+    let new = env.sim.rotate_app_token(&app_id).unwrap();
+    run.name = STEP_PROVISIONING.into();
+    run.state = OnboardingState::Provisioning;
+    run.secret = Some(old);
+    let tokens = env.calls(TOKEN);
+    let pipelines = env.calls(PIPELINE);
+    let out = env.p.run_step(&ctx, &run).await.unwrap();
+    assert_eq!(out.observation.state, Some(OnboardingState::Provisioning));
+    assert_eq!(out.secret.as_ref().map(Secret::expose), Some(new.as_str()), "the new token is stored");
+    assert_eq!(env.calls(TOKEN) - tokens, 1, "exactly one extra token fetch");
+    assert_eq!(env.calls(PIPELINE) - pipelines, 2, "the refused call and its one repeat");
+
+    // The same 400 after a fresh token: the request itself is refused, once, cleanly.
+    run.secret = out.secret;
+    env.sim.core().fail_next(Some(PIPELINE), 2, Fault::Status { status: 400 });
+    let tokens = env.calls(TOKEN);
+    match env.p.run_step(&ctx, &run).await {
+        Err(ProviderError::Invalid { message, .. }) => assert!(message.contains("pipeline"), "{message}"),
+        other => panic!("expected Invalid, got {other:?}"),
+    }
+    assert_eq!(env.calls(TOKEN) - tokens, 1, "one token fetch, no loop");
+}
+
+/// Point 12: an expired partner token answered with 403 `Invalid Access Token` is renewed
+/// once, as a 401 is.
+#[tokio::test]
+async fn a_403_invalid_access_token_renews_the_partner_token_once() {
+    let env = Env::new().await;
+    let ctx = env.context();
+    env.sim.update_knobs(KnobsPatch { partner_token_invalid_403: Some(true), ..KnobsPatch::default() });
+    let h = env.p.start_onboarding(&ctx, &start_req("reauth-403", None)).await.unwrap().handle;
+    env.sim.core().clock.advance(Duration::from_secs(25 * 3600));
+    let mut run = step_run(STEP_FETCH_APP_TOKEN, &start_req("reauth-403", None));
+    run.handle = Some(h);
+    let out = env.p.run_step(&ctx, &run).await.unwrap();
+    assert!(out.secret.is_some());
+    assert_eq!(env.calls(LOGIN), 2, "exactly one re-login");
+    assert_eq!(env.calls(TOKEN), 2, "the 403 call and its one repeat");
+}
+
+/// Point 13: when `PUT …/callbackUrl` is gone (404), the repair uses `PUT …/callback`.
+#[tokio::test]
+async fn callback_repair_falls_back_to_the_callback_endpoint_on_404() {
+    let env = Env::new().await;
+    let ctx = env.context();
+    env.sim.update_knobs(KnobsPatch {
+        fail_callback_next: Some(1),
+        callback_url_gone: Some(true),
+        ..KnobsPatch::default()
+    });
+    let out = env.p.run_step(&ctx, &step_run(STEP_LINK_APP, &start_req("callback-gone", None))).await.unwrap();
+    assert_eq!(out.progress, Progress::Done);
+    assert_eq!(out.attributes.get("callback_repaired").map(String::as_str), Some("true"));
+    assert_eq!((env.calls(CALLBACK), env.calls(CALLBACK_CURRENT)), (1, 1));
+    let app = env.sim.app(&out.handle.unwrap().external_key).unwrap();
+    assert_eq!(app.callback_url.as_deref(), Some(env.webhook_url.as_str()));
+
+    // Both gone: a clean error, no loop.
+    env.sim.update_knobs(KnobsPatch {
+        fail_callback_next: Some(1),
+        callback_gone: Some(true),
+        ..KnobsPatch::default()
+    });
+    let e = env.p.run_step(&ctx, &step_run(STEP_LINK_APP, &start_req("callback-gone-2", None))).await.unwrap_err();
+    assert!(!e.is_retryable(), "{e:?}");
+    assert_eq!((env.calls(CALLBACK), env.calls(CALLBACK_CURRENT)), (2, 2));
 }

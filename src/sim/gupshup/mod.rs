@@ -20,7 +20,7 @@ use serde_json::Value;
 
 use crate::sim::common::{self, Running, SimCore, lock};
 
-pub use state::{GupshupKnobs, KnobsPatch};
+pub use state::{AppListShape, GupshupKnobs, KnobsPatch};
 use state::{State, envelope, live_event, pipeline_at};
 
 /// One partner account the simulator accepts at login.
@@ -360,6 +360,20 @@ impl GupshupSim {
             }
             None => false,
         }
+    }
+
+    /// Replaces an app's token with a new one (the old one stops working), as when Gupshup
+    /// rotates or revokes it (issue 17 point 12). Returns the new token, or `None` for an app
+    /// without a token.
+    pub fn rotate_app_token(&self, app_id: &str) -> Option<String> {
+        let mut st = self.state();
+        let app = st.apps.get_mut(app_id)?;
+        let tok = app.token.as_mut()?;
+        let old = std::mem::replace(&mut tok.token, state::new_app_token());
+        let new = tok.token.clone();
+        st.app_tokens.remove(&old);
+        st.app_tokens.insert(new.clone(), app_id.to_string());
+        Some(new)
     }
 
     /// Delivers an account event (or any body) for `app_id`, filling the v2 envelope, to the

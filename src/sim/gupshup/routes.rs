@@ -7,7 +7,7 @@ use std::sync::Arc;
 use axum::Json;
 use axum::Router;
 use axum::body::Bytes;
-use axum::extract::{Path, State};
+use axum::extract::{Path, RawQuery, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::middleware::from_fn_with_state;
 use axum::response::{IntoResponse, Response};
@@ -19,8 +19,8 @@ use serde_json::{Value, json};
 
 use super::GupshupSim;
 use super::state::{
-    App, AppToken, PartnerSession, STORAGE_REGIONS, State as SimState, Subscription, parse_modes, pipeline_at,
-    pipeline_json, valid_url,
+    App, AppListShape, AppToken, PartnerSession, STORAGE_REGIONS, State as SimState, Subscription, new_app_token,
+    parse_modes, pipeline_at, pipeline_json, valid_url,
 };
 use crate::sim::common::{self, FaultBody, FaultLayerState};
 
@@ -65,6 +65,10 @@ pub(super) fn router(sim: GupshupSim) -> Router {
         .route("/partner/app/{app_id}/token/", get(app_token))
         .route("/partner/app/{app_id}/pipeline", get(pipeline))
         .route("/partner/app/{app_id}/callbackUrl", put(set_callback_url))
+        // issue 17 points 9-13
+        .route("/partner/app/{app_id}/callback", put(set_callback))
+        .route("/partner/app/list", get(app_list))
+        .route("/partner/account/api/partnerApps", get(partner_apps))
         .route(
             "/partner/app/{app_id}/subscription",
             post(create_subscription).get(list_subscriptions).delete(delete_all_subscriptions),
@@ -78,6 +82,7 @@ pub(super) fn router(sim: GupshupSim) -> Router {
         .route("/_sim/gupshup/apps", get(control_apps))
         .route("/_sim/gupshup/apps/{app_id}/events", post(control_event))
         .route("/_sim/gupshup/apps/{app_id}/start", post(control_start))
+        .route("/_sim/gupshup/apps/{app_id}/rotate-token", post(control_rotate_token))
         .route("/_sim/gupshup/knobs", get(control_get_knobs).put(control_put_knobs));
     api.merge(control).with_state(sim.clone()).merge(common::control_router(sim.core().clone()))
 }
@@ -128,6 +133,21 @@ fn caller(st: &SimState, headers: &HeaderMap, now_ms: i64) -> Option<Caller> {
             }
             st.app_tokens.get(t).map(|a| Caller::App(a.clone()))
         })
+}
+
+/// The answer to a call without a valid partner token: 401 `Authentication Failed`, or with
+/// the `partner_token_invalid_403` knob 403 `Invalid Access Token` for a token that was issued
+/// and has expired (issue 17 point 12).
+fn partner_rejection(st: &SimState, headers: &HeaderMap, now_ms: i64) -> Response {
+    let expired = ["authorization", "token"]
+        .iter()
+        .filter_map(|h| headers.get(*h).and_then(|v| v.to_str().ok()).map(str::trim))
+        .any(|t| st.sessions.get(t).is_some_and(|s| now_ms >= s.exp_ms));
+    if expired && st.knobs.partner_token_invalid_403 {
+        error(StatusCode::FORBIDDEN, "Invalid Access Token")
+    } else {
+        error(StatusCode::UNAUTHORIZED, AUTH_FAILED)
+    }
 }
 
 enum Denied {
@@ -237,7 +257,7 @@ async fn link_app(State(sim): State<GupshupSim>, headers: HeaderMap, body: Bytes
     let now = sim.core().clock.now_ms();
     let mut st = sim.state();
     let Some(Caller::Partner(pid)) = caller(&st, &headers, now) else {
-        return error(StatusCode::UNAUTHORIZED, AUTH_FAILED);
+        return partner_rejection(&st, &headers, now);
     };
     let lim = sim.config().limits.link;
     if sim.core().check_limit("link_app", &pid.to_string(), lim.max, lim.window()).is_err() {
@@ -266,6 +286,15 @@ async fn link_app(State(sim): State<GupshupSim>, headers: HeaderMap, body: Bytes
     if region.is_some_and(|r| !STORAGE_REGIONS.contains(&r)) {
         return error(StatusCode::BAD_REQUEST, "Invalid Region Passed");
     }
+    // [I] bot names are compared case-insensitively. With `bot_exists_on_relink` (issue 17
+    // point 9) the name is checked first, as the TPP page documents only this 409: a retried
+    // link (same name and phone) then learns nothing but "Bot Already Exists".
+    let name_taken = st.apps.values().any(|a| a.name.eq_ignore_ascii_case(name));
+    if name_taken && st.knobs.bot_exists_on_relink {
+        drop(st);
+        sim.core().count_duplicate_create();
+        return error(StatusCode::CONFLICT, "Bot Already Exists");
+    }
     // [I] the phone conflict is checked before the name, so a retried link (same name and
     // phone) gets the recoverable 409 carrying the appId.
     if let Some(existing) = st.apps.values().find(|a| a.phone == phone) {
@@ -278,8 +307,7 @@ async fn link_app(State(sim): State<GupshupSim>, headers: HeaderMap, body: Bytes
         )
             .into_response();
     }
-    // [I] bot names are compared case-insensitively.
-    if st.apps.values().any(|a| a.name.eq_ignore_ascii_case(name)) {
+    if name_taken {
         return error(StatusCode::CONFLICT, "Bot Already Exists");
     }
     let cb = field(&f, "callbackUrl");
@@ -300,6 +328,7 @@ async fn link_app(State(sim): State<GupshupSim>, headers: HeaderMap, body: Bytes
         fails = true;
     }
     let id = uuid::Uuid::new_v4().to_string();
+    let done_before_finalize = st.knobs.done_before_finalize;
     st.apps.insert(
         id.clone(),
         App {
@@ -315,6 +344,7 @@ async fn link_app(State(sim): State<GupshupSim>, headers: HeaderMap, body: Bytes
             fails,
             token: None,
             live_notified: false,
+            done_before_finalize,
         },
     );
     drop(st);
@@ -334,7 +364,7 @@ async fn app_token(State(sim): State<GupshupSim>, Path(app_id): Path<String>, he
     let now = sim.core().clock.now_ms();
     let mut st = sim.state();
     let Some(Caller::Partner(pid)) = caller(&st, &headers, now) else {
-        return error(StatusCode::UNAUTHORIZED, AUTH_FAILED);
+        return partner_rejection(&st, &headers, now);
     };
     let as_string = st.knobs.token_as_string;
     let Some(app) = st.apps.get_mut(&app_id) else {
@@ -342,17 +372,17 @@ async fn app_token(State(sim): State<GupshupSim>, Path(app_id): Path<String>, he
         return error(StatusCode::BAD_REQUEST, "Invalid app id provided");
     };
     if app.partner_id != pid {
-        return error(StatusCode::FORBIDDEN, "Invalid Access Token");
+        // The app-list page's text for "app does not belong to the Partner" [C] (issue 17
+        // point 12: `Invalid Access Token` is a rejected token, which a re-login cures).
+        return error(StatusCode::FORBIDDEN, "Unauthorized Access");
     }
     let mut created = false;
     let tok = app
         .token
         .get_or_insert_with(|| {
             created = true;
-            let mut raw = [0u8; 16];
-            rand::rng().fill(&mut raw);
             AppToken {
-                token: format!("sk_{}", hex::encode(raw)),
+                token: new_app_token(),
                 authoriser_id: uuid::Uuid::new_v4().to_string(),
                 requestor_id: pid.to_string(),
                 created_ms: now,
@@ -383,11 +413,11 @@ async fn pipeline(State(sim): State<GupshupSim>, Path(app_id): Path<String>, hea
     let now = sim.core().clock.now_ms();
     let (whatsapp, live_pending) = {
         let st = sim.state();
-        // [I] partner token accepted too; a foreign or unknown app is the documented 400.
-        match authorize_app(&st, &headers, &app_id, now, true) {
-            Ok(()) => {}
-            Err(Denied::Unauthenticated) => return error(StatusCode::UNAUTHORIZED, AUTH_FAILED),
-            Err(_) => return error(StatusCode::BAD_REQUEST, REVIEW),
+        // [I] partner token accepted too. A missing, stale or foreign token and an unknown
+        // app are all the documented 400 ("Validate request parameters or authorization
+        // token", 1.3.4; issue 17 point 12).
+        if authorize_app(&st, &headers, &app_id, now, true).is_err() {
+            return error(StatusCode::BAD_REQUEST, REVIEW);
         }
         let lim = sim.config().limits.pipeline;
         if sim.core().check_limit("pipeline", &app_id, lim.max, lim.window()).is_err() {
@@ -397,7 +427,7 @@ async fn pipeline(State(sim): State<GupshupSim>, Path(app_id): Path<String>, hea
             return error(StatusCode::BAD_REQUEST, REVIEW);
         };
         let view = pipeline_at(app, now, sim.config().stage_ms);
-        (pipeline_json(app, &view), view.live && !app.live_notified)
+        (pipeline_json(app, &view, &st.knobs), view.live && !app.live_notified)
     };
     if live_pending {
         sim.tick();
@@ -415,6 +445,9 @@ async fn set_callback_url(
     let f = form(&body);
     let now = sim.core().clock.now_ms();
     let mut st = sim.state();
+    if st.knobs.callback_url_gone {
+        return not_found();
+    }
     if let Err(d) = authorize_app(&st, &headers, &app_id, now, true) {
         return app_denied(d);
     }
@@ -430,6 +463,163 @@ async fn set_callback_url(
     }
     // [I] undocumented success body.
     success(json!({"status": "success"}))
+}
+
+/// [I] Gupshup's answer to a path it does not serve is undocumented.
+fn not_found() -> Response {
+    error(StatusCode::NOT_FOUND, "Not Found")
+}
+
+/// Modes `PUT …/callback` accepts (providers.md 1.3.6).
+const CALLBACK_MODES: [&str; 8] = ["NONE", "READ", "DELIVERED", "SENT", "DELETED", "OTHERS", "TEMPLATE", "ACCOUNT"];
+
+/// `PUT /partner/app/{appId}/callback` (1.3.6): partner token; form `url` (required, valid),
+/// `modes` (CSV of [`CALLBACK_MODES`]), `directForwarding`, `notifyWithPhone` (`true` /
+/// `false`); any other field, or a value outside these, is a 400.
+async fn set_callback(
+    State(sim): State<GupshupSim>,
+    Path(app_id): Path<String>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    let f = form(&body);
+    let now = sim.core().clock.now_ms();
+    let mut st = sim.state();
+    if st.knobs.callback_gone {
+        return not_found();
+    }
+    match caller(&st, &headers, now) {
+        Some(Caller::Partner(pid)) => match st.apps.get(&app_id) {
+            None => return error(StatusCode::BAD_REQUEST, "Invalid app id provided"),
+            Some(a) if a.partner_id != pid => return error(StatusCode::FORBIDDEN, "Unauthorized Access"),
+            Some(_) => {}
+        },
+        // The page documents the partner token only.
+        Some(Caller::App(_)) => return error(StatusCode::UNAUTHORIZED, AUTH_FAILED),
+        None => return partner_rejection(&st, &headers, now),
+    }
+    const FIELDS: [&str; 4] = ["url", "modes", "directForwarding", "notifyWithPhone"];
+    if f.keys().any(|k| !FIELDS.contains(&k.as_str())) {
+        return error(StatusCode::BAD_REQUEST, REVIEW);
+    }
+    let Some(url) = field(&f, "url").filter(|u| valid_url(u)) else {
+        return error(StatusCode::BAD_REQUEST, "Invalid URL Passed");
+    };
+    let modes: Vec<&str> = field(&f, "modes").map(|m| m.split(',').map(str::trim).collect()).unwrap_or_default();
+    if modes.iter().any(|m| !CALLBACK_MODES.contains(m)) {
+        return error(StatusCode::BAD_REQUEST, "Invalid modes passed");
+    }
+    for b in ["directForwarding", "notifyWithPhone"] {
+        if f.contains_key(b) && parse_bool(f.get(b).map(String::as_str)).is_none() {
+            return error(StatusCode::BAD_REQUEST, REVIEW);
+        }
+    }
+    let url = url.to_string();
+    if let Some(a) = st.apps.get_mut(&app_id) {
+        a.callback_url = Some(url.clone());
+    }
+    // [I] the sample is truncated after `url`.
+    success(json!({"status": "success", "callback": {"url": url, "modes": modes}}))
+}
+
+/// One app as an item of `GET /partner/app/list` (1.3.6).
+fn list_item(app: &App, now: i64, stage_ms: u64) -> Value {
+    let view = pipeline_at(app, now, stage_ms);
+    json!({
+        "id": app.id, "name": app.name,
+        // [I] the app type of the details sample.
+        "type": "apicallbackpost",
+        "live": view.live, "phone": app.phone, "stopped": false, "storageRegion": app.storage_region,
+        "uiFormStage": view.ui_form_stage, "pipelineStage": view.pipeline_stage,
+        "creationStage": view.creation_stage, "whatsappVerificationStatus": view.verification,
+        "version": 2, "products": ["ANALYTICS", "CUSTOMER_SUPPORT"],
+        "createdOn": app.created_ms, "modifiedOn": view.modified_ms,
+    })
+}
+
+/// `GET /partner/app/list?name=&phone=&pageNo=&pageSize=` (1.3.6): the partner's own apps,
+/// `name` / `phone` contains-search AND-ed, pages from 1 (default size 10). Any other query
+/// parameter, or a page number / size that is not a positive integer, is a 400.
+async fn app_list(State(sim): State<GupshupSim>, headers: HeaderMap, RawQuery(query): RawQuery) -> Response {
+    let now = sim.core().clock.now_ms();
+    let st = sim.state();
+    if st.knobs.applist_gone {
+        return not_found();
+    }
+    let pid = match caller(&st, &headers, now) {
+        Some(Caller::Partner(pid)) => pid,
+        Some(Caller::App(_)) => return error(StatusCode::UNAUTHORIZED, "Unauthorized Access"),
+        None => return partner_rejection(&st, &headers, now),
+    };
+    let q: Vec<(String, String)> = match serde_urlencoded::from_str(query.as_deref().unwrap_or_default()) {
+        Ok(q) => q,
+        Err(_) => return error(StatusCode::BAD_REQUEST, REVIEW),
+    };
+    let mut filter = (None::<String>, None::<String>);
+    let (mut page_no, mut page_size) = (1usize, 10usize);
+    for (k, v) in &q {
+        let positive = || v.parse::<usize>().ok().filter(|n| *n > 0);
+        match k.as_str() {
+            "name" => filter.0 = Some(v.to_ascii_lowercase()),
+            "phone" => filter.1 = Some(v.clone()),
+            "pageNo" => match positive() {
+                Some(n) => page_no = n,
+                None => return error(StatusCode::BAD_REQUEST, REVIEW),
+            },
+            "pageSize" => match positive() {
+                Some(n) => page_size = n,
+                None => return error(StatusCode::BAD_REQUEST, REVIEW),
+            },
+            _ => return error(StatusCode::BAD_REQUEST, REVIEW),
+        }
+    }
+    let mut apps: Vec<&App> = st
+        .apps
+        .values()
+        .filter(|a| a.partner_id == pid)
+        .filter(|a| filter.0.as_ref().is_none_or(|n| a.name.to_ascii_lowercase().contains(n.as_str())))
+        .filter(|a| filter.1.as_ref().is_none_or(|p| a.phone.contains(p.as_str())))
+        .collect();
+    apps.sort_by_key(|a| (a.created_ms, a.id.clone()));
+    let stage_ms = sim.config().stage_ms;
+    let items: Vec<Value> = apps
+        .iter()
+        .skip((page_no - 1).saturating_mul(page_size))
+        .take(page_size)
+        .map(|a| list_item(a, now, stage_ms))
+        .collect();
+    match st.knobs.applist_shape {
+        AppListShape::Array => success(Value::Array(items)),
+        AppListShape::Data => success(json!({"status": "success", "data": items})),
+        AppListShape::PartnerAppsList => success(json!({"status": "success", "partnerAppsList": items})),
+    }
+}
+
+/// `GET /partner/account/api/partnerApps` (1.3.6, [C2]): all of the partner's apps.
+async fn partner_apps(State(sim): State<GupshupSim>, headers: HeaderMap) -> Response {
+    let now = sim.core().clock.now_ms();
+    let st = sim.state();
+    let pid = match caller(&st, &headers, now) {
+        Some(Caller::Partner(pid)) => pid,
+        Some(Caller::App(_)) => return error(StatusCode::UNAUTHORIZED, AUTH_FAILED),
+        None => return partner_rejection(&st, &headers, now),
+    };
+    let stage_ms = sim.config().stage_ms;
+    let mut apps: Vec<&App> = st.apps.values().filter(|a| a.partner_id == pid).collect();
+    apps.sort_by_key(|a| (a.created_ms, a.id.clone()));
+    let list: Vec<Value> = apps
+        .iter()
+        .map(|a| {
+            let view = pipeline_at(a, now, stage_ms);
+            json!({
+                "id": a.id, "name": a.name, "customerId": "NA", "live": view.live, "partnerId": pid,
+                "createdOn": a.created_ms, "modifiedOn": view.modified_ms, "partnerCreated": true,
+                "cxpEnabled": false, "partnerUsage": true, "stopped": false, "healthy": true, "cap": 0,
+                "phone": a.phone,
+            })
+        })
+        .collect();
+    success(json!({"status": "success", "partnerAppsList": list}))
 }
 
 /// Validated subscription fields (all optional, for create and update).
@@ -718,13 +908,22 @@ async fn control_start(State(sim): State<GupshupSim>, Path(app_id): Path<String>
     }
 }
 
+/// `POST /_sim/gupshup/apps/{appId}/rotate-token`: replaces the app's token (the old one is
+/// refused from now on); answers `{"token":…}`, 404 for an unknown app or one without a token.
+async fn control_rotate_token(State(sim): State<GupshupSim>, Path(app_id): Path<String>) -> Response {
+    match sim.rotate_app_token(&app_id) {
+        Some(token) => Json(json!({"token": token})).into_response(),
+        None => (StatusCode::NOT_FOUND, Json(json!({"error": "unknown app or no token yet"}))).into_response(),
+    }
+}
+
 /// `GET /_sim/gupshup/knobs`: the simulator-specific knobs.
 async fn control_get_knobs(State(sim): State<GupshupSim>) -> Response {
     Json(sim.knobs()).into_response()
 }
 
-/// `PUT /_sim/gupshup/knobs`: partial update of `fail_callback_next`, `fail_next_pipelines`,
-/// `token_as_string`; answers the resulting knobs.
+/// `PUT /_sim/gupshup/knobs`: partial update of any field of [`super::GupshupKnobs`];
+/// answers the resulting knobs.
 async fn control_put_knobs(State(sim): State<GupshupSim>, Json(p): Json<super::KnobsPatch>) -> Response {
     Json(sim.update_knobs(p)).into_response()
 }

@@ -51,6 +51,49 @@ pub struct GupshupKnobs {
     /// now expire (at most 3 months, providers.md §1.2 [C]); a login at or after this time
     /// answers 401 `Authentication Failed` ([I] text, `AUTH_FAILED`).
     pub secret_expires_at_ms: Option<i64>,
+    // issue 17 points 9-13
+    /// Point 9: a link repeating an existing app's name and phone answers the TPP page's 409
+    /// `Bot Already Exists` (no `appId`) instead of the export's phone-409 naming the app.
+    pub bot_exists_on_relink: bool,
+    /// Point 9: body shape of `GET /partner/app/list`.
+    pub applist_shape: AppListShape,
+    /// Point 9: `GET /partner/app/list` answers 404 (an account without it), so only the
+    /// older `GET /partner/account/api/partnerApps` finds apps.
+    pub applist_gone: bool,
+    /// Point 10: the pipeline body carries `stageRetries` (the vendor's pipeline examples
+    /// never show it, so off by default).
+    pub pipeline_stage_retries: bool,
+    /// Point 10: a failing pipeline shows `creationStage: ERROR` on each retry (with
+    /// `stageRetries` 1..=3) before the final ERROR, the other reading of "retries three times
+    /// before failing". Implies `stageRetries` in the body.
+    pub error_while_retrying: bool,
+    /// Point 11: apps linked from now on report `WHATSAPP_PROVISIONING_DONE` with
+    /// `pipeLineStage: GET_CERTIFICATE` for one stage before FINALIZE; the live event goes out
+    /// at DONE.
+    pub done_before_finalize: bool,
+    /// Point 12: an expired partner token answers 403 `Invalid Access Token` (a public
+    /// client's report) instead of 401 `Authentication Failed`.
+    pub partner_token_invalid_403: bool,
+    /// Point 13: `PUT /partner/app/{appId}/callbackUrl` answers 404 (retired).
+    pub callback_url_gone: bool,
+    /// Point 13: `PUT /partner/app/{appId}/callback` answers 404.
+    pub callback_gone: bool,
+}
+
+/// Body shapes of `GET /partner/app/list` (issue 17 point 9).
+#[derive(Debug, Clone, Copy, Default, Serialize, Deserialize, PartialEq, Eq)]
+pub enum AppListShape {
+    /// The documented sample's array (the doc wraps it in braces with `status`, which is
+    /// not valid JSON; the array is the closest valid form).
+    #[default]
+    #[serde(rename = "array")]
+    Array,
+    /// `{"status":"success","data":[…]}` (RAKH copy).
+    #[serde(rename = "data")]
+    Data,
+    /// `{"status":"success","partnerAppsList":[…]}` (the older list's key).
+    #[serde(rename = "partnerAppsList")]
+    PartnerAppsList,
 }
 
 /// A partial update of [`GupshupKnobs`] (fields left out keep their value).
@@ -63,6 +106,25 @@ pub struct KnobsPatch {
     pub fail_next_pipelines: Option<u32>,
     /// See [`GupshupKnobs::token_as_string`].
     pub token_as_string: Option<bool>,
+    // issue 17 points 9-13
+    /// See [`GupshupKnobs::bot_exists_on_relink`].
+    pub bot_exists_on_relink: Option<bool>,
+    /// See [`GupshupKnobs::applist_shape`].
+    pub applist_shape: Option<AppListShape>,
+    /// See [`GupshupKnobs::applist_gone`].
+    pub applist_gone: Option<bool>,
+    /// See [`GupshupKnobs::pipeline_stage_retries`].
+    pub pipeline_stage_retries: Option<bool>,
+    /// See [`GupshupKnobs::error_while_retrying`].
+    pub error_while_retrying: Option<bool>,
+    /// See [`GupshupKnobs::done_before_finalize`].
+    pub done_before_finalize: Option<bool>,
+    /// See [`GupshupKnobs::partner_token_invalid_403`].
+    pub partner_token_invalid_403: Option<bool>,
+    /// See [`GupshupKnobs::callback_url_gone`].
+    pub callback_url_gone: Option<bool>,
+    /// See [`GupshupKnobs::callback_gone`].
+    pub callback_gone: Option<bool>,
     // issue 17 points 14-15
     /// See [`GupshupKnobs::versions_current_only`].
     pub versions_current_only: Option<bool>,
@@ -91,6 +153,25 @@ impl GupshupKnobs {
         }
         if let Some(v) = p.token_as_string {
             self.token_as_string = v;
+        }
+        // issue 17 points 9-13
+        let flags = [
+            (p.bot_exists_on_relink, &mut self.bot_exists_on_relink),
+            (p.applist_gone, &mut self.applist_gone),
+            (p.pipeline_stage_retries, &mut self.pipeline_stage_retries),
+            (p.error_while_retrying, &mut self.error_while_retrying),
+            (p.done_before_finalize, &mut self.done_before_finalize),
+            (p.partner_token_invalid_403, &mut self.partner_token_invalid_403),
+            (p.callback_url_gone, &mut self.callback_url_gone),
+            (p.callback_gone, &mut self.callback_gone),
+        ];
+        for (v, slot) in flags {
+            if let Some(v) = v {
+                *slot = v;
+            }
+        }
+        if let Some(v) = p.applist_shape {
+            self.applist_shape = v;
         }
         // issue 17 points 14-15
         if let Some(v) = p.versions_current_only {
@@ -151,6 +232,8 @@ pub struct App {
     pub token: Option<AppToken>,
     /// The live callback has been sent.
     pub live_notified: bool,
+    /// Reports DONE before FINALIZE (the `done_before_finalize` knob when it was linked).
+    pub done_before_finalize: bool,
 }
 
 /// One webhook subscription.
@@ -323,6 +406,16 @@ const HAPPY: [(&str, &str, &str, &str, &str); 4] = [
     ("WHATSAPP_PROVISIONING_DONE", "FINALIZE", "WHATSAPP_VERIFICATION_DONE", "EMBED_STARTED", "COMPLETE_VERIFICATION"),
 ];
 
+/// The extra step of the `done_before_finalize` knob: provisioning done, pipeline not yet
+/// at FINALIZE.
+const DONE_BEFORE_FINALIZE: (&str, &str, &str, &str, &str) = (
+    "WHATSAPP_PROVISIONING_DONE",
+    "GET_CERTIFICATE",
+    "WHATSAPP_VERIFICATION_DONE",
+    "EMBED_STARTED",
+    "COMPLETE_VERIFICATION",
+);
+
 /// Retries before a failing stage gives up (documented: "retries three times").
 pub const MAX_RETRIES: u32 = 3;
 
@@ -360,9 +453,18 @@ pub fn pipeline_at(app: &App, now_ms: i64, stage_ms: u64) -> PipelineView {
             failed,
         };
     }
-    let last = HAPPY.len() as u64 - 1;
+    // Issue 17 point 11: one stage at DONE before FINALIZE, live (and the live event) from it.
+    let steps: Vec<_> = if app.done_before_finalize {
+        let mut v = HAPPY.to_vec();
+        v.insert(HAPPY.len() - 1, DONE_BEFORE_FINALIZE);
+        v
+    } else {
+        HAPPY.to_vec()
+    };
+    let last = steps.len() as u64 - 1;
     let k = step.min(last);
-    let (c, p, v, e, u) = HAPPY[k as usize];
+    let (c, p, v, e, u) = steps[k as usize];
+    let live_from = if app.done_before_finalize { last - 1 } else { last };
     PipelineView {
         creation_stage: c,
         pipeline_stage: p,
@@ -371,27 +473,37 @@ pub fn pipeline_at(app: &App, now_ms: i64, stage_ms: u64) -> PipelineView {
         verification: v,
         stage_retries: 0,
         modified_ms: at(k),
-        live: k == last,
+        live: k >= live_from,
         failed: false,
     }
 }
 
-/// The `whatsapp` object of `GET …/pipeline` (1.3.4).
-pub fn pipeline_json(app: &App, view: &PipelineView) -> Value {
+/// The `whatsapp` object of `GET …/pipeline` (1.3.4). `stageRetries` only with the
+/// `pipeline_stage_retries` or `error_while_retrying` knob (issue 17 point 10: the vendor's
+/// pipeline examples never show it); with `error_while_retrying` a failing app's retries
+/// show `creationStage: ERROR` already.
+pub fn pipeline_json(app: &App, view: &PipelineView, knobs: &GupshupKnobs) -> Value {
     let (cc, national) = split_phone(&app.phone);
-    json!({
+    let creation =
+        if knobs.error_while_retrying && app.fails && view.stage_retries > 0 { "ERROR" } else { view.creation_stage };
+    let mut v = json!({
         "countryCode": cc,
         "createdOn": app.created_ms,
-        "creationStage": view.creation_stage,
+        "creationStage": creation,
         "dialCode": national,
         "embedStage": view.embed_stage,
         "id": app.id,
         "modifiedOn": view.modified_ms,
         "pipeLineStage": view.pipeline_stage,
-        "stageRetries": view.stage_retries,
         "uiFormStage": view.ui_form_stage,
         "whatsappVerificationStatus": view.verification,
-    })
+    });
+    if (knobs.pipeline_stage_retries || knobs.error_while_retrying)
+        && let Some(o) = v.as_object_mut()
+    {
+        o.insert("stageRetries".into(), json!(view.stage_retries));
+    }
+    v
 }
 
 /// Fills the v2 envelope around an event body: `app`, `appId`, `phone`, `timestamp` and
@@ -426,6 +538,13 @@ pub fn live_event(app: &App, now_ms: i64) -> Value {
             }
         }
     })
+}
+
+/// A fresh app token (`sk_` + 32 hex digits).
+pub fn new_app_token() -> String {
+    let mut raw = [0u8; 16];
+    rand::Rng::fill(&mut rand::rng(), &mut raw);
+    format!("sk_{}", hex::encode(raw))
 }
 
 /// Whether a string is an absolute http(s) URL with a host.

@@ -349,7 +349,7 @@ async fn app_token_shapes_and_access() {
     let other = json_of(r).await.1["token"].as_str().unwrap().to_string();
     assert_eq!(
         json_of(c.get(&url).header("Authorization", &other).send().await.unwrap()).await,
-        (403, err("Invalid Access Token"))
+        (403, err("Unauthorized Access"))
     );
     let unknown = format!("{base}/partner/app/{}/token", uuid::Uuid::new_v4());
     assert_eq!(
@@ -392,7 +392,7 @@ async fn pipeline_progresses_to_live_and_fires_callbacks() {
         json!({
             "countryCode": "91", "createdOn": created, "creationStage": "INITIAL", "dialCode": "9087875656",
             "embedStage": "EMBED_PENDING", "id": app_id, "modifiedOn": created, "pipeLineStage": "CREATE_DOCKER",
-            "stageRetries": 0, "uiFormStage": "GET_WHATSAPP_APPROVAL", "whatsappVerificationStatus": "PN_DN_APPROVED"
+            "uiFormStage": "GET_WHATSAPP_APPROVAL", "whatsappVerificationStatus": "PN_DN_APPROVED"
         })
     );
     let expect = [
@@ -434,7 +434,11 @@ async fn pipeline_progresses_to_live_and_fires_callbacks() {
     // Other app's token or unknown app: documented 400; no token: 401.
     let other = link_ok(&c, &base, &t, "OtherLiveApp", "919000000402", None).await;
     assert_eq!(pipeline(&c, &base, &at, &other).await, (400, err("Please review the request parameters and retry")));
-    assert_eq!(pipeline(&c, &base, "nope", &app_id).await, (401, err("Authentication Failed")));
+    // A bad token is the same documented 400 (issue 17 point 12).
+    assert_eq!(
+        pipeline(&c, &base, "nope", &app_id).await,
+        (400, err("Please review the request parameters and retry"))
+    );
 }
 
 #[tokio::test]
@@ -457,6 +461,8 @@ async fn live_callback_duplicated_by_knob() {
 async fn pipeline_error_path_and_limit() {
     let (sim, _r, base, c) = start(cfg()).await;
     let (sink, mut rx, _sink) = receiver().await;
+    // `stageRetries` in the body (issue 17 point 10: off by default).
+    sim.update_knobs(KnobsPatch { pipeline_stage_retries: Some(true), ..KnobsPatch::default() });
     let t = login(&c, &base).await;
     let app_id = link_ok(&c, &base, &t, "FailingApp", "15550001234", Some(&format!("{sink}/cb"))).await;
     for retries in 0..=3 {
@@ -774,4 +780,205 @@ async fn login_with_an_expired_client_secret_is_refused() {
     assert!(r.await.unwrap().status().is_success());
     assert_eq!(sim.knobs().secret_expires_at_ms, None);
     login(&c, &base).await;
+}
+
+// ---------- issue 17 points 9-13 ----------
+
+async fn get_json(c: &Client, url: &str, token: &str) -> (u16, Value) {
+    json_of(c.get(url).header("token", token).send().await.unwrap()).await
+}
+
+/// Point 9: with the knob, a retried link meets `Bot Already Exists`; the app list finds the
+/// app by phone (contains-search, paged, only the partner's own), in three shapes; the older
+/// `partnerApps` list; 404 when the list is gone.
+#[tokio::test]
+async fn bot_exists_knob_app_list_and_partner_apps() {
+    let mut config = cfg();
+    config.limits.link.max = 100;
+    config.partners.push(PartnerCredential {
+        email: "b@x.y".into(),
+        secret: "b".into(),
+        partner_id: 2002,
+        name: "Other".into(),
+    });
+    let (sim, _r, base, c) = start(config).await;
+    let t = login(&c, &base).await;
+    let a1 = link_ok(&c, &base, &t, "ListAppOne", "919000001101", None).await;
+    let a2 = link_ok(&c, &base, &t, "ListAppTwo", "919000001102", None).await;
+    let r = c.post(format!("{base}/partner/account/login")).form(&[("email", "b@x.y"), ("secret", "b")]).send();
+    let other = json_of(r.await.unwrap()).await.1["token"].as_str().unwrap().to_string();
+    link_ok(&c, &base, &other, "Foreign App", "919000001103", None).await;
+
+    let relink = [("name", "ListAppOne"), ("wabaId", "104996545612345"), ("phone", "919000001101")];
+    let (s, v) = link(&c, &base, &t, &relink).await;
+    assert_eq!(s, 409);
+    assert!(v["appId"].is_string(), "phone-409 by default: {v}");
+    sim.update_knobs(KnobsPatch { bot_exists_on_relink: Some(true), ..KnobsPatch::default() });
+    assert_eq!(link(&c, &base, &t, &relink).await, (409, err("Bot Already Exists")));
+
+    let list = format!("{base}/partner/app/list");
+    let (s, v) = get_json(&c, &format!("{list}?phone=919000001101&pageNo=1&pageSize=50"), &t).await;
+    assert_eq!(s, 200);
+    let items = v.as_array().unwrap();
+    assert_eq!(items.len(), 1);
+    assert_eq!(items[0]["id"], a1.as_str());
+    assert_eq!(items[0]["phone"], "919000001101");
+    assert_eq!(items[0]["live"], false);
+    assert!(items[0]["pipelineStage"].is_string() && items[0]["creationStage"].is_string());
+    // Contains-search, own apps only, paged (default size 10).
+    let (_, v) = get_json(&c, &format!("{list}?phone=9190000011"), &t).await;
+    let ids: Vec<&str> = v.as_array().unwrap().iter().filter_map(|i| i["id"].as_str()).collect();
+    assert_eq!(ids, [a1.as_str(), a2.as_str()]);
+    let (_, v) = get_json(&c, &format!("{list}?phone=9190000011&pageNo=2&pageSize=1"), &t).await;
+    assert_eq!(v[0]["id"], a2.as_str());
+    let (_, v) = get_json(&c, &format!("{list}?name=list%20app%20two&phone=11"), &t).await;
+    assert_eq!(v.as_array().unwrap().len(), 1);
+    // Undocumented parameters and bad pages are 400; no partner token is 401.
+    for q in ["search=List", "pageNo=0", "pageSize=x"] {
+        assert_eq!(get_json(&c, &format!("{list}?{q}"), &t).await.0, 400, "{q}");
+    }
+    assert_eq!(get_json(&c, &list, "nope").await.0, 401);
+    // The other shapes.
+    for (shape, key) in [(AppListShape::Data, "data"), (AppListShape::PartnerAppsList, "partnerAppsList")] {
+        sim.update_knobs(KnobsPatch { applist_shape: Some(shape), ..KnobsPatch::default() });
+        let (_, v) = get_json(&c, &format!("{list}?phone=919000001101"), &t).await;
+        assert_eq!((v["status"].as_str(), v[key][0]["id"].as_str()), (Some("success"), Some(a1.as_str())));
+    }
+    // The older list: every app of the partner.
+    let (s, v) = get_json(&c, &format!("{base}/partner/account/api/partnerApps"), &t).await;
+    assert_eq!(s, 200);
+    let apps = v["partnerAppsList"].as_array().unwrap();
+    assert_eq!(apps.len(), 2);
+    assert_eq!((apps[0]["id"].as_str(), apps[0]["partnerId"].as_u64()), (Some(a1.as_str()), Some(1001)));
+    // Gone.
+    sim.update_knobs(KnobsPatch { applist_gone: Some(true), ..KnobsPatch::default() });
+    assert_eq!(get_json(&c, &list, &t).await.0, 404);
+}
+
+/// Point 10: `stageRetries` only with a knob; with `error_while_retrying` the retries show
+/// ERROR already.
+#[tokio::test]
+async fn stage_retries_knobs() {
+    let (sim, _r, base, c) = start(cfg()).await;
+    let t = login(&c, &base).await;
+    let ok = link_ok(&c, &base, &t, "RetryFineApp", "919000001201", None).await;
+    let bad = link_ok(&c, &base, &t, "RetryFailingApp", "15550001299", None).await;
+    sim.core().clock.advance(Duration::from_millis(STAGE));
+    let w = pipeline(&c, &base, &t, &bad).await.1["whatsapp"].clone();
+    assert_eq!((w["creationStage"].as_str(), w.get("stageRetries")), (Some("DOCKER_PROVISIONING"), None));
+    sim.update_knobs(KnobsPatch { pipeline_stage_retries: Some(true), ..KnobsPatch::default() });
+    let w = pipeline(&c, &base, &t, &bad).await.1["whatsapp"].clone();
+    assert_eq!((w["creationStage"].as_str(), w["stageRetries"].as_u64()), (Some("DOCKER_PROVISIONING"), Some(1)));
+    assert_eq!(pipeline(&c, &base, &t, &ok).await.1["whatsapp"]["stageRetries"], 0);
+    sim.update_knobs(KnobsPatch {
+        pipeline_stage_retries: Some(false),
+        error_while_retrying: Some(true),
+        ..KnobsPatch::default()
+    });
+    let w = pipeline(&c, &base, &t, &bad).await.1["whatsapp"].clone();
+    assert_eq!((w["creationStage"].as_str(), w["stageRetries"].as_u64()), (Some("ERROR"), Some(1)));
+    assert!(!sim.app(&bad).unwrap().failed, "not final yet");
+    assert_eq!(pipeline(&c, &base, &t, &ok).await.1["whatsapp"]["creationStage"], "DOCKER_PROVISIONING");
+}
+
+/// Point 11: with `done_before_finalize`, one stage at DONE/GET_CERTIFICATE, and the live
+/// event goes out at DONE.
+#[tokio::test]
+async fn done_before_finalize_knob() {
+    let (sim, _r, base, c) = start(cfg()).await;
+    let (sink, mut rx, _sink) = receiver().await;
+    sim.update_knobs(KnobsPatch { done_before_finalize: Some(true), ..KnobsPatch::default() });
+    let t = login(&c, &base).await;
+    let app_id = link_ok(&c, &base, &t, "EarlyDoneApp", "919000001301", Some(&format!("{sink}/cb"))).await;
+    sim.core().clock.advance(Duration::from_millis(3 * STAGE));
+    let w = pipeline(&c, &base, &t, &app_id).await.1["whatsapp"].clone();
+    assert_eq!(
+        (w["creationStage"].as_str(), w["pipeLineStage"].as_str()),
+        (Some("WHATSAPP_PROVISIONING_DONE"), Some("GET_CERTIFICATE"))
+    );
+    let (_, ev) = recv(&mut rx).await;
+    assert_eq!(ev["payload"]["payload"]["status"], "live");
+    sim.core().clock.advance(Duration::from_millis(STAGE));
+    let w = pipeline(&c, &base, &t, &app_id).await.1["whatsapp"].clone();
+    assert_eq!(w["pipeLineStage"], "FINALIZE");
+    nothing(&mut rx).await;
+}
+
+/// Point 12: a rotated app token is refused on the pipeline with the documented 400, the
+/// new one works; an expired partner token answers 403 `Invalid Access Token` with the knob.
+#[tokio::test]
+async fn rotated_app_token_and_partner_token_error_shapes() {
+    let (sim, _r, base, c) = start(cfg()).await;
+    let t = login(&c, &base).await;
+    let app_id = link_ok(&c, &base, &t, "RotateApp", "919000001401", None).await;
+    let old = app_token(&c, &base, &t, &app_id).await;
+    let r = c.post(format!("{base}/_sim/gupshup/apps/{app_id}/rotate-token")).send().await.unwrap();
+    let (s, v) = json_of(r).await;
+    assert_eq!(s, 200);
+    let new = v["token"].as_str().unwrap().to_string();
+    assert_ne!(new, old);
+    assert_eq!(pipeline(&c, &base, &old, &app_id).await, (400, err("Please review the request parameters and retry")));
+    assert_eq!(pipeline(&c, &base, &new, &app_id).await.0, 200);
+    assert_eq!(app_token(&c, &base, &t, &app_id).await, new, "get-or-create answers the current token");
+    let r = c.post(format!("{base}/_sim/gupshup/apps/nope/rotate-token")).send().await.unwrap();
+    assert_eq!(r.status(), 404);
+
+    sim.core().clock.advance(Duration::from_secs(86_401));
+    let url = format!("{base}/partner/app/{app_id}/token");
+    assert_eq!(get_json(&c, &url, &t).await, (401, err("Authentication Failed")));
+    sim.update_knobs(KnobsPatch { partner_token_invalid_403: Some(true), ..KnobsPatch::default() });
+    assert_eq!(get_json(&c, &url, &t).await, (403, err("Invalid Access Token")));
+    // A token never issued stays a 401.
+    assert_eq!(get_json(&c, &url, "nope").await, (401, err("Authentication Failed")));
+}
+
+/// Point 13: `PUT …/callback` (partner token, `url`, `modes`, two booleans, nothing else) sets
+/// the same callback as `PUT …/callbackUrl`; knobs make either answer 404.
+#[tokio::test]
+async fn callback_endpoint_validation_and_gone_knobs() {
+    let (sim, _r, base, c) = start(cfg()).await;
+    let t = login(&c, &base).await;
+    let app_id = link_ok(&c, &base, &t, "CallbackApp", "919000001501", None).await;
+    let at = app_token(&c, &base, &t, &app_id).await;
+    let url = format!("{base}/partner/app/{app_id}/callback");
+    let put = |token: &str, form: Vec<(&str, &str)>| {
+        let (token, form) =
+            (token.to_string(), form.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect::<Vec<_>>());
+        let rb = c.put(&url).header("token", token).form(&form);
+        async move { json_of(rb.send().await.unwrap()).await }
+    };
+    let review = err("Please review the request parameters and retry");
+    assert_eq!(put(&t, vec![("url", "ftp//x")]).await, (400, err("Invalid URL Passed")));
+    assert_eq!(put(&t, vec![("modes", "ACCOUNT")]).await, (400, err("Invalid URL Passed")));
+    assert_eq!(
+        put(&t, vec![("url", "https://h.example/cb"), ("modes", "COPY")]).await,
+        (400, err("Invalid modes passed"))
+    );
+    assert_eq!(put(&t, vec![("url", "https://h.example/cb"), ("notifyWithPhone", "yes")]).await, (400, review.clone()));
+    assert_eq!(put(&t, vec![("url", "https://h.example/cb"), ("callbackUrl", "x")]).await, (400, review));
+    assert_eq!(put(&at, vec![("url", "https://h.example/cb")]).await.0, 401, "partner token only");
+    let (s, v) = put(
+        &t,
+        vec![
+            ("url", "https://h.example/cb"),
+            ("modes", "ACCOUNT, SENT"),
+            ("directForwarding", "true"),
+            ("notifyWithPhone", "false"),
+        ],
+    )
+    .await;
+    assert_eq!(s, 200, "{v}");
+    assert_eq!(v["callback"]["url"], "https://h.example/cb");
+    assert_eq!(sim.app(&app_id).unwrap().callback_url.as_deref(), Some("https://h.example/cb"));
+
+    sim.update_knobs(KnobsPatch { callback_gone: Some(true), callback_url_gone: Some(true), ..KnobsPatch::default() });
+    assert_eq!(put(&t, vec![("url", "https://h.example/cb")]).await.0, 404);
+    let r = c
+        .put(format!("{base}/partner/app/{app_id}/callbackUrl"))
+        .header("Authorization", &at)
+        .form(&[("callbackUrl", "https://h.example/cb2")])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 404);
 }
