@@ -6,7 +6,9 @@ use std::collections::BTreeMap;
 
 use super::claims::ClaimKey;
 use super::{Caller, Core};
-use crate::domain::{AccountId, OnboardingId, OnboardingState, ProviderKind, StepState, new_id, now_ms};
+use crate::domain::{
+    AccountId, EventKind, OnboardingId, OnboardingState, Patch, ProviderKind, StepState, new_id, now_ms,
+};
 use crate::error::{AppError, ErrorCode};
 use crate::providers::{CallContext, HostedLinkOps, Provider, ProviderHandle, StartPayload, StartRequest};
 use crate::store::{
@@ -165,12 +167,8 @@ impl Core {
         let new = NewOnboarding {
             onboarding: o.clone(),
             steps,
-            event: NewEvent {
-                kind: "created".into(),
-                reason: "onboarding accepted".into(),
-                step: None,
-                data_json: serde_json::json!({"reference": o.reference}).to_string(),
-            },
+            event: NewEvent::new(EventKind::Created, "onboarding accepted")
+                .with_attributes(&serde_json::json!({"reference": o.reference})),
             idempotency: idem,
         };
         match self.store.create_onboarding(&new).await {
@@ -334,12 +332,8 @@ impl Core {
             batch_rows.push(NewOnboarding {
                 onboarding: o,
                 steps,
-                event: NewEvent {
-                    kind: "created".into(),
-                    reason: "hosted link minted".into(),
-                    step: None,
-                    data_json: serde_json::json!({"batch_id": batch, "reference": reference}).to_string(),
-                },
+                event: NewEvent::new(EventKind::Created, "hosted link minted")
+                    .with_attributes(&serde_json::json!({"batch_id": batch, "reference": reference})),
                 idempotency: idem,
             });
         }
@@ -401,17 +395,13 @@ impl Core {
                 })
                 .collect();
             let change = OnboardingChange {
-                onboarding_id: Some(id.clone()),
-                desired_state: Some(Some(OnboardingState::Cancelled)),
+                desired_state: Patch::Set(OnboardingState::Cancelled),
                 steps,
-                event: NewEvent {
-                    kind: "cancel_requested".into(),
-                    reason: "cancel requested by the caller".into(),
-                    step: None,
-                    data_json: "{}".into(),
-                },
-                at_ms: now,
-                ..Default::default()
+                ..OnboardingChange::new(
+                    id,
+                    NewEvent::new(EventKind::CancelRequested, "cancel requested by the caller"),
+                    now,
+                )
             };
             self.store.apply_change(&change).await?;
         }
@@ -421,16 +411,8 @@ impl Core {
             Err(e) if e.code == ErrorCode::FailedPrecondition || e.code == ErrorCode::InvalidArgument => {
                 // The provider refuses (finished): drop the intent so the engine does not retry.
                 let change = OnboardingChange {
-                    onboarding_id: Some(id.clone()),
-                    desired_state: Some(None),
-                    event: NewEvent {
-                        kind: "cancel_refused".into(),
-                        reason: e.message.clone(),
-                        step: None,
-                        data_json: "{}".into(),
-                    },
-                    at_ms: now_ms(),
-                    ..Default::default()
+                    desired_state: Patch::Clear,
+                    ..OnboardingChange::new(id, NewEvent::new(EventKind::CancelRefused, e.message.clone()), now_ms())
                 };
                 self.store.apply_change(&change).await?;
                 Err(e)
@@ -493,17 +475,15 @@ impl Core {
         step.updated_ms = now;
         let attrs = BTreeMap::from([("code_length".to_string(), code.len().to_string())]);
         let change = OnboardingChange {
-            onboarding_id: Some(id.clone()),
             expect_sequence: Some(o.sequence),
             steps: vec![step],
-            event: NewEvent {
-                kind: "verification_code_submitted".into(),
-                reason: "verification code submitted".into(),
-                step: Some(STEP_VERIFY_NUMBER.into()),
-                data_json: serde_json::to_string(&attrs).unwrap_or_else(|_| "{}".into()),
-            },
-            at_ms: now,
-            ..Default::default()
+            ..OnboardingChange::new(
+                id,
+                NewEvent::new(EventKind::VerificationCodeSubmitted, "verification code submitted")
+                    .at_step(STEP_VERIFY_NUMBER)
+                    .with_attributes(&attrs),
+                now,
+            )
         };
         self.store.apply_change(&change).await.map_err(|e| match e {
             StoreError::Conflict(_) => AppError::new(ErrorCode::Aborted, "the onboarding changed meanwhile; retry"),
