@@ -6,7 +6,7 @@ use rand::RngCore;
 
 use super::{Caller, Core};
 use crate::domain::account::{AccountOptions, Credentials};
-use crate::domain::{AccountId, OnboardingState, ProviderKind, Secret, now_ms};
+use crate::domain::{AccountId, EventKind, OnboardingState, Patch, ProviderKind, Secret, now_ms};
 use crate::error::{AppError, ErrorCode, Violations};
 use crate::store::{AccountRecord, NewEvent, OnboardingChange, OnboardingFilter, Page, PageRequest, StoreError};
 
@@ -276,18 +276,10 @@ impl Core {
         }
         for o in open {
             let change = OnboardingChange {
-                onboarding_id: Some(o.id.clone()),
                 state: Some(OnboardingState::Failed),
                 state_reason: Some(format!("account accounts/{} was deleted", id.name())),
-                state_deadline_ms: Some(None),
-                event: NewEvent {
-                    kind: "state_changed".into(),
-                    reason: "account deleted".into(),
-                    step: None,
-                    data_json: "{}".into(),
-                },
-                at_ms: now_ms(),
-                ..Default::default()
+                state_deadline_ms: Patch::Clear,
+                ..OnboardingChange::new(&o.id, NewEvent::new(EventKind::StateChanged, "account deleted"), now_ms())
             };
             self.store.apply_change(&change).await?;
         }

@@ -585,7 +585,7 @@ mod tests {
             events.push(EventRecord {
                 onboarding_id: id(),
                 sequence,
-                kind: "k".into(),
+                kind: crate::domain::EventKind::Callback,
                 state: OnboardingState::Provisioning,
                 previous_state: OnboardingState::Provisioning,
                 reason: String::new(),

@@ -18,7 +18,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 
 use super::Core;
 use super::engine::{CONFLICT_RETRIES, details_map, engine_field, log_change, rank, set_engine_field, skip_unfinished};
-use crate::domain::{AccountId, OnboardingId, OnboardingState, StepState, UnixMs, now_ms};
+use crate::domain::{AccountId, EventKind, OnboardingId, OnboardingState, Patch, StepState, UnixMs, now_ms};
 use crate::error::AppError;
 use crate::providers::{CallbackEvent, Provider};
 use crate::store::{
@@ -380,7 +380,7 @@ impl Core {
             match outcome {
                 Ok(ChangeOutcome::Applied(e)) => {
                     log_change(&e);
-                    wake |= e.kind != "provider_status";
+                    wake |= e.kind.wakes_engine();
                     report.applied += 1;
                 }
                 Ok(ChangeOutcome::AlreadyProcessed(_)) => report.already_processed += 1,
@@ -479,13 +479,11 @@ impl Core {
         let mut attrs: std::collections::BTreeMap<String, String> = cb.fields.clone();
         attrs.insert("event".into(), cb.raw_status.clone());
         let mut change = OnboardingChange {
-            onboarding_id: Some(o.id.clone()),
             expect_sequence: Some(o.sequence),
             webhook_event_id: Some(webhook_id.to_string()),
-            at_ms: now,
-            ..Default::default()
+            ..OnboardingChange::new(&o.id, NewEvent::new(EventKind::StateChanged, String::new()), now)
         };
-        let mut kind = "callback";
+        let mut kind = EventKind::Callback;
         // The adapter's own explanation (e.g. Whapi "the phone was logged out") when it has one.
         let mut reason = match cb.fields.get("reason").filter(|r| !r.is_empty()) {
             Some(why) => format!("{why} ({} callback {})", o.provider, cb.raw_status),
@@ -506,15 +504,15 @@ impl Core {
             {
                 change.state = Some(s);
                 change.state_reason = Some(reason.clone());
-                kind = "state_changed";
+                kind = EventKind::StateChanged;
                 if s.is_terminal() {
                     change.steps = skip_unfinished(steps.to_vec(), now);
-                    change.state_deadline_ms = Some(None);
+                    change.state_deadline_ms = Patch::Clear;
                 } else if rank(s) < rank(o.state) {
                     // Moved back (a Whapi phone logged out of a live channel): reopen the step
                     // that waits in that state, so the next login is noticed and confirmed.
                     if let Some(step) = self.reopen_for(o, provider, s, steps, now)? {
-                        change.state_deadline_ms = Some(step.deadline_ms);
+                        change.state_deadline_ms = Patch::replace(step.deadline_ms);
                         change.steps.push(step);
                     }
                 }
@@ -530,12 +528,7 @@ impl Core {
             }
         }
         change.details_json = Some(serde_json::Value::Object(details).to_string());
-        change.event = NewEvent {
-            kind: kind.into(),
-            reason,
-            step: None,
-            data_json: serde_json::to_string(&attrs).unwrap_or_else(|_| "{}".into()),
-        };
+        change.event = NewEvent::new(kind, reason).with_attributes(&attrs);
         Ok(change)
     }
 

@@ -13,7 +13,9 @@ use super::accounts::CheckResult;
 use super::claims::ClaimKey;
 use super::context::ENGINE_KEY;
 use super::{Caller, Core};
-use crate::domain::{AccountId, ChannelId, E164, OnboardingId, OnboardingState, ProviderKind, Secret, UnixMs, now_ms};
+use crate::domain::{
+    AccountId, ChannelId, E164, EventKind, OnboardingId, OnboardingState, Patch, ProviderKind, Secret, UnixMs, now_ms,
+};
 use crate::error::{AppError, ErrorCode};
 use crate::providers::http::TokenStatus;
 use crate::providers::{
@@ -24,30 +26,6 @@ use crate::providers::{
 use crate::store::{
     AccountRecord, NewEvent, OnboardingChange, OnboardingFilter, OnboardingRecord, Page, PageRequest, StoreError,
 };
-
-/// Event kinds written by this module (all without secrets).
-pub mod events {
-    /// `GetAppToken` returned the token (attributes: `who`, `resource_id`).
-    pub const TOKEN_READ: &str = "token_read";
-    /// A subscription was created at the provider.
-    pub const SUBSCRIPTION_CREATED: &str = "subscription_created";
-    /// A subscription was deleted at the provider.
-    pub const SUBSCRIPTION_DELETED: &str = "subscription_deleted";
-    /// Days were added to a channel (attributes: `request_id`, `days`, `active_till_ms`).
-    pub const CHANNEL_EXTENDED: &str = "channel_extended";
-    /// `ExtendChannel` is about to add days (written before the provider call: `request_id`,
-    /// `days`, `active_till_ms` before), so a retry anywhere can tell whether it happened.
-    pub const CHANNEL_EXTEND_REQUESTED: &str = "channel_extend_requested";
-    /// That attempt failed (attributes: `request_id`, `error`, the provider's raw code): a
-    /// retry checks whether the days landed before extending again.
-    pub const CHANNEL_EXTEND_FAILED: &str = "channel_extend_failed";
-    /// A QR or pairing code was handed out (attributes: `method`; never the code).
-    pub const CONNECT_CODE_ISSUED: &str = "connect_code_issued";
-    /// A channel's mode was switched.
-    pub const CHANNEL_MODE_SET: &str = "channel_mode_set";
-    /// A channel was deleted (the onboarding is recorded `CANCELLED`).
-    pub const CHANNEL_DELETED: &str = "channel_deleted";
-}
 
 /// Operation name of `CreateSubscription` request claims.
 const OP_CREATE_SUBSCRIPTION: &str = "CreateSubscription";
@@ -161,9 +139,8 @@ fn str_of<'a>(v: &'a serde_json::Value, keys: &[&str]) -> Option<&'a str> {
     keys.iter().find_map(|k| v.get(*k).and_then(|x| x.as_str()).filter(|s| !s.is_empty()))
 }
 
-fn attrs(pairs: &[(&str, serde_json::Value)]) -> String {
-    let m: serde_json::Map<String, serde_json::Value> = pairs.iter().map(|(k, v)| (k.to_string(), v.clone())).collect();
-    serde_json::Value::Object(m).to_string()
+fn attrs(pairs: &[(&str, serde_json::Value)]) -> serde_json::Value {
+    serde_json::Value::Object(pairs.iter().map(|(k, v)| (k.to_string(), v.clone())).collect())
 }
 
 fn subscriptions_of(p: &dyn Provider) -> Result<&dyn SubscriptionOps, AppError> {
@@ -242,7 +219,7 @@ impl Core {
     async fn event_with_request_id(
         &self,
         id: &OnboardingId,
-        kind: &str,
+        kind: EventKind,
         request_id: &str,
     ) -> Result<Option<serde_json::Value>, AppError> {
         Ok(self.events_with_request_id(id, &[kind], request_id).await?.into_iter().next().map(|(_, d)| d))
@@ -253,9 +230,9 @@ impl Core {
     async fn events_with_request_id(
         &self,
         id: &OnboardingId,
-        kinds: &[&str],
+        kinds: &[EventKind],
         request_id: &str,
-    ) -> Result<Vec<(String, serde_json::Value)>, AppError> {
+    ) -> Result<Vec<(EventKind, serde_json::Value)>, AppError> {
         const PAGE: u32 = 500;
         let mut after = 0;
         let mut found = Vec::new();
@@ -263,10 +240,10 @@ impl Core {
             let evs = self.store.events(id, after, PAGE).await?;
             for e in &evs {
                 after = e.sequence;
-                if kinds.contains(&e.kind.as_str()) {
+                if kinds.contains(&e.kind) {
                     let d: serde_json::Value = serde_json::from_str(&e.data_json).unwrap_or_default();
                     if d["request_id"].as_str() == Some(request_id) {
-                        found.push((e.kind.clone(), d));
+                        found.push((e.kind, d));
                     }
                 }
             }
@@ -298,13 +275,10 @@ impl Core {
             };
             edit(&mut d);
             let change = OnboardingChange {
-                onboarding_id: Some(id.clone()),
                 expect_sequence: Some(o.sequence),
                 details_json: Some(serde_json::Value::Object(d).to_string()),
-                expire_ms: expire_ms.map(Some),
-                event: event.clone(),
-                at_ms: now_ms(),
-                ..Default::default()
+                expire_ms: expire_ms.map_or(Patch::Keep, Patch::Set),
+                ..OnboardingChange::new(id, event.clone(), now_ms())
             };
             match self.store.apply_change(&change).await {
                 Ok(_) => return Ok(()),
@@ -316,13 +290,15 @@ impl Core {
     }
 
     /// Appends an audit event (no state change).
-    async fn audit(&self, id: &OnboardingId, kind: &str, reason: &str, data_json: String) -> Result<(), AppError> {
-        let change = OnboardingChange {
-            onboarding_id: Some(id.clone()),
-            event: NewEvent { kind: kind.into(), reason: reason.into(), step: None, data_json },
-            at_ms: now_ms(),
-            ..Default::default()
-        };
+    async fn audit(
+        &self,
+        id: &OnboardingId,
+        kind: EventKind,
+        reason: &str,
+        attributes: serde_json::Value,
+    ) -> Result<(), AppError> {
+        let event = NewEvent::new(kind, reason).with_attributes(&attributes);
+        let change = OnboardingChange::new(id, event, now_ms());
         self.store.apply_change(&change).await?;
         Ok(())
     }
@@ -392,7 +368,7 @@ impl Core {
         let expire_ms = handle_data(&d).get("token_expire_ms").and_then(|v| v.as_i64());
         self.audit(
             &o.id,
-            events::TOKEN_READ,
+            EventKind::TokenRead,
             "app token read through GetAppToken",
             attrs(&[("who", caller.tenant.as_str().into()), ("resource_id", resource_id.clone().into())]),
         )
@@ -484,7 +460,7 @@ impl Core {
         let Some(rid) = request_id else {
             let sub = ops.create_subscription(&t.ctx, &t.resource, spec).await.map_err(provider_err(kind))?;
             let data = attrs(&[("subscription", sub.id.clone().into())]);
-            self.audit(id, events::SUBSCRIPTION_CREATED, "subscription created at the provider", data).await?;
+            self.audit(id, EventKind::SubscriptionCreated, "subscription created at the provider", data).await?;
             return Ok(Self::subscription_view(&t, sub));
         };
         // Claimed before the create (the key is per onboarding, as the event log keeps it):
@@ -497,7 +473,7 @@ impl Core {
             hash: hash.as_bytes(),
         };
         let stored = || async {
-            let Some(prior) = self.event_with_request_id(id, events::SUBSCRIPTION_CREATED, rid).await? else {
+            let Some(prior) = self.event_with_request_id(id, EventKind::SubscriptionCreated, rid).await? else {
                 return Ok(None);
             };
             if prior["request_hash"].as_str() != Some(hash.as_str()) {
@@ -518,7 +494,7 @@ impl Core {
                 ("request_id", rid.into()),
                 ("request_hash", hash.clone().into()),
             ]);
-            self.audit(id, events::SUBSCRIPTION_CREATED, "subscription created at the provider", data).await?;
+            self.audit(id, EventKind::SubscriptionCreated, "subscription created at the provider", data).await?;
             Ok(Self::subscription_view(&t, sub))
         };
         self.once_per_key(key, stored, create).await
@@ -585,7 +561,7 @@ impl Core {
         ops.delete_subscription(&t.ctx, &t.resource, sub).await.map_err(provider_err(t.provider.kind()))?;
         self.audit(
             id,
-            events::SUBSCRIPTION_DELETED,
+            EventKind::SubscriptionDeleted,
             "subscription deleted at the provider",
             attrs(&[("subscription", sub.into())]),
         )
@@ -672,12 +648,8 @@ impl Core {
             ConnectMethod::Qr { .. } => "qr",
             ConnectMethod::PairingCode { .. } => "pairing_code",
         };
-        let event = NewEvent {
-            kind: events::CONNECT_CODE_ISSUED.into(),
-            reason: "a connect code was issued".into(),
-            step: None,
-            data_json: attrs(&[("method", m.into())]),
-        };
+        let event = NewEvent::new(EventKind::ConnectCodeIssued, "a connect code was issued")
+            .with_attributes(&attrs(&[("method", m.into())]));
         self.record_with_details(&t.onboarding.id, event, None, |d| {
             let n = d.get("connect_codes_issued").and_then(serde_json::Value::as_i64).unwrap_or(0);
             d.insert("connect_codes_issued".into(), n.saturating_add(1).into());
@@ -701,12 +673,8 @@ impl Core {
             ChannelMode::Sandbox => "sandbox",
             ChannelMode::Live => "live",
         };
-        let event = NewEvent {
-            kind: events::CHANNEL_MODE_SET.into(),
-            reason: "channel mode switched".into(),
-            step: None,
-            data_json: attrs(&[("mode", m.into())]),
-        };
+        let event = NewEvent::new(EventKind::ChannelModeSet, "channel mode switched")
+            .with_attributes(&attrs(&[("mode", m.into())]));
         // The stored details follow, so GetOnboarding and ListChannels show the new mode.
         self.record_with_details(&t.onboarding.id, event, None, |d| {
             d.insert("mode".into(), m.into());
@@ -757,23 +725,23 @@ impl Core {
             let prior = self
                 .events_with_request_id(
                     &id,
-                    &[events::CHANNEL_EXTEND_REQUESTED, events::CHANNEL_EXTENDED, events::CHANNEL_EXTEND_FAILED],
+                    &[EventKind::ChannelExtendRequested, EventKind::ChannelExtended, EventKind::ChannelExtendFailed],
                     request_id,
                 )
                 .await?;
             for (k, d) in &prior {
-                if k != events::CHANNEL_EXTEND_FAILED {
+                if *k != EventKind::ChannelExtendFailed {
                     same_extension(d, days, request_id)?;
                 }
             }
-            if prior.iter().any(|(k, _)| k == events::CHANNEL_EXTENDED) {
+            if prior.iter().any(|(k, _)| *k == EventKind::ChannelExtended) {
                 let info = ops.get_channel(&t.ctx, &t.resource).await.map_err(provider_err(kind))?;
                 return Ok(ExtendView { channel: Self::channel_view(&t, info), days_added: 0, already_applied: true });
             }
             let now = now_ms();
-            let latest = prior.iter().rposition(|(k, _)| k == events::CHANNEL_EXTEND_REQUESTED);
+            let latest = prior.iter().rposition(|(k, _)| *k == EventKind::ChannelExtendRequested);
             if let Some(i) = latest
-                && !prior[i + 1..].iter().any(|(k, _)| k == events::CHANNEL_EXTEND_FAILED)
+                && !prior[i + 1..].iter().any(|(k, _)| *k == EventKind::ChannelExtendFailed)
                 && let Some(until) = prior[i].1["in_flight_until_ms"].as_i64().filter(|u| *u > now)
             {
                 // Another call with this key (here or on another replica) may be adding the
@@ -787,7 +755,7 @@ impl Core {
                 .with_retry_after(wait.clamp(Duration::from_secs(1), Duration::from_secs(5))));
             }
             // A retry after an attempt that failed or died compares with the first reading.
-            let before = match prior.iter().find(|(k, _)| k == events::CHANNEL_EXTEND_REQUESTED) {
+            let before = match prior.iter().find(|(k, _)| *k == EventKind::ChannelExtendRequested) {
                 Some((_, first)) => first["active_till_ms"].as_i64(),
                 None => ops.get_channel(&t.ctx, &t.resource).await.map_err(provider_err(kind))?.active_till_ms,
             };
@@ -798,19 +766,16 @@ impl Core {
             }
             data.push(("in_flight_until_ms", until_ms.into()));
             let intent = OnboardingChange {
-                onboarding_id: Some(id.clone()),
                 // The log was searched after this sequence was read: nothing else was
                 // appended in between (or the write fails and we look again), so of two
                 // retries racing here only one goes on.
                 expect_sequence: Some(t.onboarding.sequence),
-                event: NewEvent {
-                    kind: events::CHANNEL_EXTEND_REQUESTED.into(),
-                    reason: "adding days to the channel".into(),
-                    step: None,
-                    data_json: attrs(&data),
-                },
-                at_ms: now,
-                ..Default::default()
+                ..OnboardingChange::new(
+                    &id,
+                    NewEvent::new(EventKind::ChannelExtendRequested, "adding days to the channel")
+                        .with_attributes(&attrs(&data)),
+                    now,
+                )
             };
             match self.store.apply_change(&intent).await {
                 Ok(_) => break (t, before, latest.is_some(), until_ms),
@@ -851,7 +816,7 @@ impl Core {
                 let raw = e.provider.as_ref().map(|p| p.raw_code.clone()).unwrap_or_else(|| e.code.as_str().into());
                 let data = attrs(&[("request_id", request_id.into()), ("error", raw.into())]);
                 if let Err(w) =
-                    self.audit(&id, events::CHANNEL_EXTEND_FAILED, "adding days to the channel failed", data).await
+                    self.audit(&id, EventKind::ChannelExtendFailed, "adding days to the channel failed", data).await
                 {
                     tracing::warn!(onboarding = %id, error = %w.message, "Could not record the failed extension.");
                 }
@@ -883,12 +848,8 @@ impl Core {
         if let Some(t) = active_till_ms {
             data.push(("active_till_ms", t.into()));
         }
-        let event = NewEvent {
-            kind: events::CHANNEL_EXTENDED.into(),
-            reason: "days added to the channel".into(),
-            step: None,
-            data_json: attrs(&data),
-        };
+        let event =
+            NewEvent::new(EventKind::ChannelExtended, "days added to the channel").with_attributes(&attrs(&data));
         self.record_with_details(id, event, active_till_ms, |d| {
             if let Some(t) = active_till_ms {
                 d.insert("active_till_ms".into(), t.into());
@@ -918,7 +879,7 @@ impl Core {
         };
         let id = t.onboarding.id.clone();
         let stored = || async {
-            let prior = self.event_with_request_id(&id, events::CHANNEL_DELETED, rid).await?;
+            let prior = self.event_with_request_id(&id, EventKind::ChannelDeleted, rid).await?;
             Ok(prior.map(|p| p["refunded_days"].as_u64().and_then(|d| u32::try_from(d).ok()).unwrap_or(0)))
         };
         self.once_per_key(key, stored, || self.delete_channel_now(&t, channel, Some(rid))).await
@@ -939,24 +900,19 @@ impl Core {
             data.push(("request_id", rid.into()));
         }
         let now = now_ms();
-        let mut change = OnboardingChange {
-            onboarding_id: Some(id.clone()),
-            event: NewEvent {
-                kind: events::CHANNEL_DELETED.into(),
-                reason: "channel deleted through DeleteChannel".into(),
-                step: None,
-                data_json: attrs(&data),
-            },
-            at_ms: now,
-            ..Default::default()
-        };
+        let mut change = OnboardingChange::new(
+            &id,
+            NewEvent::new(EventKind::ChannelDeleted, "channel deleted through DeleteChannel")
+                .with_attributes(&attrs(&data)),
+            now,
+        );
         if !t.onboarding.state.is_terminal() {
             // The engine must not keep driving a channel that no longer exists.
             change.steps = super::engine::skip_unfinished(self.store.steps(&id).await?, now);
             change.state = Some(OnboardingState::Cancelled);
-            change.desired_state = Some(None);
+            change.desired_state = Patch::Clear;
             change.state_reason = Some("the channel was deleted".into());
-            change.state_deadline_ms = Some(None);
+            change.state_deadline_ms = Patch::Clear;
         }
         self.apply(change).await?;
         tracing::info!(onboarding = %id, channel = %channel, refunded, "Channel deleted.");

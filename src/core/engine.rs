@@ -25,7 +25,7 @@ use tracing::Instrument;
 
 use super::Core;
 use super::context::{ENGINE_KEY, stored_handle};
-use crate::domain::{OnboardingId, OnboardingState, StepState, UnixMs, now_ms};
+use crate::domain::{EventKind, OnboardingId, OnboardingState, Patch, StepState, UnixMs, now_ms};
 use crate::error::AppError;
 use crate::providers::{
     Progress, Provider, ProviderError, ProviderHandle, StartRequest, StepOutcome, StepRun, StepSpec,
@@ -37,10 +37,6 @@ use crate::store::{
 /// How many times a change is re-read and re-applied when a concurrent writer (a callback,
 /// an RPC) moved the onboarding's sequence first.
 pub(super) const CONFLICT_RETRIES: usize = 8;
-
-/// Event kind of an expiry announced ahead of time (attributes: `expire_time`,
-/// `remaining_secs`, `threshold_secs`).
-pub const EXPIRY_WARNING: &str = "expiry_warning";
 
 /// `2026-11-21T10:00:00Z`.
 fn rfc3339(ms: UnixMs) -> String {
@@ -464,10 +460,8 @@ impl Core {
             details.insert("provider_fields".into(), serde_json::to_value(&obs.fields).unwrap_or_default());
         }
         let mut change = OnboardingChange {
-            onboarding_id: Some(o.id.clone()),
             expect_sequence: Some(o.sequence),
-            at_ms: now,
-            ..Default::default()
+            ..OnboardingChange::new(&o.id, NewEvent::new(EventKind::StateChanged, String::new()), now)
         };
         if let Some(h) = &out.handle {
             set_engine_field(&mut details, "handle", serde_json::to_value(h).unwrap_or_default());
@@ -477,7 +471,7 @@ impl Core {
             change.secret = Some(self.seal_onboarding_secret(&o.id, s)?);
         }
         if let Some(e) = out.expire_ms {
-            change.expire_ms = Some(Some(e));
+            change.expire_ms = Patch::Set(e);
         }
         let mut state = o.state;
         let mut reason = o.state_reason.clone();
@@ -532,7 +526,7 @@ impl Core {
                     self.store.release_step(&step, &self.worker_id).await?;
                     return Ok(());
                 }
-                kind = if state != o.state { "state_changed" } else { "provider_status" };
+                kind = EventKind::or_state_change(EventKind::ProviderStatus, o.state, state);
                 changed_steps.push(step);
             }
             _ => {
@@ -542,8 +536,8 @@ impl Core {
                 changed_steps.push(step);
                 if state.is_terminal() {
                     changed_steps.extend(skip_rest(steps, &current.name, now));
-                    change.state_deadline_ms = Some(None);
-                    kind = "state_changed";
+                    change.state_deadline_ms = Patch::Clear;
+                    kind = EventKind::StateChanged;
                 } else if let Some(next) = next_step(steps, specs, &current.name) {
                     let mut n = steps.iter().find(|s| s.name == next.name).cloned().unwrap_or_else(|| {
                         blank_step(&o.id, next, specs.iter().position(|s| s.name == next.name).unwrap_or(0), now)
@@ -564,12 +558,13 @@ impl Core {
                         state = enter;
                         reason = format!("step {} started", next.name);
                     }
-                    change.state_deadline_ms = Some(if state == OnboardingState::Live { None } else { Some(deadline) });
-                    kind = if state != o.state { "state_changed" } else { "step_succeeded" };
+                    change.state_deadline_ms =
+                        if state == OnboardingState::Live { Patch::Clear } else { Patch::Set(deadline) };
+                    kind = EventKind::or_state_change(EventKind::StepSucceeded, o.state, state);
                 } else {
                     // Pipeline complete.
-                    change.state_deadline_ms = Some(None);
-                    kind = if state != o.state { "state_changed" } else { "pipeline_completed" };
+                    change.state_deadline_ms = Patch::Clear;
+                    kind = EventKind::or_state_change(EventKind::PipelineCompleted, o.state, state);
                 }
             }
         }
@@ -584,12 +579,9 @@ impl Core {
         }
         change.details_json = Some(serde_json::Value::Object(details).to_string());
         change.steps = changed_steps;
-        change.event = NewEvent {
-            kind: kind.into(),
-            reason: if state != o.state { reason } else { obs.reason.clone() },
-            step: Some(current.name.clone()),
-            data_json: serde_json::to_string(&attrs).unwrap_or_else(|_| "{}".into()),
-        };
+        change.event = NewEvent::new(kind, if state != o.state { reason } else { obs.reason.clone() })
+            .at_step(current.name.clone())
+            .with_attributes(&attrs);
         self.apply(change).await
     }
 
@@ -619,10 +611,8 @@ impl Core {
             step.attempts = current.attempts.saturating_sub(1);
         }
         let mut change = OnboardingChange {
-            onboarding_id: Some(o.id.clone()),
             expect_sequence: Some(o.sequence),
-            at_ms: now,
-            ..Default::default()
+            ..OnboardingChange::new(&o.id, NewEvent::new(EventKind::StateChanged, String::new()), now)
         };
         let mut attrs =
             BTreeMap::from([("error_code".to_string(), raw.clone()), ("attempt".to_string(), attempts.to_string())]);
@@ -635,12 +625,9 @@ impl Core {
             step.next_run_ms = Some(now.saturating_add(delay.as_millis() as i64));
             attrs.insert("retry_in_ms".into(), delay.as_millis().to_string());
             change.steps = vec![step];
-            change.event = NewEvent {
-                kind: "step_retry".into(),
-                reason: format!("{message}; retrying"),
-                step: Some(current.name.clone()),
-                data_json: serde_json::to_string(&attrs).unwrap_or_else(|_| "{}".into()),
-            };
+            change.event = NewEvent::new(EventKind::StepRetry, format!("{message}; retrying"))
+                .at_step(current.name.clone())
+                .with_attributes(&attrs);
             return self.apply(change).await;
         }
         let (state, step_state, why) = match e {
@@ -696,17 +683,14 @@ impl Core {
         }
         change.state = Some(state);
         change.state_reason = Some(why.to_string());
-        change.state_deadline_ms = Some(None);
+        change.state_deadline_ms = Patch::Clear;
         change.steps = steps;
         if !raw.is_empty() {
             change.provider_status = Some(raw.to_string());
         }
-        change.event = NewEvent {
-            kind: "state_changed".into(),
-            reason: why.to_string(),
-            step: step.map(str::to_string),
-            data_json: serde_json::to_string(&attrs).unwrap_or_else(|_| "{}".into()),
-        };
+        change.event = NewEvent::new(EventKind::StateChanged, why.to_string())
+            .at_opt_step(step.map(str::to_string))
+            .with_attributes(&attrs);
         self.apply(change).await
     }
 
@@ -733,10 +717,8 @@ impl Core {
             rows.push(s);
         }
         let change = OnboardingChange {
-            onboarding_id: Some(o.id.clone()),
             webhook_event_id: webhook.map(str::to_string),
-            at_ms: now,
-            ..Default::default()
+            ..OnboardingChange::new(&o.id, NewEvent::new(EventKind::StateChanged, String::new()), now)
         };
         self.end_in(o, change, rows, state, why, raw, step, BTreeMap::new()).await
     }
@@ -765,7 +747,7 @@ impl Core {
         match self.store.apply_change(&change).await {
             Ok(ev) => {
                 log_change(&ev);
-                if ev.kind != "provider_status" {
+                if ev.kind.wakes_engine() {
                     self.wake_engine();
                 }
                 Ok(())
@@ -804,21 +786,17 @@ impl Core {
         let rows = skip_unfinished(self.store.steps(&o.id).await?, now);
         let attrs = BTreeMap::from([("refunded_days".to_string(), refunded.to_string())]);
         let change = OnboardingChange {
-            onboarding_id: Some(o.id.clone()),
             state: Some(OnboardingState::Cancelled),
-            desired_state: Some(None),
+            desired_state: Patch::Clear,
             state_reason: Some("cancelled by the caller".into()),
             provider_status: (!raw.is_empty()).then_some(raw),
-            state_deadline_ms: Some(None),
+            state_deadline_ms: Patch::Clear,
             steps: rows,
-            event: NewEvent {
-                kind: "state_changed".into(),
-                reason: "cancelled by the caller".into(),
-                step: None,
-                data_json: serde_json::to_string(&attrs).unwrap_or_else(|_| "{}".into()),
-            },
-            at_ms: now,
-            ..Default::default()
+            ..OnboardingChange::new(
+                &o.id,
+                NewEvent::new(EventKind::StateChanged, "cancelled by the caller").with_attributes(&attrs),
+                now,
+            )
         };
         self.store.apply_change(&change).await?;
         Ok(refunded)
@@ -858,20 +836,17 @@ impl Core {
             .or(spec.and_then(|s| s.enter_state))
             .unwrap_or(OnboardingState::Pending);
         let change = OnboardingChange {
-            onboarding_id: Some(o.id.clone()),
             expect_sequence: Some(o.sequence),
             state: Some(back_to),
             state_reason: Some(format!("pipeline restarted at step {}", first.name)),
-            state_deadline_ms: Some(Some(deadline)),
+            state_deadline_ms: Patch::Set(deadline),
             steps: vec![s],
-            event: NewEvent {
-                kind: "pipeline_restarted".into(),
-                reason: format!("RetryPipeline restarted step {}", first.name),
-                step: Some(first.name.clone()),
-                data_json: "{}".into(),
-            },
-            at_ms: now,
-            ..Default::default()
+            ..OnboardingChange::new(
+                &o.id,
+                NewEvent::new(EventKind::PipelineRestarted, format!("RetryPipeline restarted step {}", first.name))
+                    .at_step(first.name.clone()),
+                now,
+            )
         };
         self.apply(change).await.map_err(|e| {
             if e.code == crate::error::ErrorCode::Aborted {
@@ -902,10 +877,8 @@ impl Core {
                 step.as_deref().map(|s| format!(" (step {s})")).unwrap_or_default()
             );
             let change = OnboardingChange {
-                onboarding_id: Some(o.id.clone()),
                 expect_sequence: Some(o.sequence),
-                at_ms: now,
-                ..Default::default()
+                ..OnboardingChange::new(&o.id, NewEvent::new(EventKind::StateChanged, String::new()), now)
             };
             match self
                 .end_in(&o, change, rows, OnboardingState::Stalled, &why, "", step.as_deref(), BTreeMap::new())
@@ -942,17 +915,14 @@ impl Core {
                     "threshold_secs": threshold.to_string(),
                 });
                 let change = OnboardingChange {
-                    onboarding_id: Some(o.id.clone()),
                     expect_sequence: Some(o.sequence),
                     expiry_warned_secs: Some(threshold),
-                    event: NewEvent {
-                        kind: EXPIRY_WARNING.into(),
-                        reason: format!("expires in {} (at {at})", humanize(left)),
-                        step: None,
-                        data_json: data.to_string(),
-                    },
-                    at_ms: now,
-                    ..Default::default()
+                    ..OnboardingChange::new(
+                        &o.id,
+                        NewEvent::new(EventKind::ExpiryWarning, format!("expires in {} (at {at})", humanize(left)))
+                            .with_attributes(&data),
+                        now,
+                    )
                 };
                 match self.apply(change).await {
                     Ok(()) => n += 1,

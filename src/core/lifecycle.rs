@@ -6,7 +6,9 @@ use std::collections::BTreeMap;
 
 use super::claims::ClaimKey;
 use super::{Caller, Core};
-use crate::domain::{AccountId, OnboardingId, OnboardingState, ProviderKind, StepState, new_id, now_ms};
+use crate::domain::{
+    AccountId, EventKind, OnboardingId, OnboardingState, Patch, ProviderKind, StepState, new_id, now_ms,
+};
 use crate::error::{AppError, ErrorCode};
 use crate::providers::{CallContext, HostedLinkOps, Provider, ProviderHandle, StartPayload, StartRequest};
 use crate::store::{
@@ -15,6 +17,8 @@ use crate::store::{
 
 const OP_CREATE: &str = "CreateOnboarding";
 const OP_LINKS: &str = "CreateOnboardingLinks";
+/// Operation name of `CancelOnboarding` request claims.
+const OP_CANCEL: &str = "CancelOnboarding";
 
 /// Step of hosted-link pipelines that a batch mint has already done.
 const STEP_MINT_LINK: &str = "mint_link";
@@ -165,12 +169,8 @@ impl Core {
         let new = NewOnboarding {
             onboarding: o.clone(),
             steps,
-            event: NewEvent {
-                kind: "created".into(),
-                reason: "onboarding accepted".into(),
-                step: None,
-                data_json: serde_json::json!({"reference": o.reference}).to_string(),
-            },
+            event: NewEvent::new(EventKind::Created, "onboarding accepted")
+                .with_attributes(&serde_json::json!({"reference": o.reference})),
             idempotency: idem,
         };
         match self.store.create_onboarding(&new).await {
@@ -334,12 +334,8 @@ impl Core {
             batch_rows.push(NewOnboarding {
                 onboarding: o,
                 steps,
-                event: NewEvent {
-                    kind: "created".into(),
-                    reason: "hosted link minted".into(),
-                    step: None,
-                    data_json: serde_json::json!({"batch_id": batch, "reference": reference}).to_string(),
-                },
+                event: NewEvent::new(EventKind::Created, "hosted link minted")
+                    .with_attributes(&serde_json::json!({"batch_id": batch, "reference": reference})),
                 idempotency: idem,
             });
         }
@@ -366,15 +362,70 @@ impl Core {
     /// Cancels an onboarding: records the intent, cancels at the provider, records
     /// `CANCELLED`. If the provider is unreachable the intent stays and the engine finishes
     /// the cancel later (`UNAVAILABLE` to the caller, who may retry). Returns the record and
-    /// the refunded days.
+    /// the refunded days; once cancelled, every later call (a retry) answers the days the
+    /// cancellation refunded. With a `request_id`, concurrent calls carrying it wait for one
+    /// cancel at the provider instead of racing it there (where the second finds nothing left
+    /// to refund).
     pub async fn cancel_onboarding(
+        &self,
+        caller: &Caller,
+        id: &OnboardingId,
+        request_id: Option<&str>,
+    ) -> Result<(OnboardingRecord, u32), AppError> {
+        let Some(rid) = request_id else { return self.cancel_onboarding_now(caller, id).await };
+        let key = ClaimKey {
+            tenant: &caller.tenant,
+            key: format!("onboardings/{id}/cancel\n{rid}"),
+            operation: OP_CANCEL,
+            hash: id.as_str().as_bytes(),
+        };
+        let stored = || async {
+            let o = self.get_onboarding(caller, id).await?;
+            if o.state != OnboardingState::Cancelled {
+                return Ok(None);
+            }
+            let days = self.refunded_on_cancel(&o).await?;
+            Ok(Some((o, days)))
+        };
+        self.once_per_key(key, stored, || self.cancel_onboarding_now(caller, id)).await
+    }
+
+    /// The days the cancellation of `o` (already `CANCELLED`) refunded, as its event recorded
+    /// them (the engine's or a `DeleteChannel`'s alike); 0 when it recorded none.
+    async fn refunded_on_cancel(&self, o: &OnboardingRecord) -> Result<u32, AppError> {
+        const PAGE: u32 = 500;
+        let (mut after, mut days) = (0, 0);
+        loop {
+            let evs = self.store.events(&o.id, after, PAGE).await?;
+            for e in &evs {
+                after = e.sequence;
+                if e.state == OnboardingState::Cancelled && e.previous_state != OnboardingState::Cancelled {
+                    let d: serde_json::Value = serde_json::from_str(&e.data_json).unwrap_or_default();
+                    days = match &d["refunded_days"] {
+                        serde_json::Value::Number(n) => n.as_u64(),
+                        serde_json::Value::String(s) => s.parse().ok(),
+                        _ => None,
+                    }
+                    .and_then(|n| u32::try_from(n).ok())
+                    .unwrap_or(0);
+                }
+            }
+            if evs.len() < PAGE as usize {
+                return Ok(days);
+            }
+        }
+    }
+
+    /// [`Core::cancel_onboarding`] without a request claim.
+    async fn cancel_onboarding_now(
         &self,
         caller: &Caller,
         id: &OnboardingId,
     ) -> Result<(OnboardingRecord, u32), AppError> {
         let o = self.get_onboarding(caller, id).await?;
         if o.state == OnboardingState::Cancelled {
-            return Ok((o, 0));
+            let days = self.refunded_on_cancel(&o).await?;
+            return Ok((o, days));
         }
         if o.state.is_finished() {
             return Err(AppError::precondition(format!("onboardings/{id} is already finished ({})", o.state)));
@@ -401,17 +452,13 @@ impl Core {
                 })
                 .collect();
             let change = OnboardingChange {
-                onboarding_id: Some(id.clone()),
-                desired_state: Some(Some(OnboardingState::Cancelled)),
+                desired_state: Patch::Set(OnboardingState::Cancelled),
                 steps,
-                event: NewEvent {
-                    kind: "cancel_requested".into(),
-                    reason: "cancel requested by the caller".into(),
-                    step: None,
-                    data_json: "{}".into(),
-                },
-                at_ms: now,
-                ..Default::default()
+                ..OnboardingChange::new(
+                    id,
+                    NewEvent::new(EventKind::CancelRequested, "cancel requested by the caller"),
+                    now,
+                )
             };
             self.store.apply_change(&change).await?;
         }
@@ -421,16 +468,8 @@ impl Core {
             Err(e) if e.code == ErrorCode::FailedPrecondition || e.code == ErrorCode::InvalidArgument => {
                 // The provider refuses (finished): drop the intent so the engine does not retry.
                 let change = OnboardingChange {
-                    onboarding_id: Some(id.clone()),
-                    desired_state: Some(None),
-                    event: NewEvent {
-                        kind: "cancel_refused".into(),
-                        reason: e.message.clone(),
-                        step: None,
-                        data_json: "{}".into(),
-                    },
-                    at_ms: now_ms(),
-                    ..Default::default()
+                    desired_state: Patch::Clear,
+                    ..OnboardingChange::new(id, NewEvent::new(EventKind::CancelRefused, e.message.clone()), now_ms())
                 };
                 self.store.apply_change(&change).await?;
                 Err(e)
@@ -493,17 +532,15 @@ impl Core {
         step.updated_ms = now;
         let attrs = BTreeMap::from([("code_length".to_string(), code.len().to_string())]);
         let change = OnboardingChange {
-            onboarding_id: Some(id.clone()),
             expect_sequence: Some(o.sequence),
             steps: vec![step],
-            event: NewEvent {
-                kind: "verification_code_submitted".into(),
-                reason: "verification code submitted".into(),
-                step: Some(STEP_VERIFY_NUMBER.into()),
-                data_json: serde_json::to_string(&attrs).unwrap_or_else(|_| "{}".into()),
-            },
-            at_ms: now,
-            ..Default::default()
+            ..OnboardingChange::new(
+                id,
+                NewEvent::new(EventKind::VerificationCodeSubmitted, "verification code submitted")
+                    .at_step(STEP_VERIFY_NUMBER)
+                    .with_attributes(&attrs),
+                now,
+            )
         };
         self.store.apply_change(&change).await.map_err(|e| match e {
             StoreError::Conflict(_) => AppError::new(ErrorCode::Aborted, "the onboarding changed meanwhile; retry"),

@@ -2,12 +2,14 @@
 //! machine, pipeline steps, secrets. Imports nothing else of ours.
 
 pub mod account;
+pub mod event;
 pub mod ids;
 pub mod pipeline;
 pub mod provider;
 pub mod secret;
 pub mod state;
 
+pub use event::{EventKind, Patch};
 pub use ids::*;
 pub use pipeline::{StepName, StepState};
 pub use provider::{Capability, ProviderKind};

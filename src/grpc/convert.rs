@@ -397,7 +397,7 @@ pub fn event_to_pb(e: &EventRecord) -> pb::OnboardingEvent {
     pb::OnboardingEvent {
         onboarding: format!("onboardings/{}", e.onboarding_id.name()),
         sequence: e.sequence,
-        r#type: e.kind.clone(),
+        r#type: e.kind.as_str().to_owned(),
         state: state_to_pb(e.state) as i32,
         previous_state: state_to_pb(e.previous_state) as i32,
         reason: e.reason.clone(),

@@ -102,7 +102,7 @@ proptest! {
         let e = crate::store::EventRecord {
             onboarding_id: o.id.clone(),
             sequence: 1,
-            kind: "state_changed".into(),
+            kind: crate::domain::EventKind::StateChanged,
             state: o.state,
             previous_state: o.state,
             reason: String::new(),

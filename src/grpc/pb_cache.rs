@@ -136,7 +136,7 @@ impl EventPbCache {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::domain::{AccountId, OnboardingState, ProviderKind, TenantId, new_id};
+    use crate::domain::{AccountId, EventKind, OnboardingState, ProviderKind, TenantId, new_id};
 
     fn row(id: &OnboardingId, app_name: &str) -> OnboardingRecord {
         OnboardingRecord {
@@ -206,7 +206,7 @@ mod tests {
         Arc::new(EventRecord {
             onboarding_id: new_id(),
             sequence,
-            kind: "state_changed".into(),
+            kind: EventKind::StateChanged,
             state: OnboardingState::Live,
             previous_state: OnboardingState::Provisioning,
             reason: "live".into(),

@@ -6,7 +6,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use super::*;
-use crate::domain::{StepState, new_id, now_ms};
+use crate::domain::{EventKind, Patch, StepState, new_id, now_ms};
 
 // ----- fixtures -----
 
@@ -106,7 +106,7 @@ fn new_onboarding(
             updated_ms: 1_000,
         },
         steps,
-        event: NewEvent { kind: "created".into(), reason: "accepted".into(), step: None, data_json: "{}".into() },
+        event: NewEvent::new(EventKind::Created, "accepted"),
         idempotency: None,
     }
 }
@@ -124,13 +124,10 @@ async fn by_key(store: &Arc<dyn Store>, account: &AccountId, key: &str) -> Store
     Ok(found.pop())
 }
 
-fn change(id: &OnboardingId, kind: &str) -> OnboardingChange {
-    OnboardingChange {
-        onboarding_id: Some(id.clone()),
-        event: NewEvent { kind: kind.into(), reason: format!("reason {kind}"), step: None, data_json: "{}".into() },
-        at_ms: 2_000,
-        ..Default::default()
-    }
+/// A bare change of `id`; `label` is its event's reason, which the checks read back (the store
+/// does not interpret the event kind).
+fn change(id: &OnboardingId, label: &str) -> OnboardingChange {
+    OnboardingChange::new(id, NewEvent::new(EventKind::Callback, label), 2_000)
 }
 
 fn webhook(account: &AccountRecord, dedupe: &str, received_ms: UnixMs) -> WebhookEventRecord {
@@ -337,7 +334,7 @@ async fn check_create_onboarding(store: Arc<dyn Store>) {
     let event = store.create_onboarding(&new).await.unwrap();
     let id = &new.onboarding.id;
     assert_eq!(event.sequence, 1);
-    assert_eq!(event.kind, "created");
+    assert_eq!(event.kind, EventKind::Created);
     assert_eq!(event.state, OnboardingState::Pending);
     assert_eq!(event.previous_state, OnboardingState::Pending);
     assert_eq!(store.events(id, 0, 10).await.unwrap(), vec![event.clone()]);
@@ -720,20 +717,18 @@ async fn check_apply_change(store: Arc<dyn Store>) {
         .apply_change(&OnboardingChange {
             expect_sequence: Some(1),
             state: Some(OnboardingState::AwaitingCustomer),
-            desired_state: Some(None),
+            desired_state: Patch::Clear,
             state_reason: Some("link out".into()),
             provider_status: Some("STAGE_1".into()),
             details_json: Some(r#"{"k":2}"#.into()),
             external_key: Some("app-9".into()),
             secret: Some(sealed("app-token")),
-            state_deadline_ms: Some(None),
-            expire_ms: Some(Some(77)),
+            state_deadline_ms: Patch::Clear,
+            expire_ms: Patch::Set(77),
             steps: vec![done.clone(), added.clone()],
             event: NewEvent {
-                kind: "state_changed".into(),
-                reason: "link out".into(),
-                step: Some("link_app".into()),
                 data_json: r#"{"x":1}"#.into(),
+                ..NewEvent::new(EventKind::StateChanged, "link out").at_step("link_app")
             },
             ..change(&id, "ignored")
         })
@@ -744,7 +739,7 @@ async fn check_apply_change(store: Arc<dyn Store>) {
         EventRecord {
             onboarding_id: id.clone(),
             sequence: 2,
-            kind: "state_changed".into(),
+            kind: crate::domain::EventKind::StateChanged,
             state: OnboardingState::AwaitingCustomer,
             previous_state: OnboardingState::Pending,
             reason: "link out".into(),
@@ -907,8 +902,8 @@ async fn check_apply_change_concurrent(store: Arc<dyn Store>) {
     assert_eq!(sequences, (2..=21).collect::<Vec<i64>>(), "each applier got its own sequence");
     let events = store.events(&o.id, 0, 100).await.unwrap();
     assert_eq!(events.iter().map(|e| e.sequence).collect::<Vec<_>>(), (1..=21).collect::<Vec<i64>>(), "gap-free");
-    let kinds: HashSet<_> = events.iter().map(|e| e.kind.clone()).collect();
-    assert_eq!(kinds.len(), 21);
+    let labels: HashSet<_> = events.iter().map(|e| e.reason.clone()).collect();
+    assert_eq!(labels.len(), 21);
     assert_eq!(store.onboarding_unscoped(&o.id).await.unwrap().unwrap().sequence, 21);
 }
 
@@ -984,7 +979,7 @@ async fn check_apply_changes_batch(store: Arc<dyn Store>) {
     let applied: Vec<(String, i64, OnboardingState, OnboardingState)> = outcomes
         .iter()
         .filter_map(|o| match o {
-            ChangeOutcome::Applied(e) => Some((e.kind.clone(), e.sequence, e.previous_state, e.state)),
+            ChangeOutcome::Applied(e) => Some((e.reason.clone(), e.sequence, e.previous_state, e.state)),
             _ => None,
         })
         .collect();
@@ -1170,7 +1165,7 @@ async fn check_overdue(store: Arc<dyn Store>) {
     );
     assert_eq!(store.overdue_onboardings(100, 1).await.unwrap().len(), 1);
     // Clearing the deadline takes it off the list.
-    let c = OnboardingChange { state_deadline_ms: Some(None), ..change(&late1.onboarding.id, "moved") };
+    let c = OnboardingChange { state_deadline_ms: Patch::Clear, ..change(&late1.onboarding.id, "moved") };
     store.apply_change(&c).await.unwrap();
     assert_eq!(store.overdue_onboardings(100, 10).await.unwrap().len(), 1);
 }
@@ -1216,10 +1211,10 @@ async fn check_expiring(store: Arc<dyn Store>) {
     assert!(!ids(store.expiring_onboardings(now, 24 * hour, 10).await.unwrap()).contains(&soon.onboarding.id));
     assert!(ids(store.expiring_onboardings(now, 1_200, 10).await.unwrap()).contains(&soon.onboarding.id));
     // The same expiry written again keeps the warning; a new expiry forgets it.
-    let same = OnboardingChange { expire_ms: Some(Some(now + 1_000_000)), ..change(&soon.onboarding.id, "polled") };
+    let same = OnboardingChange { expire_ms: Patch::Set(now + 1_000_000), ..change(&soon.onboarding.id, "polled") };
     store.apply_change(&same).await.unwrap();
     assert!(!ids(store.expiring_onboardings(now, hour, 10).await.unwrap()).contains(&soon.onboarding.id));
-    let moved = OnboardingChange { expire_ms: Some(Some(now + 2_000_000)), ..change(&soon.onboarding.id, "extended") };
+    let moved = OnboardingChange { expire_ms: Patch::Set(now + 2_000_000), ..change(&soon.onboarding.id, "extended") };
     store.apply_change(&moved).await.unwrap();
     assert!(ids(store.expiring_onboardings(now, hour, 10).await.unwrap()).contains(&soon.onboarding.id));
 }
@@ -1425,9 +1420,9 @@ async fn check_ids_per_tenant(store: Arc<dyn Store>) {
     assert!(store.list_onboardings(&tb, &by_account, &page(10, None)).await.unwrap().items.is_empty());
     // Events and steps stay with their onboarding.
     store.apply_change(&change(&oa.id, "only-a")).await.unwrap();
-    let kinds = |evs: Vec<EventRecord>| evs.into_iter().map(|e| e.kind).collect::<Vec<_>>();
-    assert_eq!(kinds(store.events(&oa.id, 0, 10).await.unwrap()), vec!["created", "only-a"]);
-    assert_eq!(kinds(store.events(&ob.id, 0, 10).await.unwrap()), vec!["created"]);
+    let labels = |evs: Vec<EventRecord>| evs.into_iter().map(|e| e.reason).collect::<Vec<_>>();
+    assert_eq!(labels(store.events(&oa.id, 0, 10).await.unwrap()), vec!["accepted", "only-a"]);
+    assert_eq!(labels(store.events(&ob.id, 0, 10).await.unwrap()), vec!["accepted"]);
     assert_eq!(store.steps(&ob.id).await.unwrap().len(), 1);
     assert!(store.steps(&ob.id).await.unwrap().iter().all(|s| s.onboarding_id == ob.id));
     // Webhooks: the URL segment is the key; the same dedupe key is one event per account.
@@ -1621,7 +1616,7 @@ fn pre_0003_rows(blob: fn(&[u8]) -> String) -> String {
              reference, details_json, external_key, sequence, created_ms, updated_ms)
              VALUES ('y', 't-one', 'x', 'whapi', 'PENDING', 'r', '', 'ref-y', '{{}}', 'chan-1', 2, 1, 1);
          INSERT INTO onboarding_events VALUES ('y', 1, 'created', 'PENDING', 'PENDING', 'r', '', NULL, '{{}}', 1),
-                                              ('y', 2, 'moved', 'PENDING', 'PENDING', 'r', '', 'first', '{{}}', 2);
+                                              ('y', 2, 'callback', 'PENDING', 'PENDING', 'r', '', 'first', '{{}}', 2);
          INSERT INTO pipeline_steps (onboarding_id, name, position, state, attempts, max_attempts,
              provider_stage_json, data_json, created_ms, updated_ms)
              VALUES ('y', 'first', 0, 'READY', 0, 5, '{{}}', '{{}}', 1, 1);

@@ -1,7 +1,9 @@
 //! Row types exchanged with the store. Secrets are stored only as [`Sealed`] ciphertext or
 //! as hashes; nothing here holds a plaintext credential.
 
-use crate::domain::{AccountId, ApiKeyId, OnboardingId, OnboardingState, ProviderKind, StepState, TenantId, UnixMs};
+use crate::domain::{
+    AccountId, ApiKeyId, EventKind, OnboardingId, OnboardingState, Patch, ProviderKind, StepState, TenantId, UnixMs,
+};
 
 /// Ciphertext of a secret with the id of the key that sealed it (for rotation).
 #[derive(Clone, PartialEq, Eq)]
@@ -149,8 +151,8 @@ pub struct EventRecord {
     pub onboarding_id: OnboardingId,
     /// Monotonic per onboarding, from 1, gap-free.
     pub sequence: i64,
-    /// What happened (`created`, `state_changed`, `step_succeeded`, `token_read`...).
-    pub kind: String,
+    /// What happened.
+    pub kind: EventKind,
     /// State after the event.
     pub state: OnboardingState,
     /// State before the event.
@@ -168,16 +170,42 @@ pub struct EventRecord {
 }
 
 /// The event part of a change; the store assigns the sequence and the states.
-#[derive(Debug, Clone, PartialEq, Default)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct NewEvent {
     /// What happened.
-    pub kind: String,
+    pub kind: EventKind,
     /// Why.
     pub reason: String,
     /// The step concerned, if any.
     pub step: Option<String>,
     /// Extra attributes (never secrets), JSON object; `{}` when empty.
     pub data_json: String,
+}
+
+impl NewEvent {
+    /// An event of `kind` for `reason`, about no step, without attributes.
+    pub fn new(kind: EventKind, reason: impl Into<String>) -> Self {
+        Self { kind, reason: reason.into(), step: None, data_json: "{}".into() }
+    }
+
+    /// The same event, about `step`.
+    pub fn at_step(mut self, step: impl Into<String>) -> Self {
+        self.step = Some(step.into());
+        self
+    }
+
+    /// The same event about `step`, if any.
+    pub fn at_opt_step(mut self, step: Option<String>) -> Self {
+        self.step = step;
+        self
+    }
+
+    /// The same event with these attributes (a JSON object; never secrets). Attributes that
+    /// do not serialise (they are maps of strings and numbers) leave the event without any.
+    pub fn with_attributes(mut self, attributes: &impl serde::Serialize) -> Self {
+        self.data_json = serde_json::to_string(attributes).unwrap_or_else(|_| "{}".into());
+        self
+    }
 }
 
 /// One pipeline step row; also the durable job.
@@ -234,8 +262,9 @@ pub struct NewOnboarding {
     pub idempotency: Option<IdempotencyRecord>,
 }
 
-/// One atomic change to an onboarding.
-#[derive(Debug, Clone, Default)]
+/// One atomic change to an onboarding. Built with [`OnboardingChange::new`] and struct
+/// update syntax: every field but the id, the event and the time is "unchanged" by default.
+#[derive(Debug, Clone)]
 pub struct OnboardingChange {
     /// Which onboarding.
     pub onboarding_id: Option<OnboardingId>,
@@ -243,8 +272,8 @@ pub struct OnboardingChange {
     pub expect_sequence: Option<i64>,
     /// New state (None = unchanged). The store does not judge transitions; core does.
     pub state: Option<OnboardingState>,
-    /// New desired state: `Some(None)` clears it.
-    pub desired_state: Option<Option<OnboardingState>>,
+    /// New desired state.
+    pub desired_state: Patch<OnboardingState>,
     /// New reason.
     pub state_reason: Option<String>,
     /// New raw provider status.
@@ -255,11 +284,11 @@ pub struct OnboardingChange {
     pub external_key: Option<String>,
     /// New sealed secret.
     pub secret: Option<Sealed>,
-    /// New deadline: `Some(None)` clears it.
-    pub state_deadline_ms: Option<Option<UnixMs>>,
-    /// New expiry: `Some(None)` clears it. A different expiry forgets the warnings already
+    /// New deadline.
+    pub state_deadline_ms: Patch<UnixMs>,
+    /// New expiry. A different expiry forgets the warnings already
     /// sent for the old one (unless `expiry_warned_secs` is set too).
-    pub expire_ms: Option<Option<UnixMs>>,
+    pub expire_ms: Patch<UnixMs>,
     /// Records that the expiry warning for this threshold (seconds) was sent.
     pub expiry_warned_secs: Option<i64>,
     /// Steps to insert or replace (matched by name).
@@ -277,20 +306,43 @@ pub struct OnboardingChange {
 }
 
 impl OnboardingChange {
+    /// A change of onboarding `id` at `at_ms` that appends `event` and changes nothing else.
+    pub fn new(id: &OnboardingId, event: NewEvent, at_ms: UnixMs) -> Self {
+        Self {
+            onboarding_id: Some(id.clone()),
+            expect_sequence: None,
+            state: None,
+            desired_state: Patch::Keep,
+            state_reason: None,
+            provider_status: None,
+            details_json: None,
+            external_key: None,
+            secret: None,
+            state_deadline_ms: Patch::Keep,
+            expire_ms: Patch::Keep,
+            expiry_warned_secs: None,
+            steps: Vec::new(),
+            wake_steps: Vec::new(),
+            event,
+            webhook_event_id: None,
+            at_ms,
+        }
+    }
+
     /// The row `old` becomes when this change applies (the next sequence, `updated_ms` at the
     /// change): what the store writes, and what the engine chains the next change of a batch on.
     pub fn applied_to(&self, old: &OnboardingRecord) -> OnboardingRecord {
         OnboardingRecord {
             state: self.state.unwrap_or(old.state),
-            desired_state: self.desired_state.unwrap_or(old.desired_state),
+            desired_state: self.desired_state.apply(old.desired_state),
             state_reason: self.state_reason.clone().unwrap_or_else(|| old.state_reason.clone()),
             provider_status: self.provider_status.clone().unwrap_or_else(|| old.provider_status.clone()),
             details_json: self.details_json.clone().unwrap_or_else(|| old.details_json.clone()),
             external_key: self.external_key.clone().or_else(|| old.external_key.clone()),
             secret: self.secret.clone().or_else(|| old.secret.clone()),
             sequence: old.sequence + 1,
-            state_deadline_ms: self.state_deadline_ms.unwrap_or(old.state_deadline_ms),
-            expire_ms: self.expire_ms.unwrap_or(old.expire_ms),
+            state_deadline_ms: self.state_deadline_ms.apply(old.state_deadline_ms),
+            expire_ms: self.expire_ms.apply(old.expire_ms),
             updated_ms: self.at_ms,
             ..old.clone()
         }

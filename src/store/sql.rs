@@ -359,7 +359,7 @@ macro_rules! impl_sql_store {
                 Ok($crate::store::EventRecord {
                     onboarding_id: sql::id(r.try_get("onboarding_id")?)?,
                     sequence: r.try_get("sequence")?,
-                    kind: r.try_get("kind")?,
+                    kind: r.try_get::<String, _>("kind")?.parse().map_err(StoreError::Corrupt)?,
                     state: sql::state(r.try_get("state")?)?,
                     previous_state: sql::state(r.try_get("previous_state")?)?,
                     reason: r.try_get("reason")?,
@@ -584,7 +584,7 @@ macro_rules! impl_sql_store {
                 let event = $crate::store::EventRecord {
                     onboarding_id: o.id.clone(),
                     sequence: 1,
-                    kind: new.event.kind.clone(),
+                    kind: new.event.kind,
                     state: o.state,
                     previous_state: o.state,
                     reason: new.event.reason.clone(),
@@ -691,7 +691,7 @@ macro_rules! impl_sql_store {
                 let event = $crate::store::EventRecord {
                     onboarding_id: id.clone(),
                     sequence: new.sequence,
-                    kind: change.event.kind.clone(),
+                    kind: change.event.kind,
                     state: new.state,
                     previous_state: old.state,
                     reason: change.event.reason.clone(),

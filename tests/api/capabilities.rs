@@ -451,7 +451,7 @@ impl Env {
             .create_onboarding(&NewOnboarding {
                 onboarding: o,
                 steps: vec![],
-                event: NewEvent { kind: "created".into(), reason: "test".into(), step: None, data_json: "{}".into() },
+                event: NewEvent::new(wa_onboard::domain::EventKind::Created, "test"),
                 idempotency: None,
             })
             .await

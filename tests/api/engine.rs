@@ -416,16 +416,12 @@ async fn expiry_warnings_come_once_per_threshold_and_re_arm_when_the_expiry_move
     let core = &app.running().core;
     let hour: i64 = 3_600_000;
     let set_expiry = |expire: i64| wa_onboard::store::OnboardingChange {
-        onboarding_id: Some(id.clone()),
-        expire_ms: Some(Some(expire)),
-        event: wa_onboard::store::NewEvent {
-            kind: "provider_status".into(),
-            reason: "trial days".into(),
-            step: None,
-            data_json: "{}".into(),
-        },
-        at_ms: now_ms(),
-        ..Default::default()
+        expire_ms: wa_onboard::domain::Patch::Set(expire),
+        ..wa_onboard::store::OnboardingChange::new(
+            &id,
+            wa_onboard::store::NewEvent::new(wa_onboard::domain::EventKind::ProviderStatus, "trial days"),
+            now_ms(),
+        )
     };
     let expire = now_ms() + 72 * hour;
     store.apply_change(&set_expiry(expire)).await.unwrap();
@@ -450,7 +446,7 @@ async fn expiry_warnings_come_once_per_threshold_and_re_arm_when_the_expiry_move
     let mut late = set_expiry(now_ms() + 72 * hour);
     late.onboarding_id = Some(id2.clone());
     store.apply_change(&late).await.unwrap();
-    let expire2 = late.expire_ms.flatten().unwrap();
+    let wa_onboard::domain::Patch::Set(expire2) = late.expire_ms else { unreachable!() };
     assert_eq!(core.expiry_tick(expire2 - hour / 2).await.unwrap(), 1);
     assert_eq!(core.expiry_tick(expire2 - hour / 3).await.unwrap(), 0);
     let w2 = warnings(&app, &id2).await;

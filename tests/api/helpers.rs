@@ -162,12 +162,7 @@ impl TestApp {
             .create_onboarding(&NewOnboarding {
                 onboarding: o,
                 steps: vec![],
-                event: NewEvent {
-                    kind: "created".into(),
-                    reason: "accepted".into(),
-                    step: None,
-                    data_json: "{}".into(),
-                },
+                event: NewEvent::new(wa_onboard::domain::EventKind::Created, "accepted"),
                 idempotency: None,
             })
             .await
@@ -196,18 +191,14 @@ impl TestApp {
             .running()
             .store
             .apply_change(&OnboardingChange {
-                onboarding_id: Some(id.clone()),
                 state: Some(state),
                 provider_status: status.map(Into::into),
                 external_key: external_key.map(Into::into),
-                event: NewEvent {
-                    kind: "state_changed".into(),
-                    reason: format!("now {state}"),
-                    step: None,
-                    data_json: "{}".into(),
-                },
-                at_ms: now_ms(),
-                ..Default::default()
+                ..OnboardingChange::new(
+                    id,
+                    NewEvent::new(wa_onboard::domain::EventKind::StateChanged, format!("now {state}")),
+                    now_ms(),
+                )
             })
             .await
             .unwrap();

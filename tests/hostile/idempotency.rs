@@ -717,3 +717,85 @@ async fn concurrent_delete_channel_with_one_request_id_deletes_once() {
     assert_eq!(refunds.len(), 1, "{figures:?}");
     assert_eq!(deletes, 1, "{figures:?}");
 }
+
+/// `CancelOnboarding` keeps its `request_id` promise: parallel identical cancels of a Whapi
+/// channel (one `request_id`) cancel once at the provider and all answer the one refund; a
+/// later cancel answers it too (it answered 0 before).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_cancel_onboarding_with_one_request_id_cancels_once() {
+    let app = spawn_with(fast).await;
+    let key = app.key.expose().to_string();
+    let name = app
+        .onboardings()
+        .create_onboarding(app.req(pb::CreateOnboardingRequest {
+            account: "accounts/sandbox-whapi".into(),
+            reference: "crm-cancel".into(),
+            request_id: String::new(),
+            onboarding_id: String::new(),
+            request: Some(pb::create_onboarding_request::Request::Whapi(pb::WhapiChannelRequest {
+                channel_name: "Race Cancel".into(),
+                ..Default::default()
+            })),
+        }))
+        .await
+        .expect("CreateOnboarding")
+        .into_inner()
+        .name;
+    let mut c = app.onboardings();
+    let deadline = Instant::now() + PATIENCE;
+    loop {
+        let o = get_with(&mut c, &key, &name).await;
+        if let Some(pb::onboarding::Details::Whapi(w)) = &o.details
+            && !w.channel_id.is_empty()
+        {
+            break;
+        }
+        assert!(Instant::now() < deadline, "no channel: {o:?}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let sim = app.running().sandbox.as_ref().expect("sandbox").whapi.core().clone();
+    let deletes_before: u64 =
+        sim.counters().calls.iter().filter(|(k, _)| k.starts_with("DELETE")).map(|(_, v)| *v).sum();
+    let mut joins = Vec::new();
+    for _ in 0..PARALLEL {
+        let mut o = app.onboardings();
+        let r = app.req(pb::CancelOnboardingRequest { name: name.clone(), request_id: "cancel-race-1".into() });
+        joins.push(tokio::spawn(async move { o.cancel_onboarding(r).await.map(|r| r.into_inner()) }));
+    }
+    let mut results = Vec::new();
+    for j in joins {
+        results.push(tokio::time::timeout(PATIENCE, j).await.expect("answered").expect("task"));
+    }
+    let codes = code_counts(&results);
+    let refunds: BTreeSet<i32> = results.iter().filter_map(|r| r.as_ref().ok()).map(|r| r.refunded_days).collect();
+    let deletes: u64 =
+        sim.counters().calls.iter().filter(|(k, _)| k.starts_with("DELETE")).map(|(_, v)| *v).sum::<u64>()
+            - deletes_before;
+    let later = app
+        .onboardings()
+        .cancel_onboarding(app.req(pb::CancelOnboardingRequest { name: name.clone(), request_id: String::new() }))
+        .await
+        .expect("a later cancel")
+        .into_inner();
+    let figures = vec![
+        ("identical calls sent at once", PARALLEL.to_string()),
+        ("answers", show(&codes)),
+        ("distinct refunds answered", refunds.len().to_string()),
+        ("delete calls at Whapi", deletes.to_string()),
+        ("refund answered to a later cancel", later.refunded_days.to_string()),
+    ];
+    write_fragment(
+        "40-hostile-concurrent-cancel-onboarding.md",
+        &format!(
+            "### Concurrent CancelOnboarding with one request_id\n\n\
+             20 identical `CancelOnboarding` calls (one `request_id`) on a Whapi channel sent at once: \
+             the key is claimed before Whapi is called, so the channel is cancelled once and every \
+             caller, and a later cancel, gets the one refund.\n\n{}",
+            table(&figures)
+        ),
+    );
+    assert_eq!(codes.get("OK").copied(), Some(PARALLEL), "{figures:?}");
+    assert_eq!(refunds.len(), 1, "{figures:?}");
+    assert_eq!(deletes, 1, "{figures:?}");
+    assert_eq!(Some(&later.refunded_days), refunds.iter().next(), "{figures:?}");
+}

@@ -284,16 +284,12 @@ async fn a_revoked_keys_open_stream_ends_unauthenticated() {
             // Events keep coming after the revocation.
             for i in 0..40 {
                 let change = wa_onboard::store::OnboardingChange {
-                    onboarding_id: Some(id.clone()),
                     provider_status: Some(format!("status {i}")),
-                    event: wa_onboard::store::NewEvent {
-                        kind: "state_changed".into(),
-                        reason: "still moving".into(),
-                        step: None,
-                        data_json: "{}".into(),
-                    },
-                    at_ms: wa_onboard::domain::now_ms(),
-                    ..Default::default()
+                    ..wa_onboard::store::OnboardingChange::new(
+                        &id,
+                        wa_onboard::store::NewEvent::new(wa_onboard::domain::EventKind::StateChanged, "still moving"),
+                        wa_onboard::domain::now_ms(),
+                    )
                 };
                 if let Ok(e) = app_store.apply_change(&change).await {
                     let _ = app_store.notify(&wa_onboard::store::ChangeNotice::moved(id.clone(), e.sequence)).await;

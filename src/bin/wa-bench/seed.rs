@@ -64,12 +64,7 @@ pub async fn seed(url: &str, n: usize) -> Result<Vec<Seeded>> {
                     .create_onboarding(&NewOnboarding {
                         onboarding: o,
                         steps: vec![],
-                        event: NewEvent {
-                            kind: "created".into(),
-                            reason: "seeded by wa-bench".into(),
-                            step: None,
-                            data_json: "{}".into(),
-                        },
+                        event: NewEvent::new(wa_onboard::domain::EventKind::Created, "seeded by wa-bench"),
                         idempotency: None,
                     })
                     .await

@@ -96,12 +96,11 @@ impl pb::onboarding_service_server::OnboardingService for Services {
         let mut v = limits::collect(req.get_ref());
         let r = req.get_ref();
         let id = v.check("name", onboarding_name(&caller.tenant, "name", &r.name).map_err(|e| e.message));
-        let _ = request_id(&mut v, &r.request_id);
+        let rid = request_id(&mut v, &r.request_id);
         v.finish()?;
         let Some(id) = id else { return Err(AppError::internal("validated fields missing").into()) };
-        ok(self.core.cancel_onboarding(&caller, &id).await.map(|(o, days)| pb::CancelOnboardingResponse {
-            onboarding: Some(onboarding_to_pb(&o)),
-            refunded_days: days as i32,
+        ok(self.core.cancel_onboarding(&caller, &id, rid.as_deref()).await.map(|(o, days)| {
+            pb::CancelOnboardingResponse { onboarding: Some(onboarding_to_pb(&o)), refunded_days: days as i32 }
         }))
     }
 
