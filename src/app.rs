@@ -518,7 +518,8 @@ impl Running {
     }
 }
 
-async fn wait_for_signal() {
+/// Waits for SIGTERM or SIGINT (Ctrl-C elsewhere): what ends `serve` and the CLI's waits.
+pub async fn wait_for_signal() {
     #[cfg(unix)]
     {
         use tokio::signal::unix::{SignalKind, signal};

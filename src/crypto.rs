@@ -77,11 +77,6 @@ impl Cipher {
         &self.fingerprint_key
     }
 
-    /// Id of the key new data is sealed with.
-    pub fn primary_key_id(&self) -> &str {
-        &self.primary
-    }
-
     /// Seals `plaintext`, bound to `aad` (e.g. `account/acme/credentials`).
     pub fn seal(&self, plaintext: &[u8], aad: &str) -> Result<Sealed, CryptoError> {
         let cipher = self.keys.get(&self.primary).ok_or_else(|| CryptoError::UnknownKey(self.primary.clone()))?;

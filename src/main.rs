@@ -155,7 +155,7 @@ async fn run(cli: Cli) -> Result<(), String> {
             println!("  whapi manager     {}", ep.whapi_manager);
             println!("  whapi gate        {}", ep.whapi_gate);
             println!("  99digital         {}", ep.digital99);
-            wait_for_signal().await;
+            wa_onboard::app::wait_for_signal().await;
             Ok(())
         }
     }
@@ -201,21 +201,6 @@ async fn serve(settings: Settings) -> Result<(), String> {
     }
     running.run_until_signal().await;
     Ok(())
-}
-
-async fn wait_for_signal() {
-    #[cfg(unix)]
-    {
-        use tokio::signal::unix::{SignalKind, signal};
-        if let Ok(mut term) = signal(SignalKind::terminate()) {
-            tokio::select! {
-                _ = term.recv() => {}
-                _ = tokio::signal::ctrl_c() => {}
-            }
-            return;
-        }
-    }
-    let _ = tokio::signal::ctrl_c().await;
 }
 
 async fn tenant(settings: Settings, command: TenantCommand) -> Result<(), String> {

@@ -11,7 +11,7 @@ pub mod state;
 
 pub use event::{EventKind, Patch};
 pub use ids::*;
-pub use pipeline::{StepName, StepState};
+pub use pipeline::StepState;
 pub use provider::{Capability, ProviderKind};
 pub use secret::Secret;
 pub use state::OnboardingState;
