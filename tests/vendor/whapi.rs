@@ -72,6 +72,19 @@ impl Whapi {
         }
         let p = req.path();
         let m = req.method.as_str();
+        let known = matches!(
+            (m, p.as_slice()),
+            ("GET", ["projects"])
+                | ("PUT", ["channels"])
+                | ("PATCH", ["channels", _, "mode"])
+                | ("POST", ["channels", _, "extend"])
+                | ("DELETE", ["channels", _])
+                | ("PATCH", ["partners", _, "settings"])
+        );
+        if !known {
+            return Err(refuse("no such call on the vendor pages"));
+        }
+        // No manager call documents a query parameter.
         req.only_query(&[])?;
         match (m, p.as_slice()) {
             ("GET", ["projects"]) => {
