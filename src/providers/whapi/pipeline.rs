@@ -99,6 +99,20 @@ pub(super) fn with_ingress(mut hooks: Vec<WebhookJson>, ingress: &str) -> (Vec<W
     (hooks, changed)
 }
 
+/// Whether an earlier run of `create_channel` may have sent a create: any attempt after the
+/// first (a failed or crashed run counts one; a rate-limit queue does not), or an onboarding
+/// that was ever stalled or waiting for credentials, whose restart (RetryPipeline, new
+/// credentials) counts attempts afresh. The engine marks those in its details
+/// (`stalled_from`).
+pub(super) fn may_follow_a_create(run: &StepRun) -> bool {
+    let was_stalled = run
+        .details
+        .get(crate::core::context::ENGINE_KEY)
+        .and_then(|e| e.get("stalled_from"))
+        .is_some_and(|v| !v.is_null());
+    run.attempt > 1 || was_stalled
+}
+
 impl WhapiProvider {
     pub(super) async fn run_pipeline_step(
         &self,
@@ -119,9 +133,7 @@ impl WhapiProvider {
 
     async fn step_create(&self, ctx: &CallContext, run: &StepRun) -> Result<StepOutcome, ProviderError> {
         let w = whapi_start(&run.request)?;
-        // Attempt 1 sent nothing before (a rate-limit queue does not count as an attempt);
-        // any later attempt may follow a create whose answer was lost or a 5xx that acted.
-        let (ch, reconciled) = self.create_or_find(ctx, &run.request, run.attempt > 1).await?;
+        let (ch, reconciled) = self.create_or_find(ctx, &run.request, may_follow_a_create(run)).await?;
         let mut obs = note(
             if ch.status.is_empty() { "created" } else { &ch.status },
             None,

@@ -1110,3 +1110,18 @@ async fn retry_whose_channel_list_cannot_be_read_never_creates_again() {
     }
     assert_eq!(e.sim.core().counters().created.get("channels").copied().unwrap_or(0), 0);
 }
+
+/// A restarted pipeline (RetryPipeline after a stall) counts attempts afresh: the engine's
+/// `stalled_from` mark makes attempt 1 look first anyway, so a lost create is found, not
+/// repeated.
+#[tokio::test]
+async fn create_after_a_stall_and_restart_looks_first() {
+    let e = env().await;
+    e.inject_next_create(Fault::UnknownOutcome).await;
+    let mut run = Run::new(start_req("onb-stalled", "Acme Support", false, 0));
+    assert!(e.provider.run_step(&e.ctx(), &run.step_run(STEP_CREATE_CHANNEL)).await.is_err());
+    run.details.insert("_engine".into(), json!({ "stalled_from": "PENDING" }));
+    let out = e.step(&mut run, STEP_CREATE_CHANNEL).await;
+    assert_eq!(out.attributes["reconciled"], "true");
+    assert_eq!(e.sim.core().counters().created["channels"], 1, "one channel");
+}
