@@ -307,7 +307,12 @@ async fn gupshup_app_is_linked_provisioned_live_and_subscribed_with_documented_c
     let provisioning = wait_state(&app, &server, &name, pb::OnboardingState::Provisioning).await;
     let app_id = gupshup(&provisioning).app_id;
     assert!(!app_id.is_empty(), "{provisioning:?}");
-    assert!(server.count("GET", "/partner/app/*/pipeline") >= 1);
+    // Still provisioning at the first pipeline read (the state is entered before it).
+    let deadline = tokio::time::Instant::now() + PATIENCE;
+    while server.count("GET", "/partner/app/*/pipeline") == 0 {
+        assert!(tokio::time::Instant::now() < deadline, "no pipeline read; refused {:?}", server.refusals());
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
     vendor.apps.lock().unwrap().iter_mut().for_each(|a| a.provisioned = true);
     wait_state(&app, &server, &name, pb::OnboardingState::Live).await;
     let deadline = tokio::time::Instant::now() + PATIENCE;
