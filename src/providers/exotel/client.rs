@@ -14,6 +14,12 @@ use crate::providers::http::{
 };
 use crate::providers::{CallContext, ProviderError};
 
+/// [I] The `access_token` [`Client::check`] validates (providers.md §2.5, CheckAccount): not
+/// shaped like a token Exotel hands out (a UUID: hex digits and `-`), so a documented 400
+/// "malformed" answers it without any token lookup. What Exotel answers for it is not
+/// published; a 404 (also the answer for an SID unknown on the cluster) fails the check.
+pub(super) const CHECK_PROBE_TOKEN: &str = "wa-onboard-credentials-check";
+
 /// One account's coordinates, borrowed from the call context.
 pub(super) struct Account<'a> {
     sid: &'a str,
@@ -262,12 +268,15 @@ impl Client {
             .ok_or_else(|| malformed("validate answer", "no onboarding_token_status"))
     }
 
-    /// [I] A cheap authenticated call that creates nothing: the validate endpoint without a
-    /// token. Exotel checks the credentials and the account first, so 401/403 mean rejected
-    /// credentials, 404 an SID unknown on this cluster, and 400 ("access_token is required")
-    /// or 200 that both are fine. Minting would spend a link (and possibly plan quota).
+    /// [I] A cheap authenticated call that creates nothing: the documented validate call
+    /// (providers.md §2.3, `access_token` mandatory) with [`CHECK_PROBE_TOKEN`], a token no
+    /// account was ever given. Exotel checks the credentials and the account first, so
+    /// 401/403 mean rejected credentials and 404 an SID unknown on this cluster; 400 (the
+    /// probe is not token-shaped) or 200 mean both are fine. Minting would spend a link (and
+    /// possibly plan quota); a GET without `access_token` is not a documented request.
     pub(super) async fn check(&self, acct: &Account<'_>) -> Result<(), ProviderError> {
-        let url = acct.isv_url()?;
+        let mut url = acct.isv_url()?;
+        url.query_pairs_mut().append_pair("access_token", CHECK_PROBE_TOKEN);
         let res = retry(&self.retry, || {
             let req = acct.request(&self.http, Method::GET, url.clone());
             self.http.send("exotel.check", req, true, &IsvBody)

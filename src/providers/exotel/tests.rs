@@ -543,3 +543,32 @@ async fn used_is_live_as_link_used_with_capacity_bounds_and_expired_is_unknown_o
     assert_eq!(expired.observation.reason, "link expired; Exotel does not report whether anyone onboarded with it");
     assert_eq!(expired.details["customers_remaining_min"], json!(0));
 }
+
+/// CheckAccount sends the documented validate call (`access_token` is mandatory,
+/// providers.md §2.3): the old probe, a bare `GET …/isv`, took the 400 for "fine".
+#[tokio::test]
+async fn check_credentials_sends_the_documented_validate_call_with_the_probe_token() {
+    use axum::extract::RawQuery;
+    let seen: Arc<std::sync::Mutex<Vec<Option<String>>>> = Arc::default();
+    let log = seen.clone();
+    let app = axum::Router::new().fallback(move |RawQuery(q): RawQuery| {
+        let log = log.clone();
+        async move {
+            let has = q.as_deref().is_some_and(|q| q.starts_with("access_token="));
+            log.lock().unwrap().push(q);
+            // A vendor-pages-only server: the parameter is mandatory.
+            if has {
+                (axum::http::StatusCode::BAD_REQUEST, "malformed")
+            } else {
+                (axum::http::StatusCode::BAD_REQUEST, "access_token is required")
+            }
+        }
+    });
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let base = format!("http://{}", listener.local_addr().unwrap());
+    tokio::spawn(async move { axum::serve(listener, app).await.ok() });
+    let p = ExotelProvider::new(&deps());
+    p.check_credentials(&ctx_for(base, "sid-1", "k", "t")).await.expect("a 400 for the probe is fine");
+    let q = seen.lock().unwrap().clone();
+    assert_eq!(q, vec![Some(format!("access_token={}", client::CHECK_PROBE_TOKEN))]);
+}

@@ -312,14 +312,36 @@ impl WhapiProvider {
         }
     }
 
-    /// Finds the channel an earlier attempt created for this name, or creates it. Returns
-    /// the channel and whether it was found (reconciled).
-    async fn create_or_find(&self, ctx: &CallContext, req: &StartRequest) -> Result<(Channel, bool), ProviderError> {
+    /// Creates the channel, first looking for the one an earlier attempt may have created
+    /// when `earlier_attempt` (the lookup needs the channel list, which no vendor page
+    /// documents, providers.md §3.2 [C2]: a first attempt has nothing to find and sends only
+    /// the documented `PUT /channels`). Returns the channel and whether it was found
+    /// (reconciled). A lookup that fails never falls through to a second create: a second
+    /// channel costs days.
+    async fn create_or_find(
+        &self,
+        ctx: &CallContext,
+        req: &StartRequest,
+        earlier_attempt: bool,
+    ) -> Result<(Channel, bool), ProviderError> {
         let w = whapi_start(req)?;
         let name = channel_name_for(w, &req.idempotency_key);
         let project = self.project_for(ctx, w).await?;
-        if let Some(ch) = self.find_channel(ctx, &name, &project).await? {
-            return Ok((ch, true));
+        if earlier_attempt {
+            match self.find_channel(ctx, &name, &project).await {
+                Ok(Some(ch)) => return Ok((ch, true)),
+                Ok(None) => {}
+                Err(e) if e.is_retryable() => return Err(e),
+                Err(e) => {
+                    return Err(ProviderError::Precondition {
+                        raw: "reconcile_create".into(),
+                        message: format!(
+                            "an earlier attempt may have created the channel, and the channel list that would \
+                             tell cannot be read ({e}); not creating a second channel"
+                        ),
+                    });
+                }
+            }
         }
         let token = client::partner_token(ctx)?;
         // [C] 20 creations per 30 minutes per partner token: queue here instead of a 429.
@@ -399,7 +421,8 @@ impl Provider for WhapiProvider {
 
     async fn start_onboarding(&self, ctx: &CallContext, req: &StartRequest) -> Result<StartOutcome, ProviderError> {
         let go_live = whapi_start(req)?.go_live;
-        let (ch, reconciled) = self.create_or_find(ctx, req).await?;
+        // No attempt count here: look first, as before.
+        let (ch, reconciled) = self.create_or_find(ctx, req, true).await?;
         let mut fields = BTreeMap::new();
         channel_fields(&ch, &mut fields);
         let observation = Observation {

@@ -99,6 +99,20 @@ pub(super) fn with_ingress(mut hooks: Vec<WebhookJson>, ingress: &str) -> (Vec<W
     (hooks, changed)
 }
 
+/// Whether an earlier run of `create_channel` may have sent a create: any attempt after the
+/// first (a failed or crashed run counts one; a rate-limit queue does not), or an onboarding
+/// that was ever stalled or waiting for credentials, whose restart (RetryPipeline, new
+/// credentials) counts attempts afresh. The engine marks those in its details
+/// (`stalled_from`).
+pub(super) fn may_follow_a_create(run: &StepRun) -> bool {
+    let was_stalled = run
+        .details
+        .get(crate::core::context::ENGINE_KEY)
+        .and_then(|e| e.get("stalled_from"))
+        .is_some_and(|v| !v.is_null());
+    run.attempt > 1 || was_stalled
+}
+
 impl WhapiProvider {
     pub(super) async fn run_pipeline_step(
         &self,
@@ -119,7 +133,7 @@ impl WhapiProvider {
 
     async fn step_create(&self, ctx: &CallContext, run: &StepRun) -> Result<StepOutcome, ProviderError> {
         let w = whapi_start(&run.request)?;
-        let (ch, reconciled) = self.create_or_find(ctx, &run.request).await?;
+        let (ch, reconciled) = self.create_or_find(ctx, &run.request, may_follow_a_create(run)).await?;
         let mut obs = note(
             if ch.status.is_empty() { "created" } else { &ch.status },
             None,
@@ -182,15 +196,30 @@ impl WhapiProvider {
             return Ok(StepOutcome::wait(connection_poll_delay(self.poll_interval, polls), obs)
                 .data(json!({ "polls": polls + 1 })));
         }
-        // Connected: the channel object has the phone [C2] and the current activeTill.
-        let ch = self.client.get_channel(ctx, &handle.external_key).await?;
-        let phone = health.user.as_ref().map(|u| u.id.clone()).filter(|p| !p.is_empty()).or(ch.phone.clone());
-        let obs = health_observation(&health, Some(&ch), go_live);
+        // Connected. The phone comes from health when it carries the user [I]; else from the
+        // channel object, a read no vendor page documents (providers.md §3.2 "get channel"
+        // [C2]), so it is best effort: a refusal only leaves the phone (and a fresher
+        // activeTill) out, the `users` login webhook [C] carries the phone too.
+        let from_health = health.user.as_ref().map(|u| u.id.clone()).filter(|p| !p.is_empty());
+        let ch = if from_health.is_some() {
+            None
+        } else {
+            match self.client.get_channel(ctx, &handle.external_key).await {
+                Ok(ch) => Some(ch),
+                Err(e) if e.is_retryable() => return Err(e),
+                Err(e) => {
+                    tracing::warn!(error = %e, "Whapi channel read refused; the phone comes from the login webhook.");
+                    None
+                }
+            }
+        };
+        let phone = from_health.or_else(|| ch.as_ref().and_then(|c| c.phone.clone()));
+        let obs = health_observation(&health, ch.as_ref(), go_live);
         let mut out = StepOutcome::done(obs);
         if let Some(p) = phone.as_deref().and_then(e164) {
             out = out.detail("phone", p.as_str());
         }
-        if let Some(t) = ch.active_till {
+        if let Some(t) = ch.as_ref().and_then(|c| c.active_till) {
             out = out.detail("active_till_ms", t).expires(t);
         }
         Ok(out)

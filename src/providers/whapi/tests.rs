@@ -668,7 +668,11 @@ async fn create_after_unknown_outcome_reconciles() {
         Err(e @ ProviderError::UnknownOutcome { .. }) => assert!(e.is_retryable()),
         other => panic!("expected UnknownOutcome, got {other:?}"),
     }
-    let out = e.step(&mut run, STEP_CREATE_CHANNEL).await;
+    // The engine counts the failed attempt: the retry is attempt 2, which looks first.
+    let mut retry = run.step_run(STEP_CREATE_CHANNEL);
+    retry.attempt = 2;
+    let out = e.provider.run_step(&e.ctx(), &retry).await.expect("retry");
+    run.apply(STEP_CREATE_CHANNEL, &out);
     assert_eq!(out.attributes["reconciled"], "true");
     let chans = e.sim.channels();
     assert_eq!(chans.len(), 1, "one channel at the sim");
@@ -1071,4 +1075,53 @@ fn mode_detail_uses_domain_names() {
     assert_eq!(detail_mode("live"), "live");
     assert_eq!(detail_mode(""), "trial");
     assert_eq!(detail_mode("platinum"), "platinum");
+}
+
+/// The first create attempt sends only the documented `PUT /channels` (providers.md §3.2):
+/// no vendor page lists channels, and attempt 1 has nothing to find. The old code listed
+/// first on every attempt, so a vendor-pages-only server failed the very first create.
+#[tokio::test]
+async fn first_create_attempt_sends_no_channel_list() {
+    let e = env().await;
+    let mut run = Run::new(start_req("onb-first", "Acme Support", false, 0));
+    let out = e.step(&mut run, STEP_CREATE_CHANNEL).await;
+    assert_eq!(out.attributes["reconciled"], "false");
+    let calls = e.sim.core().counters().calls;
+    assert_eq!(calls.get("GET /channels/list"), None, "{calls:?}");
+    assert_eq!(calls.get("GET /channels"), None, "{calls:?}");
+    assert_eq!(e.sim.core().counters().created["channels"], 1);
+}
+
+/// A retry whose lookup cannot be read stops with a Precondition instead of creating a
+/// second channel (a second channel costs days).
+#[tokio::test]
+async fn retry_whose_channel_list_cannot_be_read_never_creates_again() {
+    let e = env().await;
+    let run = Run::new(start_req("onb-nolist", "Acme Support", false, 0));
+    e.sim.core().fail_next(Some("GET /channels/list"), 1, simc::Fault::Status { status: 400 });
+    let mut retry = run.step_run(STEP_CREATE_CHANNEL);
+    retry.attempt = 2;
+    match e.provider.run_step(&e.ctx(), &retry).await {
+        Err(ProviderError::Precondition { raw, message }) => {
+            assert_eq!(raw, "reconcile_create");
+            assert!(message.contains("second channel"), "{message}");
+        }
+        other => panic!("expected Precondition, got {other:?}"),
+    }
+    assert_eq!(e.sim.core().counters().created.get("channels").copied().unwrap_or(0), 0);
+}
+
+/// A restarted pipeline (RetryPipeline after a stall) counts attempts afresh: the engine's
+/// `stalled_from` mark makes attempt 1 look first anyway, so a lost create is found, not
+/// repeated.
+#[tokio::test]
+async fn create_after_a_stall_and_restart_looks_first() {
+    let e = env().await;
+    e.inject_next_create(Fault::UnknownOutcome).await;
+    let mut run = Run::new(start_req("onb-stalled", "Acme Support", false, 0));
+    assert!(e.provider.run_step(&e.ctx(), &run.step_run(STEP_CREATE_CHANNEL)).await.is_err());
+    run.details.insert("_engine".into(), json!({ "stalled_from": "PENDING" }));
+    let out = e.step(&mut run, STEP_CREATE_CHANNEL).await;
+    assert_eq!(out.attributes["reconciled"], "true");
+    assert_eq!(e.sim.core().counters().created["channels"], 1, "one channel");
 }

@@ -212,6 +212,11 @@ async fn validate(
     let Some(token) = q.get("access_token").map(|t| t.trim()).filter(|t| !t.is_empty()) else {
         return fail("GET", 400, "access_token is required");
     };
+    // [I] A token not shaped like the UUIDs Exotel hands out (hex digits and `-`, providers.md
+    // §2.3 "UUID token") is a malformed request, the documented 400, not an unknown one.
+    if !token.bytes().all(|b| b.is_ascii_hexdigit() || b == b'-') {
+        return fail("GET", 400, "access_token is not a token");
+    }
     let now = ctx.sim.core().clock.now_ms();
     let status = lock(&ctx.sim.inner.state).validate(ctx.sim.config(), &sid, ctx.region, token, now);
     match status {

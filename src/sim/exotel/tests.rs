@@ -222,9 +222,13 @@ async fn validate_valid_then_used_after_customer_and_errors() {
     assert_eq!(r.status(), 200);
     let (_, body) = validate(&c, &srv.mumbai, "sandbox-in", &token).await;
     assert_eq!(status_of(&body), "USED");
-    let (code, body) = validate(&c, &srv.mumbai, "sandbox-in", "no-such-token").await;
+    let (code, body) = validate(&c, &srv.mumbai, "sandbox-in", "00000000-0000-0000-0000-000000000000").await;
     assert_eq!(code, 404);
     assert_error(&body, "GET", 404);
+    // Not token-shaped (the adapter's credentials probe): malformed, not unknown.
+    let (code, body) = validate(&c, &srv.mumbai, "sandbox-in", "no-such-token").await;
+    assert_eq!(code, 400);
+    assert_error(&body, "GET", 400);
     let r =
         c.get(isv(&srv.mumbai, "sandbox-in")).basic_auth("sandbox-key", Some("sandbox-token")).send().await.unwrap();
     assert_eq!(r.status(), 400);
