@@ -1,7 +1,7 @@
 //! Shared machinery for the provider simulators: a clock tests can advance, fault knobs,
 //! counters, documented-limit windows, callback delivery and a control API.
 //!
-//! Simulators never import adapter code: they are written from `providers.md` so that a
+//! Simulators never import adapter code: they are written from `docs/providers.md` so that a
 //! field-name mistake in an adapter fails against its simulator.
 
 use std::collections::{HashMap, VecDeque};

@@ -187,7 +187,7 @@ async fn exotel_batch_of_50_links_awaits_customers_for_24h_with_customers_remain
     let after = wa_onboard::domain::now_ms();
     assert_eq!(resp.onboardings.len(), 50);
     assert!(!resp.batch_id.is_empty());
-    assert_eq!(calls(sim.core(), EXOTEL_MINT), 50, "one documented Exotel call per link (providers.md §2.2)");
+    assert_eq!(calls(sim.core(), EXOTEL_MINT), 50, "one documented Exotel call per link (docs/providers.md §2.2)");
     assert_eq!(created(sim.core(), "links"), 50);
     let mut seen_tokens = std::collections::HashSet::new();
     for o in &resp.onboardings {
@@ -568,7 +568,7 @@ async fn digital99_number_registered_and_verified_then_finished_goes_live_with_r
     assert!(!d.landing_page.is_empty());
     assert_eq!((d.business_name.as_str(), d.display_name.as_str(), d.phone.as_str()), ("Acme inc", "Acme", NUMBER));
     // 99digital's `reference` is the onboarding id (unique, always set: what reconciliation
-    // matches on, providers.md §4.2 issue 17 #5); the caller's reference stays ours.
+    // matches on, docs/providers.md §4.2 issue 17 #5); the caller's reference stays ours.
     let at_sim = sim.accounts();
     assert_eq!(at_sim.len(), 1);
     // The store key (`{tenant}.{id}`): unique across tenants sharing a partner account.

@@ -31,7 +31,7 @@ fn envelope(method: &str, code: u16, status: &str, data: Value, error: Value) ->
         "response": { "whatsapp": { "isv": { "code": code, "error_data": error, "status": status, "data": data } } } })
 }
 
-/// A documented error code (providers.md §2.4) in the v2 failure envelope.
+/// A documented error code (docs/providers.md §2.4) in the v2 failure envelope.
 fn failure(method: &str, code: u16, message: &str) -> Reply {
     Reply::json(code, envelope(method, code, "failure", Value::Null, json!({ "code": code, "message": message })))
 }

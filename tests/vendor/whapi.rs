@@ -303,7 +303,7 @@ fn channels(
 }
 
 /// The one [C2] read the flow may still make: the channel object for the linked phone when
-/// health does not carry it (providers.md §3.2 "get channel", several public clients).
+/// health does not carry it (docs/providers.md §3.2 "get channel", several public clients).
 const PHONE_LOOKUP: &str = "GET /channels/";
 
 fn assert_documented(s: &Setup) {

@@ -1,4 +1,4 @@
-//! Webhook load: Gupshup `account-event` callbacks (the v2 envelope of providers.md 1.4)
+//! Webhook load: Gupshup `account-event` callbacks (the v2 envelope of docs/providers.md 1.4)
 //! posted to the ingress over HTTP/1.1 keep-alive connections, either paced (open loop, a
 //! fixed rate) or as fast as the ingress answers.
 

@@ -13,7 +13,7 @@ use crate::domain::Secret;
 use crate::providers::ProviderError;
 use crate::providers::http::{BodyError, ErrorBody, HttpClient, HttpFailure, RetryPolicy, retry};
 
-/// 99digital reason codes and what they mean for us. Documented ones are [C] (providers.md
+/// 99digital reason codes and what they mean for us. Documented ones are [C] (docs/providers.md
 /// §4); the rest are [I]: 99digital publishes no value for them, and these are the values
 /// the project's simulator infers. Keep every reason decision in this one table.
 pub(super) mod reason {

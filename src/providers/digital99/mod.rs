@@ -1,4 +1,4 @@
-//! The 99digital partner adapter (providers.md §4): 99digital hosts the signup page for a
+//! The 99digital partner adapter (docs/providers.md §4): 99digital hosts the signup page for a
 //! pre-registered number. We log in for a 1 h access token, optionally register and verify
 //! the number (SMS or voice code), point the partner webhook at our ingress, create the
 //! onboarding account (link + landing page) and follow it through `getAccounts` (status
@@ -10,7 +10,7 @@
 //! number instead; such an account is found by its `onboarding_link` (kept in the handle) or
 //! by the `reference` we sent (our onboarding id, echoed by `getAccounts`). Reconciliation
 //! reads `getAccounts` only: a number leaves `getRegisteredNumbers` once an account exists
-//! (providers.md §4.2, "Corrections (issue 17)" #5).
+//! (docs/providers.md §4.2, "Corrections (issue 17)" #5).
 
 mod client;
 mod model;
@@ -50,7 +50,7 @@ use crate::domain::account::Credentials;
 use crate::domain::{Capability, OnboardingState, ProviderKind, Secret, now_ms};
 use crate::error::AppError;
 
-/// Unconfirmed 99digital facts, in one place [I] (providers.md §4.2 and its "Corrections
+/// Unconfirmed 99digital facts, in one place [I] (docs/providers.md §4.2 and its "Corrections
 /// (issue 17)" #4; research-issue-17 point 4): no public page shows these URLs. Change them
 /// here the day 99digital confirms them (the simulator mirrors them by value in
 /// `src/sim/digital99/routes.rs`).
@@ -391,7 +391,7 @@ impl Digital99Provider {
         Ok(ans.list)
     }
 
-    /// The account of an onboarding, from `getAccounts` only (providers.md §4.2): by its link
+    /// The account of an onboarding, from `getAccounts` only (docs/providers.md §4.2): by its link
     /// when known, else by our `reference`, else by number (a coexistence account shows a
     /// temporary `97257…` number until it finishes, so the number alone cannot find it).
     async fn find_account(
@@ -435,7 +435,7 @@ impl Digital99Provider {
             raw: last.unwrap_or_default(),
             message: format!(
                 "99digital create endpoint unknown: neither {} nor {} exists (constants \
-                 CREATE_ONBOARDING_PATH / CREATE_ONBOARDING_FALLBACK, providers.md §4.2)",
+                 CREATE_ONBOARDING_PATH / CREATE_ONBOARDING_FALLBACK, docs/providers.md §4.2)",
                 inferred::CREATE_ONBOARDING_PATH,
                 inferred::CREATE_ONBOARDING_FALLBACK
             ),
@@ -541,7 +541,7 @@ impl Digital99Provider {
         };
         // An account for the onboarding means an earlier run got past verification: send no
         // new code (each one counts against the documented 3 requests). Asked of getAccounts:
-        // the number has left getRegisteredNumbers by then (providers.md §4.2).
+        // the number has left getRegisteredNumbers by then (docs/providers.md §4.2).
         if self.find_account(ctx, number, None, Some(reference_of(&run.request))).await?.is_some() {
             let obs = Observation { raw_status: "ACCOUNT_EXISTS".into(), ..Default::default() };
             return Ok(StepOutcome::done(obs).attribute("reconciled", "true"));
@@ -598,7 +598,7 @@ impl Digital99Provider {
                         raw,
                         message: format!(
                             "99digital verify endpoint unknown: {} does not exist (constant VERIFY_NUMBER_PATH, \
-                             providers.md §4.2)",
+                             docs/providers.md §4.2)",
                             inferred::VERIFY_NUMBER_PATH
                         ),
                     });

@@ -1,4 +1,4 @@
-//! 99digital Partners API wire types (providers.md §4), private to the adapter. Numbers and
+//! 99digital Partners API wire types (docs/providers.md §4), private to the adapter. Numbers and
 //! flags are read leniently (as JSON numbers or strings: the docs show `expiration_time` as a
 //! string and `status` as a number), missing fields default.
 
@@ -72,14 +72,14 @@ pub(super) struct RegisterRequest<'a> {
 }
 
 /// The verify body [I]: endpoint and field names not published (path in
-/// `inferred::VERIFY_NUMBER_PATH`, providers.md §4.2).
+/// `inferred::VERIFY_NUMBER_PATH`, docs/providers.md §4.2).
 #[derive(Serialize)]
 pub(super) struct VerifyRequest<'a> {
     pub whatsapp: &'a str,
     pub code: &'a str,
 }
 
-/// The create body: endpoint inferred (`inferred::CREATE_ONBOARDING_PATH`, providers.md
+/// The create body: endpoint inferred (`inferred::CREATE_ONBOARDING_PATH`, docs/providers.md
 /// §4.2); fields are those `getAccounts` echoes back [C]. `reference` is our onboarding id.
 #[derive(Serialize)]
 pub(super) struct CreateAccountRequest<'a> {
@@ -142,7 +142,7 @@ pub(super) struct DeleteAccountRequest<'a> {
     pub whatsapp: &'a str,
 }
 
-/// The partner webhook body. [I] The field list is not published; providers.md's default:
+/// The partner webhook body. [I] The field list is not published; docs/providers.md's default:
 /// `{"type":"whatsapp","event":"onboarding_finished","whatsapp","reference","status":1,"timestamp"}`.
 #[derive(Debug, Deserialize)]
 pub(super) struct WebhookEvent {

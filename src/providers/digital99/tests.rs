@@ -210,7 +210,7 @@ impl ConformanceHarness for Env {
     }
 
     fn valid_callback(&self, handle: &ProviderHandle) -> Vec<u8> {
-        // providers.md §4.4 default payload (what the simulator posts).
+        // docs/providers.md §4.4 default payload (what the simulator posts).
         let body = json!({
             "type": "whatsapp", "event": "onboarding_finished", "whatsapp": handle.external_key,
             "reference": REFERENCE, "status": 1, "timestamp": 1_739_874_663,
@@ -485,7 +485,7 @@ fn reason_table_keeps_n() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn coexistence_retry_finds_the_account_by_reference() {
     // Issue 17 point 5: the number leaves getRegisteredNumbers once an account exists
-    // (providers.md §4.2), so a coexistence account, listed under a temporary 97257… number
+    // (docs/providers.md §4.2), so a coexistence account, listed under a temporary 97257… number
     // until the business finishes, is found in getAccounts by our `reference`. The sim
     // serves the fallback create path here, so only reconciliation differs from before.
     let e =
@@ -605,7 +605,7 @@ fn factory_refuses_other_credentials() {
 }
 
 /// Issue 17 point 4: the create path is inferred (`inferred::CREATE_ONBOARDING_PATH`,
-/// providers.md §4.2); the adapter tries it, falls back to `CREATE_ONBOARDING_FALLBACK`
+/// docs/providers.md §4.2); the adapter tries it, falls back to `CREATE_ONBOARDING_FALLBACK`
 /// only on a 404 (nothing was created), and names the constant when neither exists.
 #[tokio::test]
 async fn create_tries_create_onboarding_then_the_fallback_only_on_404() {

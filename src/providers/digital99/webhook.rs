@@ -1,4 +1,4 @@
-//! The 99digital partner webhook (providers.md §4.4): one JSON `POST` per event. Only
+//! The 99digital partner webhook (docs/providers.md §4.4): one JSON `POST` per event. Only
 //! `type: "whatsapp"` events concern onboardings; `builder` / `partners` events are ignored.
 //! [I] The payload fields are not published; see [`super::model::WebhookEvent`].
 

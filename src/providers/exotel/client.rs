@@ -14,7 +14,7 @@ use crate::providers::http::{
 };
 use crate::providers::{CallContext, ProviderError};
 
-/// [I] The `access_token` [`Client::check`] validates (providers.md §2.5, CheckAccount): not
+/// [I] The `access_token` [`Client::check`] validates (docs/providers.md §2.5, CheckAccount): not
 /// shaped like a token Exotel hands out (a UUID: hex digits and `-`), so a documented 400
 /// "malformed" answers it without any token lookup. What Exotel answers for it is not
 /// published; a 404 (also the answer for an SID unknown on the cluster) fails the check.
@@ -77,7 +77,7 @@ impl ErrorBody for IsvBody {
         let status_failed = isv.status.as_deref().is_some_and(|s| !s.eq_ignore_ascii_case("success"));
         let code = isv.code.unwrap_or(0);
         // An `error_data` that says something is a failure even with `status: success`
-        // (providers.md §2.4); `null` or `{}` is not.
+        // (docs/providers.md §2.4); `null` or `{}` is not.
         let has_error = isv.error_data.as_ref().is_some_and(|e| e.message.is_some() || e.description.is_some());
         if !status_failed && code < 300 && !has_error {
             return None;
@@ -89,7 +89,7 @@ impl ErrorBody for IsvBody {
     }
 }
 
-/// Exotel's HTTP codes (providers.md §2.4) as semantic errors; a failure inside a 2xx is
+/// Exotel's HTTP codes (docs/providers.md §2.4) as semantic errors; a failure inside a 2xx is
 /// mapped by its `isv.code`. Retry classes (429, 5xx, transport, unknown outcome) keep the
 /// shared mapping.
 pub(super) fn to_error(f: HttpFailure) -> ProviderError {
@@ -194,7 +194,7 @@ impl Client {
     }
 
     /// `POST /v2/accounts/{sid}/isv`: mints one link, exactly as the vendor curl
-    /// (providers.md §2.2 [C]): `Content-Type: text/plain`, no body, no query string (no
+    /// (docs/providers.md §2.2 [C]): `Content-Type: text/plain`, no body, no query string (no
     /// page documents a parameter; there is no `count`). Each attempt waits for a slot of the
     /// account's mint pace ([`super::MINT_PACE`], [I]: Exotel publishes no limit).
     pub(super) async fn mint(&self, acct: &Account<'_>, attempts: MintAttempts) -> Result<Vec<String>, ProviderError> {
@@ -269,7 +269,7 @@ impl Client {
     }
 
     /// [I] A cheap authenticated call that creates nothing: the documented validate call
-    /// (providers.md §2.3, `access_token` mandatory) with [`CHECK_PROBE_TOKEN`], a token no
+    /// (docs/providers.md §2.3, `access_token` mandatory) with [`CHECK_PROBE_TOKEN`], a token no
     /// account was ever given. Exotel checks the credentials and the account first, so
     /// 401/403 mean rejected credentials and 404 an SID unknown on this cluster; 400 (the
     /// probe is not token-shaped) or 200 mean both are fine. Minting would spend a link (and

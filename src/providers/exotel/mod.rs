@@ -1,4 +1,4 @@
-//! The Exotel ISV adapter (providers.md §2): Exotel hosts the signup page; we mint 24 h
+//! The Exotel ISV adapter (docs/providers.md §2): Exotel hosts the signup page; we mint 24 h
 //! onboarding links (one per call, up to 50 per batch) and poll each link token's status
 //! (`VALID` / `USED` / `EXPIRED`) until the business finishes or the link lapses.
 //!
@@ -38,11 +38,11 @@ use crate::error::AppError;
 pub const STEP_MINT_LINK: &str = "mint_link";
 /// Step that polls the link token until the business finishes or the link lapses.
 pub const STEP_AWAIT_CUSTOMER: &str = "await_customer";
-/// Largest batch of links ("up to 50 URLs can be fetched at a time", providers.md §2.2 [C]);
+/// Largest batch of links ("up to 50 URLs can be fetched at a time", docs/providers.md §2.2 [C]);
 /// a batch is that many single calls.
 pub const MAX_BATCH: u32 = 50;
 /// Customers one link (token) can onboard within its 24 h: "A single token can successfully
-/// onboard up to five different customers within the 24-hour timeframe" (providers.md §2.2
+/// onboard up to five different customers within the 24-hour timeframe" (docs/providers.md §2.2
 /// [C]). For display only: Exotel reports no count, so nothing is enforced with it.
 pub const MAX_CUSTOMERS_PER_LINK: i64 = 5;
 
@@ -55,7 +55,7 @@ pub enum UsedMeaning {
     QuotaExhausted,
 }
 
-/// [I] The meaning of `USED` (providers.md §2.5 #3, research-issue-17 point 3). Exotel
+/// [I] The meaning of `USED` (docs/providers.md §2.5 #3, research-issue-17 point 3). Exotel
 /// returns `VALID`, `EXPIRED` or `USED` and defines none of them [C]. We take reading A
 /// ("at least one completion"): it is the only reading under which a link given to one
 /// customer ever reads `USED` (under reading B it would stay `VALID` and end `EXPIRED`).
@@ -79,7 +79,7 @@ pub fn used_meaning_text() -> &'static str {
         }
     }
 }
-/// [I] Pace of mint calls per account: Exotel publishes no rate limit (providers.md §2.4),
+/// [I] Pace of mint calls per account: Exotel publishes no rate limit (docs/providers.md §2.4),
 /// so a batch (N calls, §2.2) goes at most this many calls per window.
 pub const MINT_PACE: (u32, Duration) = (10, Duration::from_secs(1));
 /// Link validity [C].
@@ -140,7 +140,7 @@ impl TokenReading {
         Self { raw, state }
     }
 
-    /// The onboarding state the status implies (providers.md §2.5 #3).
+    /// The onboarding state the status implies (docs/providers.md §2.5 #3).
     ///
     /// An Exotel onboarding is one *link*, not one business: `USED` ([`USED_MEANS`], [I])
     /// says someone finished with the link, never who, so LIVE here means "link used"
@@ -434,7 +434,7 @@ impl HostedLinkOps for ExotelProvider {
         }
         let acct = Account::of(ctx)?;
         let now = now_ms();
-        // No batch parameter exists (providers.md §2.2 [C]): one documented call per link,
+        // No batch parameter exists (docs/providers.md §2.2 [C]): one documented call per link,
         // paced and retried by the shared plumbing. The batch is returned whole or not at all
         // (the core stores it atomically); links minted before a failure are never handed
         // out and lapse after 24 h.

@@ -1,4 +1,4 @@
-//! Exotel ISV wire types (providers.md §2), private to the adapter. Every field is optional
+//! Exotel ISV wire types (docs/providers.md §2), private to the adapter. Every field is optional
 //! where the docs disagree or do not say (the overview sample omits `method`, `http_code` and
 //! `error_data`), so parsing is lenient and the meaning is checked in one place.
 
@@ -49,7 +49,7 @@ pub(super) struct ErrorData {
 }
 
 /// [I] Where the create answer may hold the link, relative to `response.whatsapp.isv`, tried
-/// in order (providers.md §2.2, "Corrections (issue 17)" #2). The real create answer is not
+/// in order (docs/providers.md §2.2, "Corrections (issue 17)" #2). The real create answer is not
 /// published: the vendor pages show only the field-table path `whatsapp → isv → Url` and the
 /// key `onboarding_url` (validate page) [C]; the rest are the same names one level up or down.
 /// Each value may be one string or a list of strings. The day Exotel publishes the answer,
@@ -59,7 +59,7 @@ pub(super) const CREATE_URL_PATHS: [&[&str]; 6] =
 
 /// [I] Last resort: a link anywhere under `response.whatsapp.isv` is an `https` URL whose
 /// path holds this segment (the documented link shape
-/// `https://messaging.exotel.com/ua-links/isv-onboard/<token>`, providers.md §2.2 [C]).
+/// `https://messaging.exotel.com/ua-links/isv-onboard/<token>`, docs/providers.md §2.2 [C]).
 pub(super) const LINK_PATH_MARKER: &str = "/isv-onboard/";
 
 /// The links of a create answer (`body` = the whole envelope), by [`CREATE_URL_PATHS`] then

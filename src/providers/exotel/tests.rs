@@ -193,7 +193,7 @@ async fn callbacks_are_refused_as_malformed() {
     }
 }
 
-/// Issue 17 point 1: no vendor page documents a batch parameter (providers.md §2.2), so a
+/// Issue 17 point 1: no vendor page documents a batch parameter (docs/providers.md §2.2), so a
 /// batch of N is N plain POSTs (the sim answers 400 to `?count`), all returned together.
 #[tokio::test]
 async fn batch_of_50_is_50_plain_calls_and_51_or_0_are_refused_before_any_call() {
@@ -488,7 +488,7 @@ fn error_bodies_are_kept_redacted() {
 }
 
 /// `error_data` with a message is a failure inside HTTP 200 even with `status: success`;
-/// `null` or `{}` is not (providers.md §2.4).
+/// `null` or `{}` is not (docs/providers.md §2.4).
 #[test]
 fn error_data_inside_a_success_is_a_failure() {
     use crate::providers::http::ErrorBody;
@@ -504,7 +504,7 @@ fn error_data_inside_a_success_is_a_failure() {
     assert!(found.reason.starts_with("isv code 400"), "{}", found.reason);
 }
 
-/// Issue 17 point 3 (providers.md §2.5 #3): an Exotel onboarding is a link. `USED` is LIVE as
+/// Issue 17 point 3 (docs/providers.md §2.5 #3): an Exotel onboarding is a link. `USED` is LIVE as
 /// "link used" (never a named business), with the raw status and both capacity bounds;
 /// `EXPIRED` without a `USED` says the outcome is unknown; and when the provider reads `USED`
 /// only after 5 completions (sim knob `used_after`), 1–4 completions keep the link waiting.
@@ -545,7 +545,7 @@ async fn used_is_live_as_link_used_with_capacity_bounds_and_expired_is_unknown_o
 }
 
 /// CheckAccount sends the documented validate call (`access_token` is mandatory,
-/// providers.md §2.3): the old probe, a bare `GET …/isv`, took the 400 for "fine".
+/// docs/providers.md §2.3): the old probe, a bare `GET …/isv`, took the 400 for "fine".
 #[tokio::test]
 async fn check_credentials_sends_the_documented_validate_call_with_the_probe_token() {
     use axum::extract::RawQuery;

@@ -1,5 +1,5 @@
 //! Exotel callbacks: there are none. Exotel publishes no callback or webhook for ISV
-//! onboarding completion (providers.md §2.3); completion is read from the token status.
+//! onboarding completion (docs/providers.md §2.3); completion is read from the token status.
 //! Anything posted to the Exotel ingress is therefore refused as [`ProviderError::Malformed`].
 
 use crate::providers::{CallbackEvent, ProviderError};

@@ -1,4 +1,4 @@
-//! Raw Gupshup Partner API calls (providers.md §1.3) through the shared plumbing: the shared
+//! Raw Gupshup Partner API calls (docs/providers.md §1.3) through the shared plumbing: the shared
 //! connection pool, [`classify`] / [`classify_transport`], [`retry`], the rate limiter and
 //! the partner-token [`TokenCache`].
 //!
@@ -47,7 +47,7 @@ pub struct Limit {
     pub window: Duration,
 }
 
-/// The limits the adapter enforces per credential (providers.md 1.5). Tests shorten the
+/// The limits the adapter enforces per credential (docs/providers.md 1.5). Tests shorten the
 /// windows to run bursts in seconds; production uses [`GupshupLimits::default`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct GupshupLimits {
@@ -110,14 +110,14 @@ impl std::fmt::Display for CallError {
 }
 
 /// 403 messages that mean "this token is no longer valid", so one fresh token may cure them
-/// (providers.md 1.3.3, 1.7 point 12): `Invalid Access Token` is reported by a public client
+/// (docs/providers.md 1.3.3, 1.7 point 12): `Invalid Access Token` is reported by a public client
 /// [C2]. Other 403 texts (`Unauthorized Access`: the app is not the partner's [C];
 /// `Forbidden Access` [C]; `Not Subscription Owner`) are refusals no new token changes.
 pub(super) const GUPSHUP_AUTH_RETRY_MESSAGES: [&str; 1] = ["invalid access token"];
 
 /// The pipeline's 400 that also stands for a bad app token: "Please review the request
 /// parameters and retry", commented "Validate request parameters or authorization token"
-/// [C] (providers.md 1.3.4, 1.7 point 12). Matched lowercased, as a prefix of the message.
+/// [C] (docs/providers.md 1.3.4, 1.7 point 12). Matched lowercased, as a prefix of the message.
 pub(super) const PIPELINE_BAD_TOKEN_MSG: &str = "please review the request parameters";
 
 impl CallError {
@@ -611,7 +611,7 @@ impl Client {
         Ok((parsed, token))
     }
 
-    /// Sets the app's callback URL (providers.md 1.3.6, 1.7 point 13): the endpoint
+    /// Sets the app's callback URL (docs/providers.md 1.3.6, 1.7 point 13): the endpoint
     /// [`CALLBACK_REPAIR`] names first, the other one only when the first answers 404 (it is
     /// gone: both carry the vendor's "going to be deprecating this API soon" notice).
     pub(super) async fn set_callback(
@@ -689,7 +689,7 @@ impl Client {
     }
 
     /// The partner's apps whose phone contains `phone` (digits), for the 409 recovery
-    /// (providers.md 1.3.6, 1.7 point 9): `GET /partner/app/list?phone=&pageNo=&pageSize=`
+    /// (docs/providers.md 1.3.6, 1.7 point 9): `GET /partner/app/list?phone=&pageNo=&pageSize=`
     /// [C], page by page up to [`APP_LIST_MAX_PAGES`]; when that path answers 404, the older
     /// `GET /partner/account/api/partnerApps` [C2] (all apps, one call).
     pub(super) async fn find_apps_by_phone(
@@ -721,7 +721,7 @@ impl Client {
         Ok(found)
     }
 
-    /// `GET /partner/account/api/partnerApps` [C2] (providers.md 1.3.6).
+    /// `GET /partner/account/api/partnerApps` [C2] (docs/providers.md 1.3.6).
     async fn partner_apps(&self, ctx: &CallContext) -> Result<Vec<ListedApp>, ProviderError> {
         let url = endpoint(ctx, &["partner", "account", "api", "partnerApps"])?;
         let resp = self.get_partner(ctx, "gupshup.partner_apps", &url).await?;
@@ -869,7 +869,7 @@ impl Client {
     }
 }
 
-/// Which callback endpoint repairs an app's callback first (providers.md 1.3.6, 1.7 point 13).
+/// Which callback endpoint repairs an app's callback first (docs/providers.md 1.3.6, 1.7 point 13).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(super) enum CallbackRepair {
     /// `PUT /partner/app/{appId}/callbackUrl`, app token, form `callbackUrl` [C].
@@ -885,7 +885,7 @@ pub(super) enum CallbackRepair {
 pub(super) const CALLBACK_REPAIR: CallbackRepair = CallbackRepair::CallbackUrl;
 
 /// Pipeline errors that say more than their status: the bad-token 400 that a fresh app token
-/// did not cure (providers.md 1.3.4).
+/// did not cure (docs/providers.md 1.3.4).
 fn pipeline_error(e: &CallError) -> Option<ProviderError> {
     e.pipeline_bad_token().then(|| ProviderError::Invalid {
         field: None,

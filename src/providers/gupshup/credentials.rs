@@ -1,5 +1,5 @@
 //! Issue 17 point 15: Gupshup's 2026 credential changes as they touch the tech-provider
-//! flow (providers.md §1.2, §1.7). Client secrets now expire (newly generated ones after at
+//! flow (docs/providers.md §1.2, §1.7). Client secrets now expire (newly generated ones after at
 //! most 3 months) and Gupshup has no API that says when, so the account declares the date
 //! (`AccountOptions::secret_expire_ms`, proto `GupshupOptions.client_secret_expire_time`);
 //! this module turns it into a warning ahead of time and into a typed error once a login is
@@ -12,12 +12,12 @@ use crate::domain::account::AccountOptions;
 use crate::providers::{CredentialExpiry, CredentialExpiryState, ProviderError};
 
 /// [I] How long before the client secret's expiry we start warning. Gupshup sends no
-/// reminder ("expiry reminders" are only on its roadmap, providers.md §1.2 [C]); 14 days
+/// reminder ("expiry reminders" are only on its roadmap, docs/providers.md §1.2 [C]); 14 days
 /// leaves time to generate a new secret (Settings > API client details) and update the
 /// account.
 pub const SECRET_EXPIRY_WARNING: Duration = Duration::from_secs(14 * 24 * 3600);
 
-/// Where to get a new secret, in the portal's words (providers.md §1.2 [C]).
+/// Where to get a new secret, in the portal's words (docs/providers.md §1.2 [C]).
 const RENEW_HINT: &str =
     "generate a new one in the Gupshup portal (Settings > API client details) and update the account";
 

@@ -1,4 +1,4 @@
-//! The Gupshup Tech-Provider adapter (providers.md §1): partner login with a cached 24 h
+//! The Gupshup Tech-Provider adapter (docs/providers.md §1): partner login with a cached 24 h
 //! token, app linking (`POST /partner/tpp/app`) with 409 recovery and callback repair, the
 //! app token, the provisioning pipeline poll, the go-live and account callbacks, and
 //! per-app webhook subscriptions.
@@ -52,7 +52,7 @@ pub const STEP_SUBSCRIBE: &str = "subscribe";
 /// How long provisioning may take before the watchdog stalls the onboarding [I].
 const PROVISIONING_DEADLINE: Duration = Duration::from_secs(3600);
 
-/// What this adapter offers: all of Gupshup's API capabilities (no cancel: providers.md has
+/// What this adapter offers: all of Gupshup's API capabilities (no cancel: docs/providers.md has
 /// no way to delete a linked app).
 const CAPABILITIES: [Capability; 8] = [
     Capability::CheckCredentials,
@@ -115,7 +115,7 @@ impl GupshupProvider {
         let linked = match self.client.link_app(ctx, &form, &ctx.webhook_url).await {
             Ok(l) => l,
             // "Bot Already Exists" [C]: the name is taken, possibly by our own earlier link
-            // whose answer was lost (providers.md 1.7 point 9).
+            // whose answer was lost (docs/providers.md 1.7 point 9).
             Err(e) if e.status() == Some(409) => self.recover_bot_exists(ctx, &form, &e).await?,
             Err(e) => {
                 let lc = e.message_lc();
@@ -153,7 +153,7 @@ impl GupshupProvider {
     }
 
     /// A 409 without the app's id (`Bot Already Exists`): looks the partner's apps up by
-    /// phone (providers.md 1.3.6, 1.7 point 9). An app with exactly our phone is the one an
+    /// phone (docs/providers.md 1.3.6, 1.7 point 9). An app with exactly our phone is the one an
     /// earlier attempt linked → [`Linked::Exists`], and the engine's binding rules decide
     /// whether this onboarding may adopt it (the same path as the phone-409). Anything else
     /// leaves the name taken → `Conflict`.
@@ -465,13 +465,13 @@ fn validate_start<'a>(ctx: &CallContext, req: &'a StartRequest) -> Result<(&'a G
 
 /// The app-name rule [I], as a pattern (checked by [`validate_app_name`], no regex engine):
 /// the vendor says "Should be between 6 - 150 characters. Should not conflict with any other
-/// Gupshup App. Special Characters are not allowed." (providers.md §1.3.2 [C]) without saying
+/// Gupshup App. Special Characters are not allowed." (docs/providers.md §1.3.2 [C]) without saying
 /// whether `_`, `-` or a space is "special"; a public client test expects exactly this
-/// pattern [C2], so only ASCII letters and digits pass (providers.md §1.7 #14).
+/// pattern [C2], so only ASCII letters and digits pass (docs/providers.md §1.7 #14).
 pub const APP_NAME_RE: &str = "^[A-Za-z0-9]{6,150}$";
 
 /// Checks the (trimmed) app name against [`APP_NAME_RE`] before any call, with the vendor's
-/// own words (providers.md §1.3.2: 400 `App name should be between 6 to 150 characters in
+/// own words (docs/providers.md §1.3.2: 400 `App name should be between 6 to 150 characters in
 /// length`, 400 `Invalid characters used in app name`).
 fn validate_app_name(name: &str) -> Result<(), ProviderError> {
     const FIELD: &str = "gupshup.app_name";
@@ -515,11 +515,11 @@ fn check_url(spec: &SubscriptionSpec, prefix: &str) -> Result<(), ProviderError>
 // issue 17 point 14: modes per version, default version.
 
 /// Every payload version a vendor page accepts: `0,1,2,3` on the TPP guide and older pages,
-/// `2, 3` on the current `setsubscription-api-v3` page (providers.md §1.3.5 [C]).
+/// `2, 3` on the current `setsubscription-api-v3` page (docs/providers.md §1.3.5 [C]).
 const SUBSCRIPTION_VERSIONS: [i32; 4] = [0, 1, 2, 3];
 
 /// The version sent when the caller leaves it unset (proto `0`): 3, the only version on
-/// every vendor list (providers.md §1.3.5, §1.7 #14 [C]), and the one whose samples send
+/// every vendor list (docs/providers.md §1.3.5, §1.7 #14 [C]), and the one whose samples send
 /// `OTHERS`, `TEMPLATE` and `ACCOUNT`.
 pub const DEFAULT_SUBSCRIPTION_VERSION: i32 = 3;
 
@@ -528,7 +528,7 @@ const ANY_VERSION: &[i32] = &SUBSCRIPTION_VERSIONS;
 const V3_ONLY: &[i32] = &[3];
 
 /// The one table of subscription modes and the versions each is accepted with
-/// (providers.md §1.3.5, §1.7 #14). The current v3 page lists SENT, DELIVERED, READ, FAILED,
+/// (docs/providers.md §1.3.5, §1.7 #14). The current v3 page lists SENT, DELIVERED, READ, FAILED,
 /// OTHERS, PAYMENTS, MESSAGE, BILLING, FLOWS_MESSAGE, TEMPLATE, ACCOUNT, ENQUEUED and its
 /// `version=3` sample sends TEMPLATE and ACCOUNT [C] (the older "for version 3 TEMPLATE,
 /// ACCOUNT, COPY are not supported" is superseded there); NONE, DELETED and ALL come from the

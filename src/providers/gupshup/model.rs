@@ -1,4 +1,4 @@
-//! Private wire types of the Gupshup Partner API, written from providers.md §1 (never from
+//! Private wire types of the Gupshup Partner API, written from docs/providers.md §1 (never from
 //! the simulator). Every lenient choice about an undocumented or conflicting shape is here,
 //! named and marked, so it can be corrected in one place.
 
@@ -88,16 +88,16 @@ pub(super) const CREATION_ERROR: &str = "ERROR";
 pub(super) const PIPELINE_FINALIZE: &str = "FINALIZE";
 
 /// Whether LIVE also needs `pipeLineStage: FINALIZE` once `creationStage` is
-/// `WHATSAPP_PROVISIONING_DONE` (providers.md 1.3.4 / 1.7 point 11). [I] `false`: public
+/// `WHATSAPP_PROVISIONING_DONE` (docs/providers.md 1.3.4 / 1.7 point 11). [I] `false`: public
 /// clients disagree (some require both, others `creationStage` alone) and the vendor defines
 /// "live" by the live event and the `live` flag, not by the pipeline stage.
 pub(super) const LIVE_NEEDS_FINALIZE: bool = false;
 
 /// Retries the vendor says a failing pipeline makes before failing: "In case of an error,
-/// the pipeline retries three times before failing" [C] (providers.md 1.3.4, 1.7 point 10).
+/// the pipeline retries three times before failing" [C] (docs/providers.md 1.3.4, 1.7 point 10).
 pub(super) const PIPELINE_RETRIES: u32 = 3;
 
-/// Whether a `creationStage: ERROR` is the final one (providers.md 1.7 point 10). [I] the
+/// Whether a `creationStage: ERROR` is the final one (docs/providers.md 1.7 point 10). [I] the
 /// vendor never links `stageRetries` to the three retries; public clients fail on the first
 /// ERROR [C2]. So an ERROR is final unless the same answer says, through a `stageRetries`
 /// below [`PIPELINE_RETRIES`], that Gupshup is still retrying (the other reading of the vendor
@@ -106,7 +106,7 @@ pub(super) fn error_is_final(stage_retries: Option<u32>) -> bool {
     stage_retries.is_none_or(|n| n >= PIPELINE_RETRIES)
 }
 
-/// `GET /partner/app/list` page size for the 409 recovery lookup (providers.md 1.3.6, 1.7
+/// `GET /partner/app/list` page size for the 409 recovery lookup (docs/providers.md 1.3.6, 1.7
 /// point 9). [I] the vendor documents no maximum (default 10); a phone filter matches few apps.
 pub(super) const APP_LIST_PAGE_SIZE: usize = 50;
 /// Pages read before the lookup gives up. [I] a contains-search on the full phone number
@@ -114,7 +114,7 @@ pub(super) const APP_LIST_PAGE_SIZE: usize = 50;
 pub(super) const APP_LIST_MAX_PAGES: usize = 5;
 
 /// One app of an app listing: `/partner/app/list` items [C] or `partnerAppsList` items [C2]
-/// (providers.md 1.3.6). Only what the 409 recovery needs.
+/// (docs/providers.md 1.3.6). Only what the 409 recovery needs.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(super) struct ListedApp {
     /// `id`.
@@ -125,7 +125,7 @@ pub(super) struct ListedApp {
     pub phone: String,
 }
 
-/// The items of an app listing (providers.md 1.3.6, 1.7 point 9): a bare array (the vendor
+/// The items of an app listing (docs/providers.md 1.3.6, 1.7 point 9): a bare array (the vendor
 /// sample), or the array under `data` (RAKH), `partnerAppsList` (older list) or `apps` (a
 /// public client reads all three [C2]). Items without an `id` are skipped; anything else is
 /// `None` (an answer we cannot read).
@@ -168,7 +168,7 @@ impl PipelineResponse {
         self.text("stageRetries")?.trim().parse().ok()
     }
 
-    /// The `live` flag of app objects (app list [C], `appDetails` [C2]; providers.md 1.3.6),
+    /// The `live` flag of app objects (app list [C], `appDetails` [C2]; docs/providers.md 1.3.6),
     /// should the pipeline answer carry it.
     pub fn live_flag(&self) -> bool {
         matches!(self.whatsapp.get("live"), Some(Value::Bool(true)))

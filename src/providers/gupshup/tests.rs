@@ -1,6 +1,6 @@
 //! Adapter tests against a spawned [`GupshupSim`] (real HTTP on 127.0.0.1:0): the shared
 //! conformance suite plus the Gupshup-specific behaviours. The simulator is written from
-//! providers.md independently of the adapter, so a wrong field name fails here.
+//! docs/providers.md independently of the adapter, so a wrong field name fails here.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -163,7 +163,7 @@ fn step_run(name: &str, req: &StartRequest) -> StepRun {
 }
 
 fn live_event(app_id: &str, ts: i64) -> Vec<u8> {
-    // providers.md 1.4, go-live event.
+    // docs/providers.md 1.4, go-live event.
     json!({
         "app": "AcmeSupport", "appId": app_id, "phone": "919900000001", "timestamp": ts, "version": 2,
         "type": "onboarding-event",

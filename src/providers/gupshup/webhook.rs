@@ -1,4 +1,4 @@
-//! Gupshup callbacks (providers.md 1.4): the v2 envelope
+//! Gupshup callbacks (docs/providers.md 1.4): the v2 envelope
 //! `{app, appId, phone, timestamp, version, type, payload:{type, payload:{…}}}` carrying the
 //! go-live `onboarding-event` and the `account-event`s. Pure: no I/O, no state.
 //!
@@ -80,7 +80,7 @@ pub(super) fn parse(body: &[u8]) -> Result<Vec<CallbackEvent>, ProviderError> {
             let state = s.eq_ignore_ascii_case("live").then_some(OnboardingState::Live);
             (format!("{event_type}:{s}"), state)
         }
-        // [I] Account events hint no canonical state. providers.md does not say that a review
+        // [I] Account events hint no canonical state. docs/providers.md does not say that a review
         // or display-name (pndn) rejection ends Gupshup's provisioning (its documented failure
         // signal is the pipeline's `creationStage: ERROR`, which the poll step sees), and a
         // rejection can be appealed, so mapping it to the terminal FAILED would be a guess

@@ -20,7 +20,7 @@ const MAX_COMMENT: usize = 200;
 /// The PNG signature every image must start with.
 const PNG_SIGNATURE: &[u8] = b"\x89PNG\r\n\x1a\n";
 
-/// Channel mode wire values (providers.md §3.3). Read: every one below. Sent: only
+/// Channel mode wire values (docs/providers.md §3.3). Read: every one below. Sent: only
 /// [`MODE_LIVE`] [C] and [`MODE_TRIAL`] [C2] (the only request values a source shows).
 pub(super) const MODE_TRIAL: &str = "trial";
 /// [C] `{"mode":"live"}` is the vendor's PATCH example.
@@ -63,16 +63,16 @@ fn mode_str(m: ChannelMode) -> Result<&'static str, ProviderError> {
         ChannelMode::Live => Ok(MODE_LIVE),
         ChannelMode::Sandbox => Err(invalid(
             "mode",
-            "Whapi documents no request value for Sandbox (providers.md §3.3); set it in the partner dashboard",
+            "Whapi documents no request value for Sandbox (docs/providers.md §3.3); set it in the partner dashboard",
         )),
     }
 }
 
 /// [I] How long a pairing code is shown as valid: the `AuthCode` object has no lifetime
-/// (providers.md §3.4), so this is for display only.
+/// (docs/providers.md §3.4), so this is for display only.
 pub(super) const PAIRING_CODE_TTL_SECS: i64 = 60;
 
-/// What a QR answer's `status` says to do (providers.md §3.4 [C2]).
+/// What a QR answer's `status` says to do (docs/providers.md §3.4 [C2]).
 fn qr_status_ok(status: &str) -> Result<bool, ProviderError> {
     match status {
         "OK" | "" => Ok(true),

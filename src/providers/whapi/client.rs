@@ -16,13 +16,13 @@ use crate::domain::account::Credentials;
 use crate::providers::http::{BodyError, ErrorBody, HttpClient, RawResponse, RetryPolicy, retry};
 use crate::providers::{CallContext, ProviderError};
 
-/// [C2] Path of the partner channel list (public partner client, providers.md §3.2; no vendor
+/// [C2] Path of the partner channel list (public partner client, docs/providers.md §3.2; no vendor
 /// page documents listing channels). `GET /channels/list/{projectId}` exists too [C2].
 pub(super) const LIST_CHANNELS_PATH: [&str; 2] = ["channels", "list"];
 /// [C2] The other list path seen in a client's migration note, tried on a 404.
 pub(super) const LIST_CHANNELS_FALLBACK: [&str; 1] = ["channels"];
 /// [C2]/[I] Paging parameters `(count, offset)`: the partner client's, and Whapi's Gate
-/// OpenAPI convention for every list (providers.md §3.2); never `limit`.
+/// OpenAPI convention for every list (docs/providers.md §3.2); never `limit`.
 pub(super) const LIST_PAGE_PARAMS: (&str, &str) = ("count", "offset");
 /// [C2] Page size asked for: the documented default (`count` 1..=500, default 100).
 pub(super) const LIST_PAGE_SIZE: usize = 100;
@@ -186,7 +186,7 @@ impl Client {
         decode("whapi.partner", &r.body)
     }
 
-    /// [C2] The partner channel list (no vendor page documents it, providers.md §3.2), paged
+    /// [C2] The partner channel list (no vendor page documents it, docs/providers.md §3.2), paged
     /// with [`LIST_PAGE_PARAMS`] until a short page, so the lookup that prevents a second
     /// channel cannot miss one on a large account. Falls back to [`LIST_CHANNELS_FALLBACK`]
     /// (same paging) when [`LIST_CHANNELS_PATH`] is unknown (404).

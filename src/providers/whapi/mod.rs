@@ -1,4 +1,4 @@
-//! The Whapi.Cloud partner adapter (providers.md §3): a channel (a hosted WhatsApp Web-style
+//! The Whapi.Cloud partner adapter (docs/providers.md §3): a channel (a hosted WhatsApp Web-style
 //! session) is created on the partner ("manager") API, its webhooks are pointed at our
 //! ingress, the customer links a phone by QR or pairing code on the channel's Gate API, and
 //! the channel optionally goes live and gets days from the partner balance.
@@ -189,7 +189,7 @@ fn handle_for(ch: &Channel, go_live: bool) -> ProviderHandle {
 fn channel_fields(ch: &Channel, fields: &mut BTreeMap<String, String>) {
     fields.insert("channel_id".into(), ch.id.clone());
     if !ch.mode.is_empty() {
-        // Raw, whatever the value (providers.md §3.3); an archived sandbox is flagged.
+        // Raw, whatever the value (docs/providers.md §3.3); an archived sandbox is flagged.
         fields.insert("mode".into(), ch.mode.clone());
         if ch.mode.trim().eq_ignore_ascii_case(channels::SANDBOX_ARCHIVED_WIRE) {
             fields.insert("archived".into(), "true".into());
@@ -314,7 +314,7 @@ impl WhapiProvider {
 
     /// Creates the channel, first looking for the one an earlier attempt may have created
     /// when `earlier_attempt` (the lookup needs the channel list, which no vendor page
-    /// documents, providers.md §3.2 [C2]: a first attempt has nothing to find and sends only
+    /// documents, docs/providers.md §3.2 [C2]: a first attempt has nothing to find and sends only
     /// the documented `PUT /channels`). Returns the channel and whether it was found
     /// (reconciled). A lookup that fails never falls through to a second create: a second
     /// channel costs days.

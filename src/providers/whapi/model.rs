@@ -1,4 +1,4 @@
-//! Private Whapi.Cloud wire types (providers.md §3), written from the contract, not from the
+//! Private Whapi.Cloud wire types (docs/providers.md §3), written from the contract, not from the
 //! simulator. Where the contract is unconfirmed ([I] / [C2]) the types are lenient, and each
 //! such choice is named here, in one place, so it can be corrected against live traffic.
 
@@ -22,7 +22,7 @@ pub(crate) struct Channel {
     /// Epoch ms when the channel stops unless extended.
     #[serde(rename = "activeTill")]
     pub active_till: Option<i64>,
-    /// Raw mode (providers.md §3.3): `trial`, `live`, `dev` (Sandbox), `dev_archive`; read by
+    /// Raw mode (docs/providers.md §3.3): `trial`, `live`, `dev` (Sandbox), `dev_archive`; read by
     /// `channels::mode_of`, kept raw when unknown.
     pub mode: String,
     /// `active`, or [I] `stopped` once `activeTill` passed.
@@ -147,7 +147,7 @@ impl Health {
     }
 }
 
-/// [C2] The OpenAPI `QR` object (providers.md §3.4), answered by `GET /users/login` and
+/// [C2] The OpenAPI `QR` object (docs/providers.md §3.4), answered by `GET /users/login` and
 /// `GET /users/login/rowdata`: `{status (required: OK | TIMEOUT | WAITING | ERROR), base64?,
 /// rowdata?, expire? (a number, "seconds until the QR code expires")}`. Read from the JSON
 /// value, not by serde field names, so field order, a number typed `19.5`, or an extra field
@@ -282,7 +282,7 @@ pub(crate) const EVENT_METHODS: &[&str] = &["post", "put", "delete", "patch"];
 /// [C] At most this many headers per webhook.
 pub(crate) const MAX_HEADERS: usize = 5;
 
-/// A webhook callback body (providers.md §3.5) [C]: `event.type`/`event.event`,
+/// A webhook callback body (docs/providers.md §3.5) [C]: `event.type`/`event.event`,
 /// `channel_id`, and `health` (channel events) or `user` (users events).
 #[derive(Debug, Clone, Deserialize)]
 pub(crate) struct Callback {

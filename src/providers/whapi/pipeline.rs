@@ -145,7 +145,7 @@ impl WhapiProvider {
             .secret(crate::domain::Secret::new(ch.token.clone()))
             .detail("channel_id", ch.id.clone())
             // The public detail uses the domain names the core and the API read (`trial`,
-            // `sandbox`, `live`): a Sandbox channel reads `dev` on the wire (providers.md
+            // `sandbox`, `live`): a Sandbox channel reads `dev` on the wire (docs/providers.md
             // §3.3); the raw value stays in the observation's `mode` field.
             .detail("mode", super::channels::detail_mode(&ch.mode))
             .detail("go_live", w.go_live)
@@ -197,7 +197,7 @@ impl WhapiProvider {
                 .data(json!({ "polls": polls + 1 })));
         }
         // Connected. The phone comes from health when it carries the user [I]; else from the
-        // channel object, a read no vendor page documents (providers.md §3.2 "get channel"
+        // channel object, a read no vendor page documents (docs/providers.md §3.2 "get channel"
         // [C2]), so it is best effort: a refusal only leaves the phone (and a fresher
         // activeTill) out, the `users` login webhook [C] carries the phone too.
         let from_health = health.user.as_ref().map(|u| u.id.clone()).filter(|p| !p.is_empty());

@@ -1,4 +1,4 @@
-//! [`SubscriptionOps`] over a channel's webhook list (gate `/settings`, providers.md §3.4).
+//! [`SubscriptionOps`] over a channel's webhook list (gate `/settings`, docs/providers.md §3.4).
 //! Whapi webhooks have no id [I]: a subscription's id is a digest of its URL, so the URL is
 //! unique within a channel. Our own ingress webhook is invisible here (its URL holds the
 //! webhook secret) and can be neither changed nor removed through these calls.

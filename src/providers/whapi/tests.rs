@@ -607,7 +607,7 @@ async fn logout_and_error_webhooks_move_back_to_awaiting_customer() {
 #[test]
 fn parses_documented_webhook_bodies() {
     let p = WhapiProvider::new(&deps());
-    // providers.md §3.5 examples.
+    // docs/providers.md §3.5 examples.
     let qr = br#"{ "health": { "start_at": 1713774883, "uptime": 78, "status": { "code": 3, "text": "QR" },
               "version": "1.8.3-74-gf7df472" },
   "event": { "type": "channel", "event": "post" }, "channel_id": "MANTIS-M72HC" }"#;
@@ -963,7 +963,7 @@ async fn login_proxy(e: &Env, rewrite: fn(Value) -> Value) -> Running {
     simc::serve(app, "127.0.0.1:0".parse().unwrap()).await.unwrap()
 }
 
-/// Issue 17 point 8: the QR lifetime is `expire`, a JSON number (providers.md §3.4 [C2]):
+/// Issue 17 point 8: the QR lifetime is `expire`, a JSON number (docs/providers.md §3.4 [C2]):
 /// a fractional one (the sim's `qr_expire_float`) is read, rounded up to whole seconds.
 #[tokio::test]
 async fn qr_expire_is_a_number_possibly_fractional() {
@@ -999,7 +999,7 @@ async fn qr_answer_with_other_field_order_and_extra_qr_field_yields_the_base64_i
     assert!(left <= 2_000, "`expire` wins over `expires_in`: {left} ms");
 }
 
-/// Issue 17 point 6: every documented mode value reads (providers.md §3.3): `dev` and
+/// Issue 17 point 6: every documented mode value reads (docs/providers.md §3.3): `dev` and
 /// `dev_archive` are Sandbox, an unknown value is kept raw; Sandbox is never sent.
 #[tokio::test]
 async fn sandbox_reads_as_dev_and_is_never_sent() {
@@ -1033,7 +1033,7 @@ async fn sandbox_reads_as_dev_and_is_never_sent() {
 }
 
 /// Issue 17 point 7: the lookup that prevents a second channel pages through the partner
-/// list (`count` + `offset`, providers.md §3.2): a channel past the first page is found.
+/// list (`count` + `offset`, docs/providers.md §3.2): a channel past the first page is found.
 #[tokio::test]
 async fn lookup_finds_a_channel_past_the_first_page() {
     let e = env_with(WhapiSimConfig { create_limit: 1_000, ..sim_cfg() }, adapter_cfg()).await;
@@ -1077,7 +1077,7 @@ fn mode_detail_uses_domain_names() {
     assert_eq!(detail_mode("platinum"), "platinum");
 }
 
-/// The first create attempt sends only the documented `PUT /channels` (providers.md §3.2):
+/// The first create attempt sends only the documented `PUT /channels` (docs/providers.md §3.2):
 /// no vendor page lists channels, and attempt 1 has nothing to find. The old code listed
 /// first on every attempt, so a vendor-pages-only server failed the very first create.
 #[tokio::test]

@@ -1,4 +1,4 @@
-//! Decoding of Whapi `channel` and `users` webhooks (providers.md §3.5). Whapi signs nothing:
+//! Decoding of Whapi `channel` and `users` webhooks (docs/providers.md §3.5). Whapi signs nothing:
 //! the ingress authenticates by the secret in the path before this runs.
 
 use std::collections::BTreeMap;

@@ -1,4 +1,4 @@
-//! 99digital Partners API simulator (providers.md §4), base path `/api`.
+//! 99digital Partners API simulator (docs/providers.md §4), base path `/api`.
 //!
 //! JSON everywhere, HTTP 200 for both `OK` and `FAIL` (reason codes). The partner logs in for a
 //! 1 h Bearer token, registers and verifies a number, creates an onboarding account (link +
@@ -58,7 +58,7 @@ pub struct Digital99SimConfig {
     pub number_ttl_days: u64,
     /// Sandbox: delay between account creation and finish (default 4000 ms).
     pub finish_delay_ms: u64,
-    /// Which inferred create path is served (providers.md §4.2: no page shows the URL).
+    /// Which inferred create path is served (docs/providers.md §4.2: no page shows the URL).
     pub create_path: CreatePath,
     /// Keep a number in `getRegisteredNumbers` (with its `onboarding_link`) after an account
     /// is created for it, as the vendor's sample shows; default false, as the vendor's prose
@@ -66,7 +66,7 @@ pub struct Digital99SimConfig {
     pub registered_keeps_link: bool,
 }
 
-/// The create-account path the sim serves. Both are inferred [I] (providers.md §4.2,
+/// The create-account path the sim serves. Both are inferred [I] (docs/providers.md §4.2,
 /// research-issue-17 point 4); the other path answers 404 with a non-JSON body.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]

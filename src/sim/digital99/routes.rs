@@ -15,7 +15,7 @@ use super::state::{NewAccount, reason};
 use super::{CreatePath, Digital99Faults, Digital99Sim, FinishError};
 use crate::sim::common::{self, FaultLayerState, lock};
 
-// Inferred paths [I] (providers.md §4.2): no vendor page shows these URLs. They mirror the
+// Inferred paths [I] (docs/providers.md §4.2): no vendor page shows these URLs. They mirror the
 // adapter's constants (`providers::digital99::inferred`) by value, not by import, so the
 // two are written from the docs separately; change both the day 99digital confirms them.
 /// [I] Create the onboarding account (stronger candidate: sibling `facebook/createOnboarding`).

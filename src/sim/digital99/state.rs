@@ -309,7 +309,7 @@ impl State {
         let ttl_s = cfg.number_ttl_days as i64 * 86_400;
         let p = self.partner(client);
         // [C] "Once you create an account with a WhatsApp number, the number will be removed
-        // from this list" (providers.md §4.2); `registered_keeps_link` keeps it, as the
+        // from this list" (docs/providers.md §4.2); `registered_keeps_link` keeps it, as the
         // vendor's sample does.
         let keep = cfg.registered_keeps_link;
         let mut items: Vec<(i64, Value)> = p

@@ -247,7 +247,7 @@ async fn registered_keeps_link_reproduces_the_vendor_sample() {
 }
 
 /// Only the inferred create path picked by `create_path` is served; the other is a 404 with
-/// a non-JSON body (providers.md §4.2: no page shows the URL).
+/// a non-JSON body (docs/providers.md §4.2: no page shows the URL).
 #[tokio::test]
 async fn create_path_knob_serves_one_inferred_path() {
     for (cfg, served) in [

@@ -1,4 +1,4 @@
-//! Exotel WhatsApp ISV onboarding-link simulator (providers.md §2).
+//! Exotel WhatsApp ISV onboarding-link simulator (docs/providers.md §2).
 //!
 //! Two regional hosts (Singapore `api.exotel.com`, Mumbai `api.in.exotel.com`) served by two
 //! listeners over one shared state. The partner mints 24 h onboarding links and polls their
@@ -92,11 +92,11 @@ pub struct ExotelKnobs {
     pub payment_required: bool,
     /// SIDs whose calls answer 403.
     pub forbidden_sids: Vec<String>,
-    /// Where the mint answer puts the link (providers.md §2.2; the real create answer is
+    /// Where the mint answer puts the link (docs/providers.md §2.2; the real create answer is
     /// not published, so tests cover every shape the vendor pages show).
     pub create_shape: CreateShape,
     /// How many completions turn a token `USED` (default 1; 0 is read as 1). Exotel does not
-    /// define `USED` (providers.md §2.5 #3): 1 plays "at least one customer finished"
+    /// define `USED` (docs/providers.md §2.5 #3): 1 plays "at least one customer finished"
     /// (reading A), 5 plays "the quota of 5 is spent" (reading B: 1–4 completions leave the
     /// token `VALID`). Either way the token reads `EXPIRED` after its 24 h.
     pub used_after: usize,
@@ -114,7 +114,7 @@ impl Default for ExotelKnobs {
 }
 
 /// Placements of the created link in the mint answer, each one a vendor page shows
-/// (providers.md §2.2, research-issue-17 point 2). Never `onboarding_urls`: no page has it.
+/// (docs/providers.md §2.2, research-issue-17 point 2). Never `onboarding_urls`: no page has it.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum CreateShape {

@@ -131,7 +131,7 @@ fn authorize_inner(ctx: &Ctx, sid: &str, headers: &HeaderMap) -> Result<(), (u16
     Ok(())
 }
 
-/// `POST /v2/accounts/{sid}/isv`: mints ONE onboarding link (providers.md §2.2). The vendor
+/// `POST /v2/accounts/{sid}/isv`: mints ONE onboarding link (docs/providers.md §2.2). The vendor
 /// curl sends `Content-Type: text/plain`, no body and no query string [C]; public clients send
 /// `application/json` with `{}` [C2]. No page documents a request parameter (no `count`): any
 /// query parameter, or a body other than empty / `{}`, is a 400 in the Exotel envelope.
@@ -167,7 +167,7 @@ async fn mint(
     Json(mint_answer(knobs.create_shape, &url)).into_response()
 }
 
-/// The mint answer in one of the shapes the vendor pages show (providers.md §2.2).
+/// The mint answer in one of the shapes the vendor pages show (docs/providers.md §2.2).
 fn mint_answer(shape: CreateShape, url: &str) -> Value {
     let with_isv = |isv: Value| {
         json!({
@@ -203,7 +203,7 @@ async fn validate(
     if let Err(r) = authorize(&ctx, "GET", &sid, &headers) {
         return *r;
     }
-    // `access_token` is the only documented parameter [C] (providers.md §2.3).
+    // `access_token` is the only documented parameter [C] (docs/providers.md §2.3).
     let mut unknown: Vec<&str> = q.keys().map(String::as_str).filter(|k| *k != "access_token").collect();
     if !unknown.is_empty() {
         unknown.sort_unstable();
@@ -212,7 +212,7 @@ async fn validate(
     let Some(token) = q.get("access_token").map(|t| t.trim()).filter(|t| !t.is_empty()) else {
         return fail("GET", 400, "access_token is required");
     };
-    // [I] A token not shaped like the UUIDs Exotel hands out (hex digits and `-`, providers.md
+    // [I] A token not shaped like the UUIDs Exotel hands out (hex digits and `-`, docs/providers.md
     // §2.3 "UUID token") is a malformed request, the documented 400, not an unknown one.
     if !token.bytes().all(|b| b.is_ascii_hexdigit() || b == b'-') {
         return fail("GET", 400, "access_token is not a token");

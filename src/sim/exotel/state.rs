@@ -16,7 +16,7 @@ pub(super) const ONBOARDING_URL_BASE: &str = "https://messaging.exotel.com/ua-li
 pub enum TokenStatus {
     /// Usable, nobody onboarded yet.
     Valid,
-    /// Exotel defines none of the statuses (providers.md §2.5 #3): by default the sim reads
+    /// Exotel defines none of the statuses (docs/providers.md §2.5 #3): by default the sim reads
     /// USED as "at least one customer completed" (still usable up to the cap while not
     /// expired); knob `used_after` picks another count (5 = "the quota of 5 is spent").
     Used,
@@ -212,7 +212,7 @@ impl State {
 
     /// `times` customers finish with `token`, all or none: refused whole when the link
     /// expired or the customers would pass the per-token cap ("up to five different
-    /// customers within the 24-hour timeframe", providers.md §2.2 [C]).
+    /// customers within the 24-hour timeframe", docs/providers.md §2.2 [C]).
     pub(super) fn complete(
         &mut self,
         cfg: &ExotelSimConfig,

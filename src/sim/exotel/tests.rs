@@ -133,7 +133,7 @@ async fn account_exists_only_in_its_region() {
     assert_error(&body, "GET", 404);
 }
 
-/// No vendor page documents a request parameter on the create call (providers.md §2.2): one
+/// No vendor page documents a request parameter on the create call (docs/providers.md §2.2): one
 /// POST mints one link, and `count` (the old misreading) or anything else is a 400.
 #[tokio::test]
 async fn mint_refuses_undocumented_parameters_and_bodies() {
@@ -387,7 +387,7 @@ async fn fault_middleware_renders_exotel_envelopes() {
     assert_eq!(counters.created.get("links"), Some(&1));
 }
 
-/// Reading B of `USED` (providers.md §2.5 #3): with `used_after = 5`, 1–4 completions leave
+/// Reading B of `USED` (docs/providers.md §2.5 #3): with `used_after = 5`, 1–4 completions leave
 /// the token `VALID`; the fifth makes it `USED`; a sixth within 24 h is refused whole.
 #[tokio::test]
 async fn used_after_knob_and_complete_times_play_both_readings_of_used() {

@@ -1,4 +1,4 @@
-//! Gupshup Partner API simulator (providers.md §1): partner login, Tech-Provider app linking,
+//! Gupshup Partner API simulator (docs/providers.md §1): partner login, Tech-Provider app linking,
 //! app tokens, the provisioning pipeline (advancing on the sim clock), the go-live callback,
 //! subscriptions, and control endpoints under `/_sim/gupshup/...`.
 //!
@@ -64,7 +64,7 @@ impl LimitSpec {
     }
 }
 
-/// The documented limits (providers.md 1.5); scalable for tests and benchmarks.
+/// The documented limits (docs/providers.md 1.5); scalable for tests and benchmarks.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 #[serde(default)]
 pub struct GupshupLimits {

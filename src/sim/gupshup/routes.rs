@@ -1,4 +1,4 @@
-//! HTTP handlers of the Gupshup simulator: wire format of providers.md §1.3 and the
+//! HTTP handlers of the Gupshup simulator: wire format of docs/providers.md §1.3 and the
 //! `/_sim/gupshup/...` control endpoints.
 
 use std::collections::HashMap;
@@ -228,7 +228,7 @@ async fn login(State(sim): State<GupshupSim>, body: Bytes) -> Response {
         return error(StatusCode::UNAUTHORIZED, AUTH_FAILED);
     };
     let now = sim.core().clock.now_ms();
-    // issue 17 point 15: an expired client secret no longer logs in (providers.md §1.2).
+    // issue 17 point 15: an expired client secret no longer logs in (docs/providers.md §1.2).
     if sim.state().knobs.secret_expires_at_ms.is_some_and(|at| now >= at) {
         return error(StatusCode::UNAUTHORIZED, AUTH_FAILED);
     }
@@ -268,7 +268,7 @@ async fn link_app(State(sim): State<GupshupSim>, headers: HeaderMap, body: Bytes
     if !(6..=150).contains(&len) {
         return error(StatusCode::BAD_REQUEST, "App name should be between 6 to 150 characters in length");
     }
-    // "Special Characters are not allowed" (providers.md §1.3.2 [C]); [I] special = anything
+    // "Special Characters are not allowed" (docs/providers.md §1.3.2 [C]); [I] special = anything
     // but ASCII letters and digits (a space too), as a public client test expects
     // `^[A-Za-z0-9]{6,150}$` [C2] (§1.7 #14).
     if !name.chars().all(|c| c.is_ascii_alphanumeric()) {
@@ -470,7 +470,7 @@ fn not_found() -> Response {
     error(StatusCode::NOT_FOUND, "Not Found")
 }
 
-/// Modes `PUT …/callback` accepts (providers.md 1.3.6).
+/// Modes `PUT …/callback` accepts (docs/providers.md 1.3.6).
 const CALLBACK_MODES: [&str; 8] = ["NONE", "READ", "DELIVERED", "SENT", "DELETED", "OTHERS", "TEMPLATE", "ACCOUNT"];
 
 /// `PUT /partner/app/{appId}/callback` (1.3.6): partner token; form `url` (required, valid),
@@ -641,7 +641,7 @@ fn sub_input(
     versions_current_only: bool,
 ) -> Result<SubInput, Reject> {
     // Versions `0,1,2,3` (TPP guide, older pages) or, in the strict profile, `2, 3` (current
-    // v3 page), providers.md §1.3.5 [C].
+    // v3 page), docs/providers.md §1.3.5 [C].
     let lowest = if versions_current_only { 2 } else { 0 };
     let version = match field(f, "version") {
         Some(v) => match v.parse::<u8>() {

@@ -6,7 +6,7 @@ use std::collections::{BTreeMap, HashMap};
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 
-/// The 15 `storageRegion` codes of providers.md 1.1.
+/// The 15 `storageRegion` codes of docs/providers.md 1.1.
 pub const STORAGE_REGIONS: [&str; 15] =
     ["BR", "DE", "CH", "GB", "BH", "ZA", "AE", "US", "CA", "AU", "ID", "IN", "JP", "SG", "KR"];
 
@@ -44,11 +44,11 @@ pub struct GupshupKnobs {
     pub token_as_string: bool,
     // issue 17 points 14-15
     /// Accept only the versions of the **current** `setsubscription-api-v3` page (`2, 3`;
-    /// providers.md §1.3.5 [C]) instead of `0..=3` (TPP guide, older pages): the strict
+    /// docs/providers.md §1.3.5 [C]) instead of `0..=3` (TPP guide, older pages): the strict
     /// profile.
     pub versions_current_only: bool,
     /// When the partners' client secret expires (sim ms; `None` = never). Client secrets
-    /// now expire (at most 3 months, providers.md §1.2 [C]); a login at or after this time
+    /// now expire (at most 3 months, docs/providers.md §1.2 [C]); a login at or after this time
     /// answers 401 `Authentication Failed` ([I] text, `AUTH_FAILED`).
     pub secret_expires_at_ms: Option<i64>,
     // issue 17 points 9-13

@@ -1,4 +1,4 @@
-//! Per-channel ("gate") API routes, providers.md §3.4 / §3.5.
+//! Per-channel ("gate") API routes, docs/providers.md §3.4 / §3.5.
 
 use std::collections::HashMap;
 
@@ -131,7 +131,7 @@ async fn login_json(State(sim): State<WhapiSim>, headers: HeaderMap, Query(q): Q
         Ok(Login::Qr(rowdata, expires_in)) => match qr::png(&rowdata) {
             Ok(png) => {
                 let b64 = base64::engine::general_purpose::STANDARD.encode(png);
-                // [C2] The OpenAPI `QR` object (providers.md §3.4): `status` (required),
+                // [C2] The OpenAPI `QR` object (docs/providers.md §3.4): `status` (required),
                 // `base64` (clients strip a data-URL prefix), `rowdata`, `expire` (a number).
                 Json(json!({
                     "status": "OK",
@@ -161,7 +161,7 @@ async fn login_image(State(sim): State<WhapiSim>, headers: HeaderMap, Query(q): 
 
 async fn login_rowdata(State(sim): State<WhapiSim>, headers: HeaderMap, Query(q): Q) -> Response {
     match fetch_qr(&sim, &headers, &q) {
-        // [C2] The same `QR` object (providers.md §3.4): `status` required.
+        // [C2] The same `QR` object (docs/providers.md §3.4): `status` required.
         Ok(Login::Qr(rowdata, expires_in)) => {
             Json(json!({"status": "OK", "rowdata": rowdata, "expire": expire_of(&sim, expires_in)})).into_response()
         }
@@ -199,7 +199,7 @@ async fn login_code(
     match res {
         Ok(Login::Qr(_, _ttl)) => {
             let raw = random_string(8, b"ABCDEFGHJKLMNPQRSTVWXYZ0123456789");
-            // [C2] The OpenAPI `AuthCode` object is `{code}` only, no lifetime (providers.md §3.4);
+            // [C2] The OpenAPI `AuthCode` object is `{code}` only, no lifetime (docs/providers.md §3.4);
             // the sim still expires it after `pairing_ttl_secs`.
             Json(json!({"code": format!("{}-{}", &raw[..4], &raw[4..])})).into_response()
         }

@@ -1,4 +1,4 @@
-//! Partner ("manager") API routes, providers.md §3.2 / §3.3.
+//! Partner ("manager") API routes, docs/providers.md §3.2 / §3.3.
 
 use std::collections::HashMap;
 use std::time::Duration;
@@ -105,7 +105,7 @@ async fn create_channel(State(sim): State<WhapiSim>, headers: HeaderMap, body: B
 }
 
 /// [C2] Default and largest page of the channel list: Whapi pages every list with `count`
-/// (1..=500, default 100) and `offset` (>= 0) (providers.md §3.2, WH-OAS).
+/// (1..=500, default 100) and `offset` (>= 0) (docs/providers.md §3.2, WH-OAS).
 pub(crate) const LIST_DEFAULT_COUNT: usize = 100;
 /// Largest `count`.
 pub(crate) const LIST_MAX_COUNT: usize = 500;
@@ -190,7 +190,7 @@ async fn change_mode(State(sim): State<WhapiSim>, headers: HeaderMap, Path(id): 
         Err(r) => return r,
     };
     // Request values the vendor shows: `live` [C], `trial` [C2]; `dev` (Sandbox) only behind
-    // `accept_dev_patch` (providers.md §3.3). `sandbox` is nobody's value.
+    // `accept_dev_patch` (docs/providers.md §3.3). `sandbox` is nobody's value.
     let accept_dev = sim.config().accept_dev_patch;
     let Some(mode) = body
         .get("mode")

@@ -1,4 +1,4 @@
-//! Whapi.Cloud simulator (providers.md §3): the partner "manager" API (projects, channels,
+//! Whapi.Cloud simulator (docs/providers.md §3): the partner "manager" API (projects, channels,
 //! modes, days, partner balance) and the per-channel "gate" API (health, QR / pairing code,
 //! logout, settings, limits), each on its own listener, plus `channel` / `users` / `days`
 //! webhooks. In sandbox mode it plays the customer: a fetched QR or pairing code is "used"
@@ -84,10 +84,10 @@ pub struct WhapiSimConfig {
     /// Period of the background task that fires transition webhooks.
     pub tick_ms: u64,
     /// Accept `PATCH /channels/{id}/mode` `{"mode":"dev"}` (default false: the vendor shows
-    /// only `live` [C] and `trial` [C2] as request values, providers.md §3.3).
+    /// only `live` [C] and `trial` [C2] as request values, docs/providers.md §3.3).
     pub accept_dev_patch: bool,
     /// Send the QR lifetime `expire` as a fractional number (`19.5`): the vendor's OpenAPI
-    /// types it as a number, not an integer (providers.md §3.4 [C2]).
+    /// types it as a number, not an integer (docs/providers.md §3.4 [C2]).
     pub qr_expire_float: bool,
 }
 
@@ -134,7 +134,7 @@ pub struct WhapiChannelView {
     pub id: String,
     /// Channel (gate) token.
     pub token: String,
-    /// `trial` | `live` | `dev` (Sandbox) | `dev_archive` (providers.md §3.3).
+    /// `trial` | `live` | `dev` (Sandbox) | `dev_archive` (docs/providers.md §3.3).
     pub mode: String,
     /// `active` | `stopped`.
     pub status: String,
@@ -371,7 +371,7 @@ impl WhapiSim {
     }
 
     /// Sets a channel's mode as the partner dashboard does (e.g. Sandbox, reported as
-    /// `dev`, or an archived sandbox, `dev_archive`, providers.md §3.3): the API documents
+    /// `dev`, or an archived sandbox, `dev_archive`, docs/providers.md §3.3): the API documents
     /// no request value for those. False when the channel is unknown.
     pub fn set_channel_mode(&self, id: &str, mode: &str) -> bool {
         self.tx(|st, _, _| st.channels.get_mut(id).map(|c| c.mode = mode.to_string()).is_some())

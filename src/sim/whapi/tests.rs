@@ -588,7 +588,7 @@ async fn qr_expire_can_be_fractional() {
     assert!(exp.fract() != 0.0 && exp > 0.0, "{v}");
 }
 
-/// The channel list pages with `count` (1..=500, default 100) and `offset` (providers.md
+/// The channel list pages with `count` (1..=500, default 100) and `offset` (docs/providers.md
 /// §3.2 [C2]); a Sandbox channel reads as `dev`.
 #[tokio::test]
 async fn channel_list_pages_with_count_and_offset() {

@@ -1,4 +1,4 @@
-//! Gate settings validation (providers.md §3.4 `PATCH /settings`) and webhook delivery with
+//! Gate settings validation (docs/providers.md §3.4 `PATCH /settings`) and webhook delivery with
 //! the three modes `body`, `path` and `method`.
 
 use std::time::Duration;
