@@ -646,21 +646,20 @@ async fn a_failed_or_abandoned_links_claim_does_not_block_the_request_id() {
     assert_eq!(mints, BATCH as u64, "one batch (a plain POST per link): {figures:?}");
 }
 
-/// The same race on another `request_id` RPC: parallel identical `DeleteChannel` calls (one
-/// `request_id`) delete once and all answer the one refund.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn concurrent_delete_channel_with_one_request_id_deletes_once() {
+/// A sandbox server with a Whapi onboarding whose channel exists: (app, onboarding name,
+/// channel name).
+async fn sandbox_whapi_channel(reference: &str, channel_name: &str) -> (TestApp, String, String) {
     let app = spawn_with(fast).await;
     let key = app.key.expose().to_string();
     let name = app
         .onboardings()
         .create_onboarding(app.req(pb::CreateOnboardingRequest {
             account: "accounts/sandbox-whapi".into(),
-            reference: "crm-del".into(),
+            reference: reference.into(),
             request_id: String::new(),
             onboarding_id: String::new(),
             request: Some(pb::create_onboarding_request::Request::Whapi(pb::WhapiChannelRequest {
-                channel_name: "Race Delete".into(),
+                channel_name: channel_name.into(),
                 ..Default::default()
             })),
         }))
@@ -670,16 +669,24 @@ async fn concurrent_delete_channel_with_one_request_id_deletes_once() {
         .name;
     let mut c = app.onboardings();
     let deadline = Instant::now() + PATIENCE;
-    let channel = loop {
+    loop {
         let o = get_with(&mut c, &key, &name).await;
         if let Some(pb::onboarding::Details::Whapi(w)) = &o.details
             && !w.channel_id.is_empty()
         {
-            break w.channel.clone();
+            let channel = w.channel.clone();
+            return (app, name, channel);
         }
         assert!(Instant::now() < deadline, "no channel: {o:?}");
         tokio::time::sleep(Duration::from_millis(50)).await;
-    };
+    }
+}
+
+/// The same race on another `request_id` RPC: parallel identical `DeleteChannel` calls (one
+/// `request_id`) delete once and all answer the one refund.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_delete_channel_with_one_request_id_deletes_once() {
+    let (app, _name, channel) = sandbox_whapi_channel("crm-del", "Race Delete").await;
     let sim = app.running().sandbox.as_ref().expect("sandbox").whapi.core().clone();
     let deletes_before: u64 =
         sim.counters().calls.iter().filter(|(k, _)| k.starts_with("DELETE")).map(|(_, v)| *v).sum();
@@ -723,36 +730,7 @@ async fn concurrent_delete_channel_with_one_request_id_deletes_once() {
 /// later cancel answers it too (it answered 0 before).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn concurrent_cancel_onboarding_with_one_request_id_cancels_once() {
-    let app = spawn_with(fast).await;
-    let key = app.key.expose().to_string();
-    let name = app
-        .onboardings()
-        .create_onboarding(app.req(pb::CreateOnboardingRequest {
-            account: "accounts/sandbox-whapi".into(),
-            reference: "crm-cancel".into(),
-            request_id: String::new(),
-            onboarding_id: String::new(),
-            request: Some(pb::create_onboarding_request::Request::Whapi(pb::WhapiChannelRequest {
-                channel_name: "Race Cancel".into(),
-                ..Default::default()
-            })),
-        }))
-        .await
-        .expect("CreateOnboarding")
-        .into_inner()
-        .name;
-    let mut c = app.onboardings();
-    let deadline = Instant::now() + PATIENCE;
-    loop {
-        let o = get_with(&mut c, &key, &name).await;
-        if let Some(pb::onboarding::Details::Whapi(w)) = &o.details
-            && !w.channel_id.is_empty()
-        {
-            break;
-        }
-        assert!(Instant::now() < deadline, "no channel: {o:?}");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    let (app, name, _channel) = sandbox_whapi_channel("crm-cancel", "Race Cancel").await;
     let sim = app.running().sandbox.as_ref().expect("sandbox").whapi.core().clone();
     let deletes_before: u64 =
         sim.counters().calls.iter().filter(|(k, _)| k.starts_with("DELETE")).map(|(_, v)| *v).sum();

@@ -807,7 +807,7 @@ async fn bot_exists_knob_app_list_and_partner_apps() {
     let a2 = link_ok(&c, &base, &t, "ListAppTwo", "919000001102", None).await;
     let r = c.post(format!("{base}/partner/account/login")).form(&[("email", "b@x.y"), ("secret", "b")]).send();
     let other = json_of(r.await.unwrap()).await.1["token"].as_str().unwrap().to_string();
-    link_ok(&c, &base, &other, "Foreign App", "919000001103", None).await;
+    link_ok(&c, &base, &other, "ForeignApp", "919000001103", None).await;
 
     let relink = [("name", "ListAppOne"), ("wabaId", "104996545612345"), ("phone", "919000001101")];
     let (s, v) = link(&c, &base, &t, &relink).await;
