@@ -615,7 +615,7 @@ async fn a_lost_link_answer_then_bot_already_exists_still_goes_live() {
     let app = sandbox_app().await;
     sim(&app).update_knobs(KnobsPatch { bot_exists_on_relink: Some(true), ..Default::default() });
     sim(&app).core().fail_next(Some(LINK), 1, Fault::Timeout { after_effect: true });
-    let name = create(&app, link_request_for("Acme Lost Answer", "+919812300017", "r-lost")).await;
+    let name = create(&app, link_request_for("AcmeLostAnswer", "+919812300017", "r-lost")).await;
     let (o, p) = wait_done(&app, &name, pb::OnboardingState::Live).await;
     assert_eq!(created(sim(&app), "apps"), 1);
     assert_eq!(calls(sim(&app), LINK), 2, "the lost link and the retry that met the 409");
