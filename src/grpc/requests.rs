@@ -459,3 +459,42 @@ impl TryFrom<(&Caller, pb::ValidateOnboardingTokenRequest)> for ValidateOnboardi
         Ok(Self { account, token: r.token })
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn caller() -> Caller {
+        Caller { tenant: TenantId::parse("t").expect("tenant id") }
+    }
+
+    #[test]
+    fn every_violation_at_once_limits_first() {
+        let r = pb::CreateOnboardingLinksRequest {
+            account: "nope".into(),
+            count: 0,
+            reference: "x".repeat(201),
+            request_id: "k".repeat(129),
+        };
+        let e = CreateOnboardingLinks::try_from((&caller(), r)).err().expect("refused");
+        let fields: Vec<&str> = e.violations.iter().map(|(f, _)| f.as_str()).collect();
+        // Both oversized fields come from the limits table, once each.
+        assert_eq!(fields, ["reference", "request_id", "account", "count"]);
+        assert!(e.message.starts_with("invalid request: reference: "));
+    }
+
+    #[test]
+    fn a_valid_request_is_typed() {
+        let r = pb::ExtendChannelRequest {
+            name: "channels/CH1".into(),
+            days: 3,
+            comment: "c".into(),
+            request_id: "k-1".into(),
+        };
+        let x = ExtendChannel::try_from(r).expect("valid");
+        assert_eq!((x.id.as_str(), x.days, x.request_id.as_str()), ("CH1", 3, "k-1"));
+        let missing = ExtendChannel::try_from(pb::ExtendChannelRequest::default()).err().expect("refused");
+        let fields: Vec<&str> = missing.violations.iter().map(|(f, _)| f.as_str()).collect();
+        assert_eq!(fields, ["name", "days", "request_id"]);
+    }
+}
