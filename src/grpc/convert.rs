@@ -6,6 +6,7 @@ use std::collections::HashMap;
 use base64::Engine;
 use prost_types::Timestamp;
 
+use super::checked::{All, Checked, Invalid, collecting, field, rule};
 use super::pb;
 use crate::core::accounts::AccountView;
 use crate::domain::account::{AccountOptions, Credentials, ExotelRegion};
@@ -148,22 +149,19 @@ fn step_state_to_pb(s: StepState) -> pb::StepState {
 }
 
 /// Account request parts to domain credentials.
-pub fn credentials_from_pb(v: &mut Violations, c: Option<pb::AccountCredentials>) -> Option<Credentials> {
+pub fn credentials_from_pb(c: Option<pb::AccountCredentials>) -> Checked<Credentials> {
     use pb::account_credentials::Credentials as C;
     match c.and_then(|c| c.credentials) {
-        None => {
-            v.add("account.credentials", "is required");
-            None
-        }
-        Some(C::Gupshup(g)) => Some(Credentials::Gupshup { email: g.email, secret: Secret::new(g.secret) }),
-        Some(C::Exotel(e)) => Some(Credentials::Exotel {
+        None => Err(Invalid::one("account.credentials", "is required")),
+        Some(C::Gupshup(g)) => Ok(Credentials::Gupshup { email: g.email, secret: Secret::new(g.secret) }),
+        Some(C::Exotel(e)) => Ok(Credentials::Exotel {
             account_sid: e.account_sid,
             api_key: e.api_key,
             api_token: Secret::new(e.api_token),
         }),
-        Some(C::Whapi(w)) => Some(Credentials::Whapi { partner_token: Secret::new(w.partner_token) }),
+        Some(C::Whapi(w)) => Ok(Credentials::Whapi { partner_token: Secret::new(w.partner_token) }),
         Some(C::Digital99(d)) => {
-            Some(Credentials::Digital99 { client_id: d.client_id, client_secret: Secret::new(d.client_secret) })
+            Ok(Credentials::Digital99 { client_id: d.client_id, client_secret: Secret::new(d.client_secret) })
         }
     }
 }
@@ -463,46 +461,44 @@ pub fn pipeline_to_pb(o: &OnboardingRecord, steps: &[StepRecord]) -> pb::Pipelin
 }
 
 /// The provider-specific part of `CreateOnboarding`, checked field by field.
-pub fn start_payload_from_pb(
-    v: &mut Violations,
-    r: Option<&pb::create_onboarding_request::Request>,
-) -> Option<StartPayload> {
+pub fn start_payload_from_pb(r: Option<&pb::create_onboarding_request::Request>) -> Checked<StartPayload> {
     use pb::create_onboarding_request::Request as R;
     let Some(r) = r else {
-        v.add("request", "one of gupshup, exotel, whapi or digital99 is required");
-        return None;
+        return Err(Invalid::one("request", "one of gupshup, exotel, whapi or digital99 is required"));
     };
     let opt = |s: &str| (!s.trim().is_empty()).then(|| s.trim().to_string());
+    let required = |field: &str, s: &str| rule(!s.trim().is_empty(), field, || "is required".into());
     match r {
         R::Gupshup(g) => {
-            if g.app_name.trim().is_empty() {
-                v.add("gupshup.app_name", "is required");
-            }
-            let waba = v.check("gupshup.waba_id", WabaId::parse(g.waba_id.trim()).map_err(|e| e.0));
-            let phone = v.check("gupshup.phone", E164::parse(g.phone.trim()).map_err(|e| e.0));
+            let app_name = required("gupshup.app_name", &g.app_name);
+            let waba = field("gupshup.waba_id", WabaId::parse(g.waba_id.trim()).map_err(|e| e.0));
+            let phone = field("gupshup.phone", E164::parse(g.phone.trim()).map_err(|e| e.0));
             // The same checks as CreateSubscription: this spec becomes one once the app is live.
-            let subscription = g
-                .subscribe_on_live
-                .then(|| super::convert_ext::spec_from_pb(v, "gupshup.subscription", g.subscription.clone(), None));
-            Some(StartPayload::Gupshup(GupshupStart {
+            let subscription = collecting(|v| {
+                g.subscribe_on_live
+                    .then(|| super::convert_ext::spec_from_pb(v, "gupshup.subscription", g.subscription.clone(), None))
+            });
+            let ((), waba_id, phone, subscribe_on_live) = (app_name, waba, phone, subscription).all()?;
+            Ok(StartPayload::Gupshup(GupshupStart {
                 app_name: g.app_name.trim().to_string(),
-                waba_id: waba?,
-                phone: phone?,
+                waba_id,
+                phone,
                 storage_region: opt(&g.storage_region),
-                subscribe_on_live: subscription,
+                subscribe_on_live,
             }))
         }
-        R::Exotel(_) => Some(StartPayload::Exotel),
+        R::Exotel(_) => Ok(StartPayload::Exotel),
         R::Whapi(w) => {
-            if w.channel_name.trim().is_empty() {
-                v.add("whapi.channel_name", "is required");
-            }
-            if !(0..=365).contains(&w.extend_days) {
-                v.add("whapi.extend_days", "must be between 0 and 365");
-            } else if w.extend_days > 0 && !w.go_live {
-                v.add("whapi.extend_days", "days can only be added to a live channel: set go_live");
-            }
-            Some(StartPayload::Whapi(WhapiStart {
+            let channel_name = required("whapi.channel_name", &w.channel_name);
+            let days = if !(0..=365).contains(&w.extend_days) {
+                Err(Invalid::one("whapi.extend_days", "must be between 0 and 365"))
+            } else {
+                rule(w.extend_days == 0 || w.go_live, "whapi.extend_days", || {
+                    "days can only be added to a live channel: set go_live".into()
+                })
+            };
+            (channel_name, days).all()?;
+            Ok(StartPayload::Whapi(WhapiStart {
                 channel_name: w.channel_name.trim().to_string(),
                 project_id: opt(&w.project_id),
                 go_live: w.go_live,
@@ -510,36 +506,31 @@ pub fn start_payload_from_pb(
             }))
         }
         R::Digital99(d) => {
-            let phone = v.check("digital99.phone", E164::parse(d.phone.trim()).map_err(|e| e.0));
-            if d.business_name.trim().is_empty() {
-                v.add("digital99.business_name", "is required");
-            }
-            if d.display_name.trim().is_empty() {
-                v.add("digital99.display_name", "is required");
-            }
-            if !d.business_email.is_empty() && !d.business_email.contains('@') {
-                v.add("digital99.business_email", "must be an email address");
-            }
+            let phone = field("digital99.phone", E164::parse(d.phone.trim()).map_err(|e| e.0));
+            let business_name = required("digital99.business_name", &d.business_name);
+            let display_name = required("digital99.display_name", &d.display_name);
+            let email =
+                rule(d.business_email.is_empty() || d.business_email.contains('@'), "digital99.business_email", || {
+                    "must be an email address".into()
+                });
             let register = match (d.register_number, pb::VerificationMethod::try_from(d.verification_method)) {
-                (false, _) => None,
-                (true, Ok(pb::VerificationMethod::Voice)) => Some(VerifyMethod::Voice),
+                (false, _) => Ok(None),
+                (true, Ok(pb::VerificationMethod::Voice)) => Ok(Some(VerifyMethod::Voice)),
                 (true, Ok(pb::VerificationMethod::Sms | pb::VerificationMethod::Unspecified)) => {
-                    Some(VerifyMethod::Sms)
+                    Ok(Some(VerifyMethod::Sms))
                 }
-                (true, Err(_)) => {
-                    v.add("digital99.verification_method", "unknown method");
-                    None
-                }
+                (true, Err(_)) => Err(Invalid::one("digital99.verification_method", "unknown method")),
             };
-            Some(StartPayload::Digital99(Digital99Start {
-                phone: phone?,
+            let (phone, (), (), (), register_number) = (phone, business_name, display_name, email, register).all()?;
+            Ok(StartPayload::Digital99(Digital99Start {
+                phone,
                 business_name: d.business_name.trim().to_string(),
                 display_name: d.display_name.trim().to_string(),
                 business_email: opt(&d.business_email),
                 business_id: opt(&d.business_id),
                 business_address: opt(&d.business_address),
                 coexistence: d.coexistence,
-                register_number: register,
+                register_number,
             }))
         }
     }

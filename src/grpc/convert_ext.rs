@@ -4,6 +4,7 @@
 
 use std::collections::BTreeMap;
 
+use super::checked::{Checked, Invalid, field};
 use super::convert::{parse_name, provider_to_pb, ts, ts_opt};
 use super::pb;
 use crate::core::accounts::CheckResult;
@@ -212,19 +213,15 @@ pub fn token_status_to_pb(account: &AccountId, s: &TokenStatus) -> pb::ProviderT
 }
 
 /// Target channel mode; unspecified is a violation.
-pub fn channel_mode_from_pb(v: &mut Violations, field: &str, m: i32) -> Option<ChannelMode> {
+pub fn channel_mode_from_pb(field: &str, m: i32) -> Checked<ChannelMode> {
     match pb::ChannelMode::try_from(m) {
-        Ok(pb::ChannelMode::Trial) => Some(ChannelMode::Trial),
-        Ok(pb::ChannelMode::Sandbox) => Some(ChannelMode::Sandbox),
-        Ok(pb::ChannelMode::Live) => Some(ChannelMode::Live),
+        Ok(pb::ChannelMode::Trial) => Ok(ChannelMode::Trial),
+        Ok(pb::ChannelMode::Sandbox) => Ok(ChannelMode::Sandbox),
+        Ok(pb::ChannelMode::Live) => Ok(ChannelMode::Live),
         Ok(pb::ChannelMode::Unspecified) => {
-            v.add(field, "is required: CHANNEL_MODE_TRIAL, CHANNEL_MODE_SANDBOX or CHANNEL_MODE_LIVE");
-            None
+            Err(Invalid::one(field, "is required: CHANNEL_MODE_TRIAL, CHANNEL_MODE_SANDBOX or CHANNEL_MODE_LIVE"))
         }
-        Err(_) => {
-            v.add(field, format!("unknown channel mode value {m}"));
-            None
-        }
+        Err(_) => Err(Invalid::one(field, format!("unknown channel mode value {m}"))),
     }
 }
 
@@ -276,22 +273,16 @@ pub fn channel_to_pb(c: &ChannelView) -> pb::Channel {
 }
 
 /// How to connect, from `GetConnectCode`'s oneof (unset: a QR of the default size).
-pub fn connect_method_from_pb(
-    v: &mut Violations,
-    m: Option<pb::get_connect_code_request::Method>,
-) -> Option<ConnectMethod> {
+pub fn connect_method_from_pb(m: Option<pb::get_connect_code_request::Method>) -> Checked<ConnectMethod> {
     use pb::get_connect_code_request::Method as M;
     match m {
-        None => Some(ConnectMethod::Qr { size: 0 }),
+        None => Ok(ConnectMethod::Qr { size: 0 }),
         Some(M::Qr(q)) => match u32::try_from(q.size) {
-            Ok(size) if size <= 2048 => Some(ConnectMethod::Qr { size }),
-            _ => {
-                v.add("qr.size", "must be between 0 and 2048 pixels");
-                None
-            }
+            Ok(size) if size <= 2048 => Ok(ConnectMethod::Qr { size }),
+            _ => Err(Invalid::one("qr.size", "must be between 0 and 2048 pixels")),
         },
         Some(M::PairingCode(p)) => {
-            v.check("pairing_code.phone", E164::parse(&p.phone)).map(|phone| ConnectMethod::PairingCode { phone })
+            field("pairing_code.phone", E164::parse(&p.phone)).map(|phone| ConnectMethod::PairingCode { phone })
         }
     }
 }

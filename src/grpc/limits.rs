@@ -1,7 +1,7 @@
 //! The one table of limits on caller input: every string and repeated field of every
 //! `wa.onboard.v1` request message (nested messages included), with its maximum and the
-//! characters it allows. The parsers in [`super::convert`], [`super::convert_ext`] and the
-//! handlers check each field against its row here before anything else runs, so a 1 MiB
+//! characters it allows. Every request is checked against its rows before anything else runs
+//! (the typed requests of `grpc::requests` put these violations first), so a 1 MiB
 //! reference, a NUL byte bound for PostgreSQL or a `../` bound for a provider path is one field
 //! violation in one `INVALID_ARGUMENT`, and nothing is stored or sent. Each maximum is also
 //! written in the proto field's comment ("At most N characters."); a test checks they agree.
@@ -207,15 +207,16 @@ pub trait Limited {
 }
 
 /// Checks a whole request: `INVALID_ARGUMENT` with every field over its limit. For handlers
-/// that parse one field and return at once; the others use [`collect`].
+/// that parse one field and return at once; typed requests join the limits with their other
+/// field checks (`grpc::requests`).
 pub fn checked<R: Limited>(r: &R) -> Result<(), AppError> {
     collect(r).finish()
 }
 
-/// The violations of a whole request's limits, as the collector the handler goes on filling
-/// with its other checks, so one `INVALID_ARGUMENT` lists them all. Nothing after the
-/// handler's `finish` runs on a field over its limit; the checks before it quote input only
-/// through [`crate::error::quote`].
+/// The violations of a whole request's limits, as a collector other checks may go on
+/// filling, so one `INVALID_ARGUMENT` lists them all. The field checks that run alongside
+/// quote input only through [`crate::error::quote`]; nothing is stored or sent before all
+/// of them pass.
 pub fn collect<R: Limited>(r: &R) -> Violations {
     let mut v = Violations::new();
     r.check_limits(&mut v);

@@ -2,6 +2,7 @@
 //! convert back. Health and reflection are open; everything else needs an API key.
 
 pub mod auth;
+pub mod checked;
 pub mod codec;
 pub mod convert;
 pub mod convert_ext;
@@ -10,6 +11,7 @@ mod fuzz;
 pub mod limits;
 pub mod pb;
 pub mod pb_cache;
+mod requests;
 mod services;
 
 use std::sync::Arc;

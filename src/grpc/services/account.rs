@@ -1,45 +1,21 @@
 //! `account` handlers.
 
-#[allow(unused_imports)]
-use super::*;
+use tonic::Request;
+
+use super::{Res, Services, ok};
+use crate::grpc::auth::caller;
+use crate::grpc::convert::{account_to_pb, page_token};
+use crate::grpc::convert_ext::check_to_pb;
+use crate::grpc::limits;
+use crate::grpc::pb;
+use crate::grpc::requests::{CreateAccount, ListAccounts, account_name};
 
 #[tonic::async_trait]
 impl pb::account_service_server::AccountService for Services {
     async fn create_account(&self, req: Request<pb::CreateAccountRequest>) -> Res<pb::Account> {
         let caller = caller(&req)?;
-        let mut v = limits::collect(req.get_ref());
-        let r = req.into_inner();
-        let Some(account) = r.account else {
-            return Err(AppError::invalid("account", "is required").into());
-        };
-        let provider = provider_from_pb(account.provider);
-        if provider.is_none() {
-            v.add(
-                "account.provider",
-                "is required: one of PROVIDER_GUPSHUP, PROVIDER_EXOTEL, PROVIDER_WHAPI, PROVIDER_DIGITAL99",
-            );
-        }
-        let id = if r.account_id.is_empty() {
-            None
-        } else {
-            v.check("account_id", AccountId::scoped(&caller.tenant, &r.account_id))
-        };
-        let credentials = credentials_from_pb(&mut v, account.credentials);
-        let options = options_from_pb(&mut v, provider, account.options);
-        let rid = request_id(&mut v, &r.request_id);
-        v.finish()?;
-        let (Some(provider), Some(credentials)) = (provider, credentials) else {
-            return Err(AppError::internal("validated fields missing").into());
-        };
-        let new = NewAccount {
-            id,
-            provider,
-            display_name: account.display_name,
-            credentials,
-            options,
-            sandbox: account.sandbox,
-        };
-        ok(self.core.create_account(&caller, new, rid.as_deref()).await.map(|a| account_to_pb(&a)))
+        let r = CreateAccount::try_from((&caller, req.into_inner()))?;
+        ok(self.core.create_account(&caller, r.account, r.request_id.as_deref()).await.map(|a| account_to_pb(&a)))
     }
 
     async fn get_account(&self, req: Request<pb::GetAccountRequest>) -> Res<pb::Account> {
@@ -51,12 +27,8 @@ impl pb::account_service_server::AccountService for Services {
 
     async fn list_accounts(&self, req: Request<pb::ListAccountsRequest>) -> Res<pb::ListAccountsResponse> {
         let caller = caller(&req)?;
-        let mut v = limits::collect(req.get_ref());
-        let r = req.into_inner();
-        let page = page_request(&mut v, "accounts", r.page_size, &r.page_token, DEFAULT_PAGE);
-        let provider = provider_filter(&mut v, "provider", r.provider);
-        v.finish()?;
-        ok(self.core.list_accounts(&caller, provider, &page).await.map(|p| pb::ListAccountsResponse {
+        let r = ListAccounts::try_from(req.get_ref())?;
+        ok(self.core.list_accounts(&caller, r.provider, &r.page).await.map(|p| pb::ListAccountsResponse {
             accounts: p.items.iter().map(account_to_pb).collect(),
             next_page_token: page_token("accounts", p.next_page_token),
         }))
@@ -73,6 +45,6 @@ impl pb::account_service_server::AccountService for Services {
         let caller = caller(&req)?;
         limits::checked(req.get_ref())?;
         let id = account_name(&caller.tenant, "name", &req.get_ref().name)?;
-        ok(self.core.check_account(&caller, &id).await.map(|c| crate::grpc::convert_ext::check_to_pb(&c)))
+        ok(self.core.check_account(&caller, &id).await.map(|c| check_to_pb(&c)))
     }
 }

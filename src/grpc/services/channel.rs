@@ -1,9 +1,14 @@
 //! `channel` handlers (Whapi).
 
-#[allow(unused_imports)]
-use super::*;
-use crate::core::capabilities::MAX_EXTEND_DAYS;
-use crate::grpc::convert_ext::*;
+use tonic::Request;
+
+use super::{Res, Services, ok};
+use crate::grpc::auth::caller;
+use crate::grpc::convert::page_token;
+use crate::grpc::convert_ext::{balance_to_pb, channel_name, channel_to_pb, connect_code_to_pb};
+use crate::grpc::limits;
+use crate::grpc::pb;
+use crate::grpc::requests::{DeleteChannel, ExtendChannel, GetConnectCode, ListChannels, SetChannelMode, account_name};
 
 #[tonic::async_trait]
 impl pb::channel_service_server::ChannelService for Services {
@@ -16,16 +21,8 @@ impl pb::channel_service_server::ChannelService for Services {
 
     async fn list_channels(&self, req: Request<pb::ListChannelsRequest>) -> Res<pb::ListChannelsResponse> {
         let caller = caller(&req)?;
-        let mut v = limits::collect(req.get_ref());
-        let r = req.into_inner();
-        let page = page_request(&mut v, "channels", r.page_size, &r.page_token, DEFAULT_PAGE);
-        let account = if r.account.is_empty() {
-            None
-        } else {
-            v.check("account", account_name(&caller.tenant, "account", &r.account).map_err(|e| e.message))
-        };
-        v.finish()?;
-        ok(self.core.list_channels(&caller, account.as_ref(), &page).await.map(|p| pb::ListChannelsResponse {
+        let r = ListChannels::try_from((&caller, req.get_ref()))?;
+        ok(self.core.list_channels(&caller, r.account.as_ref(), &r.page).await.map(|p| pb::ListChannelsResponse {
             channels: p.items.iter().map(channel_to_pb).collect(),
             next_page_token: page_token("channels", p.next_page_token),
         }))
@@ -33,70 +30,34 @@ impl pb::channel_service_server::ChannelService for Services {
 
     async fn get_connect_code(&self, req: Request<pb::GetConnectCodeRequest>) -> Res<pb::ConnectCode> {
         let caller = caller(&req)?;
-        let mut v = limits::collect(req.get_ref());
-        let r = req.into_inner();
-        let id = v.check("name", channel_name("name", &r.name).map_err(|e| e.message));
-        let method = connect_method_from_pb(&mut v, r.method);
-        v.finish()?;
-        let (Some(id), Some(method)) = (id, method) else {
-            return Err(AppError::internal("validated fields missing").into());
-        };
-        ok(self.core.get_connect_code(&caller, &id, &method).await.map(|c| connect_code_to_pb(&c)))
+        let r = GetConnectCode::try_from(req.into_inner())?;
+        ok(self.core.get_connect_code(&caller, &r.id, &r.method).await.map(|c| connect_code_to_pb(&c)))
     }
 
     async fn set_channel_mode(&self, req: Request<pb::SetChannelModeRequest>) -> Res<pb::Channel> {
         let caller = caller(&req)?;
-        let mut v = limits::collect(req.get_ref());
-        let r = req.get_ref();
-        let id = v.check("name", channel_name("name", &r.name).map_err(|e| e.message));
-        let mode = channel_mode_from_pb(&mut v, "mode", r.mode);
-        v.finish()?;
-        let (Some(id), Some(mode)) = (id, mode) else {
-            return Err(AppError::internal("validated fields missing").into());
-        };
-        ok(self.core.set_channel_mode(&caller, &id, mode).await.map(|c| channel_to_pb(&c)))
+        let r = SetChannelMode::try_from(req.get_ref())?;
+        ok(self.core.set_channel_mode(&caller, &r.id, r.mode).await.map(|c| channel_to_pb(&c)))
     }
 
     async fn extend_channel(&self, req: Request<pb::ExtendChannelRequest>) -> Res<pb::ExtendChannelResponse> {
         let caller = caller(&req)?;
-        let mut v = limits::collect(req.get_ref());
-        let r = req.get_ref();
-        let id = v.check("name", channel_name("name", &r.name).map_err(|e| e.message));
-        let days = match u32::try_from(r.days) {
-            Ok(d) if (1..=MAX_EXTEND_DAYS).contains(&d) => d,
-            _ => {
-                v.add("days", format!("must be between 1 and {MAX_EXTEND_DAYS}"));
-                0
+        let r = ExtendChannel::try_from(req.into_inner())?;
+        ok(self.core.extend_channel(&caller, &r.id, r.days, &r.comment, &r.request_id).await.map(|x| {
+            pb::ExtendChannelResponse {
+                channel: Some(channel_to_pb(&x.channel)),
+                days_added: i32::try_from(x.days_added).unwrap_or(i32::MAX),
+                already_applied: x.already_applied,
             }
-        };
-        let rid = if r.request_id.is_empty() {
-            v.add("request_id", "is required: a retry with the same key never extends twice");
-            None
-        } else {
-            request_id(&mut v, &r.request_id)
-        };
-        v.finish()?;
-        let (Some(id), Some(rid)) = (id, rid) else {
-            return Err(AppError::internal("validated fields missing").into());
-        };
-        ok(self.core.extend_channel(&caller, &id, days, &r.comment, &rid).await.map(|x| pb::ExtendChannelResponse {
-            channel: Some(channel_to_pb(&x.channel)),
-            days_added: i32::try_from(x.days_added).unwrap_or(i32::MAX),
-            already_applied: x.already_applied,
         }))
     }
 
     async fn delete_channel(&self, req: Request<pb::DeleteChannelRequest>) -> Res<pb::DeleteChannelResponse> {
         let caller = caller(&req)?;
-        let mut v = limits::collect(req.get_ref());
-        let r = req.get_ref();
-        let id = v.check("name", channel_name("name", &r.name).map_err(|e| e.message));
-        let rid = request_id(&mut v, &r.request_id);
-        v.finish()?;
-        let Some(id) = id else { return Err(AppError::internal("validated fields missing").into()) };
+        let r = DeleteChannel::try_from(req.get_ref())?;
         ok(self
             .core
-            .delete_channel(&caller, &id, rid.as_deref())
+            .delete_channel(&caller, &r.id, r.request_id.as_deref())
             .await
             .map(|d| pb::DeleteChannelResponse { refunded_days: i32::try_from(d).unwrap_or(i32::MAX) }))
     }

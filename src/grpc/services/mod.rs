@@ -8,16 +8,12 @@ use tokio_stream::StreamExt;
 use tonic::{Request, Response, Status};
 
 use super::SharedCore;
-use super::auth::{caller, caller_ref};
-use super::convert::*;
-use super::limits;
+use super::auth::caller;
 use super::pb;
+use super::requests::onboarding_name;
 use crate::core::Core;
-use crate::core::accounts::NewAccount;
 use crate::core::onboardings::StreamItem;
-use crate::domain::{AccountId, OnboardingId, ProviderKind, TenantId};
-use crate::error::{AppError, Violations};
-use crate::store::OnboardingFilter;
+use crate::error::AppError;
 
 /// The one struct implementing every service.
 #[derive(Clone)]
@@ -47,24 +43,6 @@ type BoxStream<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send + 'stati
 
 fn ok<T>(r: Result<T, AppError>) -> Res<T> {
     r.map(Response::new).map_err(Status::from)
-}
-
-// Requests name the caller's own resources by id; the key is scoped to the caller's tenant
-// here, once, so every later lookup stays inside it.
-fn account_name(tenant: &TenantId, field: &str, name: &str) -> Result<AccountId, AppError> {
-    parse_name(field, name, "accounts", |s| AccountId::scoped(tenant, s))
-}
-
-fn onboarding_name(tenant: &TenantId, field: &str, name: &str) -> Result<OnboardingId, AppError> {
-    let name = name.strip_suffix("/pipeline").unwrap_or(name);
-    parse_name(field, name, "onboardings", |s| OnboardingId::scoped(tenant, s))
-}
-
-fn request_id(v: &mut Violations, id: &str) -> Option<String> {
-    if id.is_empty() {
-        return None;
-    }
-    v.check("request_id", crate::domain::RequestId::parse(id)).map(String::from)
 }
 
 pub(super) fn capability_to_pb(c: crate::domain::Capability) -> pb::Capability {

@@ -1,7 +1,14 @@
 //! `pipeline` handlers.
 
-#[allow(unused_imports)]
-use super::*;
+use tonic::{Request, Response};
+
+use super::{BoxStream, Res, Services, ok, stream};
+use crate::core::onboardings::StreamItem;
+use crate::grpc::auth::caller;
+use crate::grpc::convert::{pipeline_to_pb, state_to_pb, step_to_pb, ts};
+use crate::grpc::limits;
+use crate::grpc::pb;
+use crate::grpc::requests::onboarding_name;
 
 #[tonic::async_trait]
 impl pb::pipeline_service_server::PipelineService for Services {

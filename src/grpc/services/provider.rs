@@ -1,7 +1,13 @@
 //! `provider` handlers.
 
-#[allow(unused_imports)]
-use super::*;
+use tonic::{Request, Response};
+
+use super::{Res, Services, capability_to_pb};
+use crate::domain::ProviderKind;
+use crate::grpc::auth::caller;
+use crate::grpc::convert::provider_to_pb;
+use crate::grpc::limits;
+use crate::grpc::pb;
 
 #[tonic::async_trait]
 impl pb::provider_service_server::ProviderService for Services {

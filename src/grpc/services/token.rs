@@ -1,8 +1,13 @@
 //! `token` handlers.
 
-#[allow(unused_imports)]
-use super::*;
-use crate::grpc::convert_ext::*;
+use tonic::Request;
+
+use super::{Res, Services, ok};
+use crate::grpc::auth::caller;
+use crate::grpc::convert_ext::{app_token_to_pb, link_token_to_pb, token_status_to_pb};
+use crate::grpc::limits;
+use crate::grpc::pb;
+use crate::grpc::requests::{ValidateOnboardingToken, account_name, onboarding_name};
 
 #[tonic::async_trait]
 impl pb::token_service_server::TokenService for Services {
@@ -18,13 +23,8 @@ impl pb::token_service_server::TokenService for Services {
         req: Request<pb::ValidateOnboardingTokenRequest>,
     ) -> Res<pb::ValidateOnboardingTokenResponse> {
         let caller = caller(&req)?;
-        let mut v = limits::collect(req.get_ref());
-        let r = req.get_ref();
-        let id = v.check("account", account_name(&caller.tenant, "account", &r.account).map_err(|e| e.message));
-        v.check("token", check_provider_key(&r.token));
-        v.finish()?;
-        let Some(id) = id else { return Err(AppError::internal("validated fields missing").into()) };
-        ok(self.core.validate_onboarding_token(&caller, &id, &r.token).await.map(|t| link_token_to_pb(&t)))
+        let r = ValidateOnboardingToken::try_from((&caller, req.into_inner()))?;
+        ok(self.core.validate_onboarding_token(&caller, &r.account, &r.token).await.map(|t| link_token_to_pb(&t)))
     }
 
     async fn refresh_provider_token(
