@@ -17,7 +17,9 @@ use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use super::Core;
-use super::engine::{CONFLICT_RETRIES, details_map, engine_field, log_change, rank, set_engine_field, skip_unfinished};
+use super::pipeline_rows::{
+    CONFLICT_RETRIES, details_map, engine_field, log_change, set_engine_field, skip_unfinished,
+};
 use crate::domain::{AccountId, EventKind, OnboardingId, OnboardingState, Patch, StepState, UnixMs, now_ms};
 use crate::error::AppError;
 use crate::providers::{CallbackEvent, Provider};
@@ -508,7 +510,7 @@ impl Core {
                 if s.is_terminal() {
                     change.steps = skip_unfinished(steps.to_vec(), now);
                     change.state_deadline_ms = Patch::Clear;
-                } else if rank(s) < rank(o.state) {
+                } else if s.rank() < o.state.rank() {
                     // Moved back (a Whapi phone logged out of a live channel): reopen the step
                     // that waits in that state, so the next login is noticed and confirmed.
                     if let Some(step) = self.reopen_for(o, provider, s, steps, now)? {

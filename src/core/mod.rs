@@ -10,6 +10,7 @@ pub mod context;
 pub mod engine;
 pub mod lifecycle;
 pub mod onboardings;
+mod pipeline_rows;
 pub mod tenants;
 pub mod webhooks;
 

@@ -97,6 +97,43 @@ impl OnboardingState {
     }
 }
 
+impl OnboardingState {
+    /// Progress order of the main path (`PENDING` < `AWAITING_CUSTOMER` < `PROVISIONING` =
+    /// `PENDING_REVIEW` < `LIVE`); side states rank with `PENDING`, where they usually occur.
+    /// It tells a move forward from a move back, which the rules below treat differently.
+    pub fn rank(self) -> u8 {
+        match self {
+            Self::Pending => 0,
+            Self::AwaitingCustomer => 1,
+            Self::Provisioning | Self::PendingReview => 2,
+            Self::Live => 3,
+            _ => 0,
+        }
+    }
+
+    /// Whether a step's poll that observed `observed` while the onboarding is in `self` lags
+    /// behind a live event and must not undo it: a poll never moves `LIVE` back to an earlier
+    /// waiting state. (Callbacks, ordered by the provider's own timestamps, still can: a
+    /// logout does.)
+    pub fn poll_lags(self, observed: OnboardingState) -> bool {
+        self == Self::Live && !observed.is_terminal() && observed.rank() < Self::Live.rank()
+    }
+
+    /// Where a step's poll that observed `observed` moves an onboarding in `self`: `None` when
+    /// it stays (nothing observed, the same state, a move the machine refuses, or a lagging
+    /// poll).
+    pub fn polled_into(self, observed: Option<OnboardingState>) -> Option<OnboardingState> {
+        observed.filter(|&s| s != self && self.can_transition(s) && !self.poll_lags(s))
+    }
+
+    /// Whether starting a step that enters `enter` moves an onboarding in `self` there: only
+    /// forward or sideways on the main path (never back), never out of `LIVE`, and only when
+    /// the machine allows it.
+    pub fn enters(self, enter: OnboardingState) -> bool {
+        enter != self && enter.rank() >= self.rank() && self != Self::Live && self.can_transition(enter)
+    }
+}
+
 impl fmt::Display for OnboardingState {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(self.as_str())
@@ -141,6 +178,78 @@ mod tests {
     fn names_round_trip() {
         for s in OnboardingState::ALL {
             assert_eq!(s.as_str().parse::<OnboardingState>().unwrap(), s);
+        }
+    }
+
+    #[test]
+    fn rank_orders_the_main_path() {
+        let path = [Pending, AwaitingCustomer, Provisioning, Live];
+        for w in path.windows(2) {
+            assert!(w[0].rank() < w[1].rank(), "{} < {}", w[0], w[1]);
+        }
+        assert_eq!(Provisioning.rank(), PendingReview.rank());
+        for side in [Stalled, ReauthRequired, Failed, Expired, Cancelled] {
+            assert_eq!(side.rank(), Pending.rank(), "{side}");
+        }
+    }
+
+    #[test]
+    fn a_poll_behind_live_lags() {
+        // (current, observed, lags)
+        let table = [
+            (Live, AwaitingCustomer, true),
+            (Live, Provisioning, true),
+            (Live, PendingReview, true),
+            (Live, Pending, true),
+            (Live, Live, false),
+            (Live, Failed, false),
+            (Live, Expired, false),
+            (Provisioning, AwaitingCustomer, false),
+            (AwaitingCustomer, Pending, false),
+        ];
+        for (current, observed, lags) in table {
+            assert_eq!(current.poll_lags(observed), lags, "{current} observing {observed}");
+        }
+    }
+
+    #[test]
+    fn a_poll_moves_only_where_allowed_and_not_lagging() {
+        // (current, observed, moves to)
+        let table = [
+            (Pending, None, None),
+            (Pending, Some(Pending), None),
+            (Pending, Some(Live), Some(Live)),
+            (Provisioning, Some(Live), Some(Live)),
+            (Provisioning, Some(AwaitingCustomer), Some(AwaitingCustomer)),
+            (Live, Some(AwaitingCustomer), None),
+            (Live, Some(Failed), Some(Failed)),
+            (Live, Some(Expired), None),
+            (Failed, Some(Live), None),
+            (Stalled, Some(Provisioning), Some(Provisioning)),
+        ];
+        for (current, observed, to) in table {
+            assert_eq!(current.polled_into(observed), to, "{current} observing {observed:?}");
+        }
+    }
+
+    #[test]
+    fn a_step_enters_its_state_only_forward() {
+        // (current, entered, moves)
+        let table = [
+            (Pending, Provisioning, true),
+            (Pending, AwaitingCustomer, true),
+            (AwaitingCustomer, Provisioning, true),
+            (Provisioning, PendingReview, true),
+            (PendingReview, Provisioning, true),
+            (Provisioning, Provisioning, false),
+            (Provisioning, AwaitingCustomer, false),
+            (Live, Provisioning, false),
+            (Live, Live, false),
+            (Stalled, Provisioning, true),
+            (Failed, Provisioning, false),
+        ];
+        for (current, enter, moves) in table {
+            assert_eq!(current.enters(enter), moves, "{current} entering {enter}");
         }
     }
 }
