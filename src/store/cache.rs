@@ -10,7 +10,8 @@
 //! `update_account` and `delete_account`). New rows need nothing: no negative entries are
 //! kept. A read that raced a write cannot re-insert the row it read before that write: fills
 //! carry the generation seen before the database read and are dropped when any invalidation
-//! happened since.
+//! happened since; and a fill never replaces a newer cached row ([`Versioned`]), since two reads
+//! on either side of a commit can fill in either order before its invalidation.
 //!
 //! PostgreSQL does not use it: another replica's commit reaches this one only through an
 //! asynchronous `NOTIFY`, so a cached row could outlive a write another replica already
@@ -58,6 +59,29 @@ struct Inner<K, V> {
     generation: u64,
 }
 
+/// A row's version: a fill never replaces a cached row with an older one. Two reads that
+/// both started before a write's invalidation can fill in either order (one read the row
+/// before the commit, the other after it); without versions the older could land last and be
+/// served to a reader that had already seen the newer.
+pub trait Versioned {
+    /// Grows with every write of the row.
+    fn version(&self) -> i64;
+}
+
+impl Versioned for OnboardingRecord {
+    fn version(&self) -> i64 {
+        self.sequence
+    }
+}
+
+impl Versioned for AccountRecord {
+    // Millisecond resolution: two writes within one millisecond tie, and a tie keeps the
+    // cached row (invalidation still clears it before the second write returns).
+    fn version(&self) -> i64 {
+        self.updated_ms
+    }
+}
+
 /// The cache; see the module documentation for its consistency.
 pub struct RowCache<K, V> {
     inner: Mutex<Inner<K, V>>,
@@ -91,6 +115,15 @@ impl<K: Hash + Eq + Clone, V> RowCache<K, V> {
         self.len() == 0
     }
 
+    /// Forgets `id`, after a committed write to it and before that write returns.
+    pub fn invalidate(&self, id: &K) {
+        let mut inner = self.lock();
+        inner.generation = inner.generation.wrapping_add(1);
+        inner.rows.remove(id);
+    }
+}
+
+impl<K: Hash + Eq + Clone, V: Versioned> RowCache<K, V> {
     /// The row `id`, from the cache or else from `load` (which reads the database); a found
     /// row is kept unless a write invalidated anything while `load` ran. Shared: a hit copies
     /// nothing.
@@ -109,17 +142,11 @@ impl<K: Hash + Eq + Clone, V> RowCache<K, V> {
             return Ok(None);
         };
         let mut inner = self.lock();
-        if inner.generation == seen {
+        let newer = inner.rows.peek(id).is_none_or(|cached| cached.version() < loaded.version());
+        if inner.generation == seen && newer {
             inner.rows.insert(id.clone(), loaded.clone());
         }
         Ok(Some(loaded))
-    }
-
-    /// Forgets `id`, after a committed write to it and before that write returns.
-    pub fn invalidate(&self, id: &K) {
-        let mut inner = self.lock();
-        inner.generation = inner.generation.wrapping_add(1);
-        inner.rows.remove(id);
     }
 }
 
@@ -177,6 +204,36 @@ mod tests {
 
     /// A read that loaded a row before a write committed must not cache it after the write's
     /// invalidation.
+    /// Two reads that both started before the write's invalidation fill in either order: the
+    /// one that read the row before the commit, landing last, must not replace the newer row
+    /// (a reader that saw the newer one would then read the older back).
+    #[tokio::test]
+    async fn an_older_fill_does_not_replace_a_newer_row() {
+        let cache = OnboardingCache::new(8);
+        let id = new_id::<OnboardingId>();
+        let (older_loaded, older_fill) = tokio::sync::oneshot::channel::<()>();
+        let older = {
+            let (cache, id) = (&cache, id.clone());
+            async move {
+                cache
+                    .read_through(&id, async {
+                        // Read before the commit; fills only after the newer read has.
+                        let _ = older_fill.await;
+                        Ok(Some(row(&id, 4)))
+                    })
+                    .await
+            }
+        };
+        let newer = async {
+            let got = read(&cache, &id, Some(5)).await;
+            let _ = older_loaded.send(());
+            got
+        };
+        let (old, new) = tokio::join!(older, newer);
+        assert_eq!((old.unwrap().map(|r| r.sequence), new), (Some(4), Some(5)));
+        assert_eq!(read(&cache, &id, Some(6)).await, Some(5), "the newer row stays cached");
+    }
+
     #[tokio::test]
     async fn a_read_racing_a_write_does_not_cache_the_old_row() {
         let cache = OnboardingCache::new(8);

@@ -716,6 +716,7 @@ macro_rules! impl_sql_store {
             ) -> $crate::store::StoreResult<Option<std::sync::Arc<T>>>
             where
                 K: AsRef<str> + std::hash::Hash + Eq + Clone,
+                T: $crate::store::cache::Versioned,
             {
                 let key = [id.as_ref()];
                 let load = self.find(sql, &key, from);
