@@ -233,24 +233,17 @@ impl Core {
         kinds: &[EventKind],
         request_id: &str,
     ) -> Result<Vec<(EventKind, serde_json::Value)>, AppError> {
-        const PAGE: u32 = 500;
-        let mut after = 0;
         let mut found = Vec::new();
-        loop {
-            let evs = self.store.events(id, after, PAGE).await?;
-            for e in &evs {
-                after = e.sequence;
-                if kinds.contains(&e.kind) {
-                    let d: serde_json::Value = serde_json::from_str(&e.data_json).unwrap_or_default();
-                    if d["request_id"].as_str() == Some(request_id) {
-                        found.push((e.kind, d));
-                    }
+        self.each_event(id, |e| {
+            if kinds.contains(&e.kind) {
+                let d: serde_json::Value = serde_json::from_str(&e.data_json).unwrap_or_default();
+                if d["request_id"].as_str() == Some(request_id) {
+                    found.push((e.kind, d));
                 }
             }
-            if evs.len() < PAGE as usize {
-                return Ok(found);
-            }
-        }
+        })
+        .await?;
+        Ok(found)
     }
 
     /// Appends an event that also edits the onboarding's details (and optionally its

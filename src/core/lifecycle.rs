@@ -393,27 +393,21 @@ impl Core {
     /// The days the cancellation of `o` (already `CANCELLED`) refunded, as its event recorded
     /// them (the engine's or a `DeleteChannel`'s alike); 0 when it recorded none.
     async fn refunded_on_cancel(&self, o: &OnboardingRecord) -> Result<u32, AppError> {
-        const PAGE: u32 = 500;
-        let (mut after, mut days) = (0, 0);
-        loop {
-            let evs = self.store.events(&o.id, after, PAGE).await?;
-            for e in &evs {
-                after = e.sequence;
-                if e.state == OnboardingState::Cancelled && e.previous_state != OnboardingState::Cancelled {
-                    let d: serde_json::Value = serde_json::from_str(&e.data_json).unwrap_or_default();
-                    days = match &d["refunded_days"] {
-                        serde_json::Value::Number(n) => n.as_u64(),
-                        serde_json::Value::String(s) => s.parse().ok(),
-                        _ => None,
-                    }
-                    .and_then(|n| u32::try_from(n).ok())
-                    .unwrap_or(0);
+        let mut days = 0;
+        self.each_event(&o.id, |e| {
+            if e.state == OnboardingState::Cancelled && e.previous_state != OnboardingState::Cancelled {
+                let d: serde_json::Value = serde_json::from_str(&e.data_json).unwrap_or_default();
+                days = match &d["refunded_days"] {
+                    serde_json::Value::Number(n) => n.as_u64(),
+                    serde_json::Value::String(s) => s.parse().ok(),
+                    _ => None,
                 }
+                .and_then(|n| u32::try_from(n).ok())
+                .unwrap_or(0);
             }
-            if evs.len() < PAGE as usize {
-                return Ok(days);
-            }
-        }
+        })
+        .await?;
+        Ok(days)
     }
 
     /// [`Core::cancel_onboarding`] without a request claim.

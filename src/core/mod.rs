@@ -22,7 +22,7 @@ use crate::config::Settings;
 use crate::crypto::Cipher;
 use crate::domain::TenantId;
 use crate::error::{AppError, ErrorCode};
-use crate::store::{IdempotencyRecord, Store};
+use crate::store::{EventRecord, IdempotencyRecord, Store};
 
 /// Shared state of the use cases.
 #[derive(Clone)]
@@ -67,6 +67,26 @@ pub struct Caller {
 }
 
 impl Core {
+    /// Hands every event of `id`'s log to `visit`, in order, reading the log in pages.
+    pub(crate) async fn each_event(
+        &self,
+        id: &crate::domain::OnboardingId,
+        mut visit: impl FnMut(&EventRecord),
+    ) -> Result<(), AppError> {
+        const PAGE: u32 = 500;
+        let mut after = 0;
+        loop {
+            let evs = self.store.events(id, after, PAGE).await?;
+            for e in &evs {
+                after = e.sequence;
+                visit(e);
+            }
+            if evs.len() < PAGE as usize {
+                return Ok(());
+            }
+        }
+    }
+
     /// A keyed fingerprint of a request, for idempotency: keyed so that the stored hash of
     /// a request carrying credentials cannot be brute-forced offline.
     pub fn fingerprint(&self, parts: &[&[u8]]) -> Vec<u8> {
