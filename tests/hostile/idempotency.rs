@@ -646,6 +646,11 @@ async fn a_failed_or_abandoned_links_claim_does_not_block_the_request_id() {
     assert_eq!(mints, BATCH as u64, "one batch (a plain POST per link): {figures:?}");
 }
 
+/// DELETE calls the Whapi simulator has answered so far.
+fn whapi_deletes(sim: &SimCore) -> u64 {
+    sim.counters().calls.iter().filter(|(k, _)| k.starts_with("DELETE")).map(|(_, v)| *v).sum()
+}
+
 /// A sandbox server with a Whapi onboarding whose channel exists: (app, onboarding name,
 /// channel name).
 async fn sandbox_whapi_channel(reference: &str, channel_name: &str) -> (TestApp, String, String) {
@@ -688,8 +693,7 @@ async fn sandbox_whapi_channel(reference: &str, channel_name: &str) -> (TestApp,
 async fn concurrent_delete_channel_with_one_request_id_deletes_once() {
     let (app, _name, channel) = sandbox_whapi_channel("crm-del", "Race Delete").await;
     let sim = app.running().sandbox.as_ref().expect("sandbox").whapi.core().clone();
-    let deletes_before: u64 =
-        sim.counters().calls.iter().filter(|(k, _)| k.starts_with("DELETE")).map(|(_, v)| *v).sum();
+    let deletes_before = whapi_deletes(&sim);
     let mut joins = Vec::new();
     for _ in 0..PARALLEL {
         let mut ch = pb::channel_service_client::ChannelServiceClient::new(app.channel.clone());
@@ -702,9 +706,7 @@ async fn concurrent_delete_channel_with_one_request_id_deletes_once() {
     }
     let codes = code_counts(&results);
     let refunds: BTreeSet<i32> = results.iter().filter_map(|r| r.as_ref().ok()).map(|r| r.refunded_days).collect();
-    let deletes: u64 =
-        sim.counters().calls.iter().filter(|(k, _)| k.starts_with("DELETE")).map(|(_, v)| *v).sum::<u64>()
-            - deletes_before;
+    let deletes = whapi_deletes(&sim) - deletes_before;
     let figures = vec![
         ("identical calls sent at once", PARALLEL.to_string()),
         ("answers", show(&codes)),
@@ -732,8 +734,7 @@ async fn concurrent_delete_channel_with_one_request_id_deletes_once() {
 async fn concurrent_cancel_onboarding_with_one_request_id_cancels_once() {
     let (app, name, _channel) = sandbox_whapi_channel("crm-cancel", "Race Cancel").await;
     let sim = app.running().sandbox.as_ref().expect("sandbox").whapi.core().clone();
-    let deletes_before: u64 =
-        sim.counters().calls.iter().filter(|(k, _)| k.starts_with("DELETE")).map(|(_, v)| *v).sum();
+    let deletes_before = whapi_deletes(&sim);
     let mut joins = Vec::new();
     for _ in 0..PARALLEL {
         let mut o = app.onboardings();
@@ -746,9 +747,7 @@ async fn concurrent_cancel_onboarding_with_one_request_id_cancels_once() {
     }
     let codes = code_counts(&results);
     let refunds: BTreeSet<i32> = results.iter().filter_map(|r| r.as_ref().ok()).map(|r| r.refunded_days).collect();
-    let deletes: u64 =
-        sim.counters().calls.iter().filter(|(k, _)| k.starts_with("DELETE")).map(|(_, v)| *v).sum::<u64>()
-            - deletes_before;
+    let deletes = whapi_deletes(&sim) - deletes_before;
     let later = app
         .onboardings()
         .cancel_onboarding(app.req(pb::CancelOnboardingRequest { name: name.clone(), request_id: String::new() }))
