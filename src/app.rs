@@ -137,8 +137,10 @@ pub async fn start_with(
                 // Store-backed: on PostgreSQL every replica shares the provider limits. A step
                 // whose slot is further than 10 s away is rescheduled instead of holding one of
                 // the engine's concurrency slots while it waits.
-                limiter: crate::providers::http::RateLimiter::store_backed(store.clone())
-                    .with_max_wait(Duration::from_secs(10)),
+                limiter: crate::providers::http::RateLimiter::with_log(store::rate_log::StoreRateLog::shared(
+                    store.clone(),
+                ))
+                .with_max_wait(Duration::from_secs(10)),
                 retry: crate::providers::http::RetryPolicy::default(),
                 poll_interval: Duration::from_millis(settings.engine.poll_interval_ms),
             };

@@ -3,7 +3,7 @@
 //!
 //! Contract every backend keeps (checked by the shared conformance suite):
 //! - Every write that changes an onboarding appends its event with the next per-onboarding
-//!   `sequence` in the same transaction ([`Store::apply_change`]); a stale `expect_sequence`
+//!   `sequence` in the same transaction ([`Onboardings::apply_change`]); a stale `expect_sequence`
 //!   changes nothing and returns [`StoreError::Conflict`].
 //! - Tenant-scoped reads never return another tenant's rows (they return `None`).
 //! - Unique keys (idempotency key, webhook dedupe key, account id) are enforced by the
@@ -16,6 +16,7 @@ pub mod cache;
 #[cfg(test)]
 pub(crate) mod conformance;
 pub mod postgres;
+pub mod rate_log;
 mod sql;
 pub mod sqlite;
 #[cfg(test)]
@@ -29,14 +30,10 @@ use async_trait::async_trait;
 use crate::domain::{AccountId, ApiKeyId, OnboardingId, OnboardingState, ProviderKind, TenantId, UnixMs};
 pub use records::*;
 
-/// What [`Store::rate_acquire`] answers.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum RateGrant {
-    /// The slot is taken; its id, for [`Store::rate_restamp`].
-    Taken(i64),
-    /// Every slot is held: the time until the oldest frees.
-    Wait(Duration),
-}
+/// What [`RateSlots::rate_acquire`] answers: the rate limiter's own grant type (its port,
+/// [`RateLog`], is what the store implements for it).
+pub use crate::providers::http::ratelimit::RateGrant;
+use crate::providers::http::ratelimit::RateLog;
 
 /// What can go wrong in the store, in terms the core can act on.
 #[derive(Debug, thiserror::Error)]
@@ -161,17 +158,24 @@ impl ChangeNotice {
     }
 }
 
-/// The persistence port.
+/// The persistence port: every area below, on one backend. The service passes one
+/// `Arc<dyn Store>` around; a caller names the area trait it uses only where it calls a
+/// concrete store type (methods of a `dyn Store` need no import).
 #[async_trait]
-pub trait Store: Send + Sync + 'static {
+pub trait Store:
+    Tenants + Accounts + Onboardings + WorkQueue + WebhookInbox + RateSlots + ChangeFeed + 'static
+{
     /// Which backend this is.
     fn backend(&self) -> Backend;
 
     /// Cheap round trip, for health.
     async fn ping(&self) -> StoreResult<()>;
+}
 
-    // ----- tenants and API keys -----
-
+/// Tenants, their API keys (hashes only) and the remembered outcomes of their requests
+/// (`request_id` idempotency records, written beside the account or onboarding they created).
+#[async_trait]
+pub trait Tenants: Send + Sync {
     /// Creates a tenant; `AlreadyExists` if the name is taken.
     async fn create_tenant(&self, tenant: &TenantRecord) -> StoreResult<()>;
     /// A tenant by its unique name.
@@ -189,8 +193,13 @@ pub trait Store: Send + Sync + 'static {
     /// Marks a key revoked; false if there is no such active key.
     async fn revoke_api_key(&self, id: &ApiKeyId, at: UnixMs) -> StoreResult<bool>;
 
-    // ----- provider accounts -----
+    /// The stored outcome of an earlier request with this key, if any.
+    async fn idempotency(&self, tenant: &TenantId, key: &str) -> StoreResult<Option<IdempotencyRecord>>;
+}
 
+/// Provider accounts: sealed credentials and webhook secrets, per tenant.
+#[async_trait]
+pub trait Accounts: Send + Sync {
     /// Inserts an account and, when given, its idempotency record, in one transaction;
     /// `AlreadyExists` (nothing written) if the id or the idempotency key is taken.
     async fn insert_account(&self, account: &AccountRecord, idempotency: Option<&IdempotencyRecord>)
@@ -216,25 +225,23 @@ pub trait Store: Send + Sync + 'static {
     async fn update_account(&self, account: &AccountRecord) -> StoreResult<()>;
     /// Deletes an account; false if none.
     async fn delete_account(&self, tenant: &TenantId, id: &AccountId) -> StoreResult<bool>;
+}
 
-    // ----- idempotency -----
-
-    /// The stored outcome of an earlier request with this key, if any.
-    async fn idempotency(&self, tenant: &TenantId, key: &str) -> StoreResult<Option<IdempotencyRecord>>;
-
-    // ----- onboardings, steps, events -----
-
+/// Onboardings with their steps and append-only event logs: creation, reads, the one
+/// transactional change ([`Onboardings::apply_change`]) and the watchdog's scans.
+#[async_trait]
+pub trait Onboardings: Send + Sync {
     /// Creates an onboarding with its steps and its first event (sequence 1), and the
     /// idempotency record when given, all in one transaction. If the idempotency key is
     /// already taken, nothing is written and `AlreadyExists` is returned (the caller reads
     /// the winner's record).
     async fn create_onboarding(&self, new: &NewOnboarding) -> StoreResult<EventRecord>;
-    /// Creates several onboardings (e.g. one batch of hosted links) as [`Store::create_onboarding`]
+    /// Creates several onboardings (e.g. one batch of hosted links) as [`Onboardings::create_onboarding`]
     /// does, all in ONE transaction: a crash or an error leaves none of them.
     async fn create_onboardings(&self, batch: &[NewOnboarding]) -> StoreResult<Vec<EventRecord>>;
     /// One of the tenant's onboardings.
     async fn onboarding(&self, tenant: &TenantId, id: &OnboardingId) -> StoreResult<Option<OnboardingRecord>>;
-    /// One of the tenant's onboardings with its steps (as [`Store::steps`] orders them), read
+    /// One of the tenant's onboardings with its steps (as [`Onboardings::steps`] orders them), read
     /// in one snapshot, so a change's step outcome and onboarding fields are seen together.
     /// Not through any cache: for snapshots that read the steps anyway (`GetPipeline`, the
     /// first message of a stream).
@@ -243,7 +250,7 @@ pub trait Store: Send + Sync + 'static {
         tenant: &TenantId,
         id: &OnboardingId,
     ) -> StoreResult<Option<(OnboardingRecord, Vec<StepRecord>)>>;
-    /// [`Store::onboarding`], shared: where the backend caches rows, the cached one itself (no
+    /// [`Onboardings::onboarding`], shared: where the backend caches rows, the cached one itself (no
     /// copy), so a caller that only reads it (a `GetOnboarding` answer) copies nothing.
     async fn onboarding_shared(
         &self,
@@ -283,7 +290,7 @@ pub trait Store: Send + Sync + 'static {
     /// event written. `Conflict` when `expect_sequence` is stale or the webhook event was
     /// already processed; `NotFound` when the onboarding or the webhook event does not exist.
     async fn apply_change(&self, change: &OnboardingChange) -> StoreResult<EventRecord>;
-    /// Applies several changes in ONE transaction, in order, each as [`Store::apply_change`]
+    /// Applies several changes in ONE transaction, in order, each as [`Onboardings::apply_change`]
     /// would, and publishes their notices after the commit; one outcome per change. A change
     /// that cannot apply (stale `expect_sequence`, missing onboarding, or a webhook event no
     /// longer pending) writes nothing, and every later change of the same onboarding in the
@@ -297,23 +304,9 @@ pub trait Store: Send + Sync + 'static {
     /// The current sequence of each of `ids` that exists, in no particular order (one query
     /// per few hundred ids), so stream fan-out can reconcile every watched onboarding at once.
     async fn latest_sequences(&self, ids: &[OnboardingId]) -> StoreResult<Vec<(OnboardingId, i64)>>;
-    /// The steps of several onboardings in one read, by onboarding, then as [`Store::steps`]
+    /// The steps of several onboardings in one read, by onboarding, then as [`Onboardings::steps`]
     /// orders them.
     async fn steps_of(&self, ids: &[OnboardingId]) -> StoreResult<Vec<StepRecord>>;
-
-    // ----- durable work -----
-
-    /// Claims up to `limit` steps that are `READY` or `WAITING` with `next_run_ms <= now`, or
-    /// `RUNNING` with an expired lease, setting `RUNNING`, `lease_owner = worker`,
-    /// `lease_until_ms = now + lease`, and `attempts + 1` for non-waiting ones. On PostgreSQL
-    /// this uses `FOR UPDATE SKIP LOCKED` so replicas never claim the same step.
-    async fn claim_steps(&self, worker: &str, now: UnixMs, lease: Duration, limit: u32)
-    -> StoreResult<Vec<StepRecord>>;
-    /// Extends a lease the worker still holds; false if it was lost.
-    async fn renew_lease(&self, id: &OnboardingId, step: &str, worker: &str, until: UnixMs) -> StoreResult<bool>;
-    /// Writes a step the worker still leases, without an event (a poll that observed nothing
-    /// new), releasing the lease; false (nothing written) if the lease was lost.
-    async fn release_step(&self, step: &StepRecord, worker: &str) -> StoreResult<bool>;
     /// Onboardings not in a terminal state whose `state_deadline_ms` is before `now`.
     async fn overdue_onboardings(&self, now: UnixMs, limit: u32) -> StoreResult<Vec<OnboardingRecord>>;
     /// Onboardings not in a terminal state that expire within `threshold_secs` of `now` (and
@@ -325,9 +318,49 @@ pub trait Store: Send + Sync + 'static {
         threshold_secs: i64,
         limit: u32,
     ) -> StoreResult<Vec<OnboardingRecord>>;
+}
 
-    // ----- webhooks -----
+/// Durable work: step leases for the engine, request claims (one provider call per
+/// `request_id`), resource bindings and create intents (calls whose answer may be lost).
+#[async_trait]
+pub trait WorkQueue: Send + Sync {
+    /// Claims up to `limit` steps that are `READY` or `WAITING` with `next_run_ms <= now`, or
+    /// `RUNNING` with an expired lease, setting `RUNNING`, `lease_owner = worker`,
+    /// `lease_until_ms = now + lease`, and `attempts + 1` for non-waiting ones. On PostgreSQL
+    /// this uses `FOR UPDATE SKIP LOCKED` so replicas never claim the same step.
+    async fn claim_steps(&self, worker: &str, now: UnixMs, lease: Duration, limit: u32)
+    -> StoreResult<Vec<StepRecord>>;
+    /// Extends a lease the worker still holds; false if it was lost.
+    async fn renew_lease(&self, id: &OnboardingId, step: &str, worker: &str, until: UnixMs) -> StoreResult<bool>;
+    /// Writes a step the worker still leases, without an event (a poll that observed nothing
+    /// new), releasing the lease; false (nothing written) if the lease was lost.
+    async fn release_step(&self, step: &StepRecord, worker: &str) -> StoreResult<bool>;
 
+    /// Claims `claim.key` for its owner unless a live claim holds it: `None` when the claim
+    /// is now `claim`'s (new, or taken over from one whose lease ended before `now`), else the
+    /// live holder (possibly for another operation or request hash).
+    async fn claim_request(&self, claim: &RequestClaim, now: UnixMs) -> StoreResult<Option<RequestClaim>>;
+    /// Drops the claim if `owner` still holds it; false if it did not.
+    async fn release_request(&self, tenant: &TenantId, key: &str, owner: &str) -> StoreResult<bool>;
+    /// Binds a resource to an onboarding unless it is bound already; returns the onboarding
+    /// holding it now (`binding.onboarding_id` when this call bound it or had bound it).
+    async fn bind_resource(&self, binding: &ResourceBinding) -> StoreResult<OnboardingId>;
+    /// The onboarding holding a resource, if any.
+    async fn resource_binding(&self, scope: &str, resource: &str) -> StoreResult<Option<OnboardingId>>;
+    /// Records that the intent's step is about to send its create call (pending until
+    /// [`WorkQueue::resolve_create_intent`]). Returns whether an earlier call of the same step was
+    /// still pending: its answer was never learnt, so it may have created.
+    async fn begin_create_intent(&self, intent: &CreateIntent) -> StoreResult<bool>;
+    /// The answer to the step's create call is known (created, found, or refused).
+    async fn resolve_create_intent(&self, onboarding: &OnboardingId, step: &str) -> StoreResult<()>;
+    /// The onboardings whose create call for `subject` under `scope` is pending.
+    async fn pending_create_intents(&self, scope: &str, subject: &str) -> StoreResult<Vec<OnboardingId>>;
+}
+
+/// The webhook inbox: provider callbacks stored under their dedupe key before the 2xx,
+/// then claimed and finished by the webhook worker.
+#[async_trait]
+pub trait WebhookInbox: Send + Sync {
     /// Stores an inbound webhook event. Returns false (and stores nothing) when an event
     /// with the same `(provider, account_id, dedupe_key)` exists.
     async fn insert_webhook_event(&self, event: &WebhookEventRecord) -> StoreResult<bool>;
@@ -347,9 +380,12 @@ pub trait Store: Send + Sync + 'static {
     async fn finish_webhook_event(&self, id: &str, status: WebhookStatus, note: Option<&str>) -> StoreResult<()>;
     /// A webhook event by id (for inspection and tests).
     async fn webhook_event(&self, id: &str) -> StoreResult<Option<WebhookEventRecord>>;
+}
 
-    // ----- shared rate limiting -----
-
+/// The shared sliding logs of the provider rate limits (every replica on one database
+/// shares them); [`rate_log::StoreRateLog`] offers them to the HTTP rate limiter's port.
+#[async_trait]
+pub trait RateSlots: Send + Sync {
     /// Takes one slot of `limit` per `window` for `key` (sliding log shared by every replica).
     /// The slot is stamped `now` when given (tests), else with the clock read once the key's
     /// lock is held: time spent queueing for the writer must not age the slot, or it would
@@ -365,31 +401,12 @@ pub trait Store: Send + Sync + 'static {
     /// back: called once the provider answered the call the slot admitted, by when it has
     /// counted it. An unknown or already expired slot is left alone.
     async fn rate_restamp(&self, key: &str, slot: i64, now: Option<UnixMs>) -> StoreResult<()>;
+}
 
-    // ----- request claims, resource bindings, create intents -----
-
-    /// Claims `claim.key` for its owner unless a live claim holds it: `None` when the claim
-    /// is now `claim`'s (new, or taken over from one whose lease ended before `now`), else the
-    /// live holder (possibly for another operation or request hash).
-    async fn claim_request(&self, claim: &RequestClaim, now: UnixMs) -> StoreResult<Option<RequestClaim>>;
-    /// Drops the claim if `owner` still holds it; false if it did not.
-    async fn release_request(&self, tenant: &TenantId, key: &str, owner: &str) -> StoreResult<bool>;
-    /// Binds a resource to an onboarding unless it is bound already; returns the onboarding
-    /// holding it now (`binding.onboarding_id` when this call bound it or had bound it).
-    async fn bind_resource(&self, binding: &ResourceBinding) -> StoreResult<OnboardingId>;
-    /// The onboarding holding a resource, if any.
-    async fn resource_binding(&self, scope: &str, resource: &str) -> StoreResult<Option<OnboardingId>>;
-    /// Records that the intent's step is about to send its create call (pending until
-    /// [`Store::resolve_create_intent`]). Returns whether an earlier call of the same step was
-    /// still pending: its answer was never learnt, so it may have created.
-    async fn begin_create_intent(&self, intent: &CreateIntent) -> StoreResult<bool>;
-    /// The answer to the step's create call is known (created, found, or refused).
-    async fn resolve_create_intent(&self, onboarding: &OnboardingId, step: &str) -> StoreResult<()>;
-    /// The onboardings whose create call for `subject` under `scope` is pending.
-    async fn pending_create_intents(&self, scope: &str, subject: &str) -> StoreResult<Vec<OnboardingId>>;
-
-    // ----- change notification -----
-
+/// Change notification: a wake-up per committed onboarding write, to this process and (on
+/// PostgreSQL) to every replica.
+#[async_trait]
+pub trait ChangeFeed: Send + Sync {
     /// Publishes that an onboarding's log grew (to this process and, on PostgreSQL, to every
     /// replica through `NOTIFY`).
     async fn notify(&self, notice: &ChangeNotice) -> StoreResult<()>;

@@ -349,7 +349,7 @@ impl OnboardingChange {
     }
 }
 
-/// What became of one change of [`Store::apply_changes`](super::Store::apply_changes).
+/// What became of one change of [`Onboardings::apply_changes`](super::Onboardings::apply_changes).
 #[derive(Debug, Clone, PartialEq)]
 pub enum ChangeOutcome {
     /// Written; the event appended.

@@ -768,7 +768,10 @@ macro_rules! impl_sql_store {
                 sqlx::query("SELECT 1").execute(self.reader()).await?;
                 Ok(())
             }
+        }
 
+        #[async_trait::async_trait]
+        impl $crate::store::Tenants for $store {
             async fn create_tenant(&self, t: &$crate::store::TenantRecord) -> $crate::store::StoreResult<()> {
                 sqlx::query("INSERT INTO tenants (id, name, created_ms) VALUES ($1, $2, $3)")
                     .bind(t.id.as_str())
@@ -849,6 +852,22 @@ macro_rules! impl_sql_store {
                 Ok(done.rows_affected() > 0)
             }
 
+            async fn idempotency(
+                &self,
+                tenant: &$crate::domain::TenantId,
+                key: &str,
+            ) -> $crate::store::StoreResult<Option<$crate::store::IdempotencyRecord>> {
+                self.find(
+                    "SELECT * FROM idempotency_keys WHERE tenant_id = $1 AND key = $2",
+                    &[tenant.as_str(), key],
+                    Self::idempotency_from,
+                )
+                .await
+            }
+        }
+
+        #[async_trait::async_trait]
+        impl $crate::store::Accounts for $store {
             async fn insert_account(
                 &self,
                 a: &$crate::store::AccountRecord,
@@ -968,20 +987,10 @@ macro_rules! impl_sql_store {
                 self.account_written(id);
                 Ok(done.rows_affected() > 0)
             }
+        }
 
-            async fn idempotency(
-                &self,
-                tenant: &$crate::domain::TenantId,
-                key: &str,
-            ) -> $crate::store::StoreResult<Option<$crate::store::IdempotencyRecord>> {
-                self.find(
-                    "SELECT * FROM idempotency_keys WHERE tenant_id = $1 AND key = $2",
-                    &[tenant.as_str(), key],
-                    Self::idempotency_from,
-                )
-                .await
-            }
-
+        #[async_trait::async_trait]
+        impl $crate::store::Onboardings for $store {
             async fn create_onboarding(
                 &self,
                 new: &$crate::store::NewOnboarding,
@@ -1058,21 +1067,6 @@ macro_rules! impl_sql_store {
                 Ok(self.onboarding_row(id).await?.map(std::sync::Arc::unwrap_or_clone))
             }
 
-            async fn onboarding_by_resource(
-                &self,
-                tenant: &$crate::domain::TenantId,
-                provider: $crate::domain::ProviderKind,
-                external_key: &str,
-            ) -> $crate::store::StoreResult<Option<$crate::store::OnboardingRecord>> {
-                self.find(
-                    "SELECT * FROM onboardings WHERE tenant_id = $1 AND provider = $2 AND external_key = $3 \
-                     ORDER BY id DESC LIMIT 1",
-                    &[tenant.as_str(), provider.as_str(), external_key],
-                    Self::onboarding_from,
-                )
-                .await
-            }
-
             async fn onboardings_by_external_keys(
                 &self,
                 account: &$crate::domain::AccountId,
@@ -1103,6 +1097,21 @@ macro_rules! impl_sql_store {
                     }
                 }
                 Ok(newest.into_values().collect())
+            }
+
+            async fn onboarding_by_resource(
+                &self,
+                tenant: &$crate::domain::TenantId,
+                provider: $crate::domain::ProviderKind,
+                external_key: &str,
+            ) -> $crate::store::StoreResult<Option<$crate::store::OnboardingRecord>> {
+                self.find(
+                    "SELECT * FROM onboardings WHERE tenant_id = $1 AND provider = $2 AND external_key = $3 \
+                     ORDER BY id DESC LIMIT 1",
+                    &[tenant.as_str(), provider.as_str(), external_key],
+                    Self::onboarding_from,
+                )
+                .await
             }
 
             async fn list_onboardings(
@@ -1230,6 +1239,25 @@ macro_rules! impl_sql_store {
                 Self::all(rows, Self::step_from)
             }
 
+            async fn latest_sequences(
+                &self,
+                ids: &[$crate::domain::OnboardingId],
+            ) -> $crate::store::StoreResult<Vec<($crate::domain::OnboardingId, i64)>> {
+                let mut out = Vec::with_capacity(ids.len());
+                for chunk in ids.chunks(sql::IN_CHUNK) {
+                    let sql = format!("SELECT id, sequence FROM onboardings WHERE id IN ({})", sql::placeholders(1, chunk.len()));
+                    // Only numbered placeholders are formatted in; the ids are bound.
+                    let mut query = sqlx::query(sqlx::AssertSqlSafe(sql));
+                    for id in chunk {
+                        query = query.bind(id.as_str());
+                    }
+                    for r in query.fetch_all(self.reader()).await? {
+                        out.push((sql::id(r.try_get("id")?)?, r.try_get("sequence")?));
+                    }
+                }
+                Ok(out)
+            }
+
             async fn steps_of(
                 &self,
                 ids: &[$crate::domain::OnboardingId],
@@ -1250,25 +1278,55 @@ macro_rules! impl_sql_store {
                 Ok(out)
             }
 
-            async fn latest_sequences(
+            async fn overdue_onboardings(
                 &self,
-                ids: &[$crate::domain::OnboardingId],
-            ) -> $crate::store::StoreResult<Vec<($crate::domain::OnboardingId, i64)>> {
-                let mut out = Vec::with_capacity(ids.len());
-                for chunk in ids.chunks(sql::IN_CHUNK) {
-                    let sql = format!("SELECT id, sequence FROM onboardings WHERE id IN ({})", sql::placeholders(1, chunk.len()));
-                    // Only numbered placeholders are formatted in; the ids are bound.
-                    let mut query = sqlx::query(sqlx::AssertSqlSafe(sql));
-                    for id in chunk {
-                        query = query.bind(id.as_str());
-                    }
-                    for r in query.fetch_all(self.reader()).await? {
-                        out.push((sql::id(r.try_get("id")?)?, r.try_get("sequence")?));
-                    }
-                }
-                Ok(out)
+                now: $crate::domain::UnixMs,
+                limit: u32,
+            ) -> $crate::store::StoreResult<Vec<$crate::store::OnboardingRecord>> {
+                let [t1, t2, t3] = sql::TERMINAL_STATES;
+                let rows = sqlx::query(
+                    "SELECT * FROM onboardings WHERE state_deadline_ms IS NOT NULL AND state_deadline_ms < $1 \
+                     AND state NOT IN ($3, $4, $5) ORDER BY state_deadline_ms, id LIMIT $2",
+                )
+                .bind(now)
+                .bind(i64::from(limit))
+                .bind(t1.as_str())
+                .bind(t2.as_str())
+                .bind(t3.as_str())
+                .fetch_all(self.reader())
+                .await?;
+                Self::all(rows, Self::onboarding_from)
             }
 
+            async fn expiring_onboardings(
+                &self,
+                now: $crate::domain::UnixMs,
+                threshold_secs: i64,
+                limit: u32,
+            ) -> $crate::store::StoreResult<Vec<$crate::store::OnboardingRecord>> {
+                let [t1, t2, t3] = sql::TERMINAL_STATES;
+                let window = threshold_secs.saturating_mul(1000);
+                let rows = sqlx::query(
+                    "SELECT * FROM onboardings WHERE expire_ms IS NOT NULL AND expire_ms > $1 \
+                     AND expire_ms <= $1 + $2 AND expire_ms - created_ms > $2 \
+                     AND (expiry_warned_secs IS NULL OR expiry_warned_secs > $3) \
+                     AND state NOT IN ($5, $6, $7) ORDER BY expire_ms, id LIMIT $4",
+                )
+                .bind(now)
+                .bind(window)
+                .bind(threshold_secs)
+                .bind(i64::from(limit))
+                .bind(t1.as_str())
+                .bind(t2.as_str())
+                .bind(t3.as_str())
+                .fetch_all(self.reader())
+                .await?;
+                Self::all(rows, Self::onboarding_from)
+            }
+        }
+
+        #[async_trait::async_trait]
+        impl $crate::store::WorkQueue for $store {
             async fn claim_steps(
                 &self,
                 worker: &str,
@@ -1346,208 +1404,6 @@ macro_rules! impl_sql_store {
                 .execute(self.writer())
                 .await?;
                 Ok(done.rows_affected() > 0)
-            }
-
-            async fn overdue_onboardings(
-                &self,
-                now: $crate::domain::UnixMs,
-                limit: u32,
-            ) -> $crate::store::StoreResult<Vec<$crate::store::OnboardingRecord>> {
-                let [t1, t2, t3] = sql::TERMINAL_STATES;
-                let rows = sqlx::query(
-                    "SELECT * FROM onboardings WHERE state_deadline_ms IS NOT NULL AND state_deadline_ms < $1 \
-                     AND state NOT IN ($3, $4, $5) ORDER BY state_deadline_ms, id LIMIT $2",
-                )
-                .bind(now)
-                .bind(i64::from(limit))
-                .bind(t1.as_str())
-                .bind(t2.as_str())
-                .bind(t3.as_str())
-                .fetch_all(self.reader())
-                .await?;
-                Self::all(rows, Self::onboarding_from)
-            }
-
-            async fn expiring_onboardings(
-                &self,
-                now: $crate::domain::UnixMs,
-                threshold_secs: i64,
-                limit: u32,
-            ) -> $crate::store::StoreResult<Vec<$crate::store::OnboardingRecord>> {
-                let [t1, t2, t3] = sql::TERMINAL_STATES;
-                let window = threshold_secs.saturating_mul(1000);
-                let rows = sqlx::query(
-                    "SELECT * FROM onboardings WHERE expire_ms IS NOT NULL AND expire_ms > $1 \
-                     AND expire_ms <= $1 + $2 AND expire_ms - created_ms > $2 \
-                     AND (expiry_warned_secs IS NULL OR expiry_warned_secs > $3) \
-                     AND state NOT IN ($5, $6, $7) ORDER BY expire_ms, id LIMIT $4",
-                )
-                .bind(now)
-                .bind(window)
-                .bind(threshold_secs)
-                .bind(i64::from(limit))
-                .bind(t1.as_str())
-                .bind(t2.as_str())
-                .bind(t3.as_str())
-                .fetch_all(self.reader())
-                .await?;
-                Self::all(rows, Self::onboarding_from)
-            }
-
-            async fn insert_webhook_event(
-                &self,
-                e: &$crate::store::WebhookEventRecord,
-            ) -> $crate::store::StoreResult<bool> {
-                let stored = self.insert_webhook_events(std::slice::from_ref(e)).await?;
-                Ok(stored.first().copied().unwrap_or(false))
-            }
-
-            async fn insert_webhook_events(
-                &self,
-                events: &[$crate::store::WebhookEventRecord],
-            ) -> $crate::store::StoreResult<Vec<bool>> {
-                if events.is_empty() {
-                    return Ok(Vec::new());
-                }
-                // One multi-row statement per chunk: on SQLite every statement is a round trip
-                // to the connection's worker thread, so a row each would cost the writer far more
-                // than the rows themselves. Rows that hit an existing dedupe key (or one earlier
-                // in the same statement) are skipped and not returned.
-                let mut stored = std::collections::HashSet::new();
-                let mut tx = self.writer().begin().await?;
-                for chunk in events.chunks(sql::WEBHOOK_INSERT_CHUNK) {
-                    let mut query = sqlx::query(sqlx::AssertSqlSafe(sql::insert_webhooks_sql(chunk.len())));
-                    for e in chunk {
-                        query = query
-                            .bind(e.id.as_str())
-                            .bind(e.provider.as_str())
-                            .bind(e.account_id.as_str())
-                            .bind(e.dedupe_key.as_str())
-                            .bind(e.body.as_slice())
-                            .bind(e.status.as_str())
-                            .bind(e.note.as_deref())
-                            .bind(e.lease_owner.as_deref())
-                            .bind(e.lease_until_ms)
-                            .bind(e.received_ms);
-                    }
-                    for row in query.fetch_all(&mut *tx).await? {
-                        stored.insert(row.try_get::<String, _>("id")?);
-                    }
-                }
-                tx.commit().await?;
-                Ok(events.iter().map(|e| stored.contains(&e.id)).collect())
-            }
-
-            async fn claim_webhook_events(
-                &self,
-                worker: &str,
-                now: $crate::domain::UnixMs,
-                lease: std::time::Duration,
-                limit: u32,
-            ) -> $crate::store::StoreResult<Vec<$crate::store::WebhookEventRecord>> {
-                let rows = sqlx::query(concat!(
-                    "UPDATE webhook_events SET lease_owner = $1, lease_until_ms = $2 \
-                     WHERE id IN (SELECT id FROM webhook_events WHERE status = 'PENDING' \
-                     AND (lease_until_ms IS NULL OR lease_until_ms <= $3) ORDER BY received_ms, id LIMIT $4",
-                    $skip_locked,
-                    ") RETURNING *"
-                ))
-                .bind(worker)
-                .bind(now.saturating_add(sql::ms(lease)))
-                .bind(now)
-                .bind(i64::from(limit))
-                .fetch_all(self.writer())
-                .await?;
-                let mut events = Self::all(rows, Self::webhook_from)?;
-                events.sort_by(|a, b| (a.received_ms, &a.id).cmp(&(b.received_ms, &b.id)));
-                Ok(events)
-            }
-
-            async fn finish_webhook_event(
-                &self,
-                id: &str,
-                status: $crate::store::WebhookStatus,
-                note: Option<&str>,
-            ) -> $crate::store::StoreResult<()> {
-                let done = sqlx::query(
-                    "UPDATE webhook_events SET status = $2, note = $3, lease_owner = NULL, lease_until_ms = NULL WHERE id = $1",
-                )
-                .bind(id)
-                .bind(status.as_str())
-                .bind(note)
-                .execute(self.writer())
-                .await?;
-                if done.rows_affected() == 0 {
-                    return Err($crate::store::StoreError::NotFound(format!("webhook event {id}")));
-                }
-                Ok(())
-            }
-
-            async fn webhook_event(
-                &self,
-                id: &str,
-            ) -> $crate::store::StoreResult<Option<$crate::store::WebhookEventRecord>> {
-                self.find("SELECT * FROM webhook_events WHERE id = $1", &[id], Self::webhook_from).await
-            }
-
-            async fn rate_acquire(
-                &self,
-                key: &str,
-                limit: u32,
-                window: std::time::Duration,
-                now: Option<$crate::domain::UnixMs>,
-            ) -> $crate::store::StoreResult<$crate::store::RateGrant> {
-                if limit == 0 {
-                    return Ok($crate::store::RateGrant::Wait(window));
-                }
-                let window_ms = sql::ms(window);
-                let mut tx = self.writer().begin().await?;
-                Self::lock_rate_key(&mut tx, key).await?;
-                // Read after the writer and the key's lock are ours (see the trait).
-                let now = now.unwrap_or_else($crate::domain::now_ms);
-                sqlx::query("DELETE FROM rate_slots WHERE key = $1 AND at_ms <= $2")
-                    .bind(key)
-                    .bind(now.saturating_sub(window_ms))
-                    .execute(&mut *tx)
-                    .await?;
-                let row = sqlx::query("SELECT COUNT(*) AS n, MIN(at_ms) AS oldest FROM rate_slots WHERE key = $1")
-                    .bind(key)
-                    .fetch_one(&mut *tx)
-                    .await?;
-                let taken: i64 = row.try_get("n")?;
-                let oldest: Option<i64> = row.try_get("oldest")?;
-                let grant = if taken < i64::from(limit) {
-                    let row = sqlx::query("INSERT INTO rate_slots (key, at_ms) VALUES ($1, $2) RETURNING seq")
-                        .bind(key)
-                        .bind(now)
-                        .fetch_one(&mut *tx)
-                        .await?;
-                    $crate::store::RateGrant::Taken(row.try_get("seq")?)
-                } else {
-                    let free_at = oldest.unwrap_or(now).saturating_add(window_ms);
-                    // Clamped to the window: callers' clocks are not perfectly monotonic
-                    // across replicas, and no slot can be held longer than one window.
-                    let wait_ms = u64::try_from(free_at.saturating_sub(now).min(window_ms)).unwrap_or(0).max(1);
-                    $crate::store::RateGrant::Wait(std::time::Duration::from_millis(wait_ms))
-                };
-                tx.commit().await?;
-                Ok(grant)
-            }
-
-            async fn rate_restamp(
-                &self,
-                key: &str,
-                slot: i64,
-                now: Option<$crate::domain::UnixMs>,
-            ) -> $crate::store::StoreResult<()> {
-                let now = now.unwrap_or_else($crate::domain::now_ms);
-                sqlx::query("UPDATE rate_slots SET at_ms = $3 WHERE key = $1 AND seq = $2 AND at_ms < $3")
-                    .bind(key)
-                    .bind(slot)
-                    .bind(now)
-                    .execute(self.writer())
-                    .await?;
-                Ok(())
             }
 
             async fn claim_request(
@@ -1709,7 +1565,172 @@ macro_rules! impl_sql_store {
                 .await?;
                 rows.iter().map(|r| sql::id(r.try_get("onboarding_id")?)).collect()
             }
+        }
 
+        #[async_trait::async_trait]
+        impl $crate::store::WebhookInbox for $store {
+            async fn insert_webhook_event(
+                &self,
+                e: &$crate::store::WebhookEventRecord,
+            ) -> $crate::store::StoreResult<bool> {
+                let stored = self.insert_webhook_events(std::slice::from_ref(e)).await?;
+                Ok(stored.first().copied().unwrap_or(false))
+            }
+
+            async fn insert_webhook_events(
+                &self,
+                events: &[$crate::store::WebhookEventRecord],
+            ) -> $crate::store::StoreResult<Vec<bool>> {
+                if events.is_empty() {
+                    return Ok(Vec::new());
+                }
+                // One multi-row statement per chunk: on SQLite every statement is a round trip
+                // to the connection's worker thread, so a row each would cost the writer far more
+                // than the rows themselves. Rows that hit an existing dedupe key (or one earlier
+                // in the same statement) are skipped and not returned.
+                let mut stored = std::collections::HashSet::new();
+                let mut tx = self.writer().begin().await?;
+                for chunk in events.chunks(sql::WEBHOOK_INSERT_CHUNK) {
+                    let mut query = sqlx::query(sqlx::AssertSqlSafe(sql::insert_webhooks_sql(chunk.len())));
+                    for e in chunk {
+                        query = query
+                            .bind(e.id.as_str())
+                            .bind(e.provider.as_str())
+                            .bind(e.account_id.as_str())
+                            .bind(e.dedupe_key.as_str())
+                            .bind(e.body.as_slice())
+                            .bind(e.status.as_str())
+                            .bind(e.note.as_deref())
+                            .bind(e.lease_owner.as_deref())
+                            .bind(e.lease_until_ms)
+                            .bind(e.received_ms);
+                    }
+                    for row in query.fetch_all(&mut *tx).await? {
+                        stored.insert(row.try_get::<String, _>("id")?);
+                    }
+                }
+                tx.commit().await?;
+                Ok(events.iter().map(|e| stored.contains(&e.id)).collect())
+            }
+
+            async fn claim_webhook_events(
+                &self,
+                worker: &str,
+                now: $crate::domain::UnixMs,
+                lease: std::time::Duration,
+                limit: u32,
+            ) -> $crate::store::StoreResult<Vec<$crate::store::WebhookEventRecord>> {
+                let rows = sqlx::query(concat!(
+                    "UPDATE webhook_events SET lease_owner = $1, lease_until_ms = $2 \
+                     WHERE id IN (SELECT id FROM webhook_events WHERE status = 'PENDING' \
+                     AND (lease_until_ms IS NULL OR lease_until_ms <= $3) ORDER BY received_ms, id LIMIT $4",
+                    $skip_locked,
+                    ") RETURNING *"
+                ))
+                .bind(worker)
+                .bind(now.saturating_add(sql::ms(lease)))
+                .bind(now)
+                .bind(i64::from(limit))
+                .fetch_all(self.writer())
+                .await?;
+                let mut events = Self::all(rows, Self::webhook_from)?;
+                events.sort_by(|a, b| (a.received_ms, &a.id).cmp(&(b.received_ms, &b.id)));
+                Ok(events)
+            }
+
+            async fn finish_webhook_event(
+                &self,
+                id: &str,
+                status: $crate::store::WebhookStatus,
+                note: Option<&str>,
+            ) -> $crate::store::StoreResult<()> {
+                let done = sqlx::query(
+                    "UPDATE webhook_events SET status = $2, note = $3, lease_owner = NULL, lease_until_ms = NULL WHERE id = $1",
+                )
+                .bind(id)
+                .bind(status.as_str())
+                .bind(note)
+                .execute(self.writer())
+                .await?;
+                if done.rows_affected() == 0 {
+                    return Err($crate::store::StoreError::NotFound(format!("webhook event {id}")));
+                }
+                Ok(())
+            }
+
+            async fn webhook_event(
+                &self,
+                id: &str,
+            ) -> $crate::store::StoreResult<Option<$crate::store::WebhookEventRecord>> {
+                self.find("SELECT * FROM webhook_events WHERE id = $1", &[id], Self::webhook_from).await
+            }
+        }
+
+        #[async_trait::async_trait]
+        impl $crate::store::RateSlots for $store {
+            async fn rate_acquire(
+                &self,
+                key: &str,
+                limit: u32,
+                window: std::time::Duration,
+                now: Option<$crate::domain::UnixMs>,
+            ) -> $crate::store::StoreResult<$crate::store::RateGrant> {
+                if limit == 0 {
+                    return Ok($crate::store::RateGrant::Wait(window));
+                }
+                let window_ms = sql::ms(window);
+                let mut tx = self.writer().begin().await?;
+                Self::lock_rate_key(&mut tx, key).await?;
+                // Read after the writer and the key's lock are ours (see the trait).
+                let now = now.unwrap_or_else($crate::domain::now_ms);
+                sqlx::query("DELETE FROM rate_slots WHERE key = $1 AND at_ms <= $2")
+                    .bind(key)
+                    .bind(now.saturating_sub(window_ms))
+                    .execute(&mut *tx)
+                    .await?;
+                let row = sqlx::query("SELECT COUNT(*) AS n, MIN(at_ms) AS oldest FROM rate_slots WHERE key = $1")
+                    .bind(key)
+                    .fetch_one(&mut *tx)
+                    .await?;
+                let taken: i64 = row.try_get("n")?;
+                let oldest: Option<i64> = row.try_get("oldest")?;
+                let grant = if taken < i64::from(limit) {
+                    let row = sqlx::query("INSERT INTO rate_slots (key, at_ms) VALUES ($1, $2) RETURNING seq")
+                        .bind(key)
+                        .bind(now)
+                        .fetch_one(&mut *tx)
+                        .await?;
+                    $crate::store::RateGrant::Taken(row.try_get("seq")?)
+                } else {
+                    let free_at = oldest.unwrap_or(now).saturating_add(window_ms);
+                    // Clamped to the window: callers' clocks are not perfectly monotonic
+                    // across replicas, and no slot can be held longer than one window.
+                    let wait_ms = u64::try_from(free_at.saturating_sub(now).min(window_ms)).unwrap_or(0).max(1);
+                    $crate::store::RateGrant::Wait(std::time::Duration::from_millis(wait_ms))
+                };
+                tx.commit().await?;
+                Ok(grant)
+            }
+
+            async fn rate_restamp(
+                &self,
+                key: &str,
+                slot: i64,
+                now: Option<$crate::domain::UnixMs>,
+            ) -> $crate::store::StoreResult<()> {
+                let now = now.unwrap_or_else($crate::domain::now_ms);
+                sqlx::query("UPDATE rate_slots SET at_ms = $3 WHERE key = $1 AND seq = $2 AND at_ms < $3")
+                    .bind(key)
+                    .bind(slot)
+                    .bind(now)
+                    .execute(self.writer())
+                    .await?;
+                Ok(())
+            }
+        }
+
+        #[async_trait::async_trait]
+        impl $crate::store::ChangeFeed for $store {
             async fn notify(&self, notice: &$crate::store::ChangeNotice) -> $crate::store::StoreResult<()> {
                 self.publish(notice).await
             }
@@ -1717,6 +1738,7 @@ macro_rules! impl_sql_store {
             fn subscribe(&self) -> tokio::sync::broadcast::Receiver<$crate::store::ChangeNotice> {
                 self.bus().subscribe()
             }
+
         }
     };
 }

@@ -1,4 +1,4 @@
-//! Store latency: a [`Store`] decorator that times every call.
+//! Store latency: a [`Store`] decorator that times every call of every area.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -6,7 +6,12 @@ use std::time::{Duration, Instant};
 use async_trait::async_trait;
 
 use crate::domain::{AccountId, ApiKeyId, OnboardingId, OnboardingState, ProviderKind, TenantId, UnixMs};
-use crate::store::*;
+use crate::store::{
+    AccountRecord, Accounts, ApiKeyRecord, Backend, ChangeFeed, ChangeNotice, ChangeOutcome, CreateIntent, EventRecord,
+    IdempotencyRecord, NewOnboarding, OnboardingChange, OnboardingFilter, OnboardingRecord, Onboardings, Page,
+    PageRequest, RateGrant, RateSlots, RequestClaim, ResourceBinding, StepRecord, Store, StoreResult, TenantRecord,
+    Tenants, WebhookEventRecord, WebhookInbox, WebhookStatus, WorkQueue,
+};
 
 /// Times every call of the wrapped store ([`super::metrics::STORE_DURATION`]).
 pub struct MeteredStore {
@@ -47,7 +52,10 @@ impl Store for MeteredStore {
     async fn ping(&self) -> StoreResult<()> {
         timed(op!("ping"), self.inner.ping()).await
     }
+}
 
+#[async_trait]
+impl Tenants for MeteredStore {
     async fn create_tenant(&self, tenant: &TenantRecord) -> StoreResult<()> {
         timed(op!("create_tenant"), self.inner.create_tenant(tenant)).await
     }
@@ -80,6 +88,13 @@ impl Store for MeteredStore {
         timed(op!("revoke_api_key"), self.inner.revoke_api_key(id, at)).await
     }
 
+    async fn idempotency(&self, tenant: &TenantId, key: &str) -> StoreResult<Option<IdempotencyRecord>> {
+        timed(op!("idempotency"), self.inner.idempotency(tenant, key)).await
+    }
+}
+
+#[async_trait]
+impl Accounts for MeteredStore {
     async fn insert_account(
         &self,
         account: &AccountRecord,
@@ -116,11 +131,10 @@ impl Store for MeteredStore {
     async fn delete_account(&self, tenant: &TenantId, id: &AccountId) -> StoreResult<bool> {
         timed(op!("delete_account"), self.inner.delete_account(tenant, id)).await
     }
+}
 
-    async fn idempotency(&self, tenant: &TenantId, key: &str) -> StoreResult<Option<IdempotencyRecord>> {
-        timed(op!("idempotency"), self.inner.idempotency(tenant, key)).await
-    }
-
+#[async_trait]
+impl Onboardings for MeteredStore {
     async fn create_onboarding(&self, new: &NewOnboarding) -> StoreResult<EventRecord> {
         timed(op!("create_onboarding"), self.inner.create_onboarding(new)).await
     }
@@ -208,6 +222,22 @@ impl Store for MeteredStore {
         timed(op!("steps_of"), self.inner.steps_of(ids)).await
     }
 
+    async fn overdue_onboardings(&self, now: UnixMs, limit: u32) -> StoreResult<Vec<OnboardingRecord>> {
+        timed(op!("overdue_onboardings"), self.inner.overdue_onboardings(now, limit)).await
+    }
+
+    async fn expiring_onboardings(
+        &self,
+        now: UnixMs,
+        threshold_secs: i64,
+        limit: u32,
+    ) -> StoreResult<Vec<OnboardingRecord>> {
+        timed(op!("expiring_onboardings"), self.inner.expiring_onboardings(now, threshold_secs, limit)).await
+    }
+}
+
+#[async_trait]
+impl WorkQueue for MeteredStore {
     async fn claim_steps(
         &self,
         worker: &str,
@@ -224,59 +254,6 @@ impl Store for MeteredStore {
 
     async fn release_step(&self, step: &StepRecord, worker: &str) -> StoreResult<bool> {
         timed(op!("release_step"), self.inner.release_step(step, worker)).await
-    }
-
-    async fn overdue_onboardings(&self, now: UnixMs, limit: u32) -> StoreResult<Vec<OnboardingRecord>> {
-        timed(op!("overdue_onboardings"), self.inner.overdue_onboardings(now, limit)).await
-    }
-
-    async fn expiring_onboardings(
-        &self,
-        now: UnixMs,
-        threshold_secs: i64,
-        limit: u32,
-    ) -> StoreResult<Vec<OnboardingRecord>> {
-        timed(op!("expiring_onboardings"), self.inner.expiring_onboardings(now, threshold_secs, limit)).await
-    }
-
-    async fn insert_webhook_event(&self, event: &WebhookEventRecord) -> StoreResult<bool> {
-        timed(op!("insert_webhook_event"), self.inner.insert_webhook_event(event)).await
-    }
-
-    async fn insert_webhook_events(&self, events: &[WebhookEventRecord]) -> StoreResult<Vec<bool>> {
-        timed(op!("insert_webhook_events"), self.inner.insert_webhook_events(events)).await
-    }
-
-    async fn claim_webhook_events(
-        &self,
-        worker: &str,
-        now: UnixMs,
-        lease: Duration,
-        limit: u32,
-    ) -> StoreResult<Vec<WebhookEventRecord>> {
-        timed(op!("claim_webhook_events"), self.inner.claim_webhook_events(worker, now, lease, limit)).await
-    }
-
-    async fn finish_webhook_event(&self, id: &str, status: WebhookStatus, note: Option<&str>) -> StoreResult<()> {
-        timed(op!("finish_webhook_event"), self.inner.finish_webhook_event(id, status, note)).await
-    }
-
-    async fn webhook_event(&self, id: &str) -> StoreResult<Option<WebhookEventRecord>> {
-        timed(op!("webhook_event"), self.inner.webhook_event(id)).await
-    }
-
-    async fn rate_acquire(
-        &self,
-        key: &str,
-        limit: u32,
-        window: Duration,
-        now: Option<UnixMs>,
-    ) -> StoreResult<RateGrant> {
-        timed(op!("rate_acquire"), self.inner.rate_acquire(key, limit, window, now)).await
-    }
-
-    async fn rate_restamp(&self, key: &str, slot: i64, now: Option<UnixMs>) -> StoreResult<()> {
-        timed(op!("rate_restamp"), self.inner.rate_restamp(key, slot, now)).await
     }
 
     async fn claim_request(&self, claim: &RequestClaim, now: UnixMs) -> StoreResult<Option<RequestClaim>> {
@@ -306,7 +283,56 @@ impl Store for MeteredStore {
     async fn pending_create_intents(&self, scope: &str, subject: &str) -> StoreResult<Vec<OnboardingId>> {
         timed(op!("pending_create_intents"), self.inner.pending_create_intents(scope, subject)).await
     }
+}
 
+#[async_trait]
+impl WebhookInbox for MeteredStore {
+    async fn insert_webhook_event(&self, event: &WebhookEventRecord) -> StoreResult<bool> {
+        timed(op!("insert_webhook_event"), self.inner.insert_webhook_event(event)).await
+    }
+
+    async fn insert_webhook_events(&self, events: &[WebhookEventRecord]) -> StoreResult<Vec<bool>> {
+        timed(op!("insert_webhook_events"), self.inner.insert_webhook_events(events)).await
+    }
+
+    async fn claim_webhook_events(
+        &self,
+        worker: &str,
+        now: UnixMs,
+        lease: Duration,
+        limit: u32,
+    ) -> StoreResult<Vec<WebhookEventRecord>> {
+        timed(op!("claim_webhook_events"), self.inner.claim_webhook_events(worker, now, lease, limit)).await
+    }
+
+    async fn finish_webhook_event(&self, id: &str, status: WebhookStatus, note: Option<&str>) -> StoreResult<()> {
+        timed(op!("finish_webhook_event"), self.inner.finish_webhook_event(id, status, note)).await
+    }
+
+    async fn webhook_event(&self, id: &str) -> StoreResult<Option<WebhookEventRecord>> {
+        timed(op!("webhook_event"), self.inner.webhook_event(id)).await
+    }
+}
+
+#[async_trait]
+impl RateSlots for MeteredStore {
+    async fn rate_acquire(
+        &self,
+        key: &str,
+        limit: u32,
+        window: Duration,
+        now: Option<UnixMs>,
+    ) -> StoreResult<RateGrant> {
+        timed(op!("rate_acquire"), self.inner.rate_acquire(key, limit, window, now)).await
+    }
+
+    async fn rate_restamp(&self, key: &str, slot: i64, now: Option<UnixMs>) -> StoreResult<()> {
+        timed(op!("rate_restamp"), self.inner.rate_restamp(key, slot, now)).await
+    }
+}
+
+#[async_trait]
+impl ChangeFeed for MeteredStore {
     async fn notify(&self, notice: &ChangeNotice) -> StoreResult<()> {
         timed(op!("notify"), self.inner.notify(notice)).await
     }

@@ -1,7 +1,8 @@
 //! Client-side rate limiting per provider endpoint class and credential. [`RateLimiter::acquire`]
-//! queues until a slot is free (it never fails for being over the limit). Two backends: an
-//! in-memory sliding log (one replica) and the [`Store`]'s shared sliding log (PostgreSQL
-//! replicas).
+//! queues until a slot is free (it never fails for being over the limit). The sliding logs sit
+//! behind this module's port, [`RateLog`]: an in-memory one here ([`MemoryRateLog`], one
+//! replica), and the store's shared one (`store::rate_log::StoreRateLog`, every replica on
+//! one database), wired in by the application.
 //!
 //! Why no call can be one too many: a slot is taken before the call, then re-stamped when the
 //! provider's answer (or the failure) arrives ([`Slot::sent`]), and held for the window from
@@ -20,7 +21,6 @@ use tokio::time::Instant;
 
 use crate::error::AppError;
 use crate::providers::ProviderError;
-use crate::store::{RateGrant, Store};
 
 /// A non-secret fingerprint of a credential id (first 12 hex digits of a SHA-256).
 pub fn credential_fingerprint(credential_id: &str) -> String {
@@ -33,9 +33,18 @@ pub fn rate_key(provider: &str, class: &str, credential_id: &str) -> String {
     format!("{provider}:{class}:{}", credential_fingerprint(credential_id))
 }
 
-/// Where the sliding logs live.
+/// What [`RateLog::try_acquire`] answers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RateGrant {
+    /// The slot is taken; its id, for [`RateLog::restamp`].
+    Taken(i64),
+    /// Every slot is held: the time until the oldest frees.
+    Wait(Duration),
+}
+
+/// The limiter's port: where the sliding logs live.
 #[async_trait]
-pub trait RateBackend: Send + Sync {
+pub trait RateLog: Send + Sync {
     /// Takes a slot now, or says how long to wait before one frees.
     async fn try_acquire(&self, key: &str, limit: u32, window: Duration) -> Result<RateGrant, AppError>;
     /// Re-stamps a taken slot with the current time (see [`Slot::sent`]).
@@ -47,12 +56,12 @@ type Logs = HashMap<String, VecDeque<(i64, Instant)>>;
 
 /// In-process sliding log (single replica, SQLite deployments), with the last slot id given.
 #[derive(Debug, Default)]
-pub struct MemoryBackend {
+pub struct MemoryRateLog {
     logs: Mutex<(i64, Logs)>,
 }
 
 #[async_trait]
-impl RateBackend for MemoryBackend {
+impl RateLog for MemoryRateLog {
     async fn try_acquire(&self, key: &str, limit: u32, window: Duration) -> Result<RateGrant, AppError> {
         if limit == 0 {
             return Ok(RateGrant::Wait(window));
@@ -87,28 +96,12 @@ impl RateBackend for MemoryBackend {
     }
 }
 
-/// The store's sliding log, shared by every replica.
-pub struct StoreBackend {
-    store: Arc<dyn Store>,
-}
-
-#[async_trait]
-impl RateBackend for StoreBackend {
-    async fn try_acquire(&self, key: &str, limit: u32, window: Duration) -> Result<RateGrant, AppError> {
-        Ok(self.store.rate_acquire(key, limit, window, None).await?)
-    }
-
-    async fn restamp(&self, key: &str, slot: i64) -> Result<(), AppError> {
-        Ok(self.store.rate_restamp(key, slot, None).await?)
-    }
-}
-
 /// A slot taken by [`RateLimiter::acquire`]. Call [`Slot::sent`] once the call it admitted is
 /// answered or has failed. Dropped without that, the slot keeps the stamp it got when taken
 /// and only the slack stands between a slow call and the next one.
 #[must_use = "call `sent()` once the provider has answered"]
 pub struct Slot {
-    backend: Arc<dyn RateBackend>,
+    backend: Arc<dyn RateLog>,
     key: String,
     id: i64,
 }
@@ -159,7 +152,7 @@ pub const QUEUED: &str = "rate_limit_queue";
 /// Queues callers until the limit allows them through.
 #[derive(Clone)]
 pub struct RateLimiter {
-    backend: Arc<dyn RateBackend>,
+    backend: Arc<dyn RateLog>,
     /// A fixed slack instead of [`slack_for`] (tests).
     slack: Option<Duration>,
     max_wait: Option<Duration>,
@@ -182,19 +175,14 @@ impl RateLimiter {
     /// Most slack, whatever the window.
     pub const MAX_SLACK: Duration = Duration::from_secs(1);
 
-    /// In-memory backend.
+    /// On an in-memory log ([`MemoryRateLog`]): limits hold within this process.
     pub fn in_memory() -> Self {
-        Self::with_backend(Arc::new(MemoryBackend::default()))
+        Self::with_log(Arc::new(MemoryRateLog::default()))
     }
 
-    /// Store-backed (shared across replicas).
-    pub fn store_backed(store: Arc<dyn Store>) -> Self {
-        Self::with_backend(Arc::new(StoreBackend { store }))
-    }
-
-    /// Any backend.
-    pub fn with_backend(backend: Arc<dyn RateBackend>) -> Self {
-        Self { backend, slack: None, max_wait: None }
+    /// On `log`, e.g. one shared by every replica.
+    pub fn with_log(log: Arc<dyn RateLog>) -> Self {
+        Self { backend: log, slack: None, max_wait: None }
     }
 
     /// Waits at most `max_wait` for a slot; a longer wait answers [`QUEUED`] instead. The
@@ -248,15 +236,65 @@ impl RateLimiter {
     }
 }
 
+/// What every [`RateLog`] behind a [`RateLimiter`] must give (run here on [`MemoryRateLog`],
+/// and by the store on its shared log).
+#[cfg(test)]
+pub(crate) mod log_checks {
+    use super::*;
+
+    /// Whether no `limit + 1` of `arrivals` (sorted) fall within one `window`.
+    pub(crate) fn max_in_window(arrivals: &[std::time::Instant], limit: usize, window: Duration) -> bool {
+        arrivals.windows(limit + 1).all(|w| w[limit].duration_since(w[0]) >= window)
+    }
+
+    /// A call that took long to be answered holds its slot a window from the answer, not from
+    /// when it was taken: the provider may have counted it just before answering. Real time:
+    /// the store's log reads the wall clock.
+    pub(crate) async fn a_slow_call_holds_its_slot_a_window_from_its_answer(limiter: RateLimiter) {
+        let window = Duration::from_millis(300);
+        let slot = limiter.acquire("slow", 1, window).await.unwrap();
+        let taken = std::time::Instant::now();
+        // The call takes 200 ms.
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        let answered = std::time::Instant::now();
+        slot.sent().await;
+        limiter.acquire("slow", 1, window).await.unwrap().sent().await;
+        let next = answered.elapsed();
+        // Milliseconds of tolerance: the store stamps in whole milliseconds.
+        assert!(next >= window - Duration::from_millis(2), "next call {next:?} after the answer");
+        assert!(taken.elapsed() >= window + Duration::from_millis(198));
+    }
+
+    /// Nine concurrent callers of a 3 per 500 ms limit queue: never more than three at once.
+    pub(crate) async fn concurrent_callers_queue(limiter: RateLimiter) {
+        let times = Arc::new(Mutex::new(Vec::new()));
+        let mut tasks = Vec::new();
+        for _ in 0..9 {
+            let (limiter, times) = (limiter.clone(), times.clone());
+            tasks.push(tokio::spawn(async move {
+                let slot = limiter.acquire("test:store:x", 3, Duration::from_millis(500)).await?;
+                times.lock().unwrap().push(std::time::Instant::now());
+                slot.sent().await;
+                Ok::<_, ProviderError>(())
+            }));
+        }
+        for t in tasks {
+            t.await.unwrap().unwrap();
+        }
+        let mut times = times.lock().unwrap().clone();
+        times.sort();
+        assert_eq!(times.len(), 9);
+        // Small tolerance: the store clock is milliseconds, the test clock nanoseconds.
+        assert!(max_in_window(&times, 3, Duration::from_millis(490)));
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::super::testserver::TestServer;
     use super::super::{HttpClient, HttpTimeouts, NoErrorBody};
+    use super::log_checks::max_in_window;
     use super::*;
-
-    fn max_in_window(arrivals: &[std::time::Instant], limit: usize, window: Duration) -> bool {
-        arrivals.windows(limit + 1).all(|w| w[limit].duration_since(w[0]) >= window)
-    }
 
     #[test]
     fn fingerprint_hides_the_id() {
@@ -329,26 +367,14 @@ mod tests {
         assert!(t1.elapsed() >= window + Duration::from_millis(300));
     }
 
-    /// A call that took long to be answered holds its slot a window from the answer, not from
-    /// when it was taken: the provider may have counted it just before answering. Real time:
-    /// the store backend reads the wall clock.
     #[tokio::test]
     async fn a_slow_call_holds_its_slot_a_window_from_its_answer() {
-        let (store, _dir) = crate::store::testing::sqlite_store().await;
-        for limiter in [RateLimiter::in_memory(), RateLimiter::store_backed(store)] {
-            let window = Duration::from_millis(300);
-            let slot = limiter.acquire("slow", 1, window).await.unwrap();
-            let taken = std::time::Instant::now();
-            // The call takes 200 ms.
-            tokio::time::sleep(Duration::from_millis(200)).await;
-            let answered = std::time::Instant::now();
-            slot.sent().await;
-            limiter.acquire("slow", 1, window).await.unwrap().sent().await;
-            let next = answered.elapsed();
-            // Milliseconds of tolerance: the store stamps in whole milliseconds.
-            assert!(next >= window - Duration::from_millis(2), "next call {next:?} after the answer");
-            assert!(taken.elapsed() >= window + Duration::from_millis(198));
-        }
+        log_checks::a_slow_call_holds_its_slot_a_window_from_its_answer(RateLimiter::in_memory()).await;
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+    async fn concurrent_callers_queue() {
+        log_checks::concurrent_callers_queue(RateLimiter::in_memory()).await;
     }
 
     /// Soak finding: steps queued on Whapi's 20 channels per 30 min held every engine slot
@@ -380,30 +406,5 @@ mod tests {
             limiter.acquire(&format!("k{i}"), 1, Duration::from_secs(10)).await.unwrap().sent().await;
         }
         assert_eq!(t0.elapsed(), Duration::ZERO);
-    }
-
-    #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-    async fn store_backed_limiter_queues() {
-        let (store, _dir) = crate::store::testing::sqlite_store().await;
-        let limiter = RateLimiter::store_backed(store);
-        let times = Arc::new(Mutex::new(Vec::new()));
-        let mut tasks = Vec::new();
-        for _ in 0..9 {
-            let (limiter, times) = (limiter.clone(), times.clone());
-            tasks.push(tokio::spawn(async move {
-                let slot = limiter.acquire("test:store:x", 3, Duration::from_millis(500)).await?;
-                times.lock().unwrap().push(std::time::Instant::now());
-                slot.sent().await;
-                Ok::<_, ProviderError>(())
-            }));
-        }
-        for t in tasks {
-            t.await.unwrap().unwrap();
-        }
-        let mut times = times.lock().unwrap().clone();
-        times.sort();
-        assert_eq!(times.len(), 9);
-        // Small tolerance: the store clock is milliseconds, the test clock nanoseconds.
-        assert!(max_in_window(&times, 3, Duration::from_millis(490)));
     }
 }
