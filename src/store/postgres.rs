@@ -7,12 +7,14 @@ use std::str::FromStr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
-use sqlx::postgres::{PgConnectOptions, PgConnection, PgListener, PgPool, PgPoolOptions, PgRow};
-use sqlx::{AssertSqlSafe, Connection, Row};
+use sqlx::postgres::{PgConnectOptions, PgConnection, PgListener, PgPool, PgPoolOptions, Postgres};
+use sqlx::{AssertSqlSafe, Connection, Row, Transaction};
 use tokio::sync::broadcast;
 use tokio::task::JoinHandle;
 
-use super::sql;
+use super::cache::Caches;
+use super::sql::db::sql;
+use super::sql::{self, SqlBackend, feed};
 use super::{Backend, ChangeNotice, StoreError, StoreResult};
 
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/postgres");
@@ -72,6 +74,12 @@ impl PgStore {
         let listener = tokio::spawn(listen_loop(listener, listener_pool, channel.clone(), origin.clone(), bus.clone()));
         Ok(Self { pool, bus, channel, origin, listener })
     }
+}
+
+impl SqlBackend for PgStore {
+    type Db = Postgres;
+    const BACKEND: Backend = Backend::Postgres;
+    const ROW_LOCKS: bool = true;
 
     fn reader(&self) -> &PgPool {
         &self.pool
@@ -81,19 +89,15 @@ impl PgStore {
         &self.pool
     }
 
-    fn bus(&self) -> &broadcast::Sender<ChangeNotice> {
-        &self.bus
-    }
-
     /// Serialises `rate_acquire` for one key across replicas until the transaction ends.
-    async fn lock_rate_key(conn: &mut PgConnection, key: &str) -> StoreResult<()> {
-        sqlx::query("SELECT pg_advisory_xact_lock(hashtext($1))").bind(key).execute(conn).await?;
+    async fn lock_rate_key(tx: &mut Transaction<'static, Postgres>, key: &str) -> StoreResult<()> {
+        sql::<Postgres>("SELECT pg_advisory_xact_lock(hashtext($1))").bind(key).execute(tx).await?;
         Ok(())
     }
 
     /// No cache: another replica's write reaches this one only through an asynchronous
     /// `NOTIFY`, so a cached row could be served after that write was acknowledged.
-    fn caches(&self) -> Option<&super::cache::Caches> {
+    fn caches(&self) -> Option<&Caches> {
         None
     }
 
@@ -101,12 +105,16 @@ impl PgStore {
     async fn publish(&self, notice: &ChangeNotice) -> StoreResult<()> {
         // No receiver is not an error: nobody is watching right now.
         let _ = self.bus.send(notice.clone());
-        sqlx::query("SELECT pg_notify($1, $2)")
+        sql::<Postgres>("SELECT pg_notify($1, $2)")
             .bind(self.channel.as_str())
-            .bind(sql::notice_payload(notice, &self.origin))
+            .bind(feed::notice_payload(notice, &self.origin))
             .execute(&self.pool)
             .await?;
         Ok(())
+    }
+
+    fn bus(&self) -> &broadcast::Sender<ChangeNotice> {
+        &self.bus
     }
 }
 
@@ -155,7 +163,7 @@ async fn listen_loop(
             match current.recv().await {
                 Ok(n) => {
                     backoff = BACKOFF_MIN;
-                    match sql::parse_notice_payload(n.payload()) {
+                    match feed::parse_notice_payload(n.payload()) {
                         Some((_, Some(from))) if from == origin => {}
                         Some((notice, _)) => {
                             let _ = bus.send(notice);
@@ -172,16 +180,6 @@ async fn listen_loop(
         tokio::time::sleep(backoff).await;
         backoff = (backoff * 2).min(BACKOFF_MAX);
     }
-}
-
-sql::impl_sql_store! {
-    store: PgStore,
-    db: sqlx::Postgres,
-    row: PgRow,
-    conn: PgConnection,
-    backend: Backend::Postgres,
-    for_update: " FOR UPDATE",
-    skip_locked: " FOR UPDATE SKIP LOCKED",
 }
 
 // ----- test schemas -----

@@ -7,15 +7,12 @@
 use std::str::FromStr;
 use std::time::Duration;
 
-use sqlx::Row;
-use sqlx::sqlite::{
-    SqliteConnectOptions, SqliteConnection, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteRow,
-    SqliteSynchronous,
-};
+use sqlx::Transaction;
+use sqlx::sqlite::{Sqlite, SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous};
 use tokio::sync::broadcast;
 
 use super::cache::Caches;
-use super::sql;
+use super::sql::{self, SqlBackend};
 use super::{Backend, ChangeNotice, StoreError, StoreResult};
 
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/sqlite");
@@ -81,6 +78,12 @@ impl SqliteStore {
         let (bus, _) = broadcast::channel(1024);
         Ok(Self { writer, reader, bus, caches: Caches::default() })
     }
+}
+
+impl SqlBackend for SqliteStore {
+    type Db = Sqlite;
+    const BACKEND: Backend = Backend::Sqlite;
+    const ROW_LOCKS: bool = false;
 
     fn reader(&self) -> &SqlitePool {
         &self.reader
@@ -90,12 +93,8 @@ impl SqliteStore {
         &self.writer
     }
 
-    fn bus(&self) -> &broadcast::Sender<ChangeNotice> {
-        &self.bus
-    }
-
     /// Nothing to do: the single writer connection already serialises rate-limit updates.
-    async fn lock_rate_key(_conn: &mut SqliteConnection, _key: &str) -> StoreResult<()> {
+    async fn lock_rate_key(_tx: &mut Transaction<'static, Sqlite>, _key: &str) -> StoreResult<()> {
         Ok(())
     }
 
@@ -110,6 +109,10 @@ impl SqliteStore {
         // No receiver is not an error: nobody is watching right now.
         let _ = self.bus.send(notice.clone());
         Ok(())
+    }
+
+    fn bus(&self) -> &broadcast::Sender<ChangeNotice> {
+        &self.bus
     }
 }
 
@@ -149,16 +152,6 @@ fn private_files(db: &std::path::Path) -> StoreResult<()> {
     Ok(())
 }
 
-sql::impl_sql_store! {
-    store: SqliteStore,
-    db: sqlx::Sqlite,
-    row: SqliteRow,
-    conn: SqliteConnection,
-    backend: Backend::Sqlite,
-    for_update: "",
-    skip_locked: "",
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -172,7 +165,7 @@ mod tests {
             let pool = pool.clone();
             async move { sqlx::query_scalar::<_, i64>("PRAGMA cache_size").fetch_one(&pool).await.unwrap() }
         };
-        assert_eq!(size(store.reader()).await, READER_CACHE.parse::<i64>().unwrap());
-        assert_eq!(size(store.writer()).await, -2000, "SQLite's default");
+        assert_eq!(size(&store.reader).await, READER_CACHE.parse::<i64>().unwrap());
+        assert_eq!(size(&store.writer).await, -2000, "SQLite's default");
     }
 }
