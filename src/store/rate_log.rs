@@ -40,25 +40,23 @@ mod tests {
     use crate::providers::http::ratelimit::log_checks;
     use crate::store::testing;
 
-    fn limiter(store: Arc<dyn crate::store::Store>) -> RateLimiter {
-        RateLimiter::with_log(StoreRateLog::shared(store))
+    /// Runs `check` on a limiter over the store's log, on SQLite, then on PostgreSQL.
+    async fn on_both_backends<F: std::future::Future<Output = ()>>(check: impl Fn(RateLimiter) -> F) {
+        let limiter = |store| RateLimiter::with_log(StoreRateLog::shared(store));
+        let (store, _dir) = testing::sqlite_store().await;
+        check(limiter(store)).await;
+        let Some((store, url)) = testing::pg_store().await else { return };
+        check(limiter(store)).await;
+        testing::drop_pg(&url).await;
     }
 
     #[tokio::test]
     async fn a_slow_call_holds_its_slot_a_window_from_its_answer() {
-        let (store, _dir) = testing::sqlite_store().await;
-        log_checks::a_slow_call_holds_its_slot_a_window_from_its_answer(limiter(store)).await;
-        let Some((store, url)) = testing::pg_store().await else { return };
-        log_checks::a_slow_call_holds_its_slot_a_window_from_its_answer(limiter(store)).await;
-        testing::drop_pg(&url).await;
+        on_both_backends(log_checks::a_slow_call_holds_its_slot_a_window_from_its_answer).await;
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
     async fn concurrent_callers_queue() {
-        let (store, _dir) = testing::sqlite_store().await;
-        log_checks::concurrent_callers_queue(limiter(store)).await;
-        let Some((store, url)) = testing::pg_store().await else { return };
-        log_checks::concurrent_callers_queue(limiter(store)).await;
-        testing::drop_pg(&url).await;
+        on_both_backends(log_checks::concurrent_callers_queue).await;
     }
 }

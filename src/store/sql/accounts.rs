@@ -2,7 +2,7 @@
 
 use async_trait::async_trait;
 
-use super::db::{SqlDb, sql};
+use super::db::{Sql, SqlDb, sql};
 use super::{SqlBackend, records};
 use crate::domain::{AccountId, ProviderKind, TenantId};
 use crate::store::{AccountRecord, Accounts, IdempotencyRecord, Page, PageRequest, Sealed, StoreError, StoreResult};
@@ -63,6 +63,21 @@ impl TryFrom<AccountRow> for AccountRecord {
     }
 }
 
+/// Binds the columns `update_account` writes, in this order: `display_name`, `options_json`,
+/// `credentials_key_id`, `credentials`, `webhook_key_id`, `webhook_secret`, `sandbox`,
+/// `status_json` (eight placeholders, in both the `INSERT` and the `UPDATE`).
+fn bind_updatable<DB: SqlDb>(query: Sql<DB>, a: &AccountRecord) -> Sql<DB> {
+    query
+        .bind(a.display_name.as_str())
+        .bind(a.options_json.as_str())
+        .bind(a.credentials.key_id.as_str())
+        .bind(a.credentials.blob.as_slice())
+        .bind(a.webhook_secret.key_id.as_str())
+        .bind(a.webhook_secret.blob.as_slice())
+        .bind(a.sandbox)
+        .bind(a.status_json.as_str())
+}
+
 /// The account `id` whatever its tenant, through the backend's cache if any.
 async fn account_row<B: SqlBackend>(backend: &B, id: &AccountId) -> StoreResult<Option<AccountRecord>> {
     let row =
@@ -84,26 +99,15 @@ impl<B: SqlBackend> Accounts for B {
         if let Some(k) = idempotency {
             super::tenants::insert_idempotency(&mut tx, k).await?;
         }
-        sql::<B::Db>(
+        let insert = sql::<B::Db>(
             "INSERT INTO accounts (id, tenant_id, provider, display_name, options_json, \
              credentials_key_id, credentials, webhook_key_id, webhook_secret, sandbox, status_json, \
              created_ms, updated_ms) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13)",
         )
         .bind(a.id.as_str())
         .bind(a.tenant_id.as_str())
-        .bind(a.provider.as_str())
-        .bind(a.display_name.as_str())
-        .bind(a.options_json.as_str())
-        .bind(a.credentials.key_id.as_str())
-        .bind(a.credentials.blob.as_slice())
-        .bind(a.webhook_secret.key_id.as_str())
-        .bind(a.webhook_secret.blob.as_slice())
-        .bind(a.sandbox)
-        .bind(a.status_json.as_str())
-        .bind(a.created_ms)
-        .bind(a.updated_ms)
-        .execute(&mut tx)
-        .await?;
+        .bind(a.provider.as_str());
+        bind_updatable(insert, a).bind(a.created_ms).bind(a.updated_ms).execute(&mut tx).await?;
         B::Db::commit(tx).await?;
         Ok(())
     }
@@ -149,24 +153,14 @@ impl<B: SqlBackend> Accounts for B {
     }
 
     async fn update_account(&self, a: &AccountRecord) -> StoreResult<()> {
-        let done = sql::<B::Db>(
+        let update = sql::<B::Db>(
             "UPDATE accounts SET display_name = $3, options_json = $4, credentials_key_id = $5, \
              credentials = $6, webhook_key_id = $7, webhook_secret = $8, sandbox = $9, \
              status_json = $10, updated_ms = $11 WHERE tenant_id = $1 AND id = $2",
         )
         .bind(a.tenant_id.as_str())
-        .bind(a.id.as_str())
-        .bind(a.display_name.as_str())
-        .bind(a.options_json.as_str())
-        .bind(a.credentials.key_id.as_str())
-        .bind(a.credentials.blob.as_slice())
-        .bind(a.webhook_secret.key_id.as_str())
-        .bind(a.webhook_secret.blob.as_slice())
-        .bind(a.sandbox)
-        .bind(a.status_json.as_str())
-        .bind(a.updated_ms)
-        .execute(self.writer())
-        .await?;
+        .bind(a.id.as_str());
+        let done = bind_updatable(update, a).bind(a.updated_ms).execute(self.writer()).await?;
         account_written(self, &a.id);
         if done == 0 {
             return Err(StoreError::NotFound(format!("account {}", a.id)));

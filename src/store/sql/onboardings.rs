@@ -7,7 +7,7 @@ use std::sync::Arc;
 use async_trait::async_trait;
 use sqlx::Transaction;
 
-use super::db::{SqlDb, sql};
+use super::db::{Sql, SqlDb, sql};
 use super::{SqlBackend, feed, locking, records};
 use crate::domain::{AccountId, OnboardingId, OnboardingState, ProviderKind, TenantId, UnixMs};
 use crate::store::{
@@ -15,8 +15,8 @@ use crate::store::{
     Onboardings, Page, PageRequest, StepRecord, StoreError, StoreResult,
 };
 
-/// An `onboardings` row. A new column is a field here, in the conversion below, and in the
-/// `INSERT` of [`insert_new_onboarding`] and the `UPDATE` of [`apply_in`].
+/// An `onboardings` row. A new column is a field here and in the conversion below, and a
+/// bound value in [`bind_changeable`] (with its place in the two statements it lists).
 #[derive(sqlx::FromRow)]
 struct OnboardingRow {
     id: String,
@@ -297,6 +297,25 @@ async fn upsert_step<DB: SqlDb>(
     Ok(created_ms)
 }
 
+/// Binds the columns a change can write, in this order: `state`, `desired_state`,
+/// `state_reason`, `provider_status`, `details_json`, `external_key`, `secret_key_id`, `secret`,
+/// `state_deadline_ms`, `expire_ms` (ten placeholders, in both the `INSERT` of
+/// [`insert_new_onboarding`] and the `UPDATE` of [`apply_in`]; a new such column goes here and
+/// in those two texts).
+fn bind_changeable<DB: SqlDb>(query: Sql<DB>, o: &OnboardingRecord) -> Sql<DB> {
+    query
+        .bind(o.state.as_str())
+        .bind(o.desired_state.map(|s| s.as_str()))
+        .bind(o.state_reason.as_str())
+        .bind(o.provider_status.as_str())
+        .bind(o.details_json.as_str())
+        .bind(o.external_key.as_deref())
+        .bind(o.secret.as_ref().map(|s| s.key_id.as_str()))
+        .bind(o.secret.as_ref().map(|s| s.blob.as_slice()))
+        .bind(o.state_deadline_ms)
+        .bind(o.expire_ms)
+}
+
 /// Writes one new onboarding (idempotency record first, then the row, its steps and its first
 /// event) inside `tx`.
 async fn insert_new_onboarding<DB: SqlDb>(
@@ -309,31 +328,18 @@ async fn insert_new_onboarding<DB: SqlDb>(
         // is rolled back when `tx` drops).
         super::tenants::insert_idempotency(tx, k).await?;
     }
-    sql::<DB>(
-        "INSERT INTO onboardings (id, tenant_id, account_id, provider, state, desired_state, \
-         state_reason, provider_status, reference, details_json, external_key, secret_key_id, secret, \
-         sequence, state_deadline_ms, expire_ms, created_ms, updated_ms) \
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, 1, $14, $15, $16, $17)",
+    let insert = sql::<DB>(
+        "INSERT INTO onboardings (id, tenant_id, account_id, provider, reference, state, desired_state, \
+         state_reason, provider_status, details_json, external_key, secret_key_id, secret, state_deadline_ms, \
+         expire_ms, sequence, created_ms, updated_ms) \
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, 1, $16, $17)",
     )
     .bind(o.id.as_str())
     .bind(o.tenant_id.as_str())
     .bind(o.account_id.as_str())
     .bind(o.provider.as_str())
-    .bind(o.state.as_str())
-    .bind(o.desired_state.map(|s| s.as_str()))
-    .bind(o.state_reason.as_str())
-    .bind(o.provider_status.as_str())
-    .bind(o.reference.as_str())
-    .bind(o.details_json.as_str())
-    .bind(o.external_key.as_deref())
-    .bind(o.secret.as_ref().map(|s| s.key_id.as_str()))
-    .bind(o.secret.as_ref().map(|s| s.blob.as_slice()))
-    .bind(o.state_deadline_ms)
-    .bind(o.expire_ms)
-    .bind(o.created_ms)
-    .bind(o.updated_ms)
-    .execute(&mut *tx)
-    .await?;
+    .bind(o.reference.as_str());
+    bind_changeable(insert, o).bind(o.created_ms).bind(o.updated_ms).execute(&mut *tx).await?;
     let step = write_steps(tx, &o.id, &new.steps, new.event.step.as_deref()).await?;
     let event = EventRecord {
         onboarding_id: o.id.clone(),
@@ -394,31 +400,22 @@ async fn apply_in<B: SqlBackend>(
         }
     }
     let new = change.applied_to(&old);
-    let done = sql::<B::Db>(
+    let update = sql::<B::Db>(
         "UPDATE onboardings SET state = $2, desired_state = $3, state_reason = $4, provider_status = $5, \
          details_json = $6, external_key = $7, secret_key_id = $8, secret = $9, state_deadline_ms = $10, \
          expire_ms = $11, sequence = $12, updated_ms = $13, \
          expiry_warned_secs = CASE WHEN $15 IS NOT NULL THEN $15 WHEN $16 THEN NULL \
          ELSE expiry_warned_secs END WHERE id = $1 AND sequence = $14",
     )
-    .bind(id.as_str())
-    .bind(new.state.as_str())
-    .bind(new.desired_state.map(|s| s.as_str()))
-    .bind(new.state_reason.as_str())
-    .bind(new.provider_status.as_str())
-    .bind(new.details_json.as_str())
-    .bind(new.external_key.as_deref())
-    .bind(new.secret.as_ref().map(|s| s.key_id.as_str()))
-    .bind(new.secret.as_ref().map(|s| s.blob.as_slice()))
-    .bind(new.state_deadline_ms)
-    .bind(new.expire_ms)
-    .bind(new.sequence)
-    .bind(new.updated_ms)
-    .bind(old.sequence)
-    .bind(change.expiry_warned_secs)
-    .bind(new.expire_ms != old.expire_ms)
-    .execute(&mut *tx)
-    .await?;
+    .bind(id.as_str());
+    let done = bind_changeable(update, &new)
+        .bind(new.sequence)
+        .bind(new.updated_ms)
+        .bind(old.sequence)
+        .bind(change.expiry_warned_secs)
+        .bind(new.expire_ms != old.expire_ms)
+        .execute(&mut *tx)
+        .await?;
     if done != 1 {
         // The row is locked (or the writer single): cannot happen short of a bug. An error,
         // not an outcome: the webhook mark above must roll back too.
