@@ -30,8 +30,9 @@ struct Pending {
 
 /// Group commit of the ingress's inserts. Concurrent deliveries queue their events and one
 /// writer task stores everything queued so far in one transaction
-/// ([`Store::insert_webhook_events`]), so under load the single SQLite writer commits a few
-/// batches instead of one transaction per event. An idle ingress loses nothing: the writer
+/// ([`WebhookInbox::insert_webhook_events`](crate::store::WebhookInbox::insert_webhook_events)),
+/// so under load the single SQLite writer commits a few batches instead of one transaction per
+/// event. An idle ingress loses nothing: the writer
 /// takes a lone delivery at once. Each delivery is still answered only after its events are
 /// committed.
 #[derive(Default)]
@@ -51,7 +52,7 @@ impl std::fmt::Debug for IntakeWriter {
 /// Where group commits go: the store, or a test double that counts them.
 #[async_trait::async_trait]
 pub trait GroupSink: Send + Sync + 'static {
-    /// [`Store::insert_webhook_events`].
+    /// [`WebhookInbox::insert_webhook_events`](crate::store::WebhookInbox::insert_webhook_events).
     async fn insert(&self, events: &[WebhookEventRecord]) -> StoreResult<Vec<bool>>;
 }
 

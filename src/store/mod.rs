@@ -1,5 +1,8 @@
-//! Persistence port: one [`Store`] trait, two sqlx backends (SQLite, the embedded default, and
-//! PostgreSQL for more than one replica), chosen by the URL scheme.
+//! Persistence port: one trait per area ([`Tenants`], [`Accounts`], [`Onboardings`],
+//! [`WorkQueue`], [`WebhookInbox`], [`RateSlots`], [`ChangeFeed`]) and [`Store`], their sum, which
+//! the service passes around as one `Arc<dyn Store>`. Two sqlx backends (SQLite, the embedded
+//! default, and PostgreSQL for more than one replica), chosen by the URL scheme, share one
+//! implementation of every area (`sql/`).
 //!
 //! Contract every backend keeps (checked by the shared conformance suite):
 //! - Every write that changes an onboarding appends its event with the next per-onboarding
