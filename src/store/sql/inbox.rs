@@ -43,7 +43,7 @@ impl TryFrom<WebhookRow> for WebhookEventRecord {
 }
 
 /// Pending events whose lease is free, oldest first, leased to `$1` until `$2`.
-const CLAIM: [&str; 2] = locking!(
+pub(super) const CLAIM: [&str; 2] = locking!(
     "UPDATE webhook_events SET lease_owner = $1, lease_until_ms = $2 \
      WHERE id IN (SELECT id FROM webhook_events WHERE status = 'PENDING' \
      AND (lease_until_ms IS NULL OR lease_until_ms <= $3) ORDER BY received_ms, id LIMIT $4",

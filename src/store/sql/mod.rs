@@ -258,6 +258,29 @@ mod tests {
     }
 
     #[test]
+    fn only_postgres_locks_rows() {
+        use crate::store::postgres::PgStore;
+        use crate::store::sqlite::SqliteStore;
+        for texts in [work::CLAIM_STEPS, inbox::CLAIM, onboardings::ROW_FOR_CHANGE] {
+            assert!(!SqliteStore::locking(texts).contains("FOR UPDATE"), "{}", texts[0]);
+            assert!(PgStore::locking(texts).contains("FOR UPDATE"), "{}", texts[1]);
+        }
+        assert!(PgStore::locking(work::CLAIM_STEPS).contains("SKIP LOCKED"));
+    }
+
+    /// The pipeline join names every step column as plain step reads do, so one row type
+    /// decodes both.
+    #[test]
+    fn the_pipeline_join_reads_steps_under_the_same_names() {
+        let aliases = |text: &str| -> Vec<String> {
+            text.split(" AS ").skip(1).map(|rest| rest.split([',', ' ']).next().unwrap_or("").to_string()).collect()
+        };
+        let plain = aliases(onboardings::step_columns!());
+        assert_eq!(plain.len(), 18);
+        assert_eq!(aliases(onboardings::PIPELINE), plain);
+    }
+
+    #[test]
     fn list_sql_names_only_the_filters_given() {
         use crate::store::OnboardingFilter;
         assert_eq!(

@@ -196,7 +196,7 @@ where
 
 /// An onboarding and its steps in one statement: one row per step (or one row with NULL step
 /// columns), steps in [`Onboardings::steps`] order.
-const PIPELINE: &str = concat!(
+pub(super) const PIPELINE: &str = concat!(
     "SELECT o.*, ",
     "s.onboarding_id AS s_onboarding_id, s.name AS s_name, s.position AS s_position, ",
     "s.state AS s_state, s.attempts AS s_attempts, s.max_attempts AS s_max_attempts, ",
@@ -212,7 +212,7 @@ const PIPELINE: &str = concat!(
 );
 
 /// The row a change reads before writing it: locked on PostgreSQL.
-const ROW_FOR_CHANGE: [&str; 2] = locking!("SELECT * FROM onboardings WHERE id = $1", " FOR UPDATE", "");
+pub(super) const ROW_FOR_CHANGE: [&str; 2] = locking!("SELECT * FROM onboardings WHERE id = $1", " FOR UPDATE", "");
 
 async fn insert_event<DB: SqlDb>(tx: &mut Transaction<'static, DB>, e: &EventRecord) -> StoreResult<()> {
     sql::<DB>(

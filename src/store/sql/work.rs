@@ -38,7 +38,7 @@ impl TryFrom<ClaimRow> for RequestClaim {
 /// Leases due steps to `$1` until `$2` (`$3` is now, `$4` the limit). READY with no next-run
 /// time is due now; WAITING with none waits for a callback. A RUNNING step whose lease lapsed
 /// was abandoned by a crashed worker.
-const CLAIM_STEPS: [&str; 2] = locking!(
+pub(super) const CLAIM_STEPS: [&str; 2] = locking!(
     "UPDATE pipeline_steps SET state = 'RUNNING', lease_owner = $1, lease_until_ms = $2, \
      attempts = CASE WHEN state = 'WAITING' THEN attempts ELSE attempts + 1 END, \
      started_ms = COALESCE(started_ms, $3), updated_ms = $3 \
