@@ -299,9 +299,9 @@ async fn upsert_step<DB: SqlDb>(
 
 /// Binds the columns a change can write, in this order: `state`, `desired_state`,
 /// `state_reason`, `provider_status`, `details_json`, `external_key`, `secret_key_id`, `secret`,
-/// `state_deadline_ms`, `expire_ms` (ten placeholders, in both the `INSERT` of
-/// [`insert_new_onboarding`] and the `UPDATE` of [`apply_in`]; a new such column goes here and
-/// in those two texts).
+/// `state_deadline_ms`, `expire_ms`: the last ten placeholders of both the `INSERT` of
+/// [`insert_new_onboarding`] and the `UPDATE` of [`apply_in`], so a new such column is one bind
+/// appended here and one column with the next placeholder appended to each text.
 fn bind_changeable<DB: SqlDb>(query: Sql<DB>, o: &OnboardingRecord) -> Sql<DB> {
     query
         .bind(o.state.as_str())
@@ -329,17 +329,19 @@ async fn insert_new_onboarding<DB: SqlDb>(
         super::tenants::insert_idempotency(tx, k).await?;
     }
     let insert = sql::<DB>(
-        "INSERT INTO onboardings (id, tenant_id, account_id, provider, reference, state, desired_state, \
-         state_reason, provider_status, details_json, external_key, secret_key_id, secret, state_deadline_ms, \
-         expire_ms, sequence, created_ms, updated_ms) \
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, 1, $16, $17)",
+        "INSERT INTO onboardings (id, tenant_id, account_id, provider, reference, sequence, created_ms, updated_ms, \
+         state, desired_state, state_reason, provider_status, details_json, external_key, secret_key_id, secret, \
+         state_deadline_ms, expire_ms) \
+         VALUES ($1, $2, $3, $4, $5, 1, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17)",
     )
     .bind(o.id.as_str())
     .bind(o.tenant_id.as_str())
     .bind(o.account_id.as_str())
     .bind(o.provider.as_str())
-    .bind(o.reference.as_str());
-    bind_changeable(insert, o).bind(o.created_ms).bind(o.updated_ms).execute(&mut *tx).await?;
+    .bind(o.reference.as_str())
+    .bind(o.created_ms)
+    .bind(o.updated_ms);
+    bind_changeable(insert, o).execute(&mut *tx).await?;
     let step = write_steps(tx, &o.id, &new.steps, new.event.step.as_deref()).await?;
     let event = EventRecord {
         onboarding_id: o.id.clone(),
@@ -401,21 +403,19 @@ async fn apply_in<B: SqlBackend>(
     }
     let new = change.applied_to(&old);
     let update = sql::<B::Db>(
-        "UPDATE onboardings SET state = $2, desired_state = $3, state_reason = $4, provider_status = $5, \
-         details_json = $6, external_key = $7, secret_key_id = $8, secret = $9, state_deadline_ms = $10, \
-         expire_ms = $11, sequence = $12, updated_ms = $13, \
-         expiry_warned_secs = CASE WHEN $15 IS NOT NULL THEN $15 WHEN $16 THEN NULL \
-         ELSE expiry_warned_secs END WHERE id = $1 AND sequence = $14",
+        "UPDATE onboardings SET sequence = $2, updated_ms = $3, \
+         expiry_warned_secs = CASE WHEN $5 IS NOT NULL THEN $5 WHEN $6 THEN NULL ELSE expiry_warned_secs END, \
+         state = $7, desired_state = $8, state_reason = $9, provider_status = $10, details_json = $11, \
+         external_key = $12, secret_key_id = $13, secret = $14, state_deadline_ms = $15, expire_ms = $16 \
+         WHERE id = $1 AND sequence = $4",
     )
-    .bind(id.as_str());
-    let done = bind_changeable(update, &new)
-        .bind(new.sequence)
-        .bind(new.updated_ms)
-        .bind(old.sequence)
-        .bind(change.expiry_warned_secs)
-        .bind(new.expire_ms != old.expire_ms)
-        .execute(&mut *tx)
-        .await?;
+    .bind(id.as_str())
+    .bind(new.sequence)
+    .bind(new.updated_ms)
+    .bind(old.sequence)
+    .bind(change.expiry_warned_secs)
+    .bind(new.expire_ms != old.expire_ms);
+    let done = bind_changeable(update, &new).execute(&mut *tx).await?;
     if done != 1 {
         // The row is locked (or the writer single): cannot happen short of a bug. An error,
         // not an outcome: the webhook mark above must roll back too.
