@@ -151,8 +151,9 @@ pub async fn start_with(
         settings: settings.clone(),
         webhook_base: settings.public_webhook_url(webhook_addr),
         bus: bus.clone(),
-        sandbox_running: sandbox.is_some(),
-        sandbox: sandbox.as_ref().map(|s| Arc::new(s.endpoints())),
+        endpoints: Arc::new(crate::providers::accounts::Endpoints::new(
+            sandbox.as_ref().map(|s| sandbox_endpoints(&s.endpoints())),
+        )),
         providers: Arc::new(providers),
         engine_wake: Arc::new(tokio::sync::Notify::new()),
         webhook_handoff: Arc::new(crate::core::callbacks::Handoff::default()),
@@ -264,6 +265,18 @@ pub async fn start_with(
         grpc,
         grace: Duration::from_secs(settings.server.shutdown_grace_secs),
     })
+}
+
+/// The simulators as the core sees them: each by the public host it stands in for.
+fn sandbox_endpoints(sims: &crate::sim::sandbox::SandboxEndpoints) -> crate::providers::accounts::SandboxEndpoints {
+    use crate::providers::{digital99, exotel, gupshup, whapi};
+    let mut map = crate::providers::accounts::SandboxEndpoints::new();
+    map.insert(gupshup::BASE_URL, &sims.gupshup)
+        .insert(exotel::SINGAPORE_BASE_URL, &sims.exotel_singapore)
+        .insert(exotel::MUMBAI_BASE_URL, &sims.exotel_mumbai)
+        .insert(whapi::MANAGER_BASE_URL, &sims.whapi_manager)
+        .insert(digital99::DEFAULT_BASE_URL, &sims.digital99);
+    map
 }
 
 /// Gives the development tenant one sandbox account per provider (`sandbox-gupshup`...),

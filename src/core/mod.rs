@@ -37,10 +37,8 @@ pub struct Core {
     pub webhook_base: String,
     /// Onboarding change fan-out for streams.
     pub bus: bus::Bus,
-    /// Whether the built-in simulators run in this process.
-    pub sandbox_running: bool,
-    /// Where the built-in simulators listen, when they run.
-    pub sandbox: Option<Arc<crate::sim::sandbox::SandboxEndpoints>>,
+    /// Where accounts' provider APIs are (public hosts, the sandbox's simulators).
+    pub endpoints: Arc<crate::providers::accounts::Endpoints>,
     /// Provider adapters by kind, one instance per account.
     pub providers: Arc<crate::providers::ProviderRegistry>,
     /// Wakes this replica's engine when new work is written.
@@ -67,6 +65,16 @@ pub struct Caller {
 }
 
 impl Core {
+    /// Whether the built-in simulators run in this process (sandbox accounts can be served).
+    pub fn sandbox_running(&self) -> bool {
+        self.endpoints.sandbox_running()
+    }
+
+    /// Where accounts' provider APIs are (tests check the sandbox's simulators through it).
+    pub fn endpoints(&self) -> &crate::providers::accounts::Endpoints {
+        &self.endpoints
+    }
+
     /// Hands every event of `id`'s log to `visit`, in order, reading the log in pages.
     pub(crate) async fn each_event(
         &self,

@@ -30,6 +30,10 @@ use crate::providers::http::{
 };
 use crate::providers::{CallContext, ProviderError};
 
+/// The partner API's one host; every path starts with `/partner/` and there are no regional
+/// hosts (docs/providers.md §1.1 [C]).
+pub const BASE_URL: &str = "https://partner.gupshup.io";
+
 /// Provider name in rate keys and error classes.
 const PROVIDER: &str = "gupshup";
 

@@ -24,8 +24,9 @@ use std::time::Duration;
 use async_trait::async_trait;
 use serde_json::{Value, json};
 
+pub use client::{BASE_URL, GupshupLimits, Limit};
 use client::{Client, LinkForm, Linked};
-pub use client::{GupshupLimits, Limit};
+pub use credentials::credential_problems;
 use model::{
     CREATION_DONE, CREATION_ERROR, LIVE_NEEDS_FINALIZE, PIPELINE_FINALIZE, PIPELINE_RETRIES, PipelineResponse,
     error_is_final, scalar_text,
