@@ -143,7 +143,7 @@ pub async fn start_with(
                 retry: crate::providers::http::RetryPolicy::default(),
                 poll_interval: Duration::from_millis(settings.engine.poll_interval_ms),
             };
-            crate::providers::builtin::registry_with_limits(&deps, settings.providers.gupshup_limits.into())
+            crate::providers::builtin::registry_with_limits(&deps, gupshup_limits(&settings.providers.gupshup_limits))
         }
     };
     let core = Core::new(CoreParts {
@@ -285,6 +285,16 @@ fn dev_key(fixed: Option<Secret>, key_file: &std::path::Path) -> Result<(Secret,
     crate::config::write_private(key_file, key.expose())
         .map_err(|e| format!("development tenant: cannot write {}: {e}", key_file.display()))?;
     Ok((key, true))
+}
+
+/// The Gupshup adapter's documented limits with the configured parts applied over them.
+fn gupshup_limits(s: &crate::config::GupshupLimitSettings) -> crate::providers::gupshup::GupshupLimits {
+    use crate::providers::gupshup::{GupshupLimits, Limit};
+    let over = |documented: Limit, s: crate::config::RateLimitSetting| {
+        documented.with(s.max, s.window_ms.map(Duration::from_millis))
+    };
+    let d = GupshupLimits::default();
+    GupshupLimits { login: over(d.login, s.login), link: over(d.link, s.link), pipeline: over(d.pipeline, s.pipeline) }
 }
 
 /// What the core reads of the configuration.
@@ -597,5 +607,27 @@ pub async fn wait_for_signal() {
     #[cfg(not(unix))]
     {
         let _ = tokio::signal::ctrl_c().await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::{GupshupLimitSettings, RateLimitSetting};
+    use crate::providers::gupshup::GupshupLimits;
+
+    #[test]
+    fn gupshup_limits_default_to_the_documented_ones_and_can_be_scaled_in_part() {
+        let documented = GupshupLimits::default();
+        assert_eq!(gupshup_limits(&Settings::default().providers.gupshup_limits), documented);
+        let s = GupshupLimitSettings {
+            link: RateLimitSetting { max: Some(3), window_ms: Some(1000) },
+            pipeline: RateLimitSetting { max: None, window_ms: Some(2000) },
+            ..Default::default()
+        };
+        let l = gupshup_limits(&s);
+        assert_eq!((l.link.max, l.link.window), (3, Duration::from_secs(1)));
+        assert_eq!((l.pipeline.max, l.pipeline.window), (documented.pipeline.max, Duration::from_secs(2)));
+        assert_eq!(l.login, documented.login, "unset limits keep their documented value");
     }
 }

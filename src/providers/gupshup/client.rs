@@ -51,6 +51,14 @@ pub struct Limit {
     pub window: Duration,
 }
 
+impl Limit {
+    /// This limit with `max` and `window` replaced where given: configured overrides, the
+    /// unset parts keeping this (documented) value.
+    pub fn with(self, max: Option<u32>, window: Option<Duration>) -> Self {
+        Self { max: max.unwrap_or(self.max), window: window.unwrap_or(self.window) }
+    }
+}
+
 /// The limits the adapter enforces per credential (docs/providers.md 1.5). Tests shorten the
 /// windows to run bursts in seconds; production uses [`GupshupLimits::default`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
