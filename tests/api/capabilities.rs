@@ -232,6 +232,12 @@ impl PartnerTokenOps for Fake {
 
 #[async_trait]
 impl HostedLinkOps for Fake {
+    fn max_batch(&self) -> u32 {
+        50
+    }
+    fn link_payload(&self) -> wa_onboard::providers::StartPayload {
+        wa_onboard::providers::StartPayload::Exotel
+    }
     async fn mint_links(&self, _ctx: &CallContext, _count: u32) -> Result<Vec<MintedLink>, ProviderError> {
         Ok(Vec::new())
     }

@@ -431,6 +431,14 @@ impl Provider for ExotelProvider {
 
 #[async_trait]
 impl HostedLinkOps for ExotelProvider {
+    fn max_batch(&self) -> u32 {
+        MAX_BATCH
+    }
+
+    fn link_payload(&self) -> StartPayload {
+        StartPayload::Exotel
+    }
+
     async fn mint_links(&self, ctx: &CallContext, count: u32) -> Result<Vec<MintedLink>, ProviderError> {
         if !(1..=MAX_BATCH).contains(&count) {
             return Err(ProviderError::Invalid {

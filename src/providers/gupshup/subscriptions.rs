@@ -11,7 +11,7 @@ use super::validation::{
     check_events, check_headers, check_mode, check_tag, check_url, check_version, invalid, requested_version,
     validate_spec,
 };
-use crate::domain::Secret;
+use crate::domain::{OnboardingState, Secret};
 use crate::providers::{
     CallContext, ProviderError, ProviderSubscription, ResourceRef, SubscriptionOps, SubscriptionSpec, WebhookMode,
 };
@@ -111,6 +111,11 @@ pub(super) fn check_subscription_id(id: &str) -> Result<(), ProviderError> {
 
 #[async_trait]
 impl SubscriptionOps for GupshupProvider {
+    /// Subscriptions are per app and set up once it is live (docs/providers.md §1.3.5 [C]).
+    fn accepts_subscriptions(&self, state: OnboardingState) -> Result<(), String> {
+        if state == OnboardingState::Live { Ok(()) } else { Err("Gupshup subscriptions need a LIVE app".into()) }
+    }
+
     async fn create_subscription(
         &self,
         ctx: &CallContext,
