@@ -3,7 +3,7 @@
 use super::{SubscriptionView, Target, attrs, provider_err, subscriptions_of};
 use crate::core::claims::ClaimKey;
 use crate::core::{Caller, Core};
-use crate::domain::{EventKind, OnboardingId, OnboardingState, ProviderKind};
+use crate::domain::{EventKind, OnboardingId};
 use crate::error::{AppError, ErrorCode};
 use crate::providers::{ProviderSubscription, SubscriptionSpec};
 use crate::store::{Page, PageRequest};
@@ -39,11 +39,9 @@ impl Core {
         let t = self.subscription_target(caller, id, request_id).await?;
         let ops = subscriptions_of(t.provider.as_ref())?;
         let kind = t.provider.kind();
-        if kind == ProviderKind::Gupshup && t.onboarding.state != OnboardingState::Live {
-            return Err(AppError::precondition(format!(
-                "Gupshup subscriptions need a LIVE app; onboardings/{id} is {}",
-                t.onboarding.state
-            )));
+        // The provider's own rule (Gupshup: only a live app takes subscriptions).
+        if let Err(reason) = ops.accepts_subscriptions(t.onboarding.state) {
+            return Err(AppError::precondition(format!("{reason}; onboardings/{id} is {}", t.onboarding.state)));
         }
         let plain = serde_json::to_vec(spec).map_err(|e| AppError::internal(format!("cannot encode spec: {e}")))?;
         let hash = hex::encode(self.fingerprint(&[b"CreateSubscription", &plain]));
