@@ -140,6 +140,13 @@ fn stored(id: &str, spec: &SubscriptionSpec) -> ProviderSubscription {
 
 #[async_trait]
 impl SubscriptionOps for Fake {
+    /// Playing Gupshup, the fake keeps Gupshup's rule (its adapter's `accepts_subscriptions`).
+    fn accepts_subscriptions(&self, state: OnboardingState) -> Result<(), String> {
+        if self.kind == ProviderKind::Gupshup && state != OnboardingState::Live {
+            return Err("Gupshup subscriptions need a LIVE app".into());
+        }
+        Ok(())
+    }
     async fn create_subscription(
         &self,
         _ctx: &CallContext,
