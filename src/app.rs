@@ -11,7 +11,8 @@ use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
 use crate::config::Settings;
-use crate::core::Core;
+use crate::core::settings::{EngineConfig, ProviderPolicy, ServerConfig, StreamLimits};
+use crate::core::{Core, CoreParts, CoreSettings};
 use crate::crypto::Cipher;
 use crate::domain::Secret;
 use crate::store::{self, Store};
@@ -144,37 +145,35 @@ pub async fn start_with(
                 retry: crate::providers::http::RetryPolicy::default(),
                 poll_interval: Duration::from_millis(settings.engine.poll_interval_ms),
             };
-            crate::providers::builtin::registry_with_limits(&deps, settings.providers.gupshup_limits.into())
+            crate::providers::builtin::registry_with_limits(&deps, gupshup_limits(&settings.providers.gupshup_limits))
         }
     };
-    let core = Core {
+    let core = Core::new(CoreParts {
         store: store.clone(),
-        cipher: Arc::new(cipher),
-        settings: settings.clone(),
+        cipher,
+        settings: core_settings(&settings),
         webhook_base: settings.public_webhook_url(webhook_addr),
         bus: bus.clone(),
-        sandbox_running: sandbox.is_some(),
-        sandbox: sandbox.as_ref().map(|s| Arc::new(s.endpoints())),
-        providers: Arc::new(providers),
-        engine_wake: Arc::new(tokio::sync::Notify::new()),
-        webhook_handoff: Arc::new(crate::core::callbacks::Handoff::default()),
-        webhook_intake: Arc::default(),
-        worker_id: format!("{}-{}", std::process::id(), crate::domain::new_id::<String>()),
-    };
+        endpoints: crate::providers::accounts::Endpoints::new(
+            sandbox.as_ref().map(|s| sandbox_endpoints(&s.endpoints())),
+        ),
+        providers,
+    });
 
     let mut dev_api_key_generated = false;
     let dev_api_key = if settings.dev.enabled {
         let key_file = settings.server.data_dir.join("dev-api-key");
-        let key = crate::core::tenants::ensure_dev_tenant(store.as_ref(), &settings.dev.tenant, dev_api_key, &key_file)
+        let (key, generated) = dev_key(dev_api_key, &key_file).map_err(StartError::Other)?;
+        crate::core::tenants::ensure_dev_tenant(store.as_ref(), &settings.dev.tenant, &key)
             .await
             .map_err(|e| StartError::Other(format!("development tenant: {}", e.message)))?;
         if settings.sandbox.enabled {
-            ensure_sandbox_accounts(&core, &settings)
+            ensure_sandbox_accounts(&core, store.as_ref(), &settings)
                 .await
                 .map_err(|e| StartError::Other(format!("sandbox accounts: {}", e.message)))?;
         }
-        dev_api_key_generated = key.generated;
-        Some(key.key)
+        dev_api_key_generated = generated;
+        Some(key)
     } else {
         None
     };
@@ -198,8 +197,9 @@ pub async fn start_with(
     }
     let authenticator = crate::core::tenants::Authenticator::with_config_keys(store.clone(), config_keys)
         .with_revocation_delay(Duration::from_millis(settings.auth.revocation_delay_ms));
-    let (router, reporter) = crate::grpc::router(core.clone(), shutdown_rx.clone(), authenticator, tls)
-        .map_err(|e| StartError::Other(e.to_string()))?;
+    let (router, reporter) =
+        crate::grpc::router(core.clone(), shutdown_rx.clone(), authenticator, tls, settings.streams.max_per_connection)
+            .map_err(|e| StartError::Other(e.to_string()))?;
     // Health: overall and per service, NOT_SERVING while the store does not answer.
     tasks.push(tokio::spawn(health_loop(
         store.clone(),
@@ -268,13 +268,82 @@ pub async fn start_with(
     })
 }
 
+/// The development tenant's key and whether this start generated it: `fixed` when given, else
+/// the one kept in `key_file`, else a new one written there (0600) for later starts to read.
+fn dev_key(fixed: Option<Secret>, key_file: &std::path::Path) -> Result<(Secret, bool), String> {
+    if let Some(k) = fixed {
+        return Ok((k, false));
+    }
+    if let Ok(s) = std::fs::read_to_string(key_file)
+        && !s.trim().is_empty()
+    {
+        return Ok((Secret::new(s.trim().to_string()), false));
+    }
+    let key = crate::core::tenants::generate_key();
+    if let Some(dir) = key_file.parent() {
+        std::fs::create_dir_all(dir)
+            .map_err(|e| format!("development tenant: cannot create {}: {e}", dir.display()))?;
+    }
+    crate::config::write_private(key_file, key.expose())
+        .map_err(|e| format!("development tenant: cannot write {}: {e}", key_file.display()))?;
+    Ok((key, true))
+}
+
+/// The Gupshup adapter's documented limits with the configured parts applied over them.
+fn gupshup_limits(s: &crate::config::GupshupLimitSettings) -> crate::providers::gupshup::GupshupLimits {
+    use crate::providers::gupshup::{GupshupLimits, Limit};
+    let over = |documented: Limit, s: crate::config::RateLimitSetting| {
+        documented.with(s.max, s.window_ms.map(Duration::from_millis))
+    };
+    let d = GupshupLimits::default();
+    GupshupLimits { login: over(d.login, s.login), link: over(d.link, s.link), pipeline: over(d.pipeline, s.pipeline) }
+}
+
+/// What the core reads of the configuration.
+fn core_settings(s: &Settings) -> CoreSettings {
+    let e = &s.engine;
+    CoreSettings {
+        engine: EngineConfig {
+            enabled: e.enabled,
+            lease_secs: e.lease_secs,
+            concurrency: e.concurrency,
+            tick_ms: e.tick_ms,
+            retry_base_ms: e.retry_base_ms,
+            retry_max_ms: e.retry_max_ms,
+            expiry_warnings_secs: e.expiry_warnings_secs.clone(),
+        },
+        server: ServerConfig { shutdown_grace_secs: s.server.shutdown_grace_secs },
+        providers: ProviderPolicy {
+            allow_custom_endpoints: s.providers.allow_custom_endpoints,
+            http_timeout_secs: s.providers.http_timeout_secs,
+        },
+        streams: StreamLimits { max_per_tenant: s.streams.max_per_tenant },
+    }
+}
+
+/// The simulators as the core sees them: each by the public host it stands in for.
+fn sandbox_endpoints(sims: &crate::sim::sandbox::SandboxEndpoints) -> crate::providers::accounts::SandboxEndpoints {
+    use crate::providers::{digital99, exotel, gupshup, whapi};
+    let mut map = crate::providers::accounts::SandboxEndpoints::new();
+    map.insert(gupshup::BASE_URL, &sims.gupshup)
+        .insert(exotel::SINGAPORE_BASE_URL, &sims.exotel_singapore)
+        .insert(exotel::MUMBAI_BASE_URL, &sims.exotel_mumbai)
+        .insert(whapi::MANAGER_BASE_URL, &sims.whapi_manager)
+        .insert(digital99::DEFAULT_BASE_URL, &sims.digital99);
+    map
+}
+
 /// Gives the development tenant one sandbox account per provider (`sandbox-gupshup`...),
 /// with the simulators' default credentials, so the whole flow works with grpcurl alone.
-async fn ensure_sandbox_accounts(core: &Core, settings: &Settings) -> Result<(), crate::error::AppError> {
+async fn ensure_sandbox_accounts(
+    core: &Core,
+    store: &dyn Store,
+    settings: &Settings,
+) -> Result<(), crate::error::AppError> {
     use crate::core::accounts::NewAccount;
     use crate::domain::account::{AccountOptions, Credentials, ExotelRegion};
     use crate::domain::{AccountId, ProviderKind};
-    let Some(tenant) = core.store.tenant_by_name(&settings.dev.tenant).await? else { return Ok(()) };
+    let Some(tenant) = store.tenant_by_name(&settings.dev.tenant).await? else { return Ok(()) };
     let caller = crate::core::Caller { tenant: tenant.id };
     let sims = &settings.sandbox.sims;
     let mut wanted = Vec::new();
@@ -322,7 +391,7 @@ async fn ensure_sandbox_accounts(core: &Core, settings: &Settings) -> Result<(),
     for (provider, credentials, options) in wanted {
         let id = AccountId::scoped(&caller.tenant, &format!("sandbox-{provider}"))
             .map_err(|e| crate::error::AppError::internal(e.0))?;
-        if core.store.account(&caller.tenant, &id).await?.is_some() {
+        if store.account(&caller.tenant, &id).await?.is_some() {
             continue;
         }
         let new = NewAccount {
@@ -540,5 +609,27 @@ pub async fn wait_for_signal() {
     #[cfg(not(unix))]
     {
         let _ = tokio::signal::ctrl_c().await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::{GupshupLimitSettings, RateLimitSetting};
+    use crate::providers::gupshup::GupshupLimits;
+
+    #[test]
+    fn gupshup_limits_default_to_the_documented_ones_and_can_be_scaled_in_part() {
+        let documented = GupshupLimits::default();
+        assert_eq!(gupshup_limits(&Settings::default().providers.gupshup_limits), documented);
+        let s = GupshupLimitSettings {
+            link: RateLimitSetting { max: Some(3), window_ms: Some(1000) },
+            pipeline: RateLimitSetting { max: None, window_ms: Some(2000) },
+            ..Default::default()
+        };
+        let l = gupshup_limits(&s);
+        assert_eq!((l.link.max, l.link.window), (3, Duration::from_secs(1)));
+        assert_eq!((l.pipeline.max, l.pipeline.window), (documented.pipeline.max, Duration::from_secs(2)));
+        assert_eq!(l.login, documented.login, "unset limits keep their documented value");
     }
 }

@@ -303,9 +303,10 @@ pub struct ProviderSettings {
     pub allow_custom_endpoints: bool,
     /// Per-call HTTP timeout, seconds.
     pub http_timeout_secs: u64,
-    /// Client-side rate limits of the Gupshup adapter, per credential: the documented ones
-    /// by default. Benchmarks scale them down together with the simulator's
-    /// (`sandbox.sims.gupshup.limits`); above the provider's real limits they only earn 429s.
+    /// Client-side rate limits of the Gupshup adapter, per credential: unset parts are the
+    /// documented ones (the adapter's `GupshupLimits::default`). Benchmarks scale them down
+    /// together with the simulator's (`sandbox.sims.gupshup.limits`); above the provider's
+    /// real limits they only earn 429s.
     pub gupshup_limits: GupshupLimitSettings,
 }
 
@@ -315,30 +316,23 @@ impl Default for ProviderSettings {
     }
 }
 
-/// At most `max` calls per `window_ms` milliseconds.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
+/// At most `max` calls per `window_ms` milliseconds; an unset part keeps the adapter's
+/// documented value.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
 pub struct RateLimitSetting {
     /// Calls per window.
-    pub max: u32,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub max: Option<u32>,
     /// Window length, milliseconds.
-    pub window_ms: u64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub window_ms: Option<u64>,
 }
 
-impl From<crate::providers::gupshup::Limit> for RateLimitSetting {
-    fn from(l: crate::providers::gupshup::Limit) -> Self {
-        Self { max: l.max, window_ms: u64::try_from(l.window.as_millis()).unwrap_or(u64::MAX) }
-    }
-}
-
-impl From<RateLimitSetting> for crate::providers::gupshup::Limit {
-    fn from(l: RateLimitSetting) -> Self {
-        Self { max: l.max, window: std::time::Duration::from_millis(l.window_ms) }
-    }
-}
-
-/// The Gupshup adapter's limits (`providers.gupshup_limits.{login,link,pipeline}`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+/// The Gupshup adapter's limits (`providers.gupshup_limits.{login,link,pipeline}`): only the
+/// shape of the overrides; the documented values live with the adapter
+/// (`providers::gupshup::GupshupLimits`), and `app.rs` applies these over them.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct GupshupLimitSettings {
     /// Partner login.
@@ -347,19 +341,6 @@ pub struct GupshupLimitSettings {
     pub link: RateLimitSetting,
     /// Pipeline poll.
     pub pipeline: RateLimitSetting,
-}
-
-impl Default for GupshupLimitSettings {
-    fn default() -> Self {
-        let d = crate::providers::gupshup::GupshupLimits::default();
-        Self { login: d.login.into(), link: d.link.into(), pipeline: d.pipeline.into() }
-    }
-}
-
-impl From<GupshupLimitSettings> for crate::providers::gupshup::GupshupLimits {
-    fn from(s: GupshupLimitSettings) -> Self {
-        Self { login: s.login.into(), link: s.link.into(), pipeline: s.pipeline.into() }
-    }
 }
 
 /// Server streams.
@@ -551,7 +532,7 @@ impl Settings {
             ));
         }
         let g = &self.providers.gupshup_limits;
-        if [g.login, g.link, g.pipeline].iter().any(|l| l.max == 0 || l.window_ms == 0) {
+        if [g.login, g.link, g.pipeline].iter().any(|l| l.max == Some(0) || l.window_ms == Some(0)) {
             return Err(ConfigError(
                 "providers.gupshup_limits: every limit needs max and window_ms of at least 1".into(),
             ));
@@ -676,17 +657,18 @@ mod tests {
     }
 
     #[test]
-    fn gupshup_limits_default_to_the_documented_ones_and_can_be_scaled() {
-        let d = Settings::default();
-        let documented = crate::providers::gupshup::GupshupLimits::default();
-        assert_eq!(crate::providers::gupshup::GupshupLimits::from(d.providers.gupshup_limits), documented);
+    fn gupshup_limits_are_unset_by_default_and_can_be_set_in_part() {
+        assert_eq!(Settings::default().providers.gupshup_limits, GupshupLimitSettings::default());
         let dir = tempfile::tempdir().unwrap();
         let f = dir.path().join("c.toml");
         std::fs::write(&f, "[providers.gupshup_limits.link]\nmax = 10\nwindow_ms = 1000\n").unwrap();
         let s = Settings::load(Some(&f), &Overrides::default()).unwrap();
-        let l = crate::providers::gupshup::GupshupLimits::from(s.providers.gupshup_limits);
-        assert_eq!(l.link.window, std::time::Duration::from_secs(1));
-        assert_eq!(l.login, documented.login, "unset limits keep their documented value");
+        let g = s.providers.gupshup_limits;
+        assert_eq!(g.link, RateLimitSetting { max: Some(10), window_ms: Some(1000) });
+        assert_eq!(g.login, RateLimitSetting::default(), "unset: the adapter's documented limit");
+        std::fs::write(&f, "[providers.gupshup_limits.pipeline]\nwindow_ms = 2000\n").unwrap();
+        let s = Settings::load(Some(&f), &Overrides::default()).unwrap();
+        assert_eq!(s.providers.gupshup_limits.pipeline, RateLimitSetting { max: None, window_ms: Some(2000) });
         std::fs::write(&f, "[providers.gupshup_limits.link]\nmax = 0\nwindow_ms = 1000\n").unwrap();
         let e = Settings::load(Some(&f), &Overrides::default()).unwrap_err();
         assert!(e.to_string().contains("providers.gupshup_limits"), "{e}");

@@ -165,40 +165,11 @@ impl Core {
                 format!("credentials are for {}, the account is for {}", new.credentials.provider(), new.provider),
             );
         }
-        let empty = |s: &str| s.trim().is_empty();
-        match &new.credentials {
-            Credentials::Gupshup { email, secret } => {
-                if !email.contains('@') || email.len() > 320 {
-                    v.add("account.credentials.gupshup.email", "must be an email address");
-                }
-                if secret.is_empty() {
-                    v.add("account.credentials.gupshup.secret", "is required");
-                }
-            }
-            Credentials::Exotel { account_sid, api_key, api_token } => {
-                if empty(account_sid) {
-                    v.add("account.credentials.exotel.account_sid", "is required");
-                }
-                if empty(api_key) {
-                    v.add("account.credentials.exotel.api_key", "is required");
-                }
-                if api_token.is_empty() {
-                    v.add("account.credentials.exotel.api_token", "is required");
-                }
-            }
-            Credentials::Whapi { partner_token } => {
-                if partner_token.is_empty() {
-                    v.add("account.credentials.whapi.partner_token", "is required");
-                }
-            }
-            Credentials::Digital99 { client_id, client_secret } => {
-                if empty(client_id) {
-                    v.add("account.credentials.digital99.client_id", "is required");
-                }
-                if client_secret.is_empty() {
-                    v.add("account.credentials.digital99.client_secret", "is required");
-                }
-            }
+        // The provider's rules; the field path names its credentials message
+        // (`account.credentials.gupshup.email`).
+        let kind = new.credentials.provider();
+        for p in crate::providers::accounts::credential_problems(&new.credentials) {
+            v.add(format!("account.credentials.{kind}.{}", p.field), p.problem);
         }
         if new.display_name.chars().count() > 200 {
             v.add("account.display_name", "must be at most 200 characters");
@@ -214,7 +185,7 @@ impl Core {
             }
         }
         v.finish()?;
-        if new.sandbox && !self.sandbox_running {
+        if new.sandbox && !self.endpoints.sandbox_running() {
             return Err(AppError::precondition("this deployment runs no sandbox (sandbox.enabled = false)"));
         }
         Ok(())

@@ -6,8 +6,8 @@ use std::sync::Arc;
 use base64::Engine as _;
 
 use super::Core;
-use crate::domain::account::{AccountOptions, ExotelRegion};
-use crate::domain::{OnboardingId, ProviderKind, Secret};
+use crate::domain::account::AccountOptions;
+use crate::domain::{OnboardingId, Secret};
 use crate::error::AppError;
 use crate::providers::{CallContext, Provider, ProviderHandle, ResourceRef, StartRequest};
 use crate::store::{AccountRecord, OnboardingRecord, Sealed};
@@ -35,34 +35,12 @@ fn aad_secret(id: &str) -> String {
 
 impl Core {
     /// The provider API base URL for an account: its endpoint override, the in-process
-    /// simulator for sandbox accounts, else the provider's public host.
+    /// simulator for sandbox accounts, else the provider's public host (each provider's folder
+    /// names its hosts; [`crate::providers::accounts::Endpoints`] chooses).
     pub fn base_url(&self, account: &AccountRecord, options: &AccountOptions) -> Result<String, AppError> {
-        if let Some(ep) = &options.endpoint {
-            return Ok(ep.trim_end_matches('/').to_string());
-        }
-        if account.sandbox {
-            let sb = self.sandbox.as_ref().ok_or_else(|| {
-                AppError::precondition(format!(
-                    "accounts/{} targets the sandbox, which this deployment does not run",
-                    account.id
-                ))
-            })?;
-            return Ok(match (account.provider, options.exotel_region.unwrap_or_default()) {
-                (ProviderKind::Gupshup, _) => sb.gupshup.clone(),
-                (ProviderKind::Exotel, ExotelRegion::Singapore) => sb.exotel_singapore.clone(),
-                (ProviderKind::Exotel, ExotelRegion::Mumbai) => sb.exotel_mumbai.clone(),
-                (ProviderKind::Whapi, _) => sb.whapi_manager.clone(),
-                (ProviderKind::Digital99, _) => sb.digital99.clone(),
-            });
-        }
-        Ok(match (account.provider, options.exotel_region.unwrap_or_default()) {
-            (ProviderKind::Gupshup, _) => "https://partner.gupshup.io",
-            (ProviderKind::Exotel, ExotelRegion::Singapore) => "https://api.exotel.com",
-            (ProviderKind::Exotel, ExotelRegion::Mumbai) => "https://api.in.exotel.com",
-            (ProviderKind::Whapi, _) => "https://manager.whapi.cloud",
-            (ProviderKind::Digital99, _) => "https://partners.99digital.co.il",
-        }
-        .to_string())
+        self.endpoints
+            .base_url(account.provider, options, account.sandbox)
+            .map_err(|e| AppError::precondition(format!("accounts/{} targets the sandbox, but {e}", account.id)))
     }
 
     /// Everything an adapter needs to act for `account`.

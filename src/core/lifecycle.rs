@@ -6,9 +6,7 @@ use std::collections::BTreeMap;
 
 use super::claims::ClaimKey;
 use super::{Caller, Core};
-use crate::domain::{
-    AccountId, EventKind, OnboardingId, OnboardingState, Patch, ProviderKind, StepState, new_id, now_ms,
-};
+use crate::domain::{AccountId, EventKind, OnboardingId, OnboardingState, Patch, StepState, new_id, now_ms};
 use crate::error::{AppError, ErrorCode};
 use crate::providers::{CallContext, HostedLinkOps, Provider, ProviderHandle, StartPayload, StartRequest};
 use crate::store::{
@@ -24,6 +22,39 @@ const OP_CANCEL: &str = "CancelOnboarding";
 const STEP_MINT_LINK: &str = "mint_link";
 /// Step of 99digital pipelines that waits for the caller's verification code.
 const STEP_VERIFY_NUMBER: &str = "verify_number";
+
+/// The rows of a new onboarding and the idempotency key they answer, for
+/// [`Core::insert_onboarding`].
+struct NewRows<'a> {
+    /// The onboarding.
+    o: OnboardingRecord,
+    /// Its pipeline steps.
+    steps: Vec<StepRecord>,
+    /// The idempotency record written with it, when keyed.
+    idem: Option<crate::store::IdempotencyRecord>,
+    /// The caller's `request_id`.
+    key: Option<&'a str>,
+    /// The operation the key is recorded for.
+    op: &'a str,
+    /// The request's keyed fingerprint.
+    hash: &'a [u8],
+}
+
+/// What one batch of hosted links is minted with, for [`Core::mint_batch`].
+struct MintBatch<'a> {
+    /// The account.
+    account: &'a AccountRecord,
+    /// Its adapter.
+    provider: &'a dyn Provider,
+    /// The context to call it with.
+    ctx: &'a CallContext,
+    /// The adapter's batch capability.
+    links: &'a dyn HostedLinkOps,
+    /// Links to mint.
+    count: u32,
+    /// The caller's reference for every link.
+    reference: &'a str,
+}
 
 /// A caller's request to start one onboarding.
 #[derive(Debug, Clone)]
@@ -103,9 +134,6 @@ impl Core {
                 ),
             ));
         }
-        if req.payload.kind() == ProviderKind::Exotel && !self.providers.implemented(ProviderKind::Exotel) {
-            return Err(AppError::unimplemented("the exotel adapter is not in this build"));
-        }
         let (provider, ctx) = self.provider_for(&account)?;
         let id = req.onboarding_id.clone().unwrap_or_else(|| OnboardingId::fresh(&caller.tenant));
         let request = StartRequest {
@@ -150,22 +178,13 @@ impl Core {
         };
         let steps = self.new_onboarding_rows(&mut o, &*provider, &request, None)?;
         let idem = self.idempotency_record(&caller.tenant, key, OP_CREATE, hash.clone(), format!("onboardings/{id}"));
-        self.insert_onboarding(caller, o, steps, idem, key, OP_CREATE, &hash).await
+        self.insert_onboarding(caller, NewRows { o, steps, idem, key, op: OP_CREATE, hash: &hash }).await
     }
 
     /// Inserts a new onboarding; on a unique-key race, returns the winner of the same
     /// `request_id` or `ALREADY_EXISTS` for a taken id.
-    #[allow(clippy::too_many_arguments)]
-    async fn insert_onboarding(
-        &self,
-        caller: &Caller,
-        o: OnboardingRecord,
-        steps: Vec<StepRecord>,
-        idem: Option<crate::store::IdempotencyRecord>,
-        key: Option<&str>,
-        op: &str,
-        hash: &[u8],
-    ) -> Result<OnboardingRecord, AppError> {
+    async fn insert_onboarding(&self, caller: &Caller, rows: NewRows<'_>) -> Result<OnboardingRecord, AppError> {
+        let NewRows { o, steps, idem, key, op, hash } = rows;
         let new = NewOnboarding {
             onboarding: o.clone(),
             steps,
@@ -223,10 +242,21 @@ impl Core {
                 account.provider
             ))
         })?;
+        let max = links.max_batch();
+        if !(1..=max).contains(&count) {
+            return Err(AppError::invalid(
+                "count",
+                format!(
+                    "must be between 1 and {max} ({} mints at most {max} links per call)",
+                    account.provider.display_name()
+                ),
+            ));
+        }
         let canonical = serde_json::json!({"account": account_id.as_str(), "count": count, "reference": reference});
         let hash = self.fingerprint(&[canonical.to_string().as_bytes()]);
         let Some(rid) = request_id else {
-            return self.mint_batch(caller, &account, &*provider, &ctx, links, count, reference, None, &hash).await;
+            let batch = MintBatch { account: &account, provider: &*provider, ctx: &ctx, links, count, reference };
+            return self.mint_batch(caller, batch, None, &hash).await;
         };
         // Claimed before the mint: concurrent calls with this key wait for one batch instead of
         // each minting its own (links the provider keeps live for 24 h that nobody tracks).
@@ -234,7 +264,10 @@ impl Core {
         self.once_per_key(
             key,
             || self.stored_batch(caller, rid, &hash),
-            || self.mint_batch(caller, &account, &*provider, &ctx, links, count, reference, Some(rid), &hash),
+            || {
+                let batch = MintBatch { account: &account, provider: &*provider, ctx: &ctx, links, count, reference };
+                self.mint_batch(caller, batch, Some(rid), &hash)
+            },
         )
         .await
     }
@@ -259,19 +292,14 @@ impl Core {
     }
 
     /// Mints one batch and stores its onboardings (with the idempotency record, when keyed).
-    #[allow(clippy::too_many_arguments)]
     async fn mint_batch(
         &self,
         caller: &Caller,
-        account: &AccountRecord,
-        provider: &dyn Provider,
-        ctx: &CallContext,
-        links: &dyn HostedLinkOps,
-        count: u32,
-        reference: &str,
+        batch: MintBatch<'_>,
         request_id: Option<&str>,
         hash: &[u8],
     ) -> Result<(Vec<OnboardingRecord>, String), AppError> {
+        let MintBatch { account, provider, ctx, links, count, reference } = batch;
         let account_id = &account.id;
         let hash = hash.to_vec();
         let minted = links.mint_links(ctx, count).await.map_err(|e| AppError::from((account.provider, e)))?;
@@ -284,7 +312,7 @@ impl Core {
                 onboarding_id: id.clone(),
                 idempotency_key: id.as_str().to_string(),
                 reference: reference.to_string(),
-                payload: StartPayload::Exotel,
+                payload: links.link_payload(),
             };
             let handle = ProviderHandle {
                 external_key: link.token.clone(),

@@ -11,6 +11,7 @@ pub mod engine;
 pub mod lifecycle;
 pub mod onboardings;
 mod pipeline_rows;
+pub mod settings;
 pub mod tenants;
 pub mod webhooks;
 
@@ -18,39 +19,59 @@ use std::sync::Arc;
 
 use sha2::{Digest, Sha256};
 
-use crate::config::Settings;
 use crate::crypto::Cipher;
-use crate::domain::TenantId;
+use crate::domain::{ProviderKind, TenantId};
 use crate::error::{AppError, ErrorCode};
+use crate::providers::ProviderRegistry;
+use crate::providers::accounts::Endpoints;
 use crate::store::{EventRecord, IdempotencyRecord, Store};
 
-/// Shared state of the use cases.
+pub use settings::CoreSettings;
+
+/// Shared state of the use cases. Built once by [`Core::new`]; cheap to clone (every clone
+/// shares the same engine wake-up, handoff and intake).
 #[derive(Clone)]
 pub struct Core {
     /// Persistence.
+    store: Arc<dyn Store>,
+    /// Encryption at rest.
+    cipher: Arc<Cipher>,
+    /// What the use cases and the engine read of the configuration.
+    settings: Arc<CoreSettings>,
+    /// Base URL providers use to reach our webhook ingress.
+    webhook_base: String,
+    /// Onboarding change fan-out for streams.
+    bus: bus::Bus,
+    /// Where accounts' provider APIs are (public hosts, the sandbox's simulators).
+    endpoints: Arc<Endpoints>,
+    /// Provider adapters by kind, one instance per account.
+    providers: Arc<ProviderRegistry>,
+    /// Wakes this replica's engine when new work is written.
+    engine_wake: Arc<tokio::sync::Notify>,
+    /// Webhook events the ingress stored for this replica's engine to apply at once.
+    webhook_handoff: Arc<callbacks::Handoff>,
+    /// The ingress's group commit of webhook events.
+    webhook_intake: Arc<webhooks::IntakeWriter>,
+    /// This replica's lease-holder name.
+    worker_id: String,
+}
+
+/// What [`Core::new`] is built from.
+pub struct CoreParts {
+    /// Persistence.
     pub store: Arc<dyn Store>,
     /// Encryption at rest.
-    pub cipher: Arc<Cipher>,
-    /// Settings.
-    pub settings: Arc<Settings>,
-    /// Base URL providers use to reach our webhook ingress.
+    pub cipher: Cipher,
+    /// What the use cases and the engine read of the configuration.
+    pub settings: CoreSettings,
+    /// Base URL providers use to reach our webhook ingress (no trailing `/`).
     pub webhook_base: String,
-    /// Onboarding change fan-out for streams.
+    /// Onboarding change fan-out for streams (its reader task runs beside the core).
     pub bus: bus::Bus,
-    /// Whether the built-in simulators run in this process.
-    pub sandbox_running: bool,
-    /// Where the built-in simulators listen, when they run.
-    pub sandbox: Option<Arc<crate::sim::sandbox::SandboxEndpoints>>,
-    /// Provider adapters by kind, one instance per account.
-    pub providers: Arc<crate::providers::ProviderRegistry>,
-    /// Wakes this replica's engine when new work is written.
-    pub engine_wake: Arc<tokio::sync::Notify>,
-    /// Webhook events the ingress stored for this replica's engine to apply at once.
-    pub webhook_handoff: Arc<callbacks::Handoff>,
-    /// The ingress's group commit of webhook events.
-    pub webhook_intake: Arc<webhooks::IntakeWriter>,
-    /// This replica's lease-holder name.
-    pub worker_id: String,
+    /// Where accounts' provider APIs are.
+    pub endpoints: Endpoints,
+    /// Provider adapters by kind.
+    pub providers: ProviderRegistry,
 }
 
 impl std::fmt::Debug for Core {
@@ -67,6 +88,68 @@ pub struct Caller {
 }
 
 impl Core {
+    /// The use cases over `parts`, with this replica's own lease-holder name.
+    pub fn new(parts: CoreParts) -> Self {
+        let CoreParts { store, cipher, settings, webhook_base, bus, endpoints, providers } = parts;
+        Self {
+            store,
+            cipher: Arc::new(cipher),
+            settings: Arc::new(settings),
+            webhook_base,
+            bus,
+            endpoints: Arc::new(endpoints),
+            providers: Arc::new(providers),
+            engine_wake: Arc::new(tokio::sync::Notify::new()),
+            webhook_handoff: Arc::new(callbacks::Handoff::default()),
+            webhook_intake: Arc::default(),
+            worker_id: format!("{}-{}", std::process::id(), crate::domain::new_id::<String>()),
+        }
+    }
+
+    /// Another replica over the same store, encryption, adapters and endpoints, with
+    /// `settings` and its own lease-holder name, engine wake-up and webhook queues: what a
+    /// second process would be (tests make one that dies with work leased to it).
+    pub fn other_replica(&self, settings: CoreSettings) -> Self {
+        Self {
+            store: Arc::clone(&self.store),
+            cipher: Arc::clone(&self.cipher),
+            settings: Arc::new(settings),
+            webhook_base: self.webhook_base.clone(),
+            bus: self.bus.clone(),
+            endpoints: Arc::clone(&self.endpoints),
+            providers: Arc::clone(&self.providers),
+            engine_wake: Arc::new(tokio::sync::Notify::new()),
+            webhook_handoff: Arc::new(callbacks::Handoff::default()),
+            webhook_intake: Arc::default(),
+            worker_id: format!("{}-{}", std::process::id(), crate::domain::new_id::<String>()),
+        }
+    }
+
+    /// What the use cases and the engine read of the configuration.
+    pub fn settings(&self) -> &CoreSettings {
+        &self.settings
+    }
+
+    /// Webhook events stored for this replica and waiting in its memory to be applied.
+    pub fn handed_over(&self) -> usize {
+        self.webhook_handoff.len()
+    }
+
+    /// Whether this build has an adapter for `kind`.
+    pub fn implemented(&self, kind: ProviderKind) -> bool {
+        self.providers.implemented(kind)
+    }
+
+    /// Whether the built-in simulators run in this process (sandbox accounts can be served).
+    pub fn sandbox_running(&self) -> bool {
+        self.endpoints.sandbox_running()
+    }
+
+    /// Where accounts' provider APIs are (tests check the sandbox's simulators through it).
+    pub fn endpoints(&self) -> &crate::providers::accounts::Endpoints {
+        &self.endpoints
+    }
+
     /// Hands every event of `id`'s log to `visit`, in order, reading the log in pages.
     pub(crate) async fn each_event(
         &self,

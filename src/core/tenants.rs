@@ -86,25 +86,10 @@ pub async fn tenant_by_name(store: &dyn Store, name: &str) -> Result<TenantRecor
     store.tenant_by_name(name).await?.ok_or_else(|| AppError::not_found(format!("tenant '{name}'")))
 }
 
-/// The development tenant's key, as [`ensure_dev_tenant`] found it.
-#[derive(Debug)]
-pub struct DevKey {
-    /// The key.
-    pub key: Secret,
-    /// Whether this start generated it (and wrote it to the key file): the one time it is
-    /// shown; later starts say where it is kept instead.
-    pub generated: bool,
-}
-
-/// Ensures the development tenant exists and has a usable key. With `fixed`, that key is
-/// registered (if not already); otherwise a key is generated once and kept in
-/// `key_file` (0600), where later starts read it.
-pub async fn ensure_dev_tenant(
-    store: &dyn Store,
-    name: &str,
-    fixed: Option<Secret>,
-    key_file: &std::path::Path,
-) -> Result<DevKey, AppError> {
+/// Ensures the development tenant exists and accepts `key` (registered if not already).
+/// Where the key comes from (fixed by the operator, or generated once and kept in a file) is
+/// the caller's business (`app.rs`).
+pub async fn ensure_dev_tenant(store: &dyn Store, name: &str, key: &Secret) -> Result<(), AppError> {
     let tenant = match store.tenant_by_name(name).await? {
         Some(t) => t,
         None => {
@@ -118,28 +103,10 @@ pub async fn ensure_dev_tenant(
             }
         }
     };
-    let mut generated = false;
-    let key = match fixed {
-        Some(k) => k,
-        None => match std::fs::read_to_string(key_file) {
-            Ok(s) if !s.trim().is_empty() => Secret::new(s.trim().to_string()),
-            _ => {
-                generated = true;
-                let k = generate_key();
-                if let Some(dir) = key_file.parent() {
-                    std::fs::create_dir_all(dir)
-                        .map_err(|e| AppError::internal(format!("cannot create {}: {e}", dir.display())))?;
-                }
-                crate::config::write_private(key_file, k.expose())
-                    .map_err(|e| AppError::internal(format!("cannot write {}: {e}", key_file.display())))?;
-                k
-            }
-        },
-    };
     if store.api_key_by_hash(&hash_key(key.expose())).await?.is_none() {
         add_key(store, &tenant.id, Some(key.clone())).await?;
     }
-    Ok(DevKey { key, generated })
+    Ok(())
 }
 
 /// Key hash to (tenant or none, when looked up).

@@ -56,13 +56,15 @@ pub enum RouterError {
 }
 
 /// Builds the router with every service, health, reflection v1 and v1alpha, the metrics
-/// layer and the auth and request-id layer, over TLS when `tls` is given.
+/// layer and the auth and request-id layer, over TLS when `tls` is given, with at most
+/// `max_streams` concurrent calls per connection (`streams.max_per_connection`).
 /// Returns the router and the health reporter that flips serving status.
 pub fn router(
     core: Core,
     shutdown: tokio::sync::watch::Receiver<bool>,
     authenticator: Authenticator,
     tls: Option<tonic::transport::ServerTlsConfig>,
+    max_streams: u32,
 ) -> Result<(Router<Layers>, tonic_health::server::HealthReporter), RouterError> {
     let (reporter, health) = tonic_health::server::health_reporter();
     let reflection = || {
@@ -80,7 +82,6 @@ pub fn router(
         tonic_reflection::pb::v1::FILE_DESCRIPTOR_SET,
         tonic_reflection::pb::v1alpha::FILE_DESCRIPTOR_SET,
     ]);
-    let max_streams = core.settings.streams.max_per_connection;
     let s = Services::new(core, shutdown);
     let mut server = tonic::transport::Server::builder();
     if let Some(tls) = tls {

@@ -23,7 +23,6 @@ use crate::core::capabilities::MAX_EXTEND_DAYS;
 use crate::core::lifecycle::NewOnboardingRequest;
 use crate::domain::{AccountId, ChannelId, OnboardingId, ProviderKind, RequestId, TenantId};
 use crate::error::AppError;
-use crate::providers::exotel::MAX_BATCH;
 use crate::providers::{ChannelMode, ConnectMethod, SubscriptionSpec};
 use crate::store::{OnboardingFilter, PageRequest};
 
@@ -249,7 +248,7 @@ impl TryFrom<(&Caller, pb::CreateOnboardingRequest)> for CreateOnboarding {
 pub(super) struct CreateOnboardingLinks {
     /// The (Exotel) account.
     pub(super) account: AccountId,
-    /// Links to mint, within `1..=MAX_BATCH` (docs/providers.md §2.2).
+    /// Links to mint, at least 1 (at most the provider's batch limit, checked by the core).
     pub(super) count: u32,
     /// Caller's reference for every link.
     pub(super) reference: String,
@@ -262,12 +261,9 @@ impl TryFrom<(&Caller, pb::CreateOnboardingLinksRequest)> for CreateOnboardingLi
     fn try_from((caller, r): (&Caller, pb::CreateOnboardingLinksRequest)) -> Result<Self, AppError> {
         let limits = limits_of(&r);
         let account = name_field("account", account_name(&caller.tenant, "account", &r.account));
-        let count = u32::try_from(r.count).ok().filter(|c| (1..=MAX_BATCH).contains(c)).ok_or_else(|| {
-            Invalid::one(
-                "count",
-                format!("must be between 1 and {MAX_BATCH} (Exotel mints at most {MAX_BATCH} links per call)"),
-            )
-        });
+        // The upper bound is the provider's (`HostedLinkOps::max_batch`), checked by the core.
+        let count =
+            u32::try_from(r.count).ok().filter(|c| *c >= 1).ok_or_else(|| Invalid::one("count", "must be at least 1"));
         let rid = request_id(&r.request_id);
         let ((), account, count, request_id) = (limits, account, count, rid).all()?;
         Ok(Self { account, count, reference: r.reference, request_id })

@@ -9,7 +9,7 @@ use async_trait::async_trait;
 
 use super::http::TokenStatus;
 use super::{CallContext, ProviderError, ProviderHandle};
-use crate::domain::{E164, Secret, UnixMs};
+use crate::domain::{E164, OnboardingState, Secret, UnixMs};
 
 /// An onboarded provider resource (Gupshup app, Whapi channel) and its secret (app token,
 /// channel token), which most resource-level calls authenticate with.
@@ -77,6 +77,13 @@ pub struct ProviderSubscription {
 /// Subscription management on an onboarded resource.
 #[async_trait]
 pub trait SubscriptionOps: Send + Sync {
+    /// Whether an onboarding in `state` can take a new subscription, before any call:
+    /// `Err(reason)` when the provider would refuse (Gupshup: only a live app). Default: any.
+    fn accepts_subscriptions(&self, state: OnboardingState) -> Result<(), String> {
+        let _ = state;
+        Ok(())
+    }
+
     /// Creates one. Invalid specs are [`ProviderError::Invalid`] with a field path under
     /// `spec.` before any call; a taken tag is [`ProviderError::Conflict`].
     async fn create_subscription(
@@ -165,6 +172,10 @@ pub struct LinkTokenStatus {
 /// Hosted links minted in batches (Exotel ISV).
 #[async_trait]
 pub trait HostedLinkOps: Send + Sync {
+    /// The most links one [`HostedLinkOps::mint_links`] call mints (Exotel: 50).
+    fn max_batch(&self) -> u32;
+    /// The start payload of an onboarding made from a minted link.
+    fn link_payload(&self) -> super::StartPayload;
     /// Mints `count` links in as few calls as the provider allows (Exotel: one call, at
     /// most 50). Not idempotent at the provider: unused extra links lapse harmlessly.
     async fn mint_links(&self, ctx: &CallContext, count: u32) -> Result<Vec<MintedLink>, ProviderError>;

@@ -11,6 +11,7 @@ use async_trait::async_trait;
 
 use crate::domain::{Capability, ProviderKind};
 
+pub mod accounts;
 pub mod builtin;
 #[cfg(any(test, feature = "conformance"))]
 pub mod conformance;

@@ -84,7 +84,13 @@ async fn sandbox_mode_runs_simulators_and_gives_the_dev_tenant_accounts() {
     );
     assert!(accounts.accounts.iter().all(|a| a.sandbox && a.credentials.is_none()));
     // The simulators answer on the endpoints the core knows.
-    let ep = app.running().core.sandbox.clone().expect("endpoints");
-    let r = reqwest::get(format!("{}/_sim/counters", ep.whapi_manager)).await.unwrap();
+    let options = wa_onboard::domain::account::AccountOptions::default();
+    let whapi = app
+        .running()
+        .core
+        .endpoints()
+        .base_url(wa_onboard::domain::ProviderKind::Whapi, &options, true)
+        .expect("sandbox");
+    let r = reqwest::get(format!("{whapi}/_sim/counters")).await.unwrap();
     assert!(r.status().is_success());
 }

@@ -140,6 +140,13 @@ fn stored(id: &str, spec: &SubscriptionSpec) -> ProviderSubscription {
 
 #[async_trait]
 impl SubscriptionOps for Fake {
+    /// Playing Gupshup, the fake keeps Gupshup's rule (its adapter's `accepts_subscriptions`).
+    fn accepts_subscriptions(&self, state: OnboardingState) -> Result<(), String> {
+        if self.kind == ProviderKind::Gupshup && state != OnboardingState::Live {
+            return Err("Gupshup subscriptions need a LIVE app".into());
+        }
+        Ok(())
+    }
     async fn create_subscription(
         &self,
         _ctx: &CallContext,
@@ -232,6 +239,12 @@ impl PartnerTokenOps for Fake {
 
 #[async_trait]
 impl HostedLinkOps for Fake {
+    fn max_batch(&self) -> u32 {
+        50
+    }
+    fn link_payload(&self) -> wa_onboard::providers::StartPayload {
+        wa_onboard::providers::StartPayload::Exotel
+    }
     async fn mint_links(&self, _ctx: &CallContext, _count: u32) -> Result<Vec<MintedLink>, ProviderError> {
         Ok(Vec::new())
     }

@@ -5,7 +5,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use wa_onboard::core::callbacks::{Handed, Handoff};
+use wa_onboard::core::callbacks::Handed;
 use wa_onboard::domain::{OnboardingId, ProviderKind, StepState, now_ms};
 use wa_onboard::grpc::pb;
 use wa_onboard::providers::{InMemoryProvider, Provider, ProviderError, ProviderRegistry};
@@ -643,19 +643,16 @@ async fn events_handed_to_an_engine_that_died_are_claimed_once_their_lease_lapse
     let url = account(&app, "acme").await;
     let a = keyed(&app, "acme", "key-a").await;
     // A replica with an engine takes the webhook: stored leased to it, queued in its memory.
-    let mut dead = app.running().core.clone();
-    let mut settings = (*dead.settings).clone();
+    let mut settings = app.running().core.settings().clone();
     settings.engine.enabled = true;
     settings.engine.lease_secs = 1;
-    dead.settings = Arc::new(settings);
-    dead.worker_id = "replica-that-dies".into();
-    dead.webhook_handoff = Arc::new(Handoff::default());
+    let dead = app.running().core.other_replica(settings);
     let secret = url.rsplit('/').next().unwrap();
     let body = fake.render_callback_at("a-1", "key-a", "LIVE", 1000);
     let acme = app.account_key("acme").await;
     let intake = dead.ingest_webhook("gupshup", acme.as_str(), secret, &body).await.unwrap();
     assert_eq!(intake.accepted, 1);
-    assert_eq!(dead.webhook_handoff.len(), 1);
+    assert_eq!(dead.handed_over(), 1);
     // It dies before applying: the queue is gone, the row is pending under its lease.
     drop(dead);
     let live = &app.running().core;

@@ -477,7 +477,7 @@ async fn the_app_token_goes_to_its_owner_only_and_each_read_is_audited_without_i
     assert_eq!(tok.resource_id, g.app_id);
     assert!(tok.expire_time.is_none(), "Gupshup app tokens do not expire");
     // The very token Gupshup holds for the app (get-or-create answers the same one).
-    let sim_url = app.running().core.sandbox.as_ref().expect("endpoints").gupshup.clone();
+    let sim_url = app.running().sandbox.as_ref().expect("sandbox").endpoints().gupshup;
     let http = reqwest::Client::new();
     let login: serde_json::Value = http
         .post(format!("{sim_url}/partner/account/login"))

@@ -36,7 +36,7 @@ use tracing::Instrument;
 pub use self::plan::{first_deadline, initial_steps};
 use super::Core;
 use super::pipeline_rows::{details_map, log_change, set_engine_field};
-// `capabilities.rs` still reaches this helper through the engine.
+// `capabilities/channels.rs` still reaches this helper through the engine.
 pub(crate) use super::pipeline_rows::skip_unfinished;
 use crate::domain::{StepState, now_ms};
 use crate::error::AppError;

@@ -4,8 +4,6 @@ use tonic::{Request, Response};
 
 use super::{BoxStream, Res, Services, ok, stream};
 use crate::core::onboardings::StreamItem;
-use crate::domain::ProviderKind;
-use crate::error::AppError;
 use crate::grpc::auth::{caller, caller_ref};
 use crate::grpc::convert::{event_to_pb, onboarding_to_pb, page_token, ts};
 use crate::grpc::limits;
@@ -30,15 +28,6 @@ impl pb::onboarding_service_server::OnboardingService for Services {
         let caller = caller(&req)?;
         let r = CreateOnboardingLinks::try_from((&caller, req.into_inner()))?;
         let id = r.account;
-        let account = self.core.get_account(&caller, &id).await?;
-        if account.record.provider != ProviderKind::Exotel {
-            return Err(AppError::precondition(format!(
-                "CreateOnboardingLinks needs an Exotel account; accounts/{} is {}",
-                id.name(),
-                account.record.provider
-            ))
-            .into());
-        }
         ok(self.core.create_links(&caller, &id, r.count, &r.reference, r.request_id.as_deref()).await.map(
             |(os, batch)| pb::CreateOnboardingLinksResponse {
                 onboardings: os.iter().map(onboarding_to_pb).collect(),

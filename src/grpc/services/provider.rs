@@ -32,8 +32,8 @@ impl pb::provider_service_server::ProviderService for Services {
                 provider: provider_to_pb(p) as i32,
                 display_name: p.display_name().to_string(),
                 capabilities: p.capabilities().iter().map(|c| capability_to_pb(*c) as i32).collect(),
-                implemented: self.core.providers.implemented(p),
-                sandbox_available: self.core.sandbox_running,
+                implemented: self.core.implemented(p),
+                sandbox_available: self.core.sandbox_running(),
                 account_count: counts.get(&p).copied().unwrap_or(0),
             })
             .collect();

@@ -11,7 +11,21 @@ use url::Url;
 use super::model::Envelope;
 use crate::domain::Secret;
 use crate::providers::ProviderError;
+use crate::providers::accounts::CredentialProblem;
 use crate::providers::http::{BodyError, ErrorBody, HttpClient, HttpFailure, RetryPolicy, retry};
+
+/// What 99digital credentials need before any call: the partner dashboard's `client_id` and
+/// `client_secret`, both required by the access-token call (docs/providers.md §4.1 [C]).
+pub fn credential_problems(client_id: &str, client_secret: &Secret) -> Vec<CredentialProblem> {
+    let mut out = Vec::new();
+    if client_id.trim().is_empty() {
+        out.push(CredentialProblem::new("client_id", "is required"));
+    }
+    if client_secret.is_empty() {
+        out.push(CredentialProblem::new("client_secret", "is required"));
+    }
+    out
+}
 
 /// 99digital reason codes and what they mean for us. Documented ones are [C] (docs/providers.md
 /// §4); the rest are [I]: 99digital publishes no value for them, and these are the values

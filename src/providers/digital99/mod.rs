@@ -33,6 +33,7 @@ use serde_json::json;
 use sha2::{Digest, Sha256};
 use tokio::time::Instant;
 
+pub use self::client::credential_problems;
 use self::client::{CallError, Client, NO_BODY, login_error, reason};
 use self::model::{
     AccountItem, AccountsAnswer, CreateAccountAnswer, CreateAccountRequest, DeleteAccountRequest, Envelope,
@@ -76,7 +77,7 @@ pub const STEP_CREATE_ACCOUNT: &str = "create_account";
 pub const STEP_AWAIT_CUSTOMER: &str = "await_customer";
 /// Wrong verification codes accepted before the onboarding fails.
 pub const MAX_WRONG_CODES: u64 = 5;
-/// The production API host (paths start with `/api`).
+/// The production API host; every path starts with `/api` (docs/providers.md §4.1 [C]).
 pub const DEFAULT_BASE_URL: &str = "https://partners.99digital.co.il";
 
 /// Documented access-token lifetime [C].

@@ -9,10 +9,27 @@ use url::Url;
 use super::model::{Envelope, ValidateData, create_urls};
 use crate::domain::Secret;
 use crate::domain::account::Credentials;
+use crate::providers::accounts::CredentialProblem;
 use crate::providers::http::{
     BodyError, ErrorBody, HttpClient, HttpFailure, RateLimiter, RetryPolicy, rate_key, retry,
 };
 use crate::providers::{CallContext, ProviderError};
+
+/// What Exotel credentials need before any call: the account SID, API key and API token of the
+/// dashboard's API settings page, none empty (docs/providers.md §2.1 [C]).
+pub fn credential_problems(account_sid: &str, api_key: &str, api_token: &Secret) -> Vec<CredentialProblem> {
+    let mut out = Vec::new();
+    if account_sid.trim().is_empty() {
+        out.push(CredentialProblem::new("account_sid", "is required"));
+    }
+    if api_key.trim().is_empty() {
+        out.push(CredentialProblem::new("api_key", "is required"));
+    }
+    if api_token.is_empty() {
+        out.push(CredentialProblem::new("api_token", "is required"));
+    }
+    out
+}
 
 /// [I] The `access_token` [`Client::check`] validates (docs/providers.md §2.5, CheckAccount): not
 /// shaped like a token Exotel hands out (a UUID: hex digits and `-`), so a documented 400

@@ -23,6 +23,7 @@ use std::time::Duration;
 use async_trait::async_trait;
 use serde_json::json;
 
+pub use self::client::credential_problems;
 use self::client::{Account, Client, MintAttempts};
 use super::builtin::AdapterDeps;
 use super::{
@@ -30,7 +31,7 @@ use super::{
     MintedLink, Observation, Provider, ProviderError, ProviderFactory, ProviderHandle, StartOutcome, StartPayload,
     StartRequest, StepOutcome, StepRun, StepSpec,
 };
-use crate::domain::account::ExotelRegion;
+use crate::domain::account::{AccountOptions, ExotelRegion};
 use crate::domain::{Capability, OnboardingState, ProviderKind, UnixMs, now_ms};
 use crate::error::AppError;
 
@@ -97,6 +98,12 @@ pub fn region_base_url(region: ExotelRegion) -> &'static str {
         ExotelRegion::Singapore => SINGAPORE_BASE_URL,
         ExotelRegion::Mumbai => MUMBAI_BASE_URL,
     }
+}
+
+/// The public base URL of an account: its region's cluster, Singapore unless it says Mumbai
+/// (docs/providers.md §2.1 [C]).
+pub fn public_base_url(options: &AccountOptions) -> &'static str {
+    region_base_url(options.exotel_region.unwrap_or_default())
 }
 
 /// What this adapter offers: no cancel (Exotel has no call to revoke a link; it lapses).
@@ -424,6 +431,14 @@ impl Provider for ExotelProvider {
 
 #[async_trait]
 impl HostedLinkOps for ExotelProvider {
+    fn max_batch(&self) -> u32 {
+        MAX_BATCH
+    }
+
+    fn link_payload(&self) -> StartPayload {
+        StartPayload::Exotel
+    }
+
     async fn mint_links(&self, ctx: &CallContext, count: u32) -> Result<Vec<MintedLink>, ProviderError> {
         if !(1..=MAX_BATCH).contains(&count) {
             return Err(ProviderError::Invalid {

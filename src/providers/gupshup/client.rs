@@ -30,6 +30,10 @@ use crate::providers::http::{
 };
 use crate::providers::{CallContext, ProviderError};
 
+/// The partner API's one host; every path starts with `/partner/` and there are no regional
+/// hosts (docs/providers.md §1.1 [C]).
+pub const BASE_URL: &str = "https://partner.gupshup.io";
+
 /// Provider name in rate keys and error classes.
 const PROVIDER: &str = "gupshup";
 
@@ -45,6 +49,14 @@ pub struct Limit {
     pub max: u32,
     /// Window length.
     pub window: Duration,
+}
+
+impl Limit {
+    /// This limit with `max` and `window` replaced where given: configured overrides, the
+    /// unset parts keeping this (documented) value.
+    pub fn with(self, max: Option<u32>, window: Option<Duration>) -> Self {
+        Self { max: max.unwrap_or(self.max), window: window.unwrap_or(self.window) }
+    }
 }
 
 /// The limits the adapter enforces per credential (docs/providers.md 1.5). Tests shorten the

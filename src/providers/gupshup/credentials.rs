@@ -7,9 +7,24 @@
 
 use std::time::Duration;
 
-use crate::domain::UnixMs;
 use crate::domain::account::AccountOptions;
+use crate::domain::{Secret, UnixMs};
+use crate::providers::accounts::CredentialProblem;
 use crate::providers::{CredentialExpiry, CredentialExpiryState, ProviderError};
+
+/// What Gupshup credentials need before any call: the partner portal's login email and its
+/// client secret (docs/providers.md §1.2 [C]).
+pub fn credential_problems(email: &str, secret: &Secret) -> Vec<CredentialProblem> {
+    let mut out = Vec::new();
+    // An address fits in 320 characters (64 local + @ + 255 domain).
+    if !email.contains('@') || email.len() > 320 {
+        out.push(CredentialProblem::new("email", "must be an email address"));
+    }
+    if secret.is_empty() {
+        out.push(CredentialProblem::new("secret", "is required"));
+    }
+    out
+}
 
 /// [I] How long before the client secret's expiry we start warning. Gupshup sends no
 /// reminder ("expiry reminders" are only on its roadmap, docs/providers.md §1.2 [C]); 14 days

@@ -11,8 +11,10 @@ mod credentials;
 #[cfg(test)]
 mod fuzz;
 mod model;
+mod subscriptions;
 #[cfg(test)]
 mod tests;
+mod validation;
 mod webhook;
 
 use std::collections::BTreeMap;
@@ -22,20 +24,24 @@ use std::time::Duration;
 use async_trait::async_trait;
 use serde_json::{Value, json};
 
+pub use client::{BASE_URL, GupshupLimits, Limit};
 use client::{Client, LinkForm, Linked};
-pub use client::{GupshupLimits, Limit};
+pub use credentials::credential_problems;
 use model::{
-    CREATION_DONE, CREATION_ERROR, LIVE_NEEDS_FINALIZE, MODE_BITS, PIPELINE_FINALIZE, PIPELINE_RETRIES,
-    PipelineResponse, STORAGE_REGIONS, WireSubscription, error_is_final, modes_of_mask, scalar_text,
+    CREATION_DONE, CREATION_ERROR, LIVE_NEEDS_FINALIZE, PIPELINE_FINALIZE, PIPELINE_RETRIES, PipelineResponse,
+    error_is_final, scalar_text,
 };
+
+use subscriptions::{create_form, to_domain};
+pub use validation::{APP_NAME_RE, DEFAULT_SUBSCRIPTION_VERSION};
+use validation::{validate_spec, validate_start};
 
 use super::builtin::AdapterDeps;
 use super::http::TokenStatus;
 use super::{
     CallContext, CallbackEvent, CancelOutcome, CreateScope, CredentialsCheck, GupshupStart, Observation,
-    PartnerTokenOps, Provider, ProviderError, ProviderFactory, ProviderHandle, ProviderSubscription, ResourceRef,
-    StartOutcome, StartPayload, StartRequest, StepOutcome, StepRun, StepSpec, SubscriptionOps, SubscriptionSpec,
-    WebhookMode,
+    PartnerTokenOps, Provider, ProviderError, ProviderFactory, ProviderHandle, ProviderSubscription, StartOutcome,
+    StartPayload, StartRequest, StepOutcome, StepRun, StepSpec, SubscriptionOps, SubscriptionSpec,
 };
 use crate::domain::{Capability, OnboardingState, ProviderKind, Secret};
 use crate::error::AppError;
@@ -427,296 +433,6 @@ fn observe(p: &PipelineResponse) -> Observation {
     Observation { raw_status: format!("{creation}/{stage}"), fields, state: Some(state), reason }
 }
 
-fn invalid(field: &str, message: impl Into<String>) -> ProviderError {
-    ProviderError::Invalid { field: Some(field.to_string()), message: message.into(), raw: String::new() }
-}
-
-/// Checks a start request before any call and builds the link form.
-fn validate_start<'a>(ctx: &CallContext, req: &'a StartRequest) -> Result<(&'a GupshupStart, LinkForm), ProviderError> {
-    let StartPayload::Gupshup(start) = &req.payload else {
-        return Err(ProviderError::Invalid {
-            field: None,
-            message: format!("a {} request cannot start a Gupshup onboarding", req.payload.kind()),
-            raw: String::new(),
-        });
-    };
-    validate_app_name(&start.app_name)?;
-    let (region, field) = match &start.storage_region {
-        Some(r) if !r.is_empty() => (Some(r.clone()), "gupshup.storage_region"),
-        _ => (ctx.options.storage_region.clone().filter(|r| !r.is_empty()), "account.options.gupshup.storage_region"),
-    };
-    if let Some(r) = &region
-        && !STORAGE_REGIONS.contains(&r.as_str())
-    {
-        return Err(invalid(field, format!("unknown storage region '{r}' (one of {})", STORAGE_REGIONS.join(", "))));
-    }
-    if let Some(spec) = &start.subscribe_on_live {
-        validate_spec(spec, "gupshup.subscription.")?;
-    }
-    let form = LinkForm {
-        name: start.app_name.trim().to_string(),
-        waba_id: start.waba_id.as_str().to_string(),
-        // E.164 digits without '+' [C].
-        phone: start.phone.digits().to_string(),
-        storage_region: region,
-    };
-    Ok((start, form))
-}
-
-/// The app-name rule [I], as a pattern (checked by [`validate_app_name`], no regex engine):
-/// the vendor says "Should be between 6 - 150 characters. Should not conflict with any other
-/// Gupshup App. Special Characters are not allowed." (docs/providers.md §1.3.2 [C]) without saying
-/// whether `_`, `-` or a space is "special"; a public client test expects exactly this
-/// pattern [C2], so only ASCII letters and digits pass (docs/providers.md §1.7 #14).
-pub const APP_NAME_RE: &str = "^[A-Za-z0-9]{6,150}$";
-
-/// Checks the (trimmed) app name against [`APP_NAME_RE`] before any call, with the vendor's
-/// own words (docs/providers.md §1.3.2: 400 `App name should be between 6 to 150 characters in
-/// length`, 400 `Invalid characters used in app name`).
-fn validate_app_name(name: &str) -> Result<(), ProviderError> {
-    const FIELD: &str = "gupshup.app_name";
-    let name = name.trim();
-    let len = name.chars().count();
-    if !(6..=150).contains(&len) {
-        return Err(invalid(FIELD, format!("should be between 6 - 150 characters, got {len}")));
-    }
-    if let Some(c) = name.chars().find(|c| !c.is_ascii_alphanumeric()) {
-        return Err(invalid(
-            FIELD,
-            format!("special characters are not allowed: only letters A-Z, a-z and digits 0-9, found {c:?}"),
-        ));
-    }
-    Ok(())
-}
-
-/// Whether `s` is an absolute http(s) URL with a host (Gupshup: "Invalid URL Passed").
-fn valid_url(s: &str) -> bool {
-    url::Url::parse(s)
-        .is_ok_and(|u| matches!(u.scheme(), "http" | "https") && u.host_str().is_some_and(|h| !h.is_empty()))
-}
-
-/// The spec's checks that need no call (1.3.5): URL, modes, version, tag, no Whapi mode.
-/// `prefix` is the field path of the spec (`spec.` for the subscription RPCs).
-fn validate_spec(spec: &SubscriptionSpec, prefix: &str) -> Result<(), ProviderError> {
-    // The version the call will send: an unset (0) version means the default.
-    let spec = &SubscriptionSpec { version: requested_version(spec.version), ..spec.clone() };
-    check_url(spec, prefix)?;
-    check_version(spec, prefix)?;
-    check_events(spec, prefix)?;
-    check_tag(spec, prefix)?;
-    check_mode(spec, prefix)?;
-    check_headers(spec, prefix)
-}
-
-fn check_url(spec: &SubscriptionSpec, prefix: &str) -> Result<(), ProviderError> {
-    if valid_url(&spec.url) { Ok(()) } else { Err(invalid(&format!("{prefix}url"), "must be an absolute http(s) URL")) }
-}
-
-// issue 17 point 14: modes per version, default version.
-
-/// Every payload version a vendor page accepts: `0,1,2,3` on the TPP guide and older pages,
-/// `2, 3` on the current `setsubscription-api-v3` page (docs/providers.md §1.3.5 [C]).
-const SUBSCRIPTION_VERSIONS: [i32; 4] = [0, 1, 2, 3];
-
-/// The version sent when the caller leaves it unset (proto `0`): 3, the only version on
-/// every vendor list (docs/providers.md §1.3.5, §1.7 #14 [C]), and the one whose samples send
-/// `OTHERS`, `TEMPLATE` and `ACCOUNT`.
-pub const DEFAULT_SUBSCRIPTION_VERSION: i32 = 3;
-
-/// Versions 0..=3, and version 3 alone.
-const ANY_VERSION: &[i32] = &SUBSCRIPTION_VERSIONS;
-const V3_ONLY: &[i32] = &[3];
-
-/// The one table of subscription modes and the versions each is accepted with
-/// (docs/providers.md §1.3.5, §1.7 #14). The current v3 page lists SENT, DELIVERED, READ, FAILED,
-/// OTHERS, PAYMENTS, MESSAGE, BILLING, FLOWS_MESSAGE, TEMPLATE, ACCOUNT, ENQUEUED and its
-/// `version=3` sample sends TEMPLATE and ACCOUNT [C] (the older "for version 3 TEMPLATE,
-/// ACCOUNT, COPY are not supported" is superseded there); NONE, DELETED and ALL come from the
-/// older lists [C]; OTHERS, ALL, PAYMENTS, FLOWS_MESSAGE are "[Only for v3]" [C2]. COPY is in
-/// no list of valid modes [C]: it is named here (no version) so it is refused as unsupported.
-const SUBSCRIPTION_MODES: [(&str, &[i32]); 16] = [
-    ("NONE", ANY_VERSION),
-    ("SENT", ANY_VERSION),
-    ("DELIVERED", ANY_VERSION),
-    ("READ", ANY_VERSION),
-    ("DELETED", ANY_VERSION),
-    ("FAILED", ANY_VERSION),
-    ("MESSAGE", ANY_VERSION),
-    ("TEMPLATE", ANY_VERSION),
-    ("ACCOUNT", ANY_VERSION),
-    ("BILLING", ANY_VERSION),
-    ("ENQUEUED", ANY_VERSION),
-    ("OTHERS", V3_ONLY),
-    ("FLOWS_MESSAGE", V3_ONLY),
-    ("PAYMENTS", V3_ONLY),
-    ("ALL", V3_ONLY),
-    ("COPY", &[]),
-];
-
-/// The version a request asks for: unset (0) is [`DEFAULT_SUBSCRIPTION_VERSION`].
-fn requested_version(version: i32) -> i32 {
-    if version == 0 { DEFAULT_SUBSCRIPTION_VERSION } else { version }
-}
-
-fn check_version(spec: &SubscriptionSpec, prefix: &str) -> Result<(), ProviderError> {
-    if SUBSCRIPTION_VERSIONS.contains(&spec.version) {
-        Ok(())
-    } else {
-        Err(invalid(
-            &format!("{prefix}version"),
-            format!("must be 1, 2 or 3 (unset = {DEFAULT_SUBSCRIPTION_VERSION}), got {}", spec.version),
-        ))
-    }
-}
-
-/// Modes against [`SUBSCRIPTION_MODES`] for the spec's version.
-fn check_events(spec: &SubscriptionSpec, prefix: &str) -> Result<(), ProviderError> {
-    let field = format!("{prefix}events");
-    if spec.events.is_empty() {
-        return Err(invalid(&field, "at least one mode is required"));
-    }
-    for e in &spec.events {
-        let m = e.trim();
-        let Some((_, versions)) = SUBSCRIPTION_MODES.iter().find(|(name, _)| *name == m) else {
-            let known: Vec<&str> = SUBSCRIPTION_MODES.iter().filter(|(_, v)| !v.is_empty()).map(|(n, _)| *n).collect();
-            return Err(invalid(&field, format!("unknown mode '{m}' (one of {})", known.join(", "))));
-        };
-        match *versions {
-            [] => return Err(invalid(&field, format!("mode '{m}' is not supported by Gupshup"))),
-            v if !v.contains(&spec.version) => {
-                return Err(invalid(
-                    &field,
-                    format!(
-                        "mode '{m}' needs version {}",
-                        v.iter().map(i32::to_string).collect::<Vec<_>>().join(" or ")
-                    ),
-                ));
-            }
-            _ => {}
-        }
-    }
-    Ok(())
-}
-
-fn check_tag(spec: &SubscriptionSpec, prefix: &str) -> Result<(), ProviderError> {
-    let field = format!("{prefix}tag");
-    if spec.tag.trim().is_empty() {
-        return Err(invalid(&field, "a tag is required (unique per app)"));
-    }
-    if spec.tag.chars().any(char::is_control) {
-        return Err(invalid(&field, "must not contain control characters"));
-    }
-    Ok(())
-}
-
-fn check_mode(spec: &SubscriptionSpec, prefix: &str) -> Result<(), ProviderError> {
-    if spec.mode == WebhookMode::Unspecified {
-        Ok(())
-    } else {
-        Err(invalid(&format!("{prefix}mode"), "Gupshup has no delivery mode; leave it unspecified"))
-    }
-}
-
-fn check_headers(spec: &SubscriptionSpec, prefix: &str) -> Result<(), ProviderError> {
-    match spec.headers.keys().find(|k| http::HeaderName::from_bytes(k.as_bytes()).is_err()) {
-        Some(k) => Err(invalid(&format!("{prefix}headers"), format!("'{k}' is not a valid header name"))),
-        None => Ok(()),
-    }
-}
-
-/// `meta` = `{"headers":{…}}` [C2]; header values are secrets and go in the body only.
-fn meta_of(spec: &SubscriptionSpec) -> String {
-    let headers: serde_json::Map<String, Value> =
-        spec.headers.iter().map(|(k, v)| (k.clone(), Value::String(v.expose().to_string()))).collect();
-    json!({ "headers": headers }).to_string()
-}
-
-fn modes_csv(spec: &SubscriptionSpec) -> String {
-    spec.events.iter().map(|e| e.trim()).collect::<Vec<_>>().join(",")
-}
-
-/// Create form (1.3.5). `active` is not a documented create field: Gupshup creates active
-/// subscriptions (the proto's "defaults to true on create").
-fn create_form(spec: &SubscriptionSpec) -> Vec<(&'static str, String)> {
-    let mut f = vec![
-        ("modes", modes_csv(spec)),
-        ("tag", spec.tag.clone()),
-        ("url", spec.url.clone()),
-        ("version", requested_version(spec.version).to_string()),
-    ];
-    if !spec.headers.is_empty() {
-        f.push(("meta", meta_of(spec)));
-    }
-    f
-}
-
-/// Fields an update may name (proto field names of `SubscriptionSpec`).
-const UPDATABLE: [&str; 7] = ["url", "events", "tag", "version", "headers", "mode", "active"];
-
-/// The domain view of a wire subscription. Header values are never read back: names only,
-/// with redacted placeholder values.
-fn to_domain(w: WireSubscription) -> ProviderSubscription {
-    let events = match w.modes {
-        Some(m) => m,
-        None => modes_of_mask(w.mode.unwrap_or(0)),
-    };
-    let version = w
-        .version
-        .as_ref()
-        .and_then(|v| v.as_i64().or_else(|| v.as_str().and_then(|s| s.trim().parse().ok())))
-        .and_then(|v| i32::try_from(v).ok())
-        .unwrap_or(0);
-    let meta: Option<Value> = match w.meta {
-        Some(Value::String(s)) => serde_json::from_str(&s).ok(),
-        other => other,
-    };
-    let headers = meta
-        .as_ref()
-        .and_then(|m| m.get("headers"))
-        .and_then(Value::as_object)
-        .map(|h| h.keys().map(|k| (k.clone(), Secret::new("[REDACTED]"))).collect())
-        .unwrap_or_default();
-    let provider_mode = w.mode.unwrap_or_else(|| {
-        events.iter().filter_map(|e| MODE_BITS.iter().position(|b| b == e)).fold(0i64, |acc, i| acc | (1 << i))
-    });
-    ProviderSubscription {
-        id: scalar_text(&w.id).unwrap_or_default(),
-        spec: SubscriptionSpec {
-            url: w.url,
-            events,
-            tag: w.tag,
-            version,
-            headers,
-            mode: WebhookMode::Unspecified,
-            active: w.active.unwrap_or(true),
-        },
-        provider_mode,
-        created_ms: w.created_on,
-        updated_ms: w.modified_on,
-    }
-}
-
-/// The app a subscription RPC acts on.
-fn app_of_target(target: &ResourceRef) -> Result<&str, ProviderError> {
-    let key = target.handle.external_key.as_str();
-    if key.is_empty() {
-        return Err(ProviderError::Precondition {
-            raw: String::new(),
-            message: "the onboarding has no Gupshup app yet".into(),
-        });
-    }
-    Ok(key)
-}
-
-/// The subscription id as a path segment: Gupshup ids are numeric strings [C].
-fn check_subscription_id(id: &str) -> Result<(), ProviderError> {
-    if !id.is_empty() && id.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_') {
-        Ok(())
-    } else {
-        Err(invalid("subscription_id", "not a Gupshup subscription id"))
-    }
-}
-
 #[async_trait]
 impl Provider for GupshupProvider {
     fn kind(&self) -> ProviderKind {
@@ -827,144 +543,5 @@ impl PartnerTokenOps for GupshupProvider {
 
     fn partner_token_status(&self) -> TokenStatus {
         self.client.partner_status()
-    }
-}
-
-#[async_trait]
-impl SubscriptionOps for GupshupProvider {
-    async fn create_subscription(
-        &self,
-        ctx: &CallContext,
-        target: &ResourceRef,
-        spec: &SubscriptionSpec,
-    ) -> Result<ProviderSubscription, ProviderError> {
-        validate_spec(spec, "spec.")?;
-        let app_id = app_of_target(target)?;
-        let (existing, token) = self.client.list_subscriptions(ctx, app_id, target.secret.as_ref()).await?;
-        if let Some(s) = existing.iter().find(|s| s.tag == spec.tag) {
-            return Err(ProviderError::Conflict {
-                raw: String::new(),
-                message: format!(
-                    "tag '{}' is already used by subscription {}",
-                    spec.tag,
-                    scalar_text(&s.id).unwrap_or_default()
-                ),
-            });
-        }
-        let created = self.client.create_subscription(ctx, app_id, Some(&token), &create_form(spec)).await?;
-        Ok(to_domain(created))
-    }
-
-    async fn list_subscriptions(
-        &self,
-        ctx: &CallContext,
-        target: &ResourceRef,
-    ) -> Result<Vec<ProviderSubscription>, ProviderError> {
-        let app_id = app_of_target(target)?;
-        let (list, _) = self.client.list_subscriptions(ctx, app_id, target.secret.as_ref()).await?;
-        Ok(list.into_iter().map(to_domain).collect())
-    }
-
-    async fn get_subscription(
-        &self,
-        ctx: &CallContext,
-        target: &ResourceRef,
-        id: &str,
-    ) -> Result<ProviderSubscription, ProviderError> {
-        check_subscription_id(id)?;
-        let app_id = app_of_target(target)?;
-        Ok(to_domain(self.client.get_subscription(ctx, app_id, target.secret.as_ref(), id).await?))
-    }
-
-    async fn update_subscription(
-        &self,
-        ctx: &CallContext,
-        target: &ResourceRef,
-        id: &str,
-        spec: &SubscriptionSpec,
-        fields: &[String],
-    ) -> Result<ProviderSubscription, ProviderError> {
-        check_subscription_id(id)?;
-        let app_id = app_of_target(target)?;
-        let mut named: Vec<&str> = Vec::new();
-        for f in fields {
-            let name = f.strip_prefix("spec.").or_else(|| f.strip_prefix("subscription.")).unwrap_or(f);
-            if !UPDATABLE.contains(&name) {
-                return Err(invalid(
-                    "update_mask",
-                    format!("'{f}' cannot be updated (one of {})", UPDATABLE.join(", ")),
-                ));
-            }
-            named.push(name);
-        }
-        let all = named.is_empty();
-        let has = |n: &str| all || named.contains(&n);
-        // Checks that need no call first.
-        if has("url") {
-            check_url(spec, "spec.")?;
-        }
-        if has("version") {
-            check_version(spec, "spec.")?;
-        }
-        if has("tag") {
-            check_tag(spec, "spec.")?;
-        }
-        if has("mode") {
-            check_mode(spec, "spec.")?;
-        }
-        if has("headers") {
-            check_headers(spec, "spec.")?;
-        }
-        // Modes depend on the version, which may be the current one: merge, then check.
-        let current = to_domain(self.client.get_subscription(ctx, app_id, target.secret.as_ref(), id).await?);
-        let mut effective = current.spec.clone();
-        if has("version") {
-            effective.version = requested_version(spec.version);
-        }
-        if has("events") {
-            effective.events = spec.events.clone();
-        }
-        check_events(&effective, "spec.")?;
-        if has("tag") && spec.tag != current.spec.tag {
-            let (list, _) = self.client.list_subscriptions(ctx, app_id, target.secret.as_ref()).await?;
-            if list.iter().any(|s| s.tag == spec.tag && scalar_text(&s.id).as_deref() != Some(id)) {
-                return Err(ProviderError::Conflict {
-                    raw: String::new(),
-                    message: format!("tag '{}' is already used by another subscription of this app", spec.tag),
-                });
-            }
-        }
-        let mut form: Vec<(&str, String)> = Vec::new();
-        if has("url") {
-            form.push(("url", spec.url.clone()));
-        }
-        if has("events") || has("version") {
-            form.push(("modes", modes_csv(&effective)));
-        }
-        if has("tag") {
-            form.push(("tag", spec.tag.clone()));
-        }
-        if has("version") {
-            form.push(("version", requested_version(spec.version).to_string()));
-        }
-        if has("headers") {
-            form.push(("meta", meta_of(spec)));
-        }
-        if has("active") {
-            form.push(("active", spec.active.to_string()));
-        }
-        let updated = self.client.update_subscription(ctx, app_id, target.secret.as_ref(), id, &form).await?;
-        Ok(to_domain(updated))
-    }
-
-    async fn delete_subscription(
-        &self,
-        ctx: &CallContext,
-        target: &ResourceRef,
-        id: &str,
-    ) -> Result<(), ProviderError> {
-        check_subscription_id(id)?;
-        let app_id = app_of_target(target)?;
-        self.client.delete_subscription(ctx, app_id, target.secret.as_ref(), id).await
     }
 }

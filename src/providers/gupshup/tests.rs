@@ -20,6 +20,7 @@ use crate::providers::builtin::AdapterDeps;
 use crate::providers::conformance::{self, ConformanceHarness, Fault as ConfFault};
 use crate::providers::http::{HttpClient, HttpTimeouts, RateLimiter, RetryPolicy};
 use crate::providers::{Progress, StepRun};
+use crate::providers::{ResourceRef, WebhookMode};
 use crate::sim::common::{Fault, Running};
 use crate::sim::gupshup::{GupshupSim, GupshupSimConfig, KnobsPatch, LimitSpec};
 

@@ -13,8 +13,19 @@ use super::model::{
 };
 use crate::domain::Secret;
 use crate::domain::account::Credentials;
+use crate::providers::accounts::CredentialProblem;
 use crate::providers::http::{BodyError, ErrorBody, HttpClient, RawResponse, RetryPolicy, retry};
 use crate::providers::{CallContext, ProviderError};
+
+/// The partner ("manager") API's host; channels are then reached at the `apiUrl` each one
+/// returns (docs/providers.md §3.1 [C]).
+pub const MANAGER_BASE_URL: &str = "https://manager.whapi.cloud";
+
+/// What Whapi credentials need before any call: the partner API token of the partner panel
+/// (docs/providers.md §3.1 [C]).
+pub fn credential_problems(partner_token: &Secret) -> Vec<CredentialProblem> {
+    if partner_token.is_empty() { vec![CredentialProblem::new("partner_token", "is required")] } else { Vec::new() }
+}
 
 /// [C2] Path of the partner channel list (public partner client, docs/providers.md §3.2; no vendor
 /// page documents listing channels). `GET /channels/list/{projectId}` exists too [C2].

@@ -32,6 +32,7 @@ use serde_json::{Value, json};
 use sha2::{Digest, Sha256};
 
 use self::client::{Client, Gate};
+pub use self::client::{MANAGER_BASE_URL, credential_problems};
 use self::model::{Channel, Health};
 use super::builtin::AdapterDeps;
 use super::http::{RateLimiter, rate_key};
