@@ -15,6 +15,8 @@ pub mod records;
 pub mod cache;
 #[cfg(test)]
 pub(crate) mod conformance;
+#[cfg(test)]
+mod migration_tests;
 pub mod postgres;
 mod sql;
 pub mod sqlite;

@@ -345,6 +345,7 @@ macro_rules! impl_sql_store {
                     provider_status: r.try_get("provider_status")?,
                     reference: r.try_get("reference")?,
                     details_json: r.try_get("details_json")?,
+                    engine_json: r.try_get("engine_json")?,
                     external_key: r.try_get("external_key")?,
                     secret: sql::opt_sealed(r.try_get("secret_key_id")?, r.try_get("secret")?)?,
                     sequence: r.try_get("sequence")?,
@@ -558,8 +559,8 @@ macro_rules! impl_sql_store {
                 sqlx::query(
                     "INSERT INTO onboardings (id, tenant_id, account_id, provider, state, desired_state, \
                      state_reason, provider_status, reference, details_json, external_key, secret_key_id, secret, \
-                     sequence, state_deadline_ms, expire_ms, created_ms, updated_ms) \
-                     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, 1, $14, $15, $16, $17)",
+                     sequence, state_deadline_ms, expire_ms, created_ms, updated_ms, engine_json) \
+                     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, 1, $14, $15, $16, $17, $18)",
                 )
                 .bind(o.id.as_str())
                 .bind(o.tenant_id.as_str())
@@ -578,6 +579,7 @@ macro_rules! impl_sql_store {
                 .bind(o.expire_ms)
                 .bind(o.created_ms)
                 .bind(o.updated_ms)
+                .bind(o.engine_json.as_str())
                 .execute(&mut *tx)
                 .await?;
                 let step = Self::write_steps(tx, &o.id, &new.steps, new.event.step.as_deref()).await?;
@@ -651,7 +653,7 @@ macro_rules! impl_sql_store {
                      details_json = $6, external_key = $7, secret_key_id = $8, secret = $9, state_deadline_ms = $10, \
                      expire_ms = $11, sequence = $12, updated_ms = $13, \
                      expiry_warned_secs = CASE WHEN $15 IS NOT NULL THEN $15 WHEN $16 THEN NULL \
-                     ELSE expiry_warned_secs END WHERE id = $1 AND sequence = $14",
+                     ELSE expiry_warned_secs END, engine_json = $17 WHERE id = $1 AND sequence = $14",
                 )
                 .bind(id.as_str())
                 .bind(new.state.as_str())
@@ -669,6 +671,7 @@ macro_rules! impl_sql_store {
                 .bind(old.sequence)
                 .bind(change.expiry_warned_secs)
                 .bind(new.expire_ms != old.expire_ms)
+                .bind(new.engine_json.as_str())
                 .execute(&mut *tx)
                 .await?;
                 if done.rows_affected() != 1 {
