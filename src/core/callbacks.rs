@@ -17,9 +17,9 @@ use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use super::Core;
-use super::pipeline_rows::{
-    CONFLICT_RETRIES, details_map, engine_field, log_change, set_engine_field, skip_unfinished,
-};
+use super::context::engine_state;
+use super::engine::EngineState;
+use super::pipeline_rows::{CONFLICT_RETRIES, log_change, skip_unfinished};
 use crate::domain::{AccountId, EventKind, OnboardingId, OnboardingState, Patch, StepState, UnixMs, now_ms};
 use crate::error::AppError;
 use crate::providers::{CallbackEvent, Provider};
@@ -475,8 +475,8 @@ impl Core {
         steps: &[StepRecord],
         now: UnixMs,
     ) -> Result<OnboardingChange, AppError> {
-        let mut details = details_map(o);
-        let last = engine_field(&details, "last_callback_ms").as_i64();
+        let mut engine = engine_state(o)?;
+        let last = engine.last_callback_ms;
         let stale = matches!((cb.occurred_ms, last), (Some(at), Some(last)) if at < last);
         let mut attrs: std::collections::BTreeMap<String, String> = cb.fields.clone();
         attrs.insert("event".into(), cb.raw_status.clone());
@@ -496,7 +496,8 @@ impl Core {
             reason = format!("{reason} (older than an event already applied; state unchanged)");
         } else {
             if let Some(at) = cb.occurred_ms {
-                set_engine_field(&mut details, "last_callback_ms", serde_json::json!(at));
+                engine.last_callback_ms = Some(at);
+                change.engine_json = Some(engine.to_json()?);
             }
             change.provider_status = Some(cb.raw_status.clone());
             if let Some(s) = cb.state
@@ -513,7 +514,7 @@ impl Core {
                 } else if s.rank() < o.state.rank() {
                     // Moved back (a Whapi phone logged out of a live channel): reopen the step
                     // that waits in that state, so the next login is noticed and confirmed.
-                    if let Some(step) = self.reopen_for(o, provider, s, steps, now)? {
+                    if let Some(step) = self.reopen_for(o, &engine, provider, s, steps, now)? {
                         change.state_deadline_ms = Patch::replace(step.deadline_ms);
                         change.steps.push(step);
                     }
@@ -529,7 +530,6 @@ impl Core {
                 change.wake_steps.push(w.name.clone());
             }
         }
-        change.details_json = Some(serde_json::Value::Object(details).to_string());
         change.event = NewEvent::new(kind, reason).with_attributes(&attrs);
         Ok(change)
     }
@@ -539,12 +539,13 @@ impl Core {
     fn reopen_for(
         &self,
         o: &OnboardingRecord,
+        engine: &EngineState,
         provider: &dyn Provider,
         state: OnboardingState,
         steps: &[StepRecord],
         now: UnixMs,
     ) -> Result<Option<StepRecord>, AppError> {
-        let request = self.open_request(o)?;
+        let request = self.open_request(o, engine)?;
         let Some(spec) =
             provider.pipeline(&request).into_iter().find(|s| s.enabled && s.polled && s.enter_state == Some(state))
         else {

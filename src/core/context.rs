@@ -6,20 +6,22 @@ use std::sync::Arc;
 use base64::Engine as _;
 
 use super::Core;
+use super::engine::{EngineState, SealedRequest};
 use crate::domain::account::AccountOptions;
 use crate::domain::{OnboardingId, Secret};
 use crate::error::AppError;
 use crate::providers::{CallContext, Provider, ProviderHandle, ResourceRef, StartRequest};
 use crate::store::{AccountRecord, OnboardingRecord, Sealed};
 
-/// The engine's private keys inside an onboarding's `details_json`. Underscored keys are
-/// never shown to callers (the gRPC conversion reads proto-named keys only).
-pub const ENGINE_KEY: &str = "_engine";
-
 /// The provider handle the pipeline stored for an onboarding, once a step made the resource.
-pub fn stored_handle(o: &OnboardingRecord) -> Option<ProviderHandle> {
-    let details: serde_json::Value = serde_json::from_str(&o.details_json).ok()?;
-    serde_json::from_value(details.get(ENGINE_KEY)?.get("handle")?.clone()).ok()
+/// Engine state that does not parse is an error, not "no resource".
+pub fn stored_handle(o: &OnboardingRecord) -> Result<Option<ProviderHandle>, AppError> {
+    Ok(engine_state(o)?.handle)
+}
+
+/// The engine's bookkeeping of an onboarding, parsed.
+pub fn engine_state(o: &OnboardingRecord) -> Result<EngineState, AppError> {
+    EngineState::parse(&o.engine_json).map_err(|e| AppError::internal(format!("onboardings/{}: {}", o.id, e.message)))
 }
 
 // The AAD binds a sealed value to its row's key. Values sealed before ids were per tenant
@@ -65,28 +67,26 @@ impl Core {
     }
 
     /// Seals a start request for storage (it can hold subscription header secrets).
-    pub fn seal_request(&self, id: &OnboardingId, req: &StartRequest) -> Result<serde_json::Value, AppError> {
+    pub fn seal_request(&self, id: &OnboardingId, req: &StartRequest) -> Result<SealedRequest, AppError> {
         let plain = serde_json::to_vec(req).map_err(|e| AppError::internal(format!("cannot encode request: {e}")))?;
         let sealed = self
             .cipher
             .seal(&plain, &aad_request(id.as_str()))
             .map_err(|e| AppError::internal(format!("cannot encrypt request: {e}")))?;
-        Ok(serde_json::json!({
-            "k": sealed.key_id,
-            "b": base64::engine::general_purpose::STANDARD.encode(&sealed.blob),
-        }))
+        Ok(SealedRequest {
+            key_id: sealed.key_id,
+            blob: base64::engine::general_purpose::STANDARD.encode(&sealed.blob),
+        })
     }
 
-    /// The start request an onboarding was created with.
-    pub fn open_request(&self, o: &OnboardingRecord) -> Result<StartRequest, AppError> {
-        let details: serde_json::Value = serde_json::from_str(&o.details_json).unwrap_or_default();
-        let sealed = &details[ENGINE_KEY]["request"];
+    /// The start request an onboarding was created with (from its parsed engine state).
+    pub fn open_request(&self, o: &OnboardingRecord, engine: &EngineState) -> Result<StartRequest, AppError> {
         let corrupt = |what: &str| AppError::internal(format!("onboardings/{}: stored request {what}", o.id));
-        let key_id = sealed["k"].as_str().ok_or_else(|| corrupt("is missing"))?;
+        let sealed = engine.request.as_ref().ok_or_else(|| corrupt("is missing"))?;
         let blob = base64::engine::general_purpose::STANDARD
-            .decode(sealed["b"].as_str().unwrap_or_default())
+            .decode(sealed.blob.as_bytes())
             .map_err(|_| corrupt("is not base64"))?;
-        let sealed = Sealed { key_id: key_id.to_string(), blob };
+        let sealed = Sealed { key_id: sealed.key_id.clone(), blob };
         let plain = self
             .cipher
             .open(&sealed, &aad_request(o.id.as_str()))
@@ -118,7 +118,7 @@ impl Core {
     /// The provider resource of an onboarding, for capability calls. `FAILED_PRECONDITION`
     /// before the pipeline has created it.
     pub fn resource_ref(&self, o: &OnboardingRecord, request_id: Option<&str>) -> Result<ResourceRef, AppError> {
-        let handle = stored_handle(o).ok_or_else(|| {
+        let handle = stored_handle(o)?.ok_or_else(|| {
             AppError::precondition(format!(
                 "onboardings/{} has no provider resource yet (state {}); wait for the pipeline",
                 o.id, o.state

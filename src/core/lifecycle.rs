@@ -6,7 +6,10 @@ use std::collections::BTreeMap;
 
 use super::claims::ClaimKey;
 use super::{Caller, Core};
-use crate::domain::{AccountId, EventKind, OnboardingId, OnboardingState, Patch, StepState, new_id, now_ms};
+use crate::domain::{
+    AccountId, Digital99Details, EventKind, ExotelDetails, GupshupDetails, OnboardingDetails, OnboardingId,
+    OnboardingState, Patch, ProviderKind, RequestedSubscription, StepState, WhapiDetails, new_id, now_ms,
+};
 use crate::error::{AppError, ErrorCode};
 use crate::providers::{CallContext, HostedLinkOps, Provider, ProviderHandle, StartPayload, StartRequest};
 use crate::store::{
@@ -71,43 +74,53 @@ pub struct NewOnboardingRequest {
     pub payload: StartPayload,
 }
 
-/// Public details of a new onboarding from its request (proto field names).
-fn initial_details(payload: &StartPayload) -> serde_json::Map<String, serde_json::Value> {
-    let v = match payload {
-        StartPayload::Gupshup(g) => serde_json::json!({
-            "app_name": g.app_name,
-            "waba_id": g.waba_id.as_str(),
-            "phone": g.phone.as_str(),
-            "storage_region": g.storage_region.clone().unwrap_or_default(),
-            "subscribe_on_live": g.subscribe_on_live.is_some(),
+/// Public details of a new onboarding from its request.
+fn initial_details(payload: &StartPayload) -> OnboardingDetails {
+    match payload {
+        StartPayload::Gupshup(g) => GupshupDetails {
+            app_name: Some(g.app_name.clone()),
+            waba_id: Some(g.waba_id.clone()),
+            phone: Some(g.phone.clone()),
+            storage_region: Some(g.storage_region.clone().unwrap_or_default()),
+            subscribe_on_live: Some(g.subscribe_on_live.is_some()),
             // The requested subscription as callers may read it back: header names only,
             // their values are secrets kept in the sealed request.
-            "subscription": g.subscribe_on_live.as_ref().map(|spec| serde_json::json!({
-                "url": spec.url,
-                "events": spec.events,
-                "tag": spec.tag,
-                "version": spec.version,
-                "mode": spec.mode,
-                "active": spec.active,
-                "header_names": spec.headers.keys().collect::<Vec<_>>(),
-            })),
-        }),
-        StartPayload::Exotel => serde_json::json!({}),
-        StartPayload::Whapi(w) => serde_json::json!({
-            "go_live": w.go_live,
-            "extend_days": w.extend_days,
-        }),
-        StartPayload::Digital99(d) => serde_json::json!({
-            "phone": d.phone.as_str(),
-            "business_name": d.business_name,
-            "display_name": d.display_name,
-            "coexistence": d.coexistence,
-        }),
-    };
-    match v {
-        serde_json::Value::Object(m) => m,
-        _ => serde_json::Map::new(),
+            subscription: g.subscribe_on_live.as_ref().map(|spec| RequestedSubscription {
+                url: spec.url.clone(),
+                events: spec.events.clone(),
+                tag: spec.tag.clone(),
+                version: i64::from(spec.version),
+                mode: serde_json::to_value(spec.mode)
+                    .ok()
+                    .and_then(|v| v.as_str().map(str::to_string))
+                    .unwrap_or_default(),
+                active: spec.active,
+                header_names: spec.headers.keys().cloned().collect(),
+            }),
+            ..GupshupDetails::default()
+        }
+        .into(),
+        StartPayload::Exotel => OnboardingDetails::empty(ProviderKind::Exotel),
+        StartPayload::Whapi(w) => WhapiDetails {
+            go_live: Some(w.go_live),
+            extend_days: Some(i64::from(w.extend_days)),
+            ..WhapiDetails::default()
+        }
+        .into(),
+        StartPayload::Digital99(d) => Digital99Details {
+            phone: Some(d.phone.clone()),
+            business_name: Some(d.business_name.clone()),
+            display_name: Some(d.display_name.clone()),
+            coexistence: Some(d.coexistence),
+            ..Digital99Details::default()
+        }
+        .into(),
     }
+}
+
+/// Details as stored text, an error (not an empty object) if they cannot be encoded.
+fn details_text(d: &OnboardingDetails) -> Result<String, AppError> {
+    d.to_json().map_err(|e| AppError::internal(e.to_string()))
 }
 
 impl Core {
@@ -167,7 +180,8 @@ impl Core {
             state_reason: "accepted".into(),
             provider_status: String::new(),
             reference: req.reference.clone(),
-            details_json: serde_json::Value::Object(initial_details(&req.payload)).to_string(),
+            details_json: details_text(&initial_details(&req.payload))?,
+            engine_json: String::new(),
             external_key: None,
             secret: None,
             sequence: 1,
@@ -320,9 +334,7 @@ impl Core {
             };
             // The adapter's details of a freshly minted link (the same ones its single-link
             // step reports), plus the batch, which only we know.
-            let mut details: serde_json::Map<String, serde_json::Value> =
-                link.details.iter().map(|(k, v)| (k.clone(), v.clone())).collect();
-            details.insert("batch_id".into(), batch.clone().into());
+            let details = ExotelDetails { batch_id: Some(batch.clone()), ..link.details.clone() };
             let mut o = OnboardingRecord {
                 id: id.clone(),
                 tenant_id: caller.tenant.clone(),
@@ -333,7 +345,8 @@ impl Core {
                 state_reason: "link minted; waiting for the business to sign up".into(),
                 provider_status: link.provider_status.clone(),
                 reference: reference.to_string(),
-                details_json: serde_json::Value::Object(details).to_string(),
+                details_json: details_text(&details.into())?,
+                engine_json: String::new(),
                 external_key: None,
                 secret: None,
                 sequence: 1,

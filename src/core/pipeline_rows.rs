@@ -1,42 +1,21 @@
 //! Row helpers the step engine ([`super::engine`]) and the webhook worker
-//! ([`super::callbacks`]) share: the onboarding's details blob and the engine's bookkeeping in
-//! it, step rows parked or skipped, the conflict retry bound and the change log line. Both
-//! plan changes from these; neither reaches into the other for them.
+//! ([`super::callbacks`]) share: the onboarding's typed details, step rows parked or skipped,
+//! the conflict retry bound and the change log line. Both plan changes from these; neither
+//! reaches into the other for them.
 
-use super::context::ENGINE_KEY;
-use crate::domain::{StepState, UnixMs};
+use crate::domain::{OnboardingDetails, StepState, UnixMs};
+use crate::error::AppError;
 use crate::store::{EventRecord, OnboardingRecord, StepRecord};
 
 /// How many times a change is re-read and re-applied when a concurrent writer (a callback,
 /// an RPC) moved the onboarding's sequence first.
 pub(crate) const CONFLICT_RETRIES: usize = 8;
 
-/// The onboarding's details as a JSON object (empty when the stored text is not one).
-pub(crate) fn details_map(o: &OnboardingRecord) -> serde_json::Map<String, serde_json::Value> {
-    match serde_json::from_str::<serde_json::Value>(&o.details_json) {
-        Ok(serde_json::Value::Object(m)) => m,
-        _ => serde_json::Map::new(),
-    }
-}
-
-/// One field of the engine's own bookkeeping in `details` (`Null` when absent).
-pub(crate) fn engine_field(details: &serde_json::Map<String, serde_json::Value>, key: &str) -> serde_json::Value {
-    details.get(ENGINE_KEY).and_then(|e| e.get(key)).cloned().unwrap_or(serde_json::Value::Null)
-}
-
-/// Sets one field of the engine's own bookkeeping in `details` (replacing a non-object).
-pub(crate) fn set_engine_field(
-    details: &mut serde_json::Map<String, serde_json::Value>,
-    key: &str,
-    v: serde_json::Value,
-) {
-    let e = details.entry(ENGINE_KEY).or_insert_with(|| serde_json::json!({}));
-    if !e.is_object() {
-        *e = serde_json::json!({});
-    }
-    if let Some(m) = e.as_object_mut() {
-        m.insert(key.to_string(), v);
-    }
+/// The onboarding's public details, parsed (stored text that does not parse is an error:
+/// writing back an empty value would wipe them).
+pub(crate) fn details_of(o: &OnboardingRecord) -> Result<OnboardingDetails, AppError> {
+    OnboardingDetails::parse(o.provider, &o.details_json)
+        .map_err(|e| AppError::internal(format!("onboardings/{}: {e}", o.id)))
 }
 
 /// `s` stopped in `state` at `now`: no longer due, no longer leased.

@@ -2,6 +2,7 @@
 //! machine, pipeline steps, secrets. Imports nothing else of ours.
 
 pub mod account;
+pub mod details;
 pub mod event;
 pub mod ids;
 pub mod pipeline;
@@ -9,6 +10,10 @@ pub mod provider;
 pub mod secret;
 pub mod state;
 
+pub use details::{
+    DetailsError, Digital99Details, ExotelDetails, GupshupDetails, OnboardingDetails, ProviderFields,
+    RequestedSubscription, WhapiDetails,
+};
 pub use event::{EventKind, Patch};
 pub use ids::*;
 pub use pipeline::StepState;

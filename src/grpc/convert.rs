@@ -10,7 +10,10 @@ use super::checked::{All, Checked, Invalid, collecting, field, rule};
 use super::pb;
 use crate::core::accounts::AccountView;
 use crate::domain::account::{AccountOptions, Credentials, ExotelRegion};
-use crate::domain::{E164, OnboardingState, ProviderKind, Secret, StepState, UnixMs, WabaId};
+use crate::domain::{
+    E164, OnboardingDetails, OnboardingId, OnboardingState, ProviderKind, RequestedSubscription, Secret, StepState,
+    UnixMs, WabaId,
+};
 use crate::error::{AppError, Violations, quote};
 use crate::providers::{Digital99Start, GupshupStart, StartPayload, VerifyMethod, WhapiStart};
 use crate::store::{EventRecord, OnboardingRecord, PageRequest, StepRecord};
@@ -279,20 +282,26 @@ fn json_text(v: &serde_json::Value) -> String {
     }
 }
 
-/// An onboarding to protobuf. Provider-specific details come from `details_json`.
+/// An onboarding to protobuf. Provider-specific details come from its typed details.
 pub fn onboarding_to_pb(o: &OnboardingRecord) -> pb::Onboarding {
-    let details: serde_json::Value = serde_json::from_str(&o.details_json).unwrap_or_default();
+    let details = OnboardingDetails::parse(o.provider, &o.details_json).unwrap_or_else(|e| {
+        // A read shows what it can: the row itself is left as it is.
+        tracing::warn!(onboarding = %o.id, error = %e, "Stored details do not parse; shown empty.");
+        OnboardingDetails::empty(o.provider)
+    });
+    let fields: HashMap<String, String> =
+        details.provider_fields().map(|f| f.iter().map(|(k, v)| (k.clone(), v.clone())).collect()).unwrap_or_default();
     pb::Onboarding {
         name: format!("onboardings/{}", o.id.name()),
         account: format!("accounts/{}", o.account_id.name()),
         provider: provider_to_pb(o.provider) as i32,
         state: state_to_pb(o.state) as i32,
         state_reason: o.state_reason.clone(),
-        provider_status: Some(provider_status(
-            &o.provider_status,
-            details.get("provider_fields").map(|v| v.to_string()).as_deref(),
-            o.updated_ms,
-        )),
+        provider_status: Some(pb::ProviderStatus {
+            code: o.provider_status.clone(),
+            fields,
+            observe_time: Some(ts(o.updated_ms)),
+        }),
         desired_state: o.desired_state.map(|s| state_to_pb(s) as i32).unwrap_or(0),
         reference: o.reference.clone(),
         sequence: o.sequence,
@@ -300,90 +309,102 @@ pub fn onboarding_to_pb(o: &OnboardingRecord) -> pb::Onboarding {
         expire_time: ts_opt(o.expire_ms),
         create_time: Some(ts(o.created_ms)),
         update_time: Some(ts(o.updated_ms)),
-        details: details_to_pb(o, &details),
+        details: Some(DetailsOf { onboarding: &o.id, details: &details }.into()),
     }
 }
 
-/// The subscription a Gupshup onboarding asked for, from its public details (no header values:
-/// they are write-only).
-fn requested_subscription(v: &serde_json::Value) -> pb::SubscriptionSpec {
-    let mode = serde_json::from_value::<crate::providers::WebhookMode>(v["mode"].clone()).unwrap_or_default();
-    pb::SubscriptionSpec {
-        url: v["url"].as_str().unwrap_or_default().to_string(),
-        events: v["events"]
-            .as_array()
-            .map(|a| a.iter().filter_map(|e| e.as_str().map(str::to_string)).collect())
-            .unwrap_or_default(),
-        tag: v["tag"].as_str().unwrap_or_default().to_string(),
-        version: v["version"].as_i64().unwrap_or(0) as i32,
-        headers: Default::default(),
-        mode: super::convert_ext::webhook_mode_to_pb(mode) as i32,
-        active: v["active"].as_bool().unwrap_or(false),
+impl From<&RequestedSubscription> for pb::SubscriptionSpec {
+    /// The subscription a Gupshup onboarding asked for (no header values: they are write-only).
+    fn from(v: &RequestedSubscription) -> Self {
+        let mode = serde_json::from_value::<crate::providers::WebhookMode>(serde_json::Value::String(v.mode.clone()))
+            .unwrap_or_default();
+        pb::SubscriptionSpec {
+            url: v.url.clone(),
+            events: v.events.clone(),
+            tag: v.tag.clone(),
+            version: i32::try_from(v.version).unwrap_or(0),
+            headers: Default::default(),
+            mode: super::convert_ext::webhook_mode_to_pb(mode) as i32,
+            active: v.active,
+        }
     }
 }
 
-/// Provider-specific details: the store keeps them as JSON whose fields are named like the
-/// proto fields, so one serde pass per provider suffices. Ids the store keeps bare become the
-/// resource names the proto documents (`created_subscription`).
-fn details_to_pb(o: &OnboardingRecord, d: &serde_json::Value) -> Option<pb::onboarding::Details> {
-    use pb::onboarding::Details as D;
-    let s = |k: &str| d.get(k).and_then(|v| v.as_str()).unwrap_or_default().to_string();
-    let b = |k: &str| d.get(k).and_then(|v| v.as_bool()).unwrap_or(false);
-    let i = |k: &str| d.get(k).and_then(|v| v.as_i64()).unwrap_or(0) as i32;
-    let t = |k: &str| d.get(k).and_then(|v| v.as_i64()).map(ts);
-    Some(match o.provider {
-        ProviderKind::Gupshup => D::Gupshup(pb::GupshupOnboarding {
-            app_name: s("app_name"),
-            waba_id: s("waba_id"),
-            phone: s("phone"),
-            app_id: s("app_id"),
-            storage_region: s("storage_region"),
-            subscribe_on_live: b("subscribe_on_live"),
-            subscription: d.get("subscription").filter(|v| v.is_object()).map(requested_subscription),
-            created_subscription: match s("created_subscription") {
-                sub if sub.is_empty() => sub,
-                sub => format!("onboardings/{}/subscriptions/{sub}", o.id.name()),
-            },
-            app_token_ready: b("app_token_ready"),
-        }),
-        ProviderKind::Exotel => D::Exotel(pb::ExotelOnboarding {
-            onboarding_url: s("onboarding_url"),
-            token: s("token"),
-            token_status: s("token_status"),
-            customers_remaining: i("customers_remaining"),
-            link_expire_time: t("link_expire_ms"),
-            batch_id: s("batch_id"),
-            max_customers_per_link: i("max_customers_per_link"),
-            customers_remaining_min: i("customers_remaining_min"),
-            live_meaning: s("live_meaning"),
-            used_meaning: s("used_meaning"),
-        }),
-        ProviderKind::Whapi => D::Whapi(pb::WhapiOnboarding {
-            channel_id: s("channel_id"),
-            channel: if s("channel_id").is_empty() { String::new() } else { format!("channels/{}", s("channel_id")) },
-            mode: match s("mode").as_str() {
-                "trial" => pb::ChannelMode::Trial,
-                "sandbox" => pb::ChannelMode::Sandbox,
-                "live" => pb::ChannelMode::Live,
-                _ => pb::ChannelMode::Unspecified,
-            } as i32,
-            go_live: b("go_live"),
-            extend_days: i("extend_days"),
-            phone: s("phone"),
-            active_till: t("active_till_ms"),
-            connect_codes_issued: i("connect_codes_issued"),
-        }),
-        ProviderKind::Digital99 => D::Digital99(pb::Digital99Onboarding {
-            phone: s("phone"),
-            temporary_phone: s("temporary_phone"),
-            onboarding_link: s("onboarding_link"),
-            landing_page: s("landing_page"),
-            coexistence: b("coexistence"),
-            business_name: s("business_name"),
-            display_name: s("display_name"),
-            number_verified: b("number_verified"),
-        }),
-    })
+/// An onboarding's details with the id the proto's resource names need.
+#[derive(Debug, Clone, Copy)]
+pub struct DetailsOf<'a> {
+    /// Whose details.
+    pub onboarding: &'a OnboardingId,
+    /// The details.
+    pub details: &'a OnboardingDetails,
+}
+
+/// A count the proto carries as `int32` (absent: 0).
+fn count(v: Option<i64>) -> i32 {
+    v.map_or(0, |n| i32::try_from(n).unwrap_or(i32::MAX))
+}
+
+impl From<DetailsOf<'_>> for pb::onboarding::Details {
+    /// Provider-specific details. Ids the store keeps bare become the resource names the
+    /// proto documents (`created_subscription`, `channel`).
+    fn from(d: DetailsOf<'_>) -> Self {
+        use pb::onboarding::Details as D;
+        let text = |v: &Option<String>| v.clone().unwrap_or_default();
+        let phone = |v: &Option<E164>| v.as_ref().map(|p| p.as_str().to_string()).unwrap_or_default();
+        match d.details {
+            OnboardingDetails::Gupshup(g) => D::Gupshup(pb::GupshupOnboarding {
+                app_name: text(&g.app_name),
+                waba_id: g.waba_id.as_ref().map(|w| w.as_str().to_string()).unwrap_or_default(),
+                phone: phone(&g.phone),
+                app_id: g.app_id.as_ref().map(|a| a.as_str().to_string()).unwrap_or_default(),
+                storage_region: text(&g.storage_region),
+                subscribe_on_live: g.subscribe_on_live.unwrap_or(false),
+                subscription: g.subscription.as_ref().map(pb::SubscriptionSpec::from),
+                created_subscription: match g.created_subscription.as_deref() {
+                    None | Some("") => String::new(),
+                    Some(sub) => format!("onboardings/{}/subscriptions/{sub}", d.onboarding.name()),
+                },
+                app_token_ready: g.app_token_ready.unwrap_or(false),
+            }),
+            OnboardingDetails::Exotel(e) => D::Exotel(pb::ExotelOnboarding {
+                onboarding_url: text(&e.onboarding_url),
+                token: text(&e.token),
+                token_status: text(&e.token_status),
+                customers_remaining: count(e.customers_remaining),
+                link_expire_time: e.link_expire_ms.map(ts),
+                batch_id: text(&e.batch_id),
+                max_customers_per_link: count(e.max_customers_per_link),
+                customers_remaining_min: count(e.customers_remaining_min),
+                live_meaning: text(&e.live_meaning),
+                used_meaning: text(&e.used_meaning),
+            }),
+            OnboardingDetails::Whapi(w) => D::Whapi(pb::WhapiOnboarding {
+                channel_id: w.channel_id.as_ref().map(|c| c.as_str().to_string()).unwrap_or_default(),
+                channel: w.channel_id.as_ref().map(|c| format!("channels/{}", c.as_str())).unwrap_or_default(),
+                mode: match w.mode.as_deref() {
+                    Some("trial") => pb::ChannelMode::Trial,
+                    Some("sandbox") => pb::ChannelMode::Sandbox,
+                    Some("live") => pb::ChannelMode::Live,
+                    _ => pb::ChannelMode::Unspecified,
+                } as i32,
+                go_live: w.go_live.unwrap_or(false),
+                extend_days: count(w.extend_days),
+                phone: phone(&w.phone),
+                active_till: w.active_till_ms.map(ts),
+                connect_codes_issued: count(w.connect_codes_issued),
+            }),
+            OnboardingDetails::Digital99(n) => D::Digital99(pb::Digital99Onboarding {
+                phone: phone(&n.phone),
+                temporary_phone: phone(&n.temporary_phone),
+                onboarding_link: text(&n.onboarding_link),
+                landing_page: text(&n.landing_page),
+                coexistence: n.coexistence.unwrap_or(false),
+                business_name: text(&n.business_name),
+                display_name: text(&n.display_name),
+                number_verified: n.number_verified.unwrap_or(false),
+            }),
+        }
+    }
 }
 
 /// An event to protobuf.

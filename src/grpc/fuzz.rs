@@ -51,6 +51,7 @@ fn onboarding(provider: u8, details: String, raw: String, ms: i64) -> crate::sto
         provider_status: raw,
         reference: String::new(),
         details_json: details,
+        engine_json: "{}".into(),
         external_key: None,
         secret: None,
         sequence: 1,

@@ -150,6 +150,7 @@ mod tests {
             provider_status: "live".into(),
             reference: "ref".into(),
             details_json: serde_json::json!({ "app_name": app_name, "app_id": "a1" }).to_string(),
+            engine_json: "{}".into(),
             external_key: None,
             secret: None,
             sequence: 3,

@@ -142,11 +142,11 @@ pub struct MintedLink {
     pub provider_status: String,
     /// Raw fields worth keeping.
     pub fields: BTreeMap<String, String>,
-    /// The public details of the onboarding that follows this link (proto detail field
-    /// names, e.g. `customers_remaining`), exactly as the adapter reports them for a link
-    /// it mints for a single onboarding: the one source of truth for both paths. The core
-    /// adds only what it owns (`batch_id`).
-    pub details: BTreeMap<String, serde_json::Value>,
+    /// The public details of the onboarding that follows this link (e.g.
+    /// `customers_remaining`), exactly as the adapter reports them for a link it mints for a
+    /// single onboarding: the one source of truth for both paths. The core adds only what it
+    /// owns (`batch_id`).
+    pub details: crate::domain::ExotelDetails,
 }
 
 /// Live status of a hosted-link token.

@@ -9,7 +9,7 @@
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use crate::domain::{OnboardingId, OnboardingState, Secret, UnixMs};
+use crate::domain::{OnboardingDetails, OnboardingId, OnboardingState, Secret, UnixMs};
 
 use super::{Observation, ProviderHandle, StartRequest};
 
@@ -113,8 +113,11 @@ pub struct StepRun {
     pub attempt: u32,
     /// The onboarding's current canonical state.
     pub state: OnboardingState,
-    /// The onboarding's public details so far (proto-named keys).
-    pub details: serde_json::Map<String, serde_json::Value>,
+    /// The onboarding's public details so far.
+    pub details: OnboardingDetails,
+    /// Whether the onboarding was ever stalled or waiting for credentials: its restart
+    /// counted attempts afresh, so attempt 1 may follow a create an earlier run sent.
+    pub was_stalled: bool,
 }
 
 /// What to do after the step ran.
@@ -141,9 +144,9 @@ pub struct StepOutcome {
     pub secret: Option<Secret>,
     /// Replace this step's durable data.
     pub data: Option<serde_json::Value>,
-    /// Public detail fields to merge into the onboarding (proto field names, e.g. `app_id`,
-    /// `onboarding_url`, `mode`). Never secrets.
-    pub details: BTreeMap<String, serde_json::Value>,
+    /// Public details learned, merged into the onboarding's ([`OnboardingDetails::merge`]:
+    /// what is set replaces, the rest stays). Never secrets.
+    pub details: Option<OnboardingDetails>,
     /// The resource's expiry (link, trial), when the provider has one.
     pub expire_ms: Option<UnixMs>,
     /// Also recorded in the event's attributes (e.g. `reconciled=true`). Never secrets.
@@ -183,7 +186,7 @@ impl StepOutcome {
             handle: None,
             secret: None,
             data: None,
-            details: BTreeMap::new(),
+            details: None,
             expire_ms: None,
             attributes: BTreeMap::new(),
             found: false,
@@ -208,10 +211,25 @@ impl StepOutcome {
         self
     }
 
-    /// Adds a public detail field.
-    pub fn detail(mut self, k: &str, v: impl Into<serde_json::Value>) -> Self {
-        self.details.insert(k.to_string(), v.into());
+    /// Adds public details: merged over those already in this outcome. A patch of another
+    /// provider than an earlier one replaces it (the engine then refuses the outcome's details
+    /// as not the onboarding's provider).
+    pub fn with_details(mut self, patch: impl Into<OnboardingDetails>) -> Self {
+        let patch = patch.into();
+        self.details = Some(match self.details.take() {
+            Some(mut d) => match d.merge(patch.clone()) {
+                Ok(()) => d,
+                Err(_) => patch,
+            },
+            None => patch,
+        });
         self
+    }
+
+    /// The details as their stored JSON object (`{}` when none), for tests to compare.
+    #[cfg(test)]
+    pub(crate) fn details_view(&self) -> serde_json::Value {
+        self.details.as_ref().and_then(|d| serde_json::to_value(d).ok()).unwrap_or_else(|| serde_json::json!({}))
     }
 
     /// Adds an event attribute.

@@ -167,6 +167,7 @@ mod tests {
             provider_status: String::new(),
             reference: String::new(),
             details_json: "{}".into(),
+            engine_json: "{}".into(),
             external_key: None,
             secret: None,
             sequence,

@@ -18,6 +18,8 @@ pub mod records;
 pub mod cache;
 #[cfg(test)]
 pub(crate) mod conformance;
+#[cfg(test)]
+mod migration_tests;
 pub mod postgres;
 pub mod rate_log;
 mod sql;

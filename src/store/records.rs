@@ -113,8 +113,10 @@ pub struct OnboardingRecord {
     pub provider_status: String,
     /// Caller's reference, carried end to end.
     pub reference: String,
-    /// Provider-specific request and progress, JSON.
+    /// The public details, JSON (`domain::OnboardingDetails` of the provider).
     pub details_json: String,
+    /// The engine's own bookkeeping, JSON (`core::engine::EngineState`): never shown to callers.
+    pub engine_json: String,
     /// Provider-side lookup key (app id, channel id, link token, phone) once known.
     pub external_key: Option<String>,
     /// Sealed provider secret for this onboarding (app token, channel token), once known.
@@ -280,6 +282,8 @@ pub struct OnboardingChange {
     pub provider_status: Option<String>,
     /// New details JSON.
     pub details_json: Option<String>,
+    /// New engine state JSON.
+    pub engine_json: Option<String>,
     /// New external key.
     pub external_key: Option<String>,
     /// New sealed secret.
@@ -316,6 +320,7 @@ impl OnboardingChange {
             state_reason: None,
             provider_status: None,
             details_json: None,
+            engine_json: None,
             external_key: None,
             secret: None,
             state_deadline_ms: Patch::Keep,
@@ -338,6 +343,7 @@ impl OnboardingChange {
             state_reason: self.state_reason.clone().unwrap_or_else(|| old.state_reason.clone()),
             provider_status: self.provider_status.clone().unwrap_or_else(|| old.provider_status.clone()),
             details_json: self.details_json.clone().unwrap_or_else(|| old.details_json.clone()),
+            engine_json: self.engine_json.clone().unwrap_or_else(|| old.engine_json.clone()),
             external_key: self.external_key.clone().or_else(|| old.external_key.clone()),
             secret: self.secret.clone().or_else(|| old.secret.clone()),
             sequence: old.sequence + 1,

@@ -427,18 +427,18 @@ impl Env {
         external_key: Option<&str>,
         token: Option<&str>,
         state: OnboardingState,
-        mut details: serde_json::Value,
+        details: serde_json::Value,
     ) -> OnboardingId {
         let running = self.app.running();
         let tenant = running.store.tenant_by_name("dev").await.unwrap().unwrap();
         let id = OnboardingId::fresh(&tenant.id);
-        if let Some(k) = external_key {
-            let handle = ProviderHandle {
+        let engine = wa_onboard::core::engine::EngineState {
+            handle: external_key.map(|k| ProviderHandle {
                 external_key: k.into(),
                 data: serde_json::json!({ "apiUrl": "https://gate.example/chan", "name": "Acme channel" }),
-            };
-            details["_engine"] = serde_json::json!({ "handle": handle });
-        }
+            }),
+            ..Default::default()
+        };
         let now = now_ms();
         let o = OnboardingRecord {
             id: id.clone(),
@@ -451,6 +451,7 @@ impl Env {
             provider_status: "QR".into(),
             reference: String::new(),
             details_json: details.to_string(),
+            engine_json: engine.to_json().unwrap(),
             external_key: external_key.map(str::to_string),
             secret: token.map(|t| running.core.seal_onboarding_secret(&id, &Secret::new(t)).unwrap()),
             sequence: 0,

@@ -110,9 +110,11 @@ async fn happy_path_reaches_live_with_every_transition_recorded() {
     assert_eq!(fake.creates(), 1);
     let p = app.pipeline(&format!("onboardings/{id}/pipeline")).await;
     assert!(p.steps.iter().all(|s| s.state == pb::StepState::Succeeded as i32), "{:?}", p.steps);
-    // The stored request is sealed: nothing of it is readable in the details.
+    // The stored request is sealed: nothing of it is readable in the details or the engine state.
     let rec = app.running().store.onboarding_unscoped(&id).await.unwrap().unwrap();
     assert!(!rec.details_json.contains("AcmeSupport\",\"waba"), "request stored in clear: {}", rec.details_json);
+    assert!(!rec.engine_json.contains("AcmeSupport"), "request stored in clear: {}", rec.engine_json);
+    assert!(rec.engine_json.contains("\"request\""), "the sealed request is in the engine state: {}", rec.engine_json);
 }
 
 #[tokio::test]
@@ -382,7 +384,7 @@ async fn a_dead_workers_lease_lapses_and_another_replica_finishes_without_a_dupl
     let rec = a.running().store.onboarding_unscoped(&id).await.unwrap().unwrap();
     let account = a.running().store.account_unscoped(&rec.account_id).await.unwrap().unwrap();
     let ctx = core.call_context(&account).unwrap();
-    let req = core.open_request(&rec).unwrap();
+    let req = core.open_request(&rec, &wa_onboard::core::context::engine_state(&rec).unwrap()).unwrap();
     fake.start_onboarding(&ctx, &req).await.unwrap();
     assert_eq!(fake.creates(), 1);
 

@@ -150,6 +150,7 @@ impl TestApp {
             provider_status: String::new(),
             reference: reference.into(),
             details_json: r#"{"app_name":"AcmeShop","waba_id":"123","phone":"+15551112222"}"#.into(),
+            engine_json: "{}".into(),
             external_key: None,
             secret: None::<Sealed>,
             sequence: 0,

@@ -4,7 +4,10 @@
 
 use anyhow::{Context, Result, anyhow};
 use futures::StreamExt;
-use wa_onboard::domain::{AccountId, OnboardingId, OnboardingState, ProviderKind, now_ms};
+use wa_onboard::domain::{
+    AccountId, AppId, E164, GupshupDetails, OnboardingDetails, OnboardingId, OnboardingState, ProviderKind, WabaId,
+    now_ms,
+};
 use wa_onboard::store::{NewEvent, NewOnboarding, OnboardingRecord, Sealed};
 
 /// The bench's Gupshup account (made by `suites::webhook_url`).
@@ -34,12 +37,13 @@ pub async fn seed(url: &str, n: usize) -> Result<Vec<Seeded>> {
             let account = account.clone();
             async move {
                 let now = now_ms();
-                let details = serde_json::json!({
-                    "app_name": format!("BenchApp{i}"),
-                    "waba_id": format!("1049961223{i:05}"),
-                    "phone": format!("+9198{i:08}"),
-                    "app_id": s.app_id,
-                    "storage_region": "IN",
+                let details = OnboardingDetails::from(GupshupDetails {
+                    app_name: Some(format!("BenchApp{i}")),
+                    waba_id: WabaId::parse(format!("1049961223{i:05}")).ok(),
+                    phone: E164::parse(&format!("+9198{i:08}")).ok(),
+                    app_id: AppId::parse(s.app_id.clone()).ok(),
+                    storage_region: Some("IN".into()),
+                    ..GupshupDetails::default()
                 });
                 let o = OnboardingRecord {
                     id: s.id.clone(),
@@ -51,7 +55,8 @@ pub async fn seed(url: &str, n: usize) -> Result<Vec<Seeded>> {
                     state_reason: "live (seeded by wa-bench)".into(),
                     provider_status: "docker-status-event:live".into(),
                     reference: format!("bench-{i}"),
-                    details_json: details.to_string(),
+                    details_json: details.to_json().map_err(|e| anyhow!("seed onboarding {i}: {e}"))?,
+                    engine_json: "{}".into(),
                     external_key: Some(s.app_id.clone()),
                     secret: None::<Sealed>,
                     sequence: 0,

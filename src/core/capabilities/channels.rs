@@ -3,11 +3,12 @@
 
 use std::time::Duration;
 
-use super::{ChannelView, ExtendView, Target, attrs, channels_of, details, handle_data, provider_err, str_of};
+use super::{ChannelView, ExtendView, Target, attrs, channels_of, details_of, handle_data, provider_err, str_of};
 use crate::core::claims::ClaimKey;
 use crate::core::{Caller, Core};
 use crate::domain::{
-    AccountId, ChannelId, E164, EventKind, OnboardingId, OnboardingState, Patch, ProviderKind, UnixMs, now_ms,
+    AccountId, ChannelId, EventKind, OnboardingDetails, OnboardingId, OnboardingState, Patch, ProviderKind, UnixMs,
+    WhapiDetails, now_ms,
 };
 use crate::error::{AppError, ErrorCode};
 use crate::providers::{ChannelInfo, ChannelMode, ConnectMethod, ExtendOutcome, IssuedConnectCode};
@@ -91,7 +92,7 @@ impl Core {
                         // One more channel exists: the next page resumes before it.
                         return Ok(Page { items: out, next_page_token: cursor });
                     }
-                    out.push(stored_channel(&o));
+                    out.push(stored_channel(&o)?);
                 }
                 cursor = Some(o.id.as_str().to_string());
             }
@@ -120,8 +121,7 @@ impl Core {
         let event = NewEvent::new(EventKind::ConnectCodeIssued, "a connect code was issued")
             .with_attributes(&attrs(&[("method", m.into())]));
         self.record_with_details(&t.onboarding.id, event, None, |d| {
-            let n = d.get("connect_codes_issued").and_then(serde_json::Value::as_i64).unwrap_or(0);
-            d.insert("connect_codes_issued".into(), n.saturating_add(1).into());
+            d.connect_codes_issued = Some(d.connect_codes_issued.unwrap_or(0).saturating_add(1));
         })
         .await?;
         Ok(code)
@@ -146,7 +146,7 @@ impl Core {
             .with_attributes(&attrs(&[("mode", m.into())]));
         // The stored details follow, so GetOnboarding and ListChannels show the new mode.
         self.record_with_details(&t.onboarding.id, event, None, |d| {
-            d.insert("mode".into(), m.into());
+            d.mode = Some(m.into());
         })
         .await?;
         Ok(Self::channel_view(&t, info))
@@ -321,7 +321,7 @@ impl Core {
             NewEvent::new(EventKind::ChannelExtended, "days added to the channel").with_attributes(&attrs(&data));
         self.record_with_details(id, event, active_till_ms, |d| {
             if let Some(t) = active_till_ms {
-                d.insert("active_till_ms".into(), t.into());
+                d.active_till_ms = Some(t);
             }
         })
         .await
@@ -390,10 +390,13 @@ impl Core {
 }
 
 /// A channel from what the store knows (the pipeline keeps it current), for cheap lists.
-fn stored_channel(o: &OnboardingRecord) -> ChannelView {
-    let d = details(o);
-    let data = handle_data(&d);
-    let mode = match d.get("mode").and_then(|v| v.as_str()).unwrap_or_default() {
+fn stored_channel(o: &OnboardingRecord) -> Result<ChannelView, AppError> {
+    let d = match details_of(o)? {
+        OnboardingDetails::Whapi(d) => d,
+        _ => WhapiDetails::default(),
+    };
+    let data = handle_data(o)?;
+    let mode = match d.mode.as_deref().unwrap_or_default() {
         "trial" => Some(ChannelMode::Trial),
         "sandbox" => Some(ChannelMode::Sandbox),
         "live" => Some(ChannelMode::Live),
@@ -401,14 +404,14 @@ fn stored_channel(o: &OnboardingRecord) -> ChannelView {
     };
     let info = ChannelInfo {
         id: o.external_key.clone().unwrap_or_default(),
-        display_name: str_of(&d, &["channel_name"]).or_else(|| str_of(data, &["name"])).unwrap_or_default().into(),
+        display_name: str_of(&data, &["name"]).unwrap_or_default().into(),
         mode,
         health: if o.state.is_terminal() { "STOPPED".into() } else { o.provider_status.clone() },
-        phone: str_of(&d, &["phone"]).and_then(|p| E164::parse(p).ok()),
-        active_till_ms: d.get("active_till_ms").and_then(|v| v.as_i64()).or(o.expire_ms),
+        phone: d.phone,
+        active_till_ms: d.active_till_ms.or(o.expire_ms),
         stopped: o.state.is_terminal(),
-        api_url: str_of(data, &["api_url", "apiUrl"]).unwrap_or_default().into(),
+        api_url: str_of(&data, &["api_url", "apiUrl"]).unwrap_or_default().into(),
         created_ms: None,
     };
-    ChannelView { onboarding: o.id.clone(), account: o.account_id.clone(), info }
+    Ok(ChannelView { onboarding: o.id.clone(), account: o.account_id.clone(), info })
 }

@@ -13,9 +13,12 @@ mod tokens;
 use std::sync::Arc;
 
 use super::accounts::CheckResult;
-use super::context::ENGINE_KEY;
+use super::context::stored_handle;
+use super::pipeline_rows::details_of;
 use super::{Caller, Core};
-use crate::domain::{AccountId, EventKind, OnboardingId, Patch, ProviderKind, Secret, UnixMs, now_ms};
+use crate::domain::{
+    AccountId, EventKind, OnboardingDetails, OnboardingId, Patch, ProviderKind, Secret, UnixMs, WhapiDetails, now_ms,
+};
 use crate::error::{AppError, ErrorCode};
 use crate::providers::http::TokenStatus;
 use crate::providers::{
@@ -97,13 +100,9 @@ fn provider_err(kind: ProviderKind) -> impl Fn(ProviderError) -> AppError {
     move |e| AppError::from((kind, e))
 }
 
-fn details(o: &OnboardingRecord) -> serde_json::Value {
-    serde_json::from_str(&o.details_json).unwrap_or_default()
-}
-
-/// The adapter-private data of the onboarding's stored handle.
-fn handle_data(d: &serde_json::Value) -> &serde_json::Value {
-    &d[ENGINE_KEY]["handle"]["data"]
+/// The adapter-private data of the onboarding's stored handle (`Null` before there is one).
+fn handle_data(o: &OnboardingRecord) -> Result<serde_json::Value, AppError> {
+    Ok(stored_handle(o)?.map_or(serde_json::Value::Null, |h| h.data))
 }
 
 fn str_of<'a>(v: &'a serde_json::Value, keys: &[&str]) -> Option<&'a str> {
@@ -217,14 +216,15 @@ impl Core {
         Ok(found)
     }
 
-    /// Appends an event that also edits the onboarding's details (and optionally its
-    /// expiry), re-reading and retrying on a concurrent change so no other write is lost.
+    /// Appends an event that also edits the (Whapi) onboarding's channel details (and
+    /// optionally its expiry), re-reading and retrying on a concurrent change so no other
+    /// write is lost.
     async fn record_with_details(
         &self,
         id: &OnboardingId,
         event: NewEvent,
         expire_ms: Option<UnixMs>,
-        edit: impl Fn(&mut serde_json::Map<String, serde_json::Value>),
+        edit: impl Fn(&mut WhapiDetails),
     ) -> Result<(), AppError> {
         const ATTEMPTS: usize = 8;
         for _ in 0..ATTEMPTS {
@@ -233,14 +233,18 @@ impl Core {
                 .onboarding_unscoped(id)
                 .await?
                 .ok_or_else(|| AppError::not_found(format!("onboardings/{id}")))?;
-            let mut d = match details(&o) {
-                serde_json::Value::Object(m) => m,
-                _ => serde_json::Map::new(),
+            let mut details = details_of(&o)?;
+            let OnboardingDetails::Whapi(d) = &mut details else {
+                return Err(AppError::internal(format!(
+                    "onboardings/{id} is a {} onboarding, not a channel",
+                    o.provider
+                )));
             };
-            edit(&mut d);
+            edit(d);
+            let text = details.to_json().map_err(|e| AppError::internal(e.to_string()))?;
             let change = OnboardingChange {
                 expect_sequence: Some(o.sequence),
-                details_json: Some(serde_json::Value::Object(d).to_string()),
+                details_json: Some(text),
                 expire_ms: expire_ms.map_or(Patch::Keep, Patch::Set),
                 ..OnboardingChange::new(id, event.clone(), now_ms())
             };

@@ -1,11 +1,11 @@
 //! Tokens: an onboarding's app token, the account's partner token, hosted-link tokens.
 
 use super::{
-    AppTokenView, LinkTokenView, attrs, credential_expiry, details, handle_data, hosted_links_of, partner_token_of,
+    AppTokenView, LinkTokenView, attrs, credential_expiry, details_of, handle_data, hosted_links_of, partner_token_of,
     provider_err, str_of, with_credential_expiry,
 };
 use crate::core::{Caller, Core};
-use crate::domain::{AccountId, EventKind, OnboardingId};
+use crate::domain::{AccountId, EventKind, OnboardingDetails, OnboardingId};
 use crate::error::AppError;
 use crate::providers::http::TokenStatus;
 
@@ -21,10 +21,10 @@ impl Core {
                 o.state
             )));
         };
-        let d = details(&o);
+        let data = handle_data(&o)?;
         let resource_id = o.external_key.clone().unwrap_or_default();
-        let api_url = str_of(handle_data(&d), &["api_url", "apiUrl"]).unwrap_or_default().to_string();
-        let expire_ms = handle_data(&d).get("token_expire_ms").and_then(|v| v.as_i64());
+        let api_url = str_of(&data, &["api_url", "apiUrl"]).unwrap_or_default().to_string();
+        let expire_ms = data.get("token_expire_ms").and_then(|v| v.as_i64());
         self.audit(
             &o.id,
             EventKind::TokenRead,
@@ -69,10 +69,11 @@ impl Core {
             .filter(|o| &o.account_id == account);
         let (expire_ms, customers_remaining) = match &o {
             Some(o) => {
-                let d = details(o);
-                let expire = o.expire_ms.or_else(|| d.get("link_expire_ms").and_then(|v| v.as_i64()));
-                let remaining = d.get("customers_remaining").and_then(|v| v.as_i64()).unwrap_or(0);
-                (expire, i32::try_from(remaining).unwrap_or(0))
+                let (link_expire, remaining) = match details_of(o)? {
+                    OnboardingDetails::Exotel(d) => (d.link_expire_ms, d.customers_remaining.unwrap_or(0)),
+                    _ => (None, 0),
+                };
+                (o.expire_ms.or(link_expire), i32::try_from(remaining).unwrap_or(0))
             }
             None => (None, 0),
         };

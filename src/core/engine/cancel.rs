@@ -4,8 +4,8 @@
 use std::collections::BTreeMap;
 
 use crate::core::Core;
-use crate::core::context::stored_handle;
-use crate::core::pipeline_rows::{details_map, engine_field, skip_unfinished};
+use crate::core::context::{engine_state, stored_handle};
+use crate::core::pipeline_rows::skip_unfinished;
 use crate::domain::{EventKind, OnboardingState, Patch, StepState, now_ms};
 use crate::error::{AppError, ErrorCode};
 use crate::providers::{Provider, ProviderError};
@@ -20,7 +20,7 @@ impl Core {
         provider: &dyn Provider,
         ctx: &crate::providers::CallContext,
     ) -> Result<u32, AppError> {
-        let handle = stored_handle(o);
+        let handle = stored_handle(o)?;
         let mut refunded = 0;
         let mut raw = String::new();
         if let Some(h) = &handle
@@ -63,7 +63,8 @@ impl Core {
             .await?
             .ok_or_else(|| AppError::precondition(format!("the account of onboardings/{} was deleted", o.id)))?;
         let (provider, _) = self.provider_for(&account)?;
-        let request = self.open_request(o)?;
+        let engine = engine_state(o)?;
+        let request = self.open_request(o, &engine)?;
         let specs = provider.pipeline(&request);
         let steps = self.store.steps(&o.id).await?;
         let now = now_ms();
@@ -81,10 +82,8 @@ impl Core {
         s.finished_ms = None;
         s.deadline_ms = Some(deadline);
         s.updated_ms = now;
-        let details = details_map(o);
-        let back_to = engine_field(&details, "stalled_from")
-            .as_str()
-            .and_then(|v| v.parse::<OnboardingState>().ok())
+        let back_to = engine
+            .stalled_from
             .filter(|st| !st.is_terminal() && *st != OnboardingState::Stalled && *st != OnboardingState::ReauthRequired)
             .or(spec.and_then(|s| s.enter_state))
             .unwrap_or(OnboardingState::Pending);

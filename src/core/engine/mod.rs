@@ -22,6 +22,7 @@
 mod cancel;
 pub(crate) mod plan;
 mod runner;
+mod state;
 mod watchdog;
 
 #[cfg(test)]
@@ -34,8 +35,9 @@ use tokio::sync::Semaphore;
 use tracing::Instrument;
 
 pub use self::plan::{first_deadline, initial_steps};
+pub use self::state::{EngineState, SealedRequest};
 use super::Core;
-use super::pipeline_rows::{details_map, log_change, set_engine_field};
+use super::pipeline_rows::log_change;
 // `capabilities/channels.rs` still reaches this helper through the engine.
 pub(crate) use super::pipeline_rows::skip_unfinished;
 use crate::domain::{StepState, now_ms};
@@ -160,13 +162,12 @@ impl Core {
         let specs = provider.pipeline(request);
         let done: &[&str] = preset.map(|(_, d)| d).unwrap_or(&[]);
         let steps = initial_steps(&o.id, &specs, done, o.created_ms);
-        let mut details = details_map(o);
-        set_engine_field(&mut details, "request", self.seal_request(&o.id, request)?);
+        let mut engine = EngineState { request: Some(self.seal_request(&o.id, request)?), ..EngineState::default() };
         if let Some((h, _)) = preset {
-            set_engine_field(&mut details, "handle", serde_json::to_value(h).unwrap_or_default());
+            engine.handle = Some(h.clone());
             o.external_key = Some(h.external_key.clone());
         }
-        o.details_json = serde_json::Value::Object(details).to_string();
+        o.engine_json = engine.to_json()?;
         o.state_deadline_ms = first_deadline(&steps);
         if let Some(first) = steps.iter().find(|s| s.state == StepState::Ready)
             && let Some(spec) = specs.iter().find(|s| s.name == first.name)

@@ -6,8 +6,12 @@
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use crate::core::pipeline_rows::{details_map, set_engine_field, skip_rest};
-use crate::domain::{EventKind, OnboardingId, OnboardingState, Patch, ProviderKind, StepState, UnixMs};
+use super::state::EngineState;
+use crate::core::pipeline_rows::skip_rest;
+use crate::domain::{
+    EventKind, OnboardingDetails, OnboardingId, OnboardingState, Patch, ProviderKind, StepState, UnixMs,
+};
+use crate::error::AppError;
 use crate::providers::{Progress, ProviderError, StepOutcome, StepSpec};
 use crate::store::{NewEvent, OnboardingChange, OnboardingRecord, Sealed, StepRecord};
 
@@ -16,6 +20,10 @@ use crate::store::{NewEvent, OnboardingChange, OnboardingRecord, Sealed, StepRec
 pub(crate) struct Ran<'a> {
     /// The onboarding, fresh (its sequence guards the change).
     pub onboarding: &'a OnboardingRecord,
+    /// Its public details, parsed once by the runner.
+    pub details: &'a OnboardingDetails,
+    /// Its engine state, parsed once by the runner.
+    pub engine: &'a EngineState,
     /// All its step rows, fresh.
     pub steps: &'a [StepRecord],
     /// The row of the step that ran (one of `steps`).
@@ -79,6 +87,8 @@ pub(crate) enum StepPlan {
     },
     /// Nothing to write (the state machine refuses the stop the run calls for).
     Nothing,
+    /// The rows to write cannot be encoded: nothing is written, the runner reports this.
+    Corrupt(AppError),
 }
 
 impl StepPlan {
@@ -86,6 +96,14 @@ impl StepPlan {
     pub(crate) fn write(change: OnboardingChange) -> Self {
         let wake = change.event.kind.wakes_engine();
         Self::Write { change, wake }
+    }
+
+    /// What a [`stop`] comes to: its change, nothing (refused), or the encoding error.
+    pub(crate) fn stopped(stop: Result<Option<OnboardingChange>, AppError>) -> Self {
+        match stop {
+            Ok(change) => change.map_or(Self::Nothing, Self::write),
+            Err(e) => Self::Corrupt(e),
+        }
     }
 }
 
@@ -119,23 +137,23 @@ pub(crate) fn plan(ran: &Ran<'_>, result: &StepResult, backoff: &Backoff, now: U
 fn plan_outcome(ran: &Ran<'_>, out: &StepOutcome, sealed: Option<&Sealed>, now: UnixMs) -> StepPlan {
     let (o, current, steps, specs) = (ran.onboarding, ran.current, ran.steps, ran.specs);
     let obs = &out.observation;
-    let mut details = details_map(o);
-    let old_details = details.clone();
-    for (k, v) in &out.details {
-        // `_`-keys are the engine's own bookkeeping: adapters never write them.
-        if !k.starts_with('_') {
-            details.insert(k.clone(), v.clone());
-        }
-    }
+    let mut details = ran.details.clone();
+    // An adapter's patch for another provider's details (a bug) is refused, and said so in
+    // the event, rather than written over the onboarding's.
+    let refused = out.details.clone().and_then(|p| details.merge(p).err());
     if !obs.fields.is_empty() {
-        details.insert("provider_fields".into(), serde_json::to_value(&obs.fields).unwrap_or_default());
+        details.set_provider_fields(obs.fields.clone());
     }
     let mut change = OnboardingChange {
         expect_sequence: Some(o.sequence),
         ..OnboardingChange::new(&o.id, NewEvent::new(EventKind::StateChanged, String::new()), now)
     };
     if let Some(h) = &out.handle {
-        set_engine_field(&mut details, "handle", serde_json::to_value(h).unwrap_or_default());
+        let engine = EngineState { handle: Some(h.clone()), ..ran.engine.clone() };
+        change.engine_json = match engine.to_json() {
+            Ok(j) => Some(j),
+            Err(e) => return StepPlan::Corrupt(e),
+        };
         change.external_key = Some(h.external_key.clone());
     }
     change.secret = sealed.cloned();
@@ -177,7 +195,7 @@ fn plan_outcome(ran: &Ran<'_>, out: &StepOutcome, sealed: Option<&Sealed>, now: 
             step.next_run_ms = Some(now.saturating_add(after.as_millis() as i64));
             let quiet = state == o.state
                 && obs.raw_status == o.provider_status
-                && details == old_details
+                && details == *ran.details
                 && out.handle.is_none()
                 && out.secret.is_none()
                 && out.expire_ms.is_none_or(|e| Some(e) == o.expire_ms)
@@ -226,6 +244,9 @@ fn plan_outcome(ran: &Ran<'_>, out: &StepOutcome, sealed: Option<&Sealed>, now: 
     }
     let mut attrs: BTreeMap<String, String> = out.attributes.clone();
     attrs.insert("step_state".into(), changed_steps[0].state.as_str().into());
+    if let Some(e) = refused {
+        attrs.insert("details_refused".into(), e.to_string());
+    }
     if state != o.state {
         change.state = Some(state);
         change.state_reason = Some(reason.clone());
@@ -233,7 +254,10 @@ fn plan_outcome(ran: &Ran<'_>, out: &StepOutcome, sealed: Option<&Sealed>, now: 
     if !obs.raw_status.is_empty() {
         change.provider_status = Some(obs.raw_status.clone());
     }
-    change.details_json = Some(serde_json::Value::Object(details).to_string());
+    change.details_json = match details.to_json() {
+        Ok(j) => Some(j),
+        Err(e) => return StepPlan::Corrupt(AppError::internal(format!("onboardings/{}: {e}", o.id))),
+    };
     change.steps = changed_steps;
     change.event = NewEvent::new(kind, if state != o.state { reason } else { obs.reason.clone() })
         .at_step(current.name.clone())
@@ -300,21 +324,23 @@ fn plan_error(ran: &Ran<'_>, e: &ProviderError, backoff: &Backoff, now: UnixMs) 
     step.next_run_ms = None;
     step.finished_ms = Some(now);
     let end = Stop { state, why, raw, step: Some(&current.name), attrs, rows: vec![step] };
-    stop(o, ran.steps, change, end).map_or(StepPlan::Nothing, StepPlan::write)
+    StepPlan::stopped(stop(o, ran.engine, ran.steps, change, end))
 }
 
 /// Moves an onboarding to a stopping state with the stop's step rows; later steps of a
 /// terminal state are skipped (from `all_steps`, the onboarding's rows; only read then).
 /// `None` when the state machine refuses the move. `change` brings the id, time, sequence
-/// guard and webhook event.
+/// guard and webhook event; `engine` is `o`'s engine state. An error only when the engine
+/// state cannot be encoded.
 pub(crate) fn stop(
     o: &OnboardingRecord,
+    engine: &EngineState,
     all_steps: &[StepRecord],
     mut change: OnboardingChange,
     end: Stop<'_>,
-) -> Option<OnboardingChange> {
+) -> Result<Option<OnboardingChange>, AppError> {
     if !o.state.can_transition(end.state) {
-        return None;
+        return Ok(None);
     }
     let mut steps = end.rows;
     if end.state.is_terminal()
@@ -324,9 +350,8 @@ pub(crate) fn stop(
     }
     if matches!(end.state, OnboardingState::Stalled | OnboardingState::ReauthRequired) {
         // RetryPipeline goes back to where the onboarding was.
-        let mut details = details_map(o);
-        set_engine_field(&mut details, "stalled_from", serde_json::json!(o.state.as_str()));
-        change.details_json = Some(serde_json::Value::Object(details).to_string());
+        let engine = EngineState { stalled_from: Some(o.state), ..engine.clone() };
+        change.engine_json = Some(engine.to_json()?);
     }
     change.state = Some(end.state);
     change.state_reason = Some(end.why.clone());
@@ -338,7 +363,7 @@ pub(crate) fn stop(
     change.event = NewEvent::new(EventKind::StateChanged, end.why)
         .at_opt_step(end.step.map(str::to_string))
         .with_attributes(&end.attrs);
-    Some(change)
+    Ok(Some(change))
 }
 
 /// The step records for a new onboarding: the first enabled step not in `done` is `READY`

@@ -4,8 +4,11 @@
 use std::time::Duration;
 
 use super::plan::{self, Backoff, Ran, StepPlan, StepResult, Stop};
-use crate::core::pipeline_rows::{details_map, engine_field};
-use crate::domain::{AccountId, EventKind, OnboardingId, OnboardingState, Patch, ProviderKind, StepState, TenantId};
+use super::state::EngineState;
+use crate::domain::{
+    AccountId, EventKind, GupshupDetails, OnboardingDetails, OnboardingId, OnboardingState, Patch, ProviderKind,
+    StepState, TenantId, WhapiDetails,
+};
 use crate::domain::{UnixMs, new_id};
 use crate::providers::{Observation, ProviderError, StepOutcome, StepSpec};
 use crate::store::{NewEvent, OnboardingChange, OnboardingRecord, StepRecord};
@@ -39,6 +42,7 @@ fn onboarding(state: OnboardingState) -> OnboardingRecord {
         provider_status: "OLD".into(),
         reference: String::new(),
         details_json: "{}".into(),
+        engine_json: "{}".into(),
         external_key: None,
         secret: None,
         sequence: 7,
@@ -89,7 +93,18 @@ fn run(state: OnboardingState, step: &str, attempts: i32, result: StepResult) ->
     let specs = specs();
     let current = steps.iter().find(|s| s.name == step).unwrap();
     let spec = specs.iter().find(|s| s.name == step).unwrap();
-    let ran = Ran { onboarding: &o, steps: &steps, current, specs: &specs, spec, provider: ProviderKind::Whapi };
+    let details = OnboardingDetails::parse(o.provider, &o.details_json).unwrap();
+    let engine = EngineState::parse(&o.engine_json).unwrap();
+    let ran = Ran {
+        onboarding: &o,
+        details: &details,
+        engine: &engine,
+        steps: &steps,
+        current,
+        specs: &specs,
+        spec,
+        provider: ProviderKind::Whapi,
+    };
     let plan = plan::plan(&ran, &result, &BACKOFF, NOW);
     (o, plan)
 }
@@ -110,7 +125,17 @@ fn summary(o: &OnboardingRecord, plan: &StepPlan) -> (OnboardingState, Option<Ev
             (change.state.unwrap_or(o.state), Some(change.event.kind), steps)
         }
         StepPlan::Nothing => (o.state, None, Vec::new()),
+        StepPlan::Corrupt(e) => panic!("nothing here fails to encode: {e:?}"),
     }
+}
+
+/// The typed details and engine state `change` leaves `o` with.
+fn after(o: &OnboardingRecord, change: &OnboardingChange) -> (WhapiDetails, EngineState) {
+    let row = change.applied_to(o);
+    let OnboardingDetails::Whapi(d) = OnboardingDetails::parse(row.provider, &row.details_json).unwrap() else {
+        panic!("whapi details")
+    };
+    (d, EngineState::parse(&row.engine_json).unwrap())
 }
 
 fn expect_steps(list: &[(&str, S)]) -> Vec<(String, S)> {
@@ -352,8 +377,7 @@ fn errors() {
             assert_eq!(step.next_run_ms.map(|t| t - NOW), delay, "{case}: retry delay");
             assert!(step.lease_owner.is_none(), "{case}: lease released");
             if to != state && to != Failed {
-                let details = details_map(&change.applied_to(&o));
-                assert_eq!(engine_field(&details, "stalled_from"), state.as_str(), "{case}: where it stalled from");
+                assert_eq!(after(&o, change).1.stalled_from, Some(state), "{case}: where it stalled from");
             }
         }
     }
@@ -371,8 +395,8 @@ fn a_queued_retry_gives_its_attempt_back() {
 fn a_done_step_records_what_the_adapter_reported() {
     let out = done("CREATED", None)
         .handle(crate::providers::ProviderHandle { external_key: "ch-1".into(), data: serde_json::json!({}) })
-        .detail("onboarding_url", "https://x")
-        .detail("_engine", "never")
+        .with_details(WhapiDetails { mode: Some("trial".into()), ..WhapiDetails::default() })
+        .with_details(WhapiDetails { go_live: Some(true), ..WhapiDetails::default() })
         .attribute("reconciled", "true");
     let (o, plan) = run(Pending, "create", 1, outcome(out));
     let StepPlan::Write { change, wake } = plan else { panic!("a change is written") };
@@ -381,13 +405,59 @@ fn a_done_step_records_what_the_adapter_reported() {
     assert_eq!(change.provider_status.as_deref(), Some("CREATED"));
     assert_eq!(change.state_reason.as_deref(), Some("step scan started"));
     assert_eq!(change.state_deadline_ms, Patch::Set(NOW + 3_600_000), "the next step's deadline");
-    let details = details_map(&change.applied_to(&o));
-    assert_eq!(details["onboarding_url"], "https://x");
-    assert_eq!(engine_field(&details, "handle")["external_key"], "ch-1");
+    let (details, engine) = after(&o, &change);
+    assert_eq!((details.mode.as_deref(), details.go_live), (Some("trial"), Some(true)), "both patches merged");
+    assert_eq!(engine.handle.map(|h| h.external_key).as_deref(), Some("ch-1"));
     let attrs: serde_json::Value = serde_json::from_str(&change.event.data_json).unwrap();
     assert_eq!(attrs["reconciled"], "true");
     assert_eq!(attrs["step_state"], "SUCCEEDED");
     assert_eq!(change.event.step.as_deref(), Some("create"));
+}
+
+#[test]
+fn details_merge_over_the_stored_ones_and_raw_fields_replace() {
+    let mut o = onboarding(AwaitingCustomer);
+    o.details_json = r#"{"channel_id":"ch-1","go_live":true,"provider_fields":{"old":"1"}}"#.into();
+    o.engine_json = r#"{"stalled_from":"PENDING"}"#.into();
+    let steps = rows(&o, "scan", 1);
+    let specs = specs();
+    let (details, engine) =
+        (OnboardingDetails::parse(o.provider, &o.details_json).unwrap(), EngineState::parse(&o.engine_json).unwrap());
+    let ran = Ran {
+        onboarding: &o,
+        details: &details,
+        engine: &engine,
+        steps: &steps,
+        current: &steps[1],
+        specs: &specs,
+        spec: &specs[1],
+        provider: ProviderKind::Whapi,
+    };
+    let mut observed = obs("NEW", None);
+    observed.fields.insert("status".into(), "QR".into());
+    let out = StepOutcome::wait(Duration::from_secs(30), observed)
+        .with_details(WhapiDetails { mode: Some("trial".into()), ..WhapiDetails::default() });
+    let StepPlan::Write { change, .. } = plan::plan(&ran, &outcome(out), &BACKOFF, NOW) else {
+        panic!("new details and status are news")
+    };
+    assert_eq!(change.engine_json, None, "the engine state is untouched without a handle");
+    let (d, e) = after(&o, &change);
+    assert_eq!(d.channel_id.as_ref().map(|c| c.as_str()), Some("ch-1"), "kept");
+    assert_eq!(d.go_live, Some(true), "kept");
+    assert_eq!(d.mode.as_deref(), Some("trial"), "set");
+    let fields: Vec<_> = d.provider_fields.unwrap().into_keys().collect();
+    assert_eq!(fields, vec!["status".to_string()], "the last observation's fields replace the old ones");
+    assert_eq!(e.stalled_from, Some(Pending));
+}
+
+#[test]
+fn a_patch_for_another_provider_is_refused_and_said_so() {
+    let out = done("CREATED", None).with_details(GupshupDetails { app_token_ready: Some(true), ..Default::default() });
+    let (o, plan) = run(Pending, "create", 1, outcome(out));
+    let StepPlan::Write { change, .. } = plan else { panic!("a change is written") };
+    assert_eq!(after(&o, &change).0, WhapiDetails::default(), "nothing of it stored");
+    let attrs: serde_json::Value = serde_json::from_str(&change.event.data_json).unwrap();
+    assert!(attrs["details_refused"].as_str().unwrap().contains("gupshup"), "{attrs}");
 }
 
 #[test]
@@ -429,14 +499,19 @@ fn a_stop_is_refused_from_a_terminal_state_and_stalls_keep_later_steps() {
         attrs: Default::default(),
         rows: Vec::new(),
     };
+    let engine = EngineState::default();
     let o = onboarding(Failed);
-    assert!(plan::stop(&o, &rows(&o, "create", 1), change(&o), stop(Stalled, Some("create"))).is_none());
+    assert!(
+        plan::stop(&o, &engine, &rows(&o, "create", 1), change(&o), stop(Stalled, Some("create"))).unwrap().is_none()
+    );
     let o = onboarding(Provisioning);
-    let stalled = plan::stop(&o, &rows(&o, "scan", 1), change(&o), stop(Stalled, Some("scan"))).unwrap();
+    let stalled =
+        plan::stop(&o, &engine, &rows(&o, "scan", 1), change(&o), stop(Stalled, Some("scan"))).unwrap().unwrap();
     assert!(stalled.steps.is_empty(), "a stall skips nothing: RetryPipeline resumes");
     assert_eq!(stalled.provider_status, None, "no raw code, no raw status");
     assert_eq!(stalled.state_deadline_ms, Patch::Clear);
-    let failed = plan::stop(&o, &rows(&o, "scan", 1), change(&o), stop(Failed, Some("scan"))).unwrap();
+    let failed =
+        plan::stop(&o, &engine, &rows(&o, "scan", 1), change(&o), stop(Failed, Some("scan"))).unwrap().unwrap();
     assert_eq!(
         expect_steps(&[("provision", S::Skipped)]),
         failed.steps.iter().map(|s| (s.name.clone(), s.state)).collect::<Vec<_>>()

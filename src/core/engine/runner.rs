@@ -8,8 +8,8 @@ use rand::Rng;
 
 use super::plan::{self, Backoff, Ran, StepPlan, StepResult, Stop};
 use crate::core::Core;
-use crate::core::context::stored_handle;
-use crate::core::pipeline_rows::{CONFLICT_RETRIES, details_map, log_change};
+use crate::core::context::engine_state;
+use crate::core::pipeline_rows::{CONFLICT_RETRIES, details_of, log_change};
 use crate::domain::{EventKind, OnboardingState, StepState, now_ms};
 use crate::error::{AppError, ErrorCode};
 use crate::providers::{Provider, ProviderError, StepRun};
@@ -42,7 +42,8 @@ impl Core {
         // onboarding for everyone: the error leaves the lease to lapse, so a healthy replica
         // (or this one, fixed) takes the step; the watchdog bounds how long that can last.
         let (provider, ctx) = self.provider_for(&account)?;
-        let request = self.open_request(&o)?;
+        let engine = engine_state(&o)?;
+        let request = self.open_request(&o, &engine)?;
         if o.desired_state == Some(OnboardingState::Cancelled) {
             return self.cancel_now(&o, &*provider, &ctx).await.map(|_| ());
         }
@@ -51,18 +52,17 @@ impl Core {
             let reason = format!("{} has no step '{}' any more", provider.kind(), step.name);
             return self.fail_onboarding(&o, Some(&step.name), OnboardingState::Failed, &reason, "", None).await;
         };
-        let details = details_map(&o);
-        let handle = stored_handle(&o);
         let run = StepRun {
             name: step.name.clone(),
             onboarding_id: o.id.clone(),
             request: request.clone(),
-            handle,
+            handle: engine.handle.clone(),
             secret: self.onboarding_secret(&o)?,
             data: serde_json::from_str(&step.data_json).unwrap_or_else(|_| serde_json::json!({})),
             attempt: step.attempts.max(1) as u32,
             state: o.state,
-            details: details.clone(),
+            details: details_of(&o)?,
+            was_stalled: engine.stalled_from.is_some(),
         };
         // A create the provider may later report as existing to anyone: on record before the
         // call, so a later "already exists" can be told apart as our own lost attempt.
@@ -101,8 +101,11 @@ impl Core {
             let Some(fresh) = self.store.onboarding_unscoped(&o.id).await? else { return Ok(()) };
             let steps = self.store.steps(&o.id).await?;
             let Some(current) = steps.iter().find(|s| s.name == step.name) else { return Ok(()) };
+            let (details, engine) = (details_of(&fresh)?, engine_state(&fresh)?);
             let ran = Ran {
                 onboarding: &fresh,
+                details: &details,
+                engine: &engine,
                 steps: &steps,
                 current,
                 specs: &specs,
@@ -137,6 +140,7 @@ impl Core {
                 Err(e) => Err(e.into()),
             },
             StepPlan::Nothing => Ok(()),
+            StepPlan::Corrupt(e) => Err(e),
         }
     }
 
@@ -264,7 +268,8 @@ impl Core {
             ..OnboardingChange::new(&o.id, NewEvent::new(EventKind::StateChanged, String::new()), now)
         };
         let end = Stop { state, why: why.to_string(), raw: raw.to_string(), step, attrs: BTreeMap::new(), rows };
-        self.perform(plan::stop(o, &all, change, end).map_or(StepPlan::Nothing, StepPlan::write)).await
+        let engine = engine_state(o)?;
+        self.perform(StepPlan::stopped(plan::stop(o, &engine, &all, change, end))).await
     }
 
     /// Releases a step whose onboarding no longer needs it, in `state`.

@@ -6,6 +6,7 @@ use std::time::Duration;
 
 use super::plan::{self, StepPlan, Stop};
 use crate::core::Core;
+use crate::core::context::engine_state;
 use crate::core::pipeline_rows::parked;
 use crate::domain::{EventKind, OnboardingState, StepState, UnixMs};
 use crate::error::{AppError, ErrorCode};
@@ -56,7 +57,15 @@ impl Core {
                 attrs: BTreeMap::new(),
                 rows,
             };
-            match self.perform(plan::stop(&o, &steps, change, end).map_or(StepPlan::Nothing, StepPlan::write)).await {
+            // One onboarding's unreadable engine state must not stop the pass for the others.
+            let engine = match engine_state(&o) {
+                Ok(e) => e,
+                Err(e) => {
+                    tracing::error!(onboarding = %o.id, error = %e.message, "Cannot stall an onboarding.");
+                    continue;
+                }
+            };
+            match self.perform(StepPlan::stopped(plan::stop(&o, &engine, &steps, change, end))).await {
                 Ok(()) => n += 1,
                 Err(e) if e.code == ErrorCode::Aborted => {}
                 Err(e) => return Err(e),

@@ -48,7 +48,9 @@ use super::{
     StepRun, StepSpec, VerificationOps, VerifyMethod,
 };
 use crate::domain::account::Credentials;
-use crate::domain::{Capability, OnboardingState, ProviderKind, Secret, now_ms};
+use crate::domain::{
+    Capability, Digital99Details, E164, OnboardingDetails, OnboardingState, ProviderKind, Secret, now_ms,
+};
 use crate::error::AppError;
 
 /// Unconfirmed 99digital facts, in one place [I] (docs/providers.md §4.2 and its "Corrections
@@ -181,14 +183,15 @@ fn start_of(req: &StartRequest) -> Result<&Digital99Start, ProviderError> {
     Ok(s)
 }
 
-fn e164(d: &str) -> String {
-    format!("+{d}")
+/// The number of listed digits; `None` for digits that are no E.164 number (never shown).
+fn e164(d: &str) -> Option<E164> {
+    E164::parse(d).ok()
 }
 
 /// What one `getAccounts` item says about the onboarding.
 struct Reading {
     obs: Observation,
-    details: BTreeMap<String, serde_json::Value>,
+    details: Digital99Details,
     finished: bool,
 }
 
@@ -211,39 +214,27 @@ fn read_account(acc: &AccountItem, number: &str, known_temp: Option<&str>) -> Re
     } else {
         (OnboardingState::AwaitingCustomer, "waiting for the business to finish onboarding")
     };
-    let mut details = BTreeMap::new();
-    let mut put = |k: &str, v: serde_json::Value| {
-        details.insert(k.to_string(), v);
-    };
-    if let Some(l) = &acc.onboarding_link {
-        put("onboarding_link", json!(l));
-    }
-    if let Some(l) = &acc.landing_page {
-        put("landing_page", json!(l));
-    }
-    if let Some(n) = &acc.business_name {
-        put("business_name", json!(n));
-    }
-    if let Some(n) = &acc.display_name {
-        put("display_name", json!(n));
-    }
-    put("coexistence", json!(coexistence));
     // Coexistence: until the business finishes, 99digital lists a temporary 97257… number;
     // once finished the real one. Keep the temporary one beside it [C].
     let temp = (coexistence && !finished && !listed.is_empty() && listed != number).then(|| listed.clone());
-    if let Some(t) = temp.as_deref().or(known_temp) {
-        put("temporary_phone", json!(e164(t)));
-    }
     let phone = if finished && !listed.is_empty() { listed } else { number.to_string() };
-    put("phone", json!(e164(&phone)));
+    let details = Digital99Details {
+        onboarding_link: acc.onboarding_link.clone(),
+        landing_page: acc.landing_page.clone(),
+        business_name: acc.business_name.clone(),
+        display_name: acc.display_name.clone(),
+        coexistence: Some(coexistence),
+        temporary_phone: temp.as_deref().or(known_temp).and_then(e164),
+        phone: e164(&phone),
+        ..Digital99Details::default()
+    };
     let obs = Observation { raw_status: status.to_string(), fields, state: Some(state), reason: reason.into() };
     Reading { obs, details, finished }
 }
 
 fn outcome(progress_done: bool, wait: Duration, r: Reading) -> StepOutcome {
-    let mut out = if progress_done { StepOutcome::done(r.obs) } else { StepOutcome::wait(wait, r.obs) };
-    out.details = r.details;
-    out
+    let out = if progress_done { StepOutcome::done(r.obs) } else { StepOutcome::wait(wait, r.obs) };
+    out.with_details(r.details)
 }
 
 fn handle_for(number: &str, link: Option<&str>, reference: &str) -> ProviderHandle {
@@ -563,7 +554,11 @@ impl Digital99Provider {
             state: None,
             reason: format!("verification code sent by {label}"),
         };
-        Ok(StepOutcome::done(obs).detail("phone", e164(number)).detail("number_verified", false))
+        Ok(StepOutcome::done(obs).with_details(Digital99Details {
+            phone: e164(number),
+            number_verified: Some(false),
+            ..Digital99Details::default()
+        }))
     }
 
     async fn verify_number(&self, ctx: &CallContext, run: &StepRun) -> Result<StepOutcome, ProviderError> {
@@ -612,7 +607,7 @@ impl Digital99Provider {
             let obs =
                 Observation { raw_status: "VERIFIED".into(), reason: "number verified".into(), ..Default::default() };
             return Ok(StepOutcome::done(obs)
-                .detail("number_verified", true)
+                .with_details(Digital99Details { number_verified: Some(true), ..Digital99Details::default() })
                 .data(json!({ "verified": true, "wrong_codes": wrong })));
         }
         let wrong = wrong + 1;
@@ -637,7 +632,10 @@ impl Digital99Provider {
             raw: String::new(),
             message: "await_customer ran before create_account recorded a handle".into(),
         })?;
-        let known_temp = run.details.get("temporary_phone").and_then(|v| v.as_str()).map(digits);
+        let known_temp = match &run.details {
+            OnboardingDetails::Digital99(d) => d.temporary_phone.as_ref().map(|p| p.digits().to_string()),
+            _ => None,
+        };
         Ok(match self.observe(ctx, handle, known_temp.as_deref(), Some(run.onboarding_id.as_str())).await? {
             None => StepOutcome::done(Self::gone()),
             Some(r) => {

@@ -104,7 +104,8 @@ fn step(name: &str, req: &StartRequest, handle: Option<ProviderHandle>, data: Va
         data,
         attempt: 1,
         state: OnboardingState::Pending,
-        details: serde_json::Map::new(),
+        details: crate::domain::OnboardingDetails::empty(crate::domain::ProviderKind::Digital99),
+        was_stalled: false,
     }
 }
 
@@ -270,7 +271,7 @@ async fn registered_pipeline_runs_in_order_to_live_with_reference() {
             .await
             .unwrap();
     assert_eq!(ok.progress, Progress::Done);
-    assert_eq!(ok.details["number_verified"], json!(true));
+    assert_eq!(ok.details_view()["number_verified"], json!(true));
 
     let created = e.p.run_step(&ctx, &step(STEP_CREATE_ACCOUNT, &req, None, json!({}))).await.unwrap();
     assert_eq!(created.observation.state, Some(OnboardingState::AwaitingCustomer));
@@ -279,12 +280,12 @@ async fn registered_pipeline_runs_in_order_to_live_with_reference() {
     let acc = e.account(number);
     // [C] `reference` is ours, echoed by getAccounts: the onboarding id, unique per onboarding.
     assert_eq!(acc.reference, req.onboarding_id.as_str());
-    assert_eq!(created.details["onboarding_link"], json!(acc.onboarding_link));
-    assert_eq!(created.details["landing_page"], json!(acc.landing_page));
-    assert_eq!(created.details["phone"], json!(format!("+{number}")));
-    assert_eq!(created.details["business_name"], json!("Acme inc"));
-    assert_eq!(created.details["display_name"], json!("Acme"));
-    assert_eq!(created.details["coexistence"], json!(false));
+    assert_eq!(created.details_view()["onboarding_link"], json!(acc.onboarding_link));
+    assert_eq!(created.details_view()["landing_page"], json!(acc.landing_page));
+    assert_eq!(created.details_view()["phone"], json!(format!("+{number}")));
+    assert_eq!(created.details_view()["business_name"], json!("Acme inc"));
+    assert_eq!(created.details_view()["display_name"], json!("Acme"));
+    assert_eq!(created.details_view()["coexistence"], json!(false));
     assert_eq!(e.sim.webhook_url("sandbox-client").as_deref(), Some(e.webhook_url.as_str()));
 
     // A repeat of the create (crash after it) reconciles.
@@ -339,11 +340,11 @@ async fn voice_code_path_and_wrong_code_cap() {
     assert_eq!(r.observation.reason, "code rejected");
     assert_eq!(e.calls("POST /api/whatsapp/verifyNumber"), before);
     let r = e.p.run_step(&ctx, &step(STEP_VERIFY_NUMBER, &req, None, json!({ "code": code }))).await.unwrap();
-    assert_eq!(r.details["number_verified"], json!(true));
+    assert_eq!(r.details_view()["number_verified"], json!(true));
     // A code stored as a JSON number works too.
     let n: u64 = code.parse().unwrap();
     let r = e.p.run_step(&ctx, &step(STEP_VERIFY_NUMBER, &req, None, json!({ "code": n }))).await.unwrap();
-    assert_eq!(r.details["number_verified"], json!(true));
+    assert_eq!(r.details_view()["number_verified"], json!(true));
 
     let v = e.p.verification().unwrap();
     assert!(v.validate_code("123456").is_ok());
@@ -510,8 +511,8 @@ async fn coexistence_retry_finds_the_account_by_reference() {
     assert!(acc.listed_whatsapp.starts_with("97257"));
     let handle = created.handle.clone().unwrap();
     assert_eq!(handle.external_key, number);
-    assert_eq!(created.details["coexistence"], json!(true));
-    assert_eq!(created.details["temporary_phone"], json!(format!("+{}", acc.listed_whatsapp)));
+    assert_eq!(created.details_view()["coexistence"], json!(true));
+    assert_eq!(created.details_view()["temporary_phone"], json!(format!("+{}", acc.listed_whatsapp)));
     // A handle without the link (an older record) still finds the account by reference.
     let bare = ProviderHandle { external_key: number.into(), data: json!({}) };
     let polled = e.p.run_step(&ctx, &step(STEP_AWAIT_CUSTOMER, &req, Some(bare), json!({}))).await.unwrap();
@@ -519,16 +520,16 @@ async fn coexistence_retry_finds_the_account_by_reference() {
 
     let mut run = step(STEP_AWAIT_CUSTOMER, &req, Some(handle.clone()), json!({}));
     let wait = e.p.run_step(&ctx, &run).await.unwrap();
-    assert_eq!(wait.details["temporary_phone"], json!(format!("+{}", acc.listed_whatsapp)));
-    assert_eq!(wait.details["phone"], json!(format!("+{number}")));
+    assert_eq!(wait.details_view()["temporary_phone"], json!(format!("+{}", acc.listed_whatsapp)));
+    assert_eq!(wait.details_view()["phone"], json!(format!("+{number}")));
     assert_eq!(wait.observation.fields["whatsapp"], acc.listed_whatsapp);
-    run.details.insert("temporary_phone".into(), wait.details["temporary_phone"].clone());
+    run.details = wait.details.clone().unwrap();
 
     e.sim.finish(number).unwrap();
     let live = e.p.run_step(&ctx, &run).await.unwrap();
     assert_eq!(live.observation.state, Some(OnboardingState::Live));
-    assert_eq!(live.details["phone"], json!(format!("+{number}")));
-    assert_eq!(live.details["temporary_phone"], json!(format!("+{}", acc.listed_whatsapp)));
+    assert_eq!(live.details_view()["phone"], json!(format!("+{number}")));
+    assert_eq!(live.details_view()["temporary_phone"], json!(format!("+{}", acc.listed_whatsapp)));
     assert_eq!(live.observation.fields["whatsapp"], number);
 }
 

@@ -32,7 +32,7 @@ use super::{
     StartRequest, StepOutcome, StepRun, StepSpec,
 };
 use crate::domain::account::{AccountOptions, ExotelRegion};
-use crate::domain::{Capability, OnboardingState, ProviderKind, UnixMs, now_ms};
+use crate::domain::{Capability, ExotelDetails, OnboardingState, ProviderKind, UnixMs, now_ms};
 use crate::error::AppError;
 
 /// Step that mints the onboarding's link.
@@ -197,21 +197,16 @@ impl TokenReading {
         Observation { raw_status: self.raw.clone(), fields, state: self.onboarding_state(), reason: reason.into() }
     }
 
-    fn details(&self, mut out: StepOutcome) -> StepOutcome {
-        out = out
-            .detail("token_status", self.raw.clone())
-            .detail("max_customers_per_link", MAX_CUSTOMERS_PER_LINK)
-            .detail("used_meaning", used_meaning_text());
-        if let Some(n) = self.customers_remaining() {
-            out = out.detail("customers_remaining", n);
-        }
-        if let Some(n) = self.customers_remaining_min() {
-            out = out.detail("customers_remaining_min", n);
-        }
-        if self.state == Some(LinkTokenState::Used) {
-            out = out.detail("live_meaning", LIVE_MEANING);
-        }
-        out
+    fn details(&self, out: StepOutcome) -> StepOutcome {
+        out.with_details(ExotelDetails {
+            token_status: Some(self.raw.clone()),
+            max_customers_per_link: Some(MAX_CUSTOMERS_PER_LINK),
+            used_meaning: Some(used_meaning_text().into()),
+            customers_remaining: self.customers_remaining(),
+            customers_remaining_min: self.customers_remaining_min(),
+            live_meaning: (self.state == Some(LinkTokenState::Used)).then(|| LIVE_MEANING.into()),
+            ..ExotelDetails::default()
+        })
     }
 }
 
@@ -238,7 +233,7 @@ fn minted(url: String, minted_ms: UnixMs) -> Result<MintedLink, ProviderError> {
         expire_ms: Some(expire_ms),
         provider_status: FRESH_TOKEN_STATUS.into(),
         fields,
-        details: BTreeMap::new(),
+        details: ExotelDetails::default(),
     };
     link.details = link_details(&link);
     Ok(link)
@@ -254,19 +249,18 @@ pub fn link_handle(link: &MintedLink) -> ProviderHandle {
 /// adds `batch_id` for a batch): `onboarding_url`, `token`, `token_status` (`VALID`),
 /// `customers_remaining` and `customers_remaining_min` (5), `max_customers_per_link`,
 /// `used_meaning` and `link_expire_ms`.
-pub fn link_details(link: &MintedLink) -> BTreeMap<String, serde_json::Value> {
-    let mut d = BTreeMap::new();
-    d.insert("onboarding_url".to_string(), json!(link.url));
-    d.insert("token".to_string(), json!(link.token));
-    d.insert("token_status".to_string(), json!(link.provider_status));
-    d.insert("customers_remaining".to_string(), json!(MAX_CUSTOMERS_PER_LINK));
-    d.insert("customers_remaining_min".to_string(), json!(MAX_CUSTOMERS_PER_LINK));
-    d.insert("max_customers_per_link".to_string(), json!(MAX_CUSTOMERS_PER_LINK));
-    d.insert("used_meaning".to_string(), json!(used_meaning_text()));
-    if let Some(at) = link.expire_ms {
-        d.insert("link_expire_ms".to_string(), json!(at));
+pub fn link_details(link: &MintedLink) -> ExotelDetails {
+    ExotelDetails {
+        onboarding_url: Some(link.url.clone()),
+        token: Some(link.token.clone()),
+        token_status: Some(link.provider_status.clone()),
+        customers_remaining: Some(MAX_CUSTOMERS_PER_LINK),
+        customers_remaining_min: Some(MAX_CUSTOMERS_PER_LINK),
+        max_customers_per_link: Some(MAX_CUSTOMERS_PER_LINK),
+        used_meaning: Some(used_meaning_text().into()),
+        link_expire_ms: link.expire_ms,
+        ..ExotelDetails::default()
     }
-    d
 }
 
 fn check_payload(req: &StartRequest) -> Result<(), ProviderError> {
@@ -324,7 +318,7 @@ impl ExotelProvider {
         obs.fields.insert("onboarding_url".into(), link.url.clone());
         obs.reason = "link minted; waiting for the business".into();
         let mut out = StepOutcome::done(obs).handle(link_handle(&link));
-        out.details = link.details.clone();
+        out.details = Some(link.details.clone().into());
         out.expire_ms = link.expire_ms;
         Ok((link, out))
     }

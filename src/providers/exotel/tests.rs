@@ -98,7 +98,8 @@ fn step(name: &str, handle: Option<ProviderHandle>) -> StepRun {
         data: json!({}),
         attempt: 1,
         state: OnboardingState::Pending,
-        details: serde_json::Map::new(),
+        details: crate::domain::OnboardingDetails::empty(crate::domain::ProviderKind::Exotel),
+        was_stalled: false,
     }
 }
 
@@ -284,11 +285,11 @@ async fn pipeline_mints_then_reaches_used_as_live() {
     let handle = out.handle.clone().unwrap();
     let token = handle.external_key.clone();
     let view = e.sim.token(&token).expect("external key is the sim's token");
-    assert_eq!(out.details["onboarding_url"], json!(view.onboarding_url));
-    assert_eq!(out.details["token"], json!(token));
-    assert_eq!(out.details["token_status"], json!("VALID"));
-    assert_eq!(out.details["customers_remaining"], json!(5));
-    let exp = out.details["link_expire_ms"].as_i64().unwrap();
+    assert_eq!(out.details_view()["onboarding_url"], json!(view.onboarding_url));
+    assert_eq!(out.details_view()["token"], json!(token));
+    assert_eq!(out.details_view()["token_status"], json!("VALID"));
+    assert_eq!(out.details_view()["customers_remaining"], json!(5));
+    let exp = out.details_view()["link_expire_ms"].as_i64().unwrap();
     assert_eq!(out.expire_ms, Some(exp));
     assert!((exp - now_ms() - LINK_TTL.as_millis() as i64).abs() < 60_000);
 
@@ -307,8 +308,8 @@ async fn pipeline_mints_then_reaches_used_as_live() {
     assert_eq!(live.observation.state, Some(OnboardingState::Live));
     assert_eq!(live.observation.raw_status, "USED");
     assert_eq!(live.observation.fields["onboarding_token_status"], "USED");
-    assert_eq!(live.details["token_status"], json!("USED"));
-    assert_eq!(live.details["customers_remaining"], json!(4));
+    assert_eq!(live.details_view()["token_status"], json!("USED"));
+    assert_eq!(live.details_view()["customers_remaining"], json!(4));
 }
 
 /// Batch links: each onboarding starts at `await_customer` with only the handle.
@@ -316,12 +317,12 @@ async fn pipeline_mints_then_reaches_used_as_live() {
 async fn batch_link_awaits_with_preset_handle_and_expires_after_24h() {
     let e = env().await;
     let links = e.p.hosted_links().unwrap().mint_links(&e.mumbai(), 3).await.unwrap();
-    let details = links[1].details.clone();
+    let details = serde_json::to_value(&links[1].details).unwrap();
     assert_eq!(details["token"], json!(links[1].token));
     assert_eq!(details["customers_remaining"], json!(5));
     assert_eq!(details["link_expire_ms"], json!(links[1].expire_ms.unwrap()));
     let mut run = step(STEP_AWAIT_CUSTOMER, Some(link_handle(&links[1])));
-    run.details = details.into_iter().collect();
+    run.details = links[1].details.clone().into();
     let wait = e.p.run_step(&e.mumbai(), &run).await.unwrap();
     assert_eq!(wait.observation.state, Some(OnboardingState::AwaitingCustomer));
 
@@ -330,7 +331,7 @@ async fn batch_link_awaits_with_preset_handle_and_expires_after_24h() {
     assert_eq!(out.progress, super::super::Progress::Done);
     assert_eq!(out.observation.state, Some(OnboardingState::Expired));
     assert_eq!(out.observation.raw_status, "EXPIRED");
-    assert_eq!(out.details["customers_remaining"], json!(0));
+    assert_eq!(out.details_view()["customers_remaining"], json!(0));
     let st = e.p.hosted_links().unwrap().validate_token(&e.mumbai(), &links[1].token).await.unwrap();
     assert_eq!(st, LinkTokenStatus { state: LinkTokenState::Expired, raw: "EXPIRED".into() });
 }
@@ -343,15 +344,17 @@ async fn batch_links_carry_the_same_details_as_the_single_link_step() {
     let single = e.p.run_step(&e.sg(), &step(STEP_MINT_LINK, None)).await.unwrap();
     let links = e.p.hosted_links().unwrap().mint_links(&e.sg(), 2).await.unwrap();
     for l in &links {
-        let keys = |d: &BTreeMap<String, serde_json::Value>| d.keys().cloned().collect::<Vec<_>>();
-        assert_eq!(keys(&l.details), keys(&single.details));
+        let batch = serde_json::to_value(&l.details).unwrap();
+        let one = single.details_view();
+        let keys = |d: &serde_json::Value| d.as_object().unwrap().keys().cloned().collect::<Vec<_>>();
+        assert_eq!(keys(&batch), keys(&one));
         for k in ["token_status", "customers_remaining"] {
-            assert_eq!(l.details[k], single.details[k], "{k}");
+            assert_eq!(batch[k], one[k], "{k}");
         }
-        assert_eq!(l.details["customers_remaining"], json!(MAX_CUSTOMERS_PER_LINK));
-        assert_eq!(l.details["token"], json!(l.token));
-        assert_eq!(l.details["onboarding_url"], json!(l.url));
-        assert_eq!(l.details["link_expire_ms"], json!(l.expire_ms.unwrap()));
+        assert_eq!(l.details.customers_remaining, Some(MAX_CUSTOMERS_PER_LINK));
+        assert_eq!(l.details.token.as_deref(), Some(l.token.as_str()));
+        assert_eq!(l.details.onboarding_url.as_deref(), Some(l.url.as_str()));
+        assert_eq!(l.details.link_expire_ms, l.expire_ms);
     }
 }
 
@@ -512,20 +515,20 @@ fn error_data_inside_a_success_is_a_failure() {
 async fn used_is_live_as_link_used_with_capacity_bounds_and_expired_is_unknown_outcome() {
     let e = env().await;
     let out = e.p.run_step(&e.sg(), &step(STEP_MINT_LINK, None)).await.unwrap();
-    assert_eq!(out.details["max_customers_per_link"], json!(MAX_CUSTOMERS_PER_LINK));
-    assert_eq!(out.details["customers_remaining_min"], json!(5));
-    assert_eq!(out.details["used_meaning"], json!(used_meaning_text()));
-    assert!(!out.details.contains_key("live_meaning"));
+    assert_eq!(out.details_view()["max_customers_per_link"], json!(MAX_CUSTOMERS_PER_LINK));
+    assert_eq!(out.details_view()["customers_remaining_min"], json!(5));
+    assert_eq!(out.details_view()["used_meaning"], json!(used_meaning_text()));
+    assert!(out.details_view().get("live_meaning").is_none());
     let handle = out.handle.unwrap();
     e.sim.complete_customer(&handle.external_key).unwrap();
     let live = e.p.run_step(&e.sg(), &step(STEP_AWAIT_CUSTOMER, Some(handle))).await.unwrap();
     assert_eq!(live.observation.state, Some(OnboardingState::Live));
     assert_eq!(live.observation.raw_status, "USED");
     assert_eq!(live.observation.reason, "exotel link used (Exotel does not say which business)");
-    assert_eq!(live.details["live_meaning"], json!(LIVE_MEANING));
-    assert_eq!(live.details["customers_remaining"], json!(4));
-    assert_eq!(live.details["customers_remaining_min"], json!(0));
-    assert_eq!(live.details["max_customers_per_link"], json!(5));
+    assert_eq!(live.details_view()["live_meaning"], json!(LIVE_MEANING));
+    assert_eq!(live.details_view()["customers_remaining"], json!(4));
+    assert_eq!(live.details_view()["customers_remaining_min"], json!(0));
+    assert_eq!(live.details_view()["max_customers_per_link"], json!(5));
     assert!(used_meaning_text().starts_with("at_least_one_completion"), "USED_MEANS is reading A");
 
     // Reading B on the provider side: four completions leave the token VALID, so we wait.
@@ -536,12 +539,12 @@ async fn used_is_live_as_link_used_with_capacity_bounds_and_expired_is_unknown_o
     let run = step(STEP_AWAIT_CUSTOMER, Some(handle));
     let wait = e.p.run_step(&e.sg(), &run).await.unwrap();
     assert_eq!(wait.observation.state, Some(OnboardingState::AwaitingCustomer));
-    assert!(!wait.details.contains_key("live_meaning"));
+    assert!(wait.details_view().get("live_meaning").is_none());
     e.sim.core().clock.advance(LINK_TTL);
     let expired = e.p.run_step(&e.sg(), &run).await.unwrap();
     assert_eq!(expired.observation.state, Some(OnboardingState::Expired));
     assert_eq!(expired.observation.reason, "link expired; Exotel does not report whether anyone onboarded with it");
-    assert_eq!(expired.details["customers_remaining_min"], json!(0));
+    assert_eq!(expired.details_view()["customers_remaining_min"], json!(0));
 }
 
 /// CheckAccount sends the documented validate call (`access_token` is mandatory,

@@ -43,7 +43,7 @@ use super::{
     PartnerTokenOps, Provider, ProviderError, ProviderFactory, ProviderHandle, ProviderSubscription, StartOutcome,
     StartPayload, StartRequest, StepOutcome, StepRun, StepSpec, SubscriptionOps, SubscriptionSpec,
 };
-use crate::domain::{Capability, OnboardingState, ProviderKind, Secret};
+use crate::domain::{AppId, Capability, GupshupDetails, OnboardingState, ProviderKind, Secret, WabaId};
 use crate::error::AppError;
 
 /// Step: link the WABA and phone to a new Gupshup app.
@@ -249,7 +249,7 @@ impl GupshupProvider {
             state: None,
             reason: String::new(),
         };
-        Ok(StepOutcome::done(obs).secret(token).detail("app_token_ready", true))
+        Ok(StepOutcome::done(obs).secret(token).with_details(token_ready()))
     }
 
     async fn run_provisioning(&self, ctx: &CallContext, run: &StepRun) -> Result<StepOutcome, ProviderError> {
@@ -271,7 +271,7 @@ impl GupshupProvider {
         };
         // The stored app token was rejected and fetched again: store the new one.
         if run.secret.as_ref() != Some(&token) {
-            step = step.secret(token).detail("app_token_ready", true);
+            step = step.secret(token).with_details(token_ready());
         }
         Ok(step)
     }
@@ -306,7 +306,8 @@ impl GupshupProvider {
             state: None,
             reason: String::new(),
         };
-        let mut step = StepOutcome::done(obs).detail("created_subscription", sub.id);
+        let mut step = StepOutcome::done(obs)
+            .with_details(GupshupDetails { created_subscription: Some(sub.id), ..GupshupDetails::default() });
         if reconciled {
             step = step.attribute("reconciled", "true");
         }
@@ -332,6 +333,11 @@ impl GupshupProvider {
     }
 }
 
+/// The details patch of a fetched app token.
+fn token_ready() -> GupshupDetails {
+    GupshupDetails { app_token_ready: Some(true), ..GupshupDetails::default() }
+}
+
 /// Step data key: the link found an existing app, which the engine must bind first.
 const ADOPTING: &str = "adopting";
 
@@ -341,12 +347,15 @@ fn linked(out: LinkOutcome) -> StepOutcome {
     let mut step = StepOutcome::done(out.observation())
         .handle(handle)
         .data(json!({"app_id": out.app_id, "reconciled": out.reconciled, "callback_repaired": out.repaired}))
-        .detail("app_id", out.app_id.clone())
-        .detail("app_name", out.form.name.clone())
-        .detail("waba_id", out.form.waba_id.clone())
-        .detail("phone", out.start.phone.as_str())
-        .detail("storage_region", out.form.storage_region.clone().unwrap_or_default())
-        .detail("subscribe_on_live", out.start.subscribe_on_live.is_some());
+        .with_details(GupshupDetails {
+            app_id: AppId::parse(out.app_id.clone()).ok(),
+            app_name: Some(out.form.name.clone()),
+            waba_id: WabaId::parse(out.form.waba_id.clone()).ok(),
+            phone: Some(out.start.phone.clone()),
+            storage_region: Some(out.form.storage_region.clone().unwrap_or_default()),
+            subscribe_on_live: Some(out.start.subscribe_on_live.is_some()),
+            ..GupshupDetails::default()
+        });
     if out.reconciled {
         step = step.attribute("reconciled", "true");
     }

@@ -159,7 +159,8 @@ fn step_run(name: &str, req: &StartRequest) -> StepRun {
         data: json!({}),
         attempt: 1,
         state: OnboardingState::Pending,
-        details: serde_json::Map::new(),
+        details: crate::domain::OnboardingDetails::empty(crate::domain::ProviderKind::Gupshup),
+        was_stalled: false,
     }
 }
 
@@ -312,7 +313,7 @@ async fn repeated_link_recovers_the_app_from_the_409() {
     assert!(!again.found);
     assert_eq!(again.handle.as_ref().unwrap().external_key, first.handle.external_key);
     assert_eq!(again.attributes.get("reconciled").map(String::as_str), Some("true"));
-    assert_eq!(again.details["app_id"], json!(first.handle.external_key));
+    assert_eq!(again.details_view()["app_id"], json!(first.handle.external_key));
     assert_eq!(env.created("apps"), 1);
     assert_eq!(env.sim.core().counters().duplicate_creates, 1);
     assert_eq!(env.calls(LINK), 2, "the second run makes no link call");
@@ -406,16 +407,16 @@ async fn whole_pipeline_to_live_then_subscribe_once() {
     assert_eq!(out.progress, Progress::Done);
     let handle = out.handle.clone().unwrap();
     let app_id = handle.external_key.clone();
-    assert_eq!(out.details["app_id"], json!(app_id));
-    assert_eq!(out.details["phone"], json!(env.sim.app(&app_id).map(|a| format!("+{}", a.phone)).unwrap()));
-    assert_eq!(out.details["subscribe_on_live"], json!(true));
+    assert_eq!(out.details_view()["app_id"], json!(app_id));
+    assert_eq!(out.details_view()["phone"], json!(env.sim.app(&app_id).map(|a| format!("+{}", a.phone)).unwrap()));
+    assert_eq!(out.details_view()["subscribe_on_live"], json!(true));
     assert_eq!(env.sim.app(&app_id).unwrap().callback_url.as_deref(), Some(env.webhook_url.as_str()));
     run.handle = Some(handle);
 
     // fetch_app_token
     run.name = STEP_FETCH_APP_TOKEN.into();
     let out = env.p.run_step(&ctx, &run).await.unwrap();
-    assert_eq!(out.details["app_token_ready"], json!(true));
+    assert_eq!(out.details_view()["app_token_ready"], json!(true));
     let token = out.secret.unwrap();
     assert!(token.expose().starts_with("sk_"));
     assert!(!format!("{:?}", out.details).contains(token.expose()));
@@ -449,11 +450,11 @@ async fn whole_pipeline_to_live_then_subscribe_once() {
     run.name = STEP_SUBSCRIBE.into();
     let out = env.p.run_step(&ctx, &run).await.unwrap();
     assert_eq!(out.progress, Progress::Done);
-    let sub_id = out.details["created_subscription"].as_str().unwrap().to_string();
+    let sub_id = out.details_view()["created_subscription"].as_str().unwrap().to_string();
     assert!(!sub_id.is_empty());
     assert!(!out.attributes.contains_key("reconciled"));
     let again = env.p.run_step(&ctx, &run).await.unwrap();
-    assert_eq!(again.details["created_subscription"], json!(sub_id));
+    assert_eq!(again.details_view()["created_subscription"], json!(sub_id));
     assert_eq!(again.attributes.get("reconciled").map(String::as_str), Some("true"));
     assert_eq!(env.sim.app(&app_id).unwrap().subscriptions, 1);
     assert_eq!(env.calls(SUB_CREATE), 1);

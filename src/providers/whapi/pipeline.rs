@@ -12,7 +12,7 @@ use super::{
     DAY_MS, EXTEND_TOLERANCE_MS, WhapiProvider, channel_name_for, e164, gate_of, handle_for, health_observation,
     is_stopped_error, now_ms, stopped_observation, whapi_start,
 };
-use crate::domain::OnboardingState;
+use crate::domain::{ChannelId, OnboardingState, WhapiDetails};
 use crate::providers::{
     CallContext, Observation, ProviderError, ProviderHandle, StartRequest, StepOutcome, StepRun, StepSpec,
 };
@@ -102,15 +102,9 @@ pub(super) fn with_ingress(mut hooks: Vec<WebhookJson>, ingress: &str) -> (Vec<W
 /// Whether an earlier run of `create_channel` may have sent a create: any attempt after the
 /// first (a failed or crashed run counts one; a rate-limit queue does not), or an onboarding
 /// that was ever stalled or waiting for credentials, whose restart (RetryPipeline, new
-/// credentials) counts attempts afresh. The engine marks those in its details
-/// (`stalled_from`).
+/// credentials) counts attempts afresh ([`StepRun::was_stalled`]).
 pub(super) fn may_follow_a_create(run: &StepRun) -> bool {
-    let was_stalled = run
-        .details
-        .get(crate::core::context::ENGINE_KEY)
-        .and_then(|e| e.get("stalled_from"))
-        .is_some_and(|v| !v.is_null());
-    run.attempt > 1 || was_stalled
+    run.attempt > 1 || run.was_stalled
 }
 
 impl WhapiProvider {
@@ -143,17 +137,20 @@ impl WhapiProvider {
         let mut out = StepOutcome::done(obs)
             .handle(handle_for(&ch, w.go_live))
             .secret(crate::domain::Secret::new(ch.token.clone()))
-            .detail("channel_id", ch.id.clone())
-            // The public detail uses the domain names the core and the API read (`trial`,
-            // `sandbox`, `live`): a Sandbox channel reads `dev` on the wire (docs/providers.md
-            // §3.3); the raw value stays in the observation's `mode` field.
-            .detail("mode", super::channels::detail_mode(&ch.mode))
-            .detail("go_live", w.go_live)
-            .detail("extend_days", w.extend_days)
+            .with_details(WhapiDetails {
+                channel_id: ChannelId::parse(ch.id.clone()).ok(),
+                // The public detail uses the domain names the core and the API read (`trial`,
+                // `sandbox`, `live`): a Sandbox channel reads `dev` on the wire
+                // (docs/providers.md §3.3); the raw value stays in the observation's `mode` field.
+                mode: Some(super::channels::detail_mode(&ch.mode)),
+                go_live: Some(w.go_live),
+                extend_days: Some(i64::from(w.extend_days)),
+                ..WhapiDetails::default()
+            })
             .attribute("reconciled", reconciled.to_string())
             .attribute("channel_name", channel_name_for(w, &run.request.idempotency_key));
         if let Some(t) = ch.active_till {
-            out = out.detail("active_till_ms", t).expires(t);
+            out = out.with_details(WhapiDetails { active_till_ms: Some(t), ..WhapiDetails::default() }).expires(t);
         }
         Ok(out)
     }
@@ -217,10 +214,10 @@ impl WhapiProvider {
         let obs = health_observation(&health, ch.as_ref(), go_live);
         let mut out = StepOutcome::done(obs);
         if let Some(p) = phone.as_deref().and_then(e164) {
-            out = out.detail("phone", p.as_str());
+            out = out.with_details(WhapiDetails { phone: Some(p), ..WhapiDetails::default() });
         }
         if let Some(t) = ch.as_ref().and_then(|c| c.active_till) {
-            out = out.detail("active_till_ms", t).expires(t);
+            out = out.with_details(WhapiDetails { active_till_ms: Some(t), ..WhapiDetails::default() }).expires(t);
         }
         Ok(out)
     }
@@ -291,12 +288,12 @@ impl WhapiProvider {
         let mut obs = note("live", Some(OnboardingState::Live), "the channel is live");
         obs.fields.insert("mode".into(), "live".into());
         let mut out = StepOutcome::done(obs)
-            .detail("mode", "live")
+            .with_details(WhapiDetails { mode: Some("live".into()), ..WhapiDetails::default() })
             .attribute("already_applied", already_applied.to_string())
             .data(Value::Object(data));
         if let Some(t) = active_till {
             out.observation.fields.insert("activeTill".into(), t.to_string());
-            out = out.detail("active_till_ms", t).expires(t);
+            out = out.with_details(WhapiDetails { active_till_ms: Some(t), ..WhapiDetails::default() }).expires(t);
         }
         Ok(out)
     }

@@ -118,7 +118,8 @@ struct Run {
     handle: Option<ProviderHandle>,
     secret: Option<Secret>,
     data: BTreeMap<String, Value>,
-    details: BTreeMap<String, Value>,
+    details: crate::domain::OnboardingDetails,
+    was_stalled: bool,
     state: OnboardingState,
 }
 
@@ -129,7 +130,8 @@ impl Run {
             handle: None,
             secret: None,
             data: BTreeMap::new(),
-            details: BTreeMap::new(),
+            details: crate::domain::OnboardingDetails::empty(crate::domain::ProviderKind::Whapi),
+            was_stalled: false,
             state: OnboardingState::Pending,
         }
     }
@@ -144,8 +146,14 @@ impl Run {
             data: self.data.get(name).cloned().unwrap_or_else(|| json!({})),
             attempt: 1,
             state: self.state,
-            details: self.details.iter().map(|(k, v)| (k.clone(), v.clone())).collect(),
+            details: self.details.clone(),
+            was_stalled: self.was_stalled,
         }
+    }
+
+    /// The details so far as their stored JSON object.
+    fn view(&self) -> Value {
+        serde_json::to_value(&self.details).unwrap()
     }
 
     fn apply(&mut self, name: &str, out: &StepOutcome) {
@@ -158,7 +166,9 @@ impl Run {
         if let Some(d) = &out.data {
             self.data.insert(name.into(), d.clone());
         }
-        self.details.extend(out.details.clone());
+        if let Some(d) = &out.details {
+            self.details.merge(d.clone()).unwrap();
+        }
         if let Some(s) = out.observation.state {
             self.state = s;
         }
@@ -372,11 +382,11 @@ async fn full_flow_qr_go_live_extend_delete() {
     let id = run.channel_id();
     let simch = e.sim.channel(&id).expect("the sim has the channel");
     assert_eq!(run.secret.as_ref().unwrap().expose(), simch.token, "the channel token is the step's secret");
-    assert_eq!(run.details["channel_id"], json!(id));
-    assert_eq!(run.details["mode"], json!("trial"));
-    assert_eq!(run.details["go_live"], json!(true));
-    assert_eq!(run.details["extend_days"], json!(3));
-    let trial_till = run.details["active_till_ms"].as_i64().unwrap();
+    assert_eq!(run.view()["channel_id"], json!(id));
+    assert_eq!(run.view()["mode"], json!("trial"));
+    assert_eq!(run.view()["go_live"], json!(true));
+    assert_eq!(run.view()["extend_days"], json!(3));
+    let trial_till = run.view()["active_till_ms"].as_i64().unwrap();
     assert_eq!(trial_till, simch.active_till);
     assert!((trial_till - (t0 + 5 * DAY)).abs() < 5_000);
     assert_eq!(out.expire_ms, Some(trial_till));
@@ -456,17 +466,17 @@ async fn full_flow_qr_go_live_extend_delete() {
     assert_eq!(out.progress, Progress::Done);
     assert_eq!(out.observation.state, Some(OnboardingState::Provisioning), "go_live pending");
     assert_eq!(out.observation.raw_status, "AUTH");
-    assert_eq!(run.details["phone"], json!("+15550001234"));
+    assert_eq!(run.view()["phone"], json!("+15550001234"));
 
     // 4. go_live: mode live, restart waited out, +3 days once.
     assert_eq!(e.sim.balance(), 100);
     let out = e.step_done(&mut run, STEP_GO_LIVE).await;
     assert_eq!(out.observation.state, Some(OnboardingState::Live));
-    assert_eq!(run.details["mode"], json!("live"));
+    assert_eq!(run.view()["mode"], json!("live"));
     let simch = e.sim.channel(&id).unwrap();
     assert_eq!(simch.mode, "live");
     assert_eq!(simch.extended_days, 3);
-    assert_eq!(run.details["active_till_ms"], json!(simch.active_till));
+    assert_eq!(run.view()["active_till_ms"], json!(simch.active_till));
     assert_eq!(simch.active_till, trial_till + 3 * DAY);
     assert_eq!(e.sim.balance(), 97);
     let billing = e.sim.billing(&id).unwrap();
@@ -565,7 +575,7 @@ async fn pairing_code_path() {
     assert!(exp > now + 50_000 && exp <= now + 61_000, "pairing code expiry");
     let out = e.step_done(&mut run, STEP_AWAIT_CONNECTION).await;
     assert_eq!(out.observation.state, Some(OnboardingState::Live));
-    assert_eq!(run.details["phone"], json!("+447700900123"));
+    assert_eq!(run.view()["phone"], json!("+447700900123"));
     assert_eq!(e.sim.channel(&run.channel_id()).unwrap().phone.as_deref(), Some("447700900123"));
 }
 
@@ -1112,7 +1122,7 @@ async fn retry_whose_channel_list_cannot_be_read_never_creates_again() {
 }
 
 /// A restarted pipeline (RetryPipeline after a stall) counts attempts afresh: the engine's
-/// `stalled_from` mark makes attempt 1 look first anyway, so a lost create is found, not
+/// `stalled_from` mark (`StepRun::was_stalled`) makes attempt 1 look first anyway, so a lost create is found, not
 /// repeated.
 #[tokio::test]
 async fn create_after_a_stall_and_restart_looks_first() {
@@ -1120,7 +1130,7 @@ async fn create_after_a_stall_and_restart_looks_first() {
     e.inject_next_create(Fault::UnknownOutcome).await;
     let mut run = Run::new(start_req("onb-stalled", "Acme Support", false, 0));
     assert!(e.provider.run_step(&e.ctx(), &run.step_run(STEP_CREATE_CHANNEL)).await.is_err());
-    run.details.insert("_engine".into(), json!({ "stalled_from": "PENDING" }));
+    run.was_stalled = true;
     let out = e.step(&mut run, STEP_CREATE_CHANNEL).await;
     assert_eq!(out.attributes["reconciled"], "true");
     assert_eq!(e.sim.core().counters().created["channels"], 1, "one channel");

@@ -109,6 +109,7 @@ fn new_onboarding(
             provider_status: "".into(),
             reference: reference.into(),
             details_json: r#"{"k":1}"#.into(),
+            engine_json: r#"{"e":1}"#.into(),
             external_key: None,
             secret: None,
             sequence: 1,

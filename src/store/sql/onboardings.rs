@@ -29,6 +29,7 @@ struct OnboardingRow {
     provider_status: String,
     reference: String,
     details_json: String,
+    engine_json: String,
     external_key: Option<String>,
     secret_key_id: Option<String>,
     secret: Option<Vec<u8>>,
@@ -53,6 +54,7 @@ impl TryFrom<OnboardingRow> for OnboardingRecord {
             provider_status: r.provider_status,
             reference: r.reference,
             details_json: r.details_json,
+            engine_json: r.engine_json,
             external_key: r.external_key,
             secret: super::opt_sealed(r.secret_key_id, r.secret)?,
             sequence: r.sequence,
@@ -299,7 +301,7 @@ async fn upsert_step<DB: SqlDb>(
 
 /// Binds the columns a change can write, in this order: `state`, `desired_state`,
 /// `state_reason`, `provider_status`, `details_json`, `external_key`, `secret_key_id`, `secret`,
-/// `state_deadline_ms`, `expire_ms`: the last ten placeholders of both the `INSERT` of
+/// `state_deadline_ms`, `expire_ms`, `engine_json`: the last eleven placeholders of both the `INSERT` of
 /// [`insert_new_onboarding`] and the `UPDATE` of [`apply_in`], so a new such column is one bind
 /// appended here and one column with the next placeholder appended to each text.
 fn bind_changeable<DB: SqlDb>(query: Sql<DB>, o: &OnboardingRecord) -> Sql<DB> {
@@ -314,6 +316,7 @@ fn bind_changeable<DB: SqlDb>(query: Sql<DB>, o: &OnboardingRecord) -> Sql<DB> {
         .bind(o.secret.as_ref().map(|s| s.blob.as_slice()))
         .bind(o.state_deadline_ms)
         .bind(o.expire_ms)
+        .bind(o.engine_json.as_str())
 }
 
 /// Writes one new onboarding (idempotency record first, then the row, its steps and its first
@@ -331,8 +334,8 @@ async fn insert_new_onboarding<DB: SqlDb>(
     let insert = sql::<DB>(
         "INSERT INTO onboardings (id, tenant_id, account_id, provider, reference, sequence, created_ms, updated_ms, \
          state, desired_state, state_reason, provider_status, details_json, external_key, secret_key_id, secret, \
-         state_deadline_ms, expire_ms) \
-         VALUES ($1, $2, $3, $4, $5, 1, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17)",
+         state_deadline_ms, expire_ms, engine_json) \
+         VALUES ($1, $2, $3, $4, $5, 1, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18)",
     )
     .bind(o.id.as_str())
     .bind(o.tenant_id.as_str())
@@ -406,7 +409,7 @@ async fn apply_in<B: SqlBackend>(
         "UPDATE onboardings SET sequence = $2, updated_ms = $3, \
          expiry_warned_secs = CASE WHEN $5 IS NOT NULL THEN $5 WHEN $6 THEN NULL ELSE expiry_warned_secs END, \
          state = $7, desired_state = $8, state_reason = $9, provider_status = $10, details_json = $11, \
-         external_key = $12, secret_key_id = $13, secret = $14, state_deadline_ms = $15, expire_ms = $16 \
+         external_key = $12, secret_key_id = $13, secret = $14, state_deadline_ms = $15, expire_ms = $16, engine_json = $17 \
          WHERE id = $1 AND sequence = $4",
     )
     .bind(id.as_str())
