@@ -12,4 +12,6 @@
 //! - [`nats`]: the JetStream publisher (`Nats-Msg-Id`, duplicate-aware acks).
 
 pub mod cloudevent;
+pub mod guard;
+pub mod retry;
 pub mod signing;
