@@ -15,3 +15,4 @@ pub mod cloudevent;
 pub mod guard;
 pub mod retry;
 pub mod signing;
+pub mod webhook;
