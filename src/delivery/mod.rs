@@ -13,6 +13,7 @@
 
 pub mod cloudevent;
 pub mod guard;
+pub mod nats;
 pub mod retry;
 pub mod signing;
 pub mod webhook;
