@@ -14,8 +14,9 @@ use std::time::Duration;
 use ipnet::IpNet;
 use url::{Host, Url};
 
-/// Link-local ranges: never a delivery target (and home of the cloud metadata services).
-const LINK_LOCAL: [&str; 2] = ["169.254.0.0/16", "fe80::/10"];
+/// Never a delivery target: link-local (home of the cloud metadata services) and "this
+/// network" (0.0.0.0/8, which Linux connects to the local host).
+const NEVER: [&str; 3] = ["169.254.0.0/16", "fe80::/10", "0.0.0.0/8"];
 /// Cloud metadata endpoints outside link-local: AWS's IPv6 one and Alibaba Cloud's.
 const METADATA_ADDRESSES: [IpAddr; 2] =
     [IpAddr::V6(Ipv6Addr::new(0xfd00, 0xec2, 0, 0, 0, 0, 0, 0x254)), IpAddr::V4(Ipv4Addr::new(100, 100, 100, 200))];
@@ -167,11 +168,20 @@ fn is_localhost(name: &str) -> bool {
     name == "localhost" || name.ends_with(".localhost")
 }
 
+/// The IPv4 address behind an IPv4-mapped (`::ffff:a.b.c.d`) or NAT64 well-known-prefix
+/// (`64:ff9b::a.b.c.d`, RFC 6052) address, which reach that IPv4 host; others unchanged.
 fn canonical(ip: IpAddr) -> IpAddr {
-    ip.to_canonical()
+    match ip.to_canonical() {
+        IpAddr::V6(v6) if v6.segments()[..6] == [0x64, 0xff9b, 0, 0, 0, 0] => {
+            let o = v6.octets();
+            IpAddr::V4(Ipv4Addr::new(o[12], o[13], o[14], o[15]))
+        }
+        other => other,
+    }
 }
 
 fn in_ranges(ranges: &[&str], ip: IpAddr) -> bool {
+    // The lists are constants; `ranges_parse` pins that every entry parses.
     ranges.iter().filter_map(|r| r.parse::<IpNet>().ok()).any(|n| n.contains(&ip))
 }
 
@@ -180,7 +190,7 @@ fn always_refused(ip: IpAddr) -> bool {
         IpAddr::V4(v4) => v4.is_unspecified() || v4.is_multicast() || v4.is_broadcast(),
         IpAddr::V6(v6) => v6.is_unspecified() || v6.is_multicast(),
     };
-    not_unicast || METADATA_ADDRESSES.contains(&ip) || in_ranges(&LINK_LOCAL, ip)
+    not_unicast || METADATA_ADDRESSES.contains(&ip) || in_ranges(&NEVER, ip)
 }
 
 /// Resolves host names to addresses (the system resolver in production, a table in tests).
@@ -297,6 +307,13 @@ mod tests {
     }
 
     #[test]
+    fn ranges_parse() {
+        for r in NEVER.iter().chain(&PRIVATE) {
+            assert!(r.parse::<IpNet>().is_ok(), "{r}");
+        }
+    }
+
+    #[test]
     fn urls() {
         let prod = EgressPolicy::default();
         let dev = EgressPolicy::development();
@@ -337,6 +354,9 @@ mod tests {
             "fd00:ec2::254",
             "100.100.100.200",
             "::ffff:169.254.169.254",
+            "64:ff9b::169.254.169.254",
+            "64:ff9b::a9fe:1",
+            "0.1.2.3",
             "0.0.0.0",
             "::",
             "224.0.0.1",
@@ -348,11 +368,20 @@ mod tests {
                 EgressPolicy { allow: EgressPolicy::parse_ranges(&["0.0.0.0/0", "::/0"]).unwrap(), ..dev.clone() };
             assert!(matches!(all.check_ip(ip(always)), Err(GuardError::AlwaysRefused(_))), "{always}");
         }
-        for private in ["10.1.2.3", "172.16.0.1", "172.31.255.255", "192.168.1.1", "100.64.0.1", "fd12::1"] {
-            assert_eq!(prod.check_ip(ip(private)), Err(GuardError::Private(ip(private))), "{private}");
+        for private in [
+            "10.1.2.3",
+            "172.16.0.1",
+            "172.31.255.255",
+            "192.168.1.1",
+            "100.64.0.1",
+            "fd12::1",
+            "fec0::1",
+            "64:ff9b::10.0.0.1",
+        ] {
+            assert!(matches!(prod.check_ip(ip(private)), Err(GuardError::Private(_))), "{private}");
             assert!(dev.check_ip(ip(private)).is_ok(), "{private}");
         }
-        for lo in ["127.0.0.1", "127.8.9.10", "::1", "::ffff:127.0.0.1"] {
+        for lo in ["127.0.0.1", "127.8.9.10", "::1", "::ffff:127.0.0.1", "64:ff9b::127.0.0.1"] {
             assert!(matches!(prod.check_ip(ip(lo)), Err(GuardError::Loopback(_))), "{lo}");
             assert!(dev.check_ip(ip(lo)).is_ok(), "{lo}");
         }
