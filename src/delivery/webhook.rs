@@ -82,7 +82,8 @@ pub struct WebhookRequest<'a> {
 pub struct AttemptError {
     /// For the retry policy.
     pub kind: FailureKind,
-    /// For `ListDeliveries` and logs (holds no secret: URLs of destinations carry no userinfo).
+    /// For `ListDeliveries` and logs. Holds no URL (a destination URL may carry the
+    /// receiver's token in its path or query) and no header.
     pub message: String,
 }
 
@@ -163,7 +164,8 @@ impl WebhookSender {
         }
         let mut response = match request.body(body).send().await {
             Ok(r) => r,
-            Err(e) => return AttemptResult::failed(classify(&e), error_chain(&e), started),
+            // Without the URL: a destination URL may carry its receiver's token.
+            Err(e) => return AttemptResult::failed(classify(&e), error_chain(&e.without_url()), started),
         };
         let status = response.status().as_u16();
         let retry_after = response
@@ -403,7 +405,9 @@ mod tests {
         let port = base.rsplit(':').next().unwrap();
         let named = prod.send(&f.req(&format!("https://localhost:{port}/ok"))).await;
         assert_eq!(named.outcome(), Outcome::Failed(FailureKind::Refused), "{named:?}");
-        assert!(named.error.unwrap().message.contains("no allowed address"));
+        let message = named.error.unwrap().message;
+        assert!(message.contains("no allowed address"), "{message}");
+        assert!(!message.contains("/ok"), "the URL stays out of the message: {message}");
         // A name rebound to the metadata address (a table lookup standing in for DNS).
         let lookup: Lookup = Arc::new(|_| Box::pin(async { Ok(vec!["169.254.169.254".parse().unwrap()]) }));
         let dev = WebhookSender::with_lookup(EgressPolicy::development(), limits(), lookup).unwrap();
