@@ -11,6 +11,7 @@ pub mod app;
 pub mod config;
 pub mod core;
 pub mod crypto;
+pub mod delivery;
 pub mod domain;
 pub mod error;
 #[cfg(test)]
