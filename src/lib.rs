@@ -4,7 +4,8 @@
 //! Layout: `domain` (pure types and the state machine), `core` (use cases over the `Store`
 //! and `Provider` ports), `providers` (the `Provider` port, registry, in-memory fake,
 //! conformance suite), `store` (SQLite and PostgreSQL), `grpc` (thin handlers),
-//! `webhooks` (HTTP ingress), `sim` (provider simulators), `listeners` (flood-hardened HTTP
+//! `webhooks` (HTTP ingress), `delivery` (outbound events: signing, egress guard, senders),
+//! `sim` (provider simulators), `listeners` (flood-hardened HTTP
 //! and gRPC listeners), `app` (wiring).
 
 pub mod app;

@@ -22,9 +22,9 @@ const OP_LINKS: &str = "CreateOnboardingLinks";
 const OP_CANCEL: &str = "CancelOnboarding";
 
 /// Step of hosted-link pipelines that a batch mint has already done.
-const STEP_MINT_LINK: &str = "mint_link";
+const STEP_MINT_LINK: &str = crate::providers::exotel::ExotelStep::MintLink.as_str();
 /// Step of 99digital pipelines that waits for the caller's verification code.
-const STEP_VERIFY_NUMBER: &str = "verify_number";
+const STEP_VERIFY_NUMBER: &str = crate::providers::digital99::Digital99Step::VerifyNumber.as_str();
 
 /// The rows of a new onboarding and the idempotency key they answer, for
 /// [`Core::insert_onboarding`].

@@ -140,7 +140,7 @@ pub enum Capability {
     /// An onboarding can be cancelled at the provider.
     Cancel,
     /// A create with an unknown outcome is looked up and reconciled, never repeated blindly
-    /// (see [`crate::providers::Provider::start_onboarding`]).
+    /// (see [`crate::providers::Provider::run_step`]).
     Lookup,
 }
 

@@ -33,7 +33,7 @@ pub enum ProviderError {
         message: String,
     },
     /// A non-idempotent call whose effect is unknown (timeout after sending). Repeat only
-    /// through an operation that reconciles first (`start_onboarding` with the same key).
+    /// through an operation that reconciles first (the create step run again with the same key).
     #[error("outcome unknown (provider code {raw})")]
     UnknownOutcome {
         /// Provider code.
@@ -87,6 +87,15 @@ pub enum ProviderError {
         /// What expired, when, and where to get a new one.
         message: String,
     },
+    /// The engine asked for a step the adapter's pipeline does not have (see
+    /// [`super::PipelineStep::parse`]): a row from another version, or a bug. Not retryable.
+    #[error("unknown step '{step}' for {provider}")]
+    UnknownStep {
+        /// Whose pipeline was asked.
+        provider: ProviderKind,
+        /// The stored step name.
+        step: String,
+    },
     /// A response or callback did not parse.
     #[error("malformed provider data: {message}")]
     Malformed {
@@ -114,7 +123,7 @@ impl ProviderError {
             | Self::NotFound { raw }
             | Self::Precondition { raw, .. }
             | Self::CredentialExpired { raw, .. } => raw,
-            Self::NotSupported { .. } | Self::Malformed { .. } => "",
+            Self::NotSupported { .. } | Self::Malformed { .. } | Self::UnknownStep { .. } => "",
         }
     }
 }
@@ -154,6 +163,9 @@ impl From<(ProviderKind, ProviderError)> for AppError {
             }
             ProviderError::NotFound { .. } => AppError::not_found(format!("{name} resource")),
             ProviderError::Precondition { message, .. } => AppError::precondition(format!("{name}: {message}")),
+            ProviderError::UnknownStep { step, .. } => {
+                AppError::precondition(format!("{name}: unknown step '{step}' for {name}"))
+            }
             ProviderError::CredentialExpired { message, .. } => AppError::precondition(format!("{name}: {message}"))
                 .with_reason(crate::error::ErrorReason::ReauthRequired),
             ProviderError::NotSupported { capability } => {

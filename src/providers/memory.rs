@@ -9,13 +9,33 @@ use async_trait::async_trait;
 use serde::{Deserialize, Serialize};
 
 use super::{
-    CallContext, CallbackEvent, CancelOutcome, CredentialsCheck, Observation, Provider, ProviderError, ProviderHandle,
-    StartOutcome, StartPayload, StartRequest,
+    CallContext, CallbackEvent, CancelOutcome, CredentialsCheck, Observation, PipelineStep, Provider, ProviderError,
+    ProviderHandle, StartOutcome, StartPayload, StartRequest, StepOutcome, StepRun, StepSpec, step_of,
 };
 use crate::domain::{Capability, OnboardingState, ProviderKind};
 
 /// Raw statuses a new onboarding walks through by default, one step per poll.
 pub const DEFAULT_STATUSES: [&str; 3] = ["INITIAL", "PROVISIONING", "LIVE"];
+
+/// The fake's pipeline: create, then wait for live.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum MemoryStep {
+    /// Creates the resource (reconciling on the idempotency key first).
+    Start,
+    /// Polls until `LIVE` or a terminal state.
+    AwaitLive,
+}
+
+impl PipelineStep for MemoryStep {
+    const ALL: &'static [Self] = &[Self::Start, Self::AwaitLive];
+
+    fn name(self) -> &'static str {
+        match self {
+            Self::Start => "start",
+            Self::AwaitLive => "await_live",
+        }
+    }
+}
 
 /// An in-memory provider. Configure with the `with_*` builders, script faults with
 /// [`InMemoryProvider::fail_next`] and [`InMemoryProvider::unknown_outcome_next_creates`].
@@ -61,7 +81,8 @@ struct WireEvent {
 }
 
 impl InMemoryProvider {
-    /// A fake for `kind` advertising every capability of that provider's API.
+    /// A fake for `kind` declaring every flow capability of that provider's API (it has no
+    /// ports, so it advertises none of theirs).
     pub fn new(kind: ProviderKind) -> Self {
         Self {
             kind,
@@ -72,7 +93,8 @@ impl InMemoryProvider {
         }
     }
 
-    /// Advertises exactly these capabilities.
+    /// Declares exactly these flow capabilities (port capabilities are dropped: the fake has
+    /// no ports).
     pub fn with_capabilities(mut self, capabilities: impl Into<Vec<Capability>>) -> Self {
         self.capabilities = capabilities.into();
         self
@@ -94,7 +116,7 @@ impl InMemoryProvider {
         self
     }
 
-    /// The next `n` network calls (check, start, poll, cancel) fail with `error`, doing nothing.
+    /// The next `n` network calls (check, the `start` and `await_live` steps, cancel) fail with `error`, doing nothing.
     pub fn fail_next(&self, n: usize, error: ProviderError) {
         let mut inner = self.lock();
         inner.fail_next.extend(std::iter::repeat_n(error, n));
@@ -169,6 +191,56 @@ impl InMemoryProvider {
         }
     }
 
+    /// What the `start` step does: creates the resource, or finds the one an earlier attempt
+    /// with the same idempotency key made (`reconciled`). Public so engine tests can act as a
+    /// worker that performed the create and died before recording it.
+    pub fn start(&self, req: &StartRequest) -> Result<StartOutcome, ProviderError> {
+        let mut inner = self.lock();
+        Self::scripted_failure(&mut inner)?;
+        self.validate(req)?;
+        // Reconcile first: an earlier attempt may have created it.
+        if let Some(key) = inner.by_idempotency_key.get(&req.idempotency_key).cloned()
+            && let Some(r) = inner.resources.get(&key)
+        {
+            return Ok(StartOutcome {
+                handle: self.handle(&key, &r.idempotency_key),
+                observation: self.observe(r),
+                reconciled: true,
+            });
+        }
+        inner.creates += 1;
+        let key = format!("mem-{}-{}", self.kind, inner.creates);
+        let r = Resource { idempotency_key: req.idempotency_key.clone(), status: 0, cancelled: false };
+        let outcome = StartOutcome {
+            handle: self.handle(&key, &r.idempotency_key),
+            observation: self.observe(&r),
+            reconciled: false,
+        };
+        inner.resources.insert(key.clone(), r);
+        inner.by_idempotency_key.insert(req.idempotency_key.clone(), key);
+        if inner.unknown_outcome_creates > 0 {
+            inner.unknown_outcome_creates -= 1;
+            return Err(ProviderError::UnknownOutcome { raw: "timeout".into() });
+        }
+        Ok(outcome)
+    }
+
+    /// What the `await_live` step reads: the resource's status, one scripted status further.
+    fn poll(&self, handle: &ProviderHandle) -> Result<Observation, ProviderError> {
+        let mut inner = self.lock();
+        Self::scripted_failure(&mut inner)?;
+        let last = self.statuses.len().saturating_sub(1);
+        let Some(r) = inner.resources.get_mut(&handle.external_key) else {
+            return Err(ProviderError::NotFound { raw: "404".into() });
+        };
+        if !r.cancelled {
+            r.status = (r.status + 1).min(last);
+        }
+        let obs = self.observe(r);
+        inner.polls += 1;
+        Ok(obs)
+    }
+
     fn lock(&self) -> MutexGuard<'_, Inner> {
         // State stays consistent across a panic elsewhere: every update is a single step.
         self.inner.lock().unwrap_or_else(|e| e.into_inner())
@@ -235,7 +307,7 @@ impl Provider for InMemoryProvider {
         self.poll_interval
     }
 
-    fn capabilities(&self) -> &[Capability] {
+    fn flow_capabilities(&self) -> &[Capability] {
         &self.capabilities
     }
 
@@ -247,50 +319,38 @@ impl Provider for InMemoryProvider {
         Ok(CredentialsCheck { summary: format!("in-memory {} account", self.kind), fields: BTreeMap::new() })
     }
 
-    async fn start_onboarding(&self, _ctx: &CallContext, req: &StartRequest) -> Result<StartOutcome, ProviderError> {
-        let mut inner = self.lock();
-        Self::scripted_failure(&mut inner)?;
-        self.validate(req)?;
-        // Reconcile first: an earlier attempt may have created it.
-        if let Some(key) = inner.by_idempotency_key.get(&req.idempotency_key).cloned()
-            && let Some(r) = inner.resources.get(&key)
-        {
-            return Ok(StartOutcome {
-                handle: self.handle(&key, &r.idempotency_key),
-                observation: self.observe(r),
-                reconciled: true,
-            });
-        }
-        inner.creates += 1;
-        let key = format!("mem-{}-{}", self.kind, inner.creates);
-        let r = Resource { idempotency_key: req.idempotency_key.clone(), status: 0, cancelled: false };
-        let outcome = StartOutcome {
-            handle: self.handle(&key, &r.idempotency_key),
-            observation: self.observe(&r),
-            reconciled: false,
-        };
-        inner.resources.insert(key.clone(), r);
-        inner.by_idempotency_key.insert(req.idempotency_key.clone(), key);
-        if inner.unknown_outcome_creates > 0 {
-            inner.unknown_outcome_creates -= 1;
-            return Err(ProviderError::UnknownOutcome { raw: "timeout".into() });
-        }
-        Ok(outcome)
+    fn pipeline(&self, _req: &StartRequest) -> Vec<StepSpec> {
+        vec![
+            MemoryStep::Start.spec().entering(OnboardingState::Pending),
+            MemoryStep::AwaitLive.spec().deadline(std::time::Duration::from_secs(24 * 3600)),
+        ]
     }
 
-    async fn poll(&self, _ctx: &CallContext, handle: &ProviderHandle) -> Result<Observation, ProviderError> {
-        let mut inner = self.lock();
-        Self::scripted_failure(&mut inner)?;
-        let last = self.statuses.len().saturating_sub(1);
-        let Some(r) = inner.resources.get_mut(&handle.external_key) else {
-            return Err(ProviderError::NotFound { raw: "404".into() });
-        };
-        if !r.cancelled {
-            r.status = (r.status + 1).min(last);
+    async fn run_step(&self, _ctx: &CallContext, run: &StepRun) -> Result<StepOutcome, ProviderError> {
+        match step_of::<MemoryStep>(self.kind, run)? {
+            MemoryStep::Start => {
+                let out = self.start(&run.request)?;
+                let mut step = StepOutcome::done(out.observation).handle(out.handle);
+                if out.reconciled {
+                    step = step.attribute("reconciled", "true");
+                }
+                Ok(step)
+            }
+            MemoryStep::AwaitLive => {
+                let handle = run.handle.as_ref().ok_or_else(|| ProviderError::Precondition {
+                    raw: String::new(),
+                    message: "await_live ran before start recorded a handle".into(),
+                })?;
+                let obs = self.poll(handle)?;
+                Ok(match obs.state {
+                    Some(s) if s == OnboardingState::Live || s.is_terminal() => StepOutcome::done(obs),
+                    // A callback already made it LIVE and the status view lags: done (the
+                    // engine keeps the state LIVE).
+                    _ if run.state == OnboardingState::Live => StepOutcome::done(obs),
+                    _ => StepOutcome::wait(self.poll_interval, obs),
+                })
+            }
         }
-        let obs = self.observe(r);
-        inner.polls += 1;
-        Ok(obs)
     }
 
     fn parse_callback(&self, body: &[u8]) -> Result<Vec<CallbackEvent>, ProviderError> {

@@ -38,39 +38,31 @@ pub use types::*;
 ///
 /// # Contract
 ///
-/// - Methods outside [`Provider::capabilities`] return [`ProviderError::NotSupported`].
+/// - The engine drives an onboarding through [`Provider::pipeline`] and
+///   [`Provider::run_step`] alone (the conformance suite drives them the same way).
+/// - Methods outside [`ProviderCapabilities::capabilities`] return
+///   [`ProviderError::NotSupported`].
 /// - Errors are semantic ([`ProviderError`]) and keep the provider's raw code; no message ever
 ///   holds a credential, token or webhook secret.
 /// - A method that may have acted but cannot tell returns [`ProviderError::UnknownOutcome`];
 ///   callers then go through a reconciling call, never a blind repeat.
 /// - Implementations keep no per-onboarding state the engine relies on: everything needed
-///   later is in the returned [`ProviderHandle`].
+///   later is in the returned [`ProviderHandle`], secret and step data.
 #[async_trait]
 pub trait Provider: Send + Sync + Debug {
     /// Which provider this adapter speaks to.
     fn kind(&self) -> ProviderKind;
 
-    /// What this adapter actually offers: a subset of `self.kind().capabilities()` (the
-    /// provider's API may offer more than we built).
-    fn capabilities(&self) -> &[Capability];
+    /// What this adapter offers that no port accessor below stands for: the onboarding flow
+    /// (`LinkApp`, `HostedLink`, `Lookup`, `Cancel`, callbacks...). Port capabilities
+    /// ([`PORT_CAPABILITIES`]) listed here are ignored: they come from the port being `Some`
+    /// (see [`ProviderCapabilities::capabilities`]), so the two cannot disagree.
+    fn flow_capabilities(&self) -> &[Capability];
 
     /// Tests the account's credentials with a cheap authenticated call.
     ///
     /// Rejected credentials are [`ProviderError::Unauthenticated`], not an `Ok` with a flag.
     async fn check_credentials(&self, ctx: &CallContext) -> Result<CredentialsCheck, ProviderError>;
-
-    /// Creates the provider-side resource (app link, hosted link, channel, 99digital link).
-    ///
-    /// MUST be safe to call again with the same `req.idempotency_key` after any error,
-    /// including [`ProviderError::UnknownOutcome`]: with [`Capability::Lookup`] it first
-    /// looks the resource up and, when an earlier attempt made it, returns that same
-    /// resource with `reconciled = true` instead of creating a second one. A provider
-    /// without a lookup (Exotel) does not claim the capability and never claims
-    /// `reconciled`; what a lost create made must then be harmless (an unused link lapses).
-    async fn start_onboarding(&self, ctx: &CallContext, req: &StartRequest) -> Result<StartOutcome, ProviderError>;
-
-    /// Reads the resource's current status. Read-only and safe to repeat.
-    async fn poll(&self, ctx: &CallContext, handle: &ProviderHandle) -> Result<Observation, ProviderError>;
 
     /// Decodes a callback body (already authenticated by the ingress) into events.
     ///
@@ -101,21 +93,16 @@ pub trait Provider: Send + Sync + Debug {
         None
     }
 
-    /// The ordered steps for an onboarding with this request. The default is
-    /// [`default_pipeline`]: `start` (via [`Provider::start_onboarding`]) then `await_live`
-    /// (via [`Provider::poll`]). Adapters with more steps override this and
-    /// [`Provider::run_step`] together.
-    fn pipeline(&self, req: &StartRequest) -> Vec<StepSpec> {
-        let _ = req;
-        default_pipeline()
-    }
+    /// The ordered steps for an onboarding with this request, named by the adapter's
+    /// [`PipelineStep`] enum (the one [`Provider::run_step`] matches on).
+    fn pipeline(&self, req: &StartRequest) -> Vec<StepSpec>;
 
-    /// Runs one step of [`Provider::pipeline`]. MUST be safe to repeat (see [`steps`]).
+    /// Runs one step of [`Provider::pipeline`]. MUST be safe to repeat (see [`steps`]): a
+    /// create looks first (with [`Capability::Lookup`]) and returns the resource an earlier,
+    /// lost attempt made. A name the pipeline does not have is [`ProviderError::UnknownStep`].
     /// Errors are classified by the engine: retryable ones back off and retry (bounded),
     /// `Unauthenticated` moves the onboarding to `REAUTH_REQUIRED`, others fail it.
-    async fn run_step(&self, ctx: &CallContext, run: &StepRun) -> Result<StepOutcome, ProviderError> {
-        default_run_step(self, ctx, run).await
-    }
+    async fn run_step(&self, ctx: &CallContext, run: &StepRun) -> Result<StepOutcome, ProviderError>;
 
     /// How often a waiting onboarding is polled by default (adapters tune per step through
     /// [`Progress::Wait`]).
@@ -123,12 +110,14 @@ pub trait Provider: Send + Sync + Debug {
         std::time::Duration::from_secs(5)
     }
 
-    /// Webhook subscriptions on onboarded resources, when the provider has them.
+    /// Webhook subscriptions on onboarded resources, when the provider has them (grants
+    /// [`Capability::Subscriptions`]).
     fn subscriptions(&self) -> Option<&dyn SubscriptionOps> {
         None
     }
 
-    /// The account-level partner token, when the provider has one.
+    /// The account-level partner token, when the provider has one (grants
+    /// [`Capability::PartnerToken`]).
     fn partner_token(&self) -> Option<&dyn PartnerTokenOps> {
         None
     }
@@ -139,55 +128,93 @@ pub trait Provider: Send + Sync + Debug {
         None
     }
 
-    /// Batch hosted links, when the provider has them.
+    /// Batch hosted links, when the provider has them (grants [`Capability::BatchLinks`] and
+    /// [`Capability::TokenValidation`]).
     fn hosted_links(&self) -> Option<&dyn HostedLinkOps> {
         None
     }
 
-    /// Channel management, when the provider has it.
+    /// Channel management, when the provider has it (grants the channel capabilities:
+    /// lifecycle, connect code, mode, extend, delete with refund, balance).
     fn channels(&self) -> Option<&dyn ChannelOps> {
         None
     }
 
-    /// Number verification, when the provider has it.
+    /// Number verification, when the provider has it (grants
+    /// [`Capability::NumberRegistration`]).
     fn verification(&self) -> Option<&dyn VerificationOps> {
         None
     }
 }
 
-/// [`Provider::run_step`] for [`default_pipeline`]: `start` creates (reconciling), `await_live`
-/// polls until `LIVE` or a terminal state.
-pub async fn default_run_step<P: Provider + ?Sized>(
-    p: &P,
-    ctx: &CallContext,
-    run: &StepRun,
-) -> Result<StepOutcome, ProviderError> {
-    match run.name.as_str() {
-        STEP_START => {
-            let out = p.start_onboarding(ctx, &run.request).await?;
-            let mut step = StepOutcome::done(out.observation).handle(out.handle);
-            if out.reconciled {
-                step = step.attribute("reconciled", "true");
+/// One optional capability port of [`Provider`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Port {
+    /// [`Provider::subscriptions`].
+    Subscriptions,
+    /// [`Provider::partner_token`].
+    PartnerToken,
+    /// [`Provider::hosted_links`].
+    HostedLinks,
+    /// [`Provider::channels`].
+    Channels,
+    /// [`Provider::verification`].
+    Verification,
+}
+
+/// The capabilities each port grants. Only a port that is `Some` grants them;
+/// [`Provider::flow_capabilities`] cannot.
+pub const PORT_CAPABILITIES: [(Port, &[Capability]); 5] = [
+    (Port::Subscriptions, &[Capability::Subscriptions]),
+    (Port::PartnerToken, &[Capability::PartnerToken]),
+    (Port::HostedLinks, &[Capability::BatchLinks, Capability::TokenValidation]),
+    (
+        Port::Channels,
+        &[
+            Capability::ChannelLifecycle,
+            Capability::ConnectCode,
+            Capability::ChannelMode,
+            Capability::ExtendDays,
+            Capability::DeleteRefund,
+            Capability::PartnerBalance,
+        ],
+    ),
+    (Port::Verification, &[Capability::NumberRegistration]),
+];
+
+impl Port {
+    /// Whether `p` offers this port.
+    pub fn offered_by<P: Provider + ?Sized>(self, p: &P) -> bool {
+        match self {
+            Self::Subscriptions => p.subscriptions().is_some(),
+            Self::PartnerToken => p.partner_token().is_some(),
+            Self::HostedLinks => p.hosted_links().is_some(),
+            Self::Channels => p.channels().is_some(),
+            Self::Verification => p.verification().is_some(),
+        }
+    }
+}
+
+/// What an adapter offers, derived in one place for every [`Provider`] (an adapter cannot
+/// override it): its [`Provider::flow_capabilities`] without port capabilities, plus those
+/// of each port it offers ([`PORT_CAPABILITIES`]). Sorted, without duplicates.
+pub trait ProviderCapabilities {
+    /// The derived capabilities: a subset of `self.kind().capabilities()`.
+    fn capabilities(&self) -> Vec<Capability>;
+}
+
+impl<P: Provider + ?Sized> ProviderCapabilities for P {
+    fn capabilities(&self) -> Vec<Capability> {
+        let granted_by_a_port = |c: &Capability| PORT_CAPABILITIES.iter().any(|(_, caps)| caps.contains(c));
+        let mut caps: Vec<Capability> =
+            self.flow_capabilities().iter().copied().filter(|c| !granted_by_a_port(c)).collect();
+        for (port, granted) in PORT_CAPABILITIES {
+            if port.offered_by(self) {
+                caps.extend_from_slice(granted);
             }
-            Ok(step)
         }
-        STEP_AWAIT_LIVE => {
-            let handle = run.handle.as_ref().ok_or_else(|| ProviderError::Precondition {
-                raw: String::new(),
-                message: "await_live ran before start recorded a handle".into(),
-            })?;
-            let obs = p.poll(ctx, handle).await?;
-            Ok(match obs.state {
-                Some(s) if s == crate::domain::OnboardingState::Live || s.is_terminal() => StepOutcome::done(obs),
-                // A callback already made it LIVE and the provider's status view lags: done
-                // (the engine keeps the state LIVE).
-                _ if run.state == crate::domain::OnboardingState::Live => StepOutcome::done(obs),
-                _ => StepOutcome::wait(p.poll_interval(), obs),
-            })
-        }
-        other => Err(ProviderError::Precondition {
-            raw: String::new(),
-            message: format!("unknown step '{other}' for {}", p.kind()),
-        }),
+        caps.sort();
+        caps.dedup();
+        caps
     }
 }

@@ -9,14 +9,37 @@
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use crate::domain::{OnboardingDetails, OnboardingId, OnboardingState, Secret, UnixMs};
+use crate::domain::{OnboardingDetails, OnboardingId, OnboardingState, ProviderKind, Secret, UnixMs};
 
-use super::{Observation, ProviderHandle, StartRequest};
+use super::{Observation, ProviderError, ProviderHandle, StartRequest};
 
-/// Name of the default create step (see [`default_pipeline`]).
-pub const STEP_START: &str = "start";
-/// Name of the default wait step (see [`default_pipeline`]).
-pub const STEP_AWAIT_LIVE: &str = "await_live";
+/// One adapter's step vocabulary: an enum whose variants are the steps of its
+/// [`super::Provider::pipeline`], matched exhaustively by its [`super::Provider::run_step`]
+/// (through [`step_of`]), so a step added to one is a compile error in the other. The names
+/// are stored (step rows, `GetPipeline`) and must never change.
+pub trait PipelineStep: Copy + Eq + Sized + 'static {
+    /// Every step, in pipeline order.
+    const ALL: &'static [Self];
+
+    /// The stored name.
+    fn name(self) -> &'static str;
+
+    /// The step a stored name stands for, if this pipeline has it.
+    fn parse(name: &str) -> Option<Self> {
+        Self::ALL.iter().copied().find(|s| s.name() == name)
+    }
+
+    /// A [`StepSpec`] for this step with the defaults of [`StepSpec::new`].
+    fn spec(self) -> StepSpec {
+        StepSpec::new(self.name())
+    }
+}
+
+/// The step `run` names in `provider`'s pipeline `S`; a name it does not have (a row written
+/// by another version, or a bug) is [`ProviderError::UnknownStep`], never a panic.
+pub fn step_of<S: PipelineStep>(provider: ProviderKind, run: &StepRun) -> Result<S, ProviderError> {
+    S::parse(&run.name).ok_or_else(|| ProviderError::UnknownStep { provider, step: run.name.clone() })
+}
 
 /// One step of a provider's pipeline, as declared by the adapter.
 #[derive(Debug, Clone, PartialEq)]
@@ -81,15 +104,6 @@ impl StepSpec {
         self.polled = false;
         self
     }
-}
-
-/// The default two-step pipeline built from `start_onboarding` and `poll`, for adapters (and
-/// the in-memory fake) whose flow is "create, then wait for live".
-pub fn default_pipeline() -> Vec<StepSpec> {
-    vec![
-        StepSpec::new(STEP_START).entering(OnboardingState::Pending),
-        StepSpec::new(STEP_AWAIT_LIVE).deadline(Duration::from_secs(24 * 3600)),
-    ]
 }
 
 /// Everything the adapter gets to run one step.

@@ -155,7 +155,7 @@ pub struct Observation {
     pub reason: String,
 }
 
-/// What [`super::Provider::start_onboarding`] made (or found).
+/// What a create made (or found): the in-memory fake's [`super::InMemoryProvider::start`].
 #[derive(Debug, Clone, PartialEq)]
 pub struct StartOutcome {
     /// How to find it again.

@@ -96,7 +96,7 @@ impl Provider for Fake {
     fn kind(&self) -> ProviderKind {
         self.kind
     }
-    fn capabilities(&self) -> &[Capability] {
+    fn flow_capabilities(&self) -> &[Capability] {
         &self.caps
     }
     async fn check_credentials(&self, _ctx: &CallContext) -> Result<CredentialsCheck, ProviderError> {
@@ -106,11 +106,12 @@ impl Provider for Fake {
         }
         Ok(CredentialsCheck { summary: "partner Acme".into(), fields: BTreeMap::new() })
     }
-    async fn start_onboarding(&self, _ctx: &CallContext, _req: &StartRequest) -> Result<StartOutcome, ProviderError> {
-        Err(ProviderError::NotSupported { capability: Capability::LinkApp })
+    // Onboardings are seeded straight into the store: the fake runs no pipeline.
+    fn pipeline(&self, _req: &StartRequest) -> Vec<StepSpec> {
+        Vec::new()
     }
-    async fn poll(&self, _ctx: &CallContext, _handle: &ProviderHandle) -> Result<Observation, ProviderError> {
-        Err(ProviderError::NotFound { raw: "404".into() })
+    async fn run_step(&self, _ctx: &CallContext, run: &StepRun) -> Result<StepOutcome, ProviderError> {
+        Err(ProviderError::UnknownStep { provider: self.kind, step: run.name.clone() })
     }
     fn parse_callback(&self, _body: &[u8]) -> Result<Vec<CallbackEvent>, ProviderError> {
         Ok(Vec::new())

@@ -382,10 +382,8 @@ async fn a_dead_workers_lease_lapses_and_another_replica_finishes_without_a_dupl
     assert_eq!(claimed.len(), 1);
     let core = &a.running().core;
     let rec = a.running().store.onboarding_unscoped(&id).await.unwrap().unwrap();
-    let account = a.running().store.account_unscoped(&rec.account_id).await.unwrap().unwrap();
-    let ctx = core.call_context(&account).unwrap();
     let req = core.open_request(&rec, &wa_onboard::core::context::engine_state(&rec).unwrap()).unwrap();
-    fake.start_onboarding(&ctx, &req).await.unwrap();
+    fake.start(&req).unwrap();
     assert_eq!(fake.creates(), 1);
 
     let b = spawn_with_providers(

@@ -8,7 +8,7 @@ use crate::core::context::{engine_state, stored_handle};
 use crate::core::pipeline_rows::skip_unfinished;
 use crate::domain::{EventKind, OnboardingState, Patch, StepState, now_ms};
 use crate::error::{AppError, ErrorCode};
-use crate::providers::{Provider, ProviderError};
+use crate::providers::{Provider, ProviderCapabilities, ProviderError};
 use crate::store::{NewEvent, OnboardingChange, OnboardingRecord};
 
 impl Core {

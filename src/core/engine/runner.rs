@@ -19,7 +19,8 @@ use crate::store::{
 
 /// What a finished adapter call came to, before the create judgement and sealing.
 enum RunResult {
-    Outcome(crate::providers::StepOutcome),
+    // Boxed: an outcome with typed details is far larger than an error.
+    Outcome(Box<crate::providers::StepOutcome>),
     Error(ProviderError),
 }
 
@@ -93,7 +94,7 @@ impl Core {
         let result = match result {
             RunResult::Outcome(outcome) => {
                 let sealed = outcome.secret.as_ref().map(|s| self.seal_onboarding_secret(&o.id, s)).transpose()?;
-                StepResult::Outcome { outcome: Box::new(outcome), sealed }
+                StepResult::Outcome { outcome, sealed }
             }
             RunResult::Error(e) => StepResult::Error(e),
         };
@@ -162,7 +163,7 @@ impl Core {
     ) -> Result<RunResult, AppError> {
         let id = &intent.onboarding_id;
         let out = match result {
-            RunResult::Outcome(out) => out,
+            RunResult::Outcome(out) => *out,
             RunResult::Error(e) => {
                 // Sent and maybe acted on: stays pending. Certainly not created (refused, or
                 // never sent): pending only if an earlier call still is.
@@ -175,7 +176,7 @@ impl Core {
         };
         let Some(handle) = &out.handle else {
             self.store.resolve_create_intent(id, &intent.step).await?;
-            return Ok(RunResult::Outcome(out));
+            return Ok(RunResult::Outcome(Box::new(out)));
         };
         let resource = handle.external_key.clone();
         let holder = self.store.resource_binding(&intent.scope, &resource).await?;
@@ -198,7 +199,7 @@ impl Core {
         }
         self.store.resolve_create_intent(id, &intent.step).await?;
         if ours {
-            return Ok(RunResult::Outcome(out));
+            return Ok(RunResult::Outcome(Box::new(out)));
         }
         tracing::warn!(onboarding = %id, step = %intent.step, "Refused a provider resource that is not this onboarding's.");
         Ok(RunResult::Error(ProviderError::Conflict {
@@ -233,7 +234,7 @@ impl Core {
         crate::telemetry::metrics::step_run(provider.kind(), &run.name, r.is_ok(), started.elapsed());
         renewer.abort();
         match r {
-            Ok(o) => RunResult::Outcome(o),
+            Ok(o) => RunResult::Outcome(Box::new(o)),
             Err(e) => RunResult::Error(e),
         }
     }

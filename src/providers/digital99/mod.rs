@@ -44,8 +44,8 @@ use super::builtin::AdapterDeps;
 use super::http::{TemporaryToken, TokenCache, TokenStatus, with_token};
 use super::{
     CallContext, CallbackEvent, CancelOutcome, CredentialsCheck, Digital99Start, Observation, PartnerTokenOps,
-    Provider, ProviderError, ProviderFactory, ProviderHandle, StartOutcome, StartPayload, StartRequest, StepOutcome,
-    StepRun, StepSpec, VerificationOps, VerifyMethod,
+    PipelineStep, Provider, ProviderError, ProviderFactory, ProviderHandle, StartPayload, StartRequest, StepOutcome,
+    StepRun, StepSpec, VerificationOps, VerifyMethod, step_of,
 };
 use crate::domain::account::Credentials;
 use crate::domain::{
@@ -69,14 +69,39 @@ pub(super) mod inferred {
     pub const VERIFY_NUMBER_PATH: &str = "whatsapp/verifyNumber";
 }
 
-/// Step: register the number and send the verification code.
-pub const STEP_REGISTER_NUMBER: &str = "register_number";
-/// Step: wait for the code (submitted through the API into the step's data) and verify it.
-pub const STEP_VERIFY_NUMBER: &str = "verify_number";
-/// Step: create the onboarding account (link + landing page).
-pub const STEP_CREATE_ACCOUNT: &str = "create_account";
-/// Step: poll `getAccounts` until the business finishes.
-pub const STEP_AWAIT_CUSTOMER: &str = "await_customer";
+/// The 99digital pipeline's steps (stored names in [`PipelineStep::name`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Digital99Step {
+    /// `register_number`: register the number and send the verification code.
+    RegisterNumber,
+    /// `verify_number`: wait for the code (submitted through the API into the step's data)
+    /// and verify it.
+    VerifyNumber,
+    /// `create_account`: create the onboarding account (link + landing page).
+    CreateAccount,
+    /// `await_customer`: poll `getAccounts` until the business finishes.
+    AwaitCustomer,
+}
+
+impl Digital99Step {
+    /// The stored name, usable in constants (the core wakes `verify_number` with a code).
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            Self::RegisterNumber => "register_number",
+            Self::VerifyNumber => "verify_number",
+            Self::CreateAccount => "create_account",
+            Self::AwaitCustomer => "await_customer",
+        }
+    }
+}
+
+impl PipelineStep for Digital99Step {
+    const ALL: &'static [Self] = &[Self::RegisterNumber, Self::VerifyNumber, Self::CreateAccount, Self::AwaitCustomer];
+
+    fn name(self) -> &'static str {
+        self.as_str()
+    }
+}
 /// Wrong verification codes accepted before the onboarding fails.
 pub const MAX_WRONG_CODES: u64 = 5;
 /// The production API host; every path starts with `/api` (docs/providers.md §4.1 [C]).
@@ -98,10 +123,9 @@ pub const WRONG_CREDENTIALS_COOLDOWN: Duration = Duration::from_secs(60);
 /// How long `verify_number` waits for a code before looking again (it is woken by the code).
 const CODE_WAIT: Duration = Duration::from_secs(3600);
 
-const CAPABILITIES: [Capability; 8] = [
+/// What this adapter offers besides its ports (partner token, number verification).
+const FLOW_CAPABILITIES: [Capability; 6] = [
     Capability::CheckCredentials,
-    Capability::PartnerToken,
-    Capability::NumberRegistration,
     Capability::HostedLink,
     Capability::AccountStatusPolling,
     Capability::PartnerWebhook,
@@ -652,8 +676,8 @@ impl Provider for Digital99Provider {
         ProviderKind::Digital99
     }
 
-    fn capabilities(&self) -> &[Capability] {
-        &CAPABILITIES
+    fn flow_capabilities(&self) -> &[Capability] {
+        &FLOW_CAPABILITIES
     }
 
     /// Logs in (through the token cache) and points the partner webhook at our ingress.
@@ -674,20 +698,6 @@ impl Provider for Digital99Provider {
         Ok(CredentialsCheck { summary: "99digital credentials accepted; partner webhook points at us".into(), fields })
     }
 
-    async fn start_onboarding(&self, ctx: &CallContext, req: &StartRequest) -> Result<StartOutcome, ProviderError> {
-        let out = self.create_account(ctx, req).await?;
-        let handle = out.handle.ok_or_else(|| ProviderError::Malformed { message: "no handle".into() })?;
-        Ok(StartOutcome {
-            handle,
-            observation: out.observation,
-            reconciled: out.attributes.get("reconciled").is_some_and(|v| v == "true"),
-        })
-    }
-
-    async fn poll(&self, ctx: &CallContext, handle: &ProviderHandle) -> Result<Observation, ProviderError> {
-        Ok(self.observe(ctx, handle, None, None).await?.map_or_else(Self::gone, |r| r.obs))
-    }
-
     fn parse_callback(&self, body: &[u8]) -> Result<Vec<CallbackEvent>, ProviderError> {
         webhook::parse(body)
     }
@@ -706,29 +716,26 @@ impl Provider for Digital99Provider {
     fn pipeline(&self, req: &StartRequest) -> Vec<StepSpec> {
         let register = matches!(&req.payload, StartPayload::Digital99(s) if s.register_number.is_some());
         vec![
-            StepSpec::new(STEP_REGISTER_NUMBER).entering(OnboardingState::Pending).enabled(register),
-            StepSpec::new(STEP_VERIFY_NUMBER)
+            Digital99Step::RegisterNumber.spec().entering(OnboardingState::Pending).enabled(register),
+            Digital99Step::VerifyNumber
+                .spec()
                 .entering(OnboardingState::AwaitingCustomer)
                 .enabled(register)
                 .not_polled()
                 // [I] Codes are not documented to expire; a day to type one in.
                 .deadline(Duration::from_secs(24 * 3600)),
-            StepSpec::new(STEP_CREATE_ACCOUNT).entering(OnboardingState::Pending),
+            Digital99Step::CreateAccount.spec().entering(OnboardingState::Pending),
             // [I] Links are not documented to expire; a week before the watchdog stalls it.
-            StepSpec::new(STEP_AWAIT_CUSTOMER).deadline(Duration::from_secs(7 * 24 * 3600)),
+            Digital99Step::AwaitCustomer.spec().deadline(Duration::from_secs(7 * 24 * 3600)),
         ]
     }
 
     async fn run_step(&self, ctx: &CallContext, run: &StepRun) -> Result<StepOutcome, ProviderError> {
-        match run.name.as_str() {
-            STEP_REGISTER_NUMBER => self.register_number(ctx, run).await,
-            STEP_VERIFY_NUMBER => self.verify_number(ctx, run).await,
-            STEP_CREATE_ACCOUNT => self.create_account(ctx, &run.request).await,
-            STEP_AWAIT_CUSTOMER => self.await_customer(ctx, run).await,
-            other => Err(ProviderError::Precondition {
-                raw: String::new(),
-                message: format!("unknown step '{other}' for digital99"),
-            }),
+        match step_of::<Digital99Step>(ProviderKind::Digital99, run)? {
+            Digital99Step::RegisterNumber => self.register_number(ctx, run).await,
+            Digital99Step::VerifyNumber => self.verify_number(ctx, run).await,
+            Digital99Step::CreateAccount => self.create_account(ctx, &run.request).await,
+            Digital99Step::AwaitCustomer => self.await_customer(ctx, run).await,
         }
     }
 

@@ -94,9 +94,9 @@ fn request(key: &str, s: Digital99Start) -> StartRequest {
     }
 }
 
-fn step(name: &str, req: &StartRequest, handle: Option<ProviderHandle>, data: Value) -> StepRun {
+fn step(step: Digital99Step, req: &StartRequest, handle: Option<ProviderHandle>, data: Value) -> StepRun {
     StepRun {
-        name: name.into(),
+        name: step.name().into(),
         onboarding_id: req.onboarding_id.clone(),
         request: req.clone(),
         handle,
@@ -106,6 +106,32 @@ fn step(name: &str, req: &StartRequest, handle: Option<ProviderHandle>, data: Va
         state: OnboardingState::Pending,
         details: crate::domain::OnboardingDetails::empty(crate::domain::ProviderKind::Digital99),
         was_stalled: false,
+    }
+}
+
+/// What `create_account` made, as the tests read it.
+#[derive(Debug)]
+struct Started {
+    handle: ProviderHandle,
+    reconciled: bool,
+}
+
+/// The pipeline steps as the engine drives them, for tests about one call.
+impl Digital99Provider {
+    /// `create_account` for `req`.
+    async fn start(&self, ctx: &CallContext, req: &StartRequest) -> Result<Started, ProviderError> {
+        let out = self.run_step(ctx, &step(Digital99Step::CreateAccount, req, None, json!({}))).await?;
+        let reconciled = out.attributes.get("reconciled").is_some_and(|v| v == "true");
+        Ok(Started { handle: out.handle.expect("create_account records the account"), reconciled })
+    }
+
+    /// One `await_customer` poll.
+    async fn status(&self, ctx: &CallContext, handle: &ProviderHandle) -> Result<Observation, ProviderError> {
+        let req = request("status", start(&handle.external_key, false, None));
+        Ok(self
+            .run_step(ctx, &step(Digital99Step::AwaitCustomer, &req, Some(handle.clone()), json!({})))
+            .await?
+            .observation)
     }
 }
 
@@ -242,38 +268,40 @@ async fn registered_pipeline_runs_in_order_to_live_with_reference() {
     assert_eq!(
         names,
         [
-            (STEP_REGISTER_NUMBER, true, true),
-            (STEP_VERIFY_NUMBER, true, false),
-            (STEP_CREATE_ACCOUNT, true, true),
-            (STEP_AWAIT_CUSTOMER, true, true)
+            // The stored names: never renamed.
+            ("register_number", true, true),
+            ("verify_number", true, false),
+            ("create_account", true, true),
+            ("await_customer", true, true)
         ]
     );
     assert_eq!(specs[1].enter_state, Some(OnboardingState::AwaitingCustomer));
 
-    let out = e.p.run_step(&ctx, &step(STEP_REGISTER_NUMBER, &req, None, json!({}))).await.unwrap();
+    let out = e.p.run_step(&ctx, &step(Digital99Step::RegisterNumber, &req, None, json!({}))).await.unwrap();
     assert_eq!((out.progress, out.observation.raw_status.as_str()), (Progress::Done, "CODE_SENT"));
     assert_eq!(out.observation.fields["method"], "sms");
     let code = e.sim.code(number).expect("code sent to the number");
 
-    let idle = e.p.run_step(&ctx, &step(STEP_VERIFY_NUMBER, &req, None, json!({}))).await.unwrap();
+    let idle = e.p.run_step(&ctx, &step(Digital99Step::VerifyNumber, &req, None, json!({}))).await.unwrap();
     assert!(matches!(idle.progress, Progress::Wait(_)));
     assert_eq!(idle.observation.raw_status, "CODE_SENT");
     assert_eq!(idle.observation.state, Some(OnboardingState::AwaitingCustomer));
 
     let wrong = if code == "000000" { "111111" } else { "000000" };
-    let rej = e.p.run_step(&ctx, &step(STEP_VERIFY_NUMBER, &req, None, json!({ "code": wrong }))).await.unwrap();
+    let rej =
+        e.p.run_step(&ctx, &step(Digital99Step::VerifyNumber, &req, None, json!({ "code": wrong }))).await.unwrap();
     assert!(matches!(rej.progress, Progress::Wait(_)));
     assert_eq!(rej.observation.reason, "code rejected");
     assert_eq!(rej.data, Some(json!({ "wrong_codes": 1 })), "code cleared, count kept");
 
     let ok =
-        e.p.run_step(&ctx, &step(STEP_VERIFY_NUMBER, &req, None, json!({ "code": code, "wrong_codes": 1 })))
+        e.p.run_step(&ctx, &step(Digital99Step::VerifyNumber, &req, None, json!({ "code": code, "wrong_codes": 1 })))
             .await
             .unwrap();
     assert_eq!(ok.progress, Progress::Done);
     assert_eq!(ok.details_view()["number_verified"], json!(true));
 
-    let created = e.p.run_step(&ctx, &step(STEP_CREATE_ACCOUNT, &req, None, json!({}))).await.unwrap();
+    let created = e.p.run_step(&ctx, &step(Digital99Step::CreateAccount, &req, None, json!({}))).await.unwrap();
     assert_eq!(created.observation.state, Some(OnboardingState::AwaitingCustomer));
     let handle = created.handle.clone().unwrap();
     assert_eq!(handle.external_key, number);
@@ -289,18 +317,18 @@ async fn registered_pipeline_runs_in_order_to_live_with_reference() {
     assert_eq!(e.sim.webhook_url("sandbox-client").as_deref(), Some(e.webhook_url.as_str()));
 
     // A repeat of the create (crash after it) reconciles.
-    let again = e.p.run_step(&ctx, &step(STEP_CREATE_ACCOUNT, &req, None, json!({}))).await.unwrap();
+    let again = e.p.run_step(&ctx, &step(Digital99Step::CreateAccount, &req, None, json!({}))).await.unwrap();
     assert_eq!(again.attributes.get("reconciled").map(String::as_str), Some("true"));
     assert_eq!(again.handle.as_ref().unwrap(), &handle);
     // So does a repeat of the registration: no new code is sent. The number has left
     // getRegisteredNumbers (vendor: once an account exists); getAccounts says it exists.
     let codes_before = e.calls("POST /api/whatsapp/registerNumber");
-    let reg = e.p.run_step(&ctx, &step(STEP_REGISTER_NUMBER, &req, None, json!({}))).await.unwrap();
+    let reg = e.p.run_step(&ctx, &step(Digital99Step::RegisterNumber, &req, None, json!({}))).await.unwrap();
     assert_eq!(reg.attributes.get("reconciled").map(String::as_str), Some("true"));
     assert_eq!(e.calls("POST /api/whatsapp/registerNumber"), codes_before, "no new code requested");
     assert_eq!(e.sim.core().counters().duplicate_creates, 0);
 
-    let run = step(STEP_AWAIT_CUSTOMER, &req, Some(handle), json!({}));
+    let run = step(Digital99Step::AwaitCustomer, &req, Some(handle), json!({}));
     let wait = e.p.run_step(&ctx, &run).await.unwrap();
     assert_eq!(wait.progress, Progress::Wait(Duration::from_secs(9)));
     assert_eq!(wait.observation.raw_status, "0");
@@ -317,14 +345,14 @@ async fn voice_code_path_and_wrong_code_cap() {
     let ctx = e.ctx();
     let number = "972502223344";
     let req = request("onb-v", start(number, false, Some(VerifyMethod::Voice)));
-    let out = e.p.run_step(&ctx, &step(STEP_REGISTER_NUMBER, &req, None, json!({}))).await.unwrap();
+    let out = e.p.run_step(&ctx, &step(Digital99Step::RegisterNumber, &req, None, json!({}))).await.unwrap();
     assert_eq!(out.observation.fields["method"], "voice");
     let code = e.sim.code(number).unwrap();
     let wrong = if code == "000000" { "111111" } else { "000000" };
     let mut data = json!({});
     for n in 1..=MAX_WRONG_CODES {
         data["code"] = json!(wrong);
-        let r = e.p.run_step(&ctx, &step(STEP_VERIFY_NUMBER, &req, None, data.clone())).await.unwrap();
+        let r = e.p.run_step(&ctx, &step(Digital99Step::VerifyNumber, &req, None, data.clone())).await.unwrap();
         data = r.data.clone().unwrap();
         assert_eq!(data["wrong_codes"], json!(n));
         if n < MAX_WRONG_CODES {
@@ -336,14 +364,15 @@ async fn voice_code_path_and_wrong_code_cap() {
     }
     // A malformed code is rejected without a call; the right one verifies.
     let before = e.calls("POST /api/whatsapp/verifyNumber");
-    let r = e.p.run_step(&ctx, &step(STEP_VERIFY_NUMBER, &req, None, json!({ "code": "12ab" }))).await.unwrap();
+    let r =
+        e.p.run_step(&ctx, &step(Digital99Step::VerifyNumber, &req, None, json!({ "code": "12ab" }))).await.unwrap();
     assert_eq!(r.observation.reason, "code rejected");
     assert_eq!(e.calls("POST /api/whatsapp/verifyNumber"), before);
-    let r = e.p.run_step(&ctx, &step(STEP_VERIFY_NUMBER, &req, None, json!({ "code": code }))).await.unwrap();
+    let r = e.p.run_step(&ctx, &step(Digital99Step::VerifyNumber, &req, None, json!({ "code": code }))).await.unwrap();
     assert_eq!(r.details_view()["number_verified"], json!(true));
     // A code stored as a JSON number works too.
     let n: u64 = code.parse().unwrap();
-    let r = e.p.run_step(&ctx, &step(STEP_VERIFY_NUMBER, &req, None, json!({ "code": n }))).await.unwrap();
+    let r = e.p.run_step(&ctx, &step(Digital99Step::VerifyNumber, &req, None, json!({ "code": n }))).await.unwrap();
     assert_eq!(r.details_view()["number_verified"], json!(true));
 
     let v = e.p.verification().unwrap();
@@ -359,13 +388,13 @@ async fn token_refresh_at_expiry_is_one_login() {
     let e = env().await;
     let ctx = e.ctx();
     let h = ProviderHandle { external_key: "972500000001".into(), data: json!({}) };
-    e.p.poll(&ctx, &h).await.unwrap();
-    e.p.poll(&ctx, &h).await.unwrap();
+    e.p.status(&ctx, &h).await.unwrap();
+    e.p.status(&ctx, &h).await.unwrap();
     assert_eq!(e.calls(LOGIN), 1, "the token is cached");
     e.sim.core().clock.advance(Duration::from_secs(3_601));
-    e.p.poll(&ctx, &h).await.unwrap();
+    e.p.status(&ctx, &h).await.unwrap();
     assert_eq!(e.calls(LOGIN), 2, "exactly one new token call");
-    e.p.poll(&ctx, &h).await.unwrap();
+    e.p.status(&ctx, &h).await.unwrap();
     assert_eq!(e.calls(LOGIN), 2);
     let st = e.p.partner_token().unwrap().partner_token_status();
     assert!(st.cached && st.refresh_count == 2 && st.expires_at.is_some());
@@ -427,7 +456,7 @@ async fn cancel_open_then_refused_after_finish_and_reasons_kept() {
     let number = "972503334455";
     e.register_verified(number).await;
     let req = request("onb-c", start(number, false, None));
-    let out = e.p.start_onboarding(&ctx, &req).await.unwrap();
+    let out = e.p.start(&ctx, &req).await.unwrap();
     e.p.cancel(&ctx, &out.handle).await.unwrap();
     assert!(e.sim.accounts().is_empty());
     match e.p.cancel(&ctx, &out.handle).await {
@@ -435,9 +464,9 @@ async fn cancel_open_then_refused_after_finish_and_reasons_kept() {
         other => panic!("expected NotFound 26, got {other:?}"),
     }
     // Gone at the provider: the poll says FAILED rather than waiting forever.
-    assert_eq!(e.p.poll(&ctx, &out.handle).await.unwrap().state, Some(OnboardingState::Failed));
+    assert_eq!(e.p.status(&ctx, &out.handle).await.unwrap().state, Some(OnboardingState::Failed));
 
-    let out = e.p.start_onboarding(&ctx, &req).await.unwrap();
+    let out = e.p.start(&ctx, &req).await.unwrap();
     assert!(!out.reconciled);
     e.sim.finish(number).unwrap();
     match e.p.cancel(&ctx, &out.handle).await {
@@ -446,7 +475,7 @@ async fn cancel_open_then_refused_after_finish_and_reasons_kept() {
     }
     // A number never registered: the sim's (inferred) reason 23 is kept.
     let req = request("onb-x", start("972509998877", false, None));
-    match e.p.start_onboarding(&ctx, &req).await {
+    match e.p.start(&ctx, &req).await {
         Err(ProviderError::Precondition { raw, .. }) => assert_eq!(raw, "23"),
         other => panic!("expected Precondition 23, got {other:?}"),
     }
@@ -499,10 +528,10 @@ async fn coexistence_retry_finds_the_account_by_reference() {
     // The create's answer is lost: the retry must find the account, not create a second.
     e.sim.core().fail_next(Some(CREATE_FALLBACK), 1, SimFault::Timeout { after_effect: true });
     assert!(matches!(
-        e.p.run_step(&ctx, &step(STEP_CREATE_ACCOUNT, &req, None, json!({}))).await,
+        e.p.run_step(&ctx, &step(Digital99Step::CreateAccount, &req, None, json!({}))).await,
         Err(ProviderError::UnknownOutcome { .. })
     ));
-    let created = e.p.run_step(&ctx, &step(STEP_CREATE_ACCOUNT, &req, None, json!({}))).await.unwrap();
+    let created = e.p.run_step(&ctx, &step(Digital99Step::CreateAccount, &req, None, json!({}))).await.unwrap();
     assert_eq!(created.attributes.get("reconciled").map(String::as_str), Some("true"));
     assert_eq!(e.sim.accounts().len(), 1);
     assert_eq!(e.sim.core().counters().duplicate_creates, 0);
@@ -515,10 +544,10 @@ async fn coexistence_retry_finds_the_account_by_reference() {
     assert_eq!(created.details_view()["temporary_phone"], json!(format!("+{}", acc.listed_whatsapp)));
     // A handle without the link (an older record) still finds the account by reference.
     let bare = ProviderHandle { external_key: number.into(), data: json!({}) };
-    let polled = e.p.run_step(&ctx, &step(STEP_AWAIT_CUSTOMER, &req, Some(bare), json!({}))).await.unwrap();
+    let polled = e.p.run_step(&ctx, &step(Digital99Step::AwaitCustomer, &req, Some(bare), json!({}))).await.unwrap();
     assert_eq!(polled.observation.state, Some(OnboardingState::AwaitingCustomer));
 
-    let mut run = step(STEP_AWAIT_CUSTOMER, &req, Some(handle.clone()), json!({}));
+    let mut run = step(Digital99Step::AwaitCustomer, &req, Some(handle.clone()), json!({}));
     let wait = e.p.run_step(&ctx, &run).await.unwrap();
     assert_eq!(wait.details_view()["temporary_phone"], json!(format!("+{}", acc.listed_whatsapp)));
     assert_eq!(wait.details_view()["phone"], json!(format!("+{number}")));
@@ -556,7 +585,7 @@ async fn partner_webhook_from_the_sim_routes_to_the_onboarding() {
     let number = "972505556677";
     e.register_verified(number).await;
     let req = request("onb-w", start(number, false, None));
-    let out = e.p.start_onboarding(&ctx, &req).await.unwrap();
+    let out = e.p.start(&ctx, &req).await.unwrap();
     e.sim.finish(number).unwrap();
     let body = tokio::time::timeout(Duration::from_secs(5), rx.recv()).await.unwrap().unwrap();
     let events = e.p.parse_callback(&body).unwrap();
@@ -582,7 +611,7 @@ async fn inputs_checked_before_any_call() {
     s.business_name = "x".repeat(300);
     cases.push((s, "digital99.business_name"));
     for (s, field) in cases {
-        match e.p.start_onboarding(&ctx, &request("k", s)).await {
+        match e.p.start(&ctx, &request("k", s)).await {
             Err(ProviderError::Invalid { field: Some(f), .. }) => assert_eq!(f, field),
             other => panic!("{field}: expected Invalid, got {other:?}"),
         }
@@ -615,14 +644,14 @@ async fn create_tries_create_onboarding_then_the_fallback_only_on_404() {
         let number = "972507778899";
         e.register_verified(number).await;
         let req = request("onb-path", start(number, false, None));
-        let out = e.p.run_step(&e.ctx(), &step(STEP_CREATE_ACCOUNT, &req, None, json!({}))).await.unwrap();
+        let out = e.p.run_step(&e.ctx(), &step(Digital99Step::CreateAccount, &req, None, json!({}))).await.unwrap();
         assert_eq!(out.observation.state, Some(OnboardingState::AwaitingCustomer), "{path:?}");
         assert_eq!((e.calls(CREATE), e.calls(CREATE_FALLBACK)), (primary, fallback), "{path:?}");
         assert_eq!(e.sim.accounts().len(), 1);
     }
     let e = env_with(Digital99SimConfig { create_path: CreatePath::Unpublished, ..Default::default() }).await;
     let req = request("onb-none", start("972507778800", false, None));
-    match e.p.run_step(&e.ctx(), &step(STEP_CREATE_ACCOUNT, &req, None, json!({}))).await {
+    match e.p.run_step(&e.ctx(), &step(Digital99Step::CreateAccount, &req, None, json!({}))).await {
         Err(ProviderError::Precondition { raw, message }) => {
             assert_eq!(raw, "404");
             assert!(message.contains("CREATE_ONBOARDING_PATH"), "{message}");
@@ -633,6 +662,6 @@ async fn create_tries_create_onboarding_then_the_fallback_only_on_404() {
     // A FAIL envelope on the first path is never a reason to try the second.
     let e = env().await;
     let req = request("onb-fail", start("972507778811", false, None));
-    assert!(e.p.run_step(&e.ctx(), &step(STEP_CREATE_ACCOUNT, &req, None, json!({}))).await.is_err());
+    assert!(e.p.run_step(&e.ctx(), &step(Digital99Step::CreateAccount, &req, None, json!({}))).await.is_err());
     assert_eq!((e.calls(CREATE), e.calls(CREATE_FALLBACK)), (1, 0));
 }

@@ -28,17 +28,40 @@ use self::client::{Account, Client, MintAttempts};
 use super::builtin::AdapterDeps;
 use super::{
     CallContext, CallbackEvent, CancelOutcome, CredentialsCheck, HostedLinkOps, LinkTokenState, LinkTokenStatus,
-    MintedLink, Observation, Provider, ProviderError, ProviderFactory, ProviderHandle, StartOutcome, StartPayload,
-    StartRequest, StepOutcome, StepRun, StepSpec,
+    MintedLink, Observation, PipelineStep, Provider, ProviderError, ProviderFactory, ProviderHandle, StartPayload,
+    StartRequest, StepOutcome, StepRun, StepSpec, step_of,
 };
 use crate::domain::account::{AccountOptions, ExotelRegion};
 use crate::domain::{Capability, ExotelDetails, OnboardingState, ProviderKind, UnixMs, now_ms};
 use crate::error::AppError;
 
-/// Step that mints the onboarding's link.
-pub const STEP_MINT_LINK: &str = "mint_link";
-/// Step that polls the link token until the business finishes or the link lapses.
-pub const STEP_AWAIT_CUSTOMER: &str = "await_customer";
+/// The Exotel pipeline's steps (stored names in [`PipelineStep::name`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ExotelStep {
+    /// `mint_link`: mints the onboarding's link.
+    MintLink,
+    /// `await_customer`: polls the link token until the business finishes or the link lapses.
+    AwaitCustomer,
+}
+
+impl ExotelStep {
+    /// The stored name, usable in constants (the core presets batch onboardings past
+    /// `mint_link`).
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            Self::MintLink => "mint_link",
+            Self::AwaitCustomer => "await_customer",
+        }
+    }
+}
+
+impl PipelineStep for ExotelStep {
+    const ALL: &'static [Self] = &[Self::MintLink, Self::AwaitCustomer];
+
+    fn name(self) -> &'static str {
+        self.as_str()
+    }
+}
 /// Largest batch of links ("up to 50 URLs can be fetched at a time", docs/providers.md §2.2 [C]);
 /// a batch is that many single calls.
 pub const MAX_BATCH: u32 = 50;
@@ -106,9 +129,9 @@ pub fn public_base_url(options: &AccountOptions) -> &'static str {
     region_base_url(options.exotel_region.unwrap_or_default())
 }
 
-/// What this adapter offers: no cancel (Exotel has no call to revoke a link; it lapses).
-const CAPABILITIES: [Capability; 4] =
-    [Capability::CheckCredentials, Capability::HostedLink, Capability::BatchLinks, Capability::TokenValidation];
+/// What this adapter offers besides its hosted-links port (batch links, token validation): no
+/// cancel (Exotel has no call to revoke a link; it lapses).
+const FLOW_CAPABILITIES: [Capability; 2] = [Capability::CheckCredentials, Capability::HostedLink];
 
 /// Builds one [`ExotelProvider`] per Exotel account.
 pub fn factory(deps: AdapterDeps) -> ProviderFactory {
@@ -350,8 +373,8 @@ impl Provider for ExotelProvider {
         ProviderKind::Exotel
     }
 
-    fn capabilities(&self) -> &[Capability] {
-        &CAPABILITIES
+    fn flow_capabilities(&self) -> &[Capability] {
+        &FLOW_CAPABILITIES
     }
 
     async fn check_credentials(&self, ctx: &CallContext) -> Result<CredentialsCheck, ProviderError> {
@@ -362,18 +385,6 @@ impl Provider for ExotelProvider {
             fields.insert("account_sid".to_string(), account_sid.clone());
         }
         Ok(CredentialsCheck { summary: "Exotel credentials accepted".into(), fields })
-    }
-
-    async fn start_onboarding(&self, ctx: &CallContext, req: &StartRequest) -> Result<StartOutcome, ProviderError> {
-        check_payload(req)?;
-        let (_, out) = self.mint_one(ctx).await?;
-        let handle = out.handle.ok_or_else(|| ProviderError::Malformed { message: "no handle".into() })?;
-        // Never `reconciled`: see `mint_one`.
-        Ok(StartOutcome { handle, observation: out.observation, reconciled: false })
-    }
-
-    async fn poll(&self, ctx: &CallContext, handle: &ProviderHandle) -> Result<Observation, ProviderError> {
-        Ok(self.read_token(ctx, &handle.external_key).await?.observation())
     }
 
     fn parse_callback(&self, body: &[u8]) -> Result<Vec<CallbackEvent>, ProviderError> {
@@ -387,15 +398,15 @@ impl Provider for ExotelProvider {
 
     fn pipeline(&self, _req: &StartRequest) -> Vec<StepSpec> {
         vec![
-            StepSpec::new(STEP_MINT_LINK).entering(OnboardingState::Pending),
+            ExotelStep::MintLink.spec().entering(OnboardingState::Pending),
             // The link lives 24 h; an hour of slack lets the EXPIRED status be observed.
-            StepSpec::new(STEP_AWAIT_CUSTOMER).deadline(LINK_TTL + Duration::from_secs(3600)),
+            ExotelStep::AwaitCustomer.spec().deadline(LINK_TTL + Duration::from_secs(3600)),
         ]
     }
 
     async fn run_step(&self, ctx: &CallContext, run: &StepRun) -> Result<StepOutcome, ProviderError> {
-        match run.name.as_str() {
-            STEP_MINT_LINK => {
+        match step_of::<ExotelStep>(ProviderKind::Exotel, run)? {
+            ExotelStep::MintLink => {
                 check_payload(&run.request)?;
                 if let Some(h) = run.handle.as_ref().filter(|h| !h.external_key.is_empty()) {
                     // A link is already recorded (preset by a batch): mint nothing more.
@@ -404,13 +415,10 @@ impl Provider for ExotelProvider {
                         .details(StepOutcome::done(reading.observation()))
                         .attribute("reconciled", "true"));
                 }
+                // Never `reconciled`: see `mint_one`.
                 Ok(self.mint_one(ctx).await?.1)
             }
-            STEP_AWAIT_CUSTOMER => self.await_customer(ctx, run).await,
-            other => Err(ProviderError::Precondition {
-                raw: String::new(),
-                message: format!("unknown step '{other}' for exotel"),
-            }),
+            ExotelStep::AwaitCustomer => self.await_customer(ctx, run).await,
         }
     }
 

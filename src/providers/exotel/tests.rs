@@ -88,9 +88,9 @@ fn request(key: &str, payload: StartPayload) -> StartRequest {
     }
 }
 
-fn step(name: &str, handle: Option<ProviderHandle>) -> StepRun {
+fn step(step: ExotelStep, handle: Option<ProviderHandle>) -> StepRun {
     StepRun {
-        name: name.into(),
+        name: step.name().into(),
         onboarding_id: OnboardingId::parse("onb-exotel").unwrap(),
         request: request("onb-exotel", StartPayload::Exotel),
         handle,
@@ -100,6 +100,29 @@ fn step(name: &str, handle: Option<ProviderHandle>) -> StepRun {
         state: OnboardingState::Pending,
         details: crate::domain::OnboardingDetails::empty(crate::domain::ProviderKind::Exotel),
         was_stalled: false,
+    }
+}
+
+/// What `mint_link` made, as the tests read it.
+#[derive(Debug)]
+struct Started {
+    handle: ProviderHandle,
+    reconciled: bool,
+}
+
+/// The pipeline steps as the engine drives them, for tests about one call.
+impl ExotelProvider {
+    /// `mint_link` for `req`, no link recorded yet.
+    async fn start(&self, ctx: &CallContext, req: &StartRequest) -> Result<Started, ProviderError> {
+        let run = StepRun { request: req.clone(), ..step(ExotelStep::MintLink, None) };
+        let out = self.run_step(ctx, &run).await?;
+        let reconciled = out.attributes.get("reconciled").is_some_and(|v| v == "true");
+        Ok(Started { handle: out.handle.expect("mint_link records the link"), reconciled })
+    }
+
+    /// One `await_customer` poll of the link token.
+    async fn status(&self, ctx: &CallContext, handle: &ProviderHandle) -> Result<Observation, ProviderError> {
+        Ok(self.run_step(ctx, &step(ExotelStep::AwaitCustomer, Some(handle.clone()))).await?.observation)
     }
 }
 
@@ -150,8 +173,8 @@ impl ConformanceHarness for Env {
 }
 
 /// The whole shared suite. Exotel declares no lookup, no callback and no cancel capability,
-/// so exactly those checks are skipped (the tests below pin what Exotel does instead); every
-/// capability it declares is checked.
+/// so exactly those checks are skipped, and `mint_link` is not repeated after it minted (the
+/// tests below pin what Exotel does instead); every capability it declares is checked.
 #[tokio::test]
 async fn conformance() {
     let e = env().await;
@@ -159,12 +182,15 @@ async fn conformance() {
     assert_eq!(
         report.skipped(),
         vec![
-            ("idempotent_start_after_unknown_outcome", "skipped: no lookup capability".to_string()),
+            ("unknown_outcome_reconciles", "skipped: no lookup capability".to_string()),
             ("callbacks", "skipped: no callback capability".to_string()),
             ("cancel", "skipped: no cancel capability".to_string()),
         ]
     );
-    assert_eq!(report.passed(), ["capabilities", "start_then_poll", "error_classification"]);
+    assert_eq!(
+        report.passed(),
+        ["capabilities", "pipeline_reaches_live", "every_step_repeats", "error_classification", "unknown_step"]
+    );
 }
 
 /// Exotel has no lookup: after an unknown outcome a repeat mints a new link (never claims
@@ -174,12 +200,12 @@ async fn unknown_outcome_then_repeat_mints_a_fresh_link() {
     let e = env().await;
     e.inject_next_create(Fault::UnknownOutcome).await;
     let req = e.valid_start("k");
-    match e.p.start_onboarding(&e.sg(), &req).await {
+    match e.p.start(&e.sg(), &req).await {
         Err(ProviderError::UnknownOutcome { .. }) => {}
         other => panic!("expected UnknownOutcome, got {other:?}"),
     }
     assert_eq!(e.links(), 1, "the held call did mint");
-    let again = e.p.start_onboarding(&e.sg(), &req).await.unwrap();
+    let again = e.p.start(&e.sg(), &req).await.unwrap();
     assert!(!again.reconciled);
     assert_eq!(e.links(), 2);
     assert_eq!(e.sim.token(&again.handle.external_key).unwrap().status, TokenStatus::Valid);
@@ -256,12 +282,11 @@ async fn every_documented_create_answer_shape_yields_the_link() {
         CreateShape::DataUrlList,
     ] {
         e.sim.set_knobs(ExotelKnobs { create_shape: shape, ..Default::default() });
-        let out =
-            e.p.start_onboarding(&e.sg(), &e.valid_start("k")).await.unwrap_or_else(|err| panic!("{shape:?}: {err}"));
+        let out = e.p.start(&e.sg(), &e.valid_start("k")).await.unwrap_or_else(|err| panic!("{shape:?}: {err}"));
         assert!(e.sim.token(&out.handle.external_key).is_some(), "{shape:?}");
     }
     e.sim.set_knobs(ExotelKnobs { create_shape: CreateShape::ValidateCopy, ..Default::default() });
-    match e.p.start_onboarding(&e.sg(), &e.valid_start("k")).await {
+    match e.p.start(&e.sg(), &e.valid_start("k")).await {
         Err(ProviderError::Malformed { message }) => {
             assert!(message.contains("exotel create answer has no URL"), "{message}");
             assert!(message.contains("onboarding_token_status"), "raw body kept: {message}");
@@ -276,10 +301,11 @@ async fn pipeline_mints_then_reaches_used_as_live() {
     let e = env().await;
     let specs = e.p.pipeline(&e.valid_start("k"));
     let names: Vec<_> = specs.iter().map(|s| s.name).collect();
-    assert_eq!(names, [STEP_MINT_LINK, STEP_AWAIT_CUSTOMER]);
+    // The stored names: never renamed.
+    assert_eq!(names, ["mint_link", "await_customer"]);
     assert!(specs[1].deadline >= Duration::from_secs(25 * 3600));
 
-    let out = e.p.run_step(&e.sg(), &step(STEP_MINT_LINK, None)).await.unwrap();
+    let out = e.p.run_step(&e.sg(), &step(ExotelStep::MintLink, None)).await.unwrap();
     assert_eq!(out.progress, super::super::Progress::Done);
     assert_eq!(out.observation.state, Some(OnboardingState::AwaitingCustomer));
     let handle = out.handle.clone().unwrap();
@@ -294,16 +320,16 @@ async fn pipeline_mints_then_reaches_used_as_live() {
     assert!((exp - now_ms() - LINK_TTL.as_millis() as i64).abs() < 60_000);
 
     // A repeat with the handle recorded mints nothing more.
-    let again = e.p.run_step(&e.sg(), &step(STEP_MINT_LINK, Some(handle.clone()))).await.unwrap();
+    let again = e.p.run_step(&e.sg(), &step(ExotelStep::MintLink, Some(handle.clone()))).await.unwrap();
     assert_eq!(again.attributes.get("reconciled").map(String::as_str), Some("true"));
     assert_eq!(e.links(), 1);
 
-    let wait = e.p.run_step(&e.sg(), &step(STEP_AWAIT_CUSTOMER, Some(handle.clone()))).await.unwrap();
+    let wait = e.p.run_step(&e.sg(), &step(ExotelStep::AwaitCustomer, Some(handle.clone()))).await.unwrap();
     assert_eq!(wait.progress, super::super::Progress::Wait(Duration::from_secs(7)));
     assert_eq!(wait.observation.raw_status, "VALID");
 
     e.sim.complete_customer(&token).unwrap();
-    let live = e.p.run_step(&e.sg(), &step(STEP_AWAIT_CUSTOMER, Some(handle))).await.unwrap();
+    let live = e.p.run_step(&e.sg(), &step(ExotelStep::AwaitCustomer, Some(handle))).await.unwrap();
     assert_eq!(live.progress, super::super::Progress::Done);
     assert_eq!(live.observation.state, Some(OnboardingState::Live));
     assert_eq!(live.observation.raw_status, "USED");
@@ -321,7 +347,7 @@ async fn batch_link_awaits_with_preset_handle_and_expires_after_24h() {
     assert_eq!(details["token"], json!(links[1].token));
     assert_eq!(details["customers_remaining"], json!(5));
     assert_eq!(details["link_expire_ms"], json!(links[1].expire_ms.unwrap()));
-    let mut run = step(STEP_AWAIT_CUSTOMER, Some(link_handle(&links[1])));
+    let mut run = step(ExotelStep::AwaitCustomer, Some(link_handle(&links[1])));
     run.details = links[1].details.clone().into();
     let wait = e.p.run_step(&e.mumbai(), &run).await.unwrap();
     assert_eq!(wait.observation.state, Some(OnboardingState::AwaitingCustomer));
@@ -341,7 +367,7 @@ async fn batch_link_awaits_with_preset_handle_and_expires_after_24h() {
 #[tokio::test]
 async fn batch_links_carry_the_same_details_as_the_single_link_step() {
     let e = env().await;
-    let single = e.p.run_step(&e.sg(), &step(STEP_MINT_LINK, None)).await.unwrap();
+    let single = e.p.run_step(&e.sg(), &step(ExotelStep::MintLink, None)).await.unwrap();
     let links = e.p.hosted_links().unwrap().mint_links(&e.sg(), 2).await.unwrap();
     for l in &links {
         let batch = serde_json::to_value(&l.details).unwrap();
@@ -415,10 +441,7 @@ async fn bad_credentials_payment_and_forbidden_map_to_clear_errors() {
         }
         other => panic!("expected Unauthenticated, got {other:?}"),
     }
-    assert!(matches!(
-        e.p.start_onboarding(&bad, &e.valid_start("k")).await,
-        Err(ProviderError::Unauthenticated { .. })
-    ));
+    assert!(matches!(e.p.start(&bad, &e.valid_start("k")).await, Err(ProviderError::Unauthenticated { .. })));
     assert_eq!(e.links(), 0);
 
     e.sim.set_knobs(ExotelKnobs { payment_required: true, ..Default::default() });
@@ -431,7 +454,7 @@ async fn bad_credentials_payment_and_forbidden_map_to_clear_errors() {
     }
     e.sim.set_knobs(ExotelKnobs { forbidden_sids: vec!["sandbox-sg".into()], ..Default::default() });
     assert!(matches!(
-        e.p.start_onboarding(&e.sg(), &e.valid_start("k")).await,
+        e.p.start(&e.sg(), &e.valid_start("k")).await,
         Err(ProviderError::Unauthenticated { raw }) if raw == "403"
     ));
 }
@@ -440,7 +463,7 @@ async fn bad_credentials_payment_and_forbidden_map_to_clear_errors() {
 async fn failure_inside_http_200_is_read_from_the_isv_block() {
     let e = env().await;
     e.sim.core().fail_next(Some(MINT), 1, SimFault::OkWithErrorBody);
-    match e.p.start_onboarding(&e.sg(), &e.valid_start("k")).await {
+    match e.p.start(&e.sg(), &e.valid_start("k")).await {
         Err(err @ ProviderError::Retryable { .. }) => {
             assert!(matches!(&err, ProviderError::Retryable { raw, .. } if raw == "500"), "{err:?}");
         }
@@ -449,7 +472,7 @@ async fn failure_inside_http_200_is_read_from_the_isv_block() {
     // Validation is idempotent: a 5xx is retried in-call.
     let link = e.p.hosted_links().unwrap().mint_links(&e.sg(), 1).await.unwrap().remove(0);
     e.sim.core().fail_next(Some(VALIDATE), 1, SimFault::Status { status: 502 });
-    let obs = e.p.poll(&e.sg(), &ProviderHandle { external_key: link.token, data: json!({}) }).await.unwrap();
+    let obs = e.p.status(&e.sg(), &ProviderHandle { external_key: link.token, data: json!({}) }).await.unwrap();
     assert_eq!(obs.raw_status, "VALID");
 }
 
@@ -514,14 +537,14 @@ fn error_data_inside_a_success_is_a_failure() {
 #[tokio::test]
 async fn used_is_live_as_link_used_with_capacity_bounds_and_expired_is_unknown_outcome() {
     let e = env().await;
-    let out = e.p.run_step(&e.sg(), &step(STEP_MINT_LINK, None)).await.unwrap();
+    let out = e.p.run_step(&e.sg(), &step(ExotelStep::MintLink, None)).await.unwrap();
     assert_eq!(out.details_view()["max_customers_per_link"], json!(MAX_CUSTOMERS_PER_LINK));
     assert_eq!(out.details_view()["customers_remaining_min"], json!(5));
     assert_eq!(out.details_view()["used_meaning"], json!(used_meaning_text()));
     assert!(out.details_view().get("live_meaning").is_none());
     let handle = out.handle.unwrap();
     e.sim.complete_customer(&handle.external_key).unwrap();
-    let live = e.p.run_step(&e.sg(), &step(STEP_AWAIT_CUSTOMER, Some(handle))).await.unwrap();
+    let live = e.p.run_step(&e.sg(), &step(ExotelStep::AwaitCustomer, Some(handle))).await.unwrap();
     assert_eq!(live.observation.state, Some(OnboardingState::Live));
     assert_eq!(live.observation.raw_status, "USED");
     assert_eq!(live.observation.reason, "exotel link used (Exotel does not say which business)");
@@ -533,10 +556,10 @@ async fn used_is_live_as_link_used_with_capacity_bounds_and_expired_is_unknown_o
 
     // Reading B on the provider side: four completions leave the token VALID, so we wait.
     e.sim.set_knobs(ExotelKnobs { used_after: 5, ..Default::default() });
-    let out = e.p.run_step(&e.sg(), &step(STEP_MINT_LINK, None)).await.unwrap();
+    let out = e.p.run_step(&e.sg(), &step(ExotelStep::MintLink, None)).await.unwrap();
     let handle = out.handle.unwrap();
     e.sim.complete_customers(&handle.external_key, 4).unwrap();
-    let run = step(STEP_AWAIT_CUSTOMER, Some(handle));
+    let run = step(ExotelStep::AwaitCustomer, Some(handle));
     let wait = e.p.run_step(&e.sg(), &run).await.unwrap();
     assert_eq!(wait.observation.state, Some(OnboardingState::AwaitingCustomer));
     assert!(wait.details_view().get("live_meaning").is_none());

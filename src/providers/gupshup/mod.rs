@@ -40,34 +40,50 @@ use super::builtin::AdapterDeps;
 use super::http::TokenStatus;
 use super::{
     CallContext, CallbackEvent, CancelOutcome, CreateScope, CredentialsCheck, GupshupStart, Observation,
-    PartnerTokenOps, Provider, ProviderError, ProviderFactory, ProviderHandle, ProviderSubscription, StartOutcome,
-    StartPayload, StartRequest, StepOutcome, StepRun, StepSpec, SubscriptionOps, SubscriptionSpec,
+    PartnerTokenOps, PipelineStep, Provider, ProviderError, ProviderFactory, ProviderHandle, ProviderSubscription,
+    StartPayload, StartRequest, StepOutcome, StepRun, StepSpec, SubscriptionOps, SubscriptionSpec, step_of,
 };
 use crate::domain::{AppId, Capability, GupshupDetails, OnboardingState, ProviderKind, Secret, WabaId};
 use crate::error::AppError;
 
-/// Step: link the WABA and phone to a new Gupshup app.
-pub const STEP_LINK_APP: &str = "link_app";
-/// Step: fetch the app token (stored as the onboarding secret).
-pub const STEP_FETCH_APP_TOKEN: &str = "fetch_app_token";
-/// Step: poll the provisioning pipeline until live or failed.
-pub const STEP_PROVISIONING: &str = "provisioning";
-/// Step: create the `subscribe_on_live` subscription, once live.
-pub const STEP_SUBSCRIBE: &str = "subscribe";
+/// The Gupshup pipeline's steps (stored names in [`PipelineStep::name`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum GupshupStep {
+    /// `link_app`: link the WABA and phone to a new Gupshup app.
+    LinkApp,
+    /// `fetch_app_token`: fetch the app token (stored as the onboarding secret).
+    FetchAppToken,
+    /// `provisioning`: poll the provisioning pipeline until live or failed.
+    Provisioning,
+    /// `subscribe`: create the `subscribe_on_live` subscription, once live.
+    Subscribe,
+}
+
+impl PipelineStep for GupshupStep {
+    const ALL: &'static [Self] = &[Self::LinkApp, Self::FetchAppToken, Self::Provisioning, Self::Subscribe];
+
+    fn name(self) -> &'static str {
+        match self {
+            Self::LinkApp => "link_app",
+            Self::FetchAppToken => "fetch_app_token",
+            Self::Provisioning => "provisioning",
+            Self::Subscribe => "subscribe",
+        }
+    }
+}
 
 /// How long provisioning may take before the watchdog stalls the onboarding [I].
 const PROVISIONING_DEADLINE: Duration = Duration::from_secs(3600);
 
-/// What this adapter offers: all of Gupshup's API capabilities (no cancel: docs/providers.md has
-/// no way to delete a linked app).
-const CAPABILITIES: [Capability; 8] = [
+/// What this adapter offers besides its ports (partner token, subscriptions): with them, all
+/// of Gupshup's API capabilities (no cancel: docs/providers.md has no way to delete a linked
+/// app).
+const FLOW_CAPABILITIES: [Capability; 6] = [
     Capability::CheckCredentials,
-    Capability::PartnerToken,
     Capability::LinkApp,
     Capability::AppToken,
     Capability::PipelineStatus,
     Capability::LiveEvent,
-    Capability::Subscriptions,
     Capability::Lookup,
 ];
 
@@ -108,15 +124,10 @@ impl GupshupProvider {
         Self { client: Client::new(deps.http, deps.limiter, deps.retry, limits), poll_interval: deps.poll_interval }
     }
 
-    /// Links the app (start_onboarding semantics): validates before any call, recovers the
-    /// app of an earlier attempt from the 409 (setting its callback only with `repair_found`),
-    /// repairs a callback that failed to set.
-    async fn link(
-        &self,
-        ctx: &CallContext,
-        req: &StartRequest,
-        repair_found: bool,
-    ) -> Result<LinkOutcome, ProviderError> {
+    /// Links the app: validates before any call, recovers the app of an earlier attempt from
+    /// the 409 (untouched: the engine must bind it first, see [`Self::run_link`]), repairs a
+    /// callback that failed to set.
+    async fn link(&self, ctx: &CallContext, req: &StartRequest) -> Result<LinkOutcome, ProviderError> {
         let (start, form) = validate_start(ctx, req)?;
         let linked = match self.client.link_app(ctx, &form, &ctx.webhook_url).await {
             Ok(l) => l,
@@ -140,16 +151,11 @@ impl GupshupProvider {
         };
         let (app_id, reconciled, repaired) = match linked {
             Linked::Created(id) => (id, false, false),
-            Linked::Exists(id) => {
-                // An earlier attempt (or a crash before we saw its answer) linked this phone,
-                // or someone else did. Its callback may never have been set (a partial success
-                // we did not get to repair), so set it again once the app is known to be ours:
-                // setting our own URL twice is harmless, re-pointing another's app is not.
-                if repair_found {
-                    self.ensure_callback(ctx, &id).await?;
-                }
-                (id, true, false)
-            }
+            // An earlier attempt (or a crash before we saw its answer) linked this phone, or
+            // someone else did. Its callback may never have been set (a partial success we did
+            // not get to repair); `run_link` sets it again once the app is known to be ours:
+            // setting our own URL twice is harmless, re-pointing another's app is not.
+            Linked::Exists(id) => (id, true, false),
             Linked::CallbackFailed(id) => {
                 self.ensure_callback(ctx, &id).await?;
                 (id, false, true)
@@ -220,7 +226,7 @@ impl GupshupProvider {
             let out = LinkOutcome { start: start.clone(), form, app_id, reconciled: true, repaired: false };
             return Ok(linked(out));
         }
-        let out = self.link(ctx, &run.request, false).await?;
+        let out = self.link(ctx, &run.request).await?;
         if out.reconciled {
             // The 409 named an existing app. Nothing touches it (its callback included) until the
             // engine has decided it is this onboarding's own and bound it; then this step runs
@@ -448,8 +454,8 @@ impl Provider for GupshupProvider {
         ProviderKind::Gupshup
     }
 
-    fn capabilities(&self) -> &[Capability] {
-        &CAPABILITIES
+    fn flow_capabilities(&self) -> &[Capability] {
+        &FLOW_CAPABILITIES
     }
 
     /// The declared client-secret expiry (issue 17 point 15; `credentials.rs`).
@@ -475,16 +481,6 @@ impl Provider for GupshupProvider {
         Ok(CredentialsCheck { summary, fields })
     }
 
-    async fn start_onboarding(&self, ctx: &CallContext, req: &StartRequest) -> Result<StartOutcome, ProviderError> {
-        let out = self.link(ctx, req, true).await?;
-        Ok(StartOutcome { handle: out.handle(), observation: out.observation(), reconciled: out.reconciled })
-    }
-
-    async fn poll(&self, ctx: &CallContext, handle: &ProviderHandle) -> Result<Observation, ProviderError> {
-        let (resp, _) = self.client.pipeline(ctx, &handle.external_key, None).await?;
-        Ok(observe(&resp))
-    }
-
     fn parse_callback(&self, body: &[u8]) -> Result<Vec<CallbackEvent>, ProviderError> {
         webhook::parse(body)
     }
@@ -499,7 +495,7 @@ impl Provider for GupshupProvider {
 
     /// The link: one app per phone under a partner login, which a 409 names to anyone.
     fn create_scope(&self, ctx: &CallContext, run: &StepRun) -> Option<CreateScope> {
-        if run.name != STEP_LINK_APP || run.handle.is_some() {
+        if GupshupStep::parse(&run.name) != Some(GupshupStep::LinkApp) || run.handle.is_some() {
             return None;
         }
         let (_, form) = validate_start(ctx, &run.request).ok()?;
@@ -511,23 +507,19 @@ impl Provider for GupshupProvider {
     fn pipeline(&self, req: &StartRequest) -> Vec<StepSpec> {
         let subscribe = matches!(&req.payload, StartPayload::Gupshup(g) if g.subscribe_on_live.is_some());
         vec![
-            StepSpec::new(STEP_LINK_APP).entering(OnboardingState::Pending),
-            StepSpec::new(STEP_FETCH_APP_TOKEN),
-            StepSpec::new(STEP_PROVISIONING).entering(OnboardingState::Provisioning).deadline(PROVISIONING_DEADLINE),
-            StepSpec::new(STEP_SUBSCRIBE).enabled(subscribe),
+            GupshupStep::LinkApp.spec().entering(OnboardingState::Pending),
+            GupshupStep::FetchAppToken.spec(),
+            GupshupStep::Provisioning.spec().entering(OnboardingState::Provisioning).deadline(PROVISIONING_DEADLINE),
+            GupshupStep::Subscribe.spec().enabled(subscribe),
         ]
     }
 
     async fn run_step(&self, ctx: &CallContext, run: &StepRun) -> Result<StepOutcome, ProviderError> {
-        match run.name.as_str() {
-            STEP_LINK_APP => self.run_link(ctx, run).await,
-            STEP_FETCH_APP_TOKEN => self.run_fetch_token(ctx, run).await,
-            STEP_PROVISIONING => self.run_provisioning(ctx, run).await,
-            STEP_SUBSCRIBE => self.run_subscribe(ctx, run).await,
-            other => Err(ProviderError::Precondition {
-                raw: String::new(),
-                message: format!("unknown step '{other}' for gupshup"),
-            }),
+        match step_of::<GupshupStep>(ProviderKind::Gupshup, run)? {
+            GupshupStep::LinkApp => self.run_link(ctx, run).await,
+            GupshupStep::FetchAppToken => self.run_fetch_token(ctx, run).await,
+            GupshupStep::Provisioning => self.run_provisioning(ctx, run).await,
+            GupshupStep::Subscribe => self.run_subscribe(ctx, run).await,
         }
     }
 

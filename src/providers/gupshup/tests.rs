@@ -19,7 +19,7 @@ use crate::domain::{AccountId, E164, OnboardingId, WabaId};
 use crate::providers::builtin::AdapterDeps;
 use crate::providers::conformance::{self, ConformanceHarness, Fault as ConfFault};
 use crate::providers::http::{HttpClient, HttpTimeouts, RateLimiter, RetryPolicy};
-use crate::providers::{Progress, StepRun};
+use crate::providers::{Progress, ProviderCapabilities, StepRun};
 use crate::providers::{ResourceRef, WebhookMode};
 use crate::sim::common::{Fault, Running};
 use crate::sim::gupshup::{GupshupSim, GupshupSimConfig, KnobsPatch, LimitSpec};
@@ -149,9 +149,9 @@ fn spec(tag: &str) -> SubscriptionSpec {
     }
 }
 
-fn step_run(name: &str, req: &StartRequest) -> StepRun {
+fn step_run(step: GupshupStep, req: &StartRequest) -> StepRun {
     StepRun {
-        name: name.into(),
+        name: step.name().into(),
         onboarding_id: req.onboarding_id.clone(),
         request: req.clone(),
         handle: None,
@@ -161,6 +161,39 @@ fn step_run(name: &str, req: &StartRequest) -> StepRun {
         state: OnboardingState::Pending,
         details: crate::domain::OnboardingDetails::empty(crate::domain::ProviderKind::Gupshup),
         was_stalled: false,
+    }
+}
+
+/// What `link_app` made, as the tests read it.
+#[derive(Debug)]
+struct Started {
+    handle: ProviderHandle,
+    reconciled: bool,
+}
+
+/// The pipeline steps as the engine drives them, for tests about one call.
+impl GupshupProvider {
+    /// `link_app` as the engine runs it: an app the link found (a 409 naming it) is bound to
+    /// this onboarding (in these tests always its own) and the step runs again to adopt it.
+    async fn start(&self, ctx: &CallContext, req: &StartRequest) -> Result<Started, ProviderError> {
+        let mut run = step_run(GupshupStep::LinkApp, req);
+        let mut out = self.run_step(ctx, &run).await?;
+        if out.found {
+            run.handle = out.handle.clone();
+            run.data = out.data.clone().unwrap_or_else(|| json!({}));
+            run.attempt += 1;
+            out = self.run_step(ctx, &run).await?;
+        }
+        let handle = out.handle.clone().expect("link_app records the app");
+        let reconciled = out.attributes.get("reconciled").is_some_and(|v| v == "true");
+        Ok(Started { handle, reconciled })
+    }
+
+    /// One `provisioning` poll without a stored app token.
+    async fn status(&self, ctx: &CallContext, handle: &ProviderHandle) -> Result<Observation, ProviderError> {
+        let mut run = step_run(GupshupStep::Provisioning, &start_req("status", None));
+        run.handle = Some(handle.clone());
+        Ok(self.run_step(ctx, &run).await?.observation)
     }
 }
 
@@ -233,10 +266,10 @@ async fn twenty_concurrent_callers_share_one_login() {
     let ctx = env.context();
     // Link with another adapter instance, so the one under test starts with an empty cache.
     let other = GupshupProvider::new(deps());
-    let app = other.start_onboarding(&ctx, &start_req("single-flight", None)).await.unwrap().handle;
+    let app = other.start(&ctx, &start_req("single-flight", None)).await.unwrap().handle;
     env.sim.core().reset_counters();
 
-    let mut run = step_run(STEP_FETCH_APP_TOKEN, &start_req("single-flight", None));
+    let mut run = step_run(GupshupStep::FetchAppToken, &start_req("single-flight", None));
     run.handle = Some(app);
     let outs = join_all((0..20).map(|_| env.p.run_step(&ctx, &run))).await;
     let secrets: Vec<Secret> = outs.into_iter().map(|o| o.unwrap().secret.unwrap()).collect();
@@ -250,11 +283,11 @@ async fn twenty_concurrent_callers_share_one_login() {
 async fn expired_partner_token_is_refreshed_once_on_401() {
     let env = Env::new().await;
     let ctx = env.context();
-    let h = env.p.start_onboarding(&ctx, &start_req("reauth", None)).await.unwrap().handle;
+    let h = env.p.start(&ctx, &start_req("reauth", None)).await.unwrap().handle;
     assert_eq!(env.calls(LOGIN), 1);
     // The simulated Gupshup now considers the cached token expired (our cache does not know).
     env.sim.core().clock.advance(Duration::from_secs(25 * 3600));
-    let mut run = step_run(STEP_FETCH_APP_TOKEN, &start_req("reauth", None));
+    let mut run = step_run(GupshupStep::FetchAppToken, &start_req("reauth", None));
     run.handle = Some(h);
     let out = env.p.run_step(&ctx, &run).await.unwrap();
     assert!(out.secret.is_some());
@@ -270,7 +303,7 @@ async fn invalid_input_is_refused_before_any_call() {
     let base = start_req("invalid", None);
     let long = "a".repeat(151);
     for name in ["short", "Acme!Support", "Acme_Support", "Acmé Support", long.as_str(), "       "] {
-        match env.p.start_onboarding(&ctx, &with_name(base.clone(), name)).await {
+        match env.p.start(&ctx, &with_name(base.clone(), name)).await {
             Err(ProviderError::Invalid { field: Some(f), .. }) => assert_eq!(f, "gupshup.app_name", "{name}"),
             other => panic!("{name}: expected Invalid, got {other:?}"),
         }
@@ -279,14 +312,14 @@ async fn invalid_input_is_refused_before_any_call() {
     if let StartPayload::Gupshup(g) = &mut bad_region.payload {
         g.storage_region = Some("XX".into());
     }
-    let e = env.p.start_onboarding(&ctx, &bad_region).await.unwrap_err();
+    let e = env.p.start(&ctx, &bad_region).await.unwrap_err();
     assert!(matches!(e, ProviderError::Invalid { field: Some(ref f), .. } if f == "gupshup.storage_region"), "{e:?}");
     let bad_sub = start_req("invalid", Some(SubscriptionSpec { url: "not a url".into(), ..spec("t") }));
-    let e = env.p.run_step(&ctx, &step_run(STEP_LINK_APP, &bad_sub)).await.unwrap_err();
+    let e = env.p.run_step(&ctx, &step_run(GupshupStep::LinkApp, &bad_sub)).await.unwrap_err();
     assert!(matches!(e, ProviderError::Invalid { field: Some(ref f), .. } if f == "gupshup.subscription.url"), "{e:?}");
     assert_eq!(env.total_calls(), 0, "no call (not even a login) for invalid input");
     // The boundaries are accepted.
-    env.p.start_onboarding(&ctx, &with_name(base.clone(), "Acme01")).await.unwrap();
+    env.p.start(&ctx, &with_name(base.clone(), "Acme01")).await.unwrap();
 }
 
 #[tokio::test]
@@ -294,18 +327,18 @@ async fn repeated_link_recovers_the_app_from_the_409() {
     let env = Env::new().await;
     let ctx = env.context();
     let req = start_req("dup-link", None);
-    let first = env.p.start_onboarding(&ctx, &req).await.unwrap();
+    let first = env.p.start(&ctx, &req).await.unwrap();
     assert!(!first.reconciled);
     // The step finds the app but leaves it alone: only the engine can tell whether it is this
     // onboarding's (its own lost attempt) or another's.
     let callbacks = env.calls(CALLBACK);
-    let found = env.p.run_step(&ctx, &step_run(STEP_LINK_APP, &req)).await.unwrap();
+    let found = env.p.run_step(&ctx, &step_run(GupshupStep::LinkApp, &req)).await.unwrap();
     assert!(found.found);
     assert_eq!(found.progress, Progress::Wait(Duration::ZERO));
     assert_eq!(found.handle.as_ref().unwrap().external_key, first.handle.external_key);
     assert_eq!(env.calls(CALLBACK), callbacks, "a found app is not touched before it is bound");
     // Bound by the engine: the step runs again with the handle and finishes the adoption.
-    let mut bound = step_run(STEP_LINK_APP, &req);
+    let mut bound = step_run(GupshupStep::LinkApp, &req);
     bound.handle = found.handle.clone();
     bound.data = found.data.clone().unwrap();
     let again = env.p.run_step(&ctx, &bound).await.unwrap();
@@ -328,7 +361,7 @@ async fn partial_success_callback_is_repaired() {
     let ctx = env.context();
     env.sim.update_knobs(KnobsPatch { fail_callback_next: Some(1), ..KnobsPatch::default() });
     let req = start_req("partial", None);
-    let out = env.p.run_step(&ctx, &step_run(STEP_LINK_APP, &req)).await.unwrap();
+    let out = env.p.run_step(&ctx, &step_run(GupshupStep::LinkApp, &req)).await.unwrap();
     assert_eq!(out.progress, Progress::Done);
     let app_id = out.handle.unwrap().external_key;
     assert_eq!(out.attributes.get("callback_repaired").map(String::as_str), Some("true"));
@@ -349,16 +382,16 @@ async fn pipeline_error_is_a_failed_observation_with_the_raw_stage() {
         ..KnobsPatch::default()
     });
     let req = start_req("pipeline-error", None);
-    let h = env.p.start_onboarding(&ctx, &req).await.unwrap().handle;
+    let h = env.p.start(&ctx, &req).await.unwrap().handle;
     env.finish(&h.external_key);
-    let obs = env.p.poll(&ctx, &h).await.unwrap();
+    let obs = env.p.status(&ctx, &h).await.unwrap();
     assert_eq!(obs.state, Some(OnboardingState::Failed));
     assert_eq!(obs.fields["creationStage"], "ERROR");
     assert_eq!(obs.fields["pipeLineStage"], "CREATE_DOCKER");
     assert_eq!(obs.fields["stageRetries"], "3");
     assert_eq!(obs.raw_status, "ERROR/CREATE_DOCKER");
     // As a step: done with the FAILED observation, not an error (the engine fails it).
-    let mut run = step_run(STEP_PROVISIONING, &req);
+    let mut run = step_run(GupshupStep::Provisioning, &req);
     run.handle = Some(h);
     run.state = OnboardingState::Provisioning;
     let out = env.p.run_step(&ctx, &run).await.unwrap();
@@ -372,8 +405,8 @@ async fn a_live_onboarding_is_not_demoted_by_a_lagging_pipeline() {
     let env = Env::new().await;
     let ctx = env.context();
     let req = start_req("live-before-pipeline", None);
-    let h = env.p.start_onboarding(&ctx, &req).await.unwrap().handle;
-    let mut run = step_run(STEP_PROVISIONING, &req);
+    let h = env.p.start(&ctx, &req).await.unwrap().handle;
+    let mut run = step_run(GupshupStep::Provisioning, &req);
     run.handle = Some(h);
     // The live event made the onboarding LIVE; Gupshup's pipeline still says INITIAL.
     run.state = OnboardingState::Live;
@@ -395,14 +428,15 @@ async fn whole_pipeline_to_live_then_subscribe_once() {
     let req = start_req("sequence", Some(spec("on-live")));
     let steps = env.p.pipeline(&req);
     let names: Vec<&str> = steps.iter().map(|s| s.name).collect();
-    assert_eq!(names, [STEP_LINK_APP, STEP_FETCH_APP_TOKEN, STEP_PROVISIONING, STEP_SUBSCRIBE]);
+    // The stored names: never renamed.
+    assert_eq!(names, ["link_app", "fetch_app_token", "provisioning", "subscribe"]);
     assert!(steps.iter().all(|s| s.enabled));
     assert_eq!(steps[0].enter_state, Some(OnboardingState::Pending));
     assert_eq!(steps[2].enter_state, Some(OnboardingState::Provisioning));
     assert!(!env.p.pipeline(&start_req("sequence", None))[3].enabled, "no subscribe without subscribe_on_live");
 
     // link_app
-    let mut run = step_run(STEP_LINK_APP, &req);
+    let mut run = step_run(GupshupStep::LinkApp, &req);
     let out = env.p.run_step(&ctx, &run).await.unwrap();
     assert_eq!(out.progress, Progress::Done);
     let handle = out.handle.clone().unwrap();
@@ -414,7 +448,7 @@ async fn whole_pipeline_to_live_then_subscribe_once() {
     run.handle = Some(handle);
 
     // fetch_app_token
-    run.name = STEP_FETCH_APP_TOKEN.into();
+    run.name = GupshupStep::FetchAppToken.name().into();
     let out = env.p.run_step(&ctx, &run).await.unwrap();
     assert_eq!(out.details_view()["app_token_ready"], json!(true));
     let token = out.secret.unwrap();
@@ -423,7 +457,7 @@ async fn whole_pipeline_to_live_then_subscribe_once() {
     run.secret = Some(token);
 
     // provisioning: waits, then live once Gupshup finishes
-    run.name = STEP_PROVISIONING.into();
+    run.name = GupshupStep::Provisioning.name().into();
     run.state = OnboardingState::Provisioning;
     let out = env.p.run_step(&ctx, &run).await.unwrap();
     assert_eq!(out.progress, Progress::Wait(Duration::from_millis(50)));
@@ -433,7 +467,7 @@ async fn whole_pipeline_to_live_then_subscribe_once() {
 
     // subscribe never runs before live
     let mut early = run.clone();
-    early.name = STEP_SUBSCRIBE.into();
+    early.name = GupshupStep::Subscribe.name().into();
     let out = env.p.run_step(&ctx, &early).await.unwrap();
     assert!(matches!(out.progress, Progress::Wait(_)));
     assert_eq!(env.sim.app(&app_id).unwrap().subscriptions, 0);
@@ -447,7 +481,7 @@ async fn whole_pipeline_to_live_then_subscribe_once() {
     run.state = OnboardingState::Live;
 
     // subscribe, then a repeat reconciles by tag
-    run.name = STEP_SUBSCRIBE.into();
+    run.name = GupshupStep::Subscribe.name().into();
     let out = env.p.run_step(&ctx, &run).await.unwrap();
     assert_eq!(out.progress, Progress::Done);
     let sub_id = out.details_view()["created_subscription"].as_str().unwrap().to_string();
@@ -473,7 +507,7 @@ async fn thirty_links_at_once_never_exceed_the_link_limit() {
     let ctx = env.context();
     let reqs: Vec<StartRequest> = (0..30).map(|i| start_req(&format!("burst-{i}"), None)).collect();
     let t0 = Instant::now();
-    let outs = join_all(reqs.iter().map(|r| env.p.start_onboarding(&ctx, r))).await;
+    let outs = join_all(reqs.iter().map(|r| env.p.start(&ctx, r))).await;
     for o in outs {
         o.unwrap();
     }
@@ -490,25 +524,25 @@ async fn server_errors_and_429_are_retried() {
     let env = Env::new().await;
     let ctx = env.context();
     env.sim.core().fail_next(Some(LOGIN), 1, Fault::Status { status: 500 });
-    let h = env.p.start_onboarding(&ctx, &start_req("retries", None)).await.unwrap().handle;
+    let h = env.p.start(&ctx, &start_req("retries", None)).await.unwrap().handle;
     assert_eq!(env.calls(LOGIN), 2, "login retried after a 500");
 
     let before = env.calls(PIPELINE);
     env.sim.core().fail_next(Some(PIPELINE), 1, Fault::Status { status: 500 });
     env.sim.core().fail_next(Some(PIPELINE), 1, Fault::TooManyRequests { retry_after_secs: None });
     env.sim.core().fail_next(Some(PIPELINE), 1, Fault::Status { status: 503 });
-    let obs = env.p.poll(&ctx, &h).await.unwrap();
+    let obs = env.p.status(&ctx, &h).await.unwrap();
     assert_eq!(obs.state, Some(OnboardingState::Provisioning));
     assert_eq!(env.calls(PIPELINE) - before, 4, "three faults, then success");
 
     // Beyond the in-call budget the failure surfaces as retryable, for the engine.
     env.sim.core().fail_next(Some(PIPELINE), 4, Fault::Status { status: 502 });
-    let e = env.p.poll(&ctx, &h).await.unwrap_err();
+    let e = env.p.status(&ctx, &h).await.unwrap_err();
     assert!(matches!(e, ProviderError::Retryable { .. }) && e.is_retryable(), "{e:?}");
 
     // The link itself is not repeated in-call: the engine retries it, reconciling.
     env.sim.core().fail_next(Some(LINK), 1, Fault::TooManyRequests { retry_after_secs: Some(1) });
-    let e = env.p.start_onboarding(&ctx, &start_req("retries-2", None)).await.unwrap_err();
+    let e = env.p.start(&ctx, &start_req("retries-2", None)).await.unwrap_err();
     assert!(matches!(e, ProviderError::RateLimited { retry_after: Some(_), .. }), "{e:?}");
 }
 
@@ -519,7 +553,7 @@ async fn secrets_never_appear_in_errors() {
     let ctx = env.ctx_with(wrong);
     let e = env.p.check_credentials(&ctx).await.unwrap_err();
     assert!(matches!(e, ProviderError::Unauthenticated { .. }), "{e:?}");
-    let e2 = env.p.start_onboarding(&ctx, &start_req("secrets", None)).await.unwrap_err();
+    let e2 = env.p.start(&ctx, &start_req("secrets", None)).await.unwrap_err();
     assert!(matches!(e2, ProviderError::Unauthenticated { .. }), "{e2:?}");
     let status = env.p.partner_token_status();
     let texts = [
@@ -540,7 +574,7 @@ async fn secrets_never_appear_in_errors() {
     // the webhook secret that the link sends in its body.
     let ctx = env.context();
     env.sim.core().fail_next(Some(LINK), 1, Fault::Status { status: 500 });
-    let e = env.p.start_onboarding(&ctx, &start_req("secrets", None)).await.unwrap_err();
+    let e = env.p.start(&ctx, &start_req("secrets", None)).await.unwrap_err();
     let t = format!("{e:?} {e}");
     assert!(!t.contains(SECRET) && !t.contains(WEBHOOK_SECRET), "{t}");
     assert!(!format!("{ctx:?}").contains(WEBHOOK_SECRET));
@@ -570,8 +604,8 @@ async fn app_token_in_string_shape_is_accepted() {
     let ctx = env.context();
     env.sim.update_knobs(KnobsPatch { token_as_string: Some(true), ..KnobsPatch::default() });
     let req = start_req("token-string", None);
-    let mut run = step_run(STEP_FETCH_APP_TOKEN, &req);
-    run.handle = Some(env.p.start_onboarding(&ctx, &req).await.unwrap().handle);
+    let mut run = step_run(GupshupStep::FetchAppToken, &req);
+    run.handle = Some(env.p.start(&ctx, &req).await.unwrap().handle);
     let out = env.p.run_step(&ctx, &run).await.unwrap();
     assert!(out.secret.unwrap().expose().starts_with("sk_"));
 }
@@ -580,7 +614,7 @@ async fn app_token_in_string_shape_is_accepted() {
 async fn subscriptions_crud_with_validation_before_any_call() {
     let env = Env::new().await;
     let ctx = env.context();
-    let handle = env.p.start_onboarding(&ctx, &start_req("subs", None)).await.unwrap().handle;
+    let handle = env.p.start(&ctx, &start_req("subs", None)).await.unwrap().handle;
     // No stored secret: the adapter fetches the app token itself.
     let target = ResourceRef { handle, secret: None, request_id: None };
     let ops = env.p.subscriptions().unwrap();
@@ -676,12 +710,12 @@ async fn callbacks_sent_by_the_simulator_parse() {
     let (hook, mut rx, _hook_server) = capture_server().await;
     let env = Env::with(sim_config(), GupshupLimits::default(), Some(hook)).await;
     let ctx = env.context();
-    let h = env.p.start_onboarding(&ctx, &start_req("callbacks", None)).await.unwrap().handle;
+    let h = env.p.start(&ctx, &start_req("callbacks", None)).await.unwrap().handle;
     let app_id = h.external_key.clone();
 
     // The live event, as the simulator sends it when the app goes live.
     env.finish(&app_id);
-    assert_eq!(env.p.poll(&ctx, &h).await.unwrap().state, Some(OnboardingState::Live));
+    assert_eq!(env.p.status(&ctx, &h).await.unwrap().state, Some(OnboardingState::Live));
     let body = next_body(&mut rx).await;
     let evs = env.p.parse_callback(&body).unwrap();
     assert_eq!(evs.len(), 1);
@@ -730,11 +764,11 @@ async fn taken_app_name_is_a_conflict() {
     let env = Env::new().await;
     let ctx = env.context();
     let first = start_req("name-a", None);
-    env.p.start_onboarding(&ctx, &first).await.unwrap();
+    env.p.start(&ctx, &first).await.unwrap();
     let StartPayload::Gupshup(g) = &first.payload else { unreachable!() };
     // Another phone, the same name: Gupshup's "Bot Already Exists".
     let other = with_name(start_req("name-b", None), &g.app_name);
-    match env.p.start_onboarding(&ctx, &other).await {
+    match env.p.start(&ctx, &other).await {
         Err(e @ ProviderError::Conflict { .. }) => assert!(!e.is_retryable()),
         other => panic!("expected Conflict, got {other:?}"),
     }
@@ -746,9 +780,9 @@ async fn subscribe_after_an_unknown_outcome_reconciles_by_tag() {
     let env = Env::new().await;
     let ctx = env.context();
     let req = start_req("sub-unknown", Some(spec("live-hook")));
-    let h = env.p.start_onboarding(&ctx, &req).await.unwrap().handle;
+    let h = env.p.start(&ctx, &req).await.unwrap().handle;
     env.finish(&h.external_key);
-    let mut run = step_run(STEP_SUBSCRIBE, &req);
+    let mut run = step_run(GupshupStep::Subscribe, &req);
     run.handle = Some(h.clone());
     run.state = OnboardingState::Live;
     // The create happens but its answer is lost.
@@ -771,7 +805,7 @@ async fn app_names_with_spaces_are_refused_and_names_are_sent_trimmed() {
     let env = Env::new().await;
     let ctx = env.context();
     for name in ["Acme Support", "Acme-Support1", "AcmeSupport\u{a0}x"] {
-        match env.p.start_onboarding(&ctx, &with_name(start_req("names", None), name)).await {
+        match env.p.start(&ctx, &with_name(start_req("names", None), name)).await {
             Err(ProviderError::Invalid { field: Some(f), message, .. }) => {
                 assert_eq!(f, "gupshup.app_name", "{name}");
                 assert!(message.contains("special characters are not allowed"), "{name}: {message}");
@@ -780,7 +814,7 @@ async fn app_names_with_spaces_are_refused_and_names_are_sent_trimmed() {
         }
     }
     assert_eq!(env.total_calls(), 0, "names are checked before any call");
-    let out = env.p.start_onboarding(&ctx, &with_name(start_req("names", None), "  AcmeTrimmed1  ")).await.unwrap();
+    let out = env.p.start(&ctx, &with_name(start_req("names", None), "  AcmeTrimmed1  ")).await.unwrap();
     let app = env.sim.app(&out.handle.external_key).expect("the app exists at the sim");
     assert_eq!(app.name, "AcmeTrimmed1");
 }
@@ -793,7 +827,7 @@ async fn unset_subscription_version_sends_3_with_others_and_copy_is_not_supporte
     let env = Env::new().await;
     let ctx = env.context();
     env.sim.update_knobs(KnobsPatch { versions_current_only: Some(true), ..KnobsPatch::default() });
-    let handle = env.p.start_onboarding(&ctx, &start_req("subs-v3", None)).await.unwrap().handle;
+    let handle = env.p.start(&ctx, &start_req("subs-v3", None)).await.unwrap().handle;
     let target = ResourceRef { handle, secret: None, request_id: None };
     let ops = env.p.subscriptions().unwrap();
     let sample = ["SENT", "ENQUEUED", "DELIVERED", "READ", "DELETED", "MESSAGE", "OTHERS", "TEMPLATE", "ACCOUNT"];
@@ -857,9 +891,9 @@ async fn bot_already_exists_on_a_retried_link_is_recovered_from_the_app_list() {
     let ctx = env.context();
     env.sim.update_knobs(KnobsPatch { bot_exists_on_relink: Some(true), ..KnobsPatch::default() });
     // Another app of the partner, whose phone shares a prefix with ours: never taken for ours.
-    env.p.start_onboarding(&ctx, &start_req("bot-exists-neighbour", None)).await.unwrap();
+    env.p.start(&ctx, &start_req("bot-exists-neighbour", None)).await.unwrap();
     let req = start_req("bot-exists", None);
-    let first = env.p.start_onboarding(&ctx, &req).await.unwrap();
+    let first = env.p.start(&ctx, &req).await.unwrap();
     let cases = [
         (AppListShape::Array, false),
         (AppListShape::Data, false),
@@ -873,14 +907,14 @@ async fn bot_already_exists_on_a_retried_link_is_recovered_from_the_app_list() {
             ..KnobsPatch::default()
         });
         let (list, older) = (env.calls(APP_LIST), env.calls(PARTNER_APPS));
-        let found = env.p.run_step(&ctx, &step_run(STEP_LINK_APP, &req)).await.unwrap();
+        let found = env.p.run_step(&ctx, &step_run(GupshupStep::LinkApp, &req)).await.unwrap();
         assert!(found.found, "{shape:?} gone={gone}");
         assert_eq!(found.handle.as_ref().unwrap().external_key, first.handle.external_key, "{shape:?} gone={gone}");
         assert_eq!(env.calls(APP_LIST) - list, 1, "one page is enough");
         assert_eq!(env.calls(PARTNER_APPS) - older, u64::from(gone), "the older list only after a 404");
     }
-    // start_onboarding (reconciling) sees the same app.
-    let again = env.p.start_onboarding(&ctx, &req).await.unwrap();
+    // link_app run again (reconciling) sees the same app.
+    let again = env.p.start(&ctx, &req).await.unwrap();
     assert!(again.reconciled);
     assert_eq!(again.handle.external_key, first.handle.external_key);
     assert_eq!(env.created("apps"), 2);
@@ -888,7 +922,7 @@ async fn bot_already_exists_on_a_retried_link_is_recovered_from_the_app_list() {
     // The name is ours, the phone someone else's: still a conflict, never this app.
     let StartPayload::Gupshup(g) = &req.payload else { unreachable!() };
     let other_phone = with_name(start_req("bot-exists-other", None), &g.app_name);
-    match env.p.start_onboarding(&ctx, &other_phone).await {
+    match env.p.start(&ctx, &other_phone).await {
         Err(e @ ProviderError::Conflict { .. }) => assert!(!e.is_retryable()),
         other => panic!("expected Conflict, got {other:?}"),
     }
@@ -902,9 +936,9 @@ async fn bot_already_exists_with_an_unreadable_app_list_is_a_conflict() {
     let ctx = env.context();
     env.sim.update_knobs(KnobsPatch { bot_exists_on_relink: Some(true), ..KnobsPatch::default() });
     let req = start_req("bot-exists-refused", None);
-    env.p.start_onboarding(&ctx, &req).await.unwrap();
+    env.p.start(&ctx, &req).await.unwrap();
     env.sim.core().fail_next(Some(APP_LIST), 1, Fault::Status { status: 400 });
-    match env.p.start_onboarding(&ctx, &req).await {
+    match env.p.start(&ctx, &req).await {
         Err(ProviderError::Conflict { message, .. }) => assert!(message.contains("app list"), "{message}"),
         other => panic!("expected Conflict, got {other:?}"),
     }
@@ -918,9 +952,9 @@ async fn a_pipeline_error_without_stage_retries_fails_with_a_plain_reason() {
     let env = Env::new().await;
     let ctx = env.context();
     env.sim.update_knobs(KnobsPatch { fail_next_pipelines: Some(1), ..KnobsPatch::default() });
-    let h = env.p.start_onboarding(&ctx, &start_req("error-plain", None)).await.unwrap().handle;
+    let h = env.p.start(&ctx, &start_req("error-plain", None)).await.unwrap().handle;
     env.finish(&h.external_key);
-    let obs = env.p.poll(&ctx, &h).await.unwrap();
+    let obs = env.p.status(&ctx, &h).await.unwrap();
     assert_eq!(obs.state, Some(OnboardingState::Failed));
     assert!(!obs.fields.contains_key("stageRetries"));
     assert_eq!(obs.reason, "Gupshup provisioning failed at CREATE_DOCKER");
@@ -937,17 +971,17 @@ async fn an_error_while_gupshup_retries_is_not_final() {
         error_while_retrying: Some(true),
         ..KnobsPatch::default()
     });
-    let h = env.p.start_onboarding(&ctx, &start_req("error-retrying", None)).await.unwrap().handle;
+    let h = env.p.start(&ctx, &start_req("error-retrying", None)).await.unwrap().handle;
     assert!(env.sim.start_pipeline(&h.external_key));
     for retries in 1..=2 {
         env.sim.core().clock.advance(Duration::from_millis(STAGE_MS));
-        let obs = env.p.poll(&ctx, &h).await.unwrap();
+        let obs = env.p.status(&ctx, &h).await.unwrap();
         assert_eq!(obs.fields["creationStage"], "ERROR");
         assert_eq!(obs.fields["stageRetries"], retries.to_string());
         assert_eq!(obs.state, Some(OnboardingState::Provisioning), "retry {retries}: {obs:?}");
     }
     env.sim.core().clock.advance(Duration::from_millis(2 * STAGE_MS));
-    let obs = env.p.poll(&ctx, &h).await.unwrap();
+    let obs = env.p.status(&ctx, &h).await.unwrap();
     assert_eq!(obs.fields["stageRetries"], "3");
     assert_eq!(obs.state, Some(OnboardingState::Failed));
     assert_eq!(obs.reason, "Gupshup provisioning failed at CREATE_DOCKER (stageRetries 3)");
@@ -961,10 +995,10 @@ async fn provisioning_done_before_finalize_is_live() {
     let ctx = env.context();
     env.sim.update_knobs(KnobsPatch { done_before_finalize: Some(true), ..KnobsPatch::default() });
     let req = start_req("done-early", None);
-    let h = env.p.start_onboarding(&ctx, &req).await.unwrap().handle;
+    let h = env.p.start(&ctx, &req).await.unwrap().handle;
     assert!(env.sim.start_pipeline(&h.external_key));
     env.sim.core().clock.advance(Duration::from_millis(3 * STAGE_MS));
-    let mut run = step_run(STEP_PROVISIONING, &req);
+    let mut run = step_run(GupshupStep::Provisioning, &req);
     run.handle = Some(h);
     run.state = OnboardingState::Provisioning;
     let out = env.p.run_step(&ctx, &run).await.unwrap();
@@ -981,12 +1015,12 @@ async fn a_stale_app_token_on_the_pipeline_is_fetched_again_once() {
     let env = Env::new().await;
     let ctx = env.context();
     let req = start_req("stale-token", None);
-    let mut run = step_run(STEP_FETCH_APP_TOKEN, &req);
-    run.handle = Some(env.p.start_onboarding(&ctx, &req).await.unwrap().handle);
+    let mut run = step_run(GupshupStep::FetchAppToken, &req);
+    run.handle = Some(env.p.start(&ctx, &req).await.unwrap().handle);
     let old = env.p.run_step(&ctx, &run).await.unwrap().secret.unwrap();
     let app_id = run.handle.as_ref().unwrap().external_key.clone();
     let new = env.sim.rotate_app_token(&app_id).unwrap();
-    run.name = STEP_PROVISIONING.into();
+    run.name = GupshupStep::Provisioning.name().into();
     run.state = OnboardingState::Provisioning;
     run.secret = Some(old);
     let tokens = env.calls(TOKEN);
@@ -1015,9 +1049,9 @@ async fn a_403_invalid_access_token_renews_the_partner_token_once() {
     let env = Env::new().await;
     let ctx = env.context();
     env.sim.update_knobs(KnobsPatch { partner_token_invalid_403: Some(true), ..KnobsPatch::default() });
-    let h = env.p.start_onboarding(&ctx, &start_req("reauth-403", None)).await.unwrap().handle;
+    let h = env.p.start(&ctx, &start_req("reauth-403", None)).await.unwrap().handle;
     env.sim.core().clock.advance(Duration::from_secs(25 * 3600));
-    let mut run = step_run(STEP_FETCH_APP_TOKEN, &start_req("reauth-403", None));
+    let mut run = step_run(GupshupStep::FetchAppToken, &start_req("reauth-403", None));
     run.handle = Some(h);
     let out = env.p.run_step(&ctx, &run).await.unwrap();
     assert!(out.secret.is_some());
@@ -1035,7 +1069,7 @@ async fn callback_repair_falls_back_to_the_callback_endpoint_on_404() {
         callback_url_gone: Some(true),
         ..KnobsPatch::default()
     });
-    let out = env.p.run_step(&ctx, &step_run(STEP_LINK_APP, &start_req("callback-gone", None))).await.unwrap();
+    let out = env.p.run_step(&ctx, &step_run(GupshupStep::LinkApp, &start_req("callback-gone", None))).await.unwrap();
     assert_eq!(out.progress, Progress::Done);
     assert_eq!(out.attributes.get("callback_repaired").map(String::as_str), Some("true"));
     assert_eq!((env.calls(CALLBACK), env.calls(CALLBACK_CURRENT)), (1, 1));
@@ -1048,7 +1082,8 @@ async fn callback_repair_falls_back_to_the_callback_endpoint_on_404() {
         callback_gone: Some(true),
         ..KnobsPatch::default()
     });
-    let e = env.p.run_step(&ctx, &step_run(STEP_LINK_APP, &start_req("callback-gone-2", None))).await.unwrap_err();
+    let e =
+        env.p.run_step(&ctx, &step_run(GupshupStep::LinkApp, &start_req("callback-gone-2", None))).await.unwrap_err();
     assert!(!e.is_retryable(), "{e:?}");
     assert_eq!((env.calls(CALLBACK), env.calls(CALLBACK_CURRENT)), (2, 2));
 }

@@ -387,10 +387,4 @@ impl Client {
         let r = self.call("whapi.patch_settings", reqwest::Method::PATCH, u, &g.token, Some(patch), true).await?;
         decode("whapi.patch_settings", &r.body)
     }
-
-    /// `GET /limits` (trial / sandbox usage), raw.
-    pub async fn limits(&self, g: &Gate) -> Result<Value, ProviderError> {
-        let r = self.gate_get(g, "whapi.limits", &["limits"], &[]).await?;
-        decode("whapi.limits", &r.body)
-    }
 }

@@ -38,12 +38,12 @@ use super::builtin::AdapterDeps;
 use super::http::{RateLimiter, rate_key};
 use super::{
     CallContext, CallbackEvent, CancelOutcome, ChannelOps, CredentialsCheck, Observation, Provider, ProviderError,
-    ProviderFactory, ProviderHandle, StartOutcome, StartPayload, StartRequest, StepOutcome, StepRun, StepSpec,
-    SubscriptionOps, WhapiStart,
+    ProviderFactory, ProviderHandle, StartPayload, StartRequest, StepOutcome, StepRun, StepSpec, SubscriptionOps,
+    WhapiStart,
 };
 use crate::domain::{Capability, E164, OnboardingState, ProviderKind, Secret, UnixMs};
 
-pub use self::pipeline::{STEP_AWAIT_CONNECTION, STEP_CONFIGURE_WEBHOOKS, STEP_CREATE_CHANNEL, STEP_GO_LIVE};
+pub use self::pipeline::WhapiStep;
 
 /// Provider name carried by rate keys and logs.
 pub const PROVIDER: &str = "whapi";
@@ -124,19 +124,9 @@ pub fn factory(deps: AdapterDeps) -> ProviderFactory {
     })
 }
 
-const CAPABILITIES: &[Capability] = &[
-    Capability::CheckCredentials,
-    Capability::ChannelLifecycle,
-    Capability::ConnectCode,
-    Capability::ChannelMode,
-    Capability::ExtendDays,
-    Capability::DeleteRefund,
-    Capability::PartnerBalance,
-    Capability::AppToken,
-    Capability::Subscriptions,
-    Capability::Cancel,
-    Capability::Lookup,
-];
+/// What this adapter offers besides its ports (channels, subscriptions).
+const FLOW_CAPABILITIES: &[Capability] =
+    &[Capability::CheckCredentials, Capability::AppToken, Capability::Cancel, Capability::Lookup];
 
 fn invalid(field: &str, message: impl Into<String>) -> ProviderError {
     ProviderError::Invalid { field: Some(field.to_string()), message: message.into(), raw: "validation".into() }
@@ -173,10 +163,6 @@ fn whapi_start(req: &StartRequest) -> Result<&WhapiStart, ProviderError> {
 fn channel_name_for(w: &WhapiStart, idempotency_key: &str) -> String {
     let digest = Sha256::digest(format!("wa-onboard/whapi/{idempotency_key}").as_bytes());
     format!("{} · {}", w.channel_name.trim(), &hex::encode(digest)[..10])
-}
-
-fn go_live_of(handle: &ProviderHandle) -> bool {
-    handle.data.get("go_live").and_then(Value::as_bool).unwrap_or(false)
 }
 
 fn handle_for(ch: &Channel, go_live: bool) -> ProviderHandle {
@@ -271,12 +257,6 @@ impl WhapiProvider {
     pub async fn logout_channel(&self, ctx: &CallContext, target: &super::ResourceRef) -> Result<(), ProviderError> {
         let gate = self.gate_for(ctx, &target.handle, target.secret.as_ref()).await?.0;
         self.client.logout(&gate).await
-    }
-
-    /// The channel's trial / sandbox usage (`GET /limits`), raw.
-    pub async fn channel_limits(&self, ctx: &CallContext, target: &super::ResourceRef) -> Result<Value, ProviderError> {
-        let gate = self.gate_for(ctx, &target.handle, target.secret.as_ref()).await?.0;
-        self.client.limits(&gate).await
     }
 
     /// Where to call the channel's Gate API: `apiUrl` from the handle and the token from the
@@ -406,8 +386,8 @@ impl Provider for WhapiProvider {
         ProviderKind::Whapi
     }
 
-    fn capabilities(&self) -> &[Capability] {
-        CAPABILITIES
+    fn flow_capabilities(&self) -> &[Capability] {
+        FLOW_CAPABILITIES
     }
 
     /// A cheap partner call (`GET /projects`) validates the partner token.
@@ -418,35 +398,6 @@ impl Provider for WhapiProvider {
             fields.insert("project_found".into(), projects.iter().any(|x| x.id == p).to_string());
         }
         Ok(CredentialsCheck { summary: format!("Whapi partner token valid ({} projects)", projects.len()), fields })
-    }
-
-    async fn start_onboarding(&self, ctx: &CallContext, req: &StartRequest) -> Result<StartOutcome, ProviderError> {
-        let go_live = whapi_start(req)?.go_live;
-        // No attempt count here: look first, as before.
-        let (ch, reconciled) = self.create_or_find(ctx, req, true).await?;
-        let mut fields = BTreeMap::new();
-        channel_fields(&ch, &mut fields);
-        let observation = Observation {
-            raw_status: if ch.status.is_empty() { "created".into() } else { ch.status.clone() },
-            fields,
-            state: None,
-            reason: "channel created".into(),
-        };
-        Ok(StartOutcome { handle: handle_for(&ch, go_live), observation, reconciled })
-    }
-
-    /// Reads the channel (manager) and its health (gate, waking it so a QR appears).
-    async fn poll(&self, ctx: &CallContext, handle: &ProviderHandle) -> Result<Observation, ProviderError> {
-        let ch = self.client.get_channel(ctx, &handle.external_key).await?;
-        if ch.is_stopped() {
-            return Ok(stopped_observation(&ch));
-        }
-        let gate = gate_of(&ch, None)?;
-        match self.client.health(&gate, true).await {
-            Ok(h) => Ok(health_observation(&h, Some(&ch), go_live_of(handle))),
-            Err(e) if is_stopped_error(&e) => Ok(stopped_observation(&ch)),
-            Err(e) => Err(e),
-        }
     }
 
     fn parse_callback(&self, body: &[u8]) -> Result<Vec<CallbackEvent>, ProviderError> {

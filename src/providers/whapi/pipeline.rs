@@ -12,19 +12,37 @@ use super::{
     DAY_MS, EXTEND_TOLERANCE_MS, WhapiProvider, channel_name_for, e164, gate_of, handle_for, health_observation,
     is_stopped_error, now_ms, stopped_observation, whapi_start,
 };
-use crate::domain::{ChannelId, OnboardingState, WhapiDetails};
+use crate::domain::{ChannelId, OnboardingState, ProviderKind, WhapiDetails};
 use crate::providers::{
-    CallContext, Observation, ProviderError, ProviderHandle, StartRequest, StepOutcome, StepRun, StepSpec,
+    CallContext, Observation, PipelineStep, ProviderError, ProviderHandle, StartRequest, StepOutcome, StepRun,
+    StepSpec, step_of,
 };
 
-/// Creates the channel (reconciling by name first).
-pub const STEP_CREATE_CHANNEL: &str = "create_channel";
-/// Points the channel's `channel` and `users` webhooks at our ingress.
-pub const STEP_CONFIGURE_WEBHOOKS: &str = "configure_webhooks";
-/// Waits for the customer to link the phone (health `AUTH`).
-pub const STEP_AWAIT_CONNECTION: &str = "await_connection";
-/// Switches the channel to live and adds the requested days.
-pub const STEP_GO_LIVE: &str = "go_live";
+/// The Whapi pipeline's steps (stored names in [`PipelineStep::name`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum WhapiStep {
+    /// `create_channel`: creates the channel (reconciling by name first).
+    CreateChannel,
+    /// `configure_webhooks`: points the channel's `channel` and `users` webhooks at our ingress.
+    ConfigureWebhooks,
+    /// `await_connection`: waits for the customer to link the phone (health `AUTH`).
+    AwaitConnection,
+    /// `go_live`: switches the channel to live and adds the requested days.
+    GoLive,
+}
+
+impl PipelineStep for WhapiStep {
+    const ALL: &'static [Self] = &[Self::CreateChannel, Self::ConfigureWebhooks, Self::AwaitConnection, Self::GoLive];
+
+    fn name(self) -> &'static str {
+        match self {
+            Self::CreateChannel => "create_channel",
+            Self::ConfigureWebhooks => "configure_webhooks",
+            Self::AwaitConnection => "await_connection",
+            Self::GoLive => "go_live",
+        }
+    }
+}
 
 /// [I] The webhook events our ingress needs: health changes (`channel`/`post`), login
 /// (`users`/`post`) and logout (`users`/`delete`).
@@ -46,12 +64,13 @@ pub(super) fn connection_poll_delay(base: Duration, polls: u64) -> Duration {
 pub(super) fn specs(req: &StartRequest) -> Vec<StepSpec> {
     let go_live = matches!(&req.payload, crate::providers::StartPayload::Whapi(w) if w.go_live);
     vec![
-        StepSpec::new(STEP_CREATE_CHANNEL).entering(OnboardingState::Pending),
-        StepSpec::new(STEP_CONFIGURE_WEBHOOKS),
-        StepSpec::new(STEP_AWAIT_CONNECTION)
+        WhapiStep::CreateChannel.spec().entering(OnboardingState::Pending),
+        WhapiStep::ConfigureWebhooks.spec(),
+        WhapiStep::AwaitConnection
+            .spec()
             .entering(OnboardingState::AwaitingCustomer)
             .deadline(Duration::from_secs(24 * 3600)),
-        StepSpec::new(STEP_GO_LIVE).enabled(go_live).deadline(Duration::from_secs(30 * 60)),
+        WhapiStep::GoLive.spec().enabled(go_live).deadline(Duration::from_secs(30 * 60)),
     ]
 }
 
@@ -113,15 +132,11 @@ impl WhapiProvider {
         ctx: &CallContext,
         run: &StepRun,
     ) -> Result<StepOutcome, ProviderError> {
-        match run.name.as_str() {
-            STEP_CREATE_CHANNEL => self.step_create(ctx, run).await,
-            STEP_CONFIGURE_WEBHOOKS => self.step_webhooks(ctx, run).await,
-            STEP_AWAIT_CONNECTION => self.step_await(ctx, run).await,
-            STEP_GO_LIVE => self.step_go_live(ctx, run).await,
-            other => Err(ProviderError::Precondition {
-                raw: String::new(),
-                message: format!("unknown step '{other}' for whapi"),
-            }),
+        match step_of::<WhapiStep>(ProviderKind::Whapi, run)? {
+            WhapiStep::CreateChannel => self.step_create(ctx, run).await,
+            WhapiStep::ConfigureWebhooks => self.step_webhooks(ctx, run).await,
+            WhapiStep::AwaitConnection => self.step_await(ctx, run).await,
+            WhapiStep::GoLive => self.step_go_live(ctx, run).await,
         }
     }
 

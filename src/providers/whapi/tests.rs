@@ -15,7 +15,9 @@ use crate::domain::{AccountId, OnboardingId};
 use crate::providers::builtin::AdapterDeps;
 use crate::providers::conformance::{self, ConformanceHarness, Fault};
 use crate::providers::http::{HttpClient, HttpTimeouts, RetryPolicy};
-use crate::providers::{ChannelMode, ConnectCode, ConnectMethod, Progress, ResourceRef, StepOutcome, SubscriptionSpec};
+use crate::providers::{
+    ChannelMode, ConnectCode, ConnectMethod, PipelineStep, Progress, ResourceRef, StepOutcome, SubscriptionSpec,
+};
 use crate::sim::common::{self as simc, Running};
 use crate::sim::whapi::{WhapiSim, WhapiSimConfig, WhapiSimServers};
 
@@ -136,7 +138,8 @@ impl Run {
         }
     }
 
-    fn step_run(&self, name: &str) -> StepRun {
+    fn step_run(&self, step: WhapiStep) -> StepRun {
+        let name = step.name();
         StepRun {
             name: name.into(),
             onboarding_id: self.req.onboarding_id.clone(),
@@ -156,7 +159,8 @@ impl Run {
         serde_json::to_value(&self.details).unwrap()
     }
 
-    fn apply(&mut self, name: &str, out: &StepOutcome) {
+    fn apply(&mut self, step: WhapiStep, out: &StepOutcome) {
+        let name = step.name();
         if let Some(h) = &out.handle {
             self.handle = Some(h.clone());
         }
@@ -183,6 +187,37 @@ impl Run {
     }
 }
 
+/// What `create_channel` made, as the tests read it.
+#[derive(Debug)]
+struct Started {
+    handle: ProviderHandle,
+    observation: Observation,
+    reconciled: bool,
+}
+
+/// The pipeline steps as the engine drives them, for tests about one call.
+impl WhapiProvider {
+    /// `create_channel` as a repeat runs it (attempt 2: it looks for an earlier attempt's
+    /// channel before it creates).
+    async fn start(&self, ctx: &CallContext, req: &StartRequest) -> Result<Started, ProviderError> {
+        let run = StepRun { attempt: 2, ..Run::new(req.clone()).step_run(WhapiStep::CreateChannel) };
+        let out = self.run_step(ctx, &run).await?;
+        let reconciled = out.attributes.get("reconciled").is_some_and(|v| v == "true");
+        Ok(Started {
+            handle: out.handle.expect("create_channel records the channel"),
+            observation: out.observation,
+            reconciled,
+        })
+    }
+
+    /// One `await_connection` health read, without the stored channel token.
+    async fn status(&self, ctx: &CallContext, handle: &ProviderHandle) -> Result<Observation, ProviderError> {
+        let mut run = Run::new(start_req("status", "Status", false, 0));
+        run.handle = Some(handle.clone());
+        Ok(self.run_step(ctx, &run.step_run(WhapiStep::AwaitConnection)).await?.observation)
+    }
+}
+
 impl Env {
     fn ctx(&self) -> CallContext {
         self.ctx_with_token(PT)
@@ -199,23 +234,26 @@ impl Env {
     }
 
     /// Runs one step once, recording its outcome like the engine.
-    async fn step(&self, run: &mut Run, name: &str) -> StepOutcome {
-        let out =
-            self.provider.run_step(&self.ctx(), &run.step_run(name)).await.unwrap_or_else(|e| panic!("{name}: {e:?}"));
-        run.apply(name, &out);
+    async fn step(&self, run: &mut Run, step: WhapiStep) -> StepOutcome {
+        let out = self
+            .provider
+            .run_step(&self.ctx(), &run.step_run(step))
+            .await
+            .unwrap_or_else(|e| panic!("{step:?}: {e:?}"));
+        run.apply(step, &out);
         out
     }
 
     /// Runs a step until it is done (bounded).
-    async fn step_done(&self, run: &mut Run, name: &str) -> StepOutcome {
+    async fn step_done(&self, run: &mut Run, step: WhapiStep) -> StepOutcome {
         for _ in 0..200 {
-            let out = self.step(run, name).await;
+            let out = self.step(run, step).await;
             match out.progress {
                 Progress::Done => return out,
                 Progress::Wait(d) => tokio::time::sleep(d.min(Duration::from_millis(100))).await,
             }
         }
-        panic!("{name} never finished");
+        panic!("{step:?} never finished");
     }
 
     /// Wakes the channel (gate health with its token) and links the phone once it shows a QR.
@@ -270,8 +308,8 @@ impl Env {
     /// A channel created through the pipeline, webhooks configured.
     async fn channel(&self, key: &str, go_live: bool, extend_days: u32) -> Run {
         let mut run = Run::new(start_req(key, "Acme Support", go_live, extend_days));
-        self.step(&mut run, STEP_CREATE_CHANNEL).await;
-        self.step(&mut run, STEP_CONFIGURE_WEBHOOKS).await;
+        self.step(&mut run, WhapiStep::CreateChannel).await;
+        self.step(&mut run, WhapiStep::ConfigureWebhooks).await;
         run
     }
 }
@@ -334,21 +372,17 @@ fn pipeline_shape() {
     let names: Vec<_> = p.pipeline(&start_req("k", "A", true, 3)).iter().map(|s| (s.name, s.enabled)).collect();
     assert_eq!(
         names,
-        [
-            (STEP_CREATE_CHANNEL, true),
-            (STEP_CONFIGURE_WEBHOOKS, true),
-            (STEP_AWAIT_CONNECTION, true),
-            (STEP_GO_LIVE, true)
-        ]
+        [("create_channel", true), ("configure_webhooks", true), ("await_connection", true), ("go_live", true)]
     );
     let specs = p.pipeline(&start_req("k", "A", false, 0));
     assert!(!specs[3].enabled, "go_live runs only when asked");
     assert_eq!(specs[0].enter_state, Some(OnboardingState::Pending));
     assert_eq!(specs[2].enter_state, Some(OnboardingState::AwaitingCustomer));
     assert!(specs[2].deadline >= Duration::from_secs(24 * 3600));
+    // The stored names: never renamed.
     assert_eq!(
-        ["create_channel", "configure_webhooks", "await_connection", "go_live"],
-        [STEP_CREATE_CHANNEL, STEP_CONFIGURE_WEBHOOKS, STEP_AWAIT_CONNECTION, STEP_GO_LIVE]
+        WhapiStep::ALL.iter().map(|s| s.name()).collect::<Vec<_>>(),
+        ["create_channel", "configure_webhooks", "await_connection", "go_live"]
     );
 }
 
@@ -376,7 +410,7 @@ async fn full_flow_qr_go_live_extend_delete() {
 
     // 1. create_channel
     let t0 = crate::domain::now_ms();
-    let out = e.step(&mut run, STEP_CREATE_CHANNEL).await;
+    let out = e.step(&mut run, WhapiStep::CreateChannel).await;
     assert_eq!(out.progress, Progress::Done);
     assert_eq!(out.attributes["reconciled"], "false");
     let id = run.channel_id();
@@ -407,7 +441,7 @@ async fn full_flow_qr_go_live_extend_delete() {
         .await
         .unwrap();
     assert!(r.status().is_success());
-    let out = e.step(&mut run, STEP_CONFIGURE_WEBHOOKS).await;
+    let out = e.step(&mut run, WhapiStep::ConfigureWebhooks).await;
     assert_eq!(out.attributes["webhooks_changed"], "true");
     let hooks = e.settings(&id).await["webhooks"].clone();
     let hooks = hooks.as_array().unwrap();
@@ -418,14 +452,14 @@ async fn full_flow_qr_go_live_extend_delete() {
     let types: Vec<&str> = ours["events"].as_array().unwrap().iter().map(|ev| ev["type"].as_str().unwrap()).collect();
     assert!(types.contains(&"channel") && types.contains(&"users"), "{types:?}");
     let calls_before = e.calls();
-    let out = e.step(&mut run, STEP_CONFIGURE_WEBHOOKS).await;
+    let out = e.step(&mut run, WhapiStep::ConfigureWebhooks).await;
     assert_eq!(out.attributes["webhooks_changed"], "false");
     assert_eq!(e.sim.core().counters().calls.get("PATCH /settings"), Some(&2), "no second PATCH");
     assert!(e.calls() > calls_before);
     assert!(!format!("{out:?}").contains("s3cret-path"), "the webhook URL is a secret");
 
     // 3. await_connection waits while the phone is not linked.
-    let out = e.step(&mut run, STEP_AWAIT_CONNECTION).await;
+    let out = e.step(&mut run, WhapiStep::AwaitConnection).await;
     assert!(matches!(out.progress, Progress::Wait(_)));
     assert_eq!(out.observation.state, Some(OnboardingState::AwaitingCustomer));
 
@@ -462,7 +496,7 @@ async fn full_flow_qr_go_live_extend_delete() {
     let body = e.next_hook(|v| v["event"]["type"] == "users").await;
     let evs = e.provider.parse_callback(&body).unwrap();
     assert_eq!((evs[0].raw_status.as_str(), evs[0].state, evs[0].external_key.as_str()), ("LOGIN", None, id.as_str()));
-    let out = e.step(&mut run, STEP_AWAIT_CONNECTION).await;
+    let out = e.step(&mut run, WhapiStep::AwaitConnection).await;
     assert_eq!(out.progress, Progress::Done);
     assert_eq!(out.observation.state, Some(OnboardingState::Provisioning), "go_live pending");
     assert_eq!(out.observation.raw_status, "AUTH");
@@ -470,7 +504,7 @@ async fn full_flow_qr_go_live_extend_delete() {
 
     // 4. go_live: mode live, restart waited out, +3 days once.
     assert_eq!(e.sim.balance(), 100);
-    let out = e.step_done(&mut run, STEP_GO_LIVE).await;
+    let out = e.step_done(&mut run, WhapiStep::GoLive).await;
     assert_eq!(out.observation.state, Some(OnboardingState::Live));
     assert_eq!(run.view()["mode"], json!("live"));
     let simch = e.sim.channel(&id).unwrap();
@@ -489,8 +523,8 @@ async fn full_flow_qr_go_live_extend_delete() {
     // A crash after the extension but before its result was stored: the marker says
     // "extending", activeTill says it happened: no second extension.
     let marker = json!({"mode_set_at": 0, "extend": {"before": trial_till, "days": 3}});
-    run.data.insert(STEP_GO_LIVE.into(), marker);
-    let out = e.step_done(&mut run, STEP_GO_LIVE).await;
+    run.data.insert(WhapiStep::GoLive.name().into(), marker);
+    let out = e.step_done(&mut run, WhapiStep::GoLive).await;
     assert_eq!(out.attributes["already_applied"], "true");
     assert_eq!(e.sim.billing(&id).unwrap().len(), 1);
     assert_eq!(e.sim.balance(), 97);
@@ -539,16 +573,16 @@ async fn full_flow_qr_go_live_extend_delete() {
 async fn go_live_without_days_and_trial_connection_is_live() {
     let e = env().await;
     let mut run = e.channel("onb-trial", false, 0).await;
-    e.step(&mut run, STEP_AWAIT_CONNECTION).await;
+    e.step(&mut run, WhapiStep::AwaitConnection).await;
     e.scan(&run.channel_id(), None).await;
-    let out = e.step_done(&mut run, STEP_AWAIT_CONNECTION).await;
+    let out = e.step_done(&mut run, WhapiStep::AwaitConnection).await;
     assert_eq!(out.observation.state, Some(OnboardingState::Live), "a connected trial channel is usable");
     assert_eq!(e.sim.channel(&run.channel_id()).unwrap().mode, "trial");
 
     let mut run = e.channel("onb-live-nodays", true, 0).await;
     e.scan(&run.channel_id(), None).await;
-    e.step_done(&mut run, STEP_AWAIT_CONNECTION).await;
-    let out = e.step_done(&mut run, STEP_GO_LIVE).await;
+    e.step_done(&mut run, WhapiStep::AwaitConnection).await;
+    let out = e.step_done(&mut run, WhapiStep::GoLive).await;
     assert_eq!(out.observation.state, Some(OnboardingState::Live));
     assert_eq!(e.sim.channel(&run.channel_id()).unwrap().mode, "live");
     assert!(e.sim.billing(&run.channel_id()).unwrap().is_empty());
@@ -573,7 +607,7 @@ async fn pairing_code_path() {
     let now = crate::domain::now_ms();
     let exp = code.expire_ms.unwrap();
     assert!(exp > now + 50_000 && exp <= now + 61_000, "pairing code expiry");
-    let out = e.step_done(&mut run, STEP_AWAIT_CONNECTION).await;
+    let out = e.step_done(&mut run, WhapiStep::AwaitConnection).await;
     assert_eq!(out.observation.state, Some(OnboardingState::Live));
     assert_eq!(run.view()["phone"], json!("+447700900123"));
     assert_eq!(e.sim.channel(&run.channel_id()).unwrap().phone.as_deref(), Some("447700900123"));
@@ -586,7 +620,7 @@ async fn logout_and_error_webhooks_move_back_to_awaiting_customer() {
     let mut run = e.channel("onb-logout", false, 0).await;
     let id = run.channel_id();
     e.scan(&id, None).await;
-    e.step_done(&mut run, STEP_AWAIT_CONNECTION).await;
+    e.step_done(&mut run, WhapiStep::AwaitConnection).await;
     assert_eq!(run.state, OnboardingState::Live);
 
     e.provider.logout_channel(&ctx, &run.target()).await.unwrap();
@@ -601,7 +635,7 @@ async fn logout_and_error_webhooks_move_back_to_awaiting_customer() {
     assert_eq!(ev.fields["phone"], "15550001234");
     assert_eq!(e.provider.parse_callback(&body).unwrap()[0].dedupe_key, ev.dedupe_key, "stable dedupe key");
     // Polling agrees: back to the QR.
-    let obs = e.provider.poll(&ctx, run.handle.as_ref().unwrap()).await.unwrap();
+    let obs = e.provider.status(&ctx, run.handle.as_ref().unwrap()).await.unwrap();
     assert_eq!(obs.state, Some(OnboardingState::AwaitingCustomer));
 
     assert!(e.sim.set_error(&id));
@@ -610,7 +644,7 @@ async fn logout_and_error_webhooks_move_back_to_awaiting_customer() {
     assert_eq!((ev.raw_status.as_str(), ev.state), ("ERROR", Some(OnboardingState::AwaitingCustomer)));
     assert!(ev.fields["reason"].contains("ERROR"));
     assert!(ev.occurred_ms.is_some());
-    let obs = e.provider.poll(&ctx, run.handle.as_ref().unwrap()).await.unwrap();
+    let obs = e.provider.status(&ctx, run.handle.as_ref().unwrap()).await.unwrap();
     assert_eq!((obs.raw_status.as_str(), obs.state), ("ERROR", Some(OnboardingState::AwaitingCustomer)));
 }
 
@@ -656,7 +690,7 @@ async fn twenty_first_creation_within_the_window_queues() {
     let t0 = tokio::time::Instant::now();
     let mut last = Duration::ZERO;
     for i in 0..21 {
-        let out = e.provider.start_onboarding(&e.ctx(), &start_req(&format!("burst-{i}"), "Burst", false, 0)).await;
+        let out = e.provider.start(&e.ctx(), &start_req(&format!("burst-{i}"), "Burst", false, 0)).await;
         assert!(out.is_ok(), "creation {i} failed: {out:?}");
         last = t0.elapsed();
         if i == 19 {
@@ -674,15 +708,15 @@ async fn create_after_unknown_outcome_reconciles() {
     let e = env().await;
     e.inject_next_create(Fault::UnknownOutcome).await;
     let mut run = Run::new(start_req("onb-lost", "Acme Support", false, 0));
-    match e.provider.run_step(&e.ctx(), &run.step_run(STEP_CREATE_CHANNEL)).await {
+    match e.provider.run_step(&e.ctx(), &run.step_run(WhapiStep::CreateChannel)).await {
         Err(e @ ProviderError::UnknownOutcome { .. }) => assert!(e.is_retryable()),
         other => panic!("expected UnknownOutcome, got {other:?}"),
     }
     // The engine counts the failed attempt: the retry is attempt 2, which looks first.
-    let mut retry = run.step_run(STEP_CREATE_CHANNEL);
+    let mut retry = run.step_run(WhapiStep::CreateChannel);
     retry.attempt = 2;
     let out = e.provider.run_step(&e.ctx(), &retry).await.expect("retry");
-    run.apply(STEP_CREATE_CHANNEL, &out);
+    run.apply(WhapiStep::CreateChannel, &out);
     assert_eq!(out.attributes["reconciled"], "true");
     let chans = e.sim.channels();
     assert_eq!(chans.len(), 1, "one channel at the sim");
@@ -691,7 +725,7 @@ async fn create_after_unknown_outcome_reconciles() {
     assert_eq!(run.secret.as_ref().unwrap().expose(), chans[0].token);
     // Another onboarding with the same channel name is another channel.
     let mut other = Run::new(start_req("onb-other", "Acme Support", false, 0));
-    let out = e.step(&mut other, STEP_CREATE_CHANNEL).await;
+    let out = e.step(&mut other, WhapiStep::CreateChannel).await;
     assert_eq!(out.attributes["reconciled"], "false");
     assert_ne!(other.channel_id(), run.channel_id());
 }
@@ -801,9 +835,9 @@ async fn expired_trial_is_expired() {
     let e = env().await;
     let mut run = e.channel("onb-expire", false, 0).await;
     e.sim.core().clock.advance(Duration::from_secs(6 * 86_400));
-    let obs = e.provider.poll(&e.ctx(), run.handle.as_ref().unwrap()).await.unwrap();
+    let obs = e.provider.status(&e.ctx(), run.handle.as_ref().unwrap()).await.unwrap();
     assert_eq!((obs.raw_status.as_str(), obs.state), ("stopped", Some(OnboardingState::Expired)));
-    let out = e.step(&mut run, STEP_AWAIT_CONNECTION).await;
+    let out = e.step(&mut run, WhapiStep::AwaitConnection).await;
     assert_eq!(out.progress, Progress::Done);
     assert_eq!(out.observation.state, Some(OnboardingState::Expired));
     // Cancel still deletes a stopped channel (nothing to refund: trial days only).
@@ -822,7 +856,7 @@ async fn invalid_requests_make_no_call() {
         (start_req("k3", "Acme", true, 366), "whapi.extend_days"),
         (start_req("k4", "Acme", false, 3), "whapi.extend_days"),
     ] {
-        match e.provider.start_onboarding(&e.ctx(), &req).await {
+        match e.provider.start(&e.ctx(), &req).await {
             Err(ProviderError::Invalid { field: Some(f), .. }) => assert_eq!(f, field),
             other => panic!("expected Invalid {field}, got {other:?}"),
         }
@@ -850,7 +884,7 @@ async fn balance_alert_and_list_path_fallback() {
 
     // [C2] list path variants: a 404 on `/channels/list` falls back to `/channels`.
     e.sim.core().fail_next(Some("GET /channels/list"), 1, simc::Fault::Status { status: 404 });
-    let again = e.provider.start_onboarding(&ctx, &start_req("onb-alert", "Acme Support", false, 0)).await.unwrap();
+    let again = e.provider.start(&ctx, &start_req("onb-alert", "Acme Support", false, 0)).await.unwrap();
     assert!(again.reconciled);
     assert_eq!(e.sim.core().counters().calls.get("GET /channels"), Some(&1));
 }
@@ -1029,7 +1063,8 @@ async fn sandbox_reads_as_dev_and_is_never_sent() {
     }
     // The raw value stays visible; an archived sandbox is flagged.
     e.sim.set_channel_mode(&id, "dev_archive");
-    let obs = e.provider.poll(&ctx, run.handle.as_ref().unwrap()).await.unwrap();
+    // A repeated create finds the channel and reports its fields.
+    let obs = e.provider.start(&ctx, &run.req).await.unwrap().observation;
     assert_eq!(obs.fields.get("mode").map(String::as_str), Some("dev_archive"));
     assert_eq!(obs.fields.get("archived").map(String::as_str), Some("true"));
 
@@ -1069,7 +1104,7 @@ async fn lookup_finds_a_channel_past_the_first_page() {
     let target = ids[120].clone();
     e.sim.tx(|st, _, _| st.channels.get_mut(&target).unwrap().name = name.clone());
     let created = e.sim.core().counters().created.get("channels").copied();
-    let out = e.provider.start_onboarding(&ctx, &req).await.unwrap();
+    let out = e.provider.start(&ctx, &req).await.unwrap();
     assert!(out.reconciled, "found, not created again");
     assert_eq!(out.handle.external_key, target);
     assert_eq!(e.sim.core().counters().created.get("channels").copied(), created);
@@ -1094,7 +1129,7 @@ fn mode_detail_uses_domain_names() {
 async fn first_create_attempt_sends_no_channel_list() {
     let e = env().await;
     let mut run = Run::new(start_req("onb-first", "Acme Support", false, 0));
-    let out = e.step(&mut run, STEP_CREATE_CHANNEL).await;
+    let out = e.step(&mut run, WhapiStep::CreateChannel).await;
     assert_eq!(out.attributes["reconciled"], "false");
     let calls = e.sim.core().counters().calls;
     assert_eq!(calls.get("GET /channels/list"), None, "{calls:?}");
@@ -1109,7 +1144,7 @@ async fn retry_whose_channel_list_cannot_be_read_never_creates_again() {
     let e = env().await;
     let run = Run::new(start_req("onb-nolist", "Acme Support", false, 0));
     e.sim.core().fail_next(Some("GET /channels/list"), 1, simc::Fault::Status { status: 400 });
-    let mut retry = run.step_run(STEP_CREATE_CHANNEL);
+    let mut retry = run.step_run(WhapiStep::CreateChannel);
     retry.attempt = 2;
     match e.provider.run_step(&e.ctx(), &retry).await {
         Err(ProviderError::Precondition { raw, message }) => {
@@ -1129,9 +1164,9 @@ async fn create_after_a_stall_and_restart_looks_first() {
     let e = env().await;
     e.inject_next_create(Fault::UnknownOutcome).await;
     let mut run = Run::new(start_req("onb-stalled", "Acme Support", false, 0));
-    assert!(e.provider.run_step(&e.ctx(), &run.step_run(STEP_CREATE_CHANNEL)).await.is_err());
+    assert!(e.provider.run_step(&e.ctx(), &run.step_run(WhapiStep::CreateChannel)).await.is_err());
     run.was_stalled = true;
-    let out = e.step(&mut run, STEP_CREATE_CHANNEL).await;
+    let out = e.step(&mut run, WhapiStep::CreateChannel).await;
     assert_eq!(out.attributes["reconciled"], "true");
     assert_eq!(e.sim.core().counters().created["channels"], 1, "one channel");
 }
