@@ -19,7 +19,8 @@ use crate::store::{
 
 /// What a finished adapter call came to, before the create judgement and sealing.
 enum RunResult {
-    Outcome(crate::providers::StepOutcome),
+    /// Boxed: an outcome is much larger than an error.
+    Outcome(Box<crate::providers::StepOutcome>),
     Error(ProviderError),
 }
 
@@ -93,7 +94,7 @@ impl Core {
         let result = match result {
             RunResult::Outcome(outcome) => {
                 let sealed = outcome.secret.as_ref().map(|s| self.seal_onboarding_secret(&o.id, s)).transpose()?;
-                StepResult::Outcome { outcome: Box::new(outcome), sealed }
+                StepResult::Outcome { outcome, sealed }
             }
             RunResult::Error(e) => StepResult::Error(e),
         };
@@ -233,7 +234,7 @@ impl Core {
         crate::telemetry::metrics::step_run(provider.kind(), &run.name, r.is_ok(), started.elapsed());
         renewer.abort();
         match r {
-            Ok(o) => RunResult::Outcome(o),
+            Ok(o) => RunResult::Outcome(Box::new(o)),
             Err(e) => RunResult::Error(e),
         }
     }
