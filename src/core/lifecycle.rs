@@ -156,12 +156,16 @@ impl Core {
             payload: req.payload.clone(),
         };
         provider.validate_start(&ctx, &request).map_err(|e| AppError::from((account.provider, e)))?;
-        // Keyed fingerprint: the payload may hold subscription header secrets.
+        // Keyed fingerprint: the payload may hold subscription header secrets. A payload that
+        // does not encode is an error: fingerprinting `null` would make different requests
+        // replay each other.
+        let payload = serde_json::to_value(&req.payload)
+            .map_err(|e| AppError::internal(format!("cannot encode the request for its fingerprint: {e}")))?;
         let canonical = serde_json::json!({
             "account": account.id.as_str(),
             "id": req.onboarding_id.as_ref().map(OnboardingId::as_str),
             "reference": req.reference,
-            "payload": serde_json::to_value(&req.payload).unwrap_or_default(),
+            "payload": payload,
         })
         .to_string();
         let hash = self.fingerprint(&[canonical.as_bytes()]);

@@ -389,13 +389,13 @@ mod tests {
 
     #[test]
     fn rows_written_before_the_types_still_read() {
-        // As `initial_details` and the adapters wrote them (string keys), with the engine's
-        // key a 0005 migration removes: unknown keys are ignored.
+        // As `initial_details` and the adapters wrote them (string keys), with a key no struct
+        // has: unknown keys are ignored.
         let old = r#"{"app_name":"shop","waba_id":"1234567890","phone":"+15551112222","storage_region":"",
             "subscribe_on_live":true,"subscription":{"url":"https://x.test/h","events":["MESSAGE"],"tag":"t",
             "version":2,"mode":"Body","active":true,"header_names":["X-A"]},"app_id":"app-1",
             "app_token_ready":true,"created_subscription":"sub-9","provider_fields":{"status":"LIVE"},
-            "_engine":{"stalled_from":"PENDING"}}"#;
+            "retired_key":{"stalled_from":"PENDING"}}"#;
         let Ok(OnboardingDetails::Gupshup(d)) = OnboardingDetails::parse(ProviderKind::Gupshup, old) else {
             panic!("gupshup details do not parse");
         };

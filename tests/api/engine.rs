@@ -112,7 +112,7 @@ async fn happy_path_reaches_live_with_every_transition_recorded() {
     assert!(p.steps.iter().all(|s| s.state == pb::StepState::Succeeded as i32), "{:?}", p.steps);
     // The stored request is sealed: nothing of it is readable in the details or the engine state.
     let rec = app.running().store.onboarding_unscoped(&id).await.unwrap().unwrap();
-    assert!(!rec.details_json.contains("AcmeSupport\",\"waba"), "request stored in clear: {}", rec.details_json);
+    assert!(!rec.details_json.contains("\"request\""), "request stored in the details: {}", rec.details_json);
     assert!(!rec.engine_json.contains("AcmeSupport"), "request stored in clear: {}", rec.engine_json);
     assert!(rec.engine_json.contains("\"request\""), "the sealed request is in the engine state: {}", rec.engine_json);
 }
