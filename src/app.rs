@@ -582,33 +582,41 @@ impl Running {
         tracing::info!("Stopped.");
     }
 
-    /// Waits for SIGINT or SIGTERM, then shuts down.
-    pub async fn run_until_signal(self) {
-        wait_for_signal().await;
+    /// Waits for `signal` (see [`shutdown_signal`]), then shuts down.
+    pub async fn run_until(self, signal: impl std::future::Future<Output = ()>) {
+        signal.await;
         self.shutdown().await;
     }
 }
 
-/// Waits for SIGTERM or SIGINT (Ctrl-C elsewhere): what ends `serve` and the CLI's waits.
-pub async fn wait_for_signal() {
+/// SIGTERM or SIGINT (Ctrl-C elsewhere): what ends `serve` and the CLI's waits. The handlers
+/// are installed when this is called, not when it is first polled, so a caller installs them
+/// before it announces readiness: a signal sent right after the announcement must not meet
+/// the default action (termination without a graceful shutdown).
+pub fn shutdown_signal() -> impl std::future::Future<Output = ()> {
     #[cfg(unix)]
     {
         use tokio::signal::unix::{SignalKind, signal};
-        match (signal(SignalKind::terminate()), signal(SignalKind::interrupt())) {
-            (Ok(mut term), Ok(mut int)) => {
-                tokio::select! {
-                    _ = term.recv() => {}
-                    _ = int.recv() => {}
+        let handlers = (signal(SignalKind::terminate()), signal(SignalKind::interrupt()));
+        async move {
+            match handlers {
+                (Ok(mut term), Ok(mut int)) => {
+                    tokio::select! {
+                        _ = term.recv() => {}
+                        _ = int.recv() => {}
+                    }
                 }
-            }
-            _ => {
-                let _ = tokio::signal::ctrl_c().await;
+                _ => {
+                    let _ = tokio::signal::ctrl_c().await;
+                }
             }
         }
     }
     #[cfg(not(unix))]
     {
-        let _ = tokio::signal::ctrl_c().await;
+        async {
+            let _ = tokio::signal::ctrl_c().await;
+        }
     }
 }
 

@@ -144,6 +144,8 @@ async fn run(cli: Cli) -> Result<(), String> {
         }
         Command::Tenant { command } => tenant(settings, command).await,
         Command::Sim { host, base_port } => {
+            // Before the addresses are printed: a signal right after them ends us cleanly.
+            let signal = wa_onboard::app::shutdown_signal();
             let sandbox = wa_onboard::sim::sandbox::Sandbox::start(&settings.sandbox.sims, &host, base_port)
                 .await
                 .map_err(|e| format!("cannot start the simulators on {host}:{base_port}: {e}"))?;
@@ -155,7 +157,7 @@ async fn run(cli: Cli) -> Result<(), String> {
             println!("  whapi manager     {}", ep.whapi_manager);
             println!("  whapi gate        {}", ep.whapi_gate);
             println!("  99digital         {}", ep.digital99);
-            wa_onboard::app::wait_for_signal().await;
+            signal.await;
             Ok(())
         }
     }
@@ -179,6 +181,9 @@ async fn serve(settings: Settings) -> Result<(), String> {
     let tenant = settings.dev.tenant.clone();
     let key_file = settings.server.data_dir.join("dev-api-key");
     let running = wa_onboard::app::start(settings, dev_key).await.map_err(|e| e.to_string())?;
+    // Installed before the lines below announce readiness: a SIGTERM sent right after them
+    // (what a supervisor or a test does) gets the graceful shutdown, not the default action.
+    let signal = wa_onboard::app::shutdown_signal();
     println!(
         "wa-onboard listening: gRPC {}  webhooks {}  metrics {}",
         running.grpc_addr, running.webhook_addr, running.metrics_addr
@@ -199,7 +204,7 @@ async fn serve(settings: Settings) -> Result<(), String> {
             running.grpc_addr
         );
     }
-    running.run_until_signal().await;
+    running.run_until(signal).await;
     Ok(())
 }
 
