@@ -3,8 +3,6 @@
 
 use std::time::Duration;
 
-use crate::store::StoreError;
-
 /// The closed set. Add a variant only when callers must act differently on it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ErrorCode {
@@ -270,36 +268,6 @@ pub fn quote(input: &str) -> String {
     out
 }
 
-impl From<StoreError> for AppError {
-    fn from(e: StoreError) -> Self {
-        match e {
-            StoreError::NotFound(what) => AppError::not_found(what),
-            StoreError::AlreadyExists(what) => {
-                tracing::debug!(error = %what, "unique key taken");
-                AppError::new(ErrorCode::AlreadyExists, "already exists")
-            }
-            StoreError::Conflict(what) => {
-                AppError::new(ErrorCode::Aborted, format!("concurrent change, retry: {what}"))
-            }
-            // The database's own text stays in the log: it may quote caller input or name
-            // tables and constraints, none of which is the caller's business.
-            StoreError::Unavailable(what) => {
-                tracing::warn!(error = %what, "store unavailable");
-                AppError::new(ErrorCode::Unavailable, "store unavailable, retry")
-                    .with_retry_after(Duration::from_secs(1))
-            }
-            StoreError::Corrupt(what) => {
-                tracing::error!(error = %what, "corrupt stored data");
-                AppError::internal("corrupt stored data")
-            }
-            StoreError::Other(what) => {
-                tracing::error!(error = %what, "unexpected store error");
-                AppError::internal("internal store error")
-            }
-        }
-    }
-}
-
 impl From<AppError> for tonic::Status {
     fn from(e: AppError) -> Self {
         let mut details = tonic_types::ErrorDetails::new();
@@ -359,7 +327,8 @@ mod tests {
 
     #[test]
     fn database_text_never_reaches_the_caller() {
-        let e = AppError::from(StoreError::Other("invalid byte sequence for encoding \"UTF8\": 0x00".into()));
+        let e =
+            AppError::from(crate::store::StoreError::Other("invalid byte sequence for encoding \"UTF8\": 0x00".into()));
         assert_eq!(e.code, ErrorCode::Internal);
         assert!(!e.message.contains("UTF8"), "{}", e.message);
     }

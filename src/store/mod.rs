@@ -33,6 +33,7 @@ use std::time::Duration;
 use async_trait::async_trait;
 
 use crate::domain::{AccountId, ApiKeyId, OnboardingId, OnboardingState, ProviderKind, TenantId, UnixMs};
+use crate::error::{AppError, ErrorCode};
 pub use records::*;
 
 /// What [`RateSlots::rate_acquire`] answers: the rate limiter's own grant type (its port,
@@ -61,6 +62,39 @@ pub enum StoreError {
     /// Anything else from the driver.
     #[error("store error: {0}")]
     Other(String),
+}
+
+/// The store's failures in the service's closed error vocabulary. It lives here, not in
+/// `crate::error`, so the error table depends on nothing above it and the adapters, which
+/// use the table, do not reach the store through it.
+impl From<StoreError> for AppError {
+    fn from(e: StoreError) -> Self {
+        match e {
+            StoreError::NotFound(what) => AppError::not_found(what),
+            StoreError::AlreadyExists(what) => {
+                tracing::debug!(error = %what, "unique key taken");
+                AppError::new(ErrorCode::AlreadyExists, "already exists")
+            }
+            StoreError::Conflict(what) => {
+                AppError::new(ErrorCode::Aborted, format!("concurrent change, retry: {what}"))
+            }
+            // The database's own text stays in the log: it may quote caller input or name
+            // tables and constraints, none of which is the caller's business.
+            StoreError::Unavailable(what) => {
+                tracing::warn!(error = %what, "store unavailable");
+                AppError::new(ErrorCode::Unavailable, "store unavailable, retry")
+                    .with_retry_after(Duration::from_secs(1))
+            }
+            StoreError::Corrupt(what) => {
+                tracing::error!(error = %what, "corrupt stored data");
+                AppError::internal("corrupt stored data")
+            }
+            StoreError::Other(what) => {
+                tracing::error!(error = %what, "unexpected store error");
+                AppError::internal("internal store error")
+            }
+        }
+    }
 }
 
 impl From<sqlx::Error> for StoreError {
