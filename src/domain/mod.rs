@@ -5,6 +5,7 @@ pub mod account;
 pub mod details;
 pub mod event;
 pub mod ids;
+pub mod page;
 pub mod pipeline;
 pub mod provider;
 pub mod secret;
@@ -16,6 +17,7 @@ pub use details::{
 };
 pub use event::{EventKind, Patch};
 pub use ids::*;
+pub use page::{Page, PageRequest};
 pub use pipeline::StepState;
 pub use provider::{Capability, ProviderKind};
 pub use secret::Secret;

@@ -42,6 +42,15 @@ impl PipelineStep for WhapiStep {
             Self::GoLive => "go_live",
         }
     }
+
+    fn display_name(self) -> &'static str {
+        match self {
+            Self::CreateChannel => "Create the Whapi channel",
+            Self::ConfigureWebhooks => "Point the channel's webhooks at wa-onboard",
+            Self::AwaitConnection => "Wait for the phone to connect",
+            Self::GoLive => "Switch the channel to live and add days",
+        }
+    }
 }
 
 /// [I] The webhook events our ingress needs: health changes (`channel`/`post`), login
