@@ -2,6 +2,7 @@
 //! machine, pipeline steps, secrets. Imports nothing else of ours.
 
 pub mod account;
+pub mod api_key;
 pub mod details;
 pub mod event;
 pub mod ids;
