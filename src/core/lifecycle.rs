@@ -91,10 +91,7 @@ fn initial_details(payload: &StartPayload) -> OnboardingDetails {
                 events: spec.events.clone(),
                 tag: spec.tag.clone(),
                 version: i64::from(spec.version),
-                mode: serde_json::to_value(spec.mode)
-                    .ok()
-                    .and_then(|v| v.as_str().map(str::to_string))
-                    .unwrap_or_default(),
+                mode: spec.mode,
                 active: spec.active,
                 header_names: spec.headers.keys().cloned().collect(),
             }),

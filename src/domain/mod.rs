@@ -6,6 +6,7 @@ pub mod api_key;
 pub mod details;
 pub mod event;
 pub mod ids;
+pub mod modes;
 pub mod page;
 pub mod pipeline;
 pub mod provider;
@@ -18,6 +19,7 @@ pub use details::{
 };
 pub use event::{EventKind, Patch};
 pub use ids::*;
+pub use modes::{ChannelMode, WebhookMode};
 pub use page::{Page, PageRequest};
 pub use pipeline::StepState;
 pub use provider::{Capability, ProviderKind};

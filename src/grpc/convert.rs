@@ -305,15 +305,13 @@ impl From<&OnboardingView> for pb::Onboarding {
 impl From<&RequestedSubscription> for pb::SubscriptionSpec {
     /// The subscription a Gupshup onboarding asked for (no header values: they are write-only).
     fn from(v: &RequestedSubscription) -> Self {
-        let mode = serde_json::from_value::<crate::providers::WebhookMode>(serde_json::Value::String(v.mode.clone()))
-            .unwrap_or_default();
         pb::SubscriptionSpec {
             url: v.url.clone(),
             events: v.events.clone(),
             tag: v.tag.clone(),
             version: i32::try_from(v.version).unwrap_or(0),
             headers: Default::default(),
-            mode: super::convert_ext::webhook_mode_to_pb(mode) as i32,
+            mode: super::convert_ext::webhook_mode_to_pb(v.mode) as i32,
             active: v.active,
         }
     }
@@ -370,12 +368,7 @@ impl From<DetailsOf<'_>> for pb::onboarding::Details {
             OnboardingDetails::Whapi(w) => D::Whapi(pb::WhapiOnboarding {
                 channel_id: w.channel_id.as_ref().map(|c| c.as_str().to_string()).unwrap_or_default(),
                 channel: w.channel_id.as_ref().map(|c| format!("channels/{}", c.as_str())).unwrap_or_default(),
-                mode: match w.mode.as_deref() {
-                    Some("trial") => pb::ChannelMode::Trial,
-                    Some("sandbox") => pb::ChannelMode::Sandbox,
-                    Some("live") => pb::ChannelMode::Live,
-                    _ => pb::ChannelMode::Unspecified,
-                } as i32,
+                mode: super::convert_ext::channel_mode_to_pb(w.mode) as i32,
                 go_live: w.go_live.unwrap_or(false),
                 extend_days: count(w.extend_days),
                 phone: phone(&w.phone),
