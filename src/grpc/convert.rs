@@ -224,9 +224,8 @@ pub fn options_from_pb(
 /// An account as returned: never credentials.
 pub fn account_to_pb(a: &AccountView) -> pb::Account {
     use pb::account_options::Options as O;
-    let r = &a.record;
     let o = &a.options;
-    let options = match r.provider {
+    let options = match a.provider {
         ProviderKind::Gupshup => O::Gupshup(pb::GupshupOptions {
             storage_region: o.storage_region.clone().unwrap_or_default(),
             client_secret_expire_time: o.secret_expire_ms.map(ts),
@@ -243,26 +242,25 @@ pub fn account_to_pb(a: &AccountView) -> pb::Account {
         }),
         ProviderKind::Digital99 => O::Digital99(pb::Digital99Options {}),
     };
-    let status = crate::core::Core::account_status(r);
     pb::Account {
-        name: format!("accounts/{}", r.id.name()),
-        provider: provider_to_pb(r.provider) as i32,
-        display_name: r.display_name.clone(),
+        name: format!("accounts/{}", a.id.name()),
+        provider: provider_to_pb(a.provider) as i32,
+        display_name: a.display_name.clone(),
         credentials: None,
         options: Some(pb::AccountOptions { options: Some(options), endpoint: o.endpoint.clone().unwrap_or_default() }),
-        sandbox: r.sandbox,
-        credentials_set: !r.credentials.blob.is_empty(),
+        sandbox: a.sandbox,
+        credentials_set: a.credentials_set,
         webhook_url: a.webhook_url.clone().unwrap_or_default(),
-        last_check: status.last_check.map(|c| pb::CheckAccountResponse {
+        last_check: a.status.last_check.as_ref().map(|c| pb::CheckAccountResponse {
             ok: c.ok,
-            message: c.message,
-            provider_code: c.provider_code,
+            message: c.message.clone(),
+            provider_code: c.provider_code.clone(),
             check_time: Some(ts(c.at_ms)),
             credential_expire_time: ts_opt(c.credential_expire_ms),
-            credential_warning: c.credential_warning,
+            credential_warning: c.credential_warning.clone(),
         }),
-        create_time: Some(ts(r.created_ms)),
-        update_time: Some(ts(r.updated_ms)),
+        create_time: Some(ts(a.created_ms)),
+        update_time: Some(ts(a.updated_ms)),
     }
 }
 

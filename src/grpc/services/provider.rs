@@ -19,7 +19,7 @@ impl pb::provider_service_server::ProviderService for Services {
         loop {
             let p = self.core.list_accounts(&caller, None, &page).await?;
             for a in &p.items {
-                *counts.entry(a.record.provider).or_insert(0) += 1;
+                *counts.entry(a.provider).or_insert(0) += 1;
             }
             match p.next_page_token {
                 Some(t) => page.after = Some(t),
