@@ -169,13 +169,13 @@ impl ConfigKey {
     /// The key's SHA-256, as stored and looked up.
     pub fn hash(&self) -> Result<Vec<u8>, ConfigError> {
         match (self.key.is_empty(), self.key_sha256.is_empty()) {
-            (false, true) if self.key.starts_with(crate::core::tenants::KEY_PREFIX) => {
-                Ok(crate::core::tenants::hash_key(&self.key))
+            (false, true) if self.key.starts_with(crate::domain::api_key::KEY_PREFIX) => {
+                Ok(crate::domain::api_key::hash_key(&self.key))
             }
             (false, true) => Err(ConfigError(format!(
                 "auth.keys (tenant '{}'): key must start with '{}'",
                 self.tenant,
-                crate::core::tenants::KEY_PREFIX
+                crate::domain::api_key::KEY_PREFIX
             ))),
             (true, false) => match hex::decode(self.key_sha256.trim()) {
                 Ok(h) if h.len() == 32 => Ok(h),
@@ -566,8 +566,8 @@ impl Settings {
             return Err(ConfigError("telemetry.gauge_refresh_secs and auth.reload_secs must be at least 1".into()));
         }
         for k in &self.auth.keys {
-            crate::core::tenants::validate_name(&k.tenant)
-                .map_err(|e| ConfigError(format!("auth.keys: tenant '{}': {}", k.tenant, e.message)))?;
+            crate::domain::api_key::validate_tenant_name(&k.tenant)
+                .map_err(|e| ConfigError(format!("auth.keys: tenant '{}': {e}", k.tenant)))?;
             k.hash()?;
         }
         Ok(())

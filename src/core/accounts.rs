@@ -27,15 +27,48 @@ pub struct NewAccount {
     pub sandbox: bool,
 }
 
-/// An account as returned to its tenant: never the credentials.
+/// An account as returned to its tenant: never the credentials or the webhook secret
+/// (except inside `webhook_url`, only in the create response).
 #[derive(Debug, Clone)]
 pub struct AccountView {
-    /// The row.
-    pub record: AccountRecord,
+    /// Id.
+    pub id: AccountId,
+    /// Provider.
+    pub provider: ProviderKind,
+    /// Caller's name for it.
+    pub display_name: String,
+    /// Whether it runs against the built-in simulators.
+    pub sandbox: bool,
+    /// Whether credentials are stored (they are write-only).
+    pub credentials_set: bool,
     /// Options parsed.
     pub options: AccountOptions,
+    /// Non-secret status (the last credentials check), parsed.
+    pub status: AccountStatus,
     /// The ingress URL (only in the create response).
     pub webhook_url: Option<String>,
+    /// Created at.
+    pub created_ms: crate::domain::UnixMs,
+    /// Updated at.
+    pub updated_ms: crate::domain::UnixMs,
+}
+
+impl AccountView {
+    /// The view of `record` with its parsed `options`.
+    fn new(record: &AccountRecord, options: AccountOptions, webhook_url: Option<String>) -> Self {
+        Self {
+            id: record.id.clone(),
+            provider: record.provider,
+            display_name: record.display_name.clone(),
+            sandbox: record.sandbox,
+            credentials_set: !record.credentials.blob.is_empty(),
+            options,
+            status: Core::account_status(record),
+            webhook_url,
+            created_ms: record.created_ms,
+            updated_ms: record.updated_ms,
+        }
+    }
 }
 
 /// Result of the last credentials check, kept in the account's status JSON.
@@ -141,8 +174,8 @@ impl Core {
             Err(e) => return Err(e.into()),
         }
         tracing::info!(account = %id, provider = %record.provider, "Account created.");
-        let options = new.options;
-        Ok(AccountView { webhook_url: Some(self.webhook_url(&record)?), record, options })
+        let url = self.webhook_url(&record)?;
+        Ok(AccountView::new(&record, new.options, Some(url)))
     }
 
     async fn account_replayed(&self, caller: &Caller, resource: &str) -> Result<AccountView, AppError> {
@@ -152,8 +185,8 @@ impl Core {
             .and_then(|id| AccountId::scoped(&caller.tenant, id.name()))
             .map_err(|e| AppError::internal(format!("stored idempotency resource: {e}")))?;
         let record = self.account_record(caller, &id).await?;
-        let mut view = self.view(record)?;
-        view.webhook_url = Some(self.webhook_url(&view.record)?);
+        let mut view = self.view(&record)?;
+        view.webhook_url = Some(self.webhook_url(&record)?);
         Ok(view)
     }
 
@@ -191,24 +224,25 @@ impl Core {
         Ok(())
     }
 
-    async fn account_record(&self, caller: &Caller, id: &AccountId) -> Result<AccountRecord, AppError> {
+    /// One of the caller's accounts, as stored (for use cases; callers get [`AccountView`]s).
+    pub(crate) async fn account_record(&self, caller: &Caller, id: &AccountId) -> Result<AccountRecord, AppError> {
         self.store
             .account(&caller.tenant, id)
             .await?
             .ok_or_else(|| AppError::not_found(format!("accounts/{}", id.name())))
     }
 
-    fn view(&self, record: AccountRecord) -> Result<AccountView, AppError> {
+    fn view(&self, record: &AccountRecord) -> Result<AccountView, AppError> {
         let options = serde_json::from_str(&record.options_json).map_err(|e| {
             AppError::internal(format!("stored options of accounts/{} do not parse: {e}", record.id.name()))
         })?;
-        Ok(AccountView { record, options, webhook_url: None })
+        Ok(AccountView::new(record, options, None))
     }
 
     /// Gets one of the caller's accounts.
     pub async fn get_account(&self, caller: &Caller, id: &AccountId) -> Result<AccountView, AppError> {
         let record = self.account_record(caller, id).await?;
-        self.view(record)
+        self.view(&record)
     }
 
     /// Lists the caller's accounts.
@@ -219,7 +253,7 @@ impl Core {
         page: &PageRequest,
     ) -> Result<Page<AccountView>, AppError> {
         let p = self.store.list_accounts(&caller.tenant, provider, page).await?;
-        let items = p.items.into_iter().map(|r| self.view(r)).collect::<Result<_, _>>()?;
+        let items = p.items.iter().map(|r| self.view(r)).collect::<Result<_, _>>()?;
         Ok(Page { items, next_page_token: p.next_page_token })
     }
 

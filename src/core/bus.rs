@@ -20,7 +20,7 @@
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicI64, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard, Weak};
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock, Weak};
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -29,7 +29,8 @@ use futures::future::{BoxFuture, Shared};
 use tokio::sync::{Notify, broadcast, watch};
 
 use super::detached;
-use crate::domain::{OnboardingId, TenantId};
+use super::views::{EventView, StepView};
+use crate::domain::{OnboardingId, ProviderKind, TenantId};
 use crate::error::AppError;
 use crate::store::{ChangeNotice, EventRecord, StepRecord, Store, StoreResult};
 
@@ -71,8 +72,9 @@ impl EventLog for Arc<dyn Store> {
     }
 }
 
-/// One event as streams send it, with the step it concerns (as read with the event).
-pub type Delivered = (Arc<EventRecord>, Option<Arc<StepRecord>>);
+/// One event as streams send it, with the step it concerns (as read with the event): views
+/// built once per read and shared by every stream of the onboarding.
+pub type Delivered = (Arc<EventView>, Option<Arc<StepView>>);
 
 /// Consecutive events of one onboarding: every event with `lo < sequence <= hi()` is in
 /// `events`, in order. Immutable once built; shared between the streams that read it.
@@ -141,6 +143,9 @@ struct Topic {
     moved: [Notify; MOVED_SHARDS],
     /// Streams registered ([`Watcher`]s alive).
     watchers: AtomicUsize,
+    /// The onboarding's provider, once a stream read its snapshot: its steps' display names
+    /// come from that provider's pipeline.
+    provider: OnceLock<ProviderKind>,
     cache: Mutex<Cache>,
 }
 
@@ -151,6 +156,7 @@ impl Topic {
             latest: AtomicI64::new(0),
             moved: std::array::from_fn(|_| Notify::new()),
             watchers: AtomicUsize::new(0),
+            provider: OnceLock::new(),
             cache: Mutex::default(),
         }
     }
@@ -336,8 +342,11 @@ impl Bus {
     /// topic's window first, so the streams woken take it from there without a store read.
     pub fn publish(&self, notice: &ChangeNotice) {
         if let Some(t) = self.topic(&notice.onboarding_id) {
-            if let Some(c) = &notice.committed {
-                t.push((c.event.clone(), c.step.clone()), self.inner.keep);
+            // Before any snapshot (no provider known yet) nobody can be waiting for the event
+            // in the window: streams read it from the store.
+            if let (Some(c), Some(provider)) = (&notice.committed, t.provider.get()) {
+                let step = c.step.as_ref().map(|s| Arc::new(StepView::new(Some(*provider), s)));
+                t.push((Arc::new(EventView::from(c.event.as_ref())), step), self.inner.keep);
             }
             t.advance(notice.sequence);
         }
@@ -415,8 +424,11 @@ impl Bus {
 }
 
 impl Watcher {
-    /// Records a sequence known to exist (the snapshot's), so shared reads account for it.
-    pub fn observe(&self, sequence: i64) {
+    /// Records a sequence known to exist (the snapshot's), so shared reads account for it,
+    /// and the onboarding's provider (its step views' display names).
+    pub fn observe(&self, sequence: i64, provider: ProviderKind) {
+        // An onboarding's provider never changes, so the first one set is the one.
+        let _ = self.topic.provider.set(provider);
         self.topic.advance(sequence);
     }
 
@@ -475,9 +487,10 @@ impl Watcher {
                 return Ok(None);
             }
         }
-        let (log, id) = (self.log.clone(), self.topic.id.clone());
+        let (log, id, provider) = (self.log.clone(), self.topic.id.clone(), self.topic.provider.get().copied());
         let own =
-            detached(async move { read_window(log.as_ref(), &id, cursor, None, usize::MAX, known).await }).await?;
+            detached(async move { read_window(log.as_ref(), &id, provider, cursor, None, usize::MAX, known).await })
+                .await?;
         Ok(Batch::after(&Arc::new(own), cursor))
     }
 
@@ -491,8 +504,9 @@ impl Watcher {
         let id = self.topic.id.clone();
         let keep = self.keep;
         let known = self.topic.latest();
+        let provider = self.topic.provider.get().copied();
         detached(async move {
-            let r = read_window(log.as_ref(), &id, cursor, base.as_deref(), keep, known).await.map(Arc::new);
+            let r = read_window(log.as_ref(), &id, provider, cursor, base.as_deref(), keep, known).await.map(Arc::new);
             if let Some(t) = topic.upgrade() {
                 let shared = t.watchers.load(Ordering::SeqCst) > 1;
                 let mut cache = t.cache();
@@ -519,6 +533,7 @@ impl Watcher {
 async fn read_window(
     log: &dyn EventLog,
     id: &OnboardingId,
+    provider: Option<ProviderKind>,
     from: i64,
     base: Option<&Window>,
     keep: usize,
@@ -526,14 +541,14 @@ async fn read_window(
 ) -> Result<Window, AppError> {
     let events = log.events(id, from, PAGE).await?;
     let reached_end = events.len() < PAGE as usize;
-    let steps: Vec<Arc<StepRecord>> = if events.iter().any(|e| e.step.is_some()) {
-        log.steps(id).await?.into_iter().map(Arc::new).collect()
+    let steps: Vec<Arc<StepView>> = if events.iter().any(|e| e.step.is_some()) {
+        log.steps(id).await?.iter().map(|s| Arc::new(StepView::new(provider, s))).collect()
     } else {
         Vec::new()
     };
     let fresh = events.into_iter().map(|e| {
         let step = e.step.as_ref().and_then(|s| steps.iter().find(|st| &st.name == s).cloned());
-        (Arc::new(e), step)
+        (Arc::new(EventView::from(e)), step)
     });
     let (lo, all) = match base {
         Some(b) => appended(b.lo, b.events.clone(), fresh, keep),
@@ -639,6 +654,8 @@ mod tests {
         }
         let bus = bus(&log, keep);
         let (w, other) = (bus.watch(&id()), bus.watch(&id()));
+        // As `watch_onboarding` does once it read the snapshot.
+        w.observe(0, ProviderKind::Gupshup);
         (log, bus, w, other)
     }
 
@@ -859,11 +876,42 @@ mod tests {
         let log = Arc::new(Log::default());
         let bus = bus(&log, 4);
         let w = bus.watch(&id());
+        w.observe(0, ProviderKind::Gupshup);
         let sequence = log.push(None);
         bus.publish(&committed(&log, sequence));
         assert_eq!(drain(&w, 0, 1).await, vec![1]);
         assert_eq!(log.reads(), 0);
         assert!(w.topic.cache().window.is_empty(), "nothing kept for nobody");
+    }
+
+    #[tokio::test]
+    async fn a_committed_event_before_the_snapshot_is_read_from_the_store() {
+        let log = Arc::new(Log::default());
+        let bus = bus(&log, 4);
+        let w = bus.watch(&id());
+        let sequence = log.push(None);
+        bus.publish(&committed(&log, sequence));
+        assert!(w.topic.cache().window.is_empty(), "no provider known: no step view to make yet");
+        w.observe(sequence, ProviderKind::Gupshup);
+        assert_eq!(drain(&w, 0, 1).await, vec![1]);
+        assert_eq!(log.reads(), 1);
+    }
+
+    #[tokio::test]
+    async fn step_views_carry_their_providers_display_name() {
+        let (log, bus, w, _other) = watched_log(0, 4);
+        let step = crate::store::conformance::step(&id(), "link_app", 0, crate::domain::StepState::Running, None);
+        log.steps.lock().unwrap().push(step);
+        let first = log.push(Some("link_app"));
+        let mut read = w.events_after(0, first).await.unwrap().expect("read");
+        let (_, step) = read.pop().expect("one event");
+        let shown = step.expect("its step").display_name.clone();
+        assert_eq!(shown, "Link the WABA and phone to a new Gupshup app", "from the store");
+        let second = log.push(Some("link_app"));
+        bus.publish(&committed(&log, second));
+        let mut pushed = w.events_after(first, second).await.unwrap().expect("from the window");
+        let (_, step) = pushed.pop().expect("one event");
+        assert_eq!(step.expect("its step").display_name, shown, "committed");
     }
 
     #[tokio::test]

@@ -5,6 +5,7 @@
 use std::collections::BTreeMap;
 
 use super::claims::ClaimKey;
+use super::views::OnboardingView;
 use super::{Caller, Core};
 use crate::domain::{
     AccountId, Digital99Details, EventKind, ExotelDetails, GupshupDetails, OnboardingDetails, OnboardingId,
@@ -90,10 +91,7 @@ fn initial_details(payload: &StartPayload) -> OnboardingDetails {
                 events: spec.events.clone(),
                 tag: spec.tag.clone(),
                 version: i64::from(spec.version),
-                mode: serde_json::to_value(spec.mode)
-                    .ok()
-                    .and_then(|v| v.as_str().map(str::to_string))
-                    .unwrap_or_default(),
+                mode: spec.mode,
                 active: spec.active,
                 header_names: spec.headers.keys().cloned().collect(),
             }),
@@ -130,7 +128,7 @@ impl Core {
         &self,
         caller: &Caller,
         req: NewOnboardingRequest,
-    ) -> Result<OnboardingRecord, AppError> {
+    ) -> Result<OnboardingView, AppError> {
         let account = self
             .store
             .account(&caller.tenant, &req.account)
@@ -171,7 +169,7 @@ impl Core {
         let hash = self.fingerprint(&[canonical.as_bytes()]);
         let key = req.request_id.as_deref();
         if let Some(resource) = self.replay(&caller.tenant, key, OP_CREATE, &hash).await? {
-            return self.onboarding_by_name(caller, &resource).await;
+            return self.onboarding_by_name(caller, &resource).await.map(OnboardingView::from);
         }
         let now = now_ms();
         let mut o = OnboardingRecord {
@@ -196,7 +194,9 @@ impl Core {
         };
         let steps = self.new_onboarding_rows(&mut o, &*provider, &request, None)?;
         let idem = self.idempotency_record(&caller.tenant, key, OP_CREATE, hash.clone(), format!("onboardings/{id}"));
-        self.insert_onboarding(caller, NewRows { o, steps, idem, key, op: OP_CREATE, hash: &hash }).await
+        self.insert_onboarding(caller, NewRows { o, steps, idem, key, op: OP_CREATE, hash: &hash })
+            .await
+            .map(OnboardingView::from)
     }
 
     /// Inserts a new onboarding; on a unique-key race, returns the winner of the same
@@ -241,6 +241,19 @@ impl Core {
     /// each already `AWAITING_CUSTOMER`. Idempotent with `request_id` (the record is written
     /// with the last onboarding, so a replay only answers once the whole batch is stored).
     pub async fn create_links(
+        &self,
+        caller: &Caller,
+        account_id: &AccountId,
+        count: u32,
+        reference: &str,
+        request_id: Option<&str>,
+    ) -> Result<(Vec<OnboardingView>, String), AppError> {
+        let (rows, batch) = self.create_link_rows(caller, account_id, count, reference, request_id).await?;
+        Ok((rows.into_iter().map(OnboardingView::from).collect(), batch))
+    }
+
+    /// [`Core::create_links`], answering the stored rows.
+    async fn create_link_rows(
         &self,
         caller: &Caller,
         account_id: &AccountId,
@@ -416,6 +429,17 @@ impl Core {
         caller: &Caller,
         id: &OnboardingId,
         request_id: Option<&str>,
+    ) -> Result<(OnboardingView, u32), AppError> {
+        let (o, days) = self.cancel_onboarding_row(caller, id, request_id).await?;
+        Ok((OnboardingView::from(o), days))
+    }
+
+    /// [`Core::cancel_onboarding`], answering the stored row.
+    async fn cancel_onboarding_row(
+        &self,
+        caller: &Caller,
+        id: &OnboardingId,
+        request_id: Option<&str>,
     ) -> Result<(OnboardingRecord, u32), AppError> {
         let Some(rid) = request_id else { return self.cancel_onboarding_now(caller, id).await };
         let key = ClaimKey {
@@ -521,7 +545,7 @@ impl Core {
     }
 
     /// Restarts a `STALLED` or `REAUTH_REQUIRED` onboarding at its first unfinished step.
-    pub async fn retry_pipeline(&self, caller: &Caller, id: &OnboardingId) -> Result<OnboardingRecord, AppError> {
+    pub async fn retry_pipeline(&self, caller: &Caller, id: &OnboardingId) -> Result<OnboardingView, AppError> {
         let o = self.get_onboarding(caller, id).await?;
         if !matches!(o.state, OnboardingState::Stalled | OnboardingState::ReauthRequired) {
             return Err(AppError::precondition(format!(
@@ -531,7 +555,7 @@ impl Core {
         }
         self.restart_pipeline(&o).await?;
         self.wake_engine();
-        self.get_onboarding(caller, id).await
+        self.get_onboarding(caller, id).await.map(OnboardingView::from)
     }
 
     /// Hands a verification code to the waiting `verify_number` step and wakes it. The code
@@ -541,7 +565,7 @@ impl Core {
         caller: &Caller,
         id: &OnboardingId,
         code: &str,
-    ) -> Result<OnboardingRecord, AppError> {
+    ) -> Result<OnboardingView, AppError> {
         let o = self.get_onboarding(caller, id).await?;
         let account = self
             .store
@@ -586,6 +610,6 @@ impl Core {
             other => other.into(),
         })?;
         self.wake_engine();
-        self.get_onboarding(caller, id).await
+        self.get_onboarding(caller, id).await.map(OnboardingView::from)
     }
 }

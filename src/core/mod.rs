@@ -11,8 +11,10 @@ pub mod engine;
 pub mod lifecycle;
 pub mod onboardings;
 mod pipeline_rows;
+pub mod read_cache;
 pub mod settings;
 pub mod tenants;
+pub mod views;
 pub mod webhooks;
 
 use std::sync::Arc;

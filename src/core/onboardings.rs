@@ -8,19 +8,21 @@ use futures::Stream;
 
 use super::bus::{Batch, StreamPermit, Watcher};
 use super::tenants::KeyCheck;
+use super::views::{EventView, OnboardingQuery, OnboardingView, StepView};
 use super::{Caller, Core};
 use crate::domain::{OnboardingId, UnixMs, now_ms};
+use crate::domain::{Page, PageRequest};
 use crate::error::AppError;
-use crate::store::{EventRecord, OnboardingFilter, OnboardingRecord, Page, PageRequest, StepRecord};
+use crate::store::{OnboardingFilter, OnboardingRecord};
 
 /// One item of an onboarding or pipeline stream.
 #[derive(Debug, Clone)]
 pub enum StreamItem {
     /// The current onboarding and its steps; always first.
-    Snapshot(Box<OnboardingRecord>, Vec<StepRecord>),
+    Snapshot(Box<OnboardingView>, Vec<StepView>),
     /// One event, with the step it concerns as read with it; shared by every stream of the
     /// onboarding.
-    Event(Arc<EventRecord>, Option<Arc<StepRecord>>),
+    Event(Arc<EventView>, Option<Arc<StepView>>),
     /// Nothing happened.
     Heartbeat {
         /// Server time.
@@ -31,22 +33,11 @@ pub enum StreamItem {
 }
 
 impl Core {
-    /// One of the caller's onboardings.
+    /// One of the caller's onboardings, as stored (for use cases; callers get
+    /// [`OnboardingView`]s).
     pub async fn get_onboarding(&self, caller: &Caller, id: &OnboardingId) -> Result<OnboardingRecord, AppError> {
         self.store
             .onboarding(&caller.tenant, id)
-            .await?
-            .ok_or_else(|| AppError::not_found(format!("onboardings/{}", id.name())))
-    }
-
-    /// [`Core::get_onboarding`], sharing the store's cached row (for answers that only read it).
-    pub async fn get_onboarding_shared(
-        &self,
-        caller: &Caller,
-        id: &OnboardingId,
-    ) -> Result<Arc<OnboardingRecord>, AppError> {
-        self.store
-            .onboarding_shared(&caller.tenant, id)
             .await?
             .ok_or_else(|| AppError::not_found(format!("onboardings/{}", id.name())))
     }
@@ -55,10 +46,11 @@ impl Core {
     pub async fn list_onboardings(
         &self,
         caller: &Caller,
-        filter: &OnboardingFilter,
+        query: &OnboardingQuery,
         page: &PageRequest,
-    ) -> Result<Page<OnboardingRecord>, AppError> {
-        Ok(self.store.list_onboardings(&caller.tenant, filter, page).await?)
+    ) -> Result<Page<OnboardingView>, AppError> {
+        let filter = OnboardingFilter::from(query);
+        Ok(self.store.list_onboardings(&caller.tenant, &filter, page).await?.map(OnboardingView::from))
     }
 
     /// A page of an onboarding's event log after `after`.
@@ -68,7 +60,7 @@ impl Core {
         id: &OnboardingId,
         after: i64,
         limit: u32,
-    ) -> Result<Page<EventRecord>, AppError> {
+    ) -> Result<Page<EventView>, AppError> {
         self.get_onboarding(caller, id).await?;
         let mut items = self.store.events(id, after, limit + 1).await?;
         let next = if items.len() > limit as usize {
@@ -77,7 +69,7 @@ impl Core {
         } else {
             None
         };
-        Ok(Page { items, next_page_token: next })
+        Ok(Page { items: items.into_iter().map(EventView::from).collect(), next_page_token: next })
     }
 
     /// An onboarding and its steps, read in one snapshot.
@@ -85,11 +77,14 @@ impl Core {
         &self,
         caller: &Caller,
         id: &OnboardingId,
-    ) -> Result<(OnboardingRecord, Vec<StepRecord>), AppError> {
-        self.store
+    ) -> Result<(OnboardingView, Vec<StepView>), AppError> {
+        let (o, steps) = self
+            .store
             .pipeline(&caller.tenant, id)
             .await?
-            .ok_or_else(|| AppError::not_found(format!("onboardings/{}", id.name())))
+            .ok_or_else(|| AppError::not_found(format!("onboardings/{}", id.name())))?;
+        let steps = StepView::all(o.provider, &steps);
+        Ok((OnboardingView::from(o), steps))
     }
 
     /// Streams an onboarding: the snapshot, then events with `sequence > after`, gap-free,
@@ -113,7 +108,7 @@ impl Core {
         // Register before reading the snapshot, so a change between the two is not missed.
         let watcher = self.bus.watch(id);
         let (onboarding, steps) = self.get_pipeline(caller, id).await?;
-        watcher.observe(onboarding.sequence);
+        watcher.observe(onboarding.sequence, onboarding.provider);
         let state = WatchState {
             known: onboarding.sequence,
             seen: onboarding.sequence,

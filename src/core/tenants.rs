@@ -12,8 +12,8 @@ use crate::domain::{ApiKeyId, Secret, TenantId, new_id, now_ms};
 use crate::error::{AppError, ErrorCode};
 use crate::store::{ApiKeyRecord, Store, StoreError, TenantRecord};
 
-/// Prefix of every API key, so leaked keys are recognisable by secret scanners.
-pub const KEY_PREFIX: &str = "wao_";
+/// The key and tenant-name rules live in the domain (the configuration applies them too).
+pub use crate::domain::api_key::{KEY_PREFIX, hash_key};
 
 /// How long a key lookup is cached by default; also the worst-case delay for a revocation
 /// (`auth.revocation_delay_ms`).
@@ -28,11 +28,6 @@ pub struct IssuedKey {
     pub key: Secret,
 }
 
-/// Hash of an API key as stored.
-pub fn hash_key(key: &str) -> Vec<u8> {
-    Sha256::digest(key.as_bytes()).to_vec()
-}
-
 /// A fresh random key: `wao_` and 40 base62 characters (~238 bits).
 pub fn generate_key() -> Secret {
     const ALPHABET: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789";
@@ -43,13 +38,7 @@ pub fn generate_key() -> Secret {
 
 /// Validates a tenant name: what `tenant create NAME` accepts.
 pub fn validate_name(name: &str) -> Result<(), AppError> {
-    if name.is_empty()
-        || name.len() > 63
-        || !name.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
-    {
-        return Err(AppError::invalid("name", "tenant names are 1 to 63 lowercase letters, digits or '-'"));
-    }
-    Ok(())
+    crate::domain::api_key::validate_tenant_name(name).map_err(|e| AppError::invalid("name", e.to_string()))
 }
 
 /// Creates a tenant and its first key.

@@ -10,7 +10,7 @@ use std::collections::BTreeMap;
 
 use serde::{Deserialize, Deserializer, Serialize};
 
-use super::{AppId, ChannelId, E164, ProviderKind, UnixMs, WabaId};
+use super::{AppId, ChannelId, ChannelMode, E164, ProviderKind, UnixMs, WabaId, WebhookMode};
 
 /// The provider's raw status fields (the last observation's), as it reported them.
 pub type ProviderFields = BTreeMap<String, String>;
@@ -20,6 +20,12 @@ pub type ProviderFields = BTreeMap<String, String>;
 fn lenient<'de, D: Deserializer<'de>, T: TryFrom<String>>(d: D) -> Result<Option<T>, D::Error> {
     let s: Option<String> = Option::deserialize(d)?;
     Ok(s.and_then(|s| T::try_from(s).ok()))
+}
+
+/// A stored webhook mode; rows written before it was typed may hold anything.
+fn lenient_webhook_mode<'de, D: Deserializer<'de>>(d: D) -> Result<WebhookMode, D::Error> {
+    let v = serde_json::Value::deserialize(d)?;
+    Ok(serde_json::from_value(v).unwrap_or_default())
 }
 
 /// Sets `old` to `new` when the patch reports it.
@@ -42,8 +48,9 @@ pub struct RequestedSubscription {
     pub tag: String,
     /// Payload version.
     pub version: i64,
-    /// Delivery mode, as the provider port's `WebhookMode` serialises (`Body`, `Path`...).
-    pub mode: String,
+    /// Delivery mode (an unknown stored name reads as unspecified).
+    #[serde(deserialize_with = "lenient_webhook_mode")]
+    pub mode: WebhookMode,
     /// Whether it is active on creation.
     pub active: bool,
     /// Names of the headers sent with each delivery.
@@ -132,10 +139,10 @@ pub struct WhapiDetails {
     /// The channel, once created.
     #[serde(skip_serializing_if = "Option::is_none", deserialize_with = "lenient")]
     pub channel_id: Option<ChannelId>,
-    /// The channel's mode in the API's words (`trial`, `sandbox`, `live`), or the raw word
-    /// when the provider reports another.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub mode: Option<String>,
+    /// The channel's mode, once known (a mode the provider reports that we do not know
+    /// leaves it as it was: the raw word is in the observation).
+    #[serde(skip_serializing_if = "Option::is_none", deserialize_with = "lenient")]
+    pub mode: Option<ChannelMode>,
     /// Whether the channel goes live once connected.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub go_live: Option<bool>,
@@ -407,7 +414,22 @@ mod tests {
         let w = OnboardingDetails::parse(ProviderKind::Whapi, r#"{"channel_id":"MANTIS-1","mode":"trial","phone":""}"#);
         let Ok(OnboardingDetails::Whapi(w)) = w else { panic!("whapi details do not parse") };
         assert_eq!(w.phone, None, "an empty phone reads as absent");
-        assert_eq!(w.mode.as_deref(), Some("trial"));
+        assert_eq!(w.mode, Some(ChannelMode::Trial));
+        assert_eq!(d.subscription.as_ref().map(|s| s.mode), Some(WebhookMode::Body));
+    }
+
+    #[test]
+    fn modes_nobody_knows_read_as_none_without_hiding_the_rest() {
+        let w = OnboardingDetails::parse(ProviderKind::Whapi, r#"{"channel_id":"MANTIS-1","mode":"platinum"}"#);
+        let Ok(OnboardingDetails::Whapi(w)) = w else { panic!("whapi details do not parse") };
+        assert_eq!((w.mode, w.channel_id.as_ref().map(ChannelId::as_str)), (None, Some("MANTIS-1")));
+        let g = r#"{"app_name":"shop","subscription":{"url":"u","mode":"","active":true}}"#;
+        let Ok(OnboardingDetails::Gupshup(g)) = OnboardingDetails::parse(ProviderKind::Gupshup, g) else {
+            panic!("gupshup details do not parse");
+        };
+        assert_eq!(g.subscription.map(|s| (s.mode, s.active)), Some((WebhookMode::Unspecified, true)));
+        let stored = OnboardingDetails::from(WhapiDetails { mode: Some(ChannelMode::Live), ..Default::default() });
+        assert_eq!(stored.to_json().unwrap(), r#"{"mode":"live"}"#, "stored as before");
     }
 
     #[test]

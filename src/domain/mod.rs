@@ -2,9 +2,12 @@
 //! machine, pipeline steps, secrets. Imports nothing else of ours.
 
 pub mod account;
+pub mod api_key;
 pub mod details;
 pub mod event;
 pub mod ids;
+pub mod modes;
+pub mod page;
 pub mod pipeline;
 pub mod provider;
 pub mod secret;
@@ -16,6 +19,8 @@ pub use details::{
 };
 pub use event::{EventKind, Patch};
 pub use ids::*;
+pub use modes::{ChannelMode, WebhookMode};
+pub use page::{Page, PageRequest};
 pub use pipeline::StepState;
 pub use provider::{Capability, ProviderKind};
 pub use secret::Secret;

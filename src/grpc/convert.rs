@@ -1,5 +1,5 @@
-//! Conversions between protobuf messages and domain / store types, and request parsing into
-//! typed values with field violations.
+//! Conversions between protobuf messages and domain types or core's read models
+//! (`core::views`), and request parsing into typed values with field violations.
 
 use std::collections::HashMap;
 
@@ -9,14 +9,14 @@ use prost_types::Timestamp;
 use super::checked::{All, Checked, Invalid, collecting, field, rule};
 use super::pb;
 use crate::core::accounts::AccountView;
+use crate::core::views::{EventView, OnboardingView, StepView};
 use crate::domain::account::{AccountOptions, Credentials, ExotelRegion};
 use crate::domain::{
-    E164, OnboardingDetails, OnboardingId, OnboardingState, ProviderKind, RequestedSubscription, Secret, StepState,
-    UnixMs, WabaId,
+    E164, OnboardingDetails, OnboardingId, OnboardingState, PageRequest, ProviderKind, RequestedSubscription, Secret,
+    StepState, UnixMs, WabaId,
 };
 use crate::error::{AppError, Violations, quote};
 use crate::providers::{Digital99Start, GupshupStart, StartPayload, VerifyMethod, WhapiStart};
-use crate::store::{EventRecord, OnboardingRecord, PageRequest, StepRecord};
 
 /// Default and maximum page sizes (AIP-158).
 pub const DEFAULT_PAGE: i32 = 50;
@@ -47,7 +47,7 @@ pub fn parse_name<T>(
     parse(id).map_err(|e| AppError::invalid(field, format!("bad id in {}: {e}", quote(name))))
 }
 
-/// Page size and token into a store page request. Tokens are opaque and bound to their
+/// Page size and token into a page request. Tokens are opaque and bound to their
 /// list (`kind`), so a token from one list is refused by another.
 pub fn page_request(v: &mut Violations, kind: &str, page_size: i32, page_token: &str, default: i32) -> PageRequest {
     let limit = match page_size {
@@ -224,9 +224,8 @@ pub fn options_from_pb(
 /// An account as returned: never credentials.
 pub fn account_to_pb(a: &AccountView) -> pb::Account {
     use pb::account_options::Options as O;
-    let r = &a.record;
     let o = &a.options;
-    let options = match r.provider {
+    let options = match a.provider {
         ProviderKind::Gupshup => O::Gupshup(pb::GupshupOptions {
             storage_region: o.storage_region.clone().unwrap_or_default(),
             client_secret_expire_time: o.secret_expire_ms.map(ts),
@@ -243,88 +242,74 @@ pub fn account_to_pb(a: &AccountView) -> pb::Account {
         }),
         ProviderKind::Digital99 => O::Digital99(pb::Digital99Options {}),
     };
-    let status = crate::core::Core::account_status(r);
     pb::Account {
-        name: format!("accounts/{}", r.id.name()),
-        provider: provider_to_pb(r.provider) as i32,
-        display_name: r.display_name.clone(),
+        name: format!("accounts/{}", a.id.name()),
+        provider: provider_to_pb(a.provider) as i32,
+        display_name: a.display_name.clone(),
         credentials: None,
         options: Some(pb::AccountOptions { options: Some(options), endpoint: o.endpoint.clone().unwrap_or_default() }),
-        sandbox: r.sandbox,
-        credentials_set: !r.credentials.blob.is_empty(),
+        sandbox: a.sandbox,
+        credentials_set: a.credentials_set,
         webhook_url: a.webhook_url.clone().unwrap_or_default(),
-        last_check: status.last_check.map(|c| pb::CheckAccountResponse {
+        last_check: a.status.last_check.as_ref().map(|c| pb::CheckAccountResponse {
             ok: c.ok,
-            message: c.message,
-            provider_code: c.provider_code,
+            message: c.message.clone(),
+            provider_code: c.provider_code.clone(),
             check_time: Some(ts(c.at_ms)),
             credential_expire_time: ts_opt(c.credential_expire_ms),
-            credential_warning: c.credential_warning,
+            credential_warning: c.credential_warning.clone(),
         }),
-        create_time: Some(ts(r.created_ms)),
-        update_time: Some(ts(r.updated_ms)),
+        create_time: Some(ts(a.created_ms)),
+        update_time: Some(ts(a.updated_ms)),
     }
 }
 
-/// Raw provider status text (`code` plus optional JSON fields) to protobuf.
-pub fn provider_status(raw: &str, fields_json: Option<&str>, at: UnixMs) -> pb::ProviderStatus {
-    let fields: HashMap<String, String> = fields_json
-        .and_then(|j| serde_json::from_str::<serde_json::Map<String, serde_json::Value>>(j).ok())
-        .map(|m| m.into_iter().map(|(k, v)| (k, json_text(&v))).collect())
-        .unwrap_or_default();
-    pb::ProviderStatus { code: raw.to_string(), fields, observe_time: Some(ts(at)) }
+/// Raw provider status text to protobuf (an event's status is its code alone).
+pub fn provider_status(raw: &str, at: UnixMs) -> pb::ProviderStatus {
+    pb::ProviderStatus { code: raw.to_string(), fields: HashMap::new(), observe_time: Some(ts(at)) }
 }
 
-fn json_text(v: &serde_json::Value) -> String {
-    match v {
-        serde_json::Value::String(s) => s.clone(),
-        other => other.to_string(),
-    }
-}
-
-/// An onboarding to protobuf. Provider-specific details come from its typed details.
-pub fn onboarding_to_pb(o: &OnboardingRecord) -> pb::Onboarding {
-    let details = OnboardingDetails::parse(o.provider, &o.details_json).unwrap_or_else(|e| {
-        // A read shows what it can: the row itself is left as it is.
-        tracing::warn!(onboarding = %o.id, error = %e, "Stored details do not parse; shown empty.");
-        OnboardingDetails::empty(o.provider)
-    });
-    let fields: HashMap<String, String> =
-        details.provider_fields().map(|f| f.iter().map(|(k, v)| (k.clone(), v.clone())).collect()).unwrap_or_default();
-    pb::Onboarding {
-        name: format!("onboardings/{}", o.id.name()),
-        account: format!("accounts/{}", o.account_id.name()),
-        provider: provider_to_pb(o.provider) as i32,
-        state: state_to_pb(o.state) as i32,
-        state_reason: o.state_reason.clone(),
-        provider_status: Some(pb::ProviderStatus {
-            code: o.provider_status.clone(),
-            fields,
-            observe_time: Some(ts(o.updated_ms)),
-        }),
-        desired_state: o.desired_state.map(|s| state_to_pb(s) as i32).unwrap_or(0),
-        reference: o.reference.clone(),
-        sequence: o.sequence,
-        state_deadline: ts_opt(o.state_deadline_ms),
-        expire_time: ts_opt(o.expire_ms),
-        create_time: Some(ts(o.created_ms)),
-        update_time: Some(ts(o.updated_ms)),
-        details: Some(DetailsOf { onboarding: &o.id, details: &details }.into()),
+impl From<&OnboardingView> for pb::Onboarding {
+    /// An onboarding as returned; provider-specific details come from its parsed details.
+    fn from(o: &OnboardingView) -> Self {
+        let fields: HashMap<String, String> = o
+            .details
+            .provider_fields()
+            .map(|f| f.iter().map(|(k, v)| (k.clone(), v.clone())).collect())
+            .unwrap_or_default();
+        pb::Onboarding {
+            name: format!("onboardings/{}", o.id.name()),
+            account: format!("accounts/{}", o.account_id.name()),
+            provider: provider_to_pb(o.provider) as i32,
+            state: state_to_pb(o.state) as i32,
+            state_reason: o.state_reason.clone(),
+            provider_status: Some(pb::ProviderStatus {
+                code: o.provider_status.clone(),
+                fields,
+                observe_time: Some(ts(o.updated_ms)),
+            }),
+            desired_state: o.desired_state.map(|s| state_to_pb(s) as i32).unwrap_or(0),
+            reference: o.reference.clone(),
+            sequence: o.sequence,
+            state_deadline: ts_opt(o.state_deadline_ms),
+            expire_time: ts_opt(o.expire_ms),
+            create_time: Some(ts(o.created_ms)),
+            update_time: Some(ts(o.updated_ms)),
+            details: Some(DetailsOf { onboarding: &o.id, details: &o.details }.into()),
+        }
     }
 }
 
 impl From<&RequestedSubscription> for pb::SubscriptionSpec {
     /// The subscription a Gupshup onboarding asked for (no header values: they are write-only).
     fn from(v: &RequestedSubscription) -> Self {
-        let mode = serde_json::from_value::<crate::providers::WebhookMode>(serde_json::Value::String(v.mode.clone()))
-            .unwrap_or_default();
         pb::SubscriptionSpec {
             url: v.url.clone(),
             events: v.events.clone(),
             tag: v.tag.clone(),
             version: i32::try_from(v.version).unwrap_or(0),
             headers: Default::default(),
-            mode: super::convert_ext::webhook_mode_to_pb(mode) as i32,
+            mode: super::convert_ext::webhook_mode_to_pb(v.mode) as i32,
             active: v.active,
         }
     }
@@ -381,12 +366,7 @@ impl From<DetailsOf<'_>> for pb::onboarding::Details {
             OnboardingDetails::Whapi(w) => D::Whapi(pb::WhapiOnboarding {
                 channel_id: w.channel_id.as_ref().map(|c| c.as_str().to_string()).unwrap_or_default(),
                 channel: w.channel_id.as_ref().map(|c| format!("channels/{}", c.as_str())).unwrap_or_default(),
-                mode: match w.mode.as_deref() {
-                    Some("trial") => pb::ChannelMode::Trial,
-                    Some("sandbox") => pb::ChannelMode::Sandbox,
-                    Some("live") => pb::ChannelMode::Live,
-                    _ => pb::ChannelMode::Unspecified,
-                } as i32,
+                mode: super::convert_ext::channel_mode_to_pb(w.mode) as i32,
                 go_live: w.go_live.unwrap_or(false),
                 extend_days: count(w.extend_days),
                 phone: phone(&w.phone),
@@ -407,76 +387,51 @@ impl From<DetailsOf<'_>> for pb::onboarding::Details {
     }
 }
 
-/// An event to protobuf.
-pub fn event_to_pb(e: &EventRecord) -> pb::OnboardingEvent {
-    let attributes: HashMap<String, String> =
-        serde_json::from_str::<serde_json::Map<String, serde_json::Value>>(&e.data_json)
-            .map(|m| m.into_iter().map(|(k, v)| (k, json_text(&v))).collect())
-            .unwrap_or_default();
-    pb::OnboardingEvent {
-        onboarding: format!("onboardings/{}", e.onboarding_id.name()),
-        sequence: e.sequence,
-        r#type: e.kind.as_str().to_owned(),
-        state: state_to_pb(e.state) as i32,
-        previous_state: state_to_pb(e.previous_state) as i32,
-        reason: e.reason.clone(),
-        provider_status: Some(provider_status(&e.provider_status, None, e.created_ms)),
-        step: e.step.clone().unwrap_or_default(),
-        attributes,
-        time: Some(ts(e.created_ms)),
+impl From<&EventView> for pb::OnboardingEvent {
+    /// An event of the log.
+    fn from(e: &EventView) -> Self {
+        pb::OnboardingEvent {
+            onboarding: format!("onboardings/{}", e.onboarding_id.name()),
+            sequence: e.sequence,
+            r#type: e.kind.as_str().to_owned(),
+            state: state_to_pb(e.state) as i32,
+            previous_state: state_to_pb(e.previous_state) as i32,
+            reason: e.reason.clone(),
+            provider_status: Some(provider_status(&e.provider_status, e.created_ms)),
+            step: e.step.clone().unwrap_or_default(),
+            attributes: e.attributes.clone(),
+            time: Some(ts(e.created_ms)),
+        }
     }
 }
 
-/// A step to protobuf.
-pub fn step_to_pb(s: &StepRecord) -> pb::PipelineStep {
-    let provider_stage: HashMap<String, String> =
-        serde_json::from_str::<serde_json::Map<String, serde_json::Value>>(&s.provider_stage_json)
-            .map(|m| m.into_iter().map(|(k, v)| (k, json_text(&v))).collect())
-            .unwrap_or_default();
-    pb::PipelineStep {
-        name: s.name.clone(),
-        display_name: step_display_name(&s.name),
-        position: s.position,
-        state: step_state_to_pb(s.state) as i32,
-        attempts: s.attempts,
-        max_attempts: s.max_attempts,
-        last_error: s.last_error.clone().unwrap_or_default(),
-        last_error_code: s.last_error_code.clone().unwrap_or_default(),
-        provider_stage,
-        next_attempt_time: ts_opt(s.next_run_ms),
-        deadline: ts_opt(s.deadline_ms),
-        start_time: ts_opt(s.started_ms),
-        end_time: ts_opt(s.finished_ms),
+impl From<&StepView> for pb::PipelineStep {
+    /// A step of a pipeline, with its provider's display name.
+    fn from(s: &StepView) -> Self {
+        pb::PipelineStep {
+            name: s.name.clone(),
+            display_name: s.display_name.clone(),
+            position: s.position,
+            state: step_state_to_pb(s.state) as i32,
+            attempts: s.attempts,
+            max_attempts: s.max_attempts,
+            last_error: s.last_error.clone().unwrap_or_default(),
+            last_error_code: s.last_error_code.clone().unwrap_or_default(),
+            provider_stage: s.provider_stage.clone(),
+            next_attempt_time: ts_opt(s.next_run_ms),
+            deadline: ts_opt(s.deadline_ms),
+            start_time: ts_opt(s.started_ms),
+            end_time: ts_opt(s.finished_ms),
+        }
     }
-}
-
-/// Human description of a step key.
-pub fn step_display_name(name: &str) -> String {
-    let known = match name {
-        "link_app" => "Link the WABA and phone to a new Gupshup app",
-        "fetch_app_token" => "Fetch the Gupshup app token",
-        "provisioning" => "Wait for Gupshup provisioning to finish",
-        "subscribe" => "Create the subscription requested for live",
-        "mint_link" => "Mint the onboarding link",
-        "await_customer" => "Wait for the business to finish the hosted signup",
-        "create_channel" => "Create the Whapi channel",
-        "configure_webhooks" => "Point the channel's webhooks at wa-onboard",
-        "await_connection" => "Wait for the phone to connect",
-        "go_live" => "Switch the channel to live and add days",
-        "register_number" => "Register the number and send a verification code",
-        "verify_number" => "Verify the number with the code",
-        "create_account" => "Create the onboarding account and link",
-        _ => "",
-    };
-    if known.is_empty() { name.replace('_', " ") } else { known.to_string() }
 }
 
 /// The pipeline of an onboarding.
-pub fn pipeline_to_pb(o: &OnboardingRecord, steps: &[StepRecord]) -> pb::Pipeline {
+pub fn pipeline_to_pb(o: &OnboardingView, steps: &[StepView]) -> pb::Pipeline {
     pb::Pipeline {
         name: format!("onboardings/{}/pipeline", o.id.name()),
         onboarding: format!("onboardings/{}", o.id.name()),
-        steps: steps.iter().map(step_to_pb).collect(),
+        steps: steps.iter().map(pb::PipelineStep::from).collect(),
         sequence: o.sequence,
     }
 }

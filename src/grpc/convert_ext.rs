@@ -225,7 +225,7 @@ pub fn channel_mode_from_pb(field: &str, m: i32) -> Checked<ChannelMode> {
     }
 }
 
-fn channel_mode_to_pb(m: Option<ChannelMode>) -> pb::ChannelMode {
+pub(super) fn channel_mode_to_pb(m: Option<ChannelMode>) -> pb::ChannelMode {
     match m {
         None => pb::ChannelMode::Unspecified,
         Some(ChannelMode::Trial) => pb::ChannelMode::Trial,

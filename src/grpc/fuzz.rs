@@ -37,28 +37,27 @@ const STORED_KEYS: &[&str] = &[
     "coexistence",
 ];
 
-fn onboarding(provider: u8, details: String, raw: String, ms: i64) -> crate::store::OnboardingRecord {
-    use crate::domain::{AccountId, OnboardingState, ProviderKind};
-    crate::store::OnboardingRecord {
+/// An onboarding view whose details are whatever `details` (stored JSON of any shape) parses
+/// to, as core builds it from a row (empty when it does not parse).
+fn onboarding(provider: u8, details: String, raw: String, ms: i64) -> crate::core::views::OnboardingView {
+    use crate::domain::{AccountId, OnboardingDetails, OnboardingState, ProviderKind};
+    let kind = [ProviderKind::Gupshup, ProviderKind::Exotel, ProviderKind::Whapi, ProviderKind::Digital99]
+        [usize::from(provider % 4)];
+    crate::core::views::OnboardingView {
         id: crate::domain::OnboardingId::parse("fuzz-1").expect("id"),
-        tenant_id: crate::domain::new_id(),
         account_id: AccountId::parse("acct").expect("id"),
-        provider: [ProviderKind::Gupshup, ProviderKind::Exotel, ProviderKind::Whapi, ProviderKind::Digital99]
-            [usize::from(provider % 4)],
+        provider: kind,
         state: OnboardingState::ALL[usize::from(provider) % OnboardingState::ALL.len()],
         desired_state: None,
         state_reason: String::new(),
         provider_status: raw,
         reference: String::new(),
-        details_json: details,
-        engine_json: "{}".into(),
-        external_key: None,
-        secret: None,
         sequence: 1,
         state_deadline_ms: Some(ms),
         expire_ms: Some(ms),
         created_ms: ms,
         updated_ms: ms,
+        details: OnboardingDetails::parse(kind, &details).unwrap_or_else(|_| OnboardingDetails::empty(kind)),
     }
 }
 
@@ -96,11 +95,11 @@ proptest! {
         ms in edge_i64(),
     ) {
         let o = onboarding(provider, details.to_string(), raw.clone(), ms);
-        let pbo = onboarding_to_pb(&o);
+        let pbo = pb::Onboarding::from(&o);
         prop_assert!(pbo.details.is_some());
         let ts = ts(ms);
         prop_assert!((0..1_000_000_000).contains(&ts.nanos));
-        let e = crate::store::EventRecord {
+        let e = crate::core::views::EventView {
             onboarding_id: o.id.clone(),
             sequence: 1,
             kind: crate::domain::EventKind::StateChanged,
@@ -109,11 +108,11 @@ proptest! {
             reason: String::new(),
             provider_status: raw,
             step: None,
-            data_json: data.to_string(),
+            attributes: crate::core::views::json_fields(&data.to_string()),
             created_ms: ms,
         };
-        let _ = event_to_pb(&e);
-        let _ = provider_status("x", Some(&data.to_string()), ms);
+        let _ = pb::OnboardingEvent::from(&e);
+        let _ = provider_status("x", ms);
     }
 
     #[test]

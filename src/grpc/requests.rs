@@ -21,10 +21,10 @@ use crate::core::Caller;
 use crate::core::accounts::NewAccount;
 use crate::core::capabilities::MAX_EXTEND_DAYS;
 use crate::core::lifecycle::NewOnboardingRequest;
-use crate::domain::{AccountId, ChannelId, OnboardingId, ProviderKind, RequestId, TenantId};
+use crate::core::views::OnboardingQuery;
+use crate::domain::{AccountId, ChannelId, OnboardingId, PageRequest, ProviderKind, RequestId, TenantId};
 use crate::error::AppError;
 use crate::providers::{ChannelMode, ConnectMethod, SubscriptionSpec};
-use crate::store::{OnboardingFilter, PageRequest};
 
 // Requests name the caller's own resources by id; the key is scoped to the caller's tenant
 // here, once, so every later lookup stays inside it.
@@ -275,7 +275,7 @@ pub(super) struct ListOnboardings {
     /// The page.
     pub(super) page: PageRequest,
     /// What to list.
-    pub(super) filter: OnboardingFilter,
+    pub(super) query: OnboardingQuery,
 }
 
 impl TryFrom<(&Caller, pb::ListOnboardingsRequest)> for ListOnboardings {
@@ -288,7 +288,7 @@ impl TryFrom<(&Caller, pb::ListOnboardingsRequest)> for ListOnboardings {
         let account = account_filter(&caller.tenant, &r.account);
         let ((), page, provider, state, account_id) = (limits, page, provider, state, account).all()?;
         let reference = (!r.reference.is_empty()).then_some(r.reference);
-        Ok(Self { page, filter: OnboardingFilter { provider, state, reference, account_id } })
+        Ok(Self { page, query: OnboardingQuery { provider, state, reference, account_id } })
     }
 }
 

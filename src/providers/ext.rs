@@ -24,19 +24,8 @@ pub struct ResourceRef {
     pub request_id: Option<String>,
 }
 
-/// How a subscription's events reach the URL (Gupshup `modes`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
-pub enum WebhookMode {
-    /// Provider default.
-    #[default]
-    Unspecified,
-    /// Event in the body.
-    Body,
-    /// Event in the path.
-    Path,
-    /// Event in the method.
-    Method,
-}
+/// The webhook mode and the channel mode are domain vocabularies (the details store them).
+pub use crate::domain::{ChannelMode, WebhookMode};
 
 /// A subscription as the caller specifies it.
 #[derive(Debug, Clone, PartialEq, Default, serde::Serialize, serde::Deserialize)]
@@ -181,17 +170,6 @@ pub trait HostedLinkOps: Send + Sync {
     async fn mint_links(&self, ctx: &CallContext, count: u32) -> Result<Vec<MintedLink>, ProviderError>;
     /// The token's live status.
     async fn validate_token(&self, ctx: &CallContext, token: &str) -> Result<LinkTokenStatus, ProviderError>;
-}
-
-/// Channel mode (Whapi).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum ChannelMode {
-    /// Trial.
-    Trial,
-    /// Sandbox.
-    Sandbox,
-    /// Live (paid).
-    Live,
 }
 
 /// A channel as the provider reports it.

@@ -35,6 +35,13 @@ impl PipelineStep for MemoryStep {
             Self::AwaitLive => "await_live",
         }
     }
+
+    fn display_name(self) -> &'static str {
+        match self {
+            Self::Start => "Create the onboarding at the provider",
+            Self::AwaitLive => "Wait for the onboarding to go live",
+        }
+    }
 }
 
 /// An in-memory provider. Configure with the `with_*` builders, script faults with

@@ -24,6 +24,9 @@ pub trait PipelineStep: Copy + Eq + Sized + 'static {
     /// The stored name.
     fn name(self) -> &'static str;
 
+    /// What the step does, in words (`PipelineStep.display_name` in `GetPipeline`).
+    fn display_name(self) -> &'static str;
+
     /// The step a stored name stands for, if this pipeline has it.
     fn parse(name: &str) -> Option<Self> {
         Self::ALL.iter().copied().find(|s| s.name() == name)
@@ -39,6 +42,20 @@ pub trait PipelineStep: Copy + Eq + Sized + 'static {
 /// by another version, or a bug) is [`ProviderError::UnknownStep`], never a panic.
 pub fn step_of<S: PipelineStep>(provider: ProviderKind, run: &StepRun) -> Result<S, ProviderError> {
     S::parse(&run.name).ok_or_else(|| ProviderError::UnknownStep { provider, step: run.name.clone() })
+}
+
+/// The display name of `provider`'s step stored as `step`, when its pipeline has that step.
+/// Each provider's step enum knows its own words; this only routes to it.
+pub fn display_name(provider: ProviderKind, step: &str) -> Option<&'static str> {
+    fn of<S: PipelineStep>(step: &str) -> Option<&'static str> {
+        S::parse(step).map(S::display_name)
+    }
+    match provider {
+        ProviderKind::Gupshup => of::<super::gupshup::GupshupStep>(step),
+        ProviderKind::Exotel => of::<super::exotel::ExotelStep>(step),
+        ProviderKind::Whapi => of::<super::whapi::WhapiStep>(step),
+        ProviderKind::Digital99 => of::<super::digital99::Digital99Step>(step),
+    }
 }
 
 /// One step of a provider's pipeline, as declared by the adapter.
@@ -262,5 +279,37 @@ impl StepOutcome {
     pub fn data(mut self, d: serde_json::Value) -> Self {
         self.data = Some(d);
         self
+    }
+}
+
+#[cfg(test)]
+mod display_tests {
+    use super::*;
+
+    fn names<S: PipelineStep>() -> Vec<(&'static str, &'static str)> {
+        S::ALL.iter().map(|s| (s.name(), s.display_name())).collect()
+    }
+
+    #[test]
+    fn every_step_of_every_provider_has_a_display_name() {
+        let pipelines = [
+            (ProviderKind::Gupshup, names::<super::super::gupshup::GupshupStep>()),
+            (ProviderKind::Exotel, names::<super::super::exotel::ExotelStep>()),
+            (ProviderKind::Whapi, names::<super::super::whapi::WhapiStep>()),
+            (ProviderKind::Digital99, names::<super::super::digital99::Digital99Step>()),
+        ];
+        for (kind, steps) in pipelines {
+            for (name, shown) in &steps {
+                assert!(!shown.trim().is_empty(), "{kind} {name}");
+                assert_ne!(shown, name, "{kind} {name}: a display name says more than the key");
+                assert_eq!(display_name(kind, name), Some(*shown), "{kind} {name} routes to its enum");
+            }
+            let mut distinct: Vec<_> = steps.iter().map(|(_, d)| *d).collect();
+            distinct.sort_unstable();
+            distinct.dedup();
+            assert_eq!(distinct.len(), steps.len(), "{kind}: display names are distinct");
+        }
+        assert_eq!(display_name(ProviderKind::Gupshup, "mint_link"), None, "another provider's step");
+        assert_eq!(display_name(ProviderKind::Exotel, "nope"), None);
     }
 }

@@ -133,24 +133,8 @@ pub enum Backend {
     Postgres,
 }
 
-/// A page of results and the opaque token for the next one (empty when done).
-#[derive(Debug, Clone)]
-pub struct Page<T> {
-    /// The items.
-    pub items: Vec<T>,
-    /// Pass back to get the next page; `None` at the end.
-    pub next_page_token: Option<String>,
-}
-
-/// Paging request. `after` is the last id of the previous page (keyset pagination: stable
-/// under concurrent inserts).
-#[derive(Debug, Clone, Default)]
-pub struct PageRequest {
-    /// Max items, already clamped by the caller.
-    pub limit: u32,
-    /// Return ids strictly greater than this.
-    pub after: Option<String>,
-}
+/// Pagination is a domain type, shared with core and the edges.
+pub use crate::domain::page::{Page, PageRequest};
 
 /// A wake-up sent when an onboarding's event log grows. Subscribers re-read the log from
 /// the store, so a missed notification costs latency, never data.

@@ -137,16 +137,12 @@ impl Core {
         let t = self.channel_target(caller, channel, None).await?;
         let ops = channels_of(t.provider.as_ref())?;
         let info = ops.set_mode(&t.ctx, &t.resource, mode).await.map_err(provider_err(t.provider.kind()))?;
-        let m = match mode {
-            ChannelMode::Trial => "trial",
-            ChannelMode::Sandbox => "sandbox",
-            ChannelMode::Live => "live",
-        };
+        let m = mode.as_str();
         let event = NewEvent::new(EventKind::ChannelModeSet, "channel mode switched")
             .with_attributes(&attrs(&[("mode", m.into())]));
         // The stored details follow, so GetOnboarding and ListChannels show the new mode.
         self.record_with_details(&t.onboarding.id, event, None, |d| {
-            d.mode = Some(m.into());
+            d.mode = Some(mode);
         })
         .await?;
         Ok(Self::channel_view(&t, info))
@@ -396,12 +392,7 @@ fn stored_channel(o: &OnboardingRecord) -> Result<ChannelView, AppError> {
         _ => WhapiDetails::default(),
     };
     let data = handle_data(o)?;
-    let mode = match d.mode.as_deref().unwrap_or_default() {
-        "trial" => Some(ChannelMode::Trial),
-        "sandbox" => Some(ChannelMode::Sandbox),
-        "live" => Some(ChannelMode::Live),
-        _ => None,
-    };
+    let mode = d.mode;
     let info = ChannelInfo {
         id: o.external_key.clone().unwrap_or_default(),
         display_name: str_of(&data, &["name"]).unwrap_or_default().into(),

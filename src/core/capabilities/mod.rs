@@ -162,7 +162,7 @@ impl Core {
         caller: &Caller,
         id: &AccountId,
     ) -> Result<(AccountRecord, Arc<dyn Provider>, CallContext), AppError> {
-        let record = self.get_account(caller, id).await?.record;
+        let record = self.account_record(caller, id).await?;
         let (p, ctx) = self.provider_for(&record)?;
         Ok((record, p, ctx))
     }
@@ -306,7 +306,7 @@ impl Core {
         result.credential_expire_ms = credential_expire_ms;
         result.credential_warning = credential_warning;
         // Re-read: the provider call may have taken a while.
-        let mut record = self.get_account(caller, id).await?.record;
+        let mut record = self.account_record(caller, id).await?;
         let mut status = Core::account_status(&record);
         status.last_check = Some(result.clone());
         record.status_json =

@@ -395,7 +395,7 @@ fn a_queued_retry_gives_its_attempt_back() {
 fn a_done_step_records_what_the_adapter_reported() {
     let out = done("CREATED", None)
         .handle(crate::providers::ProviderHandle { external_key: "ch-1".into(), data: serde_json::json!({}) })
-        .with_details(WhapiDetails { mode: Some("trial".into()), ..WhapiDetails::default() })
+        .with_details(WhapiDetails { mode: Some(crate::domain::ChannelMode::Trial), ..WhapiDetails::default() })
         .with_details(WhapiDetails { go_live: Some(true), ..WhapiDetails::default() })
         .attribute("reconciled", "true");
     let (o, plan) = run(Pending, "create", 1, outcome(out));
@@ -406,7 +406,11 @@ fn a_done_step_records_what_the_adapter_reported() {
     assert_eq!(change.state_reason.as_deref(), Some("step scan started"));
     assert_eq!(change.state_deadline_ms, Patch::Set(NOW + 3_600_000), "the next step's deadline");
     let (details, engine) = after(&o, &change);
-    assert_eq!((details.mode.as_deref(), details.go_live), (Some("trial"), Some(true)), "both patches merged");
+    assert_eq!(
+        (details.mode, details.go_live),
+        (Some(crate::domain::ChannelMode::Trial), Some(true)),
+        "both patches merged"
+    );
     assert_eq!(engine.handle.map(|h| h.external_key).as_deref(), Some("ch-1"));
     let attrs: serde_json::Value = serde_json::from_str(&change.event.data_json).unwrap();
     assert_eq!(attrs["reconciled"], "true");
@@ -436,7 +440,7 @@ fn details_merge_over_the_stored_ones_and_raw_fields_replace() {
     let mut observed = obs("NEW", None);
     observed.fields.insert("status".into(), "QR".into());
     let out = StepOutcome::wait(Duration::from_secs(30), observed)
-        .with_details(WhapiDetails { mode: Some("trial".into()), ..WhapiDetails::default() });
+        .with_details(WhapiDetails { mode: Some(crate::domain::ChannelMode::Trial), ..WhapiDetails::default() });
     let StepPlan::Write { change, .. } = plan::plan(&ran, &outcome(out), &BACKOFF, NOW) else {
         panic!("new details and status are news")
     };
@@ -444,7 +448,7 @@ fn details_merge_over_the_stored_ones_and_raw_fields_replace() {
     let (d, e) = after(&o, &change);
     assert_eq!(d.channel_id.as_ref().map(|c| c.as_str()), Some("ch-1"), "kept");
     assert_eq!(d.go_live, Some(true), "kept");
-    assert_eq!(d.mode.as_deref(), Some("trial"), "set");
+    assert_eq!(d.mode, Some(crate::domain::ChannelMode::Trial), "set");
     let fields: Vec<_> = d.provider_fields.unwrap().into_keys().collect();
     assert_eq!(fields, vec!["status".to_string()], "the last observation's fields replace the old ones");
     assert_eq!(e.stalled_from, Some(Pending));

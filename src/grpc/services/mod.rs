@@ -20,8 +20,8 @@ use crate::error::AppError;
 pub struct Services {
     core: SharedCore,
     shutdown: tokio::sync::watch::Receiver<bool>,
-    /// Converted `GetOnboarding` answers (see [`super::pb_cache`]).
-    onboardings_pb: std::sync::Arc<super::pb_cache::PbCache>,
+    /// Converted `GetOnboarding` answers (see [`crate::core::read_cache`]).
+    onboardings_pb: std::sync::Arc<crate::core::read_cache::OnboardingReadCache<pb::Onboarding>>,
     /// Converted stream events (see [`super::pb_cache`]).
     events_pb: std::sync::Arc<super::pb_cache::EventPbCache>,
 }

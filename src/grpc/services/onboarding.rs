@@ -5,7 +5,7 @@ use tonic::{Request, Response};
 use super::{BoxStream, Res, Services, ok, stream};
 use crate::core::onboardings::StreamItem;
 use crate::grpc::auth::{caller, caller_ref};
-use crate::grpc::convert::{event_to_pb, onboarding_to_pb, page_token, ts};
+use crate::grpc::convert::{page_token, ts};
 use crate::grpc::limits;
 use crate::grpc::pb;
 use crate::grpc::requests::{
@@ -18,7 +18,7 @@ impl pb::onboarding_service_server::OnboardingService for Services {
     async fn create_onboarding(&self, req: Request<pb::CreateOnboardingRequest>) -> Res<pb::Onboarding> {
         let caller = caller(&req)?;
         let CreateOnboarding(new) = CreateOnboarding::try_from((&caller, req.into_inner()))?;
-        ok(self.core.create_onboarding(&caller, new).await.map(|o| onboarding_to_pb(&o)))
+        ok(self.core.create_onboarding(&caller, new).await.map(|o| pb::Onboarding::from(&o)))
     }
 
     async fn create_onboarding_links(
@@ -30,7 +30,7 @@ impl pb::onboarding_service_server::OnboardingService for Services {
         let id = r.account;
         ok(self.core.create_links(&caller, &id, r.count, &r.reference, r.request_id.as_deref()).await.map(
             |(os, batch)| pb::CreateOnboardingLinksResponse {
-                onboardings: os.iter().map(onboarding_to_pb).collect(),
+                onboardings: os.iter().map(pb::Onboarding::from).collect(),
                 batch_id: batch,
             },
         ))
@@ -40,14 +40,14 @@ impl pb::onboarding_service_server::OnboardingService for Services {
         let caller = caller_ref(&req)?;
         limits::checked(req.get_ref())?;
         let id = onboarding_name(&caller.tenant, "name", &req.get_ref().name)?;
-        ok(self.core.get_onboarding_shared(caller, &id).await.map(|o| self.onboardings_pb.onboarding(o)))
+        ok(self.core.get_onboarding_cached(caller, &id, &self.onboardings_pb, |o| pb::Onboarding::from(o)).await)
     }
 
     async fn list_onboardings(&self, req: Request<pb::ListOnboardingsRequest>) -> Res<pb::ListOnboardingsResponse> {
         let caller = caller(&req)?;
         let r = ListOnboardings::try_from((&caller, req.into_inner()))?;
-        ok(self.core.list_onboardings(&caller, &r.filter, &r.page).await.map(|p| pb::ListOnboardingsResponse {
-            onboardings: p.items.iter().map(onboarding_to_pb).collect(),
+        ok(self.core.list_onboardings(&caller, &r.query, &r.page).await.map(|p| pb::ListOnboardingsResponse {
+            onboardings: p.items.iter().map(pb::Onboarding::from).collect(),
             next_page_token: page_token("onboardings", p.next_page_token),
         }))
     }
@@ -56,14 +56,14 @@ impl pb::onboarding_service_server::OnboardingService for Services {
         let caller = caller(&req)?;
         let r = CancelOnboarding::try_from((&caller, req.get_ref()))?;
         ok(self.core.cancel_onboarding(&caller, &r.id, r.request_id.as_deref()).await.map(|(o, days)| {
-            pb::CancelOnboardingResponse { onboarding: Some(onboarding_to_pb(&o)), refunded_days: days as i32 }
+            pb::CancelOnboardingResponse { onboarding: Some(pb::Onboarding::from(&o)), refunded_days: days as i32 }
         }))
     }
 
     async fn submit_verification_code(&self, req: Request<pb::SubmitVerificationCodeRequest>) -> Res<pb::Onboarding> {
         let caller = caller(&req)?;
         let r = SubmitVerificationCode::try_from((&caller, req.get_ref()))?;
-        ok(self.core.submit_verification_code(&caller, &r.id, &r.code).await.map(|o| onboarding_to_pb(&o)))
+        ok(self.core.submit_verification_code(&caller, &r.id, &r.code).await.map(|o| pb::Onboarding::from(&o)))
     }
 
     type WatchOnboardingStream = BoxStream<pb::WatchOnboardingResponse>;
@@ -75,7 +75,7 @@ impl pb::onboarding_service_server::OnboardingService for Services {
         let events = self.events_pb.clone();
         Ok(Response::new(stream(items, move |item| pb::WatchOnboardingResponse {
             message: Some(match item {
-                StreamItem::Snapshot(o, _) => M::Snapshot(onboarding_to_pb(&o)),
+                StreamItem::Snapshot(o, _) => M::Snapshot(pb::Onboarding::from(o.as_ref())),
                 StreamItem::Event(e, _) => M::Event(events.event(&e)),
                 StreamItem::Heartbeat { at_ms, last_sequence } => {
                     M::Heartbeat(pb::Heartbeat { time: Some(ts(at_ms)), last_sequence })
@@ -91,7 +91,7 @@ impl pb::onboarding_service_server::OnboardingService for Services {
         let caller = caller(&req)?;
         let r = ListOnboardingEvents::try_from((&caller, req.get_ref()))?;
         ok(self.core.list_events(&caller, &r.id, r.after, r.limit).await.map(|p| pb::ListOnboardingEventsResponse {
-            events: p.items.iter().map(event_to_pb).collect(),
+            events: p.items.iter().map(pb::OnboardingEvent::from).collect(),
             next_page_token: page_token("events", p.next_page_token),
         }))
     }

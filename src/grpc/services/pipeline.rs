@@ -5,7 +5,7 @@ use tonic::{Request, Response};
 use super::{BoxStream, Res, Services, ok, stream};
 use crate::core::onboardings::StreamItem;
 use crate::grpc::auth::caller;
-use crate::grpc::convert::{pipeline_to_pb, state_to_pb, step_to_pb, ts};
+use crate::grpc::convert::{pipeline_to_pb, state_to_pb, ts};
 use crate::grpc::limits;
 use crate::grpc::pb;
 use crate::grpc::requests::onboarding_name;
@@ -32,7 +32,7 @@ impl pb::pipeline_service_server::PipelineService for Services {
                 StreamItem::Snapshot(o, steps) => M::Snapshot(pipeline_to_pb(&o, &steps)),
                 StreamItem::Event(e, Some(step)) => M::Update(pb::PipelineStepUpdate {
                     sequence: e.sequence,
-                    step: Some(step_to_pb(&step)),
+                    step: Some(pb::PipelineStep::from(step.as_ref())),
                     onboarding_state: state_to_pb(e.state) as i32,
                     time: Some(ts(e.created_ms)),
                 }),

@@ -15,11 +15,11 @@ impl pb::provider_service_server::ProviderService for Services {
         let caller = caller(&req)?;
         limits::checked(req.get_ref())?;
         let mut counts = std::collections::HashMap::new();
-        let mut page = crate::store::PageRequest { limit: 1000, after: None };
+        let mut page = crate::domain::PageRequest { limit: 1000, after: None };
         loop {
             let p = self.core.list_accounts(&caller, None, &page).await?;
             for a in &p.items {
-                *counts.entry(a.record.provider).or_insert(0) += 1;
+                *counts.entry(a.provider).or_insert(0) += 1;
             }
             match p.next_page_token {
                 Some(t) => page.after = Some(t),

@@ -101,6 +101,15 @@ impl PipelineStep for Digital99Step {
     fn name(self) -> &'static str {
         self.as_str()
     }
+
+    fn display_name(self) -> &'static str {
+        match self {
+            Self::RegisterNumber => "Register the number and send a verification code",
+            Self::VerifyNumber => "Verify the number with the code",
+            Self::CreateAccount => "Create the onboarding account and link",
+            Self::AwaitCustomer => "Wait for the business to finish the hosted signup",
+        }
+    }
 }
 /// Wrong verification codes accepted before the onboarding fails.
 pub const MAX_WRONG_CODES: u64 = 5;

@@ -61,6 +61,13 @@ impl PipelineStep for ExotelStep {
     fn name(self) -> &'static str {
         self.as_str()
     }
+
+    fn display_name(self) -> &'static str {
+        match self {
+            Self::MintLink => "Mint the onboarding link",
+            Self::AwaitCustomer => "Wait for the business to finish the hosted signup",
+        }
+    }
 }
 /// Largest batch of links ("up to 50 URLs can be fetched at a time", docs/providers.md §2.2 [C]);
 /// a batch is that many single calls.

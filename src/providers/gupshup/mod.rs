@@ -70,6 +70,15 @@ impl PipelineStep for GupshupStep {
             Self::Subscribe => "subscribe",
         }
     }
+
+    fn display_name(self) -> &'static str {
+        match self {
+            Self::LinkApp => "Link the WABA and phone to a new Gupshup app",
+            Self::FetchAppToken => "Fetch the Gupshup app token",
+            Self::Provisioning => "Wait for Gupshup provisioning to finish",
+            Self::Subscribe => "Create the subscription requested for live",
+        }
+    }
 }
 
 /// How long provisioning may take before the watchdog stalls the onboarding [I].

@@ -44,15 +44,12 @@ pub(super) fn mode_of(s: &str) -> Option<ChannelMode> {
     }
 }
 
-/// The `mode` detail of an onboarding in domain names (`trial` when absent, as a new channel
-/// starts [C]); an unknown wire value is passed through raw.
-pub(super) fn detail_mode(wire: &str) -> String {
+/// The `mode` detail of an onboarding (`trial` when absent, as a new channel starts [C]); an
+/// unknown wire value is no mode (the raw value stays in the observation).
+pub(super) fn detail_mode(wire: &str) -> Option<ChannelMode> {
     match mode_of(wire) {
-        Some(ChannelMode::Trial) => "trial".into(),
-        Some(ChannelMode::Sandbox) => "sandbox".into(),
-        Some(ChannelMode::Live) => "live".into(),
-        None if wire.trim().is_empty() => "trial".into(),
-        None => wire.to_string(),
+        None if wire.trim().is_empty() => Some(ChannelMode::Trial),
+        known => known,
     }
 }
 

@@ -12,7 +12,7 @@ use super::{
     DAY_MS, EXTEND_TOLERANCE_MS, WhapiProvider, channel_name_for, e164, gate_of, handle_for, health_observation,
     is_stopped_error, now_ms, stopped_observation, whapi_start,
 };
-use crate::domain::{ChannelId, OnboardingState, ProviderKind, WhapiDetails};
+use crate::domain::{ChannelId, ChannelMode, OnboardingState, ProviderKind, WhapiDetails};
 use crate::providers::{
     CallContext, Observation, PipelineStep, ProviderError, ProviderHandle, StartRequest, StepOutcome, StepRun,
     StepSpec, step_of,
@@ -40,6 +40,15 @@ impl PipelineStep for WhapiStep {
             Self::ConfigureWebhooks => "configure_webhooks",
             Self::AwaitConnection => "await_connection",
             Self::GoLive => "go_live",
+        }
+    }
+
+    fn display_name(self) -> &'static str {
+        match self {
+            Self::CreateChannel => "Create the Whapi channel",
+            Self::ConfigureWebhooks => "Point the channel's webhooks at wa-onboard",
+            Self::AwaitConnection => "Wait for the phone to connect",
+            Self::GoLive => "Switch the channel to live and add days",
         }
     }
 }
@@ -157,7 +166,7 @@ impl WhapiProvider {
                 // The public detail uses the domain names the core and the API read (`trial`,
                 // `sandbox`, `live`): a Sandbox channel reads `dev` on the wire
                 // (docs/providers.md §3.3); the raw value stays in the observation's `mode` field.
-                mode: Some(super::channels::detail_mode(&ch.mode)),
+                mode: super::channels::detail_mode(&ch.mode),
                 go_live: Some(w.go_live),
                 extend_days: Some(i64::from(w.extend_days)),
                 ..WhapiDetails::default()
@@ -303,7 +312,7 @@ impl WhapiProvider {
         let mut obs = note("live", Some(OnboardingState::Live), "the channel is live");
         obs.fields.insert("mode".into(), "live".into());
         let mut out = StepOutcome::done(obs)
-            .with_details(WhapiDetails { mode: Some("live".into()), ..WhapiDetails::default() })
+            .with_details(WhapiDetails { mode: Some(ChannelMode::Live), ..WhapiDetails::default() })
             .attribute("already_applied", already_applied.to_string())
             .data(Value::Object(data));
         if let Some(t) = active_till {

@@ -1115,11 +1115,11 @@ async fn lookup_finds_a_channel_past_the_first_page() {
 #[test]
 fn mode_detail_uses_domain_names() {
     use super::channels::detail_mode;
-    assert_eq!(detail_mode("dev"), "sandbox");
-    assert_eq!(detail_mode("dev_archive"), "sandbox");
-    assert_eq!(detail_mode("live"), "live");
-    assert_eq!(detail_mode(""), "trial");
-    assert_eq!(detail_mode("platinum"), "platinum");
+    assert_eq!(detail_mode("dev"), Some(ChannelMode::Sandbox));
+    assert_eq!(detail_mode("dev_archive"), Some(ChannelMode::Sandbox));
+    assert_eq!(detail_mode("live"), Some(ChannelMode::Live));
+    assert_eq!(detail_mode(""), Some(ChannelMode::Trial));
+    assert_eq!(detail_mode("platinum"), None, "unknown: the raw word stays in the observation");
 }
 
 /// The first create attempt sends only the documented `PUT /channels` (docs/providers.md §3.2):
