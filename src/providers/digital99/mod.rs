@@ -60,13 +60,13 @@ use crate::error::AppError;
 pub(super) mod inferred {
     /// Create the onboarding account (link + landing page): the stronger candidate, since the
     /// sibling Facebook page with the same title is `facebook/createOnboarding` [C].
-    pub const CREATE_ONBOARDING_PATH: &str = "whatsapp/createOnboarding";
+    pub(crate) const CREATE_ONBOARDING_PATH: &str = "whatsapp/createOnboarding";
     /// The older guess for the same call ("Step 2: Create account"), tried only when
     /// [`CREATE_ONBOARDING_PATH`] answers 404 (nothing was created).
-    pub const CREATE_ONBOARDING_FALLBACK: &str = "whatsapp/createAccount";
+    pub(crate) const CREATE_ONBOARDING_FALLBACK: &str = "whatsapp/createAccount";
     /// Verify the registered number's 6-digit code, body `{whatsapp, code}` (field names
     /// inferred too; 99digital's SMS product checks a code on its send URL plus `code`).
-    pub const VERIFY_NUMBER_PATH: &str = "whatsapp/verifyNumber";
+    pub(crate) const VERIFY_NUMBER_PATH: &str = "whatsapp/verifyNumber";
 }
 
 /// The 99digital pipeline's steps (stored names in [`PipelineStep::name`]).

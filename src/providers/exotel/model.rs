@@ -112,7 +112,7 @@ pub(super) struct ValidateData {
 
 impl<D> Envelope<D> {
     /// The `isv` block, if any.
-    pub fn isv(self) -> Option<Isv<D>> {
+    pub(super) fn isv(self) -> Option<Isv<D>> {
         self.response?.whatsapp?.isv
     }
 }

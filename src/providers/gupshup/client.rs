@@ -102,12 +102,12 @@ impl CallError {
     }
 
     /// HTTP status, when one was received.
-    pub fn status(&self) -> Option<u16> {
+    pub(super) fn status(&self) -> Option<u16> {
         self.failure.status()
     }
 
     /// The body message, lowercased, for matching.
-    pub fn message_lc(&self) -> String {
+    pub(super) fn message_lc(&self) -> String {
         self.message.as_deref().unwrap_or_default().to_ascii_lowercase()
     }
 }
