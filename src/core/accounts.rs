@@ -15,13 +15,13 @@ use crate::store::{AccountRecord, NewEvent, OnboardingChange, OnboardingFilter, 
 pub struct NewAccount {
     /// Requested id, or generated.
     pub id: Option<AccountId>,
-    /// Provider.
+    /// Which provider's API the account talks to; fixed for the account's lifetime.
     pub provider: ProviderKind,
     /// Human name.
     pub display_name: String,
     /// Credentials (must match the provider).
     pub credentials: Credentials,
-    /// Options.
+    /// Non-secret provider options (region, project, endpoint override), validated per provider.
     pub options: AccountOptions,
     /// Target the built-in simulator.
     pub sandbox: bool,
@@ -41,13 +41,13 @@ pub struct AccountView {
 /// Result of the last credentials check, kept in the account's status JSON.
 #[derive(Debug, Clone, Default, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct CheckResult {
-    /// Accepted.
+    /// Whether the provider accepted the credentials.
     pub ok: bool,
-    /// Message.
+    /// What to tell the caller: the provider's summary, or which provider rejected them.
     pub message: String,
     /// Provider's raw code.
     pub provider_code: String,
-    /// When.
+    /// When the check ran, Unix milliseconds.
     pub at_ms: i64,
     /// When the account's long-lived credential expires, if declared (issue 17 point 15).
     #[serde(default, skip_serializing_if = "Option::is_none")]

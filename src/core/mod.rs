@@ -32,7 +32,7 @@ pub use settings::CoreSettings;
 /// shares the same engine wake-up, handoff and intake).
 #[derive(Clone)]
 pub struct Core {
-    /// Persistence.
+    /// The store every use case reads and writes (tenants, accounts, onboardings, work).
     store: Arc<dyn Store>,
     /// Encryption at rest.
     cipher: Arc<Cipher>,
@@ -58,7 +58,7 @@ pub struct Core {
 
 /// What [`Core::new`] is built from.
 pub struct CoreParts {
-    /// Persistence.
+    /// The store every use case reads and writes (tenants, accounts, onboardings, work).
     pub store: Arc<dyn Store>,
     /// Encryption at rest.
     pub cipher: Cipher,

@@ -251,13 +251,13 @@ impl Digital99Details {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 #[serde(untagged)]
 pub enum OnboardingDetails {
-    /// Gupshup.
+    /// The details of a Gupshup (Partner API) onboarding.
     Gupshup(GupshupDetails),
-    /// Exotel.
+    /// The details of an Exotel (ISV hosted-link) onboarding.
     Exotel(ExotelDetails),
-    /// Whapi.Cloud.
+    /// The details of a Whapi.Cloud (channel) onboarding.
     Whapi(WhapiDetails),
-    /// 99digital.
+    /// The details of a 99digital onboarding.
     Digital99(Digital99Details),
 }
 

@@ -68,7 +68,7 @@ pub enum ProviderError {
     Precondition {
         /// Provider code.
         raw: String,
-        /// Why.
+        /// Which state forbids it, in words the caller can act on.
         message: String,
     },
     /// The provider (or our adapter) cannot do this at all.

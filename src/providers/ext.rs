@@ -152,18 +152,18 @@ pub struct MintedLink {
 /// Live status of a hosted-link token.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum LinkTokenState {
-    /// Usable.
+    /// Minted and not yet used: the customer can still open it (Exotel `VALID`).
     Valid,
-    /// Consumed.
+    /// A customer completed the flow with it (Exotel `USED`); it cannot be used again.
     Used,
-    /// Lapsed.
+    /// Its validity ran out unused (Exotel `EXPIRED`).
     Expired,
 }
 
 /// A token validation result.
 #[derive(Debug, Clone, PartialEq)]
 pub struct LinkTokenStatus {
-    /// Canonical.
+    /// The provider's status word mapped to our closed set; drives the onboarding's state.
     pub state: LinkTokenState,
     /// As the provider spells it.
     pub raw: String,
@@ -186,9 +186,9 @@ pub trait HostedLinkOps: Send + Sync {
 /// Channel mode (Whapi).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ChannelMode {
-    /// Trial.
+    /// The free trial a new channel starts in (Whapi: 5 days).
     Trial,
-    /// Sandbox.
+    /// A developer channel (wire value `dev`); set only in the partner dashboard.
     Sandbox,
     /// Live (paid).
     Live,
@@ -201,7 +201,7 @@ pub struct ChannelInfo {
     pub id: String,
     /// Name in the panel.
     pub display_name: String,
-    /// Mode.
+    /// Billing mode; `None` when the answer has none or one we do not know.
     pub mode: Option<ChannelMode>,
     /// Health status text (`INIT`, `QR`, `AUTH`, `ERROR`...), raw.
     pub health: String,
@@ -213,7 +213,7 @@ pub struct ChannelInfo {
     pub stopped: bool,
     /// The channel's Gate API URL.
     pub api_url: String,
-    /// Created.
+    /// When the provider created the channel; `None` when its answer carries no timestamp.
     pub created_ms: Option<UnixMs>,
 }
 
@@ -222,7 +222,7 @@ pub struct ChannelInfo {
 pub enum ConnectMethod {
     /// A QR code of about this many pixels (0: provider default).
     Qr {
-        /// Size.
+        /// Edge length in pixels of the requested image; 0 lets the provider choose.
         size: u32,
     },
     /// A pairing code for this phone.
@@ -237,14 +237,14 @@ pub enum ConnectMethod {
 pub enum ConnectCode {
     /// QR: PNG bytes and the raw string.
     Qr {
-        /// Image.
+        /// The QR code as a PNG image, ready to show to the customer.
         png: Vec<u8>,
         /// Raw QR payload.
         raw: String,
     },
     /// Pairing code for the phone.
     PairingCode {
-        /// Code.
+        /// The code the customer types into WhatsApp (Linked devices, link with phone number).
         code: String,
         /// For which phone.
         phone: E164,

@@ -64,7 +64,7 @@ pub struct LinkTokenView {
 pub struct SubscriptionView {
     /// Parent onboarding.
     pub onboarding: OnboardingId,
-    /// Provider.
+    /// The onboarding's provider, which holds the subscription.
     pub provider: ProviderKind,
     /// As the provider holds it.
     pub subscription: ProviderSubscription,

@@ -12,7 +12,7 @@ pub(super) struct Envelope<D> {
     pub response: Option<ResponseBlock<D>>,
 }
 
-/// `response`.
+/// The `response` object of an Exotel answer: it wraps the `whatsapp` block with the data.
 #[derive(Debug, Deserialize)]
 pub(super) struct ResponseBlock<D> {
     /// `response.whatsapp`.

@@ -204,11 +204,11 @@ enum Reply {
 /// What the partner login told us, for `CheckAccount`. No secrets.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub(super) struct PartnerInfo {
-    /// `id`.
+    /// The partner's id (`id` of the login answer), reported as the check's `partner_id`.
     pub partner_id: Option<String>,
-    /// `name`.
+    /// The partner's display name (`name`), shown in the check's summary.
     pub name: Option<String>,
-    /// `isTpp`.
+    /// `isTpp` of the login answer (Gupshup's TPP partner flag), reported as the check's `is_tpp`.
     pub is_tpp: Option<bool>,
 }
 

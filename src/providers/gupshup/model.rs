@@ -117,9 +117,9 @@ pub(super) const APP_LIST_MAX_PAGES: usize = 5;
 /// (docs/providers.md 1.3.6). Only what the 409 recovery needs.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(super) struct ListedApp {
-    /// `id`.
+    /// The app id (`id`): a 409 recovery adopts it when the phone matches.
     pub id: String,
-    /// `name`.
+    /// The app name (`name`), compared with ours to explain a name conflict.
     pub name: String,
     /// `phone`, digits only (empty when absent: `phone?` in the older list).
     pub phone: String,
@@ -158,7 +158,7 @@ impl PipelineResponse {
         scalar_text(self.whatsapp.get(key)?)
     }
 
-    /// `creationStage`.
+    /// `creationStage` (how far the app's creation got), empty when absent.
     pub(super) fn creation_stage(&self) -> String {
         self.text("creationStage").unwrap_or_default()
     }
@@ -188,7 +188,7 @@ impl PipelineResponse {
 pub(super) struct WireSubscription {
     /// Numeric string in the docs; [I] a number accepted too.
     pub id: Value,
-    /// Bitmask.
+    /// The subscribed modes as Gupshup's bitmask (one bit per mode name).
     #[serde(default)]
     pub mode: Option<i64>,
     /// Mode names (get/list only).

@@ -13,7 +13,7 @@ const DAY_MS: i64 = 86_400_000;
 
 /// 99digital reason codes used by the sim.
 pub(super) mod reason {
-    /// Success.
+    /// The call succeeded: the `reason` of every `"status": "OK"` answer.
     pub(crate) const OK: u32 = 1;
     /// Wrong client_id/secret or malformed login JSON.
     pub(crate) const WRONG_CREDENTIALS: u32 = 2;
@@ -294,7 +294,8 @@ impl State {
         Ok(code)
     }
 
-    /// `verifyNumber`.
+    /// `verifyNumber`: checks `code` against the last one sent to `whatsapp` and marks the
+    /// number verified; the error is the reason code to answer with.
     pub(super) fn verify(&mut self, client: &str, whatsapp: &str, code: &str) -> Result<(), u32> {
         let n = self.partner(client).numbers.get_mut(whatsapp).ok_or(reason::NOT_VERIFIED)?;
         if n.code != code {

@@ -243,7 +243,7 @@ pub(super) struct Subscription {
     pub id: u64,
     /// Owning app.
     pub app_id: String,
-    /// `active`.
+    /// `active`: whether Gupshup delivers events to it (a disabled one is kept, not sent to).
     pub active: bool,
     /// Modes in bitmask order.
     pub modes: Vec<&'static str>,
@@ -253,13 +253,13 @@ pub(super) struct Subscription {
     pub url: String,
     /// Payload version 0..=3.
     pub version: u8,
-    /// `showOnUI`.
+    /// `showOnUI` as the caller last set it (dashboard visibility); stored and echoed only.
     pub show_on_ui: bool,
     /// `meta` as sent (JSON string).
     pub meta: Option<String>,
-    /// `createdOn`.
+    /// `createdOn`: when it was created, simulated Unix milliseconds.
     pub created_ms: i64,
-    /// `modifiedOn`.
+    /// `modifiedOn`: its last update (create, edit), simulated Unix milliseconds.
     pub modified_ms: i64,
 }
 
@@ -377,17 +377,17 @@ fn split_phone(phone: &str) -> (String, String) {
 /// The pipeline as computed from the app's timeline at one instant.
 #[derive(Debug, Clone, PartialEq)]
 pub(crate) struct PipelineView {
-    /// `creationStage`.
+    /// `creationStage`: `INITIAL`, `DOCKER_PROVISIONING`, `WHATSAPP_PROVISIONING_DONE`, or `ERROR`.
     pub creation_stage: &'static str,
-    /// `pipeLineStage`.
+    /// `pipeLineStage` (Gupshup's capital L): `CREATE_DOCKER` → `GET_CERTIFICATE` → `FINALIZE`.
     pub pipeline_stage: &'static str,
-    /// `embedStage`.
+    /// `embedStage` of the embedded signup: `EMBED_PENDING`, then `EMBED_STARTED`.
     pub embed_stage: &'static str,
-    /// `uiFormStage`.
+    /// `uiFormStage`: `GET_WHATSAPP_APPROVAL` until verification, then `COMPLETE_VERIFICATION`.
     pub ui_form_stage: &'static str,
-    /// `whatsappVerificationStatus`.
+    /// `whatsappVerificationStatus`: `PN_DN_APPROVED` → `WABA_APPROVED` → `WHATSAPP_VERIFICATION_DONE`.
     pub verification: &'static str,
-    /// `stageRetries`.
+    /// `stageRetries`: retries of a failing stage so far (0 on the happy path, at most 3).
     pub stage_retries: u32,
     /// `modifiedOn`: time of the last transition.
     pub modified_ms: i64,
