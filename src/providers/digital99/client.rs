@@ -157,6 +157,22 @@ pub(super) struct Client {
 /// A request body, or none (GET bodies are empty [C]).
 pub(super) const NO_BODY: Option<&()> = None;
 
+/// One request to the partners API, apart from where it goes (the account's base URL) and
+/// the token it carries: what [`Client::call`] sends.
+#[derive(Debug, Clone)]
+pub(super) struct Call<'a, B: ?Sized> {
+    /// Endpoint class for metrics, logs and the rate limiter (`digital99.access_token`).
+    pub(super) class: &'a str,
+    /// HTTP method.
+    pub(super) method: Method,
+    /// Path under `/api/` (`settings/accessToken`).
+    pub(super) path: &'a str,
+    /// JSON body, if the call has one.
+    pub(super) body: Option<&'a B>,
+    /// Whether repeating it is harmless: only then is it retried within the call.
+    pub(super) idempotent: bool,
+}
+
 impl Client {
     pub(super) fn new(http: HttpClient, retry: RetryPolicy) -> Self {
         Self { http, retry }
@@ -176,17 +192,13 @@ impl Client {
     /// One call: JSON body (if any), Bearer token (if any). Idempotent calls are retried
     /// in-call on retryable failures; others get one attempt (the step engine retries them
     /// after reconciling).
-    #[allow(clippy::too_many_arguments)]
     pub(super) async fn call<B: Serialize + ?Sized, T: DeserializeOwned>(
         &self,
         base: &str,
-        class: &str,
-        method: Method,
-        path: &str,
         bearer: Option<&Secret>,
-        body: Option<&B>,
-        idempotent: bool,
+        call: Call<'_, B>,
     ) -> Result<T, CallError> {
+        let Call { class, method, path, body, idempotent } = call;
         let url = Self::url(base, path).map_err(CallError::Other)?;
         let build = || {
             let mut req = self.http.request(method.clone(), url.clone());

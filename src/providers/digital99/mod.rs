@@ -34,7 +34,7 @@ use sha2::{Digest, Sha256};
 use tokio::time::Instant;
 
 pub use self::client::credential_problems;
-use self::client::{CallError, Client, NO_BODY, login_error, reason};
+use self::client::{Call, CallError, Client, NO_BODY, login_error, reason};
 use self::model::{
     AccountItem, AccountsAnswer, CreateAccountAnswer, CreateAccountRequest, DeleteAccountRequest, Envelope,
     LoginAnswer, LoginRequest, RegisterRequest, VerifyRequest, WebhookAnswer, WebhookRequest,
@@ -305,12 +305,14 @@ impl Digital99Provider {
             .client
             .call(
                 &ctx.base_url,
-                "digital99.access_token",
-                Method::POST,
-                "settings/accessToken",
                 None,
-                Some(&body),
-                true,
+                Call {
+                    class: "digital99.access_token",
+                    method: Method::POST,
+                    path: "settings/accessToken",
+                    body: Some(&body),
+                    idempotent: true,
+                },
             )
             .await;
         let ans = res.map_err(|e| match e {
@@ -367,7 +369,7 @@ impl Digital99Provider {
                 let method = method.clone();
                 async move {
                     self.client
-                        .call(&ctx.base_url, class, method, path, Some(&token), body, idempotent)
+                        .call(&ctx.base_url, Some(&token), Call { class, method, path, body, idempotent })
                         .await
                         .map_err(CallError::into_error)
                 }

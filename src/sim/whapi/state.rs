@@ -84,17 +84,26 @@ pub(crate) struct Channel {
     pub api_requests: u64,
 }
 
+/// What a `PUT /channels` call decides about a new channel: its identity and ownership. The
+/// rest (server, trial period, health) [`Channel::new`] derives from the clock and the config.
+#[derive(Debug, Clone)]
+pub(crate) struct NewChannel {
+    /// The channel id (`MANTIS-AB12C` style), unique in the state.
+    pub id: String,
+    /// The channel's Gate API token, fresh from the state.
+    pub token: String,
+    /// The display name the caller asked for.
+    pub name: String,
+    /// The project the channel is created in.
+    pub project_id: String,
+    /// The partner that owns it (the state's `owner_id`).
+    pub owner_id: String,
+}
+
 impl Channel {
-    #[allow(clippy::too_many_arguments)]
-    pub(crate) fn new(
-        id: String,
-        token: String,
-        name: String,
-        project_id: String,
-        owner_id: String,
-        now: i64,
-        cfg: &WhapiSimConfig,
-    ) -> Self {
+    /// A channel just created at `now`: in its trial, not yet woken, no user linked.
+    pub(crate) fn new(new: NewChannel, now: i64, cfg: &WhapiSimConfig) -> Self {
+        let NewChannel { id, token, name, project_id, owner_id } = new;
         let active_till = now + cfg.trial_days * DAY_MS;
         Self {
             id,
