@@ -102,7 +102,7 @@ impl Core {
             "sandbox": new.sandbox,
         })
         .to_string();
-        let creds = new.credentials.to_sealable_json();
+        let creds = new.credentials.to_sealable_json().map_err(AppError::internal)?;
         let hash = self.fingerprint(&[canonical.as_bytes(), creds.expose().as_bytes()]);
         if let Some(resource) = self.replay(&caller.tenant, request_id, OP_CREATE, &hash).await? {
             return self.account_replayed(caller, &resource).await;
@@ -285,7 +285,8 @@ impl Core {
         Ok(format!("{}/webhooks/{}/{}/{}", self.webhook_base, record.provider, record.id.as_str(), secret.expose()))
     }
 
-    /// Parsed non-secret status.
+    /// Parsed non-secret status. One that does not parse reads as empty on purpose: it only
+    /// caches provider answers, which the next `CheckAccount` writes again.
     pub fn account_status(record: &AccountRecord) -> AccountStatus {
         serde_json::from_str(&record.status_json).unwrap_or_default()
     }

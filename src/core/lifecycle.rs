@@ -563,8 +563,10 @@ impl Core {
             return Err(AppError::precondition(format!("onboardings/{id} is not waiting for a verification code")));
         };
         let now = now_ms();
-        let mut data: serde_json::Map<String, serde_json::Value> =
-            serde_json::from_str(&step.data_json).unwrap_or_default();
+        // The step's durable data (what reconciliation needs) is kept: a row that does not
+        // parse is an error, not a reason to replace it with just the code.
+        let mut data: serde_json::Map<String, serde_json::Value> = serde_json::from_str(&step.data_json)
+            .map_err(|e| AppError::internal(format!("onboardings/{id} step {STEP_VERIFY_NUMBER} data: {e}")))?;
         data.insert("code".into(), code.into());
         step.data_json = serde_json::Value::Object(data).to_string();
         step.next_run_ms = Some(now);

@@ -58,8 +58,9 @@ impl Credentials {
         }
     }
 
-    /// Plaintext JSON, to be sealed immediately. The returned value is a secret.
-    pub fn to_sealable_json(&self) -> Secret {
+    /// Plaintext JSON, to be sealed immediately. The returned value is a secret. An error
+    /// rather than an empty string: sealing "" would store credentials that are gone.
+    pub fn to_sealable_json(&self) -> Result<Secret, String> {
         let plain = match self {
             Self::Gupshup { email, secret } => Plain::Gupshup { email: email.clone(), secret: secret.expose().into() },
             Self::Exotel { account_sid, api_key, api_token } => Plain::Exotel {
@@ -72,7 +73,7 @@ impl Credentials {
                 Plain::Digital99 { client_id: client_id.clone(), client_secret: client_secret.expose().into() }
             }
         };
-        Secret::new(serde_json::to_string(&plain).unwrap_or_default())
+        serde_json::to_string(&plain).map(Secret::new).map_err(|e| format!("credentials do not serialise: {e}"))
     }
 
     /// Parses what [`Credentials::to_sealable_json`] produced.
@@ -153,7 +154,7 @@ mod tests {
         let c =
             Credentials::Exotel { account_sid: "sid".into(), api_key: "key".into(), api_token: Secret::new("tok-123") };
         assert!(!format!("{c:?}").contains("tok-123"));
-        let back = Credentials::from_sealed_json(&c.to_sealable_json()).unwrap();
+        let back = Credentials::from_sealed_json(&c.to_sealable_json().unwrap()).unwrap();
         assert_eq!(back, c);
         assert_eq!(back.provider(), ProviderKind::Exotel);
         let err = Credentials::from_sealed_json(&Secret::new("{\"provider\":\"nope\",\"x\":\"tok-123\"}")).unwrap_err();
