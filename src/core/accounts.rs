@@ -17,7 +17,7 @@ pub struct NewAccount {
     pub id: Option<AccountId>,
     /// Which provider's API the account talks to; fixed for the account's lifetime.
     pub provider: ProviderKind,
-    /// Human name.
+    /// The caller's name for the account, shown in listings (not unique).
     pub display_name: String,
     /// Credentials (must match the provider).
     pub credentials: Credentials,
@@ -30,9 +30,9 @@ pub struct NewAccount {
 /// An account as returned to its tenant: never the credentials.
 #[derive(Debug, Clone)]
 pub struct AccountView {
-    /// The row.
+    /// The stored account; its `credentials` stay sealed and are never sent back.
     pub record: AccountRecord,
-    /// Options parsed.
+    /// The record's `options_json`, parsed for the response.
     pub options: AccountOptions,
     /// The ingress URL (only in the create response).
     pub webhook_url: Option<String>,

@@ -68,9 +68,9 @@ pub struct NewOnboardingRequest {
     pub onboarding_id: Option<OnboardingId>,
     /// Caller's reference, carried end to end.
     pub reference: String,
-    /// Idempotency key.
+    /// The caller's `request_id`: a retry with it returns the first call's onboarding.
     pub request_id: Option<String>,
-    /// Provider-specific input.
+    /// What to create, in the account's provider's terms (validated before anything is stored).
     pub payload: StartPayload,
 }
 

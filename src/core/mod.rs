@@ -83,7 +83,7 @@ impl std::fmt::Debug for Core {
 /// The caller, as established by the auth layer.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Caller {
-    /// The tenant.
+    /// The tenant its API key belongs to; every read and write is scoped by it.
     pub tenant: TenantId,
 }
 

@@ -134,7 +134,7 @@ pub struct AccountOptions {
     /// portal (issue 17 point 15; Gupshup has no API that reports it).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub secret_expire_ms: Option<i64>,
-    /// Exotel cluster.
+    /// Exotel cluster, which picks the public API host; `None` means Singapore.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub exotel_region: Option<ExotelRegion>,
     /// Whapi project for new channels.

@@ -34,13 +34,13 @@ fn take<T>(old: &mut Option<T>, new: Option<T>) {
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(default)]
 pub struct RequestedSubscription {
-    /// Target URL.
+    /// Where Gupshup is to POST the events once the app is live.
     pub url: String,
-    /// Event types.
+    /// Gupshup mode names to subscribe to (`SENT`, `DELIVERED`, `ACCOUNT`...), as requested.
     pub events: Vec<String>,
-    /// Gupshup tag.
+    /// The subscription's tag, unique per app: how a repeated create finds the first one.
     pub tag: String,
-    /// Payload version.
+    /// Gupshup payload version (0 to 3) of the deliveries.
     pub version: i64,
     /// Delivery mode, as the provider port's `WebhookMode` serialises (`Body`, `Path`...).
     pub mode: String,

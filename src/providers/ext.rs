@@ -27,7 +27,7 @@ pub struct ResourceRef {
 /// How a subscription's events reach the URL (Gupshup `modes`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
 pub enum WebhookMode {
-    /// Provider default.
+    /// Not chosen: the provider applies its own default (Gupshup, which has no modes).
     #[default]
     Unspecified,
     /// Event in the body.
@@ -41,7 +41,7 @@ pub enum WebhookMode {
 /// A subscription as the caller specifies it.
 #[derive(Debug, Clone, PartialEq, Default, serde::Serialize, serde::Deserialize)]
 pub struct SubscriptionSpec {
-    /// Target URL.
+    /// Where the provider POSTs each event.
     pub url: String,
     /// Event types, provider naming (validated by the adapter).
     pub events: Vec<String>,
@@ -52,7 +52,7 @@ pub struct SubscriptionSpec {
     /// Headers sent with each delivery; values are secrets (often auth headers).
     #[serde(with = "crate::domain::secret::exposed_map")]
     pub headers: BTreeMap<String, Secret>,
-    /// Delivery mode.
+    /// How the event type is carried (Whapi); `Unspecified` for providers without modes.
     pub mode: WebhookMode,
     /// Whether deliveries are on.
     pub active: bool,
@@ -197,7 +197,7 @@ pub enum ChannelMode {
 /// A channel as the provider reports it.
 #[derive(Debug, Clone, PartialEq, Default)]
 pub struct ChannelInfo {
-    /// Provider id.
+    /// The provider's channel id (the onboarding's external key).
     pub id: String,
     /// Name in the panel.
     pub display_name: String,
@@ -205,11 +205,11 @@ pub struct ChannelInfo {
     pub mode: Option<ChannelMode>,
     /// Health status text (`INIT`, `QR`, `AUTH`, `ERROR`...), raw.
     pub health: String,
-    /// Connected phone.
+    /// The phone linked to the channel; `None` until a customer connects.
     pub phone: Option<E164>,
     /// End of the paid / trial period.
     pub active_till_ms: Option<UnixMs>,
-    /// Whether stopped.
+    /// Whether the channel no longer serves (stopped at the provider, or deleted on our side).
     pub stopped: bool,
     /// The channel's Gate API URL.
     pub api_url: String,

@@ -87,7 +87,7 @@ impl From<sqlx::Error> for StoreError {
     }
 }
 
-/// Result alias.
+/// What every store method returns: a [`StoreError`] is a closed set the core maps to codes.
 pub type StoreResult<T> = Result<T, StoreError>;
 
 /// Which backend a store runs on.
@@ -102,7 +102,7 @@ pub enum Backend {
 /// A page of results and the opaque token for the next one (empty when done).
 #[derive(Debug, Clone)]
 pub struct Page<T> {
-    /// The items.
+    /// The page's items, at most the request's `limit`.
     pub items: Vec<T>,
     /// Pass back to get the next page; `None` at the end.
     pub next_page_token: Option<String>,

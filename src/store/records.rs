@@ -34,7 +34,7 @@ pub struct TenantRecord {
 /// An API key: only its SHA-256 hash is stored.
 #[derive(Debug, Clone, PartialEq)]
 pub struct ApiKeyRecord {
-    /// Public id.
+    /// The key's id, shown in listings and logs in place of the key itself.
     pub id: ApiKeyId,
     /// The tenant the key authenticates as.
     pub tenant_id: TenantId,
@@ -55,9 +55,9 @@ pub struct AccountRecord {
     pub id: AccountId,
     /// The tenant that owns the account; every read is scoped by it.
     pub tenant_id: TenantId,
-    /// Which provider.
+    /// Which provider's API the account talks to; fixed once created.
     pub provider: ProviderKind,
-    /// Human name.
+    /// The caller's name for the account, shown in listings (not unique).
     pub display_name: String,
     /// Provider options (region, project, endpoint override), JSON.
     pub options_json: String,
@@ -99,7 +99,7 @@ pub struct OnboardingRecord {
     pub id: OnboardingId,
     /// The tenant that created it; every read is scoped by it.
     pub tenant_id: TenantId,
-    /// Account used.
+    /// The account whose credentials every provider call of the onboarding uses.
     pub account_id: AccountId,
     /// The account's provider, copied here so lists filter and dispatch without a join.
     pub provider: ProviderKind,
@@ -229,7 +229,7 @@ pub struct StepRecord {
     pub next_run_ms: Option<UnixMs>,
     /// Worker holding the lease.
     pub lease_owner: Option<String>,
-    /// Lease expiry.
+    /// When the lease lapses and another worker may take the step over; `None` when unleased.
     pub lease_until_ms: Option<UnixMs>,
     /// Last error message (no secrets).
     pub last_error: Option<String>,
@@ -241,7 +241,7 @@ pub struct StepRecord {
     pub data_json: String,
     /// When it must have finished (watchdog), if bounded.
     pub deadline_ms: Option<UnixMs>,
-    /// First started.
+    /// When the first attempt started; `None` until it runs.
     pub started_ms: Option<UnixMs>,
     /// When it reached a final state; `None` while it can still run.
     pub finished_ms: Option<UnixMs>,
@@ -256,7 +256,7 @@ pub struct StepRecord {
 pub struct NewOnboarding {
     /// The row (sequence is set to 1 by the store).
     pub onboarding: OnboardingRecord,
-    /// Its steps.
+    /// Its pipeline steps (from `initial_steps`), written in the same transaction.
     pub steps: Vec<StepRecord>,
     /// The first event (`created`).
     pub event: NewEvent,
@@ -268,7 +268,8 @@ pub struct NewOnboarding {
 /// update syntax: every field but the id, the event and the time is "unchanged" by default.
 #[derive(Debug, Clone)]
 pub struct OnboardingChange {
-    /// Which onboarding.
+    /// The onboarding to change, always set by [`OnboardingChange::new`]; the store refuses a
+    /// change without one (and the whole batch it is in).
     pub onboarding_id: Option<OnboardingId>,
     /// If set, the change applies only if the stored sequence still equals this.
     pub expect_sequence: Option<i64>,
@@ -276,7 +277,7 @@ pub struct OnboardingChange {
     pub state: Option<OnboardingState>,
     /// New desired state.
     pub desired_state: Patch<OnboardingState>,
-    /// New reason.
+    /// New human-readable reason for the state (None = unchanged).
     pub state_reason: Option<String>,
     /// New raw provider status.
     pub provider_status: Option<String>,
@@ -288,7 +289,8 @@ pub struct OnboardingChange {
     pub external_key: Option<String>,
     /// New sealed secret.
     pub secret: Option<Sealed>,
-    /// New deadline.
+    /// New watchdog deadline of the current state: set when a state with a bound is entered,
+    /// cleared when the state has none.
     pub state_deadline_ms: Patch<UnixMs>,
     /// New expiry. A different expiry forgets the warnings already
     /// sent for the old one (unless `expiry_warned_secs` is set too).
@@ -419,7 +421,7 @@ pub struct WebhookEventRecord {
     pub note: Option<String>,
     /// Lease holder while processing.
     pub lease_owner: Option<String>,
-    /// Lease expiry.
+    /// When the processing lease lapses and another worker may apply the event.
     pub lease_until_ms: Option<UnixMs>,
     /// When the ingress stored it (before answering 2xx), Unix milliseconds.
     pub received_ms: UnixMs,
@@ -459,9 +461,9 @@ pub struct ResourceBinding {
 /// A create call an onboarding's step is about to send, recorded before the call.
 #[derive(Debug, Clone, PartialEq)]
 pub struct CreateIntent {
-    /// The onboarding.
+    /// The onboarding whose step sends the create.
     pub onboarding_id: OnboardingId,
-    /// Its step.
+    /// The step that sends it (its pipeline key).
     pub step: String,
     /// The provider identity the call runs under (a keyed fingerprint).
     pub scope: String,
