@@ -142,12 +142,14 @@ impl AppError {
         Self::new(ErrorCode::NotFound, format!("{what} not found"))
     }
 
-    /// `FAILED_PRECONDITION`.
+    /// `FAILED_PRECONDITION`: the request is valid but the resource is not in a state that
+    /// allows it (e.g. cancelling a live onboarding); retrying unchanged will not help.
     pub fn precondition(message: impl Into<String>) -> Self {
         Self::new(ErrorCode::FailedPrecondition, message)
     }
 
-    /// `INTERNAL`.
+    /// `INTERNAL`: a bug or broken invariant on our side, not the caller's fault; the message
+    /// reaches the caller, so it names what broke but never a secret.
     pub fn internal(message: impl Into<String>) -> Self {
         Self::new(ErrorCode::Internal, message)
     }
@@ -205,7 +207,7 @@ impl AppError {
 pub struct Violations(Vec<(String, String)>);
 
 impl Violations {
-    /// Empty.
+    /// A collector with no violation yet.
     pub fn new() -> Self {
         Self::default()
     }

@@ -11,13 +11,13 @@ use serde_json::{Map, Number, Value};
 
 /// The proptest config of every fuzz property: `default` cases unless `WA_FUZZ_CASES` says
 /// more, no regression files written into the source tree (findings become named tests).
-pub fn config(default: u32) -> Config {
+pub(crate) fn config(default: u32) -> Config {
     let cases = std::env::var("WA_FUZZ_CASES").ok().and_then(|v| v.parse().ok()).unwrap_or(default);
     Config { cases, failure_persistence: None, ..Config::default() }
 }
 
 /// Integers that break arithmetic: the extremes, around zero, epoch-like values.
-pub fn edge_i64() -> impl Strategy<Value = i64> {
+pub(crate) fn edge_i64() -> impl Strategy<Value = i64> {
     prop_oneof![
         Just(i64::MAX),
         Just(i64::MIN),
@@ -33,7 +33,7 @@ pub fn edge_i64() -> impl Strategy<Value = i64> {
 }
 
 /// Short strings with the characters parsers split on, unicode, and control characters.
-pub fn text() -> impl Strategy<Value = String> {
+pub(crate) fn text() -> impl Strategy<Value = String> {
     prop_oneof![
         "[a-zA-Z0-9 _:/.+@=-]{0,24}",
         any::<String>().prop_map(|s| s.chars().take(40).collect()),
@@ -63,7 +63,7 @@ fn leaf() -> impl Strategy<Value = Value> {
 }
 
 /// Arbitrary JSON, a few levels deep, with keys drawn from `keys` three times in four.
-pub fn json_with(keys: &'static [&'static str]) -> BoxedStrategy<Value> {
+pub(crate) fn json_with(keys: &'static [&'static str]) -> BoxedStrategy<Value> {
     let key = move || {
         prop_oneof![
             3 => proptest::sample::select(if keys.is_empty() { &["k"][..] } else { keys }).prop_map(str::to_string),
@@ -82,7 +82,7 @@ pub fn json_with(keys: &'static [&'static str]) -> BoxedStrategy<Value> {
 }
 
 /// An object at the top (most provider bodies are), keys from `keys`.
-pub fn object_with(keys: &'static [&'static str]) -> BoxedStrategy<Value> {
+pub(crate) fn object_with(keys: &'static [&'static str]) -> BoxedStrategy<Value> {
     proptest::collection::vec(
         (
             proptest::sample::select(if keys.is_empty() { &["k"][..] } else { keys }).prop_map(str::to_string),
@@ -96,7 +96,7 @@ pub fn object_with(keys: &'static [&'static str]) -> BoxedStrategy<Value> {
 
 /// A body as a parser may receive it: raw bytes, a JSON text of any shape, or a shaped
 /// object (the most useful), sometimes truncated.
-pub fn body(keys: &'static [&'static str]) -> BoxedStrategy<Vec<u8>> {
+pub(crate) fn body(keys: &'static [&'static str]) -> BoxedStrategy<Vec<u8>> {
     prop_oneof![
         1 => proptest::collection::vec(any::<u8>(), 0..256),
         2 => json_with(keys).prop_map(|v| v.to_string().into_bytes()),

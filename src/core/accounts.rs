@@ -15,13 +15,13 @@ use crate::store::{AccountRecord, NewEvent, OnboardingChange, OnboardingFilter, 
 pub struct NewAccount {
     /// Requested id, or generated.
     pub id: Option<AccountId>,
-    /// Provider.
+    /// Which provider's API the account talks to; fixed for the account's lifetime.
     pub provider: ProviderKind,
-    /// Human name.
+    /// The caller's name for the account, shown in listings (not unique).
     pub display_name: String,
     /// Credentials (must match the provider).
     pub credentials: Credentials,
-    /// Options.
+    /// Non-secret provider options (region, project, endpoint override), validated per provider.
     pub options: AccountOptions,
     /// Target the built-in simulator.
     pub sandbox: bool,
@@ -31,25 +31,25 @@ pub struct NewAccount {
 /// (except inside `webhook_url`, only in the create response).
 #[derive(Debug, Clone)]
 pub struct AccountView {
-    /// Id.
+    /// The account's id (`accounts/{id}` in resource names).
     pub id: AccountId,
-    /// Provider.
+    /// The BSP this account's credentials belong to.
     pub provider: ProviderKind,
-    /// Caller's name for it.
+    /// The caller's name for the account, as given at create.
     pub display_name: String,
     /// Whether it runs against the built-in simulators.
     pub sandbox: bool,
-    /// Whether credentials are stored (they are write-only).
+    /// Whether credentials are stored (they are write-only, never returned).
     pub credentials_set: bool,
-    /// Options parsed.
+    /// The account's stored options (`options_json`), parsed for the response.
     pub options: AccountOptions,
     /// Non-secret status (the last credentials check), parsed.
     pub status: AccountStatus,
     /// The ingress URL (only in the create response).
     pub webhook_url: Option<String>,
-    /// Created at.
+    /// When the account was created (Unix ms).
     pub created_ms: crate::domain::UnixMs,
-    /// Updated at.
+    /// When the account's options, credentials or status last changed (Unix ms).
     pub updated_ms: crate::domain::UnixMs,
 }
 
@@ -74,13 +74,13 @@ impl AccountView {
 /// Result of the last credentials check, kept in the account's status JSON.
 #[derive(Debug, Clone, Default, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct CheckResult {
-    /// Accepted.
+    /// Whether the provider accepted the credentials.
     pub ok: bool,
-    /// Message.
+    /// What to tell the caller: the provider's summary, or which provider rejected them.
     pub message: String,
     /// Provider's raw code.
     pub provider_code: String,
-    /// When.
+    /// When the check ran, Unix milliseconds.
     pub at_ms: i64,
     /// When the account's long-lived credential expires, if declared (issue 17 point 15).
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -135,7 +135,7 @@ impl Core {
             "sandbox": new.sandbox,
         })
         .to_string();
-        let creds = new.credentials.to_sealable_json();
+        let creds = new.credentials.to_sealable_json().map_err(AppError::internal)?;
         let hash = self.fingerprint(&[canonical.as_bytes(), creds.expose().as_bytes()]);
         if let Some(resource) = self.replay(&caller.tenant, request_id, OP_CREATE, &hash).await? {
             return self.account_replayed(caller, &resource).await;
@@ -319,7 +319,8 @@ impl Core {
         Ok(format!("{}/webhooks/{}/{}/{}", self.webhook_base, record.provider, record.id.as_str(), secret.expose()))
     }
 
-    /// Parsed non-secret status.
+    /// Parsed non-secret status. One that does not parse reads as empty on purpose: it only
+    /// caches provider answers, which the next `CheckAccount` writes again.
     pub fn account_status(record: &AccountRecord) -> AccountStatus {
         serde_json::from_str(&record.status_json).unwrap_or_default()
     }

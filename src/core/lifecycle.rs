@@ -69,9 +69,9 @@ pub struct NewOnboardingRequest {
     pub onboarding_id: Option<OnboardingId>,
     /// Caller's reference, carried end to end.
     pub reference: String,
-    /// Idempotency key.
+    /// The caller's `request_id`: a retry with it returns the first call's onboarding.
     pub request_id: Option<String>,
-    /// Provider-specific input.
+    /// What to create, in the account's provider's terms (validated before anything is stored).
     pub payload: StartPayload,
 }
 
@@ -587,8 +587,10 @@ impl Core {
             return Err(AppError::precondition(format!("onboardings/{id} is not waiting for a verification code")));
         };
         let now = now_ms();
-        let mut data: serde_json::Map<String, serde_json::Value> =
-            serde_json::from_str(&step.data_json).unwrap_or_default();
+        // The step's durable data (what reconciliation needs) is kept: a row that does not
+        // parse is an error, not a reason to replace it with just the code.
+        let mut data: serde_json::Map<String, serde_json::Value> = serde_json::from_str(&step.data_json)
+            .map_err(|e| AppError::internal(format!("onboardings/{id} step {STEP_VERIFY_NUMBER} data: {e}")))?;
         data.insert("code".into(), code.into());
         step.data_json = serde_json::Value::Object(data).to_string();
         step.next_run_ms = Some(now);

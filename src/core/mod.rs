@@ -34,7 +34,7 @@ pub use settings::CoreSettings;
 /// shares the same engine wake-up, handoff and intake).
 #[derive(Clone)]
 pub struct Core {
-    /// Persistence.
+    /// The store every use case reads and writes (tenants, accounts, onboardings, work).
     store: Arc<dyn Store>,
     /// Encryption at rest.
     cipher: Arc<Cipher>,
@@ -60,7 +60,7 @@ pub struct Core {
 
 /// What [`Core::new`] is built from.
 pub struct CoreParts {
-    /// Persistence.
+    /// The store every use case reads and writes (tenants, accounts, onboardings, work).
     pub store: Arc<dyn Store>,
     /// Encryption at rest.
     pub cipher: Cipher,
@@ -85,7 +85,7 @@ impl std::fmt::Debug for Core {
 /// The caller, as established by the auth layer.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Caller {
-    /// The tenant.
+    /// The tenant its API key belongs to; every read and write is scoped by it.
     pub tenant: TenantId,
 }
 

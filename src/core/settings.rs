@@ -12,7 +12,7 @@ pub struct CoreSettings {
     pub server: ServerConfig,
     /// Provider calls: endpoint policy and the HTTP timeout the use cases plan around.
     pub providers: ProviderPolicy,
-    /// Server streams.
+    /// Limits of the watch streams (how many one tenant may hold open on this replica).
     pub streams: StreamLimits,
 }
 

@@ -58,8 +58,9 @@ impl Credentials {
         }
     }
 
-    /// Plaintext JSON, to be sealed immediately. The returned value is a secret.
-    pub fn to_sealable_json(&self) -> Secret {
+    /// Plaintext JSON, to be sealed immediately. The returned value is a secret. An error
+    /// rather than an empty string: sealing "" would store credentials that are gone.
+    pub fn to_sealable_json(&self) -> Result<Secret, String> {
         let plain = match self {
             Self::Gupshup { email, secret } => Plain::Gupshup { email: email.clone(), secret: secret.expose().into() },
             Self::Exotel { account_sid, api_key, api_token } => Plain::Exotel {
@@ -72,7 +73,7 @@ impl Credentials {
                 Plain::Digital99 { client_id: client_id.clone(), client_secret: client_secret.expose().into() }
             }
         };
-        Secret::new(serde_json::to_string(&plain).unwrap_or_default())
+        serde_json::to_string(&plain).map(Secret::new).map_err(|e| format!("credentials do not serialise: {e}"))
     }
 
     /// Parses what [`Credentials::to_sealable_json`] produced.
@@ -133,7 +134,7 @@ pub struct AccountOptions {
     /// portal (issue 17 point 15; Gupshup has no API that reports it).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub secret_expire_ms: Option<i64>,
-    /// Exotel cluster.
+    /// Exotel cluster, which picks the public API host; `None` means Singapore.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub exotel_region: Option<ExotelRegion>,
     /// Whapi project for new channels.
@@ -153,7 +154,7 @@ mod tests {
         let c =
             Credentials::Exotel { account_sid: "sid".into(), api_key: "key".into(), api_token: Secret::new("tok-123") };
         assert!(!format!("{c:?}").contains("tok-123"));
-        let back = Credentials::from_sealed_json(&c.to_sealable_json()).unwrap();
+        let back = Credentials::from_sealed_json(&c.to_sealable_json().unwrap()).unwrap();
         assert_eq!(back, c);
         assert_eq!(back.provider(), ProviderKind::Exotel);
         let err = Credentials::from_sealed_json(&Secret::new("{\"provider\":\"nope\",\"x\":\"tok-123\"}")).unwrap_err();

@@ -40,13 +40,13 @@ fn take<T>(old: &mut Option<T>, new: Option<T>) {
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(default)]
 pub struct RequestedSubscription {
-    /// Target URL.
+    /// Where Gupshup is to POST the events once the app is live.
     pub url: String,
-    /// Event types.
+    /// Gupshup mode names to subscribe to (`SENT`, `DELIVERED`, `ACCOUNT`...), as requested.
     pub events: Vec<String>,
-    /// Gupshup tag.
+    /// The subscription's tag, unique per app: how a repeated create finds the first one.
     pub tag: String,
-    /// Payload version.
+    /// Gupshup payload version (0 to 3) of the deliveries.
     pub version: i64,
     /// Delivery mode (an unknown stored name reads as unspecified).
     #[serde(deserialize_with = "lenient_webhook_mode")]
@@ -258,13 +258,13 @@ impl Digital99Details {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 #[serde(untagged)]
 pub enum OnboardingDetails {
-    /// Gupshup.
+    /// The details of a Gupshup (Partner API) onboarding.
     Gupshup(GupshupDetails),
-    /// Exotel.
+    /// The details of an Exotel (ISV hosted-link) onboarding.
     Exotel(ExotelDetails),
-    /// Whapi.Cloud.
+    /// The details of a Whapi.Cloud (channel) onboarding.
     Whapi(WhapiDetails),
-    /// 99digital.
+    /// The details of a 99digital onboarding.
     Digital99(Digital99Details),
 }
 

@@ -138,12 +138,12 @@ impl FromStr for EventKind {
 /// `Some(None)` read as "set to nothing" to some and "unchanged" to others.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum Patch<T> {
-    /// Unchanged.
+    /// Leave the stored value as it is (the default: a change touches only what it names).
     #[default]
     Keep,
     /// Set to this value.
     Set(T),
-    /// Emptied.
+    /// Store no value (SQL `NULL`), e.g. a deadline that no longer applies.
     Clear,
 }
 

@@ -15,7 +15,7 @@ pub enum StepState {
     Running,
     /// Waiting on the provider or the customer; polled or woken by a callback.
     Waiting,
-    /// Done.
+    /// Finished with the result it was for; the next step may start.
     Succeeded,
     /// Failed for good (bounded retries exhausted or a permanent error).
     Failed,

@@ -13,7 +13,7 @@ pub enum ProviderError {
     /// Credentials were rejected (401/403 or the provider's equivalent).
     #[error("credentials rejected (provider code {raw})")]
     Unauthenticated {
-        /// Provider code.
+        /// The provider's own code (HTTP status or error code) as it sent it; empty when none.
         raw: String,
     },
     /// Rate limited; wait `retry_after` when given.
@@ -21,22 +21,22 @@ pub enum ProviderError {
     RateLimited {
         /// `Retry-After` or the provider's window.
         retry_after: Option<Duration>,
-        /// Provider code.
+        /// The provider's own code (HTTP status or error code) as it sent it; empty when none.
         raw: String,
     },
     /// Transient (5xx, timeout, connection) and the call is safe to repeat.
     #[error("provider unavailable: {message} (provider code {raw})")]
     Retryable {
-        /// Provider code.
+        /// The provider's own code (HTTP status or error code) as it sent it; empty when none.
         raw: String,
-        /// What failed.
+        /// What failed (status line, transport error), for logs and the step's last error.
         message: String,
     },
     /// A non-idempotent call whose effect is unknown (timeout after sending). Repeat only
     /// through an operation that reconciles first (the create step run again with the same key).
     #[error("outcome unknown (provider code {raw})")]
     UnknownOutcome {
-        /// Provider code.
+        /// The provider's own code (HTTP status or error code) as it sent it; empty when none.
         raw: String,
     },
     /// The provider refused the input; repeating will not help.
@@ -46,29 +46,29 @@ pub enum ProviderError {
         field: Option<String>,
         /// What is wrong.
         message: String,
-        /// Provider code.
+        /// The provider's own code (HTTP status or error code) as it sent it; empty when none.
         raw: String,
     },
     /// It exists already (name taken, number already onboarded elsewhere).
     #[error("conflict: {message} (provider code {raw})")]
     Conflict {
-        /// Provider code.
+        /// The provider's own code (HTTP status or error code) as it sent it; empty when none.
         raw: String,
-        /// What clashed.
+        /// What clashed (the taken name or number, and who holds it when known).
         message: String,
     },
     /// The provider has no such resource.
     #[error("not found at provider (provider code {raw})")]
     NotFound {
-        /// Provider code.
+        /// The provider's own code (HTTP status or error code) as it sent it; empty when none.
         raw: String,
     },
     /// The resource is not in a state that allows this (already finished, not connected).
     #[error("precondition failed: {message} (provider code {raw})")]
     Precondition {
-        /// Provider code.
+        /// The provider's own code (HTTP status or error code) as it sent it; empty when none.
         raw: String,
-        /// Why.
+        /// Which state forbids it, in words the caller can act on.
         message: String,
     },
     /// The provider (or our adapter) cannot do this at all.
@@ -82,7 +82,7 @@ pub enum ProviderError {
     /// `FAILED_PRECONDITION` with reason `REAUTH_REQUIRED`.
     #[error("credential expired: {message} (provider code {raw})")]
     CredentialExpired {
-        /// Provider code.
+        /// The provider's own code (HTTP status or error code) as it sent it; empty when none.
         raw: String,
         /// What expired, when, and where to get a new one.
         message: String,

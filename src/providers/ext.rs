@@ -30,7 +30,7 @@ pub use crate::domain::{ChannelMode, WebhookMode};
 /// A subscription as the caller specifies it.
 #[derive(Debug, Clone, PartialEq, Default, serde::Serialize, serde::Deserialize)]
 pub struct SubscriptionSpec {
-    /// Target URL.
+    /// Where the provider POSTs each event.
     pub url: String,
     /// Event types, provider naming (validated by the adapter).
     pub events: Vec<String>,
@@ -41,7 +41,7 @@ pub struct SubscriptionSpec {
     /// Headers sent with each delivery; values are secrets (often auth headers).
     #[serde(with = "crate::domain::secret::exposed_map")]
     pub headers: BTreeMap<String, Secret>,
-    /// Delivery mode.
+    /// How the event type is carried (Whapi); `Unspecified` for providers without modes.
     pub mode: WebhookMode,
     /// Whether deliveries are on.
     pub active: bool,
@@ -141,18 +141,18 @@ pub struct MintedLink {
 /// Live status of a hosted-link token.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum LinkTokenState {
-    /// Usable.
+    /// Minted and not yet used: the customer can still open it (Exotel `VALID`).
     Valid,
-    /// Consumed.
+    /// A customer completed the flow with it (Exotel `USED`); it cannot be used again.
     Used,
-    /// Lapsed.
+    /// Its validity ran out unused (Exotel `EXPIRED`).
     Expired,
 }
 
 /// A token validation result.
 #[derive(Debug, Clone, PartialEq)]
 pub struct LinkTokenStatus {
-    /// Canonical.
+    /// The provider's status word mapped to our closed set; drives the onboarding's state.
     pub state: LinkTokenState,
     /// As the provider spells it.
     pub raw: String,
@@ -175,23 +175,23 @@ pub trait HostedLinkOps: Send + Sync {
 /// A channel as the provider reports it.
 #[derive(Debug, Clone, PartialEq, Default)]
 pub struct ChannelInfo {
-    /// Provider id.
+    /// The provider's channel id (the onboarding's external key).
     pub id: String,
     /// Name in the panel.
     pub display_name: String,
-    /// Mode.
+    /// Billing mode; `None` when the answer has none or one we do not know.
     pub mode: Option<ChannelMode>,
     /// Health status text (`INIT`, `QR`, `AUTH`, `ERROR`...), raw.
     pub health: String,
-    /// Connected phone.
+    /// The phone linked to the channel; `None` until a customer connects.
     pub phone: Option<E164>,
     /// End of the paid / trial period.
     pub active_till_ms: Option<UnixMs>,
-    /// Whether stopped.
+    /// Whether the channel no longer serves (stopped at the provider, or deleted on our side).
     pub stopped: bool,
     /// The channel's Gate API URL.
     pub api_url: String,
-    /// Created.
+    /// When the provider created the channel; `None` when its answer carries no timestamp.
     pub created_ms: Option<UnixMs>,
 }
 
@@ -200,7 +200,7 @@ pub struct ChannelInfo {
 pub enum ConnectMethod {
     /// A QR code of about this many pixels (0: provider default).
     Qr {
-        /// Size.
+        /// Edge length in pixels of the requested image; 0 lets the provider choose.
         size: u32,
     },
     /// A pairing code for this phone.
@@ -215,14 +215,14 @@ pub enum ConnectMethod {
 pub enum ConnectCode {
     /// QR: PNG bytes and the raw string.
     Qr {
-        /// Image.
+        /// The QR code as a PNG image, ready to show to the customer.
         png: Vec<u8>,
         /// Raw QR payload.
         raw: String,
     },
     /// Pairing code for the phone.
     PairingCode {
-        /// Code.
+        /// The code the customer types into WhatsApp (Linked devices, link with phone number).
         code: String,
         /// For which phone.
         phone: E164,

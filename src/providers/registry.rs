@@ -61,7 +61,7 @@ impl ProviderRegistry {
             .factories
             .get(&kind)
             .ok_or_else(|| AppError::unimplemented(format!("the {} adapter is not built yet", kind.display_name())))?;
-        let version = fingerprint(ctx);
+        let version = fingerprint(ctx)?;
         if let Some((v, p)) = self.lock().get(&ctx.account_id)
             && *v == version
         {
@@ -92,15 +92,18 @@ impl ProviderRegistry {
     }
 }
 
-/// A one-way digest of what an adapter instance is built from; never logged in clear.
-fn fingerprint(ctx: &CallContext) -> String {
+/// A one-way digest of what an adapter instance is built from; never logged in clear. A part
+/// that does not serialise is an error: hashing it as empty would miss a change and keep an
+/// adapter built from the old credentials or options.
+fn fingerprint(ctx: &CallContext) -> Result<String, AppError> {
     let mut h = Sha256::new();
-    h.update(ctx.credentials.to_sealable_json().expose().as_bytes());
+    h.update(ctx.credentials.to_sealable_json().map_err(AppError::internal)?.expose().as_bytes());
     h.update([0]);
-    h.update(serde_json::to_vec(&ctx.options).unwrap_or_default());
+    let options = serde_json::to_vec(&ctx.options).map_err(|e| AppError::internal(format!("account options: {e}")))?;
+    h.update(options);
     h.update([0]);
     h.update(ctx.base_url.as_bytes());
-    hex::encode(h.finalize())
+    Ok(hex::encode(h.finalize()))
 }
 
 #[cfg(test)]

@@ -31,7 +31,7 @@ pub struct CallContext {
 /// header secrets) and hands it to every step.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct StartRequest {
-    /// Our onboarding.
+    /// Which onboarding the start is for; every retry of the start carries the same one.
     pub onboarding_id: OnboardingId,
     /// Stable across retries of this onboarding's start. Adapters embed or index it so a
     /// repeated start finds the resource made by an earlier attempt instead of making another.
@@ -112,17 +112,17 @@ pub enum VerifyMethod {
 /// 99digital link input. Number registration, when needed, is an earlier pipeline step.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Digital99Start {
-    /// Business number.
+    /// The business's WhatsApp number; registering it, when needed, is an earlier step.
     pub phone: E164,
     /// Business name.
     pub business_name: String,
     /// WhatsApp display name.
     pub display_name: String,
-    /// Business email.
+    /// Contact email of the business (99digital `business_email`; sent empty when absent).
     pub business_email: Option<String>,
     /// Company registration id.
     pub business_id: Option<String>,
-    /// Business address.
+    /// Postal address of the business (99digital `business_address`; sent empty when absent).
     pub business_address: Option<String>,
     /// Coexistence with the WhatsApp Business app.
     pub coexistence: bool,

@@ -60,12 +60,21 @@ impl SimClock {
 #[serde(tag = "kind", rename_all = "snake_case")]
 pub enum Fault {
     /// Answer with this HTTP status and the provider's generic error body for it.
-    Status { status: u16 },
+    Status {
+        /// The HTTP status code to answer with (e.g. 500, 503).
+        status: u16,
+    },
     /// Answer 429 with the provider's rate-limit body, optionally with `Retry-After` seconds.
-    TooManyRequests { retry_after_secs: Option<u64> },
+    TooManyRequests {
+        /// Seconds to put in `Retry-After`; `None` sends no such header.
+        retry_after_secs: Option<u64>,
+    },
     /// Never answer before the client gives up. With `after_effect`, the handler runs first
     /// (the create happened) and only the response is lost: the case that needs reconciling.
-    Timeout { after_effect: bool },
+    Timeout {
+        /// Whether the handler's effect (e.g. the create) happens before the response is lost.
+        after_effect: bool,
+    },
     /// HTTP 200 with the provider's error body (providers that do this).
     OkWithErrorBody,
 }

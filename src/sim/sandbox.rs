@@ -44,13 +44,13 @@ pub struct SandboxEndpoints {
 
 /// The running simulators; dropping this stops them.
 pub struct Sandbox {
-    /// Gupshup.
+    /// The Gupshup Partner API simulator (tests script its faults and read its counters here).
     pub gupshup: GupshupSim,
-    /// Exotel.
+    /// The Exotel ISV API simulator.
     pub exotel: ExotelSim,
-    /// Whapi.
+    /// The Whapi.Cloud simulator (manager API and per-channel Gate API).
     pub whapi: WhapiSim,
-    /// 99digital.
+    /// The 99digital partners API simulator.
     pub digital99: Digital99Sim,
     servers: (Running, ExotelSimServers, WhapiSimServers, Running),
 }

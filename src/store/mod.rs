@@ -121,7 +121,7 @@ impl From<sqlx::Error> for StoreError {
     }
 }
 
-/// Result alias.
+/// What every store method returns: a [`StoreError`] is a closed set the core maps to codes.
 pub type StoreResult<T> = Result<T, StoreError>;
 
 /// Which backend a store runs on.

@@ -23,26 +23,26 @@ impl std::fmt::Debug for Sealed {
 /// A tenant: one calling service.
 #[derive(Debug, Clone, PartialEq)]
 pub struct TenantRecord {
-    /// Id.
+    /// The tenant's resource id (`tenants/{id}`), chosen when the tenant is created.
     pub id: TenantId,
     /// Unique human name.
     pub name: String,
-    /// Created at.
+    /// When the row was created, Unix milliseconds.
     pub created_ms: UnixMs,
 }
 
 /// An API key: only its SHA-256 hash is stored.
 #[derive(Debug, Clone, PartialEq)]
 pub struct ApiKeyRecord {
-    /// Public id.
+    /// The key's id, shown in listings and logs in place of the key itself.
     pub id: ApiKeyId,
-    /// Owner.
+    /// The tenant the key authenticates as.
     pub tenant_id: TenantId,
     /// SHA-256 of the full key.
     pub hash: Vec<u8>,
     /// The first characters of the key, to recognise it in listings.
     pub prefix: String,
-    /// Created at.
+    /// When the row was created, Unix milliseconds.
     pub created_ms: UnixMs,
     /// Revoked at, if revoked.
     pub revoked_ms: Option<UnixMs>,
@@ -53,11 +53,11 @@ pub struct ApiKeyRecord {
 pub struct AccountRecord {
     /// Id, unique per tenant... and globally (webhook URLs name it).
     pub id: AccountId,
-    /// Owner.
+    /// The tenant that owns the account; every read is scoped by it.
     pub tenant_id: TenantId,
-    /// Which provider.
+    /// Which provider's API the account talks to; fixed once created.
     pub provider: ProviderKind,
-    /// Human name.
+    /// The caller's name for the account, shown in listings (not unique).
     pub display_name: String,
     /// Provider options (region, project, endpoint override), JSON.
     pub options_json: String,
@@ -69,16 +69,16 @@ pub struct AccountRecord {
     pub sandbox: bool,
     /// Last `CheckAccount` / token status and similar provider-side facts, JSON.
     pub status_json: String,
-    /// Created at.
+    /// When the row was created, Unix milliseconds.
     pub created_ms: UnixMs,
-    /// Updated at.
+    /// When the row was last written, Unix milliseconds.
     pub updated_ms: UnixMs,
 }
 
 /// The remembered outcome of a create with a `request_id`.
 #[derive(Debug, Clone, PartialEq)]
 pub struct IdempotencyRecord {
-    /// Owner.
+    /// The tenant the key belongs to: the same `request_id` of two tenants never collides.
     pub tenant_id: TenantId,
     /// The caller's `request_id`.
     pub key: String,
@@ -88,20 +88,20 @@ pub struct IdempotencyRecord {
     pub request_hash: Vec<u8>,
     /// The resource name(s) created, comma-separated.
     pub resource: String,
-    /// Created at.
+    /// When the row was created, Unix milliseconds.
     pub created_ms: UnixMs,
 }
 
 /// One onboarding row.
 #[derive(Debug, Clone, PartialEq)]
 pub struct OnboardingRecord {
-    /// Id.
+    /// The onboarding's resource id (a time-ordered `new_id`), assigned at create.
     pub id: OnboardingId,
-    /// Owner.
+    /// The tenant that created it; every read is scoped by it.
     pub tenant_id: TenantId,
-    /// Account used.
+    /// The account whose credentials every provider call of the onboarding uses.
     pub account_id: AccountId,
-    /// Provider.
+    /// The account's provider, copied here so lists filter and dispatch without a join.
     pub provider: ProviderKind,
     /// Observed canonical state.
     pub state: OnboardingState,
@@ -127,9 +127,9 @@ pub struct OnboardingRecord {
     pub state_deadline_ms: Option<UnixMs>,
     /// When the link / channel / trial expires, where the provider has one.
     pub expire_ms: Option<UnixMs>,
-    /// Created at.
+    /// When the row was created, Unix milliseconds.
     pub created_ms: UnixMs,
-    /// Updated at.
+    /// When the row was last written, Unix milliseconds.
     pub updated_ms: UnixMs,
 }
 
@@ -159,7 +159,7 @@ pub struct EventRecord {
     pub state: OnboardingState,
     /// State before the event.
     pub previous_state: OnboardingState,
-    /// Why.
+    /// Human-readable cause of the event (no secrets), shown to callers.
     pub reason: String,
     /// Raw provider status at the time.
     pub provider_status: String,
@@ -167,7 +167,7 @@ pub struct EventRecord {
     pub step: Option<String>,
     /// Extra attributes (never secrets), JSON object.
     pub data_json: String,
-    /// When.
+    /// When the store appended the event, Unix milliseconds.
     pub created_ms: UnixMs,
 }
 
@@ -176,7 +176,7 @@ pub struct EventRecord {
 pub struct NewEvent {
     /// What happened.
     pub kind: EventKind,
-    /// Why.
+    /// Human-readable cause of the event (no secrets), shown to callers.
     pub reason: String,
     /// The step concerned, if any.
     pub step: Option<String>,
@@ -219,7 +219,7 @@ pub struct StepRecord {
     pub name: String,
     /// Order within the pipeline, from 0.
     pub position: i32,
-    /// State.
+    /// Where the step is in its lifecycle (pending, running, succeeded, failed...).
     pub state: StepState,
     /// Attempts made.
     pub attempts: i32,
@@ -229,7 +229,7 @@ pub struct StepRecord {
     pub next_run_ms: Option<UnixMs>,
     /// Worker holding the lease.
     pub lease_owner: Option<String>,
-    /// Lease expiry.
+    /// When the lease lapses and another worker may take the step over; `None` when unleased.
     pub lease_until_ms: Option<UnixMs>,
     /// Last error message (no secrets).
     pub last_error: Option<String>,
@@ -241,13 +241,13 @@ pub struct StepRecord {
     pub data_json: String,
     /// When it must have finished (watchdog), if bounded.
     pub deadline_ms: Option<UnixMs>,
-    /// First started.
+    /// When the first attempt started; `None` until it runs.
     pub started_ms: Option<UnixMs>,
-    /// Finished.
+    /// When it reached a final state; `None` while it can still run.
     pub finished_ms: Option<UnixMs>,
-    /// Created.
+    /// When the step row was first written (with its onboarding's pipeline), Unix milliseconds.
     pub created_ms: UnixMs,
-    /// Updated.
+    /// Last write to the row (attempt, lease, result), Unix milliseconds.
     pub updated_ms: UnixMs,
 }
 
@@ -256,7 +256,7 @@ pub struct StepRecord {
 pub struct NewOnboarding {
     /// The row (sequence is set to 1 by the store).
     pub onboarding: OnboardingRecord,
-    /// Its steps.
+    /// Its pipeline steps (from `initial_steps`), written in the same transaction.
     pub steps: Vec<StepRecord>,
     /// The first event (`created`).
     pub event: NewEvent,
@@ -268,7 +268,8 @@ pub struct NewOnboarding {
 /// update syntax: every field but the id, the event and the time is "unchanged" by default.
 #[derive(Debug, Clone)]
 pub struct OnboardingChange {
-    /// Which onboarding.
+    /// The onboarding to change, always set by [`OnboardingChange::new`]; the store refuses a
+    /// change without one (and the whole batch it is in).
     pub onboarding_id: Option<OnboardingId>,
     /// If set, the change applies only if the stored sequence still equals this.
     pub expect_sequence: Option<i64>,
@@ -276,7 +277,7 @@ pub struct OnboardingChange {
     pub state: Option<OnboardingState>,
     /// New desired state.
     pub desired_state: Patch<OnboardingState>,
-    /// New reason.
+    /// New human-readable reason for the state (None = unchanged).
     pub state_reason: Option<String>,
     /// New raw provider status.
     pub provider_status: Option<String>,
@@ -288,7 +289,8 @@ pub struct OnboardingChange {
     pub external_key: Option<String>,
     /// New sealed secret.
     pub secret: Option<Sealed>,
-    /// New deadline.
+    /// New watchdog deadline of the current state: set when a state with a bound is entered,
+    /// cleared when the state has none.
     pub state_deadline_ms: Patch<UnixMs>,
     /// New expiry. A different expiry forgets the warnings already
     /// sent for the old one (unless `expiry_warned_secs` is set too).
@@ -403,9 +405,9 @@ impl WebhookStatus {
 /// An inbound provider callback as received.
 #[derive(Debug, Clone, PartialEq)]
 pub struct WebhookEventRecord {
-    /// Id.
+    /// Our id of the stored callback (a `new_id`), distinct from the provider's event id.
     pub id: String,
-    /// Provider.
+    /// The provider named in the webhook path, which decides how the body is parsed.
     pub provider: ProviderKind,
     /// Account whose URL it came to.
     pub account_id: AccountId,
@@ -419,9 +421,9 @@ pub struct WebhookEventRecord {
     pub note: Option<String>,
     /// Lease holder while processing.
     pub lease_owner: Option<String>,
-    /// Lease expiry.
+    /// When the processing lease lapses and another worker may apply the event.
     pub lease_until_ms: Option<UnixMs>,
-    /// Received at.
+    /// When the ingress stored it (before answering 2xx), Unix milliseconds.
     pub received_ms: UnixMs,
 }
 
@@ -452,21 +454,21 @@ pub struct ResourceBinding {
     pub resource: String,
     /// The onboarding holding it.
     pub onboarding_id: OnboardingId,
-    /// Bound at.
+    /// When the binding was written, Unix milliseconds.
     pub created_ms: UnixMs,
 }
 
 /// A create call an onboarding's step is about to send, recorded before the call.
 #[derive(Debug, Clone, PartialEq)]
 pub struct CreateIntent {
-    /// The onboarding.
+    /// The onboarding whose step sends the create.
     pub onboarding_id: OnboardingId,
-    /// Its step.
+    /// The step that sends it (its pipeline key).
     pub step: String,
     /// The provider identity the call runs under (a keyed fingerprint).
     pub scope: String,
     /// What the call creates for (a Gupshup phone number).
     pub subject: String,
-    /// At.
+    /// When the intent was recorded, just before the call, Unix milliseconds.
     pub at_ms: UnixMs,
 }

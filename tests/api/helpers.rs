@@ -10,7 +10,7 @@ use wa_onboard::domain::{AccountId, OnboardingId, OnboardingState, ProviderKind,
 use wa_onboard::grpc::pb;
 use wa_onboard::store::{NewEvent, NewOnboarding, OnboardingChange, OnboardingRecord, Sealed};
 
-pub struct TestApp {
+pub(crate) struct TestApp {
     pub running: Option<Running>,
     pub key: Secret,
     pub channel: Channel,
@@ -28,7 +28,7 @@ fn init_tracing() {
     });
 }
 
-pub fn test_settings(dir: &std::path::Path) -> Settings {
+pub(crate) fn test_settings(dir: &std::path::Path) -> Settings {
     let mut s = Settings::default();
     s.server.grpc_addr = "127.0.0.1:0".into();
     s.server.webhook_addr = "127.0.0.1:0".into();
@@ -42,16 +42,16 @@ pub fn test_settings(dir: &std::path::Path) -> Settings {
     s
 }
 
-pub async fn spawn_app() -> TestApp {
+pub(crate) async fn spawn_app() -> TestApp {
     spawn_with(|_| {}).await
 }
 
-pub async fn spawn_with(tweak: impl FnOnce(&mut Settings)) -> TestApp {
+pub(crate) async fn spawn_with(tweak: impl FnOnce(&mut Settings)) -> TestApp {
     spawn_with_providers(tweak, None).await
 }
 
 /// A server whose adapters are the given registry (fakes), or the built-in ones.
-pub async fn spawn_with_providers(
+pub(crate) async fn spawn_with_providers(
     tweak: impl FnOnce(&mut Settings),
     providers: Option<wa_onboard::providers::ProviderRegistry>,
 ) -> TestApp {
@@ -67,29 +67,29 @@ pub async fn spawn_with_providers(
 }
 
 impl TestApp {
-    pub fn running(&self) -> &Running {
+    pub(crate) fn running(&self) -> &Running {
         self.running.as_ref().expect("running")
     }
 
     /// A request carrying the dev tenant's key.
-    pub fn req<T>(&self, msg: T) -> tonic::Request<T> {
+    pub(crate) fn req<T>(&self, msg: T) -> tonic::Request<T> {
         with_key(msg, self.key.expose())
     }
 
-    pub fn accounts(&self) -> pb::account_service_client::AccountServiceClient<Channel> {
+    pub(crate) fn accounts(&self) -> pb::account_service_client::AccountServiceClient<Channel> {
         pb::account_service_client::AccountServiceClient::new(self.channel.clone())
     }
 
-    pub fn onboardings(&self) -> pb::onboarding_service_client::OnboardingServiceClient<Channel> {
+    pub(crate) fn onboardings(&self) -> pb::onboarding_service_client::OnboardingServiceClient<Channel> {
         pb::onboarding_service_client::OnboardingServiceClient::new(self.channel.clone())
     }
 
-    pub fn pipelines(&self) -> pb::pipeline_service_client::PipelineServiceClient<Channel> {
+    pub(crate) fn pipelines(&self) -> pb::pipeline_service_client::PipelineServiceClient<Channel> {
         pb::pipeline_service_client::PipelineServiceClient::new(self.channel.clone())
     }
 
     /// `GetPipeline` for `name` (`onboardings/{id}/pipeline`), as the dev tenant.
-    pub async fn pipeline(&self, name: &str) -> pb::Pipeline {
+    pub(crate) async fn pipeline(&self, name: &str) -> pb::Pipeline {
         self.pipelines()
             .get_pipeline(self.req(pb::GetPipelineRequest { name: name.into() }))
             .await
@@ -97,12 +97,16 @@ impl TestApp {
             .into_inner()
     }
 
-    pub fn providers(&self) -> pb::provider_service_client::ProviderServiceClient<Channel> {
+    pub(crate) fn providers(&self) -> pb::provider_service_client::ProviderServiceClient<Channel> {
         pb::provider_service_client::ProviderServiceClient::new(self.channel.clone())
     }
 
     /// Opens `WatchOnboarding` on `id` after `after_sequence`, as the dev tenant.
-    pub async fn watch(&self, id: &OnboardingId, after_sequence: i64) -> tonic::Streaming<pb::WatchOnboardingResponse> {
+    pub(crate) async fn watch(
+        &self,
+        id: &OnboardingId,
+        after_sequence: i64,
+    ) -> tonic::Streaming<pb::WatchOnboardingResponse> {
         self.onboardings()
             .watch_onboarding(
                 self.req(pb::WatchOnboardingRequest { name: format!("onboardings/{id}"), after_sequence }),
@@ -114,19 +118,19 @@ impl TestApp {
 
     /// The store key of the dev tenant's onboarding `name` (`onboardings/{id}`), for tests
     /// that read the store directly.
-    pub async fn onboarding_key(&self, name: &str) -> OnboardingId {
+    pub(crate) async fn onboarding_key(&self, name: &str) -> OnboardingId {
         let tenant = self.running().store.tenant_by_name("dev").await.unwrap().unwrap();
         OnboardingId::scoped(&tenant.id, name.trim_start_matches("onboardings/")).expect("onboarding id")
     }
 
     /// The store key of the dev tenant's account `id`.
-    pub async fn account_key(&self, id: &str) -> AccountId {
+    pub(crate) async fn account_key(&self, id: &str) -> AccountId {
         let tenant = self.running().store.tenant_by_name("dev").await.unwrap().unwrap();
         AccountId::scoped(&tenant.id, id).expect("account id")
     }
 
     /// A second tenant and its key.
-    pub async fn other_tenant(&self, name: &str) -> Secret {
+    pub(crate) async fn other_tenant(&self, name: &str) -> Secret {
         let (_, key) =
             wa_onboard::core::tenants::create_tenant(self.running().store.as_ref(), name).await.expect("tenant");
         key.key
@@ -134,7 +138,7 @@ impl TestApp {
 
     /// Inserts an onboarding straight into the store (provider adapters come later) for the
     /// dev tenant, on `account`.
-    pub async fn insert_onboarding(&self, account: &str, reference: &str) -> OnboardingId {
+    pub(crate) async fn insert_onboarding(&self, account: &str, reference: &str) -> OnboardingId {
         let store = &self.running().store;
         let tenant = store.tenant_by_name("dev").await.unwrap().unwrap();
         let id = OnboardingId::fresh(&tenant.id);
@@ -172,12 +176,12 @@ impl TestApp {
     }
 
     /// Appends a state change event.
-    pub async fn change_state(&self, id: &OnboardingId, state: OnboardingState, status: &str) -> i64 {
+    pub(crate) async fn change_state(&self, id: &OnboardingId, state: OnboardingState, status: &str) -> i64 {
         self.write_state(id, state, Some(status), None).await
     }
 
     /// [`Self::change_state`] that also sets the provider-side key its callbacks carry.
-    pub async fn link(&self, id: &OnboardingId, state: OnboardingState, external_key: &str) -> i64 {
+    pub(crate) async fn link(&self, id: &OnboardingId, state: OnboardingState, external_key: &str) -> i64 {
         self.write_state(id, state, None, Some(external_key)).await
     }
 
@@ -207,21 +211,21 @@ impl TestApp {
         e.sequence
     }
 
-    pub async fn shutdown(&mut self) {
+    pub(crate) async fn shutdown(&mut self) {
         if let Some(r) = self.running.take() {
             r.shutdown().await;
         }
     }
 }
 
-pub fn with_key<T>(msg: T, key: &str) -> tonic::Request<T> {
+pub(crate) fn with_key<T>(msg: T, key: &str) -> tonic::Request<T> {
     let mut r = tonic::Request::new(msg);
     let v: MetadataValue<_> = format!("Bearer {key}").parse().expect("metadata");
     r.metadata_mut().insert("authorization", v);
     r
 }
 
-pub fn gupshup_account(id: &str, secret: &str) -> pb::CreateAccountRequest {
+pub(crate) fn gupshup_account(id: &str, secret: &str) -> pb::CreateAccountRequest {
     pb::CreateAccountRequest {
         account: Some(pb::Account {
             provider: pb::Provider::Gupshup as i32,
@@ -240,7 +244,7 @@ pub fn gupshup_account(id: &str, secret: &str) -> pb::CreateAccountRequest {
 }
 
 /// Field paths of a status's BadRequest violations.
-pub fn violations(status: &tonic::Status) -> Vec<String> {
+pub(crate) fn violations(status: &tonic::Status) -> Vec<String> {
     use tonic_types::StatusExt;
     status
         .get_details_bad_request()
@@ -250,7 +254,7 @@ pub fn violations(status: &tonic::Status) -> Vec<String> {
 
 /// A fresh PostgreSQL schema for one test (`None` when the suite runs with
 /// `WA_ONBOARD_TEST_DATABASE_URL=skip`); unreachable PostgreSQL fails the test.
-pub async fn pg_schema() -> Option<String> {
+pub(crate) async fn pg_schema() -> Option<String> {
     let base = std::env::var("WA_ONBOARD_TEST_DATABASE_URL")
         .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".into());
     if base == "skip" {
@@ -265,13 +269,13 @@ pub async fn pg_schema() -> Option<String> {
 }
 
 /// Drops a schema made by [`pg_schema`].
-pub async fn drop_pg(url: &str) {
+pub(crate) async fn drop_pg(url: &str) {
     wa_onboard::store::postgres::drop_schema(url).await.ok();
 }
 
 /// A TCP proxy to `target` the test can cut: while cut, it refuses new connections and drops
 /// the open ones, as a network partition between the service and PostgreSQL would.
-pub async fn cuttable_proxy(target: String) -> (String, std::sync::Arc<std::sync::atomic::AtomicBool>) {
+pub(crate) async fn cuttable_proxy(target: String) -> (String, std::sync::Arc<std::sync::atomic::AtomicBool>) {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
     let addr = listener.local_addr().expect("addr").to_string();
     let cut = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
@@ -296,7 +300,7 @@ pub async fn cuttable_proxy(target: String) -> (String, std::sync::Arc<std::sync
 }
 
 /// The whole event log of `name` (`onboardings/{id}`), every page.
-pub async fn all_events(app: &TestApp, name: &str) -> Vec<pb::OnboardingEvent> {
+pub(crate) async fn all_events(app: &TestApp, name: &str) -> Vec<pb::OnboardingEvent> {
     let mut all = Vec::new();
     let mut page_token = String::new();
     loop {

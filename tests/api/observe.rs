@@ -494,7 +494,7 @@ mod collector {
 
     /// An in-process OTLP/gRPC collector that keeps every span it receives.
     #[derive(Clone, Default)]
-    pub struct Collector {
+    pub(crate) struct Collector {
         pub spans: Arc<Mutex<Vec<Span>>>,
     }
 
@@ -515,7 +515,7 @@ mod collector {
     }
 
     /// Starts it on a free port; returns its address.
-    pub async fn start(c: Collector) -> std::net::SocketAddr {
+    pub(super) async fn start(c: Collector) -> std::net::SocketAddr {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         tokio::spawn(

@@ -12,15 +12,15 @@ use std::sync::{Arc, Mutex, mpsc};
 use std::time::{Duration, Instant};
 
 /// How long a child may take to print an awaited line, or to exit after SIGTERM.
-pub const PATIENCE: Duration = Duration::from_secs(60);
+pub(crate) const PATIENCE: Duration = Duration::from_secs(60);
 
 /// `serve` on ports the kernel picks; the listening line tells which.
-pub const SERVE_ANY_PORT: [&str; 7] =
+pub(crate) const SERVE_ANY_PORT: [&str; 7] =
     ["serve", "--grpc-addr", "127.0.0.1:0", "--webhook-addr", "127.0.0.1:0", "--metrics-addr", "127.0.0.1:0"];
 
 /// The binary under test. It inherits none of the test process's `WA_ONBOARD*`, `RUST_LOG` or
 /// `OTEL_*` variables, so a child sees exactly the settings its test gives it.
-pub fn bin() -> Command {
+pub(crate) fn bin() -> Command {
     let mut c = Command::new(env!("CARGO_BIN_EXE_wa-onboard"));
     for (k, _) in std::env::vars() {
         if k.starts_with("WA_ONBOARD") || k == "RUST_LOG" || k.starts_with("OTEL_") {
@@ -33,14 +33,14 @@ pub fn bin() -> Command {
 /// Where `serve` listens, from its line
 /// `wa-onboard listening: gRPC 127.0.0.1:P  webhooks 127.0.0.1:Q  metrics 127.0.0.1:R`.
 #[derive(Clone, Debug)]
-pub struct Listening {
+pub(crate) struct Listening {
     pub grpc: String,
     pub webhooks: String,
     pub metrics: String,
 }
 
 impl Listening {
-    pub fn parse(line: &str) -> Option<Listening> {
+    pub(crate) fn parse(line: &str) -> Option<Listening> {
         let words: Vec<&str> = line.strip_prefix("wa-onboard listening:")?.split_whitespace().collect();
         let after = |label: &str| {
             let i = words.iter().position(|w| *w == label)?;
@@ -52,7 +52,7 @@ impl Listening {
 
 /// The endpoints `wa-onboard sim` prints, one `<name> <url>` line each (`gupshup`,
 /// `exotel singapore`, `whapi manager`, `99digital`...), by name.
-pub fn sim_endpoints(lines: &[String]) -> BTreeMap<String, String> {
+pub(crate) fn sim_endpoints(lines: &[String]) -> BTreeMap<String, String> {
     let mut endpoints = BTreeMap::new();
     for l in lines {
         let words: Vec<&str> = l.split_whitespace().collect();
@@ -64,7 +64,7 @@ pub fn sim_endpoints(lines: &[String]) -> BTreeMap<String, String> {
 }
 
 /// A child process killed (SIGKILL) when dropped, so a failing test leaves nothing behind.
-pub struct Proc {
+pub(crate) struct Proc {
     pub name: String,
     pub child: Child,
     lines: mpsc::Receiver<String>,
@@ -76,7 +76,7 @@ pub struct Proc {
 
 impl Proc {
     /// Spawns `cmd` with stdout piped and stderr appended to `{dir}/{name}.log`.
-    pub fn spawn(name: &str, dir: &Path, cmd: &mut Command) -> Proc {
+    pub(crate) fn spawn(name: &str, dir: &Path, cmd: &mut Command) -> Proc {
         let log = dir.join(format!("{name}.log"));
         let stderr = File::options().create(true).append(true).open(&log).expect("log file");
         let mut child = cmd.stdout(Stdio::piped()).stderr(stderr).spawn().expect("spawn wa-onboard");
@@ -100,7 +100,7 @@ impl Proc {
 
     /// Stdout lines from the last call on, up to and including the first one that contains
     /// `marker`; panics (with the log's tail) after [`PATIENCE`].
-    pub fn wait_for(&mut self, marker: &str) -> Vec<String> {
+    pub(crate) fn wait_for(&mut self, marker: &str) -> Vec<String> {
         let deadline = Instant::now() + PATIENCE;
         let mut seen = Vec::new();
         loop {
@@ -118,31 +118,31 @@ impl Proc {
     }
 
     /// Waits for `serve`'s listening line and parses it.
-    pub fn listening(&mut self) -> Listening {
+    pub(crate) fn listening(&mut self) -> Listening {
         let lines = self.wait_for("wa-onboard listening:");
         let line = lines.last().map(String::as_str).unwrap_or_default();
         Listening::parse(line).unwrap_or_else(|| panic!("{}: unreadable listening line '{line}'", self.name))
     }
 
     /// Everything the child printed to stdout so far.
-    pub fn stdout(&self) -> String {
+    pub(crate) fn stdout(&self) -> String {
         self.stdout.lock().expect("lock").clone()
     }
 
     /// Everything the child wrote to stderr (its logs) so far.
-    pub fn logs(&self) -> String {
+    pub(crate) fn logs(&self) -> String {
         std::fs::read_to_string(&self.log).unwrap_or_default()
     }
 
     /// The last 40 lines of the logs, for failure messages.
-    pub fn log_tail(&self) -> String {
+    pub(crate) fn log_tail(&self) -> String {
         let text = self.logs();
         text.lines().rev().take(40).collect::<Vec<_>>().into_iter().rev().collect::<Vec<_>>().join("\n")
     }
 
     /// SIGTERM (graceful shutdown), then waits for the exit; panics after [`PATIENCE`]. After
     /// this, [`Proc::stdout`] holds all the child ever printed.
-    pub fn terminate(&mut self) -> ExitStatus {
+    pub(crate) fn terminate(&mut self) -> ExitStatus {
         let pid = self.child.id().to_string();
         assert!(Command::new("kill").args(["-TERM", &pid]).status().expect("kill").success());
         let deadline = Instant::now() + PATIENCE;
@@ -164,7 +164,7 @@ impl Proc {
     }
 
     /// SIGKILL (no shutdown hook runs) and reap.
-    pub fn kill(&mut self) {
+    pub(crate) fn kill(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }

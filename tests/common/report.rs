@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 
 /// Writes `target/reliability/{file}` with the figures this run measured, stamped with the
 /// time and the suite (`cargo test --test <suite>`) that wrote it.
-pub fn write_fragment(file: &str, markdown: &str) {
+pub(crate) fn write_fragment(file: &str, markdown: &str) {
     let dir =
         Path::new(env!("CARGO_TARGET_TMPDIR")).parent().map_or_else(|| PathBuf::from("target"), Path::to_path_buf);
     let dir = dir.join("reliability");
@@ -20,7 +20,7 @@ pub fn write_fragment(file: &str, markdown: &str) {
 }
 
 /// A two-column Markdown table.
-pub fn table(rows: &[(&str, String)]) -> String {
+pub(crate) fn table(rows: &[(&str, String)]) -> String {
     let mut t = String::from("| figure | value |\n|---|---|\n");
     for (k, v) in rows {
         t.push_str(&format!("| {k} | {v} |\n"));

@@ -11,21 +11,21 @@ use tonic::transport::Channel;
 use wa_onboard::grpc::pb;
 
 /// Upper bound of any single RPC in these tests: a hang fails the call, never the suite.
-pub const RPC_TIMEOUT: Duration = Duration::from_secs(20);
+const RPC_TIMEOUT: Duration = Duration::from_secs(20);
 
 /// One event as the tests compare them: sequence, type, state.
-pub type Ev = (i64, String, i32);
+type Ev = (i64, String, i32);
 
 /// A gRPC endpoint and the tenant key to call it with. The channel connects lazily and
 /// reconnects, so the same client keeps working across a server restart on the same port.
 #[derive(Clone)]
-pub struct Api {
+pub(crate) struct Api {
     pub channel: Channel,
     pub key: String,
 }
 
 impl Api {
-    pub fn lazy(addr: &str, key: &str) -> Api {
+    pub(crate) fn lazy(addr: &str, key: &str) -> Api {
         let channel = Channel::from_shared(format!("http://{addr}"))
             .expect("uri")
             .connect_timeout(Duration::from_secs(2))
@@ -33,31 +33,31 @@ impl Api {
         Api { channel, key: key.to_string() }
     }
 
-    pub fn req<T>(&self, msg: T) -> tonic::Request<T> {
+    pub(crate) fn req<T>(&self, msg: T) -> tonic::Request<T> {
         let mut r = tonic::Request::new(msg);
         r.metadata_mut().insert("authorization", format!("Bearer {}", self.key).parse().expect("header"));
         r.set_timeout(RPC_TIMEOUT);
         r
     }
 
-    pub fn onboardings(&self) -> pb::onboarding_service_client::OnboardingServiceClient<Channel> {
+    pub(crate) fn onboardings(&self) -> pb::onboarding_service_client::OnboardingServiceClient<Channel> {
         pb::onboarding_service_client::OnboardingServiceClient::new(self.channel.clone())
     }
 
-    pub fn pipelines(&self) -> pb::pipeline_service_client::PipelineServiceClient<Channel> {
+    pub(crate) fn pipelines(&self) -> pb::pipeline_service_client::PipelineServiceClient<Channel> {
         pb::pipeline_service_client::PipelineServiceClient::new(self.channel.clone())
     }
 
-    pub fn channels(&self) -> pb::channel_service_client::ChannelServiceClient<Channel> {
+    pub(crate) fn channels(&self) -> pb::channel_service_client::ChannelServiceClient<Channel> {
         pb::channel_service_client::ChannelServiceClient::new(self.channel.clone())
     }
 
-    pub fn accounts(&self) -> pb::account_service_client::AccountServiceClient<Channel> {
+    pub(crate) fn accounts(&self) -> pb::account_service_client::AccountServiceClient<Channel> {
         pb::account_service_client::AccountServiceClient::new(self.channel.clone())
     }
 
     /// Every onboarding of the tenant.
-    pub async fn list_all(&self) -> Result<Vec<pb::Onboarding>, tonic::Status> {
+    pub(crate) async fn list_all(&self) -> Result<Vec<pb::Onboarding>, tonic::Status> {
         let mut out = Vec::new();
         let mut page_token = String::new();
         loop {
@@ -77,7 +77,7 @@ impl Api {
     }
 
     /// The whole event log of one onboarding.
-    pub async fn events(&self, name: &str) -> Result<Vec<pb::OnboardingEvent>, tonic::Status> {
+    pub(crate) async fn events(&self, name: &str) -> Result<Vec<pb::OnboardingEvent>, tonic::Status> {
         let mut out = Vec::new();
         let mut page_token = String::new();
         loop {
@@ -97,7 +97,7 @@ impl Api {
     }
 
     /// Requests a QR for a Whapi onboarding's channel (the sandbox customer scans it).
-    pub async fn connect_code(&self, o: &pb::Onboarding) -> Result<(), tonic::Status> {
+    pub(crate) async fn connect_code(&self, o: &pb::Onboarding) -> Result<(), tonic::Status> {
         let Some(pb::onboarding::Details::Whapi(w)) = &o.details else { return Ok(()) };
         if w.channel.is_empty() {
             return Ok(());
@@ -112,7 +112,7 @@ impl Api {
 
     /// Submits the sandbox verification code of a 99digital onboarding that registers its
     /// number (the sandbox always sends `123456`).
-    pub async fn submit_code(&self, o: &pb::Onboarding) -> Result<(), tonic::Status> {
+    pub(crate) async fn submit_code(&self, o: &pb::Onboarding) -> Result<(), tonic::Status> {
         let mut client = self.onboardings();
         let call = client.submit_verification_code(
             self.req(pb::SubmitVerificationCodeRequest { name: o.name.clone(), code: "123456".into() }),
@@ -122,7 +122,7 @@ impl Api {
 
     /// Whether the onboarding waits for its customer, and this test must act as one: fetch a
     /// Whapi connect code, or type in a 99digital verification code.
-    pub fn needs_customer(o: &pb::Onboarding) -> bool {
+    pub(crate) fn needs_customer(o: &pb::Onboarding) -> bool {
         o.state == pb::OnboardingState::AwaitingCustomer as i32
             && match &o.details {
                 Some(pb::onboarding::Details::Whapi(w)) => !w.channel.is_empty(),
@@ -132,7 +132,7 @@ impl Api {
     }
 
     /// Acts as the customer of `o` (see [`Api::needs_customer`]).
-    pub async fn play_customer(&self, o: &pb::Onboarding) -> Result<(), tonic::Status> {
+    pub(crate) async fn play_customer(&self, o: &pb::Onboarding) -> Result<(), tonic::Status> {
         match &o.details {
             Some(pb::onboarding::Details::Whapi(_)) => self.connect_code(o).await,
             Some(pb::onboarding::Details::Digital99(_)) => self.submit_code(o).await,
@@ -141,7 +141,7 @@ impl Api {
     }
 
     /// Restarts a stalled pipeline.
-    pub async fn retry_pipeline(&self, name: &str, request_id: &str) -> Result<(), tonic::Status> {
+    pub(crate) async fn retry_pipeline(&self, name: &str, request_id: &str) -> Result<(), tonic::Status> {
         let mut client = self.pipelines();
         let call = client
             .retry_pipeline(self.req(pb::RetryPipelineRequest { name: name.into(), request_id: request_id.into() }));
@@ -150,7 +150,9 @@ impl Api {
 }
 
 /// Runs an RPC future under [`RPC_TIMEOUT`] (plus slack): a hang becomes `DEADLINE_EXCEEDED`.
-pub async fn bounded<T>(f: impl std::future::Future<Output = Result<T, tonic::Status>>) -> Result<T, tonic::Status> {
+pub(crate) async fn bounded<T>(
+    f: impl std::future::Future<Output = Result<T, tonic::Status>>,
+) -> Result<T, tonic::Status> {
     match tokio::time::timeout(RPC_TIMEOUT + Duration::from_secs(5), f).await {
         Ok(r) => r,
         Err(_) => Err(tonic::Status::deadline_exceeded("the test's RPC bound expired")),
@@ -158,14 +160,14 @@ pub async fn bounded<T>(f: impl std::future::Future<Output = Result<T, tonic::St
 }
 
 /// Codes a client retries (the same request again, with the same `request_id`).
-pub fn transient(s: &tonic::Status) -> bool {
+pub(crate) fn transient(s: &tonic::Status) -> bool {
     use tonic::Code::*;
     matches!(s.code(), Unavailable | ResourceExhausted | DeadlineExceeded | Aborted | Unknown | Cancelled | Internal)
 }
 
 /// A `WatchOnboarding` stream from sequence 0, resumed with `after_sequence` whenever it
 /// breaks (server restart, replica killed), collecting every event it delivers.
-pub struct Watcher {
+pub(crate) struct Watcher {
     pub name: String,
     pub seen: Arc<Mutex<Vec<Ev>>>,
     pub resumes: Arc<Mutex<u32>>,
@@ -173,13 +175,13 @@ pub struct Watcher {
 }
 
 impl Watcher {
-    pub fn start(api: &Api, name: &str) -> Watcher {
+    pub(crate) fn start(api: &Api, name: &str) -> Watcher {
         Self::start_on(std::slice::from_ref(api), name)
     }
 
     /// Watches through the first of `apis`, moving to the next one each time the stream
     /// breaks (a replica died: resume on another).
-    pub fn start_on(apis: &[Api], name: &str) -> Watcher {
+    pub(crate) fn start_on(apis: &[Api], name: &str) -> Watcher {
         let seen: Arc<Mutex<Vec<Ev>>> = Arc::default();
         let resumes: Arc<Mutex<u32>> = Arc::default();
         let (apis, n, s, r) = (apis.to_vec(), name.to_string(), seen.clone(), resumes.clone());
@@ -205,13 +207,13 @@ impl Watcher {
         Watcher { name: name.to_string(), seen, resumes, task }
     }
 
-    pub fn seen(&self) -> Vec<Ev> {
+    pub(crate) fn seen(&self) -> Vec<Ev> {
         self.seen.lock().expect("lock").clone()
     }
 
     /// Waits until the stream has delivered `log` (the event log read afterwards), then
     /// asserts it delivered exactly that: every sequence once, in order, none missing.
-    pub async fn assert_matches(&self, log: &[Ev], patience: Duration) {
+    pub(crate) async fn assert_matches(&self, log: &[Ev], patience: Duration) {
         let last = log.last().map_or(0, |e| e.0);
         let deadline = tokio::time::Instant::now() + patience;
         while self.seen().last().map_or(0, |e| e.0) < last && tokio::time::Instant::now() < deadline {
@@ -230,18 +232,18 @@ impl Drop for Watcher {
 }
 
 /// Sequences 1, 2, 3... with no gap and no repeat.
-pub fn assert_gap_free(log: &[Ev], what: &str) {
+pub(crate) fn assert_gap_free(log: &[Ev], what: &str) {
     let seqs: Vec<i64> = log.iter().map(|e| e.0).collect();
     let expected: Vec<i64> = (1..=seqs.len() as i64).collect();
     assert_eq!(seqs, expected, "{what}: sequences must be 1..n without gaps");
 }
 
-pub fn evs(log: &[pb::OnboardingEvent]) -> Vec<Ev> {
+pub(crate) fn evs(log: &[pb::OnboardingEvent]) -> Vec<Ev> {
     log.iter().map(|e| (e.sequence, e.r#type.clone(), e.state)).collect()
 }
 
 /// Polls `f` until it yields a value, for at most `patience`.
-pub async fn eventually<T, F, Fut>(what: &str, patience: Duration, mut f: F) -> T
+pub(crate) async fn eventually<T, F, Fut>(what: &str, patience: Duration, mut f: F) -> T
 where
     F: FnMut() -> Fut,
     Fut: std::future::Future<Output = Option<T>>,
@@ -258,17 +260,17 @@ where
 
 // ----- child processes -----
 
-pub use crate::child::{Proc, bin};
+pub(crate) use crate::child::{Proc, bin};
 
 /// A port free right now (bound, then released), for a server that must come back on the
 /// same address after a restart.
-pub fn free_port() -> u16 {
+pub(crate) fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0").expect("bind").local_addr().expect("addr").port()
 }
 
 /// The standalone simulators (`wa-onboard sim`): they outlive every server kill, so their
 /// counters see everything the servers ever sent.
-pub struct SimProc {
+pub(crate) struct SimProc {
     _proc: Proc,
     pub endpoints: BTreeMap<String, String>,
     http: reqwest::Client,
@@ -276,7 +278,7 @@ pub struct SimProc {
 
 impl SimProc {
     /// Starts the simulators with short stage delays (sandbox: they play the customers).
-    pub fn start(dir: &Path) -> SimProc {
+    pub(crate) fn start(dir: &Path) -> SimProc {
         let mut cmd = bin();
         cmd.env("WA_ONBOARD__SANDBOX__SIMS__GUPSHUP__STAGE_MS", "300")
             .env("WA_ONBOARD__SANDBOX__SIMS__GUPSHUP__TICKER_MS", "50")
@@ -296,23 +298,23 @@ impl SimProc {
         SimProc { _proc: proc, endpoints, http: reqwest::Client::new() }
     }
 
-    pub fn url(&self, which: &str) -> String {
+    pub(crate) fn url(&self, which: &str) -> String {
         self.endpoints[which].clone()
     }
 
-    pub async fn get(&self, which: &str, path: &str) -> serde_json::Value {
+    pub(crate) async fn get(&self, which: &str, path: &str) -> serde_json::Value {
         let r = self.http.get(format!("{}{path}", self.url(which))).send().await.expect("sim control call");
         assert!(r.status().is_success(), "{which}{path}: {}", r.status());
         r.json().await.expect("json")
     }
 
-    pub async fn counters(&self, which: &str) -> serde_json::Value {
+    pub(crate) async fn counters(&self, which: &str) -> serde_json::Value {
         self.get(which, "/_sim/counters").await
     }
 }
 
 /// The PostgreSQL base URL of the suite, `None` when it runs with `skip`.
-pub fn pg_base() -> Option<String> {
+pub(crate) fn pg_base() -> Option<String> {
     let base = std::env::var("WA_ONBOARD_TEST_DATABASE_URL")
         .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".into());
     if base == "skip" {
@@ -324,8 +326,8 @@ pub fn pg_base() -> Option<String> {
 
 // ----- report fragments -----
 
-pub use crate::report::{table, write_fragment};
+pub(crate) use crate::report::{table, write_fragment};
 
-pub fn secs(d: Duration) -> String {
+pub(crate) fn secs(d: Duration) -> String {
     format!("{:.1} s", d.as_secs_f64())
 }

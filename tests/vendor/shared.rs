@@ -18,11 +18,11 @@ use crate::helpers::{TestApp, spawn_with};
 
 /// Generous bound for the engine to get somewhere on a loaded 2-core box (a guard against
 /// hanging, not a timing assertion).
-pub const PATIENCE: Duration = Duration::from_secs(30);
+pub(crate) const PATIENCE: Duration = Duration::from_secs(30);
 
 /// One request as the strict server saw it.
 #[derive(Debug, Clone)]
-pub struct Req {
+pub(crate) struct Req {
     pub method: Method,
     /// Percent-decoded path segments (no empty ones).
     pub segs: Vec<String>,
@@ -34,25 +34,25 @@ pub struct Req {
 
 impl Req {
     /// `segs` as `&str`s, for matching.
-    pub fn path(&self) -> Vec<&str> {
+    pub(crate) fn path(&self) -> Vec<&str> {
         self.segs.iter().map(String::as_str).collect()
     }
 
-    pub fn header(&self, name: &str) -> Option<&str> {
+    pub(crate) fn header(&self, name: &str) -> Option<&str> {
         self.headers.get(name).and_then(|v| v.to_str().ok())
     }
 
     /// The bearer token of `Authorization`, if any.
-    pub fn bearer(&self) -> Option<&str> {
+    pub(crate) fn bearer(&self) -> Option<&str> {
         self.header("authorization").and_then(|a| a.strip_prefix("Bearer "))
     }
 
-    pub fn q(&self, name: &str) -> Option<&str> {
+    pub(crate) fn q(&self, name: &str) -> Option<&str> {
         self.query.iter().find(|(k, _)| k == name).map(|(_, v)| v.as_str())
     }
 
     /// Refuses any query parameter outside `allowed` (and any repeated one).
-    pub fn only_query(&self, allowed: &[&str]) -> Result<(), Reply> {
+    pub(crate) fn only_query(&self, allowed: &[&str]) -> Result<(), Reply> {
         for (i, (k, _)) in self.query.iter().enumerate() {
             if !allowed.contains(&k.as_str()) {
                 return Err(Reply::refuse(format!("undocumented query parameter `{k}`")));
@@ -65,7 +65,7 @@ impl Req {
     }
 
     /// Refuses a non-empty body (GET/DELETE bodies are empty on the vendor pages).
-    pub fn no_body(&self) -> Result<(), Reply> {
+    pub(crate) fn no_body(&self) -> Result<(), Reply> {
         if self.body.iter().all(u8::is_ascii_whitespace) {
             Ok(())
         } else {
@@ -74,7 +74,7 @@ impl Req {
     }
 
     /// The body as a JSON object whose keys are all in `allowed`, with every `required` one.
-    pub fn json_fields(&self, allowed: &[&str], required: &[&str]) -> Result<Map<String, Value>, Reply> {
+    pub(crate) fn json_fields(&self, allowed: &[&str], required: &[&str]) -> Result<Map<String, Value>, Reply> {
         let v: Value = serde_json::from_slice(&self.body).map_err(|_| Reply::refuse("the body is not JSON"))?;
         let Value::Object(m) = v else { return Err(Reply::refuse("the body is not a JSON object")) };
         check_keys(m.keys().map(String::as_str), allowed, required)?;
@@ -83,7 +83,7 @@ impl Req {
 
     /// The body as an `application/x-www-form-urlencoded` form whose keys are all in
     /// `allowed`, with every `required` one.
-    pub fn form_fields(&self, allowed: &[&str], required: &[&str]) -> Result<Vec<(String, String)>, Reply> {
+    pub(crate) fn form_fields(&self, allowed: &[&str], required: &[&str]) -> Result<Vec<(String, String)>, Reply> {
         let ct = self.header("content-type").unwrap_or_default();
         if !ct.starts_with("application/x-www-form-urlencoded") {
             return Err(Reply::refuse(format!("content type `{ct}` where the vendor documents a form")));
@@ -112,7 +112,7 @@ fn check_keys<'a>(
 /// A strict server's answer. `refused` marks a 400 given because the request went beyond
 /// the vendor pages (as opposed to a documented error the flow may meet).
 #[derive(Debug, Clone)]
-pub struct Reply {
+pub(crate) struct Reply {
     pub status: u16,
     pub content_type: &'static str,
     pub body: Vec<u8>,
@@ -120,20 +120,20 @@ pub struct Reply {
 }
 
 impl Reply {
-    pub fn json(status: u16, v: Value) -> Self {
+    pub(crate) fn json(status: u16, v: Value) -> Self {
         Self { status, content_type: "application/json", body: v.to_string().into_bytes(), refused: None }
     }
 
-    pub fn ok(v: Value) -> Self {
+    pub(crate) fn ok(v: Value) -> Self {
         Self::json(200, v)
     }
 
-    pub fn bytes(status: u16, content_type: &'static str, body: Vec<u8>) -> Self {
+    pub(crate) fn bytes(status: u16, content_type: &'static str, body: Vec<u8>) -> Self {
         Self { status, content_type, body, refused: None }
     }
 
     /// 400: the request is not one the vendor pages document.
-    pub fn refuse(why: impl Into<String>) -> Self {
+    pub(crate) fn refuse(why: impl Into<String>) -> Self {
         let why = why.into();
         Self {
             status: 400,
@@ -144,20 +144,20 @@ impl Reply {
     }
 
     /// [`Self::refuse`] with the vendor's error envelope as the body.
-    pub fn refuse_with(why: impl Into<String>, envelope: Value) -> Self {
+    pub(crate) fn refuse_with(why: impl Into<String>, envelope: Value) -> Self {
         Self { content_type: "application/json", body: envelope.to_string().into_bytes(), ..Self::refuse(why) }
     }
 }
 
 /// A vendor's strict rules.
-pub trait Vendor: Send + Sync + 'static {
+pub(crate) trait Vendor: Send + Sync + 'static {
     /// Answers one request: a documented route, or [`Reply::refuse`].
     fn handle(&self, req: &Req) -> Reply;
 }
 
 /// One call the server saw: `route` is "METHOD /raw/path" (query kept apart).
 #[derive(Debug, Clone)]
-pub struct Seen {
+pub(crate) struct Seen {
     pub method: String,
     pub path: String,
     pub query: String,
@@ -172,14 +172,14 @@ struct Inner {
 
 /// A running strict server.
 #[derive(Clone)]
-pub struct Strict {
+pub(crate) struct Strict {
     pub addr: std::net::SocketAddr,
     inner: Arc<Inner>,
 }
 
 impl Strict {
     /// Serves `vendor` on a fresh 127.0.0.1 port.
-    pub async fn serve(vendor: Arc<dyn Vendor>) -> Self {
+    pub(crate) async fn serve(vendor: Arc<dyn Vendor>) -> Self {
         let inner = Arc::new(Inner { vendor, log: Mutex::new(Vec::new()) });
         let app = axum::Router::new().fallback(handle).with_state(inner.clone());
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
@@ -190,21 +190,21 @@ impl Strict {
         Self { addr, inner }
     }
 
-    pub fn url(&self) -> String {
+    pub(crate) fn url(&self) -> String {
         format!("http://{}", self.addr)
     }
 
-    pub fn calls(&self) -> Vec<Seen> {
+    pub(crate) fn calls(&self) -> Vec<Seen> {
         self.inner.log.lock().expect("log").clone()
     }
 
     /// Calls whose method is `method` and whose path matches `pattern` (`*` = any one segment).
-    pub fn count(&self, method: &str, pattern: &str) -> usize {
+    pub(crate) fn count(&self, method: &str, pattern: &str) -> usize {
         self.calls().iter().filter(|c| c.method == method && path_matches(pattern, &c.path)).count()
     }
 
     /// Every call refused as undocumented, as "METHOD path?query: why".
-    pub fn refusals(&self) -> Vec<String> {
+    pub(crate) fn refusals(&self) -> Vec<String> {
         self.calls()
             .into_iter()
             .filter_map(|c| {
@@ -217,14 +217,14 @@ impl Strict {
     }
 
     /// Fails the test when the service sent anything the vendor pages do not document.
-    pub fn assert_documented_only(&self) {
+    pub(crate) fn assert_documented_only(&self) {
         let r = self.refusals();
         assert!(r.is_empty(), "the service sent undocumented requests:\n  {}", r.join("\n  "));
     }
 }
 
 /// `pattern` against `path`, segment by segment (`*` matches one segment).
-pub fn path_matches(pattern: &str, path: &str) -> bool {
+fn path_matches(pattern: &str, path: &str) -> bool {
     let p: Vec<&str> = pattern.split('/').filter(|s| !s.is_empty()).collect();
     let s: Vec<&str> = path.split('/').filter(|s| !s.is_empty()).collect();
     p.len() == s.len() && p.iter().zip(&s).all(|(a, b)| *a == "*" || a == b)
@@ -267,7 +267,7 @@ fn percent_decode(s: &str) -> String {
 // ----- the service under test -----
 
 /// The real service, no sandbox, custom endpoints allowed, a fast engine.
-pub async fn service() -> TestApp {
+pub(crate) async fn service() -> TestApp {
     spawn_with(|s| {
         s.sandbox.enabled = false;
         s.providers.allow_custom_endpoints = true;
@@ -281,7 +281,7 @@ pub async fn service() -> TestApp {
 }
 
 /// Creates `accounts/{id}` with `credentials`, `options` and `endpoint`.
-pub async fn account(
+pub(crate) async fn account(
     app: &TestApp,
     id: &str,
     provider: pb::Provider,
@@ -305,7 +305,7 @@ pub async fn account(
         .expect("create account");
 }
 
-pub async fn get(app: &TestApp, name: &str) -> pb::Onboarding {
+pub(crate) async fn get(app: &TestApp, name: &str) -> pb::Onboarding {
     app.onboardings()
         .get_onboarding(app.req(pb::GetOnboardingRequest { name: name.into() }))
         .await
@@ -313,13 +313,13 @@ pub async fn get(app: &TestApp, name: &str) -> pb::Onboarding {
         .into_inner()
 }
 
-pub fn state_of(o: &pb::Onboarding) -> pb::OnboardingState {
+pub(crate) fn state_of(o: &pb::Onboarding) -> pb::OnboardingState {
     pb::OnboardingState::try_from(o.state).unwrap_or(pb::OnboardingState::Unspecified)
 }
 
 /// Polls `GetOnboarding` until `pred` holds; panics with the last state (and the strict
 /// server's refusals, the usual cause) after [`PATIENCE`].
-pub async fn wait_until(
+pub(crate) async fn wait_until(
     app: &TestApp,
     server: &Strict,
     name: &str,
@@ -344,15 +344,20 @@ pub async fn wait_until(
     }
 }
 
-pub async fn wait_state(app: &TestApp, server: &Strict, name: &str, want: pb::OnboardingState) -> pb::Onboarding {
+pub(crate) async fn wait_state(
+    app: &TestApp,
+    server: &Strict,
+    name: &str,
+    want: pb::OnboardingState,
+) -> pb::Onboarding {
     wait_until(app, server, name, want.as_str_name(), |o| state_of(o) == want).await
 }
 
-pub fn tokens(app: &TestApp) -> pb::token_service_client::TokenServiceClient<tonic::transport::Channel> {
+pub(crate) fn tokens(app: &TestApp) -> pb::token_service_client::TokenServiceClient<tonic::transport::Channel> {
     pb::token_service_client::TokenServiceClient::new(app.channel.clone())
 }
 
-pub async fn check_account(app: &TestApp, account: &str) -> Result<pb::CheckAccountResponse, tonic::Status> {
+pub(crate) async fn check_account(app: &TestApp, account: &str) -> Result<pb::CheckAccountResponse, tonic::Status> {
     app.accounts()
         .check_account(app.req(pb::CheckAccountRequest { name: format!("accounts/{account}") }))
         .await

@@ -7,7 +7,7 @@ use crate::Opts;
 
 /// One target of the issue.
 #[derive(Debug, Clone)]
-pub struct Target {
+pub(crate) struct Target {
     /// What is measured.
     pub name: String,
     /// The goal.
@@ -21,7 +21,7 @@ pub struct Target {
 }
 
 /// The report being built.
-pub struct Report {
+pub(crate) struct Report {
     date: String,
     command: String,
     load_start: String,
@@ -35,7 +35,7 @@ pub struct Report {
 
 impl Report {
     /// A report for a run with `opts`, stamped now.
-    pub fn start(opts: &Opts) -> Self {
+    pub(crate) fn start(opts: &Opts) -> Self {
         let date = crate::util::command_line("date", &["-u", "+%Y-%m-%d %H:%M UTC"]);
         let mut command = opts.command.clone();
         let defaults = [
@@ -74,29 +74,29 @@ impl Report {
     }
 
     /// Adds a target line.
-    pub fn target(&mut self, t: Target) {
+    pub(crate) fn target(&mut self, t: Target) {
         self.targets.push(t);
     }
 
     /// Adds a section (Markdown, starting with its `##` title).
-    pub fn section(&mut self, s: String) {
+    pub(crate) fn section(&mut self, s: String) {
         eprintln!("{s}");
         self.sections.push(s);
     }
 
     /// Adds a note at the end.
-    pub fn note(&mut self, s: &str) {
+    pub(crate) fn note(&mut self, s: &str) {
         self.notes.push(s.to_string());
     }
 
     /// Stamps the end of the run.
-    pub fn finish(&mut self, took: Duration) {
+    pub(crate) fn finish(&mut self, took: Duration) {
         self.duration = took;
         self.load_end = crate::util::loadavg();
     }
 
     /// The Markdown text.
-    pub fn render(&self) -> String {
+    pub(crate) fn render(&self) -> String {
         let mut o = String::new();
         o.push_str("# Benchmarks\n\n");
         let _ = writeln!(

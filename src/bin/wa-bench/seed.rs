@@ -11,11 +11,11 @@ use wa_onboard::domain::{
 use wa_onboard::store::{NewEvent, NewOnboarding, OnboardingRecord, Sealed};
 
 /// The bench's Gupshup account (made by `suites::webhook_url`).
-pub const ACCOUNT: &str = "bench-gupshup";
+pub(crate) const ACCOUNT: &str = "bench-gupshup";
 
 /// One seeded onboarding.
 #[derive(Debug, Clone)]
-pub struct Seeded {
+pub(crate) struct Seeded {
     /// Its id.
     pub id: OnboardingId,
     /// Its Gupshup app id (the callback routing key).
@@ -23,7 +23,7 @@ pub struct Seeded {
 }
 
 /// Inserts `n` live onboardings for the `dev` tenant on [`ACCOUNT`].
-pub async fn seed(url: &str, n: usize) -> Result<Vec<Seeded>> {
+pub(crate) async fn seed(url: &str, n: usize) -> Result<Vec<Seeded>> {
     let store = wa_onboard::store::open(url).await.context("open the store to seed")?;
     let tenant = store.tenant_by_name("dev").await?.ok_or_else(|| anyhow!("no dev tenant (start the server first)"))?;
     let account = AccountId::scoped(&tenant.id, ACCOUNT).map_err(|e| anyhow!("{}", e.0))?;

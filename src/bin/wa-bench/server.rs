@@ -14,11 +14,11 @@ use tonic_health::pb::health_check_response::ServingStatus;
 use tonic_health::pb::health_client::HealthClient;
 
 /// The development tenant's key every bench server uses (never a real secret).
-pub const DEV_KEY: &str = "wao_bench0000000000000000000000000000000000000";
+pub(crate) const DEV_KEY: &str = "wao_bench0000000000000000000000000000000000000";
 
 /// How a server is configured.
 #[derive(Debug, Clone)]
-pub struct ServerConfig {
+pub(crate) struct ServerConfig {
     /// Data directory (SQLite file, generated encryption key, logs).
     pub data_dir: PathBuf,
     /// `database.url`; `None`: SQLite under the data directory.
@@ -35,7 +35,7 @@ pub struct ServerConfig {
 
 impl ServerConfig {
     /// The default configuration (sandbox on) in `data_dir`, heartbeats every `heartbeat` s.
-    pub fn new(data_dir: &Path, db_url: Option<String>) -> Self {
+    pub(crate) fn new(data_dir: &Path, db_url: Option<String>) -> Self {
         Self {
             data_dir: data_dir.to_path_buf(),
             db_url,
@@ -68,7 +68,7 @@ impl ServerConfig {
 }
 
 /// A running server process.
-pub struct Server {
+pub(crate) struct Server {
     child: Child,
     /// Process id.
     pub pid: u32,
@@ -81,7 +81,7 @@ pub struct Server {
 static STARTS: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
 
 /// Spawns `bin serve` with `cfg` (not waiting for anything).
-pub fn spawn(bin: &Path, cfg: &ServerConfig) -> Result<(Child, PathBuf)> {
+pub(crate) fn spawn(bin: &Path, cfg: &ServerConfig) -> Result<(Child, PathBuf)> {
     std::fs::create_dir_all(&cfg.data_dir).context("create the data dir")?;
     let n = STARTS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     let config = cfg.data_dir.join(format!("bench-{n}.toml"));
@@ -109,7 +109,7 @@ pub fn spawn(bin: &Path, cfg: &ServerConfig) -> Result<(Child, PathBuf)> {
 
 impl Server {
     /// Starts a server and waits until it reports SERVING.
-    pub async fn start(bin: &Path, cfg: &ServerConfig) -> Result<Self> {
+    pub(crate) async fn start(bin: &Path, cfg: &ServerConfig) -> Result<Self> {
         let (mut child, out) = spawn(bin, cfg)?;
         let pid = child.id().ok_or_else(|| anyhow!("server exited at once"))?;
         let deadline = Instant::now() + Duration::from_secs(120);
@@ -131,27 +131,27 @@ impl Server {
     }
 
     /// A gRPC channel (one HTTP/2 connection) to the server.
-    pub async fn channel(&self) -> Result<Channel> {
+    pub(crate) async fn channel(&self) -> Result<Channel> {
         channel(self.grpc).await
     }
 
     /// Resident set size, KiB.
-    pub fn rss_kib(&self) -> Result<u64> {
+    pub(crate) fn rss_kib(&self) -> Result<u64> {
         crate::util::rss_kib(self.pid)
     }
 
     /// CPU time used so far.
-    pub fn cpu(&self) -> Result<Duration> {
+    pub(crate) fn cpu(&self) -> Result<Duration> {
         crate::util::cpu_time(self.pid)
     }
 
     /// Sends SIGTERM (graceful shutdown) without waiting.
-    pub fn terminate(&self) -> Result<()> {
+    pub(crate) fn terminate(&self) -> Result<()> {
         crate::util::sigterm(self.pid)
     }
 
     /// SIGTERM, then waits for the exit (killing it after 15 s).
-    pub async fn stop(mut self) -> Result<()> {
+    pub(crate) async fn stop(mut self) -> Result<()> {
         if self.child.try_wait()?.is_none() {
             let _ = self.terminate();
             if tokio::time::timeout(Duration::from_secs(15), self.child.wait()).await.is_err() {
@@ -172,7 +172,7 @@ fn parse_listening(line: &str) -> Result<(SocketAddr, SocketAddr)> {
 }
 
 /// A channel with its own connection.
-pub async fn channel(addr: SocketAddr) -> Result<Channel> {
+pub(crate) async fn channel(addr: SocketAddr) -> Result<Channel> {
     Ok(Channel::from_shared(format!("http://{addr}"))?
         .connect_timeout(Duration::from_secs(10))
         .tcp_nodelay(true)
@@ -181,14 +181,14 @@ pub async fn channel(addr: SocketAddr) -> Result<Channel> {
 }
 
 /// Whether `Health/Check("")` answers SERVING right now.
-pub async fn serving(addr: SocketAddr) -> bool {
+async fn serving(addr: SocketAddr) -> bool {
     let Ok(ch) = channel(addr).await else { return false };
     let r = HealthClient::new(ch).check(HealthCheckRequest { service: String::new() }).await;
     matches!(r, Ok(r) if r.get_ref().status == ServingStatus::Serving as i32)
 }
 
 /// Polls health until SERVING or `deadline`.
-pub async fn wait_serving(addr: SocketAddr, deadline: Instant) -> Result<()> {
+pub(crate) async fn wait_serving(addr: SocketAddr, deadline: Instant) -> Result<()> {
     loop {
         if serving(addr).await {
             return Ok(());
@@ -201,7 +201,7 @@ pub async fn wait_serving(addr: SocketAddr, deadline: Instant) -> Result<()> {
 }
 
 /// A request carrying the bench tenant's key.
-pub fn authed<T>(msg: T) -> tonic::Request<T> {
+pub(crate) fn authed<T>(msg: T) -> tonic::Request<T> {
     let mut r = tonic::Request::new(msg);
     if let Ok(v) = format!("Bearer {DEV_KEY}").parse() {
         r.metadata_mut().insert("authorization", v);

@@ -20,11 +20,11 @@ use wa_onboard::grpc::pb::onboarding_service_client::OnboardingServiceClient;
 use wa_onboard::grpc::pb::watch_onboarding_response::Message as M;
 
 /// Attribute of a bench webhook event carrying its sequence number.
-pub const SEQ_ATTR: &str = "bench_seq";
+pub(crate) const SEQ_ATTR: &str = "bench_seq";
 const NONE: u64 = u64::MAX;
 
 /// What the streams saw.
-pub struct Recorder {
+pub(crate) struct Recorder {
     /// Time zero of every timestamp here.
     pub epoch: Instant,
     /// First arrival per bench sequence, ns after `epoch` (0: not yet).
@@ -47,7 +47,7 @@ pub struct Recorder {
 
 impl Recorder {
     /// A recorder for bench sequences `0..seqs`.
-    pub fn new(epoch: Instant, seqs: usize) -> Arc<Self> {
+    pub(crate) fn new(epoch: Instant, seqs: usize) -> Arc<Self> {
         Arc::new(Self {
             epoch,
             arrivals: (0..seqs).map(|_| AtomicU64::new(0)).collect(),
@@ -62,18 +62,18 @@ impl Recorder {
     }
 
     /// ns since `epoch`, at least 1.
-    pub fn now(&self) -> u64 {
+    pub(crate) fn now(&self) -> u64 {
         (self.epoch.elapsed().as_nanos() as u64).max(1)
     }
 
     /// Records every arrival of `seq` into [`Recorder::broadcast`].
-    pub fn expect_broadcast(&self, seq: u64) {
+    pub(crate) fn expect_broadcast(&self, seq: u64) {
         self.broadcast.lock().unwrap_or_else(|e| e.into_inner()).clear();
         self.broadcast_seq.store(seq, Ordering::SeqCst);
     }
 
     /// Broadcast arrivals so far.
-    pub fn broadcast_arrivals(&self) -> Vec<u64> {
+    pub(crate) fn broadcast_arrivals(&self) -> Vec<u64> {
         self.broadcast.lock().unwrap_or_else(|e| e.into_inner()).clone()
     }
 
@@ -109,7 +109,7 @@ impl Recorder {
     }
 
     /// Waits until `n` streams opened (error if any failed or it takes over `limit`).
-    pub async fn wait_opened(&self, n: usize, limit: Duration) -> Result<Duration> {
+    pub(crate) async fn wait_opened(&self, n: usize, limit: Duration) -> Result<Duration> {
         let t0 = Instant::now();
         loop {
             let (ok, bad) = (self.opened.load(Ordering::SeqCst), self.failed.load(Ordering::SeqCst));
@@ -128,14 +128,14 @@ impl Recorder {
 }
 
 /// Open streams; dropping or closing ends them.
-pub struct StreamSet {
+pub(crate) struct StreamSet {
     tasks: Vec<JoinHandle<()>>,
     _channels: Vec<Channel>,
 }
 
 impl StreamSet {
     /// Cancels every stream (RST_STREAM) and closes the connections.
-    pub fn close(self) {
+    pub(crate) fn close(self) {
         for t in &self.tasks {
             t.abort();
         }
@@ -159,7 +159,7 @@ async fn channels(addr: SocketAddr, n: usize) -> Result<Vec<Channel>> {
 }
 
 /// Opens one `WatchOnboarding` per entry of `targets` over `conns` connections.
-pub async fn open_onboarding(
+pub(crate) async fn open_onboarding(
     addr: SocketAddr,
     targets: &[OnboardingId],
     conns: usize,
@@ -204,7 +204,7 @@ pub async fn open_onboarding(
 }
 
 /// Opens `n` `Health/Watch("")` streams over `conns` connections.
-pub async fn open_health(addr: SocketAddr, n: usize, conns: usize, rec: &Arc<Recorder>) -> Result<StreamSet> {
+pub(crate) async fn open_health(addr: SocketAddr, n: usize, conns: usize, rec: &Arc<Recorder>) -> Result<StreamSet> {
     let chans = channels(addr, conns).await?;
     let gate = Arc::new(Semaphore::new(256));
     let mut tasks = Vec::with_capacity(n);

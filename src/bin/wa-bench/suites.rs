@@ -32,7 +32,7 @@ fn ms(ns: u64) -> f64 {
 /// Creates the bench's Gupshup account (idempotent: a later call, even on a fresh server
 /// over the same database, replays the creation) and returns its ingress URL, which carries
 /// the account's path secret and is only ever returned by `CreateAccount`.
-pub async fn webhook_url(s: &Server) -> Result<String> {
+pub(crate) async fn webhook_url(s: &Server) -> Result<String> {
     let mut c = AccountServiceClient::new(s.channel().await?);
     let a = c
         .create_account(authed(pb::CreateAccountRequest {
@@ -62,7 +62,7 @@ pub async fn webhook_url(s: &Server) -> Result<String> {
 // ----- 6. footprint -----
 
 /// Binary size, start to SERVING, idle RSS.
-pub async fn footprint(opts: &Opts, rep: &mut Report) -> Result<()> {
+pub(crate) async fn footprint(opts: &Opts, rep: &mut Report) -> Result<()> {
     let size = crate::util::file_size(&opts.server)?;
     let (mut start_ms, mut rss_on, mut rss_off, mut exec_ms) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
     for r in 0..opts.reps {
@@ -127,7 +127,7 @@ pub async fn footprint(opts: &Opts, rep: &mut Report) -> Result<()> {
 // ----- 1. unary -----
 
 /// GetOnboarding and ListOnboardings against Health/Check on the same server.
-pub async fn unary(opts: &Opts, rep: &mut Report, s: &Server, backend: &str, seeded: &[Seeded]) -> Result<()> {
+pub(crate) async fn unary(opts: &Opts, rep: &mut Report, s: &Server, backend: &str, seeded: &[Seeded]) -> Result<()> {
     let ch = s.channel().await?;
     let first = seeded.first().ok_or_else(|| anyhow!("nothing seeded"))?;
     let get_req = pb::GetOnboardingRequest { name: format!("onboardings/{}", first.id) };
@@ -426,7 +426,7 @@ async fn stream_rep(opts: &Opts, dir: &Path, seeded: &[Seeded], r: usize) -> Res
 }
 
 /// Idle stream cost, fan-out latency under webhook load, one-to-many broadcast.
-pub async fn streams(opts: &Opts, rep: &mut Report, dir: &Path, seeded: &[Seeded]) -> Result<()> {
+pub(crate) async fn streams(opts: &Opts, rep: &mut Report, dir: &Path, seeded: &[Seeded]) -> Result<()> {
     let mut reps = Vec::new();
     for r in 0..opts.reps {
         let t = Instant::now();
@@ -598,7 +598,7 @@ fn fmt_ratio(a: f64, b: f64) -> String {
 // ----- 4. webhook ingest -----
 
 /// Durable events per second with 10 % duplicates, against the ingress's own `/healthz`.
-pub async fn ingest(opts: &Opts, rep: &mut Report, s: &Server, backend: &str, seeded: &[Seeded]) -> Result<()> {
+pub(crate) async fn ingest(opts: &Opts, rep: &mut Report, s: &Server, backend: &str, seeded: &[Seeded]) -> Result<()> {
     let url = webhook_url(s).await?;
     let healthz = format!("http://{}/healthz", s.webhook);
     let apps: Arc<Vec<String>> = Arc::new(seeded.iter().map(|x| x.app_id.clone()).collect());
@@ -649,7 +649,7 @@ pub async fn ingest(opts: &Opts, rep: &mut Report, s: &Server, backend: &str, se
 // ----- 5. rate-limit utilisation -----
 
 /// A burst of Gupshup onboardings against a simulator whose link limit is 10 per second.
-pub async fn ratelimit(opts: &Opts, rep: &mut Report) -> Result<()> {
+pub(crate) async fn ratelimit(opts: &Opts, rep: &mut Report) -> Result<()> {
     const MAX: u32 = 10;
     const WINDOW_MS: u64 = 1000;
     let dir = opts.work_dir.join("ratelimit");

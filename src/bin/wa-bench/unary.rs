@@ -12,7 +12,7 @@ use crate::util::quantile;
 
 /// One RPC to load.
 #[derive(Debug, Clone)]
-pub struct Rpc {
+pub(crate) struct Rpc {
     /// Short label (`Health/Check`, `GetOnboarding`...).
     pub label: &'static str,
     /// HTTP/2 path.
@@ -27,7 +27,7 @@ pub struct Rpc {
 
 /// The outcome of one h2load run.
 #[derive(Debug, Clone)]
-pub struct Run {
+pub(crate) struct Run {
     /// Requests per second over the measured duration.
     pub rps: f64,
     /// Median latency, ms.
@@ -39,13 +39,13 @@ pub struct Run {
 }
 
 /// Connections and streams per connection for a total concurrency.
-pub fn shape(concurrency: usize) -> (usize, usize) {
+fn shape(concurrency: usize) -> (usize, usize) {
     let c = concurrency.clamp(1, 16);
     (c, concurrency.div_ceil(c))
 }
 
 /// Runs h2load once.
-pub async fn h2load(addr: SocketAddr, rpc: &Rpc, concurrency: usize, secs: f64, dir: &Path) -> Result<Run> {
+pub(crate) async fn h2load(addr: SocketAddr, rpc: &Rpc, concurrency: usize, secs: f64, dir: &Path) -> Result<Run> {
     let body = dir.join(format!("{}.bin", rpc.label.replace('/', "_")));
     let mut framed = Vec::with_capacity(rpc.request.len() + 5);
     framed.push(0u8);

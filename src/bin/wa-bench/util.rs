@@ -7,7 +7,7 @@ use std::time::Duration;
 use anyhow::{Context, Result, anyhow};
 
 /// Median of `v` (mean of the two middle values for an even count); NaN when empty.
-pub fn median(v: &[f64]) -> f64 {
+pub(crate) fn median(v: &[f64]) -> f64 {
     let mut s: Vec<f64> = v.iter().copied().filter(|x| x.is_finite()).collect();
     if s.is_empty() {
         return f64::NAN;
@@ -18,7 +18,7 @@ pub fn median(v: &[f64]) -> f64 {
 }
 
 /// The `q` quantile (0..=1, nearest rank) of `v`; NaN when empty. Sorts `v`.
-pub fn quantile(v: &mut [f64], q: f64) -> f64 {
+pub(crate) fn quantile(v: &mut [f64], q: f64) -> f64 {
     if v.is_empty() {
         return f64::NAN;
     }
@@ -28,13 +28,13 @@ pub fn quantile(v: &mut [f64], q: f64) -> f64 {
 }
 
 /// A free TCP port on loopback (bound, then released: fine for a benchmark).
-pub fn free_port() -> Result<u16> {
+pub(crate) fn free_port() -> Result<u16> {
     let l = TcpListener::bind("127.0.0.1:0").context("bind a free port")?;
     Ok(l.local_addr()?.port())
 }
 
 /// `count` consecutive free ports on loopback, returning the first.
-pub fn free_port_range(count: u16) -> Result<u16> {
+pub(crate) fn free_port_range(count: u16) -> Result<u16> {
     for _ in 0..200 {
         let base = free_port()?;
         if base > u16::MAX - count {
@@ -50,7 +50,7 @@ pub fn free_port_range(count: u16) -> Result<u16> {
 }
 
 /// Resident set size of a process, KiB (`VmRSS`).
-pub fn rss_kib(pid: u32) -> Result<u64> {
+pub(crate) fn rss_kib(pid: u32) -> Result<u64> {
     let s = std::fs::read_to_string(format!("/proc/{pid}/status")).context("read /proc/PID/status")?;
     s.lines()
         .find_map(|l| l.strip_prefix("VmRSS:"))
@@ -60,7 +60,7 @@ pub fn rss_kib(pid: u32) -> Result<u64> {
 }
 
 /// User plus system CPU time of a process (all threads).
-pub fn cpu_time(pid: u32) -> Result<Duration> {
+pub(crate) fn cpu_time(pid: u32) -> Result<Duration> {
     let s = std::fs::read_to_string(format!("/proc/{pid}/stat")).context("read /proc/PID/stat")?;
     // Fields after the parenthesised command name; utime and stime are fields 14 and 15.
     let rest = s.rsplit_once(')').map(|(_, r)| r).ok_or_else(|| anyhow!("bad /proc/PID/stat"))?;
@@ -74,7 +74,7 @@ pub fn cpu_time(pid: u32) -> Result<Duration> {
 }
 
 /// Sends SIGTERM to `pid`.
-pub fn sigterm(pid: u32) -> Result<()> {
+pub(crate) fn sigterm(pid: u32) -> Result<()> {
     let pid = i32::try_from(pid).map_err(|_| anyhow!("pid out of range"))?;
     // SAFETY: kill has no memory-safety preconditions; the pid is our own child.
     let r = unsafe { libc::kill(pid, libc::SIGTERM) };
@@ -82,7 +82,7 @@ pub fn sigterm(pid: u32) -> Result<()> {
 }
 
 /// The machine, from `/proc` (CPU model, cores, memory, kernel).
-pub fn machine() -> Vec<(String, String)> {
+pub(crate) fn machine() -> Vec<(String, String)> {
     let read = |p: &str| std::fs::read_to_string(p).unwrap_or_default();
     let cpuinfo = read("/proc/cpuinfo");
     let model = cpuinfo
@@ -108,7 +108,7 @@ pub fn machine() -> Vec<(String, String)> {
 }
 
 /// `/proc/loadavg`'s first three fields.
-pub fn loadavg() -> String {
+pub(crate) fn loadavg() -> String {
     std::fs::read_to_string("/proc/loadavg")
         .unwrap_or_default()
         .split_whitespace()
@@ -118,7 +118,7 @@ pub fn loadavg() -> String {
 }
 
 /// The first line a command prints, or "unknown".
-pub fn command_line(cmd: &str, args: &[&str]) -> String {
+pub(crate) fn command_line(cmd: &str, args: &[&str]) -> String {
     std::process::Command::new(cmd)
         .args(args)
         .output()
@@ -129,7 +129,7 @@ pub fn command_line(cmd: &str, args: &[&str]) -> String {
 }
 
 /// Size of a file in bytes.
-pub fn file_size(p: &Path) -> Result<u64> {
+pub(crate) fn file_size(p: &Path) -> Result<u64> {
     Ok(std::fs::metadata(p).with_context(|| format!("stat {}", p.display()))?.len())
 }
 

@@ -14,7 +14,7 @@ use crate::util::quantile;
 
 /// A Gupshup tier event for `app_id`, carrying `seq` (which the service keeps as an event
 /// attribute) and a provider timestamp.
-pub fn event_body(app_id: &str, seq: u64, timestamp_ms: i64) -> Vec<u8> {
+pub(crate) fn event_body(app_id: &str, seq: u64, timestamp_ms: i64) -> Vec<u8> {
     serde_json::json!({
         "app": "BenchApp", "appId": app_id, "phone": "919000000000", "timestamp": timestamp_ms,
         "version": 2, "type": "account-event",
@@ -27,7 +27,7 @@ pub fn event_body(app_id: &str, seq: u64, timestamp_ms: i64) -> Vec<u8> {
 }
 
 /// An HTTP client for `workers` concurrent connections.
-pub fn client(workers: usize) -> Result<reqwest::Client> {
+pub(crate) fn client(workers: usize) -> Result<reqwest::Client> {
     reqwest::Client::builder()
         .pool_max_idle_per_host(workers)
         .tcp_nodelay(true)
@@ -38,7 +38,7 @@ pub fn client(workers: usize) -> Result<reqwest::Client> {
 
 /// What a paced run did.
 #[derive(Debug)]
-pub struct Paced {
+pub(crate) struct Paced {
     /// When each event's 2xx arrived, ns after the recorder's epoch (0: failed).
     pub done: Vec<u64>,
     /// Non-2xx answers or transport errors.
@@ -51,7 +51,7 @@ pub struct Paced {
 
 /// Posts `total` events at `rate` per second (event `i` due at `i / rate` s), each built by
 /// `body(i)`, with up to `workers` in flight.
-pub async fn paced(
+pub(crate) async fn paced(
     url: &str,
     total: u64,
     rate: f64,
@@ -108,7 +108,7 @@ pub async fn paced(
 
 /// What a closed-loop flood did.
 #[derive(Debug)]
-pub struct Flood {
+pub(crate) struct Flood {
     /// Events stored (answer `accepted`), or 2xx answers for a plain GET.
     pub accepted: u64,
     /// Answers `duplicates` (acknowledged, not stored again).
@@ -125,7 +125,7 @@ pub struct Flood {
 
 impl Flood {
     /// Accepted per second.
-    pub fn rate(&self) -> f64 {
+    pub(crate) fn rate(&self) -> f64 {
         self.accepted as f64 / self.secs.max(1e-9)
     }
 }
@@ -133,7 +133,7 @@ impl Flood {
 /// Posts as fast as `workers` connections allow for `secs`; every `dup_every`-th request
 /// re-sends a body already accepted (a provider retry). `body == None`: `GET url` instead
 /// (the ingress's own ceiling).
-pub async fn flood(
+pub(crate) async fn flood(
     url: &str,
     workers: usize,
     secs: f64,

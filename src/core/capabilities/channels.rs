@@ -393,8 +393,12 @@ fn stored_channel(o: &OnboardingRecord) -> Result<ChannelView, AppError> {
     };
     let data = handle_data(o)?;
     let mode = d.mode;
+    // Listed only once the channel exists; an empty id would name no channel at all.
+    let Some(channel_id) = o.external_key.clone() else {
+        return Err(AppError::internal(format!("onboardings/{} lists a channel without its id", o.id)));
+    };
     let info = ChannelInfo {
-        id: o.external_key.clone().unwrap_or_default(),
+        id: channel_id,
         display_name: str_of(&data, &["name"]).unwrap_or_default().into(),
         mode,
         health: if o.state.is_terminal() { "STOPPED".into() } else { o.provider_status.clone() },

@@ -32,11 +32,11 @@ pub use channels::MAX_EXTEND_DAYS;
 /// An onboarding's messaging token. Treat as a secret.
 #[derive(Debug, Clone)]
 pub struct AppTokenView {
-    /// The onboarding.
+    /// The onboarding the token was fetched for.
     pub onboarding: OnboardingId,
     /// Who issued it.
     pub provider: ProviderKind,
-    /// The token.
+    /// The messaging token itself (Gupshup app token, Whapi channel token): a secret.
     pub token: Secret,
     /// The provider's id of what it authorises (the onboarding's external key).
     pub resource_id: String,
@@ -64,7 +64,7 @@ pub struct LinkTokenView {
 pub struct SubscriptionView {
     /// Parent onboarding.
     pub onboarding: OnboardingId,
-    /// Provider.
+    /// The onboarding's provider, which holds the subscription.
     pub provider: ProviderKind,
     /// As the provider holds it.
     pub subscription: ProviderSubscription,
@@ -75,7 +75,7 @@ pub struct SubscriptionView {
 pub struct ChannelView {
     /// The onboarding that created it.
     pub onboarding: OnboardingId,
-    /// The account.
+    /// The account the channel was created under (and whose partner balance pays for it).
     pub account: AccountId,
     /// The channel (from the provider for single reads, from stored details in lists).
     pub info: ChannelInfo,

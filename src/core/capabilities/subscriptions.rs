@@ -71,7 +71,13 @@ impl Core {
                 )
                 .with_violation("request_id", "already used for a different request"));
             }
-            let sub_id = prior["subscription"].as_str().unwrap_or_default();
+            // The replay answers the subscription the first call made: without its id there is
+            // nothing to answer with (an empty id would ask the provider for no subscription).
+            let Some(sub_id) = prior["subscription"].as_str().filter(|s| !s.is_empty()) else {
+                return Err(AppError::internal(format!(
+                    "the subscription_created event of request_id '{rid}' names no subscription"
+                )));
+            };
             let sub = ops.get_subscription(&t.ctx, &t.resource, sub_id).await.map_err(provider_err(kind))?;
             Ok(Some(Self::subscription_view(&t, sub)))
         };

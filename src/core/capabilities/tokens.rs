@@ -22,7 +22,11 @@ impl Core {
             )));
         };
         let data = handle_data(&o)?;
-        let resource_id = o.external_key.clone().unwrap_or_default();
+        // The token is stored with the resource it opens: one without the other is a broken
+        // row, not a token to hand out (or to audit) under an empty resource id.
+        let Some(resource_id) = o.external_key.clone() else {
+            return Err(AppError::internal(format!("onboardings/{id} holds a token but no provider resource id")));
+        };
         let api_url = str_of(&data, &["api_url", "apiUrl"]).unwrap_or_default().to_string();
         let expire_ms = data.get("token_expire_ms").and_then(|v| v.as_i64());
         self.audit(

@@ -32,32 +32,32 @@ pub fn credential_problems(client_id: &str, client_secret: &Secret) -> Vec<Crede
 /// the project's simulator infers. Keep every reason decision in this one table.
 pub(super) mod reason {
     /// OK [C].
-    pub const OK: i64 = 1;
+    pub(crate) const OK: i64 = 1;
     /// Wrong credentials / malformed login JSON [C].
-    pub const WRONG_CREDENTIALS: i64 = 2;
+    pub(crate) const WRONG_CREDENTIALS: i64 = 2;
     /// On login: too many failed attempts, IP blocked. Elsewhere: access token missing or
     /// expired [C].
-    pub const TOKEN: i64 = 3;
+    pub(crate) const TOKEN: i64 = 3;
     /// Number empty or wrong [C].
-    pub const BAD_NUMBER: i64 = 4;
+    pub(crate) const BAD_NUMBER: i64 = 4;
     /// Wrong HTTP verb ("use GET/DELETE/POST"); on setWebhook: URL invalid [C].
-    pub const WRONG_VERB_OR_URL: i64 = 13;
+    pub(crate) const WRONG_VERB_OR_URL: i64 = 13;
     /// [I] Too many code requests for one number (Meta may block it for 1 h).
-    pub const TOO_MANY_CODES: i64 = 20;
+    pub(crate) const TOO_MANY_CODES: i64 = 20;
     /// [I] Too many registered numbers waiting (documented cap 500).
-    pub const TOO_MANY_NUMBERS: i64 = 21;
+    pub(crate) const TOO_MANY_NUMBERS: i64 = 21;
     /// [I] Wrong verification code.
-    pub const WRONG_CODE: i64 = 22;
+    pub(crate) const WRONG_CODE: i64 = 22;
     /// [I] Number not registered or not verified.
-    pub const NOT_VERIFIED: i64 = 23;
+    pub(crate) const NOT_VERIFIED: i64 = 23;
     /// [I] An onboarding account already exists for the number.
-    pub const ACCOUNT_EXISTS: i64 = 24;
+    pub(crate) const ACCOUNT_EXISTS: i64 = 24;
     /// Cannot remove an account that finished onboarding [C].
-    pub const FINISHED: i64 = 25;
+    pub(crate) const FINISHED: i64 = 25;
     /// Onboarding account not found [C].
-    pub const NOT_FOUND: i64 = 26;
+    pub(crate) const NOT_FOUND: i64 = 26;
     /// Use PATCH [C].
-    pub const USE_PATCH: i64 = 27;
+    pub(crate) const USE_PATCH: i64 = 27;
 }
 
 /// The typed error for a FAIL `reason` (not the login call: see [`login_error`]).
@@ -157,6 +157,22 @@ pub(super) struct Client {
 /// A request body, or none (GET bodies are empty [C]).
 pub(super) const NO_BODY: Option<&()> = None;
 
+/// One request to the partners API, apart from where it goes (the account's base URL) and
+/// the token it carries: what [`Client::call`] sends.
+#[derive(Debug, Clone)]
+pub(super) struct Call<'a, B: ?Sized> {
+    /// Endpoint class for metrics, logs and the rate limiter (`digital99.access_token`).
+    pub(super) class: &'a str,
+    /// HTTP method.
+    pub(super) method: Method,
+    /// Path under `/api/` (`settings/accessToken`).
+    pub(super) path: &'a str,
+    /// JSON body, if the call has one.
+    pub(super) body: Option<&'a B>,
+    /// Whether repeating it is harmless: only then is it retried within the call.
+    pub(super) idempotent: bool,
+}
+
 impl Client {
     pub(super) fn new(http: HttpClient, retry: RetryPolicy) -> Self {
         Self { http, retry }
@@ -176,17 +192,13 @@ impl Client {
     /// One call: JSON body (if any), Bearer token (if any). Idempotent calls are retried
     /// in-call on retryable failures; others get one attempt (the step engine retries them
     /// after reconciling).
-    #[allow(clippy::too_many_arguments)]
     pub(super) async fn call<B: Serialize + ?Sized, T: DeserializeOwned>(
         &self,
         base: &str,
-        class: &str,
-        method: Method,
-        path: &str,
         bearer: Option<&Secret>,
-        body: Option<&B>,
-        idempotent: bool,
+        call: Call<'_, B>,
     ) -> Result<T, CallError> {
+        let Call { class, method, path, body, idempotent } = call;
         let url = Self::url(base, path).map_err(CallError::Other)?;
         let build = || {
             let mut req = self.http.request(method.clone(), url.clone());

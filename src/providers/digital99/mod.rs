@@ -34,7 +34,7 @@ use sha2::{Digest, Sha256};
 use tokio::time::Instant;
 
 pub use self::client::credential_problems;
-use self::client::{CallError, Client, NO_BODY, login_error, reason};
+use self::client::{Call, CallError, Client, NO_BODY, login_error, reason};
 use self::model::{
     AccountItem, AccountsAnswer, CreateAccountAnswer, CreateAccountRequest, DeleteAccountRequest, Envelope,
     LoginAnswer, LoginRequest, RegisterRequest, VerifyRequest, WebhookAnswer, WebhookRequest,
@@ -60,13 +60,13 @@ use crate::error::AppError;
 pub(super) mod inferred {
     /// Create the onboarding account (link + landing page): the stronger candidate, since the
     /// sibling Facebook page with the same title is `facebook/createOnboarding` [C].
-    pub const CREATE_ONBOARDING_PATH: &str = "whatsapp/createOnboarding";
+    pub(crate) const CREATE_ONBOARDING_PATH: &str = "whatsapp/createOnboarding";
     /// The older guess for the same call ("Step 2: Create account"), tried only when
     /// [`CREATE_ONBOARDING_PATH`] answers 404 (nothing was created).
-    pub const CREATE_ONBOARDING_FALLBACK: &str = "whatsapp/createAccount";
+    pub(crate) const CREATE_ONBOARDING_FALLBACK: &str = "whatsapp/createAccount";
     /// Verify the registered number's 6-digit code, body `{whatsapp, code}` (field names
     /// inferred too; 99digital's SMS product checks a code on its send URL plus `code`).
-    pub const VERIFY_NUMBER_PATH: &str = "whatsapp/verifyNumber";
+    pub(crate) const VERIFY_NUMBER_PATH: &str = "whatsapp/verifyNumber";
 }
 
 /// The 99digital pipeline's steps (stored names in [`PipelineStep::name`]).
@@ -314,12 +314,14 @@ impl Digital99Provider {
             .client
             .call(
                 &ctx.base_url,
-                "digital99.access_token",
-                Method::POST,
-                "settings/accessToken",
                 None,
-                Some(&body),
-                true,
+                Call {
+                    class: "digital99.access_token",
+                    method: Method::POST,
+                    path: "settings/accessToken",
+                    body: Some(&body),
+                    idempotent: true,
+                },
             )
             .await;
         let ans = res.map_err(|e| match e {
@@ -376,7 +378,7 @@ impl Digital99Provider {
                 let method = method.clone();
                 async move {
                     self.client
-                        .call(&ctx.base_url, class, method, path, Some(&token), body, idempotent)
+                        .call(&ctx.base_url, Some(&token), Call { class, method, path, body, idempotent })
                         .await
                         .map_err(CallError::into_error)
                 }

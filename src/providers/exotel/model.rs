@@ -12,7 +12,7 @@ pub(super) struct Envelope<D> {
     pub response: Option<ResponseBlock<D>>,
 }
 
-/// `response`.
+/// The `response` object of an Exotel answer: it wraps the `whatsapp` block with the data.
 #[derive(Debug, Deserialize)]
 pub(super) struct ResponseBlock<D> {
     /// `response.whatsapp`.
@@ -112,7 +112,7 @@ pub(super) struct ValidateData {
 
 impl<D> Envelope<D> {
     /// The `isv` block, if any.
-    pub fn isv(self) -> Option<Isv<D>> {
+    pub(super) fn isv(self) -> Option<Isv<D>> {
         self.response?.whatsapp?.isv
     }
 }

@@ -102,12 +102,12 @@ impl CallError {
     }
 
     /// HTTP status, when one was received.
-    pub fn status(&self) -> Option<u16> {
+    pub(super) fn status(&self) -> Option<u16> {
         self.failure.status()
     }
 
     /// The body message, lowercased, for matching.
-    pub fn message_lc(&self) -> String {
+    pub(super) fn message_lc(&self) -> String {
         self.message.as_deref().unwrap_or_default().to_ascii_lowercase()
     }
 }
@@ -204,11 +204,11 @@ enum Reply {
 /// What the partner login told us, for `CheckAccount`. No secrets.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub(super) struct PartnerInfo {
-    /// `id`.
+    /// The partner's id (`id` of the login answer), reported as the check's `partner_id`.
     pub partner_id: Option<String>,
-    /// `name`.
+    /// The partner's display name (`name`), shown in the check's summary.
     pub name: Option<String>,
-    /// `isTpp`.
+    /// `isTpp` of the login answer (Gupshup's TPP partner flag), reported as the check's `is_tpp`.
     pub is_tpp: Option<bool>,
 }
 
@@ -810,7 +810,7 @@ impl Client {
         known: Option<&Secret>,
         form: &[(&str, String)],
     ) -> Result<WireSubscription, ProviderError> {
-        self.write_subscription(ctx, app_id, known, Method::POST, None, form, "gupshup.create_subscription").await
+        self.write_subscription(ctx, app_id, known, SubscriptionWrite::Create, form).await
     }
 
     /// `PUT /partner/app/{appId}/subscription/{id}` (setting the same fields twice is
@@ -823,23 +823,25 @@ impl Client {
         id: &str,
         form: &[(&str, String)],
     ) -> Result<WireSubscription, ProviderError> {
-        self.write_subscription(ctx, app_id, known, Method::PUT, Some(id), form, "gupshup.update_subscription").await
+        self.write_subscription(ctx, app_id, known, SubscriptionWrite::Update { id }, form).await
     }
 
-    #[allow(clippy::too_many_arguments)]
     async fn write_subscription(
         &self,
         ctx: &CallContext,
         app_id: &str,
         known: Option<&Secret>,
-        method: Method,
-        id: Option<&str>,
+        write: SubscriptionWrite<'_>,
         form: &[(&str, String)],
-        class: &'static str,
     ) -> Result<WireSubscription, ProviderError> {
+        let (method, id, class) = match write {
+            SubscriptionWrite::Create => (Method::POST, None, "gupshup.create_subscription"),
+            SubscriptionWrite::Update { id } => (Method::PUT, Some(id), "gupshup.update_subscription"),
+        };
         let mut segments = vec!["partner", "app", app_id, "subscription"];
         segments.extend(id);
         let url = endpoint(ctx, &segments)?;
+        // A PUT sets the same fields again when repeated; a POST would create a second one.
         let idempotent = method == Method::PUT;
         let (resp, _) = self
             .with_app(ctx, app_id, known, |token| {
@@ -879,6 +881,19 @@ impl Client {
         .map_err(|e| e.into_provider(subscription_error))?;
         Ok(())
     }
+}
+
+/// Which subscription write [`Client::write_subscription`] sends: the method, path and
+/// endpoint class follow from it, so they cannot disagree.
+#[derive(Debug, Clone, Copy)]
+enum SubscriptionWrite<'a> {
+    /// `POST …/subscription`: a new subscription (not idempotent).
+    Create,
+    /// `PUT …/subscription/{id}`: replaces the fields of subscription `id`.
+    Update {
+        /// The provider's subscription id.
+        id: &'a str,
+    },
 }
 
 /// Which callback endpoint repairs an app's callback first (docs/providers.md 1.3.6, 1.7 point 13).

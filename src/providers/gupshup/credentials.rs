@@ -30,7 +30,7 @@ pub fn credential_problems(email: &str, secret: &Secret) -> Vec<CredentialProble
 /// reminder ("expiry reminders" are only on its roadmap, docs/providers.md §1.2 [C]); 14 days
 /// leaves time to generate a new secret (Settings > API client details) and update the
 /// account.
-pub const SECRET_EXPIRY_WARNING: Duration = Duration::from_secs(14 * 24 * 3600);
+const SECRET_EXPIRY_WARNING: Duration = Duration::from_secs(14 * 24 * 3600);
 
 /// Where to get a new secret, in the portal's words (docs/providers.md §1.2 [C]).
 const RENEW_HINT: &str =

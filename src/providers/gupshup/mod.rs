@@ -341,10 +341,10 @@ impl GupshupProvider {
         validate_spec(spec, "gupshup.subscription.")?;
         let (existing, token) = self.client.list_subscriptions(ctx, app_id, token).await?;
         if let Some(w) = existing.into_iter().find(|s| s.tag == spec.tag) {
-            return Ok((to_domain(w), true));
+            return Ok((to_domain(w)?, true));
         }
         let created = self.client.create_subscription(ctx, app_id, Some(&token), &create_form(spec)).await?;
-        Ok((to_domain(created), false))
+        Ok((to_domain(created)?, false))
     }
 }
 

@@ -21,7 +21,7 @@ pub(super) struct ErrorEnvelope {
 
 impl ErrorEnvelope {
     /// Parses an error body; anything unparsable is an empty envelope.
-    pub fn parse(body: &[u8]) -> Self {
+    pub(super) fn parse(body: &[u8]) -> Self {
         serde_json::from_slice(body).unwrap_or_default()
     }
 }
@@ -62,7 +62,7 @@ pub(super) struct AppTokenResponse {
 
 impl AppTokenResponse {
     /// The token string, whichever shape it came in.
-    pub fn token(&self) -> Option<&str> {
+    pub(super) fn token(&self) -> Option<&str> {
         match &self.token {
             Value::String(s) => Some(s.as_str()),
             Value::Object(o) => o.get("token").and_then(Value::as_str),
@@ -117,9 +117,9 @@ pub(super) const APP_LIST_MAX_PAGES: usize = 5;
 /// (docs/providers.md 1.3.6). Only what the 409 recovery needs.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(super) struct ListedApp {
-    /// `id`.
+    /// The app id (`id`): a 409 recovery adopts it when the phone matches.
     pub id: String,
-    /// `name`.
+    /// The app name (`name`), compared with ours to explain a name conflict.
     pub name: String,
     /// `phone`, digits only (empty when absent: `phone?` in the older list).
     pub phone: String,
@@ -154,30 +154,30 @@ pub(super) fn app_list_items(body: &[u8]) -> Option<Vec<ListedApp>> {
 
 impl PipelineResponse {
     /// A field as text (numbers and bools rendered, strings as is).
-    pub fn text(&self, key: &str) -> Option<String> {
+    pub(super) fn text(&self, key: &str) -> Option<String> {
         scalar_text(self.whatsapp.get(key)?)
     }
 
-    /// `creationStage`.
-    pub fn creation_stage(&self) -> String {
+    /// `creationStage` (how far the app's creation got), empty when absent.
+    pub(super) fn creation_stage(&self) -> String {
         self.text("creationStage").unwrap_or_default()
     }
 
     /// `stageRetries` when present as a non-negative integer (or numeric string).
-    pub fn stage_retries(&self) -> Option<u32> {
+    pub(super) fn stage_retries(&self) -> Option<u32> {
         self.text("stageRetries")?.trim().parse().ok()
     }
 
     /// The `live` flag of app objects (app list [C], `appDetails` [C2]; docs/providers.md 1.3.6),
     /// should the pipeline answer carry it.
-    pub fn live_flag(&self) -> bool {
+    pub(super) fn live_flag(&self) -> bool {
         matches!(self.whatsapp.get("live"), Some(Value::Bool(true)))
             || self.text("live").is_some_and(|t| t.eq_ignore_ascii_case("true"))
     }
 
     /// `pipeLineStage` (capital L, 1.3.4); app-list responses spell it `pipelineStage`, so
     /// that spelling is accepted too [C].
-    pub fn pipeline_stage(&self) -> String {
+    pub(super) fn pipeline_stage(&self) -> String {
         self.text("pipeLineStage").or_else(|| self.text("pipelineStage")).unwrap_or_default()
     }
 }
@@ -188,7 +188,7 @@ impl PipelineResponse {
 pub(super) struct WireSubscription {
     /// Numeric string in the docs; [I] a number accepted too.
     pub id: Value,
-    /// Bitmask.
+    /// The subscribed modes as Gupshup's bitmask (one bit per mode name).
     #[serde(default)]
     pub mode: Option<i64>,
     /// Mode names (get/list only).

@@ -46,8 +46,12 @@ pub(super) fn create_form(spec: &SubscriptionSpec) -> Vec<(&'static str, String)
 const UPDATABLE: [&str; 7] = ["url", "events", "tag", "version", "headers", "mode", "active"];
 
 /// The domain view of a wire subscription. Header values are never read back: names only,
-/// with redacted placeholder values.
-pub(super) fn to_domain(w: WireSubscription) -> ProviderSubscription {
+/// with redacted placeholder values. One without an id is malformed: its id is what later
+/// gets, updates, deletes and `request_id` replays name it by.
+pub(super) fn to_domain(w: WireSubscription) -> Result<ProviderSubscription, ProviderError> {
+    let id = scalar_text(&w.id)
+        .filter(|s| !s.is_empty())
+        .ok_or_else(|| ProviderError::Malformed { message: "Gupshup answered a subscription without an id".into() })?;
     let events = match w.modes {
         Some(m) => m,
         None => modes_of_mask(w.mode.unwrap_or(0)),
@@ -71,8 +75,8 @@ pub(super) fn to_domain(w: WireSubscription) -> ProviderSubscription {
     let provider_mode = w.mode.unwrap_or_else(|| {
         events.iter().filter_map(|e| MODE_BITS.iter().position(|b| b == e)).fold(0i64, |acc, i| acc | (1 << i))
     });
-    ProviderSubscription {
-        id: scalar_text(&w.id).unwrap_or_default(),
+    Ok(ProviderSubscription {
+        id,
         spec: SubscriptionSpec {
             url: w.url,
             events,
@@ -85,7 +89,7 @@ pub(super) fn to_domain(w: WireSubscription) -> ProviderSubscription {
         provider_mode,
         created_ms: w.created_on,
         updated_ms: w.modified_on,
-    }
+    })
 }
 
 /// The app a subscription RPC acts on.
@@ -136,7 +140,7 @@ impl SubscriptionOps for GupshupProvider {
             });
         }
         let created = self.client.create_subscription(ctx, app_id, Some(&token), &create_form(spec)).await?;
-        Ok(to_domain(created))
+        to_domain(created)
     }
 
     async fn list_subscriptions(
@@ -146,7 +150,7 @@ impl SubscriptionOps for GupshupProvider {
     ) -> Result<Vec<ProviderSubscription>, ProviderError> {
         let app_id = app_of_target(target)?;
         let (list, _) = self.client.list_subscriptions(ctx, app_id, target.secret.as_ref()).await?;
-        Ok(list.into_iter().map(to_domain).collect())
+        list.into_iter().map(to_domain).collect()
     }
 
     async fn get_subscription(
@@ -157,7 +161,7 @@ impl SubscriptionOps for GupshupProvider {
     ) -> Result<ProviderSubscription, ProviderError> {
         check_subscription_id(id)?;
         let app_id = app_of_target(target)?;
-        Ok(to_domain(self.client.get_subscription(ctx, app_id, target.secret.as_ref(), id).await?))
+        to_domain(self.client.get_subscription(ctx, app_id, target.secret.as_ref(), id).await?)
     }
 
     async fn update_subscription(
@@ -200,7 +204,7 @@ impl SubscriptionOps for GupshupProvider {
             check_headers(spec, "spec.")?;
         }
         // Modes depend on the version, which may be the current one: merge, then check.
-        let current = to_domain(self.client.get_subscription(ctx, app_id, target.secret.as_ref(), id).await?);
+        let current = to_domain(self.client.get_subscription(ctx, app_id, target.secret.as_ref(), id).await?)?;
         let mut effective = current.spec.clone();
         if has("version") {
             effective.version = requested_version(spec.version);
@@ -238,7 +242,7 @@ impl SubscriptionOps for GupshupProvider {
             form.push(("active", spec.active.to_string()));
         }
         let updated = self.client.update_subscription(ctx, app_id, target.secret.as_ref(), id, &form).await?;
-        Ok(to_domain(updated))
+        to_domain(updated)
     }
 
     async fn delete_subscription(

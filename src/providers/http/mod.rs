@@ -32,7 +32,7 @@ pub struct RawResponse {
 /// What to do with one attempt's result. Written once, used by every adapter.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Outcome {
-    /// Done.
+    /// The call succeeded: use the response.
     Success,
     /// Try again, not before `after` when the provider said so.
     Retry {
@@ -239,7 +239,7 @@ pub enum HttpFailure {
         status: Option<u16>,
         /// The provider's `Retry-After`.
         after: Option<Duration>,
-        /// Why.
+        /// What went wrong (status line, transport error, error body summary); no secrets.
         reason: String,
     },
     /// Never retried (4xx, error body the hook calls final...).
@@ -251,7 +251,7 @@ pub enum HttpFailure {
         url: String,
         /// HTTP status, when one was received.
         status: Option<u16>,
-        /// Why.
+        /// What the provider answered (status, error body summary) that rules out a retry.
         reason: String,
     },
     /// A non-idempotent call may have taken effect: reconcile before repeating.
@@ -261,7 +261,7 @@ pub enum HttpFailure {
         class: String,
         /// Redacted URL.
         url: String,
-        /// Why.
+        /// Why the effect is unknown (a timeout or 504 after sending, a 2xx we could not read).
         reason: String,
     },
 }

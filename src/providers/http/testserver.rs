@@ -11,7 +11,7 @@ use axum::response::IntoResponse;
 
 /// One canned response.
 #[derive(Clone)]
-pub struct Reply {
+pub(crate) struct Reply {
     pub status: u16,
     pub headers: Vec<(&'static str, String)>,
     pub body: String,
@@ -19,18 +19,18 @@ pub struct Reply {
 }
 
 impl Reply {
-    pub fn status(status: u16) -> Self {
+    pub(crate) fn status(status: u16) -> Self {
         Self { status, headers: Vec::new(), body: String::new(), delay: Duration::ZERO }
     }
-    pub fn body(mut self, b: &str) -> Self {
+    pub(crate) fn body(mut self, b: &str) -> Self {
         self.body = b.to_string();
         self
     }
-    pub fn header(mut self, k: &'static str, v: &str) -> Self {
+    pub(crate) fn header(mut self, k: &'static str, v: &str) -> Self {
         self.headers.push((k, v.to_string()));
         self
     }
-    pub fn delay(mut self, d: Duration) -> Self {
+    pub(crate) fn delay(mut self, d: Duration) -> Self {
         self.delay = d;
         self
     }
@@ -44,14 +44,14 @@ struct State {
 
 /// A running server.
 #[derive(Clone)]
-pub struct TestServer {
+pub(crate) struct TestServer {
     pub url: url::Url,
     state: Arc<State>,
 }
 
 impl TestServer {
     /// Starts with a script; when it runs out every request gets 200 `{}`.
-    pub async fn start(script: Vec<Reply>) -> Self {
+    pub(crate) async fn start(script: Vec<Reply>) -> Self {
         let state = Arc::new(State { script: Mutex::new(script.into()), ..Default::default() });
         let st = state.clone();
         let app = Router::new().fallback(move || {
@@ -76,12 +76,12 @@ impl TestServer {
     }
 
     /// Requests received so far.
-    pub fn count(&self) -> usize {
+    pub(crate) fn count(&self) -> usize {
         self.state.arrivals.lock().unwrap().len()
     }
 
     /// Arrival times, in order.
-    pub fn arrivals(&self) -> Vec<std::time::Instant> {
+    pub(crate) fn arrivals(&self) -> Vec<std::time::Instant> {
         let mut a = self.state.arrivals.lock().unwrap().clone();
         a.sort();
         a

@@ -116,7 +116,7 @@ pub(crate) fn decode<T: DeserializeOwned>(class: &str, body: &[u8]) -> Result<T,
 }
 
 impl Client {
-    pub fn new(http: HttpClient, retry: RetryPolicy) -> Self {
+    pub(super) fn new(http: HttpClient, retry: RetryPolicy) -> Self {
         Self { http, retry }
     }
 
@@ -186,13 +186,13 @@ impl Client {
     // ---- partner (manager) API ----
 
     /// `GET /projects`.
-    pub async fn projects(&self, ctx: &CallContext) -> Result<Vec<Project>, ProviderError> {
+    pub(super) async fn projects(&self, ctx: &CallContext) -> Result<Vec<Project>, ProviderError> {
         let r = self.mgr(ctx, "whapi.projects", reqwest::Method::GET, &["projects"], None, true).await?;
         Ok(decode::<ProjectList>("whapi.projects", &r.body)?.into_vec())
     }
 
     /// `GET /partners` [C2].
-    pub async fn partner(&self, ctx: &CallContext) -> Result<Partner, ProviderError> {
+    pub(super) async fn partner(&self, ctx: &CallContext) -> Result<Partner, ProviderError> {
         let r = self.mgr(ctx, "whapi.partner", reqwest::Method::GET, &["partners"], None, true).await?;
         decode("whapi.partner", &r.body)
     }
@@ -201,7 +201,7 @@ impl Client {
     /// with [`LIST_PAGE_PARAMS`] until a short page, so the lookup that prevents a second
     /// channel cannot miss one on a large account. Falls back to [`LIST_CHANNELS_FALLBACK`]
     /// (same paging) when [`LIST_CHANNELS_PATH`] is unknown (404).
-    pub async fn list_channels(&self, ctx: &CallContext) -> Result<Vec<Channel>, ProviderError> {
+    pub(super) async fn list_channels(&self, ctx: &CallContext) -> Result<Vec<Channel>, ProviderError> {
         match self.list_pages(ctx, &LIST_CHANNELS_PATH).await {
             Err(ProviderError::NotFound { .. }) => self.list_pages(ctx, &LIST_CHANNELS_FALLBACK).await,
             other => other,
@@ -245,13 +245,13 @@ impl Client {
     }
 
     /// `GET /channels/{id}`.
-    pub async fn get_channel(&self, ctx: &CallContext, id: &str) -> Result<Channel, ProviderError> {
+    pub(super) async fn get_channel(&self, ctx: &CallContext, id: &str) -> Result<Channel, ProviderError> {
         let r = self.mgr(ctx, "whapi.get_channel", reqwest::Method::GET, &["channels", id], None, true).await?;
         decode("whapi.get_channel", &r.body)
     }
 
     /// `PUT /channels` with `name` + `projectId`: sent once (not idempotent at Whapi).
-    pub async fn create_channel(
+    pub(super) async fn create_channel(
         &self,
         ctx: &CallContext,
         name: &str,
@@ -263,7 +263,7 @@ impl Client {
     }
 
     /// `PATCH /channels/{id}/mode`: setting the same mode twice is harmless, so retried.
-    pub async fn set_mode(&self, ctx: &CallContext, id: &str, mode: &str) -> Result<Channel, ProviderError> {
+    pub(super) async fn set_mode(&self, ctx: &CallContext, id: &str, mode: &str) -> Result<Channel, ProviderError> {
         let body = json!({ "mode": mode });
         let r = self
             .mgr(ctx, "whapi.set_mode", reqwest::Method::PATCH, &["channels", id, "mode"], Some(&body), true)
@@ -272,7 +272,7 @@ impl Client {
     }
 
     /// `POST /channels/{id}/extend` with `days` and the required `comment`: sent once.
-    pub async fn extend(
+    pub(super) async fn extend(
         &self,
         ctx: &CallContext,
         id: &str,
@@ -288,7 +288,7 @@ impl Client {
 
     /// `DELETE /channels/{id}`: sent once (a repeat after success would be a 404 and lose the
     /// refund count).
-    pub async fn delete_channel(&self, ctx: &CallContext, id: &str) -> Result<Deleted, ProviderError> {
+    pub(super) async fn delete_channel(&self, ctx: &CallContext, id: &str) -> Result<Deleted, ProviderError> {
         let r = self.mgr(ctx, "whapi.delete_channel", reqwest::Method::DELETE, &["channels", id], None, false).await?;
         // The channel is gone whatever the body says: an unreadable body ([I] shape) must not
         // turn a done delete into an error; the refund is then unknown (0).
@@ -302,14 +302,14 @@ impl Client {
     }
 
     /// `GET /partners/{partnerName}/settings` [C]: balance alert webhooks and `days_limit`.
-    pub async fn partner_settings(&self, ctx: &CallContext, partner: &str) -> Result<Value, ProviderError> {
+    pub(super) async fn partner_settings(&self, ctx: &CallContext, partner: &str) -> Result<Value, ProviderError> {
         let segs = ["partners", partner, "settings"];
         let r = self.mgr(ctx, "whapi.partner_settings", reqwest::Method::GET, &segs, None, true).await?;
         decode("whapi.partner_settings", &r.body)
     }
 
     /// `PATCH /partners/{partnerName}/settings` [C]: partial update (same patch, same result).
-    pub async fn patch_partner_settings(
+    pub(super) async fn patch_partner_settings(
         &self,
         ctx: &CallContext,
         partner: &str,
@@ -323,7 +323,7 @@ impl Client {
     // ---- per-channel Gate API ----
 
     /// `GET /health`; `wakeup=false` reads without starting the channel.
-    pub async fn health(&self, g: &Gate, wakeup: bool) -> Result<Health, ProviderError> {
+    pub(super) async fn health(&self, g: &Gate, wakeup: bool) -> Result<Health, ProviderError> {
         let q = [("wakeup", wakeup.to_string())];
         let r = self.gate_get(g, "whapi.health", &["health"], &q).await?;
         decode("whapi.health", &r.body)
@@ -338,7 +338,7 @@ impl Client {
     }
 
     /// `GET /users/login`: the QR as JSON (base64 PNG).
-    pub async fn login_qr(&self, g: &Gate, size: u32) -> Result<LoginQr, ProviderError> {
+    pub(super) async fn login_qr(&self, g: &Gate, size: u32) -> Result<LoginQr, ProviderError> {
         let q = Self::qr_query(size);
         let r = self.gate_get(g, "whapi.login_qr", &["users", "login"], &q).await?;
         decode("whapi.login_qr", &r.body)
@@ -346,7 +346,7 @@ impl Client {
 
     /// `GET /users/login/image`: the QR as a PNG. `None` when the answer is JSON (the
     /// channel is not showing a QR yet).
-    pub async fn login_image(&self, g: &Gate, size: u32) -> Result<Option<Vec<u8>>, ProviderError> {
+    pub(super) async fn login_image(&self, g: &Gate, size: u32) -> Result<Option<Vec<u8>>, ProviderError> {
         let q = Self::qr_query(size);
         let r = self.gate_get(g, "whapi.login_image", &["users", "login", "image"], &q).await?;
         let is_png = r.body.starts_with(b"\x89PNG\r\n\x1a\n");
@@ -354,35 +354,35 @@ impl Client {
     }
 
     /// `GET /users/login/rowdata`: the raw QR string.
-    pub async fn login_rowdata(&self, g: &Gate) -> Result<LoginRowdata, ProviderError> {
+    pub(super) async fn login_rowdata(&self, g: &Gate) -> Result<LoginRowdata, ProviderError> {
         let q = [("wakeup", "true".to_string())];
         let r = self.gate_get(g, "whapi.login_rowdata", &["users", "login", "rowdata"], &q).await?;
         decode("whapi.login_rowdata", &r.body)
     }
 
     /// `GET /users/login/{PhoneNumber}` (digits only): a pairing code.
-    pub async fn pairing_code(&self, g: &Gate, digits: &str) -> Result<PairingCode, ProviderError> {
+    pub(super) async fn pairing_code(&self, g: &Gate, digits: &str) -> Result<PairingCode, ProviderError> {
         let q = [("wakeup", "true".to_string())];
         let r = self.gate_get(g, "whapi.pairing_code", &["users", "login", digits], &q).await?;
         decode("whapi.pairing_code", &r.body)
     }
 
     /// `POST /users/logout`: unlinks the phone.
-    pub async fn logout(&self, g: &Gate) -> Result<(), ProviderError> {
+    pub(super) async fn logout(&self, g: &Gate) -> Result<(), ProviderError> {
         let u = Self::gate_url(g, &["users", "logout"], &[])?;
         self.call("whapi.logout", reqwest::Method::POST, u, &g.token, None, false).await?;
         Ok(())
     }
 
     /// `GET /settings`, as raw JSON (read-modify-write keeps what we do not model).
-    pub async fn get_settings(&self, g: &Gate) -> Result<Value, ProviderError> {
+    pub(super) async fn get_settings(&self, g: &Gate) -> Result<Value, ProviderError> {
         let r = self.gate_get(g, "whapi.get_settings", &["settings"], &[]).await?;
         decode("whapi.get_settings", &r.body)
     }
 
     /// `PATCH /settings` (partial update: absent fields unchanged). The same patch twice is
     /// the same result, so retried.
-    pub async fn patch_settings(&self, g: &Gate, patch: &Value) -> Result<Value, ProviderError> {
+    pub(super) async fn patch_settings(&self, g: &Gate, patch: &Value) -> Result<Value, ProviderError> {
         let u = Self::gate_url(g, &["settings"], &[])?;
         let r = self.call("whapi.patch_settings", reqwest::Method::PATCH, u, &g.token, Some(patch), true).await?;
         decode("whapi.patch_settings", &r.body)

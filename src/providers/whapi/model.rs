@@ -34,7 +34,7 @@ pub(crate) struct Channel {
 
 impl Channel {
     /// Stopped: by the flag or by the status text [I].
-    pub fn is_stopped(&self) -> bool {
+    pub(super) fn is_stopped(&self) -> bool {
         self.stopped || self.status.eq_ignore_ascii_case("stopped")
     }
 }
@@ -49,7 +49,7 @@ pub(crate) enum ChannelList {
 }
 
 impl ChannelList {
-    pub fn into_vec(self) -> Vec<Channel> {
+    pub(super) fn into_vec(self) -> Vec<Channel> {
         match self {
             Self::Wrapped { channels } | Self::Bare(channels) => channels,
         }
@@ -72,7 +72,7 @@ pub(crate) enum ProjectList {
 }
 
 impl ProjectList {
-    pub fn into_vec(self) -> Vec<Project> {
+    pub(super) fn into_vec(self) -> Vec<Project> {
         match self {
             Self::Wrapped { projects } | Self::Bare(projects) => projects,
         }
@@ -125,7 +125,7 @@ pub(crate) struct Health {
 impl Health {
     /// The status text, upper-cased; derived from the code when the text is missing
     /// ([C] 1 INIT, 2 LAUNCH, 3 QR, 5 ERROR; [I] 4 AUTH).
-    pub fn text(&self) -> String {
+    pub(super) fn text(&self) -> String {
         if !self.status.text.is_empty() {
             return self.status.text.to_ascii_uppercase();
         }
@@ -142,7 +142,7 @@ impl Health {
 
     /// When this reading was taken, in epoch ms: `start_at + uptime` (both seconds) [C];
     /// `None` when the sum does not fit (the values are the provider's, not trusted).
-    pub fn at_ms(&self) -> Option<i64> {
+    pub(super) fn at_ms(&self) -> Option<i64> {
         self.start_at?.checked_add(self.uptime.unwrap_or(0))?.checked_mul(1000)
     }
 }

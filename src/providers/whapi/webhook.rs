@@ -36,8 +36,9 @@ pub(crate) fn parse(body: &[u8]) -> Result<Vec<CallbackEvent>, ProviderError> {
     if cb.channel_id.trim().is_empty() {
         return Err(malformed("webhook without channel_id"));
     }
-    // serde_json's map is ordered by key, so this is canonical whatever the sender's order.
-    let canonical = serde_json::to_vec(&value).unwrap_or_default();
+    // serde_json's map is ordered by key, so this is canonical whatever the sender's order. It
+    // is the dedupe key's input: hashing an empty fallback would merge every such event in one.
+    let canonical = serde_json::to_vec(&value).map_err(|_| malformed("webhook body does not re-serialise"))?;
     let digest = hex::encode(&Sha256::digest(&canonical)[..12]);
     let kind = cb.event.kind.to_ascii_lowercase();
     let event = cb.event.event.to_ascii_lowercase();

@@ -13,42 +13,42 @@ const DAY_MS: i64 = 86_400_000;
 
 /// 99digital reason codes used by the sim.
 pub(super) mod reason {
-    /// Success.
-    pub const OK: u32 = 1;
+    /// The call succeeded: the `reason` of every `"status": "OK"` answer.
+    pub(crate) const OK: u32 = 1;
     /// Wrong client_id/secret or malformed login JSON.
-    pub const WRONG_CREDENTIALS: u32 = 2;
+    pub(crate) const WRONG_CREDENTIALS: u32 = 2;
     /// Token missing/expired; also "blocked after failed logins".
-    pub const TOKEN: u32 = 3;
+    pub(crate) const TOKEN: u32 = 3;
     /// Number empty/wrong; [I] also other invalid input.
-    pub const BAD_INPUT: u32 = 4;
+    pub(crate) const BAD_INPUT: u32 = 4;
     /// Use GET/DELETE/POST.
-    pub const WRONG_VERB: u32 = 13;
+    pub(crate) const WRONG_VERB: u32 = 13;
     /// setWebhook: url invalid.
-    pub const BAD_URL: u32 = 13;
+    pub(crate) const BAD_URL: u32 = 13;
     /// [I] 4th code request for one number.
-    pub const TOO_MANY_CODES: u32 = 20;
+    pub(crate) const TOO_MANY_CODES: u32 = 20;
     /// [I] more than the allowed registered numbers waiting.
-    pub const TOO_MANY_NUMBERS: u32 = 21;
+    pub(crate) const TOO_MANY_NUMBERS: u32 = 21;
     /// [I] wrong verification code.
-    pub const WRONG_CODE: u32 = 22;
+    pub(crate) const WRONG_CODE: u32 = 22;
     /// [I] number not registered / not verified.
-    pub const NOT_VERIFIED: u32 = 23;
+    pub(crate) const NOT_VERIFIED: u32 = 23;
     /// [I] an onboarding account already exists for the number.
-    pub const ACCOUNT_EXISTS: u32 = 24;
+    pub(crate) const ACCOUNT_EXISTS: u32 = 24;
     /// Cannot remove a finished account.
-    pub const FINISHED: u32 = 25;
+    pub(crate) const FINISHED: u32 = 25;
     /// Onboarding account not found.
-    pub const NOT_FOUND: u32 = 26;
+    pub(crate) const NOT_FOUND: u32 = 26;
     /// Use PATCH.
-    pub const USE_PATCH: u32 = 27;
+    pub(crate) const USE_PATCH: u32 = 27;
     /// onboarding_logo invalid.
-    pub const BAD_LOGO: u32 = 28;
+    pub(crate) const BAD_LOGO: u32 = 28;
     /// onboarding_message invalid.
-    pub const BAD_MESSAGE: u32 = 29;
+    pub(crate) const BAD_MESSAGE: u32 = 29;
     /// onboarding_button invalid.
-    pub const BAD_BUTTON: u32 = 30;
+    pub(crate) const BAD_BUTTON: u32 = 30;
     /// onboarding_success / onboarding_failed invalid.
-    pub const BAD_SUCCESS_FAILED: u32 = 31;
+    pub(crate) const BAD_SUCCESS_FAILED: u32 = 31;
 }
 
 /// An onboarding account as the control API and tests see it.
@@ -294,7 +294,8 @@ impl State {
         Ok(code)
     }
 
-    /// `verifyNumber`.
+    /// `verifyNumber`: checks `code` against the last one sent to `whatsapp` and marks the
+    /// number verified; the error is the reason code to answer with.
     pub(super) fn verify(&mut self, client: &str, whatsapp: &str, code: &str) -> Result<(), u32> {
         let n = self.partner(client).numbers.get_mut(whatsapp).ok_or(reason::NOT_VERIFIED)?;
         if n.code != code {

@@ -138,7 +138,7 @@ impl Default for GupshupSimConfig {
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 #[serde(rename_all = "camelCase")]
 pub struct AppSnapshot {
-    /// `appId`.
+    /// The app's id (`appId` on the wire), as the partner API returned it at link time.
     pub app_id: String,
     /// App name.
     pub name: String,

@@ -7,11 +7,11 @@ use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 
 /// The 15 `storageRegion` codes of docs/providers.md 1.1.
-pub const STORAGE_REGIONS: [&str; 15] =
+pub(super) const STORAGE_REGIONS: [&str; 15] =
     ["BR", "DE", "CH", "GB", "BH", "ZA", "AE", "US", "CA", "AU", "ID", "IN", "JP", "SG", "KR"];
 
 /// Subscription modes in bitmask order (bit = 1 << index). [I] derived table of 1.3.5.
-pub const MODE_BITS: [&str; 14] = [
+pub(super) const MODE_BITS: [&str; 14] = [
     "SENT",
     "DELIVERED",
     "READ",
@@ -29,7 +29,7 @@ pub const MODE_BITS: [&str; 14] = [
 ];
 
 /// Modes accepted only with `version=3`. [I] per the RAKH copy (1.3.5).
-pub const V3_ONLY_MODES: [&str; 4] = ["FLOWS_MESSAGE", "PAYMENTS", "ALL", "OTHERS"];
+const V3_ONLY_MODES: [&str; 4] = ["FLOWS_MESSAGE", "PAYMENTS", "ALL", "OTHERS"];
 
 /// Simulator-specific knobs (beyond the shared `common::Knobs`).
 #[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
@@ -185,7 +185,7 @@ impl GupshupKnobs {
 
 /// A partner token issued by login.
 #[derive(Debug, Clone)]
-pub struct PartnerSession {
+pub(super) struct PartnerSession {
     /// Partner the token belongs to.
     pub partner_id: u64,
     /// Expiry on the sim clock.
@@ -194,7 +194,7 @@ pub struct PartnerSession {
 
 /// The non-expiring app token of one app.
 #[derive(Debug, Clone)]
-pub struct AppToken {
+pub(super) struct AppToken {
     /// The secret (`sk_…`).
     pub token: String,
     /// `authoriserId` (a uuid).
@@ -207,7 +207,7 @@ pub struct AppToken {
 
 /// One linked app.
 #[derive(Debug, Clone)]
-pub struct App {
+pub(super) struct App {
     /// `appId` (uuid).
     pub id: String,
     /// App ("bot") name, unique across the sim.
@@ -238,12 +238,12 @@ pub struct App {
 
 /// One webhook subscription.
 #[derive(Debug, Clone)]
-pub struct Subscription {
+pub(super) struct Subscription {
     /// Numeric id (sent as a string).
     pub id: u64,
     /// Owning app.
     pub app_id: String,
-    /// `active`.
+    /// `active`: whether Gupshup delivers events to it (a disabled one is kept, not sent to).
     pub active: bool,
     /// Modes in bitmask order.
     pub modes: Vec<&'static str>,
@@ -253,29 +253,29 @@ pub struct Subscription {
     pub url: String,
     /// Payload version 0..=3.
     pub version: u8,
-    /// `showOnUI`.
+    /// `showOnUI` as the caller last set it (dashboard visibility); stored and echoed only.
     pub show_on_ui: bool,
     /// `meta` as sent (JSON string).
     pub meta: Option<String>,
-    /// `createdOn`.
+    /// `createdOn`: when it was created, simulated Unix milliseconds.
     pub created_ms: i64,
-    /// `modifiedOn`.
+    /// `modifiedOn`: its last update (create, edit), simulated Unix milliseconds.
     pub modified_ms: i64,
 }
 
 impl Subscription {
     /// The `mode` bitmask.
-    pub fn mode(&self) -> u64 {
+    pub(super) fn mode(&self) -> u64 {
         mode_mask(&self.modes)
     }
 
     /// Whether account / onboarding events go to this subscription.
-    pub fn wants_account_events(&self) -> bool {
+    pub(super) fn wants_account_events(&self) -> bool {
         self.active && self.modes.iter().any(|m| *m == "ACCOUNT" || *m == "ALL")
     }
 
     /// The create-response object (1.3.5).
-    pub fn create_json(&self) -> Value {
+    pub(super) fn create_json(&self) -> Value {
         json!({
             "active": self.active,
             "appId": self.app_id,
@@ -291,7 +291,7 @@ impl Subscription {
     }
 
     /// The get/list object: the create object plus `modes`, `latencyBucket` and `meta`.
-    pub fn full_json(&self) -> Value {
+    pub(super) fn full_json(&self) -> Value {
         let mut v = self.create_json();
         if let Some(o) = v.as_object_mut() {
             o.insert("modes".into(), json!(self.modes));
@@ -308,7 +308,7 @@ impl Subscription {
 
 /// Everything the simulator remembers.
 #[derive(Debug, Default)]
-pub struct State {
+pub(super) struct State {
     /// Simulator-specific knobs.
     pub knobs: GupshupKnobs,
     /// Partner token -> session.
@@ -324,13 +324,13 @@ pub struct State {
 }
 
 /// `mode` bitmask of a list of modes (`NONE` = 0).
-pub fn mode_mask(modes: &[&str]) -> u64 {
+fn mode_mask(modes: &[&str]) -> u64 {
     modes.iter().filter_map(|m| MODE_BITS.iter().position(|b| b == m)).fold(0, |acc, i| acc | (1u64 << i))
 }
 
 /// Parses the `modes` CSV: trims items, rejects unknown modes and v3-only modes for
 /// version < 3, dedupes, and returns them in bitmask order (`NONE` alone when only NONE).
-pub fn parse_modes(csv: &str, version: u8) -> Option<Vec<&'static str>> {
+pub(super) fn parse_modes(csv: &str, version: u8) -> Option<Vec<&'static str>> {
     let mut seen: Vec<&'static str> = Vec::new();
     for raw in csv.split(',') {
         let item = raw.trim();
@@ -357,7 +357,7 @@ pub fn parse_modes(csv: &str, version: u8) -> Option<Vec<&'static str>> {
 
 /// Splits an E.164 number (digits, no `+`) into country code and national number.
 /// [I] a small prefix table: 1-digit codes 1 and 7, the common 2-digit codes, else 3 digits.
-pub fn split_phone(phone: &str) -> (String, String) {
+fn split_phone(phone: &str) -> (String, String) {
     const TWO: [&str; 44] = [
         "20", "27", "30", "31", "32", "33", "34", "36", "39", "40", "41", "43", "44", "45", "46", "47", "48", "49",
         "51", "52", "53", "54", "55", "56", "57", "58", "60", "61", "62", "63", "64", "65", "66", "81", "82", "84",
@@ -376,18 +376,18 @@ pub fn split_phone(phone: &str) -> (String, String) {
 
 /// The pipeline as computed from the app's timeline at one instant.
 #[derive(Debug, Clone, PartialEq)]
-pub struct PipelineView {
-    /// `creationStage`.
+pub(crate) struct PipelineView {
+    /// `creationStage`: `INITIAL`, `DOCKER_PROVISIONING`, `WHATSAPP_PROVISIONING_DONE`, or `ERROR`.
     pub creation_stage: &'static str,
-    /// `pipeLineStage`.
+    /// `pipeLineStage` (Gupshup's capital L): `CREATE_DOCKER` → `GET_CERTIFICATE` → `FINALIZE`.
     pub pipeline_stage: &'static str,
-    /// `embedStage`.
+    /// `embedStage` of the embedded signup: `EMBED_PENDING`, then `EMBED_STARTED`.
     pub embed_stage: &'static str,
-    /// `uiFormStage`.
+    /// `uiFormStage`: `GET_WHATSAPP_APPROVAL` until verification, then `COMPLETE_VERIFICATION`.
     pub ui_form_stage: &'static str,
-    /// `whatsappVerificationStatus`.
+    /// `whatsappVerificationStatus`: `PN_DN_APPROVED` → `WABA_APPROVED` → `WHATSAPP_VERIFICATION_DONE`.
     pub verification: &'static str,
-    /// `stageRetries`.
+    /// `stageRetries`: retries of a failing stage so far (0 on the happy path, at most 3).
     pub stage_retries: u32,
     /// `modifiedOn`: time of the last transition.
     pub modified_ms: i64,
@@ -417,14 +417,14 @@ const DONE_BEFORE_FINALIZE: (&str, &str, &str, &str, &str) = (
 );
 
 /// Retries before a failing stage gives up (documented: "retries three times").
-pub const MAX_RETRIES: u32 = 3;
+const MAX_RETRIES: u32 = 3;
 
 /// Lazily computes the pipeline of `app` at `now_ms` with `stage_ms` per step.
 ///
 /// Happy path: step k = elapsed / stage_ms walks [`HAPPY`]; live from step 3.
 /// Failure path: stuck at CREATE_DOCKER, `stageRetries` 1..=3 on steps 1..=3, then from step 4
 /// `creationStage: ERROR` (the documented error example's other stages) for good.
-pub fn pipeline_at(app: &App, now_ms: i64, stage_ms: u64) -> PipelineView {
+pub(super) fn pipeline_at(app: &App, now_ms: i64, stage_ms: u64) -> PipelineView {
     let stage_ms = stage_ms.max(1) as i64;
     let step = match app.started_ms {
         Some(s) if now_ms > s => ((now_ms - s) / stage_ms) as u64,
@@ -482,7 +482,7 @@ pub fn pipeline_at(app: &App, now_ms: i64, stage_ms: u64) -> PipelineView {
 /// `pipeline_stage_retries` or `error_while_retrying` knob (issue 17 point 10: the vendor's
 /// pipeline examples never show it); with `error_while_retrying` a failing app's retries
 /// show `creationStage: ERROR` already.
-pub fn pipeline_json(app: &App, view: &PipelineView, knobs: &GupshupKnobs) -> Value {
+pub(super) fn pipeline_json(app: &App, view: &PipelineView, knobs: &GupshupKnobs) -> Value {
     let (cc, national) = split_phone(&app.phone);
     let creation =
         if knobs.error_while_retrying && app.fails && view.stage_retries > 0 { "ERROR" } else { view.creation_stage };
@@ -508,7 +508,7 @@ pub fn pipeline_json(app: &App, view: &PipelineView, knobs: &GupshupKnobs) -> Va
 
 /// Fills the v2 envelope around an event body: `app`, `appId`, `phone`, `timestamp` and
 /// `version` are added when missing; everything given is kept as is.
-pub fn envelope(app: &App, mut body: Value, now_ms: i64) -> Value {
+pub(super) fn envelope(app: &App, mut body: Value, now_ms: i64) -> Value {
     if let Some(o) = body.as_object_mut() {
         o.entry("app").or_insert_with(|| json!(app.name));
         o.entry("appId").or_insert_with(|| json!(app.id));
@@ -520,7 +520,7 @@ pub fn envelope(app: &App, mut body: Value, now_ms: i64) -> Value {
 }
 
 /// The go-live `onboarding-event` (1.4).
-pub fn live_event(app: &App, now_ms: i64) -> Value {
+pub(super) fn live_event(app: &App, now_ms: i64) -> Value {
     json!({
         "app": app.name,
         "appId": app.id,
@@ -541,14 +541,14 @@ pub fn live_event(app: &App, now_ms: i64) -> Value {
 }
 
 /// A fresh app token (`sk_` + 32 hex digits).
-pub fn new_app_token() -> String {
+pub(super) fn new_app_token() -> String {
     let mut raw = [0u8; 16];
     rand::Rng::fill(&mut rand::rng(), &mut raw);
     format!("sk_{}", hex::encode(raw))
 }
 
 /// Whether a string is an absolute http(s) URL with a host.
-pub fn valid_url(s: &str) -> bool {
+pub(super) fn valid_url(s: &str) -> bool {
     url::Url::parse(s)
         .is_ok_and(|u| matches!(u.scheme(), "http" | "https") && u.host_str().is_some_and(|h| !h.is_empty()))
 }

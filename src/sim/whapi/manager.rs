@@ -11,7 +11,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, patch, post, put};
 use serde_json::{Value, json};
 
-use super::state::{BillingEntry, Channel, DAY_MS};
+use super::state::{BillingEntry, Channel, DAY_MS, NewChannel};
 use super::webhooks::{self, validate_webhooks};
 use super::{WhapiSim, bearer, err, parse_body};
 
@@ -87,15 +87,14 @@ async fn create_channel(State(sim): State<WhapiSim>, headers: HeaderMap, body: B
     }
     let api_url = sim.api_url();
     let ch = sim.tx(|st, now, _| {
-        let c = Channel::new(
-            st.new_channel_id(),
-            st.new_token(),
-            name.to_string(),
-            project.to_string(),
-            st.owner_id.clone(),
-            now,
-            &cfg,
-        );
+        let new = NewChannel {
+            id: st.new_channel_id(),
+            token: st.new_token(),
+            name: name.to_string(),
+            project_id: project.to_string(),
+            owner_id: st.owner_id.clone(),
+        };
+        let c = Channel::new(new, now, &cfg);
         let v = c.to_json(&api_url);
         st.channels.insert(c.id.clone(), c);
         v

@@ -84,17 +84,26 @@ pub(crate) struct Channel {
     pub api_requests: u64,
 }
 
+/// What a `PUT /channels` call decides about a new channel: its identity and ownership. The
+/// rest (server, trial period, health) [`Channel::new`] derives from the clock and the config.
+#[derive(Debug, Clone)]
+pub(crate) struct NewChannel {
+    /// The channel id (`MANTIS-AB12C` style), unique in the state.
+    pub id: String,
+    /// The channel's Gate API token, fresh from the state.
+    pub token: String,
+    /// The display name the caller asked for.
+    pub name: String,
+    /// The project the channel is created in.
+    pub project_id: String,
+    /// The partner that owns it (the state's `owner_id`).
+    pub owner_id: String,
+}
+
 impl Channel {
-    #[allow(clippy::too_many_arguments)]
-    pub fn new(
-        id: String,
-        token: String,
-        name: String,
-        project_id: String,
-        owner_id: String,
-        now: i64,
-        cfg: &WhapiSimConfig,
-    ) -> Self {
+    /// A channel just created at `now`: in its trial, not yet woken, no user linked.
+    pub(crate) fn new(new: NewChannel, now: i64, cfg: &WhapiSimConfig) -> Self {
+        let NewChannel { id, token, name, project_id, owner_id } = new;
         let active_till = now + cfg.trial_days * DAY_MS;
         Self {
             id,
@@ -125,7 +134,7 @@ impl Channel {
     }
 
     /// Health code at `now`.
-    pub fn code(&self, now: i64, cfg: &WhapiSimConfig) -> u8 {
+    pub(crate) fn code(&self, now: i64, cfg: &WhapiSimConfig) -> u8 {
         if self.error {
             return ERROR;
         }
@@ -152,7 +161,7 @@ impl Channel {
     }
 
     /// The valid QR string and its remaining lifetime (s), when in the QR state.
-    pub fn current_qr(&self, now: i64, cfg: &WhapiSimConfig) -> Option<(String, i64)> {
+    pub(crate) fn current_qr(&self, now: i64, cfg: &WhapiSimConfig) -> Option<(String, i64)> {
         if self.code(now, cfg) != QR {
             return None;
         }
@@ -164,7 +173,7 @@ impl Channel {
     }
 
     /// `/health` body (also the `health` of `channel` webhooks).
-    pub fn health_json(&self, now: i64, cfg: &WhapiSimConfig) -> Value {
+    pub(crate) fn health_json(&self, now: i64, cfg: &WhapiSimConfig) -> Value {
         let code = self.code(now, cfg);
         let start = self.woken_at.unwrap_or(self.creation_ts);
         let uptime = if self.woken_at.is_some() { (now - start).max(0) / 1000 } else { 0 };
@@ -178,7 +187,7 @@ impl Channel {
     }
 
     /// The channel object of the manager API [C] shape.
-    pub fn to_json(&self, api_url: &str) -> Value {
+    pub(crate) fn to_json(&self, api_url: &str) -> Value {
         let mut v = json!({
             "apiUrl": api_url,
             "id": self.id,
@@ -203,7 +212,7 @@ impl Channel {
     }
 
     /// Inspection view.
-    pub fn view(&self, now: i64, cfg: &WhapiSimConfig) -> WhapiChannelView {
+    pub(crate) fn view(&self, now: i64, cfg: &WhapiSimConfig) -> WhapiChannelView {
         let code = self.code(now, cfg);
         WhapiChannelView {
             id: self.id.clone(),
@@ -220,7 +229,7 @@ impl Channel {
     }
 
     /// Queues the deliveries of one event to the channel's webhooks.
-    pub fn emit(&self, kind: &str, event: &str, mut body: Value, out: &mut Vec<Delivery>) {
+    fn emit(&self, kind: &str, event: &str, mut body: Value, out: &mut Vec<Delivery>) {
         if let Some(o) = body.as_object_mut() {
             o.insert("event".into(), json!({"type": kind, "event": event}));
             o.insert("channel_id".into(), json!(self.id));
@@ -229,7 +238,7 @@ impl Channel {
     }
 
     /// Links the phone now and fires `users`/`post`. Only from the QR state.
-    pub fn link_now(
+    pub(crate) fn link_now(
         &mut self,
         now: i64,
         phone: &str,
@@ -254,7 +263,7 @@ impl Channel {
     }
 
     /// Unlinks the phone (back to QR) and fires `users`/`delete`.
-    pub fn logout(&mut self, now: i64, out: &mut Vec<Delivery>) -> bool {
+    pub(crate) fn logout(&mut self, now: i64, out: &mut Vec<Delivery>) -> bool {
         self.error = false;
         let Some(u) = self.user.take() else {
             return false;
@@ -266,7 +275,7 @@ impl Channel {
     }
 
     /// Sandbox: schedules the customer's scan / code entry unless one is pending.
-    pub fn schedule_link(&mut self, now: i64, phone: &str, replace: bool, cfg: &WhapiSimConfig) {
+    pub(crate) fn schedule_link(&mut self, now: i64, phone: &str, replace: bool, cfg: &WhapiSimConfig) {
         if !cfg.sandbox || (self.pending.is_some() && !replace) {
             return;
         }
@@ -274,7 +283,7 @@ impl Channel {
     }
 
     /// Applies transitions due at `now` and queues their webhooks.
-    pub fn advance(&mut self, now: i64, cfg: &WhapiSimConfig, out: &mut Vec<Delivery>) {
+    pub(crate) fn advance(&mut self, now: i64, cfg: &WhapiSimConfig, out: &mut Vec<Delivery>) {
         if self.stopped {
             return;
         }
@@ -324,7 +333,7 @@ pub(crate) struct SimState {
 }
 
 impl SimState {
-    pub fn new(cfg: &WhapiSimConfig) -> Self {
+    pub(crate) fn new(cfg: &WhapiSimConfig) -> Self {
         Self {
             channels: BTreeMap::new(),
             balance: cfg.balance_days,
@@ -336,18 +345,18 @@ impl SimState {
         }
     }
 
-    pub fn advance_all(&mut self, now: i64, cfg: &WhapiSimConfig, out: &mut Vec<Delivery>) {
+    pub(crate) fn advance_all(&mut self, now: i64, cfg: &WhapiSimConfig, out: &mut Vec<Delivery>) {
         for c in self.channels.values_mut() {
             c.advance(now, cfg, out);
         }
     }
 
-    pub fn by_token(&mut self, token: &str) -> Option<&mut Channel> {
+    pub(crate) fn by_token(&mut self, token: &str) -> Option<&mut Channel> {
         self.channels.values_mut().find(|c| c.token == token)
     }
 
     /// A fresh unique `WORD-XXXXX` id [C] pattern.
-    pub fn new_channel_id(&self) -> String {
+    pub(crate) fn new_channel_id(&self) -> String {
         const WORDS: &[&str] = &["SHAZAM", "MANTIS", "FALCON", "PANTHER", "COBRA", "RAVEN", "TIGER", "LYNX"];
         loop {
             let w = WORDS[rand::rng().random_range(0..WORDS.len())];
@@ -359,7 +368,7 @@ impl SimState {
     }
 
     /// A fresh unique 32-char channel token.
-    pub fn new_token(&self) -> String {
+    pub(crate) fn new_token(&self) -> String {
         loop {
             let t = random_string(32, ALNUM);
             if !self.channels.values().any(|c| c.token == t) {
