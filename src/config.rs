@@ -11,15 +11,16 @@ use serde::{Deserialize, Serialize};
 
 use crate::domain::Secret;
 
-/// Everything configurable.
+/// Everything configurable: the file, then `WA_ONBOARD__*` variables, then flags
+/// (docs/operations.md lists every key).
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct Settings {
     /// Listeners, data dir, logging.
     pub server: ServerSettings,
-    /// Database.
+    /// Where the store lives (`database.url`; SQLite under the data dir when empty).
     pub database: DatabaseSettings,
-    /// Encryption keys.
+    /// The keys that seal credentials and signing secrets at rest.
     pub security: SecuritySettings,
     /// The development tenant created at start.
     pub dev: DevSettings,
@@ -27,9 +28,9 @@ pub struct Settings {
     pub sandbox: SandboxSettings,
     /// Provider endpoints and policy.
     pub providers: ProviderSettings,
-    /// Streams.
+    /// Server-stream limits and heartbeats.
     pub streams: StreamSettings,
-    /// Pipeline engine.
+    /// The pipeline engine's workers, leases, retries and watchdog.
     pub engine: EngineSettings,
     /// Metrics and trace export.
     pub telemetry: TelemetrySettings,
@@ -209,7 +210,7 @@ impl Default for ServerSettings {
     }
 }
 
-/// Database.
+/// `database.*`: the store's URL and pool.
 #[derive(Clone, Serialize, Deserialize, Default)]
 #[serde(default, deny_unknown_fields)]
 pub struct DatabaseSettings {
@@ -343,7 +344,7 @@ pub struct GupshupLimitSettings {
     pub pipeline: RateLimitSetting,
 }
 
-/// Server streams.
+/// `streams.*`: how many streams a tenant may hold and how often they carry heartbeats.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct StreamSettings {

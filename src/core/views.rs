@@ -14,11 +14,11 @@ use crate::store::{EventRecord, OnboardingFilter, OnboardingRecord, StepRecord};
 /// An onboarding as callers see it: no engine state, secret or provider lookup key.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct OnboardingView {
-    /// Id.
+    /// The onboarding's id (`onboardings/{id}` in resource names).
     pub id: OnboardingId,
     /// The account it runs on.
     pub account_id: AccountId,
-    /// Provider.
+    /// The BSP whose pipeline drives it (its account's provider).
     pub provider: ProviderKind,
     /// Observed canonical state.
     pub state: OnboardingState,
@@ -36,9 +36,9 @@ pub struct OnboardingView {
     pub state_deadline_ms: Option<UnixMs>,
     /// When the link / channel / trial expires, where the provider has one.
     pub expire_ms: Option<UnixMs>,
-    /// Created at.
+    /// When `CreateOnboarding` stored it (Unix ms).
     pub created_ms: UnixMs,
-    /// Updated at.
+    /// When its state, status or details last changed (Unix ms).
     pub updated_ms: UnixMs,
     /// The public details, parsed (empty when the stored ones do not parse: logged).
     pub details: OnboardingDetails,
@@ -118,17 +118,17 @@ pub(crate) fn json_fields(json: &str) -> HashMap<String, String> {
 /// One entry of an onboarding's event log.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct EventView {
-    /// Which onboarding.
+    /// The onboarding whose log holds the event.
     pub onboarding_id: OnboardingId,
     /// Monotonic per onboarding, from 1, gap-free.
     pub sequence: i64,
-    /// What happened.
+    /// What happened (the closed event vocabulary, `OnboardingEvent.type`).
     pub kind: EventKind,
     /// State after the event.
     pub state: OnboardingState,
     /// State before the event.
     pub previous_state: OnboardingState,
-    /// Why.
+    /// Why it happened, in words for people (no secrets).
     pub reason: String,
     /// Raw provider status at the time.
     pub provider_status: String,
@@ -136,7 +136,7 @@ pub struct EventView {
     pub step: Option<String>,
     /// Extra attributes (never secrets), parsed.
     pub attributes: HashMap<String, String>,
-    /// When.
+    /// When the event was committed (Unix ms).
     pub created_ms: UnixMs,
 }
 
@@ -173,9 +173,9 @@ pub struct StepView {
     pub display_name: String,
     /// Order within the pipeline, from 0.
     pub position: i32,
-    /// State.
+    /// Where the step is (pending, running, waiting, succeeded...).
     pub state: StepState,
-    /// Attempts made.
+    /// Attempts made so far, counting the one running.
     pub attempts: i32,
     /// Bound on attempts before `FAILED`.
     pub max_attempts: i32,
@@ -189,9 +189,9 @@ pub struct StepView {
     pub next_run_ms: Option<UnixMs>,
     /// When it must have finished (watchdog), if bounded.
     pub deadline_ms: Option<UnixMs>,
-    /// First started.
+    /// When its first attempt started; `None` before any.
     pub started_ms: Option<UnixMs>,
-    /// Finished.
+    /// When it reached a final state; `None` while it can still run.
     pub finished_ms: Option<UnixMs>,
 }
 

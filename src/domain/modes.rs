@@ -8,7 +8,7 @@ use serde::{Deserialize, Serialize};
 /// (`Body`, `Path`...), as the sealed start request always stored it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
 pub enum WebhookMode {
-    /// Provider default.
+    /// Not chosen: the provider applies its own default (Gupshup, which has no modes).
     #[default]
     Unspecified,
     /// Event in the body.
@@ -24,16 +24,16 @@ pub enum WebhookMode {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum ChannelMode {
-    /// Trial.
+    /// The free trial a new channel starts in (Whapi: 5 days).
     Trial,
-    /// Sandbox.
+    /// A developer channel (wire value `dev`); set only in the partner dashboard.
     Sandbox,
     /// Live (paid).
     Live,
 }
 
 impl ChannelMode {
-    /// Every mode.
+    /// Every mode, in the order the API lists them.
     pub const ALL: [Self; 3] = [Self::Trial, Self::Sandbox, Self::Live];
 
     /// The stored name.

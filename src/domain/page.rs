@@ -4,7 +4,7 @@
 /// A page of results and the cursor for the next one.
 #[derive(Debug, Clone)]
 pub struct Page<T> {
-    /// The items.
+    /// The page's items, at most the request's `limit`.
     pub items: Vec<T>,
     /// Pass back as [`PageRequest::after`] to get the next page; `None` at the end.
     pub next_page_token: Option<String>,

@@ -28,7 +28,7 @@ fn is_open(path: &str) -> bool {
 #[derive(Debug, Clone)]
 pub struct RequestId(pub String);
 
-/// The layer.
+/// The tower layer that authenticates every call by its `authorization: Bearer` API key.
 #[derive(Debug, Clone)]
 pub struct AuthLayer {
     auth: Authenticator,

@@ -66,7 +66,7 @@ fn account_filter(tenant: &TenantId, r: &str) -> Checked<Option<AccountId>> {
 pub(super) struct CreateAccount {
     /// The account to create.
     pub(super) account: NewAccount,
-    /// Idempotency key.
+    /// The caller's `request_id`: a retry carrying it gets the first answer.
     pub(super) request_id: Option<String>,
 }
 
@@ -107,7 +107,7 @@ impl TryFrom<(&Caller, pb::CreateAccountRequest)> for CreateAccount {
 
 /// `ListAccounts`.
 pub(super) struct ListAccounts {
-    /// The page.
+    /// The page size (clamped) and where the previous page ended (its token, decoded).
     pub(super) page: PageRequest,
     /// Only this provider.
     pub(super) provider: Option<ProviderKind>,
@@ -125,7 +125,7 @@ impl TryFrom<&pb::ListAccountsRequest> for ListAccounts {
 
 /// `ListChannels`.
 pub(super) struct ListChannels {
-    /// The page.
+    /// The page size (clamped) and where the previous page ended (its token, decoded).
     pub(super) page: PageRequest,
     /// Only this account's channels.
     pub(super) account: Option<AccountId>,
@@ -143,7 +143,7 @@ impl TryFrom<(&Caller, &pb::ListChannelsRequest)> for ListChannels {
 
 /// `GetConnectCode`.
 pub(super) struct GetConnectCode {
-    /// The channel.
+    /// The channel the request names (`channels/{id}`), parsed.
     pub(super) id: ChannelId,
     /// QR or pairing code.
     pub(super) method: ConnectMethod,
@@ -161,7 +161,7 @@ impl TryFrom<pb::GetConnectCodeRequest> for GetConnectCode {
 
 /// `SetChannelMode`.
 pub(super) struct SetChannelMode {
-    /// The channel.
+    /// The channel the request names (`channels/{id}`), parsed.
     pub(super) id: ChannelId,
     /// The mode to switch to.
     pub(super) mode: ChannelMode,
@@ -178,7 +178,7 @@ impl TryFrom<&pb::SetChannelModeRequest> for SetChannelMode {
 
 /// `ExtendChannel`.
 pub(super) struct ExtendChannel {
-    /// The channel.
+    /// The channel the request names (`channels/{id}`), parsed.
     pub(super) id: ChannelId,
     /// Days to add, within `1..=MAX_EXTEND_DAYS`.
     pub(super) days: u32,
@@ -209,9 +209,9 @@ impl TryFrom<pb::ExtendChannelRequest> for ExtendChannel {
 
 /// `DeleteChannel`.
 pub(super) struct DeleteChannel {
-    /// The channel.
+    /// The channel the request names (`channels/{id}`), parsed.
     pub(super) id: ChannelId,
-    /// Idempotency key.
+    /// The caller's `request_id`: a retry carrying it gets the first answer.
     pub(super) request_id: Option<String>,
 }
 
@@ -252,7 +252,7 @@ pub(super) struct CreateOnboardingLinks {
     pub(super) count: u32,
     /// Caller's reference for every link.
     pub(super) reference: String,
-    /// Idempotency key.
+    /// The caller's `request_id`: a retry carrying it gets the first answer.
     pub(super) request_id: Option<String>,
 }
 
@@ -272,7 +272,7 @@ impl TryFrom<(&Caller, pb::CreateOnboardingLinksRequest)> for CreateOnboardingLi
 
 /// `ListOnboardings`.
 pub(super) struct ListOnboardings {
-    /// The page.
+    /// The page size (clamped) and where the previous page ended (its token, decoded).
     pub(super) page: PageRequest,
     /// What to list.
     pub(super) query: OnboardingQuery,
@@ -294,7 +294,7 @@ impl TryFrom<(&Caller, pb::ListOnboardingsRequest)> for ListOnboardings {
 
 /// `CancelOnboarding`.
 pub(super) struct CancelOnboarding {
-    /// The onboarding.
+    /// The onboarding the request names (`onboardings/{id}`), parsed.
     pub(super) id: OnboardingId,
     /// Idempotency key: a retry returns the first outcome.
     pub(super) request_id: Option<String>,
@@ -311,7 +311,7 @@ impl TryFrom<(&Caller, &pb::CancelOnboardingRequest)> for CancelOnboarding {
 
 /// `SubmitVerificationCode`.
 pub(super) struct SubmitVerificationCode {
-    /// The onboarding.
+    /// The onboarding the request names (`onboardings/{id}`), parsed.
     pub(super) id: OnboardingId,
     /// The code, trimmed.
     pub(super) code: String,
@@ -332,7 +332,7 @@ const DEFAULT_EVENTS_PAGE: i32 = 100;
 
 /// `ListOnboardingEvents`.
 pub(super) struct ListOnboardingEvents {
-    /// The onboarding.
+    /// The onboarding the request names (`onboardings/{id}`), parsed.
     pub(super) id: OnboardingId,
     /// Events after this sequence.
     pub(super) after: i64,
@@ -369,7 +369,7 @@ pub(super) struct CreateSubscription {
     pub(super) id: OnboardingId,
     /// What to subscribe.
     pub(super) spec: SubscriptionSpec,
-    /// Idempotency key.
+    /// The caller's `request_id`: a retry carrying it gets the first answer.
     pub(super) request_id: Option<String>,
 }
 
@@ -389,9 +389,9 @@ impl TryFrom<(&Caller, pb::CreateSubscriptionRequest)> for CreateSubscription {
 
 /// `ListSubscriptions`.
 pub(super) struct ListSubscriptions {
-    /// The onboarding.
+    /// The onboarding the request names (`onboardings/{id}`), parsed.
     pub(super) id: OnboardingId,
-    /// The page.
+    /// The page size (clamped) and where the previous page ended (its token, decoded).
     pub(super) page: PageRequest,
     /// The list kind its page tokens are bound to.
     pub(super) kind: String,
@@ -411,7 +411,7 @@ impl TryFrom<(&Caller, &pb::ListSubscriptionsRequest)> for ListSubscriptions {
 
 /// `UpdateSubscription`.
 pub(super) struct UpdateSubscription {
-    /// The onboarding.
+    /// The onboarding the request names (`onboardings/{id}`), parsed.
     pub(super) id: OnboardingId,
     /// The provider's subscription id.
     pub(super) sub: String,

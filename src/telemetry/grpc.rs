@@ -16,7 +16,7 @@ use tower::{Layer, Service};
 
 use super::metrics::{GRPC_DURATION, GRPC_REQUESTS, GRPC_STREAMS_OPEN};
 
-/// The layer.
+/// The tower layer that gives every gRPC call its span and metrics.
 #[derive(Debug, Clone)]
 pub struct GrpcMetricsLayer {
     known: Arc<HashSet<String>>,

@@ -53,13 +53,19 @@ impl Core {
             let reason = format!("{} has no step '{}' any more", provider.kind(), step.name);
             return self.fail_onboarding(&o, Some(&step.name), OnboardingState::Failed, &reason, "", None).await;
         };
+        // Step data carries marks such as "create sent at": running on an empty object
+        // instead would repeat a create, so data that does not parse is an error like any
+        // corrupt row: logged, retried when the lease lapses, ended by the state's watchdog.
+        let data = serde_json::from_str(&step.data_json).map_err(|e| {
+            AppError::internal(format!("onboardings/{} step {}: stored step data does not parse: {e}", o.id, step.name))
+        })?;
         let run = StepRun {
             name: step.name.clone(),
             onboarding_id: o.id.clone(),
             request: request.clone(),
             handle: engine.handle.clone(),
             secret: self.onboarding_secret(&o)?,
-            data: serde_json::from_str(&step.data_json).unwrap_or_else(|_| serde_json::json!({})),
+            data,
             attempt: step.attempts.max(1) as u32,
             state: o.state,
             details: details_of(&o)?,
