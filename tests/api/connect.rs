@@ -98,8 +98,7 @@ async fn unary_json_and_binary_answer_like_grpc() {
     assert_eq!(providers.len(), 4, "{body}");
     assert!(providers.iter().all(|p| p["sandboxAvailable"] == true), "lowerCamelCase names: {body}");
 
-    let (status, _, created) =
-        call_json(&app, &format!("{ONBOARDINGS}/CreateOnboarding"), gupshup_create("c-1")).await;
+    let (status, _, created) = call_json(&app, &format!("{ONBOARDINGS}/CreateOnboarding"), gupshup_create("c-1")).await;
     assert_eq!(status, 200, "{created}");
     let name = created["name"].as_str().expect("name").to_string();
     // The same onboarding over native gRPC: one store behind both.

@@ -224,18 +224,19 @@ fn refuse(status: StatusCode, e: &ConnectError) -> Response<Body> {
 }
 
 /// Reads the call's method and protocol, or the HTTP refusal.
-fn parse(parts: &http::request::Parts, t: &Transcoder) -> Result<Call, Response<Body>> {
+/// (The refusal is boxed: a response is large next to a `Call`.)
+fn parse(parts: &http::request::Parts, t: &Transcoder) -> Result<Call, Box<Response<Body>>> {
     if parts.method != Method::POST {
-        return Err(refuse(
+        return Err(Box::new(refuse(
             StatusCode::METHOD_NOT_ALLOWED,
             &ConnectError::new(tonic::Code::Unimplemented, "Connect calls are POST requests"),
-        ));
+        )));
     }
     let Some(method) = t.method(parts.uri.path()) else {
-        return Err(refuse(
+        return Err(Box::new(refuse(
             StatusCode::NOT_FOUND,
             &ConnectError::new(tonic::Code::Unimplemented, format!("no procedure {}", parts.uri.path())),
-        ));
+        )));
     };
     let ct = parts.headers.get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).unwrap_or("");
     let ct = ct.split(';').next().unwrap_or("").trim().to_ascii_lowercase();
@@ -245,17 +246,17 @@ fn parse(parts: &http::request::Parts, t: &Transcoder) -> Result<Call, Response<
         "application/connect+json" => (Codec::Json, true),
         "application/connect+proto" => (Codec::Proto, true),
         _ => {
-            return Err(refuse(
+            return Err(Box::new(refuse(
                 StatusCode::UNSUPPORTED_MEDIA_TYPE,
                 &ConnectError::new(tonic::Code::Unknown, format!("content type '{ct}' is not one of {ACCEPTED}")),
-            ));
+            )));
         }
     };
     if method.is_client_streaming() {
-        return Err(refuse(
+        return Err(Box::new(refuse(
             StatusCode::NOT_IMPLEMENTED,
             &ConnectError::new(tonic::Code::Unimplemented, "client streaming is served over gRPC only"),
-        ));
+        )));
     }
     if streaming != method.is_server_streaming() {
         let want = if method.is_server_streaming() {
@@ -263,13 +264,13 @@ fn parse(parts: &http::request::Parts, t: &Transcoder) -> Result<Call, Response<
         } else {
             "application/json or proto"
         };
-        return Err(refuse(
+        return Err(Box::new(refuse(
             StatusCode::UNSUPPORTED_MEDIA_TYPE,
             &ConnectError::new(tonic::Code::Unknown, format!("{} takes {want}", method.full_name())),
-        ));
+        )));
     }
     let mut call = Call { method, codec, streaming, timeout: None };
-    let bad = |call: &Call, e: ConnectError| Err(error_response(call, &e, &HeaderMap::new()));
+    let bad = |call: &Call, e: ConnectError| Err(Box::new(error_response(call, &e, &HeaderMap::new())));
     if let Some(v) = parts.headers.get("connect-protocol-version")
         && v.as_bytes() != b"1"
     {
@@ -345,7 +346,7 @@ where
     let (parts, body) = req.into_parts();
     let call = match parse(&parts, &shared.transcoder) {
         Ok(c) => c,
-        Err(resp) => return Ok(resp),
+        Err(resp) => return Ok(*resp),
     };
     let proto = match read_request(&call, body, &shared).await {
         Ok(p) => p,
