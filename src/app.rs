@@ -203,7 +203,10 @@ pub async fn start_with(
         authenticator,
         tls,
         settings.streams.max_per_connection,
-        crate::grpc::connect::Cors::new(&settings.server.cors_allowed_origins),
+        crate::grpc::connect::WebOptions {
+            cors: crate::grpc::connect::Cors::new(&settings.server.cors_allowed_origins),
+            console: settings.server.console,
+        },
     )
     .map_err(|e| StartError::Other(e.to_string()))?;
     // Health: overall and per service, NOT_SERVING while the store does not answer.

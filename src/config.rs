@@ -74,6 +74,9 @@ pub struct ServerSettings {
     /// Origins browsers may call the gRPC port from (Connect, gRPC-Web), e.g.
     /// `https://console.example.com`; `*` is any origin. Empty: no CORS headers (off).
     pub cors_allowed_origins: Vec<String>,
+    /// Serve the operator console (a static page, a Connect client) at `GET /` on the gRPC
+    /// port. On by default, as the development tenant and sandbox are; off in production.
+    pub console: bool,
 }
 
 /// TLS for the gRPC listener. Plaintext when `cert_file` is empty.
@@ -209,6 +212,7 @@ impl Default for ServerSettings {
             idle_timeout_secs: 60,
             max_http_connections: 0,
             cors_allowed_origins: Vec::new(),
+            console: true,
         }
     }
 }

@@ -72,7 +72,7 @@ pub enum RouterError {
 /// Builds the router with every service, health, reflection v1 and v1alpha, the metrics
 /// layer and the auth and request-id layer, over TLS when `tls` is given, with at most
 /// `max_streams` concurrent calls per connection (`streams.max_per_connection`), with Connect
-/// and gRPC-Web beside gRPC (HTTP/1.1 accepted too) and CORS for `cors`.
+/// and gRPC-Web beside gRPC (HTTP/1.1 accepted too), CORS and the console as `web` says.
 /// Returns the router and the health reporter that flips serving status.
 pub fn router(
     core: Core,
@@ -80,7 +80,7 @@ pub fn router(
     authenticator: Authenticator,
     tls: Option<tonic::transport::ServerTlsConfig>,
     max_streams: u32,
-    cors: connect::Cors,
+    web: connect::WebOptions,
 ) -> Result<(Router<Layers>, tonic_health::server::HealthReporter), RouterError> {
     let (reporter, health) = tonic_health::server::health_reporter();
     let reflection = || {
@@ -98,7 +98,7 @@ pub fn router(
         tonic_reflection::pb::v1::FILE_DESCRIPTOR_SET,
         tonic_reflection::pb::v1alpha::FILE_DESCRIPTOR_SET,
     ]);
-    let connect = connect::ConnectLayer::new(cors, MAX_MESSAGE_BYTES)?;
+    let connect = connect::ConnectLayer::new(web, MAX_MESSAGE_BYTES)?;
     let s = Services::new(core, shutdown);
     let mut server = tonic::transport::Server::builder();
     if let Some(tls) = tls {

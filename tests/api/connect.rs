@@ -336,3 +336,20 @@ async fn grpc_web_and_cors_share_the_port() {
     let native = app.providers().list_providers(app.req(pb::ListProvidersRequest::default())).await.expect("grpc");
     assert_eq!(native.into_inner().providers.len(), 4);
 }
+
+#[tokio::test]
+async fn the_console_page_is_served_with_a_strict_policy_and_can_be_turned_off() {
+    let app = spawn_app().await;
+    for path in ["", "console"] {
+        let resp = http().get(url(&app, path)).send().await.expect("send");
+        assert_eq!(resp.status(), 200, "/{path}");
+        assert!(resp.headers()["content-type"].to_str().unwrap().starts_with("text/html"));
+        let csp = resp.headers()["content-security-policy"].to_str().unwrap().to_string();
+        assert!(csp.contains("default-src 'none'") && csp.contains("frame-ancestors 'none'"), "{csp}");
+        let page = resp.text().await.expect("page");
+        assert!(page.contains("wa.onboard.v1.OnboardingService/WatchOnboarding"), "a Connect client");
+    }
+    let off = spawn_with(|s| s.server.console = false).await;
+    let resp = http().get(url(&off, "")).send().await.expect("send");
+    assert_eq!(resp.status(), 405, "no page: a GET is just not a Connect call");
+}

@@ -87,9 +87,26 @@ impl Cors {
     }
 }
 
+/// The operator console (`web/console.html`): one static page, a client of this endpoint.
+const CONSOLE: &str = include_str!("../../../web/console.html");
+/// What the console page may load and run: itself and its inline script, calls to this
+/// origin, QR codes as `data:` images; nothing else, and no framing.
+const CONSOLE_CSP: &str = "default-src 'none'; script-src 'unsafe-inline'; style-src 'unsafe-inline'; \
+     img-src data:; connect-src 'self'; frame-ancestors 'none'; base-uri 'none'; form-action 'none'";
+
+/// What the gRPC port serves to browsers besides the API.
+#[derive(Debug, Clone, Default)]
+pub struct WebOptions {
+    /// CORS for Connect and gRPC-Web calls from other origins.
+    pub cors: Cors,
+    /// Serve the operator console at `GET /` and `GET /console` (`server.console`).
+    pub console: bool,
+}
+
 struct Shared {
     transcoder: Transcoder,
     cors: Cors,
+    console: bool,
     max_message: usize,
 }
 
@@ -106,9 +123,11 @@ impl std::fmt::Debug for ConnectLayer {
 }
 
 impl ConnectLayer {
-    /// Connect calls of at most `max_message` bytes (the gRPC receive limit), CORS for `cors`.
-    pub fn new(cors: Cors, max_message: usize) -> Result<Self, prost_reflect::DescriptorError> {
-        Ok(Self { shared: Arc::new(Shared { transcoder: Transcoder::new()?, cors, max_message }) })
+    /// Connect calls of at most `max_message` bytes (the gRPC receive limit), with `web`'s
+    /// CORS and console.
+    pub fn new(web: WebOptions, max_message: usize) -> Result<Self, prost_reflect::DescriptorError> {
+        let transcoder = Transcoder::new()?;
+        Ok(Self { shared: Arc::new(Shared { transcoder, cors: web.cors, console: web.console, max_message }) })
     }
 }
 
@@ -165,6 +184,9 @@ where
             let resp = Cors::preflight(origin.clone(), req.headers().get(header::ACCESS_CONTROL_REQUEST_HEADERS));
             return Box::pin(async move { Ok(resp) });
         }
+        if shared.console && req.method() == Method::GET && matches!(req.uri().path(), "/" | "/console") {
+            return Box::pin(async move { Ok(console()) });
+        }
         if is_grpc(req.headers()) {
             let fut = inner.call(req);
             return Box::pin(async move {
@@ -183,6 +205,18 @@ where
             Ok(resp)
         })
     }
+}
+
+/// The console page, with headers that keep it from being framed or loading anything else.
+fn console() -> Response<Body> {
+    let mut resp = Response::new(Body::new(http_body_util::Full::new(Bytes::from_static(CONSOLE.as_bytes()))));
+    let h = resp.headers_mut();
+    h.insert(header::CONTENT_TYPE, HeaderValue::from_static("text/html; charset=utf-8"));
+    h.insert(header::CONTENT_SECURITY_POLICY, HeaderValue::from_static(CONSOLE_CSP));
+    h.insert(header::X_CONTENT_TYPE_OPTIONS, HeaderValue::from_static("nosniff"));
+    h.insert(header::REFERRER_POLICY, HeaderValue::from_static("no-referrer"));
+    h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
+    resp
 }
 
 /// The wire form of a Connect call's messages.
