@@ -27,8 +27,12 @@ async function main() {
   try {
     const page = await browser.newPage();
     await page.setViewport({ width: 1280, height: 900 });
+    page.on('response', (r) => { if (r.status() >= 400) errors.push(`HTTP ${r.status()} from ${r.url()}`); });
     page.on('pageerror', (e) => errors.push(`page error: ${e.message}`));
-    page.on('console', (m) => { if (m.type() === 'error') errors.push(`console: ${m.text()}`); });
+    // (Failed requests are reported above with their URL; the console repeats them without.)
+    page.on('console', (m) => {
+      if (m.type() === 'error' && !m.text().startsWith('Failed to load resource')) errors.push(`console: ${m.text()}`);
+    });
     await page.goto(`${args['base-url']}/`, { waitUntil: 'load' });
 
     await page.type('#key', args['api-key']);
@@ -52,13 +56,13 @@ async function main() {
     // Whapi: the QR code as an image (the simulator scans it a few seconds later).
     await page.click('input[name=kind][value=whapi]');
     await page.click('#create');
-    await page.waitForFunction(() => {
+    // Polled often: the image shows only until the simulator's scan (3 s after the fetch).
+    const rendered = await page.waitForFunction(() => {
       const img = document.querySelector('#qr img');
-      return img && img.complete && img.naturalWidth > 0;
-    }, { timeout: TIMEOUT });
-    const size = await page.$eval('#qr img', (img) => `${img.naturalWidth}x${img.naturalHeight}`);
-    console.log(`Whapi QR rendered (${size})`);
+      return img && img.complete && img.naturalWidth > 0 ? `${img.naturalWidth}x${img.naturalHeight}` : false;
+    }, { timeout: TIMEOUT, polling: 50 });
     await page.screenshot({ path: join(args.shots, 'console-whapi-qr.png'), fullPage: true });
+    console.log(`Whapi QR rendered (${await rendered.jsonValue()})`);
     await page.waitForFunction(() => document.querySelector('#d-state').dataset.state === 'ONBOARDING_STATE_LIVE',
       { timeout: TIMEOUT });
     console.log('Whapi onboarding LIVE after the scan');
