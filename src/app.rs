@@ -197,9 +197,18 @@ pub async fn start_with(
     }
     let authenticator = crate::core::tenants::Authenticator::with_config_keys(store.clone(), config_keys)
         .with_revocation_delay(Duration::from_millis(settings.auth.revocation_delay_ms));
-    let (router, reporter) =
-        crate::grpc::router(core.clone(), shutdown_rx.clone(), authenticator, tls, settings.streams.max_per_connection)
-            .map_err(|e| StartError::Other(e.to_string()))?;
+    let (router, reporter) = crate::grpc::router(
+        core.clone(),
+        shutdown_rx.clone(),
+        authenticator,
+        tls,
+        settings.streams.max_per_connection,
+        crate::grpc::connect::WebOptions {
+            cors: crate::grpc::connect::Cors::new(&settings.server.cors_allowed_origins),
+            console: settings.server.console,
+        },
+    )
+    .map_err(|e| StartError::Other(e.to_string()))?;
     // Health: overall and per service, NOT_SERVING while the store does not answer.
     tasks.push(tokio::spawn(health_loop(
         store.clone(),

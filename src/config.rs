@@ -72,6 +72,12 @@ pub struct ServerSettings {
     /// Open connections per HTTP port (webhook, metrics); more are accepted and closed at once.
     /// 0: a quarter of the open-file limit, so a flood leaves descriptors for gRPC and the store.
     pub max_http_connections: usize,
+    /// Origins browsers may call the gRPC port from (Connect, gRPC-Web), e.g.
+    /// `https://console.example.com`; `*` is any origin. Empty: no CORS headers (off).
+    pub cors_allowed_origins: Vec<String>,
+    /// Serve the operator console (a static page, a Connect client) at `GET /` on the gRPC
+    /// port. On by default, as the development tenant and sandbox are; off in production.
+    pub console: bool,
 }
 
 /// TLS for the gRPC listener. Plaintext when `cert_file` is empty.
@@ -206,6 +212,8 @@ impl Default for ServerSettings {
             header_read_timeout_secs: 10,
             idle_timeout_secs: 60,
             max_http_connections: 0,
+            cors_allowed_origins: Vec::new(),
+            console: true,
         }
     }
 }

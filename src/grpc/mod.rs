@@ -4,6 +4,7 @@
 pub mod auth;
 pub mod checked;
 pub mod codec;
+pub mod connect;
 pub mod convert;
 pub mod convert_ext;
 #[cfg(test)]
@@ -40,9 +41,19 @@ const MAX_HEADER_LIST_BYTES: u32 = 16 * 1024;
 /// Streams a client may open and reset before the server has accepted them, per connection.
 const MAX_PENDING_RESETS: usize = 50;
 
-/// The layers in front of every route: metrics (outermost, so refused calls count), then
-/// auth and request ids.
-pub type Layers = Stack<auth::AuthLayer, Stack<crate::telemetry::grpc::GrpcMetricsLayer, Identity>>;
+/// Largest request message, the same for gRPC and Connect (tonic's default receive limit).
+const MAX_MESSAGE_BYTES: usize = 4 * 1024 * 1024;
+
+/// The layers in front of every route: Connect and CORS (outermost: they turn a Connect call
+/// into a native one), gRPC-Web, then metrics (so refused calls count), then auth and request
+/// ids.
+pub type Layers = Stack<
+    auth::AuthLayer,
+    Stack<
+        crate::telemetry::grpc::GrpcMetricsLayer,
+        Stack<tonic_web::GrpcWebLayer, Stack<connect::ConnectLayer, Identity>>,
+    >,
+>;
 
 /// Why the gRPC router could not be built.
 #[derive(Debug, thiserror::Error)]
@@ -50,6 +61,9 @@ pub enum RouterError {
     /// Reflection descriptors.
     #[error("reflection: {0}")]
     Reflection(#[from] tonic_reflection::server::Error),
+    /// The descriptor set the Connect transcoder reads.
+    #[error("connect descriptors: {0}")]
+    Descriptors(#[from] prost_reflect::DescriptorError),
     /// TLS certificates or keys.
     #[error("server.tls: {0}")]
     Tls(#[from] tonic::transport::Error),
@@ -57,7 +71,8 @@ pub enum RouterError {
 
 /// Builds the router with every service, health, reflection v1 and v1alpha, the metrics
 /// layer and the auth and request-id layer, over TLS when `tls` is given, with at most
-/// `max_streams` concurrent calls per connection (`streams.max_per_connection`).
+/// `max_streams` concurrent calls per connection (`streams.max_per_connection`), with Connect
+/// and gRPC-Web beside gRPC (HTTP/1.1 accepted too), CORS and the console as `web` says.
 /// Returns the router and the health reporter that flips serving status.
 pub fn router(
     core: Core,
@@ -65,6 +80,7 @@ pub fn router(
     authenticator: Authenticator,
     tls: Option<tonic::transport::ServerTlsConfig>,
     max_streams: u32,
+    web: connect::WebOptions,
 ) -> Result<(Router<Layers>, tonic_health::server::HealthReporter), RouterError> {
     let (reporter, health) = tonic_health::server::health_reporter();
     let reflection = || {
@@ -82,6 +98,7 @@ pub fn router(
         tonic_reflection::pb::v1::FILE_DESCRIPTOR_SET,
         tonic_reflection::pb::v1alpha::FILE_DESCRIPTOR_SET,
     ]);
+    let connect = connect::ConnectLayer::new(web, MAX_MESSAGE_BYTES)?;
     let s = Services::new(core, shutdown);
     let mut server = tonic::transport::Server::builder();
     if let Some(tls) = tls {
@@ -97,6 +114,10 @@ pub fn router(
         .max_concurrent_streams(Some(max_streams))
         .http2_max_header_list_size(Some(MAX_HEADER_LIST_BYTES))
         .http2_max_pending_accept_reset_streams(Some(MAX_PENDING_RESETS))
+        // Connect and gRPC-Web clients (curl, browsers) speak HTTP/1.1 as well.
+        .accept_http1(true)
+        .layer(connect)
+        .layer(tonic_web::GrpcWebLayer::new())
         .layer(metrics)
         .layer(auth)
         .add_service(health)

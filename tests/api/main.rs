@@ -10,6 +10,7 @@ mod child;
 mod accounts;
 mod auth;
 mod capabilities;
+mod connect;
 mod engine;
 mod gupshup;
 mod health_shutdown;
