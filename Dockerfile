@@ -30,6 +30,8 @@ RUN mkdir -p src \
 
 # The service itself.
 COPY src ./src
+# The operator console page, embedded in the binary.
+COPY web/console.html ./web/console.html
 # Cargo decides by mtime: make sure the placeholder artefacts are rebuilt.
 RUN touch src/main.rs src/lib.rs \
     && cargo build --release --locked --bin wa-onboard \

@@ -107,7 +107,8 @@ every template that depends on it (Helm stops at the first fail).
 {{/* The config file: chart-managed settings, then .Values.config merged over them. */}}
 {{- define "wa-onboard.config" -}}
 {{- /* Listen addresses, data dir and log format come from the environment (deployment.yaml). */}}
-{{- $server := dict }}
+{{- /* The operator console (GET / on the gRPC port): off unless asked for, as in production. */}}
+{{- $server := dict "console" .Values.console.enabled }}
 {{- with include "wa-onboard.publicWebhookUrl" . }}
 {{- $_ := set $server "public_webhook_url" . }}
 {{- end }}
