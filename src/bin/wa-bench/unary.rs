@@ -1,5 +1,6 @@
 //! Unary throughput with h2load (nghttp2-client): gRPC over HTTP/2 with a pre-framed body
-//! (5-byte gRPC header + protobuf), `content-type: application/grpc`, `te: trailers`.
+//! (5-byte gRPC header + protobuf), `content-type: application/grpc`, `te: trailers`; or the
+//! Connect protocol's unary JSON (`application/json`, the body as is) on the same port.
 //! h2load counts every HTTP 200 as a success and gRPC errors are HTTP 200 too, so each run is
 //! checked by its response byte count: `data` bytes / expected response frame = successes.
 
@@ -17,11 +18,14 @@ pub(crate) struct Rpc {
     pub label: &'static str,
     /// HTTP/2 path.
     pub path: &'static str,
-    /// Protobuf request bytes.
+    /// Request bytes: protobuf for gRPC, JSON for Connect.
     pub request: Vec<u8>,
+    /// Connect unary JSON instead of gRPC: the body goes unframed as `application/json`.
+    pub connect_json: bool,
     /// Send the API key.
     pub auth: bool,
-    /// Length of one response frame (5 + message length), from a real call.
+    /// Length of one response: 5 + message length for gRPC, the JSON body's length for
+    /// Connect; from a real call.
     pub response_frame: u64,
 }
 
@@ -47,11 +51,15 @@ fn shape(concurrency: usize) -> (usize, usize) {
 /// Runs h2load once.
 pub(crate) async fn h2load(addr: SocketAddr, rpc: &Rpc, concurrency: usize, secs: f64, dir: &Path) -> Result<Run> {
     let body = dir.join(format!("{}.bin", rpc.label.replace('/', "_")));
-    let mut framed = Vec::with_capacity(rpc.request.len() + 5);
-    framed.push(0u8);
-    framed.extend_from_slice(&u32::try_from(rpc.request.len())?.to_be_bytes());
-    framed.extend_from_slice(&rpc.request);
-    std::fs::write(&body, &framed)?;
+    if rpc.connect_json {
+        std::fs::write(&body, &rpc.request)?;
+    } else {
+        let mut framed = Vec::with_capacity(rpc.request.len() + 5);
+        framed.push(0u8);
+        framed.extend_from_slice(&u32::try_from(rpc.request.len())?.to_be_bytes());
+        framed.extend_from_slice(&rpc.request);
+        std::fs::write(&body, &framed)?;
+    }
     let log = dir.join("h2load.log");
     let _ = std::fs::remove_file(&log);
     let (c, m) = shape(concurrency);
@@ -62,8 +70,12 @@ pub(crate) async fn h2load(addr: SocketAddr, rpc: &Rpc, concurrency: usize, secs
         .args(["-c", &c.to_string(), "-m", &m.to_string()])
         .arg("-d")
         .arg(&body)
-        .args(["-H", "content-type: application/grpc", "-H", "te: trailers"])
         .arg(format!("--log-file={}", log.display()));
+    if rpc.connect_json {
+        cmd.args(["-H", "content-type: application/json", "-H", "connect-protocol-version: 1"]);
+    } else {
+        cmd.args(["-H", "content-type: application/grpc", "-H", "te: trailers"]);
+    }
     if rpc.auth {
         cmd.args(["-H", &format!("authorization: Bearer {}", crate::server::DEV_KEY)]);
     }
