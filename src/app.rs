@@ -318,6 +318,21 @@ fn core_settings(s: &Settings) -> CoreSettings {
             http_timeout_secs: s.providers.http_timeout_secs,
         },
         streams: StreamLimits { max_per_tenant: s.streams.max_per_tenant },
+        delivery: crate::core::settings::DeliveryPolicy { egress: egress_policy(s) },
+    }
+}
+
+/// The delivery egress policy: loopback allowed by default exactly when the sandbox runs.
+/// The CIDR lists were checked when the settings were validated; a bad one here is dropped
+/// (the check refuses it at start).
+fn egress_policy(s: &Settings) -> crate::delivery::guard::EgressPolicy {
+    use crate::delivery::guard::EgressPolicy;
+    let d = &s.delivery;
+    EgressPolicy {
+        allow: EgressPolicy::parse_ranges(&d.allow_cidrs).unwrap_or_default(),
+        deny: EgressPolicy::parse_ranges(&d.deny_cidrs).unwrap_or_default(),
+        allow_loopback: d.allow_loopback.unwrap_or(s.sandbox.enabled),
+        allow_private: d.allow_private,
     }
 }
 

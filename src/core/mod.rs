@@ -7,6 +7,7 @@ pub mod callbacks;
 pub mod capabilities;
 mod claims;
 pub mod context;
+pub mod delivery;
 pub mod engine;
 pub mod lifecycle;
 pub mod onboardings;
