@@ -10,6 +10,7 @@ mod child;
 mod accounts;
 mod auth;
 mod capabilities;
+mod delivery;
 mod engine;
 mod gupshup;
 mod health_shutdown;
