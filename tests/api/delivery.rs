@@ -291,3 +291,39 @@ async fn nats_destination_receives_on_its_subject_with_the_event_id() {
     assert_eq!((got[0].1.as_str(), got[1].1.as_str()), ("1", "2"));
     js.delete_stream(format!("WAAPI{run}")).await.expect("delete stream");
 }
+
+#[tokio::test]
+async fn a_gone_receiver_disables_its_destination() {
+    let app = delivery_app().await;
+    let gone = axum::Router::new().route("/hook", post(|| async { StatusCode::GONE }));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let url = format!("http://{}/hook", listener.local_addr().expect("addr"));
+    tokio::spawn(async move { axum::serve(listener, gone).await });
+    let created = deliveries(&app).create_destination(app.req(webhook_destination(&url))).await.expect("create");
+    let name = created.into_inner().destination.expect("destination").name;
+    app.accounts().create_account(app.req(gupshup_account("acme", "s"))).await.expect("account");
+    app.insert_onboarding("acme", "r").await;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    let d = loop {
+        let d = deliveries(&app)
+            .get_destination(app.req(pb::GetDestinationRequest { name: name.clone() }))
+            .await
+            .expect("get")
+            .into_inner();
+        if !d.enabled {
+            break d;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "not disabled in time");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert!(d.disabled_reason.contains("410"), "{}", d.disabled_reason);
+    // The event stays pending, to go out if the destination is enabled again.
+    let listed = deliveries(&app)
+        .list_deliveries(app.req(pb::ListDeliveriesRequest { parent: name, ..Default::default() }))
+        .await
+        .expect("list")
+        .into_inner();
+    assert_eq!(listed.deliveries.len(), 1);
+    assert_eq!(listed.deliveries[0].state, pb::DeliveryState::Pending as i32);
+    assert_eq!(listed.deliveries[0].last_http_status, 410);
+}
