@@ -86,16 +86,21 @@ impl DeliveryWorker {
         Ok(Self { core, settings, webhook, nats: Mutex::new(None), owner })
     }
 
-    /// Runs until `shutdown`: a pass, then (when it found nothing) a wait for a change
-    /// notice or the tick.
+    /// Runs until `shutdown`: fan-out, then as many claims as there are free sending slots,
+    /// each attempt its own task (a slow receiver holds its slot, not the others'); when a
+    /// pass found nothing, a wait for a change notice, a finished attempt or the tick. At
+    /// shutdown, attempts in flight get a few seconds to record their outcome (an abandoned
+    /// one is retried under the same event id once its lease lapses).
     pub async fn run(self: Arc<Self>, mut shutdown: watch::Receiver<bool>) {
+        let slots = Arc::new(tokio::sync::Semaphore::new(self.settings.concurrency.max(1) as usize));
+        let finished = Arc::new(tokio::sync::Notify::new());
         let mut feed = self.core.store.subscribe();
         let mut backlog_at = Instant::now();
         loop {
             if *shutdown.borrow() {
-                return;
+                break;
             }
-            let busy = match self.pass().await {
+            let busy = match self.pass(&slots, &finished).await {
                 Ok(n) => n > 0,
                 Err(e) => {
                     tracing::warn!(error = %e.message, "delivery pass failed");
@@ -111,20 +116,40 @@ impl DeliveryWorker {
                     _ = tokio::time::sleep(self.settings.tick) => {}
                     // A lagged receiver is a wake-up too.
                     _ = feed.recv() => {}
+                    _ = finished.notified() => {}
                     _ = shutdown.changed() => {}
                 }
             }
         }
+        let all = self.settings.concurrency.max(1);
+        let _ = tokio::time::timeout(Duration::from_secs(5), slots.acquire_many(all)).await;
     }
 
-    /// One fan-out and one round of attempts; how much it did.
-    pub async fn pass(&self) -> Result<usize, AppError> {
+    /// One fan-out and one round of claims; how much it started.
+    async fn pass(
+        self: &Arc<Self>,
+        slots: &Arc<tokio::sync::Semaphore>,
+        finished: &Arc<tokio::sync::Notify>,
+    ) -> Result<usize, AppError> {
         let now = now_ms();
         let stats = self.core.store.dispatch_outbox(now, DISPATCH_BATCH).await?;
-        let claimed =
-            self.core.store.claim_deliveries(&self.owner, now, self.settings.lease, self.settings.concurrency).await?;
+        let free = u32::try_from(slots.available_permits()).unwrap_or(u32::MAX);
+        let claimed = if free == 0 {
+            Vec::new()
+        } else {
+            self.core.store.claim_deliveries(&self.owner, now, self.settings.lease, free).await?
+        };
         let n = claimed.len();
-        futures::future::join_all(claimed.iter().map(|d| self.attempt(d))).await;
+        for d in claimed {
+            let Ok(slot) = slots.clone().acquire_owned().await else { break };
+            let (me, finished) = (self.clone(), finished.clone());
+            tokio::spawn(async move {
+                me.attempt(&d).await;
+                drop(slot);
+                // The next sequence of the same onboarding may be due now.
+                finished.notify_one();
+            });
+        }
         Ok(usize::try_from(stats.events).unwrap_or(usize::MAX) + n)
     }
 
