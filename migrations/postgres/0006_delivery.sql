@@ -9,7 +9,10 @@ CREATE TABLE delivery_destinations (
     filter_json               TEXT NOT NULL,
     sink                      TEXT NOT NULL,
     url                       TEXT NOT NULL,
-    headers_json              TEXT NOT NULL,
+    header_names_json         TEXT NOT NULL,
+    -- The extra headers sealed like credentials (values may be credentials); NULL: none.
+    headers_key_id            TEXT,
+    headers                   BYTEA,
     subject                   TEXT NOT NULL,
     secret_key_id             TEXT NOT NULL,
     secret                    BYTEA NOT NULL,

@@ -85,18 +85,9 @@ fn aad_signing(id: &str) -> String {
     format!("delivery-signing:{id}")
 }
 
-/// The stored form of extra headers: a JSON object.
-fn headers_json(headers: &[(String, String)]) -> String {
-    let map: serde_json::Map<String, serde_json::Value> =
-        headers.iter().map(|(k, v)| (k.clone(), serde_json::Value::String(v.clone()))).collect();
-    serde_json::Value::Object(map).to_string()
-}
-
-/// The stored extra headers.
-pub fn stored_headers(d: &DestinationRecord) -> Result<Vec<(String, String)>, AppError> {
-    let map: std::collections::BTreeMap<String, String> = serde_json::from_str(&d.headers_json)
-        .map_err(|e| AppError::internal(format!("stored headers of destination {}: {e}", d.id)))?;
-    Ok(map.into_iter().collect())
+/// The AAD binding sealed extra headers to their destination.
+fn aad_headers(id: &str) -> String {
+    format!("delivery-headers:{id}")
 }
 
 /// Checks a webhook URL against the egress policy.
@@ -113,6 +104,36 @@ fn check_subject(field: &str, subject: &str) -> Result<(), AppError> {
 }
 
 impl Core {
+    /// Writes `headers` into `d`: their names in clear, the whole set sealed.
+    fn set_headers(&self, d: &mut DestinationRecord, headers: &[(String, String)]) -> Result<(), AppError> {
+        d.header_names = headers.iter().map(|(k, _)| k.clone()).collect();
+        d.headers = if headers.is_empty() {
+            None
+        } else {
+            let map: serde_json::Map<String, serde_json::Value> =
+                headers.iter().map(|(k, v)| (k.clone(), serde_json::Value::String(v.clone()))).collect();
+            let plain = serde_json::Value::Object(map).to_string();
+            let sealed = self
+                .cipher
+                .seal(plain.as_bytes(), &aad_headers(&d.id))
+                .map_err(|e| AppError::internal(format!("cannot encrypt headers: {e}")))?;
+            Some(sealed)
+        };
+        Ok(())
+    }
+
+    /// A destination's extra headers, opened.
+    pub fn destination_headers(&self, d: &DestinationRecord) -> Result<Vec<(String, String)>, AppError> {
+        let Some(sealed) = &d.headers else { return Ok(Vec::new()) };
+        let plain = self
+            .cipher
+            .open(sealed, &aad_headers(&d.id))
+            .map_err(|e| AppError::internal(format!("cannot decrypt headers of destination {}: {e}", d.id)))?;
+        let map: std::collections::BTreeMap<String, String> = serde_json::from_slice(&plain)
+            .map_err(|e| AppError::internal(format!("stored headers of destination {}: {e}", d.id)))?;
+        Ok(map.into_iter().collect())
+    }
+
     fn seal_signing(&self, id: &str, secret: &SigningSecret) -> Result<Sealed, AppError> {
         self.cipher
             .seal_secret(secret.expose(), &aad_signing(id))
@@ -155,17 +176,17 @@ impl Core {
             SinkSpec::Webhook { url, headers } => {
                 check_url(&self.settings.delivery.egress, "destination.webhook.url", url)?;
                 check_headers("destination.webhook.headers", headers)?;
-                (SinkKind::Webhook, url.clone(), headers_json(headers), String::new())
+                (SinkKind::Webhook, url.clone(), headers.clone(), String::new())
             }
             SinkSpec::Nats { subject } => {
                 check_subject("destination.nats.subject", subject)?;
-                (SinkKind::Nats, String::new(), "{}".to_string(), subject.clone())
+                (SinkKind::Nats, String::new(), Vec::new(), subject.clone())
             }
         };
         let id = new_id::<crate::domain::OnboardingId>().to_string();
         let secret = SigningSecret::generate();
         let now = now_ms();
-        let record = DestinationRecord {
+        let mut record = DestinationRecord {
             secret: self.seal_signing(&id, &secret)?,
             id,
             tenant_id: caller.tenant.clone(),
@@ -175,7 +196,8 @@ impl Core {
             filter: new.filter,
             sink,
             url,
-            headers_json: headers,
+            header_names: Vec::new(),
+            headers: None,
             subject,
             previous_secret: None,
             previous_secret_until_ms: None,
@@ -183,6 +205,7 @@ impl Core {
             created_ms: now,
             updated_ms: now,
         };
+        self.set_headers(&mut record, &headers)?;
         self.store.create_destination(&record).await?;
         Ok((record, secret.expose().clone()))
     }
@@ -238,7 +261,7 @@ impl Core {
                 return Err(wrong_sink("update_mask"));
             }
             check_headers("destination.webhook.headers", &headers)?;
-            d.headers_json = headers_json(&headers);
+            self.set_headers(&mut d, &headers)?;
         }
         if let Some(subject) = patch.subject {
             if d.sink != SinkKind::Nats {

@@ -12,7 +12,6 @@ use bytes::Bytes;
 use tokio::sync::{Mutex, watch};
 
 use super::Core;
-use super::delivery::stored_headers;
 use crate::delivery::cloudevent::{CloudEvent, EventParts};
 use crate::delivery::guard::RequestLimits;
 use crate::delivery::nats::{JetStreamPublisher, SubjectTemplate};
@@ -210,7 +209,7 @@ impl DeliveryWorker {
         attempt: u32,
     ) -> Result<Tried, AppError> {
         let keys = self.core.destination_signing_keys(dest)?;
-        let headers = ExtraHeaders::parse(&stored_headers(dest)?)
+        let headers = ExtraHeaders::parse(&self.core.destination_headers(dest)?)
             .map_err(|e| AppError::internal(format!("stored headers of destination {}: {e}", dest.id)))?;
         let request = WebhookRequest {
             url: &dest.url,

@@ -110,8 +110,11 @@ pub struct DestinationRecord {
     pub sink: SinkKind,
     /// The webhook URL (empty for NATS).
     pub url: String,
-    /// Extra webhook headers, a JSON object of strings.
-    pub headers_json: String,
+    /// The names of the extra webhook headers (shown to the caller).
+    pub header_names: Vec<String>,
+    /// The extra webhook headers, a JSON object of strings, sealed (values may be
+    /// credentials); `None` without headers.
+    pub headers: Option<Sealed>,
     /// The NATS subject template (empty for webhooks).
     pub subject: String,
     /// The current signing secret, sealed.

@@ -7,7 +7,7 @@ use tonic::Request;
 
 use super::{Res, Services, ok};
 use crate::core::Caller;
-use crate::core::delivery::{DestinationPatch, NewDestination, SinkSpec, stored_headers};
+use crate::core::delivery::{DestinationPatch, NewDestination, SinkSpec};
 use crate::domain::{EventKind, OnboardingId};
 use crate::error::{AppError, Violations, quote};
 use crate::grpc::auth::caller;
@@ -321,7 +321,7 @@ fn destination_to_pb(d: &DestinationRecord) -> pb::Destination {
         SinkKind::Webhook => pb::destination::Sink::Webhook(pb::WebhookSink {
             url: d.url.clone(),
             headers: Default::default(),
-            header_names: stored_headers(d).map(|h| h.into_iter().map(|(k, _)| k).collect()).unwrap_or_default(),
+            header_names: d.header_names.clone(),
         }),
         SinkKind::Nats => pb::destination::Sink::Nats(pb::NatsSink { subject: d.subject.clone() }),
     };

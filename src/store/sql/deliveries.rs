@@ -25,7 +25,9 @@ struct DestinationRow {
     filter_json: String,
     sink: String,
     url: String,
-    headers_json: String,
+    header_names_json: String,
+    headers_key_id: Option<String>,
+    headers: Option<Vec<u8>>,
     subject: String,
     secret_key_id: String,
     secret: Vec<u8>,
@@ -49,7 +51,9 @@ impl TryFrom<DestinationRow> for DestinationRecord {
             filter: DeliveryFilter::from_json(&r.filter_json).map_err(StoreError::Corrupt)?,
             sink: SinkKind::parse(&r.sink).ok_or_else(|| StoreError::Corrupt(format!("unknown sink '{}'", r.sink)))?,
             url: r.url,
-            headers_json: r.headers_json,
+            header_names: serde_json::from_str(&r.header_names_json)
+                .map_err(|e| StoreError::Corrupt(format!("destination header names: {e}")))?,
+            headers: super::opt_sealed(r.headers_key_id, r.headers)?,
             subject: r.subject,
             secret: Sealed { key_id: r.secret_key_id, blob: r.secret },
             previous_secret: super::opt_sealed(r.previous_secret_key_id, r.previous_secret)?,
@@ -156,6 +160,11 @@ async fn enabled_destinations<DB: SqlDb>(
     records(rows)
 }
 
+/// The stored form of a destination's header names: a JSON array.
+fn header_names(d: &DestinationRecord) -> String {
+    serde_json::Value::from(d.header_names.clone()).to_string()
+}
+
 /// The keyset bound of a deliveries page token (`<onboarding>/<sequence>`).
 fn delivery_after(token: Option<&str>) -> StoreResult<(String, i64)> {
     let Some(token) = token else { return Ok((String::new(), 0)) };
@@ -170,9 +179,9 @@ impl<B: SqlBackend> Deliveries for B {
     async fn create_destination(&self, d: &DestinationRecord) -> StoreResult<()> {
         sql::<B::Db>(
             "INSERT INTO delivery_destinations (id, tenant_id, name, enabled, disabled_reason, filter_json, sink, \
-             url, headers_json, subject, secret_key_id, secret, previous_secret_key_id, previous_secret, \
-             previous_secret_until_ms, failing_since_ms, created_ms, updated_ms) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18)",
+             url, subject, secret_key_id, secret, previous_secret_key_id, previous_secret, \
+             previous_secret_until_ms, failing_since_ms, created_ms, updated_ms, header_names_json, headers_key_id, headers) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19, $20)",
         )
         .bind(d.id.as_str())
         .bind(d.tenant_id.as_str())
@@ -182,7 +191,6 @@ impl<B: SqlBackend> Deliveries for B {
         .bind(d.filter.to_json())
         .bind(d.sink.as_str())
         .bind(d.url.as_str())
-        .bind(d.headers_json.as_str())
         .bind(d.subject.as_str())
         .bind(d.secret.key_id.as_str())
         .bind(d.secret.blob.as_slice())
@@ -192,6 +200,9 @@ impl<B: SqlBackend> Deliveries for B {
         .bind(d.failing_since_ms)
         .bind(d.created_ms)
         .bind(d.updated_ms)
+        .bind(header_names(d))
+        .bind(d.headers.as_ref().map(|s| s.key_id.as_str()))
+        .bind(d.headers.as_ref().map(|s| s.blob.as_slice()))
         .execute(self.writer())
         .await?;
         Ok(())
@@ -228,9 +239,10 @@ impl<B: SqlBackend> Deliveries for B {
     async fn update_destination(&self, d: &DestinationRecord) -> StoreResult<()> {
         let done = sql::<B::Db>(
             "UPDATE delivery_destinations SET name = $3, enabled = $4, disabled_reason = $5, filter_json = $6, \
-             sink = $7, url = $8, headers_json = $9, subject = $10, secret_key_id = $11, secret = $12, \
-             previous_secret_key_id = $13, previous_secret = $14, previous_secret_until_ms = $15, \
-             failing_since_ms = $16, updated_ms = $17 WHERE id = $1 AND tenant_id = $2",
+             sink = $7, url = $8, subject = $9, secret_key_id = $10, secret = $11, \
+             previous_secret_key_id = $12, previous_secret = $13, previous_secret_until_ms = $14, \
+             failing_since_ms = $15, updated_ms = $16, header_names_json = $17, headers_key_id = $18, headers = $19 \
+             WHERE id = $1 AND tenant_id = $2",
         )
         .bind(d.id.as_str())
         .bind(d.tenant_id.as_str())
@@ -240,7 +252,6 @@ impl<B: SqlBackend> Deliveries for B {
         .bind(d.filter.to_json())
         .bind(d.sink.as_str())
         .bind(d.url.as_str())
-        .bind(d.headers_json.as_str())
         .bind(d.subject.as_str())
         .bind(d.secret.key_id.as_str())
         .bind(d.secret.blob.as_slice())
@@ -249,6 +260,9 @@ impl<B: SqlBackend> Deliveries for B {
         .bind(d.previous_secret_until_ms)
         .bind(d.failing_since_ms)
         .bind(d.updated_ms)
+        .bind(header_names(d))
+        .bind(d.headers.as_ref().map(|s| s.key_id.as_str()))
+        .bind(d.headers.as_ref().map(|s| s.blob.as_slice()))
         .execute(self.writer())
         .await?;
         if done == 0 {
