@@ -295,10 +295,7 @@ async fn nats_destination_receives_on_its_subject_with_the_event_id() {
 #[tokio::test]
 async fn a_gone_receiver_disables_its_destination() {
     let app = delivery_app().await;
-    let gone = axum::Router::new().route("/hook", post(|| async { StatusCode::GONE }));
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
-    let url = format!("http://{}/hook", listener.local_addr().expect("addr"));
-    tokio::spawn(async move { axum::serve(listener, gone).await });
+    let url = answering(StatusCode::GONE).await;
     let created = deliveries(&app).create_destination(app.req(webhook_destination(&url))).await.expect("create");
     let name = created.into_inner().destination.expect("destination").name;
     app.accounts().create_account(app.req(gupshup_account("acme", "s"))).await.expect("account");
@@ -326,4 +323,96 @@ async fn a_gone_receiver_disables_its_destination() {
     assert_eq!(listed.deliveries.len(), 1);
     assert_eq!(listed.deliveries[0].state, pb::DeliveryState::Pending as i32);
     assert_eq!(listed.deliveries[0].last_http_status, 410);
+}
+
+/// A receiver answering `status` to everything, at `/hook`.
+async fn answering(status: StatusCode) -> String {
+    let app = axum::Router::new().route("/hook", post(move || async move { status }));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let url = format!("http://{}/hook", listener.local_addr().expect("addr"));
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    url
+}
+
+async fn listed(app: &TestApp, parent: &str) -> Vec<pb::Delivery> {
+    deliveries(app)
+        .list_deliveries(app.req(pb::ListDeliveriesRequest { parent: parent.into(), ..Default::default() }))
+        .await
+        .expect("list")
+        .into_inner()
+        .deliveries
+}
+
+#[tokio::test]
+async fn the_last_failed_attempt_dead_letters_and_the_next_event_goes_on() {
+    let app = spawn_with(|s| {
+        s.delivery.allow_loopback = Some(true);
+        s.delivery.tick_ms = 50;
+        // One immediate retry, then the dead letter.
+        s.delivery.retry_schedule_secs = vec![0];
+    })
+    .await;
+    let url = answering(StatusCode::SERVICE_UNAVAILABLE).await;
+    let created = deliveries(&app).create_destination(app.req(webhook_destination(&url))).await.expect("create");
+    let name = created.into_inner().destination.expect("destination").name;
+    app.accounts().create_account(app.req(gupshup_account("acme", "s"))).await.expect("account");
+    let id = app.insert_onboarding("acme", "r").await;
+    app.change_state(&id, OnboardingState::Provisioning, "APPROVED").await;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let ds = listed(&app, &name).await;
+        if ds.len() == 2 && ds.iter().all(|d| d.state == pb::DeliveryState::Dead as i32) {
+            assert!(ds.iter().all(|d| d.attempts == 2 && d.last_http_status == 503), "{ds:?}");
+            break;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "not dead-lettered in time: {ds:?}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let dead = deliveries(&app)
+        .list_deliveries(app.req(pb::ListDeliveriesRequest {
+            parent: name.clone(),
+            state: pb::DeliveryState::Dead as i32,
+            ..Default::default()
+        }))
+        .await
+        .expect("list dead")
+        .into_inner();
+    assert_eq!(dead.deliveries.len(), 2);
+    // Still enabled: failing for less than disable_after.
+    let d = deliveries(&app).get_destination(app.req(pb::GetDestinationRequest { name })).await.expect("get");
+    let d = d.into_inner();
+    assert!(d.enabled);
+    assert!(d.failing_since_time.is_some());
+}
+
+#[tokio::test]
+async fn a_destination_failing_too_long_is_disabled_with_the_reason() {
+    let app = spawn_with(|s| {
+        s.delivery.allow_loopback = Some(true);
+        s.delivery.tick_ms = 50;
+        s.delivery.disable_after_secs = 0;
+    })
+    .await;
+    let url = answering(StatusCode::INTERNAL_SERVER_ERROR).await;
+    let created = deliveries(&app).create_destination(app.req(webhook_destination(&url))).await.expect("create");
+    let name = created.into_inner().destination.expect("destination").name;
+    app.accounts().create_account(app.req(gupshup_account("acme", "s"))).await.expect("account");
+    app.insert_onboarding("acme", "r").await;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let d = deliveries(&app)
+            .get_destination(app.req(pb::GetDestinationRequest { name: name.clone() }))
+            .await
+            .expect("get")
+            .into_inner();
+        if !d.enabled {
+            assert!(d.disabled_reason.contains("every attempt failed"), "{}", d.disabled_reason);
+            assert!(d.disabled_reason.contains("HTTP 500"), "{}", d.disabled_reason);
+            break;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "not disabled in time");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let ds = listed(&app, &name).await;
+    assert_eq!(ds[0].state, pb::DeliveryState::Pending as i32, "kept for a re-enable");
 }
