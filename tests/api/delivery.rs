@@ -416,3 +416,94 @@ async fn a_destination_failing_too_long_is_disabled_with_the_reason() {
     let ds = listed(&app, &name).await;
     assert_eq!(ds[0].state, pb::DeliveryState::Pending as i32, "kept for a re-enable");
 }
+
+/// Two replicas on one PostgreSQL database both send (leases keep them apart); one stops
+/// half-way; every event arrives, the first acceptance of each onboarding's events is in
+/// sequence order, and a repeated event carries its id again.
+#[tokio::test]
+async fn two_replicas_on_postgres_deliver_everything_in_order() {
+    let Some(url) = pg_schema().await else { return };
+    let key = wa_onboard::crypto::Cipher::generate_key().expose().to_string();
+    let replica = |url: String, key: String| {
+        move |s: &mut wa_onboard::config::Settings| {
+            s.database.url = url;
+            s.security.encryption_key = key;
+            s.delivery.allow_loopback = Some(true);
+            s.delivery.tick_ms = 20;
+            s.delivery.retry_schedule_secs = vec![0, 0, 0, 0, 0, 0, 0, 0];
+        }
+    };
+    let mut a = spawn_with(replica(url.clone(), key.clone())).await;
+    let b = spawn_with(replica(url.clone(), key.clone())).await;
+    // Every third request refused; what was accepted is kept, under the counter's lock.
+    let accepted_log: Arc<Mutex<(u32, Vec<Request>)>> = Arc::default();
+    let flaky = {
+        let log = accepted_log.clone();
+        axum::Router::new().route(
+            "/hook",
+            post(move |headers: HeaderMap, body: axum::body::Bytes| {
+                let log = log.clone();
+                async move {
+                    let mut log = log.lock().expect("lock");
+                    log.0 += 1;
+                    if log.0.is_multiple_of(3) {
+                        return StatusCode::INTERNAL_SERVER_ERROR;
+                    }
+                    log.1.push((headers, body.to_vec()));
+                    StatusCode::OK
+                }
+            }),
+        )
+    };
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let flaky_url = format!("http://{}/hook", listener.local_addr().expect("addr"));
+    tokio::spawn(async move { axum::serve(listener, flaky).await });
+
+    deliveries(&a).create_destination(a.req(webhook_destination(&flaky_url))).await.expect("create");
+    a.accounts().create_account(a.req(gupshup_account("acme", "s"))).await.expect("account");
+    let mut ids = Vec::new();
+    for r in ["one", "two", "three"] {
+        let id = a.insert_onboarding("acme", r).await;
+        for state in [OnboardingState::Provisioning, OnboardingState::PendingReview, OnboardingState::Live] {
+            a.change_state(&id, state, "x").await;
+        }
+        ids.push(id);
+    }
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    a.shutdown().await;
+
+    // 3 onboardings x 4 events, each accepted once at least; the first acceptance of each.
+    let firsts = |accepted: &[Request]| -> Vec<(String, String)> {
+        let mut seen: Vec<(String, String)> = Vec::new();
+        for (h, body) in accepted {
+            let event: serde_json::Value = serde_json::from_slice(body).expect("json");
+            let id = h.get("webhook-id").and_then(|v| v.to_str().ok()).unwrap_or_default().to_string();
+            assert_eq!(event["id"], id.as_str(), "a repeat carries the same id");
+            if !seen.iter().any(|(s, _)| *s == id) {
+                seen.push((id, event["data"]["onboarding"].as_str().unwrap_or_default().to_string()));
+            }
+        }
+        seen
+    };
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    let firsts = loop {
+        let accepted = accepted_log.lock().expect("lock").1.clone();
+        let f = firsts(&accepted);
+        if f.len() == 12 {
+            break f;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "not all delivered: {} accepted", accepted.len());
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    for id in &ids {
+        let name = format!("onboardings/{}", id.name());
+        let order: Vec<i64> = firsts
+            .iter()
+            .filter(|(_, o)| *o == name)
+            .map(|(e, _)| e.rsplit('/').next().and_then(|s| s.parse().ok()).unwrap_or(0))
+            .collect();
+        assert_eq!(order, [1, 2, 3, 4], "{name}");
+    }
+    drop(b);
+    drop_pg(&url).await;
+}
