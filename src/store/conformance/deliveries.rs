@@ -277,3 +277,14 @@ pub(super) async fn check_dead_letter_and_redeliver(store: Arc<dyn Store>) {
     assert!(store.delete_destination(&t, &d.id).await.unwrap());
     assert_eq!(store.delivery_backlog().await.unwrap().1, vec![]);
 }
+
+/// A pass larger than one statement's chunk of pairs and rows fans out every event once.
+pub(super) async fn check_fan_out_in_chunks(store: Arc<dyn Store>) {
+    let t = tenant(&store).await;
+    let acct = account(&store, &t, ProviderKind::Whapi).await;
+    let d = dest(&store, &t, "d", DeliveryFilter::default()).await;
+    let batch: Vec<NewOnboarding> = (0..1_100).map(|i| new_onboarding(&acct, &format!("r{i}"), &[])).collect();
+    store.create_onboardings(&batch).await.unwrap();
+    assert_eq!(store.dispatch_outbox(NOW, 2_000).await.unwrap(), DispatchStats { events: 1_100, deliveries: 1_100 });
+    assert_eq!(store.delivery_backlog().await.unwrap(), (0, vec![(d.id.clone(), 1_100)]));
+}

@@ -254,6 +254,7 @@ conformance_suite!(
     feed::check_notify_subscribe,
     deliveries::check_destinations,
     deliveries::check_fan_out,
+    deliveries::check_fan_out_in_chunks,
     deliveries::check_claim_order,
     deliveries::check_lease_expiry,
     deliveries::check_dead_letter_and_redeliver,

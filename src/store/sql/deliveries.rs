@@ -138,15 +138,24 @@ pub(super) const CLAIM: [&str; 2] = locking!(
     ") RETURNING *",
 );
 
-/// The event and onboarding columns a filter matches on, for one event.
-const EVENT_KEY: &str = "SELECT e.onboarding_id, e.sequence, e.kind, o.provider, o.account_id \
+/// The event and onboarding columns a filter matches on, for the events of a
+/// `(onboarding_id, sequence) IN (...)` list appended to it.
+const EVENT_KEYS: &str = "SELECT e.onboarding_id, e.sequence, e.kind, o.provider, o.account_id \
      FROM onboarding_events e JOIN onboardings o ON o.id = e.onboarding_id \
-     WHERE e.onboarding_id = $1 AND e.sequence = $2";
+     WHERE (e.onboarding_id, e.sequence) IN";
 
-/// Inserts a pending delivery unless one exists.
-const INSERT_DELIVERY: &str = "INSERT INTO deliveries (destination_id, onboarding_id, sequence, tenant_id, state, \
-     attempts, next_attempt_ms, created_ms) VALUES ($1, $2, $3, $4, 'PENDING', 0, $5, $5) \
-     ON CONFLICT (destination_id, onboarding_id, sequence) DO NOTHING";
+/// `(onboarding, sequence)` pairs per statement: 2 values each, well under both backends'
+/// bind-parameter limits.
+const PAIR_CHUNK: usize = 500;
+
+/// Delivery rows per insert statement: 4 values each, plus the time.
+const INSERT_CHUNK: usize = 500;
+
+/// `VALUES ($from, $from+1), ...`: `n` numbered pairs for a row-value `IN` list.
+fn pairs(from: usize, n: usize) -> String {
+    let rows: Vec<String> = (0..n).map(|i| format!("(${}, ${})", from + 2 * i, from + 2 * i + 1)).collect();
+    format!("VALUES {}", rows.join(", "))
+}
 
 /// The tenant's enabled destinations, read inside the fan-out's transaction.
 async fn enabled_destinations<DB: SqlDb>(
@@ -315,43 +324,71 @@ impl<B: SqlBackend> Deliveries for B {
         let mut tx = B::Db::begin(self.writer()).await?;
         let rows =
             sql::<B::Db>(B::locking(OUTBOX_ROWS)).bind(i64::from(limit)).all::<(String, i64, String)>(&mut tx).await?;
-        let mut stats = DispatchStats::default();
+        if rows.is_empty() {
+            B::Db::commit(tx).await?;
+            return Ok(DispatchStats::default());
+        }
         // Read once per tenant per pass: a burst of one tenant's events costs one read.
         let mut destinations: HashMap<String, Vec<DestinationRecord>> = HashMap::new();
-        for (onboarding, sequence, tenant) in rows {
-            if !destinations.contains_key(&tenant) {
-                let found = enabled_destinations(&mut tx, &tenant).await?;
+        for (_, _, tenant) in &rows {
+            if !destinations.contains_key(tenant) {
+                let found = enabled_destinations(&mut tx, tenant).await?;
                 destinations.insert(tenant.clone(), found);
             }
-            let targets = destinations.get(&tenant).map(Vec::as_slice).unwrap_or_default();
-            if !targets.is_empty() {
-                // None: the onboarding is gone (deleted with its log), nothing to send.
-                let key = sql::<B::Db>(EVENT_KEY)
-                    .bind(onboarding.as_str())
-                    .bind(sequence)
-                    .optional::<EventKey>(&mut tx)
-                    .await?;
-                if let Some(key) = key {
-                    for d in targets {
-                        if passes(&d.filter, &key)? {
-                            stats.deliveries += sql::<B::Db>(INSERT_DELIVERY)
-                                .bind(d.id.as_str())
-                                .bind(onboarding.as_str())
-                                .bind(sequence)
-                                .bind(tenant.as_str())
-                                .bind(now)
-                                .execute(&mut tx)
-                                .await?;
-                        }
-                    }
+        }
+        // The filter keys of the events some destination may want, a chunk per statement.
+        let wanted: Vec<&(String, i64, String)> =
+            rows.iter().filter(|(_, _, t)| destinations.get(t).is_some_and(|d| !d.is_empty())).collect();
+        let mut keys: Vec<EventKey> = Vec::with_capacity(wanted.len());
+        for chunk in wanted.chunks(PAIR_CHUNK) {
+            let text = format!("{EVENT_KEYS} ({})", pairs(1, chunk.len()));
+            let mut q = sql::<B::Db>(sqlx::AssertSqlSafe(text));
+            for (onboarding, sequence, _) in chunk {
+                q = q.bind(onboarding.as_str()).bind(*sequence);
+            }
+            keys.extend(q.all::<EventKey>(&mut tx).await?);
+        }
+        // One row per (destination, event) that passes; onboardings deleted with their log
+        // have no key and get none.
+        let tenant_of: HashMap<(&str, i64), &str> =
+            wanted.iter().map(|(o, s, t)| ((o.as_str(), *s), t.as_str())).collect();
+        let mut inserts: Vec<(&str, &str, i64, &str)> = Vec::new();
+        for key in &keys {
+            let Some(tenant) = tenant_of.get(&(key.0.as_str(), key.1)) else { continue };
+            for d in destinations.get(*tenant).map(Vec::as_slice).unwrap_or_default() {
+                if passes(&d.filter, key)? {
+                    inserts.push((d.id.as_str(), key.0.as_str(), key.1, tenant));
                 }
             }
-            sql::<B::Db>("DELETE FROM event_outbox WHERE onboarding_id = $1 AND sequence = $2")
-                .bind(onboarding.as_str())
-                .bind(sequence)
-                .execute(&mut tx)
-                .await?;
-            stats.events += 1;
+        }
+        let mut stats = DispatchStats::default();
+        for chunk in inserts.chunks(INSERT_CHUNK) {
+            let values: Vec<String> = (0..chunk.len())
+                .map(|r| {
+                    let b = r * 4;
+                    format!("(${}, ${}, ${}, ${}, 'PENDING', 0, $1, $1)", b + 2, b + 3, b + 4, b + 5)
+                })
+                .collect();
+            let text = format!(
+                "INSERT INTO deliveries (destination_id, onboarding_id, sequence, tenant_id, state, attempts, \
+                 next_attempt_ms, created_ms) VALUES {} \
+                 ON CONFLICT (destination_id, onboarding_id, sequence) DO NOTHING",
+                values.join(", ")
+            );
+            let mut q = sql::<B::Db>(sqlx::AssertSqlSafe(text)).bind(now);
+            for (destination, onboarding, sequence, tenant) in chunk {
+                q = q.bind(*destination).bind(*onboarding).bind(*sequence).bind(*tenant);
+            }
+            stats.deliveries += q.execute(&mut tx).await?;
+        }
+        for chunk in rows.chunks(PAIR_CHUNK) {
+            let text =
+                format!("DELETE FROM event_outbox WHERE (onboarding_id, sequence) IN ({})", pairs(1, chunk.len()));
+            let mut q = sql::<B::Db>(sqlx::AssertSqlSafe(text));
+            for (onboarding, sequence, _) in chunk {
+                q = q.bind(onboarding.as_str()).bind(*sequence);
+            }
+            stats.events += q.execute(&mut tx).await?;
         }
         B::Db::commit(tx).await?;
         Ok(stats)
