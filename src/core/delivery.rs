@@ -232,6 +232,7 @@ impl Core {
         patch: DestinationPatch,
     ) -> Result<DestinationRecord, AppError> {
         let mut d = self.destination_record(caller, id).await?;
+        let read_at = d.updated_ms;
         let wrong_sink = |field: &str| AppError::invalid(field, "names a field of the other sink");
         if let Some(name) = patch.name {
             d.name = name;
@@ -270,8 +271,9 @@ impl Core {
             check_subject("destination.nats.subject", &subject)?;
             d.subject = subject;
         }
-        d.updated_ms = now_ms();
-        self.store.update_destination(&d).await?;
+        // Strictly later than the version read, so the next writer's check sees the change.
+        d.updated_ms = now_ms().max(read_at + 1);
+        self.store.update_destination(&d, read_at).await?;
         Ok(d)
     }
 
@@ -296,14 +298,15 @@ impl Core {
             return Err(AppError::invalid("overlap", "must be at most 7 days"));
         }
         let mut d = self.destination_record(caller, id).await?;
+        let read_at = d.updated_ms;
         let next = SigningSecret::generate();
-        let now = now_ms();
+        let now = now_ms().max(read_at + 1);
         let until: UnixMs = now.saturating_add(i64::try_from(overlap.as_millis()).unwrap_or(i64::MAX));
         let current = std::mem::replace(&mut d.secret, self.seal_signing(&d.id, &next)?);
         (d.previous_secret, d.previous_secret_until_ms) =
             if overlap.is_zero() { (None, None) } else { (Some(current), Some(until)) };
         d.updated_ms = now;
-        self.store.update_destination(&d).await?;
+        self.store.update_destination(&d, read_at).await?;
         Ok((d, next.expose().clone()))
     }
 

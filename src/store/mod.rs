@@ -435,9 +435,10 @@ pub trait Deliveries: Send + Sync {
     async fn destination_unscoped(&self, id: &str) -> StoreResult<Option<DestinationRecord>>;
     /// The tenant's destinations, by id.
     async fn list_destinations(&self, tenant: &TenantId, page: &PageRequest) -> StoreResult<Page<DestinationRecord>>;
-    /// Writes every mutable field of one of the tenant's destinations; `NotFound` if it is
-    /// not theirs.
-    async fn update_destination(&self, destination: &DestinationRecord) -> StoreResult<()>;
+    /// Writes every mutable field of one of the tenant's destinations, if it is still as
+    /// read (`updated_ms` = `expect_updated_ms`: a worker's disable in between is not
+    /// overwritten); `NotFound` if it is not theirs, `Conflict` if it changed.
+    async fn update_destination(&self, destination: &DestinationRecord, expect_updated_ms: UnixMs) -> StoreResult<()>;
     /// Deletes one of the tenant's destinations with its deliveries; false if none.
     async fn delete_destination(&self, tenant: &TenantId, id: &str) -> StoreResult<bool>;
     /// Records an attempt's verdict on the destination's health: a success clears

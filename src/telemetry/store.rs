@@ -361,8 +361,8 @@ impl Deliveries for MeteredStore {
         timed(op!("list_destinations"), self.inner.list_destinations(tenant, page)).await
     }
 
-    async fn update_destination(&self, destination: &DestinationRecord) -> StoreResult<()> {
-        timed(op!("update_destination"), self.inner.update_destination(destination)).await
+    async fn update_destination(&self, destination: &DestinationRecord, expect_updated_ms: UnixMs) -> StoreResult<()> {
+        timed(op!("update_destination"), self.inner.update_destination(destination, expect_updated_ms)).await
     }
 
     async fn delete_destination(&self, tenant: &TenantId, id: &str) -> StoreResult<bool> {

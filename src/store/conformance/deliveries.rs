@@ -83,10 +83,14 @@ pub(super) async fn check_destinations(store: Arc<dyn Store>) {
     a.secret = sealed("new");
     a.filter.providers = vec![ProviderKind::Whapi];
     a.updated_ms = 2_000;
-    store.update_destination(&a).await.unwrap();
+    store.update_destination(&a, 1_000).await.unwrap();
     assert_eq!(store.destination(&t, &a.id).await.unwrap(), Some(a.clone()));
     let theirs = DestinationRecord { tenant_id: other.clone(), ..a.clone() };
-    assert!(matches!(store.update_destination(&theirs).await, Err(StoreError::NotFound(_))));
+    assert!(matches!(store.update_destination(&theirs, 2_000).await, Err(StoreError::NotFound(_))));
+    // Written from a stale read: refused, nothing changed.
+    let stale = DestinationRecord { name: "stale".into(), ..a.clone() };
+    assert!(matches!(store.update_destination(&stale, 1_000).await, Err(StoreError::Conflict(_))));
+    assert_eq!(store.destination(&t, &a.id).await.unwrap(), Some(a.clone()));
 
     // Health: a failure stamps the first failing time, a success clears it.
     assert_eq!(store.note_destination_health(&a.id, false, 3_000).await.unwrap(), Some(3_000));
@@ -118,7 +122,7 @@ pub(super) async fn check_fan_out(store: Arc<dyn Store>) {
         dest(&store, &t, "acct", DeliveryFilter { accounts: vec![their_acct.id.clone()], ..Default::default() }).await;
     let mut off = dest(&store, &t, "off", DeliveryFilter::default()).await;
     off.enabled = false;
-    store.update_destination(&off).await.unwrap();
+    store.update_destination(&off, off.updated_ms).await.unwrap();
     let theirs = dest(&store, &other, "theirs", DeliveryFilter::default()).await;
 
     let o = onboarding(&store, &acct, "r").await;
@@ -198,7 +202,7 @@ pub(super) async fn check_claim_order(store: Arc<dyn Store>) {
     let mut off = store.destination(&t, &d.id).await.unwrap().unwrap();
     assert!(store.finish_delivery(&outcome(&next[0], DeliveryState::Pending, NOW), "w1").await.unwrap());
     off.enabled = false;
-    store.update_destination(&off).await.unwrap();
+    store.update_destination(&off, off.updated_ms).await.unwrap();
     assert!(store.claim_deliveries("w1", NOW + 2_000, LEASE, 10).await.unwrap().is_empty());
 
     let listed = all_deliveries(&store, &d).await;

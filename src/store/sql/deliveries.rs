@@ -245,13 +245,13 @@ impl<B: SqlBackend> Deliveries for B {
         Ok(super::page(records(rows)?, page.limit, |d: &DestinationRecord| d.id.clone()))
     }
 
-    async fn update_destination(&self, d: &DestinationRecord) -> StoreResult<()> {
+    async fn update_destination(&self, d: &DestinationRecord, expect_updated_ms: UnixMs) -> StoreResult<()> {
         let done = sql::<B::Db>(
             "UPDATE delivery_destinations SET name = $3, enabled = $4, disabled_reason = $5, filter_json = $6, \
              sink = $7, url = $8, subject = $9, secret_key_id = $10, secret = $11, \
              previous_secret_key_id = $12, previous_secret = $13, previous_secret_until_ms = $14, \
              failing_since_ms = $15, updated_ms = $16, header_names_json = $17, headers_key_id = $18, headers = $19 \
-             WHERE id = $1 AND tenant_id = $2",
+             WHERE id = $1 AND tenant_id = $2 AND updated_ms = $20",
         )
         .bind(d.id.as_str())
         .bind(d.tenant_id.as_str())
@@ -272,10 +272,14 @@ impl<B: SqlBackend> Deliveries for B {
         .bind(header_names(d))
         .bind(d.headers.as_ref().map(|s| s.key_id.as_str()))
         .bind(d.headers.as_ref().map(|s| s.blob.as_slice()))
+        .bind(expect_updated_ms)
         .execute(self.writer())
         .await?;
         if done == 0 {
-            return Err(StoreError::NotFound(format!("destination {}", d.id)));
+            return match self.destination(&d.tenant_id, &d.id).await? {
+                Some(_) => Err(StoreError::Conflict(format!("destination {} changed meanwhile", d.id))),
+                None => Err(StoreError::NotFound(format!("destination {}", d.id))),
+            };
         }
         Ok(())
     }
@@ -310,7 +314,8 @@ impl<B: SqlBackend> Deliveries for B {
 
     async fn disable_destination(&self, id: &str, reason: &str, at: UnixMs) -> StoreResult<bool> {
         let done = sql::<B::Db>(
-            "UPDATE delivery_destinations SET enabled = FALSE, disabled_reason = $2, updated_ms = $3 WHERE id = $1",
+            "UPDATE delivery_destinations SET enabled = FALSE, disabled_reason = $2, \
+             updated_ms = CASE WHEN updated_ms >= $3 THEN updated_ms + 1 ELSE $3 END WHERE id = $1",
         )
         .bind(id)
         .bind(reason)
