@@ -1,13 +1,14 @@
 //! Persistence port: one trait per area ([`Tenants`], [`Accounts`], [`Onboardings`],
-//! [`WorkQueue`], [`WebhookInbox`], [`RateSlots`], [`ChangeFeed`]) and [`Store`], their sum, which
+//! [`WorkQueue`], [`WebhookInbox`], [`RateSlots`], [`ChangeFeed`], [`Deliveries`]) and [`Store`], their sum, which
 //! the service passes around as one `Arc<dyn Store>`. Two sqlx backends (SQLite, the embedded
 //! default, and PostgreSQL for more than one replica), chosen by the URL scheme, share one
 //! implementation of every area (`sql/`).
 //!
 //! Contract every backend keeps (checked by the shared conformance suite):
 //! - Every write that changes an onboarding appends its event with the next per-onboarding
-//!   `sequence` in the same transaction ([`Onboardings::apply_change`]); a stale `expect_sequence`
-//!   changes nothing and returns [`StoreError::Conflict`].
+//!   `sequence` in the same transaction ([`Onboardings::apply_change`]), and its outbox row
+//!   (delivery fan-out, [`Deliveries`]); a stale `expect_sequence` changes nothing and returns
+//!   [`StoreError::Conflict`].
 //! - Tenant-scoped reads never return another tenant's rows (they return `None`).
 //! - Unique keys (idempotency key, webhook dedupe key, account id) are enforced by the
 //!   database, so they hold across replicas. Account and onboarding ids are per tenant: the

@@ -1,5 +1,5 @@
 //! The SQL both backends share, one module per store area ([`tenants`], [`accounts`],
-//! [`onboardings`], [`work`], [`inbox`], [`rates`], [`feed`]). sqlx-sqlite accepts
+//! [`onboardings`], [`work`], [`inbox`], [`rates`], [`feed`], [`deliveries`]). sqlx-sqlite accepts
 //! PostgreSQL's numbered `$N` placeholders, so one SQL text serves both databases; each area
 //! trait is implemented once, generically, for every [`SqlBackend`] (the SQLite and the
 //! PostgreSQL store), over the two databases' common operations ([`db::SqlDb`]). What differs
