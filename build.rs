@@ -15,6 +15,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         "proto/wa/onboard/v1/subscription.proto",
         "proto/wa/onboard/v1/channel.proto",
         "proto/wa/onboard/v1/provider.proto",
+        "proto/wa/onboard/v1/delivery.proto",
     ];
     let mut cfg = prost_build::Config::new();
     cfg.protoc_executable(protoc_bin_vendored::protoc_bin_path()?);

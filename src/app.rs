@@ -227,6 +227,12 @@ pub async fn start_with(
     if settings.engine.enabled {
         tasks.push(tokio::spawn(core.clone().run_engine(shutdown_rx.clone())));
     }
+    if settings.delivery.enabled {
+        let worker =
+            crate::core::delivery_worker::DeliveryWorker::new(core.clone(), delivery_worker_settings(&settings))
+                .map_err(|e| StartError::Other(format!("delivery worker: {}", e.message)))?;
+        tasks.push(tokio::spawn(Arc::new(worker).run(shutdown_rx.clone())));
+    }
     tasks.push(tokio::spawn(crate::listeners::serve_router(
         metrics_listener,
         crate::telemetry::metrics::router(),
@@ -327,6 +333,48 @@ fn core_settings(s: &Settings) -> CoreSettings {
             http_timeout_secs: s.providers.http_timeout_secs,
         },
         streams: StreamLimits { max_per_tenant: s.streams.max_per_tenant },
+        delivery: crate::core::settings::DeliveryPolicy { egress: egress_policy(s) },
+    }
+}
+
+/// The delivery worker's settings from `delivery.*`.
+fn delivery_worker_settings(s: &Settings) -> crate::core::delivery_worker::DeliveryWorkerSettings {
+    use crate::delivery::retry::{RetryPolicy, Schedule};
+    let d = &s.delivery;
+    let timeout = Duration::from_millis(d.timeout_ms);
+    let schedule = if d.retry_schedule_secs.is_empty() {
+        Schedule::default()
+    } else {
+        Schedule::Delays(d.retry_schedule_secs.iter().map(|&secs| Duration::from_secs(secs)).collect())
+    };
+    crate::core::delivery_worker::DeliveryWorkerSettings {
+        concurrency: u32::try_from(d.concurrency).unwrap_or(u32::MAX),
+        tick: Duration::from_millis(d.tick_ms),
+        // Longer than an attempt can take, so a live sender never loses its lease.
+        lease: timeout.saturating_mul(2) + Duration::from_secs(30),
+        retry: RetryPolicy { schedule, ..RetryPolicy::default() },
+        limits: crate::delivery::guard::RequestLimits {
+            timeout,
+            connect_timeout: timeout.min(Duration::from_secs(5)),
+            max_response_bytes: d.max_response_bytes,
+        },
+        disable_after: Duration::from_secs(d.disable_after_secs),
+        nats_urls: d.nats_urls.clone(),
+        source: "wa-onboard".into(),
+    }
+}
+
+/// The delivery egress policy: loopback allowed by default exactly when the sandbox runs.
+/// The CIDR lists were checked when the settings were validated; a bad one here is dropped
+/// (the check refuses it at start).
+fn egress_policy(s: &Settings) -> crate::delivery::guard::EgressPolicy {
+    use crate::delivery::guard::EgressPolicy;
+    let d = &s.delivery;
+    EgressPolicy {
+        allow: EgressPolicy::parse_ranges(&d.allow_cidrs).unwrap_or_default(),
+        deny: EgressPolicy::parse_ranges(&d.deny_cidrs).unwrap_or_default(),
+        allow_loopback: d.allow_loopback.unwrap_or(s.sandbox.enabled),
+        allow_private: d.allow_private,
     }
 }
 

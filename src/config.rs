@@ -36,6 +36,8 @@ pub struct Settings {
     pub telemetry: TelemetrySettings,
     /// API keys declared in the config file (re-read while the server runs).
     pub auth: AuthSettings,
+    /// Outbound delivery of events to tenants' destinations (issue 19).
+    pub delivery: DeliverySettings,
     /// The config file these settings were read from, if any (re-read for `auth.keys`).
     #[serde(skip)]
     pub source: Option<PathBuf>,
@@ -352,6 +354,57 @@ pub struct GupshupLimitSettings {
     pub pipeline: RateLimitSetting,
 }
 
+/// Outbound delivery (`[delivery]`): webhooks and NATS JetStream.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct DeliverySettings {
+    /// Whether this replica runs the delivery worker (dispatcher and senders).
+    pub enabled: bool,
+    /// NATS servers of NATS destinations (never from callers); empty: NATS destinations
+    /// stay pending.
+    pub nats_urls: Vec<String>,
+    /// Webhooks to loopback hosts (and plain http to them). Unset: allowed exactly when the
+    /// sandbox runs (development).
+    pub allow_loopback: Option<bool>,
+    /// Private and shared address ranges reachable.
+    pub allow_private: bool,
+    /// When not empty, only these CIDR ranges are reached.
+    pub allow_cidrs: Vec<String>,
+    /// Never reached (link-local and cloud metadata are refused whatever is listed).
+    pub deny_cidrs: Vec<String>,
+    /// Retry delays, seconds; empty: exponential from 30 s doubling to 8 h, 15 retries.
+    pub retry_schedule_secs: Vec<u64>,
+    /// Per-attempt timeout, milliseconds.
+    pub timeout_ms: u64,
+    /// Response bytes read at most.
+    pub max_response_bytes: usize,
+    /// A destination failing this long is disabled, seconds.
+    pub disable_after_secs: u64,
+    /// Deliveries in flight at once on this replica.
+    pub concurrency: usize,
+    /// Idle time between claims, milliseconds.
+    pub tick_ms: u64,
+}
+
+impl Default for DeliverySettings {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            nats_urls: Vec::new(),
+            allow_loopback: None,
+            allow_private: false,
+            allow_cidrs: Vec::new(),
+            deny_cidrs: Vec::new(),
+            retry_schedule_secs: Vec::new(),
+            timeout_ms: 10_000,
+            max_response_bytes: 64 * 1024,
+            disable_after_secs: 5 * 24 * 3600,
+            concurrency: 16,
+            tick_ms: 200,
+        }
+    }
+}
+
 /// `streams.*`: how many streams a tenant may hold and how often they carry heartbeats.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
@@ -507,6 +560,15 @@ impl Settings {
                 "server.public_webhook_url = '{}' is not a URL",
                 self.server.public_webhook_url
             )));
+        }
+        for (key, ranges) in
+            [("delivery.allow_cidrs", &self.delivery.allow_cidrs), ("delivery.deny_cidrs", &self.delivery.deny_cidrs)]
+        {
+            crate::delivery::guard::EgressPolicy::parse_ranges(ranges)
+                .map_err(|e| ConfigError(format!("{key}: {e}")))?;
+        }
+        if self.delivery.concurrency == 0 || self.delivery.timeout_ms == 0 || self.delivery.tick_ms == 0 {
+            return Err(ConfigError("delivery.concurrency, timeout_ms and tick_ms must be at least 1".into()));
         }
         if self.streams.heartbeat_secs == 0 || self.streams.heartbeat_secs > 15 {
             return Err(ConfigError("streams.heartbeat_secs must be between 1 and 15".into()));

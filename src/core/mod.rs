@@ -7,6 +7,8 @@ pub mod callbacks;
 pub mod capabilities;
 mod claims;
 pub mod context;
+pub mod delivery;
+pub mod delivery_worker;
 pub mod engine;
 pub mod lifecycle;
 pub mod onboardings;

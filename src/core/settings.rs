@@ -14,6 +14,16 @@ pub struct CoreSettings {
     pub providers: ProviderPolicy,
     /// Limits of the watch streams (how many one tenant may hold open on this replica).
     pub streams: StreamLimits,
+    /// Outbound delivery (`delivery.*`).
+    pub delivery: DeliveryPolicy,
+}
+
+/// What the delivery use cases check destinations against (`delivery.*`).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct DeliveryPolicy {
+    /// Which webhook URLs and addresses may be reached (`delivery.allow_loopback`,
+    /// `delivery.allow_cidrs`, `delivery.deny_cidrs`).
+    pub egress: crate::delivery::guard::EgressPolicy,
 }
 
 /// The engine's configuration (`engine.*`).

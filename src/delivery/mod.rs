@@ -1,7 +1,8 @@
-//! Outbound delivery (issue 19, in progress): the self-contained parts that push each event of
-//! the log to callers. Nothing here touches the store or the engine yet; the next step wires
-//! these to a transactional outbox, the store backends, a `DeliveryService` and the engine's
-//! lease pattern (see `docs/architecture.md`, "Outbound delivery").
+//! Outbound delivery (issue 19): the self-contained parts that push each event of the log to
+//! callers. Nothing here touches the store or the engine: the store's `Deliveries` area (the
+//! transactional outbox), `core::delivery` (the `DeliveryService` use cases) and
+//! `core::delivery_worker` (the lease-claimed sender) call them (see `docs/architecture.md`,
+//! "Outbound delivery").
 //!
 //! - [`cloudevent`]: the message, a CloudEvents 1.0 JSON event;
 //! - [`signing`]: Standard Webhooks secrets, signatures and headers;

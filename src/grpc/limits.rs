@@ -171,6 +171,28 @@ pub const LIMITS: &[Limit] = &[
     s("ValidateOnboardingTokenRequest", "token", 256, Segment),
     s("RefreshProviderTokenRequest", "account", NAME, Line),
     s("GetProviderTokenStatusRequest", "account", NAME, Line),
+    // delivery.proto (checked in grpc::services::delivery)
+    s("Destination", "display_name", REFERENCE, Line),
+    n("DeliveryFilter", "event_types", 32),
+    s("DeliveryFilter", "event_types[]", 64, Segment),
+    n("DeliveryFilter", "providers", 8),
+    n("DeliveryFilter", "accounts", 32),
+    s("DeliveryFilter", "accounts[]", NAME, Line),
+    s("WebhookSink", "url", URL, Line),
+    n("WebhookSink", "headers", 20),
+    s("WebhookSink", "headers{key}", 128, Segment),
+    s("WebhookSink", "headers{value}", 4096, Secret),
+    s("NatsSink", "subject", 256, Segment),
+    s("GetDestinationRequest", "name", NAME, Line),
+    s("ListDestinationsRequest", "page_token", PAGE_TOKEN, Line),
+    n("UpdateDestinationRequest", "update_mask", 16),
+    s("UpdateDestinationRequest", "update_mask[]", 64, Segment),
+    s("DeleteDestinationRequest", "name", NAME, Line),
+    s("RotateDestinationSecretRequest", "name", NAME, Line),
+    s("ListDeliveriesRequest", "parent", NAME, Line),
+    s("ListDeliveriesRequest", "page_token", PAGE_TOKEN, Line),
+    s("RedeliverEventsRequest", "parent", NAME, Line),
+    s("RedeliverFromSequence", "onboarding", NAME, Line),
 ];
 
 /// The row of `message.field`, if the table has one.
@@ -537,8 +559,19 @@ mod tests {
             "WhapiChannelRequest",
             "Digital99LinkRequest",
             "PairingCodeRequest",
+            "Destination",
+            "DeliveryFilter",
+            "WebhookSink",
+            "NatsSink",
+            "RedeliverFromSequence",
         ];
-        let output_only = [("Account", "name"), ("Account", "webhook_url")];
+        let output_only = [
+            ("Account", "name"),
+            ("Account", "webhook_url"),
+            ("Destination", "name"),
+            ("Destination", "disabled_reason"),
+            ("WebhookSink", "header_names"),
+        ];
         let mut missing = Vec::new();
         for line in protos.lines() {
             let Some(m) = line.strip_prefix("message ").and_then(|r| r.split_whitespace().next()) else { continue };

@@ -26,7 +26,7 @@ use crate::core::tenants::Authenticator;
 pub use services::Services;
 
 /// Every `wa.onboard.v1` service name, for health reporting.
-pub const SERVICE_NAMES: [&str; 7] = [
+pub const SERVICE_NAMES: [&str; 8] = [
     "wa.onboard.v1.AccountService",
     "wa.onboard.v1.OnboardingService",
     "wa.onboard.v1.TokenService",
@@ -34,6 +34,7 @@ pub const SERVICE_NAMES: [&str; 7] = [
     "wa.onboard.v1.SubscriptionService",
     "wa.onboard.v1.ChannelService",
     "wa.onboard.v1.ProviderService",
+    "wa.onboard.v1.DeliveryService",
 ];
 
 /// Largest request header block accepted on the gRPC port.
@@ -131,6 +132,7 @@ pub fn router(
             s.clone(),
         )))
         .add_service(codec::OversizeAsExhausted(pb::channel_service_server::ChannelServiceServer::new(s.clone())))
+        .add_service(codec::OversizeAsExhausted(pb::delivery_service_server::DeliveryServiceServer::new(s.clone())))
         .add_service(codec::OversizeAsExhausted(pb::provider_service_server::ProviderServiceServer::new(s)));
     Ok((router, reporter))
 }

@@ -1,19 +1,21 @@
 //! Persistence port: one trait per area ([`Tenants`], [`Accounts`], [`Onboardings`],
-//! [`WorkQueue`], [`WebhookInbox`], [`RateSlots`], [`ChangeFeed`]) and [`Store`], their sum, which
+//! [`WorkQueue`], [`WebhookInbox`], [`RateSlots`], [`ChangeFeed`], [`Deliveries`]) and [`Store`], their sum, which
 //! the service passes around as one `Arc<dyn Store>`. Two sqlx backends (SQLite, the embedded
 //! default, and PostgreSQL for more than one replica), chosen by the URL scheme, share one
 //! implementation of every area (`sql/`).
 //!
 //! Contract every backend keeps (checked by the shared conformance suite):
 //! - Every write that changes an onboarding appends its event with the next per-onboarding
-//!   `sequence` in the same transaction ([`Onboardings::apply_change`]); a stale `expect_sequence`
-//!   changes nothing and returns [`StoreError::Conflict`].
+//!   `sequence` in the same transaction ([`Onboardings::apply_change`]), and its outbox row
+//!   (delivery fan-out, [`Deliveries`]); a stale `expect_sequence` changes nothing and returns
+//!   [`StoreError::Conflict`].
 //! - Tenant-scoped reads never return another tenant's rows (they return `None`).
 //! - Unique keys (idempotency key, webhook dedupe key, account id) are enforced by the
 //!   database, so they hold across replicas. Account and onboarding ids are per tenant: the
 //!   key is `{tenant}.{id}` (see [`crate::domain::AccountId::scoped`]).
 
 pub mod records;
+pub mod records_delivery;
 
 pub mod cache;
 #[cfg(test)]
@@ -35,6 +37,7 @@ use async_trait::async_trait;
 use crate::domain::{AccountId, ApiKeyId, OnboardingId, OnboardingState, ProviderKind, TenantId, UnixMs};
 use crate::error::{AppError, ErrorCode};
 pub use records::*;
+pub use records_delivery::*;
 
 /// What [`RateSlots::rate_acquire`] answers: the rate limiter's own grant type (its port,
 /// [`RateLog`], is what the store implements for it).
@@ -186,7 +189,7 @@ impl ChangeNotice {
 /// concrete store type (methods of a `dyn Store` need no import).
 #[async_trait]
 pub trait Store:
-    Tenants + Accounts + Onboardings + WorkQueue + WebhookInbox + RateSlots + ChangeFeed + 'static
+    Tenants + Accounts + Onboardings + WorkQueue + WebhookInbox + RateSlots + ChangeFeed + Deliveries + 'static
 {
     /// Which backend this is.
     fn backend(&self) -> Backend;
@@ -435,6 +438,73 @@ pub trait ChangeFeed: Send + Sync {
     async fn notify(&self, notice: &ChangeNotice) -> StoreResult<()>;
     /// Subscribes to notices from every replica. The receiver lags rather than blocks.
     fn subscribe(&self) -> tokio::sync::broadcast::Receiver<ChangeNotice>;
+}
+
+/// Outbound delivery (issue 19): destinations, the event outbox every event write fills in its
+/// own transaction ([`Onboardings::apply_change`], [`Onboardings::create_onboarding`]), its
+/// fan-out into one delivery per matching destination, and the leased sending of deliveries
+/// in per-(destination, onboarding) sequence order.
+#[async_trait]
+pub trait Deliveries: Send + Sync {
+    /// Stores a new destination; `AlreadyExists` if the id is taken.
+    async fn create_destination(&self, destination: &DestinationRecord) -> StoreResult<()>;
+    /// One of the tenant's destinations.
+    async fn destination(&self, tenant: &TenantId, id: &str) -> StoreResult<Option<DestinationRecord>>;
+    /// A destination whatever its tenant: for the sender only.
+    async fn destination_unscoped(&self, id: &str) -> StoreResult<Option<DestinationRecord>>;
+    /// The tenant's destinations, by id.
+    async fn list_destinations(&self, tenant: &TenantId, page: &PageRequest) -> StoreResult<Page<DestinationRecord>>;
+    /// Writes every mutable field of one of the tenant's destinations, if it is still as
+    /// read (`updated_ms` = `expect_updated_ms`: a worker's disable in between is not
+    /// overwritten); `NotFound` if it is not theirs, `Conflict` if it changed.
+    async fn update_destination(&self, destination: &DestinationRecord, expect_updated_ms: UnixMs) -> StoreResult<()>;
+    /// Deletes one of the tenant's destinations with its deliveries; false if none.
+    async fn delete_destination(&self, tenant: &TenantId, id: &str) -> StoreResult<bool>;
+    /// Records an attempt's verdict on the destination's health: a success clears
+    /// `failing_since_ms`, a failure sets it unless set. Returns it as now stored.
+    async fn note_destination_health(&self, id: &str, ok: bool, at: UnixMs) -> StoreResult<Option<UnixMs>>;
+    /// Disables a destination with the reason (a 410, failing too long); false if none.
+    async fn disable_destination(&self, id: &str, reason: &str, at: UnixMs) -> StoreResult<bool>;
+
+    /// Fans up to `limit` outbox rows out, each into one pending delivery per enabled
+    /// destination of its tenant whose filter matches, deleting the rows in the same
+    /// transaction (idempotent: a delivery that exists is left alone). On PostgreSQL the rows
+    /// are taken `FOR UPDATE SKIP LOCKED`, so replicas dispatch disjoint rows.
+    async fn dispatch_outbox(&self, now: UnixMs, limit: u32) -> StoreResult<DispatchStats>;
+    /// Leases up to `limit` due pending deliveries of enabled destinations to `worker` (a
+    /// lapsed lease is taken over), counting an attempt each. A delivery is due only when no
+    /// lower sequence of the same destination and onboarding is still pending or still in the
+    /// outbox, so each onboarding's events go out in order.
+    async fn claim_deliveries(
+        &self,
+        worker: &str,
+        now: UnixMs,
+        lease: Duration,
+        limit: u32,
+    ) -> StoreResult<Vec<DeliveryRecord>>;
+    /// Writes the outcome of an attempt `worker` still leases, releasing the lease; false
+    /// (nothing written) if the lease was lost.
+    async fn finish_delivery(&self, update: &DeliveryUpdate, worker: &str) -> StoreResult<bool>;
+    /// One of the tenant's destinations' deliveries, by onboarding then sequence.
+    async fn list_deliveries(
+        &self,
+        tenant: &TenantId,
+        destination: &str,
+        query: &DeliveryQuery,
+    ) -> StoreResult<Page<DeliveryRecord>>;
+    /// Replays events from the log to one of the tenant's destinations: each matching event
+    /// from `from` on gets a pending delivery due `now` (a delivered or dead one is reset).
+    /// Returns how many; `NotFound` if the destination is not the tenant's.
+    async fn redeliver(
+        &self,
+        tenant: &TenantId,
+        destination: &str,
+        from: &RedeliverFrom,
+        now: UnixMs,
+    ) -> StoreResult<u64>;
+    /// The backlog, for metrics: outbox rows not yet fanned out, and pending deliveries per
+    /// destination.
+    async fn delivery_backlog(&self) -> StoreResult<(i64, Vec<(String, i64)>)>;
 }
 
 /// Opens the store named by `url` (`sqlite:...` or `postgres://...`) and runs migrations.

@@ -7,10 +7,11 @@ use async_trait::async_trait;
 
 use crate::domain::{AccountId, ApiKeyId, OnboardingId, OnboardingState, ProviderKind, TenantId, UnixMs};
 use crate::store::{
-    AccountRecord, Accounts, ApiKeyRecord, Backend, ChangeFeed, ChangeNotice, ChangeOutcome, CreateIntent, EventRecord,
-    IdempotencyRecord, NewOnboarding, OnboardingChange, OnboardingFilter, OnboardingRecord, Onboardings, Page,
-    PageRequest, RateGrant, RateSlots, RequestClaim, ResourceBinding, StepRecord, Store, StoreResult, TenantRecord,
-    Tenants, WebhookEventRecord, WebhookInbox, WebhookStatus, WorkQueue,
+    AccountRecord, Accounts, ApiKeyRecord, Backend, ChangeFeed, ChangeNotice, ChangeOutcome, CreateIntent, Deliveries,
+    DeliveryQuery, DeliveryRecord, DeliveryUpdate, DestinationRecord, DispatchStats, EventRecord, IdempotencyRecord,
+    NewOnboarding, OnboardingChange, OnboardingFilter, OnboardingRecord, Onboardings, Page, PageRequest, RateGrant,
+    RateSlots, RedeliverFrom, RequestClaim, ResourceBinding, StepRecord, Store, StoreResult, TenantRecord, Tenants,
+    WebhookEventRecord, WebhookInbox, WebhookStatus, WorkQueue,
 };
 
 /// Times every call of the wrapped store ([`super::metrics::STORE_DURATION`]).
@@ -339,5 +340,81 @@ impl ChangeFeed for MeteredStore {
 
     fn subscribe(&self) -> tokio::sync::broadcast::Receiver<ChangeNotice> {
         self.inner.subscribe()
+    }
+}
+
+#[async_trait]
+impl Deliveries for MeteredStore {
+    async fn create_destination(&self, destination: &DestinationRecord) -> StoreResult<()> {
+        timed(op!("create_destination"), self.inner.create_destination(destination)).await
+    }
+
+    async fn destination(&self, tenant: &TenantId, id: &str) -> StoreResult<Option<DestinationRecord>> {
+        timed(op!("destination"), self.inner.destination(tenant, id)).await
+    }
+
+    async fn destination_unscoped(&self, id: &str) -> StoreResult<Option<DestinationRecord>> {
+        timed(op!("destination_unscoped"), self.inner.destination_unscoped(id)).await
+    }
+
+    async fn list_destinations(&self, tenant: &TenantId, page: &PageRequest) -> StoreResult<Page<DestinationRecord>> {
+        timed(op!("list_destinations"), self.inner.list_destinations(tenant, page)).await
+    }
+
+    async fn update_destination(&self, destination: &DestinationRecord, expect_updated_ms: UnixMs) -> StoreResult<()> {
+        timed(op!("update_destination"), self.inner.update_destination(destination, expect_updated_ms)).await
+    }
+
+    async fn delete_destination(&self, tenant: &TenantId, id: &str) -> StoreResult<bool> {
+        timed(op!("delete_destination"), self.inner.delete_destination(tenant, id)).await
+    }
+
+    async fn note_destination_health(&self, id: &str, ok: bool, at: UnixMs) -> StoreResult<Option<UnixMs>> {
+        timed(op!("note_destination_health"), self.inner.note_destination_health(id, ok, at)).await
+    }
+
+    async fn disable_destination(&self, id: &str, reason: &str, at: UnixMs) -> StoreResult<bool> {
+        timed(op!("disable_destination"), self.inner.disable_destination(id, reason, at)).await
+    }
+
+    async fn dispatch_outbox(&self, now: UnixMs, limit: u32) -> StoreResult<DispatchStats> {
+        timed(op!("dispatch_outbox"), self.inner.dispatch_outbox(now, limit)).await
+    }
+
+    async fn claim_deliveries(
+        &self,
+        worker: &str,
+        now: UnixMs,
+        lease: Duration,
+        limit: u32,
+    ) -> StoreResult<Vec<DeliveryRecord>> {
+        timed(op!("claim_deliveries"), self.inner.claim_deliveries(worker, now, lease, limit)).await
+    }
+
+    async fn finish_delivery(&self, update: &DeliveryUpdate, worker: &str) -> StoreResult<bool> {
+        timed(op!("finish_delivery"), self.inner.finish_delivery(update, worker)).await
+    }
+
+    async fn list_deliveries(
+        &self,
+        tenant: &TenantId,
+        destination: &str,
+        query: &DeliveryQuery,
+    ) -> StoreResult<Page<DeliveryRecord>> {
+        timed(op!("list_deliveries"), self.inner.list_deliveries(tenant, destination, query)).await
+    }
+
+    async fn redeliver(
+        &self,
+        tenant: &TenantId,
+        destination: &str,
+        from: &RedeliverFrom,
+        now: UnixMs,
+    ) -> StoreResult<u64> {
+        timed(op!("redeliver"), self.inner.redeliver(tenant, destination, from, now)).await
+    }
+
+    async fn delivery_backlog(&self) -> StoreResult<(i64, Vec<(String, i64)>)> {
+        timed(op!("delivery_backlog"), self.inner.delivery_backlog()).await
     }
 }

@@ -11,6 +11,7 @@ mod accounts;
 mod auth;
 mod capabilities;
 mod connect;
+mod delivery;
 mod engine;
 mod gupshup;
 mod health_shutdown;

@@ -102,6 +102,7 @@ pub(super) fn stream<T: Send + 'static>(
 
 mod account;
 mod channel;
+mod delivery;
 mod onboarding;
 mod pipeline;
 mod provider;

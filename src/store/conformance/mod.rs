@@ -13,6 +13,7 @@ use crate::domain::{EventKind, Patch, StepState, new_id, now_ms};
 
 mod accounts;
 mod backends;
+mod deliveries;
 mod feed;
 mod inbox;
 mod onboardings;
@@ -251,4 +252,10 @@ conformance_suite!(
     rates::check_rate_acquire_stamps_with_the_store_clock,
     rates::check_rate_restamp,
     feed::check_notify_subscribe,
+    deliveries::check_destinations,
+    deliveries::check_fan_out,
+    deliveries::check_fan_out_in_chunks,
+    deliveries::check_claim_order,
+    deliveries::check_lease_expiry,
+    deliveries::check_dead_letter_and_redeliver,
 );

@@ -1,5 +1,5 @@
 //! The SQL both backends share, one module per store area ([`tenants`], [`accounts`],
-//! [`onboardings`], [`work`], [`inbox`], [`rates`], [`feed`]). sqlx-sqlite accepts
+//! [`onboardings`], [`work`], [`inbox`], [`rates`], [`feed`], [`deliveries`]). sqlx-sqlite accepts
 //! PostgreSQL's numbered `$N` placeholders, so one SQL text serves both databases; each area
 //! trait is implemented once, generically, for every [`SqlBackend`] (the SQLite and the
 //! PostgreSQL store), over the two databases' common operations ([`db::SqlDb`]). What differs
@@ -22,6 +22,7 @@ use db::sql;
 
 pub(crate) mod accounts;
 pub(crate) mod db;
+pub(crate) mod deliveries;
 pub(crate) mod feed;
 pub(crate) mod inbox;
 pub(crate) mod onboardings;
@@ -261,11 +262,15 @@ mod tests {
     fn only_postgres_locks_rows() {
         use crate::store::postgres::PgStore;
         use crate::store::sqlite::SqliteStore;
-        for texts in [work::CLAIM_STEPS, inbox::CLAIM, onboardings::ROW_FOR_CHANGE] {
+        for texts in
+            [work::CLAIM_STEPS, inbox::CLAIM, onboardings::ROW_FOR_CHANGE, deliveries::OUTBOX_ROWS, deliveries::CLAIM]
+        {
             assert!(!SqliteStore::locking(texts).contains("FOR UPDATE"), "{}", texts[0]);
             assert!(PgStore::locking(texts).contains("FOR UPDATE"), "{}", texts[1]);
         }
         assert!(PgStore::locking(work::CLAIM_STEPS).contains("SKIP LOCKED"));
+        assert!(PgStore::locking(deliveries::OUTBOX_ROWS).contains("SKIP LOCKED"));
+        assert!(PgStore::locking(deliveries::CLAIM).contains("SKIP LOCKED"));
     }
 
     /// The pipeline join names every step column as plain step reads do, so one row type

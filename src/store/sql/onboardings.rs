@@ -216,7 +216,13 @@ pub(super) const PIPELINE: &str = concat!(
 /// The row a change reads before writing it: locked on PostgreSQL.
 pub(super) const ROW_FOR_CHANGE: [&str; 2] = locking!("SELECT * FROM onboardings WHERE id = $1", " FOR UPDATE", "");
 
-async fn insert_event<DB: SqlDb>(tx: &mut Transaction<'static, DB>, e: &EventRecord) -> StoreResult<()> {
+/// Appends `e` to the log of an onboarding of `tenant`, with its outbox row (issue 19: the
+/// delivery fan-out reads the outbox, so an event committed is an event delivered).
+async fn insert_event<DB: SqlDb>(
+    tx: &mut Transaction<'static, DB>,
+    e: &EventRecord,
+    tenant: &TenantId,
+) -> StoreResult<()> {
     sql::<DB>(
         "INSERT INTO onboarding_events (onboarding_id, sequence, kind, state, previous_state, \
          reason, provider_status, step, data_json, created_ms) \
@@ -232,9 +238,9 @@ async fn insert_event<DB: SqlDb>(tx: &mut Transaction<'static, DB>, e: &EventRec
     .bind(e.step.as_deref())
     .bind(e.data_json.as_str())
     .bind(e.created_ms)
-    .execute(tx)
+    .execute(&mut *tx)
     .await?;
-    Ok(())
+    super::deliveries::insert_outbox(tx, &e.onboarding_id, e.sequence, tenant).await
 }
 
 /// Writes `steps`, and returns the one named `named` as stored (for the change notice), if
@@ -358,7 +364,7 @@ async fn insert_new_onboarding<DB: SqlDb>(
         data_json: new.event.data_json.clone(),
         created_ms: o.created_ms,
     };
-    insert_event(tx, &event).await?;
+    insert_event(tx, &event, &o.tenant_id).await?;
     let notice = ChangeNotice::committed(&event, step.as_slice());
     Ok((event, notice))
 }
@@ -448,7 +454,7 @@ async fn apply_in<B: SqlBackend>(
         data_json: change.event.data_json.clone(),
         created_ms: change.at_ms,
     };
-    insert_event(tx, &event).await?;
+    insert_event(tx, &event, &old.tenant_id).await?;
     let notice = ChangeNotice::committed(&event, step.as_slice());
     Ok((ChangeOutcome::Applied(event), Some(notice)))
 }

@@ -1,0 +1,294 @@
+//! Conformance: outbound delivery (destinations, outbox fan-out, leased ordered deliveries,
+//! dead letters, replays), tenant-scoped.
+
+use super::*;
+
+const NOW: UnixMs = 10_000;
+const LEASE: Duration = Duration::from_secs(30);
+
+fn destination(tenant: &TenantId, name: &str, filter: DeliveryFilter) -> DestinationRecord {
+    DestinationRecord {
+        id: new_id::<OnboardingId>().to_string(),
+        tenant_id: tenant.clone(),
+        name: name.into(),
+        enabled: true,
+        disabled_reason: String::new(),
+        filter,
+        sink: SinkKind::Webhook,
+        url: "https://example.com/hook".into(),
+        header_names: vec!["x-a".into()],
+        headers: Some(sealed("headers")),
+        subject: String::new(),
+        secret: sealed("sign"),
+        previous_secret: None,
+        previous_secret_until_ms: None,
+        failing_since_ms: None,
+        created_ms: 1_000,
+        updated_ms: 1_000,
+    }
+}
+
+async fn dest(store: &Arc<dyn Store>, tenant: &TenantId, name: &str, filter: DeliveryFilter) -> DestinationRecord {
+    let d = destination(tenant, name, filter);
+    store.create_destination(&d).await.unwrap();
+    d
+}
+
+/// `(onboarding, sequence)` of each delivery.
+fn keys(ds: &[DeliveryRecord]) -> Vec<(OnboardingId, i64)> {
+    ds.iter().map(|d| (d.onboarding_id.clone(), d.sequence)).collect()
+}
+
+fn outcome(d: &DeliveryRecord, state: DeliveryState, next: UnixMs) -> DeliveryUpdate {
+    DeliveryUpdate {
+        destination_id: d.destination_id.clone(),
+        onboarding_id: d.onboarding_id.clone(),
+        sequence: d.sequence,
+        state,
+        next_attempt_ms: next,
+        last_status: Some(500),
+        last_error: Some("boom".into()),
+        at_ms: NOW,
+    }
+}
+
+async fn all_deliveries(store: &Arc<dyn Store>, d: &DestinationRecord) -> Vec<DeliveryRecord> {
+    let q = DeliveryQuery { state: None, limit: 100, after: None };
+    store.list_deliveries(&d.tenant_id, &d.id, &q).await.unwrap().items
+}
+
+pub(super) async fn check_destinations(store: Arc<dyn Store>) {
+    let t = tenant(&store).await;
+    let other = tenant(&store).await;
+    let mut a = dest(&store, &t, "a", DeliveryFilter::default()).await;
+    let b = dest(&store, &t, "b", DeliveryFilter { kinds: vec![EventKind::StateChanged], ..Default::default() }).await;
+    assert_eq!(store.destination(&t, &a.id).await.unwrap(), Some(a.clone()));
+    assert_eq!(store.destination(&other, &a.id).await.unwrap(), None, "another tenant's");
+    assert_eq!(store.destination_unscoped(&b.id).await.unwrap(), Some(b.clone()));
+    assert!(matches!(store.create_destination(&a).await, Err(StoreError::AlreadyExists(_))));
+
+    let first = store.list_destinations(&t, &page(1, None)).await.unwrap();
+    assert_eq!(first.items.len(), 1);
+    let rest = store.list_destinations(&t, &page(10, first.next_page_token.clone())).await.unwrap();
+    assert_eq!(rest.items.len(), 1);
+    assert_eq!(rest.next_page_token, None);
+    assert!(store.list_destinations(&other, &page(10, None)).await.unwrap().items.is_empty());
+
+    // Every mutable field round-trips, the secret's bytes included.
+    a.name = "renamed".into();
+    a.sink = SinkKind::Nats;
+    a.subject = "wa.{tenant}.{type}".into();
+    a.previous_secret = Some(a.secret.clone());
+    a.previous_secret_until_ms = Some(5_000);
+    a.secret = sealed("new");
+    a.filter.providers = vec![ProviderKind::Whapi];
+    a.updated_ms = 2_000;
+    store.update_destination(&a, 1_000).await.unwrap();
+    assert_eq!(store.destination(&t, &a.id).await.unwrap(), Some(a.clone()));
+    let theirs = DestinationRecord { tenant_id: other.clone(), ..a.clone() };
+    assert!(matches!(store.update_destination(&theirs, 2_000).await, Err(StoreError::NotFound(_))));
+    // Written from a stale read: refused, nothing changed.
+    let stale = DestinationRecord { name: "stale".into(), ..a.clone() };
+    assert!(matches!(store.update_destination(&stale, 1_000).await, Err(StoreError::Conflict(_))));
+    assert_eq!(store.destination(&t, &a.id).await.unwrap(), Some(a.clone()));
+
+    // Health: a failure stamps the first failing time, a success clears it.
+    assert_eq!(store.note_destination_health(&a.id, false, 3_000).await.unwrap(), Some(3_000));
+    assert_eq!(store.note_destination_health(&a.id, false, 4_000).await.unwrap(), Some(3_000));
+    assert_eq!(store.note_destination_health(&a.id, true, 5_000).await.unwrap(), None);
+    assert!(store.disable_destination(&a.id, "gone (410)", 6_000).await.unwrap());
+    let disabled = store.destination(&t, &a.id).await.unwrap().unwrap();
+    assert!(!disabled.enabled);
+    assert_eq!(disabled.disabled_reason, "gone (410)");
+
+    assert!(!store.delete_destination(&other, &a.id).await.unwrap());
+    assert!(store.delete_destination(&t, &a.id).await.unwrap());
+    assert_eq!(store.destination(&t, &a.id).await.unwrap(), None);
+    assert!(!store.delete_destination(&t, &a.id).await.unwrap());
+}
+
+pub(super) async fn check_fan_out(store: Arc<dyn Store>) {
+    let t = tenant(&store).await;
+    let other = tenant(&store).await;
+    let acct = account(&store, &t, ProviderKind::Whapi).await;
+    let their_acct = account(&store, &other, ProviderKind::Whapi).await;
+    let any = dest(&store, &t, "any", DeliveryFilter::default()).await;
+    let callbacks =
+        dest(&store, &t, "callbacks", DeliveryFilter { kinds: vec![EventKind::Callback], ..Default::default() }).await;
+    let other_provider =
+        dest(&store, &t, "gupshup", DeliveryFilter { providers: vec![ProviderKind::Gupshup], ..Default::default() })
+            .await;
+    let other_account =
+        dest(&store, &t, "acct", DeliveryFilter { accounts: vec![their_acct.id.clone()], ..Default::default() }).await;
+    let mut off = dest(&store, &t, "off", DeliveryFilter::default()).await;
+    off.enabled = false;
+    store.update_destination(&off, off.updated_ms).await.unwrap();
+    let theirs = dest(&store, &other, "theirs", DeliveryFilter::default()).await;
+
+    let o = onboarding(&store, &acct, "r").await;
+    store.apply_change(&change(&o.id, "cb")).await.unwrap();
+    let their_o = onboarding(&store, &their_acct, "r").await;
+    assert_eq!(store.delivery_backlog().await.unwrap().0, 3, "one outbox row per event");
+
+    let stats = store.dispatch_outbox(NOW, 100).await.unwrap();
+    assert_eq!(stats, DispatchStats { events: 3, deliveries: 4 });
+    assert_eq!(keys(&all_deliveries(&store, &any).await), vec![(o.id.clone(), 1), (o.id.clone(), 2)]);
+    assert_eq!(keys(&all_deliveries(&store, &callbacks).await), vec![(o.id.clone(), 2)]);
+    assert!(all_deliveries(&store, &other_provider).await.is_empty());
+    assert!(all_deliveries(&store, &other_account).await.is_empty());
+    assert!(all_deliveries(&store, &off).await.is_empty(), "disabled destinations get nothing");
+    assert_eq!(keys(&all_deliveries(&store, &theirs).await), vec![(their_o.id.clone(), 1)]);
+    // Another tenant's listing of my destination is empty.
+    let q = DeliveryQuery { state: None, limit: 10, after: None };
+    assert!(store.list_deliveries(&other, &any.id, &q).await.unwrap().items.is_empty());
+
+    let pending = all_deliveries(&store, &any).await;
+    assert!(pending.iter().all(|d| d.state == DeliveryState::Pending && d.attempts == 0 && d.tenant_id == t));
+    assert_eq!(pending[0].event_id(), format!("{}/1", o.id));
+
+    // The outbox is drained: a second pass finds nothing and writes nothing.
+    assert_eq!(store.dispatch_outbox(NOW, 100).await.unwrap(), DispatchStats::default());
+    let (outbox, per_destination) = store.delivery_backlog().await.unwrap();
+    assert_eq!(outbox, 0);
+    let total: i64 = per_destination.iter().map(|(_, n)| n).sum();
+    assert_eq!(total, 4);
+
+    // Fan-out in small passes gives the same rows, and replaying an event already fanned out
+    // (redeliver of a pending one) adds none.
+    store.apply_change(&change(&o.id, "more")).await.unwrap();
+    assert_eq!(store.dispatch_outbox(NOW, 1).await.unwrap(), DispatchStats { events: 1, deliveries: 2 });
+    let from = RedeliverFrom::Sequence { onboarding_id: o.id.clone(), sequence: 3 };
+    assert_eq!(store.redeliver(&t, &any.id, &from, NOW).await.unwrap(), 1);
+    assert_eq!(all_deliveries(&store, &any).await.len(), 3);
+}
+
+pub(super) async fn check_claim_order(store: Arc<dyn Store>) {
+    let t = tenant(&store).await;
+    let acct = account(&store, &t, ProviderKind::Whapi).await;
+    let d = dest(&store, &t, "d", DeliveryFilter::default()).await;
+    let a = onboarding(&store, &acct, "a").await;
+    store.apply_change(&change(&a.id, "a2")).await.unwrap();
+    store.apply_change(&change(&a.id, "a3")).await.unwrap();
+    let b = onboarding(&store, &acct, "b").await;
+    store.dispatch_outbox(NOW, 100).await.unwrap();
+
+    // One per onboarding: the later sequences wait for the first.
+    let mut first = store.claim_deliveries("w1", NOW, LEASE, 10).await.unwrap();
+    first.sort_by(|x, y| x.onboarding_id.cmp(&y.onboarding_id));
+    let mut want = vec![(a.id.clone(), 1), (b.id.clone(), 1)];
+    want.sort();
+    assert_eq!(keys(&first), want);
+    assert!(first.iter().all(|d| d.attempts == 1 && d.lease_owner.as_deref() == Some("w1")));
+    assert!(store.claim_deliveries("w2", NOW, LEASE, 10).await.unwrap().is_empty(), "leased and held back");
+
+    let a1 = first.iter().find(|x| x.onboarding_id == a.id).unwrap();
+    // A failing a1 holds back a2 (not b's events); a retry is due later.
+    assert!(store.finish_delivery(&outcome(a1, DeliveryState::Pending, NOW + 1_000), "w1").await.unwrap());
+    assert!(store.claim_deliveries("w1", NOW, LEASE, 10).await.unwrap().is_empty());
+    let again = store.claim_deliveries("w1", NOW + 1_000, LEASE, 10).await.unwrap();
+    assert_eq!(keys(&again), vec![(a.id.clone(), 1)]);
+    assert_eq!(again[0].attempts, 2);
+    assert_eq!((again[0].last_status, again[0].last_error.as_deref()), (Some(500), Some("boom")));
+
+    let mut ok = outcome(&again[0], DeliveryState::Delivered, NOW + 1_000);
+    ok.last_status = Some(200);
+    ok.last_error = None;
+    assert!(store.finish_delivery(&ok, "w1").await.unwrap());
+    assert!(!store.finish_delivery(&ok, "w1").await.unwrap(), "no lease any more");
+    let next = store.claim_deliveries("w1", NOW + 1_000, LEASE, 10).await.unwrap();
+    assert_eq!(keys(&next), vec![(a.id.clone(), 2)]);
+
+    // A disabled destination's deliveries are not claimed.
+    let mut off = store.destination(&t, &d.id).await.unwrap().unwrap();
+    assert!(store.finish_delivery(&outcome(&next[0], DeliveryState::Pending, NOW), "w1").await.unwrap());
+    off.enabled = false;
+    store.update_destination(&off, off.updated_ms).await.unwrap();
+    assert!(store.claim_deliveries("w1", NOW + 2_000, LEASE, 10).await.unwrap().is_empty());
+
+    let listed = all_deliveries(&store, &d).await;
+    let a1 = listed.iter().find(|x| x.onboarding_id == a.id && x.sequence == 1).unwrap();
+    assert_eq!((a1.state, a1.delivered_ms, a1.last_status), (DeliveryState::Delivered, Some(NOW), Some(200)));
+    // Paging by event id, and by state.
+    let q = DeliveryQuery { state: None, limit: 2, after: None };
+    let p1 = store.list_deliveries(&t, &d.id, &q).await.unwrap();
+    assert_eq!(p1.items.len(), 2);
+    let q2 = DeliveryQuery { after: p1.next_page_token.clone(), ..q };
+    let p2 = store.list_deliveries(&t, &d.id, &q2).await.unwrap();
+    assert_eq!(p2.items.len(), 2);
+    assert_eq!(p2.next_page_token, None);
+    let delivered = DeliveryQuery { state: Some(DeliveryState::Delivered), limit: 10, after: None };
+    assert_eq!(keys(&store.list_deliveries(&t, &d.id, &delivered).await.unwrap().items), vec![(a.id.clone(), 1)]);
+}
+
+pub(super) async fn check_lease_expiry(store: Arc<dyn Store>) {
+    let t = tenant(&store).await;
+    let acct = account(&store, &t, ProviderKind::Whapi).await;
+    dest(&store, &t, "d", DeliveryFilter::default()).await;
+    let o = onboarding(&store, &acct, "a").await;
+    store.dispatch_outbox(NOW, 100).await.unwrap();
+    let lease = Duration::from_secs(1);
+    let held = store.claim_deliveries("w1", NOW, lease, 10).await.unwrap();
+    assert_eq!(keys(&held), vec![(o.id.clone(), 1)]);
+    assert!(store.claim_deliveries("w2", NOW + 999, lease, 10).await.unwrap().is_empty());
+    // The lease lapsed (a crashed sender): another worker takes it over, a second attempt.
+    let taken = store.claim_deliveries("w2", NOW + 1_000, lease, 10).await.unwrap();
+    assert_eq!(keys(&taken), vec![(o.id.clone(), 1)]);
+    assert_eq!((taken[0].attempts, taken[0].lease_owner.as_deref()), (2, Some("w2")));
+    assert!(!store.finish_delivery(&outcome(&held[0], DeliveryState::Delivered, NOW), "w1").await.unwrap());
+    assert!(store.finish_delivery(&outcome(&taken[0], DeliveryState::Delivered, NOW), "w2").await.unwrap());
+}
+
+pub(super) async fn check_dead_letter_and_redeliver(store: Arc<dyn Store>) {
+    let t = tenant(&store).await;
+    let other = tenant(&store).await;
+    let acct = account(&store, &t, ProviderKind::Whapi).await;
+    let d = dest(&store, &t, "d", DeliveryFilter::default()).await;
+    let o = onboarding(&store, &acct, "a").await;
+    store.apply_change(&change(&o.id, "a2")).await.unwrap();
+    store.dispatch_outbox(NOW, 100).await.unwrap();
+
+    // The last attempt dead-letters; a dead letter no longer holds back the next event.
+    let first = store.claim_deliveries("w", NOW, LEASE, 10).await.unwrap();
+    assert!(store.finish_delivery(&outcome(&first[0], DeliveryState::Dead, NOW), "w").await.unwrap());
+    let second = store.claim_deliveries("w", NOW, LEASE, 10).await.unwrap();
+    assert_eq!(keys(&second), vec![(o.id.clone(), 2)]);
+    assert!(store.finish_delivery(&outcome(&second[0], DeliveryState::Delivered, NOW), "w").await.unwrap());
+    let dead = DeliveryQuery { state: Some(DeliveryState::Dead), limit: 10, after: None };
+    let listed = store.list_deliveries(&t, &d.id, &dead).await.unwrap().items;
+    assert_eq!(keys(&listed), vec![(o.id.clone(), 1)]);
+    assert_eq!(listed[0].last_error.as_deref(), Some("boom"));
+    assert!(store.claim_deliveries("w", NOW, LEASE, 10).await.unwrap().is_empty());
+
+    // Replay from a sequence: both back to pending, attempts reset, in order again.
+    let from = RedeliverFrom::Sequence { onboarding_id: o.id.clone(), sequence: 1 };
+    assert_eq!(store.redeliver(&t, &d.id, &from, NOW + 5).await.unwrap(), 2);
+    let replayed = store.claim_deliveries("w", NOW + 5, LEASE, 10).await.unwrap();
+    assert_eq!(keys(&replayed), vec![(o.id.clone(), 1)]);
+    assert_eq!(replayed[0].attempts, 1);
+    assert!(store.finish_delivery(&outcome(&replayed[0], DeliveryState::Delivered, NOW), "w").await.unwrap());
+
+    // Replay from a time: only the events committed since (the change at 2_000, not the
+    // creation at 1_000).
+    let since = RedeliverFrom::Time(1_500);
+    assert_eq!(store.redeliver(&t, &d.id, &since, NOW + 10).await.unwrap(), 1);
+    // Another tenant cannot replay to my destination, nor replay my onboarding to theirs.
+    assert!(matches!(store.redeliver(&other, &d.id, &since, NOW).await, Err(StoreError::NotFound(_))));
+    let theirs = dest(&store, &other, "theirs", DeliveryFilter::default()).await;
+    assert_eq!(store.redeliver(&other, &theirs.id, &from, NOW).await.unwrap(), 0);
+    assert_eq!(store.redeliver(&other, &theirs.id, &RedeliverFrom::Time(0), NOW).await.unwrap(), 0);
+
+    // Deleting the destination drops its deliveries.
+    assert!(store.delete_destination(&t, &d.id).await.unwrap());
+    assert_eq!(store.delivery_backlog().await.unwrap().1, vec![]);
+}
+
+/// A pass larger than one statement's chunk of pairs and rows fans out every event once.
+pub(super) async fn check_fan_out_in_chunks(store: Arc<dyn Store>) {
+    let t = tenant(&store).await;
+    let acct = account(&store, &t, ProviderKind::Whapi).await;
+    let d = dest(&store, &t, "d", DeliveryFilter::default()).await;
+    let batch: Vec<NewOnboarding> = (0..1_100).map(|i| new_onboarding(&acct, &format!("r{i}"), &[])).collect();
+    store.create_onboardings(&batch).await.unwrap();
+    assert_eq!(store.dispatch_outbox(NOW, 2_000).await.unwrap(), DispatchStats { events: 1_100, deliveries: 1_100 });
+    assert_eq!(store.delivery_backlog().await.unwrap(), (0, vec![(d.id.clone(), 1_100)]));
+}

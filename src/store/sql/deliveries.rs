@@ -1,0 +1,564 @@
+//! Outbound delivery: destinations, the outbox's fan-out and the leased deliveries.
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use sqlx::Transaction;
+
+use super::db::{SqlDb, sql};
+use super::{SqlBackend, locking, records};
+use crate::domain::{AccountId, EventKind, OnboardingId, ProviderKind, TenantId, UnixMs};
+use crate::store::{
+    Deliveries, DeliveryFilter, DeliveryQuery, DeliveryRecord, DeliveryState, DeliveryUpdate, DestinationRecord,
+    DispatchStats, Page, PageRequest, RedeliverFrom, Sealed, SinkKind, StoreError, StoreResult,
+};
+
+/// A `delivery_destinations` row.
+#[derive(sqlx::FromRow)]
+struct DestinationRow {
+    id: String,
+    tenant_id: String,
+    name: String,
+    enabled: bool,
+    disabled_reason: String,
+    filter_json: String,
+    sink: String,
+    url: String,
+    header_names_json: String,
+    headers_key_id: Option<String>,
+    headers: Option<Vec<u8>>,
+    subject: String,
+    secret_key_id: String,
+    secret: Vec<u8>,
+    previous_secret_key_id: Option<String>,
+    previous_secret: Option<Vec<u8>>,
+    previous_secret_until_ms: Option<i64>,
+    failing_since_ms: Option<i64>,
+    created_ms: i64,
+    updated_ms: i64,
+}
+
+impl TryFrom<DestinationRow> for DestinationRecord {
+    type Error = StoreError;
+    fn try_from(r: DestinationRow) -> StoreResult<Self> {
+        Ok(Self {
+            id: r.id,
+            tenant_id: super::id(r.tenant_id)?,
+            name: r.name,
+            enabled: r.enabled,
+            disabled_reason: r.disabled_reason,
+            filter: DeliveryFilter::from_json(&r.filter_json).map_err(StoreError::Corrupt)?,
+            sink: SinkKind::parse(&r.sink).ok_or_else(|| StoreError::Corrupt(format!("unknown sink '{}'", r.sink)))?,
+            url: r.url,
+            header_names: serde_json::from_str(&r.header_names_json)
+                .map_err(|e| StoreError::Corrupt(format!("destination header names: {e}")))?,
+            headers: super::opt_sealed(r.headers_key_id, r.headers)?,
+            subject: r.subject,
+            secret: Sealed { key_id: r.secret_key_id, blob: r.secret },
+            previous_secret: super::opt_sealed(r.previous_secret_key_id, r.previous_secret)?,
+            previous_secret_until_ms: r.previous_secret_until_ms,
+            failing_since_ms: r.failing_since_ms,
+            created_ms: r.created_ms,
+            updated_ms: r.updated_ms,
+        })
+    }
+}
+
+/// A `deliveries` row.
+#[derive(sqlx::FromRow)]
+struct DeliveryRow {
+    destination_id: String,
+    tenant_id: String,
+    onboarding_id: String,
+    sequence: i64,
+    state: String,
+    attempts: i32,
+    next_attempt_ms: i64,
+    last_status: Option<i32>,
+    last_error: Option<String>,
+    lease_owner: Option<String>,
+    lease_until_ms: Option<i64>,
+    created_ms: i64,
+    delivered_ms: Option<i64>,
+}
+
+impl TryFrom<DeliveryRow> for DeliveryRecord {
+    type Error = StoreError;
+    fn try_from(r: DeliveryRow) -> StoreResult<Self> {
+        Ok(Self {
+            destination_id: r.destination_id,
+            tenant_id: super::id(r.tenant_id)?,
+            onboarding_id: super::id(r.onboarding_id)?,
+            sequence: r.sequence,
+            state: DeliveryState::parse(&r.state)
+                .ok_or_else(|| StoreError::Corrupt(format!("unknown delivery state '{}'", r.state)))?,
+            attempts: r.attempts,
+            next_attempt_ms: r.next_attempt_ms,
+            last_status: r.last_status,
+            last_error: r.last_error,
+            lease_owner: r.lease_owner,
+            lease_until_ms: r.lease_until_ms,
+            created_ms: r.created_ms,
+            delivered_ms: r.delivered_ms,
+        })
+    }
+}
+
+/// An event with what a filter matches on: `(onboarding, sequence, kind, provider, account)`.
+type EventKey = (String, i64, String, String, String);
+
+/// Whether a destination's filter lets the event of `key` through (an unparsable stored
+/// kind or provider is corrupt).
+fn passes(filter: &DeliveryFilter, key: &EventKey) -> StoreResult<bool> {
+    let kind: EventKind = key.2.parse().map_err(StoreError::Corrupt)?;
+    let provider: ProviderKind = super::provider(key.3.clone())?;
+    let account: AccountId = super::id(key.4.clone())?;
+    Ok(filter.matches(kind, provider, &account))
+}
+
+/// Outbox rows to fan out, locked (and skipped when another dispatcher holds them) on
+/// PostgreSQL.
+pub(super) const OUTBOX_ROWS: [&str; 2] =
+    locking!("SELECT onboarding_id, sequence, tenant_id FROM event_outbox LIMIT $1", " FOR UPDATE SKIP LOCKED", "");
+
+/// Leases due deliveries to `$1` until `$2` (`$3` now, `$4` the limit); see
+/// [`Deliveries::claim_deliveries`] for the ordering rule the two `NOT EXISTS` keep.
+pub(super) const CLAIM: [&str; 2] = locking!(
+    "UPDATE deliveries SET lease_owner = $1, lease_until_ms = $2, attempts = attempts + 1 \
+     WHERE (destination_id, onboarding_id, sequence) IN (SELECT d.destination_id, d.onboarding_id, d.sequence \
+     FROM deliveries d JOIN delivery_destinations t ON t.id = d.destination_id \
+     WHERE t.enabled AND d.state = 'PENDING' AND d.next_attempt_ms <= $3 \
+     AND (d.lease_until_ms IS NULL OR d.lease_until_ms <= $3) \
+     AND NOT EXISTS (SELECT 1 FROM deliveries p WHERE p.destination_id = d.destination_id \
+     AND p.onboarding_id = d.onboarding_id AND p.sequence < d.sequence AND p.state = 'PENDING') \
+     AND NOT EXISTS (SELECT 1 FROM event_outbox x WHERE x.onboarding_id = d.onboarding_id AND x.sequence < d.sequence) \
+     ORDER BY d.next_attempt_ms, d.onboarding_id, d.sequence LIMIT $4",
+    " FOR UPDATE OF d SKIP LOCKED",
+    ") RETURNING *",
+);
+
+/// The event and onboarding columns a filter matches on, for the events of a
+/// `(onboarding_id, sequence) IN (...)` list appended to it.
+const EVENT_KEYS: &str = "SELECT e.onboarding_id, e.sequence, e.kind, o.provider, o.account_id \
+     FROM onboarding_events e JOIN onboardings o ON o.id = e.onboarding_id \
+     WHERE (e.onboarding_id, e.sequence) IN";
+
+/// `(onboarding, sequence)` pairs per statement: 2 values each, well under both backends'
+/// bind-parameter limits.
+const PAIR_CHUNK: usize = 500;
+
+/// Delivery rows per insert statement: 4 values each, plus the time.
+const INSERT_CHUNK: usize = 500;
+
+/// `VALUES ($from, $from+1), ...`: `n` numbered pairs for a row-value `IN` list.
+fn pairs(from: usize, n: usize) -> String {
+    let rows: Vec<String> = (0..n).map(|i| format!("(${}, ${})", from + 2 * i, from + 2 * i + 1)).collect();
+    format!("VALUES {}", rows.join(", "))
+}
+
+/// The tenant's enabled destinations, read inside the fan-out's transaction.
+async fn enabled_destinations<DB: SqlDb>(
+    tx: &mut Transaction<'static, DB>,
+    tenant: &str,
+) -> StoreResult<Vec<DestinationRecord>> {
+    let rows = sql::<DB>("SELECT * FROM delivery_destinations WHERE tenant_id = $1 AND enabled ORDER BY id")
+        .bind(tenant.to_string())
+        .all::<DestinationRow>(&mut *tx)
+        .await?;
+    records(rows)
+}
+
+/// The stored form of a destination's header names: a JSON array.
+fn header_names(d: &DestinationRecord) -> String {
+    serde_json::Value::from(d.header_names.clone()).to_string()
+}
+
+/// The keyset bound of a deliveries page token (`<onboarding>/<sequence>`).
+fn delivery_after(token: Option<&str>) -> StoreResult<(String, i64)> {
+    let Some(token) = token else { return Ok((String::new(), 0)) };
+    let (onboarding, sequence) =
+        token.rsplit_once('/').ok_or_else(|| StoreError::Other(format!("bad deliveries page token '{token}'")))?;
+    let sequence = sequence.parse().map_err(|_| StoreError::Other(format!("bad deliveries page token '{token}'")))?;
+    Ok((onboarding.to_string(), sequence))
+}
+
+#[async_trait]
+impl<B: SqlBackend> Deliveries for B {
+    async fn create_destination(&self, d: &DestinationRecord) -> StoreResult<()> {
+        sql::<B::Db>(
+            "INSERT INTO delivery_destinations (id, tenant_id, name, enabled, disabled_reason, filter_json, sink, \
+             url, subject, secret_key_id, secret, previous_secret_key_id, previous_secret, \
+             previous_secret_until_ms, failing_since_ms, created_ms, updated_ms, header_names_json, headers_key_id, headers) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19, $20)",
+        )
+        .bind(d.id.as_str())
+        .bind(d.tenant_id.as_str())
+        .bind(d.name.as_str())
+        .bind(d.enabled)
+        .bind(d.disabled_reason.as_str())
+        .bind(d.filter.to_json())
+        .bind(d.sink.as_str())
+        .bind(d.url.as_str())
+        .bind(d.subject.as_str())
+        .bind(d.secret.key_id.as_str())
+        .bind(d.secret.blob.as_slice())
+        .bind(d.previous_secret.as_ref().map(|s| s.key_id.as_str()))
+        .bind(d.previous_secret.as_ref().map(|s| s.blob.as_slice()))
+        .bind(d.previous_secret_until_ms)
+        .bind(d.failing_since_ms)
+        .bind(d.created_ms)
+        .bind(d.updated_ms)
+        .bind(header_names(d))
+        .bind(d.headers.as_ref().map(|s| s.key_id.as_str()))
+        .bind(d.headers.as_ref().map(|s| s.blob.as_slice()))
+        .execute(self.writer())
+        .await?;
+        Ok(())
+    }
+
+    async fn destination(&self, tenant: &TenantId, id: &str) -> StoreResult<Option<DestinationRecord>> {
+        let row = sql::<B::Db>("SELECT * FROM delivery_destinations WHERE id = $1 AND tenant_id = $2")
+            .bind(id)
+            .bind(tenant.as_str())
+            .optional::<DestinationRow>(self.reader())
+            .await?;
+        row.map(TryInto::try_into).transpose()
+    }
+
+    async fn destination_unscoped(&self, id: &str) -> StoreResult<Option<DestinationRecord>> {
+        let row = sql::<B::Db>("SELECT * FROM delivery_destinations WHERE id = $1")
+            .bind(id)
+            .optional::<DestinationRow>(self.reader())
+            .await?;
+        row.map(TryInto::try_into).transpose()
+    }
+
+    async fn list_destinations(&self, tenant: &TenantId, page: &PageRequest) -> StoreResult<Page<DestinationRecord>> {
+        let rows =
+            sql::<B::Db>("SELECT * FROM delivery_destinations WHERE tenant_id = $1 AND id > $2 ORDER BY id LIMIT $3")
+                .bind(tenant.as_str())
+                .bind(page.after.as_deref().unwrap_or(""))
+                .bind(super::page_limit(page.limit))
+                .all::<DestinationRow>(self.reader())
+                .await?;
+        Ok(super::page(records(rows)?, page.limit, |d: &DestinationRecord| d.id.clone()))
+    }
+
+    async fn update_destination(&self, d: &DestinationRecord, expect_updated_ms: UnixMs) -> StoreResult<()> {
+        let done = sql::<B::Db>(
+            "UPDATE delivery_destinations SET name = $3, enabled = $4, disabled_reason = $5, filter_json = $6, \
+             sink = $7, url = $8, subject = $9, secret_key_id = $10, secret = $11, \
+             previous_secret_key_id = $12, previous_secret = $13, previous_secret_until_ms = $14, \
+             failing_since_ms = $15, updated_ms = $16, header_names_json = $17, headers_key_id = $18, headers = $19 \
+             WHERE id = $1 AND tenant_id = $2 AND updated_ms = $20",
+        )
+        .bind(d.id.as_str())
+        .bind(d.tenant_id.as_str())
+        .bind(d.name.as_str())
+        .bind(d.enabled)
+        .bind(d.disabled_reason.as_str())
+        .bind(d.filter.to_json())
+        .bind(d.sink.as_str())
+        .bind(d.url.as_str())
+        .bind(d.subject.as_str())
+        .bind(d.secret.key_id.as_str())
+        .bind(d.secret.blob.as_slice())
+        .bind(d.previous_secret.as_ref().map(|s| s.key_id.as_str()))
+        .bind(d.previous_secret.as_ref().map(|s| s.blob.as_slice()))
+        .bind(d.previous_secret_until_ms)
+        .bind(d.failing_since_ms)
+        .bind(d.updated_ms)
+        .bind(header_names(d))
+        .bind(d.headers.as_ref().map(|s| s.key_id.as_str()))
+        .bind(d.headers.as_ref().map(|s| s.blob.as_slice()))
+        .bind(expect_updated_ms)
+        .execute(self.writer())
+        .await?;
+        if done == 0 {
+            return match self.destination(&d.tenant_id, &d.id).await? {
+                Some(_) => Err(StoreError::Conflict(format!("destination {} changed meanwhile", d.id))),
+                None => Err(StoreError::NotFound(format!("destination {}", d.id))),
+            };
+        }
+        Ok(())
+    }
+
+    async fn delete_destination(&self, tenant: &TenantId, id: &str) -> StoreResult<bool> {
+        // The deliveries go with it (ON DELETE CASCADE).
+        let done = sql::<B::Db>("DELETE FROM delivery_destinations WHERE id = $1 AND tenant_id = $2")
+            .bind(id)
+            .bind(tenant.as_str())
+            .execute(self.writer())
+            .await?;
+        Ok(done > 0)
+    }
+
+    async fn note_destination_health(&self, id: &str, ok: bool, at: UnixMs) -> StoreResult<Option<UnixMs>> {
+        let query = if ok {
+            sql::<B::Db>(
+                "UPDATE delivery_destinations SET failing_since_ms = NULL WHERE id = $1 RETURNING failing_since_ms",
+            )
+            .bind(id)
+        } else {
+            sql::<B::Db>(
+                "UPDATE delivery_destinations SET failing_since_ms = COALESCE(failing_since_ms, $2) WHERE id = $1 \
+                 RETURNING failing_since_ms",
+            )
+            .bind(id)
+            .bind(at)
+        };
+        let row = query.optional::<(Option<i64>,)>(self.writer()).await?;
+        Ok(row.and_then(|(since,)| since))
+    }
+
+    async fn disable_destination(&self, id: &str, reason: &str, at: UnixMs) -> StoreResult<bool> {
+        let done = sql::<B::Db>(
+            "UPDATE delivery_destinations SET enabled = FALSE, disabled_reason = $2, \
+             updated_ms = CASE WHEN updated_ms >= $3 THEN updated_ms + 1 ELSE $3 END WHERE id = $1",
+        )
+        .bind(id)
+        .bind(reason)
+        .bind(at)
+        .execute(self.writer())
+        .await?;
+        Ok(done > 0)
+    }
+
+    async fn dispatch_outbox(&self, now: UnixMs, limit: u32) -> StoreResult<DispatchStats> {
+        let mut tx = B::Db::begin(self.writer()).await?;
+        let rows =
+            sql::<B::Db>(B::locking(OUTBOX_ROWS)).bind(i64::from(limit)).all::<(String, i64, String)>(&mut tx).await?;
+        if rows.is_empty() {
+            B::Db::commit(tx).await?;
+            return Ok(DispatchStats::default());
+        }
+        // Read once per tenant per pass: a burst of one tenant's events costs one read.
+        let mut destinations: HashMap<String, Vec<DestinationRecord>> = HashMap::new();
+        for (_, _, tenant) in &rows {
+            if !destinations.contains_key(tenant) {
+                let found = enabled_destinations(&mut tx, tenant).await?;
+                destinations.insert(tenant.clone(), found);
+            }
+        }
+        // The filter keys of the events some destination may want, a chunk per statement.
+        let wanted: Vec<&(String, i64, String)> =
+            rows.iter().filter(|(_, _, t)| destinations.get(t).is_some_and(|d| !d.is_empty())).collect();
+        let mut keys: Vec<EventKey> = Vec::with_capacity(wanted.len());
+        for chunk in wanted.chunks(PAIR_CHUNK) {
+            let text = format!("{EVENT_KEYS} ({})", pairs(1, chunk.len()));
+            let mut q = sql::<B::Db>(sqlx::AssertSqlSafe(text));
+            for (onboarding, sequence, _) in chunk {
+                q = q.bind(onboarding.as_str()).bind(*sequence);
+            }
+            keys.extend(q.all::<EventKey>(&mut tx).await?);
+        }
+        // One row per (destination, event) that passes; onboardings deleted with their log
+        // have no key and get none.
+        let tenant_of: HashMap<(&str, i64), &str> =
+            wanted.iter().map(|(o, s, t)| ((o.as_str(), *s), t.as_str())).collect();
+        let mut inserts: Vec<(&str, &str, i64, &str)> = Vec::new();
+        for key in &keys {
+            let Some(tenant) = tenant_of.get(&(key.0.as_str(), key.1)) else { continue };
+            for d in destinations.get(*tenant).map(Vec::as_slice).unwrap_or_default() {
+                if passes(&d.filter, key)? {
+                    inserts.push((d.id.as_str(), key.0.as_str(), key.1, tenant));
+                }
+            }
+        }
+        let mut stats = DispatchStats::default();
+        for chunk in inserts.chunks(INSERT_CHUNK) {
+            let values: Vec<String> = (0..chunk.len())
+                .map(|r| {
+                    let b = r * 4;
+                    format!("(${}, ${}, ${}, ${}, 'PENDING', 0, $1, $1)", b + 2, b + 3, b + 4, b + 5)
+                })
+                .collect();
+            let text = format!(
+                "INSERT INTO deliveries (destination_id, onboarding_id, sequence, tenant_id, state, attempts, \
+                 next_attempt_ms, created_ms) VALUES {} \
+                 ON CONFLICT (destination_id, onboarding_id, sequence) DO NOTHING",
+                values.join(", ")
+            );
+            let mut q = sql::<B::Db>(sqlx::AssertSqlSafe(text)).bind(now);
+            for (destination, onboarding, sequence, tenant) in chunk {
+                q = q.bind(*destination).bind(*onboarding).bind(*sequence).bind(*tenant);
+            }
+            stats.deliveries += q.execute(&mut tx).await?;
+        }
+        for chunk in rows.chunks(PAIR_CHUNK) {
+            let text =
+                format!("DELETE FROM event_outbox WHERE (onboarding_id, sequence) IN ({})", pairs(1, chunk.len()));
+            let mut q = sql::<B::Db>(sqlx::AssertSqlSafe(text));
+            for (onboarding, sequence, _) in chunk {
+                q = q.bind(onboarding.as_str()).bind(*sequence);
+            }
+            stats.events += q.execute(&mut tx).await?;
+        }
+        B::Db::commit(tx).await?;
+        Ok(stats)
+    }
+
+    async fn claim_deliveries(
+        &self,
+        worker: &str,
+        now: UnixMs,
+        lease: Duration,
+        limit: u32,
+    ) -> StoreResult<Vec<DeliveryRecord>> {
+        let rows = sql::<B::Db>(B::locking(CLAIM))
+            .bind(worker)
+            .bind(now.saturating_add(super::ms(lease)))
+            .bind(now)
+            .bind(i64::from(limit))
+            .all::<DeliveryRow>(self.writer())
+            .await?;
+        let mut claimed: Vec<DeliveryRecord> = records(rows)?;
+        claimed.sort_by(|a, b| (&a.onboarding_id, a.sequence).cmp(&(&b.onboarding_id, b.sequence)));
+        Ok(claimed)
+    }
+
+    async fn finish_delivery(&self, u: &DeliveryUpdate, worker: &str) -> StoreResult<bool> {
+        let delivered = (u.state == DeliveryState::Delivered).then_some(u.at_ms);
+        let done = sql::<B::Db>(
+            "UPDATE deliveries SET state = $5, next_attempt_ms = $6, last_status = $7, last_error = $8, \
+             delivered_ms = $9, lease_owner = NULL, lease_until_ms = NULL \
+             WHERE destination_id = $1 AND onboarding_id = $2 AND sequence = $3 AND lease_owner = $4 \
+             AND state = 'PENDING'",
+        )
+        .bind(u.destination_id.as_str())
+        .bind(u.onboarding_id.as_str())
+        .bind(u.sequence)
+        .bind(worker)
+        .bind(u.state.as_str())
+        .bind(u.next_attempt_ms)
+        .bind(u.last_status)
+        .bind(u.last_error.as_deref())
+        .bind(delivered)
+        .execute(self.writer())
+        .await?;
+        Ok(done > 0)
+    }
+
+    async fn list_deliveries(
+        &self,
+        tenant: &TenantId,
+        destination: &str,
+        query: &DeliveryQuery,
+    ) -> StoreResult<Page<DeliveryRecord>> {
+        let (after_onboarding, after_sequence) = delivery_after(query.after.as_deref())?;
+        let head = "SELECT * FROM deliveries WHERE tenant_id = $1 AND destination_id = $2 \
+             AND (onboarding_id > $3 OR (onboarding_id = $3 AND sequence > $4))";
+        let text = match query.state {
+            Some(_) => format!("{head} AND state = $6 ORDER BY onboarding_id, sequence LIMIT $5"),
+            None => format!("{head} ORDER BY onboarding_id, sequence LIMIT $5"),
+        };
+        let mut q = sql::<B::Db>(sqlx::AssertSqlSafe(text))
+            .bind(tenant.as_str())
+            .bind(destination)
+            .bind(after_onboarding)
+            .bind(after_sequence)
+            .bind(super::page_limit(query.limit));
+        if let Some(state) = query.state {
+            q = q.bind(state.as_str());
+        }
+        let rows = q.all::<DeliveryRow>(self.reader()).await?;
+        Ok(super::page(records(rows)?, query.limit, DeliveryRecord::event_id))
+    }
+
+    async fn redeliver(
+        &self,
+        tenant: &TenantId,
+        destination: &str,
+        from: &RedeliverFrom,
+        now: UnixMs,
+    ) -> StoreResult<u64> {
+        let mut tx = B::Db::begin(self.writer()).await?;
+        let row = sql::<B::Db>("SELECT * FROM delivery_destinations WHERE id = $1 AND tenant_id = $2")
+            .bind(destination)
+            .bind(tenant.as_str())
+            .optional::<DestinationRow>(&mut tx)
+            .await?;
+        let Some(row) = row else {
+            return Err(StoreError::NotFound(format!("destination {destination}")));
+        };
+        let d = DestinationRecord::try_from(row)?;
+        let keys = match from {
+            RedeliverFrom::Time(since) => {
+                sql::<B::Db>(
+                    "SELECT e.onboarding_id, e.sequence, e.kind, o.provider, o.account_id \
+                     FROM onboarding_events e JOIN onboardings o ON o.id = e.onboarding_id \
+                     WHERE o.tenant_id = $1 AND e.created_ms >= $2 ORDER BY e.onboarding_id, e.sequence",
+                )
+                .bind(tenant.as_str())
+                .bind(*since)
+                .all::<EventKey>(&mut tx)
+                .await?
+            }
+            RedeliverFrom::Sequence { onboarding_id, sequence } => {
+                sql::<B::Db>(
+                    "SELECT e.onboarding_id, e.sequence, e.kind, o.provider, o.account_id \
+                     FROM onboarding_events e JOIN onboardings o ON o.id = e.onboarding_id \
+                     WHERE o.tenant_id = $1 AND e.onboarding_id = $2 AND e.sequence >= $3 ORDER BY e.sequence",
+                )
+                .bind(tenant.as_str())
+                .bind(onboarding_id.as_str())
+                .bind(*sequence)
+                .all::<EventKey>(&mut tx)
+                .await?
+            }
+        };
+        let mut replayed = 0;
+        for key in &keys {
+            if !passes(&d.filter, key)? {
+                continue;
+            }
+            // A lease in flight is dropped: its sender's outcome no longer applies (its
+            // finish finds no lease), and the replay sends the same event id again.
+            replayed += sql::<B::Db>(
+                "INSERT INTO deliveries (destination_id, onboarding_id, sequence, tenant_id, state, attempts, \
+                 next_attempt_ms, created_ms) VALUES ($1, $2, $3, $4, 'PENDING', 0, $5, $5) \
+                 ON CONFLICT (destination_id, onboarding_id, sequence) DO UPDATE SET state = 'PENDING', \
+                 attempts = 0, next_attempt_ms = excluded.next_attempt_ms, lease_owner = NULL, \
+                 lease_until_ms = NULL, delivered_ms = NULL",
+            )
+            .bind(d.id.as_str())
+            .bind(key.0.as_str())
+            .bind(key.1)
+            .bind(tenant.as_str())
+            .bind(now)
+            .execute(&mut tx)
+            .await?;
+        }
+        B::Db::commit(tx).await?;
+        Ok(replayed)
+    }
+
+    async fn delivery_backlog(&self) -> StoreResult<(i64, Vec<(String, i64)>)> {
+        let (outbox,): (i64,) = sql::<B::Db>("SELECT COUNT(*) FROM event_outbox").one(self.reader()).await?;
+        let pending = sql::<B::Db>(
+            "SELECT destination_id, COUNT(*) FROM deliveries WHERE state = 'PENDING' GROUP BY destination_id \
+             ORDER BY destination_id",
+        )
+        .all::<(String, i64)>(self.reader())
+        .await?;
+        Ok((outbox, pending))
+    }
+}
+
+/// Writes the outbox row of an event inside the event's transaction (see
+/// [`super::onboardings`]): the one extra insert on the hot path.
+pub(super) async fn insert_outbox<DB: SqlDb>(
+    tx: &mut Transaction<'static, DB>,
+    onboarding: &OnboardingId,
+    sequence: i64,
+    tenant: &TenantId,
+) -> StoreResult<()> {
+    sql::<DB>("INSERT INTO event_outbox (onboarding_id, sequence, tenant_id) VALUES ($1, $2, $3)")
+        .bind(onboarding.as_str())
+        .bind(sequence)
+        .bind(tenant.as_str())
+        .execute(tx)
+        .await?;
+    Ok(())
+}
