@@ -329,6 +329,8 @@ async fn link_app(State(sim): State<GupshupSim>, headers: HeaderMap, body: Bytes
     }
     let id = uuid::Uuid::new_v4().to_string();
     let done_before_finalize = st.knobs.done_before_finalize;
+    let linked_seq = st.apps_linked;
+    st.apps_linked += 1;
     st.apps.insert(
         id.clone(),
         App {
@@ -340,6 +342,7 @@ async fn link_app(State(sim): State<GupshupSim>, headers: HeaderMap, body: Bytes
             callback_url: if callback_failed { None } else { cb.map(str::to_string) },
             storage_region: region.map(str::to_string),
             created_ms: now,
+            linked_seq,
             started_ms: sim.config().sandbox.then_some(now),
             fails,
             token: None,
@@ -580,7 +583,7 @@ async fn app_list(State(sim): State<GupshupSim>, headers: HeaderMap, RawQuery(qu
         .filter(|a| filter.0.as_ref().is_none_or(|n| a.name.to_ascii_lowercase().contains(n.as_str())))
         .filter(|a| filter.1.as_ref().is_none_or(|p| a.phone.contains(p.as_str())))
         .collect();
-    apps.sort_by_key(|a| (a.created_ms, a.id.clone()));
+    apps.sort_by_key(|a| (a.created_ms, a.linked_seq));
     let stage_ms = sim.config().stage_ms;
     let items: Vec<Value> = apps
         .iter()
@@ -606,7 +609,7 @@ async fn partner_apps(State(sim): State<GupshupSim>, headers: HeaderMap) -> Resp
     };
     let stage_ms = sim.config().stage_ms;
     let mut apps: Vec<&App> = st.apps.values().filter(|a| a.partner_id == pid).collect();
-    apps.sort_by_key(|a| (a.created_ms, a.id.clone()));
+    apps.sort_by_key(|a| (a.created_ms, a.linked_seq));
     let list: Vec<Value> = apps
         .iter()
         .map(|a| {

@@ -224,6 +224,9 @@ pub(super) struct App {
     pub storage_region: Option<String>,
     /// Link time.
     pub created_ms: i64,
+    /// Order of linking across the sim: lists sort by link time, and apps linked in the same
+    /// millisecond keep the order they were linked in (their uuids would order them randomly).
+    pub linked_seq: u64,
     /// When the pipeline started (link time in sandbox; `None` until started otherwise).
     pub started_ms: Option<i64>,
     /// The pipeline of this app fails.
@@ -321,6 +324,8 @@ pub(super) struct State {
     pub subscriptions: BTreeMap<u64, Subscription>,
     /// Last subscription id handed out.
     pub next_subscription_id: u64,
+    /// Apps linked so far (the next app's `linked_seq`).
+    pub apps_linked: u64,
 }
 
 /// `mode` bitmask of a list of modes (`NONE` = 0).
