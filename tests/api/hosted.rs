@@ -488,6 +488,21 @@ async fn submit_code(app: &TestApp, name: &str, code: &str) -> Result<pb::Onboar
         .map(|r| r.into_inner())
 }
 
+/// [`submit_code`] once the step waits for it: the SMS reaches the sim (and the test) while the
+/// step that asked for it may still be on its way to waiting, and until then a code is refused
+/// as FAILED_PRECONDITION.
+async fn submit_when_waiting(app: &TestApp, name: &str, code: &str) -> Result<pb::Onboarding, tonic::Status> {
+    let deadline = tokio::time::Instant::now() + PATIENCE;
+    loop {
+        match submit_code(app, name, code).await {
+            Err(e) if e.code() == tonic::Code::FailedPrecondition && tokio::time::Instant::now() < deadline => {
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            r => return r,
+        }
+    }
+}
+
 /// Whether the onboarding's event log has an event whose reason contains `needle`.
 async fn has_event(app: &TestApp, name: &str, needle: &str) -> bool {
     let events = app
@@ -516,17 +531,7 @@ async fn verified_link(app: &TestApp, reference: &str, coexistence: bool) -> pb:
     let digits = NUMBER.trim_start_matches('+');
     wait_until(app, &o.name, "waiting for the code", |_| d99_sim(app).code(digits).is_some()).await;
     let code = d99_sim(app).code(digits).expect("code sent");
-    // The step may still be on its way to waiting; the code is accepted once it is.
-    let deadline = tokio::time::Instant::now() + PATIENCE;
-    loop {
-        match submit_code(app, &o.name, &code).await {
-            Ok(_) => break,
-            Err(e) if e.code() == tonic::Code::FailedPrecondition && tokio::time::Instant::now() < deadline => {
-                tokio::time::sleep(Duration::from_millis(100)).await;
-            }
-            Err(e) => panic!("submit code: {e:?}"),
-        }
-    }
+    submit_when_waiting(app, &o.name, &code).await.expect("submit code");
     wait_until(app, &o.name, "given a link", |o| !d99(o).onboarding_link.is_empty()).await
 }
 
@@ -548,7 +553,7 @@ async fn digital99_number_registered_and_verified_then_finished_goes_live_with_r
 
     // A wrong code is refused by 99digital and the step keeps waiting for another.
     let wrong = if code == "000000" { "111111" } else { "000000" };
-    submit_code(&app, &o.name, wrong).await.expect("a well-formed code is accepted for checking");
+    submit_when_waiting(&app, &o.name, wrong).await.expect("a well-formed code is accepted for checking");
     let deadline = tokio::time::Instant::now() + PATIENCE;
     while !has_event(&app, &o.name, "code rejected").await {
         assert!(tokio::time::Instant::now() < deadline, "the wrong code was never rejected");
@@ -560,7 +565,7 @@ async fn digital99_number_registered_and_verified_then_finished_goes_live_with_r
     assert_eq!(err.code(), tonic::Code::InvalidArgument);
     assert_eq!(violations(&err), vec!["code".to_string()]);
 
-    submit_code(&app, &o.name, &code).await.expect("right code");
+    submit_when_waiting(&app, &o.name, &code).await.expect("right code");
     let linked = wait_until(&app, &o.name, "given a link", |o| !d99(o).onboarding_link.is_empty()).await;
     assert_eq!(state_of(&linked), pb::OnboardingState::AwaitingCustomer);
     let d = d99(&linked);
