@@ -254,8 +254,13 @@ pub async fn start_with(
         .with_nodelay(Some(true))
         .with_keepalive(Some(Duration::from_secs(60)));
     let preface_within = http_limits.header_read;
+    // HTTP/1.1 connections on the gRPC port idle out like the webhook port's, but never
+    // before two heartbeats: a Connect stream over HTTP/1.1 writes nothing else while idle.
+    let http1_idle = Duration::from_secs(
+        settings.server.idle_timeout_secs.max(1).max(settings.streams.heartbeat_secs.saturating_mul(2)),
+    );
     let incoming = futures::StreamExt::map(incoming, move |r| {
-        r.map(|io| crate::listeners::PrefaceDeadline::new(io, preface_within))
+        r.map(|io| crate::listeners::PrefaceDeadline::new(io, preface_within, http1_idle))
     });
     let mut grpc_shutdown = shutdown_rx.clone();
     let grpc = tokio::spawn(async move {

@@ -38,20 +38,88 @@ pub(crate) fn raise_fd_limit() -> Option<u64> {
 /// Bytes of the HTTP/2 client preface that opens every gRPC connection.
 const PREFACE_LEN: usize = 24;
 
-/// A gRPC connection that must send its first 24 bytes (the HTTP/2 preface, or a TLS
+/// A gRPC-port connection that must send its first 24 bytes (the HTTP/2 preface, or a TLS
 /// ClientHello) within a deadline: hyper waits for the preface forever, so sockets that send
-/// nothing or half a preface would each keep a descriptor. Once they are in, HTTP/2 keepalive
-/// PINGs watch the connection.
+/// nothing or half a preface would each keep a descriptor. Once HTTP/2 is in, keepalive PINGs
+/// watch the connection. A plaintext HTTP/1.1 connection (Connect, gRPC-Web and the console
+/// accept it) has no PINGs and hyper no idle timeout of its own, so it is closed after `idle`
+/// without a byte read or written: a keep-alive socket left open between requests frees its
+/// descriptor, while a stream that carries heartbeats keeps writing and stays.
 pub(crate) struct PrefaceDeadline {
     io: tokio::net::TcpStream,
     deadline: Option<std::pin::Pin<Box<tokio::time::Sleep>>>,
     seen: usize,
+    /// The first bytes, to tell HTTP/1.1 from the HTTP/2 preface and TLS.
+    head: [u8; 4],
+    /// Set once the connection shows itself as plaintext HTTP/1.1.
+    idle: Option<Idle>,
+    idle_after: Duration,
+}
+
+/// The HTTP/1.1 idle watch: the timer fires at most once per `idle_after`, and is pushed back
+/// to the last activity then, rather than reset on every read and write (a timer-wheel
+/// operation per heartbeat).
+struct Idle {
+    timer: std::pin::Pin<Box<tokio::time::Sleep>>,
+    last: tokio::time::Instant,
 }
 
 impl PrefaceDeadline {
-    pub(crate) fn new(io: tokio::net::TcpStream, within: Duration) -> Self {
-        Self { io, deadline: Some(Box::pin(tokio::time::sleep(within))), seen: 0 }
+    /// `within`: the preface deadline; `idle_after`: the idle limit of HTTP/1.1 connections.
+    pub(crate) fn new(io: tokio::net::TcpStream, within: Duration, idle_after: Duration) -> Self {
+        Self { io, deadline: Some(Box::pin(tokio::time::sleep(within))), seen: 0, head: [0; 4], idle: None, idle_after }
     }
+
+    /// Notes bytes read: the preface count, the first bytes, the idle watch.
+    fn read(&mut self, bytes: &[u8]) {
+        if bytes.is_empty() {
+            return;
+        }
+        if self.deadline.is_some() {
+            for (i, b) in bytes.iter().take(self.head.len().saturating_sub(self.seen)).enumerate() {
+                self.head[self.seen + i] = *b;
+            }
+            let before = self.seen;
+            self.seen += bytes.len();
+            if before < self.head.len() && self.seen >= self.head.len() && is_http1(&self.head) {
+                let at = tokio::time::Instant::now() + self.idle_after;
+                self.idle =
+                    Some(Idle { timer: Box::pin(tokio::time::sleep_until(at)), last: tokio::time::Instant::now() });
+            }
+            if self.seen >= PREFACE_LEN {
+                self.deadline = None;
+            }
+        }
+        self.active();
+    }
+
+    fn active(&mut self) {
+        if let Some(idle) = self.idle.as_mut() {
+            idle.last = tokio::time::Instant::now();
+        }
+    }
+
+    /// Whether the connection has been quiet for `idle_after` (registering the waker if not).
+    fn idle_expired(&mut self, cx: &mut std::task::Context<'_>) -> bool {
+        use std::future::Future;
+        let Some(idle) = self.idle.as_mut() else { return false };
+        loop {
+            if idle.timer.as_mut().poll(cx).is_pending() {
+                return false;
+            }
+            let due = idle.last + self.idle_after;
+            if due <= tokio::time::Instant::now() {
+                return true;
+            }
+            idle.timer.as_mut().reset(due);
+        }
+    }
+}
+
+/// The first bytes of an HTTP/1.1 request line (every method Connect, gRPC-Web, CORS and the
+/// console use); the HTTP/2 preface starts `PRI `, a TLS record 0x16.
+fn is_http1(head: &[u8; 4]) -> bool {
+    matches!(head, b"POST" | b"GET " | b"OPTI" | b"HEAD" | b"PUT " | b"DELE" | b"PATC")
 }
 
 impl tokio::io::AsyncRead for PrefaceDeadline {
@@ -66,12 +134,7 @@ impl tokio::io::AsyncRead for PrefaceDeadline {
         let before = buf.filled().len();
         match std::pin::Pin::new(&mut this.io).poll_read(cx, buf) {
             Poll::Ready(r) => {
-                if this.deadline.is_some() {
-                    this.seen += buf.filled().len() - before;
-                    if this.seen >= PREFACE_LEN {
-                        this.deadline = None;
-                    }
-                }
+                this.read(&buf.filled()[before..]);
                 Poll::Ready(r)
             }
             Poll::Pending => {
@@ -80,6 +143,12 @@ impl tokio::io::AsyncRead for PrefaceDeadline {
                     return Poll::Ready(Err(std::io::Error::new(
                         std::io::ErrorKind::TimedOut,
                         "no HTTP/2 preface within server.header_read_timeout_secs",
+                    )));
+                }
+                if this.idle_expired(cx) {
+                    return Poll::Ready(Err(std::io::Error::new(
+                        std::io::ErrorKind::TimedOut,
+                        "HTTP/1.1 connection idle for server.idle_timeout_secs",
                     )));
                 }
                 Poll::Pending
@@ -94,7 +163,12 @@ impl tokio::io::AsyncWrite for PrefaceDeadline {
         cx: &mut std::task::Context<'_>,
         buf: &[u8],
     ) -> std::task::Poll<std::io::Result<usize>> {
-        std::pin::Pin::new(&mut self.get_mut().io).poll_write(cx, buf)
+        let this = self.get_mut();
+        let r = std::pin::Pin::new(&mut this.io).poll_write(cx, buf);
+        if matches!(r, std::task::Poll::Ready(Ok(n)) if n > 0) {
+            this.active();
+        }
+        r
     }
 
     fn poll_flush(
@@ -116,7 +190,12 @@ impl tokio::io::AsyncWrite for PrefaceDeadline {
         cx: &mut std::task::Context<'_>,
         bufs: &[std::io::IoSlice<'_>],
     ) -> std::task::Poll<std::io::Result<usize>> {
-        std::pin::Pin::new(&mut self.get_mut().io).poll_write_vectored(cx, bufs)
+        let this = self.get_mut();
+        let r = std::pin::Pin::new(&mut this.io).poll_write_vectored(cx, bufs);
+        if matches!(r, std::task::Poll::Ready(Ok(n)) if n > 0) {
+            this.active();
+        }
+        r
     }
 
     fn is_write_vectored(&self) -> bool {

@@ -522,3 +522,101 @@ async fn silent_connections_to_the_grpc_port_are_closed() {
     assert_eq!(n, SILENT + HALF, "connections without a preface kept open");
     assert!(probe.is_some() && later.is_some(), "gRPC calls failed: {probe:?} {later:?}");
 }
+
+/// The gRPC port accepts HTTP/1.1 for Connect, gRPC-Web and the console; hyper has no HTTP/1
+/// idle timeout, so keep-alive connections left quiet after a call were kept forever. They are
+/// closed after `server.idle_timeout_secs` (never before two heartbeats), while a Connect
+/// stream over HTTP/1.1, which writes a heartbeat every `streams.heartbeat_secs`, stays open.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn quiet_http1_connections_to_the_grpc_port_are_closed_but_streams_stay() {
+    use tokio::io::AsyncWriteExt;
+    const QUIET: usize = 20;
+    const IDLE_SECS: u64 = 2;
+    let app = spawn_with(|s| {
+        s.sandbox.enabled = true;
+        s.server.idle_timeout_secs = IDLE_SECS;
+        s.streams.heartbeat_secs = 1;
+    })
+    .await;
+    let grpc = app.running().grpc_addr;
+    let created = app
+        .onboardings()
+        .create_onboarding(app.req(pb::CreateOnboardingRequest {
+            account: "accounts/sandbox-gupshup".into(),
+            reference: "idle".into(),
+            request_id: String::new(),
+            onboarding_id: String::new(),
+            request: Some(pb::create_onboarding_request::Request::Gupshup(pb::GupshupLinkAppRequest {
+                app_name: "QuietShop".into(),
+                waba_id: "104996122399160".into(),
+                phone: "+919855500055".into(),
+                ..Default::default()
+            })),
+        }))
+        .await
+        .expect("CreateOnboarding")
+        .into_inner();
+
+    // One Connect call each, then nothing: keep-alive sockets the client forgot.
+    let mut quiet = Vec::new();
+    for _ in 0..QUIET {
+        let mut t = tokio::net::TcpStream::connect(grpc).await.expect("connect");
+        t.write_all(
+            b"POST /grpc.health.v1.Health/Check HTTP/1.1\r\nHost: x\r\ncontent-type: application/json\r\n\
+              content-length: 2\r\n\r\n{}",
+        )
+        .await
+        .unwrap();
+        quiet.push(tokio::spawn(closed_after(t, Duration::from_secs(IDLE_SECS + 4))));
+    }
+    // A Connect stream over HTTP/1.1: one enveloped request, then heartbeats come back.
+    let body = format!("{{\"name\": \"{}\"}}", created.name);
+    let mut envelope = vec![0u8];
+    envelope.extend_from_slice(&(body.len() as u32).to_be_bytes());
+    envelope.extend_from_slice(body.as_bytes());
+    let mut stream = tokio::net::TcpStream::connect(grpc).await.expect("connect");
+    let head = format!(
+        "POST /wa.onboard.v1.OnboardingService/WatchOnboarding HTTP/1.1\r\nHost: x\r\n\
+         content-type: application/connect+json\r\nauthorization: Bearer {}\r\ncontent-length: {}\r\n\r\n",
+        app.key.expose(),
+        envelope.len()
+    );
+    stream.write_all(head.as_bytes()).await.unwrap();
+    stream.write_all(&envelope).await.unwrap();
+    let watched = tokio::spawn(closed_after(stream, Duration::from_secs(IDLE_SECS * 3)));
+
+    let mut closed = Vec::new();
+    for h in quiet {
+        closed.push(h.await.unwrap());
+    }
+    let n = closed.iter().flatten().count();
+    let slowest = closed.iter().flatten().max().copied().unwrap_or_default();
+    let stream_closed = watched.await.unwrap();
+    // HTTP/2 clients idle longer than the limit too: PINGs keep them, calls still work.
+    let later = timed(
+        Duration::from_secs(2),
+        HealthClient::new(app.channel.clone()).check(HealthCheckRequest { service: String::new() }),
+    )
+    .await;
+    write_fragment(
+        "42-hostile-grpc-http1-idle.md",
+        &format!(
+            "### Quiet HTTP/1.1 connections to the gRPC port\n\n{QUIET} HTTP/1.1 connections making one Connect \
+             call and then sending nothing, with `server.idle_timeout_secs = {IDLE_SECS}`, beside one Connect \
+             `WatchOnboarding` stream over HTTP/1.1 with 1 s heartbeats.\n\n{}",
+            table(&[
+                ("quiet connections closed by the server", format!("{n} / {QUIET}")),
+                ("last closed after", ms(slowest)),
+                (
+                    "stream over HTTP/1.1 after 3 idle periods",
+                    stream_closed.map_or("open".into(), |d| format!("closed after {}", ms(d))),
+                ),
+                ("HTTP/2 call after the idle period", later.map_or("failed".into(), ms)),
+            ])
+        ),
+    );
+    assert_eq!(n, QUIET, "quiet HTTP/1.1 connections kept open");
+    assert!(slowest >= Duration::from_secs(IDLE_SECS), "closed before the idle limit: {slowest:?}");
+    assert!(stream_closed.is_none(), "a stream with heartbeats was closed after {stream_closed:?}");
+    assert!(later.is_some(), "an HTTP/2 call after the idle period failed");
+}
