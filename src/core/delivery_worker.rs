@@ -94,7 +94,8 @@ impl DeliveryWorker {
         let slots = Arc::new(tokio::sync::Semaphore::new(self.settings.concurrency.max(1) as usize));
         let finished = Arc::new(tokio::sync::Notify::new());
         let mut feed = self.core.store.subscribe();
-        let mut backlog_at = Instant::now();
+        // Due at the first pass: the gauge exists from startup, not 10 s later.
+        let mut backlog_at = Instant::now().checked_sub(Duration::from_secs(10)).unwrap_or_else(Instant::now);
         loop {
             if *shutdown.borrow() {
                 break;
