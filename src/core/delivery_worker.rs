@@ -323,7 +323,7 @@ impl DeliveryWorker {
             }
             Decision::DisableDestination => {
                 let reason = format!("the receiver answered 410 Gone to event {}", d.event_id());
-                store.disable_destination(&dest.id, &reason, now).await?;
+                store.disable_destination(&dest.id, &reason, t.status.map(i32::from), now).await?;
                 tracing::warn!(destination = %dest.id, %reason, "destination disabled");
             }
             Decision::RetryAfter(_) | Decision::DeadLetter => {
@@ -340,7 +340,7 @@ impl DeliveryWorker {
                         self.settings.disable_after.as_secs(),
                         t.error.or(t.status.map(|s| format!("HTTP {s}"))).unwrap_or_default()
                     );
-                    store.disable_destination(&dest.id, &reason, now).await?;
+                    store.disable_destination(&dest.id, &reason, t.status.map(i32::from), now).await?;
                     tracing::warn!(destination = %dest.id, %reason, "destination disabled");
                 }
             }
