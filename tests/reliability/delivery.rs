@@ -79,8 +79,10 @@ impl Server {
             .env("WA_ONBOARD__DELIVERY__ALLOW_LOOPBACK", "true")
             .env("WA_ONBOARD__DELIVERY__TICK_MS", "50")
             .env("WA_ONBOARD__DELIVERY__TIMEOUT_MS", TIMEOUT_MS.to_string())
-            // Short and long enough: 40 retries 0.5 to 3 s apart outlast a 60 s outage.
-            .env("WA_ONBOARD__DELIVERY__RETRY_SCHEDULE_SECS", format!("[1, 1, 2, 2, {}]", ["3"; 36].join(", ")))
+            // Short and long enough: the waits are drawn uniformly below each bound (full
+            // jitter), so 33 retries wait about 2 minutes in all (at least 1.5 in practice):
+            // a delivery outlasts a 60 s outage, and a first retry comes within a second.
+            .env("WA_ONBOARD__DELIVERY__RETRY_SCHEDULE_SECS", format!("[1, 2, 4, {}]", ["8"; 30].join(", ")))
             .env("RUST_LOG", "info")
             .args([
                 "serve",
@@ -422,7 +424,7 @@ async fn receiver_down_then_flaky_every_event_arrives_in_order_signed() {
         &format!(
             "`wa-onboard serve` on SQLite; tenant A's receiver refuses connections for the first {} \
              (`WA_ONBOARD_DELIVERY_OUTAGE_SECS`), then both receivers answer 500 to 30 % of requests and answer 10 % \
-             only after twice the 1 s delivery timeout; retry schedule 1, 1, 2, 2, then 3 s.",
+             only after twice the 1 s delivery timeout; retry bounds 1, 2, 4, then 8 s (full jitter).",
             secs(down)
         ),
         &Figures {
