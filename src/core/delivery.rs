@@ -202,6 +202,8 @@ impl Core {
             previous_secret: None,
             previous_secret_until_ms: None,
             failing_since_ms: None,
+            disabled_ms: None,
+            disabled_status: None,
             created_ms: now,
             updated_ms: now,
         };
@@ -241,9 +243,13 @@ impl Core {
             if enabled && !d.enabled {
                 d.disabled_reason.clear();
                 d.failing_since_ms = None;
+                d.disabled_ms = None;
+                d.disabled_status = None;
             }
             if !enabled && d.enabled {
                 d.disabled_reason = "disabled by the caller".into();
+                d.disabled_ms = Some(now_ms());
+                d.disabled_status = None;
             }
             d.enabled = enabled;
         }

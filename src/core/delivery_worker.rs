@@ -94,7 +94,8 @@ impl DeliveryWorker {
         let slots = Arc::new(tokio::sync::Semaphore::new(self.settings.concurrency.max(1) as usize));
         let finished = Arc::new(tokio::sync::Notify::new());
         let mut feed = self.core.store.subscribe();
-        let mut backlog_at = Instant::now();
+        // Due at the first pass: the gauge exists from startup, not 10 s later.
+        let mut backlog_at = Instant::now().checked_sub(Duration::from_secs(10)).unwrap_or_else(Instant::now);
         loop {
             if *shutdown.borrow() {
                 break;
@@ -322,7 +323,7 @@ impl DeliveryWorker {
             }
             Decision::DisableDestination => {
                 let reason = format!("the receiver answered 410 Gone to event {}", d.event_id());
-                store.disable_destination(&dest.id, &reason, now).await?;
+                store.disable_destination(&dest.id, &reason, t.status.map(i32::from), now).await?;
                 tracing::warn!(destination = %dest.id, %reason, "destination disabled");
             }
             Decision::RetryAfter(_) | Decision::DeadLetter => {
@@ -339,7 +340,7 @@ impl DeliveryWorker {
                         self.settings.disable_after.as_secs(),
                         t.error.or(t.status.map(|s| format!("HTTP {s}"))).unwrap_or_default()
                     );
-                    store.disable_destination(&dest.id, &reason, now).await?;
+                    store.disable_destination(&dest.id, &reason, t.status.map(i32::from), now).await?;
                     tracing::warn!(destination = %dest.id, %reason, "destination disabled");
                 }
             }

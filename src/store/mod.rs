@@ -463,8 +463,15 @@ pub trait Deliveries: Send + Sync {
     /// Records an attempt's verdict on the destination's health: a success clears
     /// `failing_since_ms`, a failure sets it unless set. Returns it as now stored.
     async fn note_destination_health(&self, id: &str, ok: bool, at: UnixMs) -> StoreResult<Option<UnixMs>>;
-    /// Disables a destination with the reason (a 410, failing too long); false if none.
-    async fn disable_destination(&self, id: &str, reason: &str, at: UnixMs) -> StoreResult<bool>;
+    /// Disables an enabled destination with the reason (a 410, failing too long), the time
+    /// and the receiver's last HTTP status, in one write; false if none or already disabled.
+    async fn disable_destination(
+        &self,
+        id: &str,
+        reason: &str,
+        last_status: Option<i32>,
+        at: UnixMs,
+    ) -> StoreResult<bool>;
 
     /// Fans up to `limit` outbox rows out, each into one pending delivery per enabled
     /// destination of its tenant whose filter matches, deleting the rows in the same

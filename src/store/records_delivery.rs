@@ -125,6 +125,11 @@ pub struct DestinationRecord {
     pub previous_secret_until_ms: Option<UnixMs>,
     /// Since when every attempt failed (cleared by a success), for disable-after.
     pub failing_since_ms: Option<UnixMs>,
+    /// When it was disabled (by the caller or the worker); `None` while enabled.
+    pub disabled_ms: Option<UnixMs>,
+    /// The receiver's last HTTP status when the worker disabled it (`None`: a transport
+    /// error, or disabled by the caller).
+    pub disabled_status: Option<i32>,
     /// Created at.
     pub created_ms: UnixMs,
     /// Last changed at.

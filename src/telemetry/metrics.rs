@@ -10,6 +10,10 @@ use std::time::Duration;
 
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 
+// The delivery worker (core) records these; they are listed and described here with the rest.
+pub use crate::core::delivery_worker::{
+    DEAD_LETTERS, DELIVERIES, DELIVERY_ATTEMPT, DELIVERY_BACKLOG, DELIVERY_LATENCY,
+};
 use crate::providers::http::{HttpFailure, Outcome};
 use crate::store::Store;
 
@@ -45,7 +49,7 @@ pub const BUILD_INFO: &str = "wa_onboard_build_info";
 pub const CREDENTIAL_EXPIRY_WARNINGS: &str = "wa_onboard_credential_expiry_warnings_total";
 
 /// Every metric family this service exports.
-pub const NAMES: [&str; 14] = [
+pub const NAMES: [&str; 19] = [
     GRPC_REQUESTS,
     GRPC_DURATION,
     GRPC_STREAMS_OPEN,
@@ -60,6 +64,11 @@ pub const NAMES: [&str; 14] = [
     STORE_DURATION,
     BUILD_INFO,
     CREDENTIAL_EXPIRY_WARNINGS,
+    DELIVERIES,
+    DELIVERY_LATENCY,
+    DELIVERY_ATTEMPT,
+    DELIVERY_BACKLOG,
+    DEAD_LETTERS,
 ];
 
 /// Histogram buckets, seconds: 1 ms to 60 s.
@@ -108,6 +117,14 @@ fn describe() {
     }
     describe_histogram!(STORE_DURATION, Unit::Seconds, "Store call latency by operation.");
     describe_gauge!(BUILD_INFO, "Build information.");
+    describe_counter!(
+        DELIVERIES,
+        "Outbound delivery attempts finished, by outcome (delivered, retry, dead, disabled)."
+    );
+    describe_histogram!(DELIVERY_LATENCY, Unit::Seconds, "Event commit to receiver acknowledgement, by sink.");
+    describe_histogram!(DELIVERY_ATTEMPT, Unit::Seconds, "One delivery attempt's duration, by sink.");
+    describe_gauge!(DELIVERY_BACKLOG, "Pending deliveries per destination; outbox rows as destination=\"outbox\".");
+    describe_counter!(DEAD_LETTERS, "Deliveries dead-lettered after their last attempt.");
 }
 
 /// The exposition text for `GET /metrics`.

@@ -373,8 +373,14 @@ impl Deliveries for MeteredStore {
         timed(op!("note_destination_health"), self.inner.note_destination_health(id, ok, at)).await
     }
 
-    async fn disable_destination(&self, id: &str, reason: &str, at: UnixMs) -> StoreResult<bool> {
-        timed(op!("disable_destination"), self.inner.disable_destination(id, reason, at)).await
+    async fn disable_destination(
+        &self,
+        id: &str,
+        reason: &str,
+        last_status: Option<i32>,
+        at: UnixMs,
+    ) -> StoreResult<bool> {
+        timed(op!("disable_destination"), self.inner.disable_destination(id, reason, last_status, at)).await
     }
 
     async fn dispatch_outbox(&self, now: UnixMs, limit: u32) -> StoreResult<DispatchStats> {

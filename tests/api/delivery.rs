@@ -215,6 +215,8 @@ async fn destinations_are_validated_updated_and_rotated() {
         .into_inner();
     assert_eq!((updated.display_name.as_str(), updated.enabled), ("renamed", false));
     assert_eq!(updated.disabled_reason, "disabled by the caller");
+    assert!(updated.disable_time.is_some());
+    assert_eq!(updated.disabled_http_status, 0);
 
     let rotated = client
         .rotate_destination_secret(app.req(pb::RotateDestinationSecretRequest {
@@ -314,6 +316,8 @@ async fn a_gone_receiver_disables_its_destination() {
         tokio::time::sleep(Duration::from_millis(50)).await;
     };
     assert!(d.disabled_reason.contains("410"), "{}", d.disabled_reason);
+    assert_eq!(d.disabled_http_status, 410);
+    assert!(d.disable_time.is_some(), "a disabled destination says when");
     // The event stays pending, to go out if the destination is enabled again.
     let listed = deliveries(&app)
         .list_deliveries(app.req(pb::ListDeliveriesRequest { parent: name, ..Default::default() }))
@@ -408,6 +412,20 @@ async fn a_destination_failing_too_long_is_disabled_with_the_reason() {
         if !d.enabled {
             assert!(d.disabled_reason.contains("every attempt failed"), "{}", d.disabled_reason);
             assert!(d.disabled_reason.contains("HTTP 500"), "{}", d.disabled_reason);
+            assert_eq!(d.disabled_http_status, 500);
+            let (since, at) = (d.failing_since_time.expect("failing since"), d.disable_time.expect("disabled at"));
+            assert!((since.seconds, since.nanos) <= (at.seconds, at.nanos), "failing since {since} after disable {at}");
+            // Enabled again by the caller: the disable's fields are cleared.
+            let enabled = deliveries(&app)
+                .update_destination(app.req(pb::UpdateDestinationRequest {
+                    destination: Some(pb::Destination { name: name.clone(), enabled: true, ..Default::default() }),
+                    update_mask: Some(prost_types::FieldMask { paths: vec!["enabled".into()] }),
+                }))
+                .await
+                .expect("enable")
+                .into_inner();
+            assert!(enabled.enabled && enabled.disable_time.is_none() && enabled.disabled_http_status == 0);
+            assert!(enabled.disabled_reason.is_empty());
             break;
         }
         assert!(tokio::time::Instant::now() < deadline, "not disabled in time");

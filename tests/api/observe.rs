@@ -93,9 +93,33 @@ async fn wait_state(channel: &Channel, key: &str, name: &str, want: pb::Onboardi
 
 #[tokio::test]
 async fn metrics_show_grpc_provider_step_webhook_store_and_onboarding_families_after_a_sandbox_onboarding() {
-    let app = spawn_with(sandbox_fast).await;
+    let app = spawn_with(|s| {
+        sandbox_fast(s);
+        // One retry, then the dead letter: the failing destination below dead-letters fast.
+        s.delivery.retry_schedule_secs = vec![0];
+        s.delivery.tick_ms = 50;
+    })
+    .await;
     let sims = app.running().sandbox.as_ref().expect("sandbox").endpoints();
     let http = reqwest::Client::new();
+    // Two destinations (loopback allowed: the sandbox runs): one accepting, one answering 500,
+    // so every delivery family is exported.
+    for status in [axum::http::StatusCode::NO_CONTENT, axum::http::StatusCode::INTERNAL_SERVER_ERROR] {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}/hook", listener.local_addr().unwrap());
+        let receiver = axum::Router::new().route("/hook", axum::routing::post(move || async move { status }));
+        tokio::spawn(async move { axum::serve(listener, receiver).await });
+        let mut deliveries = pb::delivery_service_client::DeliveryServiceClient::new(app.channel.clone());
+        deliveries
+            .create_destination(app.req(pb::CreateDestinationRequest {
+                destination: Some(pb::Destination {
+                    sink: Some(pb::destination::Sink::Webhook(pb::WebhookSink { url, ..Default::default() })),
+                    ..Default::default()
+                }),
+            }))
+            .await
+            .expect("create destination");
+    }
     // Duplicated callbacks (the knobs replace the fault queue: set them first), then one
     // retried provider call: the first pipeline poll answers 503.
     let r = http
@@ -162,7 +186,11 @@ async fn metrics_show_grpc_provider_step_webhook_store_and_onboarding_families_a
     let deadline = Instant::now() + Duration::from_secs(30);
     let text = loop {
         let t = scrape(app.running().metrics_addr).await;
-        if value(&t, m::ONBOARDINGS, &[("provider", "gupshup"), ("state", "LIVE")]).is_some_and(|v| v >= 1.0) {
+        // The dead letter (after the retry) and the backlog gauge (every 10 s) come last.
+        if value(&t, m::ONBOARDINGS, &[("provider", "gupshup"), ("state", "LIVE")]).is_some_and(|v| v >= 1.0)
+            && value(&t, m::DEAD_LETTERS, &[]).is_some_and(|v| v >= 1.0)
+            && !samples(&t, m::DELIVERY_BACKLOG, &[]).is_empty()
+        {
             break t;
         }
         assert!(Instant::now() < deadline, "onboardings gauge never showed the LIVE onboarding:\n{t}");

@@ -19,5 +19,6 @@ mod report;
 mod common;
 
 mod crash;
+mod delivery;
 mod faults;
 mod outage;

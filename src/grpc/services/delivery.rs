@@ -337,6 +337,8 @@ fn destination_to_pb(d: &DestinationRecord) -> pb::Destination {
         }),
         sink: Some(sink),
         failing_since_time: ts_opt(d.failing_since_ms),
+        disable_time: ts_opt(d.disabled_ms),
+        disabled_http_status: d.disabled_status.unwrap_or(0),
         previous_secret_expire_time: ts_opt(d.previous_secret_until_ms),
         create_time: Some(ts(d.created_ms)),
         update_time: Some(ts(d.updated_ms)),

@@ -23,6 +23,8 @@ fn destination(tenant: &TenantId, name: &str, filter: DeliveryFilter) -> Destina
         previous_secret: None,
         previous_secret_until_ms: None,
         failing_since_ms: None,
+        disabled_ms: None,
+        disabled_status: None,
         created_ms: 1_000,
         updated_ms: 1_000,
     }
@@ -96,10 +98,14 @@ pub(super) async fn check_destinations(store: Arc<dyn Store>) {
     assert_eq!(store.note_destination_health(&a.id, false, 3_000).await.unwrap(), Some(3_000));
     assert_eq!(store.note_destination_health(&a.id, false, 4_000).await.unwrap(), Some(3_000));
     assert_eq!(store.note_destination_health(&a.id, true, 5_000).await.unwrap(), None);
-    assert!(store.disable_destination(&a.id, "gone (410)", 6_000).await.unwrap());
+    assert!(store.disable_destination(&a.id, "gone (410)", Some(410), 6_000).await.unwrap());
     let disabled = store.destination(&t, &a.id).await.unwrap().unwrap();
     assert!(!disabled.enabled);
     assert_eq!(disabled.disabled_reason, "gone (410)");
+    assert_eq!((disabled.disabled_ms, disabled.disabled_status), (Some(6_000), Some(410)));
+    // Already disabled: a second verdict (another replica's) changes nothing.
+    assert!(!store.disable_destination(&a.id, "failing", None, 7_000).await.unwrap());
+    assert_eq!(store.destination(&t, &a.id).await.unwrap(), Some(disabled.clone()));
 
     assert!(!store.delete_destination(&other, &a.id).await.unwrap());
     assert!(store.delete_destination(&t, &a.id).await.unwrap());

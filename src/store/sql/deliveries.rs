@@ -37,6 +37,8 @@ struct DestinationRow {
     failing_since_ms: Option<i64>,
     created_ms: i64,
     updated_ms: i64,
+    disabled_ms: Option<i64>,
+    disabled_status: Option<i32>,
 }
 
 impl TryFrom<DestinationRow> for DestinationRecord {
@@ -59,6 +61,8 @@ impl TryFrom<DestinationRow> for DestinationRecord {
             previous_secret: super::opt_sealed(r.previous_secret_key_id, r.previous_secret)?,
             previous_secret_until_ms: r.previous_secret_until_ms,
             failing_since_ms: r.failing_since_ms,
+            disabled_ms: r.disabled_ms,
+            disabled_status: r.disabled_status,
             created_ms: r.created_ms,
             updated_ms: r.updated_ms,
         })
@@ -189,8 +193,9 @@ impl<B: SqlBackend> Deliveries for B {
         sql::<B::Db>(
             "INSERT INTO delivery_destinations (id, tenant_id, name, enabled, disabled_reason, filter_json, sink, \
              url, subject, secret_key_id, secret, previous_secret_key_id, previous_secret, \
-             previous_secret_until_ms, failing_since_ms, created_ms, updated_ms, header_names_json, headers_key_id, headers) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19, $20)",
+             previous_secret_until_ms, failing_since_ms, created_ms, updated_ms, header_names_json, headers_key_id, headers, \
+             disabled_ms, disabled_status) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19, $20, $21, $22)",
         )
         .bind(d.id.as_str())
         .bind(d.tenant_id.as_str())
@@ -212,6 +217,8 @@ impl<B: SqlBackend> Deliveries for B {
         .bind(header_names(d))
         .bind(d.headers.as_ref().map(|s| s.key_id.as_str()))
         .bind(d.headers.as_ref().map(|s| s.blob.as_slice()))
+        .bind(d.disabled_ms)
+        .bind(d.disabled_status)
         .execute(self.writer())
         .await?;
         Ok(())
@@ -250,7 +257,8 @@ impl<B: SqlBackend> Deliveries for B {
             "UPDATE delivery_destinations SET name = $3, enabled = $4, disabled_reason = $5, filter_json = $6, \
              sink = $7, url = $8, subject = $9, secret_key_id = $10, secret = $11, \
              previous_secret_key_id = $12, previous_secret = $13, previous_secret_until_ms = $14, \
-             failing_since_ms = $15, updated_ms = $16, header_names_json = $17, headers_key_id = $18, headers = $19 \
+             failing_since_ms = $15, updated_ms = $16, header_names_json = $17, headers_key_id = $18, headers = $19, \
+             disabled_ms = $21, disabled_status = $22 \
              WHERE id = $1 AND tenant_id = $2 AND updated_ms = $20",
         )
         .bind(d.id.as_str())
@@ -273,6 +281,8 @@ impl<B: SqlBackend> Deliveries for B {
         .bind(d.headers.as_ref().map(|s| s.key_id.as_str()))
         .bind(d.headers.as_ref().map(|s| s.blob.as_slice()))
         .bind(expect_updated_ms)
+        .bind(d.disabled_ms)
+        .bind(d.disabled_status)
         .execute(self.writer())
         .await?;
         if done == 0 {
@@ -312,14 +322,24 @@ impl<B: SqlBackend> Deliveries for B {
         Ok(row.and_then(|(since,)| since))
     }
 
-    async fn disable_destination(&self, id: &str, reason: &str, at: UnixMs) -> StoreResult<bool> {
+    async fn disable_destination(
+        &self,
+        id: &str,
+        reason: &str,
+        last_status: Option<i32>,
+        at: UnixMs,
+    ) -> StoreResult<bool> {
+        // One statement: the flag, the reason, the time and the status are never seen apart.
+        // Only an enabled one: a second replica's verdict does not move the time.
         let done = sql::<B::Db>(
-            "UPDATE delivery_destinations SET enabled = FALSE, disabled_reason = $2, \
-             updated_ms = CASE WHEN updated_ms >= $3 THEN updated_ms + 1 ELSE $3 END WHERE id = $1",
+            "UPDATE delivery_destinations SET enabled = FALSE, disabled_reason = $2, disabled_ms = $3, \
+             disabled_status = $4, updated_ms = CASE WHEN updated_ms >= $3 THEN updated_ms + 1 ELSE $3 END \
+             WHERE id = $1 AND enabled",
         )
         .bind(id)
         .bind(reason)
         .bind(at)
+        .bind(last_status)
         .execute(self.writer())
         .await?;
         Ok(done > 0)
