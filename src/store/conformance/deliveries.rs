@@ -166,6 +166,22 @@ pub(super) async fn check_fan_out(store: Arc<dyn Store>) {
     let from = RedeliverFrom::Sequence { onboarding_id: o.id.clone(), sequence: 3 };
     assert_eq!(store.redeliver(&t, &any.id, &from, NOW).await.unwrap(), 1);
     assert_eq!(all_deliveries(&store, &any).await.len(), 3);
+
+    // A tenant without an enabled destination writes no outbox rows (nothing would empty
+    // them); once it has one, its next event is in the outbox.
+    let quiet = tenant(&store).await;
+    let quiet_acct = account(&store, &quiet, ProviderKind::Whapi).await;
+    let mut paused = dest(&store, &quiet, "paused", DeliveryFilter::default()).await;
+    paused.enabled = false;
+    store.update_destination(&paused, paused.updated_ms).await.unwrap();
+    let q_o = onboarding(&store, &quiet_acct, "r").await;
+    store.apply_change(&change(&q_o.id, "cb")).await.unwrap();
+    assert_eq!(store.delivery_backlog().await.unwrap().0, 0, "no outbox rows without an enabled destination");
+    let live = dest(&store, &quiet, "live", DeliveryFilter::default()).await;
+    store.apply_change(&change(&q_o.id, "more")).await.unwrap();
+    assert_eq!(store.delivery_backlog().await.unwrap().0, 1);
+    assert_eq!(store.dispatch_outbox(NOW, 100).await.unwrap(), DispatchStats { events: 1, deliveries: 1 });
+    assert_eq!(keys(&all_deliveries(&store, &live).await), vec![(q_o.id.clone(), 3)]);
 }
 
 pub(super) async fn check_claim_order(store: Arc<dyn Store>) {

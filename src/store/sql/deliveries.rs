@@ -567,18 +567,25 @@ impl<B: SqlBackend> Deliveries for B {
 }
 
 /// Writes the outbox row of an event inside the event's transaction (see
-/// [`super::onboardings`]): the one extra insert on the hot path.
+/// [`super::onboardings`]): the one extra insert on the hot path, made only when the tenant
+/// has an enabled destination. Tenants that receive no pushes (most) then cost an indexed
+/// existence check instead of a row per event, and their outbox cannot grow without a
+/// dispatcher to empty it. A destination receives what is committed after it exists (earlier
+/// events through `RedeliverEvents`).
 pub(super) async fn insert_outbox<DB: SqlDb>(
     tx: &mut Transaction<'static, DB>,
     onboarding: &OnboardingId,
     sequence: i64,
     tenant: &TenantId,
 ) -> StoreResult<()> {
-    sql::<DB>("INSERT INTO event_outbox (onboarding_id, sequence, tenant_id) VALUES ($1, $2, $3)")
-        .bind(onboarding.as_str())
-        .bind(sequence)
-        .bind(tenant.as_str())
-        .execute(tx)
-        .await?;
+    sql::<DB>(
+        "INSERT INTO event_outbox (onboarding_id, sequence, tenant_id) SELECT $1, $2, $3 \
+         WHERE EXISTS (SELECT 1 FROM delivery_destinations WHERE tenant_id = $3 AND enabled)",
+    )
+    .bind(onboarding.as_str())
+    .bind(sequence)
+    .bind(tenant.as_str())
+    .execute(tx)
+    .await?;
     Ok(())
 }
