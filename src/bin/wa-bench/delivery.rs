@@ -590,3 +590,30 @@ async fn run(
     }
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn event(seq: u64) -> Vec<u8> {
+        serde_json::json!({"id": "e", "data": {"time": "2026-01-01T00:00:00Z", "attributes": {SEQ_ATTR: seq.to_string()}}})
+            .to_string()
+            .into_bytes()
+    }
+
+    #[test]
+    fn the_sink_counts_firsts_duplicates_and_foreign_events() {
+        let sink = Sink::new(Instant::now(), 100, 3);
+        sink.record(&event(100));
+        sink.record(&event(102));
+        sink.record(&event(102));
+        sink.record(&event(103));
+        sink.record(b"{\"data\": {}}");
+        assert_eq!(sink.arrived(), 2);
+        assert_eq!(sink.duplicates(), 1);
+        assert_eq!(sink.other.load(Ordering::SeqCst), 2, "out of range and without a sequence");
+        assert!(sink.from_log_us[0].load(Ordering::SeqCst) > 0, "the event's time is read");
+        let l = lat_of(&sink, &[1, 1, 1], 0, 1.0);
+        assert_eq!((l.sent, l.lost, l.duplicates), (3, 1, 1));
+    }
+}
