@@ -5,6 +5,7 @@
 //!
 //! Run it through `scripts/bench` (builds the release binaries, installs h2load if needed).
 
+mod delivery;
 mod report;
 mod seed;
 mod server;
@@ -35,8 +36,8 @@ pub struct Opts {
     /// PostgreSQL base URL (a fresh schema is made and dropped); `skip` leaves PostgreSQL out.
     #[arg(long, env = "WA_ONBOARD_TEST_DATABASE_URL", default_value = "postgres://postgres@127.0.0.1:5432/test")]
     pub pg_url: String,
-    /// Suites to run: footprint, unary, streams, ingest, ratelimit.
-    #[arg(long, value_delimiter = ',', default_value = "footprint,unary,streams,ingest,ratelimit")]
+    /// Suites to run: footprint, unary, streams, ingest, ratelimit, delivery.
+    #[arg(long, value_delimiter = ',', default_value = "footprint,unary,streams,ingest,ratelimit,delivery")]
     pub only: Vec<String>,
     /// Measured seconds per h2load run.
     #[arg(long, default_value_t = 1.5)]
@@ -65,6 +66,21 @@ pub struct Opts {
     /// Onboardings per rate-limit burst.
     #[arg(long, default_value_t = 50)]
     pub burst: u32,
+    /// NATS server of the delivery suite's JetStream destination.
+    #[arg(long, env = "WA_ONBOARD_TEST_NATS_URL", default_value = "nats://127.0.0.1:4222")]
+    pub nats_url: String,
+    /// Seconds of paced webhook load per delivery latency cell.
+    #[arg(long, default_value_t = 10.0)]
+    pub delivery_secs: f64,
+    /// Webhook events per second in the delivery suite.
+    #[arg(long, default_value_t = 1000.0)]
+    pub delivery_rate: f64,
+    /// Seconds the delivery suite's receiver is down before the backlog drain is measured.
+    #[arg(long, default_value_t = 60)]
+    pub outage_secs: u64,
+    /// Onboardings seeded for the delivery suite (the events are spread over them).
+    #[arg(long, default_value_t = 1000)]
+    pub delivery_onboardings: usize,
     /// Scratch directory (data dirs, logs); removed at the end unless `--keep`.
     #[arg(long, default_value = "target/bench-work")]
     pub work_dir: PathBuf,
@@ -167,6 +183,17 @@ async fn run(opts: Opts) -> anyhow::Result<()> {
     }
     if opts.wants("ratelimit") {
         suites::ratelimit(&opts, &mut rep).await?;
+    }
+    if opts.wants("delivery") {
+        delivery::delivery(&opts, &mut rep, "SQLite", None).await?;
+        if opts.pg_url != "skip" {
+            let url = wa_onboard::store::postgres::create_test_schema(&opts.pg_url)
+                .await
+                .map_err(|e| anyhow::anyhow!("PostgreSQL ({}): {e}", wa_onboard::store::redact_url(&opts.pg_url)))?;
+            let result = delivery::delivery(&opts, &mut rep, "PostgreSQL", Some(url.clone())).await;
+            wa_onboard::store::postgres::drop_schema(&url).await.ok();
+            result?;
+        }
     }
     rep.finish(started.elapsed());
     std::fs::write(&opts.out, rep.render())?;

@@ -49,6 +49,10 @@ impl Report {
             ("--ingest-secs", opts.ingest_secs.to_string()),
             ("--heartbeat-secs", opts.heartbeat_secs.to_string()),
             ("--burst", opts.burst.to_string()),
+            ("--delivery-secs", opts.delivery_secs.to_string()),
+            ("--delivery-rate", opts.delivery_rate.to_string()),
+            ("--outage-secs", opts.outage_secs.to_string()),
+            ("--delivery-onboardings", opts.delivery_onboardings.to_string()),
         ];
         command.push_str(" \\\n    --only ");
         command.push_str(&opts.only.join(","));
