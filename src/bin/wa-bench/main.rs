@@ -36,8 +36,10 @@ pub struct Opts {
     /// PostgreSQL base URL (a fresh schema is made and dropped); `skip` leaves PostgreSQL out.
     #[arg(long, env = "WA_ONBOARD_TEST_DATABASE_URL", default_value = "postgres://postgres@127.0.0.1:5432/test")]
     pub pg_url: String,
-    /// Suites to run: footprint, unary, streams, ingest, ratelimit, delivery.
-    #[arg(long, value_delimiter = ',', default_value = "footprint,unary,streams,ingest,ratelimit,delivery")]
+    /// Suites to run: footprint, unary, streams, ingest, ratelimit, delivery. `delivery` is
+    /// not in the default set yet: its backlog drain is bounded by the delivery claim query
+    /// (issue 19 notes), so one SQLite repetition takes minutes and PostgreSQL far longer.
+    #[arg(long, value_delimiter = ',', default_value = "footprint,unary,streams,ingest,ratelimit")]
     pub only: Vec<String>,
     /// Measured seconds per h2load run.
     #[arg(long, default_value_t = 1.5)]
