@@ -8,8 +8,8 @@ use super::claims::ClaimKey;
 use super::views::OnboardingView;
 use super::{Caller, Core};
 use crate::domain::{
-    AccountId, Digital99Details, EventKind, ExotelDetails, GupshupDetails, OnboardingDetails, OnboardingId,
-    OnboardingState, Patch, ProviderKind, RequestedSubscription, StepState, WhapiDetails, new_id, now_ms,
+    AccountId, EventKind, ExotelDetails, OnboardingDetails, OnboardingId, OnboardingState, Patch, StepState, new_id,
+    now_ms,
 };
 use crate::error::{AppError, ErrorCode};
 use crate::providers::{CallContext, HostedLinkOps, Provider, ProviderHandle, StartPayload, StartRequest};
@@ -73,47 +73,6 @@ pub struct NewOnboardingRequest {
     pub request_id: Option<String>,
     /// What to create, in the account's provider's terms (validated before anything is stored).
     pub payload: StartPayload,
-}
-
-/// Public details of a new onboarding from its request.
-fn initial_details(payload: &StartPayload) -> OnboardingDetails {
-    match payload {
-        StartPayload::Gupshup(g) => GupshupDetails {
-            app_name: Some(g.app_name.clone()),
-            waba_id: Some(g.waba_id.clone()),
-            phone: Some(g.phone.clone()),
-            storage_region: Some(g.storage_region.clone().unwrap_or_default()),
-            subscribe_on_live: Some(g.subscribe_on_live.is_some()),
-            // The requested subscription as callers may read it back: header names only,
-            // their values are secrets kept in the sealed request.
-            subscription: g.subscribe_on_live.as_ref().map(|spec| RequestedSubscription {
-                url: spec.url.clone(),
-                events: spec.events.clone(),
-                tag: spec.tag.clone(),
-                version: i64::from(spec.version),
-                mode: spec.mode,
-                active: spec.active,
-                header_names: spec.headers.keys().cloned().collect(),
-            }),
-            ..GupshupDetails::default()
-        }
-        .into(),
-        StartPayload::Exotel => OnboardingDetails::empty(ProviderKind::Exotel),
-        StartPayload::Whapi(w) => WhapiDetails {
-            go_live: Some(w.go_live),
-            extend_days: Some(i64::from(w.extend_days)),
-            ..WhapiDetails::default()
-        }
-        .into(),
-        StartPayload::Digital99(d) => Digital99Details {
-            phone: Some(d.phone.clone()),
-            business_name: Some(d.business_name.clone()),
-            display_name: Some(d.display_name.clone()),
-            coexistence: Some(d.coexistence),
-            ..Digital99Details::default()
-        }
-        .into(),
-    }
 }
 
 /// Details as stored text, an error (not an empty object) if they cannot be encoded.
@@ -182,7 +141,7 @@ impl Core {
             state_reason: "accepted".into(),
             provider_status: String::new(),
             reference: req.reference.clone(),
-            details_json: details_text(&initial_details(&req.payload))?,
+            details_json: details_text(&req.payload.initial_details())?,
             engine_json: String::new(),
             external_key: None,
             secret: None,

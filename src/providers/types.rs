@@ -7,7 +7,10 @@ use serde::{Deserialize, Serialize};
 
 use super::ext::SubscriptionSpec;
 use crate::domain::account::{AccountOptions, Credentials};
-use crate::domain::{AccountId, E164, OnboardingId, OnboardingState, ProviderKind, Secret, UnixMs, WabaId};
+use crate::domain::{
+    AccountId, Digital99Details, E164, GupshupDetails, OnboardingDetails, OnboardingId, OnboardingState, ProviderKind,
+    RequestedSubscription, Secret, UnixMs, WabaId, WhapiDetails,
+};
 
 /// Everything an adapter needs to act for one account, built by the engine per call.
 ///
@@ -64,6 +67,48 @@ impl StartPayload {
             Self::Exotel => ProviderKind::Exotel,
             Self::Whapi(_) => ProviderKind::Whapi,
             Self::Digital99(_) => ProviderKind::Digital99,
+        }
+    }
+
+    /// The public details a new onboarding starts with: what its request asked for, as
+    /// callers read it back.
+    pub fn initial_details(&self) -> OnboardingDetails {
+        match self {
+            Self::Gupshup(g) => GupshupDetails {
+                app_name: Some(g.app_name.clone()),
+                waba_id: Some(g.waba_id.clone()),
+                phone: Some(g.phone.clone()),
+                storage_region: Some(g.storage_region.clone().unwrap_or_default()),
+                subscribe_on_live: Some(g.subscribe_on_live.is_some()),
+                // The requested subscription as callers may read it back: header names only,
+                // their values are secrets kept in the sealed request.
+                subscription: g.subscribe_on_live.as_ref().map(|spec| RequestedSubscription {
+                    url: spec.url.clone(),
+                    events: spec.events.clone(),
+                    tag: spec.tag.clone(),
+                    version: i64::from(spec.version),
+                    mode: spec.mode,
+                    active: spec.active,
+                    header_names: spec.headers.keys().cloned().collect(),
+                }),
+                ..GupshupDetails::default()
+            }
+            .into(),
+            Self::Exotel => OnboardingDetails::empty(ProviderKind::Exotel),
+            Self::Whapi(w) => WhapiDetails {
+                go_live: Some(w.go_live),
+                extend_days: Some(i64::from(w.extend_days)),
+                ..WhapiDetails::default()
+            }
+            .into(),
+            Self::Digital99(d) => Digital99Details {
+                phone: Some(d.phone.clone()),
+                business_name: Some(d.business_name.clone()),
+                display_name: Some(d.display_name.clone()),
+                coexistence: Some(d.coexistence),
+                ..Digital99Details::default()
+            }
+            .into(),
         }
     }
 }
