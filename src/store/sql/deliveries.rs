@@ -6,7 +6,7 @@ use std::time::Duration;
 use async_trait::async_trait;
 use sqlx::Transaction;
 
-use super::db::{SqlDb, sql};
+use super::db::{Sql, SqlDb, sql};
 use super::{SqlBackend, locking, records};
 use crate::domain::{AccountId, EventKind, OnboardingId, ProviderKind, TenantId, UnixMs};
 use crate::store::{
@@ -187,18 +187,11 @@ fn delivery_after(token: Option<&str>) -> StoreResult<(String, i64)> {
     Ok((onboarding.to_string(), sequence))
 }
 
-#[async_trait]
-impl<B: SqlBackend> Deliveries for B {
-    async fn create_destination(&self, d: &DestinationRecord) -> StoreResult<()> {
-        sql::<B::Db>(
-            "INSERT INTO delivery_destinations (id, tenant_id, name, enabled, disabled_reason, filter_json, sink, \
-             url, subject, secret_key_id, secret, previous_secret_key_id, previous_secret, \
-             previous_secret_until_ms, failing_since_ms, created_ms, updated_ms, header_names_json, headers_key_id, headers, \
-             disabled_ms, disabled_status) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19, $20, $21, $22)",
-        )
-        .bind(d.id.as_str())
-        .bind(d.tenant_id.as_str())
+/// Binds a destination's changeable columns, `$3` to `$21` of both the `INSERT` of
+/// `create_destination` and the `UPDATE` of `update_destination` (after the id and the
+/// tenant): a new column is one bind here and the next placeholder in each text.
+fn bind_changeable<DB: SqlDb>(query: Sql<DB>, d: &DestinationRecord) -> Sql<DB> {
+    query
         .bind(d.name.as_str())
         .bind(d.enabled)
         .bind(d.disabled_reason.as_str())
@@ -212,15 +205,27 @@ impl<B: SqlBackend> Deliveries for B {
         .bind(d.previous_secret.as_ref().map(|s| s.blob.as_slice()))
         .bind(d.previous_secret_until_ms)
         .bind(d.failing_since_ms)
-        .bind(d.created_ms)
         .bind(d.updated_ms)
         .bind(header_names(d))
         .bind(d.headers.as_ref().map(|s| s.key_id.as_str()))
         .bind(d.headers.as_ref().map(|s| s.blob.as_slice()))
         .bind(d.disabled_ms)
         .bind(d.disabled_status)
-        .execute(self.writer())
-        .await?;
+}
+
+#[async_trait]
+impl<B: SqlBackend> Deliveries for B {
+    async fn create_destination(&self, d: &DestinationRecord) -> StoreResult<()> {
+        let q = sql::<B::Db>(
+            "INSERT INTO delivery_destinations (id, tenant_id, name, enabled, disabled_reason, filter_json, sink, \
+             url, subject, secret_key_id, secret, previous_secret_key_id, previous_secret, \
+             previous_secret_until_ms, failing_since_ms, updated_ms, header_names_json, headers_key_id, headers, \
+             disabled_ms, disabled_status, created_ms) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19, $20, $21, $22)",
+        )
+        .bind(d.id.as_str())
+        .bind(d.tenant_id.as_str());
+        bind_changeable(q, d).bind(d.created_ms).execute(self.writer()).await?;
         Ok(())
     }
 
@@ -253,38 +258,17 @@ impl<B: SqlBackend> Deliveries for B {
     }
 
     async fn update_destination(&self, d: &DestinationRecord, expect_updated_ms: UnixMs) -> StoreResult<()> {
-        let done = sql::<B::Db>(
+        let q = sql::<B::Db>(
             "UPDATE delivery_destinations SET name = $3, enabled = $4, disabled_reason = $5, filter_json = $6, \
              sink = $7, url = $8, subject = $9, secret_key_id = $10, secret = $11, \
              previous_secret_key_id = $12, previous_secret = $13, previous_secret_until_ms = $14, \
              failing_since_ms = $15, updated_ms = $16, header_names_json = $17, headers_key_id = $18, headers = $19, \
-             disabled_ms = $21, disabled_status = $22 \
-             WHERE id = $1 AND tenant_id = $2 AND updated_ms = $20",
+             disabled_ms = $20, disabled_status = $21 \
+             WHERE id = $1 AND tenant_id = $2 AND updated_ms = $22",
         )
         .bind(d.id.as_str())
-        .bind(d.tenant_id.as_str())
-        .bind(d.name.as_str())
-        .bind(d.enabled)
-        .bind(d.disabled_reason.as_str())
-        .bind(d.filter.to_json())
-        .bind(d.sink.as_str())
-        .bind(d.url.as_str())
-        .bind(d.subject.as_str())
-        .bind(d.secret.key_id.as_str())
-        .bind(d.secret.blob.as_slice())
-        .bind(d.previous_secret.as_ref().map(|s| s.key_id.as_str()))
-        .bind(d.previous_secret.as_ref().map(|s| s.blob.as_slice()))
-        .bind(d.previous_secret_until_ms)
-        .bind(d.failing_since_ms)
-        .bind(d.updated_ms)
-        .bind(header_names(d))
-        .bind(d.headers.as_ref().map(|s| s.key_id.as_str()))
-        .bind(d.headers.as_ref().map(|s| s.blob.as_slice()))
-        .bind(expect_updated_ms)
-        .bind(d.disabled_ms)
-        .bind(d.disabled_status)
-        .execute(self.writer())
-        .await?;
+        .bind(d.tenant_id.as_str());
+        let done = bind_changeable(q, d).bind(expect_updated_ms).execute(self.writer()).await?;
         if done == 0 {
             return match self.destination(&d.tenant_id, &d.id).await? {
                 Some(_) => Err(StoreError::Conflict(format!("destination {} changed meanwhile", d.id))),
