@@ -274,21 +274,32 @@ async fn baseline(load: &mut Load, total: u64, rate: f64) -> Result<Lat> {
 async fn webhook_cell(s: &Server, load: &mut Load, total: u64, rate: f64) -> Result<Lat> {
     let sink = load.sink(total);
     let (url, task) = receiver(sink.clone()).await?;
-    let dest = create_destination(
-        s,
-        pb::destination::Sink::Webhook(pb::WebhookSink { url, headers: Default::default(), header_names: vec![] }),
-    )
-    .await?;
+    let to = pb::destination::Sink::Webhook(pb::WebhookSink { url, headers: Default::default(), header_names: vec![] });
+    let lat = measure(s, load, total, rate, &sink, to).await;
+    task.abort();
+    lat
+}
+
+/// One latency cell through a destination: created, the paced load posted, every accepted
+/// event awaited (60 s at most) while the server's CPU is metered, then deleted.
+async fn measure(
+    s: &Server,
+    load: &mut Load,
+    total: u64,
+    rate: f64,
+    sink: &Arc<Sink>,
+    to: pb::destination::Sink,
+) -> Result<Lat> {
+    let dest = create_destination(s, to).await?;
     let meter = CpuMeter::start(s.pid)?;
-    let paced = load.post(total, rate, &sink).await?;
+    let paced = load.post(total, rate, sink).await?;
     let expected = paced.done.iter().filter(|d| **d > 0).count();
     wait_until(Duration::from_secs(60), || sink.arrived() >= expected).await;
     let (cpu, _) = meter.read()?;
     // Late duplicates would show up here.
     tokio::time::sleep(Duration::from_millis(300)).await;
     delete_destination(s, &dest).await?;
-    task.abort();
-    Ok(Lat { cpu, ..lat_of(&sink, &paced.done, paced.errors, paced.achieved_rate) })
+    Ok(Lat { cpu, ..lat_of(sink, &paced.done, paced.errors, paced.achieved_rate) })
 }
 
 async fn nats_cell(opts: &Opts, s: &Server, load: &mut Load, total: u64, rate: f64) -> Result<Lat> {
@@ -327,18 +338,10 @@ async fn nats_cell(opts: &Opts, s: &Server, load: &mut Load, total: u64, rate: f
                 }
             }
         });
-        let dest =
-            create_destination(s, pb::destination::Sink::Nats(pb::NatsSink { subject: format!("{root}.{{type}}") }))
-                .await?;
-        let meter = CpuMeter::start(s.pid)?;
-        let paced = load.post(total, rate, &sink).await?;
-        let expected = paced.done.iter().filter(|d| **d > 0).count();
-        wait_until(Duration::from_secs(60), || sink.arrived() >= expected).await;
-        let (cpu, _) = meter.read()?;
-        tokio::time::sleep(Duration::from_millis(300)).await;
-        delete_destination(s, &dest).await?;
+        let to = pb::destination::Sink::Nats(pb::NatsSink { subject: format!("{root}.{{type}}") });
+        let lat = measure(s, load, total, rate, &sink, to).await;
         reader.abort();
-        Ok(Lat { cpu, ..lat_of(&sink, &paced.done, paced.errors, paced.achieved_rate) })
+        lat
     }
     .await;
     js.delete_stream(&stream_name).await.ok();
