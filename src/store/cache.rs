@@ -1,23 +1,30 @@
 //! Bounded read-through caches of single rows (onboardings, accounts), for the SQLite store
 //! only.
 //!
-//! Consistency: exact (a read never returns a row older than the last write that returned
-//! before the read started). It relies on two facts of the SQLite deployment: every write to
+//! Consistency: exact, and monotonic. A read never returns a row older than the last write
+//! that returned before the read started, nor older than a row any read already returned from
+//! the database. It relies on two facts of the SQLite deployment: every write to
 //! `onboardings` and `accounts` goes through this process's store (SQLite is one process;
-//! the CLI only touches tenants and API keys), and every such write invalidates the entry
-//! after its commit and before it returns (an onboarding's through the [`super::ChangeNotice`]
-//! every onboarding write publishes, which streams already rely on; an account's in
-//! `update_account` and `delete_account`). New rows need nothing: no negative entries are
-//! kept. A read that raced a write cannot re-insert the row it read before that write: fills
-//! carry the generation seen before the database read and are dropped when any invalidation
-//! happened since; and a fill never replaces a newer cached row ([`Versioned`]), since two reads
-//! on either side of a commit can fill in either order before its invalidation.
+//! the CLI only touches tenants and API keys), and every such write brackets its commit with
+//! [`RowCache::writing`]: from just before the commit until after it (and the
+//! [`super::ChangeNotice`] it publishes) the row is read from the database, neither served
+//! from nor put into the cache. Without that bracket, a commit is visible to database reads
+//! before its invalidation runs: one task would read the new row from the database while
+//! another is still served the old cached one (the engine claimed a step its last change made
+//! ready and read the onboarding without that change's handle). A write whose future is
+//! dropped after the commit was sent (a cancelled RPC) cannot know whether it committed: its
+//! row stays read from the database until the next write of it completes. New rows need
+//! nothing: no negative entries are kept. A read that raced a write cannot re-insert the row it
+//! read before that write: fills carry the generation seen before the database read and are
+//! dropped when any invalidation happened since; and a fill never replaces a newer cached row
+//! ([`Versioned`]), since two reads on either side of a commit can fill in either order.
 //!
 //! PostgreSQL does not use it: another replica's commit reaches this one only through an
 //! asynchronous `NOTIFY`, so a cached row could outlive a write another replica already
 //! acknowledged (a client writing through one replica and reading through another would read
 //! its own write back stale).
 
+use std::collections::HashMap;
 use std::future::Future;
 use std::hash::Hash;
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -57,6 +64,47 @@ struct Inner<K, V> {
     rows: LruCache<K, Arc<V>>,
     /// Bumped by every invalidation.
     generation: u64,
+    /// Rows a write is committing now, or whose write was abandoned mid-commit: read from the
+    /// database only. At most one per row at a time (the single SQLite writer).
+    unsettled: HashMap<K, Unsettled>,
+}
+
+/// Why a row bypasses the cache.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Unsettled {
+    /// Its write is between just before its commit and its invalidation.
+    Writing,
+    /// Its write was dropped after it may have committed: settled by the next completed write.
+    Abandoned,
+}
+
+/// A write of one cached row in progress; see [`RowCache::writing`]. Dropped without
+/// [`Writing::done`] (an error, or the write's future cancelled), the row is left
+/// [`Unsettled::Abandoned`].
+pub struct Writing<'a, K: Hash + Eq + Clone, V> {
+    cache: &'a RowCache<K, V>,
+    id: K,
+    done: bool,
+}
+
+impl<K: Hash + Eq + Clone, V> Writing<'_, K, V> {
+    /// The write committed (and published its notice): the row may be cached again.
+    pub fn done(mut self) {
+        self.done = true;
+    }
+}
+
+impl<K: Hash + Eq + Clone, V> Drop for Writing<'_, K, V> {
+    fn drop(&mut self) {
+        let mut inner = self.cache.lock();
+        inner.generation = inner.generation.wrapping_add(1);
+        inner.rows.remove(&self.id);
+        if self.done {
+            inner.unsettled.remove(&self.id);
+        } else {
+            inner.unsettled.insert(self.id.clone(), Unsettled::Abandoned);
+        }
+    }
 }
 
 /// A row's version: a fill never replaces a cached row with an older one. Two reads that
@@ -96,7 +144,9 @@ impl<K: Hash + Eq + Clone, V> std::fmt::Debug for RowCache<K, V> {
 impl<K: Hash + Eq + Clone, V> RowCache<K, V> {
     /// A cache of at most `entries` rows (least recently used evicted first).
     pub fn new(entries: usize) -> Self {
-        Self { inner: Mutex::new(Inner { rows: LruCache::new(entries.max(1)), generation: 0 }) }
+        Self {
+            inner: Mutex::new(Inner { rows: LruCache::new(entries.max(1)), generation: 0, unsettled: HashMap::new() }),
+        }
     }
 
     // A panic while holding the lock cannot leave the map half-updated in a way that matters:
@@ -121,6 +171,18 @@ impl<K: Hash + Eq + Clone, V> RowCache<K, V> {
         inner.generation = inner.generation.wrapping_add(1);
         inner.rows.remove(id);
     }
+
+    /// Starts a write of `id`: call it inside the write's transaction, just before the commit,
+    /// and call [`Writing::done`] once the commit returned and its notice went out. Until then
+    /// `id` is read from the database only, so no read is served the row the commit replaced
+    /// after another read saw the new one.
+    pub fn writing(&self, id: &K) -> Writing<'_, K, V> {
+        let mut inner = self.lock();
+        inner.generation = inner.generation.wrapping_add(1);
+        inner.rows.remove(id);
+        inner.unsettled.insert(id.clone(), Unsettled::Writing);
+        Writing { cache: self, id: id.clone(), done: false }
+    }
 }
 
 impl<K: Hash + Eq + Clone, V: Versioned> RowCache<K, V> {
@@ -133,16 +195,23 @@ impl<K: Hash + Eq + Clone, V: Versioned> RowCache<K, V> {
     {
         let seen = {
             let mut inner = self.lock();
-            if let Some(row) = inner.rows.get(id) {
+            if inner.unsettled.contains_key(id) {
+                None
+            } else if let Some(row) = inner.rows.get(id) {
                 return Ok(Some(row.clone()));
+            } else {
+                Some(inner.generation)
             }
-            inner.generation
         };
         let Some(loaded) = load.await?.map(Arc::new) else {
             return Ok(None);
         };
+        let Some(seen) = seen else {
+            return Ok(Some(loaded));
+        };
         let mut inner = self.lock();
         let newer = inner.rows.peek(id).is_none_or(|cached| cached.version() < loaded.version());
+        // `writing` bumps the generation too, so a fill that began before it is dropped.
         if inner.generation == seen && newer {
             inner.rows.insert(id.clone(), loaded.clone());
         }
@@ -248,6 +317,55 @@ mod tests {
         assert_eq!(got.map(|r| r.sequence), Some(1), "the racing read itself may return the old row");
         assert!(cache.is_empty(), "but must not keep it");
         assert_eq!(read(&cache, &id, Some(2)).await, Some(2));
+    }
+
+    /// Between a write's commit and its invalidation the database already answers the new
+    /// row: the cache must not answer the old one then, nor keep what it reads.
+    #[tokio::test]
+    async fn a_row_being_written_is_read_from_the_database() {
+        let cache = OnboardingCache::new(8);
+        let id = new_id::<OnboardingId>();
+        assert_eq!(read(&cache, &id, Some(7)).await, Some(7));
+        let write = cache.writing(&id);
+        assert_eq!(read(&cache, &id, Some(8)).await, Some(8), "committed: the database answers");
+        assert_eq!(read(&cache, &id, Some(8)).await, Some(8));
+        assert!(cache.is_empty(), "nothing cached while the write is unsettled");
+        write.done();
+        assert_eq!(read(&cache, &id, Some(8)).await, Some(8));
+        assert_eq!(read(&cache, &id, Some(99)).await, Some(8), "cached again once settled");
+    }
+
+    /// A fill that began before the write started is dropped, even if it lands after.
+    #[tokio::test]
+    async fn a_fill_begun_before_a_write_is_dropped() {
+        let cache = OnboardingCache::new(8);
+        let id = new_id::<OnboardingId>();
+        let got = cache
+            .read_through(&id, async {
+                cache.writing(&id).done();
+                Ok(Some(row(&id, 1)))
+            })
+            .await
+            .unwrap();
+        assert_eq!(got.map(|r| r.sequence), Some(1));
+        assert!(cache.is_empty());
+    }
+
+    /// A write dropped mid-commit may or may not have committed: the row stays read from the
+    /// database until a later write of it completes.
+    #[tokio::test]
+    async fn an_abandoned_write_leaves_the_row_uncached_until_the_next_write() {
+        let cache = OnboardingCache::new(8);
+        let (id, other) = (new_id::<OnboardingId>(), new_id::<OnboardingId>());
+        assert_eq!(read(&cache, &id, Some(1)).await, Some(1));
+        drop(cache.writing(&id));
+        assert_eq!(read(&cache, &id, Some(1)).await, Some(1));
+        assert_eq!(read(&cache, &id, Some(2)).await, Some(2), "the commit landed late: still not cached");
+        cache.writing(&other).done();
+        assert_eq!(read(&cache, &id, Some(3)).await, Some(3), "another row's write settles nothing");
+        cache.writing(&id).done();
+        assert_eq!(read(&cache, &id, Some(4)).await, Some(4));
+        assert_eq!(read(&cache, &id, Some(5)).await, Some(4), "settled: cached again");
     }
 
     #[tokio::test]

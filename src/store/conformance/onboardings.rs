@@ -213,7 +213,9 @@ pub(super) async fn check_onboarding_reads_follow_writes(store: Arc<dyn Store>) 
             })
         })
         .collect();
-    for i in 0..30 {
+    // Enough writes that a read landing between a commit and its cache invalidation (a
+    // reader that saw the new row from the database, then the old one from the cache) shows.
+    for i in 0..300 {
         let e = store.apply_change(&change(&o.id, &format!("c{i}"))).await.unwrap();
         let seen = store.onboarding(&t, &o.id).await.unwrap().unwrap().sequence;
         assert_eq!(seen, e.sequence, "a read after a returned write sees it");

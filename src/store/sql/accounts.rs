@@ -5,6 +5,7 @@ use async_trait::async_trait;
 use super::db::{Sql, SqlDb, sql};
 use super::{SqlBackend, records};
 use crate::domain::{AccountId, ProviderKind, TenantId};
+use crate::store::cache::Writing;
 use crate::store::{AccountRecord, Accounts, IdempotencyRecord, Page, PageRequest, Sealed, StoreError, StoreResult};
 
 /// An `accounts` row, every column nullable so that the outer join of
@@ -85,13 +86,6 @@ async fn account_row<B: SqlBackend>(backend: &B, id: &AccountId) -> StoreResult<
     Ok(row.await?.map(std::sync::Arc::unwrap_or_clone))
 }
 
-/// Forgets a written account, after the write's commit and before it returns.
-fn account_written<B: SqlBackend>(backend: &B, id: &AccountId) {
-    if let Some(c) = backend.caches() {
-        c.accounts.invalidate(id);
-    }
-}
-
 #[async_trait]
 impl<B: SqlBackend> Accounts for B {
     async fn insert_account(&self, a: &AccountRecord, idempotency: Option<&IdempotencyRecord>) -> StoreResult<()> {
@@ -160,8 +154,10 @@ impl<B: SqlBackend> Accounts for B {
         )
         .bind(a.tenant_id.as_str())
         .bind(a.id.as_str());
+        // One autocommit statement: the row is read from the database around it (`store::cache`).
+        let writing = self.caches().map(|c| c.accounts.writing(&a.id));
         let done = bind_updatable(update, a).bind(a.updated_ms).execute(self.writer()).await?;
-        account_written(self, &a.id);
+        writing.into_iter().for_each(Writing::done);
         if done == 0 {
             return Err(StoreError::NotFound(format!("account {}", a.id)));
         }
@@ -169,12 +165,13 @@ impl<B: SqlBackend> Accounts for B {
     }
 
     async fn delete_account(&self, tenant: &TenantId, id: &AccountId) -> StoreResult<bool> {
+        let writing = self.caches().map(|c| c.accounts.writing(id));
         let done = sql::<B::Db>("DELETE FROM accounts WHERE tenant_id = $1 AND id = $2")
             .bind(tenant.as_str())
             .bind(id.as_str())
             .execute(self.writer())
             .await?;
-        account_written(self, id);
+        writing.into_iter().for_each(Writing::done);
         Ok(done > 0)
     }
 }

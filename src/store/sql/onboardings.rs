@@ -10,6 +10,7 @@ use sqlx::Transaction;
 use super::db::{Sql, SqlDb, sql};
 use super::{SqlBackend, feed, locking, records};
 use crate::domain::{AccountId, OnboardingId, OnboardingState, ProviderKind, TenantId, UnixMs};
+use crate::store::cache::Writing;
 use crate::store::{
     ChangeNotice, ChangeOutcome, EventRecord, NewOnboarding, OnboardingChange, OnboardingFilter, OnboardingRecord,
     Onboardings, Page, PageRequest, StepRecord, StoreError, StoreResult,
@@ -621,10 +622,14 @@ impl<B: SqlBackend> Onboardings for B {
         // Not applied: `tx` drops uncommitted, rolling back (nothing was written anyway).
         match apply_in::<B>(&mut tx, change).await? {
             (ChangeOutcome::Applied(event), notice) => {
+                // Read from the database from just before the commit until its notice has
+                // invalidated the cached row (see `store::cache`).
+                let writing = self.caches().map(|c| c.onboardings.writing(&event.onboarding_id));
                 B::Db::commit(tx).await?;
                 if let Some(notice) = &notice {
                     feed::publish_after_commit(self, notice).await;
                 }
+                writing.into_iter().for_each(Writing::done);
                 Ok(event)
             }
             (ChangeOutcome::Conflict(m) | ChangeOutcome::AlreadyProcessed(m), _) => Err(StoreError::Conflict(m)),
@@ -660,10 +665,21 @@ impl<B: SqlBackend> Onboardings for B {
             }
             outcomes.push(outcome);
         }
+        let writing: Vec<_> = match self.caches() {
+            Some(c) => outcomes
+                .iter()
+                .filter_map(|o| match o {
+                    ChangeOutcome::Applied(e) => Some(c.onboardings.writing(&e.onboarding_id)),
+                    _ => None,
+                })
+                .collect(),
+            None => Vec::new(),
+        };
         B::Db::commit(tx).await?;
         for notice in &notices {
             feed::publish_after_commit(self, notice).await;
         }
+        writing.into_iter().for_each(Writing::done);
         Ok(outcomes)
     }
 
