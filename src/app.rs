@@ -93,7 +93,8 @@ pub async fn start_with(
 ) -> Result<Running, StartError> {
     let settings = Arc::new(settings);
     crate::telemetry::metrics::install();
-    let http_limits = crate::listeners::HttpLimits::from_settings(&settings.server, crate::listeners::raise_fd_limit());
+    let fd_limit = crate::listeners::raise_fd_limit();
+    let http_limits = crate::listeners::HttpLimits::from_settings(&settings.server, fd_limit);
     let tls = tls_config(&settings.server.tls)?;
     let grpc_listener = bind("server.grpc_addr", &settings.server.grpc_addr).await?;
     let webhook_listener = bind("server.webhook_addr", &settings.server.webhook_addr).await?;
@@ -259,8 +260,17 @@ pub async fn start_with(
     let http1_idle = Duration::from_secs(
         settings.server.idle_timeout_secs.max(1).max(settings.streams.heartbeat_secs.saturating_mul(2)),
     );
-    let incoming = futures::StreamExt::map(incoming, move |r| {
-        r.map(|io| crate::listeners::PrefaceDeadline::new(io, preface_within, http1_idle))
+    let admission =
+        crate::listeners::GrpcAdmission::new(crate::listeners::grpc_connection_cap(&settings.server, fd_limit));
+    // Over the cap a connection is dropped (closed) here, before hyper sees it.
+    let incoming = futures::StreamExt::filter_map(incoming, move |r| {
+        let admitted = match r {
+            Ok(io) => admission
+                .admit()
+                .map(|slot| Ok(crate::listeners::PrefaceDeadline::new(io, preface_within, http1_idle, slot))),
+            Err(e) => Some(Err(e)),
+        };
+        std::future::ready(admitted)
     });
     let mut grpc_shutdown = shutdown_rx.clone();
     let grpc = tokio::spawn(async move {

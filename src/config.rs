@@ -74,6 +74,10 @@ pub struct ServerSettings {
     /// Open connections per HTTP port (webhook, metrics); more are accepted and closed at once.
     /// 0: a quarter of the open-file limit, so a flood leaves descriptors for gRPC and the store.
     pub max_http_connections: usize,
+    /// Open connections on the gRPC port (gRPC, Connect, gRPC-Web, the console); more are
+    /// accepted and closed at once. 0: half the open-file limit. Each connection carries many
+    /// streams, so the cap bounds descriptors, not watchers.
+    pub max_grpc_connections: usize,
     /// Origins browsers may call the gRPC port from (Connect, gRPC-Web), e.g.
     /// `https://console.example.com`; `*` is any origin. Empty: no CORS headers (off).
     pub cors_allowed_origins: Vec<String>,
@@ -214,6 +218,7 @@ impl Default for ServerSettings {
             header_read_timeout_secs: 10,
             idle_timeout_secs: 60,
             max_http_connections: 0,
+            max_grpc_connections: 0,
             cors_allowed_origins: Vec::new(),
             console: true,
         }

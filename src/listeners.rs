@@ -47,6 +47,8 @@ const PREFACE_LEN: usize = 24;
 /// descriptor, while a stream that carries heartbeats keeps writing and stays.
 pub(crate) struct PrefaceDeadline {
     io: tokio::net::TcpStream,
+    /// This connection's place under `server.max_grpc_connections`, given back on close.
+    _slot: tokio::sync::OwnedSemaphorePermit,
     deadline: Option<std::pin::Pin<Box<tokio::time::Sleep>>>,
     seen: usize,
     /// The first bytes, to tell HTTP/1.1 from the HTTP/2 preface and TLS.
@@ -65,9 +67,23 @@ struct Idle {
 }
 
 impl PrefaceDeadline {
-    /// `within`: the preface deadline; `idle_after`: the idle limit of HTTP/1.1 connections.
-    pub(crate) fn new(io: tokio::net::TcpStream, within: Duration, idle_after: Duration) -> Self {
-        Self { io, deadline: Some(Box::pin(tokio::time::sleep(within))), seen: 0, head: [0; 4], idle: None, idle_after }
+    /// `within`: the preface deadline; `idle_after`: the idle limit of HTTP/1.1 connections;
+    /// `slot`: held until the connection closes.
+    pub(crate) fn new(
+        io: tokio::net::TcpStream,
+        within: Duration,
+        idle_after: Duration,
+        slot: tokio::sync::OwnedSemaphorePermit,
+    ) -> Self {
+        Self {
+            io,
+            _slot: slot,
+            deadline: Some(Box::pin(tokio::time::sleep(within))),
+            seen: 0,
+            head: [0; 4],
+            idle: None,
+            idle_after,
+        }
     }
 
     /// Notes bytes read: the preface count, the first bytes, the idle watch.
@@ -208,6 +224,54 @@ impl tonic::transport::server::Connected for PrefaceDeadline {
 
     fn connect_info(&self) -> Self::ConnectInfo {
         self.io.connect_info()
+    }
+}
+
+/// The gRPC port's connection cap: `server.max_grpc_connections`, or half the open-file limit
+/// `fd_limit` when 0 (the two HTTP ports take a quarter each).
+pub(crate) fn grpc_connection_cap(s: &crate::config::ServerSettings, fd_limit: Option<u64>) -> usize {
+    match s.max_grpc_connections {
+        0 => fd_limit.map_or(4096, |n| (n / 2).clamp(64, 262_144) as usize),
+        n => n,
+    }
+}
+
+/// Gives an accepted gRPC-port connection its slot under `cap` (`slots`), or closes it at once
+/// when the cap is reached (logged at the first refusal and every power of two after), so a
+/// flood cannot take the descriptors the store and the HTTP ports need.
+pub(crate) struct GrpcAdmission {
+    slots: std::sync::Arc<tokio::sync::Semaphore>,
+    cap: usize,
+    refused: std::sync::atomic::AtomicU64,
+}
+
+impl GrpcAdmission {
+    /// Admission under `cap` open connections.
+    pub(crate) fn new(cap: usize) -> Self {
+        Self {
+            slots: std::sync::Arc::new(tokio::sync::Semaphore::new(cap.max(1))),
+            cap,
+            refused: std::sync::atomic::AtomicU64::new(0),
+        }
+    }
+
+    /// A slot for a new connection; `None` (and the connection is to be dropped) at the cap.
+    pub(crate) fn admit(&self) -> Option<tokio::sync::OwnedSemaphorePermit> {
+        match self.slots.clone().try_acquire_owned() {
+            Ok(slot) => Some(slot),
+            Err(_) => {
+                let refused = self.refused.fetch_add(1, std::sync::atomic::Ordering::Relaxed) + 1;
+                if refused.is_power_of_two() {
+                    tracing::warn!(
+                        listener = "grpc",
+                        max = self.cap,
+                        refused,
+                        "connection cap reached; closing new connections (server.max_grpc_connections)"
+                    );
+                }
+                None
+            }
+        }
     }
 }
 

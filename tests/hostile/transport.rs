@@ -343,6 +343,11 @@ async fn a_revoked_keys_open_stream_ends_unauthenticated() {
 
 /// How long until the server closes `tcp` (read returns EOF or an error), up to `limit`.
 async fn closed_after(mut tcp: tokio::net::TcpStream, limit: Duration) -> Option<Duration> {
+    closed_after_reading(&mut tcp, limit).await
+}
+
+/// [`closed_after`] on a socket the caller keeps.
+async fn closed_after_reading(tcp: &mut tokio::net::TcpStream, limit: Duration) -> Option<Duration> {
     use tokio::io::AsyncReadExt;
     let t = Instant::now();
     let mut buf = [0u8; 1024];
@@ -619,4 +624,80 @@ async fn quiet_http1_connections_to_the_grpc_port_are_closed_but_streams_stay() 
     assert!(slowest >= Duration::from_secs(IDLE_SECS), "closed before the idle limit: {slowest:?}");
     assert!(stream_closed.is_none(), "a stream with heartbeats was closed after {stream_closed:?}");
     assert!(later.is_some(), "an HTTP/2 call after the idle period failed");
+}
+
+/// The gRPC port had no connection cap: a flood of sockets (each held open, sending nothing,
+/// until the preface deadline) could take every descriptor. Against
+/// `server.max_grpc_connections = 16`, connections over the cap are closed at once, those
+/// under it stay until their deadline, and once the flood is gone gRPC answers again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connections_over_the_grpc_cap_are_closed_at_once() {
+    const CAP: usize = 16;
+    const OVER: usize = 24;
+    let app = spawn_with(|s| {
+        s.server.max_grpc_connections = CAP;
+        s.server.header_read_timeout_secs = 30;
+    })
+    .await;
+    let grpc = app.running().grpc_addr;
+    // The test app's own gRPC channel holds one slot.
+    let mut held = Vec::new();
+    for _ in 0..CAP - 1 {
+        held.push(tokio::net::TcpStream::connect(grpc).await.expect("connect"));
+    }
+    // Accepted in order: give the server a moment to admit the held ones before the rest.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let mut over = Vec::new();
+    for _ in 0..OVER {
+        let t = tokio::net::TcpStream::connect(grpc).await.expect("connect");
+        over.push(tokio::spawn(closed_after(t, Duration::from_secs(3))));
+    }
+    let mut closed_at_once = 0;
+    for h in over {
+        if h.await.unwrap().is_some() {
+            closed_at_once += 1;
+        }
+    }
+    // The held ones are still open (the preface deadline is 30 s).
+    let mut still_open = 0;
+    for t in &mut held {
+        // Open: the read waits (after the server's SETTINGS, if it sent them); closed: EOF.
+        if closed_after_reading(t, Duration::from_millis(100)).await.is_none() {
+            still_open += 1;
+        }
+    }
+    drop(held);
+    // Their slots come back once the server sees them close.
+    let mut answered = None;
+    for _ in 0..40 {
+        let probe = async {
+            let channel = Channel::from_shared(format!("http://{grpc}")).unwrap().connect().await?;
+            HealthClient::new(channel)
+                .check(HealthCheckRequest { service: String::new() })
+                .await
+                .map_err(|e| Box::new(e) as Box<dyn std::error::Error + Send + Sync>)?;
+            Ok::<_, Box<dyn std::error::Error + Send + Sync>>(())
+        };
+        answered = timed(Duration::from_secs(2), probe).await;
+        if answered.is_some() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    write_fragment(
+        "43-hostile-grpc-connection-cap.md",
+        &format!(
+            "### Connections over the gRPC port's cap\n\nThe test's own channel and {} silent sockets, then {OVER} \
+             more, against `server.max_grpc_connections = {CAP}`.\n\n{}",
+            CAP - 1,
+            table(&[
+                ("over the cap, closed within 3 s", format!("{closed_at_once} / {OVER}")),
+                ("under the cap, still open", format!("{still_open} / {}", CAP - 1)),
+                ("Health/Check after the flood", answered.map_or("failed".into(), ms)),
+            ])
+        ),
+    );
+    assert_eq!(closed_at_once, OVER, "connections over the cap were kept open");
+    assert_eq!(still_open, CAP - 1, "connections under the cap were closed before their deadline");
+    assert!(answered.is_some(), "gRPC did not answer once the flood closed");
 }
