@@ -583,6 +583,8 @@ async fn app_list(State(sim): State<GupshupSim>, headers: HeaderMap, RawQuery(qu
         .filter(|a| filter.0.as_ref().is_none_or(|n| a.name.to_ascii_lowercase().contains(n.as_str())))
         .filter(|a| filter.1.as_ref().is_none_or(|p| a.phone.contains(p.as_str())))
         .collect();
+    // [I] the list's order is undocumented: oldest first, same-millisecond links in link
+    // order (docs/providers.md, GET /partner/app/list).
     apps.sort_by_key(|a| (a.created_ms, a.linked_seq));
     let stage_ms = sim.config().stage_ms;
     let items: Vec<Value> = apps
