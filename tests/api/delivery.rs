@@ -292,6 +292,35 @@ async fn nats_destination_receives_on_its_subject_with_the_event_id() {
     assert!(got[0].0.ends_with(".gupshup.created"), "{got:?}");
     assert!(got[1].0.ends_with(".gupshup.state_changed"), "{got:?}");
     assert_eq!((got[0].1.as_str(), got[1].1.as_str()), ("1", "2"));
+
+    // A webhook destination answering 410 is disabled; the NATS destination gets the notice
+    // on `{type}` = destination_disabled, `{provider}` = none, with its event id.
+    let gone_url = answering(StatusCode::GONE).await;
+    let gone = deliveries(&app).create_destination(app.req(webhook_destination(&gone_url))).await.expect("create");
+    let gone = gone.into_inner().destination.expect("destination").name;
+    app.insert_onboarding("acme", "r2").await;
+    let mut seen = 0;
+    let (subject, msg_id, notice) = loop {
+        seen += 1;
+        assert!(seen <= 5, "no notice among the next messages");
+        let m = tokio::time::timeout(Duration::from_secs(20), messages.next())
+            .await
+            .expect("message in time")
+            .expect("open")
+            .expect("message");
+        m.ack().await.expect("ack");
+        let event: serde_json::Value = serde_json::from_slice(&m.payload).expect("json");
+        if event["type"] == "wa.onboard.destination.disabled" {
+            let msg_id = m.headers.as_ref().and_then(|h| h.get("Nats-Msg-Id")).map(|v| v.as_str().to_string());
+            break (m.subject.to_string(), msg_id, event);
+        }
+    };
+    assert!(subject.ends_with(".none.destination_disabled"), "{subject}");
+    assert_eq!(msg_id.as_deref(), notice["id"].as_str(), "Nats-Msg-Id is the notice's event id");
+    assert_eq!(notice["subject"], gone.as_str());
+    assert_eq!(notice["data"]["reason"], "DISABLED_REASON_GONE");
+    let d = deliveries(&app).get_destination(app.req(pb::GetDestinationRequest { name: gone })).await.expect("get");
+    assert_eq!(notice["id"], d.into_inner().disabled_event_id.as_str());
     js.delete_stream(format!("WAAPI{run}")).await.expect("delete stream");
 }
 
