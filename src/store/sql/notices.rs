@@ -178,6 +178,17 @@ impl<B: SqlBackend> Notices for B {
         lease: Duration,
         limit: u32,
     ) -> StoreResult<Vec<NoticeDeliveryRecord>> {
+        // Every worker pass calls this and notices are rare: a plain read first, so an empty
+        // table costs no write statement (on SQLite, no write lock beside the event path's).
+        let due = sql::<B::Db>(
+            "SELECT destination_id FROM notice_deliveries WHERE state = 'PENDING' AND next_attempt_ms <= $1 LIMIT 1",
+        )
+        .bind(now)
+        .optional::<(String,)>(self.writer())
+        .await?;
+        if due.is_none() {
+            return Ok(Vec::new());
+        }
         let rows = sql::<B::Db>(B::locking(CLAIM_NOTICES))
             .bind(worker)
             .bind(now.saturating_add(super::ms(lease)))
