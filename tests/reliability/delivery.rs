@@ -492,8 +492,8 @@ async fn lost_acknowledgements_duplicate_every_event_with_the_same_id_body_and_o
     let enc = wa_onboard::crypto::Cipher::generate_key().expose().to_string();
     let server = Server::start("late", dir.path(), &db, &enc);
     let other_key = server.create_tenant("other");
-    let a = Tenant::setup("a", server.api(), &sim, Receiver::start(Duration::ZERO, LATE_ACKS), 3).await;
-    let b = Tenant::setup("b", server.api().with_key(&other_key), &sim, Receiver::start(Duration::ZERO, LATE_ACKS), 1)
+    let a = Tenant::setup("a", server.api(), &sim, Receiver::start(Duration::ZERO, LATE_ACKS), 4).await;
+    let b = Tenant::setup("b", server.api().with_key(&other_key), &sim, Receiver::start(Duration::ZERO, LATE_ACKS), 2)
         .await;
     let apis = [server.api()];
     a.create_onboardings(&apis, 0).await;
