@@ -38,7 +38,7 @@ async fn main() -> anyhow::Result<()> {
         let event = CloudEvent::new(EventParts {
             id: format!("evt_{path}"),
             source: "/wa-onboard/webhooks-check".into(),
-            kind: EventKind::StateChanged,
+            kind: EventKind::StateChanged.into(),
             subject: "onboardings/webhooks-check".into(),
             time_ms: now * 1000,
             reference: Some("check-ref".into()),

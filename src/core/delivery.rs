@@ -11,14 +11,30 @@ use crate::delivery::webhook::ExtraHeaders;
 use crate::domain::{Secret, UnixMs, new_id, now_ms};
 use crate::error::AppError;
 use crate::store::{
-    DeliveryFilter, DeliveryQuery, DeliveryRecord, DestinationRecord, Page, PageRequest, RedeliverFrom, Sealed,
-    SinkKind,
+    DeliveryFilter, DeliveryQuery, DeliveryRecord, DestinationRecord, DisableCause, Page, PageRequest, RedeliverFrom,
+    ReplayCursor, Sealed, SinkKind,
 };
 
 use super::{Caller, Core};
 
 /// The longest rotation overlap: a week is enough for any receiver to deploy a new secret.
 pub const MAX_OVERLAP: Duration = Duration::from_secs(7 * 24 * 3600);
+
+/// Events of the log one `RedeliverEvents` call looks at when the caller names no bound.
+pub const REDELIVER_DEFAULT: u32 = 10_000;
+/// The most events of the log one call may look at.
+pub const REDELIVER_MAX: u32 = 100_000;
+/// Events per replay transaction: short enough that a replay never holds the writer long.
+pub const REDELIVER_CHUNK: u32 = 500;
+
+/// What one `RedeliverEvents` call did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Replayed {
+    /// Deliveries queued.
+    pub queued: u64,
+    /// Where the next call goes on, when this one stopped at its bound.
+    pub next: Option<ReplayCursor>,
+}
 
 /// Where a destination sends.
 #[derive(Clone, PartialEq)]
@@ -186,13 +202,16 @@ impl Core {
         let id = new_id::<crate::domain::OnboardingId>().to_string();
         let secret = SigningSecret::generate();
         let now = now_ms();
+        let disabled = !new.enabled;
         let mut record = DestinationRecord {
             secret: self.seal_signing(&id, &secret)?,
             id,
             tenant_id: caller.tenant.clone(),
             name: new.name,
             enabled: new.enabled,
-            disabled_reason: String::new(),
+            disabled_reason: if disabled { "disabled by the caller".into() } else { String::new() },
+            disabled_cause: disabled.then_some(DisableCause::ByCaller),
+            disabled_notice_id: None,
             filter: new.filter,
             sink,
             url,
@@ -202,7 +221,7 @@ impl Core {
             previous_secret: None,
             previous_secret_until_ms: None,
             failing_since_ms: None,
-            disabled_ms: None,
+            disabled_ms: disabled.then_some(now),
             disabled_status: None,
             created_ms: now,
             updated_ms: now,
@@ -242,12 +261,16 @@ impl Core {
         if let Some(enabled) = patch.enabled {
             if enabled && !d.enabled {
                 d.disabled_reason.clear();
+                d.disabled_cause = None;
+                d.disabled_notice_id = None;
                 d.failing_since_ms = None;
                 d.disabled_ms = None;
                 d.disabled_status = None;
             }
             if !enabled && d.enabled {
                 d.disabled_reason = "disabled by the caller".into();
+                d.disabled_cause = Some(DisableCause::ByCaller);
+                d.disabled_notice_id = None;
                 d.disabled_ms = Some(now_ms());
                 d.disabled_status = None;
             }
@@ -328,13 +351,37 @@ impl Core {
         Ok(self.store.list_deliveries(&caller.tenant, id, query).await?)
     }
 
-    /// Replays events to one of the caller's destinations; how many were queued.
-    pub async fn redeliver_events(&self, caller: &Caller, id: &str, from: &RedeliverFrom) -> Result<u64, AppError> {
+    /// Replays events to one of the caller's destinations: at most `max_events` events of
+    /// the log after `after` (1 to [`REDELIVER_MAX`]), in transactions of
+    /// [`REDELIVER_CHUNK`]; how many were queued, and where to go on if it stopped at the
+    /// bound.
+    pub async fn redeliver_events(
+        &self,
+        caller: &Caller,
+        id: &str,
+        from: &RedeliverFrom,
+        after: Option<ReplayCursor>,
+        max_events: u32,
+    ) -> Result<Replayed, AppError> {
+        if !(1..=REDELIVER_MAX).contains(&max_events) {
+            return Err(AppError::invalid("max_events", format!("must be between 0 and {REDELIVER_MAX}")));
+        }
         if let RedeliverFrom::Sequence { onboarding_id, .. } = from
             && self.store.onboarding(&caller.tenant, onboarding_id).await?.is_none()
         {
             return Err(AppError::not_found(format!("onboarding {}", onboarding_id.name())));
         }
-        Ok(self.store.redeliver(&caller.tenant, id, from, now_ms()).await?)
+        let (mut left, mut after, mut queued) = (max_events, after, 0);
+        while left > 0 {
+            let ask = left.min(REDELIVER_CHUNK);
+            let chunk = self.store.redeliver(&caller.tenant, id, from, after.as_ref(), ask, now_ms()).await?;
+            queued += chunk.queued;
+            if chunk.scanned < ask {
+                return Ok(Replayed { queued, next: None });
+            }
+            left -= ask;
+            after = chunk.last;
+        }
+        Ok(Replayed { queued, next: after })
     }
 }

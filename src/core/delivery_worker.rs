@@ -5,6 +5,8 @@
 //! the retry policy's decision: delivered, retry later, dead letter, or (410 Gone, failing too
 //! long) disable the destination with its reason.
 
+mod notices;
+
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -150,7 +152,9 @@ impl DeliveryWorker {
                 finished.notify_one();
             });
         }
-        Ok(usize::try_from(stats.events).unwrap_or(usize::MAX) + n)
+        // Notices after the events: they take the slots left.
+        let notices = self.notice_pass(slots, finished).await?;
+        Ok(usize::try_from(stats.events).unwrap_or(usize::MAX) + n + notices)
     }
 
     async fn report_backlog(&self) {
@@ -186,7 +190,7 @@ impl DeliveryWorker {
         let cloud = CloudEvent::new(EventParts {
             id: d.event_id(),
             source: self.settings.source.clone(),
-            kind: event.kind,
+            kind: event.kind.into(),
             subject: format!("onboardings/{}", onboarding.id.name()),
             time_ms: event.created_ms,
             reference: (!onboarding.reference.is_empty()).then(|| onboarding.reference.clone()),
@@ -234,7 +238,7 @@ impl DeliveryWorker {
             error: Some(message),
         };
         let subject = match SubjectTemplate::parse(&dest.subject)
-            .and_then(|t| t.render(dest.tenant_id.as_str(), provider, cloud.kind()))
+            .and_then(|t| t.render_type(dest.tenant_id.as_str(), provider, cloud.kind().token()))
         {
             Ok(s) => s,
             Err(e) => return failed(FailureKind::Other, e.to_string()),
@@ -296,17 +300,7 @@ impl DeliveryWorker {
     ) -> Result<(), AppError> {
         let store = &self.core.store;
         let now = now_ms();
-        let (state, next, outcome) = match t.decision {
-            Decision::Delivered => (DeliveryState::Delivered, now, "delivered"),
-            Decision::RetryAfter(wait) => (
-                DeliveryState::Pending,
-                now.saturating_add(i64::try_from(wait.as_millis()).unwrap_or(i64::MAX)),
-                "retry",
-            ),
-            Decision::DeadLetter => (DeliveryState::Dead, now, "dead"),
-            // Kept pending: it goes out if the caller enables the destination again.
-            Decision::DisableDestination => (DeliveryState::Pending, now, "disabled"),
-        };
+        let (state, next, outcome) = notices::settle(t.decision, now);
         let update = self.update(d, state, next, t.status, t.error.clone());
         if !store.finish_delivery(&update, &self.owner).await? {
             // The lease lapsed (or a replay reset it): the other holder's outcome stands.
@@ -317,35 +311,11 @@ impl DeliveryWorker {
             Decision::Delivered => {
                 let latency = Duration::from_millis(u64::try_from(now - event.created_ms).unwrap_or(0));
                 ::metrics::histogram!(DELIVERY_LATENCY, "sink" => dest.sink.as_str()).record(latency.as_secs_f64());
-                if dest.failing_since_ms.is_some() {
-                    store.note_destination_health(&dest.id, true, now).await?;
-                }
             }
-            Decision::DisableDestination => {
-                let reason = format!("the receiver answered 410 Gone to event {}", d.event_id());
-                store.disable_destination(&dest.id, &reason, t.status.map(i32::from), now).await?;
-                tracing::warn!(destination = %dest.id, %reason, "destination disabled");
-            }
-            Decision::RetryAfter(_) | Decision::DeadLetter => {
-                if t.decision == Decision::DeadLetter {
-                    ::metrics::counter!(DEAD_LETTERS).increment(1);
-                }
-                let since = store.note_destination_health(&dest.id, false, now).await?;
-                let limit = i64::try_from(self.settings.disable_after.as_millis()).unwrap_or(i64::MAX);
-                if let Some(since) = since
-                    && now.saturating_sub(since) >= limit
-                {
-                    let reason = format!(
-                        "every attempt failed for more than {} s (last: {})",
-                        self.settings.disable_after.as_secs(),
-                        t.error.or(t.status.map(|s| format!("HTTP {s}"))).unwrap_or_default()
-                    );
-                    store.disable_destination(&dest.id, &reason, t.status.map(i32::from), now).await?;
-                    tracing::warn!(destination = %dest.id, %reason, "destination disabled");
-                }
-            }
+            Decision::DeadLetter => ::metrics::counter!(DEAD_LETTERS).increment(1),
+            Decision::RetryAfter(_) | Decision::DisableDestination => {}
         }
-        Ok(())
+        self.judge_destination(dest, &t, &d.event_id(), now).await
     }
 }
 

@@ -15,6 +15,8 @@ pub const CONTENT_TYPE: &str = "application/cloudevents+json; charset=utf-8";
 pub const DATA_CONTENT_TYPE: &str = "application/json";
 /// Prefix of `type`; the event kind's wire name follows (`wa.onboard.onboarding.state_changed`).
 pub const TYPE_PREFIX: &str = "wa.onboard.onboarding.";
+/// `type` of the notice that the service disabled a destination.
+pub const DESTINATION_DISABLED_TYPE: &str = "wa.onboard.destination.disabled";
 /// The extension attribute carrying the onboarding's caller-chosen reference.
 pub const REFERENCE_EXTENSION: &str = "reference";
 
@@ -33,6 +35,40 @@ pub enum CloudEventError {
     Time(i64),
 }
 
+/// What an event is: one of an onboarding's log, or a service notice about a destination.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum EventType {
+    /// An onboarding event of this kind (`wa.onboard.onboarding.<kind>`).
+    Onboarding(EventKind),
+    /// The service disabled a destination (`wa.onboard.destination.disabled`).
+    DestinationDisabled,
+}
+
+impl From<EventKind> for EventType {
+    fn from(kind: EventKind) -> Self {
+        Self::Onboarding(kind)
+    }
+}
+
+impl EventType {
+    /// The short name filters and NATS `{type}` use: the kind's wire name, or
+    /// `destination_disabled` (one subject token, no dot).
+    pub fn token(self) -> &'static str {
+        match self {
+            Self::Onboarding(kind) => kind.as_str(),
+            Self::DestinationDisabled => "destination_disabled",
+        }
+    }
+
+    /// The `type` attribute.
+    pub fn type_name(self) -> String {
+        match self {
+            Self::Onboarding(kind) => type_name(kind),
+            Self::DestinationDisabled => DESTINATION_DISABLED_TYPE.to_string(),
+        }
+    }
+}
+
 /// What the caller supplies; [`CloudEvent::new`] validates it.
 #[derive(Debug, Clone, PartialEq)]
 pub struct EventParts {
@@ -41,9 +77,9 @@ pub struct EventParts {
     pub id: String,
     /// `source`, a URI-reference naming this service instance (e.g. `/wa-onboard/tenants/t1`).
     pub source: String,
-    /// The event kind; `type` is [`TYPE_PREFIX`] + its wire name.
-    pub kind: EventKind,
-    /// `subject`: the onboarding's resource name.
+    /// What it is; `type` is [`EventType::type_name`].
+    pub kind: EventType,
+    /// `subject`: the onboarding's resource name (a notice's: the destination's).
     pub subject: String,
     /// When the event was committed, Unix milliseconds (`time`, RFC 3339).
     pub time_ms: i64,
@@ -82,14 +118,14 @@ impl CloudEvent {
         &self.parts.id
     }
 
-    /// The event kind.
-    pub fn kind(&self) -> EventKind {
+    /// What it is.
+    pub fn kind(&self) -> EventType {
         self.parts.kind
     }
 
     /// The `type` attribute.
     pub fn type_name(&self) -> String {
-        type_name(self.parts.kind)
+        self.parts.kind.type_name()
     }
 
     /// The JSON event format: one object with the context attributes, the extension and `data`.
@@ -148,7 +184,7 @@ mod tests {
         EventParts {
             id: "evt_01J0000000000000000000000".into(),
             source: "/wa-onboard/tenants/acme".into(),
-            kind: EventKind::StateChanged,
+            kind: EventKind::StateChanged.into(),
             subject: "onboardings/0191a4b2-7c1e-7000-8000-000000000001".into(),
             time_ms: 1_700_000_000_123,
             reference: Some("shop-42".into()),
@@ -175,7 +211,10 @@ mod tests {
             })
         );
         assert_eq!(event.id(), "evt_01J0000000000000000000000");
-        assert_eq!(event.kind(), EventKind::StateChanged);
+        assert_eq!(event.kind(), EventType::Onboarding(EventKind::StateChanged));
+        let notice = CloudEvent::new(EventParts { kind: EventType::DestinationDisabled, ..parts() }).unwrap();
+        assert_eq!(notice.to_json()["type"], "wa.onboard.destination.disabled");
+        assert_eq!(notice.kind().token(), "destination_disabled");
     }
 
     #[test]

@@ -72,8 +72,14 @@ impl SubjectTemplate {
 
     /// The subject of one event; `{type}` is the event kind's wire name (`state_changed`).
     pub fn render(&self, tenant: &str, provider: &str, kind: EventKind) -> Result<String, SubjectError> {
+        self.render_type(tenant, provider, kind.as_str())
+    }
+
+    /// The subject of one event whose `{type}` is `token` (an event kind's wire name, or a
+    /// notice's, e.g. `destination_disabled`).
+    pub fn render_type(&self, tenant: &str, provider: &str, token: &str) -> Result<String, SubjectError> {
         let mut subject = self.0.clone();
-        for (placeholder, value) in PLACEHOLDERS.into_iter().zip([tenant, provider, kind.as_str()]) {
+        for (placeholder, value) in PLACEHOLDERS.into_iter().zip([tenant, provider, token]) {
             if subject.contains(placeholder) {
                 if !legal_token(value) {
                     return Err(SubjectError::Value { placeholder, value: value.to_owned() });

@@ -1,22 +1,30 @@
 //! The retry policy of outbound delivery, pure: what an attempt's outcome means (delivered,
 //! destination gone, retry, dead letter) and when the next attempt runs. Randomness comes in as
 //! an argument (`jitter` in `[0, 1)`), so every decision is a table test.
+//!
+//! The jitter keeps the configured schedule: retry `n` waits uniformly in `[0.5, 1.5) x` its
+//! step, so the mean wait is the step and a schedule written as "about a day" retries for
+//! about a day (full jitter, `[0, step)`, would halve it).
 
 use std::time::{Duration, SystemTime};
+
+/// The lowest factor of a step the jitter picks; the highest is `2 - JITTER_LOW`, so the mean
+/// factor is 1.
+pub const JITTER_LOW: f64 = 0.5;
 
 /// When retries run.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Schedule {
-    /// An explicit list: retry `n` (1-based) waits up to `delays[n - 1]`; its length is the
+    /// An explicit list: retry `n` (1-based) waits about `delays[n - 1]`; its length is the
     /// number of retries.
     Delays(Vec<Duration>),
-    /// Retry `n` waits up to `min(base * factor^(n-1), cap)`; `retries` retries in all.
+    /// Retry `n` waits about `min(base * factor^(n-1), cap)`; `retries` retries in all.
     Exponential {
-        /// Bound of the first retry's wait.
+        /// The first retry's step.
         base: Duration,
         /// Growth per retry.
         factor: u32,
-        /// Largest bound.
+        /// Largest step.
         cap: Duration,
         /// Retries after the first attempt.
         retries: u32,
@@ -32,8 +40,9 @@ impl Schedule {
         }
     }
 
-    /// The upper bound of the wait before retry `n` (1-based), `None` past the last retry.
-    pub fn bound(&self, n: u32) -> Option<Duration> {
+    /// The step of retry `n` (1-based): the mean of its jittered wait; `None` past the last
+    /// retry.
+    pub fn step(&self, n: u32) -> Option<Duration> {
         if n == 0 || n > self.retries() {
             return None;
         }
@@ -46,18 +55,18 @@ impl Schedule {
         }
     }
 
-    /// The sum of every bound: the longest time a delivery can spend retrying.
-    pub fn total_bound(&self) -> Duration {
-        (1..=self.retries()).filter_map(|n| self.bound(n)).sum()
+    /// The sum of every step: the mean time a delivery spends retrying before it is
+    /// dead-lettered (the jitter keeps it; each wait lies in `[0.5, 1.5)` of its step).
+    pub fn total(&self) -> Duration {
+        (1..=self.retries()).filter_map(|n| self.step(n)).sum()
     }
 }
 
-/// The default: bounds of 30 s doubling to a cap of 8 h, 15 retries. The bounds add up to about
-/// 48.5 h; with full jitter a delivery waits half of that on average, so it is retried for about
-/// a day before it is dead-lettered.
+/// The default: steps of 30 s doubling to a cap of 4 h, 14 retries. They add up to 87,330 s,
+/// about 24 h, the mean time a delivery is retried before it is dead-lettered.
 impl Default for Schedule {
     fn default() -> Self {
-        Self::Exponential { base: Duration::from_secs(30), factor: 2, cap: Duration::from_secs(8 * 3600), retries: 15 }
+        Self::Exponential { base: Duration::from_secs(30), factor: 2, cap: Duration::from_secs(4 * 3600), retries: 14 }
     }
 }
 
@@ -120,8 +129,9 @@ pub enum Decision {
 
 impl RetryPolicy {
     /// The decision after attempt number `attempt` (1 = the first) ended with `outcome`;
-    /// `jitter` in `[0, 1)` picks the wait inside the retry's bound (full jitter: uniform in
-    /// `[0, bound)`), and a `Retry-After` longer than that wins, up to `max_retry_after`.
+    /// `jitter` in `[0, 1)` picks the wait inside `[0.5, 1.5)` of the retry's step (so waits
+    /// average the step), and a `Retry-After` longer than that wins, up to
+    /// `max_retry_after`.
     pub fn decide(&self, attempt: u32, outcome: Outcome, jitter: f64) -> Decision {
         let retry_after = match outcome {
             Outcome::Status { code: 200..=299, .. } => return Decision::Delivered,
@@ -129,10 +139,10 @@ impl RetryPolicy {
             Outcome::Status { retry_after, .. } => retry_after,
             Outcome::Failed(_) => None,
         };
-        let Some(bound) = self.schedule.bound(attempt) else {
+        let Some(step) = self.schedule.step(attempt) else {
             return Decision::DeadLetter;
         };
-        let jittered = bound.mul_f64(jitter.clamp(0.0, 1.0));
+        let jittered = step.mul_f64(JITTER_LOW + jitter.clamp(0.0, 1.0));
         let asked = retry_after.map_or(Duration::ZERO, |d| d.min(self.max_retry_after));
         Decision::RetryAfter(jittered.max(asked))
     }
@@ -162,27 +172,28 @@ mod tests {
     #[test]
     fn classification_table() {
         let p = RetryPolicy::default();
+        // Jitter 0.5 is the middle of [0.5, 1.5): the wait is the step itself.
         let cases: &[(u32, Outcome, Decision)] = &[
             (1, status(200), Decision::Delivered),
             (1, status(204), Decision::Delivered),
-            (16, status(299), Decision::Delivered),
+            (15, status(299), Decision::Delivered),
             (1, status(410), Decision::DisableDestination),
-            (16, status(410), Decision::DisableDestination),
-            (1, status(400), Decision::RetryAfter(S(15))),
-            (1, status(404), Decision::RetryAfter(S(15))),
-            (1, status(429), Decision::RetryAfter(S(15))),
-            (1, status(500), Decision::RetryAfter(S(15))),
-            (1, status(503), Decision::RetryAfter(S(15))),
-            (1, status(301), Decision::RetryAfter(S(15))),
-            (1, status(100), Decision::RetryAfter(S(15))),
-            (1, Outcome::Failed(FailureKind::Timeout), Decision::RetryAfter(S(15))),
-            (1, Outcome::Failed(FailureKind::Connect), Decision::RetryAfter(S(15))),
-            (1, Outcome::Failed(FailureKind::Refused), Decision::RetryAfter(S(15))),
-            (2, status(500), Decision::RetryAfter(S(30))),
-            (15, status(500), Decision::RetryAfter(S(4 * 3600))),
-            (16, status(500), Decision::DeadLetter),
-            (16, Outcome::Failed(FailureKind::Timeout), Decision::DeadLetter),
-            (16, Outcome::Failed(FailureKind::Other), Decision::DeadLetter),
+            (15, status(410), Decision::DisableDestination),
+            (1, status(400), Decision::RetryAfter(S(30))),
+            (1, status(404), Decision::RetryAfter(S(30))),
+            (1, status(429), Decision::RetryAfter(S(30))),
+            (1, status(500), Decision::RetryAfter(S(30))),
+            (1, status(503), Decision::RetryAfter(S(30))),
+            (1, status(301), Decision::RetryAfter(S(30))),
+            (1, status(100), Decision::RetryAfter(S(30))),
+            (1, Outcome::Failed(FailureKind::Timeout), Decision::RetryAfter(S(30))),
+            (1, Outcome::Failed(FailureKind::Connect), Decision::RetryAfter(S(30))),
+            (1, Outcome::Failed(FailureKind::Refused), Decision::RetryAfter(S(30))),
+            (2, status(500), Decision::RetryAfter(S(60))),
+            (14, status(500), Decision::RetryAfter(S(4 * 3600))),
+            (15, status(500), Decision::DeadLetter),
+            (15, Outcome::Failed(FailureKind::Timeout), Decision::DeadLetter),
+            (15, Outcome::Failed(FailureKind::Other), Decision::DeadLetter),
         ];
         for (attempt, outcome, want) in cases {
             assert_eq!(p.decide(*attempt, *outcome, 0.5), *want, "attempt {attempt}, {outcome:?}");
@@ -190,14 +201,49 @@ mod tests {
     }
 
     #[test]
-    fn full_jitter_spans_zero_to_the_bound() {
+    fn jitter_spans_half_to_one_and_a_half_steps() {
         let p = RetryPolicy::default();
-        assert_eq!(p.decide(3, status(500), 0.0), Decision::RetryAfter(Duration::ZERO));
-        assert_eq!(p.decide(3, status(500), 0.25), Decision::RetryAfter(S(30)));
-        assert_eq!(p.decide(3, status(500), 1.0), Decision::RetryAfter(S(120)));
-        // Out-of-range jitter is clamped, never beyond the bound.
-        assert_eq!(p.decide(3, status(500), 7.0), Decision::RetryAfter(S(120)));
-        assert_eq!(p.decide(3, status(500), -1.0), Decision::RetryAfter(Duration::ZERO));
+        // Retry 3's step is 120 s.
+        assert_eq!(p.decide(3, status(500), 0.0), Decision::RetryAfter(S(60)));
+        assert_eq!(p.decide(3, status(500), 0.25), Decision::RetryAfter(S(90)));
+        assert_eq!(p.decide(3, status(500), 0.5), Decision::RetryAfter(S(120)));
+        assert_eq!(p.decide(3, status(500), 1.0), Decision::RetryAfter(S(180)));
+        // Out-of-range jitter is clamped to the interval.
+        assert_eq!(p.decide(3, status(500), 7.0), Decision::RetryAfter(S(180)));
+        assert_eq!(p.decide(3, status(500), -1.0), Decision::RetryAfter(S(60)));
+    }
+
+    /// The sum of the waits one delivery goes through before it is dead-lettered, with the
+    /// same jitter draw on every retry.
+    fn waited(p: &RetryPolicy, jitter: f64) -> Duration {
+        let mut total = Duration::ZERO;
+        for attempt in 1.. {
+            match p.decide(attempt, status(500), jitter) {
+                Decision::RetryAfter(d) => total += d,
+                Decision::DeadLetter => break,
+                other => panic!("{other:?}"),
+            }
+        }
+        total
+    }
+
+    #[test]
+    fn the_jitter_keeps_the_schedules_total() {
+        for schedule in [Schedule::default(), Schedule::Delays(vec![S(5), S(60), S(3600), S(86_400)])] {
+            let p = RetryPolicy { schedule: schedule.clone(), ..RetryPolicy::default() };
+            let total = schedule.total();
+            // The middle draw waits exactly the schedule; the extremes half and one and a half.
+            assert_eq!(waited(&p, 0.5), total, "{schedule:?}");
+            assert_eq!(waited(&p, 0.0), total / 2, "{schedule:?}");
+            assert_eq!(waited(&p, 1.0), total * 3 / 2, "{schedule:?}");
+            // Uniform draws: the mean over an even grid of [0, 1) is the schedule's sum (the
+            // grid's mean factor is 0.5 + 0.4995 = 0.9995; within 0.1 %).
+            let draws = 1000u32;
+            let sum: Duration = (0..draws).map(|i| waited(&p, f64::from(i) / f64::from(draws))).sum();
+            let mean = (sum / draws).as_secs_f64();
+            let want = total.as_secs_f64();
+            assert!((mean - want).abs() <= want * 0.001, "{schedule:?}: mean {mean} s, schedule {want} s");
+        }
     }
 
     #[test]
@@ -205,34 +251,35 @@ mod tests {
         let p = RetryPolicy { max_retry_after: S(3600), ..RetryPolicy::default() };
         let asked = |d| Outcome::Status { code: 503, retry_after: Some(d) };
         assert_eq!(p.decide(1, asked(S(600)), 0.5), Decision::RetryAfter(S(600)));
-        assert_eq!(p.decide(1, asked(S(5)), 0.5), Decision::RetryAfter(S(15)));
+        assert_eq!(p.decide(1, asked(S(5)), 0.5), Decision::RetryAfter(S(30)));
         assert_eq!(p.decide(1, asked(S(86_400)), 0.5), Decision::RetryAfter(S(3600)));
-        assert_eq!(p.decide(16, asked(S(5)), 0.5), Decision::DeadLetter);
+        assert_eq!(p.decide(15, asked(S(5)), 0.5), Decision::DeadLetter);
         assert_eq!(p.decide(1, Outcome::Status { code: 200, retry_after: Some(S(9)) }, 0.5), Decision::Delivered);
     }
 
     #[test]
     fn schedules() {
         let exp = Schedule::default();
-        let bounds: Vec<u64> = (1..=16).map(|n| exp.bound(n).map_or(0, |d| d.as_secs())).collect();
-        assert_eq!(bounds, [30, 60, 120, 240, 480, 960, 1920, 3840, 7680, 15360, 28800, 28800, 28800, 28800, 28800, 0]);
-        assert_eq!(exp.bound(0), None);
-        // About a day on average under full jitter: half the bounds' sum.
-        let total = exp.total_bound().as_secs();
-        assert_eq!(total, 174_690);
-        assert!((20 * 3600..=28 * 3600).contains(&(total / 2)), "{total}");
+        let steps: Vec<u64> = (1..=15).map(|n| exp.step(n).map_or(0, |d| d.as_secs())).collect();
+        assert_eq!(steps, [30, 60, 120, 240, 480, 960, 1920, 3840, 7680, 14400, 14400, 14400, 14400, 14400, 0]);
+        assert_eq!(exp.step(0), None);
+        // About a day: the mean time retried is the steps' sum.
+        let total = exp.total().as_secs();
+        assert_eq!(total, 87_330);
+        assert!((22 * 3600..=26 * 3600).contains(&total), "{total}");
 
         let list = Schedule::Delays(vec![S(5), S(60), S(3600)]);
         assert_eq!(list.retries(), 3);
-        assert_eq!(list.bound(2), Some(S(60)));
-        assert_eq!(list.bound(4), None);
+        assert_eq!(list.step(2), Some(S(60)));
+        assert_eq!(list.step(4), None);
+        assert_eq!(list.total(), S(3665));
         let p = RetryPolicy { schedule: list, ..RetryPolicy::default() };
-        assert_eq!(p.decide(3, status(500), 0.5), Decision::RetryAfter(S(1800)));
+        assert_eq!(p.decide(3, status(500), 0.5), Decision::RetryAfter(S(3600)));
         assert_eq!(p.decide(4, status(500), 0.5), Decision::DeadLetter);
 
         // No overflow for large factors or retry numbers: the cap holds.
         let steep = Schedule::Exponential { base: S(1), factor: 1000, cap: S(60), retries: 50 };
-        assert_eq!(steep.bound(50), Some(S(60)));
+        assert_eq!(steep.step(50), Some(S(60)));
         let none = RetryPolicy { schedule: Schedule::Delays(vec![]), ..RetryPolicy::default() };
         assert_eq!(none.decide(1, status(500), 0.5), Decision::DeadLetter);
     }

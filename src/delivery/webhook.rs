@@ -293,7 +293,7 @@ mod tests {
         CloudEvent::new(EventParts {
             id: "evt_7".into(),
             source: "/wa-onboard/tenants/t1".into(),
-            kind: EventKind::StateChanged,
+            kind: EventKind::StateChanged.into(),
             subject: "onboardings/o1".into(),
             time_ms: 1_700_000_000_000,
             reference: Some("ref-1".into()),

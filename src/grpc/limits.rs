@@ -192,6 +192,7 @@ pub const LIMITS: &[Limit] = &[
     s("ListDeliveriesRequest", "parent", NAME, Line),
     s("ListDeliveriesRequest", "page_token", PAGE_TOKEN, Line),
     s("RedeliverEventsRequest", "parent", NAME, Line),
+    s("RedeliverEventsRequest", "page_token", PAGE_TOKEN, Line),
     s("RedeliverFromSequence", "onboarding", NAME, Line),
 ];
 
@@ -570,6 +571,7 @@ mod tests {
             ("Account", "webhook_url"),
             ("Destination", "name"),
             ("Destination", "disabled_reason"),
+            ("Destination", "disabled_event_id"),
             ("WebhookSink", "header_names"),
         ];
         let mut missing = Vec::new();

@@ -189,7 +189,7 @@ impl ChangeNotice {
 /// concrete store type (methods of a `dyn Store` need no import).
 #[async_trait]
 pub trait Store:
-    Tenants + Accounts + Onboardings + WorkQueue + WebhookInbox + RateSlots + ChangeFeed + Deliveries + 'static
+    Tenants + Accounts + Onboardings + WorkQueue + WebhookInbox + RateSlots + ChangeFeed + Deliveries + Notices + 'static
 {
     /// Which backend this is.
     fn backend(&self) -> Backend;
@@ -463,15 +463,6 @@ pub trait Deliveries: Send + Sync {
     /// Records an attempt's verdict on the destination's health: a success clears
     /// `failing_since_ms`, a failure sets it unless set. Returns it as now stored.
     async fn note_destination_health(&self, id: &str, ok: bool, at: UnixMs) -> StoreResult<Option<UnixMs>>;
-    /// Disables an enabled destination with the reason (a 410, failing too long), the time
-    /// and the receiver's last HTTP status, in one write; false if none or already disabled.
-    async fn disable_destination(
-        &self,
-        id: &str,
-        reason: &str,
-        last_status: Option<i32>,
-        at: UnixMs,
-    ) -> StoreResult<bool>;
 
     /// Fans up to `limit` outbox rows out, each into one pending delivery per enabled
     /// destination of its tenant whose filter matches, deleting the rows in the same
@@ -499,19 +490,53 @@ pub trait Deliveries: Send + Sync {
         destination: &str,
         query: &DeliveryQuery,
     ) -> StoreResult<Page<DeliveryRecord>>;
-    /// Replays events from the log to one of the tenant's destinations: each matching event
-    /// from `from` on gets a pending delivery due `now` (a delivered or dead one is reset).
-    /// Returns how many; `NotFound` if the destination is not the tenant's.
+    /// One chunk of a replay to one of the tenant's destinations, in one transaction: the
+    /// first `limit` events of the log from `from` on and after `after` (by onboarding, then
+    /// sequence) are looked at, and each matching one gets a pending delivery due `now` (a
+    /// delivered or dead one is reset), written in multi-row statements. `NotFound` if the
+    /// destination is not the tenant's. A replay is complete when a chunk looks at fewer
+    /// than `limit` events.
     async fn redeliver(
         &self,
         tenant: &TenantId,
         destination: &str,
         from: &RedeliverFrom,
+        after: Option<&ReplayCursor>,
+        limit: u32,
         now: UnixMs,
-    ) -> StoreResult<u64>;
+    ) -> StoreResult<ReplayChunk>;
     /// The backlog, for metrics: outbox rows not yet fanned out, and pending deliveries per
     /// destination.
     async fn delivery_backlog(&self) -> StoreResult<(i64, Vec<(String, i64)>)>;
+}
+
+/// Service notices about destinations (issue 19, item 4): the worker's disable of a
+/// destination writes its disabled fields, a notice and one pending notice delivery per other
+/// enabled destination of the tenant whose filter admits it, in one transaction; the
+/// notice deliveries are then sent under leases like event deliveries.
+#[async_trait]
+pub trait Notices: Send + Sync {
+    /// Disables an enabled destination (the worker's verdict: a 410, failing too long) with
+    /// its typed cause, message, time and last HTTP status, and writes the notice and its
+    /// deliveries, all in one transaction. Returns the notice; `None` (nothing written) if
+    /// the destination is missing or already disabled (a second replica's verdict).
+    async fn disable_destination(&self, disable: &DestinationDisable) -> StoreResult<Option<NoticeRecord>>;
+    /// A notice whatever its tenant: for the sender only.
+    async fn notice_unscoped(&self, id: &str) -> StoreResult<Option<NoticeRecord>>;
+    /// Leases up to `limit` due pending notice deliveries of enabled destinations to
+    /// `worker` (a lapsed lease is taken over), counting an attempt each.
+    async fn claim_notice_deliveries(
+        &self,
+        worker: &str,
+        now: UnixMs,
+        lease: Duration,
+        limit: u32,
+    ) -> StoreResult<Vec<NoticeDeliveryRecord>>;
+    /// Writes the outcome of a notice attempt `worker` still leases; false if the lease was
+    /// lost.
+    async fn finish_notice_delivery(&self, update: &NoticeDeliveryUpdate, worker: &str) -> StoreResult<bool>;
+    /// The deliveries of one of the tenant's notices, by destination.
+    async fn notice_deliveries(&self, tenant: &TenantId, notice_id: &str) -> StoreResult<Vec<NoticeDeliveryRecord>>;
 }
 
 /// Opens the store named by `url` (`sqlite:...` or `postgres://...`) and runs migrations.

@@ -33,11 +33,40 @@ impl SinkKind {
     }
 }
 
-/// Which events a destination receives: each list empty means "any".
+/// A service notice about the tenant's destinations, pushed beside the onboarding events.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum NoticeKind {
+    /// The service disabled a destination (`wa.onboard.destination.disabled`).
+    DestinationDisabled,
+}
+
+impl NoticeKind {
+    /// Every kind.
+    pub const ALL: [NoticeKind; 1] = [NoticeKind::DestinationDisabled];
+
+    /// The wire name, as filters name it (`destination_disabled`).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::DestinationDisabled => "destination_disabled",
+        }
+    }
+
+    /// Parses [`NoticeKind::as_str`].
+    pub fn parse(s: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|k| k.as_str() == s)
+    }
+}
+
+/// Which events a destination receives: each list empty means "any". The event types a
+/// caller names are one list split in two, onboarding event kinds and notice kinds; naming
+/// any of either restricts both (a filter naming only `destination_disabled` gets no
+/// onboarding events).
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct DeliveryFilter {
     /// Event kinds.
     pub kinds: Vec<EventKind>,
+    /// Notice kinds.
+    pub notices: Vec<NoticeKind>,
     /// Providers of the onboarding.
     pub providers: Vec<ProviderKind>,
     /// Accounts of the onboarding.
@@ -47,15 +76,26 @@ pub struct DeliveryFilter {
 impl DeliveryFilter {
     /// Whether an event of `kind` of an onboarding of `provider` under `account` passes.
     pub fn matches(&self, kind: EventKind, provider: ProviderKind, account: &AccountId) -> bool {
-        (self.kinds.is_empty() || self.kinds.contains(&kind))
+        (self.names_no_type() || self.kinds.contains(&kind))
             && (self.providers.is_empty() || self.providers.contains(&provider))
             && (self.accounts.is_empty() || self.accounts.contains(account))
     }
 
-    /// The stored form: `{"kinds":[...],"providers":[...],"accounts":[...]}`.
+    /// Whether a notice of `kind` passes: provider and account filters do not apply (a notice
+    /// is about the tenant's destinations, not one onboarding).
+    pub fn admits_notice(&self, kind: NoticeKind) -> bool {
+        self.names_no_type() || self.notices.contains(&kind)
+    }
+
+    fn names_no_type(&self) -> bool {
+        self.kinds.is_empty() && self.notices.is_empty()
+    }
+
+    /// The stored form: `{"kinds":[...],"notices":[...],"providers":[...],"accounts":[...]}`.
     pub fn to_json(&self) -> String {
         serde_json::json!({
             "kinds": self.kinds.iter().map(|k| k.as_str()).collect::<Vec<_>>(),
+            "notices": self.notices.iter().map(|k| k.as_str()).collect::<Vec<_>>(),
             "providers": self.providers.iter().map(|p| p.as_str()).collect::<Vec<_>>(),
             "accounts": self.accounts.iter().map(|a| a.as_str()).collect::<Vec<_>>(),
         })
@@ -69,6 +109,8 @@ impl DeliveryFilter {
             #[serde(default)]
             kinds: Vec<String>,
             #[serde(default)]
+            notices: Vec<String>,
+            #[serde(default)]
             providers: Vec<String>,
             #[serde(default)]
             accounts: Vec<String>,
@@ -76,6 +118,11 @@ impl DeliveryFilter {
         let stored: Stored = serde_json::from_str(s).map_err(|e| format!("delivery filter: {e}"))?;
         Ok(Self {
             kinds: stored.kinds.iter().map(|k| k.parse()).collect::<Result<_, _>>()?,
+            notices: stored
+                .notices
+                .iter()
+                .map(|k| NoticeKind::parse(k).ok_or_else(|| format!("delivery filter notice '{k}'")))
+                .collect::<Result<_, _>>()?,
             providers: stored
                 .providers
                 .iter()
@@ -101,9 +148,14 @@ pub struct DestinationRecord {
     pub name: String,
     /// Whether events are fanned out to it and sent.
     pub enabled: bool,
-    /// Why it was disabled (by the caller or by the worker: a 410, failing too long); empty
-    /// when enabled.
+    /// Why it was disabled, in words (by the caller or by the worker: a 410, failing too
+    /// long); empty when enabled.
     pub disabled_reason: String,
+    /// Why it was disabled, typed; `None` while enabled.
+    pub disabled_cause: Option<DisableCause>,
+    /// The notice the worker's disable wrote (`None` while enabled or when the caller
+    /// disabled it).
+    pub disabled_notice_id: Option<String>,
     /// Which events it receives.
     pub filter: DeliveryFilter,
     /// Webhook or NATS.
@@ -134,6 +186,159 @@ pub struct DestinationRecord {
     pub created_ms: UnixMs,
     /// Last changed at.
     pub updated_ms: UnixMs,
+}
+
+/// Why a destination is disabled.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DisableCause {
+    /// The receiver answered 410 Gone.
+    Gone,
+    /// Every attempt failed for longer than `delivery.disable_after_secs`.
+    FailingTooLong,
+    /// The caller disabled it.
+    ByCaller,
+}
+
+impl DisableCause {
+    /// The stored name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Gone => "GONE",
+            Self::FailingTooLong => "FAILING_TOO_LONG",
+            Self::ByCaller => "BY_CALLER",
+        }
+    }
+
+    /// Parses a stored name.
+    pub fn parse(s: &str) -> Option<Self> {
+        [Self::Gone, Self::FailingTooLong, Self::ByCaller].into_iter().find(|c| c.as_str() == s)
+    }
+}
+
+/// What the worker's disable of a destination writes, in one transaction: the destination's
+/// disabled fields and a notice fanned out to the tenant's other enabled destinations.
+#[derive(Debug, Clone, PartialEq)]
+pub struct DestinationDisable {
+    /// Which destination.
+    pub destination_id: String,
+    /// Why, typed (the worker's: `Gone` or `FailingTooLong`).
+    pub cause: DisableCause,
+    /// Why, in words.
+    pub message: String,
+    /// The receiver's last HTTP status, if any.
+    pub last_status: Option<i32>,
+    /// When.
+    pub at_ms: UnixMs,
+    /// The id of the notice to write (generated by the caller).
+    pub notice_id: String,
+}
+
+/// A notice the service wrote about a tenant's destination (the one kind so far: it was
+/// disabled); sent to the tenant's other destinations as a CloudEvent with id
+/// [`NoticeRecord::event_id`].
+#[derive(Debug, Clone, PartialEq)]
+pub struct NoticeRecord {
+    /// Id (generated).
+    pub id: String,
+    /// Owner.
+    pub tenant_id: TenantId,
+    /// The destination it is about.
+    pub destination_id: String,
+    /// That destination's name then.
+    pub display_name: String,
+    /// Why it was disabled.
+    pub cause: DisableCause,
+    /// Why, in words.
+    pub message: String,
+    /// The receiver's last HTTP status, if any.
+    pub http_status: Option<i32>,
+    /// When.
+    pub created_ms: UnixMs,
+}
+
+impl NoticeRecord {
+    /// Its kind.
+    pub fn kind(&self) -> NoticeKind {
+        NoticeKind::DestinationDisabled
+    }
+
+    /// The stable CloudEvent id of the notice: `notices/<id>`.
+    pub fn event_id(&self) -> String {
+        notice_event_id(&self.id)
+    }
+}
+
+/// The CloudEvent id of notice `id`.
+pub fn notice_event_id(id: &str) -> String {
+    format!("notices/{id}")
+}
+
+/// One notice for one destination.
+#[derive(Debug, Clone, PartialEq)]
+pub struct NoticeDeliveryRecord {
+    /// The receiving destination.
+    pub destination_id: String,
+    /// Which notice.
+    pub notice_id: String,
+    /// Their tenant.
+    pub tenant_id: TenantId,
+    /// Where it stands.
+    pub state: DeliveryState,
+    /// Attempts started (a claim counts one).
+    pub attempts: i32,
+    /// Not claimed before this.
+    pub next_attempt_ms: UnixMs,
+    /// The last HTTP status answered, if any.
+    pub last_status: Option<i32>,
+    /// The last failure, if any.
+    pub last_error: Option<String>,
+    /// Who holds it now.
+    pub lease_owner: Option<String>,
+    /// Until when.
+    pub lease_until_ms: Option<UnixMs>,
+    /// Fanned out at (the disable's time).
+    pub created_ms: UnixMs,
+    /// Acknowledged at.
+    pub delivered_ms: Option<UnixMs>,
+}
+
+/// What a sender reports for a notice delivery it holds.
+#[derive(Debug, Clone, PartialEq)]
+pub struct NoticeDeliveryUpdate {
+    /// The receiving destination.
+    pub destination_id: String,
+    /// Which notice.
+    pub notice_id: String,
+    /// Delivered, dead, or still pending (a retry at `next_attempt_ms`).
+    pub state: DeliveryState,
+    /// When to try again (pending).
+    pub next_attempt_ms: UnixMs,
+    /// The HTTP status answered, if any.
+    pub last_status: Option<i32>,
+    /// The failure, if any.
+    pub last_error: Option<String>,
+    /// When this outcome was learnt.
+    pub at_ms: UnixMs,
+}
+
+/// Where a replay goes on from: the last event a previous chunk looked at.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ReplayCursor {
+    /// Its onboarding.
+    pub onboarding_id: OnboardingId,
+    /// Its sequence.
+    pub sequence: i64,
+}
+
+/// What one replay chunk (one transaction) did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ReplayChunk {
+    /// Deliveries queued (filter-matching events).
+    pub queued: u64,
+    /// Events of the log looked at.
+    pub scanned: u32,
+    /// The last event looked at; `None` when none was.
+    pub last: Option<ReplayCursor>,
 }
 
 /// Where a delivery stands.
@@ -279,6 +484,7 @@ mod tests {
         assert!(any.matches(EventKind::Created, ProviderKind::Whapi, &a));
         let f = DeliveryFilter {
             kinds: vec![EventKind::StateChanged],
+            notices: vec![],
             providers: vec![ProviderKind::Whapi],
             accounts: vec![a.clone()],
         };
@@ -288,6 +494,34 @@ mod tests {
         assert_eq!(DeliveryFilter::from_json(&f.to_json()).unwrap(), f);
         assert_eq!(DeliveryFilter::from_json("{}").unwrap(), any);
         assert!(DeliveryFilter::from_json(r#"{"kinds":["nope"]}"#).is_err());
+        assert!(DeliveryFilter::from_json(r#"{"notices":["nope"]}"#).is_err());
+    }
+
+    #[test]
+    fn notices_pass_filters_that_name_no_type_or_name_them() {
+        let n = NoticeKind::DestinationDisabled;
+        let a: AccountId = new_id();
+        assert!(DeliveryFilter::default().admits_notice(n));
+        // Provider and account filters are about onboardings: notices pass them.
+        let scoped =
+            DeliveryFilter { providers: vec![ProviderKind::Whapi], accounts: vec![a.clone()], ..Default::default() };
+        assert!(scoped.admits_notice(n));
+        let kinds = DeliveryFilter { kinds: vec![EventKind::StateChanged], ..Default::default() };
+        assert!(!kinds.admits_notice(n));
+        // Naming only the notice type: notices, and no onboarding event.
+        let only = DeliveryFilter { notices: vec![n], ..Default::default() };
+        assert!(only.admits_notice(n));
+        assert!(!only.matches(EventKind::StateChanged, ProviderKind::Whapi, &a));
+        let both = DeliveryFilter { kinds: vec![EventKind::StateChanged], notices: vec![n], ..Default::default() };
+        assert!(both.admits_notice(n) && both.matches(EventKind::StateChanged, ProviderKind::Whapi, &a));
+        assert_eq!(DeliveryFilter::from_json(&both.to_json()).unwrap(), both);
+        for k in NoticeKind::ALL {
+            assert_eq!(NoticeKind::parse(k.as_str()), Some(k));
+            assert!(k.as_str().parse::<EventKind>().is_err(), "a notice name is not an event type");
+        }
+        for c in [DisableCause::Gone, DisableCause::FailingTooLong, DisableCause::ByCaller] {
+            assert_eq!(DisableCause::parse(c.as_str()), Some(c));
+        }
     }
 
     #[test]

@@ -10,9 +10,10 @@ use crate::store::{
     AccountRecord, Accounts, ApiKeyRecord, Backend, ChangeFeed, ChangeNotice, ChangeOutcome, CreateIntent, Deliveries,
     DeliveryQuery, DeliveryRecord, DeliveryUpdate, DestinationRecord, DispatchStats, EventRecord, IdempotencyRecord,
     NewOnboarding, OnboardingChange, OnboardingFilter, OnboardingRecord, Onboardings, Page, PageRequest, RateGrant,
-    RateSlots, RedeliverFrom, RequestClaim, ResourceBinding, StepRecord, Store, StoreResult, TenantRecord, Tenants,
-    WebhookEventRecord, WebhookInbox, WebhookStatus, WorkQueue,
+    RateSlots, RedeliverFrom, ReplayChunk, ReplayCursor, RequestClaim, ResourceBinding, StepRecord, Store, StoreResult,
+    TenantRecord, Tenants, WebhookEventRecord, WebhookInbox, WebhookStatus, WorkQueue,
 };
+use crate::store::{DestinationDisable, NoticeDeliveryRecord, NoticeDeliveryUpdate, NoticeRecord, Notices};
 
 /// Times every call of the wrapped store ([`super::metrics::STORE_DURATION`]).
 pub struct MeteredStore {
@@ -373,16 +374,6 @@ impl Deliveries for MeteredStore {
         timed(op!("note_destination_health"), self.inner.note_destination_health(id, ok, at)).await
     }
 
-    async fn disable_destination(
-        &self,
-        id: &str,
-        reason: &str,
-        last_status: Option<i32>,
-        at: UnixMs,
-    ) -> StoreResult<bool> {
-        timed(op!("disable_destination"), self.inner.disable_destination(id, reason, last_status, at)).await
-    }
-
     async fn dispatch_outbox(&self, now: UnixMs, limit: u32) -> StoreResult<DispatchStats> {
         timed(op!("dispatch_outbox"), self.inner.dispatch_outbox(now, limit)).await
     }
@@ -415,12 +406,43 @@ impl Deliveries for MeteredStore {
         tenant: &TenantId,
         destination: &str,
         from: &RedeliverFrom,
+        after: Option<&ReplayCursor>,
+        limit: u32,
         now: UnixMs,
-    ) -> StoreResult<u64> {
-        timed(op!("redeliver"), self.inner.redeliver(tenant, destination, from, now)).await
+    ) -> StoreResult<ReplayChunk> {
+        timed(op!("redeliver"), self.inner.redeliver(tenant, destination, from, after, limit, now)).await
     }
 
     async fn delivery_backlog(&self) -> StoreResult<(i64, Vec<(String, i64)>)> {
         timed(op!("delivery_backlog"), self.inner.delivery_backlog()).await
+    }
+}
+
+#[async_trait]
+impl Notices for MeteredStore {
+    async fn disable_destination(&self, disable: &DestinationDisable) -> StoreResult<Option<NoticeRecord>> {
+        timed(op!("disable_destination"), self.inner.disable_destination(disable)).await
+    }
+
+    async fn notice_unscoped(&self, id: &str) -> StoreResult<Option<NoticeRecord>> {
+        timed(op!("notice_unscoped"), self.inner.notice_unscoped(id)).await
+    }
+
+    async fn claim_notice_deliveries(
+        &self,
+        worker: &str,
+        now: UnixMs,
+        lease: Duration,
+        limit: u32,
+    ) -> StoreResult<Vec<NoticeDeliveryRecord>> {
+        timed(op!("claim_notice_deliveries"), self.inner.claim_notice_deliveries(worker, now, lease, limit)).await
+    }
+
+    async fn finish_notice_delivery(&self, update: &NoticeDeliveryUpdate, worker: &str) -> StoreResult<bool> {
+        timed(op!("finish_notice_delivery"), self.inner.finish_notice_delivery(update, worker)).await
+    }
+
+    async fn notice_deliveries(&self, tenant: &TenantId, notice_id: &str) -> StoreResult<Vec<NoticeDeliveryRecord>> {
+        timed(op!("notice_deliveries"), self.inner.notice_deliveries(tenant, notice_id)).await
     }
 }

@@ -150,6 +150,7 @@ async fn webhook_destination_receives_every_event_in_order_signed() {
                 onboarding: format!("onboardings/{}", id.name()),
                 sequence: 2,
             })),
+            ..Default::default()
         }))
         .await
         .expect("redeliver")
@@ -291,6 +292,35 @@ async fn nats_destination_receives_on_its_subject_with_the_event_id() {
     assert!(got[0].0.ends_with(".gupshup.created"), "{got:?}");
     assert!(got[1].0.ends_with(".gupshup.state_changed"), "{got:?}");
     assert_eq!((got[0].1.as_str(), got[1].1.as_str()), ("1", "2"));
+
+    // A webhook destination answering 410 is disabled; the NATS destination gets the notice
+    // on `{type}` = destination_disabled, `{provider}` = none, with its event id.
+    let gone_url = answering(StatusCode::GONE).await;
+    let gone = deliveries(&app).create_destination(app.req(webhook_destination(&gone_url))).await.expect("create");
+    let gone = gone.into_inner().destination.expect("destination").name;
+    app.insert_onboarding("acme", "r2").await;
+    let mut seen = 0;
+    let (subject, msg_id, notice) = loop {
+        seen += 1;
+        assert!(seen <= 5, "no notice among the next messages");
+        let m = tokio::time::timeout(Duration::from_secs(20), messages.next())
+            .await
+            .expect("message in time")
+            .expect("open")
+            .expect("message");
+        m.ack().await.expect("ack");
+        let event: serde_json::Value = serde_json::from_slice(&m.payload).expect("json");
+        if event["type"] == "wa.onboard.destination.disabled" {
+            let msg_id = m.headers.as_ref().and_then(|h| h.get("Nats-Msg-Id")).map(|v| v.as_str().to_string());
+            break (m.subject.to_string(), msg_id, event);
+        }
+    };
+    assert!(subject.ends_with(".none.destination_disabled"), "{subject}");
+    assert_eq!(msg_id.as_deref(), notice["id"].as_str(), "Nats-Msg-Id is the notice's event id");
+    assert_eq!(notice["subject"], gone.as_str());
+    assert_eq!(notice["data"]["reason"], "DISABLED_REASON_GONE");
+    let d = deliveries(&app).get_destination(app.req(pb::GetDestinationRequest { name: gone })).await.expect("get");
+    assert_eq!(notice["id"], d.into_inner().disabled_event_id.as_str());
     js.delete_stream(format!("WAAPI{run}")).await.expect("delete stream");
 }
 
@@ -300,6 +330,19 @@ async fn a_gone_receiver_disables_its_destination() {
     let url = answering(StatusCode::GONE).await;
     let created = deliveries(&app).create_destination(app.req(webhook_destination(&url))).await.expect("create");
     let name = created.into_inner().destination.expect("destination").name;
+    // Another destination asks for the notices only; a third names event types without it.
+    let (watch_url, watched) = receiver(0).await;
+    let mut watcher = webhook_destination(&watch_url);
+    let filter = |types: &[&str]| {
+        Some(pb::DeliveryFilter { event_types: types.iter().map(|t| t.to_string()).collect(), ..Default::default() })
+    };
+    watcher.destination.as_mut().expect("destination").filter = filter(&["destination_disabled"]);
+    let watcher = deliveries(&app).create_destination(app.req(watcher)).await.expect("create watcher").into_inner();
+    assert_eq!(watcher.destination.as_ref().expect("d").filter, filter(&["destination_disabled"]));
+    let (other_url, others) = receiver(0).await;
+    let mut other = webhook_destination(&other_url);
+    other.destination.as_mut().expect("destination").filter = filter(&["state_changed"]);
+    deliveries(&app).create_destination(app.req(other)).await.expect("create other");
     app.accounts().create_account(app.req(gupshup_account("acme", "s"))).await.expect("account");
     app.insert_onboarding("acme", "r").await;
     let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
@@ -316,8 +359,33 @@ async fn a_gone_receiver_disables_its_destination() {
         tokio::time::sleep(Duration::from_millis(50)).await;
     };
     assert!(d.disabled_reason.contains("410"), "{}", d.disabled_reason);
+    assert_eq!(d.disabled_reason_code, pb::DisabledReason::Gone as i32);
     assert_eq!(d.disabled_http_status, 410);
     assert!(d.disable_time.is_some(), "a disabled destination says when");
+    assert!(d.disabled_event_id.starts_with("notices/"), "{}", d.disabled_event_id);
+
+    // The watcher gets the notice, signed with its own secret, once; the other nothing.
+    wait_for("the notice", Duration::from_secs(30), || !watched.requests.lock().expect("lock").is_empty()).await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let requests = watched.requests.lock().expect("lock").clone();
+    assert_eq!(requests.len(), 1, "one notice, no onboarding event");
+    let (headers, body) = &requests[0];
+    let secret = SigningSecret::parse(&Secret::new(watcher.signing_secret.clone())).expect("secret");
+    let signed = read_headers(|n| headers.get(n).and_then(|v| v.to_str().ok())).expect("signing headers");
+    verify(&[&secret], &signed, body, now_ms() / 1000).expect("valid signature");
+    let event: serde_json::Value = serde_json::from_slice(body).expect("json");
+    assert_eq!(signed.id, d.disabled_event_id, "webhook-id is the notice's event id");
+    assert_eq!(event["id"], d.disabled_event_id.as_str());
+    assert_eq!(event["type"], "wa.onboard.destination.disabled");
+    assert_eq!(event["subject"], name.as_str());
+    assert_eq!(event["data"]["destination"], name.as_str());
+    assert_eq!(event["data"]["displayName"], "crm");
+    assert_eq!(event["data"]["reason"], "DISABLED_REASON_GONE");
+    assert_eq!(event["data"]["httpStatus"], 410);
+    assert_eq!(event["data"]["message"], d.disabled_reason.as_str());
+    let at = d.disable_time.expect("disable time");
+    assert_eq!(event["data"]["disableTime"], at.to_string().as_str());
+    assert!(others.requests.lock().expect("lock").is_empty(), "its filter does not name destination_disabled");
     // The event stays pending, to go out if the destination is enabled again.
     let listed = deliveries(&app)
         .list_deliveries(app.req(pb::ListDeliveriesRequest { parent: name, ..Default::default() }))
@@ -400,6 +468,9 @@ async fn a_destination_failing_too_long_is_disabled_with_the_reason() {
     let url = answering(StatusCode::INTERNAL_SERVER_ERROR).await;
     let created = deliveries(&app).create_destination(app.req(webhook_destination(&url))).await.expect("create");
     let name = created.into_inner().destination.expect("destination").name;
+    // A healthy destination with no filter: it gets the onboarding event and the notice.
+    let (watch_url, watched) = receiver(0).await;
+    deliveries(&app).create_destination(app.req(webhook_destination(&watch_url))).await.expect("create watcher");
     app.accounts().create_account(app.req(gupshup_account("acme", "s"))).await.expect("account");
     app.insert_onboarding("acme", "r").await;
     let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
@@ -413,6 +484,20 @@ async fn a_destination_failing_too_long_is_disabled_with_the_reason() {
             assert!(d.disabled_reason.contains("every attempt failed"), "{}", d.disabled_reason);
             assert!(d.disabled_reason.contains("HTTP 500"), "{}", d.disabled_reason);
             assert_eq!(d.disabled_http_status, 500);
+            assert_eq!(d.disabled_reason_code, pb::DisabledReason::FailingTooLong as i32);
+            let notice_id = d.disabled_event_id.clone();
+            assert!(notice_id.starts_with("notices/"), "{notice_id}");
+            let of_notice = |r: &Received| {
+                let requests = r.requests.lock().expect("lock");
+                let bodies: Vec<serde_json::Value> =
+                    requests.iter().filter_map(|(_, b)| serde_json::from_slice(b).ok()).collect();
+                bodies.into_iter().filter(|e| e["id"] == notice_id.as_str()).collect::<Vec<_>>()
+            };
+            wait_for("the notice", Duration::from_secs(30), || !of_notice(&watched).is_empty()).await;
+            let notice = of_notice(&watched).remove(0);
+            assert_eq!(notice["type"], "wa.onboard.destination.disabled");
+            assert_eq!(notice["data"]["reason"], "DISABLED_REASON_FAILING_TOO_LONG");
+            assert_eq!(notice["data"]["httpStatus"], 500);
             let (since, at) = (d.failing_since_time.expect("failing since"), d.disable_time.expect("disabled at"));
             assert!((since.seconds, since.nanos) <= (at.seconds, at.nanos), "failing since {since} after disable {at}");
             // Enabled again by the caller: the disable's fields are cleared.
@@ -426,6 +511,19 @@ async fn a_destination_failing_too_long_is_disabled_with_the_reason() {
                 .into_inner();
             assert!(enabled.enabled && enabled.disable_time.is_none() && enabled.disabled_http_status == 0);
             assert!(enabled.disabled_reason.is_empty());
+            assert_eq!(enabled.disabled_reason_code, pb::DisabledReason::Unspecified as i32);
+            assert!(enabled.disabled_event_id.is_empty());
+            // Disabled by the caller: typed, and no notice.
+            let off = deliveries(&app)
+                .update_destination(app.req(pb::UpdateDestinationRequest {
+                    destination: Some(pb::Destination { name: name.clone(), enabled: false, ..Default::default() }),
+                    update_mask: Some(prost_types::FieldMask { paths: vec!["enabled".into()] }),
+                }))
+                .await
+                .expect("disable")
+                .into_inner();
+            assert_eq!(off.disabled_reason_code, pb::DisabledReason::ByCaller as i32);
+            assert!(off.disabled_event_id.is_empty() && off.disable_time.is_some());
             break;
         }
         assert!(tokio::time::Instant::now() < deadline, "not disabled in time");
@@ -433,6 +531,72 @@ async fn a_destination_failing_too_long_is_disabled_with_the_reason() {
     }
     let ds = listed(&app, &name).await;
     assert_eq!(ds[0].state, pb::DeliveryState::Pending as i32, "kept for a re-enable");
+}
+
+/// A replay bounded by `max_events` stops with a token; the token's call queues the rest;
+/// a token does not continue another replay.
+#[tokio::test]
+async fn a_replay_larger_than_one_call_continues_with_its_token() {
+    let app = delivery_app().await;
+    let (url, received) = receiver(0).await;
+    let created = deliveries(&app).create_destination(app.req(webhook_destination(&url))).await.expect("create");
+    let name = created.into_inner().destination.expect("destination").name;
+    app.accounts().create_account(app.req(gupshup_account("acme", "s"))).await.expect("account");
+    let a = app.insert_onboarding("acme", "a").await;
+    app.change_state(&a, OnboardingState::Provisioning, "APPROVED").await;
+    let b = app.insert_onboarding("acme", "b").await;
+    app.change_state(&b, OnboardingState::Provisioning, "APPROVED").await;
+    app.change_state(&b, OnboardingState::Live, "LIVE").await;
+    wait_for("five events", Duration::from_secs(30), || received.requests.lock().expect("lock").len() >= 5).await;
+
+    let from_start = Some(pb::redeliver_events_request::Start::StartTime(prost_types::Timestamp::default()));
+    let call = |page_token: String| pb::RedeliverEventsRequest {
+        parent: name.clone(),
+        start: from_start.clone(),
+        max_events: 2,
+        page_token,
+    };
+    let mut tokens = Vec::new();
+    let mut queued = Vec::new();
+    let mut token = String::new();
+    loop {
+        let r = deliveries(&app).redeliver_events(app.req(call(token.clone()))).await.expect("replay").into_inner();
+        queued.push(r.queued);
+        if r.next_page_token.is_empty() {
+            break;
+        }
+        token = r.next_page_token;
+        tokens.push(token.clone());
+        assert!(tokens.len() < 10, "the replay ends");
+    }
+    assert_eq!(queued, [2, 2, 1], "five events, two per call");
+    wait_for("the replay", Duration::from_secs(30), || received.requests.lock().expect("lock").len() >= 10).await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let requests = received.requests.lock().expect("lock").clone();
+    assert_eq!(requests.len(), 10, "each event once more");
+    let ids = |rs: &[Request]| {
+        let mut ids: Vec<String> = rs
+            .iter()
+            .map(|(h, _)| h.get("webhook-id").and_then(|v| v.to_str().ok()).unwrap_or_default().to_string())
+            .collect();
+        ids.sort();
+        ids
+    };
+    assert_eq!(ids(&requests[..5]), ids(&requests[5..]), "the same ids again");
+
+    // Bound to its replay: another start refuses the token.
+    let other = pb::RedeliverEventsRequest {
+        start: Some(pb::redeliver_events_request::Start::FromSequence(pb::RedeliverFromSequence {
+            onboarding: format!("onboardings/{}", a.name()),
+            sequence: 1,
+        })),
+        ..call(tokens[0].clone())
+    };
+    let err = deliveries(&app).redeliver_events(app.req(other)).await.expect_err("another replay's token");
+    assert_eq!(err.code(), Code::InvalidArgument);
+    let too_many = pb::RedeliverEventsRequest { max_events: 100_001, ..call(String::new()) };
+    let err = deliveries(&app).redeliver_events(app.req(too_many)).await.expect_err("too many");
+    assert_eq!(err.code(), Code::InvalidArgument);
 }
 
 /// Two replicas on one PostgreSQL database both send (leases keep them apart); one stops

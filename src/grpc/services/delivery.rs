@@ -7,7 +7,7 @@ use tonic::Request;
 
 use super::{Res, Services, ok};
 use crate::core::Caller;
-use crate::core::delivery::{DestinationPatch, NewDestination, SinkSpec};
+use crate::core::delivery::{DestinationPatch, NewDestination, REDELIVER_DEFAULT, SinkSpec};
 use crate::domain::{EventKind, OnboardingId};
 use crate::error::{AppError, Violations, quote};
 use crate::grpc::auth::caller;
@@ -18,7 +18,8 @@ use crate::grpc::limits::{self, Limited};
 use crate::grpc::pb;
 use crate::grpc::requests::{account_name, onboarding_name};
 use crate::store::{
-    DeliveryFilter, DeliveryQuery, DeliveryRecord, DeliveryState, DestinationRecord, RedeliverFrom, SinkKind,
+    DeliveryFilter, DeliveryQuery, DeliveryRecord, DeliveryState, DestinationRecord, DisableCause, NoticeKind,
+    RedeliverFrom, ReplayCursor, SinkKind, notice_event_id,
 };
 
 /// The fields `UpdateDestination`'s mask may name.
@@ -153,6 +154,7 @@ impl Limited for pb::ListDeliveriesRequest {
 impl Limited for pb::RedeliverEventsRequest {
     fn check_limits(&self, v: &mut Violations) {
         str_at(v, "RedeliverEventsRequest", "parent", "parent", &self.parent);
+        str_at(v, "RedeliverEventsRequest", "page_token", "page_token", &self.page_token);
         if let Some(pb::redeliver_events_request::Start::FromSequence(s)) = &self.start {
             str_at(v, "RedeliverFromSequence", "onboarding", "from_sequence.onboarding", &s.onboarding);
         }
@@ -177,10 +179,11 @@ fn filter_from_pb(v: &mut Violations, caller: &Caller, path: &str, f: Option<pb:
     let Some(f) = f else { return DeliveryFilter::default() };
     let mut out = DeliveryFilter::default();
     for t in &f.event_types {
-        match t.parse::<EventKind>() {
-            Ok(k) if !out.kinds.contains(&k) => out.kinds.push(k),
-            Ok(_) => {}
-            Err(_) => v.add(format!("{path}.event_types"), format!("unknown event type {}", quote(t))),
+        match (t.parse::<EventKind>(), NoticeKind::parse(t)) {
+            (Ok(k), _) if !out.kinds.contains(&k) => out.kinds.push(k),
+            (_, Some(n)) if !out.notices.contains(&n) => out.notices.push(n),
+            (Ok(_), _) | (_, Some(_)) => {}
+            _ => v.add(format!("{path}.event_types"), format!("unknown event type {}", quote(t))),
         }
     }
     for p in &f.providers {
@@ -286,8 +289,41 @@ fn state_from_pb(s: i32) -> Result<Option<DeliveryState>, AppError> {
     }
 }
 
-fn redeliver_from_pb(caller: &Caller, r: &pb::RedeliverEventsRequest) -> Result<(String, RedeliverFrom), AppError> {
+/// A parsed `RedeliverEvents` call.
+struct Replay {
+    /// The destination.
+    id: String,
+    /// Where the replay starts.
+    from: RedeliverFrom,
+    /// Where this call goes on (from the page token).
+    after: Option<ReplayCursor>,
+    /// Events this call looks at.
+    max_events: u32,
+    /// What the tokens of this replay are bound to (destination and start).
+    token_kind: String,
+}
+
+/// The page-token kind of a replay: bound to its destination and start, so a token does not
+/// continue another replay.
+fn replay_token_kind(parent: &str, from: &RedeliverFrom) -> String {
+    match from {
+        RedeliverFrom::Time(ms) => format!("redeliver@{parent}@t{ms}"),
+        RedeliverFrom::Sequence { onboarding_id, sequence } => {
+            format!("redeliver@{parent}@s{}/{sequence}", onboarding_id.as_str())
+        }
+    }
+}
+
+fn redeliver_from_pb(caller: &Caller, r: &pb::RedeliverEventsRequest) -> Result<Replay, AppError> {
     let mut v = limits::collect(r);
+    let max_events = match r.max_events {
+        0 => Some(REDELIVER_DEFAULT),
+        n if (1..=crate::core::delivery::REDELIVER_MAX as i32).contains(&n) => Some(n as u32),
+        _ => {
+            v.add("max_events", format!("must be between 0 and {}", crate::core::delivery::REDELIVER_MAX));
+            None
+        }
+    };
     let id = destination_name("parent", &r.parent).map_err(|e| v.add("parent", e.message)).ok();
     let from = match &r.start {
         Some(pb::redeliver_events_request::Start::StartTime(t)) => {
@@ -307,9 +343,27 @@ fn redeliver_from_pb(caller: &Caller, r: &pb::RedeliverEventsRequest) -> Result<
             None
         }
     };
+    let token_kind = from.as_ref().map(|f| replay_token_kind(&r.parent, f)).unwrap_or_default();
+    let after = match &from {
+        Some(_) if !r.page_token.is_empty() => {
+            page_request(&mut v, &token_kind, 0, &r.page_token, 1).after.and_then(|a| {
+                let cursor = a.rsplit_once('/').and_then(|(o, s)| {
+                    Some(ReplayCursor {
+                        onboarding_id: OnboardingId::try_from(o.to_string()).ok()?,
+                        sequence: s.parse().ok()?,
+                    })
+                });
+                if cursor.is_none() {
+                    v.add("page_token", "is not a token returned by this replay");
+                }
+                cursor
+            })
+        }
+        _ => None,
+    };
     v.finish()?;
-    match (id, from) {
-        (Some(id), Some(from)) => Ok((id, from)),
+    match (id, from, max_events) {
+        (Some(id), Some(from), Some(max_events)) => Ok(Replay { id, from, after, max_events, token_kind }),
         _ => Err(AppError::invalid("parent", "is required")),
     }
 }
@@ -330,8 +384,16 @@ fn destination_to_pb(d: &DestinationRecord) -> pb::Destination {
         display_name: d.name.clone(),
         enabled: d.enabled,
         disabled_reason: d.disabled_reason.clone(),
+        disabled_reason_code: d.disabled_cause.map_or(pb::DisabledReason::Unspecified, cause_to_pb) as i32,
+        disabled_event_id: d.disabled_notice_id.as_deref().map(notice_event_id).unwrap_or_default(),
         filter: Some(pb::DeliveryFilter {
-            event_types: d.filter.kinds.iter().map(|k| k.as_str().to_string()).collect(),
+            event_types: d
+                .filter
+                .kinds
+                .iter()
+                .map(|k| k.as_str().to_string())
+                .chain(d.filter.notices.iter().map(|n| n.as_str().to_string()))
+                .collect(),
             providers: d.filter.providers.iter().map(|p| provider_to_pb(*p) as i32).collect(),
             accounts: d.filter.accounts.iter().map(|a| format!("accounts/{}", a.name())).collect(),
         }),
@@ -342,6 +404,14 @@ fn destination_to_pb(d: &DestinationRecord) -> pb::Destination {
         previous_secret_expire_time: ts_opt(d.previous_secret_until_ms),
         create_time: Some(ts(d.created_ms)),
         update_time: Some(ts(d.updated_ms)),
+    }
+}
+
+fn cause_to_pb(c: DisableCause) -> pb::DisabledReason {
+    match c {
+        DisableCause::Gone => pb::DisabledReason::Gone,
+        DisableCause::FailingTooLong => pb::DisabledReason::FailingTooLong,
+        DisableCause::ByCaller => pb::DisabledReason::ByCaller,
     }
 }
 
@@ -447,12 +517,16 @@ impl pb::delivery_service_server::DeliveryService for Services {
 
     async fn redeliver_events(&self, req: Request<pb::RedeliverEventsRequest>) -> Res<pb::RedeliverEventsResponse> {
         let caller = caller(&req)?;
-        let (id, from) = redeliver_from_pb(&caller, req.get_ref())?;
-        ok(self
-            .core
-            .redeliver_events(&caller, &id, &from)
-            .await
-            .map(|queued| pb::RedeliverEventsResponse { queued: i64::try_from(queued).unwrap_or(i64::MAX) }))
+        let r = redeliver_from_pb(&caller, req.get_ref())?;
+        ok(self.core.redeliver_events(&caller, &r.id, &r.from, r.after, r.max_events).await.map(|done| {
+            pb::RedeliverEventsResponse {
+                queued: i64::try_from(done.queued).unwrap_or(i64::MAX),
+                next_page_token: page_token(
+                    &r.token_kind,
+                    done.next.map(|c| format!("{}/{}", c.onboarding_id.as_str(), c.sequence)),
+                ),
+            }
+        }))
     }
 }
 
@@ -514,6 +588,7 @@ mod tests {
         };
         let n = create_from_pb(&caller(), r).expect("valid");
         assert_eq!(n.filter.kinds, vec![EventKind::StateChanged]);
+        assert!(n.filter.notices.is_empty());
         assert_eq!(n.filter.accounts[0].as_str(), "t.a1");
         assert!(n.enabled);
         assert_eq!(
@@ -544,7 +619,7 @@ mod tests {
 
     #[test]
     fn redeliver_needs_a_start() {
-        let r = pb::RedeliverEventsRequest { parent: "destinations/abc".into(), start: None };
+        let r = pb::RedeliverEventsRequest { parent: "destinations/abc".into(), ..Default::default() };
         assert!(redeliver_from_pb(&caller(), &r).is_err());
         let r = pb::RedeliverEventsRequest {
             parent: "destinations/abc".into(),
@@ -552,10 +627,27 @@ mod tests {
                 onboarding: "onboardings/o1".into(),
                 sequence: 3,
             })),
+            ..Default::default()
         };
-        let (id, from) = redeliver_from_pb(&caller(), &r).expect("valid");
-        assert_eq!(id, "abc");
-        assert!(matches!(from, RedeliverFrom::Sequence { sequence: 3, .. }));
+        let replay = redeliver_from_pb(&caller(), &r).expect("valid");
+        assert_eq!(replay.id, "abc");
+        assert!(matches!(replay.from, RedeliverFrom::Sequence { sequence: 3, .. }));
+        assert_eq!((replay.max_events, replay.after), (REDELIVER_DEFAULT, None));
+        // A token continues the replay it came from, and no other.
+        let token = page_token(&replay.token_kind, Some("t.o1/7".into()));
+        let next = redeliver_from_pb(&caller(), &pb::RedeliverEventsRequest { page_token: token.clone(), ..r.clone() })
+            .expect("valid");
+        assert_eq!(next.after.map(|c| (c.onboarding_id.as_str().to_string(), c.sequence)), Some(("t.o1".into(), 7)));
+        let other = pb::RedeliverEventsRequest {
+            parent: "destinations/abc".into(),
+            start: Some(pb::redeliver_events_request::Start::StartTime(prost_types::Timestamp::default())),
+            page_token: token,
+            ..Default::default()
+        };
+        let e = redeliver_from_pb(&caller(), &other).err().expect("refused");
+        assert_eq!(e.violations[0].0, "page_token");
+        let too_many = pb::RedeliverEventsRequest { max_events: 100_001, ..r };
+        assert!(redeliver_from_pb(&caller(), &too_many).is_err());
         assert_eq!(overlap_from_pb(None).unwrap(), DEFAULT_OVERLAP);
         assert!(overlap_from_pb(Some(prost_types::Duration { seconds: -1, nanos: 0 })).is_err());
     }

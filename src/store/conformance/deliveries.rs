@@ -13,6 +13,8 @@ fn destination(tenant: &TenantId, name: &str, filter: DeliveryFilter) -> Destina
         name: name.into(),
         enabled: true,
         disabled_reason: String::new(),
+        disabled_cause: None,
+        disabled_notice_id: None,
         filter,
         sink: SinkKind::Webhook,
         url: "https://example.com/hook".into(),
@@ -51,6 +53,22 @@ fn outcome(d: &DeliveryRecord, state: DeliveryState, next: UnixMs) -> DeliveryUp
         last_status: Some(500),
         last_error: Some("boom".into()),
         at_ms: NOW,
+    }
+}
+
+/// A whole replay in one chunk; how many were queued.
+async fn replay(store: &Arc<dyn Store>, t: &TenantId, d: &str, from: &RedeliverFrom, now: UnixMs) -> StoreResult<u64> {
+    Ok(store.redeliver(t, d, from, None, 10_000, now).await?.queued)
+}
+
+fn disable(d: &DestinationRecord, cause: DisableCause, status: Option<i32>, at: UnixMs) -> DestinationDisable {
+    DestinationDisable {
+        destination_id: d.id.clone(),
+        cause,
+        message: format!("{} at {at}", cause.as_str()),
+        last_status: status,
+        at_ms: at,
+        notice_id: new_id::<OnboardingId>().to_string(),
     }
 }
 
@@ -98,14 +116,44 @@ pub(super) async fn check_destinations(store: Arc<dyn Store>) {
     assert_eq!(store.note_destination_health(&a.id, false, 3_000).await.unwrap(), Some(3_000));
     assert_eq!(store.note_destination_health(&a.id, false, 4_000).await.unwrap(), Some(3_000));
     assert_eq!(store.note_destination_health(&a.id, true, 5_000).await.unwrap(), None);
-    assert!(store.disable_destination(&a.id, "gone (410)", Some(410), 6_000).await.unwrap());
+    let gone = disable(&a, DisableCause::Gone, Some(410), 6_000);
+    let notice = store.disable_destination(&gone).await.unwrap().expect("disabled");
     let disabled = store.destination(&t, &a.id).await.unwrap().unwrap();
     assert!(!disabled.enabled);
-    assert_eq!(disabled.disabled_reason, "gone (410)");
+    assert_eq!(disabled.disabled_reason, "GONE at 6000");
+    assert_eq!(
+        (disabled.disabled_cause, disabled.disabled_notice_id.as_deref()),
+        (Some(DisableCause::Gone), Some(gone.notice_id.as_str()))
+    );
     assert_eq!((disabled.disabled_ms, disabled.disabled_status), (Some(6_000), Some(410)));
-    // Already disabled: a second verdict (another replica's) changes nothing.
-    assert!(!store.disable_destination(&a.id, "failing", None, 7_000).await.unwrap());
+    assert_eq!(store.notice_unscoped(&notice.id).await.unwrap(), Some(notice.clone()));
+    // Already disabled: a second verdict (another replica's) changes nothing and writes no
+    // second notice.
+    let late = disable(&a, DisableCause::FailingTooLong, None, 7_000);
+    assert_eq!(store.disable_destination(&late).await.unwrap(), None);
+    assert_eq!(store.notice_unscoped(&late.notice_id).await.unwrap(), None);
     assert_eq!(store.destination(&t, &a.id).await.unwrap(), Some(disabled.clone()));
+    // Re-enabling (the use case clears the fields) stores the cleared fields.
+    let enabled = DestinationRecord {
+        enabled: true,
+        disabled_reason: String::new(),
+        disabled_cause: None,
+        disabled_notice_id: None,
+        disabled_ms: None,
+        disabled_status: None,
+        updated_ms: disabled.updated_ms + 1,
+        ..disabled.clone()
+    };
+    store.update_destination(&enabled, disabled.updated_ms).await.unwrap();
+    assert_eq!(store.destination(&t, &a.id).await.unwrap(), Some(enabled.clone()));
+    let by_caller = DestinationRecord {
+        enabled: false,
+        disabled_cause: Some(DisableCause::ByCaller),
+        updated_ms: enabled.updated_ms + 1,
+        ..enabled.clone()
+    };
+    store.update_destination(&by_caller, enabled.updated_ms).await.unwrap();
+    assert_eq!(store.destination(&t, &a.id).await.unwrap(), Some(by_caller));
 
     assert!(!store.delete_destination(&other, &a.id).await.unwrap());
     assert!(store.delete_destination(&t, &a.id).await.unwrap());
@@ -164,7 +212,7 @@ pub(super) async fn check_fan_out(store: Arc<dyn Store>) {
     store.apply_change(&change(&o.id, "more")).await.unwrap();
     assert_eq!(store.dispatch_outbox(NOW, 1).await.unwrap(), DispatchStats { events: 1, deliveries: 2 });
     let from = RedeliverFrom::Sequence { onboarding_id: o.id.clone(), sequence: 3 };
-    assert_eq!(store.redeliver(&t, &any.id, &from, NOW).await.unwrap(), 1);
+    assert_eq!(replay(&store, &t, &any.id, &from, NOW).await.unwrap(), 1);
     assert_eq!(all_deliveries(&store, &any).await.len(), 3);
 
     // A tenant without an enabled destination writes no outbox rows (nothing would empty
@@ -283,7 +331,7 @@ pub(super) async fn check_dead_letter_and_redeliver(store: Arc<dyn Store>) {
 
     // Replay from a sequence: both back to pending, attempts reset, in order again.
     let from = RedeliverFrom::Sequence { onboarding_id: o.id.clone(), sequence: 1 };
-    assert_eq!(store.redeliver(&t, &d.id, &from, NOW + 5).await.unwrap(), 2);
+    assert_eq!(replay(&store, &t, &d.id, &from, NOW + 5).await.unwrap(), 2);
     let replayed = store.claim_deliveries("w", NOW + 5, LEASE, 10).await.unwrap();
     assert_eq!(keys(&replayed), vec![(o.id.clone(), 1)]);
     assert_eq!(replayed[0].attempts, 1);
@@ -292,12 +340,12 @@ pub(super) async fn check_dead_letter_and_redeliver(store: Arc<dyn Store>) {
     // Replay from a time: only the events committed since (the change at 2_000, not the
     // creation at 1_000).
     let since = RedeliverFrom::Time(1_500);
-    assert_eq!(store.redeliver(&t, &d.id, &since, NOW + 10).await.unwrap(), 1);
+    assert_eq!(replay(&store, &t, &d.id, &since, NOW + 10).await.unwrap(), 1);
     // Another tenant cannot replay to my destination, nor replay my onboarding to theirs.
-    assert!(matches!(store.redeliver(&other, &d.id, &since, NOW).await, Err(StoreError::NotFound(_))));
+    assert!(matches!(replay(&store, &other, &d.id, &since, NOW).await, Err(StoreError::NotFound(_))));
     let theirs = dest(&store, &other, "theirs", DeliveryFilter::default()).await;
-    assert_eq!(store.redeliver(&other, &theirs.id, &from, NOW).await.unwrap(), 0);
-    assert_eq!(store.redeliver(&other, &theirs.id, &RedeliverFrom::Time(0), NOW).await.unwrap(), 0);
+    assert_eq!(replay(&store, &other, &theirs.id, &from, NOW).await.unwrap(), 0);
+    assert_eq!(replay(&store, &other, &theirs.id, &RedeliverFrom::Time(0), NOW).await.unwrap(), 0);
 
     // Deleting the destination drops its deliveries.
     assert!(store.delete_destination(&t, &d.id).await.unwrap());
@@ -313,4 +361,164 @@ pub(super) async fn check_fan_out_in_chunks(store: Arc<dyn Store>) {
     store.create_onboardings(&batch).await.unwrap();
     assert_eq!(store.dispatch_outbox(NOW, 2_000).await.unwrap(), DispatchStats { events: 1_100, deliveries: 1_100 });
     assert_eq!(store.delivery_backlog().await.unwrap(), (0, vec![(d.id.clone(), 1_100)]));
+}
+
+/// A replay larger than one chunk: chunks of `limit` events, each its own transaction, go on
+/// after the previous chunk's last event and together queue every event once; one
+/// onboarding's replay split inside its log too.
+pub(super) async fn check_redeliver_in_chunks(store: Arc<dyn Store>) {
+    let t = tenant(&store).await;
+    let acct = account(&store, &t, ProviderKind::Whapi).await;
+    let d = dest(&store, &t, "d", DeliveryFilter::default()).await;
+    let batch: Vec<NewOnboarding> = (0..1_100).map(|i| new_onboarding(&acct, &format!("r{i}"), &[])).collect();
+    store.create_onboardings(&batch).await.unwrap();
+    let o = onboarding(&store, &acct, "long").await;
+    for i in 0..4 {
+        store.apply_change(&change(&o.id, &format!("c{i}"))).await.unwrap();
+    }
+    store.dispatch_outbox(NOW, 5_000).await.unwrap();
+    // Deliver everything, so the replay's resets are visible.
+    loop {
+        let got = store.claim_deliveries("w", NOW, LEASE, 1_000).await.unwrap();
+        if got.is_empty() {
+            break;
+        }
+        for g in &got {
+            assert!(store.finish_delivery(&outcome(g, DeliveryState::Delivered, NOW), "w").await.unwrap());
+        }
+    }
+    let from = RedeliverFrom::Time(0);
+    let (mut after, mut queued, mut chunks) = (None, 0, 0);
+    loop {
+        let chunk = store.redeliver(&t, &d.id, &from, after.as_ref(), 500, NOW + 1).await.unwrap();
+        chunks += 1;
+        queued += chunk.queued;
+        if chunk.scanned < 500 {
+            break;
+        }
+        assert_ne!(chunk.last, after, "each chunk goes on after the previous one");
+        after = chunk.last;
+    }
+    assert_eq!((chunks, queued), (3, 1_105), "1,101 onboardings' 1,105 events in chunks of 500");
+    let pending = DeliveryQuery { state: Some(DeliveryState::Pending), limit: 1_000, after: None };
+    let mut seen = store.list_deliveries(&t, &d.id, &pending).await.unwrap();
+    let mut total = seen.items.len();
+    while let Some(next) = seen.next_page_token.clone() {
+        seen = store.list_deliveries(&t, &d.id, &DeliveryQuery { after: Some(next), ..pending.clone() }).await.unwrap();
+        total += seen.items.len();
+    }
+    assert_eq!(total, 1_105, "every event pending again, none twice");
+
+    // One onboarding in chunks of two: 5 events give 2 + 2 + 1, in sequence order.
+    let from = RedeliverFrom::Sequence { onboarding_id: o.id.clone(), sequence: 1 };
+    let first = store.redeliver(&t, &d.id, &from, None, 2, NOW + 2).await.unwrap();
+    assert_eq!((first.queued, first.scanned), (2, 2));
+    assert_eq!(first.last, Some(ReplayCursor { onboarding_id: o.id.clone(), sequence: 2 }));
+    let second = store.redeliver(&t, &d.id, &from, first.last.as_ref(), 2, NOW + 2).await.unwrap();
+    assert_eq!(second.last.as_ref().map(|c| c.sequence), Some(4));
+    let third = store.redeliver(&t, &d.id, &from, second.last.as_ref(), 2, NOW + 2).await.unwrap();
+    assert_eq!((third.queued, third.scanned, third.last.map(|c| c.sequence)), (1, 1, Some(5)));
+    let done = store
+        .redeliver(&t, &d.id, &from, Some(&ReplayCursor { onboarding_id: o.id.clone(), sequence: 5 }), 2, NOW)
+        .await
+        .unwrap();
+    assert_eq!(done, ReplayChunk { queued: 0, scanned: 0, last: None });
+}
+
+/// The worker's disable: the destination's fields, a notice, and one pending notice delivery
+/// per other enabled destination of the tenant whose filter admits it, in one transaction;
+/// notice deliveries are leased, finished, and tenant-scoped.
+pub(super) async fn check_disable_writes_a_notice(store: Arc<dyn Store>) {
+    let t = tenant(&store).await;
+    let other = tenant(&store).await;
+    let failing = dest(&store, &t, "failing", DeliveryFilter::default()).await;
+    let any = dest(&store, &t, "any", DeliveryFilter::default()).await;
+    let kinds_only =
+        dest(&store, &t, "kinds", DeliveryFilter { kinds: vec![EventKind::StateChanged], ..Default::default() }).await;
+    let named = dest(
+        &store,
+        &t,
+        "named",
+        DeliveryFilter {
+            kinds: vec![EventKind::StateChanged],
+            notices: vec![NoticeKind::DestinationDisabled],
+            ..Default::default()
+        },
+    )
+    .await;
+    let scoped =
+        dest(&store, &t, "gupshup", DeliveryFilter { providers: vec![ProviderKind::Gupshup], ..Default::default() })
+            .await;
+    let mut off = dest(&store, &t, "off", DeliveryFilter::default()).await;
+    off.enabled = false;
+    store.update_destination(&off, off.updated_ms).await.unwrap();
+    let theirs = dest(&store, &other, "theirs", DeliveryFilter::default()).await;
+
+    let x = disable(&failing, DisableCause::FailingTooLong, Some(503), NOW);
+    let notice = store.disable_destination(&x).await.unwrap().expect("disabled");
+    assert_eq!(
+        notice,
+        NoticeRecord {
+            id: x.notice_id.clone(),
+            tenant_id: t.clone(),
+            destination_id: failing.id.clone(),
+            display_name: "failing".into(),
+            cause: DisableCause::FailingTooLong,
+            message: x.message.clone(),
+            http_status: Some(503),
+            created_ms: NOW,
+        }
+    );
+    assert_eq!(notice.event_id(), format!("notices/{}", notice.id));
+    // To the other enabled destinations whose filter admits it: not the disabled one, not
+    // a kinds-only filter, not a disabled one, not another tenant's; provider filters do not
+    // apply to notices.
+    let mut want = vec![any.id.clone(), named.id.clone(), scoped.id.clone()];
+    want.sort();
+    let fanned = store.notice_deliveries(&t, &notice.id).await.unwrap();
+    assert_eq!(fanned.iter().map(|d| d.destination_id.clone()).collect::<Vec<_>>(), want);
+    assert!(fanned.iter().all(|d| d.state == DeliveryState::Pending && d.attempts == 0 && d.tenant_id == t));
+    assert!(!fanned.iter().any(|d| [&kinds_only.id, &off.id, &theirs.id, &failing.id].contains(&&d.destination_id)));
+    assert!(store.notice_deliveries(&other, &notice.id).await.unwrap().is_empty());
+
+    // Leased once each; a second claimer gets none until the lease lapses.
+    let claimed = store.claim_notice_deliveries("w1", NOW, LEASE, 10).await.unwrap();
+    assert_eq!(claimed.len(), 3);
+    assert!(claimed.iter().all(|d| d.attempts == 1 && d.lease_owner.as_deref() == Some("w1")));
+    assert!(store.claim_notice_deliveries("w2", NOW, LEASE, 10).await.unwrap().is_empty());
+    let finish = |d: &NoticeDeliveryRecord, state, next| NoticeDeliveryUpdate {
+        destination_id: d.destination_id.clone(),
+        notice_id: d.notice_id.clone(),
+        state,
+        next_attempt_ms: next,
+        last_status: Some(500),
+        last_error: None,
+        at_ms: NOW,
+    };
+    assert!(store.finish_notice_delivery(&finish(&claimed[0], DeliveryState::Delivered, NOW), "w1").await.unwrap());
+    assert!(!store.finish_notice_delivery(&finish(&claimed[1], DeliveryState::Delivered, NOW), "w2").await.unwrap());
+    assert!(store.finish_notice_delivery(&finish(&claimed[1], DeliveryState::Pending, NOW + 100), "w1").await.unwrap());
+    // A lapsed lease is taken over; a retry comes when due.
+    let lapsed = NOW + 31_000;
+    let again = store.claim_notice_deliveries("w2", lapsed, LEASE, 10).await.unwrap();
+    let mut ids: Vec<&str> = again.iter().map(|d| d.destination_id.as_str()).collect();
+    ids.sort();
+    let mut expect = vec![claimed[1].destination_id.as_str(), claimed[2].destination_id.as_str()];
+    expect.sort();
+    assert_eq!(ids, expect);
+    assert!(!store.finish_notice_delivery(&finish(&claimed[2], DeliveryState::Delivered, NOW), "w1").await.unwrap());
+    let states = store.notice_deliveries(&t, &notice.id).await.unwrap();
+    let delivered = states.iter().find(|d| d.destination_id == claimed[0].destination_id).unwrap();
+    assert_eq!((delivered.state, delivered.delivered_ms), (DeliveryState::Delivered, Some(NOW)));
+
+    // Deleting a receiving destination drops its notice deliveries; the notice stays.
+    assert!(store.delete_destination(&t, &any.id).await.unwrap());
+    assert!(!store.notice_deliveries(&t, &notice.id).await.unwrap().iter().any(|d| d.destination_id == any.id));
+    assert!(store.notice_unscoped(&notice.id).await.unwrap().is_some());
+    // A disabled receiver's notices are not claimed.
+    let y = disable(&named, DisableCause::Gone, Some(410), NOW + 40_000);
+    let second = store.disable_destination(&y).await.unwrap().expect("disabled");
+    let claimed = store.claim_notice_deliveries("w3", NOW + 100_000, LEASE, 10).await.unwrap();
+    assert!(claimed.iter().all(|d| d.destination_id != named.id), "a disabled destination receives nothing");
+    assert!(claimed.iter().any(|d| d.notice_id == second.id && d.destination_id == scoped.id));
 }

@@ -258,4 +258,6 @@ conformance_suite!(
     deliveries::check_claim_order,
     deliveries::check_lease_expiry,
     deliveries::check_dead_letter_and_redeliver,
+    deliveries::check_redeliver_in_chunks,
+    deliveries::check_disable_writes_a_notice,
 );

@@ -11,12 +11,13 @@ use super::{SqlBackend, locking, records};
 use crate::domain::{AccountId, EventKind, OnboardingId, ProviderKind, TenantId, UnixMs};
 use crate::store::{
     Deliveries, DeliveryFilter, DeliveryQuery, DeliveryRecord, DeliveryState, DeliveryUpdate, DestinationRecord,
-    DispatchStats, Page, PageRequest, RedeliverFrom, Sealed, SinkKind, StoreError, StoreResult,
+    DisableCause, DispatchStats, Page, PageRequest, RedeliverFrom, ReplayChunk, ReplayCursor, Sealed, SinkKind,
+    StoreError, StoreResult,
 };
 
 /// A `delivery_destinations` row.
 #[derive(sqlx::FromRow)]
-struct DestinationRow {
+pub(super) struct DestinationRow {
     id: String,
     tenant_id: String,
     name: String,
@@ -39,6 +40,8 @@ struct DestinationRow {
     updated_ms: i64,
     disabled_ms: Option<i64>,
     disabled_status: Option<i32>,
+    disabled_cause: Option<String>,
+    disabled_notice_id: Option<String>,
 }
 
 impl TryFrom<DestinationRow> for DestinationRecord {
@@ -50,6 +53,13 @@ impl TryFrom<DestinationRow> for DestinationRecord {
             name: r.name,
             enabled: r.enabled,
             disabled_reason: r.disabled_reason,
+            disabled_cause: r
+                .disabled_cause
+                .map(|c| {
+                    DisableCause::parse(&c).ok_or_else(|| StoreError::Corrupt(format!("unknown disable cause '{c}'")))
+                })
+                .transpose()?,
+            disabled_notice_id: r.disabled_notice_id,
             filter: DeliveryFilter::from_json(&r.filter_json).map_err(StoreError::Corrupt)?,
             sink: SinkKind::parse(&r.sink).ok_or_else(|| StoreError::Corrupt(format!("unknown sink '{}'", r.sink)))?,
             url: r.url,
@@ -162,7 +172,7 @@ fn pairs(from: usize, n: usize) -> String {
 }
 
 /// The tenant's enabled destinations, read inside the fan-out's transaction.
-async fn enabled_destinations<DB: SqlDb>(
+pub(super) async fn enabled_destinations<DB: SqlDb>(
     tx: &mut Transaction<'static, DB>,
     tenant: &str,
 ) -> StoreResult<Vec<DestinationRecord>> {
@@ -187,7 +197,7 @@ fn delivery_after(token: Option<&str>) -> StoreResult<(String, i64)> {
     Ok((onboarding.to_string(), sequence))
 }
 
-/// Binds a destination's changeable columns, `$3` to `$21` of both the `INSERT` of
+/// Binds a destination's changeable columns, `$3` to `$23` of both the `INSERT` of
 /// `create_destination` and the `UPDATE` of `update_destination` (after the id and the
 /// tenant): a new column is one bind here and the next placeholder in each text.
 fn bind_changeable<DB: SqlDb>(query: Sql<DB>, d: &DestinationRecord) -> Sql<DB> {
@@ -211,6 +221,8 @@ fn bind_changeable<DB: SqlDb>(query: Sql<DB>, d: &DestinationRecord) -> Sql<DB> 
         .bind(d.headers.as_ref().map(|s| s.blob.as_slice()))
         .bind(d.disabled_ms)
         .bind(d.disabled_status)
+        .bind(d.disabled_cause.map(DisableCause::as_str))
+        .bind(d.disabled_notice_id.as_deref())
 }
 
 #[async_trait]
@@ -220,8 +232,9 @@ impl<B: SqlBackend> Deliveries for B {
             "INSERT INTO delivery_destinations (id, tenant_id, name, enabled, disabled_reason, filter_json, sink, \
              url, subject, secret_key_id, secret, previous_secret_key_id, previous_secret, \
              previous_secret_until_ms, failing_since_ms, updated_ms, header_names_json, headers_key_id, headers, \
-             disabled_ms, disabled_status, created_ms) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19, $20, $21, $22)",
+             disabled_ms, disabled_status, disabled_cause, disabled_notice_id, created_ms) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19, $20, $21, \
+             $22, $23, $24)",
         )
         .bind(d.id.as_str())
         .bind(d.tenant_id.as_str());
@@ -263,8 +276,8 @@ impl<B: SqlBackend> Deliveries for B {
              sink = $7, url = $8, subject = $9, secret_key_id = $10, secret = $11, \
              previous_secret_key_id = $12, previous_secret = $13, previous_secret_until_ms = $14, \
              failing_since_ms = $15, updated_ms = $16, header_names_json = $17, headers_key_id = $18, headers = $19, \
-             disabled_ms = $20, disabled_status = $21 \
-             WHERE id = $1 AND tenant_id = $2 AND updated_ms = $22",
+             disabled_ms = $20, disabled_status = $21, disabled_cause = $22, disabled_notice_id = $23 \
+             WHERE id = $1 AND tenant_id = $2 AND updated_ms = $24",
         )
         .bind(d.id.as_str())
         .bind(d.tenant_id.as_str());
@@ -304,29 +317,6 @@ impl<B: SqlBackend> Deliveries for B {
         };
         let row = query.optional::<(Option<i64>,)>(self.writer()).await?;
         Ok(row.and_then(|(since,)| since))
-    }
-
-    async fn disable_destination(
-        &self,
-        id: &str,
-        reason: &str,
-        last_status: Option<i32>,
-        at: UnixMs,
-    ) -> StoreResult<bool> {
-        // One statement: the flag, the reason, the time and the status are never seen apart.
-        // Only an enabled one: a second replica's verdict does not move the time.
-        let done = sql::<B::Db>(
-            "UPDATE delivery_destinations SET enabled = FALSE, disabled_reason = $2, disabled_ms = $3, \
-             disabled_status = $4, updated_ms = CASE WHEN updated_ms >= $3 THEN updated_ms + 1 ELSE $3 END \
-             WHERE id = $1 AND enabled",
-        )
-        .bind(id)
-        .bind(reason)
-        .bind(at)
-        .bind(last_status)
-        .execute(self.writer())
-        .await?;
-        Ok(done > 0)
     }
 
     async fn dispatch_outbox(&self, now: UnixMs, limit: u32) -> StoreResult<DispatchStats> {
@@ -475,8 +465,10 @@ impl<B: SqlBackend> Deliveries for B {
         tenant: &TenantId,
         destination: &str,
         from: &RedeliverFrom,
+        after: Option<&ReplayCursor>,
+        limit: u32,
         now: UnixMs,
-    ) -> StoreResult<u64> {
+    ) -> StoreResult<ReplayChunk> {
         let mut tx = B::Db::begin(self.writer()).await?;
         let row = sql::<B::Db>("SELECT * FROM delivery_destinations WHERE id = $1 AND tenant_id = $2")
             .bind(destination)
@@ -487,15 +479,23 @@ impl<B: SqlBackend> Deliveries for B {
             return Err(StoreError::NotFound(format!("destination {destination}")));
         };
         let d = DestinationRecord::try_from(row)?;
+        // Keyset after the previous chunk's last event ('' / 0: from the start).
+        let (after_onboarding, after_sequence) =
+            after.map_or((String::new(), 0), |c| (c.onboarding_id.as_str().to_string(), c.sequence));
         let keys = match from {
             RedeliverFrom::Time(since) => {
                 sql::<B::Db>(
                     "SELECT e.onboarding_id, e.sequence, e.kind, o.provider, o.account_id \
                      FROM onboarding_events e JOIN onboardings o ON o.id = e.onboarding_id \
-                     WHERE o.tenant_id = $1 AND e.created_ms >= $2 ORDER BY e.onboarding_id, e.sequence",
+                     WHERE o.tenant_id = $1 AND e.created_ms >= $2 \
+                     AND (e.onboarding_id > $3 OR (e.onboarding_id = $3 AND e.sequence > $4)) \
+                     ORDER BY e.onboarding_id, e.sequence LIMIT $5",
                 )
                 .bind(tenant.as_str())
                 .bind(*since)
+                .bind(after_onboarding)
+                .bind(after_sequence)
+                .bind(i64::from(limit))
                 .all::<EventKey>(&mut tx)
                 .await?
             }
@@ -503,39 +503,51 @@ impl<B: SqlBackend> Deliveries for B {
                 sql::<B::Db>(
                     "SELECT e.onboarding_id, e.sequence, e.kind, o.provider, o.account_id \
                      FROM onboarding_events e JOIN onboardings o ON o.id = e.onboarding_id \
-                     WHERE o.tenant_id = $1 AND e.onboarding_id = $2 AND e.sequence >= $3 ORDER BY e.sequence",
+                     WHERE o.tenant_id = $1 AND e.onboarding_id = $2 AND e.sequence >= $3 AND e.sequence > $4 \
+                     ORDER BY e.sequence LIMIT $5",
                 )
                 .bind(tenant.as_str())
                 .bind(onboarding_id.as_str())
                 .bind(*sequence)
+                .bind(after_sequence)
+                .bind(i64::from(limit))
                 .all::<EventKey>(&mut tx)
                 .await?
             }
         };
-        let mut replayed = 0;
+        let mut wanted: Vec<&EventKey> = Vec::with_capacity(keys.len());
         for key in &keys {
-            if !passes(&d.filter, key)? {
-                continue;
+            if passes(&d.filter, key)? {
+                wanted.push(key);
             }
-            // A lease in flight is dropped: its sender's outcome no longer applies (its
-            // finish finds no lease), and the replay sends the same event id again.
-            replayed += sql::<B::Db>(
+        }
+        let mut queued = 0;
+        // A lease in flight is dropped: its sender's outcome no longer applies (its finish
+        // finds no lease), and the replay sends the same event id again.
+        for chunk in wanted.chunks(INSERT_CHUNK) {
+            let values: Vec<String> = (0..chunk.len())
+                .map(|r| format!("($2, ${}, ${}, $3, 'PENDING', 0, $1, $1)", 4 + 2 * r, 5 + 2 * r))
+                .collect();
+            let text = format!(
                 "INSERT INTO deliveries (destination_id, onboarding_id, sequence, tenant_id, state, attempts, \
-                 next_attempt_ms, created_ms) VALUES ($1, $2, $3, $4, 'PENDING', 0, $5, $5) \
+                 next_attempt_ms, created_ms) VALUES {} \
                  ON CONFLICT (destination_id, onboarding_id, sequence) DO UPDATE SET state = 'PENDING', \
                  attempts = 0, next_attempt_ms = excluded.next_attempt_ms, lease_owner = NULL, \
                  lease_until_ms = NULL, delivered_ms = NULL",
-            )
-            .bind(d.id.as_str())
-            .bind(key.0.as_str())
-            .bind(key.1)
-            .bind(tenant.as_str())
-            .bind(now)
-            .execute(&mut tx)
-            .await?;
+                values.join(", ")
+            );
+            let mut q = sql::<B::Db>(sqlx::AssertSqlSafe(text)).bind(now).bind(d.id.as_str()).bind(tenant.as_str());
+            for key in chunk {
+                q = q.bind(key.0.as_str()).bind(key.1);
+            }
+            queued += q.execute(&mut tx).await?;
         }
         B::Db::commit(tx).await?;
-        Ok(replayed)
+        let last = match keys.last() {
+            Some(k) => Some(ReplayCursor { onboarding_id: super::id(k.0.clone())?, sequence: k.1 }),
+            None => None,
+        };
+        Ok(ReplayChunk { queued, scanned: u32::try_from(keys.len()).unwrap_or(u32::MAX), last })
     }
 
     async fn delivery_backlog(&self) -> StoreResult<(i64, Vec<(String, i64)>)> {

@@ -25,6 +25,7 @@ pub(crate) mod db;
 pub(crate) mod deliveries;
 pub(crate) mod feed;
 pub(crate) mod inbox;
+pub(crate) mod notices;
 pub(crate) mod onboardings;
 pub(crate) mod rates;
 pub(crate) mod tenants;
