@@ -11,16 +11,27 @@
 //! kept. A read that raced a write cannot re-insert the row it read before that write: fills
 //! carry the generation seen before the database read and are dropped when any invalidation
 //! happened since; and a fill never replaces a newer cached row ([`Versioned`]), since two reads
-//! on either side of a commit can fill in either order before its invalidation.
+//! on either side of a commit can fill in either order before its invalidation. Between a
+//! change's commit and its invalidation, a reader could still read the new row from the
+//! database (a miss, or an uncached read) and then the old cached one: so `apply_change(s)`
+//! fence the rows they change from before their transaction until after their notices
+//! ([`RowCache::begin_write`]); fenced rows are read from the database and fill nothing.
 //!
-//! PostgreSQL does not use it: another replica's commit reaches this one only through an
-//! asynchronous `NOTIFY`, so a cached row could outlive a write another replica already
-//! acknowledged (a client writing through one replica and reading through another would read
-//! its own write back stale).
+//! PostgreSQL keeps only a lagging onboarding cache, for API reads (`onboarding_shared`, what
+//! `GetOnboarding` reads): another replica's commit reaches this one only through an
+//! asynchronous `NOTIFY`, so there a cached row can outlive a write another replica already
+//! acknowledged. Its rule: exact for this replica's own writes (they invalidate before they
+//! return, as on SQLite), and behind another replica's commit by at most the notice's latency;
+//! a lost notice (the listener reconnected: everything is forgotten then; a replica died between
+//! its commit and its `NOTIFY`) is bounded by the entry's maximum age
+//! ([`RowCache::with_max_age`]). Reads that decide writes (the engine's, `onboarding`,
+//! `onboarding_unscoped`) do not go through it.
 
+use std::collections::HashMap;
 use std::future::Future;
 use std::hash::Hash;
 use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
 
 use hashlink::LruCache;
 
@@ -54,9 +65,12 @@ impl Default for Caches {
 }
 
 struct Inner<K, V> {
-    rows: LruCache<K, Arc<V>>,
+    /// Each row with when it was read from the database.
+    rows: LruCache<K, (Arc<V>, Instant)>,
     /// Bumped by every invalidation.
     generation: u64,
+    /// Rows with a write in flight ([`RowCache::begin_write`]): read past the cache.
+    writing: HashMap<K, usize>,
 }
 
 /// A row's version: a fill never replaces a cached row with an older one. Two reads that
@@ -85,6 +99,8 @@ impl Versioned for AccountRecord {
 /// The cache; see the module documentation for its consistency.
 pub struct RowCache<K, V> {
     inner: Mutex<Inner<K, V>>,
+    /// Rows older than this are read again (`None`: kept until invalidated or evicted).
+    max_age: Option<Duration>,
 }
 
 impl<K: Hash + Eq + Clone, V> std::fmt::Debug for RowCache<K, V> {
@@ -96,7 +112,16 @@ impl<K: Hash + Eq + Clone, V> std::fmt::Debug for RowCache<K, V> {
 impl<K: Hash + Eq + Clone, V> RowCache<K, V> {
     /// A cache of at most `entries` rows (least recently used evicted first).
     pub fn new(entries: usize) -> Self {
-        Self { inner: Mutex::new(Inner { rows: LruCache::new(entries.max(1)), generation: 0 }) }
+        Self {
+            inner: Mutex::new(Inner { rows: LruCache::new(entries.max(1)), generation: 0, writing: HashMap::new() }),
+            max_age: None,
+        }
+    }
+
+    /// [`RowCache::new`] whose rows are read again once `max_age` old: the bound on a row
+    /// whose invalidation was lost (PostgreSQL's cache, see the module documentation).
+    pub fn with_max_age(entries: usize, max_age: Duration) -> Self {
+        Self { max_age: Some(max_age), ..Self::new(entries) }
     }
 
     // A panic while holding the lock cannot leave the map half-updated in a way that matters:
@@ -121,6 +146,38 @@ impl<K: Hash + Eq + Clone, V> RowCache<K, V> {
         inner.generation = inner.generation.wrapping_add(1);
         inner.rows.remove(id);
     }
+
+    /// Fences `id` for a write about to commit: until the matching [`RowCache::end_write`]
+    /// its reads go to the database and fill nothing. Without it a reader could read the
+    /// committed row from the database (a miss, or another read path) and then the older
+    /// cached row, in the window between the commit and the invalidation.
+    pub fn begin_write(&self, id: &K) {
+        let mut inner = self.lock();
+        inner.generation = inner.generation.wrapping_add(1);
+        inner.rows.remove(id);
+        *inner.writing.entry(id.clone()).or_insert(0) += 1;
+    }
+
+    /// Ends a [`RowCache::begin_write`] fence, after the write committed (or failed), and
+    /// forgets the row.
+    pub fn end_write(&self, id: &K) {
+        let mut inner = self.lock();
+        inner.generation = inner.generation.wrapping_add(1);
+        inner.rows.remove(id);
+        if let Some(n) = inner.writing.get_mut(id) {
+            *n -= 1;
+            if *n == 0 {
+                inner.writing.remove(id);
+            }
+        }
+    }
+
+    /// Forgets every row (invalidations may have been lost), dropping fills in flight too.
+    pub fn invalidate_all(&self) {
+        let mut inner = self.lock();
+        inner.generation = inner.generation.wrapping_add(1);
+        inner.rows.clear();
+    }
 }
 
 impl<K: Hash + Eq + Clone, V: Versioned> RowCache<K, V> {
@@ -133,18 +190,35 @@ impl<K: Hash + Eq + Clone, V: Versioned> RowCache<K, V> {
     {
         let seen = {
             let mut inner = self.lock();
-            if let Some(row) = inner.rows.get(id) {
-                return Ok(Some(row.clone()));
+            if inner.writing.contains_key(id) {
+                None
+            } else {
+                match inner.rows.get(id) {
+                    Some((row, read)) if self.max_age.is_none_or(|max| read.elapsed() < max) => {
+                        return Ok(Some(row.clone()));
+                    }
+                    _ => Some(inner.generation),
+                }
             }
-            inner.generation
         };
+        // Fenced by a write in flight: the database only.
+        let Some(seen) = seen else {
+            return Ok(load.await?.map(Arc::new));
+        };
+        // Stamped before the read: the age bounds how far the row can be behind the database.
+        let read = Instant::now();
         let Some(loaded) = load.await?.map(Arc::new) else {
             return Ok(None);
         };
         let mut inner = self.lock();
-        let newer = inner.rows.peek(id).is_none_or(|cached| cached.version() < loaded.version());
+        // An expired row is replaced by the re-read even when the versions tie.
+        let newer = inner.rows.peek(id).is_none_or(|(cached, cached_read)| {
+            cached.version() < loaded.version()
+                || (cached.version() == loaded.version()
+                    && self.max_age.is_some_and(|max| cached_read.elapsed() >= max))
+        });
         if inner.generation == seen && newer {
-            inner.rows.insert(id.clone(), loaded.clone());
+            inner.rows.insert(id.clone(), (loaded.clone(), read));
         }
         Ok(Some(loaded))
     }
@@ -152,6 +226,8 @@ impl<K: Hash + Eq + Clone, V: Versioned> RowCache<K, V> {
 
 #[cfg(test)]
 mod tests {
+    use std::time::Duration;
+
     use super::*;
     use crate::domain::{AccountId, OnboardingState, ProviderKind, TenantId, new_id};
 
@@ -192,6 +268,64 @@ mod tests {
         assert_eq!(read(&cache, &id, Some(99)).await, Some(1), "a hit does not read the database");
         cache.invalidate(&id);
         assert_eq!(read(&cache, &id, Some(2)).await, Some(2));
+    }
+
+    #[tokio::test]
+    async fn rows_past_their_max_age_are_read_again() {
+        let id = new_id::<OnboardingId>();
+        let expiring = OnboardingCache::with_max_age(8, Duration::ZERO);
+        assert_eq!(read(&expiring, &id, Some(1)).await, Some(1));
+        assert_eq!(read(&expiring, &id, Some(1)).await, Some(1));
+        // A write whose invalidation was lost (same or newer version) is read once expired.
+        assert_eq!(read(&expiring, &id, Some(2)).await, Some(2));
+        let lasting = OnboardingCache::with_max_age(8, Duration::from_secs(3600));
+        assert_eq!(read(&lasting, &id, Some(1)).await, Some(1));
+        assert_eq!(read(&lasting, &id, Some(2)).await, Some(1), "young rows are hits");
+    }
+
+    #[tokio::test]
+    async fn invalidate_all_forgets_every_row_and_fills_in_flight() {
+        let cache = OnboardingCache::new(8);
+        let (a, b) = (new_id::<OnboardingId>(), new_id::<OnboardingId>());
+        read(&cache, &a, Some(1)).await;
+        read(&cache, &b, Some(1)).await;
+        cache.invalidate_all();
+        assert!(cache.is_empty());
+        let racing = async {
+            cache.invalidate_all();
+            Ok(Some(row(&a, 1)))
+        };
+        cache.read_through(&a, racing).await.unwrap();
+        assert!(cache.is_empty(), "a read that raced the reset is not kept");
+        assert_eq!(read(&cache, &a, Some(2)).await, Some(2));
+    }
+
+    /// Between a write's commit and its invalidation a reader may read the new row from the
+    /// database; the fence keeps it from reading the old cached row afterwards.
+    #[tokio::test]
+    async fn a_fenced_row_is_read_past_the_cache_until_the_write_ends() {
+        let cache = OnboardingCache::new(8);
+        let id = new_id::<OnboardingId>();
+        assert_eq!(read(&cache, &id, Some(1)).await, Some(1));
+        cache.begin_write(&id);
+        cache.begin_write(&id);
+        // Committed, not yet invalidated: reads see the database and fill nothing.
+        assert_eq!(read(&cache, &id, Some(2)).await, Some(2));
+        assert_eq!(read(&cache, &id, Some(2)).await, Some(2));
+        assert!(cache.is_empty());
+        cache.end_write(&id);
+        assert_eq!(read(&cache, &id, Some(3)).await, Some(3), "fenced while any write is in flight");
+        cache.end_write(&id);
+        assert_eq!(read(&cache, &id, Some(3)).await, Some(3));
+        assert_eq!(read(&cache, &id, Some(4)).await, Some(3), "cached again once every write ended");
+        // A read that started before the fence does not fill after it.
+        let racing = async {
+            cache.begin_write(&id);
+            Ok(Some(row(&id, 3)))
+        };
+        cache.read_through(&id, racing).await.unwrap();
+        cache.end_write(&id);
+        assert_eq!(read(&cache, &id, Some(5)).await, Some(5));
     }
 
     #[tokio::test]

@@ -10,6 +10,7 @@ use sqlx::Transaction;
 use super::db::{Sql, SqlDb, sql};
 use super::{SqlBackend, feed, locking, records};
 use crate::domain::{AccountId, OnboardingId, OnboardingState, ProviderKind, TenantId, UnixMs};
+use crate::store::cache::OnboardingCache;
 use crate::store::{
     ChangeNotice, ChangeOutcome, EventRecord, NewOnboarding, OnboardingChange, OnboardingFilter, OnboardingRecord,
     Onboardings, Page, PageRequest, StepRecord, StoreError, StoreResult,
@@ -459,15 +460,55 @@ async fn apply_in<B: SqlBackend>(
     Ok((ChangeOutcome::Applied(event), Some(notice)))
 }
 
-/// The onboarding `id` whatever its tenant, through the backend's cache if any.
-async fn onboarding_row<B: SqlBackend>(backend: &B, id: &OnboardingId) -> StoreResult<Option<Arc<OnboardingRecord>>> {
-    super::row_by_id::<B, _, OnboardingRow, _>(
-        backend,
-        |c| &c.onboardings,
-        "SELECT * FROM onboardings WHERE id = $1",
-        id,
-    )
-    .await
+/// The onboarding `id` whatever its tenant, through `cache` if any.
+async fn onboarding_row<B: SqlBackend>(
+    backend: &B,
+    cache: Option<&OnboardingCache>,
+    id: &OnboardingId,
+) -> StoreResult<Option<Arc<OnboardingRecord>>> {
+    super::row_by_id::<B, _, OnboardingRow, _>(backend, cache, "SELECT * FROM onboardings WHERE id = $1", id).await
+}
+
+/// The rows a write changes, fenced in the API read cache from before its transaction until
+/// it is dropped (after the commit and its notices, or the failure): see
+/// [`OnboardingCache::begin_write`].
+struct WriteFence<'a> {
+    cache: Option<&'a OnboardingCache>,
+    ids: Vec<OnboardingId>,
+}
+
+impl<'a> WriteFence<'a> {
+    fn new(cache: Option<&'a OnboardingCache>, changes: &[OnboardingChange]) -> Self {
+        let Some(c) = cache else {
+            return Self { cache, ids: Vec::new() };
+        };
+        let ids: Vec<OnboardingId> = changes.iter().filter_map(|ch| ch.onboarding_id.clone()).collect();
+        for id in &ids {
+            c.begin_write(id);
+        }
+        Self { cache, ids }
+    }
+}
+
+impl Drop for WriteFence<'_> {
+    fn drop(&mut self) {
+        if let Some(c) = self.cache {
+            for id in &self.ids {
+                c.end_write(id);
+            }
+        }
+    }
+}
+
+/// The onboarding `id` of `tenant` (another tenant's reads as absent), through `cache` if any.
+async fn tenant_onboarding<B: SqlBackend>(
+    backend: &B,
+    cache: Option<&OnboardingCache>,
+    tenant: &TenantId,
+    id: &OnboardingId,
+) -> StoreResult<Option<Arc<OnboardingRecord>>> {
+    // By primary key, then scoped.
+    Ok(onboarding_row(backend, cache, id).await?.filter(|o| o.tenant_id == *tenant))
 }
 
 #[async_trait]
@@ -494,7 +535,9 @@ impl<B: SqlBackend> Onboardings for B {
     }
 
     async fn onboarding(&self, tenant: &TenantId, id: &OnboardingId) -> StoreResult<Option<OnboardingRecord>> {
-        Ok(self.onboarding_shared(tenant, id).await?.map(Arc::unwrap_or_clone))
+        // The exact cache only: callers decide writes on this read.
+        let cache = self.caches().map(|c| &c.onboardings);
+        Ok(tenant_onboarding(self, cache, tenant, id).await?.map(Arc::unwrap_or_clone))
     }
 
     async fn pipeline(
@@ -526,12 +569,12 @@ impl<B: SqlBackend> Onboardings for B {
         tenant: &TenantId,
         id: &OnboardingId,
     ) -> StoreResult<Option<Arc<OnboardingRecord>>> {
-        // By primary key, then scoped: another tenant's id reads as absent.
-        Ok(onboarding_row(self, id).await?.filter(|o| o.tenant_id == *tenant))
+        tenant_onboarding(self, self.api_read_cache(), tenant, id).await
     }
 
     async fn onboarding_unscoped(&self, id: &OnboardingId) -> StoreResult<Option<OnboardingRecord>> {
-        Ok(onboarding_row(self, id).await?.map(Arc::unwrap_or_clone))
+        // The exact cache only: the engine decides writes on this read.
+        Ok(onboarding_row(self, self.caches().map(|c| &c.onboardings), id).await?.map(Arc::unwrap_or_clone))
     }
 
     async fn onboardings_by_external_keys(
@@ -617,6 +660,7 @@ impl<B: SqlBackend> Onboardings for B {
     }
 
     async fn apply_change(&self, change: &OnboardingChange) -> StoreResult<EventRecord> {
+        let _fence = WriteFence::new(self.api_read_cache(), std::slice::from_ref(change));
         let mut tx = B::Db::begin(self.writer()).await?;
         // Not applied: `tx` drops uncommitted, rolling back (nothing was written anyway).
         match apply_in::<B>(&mut tx, change).await? {
@@ -636,6 +680,7 @@ impl<B: SqlBackend> Onboardings for B {
         if changes.is_empty() {
             return Ok(Vec::new());
         }
+        let _fence = WriteFence::new(self.api_read_cache(), changes);
         let mut tx = B::Db::begin(self.writer()).await?;
         let mut outcomes = Vec::with_capacity(changes.len());
         let mut notices = Vec::with_capacity(changes.len());
