@@ -12,6 +12,7 @@ mod fuzz;
 pub mod limits;
 pub mod pb;
 pub mod pb_cache;
+pub mod preencoded;
 mod requests;
 mod services;
 
@@ -125,7 +126,10 @@ pub fn router(
         .add_service(reflection_v1)
         .add_service(reflection_v1alpha)
         .add_service(codec::OversizeAsExhausted(pb::account_service_server::AccountServiceServer::new(s.clone())))
-        .add_service(codec::OversizeAsExhausted(pb::onboarding_service_server::OnboardingServiceServer::new(s.clone())))
+        .add_service(codec::OversizeAsExhausted(preencoded::PreEncodedGet::new(
+            pb::onboarding_service_server::OnboardingServiceServer::new(s.clone()),
+            s.clone(),
+        )))
         .add_service(codec::OversizeAsExhausted(pb::token_service_server::TokenServiceServer::new(s.clone())))
         .add_service(codec::OversizeAsExhausted(pb::pipeline_service_server::PipelineServiceServer::new(s.clone())))
         .add_service(codec::OversizeAsExhausted(pb::subscription_service_server::SubscriptionServiceServer::new(

@@ -1,33 +1,42 @@
 //! Bounded read-through caches of single rows (onboardings, accounts), for the SQLite store
 //! only.
 //!
-//! Consistency: exact, and monotonic. A read never returns a row older than the last write
-//! that returned before the read started, nor older than a row any read already returned from
-//! the database. It relies on two facts of the SQLite deployment: every write to
+//! Consistency: exact (a read never returns a row older than the last write that returned
+//! before the read started). It relies on two facts of the SQLite deployment: every write to
 //! `onboardings` and `accounts` goes through this process's store (SQLite is one process;
-//! the CLI only touches tenants and API keys), and every such write brackets its commit with
-//! [`RowCache::writing`]: from just before the commit until after it (and the
-//! [`super::ChangeNotice`] it publishes) the row is read from the database, neither served
-//! from nor put into the cache. Without that bracket, a commit is visible to database reads
-//! before its invalidation runs: one task would read the new row from the database while
-//! another is still served the old cached one (the engine claimed a step its last change made
-//! ready and read the onboarding without that change's handle). A write whose future is
-//! dropped after the commit was sent (a cancelled RPC) cannot know whether it committed: its
-//! row stays read from the database until the next write of it completes. New rows need
-//! nothing: no negative entries are kept. A read that raced a write cannot re-insert the row it
-//! read before that write: fills carry the generation seen before the database read and are
-//! dropped when any invalidation happened since; and a fill never replaces a newer cached row
-//! ([`Versioned`]), since two reads on either side of a commit can fill in either order.
+//! the CLI only touches tenants and API keys), and every such write invalidates the entry
+//! after its commit and before it returns (an onboarding's through the [`super::ChangeNotice`]
+//! every onboarding write publishes, which streams already rely on; an account's in
+//! `update_account` and `delete_account`). New rows need nothing: no negative entries are
+//! kept. A read that raced a write cannot re-insert the row it read before that write: fills
+//! carry the generation seen before the database read and are dropped when any invalidation
+//! happened since; and a fill never replaces a newer cached row ([`Versioned`]), since two reads
+//! on either side of a commit can fill in either order before its invalidation. Between a
+//! change's commit and its invalidation, a reader could still read the new row from the
+//! database (a miss, or an uncached read) and then the old cached one: so `apply_change(s)`
+//! fence the rows they change from before their transaction until after their notices
+//! ([`RowCache::writing`]; account updates and deletes too); fenced rows are read from the
+//! database and fill nothing. (That gap lost the engine a 99digital handle: it claimed the step
+//! a commit made ready, straight from the database, and read the onboarding from the cache.) A
+//! write whose future is dropped after its commit may have been sent (a cancelled RPC) cannot
+//! know whether or when it committed: its row stays read from the database until a write of it
+//! that began later completes.
 //!
-//! PostgreSQL does not use it: another replica's commit reaches this one only through an
-//! asynchronous `NOTIFY`, so a cached row could outlive a write another replica already
-//! acknowledged (a client writing through one replica and reading through another would read
-//! its own write back stale).
+//! PostgreSQL keeps only a lagging onboarding cache, for API reads (`onboarding_shared`, what
+//! `GetOnboarding` reads): another replica's commit reaches this one only through an
+//! asynchronous `NOTIFY`, so there a cached row can outlive a write another replica already
+//! acknowledged. Its rule: exact for this replica's own writes (they invalidate before they
+//! return, as on SQLite), and behind another replica's commit by at most the notice's latency;
+//! a lost notice (the listener reconnected: everything is forgotten then; a replica died between
+//! its commit and its `NOTIFY`) is bounded by the entry's maximum age
+//! ([`RowCache::with_max_age`]). Reads that decide writes (the engine's, `onboarding`,
+//! `onboarding_unscoped`) do not go through it.
 
 use std::collections::HashMap;
 use std::future::Future;
 use std::hash::Hash;
 use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
 
 use hashlink::LruCache;
 
@@ -61,34 +70,29 @@ impl Default for Caches {
 }
 
 struct Inner<K, V> {
-    rows: LruCache<K, Arc<V>>,
+    /// Each row with when it was read from the database.
+    rows: LruCache<K, (Arc<V>, Instant)>,
     /// Bumped by every invalidation.
     generation: u64,
-    /// Rows a write is committing now, or whose write was abandoned mid-commit: read from the
-    /// database only. At most one per row at a time (the single SQLite writer).
-    unsettled: HashMap<K, Unsettled>,
+    /// Rows with a write in flight ([`RowCache::writing`]): read past the cache.
+    writing: HashMap<K, usize>,
+    /// Rows whose write was dropped unfinished, with the generation then: read past the cache
+    /// until a write that began after that completes.
+    abandoned: HashMap<K, u64>,
 }
 
-/// Why a row bypasses the cache.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Unsettled {
-    /// Its write is between just before its commit and its invalidation.
-    Writing,
-    /// Its write was dropped after it may have committed: settled by the next completed write.
-    Abandoned,
-}
-
-/// A write of one cached row in progress; see [`RowCache::writing`]. Dropped without
-/// [`Writing::done`] (an error, or the write's future cancelled), the row is left
-/// [`Unsettled::Abandoned`].
+/// A write of one cached row in flight; see [`RowCache::writing`]. Dropped without
+/// [`Writing::done`] (an error, or the write's future cancelled), the row is left abandoned.
 pub struct Writing<'a, K: Hash + Eq + Clone, V> {
     cache: &'a RowCache<K, V>,
     id: K,
+    /// The generation the fence began at.
+    began: u64,
     done: bool,
 }
 
 impl<K: Hash + Eq + Clone, V> Writing<'_, K, V> {
-    /// The write committed (and published its notice): the row may be cached again.
+    /// The write committed and published its notice: the row may be cached again.
     pub fn done(mut self) {
         self.done = true;
     }
@@ -99,10 +103,19 @@ impl<K: Hash + Eq + Clone, V> Drop for Writing<'_, K, V> {
         let mut inner = self.cache.lock();
         inner.generation = inner.generation.wrapping_add(1);
         inner.rows.remove(&self.id);
+        if let Some(n) = inner.writing.get_mut(&self.id) {
+            *n = n.saturating_sub(1);
+            if *n == 0 {
+                inner.writing.remove(&self.id);
+            }
+        }
         if self.done {
-            inner.unsettled.remove(&self.id);
+            if inner.abandoned.get(&self.id).is_some_and(|at| *at < self.began) {
+                inner.abandoned.remove(&self.id);
+            }
         } else {
-            inner.unsettled.insert(self.id.clone(), Unsettled::Abandoned);
+            let at = inner.generation;
+            inner.abandoned.insert(self.id.clone(), at);
         }
     }
 }
@@ -133,6 +146,8 @@ impl Versioned for AccountRecord {
 /// The cache; see the module documentation for its consistency.
 pub struct RowCache<K, V> {
     inner: Mutex<Inner<K, V>>,
+    /// Rows older than this are read again (`None`: kept until invalidated or evicted).
+    max_age: Option<Duration>,
 }
 
 impl<K: Hash + Eq + Clone, V> std::fmt::Debug for RowCache<K, V> {
@@ -145,8 +160,20 @@ impl<K: Hash + Eq + Clone, V> RowCache<K, V> {
     /// A cache of at most `entries` rows (least recently used evicted first).
     pub fn new(entries: usize) -> Self {
         Self {
-            inner: Mutex::new(Inner { rows: LruCache::new(entries.max(1)), generation: 0, unsettled: HashMap::new() }),
+            inner: Mutex::new(Inner {
+                rows: LruCache::new(entries.max(1)),
+                generation: 0,
+                writing: HashMap::new(),
+                abandoned: HashMap::new(),
+            }),
+            max_age: None,
         }
+    }
+
+    /// [`RowCache::new`] whose rows are read again once `max_age` old: the bound on a row
+    /// whose invalidation was lost (PostgreSQL's cache, see the module documentation).
+    pub fn with_max_age(entries: usize, max_age: Duration) -> Self {
+        Self { max_age: Some(max_age), ..Self::new(entries) }
     }
 
     // A panic while holding the lock cannot leave the map half-updated in a way that matters:
@@ -172,16 +199,24 @@ impl<K: Hash + Eq + Clone, V> RowCache<K, V> {
         inner.rows.remove(id);
     }
 
-    /// Starts a write of `id`: call it inside the write's transaction, just before the commit,
-    /// and call [`Writing::done`] once the commit returned and its notice went out. Until then
-    /// `id` is read from the database only, so no read is served the row the commit replaced
-    /// after another read saw the new one.
+    /// Fences `id` for a write: take it before the write's commit (before its transaction is
+    /// simplest) and call [`Writing::done`] once the commit returned and its notice went out.
+    /// Until then reads of `id` go to the database and fill nothing. Without it a reader could
+    /// read the committed row from the database (a miss, or another read path) and then the
+    /// older cached row, in the window between the commit and the invalidation.
     pub fn writing(&self, id: &K) -> Writing<'_, K, V> {
         let mut inner = self.lock();
         inner.generation = inner.generation.wrapping_add(1);
         inner.rows.remove(id);
-        inner.unsettled.insert(id.clone(), Unsettled::Writing);
-        Writing { cache: self, id: id.clone(), done: false }
+        *inner.writing.entry(id.clone()).or_insert(0) += 1;
+        Writing { cache: self, id: id.clone(), began: inner.generation, done: false }
+    }
+
+    /// Forgets every row (invalidations may have been lost), dropping fills in flight too.
+    pub fn invalidate_all(&self) {
+        let mut inner = self.lock();
+        inner.generation = inner.generation.wrapping_add(1);
+        inner.rows.clear();
     }
 }
 
@@ -195,25 +230,35 @@ impl<K: Hash + Eq + Clone, V: Versioned> RowCache<K, V> {
     {
         let seen = {
             let mut inner = self.lock();
-            if inner.unsettled.contains_key(id) {
+            if inner.writing.contains_key(id) || inner.abandoned.contains_key(id) {
                 None
-            } else if let Some(row) = inner.rows.get(id) {
-                return Ok(Some(row.clone()));
             } else {
-                Some(inner.generation)
+                match inner.rows.get(id) {
+                    Some((row, read)) if self.max_age.is_none_or(|max| read.elapsed() < max) => {
+                        return Ok(Some(row.clone()));
+                    }
+                    _ => Some(inner.generation),
+                }
             }
         };
+        // Fenced by a write in flight: the database only.
+        let Some(seen) = seen else {
+            return Ok(load.await?.map(Arc::new));
+        };
+        // Stamped before the read: the age bounds how far the row can be behind the database.
+        let read = Instant::now();
         let Some(loaded) = load.await?.map(Arc::new) else {
             return Ok(None);
         };
-        let Some(seen) = seen else {
-            return Ok(Some(loaded));
-        };
         let mut inner = self.lock();
-        let newer = inner.rows.peek(id).is_none_or(|cached| cached.version() < loaded.version());
-        // `writing` bumps the generation too, so a fill that began before it is dropped.
+        // An expired row is replaced by the re-read even when the versions tie.
+        let newer = inner.rows.peek(id).is_none_or(|(cached, cached_read)| {
+            cached.version() < loaded.version()
+                || (cached.version() == loaded.version()
+                    && self.max_age.is_some_and(|max| cached_read.elapsed() >= max))
+        });
         if inner.generation == seen && newer {
-            inner.rows.insert(id.clone(), loaded.clone());
+            inner.rows.insert(id.clone(), (loaded.clone(), read));
         }
         Ok(Some(loaded))
     }
@@ -221,6 +266,8 @@ impl<K: Hash + Eq + Clone, V: Versioned> RowCache<K, V> {
 
 #[cfg(test)]
 mod tests {
+    use std::time::Duration;
+
     use super::*;
     use crate::domain::{AccountId, OnboardingState, ProviderKind, TenantId, new_id};
 
@@ -261,6 +308,83 @@ mod tests {
         assert_eq!(read(&cache, &id, Some(99)).await, Some(1), "a hit does not read the database");
         cache.invalidate(&id);
         assert_eq!(read(&cache, &id, Some(2)).await, Some(2));
+    }
+
+    #[tokio::test]
+    async fn rows_past_their_max_age_are_read_again() {
+        let id = new_id::<OnboardingId>();
+        let expiring = OnboardingCache::with_max_age(8, Duration::ZERO);
+        assert_eq!(read(&expiring, &id, Some(1)).await, Some(1));
+        assert_eq!(read(&expiring, &id, Some(1)).await, Some(1));
+        // A write whose invalidation was lost (same or newer version) is read once expired.
+        assert_eq!(read(&expiring, &id, Some(2)).await, Some(2));
+        let lasting = OnboardingCache::with_max_age(8, Duration::from_secs(3600));
+        assert_eq!(read(&lasting, &id, Some(1)).await, Some(1));
+        assert_eq!(read(&lasting, &id, Some(2)).await, Some(1), "young rows are hits");
+    }
+
+    #[tokio::test]
+    async fn invalidate_all_forgets_every_row_and_fills_in_flight() {
+        let cache = OnboardingCache::new(8);
+        let (a, b) = (new_id::<OnboardingId>(), new_id::<OnboardingId>());
+        read(&cache, &a, Some(1)).await;
+        read(&cache, &b, Some(1)).await;
+        cache.invalidate_all();
+        assert!(cache.is_empty());
+        let racing = async {
+            cache.invalidate_all();
+            Ok(Some(row(&a, 1)))
+        };
+        cache.read_through(&a, racing).await.unwrap();
+        assert!(cache.is_empty(), "a read that raced the reset is not kept");
+        assert_eq!(read(&cache, &a, Some(2)).await, Some(2));
+    }
+
+    /// Between a write's commit and its invalidation a reader may read the new row from the
+    /// database; the fence keeps it from reading the old cached row afterwards.
+    #[tokio::test]
+    async fn a_fenced_row_is_read_past_the_cache_until_the_write_ends() {
+        let cache = OnboardingCache::new(8);
+        let id = new_id::<OnboardingId>();
+        assert_eq!(read(&cache, &id, Some(1)).await, Some(1));
+        let (first, second) = (cache.writing(&id), cache.writing(&id));
+        // Committed, not yet invalidated: reads see the database and fill nothing.
+        assert_eq!(read(&cache, &id, Some(2)).await, Some(2));
+        assert_eq!(read(&cache, &id, Some(2)).await, Some(2));
+        assert!(cache.is_empty());
+        first.done();
+        assert_eq!(read(&cache, &id, Some(3)).await, Some(3), "fenced while any write is in flight");
+        second.done();
+        assert_eq!(read(&cache, &id, Some(3)).await, Some(3));
+        assert_eq!(read(&cache, &id, Some(4)).await, Some(3), "cached again once every write ended");
+        // A read that started before the fence does not fill after it.
+        cache.invalidate(&id);
+        let racing = async {
+            cache.writing(&id).done();
+            Ok(Some(row(&id, 3)))
+        };
+        cache.read_through(&id, racing).await.unwrap();
+        assert_eq!(read(&cache, &id, Some(5)).await, Some(5));
+    }
+
+    /// A write dropped unfinished may have committed, or may still commit: its row is read
+    /// from the database until a write of it that began later completes.
+    #[tokio::test]
+    async fn an_abandoned_write_leaves_the_row_uncached_until_a_later_write_completes() {
+        let cache = OnboardingCache::new(8);
+        let (id, other) = (new_id::<OnboardingId>(), new_id::<OnboardingId>());
+        assert_eq!(read(&cache, &id, Some(1)).await, Some(1));
+        let earlier = cache.writing(&id);
+        drop(cache.writing(&id));
+        assert_eq!(read(&cache, &id, Some(1)).await, Some(1));
+        earlier.done();
+        assert_eq!(read(&cache, &id, Some(2)).await, Some(2), "a write begun before the abandoned one settles nothing");
+        assert_eq!(read(&cache, &id, Some(3)).await, Some(3));
+        cache.writing(&other).done();
+        assert_eq!(read(&cache, &id, Some(4)).await, Some(4), "nor does another row's write");
+        cache.writing(&id).done();
+        assert_eq!(read(&cache, &id, Some(5)).await, Some(5));
+        assert_eq!(read(&cache, &id, Some(6)).await, Some(5), "settled: cached again");
     }
 
     #[tokio::test]
@@ -317,55 +441,6 @@ mod tests {
         assert_eq!(got.map(|r| r.sequence), Some(1), "the racing read itself may return the old row");
         assert!(cache.is_empty(), "but must not keep it");
         assert_eq!(read(&cache, &id, Some(2)).await, Some(2));
-    }
-
-    /// Between a write's commit and its invalidation the database already answers the new
-    /// row: the cache must not answer the old one then, nor keep what it reads.
-    #[tokio::test]
-    async fn a_row_being_written_is_read_from_the_database() {
-        let cache = OnboardingCache::new(8);
-        let id = new_id::<OnboardingId>();
-        assert_eq!(read(&cache, &id, Some(7)).await, Some(7));
-        let write = cache.writing(&id);
-        assert_eq!(read(&cache, &id, Some(8)).await, Some(8), "committed: the database answers");
-        assert_eq!(read(&cache, &id, Some(8)).await, Some(8));
-        assert!(cache.is_empty(), "nothing cached while the write is unsettled");
-        write.done();
-        assert_eq!(read(&cache, &id, Some(8)).await, Some(8));
-        assert_eq!(read(&cache, &id, Some(99)).await, Some(8), "cached again once settled");
-    }
-
-    /// A fill that began before the write started is dropped, even if it lands after.
-    #[tokio::test]
-    async fn a_fill_begun_before_a_write_is_dropped() {
-        let cache = OnboardingCache::new(8);
-        let id = new_id::<OnboardingId>();
-        let got = cache
-            .read_through(&id, async {
-                cache.writing(&id).done();
-                Ok(Some(row(&id, 1)))
-            })
-            .await
-            .unwrap();
-        assert_eq!(got.map(|r| r.sequence), Some(1));
-        assert!(cache.is_empty());
-    }
-
-    /// A write dropped mid-commit may or may not have committed: the row stays read from the
-    /// database until a later write of it completes.
-    #[tokio::test]
-    async fn an_abandoned_write_leaves_the_row_uncached_until_the_next_write() {
-        let cache = OnboardingCache::new(8);
-        let (id, other) = (new_id::<OnboardingId>(), new_id::<OnboardingId>());
-        assert_eq!(read(&cache, &id, Some(1)).await, Some(1));
-        drop(cache.writing(&id));
-        assert_eq!(read(&cache, &id, Some(1)).await, Some(1));
-        assert_eq!(read(&cache, &id, Some(2)).await, Some(2), "the commit landed late: still not cached");
-        cache.writing(&other).done();
-        assert_eq!(read(&cache, &id, Some(3)).await, Some(3), "another row's write settles nothing");
-        cache.writing(&id).done();
-        assert_eq!(read(&cache, &id, Some(4)).await, Some(4));
-        assert_eq!(read(&cache, &id, Some(5)).await, Some(4), "settled: cached again");
     }
 
     #[tokio::test]

@@ -277,7 +277,10 @@ pub trait Onboardings: Send + Sync {
         id: &OnboardingId,
     ) -> StoreResult<Option<(OnboardingRecord, Vec<StepRecord>)>>;
     /// [`Onboardings::onboarding`], shared: where the backend caches rows, the cached one itself (no
-    /// copy), so a caller that only reads it (a `GetOnboarding` answer) copies nothing.
+    /// copy), so a caller that only reads it (a `GetOnboarding` answer) copies nothing. For API
+    /// reads only: on PostgreSQL it may lag another replica's commit by that commit's change
+    /// notice (exact for this replica's own writes; see [`cache`]), so no write may be decided
+    /// on it.
     async fn onboarding_shared(
         &self,
         tenant: &TenantId,

@@ -4,6 +4,7 @@
 //! named after the schema (so schemas sharing a server never hear each other).
 
 use std::str::FromStr;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
@@ -12,7 +13,7 @@ use sqlx::{AssertSqlSafe, Connection, Row, Transaction};
 use tokio::sync::broadcast;
 use tokio::task::JoinHandle;
 
-use super::cache::Caches;
+use super::cache::{Caches, OnboardingCache};
 use super::sql::db::sql;
 use super::sql::{self, SqlBackend, feed};
 use super::{Backend, ChangeNotice, StoreError, StoreResult};
@@ -26,6 +27,12 @@ const ACQUIRE_TIMEOUT: Duration = Duration::from_secs(5);
 /// Listener reconnect backoff bounds.
 const BACKOFF_MIN: Duration = Duration::from_millis(100);
 const BACKOFF_MAX: Duration = Duration::from_secs(10);
+/// Onboarding rows kept for API reads ([`SqlBackend::api_read_cache`]).
+const API_READ_ENTRIES: usize = super::cache::DEFAULT_ENTRIES;
+/// How long a row stays in the API read cache without a notice: the bound on a read lagging
+/// another replica's commit whose notice was lost (that replica died between its commit and
+/// its `NOTIFY`). A notice that arrives (the usual case) ends the lag at once.
+pub const API_READ_MAX_AGE: Duration = Duration::from_secs(1);
 /// Prefix of the schemas made by [`create_test_schema`].
 const TEST_SCHEMA_PREFIX: &str = "wa_test_";
 
@@ -37,6 +44,9 @@ pub struct PgStore {
     /// This instance's id in notification payloads, to skip our own notices coming back.
     origin: String,
     listener: JoinHandle<()>,
+    /// Onboardings for API reads: invalidated by this replica's writes before they return and
+    /// by other replicas' notices as they arrive (see [`super::cache`]).
+    api_reads: Arc<OnboardingCache>,
 }
 
 impl Drop for PgStore {
@@ -71,8 +81,10 @@ impl PgStore {
             .max_lifetime(None)
             .connect_lazy_with(options);
         let listener = start_listener(&listener_pool, &channel).await?;
-        let listener = tokio::spawn(listen_loop(listener, listener_pool, channel.clone(), origin.clone(), bus.clone()));
-        Ok(Self { pool, bus, channel, origin, listener })
+        let api_reads = Arc::new(OnboardingCache::with_max_age(API_READ_ENTRIES, API_READ_MAX_AGE));
+        let heard = Heard { origin: origin.clone(), bus: bus.clone(), api_reads: api_reads.clone() };
+        let listener = tokio::spawn(listen_loop(listener, listener_pool, channel.clone(), heard));
+        Ok(Self { pool, bus, channel, origin, listener, api_reads })
     }
 }
 
@@ -95,14 +107,22 @@ impl SqlBackend for PgStore {
         Ok(())
     }
 
-    /// No cache: another replica's write reaches this one only through an asynchronous
+    /// No exact cache: another replica's write reaches this one only through an asynchronous
     /// `NOTIFY`, so a cached row could be served after that write was acknowledged.
     fn caches(&self) -> Option<&Caches> {
         None
     }
 
-    /// Delivers locally at once, then tells the other replicas.
+    /// The lagging cache, for API reads only.
+    fn api_read_cache(&self) -> Option<&OnboardingCache> {
+        Some(&self.api_reads)
+    }
+
+    /// Forgets the row for this replica's readers, delivers locally at once, then tells the
+    /// other replicas.
     async fn publish(&self, notice: &ChangeNotice) -> StoreResult<()> {
+        // Before the write returns: read-your-writes on this replica.
+        self.api_reads.invalidate(&notice.onboarding_id);
         // No receiver is not an error: nobody is watching right now.
         let _ = self.bus.send(notice.clone());
         sql::<Postgres>("SELECT pg_notify($1, $2)")
@@ -134,23 +154,32 @@ async fn start_listener(pool: &PgPool, channel: &str) -> StoreResult<PgListener>
     Ok(listener)
 }
 
-/// Forwards other replicas' notices to the local bus until the store is dropped. `recv`
-/// reconnects by itself after a dropped connection; when that fails too, the listener is
-/// rebuilt with backoff. Notices sent meanwhile are lost, which costs watchers latency only.
-async fn listen_loop(
-    listener: PgListener,
-    pool: PgPool,
-    channel: String,
+/// Where the listener hands other replicas' notices.
+struct Heard {
+    /// This store's origin (its own notices come back and are skipped).
     origin: String,
     bus: broadcast::Sender<ChangeNotice>,
-) {
+    api_reads: Arc<OnboardingCache>,
+}
+
+/// Forwards other replicas' notices to the local bus, and invalidates their rows in the API
+/// read cache first (so a reader woken by the notice reads the change), until the store is
+/// dropped. `try_recv` reconnects by itself after a dropped connection; when that fails too,
+/// the listener is rebuilt with backoff. Notices sent meanwhile are lost, which costs watchers
+/// latency only, and the API read cache is emptied once listening again.
+async fn listen_loop(listener: PgListener, pool: PgPool, channel: String, heard: Heard) {
+    let Heard { origin, bus, api_reads } = heard;
     let mut listener = Some(listener);
     let mut backoff = BACKOFF_MIN;
     loop {
         let mut current = match listener.take() {
             Some(l) => l,
             None => match start_listener(&pool, &channel).await {
-                Ok(l) => l,
+                Ok(l) => {
+                    // Listening again; what changed while not is unknown.
+                    api_reads.invalidate_all();
+                    l
+                }
                 Err(error) => {
                     tracing::warn!(%error, "change listener cannot reconnect; retrying");
                     tokio::time::sleep(backoff).await;
@@ -160,17 +189,24 @@ async fn listen_loop(
             },
         };
         loop {
-            match current.recv().await {
-                Ok(n) => {
+            match current.try_recv().await {
+                Ok(Some(n)) => {
                     backoff = BACKOFF_MIN;
                     match feed::parse_notice_payload(n.payload()) {
                         Some((_, Some(from))) if from == origin => {}
                         Some((notice, _)) => {
+                            api_reads.invalidate(&notice.onboarding_id);
                             let _ = bus.send(notice);
                         }
-                        None => tracing::warn!(payload = n.payload(), "unparsable change notice"),
+                        None => {
+                            // Whose row changed is unknown: forget them all.
+                            api_reads.invalidate_all();
+                            tracing::warn!(payload = n.payload(), "unparsable change notice");
+                        }
                     }
                 }
+                // Reconnected after a lost connection: notices of the gap are lost.
+                Ok(None) => api_reads.invalidate_all(),
                 Err(error) => {
                     tracing::warn!(%error, "change listener lost its connection");
                     break;

@@ -666,3 +666,40 @@ async fn events_handed_to_an_engine_that_died_are_claimed_once_their_lease_lapse
     );
     assert_eq!(live.webhook_tick().await.unwrap(), 0, "applied once");
 }
+
+/// `GetOnboarding` is answered from pre-encoded bytes cached beside the row they encode: it
+/// answers what converting the row does (ListOnboardings converts it on every call), and a
+/// change of the row is answered at once, however often the old answer was served before.
+#[tokio::test]
+async fn get_onboarding_answers_the_current_row_from_its_cached_bytes() {
+    let fake = Arc::new(InMemoryProvider::new(ProviderKind::Gupshup));
+    let app = app_with(ProviderKind::Gupshup, &fake).await;
+    account(&app, "acme").await;
+    let id = create(&app, "acme", "").await;
+    let listed = |app: &TestApp| {
+        let req = app.req(pb::ListOnboardingsRequest { reference: "crm-42".into(), ..Default::default() });
+        let client = app.onboardings();
+        async move {
+            let mut page = client.clone().list_onboardings(req).await.unwrap().into_inner().onboardings;
+            assert_eq!(page.len(), 1);
+            page.remove(0)
+        }
+    };
+    let live = wait_state(&app, &id, pb::OnboardingState::Live).await;
+    for _ in 0..3 {
+        let got = get(&app, &id).await;
+        assert_eq!(got, live, "cached answers stay equal");
+        assert_eq!(got, listed(&app).await, "and equal to a fresh conversion");
+    }
+    // Written through the store: the next read answers the new row, not the cached bytes.
+    let mut change = wa_onboard::store::OnboardingChange::new(
+        &id,
+        wa_onboard::store::NewEvent::new(wa_onboard::domain::EventKind::Callback, "changed"),
+        wa_onboard::domain::now_ms(),
+    );
+    change.state_reason = Some("changed after caching".into());
+    app.running().store.apply_change(&change).await.unwrap();
+    let changed = get(&app, &id).await;
+    assert_ne!(changed, live);
+    assert_eq!(changed, listed(&app).await);
+}

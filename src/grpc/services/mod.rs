@@ -20,8 +20,9 @@ use crate::error::AppError;
 pub struct Services {
     core: SharedCore,
     shutdown: tokio::sync::watch::Receiver<bool>,
-    /// Converted `GetOnboarding` answers (see [`crate::core::read_cache`]).
-    onboardings_pb: std::sync::Arc<crate::core::read_cache::OnboardingReadCache<pb::Onboarding>>,
+    /// `GetOnboarding` answers, encoded (see [`crate::core::read_cache`] and
+    /// [`super::preencoded`]).
+    onboardings_pb: std::sync::Arc<crate::core::read_cache::OnboardingReadCache<bytes::Bytes>>,
     /// Converted stream events (see [`super::pb_cache`]).
     events_pb: std::sync::Arc<super::pb_cache::EventPbCache>,
 }

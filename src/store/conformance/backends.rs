@@ -222,6 +222,47 @@ mod postgres_only {
         testing::drop_pg(&other_url).await;
     }
 
+    /// API reads (`onboarding_shared`) go through a cache on PostgreSQL: the replica that wrote
+    /// reads its write at once (invalidated before the write returns), another replica reads it
+    /// once the write's notice reached it (invalidated before the notice is delivered), and the
+    /// reads writes decide on (`onboarding_unscoped`) never lag.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn api_reads_follow_own_writes_and_other_replicas_notices() {
+        let Some((a, url)) = testing::pg_store().await else {
+            return;
+        };
+        let b: Arc<dyn Store> = Arc::new(PgStore::connect(&url).await.unwrap());
+        let t = tenant(&a).await;
+        let acc = account(&a, &t, ProviderKind::Gupshup).await;
+        let o = onboarding(&a, &acc, "r").await;
+        let read = |s: &Arc<dyn Store>| {
+            let (s, t, id) = (s.clone(), t.clone(), o.id.clone());
+            async move { s.onboarding_shared(&t, &id).await.unwrap().unwrap().sequence }
+        };
+        let sequence_of = |e: EventRecord| e.sequence;
+        assert_eq!(read(&a).await, o.sequence);
+        assert_eq!(read(&b).await, o.sequence);
+        // Both cached now; a write through A is read back through A at once.
+        let second = sequence_of(a.apply_change(&change(&o.id, "via a")).await.unwrap());
+        assert_eq!(read(&a).await, second, "read-your-writes on the replica that wrote");
+        assert_eq!(read(&a).await, second);
+
+        // A write through B reaches A's readers with its notice.
+        let mut heard = a.subscribe();
+        let third = sequence_of(b.apply_change(&change(&o.id, "via b")).await.unwrap());
+        assert_eq!(read(&b).await, third);
+        tokio::time::timeout(Duration::from_secs(10), async { while heard.recv().await.unwrap().sequence != third {} })
+            .await
+            .expect("B's notice reaches A");
+        assert_eq!(read(&a).await, third, "read after the notice arrived");
+        // The engine's read is never cached on PostgreSQL.
+        let fourth = sequence_of(b.apply_change(&change(&o.id, "again via b")).await.unwrap());
+        assert_eq!(a.onboarding_unscoped(&o.id).await.unwrap().unwrap().sequence, fourth);
+        assert_eq!(a.onboarding(&t, &o.id).await.unwrap().unwrap().sequence, fourth);
+        drop(b);
+        testing::drop_pg(&url).await;
+    }
+
     /// A caller that queued behind another replica holding the key's lock stamps its slot when
     /// it gets the lock, not when it asked: the queueing must not shorten the slot's hold.
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -81,8 +81,12 @@ fn bind_updatable<DB: SqlDb>(query: Sql<DB>, a: &AccountRecord) -> Sql<DB> {
 
 /// The account `id` whatever its tenant, through the backend's cache if any.
 async fn account_row<B: SqlBackend>(backend: &B, id: &AccountId) -> StoreResult<Option<AccountRecord>> {
-    let row =
-        super::row_by_id::<B, _, AccountRow, _>(backend, |c| &c.accounts, "SELECT * FROM accounts WHERE id = $1", id);
+    let row = super::row_by_id::<B, _, AccountRow, _>(
+        backend,
+        backend.caches().map(|c| &c.accounts),
+        "SELECT * FROM accounts WHERE id = $1",
+        id,
+    );
     Ok(row.await?.map(std::sync::Arc::unwrap_or_clone))
 }
 

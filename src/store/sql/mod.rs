@@ -15,7 +15,7 @@ use async_trait::async_trait;
 use sqlx::{Pool, Transaction};
 use tokio::sync::broadcast;
 
-use super::cache::{Caches, RowCache, Versioned};
+use super::cache::{Caches, OnboardingCache, RowCache, Versioned};
 use super::{Backend, ChangeNotice, Page, Store, StoreError, StoreResult};
 use crate::domain::{IdError, OnboardingState, ProviderKind, StepState};
 use db::sql;
@@ -186,6 +186,12 @@ pub(crate) trait SqlBackend: Send + Sync + 'static {
     /// caches exactly coherent (its `publish` invalidates onboardings, account writes
     /// invalidate accounts; see [`super::cache`]).
     fn caches(&self) -> Option<&Caches>;
+    /// Where API reads of one onboarding (`onboarding_shared`, never a read a write decides
+    /// on) go through: the exact cache where there is one, else one that may lag another
+    /// replica's commit by its notice (PostgreSQL; see [`super::cache`]).
+    fn api_read_cache(&self) -> Option<&OnboardingCache> {
+        self.caches().map(|c| &c.onboardings)
+    }
     /// Change notification, called after the commit of every write that changes an
     /// onboarding row (its sequence grows).
     fn publish(&self, notice: &ChangeNotice) -> impl Future<Output = StoreResult<()>> + Send;
@@ -220,11 +226,11 @@ impl<B: SqlBackend> Store for B {
     }
 }
 
-/// One row by its id (`text` binds it as `$1`), decoded as `R`, through the backend's cache
-/// `pick` chooses if it keeps caches; shared, so a cache hit copies nothing.
+/// One row by its id (`text` binds it as `$1`), decoded as `R`, through `cache` if any;
+/// shared, so a cache hit copies nothing.
 pub(crate) async fn row_by_id<B, K, R, T>(
     backend: &B,
-    pick: fn(&Caches) -> &RowCache<K, T>,
+    cache: Option<&RowCache<K, T>>,
     text: &'static str,
     id: &K,
 ) -> StoreResult<Option<Arc<T>>>
@@ -238,8 +244,8 @@ where
         let row = sql::<B::Db>(text).bind(id.as_ref()).optional::<R>(backend.reader()).await?;
         row.map(TryInto::try_into).transpose()
     };
-    match backend.caches() {
-        Some(c) => pick(c).read_through(id, load).await,
+    match cache {
+        Some(c) => c.read_through(id, load).await,
         None => Ok(load.await?.map(Arc::new)),
     }
 }

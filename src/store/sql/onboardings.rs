@@ -10,7 +10,7 @@ use sqlx::Transaction;
 use super::db::{Sql, SqlDb, sql};
 use super::{SqlBackend, feed, locking, records};
 use crate::domain::{AccountId, OnboardingId, OnboardingState, ProviderKind, TenantId, UnixMs};
-use crate::store::cache::Writing;
+use crate::store::cache::OnboardingCache;
 use crate::store::{
     ChangeNotice, ChangeOutcome, EventRecord, NewOnboarding, OnboardingChange, OnboardingFilter, OnboardingRecord,
     Onboardings, Page, PageRequest, StepRecord, StoreError, StoreResult,
@@ -460,15 +460,46 @@ async fn apply_in<B: SqlBackend>(
     Ok((ChangeOutcome::Applied(event), Some(notice)))
 }
 
-/// The onboarding `id` whatever its tenant, through the backend's cache if any.
-async fn onboarding_row<B: SqlBackend>(backend: &B, id: &OnboardingId) -> StoreResult<Option<Arc<OnboardingRecord>>> {
-    super::row_by_id::<B, _, OnboardingRow, _>(
-        backend,
-        |c| &c.onboardings,
-        "SELECT * FROM onboardings WHERE id = $1",
-        id,
-    )
-    .await
+/// The onboarding `id` whatever its tenant, through `cache` if any.
+async fn onboarding_row<B: SqlBackend>(
+    backend: &B,
+    cache: Option<&OnboardingCache>,
+    id: &OnboardingId,
+) -> StoreResult<Option<Arc<OnboardingRecord>>> {
+    super::row_by_id::<B, _, OnboardingRow, _>(backend, cache, "SELECT * FROM onboardings WHERE id = $1", id).await
+}
+
+/// The cache fences of one write's rows ([`OnboardingCache::writing`]), from before its
+/// transaction until after its notices; [`WriteFence::done`] once those went out, else (an
+/// error, a cancelled future) the rows are left abandoned.
+struct WriteFence<'a> {
+    fences: Vec<crate::store::cache::Writing<'a, OnboardingId, OnboardingRecord>>,
+}
+
+impl<'a> WriteFence<'a> {
+    fn new(cache: Option<&'a OnboardingCache>, changes: &[OnboardingChange]) -> Self {
+        let fences = match cache {
+            Some(c) => changes.iter().filter_map(|ch| ch.onboarding_id.as_ref()).map(|id| c.writing(id)).collect(),
+            None => Vec::new(),
+        };
+        Self { fences }
+    }
+
+    /// The write committed (or changed nothing) and its notices went out.
+    fn done(self) {
+        self.fences.into_iter().for_each(crate::store::cache::Writing::done);
+    }
+}
+
+/// The onboarding `id` of `tenant` (another tenant's reads as absent), through `cache` if any.
+async fn tenant_onboarding<B: SqlBackend>(
+    backend: &B,
+    cache: Option<&OnboardingCache>,
+    tenant: &TenantId,
+    id: &OnboardingId,
+) -> StoreResult<Option<Arc<OnboardingRecord>>> {
+    // By primary key, then scoped.
+    Ok(onboarding_row(backend, cache, id).await?.filter(|o| o.tenant_id == *tenant))
 }
 
 #[async_trait]
@@ -495,7 +526,9 @@ impl<B: SqlBackend> Onboardings for B {
     }
 
     async fn onboarding(&self, tenant: &TenantId, id: &OnboardingId) -> StoreResult<Option<OnboardingRecord>> {
-        Ok(self.onboarding_shared(tenant, id).await?.map(Arc::unwrap_or_clone))
+        // The exact cache only: callers decide writes on this read.
+        let cache = self.caches().map(|c| &c.onboardings);
+        Ok(tenant_onboarding(self, cache, tenant, id).await?.map(Arc::unwrap_or_clone))
     }
 
     async fn pipeline(
@@ -527,12 +560,12 @@ impl<B: SqlBackend> Onboardings for B {
         tenant: &TenantId,
         id: &OnboardingId,
     ) -> StoreResult<Option<Arc<OnboardingRecord>>> {
-        // By primary key, then scoped: another tenant's id reads as absent.
-        Ok(onboarding_row(self, id).await?.filter(|o| o.tenant_id == *tenant))
+        tenant_onboarding(self, self.api_read_cache(), tenant, id).await
     }
 
     async fn onboarding_unscoped(&self, id: &OnboardingId) -> StoreResult<Option<OnboardingRecord>> {
-        Ok(onboarding_row(self, id).await?.map(Arc::unwrap_or_clone))
+        // The exact cache only: the engine decides writes on this read.
+        Ok(onboarding_row(self, self.caches().map(|c| &c.onboardings), id).await?.map(Arc::unwrap_or_clone))
     }
 
     async fn onboardings_by_external_keys(
@@ -618,22 +651,38 @@ impl<B: SqlBackend> Onboardings for B {
     }
 
     async fn apply_change(&self, change: &OnboardingChange) -> StoreResult<EventRecord> {
-        let mut tx = B::Db::begin(self.writer()).await?;
-        // Not applied: `tx` drops uncommitted, rolling back (nothing was written anyway).
-        match apply_in::<B>(&mut tx, change).await? {
+        let fence = WriteFence::new(self.api_read_cache(), std::slice::from_ref(change));
+        let applied = async {
+            let mut tx = B::Db::begin(self.writer()).await?;
+            let outcome = apply_in::<B>(&mut tx, change).await?;
+            Ok::<_, StoreError>((tx, outcome))
+        };
+        // Failed before the commit: `tx` dropped uncommitted, rolling back; nothing written.
+        let (tx, outcome) = match applied.await {
+            Ok(v) => v,
+            Err(e) => {
+                fence.done();
+                return Err(e);
+            }
+        };
+        match outcome {
             (ChangeOutcome::Applied(event), notice) => {
-                // Read from the database from just before the commit until its notice has
-                // invalidated the cached row (see `store::cache`).
-                let writing = self.caches().map(|c| c.onboardings.writing(&event.onboarding_id));
+                // An error here leaves the fence abandoned: the commit may have landed.
                 B::Db::commit(tx).await?;
                 if let Some(notice) = &notice {
                     feed::publish_after_commit(self, notice).await;
                 }
-                writing.into_iter().for_each(Writing::done);
+                fence.done();
                 Ok(event)
             }
-            (ChangeOutcome::Conflict(m) | ChangeOutcome::AlreadyProcessed(m), _) => Err(StoreError::Conflict(m)),
-            (ChangeOutcome::NotFound(m), _) => Err(StoreError::NotFound(m)),
+            (ChangeOutcome::Conflict(m) | ChangeOutcome::AlreadyProcessed(m), _) => {
+                fence.done();
+                Err(StoreError::Conflict(m))
+            }
+            (ChangeOutcome::NotFound(m), _) => {
+                fence.done();
+                Err(StoreError::NotFound(m))
+            }
         }
     }
 
@@ -641,6 +690,7 @@ impl<B: SqlBackend> Onboardings for B {
         if changes.is_empty() {
             return Ok(Vec::new());
         }
+        let fence = WriteFence::new(self.api_read_cache(), changes);
         let mut tx = B::Db::begin(self.writer()).await?;
         let mut outcomes = Vec::with_capacity(changes.len());
         let mut notices = Vec::with_capacity(changes.len());
@@ -665,21 +715,11 @@ impl<B: SqlBackend> Onboardings for B {
             }
             outcomes.push(outcome);
         }
-        let writing: Vec<_> = match self.caches() {
-            Some(c) => outcomes
-                .iter()
-                .filter_map(|o| match o {
-                    ChangeOutcome::Applied(e) => Some(c.onboardings.writing(&e.onboarding_id)),
-                    _ => None,
-                })
-                .collect(),
-            None => Vec::new(),
-        };
         B::Db::commit(tx).await?;
         for notice in &notices {
             feed::publish_after_commit(self, notice).await;
         }
-        writing.into_iter().for_each(Writing::done);
+        fence.done();
         Ok(outcomes)
     }
 
