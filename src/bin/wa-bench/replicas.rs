@@ -45,9 +45,13 @@ fn on(url: &str, s: &Server) -> Result<String> {
 /// The `replicas` suite on the fresh schema `url`.
 pub(crate) async fn replicas(opts: &Opts, rep: &mut Report, url: &str) -> Result<()> {
     let n = opts.streams;
+    // The replicas share the encryption key, as they would share a Kubernetes Secret (each
+    // would otherwise generate its own and not read the other's sealed credentials).
+    let key = wa_onboard::crypto::Cipher::generate_key().expose().to_string();
     let config = |name: &str| {
         let mut c = ServerConfig::new(&opts.work_dir.join(name), Some(url.to_string()));
-        c.extra_toml = format!("[streams]\nheartbeat_secs = {}\n", opts.heartbeat_secs);
+        c.extra_toml =
+            format!("[streams]\nheartbeat_secs = {}\n[security]\nencryption_key = {key:?}\n", opts.heartbeat_secs);
         c
     };
     let a = Server::start(&opts.server, &config("replica-a")).await?;
