@@ -29,6 +29,7 @@ use futures::future::{BoxFuture, Shared};
 use tokio::sync::{Notify, broadcast, watch};
 
 use super::detached;
+use super::tenants::KeyCheck;
 use super::views::{EventView, StepView};
 use crate::domain::{OnboardingId, ProviderKind, TenantId};
 use crate::error::AppError;
@@ -211,6 +212,8 @@ struct Inner {
     reconcile: Notify,
     /// Open streams per tenant (only tenants with one open).
     open: Mutex<HashMap<TenantId, usize>>,
+    /// The revocation watch of every API key holding streams open.
+    keys: Arc<Mutex<KeyRegistry>>,
 }
 
 /// The fan-out hub.
@@ -272,6 +275,7 @@ impl Bus {
                 next_slot: AtomicUsize::new(0),
                 reconcile: Notify::new(),
                 open: Mutex::default(),
+                keys: Arc::default(),
             }),
         }
     }
@@ -300,6 +304,21 @@ impl Bus {
     /// Open streams of `tenant` (for tests).
     pub fn open_streams(&self, tenant: &TenantId) -> usize {
         self.inner.open.lock().unwrap_or_else(|e| e.into_inner()).get(tenant).copied().unwrap_or(0)
+    }
+
+    /// The revocation watch of the key a stream of `tenant` was opened with, shared by every
+    /// open stream of that key: one check per key per [`KeyRecheck::every`], however many
+    /// streams it holds open, and no timer or wakeup per stream while the key stays valid.
+    pub fn key_watch(&self, key: impl KeyRecheck, tenant: &TenantId) -> KeyWatch {
+        let id = (key.id(), tenant.clone());
+        let mut keys = self.inner.keys.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(state) = keys.get(&id).and_then(Weak::upgrade) {
+            return KeyWatch { state };
+        }
+        let state = Arc::new(KeyState::default());
+        keys.insert(id.clone(), Arc::downgrade(&state));
+        tokio::spawn(check_key(Arc::downgrade(&self.inner.keys), Arc::downgrade(&state), key, id));
+        KeyWatch { state }
     }
 
     /// Registers interest in one onboarding.
@@ -421,6 +440,103 @@ impl Bus {
             _ = ticks => {}
         }
     }
+}
+
+/// What a stream's key is checked with (the authenticator's [`KeyCheck`], or a test double).
+#[async_trait]
+pub trait KeyRecheck: Send + Sync + 'static {
+    /// Identifies the key (its hash): streams of the same key share one check.
+    fn id(&self) -> [u8; 32];
+    /// Time between two checks.
+    fn every(&self) -> Duration;
+    /// `UNAUTHENTICATED` once the key no longer maps to `tenant`.
+    async fn recheck(&self, tenant: &TenantId) -> Result<(), AppError>;
+}
+
+#[async_trait]
+impl KeyRecheck for KeyCheck {
+    fn id(&self) -> [u8; 32] {
+        *self.hash()
+    }
+
+    fn every(&self) -> Duration {
+        KeyCheck::every(self)
+    }
+
+    async fn recheck(&self, tenant: &TenantId) -> Result<(), AppError> {
+        KeyCheck::recheck(self, tenant).await
+    }
+}
+
+type KeyRegistry = HashMap<([u8; 32], TenantId), Weak<KeyState>>;
+
+/// One key's verdict, shared by its streams.
+#[derive(Default)]
+struct KeyState {
+    /// Set once, when the key was found revoked.
+    revoked: OnceLock<AppError>,
+    /// Woken when `revoked` is set.
+    notify: Notify,
+}
+
+/// A stream's share of its key's revocation watch; dropped with the stream.
+pub struct KeyWatch {
+    state: Arc<KeyState>,
+}
+
+impl KeyWatch {
+    /// The error that ends the stream, once its key was found revoked.
+    pub fn revoked(&self) -> Option<AppError> {
+        self.state.revoked.get().cloned()
+    }
+
+    /// Waits until the key is found revoked.
+    pub async fn revocation(&self) -> AppError {
+        loop {
+            // Registered before the check, so a revocation between the two still wakes us.
+            let woken = self.state.notify.notified();
+            tokio::pin!(woken);
+            woken.as_mut().enable();
+            if let Some(e) = self.revoked() {
+                return e;
+            }
+            woken.await;
+        }
+    }
+}
+
+/// Checks one key every [`KeyRecheck::every`] while any stream holds its watch; on revocation
+/// tells every such stream, and forgets the key (a key put back in the config file later
+/// starts afresh).
+async fn check_key(
+    registry: Weak<Mutex<KeyRegistry>>,
+    state: Weak<KeyState>,
+    key: impl KeyRecheck,
+    id: ([u8; 32], TenantId),
+) {
+    let forget = |registry: &Weak<Mutex<KeyRegistry>>| {
+        if let Some(r) = registry.upgrade() {
+            let mut keys = r.lock().unwrap_or_else(|e| e.into_inner());
+            if keys.get(&id).is_some_and(|w| w.ptr_eq(&state)) {
+                keys.remove(&id);
+            }
+        }
+    };
+    loop {
+        tokio::time::sleep(key.every()).await;
+        if state.strong_count() == 0 {
+            break;
+        }
+        if let Err(e) = key.recheck(&id.1).await {
+            forget(&registry);
+            if let Some(s) = state.upgrade() {
+                let _ = s.revoked.set(e);
+                s.notify.notify_waiters();
+            }
+            return;
+        }
+    }
+    forget(&registry);
 }
 
 impl Watcher {
@@ -965,6 +1081,81 @@ mod tests {
         drop(first);
         assert_eq!(bus.open_streams(&a), 1);
         let _again = bus.open_stream(&a, 2).expect("a closed stream frees its place");
+    }
+
+    /// A key that counts its checks and is revoked on demand.
+    #[derive(Clone, Default)]
+    struct Key {
+        checks: Arc<AtomicUsize>,
+        revoked: Arc<std::sync::atomic::AtomicBool>,
+    }
+
+    #[async_trait]
+    impl KeyRecheck for Key {
+        fn id(&self) -> [u8; 32] {
+            [7; 32]
+        }
+
+        fn every(&self) -> Duration {
+            Duration::from_secs(1)
+        }
+
+        async fn recheck(&self, _: &TenantId) -> Result<(), AppError> {
+            self.checks.fetch_add(1, Ordering::SeqCst);
+            if self.revoked.load(Ordering::SeqCst) {
+                Err(AppError::new(crate::error::ErrorCode::Unauthenticated, "revoked"))
+            } else {
+                Ok(())
+            }
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn one_key_check_serves_all_its_streams_and_revocation_reaches_each() {
+        let bus = bus(&Arc::new(Log::default()), 4);
+        let key = Key::default();
+        let tenant = TenantId::parse("t").unwrap();
+        let watches: Vec<KeyWatch> = (0..100).map(|_| bus.key_watch(key.clone(), &tenant)).collect();
+        let waiting: Vec<_> = watches
+            .iter()
+            .map(|w| {
+                tokio::spawn({
+                    let state = w.state.clone();
+                    async move { KeyWatch { state }.revocation().await }
+                })
+            })
+            .collect();
+        tokio::time::sleep(Duration::from_millis(3500)).await;
+        assert_eq!(key.checks.load(Ordering::SeqCst), 3, "one check per period for 100 streams");
+        assert!(watches.iter().all(|w| w.revoked().is_none()));
+        key.revoked.store(true, Ordering::SeqCst);
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        for w in waiting {
+            assert_eq!(w.await.unwrap().code, crate::error::ErrorCode::Unauthenticated);
+        }
+        assert!(watches.iter().all(|w| w.revoked().is_some()), "seen without waiting too");
+        // A stream opened after the revocation starts a fresh watch (the layer refuses a
+        // revoked key; a key put back in the config file is valid again).
+        key.revoked.store(false, Ordering::SeqCst);
+        let later = bus.key_watch(key.clone(), &tenant);
+        assert!(later.revoked().is_none());
+        // Another tenant's streams of an equal key id are watched apart.
+        let other = bus.key_watch(key.clone(), &TenantId::parse("u").unwrap());
+        assert!(!Arc::ptr_eq(&other.state, &later.state));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_key_is_no_longer_checked_once_its_streams_closed() {
+        let bus = bus(&Arc::new(Log::default()), 4);
+        let key = Key::default();
+        let tenant = TenantId::parse("t").unwrap();
+        let w = bus.key_watch(key.clone(), &tenant);
+        tokio::time::sleep(Duration::from_millis(1500)).await;
+        assert_eq!(key.checks.load(Ordering::SeqCst), 1);
+        drop(w);
+        tokio::time::sleep(Duration::from_secs(5)).await;
+        assert_eq!(key.checks.load(Ordering::SeqCst), 1, "no check for nobody");
+        assert!(bus.inner.keys.lock().unwrap().is_empty(), "forgotten");
     }
 
     #[tokio::test]

@@ -6,7 +6,7 @@ use std::sync::Arc;
 
 use futures::Stream;
 
-use super::bus::{Batch, StreamPermit, Watcher};
+use super::bus::{Batch, KeyWatch, StreamPermit, Watcher};
 use super::tenants::KeyCheck;
 use super::views::{EventView, OnboardingQuery, OnboardingView, StepView};
 use super::{Caller, Core};
@@ -119,10 +119,7 @@ impl Core {
             beat: self.bus.beat(),
             shutdown,
             ended: false,
-            recheck: key.map(|k| {
-                let at = Box::pin(tokio::time::sleep(k.every()));
-                Box::new(Recheck { key: k, tenant: caller.tenant.clone(), at })
-            }),
+            key: key.map(|k| self.bus.key_watch(k, &caller.tenant)),
             _permit: permit,
         };
         Ok(futures::stream::unfold(state, |mut st| async move { st.next().await.map(|item| (item, st)) }))
@@ -148,26 +145,10 @@ struct WatchState {
     beat: tokio::sync::watch::Receiver<u64>,
     shutdown: tokio::sync::watch::Receiver<bool>,
     ended: bool,
-    /// When and how the stream's API key is checked again (boxed: idle streams stay small).
-    recheck: Option<Box<Recheck>>,
+    /// The revocation watch of the stream's API key, shared with every stream of that key
+    /// (one check per key, no timer per stream).
+    key: Option<KeyWatch>,
     _permit: StreamPermit,
-}
-
-/// A stream's next check of the key it was opened with.
-struct Recheck {
-    key: KeyCheck,
-    tenant: crate::domain::TenantId,
-    at: std::pin::Pin<Box<tokio::time::Sleep>>,
-}
-
-impl Recheck {
-    /// Waits for the next check and runs it; `UNAUTHENTICATED` ends the stream.
-    async fn due(&mut self) -> Result<(), AppError> {
-        self.at.as_mut().await;
-        let r = self.key.recheck(&self.tenant).await;
-        self.at.as_mut().reset(tokio::time::Instant::now() + self.key.every());
-        r
-    }
 }
 
 impl WatchState {
@@ -179,12 +160,9 @@ impl WatchState {
             return None;
         }
         loop {
-            // A stream that always has events to send never waits below: its key check is due
-            // here too.
-            if let Some(r) = self.recheck.as_mut()
-                && r.at.is_elapsed()
-                && let Err(e) = r.due().await
-            {
+            // A stream that always has events to send never waits below: its key's revocation
+            // is seen here too.
+            if let Some(e) = self.key.as_ref().and_then(KeyWatch::revoked) {
                 self.ended = true;
                 return Some(Err(e));
             }
@@ -221,9 +199,9 @@ impl WatchState {
                     }
                 }
                 _ = self.shutdown.changed() => return None,
-                Err(e) = async {
-                    match self.recheck.as_mut() {
-                        Some(r) => r.due().await,
+                e = async {
+                    match self.key.as_ref() {
+                        Some(k) => k.revocation().await,
                         None => std::future::pending().await,
                     }
                 } => {

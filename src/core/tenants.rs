@@ -206,6 +206,11 @@ impl KeyCheck {
         self.auth.ttl / 2
     }
 
+    /// The key's hash: what names it in memory (streams of one key share one check).
+    pub fn hash(&self) -> &[u8; 32] {
+        &self.hash
+    }
+
     /// `UNAUTHENTICATED` once the key no longer maps to `tenant`. A store that does not answer
     /// is not a revocation: the stream stays, and the next check asks again.
     pub async fn recheck(&self, tenant: &TenantId) -> Result<(), AppError> {

@@ -7,6 +7,7 @@ pub mod codec;
 pub mod connect;
 pub mod convert;
 pub mod convert_ext;
+pub mod encoded;
 #[cfg(test)]
 mod fuzz;
 pub mod limits;
@@ -126,8 +127,9 @@ pub fn router(
         .add_service(reflection_v1)
         .add_service(reflection_v1alpha)
         .add_service(codec::OversizeAsExhausted(pb::account_service_server::AccountServiceServer::new(s.clone())))
+        // GetOnboarding and WatchOnboarding answer pre-encoded bytes; the rest pass through.
         .add_service(codec::OversizeAsExhausted(preencoded::PreEncodedGet::new(
-            pb::onboarding_service_server::OnboardingServiceServer::new(s.clone()),
+            encoded::WatchRoute::new(pb::onboarding_service_server::OnboardingServiceServer::new(s.clone()), s.clone()),
             s.clone(),
         )))
         .add_service(codec::OversizeAsExhausted(pb::token_service_server::TokenServiceServer::new(s.clone())))

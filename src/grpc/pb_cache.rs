@@ -1,9 +1,10 @@
 //! The protobuf form of recent stream events, so one event sent to every watcher of an
-//! onboarding is converted once. (`GetOnboarding`'s converted answers are cached in core:
+//! onboarding is converted and encoded once. (`GetOnboarding`'s converted answers are cached in core:
 //! [`crate::core::read_cache`].)
 
 use std::sync::{Arc, Weak};
 
+use super::encoded::Encoded;
 use super::pb;
 use crate::core::read_cache::Lru;
 use crate::core::views::EventView;
@@ -11,8 +12,9 @@ use crate::core::views::EventView;
 /// Events kept by [`EventPbCache`]: the recent ones streams are sending now.
 pub const EVENT_ENTRIES: usize = 256;
 
-/// An event view (as shared by the streams that send it) and the message converted from it.
-type EventEntry = (Weak<EventView>, Arc<pb::OnboardingEvent>);
+/// An event view (as shared by the streams that send it), the message converted from it and
+/// the `WatchOnboarding` answer carrying it, encoded.
+type EventEntry = (Weak<EventView>, Arc<pb::OnboardingEvent>, Encoded);
 
 /// The protobuf form of the events streams are sending. The bus hands every stream of
 /// an onboarding the same `Arc` of each event, so the view's address names it: an entry
@@ -38,13 +40,27 @@ impl EventPbCache {
 
     /// `pb::OnboardingEvent::from(event)`, converted once per shared view.
     pub fn event(&self, event: &Arc<EventView>) -> pb::OnboardingEvent {
+        pb::OnboardingEvent::clone(&self.entry(event).1)
+    }
+
+    /// `WatchOnboardingResponse { event }` encoded, once per shared view: every watcher sends
+    /// the same bytes.
+    pub fn encoded(&self, event: &Arc<EventView>) -> Encoded {
+        self.entry(event).2
+    }
+
+    fn entry(&self, event: &Arc<EventView>) -> EventEntry {
         let key = Arc::as_ptr(event) as usize;
-        if let Some((_, message)) = self.entries.get(&key) {
-            return pb::OnboardingEvent::clone(&message);
+        if let Some(entry) = self.entries.get(&key) {
+            return entry;
         }
         let message = pb::OnboardingEvent::from(event.as_ref());
-        self.entries.insert(key, (Arc::downgrade(event), Arc::new(message.clone())));
-        message
+        let encoded = Encoded::of(&pb::WatchOnboardingResponse {
+            message: Some(pb::watch_onboarding_response::Message::Event(message.clone())),
+        });
+        let entry = (Arc::downgrade(event), Arc::new(message), encoded);
+        self.entries.insert(key, entry.clone());
+        entry
     }
 }
 
@@ -76,6 +92,11 @@ mod tests {
         assert_eq!(cache.event(&e), fresh);
         assert_eq!(cache.event(&e.clone()), fresh);
         assert_eq!(cache.entries.len(), 1, "one entry for every holder of the view");
+        // Encoded once: every holder gets the very same bytes, which decode to the message.
+        let (a, b) = (cache.encoded(&e), cache.encoded(&e.clone()));
+        assert_eq!(a.0.as_ptr(), b.0.as_ptr(), "shared, not re-encoded");
+        let decoded = <pb::WatchOnboardingResponse as prost::Message>::decode(a.0.clone()).unwrap();
+        assert_eq!(decoded.message, Some(pb::watch_onboarding_response::Message::Event(fresh.clone())));
         // An equal view elsewhere is another entry, converted the same.
         let copy = Arc::new(EventView::clone(&e));
         assert_eq!(cache.event(&copy), fresh);
@@ -90,6 +111,10 @@ mod tests {
             // the next view cannot be mistaken for it.
             let e = event(i, &i.to_string());
             assert_eq!(cache.event(&e), pb::OnboardingEvent::from(e.as_ref()));
+            let encoded = pb::WatchOnboardingResponse {
+                message: Some(pb::watch_onboarding_response::Message::Event(pb::OnboardingEvent::from(e.as_ref()))),
+            };
+            assert_eq!(cache.encoded(&e), Encoded::of(&encoded));
         }
         assert_eq!(cache.entries.len(), 4, "bounded");
     }

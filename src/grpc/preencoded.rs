@@ -10,68 +10,18 @@
 
 use std::convert::Infallible;
 use std::future::Future;
-use std::marker::PhantomData;
 use std::pin::Pin;
 use std::task::{Context, Poll};
 
-use bytes::{BufMut, Bytes};
-use tonic::codec::{BufferSettings, EncodeBuf, Encoder};
 use tonic::server::{NamedService, UnaryService};
-use tonic_prost::ProstDecoder;
 
+use super::codec::Codec;
+use super::encoded::Encoded;
 use super::pb;
 use super::services::Services;
 
 /// The path routed to the pre-encoded handler.
 pub const GET_ONBOARDING: &str = "/wa.onboard.v1.OnboardingService/GetOnboarding";
-
-/// A message already encoded as protobuf, written to the wire as is.
-#[derive(Debug, Clone, PartialEq)]
-pub struct Encoded(pub Bytes);
-
-/// Writes [`Encoded`] bytes as they are.
-#[derive(Debug, Default)]
-pub struct PassThroughEncoder;
-
-impl Encoder for PassThroughEncoder {
-    type Item = Encoded;
-    type Error = tonic::Status;
-
-    fn encode(&mut self, item: Encoded, dst: &mut EncodeBuf<'_>) -> Result<(), Self::Error> {
-        dst.put_slice(&item.0);
-        Ok(())
-    }
-
-    fn buffer_settings(&self) -> BufferSettings {
-        BufferSettings::new(super::codec::ENCODE_BUFFER, 32 * 1024)
-    }
-}
-
-/// A codec answering [`Encoded`] bytes and decoding requests with prost (as the generated
-/// services' [`super::codec::Codec`] does).
-#[derive(Debug)]
-pub struct PreEncodedCodec<U>(PhantomData<U>);
-
-impl<U> Default for PreEncodedCodec<U> {
-    fn default() -> Self {
-        Self(PhantomData)
-    }
-}
-
-impl<U: prost::Message + Default + Send + 'static> tonic::codec::Codec for PreEncodedCodec<U> {
-    type Encode = Encoded;
-    type Decode = U;
-    type Encoder = PassThroughEncoder;
-    type Decoder = ProstDecoder<U>;
-
-    fn encoder(&mut self) -> Self::Encoder {
-        PassThroughEncoder
-    }
-
-    fn decoder(&mut self) -> Self::Decoder {
-        ProstDecoder::new(BufferSettings::default())
-    }
-}
 
 /// The generated onboarding service with `GetOnboarding` answered from pre-encoded bytes.
 #[derive(Clone)]
@@ -113,7 +63,7 @@ where
             let handler = GetHandler(self.services.clone());
             // The generated service's settings: no compression, tonic's default size limits.
             return Box::pin(async move {
-                let mut grpc = tonic::server::Grpc::new(PreEncodedCodec::<pb::GetOnboardingRequest>::default());
+                let mut grpc = tonic::server::Grpc::new(Codec::<Encoded, pb::GetOnboardingRequest>::default());
                 Ok(grpc.unary(handler, req).await)
             });
         }

@@ -6,6 +6,7 @@
 //! Run it through `scripts/bench` (builds the release binaries, installs h2load if needed).
 
 mod delivery;
+mod replicas;
 mod report;
 mod seed;
 mod server;
@@ -36,10 +37,11 @@ pub struct Opts {
     /// PostgreSQL base URL (a fresh schema is made and dropped); `skip` leaves PostgreSQL out.
     #[arg(long, env = "WA_ONBOARD_TEST_DATABASE_URL", default_value = "postgres://postgres@127.0.0.1:5432/test")]
     pub pg_url: String,
-    /// Suites to run: footprint, unary, streams, ingest, ratelimit, delivery. `delivery` is
+    /// Suites to run: footprint, unary, streams, ingest, ratelimit, replicas, delivery.
+    /// `replicas` is two servers on PostgreSQL (skipped with `--pg-url skip`). `delivery` is
     /// not in the default set yet: its backlog drain is bounded by the delivery claim query
     /// (issue 19 notes), so one SQLite repetition takes minutes and PostgreSQL far longer.
-    #[arg(long, value_delimiter = ',', default_value = "footprint,unary,streams,ingest,ratelimit")]
+    #[arg(long, value_delimiter = ',', default_value = "footprint,unary,streams,ingest,ratelimit,replicas")]
     pub only: Vec<String>,
     /// Measured seconds per h2load run.
     #[arg(long, default_value_t = 1.5)]
@@ -53,9 +55,12 @@ pub struct Opts {
     /// Seconds of the paced webhook load in the fan-out measurement.
     #[arg(long, default_value_t = 30)]
     pub fanout_secs: u64,
-    /// Webhook events per second in the fan-out measurement.
-    #[arg(long, default_value_t = 1000.0)]
+    /// Webhook events per second in the fan-out measurement (issue 21: 2,000).
+    #[arg(long, default_value_t = 2000.0)]
     pub fanout_rate: f64,
+    /// Webhook events per second in the cross-replica fan-out (`replicas` suite).
+    #[arg(long, default_value_t = 1000.0)]
+    pub replica_rate: f64,
     /// Repetitions of the 30 s fan-out load (each rep reopens the streams anyway).
     #[arg(long, default_value_t = 1)]
     pub fanout_reps: usize,
@@ -185,6 +190,14 @@ async fn run(opts: Opts) -> anyhow::Result<()> {
     }
     if opts.wants("ratelimit") {
         suites::ratelimit(&opts, &mut rep).await?;
+    }
+    if opts.wants("replicas") && opts.pg_url != "skip" {
+        let url = wa_onboard::store::postgres::create_test_schema(&opts.pg_url)
+            .await
+            .map_err(|e| anyhow::anyhow!("PostgreSQL ({}): {e}", wa_onboard::store::redact_url(&opts.pg_url)))?;
+        let result = replicas::replicas(&opts, &mut rep, &url).await;
+        wa_onboard::store::postgres::drop_schema(&url).await.ok();
+        result?;
     }
     if opts.wants("delivery") {
         delivery::delivery(&opts, &mut rep, "SQLite", None).await?;

@@ -25,7 +25,7 @@ use crate::webhooks;
 
 const CONCURRENCY: [usize; 4] = [1, 16, 64, 256];
 
-fn ms(ns: u64) -> f64 {
+pub(crate) fn ms(ns: u64) -> f64 {
     ns as f64 / 1e6
 }
 
@@ -307,21 +307,21 @@ struct FanRep {
 }
 
 #[derive(Clone, Copy)]
-struct Broadcast {
-    p50: f64,
-    last: f64,
-    spread: f64,
-    got: usize,
+pub(crate) struct Broadcast {
+    pub p50: f64,
+    pub last: f64,
+    pub spread: f64,
+    pub got: usize,
 }
 
-fn broadcast_stats(arrivals: &[u64], t0: u64) -> Broadcast {
+pub(crate) fn broadcast_stats(arrivals: &[u64], t0: u64) -> Broadcast {
     let mut v: Vec<f64> = arrivals.iter().map(|a| ms(a.saturating_sub(t0))).collect();
     let first = v.iter().copied().fold(f64::INFINITY, f64::min);
     let last = v.iter().copied().fold(0.0, f64::max);
     Broadcast { p50: quantile(&mut v, 0.5), last, spread: last - first, got: arrivals.len() }
 }
 
-async fn wait_for(limit: Duration, mut done: impl FnMut() -> bool) -> bool {
+pub(crate) async fn wait_for(limit: Duration, mut done: impl FnMut() -> bool) -> bool {
     let t0 = Instant::now();
     while t0.elapsed() < limit {
         if done() {
@@ -332,7 +332,7 @@ async fn wait_for(limit: Duration, mut done: impl FnMut() -> bool) -> bool {
     done()
 }
 
-async fn idle_cpu_percent(s: &Server, window: Duration) -> Result<f64> {
+pub(crate) async fn idle_cpu_percent(s: &Server, window: Duration) -> Result<f64> {
     let c0 = s.cpu()?;
     let t0 = Instant::now();
     tokio::time::sleep(window).await;
@@ -502,13 +502,21 @@ pub(crate) async fn streams(opts: &Opts, rep: &mut Report, dir: &Path, seeded: &
         med(&|x| x.onb_kib),
         kib_ratio
     );
+    let all = |f: &dyn Fn(&StreamRep) -> f64| reps.iter().map(f).collect::<Vec<_>>();
+    let pct = |v: f64| format!("{v:.1} %");
     let _ = writeln!(
         s,
-        "| idle CPU, {n} streams | {:.1} % | {:.1} % | {} |",
-        med(&|x| x.health_cpu),
-        med(&|x| x.onb_cpu),
+        "| idle CPU, {n} streams | {} | {} | {} |",
+        spread(&all(&|x| x.health_cpu), pct),
+        spread(&all(&|x| x.onb_cpu), pct),
         fmt_ratio(med(&|x| x.onb_cpu), med(&|x| x.health_cpu))
     );
+    // Server CPU per heartbeat sent: the idle window's CPU above Health/Watch's (which sends
+    // nothing while idle), over the heartbeats that window delivered.
+    let per_beat = all(&|x| {
+        (x.onb_cpu - x.health_cpu).max(0.0) / 100.0 * opts.heartbeat_secs as f64 * 1e6 / (x.heartbeats.max(1) as f64)
+    });
+    let _ = writeln!(s, "| server CPU per heartbeat | | {} | |", spread(&per_beat, |v| format!("{v:.1} µs")));
     let _ = writeln!(
         s,
         "| time to open all {n} | {:.1} s | {:.1} s | |",
@@ -522,6 +530,20 @@ pub(crate) async fn streams(opts: &Opts, rep: &mut Report, dir: &Path, seeded: &
         med(&|x| x.heartbeats as f64)
     );
     rep.section(s);
+    let idle = med(&|x| x.onb_cpu);
+    rep.target(Target {
+        name: format!("idle CPU, {n} open WatchOnboarding streams, {} s heartbeat", opts.heartbeat_secs),
+        goal: "≤ 2 % of one core".into(),
+        measured: spread(&all(&|x| x.onb_cpu), pct),
+        met: idle <= 2.0,
+        why: format!(
+            "{:.1} µs of server CPU per heartbeat (median; Health/Watch's idle CPU, which sends nothing, \
+             subtracted). A stream's API key is checked once per key for all its streams (no timer per \
+             stream), so an idle stream wakes only for its heartbeat: one poll of its stream, one \
+             HTTP/2 DATA frame, and the write of its connection.",
+            median(&per_beat)
+        ),
+    });
     rep.target(Target {
         name: format!("RSS per idle WatchOnboarding stream ({n} over {} connections)", opts.conns),
         goal: "≤ 1.5 × Health/Watch".into(),
@@ -570,9 +592,12 @@ pub(crate) async fn streams(opts: &Opts, rep: &mut Report, dir: &Path, seeded: &
         rep.section(t);
         rep.target(Target {
             name: format!("fan-out p99 at {} events/s over {n} streams (SQLite)", opts.fanout_rate),
-            goal: "≤ 50 ms, every event delivered".into(),
-            measured: format!("{p99:.1} ms, {lost} not arrived within 20 s"),
-            met: p99 <= 50.0 && lost == 0 && errors == 0,
+            goal: "≤ 25 ms, every event delivered".into(),
+            measured: format!(
+                "{}, {lost} not arrived within 20 s",
+                spread(&fans.iter().map(|x| x.p99).collect::<Vec<_>>(), |v| format!("{v:.1} ms"))
+            ),
+            met: p99 <= 25.0 && lost == 0 && errors == 0,
             why: "the 2xx means the event is stored (deliveries arriving together share one group \
                   commit), leased to this replica and queued for its engine, which plans a batch \
                   with two bulk reads and applies it in one write transaction; the committed \
@@ -585,9 +610,6 @@ pub(crate) async fn streams(opts: &Opts, rep: &mut Report, dir: &Path, seeded: &
         });
     }
     let b = |f: &dyn Fn(&StreamRep) -> f64| median(&reps.iter().map(f).collect::<Vec<_>>());
-    let onb_last = b(&|x| x.one_to_many.last);
-    let h_last = b(&|x| x.health_bcast.last);
-    let ratio = onb_last / h_last;
     let mut t = format!(
         "\n**One event to {n} watchers**: {n} `WatchOnboarding` streams on the same onboarding, \
          one webhook event; against one health status change (SIGTERM turns it NOT_SERVING) \
@@ -603,7 +625,15 @@ pub(crate) async fn streams(opts: &Opts, rep: &mut Report, dir: &Path, seeded: &
         b(&|x| x.one_to_many.p50),
         fmt_ratio(b(&|x| x.one_to_many.p50), b(&|x| x.health_bcast.p50))
     );
-    let _ = writeln!(t, "| last watcher | {h_last:.1} ms | {onb_last:.1} ms | {ratio:.2} |");
+    let ratios: Vec<f64> = reps.iter().map(|x| x.one_to_many.last / x.health_bcast.last).collect();
+    let msf = |v: f64| format!("{v:.1} ms");
+    let _ = writeln!(
+        t,
+        "| last watcher | {} | {} | {} |",
+        spread(&reps.iter().map(|x| x.health_bcast.last).collect::<Vec<_>>(), msf),
+        spread(&reps.iter().map(|x| x.one_to_many.last).collect::<Vec<_>>(), msf),
+        spread(&ratios, |v| format!("{v:.2}"))
+    );
     let _ = writeln!(
         t,
         "| first → last | {:.1} ms | {:.1} ms | {} |",
@@ -623,17 +653,27 @@ pub(crate) async fn streams(opts: &Opts, rep: &mut Report, dir: &Path, seeded: &
     rep.target(Target {
         name: format!("one event to {n} watchers of one onboarding (last watcher)"),
         goal: "≤ 1.5 × health broadcast".into(),
-        measured: format!("{ratio:.2} ×"),
-        met: ratio <= 1.5 && all,
-        why: "the committed event reaches the bus with its commit (no store read) and every \
-              stream takes the same `Arc` from the shared window and the same converted message; \
-              what remains above Health/Watch is per watcher: a copy of that message (an event \
-              with its attributes, where Health's is one enum) encoded by the server and decoded \
-              by the load client on the same two cores. Profiled, the server's CPU for this \
-              broadcast is within about 20 % of Health's (issue 8 notes)."
+        measured: format!("{} ×", spread(&ratios, |v| format!("{v:.2}"))),
+        met: median(&ratios) <= 1.5 && all,
+        why: "the committed event reaches the bus with its commit (no store read), every stream \
+              takes the same `Arc` from the shared window, and the event is encoded once: each \
+              watcher's stream hands the codec the same shared bytes. What remains above \
+              Health/Watch per watcher is a larger frame (an event with its attributes, where \
+              Health's is one enum) written by the server and decoded by the load client on the \
+              same two cores."
             .into(),
     });
     Ok(())
+}
+
+/// `median (min–max)` of per-repetition values, formatted with `f`.
+pub(crate) fn spread(v: &[f64], f: impl Fn(f64) -> String) -> String {
+    if v.len() < 2 {
+        return f(median(v));
+    }
+    let lo = v.iter().copied().fold(f64::INFINITY, f64::min);
+    let hi = v.iter().copied().fold(f64::NEG_INFINITY, f64::max);
+    format!("{} ({}–{})", f(median(v)), f(lo), f(hi))
 }
 
 fn fmt_ratio(a: f64, b: f64) -> String {

@@ -40,7 +40,7 @@ impl Services {
 }
 
 type Res<T> = Result<Response<T>, Status>;
-type BoxStream<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send + 'static>>;
+pub(super) type BoxStream<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send + 'static>>;
 
 fn ok<T>(r: Result<T, AppError>) -> Res<T> {
     r.map(Response::new).map_err(Status::from)

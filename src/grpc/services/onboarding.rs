@@ -7,6 +7,7 @@ use super::{BoxStream, Res, Services, ok, stream};
 use crate::core::onboardings::StreamItem;
 use crate::grpc::auth::{caller, caller_ref};
 use crate::grpc::convert::{page_token, ts};
+use crate::grpc::encoded::Encoded;
 use crate::grpc::limits;
 use crate::grpc::pb;
 use crate::grpc::requests::{
@@ -85,19 +86,15 @@ impl pb::onboarding_service_server::OnboardingService for Services {
 
     type WatchOnboardingStream = BoxStream<pb::WatchOnboardingResponse>;
 
+    // Served by [`crate::grpc::encoded::WatchRoute`] in encoded form; this is the same stream
+    // as protobuf messages, for a server built without that route.
     async fn watch_onboarding(&self, req: Request<pb::WatchOnboardingRequest>) -> Res<Self::WatchOnboardingStream> {
-        use pb::watch_onboarding_response::Message as M;
         let (name, after) = (&req.get_ref().name, req.get_ref().after_sequence);
         let items = self.watch_items(&req, name, after).await?;
         let events = self.events_pb.clone();
-        Ok(Response::new(stream(items, move |item| pb::WatchOnboardingResponse {
-            message: Some(match item {
-                StreamItem::Snapshot(o, _) => M::Snapshot(pb::Onboarding::from(o.as_ref())),
-                StreamItem::Event(e, _) => M::Event(events.event(&e)),
-                StreamItem::Heartbeat { at_ms, last_sequence } => {
-                    M::Heartbeat(pb::Heartbeat { time: Some(ts(at_ms)), last_sequence })
-                }
-            }),
+        Ok(Response::new(stream(items, move |item| match item {
+            StreamItem::Event(e, _) => pb::WatchOnboardingResponse { message: Some(M::Event(events.event(&e))) },
+            other => watch_response(other),
         })))
     }
 
@@ -111,5 +108,37 @@ impl pb::onboarding_service_server::OnboardingService for Services {
             events: p.items.iter().map(pb::OnboardingEvent::from).collect(),
             next_page_token: page_token("events", p.next_page_token),
         }))
+    }
+}
+
+use pb::watch_onboarding_response::Message as M;
+
+impl Services {
+    /// `WatchOnboarding` with every answer encoded: an event's bytes are encoded once and
+    /// shared by all its watchers (see [`crate::grpc::encoded`]).
+    pub(crate) async fn watch_onboarding_encoded(
+        &self,
+        req: Request<pb::WatchOnboardingRequest>,
+    ) -> Res<BoxStream<Encoded>> {
+        let (name, after) = (&req.get_ref().name, req.get_ref().after_sequence);
+        let items = self.watch_items(&req, name, after).await?;
+        let events = self.events_pb.clone();
+        Ok(Response::new(stream(items, move |item| match item {
+            StreamItem::Event(e, _) => events.encoded(&e),
+            other => Encoded::of(&watch_response(other)),
+        })))
+    }
+}
+
+/// The `WatchOnboarding` answer for one stream item.
+fn watch_response(item: StreamItem) -> pb::WatchOnboardingResponse {
+    pb::WatchOnboardingResponse {
+        message: Some(match item {
+            StreamItem::Snapshot(o, _) => M::Snapshot(pb::Onboarding::from(o.as_ref())),
+            StreamItem::Event(e, _) => M::Event(pb::OnboardingEvent::from(e.as_ref())),
+            StreamItem::Heartbeat { at_ms, last_sequence } => {
+                M::Heartbeat(pb::Heartbeat { time: Some(ts(at_ms)), last_sequence })
+            }
+        }),
     }
 }
