@@ -290,9 +290,9 @@ where
 }
 
 fn size_label(n: usize) -> String {
-    if n >= 1_000_000 && n % 1_000_000 == 0 {
+    if n >= 1_000_000 && n.is_multiple_of(1_000_000) {
         format!("{}M", n / 1_000_000)
-    } else if n >= 1000 && n % 1000 == 0 {
+    } else if n >= 1000 && n.is_multiple_of(1000) {
         format!("{}k", n / 1000)
     } else {
         n.to_string()
@@ -393,9 +393,7 @@ pub(crate) fn svg(curves: &[(String, Vec<Point>)]) -> String {
     );
     let y_max = curves
         .iter()
-        .flat_map(|(_, ps)| {
-            ps.iter().enumerate().flat_map(move |(_, p)| (0..Figure::ALL.len()).map(move |f| growth(&ps[0], p, f)))
-        })
+        .flat_map(|(_, ps)| ps.iter().flat_map(move |p| (0..Figure::ALL.len()).map(move |f| growth(&ps[0], p, f))))
         .filter(|g| g.is_finite())
         .fold(MAX_GROWTH + 0.2, f64::max);
     for (c, (backend, points)) in curves.iter().enumerate() {
