@@ -247,8 +247,10 @@ pub(crate) async fn replicas(opts: &Opts, rep: &mut Report, db_url: &str) -> Res
     let sim = Sim::start(&opts.server, &dir.join("sim"), base).await?;
     let result = async {
         let mut servers = Vec::new();
-        for r in 0..REPLICAS {
-            let mut cfg = ServerConfig::new(&dir.join(format!("replica-{r}")), Some(db_url.to_string()));
+        for _ in 0..REPLICAS {
+            // One data directory: the replicas must share the credential encryption key the
+            // first one generates there (started one after the other, so no race).
+            let mut cfg = ServerConfig::new(&dir.join("replicas"), Some(db_url.to_string()));
             // Production-like: no in-process simulators; the account points at the shared one.
             cfg.sandbox = false;
             cfg.extra_toml = format!("[providers]\nallow_custom_endpoints = true\n{}", adapter_limit_toml());
