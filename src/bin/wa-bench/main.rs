@@ -6,6 +6,8 @@
 //! Run it through `scripts/bench` (builds the release binaries, installs h2load if needed).
 
 mod delivery;
+mod growth;
+mod ratelimit;
 mod replicas;
 mod report;
 mod seed;
@@ -31,16 +33,17 @@ pub struct Opts {
     /// Where the report goes.
     #[arg(long, default_value = "BENCHMARKS.md")]
     pub out: PathBuf,
-    /// Repetitions of every measurement (the report shows medians).
-    #[arg(long, default_value_t = 3)]
+    /// Repetitions of every measurement (the report shows medians and the min–max spread;
+    /// issue 21 asks for at least five).
+    #[arg(long, default_value_t = 5)]
     pub reps: usize,
     /// PostgreSQL base URL (a fresh schema is made and dropped); `skip` leaves PostgreSQL out.
     #[arg(long, env = "WA_ONBOARD_TEST_DATABASE_URL", default_value = "postgres://postgres@127.0.0.1:5432/test")]
     pub pg_url: String,
-    /// Suites to run: footprint, unary, streams, ingest, ratelimit, replicas, delivery.
-    /// `replicas` is two servers on PostgreSQL (skipped with `--pg-url skip`). `delivery` is
-    /// not in the default set yet: its backlog drain is bounded by the delivery claim query
-    /// (issue 19 notes), so one SQLite repetition takes minutes and PostgreSQL far longer.
+    /// Suites to run: footprint, unary, streams, ingest, ratelimit, replicas, growth, delivery.
+    /// `replicas` is two servers on PostgreSQL (skipped with `--pg-url skip`). `growth` (seeding
+    /// up to a million onboardings per backend) and `delivery` are not in the default set: they
+    /// take tens of minutes; `scripts/bench --only growth,delivery` runs them.
     #[arg(long, value_delimiter = ',', default_value = "footprint,unary,streams,ingest,ratelimit,replicas")]
     pub only: Vec<String>,
     /// Measured seconds per h2load run.
@@ -88,6 +91,15 @@ pub struct Opts {
     /// Onboardings seeded for the delivery suite (the events are spread over them).
     #[arg(long, default_value_t = 1000)]
     pub delivery_onboardings: usize,
+    /// Stored onboardings at each point of the cost-growth curve (`growth` suite), growing.
+    #[arg(long, value_delimiter = ',', default_value = "10000,100000,1000000")]
+    pub growth_sizes: Vec<usize>,
+    /// Sequential calls per figure per repetition in the cost-growth suite.
+    #[arg(long, default_value_t = 300)]
+    pub growth_calls: usize,
+    /// Fraction of the cost-growth onboardings that are mid-pipeline with a step waiting.
+    #[arg(long, default_value_t = 0.1)]
+    pub growth_waiting: f64,
     /// Scratch directory (data dirs, logs); removed at the end unless `--keep`.
     #[arg(long, default_value = "target/bench-work")]
     pub work_dir: PathBuf,
@@ -189,7 +201,15 @@ async fn run(opts: Opts) -> anyhow::Result<()> {
         rep.note("PostgreSQL was skipped (`--pg-url skip`).");
     }
     if opts.wants("ratelimit") {
-        suites::ratelimit(&opts, &mut rep).await?;
+        ratelimit::single(&opts, &mut rep).await?;
+        if opts.pg_url != "skip" {
+            let url = wa_onboard::store::postgres::create_test_schema(&opts.pg_url)
+                .await
+                .map_err(|e| anyhow::anyhow!("PostgreSQL ({}): {e}", wa_onboard::store::redact_url(&opts.pg_url)))?;
+            let result = ratelimit::replicas(&opts, &mut rep, &url).await;
+            wa_onboard::store::postgres::drop_schema(&url).await.ok();
+            result?;
+        }
     }
     if opts.wants("replicas") && opts.pg_url != "skip" {
         let url = wa_onboard::store::postgres::create_test_schema(&opts.pg_url)
@@ -209,6 +229,25 @@ async fn run(opts: Opts) -> anyhow::Result<()> {
             wa_onboard::store::postgres::drop_schema(&url).await.ok();
             result?;
         }
+    }
+    if opts.wants("growth") {
+        let mut curves = vec![("SQLite".to_string(), growth::growth_suite(&opts, &mut rep, "SQLite", None).await?)];
+        if opts.pg_url != "skip" {
+            let url = wa_onboard::store::postgres::create_test_schema(&opts.pg_url)
+                .await
+                .map_err(|e| anyhow::anyhow!("PostgreSQL ({}): {e}", wa_onboard::store::redact_url(&opts.pg_url)))?;
+            let result = growth::growth_suite(&opts, &mut rep, "PostgreSQL", Some(url.clone())).await;
+            wa_onboard::store::postgres::drop_schema(&url).await.ok();
+            curves.push(("PostgreSQL".to_string(), result?));
+        }
+        // Beside the report: BENCHMARKS.md -> BENCHMARKS-growth.svg, linked from its section.
+        let plot = opts.out.with_file_name(format!(
+            "{}-growth.svg",
+            opts.out.file_stem().and_then(|s| s.to_str()).unwrap_or("BENCHMARKS")
+        ));
+        std::fs::write(&plot, growth::svg(&curves))?;
+        let name = plot.file_name().and_then(|s| s.to_str()).unwrap_or("BENCHMARKS-growth.svg");
+        rep.section(format!("The cost-growth curves as a plot: ![cost growth]({name})\n"));
     }
     rep.finish(started.elapsed());
     std::fs::write(&opts.out, rep.render())?;

@@ -6,6 +6,8 @@ use std::time::Duration;
 use crate::Opts;
 
 /// One target of the issue.
+/// The `measured` text should carry the spread over repetitions ([`spread`]) where the figure
+/// is a median of several.
 #[derive(Debug, Clone)]
 pub(crate) struct Target {
     /// What is measured.
@@ -18,6 +20,30 @@ pub(crate) struct Target {
     pub met: bool,
     /// Why it is missed (shown only when missed).
     pub why: String,
+}
+
+/// The spread of per-repetition values, shown beside a median so a ratio that crosses its
+/// target only by noise is visible: `[min–max, n = 5]`.
+pub(crate) fn spread(v: &[f64]) -> String {
+    let finite: Vec<f64> = v.iter().copied().filter(|x| x.is_finite()).collect();
+    match (finite.iter().copied().reduce(f64::min), finite.iter().copied().reduce(f64::max)) {
+        (Some(lo), Some(hi)) => format!("[{}–{}, n = {}]", short(lo), short(hi), finite.len()),
+        _ => "[no data]".into(),
+    }
+}
+
+/// Two to three significant digits, as the tables print ratios and times.
+fn short(x: f64) -> String {
+    let a = x.abs();
+    if a >= 100.0 {
+        format!("{x:.0}")
+    } else if a >= 10.0 {
+        format!("{x:.1}")
+    } else if a >= 1.0 {
+        format!("{x:.2}")
+    } else {
+        format!("{x:.3}")
+    }
 }
 
 /// The report being built.
@@ -53,6 +79,9 @@ impl Report {
             ("--delivery-rate", opts.delivery_rate.to_string()),
             ("--outage-secs", opts.outage_secs.to_string()),
             ("--delivery-onboardings", opts.delivery_onboardings.to_string()),
+            ("--growth-sizes", opts.growth_sizes.iter().map(ToString::to_string).collect::<Vec<_>>().join(",")),
+            ("--growth-calls", opts.growth_calls.to_string()),
+            ("--growth-waiting", opts.growth_waiting.to_string()),
         ];
         command.push_str(" \\\n    --only ");
         command.push_str(&opts.only.join(","));
@@ -162,5 +191,17 @@ impl Report {
             }
         }
         o
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn spread_shows_min_max_and_count() {
+        assert_eq!(spread(&[0.91, 0.88, f64::NAN, 0.95]), "[0.880–0.950, n = 3]");
+        assert_eq!(spread(&[12.0, 250.0]), "[12.0–250, n = 2]");
+        assert_eq!(spread(&[]), "[no data]");
     }
 }

@@ -29,6 +29,9 @@ pub(crate) struct ServerConfig {
     pub sandbox: bool,
     /// First simulator port; `None`: free ports.
     pub sandbox_base_port: Option<u16>,
+    /// Keys appended to the `[server]` table (`console = false`...): a second `[server]`
+    /// table in `extra_toml` would be a TOML error.
+    pub server_toml: String,
     /// More TOML appended to the generated config file.
     pub extra_toml: String,
 }
@@ -42,6 +45,7 @@ impl ServerConfig {
             grpc_port: None,
             sandbox: true,
             sandbox_base_port: None,
+            server_toml: String::new(),
             extra_toml: String::new(),
         }
     }
@@ -54,6 +58,7 @@ impl ServerConfig {
         t.push_str("webhook_addr = \"127.0.0.1:0\"\nmetrics_addr = \"127.0.0.1:0\"\n");
         t.push_str(&format!("data_dir = {}\n", q(&self.data_dir.display().to_string())));
         t.push_str("shutdown_grace_secs = 3\n");
+        t.push_str(&self.server_toml);
         if let Some(url) = &self.db_url {
             t.push_str(&format!("[database]\nurl = {}\n", q(url)));
         }

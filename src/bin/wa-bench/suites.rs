@@ -61,40 +61,63 @@ pub(crate) async fn webhook_url(s: &Server) -> Result<String> {
 
 // ----- 6. footprint -----
 
-/// Binary size, start to SERVING, idle RSS.
+/// Configurations of the idle-RSS breakdown: each turns one more piece off than the one
+/// before, so the differences between neighbours are what each piece costs at idle.
+const RSS_STEPS: [(&str, &str); 4] = [
+    ("production config (`sandbox.enabled = false`)", ""),
+    ("… and `server.console = false`", "console = false\n"),
+    ("… and `delivery.enabled = false`", "[delivery]\nenabled = false\n"),
+    ("… and `engine.enabled = false` (API only)", "[engine]\nenabled = false\n"),
+];
+
+/// Starts `cfg`'s server on a free port; returns (spawn → SERVING ms, idle RSS MiB 2 s later).
+async fn start_and_idle(opts: &Opts, mut cfg: ServerConfig) -> Result<(f64, f64)> {
+    let port = crate::util::free_port()?;
+    cfg.grpc_port = Some(port);
+    let addr = format!("127.0.0.1:{port}").parse()?;
+    let t = Instant::now();
+    let (mut child, _) = crate::server::spawn(&opts.server, &cfg)?;
+    crate::server::wait_serving(addr, Instant::now() + Duration::from_secs(60)).await?;
+    let took = t.elapsed().as_secs_f64() * 1000.0;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let pid = child.id().ok_or_else(|| anyhow!("server exited"))?;
+    let rss = crate::util::rss_kib(pid)? as f64 / 1024.0;
+    crate::util::sigterm(pid)?;
+    if tokio::time::timeout(Duration::from_secs(15), child.wait()).await.is_err() {
+        child.kill().await?;
+    }
+    Ok((took, rss))
+}
+
+/// Binary size, start to SERVING, idle RSS, and the idle RSS broken down by piece.
 pub(crate) async fn footprint(opts: &Opts, rep: &mut Report) -> Result<()> {
+    use crate::report::spread;
     let size = crate::util::file_size(&opts.server)?;
-    let (mut start_ms, mut rss_on, mut rss_off, mut exec_ms) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+    let (mut start_ms, mut rss_on, mut exec_ms) = (Vec::new(), Vec::new(), Vec::new());
+    let mut steps: Vec<Vec<f64>> = vec![Vec::new(); RSS_STEPS.len()];
     for r in 0..opts.reps {
         // Baseline: the same binary doing nothing (`version`): exec, dynamic loading, runtime.
         let t = Instant::now();
         let st = tokio::process::Command::new(&opts.server).arg("version").output().await?;
         exec_ms.push(t.elapsed().as_secs_f64() * 1000.0);
         anyhow::ensure!(st.status.success(), "wa-onboard version failed");
-        for sandbox in [true, false] {
-            let dir = opts.work_dir.join(format!("footprint-{r}-{sandbox}"));
-            let mut cfg = ServerConfig::new(&dir, None);
-            cfg.sandbox = sandbox;
-            let port = crate::util::free_port()?;
-            cfg.grpc_port = Some(port);
-            let addr = format!("127.0.0.1:{port}").parse()?;
-            let t = Instant::now();
-            let (mut child, _) = crate::server::spawn(&opts.server, &cfg)?;
-            crate::server::wait_serving(addr, Instant::now() + Duration::from_secs(60)).await?;
-            let took = t.elapsed().as_secs_f64() * 1000.0;
-            tokio::time::sleep(Duration::from_secs(2)).await;
-            let pid = child.id().ok_or_else(|| anyhow!("server exited"))?;
-            let rss = crate::util::rss_kib(pid)? as f64 / 1024.0;
-            if sandbox {
-                start_ms.push(took);
-                rss_on.push(rss);
-            } else {
-                rss_off.push(rss);
+        let (took, rss) =
+            start_and_idle(opts, ServerConfig::new(&opts.work_dir.join(format!("footprint-{r}")), None)).await?;
+        start_ms.push(took);
+        rss_on.push(rss);
+        let mut extra = String::new();
+        for (i, (_, toml)) in RSS_STEPS.iter().enumerate() {
+            let mut cfg = ServerConfig::new(&opts.work_dir.join(format!("footprint-{r}-{i}")), None);
+            cfg.sandbox = false;
+            if i >= 1 {
+                // The console key goes into `[server]`; the later ones are tables of their own.
+                cfg.server_toml = RSS_STEPS[1].1.to_string();
             }
-            crate::util::sigterm(pid)?;
-            if tokio::time::timeout(Duration::from_secs(15), child.wait()).await.is_err() {
-                child.kill().await?;
+            if i >= 2 {
+                extra.push_str(toml);
             }
+            cfg.extra_toml = extra.clone();
+            steps[i].push(start_and_idle(opts, cfg).await?.1);
         }
     }
     let mut s = String::from("## 6. Footprint\n\n");
@@ -106,21 +129,52 @@ pub(crate) async fn footprint(opts: &Opts, rep: &mut Report) -> Result<()> {
          2 ms); idle RSS read from `/proc/PID/status` 2 s later.\n",
         opts.reps
     );
-    s.push_str("| | median | baseline (same run) |\n|---|---|---|\n");
-    let _ = writeln!(s, "| release binary size | {:.1} MiB | |", size as f64 / 1048576.0);
+    s.push_str("| | median | spread | baseline (same run) |\n|---|---|---|---|\n");
+    let _ = writeln!(s, "| release binary size | {:.1} MiB | | |", size as f64 / 1048576.0);
     let _ = writeln!(
         s,
-        "| start → SERVING (default config, sandbox on) | {:.0} ms | `wa-onboard version` spawn → exit: {:.1} ms |",
+        "| start → SERVING (default config, sandbox on) | {:.0} ms | {} | `wa-onboard version` spawn → exit: {:.1} ms |",
         median(&start_ms),
+        spread(&start_ms),
         median(&exec_ms)
     );
     let _ = writeln!(
         s,
-        "| idle RSS, default config (four simulators in-process) | {:.1} MiB | bare tonic server: ~4 MiB (measured once on this kind of machine, not this run) |",
-        median(&rss_on)
+        "| idle RSS, default config (four simulators in-process) | {:.1} MiB | {} | bare tonic server: ~4 MiB (measured once on this kind of machine, not this run) |",
+        median(&rss_on),
+        spread(&rss_on)
     );
-    let _ = writeln!(s, "| idle RSS, production config (`sandbox.enabled = false`) | {:.1} MiB | |", median(&rss_off));
+    s.push_str(
+        "\n**Idle RSS by piece**: the same start with one more piece turned off per row (each row \
+         keeps the previous rows' settings); the difference to the row above is what that piece \
+         holds at idle.\n\n| configuration | idle RSS | spread | difference to the row above |\n|---|---|---|---|\n",
+    );
+    let mut above = median(&rss_on);
+    let _ = writeln!(s, "| default config (sandbox on) | {above:.1} MiB | {} | |", spread(&rss_on));
+    for (i, (label, _)) in RSS_STEPS.iter().enumerate() {
+        let m = median(&steps[i]);
+        let _ = writeln!(s, "| {label} | {m:.1} MiB | {} | {:+.1} MiB |", spread(&steps[i]), m - above);
+        above = m;
+    }
     rep.section(s);
+    let start = median(&start_ms);
+    rep.target(Target {
+        name: "start → SERVING (default config, fresh data directory)".into(),
+        goal: "≤ 200 ms".into(),
+        measured: format!("{start:.0} ms {}", spread(&start_ms)),
+        met: start <= 200.0,
+        why: "see the footprint section: the start includes creating the database and running \
+              every migration."
+            .into(),
+    });
+    let rss = median(&rss_on);
+    rep.target(Target {
+        name: "idle RSS (default config, sandbox on)".into(),
+        goal: "≤ 30 MiB".into(),
+        measured: format!("{rss:.1} MiB {}", spread(&rss_on)),
+        met: rss <= 30.0,
+        why: "see the idle-RSS breakdown in the footprint section.".into(),
+    });
     Ok(())
 }
 
@@ -214,6 +268,7 @@ pub(crate) async fn unary(opts: &Opts, rep: &mut Report, s: &Server, backend: &s
         seeded.len()
     );
     let mut get64 = f64::NAN;
+    let mut get64_spread = String::new();
     let mut connect64 = f64::NAN;
     for (i, rpc) in rpcs.iter().enumerate() {
         for &c in &CONCURRENCY {
@@ -223,6 +278,7 @@ pub(crate) async fn unary(opts: &Opts, rep: &mut Report, s: &Server, backend: &s
             let ratio = median(&ratios);
             if i == 1 && c == 64 {
                 get64 = ratio;
+                get64_spread = crate::report::spread(&ratios);
             }
             if i == 2 && c == 64 {
                 // Against native GetOnboarding of the same repetition, not Health/Check.
@@ -249,9 +305,9 @@ pub(crate) async fn unary(opts: &Opts, rep: &mut Report, s: &Server, backend: &s
     if backend == "SQLite" {
         rep.target(Target {
             name: "GetOnboarding on SQLite at concurrency 64".into(),
-            goal: "≥ 0.8 × Health/Check".into(),
-            measured: format!("{get64:.2} ×"),
-            met: get64 >= 0.8,
+            goal: "≥ 0.9 × Health/Check".into(),
+            measured: format!("{get64:.2} × {get64_spread}"),
+            met: get64 >= 0.9,
             why: "the server and h2load share the two cores, and the server's CPU per call sets \
                   the rate. Health/Check answers a constant; a GetOnboarding call also looks up \
                   the API key (SHA-256, cached tenant), parses the resource name, shares the \
@@ -546,9 +602,12 @@ pub(crate) async fn streams(opts: &Opts, rep: &mut Report, dir: &Path, seeded: &
     });
     rep.target(Target {
         name: format!("RSS per idle WatchOnboarding stream ({n} over {} connections)", opts.conns),
-        goal: "≤ 1.5 × Health/Watch".into(),
-        measured: format!("{kib_ratio:.2} ×"),
-        met: kib_ratio <= 1.5,
+        goal: "≤ 0.9 × Health/Watch".into(),
+        measured: format!(
+            "{kib_ratio:.2} × {}",
+            crate::report::spread(&reps.iter().map(|x| x.onb_kib / x.health_kib).collect::<Vec<_>>())
+        ),
+        met: kib_ratio <= 0.9,
         why: "a WatchOnboarding stream is a state machine polled by tonic (no task, no channel, the \
               snapshot dropped once sent, the store read boxed only while it runs) holding its \
               heartbeat group's tick; on top of what Health/Watch keeps, each watched onboarding has \
@@ -728,127 +787,5 @@ pub(crate) async fn ingest(opts: &Opts, rep: &mut Report, s: &Server, backend: &
     let _ =
         writeln!(t, "| duplicates acknowledged | | {:.1} % of answers, {errors} errors |", 100.0 * median(&dup_share));
     rep.section(t);
-    Ok(())
-}
-
-// ----- 5. rate-limit utilisation -----
-
-/// A burst of Gupshup onboardings against a simulator whose link limit is 10 per second.
-pub(crate) async fn ratelimit(opts: &Opts, rep: &mut Report) -> Result<()> {
-    const MAX: u32 = 10;
-    const WINDOW_MS: u64 = 1000;
-    let dir = opts.work_dir.join("ratelimit");
-    let mut cfg = ServerConfig::new(&dir, None);
-    let base = crate::util::free_port_range(6)?;
-    cfg.sandbox_base_port = Some(base);
-    cfg.extra_toml = format!(
-        "[sandbox.sims.gupshup.limits.link]\nmax = {MAX}\nwindow_ms = {WINDOW_MS}\n\
-         [providers.gupshup_limits.link]\nmax = {MAX}\nwindow_ms = {WINDOW_MS}\n"
-    );
-    let s = Server::start(&opts.server, &cfg).await?;
-    let sim = format!("http://127.0.0.1:{base}/_sim/counters");
-    let http = webhooks::client(1)?;
-    let counters = |http: reqwest::Client, sim: String| async move {
-        let v: serde_json::Value = http.get(&sim).send().await?.json().await?;
-        let links = v["calls"]["POST /partner/tpp/app"].as_u64().unwrap_or(0);
-        let violations = v["rate_limit_violations"].as_u64().unwrap_or(0);
-        Ok::<_, anyhow::Error>((links, violations))
-    };
-    let mut results = Vec::new();
-    let mut client = OnboardingServiceClient::new(s.channel().await?);
-    for r in 0..opts.reps {
-        let (links0, viol0) = counters(http.clone(), sim.clone()).await?;
-        let calls = (0..opts.burst).map(|i| {
-            let mut c = client.clone();
-            async move {
-                c.create_onboarding(authed(pb::CreateOnboardingRequest {
-                    account: "accounts/sandbox-gupshup".into(),
-                    reference: format!("burst-{r}-{i}"),
-                    request_id: format!("bench-burst-{r}-{i}-{}", std::process::id()),
-                    request: Some(pb::create_onboarding_request::Request::Gupshup(pb::GupshupLinkAppRequest {
-                        app_name: format!("BenchBurst{r}x{i}"),
-                        waba_id: format!("20499612{r}{i:05}"),
-                        phone: format!("+9197{r}{i:07}"),
-                        ..Default::default()
-                    })),
-                    ..Default::default()
-                }))
-                .await
-            }
-        });
-        let t_req = Instant::now();
-        for res in futures::future::join_all(calls).await {
-            res.context("CreateOnboarding in the burst")?;
-        }
-        let accepted_s = t_req.elapsed().as_secs_f64();
-        // Sample the simulator's counter until every link arrived.
-        let mut first = None;
-        let last;
-        let deadline = Instant::now() + Duration::from_secs(120);
-        loop {
-            let (links, _) = counters(http.clone(), sim.clone()).await?;
-            let now = t_req.elapsed().as_secs_f64();
-            if links > links0 && first.is_none() {
-                first = Some(now);
-            }
-            if links >= links0 + u64::from(opts.burst) {
-                last = now;
-                break;
-            }
-            if Instant::now() > deadline {
-                bail!("only {} of {} links reached the simulator", links - links0, opts.burst);
-            }
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        }
-        let (_, viol1) = counters(http.clone(), sim.clone()).await?;
-        let first = first.unwrap_or(last);
-        let allowed = f64::from(MAX) / (WINDOW_MS as f64 / 1000.0);
-        let achieved = f64::from(opts.burst - MAX) / (last - first).max(1e-9);
-        results.push((achieved, achieved / allowed, viol1 - viol0, last - first, accepted_s));
-        client = OnboardingServiceClient::new(s.channel().await?);
-        // Start the next burst with an empty window.
-        tokio::time::sleep(Duration::from_millis(WINDOW_MS * 2)).await;
-    }
-    s.stop().await?;
-    let util = median(&results.iter().map(|x| x.1).collect::<Vec<_>>());
-    let violations: u64 = results.iter().map(|x| x.2).sum();
-    let mut t = format!(
-        "## 5. Rate-limit utilisation (Gupshup link app, SQLite)\n\nThe simulator's link-app limit \
-         scaled from 10 per minute to {MAX} per {WINDOW_MS} ms (`sandbox.sims.gupshup.limits.link`) and \
-         the adapter's to the same (`providers.gupshup_limits.link`). A burst of {} `CreateOnboarding` \
-         calls at once, {} repetitions; the simulator's call counter is sampled every 10 ms. The first \
-         window's {MAX} calls go at once, so throughput = ({} − {MAX}) calls / (last call − first call), \
-         against the allowed {MAX} per window. Violations = calls the simulator rejected as over its \
-         limit.\n\n\
-         | | median |\n|---|---|\n",
-        opts.burst, opts.reps, opts.burst
-    );
-    let _ = writeln!(t, "| achieved link calls/s | {:.2} |", median(&results.iter().map(|x| x.0).collect::<Vec<_>>()));
-    let _ = writeln!(t, "| allowed | {:.2} |", f64::from(MAX) / (WINDOW_MS as f64 / 1000.0));
-    let _ = writeln!(t, "| utilisation | {util:.3} |");
-    let _ =
-        writeln!(t, "| first → last link call | {:.2} s |", median(&results.iter().map(|x| x.3).collect::<Vec<_>>()));
-    let _ = writeln!(
-        t,
-        "| burst accepted (all CreateOnboarding answered) | {:.2} s |",
-        median(&results.iter().map(|x| x.4).collect::<Vec<_>>())
-    );
-    let _ = writeln!(t, "| violations seen by the simulator (all runs) | {violations} |");
-    rep.section(t);
-    rep.target(Target {
-        name: format!("rate-limit utilisation, {MAX} per {WINDOW_MS} ms"),
-        goal: "≥ 0.9, 0 violations".into(),
-        measured: format!("{util:.3}, {violations} violations"),
-        met: util >= 0.9 && violations == 0,
-        why: format!(
-            "every slot is held for the window from when its call was answered (the provider \
-             counted the call before that, so no slack has to cover the trip) plus a slack of 1 % \
-             of the window, at least 20 ms (the provider's own window accounting), and waiters \
-             wake up to 10 ms late to spread them: at a {WINDOW_MS} ms window that caps \
-             utilisation near {:.2}, and each call's own round trip (a store transaction and the \
-             HTTP exchange) comes on top, since its slot is held from the answer.",
-            WINDOW_MS as f64 / (WINDOW_MS as f64 + 25.0)
-        ),
-    });
     Ok(())
 }
