@@ -7,11 +7,12 @@
 
 mod notices;
 
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use tokio::sync::{Mutex, watch};
+use tokio::sync::{Mutex, mpsc, oneshot, watch};
 
 use super::Core;
 use crate::delivery::cloudevent::{CloudEvent, EventParts};
@@ -36,6 +37,31 @@ pub const DEAD_LETTERS: &str = "wa_onboard_delivery_dead_letters_total";
 
 /// Outbox rows fanned out per transaction.
 const DISPATCH_BATCH: u32 = 500;
+
+/// Outcomes written per transaction at most.
+const FINISH_BATCH: usize = 256;
+
+/// An attempt's outcome on its way to the store, and where the verdict (written, or the
+/// lease was lost) goes back.
+type Waiting = (DeliveryUpdate, oneshot::Sender<Result<bool, String>>);
+
+/// Hands outcomes to the worker's one writer of outcomes, which writes every outcome ready
+/// at that moment in one transaction: under load, one write per batch instead of one per
+/// attempt (on SQLite the writer is shared with the ingress and the engine).
+#[derive(Clone)]
+struct Finisher(mpsc::UnboundedSender<Waiting>);
+
+impl Finisher {
+    /// Writes `update` (batched with others); false if the lease was lost meanwhile.
+    async fn finish(&self, update: DeliveryUpdate) -> Result<bool, AppError> {
+        let (reply, verdict) = oneshot::channel();
+        self.0.send((update, reply)).map_err(|_| AppError::internal("the delivery outcome writer stopped"))?;
+        verdict
+            .await
+            .map_err(|_| AppError::internal("the delivery outcome writer stopped"))?
+            .map_err(|e| AppError::internal(format!("record delivery outcomes: {e}")))
+    }
+}
 
 /// What the worker is configured with (`app.rs` builds it from `delivery.*`).
 #[derive(Debug, Clone)]
@@ -95,6 +121,9 @@ impl DeliveryWorker {
     pub async fn run(self: Arc<Self>, mut shutdown: watch::Receiver<bool>) {
         let slots = Arc::new(tokio::sync::Semaphore::new(self.settings.concurrency.max(1) as usize));
         let finished = Arc::new(tokio::sync::Notify::new());
+        let (outcomes, pending) = mpsc::unbounded_channel();
+        let writer = tokio::spawn(self.clone().write_outcomes(pending));
+        let finisher = Finisher(outcomes);
         let mut feed = self.core.store.subscribe();
         // Due at the first pass: the gauge exists from startup, not 10 s later.
         let mut backlog_at = Instant::now().checked_sub(Duration::from_secs(10)).unwrap_or_else(Instant::now);
@@ -102,7 +131,7 @@ impl DeliveryWorker {
             if *shutdown.borrow() {
                 break;
             }
-            let busy = match self.pass(&slots, &finished).await {
+            let busy = match self.pass(&slots, &finished, &finisher).await {
                 Ok(n) => n > 0,
                 Err(e) => {
                     tracing::warn!(error = %e.message, "delivery pass failed");
@@ -125,6 +154,37 @@ impl DeliveryWorker {
         }
         let all = self.settings.concurrency.max(1);
         let _ = tokio::time::timeout(Duration::from_secs(5), slots.acquire_many(all)).await;
+        // The writer ends once the attempts' handles are gone.
+        drop(finisher);
+        let _ = tokio::time::timeout(Duration::from_secs(5), writer).await;
+    }
+
+    /// Writes outcomes as they come: the first one waiting, plus every other already
+    /// waiting (up to [`FINISH_BATCH`]), in one transaction.
+    async fn write_outcomes(self: Arc<Self>, mut pending: mpsc::UnboundedReceiver<Waiting>) {
+        while let Some(first) = pending.recv().await {
+            let mut batch = vec![first];
+            while batch.len() < FINISH_BATCH {
+                match pending.try_recv() {
+                    Ok(next) => batch.push(next),
+                    Err(_) => break,
+                }
+            }
+            let (updates, replies): (Vec<DeliveryUpdate>, Vec<_>) = batch.into_iter().unzip();
+            match self.core.store.finish_deliveries(&updates, &self.owner).await {
+                Ok(done) => {
+                    for (reply, written) in replies.into_iter().zip(done) {
+                        let _ = reply.send(Ok(written));
+                    }
+                }
+                Err(e) => {
+                    let message = e.to_string();
+                    for reply in replies {
+                        let _ = reply.send(Err(message.clone()));
+                    }
+                }
+            }
+        }
     }
 
     /// One fan-out and one round of claims; how much it started.
@@ -132,6 +192,7 @@ impl DeliveryWorker {
         self: &Arc<Self>,
         slots: &Arc<tokio::sync::Semaphore>,
         finished: &Arc<tokio::sync::Notify>,
+        finisher: &Finisher,
     ) -> Result<usize, AppError> {
         let now = now_ms();
         let stats = self.core.store.dispatch_outbox(now, DISPATCH_BATCH).await?;
@@ -142,11 +203,21 @@ impl DeliveryWorker {
             self.core.store.claim_deliveries(&self.owner, now, self.settings.lease, free).await?
         };
         let n = claimed.len();
+        // One read per destination per pass, not one per attempt (read after the claim, so
+        // as fresh as the claim itself).
+        let mut destinations: HashMap<String, Option<Arc<DestinationRecord>>> = HashMap::new();
+        for d in &claimed {
+            if !destinations.contains_key(&d.destination_id) {
+                let found = self.core.store.destination_unscoped(&d.destination_id).await?;
+                destinations.insert(d.destination_id.clone(), found.map(Arc::new));
+            }
+        }
         for d in claimed {
             let Ok(slot) = slots.clone().acquire_owned().await else { break };
-            let (me, finished) = (self.clone(), finished.clone());
+            let dest = destinations.get(&d.destination_id).cloned().flatten();
+            let (me, finished, finisher) = (self.clone(), finished.clone(), finisher.clone());
             tokio::spawn(async move {
-                me.attempt(&d).await;
+                me.attempt(&d, dest, &finisher).await;
                 drop(slot);
                 // The next sequence of the same onboarding may be due now.
                 finished.notify_one();
@@ -167,24 +238,30 @@ impl DeliveryWorker {
 
     /// One attempt of `d`, its outcome written back.
     #[tracing::instrument(skip_all, fields(destination = %d.destination_id, event_id = %d.event_id(), attempt = d.attempts))]
-    async fn attempt(&self, d: &DeliveryRecord) {
-        if let Err(e) = self.try_attempt(d).await {
+    async fn attempt(&self, d: &DeliveryRecord, dest: Option<Arc<DestinationRecord>>, finisher: &Finisher) {
+        if let Err(e) = self.try_attempt(d, dest, finisher).await {
             // Not the receiver's fault (a store outage, a corrupt row): the lease lapses and
             // the delivery is tried again; nothing is lost.
             tracing::warn!(error = %e.message, "delivery attempt not completed");
         }
     }
 
-    async fn try_attempt(&self, d: &DeliveryRecord) -> Result<(), AppError> {
+    async fn try_attempt(
+        &self,
+        d: &DeliveryRecord,
+        dest: Option<Arc<DestinationRecord>>,
+        finisher: &Finisher,
+    ) -> Result<(), AppError> {
         let store = &self.core.store;
-        let Some(dest) = store.destination_unscoped(&d.destination_id).await? else { return Ok(()) };
+        // Deleted since the claim: its deliveries went with it.
+        let Some(dest) = dest else { return Ok(()) };
         let event =
             store.events(&d.onboarding_id, d.sequence - 1, 1).await?.into_iter().find(|e| e.sequence == d.sequence);
         let onboarding = store.onboarding_unscoped(&d.onboarding_id).await?;
         let (Some(event), Some(onboarding)) = (event, onboarding) else {
             // The onboarding was deleted with its log: nothing left to send.
             let update = self.update(d, DeliveryState::Dead, now_ms(), None, Some("the event no longer exists".into()));
-            store.finish_delivery(&update, &self.owner).await?;
+            finisher.finish(update).await?;
             return Ok(());
         };
         let cloud = CloudEvent::new(EventParts {
@@ -204,7 +281,7 @@ impl DeliveryWorker {
             SinkKind::Nats => self.publish_nats(&dest, &onboarding.provider.to_string(), &cloud, attempt).await,
         };
         ::metrics::histogram!(DELIVERY_ATTEMPT, "sink" => dest.sink.as_str()).record(started.elapsed().as_secs_f64());
-        self.apply(d, &dest, &event, tried).await
+        self.apply(d, &dest, &event, tried, finisher).await
     }
 
     async fn send_webhook(
@@ -297,12 +374,12 @@ impl DeliveryWorker {
         dest: &DestinationRecord,
         event: &EventRecord,
         t: Tried,
+        finisher: &Finisher,
     ) -> Result<(), AppError> {
-        let store = &self.core.store;
         let now = now_ms();
         let (state, next, outcome) = notices::settle(t.decision, now);
         let update = self.update(d, state, next, t.status, t.error.clone());
-        if !store.finish_delivery(&update, &self.owner).await? {
+        if !finisher.finish(update).await? {
             // The lease lapsed (or a replay reset it): the other holder's outcome stands.
             return Ok(());
         }

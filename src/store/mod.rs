@@ -486,6 +486,11 @@ pub trait Deliveries: Send + Sync {
     /// Writes the outcome of an attempt `worker` still leases, releasing the lease; false
     /// (nothing written) if the lease was lost.
     async fn finish_delivery(&self, update: &DeliveryUpdate, worker: &str) -> StoreResult<bool>;
+    /// [`Deliveries::finish_delivery`] for many attempts in one transaction (the sender
+    /// batches the outcomes that are ready, one write instead of one per attempt); whether
+    /// each was written, in order. A delivered or dead-lettered head makes the next pending
+    /// sequence of its destination and onboarding claimable.
+    async fn finish_deliveries(&self, updates: &[DeliveryUpdate], worker: &str) -> StoreResult<Vec<bool>>;
     /// One of the tenant's destinations' deliveries, by onboarding then sequence.
     async fn list_deliveries(
         &self,

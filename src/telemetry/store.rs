@@ -392,6 +392,10 @@ impl Deliveries for MeteredStore {
         timed(op!("finish_delivery"), self.inner.finish_delivery(update, worker)).await
     }
 
+    async fn finish_deliveries(&self, updates: &[DeliveryUpdate], worker: &str) -> StoreResult<Vec<bool>> {
+        timed(op!("finish_deliveries"), self.inner.finish_deliveries(updates, worker)).await
+    }
+
     async fn list_deliveries(
         &self,
         tenant: &TenantId,

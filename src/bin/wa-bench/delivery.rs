@@ -555,7 +555,7 @@ async fn run(
                 "measured in this run: p50 {:.1} ms from the log, server at {:.0} % of a core over the \
                  cell (machine: 2 cores shared with the load generator and receiver). Each event \
                  passes the worker's outbox dispatch (a store write), a claim (a store write), \
-                 the send, and the outcome (a store write) before the next event of the same \
+                 the send, and the outcome (a store write, batched) before the next event of the same \
                  onboarding goes; on {backend} these writes queue behind the ingress's and the \
                  engine's, so the tail follows the store's write queue, not the send (the POST \
                  loop to the same receiver: {:.2} ms p99).",
@@ -584,7 +584,7 @@ async fn run(
                  by the server's CPU per event"
             } else {
                 "the server is not CPU-bound: the rate is bounded by in-flight attempts × their \
-                 store round trips (each outcome a write transaction on the shared writer)"
+                 store round trips (a claim, two reads and the outcome, outcomes written in batches)"
             }
         ),
     });

@@ -423,6 +423,10 @@ pub(super) async fn check_redeliver_in_chunks(store: Arc<dyn Store>) {
         .await
         .unwrap();
     assert_eq!(done, ReplayChunk { queued: 0, scanned: 0, last: None });
+    // Replayed rows are claimable again (each is a possible queue head), in sequence order.
+    let claimed = store.claim_deliveries("w2", NOW + 3, LEASE, 2_000).await.unwrap();
+    assert_eq!(claimed.len(), 1_101, "one head per onboarding: {}", claimed.len());
+    assert!(claimed.iter().all(|c| c.sequence == 1), "each queue from its first event");
 }
 
 /// The worker's disable: the destination's fields, a notice, and one pending notice delivery
@@ -521,4 +525,76 @@ pub(super) async fn check_disable_writes_a_notice(store: Arc<dyn Store>) {
     let claimed = store.claim_notice_deliveries("w3", NOW + 100_000, LEASE, 10).await.unwrap();
     assert!(claimed.iter().all(|d| d.destination_id != named.id), "a disabled destination receives nothing");
     assert!(claimed.iter().any(|d| d.notice_id == second.id && d.destination_id == scoped.id));
+}
+
+/// After an outage: every queue's head failed and is due later, so the oldest due rows are
+/// all blocked behind them. Claims still take only heads, one per queue, in order of due
+/// time, each queue's events strictly in sequence order, including events fanned out while
+/// their predecessor was leased; and a batch of outcomes is written in one call.
+pub(super) async fn check_claims_with_blocked_backlog(store: Arc<dyn Store>) {
+    let t = tenant(&store).await;
+    let acct = account(&store, &t, ProviderKind::Whapi).await;
+    let d = dest(&store, &t, "d", DeliveryFilter::default()).await;
+    let mut queues = Vec::new();
+    for i in 0..5 {
+        let o = onboarding(&store, &acct, &format!("r{i}")).await;
+        for j in 2..=20 {
+            store.apply_change(&change(&o.id, &format!("{i}-{j}"))).await.unwrap();
+        }
+        queues.push(o.id);
+    }
+    // Small passes: batches hold several events of one queue, and queues span batches.
+    while store.dispatch_outbox(NOW, 7).await.unwrap().events > 0 {}
+    assert_eq!(store.delivery_backlog().await.unwrap(), (0, vec![(d.id.clone(), 100)]));
+
+    let heads = store.claim_deliveries("w", NOW, LEASE, 100).await.unwrap();
+    let mut want: Vec<(OnboardingId, i64)> = queues.iter().map(|o| (o.clone(), 1)).collect();
+    want.sort();
+    assert_eq!(keys(&heads), want, "one head per queue");
+    // The receiver is down: every head is retried later, behind 95 older blocked rows.
+    let retries: Vec<DeliveryUpdate> = heads.iter().map(|h| outcome(h, DeliveryState::Pending, NOW + 1_000)).collect();
+    assert_eq!(store.finish_deliveries(&retries, "w").await.unwrap(), vec![true; 5]);
+    assert!(
+        store.claim_deliveries("w", NOW + 999, LEASE, 100).await.unwrap().is_empty(),
+        "nothing due but blocked rows"
+    );
+    let two = store.claim_deliveries("w", NOW + 1_000, LEASE, 2).await.unwrap();
+    assert_eq!(keys(&two), want[..2].to_vec(), "due heads by due time, then onboarding");
+    let rest = store.claim_deliveries("w", NOW + 1_000, LEASE, 100).await.unwrap();
+    assert_eq!(keys(&rest), want[2..].to_vec());
+
+    // Drain: each round claims every queue's next sequence, none twice, in order; a lost
+    // lease in a batch is reported in its place and changes nothing.
+    let mut leased: Vec<DeliveryRecord> = two.into_iter().chain(rest).collect();
+    let mut seen: Vec<(OnboardingId, i64)> = Vec::new();
+    let mut rounds = 0;
+    while !leased.is_empty() {
+        rounds += 1;
+        let mut ons: Vec<&OnboardingId> = leased.iter().map(|x| &x.onboarding_id).collect();
+        ons.sort();
+        ons.dedup();
+        assert_eq!(ons.len(), leased.len(), "one claim per queue at a time");
+        if rounds == 3 {
+            // More events for the first queue while its head is leased.
+            store.apply_change(&change(&queues[0], "late")).await.unwrap();
+            store.dispatch_outbox(NOW, 100).await.unwrap();
+        }
+        let mut batch: Vec<DeliveryUpdate> =
+            leased.iter().map(|x| outcome(x, DeliveryState::Delivered, NOW + 1_000)).collect();
+        let mut lost = outcome(&leased[0], DeliveryState::Delivered, NOW + 1_000);
+        lost.sequence = 10_000;
+        batch.insert(1, lost);
+        let mut written = vec![true; leased.len() + 1];
+        written[1] = false;
+        assert_eq!(store.finish_deliveries(&batch, "w").await.unwrap(), written);
+        seen.extend(keys(&leased));
+        leased = store.claim_deliveries("w", NOW + 1_000, LEASE, 100).await.unwrap();
+    }
+    assert_eq!(rounds, 21, "20 events per queue, 21 for the first");
+    for (i, o) in queues.iter().enumerate() {
+        let got: Vec<i64> = seen.iter().filter(|(x, _)| x == o).map(|(_, s)| *s).collect();
+        let n = if i == 0 { 21 } else { 20 };
+        assert_eq!(got, (1..=n).collect::<Vec<i64>>(), "queue {i} in sequence order");
+    }
+    assert_eq!(store.delivery_backlog().await.unwrap(), (0, vec![]));
 }

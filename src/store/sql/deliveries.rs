@@ -137,13 +137,17 @@ pub(super) const OUTBOX_ROWS: [&str; 2] =
     locking!("SELECT onboarding_id, sequence, tenant_id FROM event_outbox LIMIT $1", " FOR UPDATE SKIP LOCKED", "");
 
 /// Leases due deliveries to `$1` until `$2` (`$3` now, `$4` the limit); see
-/// [`Deliveries::claim_deliveries`] for the ordering rule the two `NOT EXISTS` keep.
+/// [`Deliveries::claim_deliveries`] for the ordering rule the two `NOT EXISTS` keep. The scan
+/// walks only the rows flagged `head` (migration 0008, index `deliveries_heads`) in claim
+/// order, so a claim costs about its limit, not the backlog: after an outage the blocked rows
+/// behind each failing head are the oldest due ones, and checking each of them made every
+/// claim O(backlog). The flag is a hint; the `NOT EXISTS` still decide.
 pub(super) const CLAIM: [&str; 2] = locking!(
     "UPDATE deliveries SET lease_owner = $1, lease_until_ms = $2, attempts = attempts + 1 \
      WHERE (destination_id, onboarding_id, sequence) IN (SELECT d.destination_id, d.onboarding_id, d.sequence \
-     FROM deliveries d JOIN delivery_destinations t ON t.id = d.destination_id \
-     WHERE t.enabled AND d.state = 'PENDING' AND d.next_attempt_ms <= $3 \
+     FROM deliveries d WHERE d.state = 'PENDING' AND d.head AND d.next_attempt_ms <= $3 \
      AND (d.lease_until_ms IS NULL OR d.lease_until_ms <= $3) \
+     AND EXISTS (SELECT 1 FROM delivery_destinations t WHERE t.id = d.destination_id AND t.enabled) \
      AND NOT EXISTS (SELECT 1 FROM deliveries p WHERE p.destination_id = d.destination_id \
      AND p.onboarding_id = d.onboarding_id AND p.sequence < d.sequence AND p.state = 'PENDING') \
      AND NOT EXISTS (SELECT 1 FROM event_outbox x WHERE x.onboarding_id = d.onboarding_id AND x.sequence < d.sequence) \
@@ -151,6 +155,46 @@ pub(super) const CLAIM: [&str; 2] = locking!(
     " FOR UPDATE OF d SKIP LOCKED",
     ") RETURNING *",
 );
+
+/// Flags as heads the rows of a `(destination_id, onboarding_id, sequence) IN (...)` list
+/// appended to it that have no lower pending sequence in their queue (fan-out).
+const FLAG_HEADS: &str = "UPDATE deliveries SET head = TRUE WHERE state = 'PENDING' AND NOT head \
+     AND NOT EXISTS (SELECT 1 FROM deliveries p WHERE p.destination_id = deliveries.destination_id \
+     AND p.onboarding_id = deliveries.onboarding_id AND p.sequence < deliveries.sequence AND p.state = 'PENDING') \
+     AND (destination_id, onboarding_id, sequence) IN";
+
+/// Flags the lowest pending row of queue (`$1`, `$2`) as its head, after its head left
+/// `PENDING` (delivered, dead).
+const NEXT_HEAD: &str = "UPDATE deliveries SET head = TRUE WHERE destination_id = $1 AND onboarding_id = $2 \
+     AND state = 'PENDING' AND NOT head AND sequence = (SELECT MIN(p.sequence) FROM deliveries p \
+     WHERE p.destination_id = $1 AND p.onboarding_id = $2 AND p.state = 'PENDING')";
+
+/// PostgreSQL only: serialises the fan-out and the finishing of the same queues across
+/// transactions (and replicas) until the transaction ends. Without it, a fan-out that sees the
+/// queue's head still pending leaves its new row unflagged while a finish that does not yet
+/// see that row flags nothing, and the queue would stall. `$1`: the queue keys, one a line;
+/// taken in hash order, so two transactions never wait on each other in a cycle. (SQLite's one
+/// writer connection already serialises them.)
+const LOCK_QUEUES: &str = "SELECT pg_advisory_xact_lock(19, h) FROM (SELECT DISTINCT hashtext(k) AS h \
+     FROM unnest(string_to_array($1, E'\\n')) AS u(k)) s ORDER BY h";
+
+/// Takes [`LOCK_QUEUES`] for the `(destination, onboarding)` queues given (PostgreSQL).
+async fn lock_queues<B: SqlBackend>(
+    tx: &mut Transaction<'static, B::Db>,
+    queues: impl Iterator<Item = (&str, &str)>,
+) -> StoreResult<()> {
+    if !B::ROW_LOCKS {
+        return Ok(());
+    }
+    let mut keys: Vec<String> = queues.map(|(d, o)| format!("{d}/{o}")).collect();
+    if keys.is_empty() {
+        return Ok(());
+    }
+    keys.sort_unstable();
+    keys.dedup();
+    sql::<B::Db>(LOCK_QUEUES).bind(keys.join("\n")).execute(&mut *tx).await?;
+    Ok(())
+}
 
 /// The event and onboarding columns a filter matches on, for the events of a
 /// `(onboarding_id, sequence) IN (...)` list appended to it.
@@ -165,9 +209,18 @@ const PAIR_CHUNK: usize = 500;
 /// Delivery rows per insert statement: 4 values each, plus the time.
 const INSERT_CHUNK: usize = 500;
 
+/// `(destination, onboarding, sequence)` triples per head-flagging statement.
+const TRIPLE_CHUNK: usize = 300;
+
 /// `VALUES ($from, $from+1), ...`: `n` numbered pairs for a row-value `IN` list.
 fn pairs(from: usize, n: usize) -> String {
     let rows: Vec<String> = (0..n).map(|i| format!("(${}, ${})", from + 2 * i, from + 2 * i + 1)).collect();
+    format!("VALUES {}", rows.join(", "))
+}
+
+/// `VALUES ($1, $2, $3), ...`: `n` numbered triples for a row-value `IN` list.
+fn triples(n: usize) -> String {
+    let rows: Vec<String> = (0..n).map(|i| format!("(${}, ${}, ${})", 3 * i + 1, 3 * i + 2, 3 * i + 3)).collect();
     format!("VALUES {}", rows.join(", "))
 }
 
@@ -361,16 +414,17 @@ impl<B: SqlBackend> Deliveries for B {
             }
         }
         let mut stats = DispatchStats::default();
+        lock_queues::<B>(&mut tx, inserts.iter().map(|(d, o, _, _)| (*d, *o))).await?;
         for chunk in inserts.chunks(INSERT_CHUNK) {
             let values: Vec<String> = (0..chunk.len())
                 .map(|r| {
                     let b = r * 4;
-                    format!("(${}, ${}, ${}, ${}, 'PENDING', 0, $1, $1)", b + 2, b + 3, b + 4, b + 5)
+                    format!("(${}, ${}, ${}, ${}, 'PENDING', 0, $1, $1, FALSE)", b + 2, b + 3, b + 4, b + 5)
                 })
                 .collect();
             let text = format!(
                 "INSERT INTO deliveries (destination_id, onboarding_id, sequence, tenant_id, state, attempts, \
-                 next_attempt_ms, created_ms) VALUES {} \
+                 next_attempt_ms, created_ms, head) VALUES {} \
                  ON CONFLICT (destination_id, onboarding_id, sequence) DO NOTHING",
                 values.join(", ")
             );
@@ -379,6 +433,16 @@ impl<B: SqlBackend> Deliveries for B {
                 q = q.bind(*destination).bind(*onboarding).bind(*sequence).bind(*tenant);
             }
             stats.deliveries += q.execute(&mut tx).await?;
+        }
+        // Inserted unflagged, then the ones with no lower pending sequence flagged: a batch
+        // holding several events of one queue flags only its lowest.
+        for chunk in inserts.chunks(TRIPLE_CHUNK) {
+            let text = format!("{FLAG_HEADS} ({})", triples(chunk.len()));
+            let mut q = sql::<B::Db>(sqlx::AssertSqlSafe(text));
+            for (destination, onboarding, sequence, _) in chunk {
+                q = q.bind(*destination).bind(*onboarding).bind(*sequence);
+            }
+            q.execute(&mut tx).await?;
         }
         for chunk in rows.chunks(PAIR_CHUNK) {
             let text =
@@ -413,25 +477,53 @@ impl<B: SqlBackend> Deliveries for B {
     }
 
     async fn finish_delivery(&self, u: &DeliveryUpdate, worker: &str) -> StoreResult<bool> {
-        let delivered = (u.state == DeliveryState::Delivered).then_some(u.at_ms);
-        let done = sql::<B::Db>(
-            "UPDATE deliveries SET state = $5, next_attempt_ms = $6, last_status = $7, last_error = $8, \
-             delivered_ms = $9, lease_owner = NULL, lease_until_ms = NULL \
-             WHERE destination_id = $1 AND onboarding_id = $2 AND sequence = $3 AND lease_owner = $4 \
-             AND state = 'PENDING'",
+        let done = self.finish_deliveries(std::slice::from_ref(u), worker).await?;
+        Ok(done.first().copied().unwrap_or(false))
+    }
+
+    async fn finish_deliveries(&self, updates: &[DeliveryUpdate], worker: &str) -> StoreResult<Vec<bool>> {
+        if updates.is_empty() {
+            return Ok(Vec::new());
+        }
+        let mut tx = B::Db::begin(self.writer()).await?;
+        let leaving = |u: &&DeliveryUpdate| u.state != DeliveryState::Pending;
+        lock_queues::<B>(
+            &mut tx,
+            updates.iter().filter(leaving).map(|u| (u.destination_id.as_str(), u.onboarding_id.as_str())),
         )
-        .bind(u.destination_id.as_str())
-        .bind(u.onboarding_id.as_str())
-        .bind(u.sequence)
-        .bind(worker)
-        .bind(u.state.as_str())
-        .bind(u.next_attempt_ms)
-        .bind(u.last_status)
-        .bind(u.last_error.as_deref())
-        .bind(delivered)
-        .execute(self.writer())
         .await?;
-        Ok(done > 0)
+        let mut done = Vec::with_capacity(updates.len());
+        for u in updates {
+            let delivered = (u.state == DeliveryState::Delivered).then_some(u.at_ms);
+            let n = sql::<B::Db>(
+                "UPDATE deliveries SET state = $5, next_attempt_ms = $6, last_status = $7, last_error = $8, \
+                 delivered_ms = $9, lease_owner = NULL, lease_until_ms = NULL \
+                 WHERE destination_id = $1 AND onboarding_id = $2 AND sequence = $3 AND lease_owner = $4 \
+                 AND state = 'PENDING'",
+            )
+            .bind(u.destination_id.as_str())
+            .bind(u.onboarding_id.as_str())
+            .bind(u.sequence)
+            .bind(worker)
+            .bind(u.state.as_str())
+            .bind(u.next_attempt_ms)
+            .bind(u.last_status)
+            .bind(u.last_error.as_deref())
+            .bind(delivered)
+            .execute(&mut tx)
+            .await?;
+            if n > 0 && u.state != DeliveryState::Pending {
+                // The queue's next pending sequence becomes claimable.
+                sql::<B::Db>(NEXT_HEAD)
+                    .bind(u.destination_id.as_str())
+                    .bind(u.onboarding_id.as_str())
+                    .execute(&mut tx)
+                    .await?;
+            }
+            done.push(n > 0);
+        }
+        B::Db::commit(tx).await?;
+        Ok(done)
     }
 
     async fn list_deliveries(
@@ -533,7 +625,7 @@ impl<B: SqlBackend> Deliveries for B {
                  next_attempt_ms, created_ms) VALUES {} \
                  ON CONFLICT (destination_id, onboarding_id, sequence) DO UPDATE SET state = 'PENDING', \
                  attempts = 0, next_attempt_ms = excluded.next_attempt_ms, lease_owner = NULL, \
-                 lease_until_ms = NULL, delivered_ms = NULL",
+                 lease_until_ms = NULL, delivered_ms = NULL, head = TRUE",
                 values.join(", ")
             );
             let mut q = sql::<B::Db>(sqlx::AssertSqlSafe(text)).bind(now).bind(d.id.as_str()).bind(tenant.as_str());
