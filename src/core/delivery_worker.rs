@@ -1,6 +1,8 @@
 //! The delivery worker (issue 19): on every replica, a loop that fans the event outbox out
 //! into deliveries and sends the due ones under leases (any replica may send any delivery; a
-//! crashed sender's lease lapses and another takes it over). Each attempt builds the
+//! crashed sender's lease lapses and another takes it over). A claim takes each due queue's
+//! head with the run of pending rows behind it ([`RUN`]), which one task sends in order,
+//! stopping at the first that does not get through. Each attempt builds the
 //! CloudEvent from the log, signs it (webhooks) or sets `Nats-Msg-Id` (JetStream), and applies
 //! the retry policy's decision: delivered, retry later, dead letter, or (410 Gone, failing too
 //! long) disable the destination with its reason.
@@ -19,6 +21,7 @@ use crate::delivery::cloudevent::{CloudEvent, EventParts};
 use crate::delivery::guard::RequestLimits;
 use crate::delivery::nats::{JetStreamPublisher, SubjectTemplate};
 use crate::delivery::retry::{Decision, FailureKind, Outcome, RetryPolicy};
+use crate::delivery::signing::SigningKeys;
 use crate::delivery::webhook::{ExtraHeaders, WebhookRequest, WebhookSender};
 use crate::domain::{UnixMs, now_ms};
 use crate::error::AppError;
@@ -38,12 +41,22 @@ pub const DEAD_LETTERS: &str = "wa_onboard_delivery_dead_letters_total";
 /// Outbox rows fanned out per transaction.
 const DISPATCH_BATCH: u32 = 500;
 
-/// Outcomes written per transaction at most.
+/// Outcomes written per transaction at most (more when one run alone is longer).
 const FINISH_BATCH: usize = 256;
 
-/// An attempt's outcome on its way to the store, and where the verdict (written, or the
-/// lease was lost) goes back.
-type Waiting = (DeliveryUpdate, oneshot::Sender<Result<bool, String>>);
+/// Rows of one queue (destination and onboarding) claimed behind its head at most: after an
+/// outage each queue's backlog goes out in runs, one claim, one event read and one outcome
+/// write per run instead of per event, sent in order by one task.
+const RUN: u32 = 32;
+
+/// Runs whose outcomes may be waiting for the writer, per sending slot: sending slots are
+/// freed when the sends are done, not when the outcome is written, so this bounds the leased
+/// work in flight when the store is slower than the receivers.
+const WAITING_PER_SLOT: u32 = 4;
+
+/// A run's outcomes on their way to the store, and where the verdicts (written, or the lease
+/// was lost) go back, one per update.
+type Waiting = (Vec<DeliveryUpdate>, oneshot::Sender<Result<Vec<bool>, String>>);
 
 /// Hands outcomes to the worker's one writer of outcomes, which writes every outcome ready
 /// at that moment in one transaction: under load, one write per batch instead of one per
@@ -52,15 +65,33 @@ type Waiting = (DeliveryUpdate, oneshot::Sender<Result<bool, String>>);
 struct Finisher(mpsc::UnboundedSender<Waiting>);
 
 impl Finisher {
-    /// Writes `update` (batched with others); false if the lease was lost meanwhile.
-    async fn finish(&self, update: DeliveryUpdate) -> Result<bool, AppError> {
+    /// Writes `updates` in order (batched with others); per update, false if its lease was
+    /// lost meanwhile.
+    async fn finish(&self, updates: Vec<DeliveryUpdate>) -> Result<Vec<bool>, AppError> {
         let (reply, verdict) = oneshot::channel();
-        self.0.send((update, reply)).map_err(|_| AppError::internal("the delivery outcome writer stopped"))?;
+        self.0.send((updates, reply)).map_err(|_| AppError::internal("the delivery outcome writer stopped"))?;
         verdict
             .await
             .map_err(|_| AppError::internal("the delivery outcome writer stopped"))?
             .map_err(|e| AppError::internal(format!("record delivery outcomes: {e}")))
     }
+}
+
+/// One claimed run: consecutive pending rows of one queue, in sequence order.
+type Run = Vec<DeliveryRecord>;
+
+/// Splits claimed rows (sorted by destination, onboarding, sequence) into runs.
+fn runs(claimed: Vec<DeliveryRecord>) -> Vec<Run> {
+    let mut out: Vec<Run> = Vec::new();
+    for d in claimed {
+        match out.last_mut() {
+            Some(run) if run[0].destination_id == d.destination_id && run[0].onboarding_id == d.onboarding_id => {
+                run.push(d)
+            }
+            _ => out.push(vec![d]),
+        }
+    }
+    out
 }
 
 /// What the worker is configured with (`app.rs` builds it from `delivery.*`).
@@ -120,6 +151,8 @@ impl DeliveryWorker {
     /// one is retried under the same event id once its lease lapses).
     pub async fn run(self: Arc<Self>, mut shutdown: watch::Receiver<bool>) {
         let slots = Arc::new(tokio::sync::Semaphore::new(self.settings.concurrency.max(1) as usize));
+        let waiting =
+            Arc::new(tokio::sync::Semaphore::new((self.settings.concurrency.max(1) * WAITING_PER_SLOT) as usize));
         let finished = Arc::new(tokio::sync::Notify::new());
         let (outcomes, pending) = mpsc::unbounded_channel();
         let writer = tokio::spawn(self.clone().write_outcomes(pending));
@@ -131,7 +164,7 @@ impl DeliveryWorker {
             if *shutdown.borrow() {
                 break;
             }
-            let busy = match self.pass(&slots, &finished, &finisher).await {
+            let busy = match self.pass(&slots, &waiting, &finished, &finisher).await {
                 Ok(n) => n > 0,
                 Err(e) => {
                     tracing::warn!(error = %e.message, "delivery pass failed");
@@ -153,33 +186,47 @@ impl DeliveryWorker {
             }
         }
         let all = self.settings.concurrency.max(1);
-        let _ = tokio::time::timeout(Duration::from_secs(5), slots.acquire_many(all)).await;
+        let _ = tokio::time::timeout(Duration::from_secs(5), async {
+            let _sends = slots.acquire_many(all).await;
+            let _writes = waiting.acquire_many(all * WAITING_PER_SLOT).await;
+        })
+        .await;
         // The writer ends once the attempts' handles are gone.
         drop(finisher);
         let _ = tokio::time::timeout(Duration::from_secs(5), writer).await;
     }
 
-    /// Writes outcomes as they come: the first one waiting, plus every other already
-    /// waiting (up to [`FINISH_BATCH`]), in one transaction.
+    /// Writes outcomes as they come: the first run waiting, plus every other already waiting
+    /// (up to [`FINISH_BATCH`] rows), in one transaction.
     async fn write_outcomes(self: Arc<Self>, mut pending: mpsc::UnboundedReceiver<Waiting>) {
         while let Some(first) = pending.recv().await {
+            let mut rows = first.0.len();
             let mut batch = vec![first];
-            while batch.len() < FINISH_BATCH {
+            while rows < FINISH_BATCH {
                 match pending.try_recv() {
-                    Ok(next) => batch.push(next),
+                    Ok(next) => {
+                        rows += next.0.len();
+                        batch.push(next);
+                    }
                     Err(_) => break,
                 }
             }
-            let (updates, replies): (Vec<DeliveryUpdate>, Vec<_>) = batch.into_iter().unzip();
+            let mut updates = Vec::with_capacity(rows);
+            let mut replies = Vec::with_capacity(batch.len());
+            for (u, reply) in batch {
+                replies.push((u.len(), reply));
+                updates.extend(u);
+            }
             match self.core.store.finish_deliveries(&updates, &self.owner).await {
                 Ok(done) => {
-                    for (reply, written) in replies.into_iter().zip(done) {
-                        let _ = reply.send(Ok(written));
+                    let mut done = done.into_iter();
+                    for (n, reply) in replies {
+                        let _ = reply.send(Ok(done.by_ref().take(n).collect()));
                     }
                 }
                 Err(e) => {
                     let message = e.to_string();
-                    for reply in replies {
+                    for (_, reply) in replies {
                         let _ = reply.send(Err(message.clone()));
                     }
                 }
@@ -191,16 +238,18 @@ impl DeliveryWorker {
     async fn pass(
         self: &Arc<Self>,
         slots: &Arc<tokio::sync::Semaphore>,
+        waiting: &Arc<tokio::sync::Semaphore>,
         finished: &Arc<tokio::sync::Notify>,
         finisher: &Finisher,
     ) -> Result<usize, AppError> {
         let now = now_ms();
         let stats = self.core.store.dispatch_outbox(now, DISPATCH_BATCH).await?;
-        let free = u32::try_from(slots.available_permits()).unwrap_or(u32::MAX);
+        let free = slots.available_permits().min(waiting.available_permits());
+        let free = u32::try_from(free).unwrap_or(u32::MAX);
         let claimed = if free == 0 {
             Vec::new()
         } else {
-            self.core.store.claim_deliveries(&self.owner, now, self.settings.lease, free).await?
+            self.core.store.claim_deliveries(&self.owner, now, self.settings.lease, free, RUN).await?
         };
         let n = claimed.len();
         // One read per destination per pass, not one per attempt (read after the claim, so
@@ -212,13 +261,14 @@ impl DeliveryWorker {
                 destinations.insert(d.destination_id.clone(), found.map(Arc::new));
             }
         }
-        for d in claimed {
+        for run in runs(claimed) {
             let Ok(slot) = slots.clone().acquire_owned().await else { break };
-            let dest = destinations.get(&d.destination_id).cloned().flatten();
+            let Ok(write) = waiting.clone().acquire_owned().await else { break };
+            let dest = destinations.get(&run[0].destination_id).cloned().flatten();
             let (me, finished, finisher) = (self.clone(), finished.clone(), finisher.clone());
             tokio::spawn(async move {
-                me.attempt(&d, dest, &finisher).await;
-                drop(slot);
+                me.send_run(&run, dest, slot, &finished, &finisher).await;
+                drop(write);
                 // The next sequence of the same onboarding may be due now.
                 finished.notify_one();
             });
@@ -236,76 +286,166 @@ impl DeliveryWorker {
         }
     }
 
-    /// One attempt of `d`, its outcome written back.
-    #[tracing::instrument(skip_all, fields(destination = %d.destination_id, event_id = %d.event_id(), attempt = d.attempts))]
-    async fn attempt(&self, d: &DeliveryRecord, dest: Option<Arc<DestinationRecord>>, finisher: &Finisher) {
-        if let Err(e) = self.try_attempt(d, dest, finisher).await {
-            // Not the receiver's fault (a store outage, a corrupt row): the lease lapses and
-            // the delivery is tried again; nothing is lost.
+    /// Sends one run in order, its outcomes written back together. The sending slot is
+    /// freed as soon as the sends are done (the write is bounded by the waiting permit).
+    #[tracing::instrument(skip_all, fields(destination = %run[0].destination_id, event_id = %run[0].event_id(), events = run.len()))]
+    async fn send_run(
+        &self,
+        run: &[DeliveryRecord],
+        dest: Option<Arc<DestinationRecord>>,
+        slot: tokio::sync::OwnedSemaphorePermit,
+        finished: &tokio::sync::Notify,
+        finisher: &Finisher,
+    ) {
+        if let Err(e) = self.try_run(run, dest, slot, finished, finisher).await {
+            // Not the receiver's fault (a store outage, a corrupt row): the leases lapse and
+            // the deliveries are tried again; nothing is lost.
             tracing::warn!(error = %e.message, "delivery attempt not completed");
         }
     }
 
-    async fn try_attempt(
+    /// The events of a run, by sequence: one read for the run's span (a destination whose
+    /// filter skips most events would make the span long: then one read per row).
+    async fn run_events(&self, run: &[DeliveryRecord]) -> Result<HashMap<i64, EventRecord>, AppError> {
+        let store = &self.core.store;
+        let (first, last) = (run[0].sequence, run[run.len() - 1].sequence);
+        let span = u32::try_from(last - first + 1).unwrap_or(u32::MAX);
+        let mut events = HashMap::with_capacity(run.len());
+        if span <= 4 * RUN {
+            for e in store.events(&run[0].onboarding_id, first - 1, span).await? {
+                events.insert(e.sequence, e);
+            }
+        } else {
+            for d in run {
+                if let Some(e) = store.events(&d.onboarding_id, d.sequence - 1, 1).await?.into_iter().next() {
+                    events.insert(e.sequence, e);
+                }
+            }
+        }
+        events.retain(|seq, _| run.iter().any(|d| d.sequence == *seq));
+        Ok(events)
+    }
+
+    async fn try_run(
         &self,
-        d: &DeliveryRecord,
+        run: &[DeliveryRecord],
         dest: Option<Arc<DestinationRecord>>,
+        slot: tokio::sync::OwnedSemaphorePermit,
+        finished: &tokio::sync::Notify,
         finisher: &Finisher,
     ) -> Result<(), AppError> {
-        let store = &self.core.store;
         // Deleted since the claim: its deliveries went with it.
         let Some(dest) = dest else { return Ok(()) };
-        let event =
-            store.events(&d.onboarding_id, d.sequence - 1, 1).await?.into_iter().find(|e| e.sequence == d.sequence);
-        let onboarding = store.onboarding_unscoped(&d.onboarding_id).await?;
-        let (Some(event), Some(onboarding)) = (event, onboarding) else {
-            // The onboarding was deleted with its log: nothing left to send.
-            let update = self.update(d, DeliveryState::Dead, now_ms(), None, Some("the event no longer exists".into()));
-            finisher.finish(update).await?;
-            return Ok(());
+        let events = self.run_events(run).await?;
+        let onboarding = self.core.store.onboarding_unscoped(&run[0].onboarding_id).await?;
+        let signing = match dest.sink {
+            SinkKind::Webhook => Some(self.webhook_secrets(&dest)?),
+            SinkKind::Nats => None,
         };
-        let cloud = CloudEvent::new(EventParts {
-            id: d.event_id(),
-            source: self.settings.source.clone(),
-            kind: event.kind.into(),
-            subject: format!("onboardings/{}", onboarding.id.name()),
-            time_ms: event.created_ms,
-            reference: (!onboarding.reference.is_empty()).then(|| onboarding.reference.clone()),
-            data: event_json(&event),
-        })
-        .map_err(|e| AppError::internal(format!("cloud event of {}: {e}", d.event_id())))?;
         let started = Instant::now();
-        let attempt = u32::try_from(d.attempts.max(1)).unwrap_or(1);
-        let tried = match dest.sink {
-            SinkKind::Webhook => self.send_webhook(&dest, &cloud, attempt).await?,
-            SinkKind::Nats => self.publish_nats(&dest, &onboarding.provider.to_string(), &cloud, attempt).await,
-        };
-        ::metrics::histogram!(DELIVERY_ATTEMPT, "sink" => dest.sink.as_str()).record(started.elapsed().as_secs_f64());
-        self.apply(d, &dest, &event, tried, finisher).await
+        // A run must end well inside its lease: past half of it, the rest is given back.
+        let budget = (self.settings.lease / 2).saturating_sub(self.settings.limits.timeout);
+        let mut updates = Vec::with_capacity(run.len());
+        // The attempts made, beside their updates: (index in `updates`, decision, created).
+        let mut attempts: Vec<(usize, Decision, UnixMs)> = Vec::with_capacity(run.len());
+        let mut last: Option<(Tried, String)> = None;
+        for (i, d) in run.iter().enumerate() {
+            let stop = last.as_ref().is_some_and(|(t, _)| t.decision != Decision::Delivered)
+                || (i > 0 && started.elapsed() >= budget);
+            if stop {
+                updates.extend(run[i..].iter().map(|d| self.released(d)));
+                break;
+            }
+            let (Some(event), Some(onboarding)) = (events.get(&d.sequence), onboarding.as_ref()) else {
+                // The onboarding was deleted with its log: nothing left to send.
+                updates.push(self.update(
+                    d,
+                    DeliveryState::Dead,
+                    now_ms(),
+                    None,
+                    Some("the event no longer exists".into()),
+                ));
+                continue;
+            };
+            let cloud = CloudEvent::new(EventParts {
+                id: d.event_id(),
+                source: self.settings.source.clone(),
+                kind: event.kind.into(),
+                subject: format!("onboardings/{}", onboarding.id.name()),
+                time_ms: event.created_ms,
+                reference: (!onboarding.reference.is_empty()).then(|| onboarding.reference.clone()),
+                data: event_json(event),
+            })
+            .map_err(|e| AppError::internal(format!("cloud event of {}: {e}", d.event_id())))?;
+            let sent = Instant::now();
+            let attempt = u32::try_from(d.attempts.max(1)).unwrap_or(1);
+            let tried = match &signing {
+                Some((keys, headers)) => self.send_webhook(&dest, keys, headers, &cloud, attempt).await,
+                None => self.publish_nats(&dest, &onboarding.provider.to_string(), &cloud, attempt).await,
+            };
+            ::metrics::histogram!(DELIVERY_ATTEMPT, "sink" => dest.sink.as_str()).record(sent.elapsed().as_secs_f64());
+            let (state, next, _) = notices::settle(tried.decision, now_ms());
+            attempts.push((updates.len(), tried.decision, event.created_ms));
+            updates.push(self.update(d, state, next, tried.status, tried.error.clone()));
+            last = Some((tried, d.event_id()));
+        }
+        drop(slot);
+        finished.notify_one();
+        let written = finisher.finish(updates).await?;
+        let now = now_ms();
+        for (i, decision, created_ms) in &attempts {
+            if !written.get(*i).copied().unwrap_or(false) {
+                // The lease lapsed (or a replay reset it): the other holder's outcome stands.
+                continue;
+            }
+            let (_, _, outcome) = notices::settle(*decision, now);
+            ::metrics::counter!(DELIVERIES, "outcome" => outcome).increment(1);
+            match decision {
+                Decision::Delivered => {
+                    let latency = Duration::from_millis(u64::try_from(now - created_ms).unwrap_or(0));
+                    ::metrics::histogram!(DELIVERY_LATENCY, "sink" => dest.sink.as_str()).record(latency.as_secs_f64());
+                }
+                Decision::DeadLetter => ::metrics::counter!(DEAD_LETTERS).increment(1),
+                Decision::RetryAfter(_) | Decision::DisableDestination => {}
+            }
+        }
+        // The destination is judged by the run's last attempt, if its outcome was written.
+        let last_written = attempts.last().is_some_and(|(i, _, _)| written.get(*i).copied().unwrap_or(false));
+        match last {
+            Some((tried, event_id)) if last_written => self.judge_destination(&dest, &tried, &event_id, now).await,
+            _ => Ok(()),
+        }
+    }
+
+    /// The signing keys and extra headers of a webhook destination, opened once per run.
+    fn webhook_secrets(&self, dest: &DestinationRecord) -> Result<(SigningKeys, ExtraHeaders), AppError> {
+        let keys = self.core.destination_signing_keys(dest)?;
+        let headers = ExtraHeaders::parse(&self.core.destination_headers(dest)?)
+            .map_err(|e| AppError::internal(format!("stored headers of destination {}: {e}", dest.id)))?;
+        Ok((keys, headers))
     }
 
     async fn send_webhook(
         &self,
         dest: &DestinationRecord,
+        keys: &SigningKeys,
+        headers: &ExtraHeaders,
         cloud: &CloudEvent,
         attempt: u32,
-    ) -> Result<Tried, AppError> {
-        let keys = self.core.destination_signing_keys(dest)?;
-        let headers = ExtraHeaders::parse(&self.core.destination_headers(dest)?)
-            .map_err(|e| AppError::internal(format!("stored headers of destination {}: {e}", dest.id)))?;
+    ) -> Tried {
         let request = WebhookRequest {
             url: &dest.url,
-            extra_headers: &headers,
-            keys: &keys,
+            extra_headers: headers,
+            keys,
             event: cloud,
             timestamp: now_ms().div_euclid(1000),
         };
         let result = self.webhook.send(&request).await;
-        Ok(Tried {
+        Tried {
             decision: self.settings.retry.decide(attempt, result.outcome(), rand::random::<f64>()),
             status: result.status,
             error: result.error.map(|e| e.message),
-        })
+        }
     }
 
     async fn publish_nats(&self, dest: &DestinationRecord, provider: &str, cloud: &CloudEvent, attempt: u32) -> Tried {
@@ -365,34 +505,13 @@ impl DeliveryWorker {
             last_status: status.map(i32::from),
             last_error: error,
             at_ms: now_ms(),
+            unattempted: false,
         }
     }
 
-    async fn apply(
-        &self,
-        d: &DeliveryRecord,
-        dest: &DestinationRecord,
-        event: &EventRecord,
-        t: Tried,
-        finisher: &Finisher,
-    ) -> Result<(), AppError> {
-        let now = now_ms();
-        let (state, next, outcome) = notices::settle(t.decision, now);
-        let update = self.update(d, state, next, t.status, t.error.clone());
-        if !finisher.finish(update).await? {
-            // The lease lapsed (or a replay reset it): the other holder's outcome stands.
-            return Ok(());
-        }
-        ::metrics::counter!(DELIVERIES, "outcome" => outcome).increment(1);
-        match t.decision {
-            Decision::Delivered => {
-                let latency = Duration::from_millis(u64::try_from(now - event.created_ms).unwrap_or(0));
-                ::metrics::histogram!(DELIVERY_LATENCY, "sink" => dest.sink.as_str()).record(latency.as_secs_f64());
-            }
-            Decision::DeadLetter => ::metrics::counter!(DEAD_LETTERS).increment(1),
-            Decision::RetryAfter(_) | Decision::DisableDestination => {}
-        }
-        self.judge_destination(dest, &t, &d.event_id(), now).await
+    /// Gives back a row of a run that was not sent.
+    fn released(&self, d: &DeliveryRecord) -> DeliveryUpdate {
+        DeliveryUpdate { unattempted: true, ..self.update(d, DeliveryState::Pending, d.next_attempt_ms, None, None) }
     }
 }
 

@@ -475,13 +475,18 @@ pub trait Deliveries: Send + Sync {
     /// Leases up to `limit` due pending deliveries of enabled destinations to `worker` (a
     /// lapsed lease is taken over), counting an attempt each. A delivery is due only when no
     /// lower sequence of the same destination and onboarding is still pending or still in the
-    /// outbox, so each onboarding's events go out in order.
+    /// outbox, so each onboarding's events go out in order. With `run > 1`, each claimed
+    /// head brings up to `run - 1` of the pending rows right behind it in its queue (the
+    /// unbroken prefix of them that is due and unleased), leased and counted the same way, so
+    /// one sender can send a backlog in order without a claim per event. Sorted by
+    /// destination, onboarding, sequence.
     async fn claim_deliveries(
         &self,
         worker: &str,
         now: UnixMs,
         lease: Duration,
         limit: u32,
+        run: u32,
     ) -> StoreResult<Vec<DeliveryRecord>>;
     /// Writes the outcome of an attempt `worker` still leases, releasing the lease; false
     /// (nothing written) if the lease was lost.

@@ -436,6 +436,10 @@ pub struct DeliveryUpdate {
     pub last_error: Option<String>,
     /// When this outcome was learnt.
     pub at_ms: UnixMs,
+    /// Claimed in a run behind its head but never sent (an earlier event of the run did not
+    /// get through, or the run ran out of time): only the lease is released and the claim's
+    /// attempt undone; `state` and the rest are ignored.
+    pub unattempted: bool,
 }
 
 /// Where a replay starts.

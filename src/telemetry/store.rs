@@ -384,8 +384,9 @@ impl Deliveries for MeteredStore {
         now: UnixMs,
         lease: Duration,
         limit: u32,
+        run: u32,
     ) -> StoreResult<Vec<DeliveryRecord>> {
-        timed(op!("claim_deliveries"), self.inner.claim_deliveries(worker, now, lease, limit)).await
+        timed(op!("claim_deliveries"), self.inner.claim_deliveries(worker, now, lease, limit, run)).await
     }
 
     async fn finish_delivery(&self, update: &DeliveryUpdate, worker: &str) -> StoreResult<bool> {

@@ -176,7 +176,10 @@ impl DeliveryWorker {
         let started = Instant::now();
         let attempt = u32::try_from(d.attempts.max(1)).unwrap_or(1);
         let tried = match dest.sink {
-            SinkKind::Webhook => self.send_webhook(&dest, &cloud, attempt).await?,
+            SinkKind::Webhook => {
+                let (keys, headers) = self.webhook_secrets(&dest)?;
+                self.send_webhook(&dest, &keys, &headers, &cloud, attempt).await
+            }
             SinkKind::Nats => self.publish_nats(&dest, NO_PROVIDER, &cloud, attempt).await,
         };
         ::metrics::histogram!(DELIVERY_ATTEMPT, "sink" => dest.sink.as_str()).record(started.elapsed().as_secs_f64());

@@ -53,6 +53,7 @@ fn outcome(d: &DeliveryRecord, state: DeliveryState, next: UnixMs) -> DeliveryUp
         last_status: Some(500),
         last_error: Some("boom".into()),
         at_ms: NOW,
+        unattempted: false,
     }
 }
 
@@ -243,19 +244,19 @@ pub(super) async fn check_claim_order(store: Arc<dyn Store>) {
     store.dispatch_outbox(NOW, 100).await.unwrap();
 
     // One per onboarding: the later sequences wait for the first.
-    let mut first = store.claim_deliveries("w1", NOW, LEASE, 10).await.unwrap();
+    let mut first = store.claim_deliveries("w1", NOW, LEASE, 10, 1).await.unwrap();
     first.sort_by(|x, y| x.onboarding_id.cmp(&y.onboarding_id));
     let mut want = vec![(a.id.clone(), 1), (b.id.clone(), 1)];
     want.sort();
     assert_eq!(keys(&first), want);
     assert!(first.iter().all(|d| d.attempts == 1 && d.lease_owner.as_deref() == Some("w1")));
-    assert!(store.claim_deliveries("w2", NOW, LEASE, 10).await.unwrap().is_empty(), "leased and held back");
+    assert!(store.claim_deliveries("w2", NOW, LEASE, 10, 1).await.unwrap().is_empty(), "leased and held back");
 
     let a1 = first.iter().find(|x| x.onboarding_id == a.id).unwrap();
     // A failing a1 holds back a2 (not b's events); a retry is due later.
     assert!(store.finish_delivery(&outcome(a1, DeliveryState::Pending, NOW + 1_000), "w1").await.unwrap());
-    assert!(store.claim_deliveries("w1", NOW, LEASE, 10).await.unwrap().is_empty());
-    let again = store.claim_deliveries("w1", NOW + 1_000, LEASE, 10).await.unwrap();
+    assert!(store.claim_deliveries("w1", NOW, LEASE, 10, 1).await.unwrap().is_empty());
+    let again = store.claim_deliveries("w1", NOW + 1_000, LEASE, 10, 1).await.unwrap();
     assert_eq!(keys(&again), vec![(a.id.clone(), 1)]);
     assert_eq!(again[0].attempts, 2);
     assert_eq!((again[0].last_status, again[0].last_error.as_deref()), (Some(500), Some("boom")));
@@ -265,7 +266,7 @@ pub(super) async fn check_claim_order(store: Arc<dyn Store>) {
     ok.last_error = None;
     assert!(store.finish_delivery(&ok, "w1").await.unwrap());
     assert!(!store.finish_delivery(&ok, "w1").await.unwrap(), "no lease any more");
-    let next = store.claim_deliveries("w1", NOW + 1_000, LEASE, 10).await.unwrap();
+    let next = store.claim_deliveries("w1", NOW + 1_000, LEASE, 10, 1).await.unwrap();
     assert_eq!(keys(&next), vec![(a.id.clone(), 2)]);
 
     // A disabled destination's deliveries are not claimed.
@@ -273,7 +274,7 @@ pub(super) async fn check_claim_order(store: Arc<dyn Store>) {
     assert!(store.finish_delivery(&outcome(&next[0], DeliveryState::Pending, NOW), "w1").await.unwrap());
     off.enabled = false;
     store.update_destination(&off, off.updated_ms).await.unwrap();
-    assert!(store.claim_deliveries("w1", NOW + 2_000, LEASE, 10).await.unwrap().is_empty());
+    assert!(store.claim_deliveries("w1", NOW + 2_000, LEASE, 10, 1).await.unwrap().is_empty());
 
     let listed = all_deliveries(&store, &d).await;
     let a1 = listed.iter().find(|x| x.onboarding_id == a.id && x.sequence == 1).unwrap();
@@ -297,11 +298,11 @@ pub(super) async fn check_lease_expiry(store: Arc<dyn Store>) {
     let o = onboarding(&store, &acct, "a").await;
     store.dispatch_outbox(NOW, 100).await.unwrap();
     let lease = Duration::from_secs(1);
-    let held = store.claim_deliveries("w1", NOW, lease, 10).await.unwrap();
+    let held = store.claim_deliveries("w1", NOW, lease, 10, 1).await.unwrap();
     assert_eq!(keys(&held), vec![(o.id.clone(), 1)]);
-    assert!(store.claim_deliveries("w2", NOW + 999, lease, 10).await.unwrap().is_empty());
+    assert!(store.claim_deliveries("w2", NOW + 999, lease, 10, 1).await.unwrap().is_empty());
     // The lease lapsed (a crashed sender): another worker takes it over, a second attempt.
-    let taken = store.claim_deliveries("w2", NOW + 1_000, lease, 10).await.unwrap();
+    let taken = store.claim_deliveries("w2", NOW + 1_000, lease, 10, 1).await.unwrap();
     assert_eq!(keys(&taken), vec![(o.id.clone(), 1)]);
     assert_eq!((taken[0].attempts, taken[0].lease_owner.as_deref()), (2, Some("w2")));
     assert!(!store.finish_delivery(&outcome(&held[0], DeliveryState::Delivered, NOW), "w1").await.unwrap());
@@ -318,21 +319,21 @@ pub(super) async fn check_dead_letter_and_redeliver(store: Arc<dyn Store>) {
     store.dispatch_outbox(NOW, 100).await.unwrap();
 
     // The last attempt dead-letters; a dead letter no longer holds back the next event.
-    let first = store.claim_deliveries("w", NOW, LEASE, 10).await.unwrap();
+    let first = store.claim_deliveries("w", NOW, LEASE, 10, 1).await.unwrap();
     assert!(store.finish_delivery(&outcome(&first[0], DeliveryState::Dead, NOW), "w").await.unwrap());
-    let second = store.claim_deliveries("w", NOW, LEASE, 10).await.unwrap();
+    let second = store.claim_deliveries("w", NOW, LEASE, 10, 1).await.unwrap();
     assert_eq!(keys(&second), vec![(o.id.clone(), 2)]);
     assert!(store.finish_delivery(&outcome(&second[0], DeliveryState::Delivered, NOW), "w").await.unwrap());
     let dead = DeliveryQuery { state: Some(DeliveryState::Dead), limit: 10, after: None };
     let listed = store.list_deliveries(&t, &d.id, &dead).await.unwrap().items;
     assert_eq!(keys(&listed), vec![(o.id.clone(), 1)]);
     assert_eq!(listed[0].last_error.as_deref(), Some("boom"));
-    assert!(store.claim_deliveries("w", NOW, LEASE, 10).await.unwrap().is_empty());
+    assert!(store.claim_deliveries("w", NOW, LEASE, 10, 1).await.unwrap().is_empty());
 
     // Replay from a sequence: both back to pending, attempts reset, in order again.
     let from = RedeliverFrom::Sequence { onboarding_id: o.id.clone(), sequence: 1 };
     assert_eq!(replay(&store, &t, &d.id, &from, NOW + 5).await.unwrap(), 2);
-    let replayed = store.claim_deliveries("w", NOW + 5, LEASE, 10).await.unwrap();
+    let replayed = store.claim_deliveries("w", NOW + 5, LEASE, 10, 1).await.unwrap();
     assert_eq!(keys(&replayed), vec![(o.id.clone(), 1)]);
     assert_eq!(replayed[0].attempts, 1);
     assert!(store.finish_delivery(&outcome(&replayed[0], DeliveryState::Delivered, NOW), "w").await.unwrap());
@@ -379,7 +380,7 @@ pub(super) async fn check_redeliver_in_chunks(store: Arc<dyn Store>) {
     store.dispatch_outbox(NOW, 5_000).await.unwrap();
     // Deliver everything, so the replay's resets are visible.
     loop {
-        let got = store.claim_deliveries("w", NOW, LEASE, 1_000).await.unwrap();
+        let got = store.claim_deliveries("w", NOW, LEASE, 1_000, 1).await.unwrap();
         if got.is_empty() {
             break;
         }
@@ -424,7 +425,7 @@ pub(super) async fn check_redeliver_in_chunks(store: Arc<dyn Store>) {
         .unwrap();
     assert_eq!(done, ReplayChunk { queued: 0, scanned: 0, last: None });
     // Replayed rows are claimable again (each is a possible queue head), in sequence order.
-    let claimed = store.claim_deliveries("w2", NOW + 3, LEASE, 2_000).await.unwrap();
+    let claimed = store.claim_deliveries("w2", NOW + 3, LEASE, 2_000, 1).await.unwrap();
     assert_eq!(claimed.len(), 1_101, "one head per onboarding: {}", claimed.len());
     assert!(claimed.iter().all(|c| c.sequence == 1), "each queue from its first event");
 }
@@ -531,6 +532,79 @@ pub(super) async fn check_disable_writes_a_notice(store: Arc<dyn Store>) {
 /// all blocked behind them. Claims still take only heads, one per queue, in order of due
 /// time, each queue's events strictly in sequence order, including events fanned out while
 /// their predecessor was leased; and a batch of outcomes is written in one call.
+/// Runs (`run > 1`): a head brings the pending rows right behind it in its queue, leased and
+/// counted the same way; a sender that stops early releases the rest and undoes their
+/// attempts; finishing a whole run in one batch makes the next row the head; and a run never
+/// jumps a row it cannot take (leased by another).
+pub(super) async fn check_claim_runs(store: Arc<dyn Store>) {
+    let t = tenant(&store).await;
+    let acct = account(&store, &t, ProviderKind::Whapi).await;
+    let d = dest(&store, &t, "d", DeliveryFilter::default()).await;
+    let a = onboarding(&store, &acct, "a").await;
+    for j in 2..=6 {
+        store.apply_change(&change(&a.id, &format!("a{j}"))).await.unwrap();
+    }
+    let b = onboarding(&store, &acct, "b").await;
+    store.dispatch_outbox(NOW, 100).await.unwrap();
+
+    let first = store.claim_deliveries("w", NOW, LEASE, 10, 4).await.unwrap();
+    let mut want = vec![(a.id.clone(), 1), (a.id.clone(), 2), (a.id.clone(), 3), (a.id.clone(), 4), (b.id.clone(), 1)];
+    want.sort();
+    assert_eq!(keys(&first), want, "a's head and the three rows behind it, b's only row");
+    assert!(first.iter().all(|x| x.attempts == 1 && x.lease_owner.as_deref() == Some("w")));
+    assert!(store.claim_deliveries("w2", NOW, LEASE, 10, 4).await.unwrap().is_empty(), "the run is leased");
+
+    // a1 delivered, a2 failed: a3 and a4 were never sent.
+    let get = |o: &OnboardingId, seq: i64| first.iter().find(|x| &x.onboarding_id == o && x.sequence == seq).unwrap();
+    let mut released = outcome(get(&a.id, 3), DeliveryState::Delivered, NOW);
+    released.unattempted = true;
+    let mut released2 = outcome(get(&a.id, 4), DeliveryState::Dead, NOW);
+    released2.unattempted = true;
+    let batch = vec![
+        outcome(get(&a.id, 1), DeliveryState::Delivered, NOW),
+        outcome(get(&a.id, 2), DeliveryState::Pending, NOW + 1_000),
+        released,
+        released2,
+        outcome(get(&b.id, 1), DeliveryState::Delivered, NOW),
+    ];
+    assert_eq!(store.finish_deliveries(&batch, "w").await.unwrap(), vec![true; 5]);
+    let listed = all_deliveries(&store, &d).await;
+    let row = |seq: i64| listed.iter().find(|x| x.onboarding_id == a.id && x.sequence == seq).unwrap().clone();
+    for seq in [3, 4] {
+        let r = row(seq);
+        assert_eq!(
+            (r.state, r.attempts, r.lease_owner),
+            (DeliveryState::Pending, 0, None),
+            "a{seq} released as it was"
+        );
+        assert_eq!((r.last_status, r.delivered_ms), (None, None));
+    }
+    assert_eq!((row(2).attempts, row(2).last_status), (1, Some(500)));
+    assert!(store.claim_deliveries("w", NOW, LEASE, 10, 4).await.unwrap().is_empty(), "a2 retries later");
+
+    // The retry brings the rest of the queue; all delivered in one batch.
+    let second = store.claim_deliveries("w", NOW + 1_000, LEASE, 10, 10).await.unwrap();
+    assert_eq!(keys(&second), (2..=6).map(|s| (a.id.clone(), s)).collect::<Vec<_>>());
+    assert_eq!(second.iter().map(|x| x.attempts).collect::<Vec<_>>(), vec![2, 1, 1, 1, 1]);
+    let done: Vec<DeliveryUpdate> = second.iter().map(|x| outcome(x, DeliveryState::Delivered, NOW)).collect();
+    assert_eq!(store.finish_deliveries(&done, "w").await.unwrap(), vec![true; 5]);
+    for j in 7..=9 {
+        store.apply_change(&change(&a.id, &format!("a{j}"))).await.unwrap();
+    }
+    store.dispatch_outbox(NOW, 100).await.unwrap();
+
+    // w takes a7 and a8, then gives a7 back: a7 is claimable again, a8 is still w's, so a run
+    // from a7 stops there instead of jumping to a9.
+    let held = store.claim_deliveries("w", NOW + 1_000, LEASE, 10, 2).await.unwrap();
+    assert_eq!(keys(&held), vec![(a.id.clone(), 7), (a.id.clone(), 8)]);
+    let mut back = outcome(&held[0], DeliveryState::Pending, NOW);
+    back.unattempted = true;
+    assert_eq!(store.finish_deliveries(&[back], "w").await.unwrap(), vec![true]);
+    let other = store.claim_deliveries("w2", NOW + 1_000, LEASE, 10, 5).await.unwrap();
+    assert_eq!(keys(&other), vec![(a.id.clone(), 7)], "no row behind a leased one");
+    assert_eq!(other[0].attempts, 1);
+}
+
 pub(super) async fn check_claims_with_blocked_backlog(store: Arc<dyn Store>) {
     let t = tenant(&store).await;
     let acct = account(&store, &t, ProviderKind::Whapi).await;
@@ -547,7 +621,7 @@ pub(super) async fn check_claims_with_blocked_backlog(store: Arc<dyn Store>) {
     while store.dispatch_outbox(NOW, 7).await.unwrap().events > 0 {}
     assert_eq!(store.delivery_backlog().await.unwrap(), (0, vec![(d.id.clone(), 100)]));
 
-    let heads = store.claim_deliveries("w", NOW, LEASE, 100).await.unwrap();
+    let heads = store.claim_deliveries("w", NOW, LEASE, 100, 1).await.unwrap();
     let mut want: Vec<(OnboardingId, i64)> = queues.iter().map(|o| (o.clone(), 1)).collect();
     want.sort();
     assert_eq!(keys(&heads), want, "one head per queue");
@@ -555,12 +629,12 @@ pub(super) async fn check_claims_with_blocked_backlog(store: Arc<dyn Store>) {
     let retries: Vec<DeliveryUpdate> = heads.iter().map(|h| outcome(h, DeliveryState::Pending, NOW + 1_000)).collect();
     assert_eq!(store.finish_deliveries(&retries, "w").await.unwrap(), vec![true; 5]);
     assert!(
-        store.claim_deliveries("w", NOW + 999, LEASE, 100).await.unwrap().is_empty(),
+        store.claim_deliveries("w", NOW + 999, LEASE, 100, 1).await.unwrap().is_empty(),
         "nothing due but blocked rows"
     );
-    let two = store.claim_deliveries("w", NOW + 1_000, LEASE, 2).await.unwrap();
+    let two = store.claim_deliveries("w", NOW + 1_000, LEASE, 2, 1).await.unwrap();
     assert_eq!(keys(&two), want[..2].to_vec(), "due heads by due time, then onboarding");
-    let rest = store.claim_deliveries("w", NOW + 1_000, LEASE, 100).await.unwrap();
+    let rest = store.claim_deliveries("w", NOW + 1_000, LEASE, 100, 1).await.unwrap();
     assert_eq!(keys(&rest), want[2..].to_vec());
 
     // Drain: each round claims every queue's next sequence, none twice, in order; a lost
@@ -588,7 +662,7 @@ pub(super) async fn check_claims_with_blocked_backlog(store: Arc<dyn Store>) {
         written[1] = false;
         assert_eq!(store.finish_deliveries(&batch, "w").await.unwrap(), written);
         seen.extend(keys(&leased));
-        leased = store.claim_deliveries("w", NOW + 1_000, LEASE, 100).await.unwrap();
+        leased = store.claim_deliveries("w", NOW + 1_000, LEASE, 100, 1).await.unwrap();
     }
     assert_eq!(rounds, 21, "20 events per queue, 21 for the first");
     for (i, o) in queues.iter().enumerate() {

@@ -257,6 +257,7 @@ conformance_suite!(
     deliveries::check_fan_out_in_chunks,
     deliveries::check_claim_order,
     deliveries::check_claims_with_blocked_backlog,
+    deliveries::check_claim_runs,
     deliveries::check_lease_expiry,
     deliveries::check_dead_letter_and_redeliver,
     deliveries::check_redeliver_in_chunks,

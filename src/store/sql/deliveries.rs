@@ -156,6 +156,28 @@ pub(super) const CLAIM: [&str; 2] = locking!(
     ") RETURNING *",
 );
 
+/// Leases the run behind each claimed head (`run > 1`): for each head of a
+/// `VALUES (destination, onboarding, sequence)` list spliced between the two halves, the
+/// next `$4 - 1` pending rows of its queue in sequence order, but only the unbroken prefix of
+/// them that is due, unleased and has no lower sequence still in the outbox (a gap would
+/// send a later event before an earlier one). They count an attempt each, like the head; a
+/// sender that stops early releases the rest ([`DeliveryUpdate::unattempted`]). `$1` the
+/// worker, `$2` the lease's end, `$3` now. Not a head: no other claim can take them while
+/// the head is pending, and the lease keeps them ours once it is not.
+const FOLLOWERS_HEAD: &str = "UPDATE deliveries SET lease_owner = $1, lease_until_ms = $2, attempts = attempts + 1 \
+     WHERE state = 'PENDING' AND (lease_until_ms IS NULL OR lease_until_ms <= $3) \
+     AND (destination_id, onboarding_id, sequence) IN (SELECT r.destination_id, r.onboarding_id, r.sequence \
+     FROM (SELECT f.destination_id, f.onboarding_id, f.sequence, \
+     ROW_NUMBER() OVER w AS rn, \
+     SUM(CASE WHEN f.next_attempt_ms <= $3 AND (f.lease_until_ms IS NULL OR f.lease_until_ms <= $3) \
+     AND NOT EXISTS (SELECT 1 FROM event_outbox x WHERE x.onboarding_id = f.onboarding_id \
+     AND x.sequence < f.sequence) THEN 0 ELSE 1 END) OVER w AS blocked \
+     FROM deliveries f JOIN (";
+const FOLLOWERS_TAIL: &str = ") h ON f.destination_id = h.column1 AND f.onboarding_id = h.column2 \
+     AND f.sequence > h.column3 WHERE f.state = 'PENDING' \
+     WINDOW w AS (PARTITION BY f.destination_id, f.onboarding_id ORDER BY f.sequence \
+     ROWS BETWEEN UNBOUNDED PRECEDING AND CURRENT ROW)) r WHERE r.rn < $4 AND r.blocked = 0) RETURNING *";
+
 /// Flags as heads the rows of a `(destination_id, onboarding_id, sequence) IN (...)` list
 /// appended to it that have no lower pending sequence in their queue (fan-out).
 const FLAG_HEADS: &str = "UPDATE deliveries SET head = TRUE WHERE state = 'PENDING' AND NOT head \
@@ -220,7 +242,13 @@ fn pairs(from: usize, n: usize) -> String {
 
 /// `VALUES ($1, $2, $3), ...`: `n` numbered triples for a row-value `IN` list.
 fn triples(n: usize) -> String {
-    let rows: Vec<String> = (0..n).map(|i| format!("(${}, ${}, ${})", 3 * i + 1, 3 * i + 2, 3 * i + 3)).collect();
+    triples_from(1, n)
+}
+
+/// `VALUES ($from, $from+1, $from+2), ...`: `n` numbered triples.
+fn triples_from(from: usize, n: usize) -> String {
+    let rows: Vec<String> =
+        (0..n).map(|i| format!("(${}, ${}, ${})", from + 3 * i, from + 3 * i + 1, from + 3 * i + 2)).collect();
     format!("VALUES {}", rows.join(", "))
 }
 
@@ -463,16 +491,35 @@ impl<B: SqlBackend> Deliveries for B {
         now: UnixMs,
         lease: Duration,
         limit: u32,
+        run: u32,
     ) -> StoreResult<Vec<DeliveryRecord>> {
+        let until = now.saturating_add(super::ms(lease));
+        let mut tx = B::Db::begin(self.writer()).await?;
         let rows = sql::<B::Db>(B::locking(CLAIM))
             .bind(worker)
-            .bind(now.saturating_add(super::ms(lease)))
+            .bind(until)
             .bind(now)
             .bind(i64::from(limit))
-            .all::<DeliveryRow>(self.writer())
+            .all::<DeliveryRow>(&mut tx)
             .await?;
         let mut claimed: Vec<DeliveryRecord> = records(rows)?;
-        claimed.sort_by(|a, b| (&a.onboarding_id, a.sequence).cmp(&(&b.onboarding_id, b.sequence)));
+        if run > 1 && !claimed.is_empty() {
+            let heads: Vec<(String, String, i64)> =
+                claimed.iter().map(|d| (d.destination_id.clone(), d.onboarding_id.to_string(), d.sequence)).collect();
+            for chunk in heads.chunks(TRIPLE_CHUNK) {
+                let text = format!("{FOLLOWERS_HEAD}{}{FOLLOWERS_TAIL}", triples_from(5, chunk.len()));
+                let mut q =
+                    sql::<B::Db>(sqlx::AssertSqlSafe(text)).bind(worker).bind(until).bind(now).bind(i64::from(run));
+                for (destination, onboarding, sequence) in chunk {
+                    q = q.bind(destination.as_str()).bind(onboarding.as_str()).bind(*sequence);
+                }
+                claimed.extend(records::<DeliveryRow, DeliveryRecord>(q.all::<DeliveryRow>(&mut tx).await?)?);
+            }
+        }
+        B::Db::commit(tx).await?;
+        claimed.sort_by(|a, b| {
+            (&a.destination_id, &a.onboarding_id, a.sequence).cmp(&(&b.destination_id, &b.onboarding_id, b.sequence))
+        });
         Ok(claimed)
     }
 
@@ -486,41 +533,61 @@ impl<B: SqlBackend> Deliveries for B {
             return Ok(Vec::new());
         }
         let mut tx = B::Db::begin(self.writer()).await?;
-        let leaving = |u: &&DeliveryUpdate| u.state != DeliveryState::Pending;
+        let leaving = |u: &&DeliveryUpdate| u.state != DeliveryState::Pending && !u.unattempted;
         lock_queues::<B>(
             &mut tx,
             updates.iter().filter(leaving).map(|u| (u.destination_id.as_str(), u.onboarding_id.as_str())),
         )
         .await?;
         let mut done = Vec::with_capacity(updates.len());
+        // Queues whose head left PENDING: their next pending sequence becomes the head, once
+        // per queue after all the batch's updates (a run finishes several rows of one queue).
+        let mut advanced: Vec<(&str, &str)> = Vec::new();
         for u in updates {
-            let delivered = (u.state == DeliveryState::Delivered).then_some(u.at_ms);
-            let n = sql::<B::Db>(
-                "UPDATE deliveries SET state = $5, next_attempt_ms = $6, last_status = $7, last_error = $8, \
-                 delivered_ms = $9, lease_owner = NULL, lease_until_ms = NULL \
-                 WHERE destination_id = $1 AND onboarding_id = $2 AND sequence = $3 AND lease_owner = $4 \
-                 AND state = 'PENDING'",
-            )
-            .bind(u.destination_id.as_str())
-            .bind(u.onboarding_id.as_str())
-            .bind(u.sequence)
-            .bind(worker)
-            .bind(u.state.as_str())
-            .bind(u.next_attempt_ms)
-            .bind(u.last_status)
-            .bind(u.last_error.as_deref())
-            .bind(delivered)
-            .execute(&mut tx)
-            .await?;
-            if n > 0 && u.state != DeliveryState::Pending {
-                // The queue's next pending sequence becomes claimable.
-                sql::<B::Db>(NEXT_HEAD)
-                    .bind(u.destination_id.as_str())
-                    .bind(u.onboarding_id.as_str())
-                    .execute(&mut tx)
-                    .await?;
+            let n = if u.unattempted {
+                // Claimed in a run and never sent: the lease goes and the claim's attempt
+                // with it; nothing else changes.
+                sql::<B::Db>(
+                    "UPDATE deliveries SET attempts = attempts - 1, lease_owner = NULL, lease_until_ms = NULL \
+                     WHERE destination_id = $1 AND onboarding_id = $2 AND sequence = $3 AND lease_owner = $4 \
+                     AND state = 'PENDING'",
+                )
+                .bind(u.destination_id.as_str())
+                .bind(u.onboarding_id.as_str())
+                .bind(u.sequence)
+                .bind(worker)
+                .execute(&mut tx)
+                .await?
+            } else {
+                let delivered = (u.state == DeliveryState::Delivered).then_some(u.at_ms);
+                sql::<B::Db>(
+                    "UPDATE deliveries SET state = $5, next_attempt_ms = $6, last_status = $7, last_error = $8, \
+                     delivered_ms = $9, lease_owner = NULL, lease_until_ms = NULL \
+                     WHERE destination_id = $1 AND onboarding_id = $2 AND sequence = $3 AND lease_owner = $4 \
+                     AND state = 'PENDING'",
+                )
+                .bind(u.destination_id.as_str())
+                .bind(u.onboarding_id.as_str())
+                .bind(u.sequence)
+                .bind(worker)
+                .bind(u.state.as_str())
+                .bind(u.next_attempt_ms)
+                .bind(u.last_status)
+                .bind(u.last_error.as_deref())
+                .bind(delivered)
+                .execute(&mut tx)
+                .await?
+            };
+            if n > 0 && !u.unattempted && u.state != DeliveryState::Pending {
+                let queue = (u.destination_id.as_str(), u.onboarding_id.as_str());
+                if !advanced.contains(&queue) {
+                    advanced.push(queue);
+                }
             }
             done.push(n > 0);
+        }
+        for (destination, onboarding) in advanced {
+            sql::<B::Db>(NEXT_HEAD).bind(destination).bind(onboarding).execute(&mut tx).await?;
         }
         B::Db::commit(tx).await?;
         Ok(done)
