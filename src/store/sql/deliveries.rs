@@ -1,6 +1,6 @@
 //! Outbound delivery: destinations, the outbox's fan-out and the leased deliveries.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -184,6 +184,27 @@ const FLAG_HEADS: &str = "UPDATE deliveries SET head = TRUE WHERE state = 'PENDI
      AND NOT EXISTS (SELECT 1 FROM deliveries p WHERE p.destination_id = deliveries.destination_id \
      AND p.onboarding_id = deliveries.onboarding_id AND p.sequence < deliveries.sequence AND p.state = 'PENDING') \
      AND (destination_id, onboarding_id, sequence) IN";
+
+/// Writes the outcomes of sent rows: `$1` the worker, then a
+/// `(destination, onboarding, sequence, state, next_attempt_ms, last_status, last_error,
+/// delivered_ms)` VALUES list between the two halves; only rows still leased to the worker
+/// and pending; returns the keys written.
+const FINISH_SENT: &str = "UPDATE deliveries SET state = v.column4, next_attempt_ms = v.column5, \
+     last_status = v.column6, last_error = v.column7, delivered_ms = v.column8, lease_owner = NULL, \
+     lease_until_ms = NULL FROM";
+const FINISH_SENT_WHERE: &str = "WHERE deliveries.destination_id = v.column1 AND deliveries.onboarding_id = v.column2 \
+     AND deliveries.sequence = v.column3 AND deliveries.lease_owner = $1 AND deliveries.state = 'PENDING' \
+     RETURNING deliveries.destination_id, deliveries.onboarding_id, deliveries.sequence";
+
+/// Gives back rows of a run that were never sent (a `(destination, onboarding, sequence)`
+/// VALUES list appended): the lease goes and the claim's attempt with it; nothing else
+/// changes.
+const FINISH_RELEASED: &str = "UPDATE deliveries SET attempts = attempts - 1, lease_owner = NULL, \
+     lease_until_ms = NULL WHERE lease_owner = $1 AND state = 'PENDING' \
+     AND (destination_id, onboarding_id, sequence) IN";
+
+/// Outcomes per finishing statement: 8 values each, plus the worker.
+const FINISH_CHUNK: usize = 500;
 
 /// Flags the lowest pending row of queue (`$1`, `$2`) as its head, after its head left
 /// `PENDING` (delivered, dead).
@@ -539,52 +560,69 @@ impl<B: SqlBackend> Deliveries for B {
             updates.iter().filter(leaving).map(|u| (u.destination_id.as_str(), u.onboarding_id.as_str())),
         )
         .await?;
+        // One statement per chunk of sent rows and one per chunk of released ones (not one
+        // per row: on PostgreSQL each statement is a round trip, and a run finishes 32 rows).
+        let (released, sent): (Vec<&DeliveryUpdate>, Vec<&DeliveryUpdate>) =
+            updates.iter().partition(|u| u.unattempted);
+        let mut written: HashSet<(String, String, i64)> = HashSet::new();
+        for chunk in sent.chunks(FINISH_CHUNK) {
+            let values: Vec<String> = (0..chunk.len())
+                .map(|r| {
+                    let b = 2 + r * 8;
+                    format!(
+                        "(${}, ${}, ${}, ${}, ${}, ${}, ${}, ${})",
+                        b,
+                        b + 1,
+                        b + 2,
+                        b + 3,
+                        b + 4,
+                        b + 5,
+                        b + 6,
+                        b + 7
+                    )
+                })
+                .collect();
+            let text = format!("{FINISH_SENT} (VALUES {}) AS v {FINISH_SENT_WHERE}", values.join(", "));
+            let mut q = sql::<B::Db>(sqlx::AssertSqlSafe(text)).bind(worker);
+            for u in chunk {
+                let delivered = (u.state == DeliveryState::Delivered).then_some(u.at_ms);
+                q = q
+                    .bind(u.destination_id.as_str())
+                    .bind(u.onboarding_id.as_str())
+                    .bind(u.sequence)
+                    .bind(u.state.as_str())
+                    .bind(u.next_attempt_ms)
+                    .bind(u.last_status)
+                    .bind(u.last_error.as_deref())
+                    .bind(delivered);
+            }
+            written.extend(q.all::<(String, String, i64)>(&mut tx).await?);
+        }
+        for chunk in released.chunks(TRIPLE_CHUNK) {
+            let text = format!(
+                "{FINISH_RELEASED} ({}) RETURNING destination_id, onboarding_id, sequence",
+                triples_from(2, chunk.len())
+            );
+            let mut q = sql::<B::Db>(sqlx::AssertSqlSafe(text)).bind(worker);
+            for u in chunk {
+                q = q.bind(u.destination_id.as_str()).bind(u.onboarding_id.as_str()).bind(u.sequence);
+            }
+            written.extend(q.all::<(String, String, i64)>(&mut tx).await?);
+        }
+        // In the batch's order; a row named twice was written once (the first).
         let mut done = Vec::with_capacity(updates.len());
         // Queues whose head left PENDING: their next pending sequence becomes the head, once
         // per queue after all the batch's updates (a run finishes several rows of one queue).
         let mut advanced: Vec<(&str, &str)> = Vec::new();
         for u in updates {
-            let n = if u.unattempted {
-                // Claimed in a run and never sent: the lease goes and the claim's attempt
-                // with it; nothing else changes.
-                sql::<B::Db>(
-                    "UPDATE deliveries SET attempts = attempts - 1, lease_owner = NULL, lease_until_ms = NULL \
-                     WHERE destination_id = $1 AND onboarding_id = $2 AND sequence = $3 AND lease_owner = $4 \
-                     AND state = 'PENDING'",
-                )
-                .bind(u.destination_id.as_str())
-                .bind(u.onboarding_id.as_str())
-                .bind(u.sequence)
-                .bind(worker)
-                .execute(&mut tx)
-                .await?
-            } else {
-                let delivered = (u.state == DeliveryState::Delivered).then_some(u.at_ms);
-                sql::<B::Db>(
-                    "UPDATE deliveries SET state = $5, next_attempt_ms = $6, last_status = $7, last_error = $8, \
-                     delivered_ms = $9, lease_owner = NULL, lease_until_ms = NULL \
-                     WHERE destination_id = $1 AND onboarding_id = $2 AND sequence = $3 AND lease_owner = $4 \
-                     AND state = 'PENDING'",
-                )
-                .bind(u.destination_id.as_str())
-                .bind(u.onboarding_id.as_str())
-                .bind(u.sequence)
-                .bind(worker)
-                .bind(u.state.as_str())
-                .bind(u.next_attempt_ms)
-                .bind(u.last_status)
-                .bind(u.last_error.as_deref())
-                .bind(delivered)
-                .execute(&mut tx)
-                .await?
-            };
-            if n > 0 && !u.unattempted && u.state != DeliveryState::Pending {
+            let ok = written.remove(&(u.destination_id.clone(), u.onboarding_id.to_string(), u.sequence));
+            if ok && !u.unattempted && u.state != DeliveryState::Pending {
                 let queue = (u.destination_id.as_str(), u.onboarding_id.as_str());
                 if !advanced.contains(&queue) {
                     advanced.push(queue);
                 }
             }
-            done.push(n > 0);
+            done.push(ok);
         }
         for (destination, onboarding) in advanced {
             sql::<B::Db>(NEXT_HEAD).bind(destination).bind(onboarding).execute(&mut tx).await?;
