@@ -430,6 +430,12 @@ async fn stream_rep(opts: &Opts, dir: &Path, seeded: &[Seeded], r: usize) -> Res
     let rss2 = s.rss_kib()?;
     health.close();
     tokio::time::sleep(settle).await;
+    // For profiling by hand: holds the idle WatchOnboarding streams open this long first
+    // (`perf`/`strace` on the printed pid).
+    if let Some(hold) = std::env::var("WA_BENCH_HOLD_SECS").ok().and_then(|v| v.parse::<u64>().ok()) {
+        eprintln!("holding {n} idle WatchOnboarding streams for {hold} s: server pid {}", s.pid);
+        tokio::time::sleep(Duration::from_secs(hold)).await;
+    }
     let hb0 = orec.heartbeats.load(std::sync::atomic::Ordering::SeqCst);
     let onb_cpu = idle_cpu_percent(&s, window).await?;
     let heartbeats = orec.heartbeats.load(std::sync::atomic::Ordering::SeqCst) - hb0;
