@@ -601,8 +601,14 @@ pub(crate) async fn streams(opts: &Opts, rep: &mut Report, dir: &Path, seeded: &
         why: format!(
             "{:.1} µs of server CPU per heartbeat (median; Health/Watch's idle CPU, which sends nothing, \
              subtracted). A stream's API key is checked once per key for all its streams (no timer per \
-             stream), so an idle stream wakes only for its heartbeat: one poll of its stream, one \
-             HTTP/2 DATA frame, and the write of its connection.",
+             stream), so an idle stream wakes only for its heartbeat: one poll of its stream and one \
+             HTTP/2 DATA frame; the frames of a connection's streams beating at the same tick go out in \
+             one write (`grpc::gather`), and the periodic reconciliation skips its bulk read while no \
+             event was committed (SQLite's events marker). What is left (perf, issue 21 round 3): \
+             about 40 % polling each stream through hyper's task, tonic's body layers and ours (cache \
+             misses on per-stream state touched once a period), 20 % the connections' writes \
+             (`writev`, loopback TCP), 10-15 % the background workers' SQLite polls (also in the \
+             Health/Watch baseline), the rest scheduler parking.",
             median(&per_beat)
         ),
     });
