@@ -10,6 +10,7 @@ pub mod convert_ext;
 pub mod encoded;
 #[cfg(test)]
 mod fuzz;
+mod gather;
 pub mod limits;
 pub mod pb;
 pub mod pb_cache;

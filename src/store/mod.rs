@@ -333,6 +333,15 @@ pub trait Onboardings: Send + Sync {
     /// The current sequence of each of `ids` that exists, in no particular order (one query
     /// per few hundred ids), so stream fan-out can reconcile every watched onboarding at once.
     async fn latest_sequences(&self, ids: &[OnboardingId]) -> StoreResult<Vec<(OnboardingId, i64)>>;
+    /// A value that differs whenever an event was committed since it was last read, or `None`
+    /// where there is no such cheap marker: stream reconciliation skips its bulk read of
+    /// [`Onboardings::latest_sequences`] while it is unchanged. SQLite: the event table's
+    /// largest rowid (one writer, so it grows in commit order, and events are never deleted).
+    /// PostgreSQL has none: ids are handed out before commit, so a smaller one can commit
+    /// after a larger one was seen.
+    async fn events_marker(&self) -> StoreResult<Option<i64>> {
+        Ok(None)
+    }
     /// The steps of several onboardings in one read, by onboarding, then as [`Onboardings::steps`]
     /// orders them.
     async fn steps_of(&self, ids: &[OnboardingId]) -> StoreResult<Vec<StepRecord>>;

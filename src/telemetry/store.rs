@@ -220,6 +220,10 @@ impl Onboardings for MeteredStore {
         timed(op!("latest_sequences"), self.inner.latest_sequences(ids)).await
     }
 
+    async fn events_marker(&self) -> StoreResult<Option<i64>> {
+        timed(op!("events_marker"), self.inner.events_marker()).await
+    }
+
     async fn steps_of(&self, ids: &[OnboardingId]) -> StoreResult<Vec<StepRecord>> {
         timed(op!("steps_of"), self.inner.steps_of(ids)).await
     }

@@ -430,6 +430,12 @@ async fn stream_rep(opts: &Opts, dir: &Path, seeded: &[Seeded], r: usize) -> Res
     let rss2 = s.rss_kib()?;
     health.close();
     tokio::time::sleep(settle).await;
+    // For profiling by hand: holds the idle WatchOnboarding streams open this long first
+    // (`perf`/`strace` on the printed pid).
+    if let Some(hold) = std::env::var("WA_BENCH_HOLD_SECS").ok().and_then(|v| v.parse::<u64>().ok()) {
+        eprintln!("holding {n} idle WatchOnboarding streams for {hold} s: server pid {}", s.pid);
+        tokio::time::sleep(Duration::from_secs(hold)).await;
+    }
     let hb0 = orec.heartbeats.load(std::sync::atomic::Ordering::SeqCst);
     let onb_cpu = idle_cpu_percent(&s, window).await?;
     let heartbeats = orec.heartbeats.load(std::sync::atomic::Ordering::SeqCst) - hb0;
@@ -595,8 +601,14 @@ pub(crate) async fn streams(opts: &Opts, rep: &mut Report, dir: &Path, seeded: &
         why: format!(
             "{:.1} µs of server CPU per heartbeat (median; Health/Watch's idle CPU, which sends nothing, \
              subtracted). A stream's API key is checked once per key for all its streams (no timer per \
-             stream), so an idle stream wakes only for its heartbeat: one poll of its stream, one \
-             HTTP/2 DATA frame, and the write of its connection.",
+             stream), so an idle stream wakes only for its heartbeat: one poll of its stream and one \
+             HTTP/2 DATA frame; the frames of a connection's streams beating at the same tick go out in \
+             one write (`grpc::gather`), and the periodic reconciliation skips its bulk read while no \
+             event was committed (SQLite's events marker). What is left (perf, issue 21 round 3): \
+             about 40 % polling each stream through hyper's task, tonic's body layers and ours (cache \
+             misses on per-stream state touched once a period), 20 % the connections' writes \
+             (`writev`, loopback TCP), 10-15 % the background workers' SQLite polls (also in the \
+             Health/Watch baseline), the rest scheduler parking.",
             median(&per_beat)
         ),
     });

@@ -98,7 +98,10 @@ pub(super) fn stream<T: Send + 'static>(
     items: impl Stream<Item = Result<StreamItem, AppError>> + Send + 'static,
     map: impl Fn(StreamItem) -> T + Send + 'static,
 ) -> BoxStream<T> {
-    Box::pin(items.map(move |item| item.map(&map).map_err(Status::from)))
+    // Gathered: the messages of this connection's streams sent at one moment go out in one
+    // socket write (see `grpc::gather`). Its own small box: it needs the stream `Unpin`.
+    let inner: BoxStream<T> = Box::pin(items.map(move |item| item.map(&map).map_err(Status::from)));
+    Box::pin(super::gather::Gathered::new(inner))
 }
 
 mod account;

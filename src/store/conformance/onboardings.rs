@@ -171,6 +171,23 @@ pub(super) async fn check_latest_sequences(store: Arc<dyn Store>) {
     let mut want = vec![(one.id.clone(), one.sequence), (two.id.clone(), two.sequence + 2)];
     want.sort();
     assert_eq!(got, want);
+
+    // The events marker: SQLite's moves with every committed event and only then (stream
+    // reconciliation skips its bulk read while it stands still); PostgreSQL has none.
+    let before = store.events_marker().await.unwrap();
+    match store.backend() {
+        crate::store::Backend::Sqlite => {
+            assert!(before.is_some());
+            assert_eq!(store.events_marker().await.unwrap(), before, "no event, no move");
+            assert!(store.latest_sequences(&ids).await.is_ok());
+            store.apply_change(&change(&one.id, "moved")).await.unwrap();
+            let after = store.events_marker().await.unwrap();
+            assert_ne!(after, before, "an event moves it");
+            onboarding(&store, &a, "three").await;
+            assert_ne!(store.events_marker().await.unwrap(), after, "a new onboarding's first event too");
+        }
+        crate::store::Backend::Postgres => assert_eq!(before, None),
+    }
 }
 
 /// Single-onboarding reads (cached on SQLite) see every write that returned before them,

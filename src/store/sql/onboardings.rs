@@ -760,6 +760,16 @@ impl<B: SqlBackend> Onboardings for B {
         Ok(out)
     }
 
+    async fn events_marker(&self) -> StoreResult<Option<i64>> {
+        if B::BACKEND != crate::store::Backend::Sqlite {
+            return Ok(None);
+        }
+        // The rowid b-tree's last entry: one page walk, however many events are stored.
+        let row =
+            sql::<B::Db>("SELECT MAX(rowid) FROM onboarding_events").optional::<(Option<i64>,)>(self.reader()).await?;
+        Ok(Some(row.and_then(|(m,)| m).unwrap_or(0)))
+    }
+
     async fn steps_of(&self, ids: &[OnboardingId]) -> StoreResult<Vec<StepRecord>> {
         let mut out = Vec::new();
         for chunk in ids.chunks(super::IN_CHUNK) {
