@@ -222,6 +222,38 @@ mod postgres_only {
         testing::drop_pg(&other_url).await;
     }
 
+    /// A bulk create tells the other replicas with one statement, yet they hear one notice
+    /// per onboarding, in batch order.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn bulk_create_notices_cross_replicas() {
+        let Some((first, url)) = testing::pg_store().await else {
+            return;
+        };
+        let second: Arc<dyn Store> = Arc::new(PgStore::connect(&url).await.unwrap());
+        let t = tenant(&first).await;
+        let a = account(&first, &t, ProviderKind::Gupshup).await;
+        let mut rx = second.subscribe();
+        let batch: Vec<NewOnboarding> = (0..500).map(|i| new_onboarding(&a, &format!("r{i}"), &[])).collect();
+        first.create_onboardings(&batch).await.unwrap();
+        let heard = tokio::time::timeout(Duration::from_secs(10), async {
+            let mut heard = Vec::new();
+            while heard.len() < batch.len() {
+                heard.push(rx.recv().await.unwrap());
+            }
+            heard
+        })
+        .await
+        .expect("every notice of the batch reaches the other replica");
+        let wanted: Vec<ChangeNotice> = batch.iter().map(|n| ChangeNotice::moved(n.onboarding.id.clone(), 1)).collect();
+        assert_eq!(heard, wanted);
+        for n in [&batch[0], &batch[499]] {
+            let read = second.onboarding_shared(&t, &n.onboarding.id).await.unwrap();
+            assert_eq!(read.map(|o| o.sequence), Some(1));
+        }
+        drop(second);
+        testing::drop_pg(&url).await;
+    }
+
     /// API reads (`onboarding_shared`) go through a cache on PostgreSQL: the replica that wrote
     /// reads its write at once (invalidated before the write returns), another replica reads it
     /// once the write's notice reached it (invalidated before the notice is delivered), and the
