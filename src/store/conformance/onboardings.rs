@@ -134,7 +134,7 @@ pub(super) async fn check_create_onboardings_in_bulk(store: Arc<dyn Store>) {
         steps
     };
     // More rows than one statement holds on every table but the idempotency keys.
-    let n = crate::store::sql::rows_per_statement(10) + 20;
+    let n = crate::store::sql::rows_per_statement::<sqlx::Postgres>(10) + 20;
     let bulk: Vec<NewOnboarding> = (0..n).map(spec).collect();
     let events = store.create_onboardings(&bulk).await.unwrap();
     assert_eq!(events.len(), n);

@@ -161,13 +161,15 @@ pub(crate) fn placeholders(from: usize, n: usize) -> String {
     marks.join(", ")
 }
 
-/// Bound values per statement of a multi-row write: SQLite's limit (PostgreSQL's is 65,535),
-/// so one chunking serves both.
+/// Bound values one statement may carry on both backends: SQLite's limit (PostgreSQL's is
+/// 65,535).
 pub(crate) const MAX_BINDS: usize = 32_766;
 
-/// Rows of `cols` bound values that fit one statement ([`MAX_BINDS`]).
-pub(crate) const fn rows_per_statement(cols: usize) -> usize {
-    MAX_BINDS / cols
+/// Rows of `cols` bound values per statement of a multi-row write on `DB`
+/// ([`db::SqlDb::STATEMENT_BINDS`], never above [`MAX_BINDS`]).
+pub(crate) const fn rows_per_statement<DB: db::SqlDb>(cols: usize) -> usize {
+    let binds = if DB::STATEMENT_BINDS < MAX_BINDS { DB::STATEMENT_BINDS } else { MAX_BINDS };
+    binds / cols
 }
 
 /// `($1, .., $cols<tail>), ($cols+1, ..<tail>), ...`: `rows` tuples of `cols` numbered
@@ -300,7 +302,8 @@ mod tests {
         assert_eq!(value_tuples(2, 3, ""), "($1, $2, $3), ($4, $5, $6)");
         assert_eq!(value_tuples(2, 1, ", 1"), "($1, 1), ($2, 1)");
         assert_eq!(value_tuples(0, 3, ""), "");
-        assert!(rows_per_statement(18) * 18 <= MAX_BINDS);
+        assert!(rows_per_statement::<sqlx::Postgres>(18) * 18 <= MAX_BINDS);
+        assert!(rows_per_statement::<sqlx::Sqlite>(18) * 18 <= 1_000);
     }
 
     #[test]

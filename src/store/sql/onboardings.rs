@@ -386,7 +386,7 @@ fn stored_steps(steps: &[StepRecord]) -> Vec<StepRecord> {
 /// The `onboardings` rows of a batch, at sequence 1.
 async fn insert_rows<DB: SqlDb>(tx: &mut Transaction<'static, DB>, batch: &[NewOnboarding]) -> StoreResult<()> {
     const COLUMNS: usize = 18;
-    for chunk in batch.chunks(super::rows_per_statement(COLUMNS)) {
+    for chunk in batch.chunks(super::rows_per_statement::<DB>(COLUMNS)) {
         let text = format!(
             "INSERT INTO onboardings (id, tenant_id, account_id, provider, reference, created_ms, updated_ms, \
              state, desired_state, state_reason, provider_status, details_json, external_key, secret_key_id, secret, \
@@ -419,7 +419,7 @@ async fn insert_steps<DB: SqlDb>(
     steps: &[(&OnboardingId, &StepRecord)],
 ) -> StoreResult<()> {
     const COLUMNS: usize = 18;
-    for chunk in steps.chunks(super::rows_per_statement(COLUMNS)) {
+    for chunk in steps.chunks(super::rows_per_statement::<DB>(COLUMNS)) {
         let text = format!(
             "INSERT INTO pipeline_steps (onboarding_id, name, position, state, attempts, max_attempts, \
              next_run_ms, lease_owner, lease_until_ms, last_error, last_error_code, \
@@ -462,7 +462,7 @@ async fn insert_events<DB: SqlDb>(
     batch: &[NewOnboarding],
 ) -> StoreResult<()> {
     const COLUMNS: usize = 10;
-    for chunk in events.chunks(super::rows_per_statement(COLUMNS)) {
+    for chunk in events.chunks(super::rows_per_statement::<DB>(COLUMNS)) {
         let text = format!(
             "INSERT INTO onboarding_events (onboarding_id, sequence, kind, state, previous_state, \
              reason, provider_status, step, data_json, created_ms) VALUES {}",
@@ -488,7 +488,7 @@ async fn insert_events<DB: SqlDb>(
     const OUTBOX_COLUMNS: usize = 3;
     let rows: Vec<(&EventRecord, &TenantId)> =
         events.iter().zip(batch).map(|(e, n)| (e, &n.onboarding.tenant_id)).collect();
-    for chunk in rows.chunks(super::rows_per_statement(OUTBOX_COLUMNS)) {
+    for chunk in rows.chunks(super::rows_per_statement::<DB>(OUTBOX_COLUMNS)) {
         // `column1..3`: the names both backends give the columns of a `VALUES` list.
         let text = format!(
             "INSERT INTO event_outbox (onboarding_id, sequence, tenant_id) \

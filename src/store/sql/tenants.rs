@@ -98,7 +98,7 @@ pub(super) async fn insert_idempotencies<DB: SqlDb>(
     keys: &[&IdempotencyRecord],
 ) -> StoreResult<()> {
     const COLUMNS: usize = 6;
-    for chunk in keys.chunks(super::rows_per_statement(COLUMNS)) {
+    for chunk in keys.chunks(super::rows_per_statement::<DB>(COLUMNS)) {
         let text = format!(
             "INSERT INTO idempotency_keys (tenant_id, key, operation, request_hash, resource, created_ms) VALUES {}",
             super::value_tuples(chunk.len(), COLUMNS, "")
