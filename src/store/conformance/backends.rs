@@ -257,10 +257,11 @@ mod postgres_only {
         };
         let t = tenant(&store).await;
         let a = account(&store, &t, ProviderKind::Gupshup).await;
-        let batch: Vec<NewOnboarding> = (0..5_000)
+        let batch: Vec<NewOnboarding> = (0..5_000_usize)
             .map(|i| {
                 let mut new = new_onboarding(&a, &format!("r{i}"), &[]);
-                new.onboarding.state = if i % 10 == 0 { OnboardingState::Provisioning } else { OnboardingState::Live };
+                new.onboarding.state =
+                    if i.is_multiple_of(10) { OnboardingState::Provisioning } else { OnboardingState::Live };
                 new
             })
             .collect();

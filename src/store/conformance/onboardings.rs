@@ -82,7 +82,7 @@ pub(super) async fn check_create_onboardings_in_bulk(store: Arc<dyn Store>) {
     let d = super::deliveries::destination(&t, "d", DeliveryFilter::default());
     store.create_destination(&d).await.unwrap();
     let spec = |i: usize| {
-        let steps: &[(&str, StepState, Option<UnixMs>)] = if i % 2 == 0 {
+        let steps: &[(&str, StepState, Option<UnixMs>)] = if i.is_multiple_of(2) {
             &[
                 ("a", StepState::Succeeded, None),
                 ("b", StepState::Ready, Some(2_000)),
@@ -93,13 +93,13 @@ pub(super) async fn check_create_onboardings_in_bulk(store: Arc<dyn Store>) {
             &[]
         };
         let mut new = new_onboarding(&a, &format!("r{i}"), steps);
-        if i % 3 == 0 {
+        if i.is_multiple_of(3) {
             new.onboarding.external_key = Some(format!("key-{i}"));
             new.onboarding.secret = Some(sealed("bulk"));
             new.onboarding.expire_ms = Some(60_000 + i as i64);
             new.onboarding.desired_state = Some(OnboardingState::Live);
         }
-        if i % 4 == 0 || i == 5 {
+        if i.is_multiple_of(4) || i == 5 {
             // At 5, a step the batch does not write.
             new.event.step = Some("c".into());
         }
