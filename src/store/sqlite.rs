@@ -118,6 +118,14 @@ impl SqlBackend for SqliteStore {
         Ok(())
     }
 
+    /// Nothing crosses a process: each notice as [`Self::publish`] sends it.
+    async fn publish_all(&self, notices: &[ChangeNotice]) -> StoreResult<()> {
+        for notice in notices {
+            self.publish(notice).await?;
+        }
+        Ok(())
+    }
+
     fn bus(&self) -> &broadcast::Sender<ChangeNotice> {
         &self.bus
     }

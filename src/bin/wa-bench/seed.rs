@@ -75,20 +75,27 @@ pub(crate) async fn seed_into(
     Ok(rows.into_iter().map(|(_, s)| s).collect())
 }
 
-/// Gives a freshly filled PostgreSQL table the statistics a production one has.
+/// Gives freshly filled tables the state production ones settle in, so a size's figures are
+/// not taken while the database is still digesting the seeding: statistics and a vacuum on
+/// PostgreSQL (else autovacuum walks the new million rows, and the checkpoint flushes their
+/// pages, in the middle of the measurement), the WAL folded into the database on SQLite.
 pub(crate) async fn analyse(url: &str) -> Result<()> {
+    use sqlx::Connection as _;
     if url.starts_with("postgres") {
-        // A production table has statistics (autovacuum analyses it as it grows); this one was
-        // filled a moment ago, and without them the planner takes 10,000 rows for a handful
-        // and sorts the tenant's rows for every page instead of walking `(tenant_id, id)`.
-        use sqlx::Connection as _;
+        // Without statistics the planner takes 10,000 rows for a handful and sorts the
+        // tenant's rows for every page instead of walking `(tenant_id, id)`.
         let mut conn = sqlx::PgConnection::connect(url).await.context("connect to analyse")?;
-        for table in ["onboardings", "pipeline_steps", "onboarding_events"] {
-            sqlx::query(sqlx::AssertSqlSafe(format!("ANALYZE {table}")))
+        for table in ["onboardings", "pipeline_steps", "onboarding_events", "event_outbox"] {
+            sqlx::query(sqlx::AssertSqlSafe(format!("VACUUM (ANALYZE) {table}")))
                 .execute(&mut conn)
                 .await
-                .with_context(|| format!("ANALYZE {table}"))?;
+                .with_context(|| format!("VACUUM (ANALYZE) {table}"))?;
         }
+        sqlx::query("CHECKPOINT").execute(&mut conn).await.context("CHECKPOINT")?;
+        conn.close().await.ok();
+    } else if url.starts_with("sqlite") {
+        let mut conn = sqlx::SqliteConnection::connect(url).await.context("connect to checkpoint")?;
+        sqlx::query("PRAGMA wal_checkpoint(TRUNCATE)").execute(&mut conn).await.context("wal_checkpoint")?;
         conn.close().await.ok();
     }
     Ok(())

@@ -125,6 +125,32 @@ mod sqlite_only {
         assert!(matches!(store.onboarding(&t, &o.id).await, Err(StoreError::Corrupt(_))));
     }
 
+    /// A state-filtered page walks `(tenant_id, state, id)` in page order, so its cost does not
+    /// grow with the rows of other states (issue 21, target 8; migration 0010).
+    #[tokio::test]
+    async fn a_state_filtered_page_reads_by_the_state_index() {
+        let dir = tempfile::tempdir().unwrap();
+        let url = format!("sqlite://{}", dir.path().join("db.sqlite").display());
+        let _store = open(&url).await.unwrap();
+        let filter = OnboardingFilter { state: Some(OnboardingState::Provisioning), ..OnboardingFilter::default() };
+        let text = format!("EXPLAIN QUERY PLAN {}", crate::store::sql::list_onboardings_sql(&filter));
+        let raw = sqlx::SqlitePool::connect(&url).await.unwrap();
+        let plan: Vec<String> = sqlx::query_as::<_, (i64, i64, i64, String)>(sqlx::AssertSqlSafe(text))
+            .bind("t")
+            .bind("")
+            .bind("PROVISIONING")
+            .bind(51_i64)
+            .fetch_all(&raw)
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|r| r.3)
+            .collect();
+        let plan = plan.join("\n");
+        assert!(plan.contains("onboardings_tenant_state (tenant_id=? AND state=? AND id>?)"), "{plan}");
+        assert!(!plan.contains("TEMP B-TREE"), "no sort: {plan}");
+    }
+
     #[tokio::test]
     async fn unknown_scheme_is_refused() {
         assert!(matches!(open("mysql://x").await, Err(StoreError::Other(_))));
@@ -220,6 +246,80 @@ mod postgres_only {
         drop(second);
         testing::drop_pg(&url).await;
         testing::drop_pg(&other_url).await;
+    }
+
+    /// A state-filtered page walks `(tenant_id, state, id)` on PostgreSQL too, on a table
+    /// with statistics where the state is a tenth of the rows (as the growth bench seeds it).
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_state_filtered_page_reads_by_the_state_index() {
+        let Some((store, url)) = testing::pg_store().await else {
+            return;
+        };
+        let t = tenant(&store).await;
+        let a = account(&store, &t, ProviderKind::Gupshup).await;
+        let batch: Vec<NewOnboarding> = (0..5_000_usize)
+            .map(|i| {
+                let mut new = new_onboarding(&a, &format!("r{i}"), &[]);
+                new.onboarding.state =
+                    if i.is_multiple_of(10) { OnboardingState::Provisioning } else { OnboardingState::Live };
+                new
+            })
+            .collect();
+        store.create_onboardings(&batch).await.unwrap();
+        let mut conn = sqlx::PgConnection::connect(&url).await.unwrap();
+        sqlx::query("ANALYZE onboardings").execute(&mut conn).await.unwrap();
+        let filter = OnboardingFilter { state: Some(OnboardingState::Provisioning), ..OnboardingFilter::default() };
+        // The generic plan: what a prepared statement runs whatever its values.
+        sqlx::query("SET plan_cache_mode = force_generic_plan").execute(&mut conn).await.unwrap();
+        let text = format!("EXPLAIN {}", crate::store::sql::list_onboardings_sql(&filter));
+        let plan: Vec<String> = sqlx::query_as::<_, (String,)>(sqlx::AssertSqlSafe(text))
+            .bind(t.as_str())
+            .bind("")
+            .bind("PROVISIONING")
+            .bind(51_i64)
+            .fetch_all(&mut conn)
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|r| r.0)
+            .collect();
+        let plan = plan.join("\n");
+        assert!(plan.contains("Index Scan using onboardings_tenant_state"), "{plan}");
+        assert!(!plan.contains("Sort"), "no sort: {plan}");
+        conn.close().await.ok();
+        testing::drop_pg(&url).await;
+    }
+
+    /// A bulk create tells the other replicas with one statement, yet they hear one notice
+    /// per onboarding, in batch order.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn bulk_create_notices_cross_replicas() {
+        let Some((first, url)) = testing::pg_store().await else {
+            return;
+        };
+        let second: Arc<dyn Store> = Arc::new(PgStore::connect(&url).await.unwrap());
+        let t = tenant(&first).await;
+        let a = account(&first, &t, ProviderKind::Gupshup).await;
+        let mut rx = second.subscribe();
+        let batch: Vec<NewOnboarding> = (0..500).map(|i| new_onboarding(&a, &format!("r{i}"), &[])).collect();
+        first.create_onboardings(&batch).await.unwrap();
+        let heard = tokio::time::timeout(Duration::from_secs(10), async {
+            let mut heard = Vec::new();
+            while heard.len() < batch.len() {
+                heard.push(rx.recv().await.unwrap());
+            }
+            heard
+        })
+        .await
+        .expect("every notice of the batch reaches the other replica");
+        let wanted: Vec<ChangeNotice> = batch.iter().map(|n| ChangeNotice::moved(n.onboarding.id.clone(), 1)).collect();
+        assert_eq!(heard, wanted);
+        for n in [&batch[0], &batch[499]] {
+            let read = second.onboarding_shared(&t, &n.onboarding.id).await.unwrap();
+            assert_eq!(read.map(|o| o.sequence), Some(1));
+        }
+        drop(second);
+        testing::drop_pg(&url).await;
     }
 
     /// API reads (`onboarding_shared`) go through a cache on PostgreSQL: the replica that wrote

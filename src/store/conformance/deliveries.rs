@@ -6,7 +6,7 @@ use super::*;
 const NOW: UnixMs = 10_000;
 const LEASE: Duration = Duration::from_secs(30);
 
-fn destination(tenant: &TenantId, name: &str, filter: DeliveryFilter) -> DestinationRecord {
+pub(super) fn destination(tenant: &TenantId, name: &str, filter: DeliveryFilter) -> DestinationRecord {
     DestinationRecord {
         id: new_id::<OnboardingId>().to_string(),
         tenant_id: tenant.clone(),

@@ -225,6 +225,7 @@ conformance_suite!(
     accounts::check_account_listing,
     onboardings::check_create_onboarding,
     onboardings::check_create_onboardings_is_atomic,
+    onboardings::check_create_onboardings_in_bulk,
     onboardings::check_onboarding_reads,
     onboardings::check_latest_sequences,
     onboardings::check_bulk_reads,

@@ -71,6 +71,144 @@ pub(super) async fn check_create_onboardings_is_atomic(store: Arc<dyn Store>) {
     assert!(store.idempotency(&t, "links-1").await.unwrap().is_some());
 }
 
+/// A bulk create (multi-row statements, chunked under the bind limit) stores what creating
+/// the same onboardings one at a time stores: rows, steps (a name given twice stored as its
+/// upserts leave it), first events, outbox entries and idempotency records, and sends each
+/// onboarding's notice, in batch order, carrying its event and its named step.
+pub(super) async fn check_create_onboardings_in_bulk(store: Arc<dyn Store>) {
+    let t = tenant(&store).await;
+    let a = account(&store, &t, ProviderKind::Gupshup).await;
+    // An enabled destination: every first event goes to the outbox.
+    let d = super::deliveries::destination(&t, "d", DeliveryFilter::default());
+    store.create_destination(&d).await.unwrap();
+    let spec = |i: usize| {
+        let steps: &[(&str, StepState, Option<UnixMs>)] = if i.is_multiple_of(2) {
+            &[
+                ("a", StepState::Succeeded, None),
+                ("b", StepState::Ready, Some(2_000)),
+                ("c", StepState::Waiting, Some(9_000)),
+                ("d", StepState::Pending, None),
+            ]
+        } else {
+            &[]
+        };
+        let mut new = new_onboarding(&a, &format!("r{i}"), steps);
+        if i.is_multiple_of(3) {
+            new.onboarding.external_key = Some(format!("key-{i}"));
+            new.onboarding.secret = Some(sealed("bulk"));
+            new.onboarding.expire_ms = Some(60_000 + i as i64);
+            new.onboarding.desired_state = Some(OnboardingState::Live);
+        }
+        if i.is_multiple_of(4) || i == 5 {
+            // At 5, a step the batch does not write.
+            new.event.step = Some("c".into());
+        }
+        if i % 1_000 == 7 {
+            new.idempotency = Some(IdempotencyRecord {
+                tenant_id: t.clone(),
+                key: format!("bulk-{i}-{}", new.onboarding.id),
+                operation: "links".into(),
+                request_hash: vec![7],
+                resource: format!("onboardings/{}", new.onboarding.id),
+                created_ms: 1_000,
+            });
+        }
+        if i == 10 {
+            // "c" again: the later one's fields, the first one's `created_ms`.
+            let mut again = step(&new.onboarding.id, "c", 5, StepState::Ready, Some(3_000));
+            again.created_ms = 5_000;
+            new.steps.push(again);
+        }
+        new
+    };
+    let expected_steps = |new: &NewOnboarding| {
+        let mut steps = new.steps.clone();
+        if let Some(dup) = steps.iter().rposition(|s| s.name == "c")
+            && steps.iter().position(|s| s.name == "c") != Some(dup)
+        {
+            let later = steps.remove(dup);
+            let first = steps.iter_mut().find(|s| s.name == "c").unwrap();
+            *first = StepRecord { created_ms: first.created_ms, ..later };
+        }
+        steps.sort_by(|x, y| (x.position, &x.name).cmp(&(y.position, &y.name)));
+        steps
+    };
+    // More rows than one statement holds on every table but the idempotency keys.
+    let n = crate::store::sql::rows_per_statement::<sqlx::Postgres>(10) + 20;
+    let bulk: Vec<NewOnboarding> = (0..n).map(spec).collect();
+    let events = store.create_onboardings(&bulk).await.unwrap();
+    assert_eq!(events.len(), n);
+    // The same onboardings one at a time, under other ids, for comparison.
+    let singles: Vec<usize> = vec![0, 1, 3, 4, 7, 10, n - 1];
+    let mut one_by_one = Vec::new();
+    for &i in &singles {
+        let mut new = spec(i);
+        let id: OnboardingId = new_id();
+        new.onboarding.id = id.clone();
+        new.onboarding.reference = format!("single-{i}");
+        new.steps.iter_mut().for_each(|s| s.onboarding_id = id.clone());
+        if let Some(k) = &mut new.idempotency {
+            k.key = format!("single-{}", k.key);
+        }
+        let event = store.create_onboarding(&new).await.unwrap();
+        one_by_one.push((i, new, event));
+    }
+    let renamed = |e: &EventRecord, id: &OnboardingId| EventRecord { onboarding_id: id.clone(), ..e.clone() };
+    for (i, new) in bulk.iter().enumerate() {
+        let id = &new.onboarding.id;
+        assert_eq!(store.onboarding(&t, id).await.unwrap().as_ref(), Some(&new.onboarding), "row {i}");
+        let stored_steps = store.steps(id).await.unwrap();
+        assert_eq!(stored_steps, expected_steps(new), "steps of {i}");
+        let log = store.events(id, 0, 10).await.unwrap();
+        assert_eq!(log, vec![events[i].clone()], "events of {i}");
+        assert_eq!(events[i].sequence, 1);
+        assert_eq!(events[i].step, new.event.step);
+        if let Some(k) = &new.idempotency {
+            assert_eq!(store.idempotency(&t, &k.key).await.unwrap().map(|r| r.resource), Some(k.resource.clone()));
+        }
+    }
+    for (i, single, event) in &one_by_one {
+        let id = &single.onboarding.id;
+        let bulk_id = &bulk[*i].onboarding.id;
+        let stored = store.onboarding(&t, id).await.unwrap().unwrap();
+        assert_eq!(OnboardingRecord { id: bulk_id.clone(), reference: format!("r{i}"), ..stored }, bulk[*i].onboarding);
+        let steps: Vec<StepRecord> = store
+            .steps(id)
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|s| StepRecord { onboarding_id: bulk_id.clone(), ..s })
+            .collect();
+        assert_eq!(steps, store.steps(bulk_id).await.unwrap(), "steps of {i}, one by one and in bulk");
+        assert_eq!(renamed(event, bulk_id), events[*i], "event of {i}");
+    }
+    // Every first event went to the outbox exactly once.
+    let total = n + singles.len();
+    let stats = store.dispatch_outbox(10_000, 2 * total as u32).await.unwrap();
+    assert_eq!((stats.events, stats.deliveries), (total as u64, total as u64));
+
+    // Notices: one per onboarding, in batch order, each with its event and named step (a
+    // batch the bus holds whole).
+    let mut rx = store.subscribe();
+    let small: Vec<NewOnboarding> = (0..300).map(spec).collect();
+    let events = store.create_onboardings(&small).await.unwrap();
+    for (new, event) in small.iter().zip(&events) {
+        let notice = tokio::time::timeout(Duration::from_secs(5), rx.recv()).await.unwrap().unwrap();
+        assert_eq!((&notice.onboarding_id, notice.sequence), (&new.onboarding.id, 1));
+        let named = new.event.step.as_deref().map(|n| expected_steps(new).into_iter().find(|s| s.name == n));
+        match named {
+            // Names a step it did not write: a bare notice, its readers read the step.
+            Some(None) => assert_eq!(notice.committed, None),
+            named => {
+                let committed = notice.committed.expect("a local notice carries its event");
+                assert_eq!(*committed.event, *event);
+                assert_eq!(committed.step.as_deref(), named.flatten().as_ref());
+            }
+        }
+    }
+    assert!(store.create_onboardings(&[]).await.unwrap().is_empty());
+}
+
 pub(super) async fn check_onboarding_reads(store: Arc<dyn Store>) {
     let t = tenant(&store).await;
     let stranger = tenant(&store).await;

@@ -14,6 +14,14 @@ pub(super) async fn publish_after_commit<B: SqlBackend>(backend: &B, notice: &Ch
     }
 }
 
+/// [`publish_after_commit`] of every notice of one committed write, in one go
+/// ([`SqlBackend::publish_all`]).
+pub(super) async fn publish_all_after_commit<B: SqlBackend>(backend: &B, notices: &[ChangeNotice]) {
+    if let Err(error) = backend.publish_all(notices).await {
+        tracing::warn!(%error, notices = notices.len(), "change notification failed");
+    }
+}
+
 /// Cross-replica notification payload: `onboarding_id:sequence:origin`. The origin (the
 /// sending store instance) lets a replica skip its own notices, which it already delivered
 /// locally.

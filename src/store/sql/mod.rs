@@ -161,6 +161,41 @@ pub(crate) fn placeholders(from: usize, n: usize) -> String {
     marks.join(", ")
 }
 
+/// Bound values one statement may carry on both backends: SQLite's limit (PostgreSQL's is
+/// 65,535).
+pub(crate) const MAX_BINDS: usize = 32_766;
+
+/// Rows of `cols` bound values per statement of a multi-row write on `DB`
+/// ([`db::SqlDb::STATEMENT_BINDS`], never above [`MAX_BINDS`]).
+pub(crate) const fn rows_per_statement<DB: db::SqlDb>(cols: usize) -> usize {
+    let binds = if DB::STATEMENT_BINDS < MAX_BINDS { DB::STATEMENT_BINDS } else { MAX_BINDS };
+    binds / cols
+}
+
+/// `($1, .., $cols<tail>), ($cols+1, ..<tail>), ...`: `rows` tuples of `cols` numbered
+/// placeholders each, every tuple ending in the literal `tail` (constant columns, e.g. `", 1"`),
+/// for a multi-row `VALUES`.
+pub(crate) fn value_tuples(rows: usize, cols: usize, tail: &str) -> String {
+    use std::fmt::Write as _;
+    let mut s = String::with_capacity(rows * (cols * 7 + tail.len() + 4));
+    for r in 0..rows {
+        if r > 0 {
+            s.push_str(", ");
+        }
+        s.push('(');
+        for c in 1..=cols {
+            if c > 1 {
+                s.push_str(", ");
+            }
+            // Writing to a String cannot fail.
+            let _ = write!(s, "${}", r * cols + c);
+        }
+        s.push_str(tail);
+        s.push(')');
+    }
+    s
+}
+
 /// What a backend supplies for the shared SQL: every area trait is implemented for each
 /// type implementing this (`SqliteStore`, `PgStore`).
 pub(crate) trait SqlBackend: Send + Sync + 'static {
@@ -195,6 +230,9 @@ pub(crate) trait SqlBackend: Send + Sync + 'static {
     /// Change notification, called after the commit of every write that changes an
     /// onboarding row (its sequence grows).
     fn publish(&self, notice: &ChangeNotice) -> impl Future<Output = StoreResult<()>> + Send;
+    /// [`Self::publish`] of every notice of one committed write, in order, in one round trip
+    /// where other replicas must be told (a bulk create would otherwise pay one per row).
+    fn publish_all(&self, notices: &[ChangeNotice]) -> impl Future<Output = StoreResult<()>> + Send;
     /// This process's notices.
     fn bus(&self) -> &broadcast::Sender<ChangeNotice>;
 
@@ -258,6 +296,15 @@ pub(crate) fn records<R: TryInto<T, Error = StoreError>, T>(rows: Vec<R>) -> Sto
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn value_tuples_number_every_placeholder_once() {
+        assert_eq!(value_tuples(2, 3, ""), "($1, $2, $3), ($4, $5, $6)");
+        assert_eq!(value_tuples(2, 1, ", 1"), "($1, 1), ($2, 1)");
+        assert_eq!(value_tuples(0, 3, ""), "");
+        assert!(rows_per_statement::<sqlx::Postgres>(18) * 18 <= MAX_BINDS);
+        assert!(rows_per_statement::<sqlx::Sqlite>(18) * 18 <= 1_000);
+    }
 
     #[test]
     fn terminal_states_match_the_domain() {

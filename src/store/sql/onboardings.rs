@@ -309,7 +309,7 @@ async fn upsert_step<DB: SqlDb>(
 /// Binds the columns a change can write, in this order: `state`, `desired_state`,
 /// `state_reason`, `provider_status`, `details_json`, `external_key`, `secret_key_id`, `secret`,
 /// `state_deadline_ms`, `expire_ms`, `engine_json`: the last eleven placeholders of both the `INSERT` of
-/// [`insert_new_onboarding`] and the `UPDATE` of [`apply_in`], so a new such column is one bind
+/// [`insert_rows`] and the `UPDATE` of [`apply_in`], so a new such column is one bind
 /// appended here and one column with the next placeholder appended to each text.
 fn bind_changeable<DB: SqlDb>(query: Sql<DB>, o: &OnboardingRecord) -> Sql<DB> {
     query
@@ -326,48 +326,184 @@ fn bind_changeable<DB: SqlDb>(query: Sql<DB>, o: &OnboardingRecord) -> Sql<DB> {
         .bind(o.engine_json.as_str())
 }
 
-/// Writes one new onboarding (idempotency record first, then the row, its steps and its first
-/// event) inside `tx`.
-async fn insert_new_onboarding<DB: SqlDb>(
+/// Writes a batch of new onboardings inside `tx`: idempotency records first, then the rows,
+/// their steps, their first events and their outbox entries, each table in multi-row
+/// statements chunked under [`super::MAX_BINDS`] (a statement is a round trip, to the server
+/// or to SQLite's worker thread, so one per row made a bulk create cost its row count in
+/// round trips). What it stores is what writing the rows one by one stored.
+async fn insert_new_onboardings<DB: SqlDb>(
     tx: &mut Transaction<'static, DB>,
-    new: &NewOnboarding,
-) -> StoreResult<(EventRecord, ChangeNotice)> {
-    let o = &new.onboarding;
-    if let Some(k) = &new.idempotency {
-        // First, so a duplicate key fails before anything else is written (the transaction
-        // is rolled back when `tx` drops).
-        super::tenants::insert_idempotency(tx, k).await?;
+    batch: &[NewOnboarding],
+) -> StoreResult<(Vec<EventRecord>, Vec<ChangeNotice>)> {
+    // First, so a duplicate key fails before anything else is written (the transaction is
+    // rolled back when `tx` drops).
+    let keys: Vec<&crate::store::IdempotencyRecord> = batch.iter().filter_map(|n| n.idempotency.as_ref()).collect();
+    super::tenants::insert_idempotencies(tx, &keys).await?;
+    insert_rows(tx, batch).await?;
+    // Each onboarding's steps as the one-by-one upserts left them: a name given twice is
+    // stored once, with the last one's fields and the first one's `created_ms`.
+    let steps: Vec<(&OnboardingId, Vec<StepRecord>)> =
+        batch.iter().map(|n| (&n.onboarding.id, stored_steps(&n.steps))).collect();
+    let flat: Vec<(&OnboardingId, &StepRecord)> =
+        steps.iter().flat_map(|(id, list)| list.iter().map(move |s| (*id, s))).collect();
+    insert_steps(tx, &flat).await?;
+    let mut events = Vec::with_capacity(batch.len());
+    let mut notices = Vec::with_capacity(batch.len());
+    for (new, (_, stored)) in batch.iter().zip(&steps) {
+        let o = &new.onboarding;
+        let event = EventRecord {
+            onboarding_id: o.id.clone(),
+            sequence: 1,
+            kind: new.event.kind,
+            state: o.state,
+            previous_state: o.state,
+            reason: new.event.reason.clone(),
+            provider_status: o.provider_status.clone(),
+            step: new.event.step.clone(),
+            data_json: new.event.data_json.clone(),
+            created_ms: o.created_ms,
+        };
+        notices.push(ChangeNotice::committed(&event, stored));
+        events.push(event);
     }
-    let insert = sql::<DB>(
-        "INSERT INTO onboardings (id, tenant_id, account_id, provider, reference, sequence, created_ms, updated_ms, \
-         state, desired_state, state_reason, provider_status, details_json, external_key, secret_key_id, secret, \
-         state_deadline_ms, expire_ms, engine_json) \
-         VALUES ($1, $2, $3, $4, $5, 1, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18)",
-    )
-    .bind(o.id.as_str())
-    .bind(o.tenant_id.as_str())
-    .bind(o.account_id.as_str())
-    .bind(o.provider.as_str())
-    .bind(o.reference.as_str())
-    .bind(o.created_ms)
-    .bind(o.updated_ms);
-    bind_changeable(insert, o).execute(&mut *tx).await?;
-    let step = write_steps(tx, &o.id, &new.steps, new.event.step.as_deref()).await?;
-    let event = EventRecord {
-        onboarding_id: o.id.clone(),
-        sequence: 1,
-        kind: new.event.kind,
-        state: o.state,
-        previous_state: o.state,
-        reason: new.event.reason.clone(),
-        provider_status: o.provider_status.clone(),
-        step: new.event.step.clone(),
-        data_json: new.event.data_json.clone(),
-        created_ms: o.created_ms,
-    };
-    insert_event(tx, &event, &o.tenant_id).await?;
-    let notice = ChangeNotice::committed(&event, step.as_slice());
-    Ok((event, notice))
+    insert_events(tx, &events, batch).await?;
+    Ok((events, notices))
+}
+
+/// `steps` as upserting them one by one stores them (see [`insert_new_onboardings`]).
+fn stored_steps(steps: &[StepRecord]) -> Vec<StepRecord> {
+    let mut out: Vec<StepRecord> = Vec::with_capacity(steps.len());
+    for s in steps {
+        // A handful of steps per onboarding: a scan is cheaper than a map.
+        match out.iter_mut().find(|kept| kept.name == s.name) {
+            Some(kept) => *kept = StepRecord { created_ms: kept.created_ms, ..s.clone() },
+            None => out.push(s.clone()),
+        }
+    }
+    out
+}
+
+/// The `onboardings` rows of a batch, at sequence 1.
+async fn insert_rows<DB: SqlDb>(tx: &mut Transaction<'static, DB>, batch: &[NewOnboarding]) -> StoreResult<()> {
+    const COLUMNS: usize = 18;
+    for chunk in batch.chunks(super::rows_per_statement::<DB>(COLUMNS)) {
+        let text = format!(
+            "INSERT INTO onboardings (id, tenant_id, account_id, provider, reference, created_ms, updated_ms, \
+             state, desired_state, state_reason, provider_status, details_json, external_key, secret_key_id, secret, \
+             state_deadline_ms, expire_ms, engine_json, sequence) VALUES {}",
+            super::value_tuples(chunk.len(), COLUMNS, ", 1")
+        );
+        // Only numbered placeholders are formatted in; every value is bound.
+        let mut query = sql::<DB>(sqlx::AssertSqlSafe(text));
+        for new in chunk {
+            let o = &new.onboarding;
+            query = query
+                .bind(o.id.as_str())
+                .bind(o.tenant_id.as_str())
+                .bind(o.account_id.as_str())
+                .bind(o.provider.as_str())
+                .bind(o.reference.as_str())
+                .bind(o.created_ms)
+                .bind(o.updated_ms);
+            query = bind_changeable(query, o);
+        }
+        query.execute(&mut *tx).await?;
+    }
+    Ok(())
+}
+
+/// New steps (their onboardings are new in this transaction, so none exists yet: a plain
+/// insert stores what the upsert of [`upsert_step`] would).
+async fn insert_steps<DB: SqlDb>(
+    tx: &mut Transaction<'static, DB>,
+    steps: &[(&OnboardingId, &StepRecord)],
+) -> StoreResult<()> {
+    const COLUMNS: usize = 18;
+    for chunk in steps.chunks(super::rows_per_statement::<DB>(COLUMNS)) {
+        let text = format!(
+            "INSERT INTO pipeline_steps (onboarding_id, name, position, state, attempts, max_attempts, \
+             next_run_ms, lease_owner, lease_until_ms, last_error, last_error_code, \
+             provider_stage_json, data_json, deadline_ms, started_ms, finished_ms, created_ms, updated_ms) VALUES {}",
+            super::value_tuples(chunk.len(), COLUMNS, "")
+        );
+        // Only numbered placeholders are formatted in; every value is bound.
+        let mut query = sql::<DB>(sqlx::AssertSqlSafe(text));
+        for (onboarding, s) in chunk {
+            query = query
+                .bind(onboarding.as_str())
+                .bind(s.name.as_str())
+                .bind(s.position)
+                .bind(s.state.as_str())
+                .bind(s.attempts)
+                .bind(s.max_attempts)
+                .bind(s.next_run_ms)
+                .bind(s.lease_owner.as_deref())
+                .bind(s.lease_until_ms)
+                .bind(s.last_error.as_deref())
+                .bind(s.last_error_code.as_deref())
+                .bind(s.provider_stage_json.as_str())
+                .bind(s.data_json.as_str())
+                .bind(s.deadline_ms)
+                .bind(s.started_ms)
+                .bind(s.finished_ms)
+                .bind(s.created_ms)
+                .bind(s.updated_ms);
+        }
+        query.execute(&mut *tx).await?;
+    }
+    Ok(())
+}
+
+/// The first events of a batch (`events[i]` of `batch[i]`), and their outbox entries where
+/// the tenant has an enabled destination (as [`insert_event`] writes them one by one).
+async fn insert_events<DB: SqlDb>(
+    tx: &mut Transaction<'static, DB>,
+    events: &[EventRecord],
+    batch: &[NewOnboarding],
+) -> StoreResult<()> {
+    const COLUMNS: usize = 10;
+    for chunk in events.chunks(super::rows_per_statement::<DB>(COLUMNS)) {
+        let text = format!(
+            "INSERT INTO onboarding_events (onboarding_id, sequence, kind, state, previous_state, \
+             reason, provider_status, step, data_json, created_ms) VALUES {}",
+            super::value_tuples(chunk.len(), COLUMNS, "")
+        );
+        // Only numbered placeholders are formatted in; every value is bound.
+        let mut query = sql::<DB>(sqlx::AssertSqlSafe(text));
+        for e in chunk {
+            query = query
+                .bind(e.onboarding_id.as_str())
+                .bind(e.sequence)
+                .bind(e.kind.as_str())
+                .bind(e.state.as_str())
+                .bind(e.previous_state.as_str())
+                .bind(e.reason.as_str())
+                .bind(e.provider_status.as_str())
+                .bind(e.step.as_deref())
+                .bind(e.data_json.as_str())
+                .bind(e.created_ms);
+        }
+        query.execute(&mut *tx).await?;
+    }
+    const OUTBOX_COLUMNS: usize = 3;
+    let rows: Vec<(&EventRecord, &TenantId)> =
+        events.iter().zip(batch).map(|(e, n)| (e, &n.onboarding.tenant_id)).collect();
+    for chunk in rows.chunks(super::rows_per_statement::<DB>(OUTBOX_COLUMNS)) {
+        // `column1..3`: the names both backends give the columns of a `VALUES` list.
+        let text = format!(
+            "INSERT INTO event_outbox (onboarding_id, sequence, tenant_id) \
+             SELECT v.column1, v.column2, v.column3 FROM (VALUES {}) AS v \
+             WHERE EXISTS (SELECT 1 FROM delivery_destinations d WHERE d.tenant_id = v.column3 AND d.enabled)",
+            super::value_tuples(chunk.len(), OUTBOX_COLUMNS, "")
+        );
+        // Only numbered placeholders are formatted in; every value is bound.
+        let mut query = sql::<DB>(sqlx::AssertSqlSafe(text));
+        for (e, tenant) in chunk {
+            query = query.bind(e.onboarding_id.as_str()).bind(e.sequence).bind(tenant.as_str());
+        }
+        query.execute(&mut *tx).await?;
+    }
+    Ok(())
 }
 
 /// Applies one change inside `tx` (see [`Onboardings::apply_changes`]). Every check comes
@@ -510,18 +646,13 @@ impl<B: SqlBackend> Onboardings for B {
     }
 
     async fn create_onboardings(&self, batch: &[NewOnboarding]) -> StoreResult<Vec<EventRecord>> {
+        if batch.is_empty() {
+            return Ok(Vec::new());
+        }
         let mut tx = B::Db::begin(self.writer()).await?;
-        let mut events = Vec::with_capacity(batch.len());
-        let mut notices = Vec::with_capacity(batch.len());
-        for new in batch {
-            let (event, notice) = insert_new_onboarding(&mut tx, new).await?;
-            events.push(event);
-            notices.push(notice);
-        }
+        let (events, notices) = insert_new_onboardings(&mut tx, batch).await?;
         B::Db::commit(tx).await?;
-        for notice in &notices {
-            feed::publish_after_commit(self, notice).await;
-        }
+        feed::publish_all_after_commit(self, &notices).await;
         Ok(events)
     }
 
@@ -716,9 +847,7 @@ impl<B: SqlBackend> Onboardings for B {
             outcomes.push(outcome);
         }
         B::Db::commit(tx).await?;
-        for notice in &notices {
-            feed::publish_after_commit(self, notice).await;
-        }
+        feed::publish_all_after_commit(self, &notices).await;
         fence.done();
         Ok(outcomes)
     }

@@ -92,6 +92,33 @@ pub(super) async fn insert_idempotency<DB: SqlDb>(
     Ok(())
 }
 
+/// [`insert_idempotency`] of each of `keys`, in multi-row statements.
+pub(super) async fn insert_idempotencies<DB: SqlDb>(
+    tx: &mut sqlx::Transaction<'static, DB>,
+    keys: &[&IdempotencyRecord],
+) -> StoreResult<()> {
+    const COLUMNS: usize = 6;
+    for chunk in keys.chunks(super::rows_per_statement::<DB>(COLUMNS)) {
+        let text = format!(
+            "INSERT INTO idempotency_keys (tenant_id, key, operation, request_hash, resource, created_ms) VALUES {}",
+            super::value_tuples(chunk.len(), COLUMNS, "")
+        );
+        // Only numbered placeholders are formatted in; every value is bound.
+        let mut query = sql::<DB>(sqlx::AssertSqlSafe(text));
+        for k in chunk {
+            query = query
+                .bind(k.tenant_id.as_str())
+                .bind(k.key.as_str())
+                .bind(k.operation.as_str())
+                .bind(k.request_hash.as_slice())
+                .bind(k.resource.as_str())
+                .bind(k.created_ms);
+        }
+        query.execute(&mut *tx).await?;
+    }
+    Ok(())
+}
+
 #[async_trait]
 impl<B: SqlBackend> Tenants for B {
     async fn create_tenant(&self, t: &TenantRecord) -> StoreResult<()> {
