@@ -540,11 +540,26 @@ pub(super) async fn check_claim_runs(store: Arc<dyn Store>) {
     let t = tenant(&store).await;
     let acct = account(&store, &t, ProviderKind::Whapi).await;
     let d = dest(&store, &t, "d", DeliveryFilter::default()).await;
-    let a = onboarding(&store, &acct, "a").await;
+    // Scoped keys, as the service makes them (`Display` shows only the name: a store that
+    // matched rows by it would find none).
+    let scoped = |name: &str| {
+        let mut new = new_onboarding(&acct, name, &[("first", StepState::Pending, None)]);
+        let id = OnboardingId::scoped(&t, name).unwrap();
+        new.onboarding.id = id.clone();
+        for s in &mut new.steps {
+            s.onboarding_id = id.clone();
+        }
+        new
+    };
+    let new_a = scoped("a");
+    store.create_onboarding(&new_a).await.unwrap();
+    let a = new_a.onboarding;
     for j in 2..=6 {
         store.apply_change(&change(&a.id, &format!("a{j}"))).await.unwrap();
     }
-    let b = onboarding(&store, &acct, "b").await;
+    let new_b = scoped("b");
+    store.create_onboarding(&new_b).await.unwrap();
+    let b = new_b.onboarding;
     store.dispatch_outbox(NOW, 100).await.unwrap();
 
     let first = store.claim_deliveries("w", NOW, LEASE, 10, 4).await.unwrap();

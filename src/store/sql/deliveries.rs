@@ -203,9 +203,6 @@ const FINISH_RELEASED: &str = "UPDATE deliveries SET attempts = attempts - 1, le
      lease_until_ms = NULL WHERE lease_owner = $1 AND state = 'PENDING' \
      AND (destination_id, onboarding_id, sequence) IN";
 
-/// Outcomes per finishing statement: 8 values each, plus the worker.
-const FINISH_CHUNK: usize = 500;
-
 /// Flags the lowest pending row of queue (`$1`, `$2`) as its head, after its head left
 /// `PENDING` (delivered, dead).
 const NEXT_HEAD: &str = "UPDATE deliveries SET head = TRUE WHERE destination_id = $1 AND onboarding_id = $2 \
@@ -248,9 +245,6 @@ const EVENT_KEYS: &str = "SELECT e.onboarding_id, e.sequence, e.kind, o.provider
 /// `(onboarding, sequence)` pairs per statement: 2 values each, well under both backends'
 /// bind-parameter limits.
 const PAIR_CHUNK: usize = 500;
-
-/// Delivery rows per insert statement: 4 values each, plus the time.
-const INSERT_CHUNK: usize = 500;
 
 /// `(destination, onboarding, sequence)` triples per head-flagging statement.
 const TRIPLE_CHUNK: usize = 300;
@@ -464,7 +458,8 @@ impl<B: SqlBackend> Deliveries for B {
         }
         let mut stats = DispatchStats::default();
         lock_queues::<B>(&mut tx, inserts.iter().map(|(d, o, _, _)| (*d, *o))).await?;
-        for chunk in inserts.chunks(INSERT_CHUNK) {
+        // 4 values a row (plus the time), as many rows as suit the backend.
+        for chunk in inserts.chunks(super::rows_per_statement::<B::Db>(4)) {
             let values: Vec<String> = (0..chunk.len())
                 .map(|r| {
                     let b = r * 4;
@@ -525,8 +520,10 @@ impl<B: SqlBackend> Deliveries for B {
             .await?;
         let mut claimed: Vec<DeliveryRecord> = records(rows)?;
         if run > 1 && !claimed.is_empty() {
-            let heads: Vec<(String, String, i64)> =
-                claimed.iter().map(|d| (d.destination_id.clone(), d.onboarding_id.to_string(), d.sequence)).collect();
+            let heads: Vec<(String, String, i64)> = claimed
+                .iter()
+                .map(|d| (d.destination_id.clone(), d.onboarding_id.as_str().to_owned(), d.sequence))
+                .collect();
             for chunk in heads.chunks(TRIPLE_CHUNK) {
                 let text = format!("{FOLLOWERS_HEAD}{}{FOLLOWERS_TAIL}", triples_from(5, chunk.len()));
                 let mut q =
@@ -565,7 +562,8 @@ impl<B: SqlBackend> Deliveries for B {
         let (released, sent): (Vec<&DeliveryUpdate>, Vec<&DeliveryUpdate>) =
             updates.iter().partition(|u| u.unattempted);
         let mut written: HashSet<(String, String, i64)> = HashSet::new();
-        for chunk in sent.chunks(FINISH_CHUNK) {
+        // 8 values a row (plus the worker), as many rows as suit the backend.
+        for chunk in sent.chunks(super::rows_per_statement::<B::Db>(8)) {
             let values: Vec<String> = (0..chunk.len())
                 .map(|r| {
                     let b = 2 + r * 8;
@@ -615,7 +613,8 @@ impl<B: SqlBackend> Deliveries for B {
         // per queue after all the batch's updates (a run finishes several rows of one queue).
         let mut advanced: Vec<(&str, &str)> = Vec::new();
         for u in updates {
-            let ok = written.remove(&(u.destination_id.clone(), u.onboarding_id.to_string(), u.sequence));
+            // The store key (`as_str`), not `Display` (which shows a scoped id's name only).
+            let ok = written.remove(&(u.destination_id.clone(), u.onboarding_id.as_str().to_owned(), u.sequence));
             if ok && !u.unattempted && u.state != DeliveryState::Pending {
                 let queue = (u.destination_id.as_str(), u.onboarding_id.as_str());
                 if !advanced.contains(&queue) {
@@ -721,7 +720,8 @@ impl<B: SqlBackend> Deliveries for B {
         let mut queued = 0;
         // A lease in flight is dropped: its sender's outcome no longer applies (its finish
         // finds no lease), and the replay sends the same event id again.
-        for chunk in wanted.chunks(INSERT_CHUNK) {
+        // 2 values a row (plus 3 shared), as many rows as suit the backend.
+        for chunk in wanted.chunks(super::rows_per_statement::<B::Db>(2)) {
             let values: Vec<String> = (0..chunk.len())
                 .map(|r| format!("($2, ${}, ${}, $3, 'PENDING', 0, $1, $1)", 4 + 2 * r, 5 + 2 * r))
                 .collect();
