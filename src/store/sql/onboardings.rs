@@ -262,6 +262,30 @@ async fn write_steps<DB: SqlDb>(
     Ok(found)
 }
 
+/// Binds the 18 columns of a `pipeline_steps` row in table order (the upsert and the bulk
+/// insert write the same ones).
+fn bind_step<DB: SqlDb>(query: Sql<DB>, onboarding: &OnboardingId, s: &StepRecord) -> Sql<DB> {
+    query
+        .bind(onboarding.as_str())
+        .bind(s.name.as_str())
+        .bind(s.position)
+        .bind(s.state.as_str())
+        .bind(s.attempts)
+        .bind(s.max_attempts)
+        .bind(s.next_run_ms)
+        .bind(s.lease_owner.as_deref())
+        .bind(s.lease_until_ms)
+        .bind(s.last_error.as_deref())
+        .bind(s.last_error_code.as_deref())
+        .bind(s.provider_stage_json.as_str())
+        .bind(s.data_json.as_str())
+        .bind(s.deadline_ms)
+        .bind(s.started_ms)
+        .bind(s.finished_ms)
+        .bind(s.created_ms)
+        .bind(s.updated_ms)
+}
+
 /// Inserts or replaces a step (matched by onboarding and name; `created_ms` kept). Returns the
 /// stored `created_ms`.
 async fn upsert_step<DB: SqlDb>(
@@ -269,7 +293,7 @@ async fn upsert_step<DB: SqlDb>(
     onboarding: &OnboardingId,
     s: &StepRecord,
 ) -> StoreResult<i64> {
-    let (created_ms,): (i64,) = sql::<DB>(
+    let query = sql::<DB>(
         "INSERT INTO pipeline_steps (onboarding_id, name, position, state, attempts, max_attempts, \
          next_run_ms, lease_owner, lease_until_ms, last_error, last_error_code, \
          provider_stage_json, data_json, deadline_ms, started_ms, finished_ms, created_ms, updated_ms) \
@@ -282,27 +306,8 @@ async fn upsert_step<DB: SqlDb>(
          data_json = excluded.data_json, deadline_ms = excluded.deadline_ms, \
          started_ms = excluded.started_ms, finished_ms = excluded.finished_ms, \
          updated_ms = excluded.updated_ms RETURNING created_ms",
-    )
-    .bind(onboarding.as_str())
-    .bind(s.name.as_str())
-    .bind(s.position)
-    .bind(s.state.as_str())
-    .bind(s.attempts)
-    .bind(s.max_attempts)
-    .bind(s.next_run_ms)
-    .bind(s.lease_owner.as_deref())
-    .bind(s.lease_until_ms)
-    .bind(s.last_error.as_deref())
-    .bind(s.last_error_code.as_deref())
-    .bind(s.provider_stage_json.as_str())
-    .bind(s.data_json.as_str())
-    .bind(s.deadline_ms)
-    .bind(s.started_ms)
-    .bind(s.finished_ms)
-    .bind(s.created_ms)
-    .bind(s.updated_ms)
-    .one(tx)
-    .await?;
+    );
+    let (created_ms,): (i64,) = bind_step(query, onboarding, s).one(tx).await?;
     Ok(created_ms)
 }
 
@@ -429,25 +434,7 @@ async fn insert_steps<DB: SqlDb>(
         // Only numbered placeholders are formatted in; every value is bound.
         let mut query = sql::<DB>(sqlx::AssertSqlSafe(text));
         for (onboarding, s) in chunk {
-            query = query
-                .bind(onboarding.as_str())
-                .bind(s.name.as_str())
-                .bind(s.position)
-                .bind(s.state.as_str())
-                .bind(s.attempts)
-                .bind(s.max_attempts)
-                .bind(s.next_run_ms)
-                .bind(s.lease_owner.as_deref())
-                .bind(s.lease_until_ms)
-                .bind(s.last_error.as_deref())
-                .bind(s.last_error_code.as_deref())
-                .bind(s.provider_stage_json.as_str())
-                .bind(s.data_json.as_str())
-                .bind(s.deadline_ms)
-                .bind(s.started_ms)
-                .bind(s.finished_ms)
-                .bind(s.created_ms)
-                .bind(s.updated_ms);
+            query = bind_step(query, onboarding, s);
         }
         query.execute(&mut *tx).await?;
     }
