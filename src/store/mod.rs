@@ -485,7 +485,7 @@ pub trait Deliveries: Send + Sync {
     /// lapsed lease is taken over), counting an attempt each. A delivery is due only when no
     /// lower sequence of the same destination and onboarding is still pending or still in the
     /// outbox, so each onboarding's events go out in order. With `run > 1`, each claimed
-    /// head brings up to `run - 1` of the pending rows right behind it in its queue (the
+    /// head on its first attempt (not a retry) brings up to `run - 1` of the pending rows right behind it in its queue (the
     /// unbroken prefix of them that is due and unleased), leased and counted the same way, so
     /// one sender can send a backlog in order without a claim per event. Sorted by
     /// destination, onboarding, sequence.

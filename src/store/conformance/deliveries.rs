@@ -597,12 +597,18 @@ pub(super) async fn check_claim_runs(store: Arc<dyn Store>) {
     assert_eq!((row(2).attempts, row(2).last_status), (1, Some(500)));
     assert!(store.claim_deliveries("w", NOW, LEASE, 10, 4).await.unwrap().is_empty(), "a2 retries later");
 
-    // The retry brings the rest of the queue; all delivered in one batch.
+    // A retried head goes alone (it failed before: its run waits until it gets through);
+    // then the rest of the queue comes as one run, all delivered in one batch.
+    let retry = store.claim_deliveries("w", NOW + 1_000, LEASE, 10, 10).await.unwrap();
+    assert_eq!(keys(&retry), vec![(a.id.clone(), 2)]);
+    assert_eq!(retry[0].attempts, 2);
+    let ok = outcome(&retry[0], DeliveryState::Delivered, NOW);
+    assert_eq!(store.finish_deliveries(&[ok], "w").await.unwrap(), vec![true]);
     let second = store.claim_deliveries("w", NOW + 1_000, LEASE, 10, 10).await.unwrap();
-    assert_eq!(keys(&second), (2..=6).map(|s| (a.id.clone(), s)).collect::<Vec<_>>());
-    assert_eq!(second.iter().map(|x| x.attempts).collect::<Vec<_>>(), vec![2, 1, 1, 1, 1]);
+    assert_eq!(keys(&second), (3..=6).map(|s| (a.id.clone(), s)).collect::<Vec<_>>());
+    assert_eq!(second.iter().map(|x| x.attempts).collect::<Vec<_>>(), vec![1, 1, 1, 1]);
     let done: Vec<DeliveryUpdate> = second.iter().map(|x| outcome(x, DeliveryState::Delivered, NOW)).collect();
-    assert_eq!(store.finish_deliveries(&done, "w").await.unwrap(), vec![true; 5]);
+    assert_eq!(store.finish_deliveries(&done, "w").await.unwrap(), vec![true; 4]);
     for j in 7..=9 {
         store.apply_change(&change(&a.id, &format!("a{j}"))).await.unwrap();
     }
