@@ -46,6 +46,10 @@ pub struct Opts {
     /// take tens of minutes; `scripts/bench --only growth,delivery` runs them.
     #[arg(long, value_delimiter = ',', default_value = "footprint,unary,streams,ingest,ratelimit,replicas")]
     pub only: Vec<String>,
+    /// Backends of the `delivery` and `growth` suites: `sqlite`, `postgresql` (the latter
+    /// also needs `--pg-url`).
+    #[arg(long, value_delimiter = ',', default_value = "sqlite,postgresql")]
+    pub backends: Vec<String>,
     /// Measured seconds per h2load run.
     #[arg(long, default_value_t = 1.5)]
     pub unary_secs: f64,
@@ -114,6 +118,12 @@ pub struct Opts {
 impl Opts {
     fn wants(&self, suite: &str) -> bool {
         self.only.iter().any(|s| s == suite)
+    }
+
+    /// Whether the `delivery` and `growth` suites run on `backend` (`sqlite`, `postgresql`).
+    fn on(&self, backend: &str) -> bool {
+        self.backends.iter().any(|b| b.eq_ignore_ascii_case(backend))
+            && (backend != "postgresql" || self.pg_url != "skip")
     }
 }
 
@@ -220,8 +230,10 @@ async fn run(opts: Opts) -> anyhow::Result<()> {
         result?;
     }
     if opts.wants("delivery") {
-        delivery::delivery(&opts, &mut rep, "SQLite", None).await?;
-        if opts.pg_url != "skip" {
+        if opts.on("sqlite") {
+            delivery::delivery(&opts, &mut rep, "SQLite", None).await?;
+        }
+        if opts.on("postgresql") {
             let url = wa_onboard::store::postgres::create_test_schema(&opts.pg_url)
                 .await
                 .map_err(|e| anyhow::anyhow!("PostgreSQL ({}): {e}", wa_onboard::store::redact_url(&opts.pg_url)))?;
@@ -231,8 +243,11 @@ async fn run(opts: Opts) -> anyhow::Result<()> {
         }
     }
     if opts.wants("growth") {
-        let mut curves = vec![("SQLite".to_string(), growth::growth_suite(&opts, &mut rep, "SQLite", None).await?)];
-        if opts.pg_url != "skip" {
+        let mut curves = Vec::new();
+        if opts.on("sqlite") {
+            curves.push(("SQLite".to_string(), growth::growth_suite(&opts, &mut rep, "SQLite", None).await?));
+        }
+        if opts.on("postgresql") {
             let url = wa_onboard::store::postgres::create_test_schema(&opts.pg_url)
                 .await
                 .map_err(|e| anyhow::anyhow!("PostgreSQL ({}): {e}", wa_onboard::store::redact_url(&opts.pg_url)))?;
