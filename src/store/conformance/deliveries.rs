@@ -353,6 +353,32 @@ pub(super) async fn check_dead_letter_and_redeliver(store: Arc<dyn Store>) {
     assert_eq!(store.delivery_backlog().await.unwrap().1, vec![]);
 }
 
+/// A replay that raced the outbox: the fan-out finds the queue's lowest row of its batch
+/// there already (and delivered), so the head it would have given that row goes to the
+/// queue's lowest pending row instead; the queue does not stall.
+pub(super) async fn check_fan_out_after_a_replay_raced_the_outbox(store: Arc<dyn Store>) {
+    let t = tenant(&store).await;
+    let acct = account(&store, &t, ProviderKind::Whapi).await;
+    let d = dest(&store, &t, "d", DeliveryFilter::default()).await;
+    let o = onboarding(&store, &acct, "a").await;
+    // Event 1 is still in the outbox when a replay queues it, and it is delivered.
+    let from = RedeliverFrom::Sequence { onboarding_id: o.id.clone(), sequence: 1 };
+    assert_eq!(replay(&store, &t, &d.id, &from, NOW).await.unwrap(), 1);
+    let first = store.claim_deliveries("w", NOW, LEASE, 10, 4).await.unwrap();
+    assert_eq!(keys(&first), vec![(o.id.clone(), 1)]);
+    assert!(store.finish_delivery(&outcome(&first[0], DeliveryState::Delivered, NOW), "w").await.unwrap());
+    // Events 2 and 3 follow; one pass fans out 1 (there already), 2 and 3.
+    store.apply_change(&change(&o.id, "a2")).await.unwrap();
+    store.apply_change(&change(&o.id, "a3")).await.unwrap();
+    let stats = store.dispatch_outbox(NOW, 100).await.unwrap();
+    assert_eq!((stats.events, stats.deliveries), (3, 2));
+    let next = store.claim_deliveries("w", NOW, LEASE, 10, 1).await.unwrap();
+    assert_eq!(keys(&next), vec![(o.id.clone(), 2)], "2 is the head, 3 behind it");
+    assert!(store.finish_delivery(&outcome(&next[0], DeliveryState::Delivered, NOW), "w").await.unwrap());
+    let last = store.claim_deliveries("w", NOW, LEASE, 10, 1).await.unwrap();
+    assert_eq!(keys(&last), vec![(o.id.clone(), 3)]);
+}
+
 /// A pass larger than one statement's chunk of pairs and rows fans out every event once.
 pub(super) async fn check_fan_out_in_chunks(store: Arc<dyn Store>) {
     let t = tenant(&store).await;

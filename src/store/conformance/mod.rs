@@ -256,6 +256,7 @@ conformance_suite!(
     deliveries::check_destinations,
     deliveries::check_fan_out,
     deliveries::check_fan_out_in_chunks,
+    deliveries::check_fan_out_after_a_replay_raced_the_outbox,
     deliveries::check_claim_order,
     deliveries::check_claims_with_blocked_backlog,
     deliveries::check_claim_runs,

@@ -137,28 +137,42 @@ pub(super) const OUTBOX_ROWS: [&str; 2] =
     locking!("SELECT onboarding_id, sequence, tenant_id FROM event_outbox LIMIT $1", " FOR UPDATE SKIP LOCKED", "");
 
 /// Leases due deliveries to `$1` until `$2` (`$3` now, `$4` the limit); see
-/// [`Deliveries::claim_deliveries`] for the ordering rule the two `NOT EXISTS` keep. The scan
+/// [`Deliveries::claim_deliveries`] for the ordering rule the two probes keep. The scan
 /// walks only the rows flagged `head` (migration 0008, index `deliveries_heads`) in claim
 /// order, so a claim costs about its limit, not the backlog: after an outage the blocked rows
 /// behind each failing head are the oldest due ones, and checking each of them made every
-/// claim O(backlog). The flag is a hint; the `NOT EXISTS` still decide.
+/// claim O(backlog). The flag is a hint; the probes still decide.
+///
+/// Two shapes keep the plan bounded whatever the statistics say (a queue grows from empty
+/// in seconds; autoanalyze follows a minute later at best, never where autovacuum is off):
+/// - The candidates are a `MATERIALIZED` CTE, computed once. In `UPDATE .. WHERE k IN
+///   (SELECT .. LIMIT .. FOR UPDATE SKIP LOCKED)` PostgreSQL may run the subquery again for
+///   every outer row: one claim did so 203 times (20.8 million buffer hits, 4.3 s) and leased
+///   121 rows for a limit of 16.
+/// - The order rule and the outbox gap are scalar subqueries, not `NOT EXISTS`: PostgreSQL
+///   turns a `NOT EXISTS` into an anti-join, and planned from missing statistics that join
+///   scanned the whole inner table for every head (11,149 pending rows a head). A scalar
+///   subquery stays a probe of the head's own queue.
 pub(super) const CLAIM: [&str; 2] = locking!(
-    "UPDATE deliveries SET lease_owner = $1, lease_until_ms = $2, attempts = attempts + 1 \
-     WHERE (destination_id, onboarding_id, sequence) IN (SELECT d.destination_id, d.onboarding_id, d.sequence \
+    "WITH c AS MATERIALIZED (SELECT d.destination_id, d.onboarding_id, d.sequence \
      FROM deliveries d WHERE d.state = 'PENDING' AND d.head AND d.next_attempt_ms <= $3 \
      AND (d.lease_until_ms IS NULL OR d.lease_until_ms <= $3) \
-     AND EXISTS (SELECT 1 FROM delivery_destinations t WHERE t.id = d.destination_id AND t.enabled) \
-     AND NOT EXISTS (SELECT 1 FROM deliveries p WHERE p.destination_id = d.destination_id \
-     AND p.onboarding_id = d.onboarding_id AND p.sequence < d.sequence AND p.state = 'PENDING') \
-     AND NOT EXISTS (SELECT 1 FROM event_outbox x WHERE x.onboarding_id = d.onboarding_id AND x.sequence < d.sequence) \
+     AND (SELECT t.enabled FROM delivery_destinations t WHERE t.id = d.destination_id) \
+     AND d.sequence = (SELECT MIN(p.sequence) FROM deliveries p WHERE p.destination_id = d.destination_id \
+     AND p.onboarding_id = d.onboarding_id AND p.state = 'PENDING') \
+     AND COALESCE((SELECT MIN(x.sequence) FROM event_outbox x WHERE x.onboarding_id = d.onboarding_id), d.sequence) \
+     >= d.sequence \
      ORDER BY d.next_attempt_ms, d.onboarding_id, d.sequence LIMIT $4",
     " FOR UPDATE OF d SKIP LOCKED",
-    ") RETURNING *",
+    ") UPDATE deliveries SET lease_owner = $1, lease_until_ms = $2, attempts = attempts + 1 \
+     WHERE (destination_id, onboarding_id, sequence) IN (SELECT destination_id, onboarding_id, sequence FROM c) \
+     RETURNING *",
 );
 
-/// PostgreSQL, inside the claim's transaction: plan the claim generically (see
-/// `claim_deliveries`).
+/// PostgreSQL, inside the claim's transaction: plan the claim generically, then the
+/// followers' statements as usual again (see `claim_deliveries`).
 const CLAIM_PLAN: &str = "SET LOCAL plan_cache_mode = force_generic_plan";
+const FOLLOWERS_PLAN: &str = "SET LOCAL plan_cache_mode = auto";
 
 /// Leases the run behind each claimed head (`run > 1`): for each head of a
 /// `VALUES (destination, onboarding, sequence)` list spliced between the two halves, the
@@ -182,12 +196,16 @@ const FOLLOWERS_TAIL: &str = ") h ON f.destination_id = h.column1 AND f.onboardi
      WINDOW w AS (PARTITION BY f.destination_id, f.onboarding_id ORDER BY f.sequence \
      ROWS BETWEEN UNBOUNDED PRECEDING AND CURRENT ROW)) r WHERE r.rn < $4 AND r.blocked = 0) RETURNING *";
 
-/// Flags as heads the rows of a `(destination_id, onboarding_id, sequence) IN (...)` list
-/// appended to it that have no lower pending sequence in their queue (fan-out).
-const FLAG_HEADS: &str = "UPDATE deliveries SET head = TRUE WHERE state = 'PENDING' AND NOT head \
-     AND NOT EXISTS (SELECT 1 FROM deliveries p WHERE p.destination_id = deliveries.destination_id \
-     AND p.onboarding_id = deliveries.onboarding_id AND p.sequence < deliveries.sequence AND p.state = 'PENDING') \
-     AND (destination_id, onboarding_id, sequence) IN";
+/// The `head` of a new row `($d, $o, $s)` that is the lowest of its queue in its fan-out
+/// batch: whether no lower sequence of the queue is pending. The batch's other rows of that
+/// queue are not heads (this one is lower and pending). Evaluated per row inside the insert's
+/// `VALUES`, so it stays a probe of that queue's key (see [`CLAIM`] for why not a join).
+fn head_probe(d: usize, o: usize, s: usize) -> String {
+    format!(
+        "NOT EXISTS (SELECT 1 FROM deliveries p WHERE p.destination_id = ${d} AND p.onboarding_id = ${o} \
+         AND p.state = 'PENDING' AND p.sequence < ${s})"
+    )
+}
 
 /// Writes the outcomes of sent rows: `$1` the worker, then a
 /// `(destination, onboarding, sequence, state, next_attempt_ms, last_status, last_error,
@@ -207,11 +225,14 @@ const FINISH_RELEASED: &str = "UPDATE deliveries SET attempts = attempts - 1, le
      lease_until_ms = NULL WHERE lease_owner = $1 AND state = 'PENDING' \
      AND (destination_id, onboarding_id, sequence) IN";
 
-/// Flags the lowest pending row of queue (`$1`, `$2`) as its head, after its head left
-/// `PENDING` (delivered, dead).
-const NEXT_HEAD: &str = "UPDATE deliveries SET head = TRUE WHERE destination_id = $1 AND onboarding_id = $2 \
-     AND state = 'PENDING' AND NOT head AND sequence = (SELECT MIN(p.sequence) FROM deliveries p \
-     WHERE p.destination_id = $1 AND p.onboarding_id = $2 AND p.state = 'PENDING')";
+/// Flags the lowest pending row of each queue of a `(destination, onboarding)` VALUES list
+/// (spliced between the two halves) as its head, after its head left `PENDING` (delivered,
+/// dead): one statement for all the queues a finish advanced, not one each.
+const NEXT_HEADS: &str = "UPDATE deliveries SET head = TRUE FROM (";
+const NEXT_HEADS_WHERE: &str = ") AS v WHERE deliveries.destination_id = v.column1 \
+     AND deliveries.onboarding_id = v.column2 AND deliveries.state = 'PENDING' AND NOT deliveries.head \
+     AND deliveries.sequence = (SELECT MIN(p.sequence) FROM deliveries p \
+     WHERE p.destination_id = v.column1 AND p.onboarding_id = v.column2 AND p.state = 'PENDING')";
 
 /// PostgreSQL only: serialises the fan-out and the finishing of the same queues across
 /// transactions (and replicas) until the transaction ends. Without it, a fan-out that sees the
@@ -221,6 +242,22 @@ const NEXT_HEAD: &str = "UPDATE deliveries SET head = TRUE WHERE destination_id 
 /// writer connection already serialises them.)
 const LOCK_QUEUES: &str = "SELECT pg_advisory_xact_lock(19, h) FROM (SELECT DISTINCT hashtext(k) AS h \
      FROM unnest(string_to_array($1, E'\\n')) AS u(k)) s ORDER BY h";
+
+/// Runs [`NEXT_HEADS`] for `queues` (`(destination, onboarding)`), a chunk per statement.
+async fn flag_next_heads<B: SqlBackend>(
+    tx: &mut Transaction<'static, B::Db>,
+    queues: &[(&str, &str)],
+) -> StoreResult<()> {
+    for chunk in queues.chunks(super::rows_per_statement::<B::Db>(2)) {
+        let text = format!("{NEXT_HEADS}{}{NEXT_HEADS_WHERE}", pairs(1, chunk.len()));
+        let mut q = sql::<B::Db>(sqlx::AssertSqlSafe(text));
+        for (destination, onboarding) in chunk {
+            q = q.bind(*destination).bind(*onboarding);
+        }
+        q.execute(&mut *tx).await?;
+    }
+    Ok(())
+}
 
 /// Takes [`LOCK_QUEUES`] for the `(destination, onboarding)` queues given (PostgreSQL).
 async fn lock_queues<B: SqlBackend>(
@@ -257,11 +294,6 @@ const TRIPLE_CHUNK: usize = 300;
 fn pairs(from: usize, n: usize) -> String {
     let rows: Vec<String> = (0..n).map(|i| format!("(${}, ${})", from + 2 * i, from + 2 * i + 1)).collect();
     format!("VALUES {}", rows.join(", "))
-}
-
-/// `VALUES ($1, $2, $3), ...`: `n` numbered triples for a row-value `IN` list.
-fn triples(n: usize) -> String {
-    triples_from(1, n)
 }
 
 /// `VALUES ($from, $from+1, $from+2), ...`: `n` numbered triples.
@@ -408,6 +440,19 @@ impl<B: SqlBackend> Deliveries for B {
             )
             .bind(id)
         } else {
+            // Read first: a destination already failing keeps its time, and writing it again
+            // on every failed attempt made its row the one every sender queued on during an
+            // outage (41,664 updates in a 60 s outage, 1.2 ms each, the database's top
+            // statement).
+            let known = sql::<B::Db>("SELECT failing_since_ms FROM delivery_destinations WHERE id = $1")
+                .bind(id)
+                .optional::<(Option<i64>,)>(self.reader())
+                .await?;
+            match known {
+                None => return Ok(None),
+                Some((Some(since),)) => return Ok(Some(since)),
+                Some((None,)) => {}
+            }
             sql::<B::Db>(
                 "UPDATE delivery_destinations SET failing_since_ms = COALESCE(failing_since_ms, $2) WHERE id = $1 \
                  RETURNING failing_since_ms",
@@ -462,36 +507,53 @@ impl<B: SqlBackend> Deliveries for B {
         }
         let mut stats = DispatchStats::default();
         lock_queues::<B>(&mut tx, inserts.iter().map(|(d, o, _, _)| (*d, *o))).await?;
+        let mut inserted: HashSet<(String, String, i64)> = HashSet::new();
+        // Each queue's lowest new row may be its head; the rest of the batch's rows of that
+        // queue are not.
+        let mut lowest: HashMap<(&str, &str), i64> = HashMap::new();
+        for (destination, onboarding, sequence, _) in &inserts {
+            let low = lowest.entry((*destination, *onboarding)).or_insert(*sequence);
+            *low = (*low).min(*sequence);
+        }
         // 4 values a row (plus the time), as many rows as suit the backend.
         for chunk in inserts.chunks(super::rows_per_statement::<B::Db>(4)) {
-            let values: Vec<String> = (0..chunk.len())
-                .map(|r| {
+            let values: Vec<String> = chunk
+                .iter()
+                .enumerate()
+                .map(|(r, (destination, onboarding, sequence, _))| {
                     let b = r * 4;
-                    format!("(${}, ${}, ${}, ${}, 'PENDING', 0, $1, $1, FALSE)", b + 2, b + 3, b + 4, b + 5)
+                    let head = if lowest.get(&(*destination, *onboarding)) == Some(sequence) {
+                        head_probe(b + 2, b + 3, b + 4)
+                    } else {
+                        "FALSE".to_owned()
+                    };
+                    format!("(${}, ${}, ${}, ${}, 'PENDING', 0, $1, $1, {head})", b + 2, b + 3, b + 4, b + 5)
                 })
                 .collect();
             let text = format!(
                 "INSERT INTO deliveries (destination_id, onboarding_id, sequence, tenant_id, state, attempts, \
                  next_attempt_ms, created_ms, head) VALUES {} \
-                 ON CONFLICT (destination_id, onboarding_id, sequence) DO NOTHING",
+                 ON CONFLICT (destination_id, onboarding_id, sequence) DO NOTHING \
+                 RETURNING destination_id, onboarding_id, sequence",
                 values.join(", ")
             );
             let mut q = sql::<B::Db>(sqlx::AssertSqlSafe(text)).bind(now);
             for (destination, onboarding, sequence, tenant) in chunk {
                 q = q.bind(*destination).bind(*onboarding).bind(*sequence).bind(*tenant);
             }
-            stats.deliveries += q.execute(&mut tx).await?;
+            inserted.extend(q.all::<(String, String, i64)>(&mut tx).await?);
         }
-        // Inserted unflagged, then the ones with no lower pending sequence flagged: a batch
-        // holding several events of one queue flags only its lowest.
-        for chunk in inserts.chunks(TRIPLE_CHUNK) {
-            let text = format!("{FLAG_HEADS} ({})", triples(chunk.len()));
-            let mut q = sql::<B::Db>(sqlx::AssertSqlSafe(text));
-            for (destination, onboarding, sequence, _) in chunk {
-                q = q.bind(*destination).bind(*onboarding).bind(*sequence);
-            }
-            q.execute(&mut tx).await?;
-        }
+        stats.deliveries = inserted.len() as u64;
+        // A row that was there already (a replay raced the outbox) may have been the one the
+        // queue's head was computed for: flag those queues' lowest pending rows instead.
+        let mut conflicted: Vec<(&str, &str)> = inserts
+            .iter()
+            .filter(|(d, o, s, _)| !inserted.contains(&((*d).to_owned(), (*o).to_owned(), *s)))
+            .map(|(d, o, _, _)| (*d, *o))
+            .collect();
+        conflicted.sort_unstable();
+        conflicted.dedup();
+        flag_next_heads::<B>(&mut tx, &conflicted).await?;
         for chunk in rows.chunks(PAIR_CHUNK) {
             let text =
                 format!("DELETE FROM event_outbox WHERE (onboarding_id, sequence) IN ({})", pairs(1, chunk.len()));
@@ -520,8 +582,9 @@ impl<B: SqlBackend> Deliveries for B {
             // limit. A custom plan, costed from statistics that lag the newest
             // `next_attempt_ms`, expects a few due heads and sorts all of them after the
             // anti-joins: under delivery load (pg_stat_statements) that made the claim
-            // 117 ms on average and about 93 % of the database's time. The setting holds for
-            // the followers' statements of this transaction too.
+            // 117 ms on average and about 93 % of the database's time. The followers'
+            // statements must not keep it: generically planned, they took 8.8 s on average
+            // under the same load (up to 559 s), and a drain stalled.
             sql::<B::Db>(CLAIM_PLAN).execute(&mut tx).await?;
         }
         let rows = sql::<B::Db>(B::locking(CLAIM))
@@ -542,6 +605,9 @@ impl<B: SqlBackend> Deliveries for B {
             .map(|d| (d.destination_id.clone(), d.onboarding_id.as_str().to_owned(), d.sequence))
             .collect();
         if run > 1 && !heads.is_empty() {
+            if B::BACKEND == crate::store::Backend::Postgres {
+                sql::<B::Db>(FOLLOWERS_PLAN).execute(&mut tx).await?;
+            }
             for chunk in heads.chunks(TRIPLE_CHUNK) {
                 let text = format!("{FOLLOWERS_HEAD}{}{FOLLOWERS_TAIL}", triples_from(5, chunk.len()));
                 let mut q =
@@ -641,9 +707,7 @@ impl<B: SqlBackend> Deliveries for B {
             }
             done.push(ok);
         }
-        for (destination, onboarding) in advanced {
-            sql::<B::Db>(NEXT_HEAD).bind(destination).bind(onboarding).execute(&mut tx).await?;
-        }
+        flag_next_heads::<B>(&mut tx, &advanced).await?;
         B::Db::commit(tx).await?;
         Ok(done)
     }

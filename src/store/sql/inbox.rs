@@ -43,12 +43,13 @@ impl TryFrom<WebhookRow> for WebhookEventRecord {
 }
 
 /// Pending events whose lease is free, oldest first, leased to `$1` until `$2`.
+/// The candidates are a `MATERIALIZED` CTE, computed once (see `deliveries::CLAIM`).
 pub(super) const CLAIM: [&str; 2] = locking!(
-    "UPDATE webhook_events SET lease_owner = $1, lease_until_ms = $2 \
-     WHERE id IN (SELECT id FROM webhook_events WHERE status = 'PENDING' \
+    "WITH c AS MATERIALIZED (SELECT id FROM webhook_events WHERE status = 'PENDING' \
      AND (lease_until_ms IS NULL OR lease_until_ms <= $3) ORDER BY received_ms, id LIMIT $4",
     " FOR UPDATE SKIP LOCKED",
-    ") RETURNING *",
+    ") UPDATE webhook_events SET lease_owner = $1, lease_until_ms = $2 \
+     WHERE id IN (SELECT id FROM c) RETURNING *",
 );
 
 #[async_trait]

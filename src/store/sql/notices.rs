@@ -84,15 +84,16 @@ impl TryFrom<NoticeDeliveryRow> for NoticeDeliveryRecord {
 
 /// Leases due notice deliveries to `$1` until `$2` (`$3` now, `$4` the limit). Notices keep
 /// no order between them (each is about a different disable), so there is no head rule.
+/// The candidates are a `MATERIALIZED` CTE, computed once (see `deliveries::CLAIM`).
 const CLAIM_NOTICES: [&str; 2] = locking!(
-    "UPDATE notice_deliveries SET lease_owner = $1, lease_until_ms = $2, attempts = attempts + 1 \
-     WHERE (destination_id, notice_id) IN (SELECT n.destination_id, n.notice_id \
+    "WITH c AS MATERIALIZED (SELECT n.destination_id, n.notice_id \
      FROM notice_deliveries n JOIN delivery_destinations t ON t.id = n.destination_id \
      WHERE t.enabled AND n.state = 'PENDING' AND n.next_attempt_ms <= $3 \
      AND (n.lease_until_ms IS NULL OR n.lease_until_ms <= $3) \
      ORDER BY n.next_attempt_ms, n.notice_id LIMIT $4",
     " FOR UPDATE OF n SKIP LOCKED",
-    ") RETURNING *",
+    ") UPDATE notice_deliveries SET lease_owner = $1, lease_until_ms = $2, attempts = attempts + 1 \
+     WHERE (destination_id, notice_id) IN (SELECT destination_id, notice_id FROM c) RETURNING *",
 );
 
 #[async_trait]

@@ -224,24 +224,29 @@ async fn insert_event<DB: SqlDb>(
     e: &EventRecord,
     tenant: &TenantId,
 ) -> StoreResult<()> {
-    sql::<DB>(
+    let query = sql::<DB>(
         "INSERT INTO onboarding_events (onboarding_id, sequence, kind, state, previous_state, \
          reason, provider_status, step, data_json, created_ms) \
          VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)",
-    )
-    .bind(e.onboarding_id.as_str())
-    .bind(e.sequence)
-    .bind(e.kind.as_str())
-    .bind(e.state.as_str())
-    .bind(e.previous_state.as_str())
-    .bind(e.reason.as_str())
-    .bind(e.provider_status.as_str())
-    .bind(e.step.as_deref())
-    .bind(e.data_json.as_str())
-    .bind(e.created_ms)
-    .execute(&mut *tx)
-    .await?;
+    );
+    bind_event(query, e).execute(&mut *tx).await?;
     super::deliveries::insert_outbox(tx, &e.onboarding_id, e.sequence, tenant).await
+}
+
+/// Binds the 10 columns of an `onboarding_events` row in table order (the single insert and
+/// the bulk insert write the same ones).
+fn bind_event<DB: SqlDb>(query: Sql<DB>, e: &EventRecord) -> Sql<DB> {
+    query
+        .bind(e.onboarding_id.as_str())
+        .bind(e.sequence)
+        .bind(e.kind.as_str())
+        .bind(e.state.as_str())
+        .bind(e.previous_state.as_str())
+        .bind(e.reason.as_str())
+        .bind(e.provider_status.as_str())
+        .bind(e.step.as_deref())
+        .bind(e.data_json.as_str())
+        .bind(e.created_ms)
 }
 
 /// Writes `steps`, and returns the one named `named` as stored (for the change notice), if
@@ -458,17 +463,7 @@ async fn insert_events<DB: SqlDb>(
         // Only numbered placeholders are formatted in; every value is bound.
         let mut query = sql::<DB>(sqlx::AssertSqlSafe(text));
         for e in chunk {
-            query = query
-                .bind(e.onboarding_id.as_str())
-                .bind(e.sequence)
-                .bind(e.kind.as_str())
-                .bind(e.state.as_str())
-                .bind(e.previous_state.as_str())
-                .bind(e.reason.as_str())
-                .bind(e.provider_status.as_str())
-                .bind(e.step.as_deref())
-                .bind(e.data_json.as_str())
-                .bind(e.created_ms);
+            query = bind_event(query, e);
         }
         query.execute(&mut *tx).await?;
     }

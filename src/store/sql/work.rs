@@ -38,17 +38,23 @@ impl TryFrom<ClaimRow> for RequestClaim {
 /// Leases due steps to `$1` until `$2` (`$3` is now, `$4` the limit). READY with no next-run
 /// time is due now; WAITING with none waits for a callback. A RUNNING step whose lease lapsed
 /// was abandoned by a crashed worker.
+/// The candidates are a `MATERIALIZED` CTE, computed once: in `UPDATE .. WHERE k IN (SELECT
+/// .. LIMIT .. FOR UPDATE SKIP LOCKED)` PostgreSQL may run the subquery again for every outer
+/// row (see `deliveries::CLAIM`).
 pub(super) const CLAIM_STEPS: [&str; 2] = locking!(
-    "UPDATE pipeline_steps SET state = 'RUNNING', lease_owner = $1, lease_until_ms = $2, \
-     attempts = CASE WHEN state = 'WAITING' THEN attempts ELSE attempts + 1 END, \
-     started_ms = COALESCE(started_ms, $3), updated_ms = $3 \
-     WHERE (onboarding_id, name) IN (SELECT onboarding_id, name FROM pipeline_steps \
+    "WITH c AS MATERIALIZED (SELECT onboarding_id, name FROM pipeline_steps \
      WHERE (state = 'READY' AND (next_run_ms IS NULL OR next_run_ms <= $3)) \
      OR (state = 'WAITING' AND next_run_ms <= $3) \
      OR (state = 'RUNNING' AND (lease_until_ms IS NULL OR lease_until_ms <= $3)) \
      ORDER BY COALESCE(next_run_ms, 0), onboarding_id, position LIMIT $4",
     " FOR UPDATE SKIP LOCKED",
-    concat!(") RETURNING ", step_columns!()),
+    concat!(
+        ") UPDATE pipeline_steps SET state = 'RUNNING', lease_owner = $1, lease_until_ms = $2, \
+         attempts = CASE WHEN state = 'WAITING' THEN attempts ELSE attempts + 1 END, \
+         started_ms = COALESCE(started_ms, $3), updated_ms = $3 \
+         WHERE (onboarding_id, name) IN (SELECT onboarding_id, name FROM c) RETURNING ",
+        step_columns!()
+    ),
 );
 
 #[async_trait]
