@@ -218,6 +218,13 @@ pub async fn start_with(
         shutdown_rx.clone(),
     )));
 
+    if settings.database.analyze_secs > 0 {
+        tasks.push(tokio::spawn(statistics_loop(
+            store.clone(),
+            Duration::from_secs(settings.database.analyze_secs),
+            shutdown_rx.clone(),
+        )));
+    }
     tasks.push(tokio::spawn(crate::listeners::serve_router(
         webhook_listener,
         crate::webhooks::router(core.clone()),
@@ -489,6 +496,22 @@ fn local(l: &TcpListener) -> Result<SocketAddr, StartError> {
 }
 
 /// Probes the store and flips health for the whole server and every service.
+/// Keeps the store's planner statistics fresh (`database.analyze_secs`); a failure is
+/// logged and tried again next period (the service runs on without it).
+async fn statistics_loop(store: Arc<dyn Store>, every: Duration, mut shutdown: watch::Receiver<bool>) {
+    loop {
+        match store.refresh_statistics().await {
+            Ok(tables) if !tables.is_empty() => tracing::debug!(?tables, "Analyzed tables with stale statistics."),
+            Ok(_) => {}
+            Err(e) => tracing::warn!(error = %e, "Refreshing planner statistics failed."),
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(every) => {}
+            _ = shutdown.changed() => return,
+        }
+    }
+}
+
 async fn health_loop(
     store: Arc<dyn Store>,
     reporter: tonic_health::server::HealthReporter,

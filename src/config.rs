@@ -226,16 +226,29 @@ impl Default for ServerSettings {
 }
 
 /// `database.*`: the store's URL and pool.
-#[derive(Clone, Serialize, Deserialize, Default)]
+#[derive(Clone, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct DatabaseSettings {
     /// `sqlite:PATH` or `postgres://...`; empty: `sqlite:{data_dir}/wa-onboard.db`.
     pub url: String,
+    /// PostgreSQL: how often to analyze the service's tables that changed much since their
+    /// last analysis (autoanalyze's threshold), so queue tables that grow from empty in
+    /// seconds are not planned from no statistics; 0: never (autovacuum alone).
+    pub analyze_secs: u64,
+}
+
+impl Default for DatabaseSettings {
+    fn default() -> Self {
+        Self { url: String::new(), analyze_secs: 10 }
+    }
 }
 
 impl std::fmt::Debug for DatabaseSettings {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("DatabaseSettings").field("url", &crate::store::redact_url(&self.url)).finish()
+        f.debug_struct("DatabaseSettings")
+            .field("url", &crate::store::redact_url(&self.url))
+            .field("analyze_secs", &self.analyze_secs)
+            .finish()
     }
 }
 

@@ -196,6 +196,14 @@ pub trait Store:
 
     /// Cheap round trip, for health.
     async fn ping(&self) -> StoreResult<()>;
+
+    /// PostgreSQL: analyzes the service's tables changed by more than autoanalyze's threshold
+    /// (50 rows + 10 %) since their last analysis, skipping any another session is analyzing,
+    /// and returns their names. Without it a queue table that grew from empty is planned from
+    /// no statistics (default selectivities, and prepared plans never invalidated) until
+    /// autovacuum gets to it, never where autovacuum is off. SQLite: nothing (its planner
+    /// needs no statistics for these queries).
+    async fn refresh_statistics(&self) -> StoreResult<Vec<String>>;
 }
 
 /// Tenants, their API keys (hashes only) and the remembered outcomes of their requests

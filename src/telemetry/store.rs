@@ -54,6 +54,10 @@ impl Store for MeteredStore {
     async fn ping(&self) -> StoreResult<()> {
         timed(op!("ping"), self.inner.ping()).await
     }
+
+    async fn refresh_statistics(&self) -> StoreResult<Vec<String>> {
+        timed(op!("refresh_statistics"), self.inner.refresh_statistics()).await
+    }
 }
 
 #[async_trait]

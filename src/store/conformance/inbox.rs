@@ -74,3 +74,28 @@ pub(super) async fn check_insert_webhook_events(store: Arc<dyn Store>) {
     assert_eq!(store.webhook_event(&bad[1].id).await.unwrap(), None);
     assert_eq!(store.webhook_event(&before.id).await.unwrap(), Some(before));
 }
+
+/// PostgreSQL analyzes a table that changed past autoanalyze's threshold, once; SQLite has
+/// nothing to analyze.
+pub(super) async fn check_refresh_statistics(store: Arc<dyn Store>) {
+    let t = tenant(&store).await;
+    let a = account(&store, &t, ProviderKind::Gupshup).await;
+    let batch: Vec<_> = (0..80).map(|i| webhook(&a, &format!("s{i}"), i)).collect();
+    store.insert_webhook_events(&batch).await.unwrap();
+    if store.backend() != Backend::Postgres {
+        assert_eq!(store.refresh_statistics().await.unwrap(), Vec::<String>::new());
+        return;
+    }
+    // A session's counts reach the statistics views within about a second.
+    let mut analyzed = Vec::new();
+    for _ in 0..50 {
+        analyzed = store.refresh_statistics().await.unwrap();
+        if analyzed.iter().any(|t| t == "webhook_events") {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert!(analyzed.iter().any(|t| t == "webhook_events"), "analyzed: {analyzed:?}");
+    let again = store.refresh_statistics().await.unwrap();
+    assert!(!again.iter().any(|t| t == "webhook_events"), "analyzed again: {again:?}");
+}

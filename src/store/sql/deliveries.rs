@@ -196,6 +196,28 @@ const FOLLOWERS_TAIL: &str = ") h ON f.destination_id = h.column1 AND f.onboardi
      WINDOW w AS (PARTITION BY f.destination_id, f.onboarding_id ORDER BY f.sequence \
      ROWS BETWEEN UNBOUNDED PRECEDING AND CURRENT ROW)) r WHERE r.rn < $4 AND r.blocked = 0) RETURNING *";
 
+/// [`FOLLOWERS_HEAD`] and [`FOLLOWERS_TAIL`] as PostgreSQL runs them: the same rows, in a
+/// shape its planner cannot turn into a scan of every pending row. Each head's next `$4 - 1`
+/// rows are a `LATERAL` probe of its own queue (a limited lateral subquery stays a per-head
+/// index scan), and the result is a `MATERIALIZED` CTE, computed once. Planned from no
+/// statistics, the plain join scanned every pending row for every head, and the `IN`
+/// subquery ran again for each of 1,326 outer rows (1.77 million buffers, 6.7 s, one claim).
+/// SQLite has no `LATERAL`, and its planner already probes the queue by the join's key.
+const FOLLOWERS_PG_HEAD: &str = "WITH r AS MATERIALIZED (SELECT s.destination_id, s.onboarding_id, s.sequence \
+     FROM (SELECT f.destination_id, f.onboarding_id, f.sequence, \
+     SUM(CASE WHEN f.next_attempt_ms <= $3 AND (f.lease_until_ms IS NULL OR f.lease_until_ms <= $3) \
+     AND NOT EXISTS (SELECT 1 FROM event_outbox x WHERE x.onboarding_id = f.onboarding_id \
+     AND x.sequence < f.sequence) THEN 0 ELSE 1 END) OVER (PARTITION BY f.destination_id, f.onboarding_id \
+     ORDER BY f.sequence ROWS BETWEEN UNBOUNDED PRECEDING AND CURRENT ROW) AS blocked FROM (";
+const FOLLOWERS_PG_TAIL: &str = ") h CROSS JOIN LATERAL (SELECT g.destination_id, g.onboarding_id, g.sequence, \
+     g.next_attempt_ms, g.lease_until_ms FROM deliveries g WHERE g.destination_id = h.column1 \
+     AND g.onboarding_id = h.column2 AND g.sequence > h.column3 AND g.state = 'PENDING' \
+     ORDER BY g.sequence LIMIT $4 - 1) f) s WHERE s.blocked = 0) \
+     UPDATE deliveries SET lease_owner = $1, lease_until_ms = $2, attempts = attempts + 1 \
+     WHERE state = 'PENDING' AND (lease_until_ms IS NULL OR lease_until_ms <= $3) \
+     AND (destination_id, onboarding_id, sequence) IN (SELECT destination_id, onboarding_id, sequence FROM r) \
+     RETURNING *";
+
 /// The `head` of a new row `($d, $o, $s)` that is the lowest of its queue in its fan-out
 /// batch: whether no lower sequence of the queue is pending. The batch's other rows of that
 /// queue are not heads (this one is lower and pending). Evaluated per row inside the insert's
@@ -609,7 +631,12 @@ impl<B: SqlBackend> Deliveries for B {
                 sql::<B::Db>(FOLLOWERS_PLAN).execute(&mut tx).await?;
             }
             for chunk in heads.chunks(TRIPLE_CHUNK) {
-                let text = format!("{FOLLOWERS_HEAD}{}{FOLLOWERS_TAIL}", triples_from(5, chunk.len()));
+                let (head, tail) = if B::BACKEND == crate::store::Backend::Postgres {
+                    (FOLLOWERS_PG_HEAD, FOLLOWERS_PG_TAIL)
+                } else {
+                    (FOLLOWERS_HEAD, FOLLOWERS_TAIL)
+                };
+                let text = format!("{head}{}{tail}", triples_from(5, chunk.len()));
                 let mut q =
                     sql::<B::Db>(sqlx::AssertSqlSafe(text)).bind(worker).bind(until).bind(now).bind(i64::from(run));
                 for (destination, onboarding, sequence) in chunk {

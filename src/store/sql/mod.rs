@@ -262,7 +262,27 @@ impl<B: SqlBackend> Store for B {
         sql::<B::Db>("SELECT 1").execute(self.reader()).await?;
         Ok(())
     }
+
+    async fn refresh_statistics(&self) -> StoreResult<Vec<String>> {
+        if B::BACKEND != Backend::Postgres {
+            return Ok(Vec::new());
+        }
+        let stale = sql::<B::Db>(STALE_TABLES).all::<(String,)>(self.writer()).await?;
+        let mut analyzed = Vec::with_capacity(stale.len());
+        for (table,) in stale {
+            // `quote_ident` made the name; only catalog names of our own schema get here.
+            let text = format!("ANALYZE (SKIP_LOCKED) {table}");
+            sql::<B::Db>(sqlx::AssertSqlSafe(text)).execute(self.writer()).await?;
+            analyzed.push(table);
+        }
+        Ok(analyzed)
+    }
 }
+
+/// PostgreSQL: the tables of the service's schema changed by more than autoanalyze's default
+/// threshold since their last analysis (by anyone: autovacuum's counts too), quoted.
+const STALE_TABLES: &str = "SELECT quote_ident(relname) FROM pg_stat_user_tables \
+     WHERE schemaname = current_schema() AND n_mod_since_analyze > 50 + 0.1 * n_live_tup ORDER BY relname";
 
 /// One row by its id (`text` binds it as `$1`), decoded as `R`, through `cache` if any;
 /// shared, so a cache hit copies nothing.
