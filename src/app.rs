@@ -218,10 +218,10 @@ pub async fn start_with(
         shutdown_rx.clone(),
     )));
 
-    if settings.database.analyze_secs > 0 {
-        tasks.push(tokio::spawn(statistics_loop(
+    if settings.database.maintenance_secs > 0 {
+        tasks.push(tokio::spawn(maintenance_loop(
             store.clone(),
-            Duration::from_secs(settings.database.analyze_secs),
+            Duration::from_secs(settings.database.maintenance_secs),
             shutdown_rx.clone(),
         )));
     }
@@ -496,14 +496,14 @@ fn local(l: &TcpListener) -> Result<SocketAddr, StartError> {
 }
 
 /// Probes the store and flips health for the whole server and every service.
-/// Keeps the store's planner statistics fresh (`database.analyze_secs`); a failure is
+/// Keeps the store's tables vacuumed and analyzed (`database.maintenance_secs`); a failure is
 /// logged and tried again next period (the service runs on without it).
-async fn statistics_loop(store: Arc<dyn Store>, every: Duration, mut shutdown: watch::Receiver<bool>) {
+async fn maintenance_loop(store: Arc<dyn Store>, every: Duration, mut shutdown: watch::Receiver<bool>) {
     loop {
-        match store.refresh_statistics().await {
-            Ok(tables) if !tables.is_empty() => tracing::debug!(?tables, "Analyzed tables with stale statistics."),
+        match store.maintain_tables().await {
+            Ok(done) if !done.is_empty() => tracing::debug!(?done, "Maintained tables."),
             Ok(_) => {}
-            Err(e) => tracing::warn!(error = %e, "Refreshing planner statistics failed."),
+            Err(e) => tracing::warn!(error = %e, "Table maintenance failed."),
         }
         tokio::select! {
             _ = tokio::time::sleep(every) => {}

@@ -231,15 +231,15 @@ impl Default for ServerSettings {
 pub struct DatabaseSettings {
     /// `sqlite:PATH` or `postgres://...`; empty: `sqlite:{data_dir}/wa-onboard.db`.
     pub url: String,
-    /// PostgreSQL: how often to analyze the service's tables that changed much since their
-    /// last analysis (autoanalyze's threshold), so queue tables that grow from empty in
-    /// seconds are not planned from no statistics; 0: never (autovacuum alone).
-    pub analyze_secs: u64,
+    /// PostgreSQL: how often to vacuum and analyze the service's tables past autovacuum's
+    /// default thresholds, so queue tables that grow from empty in seconds are neither planned
+    /// from no statistics nor scanned through their dead rows; 0: never (autovacuum alone).
+    pub maintenance_secs: u64,
 }
 
 impl Default for DatabaseSettings {
     fn default() -> Self {
-        Self { url: String::new(), analyze_secs: 10 }
+        Self { url: String::new(), maintenance_secs: 10 }
     }
 }
 
@@ -247,7 +247,7 @@ impl std::fmt::Debug for DatabaseSettings {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("DatabaseSettings")
             .field("url", &crate::store::redact_url(&self.url))
-            .field("analyze_secs", &self.analyze_secs)
+            .field("maintenance_secs", &self.maintenance_secs)
             .finish()
     }
 }

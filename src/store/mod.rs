@@ -197,13 +197,16 @@ pub trait Store:
     /// Cheap round trip, for health.
     async fn ping(&self) -> StoreResult<()>;
 
-    /// PostgreSQL: analyzes the service's tables changed by more than autoanalyze's threshold
-    /// (50 rows + 10 %) since their last analysis, skipping any another session is analyzing,
-    /// and returns their names. Without it a queue table that grew from empty is planned from
-    /// no statistics (default selectivities, and prepared plans never invalidated) until
-    /// autovacuum gets to it, never where autovacuum is off. SQLite: nothing (its planner
-    /// needs no statistics for these queries).
-    async fn refresh_statistics(&self) -> StoreResult<Vec<String>>;
+    /// PostgreSQL: vacuums and analyzes the service's tables past autovacuum's default
+    /// thresholds (dead rows over 50 + 20 % of the live ones; rows changed since the last
+    /// analysis over 50 + 10 %), skipping any another session holds, and returns the
+    /// commands run. The queue tables (outbox, deliveries, inbox, steps) go from empty to
+    /// tens of thousands of rows and back in a minute: until analyzed they are planned from
+    /// default selectivities (and prepared plans are not replanned), and until vacuumed every
+    /// scan steps over their dead rows. Autovacuum gets there after its naptime (a minute), or
+    /// never where it is off. SQLite: nothing (its planner needs no statistics for these
+    /// queries, and freed pages are reused).
+    async fn maintain_tables(&self) -> StoreResult<Vec<String>>;
 }
 
 /// Tenants, their API keys (hashes only) and the remembered outcomes of their requests

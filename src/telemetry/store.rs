@@ -55,8 +55,8 @@ impl Store for MeteredStore {
         timed(op!("ping"), self.inner.ping()).await
     }
 
-    async fn refresh_statistics(&self) -> StoreResult<Vec<String>> {
-        timed(op!("refresh_statistics"), self.inner.refresh_statistics()).await
+    async fn maintain_tables(&self) -> StoreResult<Vec<String>> {
+        timed(op!("maintain_tables"), self.inner.maintain_tables()).await
     }
 }
 

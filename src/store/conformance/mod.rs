@@ -249,7 +249,7 @@ conformance_suite!(
     work::check_create_intents,
     inbox::check_webhook_events,
     inbox::check_insert_webhook_events,
-    inbox::check_refresh_statistics,
+    inbox::check_maintain_tables,
     rates::check_rate_acquire,
     rates::check_rate_acquire_stamps_with_the_store_clock,
     rates::check_rate_restamp,

@@ -263,26 +263,34 @@ impl<B: SqlBackend> Store for B {
         Ok(())
     }
 
-    async fn refresh_statistics(&self) -> StoreResult<Vec<String>> {
+    async fn maintain_tables(&self) -> StoreResult<Vec<String>> {
         if B::BACKEND != Backend::Postgres {
             return Ok(Vec::new());
         }
-        let stale = sql::<B::Db>(STALE_TABLES).all::<(String,)>(self.writer()).await?;
-        let mut analyzed = Vec::with_capacity(stale.len());
-        for (table,) in stale {
+        let due = sql::<B::Db>(DUE_MAINTENANCE).all::<(String, bool, bool)>(self.writer()).await?;
+        let mut done = Vec::with_capacity(due.len());
+        for (table, vacuum, analyze) in due {
             // `quote_ident` made the name; only catalog names of our own schema get here.
-            let text = format!("ANALYZE (SKIP_LOCKED) {table}");
-            sql::<B::Db>(sqlx::AssertSqlSafe(text)).execute(self.writer()).await?;
-            analyzed.push(table);
+            // Outside a transaction (VACUUM refuses one), on a pooled connection.
+            let text = match (vacuum, analyze) {
+                (true, true) => format!("VACUUM (SKIP_LOCKED, ANALYZE) {table}"),
+                (true, false) => format!("VACUUM (SKIP_LOCKED) {table}"),
+                _ => format!("ANALYZE (SKIP_LOCKED) {table}"),
+            };
+            sql::<B::Db>(sqlx::AssertSqlSafe(text.clone())).execute(self.writer()).await?;
+            done.push(text);
         }
-        Ok(analyzed)
+        Ok(done)
     }
 }
 
-/// PostgreSQL: the tables of the service's schema changed by more than autoanalyze's default
-/// threshold since their last analysis (by anyone: autovacuum's counts too), quoted.
-const STALE_TABLES: &str = "SELECT quote_ident(relname) FROM pg_stat_user_tables \
-     WHERE schemaname = current_schema() AND n_mod_since_analyze > 50 + 0.1 * n_live_tup ORDER BY relname";
+/// PostgreSQL: the tables of the service's schema past autovacuum's default thresholds, by
+/// anyone's last pass (autovacuum's counts too), quoted: whether to vacuum (dead rows over
+/// 50 + 20 % of the live ones) and whether to analyze (rows changed since the last analysis
+/// over 50 + 10 %).
+const DUE_MAINTENANCE: &str = "SELECT quote_ident(relname), n_dead_tup > 50 + 0.2 * n_live_tup, \
+     n_mod_since_analyze > 50 + 0.1 * n_live_tup FROM pg_stat_user_tables WHERE schemaname = current_schema() \
+     AND (n_dead_tup > 50 + 0.2 * n_live_tup OR n_mod_since_analyze > 50 + 0.1 * n_live_tup) ORDER BY relname";
 
 /// One row by its id (`text` binds it as `$1`), decoded as `R`, through `cache` if any;
 /// shared, so a cache hit copies nothing.
