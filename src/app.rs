@@ -495,7 +495,6 @@ fn local(l: &TcpListener) -> Result<SocketAddr, StartError> {
     l.local_addr().map_err(|e| StartError::Other(format!("local address: {e}")))
 }
 
-/// Probes the store and flips health for the whole server and every service.
 /// Keeps the store's tables vacuumed and analyzed (`database.maintenance_secs`); a failure is
 /// logged and tried again next period (the service runs on without it).
 async fn maintenance_loop(store: Arc<dyn Store>, every: Duration, mut shutdown: watch::Receiver<bool>) {
@@ -512,6 +511,7 @@ async fn maintenance_loop(store: Arc<dyn Store>, every: Duration, mut shutdown: 
     }
 }
 
+/// Probes the store and flips health for the whole server and every service.
 async fn health_loop(
     store: Arc<dyn Store>,
     reporter: tonic_health::server::HealthReporter,

@@ -309,7 +309,7 @@ const EVENT_KEYS: &str = "SELECT e.onboarding_id, e.sequence, e.kind, o.provider
 /// bind-parameter limits.
 const PAIR_CHUNK: usize = 500;
 
-/// `(destination, onboarding, sequence)` triples per head-flagging statement.
+/// `(destination, onboarding, sequence)` triples per statement (followers, released rows).
 const TRIPLE_CHUNK: usize = 300;
 
 /// `VALUES ($from, $from+1), ...`: `n` numbered pairs for a row-value `IN` list.
@@ -567,15 +567,18 @@ impl<B: SqlBackend> Deliveries for B {
         }
         stats.deliveries = inserted.len() as u64;
         // A row that was there already (a replay raced the outbox) may have been the one the
-        // queue's head was computed for: flag those queues' lowest pending rows instead.
-        let mut conflicted: Vec<(&str, &str)> = inserts
-            .iter()
-            .filter(|(d, o, s, _)| !inserted.contains(&((*d).to_owned(), (*o).to_owned(), *s)))
-            .map(|(d, o, _, _)| (*d, *o))
-            .collect();
-        conflicted.sort_unstable();
-        conflicted.dedup();
-        flag_next_heads::<B>(&mut tx, &conflicted).await?;
+        // queue's head was computed for: flag those queues' lowest pending rows instead. Rare,
+        // so looked for only when some row was not written.
+        if inserted.len() < inserts.len() {
+            let mut conflicted: Vec<(&str, &str)> = inserts
+                .iter()
+                .filter(|(d, o, s, _)| !inserted.contains(&((*d).to_owned(), (*o).to_owned(), *s)))
+                .map(|(d, o, _, _)| (*d, *o))
+                .collect();
+            conflicted.sort_unstable();
+            conflicted.dedup();
+            flag_next_heads::<B>(&mut tx, &conflicted).await?;
+        }
         for chunk in rows.chunks(PAIR_CHUNK) {
             let text =
                 format!("DELETE FROM event_outbox WHERE (onboarding_id, sequence) IN ({})", pairs(1, chunk.len()));
@@ -602,8 +605,8 @@ impl<B: SqlBackend> Deliveries for B {
         if B::BACKEND == crate::store::Backend::Postgres {
             // The generic plan walks `deliveries_heads` in claim order and stops at the
             // limit. A custom plan, costed from statistics that lag the newest
-            // `next_attempt_ms`, expects a few due heads and sorts all of them after the
-            // anti-joins: under delivery load (pg_stat_statements) that made the claim
+            // `next_attempt_ms`, expects a few due heads and sorts all of them after
+            // probing each: under delivery load (pg_stat_statements) that made the claim
             // 117 ms on average and about 93 % of the database's time. The followers'
             // statements must not keep it: generically planned, they took 8.8 s on average
             // under the same load (up to 559 s), and a drain stalled.
@@ -627,15 +630,13 @@ impl<B: SqlBackend> Deliveries for B {
             .map(|d| (d.destination_id.clone(), d.onboarding_id.as_str().to_owned(), d.sequence))
             .collect();
         if run > 1 && !heads.is_empty() {
-            if B::BACKEND == crate::store::Backend::Postgres {
+            let (head, tail) = if B::BACKEND == crate::store::Backend::Postgres {
                 sql::<B::Db>(FOLLOWERS_PLAN).execute(&mut tx).await?;
-            }
+                (FOLLOWERS_PG_HEAD, FOLLOWERS_PG_TAIL)
+            } else {
+                (FOLLOWERS_HEAD, FOLLOWERS_TAIL)
+            };
             for chunk in heads.chunks(TRIPLE_CHUNK) {
-                let (head, tail) = if B::BACKEND == crate::store::Backend::Postgres {
-                    (FOLLOWERS_PG_HEAD, FOLLOWERS_PG_TAIL)
-                } else {
-                    (FOLLOWERS_HEAD, FOLLOWERS_TAIL)
-                };
                 let text = format!("{head}{}{tail}", triples_from(5, chunk.len()));
                 let mut q =
                     sql::<B::Db>(sqlx::AssertSqlSafe(text)).bind(worker).bind(until).bind(now).bind(i64::from(run));

@@ -288,9 +288,9 @@ impl<B: SqlBackend> Store for B {
 /// anyone's last pass (autovacuum's counts too), quoted: whether to vacuum (dead rows over
 /// 50 + 20 % of the live ones) and whether to analyze (rows changed since the last analysis
 /// over 50 + 10 %).
-const DUE_MAINTENANCE: &str = "SELECT quote_ident(relname), n_dead_tup > 50 + 0.2 * n_live_tup, \
-     n_mod_since_analyze > 50 + 0.1 * n_live_tup FROM pg_stat_user_tables WHERE schemaname = current_schema() \
-     AND (n_dead_tup > 50 + 0.2 * n_live_tup OR n_mod_since_analyze > 50 + 0.1 * n_live_tup) ORDER BY relname";
+const DUE_MAINTENANCE: &str = "SELECT name, due_vacuum, due_analyze FROM (SELECT quote_ident(relname) AS name, \
+     n_dead_tup > 50 + 0.2 * n_live_tup AS due_vacuum, n_mod_since_analyze > 50 + 0.1 * n_live_tup AS due_analyze \
+     FROM pg_stat_user_tables WHERE schemaname = current_schema()) s WHERE due_vacuum OR due_analyze ORDER BY name";
 
 /// One row by its id (`text` binds it as `$1`), decoded as `R`, through `cache` if any;
 /// shared, so a cache hit copies nothing.
